@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# dev.sh - install what taskbus needs on Debian 12, then build and run it, or
+# build and test it.
+#
+#   bash .ci/dev.sh run [ARGS...]  Release build in build/, then exec
+#                                  build/taskbus ARGS... (stop with Ctrl-C)
+#   bash .ci/dev.sh test           build/ (Release, -Werror) + ctest, then
+#                                  build-asan/ (Debug, ASan+UBSan) + ctest,
+#                                  then build-tsan/ (Debug, TSan) + ctest
+#
+# Needs root (or sudo) only when a package is missing. Safe to re-run: it
+# installs nothing that is already there and rebuilds incrementally.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+BUILD_DEPS=(cmake make gcc libc6-dev pkg-config
+    libevent-dev libhiredis-dev libcivetweb-dev libjansson-dev)
+TEST_DEPS=(libcmocka-dev redis-server redis-tools python3 python3-websockets
+    curl valgrind)
+
+JOBS=$(nproc 2>/dev/null || echo 2)
+CTEST_JOBS=2
+
+log() {
+    printf '==> %s\n' "$*" >&2
+}
+
+die() {
+    printf 'dev.sh: %s\n' "$*" >&2
+    exit 1
+}
+
+# Installs the packages given that are not installed yet; runs apt-get update
+# only when something is missing.
+ensure_packages() {
+    local missing=() pkg status
+    for pkg in "$@"; do
+        status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+        if [[ "$status" != "install ok installed" ]]; then
+            missing+=("$pkg")
+        fi
+    done
+    if ((${#missing[@]} == 0)); then
+        log "packages: all ${#} present"
+        return 0
+    fi
+    local sudo=()
+    if ((EUID != 0)); then
+        command -v sudo >/dev/null 2>&1 ||
+            die "missing packages (${missing[*]}): run as root or install them"
+        sudo=(sudo)
+    fi
+    log "packages: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    local try
+    for try in 1 2 3; do
+        if "${sudo[@]}" apt-get update -q </dev/null &&
+            "${sudo[@]}" apt-get install -y -q --no-install-recommends \
+                "${missing[@]}" </dev/null; then
+            return 0
+        fi
+        log "apt-get failed (attempt $try of 3)"
+        sleep $((try * 5))
+    done
+    die "could not install: ${missing[*]}"
+}
+
+# configure DIR CMAKE_ARGS...: (re)configures DIR with every option that
+# matters given explicitly, so that switching between run and test or
+# re-running leaves no stale setting behind.
+configure() {
+    local dir=$1
+    shift
+    # A build directory copied from another checkout cannot be reused.
+    if [[ -f "$dir/CMakeCache.txt" ]] &&
+        ! grep -qxF "CMAKE_HOME_DIRECTORY:INTERNAL=$ROOT" "$dir/CMakeCache.txt"; then
+        log "$dir was configured for another source tree: removing it"
+        rm -rf "$dir"
+    fi
+    log "configure $dir: $*"
+    cmake -S "$ROOT" -B "$dir" "$@"
+}
+
+build() {
+    log "build $1"
+    cmake --build "$1" --parallel "$JOBS"
+}
+
+# run_ctest DIR: runs the tests, prints ctest's summary, returns its status
+# and adds its counts to TOTAL_PASSED / TOTAL_FAILED.
+TOTAL_PASSED=0
+TOTAL_FAILED=0
+run_ctest() {
+    local dir=$1 out rc=0
+    out="$dir/ctest-output.log"
+    log "ctest $dir (-j$CTEST_JOBS)"
+    ctest --test-dir "$dir" --output-on-failure --no-tests=error \
+        --parallel "$CTEST_JOBS" </dev/null 2>&1 | tee "$out" || rc=$?
+    local line
+    line=$(grep -E '^[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' \
+        "$out" | tail -n 1 || true)
+    if [[ -n "$line" ]]; then
+        local failed total
+        failed=$(sed -E 's/.* ([0-9]+) tests? failed out of.*/\1/' <<<"$line")
+        total=$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$line")
+        TOTAL_PASSED=$((TOTAL_PASSED + total - failed))
+        TOTAL_FAILED=$((TOTAL_FAILED + failed))
+    fi
+    return "$rc"
+}
+
+cmd_run() {
+    ensure_packages "${BUILD_DEPS[@]}"
+    configure build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
+        -DTB_WERROR=OFF -DTB_ASAN=OFF -DTB_UBSAN=OFF -DTB_TSAN=OFF
+    build build
+    [[ -x build/taskbus ]] || die "build/taskbus was not built"
+    log "exec build/taskbus${*:+ $*} (Ctrl-C or SIGTERM stops it)"
+    exec ./build/taskbus "$@"
+}
+
+cmd_test() {
+    local start=$SECONDS t rc_release=0 rc_asan=0 rc_tsan=0
+    ensure_packages "${BUILD_DEPS[@]}" "${TEST_DEPS[@]}"
+
+    t=$SECONDS
+    configure build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON \
+        -DTB_WERROR=ON -DTB_ASAN=OFF -DTB_UBSAN=OFF -DTB_TSAN=OFF
+    build build
+    run_ctest build || rc_release=$?
+    log "release build + tests: $((SECONDS - t)) s"
+
+    t=$SECONDS
+    configure build-asan -DCMAKE_BUILD_TYPE=Debug -DBUILD_TESTING=ON \
+        -DTB_WERROR=ON -DTB_ASAN=ON -DTB_UBSAN=ON -DTB_TSAN=OFF
+    build build-asan
+    run_ctest build-asan || rc_asan=$?
+    log "asan+ubsan build + tests: $((SECONDS - t)) s"
+
+    # Workers, the registry and the buses are shared between threads: a
+    # ThreadSanitizer pass keeps them honest (coro.c tells it about fibers).
+    t=$SECONDS
+    configure build-tsan -DCMAKE_BUILD_TYPE=Debug -DBUILD_TESTING=ON \
+        -DTB_WERROR=ON -DTB_ASAN=OFF -DTB_UBSAN=OFF -DTB_TSAN=ON
+    build build-tsan
+    run_ctest build-tsan || rc_tsan=$?
+    log "tsan build + tests: $((SECONDS - t)) s"
+
+    log "release: $( ((rc_release == 0)) && echo ok || echo FAILED )," \
+        "asan+ubsan: $( ((rc_asan == 0)) && echo ok || echo FAILED )," \
+        "tsan: $( ((rc_tsan == 0)) && echo ok || echo FAILED )," \
+        "total $((SECONDS - start)) s"
+    echo "ctest: $TOTAL_PASSED passed, $TOTAL_FAILED failed"
+    ((rc_release == 0 && rc_asan == 0 && rc_tsan == 0))
+}
+
+case "${1:-}" in
+run)
+    shift
+    cmd_run "$@"
+    ;;
+test)
+    shift
+    (($# == 0)) || die "test takes no arguments"
+    cmd_test
+    ;;
+*)
+    die "usage: bash .ci/dev.sh run [ARGS...] | bash .ci/dev.sh test"
+    ;;
+esac

@@ -1,0 +1,386 @@
+/* taskbus.h - the public API of taskbus: workers, named background tasks,
+ * app events and lifecycle listeners.
+ *
+ * Conventions (they hold for every function below unless its comment says
+ * otherwise):
+ *
+ *  - Functions return int: 0 (or a non-negative count) on success, a
+ *    negative TB_E* code on failure. TB_E* codes are negated errno values, so
+ *    -ECANCELED == TB_ECANCELED; tb_strerror() names them.
+ *  - If a function that takes a callback fails, the callback is never called.
+ *  - Strings passed in are copied; the caller keeps ownership of its buffers.
+ *  - Functions marked TB_TASK_FN suspend the calling task: they may only be
+ *    called from inside a task (a coroutine run by a worker). Calling one from
+ *    anywhere else aborts the process with a message naming the function.
+ *  - Cancellation is delivered once, as in asyncio: the suspension point a
+ *    task is in when it is cancelled (or its next one) returns TB_ECANCELED;
+ *    later suspension points work normally, so the task can clean up (even
+ *    with I/O) before it returns. tb_task_cancelled() stays 1. A task that
+ *    keeps going after that is ended by the graceful timeout at shutdown.
+ *  - "Any thread" functions are safe to call concurrently from any thread,
+ *    including worker threads and civetweb's handler threads.
+ */
+#ifndef TASKBUS_TASKBUS_H
+#define TASKBUS_TASKBUS_H
+
+#include <errno.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TB_VERSION_MAJOR 0
+#define TB_VERSION_MINOR 1
+#define TB_VERSION_PATCH 0
+#define TB_VERSION_STRING "0.1.0"
+
+/* Marks a function that may only run inside a task because it suspends. */
+#define TB_TASK_FN
+
+/* ---------------------------------------------------------------- errors */
+
+/* X(name, value, message): the one table behind the enum and tb_strerror(). */
+#define TB_ERRNO_MAP(X)                                                        \
+    X(EINVAL, -EINVAL, "invalid argument")                                     \
+    X(ENOMEM, -ENOMEM, "out of memory")                                        \
+    X(EEXIST, -EEXIST, "a live task already holds that name")                  \
+    X(ENOENT, -ENOENT, "no such task")                                         \
+    X(ECANCELED, -ECANCELED, "cancelled")                                      \
+    X(ETIMEDOUT, -ETIMEDOUT, "timed out")                                      \
+    X(EAGAIN, -EAGAIN, "resource temporarily unavailable")                     \
+    X(EBUSY, -EBUSY, "busy")                                                   \
+    X(EDEADLK, -EDEADLK, "would wait for itself")                              \
+    X(EINPROGRESS, -EINPROGRESS, "requested; not finished yet")                \
+    X(EMSGSIZE, -EMSGSIZE, "message too long")                                 \
+    X(ENAMETOOLONG, -ENAMETOOLONG, "name too long")                            \
+    X(ENOTCONN, -ENOTCONN, "event bus not connected")                          \
+    X(ESHUTDOWN, -ESHUTDOWN, "app is stopping or stopped")                     \
+    X(ENOSPC, -ENOSPC, "queue full")                                           \
+    X(EPIPE, -EPIPE, "peer closed")                                            \
+    X(EPERM, -EPERM, "operation not permitted")                                \
+    X(EACCES, -EACCES, "authentication failed")                                \
+    X(EPROTO, -EPROTO, "protocol error")                                       \
+    X(EIO, -EIO, "input/output error")
+
+typedef enum {
+#define TB__ERR_ENUM(name, value, msg) TB_##name = (value),
+    TB_ERRNO_MAP(TB__ERR_ENUM)
+#undef TB__ERR_ENUM
+} tb_errno;
+
+/* A static string describing code (a TB_E* value or any -errno). Never NULL. */
+const char *tb_strerror(int code);
+/* The symbolic name of code ("ECANCELED"), or "EUNKNOWN". Never NULL. */
+const char *tb_err_name(int code);
+
+/* ---------------------------------------------------------------- logging */
+
+typedef enum {
+    TB_LOG_DEBUG = 0,
+    TB_LOG_INFO = 1,
+    TB_LOG_WARN = 2,
+    TB_LOG_ERROR = 3,
+    TB_LOG_OFF = 4
+} tb_log_level;
+
+/* Receives one formatted log line (no trailing newline). Called from any
+ * thread, possibly concurrently; msg is valid only during the call. */
+typedef void (*tb_log_fn)(tb_log_level level, const char *msg, void *ud);
+
+/* Process-wide logging. The default handler writes
+ * "LEVEL taskbus: message" lines to stderr at TB_LOG_INFO and above.
+ * Set handler to NULL to restore the default. Any thread. */
+void tb_log_set_level(tb_log_level level);
+void tb_log_set_handler(tb_log_fn fn, void *ud);
+tb_log_level tb_log_get_level(void);
+
+/* ---------------------------------------------------------------- types */
+
+typedef struct tb_app tb_app;     /* one app instance: workers + registry */
+typedef struct tb_task tb_task;   /* a running task, as seen from inside */
+typedef struct tb_event tb_event; /* an immutable, reference-counted event */
+typedef struct tb_sub tb_sub;     /* a task's subscription (bounded queue) */
+
+/* ---------------------------------------------------------------- app */
+
+typedef struct tb_app_config {
+    int workers;             /* worker threads; default 2 (1..256) */
+    int graceful_timeout_ms; /* stop: how long tasks get to finish; 15000 */
+    size_t stack_size;       /* per-task stack, bytes; default 64 KiB,
+                                rounded up to pages; min 16 KiB */
+    size_t max_event_size;   /* largest event data, bytes; default 1 MiB */
+    int sub_capacity;        /* default subscription queue bound; 1024 */
+    int blocking_threads;    /* tb_run_blocking pool size; default 4 */
+    int handle_signals;      /* 1: tb_app_run stops on SIGINT/SIGTERM;
+                                default 0 (the embedder's signals) */
+} tb_app_config;
+
+/* Fills cfg with the defaults above. */
+void tb_app_config_init(tb_app_config *cfg);
+
+/* Creates an app. cfg may be NULL for defaults; it is copied. Returns NULL
+ * and sets *err (if err is not NULL) to a TB_E* code on bad config or no
+ * memory. The app is not running until tb_app_run(). */
+tb_app *tb_app_new(const tb_app_config *cfg, int *err);
+
+/* Runs the app on the calling thread (the "main process" of Sanic's model):
+ * main-start listeners, then the workers (each: before-start, loop start,
+ * after-start, then the tasks added before run), then main-ready listeners;
+ * blocks until tb_app_stop(); then stops the workers (before-stop, cancel
+ * every task and wait up to graceful_timeout_ms, after-stop), then main-stop
+ * listeners. Returns 0 after a clean stop, TB_ETIMEDOUT if tasks had to be
+ * abandoned at the graceful timeout, or the error that aborted start-up (a
+ * start listener's non-zero return, a worker that could not start). An app
+ * runs once: a second call returns TB_ESHUTDOWN. */
+int tb_app_run(tb_app *app);
+
+/* Asks a running (or starting) app to stop. Any thread; async-signal-safe,
+ * so it may be called from a signal handler. Idempotent. Before run, it makes
+ * the coming tb_app_run() return at once after main-start listeners. */
+void tb_app_stop(tb_app *app);
+
+/* Frees an app that is not running (never run, or tb_app_run returned).
+ * Calls arg_free of the tasks added before run. NULL is a no-op. */
+void tb_app_free(tb_app *app);
+
+/* 1 while the app is between worker start and the beginning of stop. */
+int tb_app_is_running(const tb_app *app);
+int tb_app_workers(const tb_app *app);
+const tb_app_config *tb_app_get_config(const tb_app *app);
+
+/* The worker index (0..workers-1) of the calling thread if it is one of
+ * app's workers, else -1. Any thread. */
+int tb_app_current_worker(const tb_app *app);
+
+/* Opaque pointer for the embedder; not used by taskbus. */
+void tb_app_set_userdata(tb_app *app, void *ud);
+void *tb_app_get_userdata(const tb_app *app);
+
+/* ---------------------------------------------------------------- listeners */
+
+typedef enum {
+    TB_MAIN_START = 0,      /* main thread, before any worker starts */
+    TB_MAIN_READY,          /* main thread, after every worker has started */
+    TB_MAIN_STOP,           /* main thread, after every worker has stopped */
+    TB_WORKER_BEFORE_START, /* worker thread, before its loop runs */
+    TB_WORKER_AFTER_START,  /* worker thread, loop running, before tasks
+                               added before run are started */
+    TB_WORKER_BEFORE_STOP,  /* worker thread, before its tasks are cancelled */
+    TB_WORKER_AFTER_STOP,   /* worker thread, after its tasks have ended */
+    TB__LISTENER_COUNT
+} tb_listener_kind;
+
+/* worker is the worker index, or -1 for main-process listeners. A non-zero
+ * return from a MAIN_START or WORKER_BEFORE_START listener aborts start-up
+ * and becomes tb_app_run's return value; other listeners' returns are
+ * logged and otherwise ignored. Listeners must not suspend. */
+typedef int (*tb_listener_fn)(tb_app *app, int worker, void *arg);
+
+/* Registers a listener; they run in registration order (stop listeners in
+ * reverse order, as Sanic does). Only before tb_app_run: TB_EBUSY after. */
+int tb_app_on(tb_app *app, tb_listener_kind kind, tb_listener_fn fn, void *arg);
+
+/* ---------------------------------------------------------------- tasks */
+
+/* A task's body. Its return value is the task's result: 0 means done,
+ * anything else (or an error set with tb_task_fail) means failed; a task
+ * that was cancelled before it finished ends cancelled whatever it returns. */
+typedef int (*tb_task_fn)(tb_task *self, void *arg);
+
+typedef enum {
+    TB_TASK_PENDING = 0, /* added, not yet run */
+    TB_TASK_RUNNING,     /* started (running or suspended) */
+    TB_TASK_DONE,        /* returned 0 */
+    TB_TASK_FAILED,      /* returned non-zero or set an error */
+    TB_TASK_CANCELLED    /* cancelled before it finished */
+} tb_task_state;
+
+const char *tb_task_state_name(tb_task_state s); /* "pending", ... */
+
+#define TB_TASK_NAME_MAX 200 /* bytes, excluding the NUL */
+#define TB_TASK_ERROR_MAX 256
+
+enum {
+    TB_TASK_REPLACE = 1u << 0 /* cancel (and wait for) a live task that
+                                 holds the name, then add this one */
+};
+
+#define TB_WORKER_ANY (-1) /* least loaded worker */
+
+typedef struct tb_task_opts {
+    const char *name;            /* NULL: a generated unique name "task-<id>" */
+    int worker;                  /* TB_WORKER_ANY (default) or 0..workers-1 */
+    unsigned flags;              /* TB_TASK_REPLACE */
+    void (*arg_free)(void *arg); /* called with arg when the task ends (for
+                                    tasks added before run: at tb_app_free) */
+    const char *kind; /* free-form label shown in listings; may be NULL */
+} tb_task_opts;
+
+/* Adds a task. Any thread. A name held only by finished tasks is free: the
+ * finished entries are dropped from the registry when it is reused.
+ *  - Before tb_app_run: the task is remembered and started on every worker
+ *    after that worker's after-start listeners; with a name, each worker gets
+ *    its own replica under that name. *id_out (if not NULL) is 0.
+ *  - While running: the task is created on opts->worker (or the least loaded
+ *    worker) and runs on that worker's loop soon; *id_out gets its id.
+ * arg is passed to fn as is and stays the caller's unless arg_free is set.
+ * Errors: TB_EINVAL (bad name or worker), TB_ENAMETOOLONG, TB_EEXIST (a live
+ * task holds the name and TB_TASK_REPLACE is not set), TB_ESHUTDOWN (the app
+ * is stopping), TB_ENOMEM. With TB_TASK_REPLACE the older task is cancelled
+ * and waited for as tb_task_cancel does, bounded by the graceful timeout.
+ * On error arg_free is not called. */
+int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
+                uint64_t *id_out);
+
+typedef struct tb_task_info {
+    uint64_t id;
+    char name[TB_TASK_NAME_MAX + 1];
+    char kind[64];
+    int worker;
+    tb_task_state state;
+    int64_t created_us, started_us, ended_us; /* CLOCK_REALTIME µs; 0 if not */
+    int result;                               /* the function's return value */
+    char error[TB_TASK_ERROR_MAX];            /* "" unless failed/cancelled */
+    int cancel_requested;
+} tb_task_info;
+
+/* Looks a task up by name. Any thread. Fills *out (if not NULL) with a copy
+ * of the first replica's state and returns the number of tasks holding that
+ * name (1, or one per worker for a named task added before run), or
+ * TB_ENOENT. */
+int tb_task_get(tb_app *app, const char *name, tb_task_info *out);
+
+/* Copies every task (live and finished, not yet purged) into a new array,
+ * ordered by id. Any thread. *out is NULL when *n is 0; free it with free().
+ * Returns the count or TB_ENOMEM. */
+int tb_task_list(tb_app *app, tb_task_info **out, size_t *n);
+
+/* Cancels every task named name and waits until they have finished, at most
+ * timeout_ms (negative: the app's graceful timeout).
+ *  - From inside a task: suspends that task while waiting (TB_TASK_FN-like,
+ *    and TB_ECANCELED if the caller itself is cancelled while waiting).
+ *  - From any other thread except a worker's loop: blocks that thread.
+ *  - From a worker's loop outside any task (a listener): only requests the
+ *    cancel and returns TB_EINPROGRESS if not all have finished.
+ * A task cancelling itself (alone or among replicas) only records the
+ * request for itself: the call returns once the others are done and its own
+ * next suspension point returns TB_ECANCELED.
+ * Returns 0 when all have finished (or had finished: idempotent),
+ * TB_ENOENT if no task holds the name, TB_ETIMEDOUT if some were still
+ * running at the deadline (they stay cancel-requested). */
+int tb_task_cancel(tb_app *app, const char *name, int timeout_ms);
+
+/* Removes finished (done, failed, cancelled) tasks from the registry and
+ * returns how many. Any thread. */
+int tb_task_purge(tb_app *app);
+
+/* ---- inside a task ---- */
+
+tb_app *tb_task_app(tb_task *self); /* Sanic's app injection */
+const char *tb_task_name(const tb_task *self);
+uint64_t tb_task_id(const tb_task *self);
+int tb_task_worker(const tb_task *self);
+/* The task running on the calling thread, or NULL outside any task. */
+tb_task *tb_task_current(void);
+/* 1 once cancel has been requested for self. */
+int tb_task_cancelled(const tb_task *self);
+
+/* Sets self's error message (printf-style); the task ends failed even if it
+ * returns 0. The message is logged with the task's name when it ends. */
+void tb_task_fail(tb_task *self, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Suspends self for ms milliseconds (0: yield to the other ready tasks).
+ * Returns 0, or TB_ECANCELED. */
+TB_TASK_FN int tb_sleep(tb_task *self, int64_t ms);
+TB_TASK_FN int tb_yield(tb_task *self);
+
+/* Waits until the task named name has finished, at most timeout_ms
+ * (negative: no limit). *result (if not NULL) gets its result and *state
+ * (if not NULL) its final state. Several replicas: waits for all, reports
+ * the first. TB_ENOENT, TB_ETIMEDOUT, TB_ECANCELED, TB_EDEADLK (self). */
+TB_TASK_FN int tb_task_join(tb_task *self, const char *name, int timeout_ms,
+                            int *result, tb_task_state *state);
+
+/* Runs fn(arg) on the app's blocking-call thread pool and suspends self
+ * until it returns; *ret (if not NULL) gets fn's return value. fn must not
+ * call TB_TASK_FN functions. Cancellation cannot interrupt fn: if self is
+ * cancelled meanwhile, the call still waits for fn (so arg may live on the
+ * task's stack) and then returns TB_ECANCELED. */
+TB_TASK_FN int tb_run_blocking(tb_task *self, int (*fn)(void *arg), void *arg,
+                               int *ret);
+
+/* ---------------------------------------------------------------- events */
+
+#define TB_EVENT_NAME_MAX 200 /* bytes */
+#define TB_EVENT_SEGMENTS_MAX 8
+#define TB_EVENT_ID_MAX 40 /* bytes of an id, including the NUL */
+
+/* Checks an event name: 1..8 dot-separated segments of [A-Za-z0-9_-], at
+ * most TB_EVENT_NAME_MAX bytes. Returns 0 or TB_EINVAL/TB_ENAMETOOLONG. */
+int tb_event_name_valid(const char *name);
+
+/* Checks a pattern: like a name, but a segment may also be "*" (any one
+ * segment) or "<param>" (any one segment, captured as param). */
+int tb_pattern_valid(const char *pattern);
+
+/* 1 if name matches pattern, 0 if not (also when either is invalid). */
+int tb_pattern_match(const char *pattern, const char *name);
+
+/* Copies into out the segment of name that pattern's <param> captures.
+ * Returns its length, TB_ENOENT (no such param or no match), or
+ * TB_ENAMETOOLONG if out (outsz bytes, NUL included) is too small. */
+int tb_pattern_param(const char *pattern, const char *name, const char *param,
+                     char *out, size_t outsz);
+
+/* Dispatches an event to every matching waiter and subscription on every
+ * worker (and, with the Redis bus, of every instance). Any thread. data is
+ * copied (len bytes, may be 0). Returns 0 once the event has been handed to
+ * the bus, TB_EINVAL/TB_ENAMETOOLONG for a bad name, TB_EMSGSIZE over
+ * max_event_size, TB_ENOTCONN when the bus is down, TB_ESHUTDOWN when the
+ * app is not running. *id_out (if not NULL, TB_EVENT_ID_MAX bytes) gets the
+ * event's id. Never blocks a worker loop. */
+int tb_dispatch(tb_app *app, const char *name, const void *data, size_t len,
+                char *id_out);
+
+/* Waits for the next event matching pattern, at most timeout_ms (negative:
+ * no limit). On 0, *ev holds a reference the caller must release with
+ * tb_event_unref(). TB_ETIMEDOUT, TB_ECANCELED, TB_EINVAL (bad pattern).
+ * Like Sanic's app.event(), an event dispatched while the task is not
+ * waiting is not seen: use a subscription to miss nothing. */
+TB_TASK_FN int tb_event_wait(tb_task *self, const char *pattern, int timeout_ms,
+                             tb_event **ev);
+
+/* A subscription queues every matching event for its task, up to capacity
+ * events (<= 0: the app's sub_capacity). When full, the oldest queued event
+ * is dropped and counted (tb_sub_dropped). A subscription belongs to self
+ * and is closed when self ends if not before. Returns NULL and sets *err on
+ * a bad pattern or no memory. */
+tb_sub *tb_sub_open(tb_task *self, const char *pattern, int capacity, int *err);
+/* Takes the next queued event, waiting up to timeout_ms (0: don't wait;
+ * negative: no limit). Same return codes as tb_event_wait. */
+TB_TASK_FN int tb_sub_next(tb_task *self, tb_sub *sub, int timeout_ms,
+                           tb_event **ev);
+uint64_t tb_sub_dropped(const tb_sub *sub); /* events dropped on overflow */
+size_t tb_sub_pending(const tb_sub *sub);   /* events queued now */
+/* Closes sub and releases its queued events. Only from its task. */
+void tb_sub_close(tb_sub *sub);
+
+/* Accessors; the returned pointers live as long as the reference. The data
+ * is always followed by a NUL byte (not counted in len) for convenience. */
+const char *tb_event_name(const tb_event *ev);
+const void *tb_event_data(const tb_event *ev, size_t *len);
+const char *tb_event_id(const tb_event *ev);
+int64_t tb_event_ts_us(const tb_event *ev); /* CLOCK_REALTIME µs */
+/* Where it was dispatched: "<instance id>/<worker>" ("/-1" off-worker). */
+const char *tb_event_origin(const tb_event *ev);
+tb_event *tb_event_ref(tb_event *ev);
+void tb_event_unref(tb_event *ev); /* NULL is a no-op */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TASKBUS_TASKBUS_H */

@@ -1,0 +1,438 @@
+/* app.c - the app: configuration, listeners, and the run/stop lifecycle. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+
+#include "internal.h"
+
+int64_t tb__now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t tb__mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* ---------------------------------------------------------------- config */
+
+void tb_app_config_init(tb_app_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    cfg->workers = 2;
+    cfg->graceful_timeout_ms = 15000;
+    cfg->stack_size = 64 * 1024;
+    cfg->max_event_size = 1024 * 1024;
+    cfg->sub_capacity = 1024;
+    cfg->blocking_threads = 4;
+    cfg->handle_signals = 0;
+}
+
+static int config_check(const tb_app_config *c)
+{
+    const char *what = NULL;
+    if (c->workers < 1 || c->workers > 256)
+        what = "workers must be 1..256";
+    else if (c->graceful_timeout_ms < 0)
+        what = "graceful_timeout_ms must be >= 0";
+    else if (c->stack_size < 16 * 1024 || c->stack_size > 64u * 1024 * 1024)
+        what = "stack_size must be 16 KiB..64 MiB";
+    else if (c->max_event_size < 1 || c->max_event_size > 512u * 1024 * 1024)
+        what = "max_event_size must be 1 B..512 MiB";
+    else if (c->sub_capacity < 1 || c->sub_capacity > 1 << 24)
+        what = "sub_capacity must be 1..16777216";
+    else if (c->blocking_threads < 1 || c->blocking_threads > 1024)
+        what = "blocking_threads must be 1..1024";
+    if (what) {
+        tb__log(TB_LOG_ERROR, "invalid app config: %s", what);
+        return TB_EINVAL;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- new/free */
+
+static pthread_once_t libevent_once = PTHREAD_ONCE_INIT;
+static int libevent_threads_rc;
+
+static void libevent_init(void)
+{
+    /* Other threads call event_active() on worker bases. */
+    libevent_threads_rc = evthread_use_pthreads();
+}
+
+tb_app *tb_app_new(const tb_app_config *cfg, int *err)
+{
+    tb_app_config c;
+    if (cfg)
+        c = *cfg;
+    else
+        tb_app_config_init(&c);
+    int rc = config_check(&c);
+    tb_app *app = NULL;
+    if (rc)
+        goto fail;
+    pthread_once(&libevent_once, libevent_init);
+    if (libevent_threads_rc != 0) {
+        tb__log(TB_LOG_ERROR, "libevent has no pthreads support");
+        rc = TB_EINVAL;
+        goto fail;
+    }
+    rc = TB_ENOMEM;
+    app = calloc(1, sizeof *app);
+    if (!app)
+        goto fail;
+    app->cfg = c;
+    uint64_t rnd = 0;
+    if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
+        rnd = (uint64_t)tb__now_us() ^ ((uint64_t)getpid() << 32);
+    snprintf(app->instance, sizeof app->instance, "%016llx",
+             (unsigned long long)rnd);
+    atomic_init(&app->state, TB__APP_NEW);
+    atomic_init(&app->stop_requested, 0);
+    sem_init(&app->stop_sem, 0, 0);
+    pthread_mutex_init(&app->start_mu, NULL);
+    pthread_cond_init(&app->start_cv, NULL);
+    pthread_mutex_init(&app->reg_mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&app->done_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    pthread_mutex_init(&app->blk_mu, NULL);
+    pthread_cond_init(&app->blk_cv, NULL);
+    tb__htab_init(&app->names);
+    app->mode = TB__MODE_PRERUN;
+    app->bus = tb__bus_memory_new(app);
+    if (!app->bus)
+        goto fail;
+    if (err)
+        *err = 0;
+    return app;
+fail:
+    if (app) {
+        tb_app_free(app);
+        app = NULL;
+    }
+    if (err)
+        *err = rc;
+    return NULL;
+}
+
+static void worker_free(tb__worker *w)
+{
+    for (size_t i = 0; i < w->inbox_len; i++) {
+        tb__msg *m = &w->inbox[i];
+        if (m->kind == TB__MSG_EVENT)
+            tb_event_unref(m->ptr);
+        else if (m->kind == TB__MSG_CALL)
+            free(m->ptr);
+        else if (m->ptr)
+            tb__task_unref(m->ptr);
+    }
+    free(w->inbox);
+    free(w->spare);
+    tb__htab_destroy(&w->exact);
+    if (w->grace_ev)
+        event_free(w->grace_ev);
+    if (w->inbox_ev)
+        event_free(w->inbox_ev);
+    if (w->runq_ev)
+        event_free(w->runq_ev);
+    if (w->base)
+        event_base_free(w->base);
+    pthread_mutex_destroy(&w->inbox_mu);
+}
+
+void tb_app_free(tb_app *app)
+{
+    if (!app)
+        return;
+    int st = atomic_load(&app->state);
+    if (st == TB__APP_STARTING || st == TB__APP_RUNNING ||
+        st == TB__APP_STOPPING) {
+        tb__log(TB_LOG_ERROR, "tb_app_free on a running app: ignored");
+        return;
+    }
+    tb__blocking_shutdown(app);
+    /* Task timers and coroutines belong to worker bases and stack pools:
+     * free them before those go. */
+    tb__task_free_registry(app);
+    for (int i = 0; i < app->nworkers; i++) {
+        tb__worker *w = &app->workers[i];
+        worker_free(w);
+        if (w->stacks)
+            tb__stack_pool_free(w->stacks);
+    }
+    free(app->workers);
+    tb__htab_destroy(&app->names);
+    while (app->prerun) {
+        tb__prerun *p = app->prerun;
+        app->prerun = p->next;
+        if (p->arg_free)
+            p->arg_free(p->arg);
+        free(p->name);
+        free(p->kind);
+        free(p);
+    }
+    for (int k = 0; k < TB__LISTENER_COUNT; k++) {
+        while (app->listeners[k]) {
+            tb__listener_fn *l = app->listeners[k];
+            app->listeners[k] = l->next;
+            free(l);
+        }
+    }
+    if (app->bus)
+        app->bus->ops->free(app->bus);
+    sem_destroy(&app->stop_sem);
+    pthread_mutex_destroy(&app->start_mu);
+    pthread_cond_destroy(&app->start_cv);
+    pthread_mutex_destroy(&app->reg_mu);
+    pthread_cond_destroy(&app->done_cv);
+    pthread_mutex_destroy(&app->blk_mu);
+    pthread_cond_destroy(&app->blk_cv);
+    free(app);
+}
+
+/* ---------------------------------------------------------------- accessors */
+
+int tb_app_is_running(const tb_app *app)
+{
+    return atomic_load(&((tb_app *)app)->state) == TB__APP_RUNNING;
+}
+
+int tb_app_workers(const tb_app *app)
+{
+    return app->cfg.workers;
+}
+
+const tb_app_config *tb_app_get_config(const tb_app *app)
+{
+    return &app->cfg;
+}
+
+int tb_app_current_worker(const tb_app *app)
+{
+    tb__worker *w = tb__worker_current();
+    return w && w->app == app ? w->index : -1;
+}
+
+void tb_app_set_userdata(tb_app *app, void *ud)
+{
+    app->userdata = ud;
+}
+
+void *tb_app_get_userdata(const tb_app *app)
+{
+    return app->userdata;
+}
+
+/* ---------------------------------------------------------------- listeners */
+
+int tb_app_on(tb_app *app, tb_listener_kind kind, tb_listener_fn fn, void *arg)
+{
+    if (!app || !fn || kind < 0 || kind >= TB__LISTENER_COUNT)
+        return TB_EINVAL;
+    if (atomic_load(&app->state) != TB__APP_NEW)
+        return TB_EBUSY;
+    tb__listener_fn *l = calloc(1, sizeof *l);
+    if (!l)
+        return TB_ENOMEM;
+    l->fn = fn;
+    l->arg = arg;
+    tb__listener_fn **pp = &app->listeners[kind];
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = l;
+    return 0;
+}
+
+static const char *listener_kind_name(tb_listener_kind k)
+{
+    static const char *names[] = {"main_process_start", "main_process_ready",
+                                  "main_process_stop",  "before_server_start",
+                                  "after_server_start", "before_server_stop",
+                                  "after_server_stop"};
+    return k >= 0 && k < TB__LISTENER_COUNT ? names[k] : "?";
+}
+
+static int is_stop_kind(tb_listener_kind k)
+{
+    return k == TB_MAIN_STOP || k == TB_WORKER_BEFORE_STOP ||
+           k == TB_WORKER_AFTER_STOP;
+}
+
+int tb__app_run_listeners(tb_app *app, tb_listener_kind kind, int worker)
+{
+    tb__listener_fn *v[64], **list = v;
+    size_t n = 0;
+    for (tb__listener_fn *l = app->listeners[kind]; l; l = l->next)
+        n++;
+    if (n > sizeof v / sizeof v[0] && !(list = malloc(n * sizeof *list)))
+        return TB_ENOMEM;
+    n = 0;
+    for (tb__listener_fn *l = app->listeners[kind]; l; l = l->next)
+        list[n++] = l;
+    int stop = is_stop_kind(kind), first_err = 0;
+    for (size_t i = 0; i < n; i++) {
+        tb__listener_fn *l = list[stop ? n - 1 - i : i];
+        int rc = l->fn(app, worker, l->arg);
+        if (rc == 0)
+            continue;
+        tb__log(TB_LOG_ERROR, "%s listener on worker %d returned %d (%s)",
+                listener_kind_name(kind), worker, rc, tb_strerror(rc));
+        if (kind == TB_MAIN_START || kind == TB_WORKER_BEFORE_START) {
+            first_err = rc;
+            break;
+        }
+    }
+    if (list != v)
+        free(list);
+    return first_err;
+}
+
+/* ---------------------------------------------------------------- run/stop */
+
+void tb_app_stop(tb_app *app)
+{
+    if (!app)
+        return;
+    /* Only async-signal-safe calls: an atomic store and sem_post. */
+    if (atomic_exchange(&app->stop_requested, 1) == 0)
+        sem_post(&app->stop_sem);
+}
+
+static tb_app *signal_app;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    tb_app_stop(signal_app);
+}
+
+static int workers_setup(tb_app *app)
+{
+    int n = app->cfg.workers;
+    app->workers = calloc((size_t)n, sizeof *app->workers);
+    if (!app->workers)
+        return TB_ENOMEM;
+    app->nworkers = n;
+    for (int i = 0; i < n; i++) {
+        int rc = tb__worker_init(&app->workers[i], app, i);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static void workers_stop(tb_app *app, int started)
+{
+    for (int i = 0; i < started; i++)
+        tb__worker_post(&app->workers[i], TB__MSG_STOP, NULL, 0, 0);
+    for (int i = 0; i < started; i++) {
+        pthread_join(app->workers[i].thread, NULL);
+        app->abandoned += app->workers[i].abandoned;
+    }
+}
+
+static void close_registry(tb_app *app)
+{
+    pthread_mutex_lock(&app->reg_mu);
+    app->mode = TB__MODE_CLOSED;
+    pthread_mutex_unlock(&app->reg_mu);
+}
+
+int tb_app_run(tb_app *app)
+{
+    if (!app)
+        return TB_EINVAL;
+    int expect = TB__APP_NEW;
+    if (!atomic_compare_exchange_strong(&app->state, &expect, TB__APP_STARTING))
+        return TB_ESHUTDOWN;
+
+    struct sigaction old_int, old_term;
+    if (app->cfg.handle_signals) {
+        signal_app = app;
+        struct sigaction sa = {.sa_handler = on_signal};
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, &old_int);
+        sigaction(SIGTERM, &sa, &old_term);
+    }
+
+    int rc = tb__app_run_listeners(app, TB_MAIN_START, -1);
+    int started = 0;
+    if (rc || atomic_load(&app->stop_requested))
+        goto stopped;
+    if ((rc = workers_setup(app)) != 0)
+        goto stopped;
+    if ((rc = app->bus->ops->start(app->bus)) != 0) {
+        tb__log(TB_LOG_ERROR, "event bus %s failed to start: %s",
+                app->bus->ops->name, tb_strerror(rc));
+        goto stopped;
+    }
+    atomic_store_explicit((atomic_int *)&app->bus_up, 1, memory_order_release);
+    pthread_mutex_lock(&app->reg_mu);
+    app->mode = TB__MODE_ACCEPT;
+    pthread_mutex_unlock(&app->reg_mu);
+
+    /* Workers leave signals to the thread that runs the app. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (; started < app->nworkers; started++) {
+        tb__worker *w = &app->workers[started];
+        if (pthread_create(&w->thread, NULL, tb__worker_main, w) != 0) {
+            rc = TB_EAGAIN;
+            break;
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    pthread_mutex_lock(&app->start_mu);
+    while (app->workers_started < started)
+        pthread_cond_wait(&app->start_cv, &app->start_mu);
+    if (!rc)
+        rc = app->start_err;
+    pthread_mutex_unlock(&app->start_mu);
+    if (rc) {
+        tb__log(TB_LOG_ERROR, "start-up failed: %s", tb_strerror(rc));
+        goto stopping;
+    }
+
+    atomic_store(&app->state, TB__APP_RUNNING);
+    tb__log(TB_LOG_DEBUG, "app %s running: %d workers, %s bus", app->instance,
+            app->nworkers, app->bus->ops->name);
+    tb__app_run_listeners(app, TB_MAIN_READY, -1);
+    while (!atomic_load(&app->stop_requested))
+        sem_wait(&app->stop_sem); /* EINTR just loops */
+
+stopping:
+    atomic_store(&app->state, TB__APP_STOPPING);
+    close_registry(app);
+    workers_stop(app, started);
+    atomic_store_explicit((atomic_int *)&app->bus_up, 0, memory_order_release);
+    app->bus->ops->stop(app->bus);
+    if (!rc && app->abandoned)
+        rc = TB_ETIMEDOUT;
+stopped:
+    close_registry(app);
+    atomic_store(&app->state, TB__APP_STOPPED);
+    tb__app_run_listeners(app, TB_MAIN_STOP, -1);
+    if (app->cfg.handle_signals) {
+        sigaction(SIGINT, &old_int, NULL);
+        sigaction(SIGTERM, &old_term, NULL);
+        signal_app = NULL;
+    }
+    return rc;
+}

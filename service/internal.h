@@ -1,0 +1,359 @@
+/* internal.h - the core's private structures: app, worker, task, event. */
+#ifndef TASKBUS_INTERNAL_H
+#define TASKBUS_INTERNAL_H
+
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "taskbus/taskbus.h"
+
+#include "bus.h"
+#include "coro.h"
+#include "htab.h"
+#include "log.h"
+#include "pattern.h"
+
+struct event_base;
+struct event;
+
+/* ---------------------------------------------------------------- events */
+
+struct tb_event {
+    atomic_int refs;
+    size_t len;
+    int64_t ts_us;
+    const char *name; /* points into the same allocation */
+    const char *data; /* NUL-terminated copy of the data */
+    char id[TB_EVENT_ID_MAX];
+    char origin[48];
+    /* name and data follow */
+};
+
+/* Allocates an event with refcount 1. id NULL: a fresh unique id is made;
+ * origin NULL: this thread's "<instance>/<worker>". Returns NULL on ENOMEM.
+ * No validation: callers check the name and size first. */
+tb_event *tb__event_new(tb_app *app, const char *name, const void *data,
+                        size_t len, const char *id, const char *origin,
+                        int64_t ts_us);
+
+/* ---------------------------------------------------------------- messages */
+
+/* What other threads post to a worker. ptr holds a reference (task or
+ * event) that the worker drops once it has handled the message. */
+enum {
+    TB__MSG_SPAWN,  /* ptr: tb_task, newly registered on this worker */
+    TB__MSG_CANCEL, /* ptr: tb_task to deliver a cancel to */
+    TB__MSG_WAKE,   /* ptr: tb_task; seq/code: wake it if still waiting */
+    TB__MSG_EVENT,  /* ptr: tb_event to deliver to this worker's waiters */
+    TB__MSG_STOP,   /* begin this worker's shutdown */
+    TB__MSG_CALL    /* ptr: tb__call (fn + arg) run on the worker */
+};
+
+typedef struct tb__msg {
+    int kind;
+    int code;
+    uint64_t seq;
+    void *ptr;
+} tb__msg;
+
+typedef struct tb__call {
+    void (*fn)(tb_app *app, int worker, void *arg);
+    void *arg;
+} tb__call;
+
+/* ---------------------------------------------------------------- listeners */
+
+/* A waiter (one-shot, from tb_event_wait) or a subscription, registered in
+ * its worker's index: exact patterns in a table by name, the others in a
+ * list scanned per event. Lives on the waiting task's stack (waiter) or in
+ * the tb_sub allocation. Only touched on its worker's thread. */
+typedef struct tb__listener tb__listener;
+struct tb__listener {
+    tb__listener *prev, *next;  /* in the bucket's or the wildcard list */
+    struct tb__lbucket *bucket; /* NULL for wildcard listeners */
+    tb__pattern pat;
+    tb_task *task;
+    tb_sub *sub;   /* NULL for a one-shot waiter */
+    uint64_t seq;  /* waiter: the wait it belongs to */
+    int linked;    /* in the index now */
+    tb_event *got; /* waiter: the event delivered */
+};
+
+typedef struct tb__lbucket {
+    tb__hnode node; /* keyed by name */
+    tb__listener *head, *tail;
+    char name[]; /* the exact name */
+} tb__lbucket;
+
+struct tb_sub {
+    tb__listener l;
+    tb_task *task;
+    tb_sub *tnext, *tprev; /* the task's subscriptions */
+    tb_event **ring;
+    int cap, head, count;
+    uint64_t dropped;
+    int waiting; /* its task is suspended in tb_sub_next on it */
+    uint64_t wait_seq;
+};
+
+/* ---------------------------------------------------------------- tasks */
+
+enum {
+    TB__WAIT_NONE = 0,
+    TB__WAIT_SLEEP,
+    TB__WAIT_EVENT,
+    TB__WAIT_SUB,
+    TB__WAIT_TASK,    /* join / cancel waiting for another task */
+    TB__WAIT_BLOCKING /* tb_run_blocking: cancel does not wake it */
+};
+
+/* A registration on a task's finish list: whoever waits for it (a task on
+ * some worker, woken through its inbox) - see tb__task_watch(). */
+typedef struct tb__watch {
+    struct tb__watch *next;
+    tb_task *waiter;
+    uint64_t seq;
+} tb__watch;
+
+struct tb_task {
+    /* --- registry: written under app->reg_mu --- */
+    tb__hnode node;               /* in app->names, keyed by name */
+    tb_task *all_prev, *all_next; /* app->all_*, ordered by id */
+    uint64_t id;
+    char *name;
+    char *kind;
+    char *error;
+    int worker;
+    tb_task_state state;
+    int result;
+    int replica; /* one of a pre-run named task's replicas */
+    int64_t created_us, started_us, ended_us;
+    tb__watch *watchers;
+    atomic_int refs; /* registry + worker + in-flight messages */
+
+    /* --- cancel flags: any thread --- */
+    atomic_int cancel_requested; /* sticky */
+    atomic_int cancel_pending;   /* consumed when delivered */
+
+    /* --- worker side: only on the worker's thread --- */
+    tb_app *app;
+    struct tb__worker *w;
+    tb__coro *co;
+    tb_task_fn fn;
+    int fn_result; /* copied to result under reg_mu at the end */
+    void *arg;
+    void (*arg_free)(void *);
+    tb_task *rnext;         /* run queue */
+    tb_task *wprev, *wnext; /* the worker's live tasks */
+    int queued;
+    int wait_kind;
+    uint64_t wait_seq;
+    int wake_code;
+    struct event *timer;
+    uint64_t timer_seq;
+    int timer_armed;
+    tb_sub *subs;
+};
+
+void tb__task_ref(tb_task *t);
+void tb__task_unref(tb_task *t);
+
+/* Suspension protocol, used by every TB_TASK_FN:
+ *   rc = tb__task_enter(self, "tb_x");     aborts unless self is running here;
+ *                                          TB_ECANCELED if a cancel is pending
+ *   seq = tb__task_begin_wait(self, kind); then register wake sources with seq
+ *   rc = tb__task_suspend(self, "tb_x");   yields; returns the wake code
+ *   ... unregister whatever did not fire (listener, timer, watch).
+ */
+int tb__task_enter(tb_task *self, const char *who);
+uint64_t tb__task_begin_wait(tb_task *self, int wait_kind);
+int tb__task_suspend(tb_task *self, const char *who);
+/* Disarms self's timer if armed. */
+void tb__task_disarm_timer(tb_task *self);
+
+/* Wakes task t (on its own worker's thread) with code if it is still in the
+ * wait numbered seq. Returns 1 if it woke it. */
+int tb__task_wake(tb_task *t, uint64_t seq, int code);
+
+/* Arms t's timer to wake the current wait with TB_ETIMEDOUT after ms. */
+int tb__task_arm_timer(tb_task *t, uint64_t seq, int64_t ms);
+
+/* Runs t (popped from the run queue) until it suspends or ends. */
+void tb__task_run(tb_task *t);
+
+/* Worker side of messages. */
+void tb__task_start_on_worker(tb_task *t); /* SPAWN */
+void tb__task_deliver_cancel(tb_task *t);  /* CANCEL */
+/* Runs every task in w's run queue present at entry. */
+void tb__worker_run_ready(struct tb__worker *w);
+
+/* Creates the worker's replica of every task added before run. */
+void tb__task_start_prerun(struct tb__worker *w);
+
+/* Cancels every live task of w; used at shutdown. */
+void tb__task_cancel_all_on_worker(struct tb__worker *w);
+/* Ends tasks that ignored cancellation until the graceful timeout. Returns
+ * how many were abandoned. */
+int tb__task_abandon_all_on_worker(struct tb__worker *w);
+
+void tb__task_free_registry(tb_app *app);
+
+/* Event delivery on a worker, and listener bookkeeping. */
+void tb__event_deliver_local(struct tb__worker *w, tb_event *ev);
+int tb__listener_add(struct tb__worker *w, tb__listener *l);
+void tb__listener_remove(struct tb__worker *w, tb__listener *l);
+void tb__sub_close_all(tb_task *t);
+
+/* ---------------------------------------------------------------- workers */
+
+typedef struct tb__worker {
+    tb_app *app;
+    int index;
+    pthread_t thread;
+    struct event_base *base;
+    struct event *inbox_ev;
+    struct event *runq_ev;
+    struct event *grace_ev;
+
+    pthread_mutex_t inbox_mu;
+    tb__msg *inbox, *spare;
+    size_t inbox_len, inbox_cap, spare_cap;
+
+    tb_task *runq_head, *runq_tail;
+    int in_run; /* inside tb__worker_run_ready */
+
+    tb_task *live;   /* live (not finished) tasks of this worker */
+    atomic_int load; /* their number, read by other threads */
+
+    tb__stack_pool *stacks;
+    tb__htab exact; /* name -> tb__lbucket */
+    tb__listener *wild_head, *wild_tail;
+
+    int stopping; /* shutdown begun */
+    int stopped;  /* loop asked to exit */
+    int abandoned;
+    int start_err;
+    int started; /* after-start listeners done: inbox is drained */
+} tb__worker;
+
+/* Posts a message to w from any thread (including w's own). Returns 0 or
+ * TB_ENOMEM (then the reference in ptr is still the caller's). */
+int tb__worker_post(tb__worker *w, int kind, void *ptr, uint64_t seq, int code);
+
+/* Prepares w (base, inbox and run-queue events) on the app's thread. */
+int tb__worker_init(tb__worker *w, tb_app *app, int index);
+
+/* Thread entry of a worker. */
+void *tb__worker_main(void *arg);
+
+/* The worker running on this thread (any app), or NULL. */
+tb__worker *tb__worker_current(void);
+
+/* Called on w's thread when its last live task ended during shutdown. */
+void tb__worker_maybe_finish_stop(tb__worker *w);
+
+/* Schedules t (on its worker's thread) to run. */
+void tb__worker_enqueue(tb__worker *w, tb_task *t);
+
+/* ---------------------------------------------------------------- blocking */
+
+typedef struct tb__blocking_job {
+    struct tb__blocking_job *next;
+    int (*fn)(void *);
+    void *arg;
+    int ret;
+    tb_task *task;
+    uint64_t seq;
+} tb__blocking_job;
+
+int tb__blocking_submit(tb_app *app, tb__blocking_job *job);
+void tb__blocking_shutdown(tb_app *app);
+
+/* ---------------------------------------------------------------- app */
+
+typedef struct tb__prerun {
+    struct tb__prerun *next;
+    tb_task_fn fn;
+    int fn_result; /* copied to result under reg_mu at the end */
+    void *arg;
+    void (*arg_free)(void *);
+    char *name; /* NULL: each replica gets a generated name */
+    char *kind;
+} tb__prerun;
+
+typedef struct tb__listener_fn {
+    struct tb__listener_fn *next;
+    tb_listener_fn fn;
+    void *arg;
+} tb__listener_fn;
+
+enum {
+    TB__APP_NEW = 0,
+    TB__APP_STARTING,
+    TB__APP_RUNNING,
+    TB__APP_STOPPING,
+    TB__APP_STOPPED
+};
+
+enum {
+    TB__MODE_PRERUN = 0, /* before workers exist: remembered for each */
+    TB__MODE_ACCEPT,     /* workers exist: created on one of them */
+    TB__MODE_CLOSED      /* stopping: refused */
+};
+
+struct tb_app {
+    tb_app_config cfg;
+    char instance[20]; /* random hex id of this instance */
+    atomic_uint_fast64_t event_seq;
+    void *userdata;
+
+    atomic_int state;
+    atomic_int stop_requested;
+    sem_t stop_sem;
+
+    tb__listener_fn *listeners[TB__LISTENER_COUNT];
+    tb__prerun *prerun, *prerun_tail;
+
+    tb__worker *workers;
+    int nworkers;
+    pthread_mutex_t start_mu;
+    pthread_cond_t start_cv;
+    int workers_started;
+    int start_err;
+
+    tb__bus *bus;
+
+    /* registry */
+    pthread_mutex_t reg_mu;
+    pthread_cond_t done_cv; /* broadcast when a task ends */
+    int thread_waiters;     /* threads blocked on done_cv */
+    tb__htab names;         /* name -> tb_task chain */
+    tb_task *all_head, *all_tail;
+    uint64_t next_id;
+    int mode;      /* TB__MODE_*: where tb_task_add goes */
+    int bus_up;    /* tb_dispatch allowed */
+    int abandoned; /* tasks abandoned at the graceful timeout */
+
+    /* blocking pool */
+    pthread_mutex_t blk_mu;
+    pthread_cond_t blk_cv;
+    tb__blocking_job *blk_head, *blk_tail;
+    pthread_t *blk_threads;
+    int blk_nthreads;
+    int blk_stop;
+};
+
+int64_t tb__now_us(void);  /* CLOCK_REALTIME */
+int64_t tb__mono_us(void); /* CLOCK_MONOTONIC */
+
+/* Runs the listeners of kind in order (reverse for stop kinds). Returns the
+ * first non-zero return for start kinds, else 0. */
+int tb__app_run_listeners(tb_app *app, tb_listener_kind kind, int worker);
+
+/* Hands ev to every worker's inbox (one reference each); the caller keeps
+ * its own reference. Used by buses when an event arrives. */
+void tb__app_deliver(tb_app *app, tb_event *ev);
+
+#endif /* TASKBUS_INTERNAL_H */

@@ -1,0 +1,217 @@
+/* pattern.c - event name and pattern validation, matching and param capture. */
+#include "pattern.h"
+
+#include <string.h>
+
+_Static_assert(TB_EVENT_NAME_MAX <= UINT8_MAX,
+               "tb__name and tb__pattern keep offsets in uint8_t");
+_Static_assert(TB_EVENT_SEGMENTS_MAX <= UINT8_MAX, "segment count in uint8_t");
+
+static int is_name_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '_' || c == '-';
+}
+
+static int is_param_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '_';
+}
+
+/* Classifies the segment s[0..len) (len >= 1). Returns its tb__seg_kind, or
+ * -1 if it is malformed. Wildcards are accepted only when wild is set. */
+static int classify(const char *s, size_t len, int wild)
+{
+    if (wild && len == 1 && s[0] == '*')
+        return TB__SEG_ANY;
+    if (wild && s[0] == '<') {
+        if (len < 3 || len - 2 > TB__PARAM_NAME_MAX || s[len - 1] != '>')
+            return -1;
+        for (size_t i = 1; i + 1 < len; i++)
+            if (!is_param_char((unsigned char)s[i]))
+                return -1;
+        return TB__SEG_PARAM;
+    }
+    for (size_t i = 0; i < len; i++)
+        if (!is_name_char((unsigned char)s[i]))
+            return -1;
+    return TB__SEG_LITERAL;
+}
+
+/* The one parser behind names and patterns. Fills p (text, len, nseg,
+ * nwild, seg[]; not hash) from s. With wild == 0 only literal segments are
+ * accepted, which makes s a valid event name. */
+static int parse(tb__pattern *p, const char *s, int wild)
+{
+    if (s == NULL)
+        return TB_EINVAL;
+    size_t len = strnlen(s, TB_EVENT_NAME_MAX + 1);
+    if (len > TB_EVENT_NAME_MAX)
+        return TB_ENAMETOOLONG;
+    if (len == 0)
+        return TB_EINVAL;
+
+    size_t nseg = 0, nwild = 0, start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && s[i] != '.')
+            continue;
+        size_t slen = i - start;
+        if (slen == 0 || nseg == TB_EVENT_SEGMENTS_MAX)
+            return TB_EINVAL;
+        int kind = classify(s + start, slen, wild);
+        if (kind < 0)
+            return TB_EINVAL;
+        if (kind == TB__SEG_PARAM) {
+            /* Store the name inside the brackets; it must be unique. */
+            start++;
+            slen -= 2;
+            for (size_t j = 0; j < nseg; j++)
+                if (p->seg[j].kind == TB__SEG_PARAM && p->seg[j].len == slen &&
+                    memcmp(s + p->seg[j].off, s + start, slen) == 0)
+                    return TB_EINVAL;
+        }
+        if (kind != TB__SEG_LITERAL)
+            nwild++;
+        p->seg[nseg].kind = (uint8_t)kind;
+        p->seg[nseg].off = (uint8_t)start;
+        p->seg[nseg].len = (uint8_t)slen;
+        nseg++;
+        start = i + 1;
+    }
+    memcpy(p->text, s, len + 1);
+    p->len = (uint8_t)len;
+    p->nseg = (uint8_t)nseg;
+    p->nwild = (uint8_t)nwild;
+    return 0;
+}
+
+uint64_t tb__hash_str(const char *s, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325u;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3u;
+    }
+    return h;
+}
+
+int tb__name_split(tb__name *n, const char *name)
+{
+    tb__pattern p;
+    int rc = parse(&p, name, 0);
+    if (rc != 0)
+        return rc;
+    n->len = p.len;
+    n->nseg = p.nseg;
+    for (int i = 0; i < p.nseg; i++) {
+        n->off[i] = p.seg[i].off;
+        n->seglen[i] = p.seg[i].len;
+    }
+    memcpy(n->s, p.text, (size_t)p.len + 1);
+    n->hash = tb__hash_str(n->s, n->len);
+    return 0;
+}
+
+int tb__pattern_compile(tb__pattern *p, const char *pattern)
+{
+    int rc = parse(p, pattern, 1);
+    if (rc != 0)
+        return rc;
+    p->hash = tb__hash_str(p->text, p->len);
+    return 0;
+}
+
+int tb__pattern_is_exact(const tb__pattern *p)
+{
+    return p->nwild == 0;
+}
+
+int tb__pattern_match_split(const tb__pattern *p, const tb__name *n)
+{
+    if (p->nseg != n->nseg)
+        return 0;
+    if (p->nwild == 0)
+        return p->len == n->len && p->hash == n->hash &&
+               memcmp(p->text, n->s, n->len) == 0;
+    for (int i = 0; i < p->nseg; i++) {
+        if (p->seg[i].kind != TB__SEG_LITERAL)
+            continue;
+        if (p->seg[i].len != n->seglen[i] ||
+            memcmp(p->text + p->seg[i].off, n->s + n->off[i], n->seglen[i]) !=
+                0)
+            return 0;
+    }
+    return 1;
+}
+
+int tb__pattern_param_index(const tb__pattern *p, const char *param)
+{
+    if (param == NULL)
+        return -1;
+    size_t plen = strnlen(param, TB__PARAM_NAME_MAX + 1);
+    for (int i = 0; i < p->nseg; i++)
+        if (p->seg[i].kind == TB__SEG_PARAM && p->seg[i].len == plen &&
+            memcmp(p->text + p->seg[i].off, param, plen) == 0)
+            return i;
+    return -1;
+}
+
+int tb__pattern_param_split(const tb__pattern *p, const tb__name *n,
+                            const char *param, char *out, size_t outsz)
+{
+    if (param == NULL || (out == NULL && outsz > 0))
+        return TB_EINVAL;
+    if (outsz > 0)
+        out[0] = '\0';
+    int i = tb__pattern_param_index(p, param);
+    if (i < 0 || !tb__pattern_match_split(p, n))
+        return TB_ENOENT;
+    size_t len = n->seglen[i];
+    if (outsz < len + 1)
+        return TB_ENAMETOOLONG;
+    memcpy(out, n->s + n->off[i], len);
+    out[len] = '\0';
+    return (int)len;
+}
+
+/* ---- public API: the same, parsing on each call ---- */
+
+int tb_event_name_valid(const char *name)
+{
+    tb__pattern p;
+    return parse(&p, name, 0);
+}
+
+int tb_pattern_valid(const char *pattern)
+{
+    tb__pattern p;
+    return parse(&p, pattern, 1);
+}
+
+int tb_pattern_match(const char *pattern, const char *name)
+{
+    tb__pattern p;
+    tb__name n;
+    if (tb__pattern_compile(&p, pattern) != 0 || tb__name_split(&n, name) != 0)
+        return 0;
+    return tb__pattern_match_split(&p, &n);
+}
+
+/* An invalid pattern is the caller's bug (TB_EINVAL); an invalid name just
+ * does not match (TB_ENOENT), as in tb_pattern_match. */
+int tb_pattern_param(const char *pattern, const char *name, const char *param,
+                     char *out, size_t outsz)
+{
+    tb__pattern p;
+    tb__name n;
+    if (param == NULL || (out == NULL && outsz > 0))
+        return TB_EINVAL;
+    if (outsz > 0)
+        out[0] = '\0';
+    if (tb__pattern_compile(&p, pattern) != 0)
+        return TB_EINVAL;
+    if (tb__name_split(&n, name) != 0)
+        return TB_ENOENT;
+    return tb__pattern_param_split(&p, &n, param, out, outsz);
+}

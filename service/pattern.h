@@ -1,0 +1,82 @@
+/* pattern.h - pre-split event names and compiled patterns for the event
+ * dispatcher's hot path (private). */
+#ifndef TASKBUS_PATTERN_H
+#define TASKBUS_PATTERN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "taskbus/taskbus.h"
+
+/* Every offset and length below fits in a uint8_t because names and
+ * patterns are at most TB_EVENT_NAME_MAX (200) bytes. */
+#define TB__PARAM_NAME_MAX 64 /* bytes of a <param> name, without <> */
+
+/* An event name split into segments once, so that matching it against many
+ * patterns does not parse it again. Self-contained (holds a copy of the
+ * name): it may be copied with memcpy or by assignment. */
+typedef struct tb__name {
+    uint8_t len;                           /* strlen(s) */
+    uint8_t nseg;                          /* 1..TB_EVENT_SEGMENTS_MAX */
+    uint8_t off[TB_EVENT_SEGMENTS_MAX];    /* segment i is s[off[i]..] */
+    uint8_t seglen[TB_EVENT_SEGMENTS_MAX]; /* ... of seglen[i] bytes */
+    uint64_t hash;                         /* tb__hash_str(s, len) */
+    char s[TB_EVENT_NAME_MAX + 1];         /* the name, NUL-terminated */
+} tb__name;
+
+typedef enum {
+    TB__SEG_LITERAL = 0, /* matches itself */
+    TB__SEG_ANY,         /* "*": any one segment */
+    TB__SEG_PARAM        /* "<param>": any one segment, captured */
+} tb__seg_kind;
+
+/* A validated pattern. Self-contained like tb__name. For a TB__SEG_PARAM
+ * segment, off/len give the param name inside the angle brackets. */
+typedef struct tb__pattern {
+    uint8_t len;   /* strlen(text) */
+    uint8_t nseg;  /* 1..TB_EVENT_SEGMENTS_MAX */
+    uint8_t nwild; /* segments that are "*" or "<param>" */
+    struct {
+        uint8_t kind; /* tb__seg_kind */
+        uint8_t off;
+        uint8_t len;
+    } seg[TB_EVENT_SEGMENTS_MAX];
+    uint64_t hash;                    /* tb__hash_str(text, len) */
+    char text[TB_EVENT_NAME_MAX + 1]; /* the pattern, NUL-terminated */
+} tb__pattern;
+
+/* Validates name and fills *n. Returns 0, TB_ENAMETOOLONG (more than
+ * TB_EVENT_NAME_MAX bytes) or TB_EINVAL (NULL or malformed); on error *n is
+ * unspecified and must not be used. Nothing is allocated. */
+int tb__name_split(tb__name *n, const char *name);
+
+/* Validates pattern and fills *p. Returns 0, TB_ENAMETOOLONG or TB_EINVAL
+ * (NULL, malformed, bad or repeated param name); on error *p is unspecified.
+ * Nothing is allocated. */
+int tb__pattern_compile(tb__pattern *p, const char *pattern);
+
+/* 1 if p has no "*" or "<param>" segment, so it matches exactly the name
+ * equal to p->text (the dispatcher then indexes it by p->hash), else 0. */
+int tb__pattern_is_exact(const tb__pattern *p);
+
+/* 1 if the name n matches p, else 0. Both must come from a successful
+ * tb__name_split / tb__pattern_compile. Does not allocate or parse. */
+int tb__pattern_match_split(const tb__pattern *p, const tb__name *n);
+
+/* Index (0..nseg-1) of the segment of p that captures param (NUL-terminated,
+ * without the angle brackets), or -1 if p has no such param. */
+int tb__pattern_param_index(const tb__pattern *p, const char *param);
+
+/* Copies the segment of n captured by p's <param> into out (outsz bytes,
+ * NUL included) and returns its length. TB_ENOENT if p has no such param or
+ * n does not match p; TB_ENAMETOOLONG if out is too small; TB_EINVAL if
+ * param is NULL or out is NULL with outsz > 0. On any error out (when
+ * outsz > 0) holds "". */
+int tb__pattern_param_split(const tb__pattern *p, const tb__name *n,
+                            const char *param, char *out, size_t outsz);
+
+/* 64-bit FNV-1a of the len bytes at s. Fast and stable across runs and
+ * processes; not keyed, so it is no defence against chosen collisions. */
+uint64_t tb__hash_str(const char *s, size_t len);
+
+#endif /* TASKBUS_PATTERN_H */

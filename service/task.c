@@ -1,0 +1,984 @@
+/* task.c - named background tasks: the app-wide registry and each task's life.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/event.h>
+
+#include "internal.h"
+
+static _Thread_local tb_task *current_task;
+
+tb_task *tb_task_current(void)
+{
+    return current_task;
+}
+
+const char *tb_task_state_name(tb_task_state s)
+{
+    switch (s) {
+    case TB_TASK_PENDING:
+        return "pending";
+    case TB_TASK_RUNNING:
+        return "running";
+    case TB_TASK_DONE:
+        return "done";
+    case TB_TASK_FAILED:
+        return "failed";
+    case TB_TASK_CANCELLED:
+        return "cancelled";
+    }
+    return "unknown";
+}
+
+static int finished(const tb_task *t)
+{
+    return t->state >= TB_TASK_DONE;
+}
+
+/* ---------------------------------------------------------------- refs */
+
+void tb__task_ref(tb_task *t)
+{
+    atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+}
+
+void tb__task_unref(tb_task *t)
+{
+    if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    free(t->name);
+    free(t->kind);
+    free(t->error);
+    free(t);
+}
+
+/* ---------------------------------------------------------------- registry */
+
+/* Unlinks t from the registry (reg_mu held) and drops the registry's ref. */
+static void registry_drop(tb_app *app, tb_task *t)
+{
+    tb__htab_remove(&app->names, &t->node);
+    if (t->all_prev)
+        t->all_prev->all_next = t->all_next;
+    else
+        app->all_head = t->all_next;
+    if (t->all_next)
+        t->all_next->all_prev = t->all_prev;
+    else
+        app->all_tail = t->all_prev;
+    tb__task_unref(t);
+}
+
+static tb_task *first_named(tb_app *app, const char *name)
+{
+    tb__hnode *n = tb__htab_find(&app->names, name, strlen(name));
+    return n ? (tb_task *)n : NULL;
+}
+
+static tb_task *next_named(tb_task *t)
+{
+    tb__hnode *n = tb__htab_next_same(&t->node);
+    return n ? (tb_task *)n : NULL;
+}
+
+/* Inserts t (reg_mu held): assigns its id, and its name if it has none. */
+static int registry_insert(tb_app *app, tb_task *t)
+{
+    t->id = ++app->next_id;
+    if (!t->name) {
+        char buf[32];
+        snprintf(buf, sizeof buf, "task-%" PRIu64, t->id);
+        t->name = strdup(buf);
+        if (!t->name)
+            return TB_ENOMEM;
+    }
+    if (tb__htab_insert(&app->names, &t->node, t->name, strlen(t->name)))
+        return TB_ENOMEM;
+    t->all_prev = app->all_tail;
+    t->all_next = NULL;
+    if (app->all_tail)
+        app->all_tail->all_next = t;
+    else
+        app->all_head = t;
+    app->all_tail = t;
+    return 0;
+}
+
+/* Task names: 1..TB_TASK_NAME_MAX bytes, no control characters. */
+static int name_check(const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0)
+        return TB_EINVAL;
+    if (n > TB_TASK_NAME_MAX)
+        return TB_ENAMETOOLONG;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c < 0x20 || c == 0x7f)
+            return TB_EINVAL;
+    }
+    return 0;
+}
+
+static tb_task *task_alloc(tb_app *app, tb_task_fn fn, void *arg,
+                           const tb_task_opts *o)
+{
+    tb_task *t = calloc(1, sizeof *t);
+    if (!t)
+        return NULL;
+    if ((o->name && !(t->name = strdup(o->name))) ||
+        (o->kind && !(t->kind = strdup(o->kind)))) {
+        free(t->name);
+        free(t);
+        return NULL;
+    }
+    t->app = app;
+    t->fn = fn;
+    t->arg = arg;
+    t->arg_free = o->arg_free;
+    t->state = TB_TASK_PENDING;
+    t->created_us = tb__now_us();
+    return t;
+}
+
+/* ---------------------------------------------------------------- add */
+
+static int least_loaded(tb_app *app)
+{
+    int best = 0, best_load = INT32_MAX;
+    for (int i = 0; i < app->nworkers; i++) {
+        int l =
+            atomic_load_explicit(&app->workers[i].load, memory_order_relaxed);
+        if (l < best_load) {
+            best = i;
+            best_load = l;
+        }
+    }
+    return best;
+}
+
+static int add_prerun(tb_app *app, tb_task_fn fn, void *arg,
+                      const tb_task_opts *o)
+{
+    tb__prerun *p = calloc(1, sizeof *p);
+    if (!p)
+        return TB_ENOMEM;
+    if ((o->name && !(p->name = strdup(o->name))) ||
+        (o->kind && !(p->kind = strdup(o->kind)))) {
+        free(p->name);
+        free(p);
+        return TB_ENOMEM;
+    }
+    p->fn = fn;
+    p->arg = arg;
+    p->arg_free = o->arg_free;
+    if (app->prerun_tail)
+        app->prerun_tail->next = p;
+    else
+        app->prerun = p;
+    app->prerun_tail = p;
+    return 0;
+}
+
+int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
+                uint64_t *id_out)
+{
+    static const tb_task_opts defaults = {.worker = TB_WORKER_ANY};
+    const tb_task_opts *o = opts ? opts : &defaults;
+    if (!app || !fn)
+        return TB_EINVAL;
+    if (o->name) {
+        int rc = name_check(o->name);
+        if (rc)
+            return rc;
+    }
+    if (o->worker != TB_WORKER_ANY &&
+        (o->worker < 0 || o->worker >= app->cfg.workers))
+        return TB_EINVAL;
+    if (id_out)
+        *id_out = 0;
+
+    tb_task *t = task_alloc(app, fn, arg, o);
+    if (!t)
+        return TB_ENOMEM;
+    atomic_init(&t->refs, 1);
+    for (int attempt = 0;; attempt++) {
+        pthread_mutex_lock(&app->reg_mu);
+        if (app->mode != TB__MODE_ACCEPT) {
+            int rc = app->mode == TB__MODE_PRERUN ? add_prerun(app, fn, arg, o)
+                                                  : TB_ESHUTDOWN;
+            pthread_mutex_unlock(&app->reg_mu);
+            tb__task_unref(t);
+            return rc;
+        }
+        /* A live holder of the name refuses the add (or, with REPLACE, is
+         * cancelled first); finished holders simply give the name up. */
+        int live = 0;
+        if (o->name) {
+            for (tb_task *h = first_named(app, o->name); h; h = next_named(h))
+                live |= !finished(h);
+        }
+        if (live) {
+            pthread_mutex_unlock(&app->reg_mu);
+            int rc = TB_EEXIST;
+            if (o->flags & TB_TASK_REPLACE) {
+                rc = attempt < 3 ? tb_task_cancel(app, o->name, -1) : TB_EBUSY;
+                if (rc == 0 || rc == TB_ENOENT)
+                    continue;
+            }
+            tb__task_unref(t);
+            return rc;
+        }
+        if (o->name) {
+            tb_task *h = first_named(app, o->name);
+            while (h) {
+                tb_task *next = next_named(h);
+                registry_drop(app, h);
+                h = next;
+            }
+        }
+        int rc = registry_insert(app, t);
+        if (rc) {
+            pthread_mutex_unlock(&app->reg_mu);
+            tb__task_unref(t);
+            return rc;
+        }
+        int wi = o->worker == TB_WORKER_ANY ? least_loaded(app) : o->worker;
+        tb__worker *w = &app->workers[wi];
+        t->worker = wi;
+        t->w = w;
+        atomic_fetch_add(&w->load, 1);
+        if (id_out)
+            *id_out = t->id;
+        if (tb__worker_current() == w) {
+            /* refs: the registry's (from alloc) + the worker's. */
+            tb__task_ref(t);
+            pthread_mutex_unlock(&app->reg_mu);
+            tb__task_start_on_worker(t);
+            return 0;
+        }
+        /* refs: registry + worker + the SPAWN message's. Posting under
+         * reg_mu orders this SPAWN before any STOP that the shutdown posts
+         * after closing the registry. */
+        atomic_fetch_add(&t->refs, 2);
+        rc = tb__worker_post(w, TB__MSG_SPAWN, t, 0, 0);
+        if (rc) {
+            atomic_fetch_sub(&w->load, 1);
+            atomic_fetch_sub(&t->refs, 2);
+            registry_drop(app, t);
+        }
+        pthread_mutex_unlock(&app->reg_mu);
+        return rc;
+    }
+}
+
+/* ---------------------------------------------------------------- worker side
+ */
+
+static void trampoline(void *arg)
+{
+    tb_task *t = arg;
+    t->fn_result = t->fn(t, t->arg);
+}
+
+void tb__task_start_on_worker(tb_task *t)
+{
+    tb__worker *w = t->w;
+    t->wprev = NULL;
+    t->wnext = w->live;
+    if (w->live)
+        w->live->wprev = t;
+    w->live = t;
+    tb__worker_enqueue(w, t);
+}
+
+void tb__task_start_prerun(tb__worker *w)
+{
+    tb_app *app = w->app;
+    for (tb__prerun *p = app->prerun; p; p = p->next) {
+        tb_task_opts o = {.name = p->name, .kind = p->kind};
+        tb_task *t = task_alloc(app, p->fn, p->arg, &o);
+        if (!t) {
+            tb__log(TB_LOG_ERROR, "worker %d: no memory to start task %s",
+                    w->index, p->name ? p->name : "(unnamed)");
+            continue;
+        }
+        t->arg_free = NULL; /* the app frees a pre-run task's arg, once */
+        t->replica = p->name != NULL;
+        t->worker = w->index;
+        t->w = w;
+        atomic_init(&t->refs, 2);
+        pthread_mutex_lock(&app->reg_mu);
+        int rc = app->mode == TB__MODE_ACCEPT ? registry_insert(app, t)
+                                              : TB_ESHUTDOWN;
+        pthread_mutex_unlock(&app->reg_mu);
+        if (rc) {
+            tb__log(TB_LOG_ERROR, "worker %d: cannot start task %s: %s",
+                    w->index, p->name ? p->name : "(unnamed)", tb_strerror(rc));
+            free(t->name);
+            free(t->kind);
+            free(t);
+            continue;
+        }
+        atomic_fetch_add(&w->load, 1);
+        tb__task_start_on_worker(t);
+    }
+}
+
+static void wake_watchers_locked(tb_task *t)
+{
+    for (tb__watch *x = t->watchers; x; x = x->next) {
+        tb_task *waiter = x->waiter;
+        if (waiter->w == tb__worker_current()) {
+            tb__task_wake(waiter, x->seq, 0);
+        } else {
+            tb__task_ref(waiter);
+            if (tb__worker_post(waiter->w, TB__MSG_WAKE, waiter, x->seq, 0))
+                tb__task_unref(waiter);
+        }
+    }
+    t->watchers = NULL;
+}
+
+/* Ends t on its worker: records its final state, wakes whoever waits for
+ * it, releases what it held. abandoned: shutdown gave up on it. */
+static void finish(tb_task *t, int abandoned)
+{
+    tb_app *app = t->app;
+    tb__worker *w = t->w;
+    int in_blocking = t->wait_kind == TB__WAIT_BLOCKING;
+
+    if (t->co && !(abandoned && in_blocking)) {
+        /* A blocking call in flight still uses its job on this stack: keep
+         * that stack until tb_app_free has joined the pool. */
+        tb__coro_free(t->co);
+        t->co = NULL;
+    }
+    if (t->timer) {
+        event_free(t->timer);
+        t->timer = NULL;
+        t->timer_armed = 0;
+    }
+    tb__sub_close_all(t);
+    t->wait_kind = TB__WAIT_NONE;
+
+    if (t->wprev)
+        t->wprev->wnext = t->wnext;
+    else if (w->live == t)
+        w->live = t->wnext;
+    if (t->wnext)
+        t->wnext->wprev = t->wprev;
+    t->wprev = t->wnext = NULL;
+
+    tb_task_state st;
+    if (atomic_load(&t->cancel_requested))
+        st = TB_TASK_CANCELLED;
+    else if (t->fn_result != 0 || t->error)
+        st = TB_TASK_FAILED;
+    else
+        st = TB_TASK_DONE;
+
+    pthread_mutex_lock(&app->reg_mu);
+    if (abandoned && !t->error)
+        t->error = strdup("abandoned at shutdown: still running after the "
+                          "graceful timeout");
+    t->result = t->fn_result;
+    if (t->state == TB_TASK_PENDING && st == TB_TASK_CANCELLED)
+        t->result = TB_ECANCELED; /* its body never ran */
+    t->state = st;
+    t->ended_us = tb__now_us();
+    wake_watchers_locked(t);
+    if (app->thread_waiters)
+        pthread_cond_broadcast(&app->done_cv);
+    pthread_mutex_unlock(&app->reg_mu);
+
+    if (st == TB_TASK_FAILED) {
+        if (t->error)
+            tb__log(TB_LOG_ERROR, "task %s (worker %d) failed: %s", t->name,
+                    t->worker, t->error);
+        else
+            tb__log(TB_LOG_ERROR, "task %s (worker %d) failed: returned %d",
+                    t->name, t->worker, t->result);
+    } else if (abandoned) {
+        tb__log(TB_LOG_WARN, "task %s (worker %d) abandoned at shutdown",
+                t->name, t->worker);
+    }
+    if (t->arg_free && !(abandoned && in_blocking))
+        t->arg_free(t->arg);
+    t->arg_free = NULL;
+    atomic_fetch_sub(&w->load, 1);
+    tb__task_unref(t); /* the worker's reference */
+    tb__worker_maybe_finish_stop(w);
+}
+
+void tb__task_run(tb_task *t)
+{
+    if (!t->co) {
+        if (finished(t))
+            return;
+        if (atomic_load(&t->cancel_pending)) {
+            /* Cancelled before it ever ran: like asyncio, its body never
+             * starts. */
+            finish(t, 0);
+            return;
+        }
+        t->co = tb__coro_new(t->w->stacks, trampoline, t);
+        if (!t->co) {
+            char *msg = strdup("no memory for the task's stack");
+            pthread_mutex_lock(&t->app->reg_mu);
+            t->error = msg;
+            pthread_mutex_unlock(&t->app->reg_mu);
+            t->fn_result = TB_ENOMEM;
+            finish(t, 0);
+            return;
+        }
+        tb__coro_set_data(t->co, t);
+        int64_t now = tb__now_us();
+        pthread_mutex_lock(&t->app->reg_mu);
+        t->state = TB_TASK_RUNNING;
+        t->started_us = now;
+        pthread_mutex_unlock(&t->app->reg_mu);
+    }
+    current_task = t;
+    int done = tb__coro_resume(t->co);
+    current_task = NULL;
+    if (done)
+        finish(t, 0);
+}
+
+void tb__task_deliver_cancel(tb_task *t)
+{
+    if (finished(t) || !t->co)
+        return; /* a pending task sees the flag when it would first run */
+    if (t->wait_kind == TB__WAIT_NONE || t->wait_kind == TB__WAIT_BLOCKING)
+        return; /* its next suspension point (or the blocking call's end)
+                   consumes the flag */
+    if (atomic_exchange(&t->cancel_pending, 0))
+        tb__task_wake(t, t->wait_seq, TB_ECANCELED);
+}
+
+static void request_cancel(tb_task *t)
+{
+    atomic_store(&t->cancel_requested, 1);
+    atomic_store(&t->cancel_pending, 1);
+}
+
+void tb__task_cancel_all_on_worker(tb__worker *w)
+{
+    for (tb_task *t = w->live; t; t = t->wnext) {
+        request_cancel(t);
+        tb__task_deliver_cancel(t);
+    }
+}
+
+int tb__task_abandon_all_on_worker(tb__worker *w)
+{
+    int n = 0;
+    while (w->live) {
+        tb_task *t = w->live;
+        if (t->queued) {
+            /* Ready but never got to run again before the deadline. */
+            tb_task **pp = &w->runq_head, *prev = NULL;
+            while (*pp != t) {
+                prev = *pp;
+                pp = &(*pp)->rnext;
+            }
+            *pp = t->rnext;
+            if (w->runq_tail == t)
+                w->runq_tail = prev;
+            t->queued = 0;
+        }
+        finish(t, 1);
+        n++;
+    }
+    return n;
+}
+
+/* ---------------------------------------------------------------- suspension
+ */
+
+int tb__task_enter(tb_task *self, const char *who)
+{
+    if (!self || self != current_task || tb__coro_self() == NULL) {
+        fprintf(stderr,
+                "taskbus: %s called outside its task (it suspends, so it may "
+                "only run inside the task it is given)\n",
+                who);
+        abort();
+    }
+    if (atomic_load_explicit(&self->cancel_pending, memory_order_relaxed) &&
+        atomic_exchange(&self->cancel_pending, 0))
+        return TB_ECANCELED;
+    return 0;
+}
+
+uint64_t tb__task_begin_wait(tb_task *self, int wait_kind)
+{
+    self->wait_kind = wait_kind;
+    return ++self->wait_seq;
+}
+
+int tb__task_suspend(tb_task *self, const char *who)
+{
+    tb__coro_yield(who);
+    return self->wake_code;
+}
+
+int tb__task_wake(tb_task *t, uint64_t seq, int code)
+{
+    if (t->wait_kind == TB__WAIT_NONE || t->wait_seq != seq)
+        return 0;
+    t->wait_kind = TB__WAIT_NONE;
+    t->wake_code = code;
+    tb__worker_enqueue(t->w, t);
+    return 1;
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tb_task *t = arg;
+    t->timer_armed = 0;
+    tb__task_wake(t, t->timer_seq, TB_ETIMEDOUT);
+}
+
+int tb__task_arm_timer(tb_task *t, uint64_t seq, int64_t ms)
+{
+    if (!t->timer) {
+        t->timer = evtimer_new(t->w->base, on_timer, t);
+        if (!t->timer)
+            return TB_ENOMEM;
+    }
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    t->timer_seq = seq;
+    if (evtimer_add(t->timer, &tv) != 0)
+        return TB_ENOMEM;
+    t->timer_armed = 1;
+    return 0;
+}
+
+void tb__task_disarm_timer(tb_task *self)
+{
+    if (self->timer_armed) {
+        evtimer_del(self->timer);
+        self->timer_armed = 0;
+    }
+}
+
+/* ---------------------------------------------------------------- in a task */
+
+tb_app *tb_task_app(tb_task *self)
+{
+    return self->app;
+}
+
+const char *tb_task_name(const tb_task *self)
+{
+    return self->name;
+}
+
+uint64_t tb_task_id(const tb_task *self)
+{
+    return self->id;
+}
+
+int tb_task_worker(const tb_task *self)
+{
+    return self->worker;
+}
+
+int tb_task_cancelled(const tb_task *self)
+{
+    return atomic_load(&self->cancel_requested);
+}
+
+void tb_task_fail(tb_task *self, const char *fmt, ...)
+{
+    char buf[TB_TASK_ERROR_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    char *copy = strdup(buf[0] ? buf : "failed");
+    pthread_mutex_lock(&self->app->reg_mu);
+    free(self->error);
+    self->error = copy;
+    pthread_mutex_unlock(&self->app->reg_mu);
+}
+
+int tb_sleep(tb_task *self, int64_t ms)
+{
+    int rc = tb__task_enter(self, "tb_sleep");
+    if (rc)
+        return rc;
+    if (ms < 0)
+        return TB_EINVAL;
+    uint64_t seq = tb__task_begin_wait(self, TB__WAIT_SLEEP);
+    if (ms == 0)
+        tb__task_wake(self, seq, 0); /* back of the run queue */
+    else if ((rc = tb__task_arm_timer(self, seq, ms)) != 0) {
+        self->wait_kind = TB__WAIT_NONE;
+        return rc;
+    }
+    rc = tb__task_suspend(self, "tb_sleep");
+    tb__task_disarm_timer(self);
+    return rc == TB_ETIMEDOUT ? 0 : rc;
+}
+
+int tb_yield(tb_task *self)
+{
+    int rc = tb__task_enter(self, "tb_yield");
+    if (rc)
+        return rc;
+    uint64_t seq = tb__task_begin_wait(self, TB__WAIT_SLEEP);
+    tb__task_wake(self, seq, 0);
+    return tb__task_suspend(self, "tb_yield");
+}
+
+/* ---------------------------------------------------------------- waiting for
+ * tasks */
+
+static int64_t deadline_of(int timeout_ms)
+{
+    return timeout_ms < 0 ? -1 : tb__mono_us() + (int64_t)timeout_ms * 1000;
+}
+
+/* Suspends self until target has finished or the deadline (monotonic µs,
+ * -1: none) passes. */
+static int task_wait_finished(tb_task *self, tb_task *target, int64_t deadline,
+                              const char *who)
+{
+    tb_app *app = self->app;
+    for (;;) {
+        int rc = tb__task_enter(self, who);
+        if (rc)
+            return rc;
+        int64_t left_ms = -1;
+        if (deadline >= 0) {
+            int64_t left = deadline - tb__mono_us();
+            if (left <= 0)
+                left = 0;
+            left_ms = (left + 999) / 1000;
+        }
+        tb__watch watch = {.waiter = self};
+        pthread_mutex_lock(&app->reg_mu);
+        if (finished(target)) {
+            pthread_mutex_unlock(&app->reg_mu);
+            return 0;
+        }
+        if (left_ms == 0) {
+            pthread_mutex_unlock(&app->reg_mu);
+            return TB_ETIMEDOUT;
+        }
+        watch.seq = tb__task_begin_wait(self, TB__WAIT_TASK);
+        watch.next = target->watchers;
+        target->watchers = &watch;
+        pthread_mutex_unlock(&app->reg_mu);
+        if (left_ms > 0 && tb__task_arm_timer(self, watch.seq, left_ms)) {
+            self->wait_kind = TB__WAIT_NONE;
+            rc = TB_ENOMEM;
+        } else {
+            rc = tb__task_suspend(self, who);
+        }
+        tb__task_disarm_timer(self);
+        pthread_mutex_lock(&app->reg_mu);
+        for (tb__watch **pp = &target->watchers; *pp; pp = &(*pp)->next) {
+            if (*pp == &watch) {
+                *pp = watch.next;
+                break;
+            }
+        }
+        int done = finished(target);
+        pthread_mutex_unlock(&app->reg_mu);
+        if (done)
+            return 0;
+        if (rc)
+            return rc;
+    }
+}
+
+/* Collects refs to every task named name (reg_mu held). Returns the count;
+ * *out is malloc'ed (or NULL when 0). TB_ENOMEM on failure. */
+static int collect_named(tb_app *app, const char *name, tb_task ***out)
+{
+    int n = 0;
+    for (tb_task *t = first_named(app, name); t; t = next_named(t))
+        n++;
+    *out = NULL;
+    if (n == 0)
+        return 0;
+    tb_task **v = malloc((size_t)n * sizeof *v);
+    if (!v)
+        return TB_ENOMEM;
+    int i = 0;
+    for (tb_task *t = first_named(app, name); t; t = next_named(t)) {
+        tb__task_ref(t);
+        v[i++] = t;
+    }
+    *out = v;
+    return n;
+}
+
+static void release_all(tb_task **v, int n)
+{
+    for (int i = 0; i < n; i++)
+        tb__task_unref(v[i]);
+    free(v);
+}
+
+static int all_finished_locked(tb_task **v, int n, const tb_task *except)
+{
+    for (int i = 0; i < n; i++)
+        if (v[i] != except && !finished(v[i]))
+            return 0;
+    return 1;
+}
+
+int tb_task_join(tb_task *self, const char *name, int timeout_ms, int *result,
+                 tb_task_state *state)
+{
+    int rc = tb__task_enter(self, "tb_task_join");
+    if (rc)
+        return rc;
+    if (!name)
+        return TB_EINVAL;
+    tb_app *app = self->app;
+    tb_task **v;
+    pthread_mutex_lock(&app->reg_mu);
+    int n = collect_named(app, name, &v);
+    pthread_mutex_unlock(&app->reg_mu);
+    if (n < 0)
+        return n;
+    if (n == 0)
+        return TB_ENOENT;
+    for (int i = 0; i < n; i++) {
+        if (v[i] == self) {
+            release_all(v, n);
+            return TB_EDEADLK;
+        }
+    }
+    int64_t deadline = deadline_of(timeout_ms);
+    for (int i = 0; i < n && rc == 0; i++)
+        rc = task_wait_finished(self, v[i], deadline, "tb_task_join");
+    if (rc == 0) {
+        pthread_mutex_lock(&app->reg_mu);
+        tb_task *first = v[0];
+        for (int i = 1; i < n; i++)
+            if (v[i]->id < first->id)
+                first = v[i];
+        if (result)
+            *result = first->result;
+        if (state)
+            *state = first->state;
+        pthread_mutex_unlock(&app->reg_mu);
+    }
+    release_all(v, n);
+    return rc;
+}
+
+int tb_task_cancel(tb_app *app, const char *name, int timeout_ms)
+{
+    if (!app || !name)
+        return TB_EINVAL;
+    if (timeout_ms < 0)
+        timeout_ms = app->cfg.graceful_timeout_ms;
+    tb_task *self =
+        current_task && current_task->app == app ? current_task : NULL;
+    tb_task **v;
+    pthread_mutex_lock(&app->reg_mu);
+    int n = collect_named(app, name, &v);
+    if (n <= 0) {
+        pthread_mutex_unlock(&app->reg_mu);
+        return n == 0 ? TB_ENOENT : n;
+    }
+    int self_target = 0;
+    for (int i = 0; i < n; i++) {
+        tb_task *t = v[i];
+        if (finished(t))
+            continue;
+        if (t == self) {
+            /* Its own cancel is delivered after it has waited for the
+             * others, or the wait itself would consume it. */
+            atomic_store(&t->cancel_requested, 1);
+            self_target = 1;
+            continue;
+        }
+        request_cancel(t);
+        if (tb__worker_current() == t->w) {
+            tb__task_deliver_cancel(t);
+        } else {
+            tb__task_ref(t);
+            if (tb__worker_post(t->w, TB__MSG_CANCEL, t, 0, 0))
+                tb__task_unref(t);
+        }
+    }
+
+    int rc = 0;
+    if (self) {
+        pthread_mutex_unlock(&app->reg_mu);
+        int64_t deadline = deadline_of(timeout_ms);
+        for (int i = 0; i < n && rc == 0; i++)
+            if (v[i] != self)
+                rc = task_wait_finished(self, v[i], deadline, "tb_task_cancel");
+        if (self_target)
+            atomic_store(&self->cancel_pending, 1);
+    } else if (tb__worker_current() && tb__worker_current()->app == app) {
+        /* A worker's loop must never block: report and let the cancel
+         * complete on its own. */
+        rc = all_finished_locked(v, n, NULL) ? 0 : TB_EINPROGRESS;
+        pthread_mutex_unlock(&app->reg_mu);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += timeout_ms / 1000;
+        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        app->thread_waiters++;
+        while (!all_finished_locked(v, n, NULL)) {
+            if (pthread_cond_timedwait(&app->done_cv, &app->reg_mu, &ts) ==
+                ETIMEDOUT) {
+                if (!all_finished_locked(v, n, NULL))
+                    rc = TB_ETIMEDOUT;
+                break;
+            }
+        }
+        app->thread_waiters--;
+        pthread_mutex_unlock(&app->reg_mu);
+    }
+    release_all(v, n);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- queries */
+
+static void info_fill(const tb_task *t, tb_task_info *o)
+{
+    memset(o, 0, sizeof *o);
+    o->id = t->id;
+    snprintf(o->name, sizeof o->name, "%s", t->name ? t->name : "");
+    snprintf(o->kind, sizeof o->kind, "%s", t->kind ? t->kind : "");
+    o->worker = t->worker;
+    o->state = t->state;
+    o->created_us = t->created_us;
+    o->started_us = t->started_us;
+    o->ended_us = t->ended_us;
+    o->result = t->result;
+    if (t->error)
+        snprintf(o->error, sizeof o->error, "%s", t->error);
+    else if (t->state == TB_TASK_CANCELLED)
+        snprintf(o->error, sizeof o->error, "cancelled");
+    o->cancel_requested = atomic_load(&t->cancel_requested);
+}
+
+int tb_task_get(tb_app *app, const char *name, tb_task_info *out)
+{
+    if (!app || !name)
+        return TB_EINVAL;
+    pthread_mutex_lock(&app->reg_mu);
+    int n = 0;
+    const tb_task *first = NULL;
+    for (tb_task *t = first_named(app, name); t; t = next_named(t)) {
+        if (!first || t->id < first->id)
+            first = t;
+        n++;
+    }
+    if (first && out)
+        info_fill(first, out);
+    pthread_mutex_unlock(&app->reg_mu);
+    return n ? n : TB_ENOENT;
+}
+
+int tb_task_list(tb_app *app, tb_task_info **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    pthread_mutex_lock(&app->reg_mu);
+    size_t count = 0;
+    for (tb_task *t = app->all_head; t; t = t->all_next)
+        count++;
+    tb_task_info *v = NULL;
+    if (count) {
+        v = malloc(count * sizeof *v);
+        if (!v) {
+            pthread_mutex_unlock(&app->reg_mu);
+            return TB_ENOMEM;
+        }
+        size_t i = 0;
+        for (tb_task *t = app->all_head; t; t = t->all_next)
+            info_fill(t, &v[i++]);
+    }
+    pthread_mutex_unlock(&app->reg_mu);
+    *out = v;
+    *n = count;
+    return (int)count;
+}
+
+int tb_task_purge(tb_app *app)
+{
+    int n = 0;
+    pthread_mutex_lock(&app->reg_mu);
+    tb_task *t = app->all_head;
+    while (t) {
+        tb_task *next = t->all_next;
+        if (finished(t)) {
+            registry_drop(app, t);
+            n++;
+        }
+        t = next;
+    }
+    pthread_mutex_unlock(&app->reg_mu);
+    return n;
+}
+
+void tb__task_free_registry(tb_app *app)
+{
+    tb_task *t = app->all_head;
+    while (t) {
+        tb_task *next = t->all_next;
+        if (t->co) {
+            tb__coro_free(t->co);
+            t->co = NULL;
+        }
+        if (t->timer) {
+            event_free(t->timer);
+            t->timer = NULL;
+        }
+        registry_drop(app, t);
+        t = next;
+    }
+}
+
+/* ---------------------------------------------------------------- blocking */
+
+int tb_run_blocking(tb_task *self, int (*fn)(void *arg), void *arg, int *ret)
+{
+    int rc = tb__task_enter(self, "tb_run_blocking");
+    if (rc)
+        return rc;
+    if (!fn)
+        return TB_EINVAL;
+    tb__blocking_job job = {.fn = fn, .arg = arg, .task = self};
+    job.seq = tb__task_begin_wait(self, TB__WAIT_BLOCKING);
+    tb__task_ref(self); /* the pool hands it to the wake message */
+    rc = tb__blocking_submit(self->app, &job);
+    if (rc) {
+        tb__task_unref(self);
+        self->wait_kind = TB__WAIT_NONE;
+        return rc;
+    }
+    tb__task_suspend(self, "tb_run_blocking");
+    if (ret)
+        *ret = job.ret;
+    if (atomic_exchange(&self->cancel_pending, 0))
+        return TB_ECANCELED;
+    return 0;
+}

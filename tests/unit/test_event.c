@@ -1,0 +1,1043 @@
+/* test_event.c - unit tests for app events (service/event.c): dispatch to
+ * waiters on every worker, patterns, timeouts and cancel, event accessors,
+ * name and size limits, subscriptions (order, overflow, lifetime) and
+ * exactly-once delivery, through the public API of taskbus.h. */
+#include "harness.h"
+
+/* ------------------------------------------------------------ arming */
+
+static int ack_body(tb_task *self, void *arg)
+{
+    (void)self;
+    th_counter_add(arg, 1);
+    return 0;
+}
+
+/* Makes `armed` count up once self is suspended in the wait it calls next.
+ * The ack task goes on self's own worker, so it cannot run before self
+ * suspends, and self registers its wait before it suspends. This replaces
+ * "sleep a bit, then dispatch": tb_event_wait does not see events dispatched
+ * before it was called. */
+static void arm(tb_task *self, th_counter *armed)
+{
+    tb_task_opts o = th_opts(NULL, tb_task_worker(self));
+    o.kind = "ack";
+    TH_CHECK_RC(tb_task_add(tb_task_app(self), ack_body, armed, &o, NULL), 0);
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n > m && strcmp(s + n - m, suffix) == 0;
+}
+
+/* ------------------------------------------------------------ reach */
+
+typedef struct reach_ctx {
+    th_counter armed;
+    th_counter received;
+    atomic_int got[4];
+    const char *pattern;
+    const char *origin_suffix; /* "/-1" or "/<worker>" */
+    int dispatcher_worker;     /* for the from-task test */
+} reach_ctx;
+
+static int wait_one(tb_task *self, void *arg)
+{
+    reach_ctx *c = arg;
+    tb_event *ev = NULL;
+    arm(self, &c->armed);
+    int rc = tb_event_wait(self, c->pattern, 5000, &ev);
+    if (TH_CHECK_RC(rc, 0)) {
+        TH_CHECK_STR(tb_event_name(ev), c->pattern);
+        const char *origin = tb_event_origin(ev);
+        TH_CHECKF(origin && ends_with(origin, c->origin_suffix),
+                  "origin \"%s\" should end with \"%s\"",
+                  origin ? origin : "(null)", c->origin_suffix);
+        atomic_fetch_add(&c->got[tb_task_worker(self)], 1);
+        th_counter_add(&c->received, 1);
+    }
+    tb_event_unref(ev);
+    return 0;
+}
+
+static void drive_dispatch_from_thread(tb_app *app, void *ctx)
+{
+    reach_ctx *c = ctx;
+    if (!TH_CHECK(th_counter_wait_ge(&c->armed, 3, 5000)))
+        return;
+    char id[TB_EVENT_ID_MAX];
+    id[0] = '\0';
+    TH_CHECK_RC(tb_dispatch(app, c->pattern, "x", 1, id), 0);
+    TH_CHECK(id[0] != '\0');
+    TH_CHECK(th_counter_wait_ge(&c->received, 3, 5000));
+}
+
+static void reach_ctx_init(reach_ctx *c, const char *pattern,
+                           const char *suffix)
+{
+    memset(c, 0, sizeof *c);
+    th_counter_init(&c->armed);
+    th_counter_init(&c->received);
+    c->pattern = pattern;
+    c->origin_suffix = suffix;
+}
+
+static void reach_ctx_destroy(reach_ctx *c)
+{
+    th_counter_destroy(&c->armed);
+    th_counter_destroy(&c->received);
+}
+
+static void test_dispatch_from_thread_reaches_every_worker(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(3, 2000);
+    reach_ctx c;
+    reach_ctx_init(&c, "ping.all", "/-1");
+    assert_rc(th_add(app, "waiter", TB_WORKER_ANY, wait_one, &c, NULL), 0);
+    assert_rc(th_run_thread(app, drive_dispatch_from_thread, &c, 10000), 0);
+    th_assert_clean();
+    for (int w = 0; w < 3; w++)
+        assert_int_equal(atomic_load(&c.got[w]), 1);
+    tb_app_free(app);
+    reach_ctx_destroy(&c);
+}
+
+static int dispatch_in_task(tb_task *self, void *arg)
+{
+    reach_ctx *c = arg;
+    TH_CHECK_RC(tb_dispatch(tb_task_app(self), c->pattern, NULL, 0, NULL), 0);
+    return 0;
+}
+
+static void drive_dispatch_from_task(tb_app *app, void *ctx)
+{
+    reach_ctx *c = ctx;
+    if (!TH_CHECK(th_counter_wait_ge(&c->armed, 3, 5000)))
+        return;
+    TH_CHECK_RC(th_add(app, "dispatcher", c->dispatcher_worker,
+                       dispatch_in_task, c, NULL),
+                0);
+    TH_CHECK(th_counter_wait_ge(&c->received, 3, 5000));
+}
+
+/* A task dispatches: every worker's waiter (its own worker's included) gets
+ * it, with an origin naming the dispatching worker. */
+static void test_dispatch_from_task_reaches_every_worker(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(3, 2000);
+    reach_ctx c;
+    reach_ctx_init(&c, "ping.task", "/1");
+    c.dispatcher_worker = 1;
+    assert_rc(th_add(app, "waiter", TB_WORKER_ANY, wait_one, &c, NULL), 0);
+    assert_rc(th_run_thread(app, drive_dispatch_from_task, &c, 10000), 0);
+    th_assert_clean();
+    for (int w = 0; w < 3; w++)
+        assert_int_equal(atomic_load(&c.got[w]), 1);
+    tb_app_free(app);
+    reach_ctx_destroy(&c);
+}
+
+/* ------------------------------------------------------------ patterns */
+
+typedef struct pattern_ctx {
+    th_counter armed;
+    th_counter finished;
+    /* per waiter: the rc and the name of the event it got */
+    atomic_int rc[4];
+    char got[4][TB_EVENT_NAME_MAX + 1];
+    char uid[4][32];
+} pattern_ctx;
+
+static const char *const g_patterns[4] = {
+    "user.42.created",    /* exact */
+    "user.*.created",     /* any one segment */
+    "user.<uid>.created", /* captured segment */
+    "user.*",             /* two segments: matches neither event */
+};
+
+static int pattern_waiter(tb_task *self, void *arg)
+{
+    pattern_ctx *c = arg;
+    int i = -1;
+    sscanf(tb_task_name(self), "pw-%d", &i);
+    if (!TH_CHECK(i >= 0 && i < 4))
+        return -1;
+    tb_event *ev = NULL;
+    arm(self, &c->armed);
+    int rc = tb_event_wait(self, g_patterns[i], i == 3 ? 300 : 5000, &ev);
+    atomic_store(&c->rc[i], rc);
+    if (rc == 0) {
+        const char *name = tb_event_name(ev);
+        snprintf(c->got[i], sizeof c->got[i], "%s", name);
+        int n = tb_pattern_param(g_patterns[i], name, "uid", c->uid[i],
+                                 sizeof c->uid[i]);
+        if (i == 2) {
+            TH_CHECK_EQ(n, 2);
+            char tiny[2];
+            TH_CHECK_RC(tb_pattern_param(g_patterns[i], name, "uid", tiny,
+                                         sizeof tiny),
+                        TB_ENAMETOOLONG);
+            TH_CHECK_RC(tb_pattern_param(g_patterns[i], name, "nope", tiny,
+                                         sizeof tiny),
+                        TB_ENOENT);
+        } else {
+            TH_CHECK_RC(n, TB_ENOENT);
+        }
+    }
+    tb_event_unref(ev);
+    th_counter_add(&c->finished, 1);
+    return 0;
+}
+
+static void drive_patterns(tb_app *app, void *ctx)
+{
+    pattern_ctx *c = ctx;
+    for (int i = 0; i < 4; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "pw-%d", i);
+        TH_CHECK_RC(th_add(app, name, i % 2, pattern_waiter, c, NULL), 0);
+    }
+    if (!TH_CHECK(th_counter_wait_ge(&c->armed, 4, 5000)))
+        return;
+    /* Matches none of the first three; a waiter that took it would report
+     * the wrong name. */
+    TH_CHECK_RC(tb_dispatch(app, "user.42.deleted", NULL, 0, NULL), 0);
+    TH_CHECK_RC(tb_dispatch(app, "user.42.created", NULL, 0, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&c->finished, 4, 5000));
+}
+
+static void test_exact_star_and_param_patterns(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    pattern_ctx c;
+    memset(&c, 0, sizeof c);
+    th_counter_init(&c.armed);
+    th_counter_init(&c.finished);
+    for (int i = 0; i < 4; i++)
+        c.rc[i] = 1;
+    assert_rc(th_run_thread(app, drive_patterns, &c, 10000), 0);
+    th_assert_clean();
+    for (int i = 0; i < 3; i++) {
+        assert_rc(atomic_load(&c.rc[i]), 0);
+        assert_string_equal(c.got[i], "user.42.created");
+    }
+    assert_string_equal(c.uid[2], "42");
+    assert_rc(atomic_load(&c.rc[3]), TB_ETIMEDOUT);
+    tb_app_free(app);
+    th_counter_destroy(&c.armed);
+    th_counter_destroy(&c.finished);
+}
+
+/* The pure helpers, on the cases the waiters above rely on. */
+static void test_pattern_helpers(void **state)
+{
+    (void)state;
+    assert_int_equal(tb_pattern_match("user.*.created", "user.42.created"), 1);
+    assert_int_equal(tb_pattern_match("user.<id>.created", "user.x.created"),
+                     1);
+    assert_int_equal(tb_pattern_match("user.*", "user.42.created"), 0);
+    assert_int_equal(tb_pattern_match("user.*.created", "user.42.deleted"), 0);
+    assert_int_equal(tb_pattern_match("a.b", "a.b"), 1);
+    assert_int_equal(tb_pattern_match("a.b", "a.bc"), 0);
+    assert_int_equal(tb_pattern_match("a..b", "a..b"), 0); /* invalid */
+    char out[16];
+    assert_int_equal(
+        tb_pattern_param("room.<rid>.msg", "room.abc123.msg", "rid", out,
+                         sizeof out),
+        6);
+    assert_string_equal(out, "abc123");
+    assert_rc(tb_pattern_param("room.<rid>.msg", "room.abc123.other", "rid",
+                               out, sizeof out),
+              TB_ENOENT);
+    assert_rc(tb_pattern_valid("a.*.<p>"), 0);
+    assert_rc(tb_pattern_valid("a.<>"), TB_EINVAL);
+    assert_rc(tb_pattern_valid("a.<p"), TB_EINVAL);
+    assert_rc(tb_pattern_valid("a.**"), TB_EINVAL);
+}
+
+/* ------------------------------------------------------------ wait */
+
+static int drive_wait_timeout(tb_task *self, void *ctx)
+{
+    (void)ctx;
+    tb_event *ev = NULL;
+    int64_t t0 = th_mono_ms();
+    TH_CHECK_RC(tb_event_wait(self, "never.x", 60, &ev), TB_ETIMEDOUT);
+    int64_t took = th_mono_ms() - t0;
+    TH_CHECKF(took >= 55 && took < 2000, "wait(60 ms) took %lld ms",
+              (long long)took);
+
+    int err = 1;
+    tb_sub *sub = tb_sub_open(self, "never.y", 4, &err);
+    if (!TH_CHECK(sub != NULL))
+        return -1;
+    t0 = th_mono_ms();
+    TH_CHECK_RC(tb_sub_next(self, sub, 0, &ev), TB_ETIMEDOUT);
+    TH_CHECK(th_mono_ms() - t0 < 100);
+    t0 = th_mono_ms();
+    TH_CHECK_RC(tb_sub_next(self, sub, 60, &ev), TB_ETIMEDOUT);
+    took = th_mono_ms() - t0;
+    TH_CHECKF(took >= 55 && took < 2000, "sub_next(60 ms) took %lld ms",
+              (long long)took);
+    TH_CHECK_EQ(tb_sub_pending(sub), 0);
+    tb_sub_close(sub);
+
+    /* Bad patterns. */
+    TH_CHECK_RC(tb_event_wait(self, "a..b", 10, &ev), TB_EINVAL);
+    err = 0;
+    TH_CHECK(tb_sub_open(self, "a.<", 4, &err) == NULL);
+    TH_CHECK_RC(err, TB_EINVAL);
+    return 0;
+}
+
+static void test_wait_timeouts(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    assert_rc(th_run_task(app, 0, drive_wait_timeout, NULL, 10000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+}
+
+typedef struct cancel_ctx {
+    th_counter started;
+    atomic_int wait_rc, next_rc;
+} cancel_ctx;
+
+static int wait_forever(tb_task *self, void *arg)
+{
+    cancel_ctx *c = arg;
+    tb_event *ev = NULL;
+    th_counter_add(&c->started, 1);
+    atomic_store(&c->wait_rc, tb_event_wait(self, "never.z", -1, &ev));
+    tb_event_unref(ev);
+    return 0;
+}
+
+static int next_forever(tb_task *self, void *arg)
+{
+    cancel_ctx *c = arg;
+    tb_event *ev = NULL;
+    int err = 0;
+    tb_sub *sub = tb_sub_open(self, "never.z", 0, &err);
+    th_counter_add(&c->started, 1);
+    if (!TH_CHECK(sub != NULL))
+        return -1;
+    atomic_store(&c->next_rc, tb_sub_next(self, sub, -1, &ev));
+    tb_event_unref(ev);
+    tb_sub_close(sub);
+    return 0;
+}
+
+static void drive_cancel_waiters(tb_app *app, void *ctx)
+{
+    cancel_ctx *c = ctx;
+    TH_CHECK_RC(th_add(app, "waits", 0, wait_forever, c, NULL), 0);
+    TH_CHECK_RC(th_add(app, "nexts", 1, next_forever, c, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&c->started, 2, 5000));
+    TH_CHECK_RC(tb_task_cancel(app, "waits", 3000), 0);
+    TH_CHECK_RC(tb_task_cancel(app, "nexts", 3000), 0);
+    TH_CHECK_RC(atomic_load(&c->wait_rc), TB_ECANCELED);
+    TH_CHECK_RC(atomic_load(&c->next_rc), TB_ECANCELED);
+}
+
+static void test_cancelled_while_waiting(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    cancel_ctx c;
+    memset(&c, 0, sizeof c);
+    th_counter_init(&c.started);
+    c.wait_rc = c.next_rc = 1;
+    assert_rc(th_run_thread(app, drive_cancel_waiters, &c, 10000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+    th_counter_destroy(&c.started);
+}
+
+/* ------------------------------------------------------------ accessors */
+
+typedef struct acc_ctx {
+    th_counter armed;
+    th_counter done;
+    char name[2][TB_EVENT_NAME_MAX + 1];
+    char data[2][16];
+    size_t len[2];
+    int nul[2];     /* data[len] == '\0' */
+    int non_null[2];
+    char id[2][TB_EVENT_ID_MAX];
+    char origin[2][128];
+    int64_t ts[2];
+} acc_ctx;
+
+static int accessor_waiter(tb_task *self, void *arg)
+{
+    acc_ctx *c = arg;
+    static const char *const names[2] = {"acc.test", "acc.empty"};
+    for (int i = 0; i < 2; i++) {
+        tb_event *ev = NULL;
+        arm(self, &c->armed);
+        if (!TH_CHECK_RC(tb_event_wait(self, names[i], 5000, &ev), 0))
+            break;
+        /* An extra reference keeps the event alive past the first unref. */
+        TH_CHECK(tb_event_ref(ev) == ev);
+        tb_event_unref(ev);
+        snprintf(c->name[i], sizeof c->name[i], "%s", tb_event_name(ev));
+        size_t len = 99;
+        const char *data = tb_event_data(ev, &len);
+        c->len[i] = len;
+        c->non_null[i] = data != NULL;
+        if (data) {
+            memcpy(c->data[i], data, len < 15 ? len : 15);
+            c->nul[i] = data[len] == '\0';
+        }
+        snprintf(c->id[i], sizeof c->id[i], "%s", tb_event_id(ev));
+        snprintf(c->origin[i], sizeof c->origin[i], "%s", tb_event_origin(ev));
+        c->ts[i] = tb_event_ts_us(ev);
+        tb_event_unref(ev);
+    }
+    tb_event_unref(NULL); /* a no-op */
+    th_counter_add(&c->done, 1);
+    return 0;
+}
+
+typedef struct acc_drive {
+    acc_ctx *c;
+    char id[2][TB_EVENT_ID_MAX];
+    int64_t t[2];
+} acc_drive;
+
+static void drive_accessors(tb_app *app, void *ctx)
+{
+    acc_drive *d = ctx;
+    acc_ctx *c = d->c;
+    TH_CHECK_RC(th_add(app, "acc", 1, accessor_waiter, c, NULL), 0);
+    if (!TH_CHECK(th_counter_wait_ge(&c->armed, 1, 5000)))
+        return;
+    d->t[0] = th_real_us();
+    TH_CHECK_RC(tb_dispatch(app, "acc.test", "hello", 5, d->id[0]), 0);
+    if (!TH_CHECK(th_counter_wait_ge(&c->armed, 2, 5000)))
+        return;
+    d->t[1] = th_real_us();
+    TH_CHECK_RC(tb_dispatch(app, "acc.empty", NULL, 0, d->id[1]), 0);
+    TH_CHECK(th_counter_wait_ge(&c->done, 1, 5000));
+}
+
+static void test_event_accessors(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    acc_ctx c;
+    memset(&c, 0, sizeof c);
+    th_counter_init(&c.armed);
+    th_counter_init(&c.done);
+    acc_drive d;
+    memset(&d, 0, sizeof d);
+    d.c = &c;
+    assert_rc(th_run_thread(app, drive_accessors, &d, 10000), 0);
+    th_assert_clean();
+
+    assert_string_equal(c.name[0], "acc.test");
+    assert_int_equal(c.len[0], 5);
+    assert_memory_equal(c.data[0], "hello", 5);
+    assert_true(c.nul[0]);
+    assert_string_equal(c.name[1], "acc.empty");
+    assert_int_equal(c.len[1], 0);
+    assert_true(c.non_null[1]); /* "always followed by a NUL" */
+    assert_true(c.nul[1]);
+    for (int i = 0; i < 2; i++) {
+        assert_true(d.id[i][0] != '\0');
+        assert_string_equal(c.id[i], d.id[i]);
+        if (c.ts[i] < d.t[i] - 1000000 || c.ts[i] > d.t[i] + 1000000)
+            fail_msg("event ts %lld is not within 1 s of dispatch %lld",
+                     (long long)c.ts[i], (long long)d.t[i]);
+        assert_true(ends_with(c.origin[i], "/-1"));
+    }
+    assert_string_not_equal(d.id[0], d.id[1]);
+    tb_app_free(app);
+    th_counter_destroy(&c.armed);
+    th_counter_destroy(&c.done);
+}
+
+#define NIDS 1000
+
+static int cmp_ids(const void *a, const void *b)
+{
+    return strcmp(a, b);
+}
+
+static void drive_unique_ids(tb_app *app, void *ctx)
+{
+    char(*ids)[TB_EVENT_ID_MAX] = ctx;
+    for (int i = 0; i < NIDS; i++) {
+        memset(ids[i], 0, TB_EVENT_ID_MAX);
+        if (!TH_CHECK_RC(tb_dispatch(app, "ids.x", "i", 1, ids[i]), 0))
+            return;
+    }
+}
+
+static void test_event_ids_are_unique(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    static char ids[NIDS][TB_EVENT_ID_MAX];
+    assert_rc(th_run_thread(app, drive_unique_ids, ids, 20000), 0);
+    th_assert_clean();
+    for (int i = 0; i < NIDS; i++) {
+        assert_true(ids[i][0] != '\0');
+        assert_true(memchr(ids[i], '\0', TB_EVENT_ID_MAX) != NULL);
+    }
+    qsort(ids, NIDS, TB_EVENT_ID_MAX, cmp_ids);
+    for (int i = 1; i < NIDS; i++)
+        if (strcmp(ids[i - 1], ids[i]) == 0)
+            fail_msg("duplicate event id \"%s\"", ids[i]);
+    tb_app_free(app);
+}
+
+/* ------------------------------------------------------------ limits */
+
+static void drive_bad_names(tb_app *app, void *ctx)
+{
+    (void)ctx;
+    static const char *const bad[] = {
+        "", "a..b", ".a", "a.", "a b", "a.*", "a.<p>", "a/b", "a.b.c.d.e.f.g.h.i",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        TH_CHECKF(tb_event_name_valid(bad[i]) == TB_EINVAL,
+                  "tb_event_name_valid(\"%s\") = %s", bad[i],
+                  tb_err_name(tb_event_name_valid(bad[i])));
+        int rc = tb_dispatch(app, bad[i], NULL, 0, NULL);
+        TH_CHECKF(rc == TB_EINVAL, "tb_dispatch(\"%s\") = %s", bad[i],
+                  tb_err_name(rc));
+    }
+    TH_CHECK_RC(tb_dispatch(app, "a.b.c.d.e.f.g.h", NULL, 0, NULL), 0);
+    char name[TB_EVENT_NAME_MAX + 2];
+    memset(name, 'x', TB_EVENT_NAME_MAX);
+    name[TB_EVENT_NAME_MAX] = '\0';
+    TH_CHECK_RC(tb_dispatch(app, name, NULL, 0, NULL), 0);
+    name[TB_EVENT_NAME_MAX] = 'x';
+    name[TB_EVENT_NAME_MAX + 1] = '\0';
+    TH_CHECK_RC(tb_event_name_valid(name), TB_ENAMETOOLONG);
+    TH_CHECK_RC(tb_dispatch(app, name, NULL, 0, NULL), TB_ENAMETOOLONG);
+}
+
+static void test_invalid_event_names(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    assert_rc(th_run_thread(app, drive_bad_names, NULL, 10000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+}
+
+#define MAX_EVENT 1024
+
+typedef struct size_ctx {
+    th_counter opened;
+    th_counter done;
+    size_t len;
+    int intact;
+} size_ctx;
+
+static int receive_big(tb_task *self, void *arg)
+{
+    size_ctx *c = arg;
+    int err = 0;
+    tb_sub *sub = tb_sub_open(self, "big.data", 4, &err);
+    th_counter_add(&c->opened, 1);
+    if (!TH_CHECK(sub != NULL))
+        return -1;
+    tb_event *ev = NULL;
+    if (TH_CHECK_RC(tb_sub_next(self, sub, 5000, &ev), 0)) {
+        const unsigned char *data = tb_event_data(ev, &c->len);
+        c->intact = data != NULL && data[c->len] == 0;
+        for (size_t i = 0; c->intact && i < c->len; i++)
+            c->intact = data[i] == (unsigned char)(i * 7 + 1);
+    }
+    tb_event_unref(ev);
+    tb_sub_close(sub);
+    th_counter_add(&c->done, 1);
+    return 0;
+}
+
+static void drive_sizes(tb_app *app, void *ctx)
+{
+    size_ctx *c = ctx;
+    static unsigned char data[MAX_EVENT + 1];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (unsigned char)(i * 7 + 1);
+    TH_CHECK_RC(th_add(app, "big", 0, receive_big, c, NULL), 0);
+    if (!TH_CHECK(th_counter_wait_ge(&c->opened, 1, 5000)))
+        return;
+    TH_CHECK_RC(tb_dispatch(app, "big.data", data, MAX_EVENT + 1, NULL),
+                TB_EMSGSIZE);
+    TH_CHECK_RC(tb_dispatch(app, "big.data", data, MAX_EVENT, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&c->done, 1, 5000));
+}
+
+static void test_event_size_limit(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.graceful_timeout_ms = 2000;
+    cfg.max_event_size = MAX_EVENT;
+    tb_app *app = th_app_new_cfg(&cfg);
+    size_ctx c;
+    memset(&c, 0, sizeof c);
+    th_counter_init(&c.opened);
+    th_counter_init(&c.done);
+    assert_rc(th_run_thread(app, drive_sizes, &c, 10000), 0);
+    th_assert_clean();
+    /* The refused event was not delivered: the first one seen is the 1024. */
+    assert_int_equal(c.len, MAX_EVENT);
+    assert_true(c.intact);
+    tb_app_free(app);
+    th_counter_destroy(&c.opened);
+    th_counter_destroy(&c.done);
+}
+
+static void nothing(tb_app *app, void *ctx)
+{
+    (void)app;
+    (void)ctx;
+}
+
+static void test_dispatch_when_not_running(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 2000);
+    assert_rc(tb_dispatch(app, "too.early", NULL, 0, NULL), TB_ESHUTDOWN);
+    assert_rc(th_run_thread(app, nothing, NULL, 10000), 0);
+    th_assert_clean();
+    assert_rc(tb_dispatch(app, "too.late", NULL, 0, NULL), TB_ESHUTDOWN);
+    tb_app_free(app);
+}
+
+/* ------------------------------------------------------------ subscriptions */
+
+#define BURST 1000
+
+typedef struct burst_ctx {
+    th_counter opened;
+    th_counter done;
+    int out_of_order;
+    int received;
+    uint64_t dropped;
+    size_t pending_after;
+    char ids[BURST][TB_EVENT_ID_MAX];
+} burst_ctx;
+
+static int burst_subscriber(tb_task *self, void *arg)
+{
+    burst_ctx *c = arg;
+    int err = 0;
+    tb_sub *sub = tb_sub_open(self, "burst.e", 2000, &err);
+    th_counter_add(&c->opened, 1);
+    if (!TH_CHECK(sub != NULL))
+        return -1;
+    for (int i = 0; i < BURST; i++) {
+        tb_event *ev = NULL;
+        if (!TH_CHECK_RC(tb_sub_next(self, sub, 5000, &ev), 0))
+            break;
+        int k = atoi(tb_event_data(ev, NULL));
+        if (k != i && c->out_of_order++ == 0)
+            TH_CHECKF(0, "event %d arrived as number %d", k, i);
+        snprintf(c->ids[i], TB_EVENT_ID_MAX, "%s", tb_event_id(ev));
+        tb_event_unref(ev);
+        c->received++;
+        /* Dawdle now and then: events keep queueing meanwhile. */
+        if (i % 100 == 0)
+            tb_sleep(self, 2);
+    }
+    c->dropped = tb_sub_dropped(sub);
+    c->pending_after = tb_sub_pending(sub);
+    tb_sub_close(sub);
+    th_counter_add(&c->done, 1);
+    return 0;
+}
+
+typedef struct burst_drive {
+    burst_ctx *c;
+    char ids[BURST][TB_EVENT_ID_MAX];
+} burst_drive;
+
+static void drive_burst(tb_app *app, void *ctx)
+{
+    burst_drive *d = ctx;
+    TH_CHECK_RC(th_add(app, "burst", 1, burst_subscriber, d->c, NULL), 0);
+    if (!TH_CHECK(th_counter_wait_ge(&d->c->opened, 1, 5000)))
+        return;
+    for (int i = 0; i < BURST; i++) {
+        char num[16];
+        int n = snprintf(num, sizeof num, "%d", i);
+        if (!TH_CHECK_RC(tb_dispatch(app, "burst.e", num, (size_t)n, d->ids[i]),
+                         0))
+            return;
+    }
+    TH_CHECK(th_counter_wait_ge(&d->c->done, 1, 20000));
+}
+
+static void test_subscription_misses_nothing(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    static burst_ctx c;
+    static burst_drive d;
+    memset(&c, 0, sizeof c);
+    memset(&d, 0, sizeof d);
+    th_counter_init(&c.opened);
+    th_counter_init(&c.done);
+    d.c = &c;
+    assert_rc(th_run_thread(app, drive_burst, &d, 30000), 0);
+    th_assert_clean();
+    assert_int_equal(c.received, BURST);
+    assert_int_equal(c.out_of_order, 0);
+    assert_int_equal(c.dropped, 0);
+    assert_int_equal(c.pending_after, 0);
+    for (int i = 0; i < BURST; i++)
+        assert_string_equal(c.ids[i], d.ids[i]);
+    tb_app_free(app);
+    th_counter_destroy(&c.opened);
+    th_counter_destroy(&c.done);
+}
+
+typedef struct overflow_ctx {
+    th_counter opened;
+    th_counter done;
+    size_t pending;
+    uint64_t dropped;
+    int got[10];
+    int empty_rc;
+    uint64_t dropped_after;
+} overflow_ctx;
+
+static int overflow_subscriber(tb_task *self, void *arg)
+{
+    overflow_ctx *c = arg;
+    int err = 0;
+    tb_sub *sub = tb_sub_open(self, "ovf.e", 10, &err);
+    th_counter_add(&c->opened, 1);
+    if (!TH_CHECK(sub != NULL))
+        return -1;
+    /* Let all 25 arrive before taking any. */
+    int64_t end = th_mono_ms() + 5000;
+    while (tb_sub_pending(sub) + tb_sub_dropped(sub) < 25 &&
+           th_mono_ms() < end)
+        tb_sleep(self, 1);
+    c->pending = tb_sub_pending(sub);
+    c->dropped = tb_sub_dropped(sub);
+    for (int i = 0; i < 10; i++) {
+        tb_event *ev = NULL;
+        c->got[i] = -1;
+        if (tb_sub_next(self, sub, 0, &ev) == 0)
+            c->got[i] = atoi(tb_event_data(ev, NULL));
+        tb_event_unref(ev);
+    }
+    tb_event *ev = NULL;
+    c->empty_rc = tb_sub_next(self, sub, 0, &ev);
+    c->dropped_after = tb_sub_dropped(sub);
+    tb_sub_close(sub);
+    th_counter_add(&c->done, 1);
+    return 0;
+}
+
+static void drive_overflow(tb_app *app, void *ctx)
+{
+    overflow_ctx *c = ctx;
+    TH_CHECK_RC(th_add(app, "ovf", 0, overflow_subscriber, c, NULL), 0);
+    if (!TH_CHECK(th_counter_wait_ge(&c->opened, 1, 5000)))
+        return;
+    for (int i = 0; i < 25; i++) {
+        char num[16];
+        int n = snprintf(num, sizeof num, "%d", i);
+        TH_CHECK_RC(tb_dispatch(app, "ovf.e", num, (size_t)n, NULL), 0);
+    }
+    TH_CHECK(th_counter_wait_ge(&c->done, 1, 10000));
+}
+
+static void test_subscription_overflow_drops_oldest(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    overflow_ctx c;
+    memset(&c, 0, sizeof c);
+    th_counter_init(&c.opened);
+    th_counter_init(&c.done);
+    assert_rc(th_run_thread(app, drive_overflow, &c, 15000), 0);
+    th_assert_clean();
+    assert_int_equal(c.pending, 10);
+    assert_int_equal(c.dropped, 15);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(c.got[i], 15 + i); /* the last ten, in order */
+    assert_rc(c.empty_rc, TB_ETIMEDOUT);
+    assert_int_equal(c.dropped_after, 15);
+    tb_app_free(app);
+    th_counter_destroy(&c.opened);
+    th_counter_destroy(&c.done);
+}
+
+typedef struct leak_ctx {
+    th_counter opened;
+    th_counter got;
+} leak_ctx;
+
+/* Opens subscriptions and ends without closing them, with events still
+ * queued: the task's end must close them (LeakSanitizer checks the frees,
+ * AddressSanitizer that nothing delivers into them afterwards). */
+static int leaky_subscriber(tb_task *self, void *arg)
+{
+    leak_ctx *c = arg;
+    int err = 0;
+    tb_sub *a = tb_sub_open(self, "leak.*", 100, &err);
+    tb_sub *b = tb_sub_open(self, "leak.a", 5, &err);
+    tb_sub *closed = tb_sub_open(self, "leak.a", 5, &err);
+    th_counter_add(&c->opened, 1);
+    if (!TH_CHECK(a && b && closed))
+        return -1;
+    tb_event *ev = NULL;
+    TH_CHECK_RC(tb_sub_next(self, a, 5000, &ev), 0);
+    tb_event_unref(ev);
+    /* Wait for the rest to queue, then close one with events in it. */
+    int64_t end = th_mono_ms() + 5000;
+    while (tb_sub_pending(closed) < 5 && th_mono_ms() < end)
+        tb_sleep(self, 1);
+    TH_CHECK_EQ(tb_sub_pending(closed), 5);
+    tb_sub_close(closed);
+    return 0;
+}
+
+static int fresh_subscriber(tb_task *self, void *arg)
+{
+    leak_ctx *c = arg;
+    int err = 0;
+    tb_sub *s = tb_sub_open(self, "leak.a", 5, &err);
+    th_counter_add(&c->opened, 1);
+    if (!TH_CHECK(s != NULL))
+        return -1;
+    tb_event *ev = NULL;
+    if (TH_CHECK_RC(tb_sub_next(self, s, 5000, &ev), 0)) {
+        TH_CHECK_STR(tb_event_data(ev, NULL), "after");
+        th_counter_add(&c->got, 1);
+    }
+    tb_event_unref(ev);
+    return 0; /* left open too */
+}
+
+static void drive_leaks(tb_app *app, void *ctx)
+{
+    leak_ctx *c = ctx;
+    TH_CHECK_RC(th_add(app, "leaky", 0, leaky_subscriber, c, NULL), 0);
+    if (!TH_CHECK(th_counter_wait_ge(&c->opened, 1, 5000)))
+        return;
+    for (int i = 0; i < 5; i++)
+        TH_CHECK_RC(tb_dispatch(app, "leak.a", "before", 6, NULL), 0);
+    TH_CHECK(th_wait_state(app, "leaky", TB_TASK_DONE, 5000));
+    /* Its subscriptions are gone: dispatching more touches none of them. */
+    for (int i = 0; i < 5; i++)
+        TH_CHECK_RC(tb_dispatch(app, "leak.a", "orphan", 6, NULL), 0);
+    TH_CHECK_RC(th_add(app, "fresh", 0, fresh_subscriber, c, NULL), 0);
+    if (!TH_CHECK(th_counter_wait_ge(&c->opened, 2, 5000)))
+        return;
+    TH_CHECK_RC(tb_dispatch(app, "leak.a", "after", 5, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&c->got, 1, 5000));
+    TH_CHECK(th_wait_state(app, "fresh", TB_TASK_DONE, 5000));
+}
+
+static void test_subscription_closed_when_task_ends(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    leak_ctx c;
+    th_counter_init(&c.opened);
+    th_counter_init(&c.got);
+    assert_rc(th_run_thread(app, drive_leaks, &c, 15000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+    th_counter_destroy(&c.opened);
+    th_counter_destroy(&c.got);
+}
+
+/* ------------------------------------------------------------ exactly once */
+
+typedef struct once_ctx {
+    th_counter armed;
+    th_counter received;
+    th_counter finished;
+    atomic_int count[3][3]; /* [worker][waiter kind] */
+    atomic_int extra;       /* a second delivery anywhere */
+} once_ctx;
+
+/* Per worker, three receivers of "once.x": an exact waiter, a "*" waiter
+ * and a subscription. Each must get it once, and nothing more. */
+static int once_receiver(tb_task *self, void *arg)
+{
+    once_ctx *c = arg;
+    const char *name = tb_task_name(self);
+    int kind = name[5] - '0'; /* "once-<kind>" */
+    int w = tb_task_worker(self);
+    tb_event *ev = NULL;
+    if (kind == 2) {
+        int err = 0;
+        tb_sub *sub = tb_sub_open(self, "once.x", 10, &err);
+        if (!TH_CHECK(sub != NULL))
+            return -1;
+        th_counter_add(&c->armed, 1);
+        if (TH_CHECK_RC(tb_sub_next(self, sub, 5000, &ev), 0)) {
+            atomic_fetch_add(&c->count[w][kind], 1);
+            th_counter_add(&c->received, 1);
+        }
+        tb_event_unref(ev);
+        ev = NULL;
+        if (tb_sub_next(self, sub, 200, &ev) != TB_ETIMEDOUT)
+            atomic_fetch_add(&c->extra, 1);
+        tb_event_unref(ev);
+        TH_CHECK_EQ(tb_sub_dropped(sub), 0);
+        tb_sub_close(sub);
+    } else {
+        const char *pattern = kind == 0 ? "once.x" : "once.*";
+        arm(self, &c->armed);
+        if (TH_CHECK_RC(tb_event_wait(self, pattern, 5000, &ev), 0)) {
+            atomic_fetch_add(&c->count[w][kind], 1);
+            th_counter_add(&c->received, 1);
+        }
+        tb_event_unref(ev);
+        ev = NULL;
+        if (tb_event_wait(self, pattern, 200, &ev) != TB_ETIMEDOUT)
+            atomic_fetch_add(&c->extra, 1);
+        tb_event_unref(ev);
+    }
+    th_counter_add(&c->finished, 1);
+    return 0;
+}
+
+static void drive_once(tb_app *app, void *ctx)
+{
+    once_ctx *c = ctx;
+    if (!TH_CHECK(th_counter_wait_ge(&c->armed, 9, 5000)))
+        return;
+    TH_CHECK_RC(tb_dispatch(app, "once.x", NULL, 0, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&c->received, 9, 5000));
+    TH_CHECK(th_counter_wait_ge(&c->finished, 9, 5000));
+}
+
+static void test_each_waiter_gets_event_exactly_once(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(3, 2000);
+    once_ctx c;
+    memset(&c, 0, sizeof c);
+    th_counter_init(&c.armed);
+    th_counter_init(&c.received);
+    th_counter_init(&c.finished);
+    assert_rc(th_add(app, "once-0", TB_WORKER_ANY, once_receiver, &c, NULL),
+              0);
+    assert_rc(th_add(app, "once-1", TB_WORKER_ANY, once_receiver, &c, NULL),
+              0);
+    assert_rc(th_add(app, "once-2", TB_WORKER_ANY, once_receiver, &c, NULL),
+              0);
+    assert_rc(th_run_thread(app, drive_once, &c, 15000), 0);
+    th_assert_clean();
+    for (int w = 0; w < 3; w++)
+        for (int k = 0; k < 3; k++)
+            if (atomic_load(&c.count[w][k]) != 1)
+                fail_msg("worker %d receiver %d got the event %d times", w, k,
+                         atomic_load(&c.count[w][k]));
+    assert_int_equal(atomic_load(&c.extra), 0);
+    tb_app_free(app);
+    th_counter_destroy(&c.armed);
+    th_counter_destroy(&c.received);
+    th_counter_destroy(&c.finished);
+}
+
+/* ------------------------------------------------------------ start-up race */
+
+typedef struct race_ctx {
+    tb_app *app;
+    atomic_long ok;       /* dispatches that returned 0 */
+    atomic_long refused;  /* TB_ESHUTDOWN: not running yet */
+    atomic_int other_rc;  /* anything else */
+    th_counter enough;
+} race_ctx;
+
+/* Dispatches as fast as it can from before tb_app_run until 200 have been
+ * accepted, so that some land while the workers are still starting. */
+static void *hammer(void *arg)
+{
+    race_ctx *r = arg;
+    int64_t end = th_mono_ms() + 5000;
+    while (atomic_load(&r->ok) < 200 && th_mono_ms() < end) {
+        int rc = tb_dispatch(r->app, "early.bird", "x", 1, NULL);
+        if (rc == 0)
+            atomic_fetch_add(&r->ok, 1);
+        else if (rc == TB_ESHUTDOWN)
+            atomic_fetch_add(&r->refused, 1);
+        else
+            atomic_store(&r->other_rc, rc);
+    }
+    th_counter_add(&r->enough, 1);
+    return NULL;
+}
+
+static void wait_for_hammer(tb_app *app, void *ctx)
+{
+    (void)app;
+    race_ctx *r = ctx;
+    TH_CHECK(th_counter_wait_ge(&r->enough, 1, 8000));
+}
+
+/* tb_dispatch is "any thread" and answers TB_ESHUTDOWN until the app runs:
+ * racing the start-up must give 0 or TB_ESHUTDOWN, never a crash. The
+ * window is short, so the race is run 30 times. Last in the file: a crash
+ * here takes the process down. */
+static void test_dispatch_racing_startup(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 30; round++) {
+        tb_app *app = th_app_new(2, 2000);
+        race_ctx r;
+        memset(&r, 0, sizeof r);
+        r.app = app;
+        th_counter_init(&r.enough);
+        pthread_t t;
+        assert_int_equal(pthread_create(&t, NULL, hammer, &r), 0);
+        /* Let it spin against the not-yet-running app first. */
+        while (atomic_load(&r.refused) < 100)
+            th_nap_ms(1);
+        assert_rc(th_run_thread(app, wait_for_hammer, &r, 10000), 0);
+        pthread_join(t, NULL);
+        th_assert_clean();
+        assert_rc(atomic_load(&r.other_rc), 0);
+        assert_true(atomic_load(&r.ok) >= 200);
+        tb_app_free(app);
+        th_counter_destroy(&r.enough);
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dispatch_from_thread_reaches_every_worker),
+        cmocka_unit_test(test_dispatch_from_task_reaches_every_worker),
+        cmocka_unit_test(test_exact_star_and_param_patterns),
+        cmocka_unit_test(test_pattern_helpers),
+        cmocka_unit_test(test_wait_timeouts),
+        cmocka_unit_test(test_cancelled_while_waiting),
+        cmocka_unit_test(test_event_accessors),
+        cmocka_unit_test(test_event_ids_are_unique),
+        cmocka_unit_test(test_invalid_event_names),
+        cmocka_unit_test(test_event_size_limit),
+        cmocka_unit_test(test_dispatch_when_not_running),
+        cmocka_unit_test(test_subscription_misses_nothing),
+        cmocka_unit_test(test_subscription_overflow_drops_oldest),
+        cmocka_unit_test(test_subscription_closed_when_task_ends),
+        cmocka_unit_test(test_each_waiter_gets_event_exactly_once),
+        cmocka_unit_test(test_dispatch_racing_startup),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
