@@ -37,6 +37,28 @@ void tb_app_config_init(tb_app_config *cfg)
     cfg->sub_capacity = 1024;
     cfg->blocking_threads = 4;
     cfg->handle_signals = 0;
+    cfg->redis_url = NULL;
+    cfg->event_namespace = "taskbus";
+    cfg->redis_connect_timeout_ms = 2000;
+    cfg->redis_command_timeout_ms = 5000;
+    cfg->redis_ping_interval_ms = 5000;
+    cfg->redis_retry_min_ms = 100;
+    cfg->redis_retry_max_ms = 5000;
+    cfg->publish_queue_max = 65536;
+}
+
+static int namespace_ok(const char *ns)
+{
+    size_t n = strlen(ns);
+    if (n < 1 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)ns[i];
+        if (!(c >= 'a' && c <= 'z') && !(c >= 'A' && c <= 'Z') &&
+            !(c >= '0' && c <= '9') && c != '_' && c != '.' && c != '-')
+            return 0;
+    }
+    return 1;
 }
 
 static int config_check(const tb_app_config *c)
@@ -54,6 +76,16 @@ static int config_check(const tb_app_config *c)
         what = "sub_capacity must be 1..16777216";
     else if (c->blocking_threads < 1 || c->blocking_threads > 1024)
         what = "blocking_threads must be 1..1024";
+    else if (!c->event_namespace || !namespace_ok(c->event_namespace))
+        what = "event_namespace must be 1..64 bytes of [A-Za-z0-9_.-]";
+    else if (c->redis_connect_timeout_ms < 1 ||
+             c->redis_command_timeout_ms < 1 || c->redis_ping_interval_ms < 1)
+        what = "redis timeouts and the ping interval must be >= 1 ms";
+    else if (c->redis_retry_min_ms < 1 ||
+             c->redis_retry_max_ms < c->redis_retry_min_ms)
+        what = "redis_retry_min_ms must be >= 1 and <= redis_retry_max_ms";
+    else if (c->publish_queue_max < 1)
+        what = "publish_queue_max must be >= 1";
     if (what) {
         tb__log(TB_LOG_ERROR, "invalid app config: %s", what);
         return TB_EINVAL;
@@ -94,6 +126,14 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
     if (!app)
         goto fail;
     app->cfg = c;
+    /* The config's strings are the caller's: keep copies. */
+    app->cfg.event_namespace = app->ns = strdup(c.event_namespace);
+    app->cfg.redis_url = NULL;
+    if (c.redis_url && c.redis_url[0] &&
+        !(app->cfg.redis_url = app->redis_url = strdup(c.redis_url)))
+        goto fail;
+    if (!app->ns)
+        goto fail;
     uint64_t rnd = 0;
     if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
         rnd = (uint64_t)tb__now_us() ^ ((uint64_t)getpid() << 32);
@@ -114,9 +154,15 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
     pthread_cond_init(&app->blk_cv, NULL);
     tb__htab_init(&app->names);
     app->mode = TB__MODE_PRERUN;
-    app->bus = tb__bus_memory_new(app);
-    if (!app->bus)
-        goto fail;
+    if (app->redis_url) {
+        app->bus = tb__bus_redis_new(app, &rc);
+        if (!app->bus)
+            goto fail;
+    } else {
+        app->bus = tb__bus_memory_new(app);
+        if (!app->bus)
+            goto fail; /* rc is TB_ENOMEM */
+    }
     if (err)
         *err = 0;
     return app;
@@ -143,9 +189,12 @@ static void worker_free(tb__worker *w)
     }
     free(w->inbox);
     free(w->spare);
+    tb__listener_free_spares(w);
     tb__htab_destroy(&w->exact);
     if (w->grace_ev)
         event_free(w->grace_ev);
+    if (w->trim_ev)
+        event_free(w->trim_ev);
     if (w->inbox_ev)
         event_free(w->inbox_ev);
     if (w->runq_ev)
@@ -195,6 +244,8 @@ void tb_app_free(tb_app *app)
     }
     if (app->bus)
         app->bus->ops->free(app->bus);
+    free(app->ns);
+    free(app->redis_url);
     sem_destroy(&app->stop_sem);
     pthread_mutex_destroy(&app->start_mu);
     pthread_cond_destroy(&app->start_cv);
@@ -381,7 +432,7 @@ int tb_app_run(tb_app *app)
                 app->bus->ops->name, tb_strerror(rc));
         goto stopped;
     }
-    atomic_store_explicit((atomic_int *)&app->bus_up, 1, memory_order_release);
+    atomic_store_explicit(&app->bus_up, 1, memory_order_release);
     pthread_mutex_lock(&app->reg_mu);
     app->mode = TB__MODE_ACCEPT;
     pthread_mutex_unlock(&app->reg_mu);
@@ -421,7 +472,7 @@ stopping:
     atomic_store(&app->state, TB__APP_STOPPING);
     close_registry(app);
     workers_stop(app, started);
-    atomic_store_explicit((atomic_int *)&app->bus_up, 0, memory_order_release);
+    atomic_store_explicit(&app->bus_up, 0, memory_order_release);
     app->bus->ops->stop(app->bus);
     if (!rc && app->abandoned)
         rc = TB_ETIMEDOUT;

@@ -545,16 +545,42 @@ void tb__coro_free(tb__coro *co)
     co->arg = NULL;
     co->data = NULL;
     pool->in_use--;
-    if (pool->warm_count < pool->keep_resident) {
-        co->next_free = pool->warm;
-        pool->warm = co;
-        pool->warm_count++;
-        return;
+    /* Always warm here: giving pages back costs a madvise and a TLB
+     * shootdown each, far too much for a path taken once per task. The
+     * owner trims the excess later, off the hot path. */
+    co->next_free = pool->warm;
+    pool->warm = co;
+    pool->warm_count++;
+}
+
+size_t tb__stack_pool_excess(const tb__stack_pool *pool)
+{
+    return pool->warm_count > pool->keep_resident
+               ? pool->warm_count - pool->keep_resident
+               : 0;
+}
+
+size_t tb__stack_pool_trim(tb__stack_pool *pool, size_t max)
+{
+    size_t n = 0;
+    if (tb__stack_pool_excess(pool) == 0 || max == 0)
+        return 0;
+    /* The first keep_resident entries are the most recently used (LIFO):
+     * keep them, give back what follows. */
+    tb__coro **pp = &pool->warm;
+    for (size_t i = 0; i < pool->keep_resident && *pp; i++)
+        pp = &(*pp)->next_free;
+    while (*pp && n < max) {
+        tb__coro *co = *pp;
+        *pp = co->next_free;
+        /* Failure would only leave the pages resident, which is harmless.
+         * The trampoline frame goes with them, hence primed = false. */
+        (void)madvise(co->stack, pool->stack_size, MADV_DONTNEED);
+        co->primed = false;
+        co->next_free = pool->cold;
+        pool->cold = co;
+        pool->warm_count--;
+        n++;
     }
-    /* Failure would only leave the pages resident, which is harmless. The
-     * trampoline frame goes with them, hence primed = false. */
-    (void)madvise(co->stack, pool->stack_size, MADV_DONTNEED);
-    co->primed = false;
-    co->next_free = pool->cold;
-    pool->cold = co;
+    return n;
 }

@@ -21,16 +21,22 @@ typedef void (*tb__coro_entry)(void *arg);
 
 /* Creates a pool whose stacks are stack_size bytes (rounded up to whole
  * pages, at least 16 KiB) each with a PROT_NONE-equivalent guard page below
- * it, so that an overflow faults instead of corrupting memory. Up to
- * keep_resident finished stacks keep their pages for fast reuse; stacks freed
- * beyond that are returned to the kernel (MADV_DONTNEED) but stay mapped.
- * Returns NULL on failure (errno set). */
+ * it, so that an overflow faults instead of corrupting memory. Freed stacks
+ * keep their pages for fast reuse; tb__stack_pool_trim() returns the pages
+ * of those beyond the keep_resident most recently used to the kernel
+ * (MADV_DONTNEED; they stay mapped). Returns NULL on failure (errno set). */
 tb__stack_pool *tb__stack_pool_new(size_t stack_size, size_t keep_resident);
 
 /* Unmaps every stack. All coroutines of the pool must have been freed with
  * tb__coro_free() (suspended ones included: their stacks are simply
  * dropped). */
 void tb__stack_pool_free(tb__stack_pool *pool);
+
+/* Free stacks beyond keep_resident that still hold their pages. */
+size_t tb__stack_pool_excess(const tb__stack_pool *pool);
+/* Gives back the pages of at most max of those; returns how many. Costs a
+ * system call each: call it off the hot path (a worker does from a timer). */
+size_t tb__stack_pool_trim(tb__stack_pool *pool, size_t max);
 
 /* Stack size actually used (after rounding). */
 size_t tb__stack_pool_stack_size(const tb__stack_pool *pool);

@@ -1,10 +1,15 @@
 /* event.c - app events: dispatch, per-worker delivery, waiters and
  * subscriptions. */
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <errno.h>
+#include <time.h>
+
+#include "envelope.h"
 #include "internal.h"
 
 /* ---------------------------------------------------------------- objects */
@@ -84,8 +89,9 @@ const char *tb_event_origin(const tb_event *ev)
 
 /* ---------------------------------------------------------------- dispatch */
 
-int tb_dispatch(tb_app *app, const char *name, const void *data, size_t len,
-                char *id_out)
+/* Checks the arguments and builds the event (reference 1). */
+static int make_event(tb_app *app, const char *name, const void *data,
+                      size_t len, tb_event **out)
 {
     if (!app || !name || (len && !data))
         return TB_EINVAL;
@@ -94,16 +100,171 @@ int tb_dispatch(tb_app *app, const char *name, const void *data, size_t len,
         return rc;
     if (len > app->cfg.max_event_size)
         return TB_EMSGSIZE;
-    if (!atomic_load_explicit((atomic_int *)&app->bus_up, memory_order_acquire))
+    if (!tb__utf8_valid(data, len))
+        return TB_EINVAL;
+    if (!atomic_load_explicit(&app->bus_up, memory_order_acquire))
         return TB_ESHUTDOWN;
-    tb_event *ev = tb__event_new(app, name, data, len, NULL, NULL, 0);
-    if (!ev)
-        return TB_ENOMEM;
-    rc = app->bus->ops->publish(app->bus, ev);
+    *out = tb__event_new(app, name, data, len, NULL, NULL, 0);
+    return *out ? 0 : TB_ENOMEM;
+}
+
+int tb_dispatch(tb_app *app, const char *name, const void *data, size_t len,
+                char *id_out)
+{
+    tb_event *ev;
+    int rc = make_event(app, name, data, len, &ev);
+    if (rc)
+        return rc;
+    rc = app->bus->ops->publish(app->bus, ev, NULL, NULL);
     if (rc == 0 && id_out)
         memcpy(id_out, ev->id, sizeof ev->id);
     tb_event_unref(ev);
     return rc;
+}
+
+/* What tb_dispatch_wait and the bus's publish callback share: it outlives
+ * whichever side gives up first. */
+typedef struct confirm {
+    atomic_int refs;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    int status;
+    tb_task *task; /* waiting task, or NULL for a waiting thread */
+    uint64_t seq;
+} confirm;
+
+static void confirm_unref(confirm *c)
+{
+    if (atomic_fetch_sub(&c->refs, 1) != 1)
+        return;
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(c);
+}
+
+static void on_confirmed(int status, void *ud)
+{
+    confirm *c = ud;
+    pthread_mutex_lock(&c->mu);
+    c->done = 1;
+    c->status = status;
+    if (!c->task) {
+        pthread_cond_signal(&c->cv);
+    } else if (tb_task_current() != c->task) {
+        /* Not called from inside the waiting task itself (the memory bus
+         * confirms synchronously): wake it through its inbox. */
+        tb__task_ref(c->task);
+        if (tb__worker_post(c->task->w, TB__MSG_WAKE, c->task, c->seq, 0))
+            tb__task_unref(c->task);
+    }
+    pthread_mutex_unlock(&c->mu);
+    confirm_unref(c);
+}
+
+int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
+                     size_t len, int timeout_ms, char *id_out)
+{
+    tb_task *self = tb_task_current();
+    if (self && self->app != app)
+        self = NULL;
+    if (!self && tb__worker_current())
+        return TB_EDEADLK; /* a worker's loop must never block */
+    int rc = self ? tb__task_enter(self, "tb_dispatch_wait") : 0;
+    if (rc)
+        return rc;
+    tb_event *ev;
+    if ((rc = make_event(app, name, data, len, &ev)) != 0)
+        return rc;
+    if (timeout_ms < 0)
+        timeout_ms = app->cfg.redis_command_timeout_ms;
+    confirm *c = calloc(1, sizeof *c);
+    if (!c) {
+        tb_event_unref(ev);
+        return TB_ENOMEM;
+    }
+    atomic_init(&c->refs, 2); /* ours + the callback's */
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    c->task = self;
+    if (self)
+        c->seq = tb__task_begin_wait(self, TB__WAIT_TASK);
+
+    rc = app->bus->ops->publish(app->bus, ev, on_confirmed, c);
+    if (rc == 0 && id_out)
+        memcpy(id_out, ev->id, sizeof ev->id);
+    tb_event_unref(ev);
+    if (rc) {
+        if (self)
+            self->wait_kind = TB__WAIT_NONE;
+        atomic_fetch_sub(&c->refs, 1); /* the callback will never run */
+        confirm_unref(c);
+        return rc;
+    }
+
+    if (self) {
+        pthread_mutex_lock(&c->mu);
+        int done = c->done;
+        pthread_mutex_unlock(&c->mu);
+        if (done) {
+            self->wait_kind = TB__WAIT_NONE;
+        } else if ((rc = tb__task_arm_timer(self, c->seq, timeout_ms)) != 0) {
+            self->wait_kind = TB__WAIT_NONE;
+        } else {
+            rc = tb__task_suspend(self, "tb_dispatch_wait");
+            tb__task_disarm_timer(self);
+        }
+        pthread_mutex_lock(&c->mu);
+        if (rc == 0)
+            rc = c->done ? c->status : TB_ETIMEDOUT;
+        pthread_mutex_unlock(&c->mu);
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_sec += timeout_ms / 1000;
+        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&c->mu);
+        while (!c->done &&
+               pthread_cond_timedwait(&c->cv, &c->mu, &ts) != ETIMEDOUT)
+            ;
+        rc = c->done ? c->status : TB_ETIMEDOUT;
+        pthread_mutex_unlock(&c->mu);
+    }
+    confirm_unref(c);
+    return rc;
+}
+
+const char *tb_bus_state_name(tb_bus_state s)
+{
+    switch (s) {
+    case TB_BUS_CONNECTING:
+        return "connecting";
+    case TB_BUS_CONNECTED:
+        return "connected";
+    case TB_BUS_RECONNECTING:
+        return "reconnecting";
+    case TB_BUS_STOPPED:
+        return "stopped";
+    }
+    return "unknown";
+}
+
+int tb_bus_status(tb_app *app, tb_bus_info *out)
+{
+    if (!app || !out)
+        return TB_EINVAL;
+    app->bus->ops->status(app->bus, out);
+    if (!atomic_load(&app->bus_up))
+        out->state = TB_BUS_STOPPED;
+    return 0;
 }
 
 void tb__app_deliver(tb_app *app, tb_event *ev)
@@ -239,6 +400,52 @@ void tb__event_deliver_local(tb__worker *w, tb_event *ev)
 
 /* ---------------------------------------------------------------- waiting */
 
+/* Waiters' listeners come from a per-worker free list rather than the
+ * task's stack: delivery walks them densely instead of touching one cold
+ * stack page per waiter, and a waiting task's stack stays shallow. */
+#define SPARE_LISTENERS_MAX 4096
+
+static tb__listener *listener_get(tb__worker *w)
+{
+    tb__listener *l = w->spare_listeners;
+    if (l) {
+        w->spare_listeners = l->next;
+        w->nspare_listeners--;
+    } else if (!(l = malloc(sizeof *l))) {
+        return NULL;
+    }
+    /* Everything but the pattern, which tb__pattern_compile fills. */
+    l->prev = l->next = NULL;
+    l->bucket = NULL;
+    l->task = NULL;
+    l->sub = NULL;
+    l->seq = 0;
+    l->linked = 0;
+    l->got = NULL;
+    return l;
+}
+
+static void listener_put(tb__worker *w, tb__listener *l)
+{
+    if (w->nspare_listeners >= SPARE_LISTENERS_MAX) {
+        free(l);
+        return;
+    }
+    l->next = w->spare_listeners;
+    w->spare_listeners = l;
+    w->nspare_listeners++;
+}
+
+void tb__listener_free_spares(tb__worker *w)
+{
+    while (w->spare_listeners) {
+        tb__listener *l = w->spare_listeners;
+        w->spare_listeners = l->next;
+        free(l);
+    }
+    w->nspare_listeners = 0;
+}
+
 int tb_event_wait(tb_task *self, const char *pattern, int timeout_ms,
                   tb_event **ev)
 {
@@ -248,25 +455,46 @@ int tb_event_wait(tb_task *self, const char *pattern, int timeout_ms,
     if (!ev || !pattern)
         return TB_EINVAL;
     *ev = NULL;
-    tb__listener l = {.task = self};
-    rc = tb__pattern_compile(&l.pat, pattern);
-    if (rc)
+    tb__worker *w = self->w;
+    tb__listener *l = listener_get(w);
+    if (!l)
+        return TB_ENOMEM;
+    l->task = self;
+    rc = tb__pattern_compile(&l->pat, pattern);
+    if (rc) {
+        listener_put(w, l);
         return rc;
-    l.seq = tb__task_begin_wait(self, TB__WAIT_EVENT);
-    rc = tb__listener_add(self->w, &l);
+    }
+    l->seq = tb__task_begin_wait(self, TB__WAIT_EVENT);
+    rc = tb__listener_add(w, l);
     if (rc == 0 && timeout_ms >= 0)
-        rc = tb__task_arm_timer(self, l.seq, timeout_ms);
-    if (rc == 0)
+        rc = tb__task_arm_timer(self, l->seq, timeout_ms);
+    if (rc == 0) {
+        self->waiter = l;
         rc = tb__task_suspend(self, "tb_event_wait");
-    else
+        self->waiter = NULL;
+    } else {
         self->wait_kind = TB__WAIT_NONE;
+    }
     tb__task_disarm_timer(self);
-    tb__listener_remove(self->w, &l);
+    tb__listener_remove(w, l);
     if (rc == 0)
-        *ev = l.got;
+        *ev = l->got;
     else
-        tb_event_unref(l.got);
+        tb_event_unref(l->got);
+    listener_put(w, l);
     return rc;
+}
+
+void tb__event_abandon_wait(tb_task *t)
+{
+    tb__listener *l = t->waiter;
+    if (!l)
+        return;
+    t->waiter = NULL;
+    tb__listener_remove(t->w, l);
+    tb_event_unref(l->got);
+    listener_put(t->w, l);
 }
 
 /* ----------------------------------------------------------------

@@ -119,7 +119,6 @@ typedef struct tb__watch {
 
 struct tb_task {
     /* --- registry: written under app->reg_mu --- */
-    tb__hnode node;               /* in app->names, keyed by name */
     tb_task *all_prev, *all_next; /* app->all_*, ordered by id */
     uint64_t id;
     char *name;
@@ -155,6 +154,11 @@ struct tb_task {
     uint64_t timer_seq;
     int timer_armed;
     tb_sub *subs;
+    tb__listener *waiter; /* while in tb_event_wait */
+    /* Last, so that a lookup's compare finds the node and a short name in
+     * one cache line. */
+    tb__hnode node;  /* in app->names, keyed by name */
+    char name_buf[]; /* name points here */
 };
 
 void tb__task_ref(tb_task *t);
@@ -205,8 +209,15 @@ void tb__event_deliver_local(struct tb__worker *w, tb_event *ev);
 int tb__listener_add(struct tb__worker *w, tb__listener *l);
 void tb__listener_remove(struct tb__worker *w, tb__listener *l);
 void tb__sub_close_all(tb_task *t);
+/* Drops the event wait of a task abandoned while suspended in it. */
+void tb__event_abandon_wait(tb_task *t);
+void tb__listener_free_spares(struct tb__worker *w);
 
 /* ---------------------------------------------------------------- workers */
+
+#include <sys/time.h>
+
+#define TB__COMMON_TIMEOUTS 32 /* durations given libevent's O(1) lists */
 
 typedef struct tb__worker {
     tb_app *app;
@@ -216,6 +227,8 @@ typedef struct tb__worker {
     struct event *inbox_ev;
     struct event *runq_ev;
     struct event *grace_ev;
+    struct event *trim_ev; /* gives back idle stacks' pages, lazily */
+    int trim_armed;
 
     pthread_mutex_t inbox_mu;
     tb__msg *inbox, *spare;
@@ -228,7 +241,12 @@ typedef struct tb__worker {
     atomic_int load; /* their number, read by other threads */
 
     tb__stack_pool *stacks;
-    tb__htab exact; /* name -> tb__lbucket */
+    int ncommon;
+    int64_t common_ms[TB__COMMON_TIMEOUTS];
+    struct timeval common_tv[TB__COMMON_TIMEOUTS];
+    tb__htab exact;                /* name -> tb__lbucket */
+    tb__listener *spare_listeners; /* free waiter listeners, reused */
+    int nspare_listeners;
     tb__listener *wild_head, *wild_tail;
 
     int stopping; /* shutdown begun */
@@ -251,8 +269,17 @@ void *tb__worker_main(void *arg);
 /* The worker running on this thread (any app), or NULL. */
 tb__worker *tb__worker_current(void);
 
+/* Called on w's thread after a task's coroutine went back to the pool. */
+void tb__worker_note_stack_freed(tb__worker *w);
+
 /* Called on w's thread when its last live task ended during shutdown. */
 void tb__worker_maybe_finish_stop(tb__worker *w);
+
+/* The timeval to pass to evtimer_add for ms on w's base: one of libevent's
+ * common timeouts for durations seen before (up to TB__COMMON_TIMEOUTS),
+ * else *tmp filled in. w's thread only. */
+const struct timeval *tb__worker_timeout(tb__worker *w, int64_t ms,
+                                         struct timeval *tmp);
 
 /* Schedules t (on its worker's thread) to run. */
 void tb__worker_enqueue(tb__worker *w, tb_task *t);
@@ -304,7 +331,9 @@ enum {
 };
 
 struct tb_app {
-    tb_app_config cfg;
+    tb_app_config cfg; /* its strings point at ns and redis_url below */
+    char *ns;
+    char *redis_url;
     char instance[20]; /* random hex id of this instance */
     atomic_uint_fast64_t event_seq;
     void *userdata;

@@ -13,6 +13,9 @@
 
 static _Thread_local tb_task *current_task;
 
+/* Room for a generated name, "task-<up to 20 digits>", and its NUL. */
+#define GENERATED_NAME_MAX 32
+
 tb_task *tb_task_current(void)
 {
     return current_task;
@@ -51,7 +54,6 @@ void tb__task_unref(tb_task *t)
 {
     if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
         return;
-    free(t->name);
     free(t->kind);
     free(t->error);
     free(t);
@@ -74,29 +76,29 @@ static void registry_drop(tb_app *app, tb_task *t)
     tb__task_unref(t);
 }
 
+static tb_task *task_of(tb__hnode *n)
+{
+    return (tb_task *)((char *)n - offsetof(tb_task, node));
+}
+
 static tb_task *first_named(tb_app *app, const char *name)
 {
     tb__hnode *n = tb__htab_find(&app->names, name, strlen(name));
-    return n ? (tb_task *)n : NULL;
+    return n ? task_of(n) : NULL;
 }
 
 static tb_task *next_named(tb_task *t)
 {
     tb__hnode *n = tb__htab_next_same(&t->node);
-    return n ? (tb_task *)n : NULL;
+    return n ? task_of(n) : NULL;
 }
 
 /* Inserts t (reg_mu held): assigns its id, and its name if it has none. */
 static int registry_insert(tb_app *app, tb_task *t)
 {
     t->id = ++app->next_id;
-    if (!t->name) {
-        char buf[32];
-        snprintf(buf, sizeof buf, "task-%" PRIu64, t->id);
-        t->name = strdup(buf);
-        if (!t->name)
-            return TB_ENOMEM;
-    }
+    if (!t->name[0]) /* task_alloc reserved room for this */
+        snprintf(t->name, GENERATED_NAME_MAX, "task-%" PRIu64, t->id);
     if (tb__htab_insert(&app->names, &t->node, t->name, strlen(t->name)))
         return TB_ENOMEM;
     t->all_prev = app->all_tail;
@@ -128,12 +130,16 @@ static int name_check(const char *name)
 static tb_task *task_alloc(tb_app *app, tb_task_fn fn, void *arg,
                            const tb_task_opts *o)
 {
-    tb_task *t = calloc(1, sizeof *t);
+    /* The name lives in the same allocation, next to the hash node that
+     * lookups compare it through: one cache miss fewer per lookup. */
+    size_t nlen = o->name ? strlen(o->name) + 1 : GENERATED_NAME_MAX;
+    tb_task *t = calloc(1, sizeof *t + nlen);
     if (!t)
         return NULL;
-    if ((o->name && !(t->name = strdup(o->name))) ||
-        (o->kind && !(t->kind = strdup(o->kind)))) {
-        free(t->name);
+    t->name = t->name_buf;
+    if (o->name)
+        memcpy(t->name, o->name, nlen);
+    if (o->kind && !(t->kind = strdup(o->kind))) {
         free(t);
         return NULL;
     }
@@ -320,7 +326,6 @@ void tb__task_start_prerun(tb__worker *w)
         if (rc) {
             tb__log(TB_LOG_ERROR, "worker %d: cannot start task %s: %s",
                     w->index, p->name ? p->name : "(unnamed)", tb_strerror(rc));
-            free(t->name);
             free(t->kind);
             free(t);
             continue;
@@ -358,6 +363,7 @@ static void finish(tb_task *t, int abandoned)
          * that stack until tb_app_free has joined the pool. */
         tb__coro_free(t->co);
         t->co = NULL;
+        tb__worker_note_stack_freed(w);
     }
     if (t->timer) {
         event_free(t->timer);
@@ -365,6 +371,7 @@ static void finish(tb_task *t, int abandoned)
         t->timer_armed = 0;
     }
     tb__sub_close_all(t);
+    tb__event_abandon_wait(t); /* only an abandoned task is still waiting */
     t->wait_kind = TB__WAIT_NONE;
 
     if (t->wprev)
@@ -555,9 +562,9 @@ int tb__task_arm_timer(tb_task *t, uint64_t seq, int64_t ms)
         if (!t->timer)
             return TB_ENOMEM;
     }
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    struct timeval tv;
     t->timer_seq = seq;
-    if (evtimer_add(t->timer, &tv) != 0)
+    if (evtimer_add(t->timer, tb__worker_timeout(t->w, ms, &tv)) != 0)
         return TB_ENOMEM;
     t->timer_armed = 1;
     return 0;
@@ -644,27 +651,48 @@ int tb_yield(tb_task *self)
 /* ---------------------------------------------------------------- waiting for
  * tasks */
 
-static int64_t deadline_of(int timeout_ms)
-{
-    return timeout_ms < 0 ? -1 : tb__mono_us() + (int64_t)timeout_ms * 1000;
-}
-
 /* Suspends self until target has finished or the deadline (monotonic µs,
  * -1: none) passes. */
-static int task_wait_finished(tb_task *self, tb_task *target, int64_t deadline,
+/* A deadline read from the clock only once something has to wait. */
+typedef struct deadline {
+    int timeout_ms; /* negative: none */
+    int64_t at_us;  /* monotonic; 0 until computed */
+} deadline;
+
+static int64_t deadline_left_ms(deadline *d)
+{
+    if (d->timeout_ms < 0)
+        return -1;
+    int64_t now = tb__mono_us();
+    if (!d->at_us)
+        d->at_us = now + (int64_t)d->timeout_ms * 1000;
+    int64_t left = d->at_us - now;
+    return left <= 0 ? 0 : (left + 999) / 1000;
+}
+
+static int task_wait_finished(tb_task *self, tb_task *target, deadline *dl,
                               const char *who)
 {
     tb_app *app = self->app;
-    for (;;) {
+    for (int round = 0;; round++) {
         int rc = tb__task_enter(self, who);
         if (rc)
             return rc;
-        int64_t left_ms = -1;
-        if (deadline >= 0) {
-            int64_t left = deadline - tb__mono_us();
-            if (left <= 0)
-                left = 0;
-            left_ms = (left + 999) / 1000;
+        /* Same thread: its state is only written here, no lock needed to
+         * read it, and no clock either when it has already ended. */
+        int same = target->w == self->w;
+        if (same && finished(target))
+            return 0;
+        int64_t left_ms =
+            round == 0 && same && target->queued ? -1 : deadline_left_ms(dl);
+        if (same && left_ms != 0 && target->queued) {
+            /* It is ready to run on this very worker (typically: just
+             * cancelled): going to the back of the run queue lets it end
+             * first, with no watch and no timer to set up. */
+            uint64_t seq = tb__task_begin_wait(self, TB__WAIT_SLEEP);
+            tb__task_wake(self, seq, 0);
+            tb__task_suspend(self, who);
+            continue;
         }
         tb__watch watch = {.waiter = self};
         pthread_mutex_lock(&app->reg_mu);
@@ -703,33 +731,47 @@ static int task_wait_finished(tb_task *self, tb_task *target, int64_t deadline,
     }
 }
 
-/* Collects refs to every task named name (reg_mu held). Returns the count;
- * *out is malloc'ed (or NULL when 0). TB_ENOMEM on failure. */
-static int collect_named(tb_app *app, const char *name, tb_task ***out)
+/* The tasks a cancel or join acts on: refs to every task with one name. */
+typedef struct named_set {
+    tb_task **v;
+    int n;
+    tb_task *small[4];
+} named_set;
+
+/* Collects refs to every task named name (reg_mu held). Returns the count
+ * or TB_ENOMEM; release with release_all. */
+static int collect_named(tb_app *app, const char *name, named_set *set)
 {
+    const int small = (int)(sizeof set->small / sizeof set->small[0]);
     int n = 0;
-    for (tb_task *t = first_named(app, name); t; t = next_named(t))
-        n++;
-    *out = NULL;
-    if (n == 0)
-        return 0;
-    tb_task **v = malloc((size_t)n * sizeof *v);
-    if (!v)
-        return TB_ENOMEM;
-    int i = 0;
+    set->v = set->small;
+    /* One walk of the chain in the common case (one or a few holders). */
     for (tb_task *t = first_named(app, name); t; t = next_named(t)) {
-        tb__task_ref(t);
-        v[i++] = t;
+        if (n < small)
+            set->small[n] = t;
+        n++;
     }
-    *out = v;
+    if (n > small) {
+        if (!(set->v = malloc((size_t)n * sizeof *set->v))) {
+            set->n = 0;
+            return TB_ENOMEM;
+        }
+        int i = 0;
+        for (tb_task *t = first_named(app, name); t; t = next_named(t))
+            set->v[i++] = t;
+    }
+    for (int i = 0; i < n; i++)
+        tb__task_ref(set->v[i]);
+    set->n = n;
     return n;
 }
 
-static void release_all(tb_task **v, int n)
+static void release_all(named_set *set)
 {
-    for (int i = 0; i < n; i++)
-        tb__task_unref(v[i]);
-    free(v);
+    for (int i = 0; i < set->n; i++)
+        tb__task_unref(set->v[i]);
+    if (set->v != set->small)
+        free(set->v);
 }
 
 static int all_finished_locked(tb_task **v, int n, const tb_task *except)
@@ -749,23 +791,24 @@ int tb_task_join(tb_task *self, const char *name, int timeout_ms, int *result,
     if (!name)
         return TB_EINVAL;
     tb_app *app = self->app;
-    tb_task **v;
+    named_set set;
     pthread_mutex_lock(&app->reg_mu);
-    int n = collect_named(app, name, &v);
+    int n = collect_named(app, name, &set);
     pthread_mutex_unlock(&app->reg_mu);
+    tb_task **v = set.v;
     if (n < 0)
         return n;
     if (n == 0)
         return TB_ENOENT;
     for (int i = 0; i < n; i++) {
         if (v[i] == self) {
-            release_all(v, n);
+            release_all(&set);
             return TB_EDEADLK;
         }
     }
-    int64_t deadline = deadline_of(timeout_ms);
+    deadline dl = {.timeout_ms = timeout_ms};
     for (int i = 0; i < n && rc == 0; i++)
-        rc = task_wait_finished(self, v[i], deadline, "tb_task_join");
+        rc = task_wait_finished(self, v[i], &dl, "tb_task_join");
     if (rc == 0) {
         pthread_mutex_lock(&app->reg_mu);
         tb_task *first = v[0];
@@ -778,7 +821,7 @@ int tb_task_join(tb_task *self, const char *name, int timeout_ms, int *result,
             *state = first->state;
         pthread_mutex_unlock(&app->reg_mu);
     }
-    release_all(v, n);
+    release_all(&set);
     return rc;
 }
 
@@ -790,9 +833,10 @@ int tb_task_cancel(tb_app *app, const char *name, int timeout_ms)
         timeout_ms = app->cfg.graceful_timeout_ms;
     tb_task *self =
         current_task && current_task->app == app ? current_task : NULL;
-    tb_task **v;
+    named_set set;
     pthread_mutex_lock(&app->reg_mu);
-    int n = collect_named(app, name, &v);
+    int n = collect_named(app, name, &set);
+    tb_task **v = set.v;
     if (n <= 0) {
         pthread_mutex_unlock(&app->reg_mu);
         return n == 0 ? TB_ENOENT : n;
@@ -822,10 +866,10 @@ int tb_task_cancel(tb_app *app, const char *name, int timeout_ms)
     int rc = 0;
     if (self) {
         pthread_mutex_unlock(&app->reg_mu);
-        int64_t deadline = deadline_of(timeout_ms);
+        deadline dl = {.timeout_ms = timeout_ms};
         for (int i = 0; i < n && rc == 0; i++)
             if (v[i] != self)
-                rc = task_wait_finished(self, v[i], deadline, "tb_task_cancel");
+                rc = task_wait_finished(self, v[i], &dl, "tb_task_cancel");
         if (self_target)
             atomic_store(&self->cancel_pending, 1);
     } else if (tb__worker_current() && tb__worker_current()->app == app) {
@@ -854,7 +898,7 @@ int tb_task_cancel(tb_app *app, const char *name, int timeout_ms)
         app->thread_waiters--;
         pthread_mutex_unlock(&app->reg_mu);
     }
-    release_all(v, n);
+    release_all(&set);
     return rc;
 }
 

@@ -115,6 +115,25 @@ typedef struct tb_app_config {
     int blocking_threads;    /* tb_run_blocking pool size; default 4 */
     int handle_signals;      /* 1: tb_app_run stops on SIGINT/SIGTERM;
                                 default 0 (the embedder's signals) */
+
+    /* The event bus. With no redis_url, events stay in this process (the
+     * in-process bus). With one, they travel over Redis pub/sub on channel
+     * "<event_namespace>:event:<name>" between every instance that shares
+     * the server and namespace. */
+    const char *redis_url;        /* redis://[user:password@]host[:port][/db]
+                                     or unix://[user:password@]/path[?db=N];
+                                     NULL or "": in-process bus */
+    const char *event_namespace;  /* default "taskbus"; [A-Za-z0-9_.-],
+                                     1..64 bytes */
+    int redis_connect_timeout_ms; /* per attempt; default 2000 */
+    int redis_command_timeout_ms; /* a PUBLISH or PING without a reply by
+                                     then means the link is dead; 5000 */
+    int redis_ping_interval_ms;   /* keepalive on an idle link; 5000 */
+    int redis_retry_min_ms;       /* reconnect backoff start; 100 */
+    int redis_retry_max_ms;       /* backoff cap (with jitter); 5000 */
+    int publish_queue_max;        /* events handed to the bus and not yet
+                                     acknowledged by Redis; beyond it
+                                     tb_dispatch returns TB_ENOSPC; 65536 */
 } tb_app_config;
 
 /* Fills cfg with the defaults above. */
@@ -229,8 +248,10 @@ typedef struct tb_task_opts {
  * Errors: TB_EINVAL (bad name or worker), TB_ENAMETOOLONG, TB_EEXIST (a live
  * task holds the name and TB_TASK_REPLACE is not set), TB_ESHUTDOWN (the app
  * is stopping), TB_ENOMEM. With TB_TASK_REPLACE the older task is cancelled
- * and waited for as tb_task_cancel does, bounded by the graceful timeout.
- * On error arg_free is not called. */
+ * and waited for as tb_task_cancel does, bounded by the graceful timeout,
+ * and that wait's errors come back (TB_ETIMEDOUT; TB_EINPROGRESS from a
+ * worker's loop; TB_EBUSY if other adds keep taking the name, after three
+ * tries). On error arg_free is not called. */
 int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
                 uint64_t *id_out);
 
@@ -265,8 +286,8 @@ int tb_task_list(tb_app *app, tb_task_info **out, size_t *n);
  *  - From a worker's loop outside any task (a listener): only requests the
  *    cancel and returns TB_EINPROGRESS if not all have finished.
  * A task cancelling itself (alone or among replicas) only records the
- * request for itself: the call returns once the others are done and its own
- * next suspension point returns TB_ECANCELED.
+ * request for itself: the call returns 0 once the others are done, and its
+ * own next suspension point returns TB_ECANCELED.
  * Returns 0 when all have finished (or had finished: idempotent),
  * TB_ENOENT if no task holds the name, TB_ETIMEDOUT if some were still
  * running at the deadline (they stay cancel-requested). */
@@ -337,13 +358,29 @@ int tb_pattern_param(const char *pattern, const char *name, const char *param,
 
 /* Dispatches an event to every matching waiter and subscription on every
  * worker (and, with the Redis bus, of every instance). Any thread. data is
- * copied (len bytes, may be 0). Returns 0 once the event has been handed to
- * the bus, TB_EINVAL/TB_ENAMETOOLONG for a bad name, TB_EMSGSIZE over
+ * copied (len bytes, may be 0) and must be UTF-8 text (JSON included): the
+ * Redis bus carries it in a JSON envelope; encode binary data yourself.
+ * Returns 0 once the event has been handed to the bus (the Redis bus
+ * pipelines it, resends it after a reconnect if Redis had not acknowledged
+ * it, and receivers drop the duplicates by id), TB_EINVAL for invalid
+ * UTF-8, TB_EINVAL/TB_ENAMETOOLONG for a bad name, TB_EMSGSIZE over
  * max_event_size, TB_ENOTCONN when the bus is down, TB_ESHUTDOWN when the
- * app is not running. *id_out (if not NULL, TB_EVENT_ID_MAX bytes) gets the
- * event's id. Never blocks a worker loop. */
+ * app is not running, TB_ENOSPC when publish_queue_max events await Redis.
+ * *id_out (if not NULL, TB_EVENT_ID_MAX bytes) gets the event's id. Never
+ * blocks a worker loop. */
 int tb_dispatch(tb_app *app, const char *name, const void *data, size_t len,
                 char *id_out);
+
+/* Like tb_dispatch, but returns only once the bus has confirmed the event:
+ * with the Redis bus, when Redis has acknowledged the PUBLISH (so a 0 here
+ * means the event was published). Waits at most timeout_ms (negative: the
+ * app's redis_command_timeout_ms) and returns TB_ETIMEDOUT after that (the
+ * event may still be published later). From inside a task it suspends the
+ * task (and returns TB_ECANCELED if the task is cancelled meanwhile); from
+ * any other thread it blocks that thread; from a worker's loop outside any
+ * task it returns TB_EDEADLK without dispatching. */
+int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
+                     size_t len, int timeout_ms, char *id_out);
 
 /* Waits for the next event matching pattern, at most timeout_ms (negative:
  * no limit). On 0, *ev holds a reference the caller must release with
@@ -378,6 +415,36 @@ int64_t tb_event_ts_us(const tb_event *ev); /* CLOCK_REALTIME µs */
 const char *tb_event_origin(const tb_event *ev);
 tb_event *tb_event_ref(tb_event *ev);
 void tb_event_unref(tb_event *ev); /* NULL is a no-op */
+
+/* ---------------------------------------------------------------- bus */
+
+typedef enum {
+    TB_BUS_CONNECTING = 0, /* first connection under way */
+    TB_BUS_CONNECTED,      /* events flow */
+    TB_BUS_RECONNECTING,   /* lost; retrying with backoff */
+    TB_BUS_STOPPED         /* not started, or stopped */
+} tb_bus_state;
+
+const char *tb_bus_state_name(tb_bus_state s); /* "connected", ... */
+
+typedef struct tb_bus_info {
+    char name[16]; /* "memory" or "redis" */
+    tb_bus_state state;
+    int64_t since_us;        /* CLOCK_REALTIME µs of the last state change */
+    uint64_t attempts;       /* failed attempts since the last success */
+    uint64_t reconnects;     /* successful reconnections after a loss */
+    char last_error[256];    /* "" if none */
+    uint64_t published;      /* events acknowledged by the backend */
+    uint64_t publish_failed; /* accepted, then given up on (logged) */
+    uint64_t received;       /* events taken from the backend */
+    uint64_t duplicates;     /* received again (a resend) and dropped */
+    uint64_t malformed;      /* messages dropped as malformed (logged) */
+    uint64_t oversize;       /* messages dropped over max_event_size */
+    int queued;              /* waiting to be published now */
+} tb_bus_info;
+
+/* Fills *out with the bus's state and counters. Any thread. */
+int tb_bus_status(tb_app *app, tb_bus_info *out);
 
 #ifdef __cplusplus
 }

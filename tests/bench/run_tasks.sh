@@ -13,8 +13,8 @@
 # (/usr/bin/python3 tests/bench/bench_tasks_asyncio.py), each with -r 1, so
 # both see the same machine noise and both measure memory in a fresh
 # process. The table shows the best round (and the median) of each side.
-# Every run is killed after PER_RUN_S seconds and the whole script gives up
-# after TOTAL_S, so it always ends within a few minutes.
+# Every run is killed after PER_RUN_S seconds (env, default 90) and the whole
+# script gives up after TOTAL_S (default 240), so it ends within minutes.
 #
 # Exit status: 0 when every run completed (whether or not the targets were
 # met), 1 when a run failed or timed out, 2 on bad usage.
@@ -27,8 +27,8 @@ pyside="$here/bench_tasks_asyncio.py"
 
 n=100000
 rounds=3
-per_run_s=90
-total_s=240
+per_run_s=${PER_RUN_S:-90}
+total_s=${TOTAL_S:-240}
 
 bin=""
 if [[ $# -gt 0 && $1 != -* ]]; then

@@ -72,10 +72,13 @@ int main(void)
 
     int ok = rc == 0;
     for (int w = 0; w < WORKERS; w++) {
-        int c = atomic_load(&callable_runs[w]), p = atomic_load(&prebuilt_runs[w]);
+        int c = atomic_load(&callable_runs[w]),
+            p = atomic_load(&prebuilt_runs[w]);
         if (c != 1 || p != 1) {
-            fprintf(stderr, "FAIL: worker %d ran the callable %d times and "
-                            "the pre-built task %d times\n", w, c, p);
+            fprintf(stderr,
+                    "FAIL: worker %d ran the callable %d times and "
+                    "the pre-built task %d times\n",
+                    w, c, p);
             ok = 0;
         }
     }

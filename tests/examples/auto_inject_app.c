@@ -37,8 +37,7 @@ static int auto_inject(tb_task *self, void *arg)
 static int explicit_inject(tb_task *self, void *arg)
 {
     tb_app *app = arg;
-    if (tb_sleep(self, 10) == 0 && app == the_app &&
-        app == tb_task_app(self)) {
+    if (tb_sleep(self, 10) == 0 && app == the_app && app == tb_task_app(self)) {
         printf("explicit_inject: got the app (%d worker)\n",
                tb_app_workers(app));
         atomic_store(&explicit_ok, 1);

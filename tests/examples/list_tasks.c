@@ -30,8 +30,7 @@ static int on_ready(tb_app *app, int worker, void *arg)
         tb_task_opts opts = {.name = names[i], .worker = TB_WORKER_ANY};
         int rc = tb_task_add(app, idle, NULL, &opts, NULL);
         if (rc != 0)
-            fprintf(stderr, "tb_task_add(%s): %s\n", names[i],
-                    tb_strerror(rc));
+            fprintf(stderr, "tb_task_add(%s): %s\n", names[i], tb_strerror(rc));
     }
 
     /* for task in app.tasks: print(task.get_name()) */

@@ -63,8 +63,8 @@ int main(void)
     tb_app_on(app, TB_WORKER_AFTER_START, on_after_start, NULL);
 
     /* app.add_task(notify_server_started_after_five_seconds()) */
-    int rc = tb_task_add(app, notify_server_started_after_200ms, NULL, NULL,
-                         NULL);
+    int rc =
+        tb_task_add(app, notify_server_started_after_200ms, NULL, NULL, NULL);
     if (rc != 0) {
         fprintf(stderr, "tb_task_add: %s\n", tb_strerror(rc));
         return 1;
@@ -74,8 +74,8 @@ int main(void)
     tb_app_free(app);
 
     long long waited = atomic_load(&printed_at) - atomic_load(&started_at);
-    if (rc != 0 || atomic_load(&printed) != 1 || atomic_load(&started_at) == 0 ||
-        waited < 195) {
+    if (rc != 0 || atomic_load(&printed) != 1 ||
+        atomic_load(&started_at) == 0 || waited < 195) {
         fprintf(stderr,
                 "FAIL: run=%s printed=%d, %lld ms after the worker started\n",
                 tb_err_name(rc), atomic_load(&printed), waited);

@@ -40,8 +40,7 @@ static int receiver(tb_task *self, void *arg)
             return 0; /* TB_ECANCELED: the owner is done with us */
         size_t len = 0;
         const char *data = tb_event_data(ev, &len);
-        printf("%s: would send \"%.*s\"\n", tb_task_name(self), (int)len,
-               data);
+        printf("%s: would send \"%.*s\"\n", tb_task_name(self), (int)len, data);
         atomic_fetch_add(&received, 1);
         tb_event_unref(ev);
     }

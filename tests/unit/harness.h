@@ -108,11 +108,10 @@ static inline int th_failures_count(void)
 }
 
 /* Records a failure unless ok; returns ok. Any thread, tasks included. */
-static inline int th__check(int ok, const char *file, int line,
-                            const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static inline int th__check(int ok, const char *file, int line,
-                            const char *fmt, ...)
+static inline int th__check(int ok, const char *file, int line, const char *fmt,
+                            ...) __attribute__((format(printf, 4, 5)));
+static inline int th__check(int ok, const char *file, int line, const char *fmt,
+                            ...)
 {
     if (ok)
         return 1;
@@ -157,7 +156,8 @@ static inline int th__check_str(const char *a, const char *b, const char *ea,
 }
 
 #define TH_CHECK(cond) th__check(!!(cond), __FILE__, __LINE__, "%s", #cond)
-#define TH_CHECKF(cond, ...) th__check(!!(cond), __FILE__, __LINE__, __VA_ARGS__)
+#define TH_CHECKF(cond, ...)                                                   \
+    th__check(!!(cond), __FILE__, __LINE__, __VA_ARGS__)
 #define TH_CHECK_EQ(a, b)                                                      \
     th__check_eq((long long)(a), (long long)(b), #a, #b, __FILE__, __LINE__)
 #define TH_CHECK_RC(a, b)                                                      \
@@ -174,7 +174,7 @@ static inline int th__check_str(const char *a, const char *b, const char *ea,
         memcpy(first_, f_->first, sizeof first_);                              \
         pthread_mutex_unlock(&f_->mu);                                         \
         if (n_ != 0)                                                           \
-            fail_msg("%d check(s) failed; first: %s", n_, first_);            \
+            fail_msg("%d check(s) failed; first: %s", n_, first_);             \
     } while (0)
 
 /* cmocka-side helper for return codes on the main thread. */
@@ -182,7 +182,7 @@ static inline int th__check_str(const char *a, const char *b, const char *ea,
     do {                                                                       \
         int a_ = (a), b_ = (b);                                                \
         if (a_ != b_)                                                          \
-            fail_msg("%s == %s: got %s (%d), want %s (%d)", #a, #b,           \
+            fail_msg("%s == %s: got %s (%d), want %s (%d)", #a, #b,            \
                      tb_err_name(a_), a_, tb_err_name(b_), b_);                \
     } while (0)
 
@@ -234,8 +234,7 @@ static inline long th_counter_get(th_counter *c)
 
 /* Waits until the counter is >= target, at most timeout_ms. Returns 1 if it
  * got there. Not from a task. */
-static inline int th_counter_wait_ge(th_counter *c, long target,
-                                     int timeout_ms)
+static inline int th_counter_wait_ge(th_counter *c, long target, int timeout_ms)
 {
     struct timespec dl;
     clock_gettime(CLOCK_REALTIME, &dl);
@@ -518,8 +517,8 @@ static inline int th__run(tb_app *app, th_thread_body thread_body,
 
     pthread_t driver, watchdog;
     if (thread_body)
-        assert_int_equal(
-            pthread_create(&driver, NULL, th__driver_thread, &r), 0);
+        assert_int_equal(pthread_create(&driver, NULL, th__driver_thread, &r),
+                         0);
     assert_int_equal(pthread_create(&watchdog, NULL, th__watchdog, &r), 0);
 
     int rc = tb_app_run(app);

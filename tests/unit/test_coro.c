@@ -239,6 +239,11 @@ static void test_reuse_runs_new_entry(void **state)
         assert_int_equal(tb__coro_resume(all[0]), 1);
         assert_int_equal(runs_a, 1);
         tb__coro_free(all[0]);
+        /* Trimming gives back what is beyond keep_resident: with 0, this
+         * stack, which must then start from scratch. */
+        assert_int_equal(tb__stack_pool_trim(pool, SIZE_MAX),
+                         keeps[k] == 0 ? 1 : 0);
+        assert_int_equal(tb__stack_pool_excess(pool), 0);
 
         all[0] = tb__coro_new(pool, count_entry, &runs_b);
         assert_int_equal(tb__stack_pool_mapped(pool), slab);
@@ -257,6 +262,8 @@ static void test_reuse_runs_new_entry(void **state)
             assert_int_equal(tb__coro_resume(co), 1);
             assert_int_equal(left, 0);
             tb__coro_free(co);
+            if (round % 7 == 0)
+                tb__stack_pool_trim(pool, SIZE_MAX);
         }
         assert_int_equal(tb__stack_pool_mapped(pool), slab);
 
@@ -472,12 +479,17 @@ static void test_suspended_residency(void **state)
     assert_int_equal(tb__coro_resume(co), 1);
     tb__coro_free(co);
 
-    /* With keep_resident 0 a freed stack gives its pages back. */
+    /* With keep_resident 0 a freed stack gives its pages back when the
+     * pool is trimmed, not before (free stays cheap). */
     co = tb__coro_new(pool, toucher_entry, &deep);
     assert_int_equal(tb__coro_resume(co), 0);
     assert_true(resident_pages(deep.sp, size) >= 64 * KIB / page_size());
     assert_int_equal(tb__coro_resume(co), 1);
     tb__coro_free(co);
+    assert_true(resident_pages(deep.sp, size) >= 64 * KIB / page_size());
+    assert_int_equal(tb__stack_pool_excess(pool), 1);
+    assert_int_equal(tb__stack_pool_trim(pool, 0), 0);
+    assert_int_equal(tb__stack_pool_trim(pool, SIZE_MAX), 1);
     assert_int_equal(resident_pages(deep.sp, size), 0);
     tb__stack_pool_free(pool);
 

@@ -177,9 +177,9 @@ static int pattern_waiter(tb_task *self, void *arg)
         if (i == 2) {
             TH_CHECK_EQ(n, 2);
             char tiny[2];
-            TH_CHECK_RC(tb_pattern_param(g_patterns[i], name, "uid", tiny,
-                                         sizeof tiny),
-                        TB_ENAMETOOLONG);
+            TH_CHECK_RC(
+                tb_pattern_param(g_patterns[i], name, "uid", tiny, sizeof tiny),
+                TB_ENAMETOOLONG);
             TH_CHECK_RC(tb_pattern_param(g_patterns[i], name, "nope", tiny,
                                          sizeof tiny),
                         TB_ENOENT);
@@ -245,10 +245,9 @@ static void test_pattern_helpers(void **state)
     assert_int_equal(tb_pattern_match("a.b", "a.bc"), 0);
     assert_int_equal(tb_pattern_match("a..b", "a..b"), 0); /* invalid */
     char out[16];
-    assert_int_equal(
-        tb_pattern_param("room.<rid>.msg", "room.abc123.msg", "rid", out,
-                         sizeof out),
-        6);
+    assert_int_equal(tb_pattern_param("room.<rid>.msg", "room.abc123.msg",
+                                      "rid", out, sizeof out),
+                     6);
     assert_string_equal(out, "abc123");
     assert_rc(tb_pattern_param("room.<rid>.msg", "room.abc123.other", "rid",
                                out, sizeof out),
@@ -367,7 +366,7 @@ typedef struct acc_ctx {
     char name[2][TB_EVENT_NAME_MAX + 1];
     char data[2][16];
     size_t len[2];
-    int nul[2];     /* data[len] == '\0' */
+    int nul[2]; /* data[len] == '\0' */
     int non_null[2];
     char id[2][TB_EVENT_ID_MAX];
     char origin[2][128];
@@ -504,7 +503,9 @@ static void drive_bad_names(tb_app *app, void *ctx)
 {
     (void)ctx;
     static const char *const bad[] = {
-        "", "a..b", ".a", "a.", "a b", "a.*", "a.<p>", "a/b", "a.b.c.d.e.f.g.h.i",
+        "",      "a..b", ".a",
+        "a.",    "a b",  "a.*",
+        "a.<p>", "a/b",  "a.b.c.d.e.f.g.h.i",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         TH_CHECKF(tb_event_name_valid(bad[i]) == TB_EINVAL,
@@ -556,7 +557,7 @@ static int receive_big(tb_task *self, void *arg)
         const unsigned char *data = tb_event_data(ev, &c->len);
         c->intact = data != NULL && data[c->len] == 0;
         for (size_t i = 0; c->intact && i < c->len; i++)
-            c->intact = data[i] == (unsigned char)(i * 7 + 1);
+            c->intact = data[i] == (unsigned char)('a' + i % 26);
     }
     tb_event_unref(ev);
     tb_sub_close(sub);
@@ -569,7 +570,7 @@ static void drive_sizes(tb_app *app, void *ctx)
     size_ctx *c = ctx;
     static unsigned char data[MAX_EVENT + 1];
     for (size_t i = 0; i < sizeof data; i++)
-        data[i] = (unsigned char)(i * 7 + 1);
+        data[i] = (unsigned char)('a' + i % 26); /* text: UTF-8 */
     TH_CHECK_RC(th_add(app, "big", 0, receive_big, c, NULL), 0);
     if (!TH_CHECK(th_counter_wait_ge(&c->opened, 1, 5000)))
         return;
@@ -727,8 +728,7 @@ static int overflow_subscriber(tb_task *self, void *arg)
         return -1;
     /* Let all 25 arrive before taking any. */
     int64_t end = th_mono_ms() + 5000;
-    while (tb_sub_pending(sub) + tb_sub_dropped(sub) < 25 &&
-           th_mono_ms() < end)
+    while (tb_sub_pending(sub) + tb_sub_dropped(sub) < 25 && th_mono_ms() < end)
         tb_sleep(self, 1);
     c->pending = tb_sub_pending(sub);
     c->dropped = tb_sub_dropped(sub);
@@ -935,12 +935,9 @@ static void test_each_waiter_gets_event_exactly_once(void **state)
     th_counter_init(&c.armed);
     th_counter_init(&c.received);
     th_counter_init(&c.finished);
-    assert_rc(th_add(app, "once-0", TB_WORKER_ANY, once_receiver, &c, NULL),
-              0);
-    assert_rc(th_add(app, "once-1", TB_WORKER_ANY, once_receiver, &c, NULL),
-              0);
-    assert_rc(th_add(app, "once-2", TB_WORKER_ANY, once_receiver, &c, NULL),
-              0);
+    assert_rc(th_add(app, "once-0", TB_WORKER_ANY, once_receiver, &c, NULL), 0);
+    assert_rc(th_add(app, "once-1", TB_WORKER_ANY, once_receiver, &c, NULL), 0);
+    assert_rc(th_add(app, "once-2", TB_WORKER_ANY, once_receiver, &c, NULL), 0);
     assert_rc(th_run_thread(app, drive_once, &c, 15000), 0);
     th_assert_clean();
     for (int w = 0; w < 3; w++)
@@ -955,13 +952,197 @@ static void test_each_waiter_gets_event_exactly_once(void **state)
     th_counter_destroy(&c.finished);
 }
 
+/* ------------------------------------------------------------ text */
+
+typedef struct utf8_ctx {
+    th_counter opened;
+    th_counter done;
+    char got[64];
+    size_t len;
+} utf8_ctx;
+
+static const char g_utf8[] =
+    "h\xc3\xa9llo \xe2\x9c\x93 {\"k\": 1}"; /* "héllo ✓" */
+
+static int receive_text(tb_task *self, void *arg)
+{
+    utf8_ctx *c = arg;
+    int err = 0;
+    tb_sub *sub = tb_sub_open(self, "text.*", 8, &err);
+    th_counter_add(&c->opened, 1);
+    if (!TH_CHECK(sub != NULL))
+        return -1;
+    tb_event *ev = NULL;
+    if (TH_CHECK_RC(tb_sub_next(self, sub, 5000, &ev), 0)) {
+        const char *data = tb_event_data(ev, &c->len);
+        snprintf(c->got, sizeof c->got, "%s", data);
+        TH_CHECK_STR(tb_event_name(ev), "text.ok");
+    }
+    tb_event_unref(ev);
+    /* Nothing else arrives: the refused events were never dispatched. */
+    ev = NULL;
+    TH_CHECK_RC(tb_sub_next(self, sub, 100, &ev), TB_ETIMEDOUT);
+    tb_event_unref(ev);
+    th_counter_add(&c->done, 1);
+    return 0;
+}
+
+static void drive_utf8(tb_app *app, void *ctx)
+{
+    utf8_ctx *c = ctx;
+    TH_CHECK_RC(th_add(app, "text", 0, receive_text, c, NULL), 0);
+    if (!TH_CHECK(th_counter_wait_ge(&c->opened, 1, 5000)))
+        return;
+    static const char *const bad[] = {
+        "\xff\xfe",     /* never valid */
+        "caf\xc3",      /* truncated sequence */
+        "\xc0\xaf",     /* overlong "/" */
+        "\xed\xa0\x80", /* UTF-16 surrogate */
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int rc = tb_dispatch(app, "text.bad", bad[i], strlen(bad[i]), NULL);
+        TH_CHECKF(rc == TB_EINVAL, "bad UTF-8 #%zu: %s", i, tb_err_name(rc));
+    }
+    TH_CHECK_RC(tb_dispatch(app, "text.ok", g_utf8, strlen(g_utf8), NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&c->done, 1, 5000));
+}
+
+/* Event data is UTF-8 text: invalid sequences are refused with TB_EINVAL,
+ * multi-byte text round-trips unchanged. */
+static void test_event_data_must_be_utf8(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    utf8_ctx c;
+    memset(&c, 0, sizeof c);
+    th_counter_init(&c.opened);
+    th_counter_init(&c.done);
+    assert_rc(th_run_thread(app, drive_utf8, &c, 10000), 0);
+    th_assert_clean();
+    assert_int_equal(c.len, strlen(g_utf8));
+    assert_string_equal(c.got, g_utf8);
+    tb_app_free(app);
+    th_counter_destroy(&c.opened);
+    th_counter_destroy(&c.done);
+}
+
+/* ------------------------------------------------------------ confirmed */
+
+typedef struct confirm_ctx {
+    th_counter opened;
+    th_counter got;
+    char ids[2][TB_EVENT_ID_MAX];
+    atomic_int listener_rc;
+    atomic_int task_rc;
+    char task_id[TB_EVENT_ID_MAX];
+    tb_bus_info running;
+} confirm_ctx;
+
+static int confirm_receiver(tb_task *self, void *arg)
+{
+    confirm_ctx *c = arg;
+    int err = 0;
+    tb_sub *sub = tb_sub_open(self, "confirm.*", 8, &err);
+    th_counter_add(&c->opened, 1);
+    if (!TH_CHECK(sub != NULL))
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        tb_event *ev = NULL;
+        if (!TH_CHECK_RC(tb_sub_next(self, sub, 5000, &ev), 0))
+            break;
+        snprintf(c->ids[i], sizeof c->ids[i], "%s", tb_event_id(ev));
+        tb_event_unref(ev);
+        th_counter_add(&c->got, 1);
+    }
+    return 0;
+}
+
+static int confirm_in_task(tb_task *self, void *arg)
+{
+    confirm_ctx *c = arg;
+    atomic_store(&c->task_rc,
+                 tb_dispatch_wait(tb_task_app(self), "confirm.task", "t", 1,
+                                  2000, c->task_id));
+    return 0;
+}
+
+/* On a worker's loop, outside any task: must refuse rather than block. */
+static int confirm_in_listener(tb_app *app, int worker, void *arg)
+{
+    confirm_ctx *c = arg;
+    if (worker == 0)
+        atomic_store(&c->listener_rc, tb_dispatch_wait(app, "confirm.listener",
+                                                       "l", 1, 1000, NULL));
+    return 0;
+}
+
+static void drive_confirm(tb_app *app, void *ctx)
+{
+    confirm_ctx *c = ctx;
+    TH_CHECK_RC(tb_bus_status(app, &c->running), 0);
+    TH_CHECK_RC(th_add(app, "confirm-rx", 1, confirm_receiver, c, NULL), 0);
+    if (!TH_CHECK(th_counter_wait_ge(&c->opened, 1, 5000)))
+        return;
+    char id[TB_EVENT_ID_MAX] = "";
+    int64_t t0 = th_mono_ms();
+    TH_CHECK_RC(tb_dispatch_wait(app, "confirm.thread", "x", 1, 2000, id), 0);
+    TH_CHECK(th_mono_ms() - t0 < 1000);
+    TH_CHECK(id[0] != '\0');
+    TH_CHECK_RC(tb_dispatch_wait(app, "confirm..bad", NULL, 0, 2000, NULL),
+                TB_EINVAL);
+    TH_CHECK_RC(th_add(app, "confirm-tx", 0, confirm_in_task, c, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&c->got, 2, 5000));
+    TH_CHECK_RC(atomic_load(&c->task_rc), 0);
+    /* Both confirmed events arrived, in order. */
+    TH_CHECK_STR(c->ids[0], id);
+    TH_CHECK_STR(c->ids[1], c->task_id);
+}
+
+static void test_dispatch_wait_and_bus_status(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    static confirm_ctx c;
+    memset(&c, 0, sizeof c);
+    th_counter_init(&c.opened);
+    th_counter_init(&c.got);
+    c.listener_rc = c.task_rc = 1;
+    assert_rc(tb_app_on(app, TB_WORKER_AFTER_START, confirm_in_listener, &c),
+              0);
+
+    tb_bus_info info;
+    memset(&info, 0x5a, sizeof info);
+    assert_rc(tb_bus_status(app, &info), 0);
+    assert_string_equal(info.name, "memory");
+    assert_int_equal(info.state, TB_BUS_STOPPED); /* not started */
+    assert_rc(tb_dispatch_wait(app, "confirm.early", NULL, 0, 100, NULL),
+              TB_ESHUTDOWN);
+
+    assert_rc(th_run_thread(app, drive_confirm, &c, 10000), 0);
+    th_assert_clean();
+    assert_rc(atomic_load(&c.listener_rc), TB_EDEADLK);
+    assert_string_equal(c.running.name, "memory");
+    assert_int_equal(c.running.state, TB_BUS_CONNECTED);
+    assert_string_equal(c.running.last_error, "");
+
+    assert_rc(tb_bus_status(app, &info), 0);
+    assert_int_equal(info.state, TB_BUS_STOPPED); /* stopped */
+    assert_string_equal(tb_bus_state_name(TB_BUS_CONNECTING), "connecting");
+    assert_string_equal(tb_bus_state_name(TB_BUS_CONNECTED), "connected");
+    assert_string_equal(tb_bus_state_name(TB_BUS_RECONNECTING), "reconnecting");
+    assert_string_equal(tb_bus_state_name(TB_BUS_STOPPED), "stopped");
+    tb_app_free(app);
+    th_counter_destroy(&c.opened);
+    th_counter_destroy(&c.got);
+}
+
 /* ------------------------------------------------------------ start-up race */
 
 typedef struct race_ctx {
     tb_app *app;
-    atomic_long ok;       /* dispatches that returned 0 */
-    atomic_long refused;  /* TB_ESHUTDOWN: not running yet */
-    atomic_int other_rc;  /* anything else */
+    atomic_long ok;      /* dispatches that returned 0 */
+    atomic_long refused; /* TB_ESHUTDOWN: not running yet */
+    atomic_int other_rc; /* anything else */
     th_counter enough;
 } race_ctx;
 
@@ -1033,6 +1214,8 @@ int main(void)
         cmocka_unit_test(test_invalid_event_names),
         cmocka_unit_test(test_event_size_limit),
         cmocka_unit_test(test_dispatch_when_not_running),
+        cmocka_unit_test(test_event_data_must_be_utf8),
+        cmocka_unit_test(test_dispatch_wait_and_bus_status),
         cmocka_unit_test(test_subscription_misses_nothing),
         cmocka_unit_test(test_subscription_overflow_drops_oldest),
         cmocka_unit_test(test_subscription_closed_when_task_ends),

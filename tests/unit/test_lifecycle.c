@@ -108,7 +108,7 @@ static void log_dump(void)
         int ia_ = log_find((a), (wa), -1), ib_ = log_find((b), (wb), -1);      \
         if (ia_ < 0 || ib_ < 0 || ia_ >= ib_) {                                \
             log_dump();                                                        \
-            fail_msg("%s (worker %d) at %d should come before %s (worker "    \
+            fail_msg("%s (worker %d) at %d should come before %s (worker "     \
                      "%d) at %d",                                              \
                      g_label_names[a], (wa), ia_, g_label_names[b], (wb),      \
                      ib_);                                                     \
@@ -143,17 +143,17 @@ static void register_all(tb_app *app, int tag)
     assert_rc(tb_app_on(app, TB_WORKER_BEFORE_START, record,
                         LARG(L_BEFORE_START, tag)),
               0);
-    assert_rc(tb_app_on(app, TB_WORKER_AFTER_START, record,
-                        LARG(L_AFTER_START, tag)),
-              0);
+    assert_rc(
+        tb_app_on(app, TB_WORKER_AFTER_START, record, LARG(L_AFTER_START, tag)),
+        0);
     assert_rc(tb_app_on(app, TB_MAIN_READY, record, LARG(L_MAIN_READY, tag)),
               0);
-    assert_rc(tb_app_on(app, TB_WORKER_BEFORE_STOP, record,
-                        LARG(L_BEFORE_STOP, tag)),
-              0);
-    assert_rc(tb_app_on(app, TB_WORKER_AFTER_STOP, record,
-                        LARG(L_AFTER_STOP, tag)),
-              0);
+    assert_rc(
+        tb_app_on(app, TB_WORKER_BEFORE_STOP, record, LARG(L_BEFORE_STOP, tag)),
+        0);
+    assert_rc(
+        tb_app_on(app, TB_WORKER_AFTER_STOP, record, LARG(L_AFTER_STOP, tag)),
+        0);
     assert_rc(tb_app_on(app, TB_MAIN_STOP, record, LARG(L_MAIN_STOP, tag)), 0);
 }
 
@@ -173,8 +173,7 @@ static void test_listener_order_and_threads(void **state)
     log_reset();
     tb_app *app = th_app_new(NW, 2000);
     register_all(app, 0);
-    assert_rc(th_add(app, "logged", TB_WORKER_ANY, logged_task, NULL, NULL),
-              0);
+    assert_rc(th_add(app, "logged", TB_WORKER_ANY, logged_task, NULL, NULL), 0);
     assert_int_equal(tb_app_is_running(app), 0);
     assert_rc(th_run_thread(app, nothing, NULL, 10000), 0);
     th_assert_clean();
@@ -195,8 +194,8 @@ static void test_listener_order_and_threads(void **state)
 
     /* Worker listeners and the pre-run task: once per worker, each on
      * that worker's own thread. */
-    static const int per_worker[] = {L_BEFORE_START, L_AFTER_START,
-                                     L_TASK_START,   L_BEFORE_STOP,
+    static const int per_worker[] = {L_BEFORE_START,   L_AFTER_START,
+                                     L_TASK_START,     L_BEFORE_STOP,
                                      L_TASK_CANCELLED, L_AFTER_STOP};
     pthread_t threads[NW];
     for (int w = 0; w < NW; w++) {
@@ -252,7 +251,8 @@ static void test_stop_listeners_run_in_reverse(void **state)
     static const int stops[] = {L_MAIN_STOP, L_BEFORE_STOP, L_AFTER_STOP};
     for (int w = -1; w < 2; w++) {
         for (int i = 0; i < 4; i++) {
-            int one = log_find(starts[i], w, 1), two = log_find(starts[i], w, 2);
+            int one = log_find(starts[i], w, 1),
+                two = log_find(starts[i], w, 2);
             if (one < 0 && two < 0)
                 continue; /* main kinds on workers, worker kinds on -1 */
             if (one < 0 || two < 0 || one > two) {
@@ -310,12 +310,12 @@ static void test_main_start_failure_aborts_run(void **state)
     tb_app *app = th_app_new(2, 2000);
     assert_rc(tb_app_on(app, TB_MAIN_START, refuse, (void *)(intptr_t)TB_EPERM),
               0);
-    assert_rc(tb_app_on(app, TB_WORKER_BEFORE_START, record,
-                        LARG(L_BEFORE_START, 0)),
-              0);
-    assert_rc(tb_app_on(app, TB_WORKER_AFTER_START, record,
-                        LARG(L_AFTER_START, 0)),
-              0);
+    assert_rc(
+        tb_app_on(app, TB_WORKER_BEFORE_START, record, LARG(L_BEFORE_START, 0)),
+        0);
+    assert_rc(
+        tb_app_on(app, TB_WORKER_AFTER_START, record, LARG(L_AFTER_START, 0)),
+        0);
     assert_rc(tb_app_on(app, TB_MAIN_READY, record, LARG(L_MAIN_READY, 0)), 0);
     tb_task_opts o = th_opts("never", TB_WORKER_ANY);
     o.arg_free = count_free;
@@ -457,7 +457,7 @@ static void test_second_run_is_eshutdown(void **state)
     int before = g_log.n;
     assert_rc(tb_app_run(app), TB_ESHUTDOWN);
     assert_int_equal(g_log.n, before); /* no listener ran again */
-    tb_app_stop(app); /* harmless after the end */
+    tb_app_stop(app);                  /* harmless after the end */
     tb_app_free(app);
 }
 

@@ -201,9 +201,9 @@ static void drive_replicas(tb_app *app, void *ctx)
 
     int all_running = 0;
     unsigned mask = 0;
-    TH_CHECK_EQ(th_count_named(app, "replica", TB_TASK_RUNNING, &all_running,
-                               &mask),
-                3);
+    TH_CHECK_EQ(
+        th_count_named(app, "replica", TB_TASK_RUNNING, &all_running, &mask),
+        3);
     TH_CHECK(all_running);
     TH_CHECK_EQ(mask, 7u); /* one on each of workers 0, 1, 2 */
 
@@ -212,9 +212,9 @@ static void drive_replicas(tb_app *app, void *ctx)
     TH_CHECK_EQ(th_counter_get(&c->cancelled), 3);
     TH_CHECK_EQ(th_counter_get(&c->ended), 3);
     int all_cancelled = 0;
-    TH_CHECK_EQ(th_count_named(app, "replica", TB_TASK_CANCELLED,
-                               &all_cancelled, NULL),
-                3);
+    TH_CHECK_EQ(
+        th_count_named(app, "replica", TB_TASK_CANCELLED, &all_cancelled, NULL),
+        3);
     TH_CHECK(all_cancelled);
     TH_CHECK_EQ(tb_task_get(app, "replica", NULL), 3);
 }
@@ -263,9 +263,8 @@ static void drive_add_from_thread(tb_app *app, void *ctx)
     TH_CHECK_EQ(tb_app_current_worker(app), -1);
 
     uint64_t id = 0;
-    TH_CHECK_RC(th_add(app, "from-thread", TB_WORKER_ANY, record_identity, c,
-                       &id),
-                0);
+    TH_CHECK_RC(
+        th_add(app, "from-thread", TB_WORKER_ANY, record_identity, c, &id), 0);
     TH_CHECK(id != 0);
     TH_CHECK(th_counter_wait_ge(&c->ran, 1, 5000));
     TH_CHECK_EQ(atomic_load(&c->id), id);
@@ -401,9 +400,8 @@ static void drive_least_loaded(tb_app *app, void *ctx)
     TH_CHECK_RC(th_add(app, "long-a", 0, sleep_until_cancelled, c, NULL), 0);
     TH_CHECK_RC(th_add(app, "long-b", 0, sleep_until_cancelled, c, NULL), 0);
     TH_CHECK(th_counter_wait_ge(&c->started, 2, 5000));
-    TH_CHECK_RC(th_add(app, "any", TB_WORKER_ANY, sleep_until_cancelled, c,
-                       NULL),
-                0);
+    TH_CHECK_RC(
+        th_add(app, "any", TB_WORKER_ANY, sleep_until_cancelled, c, NULL), 0);
     tb_task_info info;
     TH_CHECK_EQ(tb_task_get(app, "any", &info), 1);
     TH_CHECK_EQ(info.worker, 1);
@@ -510,8 +508,7 @@ static void drive_replace_from_thread(tb_app *app, void *ctx)
 {
     replace_ctx *c = ctx;
     uint64_t id_old = 0, id_new = 0;
-    TH_CHECK_RC(th_add(app, "rep", 0, sleep_until_cancelled, &c->old,
-                       &id_old),
+    TH_CHECK_RC(th_add(app, "rep", 0, sleep_until_cancelled, &c->old, &id_old),
                 0);
     TH_CHECK(th_counter_wait_ge(&c->old.started, 1, 5000));
     tb_task_opts o = th_opts("rep", TB_WORKER_ANY);
@@ -548,8 +545,7 @@ static int drive_replace_from_task(tb_task *self, void *ctx)
     replace_ctx *c = ctx;
     tb_app *app = tb_task_app(self);
     uint64_t id_old = 0, id_new = 0;
-    TH_CHECK_RC(th_add(app, "rep", 0, sleep_until_cancelled, &c->old,
-                       &id_old),
+    TH_CHECK_RC(th_add(app, "rep", 0, sleep_until_cancelled, &c->old, &id_old),
                 0);
     TH_CHECK(th_task_wait_ge(self, &c->old.started, 1, 5000));
     tb_task_opts o = th_opts("rep", 0);
@@ -581,8 +577,7 @@ static void test_replace_from_task_on_same_worker(void **state)
 static void drive_reuse(tb_app *app, void *ctx)
 {
     th_counter *ran = ctx;
-    TH_CHECK_RC(th_add(app, "again", TB_WORKER_ANY, return_zero, ran, NULL),
-                0);
+    TH_CHECK_RC(th_add(app, "again", TB_WORKER_ANY, return_zero, ran, NULL), 0);
     TH_CHECK(th_wait_state(app, "again", TB_TASK_DONE, 5000));
     tb_task_info info;
     TH_CHECK_EQ(tb_task_get(app, "again", &info), 1);
@@ -716,9 +711,8 @@ static int drive_cancel_pending(tb_task *self, void *ctx)
     tb_app *app = tb_task_app(self);
     /* Same worker as this task: the new one cannot start before we
      * suspend, so it is still pending when we cancel it. */
-    TH_CHECK_RC(th_add(app, "pend", tb_task_worker(self), return_zero, ran,
-                       NULL),
-                0);
+    TH_CHECK_RC(
+        th_add(app, "pend", tb_task_worker(self), return_zero, ran, NULL), 0);
     tb_task_info info;
     TH_CHECK_EQ(tb_task_get(app, "pend", &info), 1);
     TH_CHECK_EQ(info.state, TB_TASK_PENDING);
@@ -787,9 +781,9 @@ static void drive_cancel_unknown(tb_app *app, void *ctx)
 {
     (void)ctx;
     TH_CHECK_RC(tb_task_cancel(app, "nobody", 100), TB_ENOENT);
-    TH_CHECK_RC(th_add(app, "asker", TB_WORKER_ANY, cancel_unknown_in_task,
-                       NULL, NULL),
-                0);
+    TH_CHECK_RC(
+        th_add(app, "asker", TB_WORKER_ANY, cancel_unknown_in_task, NULL, NULL),
+        0);
     TH_CHECK(th_wait_state(app, "asker", TB_TASK_DONE, 5000));
 }
 
@@ -944,8 +938,7 @@ static void test_self_cancel_among_replicas(void **state)
     th_counter_init(&c.started);
     c.cancel_rc = c.sleep_rc = 1;
     c.other_state = -1;
-    assert_rc(th_add(app, "pair", TB_WORKER_ANY, replica_cancels_all, &c,
-                     NULL),
+    assert_rc(th_add(app, "pair", TB_WORKER_ANY, replica_cancels_all, &c, NULL),
               0);
     assert_rc(th_run_thread(app, drive_replica_self_cancel, &c, 10000), 0);
     th_assert_clean();
@@ -962,8 +955,7 @@ static void test_self_cancel_among_replicas(void **state)
 static void drive_cancel_timeout(tb_app *app, void *ctx)
 {
     stubborn_ctx *c = ctx;
-    TH_CHECK_RC(th_add(app, "slowpoke", 1, ignore_cancel_for_a_while, c,
-                       NULL),
+    TH_CHECK_RC(th_add(app, "slowpoke", 1, ignore_cancel_for_a_while, c, NULL),
                 0);
     TH_CHECK(th_counter_wait_ge(&c->loop.started, 1, 5000));
     int64_t t0 = th_mono_ms();
@@ -1026,9 +1018,8 @@ static int cancel_in_listener(tb_app *app, int worker, void *arg)
 static void drive_listener_cancel(tb_app *app, void *ctx)
 {
     listener_cancel_ctx *c = ctx;
-    TH_CHECK_RC(th_add(app, "slow", 1, ignore_cancel_for_a_while, &c->slow,
-                       NULL),
-                0);
+    TH_CHECK_RC(
+        th_add(app, "slow", 1, ignore_cancel_for_a_while, &c->slow, NULL), 0);
     TH_CHECK(th_counter_wait_ge(&c->slow.loop.started, 1, 5000));
 }
 
@@ -1041,8 +1032,7 @@ static void test_cancel_from_listener_is_einprogress(void **state)
     loop_ctx_init(&c.slow.loop);
     c.slow.ignore_ms = 300;
     c.rc = c.unknown_rc = 1;
-    assert_rc(tb_app_on(app, TB_WORKER_BEFORE_STOP, cancel_in_listener, &c),
-              0);
+    assert_rc(tb_app_on(app, TB_WORKER_BEFORE_STOP, cancel_in_listener, &c), 0);
     assert_rc(th_run_thread(app, drive_listener_cancel, &c, 10000), 0);
     th_assert_clean();
     assert_rc(atomic_load(&c.rc), TB_EINPROGRESS);
@@ -1158,19 +1148,19 @@ static void check_final(tb_app *app, const char *name, tb_task_state st,
     TH_CHECKF(info.result == result, "%s: result %d, want %d", name,
               info.result, result);
     if (error)
-        TH_CHECKF(strcmp(info.error, error) == 0, "%s: error \"%s\", want "
-                  "\"%s\"", name, info.error, error);
+        TH_CHECKF(strcmp(info.error, error) == 0,
+                  "%s: error \"%s\", want "
+                  "\"%s\"",
+                  name, info.error, error);
 }
 
 static void drive_states(tb_app *app, void *ctx)
 {
     loop_ctx *c = ctx;
     TH_CHECK_RC(th_add(app, "r-done", 0, return_zero, NULL, NULL), 0);
-    TH_CHECK_RC(th_add(app, "r-fail", 1, return_arg, (void *)(intptr_t)42,
-                       NULL),
-                0);
-    TH_CHECK_RC(th_add(app, "r-failmsg", 0, fail_with_message, NULL, NULL),
-                0);
+    TH_CHECK_RC(
+        th_add(app, "r-fail", 1, return_arg, (void *)(intptr_t)42, NULL), 0);
+    TH_CHECK_RC(th_add(app, "r-failmsg", 0, fail_with_message, NULL, NULL), 0);
     TH_CHECK_RC(th_add(app, "r-cancel", 1, sleep_until_cancelled, c, NULL), 0);
     TH_CHECK_RC(th_add(app, "r-alive", 0, tick_until_cancelled, c, NULL), 0);
     TH_CHECK(th_wait_state(app, "r-done", TB_TASK_DONE, 5000));
@@ -1248,11 +1238,10 @@ static void drive_list_fields(tb_app *app, void *ctx)
     TH_CHECK(list[0].id < list[1].id && list[1].id < list[2].id);
     for (size_t i = 0; i < n; i++) {
         tb_task_info *t = &list[i];
-        TH_CHECKF(t->created_us >= t_before - 1000 &&
-                      t->created_us <= t_after + 1000,
-                  "%s created_us %lld outside [%lld, %lld]", t->name,
-                  (long long)t->created_us, (long long)t_before,
-                  (long long)t_after);
+        TH_CHECKF(
+            t->created_us >= t_before - 1000 && t->created_us <= t_after + 1000,
+            "%s created_us %lld outside [%lld, %lld]", t->name,
+            (long long)t->created_us, (long long)t_before, (long long)t_after);
         TH_CHECKF(t->started_us >= t->created_us, "%s started before created",
                   t->name);
         if (t->state == TB_TASK_RUNNING)
@@ -1282,8 +1271,7 @@ static void drive_list_fields(tb_app *app, void *ctx)
             TH_CHECK(t->started_us != 0);
             TH_CHECK_STR(t->error, "");
         } else {
-            TH_CHECKF(0, "unexpected task %" PRIu64 " \"%s\"", t->id,
-                      t->name);
+            TH_CHECKF(0, "unexpected task %" PRIu64 " \"%s\"", t->id, t->name);
         }
     }
     free(list);
@@ -1336,14 +1324,13 @@ static int drive_join(tb_task *self, void *ctx)
     TH_CHECK_RC(tb_task_join(self, "j-ok", 5000, NULL, NULL), 0);
     TH_CHECK(th_mono_ms() - t0 < 1000);
 
-    TH_CHECK_RC(tb_task_join(self, "j-unknown", 100, &result, &st),
-                TB_ENOENT);
+    TH_CHECK_RC(tb_task_join(self, "j-unknown", 100, &result, &st), TB_ENOENT);
     TH_CHECK_RC(tb_task_join(self, tb_task_name(self), 100, &result, &st),
                 TB_EDEADLK);
 
-    TH_CHECK_RC(th_add(app, "j-long", TB_WORKER_ANY, sleep_until_cancelled, c,
-                       NULL),
-                0);
+    TH_CHECK_RC(
+        th_add(app, "j-long", TB_WORKER_ANY, sleep_until_cancelled, c, NULL),
+        0);
     t0 = th_mono_ms();
     TH_CHECK_RC(tb_task_join(self, "j-long", 50, &result, &st), TB_ETIMEDOUT);
     int64_t took = th_mono_ms() - t0;
@@ -1460,9 +1447,9 @@ static int drive_blocking(tb_task *self, void *ctx)
     a.app = app;
     a.ticks = ticks;
     a.worker = -9;
-    TH_CHECK_RC(th_add(app, "ticker", tb_task_worker(self), return_zero, ticks,
-                       NULL),
-                0);
+    TH_CHECK_RC(
+        th_add(app, "ticker", tb_task_worker(self), return_zero, ticks, NULL),
+        0);
     int ret = 0;
     TH_CHECK_RC(tb_run_blocking(self, blocking_fn, &a, &ret), 0);
     TH_CHECK_EQ(ret, 123);
@@ -1625,9 +1612,8 @@ static void test_ten_thousand_tasks(void **state)
     assert_rc(th_run_thread(app, drive_bulk, &c, 50000), 0);
     th_assert_clean();
     assert_int_equal(th_counter_get(&c.ran), BULK);
-    assert_int_equal(atomic_load(&c.per_worker[0]) +
-                         atomic_load(&c.per_worker[1]),
-                     BULK);
+    assert_int_equal(
+        atomic_load(&c.per_worker[0]) + atomic_load(&c.per_worker[1]), BULK);
     tb_app_free(app);
     th_counter_destroy(&c.ran);
 }
@@ -1701,8 +1687,7 @@ static void test_graceful_timeout_abandons_stubborn_task(void **state)
     th_counter_init(&c.started);
     c.coop_rc = 1;
     c.coop_state_at_stop = -1;
-    assert_rc(tb_app_on(app, TB_WORKER_AFTER_STOP, record_coop_at_stop, &c),
-              0);
+    assert_rc(tb_app_on(app, TB_WORKER_AFTER_STOP, record_coop_at_stop, &c), 0);
 
     int rc = th_run_thread(app, drive_shutdown, &c, 15000);
     int64_t wall = th_mono_ms() - atomic_load(&c.t0_ms);
@@ -1710,8 +1695,7 @@ static void test_graceful_timeout_abandons_stubborn_task(void **state)
     th_assert_clean();
     printf("shutdown: %lld ms wall, %lld ms CPU, stubborn task slept %ld "
            "times after its cancel%s\n",
-           (long long)wall, (long long)cpu,
-           atomic_load(&c.stubborn_iterations),
+           (long long)wall, (long long)cpu, atomic_load(&c.stubborn_iterations),
            atomic_load(&c.stubborn_gave_up) ? " and gave up by itself" : "");
     if (atomic_load(&c.stubborn_gave_up))
         fail_msg("the graceful timeout (300 ms) did not end the stubborn "
@@ -1737,9 +1721,8 @@ static int add_in_before_stop(tb_app *app, int worker, void *arg)
 {
     (void)arg;
     if (worker == 0)
-        atomic_store(&g_add_while_stopping,
-                     th_add(app, "late", TB_WORKER_ANY, return_zero, NULL,
-                            NULL));
+        atomic_store(&g_add_while_stopping, th_add(app, "late", TB_WORKER_ANY,
+                                                   return_zero, NULL, NULL));
     return 0;
 }
 

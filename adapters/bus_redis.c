@@ -1,0 +1,1359 @@
+/* bus_redis.c - the Redis event bus: pub/sub through hiredis on its own
+ * libevent thread. */
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libevent.h>
+
+#include "envelope.h"
+#include "internal.h"
+#include "url.h"
+
+/* How it works.
+ *
+ * One thread per app ("tb-bus-redis") runs its own event_base with two
+ * hiredis connections: `sub` holds PSUBSCRIBE "<ns>:event:*", `pub` sends
+ * PUBLISH. One subscription per process means Redis sends each message once
+ * per instance, not once per worker, and each envelope is decoded once; the
+ * workers get the event through their inboxes (tb__app_deliver).
+ *
+ * Publishers (any thread) encode the envelope themselves, then push a
+ * request on a mutex-protected queue and wake the bus thread when the queue
+ * was empty. The bus thread pipelines PUBLISH commands and keeps the sent
+ * ones in a FIFO: Redis answers in order. When the connection is lost, the
+ * unanswered and queued requests are resent after the reconnect (receivers
+ * drop the duplicates by event id), unless they were accepted more than
+ * redis_command_timeout_ms ago.
+ *
+ * States: CONNECTING (first attempt) -> CONNECTED -> RECONNECTING (lost;
+ * retrying with backoff) -> CONNECTED ...; STOPPED after stop(). CONNECTED
+ * means both links are authenticated, `pub` has answered a PING and `sub`
+ * has confirmed its PSUBSCRIBE, so our own events come back to us.
+ *
+ * hiredis 0.14 rules this file lives by:
+ *  - A context is freed by hiredis itself after a failed connect (after the
+ *    connect callback) or a lost link (after the disconnect callback), and
+ *    by redisAsyncFree. Pending reply callbacks then run with a NULL reply.
+ *    rlink.ac is cleared before any of that, and every callback ignores a
+ *    NULL reply or a context that is no longer its link's.
+ *  - redisAsyncFree is only ever called from this file's own top-level
+ *    libevent callbacks (teardown, finish), never from inside a hiredis
+ *    callback: there it would be deferred, or (in the connect callback) a
+ *    use after free.
+ *  - hiredis writes with write(2): the bus thread blocks SIGPIPE (all
+ *    signals) so a peer that closed turns into EPIPE, not a dead process. */
+
+#define DEDUPE_IDS 16384 /* event ids remembered to drop resent duplicates */
+#define DEDUPE_SLOTS (2 * DEDUPE_IDS) /* hash slots; a power of two */
+#define LOG_BURST 10                  /* rate-limited lines per second */
+
+/* ---------------------------------------------------------------- types */
+
+/* One accepted PUBLISH: queued, in flight, or waiting for a reconnect. */
+typedef struct req {
+    struct req *next;
+    char *env; /* the JSON envelope (tb__envelope_encode), owned */
+    size_t envlen;
+    tb__publish_cb cb;
+    void *ud;
+    int64_t accepted_us; /* monotonic */
+    int64_t sent_us;     /* monotonic, last time it was sent */
+    size_t chlen;
+    char id[TB_EVENT_ID_MAX];
+    char channel[]; /* "<ns>:event:<name>" */
+} req;
+
+typedef struct reqlist {
+    req *head, *tail;
+    size_t n;
+} reqlist;
+
+enum {
+    LINK_SUB = 0,
+    LINK_PUB = 1,
+    NLINKS = 2
+};
+
+/* Handshake steps, in order; a link skips the ones it does not need. */
+enum {
+    STEP_AUTH = 0,
+    STEP_SELECT,
+    STEP_PING,
+    STEP_PSUBSCRIBE,
+    STEP_READY
+};
+
+typedef struct rlink {
+    struct rbus *b;
+    const char *name;      /* "sub" or "pub", for logs */
+    redisAsyncContext *ac; /* NULL when there is none or hiredis frees it */
+    int step;              /* STEP_* */
+    int64_t last_rx_us;    /* monotonic: last reply or message */
+    int64_t ping_sent_us;  /* monotonic; 0: no PING outstanding */
+} rlink;
+
+/* At most LOG_BURST lines per second, then one "N suppressed" line. */
+typedef struct ratelog {
+    int64_t start_us;
+    int lines;
+    uint64_t suppressed;
+    const char *what; /* for the "suppressed" line */
+} ratelog;
+
+typedef struct seen {
+    uint64_t hash;
+    char id[TB_EVENT_ID_MAX]; /* "" when unused */
+} seen;
+
+typedef struct rbus {
+    tb__bus bus;
+
+    /* --- fixed in tb__bus_redis_new --- */
+    tb__redis_target t;
+    char url[512];    /* redacted, for logs */
+    char prefix[128]; /* "<ns>:event:" */
+    size_t prefix_len;
+    char pattern[130]; /* "<ns>:event:*" */
+    int64_t connect_to_us, cmd_to_us, ping_us;
+    int64_t retry_min_ms, retry_max_ms;
+    int queue_max;
+    size_t max_event_size;
+    size_t raw_max; /* largest message worth decoding */
+
+    /* --- shared: under mu (state and counters also read without it) --- */
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* state changes; start() waits on it */
+    atomic_int state;  /* tb_bus_state; written under mu */
+    int closed;        /* stop() has begun: publish refuses */
+    reqlist inq;       /* accepted, not yet taken by the bus thread */
+    int64_t since_us;
+    uint64_t attempts, reconnects;
+    char last_error[256];
+    atomic_int pending; /* accepted and not yet completed (cb not run) */
+    atomic_uint_fast64_t published, publish_failed, received, duplicates,
+        malformed, oversize;
+
+    /* --- the app's thread (start/stop/free) --- */
+    pthread_t thread;
+    int thread_started, joined;
+
+    /* --- the bus thread only --- */
+    struct event_base *base;
+    struct event *wake_ev;     /* publishers: the queue became non-empty */
+    struct event *stop_ev;     /* stop(): flush, then finish; also a timer */
+    struct event *teardown_ev; /* close both links, schedule a retry */
+    struct event *retry_ev;    /* the next connection attempt */
+    struct event *tick_ev;     /* timeouts and keepalive pings */
+    rlink links[NLINKS];
+    reqlist sendq;    /* to send once connected (resends first) */
+    reqlist inflight; /* sent on `pub`, answer pending; in order */
+    int attempting;   /* an attempt is under way */
+    int64_t attempt_us;
+    int failing; /* teardown_ev is active: the first reason wins */
+    char fail_why[256];
+    int64_t lost_us; /* monotonic time the connection was lost */
+    int stopping, finished;
+    int64_t stop_deadline_us;
+    char logged_reject[256]; /* last refusal logged; "" after a success */
+    uint64_t rng;
+    ratelog rx_log, pub_log;
+    seen *ring;      /* DEDUPE_IDS ids, oldest overwritten first */
+    uint32_t *slots; /* DEDUPE_SLOTS: ring index + 1, 0 when empty */
+    uint32_t ring_pos;
+} rbus;
+
+/* ---------------------------------------------------------------- helpers */
+
+static void reqlist_push(reqlist *l, req *r)
+{
+    r->next = NULL;
+    if (l->tail)
+        l->tail->next = r;
+    else
+        l->head = r;
+    l->tail = r;
+    l->n++;
+}
+
+static req *reqlist_pop(reqlist *l)
+{
+    req *r = l->head;
+    if (r) {
+        l->head = r->next;
+        if (!l->head)
+            l->tail = NULL;
+        l->n--;
+        r->next = NULL;
+    }
+    return r;
+}
+
+/* Moves all of src to the end of dst; src becomes empty. */
+static void reqlist_append(reqlist *dst, reqlist *src)
+{
+    if (!src->head)
+        return;
+    if (dst->tail)
+        dst->tail->next = src->head;
+    else
+        dst->head = src->head;
+    dst->tail = src->tail;
+    dst->n += src->n;
+    *src = (reqlist){0};
+}
+
+/* Moves all of src to the front of dst; src becomes empty. */
+static void reqlist_prepend(reqlist *dst, reqlist *src)
+{
+    if (!src->head)
+        return;
+    src->tail->next = dst->head;
+    if (!dst->head)
+        dst->tail = src->tail;
+    dst->head = src->head;
+    dst->n += src->n;
+    *src = (reqlist){0};
+}
+
+/* Copies len bytes of s into buf (size >= 8 bytes) for a log line: bytes
+ * outside printable ASCII become '?', and a long string ends in "...". */
+static const char *printable(char *buf, size_t size, const char *s, size_t len)
+{
+    size_t room = size - 1, n = 0;
+    int cut = len > room;
+    if (cut)
+        room -= 3;
+    for (; n < len && n < room; n++) {
+        unsigned char c = (unsigned char)s[n];
+        buf[n] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+    }
+    if (cut) {
+        memcpy(buf + n, "...", 3);
+        n += 3;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+/* xorshift64*: jitter only, nothing secret. Bus thread. */
+static uint64_t rnd(rbus *b)
+{
+    b->rng ^= b->rng >> 12;
+    b->rng ^= b->rng << 25;
+    b->rng ^= b->rng >> 27;
+    return b->rng * 0x2545F4914F6CDD1DULL;
+}
+
+static struct timeval tv_ms(int64_t ms)
+{
+    struct timeval tv = {.tv_sec = ms / 1000,
+                         .tv_usec = (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
+
+/* Logs how many lines were suppressed once their second is over (also
+ * from the tick, so that the count shows even if the flood stops; now ==
+ * INT64_MAX: at once, at stop). */
+static void ratelog_flush(ratelog *r, int64_t now)
+{
+    if (r->suppressed && (now - r->start_us >= 1000000 || now == INT64_MAX)) {
+        tb__log(TB_LOG_WARN, "redis bus: %" PRIu64 " more %s suppressed",
+                r->suppressed, r->what);
+        r->suppressed = 0;
+    }
+}
+
+/* Returns 1 if a rate-limited line may be logged now. Bus thread. */
+static int ratelog_ok(ratelog *r, int64_t now)
+{
+    if (now - r->start_us >= 1000000) {
+        ratelog_flush(r, now);
+        r->start_us = now;
+        r->lines = 0;
+    }
+    if (r->lines < LOG_BURST) {
+        r->lines++;
+        return 1;
+    }
+    r->suppressed++;
+    return 0;
+}
+
+/* Sets the shared state (and since_us) under mu and wakes start(). */
+static void set_state(rbus *b, tb_bus_state st)
+{
+    pthread_mutex_lock(&b->mu);
+    atomic_store_explicit(&b->state, st, memory_order_release);
+    b->since_us = tb__now_us();
+    if (st == TB_BUS_CONNECTED)
+        b->attempts = 0;
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Runs q's callback with status, counts it and frees q. Bus thread. */
+static void complete(rbus *b, req *q, int status)
+{
+    if (status == 0)
+        atomic_fetch_add_explicit(&b->published, 1, memory_order_relaxed);
+    else
+        atomic_fetch_add_explicit(&b->publish_failed, 1, memory_order_relaxed);
+    if (q->cb)
+        q->cb(status, q->ud);
+    atomic_fetch_sub_explicit(&b->pending, 1, memory_order_release);
+    free(q->env);
+    free(q);
+}
+
+/* Takes everything publishers queued. Bus thread. */
+static void drain_inq(rbus *b)
+{
+    pthread_mutex_lock(&b->mu);
+    reqlist_append(&b->sendq, &b->inq);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Gives up the unsent requests accepted more than redis_command_timeout_ms
+ * ago: cb(TB_ETIMEDOUT), one log line with the count. Bus thread. */
+static void expire_stale(rbus *b, int64_t now)
+{
+    size_t n = 0;
+    req **pp = &b->sendq.head, *prev = NULL;
+    while (*pp) {
+        req *q = *pp;
+        if (now - q->accepted_us <= b->cmd_to_us) {
+            prev = q;
+            pp = &q->next;
+            continue;
+        }
+        *pp = q->next;
+        if (b->sendq.tail == q)
+            b->sendq.tail = prev;
+        b->sendq.n--;
+        n++;
+        complete(b, q, TB_ETIMEDOUT);
+    }
+    if (n)
+        tb__log(TB_LOG_WARN,
+                "redis bus: gave up %zu event(s) not published within "
+                "redis_command_timeout_ms (%" PRId64 " ms) while %s was "
+                "unreachable",
+                n, b->cmd_to_us / 1000, b->url);
+}
+
+/* ---------------------------------------------------------------- dedupe */
+
+static uint32_t slot_home(const rbus *b, uint32_t v)
+{
+    return (uint32_t)b->ring[v - 1].hash & (DEDUPE_SLOTS - 1);
+}
+
+/* Removes the slot holding ring index idx (backward-shift deletion keeps
+ * linear probing correct without tombstones). */
+static void dedupe_forget(rbus *b, uint32_t idx)
+{
+    uint32_t mask = DEDUPE_SLOTS - 1;
+    uint32_t i = slot_home(b, idx + 1);
+    while (b->slots[i] != idx + 1) {
+        if (!b->slots[i])
+            return; /* not there: nothing to do */
+        i = (i + 1) & mask;
+    }
+    uint32_t j = i;
+    for (;;) {
+        j = (j + 1) & mask;
+        if (!b->slots[j])
+            break;
+        uint32_t k = slot_home(b, b->slots[j]);
+        /* The entry at j may stay if its home lies cyclically in (i, j]. */
+        if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+            continue;
+        b->slots[i] = b->slots[j];
+        i = j;
+    }
+    b->slots[i] = 0;
+}
+
+/* Returns 1 if id was seen among the last DEDUPE_IDS ids, else records it
+ * (forgetting the oldest) and returns 0. Bus thread. */
+static int dedupe_seen(rbus *b, const char *id)
+{
+    uint32_t mask = DEDUPE_SLOTS - 1;
+    size_t len = strlen(id);
+    uint64_t h = tb__hash_str(id, len);
+    for (uint32_t i = (uint32_t)h & mask; b->slots[i]; i = (i + 1) & mask) {
+        const seen *s = &b->ring[b->slots[i] - 1];
+        if (s->hash == h && strcmp(s->id, id) == 0)
+            return 1;
+    }
+    uint32_t idx = b->ring_pos;
+    b->ring_pos = (b->ring_pos + 1) % DEDUPE_IDS;
+    if (b->ring[idx].id[0])
+        dedupe_forget(b, idx);
+    b->ring[idx].hash = h;
+    snprintf(b->ring[idx].id, sizeof b->ring[idx].id, "%s", id);
+    uint32_t i = (uint32_t)h & mask;
+    while (b->slots[i])
+        i = (i + 1) & mask;
+    b->slots[i] = idx + 1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- links */
+
+static void link_fail(rbus *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Declares the connection (both links) failed for the reason given: the
+ * teardown runs from the event loop, outside any hiredis callback, so that
+ * it can free the contexts at once. The first reason wins. Bus thread. */
+static void link_fail(rbus *b, const char *fmt, ...)
+{
+    if (b->failing || b->finished)
+        return;
+    b->failing = 1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b->fail_why, sizeof b->fail_why, fmt, ap);
+    va_end(ap);
+    event_active(b->teardown_ev, EV_TIMEOUT, 0);
+}
+
+/* Reports a refusal by the server during the handshake (AUTH, SELECT,
+ * PSUBSCRIBE): logged once per distinct message until the next success,
+ * since retrying will repeat it until an operator fixes the cause. */
+static void handshake_refused(rbus *b, rlink *l, const char *what,
+                              const char *msg)
+{
+    char why[256];
+    int auth = what && strcmp(what, "AUTH") == 0;
+    if (!auth && msg &&
+        (!strncmp(msg, "NOAUTH", 6) || !strncmp(msg, "WRONGPASS", 9)))
+        auth = 1;
+    if (auth)
+        snprintf(why, sizeof why, "authentication failed: %s", msg ? msg : "?");
+    else
+        snprintf(why, sizeof why, "Redis refused %s on the %s link: %s",
+                 what ? what : "the connection", l->name, msg ? msg : "?");
+    if (strcmp(why, b->logged_reject) != 0) {
+        snprintf(b->logged_reject, sizeof b->logged_reject, "%s", why);
+        tb__log(TB_LOG_ERROR,
+                "redis bus: %s (%s)%s; retrying with backoff, this is "
+                "logged once",
+                why, b->url,
+                auth ? "; check the user and password in redis_url" : "");
+    }
+    link_fail(b, "%s", why);
+}
+
+static void became_connected(rbus *b);
+static void link_send_step(rbus *b, rlink *l);
+static void on_sub_message(redisAsyncContext *ac, void *r, void *priv);
+
+/* Reply to a handshake command (AUTH, SELECT, PING on `pub`). */
+static void on_step_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    rlink *l = priv;
+    redisReply *reply = r;
+    if (!reply || ac != l->ac)
+        return; /* the link is going away */
+    rbus *b = l->b;
+    l->last_rx_us = tb__mono_us();
+    static const char *names[] = {"AUTH", "SELECT", "PING", "PSUBSCRIBE"};
+    if (reply->type == REDIS_REPLY_ERROR) {
+        handshake_refused(b, l, names[l->step], reply->str);
+        return;
+    }
+    l->step++;
+    link_send_step(b, l);
+}
+
+/* Sends l's next handshake command, or marks it ready. */
+static void link_send_step(rbus *b, rlink *l)
+{
+    char db[16];
+    const char *argv[3];
+    size_t lens[3];
+    int argc = 0;
+    redisCallbackFn *fn = on_step_reply;
+    void *priv = l;
+    for (;;) {
+        if (l->step == STEP_AUTH && b->t.password[0]) {
+            argv[argc++] = "AUTH";
+            if (b->t.user[0])
+                argv[argc++] = b->t.user;
+            argv[argc++] = b->t.password;
+            break;
+        }
+        if (l->step == STEP_SELECT && l == &b->links[LINK_PUB] && b->t.db) {
+            snprintf(db, sizeof db, "%d", b->t.db);
+            argv[argc++] = "SELECT";
+            argv[argc++] = db;
+            break;
+        }
+        if (l->step == STEP_PING && l == &b->links[LINK_PUB]) {
+            argv[argc++] = "PING";
+            break;
+        }
+        if (l->step == STEP_PSUBSCRIBE && l == &b->links[LINK_SUB]) {
+            /* Replies to it (the confirmation, then every message) go to
+             * the pattern's callback, on_sub_message. */
+            argv[argc++] = "PSUBSCRIBE";
+            argv[argc++] = b->pattern;
+            fn = on_sub_message;
+            break;
+        }
+        if (l->step >= STEP_READY) {
+            if (b->links[LINK_SUB].step == STEP_READY &&
+                b->links[LINK_PUB].step == STEP_READY)
+                became_connected(b);
+            return;
+        }
+        l->step++;
+    }
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    if (redisAsyncCommandArgv(l->ac, fn, priv, argc, argv, lens) != REDIS_OK)
+        link_fail(b, "cannot send %s on the %s link: %s", argv[0], l->name,
+                  l->ac->errstr[0] ? l->ac->errstr : "out of memory");
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    rlink *l = ac->data;
+    if (ac != l->ac)
+        return;
+    if (status != REDIS_OK) {
+        /* hiredis frees ac when we return. */
+        l->ac = NULL;
+        link_fail(l->b, "cannot connect: %s", ac->errstr);
+    }
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    rlink *l = ac->data;
+    if (ac != l->ac)
+        return; /* we closed it */
+    /* hiredis frees ac when we return. */
+    l->ac = NULL;
+    rbus *b = l->b;
+    if (ac->err == REDIS_ERR_OTHER && l->step != STEP_READY) {
+        /* An error reply hiredis had no callback for (say NOAUTH or NOPERM
+         * to PSUBSCRIBE): it closes the link with the server's text. */
+        handshake_refused(
+            b, l, l->step == STEP_PSUBSCRIBE ? "PSUBSCRIBE" : NULL, ac->errstr);
+    } else if (status == REDIS_OK) {
+        link_fail(b, "the %s link was closed", l->name);
+    } else {
+        link_fail(b, "the %s link was lost: %s", l->name,
+                  ac->errstr[0] ? ac->errstr : "connection error");
+    }
+}
+
+/* Opens l and starts its handshake. Returns 0, or -1 with the link failed
+ * (the reason given to link_fail). */
+static int link_open(rbus *b, rlink *l)
+{
+    redisAsyncContext *ac = b->t.is_unix
+                                ? redisAsyncConnectUnix(b->t.path)
+                                : redisAsyncConnect(b->t.host, b->t.port);
+    if (!ac) {
+        link_fail(b, "cannot connect: out of memory");
+        return -1;
+    }
+    if (ac->err) {
+        link_fail(b, "cannot connect: %s", ac->errstr);
+        redisAsyncFree(ac); /* never attached: no callbacks run */
+        return -1;
+    }
+    ac->data = l;
+    if (redisLibeventAttach(ac, b->base) != REDIS_OK) {
+        link_fail(b, "cannot attach the %s link to the event loop", l->name);
+        redisAsyncFree(ac);
+        return -1;
+    }
+    l->ac = ac;
+    l->step = STEP_AUTH;
+    l->last_rx_us = tb__mono_us();
+    l->ping_sent_us = 0;
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    /* Commands are buffered until the socket is connected. */
+    link_send_step(b, l);
+    return 0;
+}
+
+/* Frees both links' contexts. Their pending callbacks run now with NULL
+ * replies and are ignored (l->ac is cleared first). Only from a top-level
+ * event callback of this file. */
+static void links_close(rbus *b)
+{
+    for (int i = 0; i < NLINKS; i++) {
+        rlink *l = &b->links[i];
+        redisAsyncContext *ac = l->ac;
+        l->ac = NULL;
+        l->step = STEP_AUTH;
+        l->ping_sent_us = 0;
+        if (ac)
+            redisAsyncFree(ac);
+    }
+}
+
+/* ---------------------------------------------------------------- publish */
+
+/* Reply to a PUBLISH: requests are answered in the order they were sent. */
+static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    rlink *l = ac->data;
+    redisReply *reply = r;
+    /* A NULL reply: the link is going; the request stays in flight and is
+     * resent after the reconnect (or given up at stop). */
+    if (!reply || ac != l->ac)
+        return;
+    rbus *b = l->b;
+    int64_t now = tb__mono_us();
+    l->last_rx_us = now;
+    req *q = b->inflight.head;
+    if (q != priv) {
+        link_fail(b, "PUBLISH replies out of order");
+        return;
+    }
+    reqlist_pop(&b->inflight);
+    if (reply->type == REDIS_REPLY_INTEGER) {
+        complete(b, q, 0);
+    } else {
+        if (ratelog_ok(&b->pub_log, now)) {
+            char ch[128];
+            tb__log(TB_LOG_ERROR,
+                    "redis bus: Redis refused PUBLISH of event %s on %s: %s",
+                    q->id, printable(ch, sizeof ch, q->channel, q->chlen),
+                    reply->type == REDIS_REPLY_ERROR ? reply->str
+                                                     : "unexpected reply");
+        }
+        complete(b, q, TB_EIO);
+    }
+    if (b->stopping && !b->inflight.head && !b->sendq.head)
+        event_active(b->stop_ev, EV_TIMEOUT, 0);
+}
+
+/* Sends every queued request on `pub` if connected, pipelined. */
+static void flush_sendq(rbus *b)
+{
+    rlink *l = &b->links[LINK_PUB];
+    if (b->failing || !l->ac ||
+        atomic_load_explicit(&b->state, memory_order_relaxed) !=
+            TB_BUS_CONNECTED)
+        return;
+    int64_t now = tb__mono_us();
+    req *q;
+    while ((q = reqlist_pop(&b->sendq)) != NULL) {
+        const char *argv[3] = {"PUBLISH", q->channel, q->env};
+        size_t lens[3] = {7, q->chlen, q->envlen};
+        if (redisAsyncCommandArgv(l->ac, on_publish_reply, q, 3, argv, lens) !=
+            REDIS_OK) {
+            /* Back to the front, in order, for the next connection. */
+            reqlist one = {q, q, 1};
+            reqlist_prepend(&b->sendq, &one);
+            link_fail(b, "cannot send PUBLISH: %s",
+                      l->ac->errstr[0] ? l->ac->errstr : "out of memory");
+            return;
+        }
+        q->sent_us = now;
+        reqlist_push(&b->inflight, q);
+    }
+}
+
+/* Publishers woke us: take their requests and send them. */
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rbus *b = arg;
+    drain_inq(b);
+    if (atomic_load_explicit(&b->state, memory_order_relaxed) ==
+        TB_BUS_CONNECTED)
+        flush_sendq(b);
+}
+
+/* ---------------------------------------------------------------- receive */
+
+/* Drops a message that cannot be delivered; counted in *counter and logged
+ * (rate-limited) with its channel. */
+static void drop_message(rbus *b, atomic_uint_fast64_t *counter,
+                         const char *channel, size_t chlen, size_t len,
+                         const char *why)
+{
+    atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
+    if (ratelog_ok(&b->rx_log, tb__mono_us())) {
+        char ch[160];
+        tb__log(TB_LOG_WARN,
+                "redis bus: dropped a message of %zu bytes on channel %s: %s",
+                len, printable(ch, sizeof ch, channel, chlen), why);
+    }
+}
+
+/* A pmessage: [pmessage, pattern, channel, message]. */
+static void handle_message(rbus *b, const redisReply *chr,
+                           const redisReply *msgr)
+{
+    if (chr->type != REDIS_REPLY_STRING || msgr->type != REDIS_REPLY_STRING) {
+        drop_message(b, &b->malformed, "?", 1, 0, "not a string message");
+        return;
+    }
+    const char *ch = chr->str;
+    size_t chlen = chr->len, len = msgr->len;
+    char name[TB_EVENT_NAME_MAX + 1];
+    size_t nlen = chlen > b->prefix_len ? chlen - b->prefix_len : 0;
+    if (!nlen || memcmp(ch, b->prefix, b->prefix_len) != 0 ||
+        nlen > TB_EVENT_NAME_MAX || memchr(ch + b->prefix_len, 0, nlen)) {
+        drop_message(b, &b->malformed, ch, chlen, len, "invalid event name");
+        return;
+    }
+    memcpy(name, ch + b->prefix_len, nlen);
+    name[nlen] = '\0';
+    if (tb_event_name_valid(name) != 0) {
+        drop_message(b, &b->malformed, ch, chlen, len, "invalid event name");
+        return;
+    }
+    if (len > b->raw_max) {
+        drop_message(b, &b->oversize, ch, chlen, len,
+                     "too large for max_event_size");
+        return;
+    }
+    tb_event *ev = NULL;
+    const char *why = NULL;
+    int rc = tb__envelope_decode(b->bus.app, name, msgr->str, len,
+                                 b->max_event_size, &ev, &why);
+    if (rc == TB_EMSGSIZE) {
+        drop_message(b, &b->oversize, ch, chlen, len,
+                     "data over max_event_size");
+        return;
+    }
+    if (rc == TB_ENOMEM) {
+        if (ratelog_ok(&b->rx_log, tb__mono_us()))
+            tb__log(TB_LOG_ERROR, "redis bus: event %s dropped: out of memory",
+                    name);
+        return;
+    }
+    if (rc != 0) {
+        char whybuf[160];
+        snprintf(whybuf, sizeof whybuf, "malformed envelope: %s",
+                 why ? why : tb_strerror(rc));
+        drop_message(b, &b->malformed, ch, chlen, len, whybuf);
+        return;
+    }
+    if (dedupe_seen(b, tb_event_id(ev))) {
+        atomic_fetch_add_explicit(&b->duplicates, 1, memory_order_relaxed);
+    } else {
+        atomic_fetch_add_explicit(&b->received, 1, memory_order_relaxed);
+        tb__app_deliver(b->bus.app, ev);
+    }
+    tb_event_unref(ev);
+}
+
+/* The pattern's callback: the PSUBSCRIBE confirmation, every pmessage, and
+ * the answers to our keepalive PING on `sub` (see sub_ping). */
+static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
+{
+    rlink *l = priv;
+    redisReply *reply = r;
+    if (!reply || ac != l->ac)
+        return;
+    rbus *b = l->b;
+    l->last_rx_us = tb__mono_us();
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
+        reply->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    const char *kind = reply->element[0]->str;
+    if (strcasecmp(kind, "pmessage") == 0 && reply->elements == 4) {
+        handle_message(b, reply->element[2], reply->element[3]);
+    } else if (strcasecmp(kind, "pong") == 0) {
+        l->ping_sent_us = 0;
+    } else if (strcasecmp(kind, "psubscribe") == 0) {
+        if (l->step == STEP_PSUBSCRIBE) {
+            l->step = STEP_READY;
+            link_send_step(b, l);
+        }
+    } else if (strcasecmp(kind, "punsubscribe") == 0) {
+        link_fail(b, "the subscription was cancelled by the server");
+    }
+}
+
+/* ---------------------------------------------------------------- liveness */
+
+static void on_ping_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    rlink *l = priv;
+    if (!r || ac != l->ac)
+        return;
+    l->last_rx_us = tb__mono_us();
+    l->ping_sent_us = 0; /* any answer (even an ACL refusal) proves life */
+}
+
+/* PING on the subscribed link. hiredis 0.14 does not route a subscribed
+ * connection's PING reply: redisAsyncCommand would park a callback in
+ * ac->sub.invalid that is never called (a leak per PING) and the reply,
+ * ["pong", arg], is looked up among the patterns by arg. So the command is
+ * appended without a callback, with our pattern as the argument: the reply
+ * then reaches on_sub_message like a message of the pattern. */
+static void sub_ping(rbus *b, rlink *l, int64_t now)
+{
+    if (!l->ac || (l->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
+        return;
+    redisContext *c = &l->ac->c;
+    const char *argv[2] = {"PING", b->pattern};
+    size_t lens[2] = {4, strlen(b->pattern)};
+    if (redisAppendCommandArgv(c, 2, argv, lens) != REDIS_OK) {
+        link_fail(b, "cannot send PING on the sub link: out of memory");
+        return;
+    }
+    if (l->ac->ev.addWrite)
+        l->ac->ev.addWrite(l->ac->ev.data); /* what hiredis does itself */
+    l->ping_sent_us = now;
+}
+
+static void pub_ping(rbus *b, rlink *l, int64_t now)
+{
+    if (!l->ac)
+        return;
+    const char *argv[1] = {"PING"};
+    size_t lens[1] = {4};
+    if (redisAsyncCommandArgv(l->ac, on_ping_reply, l, 1, argv, lens) !=
+        REDIS_OK) {
+        link_fail(b, "cannot send PING on the pub link");
+        return;
+    }
+    l->ping_sent_us = now;
+}
+
+static void on_stop(evutil_socket_t fd, short what, void *arg);
+
+/* Periodic: attempt and command timeouts, keepalive pings, expiry of
+ * requests while disconnected, suppressed-log counts, the stop deadline. */
+static void on_tick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rbus *b = arg;
+    int64_t now = tb__mono_us();
+    ratelog_flush(&b->rx_log, now);
+    ratelog_flush(&b->pub_log, now);
+    if (b->finished)
+        return;
+    if (b->stopping && now >= b->stop_deadline_us)
+        event_active(b->stop_ev, EV_TIMEOUT, 0);
+    if (b->failing)
+        return;
+    int st = atomic_load_explicit(&b->state, memory_order_relaxed);
+    if (st != TB_BUS_CONNECTED) {
+        drain_inq(b);
+        expire_stale(b, now);
+        if (b->attempting && now - b->attempt_us > b->connect_to_us)
+            link_fail(b,
+                      "no connection within %" PRId64 " ms (connect and "
+                      "handshake)",
+                      b->connect_to_us / 1000);
+        return;
+    }
+    req *h = b->inflight.head;
+    if (h && now - h->sent_us > b->cmd_to_us) {
+        link_fail(b, "PUBLISH not answered within %" PRId64 " ms",
+                  b->cmd_to_us / 1000);
+        return;
+    }
+    for (int i = 0; i < NLINKS; i++) {
+        rlink *l = &b->links[i];
+        if (l->ping_sent_us && now - l->ping_sent_us > b->cmd_to_us) {
+            link_fail(b,
+                      "PING on the %s link not answered within %" PRId64 " ms",
+                      l->name, b->cmd_to_us / 1000);
+            return;
+        }
+    }
+    rlink *sub = &b->links[LINK_SUB], *pub = &b->links[LINK_PUB];
+    if (!sub->ping_sent_us && now - sub->last_rx_us >= b->ping_us)
+        sub_ping(b, sub, now);
+    if (!pub->ping_sent_us && !b->inflight.head &&
+        now - pub->last_rx_us >= b->ping_us)
+        pub_ping(b, pub, now);
+}
+
+/* ---------------------------------------------------------------- connect */
+
+/* Backoff before the next attempt after `failed` failed attempts in a row
+ * (0: the connection was just lost): redis_retry_min_ms doubled per
+ * failure, capped at redis_retry_max_ms, then a uniform pick between half
+ * and all of it so that instances do not retry in lockstep. */
+static int64_t backoff_ms(rbus *b, uint64_t failed)
+{
+    int64_t d = b->retry_min_ms;
+    for (uint64_t i = 0; i < failed && d < b->retry_max_ms; i++)
+        d *= 2;
+    if (d > b->retry_max_ms)
+        d = b->retry_max_ms;
+    int64_t lo = d / 2;
+    return lo + (int64_t)(rnd(b) % (uint64_t)(d - lo + 1));
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rbus *b = arg;
+    if (b->finished || b->failing)
+        return;
+    b->attempting = 1;
+    b->attempt_us = tb__mono_us();
+    for (int i = 0; i < NLINKS; i++)
+        if (link_open(b, &b->links[i]) != 0)
+            return;
+}
+
+static void became_connected(rbus *b)
+{
+    b->attempting = 0;
+    b->logged_reject[0] = '\0';
+    pthread_mutex_lock(&b->mu);
+    int was = atomic_load_explicit(&b->state, memory_order_relaxed);
+    uint64_t failed = b->attempts;
+    if (was == TB_BUS_RECONNECTING)
+        b->reconnects++;
+    pthread_mutex_unlock(&b->mu);
+    set_state(b, TB_BUS_CONNECTED);
+    if (was == TB_BUS_RECONNECTING)
+        tb__log(TB_LOG_INFO,
+                "redis bus: reconnected to %s after %" PRId64 " ms (%" PRIu64
+                " failed attempts)",
+                b->url, (tb__mono_us() - b->lost_us) / 1000, failed);
+    else
+        tb__log(TB_LOG_INFO, "redis bus: connected to %s (channels %s)", b->url,
+                b->pattern);
+    /* Resend what waited, from the loop rather than inside this reply
+     * callback; the stale ones are given up first. */
+    drain_inq(b);
+    expire_stale(b, tb__mono_us());
+    event_active(b->wake_ev, EV_TIMEOUT, 0);
+    if (b->stopping)
+        event_active(b->stop_ev, EV_TIMEOUT, 0);
+}
+
+/* Closes both links after link_fail, keeps the unanswered requests for the
+ * next connection, updates the state, and schedules the next attempt. */
+static void on_teardown(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rbus *b = arg;
+    if (b->finished)
+        return;
+    links_close(b);
+    reqlist_prepend(&b->sendq, &b->inflight);
+    b->attempting = 0;
+    int64_t now = tb__mono_us();
+
+    pthread_mutex_lock(&b->mu);
+    int was = atomic_load_explicit(&b->state, memory_order_relaxed);
+    snprintf(b->last_error, sizeof b->last_error, "%s", b->fail_why);
+    if (was == TB_BUS_CONNECTED)
+        b->attempts = 0;
+    else
+        b->attempts++;
+    uint64_t failed = b->attempts;
+    pthread_mutex_unlock(&b->mu);
+
+    int64_t delay = backoff_ms(b, failed);
+    if (was == TB_BUS_CONNECTED) {
+        b->lost_us = now;
+        set_state(b, TB_BUS_RECONNECTING);
+        tb__log(TB_LOG_WARN,
+                "redis bus: connection to %s lost: %s; reconnecting "
+                "(%zu event(s) to resend)",
+                b->url, b->fail_why, b->sendq.n);
+    } else {
+        tb__log(TB_LOG_DEBUG,
+                "redis bus: attempt %" PRIu64 " to connect to %s failed: "
+                "%s; next in %" PRId64 " ms",
+                failed, b->url, b->fail_why, delay);
+    }
+    b->failing = 0;
+    struct timeval tv = tv_ms(delay);
+    event_add(b->retry_ev, &tv);
+}
+
+/* ---------------------------------------------------------------- stop */
+
+/* Ends the bus: gives up what is left (cb(TB_ESHUTDOWN)), closes the
+ * links and leaves the loop. Top level only. */
+static void finish(rbus *b)
+{
+    b->finished = 1;
+    event_del(b->tick_ev);
+    event_del(b->retry_ev);
+    event_del(b->teardown_ev);
+    event_del(b->wake_ev);
+    event_del(b->stop_ev);
+    links_close(b);
+    drain_inq(b);
+    reqlist_prepend(&b->sendq, &b->inflight);
+    ratelog_flush(&b->rx_log, INT64_MAX);
+    ratelog_flush(&b->pub_log, INT64_MAX);
+    size_t n = b->sendq.n;
+    req *q;
+    while ((q = reqlist_pop(&b->sendq)) != NULL)
+        complete(b, q, TB_ESHUTDOWN);
+    if (n)
+        tb__log(TB_LOG_WARN,
+                "redis bus: %zu event(s) not confirmed by %s at stop: "
+                "given up",
+                n, b->url);
+    set_state(b, TB_BUS_STOPPED);
+    tb__log(TB_LOG_INFO, "redis bus: stopped (%s)", b->url);
+    event_base_loopbreak(b->base);
+}
+
+/* stop() asked us to end: flush for at most redis_command_timeout_ms, then
+ * finish. Also runs when the last request is answered and at the deadline. */
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    rbus *b = arg;
+    if (b->finished)
+        return;
+    int64_t now = tb__mono_us();
+    if (!b->stopping) {
+        b->stopping = 1;
+        b->stop_deadline_us = now + b->cmd_to_us;
+        drain_inq(b);
+        flush_sendq(b);
+        struct timeval tv = tv_ms(b->cmd_to_us / 1000 + 1);
+        event_add(b->stop_ev, &tv);
+    }
+    if ((!b->sendq.head && !b->inflight.head) || now >= b->stop_deadline_us)
+        finish(b);
+}
+
+static void *bus_main(void *arg)
+{
+    rbus *b = arg;
+    event_base_loop(b->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- ops */
+
+static void free_events(rbus *b)
+{
+    struct event **evs[] = {&b->wake_ev, &b->stop_ev, &b->teardown_ev,
+                            &b->retry_ev, &b->tick_ev};
+    for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
+        if (*evs[i])
+            event_free(*evs[i]);
+        *evs[i] = NULL;
+    }
+    if (b->base)
+        event_base_free(b->base);
+    b->base = NULL;
+}
+
+/* Launches the bus thread and waits up to redis_connect_timeout_ms for the
+ * first connection. Returns 0 whether or not it is connected by then (it
+ * keeps trying in the background); TB_ENOMEM or TB_EAGAIN only if the
+ * thread or its loop cannot be created. */
+static int rb_start(tb__bus *bus)
+{
+    rbus *b = (rbus *)bus;
+    if (b->thread_started || b->closed)
+        return TB_ESHUTDOWN;
+    b->base = event_base_new();
+    if (!b->base)
+        goto nomem;
+    b->wake_ev = event_new(b->base, -1, 0, on_wake, b);
+    b->stop_ev = event_new(b->base, -1, 0, on_stop, b);
+    b->teardown_ev = event_new(b->base, -1, 0, on_teardown, b);
+    b->retry_ev = event_new(b->base, -1, 0, on_retry, b);
+    b->tick_ev = event_new(b->base, -1, EV_PERSIST, on_tick, b);
+    if (!b->wake_ev || !b->stop_ev || !b->teardown_ev || !b->retry_ev ||
+        !b->tick_ev)
+        goto nomem;
+    /* The tick bounds how late a timeout is noticed: a quarter of the
+     * shortest one, within 10..250 ms. */
+    int64_t tick = b->cmd_to_us;
+    if (b->connect_to_us < tick)
+        tick = b->connect_to_us;
+    if (b->ping_us < tick)
+        tick = b->ping_us;
+    tick = tick / 4000;
+    tick = tick < 10 ? 10 : tick > 250 ? 250 : tick;
+    struct timeval tv = tv_ms(tick);
+    event_add(b->tick_ev, &tv);
+    set_state(b, TB_BUS_CONNECTING);
+    event_active(b->retry_ev, EV_TIMEOUT, 0); /* the first attempt */
+    tb__log(TB_LOG_INFO, "event bus: redis at %s, channels %s", b->url,
+            b->pattern);
+
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&b->thread, NULL, bus_main, b);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        tb__log(TB_LOG_ERROR, "redis bus: cannot create its thread: %s",
+                strerror(rc));
+        free_events(b);
+        set_state(b, TB_BUS_STOPPED);
+        return TB_EAGAIN;
+    }
+    pthread_setname_np(b->thread, "tb-bus-redis");
+    b->thread_started = 1;
+
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = (int64_t)ts.tv_nsec + (b->connect_to_us % 1000000) * 1000;
+    ts.tv_sec += (time_t)(b->connect_to_us / 1000000 + ns / 1000000000);
+    ts.tv_nsec = (long)(ns % 1000000000);
+    char err[256] = "";
+    pthread_mutex_lock(&b->mu);
+    while (atomic_load_explicit(&b->state, memory_order_relaxed) !=
+               TB_BUS_CONNECTED &&
+           pthread_cond_timedwait(&b->cv, &b->mu, &ts) != ETIMEDOUT)
+        ;
+    int up = atomic_load_explicit(&b->state, memory_order_relaxed) ==
+             TB_BUS_CONNECTED;
+    if (!up)
+        snprintf(err, sizeof err, "%s", b->last_error);
+    pthread_mutex_unlock(&b->mu);
+    if (!up)
+        tb__log(TB_LOG_WARN,
+                "redis bus: not connected to %s after %" PRId64 " ms (%s); "
+                "dispatch fails with ENOTCONN until it is; retrying in the "
+                "background",
+                b->url, b->connect_to_us / 1000,
+                err[0] ? err : "no answer yet");
+    return 0;
+nomem:
+    tb__log(TB_LOG_ERROR, "redis bus: cannot create its event loop");
+    free_events(b);
+    return TB_ENOMEM;
+}
+
+static int rb_publish(tb__bus *bus, tb_event *ev, tb__publish_cb cb, void *ud)
+{
+    rbus *b = (rbus *)bus;
+    int st = atomic_load_explicit(&b->state, memory_order_acquire);
+    if (st != TB_BUS_CONNECTED)
+        return st == TB_BUS_STOPPED ? TB_ESHUTDOWN : TB_ENOTCONN;
+    if (atomic_load_explicit(&b->pending, memory_order_relaxed) >= b->queue_max)
+        return TB_ENOSPC;
+    /* The JSON work happens here, in parallel across publishers. */
+    char *env = NULL;
+    size_t envlen = 0;
+    int rc = tb__envelope_encode(ev, &env, &envlen);
+    if (rc)
+        return rc;
+    size_t nlen = strlen(ev->name);
+    req *q = malloc(sizeof *q + b->prefix_len + nlen + 1);
+    if (!q) {
+        free(env);
+        return TB_ENOMEM;
+    }
+    q->env = env;
+    q->envlen = envlen;
+    q->cb = cb;
+    q->ud = ud;
+    q->accepted_us = tb__mono_us();
+    q->sent_us = 0;
+    q->chlen = b->prefix_len + nlen;
+    memcpy(q->id, ev->id, sizeof q->id);
+    memcpy(q->channel, b->prefix, b->prefix_len);
+    memcpy(q->channel + b->prefix_len, ev->name, nlen + 1);
+
+    pthread_mutex_lock(&b->mu);
+    st = atomic_load_explicit(&b->state, memory_order_relaxed);
+    if (b->closed)
+        rc = TB_ESHUTDOWN;
+    else if (st != TB_BUS_CONNECTED)
+        rc = TB_ENOTCONN;
+    else if (atomic_load_explicit(&b->pending, memory_order_relaxed) >=
+             b->queue_max)
+        rc = TB_ENOSPC;
+    if (rc == 0) {
+        int first = b->inq.head == NULL;
+        reqlist_push(&b->inq, q);
+        atomic_fetch_add_explicit(&b->pending, 1, memory_order_relaxed);
+        /* Under mu: stop() sets closed under it before the loop ends, so
+         * wake_ev is alive here. */
+        if (first)
+            event_active(b->wake_ev, EV_TIMEOUT, 0);
+    }
+    pthread_mutex_unlock(&b->mu);
+    if (rc) {
+        free(env);
+        free(q);
+    }
+    return rc;
+}
+
+static void rb_status(tb__bus *bus, tb_bus_info *out)
+{
+    rbus *b = (rbus *)bus;
+    memset(out, 0, sizeof *out);
+    snprintf(out->name, sizeof out->name, "redis");
+    pthread_mutex_lock(&b->mu);
+    out->state = (tb_bus_state)atomic_load(&b->state);
+    out->since_us = b->since_us;
+    out->attempts = b->attempts;
+    out->reconnects = b->reconnects;
+    snprintf(out->last_error, sizeof out->last_error, "%s", b->last_error);
+    out->published = atomic_load(&b->published);
+    out->publish_failed = atomic_load(&b->publish_failed);
+    out->received = atomic_load(&b->received);
+    out->duplicates = atomic_load(&b->duplicates);
+    out->malformed = atomic_load(&b->malformed);
+    out->oversize = atomic_load(&b->oversize);
+    out->queued = atomic_load(&b->pending);
+    pthread_mutex_unlock(&b->mu);
+}
+
+/* Flushes for at most redis_command_timeout_ms, gives up the rest with
+ * TB_ESHUTDOWN, closes the links and joins the thread. Safe without start
+ * and when called twice. */
+static void rb_stop(tb__bus *bus)
+{
+    rbus *b = (rbus *)bus;
+    pthread_mutex_lock(&b->mu);
+    b->closed = 1;
+    int running = b->thread_started && !b->joined;
+    if (!running) {
+        atomic_store(&b->state, TB_BUS_STOPPED);
+        b->since_us = tb__now_us();
+    }
+    pthread_mutex_unlock(&b->mu);
+    if (!running)
+        return;
+    event_active(b->stop_ev, EV_TIMEOUT, 0);
+    pthread_join(b->thread, NULL);
+    b->joined = 1;
+}
+
+static void free_list(reqlist *l)
+{
+    req *q;
+    while ((q = reqlist_pop(l)) != NULL) {
+        free(q->env);
+        free(q);
+    }
+}
+
+static void rb_free(tb__bus *bus)
+{
+    rbus *b = (rbus *)bus;
+    if (b->thread_started && !b->joined)
+        rb_stop(bus);
+    free_events(b);
+    /* Empty after a stop; callbacks are not run for anything left. */
+    free_list(&b->inq);
+    free_list(&b->sendq);
+    free_list(&b->inflight);
+    free(b->ring);
+    free(b->slots);
+    pthread_mutex_destroy(&b->mu);
+    pthread_cond_destroy(&b->cv);
+    free(b);
+}
+
+static const tb__bus_ops redis_ops = {
+    .name = "redis",
+    .start = rb_start,
+    .publish = rb_publish,
+    .status = rb_status,
+    .stop = rb_stop,
+    .free = rb_free,
+};
+
+tb__bus *tb__bus_redis_new(tb_app *app, int *err)
+{
+    const tb_app_config *c = &app->cfg;
+    tb__redis_target t;
+    char why[256] = "";
+    char url[512];
+    tb__redis_url_redact(c->redis_url, url, sizeof url);
+    if (tb__redis_url_parse(c->redis_url, &t, why, sizeof why) != 0) {
+        tb__log(TB_LOG_ERROR, "invalid redis_url %s: %s", url, why);
+        *err = TB_EINVAL;
+        return NULL;
+    }
+    rbus *b = calloc(1, sizeof *b);
+    if (b) {
+        b->ring = calloc(DEDUPE_IDS, sizeof *b->ring);
+        b->slots = calloc(DEDUPE_SLOTS, sizeof *b->slots);
+    }
+    if (!b || !b->ring || !b->slots) {
+        if (b) {
+            free(b->ring);
+            free(b->slots);
+        }
+        free(b);
+        *err = TB_ENOMEM;
+        return NULL;
+    }
+    b->bus.ops = &redis_ops;
+    b->bus.app = app;
+    b->t = t;
+    snprintf(b->url, sizeof b->url, "%s", url);
+    /* event_namespace is 1..64 bytes (checked by the app). */
+    b->prefix_len = (size_t)snprintf(b->prefix, sizeof b->prefix,
+                                     "%s:event:", c->event_namespace);
+    snprintf(b->pattern, sizeof b->pattern, "%s*", b->prefix);
+    b->connect_to_us = (int64_t)c->redis_connect_timeout_ms * 1000;
+    b->cmd_to_us = (int64_t)c->redis_command_timeout_ms * 1000;
+    b->ping_us = (int64_t)c->redis_ping_interval_ms * 1000;
+    b->retry_min_ms = c->redis_retry_min_ms;
+    b->retry_max_ms = c->redis_retry_max_ms;
+    b->queue_max = c->publish_queue_max;
+    b->max_event_size = c->max_event_size;
+    /* An envelope is bigger than its data (JSON escapes up to 6 bytes per
+     * byte, numbers may be rewritten longer): the exact check is
+     * tb__envelope_decode's; this one only spares us parsing a message no
+     * envelope of an acceptable event could be. */
+    size_t m = c->max_event_size;
+    b->raw_max = m > (SIZE_MAX - 65536) / 8 ? SIZE_MAX : m * 8 + 65536;
+
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&b->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    atomic_init(&b->state, TB_BUS_STOPPED);
+    atomic_init(&b->pending, 0);
+    atomic_init(&b->published, 0);
+    atomic_init(&b->publish_failed, 0);
+    atomic_init(&b->received, 0);
+    atomic_init(&b->duplicates, 0);
+    atomic_init(&b->malformed, 0);
+    atomic_init(&b->oversize, 0);
+    b->since_us = tb__now_us();
+    for (int i = 0; i < NLINKS; i++) {
+        b->links[i].b = b;
+        b->links[i].name = i == LINK_SUB ? "sub" : "pub";
+    }
+    b->rx_log.what = "dropped-message lines";
+    b->pub_log.what = "refused-PUBLISH lines";
+    uint64_t seed = 0;
+    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed)
+        seed = (uint64_t)tb__mono_us() ^ (uint64_t)(uintptr_t)b;
+    b->rng = seed | 1;
+    *err = 0;
+    return &b->bus;
+}

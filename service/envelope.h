@@ -1,0 +1,48 @@
+/* envelope.h - the JSON envelope events travel in on Redis (private). */
+#ifndef TASKBUS_ENVELOPE_H
+#define TASKBUS_ENVELOPE_H
+
+#include <stddef.h>
+
+#include "taskbus/taskbus.h"
+
+/* The wire format, documented in README:
+ *   {"id": "...", "name": "my.custom.event", "data": ..., "ts": <µs>,
+ *    "origin": "<instance>/<worker>"}
+ * data is the JSON value when the event's data is a JSON object or array,
+ * else a JSON string holding the data as text. Built and parsed with
+ * jansson. */
+
+/* Encodes ev. *out is malloc'ed, NUL-terminated, *outlen bytes without the
+ * NUL; the caller frees it. Returns 0, TB_EINVAL (data is not valid UTF-8)
+ * or TB_ENOMEM. */
+int tb__envelope_encode(const tb_event *ev, char **out, size_t *outlen);
+
+/* 1 if the len bytes at s are valid UTF-8 (no NUL bytes), else 0. */
+int tb__utf8_valid(const char *s, size_t len);
+
+/* Makes an event from a message received on the channel of event `name`
+ * (the caller has taken name from the channel and validated it):
+ *  - an envelope (a JSON object with a "data" member and an "id" or a
+ *    "name" member): id (string, 1..TB_EVENT_ID_MAX-1 printable ASCII
+ *    bytes; absent: a fresh id), name (string equal to `name`; optional),
+ *    ts (integer >= 0, optional: the time of receipt), origin (string up
+ *    to 47 bytes, optional: "external"); a string data becomes the event's
+ *    data as is, an object or array its compact JSON text, null empty
+ *    data; other members are ignored;
+ *  - anything else (plain text as `redis-cli PUBLISH` sends it, or JSON that
+ *    is not an envelope) is delivered as it is: the whole message is the
+ *    data, with a fresh id, the time of receipt and origin "external".
+ * A message that starts like a JSON object ('{' after blanks) but does not
+ * parse, an envelope whose members have the wrong types or values (a data
+ * string holding "\u0000" included), or a message delivered as it is that
+ * is not UTF-8 text without NUL bytes (event data always is), is malformed:
+ * returns TB_EPROTO and sets *why to a static reason for the log. Data over
+ * max_size bytes: TB_EMSGSIZE (*why says so too). Else 0 or TB_ENOMEM.
+ * why may be NULL. On 0, *out holds a new event (refcount 1); on error *out
+ * is NULL. */
+int tb__envelope_decode(tb_app *app, const char *name, const char *msg,
+                        size_t len, size_t max_size, tb_event **out,
+                        const char **why);
+
+#endif /* TASKBUS_ENVELOPE_H */
