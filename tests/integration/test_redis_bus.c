@@ -576,7 +576,9 @@ static void test_wire_format(void **state)
         {"42", 1},
         {"", 1},
         {"  leading blanks {not json", 1},
-        {"{not json", 0}, /* starts with '{' but is not JSON: a string */
+        {"{not json", 1}, /* starts with '{' but is not JSON: a string */
+        /* Valid JSON that jansson cannot hold (an integer over 64 bits)
+         * travels as a string, its text intact. */
         {"{\"big\":123456789012345678901234567890}", 1},
         {"{ \"a\" : 1 ,\n  \"b\" : [ 1 , 2 ] }", 0},
         {"{\"s\":\"caf\\u00e9\"}", 0},
@@ -860,6 +862,194 @@ static void test_duplicate_ids_dropped(void **state)
     th_assert_clean();
 }
 
+/* An app started while its server is not there yet: the bus is not
+ * connected, tb_dispatch returns TB_ENOTCONN, last_error says why; once the
+ * server starts, the bus connects by itself and events flow. */
+static void test_start_before_server(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_create(NULL, NULL, NULL);
+    char url[128];
+    rh_server_url(srv, NULL, NULL, url, sizeof url);
+    tb_app_config cfg;
+    rh_config(&cfg, url, NULL);
+    cfg.redis_connect_timeout_ms = 300; /* tb_app_run waits this long */
+    rh_app *ra = rh_app_start(&cfg);
+    int64_t end = th_mono_ms() + 5000;
+    tb_bus_info info = bus_info(ra->app);
+    while ((info.attempts == 0 || !info.last_error[0]) && th_mono_ms() < end) {
+        th_nap_ms(10);
+        info = bus_info(ra->app);
+    }
+    assert_string_equal(info.name, "redis");
+    if (info.state != TB_BUS_CONNECTING && info.state != TB_BUS_RECONNECTING)
+        fail_msg("state %s with no server", tb_bus_state_name(info.state));
+    assert_true(info.attempts > 0);
+    assert_true(info.last_error[0] != '\0');
+    assert_rc(dispatch_str(ra->app, "late.ev", "x", NULL), TB_ENOTCONN);
+    rh_rec *sub = receiver(ra->app, 0, 1, "late.ev");
+
+    rh_server_restart(srv); /* its first start */
+    rh_assert_connected(ra->app, CONNECT_MS);
+    assert_rc(dispatch_wait_str(ra->app, "late.ev", "now", NULL), 0);
+    publish_raw(srv, "taskbus:event:late.ev", "raw", 1);
+    AWAIT(sub, 2);
+    ASSERT_REC(sub, "now", "raw");
+    assert_rc(rh_app_stop(ra), 0);
+    th_assert_clean();
+}
+
+/* Waits until the bus has reconnected more than `after` times and is
+ * connected again. */
+static void await_reconnect(tb_app *app, uint64_t after)
+{
+    int64_t end = th_mono_ms() + CONNECT_MS;
+    tb_bus_info info = bus_info(app);
+    while ((info.reconnects <= after || info.state != TB_BUS_CONNECTED) &&
+           th_mono_ms() < end) {
+        th_nap_ms(5);
+        info = bus_info(app);
+    }
+    if (info.reconnects <= after || info.state != TB_BUS_CONNECTED)
+        fail_msg("no reconnect: reconnects %llu (before %llu), state %s, "
+                 "last_error \"%s\"",
+                 (unsigned long long)info.reconnects, (unsigned long long)after,
+                 tb_bus_state_name(info.state), info.last_error);
+}
+
+/* The server drops one of the app's connections (CLIENT KILL, as an
+ * operator or a proxy might): first the subscriber, then the publisher.
+ * The bus reconnects by itself and the subscription and a waiter opened
+ * before still receive, once per event. */
+static void test_connection_killed(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    rh_app *ra = start_app(srv, NULL, NULL, NULL);
+    rh_rec *sub = receiver(ra->app, 0, 1, "kill.ev");
+    rh_rec *waiter = receiver(ra->app, 1, 0, "kill.ev");
+    char out[256];
+
+    uint64_t before = bus_info(ra->app).reconnects;
+    assert_int_equal(
+        rh_cli(srv, out, sizeof out, "CLIENT", "KILL", "TYPE", "pubsub"), 0);
+    if (strcmp(out, "1") != 0)
+        fail_msg("CLIENT KILL TYPE pubsub killed \"%s\" clients, want 1", out);
+    await_reconnect(ra->app, before);
+    assert_rc(dispatch_wait_str(ra->app, "kill.ev", "after-sub-kill", NULL), 0);
+    AWAIT(sub, 1);
+    AWAIT(waiter, 1);
+
+    before = bus_info(ra->app).reconnects;
+    /* TYPE normal: the publisher (redis-cli spares itself). */
+    assert_int_equal(
+        rh_cli(srv, out, sizeof out, "CLIENT", "KILL", "TYPE", "normal"), 0);
+    if (strcmp(out, "1") != 0)
+        fail_msg("CLIENT KILL TYPE normal killed \"%s\" clients, want 1", out);
+    await_reconnect(ra->app, before);
+    assert_true(th_counter_wait_ge(&waiter->armed, 2, ARRIVE_MS));
+    assert_rc(dispatch_wait_str(ra->app, "kill.ev", "after-pub-kill", NULL), 0);
+    AWAIT(sub, 2);
+    AWAIT(waiter, 2);
+    th_nap_ms(200);
+    ASSERT_REC(sub, "after-sub-kill", "after-pub-kill");
+    ASSERT_REC(waiter, "after-sub-kill", "after-pub-kill");
+    assert_rc(rh_app_stop(ra), 0);
+    th_assert_clean();
+}
+
+/* ------------------------------------------------------------ urls */
+
+/* One app on url: connected, its connections use database db (CLIENT
+ * LIST), and an event makes the round trip. */
+static void url_round_trip(rh_server *srv, const char *url, int db)
+{
+    tb_app_config cfg;
+    rh_config(&cfg, url, NULL);
+    rh_app *ra = rh_app_start(&cfg);
+    rh_assert_connected(ra->app, CONNECT_MS);
+    char out[4096], want[16];
+    assert_int_equal(rh_cli(srv, out, sizeof out, "CLIENT", "LIST"), 0);
+    snprintf(want, sizeof want, " db=%d ", db);
+    int n = 0;
+    for (const char *p = out; (p = strstr(p, want)) != NULL; p++)
+        n++;
+    if (n < 2) /* the publisher and the subscriber */
+        fail_msg("%s: want 2 clients on db %d: %s", url, db, out);
+    rh_rec *sub = receiver(ra->app, 0, 1, "url.ev");
+    assert_rc(dispatch_wait_str(ra->app, "url.ev", url, NULL), 0);
+    AWAIT(sub, 1);
+    ASSERT_REC(sub, url);
+    assert_rc(rh_app_stop(ra), 0);
+}
+
+/* redis_url forms: a database number, a unix socket with ?db=, a password
+ * with reserved characters percent-encoded; and URLs and namespaces that
+ * tb_app_new refuses with TB_EINVAL. */
+static void test_redis_url_forms(void **state)
+{
+    (void)state;
+    rh_server *srv =
+        rh_server_start("requirepass \"p@ss:w/rd%\"\n", NULL, "p@ss:w/rd%");
+    char url[512];
+    snprintf(url, sizeof url, "redis://:p%%40ss%%3Aw%%2Frd%%25@%s:%d/3",
+             RH_HOST, srv->port);
+    url_round_trip(srv, url, 3);
+    snprintf(url, sizeof url, "unix://:p%%40ss%%3Aw%%2Frd%%25@%s?db=5",
+             srv->sock);
+    url_round_trip(srv, url, 5);
+
+    const char *bad_urls[] = {
+        "rediss://127.0.0.1:6379", /* TLS: not supported */
+        "http://127.0.0.1:6379",     "redis://127.0.0.1:0",
+        "redis://127.0.0.1:65536",   "redis://127.0.0.1:6379/x",
+        "unix://relative/path.sock",
+    };
+    for (size_t i = 0; i < sizeof bad_urls / sizeof bad_urls[0]; i++) {
+        tb_app_config cfg;
+        rh_config(&cfg, bad_urls[i], NULL);
+        int err = 0;
+        tb_app *app = tb_app_new(&cfg, &err);
+        if (app) {
+            tb_app_free(app);
+            fail_msg("tb_app_new accepted redis_url \"%s\"", bad_urls[i]);
+        }
+        assert_rc(err, TB_EINVAL);
+    }
+    char ns64[65], ns65[66];
+    memset(ns64, 'n', 64);
+    ns64[64] = '\0';
+    memset(ns65, 'n', 65);
+    ns65[65] = '\0';
+    const char *bad_ns[] = {"", "bad ns", "a:b", "a*", ns65};
+    for (size_t i = 0; i < sizeof bad_ns / sizeof bad_ns[0]; i++) {
+        tb_app_config cfg;
+        rh_config(&cfg, "redis://127.0.0.1:6379", bad_ns[i]);
+        int err = 0;
+        tb_app *app = tb_app_new(&cfg, &err);
+        if (app) {
+            tb_app_free(app);
+            fail_msg("tb_app_new accepted event_namespace \"%s\"", bad_ns[i]);
+        }
+        assert_rc(err, TB_EINVAL);
+    }
+    /* The longest namespace works end to end. */
+    snprintf(url, sizeof url, "redis://:p%%40ss%%3Aw%%2Frd%%25@%s:%d", RH_HOST,
+             srv->port);
+    tb_app_config cfg;
+    rh_config(&cfg, url, ns64);
+    rh_app *ra = rh_app_start(&cfg);
+    rh_assert_connected(ra->app, CONNECT_MS);
+    rh_rec *sub = receiver(ra->app, 1, 1, "ns.ev");
+    char chan[128];
+    snprintf(chan, sizeof chan, "%s:event:ns.ev", ns64);
+    publish_raw(srv, chan, "long-ns", 1);
+    AWAIT(sub, 1);
+    ASSERT_REC(sub, "long-ns");
+    assert_rc(rh_app_stop(ra), 0);
+    th_assert_clean();
+}
+
 /* ------------------------------------------------------------ auth */
 
 /* AUTH works with a password (requirepass) and with an ACL user: events
@@ -966,6 +1156,44 @@ static void test_auth_wrong_password(void **state)
                      (long long)(th_mono_ms() - t0));
         rh_server_destroy(srv);
     }
+    th_assert_clean();
+}
+
+/* An ACL user that may not use the channels (no &*): authentication
+ * works but PSUBSCRIBE is refused. The bus never reports connected,
+ * last_error names the refusal, tb_dispatch returns TB_ENOTCONN, and the
+ * app stops cleanly. */
+static void test_acl_without_channel_permission(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start("user default off\n"
+                                     "user bob on >bob-pass ~* resetchannels "
+                                     "+@all\n",
+                                     "bob", "bob-pass");
+    char url[256];
+    rh_server_url(srv, "bob", "bob-pass", url, sizeof url);
+    tb_app_config cfg;
+    rh_config(&cfg, url, NULL);
+    rh_app *ra = rh_app_start(&cfg);
+    tb_bus_info info;
+    int64_t end = th_mono_ms() + 10000;
+    for (;;) {
+        info = bus_info(ra->app);
+        if (info.state == TB_BUS_CONNECTED)
+            fail_msg("connected without channel permission");
+        if (info.last_error[0] && info.attempts > 0)
+            break;
+        if (th_mono_ms() >= end)
+            fail_msg("no error after 10 s: state %s",
+                     tb_bus_state_name(info.state));
+        th_nap_ms(10);
+    }
+    if (!strcasestr(info.last_error, "PSUBSCRIBE") &&
+        !strcasestr(info.last_error, "NOPERM"))
+        fail_msg("last_error \"%s\" does not say PSUBSCRIBE was refused",
+                 info.last_error);
+    assert_rc(dispatch_str(ra->app, "perm.ev", "x", NULL), TB_ENOTCONN);
+    assert_rc(rh_app_stop(ra), 0);
     th_assert_clean();
 }
 
@@ -1232,9 +1460,13 @@ int main(void)
         T(test_patterns_over_redis),
         T(test_server_restart),
         T(test_duplicate_ids_dropped),
+        T(test_start_before_server),
+        T(test_connection_killed),
+        T(test_redis_url_forms),
         T(test_auth_requirepass),
         T(test_auth_acl_user),
         T(test_auth_wrong_password),
+        T(test_acl_without_channel_permission),
         T(test_malformed_messages_dropped),
         T(test_event_size_limit),
         T(test_dispatch_wait),
