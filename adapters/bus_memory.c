@@ -8,6 +8,8 @@
 static int mem_start(tb__bus *bus)
 {
     (void)bus;
+    tb__log(TB_LOG_INFO, "event bus: in-process (no Redis configured): "
+                         "events stay inside this process");
     return 0;
 }
 

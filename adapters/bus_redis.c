@@ -1,5 +1,4 @@
-/* bus_redis.c - the Redis event bus: pub/sub through hiredis on its own
- * libevent thread. */
+/* bus_redis.c - the Redis event bus: hiredis pub/sub on its own thread. */
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -32,7 +31,14 @@
  * ones in a FIFO: Redis answers in order. When the connection is lost, the
  * unanswered and queued requests are resent after the reconnect (receivers
  * drop the duplicates by event id), unless they were accepted more than
- * redis_command_timeout_ms ago.
+ * publish_retry_ms ago. At most ECHO_WINDOW bytes of our own events
+ * are published ahead of what has come back on `sub` (see flush_sendq).
+ *
+ * Received messages are checked (name, size), decoded, deduplicated by id
+ * (the last DEDUPE_IDS ids) and handed to every worker.
+ *
+ * A Redis ACL user needs +publish +psubscribe +ping (+select for a db other
+ * than 0) and the channels "<ns>:event:*".
  *
  * States: CONNECTING (first attempt) -> CONNECTED -> RECONNECTING (lost;
  * retrying with backoff) -> CONNECTED ...; STOPPED after stop(). CONNECTED
@@ -55,6 +61,10 @@
 #define DEDUPE_IDS 16384 /* event ids remembered to drop resent duplicates */
 #define DEDUPE_SLOTS (2 * DEDUPE_IDS) /* hash slots; a power of two */
 #define LOG_BURST 10                  /* rate-limited lines per second */
+/* Bytes of our own PUBLISHes that may be on their way back to our
+ * subscription (see flush_sendq). Well under Redis's default pubsub output
+ * buffer limits (32 MB hard, 8 MB for 60 s). */
+#define ECHO_WINDOW (4 << 20)
 
 /* ---------------------------------------------------------------- types */
 
@@ -124,6 +134,8 @@ typedef struct rbus {
     size_t prefix_len;
     char pattern[130]; /* "<ns>:event:*" */
     int64_t connect_to_us, cmd_to_us, ping_us;
+    int64_t retry_us; /* publish_retry_ms: how long an accepted event is
+                         kept for resending */
     int64_t retry_min_ms, retry_max_ms;
     int queue_max;
     size_t max_event_size;
@@ -160,7 +172,10 @@ typedef struct rbus {
     int64_t attempt_us;
     int failing; /* teardown_ev is active: the first reason wins */
     char fail_why[256];
-    int64_t lost_us; /* monotonic time the connection was lost */
+    int64_t lost_us;      /* monotonic time the connection was lost */
+    int64_t echo_out;     /* bytes published, not yet back on `sub` */
+    int64_t echo_last_us; /* last echo, or when echo_out left 0 */
+    size_t own_len;       /* strlen(instance) */
     int stopping, finished;
     int64_t stop_deadline_us;
     char logged_reject[256]; /* last refusal logged; "" after a success */
@@ -322,15 +337,15 @@ static void drain_inq(rbus *b)
     pthread_mutex_unlock(&b->mu);
 }
 
-/* Gives up the unsent requests accepted more than redis_command_timeout_ms
- * ago: cb(TB_ETIMEDOUT), one log line with the count. Bus thread. */
+/* Gives up the unsent requests accepted more than publish_retry_ms ago:
+ * cb(TB_ETIMEDOUT), one log line with the count. Bus thread. */
 static void expire_stale(rbus *b, int64_t now)
 {
     size_t n = 0;
     req **pp = &b->sendq.head, *prev = NULL;
     while (*pp) {
         req *q = *pp;
-        if (now - q->accepted_us <= b->cmd_to_us) {
+        if (now - q->accepted_us <= b->retry_us) {
             prev = q;
             pp = &q->next;
             continue;
@@ -345,9 +360,9 @@ static void expire_stale(rbus *b, int64_t now)
     if (n)
         tb__log(TB_LOG_WARN,
                 "redis bus: gave up %zu event(s) not published within "
-                "redis_command_timeout_ms (%" PRId64 " ms) while %s was "
+                "publish_retry_ms (%" PRId64 " ms) while %s was "
                 "unreachable",
-                n, b->cmd_to_us / 1000, b->url);
+                n, b->retry_us / 1000, b->url);
 }
 
 /* ---------------------------------------------------------------- dedupe */
@@ -464,9 +479,9 @@ static void on_step_reply(redisAsyncContext *ac, void *r, void *priv)
 {
     rlink *l = priv;
     redisReply *reply = r;
-    if (!reply || ac != l->ac)
-        return; /* the link is going away */
     rbus *b = l->b;
+    if (!reply || ac != l->ac || b->failing)
+        return; /* the link is going away */
     l->last_rx_us = tb__mono_us();
     static const char *names[] = {"AUTH", "SELECT", "PING", "PSUBSCRIBE"};
     if (reply->type == REDIS_REPLY_ERROR) {
@@ -513,7 +528,7 @@ static void link_send_step(rbus *b, rlink *l)
             break;
         }
         if (l->step >= STEP_READY) {
-            if (b->links[LINK_SUB].step == STEP_READY &&
+            if (!b->failing && b->links[LINK_SUB].step == STEP_READY &&
                 b->links[LINK_PUB].step == STEP_READY)
                 became_connected(b);
             return;
@@ -646,7 +661,17 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
         event_active(b->stop_ev, EV_TIMEOUT, 0);
 }
 
-/* Sends every queued request on `pub` if connected, pipelined. */
+/* Sends the queued requests on `pub` if connected, pipelined, as long as
+ * the echo window allows.
+ *
+ * Why a window: every event we publish comes back to us on `sub`, and
+ * receiving (decode, delivery to the workers) is slower than publishing.
+ * Unchecked, a burst from one thread grows Redis's output buffer for our
+ * subscription (and for every instance as slow as us) until Redis closes it
+ * at client-output-buffer-limit and the events in it are lost. So at most
+ * ECHO_WINDOW bytes of our own events may be published and not yet
+ * received back (always at least one event); the sub callback reopens the
+ * window as they come back. */
 static void flush_sendq(rbus *b)
 {
     rlink *l = &b->links[LINK_PUB];
@@ -656,7 +681,11 @@ static void flush_sendq(rbus *b)
         return;
     int64_t now = tb__mono_us();
     req *q;
-    while ((q = reqlist_pop(&b->sendq)) != NULL) {
+    while ((q = b->sendq.head) != NULL) {
+        if (b->echo_out > 0 &&
+            b->echo_out + (int64_t)q->envlen > (int64_t)ECHO_WINDOW)
+            break;
+        reqlist_pop(&b->sendq);
         const char *argv[3] = {"PUBLISH", q->channel, q->env};
         size_t lens[3] = {7, q->chlen, q->envlen};
         if (redisAsyncCommandArgv(l->ac, on_publish_reply, q, 3, argv, lens) !=
@@ -670,6 +699,9 @@ static void flush_sendq(rbus *b)
         }
         q->sent_us = now;
         reqlist_push(&b->inflight, q);
+        if (b->echo_out == 0)
+            b->echo_last_us = now;
+        b->echo_out += (int64_t)q->envlen;
     }
 }
 
@@ -751,6 +783,19 @@ static void handle_message(rbus *b, const redisReply *chr,
                  why ? why : tb_strerror(rc));
         drop_message(b, &b->malformed, ch, chlen, len, whybuf);
         return;
+    }
+    const char *origin = tb_event_origin(ev);
+    if (b->echo_out > 0 &&
+        strncmp(origin, b->bus.app->instance, b->own_len) == 0 &&
+        origin[b->own_len] == '/') {
+        /* One of ours is back: reopen the window (in halves, to send in
+         * batches). */
+        b->echo_out -= (int64_t)len;
+        if (b->echo_out < 0)
+            b->echo_out = 0;
+        b->echo_last_us = tb__mono_us();
+        if (b->sendq.head && b->echo_out <= ECHO_WINDOW / 2)
+            flush_sendq(b);
     }
     if (dedupe_seen(b, tb_event_id(ev))) {
         atomic_fetch_add_explicit(&b->duplicates, 1, memory_order_relaxed);
@@ -880,6 +925,17 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
             return;
         }
     }
+    if (b->echo_out > 0 && now - b->echo_last_us > b->cmd_to_us) {
+        /* Some of ours did not come back (dropped as malformed here, say).
+         * The sub link itself is checked by its PINGs: just forget them so
+         * that the window cannot stay shut. */
+        tb__log(TB_LOG_DEBUG,
+                "redis bus: %" PRId64 " bytes of our events not seen back "
+                "within %" PRId64 " ms; echo window reset",
+                b->echo_out, b->cmd_to_us / 1000);
+        b->echo_out = 0;
+        flush_sendq(b);
+    }
     rlink *sub = &b->links[LINK_SUB], *pub = &b->links[LINK_PUB];
     if (!sub->ping_sent_us && now - sub->last_rx_us >= b->ping_us)
         sub_ping(b, sub, now);
@@ -938,6 +994,7 @@ static void became_connected(rbus *b)
     else
         tb__log(TB_LOG_INFO, "redis bus: connected to %s (channels %s)", b->url,
                 b->pattern);
+    b->echo_out = 0;
     /* Resend what waited, from the loop rather than inside this reply
      * callback; the stale ones are given up first. */
     drain_inq(b);
@@ -1317,6 +1374,7 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
     snprintf(b->pattern, sizeof b->pattern, "%s*", b->prefix);
     b->connect_to_us = (int64_t)c->redis_connect_timeout_ms * 1000;
     b->cmd_to_us = (int64_t)c->redis_command_timeout_ms * 1000;
+    b->retry_us = (int64_t)c->publish_retry_ms * 1000;
     b->ping_us = (int64_t)c->redis_ping_interval_ms * 1000;
     b->retry_min_ms = c->redis_retry_min_ms;
     b->retry_max_ms = c->redis_retry_max_ms;
@@ -1354,6 +1412,7 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
     if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed)
         seed = (uint64_t)tb__mono_us() ^ (uint64_t)(uintptr_t)b;
     b->rng = seed | 1;
+    b->own_len = strlen(app->instance);
     *err = 0;
     return &b->bus;
 }

@@ -45,6 +45,7 @@ void tb_app_config_init(tb_app_config *cfg)
     cfg->redis_retry_min_ms = 100;
     cfg->redis_retry_max_ms = 5000;
     cfg->publish_queue_max = 65536;
+    cfg->publish_retry_ms = 10000;
 }
 
 static int namespace_ok(const char *ns)
@@ -86,6 +87,8 @@ static int config_check(const tb_app_config *c)
         what = "redis_retry_min_ms must be >= 1 and <= redis_retry_max_ms";
     else if (c->publish_queue_max < 1)
         what = "publish_queue_max must be >= 1";
+    else if (c->publish_retry_ms < 0)
+        what = "publish_retry_ms must be >= 0";
     if (what) {
         tb__log(TB_LOG_ERROR, "invalid app config: %s", what);
         return TB_EINVAL;

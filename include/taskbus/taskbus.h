@@ -134,6 +134,10 @@ typedef struct tb_app_config {
     int publish_queue_max;        /* events handed to the bus and not yet
                                      acknowledged by Redis; beyond it
                                      tb_dispatch returns TB_ENOSPC; 65536 */
+    int publish_retry_ms;         /* an accepted event Redis has not
+                                     acknowledged is resent after reconnects
+                                     for this long, then given up (logged,
+                                     tb_bus_info.publish_failed); 10000 */
 } tb_app_config;
 
 /* Fills cfg with the defaults above. */
@@ -148,11 +152,13 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err);
  * main-start listeners, then the workers (each: before-start, loop start,
  * after-start, then the tasks added before run), then main-ready listeners;
  * blocks until tb_app_stop(); then stops the workers (before-stop, cancel
- * every task and wait up to graceful_timeout_ms, after-stop), then main-stop
- * listeners. Returns 0 after a clean stop, TB_ETIMEDOUT if tasks had to be
- * abandoned at the graceful timeout, or the error that aborted start-up (a
- * start listener's non-zero return, a worker that could not start). An app
- * runs once: a second call returns TB_ESHUTDOWN. */
+ * every task and wait up to graceful_timeout_ms, after-stop), then the bus
+ * (the Redis bus first tries to publish what it has accepted, for up to
+ * redis_command_timeout_ms), then main-stop listeners. Returns 0 after a clean
+ * stop, TB_ETIMEDOUT if tasks had to be abandoned at the graceful timeout, or
+ * the error that aborted start-up (a start listener's non-zero return, a worker
+ * that could not start). An app runs once: a second call returns TB_ESHUTDOWN.
+ */
 int tb_app_run(tb_app *app);
 
 /* Asks a running (or starting) app to stop. Any thread; async-signal-safe,
@@ -359,15 +365,18 @@ int tb_pattern_param(const char *pattern, const char *name, const char *param,
 /* Dispatches an event to every matching waiter and subscription on every
  * worker (and, with the Redis bus, of every instance). Any thread. data is
  * copied (len bytes, may be 0) and must be UTF-8 text (JSON included): the
- * Redis bus carries it in a JSON envelope; encode binary data yourself.
+ * Redis bus carries it in a JSON envelope; encode binary data yourself. Over
+ * Redis, data that is a JSON object or array travels as a JSON value and
+ * arrives as its compact re-serialization (same value; blanks, escapes and
+ * number spelling may differ); any other data arrives byte for byte.
  * Returns 0 once the event has been handed to the bus (the Redis bus
- * pipelines it, resends it after a reconnect if Redis had not acknowledged
- * it, and receivers drop the duplicates by id), TB_EINVAL for invalid
- * UTF-8, TB_EINVAL/TB_ENAMETOOLONG for a bad name, TB_EMSGSIZE over
- * max_event_size, TB_ENOTCONN when the bus is down, TB_ESHUTDOWN when the
- * app is not running, TB_ENOSPC when publish_queue_max events await Redis.
- * *id_out (if not NULL, TB_EVENT_ID_MAX bytes) gets the event's id. Never
- * blocks a worker loop. */
+ * pipelines it; if the link drops before Redis acknowledged it, it is resent
+ * after the reconnect, for up to publish_retry_ms, and receivers drop the
+ * duplicates by id), TB_EINVAL for invalid UTF-8, TB_EINVAL/TB_ENAMETOOLONG for
+ * a bad name, TB_EMSGSIZE over max_event_size, TB_ENOTCONN when the bus is
+ * down, TB_ESHUTDOWN when the app is not running, TB_ENOSPC when
+ * publish_queue_max events await Redis. *id_out (if not NULL, TB_EVENT_ID_MAX
+ * bytes) gets the event's id. Never blocks a worker loop. */
 int tb_dispatch(tb_app *app, const char *name, const void *data, size_t len,
                 char *id_out);
 
