@@ -61,6 +61,7 @@
 #define DEDUPE_IDS 16384 /* event ids remembered to drop resent duplicates */
 #define DEDUPE_SLOTS (2 * DEDUPE_IDS) /* hash slots; a power of two */
 #define LOG_BURST 10                  /* rate-limited lines per second */
+#define RX_BATCH 256                  /* received events handed over at once */
 /* Bytes of our own PUBLISHes that may be on their way back to our
  * subscription (see flush_sendq). Well under Redis's default pubsub output
  * buffer limits (32 MB hard, 8 MB for 60 s). */
@@ -176,6 +177,14 @@ typedef struct rbus {
     int64_t echo_out;     /* bytes published, not yet back on `sub` */
     int64_t echo_last_us; /* last echo, or when echo_out left 0 */
     size_t own_len;       /* strlen(instance) */
+    char own_prefix[48];  /* how our own envelopes start: {"id":"<inst>- */
+    size_t own_prefix_len;
+    /* Decoded events not yet handed to the workers: delivered together
+     * after the read that produced them (flush_ev), one lock and one
+     * wake-up per worker per batch instead of per event. */
+    tb_event *batch[RX_BATCH];
+    size_t nbatch;
+    struct event *flush_ev;
     int stopping, finished;
     int64_t stop_deadline_us;
     char logged_reject[256]; /* last refusal logged; "" after a success */
@@ -734,6 +743,36 @@ static void drop_message(rbus *b, atomic_uint_fast64_t *counter,
     }
 }
 
+/* Hands the batch of received events to the workers. Bus thread. */
+static void flush_batch(rbus *b)
+{
+    if (!b->nbatch)
+        return;
+    tb__app_deliver_batch(b->bus.app, b->batch, b->nbatch);
+    for (size_t i = 0; i < b->nbatch; i++)
+        tb_event_unref(b->batch[i]);
+    b->nbatch = 0;
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    flush_batch(arg);
+}
+
+/* Takes ev's reference into the batch; the batch goes out when full, or
+ * right after the current read (flush_ev runs later in the same loop
+ * iteration), so batching adds no waiting. */
+static void batch_push(rbus *b, tb_event *ev)
+{
+    b->batch[b->nbatch++] = ev;
+    if (b->nbatch == 1)
+        event_active(b->flush_ev, EV_TIMEOUT, 0);
+    if (b->nbatch == RX_BATCH)
+        flush_batch(b);
+}
+
 /* A pmessage: [pmessage, pattern, channel, message]. */
 static void handle_message(rbus *b, const redisReply *chr,
                            const redisReply *msgr)
@@ -762,6 +801,22 @@ static void handle_message(rbus *b, const redisReply *chr,
                      "too large for max_event_size");
         return;
     }
+    /* Our own events coming back reopen the publish window (see
+     * flush_sendq). Our encoder always starts an envelope with our id, so
+     * the first bytes tell, without decoding. */
+    if (b->echo_out > 0 && len > b->own_prefix_len &&
+        memcmp(msgr->str, b->own_prefix, b->own_prefix_len) == 0) {
+        b->echo_out -= (int64_t)len;
+        if (b->echo_out < 0)
+            b->echo_out = 0;
+        b->echo_last_us = tb__mono_us();
+        if (b->sendq.head && b->echo_out <= ECHO_WINDOW / 2)
+            flush_sendq(b);
+    }
+    /* Nobody in this process listens for it: spend nothing more on it
+     * (decoding is most of a received event's cost). */
+    if (!tb__app_wants(b->bus.app, name, nlen))
+        return;
     tb_event *ev = NULL;
     const char *why = NULL;
     int rc = tb__envelope_decode(b->bus.app, name, msgr->str, len,
@@ -784,26 +839,13 @@ static void handle_message(rbus *b, const redisReply *chr,
         drop_message(b, &b->malformed, ch, chlen, len, whybuf);
         return;
     }
-    const char *origin = tb_event_origin(ev);
-    if (b->echo_out > 0 &&
-        strncmp(origin, b->bus.app->instance, b->own_len) == 0 &&
-        origin[b->own_len] == '/') {
-        /* One of ours is back: reopen the window (in halves, to send in
-         * batches). */
-        b->echo_out -= (int64_t)len;
-        if (b->echo_out < 0)
-            b->echo_out = 0;
-        b->echo_last_us = tb__mono_us();
-        if (b->sendq.head && b->echo_out <= ECHO_WINDOW / 2)
-            flush_sendq(b);
-    }
     if (dedupe_seen(b, tb_event_id(ev))) {
         atomic_fetch_add_explicit(&b->duplicates, 1, memory_order_relaxed);
+        tb_event_unref(ev);
     } else {
         atomic_fetch_add_explicit(&b->received, 1, memory_order_relaxed);
-        tb__app_deliver(b->bus.app, ev);
+        batch_push(b, ev);
     }
-    tb_event_unref(ev);
 }
 
 /* The pattern's callback: the PSUBSCRIBE confirmation, every pmessage, and
@@ -1054,6 +1096,8 @@ static void on_teardown(evutil_socket_t fd, short what, void *arg)
 static void finish(rbus *b)
 {
     b->finished = 1;
+    flush_batch(b);
+    event_del(b->flush_ev);
     event_del(b->tick_ev);
     event_del(b->retry_ev);
     event_del(b->teardown_ev);
@@ -1111,8 +1155,8 @@ static void *bus_main(void *arg)
 
 static void free_events(rbus *b)
 {
-    struct event **evs[] = {&b->wake_ev, &b->stop_ev, &b->teardown_ev,
-                            &b->retry_ev, &b->tick_ev};
+    struct event **evs[] = {&b->wake_ev,  &b->stop_ev, &b->teardown_ev,
+                            &b->retry_ev, &b->tick_ev, &b->flush_ev};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
         if (*evs[i])
             event_free(*evs[i]);
@@ -1140,8 +1184,9 @@ static int rb_start(tb__bus *bus)
     b->teardown_ev = event_new(b->base, -1, 0, on_teardown, b);
     b->retry_ev = event_new(b->base, -1, 0, on_retry, b);
     b->tick_ev = event_new(b->base, -1, EV_PERSIST, on_tick, b);
+    b->flush_ev = event_new(b->base, -1, 0, on_flush, b);
     if (!b->wake_ev || !b->stop_ev || !b->teardown_ev || !b->retry_ev ||
-        !b->tick_ev)
+        !b->tick_ev || !b->flush_ev)
         goto nomem;
     /* The tick bounds how late a timeout is noticed: a quarter of the
      * shortest one, within 10..250 ms. */
@@ -1413,6 +1458,8 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
         seed = (uint64_t)tb__mono_us() ^ (uint64_t)(uintptr_t)b;
     b->rng = seed | 1;
     b->own_len = strlen(app->instance);
+    b->own_prefix_len = (size_t)snprintf(b->own_prefix, sizeof b->own_prefix,
+                                         "{\"id\":\"%s-", app->instance);
     *err = 0;
     return &b->bus;
 }

@@ -156,6 +156,7 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
     pthread_mutex_init(&app->blk_mu, NULL);
     pthread_cond_init(&app->blk_cv, NULL);
     tb__htab_init(&app->names);
+    tb__interest_init(&app->interest);
     app->mode = TB__MODE_PRERUN;
     if (app->redis_url) {
         app->bus = tb__bus_redis_new(app, &rc);
@@ -229,6 +230,7 @@ void tb_app_free(tb_app *app)
     }
     free(app->workers);
     tb__htab_destroy(&app->names);
+    tb__interest_destroy(&app->interest);
     while (app->prerun) {
         tb__prerun *p = app->prerun;
         app->prerun = p->next;

@@ -280,6 +280,33 @@ void tb__app_deliver(tb_app *app, tb_event *ev)
     }
 }
 
+void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        atomic_fetch_add_explicit(&evs[i]->refs, app->nworkers,
+                                  memory_order_relaxed);
+    for (int w = 0; w < app->nworkers; w++) {
+        if (tb__worker_post_many(&app->workers[w], TB__MSG_EVENT,
+                                 (void *const *)evs, n) == 0)
+            continue;
+        for (size_t i = 0; i < n; i++)
+            tb_event_unref(evs[i]);
+        tb__log(TB_LOG_ERROR,
+                "%zu event(s) dropped for worker %d: out of "
+                "memory",
+                n, w);
+    }
+}
+
+int tb__app_wants(tb_app *app, const char *name, size_t nlen)
+{
+    (void)nlen;
+    tb__name split;
+    if (tb__name_split(&split, name) != 0)
+        return 0;
+    return tb__interest_match(&app->interest, &split);
+}
+
 /* ---------------------------------------------------------------- index */
 
 int tb__listener_add(tb__worker *w, tb__listener *l)
@@ -291,11 +318,18 @@ int tb__listener_add(tb__worker *w, tb__listener *l)
         size_t n = strlen(name);
         tb__lbucket *b = (tb__lbucket *)tb__htab_find(&w->exact, name, n);
         if (!b) {
+            /* The first listener of this name on this worker: the process
+             * becomes interested in it (the bucket's last one undoes it). */
             b = calloc(1, sizeof *b + n + 1);
             if (!b)
                 return TB_ENOMEM;
             memcpy(b->name, name, n + 1);
             if (tb__htab_insert(&w->exact, &b->node, b->name, n)) {
+                free(b);
+                return TB_ENOMEM;
+            }
+            if (tb__interest_add(&w->app->interest, &l->pat)) {
+                tb__htab_remove(&w->exact, &b->node);
                 free(b);
                 return TB_ENOMEM;
             }
@@ -308,6 +342,8 @@ int tb__listener_add(tb__worker *w, tb__listener *l)
             b->head = l;
         b->tail = l;
     } else {
+        if (tb__interest_add(&w->app->interest, &l->pat))
+            return TB_ENOMEM;
         l->prev = w->wild_tail;
         if (w->wild_tail)
             w->wild_tail->next = l;
@@ -334,8 +370,11 @@ void tb__listener_remove(tb__worker *w, tb__listener *l)
     else
         *tail = l->prev;
     if (l->bucket && !l->bucket->head) {
+        tb__interest_remove(&w->app->interest, &l->pat);
         tb__htab_remove(&w->exact, &l->bucket->node);
         free(l->bucket);
+    } else if (!l->bucket) {
+        tb__interest_remove(&w->app->interest, &l->pat);
     }
     l->prev = l->next = NULL;
     l->bucket = NULL;

@@ -12,6 +12,7 @@
 #include "bus.h"
 #include "coro.h"
 #include "htab.h"
+#include "interest.h"
 #include "log.h"
 #include "pattern.h"
 
@@ -259,6 +260,9 @@ typedef struct tb__worker {
 /* Posts a message to w from any thread (including w's own). Returns 0 or
  * TB_ENOMEM (then the reference in ptr is still the caller's). */
 int tb__worker_post(tb__worker *w, int kind, void *ptr, uint64_t seq, int code);
+/* Posts n messages of one kind (seq and code 0) at once. All or none:
+ * TB_ENOMEM leaves every reference with the caller. */
+int tb__worker_post_many(tb__worker *w, int kind, void *const *ptrs, size_t n);
 
 /* Prepares w (base, inbox and run-queue events) on the app's thread. */
 int tb__worker_init(tb__worker *w, tb_app *app, int index);
@@ -353,6 +357,7 @@ struct tb_app {
     int start_err;
 
     tb__bus *bus;
+    tb__interest interest; /* what the workers' listeners could match */
 
     /* registry */
     pthread_mutex_t reg_mu;
@@ -384,5 +389,12 @@ int tb__app_run_listeners(tb_app *app, tb_listener_kind kind, int worker);
 /* Hands ev to every worker's inbox (one reference each); the caller keeps
  * its own reference. Used by buses when an event arrives. */
 void tb__app_deliver(tb_app *app, tb_event *ev);
+/* The same for n events at once: one lock and at most one wake-up per
+ * worker for the whole batch. The caller keeps its references. */
+void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n);
+
+/* 1 if a listener on some worker could match an event named name (valid,
+ * nlen bytes). Any thread. Buses use it to skip what nobody here wants. */
+int tb__app_wants(tb_app *app, const char *name, size_t nlen);
 
 #endif /* TASKBUS_INTERNAL_H */

@@ -41,6 +41,32 @@ int tb__worker_post(tb__worker *w, int kind, void *ptr, uint64_t seq, int code)
     return 0;
 }
 
+int tb__worker_post_many(tb__worker *w, int kind, void *const *ptrs, size_t n)
+{
+    if (n == 0)
+        return 0;
+    pthread_mutex_lock(&w->inbox_mu);
+    if (w->inbox_len + n > w->inbox_cap) {
+        size_t cap = w->inbox_cap ? w->inbox_cap : 256;
+        while (cap < w->inbox_len + n)
+            cap *= 2;
+        tb__msg *b = realloc(w->inbox, cap * sizeof *b);
+        if (!b) {
+            pthread_mutex_unlock(&w->inbox_mu);
+            return TB_ENOMEM;
+        }
+        w->inbox = b;
+        w->inbox_cap = cap;
+    }
+    int first = w->inbox_len == 0;
+    for (size_t i = 0; i < n; i++)
+        w->inbox[w->inbox_len++] = (tb__msg){.kind = kind, .ptr = ptrs[i]};
+    pthread_mutex_unlock(&w->inbox_mu);
+    if (first)
+        event_active(w->inbox_ev, EV_READ, 0);
+    return 0;
+}
+
 static void begin_stop(tb__worker *w);
 
 static void handle(tb__worker *w, tb__msg *m)

@@ -16,8 +16,9 @@
 #   -d SECONDS  length of the latency run (default 10)
 #   -p          profile: one more throughput run (N/2 events) with
 #               `perf record -g` on the subscriber, the publisher and
-#               redis-server, then the top symbols of each (the data stays in
-#               $PROFILE_DIR, default a directory that is kept and printed)
+#               redis-server, then each one's split by thread and by library
+#               and its top symbols (the data stays in $PROFILE_DIR, default
+#               a new directory under /tmp that is kept and printed)
 #   -L          keep Redis's default pubsub output-buffer limit (32 MB hard)
 #               for the taskbus runs; by default it is lifted, see below
 #
@@ -78,7 +79,7 @@ while getopts "n:r:d:pLh" opt; do
     p) profile=1 ;;
     L) keep_limit=1 ;;
     *)
-        sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,/^set -u/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'
         exit 2
         ;;
     esac

@@ -1,0 +1,162 @@
+/* test_interest.c - tests service/interest.c: which event names this
+ * process's listeners could match, as buses ask before decoding. */
+#include "harness.h"
+
+#include "internal.h"
+
+static tb__pattern pat(const char *text)
+{
+    tb__pattern p;
+    assert_int_equal(tb__pattern_compile(&p, text), 0);
+    return p;
+}
+
+static int wants(tb__interest *in, const char *name)
+{
+    tb__name n;
+    assert_int_equal(tb__name_split(&n, name), 0);
+    return tb__interest_match(in, &n);
+}
+
+static void test_empty_wants_nothing(void **state)
+{
+    (void)state;
+    tb__interest in;
+    tb__interest_init(&in);
+    assert_false(wants(&in, "a"));
+    assert_false(wants(&in, "a.b.c"));
+    tb__interest_destroy(&in);
+}
+
+static void test_exact_and_wildcards(void **state)
+{
+    (void)state;
+    tb__interest in;
+    tb__interest_init(&in);
+    tb__pattern exact = pat("order.created");
+    tb__pattern star = pat("user.*.login");
+    tb__pattern param = pat("shop.<id>");
+    assert_int_equal(tb__interest_add(&in, &exact), 0);
+    assert_int_equal(tb__interest_add(&in, &star), 0);
+    assert_int_equal(tb__interest_add(&in, &param), 0);
+
+    assert_true(wants(&in, "order.created"));
+    assert_false(wants(&in, "order.created.x"));
+    assert_false(wants(&in, "order.deleted"));
+    assert_true(wants(&in, "user.42.login"));
+    assert_false(wants(&in, "user.42.logout"));
+    assert_false(wants(&in, "user.login"));
+    assert_true(wants(&in, "shop.7"));
+    assert_false(wants(&in, "shop.7.8"));
+
+    tb__interest_remove(&in, &star);
+    assert_false(wants(&in, "user.42.login"));
+    assert_true(wants(&in, "order.created"));
+    tb__interest_remove(&in, &exact);
+    tb__interest_remove(&in, &param);
+    assert_false(wants(&in, "order.created"));
+    assert_false(wants(&in, "shop.7"));
+    tb__interest_destroy(&in);
+}
+
+/* Counted: interest lasts until the last of several adds is removed. */
+static void test_counts(void **state)
+{
+    (void)state;
+    tb__interest in;
+    tb__interest_init(&in);
+    tb__pattern a = pat("a.*");
+    tb__pattern b = pat("b.c");
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(tb__interest_add(&in, &a), 0);
+        assert_int_equal(tb__interest_add(&in, &b), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        tb__interest_remove(&in, &a);
+        tb__interest_remove(&in, &b);
+        assert_true(wants(&in, "a.x"));
+        assert_true(wants(&in, "b.c"));
+    }
+    tb__interest_remove(&in, &a);
+    tb__interest_remove(&in, &b);
+    assert_false(wants(&in, "a.x"));
+    assert_false(wants(&in, "b.c"));
+    assert_int_equal(in.nexact, 0);
+    assert_int_equal(in.nwild, 0);
+    tb__interest_destroy(&in);
+}
+
+/* Through a running app: waiters and subscriptions on workers make the
+ * process want their names; when they go, it stops wanting them. */
+typedef struct {
+    th_counter waiting, release;
+} wctx;
+
+static int exact_waiter(tb_task *self, void *arg)
+{
+    wctx *c = arg;
+    tb_sub *s = tb_sub_open(self, "job.done", 0, NULL);
+    TH_CHECK(s != NULL);
+    th_counter_add(&c->waiting, 1);
+    th_task_wait_ge(self, &c->release, 1, 5000);
+    return 0; /* the subscription closes with the task */
+}
+
+static int wild_waiter(tb_task *self, void *arg)
+{
+    wctx *c = arg;
+    th_counter_add(&c->waiting, 1);
+    tb_event *ev = NULL;
+    int rc = tb_event_wait(self, "job.<id>.progress", 5000, &ev);
+    TH_CHECK_RC(rc, 0);
+    tb_event_unref(ev);
+    return 0;
+}
+
+static void drive_app_wants(tb_app *app, void *ctx)
+{
+    wctx *c = ctx;
+    TH_CHECK(!tb__app_wants(app, "job.done", 8));
+    TH_CHECK(!tb__app_wants(app, "job.7.progress", 14));
+    TH_CHECK_RC(th_add(app, "exact", 0, exact_waiter, c, NULL), 0);
+    TH_CHECK_RC(th_add(app, "wild", 1, wild_waiter, c, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&c->waiting, 2, 5000));
+    /* The wild waiter counts itself just before it waits: give it a
+     * moment to get there (the check below polls, bounded). */
+    for (int i = 0; i < 500 && !tb__app_wants(app, "job.7.progress", 14); i++)
+        th_nap_ms(2);
+    TH_CHECK(tb__app_wants(app, "job.done", 8));
+    TH_CHECK(tb__app_wants(app, "job.7.progress", 14));
+    TH_CHECK(!tb__app_wants(app, "job.7.done", 10));
+
+    TH_CHECK_RC(tb_dispatch(app, "job.7.progress", "50", 2, NULL), 0);
+    th_counter_add(&c->release, 1);
+    TH_CHECK(th_wait_state(app, "wild", TB_TASK_DONE, 5000));
+    TH_CHECK(th_wait_state(app, "exact", TB_TASK_DONE, 5000));
+    TH_CHECK(!tb__app_wants(app, "job.done", 8));
+    TH_CHECK(!tb__app_wants(app, "job.7.progress", 14));
+}
+
+static void test_app_wants_follows_listeners(void **state)
+{
+    (void)state;
+    wctx c;
+    th_counter_init(&c.waiting);
+    th_counter_init(&c.release);
+    tb_app *app = th_app_new(2, 2000);
+    assert_int_equal(th_run_thread(app, drive_app_wants, &c, 20000), 0);
+    tb_app_free(app);
+    th_counter_destroy(&c.waiting);
+    th_counter_destroy(&c.release);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_empty_wants_nothing),
+        cmocka_unit_test(test_exact_and_wildcards),
+        cmocka_unit_test(test_counts),
+        cmocka_unit_test(test_app_wants_follows_listeners),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
