@@ -224,13 +224,7 @@ int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
         pthread_mutex_unlock(&c->mu);
     } else {
         struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += timeout_ms / 1000;
-        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        tb__deadline_ts(&ts, timeout_ms);
         pthread_mutex_lock(&c->mu);
         while (!c->done &&
                pthread_cond_timedwait(&c->cv, &c->mu, &ts) != ETIMEDOUT)

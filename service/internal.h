@@ -381,6 +381,10 @@ struct tb_app {
 
 int64_t tb__now_us(void);  /* CLOCK_REALTIME */
 int64_t tb__mono_us(void); /* CLOCK_MONOTONIC */
+/* *ts = CLOCK_MONOTONIC now + timeout_ms, for pthread_cond_timedwait on a
+ * condition variable created with that clock. */
+struct timespec;
+void tb__deadline_ts(struct timespec *ts, int timeout_ms);
 
 /* Runs the listeners of kind in order (reverse for stop kinds). Returns the
  * first non-zero return for start kinds, else 0. */

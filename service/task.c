@@ -879,13 +879,7 @@ int tb_task_cancel(tb_app *app, const char *name, int timeout_ms)
         pthread_mutex_unlock(&app->reg_mu);
     } else {
         struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += timeout_ms / 1000;
-        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
+        tb__deadline_ts(&ts, timeout_ms);
         app->thread_waiters++;
         while (!all_finished_locked(v, n, NULL)) {
             if (pthread_cond_timedwait(&app->done_cv, &app->reg_mu, &ts) ==

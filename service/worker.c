@@ -17,27 +17,42 @@ tb__worker *tb__worker_current(void)
 
 /* ---------------------------------------------------------------- inbox */
 
+/* Makes room for n more messages (inbox_mu held). 0 or TB_ENOMEM. */
+static int inbox_reserve(tb__worker *w, size_t n)
+{
+    if (w->inbox_len + n <= w->inbox_cap)
+        return 0;
+    size_t cap = w->inbox_cap ? w->inbox_cap : 256;
+    while (cap < w->inbox_len + n)
+        cap *= 2;
+    tb__msg *b = realloc(w->inbox, cap * sizeof *b);
+    if (!b)
+        return TB_ENOMEM;
+    w->inbox = b;
+    w->inbox_cap = cap;
+    return 0;
+}
+
+/* Only the post that makes the inbox non-empty wakes the loop: a burst of
+ * posts costs one wake-up, and the drain takes them all at once. */
+static void inbox_wake(tb__worker *w, int first)
+{
+    if (first)
+        event_active(w->inbox_ev, EV_READ, 0);
+}
+
 int tb__worker_post(tb__worker *w, int kind, void *ptr, uint64_t seq, int code)
 {
     pthread_mutex_lock(&w->inbox_mu);
-    if (w->inbox_len == w->inbox_cap) {
-        size_t cap = w->inbox_cap ? w->inbox_cap * 2 : 256;
-        tb__msg *b = realloc(w->inbox, cap * sizeof *b);
-        if (!b) {
-            pthread_mutex_unlock(&w->inbox_mu);
-            return TB_ENOMEM;
-        }
-        w->inbox = b;
-        w->inbox_cap = cap;
+    if (inbox_reserve(w, 1)) {
+        pthread_mutex_unlock(&w->inbox_mu);
+        return TB_ENOMEM;
     }
+    int first = w->inbox_len == 0;
     w->inbox[w->inbox_len++] =
         (tb__msg){.kind = kind, .code = code, .seq = seq, .ptr = ptr};
-    int first = w->inbox_len == 1;
     pthread_mutex_unlock(&w->inbox_mu);
-    /* Only the post that makes the inbox non-empty wakes the loop: a burst
-     * of posts costs one wake-up, and the drain takes them all at once. */
-    if (first)
-        event_active(w->inbox_ev, EV_READ, 0);
+    inbox_wake(w, first);
     return 0;
 }
 
@@ -46,24 +61,15 @@ int tb__worker_post_many(tb__worker *w, int kind, void *const *ptrs, size_t n)
     if (n == 0)
         return 0;
     pthread_mutex_lock(&w->inbox_mu);
-    if (w->inbox_len + n > w->inbox_cap) {
-        size_t cap = w->inbox_cap ? w->inbox_cap : 256;
-        while (cap < w->inbox_len + n)
-            cap *= 2;
-        tb__msg *b = realloc(w->inbox, cap * sizeof *b);
-        if (!b) {
-            pthread_mutex_unlock(&w->inbox_mu);
-            return TB_ENOMEM;
-        }
-        w->inbox = b;
-        w->inbox_cap = cap;
+    if (inbox_reserve(w, n)) {
+        pthread_mutex_unlock(&w->inbox_mu);
+        return TB_ENOMEM;
     }
     int first = w->inbox_len == 0;
     for (size_t i = 0; i < n; i++)
         w->inbox[w->inbox_len++] = (tb__msg){.kind = kind, .ptr = ptrs[i]};
     pthread_mutex_unlock(&w->inbox_mu);
-    if (first)
-        event_active(w->inbox_ev, EV_READ, 0);
+    inbox_wake(w, first);
     return 0;
 }
 

@@ -167,7 +167,9 @@ int tb_app_run(tb_app *app);
 void tb_app_stop(tb_app *app);
 
 /* Frees an app that is not running (never run, or tb_app_run returned).
- * Calls arg_free of the tasks added before run. NULL is a no-op. */
+ * Calls arg_free of the tasks added before run. No other thread may still
+ * be calling into the app (a tb_dispatch racing tb_app_run's return is
+ * fine; one racing tb_app_free is a use after free). NULL is a no-op. */
 void tb_app_free(tb_app *app);
 
 /* 1 while the app is between worker start and the beginning of stop. */
