@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 
+#include "http.h"
 #include "internal.h"
 
 int64_t tb__now_us(void)
@@ -57,6 +58,9 @@ void tb_app_config_init(tb_app_config *cfg)
     cfg->redis_retry_max_ms = 5000;
     cfg->publish_queue_max = 65536;
     cfg->publish_retry_ms = 10000;
+    cfg->http_listen = NULL;
+    cfg->http_threads = 64;
+    cfg->http_max_body = 1024 * 1024;
 }
 
 static int namespace_ok(const char *ns)
@@ -100,6 +104,10 @@ static int config_check(const tb_app_config *c)
         what = "publish_queue_max must be >= 1";
     else if (c->publish_retry_ms < 0)
         what = "publish_retry_ms must be >= 0";
+    else if (c->http_threads < 1 || c->http_threads > 65536)
+        what = "http_threads must be 1..65536";
+    else if (c->http_max_body < 1 || c->http_max_body > 512u * 1024 * 1024)
+        what = "http_max_body must be 1 B..512 MiB";
     if (what) {
         tb__log(TB_LOG_ERROR, "invalid app config: %s", what);
         return TB_EINVAL;
@@ -147,6 +155,10 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
         !(app->cfg.redis_url = app->redis_url = strdup(c.redis_url)))
         goto fail;
     if (!app->ns)
+        goto fail;
+    app->cfg.http_listen = NULL;
+    if (c.http_listen && c.http_listen[0] &&
+        !(app->cfg.http_listen = app->http_listen = strdup(c.http_listen)))
         goto fail;
     uint64_t rnd = 0;
     if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
@@ -260,8 +272,13 @@ void tb_app_free(tb_app *app)
     }
     if (app->bus)
         app->bus->ops->free(app->bus);
+    tb__router_free(app->router);
+    for (size_t i = 0; i < app->nroute_fns; i++)
+        free(app->route_fns[i]);
+    free(app->route_fns);
     free(app->ns);
     free(app->redis_url);
+    free(app->http_listen);
     sem_destroy(&app->stop_sem);
     pthread_mutex_destroy(&app->start_mu);
     pthread_cond_destroy(&app->start_cv);
@@ -477,6 +494,12 @@ int tb_app_run(tb_app *app)
         goto stopping;
     }
 
+    if (app->router && app->cfg.http_listen &&
+        (rc = tb__http_server_start(app)) != 0) {
+        tb__log(TB_LOG_ERROR, "HTTP server on %s failed to start: %s",
+                app->cfg.http_listen, tb_strerror(rc));
+        goto stopping;
+    }
     atomic_store(&app->state, TB__APP_RUNNING);
     tb__log(TB_LOG_DEBUG, "app %s running: %d workers, %s bus", app->instance,
             app->nworkers, app->bus->ops->name);
@@ -486,6 +509,9 @@ int tb_app_run(tb_app *app)
 
 stopping:
     atomic_store(&app->state, TB__APP_STOPPING);
+    /* Stop accepting requests first; handlers in flight finish while the
+     * workers and the bus still run. */
+    tb__http_server_stop(app);
     close_registry(app);
     workers_stop(app, started);
     atomic_store_explicit(&app->bus_up, 0, memory_order_release);

@@ -338,6 +338,7 @@ struct tb_app {
     tb_app_config cfg; /* its strings point at ns and redis_url below */
     char *ns;
     char *redis_url;
+    char *http_listen;
     char instance[20]; /* random hex id of this instance */
     atomic_uint_fast64_t event_seq;
     void *userdata;
@@ -357,6 +358,10 @@ struct tb_app {
     int start_err;
 
     tb__bus *bus;
+    struct tb__router *router; /* HTTP routes, NULL if none */
+    void **route_fns;          /* the handlers' wrappers, freed with us */
+    size_t nroute_fns;
+    void *http_server;     /* the adapter's, while serving */
     tb__interest interest; /* what the workers' listeners could match */
 
     /* registry */

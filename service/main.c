@@ -6,9 +6,10 @@
 
 #include "taskbus/taskbus.h"
 
-/* Until the service issue gives it an HTTP API and full configuration, the
- * binary is a small observer: one task per worker prints every event that
- * reaches it (from this process, or over Redis from any instance or a plain
+/* Until the service issue gives it full configuration, the binary serves
+ * the built-in HTTP API (--listen, 127.0.0.1:8080 by default) and is an
+ * observer: one task per worker prints every event that reaches it (from
+ * this process, over HTTP, or over Redis from any instance or a plain
  * redis-cli PUBLISH), and a ticker dispatches demo.tick now and then. */
 
 static int tick_seconds = 5;
@@ -101,6 +102,8 @@ static void usage(FILE *f)
             "default taskbus\n"
             "  --workers N       worker threads (env TASKBUS_WORKERS); "
             "default 2\n"
+            "  --listen ADDR     HTTP API address, IPv4:port (env "
+            "TASKBUS_LISTEN); default 127.0.0.1:8080; \"off\": none\n"
             "  --tick SECONDS    dispatch demo.tick every SECONDS, 0: never; "
             "default 5\n"
             "  --version, --help\n");
@@ -133,12 +136,16 @@ int main(int argc, char **argv)
         cfg.event_namespace = env;
     if ((env = getenv("TASKBUS_WORKERS")) && *env)
         cfg.workers = int_arg("TASKBUS_WORKERS", env, 1, 256);
+    cfg.http_listen = "127.0.0.1:8080";
+    if ((env = getenv("TASKBUS_LISTEN")) && *env)
+        cfg.http_listen = env;
 
     static const struct option opts[] = {
         {"redis-url", required_argument, NULL, 'r'},
         {"namespace", required_argument, NULL, 'n'},
         {"workers", required_argument, NULL, 'w'},
         {"tick", required_argument, NULL, 't'},
+        {"listen", required_argument, NULL, 'l'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -158,6 +165,9 @@ int main(int argc, char **argv)
         case 't':
             tick_seconds = int_arg("--tick", optarg, 0, 86400);
             break;
+        case 'l':
+            cfg.http_listen = optarg;
+            break;
         case 'V':
             printf("taskbus %s\n", TB_VERSION_STRING);
             return 0;
@@ -175,6 +185,8 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    if (strcmp(cfg.http_listen, "off") == 0)
+        cfg.http_listen = NULL;
     int err;
     tb_app *app = tb_app_new(&cfg, &err);
     if (!app) {
@@ -186,7 +198,8 @@ int main(int argc, char **argv)
     }
     tb_task_opts w = {.name = "watcher"};
     if (tb_task_add(app, watcher, NULL, &w, NULL) != 0 ||
-        tb_app_on(app, TB_MAIN_READY, ready, NULL) != 0) {
+        tb_app_on(app, TB_MAIN_READY, ready, NULL) != 0 ||
+        (cfg.http_listen && tb_api_register(app) != 0)) {
         tb_app_free(app);
         return 1;
     }

@@ -134,10 +134,17 @@ typedef struct tb_app_config {
     int publish_queue_max;        /* events handed to the bus and not yet
                                      acknowledged by Redis; beyond it
                                      tb_dispatch returns TB_ENOSPC; 65536 */
-    int publish_retry_ms;         /* an accepted event Redis has not
-                                     acknowledged is resent after reconnects
-                                     for this long, then given up (logged,
-                                     tb_bus_info.publish_failed); 10000 */
+    /* The embedded HTTP server (civetweb). NULL or "": none. */
+    const char *http_listen; /* "127.0.0.1:8080" (IPv4 host:port; civetweb
+                                1.15 has no IPv6) */
+    int http_threads;        /* civetweb worker threads: concurrent
+                                connections; default 64 */
+    size_t http_max_body;    /* request body limit, bytes; beyond it
+                                413; default 1 MiB */
+    int publish_retry_ms;    /* an accepted event Redis has not
+                                acknowledged is resent after reconnects
+                                for this long, then given up (logged,
+                                tb_bus_info.publish_failed); 10000 */
 } tb_app_config;
 
 /* Fills cfg with the defaults above. */
@@ -426,6 +433,62 @@ int64_t tb_event_ts_us(const tb_event *ev); /* CLOCK_REALTIME µs */
 const char *tb_event_origin(const tb_event *ev);
 tb_event *tb_event_ref(tb_event *ev);
 void tb_event_unref(tb_event *ev); /* NULL is a no-op */
+
+/* ---------------------------------------------------------------- http */
+
+/* One HTTP request, valid until its handler returns. Handlers run on the
+ * HTTP server's threads (never on a worker loop) and may call every "any
+ * thread" function, and block (tb_task_cancel, tb_dispatch_wait). */
+typedef struct tb_http_req tb_http_req;
+
+/* Handles req: must answer with tb_http_respond* or tb_http_error before it
+ * returns (otherwise the server answers 500 and logs it). The return value
+ * is ignored. */
+typedef int (*tb_http_fn)(tb_http_req *req, void *ud);
+
+/* Registers a route: method ("GET", "POST", "PUT", "DELETE", "PATCH") and
+ * a path template of '/'-separated segments, literal or "{name}" (one
+ * segment, percent-decoded, read with tb_http_param). The most specific
+ * template wins (a literal beats a {param}); a path that matches no
+ * template is 404, one that matches for other methods 405 with Allow.
+ * Only before tb_app_run (TB_EBUSY after). TB_EINVAL (bad method or
+ * template), TB_EEXIST (same method and template shape), TB_ENOMEM. */
+int tb_app_route(tb_app *app, const char *method, const char *path,
+                 tb_http_fn fn, void *ud);
+
+/* Registers taskbus's built-in JSON API (events, tasks, health): see
+ * README. Only before tb_app_run. */
+int tb_api_register(tb_app *app);
+
+tb_app *tb_http_app(const tb_http_req *req);
+const char *tb_http_method(const tb_http_req *req);
+const char *tb_http_path(const tb_http_req *req); /* raw, no query */
+/* The request's id: its X-Request-ID header when it has a usable one
+ * (1..64 printable ASCII bytes), else a generated unique id. */
+const char *tb_http_request_id(const tb_http_req *req);
+/* A {param} of the matched template, percent-decoded; NULL if none. */
+const char *tb_http_param(const tb_http_req *req, const char *name);
+/* A query-string value, decoded into out: its length, TB_ENOENT,
+ * TB_ENAMETOOLONG (out too small), TB_EINVAL (bad escape). */
+int tb_http_query(const tb_http_req *req, const char *key, char *out,
+                  size_t outsz);
+/* A request header (case-insensitive name), or NULL. */
+const char *tb_http_header(const tb_http_req *req, const char *name);
+/* The request body (at most http_max_body bytes; a longer one was already
+ * answered 413), NUL-terminated for convenience; *len excludes the NUL. */
+const void *tb_http_body(const tb_http_req *req, size_t *len);
+
+/* Answers req once (TB_EBUSY on a second answer). content_type may be NULL
+ * (no Content-Type). Every answer carries X-Request-ID. */
+int tb_http_respond(tb_http_req *req, int status, const char *content_type,
+                    const void *body, size_t len);
+/* Answers with a JSON text (application/json). */
+int tb_http_respond_json(tb_http_req *req, int status, const char *json);
+/* Answers {"error": code, "message": <printf>} with status, and logs a line
+ * naming the request (method, path, id) and the error. code is a stable
+ * machine-readable word ("bad_name", "too_large", ...). */
+int tb_http_error(tb_http_req *req, int status, const char *code,
+                  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
 /* ---------------------------------------------------------------- bus */
 

@@ -1,0 +1,352 @@
+/* http_civetweb.c - the HTTP server on civetweb: listens, reads each request
+ * and its body, hands it to the core (service/http.c), writes its answer. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <civetweb.h>
+
+#include "http.h"
+#include "internal.h"
+
+typedef struct server {
+    struct mg_context *ctx;
+    char addr[80];         /* "a.b.c.d:port" as civetweb got it */
+    struct sockaddr_in sa; /* where to poke it (0.0.0.0: 127.0.0.1) */
+    atomic_int stopped;
+} server;
+
+/* The core's view of one request's connection. */
+typedef struct conn {
+    struct mg_connection *mg;
+    int head;  /* HEAD: the answer has no body */
+    int close; /* the connection closes after the answer */
+} conn;
+
+static const char *conn_header(void *cp, const char *name)
+{
+    return mg_get_header(((conn *)cp)->mg, name);
+}
+
+/* One mg_write for the whole answer. mg_response_header_send would set
+ * Connection for us too, but it writes the status line, every header and
+ * the blank line with one send() each (tcp_nodelay is on), so Connection
+ * is computed here the way civetweb decides (see keeps_alive). */
+static int conn_send(void *cp, int status, const char *headers,
+                     const void *body, size_t len)
+{
+    conn *c = cp;
+    int no_body = c->head || status == 204 || status == 304;
+    char clen[48] = "";
+    if (status != 204 && status != 304)
+        snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", len);
+    const char *fmt = "HTTP/1.1 %d %s\r\n%s%sConnection: %s\r\n\r\n";
+    const char *reason = mg_get_response_code_text(NULL, status);
+    const char *conn_hdr = c->close ? "close" : "keep-alive";
+    int hlen = snprintf(NULL, 0, fmt, status, reason, headers, clen, conn_hdr);
+    size_t blen = no_body ? 0 : len;
+    char *buf = hlen < 0 ? NULL : malloc((size_t)hlen + 1 + blen);
+    if (!buf)
+        return TB_ENOMEM;
+    snprintf(buf, (size_t)hlen + 1, fmt, status, reason, headers, clen,
+             conn_hdr);
+    if (blen)
+        memcpy(buf + hlen, body, blen);
+    size_t total = (size_t)hlen + blen;
+    int n = mg_write(c->mg, buf, total);
+    free(buf);
+    return n == (int)total ? 0 : TB_EPIPE;
+}
+
+static const tb__http_conn_ops conn_ops = {conn_header, conn_send};
+
+/* 1 if token is one of the comma-separated items of list (any case). */
+static int has_token(const char *list, const char *token)
+{
+    size_t tn = strlen(token);
+    for (const char *p = list; *p;) {
+        p += strspn(p, " \t,");
+        size_t n = strcspn(p, ",");
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n == tn && strncasecmp(p, token, n) == 0)
+            return 1;
+        p += strcspn(p, ",");
+    }
+    return 0;
+}
+
+/* civetweb 1.15's should_keep_alive() (not public), given that the server
+ * enables keep-alive: the client's Connection header decides, else
+ * HTTP/1.1 keeps the connection and 1.0 closes it. */
+static int keeps_alive(const conn *c, const struct mg_request_info *ri)
+{
+    const char *h = mg_get_header(c->mg, "Connection");
+    if (h)
+        return has_token(h, "keep-alive");
+    return ri->http_version && strcmp(ri->http_version, "1.1") == 0;
+}
+
+/* Answers before routing and makes civetweb close the connection (the body
+ * may be unread: it must not be taken for the next request). */
+static int refuse(tb_http_req *req, conn *c, int status, const char *code,
+                  const char *message)
+{
+    c->close = 1;
+    mg_disable_connection_keep_alive(c->mg);
+    tb__http_refuse(req, status, code, message);
+    return status;
+}
+
+/* Reads the body into a malloc'd NUL-terminated buffer (*out, NULL when
+ * empty). Returns 0, 413 (over limit: the rest stays unread), 400 (the
+ * client stopped sending: closed or request_timeout_ms) or 500 (ENOMEM). */
+static int read_body(conn *c, const struct mg_request_info *ri, size_t limit,
+                     char **out, size_t *outlen)
+{
+    long long cl = ri->content_length; /* -1: chunked (civetweb ignores a
+                                          Content-Length next to it) */
+    *out = NULL;
+    *outlen = 0;
+    if (cl == 0)
+        return 0;
+    if (cl > 0 && (unsigned long long)cl > limit)
+        return 413;
+    const char *expect = mg_get_header(c->mg, "Expect");
+    if (expect && strcasecmp(expect, "100-continue") == 0)
+        mg_printf(c->mg, "HTTP/1.1 100 Continue\r\n\r\n");
+    /* Chunked: grow up to limit + 1, one byte to see that it is over. */
+    size_t cap = cl > 0 ? (size_t)cl : (limit < 16384 ? limit + 1 : 16384);
+    size_t want = cl > 0 ? (size_t)cl : limit + 1;
+    char *buf = malloc(cap + 1);
+    size_t n = 0;
+    int rc = 0;
+    while (buf && n < want) {
+        if (n == cap) {
+            size_t ncap = cap * 2 < want ? cap * 2 : want;
+            char *nb = realloc(buf, ncap + 1);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap = ncap;
+        }
+        int r = mg_read(c->mg, buf + n, cap - n);
+        if (r <= 0) {
+            rc = cl > 0 || r < 0 ? 400 : 0; /* chunked: 0 is its end */
+            break;
+        }
+        n += (size_t)r;
+    }
+    if (!buf)
+        return 500;
+    if (!rc && n > limit)
+        rc = 413;
+    if (rc) {
+        free(buf);
+        return rc;
+    }
+    buf[n] = '\0';
+    *out = buf;
+    *outlen = n;
+    return 0;
+}
+
+/* civetweb's begin_request: every request is ours, before civetweb looks
+ * at files, .htpasswd, CORS or its handler table. (A websocket endpoint
+ * will need this to return 0 for upgrade requests.) */
+static int on_request(struct mg_connection *mg)
+{
+    const struct mg_request_info *ri = mg_get_request_info(mg);
+    tb_app *app = ri->user_data;
+    conn c = {.mg = mg, .head = strcmp(ri->request_method, "HEAD") == 0};
+    c.close = !keeps_alive(&c, ri);
+    /* local_uri_raw: the path as sent, without the query (civetweb cuts
+     * the request line at '?'); with decode_url=no it is not decoded.
+     * request_uri may be an absolute URI; local_uri has had its dot
+     * segments removed. NULL for "*" and other hosts' absolute URIs. */
+    tb_http_req req = {
+        .app = app,
+        .ops = &conn_ops,
+        .conn = &c,
+        .method = ri->request_method,
+        .path = ri->local_uri_raw ? ri->local_uri_raw : "*",
+        .query = ri->query_string,
+    };
+    if (!ri->local_uri_raw)
+        return refuse(&req, &c, 400, "bad_path",
+                      "the request target is not a path on this server");
+    char *body;
+    size_t len;
+    switch (read_body(&c, ri, app->cfg.http_max_body, &body, &len)) {
+    case 0:
+        break;
+    case 413: {
+        char msg[96];
+        snprintf(msg, sizeof msg, "the request body is over %zu bytes",
+                 app->cfg.http_max_body);
+        return refuse(&req, &c, 413, "too_large", msg);
+    }
+    case 400:
+        return refuse(&req, &c, 400, "bad_body",
+                      "the request body ended early (connection closed "
+                      "or timed out)");
+    default:
+        return refuse(&req, &c, 500, "internal",
+                      "out of memory reading the request body");
+    }
+    req.body = body;
+    req.body_len = len;
+    tb__http_handle(&req);
+    free(body);
+    /* For civetweb's access log; 1..999 means "handled". */
+    return req.status >= 100 && req.status <= 999 ? req.status : 500;
+}
+
+static int on_log(const struct mg_connection *mg, const char *message)
+{
+    (void)mg;
+    tb__log(TB_LOG_WARN, "http: civetweb: %s", message);
+    return 1; /* logged: civetweb writes nothing itself */
+}
+
+/* Parses "host:port" (dotted IPv4 or "localhost"; port 1..65535) into
+ * civetweb's "a.b.c.d:port" (its own parser takes 300.1.1.1 or port 70000
+ * silently, and a trailing 's' or 'r' as TLS or redirect). */
+static int parse_listen(const char *spec, char *out, size_t outsz,
+                        struct sockaddr_in *sa, int *loopback)
+{
+    const char *colon = strrchr(spec, ':');
+    char host[64];
+    if (!colon || colon == spec || (size_t)(colon - spec) >= sizeof host)
+        return TB_EINVAL;
+    memcpy(host, spec, (size_t)(colon - spec));
+    host[colon - spec] = '\0';
+    if (strcmp(host, "localhost") == 0)
+        snprintf(host, sizeof host, "127.0.0.1");
+    struct in_addr a;
+    if (inet_pton(AF_INET, host, &a) != 1)
+        return TB_EINVAL;
+    const char *p = colon + 1;
+    if (!*p || strspn(p, "0123456789") != strlen(p) || strlen(p) > 5)
+        return TB_EINVAL;
+    long port = strtol(p, NULL, 10);
+    if (port < 1 || port > 65535)
+        return TB_EINVAL;
+    *loopback = (ntohl(a.s_addr) >> 24) == 127;
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons((uint16_t)port);
+    sa->sin_addr.s_addr =
+        a.s_addr == htonl(INADDR_ANY) ? htonl(INADDR_LOOPBACK) : a.s_addr;
+    snprintf(out, outsz, "%s:%ld", host, port);
+    return 0;
+}
+
+static void library_init(void)
+{
+    mg_init_library(0); /* no TLS; mg_start2 reports a failure */
+}
+
+int tb__http_server_start(tb_app *app)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    const tb_app_config *cfg = &app->cfg;
+    server *s = calloc(1, sizeof *s);
+    if (!s)
+        return TB_ENOMEM;
+    int loopback = 0;
+    if (parse_listen(cfg->http_listen, s->addr, sizeof s->addr, &s->sa,
+                     &loopback)) {
+        tb__log(TB_LOG_ERROR,
+                "http: bad http_listen \"%s\": want an IPv4 address or "
+                "localhost, a colon and a port 1..65535 (127.0.0.1:8080)",
+                cfg->http_listen);
+        free(s);
+        return TB_EINVAL;
+    }
+    pthread_once(&once, library_init);
+    char threads[16];
+    snprintf(threads, sizeof threads, "%d", cfg->http_threads);
+    /* clang-format off */
+    const char *options[] = {
+        "listening_ports", s->addr,
+        "num_threads", threads,
+        "enable_keep_alive", "yes",
+        "keep_alive_timeout_ms", "2000",
+        "request_timeout_ms", "10000",
+        "listen_backlog", "1024",
+        "connection_queue", "256",
+        "tcp_nodelay", "1",
+        "max_request_size", "8192", /* request line + headers */
+        "decode_url", "no",         /* the router decodes the raw path */
+        NULL};
+    /* clang-format on */
+    struct mg_callbacks cb;
+    memset(&cb, 0, sizeof cb);
+    cb.begin_request = on_request;
+    cb.log_message = on_log;
+    struct mg_init_data init = {&cb, app, options};
+    char etext[256] = "";
+    unsigned ecode = 0;
+    struct mg_error_data err = {&ecode, etext, sizeof etext};
+    if (!(s->ctx = mg_start2(&init, &err))) {
+        tb__log(TB_LOG_ERROR,
+                "http: cannot listen on %s: %s (address in use, or not "
+                "an address of this host?)",
+                s->addr, etext[0] ? etext : "mg_start failed");
+        free(s);
+        return TB_EINVAL;
+    }
+    app->http_server = s;
+    tb__log(TB_LOG_INFO, "http: listening on %s (%d threads)", s->addr,
+            cfg->http_threads);
+    if (!loopback)
+        tb__log(TB_LOG_WARN,
+                "http: %s is not a loopback address: the API is reachable "
+                "from the network",
+                s->addr);
+    return 0;
+}
+
+/* civetweb's accept thread sees mg_stop's flag only when its poll() on
+ * the listener returns, which it does every 2 s (SOCKET_TIMEOUT_QUANTUM)
+ * or on a new connection: connect to it until mg_stop returns. */
+static void *poke_thread(void *arg)
+{
+    server *s = arg;
+    while (!atomic_load(&s->stopped)) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0) {
+            (void)connect(fd, (struct sockaddr *)&s->sa, sizeof s->sa);
+            close(fd);
+        }
+        nanosleep(&(struct timespec){0, 10 * 1000000L}, NULL);
+    }
+    return NULL;
+}
+
+void tb__http_server_stop(tb_app *app)
+{
+    server *s = app->http_server;
+    if (!s)
+        return;
+    pthread_t poke;
+    int poking = pthread_create(&poke, NULL, poke_thread, s) == 0;
+    mg_stop(s->ctx); /* closes the listener, waits for handlers in flight */
+    atomic_store(&s->stopped, 1);
+    if (poking)
+        pthread_join(poke, NULL);
+    app->http_server = NULL;
+    tb__log(TB_LOG_INFO, "http: stopped listening on %s", s->addr);
+    free(s);
+}

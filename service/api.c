@@ -1,0 +1,564 @@
+/* api.c - the built-in JSON API: dispatch events, list and cancel tasks,
+ * liveness and readiness probes (see README).
+ *
+ * Handlers run on the HTTP server's threads; they may block (tb_task_cancel,
+ * tb_dispatch_wait) but never run on a worker loop. Every JSON text is built
+ * with jansson. */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+
+#include "envelope.h"
+#include "http.h"
+#include "internal.h"
+
+#define HEALTH_DEADLINE_MS 1000
+#define CANCEL_TIMEOUT_MAX_S 3600
+
+/* ---------------------------------------------------------------- JSON */
+
+/* A JSON string of s. Task names may hold any bytes but controls: bytes
+ * that are not UTF-8 become U+FFFD instead of losing the field. NULL on
+ * ENOMEM. */
+static json_t *jstr(const char *s)
+{
+    size_t n = strlen(s);
+    if (tb__utf8_valid(s, n))
+        return json_stringn(s, n);
+    char *buf = malloc(3 * n + 1);
+    if (!buf)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+        if (i + len <= n && tb__utf8_valid(s + i, len)) {
+            memcpy(buf + o, s + i, len);
+            o += len;
+            i += len;
+        } else {
+            memcpy(buf + o, "\xef\xbf\xbd", 3);
+            o += 3;
+            i++;
+        }
+    }
+    json_t *j = json_stringn(buf, o);
+    free(buf);
+    return j;
+}
+
+/* A string, or null when s is empty. */
+static json_t *jstr_or_null(const char *s)
+{
+    return s[0] ? jstr(s) : json_null();
+}
+
+/* RFC 3339 UTC with microseconds ("2024-05-01T12:00:00.000001Z"), or null
+ * for 0 (never happened). */
+static json_t *jtime(int64_t us)
+{
+    if (us <= 0)
+        return json_null();
+    time_t sec = (time_t)(us / 1000000);
+    struct tm tm;
+    if (!gmtime_r(&sec, &tm))
+        return json_null();
+    char date[32], buf[48];
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, sizeof buf, "%s.%06dZ", date, (int)(us % 1000000));
+    return json_string(buf);
+}
+
+static json_t *task_json(const tb_task_info *t)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_object_set_new(o, "name", jstr(t->name));
+    json_object_set_new(o, "id", json_integer((json_int_t)t->id));
+    json_object_set_new(o, "kind", jstr(t->kind));
+    json_object_set_new(o, "worker", json_integer(t->worker));
+    json_object_set_new(o, "state", json_string(tb_task_state_name(t->state)));
+    json_object_set_new(o, "created", jtime(t->created_us));
+    json_object_set_new(o, "started", jtime(t->started_us));
+    json_object_set_new(o, "ended", jtime(t->ended_us));
+    json_object_set_new(o, "result", json_integer(t->result));
+    json_object_set_new(o, "error", jstr_or_null(t->error));
+    json_object_set_new(o, "cancel_requested",
+                        json_boolean(t->cancel_requested));
+    return o;
+}
+
+static json_t *bus_json(const tb_bus_info *b)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_object_set_new(o, "name", jstr(b->name));
+    json_object_set_new(o, "state", json_string(tb_bus_state_name(b->state)));
+    json_object_set_new(o, "since", jtime(b->since_us));
+    json_object_set_new(o, "attempts", json_integer((json_int_t)b->attempts));
+    json_object_set_new(o, "reconnects",
+                        json_integer((json_int_t)b->reconnects));
+    json_object_set_new(o, "last_error", jstr_or_null(b->last_error));
+    json_object_set_new(o, "published", json_integer((json_int_t)b->published));
+    json_object_set_new(o, "publish_failed",
+                        json_integer((json_int_t)b->publish_failed));
+    json_object_set_new(o, "received", json_integer((json_int_t)b->received));
+    json_object_set_new(o, "duplicates",
+                        json_integer((json_int_t)b->duplicates));
+    json_object_set_new(o, "malformed", json_integer((json_int_t)b->malformed));
+    json_object_set_new(o, "oversize", json_integer((json_int_t)b->oversize));
+    json_object_set_new(o, "queued", json_integer(b->queued));
+    return o;
+}
+
+/* Answers req with o (consumed; NULL means the building ran out of memory).
+ */
+static int respond(tb_http_req *req, int status, json_t *o)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!s)
+        return tb_http_error(req, 500, "internal", "out of memory");
+    int rc = tb_http_respond_json(req, status, s);
+    free(s);
+    return rc;
+}
+
+/* Like tb_http_error, with the fields of extra (consumed, may be NULL)
+ * added to the {"error", "message"} body. Logs the same line. */
+static int error_with(tb_http_req *req, int status, const char *code,
+                      json_t *extra, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int error_with(tb_http_req *req, int status, const char *code,
+                      json_t *extra, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (!extra)
+        return tb_http_error(req, status, code, "%s", msg);
+    tb__log(status >= 500 ? TB_LOG_ERROR : TB_LOG_INFO,
+            "http %s %s (request %s): %d %s: %s", tb_http_method(req),
+            tb_http_path(req), tb_http_request_id(req), status, code, msg);
+    json_object_set_new(extra, "error", json_string(code));
+    json_t *m = jstr(msg);
+    json_object_set_new(extra, "message", m);
+    return respond(req, status, extra);
+}
+
+/* ---------------------------------------------------------------- events */
+
+/* POST /events/{name}: the body is the event's data, as is. 202 once the
+ * bus has confirmed it. */
+static int post_event(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    tb_app *app = tb_http_app(req);
+    const char *name = tb_http_param(req, "name");
+    int rc = tb_event_name_valid(name);
+    if (rc)
+        return tb_http_error(req, 400, "bad_name",
+                             "bad event name: %s (1..%d dot-separated "
+                             "segments of [A-Za-z0-9_-], at most %d bytes)",
+                             tb_strerror(rc), TB_EVENT_SEGMENTS_MAX,
+                             TB_EVENT_NAME_MAX);
+    size_t len;
+    const void *data = tb_http_body(req, &len);
+    const tb_app_config *cfg = tb_app_get_config(app);
+    int timeout_ms = cfg->redis_command_timeout_ms;
+    char id[TB_EVENT_ID_MAX];
+    rc = tb_dispatch_wait(app, name, data, len, timeout_ms, id);
+    if (rc == 0) {
+        json_t *o = json_object();
+        if (o) {
+            json_object_set_new(o, "id", json_string(id));
+            json_object_set_new(o, "name", json_string(name));
+        }
+        return respond(req, 202, o);
+    }
+    tb_bus_info bus;
+    switch (rc) {
+    case TB_EINVAL: /* the name is valid: the data is not UTF-8 */
+        return tb_http_error(req, 400, "bad_data",
+                             "event data must be UTF-8 text (JSON "
+                             "included); encode binary data first");
+    case TB_ENAMETOOLONG:
+        return tb_http_error(req, 400, "bad_name", "event name too long");
+    case TB_EMSGSIZE:
+        return tb_http_error(req, 413, "too_large",
+                             "event data is %zu bytes; max_event_size is %zu",
+                             len, cfg->max_event_size);
+    case TB_ENOTCONN:
+        if (tb_bus_status(app, &bus) != 0)
+            memset(&bus, 0, sizeof bus);
+        return tb_http_error(
+            req, 503, "bus_down", "event bus %s is %s: %s; retry later",
+            bus.name, tb_bus_state_name(bus.state),
+            bus.last_error[0] ? bus.last_error : "no error recorded");
+    case TB_ESHUTDOWN:
+        return tb_http_error(req, 503, "shutting_down",
+                             "the app is stopping or stopped");
+    case TB_ENOSPC:
+        return tb_http_error(req, 503, "busy",
+                             "publish queue full (publish_queue_max %d "
+                             "events await the bus); retry later",
+                             cfg->publish_queue_max);
+    case TB_ETIMEDOUT:
+        return tb_http_error(req, 504, "publish_timeout",
+                             "the bus did not confirm event %s within %d ms; "
+                             "it may still be published",
+                             id, timeout_ms);
+    default:
+        return tb_http_error(req, 500, "internal", "dispatch failed: %s",
+                             tb_strerror(rc));
+    }
+}
+
+/* ---------------------------------------------------------------- tasks */
+
+static int parse_state(const char *s, tb_task_state *out)
+{
+    for (int i = TB_TASK_PENDING; i <= TB_TASK_CANCELLED; i++) {
+        if (strcmp(s, tb_task_state_name((tb_task_state)i)) == 0) {
+            *out = (tb_task_state)i;
+            return 0;
+        }
+    }
+    return TB_EINVAL;
+}
+
+/* GET /tasks[?state=...] */
+static int list_tasks(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    char sbuf[16];
+    tb_task_state want = TB_TASK_PENDING;
+    int rc = tb_http_query(req, "state", sbuf, sizeof sbuf);
+    int filter = rc != TB_ENOENT;
+    if (filter && (rc < 0 || parse_state(sbuf, &want) != 0))
+        return tb_http_error(req, 400, "bad_state",
+                             "state must be pending, running, done, failed "
+                             "or cancelled");
+    tb_task_info *list = NULL;
+    size_t n = 0;
+    if (tb_task_list(tb_http_app(req), &list, &n) < 0)
+        return tb_http_error(req, 500, "internal", "out of memory");
+    json_t *arr = json_array();
+    for (size_t i = 0; arr && i < n; i++) {
+        if (filter && list[i].state != want)
+            continue;
+        if (json_array_append_new(arr, task_json(&list[i])) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    free(list);
+    json_t *o = arr ? json_object() : NULL;
+    if (o)
+        json_object_set_new(o, "tasks", arr);
+    else
+        json_decref(arr);
+    return respond(req, 200, o);
+}
+
+/* The first replica of name plus "replicas", or NULL with *rc set. */
+static json_t *task_lookup(tb_app *app, const char *name, int *rc)
+{
+    tb_task_info info;
+    *rc = tb_task_get(app, name, &info);
+    if (*rc < 0)
+        return NULL;
+    json_t *o = task_json(&info);
+    if (o)
+        json_object_set_new(o, "replicas", json_integer(*rc));
+    else
+        *rc = TB_ENOMEM;
+    return o;
+}
+
+static int not_found(tb_http_req *req, const char *name)
+{
+    return tb_http_error(req, 404, "not_found", "no task named \"%s\"", name);
+}
+
+/* GET /tasks/{name} */
+static int get_task(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    const char *name = tb_http_param(req, "name");
+    int rc;
+    json_t *o = task_lookup(tb_http_app(req), name, &rc);
+    if (!o && rc != TB_ENOMEM)
+        return not_found(req, name);
+    return respond(req, 200, o);
+}
+
+/* Decimal seconds [0-9]+(.[0-9]+)? in 0..CANCEL_TIMEOUT_MAX_S, to ms
+ * (truncated). Parsed by hand: strtod also takes "inf", hex, blanks, and
+ * depends on the locale's decimal point. */
+static int parse_timeout(const char *s, int *ms)
+{
+    long sec = 0, frac_ms = 0;
+    int digits = 0, frac_nonzero = 0;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9'; p++, digits++) {
+        sec = sec * 10 + (*p - '0');
+        if (sec > CANCEL_TIMEOUT_MAX_S)
+            return TB_EINVAL;
+    }
+    if (digits == 0)
+        return TB_EINVAL;
+    if (*p == '.') {
+        int fd = 0;
+        for (p++; *p >= '0' && *p <= '9'; p++, fd++) {
+            if (fd < 3)
+                frac_ms = frac_ms * 10 + (*p - '0');
+            frac_nonzero |= *p != '0';
+        }
+        if (fd == 0)
+            return TB_EINVAL;
+        for (; fd < 3; fd++)
+            frac_ms *= 10;
+    }
+    if (*p || (sec == CANCEL_TIMEOUT_MAX_S && frac_nonzero))
+        return TB_EINVAL;
+    *ms = (int)(sec * 1000 + frac_ms);
+    return 0;
+}
+
+/* DELETE /tasks/{name}[?timeout=S]: cancels and waits. */
+static int cancel_task(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    tb_app *app = tb_http_app(req);
+    const char *name = tb_http_param(req, "name");
+    int timeout_ms = tb_app_get_config(app)->graceful_timeout_ms;
+    char tbuf[32];
+    int rc = tb_http_query(req, "timeout", tbuf, sizeof tbuf);
+    if (rc != TB_ENOENT && (rc < 0 || parse_timeout(tbuf, &timeout_ms) != 0))
+        return tb_http_error(req, 400, "bad_timeout",
+                             "timeout must be a number of seconds in 0..%d",
+                             CANCEL_TIMEOUT_MAX_S);
+    rc = tb_task_cancel(app, name, timeout_ms);
+    if (rc == TB_ENOENT || rc == TB_EINVAL || rc == TB_ENAMETOOLONG)
+        return not_found(req, name);
+    if (rc != 0 && rc != TB_ETIMEDOUT)
+        return tb_http_error(req, 500, "internal", "cancel of \"%s\": %s", name,
+                             tb_strerror(rc));
+    int grc;
+    json_t *task = task_lookup(app, name, &grc);
+    if (rc == TB_ETIMEDOUT) {
+        json_t *extra = json_object();
+        if (extra)
+            json_object_set_new(extra, "task", task ? task : json_null());
+        else
+            json_decref(task);
+        return error_with(req, 504, "cancel_timeout", extra,
+                          "task \"%s\" is still cancelling after %d ms", name,
+                          timeout_ms);
+    }
+    /* Cancelled; it may have been purged (or replaced) since. */
+    if (!task && grc != TB_ENOMEM && (task = json_object()) != NULL)
+        json_object_set_new(task, "name", jstr(name));
+    return respond(req, 200, task);
+}
+
+/* POST /tasks/purge */
+static int purge_tasks(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    int n = tb_task_purge(tb_http_app(req));
+    if (n < 0)
+        return tb_http_error(req, 500, "internal", "purge failed: %s",
+                             tb_strerror(n));
+    json_t *o = json_object();
+    if (o)
+        json_object_set_new(o, "purged", json_integer(n));
+    return respond(req, 200, o);
+}
+
+/* ---------------------------------------------------------------- health */
+
+/* Shared by a /healthz handler and the calls it posts to the workers: freed
+ * by whichever lets go last, since a stuck worker answers (if ever) after
+ * the handler gave up waiting. */
+typedef struct probe {
+    atomic_int refs;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int pending;              /* workers that have not answered */
+    unsigned char answered[]; /* per worker */
+} probe;
+
+static void probe_unref(probe *p)
+{
+    if (atomic_fetch_sub(&p->refs, 1) != 1)
+        return;
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+}
+
+/* Runs on worker's loop. */
+static void probe_answer(tb_app *app, int worker, void *arg)
+{
+    (void)app;
+    probe *p = arg;
+    pthread_mutex_lock(&p->mu);
+    p->answered[worker] = 1;
+    if (--p->pending == 0)
+        pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    probe_unref(p);
+}
+
+/* Posts a probe call to worker i, holding a reference for it. */
+static int probe_post(tb_app *app, probe *p, int i)
+{
+    tb__call *c = malloc(sizeof *c);
+    if (!c)
+        return TB_ENOMEM;
+    c->fn = probe_answer;
+    c->arg = p;
+    atomic_fetch_add(&p->refs, 1);
+    int rc = tb__worker_post(&app->workers[i], TB__MSG_CALL, c, 0, 0);
+    if (rc) {
+        free(c);
+        atomic_fetch_sub(&p->refs, 1);
+    }
+    return rc;
+}
+
+/* GET /healthz: every worker loop runs a posted call within the deadline. */
+static int healthz(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    tb_app *app = tb_http_app(req);
+    int st = atomic_load(&app->state);
+    /* A worker whose loop has exited would never run the call: only ask
+     * while the loops run (the server stops before the workers do). */
+    if (st != TB__APP_RUNNING && st != TB__APP_STOPPING)
+        return tb_http_error(req, 503, "not_running",
+                             "the app's workers are not running");
+    int n = app->nworkers;
+    probe *p = calloc(1, sizeof *p + (size_t)n);
+    if (!p)
+        return tb_http_error(req, 500, "internal", "out of memory");
+    atomic_init(&p->refs, 1);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&p->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    p->pending = n;
+    for (int i = 0; i < n; i++)
+        if (probe_post(app, p, i) != 0)
+            tb__log(TB_LOG_ERROR, "healthz: cannot post to worker %d", i);
+
+    struct timespec ts;
+    tb__deadline_ts(&ts, HEALTH_DEADLINE_MS);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending > 0 &&
+           pthread_cond_timedwait(&p->cv, &p->mu, &ts) != ETIMEDOUT)
+        ;
+    int ok = p->pending == 0;
+    json_t *stuck = ok ? NULL : json_array();
+    char names[256] = "";
+    size_t used = 0;
+    for (int i = 0; !ok && i < n; i++) {
+        if (p->answered[i])
+            continue;
+        json_array_append_new(stuck, json_integer(i));
+        if (used < sizeof names)
+            used += (size_t)snprintf(names + used, sizeof names - used, "%s%d",
+                                     used ? ", " : "", i);
+    }
+    pthread_mutex_unlock(&p->mu);
+    probe_unref(p);
+
+    if (!ok) {
+        json_t *extra = json_object();
+        if (extra) {
+            json_object_set_new(extra, "workers", json_integer(n));
+            json_object_set_new(extra, "stuck", stuck);
+        } else {
+            json_decref(stuck);
+        }
+        return error_with(req, 503, "worker_stuck", extra,
+                          "worker(s) %s did not answer within %d ms", names,
+                          HEALTH_DEADLINE_MS);
+    }
+    json_t *o = json_object();
+    if (o) {
+        json_object_set_new(o, "status", json_string("ok"));
+        json_object_set_new(o, "workers", json_integer(n));
+    }
+    return respond(req, 200, o);
+}
+
+/* GET /readyz: running, and the bus connected. */
+static int readyz(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    tb_app *app = tb_http_app(req);
+    tb_bus_info bus;
+    if (tb_bus_status(app, &bus) != 0)
+        return tb_http_error(req, 500, "internal", "no bus status");
+    if (tb_app_is_running(app) && bus.state == TB_BUS_CONNECTED) {
+        json_t *o = json_object();
+        if (o) {
+            json_object_set_new(o, "status", json_string("ready"));
+            json_object_set_new(o, "bus", bus_json(&bus));
+        }
+        return respond(req, 200, o);
+    }
+    char reason[320];
+    int st = atomic_load(&app->state);
+    if (st == TB__APP_NEW || st == TB__APP_STARTING)
+        snprintf(reason, sizeof reason, "starting");
+    else if (st != TB__APP_RUNNING)
+        snprintf(reason, sizeof reason, "stopping");
+    else
+        snprintf(reason, sizeof reason, "bus %s%s%s",
+                 tb_bus_state_name(bus.state), bus.last_error[0] ? ": " : "",
+                 bus.last_error);
+    json_t *extra = json_object();
+    if (extra)
+        json_object_set_new(extra, "bus", bus_json(&bus));
+    return error_with(req, 503, "not_ready", extra, "%s", reason);
+}
+
+/* ---------------------------------------------------------------- routes */
+
+int tb_api_register(tb_app *app)
+{
+    static const struct {
+        const char *method, *path;
+        tb_http_fn fn;
+    } routes[] = {
+        {"POST", "/events/{name}", post_event},
+        {"GET", "/tasks", list_tasks},
+        {"GET", "/tasks/{name}", get_task},
+        {"DELETE", "/tasks/{name}", cancel_task},
+        {"POST", "/tasks/purge", purge_tasks},
+        {"GET", "/healthz", healthz},
+        {"GET", "/readyz", readyz},
+    };
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        int rc = tb_app_route(app, routes[i].method, routes[i].path,
+                              routes[i].fn, NULL);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}

@@ -1,0 +1,227 @@
+/* http.c - HTTP requests in the core: routes, handlers, answers and JSON
+ * errors. */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "http.h"
+#include "internal.h"
+
+int tb_app_route(tb_app *app, const char *method, const char *path,
+                 tb_http_fn fn, void *ud)
+{
+    if (!app || !method || !path || !fn)
+        return TB_EINVAL;
+    if (atomic_load(&app->state) != TB__APP_NEW)
+        return TB_EBUSY;
+    if (!app->router && !(app->router = tb__router_new()))
+        return TB_ENOMEM;
+    /* The router keeps a void *: wrap the function pointer (ISO C does not
+     * convert function pointers to void *). */
+    struct route_fn {
+        tb_http_fn fn;
+    } *h = malloc(sizeof *h);
+    if (!h)
+        return TB_ENOMEM;
+    h->fn = fn;
+    int rc = tb__router_add(app->router, method, path, h, ud);
+    if (rc) {
+        free(h);
+        return rc;
+    }
+    /* Kept to be freed with the app. */
+    void **v =
+        realloc(app->route_fns, (app->nroute_fns + 1) * sizeof *app->route_fns);
+    if (!v) {
+        /* Still registered: the handler lives as long as the router. */
+        tb__log(TB_LOG_WARN, "route %s %s: cannot track its handler", method,
+                path);
+        return 0;
+    }
+    app->route_fns = v;
+    app->route_fns[app->nroute_fns++] = h;
+    return 0;
+}
+
+const tb__router *tb__http_router(const tb_app *app)
+{
+    return app->router;
+}
+
+/* ---------------------------------------------------------------- accessors */
+
+tb_app *tb_http_app(const tb_http_req *req)
+{
+    return req->app;
+}
+
+const char *tb_http_method(const tb_http_req *req)
+{
+    return req->method;
+}
+
+const char *tb_http_path(const tb_http_req *req)
+{
+    return req->path;
+}
+
+const char *tb_http_request_id(const tb_http_req *req)
+{
+    return req->request_id;
+}
+
+const char *tb_http_param(const tb_http_req *req, const char *name)
+{
+    return tb__route_param(&req->match, name);
+}
+
+int tb_http_query(const tb_http_req *req, const char *key, char *out,
+                  size_t outsz)
+{
+    return tb__query_get(req->query, key, out, outsz);
+}
+
+const char *tb_http_header(const tb_http_req *req, const char *name)
+{
+    return req->ops->header(req->conn, name);
+}
+
+const void *tb_http_body(const tb_http_req *req, size_t *len)
+{
+    if (len)
+        *len = req->body_len;
+    return req->body ? req->body : "";
+}
+
+/* ---------------------------------------------------------------- answers */
+
+static int send_answer(tb_http_req *req, int status, const char *ctype,
+                       const char *extra, const void *body, size_t len)
+{
+    if (req->status)
+        return TB_EBUSY;
+    req->status = status;
+    char headers[512];
+    snprintf(headers, sizeof headers, "%s%s%sX-Request-ID: %s\r\n%s",
+             ctype ? "Content-Type: " : "", ctype ? ctype : "",
+             ctype ? "\r\n" : "", req->request_id, extra ? extra : "");
+    return req->ops->send(req->conn, status, headers, body, len);
+}
+
+int tb_http_respond(tb_http_req *req, int status, const char *content_type,
+                    const void *body, size_t len)
+{
+    return send_answer(req, status, content_type, NULL, body, len);
+}
+
+int tb_http_respond_json(tb_http_req *req, int status, const char *json)
+{
+    return send_answer(req, status, "application/json", NULL, json,
+                       strlen(json));
+}
+
+/* {"error": code, "message": message} built with jansson; NULL on ENOMEM. */
+static char *error_body(const char *code, const char *message)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_object_set_new(o, "error", json_string(code));
+    /* The message may quote user input that is not UTF-8. */
+    json_t *m = json_string(message);
+    json_object_set_new(o, "message",
+                        m ? m : json_string("(message not UTF-8)"));
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return s;
+}
+
+static int error_answer(tb_http_req *req, int status, const char *code,
+                        const char *message, const char *extra)
+{
+    tb__log(status >= 500 ? TB_LOG_ERROR : TB_LOG_INFO,
+            "http %s %s (request %s): %d %s: %s", req->method, req->path,
+            req->request_id, status, code, message);
+    char *body = error_body(code, message);
+    int rc = send_answer(req, status, "application/json", extra,
+                         body ? body : "{\"error\":\"internal\"}",
+                         body ? strlen(body) : 19);
+    free(body);
+    return rc;
+}
+
+int tb_http_error(tb_http_req *req, int status, const char *code,
+                  const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    return error_answer(req, status, code, msg, NULL);
+}
+
+/* ---------------------------------------------------------------- dispatch */
+
+/* X-Request-ID when usable (1..64 printable ASCII), else a fresh id. */
+static void set_request_id(tb_http_req *req)
+{
+    const char *h = req->ops->header(req->conn, "X-Request-ID");
+    size_t n = h ? strlen(h) : 0;
+    int ok = n >= 1 && n <= 64;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = h[i] > 0x20 && h[i] < 0x7f;
+    if (ok)
+        memcpy(req->request_id, h, n + 1);
+    else
+        snprintf(req->request_id, sizeof req->request_id, "%s-h%" PRIx64,
+                 req->app->instance,
+                 atomic_fetch_add(&req->app->event_seq, 1) + 1);
+}
+
+int tb__http_refuse(tb_http_req *req, int status, const char *code,
+                    const char *message)
+{
+    if (!req->request_id[0])
+        set_request_id(req);
+    return error_answer(req, status, code, message, NULL);
+}
+
+int tb__http_handle(tb_http_req *req)
+{
+    req->status = 0;
+    set_request_id(req);
+    if (!req->app->router) {
+        error_answer(req, 404, "not_found", "no such route", NULL);
+        return req->status;
+    }
+    int rc =
+        tb__router_match(req->app->router, req->method, req->path, &req->match);
+    if (rc == TB__ROUTE_NOT_FOUND) {
+        error_answer(req, 404, "not_found", "no such route", NULL);
+        return req->status;
+    }
+    if (rc == TB__ROUTE_BAD_METHOD) {
+        char allow[96];
+        snprintf(allow, sizeof allow, "Allow: %s\r\n", req->match.allow);
+        error_answer(req, 405, "method_not_allowed",
+                     "method not allowed on this path", allow);
+        return req->status;
+    }
+    if (rc != TB__ROUTE_OK) {
+        error_answer(req, 400, "bad_path",
+                     "malformed path (bad percent-escape, or an encoded '/' "
+                     "or NUL)",
+                     NULL);
+        return req->status;
+    }
+    tb_http_fn fn = *(tb_http_fn *)req->match.handler;
+    fn(req, req->match.ud);
+    if (!req->status)
+        error_answer(req, 500, "internal", "the handler did not answer", NULL);
+    return req->status;
+}

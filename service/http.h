@@ -1,0 +1,61 @@
+/* http.h - the HTTP server's core side and its interface to the adapter
+ * (private). */
+#ifndef TASKBUS_HTTP_H
+#define TASKBUS_HTTP_H
+
+#include <stddef.h>
+
+#include "taskbus/taskbus.h"
+
+#include "http_route.h"
+
+/* What the core needs from the server adapter for one request. All are
+ * called on the request's own server thread, while it is being handled. */
+typedef struct tb__http_conn_ops {
+    /* A request header by case-insensitive name, or NULL. */
+    const char *(*header)(void *conn, const char *name);
+    /* Sends a whole response: status line, the given headers (each
+     * "Name: value\r\n", may be ""), Content-Length, then body. 0 or a
+     * negative code if the connection failed. */
+    int (*send)(void *conn, int status, const char *headers, const void *body,
+                size_t len);
+} tb__http_conn_ops;
+
+struct tb_http_req {
+    tb_app *app;
+    const tb__http_conn_ops *ops;
+    void *conn;
+    const char *method;
+    const char *path;  /* raw, not decoded, no query */
+    const char *query; /* raw, after '?', or NULL */
+    const char *body;  /* NUL-terminated; the adapter owns it */
+    size_t body_len;
+    tb__route_match match;
+    char request_id[72];
+    int status; /* answered with; 0 while not answered */
+};
+
+/* The app's HTTP state, created on first tb_app_route. */
+typedef struct tb__http tb__http;
+
+/* Handles one request whose line, headers and body the adapter has read:
+ * routes it, runs the handler, answers 400/404/405/500 itself when needed.
+ * The adapter fills app, ops, conn, method, path, query, body and body_len;
+ * the rest is set here. Returns the status it was answered with. */
+int tb__http_handle(tb_http_req *req);
+
+/* Answers a request the adapter refuses before routing (413, 503...) with
+ * the standard JSON error body. */
+int tb__http_refuse(tb_http_req *req, int status, const char *code,
+                    const char *message);
+
+/* The app's router (NULL when no route was registered). */
+const tb__router *tb__http_router(const tb_app *app);
+
+/* adapters/http_civetweb.c: starts the server on cfg.http_listen when the
+ * app has routes (called after the workers started) and stops it (stop
+ * accepting, wait for handlers in flight). */
+int tb__http_server_start(tb_app *app);
+void tb__http_server_stop(tb_app *app);
+
+#endif /* TASKBUS_HTTP_H */

@@ -1,0 +1,753 @@
+/* test_api.c - unit tests for service/api.c: the built-in JSON API driven
+ * through tb__http_handle with a fake connection (no network), against a
+ * running app; a wrapped bus stands in for a failing Redis. */
+#include "harness.h"
+
+#include <jansson.h>
+#include <strings.h>
+
+#include "http.h"
+#include "internal.h"
+
+/* ------------------------------------------------------------ fake conn */
+
+typedef struct fake_conn {
+    const char *request_id; /* X-Request-ID header, or NULL */
+    int status;
+    int sends;
+    char headers[1024];
+    char *body;
+    size_t len;
+} fake_conn;
+
+static const char *fake_header(void *conn, const char *name)
+{
+    fake_conn *c = conn;
+    if (strcasecmp(name, "X-Request-ID") == 0)
+        return c->request_id;
+    return NULL;
+}
+
+static int fake_send(void *conn, int status, const char *headers,
+                     const void *body, size_t len)
+{
+    fake_conn *c = conn;
+    c->sends++;
+    c->status = status;
+    snprintf(c->headers, sizeof c->headers, "%s", headers);
+    free(c->body);
+    c->body = malloc(len + 1);
+    memcpy(c->body, body, len);
+    c->body[len] = '\0';
+    c->len = len;
+    return 0;
+}
+
+static const tb__http_conn_ops fake_ops = {fake_header, fake_send};
+
+/* One request; returns the status and sets *out to the parsed JSON body
+ * (caller decrefs; NULL if the body is not JSON, which is a failed check).
+ * Checks what every API answer has: one send, JSON content type, the
+ * request id echoed. Any thread. */
+static int call_body(tb_app *app, const char *method, const char *path,
+                     const char *query, const void *body, size_t len,
+                     json_t **out)
+{
+    fake_conn c;
+    memset(&c, 0, sizeof c);
+    c.request_id = "test-req-1";
+    char *copy = malloc(len + 1);
+    if (len)
+        memcpy(copy, body, len);
+    copy[len] = '\0';
+    tb_http_req req;
+    memset(&req, 0, sizeof req);
+    req.app = app;
+    req.ops = &fake_ops;
+    req.conn = &c;
+    req.method = method;
+    req.path = path;
+    req.query = query;
+    req.body = copy;
+    req.body_len = len;
+    int status = tb__http_handle(&req);
+    free(copy);
+    TH_CHECK_EQ(c.sends, 1);
+    TH_CHECK_EQ(c.status, status);
+    TH_CHECKF(strstr(c.headers, "Content-Type: application/json\r\n"),
+              "%s %s: headers %s", method, path, c.headers);
+    TH_CHECKF(strstr(c.headers, "X-Request-ID: test-req-1\r\n"),
+              "%s %s: headers %s", method, path, c.headers);
+    json_error_t jerr;
+    json_t *j = c.body ? json_loadb(c.body, c.len, 0, &jerr) : NULL;
+    TH_CHECKF(j != NULL, "%s %s: body is not JSON: %s", method, path,
+              c.body ? c.body : "(none)");
+    free(c.body);
+    *out = j;
+    return status;
+}
+
+static int call(tb_app *app, const char *method, const char *path,
+                const char *query, json_t **out)
+{
+    return call_body(app, method, path, query, NULL, 0, out);
+}
+
+static const char *jget_str(json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+static long long jget_int(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    TH_CHECKF(json_is_integer(v), "field %s is not an integer", key);
+    return json_integer_value(v);
+}
+
+/* Checks an error answer: status and stable code; returns the body's
+ * message (valid while j lives). */
+#define CHECK_ERROR(j, st, want_status, want_code)                             \
+    do {                                                                       \
+        TH_CHECK_EQ((st), (want_status));                                      \
+        TH_CHECK_STR(jget_str((j), "error"), (want_code));                     \
+        TH_CHECK(json_is_string(json_object_get((j), "message")));             \
+    } while (0)
+
+/* A task in the listing by name, or NULL. Borrowed from j. */
+static json_t *find_task(json_t *j, const char *name)
+{
+    json_t *arr = json_object_get(j, "tasks");
+    size_t i;
+    json_t *t;
+    json_array_foreach(arr, i, t)
+    {
+        if (strcmp(jget_str(t, "name"), name) == 0)
+            return t;
+    }
+    return NULL;
+}
+
+/* "2024-05-01T12:00:00.000001Z" */
+static int is_rfc3339_us(json_t *v)
+{
+    const char *s = json_string_value(v);
+    if (!s || strlen(s) != 27)
+        return 0;
+    return s[4] == '-' && s[10] == 'T' && s[19] == '.' && s[26] == 'Z';
+}
+
+/* ------------------------------------------------------------ dispatch */
+
+#define MAX_EVENT 64
+
+typedef struct dispatch_ctx {
+    th_counter ready, got;
+    char data[256];
+    size_t len;
+    char name[TB_EVENT_NAME_MAX + 1];
+} dispatch_ctx;
+
+static int subscriber(tb_task *self, void *arg)
+{
+    dispatch_ctx *d = arg;
+    int err = 0;
+    tb_sub *sub = tb_sub_open(self, "api.hello", 0, &err);
+    if (!TH_CHECK(sub != NULL))
+        return 1;
+    th_counter_add(&d->ready, 1);
+    tb_event *ev = NULL;
+    int rc = tb_sub_next(self, sub, 10000, &ev);
+    if (!TH_CHECK_RC(rc, 0))
+        return 1;
+    size_t len;
+    const void *data = tb_event_data(ev, &len);
+    if (len < sizeof d->data) {
+        memcpy(d->data, data, len);
+        d->len = len;
+    }
+    snprintf(d->name, sizeof d->name, "%s", tb_event_name(ev));
+    tb_event_unref(ev);
+    th_counter_add(&d->got, 1);
+    return 0;
+}
+
+static void post(tb_app *app, const char *name, const void *data, size_t len,
+                 int want_status, const char *want_code)
+{
+    char path[512];
+    snprintf(path, sizeof path, "/events/%s", name);
+    json_t *j = NULL;
+    int st = call_body(app, "POST", path, NULL, data, len, &j);
+    if (want_code) {
+        CHECK_ERROR(j, st, want_status, want_code);
+    } else {
+        TH_CHECK_EQ(st, want_status);
+        TH_CHECK_STR(jget_str(j, "name"), name);
+        const char *id = jget_str(j, "id");
+        TH_CHECK(id && id[0]);
+    }
+    json_decref(j);
+}
+
+static void dispatch_body(tb_app *app, void *arg)
+{
+    dispatch_ctx *d = arg;
+    uint64_t id;
+    tb_task_opts o = th_opts("subscriber", TB_WORKER_ANY);
+    TH_CHECK_RC(tb_task_add(app, subscriber, d, &o, &id), 0);
+    TH_CHECK(th_counter_wait_ge(&d->ready, 1, 5000));
+
+    /* 202, and the subscriber gets the exact bytes. */
+    const char *json = "{\"a\": [1, 2.50], \"s\": \"\xc3\xa9\"}";
+    json_t *j = NULL;
+    int st = call_body(app, "POST", "/events/api.hello", NULL, json,
+                       strlen(json), &j);
+    TH_CHECK_EQ(st, 202);
+    TH_CHECK_STR(jget_str(j, "name"), "api.hello");
+    const char *eid = jget_str(j, "id");
+    TH_CHECK(eid && strlen(eid) > 0 && strlen(eid) < TB_EVENT_ID_MAX);
+    json_decref(j);
+    TH_CHECK(th_counter_wait_ge(&d->got, 1, 5000));
+    TH_CHECK_STR(d->name, "api.hello");
+    TH_CHECK_EQ(d->len, strlen(json));
+    TH_CHECK(memcmp(d->data, json, strlen(json)) == 0);
+
+    /* Names: an empty segment, 9 segments, a bad character, 200 bytes is
+     * fine, 201 is not. */
+    post(app, "a..b", "x", 1, 400, "bad_name");
+    post(app, "a.b.c.d.e.f.g.h.i", "x", 1, 400, "bad_name");
+    post(app, "a%20b", "x", 1, 400, "bad_name");
+    char longname[TB_EVENT_NAME_MAX + 2];
+    memset(longname, 'n', sizeof longname);
+    longname[TB_EVENT_NAME_MAX] = '\0';
+    post(app, longname, "x", 1, 202, NULL);
+    longname[TB_EVENT_NAME_MAX] = 'n';
+    longname[TB_EVENT_NAME_MAX + 1] = '\0';
+    post(app, longname, "x", 1, 400, "bad_name");
+
+    /* Data: not UTF-8 (a lone continuation byte, a truncated sequence). */
+    post(app, "api.data", "ok\x80", 3, 400, "bad_data");
+    post(app, "api.data", "\xc3", 1, 400, "bad_data");
+    /* Empty is fine; exactly max_event_size is fine, one more is not. */
+    post(app, "api.data", "", 0, 202, NULL);
+    char big[MAX_EVENT + 1];
+    memset(big, 'x', sizeof big);
+    post(app, "api.data", big, MAX_EVENT, 202, NULL);
+    post(app, "api.data", big, MAX_EVENT + 1, 413, "too_large");
+
+    /* Only POST. */
+    st = call(app, "GET", "/events/api.hello", NULL, &j);
+    CHECK_ERROR(j, st, 405, "method_not_allowed");
+    json_decref(j);
+}
+
+static void test_dispatch(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.graceful_timeout_ms = 2000;
+    cfg.max_event_size = MAX_EVENT;
+    tb_app *app = th_app_new_cfg(&cfg);
+    assert_rc(tb_api_register(app), 0);
+    assert_rc(tb_api_register(app), TB_EEXIST);
+    dispatch_ctx d;
+    memset(&d, 0, sizeof d);
+    th_counter_init(&d.ready);
+    th_counter_init(&d.got);
+    assert_rc(th_run_thread(app, dispatch_body, &d, 30000), 0);
+    th_assert_clean();
+
+    /* After stop: the bus is down for good. */
+    json_t *j = NULL;
+    int st = call_body(app, "POST", "/events/api.late", NULL, "x", 1, &j);
+    CHECK_ERROR(j, st, 503, "shutting_down");
+    json_decref(j);
+    th_assert_clean();
+    tb_app_free(app);
+    th_counter_destroy(&d.ready);
+    th_counter_destroy(&d.got);
+}
+
+/* ------------------------------------------------------------ bus errors */
+
+enum {
+    FB_PASS,
+    FB_DOWN,
+    FB_FULL,
+    FB_HOLD
+};
+
+/* Wraps the app's memory bus: publish fails or is never confirmed as mode
+ * says; status reports a lost link while FB_DOWN. */
+typedef struct fake_bus {
+    tb__bus bus;
+    tb__bus *inner;
+    atomic_int mode;
+    pthread_mutex_t mu;
+    tb__publish_cb held_cb; /* FB_HOLD: confirmed at stop */
+    void *held_ud;
+} fake_bus;
+
+static int fb_start(tb__bus *b)
+{
+    fake_bus *f = (fake_bus *)b;
+    return f->inner->ops->start(f->inner);
+}
+
+static void fb_release(fake_bus *f)
+{
+    pthread_mutex_lock(&f->mu);
+    tb__publish_cb cb = f->held_cb;
+    void *ud = f->held_ud;
+    f->held_cb = NULL;
+    pthread_mutex_unlock(&f->mu);
+    if (cb)
+        cb(TB_ETIMEDOUT, ud);
+}
+
+static int fb_publish(tb__bus *b, tb_event *ev, tb__publish_cb cb, void *ud)
+{
+    fake_bus *f = (fake_bus *)b;
+    switch (atomic_load(&f->mode)) {
+    case FB_DOWN:
+        return TB_ENOTCONN;
+    case FB_FULL:
+        return TB_ENOSPC;
+    case FB_HOLD:
+        fb_release(f);
+        pthread_mutex_lock(&f->mu);
+        f->held_cb = cb;
+        f->held_ud = ud;
+        pthread_mutex_unlock(&f->mu);
+        return 0;
+    default:
+        return f->inner->ops->publish(f->inner, ev, cb, ud);
+    }
+}
+
+static void fb_status(tb__bus *b, tb_bus_info *out)
+{
+    fake_bus *f = (fake_bus *)b;
+    f->inner->ops->status(f->inner, out);
+    if (atomic_load(&f->mode) == FB_DOWN) {
+        out->state = TB_BUS_RECONNECTING;
+        snprintf(out->last_error, sizeof out->last_error, "connection refused");
+    }
+}
+
+static void fb_stop(tb__bus *b)
+{
+    fake_bus *f = (fake_bus *)b;
+    fb_release(f);
+    f->inner->ops->stop(f->inner);
+}
+
+static void fb_free(tb__bus *b)
+{
+    fake_bus *f = (fake_bus *)b;
+    f->inner->ops->free(f->inner);
+    pthread_mutex_destroy(&f->mu);
+    free(f);
+}
+
+static const tb__bus_ops fake_bus_ops = {"fake",    fb_start, fb_publish,
+                                         fb_status, fb_stop,  fb_free};
+
+static fake_bus *wrap_bus(tb_app *app)
+{
+    fake_bus *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    f->bus.ops = &fake_bus_ops;
+    f->bus.app = app;
+    f->inner = app->bus;
+    atomic_init(&f->mode, FB_PASS);
+    pthread_mutex_init(&f->mu, NULL);
+    app->bus = &f->bus;
+    return f;
+}
+
+static void bus_errors_body(tb_app *app, void *arg)
+{
+    fake_bus *f = arg;
+    json_t *j = NULL;
+
+    post(app, "api.ok", "1", 1, 202, NULL);
+
+    atomic_store(&f->mode, FB_DOWN);
+    int st = call_body(app, "POST", "/events/api.x", NULL, "1", 1, &j);
+    CHECK_ERROR(j, st, 503, "bus_down");
+    const char *msg = jget_str(j, "message");
+    TH_CHECKF(msg && strstr(msg, "connection refused"), "message: %s",
+              msg ? msg : "(none)");
+    json_decref(j);
+    /* Not ready while the bus is down; the reason names it. */
+    st = call(app, "GET", "/readyz", NULL, &j);
+    CHECK_ERROR(j, st, 503, "not_ready");
+    TH_CHECK_STR(jget_str(j, "message"),
+                 "bus reconnecting: connection refused");
+    TH_CHECK_STR(jget_str(json_object_get(j, "bus"), "state"), "reconnecting");
+    json_decref(j);
+
+    atomic_store(&f->mode, FB_FULL);
+    post(app, "api.x", "1", 1, 503, "busy");
+
+    /* Never confirmed: 504 after redis_command_timeout_ms (100). */
+    atomic_store(&f->mode, FB_HOLD);
+    int64_t t0 = th_mono_ms();
+    post(app, "api.x", "1", 1, 504, "publish_timeout");
+    int64_t dt = th_mono_ms() - t0;
+    TH_CHECKF(dt >= 90 && dt < 3000, "publish_timeout after %lld ms",
+              (long long)dt);
+
+    atomic_store(&f->mode, FB_PASS);
+    st = call(app, "GET", "/readyz", NULL, &j);
+    TH_CHECK_EQ(st, 200);
+    json_decref(j);
+}
+
+static void test_bus_errors(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.workers = 1;
+    cfg.graceful_timeout_ms = 2000;
+    cfg.redis_command_timeout_ms = 100;
+    tb_app *app = th_app_new_cfg(&cfg);
+    assert_rc(tb_api_register(app), 0);
+    fake_bus *f = wrap_bus(app);
+
+    /* Before run: not ready (starting), not live. */
+    json_t *j = NULL;
+    int st = call(app, "GET", "/readyz", NULL, &j);
+    CHECK_ERROR(j, st, 503, "not_ready");
+    TH_CHECK_STR(jget_str(j, "message"), "starting");
+    json_decref(j);
+    st = call(app, "GET", "/healthz", NULL, &j);
+    CHECK_ERROR(j, st, 503, "not_running");
+    json_decref(j);
+    th_assert_clean();
+
+    assert_rc(th_run_thread(app, bus_errors_body, f, 30000), 0);
+    th_assert_clean();
+
+    st = call(app, "GET", "/readyz", NULL, &j);
+    CHECK_ERROR(j, st, 503, "not_ready");
+    TH_CHECK_STR(jget_str(j, "message"), "stopping");
+    json_decref(j);
+    th_assert_clean();
+    tb_app_free(app);
+}
+
+/* ------------------------------------------------------------ tasks */
+
+typedef struct tasks_ctx {
+    atomic_int release; /* lets "stubborn" end */
+    uint64_t sleeper_id;
+} tasks_ctx;
+
+static int sleeper(tb_task *self, void *arg)
+{
+    (void)arg;
+    while (tb_sleep(self, 60000) == 0)
+        ;
+    return 0;
+}
+
+static int quick(tb_task *self, void *arg)
+{
+    (void)self;
+    (void)arg;
+    return 0;
+}
+
+static int failer(tb_task *self, void *arg)
+{
+    (void)arg;
+    tb_task_fail(self, "boom");
+    return 1;
+}
+
+/* Ignores cancellation until released. */
+static int stubborn(tb_task *self, void *arg)
+{
+    tasks_ctx *c = arg;
+    while (!atomic_load(&c->release))
+        tb_sleep(self, 5);
+    return 0;
+}
+
+static void delete_timeout(tb_app *app, const char *name, const char *timeout,
+                           int want_status)
+{
+    char path[256], query[128];
+    snprintf(path, sizeof path, "/tasks/%s", name);
+    snprintf(query, sizeof query, "timeout=%s", timeout);
+    json_t *j = NULL;
+    int st = call(app, "DELETE", path, query, &j);
+    if (want_status == 400) {
+        CHECK_ERROR(j, st, 400, "bad_timeout");
+    } else {
+        TH_CHECKF(st == want_status, "DELETE %s?%s: %d, want %d", path, query,
+                  st, want_status);
+    }
+    json_decref(j);
+}
+
+static void tasks_body(tb_app *app, void *arg)
+{
+    tasks_ctx *c = arg;
+    json_t *j = NULL, *t;
+    int st;
+    tb_task_opts o = th_opts("sleeper", 0);
+    o.kind = "sleepy";
+    TH_CHECK_RC(tb_task_add(app, sleeper, NULL, &o, &c->sleeper_id), 0);
+    TH_CHECK_RC(th_add(app, "quick", 1, quick, NULL, NULL), 0);
+    TH_CHECK_RC(th_add(app, "failer", 0, failer, NULL, NULL), 0);
+    TH_CHECK_RC(th_add(app, "stubborn", 1, stubborn, c, NULL), 0);
+    TH_CHECK(th_wait_state(app, "sleeper", TB_TASK_RUNNING, 5000));
+    TH_CHECK(th_wait_state(app, "quick", TB_TASK_DONE, 5000));
+    TH_CHECK(th_wait_state(app, "failer", TB_TASK_FAILED, 5000));
+    TH_CHECK(th_wait_state(app, "stubborn", TB_TASK_RUNNING, 5000));
+
+    /* The whole list (an unknown parameter is ignored). */
+    st = call(app, "GET", "/tasks", "foo=bar", &j);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK_EQ(json_array_size(json_object_get(j, "tasks")), 6);
+    t = find_task(j, "quick");
+    TH_CHECK(t != NULL);
+    if (t) {
+        TH_CHECK_STR(jget_str(t, "state"), "done");
+        TH_CHECK_EQ(jget_int(t, "result"), 0);
+        TH_CHECK_EQ(jget_int(t, "worker"), 1);
+        TH_CHECK(json_is_null(json_object_get(t, "error")));
+        TH_CHECK(json_is_false(json_object_get(t, "cancel_requested")));
+        TH_CHECK(is_rfc3339_us(json_object_get(t, "created")));
+        TH_CHECK(is_rfc3339_us(json_object_get(t, "started")));
+        TH_CHECK(is_rfc3339_us(json_object_get(t, "ended")));
+        TH_CHECK(jget_int(t, "id") > 0);
+    }
+    t = find_task(j, "sleeper");
+    TH_CHECK(t != NULL);
+    if (t) {
+        TH_CHECK_STR(jget_str(t, "state"), "running");
+        TH_CHECK_STR(jget_str(t, "kind"), "sleepy");
+        TH_CHECK_EQ(jget_int(t, "id"), c->sleeper_id);
+        TH_CHECK(json_is_null(json_object_get(t, "ended")));
+    }
+    json_decref(j);
+
+    /* Filters. */
+    st = call(app, "GET", "/tasks", "state=failed", &j);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK_EQ(json_array_size(json_object_get(j, "tasks")), 1);
+    t = find_task(j, "failer");
+    TH_CHECK(t != NULL);
+    if (t) {
+        TH_CHECK_STR(jget_str(t, "error"), "boom");
+        TH_CHECK_EQ(jget_int(t, "result"), 1);
+    }
+    json_decref(j);
+    st = call(app, "GET", "/tasks", "state=running", &j);
+    TH_CHECK_EQ(st, 200);
+    /* sleeper, stubborn, and the two replicas of "replicated" */
+    TH_CHECK_EQ(json_array_size(json_object_get(j, "tasks")), 4);
+    TH_CHECK(find_task(j, "quick") == NULL);
+    json_decref(j);
+    st = call(app, "GET", "/tasks", "state=cancelled", &j);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK_EQ(json_array_size(json_object_get(j, "tasks")), 0);
+    json_decref(j);
+    const char *bad_states[] = {"state=bogus", "state=", "state=Done",
+                                "state=%zz", "state=runningx"};
+    for (size_t i = 0; i < sizeof bad_states / sizeof *bad_states; i++) {
+        st = call(app, "GET", "/tasks", bad_states[i], &j);
+        CHECK_ERROR(j, st, 400, "bad_state");
+        json_decref(j);
+    }
+
+    /* One task; replicas of a task added before run. */
+    st = call(app, "GET", "/tasks/sleeper", NULL, &j);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK_STR(jget_str(j, "name"), "sleeper");
+    TH_CHECK_STR(jget_str(j, "state"), "running");
+    TH_CHECK_EQ(jget_int(j, "replicas"), 1);
+    TH_CHECK_EQ(jget_int(j, "worker"), 0);
+    json_decref(j);
+    st = call(app, "GET", "/tasks/replicated", NULL, &j);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK_EQ(jget_int(j, "replicas"), 2);
+    json_decref(j);
+    st = call(app, "GET", "/tasks/nope", NULL, &j);
+    CHECK_ERROR(j, st, 404, "not_found");
+    json_decref(j);
+
+    /* Cancel a sleeping task: 200 with its final state. */
+    st = call(app, "DELETE", "/tasks/sleeper", NULL, &j);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK_STR(jget_str(j, "state"), "cancelled");
+    TH_CHECK(json_is_true(json_object_get(j, "cancel_requested")));
+    TH_CHECK(is_rfc3339_us(json_object_get(j, "ended")));
+    json_decref(j);
+    st = call(app, "DELETE", "/tasks/nope", NULL, &j);
+    CHECK_ERROR(j, st, 404, "not_found");
+    json_decref(j);
+
+    /* A task that ignores the cancel: 504 after ~0.2 s, body has it. */
+    int64_t t0 = th_mono_ms();
+    st = call(app, "DELETE", "/tasks/stubborn", "timeout=0.2", &j);
+    int64_t dt = th_mono_ms() - t0;
+    CHECK_ERROR(j, st, 504, "cancel_timeout");
+    TH_CHECKF(dt >= 180 && dt < 2000, "cancel_timeout after %lld ms",
+              (long long)dt);
+    t = json_object_get(j, "task");
+    TH_CHECK_STR(jget_str(t, "name"), "stubborn");
+    TH_CHECK_STR(jget_str(t, "state"), "running");
+    TH_CHECK(json_is_true(json_object_get(t, "cancel_requested")));
+    json_decref(j);
+
+    /* Timeouts: bad ones are refused before anything is cancelled. */
+    const char *bad[] = {"abc",
+                         "-1",
+                         "3601",
+                         "3600.001",
+                         "",
+                         "1e3",
+                         ".5",
+                         "1.",
+                         "inf",
+                         " 1",
+                         "0x10",
+                         "1,5",
+                         "99999999999999999999"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++)
+        delete_timeout(app, "quick", bad[i], 400);
+    /* Good edges: 0 and 3600 (on a finished and an unknown task). */
+    delete_timeout(app, "quick", "0", 200);
+    delete_timeout(app, "nope", "3600", 404);
+    delete_timeout(app, "nope", "3600.000", 404);
+    st = call(app, "GET", "/tasks/quick", NULL, &j);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK_STR(jget_str(j, "state"), "done"); /* already finished */
+    json_decref(j);
+
+    /* Purge: quick, failer, sleeper are finished; stubborn is not. */
+    st = call(app, "POST", "/tasks/purge", NULL, &j);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK_EQ(jget_int(j, "purged"), 3);
+    json_decref(j);
+    st = call(app, "POST", "/tasks/purge", NULL, &j);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK_EQ(jget_int(j, "purged"), 0);
+    json_decref(j);
+    st = call(app, "GET", "/tasks/quick", NULL, &j);
+    CHECK_ERROR(j, st, 404, "not_found");
+    json_decref(j);
+
+    atomic_store(&c->release, 1);
+    TH_CHECK(th_wait_state(app, "stubborn", TB_TASK_CANCELLED, 5000));
+}
+
+static void test_tasks(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    assert_rc(tb_api_register(app), 0);
+    tb_task_opts o = th_opts("replicated", TB_WORKER_ANY);
+    assert_rc(tb_task_add(app, sleeper, NULL, &o, NULL), 0);
+    tasks_ctx c;
+    memset(&c, 0, sizeof c);
+    assert_rc(th_run_thread(app, tasks_body, &c, 30000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+}
+
+/* ------------------------------------------------------------ health */
+
+/* Blocks its worker's loop (what a buggy task calling sleep() does). */
+static int blocker(tb_task *self, void *arg)
+{
+    (void)self;
+    th_counter_add(arg, 1);
+    th_nap_ms(1500);
+    return 0;
+}
+
+static void health_body(tb_app *app, void *arg)
+{
+    (void)arg;
+    json_t *j = NULL;
+    int64_t t0 = th_mono_ms();
+    int st = call(app, "GET", "/healthz", NULL, &j);
+    int64_t dt = th_mono_ms() - t0;
+    TH_CHECK_EQ(st, 200);
+    /* Idle loops answer at once, not at the deadline. */
+    TH_CHECKF(dt < 500, "healthz took %lld ms", (long long)dt);
+    TH_CHECK_STR(jget_str(j, "status"), "ok");
+    TH_CHECK_EQ(jget_int(j, "workers"), 3);
+    json_decref(j);
+
+    st = call(app, "GET", "/readyz", NULL, &j);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK_STR(jget_str(j, "status"), "ready");
+    json_t *bus = json_object_get(j, "bus");
+    TH_CHECK_STR(jget_str(bus, "name"), "memory");
+    TH_CHECK_STR(jget_str(bus, "state"), "connected");
+    TH_CHECK(json_is_null(json_object_get(bus, "last_error")));
+    json_decref(j);
+
+    /* Worker 1 stuck: 503 naming it, after the 1 s deadline. Its late
+     * answer must find the probe still alive (ASan checks). */
+    th_counter blocked = TH_COUNTER_INITIALIZER;
+    TH_CHECK_RC(th_add(app, "blocker", 1, blocker, &blocked, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&blocked, 1, 5000));
+    t0 = th_mono_ms();
+    st = call(app, "GET", "/healthz", NULL, &j);
+    dt = th_mono_ms() - t0;
+    CHECK_ERROR(j, st, 503, "worker_stuck");
+    TH_CHECKF(dt >= 950 && dt < 3000, "worker_stuck after %lld ms",
+              (long long)dt);
+    json_t *stuck = json_object_get(j, "stuck");
+    TH_CHECK_EQ(json_array_size(stuck), 1);
+    TH_CHECK_EQ(json_integer_value(json_array_get(stuck, 0)), 1);
+    TH_CHECK_EQ(jget_int(j, "workers"), 3);
+    TH_CHECK_STR(jget_str(j, "message"),
+                 "worker(s) 1 did not answer within 1000 ms");
+    json_decref(j);
+
+    /* Once the loop is free again, healthy. */
+    TH_CHECK(th_wait_state(app, "blocker", TB_TASK_DONE, 5000));
+    st = call(app, "GET", "/healthz", NULL, &j);
+    TH_CHECK_EQ(st, 200);
+    json_decref(j);
+}
+
+static void test_health(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(3, 2000);
+    assert_rc(tb_api_register(app), 0);
+    assert_rc(th_run_thread(app, health_body, NULL, 30000), 0);
+    th_assert_clean();
+
+    json_t *j = NULL;
+    int st = call(app, "GET", "/healthz", NULL, &j);
+    CHECK_ERROR(j, st, 503, "not_running");
+    json_decref(j);
+    th_assert_clean();
+    tb_app_free(app);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dispatch),
+        cmocka_unit_test(test_bus_errors),
+        cmocka_unit_test(test_tasks),
+        cmocka_unit_test(test_health),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
