@@ -37,5 +37,7 @@ COPY --from=build /staging/usr/local/bin/taskbus /usr/local/bin/taskbus
 # Fail the build here, not at start-up, if a shared library is missing.
 RUN ! ldd /usr/local/bin/taskbus | grep 'not found'
 USER taskbus
+# Inside a container the API must be reachable through the published port.
+ENV TASKBUS_LISTEN=0.0.0.0:8080
 EXPOSE 8080
 CMD ["taskbus"]
