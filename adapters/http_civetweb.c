@@ -308,12 +308,20 @@ int tb__http_server_start(tb_app *app)
         return TB_EINVAL;
     }
     app->http_server = s;
-    tb__log(TB_LOG_INFO, "http: listening on %s (%d threads)", s->addr,
-            cfg->http_threads);
-    if (!loopback)
+    int token = cfg->api_token && cfg->api_token[0];
+    tb__log(TB_LOG_INFO, "http: listening on %s (%d threads, %s)", s->addr,
+            cfg->http_threads, token ? "API token required" : "no API token");
+    if (!loopback && !token)
+        tb__log(TB_LOG_WARN,
+                "http: %s is not a loopback address and there is no API "
+                "token: the API is open to anyone on the network "
+                "(set api_token)",
+                s->addr);
+    else if (!loopback)
         tb__log(TB_LOG_WARN,
                 "http: %s is not a loopback address: the API is reachable "
-                "from the network",
+                "from the network, and the API token travels in clear text "
+                "(no TLS)",
                 s->addr);
     return 0;
 }

@@ -1,9 +1,10 @@
-/* api.c - the built-in JSON API: dispatch events, list and cancel tasks,
- * liveness and readiness probes (see README).
+/* api.c - the built-in JSON API: dispatch and wait for events, list and
+ * cancel tasks, liveness and readiness probes (see README).
  *
  * Handlers run on the HTTP server's threads; they may block (tb_task_cancel,
  * tb_dispatch_wait) but never run on a worker loop. Every JSON text is built
  * with jansson. */
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -16,9 +17,17 @@
 #include "envelope.h"
 #include "http.h"
 #include "internal.h"
+#include "kinds.h"
 
 #define HEALTH_DEADLINE_MS 1000
 #define CANCEL_TIMEOUT_MAX_S 3600
+#define WAIT_TIMEOUT_MAX_S 300
+#define WAIT_TIMEOUT_DEFAULT_MS 30000
+#define WAIT_SUB_CAPACITY 64   /* events queued before the waiter takes one */
+#define WAIT_SUBSCRIBE_MS 5000 /* for the wait task to start and subscribe */
+#define WAIT_MARGIN_MS 1000    /* past its timeout, the task is stuck */
+#define WAIT_SLICE_MS 100      /* how often a waiting handler checks stop */
+#define WAIT_CANCEL_MS 1000    /* for a given-up wait task to end */
 
 /* ---------------------------------------------------------------- JSON */
 
@@ -157,6 +166,8 @@ static int error_with(tb_http_req *req, int status, const char *code,
 
 /* ---------------------------------------------------------------- events */
 
+static int parse_timeout(const char *s, long max_s, int *ms);
+
 /* POST /events/{name}: the body is the event's data, as is. 202 once the
  * bus has confirmed it. */
 static int post_event(tb_http_req *req, void *ud)
@@ -221,6 +232,257 @@ static int post_event(tb_http_req *req, void *ud)
         return tb_http_error(req, 500, "internal", "dispatch failed: %s",
                              tb_strerror(rc));
     }
+}
+
+/* ---- long poll ----
+ *
+ * Handlers run on server threads, and tb_sub_next only inside a task: a
+ * GET /events/{pattern} adds a short-lived task (kind "http.wait", named
+ * "http.wait:<request id>") that subscribes, tells the handler, waits for
+ * one event and hands it over. The waiter below is shared by both and freed
+ * by whichever lets go last: the handler gives up (on stop, or if the task's
+ * worker is stuck) while the task may still be about to answer. */
+typedef struct waiter {
+    atomic_int refs;
+    pthread_mutex_t mu;
+    pthread_cond_t cv; /* CLOCK_MONOTONIC */
+    char pattern[TB__ROUTE_VALUE_MAX + 1];
+    int timeout_ms;
+    /* under mu */
+    int subscribed;        /* 1, or the tb_sub_open error */
+    int64_t subscribed_us; /* tb__mono_us() then */
+    int done;              /* the wait is over: rc and ev are set */
+    int rc;                /* tb_sub_next's */
+    tb_event *ev;          /* on rc 0; owned by the waiter until taken */
+    int task_ended;        /* the task's arg_free ran */
+} waiter;
+
+static void waiter_unref(waiter *w)
+{
+    if (atomic_fetch_sub(&w->refs, 1) != 1)
+        return;
+    tb_event_unref(w->ev);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}
+
+/* The task's arg_free: runs when the task has ended, even if it never ran
+ * (cancelled while pending), so the handler never waits for nothing. */
+static void waiter_task_release(void *arg)
+{
+    waiter *w = arg;
+    pthread_mutex_lock(&w->mu);
+    w->task_ended = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    waiter_unref(w);
+}
+
+/* The "http.wait" task. The subscription is open before the handler hears
+ * of it, so an event dispatched from then on is not missed. */
+static int wait_task(tb_task *self, void *arg)
+{
+    waiter *w = arg;
+    int err = 0;
+    tb_sub *sub = tb_sub_open(self, w->pattern, WAIT_SUB_CAPACITY, &err);
+    pthread_mutex_lock(&w->mu);
+    w->subscribed = sub ? 1 : err ? err : TB_ENOMEM;
+    w->subscribed_us = tb__mono_us();
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (!sub) {
+        tb_task_fail(self, "cannot subscribe to %s: %s", w->pattern,
+                     tb_strerror(err));
+        return 1;
+    }
+    tb_event *ev = NULL;
+    int rc = tb_sub_next(self, sub, w->timeout_ms, &ev);
+    tb_sub_close(sub);
+    pthread_mutex_lock(&w->mu);
+    w->rc = rc;
+    w->ev = rc == 0 ? ev : NULL;
+    w->done = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return 0;
+}
+
+/* An event's data as JSON: the value itself when it is a JSON object or
+ * array, else a string. */
+static json_t *event_data_json(const tb_event *ev)
+{
+    size_t len;
+    const char *d = tb_event_data(ev, &len);
+    size_t i = 0;
+    while (i < len &&
+           (d[i] == ' ' || d[i] == '\t' || d[i] == '\r' || d[i] == '\n'))
+        i++;
+    if (i < len && (d[i] == '{' || d[i] == '[')) {
+        json_error_t jerr;
+        json_t *v = json_loadb(d, len, 0, &jerr); /* objects, arrays only */
+        if (v)
+            return v;
+    }
+    if (tb__utf8_valid(d, len))
+        return json_stringn(d, len);
+    return jstr(d); /* not UTF-8 (a foreign publisher): U+FFFD */
+}
+
+static json_t *event_json(const tb_event *ev)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_object_set_new(o, "id", jstr(tb_event_id(ev)));
+    json_object_set_new(o, "name", jstr(tb_event_name(ev)));
+    json_object_set_new(o, "data", event_data_json(ev));
+    json_object_set_new(o, "ts", jtime(tb_event_ts_us(ev)));
+    json_object_set_new(o, "origin", jstr(tb_event_origin(ev)));
+    return o;
+}
+
+/* Adds the wait task, named after the request (a reused X-Request-ID that a
+ * live wait holds gets a suffix). *name gets the name. */
+static int wait_task_add(tb_http_req *req, waiter *w, char *name, size_t size)
+{
+    tb_app *app = tb_http_app(req);
+    snprintf(name, size, "http.wait:%s", tb_http_request_id(req));
+    tb_task_opts o;
+    memset(&o, 0, sizeof o);
+    o.worker = TB_WORKER_ANY;
+    o.kind = "http.wait";
+    o.flags = TB_TASK_EPHEMERAL; /* no finished entry per request */
+    o.arg_free = waiter_task_release;
+    o.name = name;
+    int rc = tb_task_add(app, wait_task, w, &o, NULL);
+    if (rc == TB_EEXIST) {
+        snprintf(name, size, "http.wait:%s-%" PRIu64, tb_http_request_id(req),
+                 (uint64_t)atomic_fetch_add(&app->event_seq, 1) + 1);
+        rc = tb_task_add(app, wait_task, w, &o, NULL);
+    }
+    return rc;
+}
+
+/* GET /events/{pattern}[?timeout=S]: the next event matching pattern within
+ * S seconds: 200 with it, 204 on timeout. */
+static int wait_event(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    tb_app *app = tb_http_app(req);
+    const char *pattern = tb_http_param(req, "pattern");
+    if (tb_pattern_valid(pattern) != 0)
+        return tb_http_error(req, 400, "bad_pattern",
+                             "bad event pattern: 1..%d dot-separated segments "
+                             "of [A-Za-z0-9_-], \"*\" or \"<param>\"",
+                             TB_EVENT_SEGMENTS_MAX);
+    int timeout_ms = WAIT_TIMEOUT_DEFAULT_MS;
+    char tbuf[32];
+    int rc = tb_http_query(req, "timeout", tbuf, sizeof tbuf);
+    if (rc != TB_ENOENT &&
+        (rc < 0 || parse_timeout(tbuf, WAIT_TIMEOUT_MAX_S, &timeout_ms) != 0))
+        return tb_http_error(req, 400, "bad_timeout",
+                             "timeout must be a number of seconds in 0..%d",
+                             WAIT_TIMEOUT_MAX_S);
+    int st = atomic_load(&app->state);
+    if (st == TB__APP_NEW || st == TB__APP_STARTING)
+        return tb_http_error(req, 503, "not_running",
+                             "the app's workers are not running");
+    if (st != TB__APP_RUNNING)
+        return tb_http_error(req, 503, "shutting_down",
+                             "the app is stopping or stopped");
+
+    waiter *w = calloc(1, sizeof *w);
+    if (!w)
+        return tb_http_error(req, 500, "internal", "out of memory");
+    atomic_init(&w->refs, 2); /* the handler's, the task's */
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    snprintf(w->pattern, sizeof w->pattern, "%s", pattern);
+    w->timeout_ms = timeout_ms;
+
+    char name[TB_TASK_NAME_MAX + 1];
+    rc = wait_task_add(req, w, name, sizeof name);
+    if (rc) {
+        waiter_unref(w); /* arg_free is not called on error */
+        waiter_unref(w);
+        if (rc == TB_ESHUTDOWN)
+            return tb_http_error(req, 503, "shutting_down",
+                                 "the app is stopping or stopped");
+        return tb_http_error(req, 500, "internal", "cannot start the wait: %s",
+                             tb_strerror(rc));
+    }
+
+    /* Wait for the task's answer, checking every slice whether the app is
+     * stopping: the server's stop waits for this handler. */
+    int64_t start_us = tb__mono_us();
+    int stopping = 0, stuck = 0, logged = 0;
+    pthread_mutex_lock(&w->mu);
+    while (!w->done && !w->task_ended) {
+        if (atomic_load(&app->state) != TB__APP_RUNNING) {
+            stopping = 1;
+            break;
+        }
+        if (w->subscribed == 1 && !logged) {
+            logged = 1;
+            tb__log(TB_LOG_DEBUG,
+                    "http GET %s (request %s): waiting up to %d ms in task %s",
+                    tb_http_path(req), tb_http_request_id(req), timeout_ms,
+                    name);
+        }
+        int64_t deadline_us =
+            w->subscribed == 1
+                ? w->subscribed_us +
+                      (int64_t)(timeout_ms + WAIT_MARGIN_MS) * 1000
+                : start_us + (int64_t)WAIT_SUBSCRIBE_MS * 1000;
+        int64_t left_ms = (deadline_us - tb__mono_us()) / 1000;
+        if (left_ms <= 0) {
+            stuck = 1;
+            break;
+        }
+        struct timespec ts;
+        tb__deadline_ts(&ts,
+                        left_ms < WAIT_SLICE_MS ? (int)left_ms : WAIT_SLICE_MS);
+        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+    }
+    int done = w->done, ended = w->task_ended, sub_rc = w->subscribed;
+    int wait_rc = w->rc;
+    tb_event *ev = w->ev;
+    w->ev = NULL;
+    pthread_mutex_unlock(&w->mu);
+    if (!done && !ended) {
+        /* Given up: the task must not outlive the request for long. */
+        int crc = tb_task_cancel(app, name, WAIT_CANCEL_MS);
+        if (crc != 0 && crc != TB_ENOENT)
+            tb__log(TB_LOG_WARN, "http: cancel of wait task %s: %s", name,
+                    tb_strerror(crc));
+    }
+    waiter_unref(w);
+
+    if (done && wait_rc == 0) {
+        json_t *o = event_json(ev);
+        tb_event_unref(ev);
+        return respond(req, 200, o);
+    }
+    if (done && wait_rc == TB_ETIMEDOUT)
+        return tb_http_respond(req, 204, NULL, "", 0);
+    if (sub_rc < 0)
+        return tb_http_error(req, 500, "internal", "cannot subscribe: %s",
+                             tb_strerror(sub_rc));
+    if (stuck)
+        return tb_http_error(req, 503, "worker_stuck",
+                             "the wait task %s did not answer within %d ms "
+                             "of its timeout (a worker loop is blocked?)",
+                             name, WAIT_MARGIN_MS);
+    if (stopping || atomic_load(&app->state) != TB__APP_RUNNING)
+        return tb_http_error(req, 503, "shutting_down",
+                             "the app is stopping or stopped");
+    return tb_http_error(req, 503, "cancelled",
+                         "the wait task %s was cancelled", name);
 }
 
 /* ---------------------------------------------------------------- tasks */
@@ -302,17 +564,17 @@ static int get_task(tb_http_req *req, void *ud)
     return respond(req, 200, o);
 }
 
-/* Decimal seconds [0-9]+(.[0-9]+)? in 0..CANCEL_TIMEOUT_MAX_S, to ms
- * (truncated). Parsed by hand: strtod also takes "inf", hex, blanks, and
- * depends on the locale's decimal point. */
-static int parse_timeout(const char *s, int *ms)
+/* Decimal seconds [0-9]+(.[0-9]+)? in 0..max_s, to ms (truncated). Parsed
+ * by hand: strtod also takes "inf", hex, blanks, and depends on the
+ * locale's decimal point. */
+static int parse_timeout(const char *s, long max_s, int *ms)
 {
     long sec = 0, frac_ms = 0;
     int digits = 0, frac_nonzero = 0;
     const char *p = s;
     for (; *p >= '0' && *p <= '9'; p++, digits++) {
         sec = sec * 10 + (*p - '0');
-        if (sec > CANCEL_TIMEOUT_MAX_S)
+        if (sec > max_s)
             return TB_EINVAL;
     }
     if (digits == 0)
@@ -329,7 +591,7 @@ static int parse_timeout(const char *s, int *ms)
         for (; fd < 3; fd++)
             frac_ms *= 10;
     }
-    if (*p || (sec == CANCEL_TIMEOUT_MAX_S && frac_nonzero))
+    if (*p || (sec == max_s && frac_nonzero))
         return TB_EINVAL;
     *ms = (int)(sec * 1000 + frac_ms);
     return 0;
@@ -344,7 +606,8 @@ static int cancel_task(tb_http_req *req, void *ud)
     int timeout_ms = tb_app_get_config(app)->graceful_timeout_ms;
     char tbuf[32];
     int rc = tb_http_query(req, "timeout", tbuf, sizeof tbuf);
-    if (rc != TB_ENOENT && (rc < 0 || parse_timeout(tbuf, &timeout_ms) != 0))
+    if (rc != TB_ENOENT &&
+        (rc < 0 || parse_timeout(tbuf, CANCEL_TIMEOUT_MAX_S, &timeout_ms) != 0))
         return tb_http_error(req, 400, "bad_timeout",
                              "timeout must be a number of seconds in 0..%d",
                              CANCEL_TIMEOUT_MAX_S);
@@ -545,20 +808,27 @@ int tb_api_register(tb_app *app)
     static const struct {
         const char *method, *path;
         tb_http_fn fn;
+        int open;
     } routes[] = {
-        {"POST", "/events/{name}", post_event},
-        {"GET", "/tasks", list_tasks},
-        {"GET", "/tasks/{name}", get_task},
-        {"DELETE", "/tasks/{name}", cancel_task},
-        {"POST", "/tasks/purge", purge_tasks},
-        {"GET", "/healthz", healthz},
-        {"GET", "/readyz", readyz},
+        {"POST", "/events/{name}", post_event, 0},
+        {"GET", "/events/{pattern}", wait_event, 0},
+        {"GET", "/tasks", list_tasks, 0},
+        {"GET", "/tasks/{name}", get_task, 0},
+        {"DELETE", "/tasks/{name}", cancel_task, 0},
+        {"POST", "/tasks/purge", purge_tasks, 0},
+        {"GET", "/healthz", healthz, 1},
+        {"GET", "/readyz", readyz, 1},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-        int rc = tb_app_route(app, routes[i].method, routes[i].path,
-                              routes[i].fn, NULL);
+        /* The probes stay open when there is an API token. */
+        int rc = routes[i].open
+                     ? tb__app_route_open(app, routes[i].method, routes[i].path,
+                                          routes[i].fn, NULL)
+                     : tb_app_route(app, routes[i].method, routes[i].path,
+                                    routes[i].fn, NULL);
         if (rc)
             return rc;
     }
-    return 0;
+    /* POST /tasks: spawning task kinds by name (kinds.c). */
+    return tb__api_register_kinds(app);
 }

@@ -11,6 +11,7 @@
 
 #include "http.h"
 #include "internal.h"
+#include "kinds.h"
 
 int64_t tb__now_us(void)
 {
@@ -59,8 +60,22 @@ void tb_app_config_init(tb_app_config *cfg)
     cfg->publish_queue_max = 65536;
     cfg->publish_retry_ms = 10000;
     cfg->http_listen = NULL;
+    cfg->api_token = NULL;
     cfg->http_threads = 64;
     cfg->http_max_body = 1024 * 1024;
+}
+
+/* An API token: empty (none), or 1..256 visible ASCII bytes, so that it
+ * fits an Authorization header as is. */
+static int token_ok(const char *t)
+{
+    size_t n = strlen(t);
+    if (n > 256)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (t[i] <= 0x20 || t[i] >= 0x7f)
+            return 0;
+    return 1;
 }
 
 static int namespace_ok(const char *ns)
@@ -108,6 +123,9 @@ static int config_check(const tb_app_config *c)
         what = "http_threads must be 1..65536";
     else if (c->http_max_body < 1 || c->http_max_body > 512u * 1024 * 1024)
         what = "http_max_body must be 1 B..512 MiB";
+    else if (c->api_token && !token_ok(c->api_token))
+        what = "api_token must be 1..256 visible ASCII bytes (no blanks) "
+               "or empty";
     if (what) {
         tb__log(TB_LOG_ERROR, "invalid app config: %s", what);
         return TB_EINVAL;
@@ -148,6 +166,8 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
     if (!app)
         goto fail;
     app->cfg = c;
+    /* Owned through cfg.api_token (freed in tb_app_free), set below. */
+    app->cfg.api_token = NULL;
     /* The config's strings are the caller's: keep copies. */
     app->cfg.event_namespace = app->ns = strdup(c.event_namespace);
     app->cfg.redis_url = NULL;
@@ -159,6 +179,9 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
     app->cfg.http_listen = NULL;
     if (c.http_listen && c.http_listen[0] &&
         !(app->cfg.http_listen = app->http_listen = strdup(c.http_listen)))
+        goto fail;
+    if (c.api_token && c.api_token[0] &&
+        !(app->cfg.api_token = strdup(c.api_token)))
         goto fail;
     uint64_t rnd = 0;
     if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
@@ -272,6 +295,7 @@ void tb_app_free(tb_app *app)
     }
     if (app->bus)
         app->bus->ops->free(app->bus);
+    tb__kinds_free(app);
     tb__router_free(app->router);
     for (size_t i = 0; i < app->nroute_fns; i++)
         free(app->route_fns[i]);
@@ -279,6 +303,12 @@ void tb_app_free(tb_app *app)
     free(app->ns);
     free(app->redis_url);
     free(app->http_listen);
+    if (app->cfg.api_token) {
+        /* Not left in freed memory. */
+        char *t = (char *)(uintptr_t)app->cfg.api_token;
+        explicit_bzero(t, strlen(t));
+        free(t);
+    }
     sem_destroy(&app->stop_sem);
     pthread_mutex_destroy(&app->start_mu);
     pthread_cond_destroy(&app->start_cv);

@@ -5,14 +5,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <jansson.h>
 
 #include "http.h"
 #include "internal.h"
 
-int tb_app_route(tb_app *app, const char *method, const char *path,
-                 tb_http_fn fn, void *ud)
+/* What the router keeps as a route's handler: it keeps a void *, and ISO C
+ * does not convert function pointers to void *. */
+typedef struct route_fn {
+    tb_http_fn fn;
+    int open; /* served without the API token */
+} route_fn;
+
+static int route_add(tb_app *app, const char *method, const char *path,
+                     tb_http_fn fn, void *ud, int open)
 {
     if (!app || !method || !path || !fn)
         return TB_EINVAL;
@@ -20,14 +28,11 @@ int tb_app_route(tb_app *app, const char *method, const char *path,
         return TB_EBUSY;
     if (!app->router && !(app->router = tb__router_new()))
         return TB_ENOMEM;
-    /* The router keeps a void *: wrap the function pointer (ISO C does not
-     * convert function pointers to void *). */
-    struct route_fn {
-        tb_http_fn fn;
-    } *h = malloc(sizeof *h);
+    route_fn *h = malloc(sizeof *h);
     if (!h)
         return TB_ENOMEM;
     h->fn = fn;
+    h->open = open;
     int rc = tb__router_add(app->router, method, path, h, ud);
     if (rc) {
         free(h);
@@ -45,6 +50,18 @@ int tb_app_route(tb_app *app, const char *method, const char *path,
     app->route_fns = v;
     app->route_fns[app->nroute_fns++] = h;
     return 0;
+}
+
+int tb_app_route(tb_app *app, const char *method, const char *path,
+                 tb_http_fn fn, void *ud)
+{
+    return route_add(app, method, path, fn, ud, 0);
+}
+
+int tb__app_route_open(tb_app *app, const char *method, const char *path,
+                       tb_http_fn fn, void *ud)
+{
+    return route_add(app, method, path, fn, ud, 1);
 }
 
 const tb__router *tb__http_router(const tb_app *app)
@@ -183,6 +200,52 @@ static void set_request_id(tb_http_req *req)
                  atomic_fetch_add(&req->app->event_seq, 1) + 1);
 }
 
+/* 1 if the n bytes at given equal token. The time taken depends on the
+ * token's length only, not on where the bytes first differ. */
+static int token_equal(const char *given, size_t n, const char *token)
+{
+    size_t tn = strlen(token);
+    volatile unsigned char diff = n != tn;
+    for (size_t i = 0; i < tn; i++)
+        diff |= (unsigned char)token[i] ^ (unsigned char)(i < n ? given[i] : 0);
+    return diff == 0;
+}
+
+/* The outcome of checking a request's credentials against the token. */
+enum {
+    AUTH_OK = 0,
+    AUTH_MISSING,
+    AUTH_WRONG
+};
+
+/* Checks "Authorization: Bearer <token>" (scheme in any case, RFC 7235),
+ * else a "token" query parameter (browsers cannot set headers on a
+ * websocket). Neither the token nor what was sent is ever logged. */
+static int check_token(tb_http_req *req, const char *token)
+{
+    const char *h = req->ops->header(req->conn, "Authorization");
+    if (h) {
+        while (*h == ' ' || *h == '\t')
+            h++;
+        if (strncasecmp(h, "Bearer ", 7) != 0)
+            return AUTH_WRONG;
+        h += 7;
+        while (*h == ' ')
+            h++;
+        size_t n = strlen(h);
+        while (n && (h[n - 1] == ' ' || h[n - 1] == '\t'))
+            n--;
+        return token_equal(h, n, token) ? AUTH_OK : AUTH_WRONG;
+    }
+    char q[512];
+    int rc = tb__query_get(req->query, "token", q, sizeof q);
+    if (rc == TB_ENOENT)
+        return AUTH_MISSING;
+    int ok = rc >= 0 && token_equal(q, (size_t)rc, token);
+    explicit_bzero(q, sizeof q);
+    return ok ? AUTH_OK : AUTH_WRONG;
+}
+
 int tb__http_refuse(tb_http_req *req, int status, const char *code,
                     const char *message)
 {
@@ -219,8 +282,22 @@ int tb__http_handle(tb_http_req *req)
                      NULL);
         return req->status;
     }
-    tb_http_fn fn = *(tb_http_fn *)req->match.handler;
-    fn(req, req->match.ud);
+    const route_fn *h = req->match.handler;
+    const char *token = req->app->cfg.api_token;
+    if (!h->open && token && token[0]) {
+        int auth = check_token(req, token);
+        if (auth != AUTH_OK) {
+            error_answer(req, 401, "unauthorized",
+                         auth == AUTH_MISSING
+                             ? "this API needs its token: send "
+                               "\"Authorization: Bearer <token>\" (or "
+                               "?token=<token>)"
+                             : "wrong API token",
+                         "WWW-Authenticate: Bearer\r\n");
+            return req->status;
+        }
+    }
+    h->fn(req, req->match.ud);
     if (!req->status)
         error_answer(req, 500, "internal", "the handler did not answer", NULL);
     return req->status;

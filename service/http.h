@@ -39,7 +39,8 @@ struct tb_http_req {
 typedef struct tb__http tb__http;
 
 /* Handles one request whose line, headers and body the adapter has read:
- * routes it, runs the handler, answers 400/404/405/500 itself when needed.
+ * routes it, checks the API token (401 for a protected route without it),
+ * runs the handler, answers 400/401/404/405/500 itself when needed.
  * The adapter fills app, ops, conn, method, path, query, body and body_len;
  * the rest is set here. Returns the status it was answered with. */
 int tb__http_handle(tb_http_req *req);
@@ -48,6 +49,11 @@ int tb__http_handle(tb_http_req *req);
  * the standard JSON error body. */
 int tb__http_refuse(tb_http_req *req, int status, const char *code,
                     const char *message);
+
+/* tb_app_route for a route that stays open when the app has an api_token
+ * (the health probes). Same contract otherwise. */
+int tb__app_route_open(tb_app *app, const char *method, const char *path,
+                       tb_http_fn fn, void *ud);
 
 /* The app's router (NULL when no route was registered). */
 const tb__router *tb__http_router(const tb_app *app);

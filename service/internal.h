@@ -128,7 +128,8 @@ struct tb_task {
     int worker;
     tb_task_state state;
     int result;
-    int replica; /* one of a pre-run named task's replicas */
+    int replica;   /* one of a pre-run named task's replicas */
+    int ephemeral; /* TB_TASK_EPHEMERAL: dropped from the registry at end */
     int64_t created_us, started_us, ended_us;
     tb__watch *watchers;
     atomic_int refs; /* registry + worker + in-flight messages */
@@ -361,8 +362,9 @@ struct tb_app {
     struct tb__router *router; /* HTTP routes, NULL if none */
     void **route_fns;          /* the handlers' wrappers, freed with us */
     size_t nroute_fns;
-    void *http_server;     /* the adapter's, while serving */
-    tb__interest interest; /* what the workers' listeners could match */
+    void *http_server;       /* the adapter's, while serving */
+    struct app_kinds *kinds; /* kinds.c: task kinds by name */
+    tb__interest interest;   /* what the workers' listeners could match */
 
     /* registry */
     pthread_mutex_t reg_mu;

@@ -6,6 +6,8 @@
 
 #include "taskbus/taskbus.h"
 
+#include "kinds.h"
+
 /* Until the service issue gives it full configuration, the binary serves
  * the built-in HTTP API (--listen, 127.0.0.1:8080 by default) and is an
  * observer: one task per worker prints every event that reaches it (from
@@ -199,6 +201,7 @@ int main(int argc, char **argv)
     tb_task_opts w = {.name = "watcher"};
     if (tb_task_add(app, watcher, NULL, &w, NULL) != 0 ||
         tb_app_on(app, TB_MAIN_READY, ready, NULL) != 0 ||
+        tb__kinds_register_builtin(app) != 0 ||
         (cfg.http_listen && tb_api_register(app) != 0)) {
         tb_app_free(app);
         return 1;

@@ -147,6 +147,7 @@ static tb_task *task_alloc(tb_app *app, tb_task_fn fn, void *arg,
     t->fn = fn;
     t->arg = arg;
     t->arg_free = o->arg_free;
+    t->ephemeral = (o->flags & TB_TASK_EPHEMERAL) != 0;
     t->state = TB_TASK_PENDING;
     t->created_us = tb__now_us();
     return t;
@@ -402,6 +403,8 @@ static void finish(tb_task *t, int abandoned)
     wake_watchers_locked(t);
     if (app->thread_waiters)
         pthread_cond_broadcast(&app->done_cv);
+    if (t->ephemeral)
+        registry_drop(app, t); /* waiters hold their own references */
     pthread_mutex_unlock(&app->reg_mu);
 
     if (st == TB_TASK_FAILED) {

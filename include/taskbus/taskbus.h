@@ -145,6 +145,12 @@ typedef struct tb_app_config {
                                 acknowledged is resent after reconnects
                                 for this long, then given up (logged,
                                 tb_bus_info.publish_failed); 10000 */
+    /* The HTTP API's token. With one, every route but /healthz and /readyz
+     * (and every route added with tb_app_route) answers 401 unless the
+     * request carries "Authorization: Bearer <token>" or "?token=<token>".
+     * NULL or "": no token (anyone who reaches http_listen may use the
+     * API). 1..256 visible ASCII bytes; copied. Never logged. */
+    const char *api_token;
 } tb_app_config;
 
 /* Fills cfg with the defaults above. */
@@ -237,8 +243,11 @@ const char *tb_task_state_name(tb_task_state s); /* "pending", ... */
 #define TB_TASK_ERROR_MAX 256
 
 enum {
-    TB_TASK_REPLACE = 1u << 0 /* cancel (and wait for) a live task that
-                                 holds the name, then add this one */
+    TB_TASK_REPLACE = 1u << 0,  /* cancel (and wait for) a live task that
+                                   holds the name, then add this one */
+    TB_TASK_EPHEMERAL = 1u << 1 /* leave the registry as soon as it ends
+                                   (no purge needed; a join or cancel that
+                                   was waiting for it still sees it end) */
 };
 
 #define TB_WORKER_ANY (-1) /* least loaded worker */
@@ -246,7 +255,7 @@ enum {
 typedef struct tb_task_opts {
     const char *name;            /* NULL: a generated unique name "task-<id>" */
     int worker;                  /* TB_WORKER_ANY (default) or 0..workers-1 */
-    unsigned flags;              /* TB_TASK_REPLACE */
+    unsigned flags;              /* TB_TASK_REPLACE, TB_TASK_EPHEMERAL */
     void (*arg_free)(void *arg); /* called with arg when the task ends (for
                                     tasks added before run: at tb_app_free) */
     const char *kind; /* free-form label shown in listings; may be NULL */
@@ -434,6 +443,68 @@ const char *tb_event_origin(const tb_event *ev);
 tb_event *tb_event_ref(tb_event *ev);
 void tb_event_unref(tb_event *ev); /* NULL is a no-op */
 
+/* ---------------------------------------------------------------- task kinds
+ */
+
+/* A task kind is a task function registered by name, so that a task of it
+ * can be spawned from JSON (POST /tasks) with arguments the library checks
+ * against what the kind declares. */
+
+typedef enum {
+    TB_ARG_NUMBER,     /* JSON integer or real */
+    TB_ARG_INT,        /* JSON integer */
+    TB_ARG_STRING,     /* JSON string (UTF-8, no NUL) */
+    TB_ARG_EVENT_NAME, /* string that tb_event_name_valid accepts */
+    TB_ARG_PATTERN,    /* string that tb_pattern_valid accepts */
+    TB_ARG_BOOL        /* true or false */
+} tb_arg_type;
+
+/* One declared argument. name: 1..64 bytes, unique within the spec. */
+typedef struct tb_arg_spec {
+    const char *name;
+    tb_arg_type type;
+    int required;
+    double min, max; /* numbers: inclusive range when min < max */
+} tb_arg_spec;
+
+/* A kind task's validated arguments: its task's arg, owned by the task
+ * (freed when it ends), valid for the task's whole life. */
+typedef struct tb_kind_args tb_kind_args;
+
+#define TB_KIND_NAME_MAX 64 /* bytes */
+
+/* Registers kind name (1..TB_KIND_NAME_MAX bytes of [A-Za-z0-9_.-]) whose
+ * tasks run fn(self, args) with args a validated tb_kind_args *. spec is an
+ * array ended by an entry with a NULL name (NULL: no arguments); it is
+ * copied. Only before tb_app_run (TB_EBUSY after). TB_EEXIST (name taken),
+ * TB_EINVAL (bad name, NULL fn, bad or duplicate spec entry), TB_ENOMEM. */
+int tb_task_kind(tb_app *app, const char *name, tb_task_fn fn,
+                 const tb_arg_spec *spec);
+
+/* Typed getters, for a kind's task (a is its arg). An argument that was
+ * not given (or is not of the getter's type) yields dflt, or NULL for
+ * tb_kind_string. tb_kind_number also reads TB_ARG_INT arguments;
+ * tb_kind_string reads strings, event names and patterns, and its pointer
+ * lives as long as a. */
+double tb_kind_number(const tb_kind_args *a, const char *name, double dflt);
+long long tb_kind_int(const tb_kind_args *a, const char *name, long long dflt);
+const char *tb_kind_string(const tb_kind_args *a, const char *name);
+int tb_kind_bool(const tb_kind_args *a, const char *name, int dflt);
+
+/* Spawns a task of kind with args_json, the text of a JSON object (NULL,
+ * "" or "null": no arguments). Validates it against the kind's spec: an
+ * unknown member, a wrong type (TB_ARG_INT wants an integer), a number out
+ * of range, a missing required member, or a bad event name or pattern is
+ * TB_EINVAL, with a message naming the member in err. Then adds the task
+ * as tb_task_add does with opts (may be NULL: defaults; its arg_free and
+ * kind are ignored: the kind's name is the task's kind). err (errsz bytes,
+ * may be NULL) gets a message on every error and "" on success. Returns 0,
+ * TB_ENOENT (unknown kind), TB_EINVAL, or tb_task_add's errors. Any
+ * thread. */
+int tb_task_spawn(tb_app *app, const char *kind, const char *args_json,
+                  const tb_task_opts *opts, uint64_t *id_out, char *err,
+                  size_t errsz);
+
 /* ---------------------------------------------------------------- http */
 
 /* One HTTP request, valid until its handler returns. Handlers run on the
@@ -455,9 +526,18 @@ typedef int (*tb_http_fn)(tb_http_req *req, void *ud);
  * template), TB_EEXIST (same method and template shape), TB_ENOMEM. */
 int tb_app_route(tb_app *app, const char *method, const char *path,
                  tb_http_fn fn, void *ud);
+/* When the app has an api_token, a route registered with tb_app_route is
+ * protected: a request without the token (Authorization: Bearer, or a
+ * "token" query parameter) is answered 401 with WWW-Authenticate: Bearer,
+ * and the handler is not called. */
 
 /* Registers taskbus's built-in JSON API (events, tasks, health): see
- * README. Only before tb_app_run. */
+ * README. Only before tb_app_run. Besides POST /events/{name}, the task
+ * routes and the probes, it serves GET /events/{pattern}?timeout=S, a long
+ * poll (Sanic's app.event over HTTP): the next event matching pattern
+ * within S seconds (default 30, at most 300), or 204. While it waits, the
+ * request shows in GET /tasks as a task of kind "http.wait" named
+ * "http.wait:<request id>"; its finished entry stays until purged. */
 int tb_api_register(tb_app *app);
 
 tb_app *tb_http_app(const tb_http_req *req);

@@ -13,6 +13,7 @@
 
 typedef struct fake_conn {
     const char *request_id; /* X-Request-ID header, or NULL */
+    const char *auth;       /* Authorization header, or NULL */
     int status;
     int sends;
     char headers[1024];
@@ -25,6 +26,8 @@ static const char *fake_header(void *conn, const char *name)
     fake_conn *c = conn;
     if (strcasecmp(name, "X-Request-ID") == 0)
         return c->request_id;
+    if (strcasecmp(name, "Authorization") == 0)
+        return c->auth;
     return NULL;
 }
 
@@ -49,13 +52,14 @@ static const tb__http_conn_ops fake_ops = {fake_header, fake_send};
  * (caller decrefs; NULL if the body is not JSON, which is a failed check).
  * Checks what every API answer has: one send, JSON content type, the
  * request id echoed. Any thread. */
-static int call_body(tb_app *app, const char *method, const char *path,
-                     const char *query, const void *body, size_t len,
-                     json_t **out)
+static int call_auth(tb_app *app, const char *method, const char *path,
+                     const char *query, const char *auth, const void *body,
+                     size_t len, json_t **out, char *headers)
 {
     fake_conn c;
     memset(&c, 0, sizeof c);
     c.request_id = "test-req-1";
+    c.auth = auth;
     char *copy = malloc(len + 1);
     if (len)
         memcpy(copy, body, len);
@@ -84,7 +88,16 @@ static int call_body(tb_app *app, const char *method, const char *path,
               c.body ? c.body : "(none)");
     free(c.body);
     *out = j;
+    if (headers)
+        snprintf(headers, sizeof c.headers, "%s", c.headers);
     return status;
+}
+
+static int call_body(tb_app *app, const char *method, const char *path,
+                     const char *query, const void *body, size_t len,
+                     json_t **out)
+{
+    return call_auth(app, method, path, query, NULL, body, len, out, NULL);
 }
 
 static int call(tb_app *app, const char *method, const char *path,
@@ -236,8 +249,8 @@ static void dispatch_body(tb_app *app, void *arg)
     post(app, "api.data", big, MAX_EVENT, 202, NULL);
     post(app, "api.data", big, MAX_EVENT + 1, 413, "too_large");
 
-    /* Only POST. */
-    st = call(app, "GET", "/events/api.hello", NULL, &j);
+    /* POST to dispatch, GET to wait; nothing else. */
+    st = call(app, "PUT", "/events/api.hello", NULL, &j);
     CHECK_ERROR(j, st, 405, "method_not_allowed");
     json_decref(j);
 }
@@ -741,13 +754,334 @@ static void test_health(void **state)
     tb_app_free(app);
 }
 
+/* ------------------------------------------------------------ long poll */
+
+typedef struct poll_ctx {
+    tb_app *app;
+    const char *path, *query, *request_id;
+    int status;
+    char *body;
+    size_t len;
+    int64_t ms; /* how long the request took */
+    pthread_t thread;
+} poll_ctx;
+
+/* GET path?query on the calling thread; fills status, body, ms. */
+static void *poll_run(void *arg)
+{
+    poll_ctx *p = arg;
+    fake_conn c;
+    memset(&c, 0, sizeof c);
+    c.request_id = p->request_id;
+    tb_http_req req;
+    memset(&req, 0, sizeof req);
+    req.app = p->app;
+    req.ops = &fake_ops;
+    req.conn = &c;
+    req.method = "GET";
+    req.path = p->path;
+    req.query = p->query;
+    int64_t t0 = th_mono_ms();
+    p->status = tb__http_handle(&req);
+    p->ms = th_mono_ms() - t0;
+    TH_CHECK_EQ(c.sends, 1);
+    TH_CHECK_EQ(c.status, p->status);
+    p->body = c.body;
+    p->len = c.len;
+    return NULL;
+}
+
+/* Log lines, captured (the long-poll tests wait for its "waiting" line;
+ * the token tests look for the token). */
+static struct {
+    pthread_mutex_t mu;
+    char text[1 << 16];
+    size_t len;
+} logs = {PTHREAD_MUTEX_INITIALIZER, "", 0};
+
+static void capture_log(tb_log_level level, const char *msg, void *ud)
+{
+    (void)level;
+    (void)ud;
+    pthread_mutex_lock(&logs.mu);
+    size_t n = strlen(msg);
+    if (logs.len + n + 2 < sizeof logs.text) {
+        memcpy(logs.text + logs.len, msg, n);
+        logs.len += n;
+        logs.text[logs.len++] = '\n';
+        logs.text[logs.len] = '\0';
+    }
+    pthread_mutex_unlock(&logs.mu);
+}
+
+static int logs_have(const char *needle)
+{
+    pthread_mutex_lock(&logs.mu);
+    int found = strstr(logs.text, needle) != NULL;
+    pthread_mutex_unlock(&logs.mu);
+    return found;
+}
+
+static void logs_start(void)
+{
+    pthread_mutex_lock(&logs.mu);
+    logs.len = 0;
+    logs.text[0] = '\0';
+    pthread_mutex_unlock(&logs.mu);
+    tb_log_set_level(TB_LOG_DEBUG);
+    tb_log_set_handler(capture_log, NULL);
+}
+
+static void logs_stop(void)
+{
+    tb_log_set_handler(NULL, NULL);
+    tb_log_set_level(TB_LOG_INFO);
+}
+
+/* Starts a long poll on its own thread and returns once its task has
+ * subscribed (the handler logs "waiting ... in task http.wait:<id>"). */
+static void poll_start(poll_ctx *p, tb_app *app, const char *path,
+                       const char *query, const char *request_id)
+{
+    memset(p, 0, sizeof *p);
+    p->app = app;
+    p->path = path;
+    p->query = query;
+    p->request_id = request_id;
+    TH_CHECK(pthread_create(&p->thread, NULL, poll_run, p) == 0);
+    char needle[128];
+    snprintf(needle, sizeof needle, "in task http.wait:%s", request_id);
+    int64_t t0 = th_mono_ms();
+    while (!logs_have(needle) && th_mono_ms() - t0 < 5000)
+        th_nap_ms(5);
+    TH_CHECKF(logs_have(needle), "poll %s never subscribed", request_id);
+}
+
+/* Joins the poll; returns its parsed JSON body (NULL for none). */
+static json_t *poll_join(poll_ctx *p)
+{
+    pthread_join(p->thread, NULL);
+    json_error_t jerr;
+    json_t *j = p->len ? json_loadb(p->body, p->len, 0, &jerr) : NULL;
+    TH_CHECKF(!p->len || j, "poll body is not JSON: %s", p->body);
+    free(p->body);
+    return j;
+}
+
+static void poll_body(tb_app *app, void *arg)
+{
+    (void)arg;
+    poll_ctx p;
+    json_t *j;
+
+    /* JSON data comes back as its value; the pattern's <param> and '*'
+     * match. */
+    poll_start(&p, app, "/events/poll.<kind>.*", "timeout=10", "poll-1");
+    const char *data = "{\"n\": 1, \"list\": [true, null]}";
+    TH_CHECK_RC(
+        tb_dispatch(app, "poll.order.created", data, strlen(data), NULL), 0);
+    j = poll_join(&p);
+    TH_CHECK_EQ(p.status, 200);
+    TH_CHECKF(p.ms < 5000, "poll took %lld ms", (long long)p.ms);
+    TH_CHECK_STR(jget_str(j, "name"), "poll.order.created");
+    json_t *want = json_loads(data, 0, NULL);
+    TH_CHECK(json_equal(json_object_get(j, "data"), want));
+    json_decref(want);
+    TH_CHECK(jget_str(j, "id") && jget_str(j, "id")[0]);
+    TH_CHECK(is_rfc3339_us(json_object_get(j, "ts")));
+    TH_CHECK(jget_str(j, "origin") && strchr(jget_str(j, "origin"), '/'));
+    json_decref(j);
+
+    /* Text (and JSON-looking text that does not parse) comes back as a
+     * string; a non-matching event first is skipped. */
+    poll_start(&p, app, "/events/poll.text", NULL, "poll-2");
+    TH_CHECK_RC(tb_dispatch(app, "poll.other", "x", 1, NULL), 0);
+    TH_CHECK_RC(tb_dispatch(app, "poll.text", "{not json", 9, NULL), 0);
+    j = poll_join(&p);
+    TH_CHECK_EQ(p.status, 200);
+    TH_CHECK_STR(jget_str(j, "name"), "poll.text");
+    TH_CHECK_STR(jget_str(j, "data"), "{not json");
+    json_decref(j);
+    poll_start(&p, app, "/events/poll.text", NULL, "poll-3");
+    TH_CHECK_RC(tb_dispatch(app, "poll.text", "hello", 5, NULL), 0);
+    j = poll_join(&p);
+    TH_CHECK_EQ(p.status, 200);
+    TH_CHECK_STR(jget_str(j, "data"), "hello");
+    json_decref(j);
+
+    /* Timeout: 204 with no body, after ~0.3 s. */
+    poll_start(&p, app, "/events/poll.never", "timeout=0.3", "poll-4");
+    j = poll_join(&p);
+    TH_CHECK_EQ(p.status, 204);
+    TH_CHECK(j == NULL);
+    TH_CHECKF(p.ms >= 280 && p.ms < 1300, "204 after %lld ms", (long long)p.ms);
+    /* timeout=0: at once. */
+    memset(&p, 0, sizeof p);
+    p.app = app;
+    p.path = "/events/poll.never";
+    p.query = "timeout=0";
+    p.request_id = "poll-5";
+    poll_run(&p); /* may end before it logs "waiting" */
+    TH_CHECK_EQ(p.status, 204);
+    TH_CHECK_EQ(p.len, 0);
+    free(p.body);
+
+    /* The wait tasks are ephemeral: once they end they leave the listing,
+     * so a busy server does not pile up one entry per request. */
+    int st = 0;
+    json_t *t = NULL;
+    for (int i = 0; i < 200; i++) {
+        st = call(app, "GET", "/tasks", NULL, &j);
+        t = find_task(j, "http.wait:poll-1");
+        json_decref(j);
+        if (!t)
+            break;
+        th_nap_ms(5);
+    }
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK(t == NULL);
+
+    /* Bad patterns and timeouts. */
+    const char *bad_patterns[] = {"/events/a..b", "/events/a.<b",
+                                  "/events/a%20b", "/events/a.b.c.d.e.f.g.h.i"};
+    for (size_t i = 0; i < sizeof bad_patterns / sizeof *bad_patterns; i++) {
+        st = call(app, "GET", bad_patterns[i], NULL, &j);
+        CHECK_ERROR(j, st, 400, "bad_pattern");
+        json_decref(j);
+    }
+    const char *bad_timeouts[] = {"timeout=301", "timeout=300.5", "timeout=-1",
+                                  "timeout=abc", "timeout="};
+    for (size_t i = 0; i < sizeof bad_timeouts / sizeof *bad_timeouts; i++) {
+        st = call(app, "GET", "/events/poll.x", bad_timeouts[i], &j);
+        CHECK_ERROR(j, st, 400, "bad_timeout");
+        json_decref(j);
+    }
+
+    /* The app stopping meanwhile: 503 shutting_down, well before the
+     * timeout. */
+    poll_start(&p, app, "/events/poll.never", "timeout=60", "poll-6");
+    tb_app_stop(app);
+    j = poll_join(&p);
+    CHECK_ERROR(j, p.status, 503, "shutting_down");
+    TH_CHECKF(p.ms < 5000, "503 after %lld ms", (long long)p.ms);
+    json_decref(j);
+}
+
+static void test_long_poll(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    logs_start(); /* after th_app_new, which quiets the logs */
+    assert_rc(tb_api_register(app), 0);
+    assert_rc(th_run_thread(app, poll_body, NULL, 30000), 0);
+    logs_stop();
+    th_assert_clean();
+    tb_app_free(app);
+}
+
+/* ------------------------------------------------------------ token */
+
+#define TOKEN "s3cret-T0ken_xyz"
+
+static void token_body(tb_app *app, void *arg)
+{
+    (void)arg;
+    json_t *j;
+    char headers[1024];
+    /* Without, with a wrong token, with another scheme: 401. */
+    const char *bad_auth[] = {
+        NULL,           "Bearer nope", "Bearer " TOKEN "x", "Bearer s3cret",
+        "Basic " TOKEN, TOKEN};
+    for (size_t i = 0; i < sizeof bad_auth / sizeof *bad_auth; i++) {
+        int st = call_auth(app, "POST", "/events/tok.x", NULL, bad_auth[i], "1",
+                           1, &j, headers);
+        CHECK_ERROR(j, st, 401, "unauthorized");
+        TH_CHECKF(strstr(headers, "WWW-Authenticate: Bearer\r\n"),
+                  "headers: %s", headers);
+        json_decref(j);
+        st = call_auth(app, "GET", "/tasks", NULL, bad_auth[i], NULL, 0, &j,
+                       NULL);
+        CHECK_ERROR(j, st, 401, "unauthorized");
+        json_decref(j);
+    }
+    int st =
+        call_auth(app, "GET", "/tasks", "token=wrong", NULL, NULL, 0, &j, NULL);
+    CHECK_ERROR(j, st, 401, "unauthorized");
+    json_decref(j);
+    st = call_auth(app, "GET", "/events/tok.x", "timeout=0", NULL, NULL, 0, &j,
+                   NULL);
+    CHECK_ERROR(j, st, 401, "unauthorized");
+    json_decref(j);
+
+    /* With the header (any case of the scheme) or the query: served. */
+    st = call_auth(app, "POST", "/events/tok.x", NULL, "Bearer " TOKEN, "1", 1,
+                   &j, NULL);
+    TH_CHECK_EQ(st, 202);
+    json_decref(j);
+    st = call_auth(app, "GET", "/tasks", NULL, "bearer " TOKEN, NULL, 0, &j,
+                   NULL);
+    TH_CHECK_EQ(st, 200);
+    json_decref(j);
+    st = call_auth(app, "POST", "/events/tok.x", "token=" TOKEN, NULL, "1", 1,
+                   &j, NULL);
+    TH_CHECK_EQ(st, 202);
+    json_decref(j);
+    st = call_auth(app, "GET", "/tasks", "state=running&token=" TOKEN, NULL,
+                   NULL, 0, &j, NULL);
+    TH_CHECK_EQ(st, 200);
+    json_decref(j);
+
+    /* The probes stay open. */
+    st = call(app, "GET", "/healthz", NULL, &j);
+    TH_CHECK_EQ(st, 200);
+    json_decref(j);
+    st = call(app, "GET", "/readyz", NULL, &j);
+    TH_CHECK_EQ(st, 200);
+    json_decref(j);
+}
+
+static void test_token(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.workers = 1;
+    cfg.graceful_timeout_ms = 2000;
+    char token[] = TOKEN; /* the app keeps its own copy */
+    cfg.api_token = token;
+    tb_app *app = th_app_new_cfg(&cfg);
+    memset(token, 'z', sizeof token - 1);
+    logs_start(); /* after th_app_new, which quiets the logs */
+    assert_rc(tb_api_register(app), 0);
+    assert_rc(th_run_thread(app, token_body, NULL, 30000), 0);
+    logs_stop();
+    th_assert_clean();
+    /* 401s were logged, the token never. */
+    TH_CHECK(logs_have("401 unauthorized"));
+    TH_CHECK(!logs_have(TOKEN));
+    TH_CHECK(!logs_have("s3cret"));
+    th_assert_clean();
+    tb_app_free(app);
+
+    /* Config: blanks or controls in a token are refused; "" is none. */
+    int err = 0;
+    cfg.api_token = "has blank";
+    TH_CHECK(tb_app_new(&cfg, &err) == NULL);
+    TH_CHECK_RC(err, TB_EINVAL);
+    cfg.api_token = "";
+    app = tb_app_new(&cfg, &err);
+    TH_CHECK(app != NULL);
+    TH_CHECK(tb_app_get_config(app)->api_token == NULL);
+    tb_app_free(app);
+    th_assert_clean();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dispatch),
-        cmocka_unit_test(test_bus_errors),
-        cmocka_unit_test(test_tasks),
-        cmocka_unit_test(test_health),
+        cmocka_unit_test(test_dispatch),  cmocka_unit_test(test_bus_errors),
+        cmocka_unit_test(test_tasks),     cmocka_unit_test(test_health),
+        cmocka_unit_test(test_long_poll), cmocka_unit_test(test_token),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1354,6 +1354,47 @@ static void test_join(void **state)
     loop_ctx_destroy(&c);
 }
 
+/* TB_TASK_EPHEMERAL: the entry leaves the registry when the task ends; a
+ * join that was waiting still sees it end, with its result. */
+static int short_nap(tb_task *self, void *arg)
+{
+    (void)arg;
+    tb_sleep(self, 50);
+    return 7;
+}
+
+static int drive_ephemeral(tb_task *self, void *ctx)
+{
+    (void)ctx;
+    tb_app *app = tb_task_app(self);
+    tb_task_opts o = th_opts("eph", 1);
+    o.flags = TB_TASK_EPHEMERAL;
+    TH_CHECK_RC(tb_task_add(app, short_nap, NULL, &o, NULL), 0);
+    tb_task_info info;
+    TH_CHECK_EQ(tb_task_get(app, "eph", &info), 1);
+    int result = 0;
+    tb_task_state st = TB_TASK_PENDING;
+    TH_CHECK_RC(tb_task_join(self, "eph", 2000, &result, &st), 0);
+    TH_CHECK_EQ(result, 7);
+    TH_CHECK_EQ(st, TB_TASK_FAILED);
+    TH_CHECK_RC(tb_task_get(app, "eph", NULL), TB_ENOENT);
+    TH_CHECK_EQ(th_count_named(app, "eph", -1, NULL, NULL), 0);
+    /* An ordinary task stays until purged. */
+    TH_CHECK_RC(th_add(app, "plain", 1, short_nap, NULL, NULL), 0);
+    TH_CHECK_RC(tb_task_join(self, "plain", 2000, NULL, NULL), 0);
+    TH_CHECK_EQ(tb_task_get(app, "plain", NULL), 1);
+    return 0;
+}
+
+static void test_ephemeral(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    assert_rc(th_run_task(app, 0, drive_ephemeral, NULL, 10000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+}
+
 typedef struct join_replicas_ctx {
     atomic_int ended[2];
 } join_replicas_ctx;
@@ -1776,6 +1817,7 @@ int main(void)
         cmocka_unit_test(test_states_results_and_purge),
         cmocka_unit_test(test_list_fields),
         cmocka_unit_test(test_join),
+        cmocka_unit_test(test_ephemeral),
         cmocka_unit_test(test_join_waits_for_every_replica),
         cmocka_unit_test(test_task_app_and_identity),
         cmocka_unit_test(test_run_blocking_runs_on_another_thread),

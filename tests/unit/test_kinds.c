@@ -1,0 +1,541 @@
+/* test_kinds.c - unit tests for service/kinds.c: kind registration and
+ * argument validation, the built-in kinds on a running app, and POST /tasks
+ * through tb__http_handle with a fake connection (no network). */
+#include "harness.h"
+
+#include <jansson.h>
+#include <strings.h>
+
+#include "http.h"
+#include "internal.h"
+#include "kinds.h"
+
+/* ------------------------------------------------------------ fake conn */
+
+typedef struct fake_conn {
+    int status;
+    int sends;
+    char *body;
+    size_t len;
+} fake_conn;
+
+static const char *fake_header(void *conn, const char *name)
+{
+    (void)conn;
+    (void)name;
+    return NULL;
+}
+
+static int fake_send(void *conn, int status, const char *headers,
+                     const void *body, size_t len)
+{
+    (void)headers;
+    fake_conn *c = conn;
+    c->sends++;
+    c->status = status;
+    free(c->body);
+    c->body = malloc(len + 1);
+    memcpy(c->body, body, len);
+    c->body[len] = '\0';
+    c->len = len;
+    return 0;
+}
+
+static const tb__http_conn_ops fake_ops = {fake_header, fake_send};
+
+/* POST /tasks with body; returns the status, *out the parsed JSON answer. */
+static int post_tasks(tb_app *app, const char *body, json_t **out)
+{
+    fake_conn c;
+    memset(&c, 0, sizeof c);
+    tb_http_req req;
+    memset(&req, 0, sizeof req);
+    req.app = app;
+    req.ops = &fake_ops;
+    req.conn = &c;
+    req.method = "POST";
+    req.path = "/tasks";
+    req.body = body;
+    req.body_len = strlen(body);
+    int status = tb__http_handle(&req);
+    TH_CHECK_EQ(c.sends, 1);
+    json_error_t jerr;
+    *out = c.body ? json_loadb(c.body, c.len, 0, &jerr) : NULL;
+    TH_CHECKF(*out != NULL, "body is not JSON: %s", c.body ? c.body : "");
+    free(c.body);
+    return status;
+}
+
+static const char *jget_str(json_t *o, const char *key)
+{
+    return json_string_value(json_object_get(o, key));
+}
+
+/* Checks an error answer: status, code, and a message containing part. */
+static void post_error(tb_app *app, const char *body, int want_status,
+                       const char *want_code, const char *part)
+{
+    json_t *j = NULL;
+    int st = post_tasks(app, body, &j);
+    TH_CHECKF(st == want_status, "%s: status %d, want %d", body, st,
+              want_status);
+    TH_CHECK_STR(jget_str(j, "error"), want_code);
+    const char *msg = jget_str(j, "message");
+    TH_CHECKF(msg && strstr(msg, part), "%s: message \"%s\" lacks \"%s\"", body,
+              msg ? msg : "(none)", part);
+    json_decref(j);
+}
+
+/* ------------------------------------------------------------ validation */
+
+static int noop(tb_task *self, void *arg)
+{
+    (void)self;
+    (void)arg;
+    return 0;
+}
+
+static const tb_arg_spec all_spec[] = {
+    {"n", TB_ARG_NUMBER, 1, 0, 10},
+    {"i", TB_ARG_INT, 0, 1, 5},
+    {"s", TB_ARG_STRING, 0, 0, 0},
+    {"e", TB_ARG_EVENT_NAME, 0, 0, 0},
+    {"p", TB_ARG_PATTERN, 0, 0, 0},
+    {"b", TB_ARG_BOOL, 0, 0, 0},
+    {"u", TB_ARG_NUMBER, 0, 0, 0}, /* no range */
+    {NULL, 0, 0, 0, 0},
+};
+
+/* Spawns kind "all" (before run) with args; checks rc and, on TB_EINVAL,
+ * that err holds part. */
+static void spawn_check(tb_app *app, const char *kind, const char *args,
+                        int want_rc, const char *part)
+{
+    char err[256] = "x";
+    tb_task_opts o = th_opts(NULL, TB_WORKER_ANY);
+    int rc = tb_task_spawn(app, kind, args, &o, NULL, err, sizeof err);
+    TH_CHECKF(rc == want_rc, "%s %s: rc %s, want %s (%s)", kind,
+              args ? args : "NULL", tb_err_name(rc), tb_err_name(want_rc), err);
+    if (part)
+        TH_CHECKF(strstr(err, part), "%s: err \"%s\" lacks \"%s\"",
+                  args ? args : "NULL", err, part);
+    else if (want_rc == 0)
+        TH_CHECK_STR(err, "");
+}
+
+static void test_validation(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+
+    /* Registration. */
+    char name65[66];
+    memset(name65, 'k', 65);
+    name65[65] = '\0';
+    assert_rc(tb_task_kind(app, name65, noop, NULL), TB_EINVAL);
+    name65[64] = '\0';
+    assert_rc(tb_task_kind(app, name65, noop, NULL), 0);
+    assert_rc(tb_task_kind(app, "", noop, NULL), TB_EINVAL);
+    assert_rc(tb_task_kind(app, "a b", noop, NULL), TB_EINVAL);
+    assert_rc(tb_task_kind(app, "a/b", noop, NULL), TB_EINVAL);
+    assert_rc(tb_task_kind(app, "nofn", NULL, NULL), TB_EINVAL);
+    static const tb_arg_spec dup[] = {{"x", TB_ARG_INT, 0, 0, 0},
+                                      {"x", TB_ARG_STRING, 0, 0, 0},
+                                      {NULL, 0, 0, 0, 0}};
+    assert_rc(tb_task_kind(app, "dup", noop, dup), TB_EINVAL);
+    static const tb_arg_spec empty[] = {{"", TB_ARG_INT, 0, 0, 0},
+                                        {NULL, 0, 0, 0, 0}};
+    assert_rc(tb_task_kind(app, "empty", noop, empty), TB_EINVAL);
+    assert_rc(tb_task_kind(app, "all", noop, all_spec), 0);
+    assert_rc(tb_task_kind(app, "all", noop, all_spec), TB_EEXIST);
+    assert_rc(tb_task_kind(app, "none", noop, NULL), 0);
+    assert_rc(tb_task_kind(app, "My.kind-1_x", noop, NULL), 0);
+
+    /* Kind lookup and the args text. */
+    spawn_check(app, "nope", "{}", TB_ENOENT, "nope");
+    spawn_check(app, "none", NULL, 0, NULL);
+    spawn_check(app, "none", "", 0, NULL);
+    spawn_check(app, "none", "null", 0, NULL);
+    spawn_check(app, "none", "{}", 0, NULL);
+    spawn_check(app, "none", "{\"x\": 1}", TB_EINVAL,
+                "args.x: unknown member (kind \"none\" takes no arguments)");
+    spawn_check(app, "all", "{\"n\": ", TB_EINVAL, "invalid JSON");
+    spawn_check(app, "all", "{\"n\": 1, \"n\": 2}", TB_EINVAL, "invalid JSON");
+    spawn_check(app, "all", "[1]", TB_EINVAL, "must be a JSON object");
+    spawn_check(app, "all", "3", TB_EINVAL, "must be a JSON object");
+
+    /* Members: unknown, missing, wrong type, range edges (inclusive). */
+    spawn_check(app, "all", "{\"n\": 1, \"zz\": 1}", TB_EINVAL,
+                "args.zz: unknown member");
+    spawn_check(app, "all", "{}", TB_EINVAL, "args.n: missing");
+    spawn_check(app, "all", "null", TB_EINVAL, "args.n: missing");
+    spawn_check(app, "all", "{\"n\": \"1\"}", TB_EINVAL,
+                "args.n: must be a number");
+    spawn_check(app, "all", "{\"n\": null}", TB_EINVAL,
+                "args.n: must be a number");
+    spawn_check(app, "all", "{\"n\": 0}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 10}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 2.5}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": -0.001}", TB_EINVAL,
+                "args.n: -0.001 is out of range 0..10");
+    spawn_check(app, "all", "{\"n\": 10.001}", TB_EINVAL, "args.n: 10.001");
+    spawn_check(app, "all", "{\"n\": 1, \"i\": 2.0}", TB_EINVAL,
+                "args.i: must be an integer");
+    spawn_check(app, "all", "{\"n\": 1, \"i\": 1}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 1, \"i\": 5}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 1, \"i\": 0}", TB_EINVAL,
+                "args.i: 0 is out of range 1..5");
+    spawn_check(app, "all", "{\"n\": 1, \"i\": 6}", TB_EINVAL, "args.i: 6");
+    spawn_check(app, "all", "{\"n\": 1, \"u\": -1e300}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 1, \"s\": 5}", TB_EINVAL,
+                "args.s: must be a string");
+    spawn_check(app, "all", "{\"n\": 1, \"s\": \"\"}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 1, \"e\": \"a..b\"}", TB_EINVAL,
+                "args.e: bad event name \"a..b\"");
+    spawn_check(app, "all", "{\"n\": 1, \"e\": \"a.*\"}", TB_EINVAL,
+                "args.e: bad event name");
+    spawn_check(app, "all", "{\"n\": 1, \"e\": 1}", TB_EINVAL,
+                "args.e: must be an event name");
+    spawn_check(app, "all", "{\"n\": 1, \"e\": \"a.b-c_d\"}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 1, \"p\": \"a.<x\"}", TB_EINVAL,
+                "args.p: bad pattern");
+    spawn_check(app, "all", "{\"n\": 1, \"p\": \"a.*.<x>\"}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 1, \"b\": 1}", TB_EINVAL,
+                "args.b: must be true or false");
+    spawn_check(app, "all", "{\"n\": 1, \"b\": false}", 0, NULL);
+
+    /* tb_task_add's errors come through, with the args freed. */
+    tb_task_opts o = th_opts("", TB_WORKER_ANY);
+    char err[128];
+    assert_rc(tb_task_spawn(app, "none", NULL, &o, NULL, err, sizeof err),
+              TB_EINVAL);
+    assert_rc(tb_task_spawn(app, "all", "{\"n\": 1, \"s\": \"x\"}", &o, NULL,
+                            err, sizeof err),
+              TB_EINVAL);
+    assert_rc(tb_task_spawn(NULL, "none", NULL, NULL, NULL, NULL, 0),
+              TB_EINVAL);
+
+    th_assert_clean();
+    tb__kinds_free(app); /* never run: nothing else drops its kinds */
+    tb__kinds_free(app);
+    tb_app_free(app);
+}
+
+/* ------------------------------------------------------------ built-ins */
+
+#define DATA_MAX 128
+
+typedef struct seen {
+    pthread_mutex_t mu;
+    th_counter ready, delay, tick, relayed;
+    int64_t delay_at_ms;
+    char delay_data[DATA_MAX];
+    char relayed_data[2][DATA_MAX];
+    /* the probe kind's getters */
+    th_counter probed;
+    double num, num_from_int, num_dflt;
+    long long i, i_dflt;
+    char s[DATA_MAX];
+    int s_null, b, b_dflt;
+} seen;
+
+static int watcher(tb_task *self, void *arg)
+{
+    seen *s = arg;
+    int err = 0;
+    tb_sub *sub = tb_sub_open(self, "k.*", 0, &err);
+    if (!TH_CHECK(sub != NULL))
+        return 1;
+    th_counter_add(&s->ready, 1);
+    tb_event *ev;
+    while (tb_sub_next(self, sub, -1, &ev) == 0) {
+        const char *name = tb_event_name(ev);
+        const char *data = tb_event_data(ev, NULL);
+        pthread_mutex_lock(&s->mu);
+        if (strcmp(name, "k.delay") == 0) {
+            s->delay_at_ms = th_mono_ms();
+            snprintf(s->delay_data, DATA_MAX, "%s", data);
+        } else if (strcmp(name, "k.relayed") == 0) {
+            long n = th_counter_get(&s->relayed);
+            if (n < 2)
+                snprintf(s->relayed_data[n], DATA_MAX, "%s", data);
+        }
+        pthread_mutex_unlock(&s->mu);
+        if (strcmp(name, "k.delay") == 0)
+            th_counter_add(&s->delay, 1);
+        else if (strcmp(name, "k.tick") == 0)
+            th_counter_add(&s->tick, 1);
+        else if (strcmp(name, "k.relayed") == 0)
+            th_counter_add(&s->relayed, 1);
+        tb_event_unref(ev);
+    }
+    return 0;
+}
+
+static seen *probe_seen;
+
+static int probe(tb_task *self, void *arg)
+{
+    (void)self;
+    const tb_kind_args *a = arg;
+    seen *s = probe_seen;
+    s->num = tb_kind_number(a, "n", -1);
+    s->num_from_int = tb_kind_number(a, "i", -1);
+    s->num_dflt = tb_kind_number(a, "u", -7);
+    s->i = tb_kind_int(a, "i", -1);
+    s->i_dflt = tb_kind_int(a, "n", -9); /* a number, not an int */
+    const char *str = tb_kind_string(a, "s");
+    snprintf(s->s, DATA_MAX, "%s", str ? str : "");
+    s->s_null =
+        tb_kind_string(a, "e") == NULL && tb_kind_string(a, "zz") == NULL;
+    s->b = tb_kind_bool(a, "b", -1);
+    s->b_dflt = tb_kind_bool(a, "s", -3);
+    th_counter_add(&s->probed, 1);
+    return 0;
+}
+
+static void spawn_named(tb_app *app, const char *kind, const char *name,
+                        const char *args)
+{
+    char err[256];
+    tb_task_opts o = th_opts(name, TB_WORKER_ANY);
+    int rc = tb_task_spawn(app, kind, args, &o, NULL, err, sizeof err);
+    TH_CHECKF(rc == 0, "spawn %s %s: %s", kind, name, err);
+}
+
+static void check_ended(tb_app *app, const char *name, tb_task_state want,
+                        const char *error_part)
+{
+    TH_CHECKF(th_wait_state(app, name, want, 3000), "%s did not end %s", name,
+              tb_task_state_name(want));
+    tb_task_info info;
+    TH_CHECK(tb_task_get(app, name, &info) == 1);
+    if (error_part)
+        TH_CHECKF(strstr(info.error, error_part), "%s: error \"%s\"", name,
+                  info.error);
+}
+
+static void builtin_body(tb_app *app, void *arg)
+{
+    seen *s = arg;
+    TH_CHECK_RC(th_add(app, "watcher", TB_WORKER_ANY, watcher, s, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&s->ready, 1, 3000));
+
+    /* The getters see the validated values and defaults. */
+    spawn_named(app, "probe", "probe",
+                "{\"n\": 2.5, \"i\": 4, \"s\": \"str\", \"b\": true}");
+    TH_CHECK(th_counter_wait_ge(&s->probed, 1, 3000));
+    TH_CHECK(s->num == 2.5 && s->num_from_int == 4 && s->num_dflt == -7);
+    TH_CHECK_EQ(s->i, 4);
+    TH_CHECK_EQ(s->i_dflt, -9);
+    TH_CHECK_STR(s->s, "str");
+    TH_CHECK(s->s_null);
+    TH_CHECK_EQ(s->b, 1);
+    TH_CHECK_EQ(s->b_dflt, -3);
+    check_ended(app, "probe", TB_TASK_DONE, NULL);
+    tb_task_info info;
+    TH_CHECK(tb_task_get(app, "probe", &info) == 1);
+    TH_CHECK_STR(info.kind, "probe");
+
+    /* delay: the event arrives after ~the delay, with its data. */
+    int64_t t0 = th_mono_ms();
+    spawn_named(app, "delay", "d1",
+                "{\"seconds\": 0.2, \"event\": \"k.delay\", \"data\": \"hi\"}");
+    TH_CHECK(th_counter_wait_ge(&s->delay, 1, 3000));
+    pthread_mutex_lock(&s->mu);
+    int64_t took = s->delay_at_ms - t0;
+    TH_CHECKF(took >= 190 && took < 1500, "delay took %lld ms",
+              (long long)took);
+    TH_CHECK_STR(s->delay_data, "hi");
+    pthread_mutex_unlock(&s->mu);
+    check_ended(app, "d1", TB_TASK_DONE, NULL);
+
+    /* delay whose dispatch fails (data over max_event_size): failed. */
+    char args[DATA_MAX + 100];
+    snprintf(args, sizeof args,
+             "{\"seconds\": 0, \"event\": \"k.big\", \"data\": \"%0*d\"}", 80,
+             0);
+    spawn_named(app, "delay", "d2", args);
+    check_ended(app, "d2", TB_TASK_FAILED, "dispatch of event \"k.big\"");
+
+    /* interval with count 3: exactly 3 ticks, then done. */
+    spawn_named(app, "interval", "i1",
+                "{\"seconds\": 0.03, \"event\": \"k.tick\", \"count\": 3}");
+    check_ended(app, "i1", TB_TASK_DONE, NULL);
+    TH_CHECK(th_counter_wait_ge(&s->tick, 3, 1000));
+    th_nap_ms(100);
+    TH_CHECK_EQ(th_counter_get(&s->tick), 3);
+
+    /* relay: two events relayed with their data, then cancelled. */
+    spawn_named(app, "relay", "r1",
+                "{\"pattern\": \"r.in.*\", \"event\": \"k.relayed\"}");
+    TH_CHECK(th_wait_state(app, "r1", TB_TASK_RUNNING, 3000));
+    th_nap_ms(50); /* its subscription is open once it has run */
+    TH_CHECK_RC(tb_dispatch(app, "r.in.a", "one", 3, NULL), 0);
+    TH_CHECK_RC(tb_dispatch(app, "r.in.b", "two", 3, NULL), 0);
+    TH_CHECK_RC(tb_dispatch(app, "r.other", "no", 2, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&s->relayed, 2, 3000));
+    TH_CHECK_RC(tb_task_cancel(app, "r1", 2000), 0);
+    check_ended(app, "r1", TB_TASK_CANCELLED, NULL);
+    th_nap_ms(50);
+    TH_CHECK_EQ(th_counter_get(&s->relayed), 2);
+    pthread_mutex_lock(&s->mu);
+    TH_CHECK_STR(s->relayed_data[0], "one");
+    TH_CHECK_STR(s->relayed_data[1], "two");
+    pthread_mutex_unlock(&s->mu);
+
+    /* relay onto its own pattern would loop: refused by the task. */
+    spawn_named(app, "relay", "r2",
+                "{\"pattern\": \"k.*\", \"event\": \"k.relayed\"}");
+    check_ended(app, "r2", TB_TASK_FAILED, "feed itself");
+
+    /* sleep: 0 is done; a long one cancelled early ends cancelled. */
+    spawn_named(app, "sleep", "s0", "{\"seconds\": 0}");
+    check_ended(app, "s0", TB_TASK_DONE, NULL);
+    spawn_named(app, "sleep", "s1", "{\"seconds\": 60}");
+    TH_CHECK(th_wait_state(app, "s1", TB_TASK_RUNNING, 3000));
+    t0 = th_mono_ms();
+    TH_CHECK_RC(tb_task_cancel(app, "s1", 2000), 0);
+    TH_CHECK(th_mono_ms() - t0 < 1000);
+    check_ended(app, "s1", TB_TASK_CANCELLED, NULL);
+
+    /* Kinds are fixed once the app runs. */
+    TH_CHECK_RC(tb_task_kind(app, "late", noop, NULL), TB_EBUSY);
+}
+
+static void test_builtin(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.graceful_timeout_ms = 2000;
+    cfg.max_event_size = 64;
+    tb_app *app = th_app_new_cfg(&cfg);
+    assert_rc(tb__kinds_register_builtin(app), 0);
+    assert_rc(tb__kinds_register_builtin(app), TB_EEXIST);
+    assert_rc(tb_task_kind(app, "probe", probe, all_spec), 0);
+    seen s;
+    memset(&s, 0, sizeof s);
+    pthread_mutex_init(&s.mu, NULL);
+    th_counter_init(&s.ready);
+    th_counter_init(&s.delay);
+    th_counter_init(&s.tick);
+    th_counter_init(&s.relayed);
+    th_counter_init(&s.probed);
+    probe_seen = &s;
+    assert_rc(th_run_thread(app, builtin_body, &s, 20000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+    pthread_mutex_destroy(&s.mu);
+    th_counter_destroy(&s.ready);
+    th_counter_destroy(&s.delay);
+    th_counter_destroy(&s.tick);
+    th_counter_destroy(&s.relayed);
+    th_counter_destroy(&s.probed);
+}
+
+/* ------------------------------------------------------------ POST /tasks */
+
+static void http_body(tb_app *app, void *arg)
+{
+    (void)arg;
+    json_t *j = NULL;
+    int st = post_tasks(app,
+                        "{\"kind\": \"sleep\", \"name\": \"nap\", \"args\": "
+                        "{\"seconds\": 30}, \"worker\": 1}",
+                        &j);
+    TH_CHECK_EQ(st, 201);
+    TH_CHECK_STR(jget_str(j, "name"), "nap");
+    TH_CHECK_STR(jget_str(j, "kind"), "sleep");
+    TH_CHECK_EQ(json_integer_value(json_object_get(j, "worker")), 1);
+    TH_CHECK(json_integer_value(json_object_get(j, "id")) > 0);
+    TH_CHECK_EQ(json_integer_value(json_object_get(j, "replicas")), 1);
+    const char *state = jget_str(j, "state");
+    TH_CHECKF(state && (strcmp(state, "pending") == 0 ||
+                        strcmp(state, "running") == 0),
+              "state %s", state ? state : "(none)");
+    TH_CHECK(json_is_string(json_object_get(j, "created")));
+    TH_CHECK(json_is_null(json_object_get(j, "ended")));
+    TH_CHECK(json_is_null(json_object_get(j, "error")));
+    TH_CHECK(json_is_false(json_object_get(j, "cancel_requested")));
+    TH_CHECK_EQ(json_integer_value(json_object_get(j, "result")), 0);
+    json_decref(j);
+
+    /* Unnamed: a generated name, args null is {}. */
+    st = post_tasks(app, "{\"kind\": \"sleep\", \"args\": {\"seconds\": 0}}",
+                    &j);
+    TH_CHECK_EQ(st, 201);
+    char want[32];
+    snprintf(want, sizeof want, "task-%lld",
+             (long long)json_integer_value(json_object_get(j, "id")));
+    TH_CHECK_STR(jget_str(j, "name"), want);
+    json_decref(j);
+
+    post_error(app,
+               "{\"kind\": \"sleep\", \"name\": \"nap\", \"args\": "
+               "{\"seconds\": 1}}",
+               409, "name_taken", "nap");
+    post_error(app, "{\"kind\": \"nope\"}", 404, "unknown_kind", "nope");
+    post_error(app, "{\"kind\": \"sleep\", \"args\": {\"seconds\": -1}}", 400,
+               "bad_args", "args.seconds");
+    post_error(app, "{\"kind\": \"sleep\"}", 400, "bad_args",
+               "args.seconds: missing");
+    post_error(app, "{\"kind\": \"sleep\", \"args\": null}", 400, "bad_args",
+               "args.seconds: missing");
+    post_error(app,
+               "{\"kind\": \"interval\", \"args\": {\"seconds\": 1, "
+               "\"event\": \"x\", \"count\": 0}}",
+               400, "bad_args", "args.count");
+    post_error(app, "nope", 400, "bad_json", "JSON object");
+    post_error(app, "[]", 400, "bad_json", "JSON object");
+    post_error(app, "", 400, "bad_json", "JSON object");
+    post_error(app, "{}", 400, "bad_request", "\"kind\" is required");
+    post_error(app, "{\"kind\": 1}", 400, "bad_request", "\"kind\"");
+    post_error(app, "{\"kind\": \"sleep\", \"name\": 1}", 400, "bad_request",
+               "\"name\"");
+    post_error(app, "{\"kind\": \"sleep\", \"args\": [1]}", 400, "bad_request",
+               "\"args\"");
+    post_error(app, "{\"kind\": \"sleep\", \"worker\": \"1\"}", 400,
+               "bad_request", "\"worker\"");
+    post_error(app, "{\"kind\": \"sleep\", \"extra\": 1}", 400, "bad_request",
+               "\"extra\"");
+    post_error(app,
+               "{\"kind\": \"sleep\", \"worker\": 2, \"args\": "
+               "{\"seconds\": 1}}",
+               400, "bad_worker", "0..1");
+    post_error(app,
+               "{\"kind\": \"sleep\", \"worker\": -1, \"args\": "
+               "{\"seconds\": 1}}",
+               400, "bad_worker", "0..1");
+    post_error(app,
+               "{\"kind\": \"sleep\", \"name\": \"\", \"args\": "
+               "{\"seconds\": 1}}",
+               400, "bad_name", "task name");
+}
+
+static void test_http(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    assert_rc(tb__kinds_register_builtin(app), 0);
+    assert_rc(tb__api_register_kinds(app), 0);
+    assert_rc(th_run_thread(app, http_body, NULL, 20000), 0);
+    th_assert_clean();
+
+    /* After stop. */
+    post_error(app, "{\"kind\": \"sleep\", \"args\": {\"seconds\": 1}}", 503,
+               "shutting_down", "stopp");
+    th_assert_clean();
+    tb_app_free(app);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_builtin),
+        cmocka_unit_test(test_http),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
