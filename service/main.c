@@ -106,6 +106,8 @@ static void usage(FILE *f)
             "default 2\n"
             "  --listen ADDR     HTTP API address, IPv4:port (env "
             "TASKBUS_LISTEN); default 127.0.0.1:8080; \"off\": none\n"
+            "  --token TOKEN     API token required by the HTTP API (env "
+            "TASKBUS_TOKEN)\n"
             "  --tick SECONDS    dispatch demo.tick every SECONDS, 0: never; "
             "default 5\n"
             "  --version, --help\n");
@@ -141,6 +143,8 @@ int main(int argc, char **argv)
     cfg.http_listen = "127.0.0.1:8080";
     if ((env = getenv("TASKBUS_LISTEN")) && *env)
         cfg.http_listen = env;
+    if ((env = getenv("TASKBUS_TOKEN")) && *env)
+        cfg.api_token = env;
 
     static const struct option opts[] = {
         {"redis-url", required_argument, NULL, 'r'},
@@ -148,6 +152,7 @@ int main(int argc, char **argv)
         {"workers", required_argument, NULL, 'w'},
         {"tick", required_argument, NULL, 't'},
         {"listen", required_argument, NULL, 'l'},
+        {"token", required_argument, NULL, 'k'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -169,6 +174,9 @@ int main(int argc, char **argv)
             break;
         case 'l':
             cfg.http_listen = optarg;
+            break;
+        case 'k':
+            cfg.api_token = optarg;
             break;
         case 'V':
             printf("taskbus %s\n", TB_VERSION_STRING);
