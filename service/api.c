@@ -16,6 +16,7 @@
 
 #include "envelope.h"
 #include "http.h"
+#include "api.h"
 #include "internal.h"
 #include "kinds.h"
 
@@ -34,7 +35,7 @@
 /* A JSON string of s. Task names may hold any bytes but controls: bytes
  * that are not UTF-8 become U+FFFD instead of losing the field. NULL on
  * ENOMEM. */
-static json_t *jstr(const char *s)
+json_t *tb__api_jstr(const char *s)
 {
     size_t n = strlen(s);
     if (tb__utf8_valid(s, n))
@@ -62,14 +63,14 @@ static json_t *jstr(const char *s)
 }
 
 /* A string, or null when s is empty. */
-static json_t *jstr_or_null(const char *s)
+json_t *tb__api_jstr_or_null(const char *s)
 {
-    return s[0] ? jstr(s) : json_null();
+    return s[0] ? tb__api_jstr(s) : json_null();
 }
 
 /* RFC 3339 UTC with microseconds ("2024-05-01T12:00:00.000001Z"), or null
  * for 0 (never happened). */
-static json_t *jtime(int64_t us)
+json_t *tb__api_jtime(int64_t us)
 {
     if (us <= 0)
         return json_null();
@@ -83,21 +84,21 @@ static json_t *jtime(int64_t us)
     return json_string(buf);
 }
 
-static json_t *task_json(const tb_task_info *t)
+json_t *tb__api_task_json(const tb_task_info *t)
 {
     json_t *o = json_object();
     if (!o)
         return NULL;
-    json_object_set_new(o, "name", jstr(t->name));
+    json_object_set_new(o, "name", tb__api_jstr(t->name));
     json_object_set_new(o, "id", json_integer((json_int_t)t->id));
-    json_object_set_new(o, "kind", jstr(t->kind));
+    json_object_set_new(o, "kind", tb__api_jstr(t->kind));
     json_object_set_new(o, "worker", json_integer(t->worker));
     json_object_set_new(o, "state", json_string(tb_task_state_name(t->state)));
-    json_object_set_new(o, "created", jtime(t->created_us));
-    json_object_set_new(o, "started", jtime(t->started_us));
-    json_object_set_new(o, "ended", jtime(t->ended_us));
+    json_object_set_new(o, "created", tb__api_jtime(t->created_us));
+    json_object_set_new(o, "started", tb__api_jtime(t->started_us));
+    json_object_set_new(o, "ended", tb__api_jtime(t->ended_us));
     json_object_set_new(o, "result", json_integer(t->result));
-    json_object_set_new(o, "error", jstr_or_null(t->error));
+    json_object_set_new(o, "error", tb__api_jstr_or_null(t->error));
     json_object_set_new(o, "cancel_requested",
                         json_boolean(t->cancel_requested));
     return o;
@@ -108,13 +109,13 @@ static json_t *bus_json(const tb_bus_info *b)
     json_t *o = json_object();
     if (!o)
         return NULL;
-    json_object_set_new(o, "name", jstr(b->name));
+    json_object_set_new(o, "name", tb__api_jstr(b->name));
     json_object_set_new(o, "state", json_string(tb_bus_state_name(b->state)));
-    json_object_set_new(o, "since", jtime(b->since_us));
+    json_object_set_new(o, "since", tb__api_jtime(b->since_us));
     json_object_set_new(o, "attempts", json_integer((json_int_t)b->attempts));
     json_object_set_new(o, "reconnects",
                         json_integer((json_int_t)b->reconnects));
-    json_object_set_new(o, "last_error", jstr_or_null(b->last_error));
+    json_object_set_new(o, "last_error", tb__api_jstr_or_null(b->last_error));
     json_object_set_new(o, "published", json_integer((json_int_t)b->published));
     json_object_set_new(o, "publish_failed",
                         json_integer((json_int_t)b->publish_failed));
@@ -159,7 +160,7 @@ static int error_with(tb_http_req *req, int status, const char *code,
             "http %s %s (request %s): %d %s: %s", tb_http_method(req),
             tb_http_path(req), tb_http_request_id(req), status, code, msg);
     json_object_set_new(extra, "error", json_string(code));
-    json_t *m = jstr(msg);
+    json_t *m = tb__api_jstr(msg);
     json_object_set_new(extra, "message", m);
     return respond(req, status, extra);
 }
@@ -326,7 +327,7 @@ static json_t *event_data_json(const tb_event *ev)
     }
     if (tb__utf8_valid(d, len))
         return json_stringn(d, len);
-    return jstr(d); /* not UTF-8 (a foreign publisher): U+FFFD */
+    return tb__api_jstr(d); /* not UTF-8 (a foreign publisher): U+FFFD */
 }
 
 static json_t *event_json(const tb_event *ev)
@@ -334,11 +335,11 @@ static json_t *event_json(const tb_event *ev)
     json_t *o = json_object();
     if (!o)
         return NULL;
-    json_object_set_new(o, "id", jstr(tb_event_id(ev)));
-    json_object_set_new(o, "name", jstr(tb_event_name(ev)));
+    json_object_set_new(o, "id", tb__api_jstr(tb_event_id(ev)));
+    json_object_set_new(o, "name", tb__api_jstr(tb_event_name(ev)));
     json_object_set_new(o, "data", event_data_json(ev));
-    json_object_set_new(o, "ts", jtime(tb_event_ts_us(ev)));
-    json_object_set_new(o, "origin", jstr(tb_event_origin(ev)));
+    json_object_set_new(o, "ts", tb__api_jtime(tb_event_ts_us(ev)));
+    json_object_set_new(o, "origin", tb__api_jstr(tb_event_origin(ev)));
     return o;
 }
 
@@ -518,7 +519,7 @@ static int list_tasks(tb_http_req *req, void *ud)
     for (size_t i = 0; arr && i < n; i++) {
         if (filter && list[i].state != want)
             continue;
-        if (json_array_append_new(arr, task_json(&list[i])) != 0) {
+        if (json_array_append_new(arr, tb__api_task_json(&list[i])) != 0) {
             json_decref(arr);
             arr = NULL;
         }
@@ -539,7 +540,7 @@ static json_t *task_lookup(tb_app *app, const char *name, int *rc)
     *rc = tb_task_get(app, name, &info);
     if (*rc < 0)
         return NULL;
-    json_t *o = task_json(&info);
+    json_t *o = tb__api_task_json(&info);
     if (o)
         json_object_set_new(o, "replicas", json_integer(*rc));
     else
@@ -631,7 +632,7 @@ static int cancel_task(tb_http_req *req, void *ud)
     }
     /* Cancelled; it may have been purged (or replaced) since. */
     if (!task && grc != TB_ENOMEM && (task = json_object()) != NULL)
-        json_object_set_new(task, "name", jstr(name));
+        json_object_set_new(task, "name", tb__api_jstr(name));
     return respond(req, 200, task);
 }
 

@@ -16,6 +16,7 @@
 
 #include "envelope.h"
 #include "internal.h"
+#include "api.h"
 #include "kinds.h"
 
 #define ARG_NAME_MAX 64
@@ -572,75 +573,6 @@ int tb__kinds_register_builtin(tb_app *app)
 
 /* ---------------------------------------------------------------- HTTP */
 
-/* jstr, jstr_or_null, jtime and task_json: copied from api.c (static there)
- * so that POST /tasks answers exactly as GET /tasks/{name} does. */
-
-static json_t *jstr(const char *s)
-{
-    size_t n = strlen(s);
-    if (tb__utf8_valid(s, n))
-        return json_stringn(s, n);
-    char *buf = malloc(3 * n + 1);
-    if (!buf)
-        return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        size_t len = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
-        if (i + len <= n && tb__utf8_valid(s + i, len)) {
-            memcpy(buf + o, s + i, len);
-            o += len;
-            i += len;
-        } else {
-            memcpy(buf + o, "\xef\xbf\xbd", 3);
-            o += 3;
-            i++;
-        }
-    }
-    json_t *j = json_stringn(buf, o);
-    free(buf);
-    return j;
-}
-
-static json_t *jstr_or_null(const char *s)
-{
-    return s[0] ? jstr(s) : json_null();
-}
-
-static json_t *jtime(int64_t us)
-{
-    if (us <= 0)
-        return json_null();
-    time_t sec = (time_t)(us / 1000000);
-    struct tm tm;
-    if (!gmtime_r(&sec, &tm))
-        return json_null();
-    char date[32], buf[48];
-    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(buf, sizeof buf, "%s.%06dZ", date, (int)(us % 1000000));
-    return json_string(buf);
-}
-
-static json_t *task_json(const tb_task_info *t)
-{
-    json_t *o = json_object();
-    if (!o)
-        return NULL;
-    json_object_set_new(o, "name", jstr(t->name));
-    json_object_set_new(o, "id", json_integer((json_int_t)t->id));
-    json_object_set_new(o, "kind", jstr(t->kind));
-    json_object_set_new(o, "worker", json_integer(t->worker));
-    json_object_set_new(o, "state", json_string(tb_task_state_name(t->state)));
-    json_object_set_new(o, "created", jtime(t->created_us));
-    json_object_set_new(o, "started", jtime(t->started_us));
-    json_object_set_new(o, "ended", jtime(t->ended_us));
-    json_object_set_new(o, "result", json_integer(t->result));
-    json_object_set_new(o, "error", jstr_or_null(t->error));
-    json_object_set_new(o, "cancel_requested",
-                        json_boolean(t->cancel_requested));
-    return o;
-}
-
 /* The spawned task as GET /tasks/{name} shows it, plus "replicas". If it
  * is already gone (purged or replaced), its name, id and kind. */
 static json_t *spawned_json(tb_app *app, const char *name, uint64_t id,
@@ -649,14 +581,14 @@ static json_t *spawned_json(tb_app *app, const char *name, uint64_t id,
     tb_task_info info;
     int n = tb_task_get(app, name, &info);
     if (n > 0 && info.id == id) {
-        json_t *o = task_json(&info);
+        json_t *o = tb__api_task_json(&info);
         if (o)
             json_object_set_new(o, "replicas", json_integer(n));
         return o;
     }
     json_t *o = json_object();
     if (o) {
-        json_object_set_new(o, "name", jstr(name));
+        json_object_set_new(o, "name", tb__api_jstr(name));
         json_object_set_new(o, "id", json_integer((json_int_t)id));
         json_object_set_new(o, "kind", json_string(kind_name));
     }
