@@ -48,6 +48,7 @@ void tb_app_config_init(tb_app_config *cfg)
     cfg->stack_size = 64 * 1024;
     cfg->max_event_size = 1024 * 1024;
     cfg->sub_capacity = 1024;
+    cfg->worker_queue_max = 65536;
     cfg->blocking_threads = 4;
     cfg->handle_signals = 0;
     cfg->redis_url = NULL;
@@ -105,6 +106,8 @@ static int config_check(const tb_app_config *c)
         what = "max_event_size must be 1 B..512 MiB";
     else if (c->sub_capacity < 1 || c->sub_capacity > 1 << 24)
         what = "sub_capacity must be 1..16777216";
+    else if (c->worker_queue_max < 1 || c->worker_queue_max > 1 << 26)
+        what = "worker_queue_max must be 1..67108864";
     else if (c->blocking_threads < 1 || c->blocking_threads > 1024)
         what = "blocking_threads must be 1..1024";
     else if (!c->event_namespace || !namespace_ok(c->event_namespace))

@@ -256,6 +256,7 @@ int tb_bus_status(tb_app *app, tb_bus_info *out)
     if (!app || !out)
         return TB_EINVAL;
     app->bus->ops->status(app->bus, out);
+    out->queue_full_drops = atomic_load(&app->queue_full_drops);
     if (!atomic_load(&app->bus_up))
         out->state = TB_BUS_STOPPED;
     return 0;
@@ -263,15 +264,24 @@ int tb_bus_status(tb_app *app, tb_bus_info *out)
 
 void tb__app_deliver(tb_app *app, tb_event *ev)
 {
-    for (int i = 0; i < app->nworkers; i++) {
-        tb_event_ref(ev);
-        if (tb__worker_post(&app->workers[i], TB__MSG_EVENT, ev, 0, 0)) {
-            tb_event_unref(ev);
-            tb__log(TB_LOG_ERROR,
-                    "event %s (%s) dropped for worker %d: out of memory",
-                    ev->name, ev->id, i);
-        }
-    }
+    tb__app_deliver_batch(app, &ev, 1);
+}
+
+/* Counts deliveries dropped for a worker that fell behind, and says so at
+ * most once a second (a flood must not flood the log too). */
+static void queue_full(tb_app *app, int worker, size_t dropped)
+{
+    atomic_fetch_add(&app->queue_full_drops, dropped);
+    int64_t now = tb__mono_us();
+    int64_t last = atomic_load(&app->queue_full_logged_us);
+    if (now - last < 1000000 ||
+        !atomic_compare_exchange_strong(&app->queue_full_logged_us, &last, now))
+        return;
+    tb__log(TB_LOG_WARN,
+            "worker %d is behind: %d events already wait in its queue "
+            "(worker_queue_max); %zu event(s) dropped for it (%llu in all)",
+            worker, app->cfg.worker_queue_max, dropped,
+            (unsigned long long)atomic_load(&app->queue_full_drops));
 }
 
 void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n)
@@ -280,15 +290,15 @@ void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n)
         atomic_fetch_add_explicit(&evs[i]->refs, app->nworkers,
                                   memory_order_relaxed);
     for (int w = 0; w < app->nworkers; w++) {
-        if (tb__worker_post_many(&app->workers[w], TB__MSG_EVENT,
-                                 (void *const *)evs, n) == 0)
+        size_t k = tb__worker_post_events(&app->workers[w], evs, n,
+                                          (size_t)app->cfg.worker_queue_max);
+        if (k == n)
             continue;
-        for (size_t i = 0; i < n; i++)
+        /* The newest events are the ones left out: what the worker already
+         * holds stays in order. */
+        for (size_t i = k; i < n; i++)
             tb_event_unref(evs[i]);
-        tb__log(TB_LOG_ERROR,
-                "%zu event(s) dropped for worker %d: out of "
-                "memory",
-                n, w);
+        queue_full(app, w, n - k);
     }
 }
 

@@ -235,6 +235,7 @@ typedef struct tb__worker {
     pthread_mutex_t inbox_mu;
     tb__msg *inbox, *spare;
     size_t inbox_len, inbox_cap, spare_cap;
+    size_t inbox_events; /* TB__MSG_EVENTs among them (worker_queue_max) */
 
     tb_task *runq_head, *runq_tail;
     int in_run; /* inside tb__worker_run_ready */
@@ -264,6 +265,10 @@ int tb__worker_post(tb__worker *w, int kind, void *ptr, uint64_t seq, int code);
 /* Posts n messages of one kind (seq and code 0) at once. All or none:
  * TB_ENOMEM leaves every reference with the caller. */
 int tb__worker_post_many(tb__worker *w, int kind, void *const *ptrs, size_t n);
+/* Posts the first of n events that fit under max events waiting in w's
+ * inbox; returns how many it took (the rest stay the caller's). */
+size_t tb__worker_post_events(tb__worker *w, tb_event *const *evs, size_t n,
+                              size_t max);
 
 /* Prepares w (base, inbox and run-queue events) on the app's thread. */
 int tb__worker_init(tb__worker *w, tb_app *app, int index);
@@ -373,8 +378,10 @@ struct tb_app {
     tb__htab names;         /* name -> tb_task chain */
     tb_task *all_head, *all_tail;
     uint64_t next_id;
-    int mode;      /* TB__MODE_*: where tb_task_add goes */
-    int bus_up;    /* tb_dispatch allowed */
+    int mode;          /* TB__MODE_*: where tb_task_add goes */
+    atomic_int bus_up; /* tb_dispatch allowed */
+    atomic_uint_fast64_t queue_full_drops;    /* worker_queue_max drops */
+    atomic_int_fast64_t queue_full_logged_us; /* rate limit of that log */
     int abandoned; /* tasks abandoned at the graceful timeout */
 
     /* blocking pool */

@@ -73,6 +73,25 @@ int tb__worker_post_many(tb__worker *w, int kind, void *const *ptrs, size_t n)
     return 0;
 }
 
+size_t tb__worker_post_events(tb__worker *w, tb_event *const *evs, size_t n,
+                              size_t max)
+{
+    pthread_mutex_lock(&w->inbox_mu);
+    size_t room = w->inbox_events < max ? max - w->inbox_events : 0;
+    size_t k = n < room ? n : room;
+    if (k && inbox_reserve(w, k))
+        k = 0;
+    int first = w->inbox_len == 0;
+    for (size_t i = 0; i < k; i++)
+        w->inbox[w->inbox_len++] =
+            (tb__msg){.kind = TB__MSG_EVENT, .ptr = evs[i]};
+    w->inbox_events += k;
+    pthread_mutex_unlock(&w->inbox_mu);
+    if (k)
+        inbox_wake(w, first);
+    return k;
+}
+
 static void begin_stop(tb__worker *w);
 
 static void handle(tb__worker *w, tb__msg *m)
@@ -119,6 +138,7 @@ static void on_inbox(evutil_socket_t fd, short what, void *arg)
     w->inbox = w->spare;
     w->inbox_cap = w->spare_cap;
     w->inbox_len = 0;
+    w->inbox_events = 0;
     pthread_mutex_unlock(&w->inbox_mu);
     for (size_t i = 0; i < n; i++)
         handle(w, &batch[i]);

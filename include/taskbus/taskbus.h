@@ -112,6 +112,10 @@ typedef struct tb_app_config {
                                 rounded up to pages; min 16 KiB */
     size_t max_event_size;   /* largest event data, bytes; default 1 MiB */
     int sub_capacity;        /* default subscription queue bound; 1024 */
+    int worker_queue_max;    /* events waiting in one worker's inbox; a
+                                worker that falls further behind drops the
+                                newest for itself and counts them
+                                (tb_bus_info.queue_full_drops); 65536 */
     int blocking_threads;    /* tb_run_blocking pool size; default 4 */
     int handle_signals;      /* 1: tb_app_run stops on SIGINT/SIGTERM;
                                 default 0 (the embedder's signals) */
@@ -584,17 +588,19 @@ const char *tb_bus_state_name(tb_bus_state s); /* "connected", ... */
 typedef struct tb_bus_info {
     char name[16]; /* "memory" or "redis" */
     tb_bus_state state;
-    int64_t since_us;        /* CLOCK_REALTIME µs of the last state change */
-    uint64_t attempts;       /* failed attempts since the last success */
-    uint64_t reconnects;     /* successful reconnections after a loss */
-    char last_error[256];    /* "" if none */
-    uint64_t published;      /* events acknowledged by the backend */
-    uint64_t publish_failed; /* accepted, then given up on (logged) */
-    uint64_t received;       /* events taken from the backend */
-    uint64_t duplicates;     /* received again (a resend) and dropped */
-    uint64_t malformed;      /* messages dropped as malformed (logged) */
-    uint64_t oversize;       /* messages dropped over max_event_size */
-    int queued;              /* waiting to be published now */
+    int64_t since_us;          /* CLOCK_REALTIME µs of the last state change */
+    uint64_t attempts;         /* failed attempts since the last success */
+    uint64_t reconnects;       /* successful reconnections after a loss */
+    char last_error[256];      /* "" if none */
+    uint64_t published;        /* events acknowledged by the backend */
+    uint64_t publish_failed;   /* accepted, then given up on (logged) */
+    uint64_t received;         /* events taken from the backend */
+    uint64_t duplicates;       /* received again (a resend) and dropped */
+    uint64_t malformed;        /* messages dropped as malformed (logged) */
+    uint64_t oversize;         /* messages dropped over max_event_size */
+    int queued;                /* waiting to be published now */
+    uint64_t queue_full_drops; /* event deliveries dropped because a
+                                  worker's inbox held worker_queue_max */
 } tb_bus_info;
 
 /* Fills *out with the bus's state and counters. Any thread. */

@@ -782,6 +782,78 @@ static void test_subscription_overflow_drops_oldest(void **state)
     th_counter_destroy(&c.done);
 }
 
+/* worker_queue_max: a worker whose loop is stuck keeps at most that many
+ * events waiting; the newest beyond are dropped for it and counted, and the
+ * ones it kept arrive in order once it runs again. */
+typedef struct qfull_ctx {
+    th_counter subscribed, dispatched, done;
+    int got, first, last;
+} qfull_ctx;
+
+static int stuck_subscriber(tb_task *self, void *arg)
+{
+    qfull_ctx *c = arg;
+    tb_sub *s = tb_sub_open(self, "q.*", 1000, NULL);
+    TH_CHECK(s != NULL);
+    th_counter_add(&c->subscribed, 1);
+    /* Blocks this worker's loop on purpose until everything was sent. */
+    TH_CHECK(th_counter_wait_ge(&c->dispatched, 1, 5000));
+    tb_event *ev;
+    c->first = c->last = -1;
+    while (tb_sub_next(self, s, 300, &ev) == 0) {
+        int n = atoi(tb_event_data(ev, NULL));
+        if (c->first < 0)
+            c->first = n;
+        TH_CHECK(n == c->last + 1 || c->last < 0);
+        c->last = n;
+        c->got++;
+        tb_event_unref(ev);
+    }
+    th_counter_add(&c->done, 1);
+    return 0;
+}
+
+static void drive_qfull(tb_app *app, void *ctx)
+{
+    qfull_ctx *c = ctx;
+    TH_CHECK_RC(th_add(app, "stuck", 0, stuck_subscriber, c, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&c->subscribed, 1, 5000));
+    for (int i = 0; i < 50; i++) {
+        char buf[16];
+        int len = snprintf(buf, sizeof buf, "%d", i);
+        TH_CHECK_RC(tb_dispatch(app, "q.e", buf, (size_t)len, NULL), 0);
+    }
+    tb_bus_info info;
+    TH_CHECK_RC(tb_bus_status(app, &info), 0);
+    TH_CHECK_EQ(info.queue_full_drops, 40);
+    th_counter_add(&c->dispatched, 1);
+    TH_CHECK(th_counter_wait_ge(&c->done, 1, 5000));
+}
+
+static void test_worker_queue_max(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.workers = 1;
+    cfg.worker_queue_max = 10;
+    tb_app *app = th_app_new_cfg(&cfg);
+    qfull_ctx c;
+    memset(&c, 0, sizeof c);
+    th_counter_init(&c.subscribed);
+    th_counter_init(&c.dispatched);
+    th_counter_init(&c.done);
+    assert_rc(th_run_thread(app, drive_qfull, &c, 15000), 0);
+    th_assert_clean();
+    assert_int_equal(c.got, 10); /* exactly the limit, the oldest ten */
+    assert_int_equal(c.first, 0);
+    assert_int_equal(c.last, 9);
+    tb_app_free(app);
+    th_counter_destroy(&c.subscribed);
+    th_counter_destroy(&c.dispatched);
+    th_counter_destroy(&c.done);
+}
+
 typedef struct leak_ctx {
     th_counter opened;
     th_counter got;
@@ -1092,6 +1164,9 @@ static void drive_confirm(tb_app *app, void *ctx)
                 TB_EINVAL);
     TH_CHECK_RC(th_add(app, "confirm-tx", 0, confirm_in_task, c, NULL), 0);
     TH_CHECK(th_counter_wait_ge(&c->got, 2, 5000));
+    /* The receiver may see the event before the dispatching task resumes
+     * and records its result: wait for that task to end first. */
+    TH_CHECK(th_wait_state(app, "confirm-tx", TB_TASK_DONE, 5000));
     TH_CHECK_RC(atomic_load(&c->task_rc), 0);
     /* Both confirmed events arrived, in order. */
     TH_CHECK_STR(c->ids[0], id);
@@ -1221,6 +1296,7 @@ int main(void)
         cmocka_unit_test(test_subscription_closed_when_task_ends),
         cmocka_unit_test(test_each_waiter_gets_event_exactly_once),
         cmocka_unit_test(test_dispatch_racing_startup),
+        cmocka_unit_test(test_worker_queue_max),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
