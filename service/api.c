@@ -19,6 +19,7 @@
 #include "api.h"
 #include "internal.h"
 #include "kinds.h"
+#include "metrics.h"
 
 #define HEALTH_DEADLINE_MS 1000
 #define CANCEL_TIMEOUT_MAX_S 3600
@@ -819,6 +820,7 @@ int tb_api_register(tb_app *app)
         {"POST", "/tasks/purge", purge_tasks, 0},
         {"GET", "/healthz", healthz, 1},
         {"GET", "/readyz", readyz, 1},
+        {"GET", "/metrics", tb__metrics_handler, 0},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         /* The probes stay open when there is an API token. */

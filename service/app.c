@@ -12,6 +12,7 @@
 #include "http.h"
 #include "internal.h"
 #include "kinds.h"
+#include "metrics.h"
 
 int64_t tb__now_us(void)
 {
@@ -303,6 +304,7 @@ void tb_app_free(tb_app *app)
     for (size_t i = 0; i < app->nroute_fns; i++)
         free(app->route_fns[i]);
     free(app->route_fns);
+    tb__metrics_free(app->metrics);
     free(app->ns);
     free(app->redis_url);
     free(app->http_listen);

@@ -6,11 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <jansson.h>
 
 #include "http.h"
 #include "internal.h"
+#include "metrics.h"
 
 /* What the router keeps as a route's handler: it keeps a void *, and ISO C
  * does not convert function pointers to void *. */
@@ -27,6 +29,9 @@ static int route_add(tb_app *app, const char *method, const char *path,
     if (atomic_load(&app->state) != TB__APP_NEW)
         return TB_EBUSY;
     if (!app->router && !(app->router = tb__router_new()))
+        return TB_ENOMEM;
+    /* Made here, before serving, so requests never race to make it. */
+    if (!app->metrics && !(app->metrics = tb__metrics_new()))
         return TB_ENOMEM;
     route_fn *h = malloc(sizeof *h);
     if (!h)
@@ -254,9 +259,8 @@ int tb__http_refuse(tb_http_req *req, int status, const char *code,
     return error_answer(req, status, code, message, NULL);
 }
 
-int tb__http_handle(tb_http_req *req)
+static int dispatch(tb_http_req *req)
 {
-    req->status = 0;
     set_request_id(req);
     if (!req->app->router) {
         error_answer(req, 404, "not_found", "no such route", NULL);
@@ -301,4 +305,20 @@ int tb__http_handle(tb_http_req *req)
     if (!req->status)
         error_answer(req, 500, "internal", "the handler did not answer", NULL);
     return req->status;
+}
+
+int tb__http_handle(tb_http_req *req)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    req->status = 0;
+    req->match.tmpl = NULL; /* stays NULL unless a route matched */
+    int status = dispatch(req);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (status && req->app->metrics)
+        tb__metrics_count(req->app->metrics, req->match.tmpl, req->method,
+                          status,
+                          (double)(t1.tv_sec - t0.tv_sec) +
+                              (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+    return status;
 }

@@ -368,6 +368,7 @@ struct tb_app {
     void **route_fns;          /* the handlers' wrappers, freed with us */
     size_t nroute_fns;
     void *http_server;       /* the adapter's, while serving */
+    void *metrics;           /* metrics.c: request counters */
     struct app_kinds *kinds; /* kinds.c: task kinds by name */
     tb__interest interest;   /* what the workers' listeners could match */
 

@@ -1,0 +1,317 @@
+/* metrics.c - Prometheus metrics: HTTP request counters and the text of
+ * GET /metrics (exposition format 0.0.4). */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http.h"
+#include "internal.h"
+#include "metrics.h"
+
+/* Regular series may take this many slots; the rest are kept for
+ * route="other" so that the overflow still keeps method and status. */
+#define REGULAR_SERIES (TB__METRICS_SERIES - 32)
+#define METHOD_MAX 15
+
+/* Upper bounds of the duration histogram, in seconds, and as printed. */
+static const double bucket_le[] = {0.0005, 0.001, 0.005, 0.01, 0.05,
+                                   0.1,    0.5,   1,     5};
+static const char *const bucket_name[] = {
+    "0.0005", "0.001", "0.005", "0.01", "0.05", "0.1", "0.5", "1", "5"};
+#define NBUCKETS (sizeof bucket_le / sizeof bucket_le[0])
+
+typedef struct series {
+    const char *route; /* NULL: "unmatched"; the router's template else */
+    int other;         /* route="other" (the table was full) */
+    char method[METHOD_MAX + 1];
+    int status;
+    uint64_t count;
+} series;
+
+struct tb__metrics {
+    pthread_mutex_t mu;
+    series s[TB__METRICS_SERIES];
+    size_t n;
+    uint64_t lost;                 /* not even an "other" slot left */
+    uint64_t bucket[NBUCKETS + 1]; /* per bucket (not cumulative); +Inf */
+    double sum;
+    uint64_t count;
+};
+
+tb__metrics *tb__metrics_new(void)
+{
+    tb__metrics *m = calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
+    if (pthread_mutex_init(&m->mu, NULL) != 0) {
+        free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void tb__metrics_free(tb__metrics *m)
+{
+    if (!m)
+        return;
+    pthread_mutex_destroy(&m->mu);
+    free(m);
+}
+
+/* The series for the key, added if there is room below limit, or NULL. */
+static series *find_series(tb__metrics *m, const char *route, int other,
+                           const char *method, int status, size_t limit)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        series *s = &m->s[i];
+        if (s->route == route && s->other == other && s->status == status &&
+            strcmp(s->method, method) == 0)
+            return s;
+    }
+    if (m->n >= limit)
+        return NULL;
+    series *s = &m->s[m->n++];
+    s->route = route;
+    s->other = other;
+    snprintf(s->method, sizeof s->method, "%s", method);
+    s->status = status;
+    s->count = 0;
+    return s;
+}
+
+void tb__metrics_count(tb__metrics *m, const char *route, const char *method,
+                       int status, double seconds)
+{
+    /* A method that does not fit is not one the router knows anyway. */
+    if (!method || strlen(method) > METHOD_MAX)
+        method = "other";
+    size_t b = 0;
+    while (b < NBUCKETS && seconds > bucket_le[b])
+        b++;
+    pthread_mutex_lock(&m->mu);
+    series *s = find_series(m, route, 0, method, status, REGULAR_SERIES);
+    if (!s)
+        s = find_series(m, NULL, 1, method, status, TB__METRICS_SERIES);
+    if (s)
+        s->count++;
+    else
+        m->lost++;
+    m->bucket[b]++;
+    m->sum += seconds;
+    m->count++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+/* ---------------------------------------------------------------- text */
+
+/* A growing text; on ENOMEM it keeps failing (oom) and the text is lost. */
+typedef struct buf {
+    char *p;
+    size_t len, cap;
+    int oom;
+} buf;
+
+static int reserve(buf *b, size_t more)
+{
+    if (b->oom)
+        return -1;
+    if (b->len + more + 1 <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + more + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        b->oom = 1;
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void add(buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void add(buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || reserve(b, (size_t)n) != 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+static void add_escaped(buf *b, const char *s)
+{
+    for (; *s; s++) {
+        if (reserve(b, 2) != 0)
+            return;
+        if (*s == '\\' || *s == '"') {
+            b->p[b->len++] = '\\';
+            b->p[b->len++] = *s;
+        } else if (*s == '\n') {
+            b->p[b->len++] = '\\';
+            b->p[b->len++] = 'n';
+        } else {
+            b->p[b->len++] = *s;
+        }
+        b->p[b->len] = '\0';
+    }
+}
+
+char *tb__metrics_escape(const char *s)
+{
+    buf b = {0};
+    if (reserve(&b, 0) != 0)
+        return NULL;
+    b.p[0] = '\0';
+    add_escaped(&b, s);
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}
+
+static void header(buf *b, const char *name, const char *type, const char *help)
+{
+    add(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void bus_metrics(buf *b, tb_app *app)
+{
+    tb_bus_info bi;
+    if (tb_bus_status(app, &bi) != 0)
+        return;
+    header(b, "taskbus_events_published_total", "counter",
+           "Events acknowledged by the bus backend.");
+    add(b, "taskbus_events_published_total %" PRIu64 "\n", bi.published);
+    header(b, "taskbus_events_received_total", "counter",
+           "Events taken from the bus backend.");
+    add(b, "taskbus_events_received_total %" PRIu64 "\n", bi.received);
+    header(b, "taskbus_events_dropped_total", "counter",
+           "Events dropped, by reason.");
+    const struct {
+        const char *reason;
+        uint64_t n;
+    } drops[] = {
+        {"malformed", bi.malformed},
+        {"oversize", bi.oversize},
+        {"duplicate", bi.duplicates},
+        {"queue_full", bi.queue_full_drops},
+        {"publish_failed", bi.publish_failed},
+    };
+    for (size_t i = 0; i < sizeof drops / sizeof drops[0]; i++)
+        add(b, "taskbus_events_dropped_total{reason=\"%s\"} %" PRIu64 "\n",
+            drops[i].reason, drops[i].n);
+    header(b, "taskbus_bus_reconnects_total", "counter",
+           "Successful reconnections to the bus after a loss.");
+    add(b, "taskbus_bus_reconnects_total %" PRIu64 "\n", bi.reconnects);
+    header(b, "taskbus_bus_connected", "gauge",
+           "1 if the bus is connected, else 0.");
+    add(b, "taskbus_bus_connected %d\n", bi.state == TB_BUS_CONNECTED);
+    header(b, "taskbus_bus_queued", "gauge", "Events waiting to be published.");
+    add(b, "taskbus_bus_queued %d\n", bi.queued);
+}
+
+static void task_metrics(buf *b, tb_app *app)
+{
+    tb_task_info *list = NULL;
+    size_t n = 0;
+    if (tb_task_list(app, &list, &n) < 0) {
+        b->oom = 1;
+        return;
+    }
+    static const tb_task_state states[] = {TB_TASK_PENDING, TB_TASK_RUNNING,
+                                           TB_TASK_DONE, TB_TASK_FAILED,
+                                           TB_TASK_CANCELLED};
+    size_t count[sizeof states / sizeof states[0]] = {0};
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
+            if (list[i].state == states[k])
+                count[k]++;
+    free(list);
+    header(b, "taskbus_tasks", "gauge",
+           "Tasks in the registry (not yet purged), by state.");
+    for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
+        add(b, "taskbus_tasks{state=\"%s\"} %zu\n",
+            tb_task_state_name(states[k]), count[k]);
+}
+
+static void http_metrics(buf *b, tb__metrics *m)
+{
+    pthread_mutex_lock(&m->mu);
+    header(b, "taskbus_http_requests_total", "counter",
+           "HTTP requests answered, by route template, method and status.");
+    for (size_t i = 0; i < m->n; i++) {
+        const series *s = &m->s[i];
+        add(b, "taskbus_http_requests_total{route=\"");
+        add_escaped(b, s->other ? "other" : s->route ? s->route : "unmatched");
+        add(b, "\",method=\"");
+        add_escaped(b, s->method);
+        add(b, "\",status=\"%d\"} %" PRIu64 "\n", s->status, s->count);
+    }
+    if (m->lost)
+        add(b,
+            "taskbus_http_requests_total{route=\"other\",method=\"other\","
+            "status=\"other\"} %" PRIu64 "\n",
+            m->lost);
+    header(b, "taskbus_http_request_duration_seconds", "histogram",
+           "Time to answer an HTTP request.");
+    uint64_t cum = 0;
+    for (size_t i = 0; i < NBUCKETS; i++) {
+        cum += m->bucket[i];
+        add(b,
+            "taskbus_http_request_duration_seconds_bucket{le=\"%s\"} %" PRIu64
+            "\n",
+            bucket_name[i], cum);
+    }
+    add(b,
+        "taskbus_http_request_duration_seconds_bucket{le=\"+Inf\"} %" PRIu64
+        "\n",
+        m->count);
+    add(b, "taskbus_http_request_duration_seconds_sum %.9g\n", m->sum);
+    add(b, "taskbus_http_request_duration_seconds_count %" PRIu64 "\n",
+        m->count);
+    pthread_mutex_unlock(&m->mu);
+}
+
+char *tb__metrics_render(tb_app *app, size_t *len)
+{
+    buf b = {0};
+    if (reserve(&b, 0) != 0)
+        return NULL;
+    b.p[0] = '\0';
+    bus_metrics(&b, app);
+    task_metrics(&b, app);
+    if (app->metrics)
+        http_metrics(&b, app->metrics);
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}
+
+int tb__metrics_handler(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    size_t len = 0;
+    char *text = tb__metrics_render(tb_http_app(req), &len);
+    if (!text)
+        return tb_http_error(req, 500, "internal", "out of memory");
+    int rc = tb_http_respond(req, 200, "text/plain; version=0.0.4", text, len);
+    free(text);
+    return rc;
+}

@@ -1,0 +1,310 @@
+/* test_metrics.c - unit tests for service/metrics.c: GET /metrics driven
+ * through tb__http_handle with a fake connection (no network), against a
+ * running app, and the label escaping. */
+#include "harness.h"
+
+#include <stdlib.h>
+#include <strings.h>
+
+#include "http.h"
+#include "internal.h"
+#include "metrics.h"
+
+/* ------------------------------------------------------------ fake conn */
+
+typedef struct fake_conn {
+    const char *auth; /* Authorization header, or NULL */
+    int status;
+    int sends;
+    char headers[1024];
+    char *body;
+} fake_conn;
+
+static const char *fake_header(void *conn, const char *name)
+{
+    fake_conn *c = conn;
+    if (strcasecmp(name, "Authorization") == 0)
+        return c->auth;
+    return NULL;
+}
+
+static int fake_send(void *conn, int status, const char *headers,
+                     const void *body, size_t len)
+{
+    fake_conn *c = conn;
+    c->sends++;
+    c->status = status;
+    snprintf(c->headers, sizeof c->headers, "%s", headers);
+    free(c->body);
+    c->body = malloc(len + 1);
+    memcpy(c->body, body, len);
+    c->body[len] = '\0';
+    return 0;
+}
+
+static const tb__http_conn_ops fake_ops = {fake_header, fake_send};
+
+/* One request; returns the status, and the body in *body (caller frees)
+ * and the headers in headers (1024 bytes) when not NULL. */
+static int call(tb_app *app, const char *method, const char *path,
+                const char *auth, const char *data, char **body, char *headers)
+{
+    fake_conn c;
+    memset(&c, 0, sizeof c);
+    c.auth = auth;
+    tb_http_req req;
+    memset(&req, 0, sizeof req);
+    req.app = app;
+    req.ops = &fake_ops;
+    req.conn = &c;
+    req.method = method;
+    req.path = path;
+    req.body = data ? data : "";
+    req.body_len = data ? strlen(data) : 0;
+    int status = tb__http_handle(&req);
+    TH_CHECK_EQ(c.sends, 1);
+    TH_CHECK_EQ(c.status, status);
+    if (headers)
+        memcpy(headers, c.headers, sizeof c.headers);
+    if (body)
+        *body = c.body;
+    else
+        free(c.body);
+    return status;
+}
+
+/* The value of the sample whose name and labels are exactly series
+ * ("name" or "name{a=\"b\"}"), or -1 if text has no such line. */
+static double sample(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *l = text; l && *l;
+         l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+        if (strncmp(l, series, n) == 0 && l[n] == ' ')
+            return strtod(l + n + 1, NULL);
+    }
+    return -1;
+}
+
+/* 1 if text has "# HELP name " and "# TYPE name type\n". */
+static int has_meta(const char *text, const char *name, const char *type)
+{
+    char help[128], typ[128];
+    snprintf(help, sizeof help, "# HELP %s ", name);
+    snprintf(typ, sizeof typ, "# TYPE %s %s\n", name, type);
+    return strstr(text, help) && strstr(text, typ);
+}
+
+/* GET /metrics: checks status and content type; returns the text (caller
+ * frees). */
+static char *get_metrics(tb_app *app, const char *auth)
+{
+    char *body = NULL, headers[1024];
+    int st = call(app, "GET", "/metrics", auth, NULL, &body, headers);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECKF(strstr(headers, "Content-Type: text/plain; version=0.0.4\r\n"),
+              "headers %s", headers);
+    return body;
+}
+
+/* Checks the histogram: buckets in order, non-decreasing, ending with
+ * +Inf == _count == want. */
+static void check_histogram(const char *text, double want)
+{
+    static const char *const le[] = {"0.0005", "0.001", "0.005", "0.01",
+                                     "0.05",   "0.1",   "0.5",   "1",
+                                     "5",      "+Inf"};
+    double prev = 0;
+    for (size_t i = 0; i < sizeof le / sizeof le[0]; i++) {
+        char series[128];
+        snprintf(series, sizeof series,
+                 "taskbus_http_request_duration_seconds_bucket{le=\"%s\"}",
+                 le[i]);
+        double v = sample(text, series);
+        TH_CHECKF(v >= prev, "%s = %g after %g", series, v, prev);
+        prev = v;
+    }
+    double count = sample(text, "taskbus_http_request_duration_seconds_count");
+    TH_CHECKF(count == want, "_count %g, want %g", count, want);
+    TH_CHECKF(prev == count, "+Inf %g != _count %g", prev, count);
+    TH_CHECK(sample(text, "taskbus_http_request_duration_seconds_sum") >= 0);
+    TH_CHECK(strstr(text, "_bucket{le=\"0.0005\"}") <
+             strstr(text, "_bucket{le=\"+Inf\"}"));
+}
+
+/* ------------------------------------------------------------ tests */
+
+static int sleeper(tb_task *self, void *arg)
+{
+    (void)arg;
+    while (tb_sleep(self, 60000) == 0)
+        ;
+    return 0;
+}
+
+static void metrics_body(tb_app *app, void *arg)
+{
+    (void)arg;
+    TH_CHECK_RC(th_add(app, "sleeper", 0, sleeper, NULL, NULL), 0);
+    TH_CHECK(th_wait_state(app, "sleeper", TB_TASK_RUNNING, 5000));
+
+    int answered = 0;
+    for (int i = 0; i < 3; i++, answered++)
+        TH_CHECK_EQ(call(app, "POST", "/events/m.hello", NULL, "x", NULL, NULL),
+                    202);
+    TH_CHECK_EQ(call(app, "GET", "/nope", NULL, NULL, NULL, NULL), 404);
+    answered++;
+
+    /* The bus acknowledges on its own time: poll until it counted all 3. */
+    char *text = NULL;
+    for (int64_t end = th_mono_ms() + 5000;; th_nap_ms(5)) {
+        free(text);
+        text = get_metrics(app, NULL);
+        if (!text)
+            return;
+        check_histogram(text, answered);
+        answered++;
+        if (sample(text, "taskbus_events_published_total") == 3 ||
+            th_mono_ms() > end)
+            break;
+    }
+    TH_CHECK(sample(text, "taskbus_events_published_total") == 3);
+    TH_CHECK(sample(text, "taskbus_events_received_total") >= 0);
+    TH_CHECK(sample(text,
+                    "taskbus_http_requests_total{route=\"/events/{name}\","
+                    "method=\"POST\",status=\"202\"}") == 3);
+    TH_CHECK(sample(text, "taskbus_http_requests_total{route=\"unmatched\","
+                          "method=\"GET\",status=\"404\"}") == 1);
+    TH_CHECK(sample(text, "taskbus_tasks{state=\"running\"}") == 1);
+    TH_CHECK(sample(text, "taskbus_tasks{state=\"pending\"}") == 0);
+    TH_CHECK(sample(text, "taskbus_bus_connected") == 1);
+    TH_CHECK(sample(text, "taskbus_bus_queued") >= 0);
+    TH_CHECK(sample(text, "taskbus_bus_reconnects_total") == 0);
+    static const char *const reasons[] = {"malformed", "oversize", "duplicate",
+                                          "queue_full", "publish_failed"};
+    for (size_t i = 0; i < sizeof reasons / sizeof reasons[0]; i++) {
+        char series[96];
+        snprintf(series, sizeof series,
+                 "taskbus_events_dropped_total{reason=\"%s\"}", reasons[i]);
+        TH_CHECKF(sample(text, series) == 0, "%s", series);
+    }
+    TH_CHECK(has_meta(text, "taskbus_events_published_total", "counter"));
+    TH_CHECK(has_meta(text, "taskbus_events_received_total", "counter"));
+    TH_CHECK(has_meta(text, "taskbus_events_dropped_total", "counter"));
+    TH_CHECK(has_meta(text, "taskbus_bus_reconnects_total", "counter"));
+    TH_CHECK(has_meta(text, "taskbus_bus_connected", "gauge"));
+    TH_CHECK(has_meta(text, "taskbus_bus_queued", "gauge"));
+    TH_CHECK(has_meta(text, "taskbus_tasks", "gauge"));
+    TH_CHECK(has_meta(text, "taskbus_http_requests_total", "counter"));
+    TH_CHECK(
+        has_meta(text, "taskbus_http_request_duration_seconds", "histogram"));
+    TH_CHECK(!strstr(text, "websocket"));
+    free(text);
+
+    /* The previous GET /metrics calls count too, under their template. */
+    text = get_metrics(app, NULL);
+    if (text)
+        TH_CHECK(sample(text,
+                        "taskbus_http_requests_total{route=\"/metrics\","
+                        "method=\"GET\",status=\"200\"}") == answered - 4);
+    free(text);
+}
+
+static void test_metrics(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    assert_rc(tb_api_register(app), 0);
+    assert_rc(th_run_thread(app, metrics_body, NULL, 30000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+}
+
+/* Past TB__METRICS_SERIES series, requests count under route="other". */
+static void overflow_body(tb_app *app, void *arg)
+{
+    (void)arg;
+    static char routes[TB__METRICS_SERIES + 10][16];
+    for (size_t i = 0; i < TB__METRICS_SERIES + 10; i++) {
+        snprintf(routes[i], sizeof routes[i], "/r%zu", i);
+        tb__metrics_count(app->metrics, routes[i], "GET", 200, 0.002);
+    }
+    char *text = get_metrics(app, NULL);
+    if (!text)
+        return;
+    TH_CHECK(sample(text, "taskbus_http_requests_total{route=\"/r0\","
+                          "method=\"GET\",status=\"200\"}") == 1);
+    double other = sample(text, "taskbus_http_requests_total{route=\"other\","
+                                "method=\"GET\",status=\"200\"}");
+    TH_CHECKF(other >= 10, "other = %g", other);
+    check_histogram(text, TB__METRICS_SERIES + 10);
+    TH_CHECK(sample(text, "taskbus_http_request_duration_seconds_bucket{le="
+                          "\"0.001\"}") == 0);
+    TH_CHECK(sample(text, "taskbus_http_request_duration_seconds_bucket{le="
+                          "\"0.005\"}") == TB__METRICS_SERIES + 10);
+    free(text);
+}
+
+static void test_overflow(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 2000);
+    assert_rc(tb_api_register(app), 0);
+    assert_rc(th_run_thread(app, overflow_body, NULL, 30000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+}
+
+/* GET /metrics needs the API token like the other GETs. */
+static void token_body(tb_app *app, void *arg)
+{
+    (void)arg;
+    TH_CHECK_EQ(call(app, "GET", "/metrics", NULL, NULL, NULL, NULL), 401);
+    char *text = get_metrics(app, "Bearer s3cret");
+    if (text)
+        TH_CHECK(sample(text, "taskbus_http_requests_total{route=\"/metrics\","
+                              "method=\"GET\",status=\"401\"}") == 1);
+    free(text);
+}
+
+static void test_token(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.workers = 1;
+    cfg.graceful_timeout_ms = 2000;
+    cfg.api_token = "s3cret";
+    tb_app *app = th_app_new_cfg(&cfg);
+    assert_rc(tb_api_register(app), 0);
+    assert_rc(th_run_thread(app, token_body, NULL, 30000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+}
+
+static void test_escape(void **state)
+{
+    (void)state;
+    char *s = tb__metrics_escape("a\\b\"c\nd");
+    assert_non_null(s);
+    assert_string_equal(s, "a\\\\b\\\"c\\nd");
+    free(s);
+    s = tb__metrics_escape("");
+    assert_non_null(s);
+    assert_string_equal(s, "");
+    free(s);
+    s = tb__metrics_escape("/events/{name}");
+    assert_string_equal(s, "/events/{name}");
+    free(s);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_overflow),
+        cmocka_unit_test(test_token),
+        cmocka_unit_test(test_escape),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
