@@ -4,49 +4,10 @@
 #include "harness.h"
 
 #include <jansson.h>
-#include <strings.h>
 
 #include "http.h"
+#include "http_fake.h"
 #include "internal.h"
-
-/* ------------------------------------------------------------ fake conn */
-
-typedef struct fake_conn {
-    const char *request_id; /* X-Request-ID header, or NULL */
-    const char *auth;       /* Authorization header, or NULL */
-    int status;
-    int sends;
-    char headers[1024];
-    char *body;
-    size_t len;
-} fake_conn;
-
-static const char *fake_header(void *conn, const char *name)
-{
-    fake_conn *c = conn;
-    if (strcasecmp(name, "X-Request-ID") == 0)
-        return c->request_id;
-    if (strcasecmp(name, "Authorization") == 0)
-        return c->auth;
-    return NULL;
-}
-
-static int fake_send(void *conn, int status, const char *headers,
-                     const void *body, size_t len)
-{
-    fake_conn *c = conn;
-    c->sends++;
-    c->status = status;
-    snprintf(c->headers, sizeof c->headers, "%s", headers);
-    free(c->body);
-    c->body = malloc(len + 1);
-    memcpy(c->body, body, len);
-    c->body[len] = '\0';
-    c->len = len;
-    return 0;
-}
-
-static const tb__http_conn_ops fake_ops = {fake_header, fake_send};
 
 /* One request; returns the status and sets *out to the parsed JSON body
  * (caller decrefs; NULL if the body is not JSON, which is a failed check).
@@ -64,17 +25,7 @@ static int call_auth(tb_app *app, const char *method, const char *path,
     if (len)
         memcpy(copy, body, len);
     copy[len] = '\0';
-    tb_http_req req;
-    memset(&req, 0, sizeof req);
-    req.app = app;
-    req.ops = &fake_ops;
-    req.conn = &c;
-    req.method = method;
-    req.path = path;
-    req.query = query;
-    req.body = copy;
-    req.body_len = len;
-    int status = tb__http_handle(&req);
+    int status = fake_handle(&c, app, method, path, query, copy, len);
     free(copy);
     TH_CHECK_EQ(c.sends, 1);
     TH_CHECK_EQ(c.status, status);
@@ -773,16 +724,8 @@ static void *poll_run(void *arg)
     fake_conn c;
     memset(&c, 0, sizeof c);
     c.request_id = p->request_id;
-    tb_http_req req;
-    memset(&req, 0, sizeof req);
-    req.app = p->app;
-    req.ops = &fake_ops;
-    req.conn = &c;
-    req.method = "GET";
-    req.path = p->path;
-    req.query = p->query;
     int64_t t0 = th_mono_ms();
-    p->status = tb__http_handle(&req);
+    p->status = fake_handle(&c, p->app, "GET", p->path, p->query, NULL, 0);
     p->ms = th_mono_ms() - t0;
     TH_CHECK_EQ(c.sends, 1);
     TH_CHECK_EQ(c.status, p->status);

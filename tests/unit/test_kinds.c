@@ -4,60 +4,19 @@
 #include "harness.h"
 
 #include <jansson.h>
-#include <strings.h>
 
 #include "http.h"
+#include "http_fake.h"
 #include "internal.h"
 #include "kinds.h"
-
-/* ------------------------------------------------------------ fake conn */
-
-typedef struct fake_conn {
-    int status;
-    int sends;
-    char *body;
-    size_t len;
-} fake_conn;
-
-static const char *fake_header(void *conn, const char *name)
-{
-    (void)conn;
-    (void)name;
-    return NULL;
-}
-
-static int fake_send(void *conn, int status, const char *headers,
-                     const void *body, size_t len)
-{
-    (void)headers;
-    fake_conn *c = conn;
-    c->sends++;
-    c->status = status;
-    free(c->body);
-    c->body = malloc(len + 1);
-    memcpy(c->body, body, len);
-    c->body[len] = '\0';
-    c->len = len;
-    return 0;
-}
-
-static const tb__http_conn_ops fake_ops = {fake_header, fake_send};
 
 /* POST /tasks with body; returns the status, *out the parsed JSON answer. */
 static int post_tasks(tb_app *app, const char *body, json_t **out)
 {
     fake_conn c;
     memset(&c, 0, sizeof c);
-    tb_http_req req;
-    memset(&req, 0, sizeof req);
-    req.app = app;
-    req.ops = &fake_ops;
-    req.conn = &c;
-    req.method = "POST";
-    req.path = "/tasks";
-    req.body = body;
-    req.body_len = strlen(body);
-    int status = tb__http_handle(&req);
+    int status =
+        fake_handle(&c, app, "POST", "/tasks", NULL, body, strlen(body));
     TH_CHECK_EQ(c.sends, 1);
     json_error_t jerr;
     *out = c.body ? json_loadb(c.body, c.len, 0, &jerr) : NULL;

@@ -4,45 +4,11 @@
 #include "harness.h"
 
 #include <stdlib.h>
-#include <strings.h>
 
 #include "http.h"
+#include "http_fake.h"
 #include "internal.h"
 #include "metrics.h"
-
-/* ------------------------------------------------------------ fake conn */
-
-typedef struct fake_conn {
-    const char *auth; /* Authorization header, or NULL */
-    int status;
-    int sends;
-    char headers[1024];
-    char *body;
-} fake_conn;
-
-static const char *fake_header(void *conn, const char *name)
-{
-    fake_conn *c = conn;
-    if (strcasecmp(name, "Authorization") == 0)
-        return c->auth;
-    return NULL;
-}
-
-static int fake_send(void *conn, int status, const char *headers,
-                     const void *body, size_t len)
-{
-    fake_conn *c = conn;
-    c->sends++;
-    c->status = status;
-    snprintf(c->headers, sizeof c->headers, "%s", headers);
-    free(c->body);
-    c->body = malloc(len + 1);
-    memcpy(c->body, body, len);
-    c->body[len] = '\0';
-    return 0;
-}
-
-static const tb__http_conn_ops fake_ops = {fake_header, fake_send};
 
 /* One request; returns the status, and the body in *body (caller frees)
  * and the headers in headers (1024 bytes) when not NULL. */
@@ -52,16 +18,8 @@ static int call(tb_app *app, const char *method, const char *path,
     fake_conn c;
     memset(&c, 0, sizeof c);
     c.auth = auth;
-    tb_http_req req;
-    memset(&req, 0, sizeof req);
-    req.app = app;
-    req.ops = &fake_ops;
-    req.conn = &c;
-    req.method = method;
-    req.path = path;
-    req.body = data ? data : "";
-    req.body_len = data ? strlen(data) : 0;
-    int status = tb__http_handle(&req);
+    int status = fake_handle(&c, app, method, path, NULL, data ? data : "",
+                             data ? strlen(data) : 0);
     TH_CHECK_EQ(c.sends, 1);
     TH_CHECK_EQ(c.status, status);
     if (headers)
