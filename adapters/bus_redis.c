@@ -792,7 +792,9 @@ static void handle_message(rbus *b, const redisReply *chr,
     }
     memcpy(name, ch + b->prefix_len, nlen);
     name[nlen] = '\0';
-    if (tb_event_name_valid(name) != 0) {
+    /* Split once: this validates the name and serves the interest check. */
+    tb__name split;
+    if (tb__name_split(&split, name) != 0) {
         drop_message(b, &b->malformed, ch, chlen, len, "invalid event name");
         return;
     }
@@ -815,7 +817,7 @@ static void handle_message(rbus *b, const redisReply *chr,
     }
     /* Nobody in this process listens for it: spend nothing more on it
      * (decoding is most of a received event's cost). */
-    if (!tb__app_wants(b->bus.app, name, nlen))
+    if (!tb__app_wants(b->bus.app, &split))
         return;
     tb_event *ev = NULL;
     const char *why = NULL;

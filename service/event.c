@@ -302,13 +302,9 @@ void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n)
     }
 }
 
-int tb__app_wants(tb_app *app, const char *name, size_t nlen)
+int tb__app_wants(tb_app *app, const tb__name *name)
 {
-    (void)nlen;
-    tb__name split;
-    if (tb__name_split(&split, name) != 0)
-        return 0;
-    return tb__interest_match(&app->interest, &split);
+    return tb__interest_match(&app->interest, name);
 }
 
 /* ---------------------------------------------------------------- index */

@@ -412,8 +412,9 @@ void tb__app_deliver(tb_app *app, tb_event *ev);
  * worker for the whole batch. The caller keeps its references. */
 void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n);
 
-/* 1 if a listener on some worker could match an event named name (valid,
- * nlen bytes). Any thread. Buses use it to skip what nobody here wants. */
-int tb__app_wants(tb_app *app, const char *name, size_t nlen);
+/* 1 if a listener on some worker could match the event name (split and
+ * validated by the caller, once). Any thread. Buses use it to skip what
+ * nobody here wants. */
+int tb__app_wants(tb_app *app, const tb__name *name);
 
 #endif /* TASKBUS_INTERNAL_H */
