@@ -9,7 +9,7 @@ FROM debian:bookworm-slim AS build
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         cmake make gcc libc6-dev pkg-config \
-        libevent-dev libhiredis-dev libcivetweb-dev libjansson-dev \
+        libevent-dev libhiredis-dev libcivetweb-dev libjansson-dev libwslay-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the library and the binary are built from (no tests: they need
@@ -28,7 +28,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         libevent-core-2.1-7 libevent-pthreads-2.1-7 libhiredis0.14 \
-        libcivetweb1 libjansson4 \
+        libcivetweb1 libjansson4 libwslay1 \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --uid 10001 --user-group --no-create-home \

@@ -16,7 +16,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 BUILD_DEPS=(cmake make gcc libc6-dev pkg-config
-    libevent-dev libhiredis-dev libcivetweb-dev libjansson-dev)
+    libevent-dev libhiredis-dev libcivetweb-dev libjansson-dev libwslay-dev)
 TEST_DEPS=(libcmocka-dev redis-server redis-tools python3 python3-websockets
     curl valgrind)
 

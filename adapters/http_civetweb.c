@@ -10,12 +10,15 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <civetweb.h>
 
 #include "http.h"
 #include "internal.h"
+#include "ws.h"
 
 typedef struct server {
     struct mg_context *ctx;
@@ -162,13 +165,22 @@ static int read_body(conn *c, const struct mg_request_info *ri, size_t limit,
     return 0;
 }
 
+/* 1 if the request asks for a websocket (Upgrade: websocket). */
+static int wants_websocket(struct mg_connection *mg)
+{
+    const char *up = mg_get_header(mg, "Upgrade");
+    return up && has_token(up, "websocket");
+}
+
 /* civetweb's begin_request: every request is ours, before civetweb looks
- * at files, .htpasswd, CORS or its handler table. (A websocket endpoint
- * will need this to return 0 for upgrade requests.) */
+ * at files, .htpasswd, CORS or its handler table; but a websocket upgrade
+ * goes on to civetweb's websocket handshake (on_ws_connect below). */
 static int on_request(struct mg_connection *mg)
 {
     const struct mg_request_info *ri = mg_get_request_info(mg);
     tb_app *app = ri->user_data;
+    if (app->ws_routes && wants_websocket(mg))
+        return 0;
     conn c = {.mg = mg, .head = strcmp(ri->request_method, "HEAD") == 0};
     c.close = !keeps_alive(&c, ri);
     /* local_uri_raw: the path as sent, without the query (civetweb cuts
@@ -211,6 +223,123 @@ static int on_request(struct mg_connection *mg)
     free(body);
     /* For civetweb's access log; 1..999 means "handled". */
     return req.status >= 100 && req.status <= 999 ? req.status : 500;
+}
+
+/* ---------------------------------------------------------------- websockets
+ *
+ * civetweb does the upgrade (it checks the request and sends the 101), and
+ * then would keep one of its threads in a read loop for the connection's
+ * whole life. Instead, the ready handler takes the socket away: it finds
+ * the descriptor by the connection's peer address (civetweb has no public
+ * way to get it), duplicates it for the core, and puts a fresh unconnected
+ * socket under civetweb's descriptor number (dup2), so that civetweb's own
+ * clean-up (shutdown, close) only touches that stand-in. Marked must_close,
+ * civetweb leaves its read loop at once and frees the thread. */
+
+static int on_ws_connect(const struct mg_connection *cmg, void *ud)
+{
+    struct mg_connection *mg = (struct mg_connection *)(uintptr_t)cmg;
+    tb_app *app = ud;
+    const struct mg_request_info *ri = mg_get_request_info(mg);
+    conn c = {.mg = mg, .close = 1};
+    tb_http_req req = {
+        .app = app,
+        .ops = &conn_ops,
+        .conn = &c,
+        .method = ri->request_method,
+        .path = ri->local_uri_raw ? ri->local_uri_raw : "*",
+        .query = ri->query_string,
+    };
+    if (!ri->local_uri_raw) {
+        mg_disable_connection_keep_alive(mg);
+        tb__http_refuse(&req, 400, "bad_path",
+                        "the request target is not a path on this server");
+        return 1;
+    }
+    tb_ws *ws = tb__http_handle_upgrade(&req);
+    if (!ws) {
+        mg_disable_connection_keep_alive(mg); /* answered: close after */
+        return 1;
+    }
+    mg_set_user_connection_data(mg, ws);
+    return 0;
+}
+
+/* The descriptor of the accepted socket whose peer is addr:port, or -1.
+ * Sockets already handed to the core are skipped. */
+static int find_socket(const char *addr, int port)
+{
+    struct in_addr want;
+    if (inet_pton(AF_INET, addr, &want) != 1)
+        return -1;
+    struct rlimit rl;
+    int max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 1u << 20
+                  ? (int)rl.rlim_cur
+                  : 1 << 20;
+    for (int fd = 0; fd < max; fd++) {
+        if (tb__ws_fd_owned(fd))
+            continue;
+        struct sockaddr_in sa;
+        socklen_t sl = sizeof sa;
+        if (getpeername(fd, (struct sockaddr *)&sa, &sl) != 0)
+            continue;
+        if (sa.sin_family == AF_INET && sa.sin_addr.s_addr == want.s_addr &&
+            ntohs(sa.sin_port) == port)
+            return fd;
+    }
+    return -1;
+}
+
+static void on_ws_ready(struct mg_connection *mg, void *ud)
+{
+    (void)ud;
+    tb_ws *ws = mg_get_user_connection_data(mg);
+    mg_set_user_connection_data(mg, NULL);
+    mg_disable_connection_keep_alive(mg); /* leave the read loop at once */
+    if (!ws)
+        return;
+    const struct mg_request_info *ri = mg_get_request_info(mg);
+    int fd = find_socket(ri->remote_addr, ri->remote_port);
+    int mine = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    int stand_in = mine >= 0 ? socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)
+                             : -1;
+    if (stand_in < 0 || dup2(stand_in, fd) < 0) {
+        tb__log(TB_LOG_ERROR,
+                "ws %s from %s:%d: cannot take the socket over from the "
+                "HTTP server (%s); closing it",
+                ri->local_uri_raw, ri->remote_addr, ri->remote_port,
+                fd < 0 ? "not found" : "out of descriptors");
+        if (mine >= 0)
+            close(mine);
+        if (stand_in >= 0)
+            close(stand_in);
+        tb__ws_release(ws);
+        return;
+    }
+    close(stand_in);
+    tb__ws_adopt(ws, mine);
+}
+
+static int on_ws_data(struct mg_connection *mg, int bits, char *data,
+                      size_t len, void *ud)
+{
+    (void)mg;
+    (void)bits;
+    (void)data;
+    (void)len;
+    (void)ud;
+    return 0; /* never reached: the socket has left civetweb */
+}
+
+static void on_ws_close(const struct mg_connection *cmg, void *ud)
+{
+    (void)ud;
+    struct mg_connection *mg = (struct mg_connection *)(uintptr_t)cmg;
+    tb_ws *ws = mg_get_user_connection_data(mg);
+    if (ws) { /* accepted, but the handshake failed */
+        mg_set_user_connection_data(mg, NULL);
+        tb__ws_release(ws);
+    }
 }
 
 static int on_log(const struct mg_connection *mg, const char *message)
@@ -308,6 +437,9 @@ int tb__http_server_start(tb_app *app)
         return TB_EINVAL;
     }
     app->http_server = s;
+    if (app->ws_routes)
+        mg_set_websocket_handler(s->ctx, "/", on_ws_connect, on_ws_ready,
+                                 on_ws_data, on_ws_close, app);
     int token = cfg->api_token && cfg->api_token[0];
     tb__log(TB_LOG_INFO, "http: listening on %s (%d threads, %s)", s->addr,
             cfg->http_threads, token ? "API token required" : "no API token");

@@ -673,6 +673,11 @@ static void probe_unref(probe *p)
     free(p);
 }
 
+static void probe_drop(void *arg)
+{
+    probe_unref(arg);
+}
+
 /* Runs on worker's loop. */
 static void probe_answer(tb_app *app, int worker, void *arg)
 {
@@ -689,17 +694,10 @@ static void probe_answer(tb_app *app, int worker, void *arg)
 /* Posts a probe call to worker i, holding a reference for it. */
 static int probe_post(tb_app *app, probe *p, int i)
 {
-    tb__call *c = malloc(sizeof *c);
-    if (!c)
-        return TB_ENOMEM;
-    c->fn = probe_answer;
-    c->arg = p;
     atomic_fetch_add(&p->refs, 1);
-    int rc = tb__worker_post(&app->workers[i], TB__MSG_CALL, c, 0, 0);
-    if (rc) {
-        free(c);
+    int rc = tb__worker_call(&app->workers[i], probe_answer, probe_drop, p);
+    if (rc)
         atomic_fetch_sub(&p->refs, 1);
-    }
     return rc;
 }
 
@@ -832,6 +830,9 @@ int tb_api_register(tb_app *app)
         if (rc)
             return rc;
     }
+    int rc = tb__api_register_ws(app);
+    if (rc)
+        return rc;
     /* POST /tasks: spawning task kinds by name (kinds.c). */
     return tb__api_register_kinds(app);
 }

@@ -20,4 +20,7 @@ json_t *tb__api_jtime(int64_t us);
 /* A task as GET /tasks/{name} shows it. */
 json_t *tb__api_task_json(const tb_task_info *t);
 
+/* api_ws.c: GET /ws. */
+int tb__api_register_ws(tb_app *app);
+
 #endif /* TASKBUS_API_H */

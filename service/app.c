@@ -11,6 +11,7 @@
 
 #include "http.h"
 #include "internal.h"
+#include "ws.h"
 #include "kinds.h"
 #include "metrics.h"
 
@@ -65,6 +66,15 @@ void tb_app_config_init(tb_app_config *cfg)
     cfg->api_token = NULL;
     cfg->http_threads = 64;
     cfg->http_max_body = 1024 * 1024;
+    cfg->ws_max_clients = 10000;
+    cfg->ws_max_message = 1024 * 1024;
+    cfg->ws_send_queue_bytes = 1024 * 1024;
+    cfg->ws_send_queue_msgs = 4096;
+    cfg->ws_recv_queue_msgs = 64;
+    cfg->ws_max_patterns = 64;
+    cfg->ws_ping_interval_ms = 20000;
+    cfg->ws_ping_timeout_ms = 20000;
+    cfg->ws_allowed_origins = NULL;
 }
 
 /* An API token: empty (none), or 1..256 visible ASCII bytes, so that it
@@ -130,6 +140,20 @@ static int config_check(const tb_app_config *c)
     else if (c->api_token && !token_ok(c->api_token))
         what = "api_token must be 1..256 visible ASCII bytes (no blanks) "
                "or empty";
+    else if (c->ws_max_clients < 1 || c->ws_max_clients > 1 << 20)
+        what = "ws_max_clients must be 1..1048576";
+    else if (c->ws_max_message < 1 || c->ws_max_message > 512u * 1024 * 1024)
+        what = "ws_max_message must be 1 B..512 MiB";
+    else if (c->ws_send_queue_bytes < 1024 ||
+             c->ws_send_queue_bytes > 1024u * 1024 * 1024)
+        what = "ws_send_queue_bytes must be 1 KiB..1 GiB";
+    else if (c->ws_send_queue_msgs < 1 || c->ws_recv_queue_msgs < 1)
+        what = "ws_send_queue_msgs and ws_recv_queue_msgs must be >= 1";
+    else if (c->ws_max_patterns < 1 || c->ws_max_patterns > 4096)
+        what = "ws_max_patterns must be 1..4096";
+    else if (c->ws_ping_interval_ms < 0 || c->ws_ping_timeout_ms < 1)
+        what = "ws_ping_interval_ms must be >= 0 (0: off) and "
+               "ws_ping_timeout_ms >= 1";
     if (what) {
         tb__log(TB_LOG_ERROR, "invalid app config: %s", what);
         return TB_EINVAL;
@@ -187,6 +211,10 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
     if (c.api_token && c.api_token[0] &&
         !(app->cfg.api_token = strdup(c.api_token)))
         goto fail;
+    app->cfg.ws_allowed_origins = NULL;
+    if (c.ws_allowed_origins && c.ws_allowed_origins[0] &&
+        !(app->cfg.ws_allowed_origins = strdup(c.ws_allowed_origins)))
+        goto fail;
     uint64_t rnd = 0;
     if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
         rnd = (uint64_t)tb__now_us() ^ ((uint64_t)getpid() << 32);
@@ -236,8 +264,12 @@ static void worker_free(tb__worker *w)
         tb__msg *m = &w->inbox[i];
         if (m->kind == TB__MSG_EVENT)
             tb_event_unref(m->ptr);
-        else if (m->kind == TB__MSG_CALL)
-            free(m->ptr);
+        else if (m->kind == TB__MSG_CALL) {
+            tb__call *c = m->ptr;
+            if (c->drop)
+                c->drop(c->arg);
+            free(c);
+        }
         else if (m->ptr)
             tb__task_unref(m->ptr);
     }
@@ -308,6 +340,8 @@ void tb_app_free(tb_app *app)
     free(app->ns);
     free(app->redis_url);
     free(app->http_listen);
+    free((char *)(uintptr_t)app->cfg.ws_allowed_origins);
+    tb__ws_app_free(app);
     if (app->cfg.api_token) {
         /* Not left in freed memory. */
         char *t = (char *)(uintptr_t)app->cfg.api_token;

@@ -30,7 +30,7 @@ static inline uint64_t has_zero_byte(uint64_t x)
     return (x - ONES) & ~x & HIGHS;
 }
 
-int tb__utf8_valid(const char *s, size_t len)
+static int utf8_scan(const char *s, size_t len, int nul_ok)
 {
     if (len == 0)
         return 1; /* s may be NULL */
@@ -45,7 +45,7 @@ int tb__utf8_valid(const char *s, size_t len)
             memcpy(&b, p + 8, 8);
             if ((a | b) & HIGHS)
                 break;
-            if (has_zero_byte(a) | has_zero_byte(b))
+            if (!nul_ok && (has_zero_byte(a) | has_zero_byte(b)))
                 return 0;
             p += 16;
         }
@@ -53,7 +53,7 @@ int tb__utf8_valid(const char *s, size_t len)
             break;
         unsigned c = p[0];
         if (c < 0x80) {
-            if (c == 0)
+            if (c == 0 && !nul_ok)
                 return 0;
             p++;
             continue;
@@ -91,6 +91,16 @@ int tb__utf8_valid(const char *s, size_t len)
         return 0;
     }
     return 1;
+}
+
+int tb__utf8_valid(const char *s, size_t len)
+{
+    return utf8_scan(s, len, 0);
+}
+
+int tb__utf8_valid_text(const void *s, size_t len)
+{
+    return utf8_scan(s, len, 1);
 }
 
 /* ---------------------------------------------------------------- encode */

@@ -31,6 +31,8 @@ tb_event *tb__event_new(tb_app *app, const char *name, const void *data,
     p[len] = '\0';
     ev->data = p;
     ev->len = len;
+    atomic_init(&ev->json, NULL);
+    ev->json_len = 0;
     atomic_init(&ev->refs, 1);
     ev->ts_us = ts_us ? ts_us : tb__now_us();
     if (id) {
@@ -56,8 +58,37 @@ tb_event *tb_event_ref(tb_event *ev)
 void tb_event_unref(tb_event *ev)
 {
     if (ev &&
-        atomic_fetch_sub_explicit(&ev->refs, 1, memory_order_acq_rel) == 1)
+        atomic_fetch_sub_explicit(&ev->refs, 1, memory_order_acq_rel) == 1) {
+        free(atomic_load_explicit(&ev->json, memory_order_relaxed));
         free(ev);
+    }
+}
+
+const char *tb_event_json(const tb_event *cev, size_t *len)
+{
+    tb_event *ev = (tb_event *)(uintptr_t)cev;
+    char *j = atomic_load_explicit(&ev->json, memory_order_acquire);
+    if (!j) {
+        /* Whoever builds it first publishes it; a thread that loses the
+         * race drops its own copy. json_len is the same either way. */
+        char *mine;
+        size_t n;
+        if (tb__envelope_encode(ev, &mine, &n) != 0)
+            return NULL;
+        ev->json_len = n;
+        char *expected = NULL;
+        if (atomic_compare_exchange_strong_explicit(
+                &ev->json, &expected, mine, memory_order_acq_rel,
+                memory_order_acquire)) {
+            j = mine;
+        } else {
+            free(mine);
+            j = expected;
+        }
+    }
+    if (len)
+        *len = ev->json_len;
+    return j;
 }
 
 const char *tb_event_name(const tb_event *ev)
@@ -381,8 +412,11 @@ void tb__listener_remove(tb__worker *w, tb__listener *l)
     l->linked = 0;
 }
 
-static void sub_push(tb_sub *s, tb_event *ev)
+static void sub_push(tb__worker *w, tb_sub *s, tb_event *ev)
 {
+    if (s->last_seq == w->deliver_seq)
+        return; /* a second pattern of the same subscription matched */
+    s->last_seq = w->deliver_seq;
     if (s->count == s->cap) {
         /* Full: the oldest goes, so a slow reader sees the latest events
          * and learns from tb_sub_dropped() how much it missed. */
@@ -400,7 +434,7 @@ static void sub_push(tb_sub *s, tb_event *ev)
 static void deliver_one(tb__worker *w, tb__listener *l, tb_event *ev)
 {
     if (l->sub) {
-        sub_push(l->sub, ev);
+        sub_push(w, l->sub, ev);
     } else if (tb__task_wake(l->task, l->seq, 0)) {
         /* One-shot: the waiter takes this event and leaves the index. */
         l->got = tb_event_ref(ev);
@@ -410,6 +444,7 @@ static void deliver_one(tb__worker *w, tb__listener *l, tb_event *ev)
 
 void tb__event_deliver_local(tb__worker *w, tb_event *ev)
 {
+    w->deliver_seq++;
     tb__name split;
     if (tb__name_split(&split, ev->name) != 0)
         return;
@@ -543,7 +578,7 @@ tb_sub *tb_sub_open(tb_task *self, const char *pattern, int capacity, int *err)
 {
     int rc = 0;
     tb_sub *s = NULL;
-    if (!self || self != tb_task_current() || !pattern) {
+    if (!self || self != tb_task_current()) {
         rc = TB_EINVAL;
         goto out;
     }
@@ -554,16 +589,21 @@ tb_sub *tb_sub_open(tb_task *self, const char *pattern, int capacity, int *err)
         rc = TB_ENOMEM;
         goto out;
     }
-    rc = tb__pattern_compile(&s->l.pat, pattern);
-    if (rc)
-        goto out;
+    if (pattern) {
+        rc = tb__pattern_compile(&s->l.pat, pattern);
+        if (rc)
+            goto out;
+    }
     s->cap = capacity;
     s->task = self;
     s->l.task = self;
     s->l.sub = s;
-    rc = tb__listener_add(self->w, &s->l);
-    if (rc)
-        goto out;
+    if (pattern) {
+        rc = tb__listener_add(self->w, &s->l);
+        if (rc)
+            goto out;
+        s->npatterns = 1;
+    }
     s->tnext = self->subs;
     if (self->subs)
         self->subs->tprev = s;
@@ -619,12 +659,99 @@ size_t tb_sub_pending(const tb_sub *s)
     return (size_t)s->count;
 }
 
+/* The listener of s for pattern text, or NULL. */
+static tb__listener *sub_find(tb_sub *s, const char *text)
+{
+    if (s->l.linked && strcmp(s->l.pat.text, text) == 0)
+        return &s->l;
+    for (int i = 0; i < s->nextra; i++)
+        if (strcmp(s->extra[i]->pat.text, text) == 0)
+            return s->extra[i];
+    return NULL;
+}
+
+int tb_sub_add(tb_sub *s, const char *pattern)
+{
+    if (!s || !pattern || tb__worker_current() != s->task->w)
+        return TB_EINVAL;
+    tb__pattern pat;
+    int rc = tb__pattern_compile(&pat, pattern);
+    if (rc)
+        return rc;
+    if (sub_find(s, pat.text))
+        return TB_EEXIST;
+    tb__worker *w = s->task->w;
+    if (!s->l.linked) {
+        s->l.pat = pat;
+        if ((rc = tb__listener_add(w, &s->l)) != 0)
+            return rc;
+        s->npatterns++;
+        return 0;
+    }
+    if (s->nextra == s->extra_cap) {
+        int ncap = s->extra_cap ? s->extra_cap * 2 : 4;
+        tb__listener **v = realloc(s->extra, (size_t)ncap * sizeof *v);
+        if (!v)
+            return TB_ENOMEM;
+        s->extra = v;
+        s->extra_cap = ncap;
+    }
+    tb__listener *l = calloc(1, sizeof *l);
+    if (!l)
+        return TB_ENOMEM;
+    l->pat = pat;
+    l->task = s->task;
+    l->sub = s;
+    if ((rc = tb__listener_add(w, l)) != 0) {
+        free(l);
+        return rc;
+    }
+    s->extra[s->nextra++] = l;
+    s->npatterns++;
+    return 0;
+}
+
+int tb_sub_remove(tb_sub *s, const char *pattern)
+{
+    if (!s || !pattern || tb__worker_current() != s->task->w)
+        return TB_EINVAL;
+    tb__pattern pat;
+    int rc = tb__pattern_compile(&pat, pattern);
+    if (rc)
+        return rc;
+    tb__listener *l = sub_find(s, pat.text);
+    if (!l)
+        return TB_ENOENT;
+    tb__listener_remove(s->task->w, l);
+    s->npatterns--;
+    if (l == &s->l)
+        return 0;
+    for (int i = 0; i < s->nextra; i++) {
+        if (s->extra[i] == l) {
+            s->extra[i] = s->extra[--s->nextra];
+            break;
+        }
+    }
+    free(l);
+    return 0;
+}
+
+int tb_sub_patterns(const tb_sub *s)
+{
+    return s ? s->npatterns : 0;
+}
+
 void tb_sub_close(tb_sub *s)
 {
     if (!s)
         return;
     tb_task *t = s->task;
     tb__listener_remove(t->w, &s->l);
+    for (int i = 0; i < s->nextra; i++) {
+        tb__listener_remove(t->w, s->extra[i]);
+        free(s->extra[i]);
+    }
+    free(s->extra);
     while (s->count) {
         tb_event_unref(s->ring[s->head]);
         s->head = (s->head + 1) % s->cap;

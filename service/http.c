@@ -13,16 +13,18 @@
 #include "http.h"
 #include "internal.h"
 #include "metrics.h"
+#include "ws.h"
 
 /* What the router keeps as a route's handler: it keeps a void *, and ISO C
  * does not convert function pointers to void *. */
 typedef struct route_fn {
     tb_http_fn fn;
-    int open; /* served without the API token */
+    int open;            /* served without the API token */
+    tb__ws_route *ws;    /* a websocket endpoint: upgrades go there */
 } route_fn;
 
-static int route_add(tb_app *app, const char *method, const char *path,
-                     tb_http_fn fn, void *ud, int open)
+static int route_add_ws(tb_app *app, const char *method, const char *path,
+                        tb_http_fn fn, void *ud, int open, tb__ws_route *ws)
 {
     if (!app || !method || !path || !fn)
         return TB_EINVAL;
@@ -38,6 +40,7 @@ static int route_add(tb_app *app, const char *method, const char *path,
         return TB_ENOMEM;
     h->fn = fn;
     h->open = open;
+    h->ws = ws;
     int rc = tb__router_add(app->router, method, path, h, ud);
     if (rc) {
         free(h);
@@ -55,6 +58,26 @@ static int route_add(tb_app *app, const char *method, const char *path,
     app->route_fns = v;
     app->route_fns[app->nroute_fns++] = h;
     return 0;
+}
+
+static int route_add(tb_app *app, const char *method, const char *path,
+                     tb_http_fn fn, void *ud, int open)
+{
+    return route_add_ws(app, method, path, fn, ud, open, NULL);
+}
+
+/* A plain GET on a websocket path. */
+static int upgrade_required(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    return tb_http_error(req, 426, "upgrade_required",
+                         "this path is a websocket endpoint: connect with a "
+                         "websocket client (Upgrade: websocket)");
+}
+
+int tb__http_route_ws(tb_app *app, const char *path, tb__ws_route *route)
+{
+    return route_add_ws(app, "GET", path, upgrade_required, NULL, 0, route);
 }
 
 int tb_app_route(tb_app *app, const char *method, const char *path,
@@ -176,6 +199,12 @@ static int error_answer(tb_http_req *req, int status, const char *code,
     return rc;
 }
 
+int tb__http_error_headers(tb_http_req *req, int status, const char *code,
+                           const char *headers, const char *message)
+{
+    return error_answer(req, status, code, message, headers);
+}
+
 int tb_http_error(tb_http_req *req, int status, const char *code,
                   const char *fmt, ...)
 {
@@ -259,7 +288,7 @@ int tb__http_refuse(tb_http_req *req, int status, const char *code,
     return error_answer(req, status, code, message, NULL);
 }
 
-static int dispatch(tb_http_req *req)
+static int dispatch(tb_http_req *req, tb_ws **upgrade)
 {
     set_request_id(req);
     if (!req->app->router) {
@@ -301,6 +330,15 @@ static int dispatch(tb_http_req *req)
             return req->status;
         }
     }
+    if (upgrade) {
+        if (!h->ws) {
+            error_answer(req, 404, "not_found",
+                         "no websocket endpoint at this path", NULL);
+            return req->status;
+        }
+        *upgrade = tb__ws_accept(req, h->ws);
+        return req->status; /* 0: accepted, the 101 is the adapter's */
+    }
     h->fn(req, req->match.ud);
     if (!req->status)
         error_answer(req, 500, "internal", "the handler did not answer", NULL);
@@ -313,7 +351,7 @@ int tb__http_handle(tb_http_req *req)
     clock_gettime(CLOCK_MONOTONIC, &t0);
     req->status = 0;
     req->match.tmpl = NULL; /* stays NULL unless a route matched */
-    int status = dispatch(req);
+    int status = dispatch(req, NULL);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (status && req->app->metrics)
         tb__metrics_count(req->app->metrics, req->match.tmpl, req->method,
@@ -321,4 +359,23 @@ int tb__http_handle(tb_http_req *req)
                           (double)(t1.tv_sec - t0.tv_sec) +
                               (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
     return status;
+}
+
+tb_ws *tb__http_handle_upgrade(tb_http_req *req)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    req->status = 0;
+    req->match.tmpl = NULL;
+    tb_ws *ws = NULL;
+    int status = dispatch(req, &ws);
+    if (!status && !ws)
+        error_answer(req, 500, "internal", "upgrade failed", NULL);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (req->app->metrics)
+        tb__metrics_count(req->app->metrics, req->match.tmpl, req->method,
+                          ws ? 101 : req->status,
+                          (double)(t1.tv_sec - t0.tv_sec) +
+                              (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+    return ws;
 }

@@ -50,6 +50,18 @@ int tb__http_handle(tb_http_req *req);
 int tb__http_refuse(tb_http_req *req, int status, const char *code,
                     const char *message);
 
+/* Handles a websocket upgrade request (same fields as for
+ * tb__http_handle): routes it, checks the API token, and hands it to the
+ * websocket endpoint's accept checks. Returns the accepted connection (the
+ * adapter then completes the handshake and calls tb__ws_adopt or
+ * tb__ws_release), or NULL when req was answered (404 when the path is no
+ * websocket endpoint, 401, 403, 503...). */
+struct tb_ws *tb__http_handle_upgrade(tb_http_req *req);
+
+/* An error answer with extra headers ("Name: value\r\n"...). */
+int tb__http_error_headers(tb_http_req *req, int status, const char *code,
+                           const char *headers, const char *message);
+
 /* tb_app_route for a route that stays open when the app has an api_token
  * (the health probes). Same contract otherwise. */
 int tb__app_route_open(tb_app *app, const char *method, const char *path,

@@ -18,6 +18,7 @@
 
 struct event_base;
 struct event;
+struct tb__worker;
 
 /* ---------------------------------------------------------------- events */
 
@@ -27,6 +28,8 @@ struct tb_event {
     int64_t ts_us;
     const char *name; /* points into the same allocation */
     const char *data; /* NUL-terminated copy of the data */
+    _Atomic(char *) json; /* tb_event_json's envelope, made on first use */
+    size_t json_len;      /* written before json is published */
     char id[TB_EVENT_ID_MAX];
     char origin[48];
     /* name and data follow */
@@ -61,8 +64,17 @@ typedef struct tb__msg {
 
 typedef struct tb__call {
     void (*fn)(tb_app *app, int worker, void *arg);
+    void (*drop)(void *arg); /* when the worker ends before running it;
+                                may be NULL */
     void *arg;
 } tb__call;
+
+/* Posts a call of fn(app, worker, arg) to w. If w's loop has ended by then,
+ * drop(arg) runs instead (at tb_app_free). 0 or TB_ENOMEM (then neither
+ * runs). */
+int tb__worker_call(struct tb__worker *w,
+                    void (*fn)(tb_app *app, int worker, void *arg),
+                    void (*drop)(void *arg), void *arg);
 
 /* ---------------------------------------------------------------- listeners */
 
@@ -97,6 +109,11 @@ struct tb_sub {
     uint64_t dropped;
     int waiting; /* its task is suspended in tb_sub_next on it */
     uint64_t wait_seq;
+    uint64_t last_seq;        /* the worker's deliver_seq of the last event
+                                 queued: queued once however many match */
+    tb__listener **extra;     /* patterns beyond the first (tb_sub_add) */
+    int nextra, extra_cap;
+    int npatterns;            /* l (when linked) + nextra */
 };
 
 /* ---------------------------------------------------------------- tasks */
@@ -107,7 +124,8 @@ enum {
     TB__WAIT_EVENT,
     TB__WAIT_SUB,
     TB__WAIT_TASK,    /* join / cancel waiting for another task */
-    TB__WAIT_BLOCKING /* tb_run_blocking: cancel does not wake it */
+    TB__WAIT_BLOCKING, /* tb_run_blocking: cancel does not wake it */
+    TB__WAIT_WS        /* tb_ws_recv */
 };
 
 /* A registration on a task's finish list: whoever waits for it (a task on
@@ -198,6 +216,9 @@ void tb__worker_run_ready(struct tb__worker *w);
 /* Creates the worker's replica of every task added before run. */
 void tb__task_start_prerun(struct tb__worker *w);
 
+/* Asks t (a task of the calling worker) to cancel, without waiting. */
+void tb__task_cancel_async(tb_task *t);
+
 /* Cancels every live task of w; used at shutdown. */
 void tb__task_cancel_all_on_worker(struct tb__worker *w);
 /* Ends tasks that ignored cancellation until the graceful timeout. Returns
@@ -251,6 +272,12 @@ typedef struct tb__worker {
     tb__listener *spare_listeners; /* free waiter listeners, reused */
     int nspare_listeners;
     tb__listener *wild_head, *wild_tail;
+
+    struct tb_ws *ws_head; /* open websocket connections served here */
+    atomic_int nws;        /* their number, read by other threads */
+    uint64_t deliver_seq;  /* bumped per event delivered here: a
+                              subscription with several patterns queues an
+                              event once */
 
     int stopping; /* shutdown begun */
     int stopped;  /* loop asked to exit */
@@ -370,6 +397,9 @@ struct tb_app {
     void *http_server;       /* the adapter's, while serving */
     void *metrics;           /* metrics.c: request counters */
     struct app_kinds *kinds; /* kinds.c: task kinds by name */
+    struct tb__ws_route *ws_routes; /* ws.c: websocket endpoints */
+    atomic_int ws_clients;          /* websockets accepted, not yet freed */
+    atomic_uint_fast64_t ws_slow_closes; /* closed for a full send queue */
     tb__interest interest;   /* what the workers' listeners could match */
 
     /* registry */

@@ -11,6 +11,7 @@
 #include "http.h"
 #include "internal.h"
 #include "metrics.h"
+#include "ws.h"
 
 /* Regular series may take this many slots; the rest are kept for
  * route="other" so that the overflow still keeps method and status. */
@@ -224,6 +225,16 @@ static void bus_metrics(buf *b, tb_app *app)
     add(b, "taskbus_bus_queued %d\n", bi.queued);
 }
 
+static void ws_metrics(buf *b, tb_app *app)
+{
+    header(b, "taskbus_ws_clients", "gauge", "Open websocket connections.");
+    add(b, "taskbus_ws_clients %d\n", tb__ws_clients(app));
+    header(b, "taskbus_ws_slow_closes_total", "counter",
+           "Websocket clients closed because their send queue was full.");
+    add(b, "taskbus_ws_slow_closes_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->ws_slow_closes));
+}
+
 static void task_metrics(buf *b, tb_app *app)
 {
     tb_task_info *list = NULL;
@@ -294,6 +305,7 @@ char *tb__metrics_render(tb_app *app, size_t *len)
     b.p[0] = '\0';
     bus_metrics(&b, app);
     task_metrics(&b, app);
+    ws_metrics(&b, app);
     if (app->metrics)
         http_metrics(&b, app->metrics);
     if (b.oom) {

@@ -478,6 +478,14 @@ static void request_cancel(tb_task *t)
     atomic_store(&t->cancel_pending, 1);
 }
 
+void tb__task_cancel_async(tb_task *t)
+{
+    if (finished(t))
+        return;
+    request_cancel(t);
+    tb__task_deliver_cancel(t);
+}
+
 void tb__task_cancel_all_on_worker(tb__worker *w)
 {
     for (tb_task *t = w->live; t; t = t->wnext) {

@@ -7,6 +7,7 @@
 #include <event2/event.h>
 
 #include "internal.h"
+#include "ws.h"
 
 static _Thread_local tb__worker *current_worker;
 
@@ -39,6 +40,22 @@ static void inbox_wake(tb__worker *w, int first)
 {
     if (first)
         event_active(w->inbox_ev, EV_READ, 0);
+}
+
+int tb__worker_call(tb__worker *w,
+                    void (*fn)(tb_app *app, int worker, void *arg),
+                    void (*drop)(void *arg), void *arg)
+{
+    tb__call *c = malloc(sizeof *c);
+    if (!c)
+        return TB_ENOMEM;
+    c->fn = fn;
+    c->drop = drop;
+    c->arg = arg;
+    int rc = tb__worker_post(w, TB__MSG_CALL, c, 0, 0);
+    if (rc)
+        free(c);
+    return rc;
 }
 
 int tb__worker_post(tb__worker *w, int kind, void *ptr, uint64_t seq, int code)
@@ -392,6 +409,9 @@ void *tb__worker_main(void *arg)
     /* Tasks and inbox posts activate events without adding any: without
      * this flag an idle loop would return at once. */
     event_base_loop(w->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    /* Websockets still open (their handlers ended at the stop): flush what
+     * can be flushed at once and close them. */
+    tb__ws_worker_shutdown(w);
     current_worker = NULL;
     return NULL;
 }

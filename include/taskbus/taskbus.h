@@ -155,6 +155,32 @@ typedef struct tb_app_config {
      * NULL or "": no token (anyone who reaches http_listen may use the
      * API). 1..256 visible ASCII bytes; copied. Never logged. */
     const char *api_token;
+
+    /* Websockets (tb_app_websocket, GET /ws). An upgraded connection leaves
+     * civetweb's threads for a worker's event loop, so idle clients cost
+     * memory, not threads. */
+    int ws_max_clients;       /* open websockets; beyond, the upgrade is
+                                 answered 503 (too_many_clients); 10000 */
+    size_t ws_max_message;    /* largest message a client may send, bytes
+                                 (after reassembly); beyond, close 1009;
+                                 default 1 MiB */
+    size_t ws_send_queue_bytes; /* bytes queued for one client and not yet
+                                   taken by its socket; a client that lets
+                                   more pile up is closed with 1008; 1 MiB */
+    int ws_send_queue_msgs;   /* the same bound in messages; 4096 */
+    int ws_recv_queue_msgs;   /* messages received and not yet taken by
+                                 tb_ws_recv; beyond, the socket is not read
+                                 (TCP pushes back); 64 */
+    int ws_max_patterns;      /* event patterns one GET /ws connection may
+                                 hold; 64 */
+    int ws_ping_interval_ms;  /* a ping after this long; 0: no pings;
+                                 20000 (Sanic's) */
+    int ws_ping_timeout_ms;   /* no pong by then: close 1011; 20000 */
+    /* Origins allowed to open websockets: a comma-separated list of exact
+     * Origin values ("https://app.example.com"), or "*". NULL or "": any
+     * (requests without an Origin header, i.e. non-browser clients, are
+     * always allowed). Others are answered 403 (origin_not_allowed). */
+    const char *ws_allowed_origins;
 } tb_app_config;
 
 /* Fills cfg with the defaults above. */
@@ -431,6 +457,16 @@ tb_sub *tb_sub_open(tb_task *self, const char *pattern, int capacity, int *err);
  * negative: no limit). Same return codes as tb_event_wait. */
 TB_TASK_FN int tb_sub_next(tb_task *self, tb_sub *sub, int timeout_ms,
                            tb_event **ev);
+/* Adds pattern to sub (a subscription may hold several patterns; an event
+ * matching more than one is queued once). From sub's task, or from any task
+ * on the same worker. TB_EINVAL (bad pattern), TB_EEXIST (already there),
+ * TB_ENOMEM. tb_sub_open accepts a NULL pattern: a subscription with none
+ * yet. */
+int tb_sub_add(tb_sub *sub, const char *pattern);
+/* Removes pattern from sub (events already queued stay). TB_ENOENT. */
+int tb_sub_remove(tb_sub *sub, const char *pattern);
+/* The number of patterns sub holds. */
+int tb_sub_patterns(const tb_sub *sub);
 uint64_t tb_sub_dropped(const tb_sub *sub); /* events dropped on overflow */
 size_t tb_sub_pending(const tb_sub *sub);   /* events queued now */
 /* Closes sub and releases its queued events. Only from its task. */
@@ -573,6 +609,82 @@ int tb_http_respond_json(tb_http_req *req, int status, const char *json);
  * machine-readable word ("bad_name", "too_large", ...). */
 int tb_http_error(tb_http_req *req, int status, const char *code,
                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* ---------------------------------------------------------------- websockets
+ */
+
+/* One websocket connection. Its handler is a task: when a client connects
+ * to a path registered with tb_app_websocket, the app spawns a task named
+ * "ws:<request id>" (kind "ws") on a worker for the connection, the way
+ * Sanic runs `async def feed(request, ws)`. The connection's socket is
+ * served by that worker's event loop. The handler's return closes the
+ * connection (1000; 1001 when the app is stopping); the peer's close (or a
+ * lost connection) makes a pending tb_ws_recv return TB_EPIPE, or, when the
+ * handler is waiting on something else, cancels it. A tb_ws is valid until
+ * its handler returns. */
+typedef struct tb_ws tb_ws;
+
+typedef int (*tb_ws_fn)(tb_task *self, tb_ws *ws, void *ud);
+
+/* Runs on the HTTP thread before the upgrade, after the API token and
+ * Origin checks: answer with tb_http_error (or tb_http_respond) to refuse
+ * the upgrade, or return without answering to accept it. */
+typedef int (*tb_ws_check_fn)(tb_http_req *req, void *ud);
+
+/* Registers a websocket endpoint on a path template (as tb_app_route;
+ * the same path answers a plain GET with 426). check may be NULL. When the
+ * app has an api_token, the upgrade needs it (Bearer or ?token=) and is
+ * answered 401 without. Only before tb_app_run. */
+int tb_app_websocket(tb_app *app, const char *path, tb_ws_fn fn,
+                     tb_ws_check_fn check, void *ud);
+
+typedef enum { TB_WS_TEXT = 1, TB_WS_BINARY = 2 } tb_ws_type;
+
+typedef struct tb_ws_msg {
+    tb_ws_type type;
+    const void *data; /* NUL-terminated; valid until the next tb_ws_recv on
+                         the same connection or the handler's return */
+    size_t len;
+} tb_ws_msg;
+
+/* Takes the next message from the client, waiting up to timeout_ms
+ * (negative: no limit; 0: don't wait). Text messages are valid UTF-8 (the
+ * connection is closed with 1007 otherwise). Returns 0, TB_ETIMEDOUT,
+ * TB_ECANCELED, TB_EPIPE (the peer closed or the connection was lost:
+ * tb_ws_close_code says how), TB_EINVAL (not called from a task on the
+ * connection's worker). */
+TB_TASK_FN int tb_ws_recv(tb_task *self, tb_ws *ws, int timeout_ms,
+                          tb_ws_msg *msg);
+
+/* Queues one message to the client; never blocks. Any thread (from a task
+ * on the connection's worker it is queued at once, from elsewhere it is
+ * handed to that worker). Returns 0, TB_EPIPE (closed or closing),
+ * TB_EINVAL (text that is not UTF-8), TB_EMSGSIZE (longer than
+ * ws_send_queue_bytes), TB_ENOSPC (the client's send queue is full: it is
+ * a slow client, and it is being closed with 1008, logged). */
+int tb_ws_send(tb_ws *ws, tb_ws_type type, const void *data, size_t len);
+/* Sends ev as its JSON envelope {"id","name","data","ts","origin"} in a
+ * text message (built once per event, however many clients get it). */
+int tb_ws_send_event(tb_ws *ws, const tb_event *ev);
+/* Starts closing with code (1000..4999) and reason (UTF-8, at most 123
+ * bytes). Any thread. Idempotent. */
+void tb_ws_close(tb_ws *ws, int code, const char *reason);
+
+int tb_ws_worker(const tb_ws *ws); /* the worker serving it */
+tb_app *tb_ws_app(const tb_ws *ws);
+const char *tb_ws_request_id(const tb_ws *ws);
+const char *tb_ws_path(const tb_ws *ws); /* raw, no query */
+/* A {param} of the matched path template, decoded, or NULL. */
+const char *tb_ws_param(const tb_ws *ws, const char *name);
+/* As tb_http_query, on the upgrade request's query string. */
+int tb_ws_query(const tb_ws *ws, const char *key, char *out, size_t outsz);
+/* The close code the peer sent (0 if none yet, 1006 if the connection was
+ * lost without one). */
+int tb_ws_close_code(const tb_ws *ws);
+/* The event's JSON envelope, as tb_ws_send_event sends it; *len (may be
+ * NULL) gets its length. Built once and kept with the event; NULL on
+ * ENOMEM. */
+const char *tb_event_json(const tb_event *ev, size_t *len);
 
 /* ---------------------------------------------------------------- bus */
 

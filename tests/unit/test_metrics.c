@@ -156,7 +156,10 @@ static void metrics_body(tb_app *app, void *arg)
     TH_CHECK(has_meta(text, "taskbus_http_requests_total", "counter"));
     TH_CHECK(
         has_meta(text, "taskbus_http_request_duration_seconds", "histogram"));
-    TH_CHECK(!strstr(text, "websocket"));
+    TH_CHECK(has_meta(text, "taskbus_ws_clients", "gauge"));
+    TH_CHECK(sample(text, "taskbus_ws_clients") == 0);
+    TH_CHECK(has_meta(text, "taskbus_ws_slow_closes_total", "counter"));
+    TH_CHECK(sample(text, "taskbus_ws_slow_closes_total") == 0);
     free(text);
 
     /* The previous GET /metrics calls count too, under their template. */

@@ -1,0 +1,529 @@
+/* api_ws.c - the built-in websocket endpoint, GET /ws?events=p1,p2.
+ *
+ * Each connection is a handler task ("ws:<request id>") that reads the
+ * client's messages, and a receiver task ("receiver:<request id>", the
+ * Sanic pattern) that holds the connection's subscription and sends every
+ * matching event as its JSON envelope. The client may send, as JSON text:
+ *   {"event": "name", "data": <any>}   dispatch (answered once published)
+ *   {"subscribe": ["pattern", ...]}     add patterns
+ *   {"unsubscribe": ["pattern", ...]}   remove patterns
+ * each with an optional "ref" (any JSON value) echoed in the answer:
+ *   {"ok": "dispatch", "id": "...", "name": "...", "ref": ...}
+ *   {"ok": "subscribe" | "unsubscribe", "patterns": [...current...]}
+ *   {"error": "<code>", "message": "...", "ref": ...}
+ * Events are objects with "id" and "name" and never "ok" or "error". */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "api.h"
+#include "internal.h"
+
+typedef struct conn_state {
+    tb_ws *ws;
+    tb_sub *sub;  /* the receiver's, once it runs */
+    int ready;    /* the receiver has opened sub */
+    int failed;   /* ... or could not */
+    char **patterns; /* current patterns, as the client gave them */
+    int npatterns;
+    int cap;
+    uint64_t dropped_told; /* drops already reported to the client */
+} conn_state;
+
+/* ---------------------------------------------------------------- receiver */
+
+static int receiver(tb_task *self, void *arg)
+{
+    conn_state *st = arg;
+    int err;
+    /* Room for as many events as the client's send queue: beyond that the
+     * client is too slow anyway. */
+    tb_app *app = tb_ws_app(st->ws);
+    tb_sub *sub =
+        tb_sub_open(self, NULL, tb_app_get_config(app)->ws_send_queue_msgs,
+                    &err);
+    if (!sub) {
+        st->failed = 1;
+        return err;
+    }
+    st->sub = sub;
+    st->ready = 1;
+    for (;;) {
+        tb_event *ev;
+        int rc = tb_sub_next(self, sub, -1, &ev);
+        if (rc)
+            break; /* cancelled: the connection is done */
+        rc = tb_ws_send_event(st->ws, ev);
+        tb_event_unref(ev);
+        if (rc == TB_EPIPE || rc == TB_ENOSPC)
+            break; /* closed, or closing as a slow client */
+        uint64_t d = tb_sub_dropped(sub);
+        if (d != st->dropped_told) {
+            char msg[160];
+            snprintf(msg, sizeof msg,
+                     "{\"error\":\"events_dropped\",\"message\":\"events "
+                     "came faster than this connection took them\","
+                     "\"dropped\":%llu}",
+                     (unsigned long long)(d - st->dropped_told));
+            st->dropped_told = d;
+            tb_ws_send(st->ws, TB_WS_TEXT, msg, strlen(msg));
+        }
+    }
+    st->sub = NULL; /* closed with this task */
+    return 0;
+}
+
+/* ---------------------------------------------------------------- replies */
+
+static void send_json(tb_ws *ws, json_t *o)
+{
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    if (s) {
+        tb_ws_send(ws, TB_WS_TEXT, s, strlen(s));
+        free(s);
+    }
+    json_decref(o);
+}
+
+static void reply_error(tb_ws *ws, json_t *ref, const char *code,
+                        const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void reply_error(tb_ws *ws, json_t *ref, const char *code,
+                        const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    tb__log(TB_LOG_INFO, "ws /ws (request %s): %s: %s",
+            tb_ws_request_id(ws), code, msg);
+    json_t *o = json_object();
+    json_object_set_new(o, "error", json_string(code));
+    json_t *m = json_string(msg);
+    json_object_set_new(o, "message", m ? m : json_string("(not UTF-8)"));
+    if (ref)
+        json_object_set(o, "ref", ref);
+    send_json(ws, o);
+}
+
+static json_t *patterns_json(const conn_state *st)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < st->npatterns; i++)
+        json_array_append_new(a, json_string(st->patterns[i]));
+    return a;
+}
+
+/* ---------------------------------------------------------------- patterns */
+
+static int find_pattern(const conn_state *st, const char *p)
+{
+    for (int i = 0; i < st->npatterns; i++)
+        if (strcmp(st->patterns[i], p) == 0)
+            return i;
+    return -1;
+}
+
+/* Adds p (already valid). 0, TB_ENOSPC (ws_max_patterns), TB_ENOMEM. */
+static int add_pattern(conn_state *st, const char *p, int max)
+{
+    if (find_pattern(st, p) >= 0)
+        return 0;
+    if (st->npatterns >= max)
+        return TB_ENOSPC;
+    if (st->npatterns == st->cap) {
+        int ncap = st->cap ? st->cap * 2 : 4;
+        char **v = realloc(st->patterns, (size_t)ncap * sizeof *v);
+        if (!v)
+            return TB_ENOMEM;
+        st->patterns = v;
+        st->cap = ncap;
+    }
+    char *copy = strdup(p);
+    if (!copy)
+        return TB_ENOMEM;
+    int rc = tb_sub_add(st->sub, p);
+    if (rc && rc != TB_EEXIST) {
+        free(copy);
+        return rc;
+    }
+    st->patterns[st->npatterns++] = copy;
+    return 0;
+}
+
+static void remove_pattern(conn_state *st, const char *p)
+{
+    int i = find_pattern(st, p);
+    if (i < 0)
+        return;
+    tb_sub_remove(st->sub, p);
+    free(st->patterns[i]);
+    st->patterns[i] = st->patterns[--st->npatterns];
+}
+
+/* Checks that v is an array of valid patterns; answers the client when it
+ * is not. */
+static int check_patterns(tb_ws *ws, json_t *ref, const char *what, json_t *v)
+{
+    if (!json_is_array(v)) {
+        reply_error(ws, ref, "bad_type", "\"%s\" must be an array of event "
+                                         "patterns",
+                    what);
+        return 0;
+    }
+    size_t i;
+    json_t *p;
+    json_array_foreach(v, i, p)
+    {
+        if (!json_is_string(p)) {
+            reply_error(ws, ref, "bad_type",
+                        "\"%s\"[%zu] must be a string (an event pattern)",
+                        what, i);
+            return 0;
+        }
+        int rc = tb_pattern_valid(json_string_value(p));
+        if (rc) {
+            reply_error(ws, ref, "bad_pattern",
+                        "\"%s\"[%zu] is not a valid event pattern (%s): "
+                        "dot-separated segments of [A-Za-z0-9_-], \"*\" or "
+                        "\"<param>\", at most %d bytes",
+                        what, i, tb_strerror(rc), TB_EVENT_NAME_MAX);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* ---------------------------------------------------------------- messages */
+
+static void do_dispatch(tb_task *self, conn_state *st, json_t *ref,
+                        json_t *name, json_t *data)
+{
+    (void)self; /* tb_dispatch_wait suspends the calling task */
+    tb_ws *ws = st->ws;
+    if (!json_is_string(name)) {
+        reply_error(ws, ref, "bad_type", "\"event\" must be a string");
+        return;
+    }
+    const char *n = json_string_value(name);
+    char *owned = NULL;
+    const char *d = "";
+    size_t len = 0;
+    if (json_is_string(data)) {
+        d = json_string_value(data);
+        len = json_string_length(data);
+    } else if (data && !json_is_null(data)) {
+        owned = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!owned) {
+            reply_error(ws, ref, "internal", "out of memory");
+            return;
+        }
+        d = owned;
+        len = strlen(owned);
+    }
+    char id[TB_EVENT_ID_MAX];
+    tb_app *app = tb_ws_app(ws);
+    int rc = tb_dispatch_wait(app, n, d, len, -1, id);
+    free(owned);
+    switch (rc) {
+    case 0: {
+        json_t *o = json_object();
+        json_object_set_new(o, "ok", json_string("dispatch"));
+        json_object_set_new(o, "id", json_string(id));
+        json_object_set_new(o, "name", json_string(n));
+        if (ref)
+            json_object_set(o, "ref", ref);
+        send_json(ws, o);
+        return;
+    }
+    case TB_EINVAL:
+    case TB_ENAMETOOLONG:
+        if (tb_event_name_valid(n) != 0) {
+            reply_error(ws, ref, "bad_name",
+                        "\"%.200s\" is not a valid event name: 1..%d "
+                        "dot-separated segments of [A-Za-z0-9_-], at most "
+                        "%d bytes",
+                        n, TB_EVENT_SEGMENTS_MAX, TB_EVENT_NAME_MAX);
+        } else {
+            reply_error(ws, ref, "bad_data", "the event data is not UTF-8");
+        }
+        return;
+    case TB_EMSGSIZE:
+        reply_error(ws, ref, "too_large",
+                    "the event data is %zu bytes, over max_event_size (%zu)",
+                    len, tb_app_get_config(app)->max_event_size);
+        return;
+    case TB_ENOTCONN:
+        reply_error(ws, ref, "bus_down",
+                    "the event bus is not connected; try again later");
+        return;
+    case TB_ENOSPC:
+        reply_error(ws, ref, "queue_full",
+                    "too many events wait to be published; try again later");
+        return;
+    case TB_ETIMEDOUT:
+        reply_error(ws, ref, "timeout",
+                    "the event bus did not confirm the event in time (it "
+                    "may still be published)");
+        return;
+    case TB_ECANCELED:
+    case TB_ESHUTDOWN:
+        reply_error(ws, ref, "stopping", "the connection is closing");
+        return;
+    default:
+        reply_error(ws, ref, "internal", "dispatch failed: %s",
+                    tb_strerror(rc));
+        return;
+    }
+}
+
+static void do_subscribe(conn_state *st, json_t *ref, json_t *v, int add)
+{
+    tb_ws *ws = st->ws;
+    const char *what = add ? "subscribe" : "unsubscribe";
+    if (!check_patterns(ws, ref, what, v))
+        return;
+    int max = tb_app_get_config(tb_ws_app(ws))->ws_max_patterns;
+    size_t i;
+    json_t *p;
+    if (add) {
+        /* All or nothing: count what is new first. */
+        int fresh = 0;
+        json_array_foreach(v, i, p)
+        {
+            const char *s = json_string_value(p);
+            int dup = find_pattern(st, s) >= 0;
+            for (size_t j = 0; !dup && j < i; j++)
+                dup = strcmp(json_string_value(json_array_get(v, j)), s) == 0;
+            fresh += !dup;
+        }
+        if (st->npatterns + fresh > max) {
+            reply_error(ws, ref, "too_many_patterns",
+                        "a connection may hold %d patterns (ws_max_patterns); "
+                        "it holds %d and asked for %d more",
+                        max, st->npatterns, fresh);
+            return;
+        }
+    }
+    json_array_foreach(v, i, p)
+    {
+        if (add) {
+            int rc = add_pattern(st, json_string_value(p), max);
+            if (rc) {
+                reply_error(ws, ref, "internal", "subscribe failed: %s",
+                            tb_strerror(rc));
+                return;
+            }
+        } else {
+            remove_pattern(st, json_string_value(p));
+        }
+    }
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_string(what));
+    json_object_set_new(o, "patterns", patterns_json(st));
+    if (ref)
+        json_object_set(o, "ref", ref);
+    send_json(ws, o);
+}
+
+static void handle(tb_task *self, conn_state *st, const tb_ws_msg *m)
+{
+    tb_ws *ws = st->ws;
+    if (m->type != TB_WS_TEXT) {
+        reply_error(ws, NULL, "bad_message",
+                    "binary messages are not understood: send JSON text");
+        return;
+    }
+    json_error_t jerr;
+    json_t *o = json_loadb(m->data, m->len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!o) {
+        reply_error(ws, NULL, "bad_json", "the message is not JSON: %s",
+                    jerr.text);
+        return;
+    }
+    json_t *ref = NULL;
+    if (!json_is_object(o)) {
+        reply_error(ws, NULL, "bad_message",
+                    "a message must be a JSON object: {\"event\", \"data\"}, "
+                    "{\"subscribe\": [...]} or {\"unsubscribe\": [...]}");
+        json_decref(o);
+        return;
+    }
+    ref = json_object_get(o, "ref");
+    const char *key;
+    json_t *val;
+    json_t *event = NULL, *data = NULL, *sub = NULL, *unsub = NULL;
+    json_object_foreach(o, key, val)
+    {
+        if (strcmp(key, "event") == 0)
+            event = val;
+        else if (strcmp(key, "data") == 0)
+            data = val;
+        else if (strcmp(key, "subscribe") == 0)
+            sub = val;
+        else if (strcmp(key, "unsubscribe") == 0)
+            unsub = val;
+        else if (strcmp(key, "ref") != 0) {
+            reply_error(ws, ref, "unknown_field",
+                        "unknown field \"%.64s\": a message has \"event\" "
+                        "and \"data\", or \"subscribe\", or \"unsubscribe\" "
+                        "(and an optional \"ref\")",
+                        key);
+            json_decref(o);
+            return;
+        }
+    }
+    int actions = (event != NULL) + (sub != NULL) + (unsub != NULL);
+    if (actions != 1 || (data && !event)) {
+        reply_error(ws, ref, "bad_message",
+                    "a message does one thing: {\"event\", \"data\"}, "
+                    "{\"subscribe\": [...]} or {\"unsubscribe\": [...]}");
+    } else if (event) {
+        do_dispatch(self, st, ref, event, data);
+    } else {
+        do_subscribe(st, ref, sub ? sub : unsub, sub != NULL);
+    }
+    json_decref(o);
+}
+
+/* ---------------------------------------------------------------- endpoint */
+
+/* The ?events= list: comma-separated patterns. Calls fn for each; stops at
+ * the first non-zero return. */
+static int each_pattern(const char *list, int (*fn)(const char *, void *),
+                        void *arg)
+{
+    const char *p = list;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        if (n) {
+            char pat[TB_EVENT_NAME_MAX + 2];
+            if (n > TB_EVENT_NAME_MAX)
+                n = TB_EVENT_NAME_MAX + 1; /* invalid: too long */
+            memcpy(pat, p, n);
+            pat[n] = '\0';
+            int rc = fn(pat, arg);
+            if (rc)
+                return rc;
+        }
+        p += strcspn(p, ",");
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
+typedef struct check_ctx {
+    tb_http_req *req;
+    int count;
+    int max;
+} check_ctx;
+
+static int check_one(const char *pat, void *arg)
+{
+    check_ctx *c = arg;
+    if (tb_pattern_valid(pat) != 0) {
+        tb_http_error(c->req, 400, "bad_pattern",
+                      "events: \"%.210s\" is not a valid event pattern: "
+                      "dot-separated segments of [A-Za-z0-9_-], \"*\" or "
+                      "\"<param>\", at most %d bytes",
+                      pat, TB_EVENT_NAME_MAX);
+        return 1;
+    }
+    if (++c->count > c->max) {
+        tb_http_error(c->req, 400, "too_many_patterns",
+                      "events: more than %d patterns (ws_max_patterns)",
+                      c->max);
+        return 1;
+    }
+    return 0;
+}
+
+/* Before the upgrade: the ?events= patterns must be valid. */
+static int ws_check(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    /* Room for ws_max_patterns patterns of the longest kind and commas. */
+    const tb_app_config *cfg = tb_app_get_config(tb_http_app(req));
+    size_t cap = (size_t)cfg->ws_max_patterns * (TB_EVENT_NAME_MAX + 1) + 1;
+    char *list = malloc(cap);
+    if (!list)
+        return tb_http_error(req, 500, "internal", "out of memory");
+    int rc = tb_http_query(req, "events", list, cap);
+    if (rc == TB_ENAMETOOLONG)
+        tb_http_error(req, 400, "too_many_patterns",
+                      "events: longer than %d patterns can be "
+                      "(ws_max_patterns)",
+                      cfg->ws_max_patterns);
+    else if (rc == TB_EINVAL)
+        tb_http_error(req, 400, "bad_query",
+                      "events: a bad percent-escape");
+    else if (rc >= 0) {
+        check_ctx c = {req, 0, cfg->ws_max_patterns};
+        each_pattern(list, check_one, &c);
+    }
+    free(list);
+    return 0;
+}
+
+typedef struct add_ctx {
+    conn_state *st;
+    int max;
+} add_ctx;
+
+static int add_one(const char *pat, void *arg)
+{
+    add_ctx *a = arg;
+    return add_pattern(a->st, pat, a->max);
+}
+
+static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
+{
+    (void)ud;
+    tb_app *app = tb_ws_app(ws);
+    conn_state st = {.ws = ws};
+    char name[TB_TASK_NAME_MAX + 1];
+    snprintf(name, sizeof name, "receiver:%s", tb_ws_request_id(ws));
+    tb_task_opts opts = {.name = name,
+                         .worker = tb_ws_worker(ws),
+                         .kind = "ws.receiver",
+                         .flags = TB_TASK_EPHEMERAL};
+    int rc = tb_task_add(app, receiver, &st, &opts, NULL);
+    if (rc) {
+        reply_error(ws, NULL, "internal", "cannot start the receiver: %s",
+                    tb_strerror(rc));
+        return rc;
+    }
+    while (!st.ready && !st.failed && rc == 0)
+        rc = tb_yield(self);
+    if (rc == 0 && st.ready) {
+        const tb_app_config *cfg = tb_app_get_config(app);
+        size_t cap = (size_t)cfg->ws_max_patterns * (TB_EVENT_NAME_MAX + 1) + 1;
+        char *list = malloc(cap);
+        if (list && tb_ws_query(ws, "events", list, cap) >= 0) {
+            add_ctx a = {&st, cfg->ws_max_patterns};
+            each_pattern(list, add_one, &a);
+        }
+        free(list);
+        tb_ws_msg m;
+        while (tb_ws_recv(self, ws, -1, &m) == 0)
+            handle(self, &st, &m);
+    }
+    /* The socket closed (or the app stops): cancel the receiver and wait
+     * for it; being ephemeral, it leaves the task list as it ends. */
+    tb_task_cancel(app, name, -1);
+    for (int i = 0; i < st.npatterns; i++)
+        free(st.patterns[i]);
+    free(st.patterns);
+    return 0;
+}
+
+int tb__api_register_ws(tb_app *app)
+{
+    return tb_app_websocket(app, "/ws", ws_handler, ws_check, NULL);
+}

@@ -1,0 +1,678 @@
+/* ws.c - websocket connections in the core: endpoints, the accept checks,
+ * the hand-over of an upgraded socket to a worker, the handler task, and
+ * tb_ws_recv / tb_ws_send.
+ *
+ * Threads: tb__ws_accept runs on an HTTP thread; everything about a
+ * connection after tb__ws_adopt happens on the worker that serves it (its
+ * socket, its receive queue, its handler task), except tb_ws_send and
+ * tb_ws_close from other threads, which are posted to that worker. */
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "http.h"
+#include "internal.h"
+#include "ws.h"
+
+#define CLOSE_TIMEOUT_MS 2000
+
+struct tb__ws_route {
+    struct tb__ws_route *next;
+    tb_ws_fn fn;
+    tb_ws_check_fn check;
+    void *ud;
+};
+
+typedef struct wsmsg {
+    struct wsmsg *next;
+    int binary;
+    size_t len;
+    char data[]; /* len bytes and a NUL */
+} wsmsg;
+
+struct tb_ws {
+    atomic_int refs;
+    tb_app *app;
+    tb__ws_route *route;
+    tb__worker *w; /* set by tb__ws_adopt */
+    int fd;        /* until the worker opens the connection */
+    int sock;      /* the socket, marked in fd_table while open */
+    atomic_int closed; /* closing or closed: sends fail fast */
+
+    /* --- on the worker's thread --- */
+    tb__wsconn *conn; /* NULL once the connection has ended */
+    tb_ws *wprev, *wnext;
+    tb_task *handler; /* while the handler runs */
+    int handler_done;
+    int close_code;
+    tb_task *recv_waiter;
+    uint64_t recv_seq;
+    wsmsg *qhead, *qtail, *cur;
+    int qlen;
+    int paused;
+
+    /* --- the upgrade request, copied --- */
+    char request_id[72];
+    char peer[48];
+    char *path;   /* raw */
+    char *query;  /* raw, or NULL */
+    char *params; /* "name\0value\0" nparams times */
+    int nparams;
+};
+
+/* ---------------------------------------------------------------- fds */
+
+/* One byte per descriptor number, for the numbers below FD_TABLE_MAX. */
+#define FD_TABLE_MAX (1 << 20)
+static _Atomic unsigned char fd_table[FD_TABLE_MAX];
+
+int tb__ws_fd_owned(int fd)
+{
+    return fd >= 0 && fd < FD_TABLE_MAX &&
+           atomic_load_explicit(&fd_table[fd], memory_order_relaxed);
+}
+
+static void fd_own(int fd, int owned)
+{
+    if (fd >= 0 && fd < FD_TABLE_MAX)
+        atomic_store_explicit(&fd_table[fd], (unsigned char)owned,
+                              memory_order_relaxed);
+}
+
+/* ---------------------------------------------------------------- refs */
+
+static void ws_ref(tb_ws *ws)
+{
+    atomic_fetch_add_explicit(&ws->refs, 1, memory_order_relaxed);
+}
+
+static void ws_unref(tb_ws *ws)
+{
+    if (atomic_fetch_sub_explicit(&ws->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    while (ws->qhead) {
+        wsmsg *m = ws->qhead;
+        ws->qhead = m->next;
+        free(m);
+    }
+    free(ws->cur);
+    if (ws->fd >= 0) {
+        fd_own(ws->fd, 0);
+        close(ws->fd);
+    }
+    atomic_fetch_sub(&ws->app->ws_clients, 1);
+    free(ws->path);
+    free(ws->query);
+    free(ws->params);
+    free(ws);
+}
+
+void tb__ws_release(tb_ws *ws)
+{
+    if (ws)
+        ws_unref(ws);
+}
+
+/* ---------------------------------------------------------------- routes */
+
+int tb_app_websocket(tb_app *app, const char *path, tb_ws_fn fn,
+                     tb_ws_check_fn check, void *ud)
+{
+    if (!app || !path || !fn)
+        return TB_EINVAL;
+    if (atomic_load(&app->state) != TB__APP_NEW)
+        return TB_EBUSY;
+    tb__ws_route *r = calloc(1, sizeof *r);
+    if (!r)
+        return TB_ENOMEM;
+    r->fn = fn;
+    r->check = check;
+    r->ud = ud;
+    int rc = tb__http_route_ws(app, path, r);
+    if (rc) {
+        free(r);
+        return rc;
+    }
+    r->next = app->ws_routes;
+    app->ws_routes = r;
+    return 0;
+}
+
+void tb__ws_app_free(tb_app *app)
+{
+    while (app->ws_routes) {
+        tb__ws_route *r = app->ws_routes;
+        app->ws_routes = r->next;
+        free(r);
+    }
+}
+
+int tb__ws_clients(tb_app *app)
+{
+    return atomic_load(&app->ws_clients);
+}
+
+/* ---------------------------------------------------------------- accept */
+
+/* 1 if origin is one of the comma-separated entries of list, or list is
+ * "*". Compared exactly (scheme, host and port), ASCII case-insensitively
+ * as origins are. */
+static int origin_allowed(const char *list, const char *origin)
+{
+    size_t on = strlen(origin);
+    for (const char *p = list; *p;) {
+        p += strspn(p, " \t,");
+        size_t n = strcspn(p, ",");
+        size_t m = n;
+        while (m && (p[m - 1] == ' ' || p[m - 1] == '\t'))
+            m--;
+        if ((m == 1 && p[0] == '*') ||
+            (m == on && m && strncasecmp(p, origin, m) == 0))
+            return 1;
+        p += n;
+    }
+    return 0;
+}
+
+tb_ws *tb__ws_accept(tb_http_req *req, tb__ws_route *route)
+{
+    tb_app *app = req->app;
+    const tb_app_config *cfg = &app->cfg;
+    const char *origin = tb_http_header(req, "Origin");
+    if (origin && cfg->ws_allowed_origins &&
+        !origin_allowed(cfg->ws_allowed_origins, origin)) {
+        tb_http_error(req, 403, "origin_not_allowed",
+                      "websocket connections from origin %.200s are not "
+                      "allowed (ws_allowed_origins)",
+                      origin);
+        return NULL;
+    }
+    if (atomic_load(&app->state) != TB__APP_RUNNING) {
+        tb__http_error_headers(req, 503, "stopping", "Retry-After: 1\r\n",
+                               "the server is stopping");
+        return NULL;
+    }
+    int n = atomic_fetch_add(&app->ws_clients, 1) + 1;
+    if (n > cfg->ws_max_clients) {
+        atomic_fetch_sub(&app->ws_clients, 1);
+        char msg[128];
+        snprintf(msg, sizeof msg,
+                 "%d websocket clients are connected, the limit "
+                 "(ws_max_clients)",
+                 cfg->ws_max_clients);
+        tb__http_error_headers(req, 503, "too_many_clients",
+                               "Retry-After: 1\r\n", msg);
+        return NULL;
+    }
+    /* A client may choose its request id: two live connections must not
+     * share the handler's name. */
+    char name[TB_TASK_NAME_MAX + 1];
+    snprintf(name, sizeof name, "ws:%s", tb_http_request_id(req));
+    tb_task_info info;
+    if (tb_task_get(app, name, &info) > 0 &&
+        (info.state == TB_TASK_PENDING || info.state == TB_TASK_RUNNING)) {
+        atomic_fetch_sub(&app->ws_clients, 1);
+        tb_http_error(req, 409, "request_id_in_use",
+                      "another websocket connection has request id %s",
+                      tb_http_request_id(req));
+        return NULL;
+    }
+    if (route->check) {
+        route->check(req, route->ud);
+        if (req->status) {
+            atomic_fetch_sub(&app->ws_clients, 1);
+            return NULL;
+        }
+    }
+    tb_ws *ws = calloc(1, sizeof *ws);
+    size_t plen = 0;
+    for (int i = 0; i < req->match.nparams; i++)
+        plen += strlen(req->match.params[i].name) + 1 +
+                strlen(req->match.params[i].value) + 1;
+    if (ws) {
+        ws->path = strdup(req->path);
+        ws->query = req->query ? strdup(req->query) : NULL;
+        ws->params = plen ? malloc(plen) : NULL;
+    }
+    if (!ws || !ws->path || (req->query && !ws->query) ||
+        (plen && !ws->params)) {
+        if (ws) {
+            free(ws->path);
+            free(ws->query);
+            free(ws->params);
+            free(ws);
+        }
+        atomic_fetch_sub(&app->ws_clients, 1);
+        tb_http_error(req, 500, "internal", "out of memory");
+        return NULL;
+    }
+    char *p = ws->params;
+    for (int i = 0; i < req->match.nparams; i++) {
+        size_t a = strlen(req->match.params[i].name) + 1;
+        size_t b = strlen(req->match.params[i].value) + 1;
+        memcpy(p, req->match.params[i].name, a);
+        memcpy(p + a, req->match.params[i].value, b);
+        p += a + b;
+    }
+    ws->nparams = req->match.nparams;
+    atomic_init(&ws->refs, 1);
+    atomic_init(&ws->closed, 0);
+    ws->app = app;
+    ws->route = route;
+    ws->fd = -1;
+    snprintf(ws->request_id, sizeof ws->request_id, "%s",
+             tb_http_request_id(req));
+    snprintf(ws->peer, sizeof ws->peer, "?");
+    return ws;
+}
+
+/* ---------------------------------------------------------------- adopt */
+
+static int ws_task(tb_task *self, void *arg);
+
+static void handler_release(void *arg)
+{
+    tb_ws *ws = arg;
+    /* Also reached when the task is abandoned at the graceful timeout, or
+     * never ran: nothing may point at it any more. */
+    ws->handler = NULL;
+    ws->handler_done = 1;
+    ws->recv_waiter = NULL;
+    ws_unref(ws);
+}
+
+static int stopping(const tb_app *app)
+{
+    return atomic_load(&((tb_app *)app)->state) != TB__APP_RUNNING;
+}
+
+static void adopt_on_worker(tb_app *app, int wi, void *arg)
+{
+    tb_ws *ws = arg;
+    tb__worker *w = &app->workers[wi];
+    int fd = ws->fd;
+    ws->fd = -1;
+    if (w->stopping) {
+        fd_own(fd, 0);
+        close(fd);
+        atomic_fetch_sub(&w->nws, 1);
+        ws_unref(ws);
+        return;
+    }
+    const tb_app_config *cfg = &app->cfg;
+    tb__ws_limits lim = {
+        .max_message = cfg->ws_max_message,
+        .send_queue_bytes = cfg->ws_send_queue_bytes,
+        .send_queue_msgs = cfg->ws_send_queue_msgs,
+        .ping_interval_ms = cfg->ws_ping_interval_ms,
+        .ping_timeout_ms = cfg->ws_ping_timeout_ms,
+        .close_timeout_ms = CLOSE_TIMEOUT_MS,
+    };
+    ws->conn = tb__wsconn_open(ws, w->base, fd, &lim, ws->peer);
+    if (!ws->conn) {
+        tb__log(TB_LOG_ERROR, "ws %s (request %s): out of memory",
+                ws->path, ws->request_id);
+        fd_own(fd, 0);
+        close(fd);
+        atomic_fetch_sub(&w->nws, 1);
+        ws_unref(ws);
+        return;
+    }
+    /* The reference from accept is now the connection's. */
+    ws->wnext = w->ws_head;
+    if (w->ws_head)
+        w->ws_head->wprev = ws;
+    w->ws_head = ws;
+
+    char name[TB_TASK_NAME_MAX + 1];
+    snprintf(name, sizeof name, "ws:%s", ws->request_id);
+    tb_task_opts opts = {.name = name,
+                         .worker = wi,
+                         .kind = "ws",
+                         .flags = TB_TASK_EPHEMERAL,
+                         .arg_free = handler_release};
+    ws_ref(ws);
+    int rc = tb_task_add(app, ws_task, ws, &opts, NULL);
+    if (rc) {
+        ws_unref(ws);
+        ws->handler_done = 1;
+        int code = rc == TB_ESHUTDOWN ? 1001 : rc == TB_EEXIST ? 1008 : 1011;
+        tb__log(rc == TB_ESHUTDOWN ? TB_LOG_INFO : TB_LOG_WARN,
+                "ws %s (request %s, %s): no handler task: %s", ws->path,
+                ws->request_id, ws->peer, tb_strerror(rc));
+        atomic_store(&ws->closed, 1);
+        tb__wsconn_close(ws->conn, code,
+                         rc == TB_EEXIST ? "request id in use" : "");
+    }
+}
+
+static void adopt_drop(void *arg)
+{
+    tb_ws *ws = arg;
+    if (ws->w)
+        atomic_fetch_sub(&ws->w->nws, 1);
+    ws_unref(ws); /* closes fd */
+}
+
+void tb__ws_adopt(tb_ws *ws, int fd)
+{
+    tb_app *app = ws->app;
+    ws->fd = ws->sock = fd;
+    fd_own(fd, 1);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getpeername(fd, (struct sockaddr *)&ss, &sl) == 0 &&
+        ss.ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)&ss;
+        char a[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, &sin->sin_addr, a, sizeof a);
+        snprintf(ws->peer, sizeof ws->peer, "%s:%u", a, ntohs(sin->sin_port));
+    }
+    /* The worker serving the fewest connections. */
+    int best = 0;
+    for (int i = 1; i < app->nworkers; i++)
+        if (atomic_load(&app->workers[i].nws) <
+            atomic_load(&app->workers[best].nws))
+            best = i;
+    ws->w = &app->workers[best];
+    atomic_fetch_add(&ws->w->nws, 1);
+    if (tb__worker_call(ws->w, adopt_on_worker, adopt_drop, ws) != 0) {
+        tb__log(TB_LOG_ERROR, "ws %s (request %s): out of memory", ws->path,
+                ws->request_id);
+        adopt_drop(ws);
+    }
+}
+
+/* ---------------------------------------------------------------- handler */
+
+static int ws_task(tb_task *self, void *arg)
+{
+    tb_ws *ws = arg;
+    ws->handler = self;
+    int rc = ws->route->fn(self, ws, ws->route->ud);
+    ws->handler = NULL;
+    ws->handler_done = 1;
+    free(ws->cur);
+    ws->cur = NULL;
+    if (ws->conn) {
+        atomic_store(&ws->closed, 1);
+        if (stopping(ws->app))
+            tb__wsconn_close(ws->conn, 1001, "server stopping");
+        else
+            tb__wsconn_close(ws->conn, 1000, "");
+    }
+    return rc;
+}
+
+int tb__ws_on_message(tb_ws *ws, int binary, const void *data, size_t len)
+{
+    wsmsg *m = malloc(sizeof *m + len + 1);
+    if (!m) {
+        tb__log(TB_LOG_ERROR,
+                "ws %s (request %s): out of memory for a message of %zu "
+                "bytes; closing",
+                ws->path, ws->request_id, len);
+        tb__wsconn_close(ws->conn, 1011, "out of memory");
+        return 1;
+    }
+    m->next = NULL;
+    m->binary = binary;
+    m->len = len;
+    if (len)
+        memcpy(m->data, data, len);
+    m->data[len] = '\0';
+    if (ws->qtail)
+        ws->qtail->next = m;
+    else
+        ws->qhead = m;
+    ws->qtail = m;
+    ws->qlen++;
+    if (ws->recv_waiter)
+        tb__task_wake(ws->recv_waiter, ws->recv_seq, 0);
+    if (ws->qlen >= ws->app->cfg.ws_recv_queue_msgs) {
+        ws->paused = 1;
+        return 1;
+    }
+    return 0;
+}
+
+void tb__ws_on_end(tb_ws *ws, int code, const char *why)
+{
+    tb__worker *w = ws->w;
+    ws->conn = NULL;
+    fd_own(ws->sock, 0); /* the adapter closes it next */
+    ws->close_code = code ? code : 1006;
+    atomic_store(&ws->closed, 1);
+    if (ws->wprev)
+        ws->wprev->wnext = ws->wnext;
+    else
+        w->ws_head = ws->wnext;
+    if (ws->wnext)
+        ws->wnext->wprev = ws->wprev;
+    ws->wprev = ws->wnext = NULL;
+    atomic_fetch_sub(&w->nws, 1);
+    tb__log(TB_LOG_DEBUG, "ws %s (request %s, %s): closed (%d): %s",
+            ws->path, ws->request_id, ws->peer, ws->close_code, why);
+    if (ws->recv_waiter)
+        tb__task_wake(ws->recv_waiter, ws->recv_seq, TB_EPIPE);
+    else if (ws->handler && !ws->handler_done)
+        tb__task_cancel_async(ws->handler); /* Sanic cancels it too */
+    ws_unref(ws); /* the connection's */
+}
+
+void tb__ws_worker_shutdown(tb__worker *w)
+{
+    while (w->ws_head) {
+        tb_ws *ws = w->ws_head;
+        tb__wsconn_abort(ws->conn); /* unlinks it through on_end */
+    }
+}
+
+/* ---------------------------------------------------------------- API */
+
+int tb_ws_recv(tb_task *self, tb_ws *ws, int timeout_ms, tb_ws_msg *msg)
+{
+    int rc = tb__task_enter(self, "tb_ws_recv");
+    if (rc)
+        return rc;
+    if (!ws || !msg || ws->handler != self)
+        return TB_EINVAL;
+    free(ws->cur);
+    ws->cur = NULL;
+    for (;;) {
+        if (ws->qhead) {
+            wsmsg *m = ws->qhead;
+            ws->qhead = m->next;
+            if (!ws->qhead)
+                ws->qtail = NULL;
+            ws->qlen--;
+            ws->cur = m;
+            msg->type = m->binary ? TB_WS_BINARY : TB_WS_TEXT;
+            msg->data = m->data;
+            msg->len = m->len;
+            if (ws->paused && ws->conn &&
+                ws->qlen < ws->app->cfg.ws_recv_queue_msgs) {
+                ws->paused = 0;
+                tb__wsconn_pause(ws->conn, 0);
+            }
+            return 0;
+        }
+        if (!ws->conn)
+            return TB_EPIPE;
+        if (timeout_ms == 0)
+            return TB_ETIMEDOUT;
+        ws->recv_seq = tb__task_begin_wait(self, TB__WAIT_WS);
+        if (timeout_ms > 0 &&
+            (rc = tb__task_arm_timer(self, ws->recv_seq, timeout_ms))) {
+            self->wait_kind = TB__WAIT_NONE;
+            return rc;
+        }
+        ws->recv_waiter = self;
+        rc = tb__task_suspend(self, "tb_ws_recv");
+        ws->recv_waiter = NULL;
+        tb__task_disarm_timer(self);
+        if (rc == TB_EPIPE && ws->qhead)
+            continue; /* messages that came before the close come first */
+        if (rc)
+            return rc;
+    }
+}
+
+typedef struct sendmsg_call {
+    tb_ws *ws;
+    int binary; /* -1: a close with code (len) and reason (data) */
+    size_t len;
+    char data[];
+} sendmsg_call;
+
+static void send_on_worker(tb_app *app, int wi, void *arg)
+{
+    (void)app;
+    (void)wi;
+    sendmsg_call *m = arg;
+    if (m->ws->conn) {
+        if (m->binary < 0)
+            tb__wsconn_close(m->ws->conn, (int)m->len, m->data);
+        else
+            tb__wsconn_send(m->ws->conn, m->binary, m->data, m->len);
+    }
+    ws_unref(m->ws);
+    free(m);
+}
+
+static void send_drop(void *arg)
+{
+    sendmsg_call *m = arg;
+    ws_unref(m->ws);
+    free(m);
+}
+
+static int post_to_worker(tb_ws *ws, int binary, const void *data, size_t len,
+                          size_t copy)
+{
+    sendmsg_call *m = malloc(sizeof *m + copy + 1);
+    if (!m)
+        return TB_ENOMEM;
+    m->ws = ws;
+    m->binary = binary;
+    m->len = len;
+    if (copy)
+        memcpy(m->data, data, copy);
+    m->data[copy] = '\0';
+    ws_ref(ws);
+    int rc = tb__worker_call(ws->w, send_on_worker, send_drop, m);
+    if (rc) {
+        ws_unref(ws);
+        free(m);
+    }
+    return rc;
+}
+
+static int ws_send(tb_ws *ws, int binary, const void *data, size_t len)
+{
+    if (len > ws->app->cfg.ws_send_queue_bytes)
+        return TB_EMSGSIZE;
+    if (atomic_load(&ws->closed))
+        return TB_EPIPE;
+    if (tb__worker_current() == ws->w)
+        return ws->conn ? tb__wsconn_send(ws->conn, binary, data, len)
+                        : TB_EPIPE;
+    return post_to_worker(ws, binary, data, len, len);
+}
+
+int tb_ws_send(tb_ws *ws, tb_ws_type type, const void *data, size_t len)
+{
+    if (!ws || (type != TB_WS_TEXT && type != TB_WS_BINARY) ||
+        (len && !data))
+        return TB_EINVAL;
+    if (type == TB_WS_TEXT && !tb__utf8_valid_text(data, len))
+        return TB_EINVAL;
+    return ws_send(ws, type == TB_WS_BINARY, data, len);
+}
+
+int tb_ws_send_event(tb_ws *ws, const tb_event *ev)
+{
+    if (!ws || !ev)
+        return TB_EINVAL;
+    size_t len;
+    const char *json = tb_event_json(ev, &len);
+    if (!json)
+        return TB_ENOMEM;
+    return ws_send(ws, 0, json, len);
+}
+
+void tb_ws_close(tb_ws *ws, int code, const char *reason)
+{
+    if (!ws)
+        return;
+    if (code < 1000 || code > 4999 || (code >= 1004 && code <= 1006) ||
+        code == 1015)
+        code = 1000;
+    if (!reason)
+        reason = "";
+    size_t rlen = strnlen(reason, 123);
+    if (atomic_exchange(&ws->closed, 1))
+        return;
+    if (tb__worker_current() == ws->w) {
+        if (ws->conn) {
+            char r[124];
+            memcpy(r, reason, rlen);
+            r[rlen] = '\0';
+            tb__wsconn_close(ws->conn, code, r);
+        }
+        return;
+    }
+    post_to_worker(ws, -1, reason, (size_t)code, rlen);
+}
+
+int tb_ws_worker(const tb_ws *ws)
+{
+    return ws && ws->w ? ws->w->index : -1;
+}
+
+tb_app *tb_ws_app(const tb_ws *ws)
+{
+    return ws ? ws->app : NULL;
+}
+
+const char *tb_ws_request_id(const tb_ws *ws)
+{
+    return ws->request_id;
+}
+
+const char *tb_ws_path(const tb_ws *ws)
+{
+    return ws->path;
+}
+
+const char *tb_ws_param(const tb_ws *ws, const char *name)
+{
+    if (!ws || !name)
+        return NULL;
+    const char *p = ws->params;
+    for (int i = 0; i < ws->nparams; i++) {
+        const char *value = p + strlen(p) + 1;
+        if (strcmp(p, name) == 0)
+            return value;
+        p = value + strlen(value) + 1;
+    }
+    return NULL;
+}
+
+int tb_ws_query(const tb_ws *ws, const char *key, char *out, size_t outsz)
+{
+    if (!ws || !key)
+        return TB_EINVAL;
+    return tb__query_get(ws->query, key, out, outsz);
+}
+
+int tb_ws_close_code(const tb_ws *ws)
+{
+    return ws ? ws->close_code : 0;
+}
