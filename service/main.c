@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "taskbus/taskbus.h"
 
@@ -15,6 +16,18 @@
  * redis-cli PUBLISH), and a ticker dispatches demo.tick now and then. */
 
 static int tick_seconds = 5;
+static int quiet;
+
+/* Each websocket client is a descriptor: take the hard limit, as servers
+ * do (the soft default of 1024 would cap clients near 1000). */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
 
 /* Patterns for "every event": names have 1 to 8 segments and '*' matches
  * exactly one, so one pattern per length covers each event exactly once. */
@@ -26,40 +39,28 @@ static const char *const every_event[] = {
 static int watcher(tb_task *self, void *arg)
 {
     (void)arg;
-    enum {
-        N = sizeof every_event / sizeof every_event[0]
-    };
-    tb_sub *subs[N];
-    for (int i = 0; i < N; i++) {
-        int err;
-        if (!(subs[i] = tb_sub_open(self, every_event[i], 0, &err))) {
-            tb_task_fail(self, "cannot subscribe: %s", tb_strerror(err));
-            return 1;
-        }
+    int err;
+    tb_sub *sub = tb_sub_open(self, NULL, 0, &err);
+    for (size_t i = 0; sub && i < sizeof every_event / sizeof every_event[0];
+         i++)
+        if ((err = tb_sub_add(sub, every_event[i])) != 0)
+            sub = NULL;
+    if (!sub) {
+        tb_task_fail(self, "cannot subscribe: %s", tb_strerror(err));
+        return 1;
     }
-    /* A round-robin over the subscriptions with short waits keeps this
-     * simple; a task that needs order across patterns would use one. */
-    for (;;) {
-        int got = 0;
-        for (int i = 0; i < N; i++) {
-            tb_event *ev;
-            int rc =
-                tb_sub_next(self, subs[i], i == N - 1 && !got ? 200 : 0, &ev);
-            if (rc == TB_ECANCELED)
-                return 0;
-            if (rc != 0)
-                continue;
-            got = 1;
-            size_t len;
-            const char *data = tb_event_data(ev, &len);
-            printf("worker %d: event %s id=%s origin=%s data=%.*s%s\n",
-                   tb_task_worker(self), tb_event_name(ev), tb_event_id(ev),
-                   tb_event_origin(ev), (int)(len > 200 ? 200 : len), data,
-                   len > 200 ? "..." : "");
-            fflush(stdout);
-            tb_event_unref(ev);
-        }
+    tb_event *ev;
+    while (tb_sub_next(self, sub, -1, &ev) == 0) {
+        size_t len;
+        const char *data = tb_event_data(ev, &len);
+        printf("worker %d: event %s id=%s origin=%s data=%.*s%s\n",
+               tb_task_worker(self), tb_event_name(ev), tb_event_id(ev),
+               tb_event_origin(ev), (int)(len > 200 ? 200 : len), data,
+               len > 200 ? "..." : "");
+        fflush(stdout);
+        tb_event_unref(ev);
     }
+    return 0;
 }
 
 static int ticker(tb_task *self, void *arg)
@@ -110,6 +111,22 @@ static void usage(FILE *f)
             "TASKBUS_TOKEN)\n"
             "  --tick SECONDS    dispatch demo.tick every SECONDS, 0: never; "
             "default 5\n"
+            "  --quiet           do not print the events\n"
+            "  --http-threads N  HTTP server threads (concurrent requests); "
+            "default 64\n"
+            "  --max-body BYTES  request body limit; default 1048576\n"
+            "  --ws-max-clients N        open websockets; default 10000\n"
+            "  --ws-max-message BYTES    largest client message; default "
+            "1048576\n"
+            "  --ws-send-queue-bytes N   per-client send queue; default "
+            "1048576\n"
+            "  --ws-send-queue-msgs N    the same in messages; default 4096\n"
+            "  --ws-max-patterns N       patterns per /ws connection; "
+            "default 64\n"
+            "  --ws-ping-interval MS     0: no pings; default 20000\n"
+            "  --ws-ping-timeout MS      default 20000\n"
+            "  --ws-origins LIST         allowed Origins (comma-separated, "
+            "or *); default any\n"
             "  --version, --help\n");
 }
 
@@ -153,6 +170,17 @@ int main(int argc, char **argv)
         {"tick", required_argument, NULL, 't'},
         {"listen", required_argument, NULL, 'l'},
         {"token", required_argument, NULL, 'k'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"http-threads", required_argument, NULL, 1000},
+        {"max-body", required_argument, NULL, 1001},
+        {"ws-max-clients", required_argument, NULL, 1002},
+        {"ws-max-message", required_argument, NULL, 1003},
+        {"ws-send-queue-bytes", required_argument, NULL, 1004},
+        {"ws-send-queue-msgs", required_argument, NULL, 1005},
+        {"ws-max-patterns", required_argument, NULL, 1006},
+        {"ws-ping-interval", required_argument, NULL, 1007},
+        {"ws-ping-timeout", required_argument, NULL, 1008},
+        {"ws-origins", required_argument, NULL, 1009},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -177,6 +205,47 @@ int main(int argc, char **argv)
             break;
         case 'k':
             cfg.api_token = optarg;
+            break;
+        case 'q':
+            quiet = 1;
+            break;
+        case 1000:
+            cfg.http_threads = int_arg("--http-threads", optarg, 1, 65536);
+            break;
+        case 1001:
+            cfg.http_max_body =
+                (size_t)int_arg("--max-body", optarg, 1, 512 << 20);
+            break;
+        case 1002:
+            cfg.ws_max_clients =
+                int_arg("--ws-max-clients", optarg, 1, 1 << 20);
+            break;
+        case 1003:
+            cfg.ws_max_message =
+                (size_t)int_arg("--ws-max-message", optarg, 1, 512 << 20);
+            break;
+        case 1004:
+            cfg.ws_send_queue_bytes = (size_t)int_arg(
+                "--ws-send-queue-bytes", optarg, 1024, 1 << 30);
+            break;
+        case 1005:
+            cfg.ws_send_queue_msgs =
+                int_arg("--ws-send-queue-msgs", optarg, 1, 1 << 24);
+            break;
+        case 1006:
+            cfg.ws_max_patterns =
+                int_arg("--ws-max-patterns", optarg, 1, 4096);
+            break;
+        case 1007:
+            cfg.ws_ping_interval_ms =
+                int_arg("--ws-ping-interval", optarg, 0, 86400000);
+            break;
+        case 1008:
+            cfg.ws_ping_timeout_ms =
+                int_arg("--ws-ping-timeout", optarg, 1, 86400000);
+            break;
+        case 1009:
+            cfg.ws_allowed_origins = optarg;
             break;
         case 'V':
             printf("taskbus %s\n", TB_VERSION_STRING);
@@ -206,8 +275,9 @@ int main(int argc, char **argv)
                 tb_strerror(err));
         return 2;
     }
+    raise_fd_limit();
     tb_task_opts w = {.name = "watcher"};
-    if (tb_task_add(app, watcher, NULL, &w, NULL) != 0 ||
+    if ((!quiet && tb_task_add(app, watcher, NULL, &w, NULL) != 0) ||
         tb_app_on(app, TB_MAIN_READY, ready, NULL) != 0 ||
         tb__kinds_register_builtin(app) != 0 ||
         (cfg.http_listen && tb_api_register(app) != 0)) {

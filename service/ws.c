@@ -459,15 +459,25 @@ void tb__ws_on_end(tb_ws *ws, int code, const char *why)
     atomic_fetch_sub(&w->nws, 1);
     tb__log(TB_LOG_DEBUG, "ws %s (request %s, %s): closed (%d): %s",
             ws->path, ws->request_id, ws->peer, ws->close_code, why);
-    if (ws->recv_waiter)
-        tb__task_wake(ws->recv_waiter, ws->recv_seq, TB_EPIPE);
-    else if (ws->handler && !ws->handler_done)
-        tb__task_cancel_async(ws->handler); /* Sanic cancels it too */
+    tb_task *reader = ws->recv_waiter;
+    if (reader)
+        tb__task_wake(reader, ws->recv_seq, TB_EPIPE);
+    /* A handler waiting on something else is cancelled, as Sanic does;
+     * one waiting in tb_ws_recv learns it from TB_EPIPE. */
+    if (ws->handler && !ws->handler_done && ws->handler != reader)
+        tb__task_cancel_async(ws->handler);
     ws_unref(ws); /* the connection's */
 }
 
 void tb__ws_worker_shutdown(tb__worker *w)
 {
+    /* Every task of w has ended or was abandoned (possibly inside
+     * tb_ws_recv): nobody may be woken any more. */
+    for (tb_ws *ws = w->ws_head; ws; ws = ws->wnext) {
+        ws->recv_waiter = NULL;
+        ws->handler = NULL;
+        ws->handler_done = 1;
+    }
     while (w->ws_head) {
         tb_ws *ws = w->ws_head;
         tb__wsconn_abort(ws->conn); /* unlinks it through on_end */
@@ -481,8 +491,10 @@ int tb_ws_recv(tb_task *self, tb_ws *ws, int timeout_ms, tb_ws_msg *msg)
     int rc = tb__task_enter(self, "tb_ws_recv");
     if (rc)
         return rc;
-    if (!ws || !msg || ws->handler != self)
+    if (!ws || !msg || self->w != ws->w)
         return TB_EINVAL;
+    if (ws->recv_waiter)
+        return TB_EBUSY; /* one reader at a time */
     free(ws->cur);
     ws->cur = NULL;
     for (;;) {

@@ -652,7 +652,8 @@ typedef struct tb_ws_msg {
  * connection is closed with 1007 otherwise). Returns 0, TB_ETIMEDOUT,
  * TB_ECANCELED, TB_EPIPE (the peer closed or the connection was lost:
  * tb_ws_close_code says how), TB_EINVAL (not called from a task on the
- * connection's worker). */
+ * connection's worker), TB_EBUSY (another task is already waiting in
+ * tb_ws_recv on it: one reader at a time). */
 TB_TASK_FN int tb_ws_recv(tb_task *self, tb_ws *ws, int timeout_ms,
                           tb_ws_msg *msg);
 

@@ -302,6 +302,77 @@ static void test_wait_timeouts(void **state)
     tb_app_free(app);
 }
 
+/* Takes the next event within 2 s and checks its name; "" expects none
+ * within 150 ms. */
+static int next_is(tb_task *self, tb_sub *sub, const char *want)
+{
+    tb_event *ev = NULL;
+    int rc = tb_sub_next(self, sub, want[0] ? 2000 : 150, &ev);
+    int ok = want[0] ? rc == 0 && strcmp(tb_event_name(ev), want) == 0
+                     : rc == TB_ETIMEDOUT;
+    if (!ok)
+        fprintf(stderr, "next_is: want \"%s\", got rc %d name %s\n", want,
+                rc, ev ? tb_event_name(ev) : "-");
+    tb_event_unref(ev);
+    return ok;
+}
+
+static int drive_multi_pattern_sub(tb_task *self, void *ctx)
+{
+    (void)ctx;
+    tb_app *app = tb_task_app(self);
+    int err = 1;
+    tb_sub *sub = tb_sub_open(self, NULL, 16, &err);
+    if (!TH_CHECK(sub != NULL))
+        return -1;
+    TH_CHECK_RC(err, 0);
+    TH_CHECK_EQ(tb_sub_patterns(sub), 0);
+    TH_CHECK_RC(tb_dispatch(app, "a.b", "", 0, NULL), 0);
+    TH_CHECK(next_is(self, sub, "")); /* no pattern: nothing */
+
+    TH_CHECK_RC(tb_sub_add(sub, "a.*"), 0);
+    TH_CHECK_RC(tb_sub_add(sub, "*.b"), 0);
+    TH_CHECK_RC(tb_sub_add(sub, "a.*"), TB_EEXIST);
+    TH_CHECK_RC(tb_sub_add(sub, "a..b"), TB_EINVAL);
+    TH_CHECK_EQ(tb_sub_patterns(sub), 2);
+    /* a.b matches both patterns and is queued once. */
+    const char *names[] = {"a.b", "a.c", "x.b", "x.y", "a.b.c"};
+    for (size_t i = 0; i < 5; i++)
+        TH_CHECK_RC(tb_dispatch(app, names[i], "", 0, NULL), 0);
+    TH_CHECK(next_is(self, sub, "a.b"));
+    TH_CHECK(next_is(self, sub, "a.c"));
+    TH_CHECK(next_is(self, sub, "x.b"));
+    TH_CHECK(next_is(self, sub, ""));
+
+    TH_CHECK_RC(tb_sub_remove(sub, "a.*"), 0);
+    TH_CHECK_RC(tb_sub_remove(sub, "a.*"), TB_ENOENT);
+    TH_CHECK_EQ(tb_sub_patterns(sub), 1);
+    TH_CHECK_RC(tb_dispatch(app, "a.c", "", 0, NULL), 0);
+    TH_CHECK_RC(tb_dispatch(app, "a.b", "", 0, NULL), 0);
+    TH_CHECK(next_is(self, sub, "a.b"));
+    TH_CHECK(next_is(self, sub, ""));
+
+    TH_CHECK_RC(tb_sub_remove(sub, "*.b"), 0);
+    TH_CHECK_EQ(tb_sub_patterns(sub), 0);
+    TH_CHECK_RC(tb_sub_add(sub, "q.<who>"), 0);
+    TH_CHECK_RC(tb_sub_add(sub, "q.z"), 0);
+    TH_CHECK_RC(tb_dispatch(app, "x.b", "", 0, NULL), 0);
+    TH_CHECK_RC(tb_dispatch(app, "q.z", "", 0, NULL), 0);
+    TH_CHECK(next_is(self, sub, "q.z"));
+    TH_CHECK(next_is(self, sub, ""));
+    TH_CHECK_EQ(tb_sub_dropped(sub), 0);
+    return 0; /* the subscription closes with the task */
+}
+
+static void test_multi_pattern_subscription(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    assert_rc(th_run_task(app, 0, drive_multi_pattern_sub, NULL, 20000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+}
+
 typedef struct cancel_ctx {
     th_counter started;
     atomic_int wait_rc, next_rc;
@@ -1292,6 +1363,7 @@ int main(void)
         cmocka_unit_test(test_event_data_must_be_utf8),
         cmocka_unit_test(test_dispatch_wait_and_bus_status),
         cmocka_unit_test(test_subscription_misses_nothing),
+        cmocka_unit_test(test_multi_pattern_subscription),
         cmocka_unit_test(test_subscription_overflow_drops_oldest),
         cmocka_unit_test(test_subscription_closed_when_task_ends),
         cmocka_unit_test(test_each_waiter_gets_event_exactly_once),
