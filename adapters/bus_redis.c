@@ -1397,6 +1397,15 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
         *err = TB_EINVAL;
         return NULL;
     }
+    if (c->redis_password && c->redis_password[0]) {
+        if (strlen(c->redis_password) >= sizeof t.password) {
+            tb__log(TB_LOG_ERROR, "redis_password is over %zu bytes",
+                    sizeof t.password - 1);
+            *err = TB_EINVAL;
+            return NULL;
+        }
+        snprintf(t.password, sizeof t.password, "%s", c->redis_password);
+    }
     rbus *b = calloc(1, sizeof *b);
     if (b) {
         b->ring = calloc(DEDUPE_IDS, sizeof *b->ring);

@@ -301,8 +301,8 @@ static void on_ws_ready(struct mg_connection *mg, void *ud)
     const struct mg_request_info *ri = mg_get_request_info(mg);
     int fd = find_socket(ri->remote_addr, ri->remote_port);
     int mine = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
-    int stand_in = mine >= 0 ? socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)
-                             : -1;
+    int stand_in =
+        mine >= 0 ? socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
     if (stand_in < 0 || dup2(stand_in, fd) < 0) {
         tb__log(TB_LOG_ERROR,
                 "ws %s from %s:%d: cannot take the socket over from the "
@@ -489,4 +489,130 @@ void tb__http_server_stop(tb_app *app)
     app->http_server = NULL;
     tb__log(TB_LOG_INFO, "http: stopped listening on %s", s->addr);
     free(s);
+}
+
+/* ---------------------------------------------------------------- client
+ *
+ * The binary's client commands (taskbus dispatch, tasks, watch,
+ * healthcheck) talk to a running service with civetweb's client. */
+
+int tb__http_client(const char *host, int port, const char *method,
+                    const char *target, const char *token, const char *ctype,
+                    const void *body, size_t len, int timeout_ms, int *status,
+                    char **resp, size_t *resp_len, char *err, size_t errsz)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, library_init);
+    *resp = NULL;
+    *resp_len = 0;
+    struct mg_connection *c = mg_connect_client(host, port, 0, err, errsz);
+    if (!c)
+        return TB_ENOTCONN;
+    char auth[400] = "";
+    if (token && token[0])
+        snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", token);
+    char clen[64] = "";
+    if (body)
+        snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", len);
+    mg_printf(c,
+              "%s %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n%s%s%s%s"
+              "\r\n",
+              method, target, host, port, auth, clen,
+              ctype ? "Content-Type: " : "", ctype ? ctype : "");
+    if (ctype)
+        mg_printf(c, "\r\n"); /* ends the Content-Type line */
+    explicit_bzero(auth, sizeof auth);
+    if (body && len && mg_write(c, body, len) != (int)len) {
+        snprintf(err, errsz, "the connection failed while sending");
+        mg_close_connection(c);
+        return TB_EPIPE;
+    }
+    if (mg_get_response(c, err, errsz, timeout_ms) < 0) {
+        mg_close_connection(c);
+        return TB_ETIMEDOUT;
+    }
+    const struct mg_response_info *ri = mg_get_response_info(c);
+    *status = ri->status_code;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap + 1);
+    for (;;) {
+        if (!buf)
+            break;
+        if (n == cap) {
+            char *nb = realloc(buf, cap * 2 + 1);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        int r = mg_read(c, buf + n, cap - n);
+        if (r <= 0)
+            break;
+        n += (size_t)r;
+    }
+    mg_close_connection(c);
+    if (!buf) {
+        snprintf(err, errsz, "out of memory");
+        return TB_ENOMEM;
+    }
+    buf[n] = '\0';
+    *resp = buf;
+    *resp_len = n;
+    return 0;
+}
+
+typedef struct watch_ctx {
+    void (*on_text)(const char *text, size_t len, void *ud);
+    void *ud;
+    atomic_int closed;
+} watch_ctx;
+
+static int on_watch_data(struct mg_connection *c, int bits, char *data,
+                         size_t len, void *ud)
+{
+    (void)c;
+    watch_ctx *w = ud;
+    int op = bits & 0x0f;
+    if (op == MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE) {
+        atomic_store(&w->closed, 1);
+        return 0;
+    }
+    if (op == MG_WEBSOCKET_OPCODE_TEXT || op == MG_WEBSOCKET_OPCODE_BINARY)
+        w->on_text(data, len, w->ud);
+    return 1;
+}
+
+static void on_watch_close(const struct mg_connection *c, void *ud)
+{
+    (void)c;
+    watch_ctx *w = ud;
+    atomic_store(&w->closed, 1);
+}
+
+int tb__ws_client_watch(const char *host, int port, const char *target,
+                        void (*on_text)(const char *text, size_t len, void *ud),
+                        void *ud, volatile sig_atomic_t *stop, char *err,
+                        size_t errsz)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, library_init);
+    watch_ctx w = {on_text, ud, 0};
+    struct mg_connection *c =
+        mg_connect_websocket_client(host, port, 0, err, errsz, target, NULL,
+                                    on_watch_data, on_watch_close, &w);
+    if (!c)
+        return TB_ENOTCONN;
+    while (!*stop && !atomic_load(&w.closed))
+        nanosleep(&(struct timespec){0, 50 * 1000000L}, NULL);
+    int peer_closed = atomic_load(&w.closed);
+    if (!peer_closed)
+        mg_websocket_client_write(c, MG_WEBSOCKET_OPCODE_CONNECTION_CLOSE,
+                                  "\x03\xe8", 2);
+    mg_close_connection(c);
+    if (peer_closed)
+        snprintf(err, errsz, "the server closed the connection");
+    return peer_closed ? TB_EPIPE : 0;
 }

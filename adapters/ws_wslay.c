@@ -38,8 +38,8 @@ struct tb__wsconn {
     int close_code;
     char close_reason[124];
     int awaiting_pong;
-    int in_callback;  /* inside wslay_event_recv/send: do not free */
-    int ended;        /* end() ran, or must run when the callback returns */
+    int in_callback; /* inside wslay_event_recv/send: do not free */
+    int ended;       /* end() ran, or must run when the callback returns */
     int end_code;
     const char *end_why;
     char peer[48];
@@ -72,8 +72,8 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
     /* EOF or an error: the peer is gone. */
     if (!c->end_why) {
         c->end_code = 1006;
-        c->end_why = n == 0 ? "the peer closed the connection"
-                            : "the connection failed";
+        c->end_why =
+            n == 0 ? "the peer closed the connection" : "the connection failed";
     }
     wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
     return -1;
@@ -100,8 +100,9 @@ static void on_msg(wslay_event_context_ptr ctx,
     switch (arg->opcode) {
     case WSLAY_TEXT_FRAME:
         if (!tb__utf8_valid_text(arg->msg, arg->msg_length)) {
-            tb__log(TB_LOG_INFO, "ws %s: a text message is not UTF-8; "
-                                 "closing with 1007",
+            tb__log(TB_LOG_INFO,
+                    "ws %s: a text message is not UTF-8; "
+                    "closing with 1007",
                     c->peer);
             wslay_event_shutdown_read(ctx);
             tb__wsconn_close(c, 1007, "text message is not valid UTF-8");
@@ -169,8 +170,8 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     if (rc != 0) {
         if (!c->end_why) {
             c->end_code = 1006;
-            c->end_why = rc == WSLAY_ERR_NOMEM ? "out of memory"
-                                               : "protocol error";
+            c->end_why =
+                rc == WSLAY_ERR_NOMEM ? "out of memory" : "protocol error";
         }
         if (c->end_code == 1006) {
             end(c, 1006, c->end_why);
@@ -328,8 +329,8 @@ int tb__wsconn_send(tb__wsconn *c, int binary, const void *data, size_t len)
 {
     if (c->ended || c->closing)
         return TB_EPIPE;
-    size_t queued = wslay_event_get_queued_msg_length(c->ctx) +
-                    evbuffer_get_length(c->out);
+    size_t queued =
+        wslay_event_get_queued_msg_length(c->ctx) + evbuffer_get_length(c->out);
     if (queued + len > c->lim.send_queue_bytes ||
         c->msgs + 1 > (size_t)c->lim.send_queue_msgs) {
         atomic_fetch_add(&tb_ws_app(c->ws)->ws_slow_closes, 1);

@@ -24,9 +24,9 @@
 
 typedef struct conn_state {
     tb_ws *ws;
-    tb_sub *sub;  /* the receiver's, once it runs */
-    int ready;    /* the receiver has opened sub */
-    int failed;   /* ... or could not */
+    tb_sub *sub;     /* the receiver's, once it runs */
+    int ready;       /* the receiver has opened sub */
+    int failed;      /* ... or could not */
     char **patterns; /* current patterns, as the client gave them */
     int npatterns;
     int cap;
@@ -42,9 +42,8 @@ static int receiver(tb_task *self, void *arg)
     /* Room for as many events as the client's send queue: beyond that the
      * client is too slow anyway. */
     tb_app *app = tb_ws_app(st->ws);
-    tb_sub *sub =
-        tb_sub_open(self, NULL, tb_app_get_config(app)->ws_send_queue_msgs,
-                    &err);
+    tb_sub *sub = tb_sub_open(self, NULL,
+                              tb_app_get_config(app)->ws_send_queue_msgs, &err);
     if (!sub) {
         st->failed = 1;
         return err;
@@ -100,8 +99,8 @@ static void reply_error(tb_ws *ws, json_t *ref, const char *code,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    tb__log(TB_LOG_INFO, "ws /ws (request %s): %s: %s",
-            tb_ws_request_id(ws), code, msg);
+    tb__log(TB_LOG_INFO, "ws /ws (request %s): %s: %s", tb_ws_request_id(ws),
+            code, msg);
     json_t *o = json_object();
     json_object_set_new(o, "error", json_string(code));
     json_t *m = json_string(msg);
@@ -171,8 +170,9 @@ static void remove_pattern(conn_state *st, const char *p)
 static int check_patterns(tb_ws *ws, json_t *ref, const char *what, json_t *v)
 {
     if (!json_is_array(v)) {
-        reply_error(ws, ref, "bad_type", "\"%s\" must be an array of event "
-                                         "patterns",
+        reply_error(ws, ref, "bad_type",
+                    "\"%s\" must be an array of event "
+                    "patterns",
                     what);
         return 0;
     }
@@ -182,8 +182,8 @@ static int check_patterns(tb_ws *ws, json_t *ref, const char *what, json_t *v)
     {
         if (!json_is_string(p)) {
             reply_error(ws, ref, "bad_type",
-                        "\"%s\"[%zu] must be a string (an event pattern)",
-                        what, i);
+                        "\"%s\"[%zu] must be a string (an event pattern)", what,
+                        i);
             return 0;
         }
         int rc = tb_pattern_valid(json_string_value(p));
@@ -340,7 +340,8 @@ static void handle(tb_task *self, conn_state *st, const tb_ws_msg *m)
         return;
     }
     json_error_t jerr;
-    json_t *o = json_loadb(m->data, m->len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *o = json_loadb(m->data, m->len,
+                           JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
     if (!o) {
         reply_error(ws, NULL, "bad_json", "the message is not JSON: %s",
                     jerr.text);
@@ -461,8 +462,7 @@ static int ws_check(tb_http_req *req, void *ud)
                       "(ws_max_patterns)",
                       cfg->ws_max_patterns);
     else if (rc == TB_EINVAL)
-        tb_http_error(req, 400, "bad_query",
-                      "events: a bad percent-escape");
+        tb_http_error(req, 400, "bad_query", "events: a bad percent-escape");
     else if (rc >= 0) {
         check_ctx c = {req, 0, cfg->ws_max_patterns};
         each_pattern(list, check_one, &c);

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -75,6 +76,7 @@ void tb_app_config_init(tb_app_config *cfg)
     cfg->ws_ping_interval_ms = 20000;
     cfg->ws_ping_timeout_ms = 20000;
     cfg->ws_allowed_origins = NULL;
+    cfg->shutdown_delay_ms = 0;
 }
 
 /* An API token: empty (none), or 1..256 visible ASCII bytes, so that it
@@ -140,6 +142,8 @@ static int config_check(const tb_app_config *c)
     else if (c->api_token && !token_ok(c->api_token))
         what = "api_token must be 1..256 visible ASCII bytes (no blanks) "
                "or empty";
+    else if (c->shutdown_delay_ms < 0 || c->shutdown_delay_ms > 3600000)
+        what = "shutdown_delay_ms must be 0..3600000";
     else if (c->ws_max_clients < 1 || c->ws_max_clients > 1 << 20)
         what = "ws_max_clients must be 1..1048576";
     else if (c->ws_max_message < 1 || c->ws_max_message > 512u * 1024 * 1024)
@@ -210,6 +214,10 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
         goto fail;
     if (c.api_token && c.api_token[0] &&
         !(app->cfg.api_token = strdup(c.api_token)))
+        goto fail;
+    app->cfg.redis_password = NULL;
+    if (c.redis_password && c.redis_password[0] &&
+        !(app->cfg.redis_password = strdup(c.redis_password)))
         goto fail;
     app->cfg.ws_allowed_origins = NULL;
     if (c.ws_allowed_origins && c.ws_allowed_origins[0] &&
@@ -341,6 +349,11 @@ void tb_app_free(tb_app *app)
     free(app->redis_url);
     free(app->http_listen);
     free((char *)(uintptr_t)app->cfg.ws_allowed_origins);
+    if (app->cfg.redis_password) {
+        char *t = (char *)(uintptr_t)app->cfg.redis_password;
+        explicit_bzero(t, strlen(t));
+        free(t);
+    }
     tb__ws_app_free(app);
     if (app->cfg.api_token) {
         /* Not left in freed memory. */
@@ -468,9 +481,17 @@ void tb_app_stop(tb_app *app)
 
 static tb_app *signal_app;
 
+static volatile sig_atomic_t signals_seen;
+
 static void on_signal(int sig)
 {
-    (void)sig;
+    if (signals_seen++) {
+        /* A second signal: the operator wants out now. */
+        static const char msg[] = "taskbus: second signal: exiting at once\n";
+        ssize_t n = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)n;
+        _exit(128 + sig);
+    }
     tb_app_stop(signal_app);
 }
 
@@ -517,6 +538,7 @@ int tb_app_run(tb_app *app)
     struct sigaction old_int, old_term;
     if (app->cfg.handle_signals) {
         signal_app = app;
+        signals_seen = 0;
         struct sigaction sa = {.sa_handler = on_signal};
         sigemptyset(&sa.sa_mask);
         sigaction(SIGINT, &sa, &old_int);
@@ -578,6 +600,18 @@ int tb_app_run(tb_app *app)
 
 stopping:
     atomic_store(&app->state, TB__APP_STOPPING);
+    if (app->cfg.shutdown_delay_ms > 0 && started == app->nworkers && !rc) {
+        /* /readyz now answers 503 while everything else still works, so
+         * that load balancers stop sending before we stop accepting. */
+        tb__log(TB_LOG_INFO,
+                "stopping: not ready; serving for %d ms more "
+                "(shutdown_delay_ms) so that load balancers drain",
+                app->cfg.shutdown_delay_ms);
+        struct timespec ts = {app->cfg.shutdown_delay_ms / 1000,
+                              (app->cfg.shutdown_delay_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0)
+            ;
+    }
     /* Stop accepting requests first; handlers in flight finish while the
      * workers and the bus still run. */
     tb__http_server_stop(app);

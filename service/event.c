@@ -77,9 +77,9 @@ const char *tb_event_json(const tb_event *cev, size_t *len)
             return NULL;
         ev->json_len = n;
         char *expected = NULL;
-        if (atomic_compare_exchange_strong_explicit(
-                &ev->json, &expected, mine, memory_order_acq_rel,
-                memory_order_acquire)) {
+        if (atomic_compare_exchange_strong_explicit(&ev->json, &expected, mine,
+                                                    memory_order_acq_rel,
+                                                    memory_order_acquire)) {
             j = mine;
         } else {
             free(mine);

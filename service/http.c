@@ -19,8 +19,8 @@
  * does not convert function pointers to void *. */
 typedef struct route_fn {
     tb_http_fn fn;
-    int open;            /* served without the API token */
-    tb__ws_route *ws;    /* a websocket endpoint: upgrades go there */
+    int open;         /* served without the API token */
+    tb__ws_route *ws; /* a websocket endpoint: upgrades go there */
 } route_fn;
 
 static int route_add_ws(tb_app *app, const char *method, const char *path,

@@ -1,44 +1,331 @@
-/* main.c - the taskbus binary: an app that prints every event it sees. */
+/* main.c - the taskbus binary: `taskbus serve` runs the service (the
+ * default command); dispatch, tasks, watch and healthcheck are clients of a
+ * running one. */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
 
 #include "taskbus/taskbus.h"
 
+#include "http.h"
 #include "kinds.h"
+#include "log.h"
+#include "url.h"
 
-/* Until the service issue gives it full configuration, the binary serves
- * the built-in HTTP API (--listen, 127.0.0.1:8080 by default) and is an
- * observer: one task per worker prints every event that reaches it (from
- * this process, over HTTP, or over Redis from any instance or a plain
- * redis-cli PUBLISH), and a ticker dispatches demo.tick now and then. */
+/* ---------------------------------------------------------------- helpers */
 
-static int tick_seconds = 5;
-static int quiet;
+static void die_usage(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2), noreturn));
 
-/* Each websocket client is a descriptor: take the hard limit, as servers
- * do (the soft default of 1024 would cap clients near 1000). */
-static void raise_fd_limit(void)
+static void die_usage(const char *fmt, ...)
 {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("taskbus: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs("\n", stderr);
+    va_end(ap);
+    exit(2);
+}
+
+/* Reads a secret from a file: the whole file without a trailing newline.
+ * Exits 2 naming the file (not its content) when unreadable or empty. */
+static char *read_secret(const char *what, const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f)
+        die_usage("%s: cannot read %s: %s", what, path, strerror(errno));
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    int big = !feof(f);
+    fclose(f);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        n--;
+    buf[n] = '\0';
+    if (big || n == 0)
+        die_usage("%s: %s must hold 1..1000 bytes", what, path);
+    char *s = strdup(buf);
+    explicit_bzero(buf, sizeof buf);
+    if (!s)
+        die_usage("out of memory");
+    return s;
+}
+
+/* A whole decimal number in [min, max]. */
+static long long num_arg(const char *what, const char *s, long long min,
+                         long long max)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || errno || v < min || v > max)
+        die_usage("%s must be a whole number from %lld to %lld, not \"%s\"",
+                  what, min, max, s);
+    return v;
+}
+
+/* Seconds, possibly fractional ("1.5"), in [0, max_s]; returns ms. */
+static int seconds_arg(const char *what, const char *s, double max_s)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || !(v >= 0) || v > max_s)
+        die_usage("%s must be a number of seconds from 0 to %g, not \"%s\"",
+                  what, max_s, s);
+    return (int)(v * 1000 + 0.5);
+}
+
+/* ---------------------------------------------------------------- logging */
+
+static int log_json;
+
+static void log_handler(tb_log_level lvl, const char *msg, void *ud)
+{
+    (void)ud;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+    if (!log_json) {
+        char line[TB__LOG_LINE_MAX];
+        size_t n = tb__log_format_line(line, sizeof line, lvl, us, msg);
+        fwrite(line, 1, n, stderr);
+        return;
+    }
+    char when[40];
+    time_t secs = ts.tv_sec;
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    size_t w = strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(when + w, sizeof when - w, ".%03dZ", (int)(ts.tv_nsec / 1000000));
+    json_t *o = json_object();
+    json_t *m = json_string(msg);
+    static const char *const levels[] = {"debug", "info", "warn", "error"};
+    json_object_set_new(o, "ts", json_string(when));
+    json_object_set_new(o, "level",
+                        json_string((unsigned)lvl < 4 ? levels[lvl] : "?"));
+    json_object_set_new(o, "msg", m ? m : json_string("(not UTF-8)"));
+    char *s = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    if (s) {
+        fprintf(stderr, "%s\n", s);
+        free(s);
     }
 }
 
-/* Patterns for "every event": names have 1 to 8 segments and '*' matches
- * exactly one, so one pattern per length covers each event exactly once. */
-static const char *const every_event[] = {
-    "*",         "*.*",         "*.*.*",         "*.*.*.*",
-    "*.*.*.*.*", "*.*.*.*.*.*", "*.*.*.*.*.*.*", "*.*.*.*.*.*.*.*",
+static tb_log_level level_arg(const char *what, const char *s)
+{
+    static const char *const names[] = {"debug", "info", "warn", "error"};
+    for (int i = 0; i < 4; i++)
+        if (strcasecmp(s, names[i]) == 0)
+            return (tb_log_level)i;
+    die_usage("%s must be debug, info, warn or error, not \"%s\"", what, s);
+}
+
+/* ---------------------------------------------------------------- serve */
+
+/* Every setting: its flag, its environment variable, what it sets. */
+enum kind {
+    K_STR,     /* a string */
+    K_SECRET,  /* a string never logged */
+    K_FILE,    /* a secret read from the named file into .target */
+    K_INT,     /* an int in [min, max] */
+    K_SIZE,    /* bytes, size_t in [min, max] */
+    K_SECONDS, /* seconds (fractional) into ms, int, at most max */
+    K_MS,      /* milliseconds, int in [min, max] */
+    K_BOOL,    /* a flag without a value; env: 1/0, true/false */
+    K_LOGFMT,  /* text | json */
+    K_LEVEL    /* debug | info | warn | error */
 };
 
-static int watcher(tb_task *self, void *arg)
+typedef struct setting {
+    const char *flag; /* without "--" */
+    const char *env;
+    enum kind kind;
+    size_t off;         /* offset in struct serve_opts */
+    long long min, max; /* K_INT, K_SIZE, K_MS; K_SECONDS: max seconds */
+    const char *target; /* K_FILE: the flag it fills */
+    const char *help;
+} setting;
+
+typedef struct serve_opts {
+    tb_app_config cfg;
+    const char *token_file, *redis_password_file;
+    int print_events, tick_s, quiet;
+    int log_format_json;
+    tb_log_level log_level;
+    int graceful_ms; /* copied into cfg */
+    int shutdown_delay_ms;
+    int ping_interval_ms, ping_timeout_ms;
+} serve_opts;
+
+#define C(field) offsetof(serve_opts, cfg.field)
+#define O(field) offsetof(serve_opts, field)
+
+/* clang-format off */
+static const setting settings[] = {
+    {"listen", "TASKBUS_LISTEN", K_STR, C(http_listen), 0, 0, NULL,
+     "HTTP address, IPv4:port, or \"off\" (default 127.0.0.1:8080)"},
+    {"redis-url", "TASKBUS_REDIS_URL", K_SECRET, C(redis_url), 0, 0, NULL,
+     "redis://[user:password@]host:port[/db] or unix:///path; none: the "
+     "in-process bus"},
+    {"redis-password-file", "TASKBUS_REDIS_PASSWORD_FILE", K_FILE,
+     O(redis_password_file), 0, 0, "redis-password",
+     "file holding the Redis password (overrides the URL's)"},
+    {"namespace", "TASKBUS_NAMESPACE", K_STR, C(event_namespace), 0, 0, NULL,
+     "event namespace: Redis channels NS:event:<name> (default taskbus)"},
+    {"workers", "TASKBUS_WORKERS", K_INT, C(workers), 1, 256, NULL,
+     "worker threads (default 2)"},
+    {"token", "TASKBUS_TOKEN", K_SECRET, C(api_token), 0, 0, NULL,
+     "API token required by the HTTP API and websockets"},
+    {"token-file", "TASKBUS_TOKEN_FILE", K_FILE, O(token_file), 0, 0,
+     "token", "file holding the API token"},
+    {"graceful-timeout", "TASKBUS_GRACEFUL_TIMEOUT", K_SECONDS,
+     C(graceful_timeout_ms), 0, 3600, NULL,
+     "seconds tasks get to finish at shutdown (default 15)"},
+    {"shutdown-delay", "TASKBUS_SHUTDOWN_DELAY", K_SECONDS,
+     C(shutdown_delay_ms), 0, 3600, NULL,
+     "seconds of /readyz 503 before stopping, for load balancers "
+     "(default 0)"},
+    {"log-format", "TASKBUS_LOG_FORMAT", K_LOGFMT, O(log_format_json), 0, 0,
+     NULL, "text (default) or json (one JSON object per line)"},
+    {"log-level", "TASKBUS_LOG_LEVEL", K_LEVEL, O(log_level), 0, 0, NULL,
+     "debug, info (default), warn or error"},
+    {"print-events", "TASKBUS_PRINT_EVENTS", K_BOOL, O(print_events), 0, 0,
+     NULL, "print every event the workers receive to stdout"},
+    {"quiet", NULL, K_BOOL, O(quiet), 0, 0, NULL,
+     "do not print events (the default; overrides --print-events)"},
+    {"tick", "TASKBUS_TICK", K_INT, O(tick_s), 0, 86400, NULL,
+     "dispatch demo.tick every N seconds (default 0: never)"},
+    {"max-event-size", "TASKBUS_MAX_EVENT_SIZE", K_SIZE, C(max_event_size),
+     1, 512 << 20, NULL, "largest event data, bytes (default 1048576)"},
+    {"max-body", "TASKBUS_MAX_BODY", K_SIZE, C(http_max_body), 1, 512 << 20,
+     NULL, "HTTP request body limit, bytes (default 1048576)"},
+    {"http-threads", "TASKBUS_HTTP_THREADS", K_INT, C(http_threads), 1,
+     65536, NULL, "concurrent HTTP requests (default 64)"},
+    {"sub-capacity", "TASKBUS_SUB_CAPACITY", K_INT, C(sub_capacity), 1,
+     1 << 24, NULL, "events a subscription queues (default 1024)"},
+    {"worker-queue-max", "TASKBUS_WORKER_QUEUE_MAX", K_INT,
+     C(worker_queue_max), 1, 1 << 26, NULL,
+     "events waiting for one worker (default 65536)"},
+    {"publish-queue-max", "TASKBUS_PUBLISH_QUEUE_MAX", K_INT,
+     C(publish_queue_max), 1, 1 << 26, NULL,
+     "events waiting for Redis (default 65536)"},
+    {"redis-connect-timeout", "TASKBUS_REDIS_CONNECT_TIMEOUT", K_MS,
+     C(redis_connect_timeout_ms), 1, 3600000, NULL, "ms (default 2000)"},
+    {"redis-command-timeout", "TASKBUS_REDIS_COMMAND_TIMEOUT", K_MS,
+     C(redis_command_timeout_ms), 1, 3600000, NULL, "ms (default 5000)"},
+    {"ws-max-clients", "TASKBUS_WS_MAX_CLIENTS", K_INT, C(ws_max_clients), 1,
+     1 << 20, NULL, "open websockets (default 10000)"},
+    {"ws-max-message", "TASKBUS_WS_MAX_MESSAGE", K_SIZE, C(ws_max_message),
+     1, 512 << 20, NULL, "largest client message, bytes (default 1048576)"},
+    {"ws-send-queue-bytes", "TASKBUS_WS_SEND_QUEUE_BYTES", K_SIZE,
+     C(ws_send_queue_bytes), 1024, 1 << 30, NULL,
+     "per-client send queue, bytes (default 1048576)"},
+    {"ws-send-queue-msgs", "TASKBUS_WS_SEND_QUEUE_MSGS", K_INT,
+     C(ws_send_queue_msgs), 1, 1 << 24, NULL,
+     "per-client send queue, messages (default 4096)"},
+    {"ws-max-patterns", "TASKBUS_WS_MAX_PATTERNS", K_INT, C(ws_max_patterns),
+     1, 4096, NULL, "patterns per /ws connection (default 64)"},
+    {"ws-ping-interval", "TASKBUS_WS_PING_INTERVAL", K_MS,
+     C(ws_ping_interval_ms), 0, 86400000, NULL,
+     "ms between pings, 0: none (default 20000)"},
+    {"ws-ping-timeout", "TASKBUS_WS_PING_TIMEOUT", K_MS,
+     C(ws_ping_timeout_ms), 1, 86400000, NULL,
+     "ms to wait for a pong (default 20000)"},
+    {"ws-origins", "TASKBUS_WS_ORIGINS", K_STR, C(ws_allowed_origins), 0, 0,
+     NULL, "allowed websocket Origins, comma-separated, or * (default any)"},
+};
+/* clang-format on */
+
+#define NSETTINGS (sizeof settings / sizeof settings[0])
+
+static void apply(serve_opts *o, const setting *st, const char *value,
+                  const char *what)
+{
+    void *p = (char *)o + st->off;
+    switch (st->kind) {
+    case K_STR:
+    case K_SECRET:
+    case K_FILE:
+        *(const char **)p = value;
+        break;
+    case K_INT:
+    case K_MS:
+        *(int *)p = (int)num_arg(what, value, st->min, st->max);
+        break;
+    case K_SIZE:
+        *(size_t *)p = (size_t)num_arg(what, value, st->min, st->max);
+        break;
+    case K_SECONDS:
+        *(int *)p = seconds_arg(what, value, (double)st->max);
+        break;
+    case K_BOOL:
+        if (!value || strcmp(value, "1") == 0 || strcasecmp(value, "true") == 0)
+            *(int *)p = 1;
+        else if (strcmp(value, "0") == 0 || strcasecmp(value, "false") == 0)
+            *(int *)p = 0;
+        else
+            die_usage("%s must be 1, 0, true or false, not \"%s\"", what,
+                      value);
+        break;
+    case K_LOGFMT:
+        if (strcmp(value, "json") == 0)
+            *(int *)p = 1;
+        else if (strcmp(value, "text") == 0)
+            *(int *)p = 0;
+        else
+            die_usage("%s must be text or json, not \"%s\"", what, value);
+        break;
+    case K_LEVEL:
+        *(tb_log_level *)p = level_arg(what, value);
+        break;
+    }
+}
+
+static void serve_usage(FILE *f)
+{
+    fprintf(f, "usage: taskbus [serve] [options]\n"
+               "Runs the taskbus service: workers, the event bus (Redis with "
+               "--redis-url, else in-process) and the HTTP API with "
+               "websockets.\nEvery option is also an environment variable; "
+               "a flag wins over its variable.\n\n");
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const setting *st = &settings[i];
+        char left[64];
+        snprintf(left, sizeof left, "--%s%s", st->flag,
+                 st->kind == K_BOOL ? "" : " V");
+        fprintf(f, "  %-28s %s\n", left, st->help);
+        if (st->env)
+            fprintf(f, "  %-28s   env %s\n", "", st->env);
+    }
+    fprintf(f, "\nSIGTERM or SIGINT stops it gracefully (a second one at "
+               "once); exit 0 after a clean stop.\n");
+}
+
+static int tick_seconds;
+
+/* Prints every event: one subscription with a pattern per name length
+ * ('*' matches one segment; names have 1..8). */
+static int printer(tb_task *self, void *arg)
 {
     (void)arg;
+    static const char *const every_event[] = {
+        "*",         "*.*",         "*.*.*",         "*.*.*.*",
+        "*.*.*.*.*", "*.*.*.*.*.*", "*.*.*.*.*.*.*", "*.*.*.*.*.*.*.*",
+    };
     int err;
     tb_sub *sub = tb_sub_open(self, NULL, 0, &err);
     for (size_t i = 0; sub && i < sizeof every_event / sizeof every_event[0];
@@ -72,219 +359,560 @@ static int ticker(tb_task *self, void *arg)
         int rc =
             tb_dispatch(tb_task_app(self), "demo.tick", buf, (size_t)len, NULL);
         if (rc != 0)
-            fprintf(stderr, "taskbus: demo.tick not dispatched: %s\n",
+            tb__log(TB_LOG_WARN, "demo.tick not dispatched: %s",
                     tb_strerror(rc));
     }
     return 0;
 }
 
-static int ready(tb_app *app, int worker, void *arg)
+static int on_ready(tb_app *app, int worker, void *arg)
 {
     (void)worker;
     (void)arg;
     tb_bus_info bus;
     tb_bus_status(app, &bus);
-    fprintf(stderr, "taskbus %s: %d workers, %s bus (%s), namespace %s\n",
+    tb__log(TB_LOG_INFO, "taskbus %s ready: %d workers, %s bus (%s)",
             TB_VERSION_STRING, tb_app_workers(app), bus.name,
-            tb_bus_state_name(bus.state),
-            tb_app_get_config(app)->event_namespace);
+            tb_bus_state_name(bus.state));
     if (tick_seconds <= 0)
         return 0;
     tb_task_opts o = {.name = "ticker"};
     return tb_task_add(app, ticker, NULL, &o, NULL);
 }
 
-static void usage(FILE *f)
+/* Each websocket client is a descriptor: take the hard limit, as servers
+ * do (the soft default of 1024 would cap clients near 1000). */
+static void raise_fd_limit(void)
 {
-    fprintf(f,
-            "usage: taskbus [options]\n"
-            "Runs an app that prints every event it receives.\n\n"
-            "  --redis-url URL   Redis bus (env TASKBUS_REDIS_URL); default: "
-            "the in-process bus\n"
-            "  --namespace NS    event namespace (env TASKBUS_NAMESPACE); "
-            "default taskbus\n"
-            "  --workers N       worker threads (env TASKBUS_WORKERS); "
-            "default 2\n"
-            "  --listen ADDR     HTTP API address, IPv4:port (env "
-            "TASKBUS_LISTEN); default 127.0.0.1:8080; \"off\": none\n"
-            "  --token TOKEN     API token required by the HTTP API (env "
-            "TASKBUS_TOKEN)\n"
-            "  --tick SECONDS    dispatch demo.tick every SECONDS, 0: never; "
-            "default 5\n"
-            "  --quiet           do not print the events\n"
-            "  --http-threads N  HTTP server threads (concurrent requests); "
-            "default 64\n"
-            "  --max-body BYTES  request body limit; default 1048576\n"
-            "  --ws-max-clients N        open websockets; default 10000\n"
-            "  --ws-max-message BYTES    largest client message; default "
-            "1048576\n"
-            "  --ws-send-queue-bytes N   per-client send queue; default "
-            "1048576\n"
-            "  --ws-send-queue-msgs N    the same in messages; default 4096\n"
-            "  --ws-max-patterns N       patterns per /ws connection; "
-            "default 64\n"
-            "  --ws-ping-interval MS     0: no pings; default 20000\n"
-            "  --ws-ping-timeout MS      default 20000\n"
-            "  --ws-origins LIST         allowed Origins (comma-separated, "
-            "or *); default any\n"
-            "  --version, --help\n");
-}
-
-/* Parses a whole decimal int in [min, max]; exits 2 naming the option. */
-static int int_arg(const char *what, const char *s, int min, int max)
-{
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < min || v > max) {
-        fprintf(stderr,
-                "taskbus: %s must be a whole number from %d to %d, "
-                "not \"%s\"\n",
-                what, min, max, s);
-        exit(2);
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
     }
-    return (int)v;
 }
 
-int main(int argc, char **argv)
+/* The start line: the effective configuration, secrets left out. */
+static void log_config(const serve_opts *o)
 {
-    tb_app_config cfg;
-    tb_app_config_init(&cfg);
-    cfg.handle_signals = 1;
-    const char *env;
-    if ((env = getenv("TASKBUS_REDIS_URL")) && *env)
-        cfg.redis_url = env;
-    if ((env = getenv("TASKBUS_NAMESPACE")) && *env)
-        cfg.event_namespace = env;
-    if ((env = getenv("TASKBUS_WORKERS")) && *env)
-        cfg.workers = int_arg("TASKBUS_WORKERS", env, 1, 256);
-    cfg.http_listen = "127.0.0.1:8080";
-    if ((env = getenv("TASKBUS_LISTEN")) && *env)
-        cfg.http_listen = env;
-    if ((env = getenv("TASKBUS_TOKEN")) && *env)
-        cfg.api_token = env;
+    const tb_app_config *c = &o->cfg;
+    char redis[600] = "none (in-process bus)";
+    if (c->redis_url)
+        tb__redis_url_redact(c->redis_url, redis, sizeof redis);
+    tb__log(TB_LOG_INFO,
+            "taskbus %s starting: listen=%s redis=%s%s namespace=%s "
+            "workers=%d token=%s graceful_timeout=%.3gs shutdown_delay=%.3gs "
+            "max_event_size=%zu max_body=%zu http_threads=%d "
+            "ws_max_clients=%d ws_max_message=%zu ws_send_queue=%zu B/%d "
+            "ws_max_patterns=%d ws_ping=%d/%d ms ws_origins=%s log=%s",
+            TB_VERSION_STRING, c->http_listen ? c->http_listen : "off", redis,
+            c->redis_password ? " (password from file)" : "",
+            c->event_namespace, c->workers,
+            c->api_token ? (o->token_file ? "set (file)" : "set") : "none",
+            c->graceful_timeout_ms / 1000.0, c->shutdown_delay_ms / 1000.0,
+            c->max_event_size, c->http_max_body, c->http_threads,
+            c->ws_max_clients, c->ws_max_message, c->ws_send_queue_bytes,
+            c->ws_send_queue_msgs, c->ws_max_patterns, c->ws_ping_interval_ms,
+            c->ws_ping_timeout_ms,
+            c->ws_allowed_origins ? c->ws_allowed_origins : "any",
+            o->log_format_json ? "json" : "text");
+}
 
-    static const struct option opts[] = {
-        {"redis-url", required_argument, NULL, 'r'},
-        {"namespace", required_argument, NULL, 'n'},
-        {"workers", required_argument, NULL, 'w'},
-        {"tick", required_argument, NULL, 't'},
-        {"listen", required_argument, NULL, 'l'},
-        {"token", required_argument, NULL, 'k'},
-        {"quiet", no_argument, NULL, 'q'},
-        {"http-threads", required_argument, NULL, 1000},
-        {"max-body", required_argument, NULL, 1001},
-        {"ws-max-clients", required_argument, NULL, 1002},
-        {"ws-max-message", required_argument, NULL, 1003},
-        {"ws-send-queue-bytes", required_argument, NULL, 1004},
-        {"ws-send-queue-msgs", required_argument, NULL, 1005},
-        {"ws-max-patterns", required_argument, NULL, 1006},
-        {"ws-ping-interval", required_argument, NULL, 1007},
-        {"ws-ping-timeout", required_argument, NULL, 1008},
-        {"ws-origins", required_argument, NULL, 1009},
-        {"version", no_argument, NULL, 'V'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
+static int serve_main(int argc, char **argv)
+{
+    serve_opts o;
+    memset(&o, 0, sizeof o);
+    tb_app_config_init(&o.cfg);
+    o.cfg.handle_signals = 1;
+    o.cfg.http_listen = "127.0.0.1:8080";
+    o.log_level = TB_LOG_INFO;
+
+    /* Environment first, then flags over it. */
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const char *v = settings[i].env ? getenv(settings[i].env) : NULL;
+        if (v && *v)
+            apply(&o, &settings[i], v, settings[i].env);
+    }
+    struct option lopts[NSETTINGS + 3];
+    for (size_t i = 0; i < NSETTINGS; i++)
+        lopts[i] = (struct option){
+            settings[i].flag,
+            settings[i].kind == K_BOOL ? no_argument : required_argument, NULL,
+            1000 + (int)i};
+    lopts[NSETTINGS] = (struct option){"help", no_argument, NULL, 'h'};
+    lopts[NSETTINGS + 1] = (struct option){"version", no_argument, NULL, 'V'};
+    lopts[NSETTINGS + 2] = (struct option){NULL, 0, NULL, 0};
     int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'r':
-            cfg.redis_url = optarg;
-            break;
-        case 'n':
-            cfg.event_namespace = optarg;
-            break;
-        case 'w':
-            cfg.workers = int_arg("--workers", optarg, 1, 256);
-            break;
-        case 't':
-            tick_seconds = int_arg("--tick", optarg, 0, 86400);
-            break;
-        case 'l':
-            cfg.http_listen = optarg;
-            break;
-        case 'k':
-            cfg.api_token = optarg;
-            break;
-        case 'q':
-            quiet = 1;
-            break;
-        case 1000:
-            cfg.http_threads = int_arg("--http-threads", optarg, 1, 65536);
-            break;
-        case 1001:
-            cfg.http_max_body =
-                (size_t)int_arg("--max-body", optarg, 1, 512 << 20);
-            break;
-        case 1002:
-            cfg.ws_max_clients =
-                int_arg("--ws-max-clients", optarg, 1, 1 << 20);
-            break;
-        case 1003:
-            cfg.ws_max_message =
-                (size_t)int_arg("--ws-max-message", optarg, 1, 512 << 20);
-            break;
-        case 1004:
-            cfg.ws_send_queue_bytes = (size_t)int_arg(
-                "--ws-send-queue-bytes", optarg, 1024, 1 << 30);
-            break;
-        case 1005:
-            cfg.ws_send_queue_msgs =
-                int_arg("--ws-send-queue-msgs", optarg, 1, 1 << 24);
-            break;
-        case 1006:
-            cfg.ws_max_patterns =
-                int_arg("--ws-max-patterns", optarg, 1, 4096);
-            break;
-        case 1007:
-            cfg.ws_ping_interval_ms =
-                int_arg("--ws-ping-interval", optarg, 0, 86400000);
-            break;
-        case 1008:
-            cfg.ws_ping_timeout_ms =
-                int_arg("--ws-ping-timeout", optarg, 1, 86400000);
-            break;
-        case 1009:
-            cfg.ws_allowed_origins = optarg;
-            break;
-        case 'V':
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
+        if (c == 'h') {
+            serve_usage(stdout);
+            return 0;
+        }
+        if (c == 'V') {
             printf("taskbus %s\n", TB_VERSION_STRING);
             return 0;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
+        }
+        if (c < 1000 || c >= 1000 + (int)NSETTINGS) {
+            fprintf(stderr, "taskbus serve --help lists the options\n");
             return 2;
         }
+        char what[48];
+        snprintf(what, sizeof what, "--%s", settings[c - 1000].flag);
+        apply(&o, &settings[c - 1000], optarg, what);
     }
-    if (optind < argc) {
-        fprintf(stderr, "taskbus: unexpected argument \"%s\"\n", argv[optind]);
-        usage(stderr);
-        return 2;
-    }
+    if (optind < argc)
+        die_usage("unexpected argument \"%s\" (taskbus serve --help)",
+                  argv[optind]);
 
-    if (strcmp(cfg.http_listen, "off") == 0)
-        cfg.http_listen = NULL;
+    log_json = o.log_format_json;
+    tb_log_set_handler(log_handler, NULL);
+    tb_log_set_level(o.log_level);
+    if (o.token_file)
+        o.cfg.api_token = read_secret("--token-file", o.token_file);
+    if (o.redis_password_file)
+        o.cfg.redis_password =
+            read_secret("--redis-password-file", o.redis_password_file);
+    if (o.quiet)
+        o.print_events = 0;
+    tick_seconds = o.tick_s;
+    if (strcmp(o.cfg.http_listen, "off") == 0)
+        o.cfg.http_listen = NULL;
+
+    log_config(&o);
     int err;
-    tb_app *app = tb_app_new(&cfg, &err);
+    tb_app *app = tb_app_new(&o.cfg, &err);
     if (!app) {
         fprintf(stderr,
-                "taskbus: invalid configuration: %s (see the log "
-                "line above)\n",
+                "taskbus: invalid configuration: %s (see the log line "
+                "above)\n",
                 tb_strerror(err));
         return 2;
     }
     raise_fd_limit();
-    tb_task_opts w = {.name = "watcher"};
-    if ((!quiet && tb_task_add(app, watcher, NULL, &w, NULL) != 0) ||
-        tb_app_on(app, TB_MAIN_READY, ready, NULL) != 0 ||
+    tb_task_opts p = {.name = "printer"};
+    if ((o.print_events && tb_task_add(app, printer, NULL, &p, NULL) != 0) ||
+        tb_app_on(app, TB_MAIN_READY, on_ready, NULL) != 0 ||
         tb__kinds_register_builtin(app) != 0 ||
-        (cfg.http_listen && tb_api_register(app) != 0)) {
+        (o.cfg.http_listen && tb_api_register(app) != 0)) {
         tb_app_free(app);
         return 1;
     }
     int rc = tb_app_run(app);
     tb_app_free(app);
+    if (rc == 0)
+        tb__log(TB_LOG_INFO, "taskbus stopped cleanly");
+    else
+        tb__log(TB_LOG_ERROR, "taskbus stopped: %s", tb_strerror(rc));
     return rc == 0 ? 0 : 1;
+}
+
+/* ---------------------------------------------------------------- clients */
+
+typedef struct client {
+    char host[300];
+    int port;
+    char prefix[256]; /* path prefix of the URL, "" or "/x" */
+    char *token;
+    int timeout_ms;
+} client;
+
+/* "http://host:port[/prefix]" or "host:port". */
+static void parse_url(client *cl, const char *url)
+{
+    const char *p = url;
+    if (strncmp(p, "https://", 8) == 0)
+        die_usage("--url: https is not supported (civetweb 1.15 was built "
+                  "without a client TLS path here); use http://");
+    if (strncmp(p, "http://", 7) == 0)
+        p += 7;
+    const char *slash = strchr(p, '/');
+    size_t hp = slash ? (size_t)(slash - p) : strlen(p);
+    char hostport[300];
+    if (hp == 0 || hp >= sizeof hostport)
+        die_usage("--url: bad URL \"%s\" (want http://host:port)", url);
+    memcpy(hostport, p, hp);
+    hostport[hp] = '\0';
+    char *colon = strrchr(hostport, ':');
+    cl->port = 80;
+    if (colon) {
+        *colon = '\0';
+        cl->port = (int)num_arg("--url port", colon + 1, 1, 65535);
+    }
+    if (strcmp(hostport, "0.0.0.0") == 0 || hostport[0] == '\0')
+        snprintf(hostport, sizeof hostport, "127.0.0.1");
+    snprintf(cl->host, sizeof cl->host, "%s", hostport);
+    snprintf(cl->prefix, sizeof cl->prefix, "%s", slash ? slash : "");
+    size_t n = strlen(cl->prefix);
+    while (n && cl->prefix[n - 1] == '/')
+        cl->prefix[--n] = '\0';
+}
+
+/* The default URL: TASKBUS_URL, else the local service's TASKBUS_LISTEN. */
+static void client_defaults(client *cl)
+{
+    const char *u = getenv("TASKBUS_URL");
+    const char *l = getenv("TASKBUS_LISTEN");
+    if (u && *u)
+        parse_url(cl, u);
+    else if (l && *l && strcmp(l, "off") != 0)
+        parse_url(cl, l);
+    else
+        parse_url(cl, "http://127.0.0.1:8080");
+    const char *t = getenv("TASKBUS_TOKEN");
+    const char *tf = getenv("TASKBUS_TOKEN_FILE");
+    if (t && *t)
+        cl->token = strdup(t);
+    else if (tf && *tf)
+        cl->token = read_secret("TASKBUS_TOKEN_FILE", tf);
+    cl->timeout_ms = 30000;
+}
+
+/* Percent-encodes s for a path segment or a query value. */
+static void encode(char *out, size_t outsz, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+    for (; *s && n + 4 < outsz; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+            (ch >= '0' && ch <= '9') || strchr("-._~*<>", ch)) {
+            out[n++] = (char)ch;
+        } else {
+            out[n++] = '%';
+            out[n++] = hex[ch >> 4];
+            out[n++] = hex[ch & 15];
+        }
+    }
+    out[n] = '\0';
+}
+
+/* One request; prints the body (stdout on 2xx, stderr otherwise). Exit
+ * codes: 0 on 2xx, 1 on an HTTP error, 3 when the service is unreachable. */
+static int request(client *cl, const char *method, const char *path,
+                   const char *body, size_t len, int quiet)
+{
+    char target[2048];
+    snprintf(target, sizeof target, "%s%s", cl->prefix, path);
+    int status = 0;
+    char *resp = NULL;
+    size_t rlen = 0;
+    char err[256] = "";
+    const char *ctype = NULL;
+    if (body) {
+        json_error_t je;
+        json_t *j = json_loadb(body, len, JSON_DECODE_ANY, &je);
+        ctype = j ? "application/json" : "text/plain; charset=utf-8";
+        json_decref(j);
+    }
+    int rc = tb__http_client(cl->host, cl->port, method, target, cl->token,
+                             ctype, body, len, cl->timeout_ms, &status, &resp,
+                             &rlen, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "taskbus: %s http://%s:%d%s: %s\n", method, cl->host,
+                cl->port, target, err[0] ? err : tb_strerror(rc));
+        return 3;
+    }
+    int ok = status >= 200 && status < 300;
+    if (!quiet || !ok) {
+        FILE *f = ok ? stdout : stderr;
+        if (rlen)
+            fprintf(f, "%s%s", resp, resp[rlen - 1] == '\n' ? "" : "\n");
+        else if (!ok)
+            fprintf(f, "HTTP %d\n", status);
+    }
+    free(resp);
+    return ok ? 0 : 1;
+}
+
+static const struct option client_opts[] = {
+    {"url", required_argument, NULL, 'u'},
+    {"token", required_argument, NULL, 'k'},
+    {"token-file", required_argument, NULL, 'K'},
+    {"timeout", required_argument, NULL, 't'},
+    {"state", required_argument, NULL, 's'},
+    {"name", required_argument, NULL, 'n'},
+    {"args", required_argument, NULL, 'a'},
+    {"worker", required_argument, NULL, 'w'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+static const char client_usage[] =
+    "usage:\n"
+    "  taskbus dispatch NAME [DATA|-]      dispatch an event (DATA, or stdin "
+    "with -)\n"
+    "  taskbus tasks [list] [--state S]    list tasks\n"
+    "  taskbus tasks get NAME              one task\n"
+    "  taskbus tasks cancel NAME [--timeout S]  cancel and wait\n"
+    "  taskbus tasks purge                 drop finished tasks\n"
+    "  taskbus tasks spawn KIND [--name N] [--args JSON] [--worker W]\n"
+    "  taskbus watch PATTERN...            print events as they arrive "
+    "(websocket)\n"
+    "  taskbus healthcheck                 exit 0 if /healthz answers 200\n"
+    "common options: --url http://HOST:PORT (env TASKBUS_URL; default the "
+    "local service, from TASKBUS_LISTEN or 127.0.0.1:8080), --token T (env "
+    "TASKBUS_TOKEN), --token-file F (env TASKBUS_TOKEN_FILE), --timeout S\n"
+    "exit status: 0 success, 1 the service answered an error, 2 bad usage, "
+    "3 the service is unreachable\n";
+
+typedef struct client_args {
+    const char *state, *name, *args, *worker, *timeout;
+} client_args;
+
+/* Parses the common options; leaves the positional arguments in
+ * argv[optind..]. */
+static void client_parse(client *cl, client_args *a, int argc, char **argv)
+{
+    client_defaults(cl);
+    memset(a, 0, sizeof *a);
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", client_opts, NULL)) != -1) {
+        switch (c) {
+        case 'u':
+            parse_url(cl, optarg);
+            break;
+        case 'k':
+            free(cl->token);
+            cl->token = strdup(optarg);
+            break;
+        case 'K':
+            free(cl->token);
+            cl->token = read_secret("--token-file", optarg);
+            break;
+        case 't':
+            a->timeout = optarg;
+            cl->timeout_ms = seconds_arg("--timeout", optarg, 3600) + 5000;
+            break;
+        case 's':
+            a->state = optarg;
+            break;
+        case 'n':
+            a->name = optarg;
+            break;
+        case 'a':
+            a->args = optarg;
+            break;
+        case 'w':
+            a->worker = optarg;
+            break;
+        case 'h':
+            fputs(client_usage, stdout);
+            exit(0);
+        default:
+            fputs(client_usage, stderr);
+            exit(2);
+        }
+    }
+}
+
+static char *read_stdin(size_t *len)
+{
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap);
+    size_t r;
+    while (buf && (r = fread(buf + n, 1, cap - n, stdin)) > 0) {
+        n += r;
+        if (n == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb)
+                free(buf);
+            buf = nb;
+        }
+    }
+    *len = n;
+    return buf;
+}
+
+static int dispatch_main(int argc, char **argv)
+{
+    client cl;
+    client_args a;
+    client_parse(&cl, &a, argc, argv);
+    int npos = argc - optind;
+    if (npos < 1 || npos > 2)
+        die_usage("dispatch wants NAME and at most one DATA argument");
+    char path[1024], enc[700];
+    encode(enc, sizeof enc, argv[optind]);
+    snprintf(path, sizeof path, "/events/%s", enc);
+    const char *data = npos == 2 ? argv[optind + 1] : "";
+    size_t len = strlen(data);
+    char *owned = NULL;
+    if (strcmp(data, "-") == 0) {
+        owned = read_stdin(&len);
+        if (!owned)
+            die_usage("out of memory reading stdin");
+        data = owned;
+    }
+    int rc = request(&cl, "POST", path, data, len, 0);
+    free(owned);
+    free(cl.token);
+    return rc;
+}
+
+static int tasks_main(int argc, char **argv)
+{
+    client cl;
+    client_args a;
+    client_parse(&cl, &a, argc, argv);
+    const char *sub = optind < argc ? argv[optind++] : "list";
+    char path[1024], enc[700];
+    int rc;
+    if (strcmp(sub, "list") == 0) {
+        if (a.state) {
+            encode(enc, sizeof enc, a.state);
+            snprintf(path, sizeof path, "/tasks?state=%s", enc);
+        } else {
+            snprintf(path, sizeof path, "/tasks");
+        }
+        rc = request(&cl, "GET", path, NULL, 0, 0);
+    } else if (strcmp(sub, "get") == 0 || strcmp(sub, "cancel") == 0) {
+        if (optind != argc - 1)
+            die_usage("tasks %s wants one task NAME", sub);
+        encode(enc, sizeof enc, argv[optind]);
+        if (sub[0] == 'g') {
+            snprintf(path, sizeof path, "/tasks/%s", enc);
+            rc = request(&cl, "GET", path, NULL, 0, 0);
+        } else {
+            snprintf(path, sizeof path, "/tasks/%s%s%s", enc,
+                     a.timeout ? "?timeout=" : "", a.timeout ? a.timeout : "");
+            rc = request(&cl, "DELETE", path, NULL, 0, 0);
+        }
+    } else if (strcmp(sub, "purge") == 0) {
+        rc = request(&cl, "POST", "/tasks/purge", "", 0, 0);
+    } else if (strcmp(sub, "spawn") == 0) {
+        if (optind != argc - 1)
+            die_usage("tasks spawn wants one KIND");
+        json_t *o = json_object();
+        json_object_set_new(o, "kind", json_string(argv[optind]));
+        if (a.name)
+            json_object_set_new(o, "name", json_string(a.name));
+        if (a.args) {
+            json_error_t je;
+            json_t *args = json_loads(a.args, 0, &je);
+            if (!args)
+                die_usage("--args is not JSON: %s", je.text);
+            json_object_set_new(o, "args", args);
+        }
+        if (a.worker)
+            json_object_set_new(
+                o, "worker",
+                json_integer(num_arg("--worker", a.worker, 0, 255)));
+        char *body = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        if (!body)
+            die_usage("out of memory");
+        rc = request(&cl, "POST", "/tasks", body, strlen(body), 0);
+        free(body);
+    } else {
+        die_usage("tasks: unknown subcommand \"%s\" (list, get, cancel, "
+                  "purge, spawn)",
+                  sub);
+    }
+    free(cl.token);
+    return rc;
+}
+
+static volatile sig_atomic_t watch_stop;
+
+static void on_watch_signal(int sig)
+{
+    (void)sig;
+    watch_stop = 1;
+}
+
+static void print_text(const char *text, size_t len, void *ud)
+{
+    (void)ud;
+    fwrite(text, 1, len, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+}
+
+static int watch_main(int argc, char **argv)
+{
+    client cl;
+    client_args a;
+    client_parse(&cl, &a, argc, argv);
+    if (optind >= argc)
+        die_usage("watch wants at least one event PATTERN");
+    char target[4096];
+    size_t n =
+        (size_t)snprintf(target, sizeof target, "%s/ws?events=", cl.prefix);
+    for (int i = optind; i < argc && n < sizeof target; i++) {
+        char enc[700];
+        encode(enc, sizeof enc, argv[i]);
+        n += (size_t)snprintf(target + n, sizeof target - n, "%s%s",
+                              i > optind ? "," : "", enc);
+    }
+    if (cl.token && n < sizeof target) {
+        char enc[800];
+        encode(enc, sizeof enc, cl.token);
+        snprintf(target + n, sizeof target - n, "&token=%s", enc);
+    }
+    struct sigaction sa = {.sa_handler = on_watch_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    char err[256] = "";
+    int rc = tb__ws_client_watch(cl.host, cl.port, target, print_text, NULL,
+                                 &watch_stop, err, sizeof err);
+    explicit_bzero(target, sizeof target);
+    free(cl.token);
+    if (rc == TB_ENOTCONN) {
+        fprintf(stderr, "taskbus: watch: cannot open ws://%s:%d%s/ws: %s\n",
+                cl.host, cl.port, cl.prefix, err[0] ? err : "refused");
+        return 3;
+    }
+    if (rc) {
+        fprintf(stderr, "taskbus: watch: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
+
+static int healthcheck_main(int argc, char **argv)
+{
+    client cl;
+    client_args a;
+    client_parse(&cl, &a, argc, argv);
+    if (!a.timeout)
+        cl.timeout_ms = 3000;
+    return request(&cl, "GET", "/healthz", NULL, 0, 1) == 0 ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    const char *cmd = argc > 1 && argv[1][0] != '-' ? argv[1] : NULL;
+    if (!cmd) {
+        for (int i = 1; i < argc; i++) {
+            if (strcmp(argv[i], "--version") == 0) {
+                printf("taskbus %s\n", TB_VERSION_STRING);
+                return 0;
+            }
+            if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+                serve_usage(stdout);
+                fputs("\nclient commands:\n", stdout);
+                fputs(client_usage, stdout);
+                return 0;
+            }
+        }
+        return serve_main(argc, argv);
+    }
+    /* The command's own argv: argv[0] stays the program. */
+    argv[1] = argv[0];
+    argc--;
+    argv++;
+    if (strcmp(cmd, "serve") == 0)
+        return serve_main(argc, argv);
+    if (strcmp(cmd, "dispatch") == 0)
+        return dispatch_main(argc, argv);
+    if (strcmp(cmd, "tasks") == 0)
+        return tasks_main(argc, argv);
+    if (strcmp(cmd, "watch") == 0)
+        return watch_main(argc, argv);
+    if (strcmp(cmd, "healthcheck") == 0)
+        return healthcheck_main(argc, argv);
+    fprintf(stderr, "taskbus: unknown command \"%s\"\n%s", cmd, client_usage);
+    return 2;
 }

@@ -40,9 +40,9 @@ struct tb_ws {
     atomic_int refs;
     tb_app *app;
     tb__ws_route *route;
-    tb__worker *w; /* set by tb__ws_adopt */
-    int fd;        /* until the worker opens the connection */
-    int sock;      /* the socket, marked in fd_table while open */
+    tb__worker *w;     /* set by tb__ws_adopt */
+    int fd;            /* until the worker opens the connection */
+    int sock;          /* the socket, marked in fd_table while open */
     atomic_int closed; /* closing or closed: sends fail fast */
 
     /* --- on the worker's thread --- */
@@ -316,8 +316,8 @@ static void adopt_on_worker(tb_app *app, int wi, void *arg)
     };
     ws->conn = tb__wsconn_open(ws, w->base, fd, &lim, ws->peer);
     if (!ws->conn) {
-        tb__log(TB_LOG_ERROR, "ws %s (request %s): out of memory",
-                ws->path, ws->request_id);
+        tb__log(TB_LOG_ERROR, "ws %s (request %s): out of memory", ws->path,
+                ws->request_id);
         fd_own(fd, 0);
         close(fd);
         atomic_fetch_sub(&w->nws, 1);
@@ -457,8 +457,8 @@ void tb__ws_on_end(tb_ws *ws, int code, const char *why)
         ws->wnext->wprev = ws->wprev;
     ws->wprev = ws->wnext = NULL;
     atomic_fetch_sub(&w->nws, 1);
-    tb__log(TB_LOG_DEBUG, "ws %s (request %s, %s): closed (%d): %s",
-            ws->path, ws->request_id, ws->peer, ws->close_code, why);
+    tb__log(TB_LOG_DEBUG, "ws %s (request %s, %s): closed (%d): %s", ws->path,
+            ws->request_id, ws->peer, ws->close_code, why);
     tb_task *reader = ws->recv_waiter;
     if (reader)
         tb__task_wake(reader, ws->recv_seq, TB_EPIPE);
@@ -600,8 +600,7 @@ static int ws_send(tb_ws *ws, int binary, const void *data, size_t len)
 
 int tb_ws_send(tb_ws *ws, tb_ws_type type, const void *data, size_t len)
 {
-    if (!ws || (type != TB_WS_TEXT && type != TB_WS_BINARY) ||
-        (len && !data))
+    if (!ws || (type != TB_WS_TEXT && type != TB_WS_BINARY) || (len && !data))
         return TB_EINVAL;
     if (type == TB_WS_TEXT && !tb__utf8_valid_text(data, len))
         return TB_EINVAL;

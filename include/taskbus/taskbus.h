@@ -108,6 +108,9 @@ typedef struct tb_sub tb_sub;     /* a task's subscription (bounded queue) */
 typedef struct tb_app_config {
     int workers;             /* worker threads; default 2 (1..256) */
     int graceful_timeout_ms; /* stop: how long tasks get to finish; 15000 */
+    int shutdown_delay_ms;   /* stop: first this long with /readyz at 503
+                                and everything else still served, so load
+                                balancers drain; 0 */
     size_t stack_size;       /* per-task stack, bytes; default 64 KiB,
                                 rounded up to pages; min 16 KiB */
     size_t max_event_size;   /* largest event data, bytes; default 1 MiB */
@@ -127,6 +130,10 @@ typedef struct tb_app_config {
     const char *redis_url;        /* redis://[user:password@]host[:port][/db]
                                      or unix://[user:password@]/path[?db=N];
                                      NULL or "": in-process bus */
+    const char *redis_password;   /* overrides the URL's password (for a
+                                     secret kept out of the URL, e.g. read
+                                     from a file); NULL: the URL's. Copied,
+                                     never logged */
     const char *event_namespace;  /* default "taskbus"; [A-Za-z0-9_.-],
                                      1..64 bytes */
     int redis_connect_timeout_ms; /* per attempt; default 2000 */

@@ -68,8 +68,7 @@ static int feed(tb_task *self, tb_ws *ws, void *ud)
     (void)ud;
     tb_app *app = tb_ws_app(ws);
     char task_name[128];
-    snprintf(task_name, sizeof task_name, "receiver:%s",
-             tb_ws_request_id(ws));
+    snprintf(task_name, sizeof task_name, "receiver:%s", tb_ws_request_id(ws));
     /* On the connection's worker: tb_ws_recv is served there. */
     tb_task_opts o = {.name = task_name, .worker = tb_ws_worker(ws)};
     if (tb_task_add(app, receiver, ws, &o, NULL) != 0)
@@ -186,8 +185,7 @@ int main(void)
     int rc = tb_app_run(app);
     pthread_join(client_thread, NULL);
     tb_app_free(app);
-    printf("client exit %d, receiver got %d messages, app %s\n",
-           client_status, atomic_load(&received), tb_strerror(rc));
-    return client_status == 0 && atomic_load(&received) == 2 && rc == 0 ? 0
-                                                                        : 1;
+    printf("client exit %d, receiver got %d messages, app %s\n", client_status,
+           atomic_load(&received), tb_strerror(rc));
+    return client_status == 0 && atomic_load(&received) == 2 && rc == 0 ? 0 : 1;
 }
