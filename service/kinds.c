@@ -27,6 +27,9 @@ typedef struct kind {
     struct kind *next;
     char name[TB_KIND_NAME_MAX + 1];
     tb_task_fn fn;
+    tb__kind_check_fn check; /* after the spec's checks; may be NULL */
+    void *check_ud;
+    void (*check_ud_free)(void *);
     size_t nspec;
     tb_arg_spec *spec; /* names owned */
 } kind;
@@ -50,6 +53,8 @@ static kind *find_kind(app_kinds *a, const char *name)
 
 static void kind_free(kind *k)
 {
+    if (k->check_ud_free)
+        k->check_ud_free(k->check_ud);
     for (size_t i = 0; i < k->nspec; i++)
         free((char *)k->spec[i].name);
     free(k->spec);
@@ -393,6 +398,11 @@ static int spawn(tb_app *app, const char *kind_name, const char *args_json,
         fn = k->fn;
         memcpy(kname, k->name, sizeof kname);
         rc = validate(k, args_json, &args, err, errsz);
+        if (rc == 0 && k->check &&
+            (rc = k->check(args, k->check_ud, err, errsz)) != 0) {
+            kargs_free(args);
+            args = NULL;
+        }
     }
     if (rc == TB_ENOENT) {
         errf(err, errsz, "no task kind named \"%.80s\"", kind_name);
@@ -692,6 +702,8 @@ static int post_task(tb_http_req *req, void *ud)
         return tb_http_error(req, 404, "unknown_kind", "%s", err);
     if (rc == TB_EINVAL && stage == STAGE_ARGS)
         return tb_http_error(req, 400, "bad_args", "%s", err);
+    if (rc == TB_EPERM && stage == STAGE_ARGS)
+        return tb_http_error(req, 403, "not_allowed", "%s", err);
     switch (rc) {
     case TB_EEXIST:
         return tb_http_error(req, 409, "name_taken",
@@ -713,4 +725,16 @@ static int post_task(tb_http_req *req, void *ud)
 int tb__api_register_kinds(tb_app *app)
 {
     return tb_app_route(app, "POST", "/tasks", post_task, NULL);
+}
+
+int tb__task_kind_check(tb_app *app, const char *name, tb__kind_check_fn fn,
+                        void *ud, void (*ud_free)(void *))
+{
+    kind *k = find_kind(find_app(app), name);
+    if (!k)
+        return TB_ENOENT;
+    k->check = fn;
+    k->check_ud = ud;
+    k->check_ud_free = ud_free;
+    return 0;
 }

@@ -166,9 +166,7 @@ typedef struct serve_opts {
     int print_events, tick_s, quiet;
     int log_format_json;
     tb_log_level log_level;
-    int graceful_ms; /* copied into cfg */
-    int shutdown_delay_ms;
-    int ping_interval_ms, ping_timeout_ms;
+    const char *exec_allow;
 } serve_opts;
 
 #define C(field) offsetof(serve_opts, cfg.field)
@@ -247,6 +245,9 @@ static const setting settings[] = {
      "ms to wait for a pong (default 20000)"},
     {"ws-origins", "TASKBUS_WS_ORIGINS", K_STR, C(ws_allowed_origins), 0, 0,
      NULL, "allowed websocket Origins, comma-separated, or * (default any)"},
+    {"exec-allow", "TASKBUS_EXEC_ALLOW", K_STR, O(exec_allow), 0, 0, NULL,
+     "programs the exec task kind may run: comma-separated absolute paths "
+     "(default none: exec is off, spawns are 403)"},
 };
 /* clang-format on */
 
@@ -415,6 +416,8 @@ static void log_config(const serve_opts *o)
             c->ws_ping_timeout_ms,
             c->ws_allowed_origins ? c->ws_allowed_origins : "any",
             o->log_format_json ? "json" : "text");
+    if (o->exec_allow && o->exec_allow[0])
+        tb__log(TB_LOG_INFO, "exec task kind allows: %s", o->exec_allow);
 }
 
 static int serve_main(int argc, char **argv)
@@ -489,10 +492,13 @@ static int serve_main(int argc, char **argv)
         return 2;
     }
     raise_fd_limit();
+    if (getpid() == 1 && tb__reaper_start() != 0)
+        tb__log(TB_LOG_WARN, "running as PID 1 without a zombie reaper");
     tb_task_opts p = {.name = "printer"};
     if ((o.print_events && tb_task_add(app, printer, NULL, &p, NULL) != 0) ||
         tb_app_on(app, TB_MAIN_READY, on_ready, NULL) != 0 ||
         tb__kinds_register_builtin(app) != 0 ||
+        tb__kind_exec_register(app, o.exec_allow) != 0 ||
         (o.cfg.http_listen && tb_api_register(app) != 0)) {
         tb_app_free(app);
         return 1;
