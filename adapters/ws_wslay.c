@@ -32,7 +32,8 @@ struct tb__wsconn {
     size_t msgs;      /* messages queued since the output last drained */
     int reading;      /* rev added */
     int paused;       /* the core's receive queue is full */
-    int flushing;     /* wev activated or added */
+    int wev_added;    /* wev pending: waiting for the socket to drain */
+    int flush_due;    /* wev activated by hand for this loop turn */
     int closing;      /* closing: no more messages accepted */
     int close_queued; /* the close frame is in wslay's queue */
     int close_code;
@@ -47,6 +48,7 @@ struct tb__wsconn {
 
 static void end(tb__wsconn *c, int code, const char *why);
 static void flush(tb__wsconn *c);
+static void arm(tb__wsconn *c, int ms);
 
 /* ---------------------------------------------------------------- wslay I/O */
 
@@ -125,12 +127,32 @@ static void on_msg(wslay_event_context_ptr ctx,
         }
         return;
     case WSLAY_CONNECTION_CLOSE:
-        /* wslay has queued the answering close frame. */
+        /* wslay has checked the code and the reason's UTF-8 (answering
+         * 1002 or 1007) and queued the answering close frame. */
         c->end_code = arg->status_code ? arg->status_code : 1005;
         c->end_why = "the peer closed";
         return;
     default:
         return; /* ping: wslay queues the pong */
+    }
+}
+
+/* A close frame whose payload is one byte is malformed (RFC 6455 5.5.1: no
+ * payload, or a two-byte code first); wslay would answer it with an empty
+ * close. Queue 1002 first: wslay queues no second close. */
+static void on_frame_start(wslay_event_context_ptr ctx,
+                           const struct wslay_event_on_frame_recv_start_arg *a,
+                           void *ud)
+{
+    tb__wsconn *c = ud;
+    if (a->opcode == WSLAY_CONNECTION_CLOSE && a->payload_length == 1 &&
+        !c->close_queued) {
+        static const char why[] = "malformed close frame";
+        c->closing = 1;
+        c->close_queued = 1;
+        wslay_event_queue_close(ctx, 1002, (const uint8_t *)why,
+                                sizeof why - 1);
+        arm(c, c->lim.close_timeout_ms);
     }
 }
 
@@ -224,9 +246,9 @@ static void flush(tb__wsconn *c)
         if (n > 0)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!c->flushing) {
+            if (!c->wev_added) {
                 event_add(c->wev, NULL);
-                c->flushing = 1;
+                c->wev_added = 1;
             }
             return; /* the socket is full: wait until it is writable */
         }
@@ -236,9 +258,9 @@ static void flush(tb__wsconn *c)
         return;
     }
     c->msgs = 0;
-    if (c->flushing) {
+    if (c->wev_added) {
         event_del(c->wev);
-        c->flushing = 0;
+        c->wev_added = 0;
     }
     check_done(c);
 }
@@ -248,7 +270,7 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     tb__wsconn *c = arg;
-    c->flushing = 0;
+    c->flush_due = 0;
     flush(c);
 }
 
@@ -278,6 +300,16 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* One flush per loop turn, however many messages come in it; none while
+ * the socket is full (wev is pending and fires when it drains). */
+static void schedule_flush(tb__wsconn *c)
+{
+    if (c->flush_due || c->wev_added)
+        return;
+    event_active(c->wev, EV_WRITE, 0);
+    c->flush_due = 1;
+}
+
 /* ---------------------------------------------------------------- API */
 
 tb__wsconn *tb__wsconn_open(tb_ws *ws, struct event_base *base, int fd,
@@ -286,6 +318,7 @@ tb__wsconn *tb__wsconn_open(tb_ws *ws, struct event_base *base, int fd,
     static const struct wslay_event_callbacks cbs = {
         .recv_callback = recv_cb,
         .send_callback = send_cb,
+        .on_frame_recv_start_callback = on_frame_start,
         .on_msg_recv_callback = on_msg,
     };
     tb__wsconn *c = calloc(1, sizeof *c);
@@ -349,11 +382,7 @@ int tb__wsconn_send(tb__wsconn *c, int binary, const void *data, size_t len)
     if (rc != 0)
         return rc == WSLAY_ERR_NOMEM ? TB_ENOMEM : TB_EPIPE;
     c->msgs++;
-    if (!c->flushing) {
-        /* One flush per loop turn, however many messages come in it. */
-        event_active(c->wev, EV_WRITE, 0);
-        c->flushing = 1;
-    }
+    schedule_flush(c);
     return 0;
 }
 
@@ -366,10 +395,7 @@ void tb__wsconn_close(tb__wsconn *c, int code, const char *reason)
     snprintf(c->close_reason, sizeof c->close_reason, "%s",
              reason ? reason : "");
     arm(c, c->lim.close_timeout_ms);
-    if (!c->flushing) {
-        event_active(c->wev, EV_WRITE, 0);
-        c->flushing = 1;
-    }
+    schedule_flush(c);
 }
 
 void tb__wsconn_pause(tb__wsconn *c, int paused)
