@@ -36,6 +36,7 @@ struct tb__wsconn {
     int flush_due;    /* wev activated by hand for this loop turn */
     int closing;      /* closing: no more messages accepted */
     int close_queued; /* the close frame is in wslay's queue */
+    int log_close;    /* wslay closed on its own: log it once sent */
     int close_code;
     char close_reason[124];
     int awaiting_pong;
@@ -204,13 +205,13 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
         event_del(c->rev);
         c->reading = 0;
         if (!c->closing && !wslay_event_get_close_received(c->ctx)) {
-            /* A message over max_message: wslay queued close 1009. */
-            tb__log(TB_LOG_INFO,
-                    "ws %s (request %s): a message over %zu bytes "
-                    "(ws_max_message); closing with 1009",
-                    c->peer, tb_ws_request_id(c->ws), c->lim.max_message);
+            /* wslay stopped reading and queued a close of its own: a
+             * message over max_message (1009), a protocol error (1002) or
+             * text that is not UTF-8 (1007). Logged once it is sent and
+             * its code is known. */
             c->closing = 1;
             c->close_queued = 1;
+            c->log_close = 1;
             arm(c, c->lim.close_timeout_ms);
         }
     }
@@ -240,6 +241,22 @@ static void flush(tb__wsconn *c)
     if (rc != 0) {
         end(c, 1006, "out of memory");
         return;
+    }
+    if (c->log_close && wslay_event_get_close_sent(c->ctx)) {
+        c->log_close = 0;
+        int code = wslay_event_get_status_code_sent(c->ctx);
+        char why[96];
+        if (code == 1009)
+            snprintf(why, sizeof why,
+                     "a message over %zu bytes (ws_max_message)",
+                     c->lim.max_message);
+        else
+            snprintf(why, sizeof why, "%s",
+                     code == 1002   ? "a protocol error"
+                     : code == 1007 ? "text that is not UTF-8"
+                                    : "a frame it could not take");
+        tb__log(TB_LOG_INFO, "ws %s (request %s): %s; closing with %d", c->peer,
+                tb_ws_request_id(c->ws), why, code);
     }
     while (evbuffer_get_length(c->out) > 0) {
         int n = evbuffer_write(c->out, c->fd);
@@ -364,6 +381,22 @@ int tb__wsconn_send(tb__wsconn *c, int binary, const void *data, size_t len)
         return TB_EPIPE;
     size_t queued =
         wslay_event_get_queued_msg_length(c->ctx) + evbuffer_get_length(c->out);
+    if ((queued + len > c->lim.send_queue_bytes ||
+         c->msgs + 1 > (size_t)c->lim.send_queue_msgs) &&
+        !c->wev_added) {
+        /* Over the limits counting what was queued this loop turn and not
+         * yet offered to the socket: offer it now, and count only what the
+         * socket does not take. */
+        c->in_callback++;
+        flush(c);
+        c->in_callback--;
+        if (c->ended) {
+            end(c, c->end_code, c->end_why);
+            return TB_EPIPE;
+        }
+        queued = wslay_event_get_queued_msg_length(c->ctx) +
+                 evbuffer_get_length(c->out);
+    }
     if (queued + len > c->lim.send_queue_bytes ||
         c->msgs + 1 > (size_t)c->lim.send_queue_msgs) {
         atomic_fetch_add(&tb_ws_app(c->ws)->ws_slow_closes, 1);

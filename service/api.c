@@ -339,7 +339,7 @@ static json_t *event_json(const tb_event *ev)
     json_object_set_new(o, "id", tb__api_jstr(tb_event_id(ev)));
     json_object_set_new(o, "name", tb__api_jstr(tb_event_name(ev)));
     json_object_set_new(o, "data", event_data_json(ev));
-    json_object_set_new(o, "ts", tb__api_jtime(tb_event_ts_us(ev)));
+    json_object_set_new(o, "ts", json_integer(tb_event_ts_us(ev)));
     json_object_set_new(o, "origin", tb__api_jstr(tb_event_origin(ev)));
     return o;
 }
@@ -466,7 +466,14 @@ static int wait_event(tb_http_req *req, void *ud)
     waiter_unref(w);
 
     if (done && wait_rc == 0) {
-        json_t *o = event_json(ev);
+        /* The envelope, as websockets and Redis carry it (ts in µs). */
+        const char *env = tb_event_json(ev, NULL);
+        if (env) {
+            int rc = tb_http_respond_json(req, 200, env);
+            tb_event_unref(ev);
+            return rc;
+        }
+        json_t *o = event_json(ev); /* data not UTF-8: made readable */
         tb_event_unref(ev);
         return respond(req, 200, o);
     }

@@ -31,6 +31,7 @@ typedef struct conn_state {
     int npatterns;
     int cap;
     uint64_t dropped_told; /* drops already reported to the client */
+    int handler_done;      /* the handler is cleaning up */
 } conn_state;
 
 /* ---------------------------------------------------------------- receiver */
@@ -72,6 +73,11 @@ static int receiver(tb_task *self, void *arg)
         }
     }
     st->sub = NULL; /* closed with this task */
+    /* Cancelled from outside (DELETE /tasks/receiver:<id>) while the
+     * connection is open: it could not get events any more, so close it
+     * (the handler then cleans up). A no-op when the handler is closing. */
+    if (!st->handler_done && tb_app_is_running(tb_ws_app(st->ws)))
+        tb_ws_close(st->ws, 1011, "the receiver task ended");
     return 0;
 }
 
@@ -131,6 +137,8 @@ static int find_pattern(const conn_state *st, const char *p)
 /* Adds p (already valid). 0, TB_ENOSPC (ws_max_patterns), TB_ENOMEM. */
 static int add_pattern(conn_state *st, const char *p, int max)
 {
+    if (!st->sub)
+        return TB_EPIPE; /* the receiver has ended: closing */
     if (find_pattern(st, p) >= 0)
         return 0;
     if (st->npatterns >= max)
@@ -160,7 +168,8 @@ static void remove_pattern(conn_state *st, const char *p)
     int i = find_pattern(st, p);
     if (i < 0)
         return;
-    tb_sub_remove(st->sub, p);
+    if (st->sub)
+        tb_sub_remove(st->sub, p);
     free(st->patterns[i]);
     st->patterns[i] = st->patterns[--st->npatterns];
 }
@@ -516,6 +525,7 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
     }
     /* The socket closed (or the app stops): cancel the receiver and wait
      * for it; being ephemeral, it leaves the task list as it ends. */
+    st.handler_done = 1;
     tb_task_cancel(app, name, -1);
     for (int i = 0; i < st.npatterns; i++)
         free(st.patterns[i]);

@@ -1,4 +1,5 @@
 /* app.c - the app: configuration, listeners, and the run/stop lifecycle. */
+#include <arpa/inet.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +107,27 @@ static int namespace_ok(const char *ns)
     return 1;
 }
 
+/* "host:port" with host a dotted IPv4 address or "localhost" and port
+ * 1..65535 (what the civetweb adapter can listen on). */
+int tb__listen_valid(const char *spec)
+{
+    const char *colon = strrchr(spec, ':');
+    if (!colon || colon == spec || colon - spec >= 64)
+        return 0;
+    char host[64];
+    memcpy(host, spec, (size_t)(colon - spec));
+    host[colon - spec] = '\0';
+    struct in_addr a;
+    if (strcmp(host, "localhost") != 0 && inet_pton(AF_INET, host, &a) != 1)
+        return 0;
+    const char *p = colon + 1;
+    size_t n = strlen(p);
+    if (n < 1 || n > 5 || strspn(p, "0123456789") != n)
+        return 0;
+    long port = strtol(p, NULL, 10);
+    return port >= 1 && port <= 65535;
+}
+
 static int config_check(const tb_app_config *c)
 {
     const char *what = NULL;
@@ -142,6 +164,10 @@ static int config_check(const tb_app_config *c)
     else if (c->api_token && !token_ok(c->api_token))
         what = "api_token must be 1..256 visible ASCII bytes (no blanks) "
                "or empty";
+    else if (c->http_listen && c->http_listen[0] &&
+             !tb__listen_valid(c->http_listen))
+        what = "http_listen must be an IPv4 address or localhost, a colon "
+               "and a port 1..65535 (127.0.0.1:8080)";
     else if (c->shutdown_delay_ms < 0 || c->shutdown_delay_ms > 3600000)
         what = "shutdown_delay_ms must be 0..3600000";
     else if (c->ws_max_clients < 1 || c->ws_max_clients > 1 << 20)
@@ -277,8 +303,7 @@ static void worker_free(tb__worker *w)
             if (c->drop)
                 c->drop(c->arg);
             free(c);
-        }
-        else if (m->ptr)
+        } else if (m->ptr)
             tb__task_unref(m->ptr);
     }
     free(w->inbox);
@@ -482,14 +507,25 @@ void tb_app_stop(tb_app *app)
 static tb_app *signal_app;
 
 static volatile sig_atomic_t signals_seen;
+static void (*second_signal_hook)(int sig);
+
+void tb__set_second_signal_hook(void (*fn)(int sig))
+{
+    second_signal_hook = fn;
+}
 
 static void on_signal(int sig)
 {
     if (signals_seen++) {
         /* A second signal: the operator wants out now. */
-        static const char msg[] = "taskbus: second signal: exiting at once\n";
-        ssize_t n = write(STDERR_FILENO, msg, sizeof msg - 1);
-        (void)n;
+        if (second_signal_hook) {
+            second_signal_hook(sig);
+        } else {
+            static const char msg[] =
+                "taskbus: second signal: exiting at once\n";
+            ssize_t n = write(STDERR_FILENO, msg, sizeof msg - 1);
+            (void)n;
+        }
         _exit(128 + sig);
     }
     tb_app_stop(signal_app);

@@ -412,20 +412,37 @@ void tb__listener_remove(tb__worker *w, tb__listener *l)
     l->linked = 0;
 }
 
+/* Grows s's ring (it starts small: most subscriptions never hold many
+ * events, and thousands of idle ones must stay cheap). 0 or TB_ENOMEM. */
+static int sub_grow(tb_sub *s)
+{
+    int nsize = s->size * 2 < s->cap ? s->size * 2 : s->cap;
+    tb_event **r = malloc((size_t)nsize * sizeof *r);
+    if (!r)
+        return TB_ENOMEM;
+    for (int i = 0; i < s->count; i++)
+        r[i] = s->ring[(s->head + i) % s->size];
+    free(s->ring);
+    s->ring = r;
+    s->size = nsize;
+    s->head = 0;
+    return 0;
+}
+
 static void sub_push(tb__worker *w, tb_sub *s, tb_event *ev)
 {
     if (s->last_seq == w->deliver_seq)
         return; /* a second pattern of the same subscription matched */
     s->last_seq = w->deliver_seq;
-    if (s->count == s->cap) {
+    if (s->count == s->size && (s->size == s->cap || sub_grow(s) != 0)) {
         /* Full: the oldest goes, so a slow reader sees the latest events
          * and learns from tb_sub_dropped() how much it missed. */
         tb_event_unref(s->ring[s->head]);
-        s->head = (s->head + 1) % s->cap;
+        s->head = (s->head + 1) % s->size;
         s->count--;
         s->dropped++;
     }
-    s->ring[(s->head + s->count) % s->cap] = tb_event_ref(ev);
+    s->ring[(s->head + s->count) % s->size] = tb_event_ref(ev);
     s->count++;
     if (s->waiting)
         tb__task_wake(s->task, s->wait_seq, 0);
@@ -585,7 +602,8 @@ tb_sub *tb_sub_open(tb_task *self, const char *pattern, int capacity, int *err)
     if (capacity <= 0)
         capacity = self->app->cfg.sub_capacity;
     s = calloc(1, sizeof *s);
-    if (!s || !(s->ring = calloc((size_t)capacity, sizeof *s->ring))) {
+    int size = capacity < 8 ? capacity : 8;
+    if (!s || !(s->ring = malloc((size_t)size * sizeof *s->ring))) {
         rc = TB_ENOMEM;
         goto out;
     }
@@ -595,6 +613,7 @@ tb_sub *tb_sub_open(tb_task *self, const char *pattern, int capacity, int *err)
             goto out;
     }
     s->cap = capacity;
+    s->size = size;
     s->task = self;
     s->l.task = self;
     s->l.sub = s;
@@ -644,7 +663,7 @@ int tb_sub_next(tb_task *self, tb_sub *s, int timeout_ms, tb_event **ev)
             return rc;
     }
     *ev = s->ring[s->head];
-    s->head = (s->head + 1) % s->cap;
+    s->head = (s->head + 1) % s->size;
     s->count--;
     return 0;
 }
@@ -754,7 +773,7 @@ void tb_sub_close(tb_sub *s)
     free(s->extra);
     while (s->count) {
         tb_event_unref(s->ring[s->head]);
-        s->head = (s->head + 1) % s->cap;
+        s->head = (s->head + 1) % s->size;
         s->count--;
     }
     if (s->tprev)

@@ -105,7 +105,9 @@ struct tb_sub {
     tb_task *task;
     tb_sub *tnext, *tprev; /* the task's subscriptions */
     tb_event **ring;
-    int cap, head, count;
+    int cap;  /* the bound: beyond it the oldest is dropped */
+    int size; /* ring's allocation, grown up to cap */
+    int head, count;
     uint64_t dropped;
     int waiting; /* its task is suspended in tb_sub_next on it */
     uint64_t wait_seq;
@@ -423,6 +425,14 @@ struct tb_app {
     int blk_nthreads;
     int blk_stop;
 };
+
+/* 1 if spec is an http_listen the server can use: IPv4 or localhost, a
+ * colon, a port 1..65535. */
+int tb__listen_valid(const char *spec);
+
+/* With handle_signals, a second SIGINT/SIGTERM exits at once; fn (which
+ * must be async-signal-safe) says so instead of the default stderr line. */
+void tb__set_second_signal_hook(void (*fn)(int sig));
 
 int64_t tb__now_us(void);  /* CLOCK_REALTIME */
 int64_t tb__mono_us(void); /* CLOCK_MONOTONIC */

@@ -20,6 +20,7 @@
 #include "taskbus/taskbus.h"
 
 #include "http.h"
+#include "internal.h"
 #include "kinds.h"
 #include "log.h"
 #include "url.h"
@@ -253,9 +254,13 @@ static const setting settings[] = {
 
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
+/* Where each setting's value came from: its flag or its variable. */
+static const char *source[64];
+
 static void apply(serve_opts *o, const setting *st, const char *value,
                   const char *what)
 {
+    source[st - settings] = what;
     void *p = (char *)o + st->off;
     switch (st->kind) {
     case K_STR:
@@ -294,6 +299,85 @@ static void apply(serve_opts *o, const setting *st, const char *value,
         *(tb_log_level *)p = level_arg(what, value);
         break;
     }
+}
+
+/* The source a setting was given by, or dflt (the flag's name). field is
+ * the setting's storage, to find it in the table. */
+static const char *src_of(const void *field, const char *dflt)
+{
+    (void)field;
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (source[i] && strcmp(dflt + 2, settings[i].flag) == 0)
+            return source[i];
+    return dflt;
+}
+
+/* Wipes and frees a secret. */
+static void forget(char *s)
+{
+    if (s) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+/* Puts the decimal digits of v (width w, zero-padded) at p; returns the
+ * end. Async-signal-safe. */
+static char *digits(char *p, long v, int w)
+{
+    for (int i = w - 1; i >= 0; i--, v /= 10)
+        p[i] = (char)('0' + v % 10);
+    return p + w;
+}
+
+/* A second SIGTERM/SIGINT: one log line in the configured format, from the
+ * signal handler, so only async-signal-safe calls (clock_gettime, write)
+ * and arithmetic (civil date from days, Howard Hinnant's algorithm). */
+static void second_signal(int sig)
+{
+    (void)sig;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long days = (long)(ts.tv_sec / 86400), sod = (long)(ts.tv_sec % 86400);
+    long z = days + 719468, era = z / 146097, doe = z - era * 146097;
+    long yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    long doy = doe - (365 * yoe + yoe / 4 - yoe / 100),
+         mp = (5 * doy + 2) / 153;
+    long d = doy - (153 * mp + 2) / 5 + 1, m = mp < 10 ? mp + 3 : mp - 9;
+    long y = yoe + era * 400 + (m <= 2);
+    char t[32], *p = t;
+    p = digits(p, y, 4);
+    *p++ = '-';
+    p = digits(p, m, 2);
+    *p++ = '-';
+    p = digits(p, d, 2);
+    *p++ = 'T';
+    p = digits(p, sod / 3600, 2);
+    *p++ = ':';
+    p = digits(p, sod / 60 % 60, 2);
+    *p++ = ':';
+    p = digits(p, sod % 60, 2);
+    *p++ = '.';
+    p = digits(p, ts.tv_nsec / 1000000, 3);
+    *p++ = 'Z';
+    static const char msg[] = "second signal: exiting at once";
+    char line[160], *q = line;
+#define PUT(s, n) (memcpy(q, (s), (n)), q += (n))
+    if (log_json) {
+        PUT("{\"ts\":\"", 7);
+        PUT(t, (size_t)(p - t));
+        PUT("\",\"level\":\"warn\",\"msg\":\"", 24);
+        PUT(msg, sizeof msg - 1);
+        PUT("\"}\n", 3);
+    } else {
+        PUT(t, (size_t)(p - t));
+        PUT(" WARN taskbus: ", 15);
+        PUT(msg, sizeof msg - 1);
+        PUT("\n", 1);
+    }
+#undef PUT
+    ssize_t n = write(STDERR_FILENO, line, (size_t)(q - line));
+    (void)n;
 }
 
 static void serve_usage(FILE *f)
@@ -459,8 +543,9 @@ static int serve_main(int argc, char **argv)
             fprintf(stderr, "taskbus serve --help lists the options\n");
             return 2;
         }
-        char what[48];
-        snprintf(what, sizeof what, "--%s", settings[c - 1000].flag);
+        static char whats[NSETTINGS][48];
+        char *what = whats[c - 1000];
+        snprintf(what, sizeof whats[0], "--%s", settings[c - 1000].flag);
         apply(&o, &settings[c - 1000], optarg, what);
     }
     if (optind < argc)
@@ -470,21 +555,31 @@ static int serve_main(int argc, char **argv)
     log_json = o.log_format_json;
     tb_log_set_handler(log_handler, NULL);
     tb_log_set_level(o.log_level);
+    tb__set_second_signal_hook(second_signal);
+    char *token_secret = NULL, *redis_secret = NULL;
     if (o.token_file)
-        o.cfg.api_token = read_secret("--token-file", o.token_file);
+        o.cfg.api_token = token_secret =
+            read_secret(src_of(&o.token_file, "--token-file"), o.token_file);
     if (o.redis_password_file)
-        o.cfg.redis_password =
-            read_secret("--redis-password-file", o.redis_password_file);
+        o.cfg.redis_password = redis_secret =
+            read_secret(src_of(&o.redis_password_file, "--redis-password-file"),
+                        o.redis_password_file);
     if (o.quiet)
         o.print_events = 0;
     tick_seconds = o.tick_s;
     if (strcmp(o.cfg.http_listen, "off") == 0)
         o.cfg.http_listen = NULL;
+    else if (!tb__listen_valid(o.cfg.http_listen))
+        die_usage("%s must be an IPv4 address or localhost, a colon and a "
+                  "port 1..65535 (127.0.0.1:8080), or \"off\"; not \"%s\"",
+                  src_of(&o.cfg.http_listen, "--listen"), o.cfg.http_listen);
 
     log_config(&o);
     int err;
     tb_app *app = tb_app_new(&o.cfg, &err);
     if (!app) {
+        forget(token_secret);
+        forget(redis_secret);
         fprintf(stderr,
                 "taskbus: invalid configuration: %s (see the log line "
                 "above)\n",
@@ -501,10 +596,14 @@ static int serve_main(int argc, char **argv)
         tb__kind_exec_register(app, o.exec_allow) != 0 ||
         (o.cfg.http_listen && tb_api_register(app) != 0)) {
         tb_app_free(app);
+        forget(token_secret);
+        forget(redis_secret);
         return 1;
     }
     int rc = tb_app_run(app);
     tb_app_free(app);
+    forget(token_secret);
+    forget(redis_secret);
     if (rc == 0)
         tb__log(TB_LOG_INFO, "taskbus stopped cleanly");
     else
@@ -556,6 +655,7 @@ static void parse_url(client *cl, const char *url)
 /* The default URL: TASKBUS_URL, else the local service's TASKBUS_LISTEN. */
 static void client_defaults(client *cl)
 {
+    memset(cl, 0, sizeof *cl);
     const char *u = getenv("TASKBUS_URL");
     const char *l = getenv("TASKBUS_LISTEN");
     if (u && *u)
@@ -863,13 +963,23 @@ static int watch_main(int argc, char **argv)
     char err[256] = "";
     int rc = tb__ws_client_watch(cl.host, cl.port, target, print_text, NULL,
                                  &watch_stop, err, sizeof err);
-    explicit_bzero(target, sizeof target);
-    free(cl.token);
     if (rc == TB_ENOTCONN) {
+        /* civetweb's client does not say what the server answered: ask
+         * again without the upgrade (401, 400 bad_pattern... come back the
+         * same; 426 means the upgrade itself failed). */
+        char probe[4096];
+        snprintf(probe, sizeof probe, "%s", target + strlen(cl.prefix));
+        int prc = request(&cl, "GET", probe, NULL, 0, 1);
+        explicit_bzero(probe, sizeof probe);
+        if (prc == 3)
+            return 3;
         fprintf(stderr, "taskbus: watch: cannot open ws://%s:%d%s/ws: %s\n",
                 cl.host, cl.port, cl.prefix, err[0] ? err : "refused");
-        return 3;
+        free(cl.token);
+        return 1;
     }
+    explicit_bzero(target, sizeof target);
+    free(cl.token);
     if (rc) {
         fprintf(stderr, "taskbus: watch: %s\n", err);
         return 1;

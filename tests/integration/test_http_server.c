@@ -576,22 +576,30 @@ static void test_start_failure(void **state)
     char busy[32];
     snprintf(busy, sizeof busy, "127.0.0.1:%d", ntohs(a.sin_port));
 
-    const char *bad[] = {busy,
-                         "127.0.0.1:0",
-                         "127.0.0.1:70000",
-                         "300.1.1.1:8080",
-                         "127.0.0.1:80s",
-                         "8080",
-                         "example.com:8080"};
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        tb_app *app = new_app(bad[i]);
-        int rc = tb_app_run(app);
-        tb_app_free(app);
-        if (rc != TB_EINVAL)
-            fail_msg("http_listen \"%s\": %s, want TB_EINVAL", bad[i],
-                     tb_err_name(rc));
-    }
+    /* A port in use fails at run. */
+    tb_app *app = new_app(busy);
+    int rc = tb_app_run(app);
+    tb_app_free(app);
+    if (rc != TB_EINVAL)
+        fail_msg("http_listen \"%s\" (in use): %s, want TB_EINVAL", busy,
+                 tb_err_name(rc));
     close(fd);
+    /* A malformed address is a bad config: tb_app_new refuses it. */
+    const char *bad[] = {"127.0.0.1:0",    "127.0.0.1:70000",
+                         "300.1.1.1:8080", "127.0.0.1:80s",
+                         "8080",           "example.com:8080"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        tb_app_config cfg;
+        tb_app_config_init(&cfg);
+        cfg.http_listen = bad[i];
+        int err = 0;
+        tb_app *a = tb_app_new(&cfg, &err);
+        if (a || err != TB_EINVAL)
+            fail_msg("http_listen \"%s\": tb_app_new gave %s, want "
+                     "TB_EINVAL",
+                     bad[i], a ? "an app" : tb_err_name(err));
+        tb_app_free(a);
+    }
 }
 
 int main(void)

@@ -1,0 +1,2279 @@
+/* bench_ws.c - websocket fan-out benchmark: a load generator of websocket
+ * subscribers and HTTP publishers, and a minimal wslay broadcast server as
+ * its baseline (the C side of tests/bench/run_ws.sh).
+ *
+ * Usage: bench_ws -m raw -p PORT [-d SECONDS]
+ *        bench_ws -m load -p PORT [-c CLIENTS] [-P PATTERNS] [-n EVENTS]
+ *                 [-r RATE] [-k CONNS] [-W WINDOW] [-j THREADS]
+ *                 [-C CONCURRENCY] [-s BYTES] [-S SERVER_PID] [-d SECONDS]
+ *        bench_ws -m test
+ *
+ *   raw   The baseline server: one libevent thread, no taskbus. It answers
+ *         `GET /ws?events=p1,p2` (RFC 6455 upgrade; patterns of
+ *         dot-separated segments, '*' matching one), `POST /events/{name}`
+ *         with 202 {"id","name"} and sends the event to every websocket
+ *         whose pattern matches, as one text frame holding taskbus's
+ *         envelope {"id","name","data","ts","origin"}, and `GET /healthz`.
+ *         The frame is built once per event (wslay's frame API) and its
+ *         bytes appended to each client's output buffer; a client's wslay
+ *         event context (pings, close) exists only once it sends something,
+ *         so an idle client costs a socket, a bufferevent and its record
+ *         (about 2.4 KB resident, measured with 10 000).
+ *         Keep-alive as in HTTP/1.1; no limit on a slow client's buffer.
+ *         It runs until SIGINT/SIGTERM or SECONDS (default 900).
+ *   load  CLIENTS websocket clients (default 1) on 127.0.0.1:PORT, client i
+ *         subscribed to "bench.p<i % PATTERNS>.*", and CONNS (default 4)
+ *         keep-alive HTTP/1.1 publisher connections, each with one POST in
+ *         flight. Phases:
+ *           connect  at most CONCURRENCY (default 256) handshakes at once;
+ *                    each must answer 101 with the right
+ *                    Sec-WebSocket-Accept.
+ *           probe    every 100 ms one "probe" event per pattern until every
+ *                    client has received one: a server may open a
+ *                    subscription after its 101, and events before that
+ *                    would count as lost. With -S the server's VmRSS is
+ *                    read before the connect phase and 1 s after this one.
+ *           run      EVENTS (default 10000) events "bench.p<seq % PATTERNS>.e"
+ *                    of BYTES (default 128) of JSON,
+ *                    {"seq":N,"t":<CLOCK_MONOTONIC ns>,"p":"xx..."}, posted
+ *                    as fast as they are answered, or RATE/s (-r, paced by a
+ *                    1 ms timer), with at most WINDOW deliveries due for
+ *                    events already published and not yet received (-W;
+ *                    0: no limit), so that a fan-out run measures what the
+ *                    server sustains rather than how fast it drains a
+ *                    backlog. A 503 answer is retried.
+ *         Receivers find "seq" and "t" in each frame by string search (not
+ *         a JSON parse), keep one bit per expected event per client (lost,
+ *         duplicated, or delivered to a client whose pattern does not match:
+ *         "foreign") and a latency histogram (receive time - t, ~1.5%
+ *         buckets). Clients are spread over THREADS (1 or 2) event loops;
+ *         the publisher runs on the first. The run ends when every event is
+ *         delivered, 2 s after the last answer and the last frame if some
+ *         are missing, or at the deadline (default 120 s). A client the
+ *         server closes (a slow-client limit, say) fails the benchmark; during
+ *         the run the others go on and its missing events count as lost.
+ *   test  Self-test: SHA-1 vectors, the RFC 6455 handshake example, pattern
+ *         matching, the histogram. Exit 0 when all pass.
+ *
+ * Both server and load raise their open-file limit to the hard limit. Only
+ * 127.0.0.1 is ever used.
+ *
+ * load prints (run_ws.sh reads the last line):
+ *   load clients: <n> on <p> patterns, connected in <s> s, probed in <s> s
+ *   load server: pid <pid>, VmRSS <kB> kB before the clients, <kB> kB with
+ *       them: <bytes> bytes per client                        (with -S)
+ *   load published: <n> in <s> s: <r>/s (...)
+ *   load delivered: <n> of <expected> in <s> s: <r>/s (lost <l>, duplicated
+ *       <d>, foreign <f>, frames <n>, clients closed by the server <c>)
+ *   load latency: p50 <us> us p90 <us> us p99 <us> us p999 <us> us max <us> us
+ *   load cpu: load generator <ms> ms (<pct>% of one core), server <ms> ms
+ *       (<pct>%), rest of the machine <ms> ms (<pct>%) in <s> s of <n> cores
+ *       (server with -S; the rest: other processes and loopback softirqs)
+ *   result key=value ...
+ * Exit status: 0 when every event reached every matching client exactly
+ * once, 1 on loss, duplicates, foreign deliveries, a failed connection or
+ * the deadline (with a line on stderr), 2 on bad usage.
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+#include <wslay/wslay.h>
+
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define HEAD_MAX 8192        /* request or response head */
+#define BODY_MAX (1 << 20)   /* raw: POST body */
+#define RAW_PATS_MAX 16      /* raw: patterns per websocket */
+#define RAW_GROUPS_MAX 65536 /* raw: distinct patterns */
+#define THREADS_MAX 2        /* load: client event loops */
+#define HANDSHAKE_TIMEOUT_S 30
+#define PROBE_EVERY_MS 100
+#define PROBE_WAIT_MS 10000
+#define DRAIN_MS 2000 /* load: wait for stragglers this long */
+#define RSS_SETTLE_MS 1000
+
+/* ----------------------------------------------------------------- common */
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int64_t real_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static double tv_ms(struct timeval tv)
+{
+    return (double)tv.tv_sec * 1e3 + (double)tv.tv_usec / 1e3;
+}
+
+static double ru_ms(const struct rusage *a, const struct rusage *b)
+{
+    return tv_ms(b->ru_utime) + tv_ms(b->ru_stime) - tv_ms(a->ru_utime) -
+           tv_ms(a->ru_stime);
+}
+
+/* Raises the soft open-file limit to the hard one; returns the soft limit. */
+static long raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return -1;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return (long)rl.rlim_cur;
+}
+
+/* A cheap per-thread generator for keys and masks (not for secrets). */
+static _Thread_local uint64_t rnd_state;
+
+static uint64_t rnd(void)
+{
+    if (!rnd_state)
+        rnd_state = (uint64_t)mono_ns() ^ ((uint64_t)getpid() << 32) ^
+                    (uint64_t)(uintptr_t)&rnd_state;
+    rnd_state ^= rnd_state << 13;
+    rnd_state ^= rnd_state >> 7;
+    rnd_state ^= rnd_state << 17;
+    return rnd_state;
+}
+
+static void nodelay(evutil_socket_t fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+/* SHA-1 (FIPS 180-4), one shot: enough for Sec-WebSocket-Accept. */
+static uint32_t rol32(uint32_t x, int n)
+{
+    return x << n | x >> (32 - n);
+}
+
+static void sha1_block(uint32_t h[5], const uint8_t *p)
+{
+    uint32_t w[80], a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 80; i++)
+        w[i] = rol32(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    for (int i = 0; i < 80; i++) {
+        uint32_t f, k;
+        if (i < 20) {
+            f = (b & c) | (~b & d);
+            k = 0x5a827999;
+        } else if (i < 40) {
+            f = b ^ c ^ d;
+            k = 0x6ed9eba1;
+        } else if (i < 60) {
+            f = (b & c) | (b & d) | (c & d);
+            k = 0x8f1bbcdc;
+        } else {
+            f = b ^ c ^ d;
+            k = 0xca62c1d6;
+        }
+        uint32_t t = rol32(a, 5) + f + e + k + w[i];
+        e = d;
+        d = c;
+        c = rol32(b, 30);
+        b = a;
+        a = t;
+    }
+    h[0] += a;
+    h[1] += b;
+    h[2] += c;
+    h[3] += d;
+    h[4] += e;
+}
+
+static void sha1(const void *data, size_t len, uint8_t out[20])
+{
+    uint32_t h[5] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476,
+                     0xc3d2e1f0};
+    const uint8_t *p = data;
+    uint8_t tail[128] = {0};
+    size_t full = len & ~(size_t)63, rest = len - full;
+    size_t tn = rest < 56 ? 64 : 128;
+    uint64_t bits = (uint64_t)len * 8;
+
+    for (size_t i = 0; i < full; i += 64)
+        sha1_block(h, p + i);
+    memcpy(tail, p + full, rest);
+    tail[rest] = 0x80;
+    for (int i = 0; i < 8; i++)
+        tail[tn - 1 - (size_t)i] = (uint8_t)(bits >> (8 * i));
+    sha1_block(h, tail);
+    if (tn == 128)
+        sha1_block(h, tail + 64);
+    for (int i = 0; i < 20; i++)
+        out[i] = (uint8_t)(h[i / 4] >> (24 - 8 * (i % 4)));
+}
+
+/* Writes the base64 of in[0..n-1] and a NUL to out (4 * ceil(n / 3) + 1). */
+static void base64(const uint8_t *in, size_t n, char *out)
+{
+    static const char tab[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16 |
+                     (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0) |
+                     (i + 2 < n ? in[i + 2] : 0);
+        *out++ = tab[v >> 18 & 63];
+        *out++ = tab[v >> 12 & 63];
+        *out++ = i + 1 < n ? tab[v >> 6 & 63] : '=';
+        *out++ = i + 2 < n ? tab[v & 63] : '=';
+    }
+    *out = '\0';
+}
+
+/* Sec-WebSocket-Accept for a key (RFC 6455 4.2.2) into out[29]. */
+static void ws_accept(const char *key, size_t klen, char out[29])
+{
+    char buf[128];
+    uint8_t md[20];
+
+    if (klen > sizeof buf - sizeof WS_GUID)
+        klen = sizeof buf - sizeof WS_GUID;
+    memcpy(buf, key, klen);
+    memcpy(buf + klen, WS_GUID, sizeof WS_GUID - 1);
+    sha1(buf, klen + sizeof WS_GUID - 1, md);
+    base64(md, sizeof md, out);
+}
+
+/* 1 if an event name matches a pattern of dot-separated segments, where a
+ * '*' segment matches exactly one non-empty segment. */
+static int pattern_match(const char *pat, const char *name)
+{
+    for (;;) {
+        size_t pl = strcspn(pat, "."), nl = strcspn(name, ".");
+        int star = pl == 1 && pat[0] == '*';
+        if (star ? nl == 0 : pl != nl || memcmp(pat, name, pl) != 0)
+            return 0;
+        pat += pl;
+        name += nl;
+        if (!*pat || !*name)
+            return !*pat && !*name;
+        pat++;
+        name++;
+    }
+}
+
+/* Finds "key" (also \"key\" inside a JSON string) followed by a colon and
+ * an unsigned number in m[0..n-1]; 0 and the number in *val, with *after
+ * just past it; -1 if there is none. */
+static int find_num(const char *m, size_t n, const char *key, uint64_t *val,
+                    const char **after)
+{
+    size_t kl = strlen(key);
+    const char *p = m, *end = m + n;
+
+    while (p < end && (p = memmem(p, (size_t)(end - p), key, kl)) != NULL) {
+        const char *q = p + kl;
+        if (p > m && p[-1] == '"') {
+            if (q < end && *q == '\\')
+                q++;
+            if (q < end && *q == '"') {
+                for (q++; q < end && (*q == ' ' || *q == ':'); q++)
+                    ;
+                if (q < end && *q >= '0' && *q <= '9') {
+                    uint64_t v = 0;
+                    while (q < end && *q >= '0' && *q <= '9')
+                        v = v * 10 + (uint64_t)(*q++ - '0');
+                    *val = v;
+                    if (after)
+                        *after = q;
+                    return 0;
+                }
+            }
+        }
+        p += kl;
+    }
+    return -1;
+}
+
+/* Case-insensitive header lookup in a head (request or status line, header
+ * lines, blank line); the value, trimmed, or NULL. */
+static const char *header(const char *h, size_t hl, const char *name,
+                          size_t *vlen)
+{
+    size_t nl = strlen(name);
+    const char *end = h + hl, *p = memmem(h, hl, "\r\n", 2);
+
+    while (p && p + 2 < end) {
+        const char *line = p + 2,
+                   *eol = memmem(line, (size_t)(end - line), "\r\n", 2);
+        if (!eol)
+            break;
+        if ((size_t)(eol - line) > nl && line[nl] == ':' &&
+            strncasecmp(line, name, nl) == 0) {
+            const char *v = line + nl + 1;
+            while (v < eol && (*v == ' ' || *v == '\t'))
+                v++;
+            const char *ve = eol;
+            while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+                ve--;
+            *vlen = (size_t)(ve - v);
+            return v;
+        }
+        p = eol;
+    }
+    return NULL;
+}
+
+/* 1 if a comma-separated header value holds token (any case). */
+static int has_token(const char *v, size_t vl, const char *token)
+{
+    size_t tl = strlen(token);
+
+    for (size_t i = 0; i + tl <= vl; i++)
+        if (strncasecmp(v + i, token, tl) == 0 &&
+            (i == 0 || v[i - 1] == ',' || v[i - 1] == ' ') &&
+            (i + tl == vl || v[i + tl] == ',' || v[i + tl] == ' '))
+            return 1;
+    return 0;
+}
+
+/* -------------------------------------------------------------- histogram */
+
+/* Latencies in ns: exact below 128, then 64 buckets per power of two
+ * (under 1.6% apart) up to 2^55 ns. */
+#define HIST_SUB 64
+#define HIST_BUCKETS (2 * HIST_SUB + 48 * HIST_SUB)
+
+typedef struct hist {
+    uint64_t n, max;
+    uint64_t b[HIST_BUCKETS];
+} hist;
+
+static int hist_index(uint64_t v)
+{
+    if (v < 2 * HIST_SUB)
+        return (int)v;
+    int bit = 63 - __builtin_clzll(v); /* >= 7 */
+    int idx = 2 * HIST_SUB + (bit - 7) * HIST_SUB +
+              (int)((v >> (bit - 6)) - HIST_SUB);
+    return idx < HIST_BUCKETS ? idx : HIST_BUCKETS - 1;
+}
+
+/* The middle of bucket idx. */
+static uint64_t hist_value(int idx)
+{
+    if (idx < 2 * HIST_SUB)
+        return (uint64_t)idx;
+    int bit = (idx - 2 * HIST_SUB) / HIST_SUB + 7, shift = bit - 6;
+    uint64_t lo = (uint64_t)((idx - 2 * HIST_SUB) % HIST_SUB + HIST_SUB)
+                  << shift;
+    return lo + ((1ull << shift) >> 1);
+}
+
+static void hist_add(hist *h, uint64_t v)
+{
+    h->b[hist_index(v)]++;
+    h->n++;
+    if (v > h->max)
+        h->max = v;
+}
+
+static void hist_merge(hist *to, const hist *from)
+{
+    for (int i = 0; i < HIST_BUCKETS; i++)
+        to->b[i] += from->b[i];
+    to->n += from->n;
+    if (from->max > to->max)
+        to->max = from->max;
+}
+
+/* The p-th percentile (nearest rank), at most the exact maximum. */
+static uint64_t hist_pct(const hist *h, double p)
+{
+    uint64_t rank = (uint64_t)(p / 100.0 * (double)h->n + 0.999999), seen = 0;
+
+    if (!h->n)
+        return 0;
+    if (rank < 1)
+        rank = 1;
+    for (int i = 0; i < HIST_BUCKETS; i++) {
+        seen += h->b[i];
+        if (seen >= rank) {
+            uint64_t v = hist_value(i);
+            return v < h->max ? v : h->max;
+        }
+    }
+    return h->max;
+}
+
+/* ------------------------------------------------------------- raw server */
+
+typedef struct rconn rconn;
+
+typedef struct rmember {
+    rconn *c;
+    int slot; /* index into c->mem */
+} rmember;
+
+/* The websockets subscribed to one pattern. */
+typedef struct rgroup {
+    char *pat;
+    rmember *v;
+    size_t n, cap;
+} rgroup;
+
+struct rconn {
+    struct bufferevent *bev;
+    int is_ws;
+    int closing;                /* close once the output is written */
+    wslay_event_context_ptr ws; /* from the first byte the client sends */
+    long body_len;              /* a POST waiting for its body, or -1 */
+    int body_json;
+    char *body_name;
+    int npat;
+    struct {
+        int g;
+        size_t i;
+    } mem[RAW_PATS_MAX];
+    uint64_t stamp; /* the last event sent here */
+};
+
+static struct {
+    struct event_base *base;
+    rgroup *g;
+    int ng, gcap;
+    wslay_frame_context_ptr fctx;
+    char *env, *frame; /* the envelope and its frame, reused */
+    size_t envcap, framelen, framecap;
+    int oom;
+    uint64_t conns, ws_now, ws_peak, events, deliveries, requests;
+} RS;
+
+static int grow(char **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t n = *cap ? *cap : 1024;
+    while (n < need)
+        n *= 2;
+    char *p = realloc(*buf, n);
+    if (!p)
+        return -1;
+    *buf = p;
+    *cap = n;
+    return 0;
+}
+
+static int raw_group(const char *pat, size_t len)
+{
+    for (int i = 0; i < RS.ng; i++)
+        if (strlen(RS.g[i].pat) == len && memcmp(RS.g[i].pat, pat, len) == 0)
+            return i;
+    if (RS.ng == RAW_GROUPS_MAX)
+        return -1;
+    if (RS.ng == RS.gcap) {
+        int cap = RS.gcap ? RS.gcap * 2 : 64;
+        rgroup *g = realloc(RS.g, (size_t)cap * sizeof *g);
+        if (!g)
+            return -1;
+        RS.g = g;
+        RS.gcap = cap;
+    }
+    rgroup *g = &RS.g[RS.ng];
+    memset(g, 0, sizeof *g);
+    if (!(g->pat = strndup(pat, len)))
+        return -1;
+    return RS.ng++;
+}
+
+static int raw_subscribe(rconn *c, const char *pat, size_t len)
+{
+    int gi = raw_group(pat, len);
+
+    if (gi < 0 || c->npat == RAW_PATS_MAX)
+        return -1;
+    for (int s = 0; s < c->npat; s++)
+        if (c->mem[s].g == gi)
+            return 0;
+    rgroup *g = &RS.g[gi];
+    if (g->n == g->cap) {
+        size_t cap = g->cap ? g->cap * 2 : 16;
+        rmember *v = realloc(g->v, cap * sizeof *v);
+        if (!v)
+            return -1;
+        g->v = v;
+        g->cap = cap;
+    }
+    g->v[g->n] = (rmember){c, c->npat};
+    c->mem[c->npat].g = gi;
+    c->mem[c->npat].i = g->n;
+    g->n++;
+    c->npat++;
+    return 0;
+}
+
+static void raw_unsubscribe_all(rconn *c)
+{
+    for (int s = 0; s < c->npat; s++) {
+        rgroup *g = &RS.g[c->mem[s].g];
+        size_t i = c->mem[s].i;
+        rmember last = g->v[--g->n];
+        if (i != g->n) {
+            g->v[i] = last;
+            last.c->mem[last.slot].i = i;
+        }
+    }
+    c->npat = 0;
+}
+
+static void raw_close(rconn *c)
+{
+    if (c->is_ws) {
+        raw_unsubscribe_all(c);
+        RS.ws_now--;
+    }
+    if (c->ws)
+        wslay_event_context_free(c->ws);
+    free(c->body_name);
+    bufferevent_free(c->bev);
+    free(c);
+}
+
+static void raw_answer(rconn *c, int status, const char *reason,
+                       const char *body, int close)
+{
+    evbuffer_add_printf(bufferevent_get_output(c->bev),
+                        "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                        "Content-Length: %zu\r\nConnection: %s\r\n\r\n%s",
+                        status, reason, strlen(body),
+                        close ? "close" : "keep-alive", body);
+    if (close)
+        c->closing = 1;
+}
+
+static ssize_t raw_frame_out(const uint8_t *data, size_t len, int flags,
+                             void *ud)
+{
+    (void)flags;
+    (void)ud;
+    if (grow(&RS.frame, &RS.framecap, RS.framelen + len)) {
+        RS.oom = 1;
+        return (ssize_t)len;
+    }
+    memcpy(RS.frame + RS.framelen, data, len);
+    RS.framelen += len;
+    return (ssize_t)len;
+}
+
+/* Appends data as a JSON string to RS.env at *at. */
+static int raw_json_string(size_t *at, const char *s, size_t n)
+{
+    if (grow(&RS.env, &RS.envcap, *at + 6 * n + 3))
+        return -1;
+    char *o = RS.env + *at;
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') {
+            *o++ = '\\';
+            *o++ = (char)ch;
+        } else if (ch < 0x20) {
+            o += sprintf(o, "\\u%04x", ch);
+        } else {
+            *o++ = (char)ch;
+        }
+    }
+    *o++ = '"';
+    *at = (size_t)(o - RS.env);
+    return 0;
+}
+
+/* Sends an event to every websocket whose pattern matches its name. */
+static void raw_broadcast(const char *id, const char *name, const char *data,
+                          size_t len, int json)
+{
+    size_t at;
+    int n;
+
+    if (grow(&RS.env, &RS.envcap, 256 + strlen(name) + len))
+        return;
+    n = snprintf(RS.env, RS.envcap,
+                 "{\"id\":\"%s\",\"name\":\"%s\",\"data\":", id, name);
+    at = (size_t)n;
+    if (json) {
+        memcpy(RS.env + at, data, len);
+        at += len;
+    } else if (raw_json_string(&at, data, len)) {
+        return;
+    }
+    if (grow(&RS.env, &RS.envcap, at + 64))
+        return;
+    at += (size_t)snprintf(RS.env + at, RS.envcap - at,
+                           ",\"ts\":%lld,\"origin\":\"raw\"}",
+                           (long long)real_us());
+
+    struct wslay_frame_iocb io = {
+        .fin = 1,
+        .opcode = WSLAY_TEXT_FRAME,
+        .payload_length = at,
+        .data = (const uint8_t *)RS.env,
+        .data_length = at,
+    };
+    RS.framelen = 0;
+    if (wslay_frame_send(RS.fctx, &io) != (ssize_t)at || RS.oom) {
+        fprintf(stderr, "bench_ws: raw: cannot frame event %s\n", id);
+        return;
+    }
+    RS.events++;
+    for (int gi = 0; gi < RS.ng; gi++) {
+        rgroup *g = &RS.g[gi];
+        if (!g->n || !pattern_match(g->pat, name))
+            continue;
+        for (size_t i = 0; i < g->n; i++) {
+            rconn *c = g->v[i].c;
+            if (c->stamp == RS.events)
+                continue;
+            c->stamp = RS.events;
+            evbuffer_add(bufferevent_get_output(c->bev), RS.frame, RS.framelen);
+            RS.deliveries++;
+        }
+    }
+}
+
+static void raw_post(rconn *c, const char *body, size_t len)
+{
+    char id[24], ans[600];
+
+    snprintf(id, sizeof id, "r%016" PRIx64, RS.events + 1);
+    snprintf(ans, sizeof ans, "{\"id\":\"%s\",\"name\":\"%s\"}", id,
+             c->body_name);
+    raw_answer(c, 202, "Accepted", ans, c->closing == 2);
+    raw_broadcast(id, c->body_name, body, len, c->body_json);
+}
+
+static ssize_t raw_ws_recv(wslay_event_context_ptr ctx, uint8_t *buf,
+                           size_t len, int flags, void *ud)
+{
+    rconn *c = ud;
+    int n = evbuffer_remove(bufferevent_get_input(c->bev), buf, len);
+
+    (void)flags;
+    if (n <= 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    return n;
+}
+
+static ssize_t raw_ws_send(wslay_event_context_ptr ctx, const uint8_t *data,
+                           size_t len, int flags, void *ud)
+{
+    rconn *c = ud;
+
+    (void)ctx;
+    (void)flags;
+    if (evbuffer_add(bufferevent_get_output(c->bev), data, len) != 0) {
+        wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+        return -1;
+    }
+    return (ssize_t)len;
+}
+
+/* Messages from a client (subscribe, dispatch) are not part of the
+ * benchmark: they are read and dropped. */
+static void raw_ws_msg(wslay_event_context_ptr ctx,
+                       const struct wslay_event_on_msg_recv_arg *arg, void *ud)
+{
+    (void)ctx;
+    (void)arg;
+    (void)ud;
+}
+
+static void raw_ws_read(rconn *c)
+{
+    static const struct wslay_event_callbacks cb = {
+        .recv_callback = raw_ws_recv,
+        .send_callback = raw_ws_send,
+        .on_msg_recv_callback = raw_ws_msg,
+    };
+
+    if (!c->ws && wslay_event_context_server_init(&c->ws, &cb, c) != 0) {
+        c->ws = NULL;
+        raw_close(c);
+        return;
+    }
+    if (wslay_event_recv(c->ws) != 0) {
+        raw_close(c);
+        return;
+    }
+    if (wslay_event_want_write(c->ws) && wslay_event_send(c->ws) != 0) {
+        raw_close(c);
+        return;
+    }
+    if (!wslay_event_want_read(c->ws) && !wslay_event_want_write(c->ws)) {
+        c->closing = 1;
+        if (!evbuffer_get_length(bufferevent_get_output(c->bev)))
+            raw_close(c);
+    }
+}
+
+/* Subscribes c to the comma-separated patterns of the query's events=
+ * (%2C and %2c count as commas); the number subscribed, or -1. */
+static int raw_query_patterns(rconn *c, const char *q, size_t qlen)
+{
+    char pat[256];
+    size_t pl = 0;
+    int n = 0;
+    const char *p = q, *end = q + qlen;
+
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *e = amp ? amp : end;
+        if (e - p > 7 && memcmp(p, "events=", 7) == 0) {
+            for (const char *s = p + 7; s <= e; s++) {
+                char ch = s < e ? *s : ',';
+                if (s + 2 < e && *s == '%' && s[1] == '2' &&
+                    (s[2] == 'C' || s[2] == 'c')) {
+                    ch = ',';
+                    s += 2;
+                } else if (s + 2 < e && *s == '%' && s[1] == '2' &&
+                           s[2] == 'A') {
+                    ch = '*';
+                    s += 2;
+                }
+                if (ch == ',') {
+                    if (pl && raw_subscribe(c, pat, pl) != 0)
+                        return -1;
+                    n += pl > 0;
+                    pl = 0;
+                } else if (pl < sizeof pat) {
+                    pat[pl++] = ch;
+                } else {
+                    return -1;
+                }
+            }
+        }
+        p = e + 1;
+    }
+    return n;
+}
+
+/* Handles one request head; for a POST sets c->body_len (the body is read
+ * by the caller), for an upgrade switches c to websocket. */
+static void raw_head(rconn *c, const char *h, size_t hl)
+{
+    const char *sp1 = memchr(h, ' ', hl), *sp2, *eol, *v;
+    size_t vl, tl;
+
+    RS.requests++;
+    eol = memmem(h, hl, "\r\n", 2);
+    sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(eol - sp1 - 1)) : NULL;
+    if (!sp1 || !sp2 || eol - sp2 < 9) {
+        raw_answer(c, 400, "Bad Request", "{\"error\":\"bad_request\"}", 1);
+        return;
+    }
+    const char *target = sp1 + 1;
+    tl = (size_t)(sp2 - target);
+    int v11 = memcmp(sp2 + 1, "HTTP/1.1", 8) == 0;
+    int close = !v11;
+    if ((v = header(h, hl, "Connection", &vl)) != NULL) {
+        if (has_token(v, vl, "close"))
+            close = 1;
+        else if (has_token(v, vl, "keep-alive"))
+            close = 0;
+    }
+    const char *q = memchr(target, '?', tl);
+    size_t pathlen = q ? (size_t)(q - target) : tl;
+    size_t mlen = (size_t)(sp1 - h);
+
+    if (mlen == 3 && memcmp(h, "GET", 3) == 0 && pathlen == 3 &&
+        memcmp(target, "/ws", 3) == 0) {
+        const char *key = header(h, hl, "Sec-WebSocket-Key", &vl);
+        size_t ul;
+        const char *up = header(h, hl, "Upgrade", &ul);
+        char accept[29], ans[256];
+        if (!key || !up || !has_token(up, ul, "websocket")) {
+            raw_answer(c, 400, "Bad Request", "{\"error\":\"not_websocket\"}",
+                       1);
+            return;
+        }
+        ws_accept(key, vl, accept);
+        if (!q || raw_query_patterns(c, q + 1, (size_t)(sp2 - q - 1)) <= 0) {
+            raw_unsubscribe_all(c);
+            raw_answer(c, 400, "Bad Request", "{\"error\":\"no_patterns\"}", 1);
+            return;
+        }
+        snprintf(ans, sizeof ans,
+                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                 "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n",
+                 accept);
+        evbuffer_add(bufferevent_get_output(c->bev), ans, strlen(ans));
+        c->is_ws = 1;
+        if (++RS.ws_now > RS.ws_peak)
+            RS.ws_peak = RS.ws_now;
+        return;
+    }
+    if (mlen == 4 && memcmp(h, "POST", 4) == 0 && pathlen > 8 &&
+        pathlen < 8 + 256 && memcmp(target, "/events/", 8) == 0 &&
+        !memchr(target + 8, '/', pathlen - 8)) {
+        if (header(h, hl, "Transfer-Encoding", &vl)) {
+            raw_answer(c, 411, "Length Required",
+                       "{\"error\":\"chunked_unsupported\"}", 1);
+            return;
+        }
+        v = header(h, hl, "Content-Length", &vl);
+        long cl = v ? strtol(v, NULL, 10) : 0;
+        if (cl < 0 || cl > BODY_MAX) {
+            raw_answer(c, 413, "Payload Too Large", "{\"error\":\"too_large\"}",
+                       1);
+            return;
+        }
+        v = header(h, hl, "Content-Type", &vl);
+        c->body_json =
+            v && vl >= 16 && strncasecmp(v, "application/json", 16) == 0;
+        c->body_name = strndup(target + 8, pathlen - 8);
+        if (!c->body_name) {
+            raw_answer(c, 500, "Internal Server Error", "{\"error\":\"oom\"}",
+                       1);
+            return;
+        }
+        c->body_len = cl;
+        if (close)
+            c->closing = 2; /* after the answer */
+        return;
+    }
+    if (mlen == 3 && memcmp(h, "GET", 3) == 0 && pathlen == 8 &&
+        memcmp(target, "/healthz", 8) == 0) {
+        raw_answer(c, 200, "OK", "{\"status\":\"ok\"}", close);
+        return;
+    }
+    raw_answer(c, 404, "Not Found", "{\"error\":\"not_found\"}", close);
+}
+
+static void raw_on_read(struct bufferevent *bev, void *arg)
+{
+    rconn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+
+    if (c->is_ws) {
+        raw_ws_read(c);
+        return;
+    }
+    while (!c->closing || c->closing == 2) {
+        size_t have = evbuffer_get_length(in);
+        if (c->body_len >= 0) {
+            if (have < (size_t)c->body_len)
+                return;
+            const char *body =
+                c->body_len ? (const char *)evbuffer_pullup(in, c->body_len)
+                            : "";
+            raw_post(c, body, (size_t)c->body_len);
+            evbuffer_drain(in, (size_t)c->body_len);
+            free(c->body_name);
+            c->body_name = NULL;
+            c->body_len = -1;
+            continue;
+        }
+        struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+        if (end.pos < 0) {
+            if (have > HEAD_MAX)
+                raw_answer(c, 431, "Request Header Fields Too Large",
+                           "{\"error\":\"head_too_large\"}", 1);
+            break;
+        }
+        size_t hl = (size_t)end.pos + 4;
+        raw_head(c, (const char *)evbuffer_pullup(in, (ev_ssize_t)hl), hl);
+        evbuffer_drain(in, hl);
+        if (c->is_ws) {
+            if (evbuffer_get_length(in))
+                raw_ws_read(c);
+            return;
+        }
+    }
+    if (c->closing == 1 && !evbuffer_get_length(bufferevent_get_output(bev)))
+        raw_close(c);
+}
+
+static void raw_on_write(struct bufferevent *bev, void *arg)
+{
+    rconn *c = arg;
+
+    if (c->closing == 1 && !evbuffer_get_length(bufferevent_get_output(bev)))
+        raw_close(c);
+}
+
+static void raw_on_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+        raw_close(arg);
+}
+
+static void raw_on_accept(struct evconnlistener *l, evutil_socket_t fd,
+                          struct sockaddr *sa, int salen, void *arg)
+{
+    rconn *c = calloc(1, sizeof *c);
+
+    (void)l;
+    (void)sa;
+    (void)salen;
+    (void)arg;
+    if (!c || !(c->bev = bufferevent_socket_new(RS.base, fd,
+                                                BEV_OPT_CLOSE_ON_FREE))) {
+        free(c);
+        evutil_closesocket(fd);
+        return;
+    }
+    nodelay(fd);
+    c->body_len = -1;
+    RS.conns++;
+    bufferevent_setcb(c->bev, raw_on_read, raw_on_write, raw_on_event, c);
+    bufferevent_enable(c->bev, EV_READ);
+}
+
+static void raw_on_accept_error(struct evconnlistener *l, void *arg)
+{
+    static int64_t last;
+    int err = EVUTIL_SOCKET_ERROR();
+
+    (void)l;
+    (void)arg;
+    if (mono_ns() - last > 1000000000) {
+        fprintf(stderr, "bench_ws: raw: accept: %s\n",
+                evutil_socket_error_to_string(err));
+        last = mono_ns();
+    }
+}
+
+static void raw_on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    event_base_loopbreak(RS.base);
+}
+
+static int raw_run(int port, int deadline_s)
+{
+    static const struct wslay_frame_callbacks fcb = {.send_callback =
+                                                         raw_frame_out};
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    struct evconnlistener *l;
+    struct rusage ru0, ru1;
+    long nofile = raise_nofile();
+
+    getrusage(RUSAGE_SELF, &ru0);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (!(RS.base = event_base_new()) ||
+        wslay_frame_context_init(&RS.fctx, &fcb, NULL) != 0) {
+        fprintf(stderr, "bench_ws: raw: out of memory\n");
+        return 1;
+    }
+    l = evconnlistener_new_bind(RS.base, raw_on_accept, NULL,
+                                LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
+                                    LEV_OPT_CLOSE_ON_EXEC,
+                                4096, (struct sockaddr *)&sa, sizeof sa);
+    if (!l) {
+        fprintf(stderr, "bench_ws: raw: cannot listen on 127.0.0.1:%d: %s\n",
+                port, strerror(errno));
+        return 1;
+    }
+    evconnlistener_set_error_cb(l, raw_on_accept_error);
+    struct event *s1 = evsignal_new(RS.base, SIGINT, raw_on_stop, NULL);
+    struct event *s2 = evsignal_new(RS.base, SIGTERM, raw_on_stop, NULL);
+    struct event *dl = evtimer_new(RS.base, raw_on_stop, NULL);
+    struct timeval tv = {deadline_s, 0};
+    event_add(s1, NULL);
+    event_add(s2, NULL);
+    event_add(dl, &tv);
+    printf("raw listening on 127.0.0.1:%d (pid %d, open files %ld)\n", port,
+           (int)getpid(), nofile);
+    fflush(stdout);
+    event_base_dispatch(RS.base);
+    getrusage(RUSAGE_SELF, &ru1);
+    printf("raw: connections %" PRIu64 ", requests %" PRIu64
+           ", websockets peak %" PRIu64 ", events %" PRIu64
+           ", deliveries %" PRIu64 ", cpu %.0f ms\n",
+           RS.conns, RS.requests, RS.ws_peak, RS.events, RS.deliveries,
+           ru_ms(&ru0, &ru1));
+    /* The process ends here: connections are left to the kernel. */
+    evconnlistener_free(l);
+    event_free(s1);
+    event_free(s2);
+    event_free(dl);
+    return 0;
+}
+
+/* ------------------------------------------------------------------- load */
+
+enum {
+    WSC_IDLE,
+    WSC_CONNECTING,
+    WSC_HANDSHAKE,
+    WSC_OPEN,
+    WSC_DONE
+};
+enum {
+    PH_CONNECT,
+    PH_PROBE,
+    PH_RUN,
+    PH_END
+};
+#define NO_JOB INT64_MIN
+
+typedef struct lthread lthread;
+
+typedef struct wsc {
+    int fd, id, pat, state, eof;
+    lthread *t;
+    struct event *ev;
+    char key[25];
+    char *hs; /* the handshake answer so far */
+    size_t hslen;
+    uint8_t *left; /* bytes after the handshake, for wslay first */
+    size_t leftn, lefto;
+    wslay_event_context_ptr ws;
+    uint8_t *seen; /* one bit per expected event */
+    uint32_t distinct;
+    int probed;
+} wsc;
+
+struct lthread {
+    int idx;
+    struct event_base *base;
+    struct event *tick;
+    pthread_t th;
+    int first, count; /* clients [first, first + count) */
+    int next, inflight;
+    hist h;
+    uint64_t dups, foreign, frames;
+    _Atomic int64_t last_rx_ns;
+};
+
+typedef struct pubc {
+    struct bufferevent *bev;
+    int busy, used;
+    int64_t job; /* seq, or -1 - pattern for a probe */
+} pubc;
+
+static struct {
+    /* options */
+    int port, nclients, npat, nevents, rate, nconns, window, nthreads, conc,
+        dsize, deadline_s, server_pid;
+    struct sockaddr_in sa;
+    wsc *c;
+    lthread t[THREADS_MAX];
+    uint32_t *fan; /* clients per pattern */
+    uint64_t expected;
+    atomic_int opened, probed, failed, stop, errors;
+    atomic_int running; /* the run phase has begun */
+    atomic_int closed;  /* clients the server closed */
+    atomic_uint_fast64_t delivered;
+    /* publisher and phases: thread 0 only */
+    int phase;
+    pubc *pc;
+    uint32_t next_seq, acked;
+    uint64_t issued; /* deliveries the issued events are due */
+    int64_t *retry;
+    int nretry;
+    int probe_next, probe_round;
+    int64_t probe_at;
+    uint64_t busy503, resent, reconnects;
+    int64_t t0, t_connected, t_probed, t_start, t_last_ack, t_end, t_cpu_end,
+        deadline, settle_until;
+    struct rusage ru0, ru1;
+    long long srv0, srv1, sys0, sys1;
+    long rss_before, rss_after;
+    char *body;
+} L;
+
+/* Marks the run failed; lfail also ends it. The first few messages say
+ * what went wrong; the rest (every client refused, say) are only counted. */
+static void lerr(int stop, const char *fmt, va_list ap)
+{
+    if (atomic_fetch_add(&L.errors, 1) < 3) {
+        fprintf(stderr, "bench_ws: ");
+        vfprintf(stderr, fmt, ap);
+        fprintf(stderr, "\n");
+    }
+    atomic_store(&L.failed, 1);
+    if (stop)
+        atomic_store(&L.stop, 1);
+}
+
+static void lfail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void lfail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    lerr(1, fmt, ap);
+    va_end(ap);
+}
+
+static void lwarn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void lwarn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    lerr(0, fmt, ap);
+    va_end(ap);
+}
+
+/* utime + stime of a process in clock ticks, or -1. */
+static long long proc_ticks(int pid)
+{
+    char path[64], buf[1024], *p;
+    unsigned long long ut, st;
+    FILE *f;
+
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    if (!(f = fopen(path, "r")))
+        return -1;
+    p = fgets(buf, sizeof buf, f);
+    fclose(f);
+    if (!p || !(p = strrchr(buf, ')')))
+        return -1;
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+               &ut, &st) != 2)
+        return -1;
+    return (long long)(ut + st);
+}
+
+/* CPU ticks every core spent busy (not idle or iowait), from /proc/stat:
+ * with the load generator's and the server's, it shows what else ran. */
+static long long machine_ticks(void)
+{
+    unsigned long long v[8] = {0};
+    FILE *f = fopen("/proc/stat", "r");
+    int n = f ? fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0],
+                       &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7])
+              : 0;
+
+    if (f)
+        fclose(f);
+    if (n < 8)
+        return -1;
+    /* user nice system idle iowait irq softirq steal */
+    return (long long)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]);
+}
+
+/* VmRSS of a process in kB, or -1. */
+static long proc_rss_kb(int pid)
+{
+    char path[64], line[256];
+    long kb = -1;
+    FILE *f;
+
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    if (!(f = fopen(path, "r")))
+        return -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
+}
+
+static uint32_t events_of_pattern(int pat)
+{
+    return ((uint32_t)L.nevents + (uint32_t)L.npat - 1 - (uint32_t)pat) /
+           (uint32_t)L.npat;
+}
+
+/* ---------------------------------------------------------------- clients */
+
+static void wsc_close(wsc *c)
+{
+    if (c->ev) {
+        event_free(c->ev);
+        c->ev = NULL;
+    }
+    if (c->ws) {
+        wslay_event_context_free(c->ws);
+        c->ws = NULL;
+    }
+    if (c->fd >= 0) {
+        close(c->fd);
+        c->fd = -1;
+    }
+    free(c->hs);
+    c->hs = NULL;
+    free(c->left);
+    c->left = NULL;
+    c->state = WSC_DONE;
+}
+
+static void wsc_pump(lthread *t);
+
+static ssize_t wsc_recv(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
+                        int flags, void *ud)
+{
+    wsc *c = ud;
+    ssize_t n;
+
+    (void)flags;
+    if (c->lefto < c->leftn) {
+        n = (ssize_t)(c->leftn - c->lefto < len ? c->leftn - c->lefto : len);
+        memcpy(buf, c->left + c->lefto, (size_t)n);
+        c->lefto += (size_t)n;
+        return n;
+    }
+    n = recv(c->fd, buf, len, 0);
+    if (n > 0)
+        return n;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+        wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
+        return -1;
+    }
+    c->eof = 1;
+    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+}
+
+static ssize_t wsc_send(wslay_event_context_ptr ctx, const uint8_t *data,
+                        size_t len, int flags, void *ud)
+{
+    wsc *c = ud;
+    ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
+
+    (void)flags;
+    if (n >= 0)
+        return n;
+    wslay_event_set_error(ctx, errno == EAGAIN || errno == EWOULDBLOCK
+                                   ? WSLAY_ERR_WOULDBLOCK
+                                   : WSLAY_ERR_CALLBACK_FAILURE);
+    return -1;
+}
+
+static int wsc_genmask(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
+                       void *ud)
+{
+    (void)ctx;
+    (void)ud;
+    for (size_t i = 0; i < len; i++)
+        buf[i] = (uint8_t)rnd();
+    return 0;
+}
+
+static void wsc_on_msg(wslay_event_context_ptr ctx,
+                       const struct wslay_event_on_msg_recv_arg *a, void *ud)
+{
+    wsc *c = ud;
+    lthread *t = c->t;
+    const char *m = (const char *)a->msg, *after;
+    size_t n = a->msg_length;
+    uint64_t seq, ts, pat;
+    int64_t now;
+
+    (void)ctx;
+    if (a->opcode != WSLAY_TEXT_FRAME)
+        return;
+    now = mono_ns();
+    t->frames++;
+    if (find_num(m, n, "seq", &seq, &after) == 0 &&
+        find_num(after, (size_t)(m + n - after), "t", &ts, NULL) == 0) {
+        if (seq >= (uint64_t)L.nevents ||
+            seq % (uint64_t)L.npat != (uint64_t)c->pat) {
+            t->foreign++;
+            return;
+        }
+        uint32_t bit = (uint32_t)(seq / (uint64_t)L.npat);
+        if (c->seen[bit >> 3] & (1u << (bit & 7))) {
+            t->dups++;
+            return;
+        }
+        c->seen[bit >> 3] |= (uint8_t)(1u << (bit & 7));
+        c->distinct++;
+        hist_add(&t->h, now > (int64_t)ts ? (uint64_t)(now - (int64_t)ts) : 0);
+        atomic_fetch_add_explicit(&L.delivered, 1, memory_order_relaxed);
+        atomic_store_explicit(&t->last_rx_ns, now, memory_order_relaxed);
+        return;
+    }
+    if (find_num(m, n, "probe", &seq, &after) == 0 &&
+        find_num(after, (size_t)(m + n - after), "pat", &pat, NULL) == 0) {
+        if (pat != (uint64_t)c->pat)
+            t->foreign++;
+        else if (!c->probed && (c->probed = 1))
+            atomic_fetch_add(&L.probed, 1);
+        return;
+    }
+    t->foreign++;
+}
+
+static void wsc_on_read(evutil_socket_t fd, short what, void *arg);
+
+/* The client's socket becomes readable for frames, with no timeout. */
+static int wsc_open(wsc *c)
+{
+    static const struct wslay_event_callbacks cb = {
+        .recv_callback = wsc_recv,
+        .send_callback = wsc_send,
+        .genmask_callback = wsc_genmask,
+        .on_msg_recv_callback = wsc_on_msg,
+    };
+
+    if (wslay_event_context_client_init(&c->ws, &cb, c) != 0) {
+        c->ws = NULL;
+        return -1;
+    }
+    event_del(c->ev);
+    event_add(c->ev, NULL);
+    c->state = WSC_OPEN;
+    c->t->inflight--;
+    atomic_fetch_add(&L.opened, 1);
+    return 0;
+}
+
+/* Reads frames. A client the server closes before the run ends the
+ * benchmark; during the run the others go on, and its missing events count
+ * as lost. */
+static void wsc_frames(wsc *c)
+{
+    int rc = wslay_event_recv(c->ws);
+    char why[80];
+
+    if (rc == 0 && wslay_event_want_write(c->ws))
+        wslay_event_send(c->ws); /* pongs, the answer to a close */
+    if (rc == 0 && wslay_event_want_read(c->ws))
+        return;
+    if (!atomic_load(&L.stop)) {
+        if (rc == 0)
+            snprintf(why, sizeof why,
+                     "the server closed the websocket with code %u",
+                     (unsigned)wslay_event_get_status_code_received(c->ws));
+        else if (c->eof)
+            snprintf(why, sizeof why, "the server closed the connection");
+        else
+            snprintf(why, sizeof why, "websocket error %d (a bad frame?)", rc);
+        atomic_fetch_add(&L.closed, 1);
+        if (atomic_load(&L.running))
+            lwarn("client %d: %s after %u events", c->id, why, c->distinct);
+        else
+            lfail("client %d: %s before the run", c->id, why);
+    }
+    wsc_close(c);
+}
+
+/* Reads the answer to the upgrade: 101 with the right accept key. */
+static void wsc_handshake(wsc *c)
+{
+    char want[29];
+    size_t vl;
+    const char *v, *end;
+    ssize_t n = recv(c->fd, c->hs + c->hslen, HEAD_MAX - c->hslen, 0);
+
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        lfail("client %d: the server closed the connection during the "
+              "websocket handshake%s%s",
+              c->id, n < 0 ? ": " : "", n < 0 ? strerror(errno) : "");
+        wsc_close(c);
+        return;
+    }
+    c->hslen += (size_t)n;
+    c->hs[c->hslen] = '\0';
+    end = memmem(c->hs, c->hslen, "\r\n\r\n", 4);
+    if (!end) {
+        if (c->hslen == HEAD_MAX) {
+            lfail("client %d: handshake answer over %d bytes", c->id, HEAD_MAX);
+            wsc_close(c);
+        }
+        return;
+    }
+    size_t hl = (size_t)(end - c->hs) + 4;
+    if (strncmp(c->hs, "HTTP/1.1 101", 12) != 0) {
+        lfail("client %d: the websocket upgrade was refused: %.*s", c->id,
+              (int)strcspn(c->hs, "\r\n"), c->hs);
+        wsc_close(c);
+        return;
+    }
+    ws_accept(c->key, strlen(c->key), want);
+    v = header(c->hs, hl, "Sec-WebSocket-Accept", &vl);
+    if (!v || vl != strlen(want) || memcmp(v, want, vl) != 0) {
+        lfail("client %d: wrong Sec-WebSocket-Accept: %.*s (want %s)", c->id,
+              v ? (int)vl : 6, v ? v : "(none)", want);
+        wsc_close(c);
+        return;
+    }
+    if (c->hslen > hl) {
+        c->leftn = c->hslen - hl;
+        if (!(c->left = malloc(c->leftn))) {
+            lfail("out of memory");
+            return;
+        }
+        memcpy(c->left, c->hs + hl, c->leftn);
+    }
+    free(c->hs);
+    c->hs = NULL;
+    if (wsc_open(c) != 0) {
+        lfail("out of memory");
+        return;
+    }
+    wsc_pump(c->t);
+    if (c->leftn)
+        wsc_frames(c);
+}
+
+static void wsc_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    wsc *c = arg;
+
+    (void)fd;
+    if (what & EV_TIMEOUT) {
+        lfail("client %d: no websocket handshake answer in %d s", c->id,
+              HANDSHAKE_TIMEOUT_S);
+        wsc_close(c);
+        return;
+    }
+    if (c->state == WSC_HANDSHAKE)
+        wsc_handshake(c);
+    else if (c->state == WSC_OPEN)
+        wsc_frames(c);
+}
+
+static void wsc_on_connect(evutil_socket_t fd, short what, void *arg)
+{
+    wsc *c = arg;
+    int err = 0;
+    socklen_t el = sizeof err;
+    char req[512];
+    uint8_t raw[16];
+    struct timeval tv = {HANDSHAKE_TIMEOUT_S, 0};
+
+    if (what & EV_TIMEOUT)
+        err = ETIMEDOUT;
+    else if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) != 0)
+        err = errno;
+    if (err) {
+        lfail("cannot connect to 127.0.0.1:%d: %s (client %d; is the server "
+              "running?)",
+              L.port, strerror(err), c->id);
+        wsc_close(c);
+        return;
+    }
+    for (int i = 0; i < 16; i++)
+        raw[i] = (uint8_t)rnd();
+    base64(raw, sizeof raw, c->key);
+    int n = snprintf(req, sizeof req,
+                     "GET /ws?events=bench.p%d.* HTTP/1.1\r\n"
+                     "Host: 127.0.0.1:%d\r\n"
+                     "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: %s\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n",
+                     c->pat, L.port, c->key);
+    if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
+        lfail("client %d: cannot send the upgrade request: %s", c->id,
+              strerror(errno));
+        wsc_close(c);
+        return;
+    }
+    if (!(c->hs = malloc(HEAD_MAX + 1))) {
+        lfail("out of memory");
+        return;
+    }
+    event_free(c->ev);
+    c->ev = event_new(c->t->base, fd, EV_READ | EV_PERSIST, wsc_on_read, c);
+    if (!c->ev || event_add(c->ev, &tv) != 0) {
+        lfail("out of memory");
+        return;
+    }
+    c->state = WSC_HANDSHAKE;
+}
+
+static void wsc_start(wsc *c)
+{
+    struct timeval tv = {HANDSHAKE_TIMEOUT_S, 0};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    c->t->inflight++;
+    if (fd < 0) {
+        lfail("client %d: socket: %s (open-file limit %ld)", c->id,
+              strerror(errno), raise_nofile());
+        return;
+    }
+    c->fd = fd;
+    nodelay(fd);
+    if (connect(fd, (struct sockaddr *)&L.sa, sizeof L.sa) != 0 &&
+        errno != EINPROGRESS) {
+        lfail("cannot connect to 127.0.0.1:%d: %s (client %d; is the server "
+              "running?)",
+              L.port, strerror(errno), c->id);
+        wsc_close(c);
+        return;
+    }
+    c->state = WSC_CONNECTING;
+    c->ev = event_new(c->t->base, fd, EV_WRITE, wsc_on_connect, c);
+    if (!c->ev || event_add(c->ev, &tv) != 0)
+        lfail("out of memory");
+}
+
+/* Starts connections until CONCURRENCY handshakes are in progress. */
+static void wsc_pump(lthread *t)
+{
+    int limit = L.conc / L.nthreads > 0 ? L.conc / L.nthreads : 1;
+
+    while (t->inflight < limit && t->next < t->first + t->count &&
+           !atomic_load(&L.stop))
+        wsc_start(&L.c[t->next++]);
+}
+
+/* -------------------------------------------------------------- publisher */
+
+static int64_t pub_next_job(int64_t now)
+{
+    if (L.nretry)
+        return L.retry[--L.nretry];
+    if (L.phase == PH_PROBE && L.probe_next < L.npat)
+        return -1 - (int64_t)L.probe_next++;
+    if (L.phase != PH_RUN || L.next_seq >= (uint32_t)L.nevents)
+        return NO_JOB;
+    if (L.rate &&
+        L.next_seq >=
+            (uint64_t)(now - L.t_start) * (uint64_t)L.rate / 1000000000u + 1)
+        return NO_JOB;
+    if (L.window &&
+        L.issued - atomic_load_explicit(&L.delivered, memory_order_relaxed) >=
+            (uint64_t)L.window)
+        return NO_JOB;
+    L.issued += L.fan[L.next_seq % (uint32_t)L.npat];
+    return L.next_seq++;
+}
+
+static void pub_on_read(struct bufferevent *bev, void *arg);
+static void pub_on_event(struct bufferevent *bev, short what, void *arg);
+
+static int pub_connect(pubc *p)
+{
+    p->bev = bufferevent_socket_new(L.t[0].base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!p->bev)
+        return -1;
+    bufferevent_setcb(p->bev, pub_on_read, NULL, pub_on_event, p);
+    bufferevent_enable(p->bev, EV_READ);
+    if (bufferevent_socket_connect(p->bev, (struct sockaddr *)&L.sa,
+                                   sizeof L.sa) != 0) {
+        bufferevent_free(p->bev);
+        p->bev = NULL;
+        return -1;
+    }
+    if (p->used++)
+        L.reconnects++;
+    return 0;
+}
+
+/* Sends the next POST on p if it is free and there is one to send. */
+static void pub_issue(pubc *p)
+{
+    char head[512], probe[64];
+    const char *body = L.body;
+    int hn, bn = L.dsize;
+
+    if (p->busy || atomic_load(&L.stop))
+        return;
+    int64_t now = mono_ns(), job = pub_next_job(now);
+    if (job == NO_JOB)
+        return;
+    if (!p->bev && pub_connect(p) != 0) {
+        lfail("publisher: cannot connect to 127.0.0.1:%d", L.port);
+        return;
+    }
+    if (job >= 0) {
+        int n = snprintf(L.body, 64,
+                         "{\"seq\":%" PRId64 ",\"t\":%" PRId64 ",\"p\":\"", job,
+                         mono_ns());
+        memset(L.body + n, 'x', (size_t)(L.dsize - n - 2));
+        hn =
+            snprintf(head, sizeof head, "POST /events/bench.p%d.e HTTP/1.1\r\n",
+                     (int)(job % L.npat));
+    } else {
+        bn = snprintf(probe, sizeof probe, "{\"probe\":%d,\"pat\":%d}",
+                      L.probe_round, (int)(-1 - job));
+        body = probe;
+        hn = snprintf(head, sizeof head,
+                      "POST /events/bench.p%d.e HTTP/1.1\r\n", (int)(-1 - job));
+    }
+    hn += snprintf(head + hn, sizeof head - (size_t)hn,
+                   "Host: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                   "Content-Length: %d\r\n\r\n",
+                   L.port, bn);
+    struct evbuffer *out = bufferevent_get_output(p->bev);
+    evbuffer_add(out, head, (size_t)hn);
+    evbuffer_add(out, body, (size_t)bn);
+    p->busy = 1;
+    p->job = job;
+}
+
+static void pub_kick(void)
+{
+    for (int i = 0; i < L.nconns; i++)
+        pub_issue(&L.pc[i]);
+}
+
+static void pub_retry(int64_t job)
+{
+    if (job >= 0)
+        L.retry[L.nretry++] = job;
+}
+
+static void pub_on_event(struct bufferevent *bev, short what, void *arg)
+{
+    pubc *p = arg;
+
+    if (what & BEV_EVENT_CONNECTED) {
+        nodelay(bufferevent_getfd(bev));
+        return;
+    }
+    if (!(what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)))
+        return;
+    int err = EVUTIL_SOCKET_ERROR();
+    bufferevent_free(bev);
+    p->bev = NULL;
+    if (p->busy) {
+        p->busy = 0;
+        if (what & BEV_EVENT_ERROR && err == ECONNREFUSED) {
+            lfail("publisher: cannot connect to 127.0.0.1:%d: %s (is the "
+                  "server running?)",
+                  L.port, strerror(err));
+            return;
+        }
+        /* The POST may have been taken: sent again, it may duplicate. */
+        if (p->job >= 0) {
+            L.resent++;
+            pub_retry(p->job);
+        }
+    }
+    pub_issue(p);
+}
+
+static void pub_on_read(struct bufferevent *bev, void *arg)
+{
+    pubc *p = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+
+    for (;;) {
+        struct evbuffer_ptr end = evbuffer_search(in, "\r\n\r\n", 4, NULL);
+        size_t vl;
+        const char *v;
+        if (end.pos < 0)
+            return;
+        size_t hl = (size_t)end.pos + 4;
+        const char *h = (const char *)evbuffer_pullup(in, (ev_ssize_t)hl);
+        int status = hl > 12 ? atoi(h + 9) : 0;
+        v = header(h, hl, "Content-Length", &vl);
+        long cl = v ? strtol(v, NULL, 10) : 0;
+        v = header(h, hl, "Connection", &vl);
+        int close = v && has_token(v, vl, "close");
+        if (evbuffer_get_length(in) < hl + (size_t)cl)
+            return;
+        h = (const char *)evbuffer_pullup(in, (ev_ssize_t)(hl + (size_t)cl));
+        if (!p->busy) {
+            lfail("publisher: an answer to no request: %.*s",
+                  (int)strcspn(h, "\r\n"), h);
+            return;
+        }
+        if (status == 202) {
+            if (p->job >= 0) {
+                L.acked++;
+                L.t_last_ack = mono_ns();
+            }
+        } else if (status == 503) {
+            L.busy503++;
+            pub_retry(p->job);
+        } else {
+            lfail("publisher: POST /events/bench.p%d.e: %.*s: %.*s",
+                  (int)(p->job >= 0 ? p->job % L.npat : -1 - p->job),
+                  (int)strcspn(h, "\r\n"), h, (int)(cl > 300 ? 300 : cl),
+                  h + hl);
+            return;
+        }
+        evbuffer_drain(in, hl + (size_t)cl);
+        p->busy = 0;
+        if (close) {
+            bufferevent_free(bev);
+            p->bev = NULL;
+            pub_issue(p);
+            return;
+        }
+        pub_issue(p);
+    }
+}
+
+/* ----------------------------------------------------------------- phases */
+
+static int64_t last_rx(void)
+{
+    int64_t m = 0;
+    for (int i = 0; i < L.nthreads; i++) {
+        int64_t v =
+            atomic_load_explicit(&L.t[i].last_rx_ns, memory_order_relaxed);
+        if (v > m)
+            m = v;
+    }
+    return m;
+}
+
+static void load_end(int64_t now)
+{
+    int64_t rx = last_rx();
+
+    L.t_end = rx > L.t_start ? rx : now;
+    L.t_cpu_end = now;
+    getrusage(RUSAGE_SELF, &L.ru1);
+    if (L.server_pid)
+        L.srv1 = proc_ticks(L.server_pid);
+    L.sys1 = machine_ticks();
+    L.phase = PH_END;
+    atomic_store(&L.stop, 1);
+}
+
+static void load_tick(evutil_socket_t fd, short what, void *arg)
+{
+    lthread *t = arg;
+    int64_t now = mono_ns();
+
+    (void)fd;
+    (void)what;
+    if (atomic_load(&L.stop)) {
+        event_base_loopbreak(t->base);
+        return;
+    }
+    if (t->idx != 0)
+        return;
+    if (now > L.deadline) {
+        static const char *const names[] = {"connecting", "probing", "running"};
+        lfail("deadline of %d s passed while %s (%d of %d clients open, "
+              "%d probed, %" PRIu32 " of %d events answered, %" PRIu64
+              " of %" PRIu64 " deliveries)",
+              L.deadline_s, names[L.phase], atomic_load(&L.opened), L.nclients,
+              atomic_load(&L.probed), L.acked, L.nevents,
+              (uint64_t)atomic_load(&L.delivered), L.expected);
+        return;
+    }
+    switch (L.phase) {
+    case PH_CONNECT:
+        if (atomic_load(&L.opened) < L.nclients)
+            break;
+        L.t_connected = now;
+        L.phase = PH_PROBE;
+        L.probe_next = L.npat;
+        L.probe_at = now;
+        /* fall through */
+    case PH_PROBE:
+        if (atomic_load(&L.probed) == L.nclients) {
+            if (!L.t_probed)
+                L.t_probed = now;
+            if (L.server_pid && !L.rss_after) {
+                if (!L.settle_until)
+                    L.settle_until = now + (int64_t)RSS_SETTLE_MS * 1000000;
+                if (now < L.settle_until)
+                    break;
+                L.rss_after = proc_rss_kb(L.server_pid);
+            }
+            L.phase = PH_RUN;
+            atomic_store(&L.running, 1);
+            L.t_start = now;
+            getrusage(RUSAGE_SELF, &L.ru0);
+            if (L.server_pid)
+                L.srv0 = proc_ticks(L.server_pid);
+            L.sys0 = machine_ticks();
+            break;
+        }
+        if (now - L.t_connected > (int64_t)PROBE_WAIT_MS * 1000000) {
+            lfail("%d of %d clients received no event in %d ms after their "
+                  "upgrade: is the subscription active?",
+                  L.nclients - atomic_load(&L.probed), L.nclients,
+                  PROBE_WAIT_MS);
+            return;
+        }
+        if (L.probe_next >= L.npat && now >= L.probe_at) {
+            L.probe_round++;
+            L.probe_next = 0;
+            L.probe_at = now + (int64_t)PROBE_EVERY_MS * 1000000;
+        }
+        break;
+    case PH_RUN:
+        if (L.acked < (uint32_t)L.nevents)
+            break;
+        if (atomic_load(&L.delivered) >= L.expected) {
+            load_end(now);
+            return;
+        }
+        int64_t rx = last_rx();
+        if (now - (rx > L.t_last_ack ? rx : L.t_last_ack) >
+            (int64_t)DRAIN_MS * 1000000) {
+            load_end(now);
+            return;
+        }
+        break;
+    }
+    pub_kick();
+}
+
+static void *load_thread(void *arg)
+{
+    lthread *t = arg;
+
+    wsc_pump(t);
+    event_base_dispatch(t->base);
+    return NULL;
+}
+
+static void load_on_signal(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    lfail("interrupted");
+}
+
+static int load_report(void)
+{
+    hist *h = &L.t[0].h;
+    uint64_t dups = 0, foreign = 0, frames = 0;
+    uint64_t delivered = atomic_load(&L.delivered);
+    double hz = (double)sysconf(_SC_CLK_TCK);
+
+    for (int i = 0; i < L.nthreads; i++) {
+        if (i)
+            hist_merge(h, &L.t[i].h);
+        dups += L.t[i].dups;
+        foreign += L.t[i].foreign;
+        frames += L.t[i].frames;
+    }
+    uint64_t lost = L.expected > delivered ? L.expected - delivered : 0;
+    int ran = L.t_start != 0; /* the run phase began */
+    double cs = L.t_connected ? (double)(L.t_connected - L.t0) / 1e9 : -1;
+    double ps = L.t_probed ? (double)(L.t_probed - L.t_connected) / 1e9 : -1;
+    double pubs = ran && L.t_last_ack > L.t_start
+                      ? (double)(L.t_last_ack - L.t_start) / 1e9
+                      : 0;
+    double ds =
+        ran && L.t_end > L.t_start ? (double)(L.t_end - L.t_start) / 1e9 : 0;
+    /* CPU is read when the run ends, which is up to DRAIN_MS after the last
+     * delivery when some are missing: its own window. */
+    double cpus = ran && L.t_cpu_end > L.t_start
+                      ? (double)(L.t_cpu_end - L.t_start) / 1e9
+                      : 0;
+    double lms = ran ? ru_ms(&L.ru0, &L.ru1) : -1;
+    double sms = ran && L.server_pid && L.srv0 >= 0 && L.srv1 >= L.srv0
+                     ? (double)(L.srv1 - L.srv0) * 1e3 / hz
+                     : -1;
+    double mms = ran && L.sys0 >= 0 && L.sys1 >= L.sys0
+                     ? (double)(L.sys1 - L.sys0) * 1e3 / hz
+                     : -1;
+    /* Everything else: other processes, and the kernel's work that is
+     * charged to no process (softirqs of loopback TCP, mostly). */
+    double oms = mms >= 0 ? mms - lms - (sms > 0 ? sms : 0) : -1;
+
+    printf("load clients: %d on %d patterns (%u per pattern), %d threads: "
+           "connected in %.3f s, probed in %.3f s\n",
+           L.nclients, L.npat, L.fan[0], L.nthreads, cs, ps);
+    if (L.server_pid)
+        printf("load server: pid %d, VmRSS %ld kB before the clients, %ld kB "
+               "with them: %.0f bytes per client\n",
+               L.server_pid, L.rss_before, L.rss_after,
+               L.rss_after > 0 && L.rss_before > 0
+                   ? (double)(L.rss_after - L.rss_before) * 1024 / L.nclients
+                   : -1.0);
+    printf("load published: %" PRIu32 " of %d in %.3f s: %.0f/s (%d "
+           "connections%s; 503 busy %" PRIu64 ", resent %" PRIu64
+           ", reconnects %" PRIu64 ")\n",
+           L.acked, L.nevents, pubs, pubs > 0 ? L.acked / pubs : 0, L.nconns,
+           L.rate ? ", paced" : "", L.busy503, L.resent, L.reconnects);
+    printf("load delivered: %" PRIu64 " of %" PRIu64 " in %.3f s: %.0f/s "
+           "(lost %" PRIu64 ", duplicated %" PRIu64 ", foreign %" PRIu64
+           ", frames %" PRIu64 ", clients closed by the server %d)\n",
+           delivered, L.expected, ds, ds > 0 ? (double)delivered / ds : 0, lost,
+           dups, foreign, frames, atomic_load(&L.closed));
+    printf("load latency: p50 %.0f us p90 %.0f us p99 %.0f us p999 %.0f us "
+           "max %.0f us (publish to receive, %" PRIu64 " samples)\n",
+           hist_pct(h, 50) / 1e3, hist_pct(h, 90) / 1e3, hist_pct(h, 99) / 1e3,
+           hist_pct(h, 99.9) / 1e3, (double)h->max / 1e3, h->n);
+    printf("load cpu: load generator %.0f ms (%.0f%% of one core)", lms,
+           cpus > 0 ? lms / 10 / cpus : 0);
+    if (sms >= 0)
+        printf(", server %.0f ms (%.0f%%)", sms,
+               cpus > 0 ? sms / 10 / cpus : 0);
+    if (oms >= 0)
+        printf(", rest of the machine %.0f ms (%.0f%%)", oms,
+               cpus > 0 ? oms / 10 / cpus : 0);
+    printf(" in %.3f s of %ld cores\n", cpus, sysconf(_SC_NPROCESSORS_ONLN));
+    printf("result clients=%d patterns=%d events=%d published=%" PRIu32
+           " expected=%" PRIu64 " delivered=%" PRIu64 " lost=%" PRIu64
+           " dup=%" PRIu64 " foreign=%" PRIu64 " pub_rate=%.0f rate=%.0f"
+           " p50_us=%.0f p90_us=%.0f p99_us=%.0f max_us=%.0f"
+           " load_cpu_ms=%.0f server_cpu_ms=%.0f other_cpu_ms=%.0f"
+           " wall_s=%.3f cpu_s=%.3f"
+           " rss_before_kb=%ld rss_after_kb=%ld connect_s=%.3f busy503=%" PRIu64
+           " resent=%" PRIu64 " closed=%d failed=%d\n",
+           L.nclients, L.npat, L.nevents, L.acked, L.expected, delivered, lost,
+           dups, foreign, pubs > 0 ? L.acked / pubs : 0,
+           ds > 0 ? (double)delivered / ds : 0, hist_pct(h, 50) / 1e3,
+           hist_pct(h, 90) / 1e3, hist_pct(h, 99) / 1e3, (double)h->max / 1e3,
+           lms, sms, oms, ds, cpus, L.rss_before, L.rss_after, cs, L.busy503,
+           L.resent, atomic_load(&L.closed), atomic_load(&L.failed));
+    fflush(stdout);
+    if (atomic_load(&L.errors) > 3)
+        fprintf(stderr, "bench_ws: and %d more errors\n",
+                atomic_load(&L.errors) - 3);
+    if (!ran) {
+        fprintf(stderr, "bench_ws: no event was published: the run failed "
+                        "before it began\n");
+        return 1;
+    }
+    if (lost || dups || foreign) {
+        fprintf(stderr,
+                "bench_ws: %" PRIu64 " deliveries lost, %" PRIu64
+                " duplicated, %" PRIu64 " foreign\n",
+                lost, dups, foreign);
+        return 1;
+    }
+    return atomic_load(&L.failed) ? 1 : 0;
+}
+
+/* One blocking connect first, so that a server that is not there gets one
+ * clear line rather than one per client. */
+static int load_reachable(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), rc = -1;
+
+    if (fd >= 0)
+        rc = connect(fd, (struct sockaddr *)&L.sa, sizeof L.sa);
+    if (rc != 0)
+        fprintf(stderr,
+                "bench_ws: cannot connect to 127.0.0.1:%d: %s (is the server "
+                "running?)\n",
+                L.port, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return rc;
+}
+
+static int load_run(void)
+{
+    long nofile = raise_nofile();
+    int rc;
+
+    if (nofile > 0 && L.nclients + L.nconns + 64 > nofile) {
+        fprintf(stderr,
+                "bench_ws: %d clients need more open files than the limit "
+                "(%ld)\n",
+                L.nclients, nofile);
+        return 2;
+    }
+    L.sa.sin_family = AF_INET;
+    L.sa.sin_port = htons((uint16_t)L.port);
+    L.sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (load_reachable() != 0)
+        return 1;
+    L.c = calloc((size_t)L.nclients, sizeof *L.c);
+    L.fan = calloc((size_t)L.npat, sizeof *L.fan);
+    L.pc = calloc((size_t)L.nconns, sizeof *L.pc);
+    L.retry = calloc((size_t)L.nconns + 1, sizeof *L.retry);
+    L.body = malloc((size_t)L.dsize + 1);
+    if (!L.c || !L.fan || !L.pc || !L.retry || !L.body) {
+        fprintf(stderr, "bench_ws: out of memory\n");
+        return 1;
+    }
+    L.body[L.dsize - 2] = '"';
+    L.body[L.dsize - 1] = '}';
+    L.body[L.dsize] = '\0';
+    for (int i = 0; i < L.nclients; i++) {
+        wsc *c = &L.c[i];
+        c->fd = -1;
+        c->id = i;
+        c->pat = i % L.npat;
+        c->t = &L.t[i * L.nthreads / L.nclients];
+        c->seen = calloc((events_of_pattern(c->pat) + 7) / 8, 1);
+        if (!c->seen) {
+            fprintf(stderr, "bench_ws: out of memory\n");
+            return 1;
+        }
+        L.fan[c->pat]++;
+    }
+    for (int p = 0; p < L.npat; p++)
+        L.expected += (uint64_t)L.fan[p] * events_of_pattern(p);
+    for (int i = 0; i < L.nthreads; i++) {
+        lthread *t = &L.t[i];
+        struct timeval tv = {0, i ? 10000 : 1000};
+        t->idx = i;
+        for (int j = 0; j < L.nclients; j++)
+            if (L.c[j].t == t && !t->count++)
+                t->first = j;
+        t->next = t->first;
+        if (!(t->base = event_base_new()) ||
+            !(t->tick = event_new(t->base, -1, EV_PERSIST, load_tick, t)) ||
+            event_add(t->tick, &tv) != 0) {
+            fprintf(stderr, "bench_ws: out of memory\n");
+            return 1;
+        }
+    }
+    struct event *s1 = evsignal_new(L.t[0].base, SIGINT, load_on_signal, NULL);
+    struct event *s2 = evsignal_new(L.t[0].base, SIGTERM, load_on_signal, NULL);
+    event_add(s1, NULL);
+    event_add(s2, NULL);
+    if (L.server_pid && (L.rss_before = proc_rss_kb(L.server_pid)) < 0) {
+        fprintf(stderr, "bench_ws: no process %d (-S)\n", L.server_pid);
+        return 1;
+    }
+    L.t0 = mono_ns();
+    L.deadline = L.t0 + (int64_t)L.deadline_s * 1000000000;
+    for (int i = 1; i < L.nthreads; i++)
+        if (pthread_create(&L.t[i].th, NULL, load_thread, &L.t[i]) != 0) {
+            fprintf(stderr, "bench_ws: cannot start a thread\n");
+            return 1;
+        }
+    load_thread(&L.t[0]);
+    for (int i = 1; i < L.nthreads; i++)
+        pthread_join(L.t[i].th, NULL);
+    if (L.phase != PH_END)
+        load_end(mono_ns());
+    rc = load_report();
+    for (int i = 0; i < L.nclients; i++) {
+        wsc_close(&L.c[i]);
+        free(L.c[i].seen);
+    }
+    for (int i = 0; i < L.nconns; i++)
+        if (L.pc[i].bev)
+            bufferevent_free(L.pc[i].bev);
+    event_free(s1);
+    event_free(s2);
+    for (int i = 0; i < L.nthreads; i++) {
+        event_free(L.t[i].tick);
+        event_base_free(L.t[i].base);
+    }
+    free(L.c);
+    free(L.fan);
+    free(L.pc);
+    free(L.retry);
+    free(L.body);
+    return rc;
+}
+
+/* -------------------------------------------------------------- self-test */
+
+static int check(int ok, const char *what)
+{
+    printf("%s %s\n", ok ? "ok  " : "FAIL", what);
+    return ok ? 0 : 1;
+}
+
+static int sha1_is(const char *in, const char *hex)
+{
+    uint8_t md[20];
+    char got[41];
+
+    sha1(in, strlen(in), md);
+    for (int i = 0; i < 20; i++)
+        sprintf(got + 2 * i, "%02x", md[i]);
+    return strcmp(got, hex) == 0;
+}
+
+static int self_test(void)
+{
+    char acc[29], *mill = malloc(1000001);
+    const char *env = "{\"id\":\"x\",\"name\":\"bench.p3.e\",\"data\":"
+                      "{\"seq\": 42,\"t\":1234,\"p\":\"xx\"},\"ts\":99}";
+    const char *str = "{\"data\":\"{\\\"seq\\\":7,\\\"t\\\":5}\",\"ts\":1}";
+    uint64_t v = 0, w = 0;
+    const char *after;
+    hist h;
+    int bad = 0;
+
+    bad += check(sha1_is("", "da39a3ee5e6b4b0d3255bfef95601890afd80709"),
+                 "sha1 \"\"");
+    bad += check(sha1_is("abc", "a9993e364706816aba3e25717850c26c9cd0d89d"),
+                 "sha1 \"abc\"");
+    bad += check(
+        sha1_is("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+                "84983e441c3bd26ebaae4aa1f95129e5e54670f1"),
+        "sha1 56 bytes (two padding blocks)");
+    if (mill) {
+        memset(mill, 'a', 1000000);
+        mill[1000000] = '\0';
+        bad += check(sha1_is(mill, "34aa973cd4c4daa4f61eeb2bdbad27316534016f"),
+                     "sha1 a million 'a'");
+        free(mill);
+    }
+    /* RFC 6455 section 1.3 (the value "s3pPLMBiTxaHxmdEr/GXq7E3ZXk=" that
+     * is sometimes quoted for this key is not its SHA-1). */
+    ws_accept("dGhlIHNhbXBsZSBub25jZQ==", 24, acc);
+    bad += check(strcmp(acc, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") == 0,
+                 "RFC 6455 Sec-WebSocket-Accept example");
+    bad += check(
+        pattern_match("bench.p1.*", "bench.p1.e") && pattern_match("*", "a") &&
+            pattern_match("a.*.c", "a.b.c") && pattern_match("a.b", "a.b"),
+        "patterns that match");
+    bad += check(!pattern_match("bench.p1.*", "bench.p10.e") &&
+                     !pattern_match("*", "a.b") && !pattern_match("a.*", "a") &&
+                     !pattern_match("a.*", "a.b.c") &&
+                     !pattern_match("a.b", "a.bc"),
+                 "patterns that do not match");
+    bad += check(
+        find_num(env, strlen(env), "seq", &v, &after) == 0 && v == 42 &&
+            find_num(after, strlen(after), "t", &w, NULL) == 0 && w == 1234,
+        "seq and t in a JSON envelope");
+    bad +=
+        check(find_num(str, strlen(str), "seq", &v, &after) == 0 && v == 7 &&
+                  find_num(after, strlen(after), "t", &w, NULL) == 0 && w == 5,
+              "seq and t in a JSON string");
+    memset(&h, 0, sizeof h);
+    for (uint64_t i = 1; i <= 100000; i++)
+        hist_add(&h, i * 1000);
+    uint64_t p50 = hist_pct(&h, 50), p99 = hist_pct(&h, 99);
+    bad += check(p50 > 49000000 && p50 < 51000000 && p99 > 97500000 &&
+                     p99 < 100500000 && hist_pct(&h, 100) == 100000000,
+                 "histogram percentiles within 2%");
+    return bad ? 1 : 0;
+}
+
+/* ------------------------------------------------------------------- main */
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: bench_ws -m raw -p PORT [-d SECONDS]\n"
+            "       bench_ws -m load -p PORT [-c CLIENTS] [-P PATTERNS] "
+            "[-n EVENTS] [-r RATE]\n"
+            "                [-k CONNS] [-W WINDOW] [-j THREADS] "
+            "[-C CONCURRENCY] [-s BYTES]\n"
+            "                [-S SERVER_PID] [-d SECONDS]\n"
+            "       bench_ws -m test\n"
+            "  -m  raw: the baseline websocket broadcast server; load: the "
+            "load generator;\n"
+            "      test: self-test\n"
+            "  -p  port on 127.0.0.1\n"
+            "  -c  websocket clients (default 1)\n"
+            "  -P  patterns, bench.p<i>.*, clients spread over them "
+            "(default 1)\n"
+            "  -n  events to publish (default 10000)\n"
+            "  -r  events per second (default: as fast as answered)\n"
+            "  -k  publisher connections, one POST in flight each "
+            "(default 4)\n"
+            "  -W  at most this many deliveries due for events already "
+            "published (default 0:\n      no limit)\n"
+            "  -j  client event-loop threads, 1 or 2 (default 1)\n"
+            "  -C  websocket handshakes in progress at once (default 256)\n"
+            "  -s  event data size in bytes, 64 or more (default 128)\n"
+            "  -S  server pid: its CPU time and VmRSS from /proc\n"
+            "  -d  deadline in seconds (load: default 120; raw: 900)\n");
+    exit(2);
+}
+
+static int int_opt(const char *s, int min, int max)
+{
+    char *end;
+    long v = strtol(s, &end, 10);
+
+    if (!*s || *end || v < min || v > max)
+        usage();
+    return (int)v;
+}
+
+int main(int argc, char **argv)
+{
+    const char *mode = NULL;
+    int c;
+
+    signal(SIGPIPE, SIG_IGN);
+    L.nclients = 1;
+    L.npat = 1;
+    L.nevents = 10000;
+    L.nconns = 4;
+    L.nthreads = 1;
+    L.conc = 256;
+    L.dsize = 128;
+    L.deadline_s = -1;
+    while ((c = getopt(argc, argv, "m:p:c:P:n:r:k:W:j:C:s:S:d:h")) != -1) {
+        switch (c) {
+        case 'm':
+            mode = optarg;
+            break;
+        case 'p':
+            L.port = int_opt(optarg, 1, 65535);
+            break;
+        case 'c':
+            L.nclients = int_opt(optarg, 1, 1000000);
+            break;
+        case 'P':
+            L.npat = int_opt(optarg, 1, 100000);
+            break;
+        case 'n':
+            L.nevents = int_opt(optarg, 1, INT32_MAX);
+            break;
+        case 'r':
+            L.rate = int_opt(optarg, 0, 100000000);
+            break;
+        case 'k':
+            L.nconns = int_opt(optarg, 1, 1024);
+            break;
+        case 'W':
+            L.window = int_opt(optarg, 0, INT32_MAX);
+            break;
+        case 'j':
+            L.nthreads = int_opt(optarg, 1, THREADS_MAX);
+            break;
+        case 'C':
+            L.conc = int_opt(optarg, 1, 100000);
+            break;
+        case 's':
+            L.dsize = int_opt(optarg, 64, 1 << 20);
+            break;
+        case 'S':
+            L.server_pid = int_opt(optarg, 1, INT32_MAX);
+            break;
+        case 'd':
+            L.deadline_s = int_opt(optarg, 1, 86400);
+            break;
+        default:
+            usage();
+        }
+    }
+    if (optind != argc || !mode)
+        usage();
+    if (strcmp(mode, "test") == 0)
+        return self_test();
+    if (!L.port)
+        usage();
+    if (strcmp(mode, "raw") == 0)
+        return raw_run(L.port, L.deadline_s > 0 ? L.deadline_s : 900);
+    if (strcmp(mode, "load") != 0 || L.npat > L.nclients)
+        usage();
+    if (L.nthreads > L.nclients)
+        L.nthreads = L.nclients; /* a thread per client at most */
+    if (L.deadline_s < 0)
+        L.deadline_s = 120;
+    return load_run();
+}

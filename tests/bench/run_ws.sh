@@ -1,0 +1,552 @@
+#!/usr/bin/env bash
+# run_ws.sh - the websocket benchmark: events POSTed over HTTP and fanned out
+# to websocket clients by taskbus, against a minimal one-thread wslay
+# broadcast server (bench_ws -m raw) measured in the same invocation, plus
+# wrk's plain request rates on both.
+#
+# Usage: tests/bench/run_ws.sh [BUILD_DIR] [-s LIST] [-q] [-j THREADS]
+#                              [-k CONNS] [-t SERVERS]
+#
+#   BUILD_DIR   a build tree holding tests/bench/bench_ws (CMake target
+#               bench_ws) and taskbus (target taskbus_bin); by default the
+#               first of build-wsbench, build-bench and build under the
+#               source tree that has both (or bench_ws alone, for -t raw).
+#               This script builds nothing.
+#   -s LIST     scenarios, comma-separated (default 1,2,3,4,5):
+#                 1  one subscriber: events/s received with events POSTed as
+#                    fast as they are answered (none lost), then p50/p99
+#                    publish-to-receive latency at 1 000 events/s
+#                 2  1 000 clients on one pattern: deliveries/s with at most
+#                    WINDOW deliveries outstanding, then latency at 200
+#                    events/s (200 000 deliveries/s offered)
+#                 3  100 patterns x 10 clients: deliveries/s (same window)
+#                 4  10 000 idle clients on a fresh server: its VmRSS before
+#                    and with them, per client (then 20 events to each, to
+#                    prove they are subscribed)
+#                 5  wrk -t2 -c50: GET /healthz and POST /events/x (128 B)
+#   -q          quick: smaller runs (about a third of the time)
+#   -j THREADS  load generator event-loop threads, 1 or 2 (default 1)
+#   -k CONNS    publisher connections, one POST in flight each (default 4)
+#   -t SERVERS  raw, taskbus or raw,taskbus (default)
+#
+# Servers, each on a free 127.0.0.1 port: `bench_ws -m raw -p PORT` and
+# `taskbus --listen 127.0.0.1:PORT --workers 2 --tick 0 --quiet` (no Redis:
+# the in-process bus; stdout to /dev/null, and without --quiet if this
+# taskbus has none). Both run side by side for scenarios 1-3 and 5, which
+# alternate raw and taskbus; scenario 4 starts a fresh one of each. The load
+# generator is `bench_ws -m load` with -S <server pid>: it reports its own CPU
+# time (getrusage), the server's (/proc/PID/stat) and the rest of the
+# machine's (/proc/stat: other processes, and loopback softirqs charged to no
+# process) over each run, since on a small machine they share the cores and
+# a busy neighbour shows up there. The open-file limit is raised to the hard
+# limit for everything started here.
+#
+# Everything is bounded: each run is killed after PER_RUN_S seconds (env,
+# default 90), runs that would start after TOTAL_S (default 300) are
+# skipped, and a trap kills every process started here at exit.
+#
+# Exit status: 0 when every run completed (whether or not the targets were
+# met), 1 when a run failed, lost or duplicated events, or timed out, 2 on
+# bad usage.
+set -u
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+src=$(cd "$here/../.." && pwd)
+py=/usr/bin/python3
+
+scen=1,2,3,4,5
+quick=0
+threads=1
+conns=4
+servers=raw,taskbus
+per_run_s=${PER_RUN_S:-90}
+total_s=${TOTAL_S:-300}
+window=65536 # deliveries outstanding in the fan-out runs (-W)
+
+usage() {
+    sed -n '2,/^set -u/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+dir=""
+if [[ $# -gt 0 && $1 != -* ]]; then
+    dir=$1
+    shift
+fi
+while getopts "s:qj:k:t:h" opt; do
+    case $opt in
+    s) scen=$OPTARG ;;
+    q) quick=1 ;;
+    j) threads=$OPTARG ;;
+    k) conns=$OPTARG ;;
+    t) servers=$OPTARG ;;
+    *) usage ;;
+    esac
+done
+shift $((OPTIND - 1))
+(($# == 0)) || usage
+[[ $scen =~ ^[1-5](,[1-5])*$ ]] || {
+    echo "run_ws.sh: -s takes scenarios 1 to 5, comma-separated" >&2
+    exit 2
+}
+[[ $threads =~ ^[12]$ ]] || {
+    echo "run_ws.sh: -j takes 1 or 2" >&2
+    exit 2
+}
+[[ $conns =~ ^[1-9][0-9]*$ ]] || {
+    echo "run_ws.sh: -k takes a positive integer" >&2
+    exit 2
+}
+case $servers in
+raw | taskbus | raw,taskbus | taskbus,raw) ;;
+*)
+    echo "run_ws.sh: -t takes raw, taskbus or raw,taskbus" >&2
+    exit 2
+    ;;
+esac
+want() { [[ ,$scen, == *,$1,* ]]; }
+use() { [[ ,$servers, == *,$1,* ]]; }
+
+if [[ -n $dir ]]; then
+    [[ -d $dir ]] || {
+        echo "run_ws.sh: $dir is not a directory" >&2
+        exit 2
+    }
+    dir=$(cd "$dir" && pwd)
+else
+    for c in build-wsbench build-bench build; do
+        if [[ -x $src/$c/tests/bench/bench_ws ]] &&
+            { ! use taskbus || [[ -x $src/$c/taskbus ]]; }; then
+            dir=$src/$c
+            break
+        fi
+    done
+fi
+bench=${dir:+$dir/tests/bench/bench_ws}
+tb=${dir:+$dir/taskbus}
+if [[ -z $dir || ! -x $bench ]] || { use taskbus && [[ ! -x $tb ]]; }; then
+    what=tests/bench/bench_ws
+    use taskbus && what="$what and taskbus"
+    echo "run_ws.sh: no build with $what (${dir:-none found}); build them:" >&2
+    echo "  cmake -S $src -B $src/build-wsbench -DCMAKE_BUILD_TYPE=Release &&" \
+        "cmake --build $src/build-wsbench -j2 --target bench_ws taskbus_bin" >&2
+    exit 2
+fi
+for tool in "$py" timeout curl; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "run_ws.sh: $tool not found (Debian: python3, coreutils, curl)" >&2
+        exit 2
+    fi
+done
+if want 5 && ! command -v wrk >/dev/null; then
+    echo "run_ws.sh: scenario 5 needs wrk (Debian: wrk)" >&2
+    exit 2
+fi
+
+# Sizes: full / quick.
+if ((quick)); then
+    n1=50000 lat1_s=3 n2=500 lat2_s=2 n3=10000 wrk_s=2
+else
+    n1=200000 lat1_s=10 n2=2000 lat2_s=5 n3=50000 wrk_s=5
+fi
+n4_clients=10000
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null
+tmp=$(mktemp -d)
+res=$tmp/results # "<scenario> <server> <key=value ...>" lines
+: >"$res"
+pids=()
+# shellcheck disable=SC2317 # called by the trap
+cleanup() {
+    local p
+    for p in "${pids[@]}"; do
+        kill "$p" 2>/dev/null
+    done
+    sleep 0.3
+    for p in "${pids[@]}"; do
+        kill -9 "$p" 2>/dev/null
+    done
+    wait 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 1' INT TERM
+
+start=$SECONDS
+failed=0
+hz=$(getconf CLK_TCK)
+
+left() { echo $((total_s - (SECONDS - start))); }
+# have SECONDS WHAT: 0 if the budget still allows a step of that length.
+have() {
+    if (($(left) < $1)); then
+        echo "run_ws.sh: out of time ($total_s s), skipping $2" >&2
+        failed=1
+        return 1
+    fi
+}
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}'; }
+free_port() {
+    "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# ---------------------------------------------------------------- servers
+
+quiet_flag=--quiet
+if use taskbus && ! "$tb" --help 2>&1 | grep -q -- --quiet; then
+    quiet_flag=""
+    echo "# note: this taskbus has no --quiet: it prints every event (to /dev/null here)"
+fi
+
+declare -A spid sport
+# start_server KIND: starts raw or taskbus on a free port; sets spid[KIND]
+# and sport[KIND]. Non-zero if it did not answer /healthz within 5 s.
+start_server() {
+    local kind=$1 port pid code
+    port=$(free_port)
+    if [[ $kind == raw ]]; then
+        "$bench" -m raw -p "$port" -d $((total_s + 60)) >"$tmp/$kind.out" 2>"$tmp/$kind.err" &
+    else
+        timeout -k 5 $((total_s + 60)) "$tb" --listen "127.0.0.1:$port" --workers 2 \
+            --tick 0 $quiet_flag >/dev/null 2>"$tmp/$kind.err" &
+    fi
+    pid=$!
+    pids+=("$pid")
+    for _ in $(seq 50); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "http://127.0.0.1:$port/healthz")
+        [[ $code == 200 ]] && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ $code != 200 ]]; then
+        echo "run_ws.sh: $kind server did not answer GET /healthz on 127.0.0.1:$port:" >&2
+        cat "$tmp/$kind.err" >&2
+        stop_server "$pid"
+        return 1
+    fi
+    # timeout(1) runs taskbus as its child: measure the server itself.
+    if [[ $kind == taskbus ]]; then
+        local child
+        child=$(pgrep -P "$pid" | head -1)
+        [[ -n $child ]] && pid=$child
+    fi
+    spid[$kind]=$pid
+    sport[$kind]=$port
+}
+stop_server() {
+    kill "$1" 2>/dev/null
+    for _ in $(seq 30); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -9 "$1" 2>/dev/null
+}
+
+echo "# websocket benchmark: scenarios $scen$( ((quick)) && echo ' (quick)'), load generator: $threads thread(s), $conns publisher connections"
+echo "# date:     $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "# machine:  $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -sr), open files $(ulimit -n)"
+echo "# libs:     libevent $(dpkg-query -W -f '${Version}' libevent-2.1-7 2>/dev/null || echo '?')," \
+    "wslay $(dpkg-query -W -f '${Version}' libwslay1 2>/dev/null || echo '?')," \
+    "civetweb $(dpkg-query -W -f '${Version}' libcivetweb1 2>/dev/null || echo '?')," \
+    "wrk $(dpkg-query -W -f '${Version}' wrk 2>/dev/null || echo '?')"
+echo "# binaries: $bench$(use taskbus && echo ", $tb")"
+echo "# load avg: $(cut -d' ' -f1-3 /proc/loadavg) (before)"
+echo
+
+if ! "$bench" -m test >"$tmp/selftest" 2>&1; then
+    echo "run_ws.sh: bench_ws -m test failed:" >&2
+    cat "$tmp/selftest" >&2
+    exit 1
+fi
+
+kinds=()
+use raw && kinds+=(raw)
+use taskbus && kinds+=(taskbus)
+if want 1 || want 2 || want 3 || want 5; then
+    for k in "${kinds[@]}"; do
+        if ! start_server "$k"; then
+            failed=1
+            continue
+        fi
+        if [[ $k == raw ]]; then
+            echo "# raw:      pid ${spid[$k]}: bench_ws -m raw -p ${sport[$k]}"
+        else
+            echo "# taskbus:  pid ${spid[$k]}: taskbus --listen 127.0.0.1:${sport[$k]} --workers 2 --tick 0 $quiet_flag"
+        fi
+    done
+    if [[ -n ${spid[taskbus]:-} ]]; then
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 -H 'Connection: Upgrade' \
+            -H 'Upgrade: websocket' -H 'Sec-WebSocket-Version: 13' \
+            -H 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==' \
+            "http://127.0.0.1:${sport[taskbus]}/ws?events=bench.probe")
+        if [[ $code != 101 ]]; then
+            echo "run_ws.sh: taskbus answers $code, not 101, to a websocket upgrade on /ws:" \
+                "its websocket scenarios will fail" >&2
+        fi
+    fi
+    echo
+fi
+
+# load SCEN KIND LABEL ARGS...: one load generator run against KIND; its
+# output goes to the screen (indented) and its result line to $res.
+load() {
+    local sc=$1 kind=$2 label=$3 rc t
+    shift 3
+    if [[ -z ${spid[$kind]:-} ]]; then
+        echo "  $kind: no server"
+        failed=1
+        return 1
+    fi
+    have 15 "$sc $kind" || return 1
+    t=$per_run_s
+    (($(left) < t)) && t=$(left)
+    timeout -k 5 "$t" "$bench" -m load -p "${sport[$kind]}" -S "${spid[$kind]}" \
+        -j "$threads" -k "$conns" -d $((t - 5)) "$@" \
+        >"$tmp/run.out" 2>"$tmp/run.err"
+    rc=$?
+    echo "  $kind:"
+    grep -v '^result ' "$tmp/run.out" | sed 's/^load /    /'
+    grep '^result ' "$tmp/run.out" | sed "s/^result /$sc $kind label=$label rc=$rc /" >>"$res"
+    if ((rc != 0)); then
+        echo "run_ws.sh: $sc $label against $kind failed (status $rc$( ((rc == 124)) && echo ", timed out after $t s")):" >&2
+        sed 's/^/  /' "$tmp/run.err" >&2
+        grep -q '^result ' "$tmp/run.out" ||
+            echo "$sc $kind label=$label rc=$rc failed=1" >>"$res"
+        failed=1
+    fi
+}
+
+# ---------------------------------------------------------------- scenarios
+
+if want 1; then
+    echo "## 1a. one subscriber, $n1 events of 128 bytes POSTed as fast as answered"
+    for k in "${kinds[@]}"; do load s1 "$k" thr -c 1 -n "$n1"; done
+    echo
+    echo "## 1b. one subscriber, 1000 events/s for $lat1_s s: publish-to-receive latency"
+    for k in "${kinds[@]}"; do load s1lat "$k" lat -c 1 -n $((1000 * lat1_s)) -r 1000; done
+    echo
+fi
+if want 2; then
+    echo "## 2a. 1000 clients on one pattern, $n2 events, at most $window deliveries outstanding"
+    for k in "${kinds[@]}"; do load s2 "$k" thr -c 1000 -n "$n2" -W "$window"; done
+    echo
+    echo "## 2b. 1000 clients on one pattern, 200 events/s (200 000 deliveries/s) for $lat2_s s"
+    for k in "${kinds[@]}"; do load s2lat "$k" lat -c 1000 -n $((200 * lat2_s)) -r 200; done
+    echo
+fi
+if want 3; then
+    echo "## 3. 100 patterns x 10 clients, $n3 events round-robin over the patterns, at most $window outstanding"
+    for k in "${kinds[@]}"; do load s3 "$k" thr -c 1000 -P 100 -n "$n3" -W "$window"; done
+    echo
+fi
+
+# wrk_run KIND LABEL URL [ARGS...]: one wrk run; rate, latency and errors
+# (and the server's CPU) to $res.
+wrk_run() {
+    local kind=$1 label=$2 url=$3 out c0 c1 t0 t1 rps lat p99 non2xx errs
+    shift 3
+    have $((wrk_s + 10)) "wrk $label on $kind" || return 1
+    c0=$(cpu_ticks "${spid[$kind]}")
+    t0=$(date +%s%N)
+    out=$(timeout -k 5 $((wrk_s + 30)) wrk -t2 -c50 -d"${wrk_s}s" --latency "$@" "$url" 2>&1)
+    t1=$(date +%s%N)
+    c1=$(cpu_ticks "${spid[$kind]}")
+    rps=$(sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' <<<"$out")
+    lat=$(awk '$1 == "Latency" {print $2; exit}' <<<"$out")
+    non2xx=$(sed -n 's/.*Non-2xx or 3xx responses: *\([0-9]*\).*/\1/p' <<<"$out")
+    errs=$(sed -n 's/.*Socket errors: *\(.*\)/\1/p' <<<"$out")
+    p99=$(awk '$1 == "99%" {print $2; exit}' <<<"$out")
+    if [[ -z $rps ]]; then
+        echo "run_ws.sh: wrk $label on $kind printed no rate:" >&2
+        echo "$out" >&2
+        failed=1
+        return 1
+    fi
+    printf '  %-8s %10.0f req/s, latency avg %s p99 %s, non-2xx %s%s; server CPU %s ms in %s ms\n' \
+        "$kind:" "$rps" "$lat" "${p99:-?}" "${non2xx:-0}" "${errs:+, socket errors: $errs}" \
+        $(((c1 - c0) * 1000 / hz)) $(((t1 - t0) / 1000000))
+    echo "s5 $kind label=$label rps=$rps lat=$lat p99=${p99:-?} non2xx=${non2xx:-0}" \
+        "server_cpu_ms=$(((c1 - c0) * 1000 / hz)) wall_ms=$(((t1 - t0) / 1000000))" >>"$res"
+    [[ -z $non2xx || $non2xx == 0 ]] || failed=1
+}
+if want 5; then
+    body=$("$py" -c 'h = "{\"seq\":0,\"t\":0,\"p\":\""; print(h + "x" * (128 - len(h) - 2) + "\"}", end="")')
+    cat >"$tmp/post.lua" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '$body'
+EOF
+    echo "## 5. wrk -t2 -c50 -d${wrk_s}s"
+    echo " GET /healthz"
+    for k in "${kinds[@]}"; do
+        [[ -n ${spid[$k]:-} ]] && wrk_run "$k" healthz "http://127.0.0.1:${sport[$k]}/healthz"
+    done
+    echo " POST /events/x, 128 bytes of JSON"
+    for k in "${kinds[@]}"; do
+        [[ -n ${spid[$k]:-} ]] && wrk_run "$k" post "http://127.0.0.1:${sport[$k]}/events/x" -s "$tmp/post.lua"
+    done
+    echo
+fi
+
+for k in "${kinds[@]}"; do
+    if [[ -n ${spid[$k]:-} ]]; then
+        stop_server "${spid[$k]}"
+        unset "spid[$k]"
+    fi
+done
+
+if want 4; then
+    echo "## 4. $n4_clients idle clients on a fresh server: its VmRSS (then 20 events to each)"
+    for k in "${kinds[@]}"; do
+        have 30 "scenario 4 on $k" || break
+        if start_server "$k"; then
+            load s4 "$k" idle -c "$n4_clients" -n 20
+            stop_server "${spid[$k]}"
+            unset "spid[$k]"
+        else
+            failed=1
+        fi
+    done
+    echo
+fi
+
+echo "# load avg: $(cut -d' ' -f1-3 /proc/loadavg) (after, $((SECONDS - start)) s)"
+echo
+
+# ---------------------------------------------------------------- summary
+
+"$py" - "$res" <<'EOF'
+import sys
+
+R = {}  # (scenario, server) -> {key: value}
+for line in open(sys.argv[1]):
+    f = line.split()
+    if len(f) < 2:
+        continue
+    d = dict(kv.split("=", 1) for kv in f[2:] if "=" in kv)
+    R.setdefault((f[0], f[1]), []).append(d)
+
+def get(sc, kind, key, label=None):
+    for d in R.get((sc, kind), []):
+        if label is None or d.get("label") == label:
+            v = d.get(key)
+            try:
+                return float(v)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+def ok(sc, kind):
+    runs = R.get((sc, kind), [])
+    return bool(runs) and all(d.get("rc") in (None, "0") and d.get("failed", "0") == "0"
+                              and d.get("lost", "0") == "0" and d.get("dup", "0") == "0"
+                              and d.get("foreign", "0") == "0" for d in runs)
+
+def n(v, unit=""):
+    return "-" if v is None else f"{v:,.0f}{unit}"
+
+rows = []
+def row(what, sc, key, unit, target=None, better="high", fmt=n, label=None):
+    r, t = get(sc, "raw", key, label), get(sc, "taskbus", key, label)
+    ratio = f"{t / r:.2f}" if r and t is not None else "-"
+    verdict = ""
+    if target is not None and t is not None:
+        hit = t >= target if better == "high" else t < target
+        verdict = "PASS" if hit and ok(sc, "taskbus") else "MISS"
+    elif target is not None and R.get((sc, "taskbus")):
+        verdict = "FAIL"
+    tgt = "" if target is None else (f">= {target:,.0f}{unit}" if better == "high"
+                                     else f"< {target:,.0f}{unit}")
+    rows.append((what, fmt(r, unit), fmt(t, unit), ratio, tgt, verdict))
+
+def losses(sc):
+    out = []
+    for k in ("raw", "taskbus"):
+        runs = R.get((sc, k), [])
+        if not runs:
+            out.append("-")
+            continue
+        d = runs[0]
+        bad = "" if ok(sc, k) else " FAILED"
+        out.append(f"{d.get('lost', '?')} / {d.get('dup', '?')} / {d.get('foreign', '?')}{bad}")
+    return out
+
+def loss_row(sc):
+    if R.get((sc, "raw")) or R.get((sc, "taskbus")):
+        a, b = losses(sc)
+        rows.append(("  lost / duplicated / foreign", a, b, "", "0 / 0 / 0",
+                     ("PASS" if ok(sc, "taskbus") else "FAIL") if R.get((sc, "taskbus")) else ""))
+
+if R.get(("s1", "raw")) or R.get(("s1", "taskbus")):
+    row("1  events/s received, 1 subscriber", "s1", "rate", "/s", 25000)
+    loss_row("s1")
+    row("   (POSTs answered/s)", "s1", "pub_rate", "/s")
+    row("   p99 latency while saturated", "s1", "p99_us", " us")
+if R.get(("s1lat", "raw")) or R.get(("s1lat", "taskbus")):
+    row("1  p50 latency at 1 000/s", "s1lat", "p50_us", " us")
+    row("1  p99 latency at 1 000/s", "s1lat", "p99_us", " us", 1000, "low")
+    loss_row("s1lat")
+if R.get(("s2", "raw")) or R.get(("s2", "taskbus")):
+    row("2  deliveries/s, 1 000 clients", "s2", "rate", "/s", 200000)
+    loss_row("s2")
+    row("   p99 latency in that run", "s2", "p99_us", " us")
+if R.get(("s2lat", "raw")) or R.get(("s2lat", "taskbus")):
+    row("2  deliveries/s at 200 000/s offered", "s2lat", "rate", "/s")
+    row("2  p50 latency at 200 000/s offered", "s2lat", "p50_us", " us")
+    row("2  p99 latency at 200 000/s offered", "s2lat", "p99_us", " us", 50000, "low")
+    loss_row("s2lat")
+if R.get(("s3", "raw")) or R.get(("s3", "taskbus")):
+    row("3  deliveries/s, 100 patterns x 10", "s3", "rate", "/s", 70000)
+    loss_row("s3")
+    row("   p99 latency in that run", "s3", "p99_us", " us")
+if R.get(("s4", "raw")) or R.get(("s4", "taskbus")):
+    row("4  server VmRSS before the clients", "s4", "rss_before_kb", " kB")
+    row("4  server VmRSS with 10 000 clients", "s4", "rss_after_kb", " kB", 200 * 1024, "low")
+    for k in ("raw", "taskbus"):
+        for d in R.get(("s4", k), []):
+            try:
+                d["per_client"] = str((float(d["rss_after_kb"]) - float(d["rss_before_kb"]))
+                                      * 1024 / float(d["clients"]))
+            except (KeyError, ValueError):
+                pass
+    row("4  bytes per client (stretch < 10 KB)", "s4", "per_client", " B", 10240, "low")
+    row("4  seconds to connect them", "s4", "connect_s", " s", fmt=lambda v, u: "-" if v is None else f"{v:.2f}{u}")
+    loss_row("s4")
+if R.get(("s5", "raw")) or R.get(("s5", "taskbus")):
+    row("5  wrk GET /healthz req/s", "s5", "rps", "/s", label="healthz")
+    row("5  wrk POST /events/x req/s", "s5", "rps", "/s", label="post")
+
+if rows:
+    head = ("measure", "raw", "taskbus", "taskbus/raw", "target (taskbus)", "result")
+    w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    for r in [head, tuple("-" * x for x in w)] + rows:
+        print("| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |")
+    print()
+
+names = {"s1": "1a", "s1lat": "1b", "s2": "2a", "s2lat": "2b", "s3": "3", "s4": "4"}
+print("CPU over each run's timed part (first event to the end of the run); one core = 100%;")
+print("rest: everything else on the machine (other processes, and loopback softirqs charged to none):")
+for sc in ("s1", "s1lat", "s2", "s2lat", "s3", "s4"):
+    for k in ("raw", "taskbus"):
+        for d in R.get((sc, k), []):
+            try:
+                wall = float(d.get("cpu_s", d["wall_s"]))
+                lc, sc_ = float(d["load_cpu_ms"]), float(d["server_cpu_ms"])
+                oc = float(d.get("other_cpu_ms", "nan"))
+            except (KeyError, ValueError):
+                continue
+            pct = (lambda ms: f"{ms / 10 / wall:.0f}%") if wall > 0 else (lambda ms: "-")
+            print(f"  {names[sc]:>2} {k:<8} load generator {lc:6.0f} ms ({pct(lc):>4}), "
+                  f"server {sc_:6.0f} ms ({pct(sc_):>4}), rest {oc:6.0f} ms ({pct(oc):>4}) "
+                  f"in {wall:.3f} s")
+for k in ("raw", "taskbus"):
+    for d in R.get(("s5", k), []):
+        try:
+            wall = float(d["wall_ms"])
+            ms = float(d["server_cpu_ms"])
+        except (KeyError, ValueError):
+            continue
+        print(f"   5 {k:<8} wrk {d.get('label')}: server {ms:6.0f} ms ({ms / wall * 100:.0f}%) "
+              f"in {wall / 1000:.3f} s (wrk itself not measured)")
+EOF
+exit $failed

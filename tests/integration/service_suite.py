@@ -1,0 +1,1632 @@
+#!/usr/bin/python3
+"""service_suite.py - the taskbus binary end to end, as an operator checks it.
+
+Covers what `taskbus serve` promises on its command line and at run time:
+--version/--help, every TASKBUS_* variable, bad values refused with exit 2
+and a message naming the flag or variable, flags winning over variables,
+the start log line without secrets (API token from a file, a Redis URL with
+a password against a real redis-server with requirepass), JSON logs and log
+levels, the client commands (dispatch, watch, tasks, healthcheck) and their
+exit codes, and graceful shutdown on SIGTERM and SIGINT: /readyz 503 during
+--shutdown-delay, websockets closed 1001, tasks cancelled, a second signal
+exiting at once, and no event lost that was answered 202 while stopping
+(two instances on one Redis).
+
+Runs the real binary ($TASKBUS_BIN) on free 127.0.0.1 ports, a throwaway
+redis-server in a mktemp -d directory, http.client, the websockets client
+(python3-websockets) and the binary's own client commands. Helpers follow
+ws_suite.py (copied, not imported: each suite stands alone).
+
+Prints "PASS name" or "FAIL name: reason" per case and exits 1 if any
+failed. Every wait has a timeout, stretched for sanitizer builds; a
+watchdog ends the suite after HARD_CAP_S. Every taskbus a case starts must
+exit 0 on SIGTERM with no sanitizer report, or the case fails with the
+log's tail. Everything started is stopped: try/finally per case, atexit,
+SIGKILL on our death (PR_SET_PDEATHSIG), a reaper for the temp directory.
+
+Usage: service_suite.py [WORD...]  runs only the cases whose group or name
+contains one of the words (all when none are given).
+"""
+
+import asyncio
+import atexit
+import ctypes
+import faulthandler
+import glob
+import http.client
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+HOST = "127.0.0.1"
+HARD_CAP_S = 240
+STOP_TIMEOUT_S = 15  # SIGTERM to exit status 0
+SAN_RE = re.compile(r"Sanitizer|runtime error|LeakSan")
+
+
+def sanitizer_of(path):
+    """The sanitizer the binary was built with, from its symbols."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    if b"__tsan_init" in data:
+        return "tsan"
+    if b"__asan_init" in data:
+        return "asan"
+    if b"__ubsan_handle" in data:
+        return "ubsan"
+    return None
+
+
+BIN = os.environ.get("TASKBUS_BIN", "")
+SRC = os.environ.get("TASKBUS_SOURCE_DIR") or os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", ".."))
+SANITIZER = sanitizer_of(BIN) if BIN else None
+SCALE = {"tsan": 5, "asan": 3, "ubsan": 2}.get(SANITIZER, 1)
+
+
+def T(seconds):
+    """A timeout, stretched for slow (sanitizer) builds."""
+    return seconds * SCALE
+
+
+# ------------------------------------------------------------------ cleanup
+
+PROCS = []  # every child process we started
+ROOT = None  # our mktemp -d directory
+REAPER = None
+_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent():
+    # In the child, before exec: SIGKILL when the suite dies, however.
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:
+        os._exit(127)
+
+
+def spawn(argv, out_path, err_path=None, env=None):
+    """Starts argv with stdout to out_path and stderr to err_path (or the
+    same file); registered for cleanup."""
+    out = open(out_path, "wb")
+    err = open(err_path, "wb") if err_path else subprocess.STDOUT
+    try:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                             stderr=err, env=env,
+                             preexec_fn=_die_with_parent, close_fds=True)
+    finally:
+        out.close()
+        if err_path:
+            err.close()
+    PROCS.append(p)
+    return p
+
+
+def end_proc(p, sig=signal.SIGTERM, timeout=5.0):
+    """Signals p, waits up to timeout, then SIGKILL. Returns its status."""
+    if p.poll() is None:
+        try:
+            p.send_signal(signal.SIGCONT)
+            p.send_signal(sig)
+        except ProcessLookupError:
+            pass
+        try:
+            return p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            return None
+    return p.returncode
+
+
+def cleanup():
+    global ROOT, REAPER
+    for p in PROCS:
+        if p.poll() is None:
+            p.kill()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+    if ROOT:
+        shutil.rmtree(ROOT, ignore_errors=True)
+        ROOT = None
+    if REAPER:
+        try:
+            REAPER.stdin.close()  # EOF: it finds nothing left and exits
+            REAPER.wait(2)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        REAPER = None
+
+
+def make_root():
+    """The temp directory, with a reaper (sh in its own session, reading a
+    pipe only we hold) that removes it once we are gone, even by SIGKILL."""
+    global ROOT, REAPER
+    ROOT = tempfile.mkdtemp(prefix="taskbus-svctest.")
+    script = ('IFS= read -r root; cat >/dev/null; '
+              '[ -n "$root" ] && rm -rf -- "$root"')
+    try:
+        REAPER = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL,
+                                  start_new_session=True, close_fds=True)
+        REAPER.stdin.write((ROOT + "\n").encode())
+        REAPER.stdin.flush()
+    except OSError:
+        REAPER = None  # atexit still cleans in all but a SIGKILL
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def child_env(extra=None):
+    """The environment for taskbus: no TASKBUS_* from the caller (a case
+    sets what it tests), sanitizer options that make any report fail the
+    exit status (prepended: the caller's own options win)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("TASKBUS_")}
+    pre = {
+        "ASAN_OPTIONS": "detect_leaks=1:fast_unwind_on_malloc=0:",
+        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:",
+        "TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1:",
+    }
+    for k, v in pre.items():
+        env[k] = v + env.get(k, "")
+    env.update(extra or {})
+    return env
+
+
+def read_text(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def tail(path, n=30):
+    if not os.path.exists(path):
+        return f"    (no log {path})"
+    lines = read_text(path).splitlines()
+    return "\n".join("    | " + l for l in lines[-n:]) or "    (empty)"
+
+
+def san_excerpt(text):
+    """The gist of a sanitizer report in text: its ERROR line, the first
+    frames, the SUMMARY; None when there is none."""
+    lines = text.splitlines()
+    first = next((i for i, l in enumerate(lines) if SAN_RE.search(l)), None)
+    if first is None:
+        return None
+    keep = [l.strip() for l in lines[first:]
+            if re.search(r"ERROR:|runtime error|^\s*#[0-4] |SUMMARY", l)]
+    return " | ".join(keep[:7]) or lines[first].strip()
+
+
+def temp_file(name, content):
+    path = os.path.join(ROOT, name)
+    with open(path, "w") as f:
+        f.write(content)
+    return path
+
+
+# ------------------------------------------------------------------ checks
+
+
+def check(cond, msg):
+    if not cond:
+        raise AssertionError(msg)
+
+
+def wait_for(fn, timeout, interval=0.05):
+    """Calls fn until it returns a true value or timeout passes; returns
+    the last value."""
+    end = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v or time.monotonic() >= end:
+            return v
+        time.sleep(interval)
+
+
+# ------------------------------------------------------------------ HTTP
+
+
+class Resp:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        try:
+            self.json = json.loads(body) if body else None
+        except ValueError:
+            self.json = None
+
+    def code(self):
+        return self.json.get("error") if isinstance(self.json, dict) else None
+
+    def __repr__(self):
+        return f"HTTP {self.status} {self.body[:300]!r}"
+
+
+def http_req(port, method, path, body=None, headers=None, timeout=None):
+    """One request on its own connection. body: bytes, str, or a JSON value
+    (dict/list). Returns a Resp."""
+    h = dict(headers or {})
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body).encode()
+        h.setdefault("Content-Type", "application/json")
+    elif isinstance(body, str):
+        body = body.encode()
+    c = http.client.HTTPConnection(HOST, port, timeout=timeout or T(10))
+    try:
+        c.request(method, path, body=body, headers=h)
+        r = c.getresponse()
+        data = r.read()
+        return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
+    finally:
+        c.close()
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+# ------------------------------------------------------------------ servers
+
+CASE_SERVERS = []  # the servers of the case running now, for its teardown
+SLOW = []  # steps of the case running now that took long, for its line
+
+
+def note_slow(what, took, limit=1.0):
+    if took > limit * SCALE:
+        SLOW.append(f"{what} took {took:.1f} s")
+
+
+class Taskbus:
+    """One `taskbus serve` on a free loopback port; stderr and stdout to
+    files in ROOT. listen: "flag" (--listen), "env" (TASKBUS_LISTEN)."""
+
+    def __init__(self, name, *args, env=None, listen="flag", serve=True):
+        self.name = name
+        self.args = list(args)
+        self.env = dict(env or {})
+        self.listen = listen
+        self.serve = serve
+        self.proc = None
+        self.port = None
+        self.err = self.out = None
+        self.signalled = None  # monotonic time of the first signal
+        self.expect_rc = 0  # what its exit status must be at teardown
+        CASE_SERVERS.append(self)
+
+    def start(self):
+        last = ""
+        for attempt in range(3):
+            self.port = free_port()
+            base = os.path.join(ROOT, f"taskbus-{self.name}-{attempt}")
+            self.err, self.out = base + ".err", base + ".out"
+            env = dict(self.env)
+            argv = [BIN] + (["serve"] if self.serve else [])
+            if self.listen == "flag":
+                argv += ["--listen", f"{HOST}:{self.port}"]
+            else:
+                env["TASKBUS_LISTEN"] = f"{HOST}:{self.port}"
+            argv += self.args
+            self.proc = spawn(argv, self.out, self.err, env=child_env(env))
+            end = time.monotonic() + T(15)
+            while True:
+                rc = self.proc.poll()
+                if rc is not None:
+                    last = (f"taskbus {self.name} exited with {rc} at "
+                            f"start\n{tail(self.err)}")
+                    if re.search(r"cannot listen|in use", self.err_text()):
+                        break  # the port was taken: another one
+                    raise RuntimeError(last)
+                try:
+                    if http_req(self.port, "GET", "/healthz",
+                                timeout=2).status == 200:
+                        note_slow(f"starting taskbus {self.name}",
+                                  time.monotonic() - end + T(15), 2.5)
+                        return self
+                except (OSError, http.client.HTTPException):
+                    pass
+                if time.monotonic() > end:
+                    end_proc(self.proc, signal.SIGKILL)
+                    raise RuntimeError(
+                        f"taskbus {self.name}: /healthz not 200 after "
+                        f"{T(15)} s\n{tail(self.err)}")
+                time.sleep(0.03)
+        raise RuntimeError(last)
+
+    def url(self):
+        return f"http://{HOST}:{self.port}"
+
+    def ws_url(self, path):
+        return f"ws://{HOST}:{self.port}{path}"
+
+    def err_text(self):
+        return read_text(self.err)
+
+    def out_text(self):
+        return read_text(self.out)
+
+    def kill_with(self, sig):
+        if self.signalled is None:
+            self.signalled = time.monotonic()
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout):
+        """(status or None if still running after timeout, seconds since
+        the first signal)."""
+        try:
+            rc = self.proc.wait(max(0.05, timeout))
+        except subprocess.TimeoutExpired:
+            rc = None
+        t0 = self.signalled or time.monotonic()
+        return rc, time.monotonic() - t0
+
+    def stop_ok(self, sig=signal.SIGTERM, within=STOP_TIMEOUT_S):
+        """Sends sig (unless a signal was sent already: a second one
+        means "exit at once") and requires exit 0 within `within` seconds
+        of the first and no sanitizer report; returns the seconds it
+        took."""
+        if self.proc.poll() is None and self.signalled is None:
+            self.kill_with(sig)
+        rc, took = self.wait_exit(within - (time.monotonic() -
+                                            self.signalled))
+        if rc is None:
+            end_proc(self.proc, signal.SIGKILL)
+            raise AssertionError(
+                f"taskbus {self.name} still running {within} s after "
+                f"{signal.Signals(sig).name} (killed)\n{tail(self.err)}")
+        self.check_clean(rc, 0, signal.Signals(sig).name)
+        note_slow(f"stopping taskbus {self.name}", took, 2)
+        return took
+
+    def check_clean(self, rc, want, what):
+        bad = san_excerpt(self.err_text())
+        check(rc == want and not bad,
+              f"taskbus {self.name}: exit status {rc} after {what}, want "
+              f"{want}" + (f"; sanitizer report: {bad}" if bad else "") +
+              f"\n{tail(self.err, 40)}")
+
+    def teardown(self):
+        """At the end of a case: SIGTERM if still running, exit status as
+        expected. Returns a problem or None."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                self.stop_ok()
+            except AssertionError as e:
+                return str(e)
+            return None
+        try:
+            self.check_clean(self.proc.returncode, self.expect_rc,
+                             "the case")
+        except AssertionError as e:
+            return str(e)
+        return None
+
+
+class Redis:
+    """A throwaway redis-server on a free loopback port in its own dir."""
+
+    def __init__(self, name, *args):
+        self.name = name
+        self.args = list(args)
+        self.proc = None
+        self.password = None
+        if "--requirepass" in self.args:
+            self.password = self.args[self.args.index("--requirepass") + 1]
+
+    def start(self):
+        for attempt in range(3):
+            self.port = free_port()
+            self.dir = tempfile.mkdtemp(prefix="redis.", dir=ROOT)
+            self.log = os.path.join(self.dir, "redis.log")
+            argv = ["/usr/bin/redis-server", "--save", "", "--appendonly",
+                    "no", "--dir", self.dir, "--bind", HOST, "--port",
+                    str(self.port), "--daemonize", "no", "--logfile",
+                    self.log, *self.args]
+            self.proc = spawn(argv, os.path.join(self.dir, "stdout.log"))
+            end = time.monotonic() + 10
+            while True:
+                if self.proc.poll() is not None:
+                    if "Address already in use" in read_text(self.log):
+                        break
+                    raise RuntimeError(f"redis-server exited at start\n"
+                                       f"{tail(self.log)}")
+                if ("Ready to accept connections" in read_text(self.log)
+                        and self.ping()):
+                    return self
+                if time.monotonic() > end:
+                    raise RuntimeError(f"redis-server not ready after 10 s\n"
+                                       f"{tail(self.log)}")
+                time.sleep(0.05)
+        raise RuntimeError("redis-server: no free port after 3 tries")
+
+    def ping(self):
+        try:
+            with socket.create_connection((HOST, self.port), 1) as s:
+                if self.password:
+                    s.sendall(f"AUTH {self.password}\r\n".encode())
+                    if not s.recv(64).startswith(b"+OK"):
+                        return False
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def url(self, password=None):
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}{HOST}:{self.port}"
+
+    def stop(self):
+        if self.proc:
+            end_proc(self.proc, signal.SIGTERM, 5)
+
+
+# ------------------------------------------------------------------ CLI
+
+
+class Run:
+    def __init__(self, rc, out, err, took):
+        self.rc, self.out, self.err, self.took = rc, out, err, took
+
+    def json(self):
+        try:
+            return json.loads(self.out)
+        except ValueError:
+            raise AssertionError(f"stdout is not JSON: {self.out[:300]!r} "
+                                 f"(stderr {self.err[:300]!r})")
+
+    def __repr__(self):
+        err = self.err if len(self.err) < 600 else "..." + self.err[-600:]
+        return f"exit {self.rc}, stdout {self.out[:300]!r}, stderr {err!r}"
+
+
+def cli(args, env=None, stdin=None, timeout=20):
+    """Runs `taskbus ARGS` to completion; a Run. Fails the case if it is
+    still running after timeout (then killed)."""
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([BIN, *args], input=stdin, capture_output=True,
+                           env=child_env(env), timeout=T(timeout),
+                           preexec_fn=_die_with_parent)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(
+            f"taskbus {' '.join(args)}: still running after {T(timeout)} s "
+            f"(killed); stderr {(e.stderr or b'')[:400]!r}")
+    note_slow(f"taskbus {' '.join(args)[:60]}", time.monotonic() - t0)
+    bad = san_excerpt(p.stderr.decode("utf-8", "replace"))
+    if bad:
+        raise AssertionError(f"taskbus {' '.join(args)}: exit "
+                             f"{p.returncode}, sanitizer report: {bad}")
+    return Run(p.returncode, p.stdout.decode("utf-8", "replace"),
+               p.stderr.decode("utf-8", "replace"), time.monotonic() - t0)
+
+
+class Watch:
+    """`taskbus watch PATTERN...` in the background, its stdout in a file."""
+
+    def __init__(self, name, args, env=None):
+        base = os.path.join(ROOT, f"watch-{name}")
+        self.out, self.err = base + ".out", base + ".err"
+        self.proc = spawn([BIN, "watch", *args], self.out, self.err,
+                          env=child_env(env))
+
+    def lines(self):
+        got = []
+        for l in read_text(self.out).splitlines():
+            try:
+                got.append(json.loads(l))
+            except ValueError:
+                got.append(l)
+        return got
+
+    def event(self, pred, timeout):
+        """The first printed envelope pred accepts, or None."""
+        def find():
+            for o in self.lines():
+                if isinstance(o, dict) and pred(o):
+                    return o
+            check(self.proc.poll() is None,
+                  f"taskbus watch exited with {self.proc.returncode}: "
+                  f"{read_text(self.err)[:400]!r}")
+            return None
+        return wait_for(find, timeout)
+
+    def ready(self, port, headers=None, name="pat.ready"):
+        """Dispatches name until the watch prints it (it subscribed)."""
+        def probe():
+            r = http_req(port, "POST", f"/events/{name}", "probe",
+                         headers=headers)
+            check(r.status == 202, f"POST /events/{name}: {r!r}")
+            return self.event(lambda o: o.get("name") == name, 0.2)
+        got = wait_for(probe, T(10), 0)
+        check(got, f"taskbus watch printed no {name} event in {T(10)} s; "
+                   f"stdout {read_text(self.out)[:300]!r} stderr "
+                   f"{read_text(self.err)[:300]!r}")
+
+    def stop(self):
+        """SIGTERM: it must exit 0."""
+        t0 = time.monotonic()
+        rc = end_proc(self.proc, signal.SIGTERM, T(10))
+        note_slow("taskbus watch's exit on SIGTERM", time.monotonic() - t0)
+        check(rc == 0, f"taskbus watch: exit status {rc} on SIGTERM, want "
+                       f"0; stderr {read_text(self.err)[:300]!r}")
+
+
+# ------------------------------------------------------------------ websockets
+
+
+async def ws_open(url, **kw):
+    """A websockets client whose ?events= are in place (one round trip)."""
+    ws = await asyncio.wait_for(websockets.connect(url, **kw), T(10))
+    await ws.send(json.dumps({"subscribe": [], "ref": "sync"}))
+    while True:
+        msg = json.loads(await asyncio.wait_for(ws.recv(), T(10)))
+        if msg.get("ref") == "sync":
+            check(msg.get("ok") == "subscribe", f"sync answered {msg}")
+            return ws
+
+
+async def ws_close_code(ws, timeout):
+    """Reads until the server closes: (close code, events seen)."""
+    events = []
+    end = time.monotonic() + timeout
+    try:
+        while True:
+            left = end - time.monotonic()
+            check(left > 0, f"the websocket was not closed within "
+                            f"{timeout} s")
+            msg = await asyncio.wait_for(ws.recv(), left)
+            events.append(json.loads(msg))
+    except ConnectionClosed:
+        pass
+    except asyncio.TimeoutError:
+        raise AssertionError(f"the websocket was not closed within "
+                             f"{timeout} s")
+    return ws.close_code, events
+
+
+# ------------------------------------------------------------------ the help
+
+
+def documented_vars():
+    """(every TASKBUS_* variable, those `taskbus serve` reads): from the
+    sources, so that a variable added without help text fails here, and a
+    list that must be there whatever the sources say."""
+    serve = {"TASKBUS_" + v for v in (
+        "LISTEN", "REDIS_URL", "REDIS_PASSWORD_FILE", "NAMESPACE", "WORKERS",
+        "TOKEN", "TOKEN_FILE", "GRACEFUL_TIMEOUT", "SHUTDOWN_DELAY",
+        "LOG_FORMAT", "LOG_LEVEL", "WS_MAX_CLIENTS")}
+    every = serve | {"TASKBUS_URL"}
+    for path in glob.glob(os.path.join(SRC, "service", "*.c")):
+        text = read_text(path)
+        every |= set(re.findall(r'"(TASKBUS_[A-Z0-9_]+)"', text))
+        # A settings table row: {"flag", "TASKBUS_VAR", ...
+        serve |= set(re.findall(r'\{\s*"[a-z][a-z0-9-]*",\s*'
+                                r'"(TASKBUS_[A-Z0-9_]+)"', text))
+    return every, serve
+
+
+def t_version():
+    for args in (["--version"], ["serve", "--version"]):
+        r = cli(args)
+        check(r.rc == 0 and re.fullmatch(r"taskbus \d+\.\d+\.\d+\S*\n", r.out),
+              f"taskbus {' '.join(args)}: want exit 0 and 'taskbus X.Y.Z', "
+              f"got {r!r}")
+
+
+def t_help():
+    every, serve = documented_vars()
+    for args, want in ((["--help"], every), (["serve", "--help"], serve),
+                       (["-h"], every)):
+        r = cli(args)
+        check(r.rc == 0, f"taskbus {' '.join(args)}: {r!r}")
+        missing = sorted(v for v in want if v not in r.out)
+        check(not missing, f"taskbus {' '.join(args)} does not mention "
+                           f"{', '.join(missing)}")
+    return f"{len(every)} variables"
+
+
+def bad_usage(args, env=None, names=(), also=()):
+    """taskbus ARGS must exit 2 at once with a message on stderr naming one
+    of names (the flag or variable) and containing every string of also.
+    A free --listen port keeps a wrongly accepted value from serving on
+    8080; it would be killed after the timeout."""
+    if "--listen" not in args:
+        args = [*args, "--listen", f"{HOST}:{free_port()}"]
+    r = cli(args, env=env, timeout=10)
+    what = " ".join(f"{k}={v}" for k, v in (env or {}).items())
+    what = (what + " " if what else "") + "taskbus " + " ".join(args)
+    check(r.rc == 2, f"{what}: want exit 2, got {r!r}")
+    check(not names or any(n in r.err for n in names),
+          f"{what}: the message does not name {' or '.join(names)}: "
+          f"{r.err[-600:]!r}")
+    for s in also:
+        check(s in r.err,
+              f"{what}: the message lacks {s!r}: {r.err[-600:]!r}")
+    return r
+
+
+def t_unknown():
+    bad_usage(["--bogus"], names=["bogus"])
+    bad_usage(["serve", "--bogus"], names=["bogus"])
+    bad_usage(["serve", "stray-argument"], names=["stray-argument"])
+    r = cli(["frob"])
+    check(r.rc == 2 and "frob" in r.err, f"taskbus frob: want exit 2 naming "
+                                         f"frob, got {r!r}")
+    r = cli(["tasks", "frob"])
+    check(r.rc == 2 and "frob" in r.err,
+          f"taskbus tasks frob: want exit 2 naming frob, got {r!r}")
+    r = cli(["dispatch", "--bogus", "a.b"])
+    check(r.rc == 2, f"taskbus dispatch --bogus a.b: want exit 2, got {r!r}")
+
+
+def t_bad_values():
+    bad_usage(["serve", "--workers", "0"], names=["--workers"])
+    bad_usage(["serve"], env={"TASKBUS_WORKERS": "abc"},
+              names=["TASKBUS_WORKERS"], also=["abc"])
+    bad_usage(["serve", "--log-format", "xml"], names=["--log-format"],
+              also=["xml"])
+    bad_usage(["serve", "--graceful-timeout", "-1"],
+              names=["--graceful-timeout"])
+    bad_usage(["serve", "--ws-max-clients", "0"], names=["--ws-max-clients"])
+    bad_usage(["serve", "--shutdown-delay", "soon"],
+              names=["--shutdown-delay"])
+    bad_usage(["serve"], env={"TASKBUS_LOG_LEVEL": "verbose"},
+              names=["TASKBUS_LOG_LEVEL"])
+    bad_usage(["serve"], env={"TASKBUS_PRINT_EVENTS": "maybe"},
+              names=["TASKBUS_PRINT_EVENTS"])
+
+
+def t_bad_token_files():
+    missing = os.path.join(ROOT, "no-such-token")
+    bad_usage(["serve", "--token-file", missing], names=["--token-file"],
+              also=[missing])
+    bad_usage(["serve"], env={"TASKBUS_TOKEN_FILE": missing},
+              names=["TASKBUS_TOKEN_FILE", "token-file"], also=[missing])
+    empty = temp_file("empty-token", "")
+    bad_usage(["serve", "--token-file", empty], names=["--token-file"],
+              also=[empty])
+    blank = temp_file("newline-token", "\n")
+    bad_usage(["serve", "--token-file", blank], names=["--token-file"],
+              also=[blank])
+    bad_usage(["serve", "--redis-password-file", missing],
+              names=["--redis-password-file"], also=[missing])
+
+
+def t_bad_listen():
+    # An address that cannot be: a configuration error like the others
+    # (exit 2, the flag named), and found before anything starts.
+    r = bad_usage(["serve", "--workers", "1", "--listen", "300.1.1.1:80"],
+                  names=["--listen", "TASKBUS_LISTEN", "http_listen"],
+                  also=["300.1.1.1:80"])
+    check(r.took < T(5), f"took {r.took:.1f} s to refuse it")
+
+
+def t_bad_redis_url():
+    bad_usage(["serve", "--redis-url", "ftp://127.0.0.1:1"],
+              names=["--redis-url", "TASKBUS_REDIS_URL", "redis_url"],
+              also=["ftp://127.0.0.1:1"])
+
+
+def t_listen_in_use():
+    # Not a usage error: the operator's command is right, the port is not
+    # free. It must stop at once, non-zero, naming the address.
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        r = cli(["serve", "--listen", f"{HOST}:{port}"], timeout=15)
+        check(r.rc not in (0, None) and f"{HOST}:{port}" in r.err,
+              f"--listen on a port in use: want a non-zero exit naming "
+              f"{HOST}:{port}, got {r!r}")
+    return f"exit {r.rc}"
+
+
+def workers_of(s):
+    r = http_req(s.port, "GET", "/healthz")
+    check(r.status == 200 and isinstance(r.json, dict),
+          f"GET /healthz: {r!r}")
+    return r.json.get("workers")
+
+
+def start_line(s):
+    for l in s.err_text().splitlines():
+        if "starting:" in l:
+            return l
+    raise AssertionError(f"no start line (\"starting:\") in the log of "
+                         f"{s.name}:\n{tail(s.err)}")
+
+
+def t_flags_win():
+    env_port = free_port()
+    a = Taskbus("flags", "--workers", "3",
+                env={"TASKBUS_WORKERS": "1",
+                     "TASKBUS_LISTEN": f"{HOST}:{env_port}"}).start()
+    check(workers_of(a) == 3, f"TASKBUS_WORKERS=1 --workers 3: /healthz "
+                              f"says {workers_of(a)} workers, want 3")
+    check("workers=3" in start_line(a),
+          f"start line without workers=3: {start_line(a)}")
+    try:
+        http_req(env_port, "GET", "/healthz", timeout=1)
+        raise AssertionError(f"--listen lost to TASKBUS_LISTEN: something "
+                             f"answers on {env_port}")
+    except (ConnectionRefusedError, socket.timeout):
+        pass
+    b = Taskbus("env", listen="env", env={"TASKBUS_WORKERS": "1"}).start()
+    check(workers_of(b) == 1, f"TASKBUS_WORKERS=1 alone: /healthz says "
+                              f"{workers_of(b)} workers, want 1")
+    check("workers=1" in start_line(b), f"start line: {start_line(b)}")
+    a.stop_ok()
+    b.stop_ok()
+
+
+# ------------------------------------------------------------------ secrets
+
+
+def t_secrets():
+    password = "pw-" + secrets.token_hex(6)
+    token = "tok-" + secrets.token_hex(12)
+    r = Redis("auth", "--requirepass", password).start()
+    try:
+        tfile = temp_file("token", token + "\n")
+        s = Taskbus("secret", "--redis-url", r.url(password),
+                    "--log-level", "debug",
+                    env={"TASKBUS_TOKEN_FILE": tfile}).start()
+        ready = wait_for(lambda: http_req(s.port, "GET", "/readyz").status
+                         == 200, T(10))
+        check(ready, f"/readyz not 200 with the URL's password: "
+                     f"{http_req(s.port, 'GET', '/readyz')!r}")
+        # The API needs the token; /healthz and /readyz do not.
+        r0 = http_req(s.port, "GET", "/tasks")
+        check(r0.status == 401 and r0.code() == "unauthorized",
+              f"GET /tasks without a token: want 401 unauthorized, got "
+              f"{r0!r}")
+        r1 = http_req(s.port, "GET", "/tasks", headers=bearer("tok-wrong"))
+        check(r1.status == 401, f"GET /tasks with a wrong token: {r1!r}")
+        r2 = http_req(s.port, "GET", "/tasks", headers=bearer(token))
+        check(r2.status == 200, f"GET /tasks with the token: {r2!r}")
+        r3 = http_req(s.port, "POST", "/events/secret.ok", "x",
+                      headers=bearer(token))
+        check(r3.status == 202, f"POST /events with the token: {r3!r}")
+        r4 = http_req(s.port, "GET", f"/events/secret.none?timeout=0&token="
+                      f"{token}")
+        check(r4.status == 204, f"GET /events/...?token=: {r4!r}")
+        r5 = http_req(s.port, "POST", "/events/secret.no", "x")
+        check(r5.status == 401, f"POST /events without the token: {r5!r}")
+
+        async def ws_with_token():
+            ws = await ws_open(s.ws_url(f"/ws?events=secret.*&token={token}"))
+            await ws.close()
+        asyncio.run(ws_with_token())
+
+        line = start_line(s)
+        check("token=set" in line, f"start line does not say the token is "
+                                   f"set: {line}")
+        check(f"{HOST}:{r.port}" in line, f"start line without the Redis "
+                                          f"address: {line}")
+        s.stop_ok()
+        for what, text in (("stderr", s.err_text()),
+                           ("stdout", s.out_text())):
+            for name, secret in (("the API token", token),
+                                 ("the Redis password", password)):
+                for l in text.splitlines():
+                    check(secret not in l,
+                          f"{name} is in taskbus's {what}: {l}")
+    finally:
+        r.stop()
+
+
+def t_password_file():
+    password = "pw-" + secrets.token_hex(6)
+    r = Redis("authfile", "--requirepass", password).start()
+    try:
+        pfile = temp_file("redis-password", password + "\n")
+        # Control: the URL's wrong password alone does not connect.
+        bad = Taskbus("wrongpw", "--redis-url", r.url("pw-wrong"),
+                      "--redis-connect-timeout", "300").start()
+        rb = http_req(bad.port, "GET", "/readyz")
+        check(rb.status == 503, f"/readyz with a wrong Redis password: want "
+                                f"503, got {rb!r}")
+        bad.stop_ok()
+        s = Taskbus("pwfile", "--redis-url", r.url("pw-wrong"),
+                    "--redis-connect-timeout", "300",
+                    env={"TASKBUS_REDIS_PASSWORD_FILE": pfile}).start()
+        ok = wait_for(lambda: http_req(s.port, "GET", "/readyz").status
+                      == 200, T(10))
+        check(ok, f"TASKBUS_REDIS_PASSWORD_FILE did not override the URL's "
+                  f"password: /readyz {http_req(s.port, 'GET', '/readyz')!r}")
+        s.stop_ok()
+        for srv in (bad, s):
+            for l in srv.err_text().splitlines():
+                check(password not in l and "pw-wrong" not in l,
+                      f"a Redis password in the log of {srv.name}: {l}")
+    finally:
+        r.stop()
+
+
+# ------------------------------------------------------------------ logs
+
+
+TS_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
+
+
+def json_lines(text, who):
+    objs = []
+    for l in text.splitlines():
+        try:
+            o = json.loads(l)
+        except ValueError:
+            raise AssertionError(f"{who}: a stderr line is not JSON: {l!r}")
+        check(isinstance(o, dict), f"{who}: not an object: {l!r}")
+        check(isinstance(o.get("ts"), str) and TS_RE.fullmatch(o["ts"]),
+              f"{who}: no RFC 3339 ts: {l!r}")
+        check(o.get("level") in ("debug", "info", "warn", "error"),
+              f"{who}: bad level: {l!r}")
+        check(isinstance(o.get("msg"), str) and o["msg"],
+              f"{who}: no msg: {l!r}")
+        objs.append(o)
+    return objs
+
+
+def t_log_json():
+    s = Taskbus("json", "--log-format", "json").start()
+    http_req(s.port, "GET", "/tasks/nope")  # logged: 404
+    http_req(s.port, "POST", "/events/bad..name", "x")  # logged: 400
+
+    async def ws():
+        w = await ws_open(s.ws_url("/ws?events=j.*"))
+        await w.close()
+    asyncio.run(ws())
+    s.stop_ok()
+    objs = json_lines(s.err_text(), "--log-format json")
+    msgs = [o["msg"] for o in objs]
+    check(any("starting:" in m and "log=json" in m for m in msgs),
+          f"no start line with log=json: {msgs[:3]}")
+    check(any("nope" in m for m in msgs), f"the 404 was not logged: {msgs}")
+    check(any("stopped" in m for m in msgs), f"no stop line: {msgs[-3:]}")
+    return f"{len(objs)} lines"
+
+
+def t_log_level_warn():
+    # A Redis nobody listens on: warnings and errors, and info lines that
+    # must not show.
+    dead = free_port()
+    s = Taskbus("warn", "--log-level", "warn", "--redis-url",
+                f"redis://{HOST}:{dead}", "--redis-connect-timeout",
+                "200").start()
+    http_req(s.port, "GET", "/tasks/nope")  # an info line at info level
+    s.stop_ok()
+    lines = s.err_text().splitlines()
+    info = [l for l in lines if re.search(r"\b(INFO|DEBUG)\b", l)
+            or "starting:" in l or "listening on" in l]
+    check(not info, f"--log-level warn shows info lines: {info[:3]}")
+    shown = [l for l in lines if re.search(r"\b(WARN|ERROR)\b", l)]
+    check(shown, f"--log-level warn hid the warnings too (Redis on {dead} "
+                 f"is down): {lines[:5]}")
+    # The same by variable, with JSON lines.
+    e = Taskbus("warn-env", env={"TASKBUS_LOG_LEVEL": "warn",
+                                 "TASKBUS_LOG_FORMAT": "json"}).start()
+    e.stop_ok()
+    objs = json_lines(e.err_text(), "TASKBUS_LOG_LEVEL=warn")
+    check(all(o["level"] in ("warn", "error") for o in objs),
+          f"TASKBUS_LOG_LEVEL=warn shows {[o['msg'] for o in objs][:3]}")
+
+
+def t_inproc():
+    s = Taskbus("inproc").start()
+    line = start_line(s)
+    check("in-process" in line, f"the start line does not say in-process "
+                                f"bus: {line}")
+    r = http_req(s.port, "GET", "/readyz")
+    check(r.status == 200, f"/readyz with the in-process bus: {r!r}")
+    s.stop_ok()
+
+
+# ------------------------------------------------------------------ clients
+
+
+def url_env(s):
+    return {"TASKBUS_URL": s.url()}
+
+
+def t_dispatch_watch():
+    s = Taskbus("dispatch").start()
+    w = Watch("dispatch", ["pat.*"], env=url_env(s))
+    w.ready(s.port)
+    r = cli(["dispatch", "pat.created", '{"order":7}'], env=url_env(s))
+    check(r.rc == 0, f"taskbus dispatch pat.created: {r!r}")
+    o = r.json()
+    check(isinstance(o.get("id"), str) and o.get("name") == "pat.created",
+          f"dispatch printed {o}, want {{id, name: pat.created}}")
+    r2 = cli(["dispatch", "other.thing", "x"], env=url_env(s))
+    check(r2.rc == 0, f"taskbus dispatch other.thing: {r2!r}")
+    ev = w.event(lambda e: e.get("id") == o["id"], T(10))
+    check(ev, f"taskbus watch 'pat.*' did not print event {o['id']}: "
+              f"{w.lines()}")
+    check(ev.get("name") == "pat.created" and ev.get("data") == {"order": 7}
+          and isinstance(ev.get("ts"), int) and "origin" in ev,
+          f"watch printed {ev}")
+    w.ready(s.port, name="pat.last")  # anything after other.thing arrived
+    check(not any(isinstance(e, dict) and e.get("name") == "other.thing"
+                  for e in w.lines()), "watch 'pat.*' printed other.thing")
+    w.stop()
+    s.stop_ok()
+
+
+def t_dispatch_stdin():
+    s = Taskbus("stdin").start()
+    w = Watch("stdin", ["pat.*"], env=url_env(s))
+    w.ready(s.port)
+    data = "line one\nline \"two\" \u00e9"
+    r = cli(["dispatch", "pat.stdin", "-"], env=url_env(s),
+            stdin=data.encode())
+    check(r.rc == 0 and r.json().get("name") == "pat.stdin",
+          f"taskbus dispatch pat.stdin - : {r!r}")
+    ev = w.event(lambda e: e.get("id") == r.json()["id"], T(10))
+    check(ev and ev.get("data") == data,
+          f"watch printed {ev} for stdin {data!r}")
+    obj = {"k": [1, 2], "s": "from stdin"}
+    r = cli(["dispatch", "pat.json", "-"], env=url_env(s),
+            stdin=json.dumps(obj).encode())
+    check(r.rc == 0, f"taskbus dispatch pat.json - : {r!r}")
+    ev = w.event(lambda e: e.get("id") == r.json()["id"], T(10))
+    check(ev and ev.get("data") == obj, f"watch printed {ev} for {obj}")
+    w.stop()
+    s.stop_ok()
+
+
+def t_tasks():
+    s = Taskbus("tasks").start()
+    env = url_env(s)
+    r = cli(["tasks", "spawn", "sleep", "--name", "s1", "--args",
+             '{"seconds":60}'], env=env)
+    check(r.rc == 0, f"tasks spawn sleep --name s1: {r!r}")
+    o = r.json()
+    check(o.get("name") == "s1" and o.get("kind") == "sleep"
+          and o.get("state") in ("pending", "running"),
+          f"tasks spawn printed {o}")
+    r = cli(["tasks", "spawn", "sleep", "--name", "s1", "--args",
+             '{"seconds":60}'], env=env)
+    check(r.rc == 1 and "name_taken" in r.err,
+          f"a second tasks spawn --name s1: want exit 1 name_taken, got "
+          f"{r!r}")
+
+    def running():
+        g = cli(["tasks", "get", "s1"], env=env)
+        check(g.rc == 0, f"tasks get s1: {g!r}")
+        return g.json().get("state") == "running"
+    check(wait_for(running, T(5)), "tasks get s1: never running")
+    r = cli(["tasks", "list", "--state", "running"], env=env)
+    check(r.rc == 0, f"tasks list --state running: {r!r}")
+    names = [t.get("name") for t in r.json().get("tasks", [])]
+    check("s1" in names, f"tasks list --state running: {names}")
+    r = cli(["tasks", "list", "--state", "done"], env=env)
+    check(r.rc == 0 and "s1" not in [t.get("name") for t in
+                                     r.json().get("tasks", [])],
+          f"tasks list --state done: {r!r}")
+    r = cli(["tasks", "list", "--state", "sleepy"], env=env)
+    check(r.rc == 1 and "bad_state" in r.err,
+          f"tasks list --state sleepy: want exit 1 bad_state, got {r!r}")
+    r = cli(["tasks", "cancel", "s1", "--timeout", "5"], env=env)
+    check(r.rc == 0 and r.json().get("state") == "cancelled",
+          f"tasks cancel s1 --timeout 5: {r!r}")
+    check(r.took < T(4), f"tasks cancel s1 took {r.took:.1f} s")
+    r = cli(["tasks", "get", "s1"], env=env)
+    check(r.rc == 0 and r.json().get("state") == "cancelled",
+          f"tasks get s1 after cancel: {r!r}")
+    r = cli(["tasks", "purge"], env=env)
+    check(r.rc == 0 and isinstance(r.json().get("purged"), int)
+          and r.json()["purged"] >= 1, f"tasks purge: {r!r}")
+    r = cli(["tasks", "get", "s1"], env=env)
+    check(r.rc == 1 and "not_found" in r.err,
+          f"tasks get s1 after purge: want exit 1 not_found, got {r!r}")
+    r = cli(["tasks", "get", "nope"], env=env)
+    check(r.rc == 1 and "not_found" in r.err,
+          f"tasks get nope: want exit 1 not_found, got {r!r}")
+    r = cli(["tasks", "spawn", "sleep", "--args", "{not json"], env=env)
+    check(r.rc == 2, f"tasks spawn --args '{{not json': want 2, got {r!r}")
+    s.stop_ok()
+
+
+def t_healthcheck():
+    s = Taskbus("health").start()
+    r = cli(["healthcheck", "--url", s.url()])
+    check(r.rc == 0, f"taskbus healthcheck --url {s.url()} with the service "
+                     f"up: want exit 0, got {r!r}")
+    r = cli(["healthcheck"], env=url_env(s))
+    check(r.rc == 0, f"TASKBUS_URL={s.url()} taskbus healthcheck: want exit "
+                     f"0, got {r!r}")
+    port = s.port
+    s.stop_ok()
+    t = Taskbus("health-token", env={"TASKBUS_TOKEN": "tok-x"}).start()
+    r = cli(["healthcheck", "--url", t.url()])
+    check(r.rc == 0, f"healthcheck against a service with a token, none "
+                     f"given (/healthz is open): want exit 0, got {r!r}")
+    t.stop_ok()
+    r = cli(["healthcheck", "--url", f"http://{HOST}:{port}"])
+    check(r.rc == 1, f"taskbus healthcheck with the service down: want exit "
+                     f"1, got {r!r}")
+
+
+def t_service_down():
+    port = free_port()
+    env = {"TASKBUS_URL": f"http://{HOST}:{port}"}
+    for args in (["dispatch", "a.b", "x"], ["tasks", "list"],
+                 ["tasks", "get", "x"], ["watch", "a.*"]):
+        r = cli(args, env=env, timeout=15)
+        check(r.rc == 3 and str(port) in r.err,
+              f"taskbus {' '.join(args)} with nothing on {port}: want exit "
+              f"3 and the address in the message, got {r!r}")
+
+
+def t_url_sources():
+    s = Taskbus("url").start()
+    dead = f"http://{HOST}:{free_port()}"
+    r = cli(["tasks", "list"], env={"TASKBUS_URL": s.url()})
+    check(r.rc == 0, f"TASKBUS_URL: {r!r}")
+    r = cli(["tasks", "list", "--url", s.url()], env={"TASKBUS_URL": dead})
+    check(r.rc == 0, f"--url must win over TASKBUS_URL: {r!r}")
+    r = cli(["tasks", "list", "--url", dead], env={"TASKBUS_URL": s.url()})
+    check(r.rc == 3, f"--url (down) must win over TASKBUS_URL (up): {r!r}")
+    r = cli(["tasks", "list"],
+            env={"TASKBUS_LISTEN": f"{HOST}:{s.port}"})
+    check(r.rc == 0, f"TASKBUS_LISTEN as the default URL: {r!r}")
+    s.stop_ok()
+
+
+def t_client_token():
+    token = "tok-" + secrets.token_hex(12)
+    s = Taskbus("ctoken", env={"TASKBUS_TOKEN": token}).start()
+    env = url_env(s)
+    r = cli(["tasks", "list"], env=env)
+    check(r.rc == 1 and "unauthorized" in r.err,
+          f"tasks list without a token: want exit 1 unauthorized, got {r!r}")
+    r = cli(["tasks", "list"], env={**env, "TASKBUS_TOKEN": token})
+    check(r.rc == 0, f"TASKBUS_TOKEN: {r!r}")
+    r = cli(["tasks", "list", "--token", token], env=env)
+    check(r.rc == 0, f"--token: {r!r}")
+    tf = temp_file("client-token", token + "\n")
+    r = cli(["tasks", "list", "--token-file", tf], env=env)
+    check(r.rc == 0, f"--token-file: {r!r}")
+    r = cli(["tasks", "list"], env={**env, "TASKBUS_TOKEN_FILE": tf})
+    check(r.rc == 0, f"TASKBUS_TOKEN_FILE: {r!r}")
+    r = cli(["tasks", "list", "--token", "tok-wrong"], env=env)
+    check(r.rc == 1, f"a wrong --token: want exit 1, got {r!r}")
+    r = cli(["dispatch", "t.x", "y"], env=env)
+    check(r.rc == 1 and "unauthorized" in r.err,
+          f"dispatch without a token: want exit 1, got {r!r}")
+    w = Watch("token", ["pat.*"], env={**env, "TASKBUS_TOKEN": token})
+    w.ready(s.port, headers=bearer(token))
+    r = cli(["dispatch", "pat.tok", "y"], env={**env, "TASKBUS_TOKEN": token})
+    check(r.rc == 0, f"dispatch with TASKBUS_TOKEN: {r!r}")
+    check(w.event(lambda e: e.get("id") == r.json()["id"], T(10)),
+          f"watch with TASKBUS_TOKEN did not print {r.out}")
+    w.stop()
+    s.stop_ok()
+
+
+def t_watch_refused():
+    s = Taskbus("refused", env={"TASKBUS_TOKEN": "tok-" +
+                                secrets.token_hex(8)}).start()
+    r = cli(["watch", "pat.*"], env=url_env(s), timeout=15)
+    check(r.rc == 1 and ("401" in r.err or "unauthorized" in r.err),
+          f"watch without the token: the upgrade is answered 401 (the "
+          f"service answered an error): want exit 1 and the reason, got "
+          f"{r!r}")
+    s.stop_ok()
+
+
+# ------------------------------------------------------------------ shutdown
+
+
+def t_stop_with_task(sig):
+    def case():
+        s = Taskbus("task", "--graceful-timeout", str(T(5))).start()
+        r = http_req(s.port, "POST", "/tasks", {"kind": "sleep", "name": "nap",
+                                                "args": {"seconds": 600}})
+        check(r.status == 201, f"POST /tasks sleep: {r!r}")
+        check(wait_for(lambda: http_req(s.port, "GET", "/tasks/nap").json
+                       .get("state") == "running", T(5)), "nap not running")
+        took = s.stop_ok(sig, within=T(5))
+        check("stopped cleanly" in s.err_text(),
+              f"no \"stopped cleanly\" line:\n{tail(s.err)}")
+        return f"exit 0 in {took:.2f} s"
+    return case
+
+
+def t_ws_going_away(sig):
+    def case():
+        s = Taskbus("ws1001").start()
+
+        async def body():
+            ws = await ws_open(s.ws_url("/ws?events=bye.*"))
+            s.kill_with(sig)
+            code, _ = await ws_close_code(ws, T(10))
+            return code
+        code = asyncio.run(body())
+        check(code == 1001, f"websocket closed with {code} on "
+                            f"{signal.Signals(sig).name}, want 1001")
+        s.stop_ok(sig)
+    return case
+
+
+def t_shutdown_delay(sig):
+    def case():
+        delay = 1.0 * SCALE
+        s = Taskbus("delay", "--shutdown-delay", str(delay)).start()
+
+        async def body():
+            ws = await ws_open(s.ws_url("/ws?events=drain.*"))
+            s.kill_with(sig)
+            t0 = s.signalled
+            ready = await asyncio.to_thread(http_req, s.port, "GET",
+                                            "/readyz")
+            health = await asyncio.to_thread(http_req, s.port, "GET",
+                                             "/healthz")
+            post = await asyncio.to_thread(http_req, s.port, "POST",
+                                           "/events/drain.one", "late")
+            during = time.monotonic() - t0
+            check(ready.status == 503 and b"stopping" in ready.body,
+                  f"/readyz right after {signal.Signals(sig).name}: want "
+                  f"503 stopping, got {ready!r}")
+            check(health.status == 200, f"/healthz during the delay: "
+                                        f"{health!r}")
+            check(post.status == 202, f"POST /events during the delay: "
+                                      f"{post!r}")
+            check(during < delay, f"the three requests took {during:.2f} s, "
+                                  f"longer than the delay: inconclusive")
+            code, events = await ws_close_code(ws, delay + T(10))
+            ids = [e.get("id") for e in events]
+            check(post.json["id"] in ids,
+                  f"the event dispatched during the delay did not reach the "
+                  f"websocket: {events}")
+            check(code == 1001, f"websocket closed {code}, want 1001")
+        asyncio.run(body())
+        took = s.stop_ok(sig, within=delay + T(10))
+        check(took >= delay * 0.9, f"exited {took:.2f} s after "
+                                   f"{signal.Signals(sig).name}, before the "
+                                   f"{delay} s shutdown delay")
+        return f"exit 0 after {took:.2f} s"
+    return case
+
+
+def t_second_signal(sig, fmt="text"):
+    def case():
+        s = Taskbus("twice", "--shutdown-delay", "30", "--log-format",
+                    fmt).start()
+        s.kill_with(sig)
+        check(wait_for(lambda: http_req(s.port, "GET", "/readyz").status
+                       == 503, T(5)), "/readyz not 503 after the first "
+                                      "signal")
+        t1 = time.monotonic()
+        s.proc.send_signal(sig)
+        rc, _ = s.wait_exit(T(3))
+        took = time.monotonic() - t1
+        if rc is None:
+            end_proc(s.proc, signal.SIGKILL)
+            raise AssertionError(f"still running {T(3)} s after the second "
+                                 f"{signal.Signals(sig).name}")
+        s.expect_rc = 128 + sig
+        check(rc == 128 + sig, f"exit status {rc} after a second "
+                               f"{signal.Signals(sig).name}, want "
+                               f"{128 + sig}")
+        if fmt == "json":
+            json_lines(s.err_text(), "--log-format json, second signal")
+        return f"exit {rc} in {took:.2f} s"
+    return case
+
+
+def t_no_loss():
+    """Two instances on one Redis; a client POSTs to A in a loop while A
+    gets SIGTERM; every id A answered 202 must reach B's websocket."""
+    r = Redis("loss").start()
+    try:
+        # A serves on for a while after SIGTERM (--shutdown-delay), so
+        # that 202s come before, during and at the end of its shutdown.
+        a = Taskbus("a", "--redis-url", r.url(), "--shutdown-delay",
+                    str(0.5 * SCALE)).start()
+        b = Taskbus("b", "--redis-url", r.url()).start()
+        for s in (a, b):
+            check(wait_for(lambda: http_req(s.port, "GET", "/readyz").status
+                           == 200, T(10)), f"{s.name} not ready")
+        accepted, statuses, errors = [], {}, []
+        lock = threading.Lock()
+        stop = threading.Event()
+
+        def poster(tid):
+            c, i = None, 0
+            while not stop.is_set() and a.proc.poll() is None:
+                try:
+                    if c is None:
+                        c = http.client.HTTPConnection(HOST, a.port,
+                                                       timeout=T(10))
+                    c.request("POST", "/events/loss.e",
+                              body=json.dumps({"t": tid, "i": i}),
+                              headers={"Content-Type": "application/json"})
+                    resp = c.getresponse()
+                    data = resp.read()
+                    with lock:
+                        statuses[resp.status] = statuses.get(resp.status,
+                                                             0) + 1
+                        if resp.status == 202:
+                            accepted.append(json.loads(data)["id"])
+                    if resp.will_close:
+                        c.close()
+                        c = None
+                except (OSError, http.client.HTTPException) as e:
+                    with lock:
+                        errors.append(type(e).__name__)
+                    if c:
+                        c.close()
+                    c = None
+                    time.sleep(0.005)
+                i += 1
+            if c:
+                c.close()
+
+        async def body():
+            ws = await ws_open(b.ws_url("/ws?events=loss.*"), max_queue=None)
+            got = {}  # id -> times seen
+
+            async def reader():
+                try:
+                    async for m in ws:
+                        o = json.loads(m)
+                        if "id" in o and o.get("name", "").startswith("loss."):
+                            got[o["id"]] = got.get(o["id"], 0) + 1
+                except ConnectionClosed:
+                    pass
+            rt = asyncio.create_task(reader())
+            # The path A -> Redis -> B works before we start.
+            warm = await asyncio.to_thread(http_req, a.port, "POST",
+                                           "/events/loss.warm", "w")
+            check(warm.status == 202, f"warm-up POST to A: {warm!r}")
+            end = time.monotonic() + T(10)
+            while warm.json["id"] not in got and time.monotonic() < end:
+                await asyncio.sleep(0.02)
+            check(warm.json["id"] in got, "B never got A's warm-up event")
+            threads = [threading.Thread(target=poster, args=(i,))
+                       for i in range(2)]
+            for t in threads:
+                t.start()
+            try:
+                end = time.monotonic() + T(10)
+                while len(accepted) < 300 and time.monotonic() < end:
+                    await asyncio.sleep(0.01)
+                check(len(accepted) >= 50, f"only {len(accepted)} events "
+                                           f"accepted before SIGTERM")
+                before = len(accepted)
+                a.kill_with(signal.SIGTERM)
+                rc, _ = await asyncio.to_thread(a.wait_exit, STOP_TIMEOUT_S)
+            finally:
+                stop.set()
+                for t in threads:
+                    await asyncio.to_thread(t.join, T(15))
+            check(rc is not None, "A still running after SIGTERM")
+            a.check_clean(rc, 0, "SIGTERM while posting")
+            want = set(accepted)
+            end = time.monotonic() + T(15)
+            while not want <= got.keys() and time.monotonic() < end:
+                await asyncio.sleep(0.05)
+            await ws.close()
+            rt.cancel()
+            missing = sorted(want - got.keys())
+            dups = sorted(k for k, n in got.items() if n > 1)
+            check(not missing,
+                  f"{len(missing)} of {len(want)} events answered 202 by A "
+                  f"never reached B: {missing[:5]} (statuses {statuses}, "
+                  f"errors {len(errors)})")
+            check(not dups, f"B got {len(dups)} events twice: {dups[:5]}")
+            return (f"{len(want)} accepted ({len(want) - before} after "
+                    f"SIGTERM), statuses {statuses}, all on B")
+        detail = asyncio.run(body())
+        b.stop_ok()
+        return detail
+    finally:
+        r.stop()
+
+
+# ------------------------------------------------------------------ runner
+
+TERM, INT = signal.SIGTERM, signal.SIGINT
+
+# ------------------------------------------------------------------ exec
+
+
+def spawn_exec(port, name, args):
+    return http_req(port, "POST", "/tasks", json.dumps(
+        {"kind": "exec", "name": name, "args": args}).encode(),
+        {"Content-Type": "application/json"})
+
+
+def task_of(port, name):
+    r = http_req(port, "GET", f"/tasks/{name}")
+    return r.json if r.status == 200 else None
+
+
+def finished_task(port, name, timeout):
+    got = {}
+
+    def done():
+        t = task_of(port, name)
+        if t and t.get("state") not in ("pending", "running"):
+            got["t"] = t
+            return True
+        return False
+    wait_for(done, timeout)
+    return got.get("t")
+
+
+def t_exec_off():
+    s = Taskbus("exec-off").start()
+    r = spawn_exec(s.port, "e0", {"command": "/bin/echo hi"})
+    check(r.status == 403 and r.json.get("error") == "not_allowed",
+          f"exec without --exec-allow: want 403 not_allowed, got {r!r}")
+    s.stop_ok()
+
+
+def t_exec_runs():
+    s = Taskbus("exec", "--exec-allow", "/bin/echo,/bin/sh,/bin/sleep").start()
+    w = Watch("exec", ["task.e1.*", "pat.*"], env=url_env(s))
+    w.ready(s.port)
+    r = spawn_exec(s.port, "e1", {"command": "/bin/echo hello  world"})
+    check(r.status == 201, f"exec /bin/echo: {r!r}")
+    ev = w.event(lambda e: e.get("name") == "task.e1.stdout", T(10))
+    check(ev and ev.get("data") == "hello world",
+          f"no task.e1.stdout event with the line: {w.lines()}")
+    t = finished_task(s.port, "e1", T(10))
+    check(t and t["state"] == "done" and t["result"] == 0,
+          f"exec /bin/echo ended {t}")
+    # Not allowed: a program off the list, or a path that only starts
+    # like an allowed one.
+    for cmd in ("/usr/bin/id", "/bin/echoX hi", "/bin/sh/../echo x"):
+        r = spawn_exec(s.port, "e-no", {"command": cmd})
+        check(r.status == 403 and r.json.get("error") == "not_allowed",
+              f"exec {cmd!r}: want 403, got {r!r}")
+    r = spawn_exec(s.port, "e-bad", {"command": "   "})
+    check(r.status == 400, f"exec of a blank command: want 400, got {r!r}")
+    r = spawn_exec(s.port, "e-bad", {"command": "/bin/echo", "shell": 1})
+    check(r.status == 400 and r.json.get("error") == "bad_args",
+          f"exec with an unknown arg: want 400 bad_args, got {r!r}")
+    # The exit status is the result; stderr lines are events too.
+    r = spawn_exec(s.port, "e2", {"command": "/bin/sh -c 'exit'"})
+    check(r.status == 201, f"exec /bin/sh: {r!r}")
+    t = finished_task(s.port, "e2", T(10))
+    check(t and t["state"] in ("done", "failed"), f"exec /bin/sh: {t}")
+    w2 = Watch("exec2", ["task.e3.stderr", "pat.*"], env=url_env(s))
+    w2.ready(s.port)
+    # No shell quoting: each blank-separated word is one argument.
+    r = spawn_exec(s.port, "e3", {"command": "/bin/sh -c no_such_cmd_tb"})
+    check(r.status == 201, f"exec /bin/sh -c no_such_cmd_tb: {r!r}")
+    t = finished_task(s.port, "e3", T(10))
+    check(t and t["state"] == "failed" and t["result"] == 127
+          and "127" in (t.get("error") or ""),
+          f"a command exiting 127 ended {t}")
+    ev = w2.event(lambda e: "no_such_cmd_tb" in str(e.get("data")), T(10))
+    check(ev, f"no task.e3.stderr event: {w2.lines()}")
+    # Cancel: SIGTERM, then the task ends cancelled.
+    r = spawn_exec(s.port, "e4", {"command": "/bin/sleep 60", "grace": 2})
+    check(r.status == 201, f"exec /bin/sleep 60: {r!r}")
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    r = http_req(s.port, "DELETE", "/tasks/e4?timeout=10")
+    check(r.status == 200 and r.json.get("state") == "cancelled"
+          and "signal 15" in (r.json.get("error") or ""),
+          f"cancel exec /bin/sleep: {r!r}")
+    check(time.monotonic() - t0 < T(3), "cancelling /bin/sleep took "
+          f"{time.monotonic() - t0:.1f} s")
+    w.stop()
+    w2.stop()
+    s.stop_ok()
+
+
+def t_exec_ignores_term():
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=ROOT,
+                                     delete=False) as f:
+        f.write("#!/bin/sh\ntrap '' TERM\necho started\n"
+                "while :; do sleep 0.1; done\n")
+        script = f.name
+    os.chmod(script, 0o755)
+    s = Taskbus("exec-kill", "--exec-allow", script).start()
+    w = Watch("exec-kill", ["task.e6.stdout", "pat.*"], env=url_env(s))
+    w.ready(s.port)
+    r = spawn_exec(s.port, "e6", {"command": script, "grace": 0.5})
+    check(r.status == 201, f"exec {script}: {r!r}")
+    check(w.event(lambda e: e.get("data") == "started", T(10)),
+          f"the script did not start: {w.lines()}")
+    t0 = time.monotonic()
+    r = http_req(s.port, "DELETE", "/tasks/e6?timeout=10")
+    took = time.monotonic() - t0
+    check(r.status == 200 and r.json.get("state") == "cancelled"
+          and "signal 9" in (r.json.get("error") or ""),
+          f"cancel of a command ignoring SIGTERM: {r!r}")
+    check(0.4 < took < T(4), f"SIGKILL came after {took:.2f} s, want the "
+          f"0.5 s grace")
+    w.stop()
+    s.stop_ok()
+
+
+CASES = [
+    ("cli", "--version and serve --version", t_version),
+    ("cli", "--help, serve --help list every TASKBUS_* variable", t_help),
+    ("cli", "unknown options and commands exit 2", t_unknown),
+    ("config", "bad values exit 2 naming the flag or variable", t_bad_values),
+    ("config", "missing or empty token/password files exit 2",
+     t_bad_token_files),
+    ("config", "--listen 300.1.1.1:80 exits 2 naming the setting",
+     t_bad_listen),
+    ("config", "--redis-url ftp://... exits 2 naming the setting",
+     t_bad_redis_url),
+    ("config", "--listen on a port in use fails at once", t_listen_in_use),
+    ("config", "flags win over TASKBUS_* variables", t_flags_win),
+    ("secrets", "token file and Redis password: API needs the token, no "
+     "secret in the logs", t_secrets),
+    ("secrets", "TASKBUS_REDIS_PASSWORD_FILE overrides the URL's password",
+     t_password_file),
+    ("logs", "--log-format json: every line a JSON object", t_log_json),
+    ("logs", "--log-level warn hides info lines", t_log_level_warn),
+    ("logs", "no Redis URL: in-process bus, /readyz 200", t_inproc),
+    ("client", "dispatch NAME DATA, seen by watch 'pat.*'", t_dispatch_watch),
+    ("client", "dispatch NAME - reads stdin", t_dispatch_stdin),
+    ("client", "tasks spawn/get/list/cancel/purge", t_tasks),
+    ("client", "healthcheck: 0 up, 1 down", t_healthcheck),
+    ("client", "service down: exit 3", t_service_down),
+    ("client", "--url, TASKBUS_URL, TASKBUS_LISTEN", t_url_sources),
+    ("client", "token: TASKBUS_TOKEN, --token, token files, 401 exit 1",
+     t_client_token),
+    ("client", "watch refused (401): exit 1 with the reason",
+     t_watch_refused),
+    ("shutdown", "SIGTERM with a running sleep task: exit 0 in time",
+     t_stop_with_task(TERM)),
+    ("shutdown", "SIGINT with a running sleep task: exit 0 in time",
+     t_stop_with_task(INT)),
+    ("shutdown", "SIGTERM closes websockets 1001", t_ws_going_away(TERM)),
+    ("shutdown", "SIGINT closes websockets 1001", t_ws_going_away(INT)),
+    ("shutdown", "SIGTERM with --shutdown-delay: readyz 503, rest serves",
+     t_shutdown_delay(TERM)),
+    ("shutdown", "SIGINT with --shutdown-delay: readyz 503, rest serves",
+     t_shutdown_delay(INT)),
+    ("shutdown", "a second SIGTERM exits at once with 143",
+     t_second_signal(TERM)),
+    ("shutdown", "a second SIGINT exits at once with 130",
+     t_second_signal(INT)),
+    ("shutdown", "--log-format json: the second-signal line is JSON too",
+     t_second_signal(TERM, "json")),
+    ("shutdown", "no 202-answered event lost at SIGTERM (two instances, "
+     "one Redis)", t_no_loss),
+    ("exec", "exec kind off without --exec-allow: 403", t_exec_off),
+    ("exec", "exec: output events, exit status, allow-list, cancel",
+     t_exec_runs),
+    ("exec", "exec: SIGKILL after the grace for a command ignoring SIGTERM",
+     t_exec_ignores_term),
+]
+
+
+class Runner:
+    def __init__(self, words):
+        self.words = [w.lower() for w in words]
+        self.passed = 0
+        self.failed = []
+
+    def wanted(self, group, name):
+        return not self.words or any(w in group.lower() or w in name.lower()
+                                     for w in self.words)
+
+    def case(self, group, name, fn):
+        full = f"{group}: {name}"
+        CASE_SERVERS.clear()
+        SLOW.clear()
+        t0 = time.monotonic()
+        ok, detail = False, ""
+        try:
+            detail = fn() or ""
+            ok = True
+        except AssertionError as e:
+            detail = str(e)
+        except Exception as e:  # any failure is this case's FAIL line
+            detail = f"{type(e).__name__}: {e}"
+        finally:
+            for s in CASE_SERVERS:
+                problem = s.teardown()
+                if problem and ok:
+                    ok, detail = False, problem
+        took = time.monotonic() - t0
+        if SLOW:
+            detail += ("; " if detail else "") + "slow: " + ", ".join(SLOW)
+        if ok:
+            self.passed += 1
+            print(f"PASS {full} ({detail + '; ' if detail else ''}"
+                  f"{took:.2f} s)", flush=True)
+        else:
+            self.failed.append(full)
+            print(f"FAIL {full}: {detail}", flush=True)
+            for s in CASE_SERVERS:
+                if s.err and s.err not in detail and s.err_text():
+                    print(f"  stderr of taskbus {s.name} (last lines):\n"
+                          f"{tail(s.err, 15)}", flush=True)
+
+    def run(self):
+        for group, name, fn in CASES:
+            if self.wanted(group, name):
+                self.case(group, name, fn)
+
+
+def main():
+    if not BIN or not os.access(BIN, os.X_OK):
+        print(f"FAIL setup: TASKBUS_BIN ({BIN!r}) is not an executable",
+              flush=True)
+        return 1
+    if not os.access("/usr/bin/redis-server", os.X_OK):
+        print("FAIL setup: /usr/bin/redis-server missing (apt-get install "
+              "redis-server)", flush=True)
+        return 1
+    t0 = time.monotonic()
+    make_root()
+    atexit.register(cleanup)
+
+    def on_term(sig, frame):
+        raise SystemExit(128 + sig)
+
+    def on_alarm(sig, frame):
+        print(f"FAIL suite: still running after {HARD_CAP_S} s; stopped",
+              flush=True)
+        cleanup()
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(HARD_CAP_S)
+    faulthandler.dump_traceback_later(HARD_CAP_S - 5, exit=False)
+    print(f"service_suite: {BIN}" + (f" ({SANITIZER} build: timeouts "
+                                     f"x{SCALE})" if SANITIZER else ""),
+          flush=True)
+    runner = Runner(sys.argv[1:])
+    try:
+        runner.run()
+    finally:
+        signal.alarm(0)
+        faulthandler.cancel_dump_traceback_later()
+        cleanup()
+    took = time.monotonic() - t0
+    total = runner.passed + len(runner.failed)
+    print(f"service_suite: {runner.passed} of {total} passed in {took:.1f} s",
+          flush=True)
+    if runner.failed:
+        print("failed:\n" + "\n".join(f"  {n}" for n in runner.failed),
+              flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
