@@ -1,7 +1,19 @@
-/* ws_wslay.c - a websocket connection on a worker's event loop, framed by
- * wslay: reads the socket when it is readable, hands whole messages to the
- * core, queues outgoing messages in a bounded send queue and writes them
- * with one writev per loop turn, pings, and ends the connection cleanly.
+/* ws_wslay.c - a websocket connection on a worker's event loop: reads the
+ * socket when it is readable, has wslay parse what the client sends (and
+ * answer pings, and run the close handshake), hands whole messages to the
+ * core, frames outgoing messages into a bounded send queue written with one
+ * writev per loop turn, pings, and ends the connection cleanly.
+ *
+ * Memory: an idle connection must stay small (10 000 of them in well under
+ * 200 MiB), and a wslay context costs about 8.8 KiB (two 4 KiB buffers it
+ * zeroes). So the context exists only while the client is mid-message: the
+ * socket is read into our own buffer, wslay is fed whole frames only (we
+ * read just their lengths), and once it has consumed them and holds no
+ * fragment, no pending control frame and no close state, it is freed; the
+ * next frame makes a fresh one. Outgoing data, ping and close frames are a
+ * header and the payload (servers do not mask), written here directly; only
+ * the frames wslay makes itself (pongs, the closes it sends on a protocol
+ * error or in answer to the client's) go through it.
  *
  * The socket arrives after the HTTP server has done the handshake (see
  * http_civetweb.c). Everything here runs on the worker's thread. */
@@ -19,28 +31,35 @@
 #include "internal.h"
 #include "ws.h"
 
+#define READ_CHUNK 65536 /* bytes taken from the socket per read */
+
 struct tb__wsconn {
     tb_ws *ws;
     int fd;
-    struct event_base *base;
-    struct event *rev;   /* readable */
-    struct event *wev;   /* writable, or activated by hand to flush */
-    struct event *timer; /* ping, pong deadline, or close deadline */
-    wslay_event_context_ptr ctx;
-    struct evbuffer *out; /* frames wslay has made, not yet written */
+    struct event *rev;           /* readable */
+    struct event *wev;           /* writable, or activated by hand to flush */
+    struct event *timer;         /* ping, pong deadline, or close deadline */
+    wslay_event_context_ptr ctx; /* NULL between messages */
+    struct evbuffer *in;  /* read from the socket, not yet given to wslay */
+    struct evbuffer *out; /* frames not yet written to the socket */
+    size_t feed;          /* bytes of whole frames at the head of in that
+                             wslay may take now */
     tb__ws_limits lim;
-    size_t msgs;      /* messages queued since the output last drained */
-    int reading;      /* rev added */
-    int paused;       /* the core's receive queue is full */
-    int wev_added;    /* wev pending: waiting for the socket to drain */
-    int flush_due;    /* wev activated by hand for this loop turn */
-    int closing;      /* closing: no more messages accepted */
-    int close_queued; /* the close frame is in wslay's queue */
-    int log_close;    /* wslay closed on its own: log it once sent */
+    size_t msgs;    /* messages queued since the output last drained */
+    int reading;    /* rev added */
+    int paused;     /* the core's receive queue is full */
+    int wev_added;  /* wev pending: waiting for the socket to drain */
+    int flush_due;  /* wev activated by hand for this loop turn */
+    int fragmented; /* a fragmented data message is under way */
+    int closing;    /* no more messages accepted; a close is due */
+    int close_sent; /* a close frame is in out (ours or wslay's) */
+    int close_received;
+    int failing; /* a protocol error: end once our close is out
+                    (RFC 6455 7.1.7, "fail the connection") */
     int close_code;
     char close_reason[124];
     int awaiting_pong;
-    int in_callback; /* inside wslay_event_recv/send: do not free */
+    int in_callback; /* inside wslay or a flush: end() only marks */
     int ended;       /* end() ran, or must run when the callback returns */
     int end_code;
     const char *end_why;
@@ -50,45 +69,106 @@ struct tb__wsconn {
 static void end(tb__wsconn *c, int code, const char *why);
 static void flush(tb__wsconn *c);
 static void arm(tb__wsconn *c, int ms);
+static void schedule_flush(tb__wsconn *c);
 
-/* ---------------------------------------------------------------- wslay I/O */
+/* ---------------------------------------------------------------- frames */
 
+/* Appends one unmasked frame (FIN set) with opcode and payload to out. */
+static int put_frame(tb__wsconn *c, int opcode, const void *head,
+                     size_t head_len, const void *data, size_t len)
+{
+    unsigned char h[10];
+    size_t n = 2, total = head_len + len;
+    h[0] = (unsigned char)(0x80 | opcode);
+    if (total < 126) {
+        h[1] = (unsigned char)total;
+    } else if (total <= 0xffff) {
+        h[1] = 126;
+        h[2] = (unsigned char)(total >> 8);
+        h[3] = (unsigned char)total;
+        n = 4;
+    } else {
+        h[1] = 127;
+        for (int i = 0; i < 8; i++)
+            h[2 + i] = (unsigned char)((uint64_t)total >> (56 - 8 * i));
+        n = 10;
+    }
+    if (evbuffer_add(c->out, h, n) != 0 ||
+        (head_len && evbuffer_add(c->out, head, head_len) != 0) ||
+        (len && evbuffer_add(c->out, data, len) != 0))
+        return TB_ENOMEM;
+    return 0;
+}
+
+/* Reads the header of the frame starting at offset pos of in (avail
+ * bytes): 1 with *hl (header bytes), *plen (payload bytes) and *op
+ * (opcode) when the header is all there, else 0. */
+static int frame_header(struct evbuffer *in, size_t pos, size_t avail,
+                        size_t *hl, uint64_t *plen, int *op)
+{
+    unsigned char h[14];
+    size_t have = avail - pos < sizeof h ? avail - pos : sizeof h;
+    if (have < 2)
+        return 0;
+    struct evbuffer_ptr p;
+    if (evbuffer_ptr_set(in, &p, pos, EVBUFFER_PTR_SET) != 0 ||
+        evbuffer_copyout_from(in, &p, h, have) != (ssize_t)have)
+        return 0;
+    size_t n = 2;
+    uint64_t len = h[1] & 0x7f;
+    if (len == 126) {
+        n = 4;
+        if (have < n)
+            return 0;
+        len = (uint64_t)h[2] << 8 | h[3];
+    } else if (len == 127) {
+        n = 10;
+        if (have < n)
+            return 0;
+        len = 0;
+        for (int i = 0; i < 8; i++)
+            len = len << 8 | h[2 + i];
+    }
+    n += (h[1] & 0x80) ? 4 : 0; /* the client's mask */
+    if (have < n)
+        return 0;
+    *hl = n;
+    *plen = len;
+    *op = h[0] & 0x0f;
+    return 1;
+}
+
+/* ---------------------------------------------------------------- wslay */
+
+/* wslay reads what we give it: the whole frames at the head of in. */
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
                        int flags, void *ud)
 {
     (void)flags;
     tb__wsconn *c = ud;
-    if (c->paused) {
+    if (c->feed == 0 || c->paused) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    ssize_t n;
-    do
-        n = recv(c->fd, buf, len, 0);
-    while (n < 0 && errno == EINTR);
-    if (n > 0)
-        return n;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+    size_t n = len < c->feed ? len : c->feed;
+    int got = evbuffer_remove(c->in, buf, n);
+    if (got <= 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
-    /* EOF or an error: the peer is gone. */
-    if (!c->end_why) {
-        c->end_code = 1006;
-        c->end_why =
-            n == 0 ? "the peer closed the connection" : "the connection failed";
-    }
-    wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
-    return -1;
+    c->feed -= (size_t)got;
+    return got;
 }
 
-/* wslay hands over each frame whole (or in pieces): it goes to the output
- * buffer, written by flush() in one writev per loop turn. */
+/* The frames wslay makes: pongs, its closes. After a close of ours, its
+ * answer to the client's close is not sent (a connection has one). */
 static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data,
                        size_t len, int flags, void *ud)
 {
     (void)flags;
     tb__wsconn *c = ud;
+    if (c->close_sent)
+        return (ssize_t)len;
     if (evbuffer_add(c->out, data, len) != 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
@@ -96,23 +176,33 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data,
     return (ssize_t)len;
 }
 
+static void on_frame_start(wslay_event_context_ptr ctx,
+                           const struct wslay_event_on_frame_recv_start_arg *a,
+                           void *ud)
+{
+    tb__wsconn *c = ud;
+    if (a->opcode < 8) /* data or continuation: track fragments */
+        c->fragmented = !a->fin;
+    /* A close frame whose payload is one byte is malformed (RFC 6455
+     * 5.5.1); wslay would answer it with an empty close. Queue 1002 first:
+     * wslay queues no second close. */
+    if (a->opcode == WSLAY_CONNECTION_CLOSE && a->payload_length == 1) {
+        static const char why[] = "malformed close frame";
+        wslay_event_queue_close(ctx, 1002, (const uint8_t *)why,
+                                sizeof why - 1);
+    }
+}
+
 static void on_msg(wslay_event_context_ptr ctx,
                    const struct wslay_event_on_msg_recv_arg *arg, void *ud)
 {
+    (void)ctx;
     tb__wsconn *c = ud;
     switch (arg->opcode) {
-    case WSLAY_TEXT_FRAME:
-        if (!tb__utf8_valid_text(arg->msg, arg->msg_length)) {
-            tb__log(TB_LOG_INFO,
-                    "ws %s: a text message is not UTF-8; "
-                    "closing with 1007",
-                    c->peer);
-            wslay_event_shutdown_read(ctx);
-            tb__wsconn_close(c, 1007, "text message is not valid UTF-8");
-            return;
-        }
-        /* fall through */
+    case WSLAY_TEXT_FRAME: /* wslay has checked its UTF-8 (1007 if not) */
     case WSLAY_BINARY_FRAME:
+        if (c->closing)
+            return; /* we are closing: what comes now is not read */
         if (tb__ws_on_message(c->ws, arg->opcode == WSLAY_BINARY_FRAME,
                               arg->msg, arg->msg_length))
             tb__wsconn_pause(c, 1);
@@ -120,16 +210,14 @@ static void on_msg(wslay_event_context_ptr ctx,
     case WSLAY_PONG:
         if (c->awaiting_pong) {
             c->awaiting_pong = 0;
-            if (c->lim.ping_interval_ms > 0 && !c->closing) {
-                struct timeval tv = {c->lim.ping_interval_ms / 1000,
-                                     (c->lim.ping_interval_ms % 1000) * 1000};
-                evtimer_add(c->timer, &tv);
-            }
+            if (c->lim.ping_interval_ms > 0 && !c->closing)
+                arm(c, c->lim.ping_interval_ms);
         }
         return;
     case WSLAY_CONNECTION_CLOSE:
         /* wslay has checked the code and the reason's UTF-8 (answering
-         * 1002 or 1007) and queued the answering close frame. */
+         * 1002 or 1007) and queues the answering close frame. */
+        c->close_received = 1;
         c->end_code = arg->status_code ? arg->status_code : 1005;
         c->end_why = "the peer closed";
         return;
@@ -138,23 +226,117 @@ static void on_msg(wslay_event_context_ptr ctx,
     }
 }
 
-/* A close frame whose payload is one byte is malformed (RFC 6455 5.5.1: no
- * payload, or a two-byte code first); wslay would answer it with an empty
- * close. Queue 1002 first: wslay queues no second close. */
-static void on_frame_start(wslay_event_context_ptr ctx,
-                           const struct wslay_event_on_frame_recv_start_arg *a,
-                           void *ud)
+static wslay_event_context_ptr context(tb__wsconn *c)
 {
-    tb__wsconn *c = ud;
-    if (a->opcode == WSLAY_CONNECTION_CLOSE && a->payload_length == 1 &&
-        !c->close_queued) {
-        static const char why[] = "malformed close frame";
-        c->closing = 1;
-        c->close_queued = 1;
-        wslay_event_queue_close(ctx, 1002, (const uint8_t *)why,
-                                sizeof why - 1);
-        arm(c, c->lim.close_timeout_ms);
+    static const struct wslay_event_callbacks cbs = {
+        .recv_callback = recv_cb,
+        .send_callback = send_cb,
+        .on_frame_recv_start_callback = on_frame_start,
+        .on_msg_recv_callback = on_msg,
+    };
+    if (!c->ctx && wslay_event_context_server_init(&c->ctx, &cbs, c) == 0)
+        wslay_event_config_set_max_recv_msg_length(c->ctx, c->lim.max_message);
+    return c->ctx;
+}
+
+/* Frees the context when it holds nothing: no fragment, nothing to send,
+ * no close state (a close keeps it to the end). */
+static void maybe_release(tb__wsconn *c)
+{
+    if (c->ctx && !c->fragmented && c->feed == 0 &&
+        !wslay_event_want_write(c->ctx) &&
+        wslay_event_get_read_enabled(c->ctx) &&
+        !wslay_event_get_close_received(c->ctx) &&
+        !wslay_event_get_close_sent(c->ctx)) {
+        wslay_event_context_free(c->ctx);
+        c->ctx = NULL;
     }
+}
+
+/* Gives wslay the whole frames in `in`, lets it send what it made, and
+ * logs a close it started on its own. */
+static void process(tb__wsconn *c)
+{
+    size_t avail = evbuffer_get_length(c->in);
+    size_t pos = c->feed;
+    size_t hl;
+    uint64_t plen;
+    int op;
+    while (frame_header(c->in, pos, avail, &hl, &plen, &op)) {
+        if (plen > c->lim.max_message || (op >= 8 && plen > 125)) {
+            /* Refused at its header, never buffered whole. */
+            int code = op >= 8 ? 1002 : 1009;
+            tb__log(TB_LOG_INFO, "ws %s (request %s): %s; closing with %d",
+                    c->peer, tb_ws_request_id(c->ws),
+                    code == 1009 ? "a message over ws_max_message"
+                                 : "a protocol error (a control frame "
+                                   "over 125 bytes)",
+                    code);
+            if (c->reading) {
+                event_del(c->rev);
+                c->reading = 0;
+            }
+            evbuffer_drain(c->in, avail);
+            c->feed = 0;
+            c->failing = 1;
+            tb__wsconn_close(c, code,
+                             code == 1009 ? "message too big" : "bad frame");
+            return;
+        }
+        if (avail - pos - hl < plen)
+            break; /* not all here yet */
+        pos += hl + (size_t)plen;
+    }
+    c->feed = pos;
+    if (c->feed == 0 && !c->ctx)
+        return;
+    if (!context(c)) {
+        end(c, 1011, "out of memory");
+        return;
+    }
+    c->in_callback++;
+    int rc = wslay_event_recv(c->ctx);
+    int closed_by_wslay = !wslay_event_get_read_enabled(c->ctx) &&
+                          !c->close_received && !c->closing;
+    if (rc == 0)
+        rc = wslay_event_send(c->ctx);
+    if (rc == 0 && wslay_event_get_close_sent(c->ctx) && !c->close_sent) {
+        c->close_sent = 1;
+        if (closed_by_wslay) {
+            int code = wslay_event_get_status_code_sent(c->ctx);
+            tb__log(TB_LOG_INFO, "ws %s (request %s): %s; closing with %d",
+                    c->peer, tb_ws_request_id(c->ws),
+                    code == 1009   ? "a message over ws_max_message"
+                    : code == 1007 ? "text that is not UTF-8"
+                                   : "a protocol error",
+                    code);
+        }
+    }
+    c->in_callback--;
+    if (c->ended) {
+        end(c, c->end_code, c->end_why);
+        return;
+    }
+    if (rc != 0) {
+        end(c, 1006,
+            rc == WSLAY_ERR_NOMEM ? "out of memory" : "a protocol error");
+        return;
+    }
+    if (closed_by_wslay || c->close_received) {
+        c->closing = 1;
+        if (c->reading) {
+            event_del(c->rev);
+            c->reading = 0;
+        }
+        evbuffer_drain(c->in, evbuffer_get_length(c->in));
+        c->feed = 0;
+        if (closed_by_wslay) {
+            c->failing = 1;
+            arm(c, c->lim.close_timeout_ms);
+        }
+    }
+    maybe_release(c);
+    schedule_flush(c);
 }
 
 /* ---------------------------------------------------------------- events */
@@ -165,98 +347,53 @@ static void arm(tb__wsconn *c, int ms)
     evtimer_add(c->timer, &tv);
 }
 
-/* Ends the connection once both directions are done: our close frame
- * written and the peer's received (or the peer gone). */
+/* Ends the connection once the close handshake is done and written. */
 static void check_done(tb__wsconn *c)
 {
-    if (c->ended)
+    if (c->ended || !c->close_sent || evbuffer_get_length(c->out) > 0 ||
+        (!c->close_received && !c->failing))
         return;
-    int rd = wslay_event_want_read(c->ctx);
-    int wr = wslay_event_want_write(c->ctx);
-    if (!rd && !wr && evbuffer_get_length(c->out) == 0)
-        end(c, c->end_code ? c->end_code : 1005,
-            c->end_why ? c->end_why : "closed");
+    end(c, c->end_code ? c->end_code : 1005,
+        c->end_why ? c->end_why : "closed");
 }
 
 static void on_read(evutil_socket_t fd, short what, void *arg)
 {
-    (void)fd;
     (void)what;
     tb__wsconn *c = arg;
-    c->in_callback++;
-    int rc = wslay_event_recv(c->ctx);
-    c->in_callback--;
-    if (c->ended) { /* ended from a callback: finish now */
-        end(c, c->end_code, c->end_why);
-        return;
-    }
-    if (rc != 0) {
-        if (!c->end_why) {
-            c->end_code = 1006;
-            c->end_why =
-                rc == WSLAY_ERR_NOMEM ? "out of memory" : "protocol error";
-        }
-        if (c->end_code == 1006) {
-            end(c, 1006, c->end_why);
+    int n = evbuffer_read(c->in, fd, READ_CHUNK);
+    if (n == 0 ||
+        (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        if (c->close_received && c->close_sent) {
+            end(c, c->end_code, c->end_why);
             return;
         }
+        end(c, 1006,
+            n == 0 ? "the peer closed the connection"
+                   : "the connection failed");
+        return;
     }
-    if (!wslay_event_get_read_enabled(c->ctx) && c->reading) {
-        event_del(c->rev);
-        c->reading = 0;
-        if (!c->closing && !wslay_event_get_close_received(c->ctx)) {
-            /* wslay stopped reading and queued a close of its own: a
-             * message over max_message (1009), a protocol error (1002) or
-             * text that is not UTF-8 (1007). Logged once it is sent and
-             * its code is known. */
-            c->closing = 1;
-            c->close_queued = 1;
-            c->log_close = 1;
-            arm(c, c->lim.close_timeout_ms);
-        }
-    }
-    flush(c);
+    /* While we close, the client's answering close is still read (what
+     * else it sends is dropped). */
+    if (evbuffer_get_length(c->in) > 0 && !c->paused && !c->failing &&
+        !c->close_received)
+        process(c);
 }
 
 static void flush(tb__wsconn *c)
 {
     if (c->ended)
         return;
-    c->in_callback++;
-    int rc = wslay_event_send(c->ctx);
-    if (rc == 0 && c->closing && !c->close_queued) {
-        /* After every message queued before it: wslay sends control
-         * frames ahead of data, and nothing after a close. */
-        c->close_queued = 1;
-        wslay_event_queue_close(c->ctx, (uint16_t)c->close_code,
-                                (const uint8_t *)c->close_reason,
-                                strlen(c->close_reason));
-        rc = wslay_event_send(c->ctx);
-    }
-    c->in_callback--;
-    if (c->ended) {
-        end(c, c->end_code, c->end_why);
-        return;
-    }
-    if (rc != 0) {
-        end(c, 1006, "out of memory");
-        return;
-    }
-    if (c->log_close && wslay_event_get_close_sent(c->ctx)) {
-        c->log_close = 0;
-        int code = wslay_event_get_status_code_sent(c->ctx);
-        char why[96];
-        if (code == 1009)
-            snprintf(why, sizeof why,
-                     "a message over %zu bytes (ws_max_message)",
-                     c->lim.max_message);
-        else
-            snprintf(why, sizeof why, "%s",
-                     code == 1002   ? "a protocol error"
-                     : code == 1007 ? "text that is not UTF-8"
-                                    : "a frame it could not take");
-        tb__log(TB_LOG_INFO, "ws %s (request %s): %s; closing with %d", c->peer,
-                tb_ws_request_id(c->ws), why, code);
+    if (c->closing && !c->close_sent) {
+        /* After every message queued before it. */
+        unsigned char code[2] = {(unsigned char)(c->close_code >> 8),
+                                 (unsigned char)c->close_code};
+        c->close_sent = 1;
+        if (put_frame(c, WSLAY_CONNECTION_CLOSE, code, 2, c->close_reason,
+                      strlen(c->close_reason)) != 0) {
+            end(c, 1006, "out of memory");
+            return;
+        }
     }
     while (evbuffer_get_length(c->out) > 0) {
         int n = evbuffer_write(c->out, c->fd);
@@ -271,7 +408,8 @@ static void flush(tb__wsconn *c)
         }
         if (n < 0 && errno == EINTR)
             continue;
-        end(c, 1006, "the connection failed (write)");
+        end(c, c->close_received ? c->end_code : 1006,
+            "the connection failed (write)");
         return;
     }
     c->msgs = 0;
@@ -309,11 +447,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         tb__wsconn_close(c, 1011, "keepalive ping timeout");
         return;
     }
-    struct wslay_event_msg m = {WSLAY_PING, (const uint8_t *)"", 0};
-    if (wslay_event_queue_msg(c->ctx, &m) == 0) {
+    if (put_frame(c, WSLAY_PING, NULL, 0, NULL, 0) == 0) {
         c->awaiting_pong = 1;
         arm(c, c->lim.ping_timeout_ms);
-        flush(c);
+        schedule_flush(c);
     }
 }
 
@@ -321,7 +458,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
  * the socket is full (wev is pending and fires when it drains). */
 static void schedule_flush(tb__wsconn *c)
 {
-    if (c->flush_due || c->wev_added)
+    if (c->flush_due || c->wev_added || c->ended)
         return;
     event_active(c->wev, EV_WRITE, 0);
     c->flush_due = 1;
@@ -332,31 +469,23 @@ static void schedule_flush(tb__wsconn *c)
 tb__wsconn *tb__wsconn_open(tb_ws *ws, struct event_base *base, int fd,
                             const tb__ws_limits *lim, const char *peer)
 {
-    static const struct wslay_event_callbacks cbs = {
-        .recv_callback = recv_cb,
-        .send_callback = send_cb,
-        .on_frame_recv_start_callback = on_frame_start,
-        .on_msg_recv_callback = on_msg,
-    };
     tb__wsconn *c = calloc(1, sizeof *c);
     if (!c)
         return NULL;
     c->ws = ws;
     c->fd = fd;
-    c->base = base;
     c->lim = *lim;
     snprintf(c->peer, sizeof c->peer, "%s", peer);
     evutil_make_socket_nonblocking(fd);
-    if (wslay_event_context_server_init(&c->ctx, &cbs, c) != 0)
-        c->ctx = NULL;
+    c->in = evbuffer_new();
     c->out = evbuffer_new();
     c->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read, c);
     c->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_write, c);
     c->timer = evtimer_new(base, on_timer, c);
-    if (!c->ctx || !c->out || !c->rev || !c->wev || !c->timer ||
+    if (!c->in || !c->out || !c->rev || !c->wev || !c->timer ||
         event_add(c->rev, NULL) != 0) {
-        if (c->ctx)
-            wslay_event_context_free(c->ctx);
+        if (c->in)
+            evbuffer_free(c->in);
         if (c->out)
             evbuffer_free(c->out);
         if (c->rev)
@@ -369,7 +498,6 @@ tb__wsconn *tb__wsconn_open(tb_ws *ws, struct event_base *base, int fd,
         return NULL;
     }
     c->reading = 1;
-    wslay_event_config_set_max_recv_msg_length(c->ctx, lim->max_message);
     if (lim->ping_interval_ms > 0)
         arm(c, lim->ping_interval_ms);
     return c;
@@ -379,8 +507,7 @@ int tb__wsconn_send(tb__wsconn *c, int binary, const void *data, size_t len)
 {
     if (c->ended || c->closing)
         return TB_EPIPE;
-    size_t queued =
-        wslay_event_get_queued_msg_length(c->ctx) + evbuffer_get_length(c->out);
+    size_t queued = evbuffer_get_length(c->out);
     if ((queued + len > c->lim.send_queue_bytes ||
          c->msgs + 1 > (size_t)c->lim.send_queue_msgs) &&
         !c->wev_added) {
@@ -394,8 +521,7 @@ int tb__wsconn_send(tb__wsconn *c, int binary, const void *data, size_t len)
             end(c, c->end_code, c->end_why);
             return TB_EPIPE;
         }
-        queued = wslay_event_get_queued_msg_length(c->ctx) +
-                 evbuffer_get_length(c->out);
+        queued = evbuffer_get_length(c->out);
     }
     if (queued + len > c->lim.send_queue_bytes ||
         c->msgs + 1 > (size_t)c->lim.send_queue_msgs) {
@@ -409,11 +535,9 @@ int tb__wsconn_send(tb__wsconn *c, int binary, const void *data, size_t len)
         tb__wsconn_close(c, 1008, "send queue full (slow client)");
         return TB_ENOSPC;
     }
-    struct wslay_event_msg m = {binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME,
-                                data, len};
-    int rc = wslay_event_queue_msg(c->ctx, &m);
-    if (rc != 0)
-        return rc == WSLAY_ERR_NOMEM ? TB_ENOMEM : TB_EPIPE;
+    if (put_frame(c, binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, NULL, 0,
+                  data, len) != 0)
+        return TB_ENOMEM;
     c->msgs++;
     schedule_flush(c);
     return 0;
@@ -439,12 +563,12 @@ void tb__wsconn_pause(tb__wsconn *c, int paused)
     if (paused && c->reading) {
         event_del(c->rev);
         c->reading = 0;
-    } else if (!paused && !c->reading && wslay_event_get_read_enabled(c->ctx)) {
+    } else if (!paused && !c->reading && !c->failing && !c->close_received) {
         event_add(c->rev, NULL);
         c->reading = 1;
-        /* Bytes may already wait in the socket: no edge will come for
-         * them if they arrived while paused. */
-        event_active(c->rev, EV_READ, 0);
+        /* Frames already read wait in `in`: give them to wslay now. */
+        if (evbuffer_get_length(c->in) > 0)
+            event_active(c->rev, EV_READ, 0);
     }
 }
 
@@ -457,16 +581,12 @@ void tb__wsconn_abort(tb__wsconn *c)
     c->in_callback++;
     flush(c); /* one try; the socket may be full */
     c->in_callback--;
-    if (c->ended) { /* flush ended it (marked only) */
-        end(c, c->end_code, c->end_why);
-        return;
-    }
     end(c, c->end_code ? c->end_code : 1006, "the server is stopping");
 }
 
 /* Ends the connection: tells the core, closes the socket, frees. When
- * called from inside a wslay callback, only marks it; the caller of
- * wslay_event_* finishes. */
+ * called from inside wslay or a nested flush, only marks it; the caller
+ * finishes. */
 static void end(tb__wsconn *c, int code, const char *why)
 {
     if (c->in_callback) {
@@ -482,7 +602,9 @@ static void end(tb__wsconn *c, int code, const char *why)
     event_free(c->rev);
     event_free(c->wev);
     event_free(c->timer);
-    wslay_event_context_free(c->ctx);
+    if (c->ctx)
+        wslay_event_context_free(c->ctx);
+    evbuffer_free(c->in);
     evbuffer_free(c->out);
     close(c->fd);
     free(c);
