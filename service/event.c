@@ -317,20 +317,42 @@ static void queue_full(tb_app *app, int worker, size_t dropped)
 
 void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        atomic_fetch_add_explicit(&evs[i]->refs, app->nworkers,
-                                  memory_order_relaxed);
+    /* Each worker gets the events its listeners could match, so that a
+     * worker nobody on it waits for is not woken. (Its listeners are
+     * registered on its own thread: an event that races a new listener
+     * may miss it, as an event dispatched just before the wait would.) */
+    tb_event *local[64];
+    tb_event **sel = n <= 64 ? local : malloc(n * sizeof *sel);
     for (int w = 0; w < app->nworkers; w++) {
-        size_t k = tb__worker_post_events(&app->workers[w], evs, n,
+        tb__worker *wk = &app->workers[w];
+        tb_event *const *list = evs;
+        size_t m = n;
+        if (sel) {
+            m = 0;
+            for (size_t i = 0; i < n; i++) {
+                tb__name nm;
+                if (tb__name_split(&nm, evs[i]->name) == 0 &&
+                    tb__interest_match(&wk->interest, &nm))
+                    sel[m++] = evs[i];
+            }
+            list = sel;
+        } /* else: out of memory: every worker gets every event */
+        if (m == 0)
+            continue;
+        for (size_t i = 0; i < m; i++)
+            atomic_fetch_add_explicit(&list[i]->refs, 1, memory_order_relaxed);
+        size_t k = tb__worker_post_events(wk, list, m,
                                           (size_t)app->cfg.worker_queue_max);
-        if (k == n)
+        if (k == m)
             continue;
         /* The newest events are the ones left out: what the worker already
          * holds stays in order. */
-        for (size_t i = k; i < n; i++)
-            tb_event_unref(evs[i]);
-        queue_full(app, w, n - k);
+        for (size_t i = k; i < m; i++)
+            tb_event_unref(list[i]);
+        queue_full(app, w, m - k);
     }
+    if (sel != local)
+        free(sel);
 }
 
 int tb__app_wants(tb_app *app, const tb__name *name)
@@ -364,6 +386,12 @@ int tb__listener_add(tb__worker *w, tb__listener *l)
                 free(b);
                 return TB_ENOMEM;
             }
+            if (tb__interest_add(&w->interest, &l->pat)) {
+                tb__interest_remove(&w->app->interest, &l->pat);
+                tb__htab_remove(&w->exact, &b->node);
+                free(b);
+                return TB_ENOMEM;
+            }
         }
         l->bucket = b;
         l->prev = b->tail;
@@ -375,6 +403,10 @@ int tb__listener_add(tb__worker *w, tb__listener *l)
     } else {
         if (tb__interest_add(&w->app->interest, &l->pat))
             return TB_ENOMEM;
+        if (tb__interest_add(&w->interest, &l->pat)) {
+            tb__interest_remove(&w->app->interest, &l->pat);
+            return TB_ENOMEM;
+        }
         l->prev = w->wild_tail;
         if (w->wild_tail)
             w->wild_tail->next = l;
@@ -402,10 +434,12 @@ void tb__listener_remove(tb__worker *w, tb__listener *l)
         *tail = l->prev;
     if (l->bucket && !l->bucket->head) {
         tb__interest_remove(&w->app->interest, &l->pat);
+        tb__interest_remove(&w->interest, &l->pat);
         tb__htab_remove(&w->exact, &l->bucket->node);
         free(l->bucket);
     } else if (!l->bucket) {
         tb__interest_remove(&w->app->interest, &l->pat);
+        tb__interest_remove(&w->interest, &l->pat);
     }
     l->prev = l->next = NULL;
     l->bucket = NULL;

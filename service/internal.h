@@ -271,6 +271,9 @@ typedef struct tb__worker {
     int64_t common_ms[TB__COMMON_TIMEOUTS];
     struct timeval common_tv[TB__COMMON_TIMEOUTS];
     tb__htab exact;                /* name -> tb__lbucket */
+    tb__interest interest;         /* what this worker's listeners could
+                                      match: events nobody here wants are
+                                      not posted to it (no wake-up) */
     tb__listener *spare_listeners; /* free waiter listeners, reused */
     int nspare_listeners;
     tb__listener *wild_head, *wild_tail;
