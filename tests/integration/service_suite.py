@@ -1360,6 +1360,146 @@ def t_no_loss():
 
 TERM, INT = signal.SIGTERM, signal.SIGINT
 
+# ------------------------------------------------------------------ API rows
+
+
+def t_api_long_poll():
+    s = Taskbus("poll").start()
+    # 200: the envelope of the next matching event.
+    got = {}
+
+    def poll():
+        got["r"] = http_req(s.port, "GET", "/events/poll.<kind>.*?timeout=10")
+    th = threading.Thread(target=poll)
+    th.start()
+
+    def waiting():
+        r = http_req(s.port, "GET", "/tasks")
+        return any(t["name"].startswith("http.wait:")
+                   and t["state"] == "running" for t in r.json["tasks"])
+    check(wait_for(waiting, T(5)), "the long poll's wait task never ran")
+    http_req(s.port, "POST", "/events/other.thing", "skip me")
+    p = http_req(s.port, "POST", "/events/poll.order.created", {"n": 1})
+    check(p.status == 202, f"POST /events/poll.order.created: {p!r}")
+    th.join(T(10))
+    r = got.get("r")
+    check(r and r.status == 200, f"long poll: {r!r}")
+    check(r.json.get("id") == p.json["id"] and r.json.get("data") == {"n": 1}
+          and isinstance(r.json.get("ts"), int) and "origin" in r.json,
+          f"long poll answered {r.json}, want the envelope of {p.json}")
+    # 204 on timeout; 400 for a bad pattern or timeout.
+    t0 = time.monotonic()
+    r = http_req(s.port, "GET", "/events/never.x?timeout=0.3")
+    check(r.status == 204 and time.monotonic() - t0 < T(3),
+          f"long poll timeout 0.3: {r!r}")
+    r = http_req(s.port, "GET", "/events/a..b?timeout=1")
+    check(r.status == 400 and r.code() == "bad_pattern", f"a..b: {r!r}")
+    r = http_req(s.port, "GET", "/events/a.b?timeout=soon")
+    check(r.status == 400 and r.code() == "bad_timeout", f"timeout=soon: "
+                                                          f"{r!r}")
+    s.stop_ok()
+
+
+def t_api_tasks_rows():
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=ROOT,
+                                     delete=False) as f:
+        f.write("#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.1; done\n")
+        stubborn = f.name
+    os.chmod(stubborn, 0o755)
+    s = Taskbus("rows", "--exec-allow", stubborn).start()
+    post = lambda body: http_req(s.port, "POST", "/tasks", body)
+    r = post({"kind": "sleep", "name": "r1", "args": {"seconds": 30}})
+    check(r.status == 201 and r.json.get("name") == "r1", f"spawn r1: {r!r}")
+    r = post({"kind": "sleep", "name": "r1", "args": {"seconds": 30}})
+    check(r.status == 409 and r.code() == "name_taken", f"r1 again: {r!r}")
+    r = post({"kind": "nope", "name": "r2"})
+    check(r.status == 404 and r.code() == "unknown_kind", f"kind nope: {r!r}")
+    r = post({"kind": "sleep", "name": "r2", "args": {"seconds": "x"}})
+    check(r.status == 400 and r.code() == "bad_args", f"seconds 'x': {r!r}")
+    r = post({"kind": "sleep", "name": "r2", "args": {"secs": 1}})
+    check(r.status == 400 and r.code() == "bad_args", f"unknown arg: {r!r}")
+    r = http_req(s.port, "POST", "/tasks", "{not json")
+    check(r.status == 400 and r.code() == "bad_json", f"bad JSON: {r!r}")
+    r = post({"kind": "sleep", "worker": 99})
+    check(r.status == 400 and r.code() == "bad_worker", f"worker 99: {r!r}")
+    r = post({"kind": "sleep", "extra": 1})
+    check(r.status == 400 and r.code() == "bad_request", f"extra: {r!r}")
+    r = http_req(s.port, "GET", "/tasks/r1")
+    check(r.status == 200 and r.json.get("kind") == "sleep"
+          and r.json.get("created"), f"GET /tasks/r1: {r!r}")
+    r = http_req(s.port, "GET", "/tasks?state=running")
+    check(r.status == 200 and "r1" in [t["name"] for t in r.json["tasks"]],
+          f"GET /tasks?state=running: {r!r}")
+    r = http_req(s.port, "DELETE", "/tasks/nope")
+    check(r.status == 404, f"DELETE /tasks/nope: {r!r}")
+    r = http_req(s.port, "DELETE", "/tasks/r1?timeout=5")
+    check(r.status == 200 and r.json.get("state") == "cancelled",
+          f"DELETE /tasks/r1: {r!r}")
+    # 504: a task that does not finish in time is still cancelling.
+    r = post({"kind": "exec", "name": "stub",
+              "args": {"command": stubborn, "grace": 3}})
+    check(r.status == 201, f"spawn exec stub: {r!r}")
+    time.sleep(0.3)
+    r = http_req(s.port, "DELETE", "/tasks/stub?timeout=0.3")
+    check(r.status == 504, f"DELETE of a task still cancelling: want 504, "
+                           f"got {r!r}")
+    t = finished_task(s.port, "stub", T(10))
+    check(t and t["state"] == "cancelled", f"stub ended {t}")
+    r = http_req(s.port, "POST", "/tasks/purge")
+    check(r.status == 200 and r.json.get("purged", 0) >= 2, f"purge: {r!r}")
+    r = http_req(s.port, "GET", "/tasks/r1")
+    check(r.status == 404, f"r1 after purge: {r!r}")
+    s.stop_ok()
+
+
+def t_api_bus_down():
+    # A Redis URL with nothing listening: not ready, dispatch refused.
+    port = free_port()
+    s = Taskbus("busdown", "--redis-url", f"redis://127.0.0.1:{port}",
+                "--redis-connect-timeout", "200").start()
+    r = http_req(s.port, "GET", "/readyz")
+    check(r.status == 503 and r.code() == "not_ready", f"/readyz: {r!r}")
+    r = http_req(s.port, "GET", "/healthz")
+    check(r.status == 200, f"/healthz with the bus down: {r!r}")
+    r = http_req(s.port, "POST", "/events/a.b", "x")
+    check(r.status == 503 and r.code() == "bus_down", f"POST with the bus "
+                                                      f"down: {r!r}")
+    s.stop_ok()
+
+
+def t_api_metrics():
+    s = Taskbus("metrics").start()
+
+    async def go():
+        async with websockets.connect(f"ws://{HOST}:{s.port}/ws?events=m.*"):
+            await asyncio.sleep(0.2)
+            return http_req(s.port, "GET", "/metrics")
+    http_req(s.port, "POST", "/events/m.x", "1")
+    http_req(s.port, "GET", "/tasks/nope")
+    r = asyncio.run(go())
+    check(r.status == 200 and r.headers.get("content-type", "")
+          .startswith("text/plain"), f"/metrics: {r!r}")
+    text = r.body.decode()
+
+    def value(series):
+        for line in text.splitlines():
+            if line.startswith(series + " "):
+                return float(line.split()[-1])
+        return None
+    check(value("taskbus_ws_clients") == 1, "taskbus_ws_clients is not 1 "
+          "with one websocket open")
+    check(value("taskbus_events_published_total") >= 1,
+          "taskbus_events_published_total")
+    check(re.search(r'taskbus_http_requests_total\{route="/tasks/\{name\}",'
+                    r'method="GET",status="404"\} 1', text),
+          "the 404 on /tasks/{name} is not counted")
+    check('taskbus_http_request_duration_seconds_bucket' in text,
+          "no request duration histogram")
+    check(re.search(r'taskbus_tasks\{state="running"\} [1-9]', text),
+          "no running tasks counted (the websocket's two)")
+    s.stop_ok()
+
+
 # ------------------------------------------------------------------ exec
 
 
@@ -1524,6 +1664,12 @@ CASES = [
      t_second_signal(TERM, "json")),
     ("shutdown", "no 202-answered event lost at SIGTERM (two instances, "
      "one Redis)", t_no_loss),
+    ("api", "GET /events long poll: 200 envelope, 204, 400", t_api_long_poll),
+    ("api", "POST/GET/DELETE /tasks and purge: every status", t_api_tasks_rows),
+    ("api", "Redis down: /readyz 503, POST /events 503 bus_down",
+     t_api_bus_down),
+    ("api", "GET /metrics: websocket clients, requests by route, tasks",
+     t_api_metrics),
     ("exec", "exec kind off without --exec-allow: 403", t_exec_off),
     ("exec", "exec: output events, exit status, allow-list, cancel",
      t_exec_runs),
