@@ -20,6 +20,14 @@ BUILD_DEPS=(cmake make gcc libc6-dev pkg-config
 TEST_DEPS=(libcmocka-dev redis-server redis-tools python3 python3-websockets
     curl valgrind)
 
+# --- container and deploy checks (tests/container/) -------------------------
+# podman and what it needs to build and run the Dockerfile without a Docker
+# engine or a registry (see tests/container/test_container.sh), docker-compose
+# to validate deploy/compose.yaml, python3-yaml to read deploy/k8s.
+CONTAINER_DEPS=(podman runc debootstrap iptables netavark aardvark-dns
+    fuse-overlayfs slirp4netns uidmap curl docker-compose python3-yaml)
+# ----------------------------------------------------------------------------
+
 JOBS=$(nproc 2>/dev/null || echo 2)
 CTEST_JOBS=2
 
@@ -124,6 +132,7 @@ cmd_run() {
 cmd_test() {
     local start=$SECONDS t rc_release=0 rc_asan=0 rc_tsan=0
     ensure_packages "${BUILD_DEPS[@]}" "${TEST_DEPS[@]}"
+    ensure_packages "${CONTAINER_DEPS[@]}" # tests/container/ (block above)
 
     t=$SECONDS
     configure build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON \

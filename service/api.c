@@ -157,7 +157,10 @@ static int error_with(tb_http_req *req, int status, const char *code,
     va_end(ap);
     if (!extra)
         return tb_http_error(req, status, code, "%s", msg);
-    tb__log(status >= 500 ? TB_LOG_ERROR : TB_LOG_INFO,
+    /* not_ready is a probe's answer, expected while starting, stopping or
+     * reconnecting (each logged on its own): not an error. */
+    tb__log(status >= 500 && strcmp(code, "not_ready") != 0 ? TB_LOG_ERROR
+                                                            : TB_LOG_INFO,
             "http %s %s (request %s): %d %s: %s", tb_http_method(req),
             tb_http_path(req), tb_http_request_id(req), status, code, msg);
     json_object_set_new(extra, "error", json_string(code));

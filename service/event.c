@@ -32,7 +32,6 @@ tb_event *tb__event_new(tb_app *app, const char *name, const void *data,
     ev->data = p;
     ev->len = len;
     atomic_init(&ev->json, NULL);
-    ev->json_len = 0;
     atomic_init(&ev->refs, 1);
     ev->ts_us = ts_us ? ts_us : tb__now_us();
     if (id) {
@@ -67,19 +66,26 @@ void tb_event_unref(tb_event *ev)
 const char *tb_event_json(const tb_event *cev, size_t *len)
 {
     tb_event *ev = (tb_event *)(uintptr_t)cev;
-    char *j = atomic_load_explicit(&ev->json, memory_order_acquire);
+    tb__json *j = atomic_load_explicit(&ev->json, memory_order_acquire);
     if (!j) {
         /* Whoever builds it first publishes it; a thread that loses the
-         * race drops its own copy. json_len is the same either way. */
-        char *mine;
+         * race drops its own copy. */
+        char *text;
         size_t n;
-        if (tb__envelope_encode(ev, &mine, &n) != 0)
+        if (tb__envelope_encode(ev, &text, &n) != 0)
             return NULL;
-        ev->json_len = n;
-        char *expected = NULL;
-        if (atomic_compare_exchange_strong_explicit(&ev->json, &expected, mine,
-                                                    memory_order_acq_rel,
-                                                    memory_order_acquire)) {
+        tb__json *mine = malloc(sizeof *mine + n + 1);
+        if (!mine) {
+            free(text);
+            return NULL;
+        }
+        mine->len = n;
+        memcpy(mine->text, text, n + 1);
+        free(text);
+        tb__json *expected = NULL;
+        if (atomic_compare_exchange_strong_explicit(
+                &ev->json, &expected, mine, memory_order_acq_rel,
+                memory_order_acquire)) {
             j = mine;
         } else {
             free(mine);
@@ -87,8 +93,8 @@ const char *tb_event_json(const tb_event *cev, size_t *len)
         }
     }
     if (len)
-        *len = ev->json_len;
-    return j;
+        *len = j->len;
+    return j->text;
 }
 
 const char *tb_event_name(const tb_event *ev)

@@ -22,14 +22,20 @@ struct tb__worker;
 
 /* ---------------------------------------------------------------- events */
 
+typedef struct tb__json {
+    size_t len;
+    char text[];
+} tb__json;
+
 struct tb_event {
     atomic_int refs;
     size_t len;
     int64_t ts_us;
     const char *name; /* points into the same allocation */
     const char *data; /* NUL-terminated copy of the data */
-    _Atomic(char *) json; /* tb_event_json's envelope, made on first use */
-    size_t json_len;      /* written before json is published */
+    /* tb_event_json's envelope, made on first use: its length, then the
+     * text (one allocation, published whole). */
+    _Atomic(struct tb__json *) json;
     char id[TB_EVENT_ID_MAX];
     char origin[48];
     /* name and data follow */
