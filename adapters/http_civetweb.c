@@ -165,6 +165,24 @@ static int read_body(conn *c, const struct mg_request_info *ri, size_t limit,
     return 0;
 }
 
+/* The core's view of the request on c. local_uri_raw: the path as sent,
+ * without the query (civetweb cuts the request line at '?'); with
+ * decode_url=no it is not decoded. request_uri may be an absolute URI;
+ * local_uri has had its dot segments removed. NULL for "*" and other
+ * hosts' absolute URIs: the caller refuses those (path "*"). */
+static tb_http_req request_of(tb_app *app, conn *c,
+                              const struct mg_request_info *ri)
+{
+    return (tb_http_req){
+        .app = app,
+        .ops = &conn_ops,
+        .conn = c,
+        .method = ri->request_method,
+        .path = ri->local_uri_raw ? ri->local_uri_raw : "*",
+        .query = ri->query_string,
+    };
+}
+
 /* 1 if the request asks for a websocket (Upgrade: websocket). */
 static int wants_websocket(struct mg_connection *mg)
 {
@@ -183,18 +201,7 @@ static int on_request(struct mg_connection *mg)
         return 0;
     conn c = {.mg = mg, .head = strcmp(ri->request_method, "HEAD") == 0};
     c.close = !keeps_alive(&c, ri);
-    /* local_uri_raw: the path as sent, without the query (civetweb cuts
-     * the request line at '?'); with decode_url=no it is not decoded.
-     * request_uri may be an absolute URI; local_uri has had its dot
-     * segments removed. NULL for "*" and other hosts' absolute URIs. */
-    tb_http_req req = {
-        .app = app,
-        .ops = &conn_ops,
-        .conn = &c,
-        .method = ri->request_method,
-        .path = ri->local_uri_raw ? ri->local_uri_raw : "*",
-        .query = ri->query_string,
-    };
+    tb_http_req req = request_of(app, &c, ri);
     if (!ri->local_uri_raw)
         return refuse(&req, &c, 400, "bad_path",
                       "the request target is not a path on this server");
@@ -242,14 +249,7 @@ static int on_ws_connect(const struct mg_connection *cmg, void *ud)
     tb_app *app = ud;
     const struct mg_request_info *ri = mg_get_request_info(mg);
     conn c = {.mg = mg, .close = 1};
-    tb_http_req req = {
-        .app = app,
-        .ops = &conn_ops,
-        .conn = &c,
-        .method = ri->request_method,
-        .path = ri->local_uri_raw ? ri->local_uri_raw : "*",
-        .query = ri->query_string,
-    };
+    tb_http_req req = request_of(app, &c, ri);
     if (!ri->local_uri_raw) {
         mg_disable_connection_keep_alive(mg);
         tb__http_refuse(&req, 400, "bad_path",
