@@ -14,8 +14,9 @@ exiting at once, and no event lost that was answered 202 while stopping
 
 Runs the real binary ($TASKBUS_BIN) on free 127.0.0.1 ports, a throwaway
 redis-server in a mktemp -d directory, http.client, the websockets client
-(python3-websockets) and the binary's own client commands. Helpers follow
-ws_suite.py (copied, not imported: each suite stands alone).
+(python3-websockets) and the binary's own client commands. The helpers
+it shares with ws_suite.py (processes, temp directory, HTTP, redis-server,
+the start of a taskbus, the main loop) are in tbharness.py, beside it.
 
 Prints "PASS name" or "FAIL name: reason" per case and exits 1 if any
 failed. Every wait has a timeout, stretched for sanitizer builds; a
@@ -29,16 +30,12 @@ contains one of the words (all when none are given).
 """
 
 import asyncio
-import atexit
-import ctypes
-import faulthandler
 import glob
 import http.client
 import json
 import os
 import re
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -50,168 +47,15 @@ import time
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-HOST = "127.0.0.1"
-HARD_CAP_S = 240
-STOP_TIMEOUT_S = 15  # SIGTERM to exit status 0
-SAN_RE = re.compile(r"Sanitizer|runtime error|LeakSan")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import tbharness  # noqa: E402 (after the path it is found on)
+from tbharness import (H, HOST, SAN_RE, STOP_TIMEOUT_S, Redis,  # noqa: E402
+                       T, TaskbusProc, check, child_env, die_with_parent,
+                       end_proc, free_port, http_req, read_text, spawn, tail)
 
-
-def sanitizer_of(path):
-    """The sanitizer the binary was built with, from its symbols."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    if b"__tsan_init" in data:
-        return "tsan"
-    if b"__asan_init" in data:
-        return "asan"
-    if b"__ubsan_handle" in data:
-        return "ubsan"
-    return None
-
-
-BIN = os.environ.get("TASKBUS_BIN", "")
 SRC = os.environ.get("TASKBUS_SOURCE_DIR") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
-SANITIZER = sanitizer_of(BIN) if BIN else None
-SCALE = {"tsan": 5, "asan": 3, "ubsan": 2}.get(SANITIZER, 1)
-
-
-def T(seconds):
-    """A timeout, stretched for slow (sanitizer) builds."""
-    return seconds * SCALE
-
-
-# ------------------------------------------------------------------ cleanup
-
-PROCS = []  # every child process we started
-ROOT = None  # our mktemp -d directory
-REAPER = None
-_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent():
-    # In the child, before exec: SIGKILL when the suite dies, however.
-    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:
-        os._exit(127)
-
-
-def spawn(argv, out_path, err_path=None, env=None):
-    """Starts argv with stdout to out_path and stderr to err_path (or the
-    same file); registered for cleanup."""
-    out = open(out_path, "wb")
-    err = open(err_path, "wb") if err_path else subprocess.STDOUT
-    try:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=err, env=env,
-                             preexec_fn=_die_with_parent, close_fds=True)
-    finally:
-        out.close()
-        if err_path:
-            err.close()
-    PROCS.append(p)
-    return p
-
-
-def end_proc(p, sig=signal.SIGTERM, timeout=5.0):
-    """Signals p, waits up to timeout, then SIGKILL. Returns its status."""
-    if p.poll() is None:
-        try:
-            p.send_signal(signal.SIGCONT)
-            p.send_signal(sig)
-        except ProcessLookupError:
-            pass
-        try:
-            return p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-            return None
-    return p.returncode
-
-
-def cleanup():
-    global ROOT, REAPER
-    for p in PROCS:
-        if p.poll() is None:
-            p.kill()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-    if ROOT:
-        shutil.rmtree(ROOT, ignore_errors=True)
-        ROOT = None
-    if REAPER:
-        try:
-            REAPER.stdin.close()  # EOF: it finds nothing left and exits
-            REAPER.wait(2)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        REAPER = None
-
-
-def make_root():
-    """The temp directory, with a reaper (sh in its own session, reading a
-    pipe only we hold) that removes it once we are gone, even by SIGKILL."""
-    global ROOT, REAPER
-    ROOT = tempfile.mkdtemp(prefix="taskbus-svctest.")
-    script = ('IFS= read -r root; cat >/dev/null; '
-              '[ -n "$root" ] && rm -rf -- "$root"')
-    try:
-        REAPER = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE,
-                                  stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL,
-                                  start_new_session=True, close_fds=True)
-        REAPER.stdin.write((ROOT + "\n").encode())
-        REAPER.stdin.flush()
-    except OSError:
-        REAPER = None  # atexit still cleans in all but a SIGKILL
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def child_env(extra=None):
-    """The environment for taskbus: no TASKBUS_* from the caller (a case
-    sets what it tests), sanitizer options that make any report fail the
-    exit status (prepended: the caller's own options win)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("TASKBUS_")}
-    pre = {
-        "ASAN_OPTIONS": "detect_leaks=1:fast_unwind_on_malloc=0:",
-        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:",
-        "TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1:",
-    }
-    for k, v in pre.items():
-        env[k] = v + env.get(k, "")
-    env.update(extra or {})
-    return env
-
-
-def read_text(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def tail(path, n=30):
-    if not os.path.exists(path):
-        return f"    (no log {path})"
-    lines = read_text(path).splitlines()
-    return "\n".join("    | " + l for l in lines[-n:]) or "    (empty)"
 
 
 def san_excerpt(text):
@@ -227,18 +71,13 @@ def san_excerpt(text):
 
 
 def temp_file(name, content):
-    path = os.path.join(ROOT, name)
+    path = os.path.join(H.root, name)
     with open(path, "w") as f:
         f.write(content)
     return path
 
 
-# ------------------------------------------------------------------ checks
-
-
-def check(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
+# ------------------------------------------------------------------ waits
 
 
 def wait_for(fn, timeout, interval=0.05):
@@ -255,42 +94,6 @@ def wait_for(fn, timeout, interval=0.05):
 # ------------------------------------------------------------------ HTTP
 
 
-class Resp:
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = headers
-        self.body = body
-        try:
-            self.json = json.loads(body) if body else None
-        except ValueError:
-            self.json = None
-
-    def code(self):
-        return self.json.get("error") if isinstance(self.json, dict) else None
-
-    def __repr__(self):
-        return f"HTTP {self.status} {self.body[:300]!r}"
-
-
-def http_req(port, method, path, body=None, headers=None, timeout=None):
-    """One request on its own connection. body: bytes, str, or a JSON value
-    (dict/list). Returns a Resp."""
-    h = dict(headers or {})
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body).encode()
-        h.setdefault("Content-Type", "application/json")
-    elif isinstance(body, str):
-        body = body.encode()
-    c = http.client.HTTPConnection(HOST, port, timeout=timeout or T(10))
-    try:
-        c.request(method, path, body=body, headers=h)
-        r = c.getresponse()
-        data = r.read()
-        return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
-    finally:
-        c.close()
-
-
 def bearer(token):
     return {"Authorization": f"Bearer {token}"}
 
@@ -302,71 +105,44 @@ SLOW = []  # steps of the case running now that took long, for its line
 
 
 def note_slow(what, took, limit=1.0):
-    if took > limit * SCALE:
+    if took > limit * H.scale:
         SLOW.append(f"{what} took {took:.1f} s")
 
 
-class Taskbus:
+class Taskbus(TaskbusProc):
     """One `taskbus serve` on a free loopback port; stderr and stdout to
-    files in ROOT. listen: "flag" (--listen), "env" (TASKBUS_LISTEN)."""
+    files in H.root. listen: "flag" (--listen), "env" (TASKBUS_LISTEN)."""
+
+    PORT_TAKEN = r"cannot listen|in use"
+    POLL_S = 0.03
 
     def __init__(self, name, *args, env=None, listen="flag", serve=True):
-        self.name = name
-        self.args = list(args)
+        super().__init__(name, *args)
         self.env = dict(env or {})
         self.listen = listen
         self.serve = serve
-        self.proc = None
-        self.port = None
         self.err = self.out = None
         self.signalled = None  # monotonic time of the first signal
         self.expect_rc = 0  # what its exit status must be at teardown
         CASE_SERVERS.append(self)
 
-    def start(self):
-        last = ""
-        for attempt in range(3):
-            self.port = free_port()
-            base = os.path.join(ROOT, f"taskbus-{self.name}-{attempt}")
-            self.err, self.out = base + ".err", base + ".out"
-            env = dict(self.env)
-            argv = [BIN] + (["serve"] if self.serve else [])
-            if self.listen == "flag":
-                argv += ["--listen", f"{HOST}:{self.port}"]
-            else:
-                env["TASKBUS_LISTEN"] = f"{HOST}:{self.port}"
-            argv += self.args
-            self.proc = spawn(argv, self.out, self.err, env=child_env(env))
-            end = time.monotonic() + T(15)
-            while True:
-                rc = self.proc.poll()
-                if rc is not None:
-                    last = (f"taskbus {self.name} exited with {rc} at "
-                            f"start\n{tail(self.err)}")
-                    if re.search(r"cannot listen|in use", self.err_text()):
-                        break  # the port was taken: another one
-                    raise RuntimeError(last)
-                try:
-                    if http_req(self.port, "GET", "/healthz",
-                                timeout=2).status == 200:
-                        note_slow(f"starting taskbus {self.name}",
-                                  time.monotonic() - end + T(15), 2.5)
-                        return self
-                except (OSError, http.client.HTTPException):
-                    pass
-                if time.monotonic() > end:
-                    end_proc(self.proc, signal.SIGKILL)
-                    raise RuntimeError(
-                        f"taskbus {self.name}: /healthz not 200 after "
-                        f"{T(15)} s\n{tail(self.err)}")
-                time.sleep(0.03)
-        raise RuntimeError(last)
+    def _spawn(self, attempt):
+        base = os.path.join(H.root, f"taskbus-{self.name}-{attempt}")
+        self.err, self.out = base + ".err", base + ".out"
+        env = dict(self.env)
+        argv = [H.bin] + (["serve"] if self.serve else [])
+        if self.listen == "flag":
+            argv += ["--listen", f"{HOST}:{self.port}"]
+        else:
+            env["TASKBUS_LISTEN"] = f"{HOST}:{self.port}"
+        argv += self.args
+        return spawn(argv, self.out, self.err, env=child_env(env)), self.err
+
+    def _started(self, took):
+        note_slow(f"starting taskbus {self.name}", took, 2.5)
 
     def url(self):
         return f"http://{HOST}:{self.port}"
-
-    def ws_url(self, path):
-        return f"ws://{HOST}:{self.port}{path}"
 
     def err_text(self):
         return read_text(self.err)
@@ -433,64 +209,6 @@ class Taskbus:
         return None
 
 
-class Redis:
-    """A throwaway redis-server on a free loopback port in its own dir."""
-
-    def __init__(self, name, *args):
-        self.name = name
-        self.args = list(args)
-        self.proc = None
-        self.password = None
-        if "--requirepass" in self.args:
-            self.password = self.args[self.args.index("--requirepass") + 1]
-
-    def start(self):
-        for attempt in range(3):
-            self.port = free_port()
-            self.dir = tempfile.mkdtemp(prefix="redis.", dir=ROOT)
-            self.log = os.path.join(self.dir, "redis.log")
-            argv = ["/usr/bin/redis-server", "--save", "", "--appendonly",
-                    "no", "--dir", self.dir, "--bind", HOST, "--port",
-                    str(self.port), "--daemonize", "no", "--logfile",
-                    self.log, *self.args]
-            self.proc = spawn(argv, os.path.join(self.dir, "stdout.log"))
-            end = time.monotonic() + 10
-            while True:
-                if self.proc.poll() is not None:
-                    if "Address already in use" in read_text(self.log):
-                        break
-                    raise RuntimeError(f"redis-server exited at start\n"
-                                       f"{tail(self.log)}")
-                if ("Ready to accept connections" in read_text(self.log)
-                        and self.ping()):
-                    return self
-                if time.monotonic() > end:
-                    raise RuntimeError(f"redis-server not ready after 10 s\n"
-                                       f"{tail(self.log)}")
-                time.sleep(0.05)
-        raise RuntimeError("redis-server: no free port after 3 tries")
-
-    def ping(self):
-        try:
-            with socket.create_connection((HOST, self.port), 1) as s:
-                if self.password:
-                    s.sendall(f"AUTH {self.password}\r\n".encode())
-                    if not s.recv(64).startswith(b"+OK"):
-                        return False
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def url(self, password=None):
-        auth = f":{password}@" if password else ""
-        return f"redis://{auth}{HOST}:{self.port}"
-
-    def stop(self):
-        if self.proc:
-            end_proc(self.proc, signal.SIGTERM, 5)
-
-
 # ------------------------------------------------------------------ CLI
 
 
@@ -515,9 +233,9 @@ def cli(args, env=None, stdin=None, timeout=20):
     still running after timeout (then killed)."""
     t0 = time.monotonic()
     try:
-        p = subprocess.run([BIN, *args], input=stdin, capture_output=True,
+        p = subprocess.run([H.bin, *args], input=stdin, capture_output=True,
                            env=child_env(env), timeout=T(timeout),
-                           preexec_fn=_die_with_parent)
+                           preexec_fn=die_with_parent)
     except subprocess.TimeoutExpired as e:
         raise AssertionError(
             f"taskbus {' '.join(args)}: still running after {T(timeout)} s "
@@ -535,9 +253,9 @@ class Watch:
     """`taskbus watch PATTERN...` in the background, its stdout in a file."""
 
     def __init__(self, name, args, env=None):
-        base = os.path.join(ROOT, f"watch-{name}")
+        base = os.path.join(H.root, f"watch-{name}")
         self.out, self.err = base + ".out", base + ".err"
-        self.proc = spawn([BIN, "watch", *args], self.out, self.err,
+        self.proc = spawn([H.bin, "watch", *args], self.out, self.err,
                           env=child_env(env))
 
     def lines(self):
@@ -708,7 +426,7 @@ def t_bad_values():
 
 
 def t_bad_token_files():
-    missing = os.path.join(ROOT, "no-such-token")
+    missing = os.path.join(H.root, "no-such-token")
     bad_usage(["serve", "--token-file", missing], names=["--token-file"],
               also=[missing])
     bad_usage(["serve"], env={"TASKBUS_TOKEN_FILE": missing},
@@ -1182,7 +900,7 @@ def t_ws_going_away(sig):
 
 def t_shutdown_delay(sig):
     def case():
-        delay = 1.0 * SCALE
+        delay = 1.0 * H.scale
         s = Taskbus("delay", "--shutdown-delay", str(delay)).start()
 
         async def body():
@@ -1254,7 +972,7 @@ def t_no_loss():
         # A serves on for a while after SIGTERM (--shutdown-delay), so
         # that 202s come before, during and at the end of its shutdown.
         a = Taskbus("a", "--redis-url", r.url(), "--shutdown-delay",
-                    str(0.5 * SCALE)).start()
+                    str(0.5 * H.scale)).start()
         b = Taskbus("b", "--redis-url", r.url()).start()
         for s in (a, b):
             check(wait_for(lambda: http_req(s.port, "GET", "/readyz").status
@@ -1401,7 +1119,7 @@ def t_api_long_poll():
 
 
 def t_api_tasks_rows():
-    with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=ROOT,
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=H.root,
                                      delete=False) as f:
         f.write("#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.1; done\n")
         stubborn = f.name
@@ -1591,7 +1309,7 @@ def t_exec_runs():
 
 
 def t_exec_ignores_term():
-    with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=ROOT,
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=H.root,
                                      delete=False) as f:
         f.write("#!/bin/sh\ntrap '' TERM\necho started\n"
                 "while :; do sleep 0.1; done\n")
@@ -1678,16 +1396,7 @@ CASES = [
 ]
 
 
-class Runner:
-    def __init__(self, words):
-        self.words = [w.lower() for w in words]
-        self.passed = 0
-        self.failed = []
-
-    def wanted(self, group, name):
-        return not self.words or any(w in group.lower() or w in name.lower()
-                                     for w in self.words)
-
+class Runner(tbharness.Runner):
     def case(self, group, name, fn):
         full = f"{group}: {name}"
         CASE_SERVERS.clear()
@@ -1710,12 +1419,9 @@ class Runner:
         if SLOW:
             detail += ("; " if detail else "") + "slow: " + ", ".join(SLOW)
         if ok:
-            self.passed += 1
-            print(f"PASS {full} ({detail + '; ' if detail else ''}"
-                  f"{took:.2f} s)", flush=True)
-        else:
-            self.failed.append(full)
-            print(f"FAIL {full}: {detail}", flush=True)
+            detail = (detail + "; " if detail else "") + f"{took:.2f} s"
+        self.report(ok, full, detail)
+        if not ok:
             for s in CASE_SERVERS:
                 if s.err and s.err not in detail and s.err_text():
                     print(f"  stderr of taskbus {s.name} (last lines):\n"
@@ -1728,50 +1434,9 @@ class Runner:
 
 
 def main():
-    if not BIN or not os.access(BIN, os.X_OK):
-        print(f"FAIL setup: TASKBUS_BIN ({BIN!r}) is not an executable",
-              flush=True)
-        return 1
-    if not os.access("/usr/bin/redis-server", os.X_OK):
-        print("FAIL setup: /usr/bin/redis-server missing (apt-get install "
-              "redis-server)", flush=True)
-        return 1
-    t0 = time.monotonic()
-    make_root()
-    atexit.register(cleanup)
-
-    def on_term(sig, frame):
-        raise SystemExit(128 + sig)
-
-    def on_alarm(sig, frame):
-        print(f"FAIL suite: still running after {HARD_CAP_S} s; stopped",
-              flush=True)
-        cleanup()
-        os._exit(1)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(HARD_CAP_S)
-    faulthandler.dump_traceback_later(HARD_CAP_S - 5, exit=False)
-    print(f"service_suite: {BIN}" + (f" ({SANITIZER} build: timeouts "
-                                     f"x{SCALE})" if SANITIZER else ""),
-          flush=True)
     runner = Runner(sys.argv[1:])
-    try:
-        runner.run()
-    finally:
-        signal.alarm(0)
-        faulthandler.cancel_dump_traceback_later()
-        cleanup()
-    took = time.monotonic() - t0
-    total = runner.passed + len(runner.failed)
-    print(f"service_suite: {runner.passed} of {total} passed in {took:.1f} s",
-          flush=True)
-    if runner.failed:
-        print("failed:\n" + "\n".join(f"  {n}" for n in runner.failed),
-              flush=True)
-        return 1
-    return 0
+    return tbharness.run_suite("service_suite", "taskbus-svctest.", runner,
+                               runner.run)
 
 
 if __name__ == "__main__":

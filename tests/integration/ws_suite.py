@@ -6,7 +6,8 @@ a throwaway redis-server (a mktemp -d directory, as redis_harness.h does)
 for the two-instance cases, and drives it with the websockets client
 (python3-websockets), a minimal hand-written websocket client for what
 that client will not send (bad UTF-8, raw fragments, unanswered pings, a
-reader that stops reading), and http.client for the HTTP side.
+reader that stops reading), and http.client for the HTTP side. The
+helpers it shares with service_suite.py are in tbharness.py, beside it.
 
 Prints one line per test case, "PASS name" or "FAIL name: reason", and
 exits 1 if any failed. Every wait has a timeout (scaled up for sanitizer
@@ -21,22 +22,17 @@ contains one of the words (all when none are given).
 """
 
 import asyncio
-import atexit
 import base64
-import ctypes
-import faulthandler
 import hashlib
 import http.client
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -45,190 +41,17 @@ import urllib.parse
 import websockets
 from websockets.exceptions import ConnectionClosed, InvalidStatusCode
 
-HOST = "127.0.0.1"
-HARD_CAP_S = 240
-STOP_TIMEOUT_S = 15  # SIGTERM to exit status 0
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import tbharness  # noqa: E402 (after the path it is found on)
+from tbharness import (H, HOST, SAN_RE, STOP_TIMEOUT_S, Redis,  # noqa: E402
+                       Resp, T, TaskbusProc, check, child_env, end_proc,
+                       http_req, read_text, spawn, tail)
+
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def sanitizer_of(path):
-    """The sanitizer the binary was built with, from its symbols."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    if b"__tsan_init" in data:
-        return "tsan"
-    if b"__asan_init" in data:
-        return "asan"
-    if b"__ubsan_handle" in data:
-        return "ubsan"
-    return None
-
-
-BIN = os.environ.get("TASKBUS_BIN", "")
-SANITIZER = sanitizer_of(BIN) if BIN else None
-SCALE = {"tsan": 5, "asan": 3, "ubsan": 2}.get(SANITIZER, 1)
-
-
-def T(seconds):
-    """A timeout, stretched for slow (sanitizer) builds."""
-    return seconds * SCALE
-
-
-# ------------------------------------------------------------------ cleanup
-
-PROCS = []  # every child process we started
-ROOT = None  # our mktemp -d directory
-REAPER = None
-_LIBC = ctypes.CDLL("libc.so.6", use_errno=True)
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent():
-    # In the child, before exec: SIGKILL when the suite dies, however.
-    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:
-        os._exit(127)
-
-
-def spawn(argv, log_path, env=None):
-    """Starts argv with stdout and stderr to log_path; registered for
-    cleanup."""
-    with open(log_path, "wb") as log:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                             stderr=subprocess.STDOUT, env=env,
-                             preexec_fn=_die_with_parent, close_fds=True)
-    PROCS.append(p)
-    return p
-
-
-def end_proc(p, sig=signal.SIGTERM, timeout=5.0):
-    """Signals p, waits up to timeout, then SIGKILL. Returns its status."""
-    if p.poll() is None:
-        try:
-            p.send_signal(signal.SIGCONT)
-            p.send_signal(sig)
-        except ProcessLookupError:
-            pass
-        try:
-            return p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-            return None
-    return p.returncode
-
-
-def cleanup():
-    global ROOT, REAPER
-    for p in PROCS:
-        if p.poll() is None:
-            p.kill()
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-    if ROOT:
-        shutil.rmtree(ROOT, ignore_errors=True)
-        ROOT = None
-    if REAPER:
-        try:
-            REAPER.stdin.close()  # EOF: it finds nothing left and exits
-            REAPER.wait(2)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
-        REAPER = None
-
-
-def make_root():
-    """The temp directory, with a reaper (sh in its own session, reading a
-    pipe only we hold) that removes it once we are gone, even by SIGKILL."""
-    global ROOT, REAPER
-    ROOT = tempfile.mkdtemp(prefix="taskbus-wstest.")
-    script = ('IFS= read -r root; cat >/dev/null; '
-              '[ -n "$root" ] && rm -rf -- "$root"')
-    try:
-        REAPER = subprocess.Popen(["sh", "-c", script], stdin=subprocess.PIPE,
-                                  stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL,
-                                  start_new_session=True, close_fds=True)
-        REAPER.stdin.write((ROOT + "\n").encode())
-        REAPER.stdin.flush()
-    except OSError:
-        REAPER = None  # atexit still cleans in all but a SIGKILL
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def child_env():
-    """The environment for taskbus: sanitizer options that make any report
-    fail the exit status (prepended: the caller's own options win)."""
-    env = dict(os.environ)
-    pre = {
-        "ASAN_OPTIONS": "detect_leaks=1:fast_unwind_on_malloc=0:",
-        "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1:",
-        "TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1:",
-    }
-    for k, v in pre.items():
-        env[k] = v + env.get(k, "")
-    return env
-
-
-def tail(path, n=30):
-    try:
-        with open(path, "rb") as f:
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError as e:
-        return f"    (no log: {e})"
-    return "\n".join("    | " + l for l in lines[-n:])
-
-
 # ------------------------------------------------------------------ HTTP
-
-
-class Resp:
-    def __init__(self, status, headers, body):
-        self.status = status
-        self.headers = headers
-        self.body = body
-        try:
-            self.json = json.loads(body) if body else None
-        except ValueError:
-            self.json = None
-
-    def code(self):
-        return self.json.get("error") if isinstance(self.json, dict) else None
-
-    def __repr__(self):
-        return f"HTTP {self.status} {self.body[:300]!r}"
-
-
-def http_req(port, method, path, body=None, headers=None, timeout=None):
-    """One request on its own connection. body: bytes, str, or a JSON value
-    (dict/list). Returns a Resp."""
-    h = dict(headers or {})
-    if isinstance(body, (dict, list)):
-        body = json.dumps(body).encode()
-        h.setdefault("Content-Type", "application/json")
-    elif isinstance(body, str):
-        body = body.encode()
-    c = http.client.HTTPConnection(HOST, port, timeout=timeout or T(10))
-    try:
-        c.request(method, path, body=body, headers=h)
-        r = c.getresponse()
-        data = r.read()
-        return Resp(r.status, {k.lower(): v for k, v in r.getheaders()}, data)
-    finally:
-        c.close()
 
 
 async def ahttp(port, method, path, body=None, headers=None, timeout=None):
@@ -270,11 +93,6 @@ class Poster:
             self.c = None
 
 
-def check(cond, msg):
-    if not cond:
-        raise AssertionError(msg)
-
-
 def check_status(r, status, code=None, what=""):
     check(r.status == status and (code is None or r.code() == code),
           f"{what}: want {status}{' ' + code if code else ''}, got {r!r}")
@@ -297,62 +115,30 @@ async def poll_until(fn, timeout, interval=0.05):
 # ------------------------------------------------------------------ servers
 
 
-class Taskbus:
-    """One taskbus process on a free loopback port, log in ROOT."""
+class Taskbus(TaskbusProc):
+    """One taskbus process on a free loopback port, log in H.root."""
 
     def __init__(self, name, *args):
-        self.name = name
-        self.args = list(args)
-        self.proc = None
-        self.port = None
+        super().__init__(name, *args)
         self.log = None
         self.terminated = None
         self.ready = False  # /healthz answered
 
-    def start(self):
-        last = ""
-        for attempt in range(3):
-            self.port = free_port()
-            self.log = os.path.join(ROOT, f"taskbus-{self.name}-{attempt}.log")
-            argv = [BIN, "--listen", f"{HOST}:{self.port}", "--workers", "2",
-                    "--tick", "0", "--quiet", *self.args]
-            self.proc = spawn(argv, self.log, env=child_env())
-            end = time.monotonic() + T(15)
-            while True:
-                rc = self.proc.poll()
-                if rc is not None:
-                    text = open(self.log, "rb").read().decode("utf-8",
-                                                               "replace")
-                    last = (f"taskbus {self.name} exited with {rc} at "
-                            f"start\n{tail(self.log)}")
-                    if "cannot listen" in text:
-                        break  # the port was taken: another one
-                    raise RuntimeError(last)
-                if f"listening on {HOST}:{self.port}" in self.log_text():
-                    try:
-                        if http_req(self.port, "GET", "/healthz",
-                                    timeout=2).status == 200:
-                            self.ready = True
-                            return self
-                    except (OSError, http.client.HTTPException):
-                        pass
-                if time.monotonic() > end:
-                    end_proc(self.proc, signal.SIGKILL)
-                    raise RuntimeError(
-                        f"taskbus {self.name}: /healthz not 200 after "
-                        f"{T(15)} s\n{tail(self.log)}")
-                time.sleep(0.05)
-        raise RuntimeError(last)
+    def _spawn(self, attempt):
+        self.log = os.path.join(H.root, f"taskbus-{self.name}-{attempt}.log")
+        argv = [H.bin, "--listen", f"{HOST}:{self.port}", "--workers", "2",
+                "--tick", "0", "--quiet", *self.args]
+        return (spawn(argv, self.log, env=child_env(keep_taskbus=True)),
+                self.log)
+
+    def _listening(self):
+        return f"listening on {HOST}:{self.port}" in self.log_text()
+
+    def _started(self, took):
+        self.ready = True
 
     def log_text(self):
-        try:
-            with open(self.log, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def ws_url(self, path):
-        return f"ws://{HOST}:{self.port}{path}"
+        return read_text(self.log)
 
     def terminate(self):
         """SIGTERM, once: a second one makes taskbus exit at once."""
@@ -382,62 +168,6 @@ class Taskbus:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         return 0
-
-
-class Redis:
-    """A throwaway redis-server on a free loopback port in its own dir."""
-
-    def __init__(self, name):
-        self.name = name
-        self.proc = None
-
-    def start(self):
-        for attempt in range(3):
-            self.port = free_port()
-            self.dir = tempfile.mkdtemp(prefix="redis.", dir=ROOT)
-            self.log = os.path.join(self.dir, "redis.log")
-            argv = ["/usr/bin/redis-server", "--save", "", "--appendonly",
-                    "no", "--dir", self.dir, "--bind", HOST, "--port",
-                    str(self.port), "--daemonize", "no", "--logfile",
-                    self.log]
-            self.proc = spawn(argv, os.path.join(self.dir, "stdout.log"))
-            end = time.monotonic() + 10
-            while True:
-                if self.proc.poll() is not None:
-                    text = self.log_text()
-                    if "Address already in use" in text:
-                        break
-                    raise RuntimeError(f"redis-server exited at start\n"
-                                       f"{tail(self.log)}")
-                if ("Ready to accept connections" in self.log_text()
-                        and self.ping()):
-                    return self
-                if time.monotonic() > end:
-                    raise RuntimeError(f"redis-server not ready after 10 s\n"
-                                       f"{tail(self.log)}")
-                time.sleep(0.05)
-        raise RuntimeError("redis-server: no free port after 3 tries")
-
-    def log_text(self):
-        try:
-            with open(self.log, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def ping(self):
-        try:
-            with socket.create_connection((HOST, self.port), 1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def url(self):
-        return f"redis://{HOST}:{self.port}"
-
-    def stop(self):
-        return end_proc(self.proc, signal.SIGTERM, 5), 0
 
 
 # ------------------------------------------------------------------ clients
@@ -1982,7 +1712,7 @@ async def t_churn(ctx):
                           f"connections")
     growth = (rss1 - rss0) / 1024
     note = ""
-    if SANITIZER in ("asan", "tsan"):
+    if H.sanitizer in ("asan", "tsan"):
         note = " (RSS not checked: the sanitizer keeps freed memory)"
     else:
         check(growth < 8, f"RSS grew {growth:.1f} MB ({rss0} -> {rss1} kB) "
@@ -2099,26 +1829,13 @@ def where(e):
     return f"(at {f.name}:{f.lineno}, {f.line!r})"
 
 
-class Runner:
-    def __init__(self, words):
-        self.words = [w.lower() for w in words]
-        self.passed = 0
-        self.failed = []
-
-    def wanted(self, group, name):
-        return not self.words or any(w in group.lower() or w in name.lower()
-                                     for w in self.words)
-
+class Runner(tbharness.Runner):
     def report(self, ok, name, detail, servers=(), marks=None):
         """One PASS/FAIL line; on failure, the log lines each taskbus wrote
         since marks (its log sizes when the case began), the last 25."""
+        super().report(ok, name, detail)
         if ok:
-            self.passed += 1
-            print(f"PASS {name}" + (f" ({detail})" if detail else ""),
-                  flush=True)
             return
-        self.failed.append(name)
-        print(f"FAIL {name}: {detail}", flush=True)
         for s in servers:
             if not isinstance(s, Taskbus) or not s.log:
                 continue
@@ -2192,7 +1909,7 @@ class Runner:
                 name = f"{gname}: taskbus {s.name} exits 0 on SIGTERM"
                 text = s.log_text()
                 bad = [l for l in text.splitlines()
-                       if re.search(r"Sanitizer|runtime error|LeakSan", l)]
+                       if SAN_RE.search(l)]
                 if rc == 0 and not bad:
                     self.report(True, name, f"{took:.2f} s")
                 else:
@@ -2208,49 +1925,9 @@ class Runner:
 
 
 def main():
-    if not BIN or not os.access(BIN, os.X_OK):
-        print(f"FAIL setup: TASKBUS_BIN ({BIN!r}) is not an executable",
-              flush=True)
-        return 1
-    if not os.access("/usr/bin/redis-server", os.X_OK):
-        print("FAIL setup: /usr/bin/redis-server missing (apt-get install "
-              "redis-server)", flush=True)
-        return 1
-    t0 = time.monotonic()
-    make_root()
-    atexit.register(cleanup)
-
-    def on_term(sig, frame):
-        raise SystemExit(128 + sig)
-
-    def on_alarm(sig, frame):
-        print(f"FAIL suite: still running after {HARD_CAP_S} s; stopped",
-              flush=True)
-        cleanup()
-        os._exit(1)
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(HARD_CAP_S)
-    faulthandler.dump_traceback_later(max(1, HARD_CAP_S - 5), exit=False)
-    print(f"ws_suite: {BIN}" + (f" ({SANITIZER} build: timeouts x{SCALE})"
-                                 if SANITIZER else ""), flush=True)
     runner = Runner(sys.argv[1:])
-    try:
-        asyncio.run(runner.run())
-    finally:
-        signal.alarm(0)
-        faulthandler.cancel_dump_traceback_later()
-        cleanup()
-    took = time.monotonic() - t0
-    total = runner.passed + len(runner.failed)
-    print(f"ws_suite: {runner.passed} of {total} passed in {took:.1f} s",
-          flush=True)
-    if runner.failed:
-        print("failed:\n" + "\n".join(f"  {n}" for n in runner.failed),
-              flush=True)
-        return 1
-    return 0
+    return tbharness.run_suite("ws_suite", "taskbus-wstest.", runner,
+                               lambda: asyncio.run(runner.run()))
 
 
 if __name__ == "__main__":
