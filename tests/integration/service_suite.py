@@ -116,8 +116,10 @@ class Taskbus(TaskbusProc):
     PORT_TAKEN = r"cannot listen|in use"
     POLL_S = 0.03
 
-    def __init__(self, name, *args, env=None, listen="flag", serve=True):
+    def __init__(self, name, *args, env=None, listen="flag", serve=True,
+                 wrap=()):
         super().__init__(name, *args)
+        self.wrap = list(wrap)  # argv prefix, e.g. unshare
         self.env = dict(env or {})
         self.listen = listen
         self.serve = serve
@@ -130,7 +132,7 @@ class Taskbus(TaskbusProc):
         base = os.path.join(H.root, f"taskbus-{self.name}-{attempt}")
         self.err, self.out = base + ".err", base + ".out"
         env = dict(self.env)
-        argv = [H.bin] + (["serve"] if self.serve else [])
+        argv = self.wrap + [H.bin] + (["serve"] if self.serve else [])
         if self.listen == "flag":
             argv += ["--listen", f"{HOST}:{self.port}"]
         else:
@@ -1334,6 +1336,58 @@ def t_exec_ignores_term():
     s.stop_ok()
 
 
+def children(pid):
+    """(pid, state) of every process whose parent is pid."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                st = f.read()
+        except OSError:
+            continue
+        rest = st[st.rindex(")") + 2:].split()
+        if int(rest[1]) == pid:
+            out.append((int(d), rest[0]))
+    return out
+
+
+def t_pid1_reaps():
+    if os.geteuid() != 0 or not os.access("/usr/bin/unshare", os.X_OK):
+        print("  (skipped: needs root and unshare for a PID namespace)")
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=H.root,
+                                     delete=False) as f:
+        # Leaves an orphan behind: re-parented to PID 1, i.e. taskbus.
+        f.write("#!/bin/sh\n(sleep 0.3; exit 3) >/dev/null 2>&1 &\n"
+                "echo spawned\n")
+        script = f.name
+    os.chmod(script, 0o755)
+    # --kill-child: if unshare goes, so does taskbus (PID 1 of the new
+    # namespace); signals are sent to taskbus itself below.
+    s = Taskbus("pid1", "--exec-allow", script,
+                wrap=["/usr/bin/unshare", "--pid", "--fork",
+                      "--kill-child"]).start()
+    kids = [p for p, _ in children(s.proc.pid)]
+    check(len(kids) == 1, f"unshare's children: {kids}")
+    tb = kids[0]
+    r = spawn_exec(s.port, "orphan", {"command": script})
+    check(r.status == 201, f"exec {script}: {r!r}")
+    t = finished_task(s.port, "orphan", T(10))
+    check(t and t["state"] == "done", f"the script ended {t}")
+    time.sleep(0.3)
+
+    def no_zombie():
+        return not [p for p, state in children(tb) if state == "Z"]
+    ok = wait_for(no_zombie, T(3))
+    check(ok, f"zombies left under taskbus as PID 1: {children(tb)}")
+    # SIGTERM to taskbus (PID 1 there): a clean stop, and unshare exits 0.
+    os.kill(tb, signal.SIGTERM)
+    s.signalled = time.monotonic()
+    s.stop_ok()
+
+
 CASES = [
     ("cli", "--version and serve --version", t_version),
     ("cli", "--help, serve --help list every TASKBUS_* variable", t_help),
@@ -1389,6 +1443,8 @@ CASES = [
     ("api", "GET /metrics: websocket clients, requests by route, tasks",
      t_api_metrics),
     ("exec", "exec kind off without --exec-allow: 403", t_exec_off),
+    ("exec", "as PID 1 (a PID namespace): orphans are reaped, SIGTERM stops",
+     t_pid1_reaps),
     ("exec", "exec: output events, exit status, allow-list, cancel",
      t_exec_runs),
     ("exec", "exec: SIGKILL after the grace for a command ignoring SIGTERM",
