@@ -226,6 +226,28 @@ static const setting settings[] = {
      C(redis_connect_timeout_ms), 1, 3600000, NULL, "ms (default 2000)"},
     {"redis-command-timeout", "TASKBUS_REDIS_COMMAND_TIMEOUT", K_MS,
      C(redis_command_timeout_ms), 1, 3600000, NULL, "ms (default 5000)"},
+    {"redis-ping-interval", "TASKBUS_REDIS_PING_INTERVAL", K_MS,
+     C(redis_ping_interval_ms), 1, 3600000, NULL,
+     "ms between keepalive pings on an idle Redis link (default 5000)"},
+    {"redis-retry-min", "TASKBUS_REDIS_RETRY_MIN", K_MS,
+     C(redis_retry_min_ms), 1, 3600000, NULL,
+     "ms, first reconnect delay (default 100)"},
+    {"redis-retry-max", "TASKBUS_REDIS_RETRY_MAX", K_MS,
+     C(redis_retry_max_ms), 1, 3600000, NULL,
+     "ms, reconnect backoff cap, with jitter (default 5000)"},
+    {"publish-retry", "TASKBUS_PUBLISH_RETRY", K_MS, C(publish_retry_ms), 0,
+     86400000, NULL,
+     "ms an accepted event is resent after reconnects (default 10000)"},
+    {"stack-size", "TASKBUS_STACK_SIZE", K_SIZE, C(stack_size), 16384,
+     64 << 20, NULL, "bytes of each task's stack (default 65536)"},
+    {"blocking-threads", "TASKBUS_BLOCKING_THREADS", K_INT,
+     C(blocking_threads), 1, 1024, NULL,
+     "threads for blocking calls; each running exec task holds one "
+     "(default 4)"},
+    {"ws-recv-queue-msgs", "TASKBUS_WS_RECV_QUEUE_MSGS", K_INT,
+     C(ws_recv_queue_msgs), 1, 1 << 20, NULL,
+     "client messages waiting for the handler before reads pause "
+     "(default 64)"},
     {"ws-max-clients", "TASKBUS_WS_MAX_CLIENTS", K_INT, C(ws_max_clients), 1,
      1 << 20, NULL, "open websockets (default 10000)"},
     {"ws-max-message", "TASKBUS_WS_MAX_MESSAGE", K_SIZE, C(ws_max_message),
@@ -255,7 +277,7 @@ static const setting settings[] = {
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
 /* Where each setting's value came from: its flag or its variable. */
-static const char *source[64];
+static const char *source[NSETTINGS];
 
 static void apply(serve_opts *o, const setting *st, const char *value,
                   const char *what)
