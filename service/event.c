@@ -83,9 +83,9 @@ const char *tb_event_json(const tb_event *cev, size_t *len)
         memcpy(mine->text, text, n + 1);
         free(text);
         tb__json *expected = NULL;
-        if (atomic_compare_exchange_strong_explicit(
-                &ev->json, &expected, mine, memory_order_acq_rel,
-                memory_order_acquire)) {
+        if (atomic_compare_exchange_strong_explicit(&ev->json, &expected, mine,
+                                                    memory_order_acq_rel,
+                                                    memory_order_acquire)) {
             j = mine;
         } else {
             free(mine);

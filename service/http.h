@@ -91,8 +91,7 @@ int tb__http_client(const char *host, int port, const char *method,
  * server closes (TB_EPIPE). TB_ENOTCONN when the upgrade fails (err says
  * why). */
 int tb__ws_client_watch(const char *host, int port, const char *target,
-                        void (*on_text)(const char *text, size_t len,
-                                        void *ud),
+                        void (*on_text)(const char *text, size_t len, void *ud),
                         void *ud, volatile sig_atomic_t *stop, char *err,
                         size_t errsz);
 

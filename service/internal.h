@@ -117,11 +117,11 @@ struct tb_sub {
     uint64_t dropped;
     int waiting; /* its task is suspended in tb_sub_next on it */
     uint64_t wait_seq;
-    uint64_t last_seq;        /* the worker's deliver_seq of the last event
-                                 queued: queued once however many match */
-    tb__listener **extra;     /* patterns beyond the first (tb_sub_add) */
+    uint64_t last_seq;    /* the worker's deliver_seq of the last event
+                             queued: queued once however many match */
+    tb__listener **extra; /* patterns beyond the first (tb_sub_add) */
     int nextra, extra_cap;
-    int npatterns;            /* l (when linked) + nextra */
+    int npatterns; /* l (when linked) + nextra */
 };
 
 /* ---------------------------------------------------------------- tasks */
@@ -131,7 +131,7 @@ enum {
     TB__WAIT_SLEEP,
     TB__WAIT_EVENT,
     TB__WAIT_SUB,
-    TB__WAIT_TASK,    /* join / cancel waiting for another task */
+    TB__WAIT_TASK,     /* join / cancel waiting for another task */
     TB__WAIT_BLOCKING, /* tb_run_blocking: cancel does not wake it */
     TB__WAIT_WS        /* tb_ws_recv */
 };
@@ -405,13 +405,13 @@ struct tb_app {
     struct tb__router *router; /* HTTP routes, NULL if none */
     void **route_fns;          /* the handlers' wrappers, freed with us */
     size_t nroute_fns;
-    void *http_server;       /* the adapter's, while serving */
-    void *metrics;           /* metrics.c: request counters */
-    struct app_kinds *kinds; /* kinds.c: task kinds by name */
+    void *http_server;              /* the adapter's, while serving */
+    void *metrics;                  /* metrics.c: request counters */
+    struct app_kinds *kinds;        /* kinds.c: task kinds by name */
     struct tb__ws_route *ws_routes; /* ws.c: websocket endpoints */
     atomic_int ws_clients;          /* websockets accepted, not yet freed */
     atomic_uint_fast64_t ws_slow_closes; /* closed for a full send queue */
-    tb__interest interest;   /* what the workers' listeners could match */
+    tb__interest interest; /* what the workers' listeners could match */
 
     /* registry */
     pthread_mutex_t reg_mu;

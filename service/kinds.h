@@ -21,8 +21,8 @@ void tb__kinds_free(tb_app *app);
 /* A kind's own check of validated args, run by tb_task_spawn after the
  * spec's: 0, or an error (TB_EPERM: POST /tasks answers 403 not_allowed;
  * TB_EINVAL: 400 bad_args) with a message in err. Any thread. */
-typedef int (*tb__kind_check_fn)(const tb_kind_args *args, void *ud,
-                                 char *err, size_t errsz);
+typedef int (*tb__kind_check_fn)(const tb_kind_args *args, void *ud, char *err,
+                                 size_t errsz);
 /* Sets kind name's check (before tb_app_run); ud_free(ud) (may be NULL)
  * runs when the kinds are freed, and on error here. 0 or TB_ENOENT. */
 int tb__task_kind_check(tb_app *app, const char *name, tb__kind_check_fn fn,

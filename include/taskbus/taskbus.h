@@ -166,23 +166,23 @@ typedef struct tb_app_config {
     /* Websockets (tb_app_websocket, GET /ws). An upgraded connection leaves
      * civetweb's threads for a worker's event loop, so idle clients cost
      * memory, not threads. */
-    int ws_max_clients;       /* open websockets; beyond, the upgrade is
-                                 answered 503 (too_many_clients); 10000 */
-    size_t ws_max_message;    /* largest message a client may send, bytes
-                                 (after reassembly); beyond, close 1009;
-                                 default 1 MiB */
+    int ws_max_clients;         /* open websockets; beyond, the upgrade is
+                                   answered 503 (too_many_clients); 10000 */
+    size_t ws_max_message;      /* largest message a client may send, bytes
+                                   (after reassembly); beyond, close 1009;
+                                   default 1 MiB */
     size_t ws_send_queue_bytes; /* bytes queued for one client and not yet
                                    taken by its socket; a client that lets
                                    more pile up is closed with 1008; 1 MiB */
-    int ws_send_queue_msgs;   /* the same bound in messages; 4096 */
-    int ws_recv_queue_msgs;   /* messages received and not yet taken by
-                                 tb_ws_recv; beyond, the socket is not read
-                                 (TCP pushes back); 64 */
-    int ws_max_patterns;      /* event patterns one GET /ws connection may
-                                 hold; 64 */
-    int ws_ping_interval_ms;  /* a ping after this long; 0: no pings;
-                                 20000 (Sanic's) */
-    int ws_ping_timeout_ms;   /* no pong by then: close 1011; 20000 */
+    int ws_send_queue_msgs;     /* the same bound in messages; 4096 */
+    int ws_recv_queue_msgs;     /* messages received and not yet taken by
+                                   tb_ws_recv; beyond, the socket is not read
+                                   (TCP pushes back); 64 */
+    int ws_max_patterns;        /* event patterns one GET /ws connection may
+                                   hold; 64 */
+    int ws_ping_interval_ms;    /* a ping after this long; 0: no pings;
+                                   20000 (Sanic's) */
+    int ws_ping_timeout_ms;     /* no pong by then: close 1011; 20000 */
     /* Origins allowed to open websockets: a comma-separated list of exact
      * Origin values ("https://app.example.com"), or "*". NULL or "": any
      * (requests without an Origin header, i.e. non-browser clients, are
@@ -645,7 +645,10 @@ typedef int (*tb_ws_check_fn)(tb_http_req *req, void *ud);
 int tb_app_websocket(tb_app *app, const char *path, tb_ws_fn fn,
                      tb_ws_check_fn check, void *ud);
 
-typedef enum { TB_WS_TEXT = 1, TB_WS_BINARY = 2 } tb_ws_type;
+typedef enum {
+    TB_WS_TEXT = 1,
+    TB_WS_BINARY = 2
+} tb_ws_type;
 
 typedef struct tb_ws_msg {
     tb_ws_type type;

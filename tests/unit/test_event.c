@@ -311,8 +311,8 @@ static int next_is(tb_task *self, tb_sub *sub, const char *want)
     int ok = want[0] ? rc == 0 && strcmp(tb_event_name(ev), want) == 0
                      : rc == TB_ETIMEDOUT;
     if (!ok)
-        fprintf(stderr, "next_is: want \"%s\", got rc %d name %s\n", want,
-                rc, ev ? tb_event_name(ev) : "-");
+        fprintf(stderr, "next_is: want \"%s\", got rc %d name %s\n", want, rc,
+                ev ? tb_event_name(ev) : "-");
     tb_event_unref(ev);
     return ok;
 }
