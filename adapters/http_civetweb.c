@@ -183,11 +183,17 @@ static tb_http_req request_of(tb_app *app, conn *c,
     };
 }
 
-/* 1 if the request asks for a websocket (Upgrade: websocket). */
-static int wants_websocket(struct mg_connection *mg)
+/* 1 if the request is a websocket handshake (RFC 6455 4.1: GET,
+ * Upgrade: websocket, Connection: upgrade, a Sec-WebSocket-Key); anything
+ * else, even with an Upgrade header, is an ordinary request. */
+static int wants_websocket(struct mg_connection *mg,
+                           const struct mg_request_info *ri)
 {
     const char *up = mg_get_header(mg, "Upgrade");
-    return up && has_token(up, "websocket");
+    const char *co = mg_get_header(mg, "Connection");
+    return strcmp(ri->request_method, "GET") == 0 && up &&
+           has_token(up, "websocket") && co && has_token(co, "upgrade") &&
+           mg_get_header(mg, "Sec-WebSocket-Key");
 }
 
 /* civetweb's begin_request: every request is ours, before civetweb looks
@@ -197,7 +203,7 @@ static int on_request(struct mg_connection *mg)
 {
     const struct mg_request_info *ri = mg_get_request_info(mg);
     tb_app *app = ri->user_data;
-    if (app->ws_routes && wants_websocket(mg))
+    if (app->ws_routes && wants_websocket(mg, ri))
         return 0;
     conn c = {.mg = mg, .head = strcmp(ri->request_method, "HEAD") == 0};
     c.close = !keeps_alive(&c, ri);
@@ -265,9 +271,11 @@ static int on_ws_connect(const struct mg_connection *cmg, void *ud)
     return 0;
 }
 
-/* The descriptor of the accepted socket whose peer is addr:port, or -1.
- * Sockets already handed to the core are skipped. */
-static int find_socket(const char *addr, int port)
+/* The descriptor of the socket accepted on the server's port whose peer
+ * is addr:port, or -1. Sockets already handed to the core are skipped, and
+ * so is any other socket (a Redis link, an embedder's) that merely talks
+ * to the same peer address. */
+static int find_socket(const char *addr, int port, int local_port)
 {
     struct in_addr want;
     if (inet_pton(AF_INET, addr, &want) != 1)
@@ -283,8 +291,17 @@ static int find_socket(const char *addr, int port)
         socklen_t sl = sizeof sa;
         if (getpeername(fd, (struct sockaddr *)&sa, &sl) != 0)
             continue;
-        if (sa.sin_family == AF_INET && sa.sin_addr.s_addr == want.s_addr &&
-            ntohs(sa.sin_port) == port)
+        if (sa.sin_family != AF_INET || sa.sin_addr.s_addr != want.s_addr ||
+            ntohs(sa.sin_port) != port)
+            continue;
+        struct sockaddr_in la;
+        socklen_t ll = sizeof la;
+        int type = 0;
+        socklen_t tl = sizeof type;
+        if (getsockname(fd, (struct sockaddr *)&la, &ll) == 0 &&
+            la.sin_family == AF_INET && ntohs(la.sin_port) == local_port &&
+            getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 &&
+            type == SOCK_STREAM)
             return fd;
     }
     return -1;
@@ -299,7 +316,10 @@ static void on_ws_ready(struct mg_connection *mg, void *ud)
     if (!ws)
         return;
     const struct mg_request_info *ri = mg_get_request_info(mg);
-    int fd = find_socket(ri->remote_addr, ri->remote_port);
+    server *srv = tb_ws_app(ws)->http_server;
+    int fd = srv ? find_socket(ri->remote_addr, ri->remote_port,
+                               ntohs(srv->sa.sin_port))
+                 : -1;
     int mine = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     int stand_in =
         mine >= 0 ? socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;

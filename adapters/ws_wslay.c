@@ -70,6 +70,7 @@ static void end(tb__wsconn *c, int code, const char *why);
 static void flush(tb__wsconn *c);
 static void arm(tb__wsconn *c, int ms);
 static void schedule_flush(tb__wsconn *c);
+static void update_reading(tb__wsconn *c);
 
 /* ---------------------------------------------------------------- frames */
 
@@ -146,7 +147,7 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
 {
     (void)flags;
     tb__wsconn *c = ud;
-    if (c->feed == 0 || c->paused) {
+    if (c->feed == 0 || (c->paused && !c->closing)) {
         wslay_event_set_error(ctx, WSLAY_ERR_WOULDBLOCK);
         return -1;
     }
@@ -272,15 +273,12 @@ static void process(tb__wsconn *c)
                                  : "a protocol error (a control frame "
                                    "over 125 bytes)",
                     code);
-            if (c->reading) {
-                event_del(c->rev);
-                c->reading = 0;
-            }
             evbuffer_drain(c->in, avail);
             c->feed = 0;
             c->failing = 1;
             tb__wsconn_close(c, code,
                              code == 1009 ? "message too big" : "bad frame");
+            update_reading(c);
             return;
         }
         if (avail - pos - hl < plen)
@@ -296,8 +294,11 @@ static void process(tb__wsconn *c)
     }
     c->in_callback++;
     int rc = wslay_event_recv(c->ctx);
-    int closed_by_wslay = !wslay_event_get_read_enabled(c->ctx) &&
-                          !c->close_received && !c->closing;
+    /* wslay stopped reading without a close from the client: it found a
+     * protocol error (or a message too big) and queued a close. */
+    int wslay_failed =
+        !wslay_event_get_read_enabled(c->ctx) && !c->close_received;
+    int closed_by_wslay = wslay_failed && !c->closing;
     if (rc == 0)
         rc = wslay_event_send(c->ctx);
     if (rc == 0 && wslay_event_get_close_sent(c->ctx) && !c->close_sent) {
@@ -322,20 +323,19 @@ static void process(tb__wsconn *c)
             rc == WSLAY_ERR_NOMEM ? "out of memory" : "a protocol error");
         return;
     }
-    if (closed_by_wslay || c->close_received) {
+    if (wslay_failed || c->close_received) {
+        if (!c->closing)
+            tb__ws_on_closing(c->ws);
         c->closing = 1;
-        if (c->reading) {
-            event_del(c->rev);
-            c->reading = 0;
-        }
         evbuffer_drain(c->in, evbuffer_get_length(c->in));
         c->feed = 0;
-        if (closed_by_wslay) {
+        if (wslay_failed) {
             c->failing = 1;
             arm(c, c->lim.close_timeout_ms);
         }
     }
     maybe_release(c);
+    update_reading(c);
     schedule_flush(c);
 }
 
@@ -357,6 +357,36 @@ static void check_done(tb__wsconn *c)
         c->end_why ? c->end_why : "closed");
 }
 
+/* Whether the socket should be read now: not once the connection failed
+ * or the client's close came; not while the core's receive queue is full
+ * (but yes while we close, to see the client's answering close); and not
+ * while more than ws_send_queue_bytes wait to be written: a client that
+ * sends pings (each answered) but never reads is pushed back by TCP
+ * instead of growing our output. */
+static int should_read(const tb__wsconn *c)
+{
+    if (c->ended || c->failing || c->close_received)
+        return 0;
+    if (evbuffer_get_length(c->out) > c->lim.send_queue_bytes)
+        return 0;
+    return c->closing || !c->paused;
+}
+
+static void update_reading(tb__wsconn *c)
+{
+    int want = should_read(c);
+    if (want && !c->reading) {
+        event_add(c->rev, NULL);
+        c->reading = 1;
+        /* Frames already read wait in `in`: no edge will come for them. */
+        if (evbuffer_get_length(c->in) > 0)
+            event_active(c->rev, EV_READ, 0);
+    } else if (!want && c->reading) {
+        event_del(c->rev);
+        c->reading = 0;
+    }
+}
+
 static void on_read(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
@@ -375,9 +405,10 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     }
     /* While we close, the client's answering close is still read (what
      * else it sends is dropped). */
-    if (evbuffer_get_length(c->in) > 0 && !c->paused && !c->failing &&
-        !c->close_received)
+    if (evbuffer_get_length(c->in) > 0 && should_read(c))
         process(c);
+    else
+        update_reading(c);
 }
 
 static void flush(tb__wsconn *c)
@@ -417,6 +448,7 @@ static void flush(tb__wsconn *c)
         event_del(c->wev);
         c->wev_added = 0;
     }
+    update_reading(c);
     check_done(c);
 }
 
@@ -437,6 +469,12 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     if (c->closing) {
         end(c, c->end_code ? c->end_code : 1006,
             "the close handshake timed out");
+        return;
+    }
+    if (c->awaiting_pong && !c->reading) {
+        /* Its pong may well wait unread in the socket (we pushed back):
+         * not the client's fault; look again later. */
+        arm(c, c->lim.ping_timeout_ms);
         return;
     }
     if (c->awaiting_pong) {
@@ -548,10 +586,12 @@ void tb__wsconn_close(tb__wsconn *c, int code, const char *reason)
     if (c->ended || c->closing)
         return;
     c->closing = 1;
+    tb__ws_on_closing(c->ws);
     c->close_code = code;
     snprintf(c->close_reason, sizeof c->close_reason, "%s",
              reason ? reason : "");
     arm(c, c->lim.close_timeout_ms);
+    update_reading(c); /* the client's answering close must be read */
     schedule_flush(c);
 }
 
@@ -560,16 +600,7 @@ void tb__wsconn_pause(tb__wsconn *c, int paused)
     if (c->ended)
         return;
     c->paused = paused;
-    if (paused && c->reading) {
-        event_del(c->rev);
-        c->reading = 0;
-    } else if (!paused && !c->reading && !c->failing && !c->close_received) {
-        event_add(c->rev, NULL);
-        c->reading = 1;
-        /* Frames already read wait in `in`: give them to wslay now. */
-        if (evbuffer_get_length(c->in) > 0)
-            event_active(c->rev, EV_READ, 0);
-    }
+    update_reading(c);
 }
 
 void tb__wsconn_abort(tb__wsconn *c)

@@ -31,6 +31,7 @@ typedef struct conn_state {
     int npatterns;
     int cap;
     uint64_t dropped_told; /* drops already reported to the client */
+    int receiver_gone;     /* the receiver task has ended (or never ran) */
     int handler_done;      /* the handler is cleaning up */
 } conn_state;
 
@@ -491,6 +492,12 @@ static int add_one(const char *pat, void *arg)
     return add_pattern(a->st, pat, a->max);
 }
 
+/* The receiver's arg_free: runs when it ends, even if it never ran. */
+static void receiver_gone(void *arg)
+{
+    ((conn_state *)arg)->receiver_gone = 1;
+}
+
 static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
 {
     (void)ud;
@@ -501,14 +508,15 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
     tb_task_opts opts = {.name = name,
                          .worker = tb_ws_worker(ws),
                          .kind = "ws.receiver",
-                         .flags = TB_TASK_EPHEMERAL};
+                         .flags = TB_TASK_EPHEMERAL,
+                         .arg_free = receiver_gone};
     int rc = tb_task_add(app, receiver, &st, &opts, NULL);
     if (rc) {
         reply_error(ws, NULL, "internal", "cannot start the receiver: %s",
                     tb_strerror(rc));
         return rc;
     }
-    while (!st.ready && !st.failed && rc == 0)
+    while (!st.ready && !st.failed && !st.receiver_gone && rc == 0)
         rc = tb_yield(self);
     if (rc == 0 && st.ready) {
         const tb_app_config *cfg = tb_app_get_config(app);

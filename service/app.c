@@ -224,8 +224,11 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
     if (!app)
         goto fail;
     app->cfg = c;
-    /* Owned through cfg.api_token (freed in tb_app_free), set below. */
+    /* Owned through these (freed in tb_app_free), set below: none may
+     * point at the caller's strings meanwhile. */
     app->cfg.api_token = NULL;
+    app->cfg.redis_password = NULL;
+    app->cfg.ws_allowed_origins = NULL;
     /* The config's strings are the caller's: keep copies. */
     app->cfg.event_namespace = app->ns = strdup(c.event_namespace);
     app->cfg.redis_url = NULL;

@@ -35,6 +35,7 @@ extern char **environ;
 
 #define LINE_MAX_BYTES 8192 /* a longer line is cut into pieces */
 #define MAX_ARGS 64
+#define EXIT_DRAIN_MS 1000 /* output read after the command exited */
 
 typedef struct allow_list {
     size_t n;
@@ -95,6 +96,7 @@ typedef struct job {
     char ev_out[TB_EVENT_NAME_MAX + 1], ev_err[TB_EVENT_NAME_MAX + 1];
     int status;      /* from waitpid */
     int spawn_errno; /* posix_spawn's error, or 0 */
+    int status_lost; /* the child was reaped by someone else */
     int signalled;   /* we sent SIGTERM (cancel) */
     int killed;      /* ... and SIGKILL after the grace */
     char line[2][LINE_MAX_BYTES + 1];
@@ -187,8 +189,28 @@ static int run(void *arg)
     posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK |
                                       POSIX_SPAWN_SETSIGDEF |
                                       POSIX_SPAWN_SETPGROUP);
+    /* The command does not get the service's own settings (its token,
+     * the Redis URL with its password). */
+    size_t nenv = 0;
+    for (char **e = environ; *e; e++)
+        nenv++;
+    char **env = malloc((nenv + 1) * sizeof *env);
+    size_t k = 0;
+    for (char **e = environ; env && *e; e++)
+        if (strncmp(*e, "TASKBUS_", 8) != 0)
+            env[k++] = *e;
+    if (env)
+        env[k] = NULL;
     pid_t pid;
-    int rc = posix_spawn(&pid, j->argv[0], &fa, &at, j->argv, environ);
+    /* Spawned and registered as one step for the PID 1 reaper, which
+     * must leave this child's exit status to us. */
+    tb__exec_children_lock();
+    int rc =
+        env ? posix_spawn(&pid, j->argv[0], &fa, &at, j->argv, env) : ENOMEM;
+    if (rc == 0)
+        tb__exec_child_add(pid);
+    tb__exec_children_unlock();
+    free(env);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);
     close(out[1]);
@@ -199,10 +221,9 @@ static int run(void *arg)
         close(err[0]);
         return -1;
     }
-    tb__exec_child_add(pid);
     struct pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
     int open_fds = 2;
-    int64_t kill_at = 0;
+    int64_t kill_at = 0, exited_at = 0;
     int exited = 0;
     char buf[4096];
     while (open_fds > 0 || !exited) {
@@ -238,16 +259,21 @@ static int run(void *arg)
         }
         if (!exited) {
             pid_t w = waitpid(pid, &j->status, WNOHANG);
-            if (w == pid || (w < 0 && errno == ECHILD))
+            if (w == pid) {
                 exited = 1;
-            if (exited && open_fds > 0) {
-                /* Grandchildren may hold the pipes open: stop reading
-                 * them once the command itself is gone and they are
-                 * quiet. */
-                int quiet = poll(fds, 2, 200);
-                if (quiet <= 0)
-                    break;
+                exited_at = now_ms();
+            } else if (w < 0 && errno == ECHILD) {
+                exited = 1; /* reaped by someone else: status unknown */
+                exited_at = now_ms();
+                j->status_lost = 1;
             }
+        }
+        if (exited && open_fds > 0) {
+            /* Background processes the command left may hold the pipes
+             * open: read what comes within a short while, then stop. */
+            int quiet = poll(fds, 2, 0) == 0;
+            if (quiet || now_ms() - exited_at > EXIT_DRAIN_MS)
+                break;
         }
     }
     for (int s = 0; s < 2; s++)
@@ -300,7 +326,11 @@ static int kind_exec(tb_task *self, void *arg)
     int ret = 0;
     int rc = tb_run_blocking(self, run, j, &ret);
     int result;
-    if (j->spawn_errno) {
+    if (j->status_lost) {
+        tb_task_fail(self, "%s: its exit status was lost (reaped elsewhere)",
+                     j->argv[0]);
+        result = 1;
+    } else if (j->spawn_errno) {
         tb_task_fail(self, "cannot start %s: %s", j->argv[0],
                      strerror(j->spawn_errno));
         result = 127;

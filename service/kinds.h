@@ -30,7 +30,9 @@ int tb__task_kind_check(tb_app *app, const char *name, tb__kind_check_fn fn,
 
 /* reaper.c: the exec kind's children, so that a PID 1 reaper leaves them to
  * their task. Any thread. */
-void tb__exec_child_add(int pid);
+void tb__exec_children_lock(void);
+void tb__exec_children_unlock(void);
+void tb__exec_child_add(int pid); /* under the lock */
 void tb__exec_child_remove(int pid);
 /* Starts a thread that reaps every other exited child (orphans re-parented
  * to us when we run as PID 1 in a container). Idempotent. 0 or an error. */

@@ -18,12 +18,20 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static int children[MAX_CHILDREN];
 static int nchildren;
 
-void tb__exec_child_add(int pid)
+void tb__exec_children_lock(void)
 {
     pthread_mutex_lock(&mu);
+}
+
+void tb__exec_children_unlock(void)
+{
+    pthread_mutex_unlock(&mu);
+}
+
+void tb__exec_child_add(int pid)
+{
     if (nchildren < MAX_CHILDREN)
         children[nchildren++] = pid;
-    pthread_mutex_unlock(&mu);
 }
 
 void tb__exec_child_remove(int pid)
@@ -38,13 +46,12 @@ void tb__exec_child_remove(int pid)
     pthread_mutex_unlock(&mu);
 }
 
+/* Under mu. */
 static int is_exec_child(int pid)
 {
-    pthread_mutex_lock(&mu);
     int found = 0;
     for (int i = 0; i < nchildren && !found; i++)
         found = children[i] == pid;
-    pthread_mutex_unlock(&mu);
     return found;
 }
 
@@ -56,11 +63,16 @@ static void *reaper(void *arg)
          * task; reap anything else. */
         siginfo_t si;
         memset(&si, 0, sizeof si);
+        /* Under mu: an exec child is spawned and registered under it, so
+         * one that exits at once is never taken for an orphan. */
+        pthread_mutex_lock(&mu);
+        int reaped = 0;
         if (waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) == 0 &&
-            si.si_pid != 0 && !is_exec_child(si.si_pid)) {
-            waitpid(si.si_pid, NULL, WNOHANG);
+            si.si_pid != 0 && !is_exec_child(si.si_pid))
+            reaped = waitpid(si.si_pid, NULL, WNOHANG) > 0;
+        pthread_mutex_unlock(&mu);
+        if (reaped)
             continue; /* maybe more */
-        }
         nanosleep(&(struct timespec){0, 200 * 1000000L}, NULL);
     }
     return NULL;

@@ -55,6 +55,7 @@ struct tb_ws {
     uint64_t recv_seq;
     wsmsg *qhead, *qtail, *cur;
     int qlen;
+    size_t qbytes;
     int paused;
 
     /* --- the upgrade request, copied --- */
@@ -280,10 +281,13 @@ static void handler_release(void *arg)
 {
     tb_ws *ws = arg;
     /* Also reached when the task is abandoned at the graceful timeout, or
-     * never ran: nothing may point at it any more. */
+     * never ran: nothing may point at it any more, and a connection whose
+     * handler never ran must not stay open (ws_task closes the others). */
     ws->handler = NULL;
     ws->handler_done = 1;
     ws->recv_waiter = NULL;
+    if (ws->conn && tb__worker_current() == ws->w && !atomic_load(&ws->closed))
+        tb__wsconn_close(ws->conn, 1011, "the handler did not run");
     ws_unref(ws);
 }
 
@@ -433,13 +437,22 @@ int tb__ws_on_message(tb_ws *ws, int binary, const void *data, size_t len)
         ws->qhead = m;
     ws->qtail = m;
     ws->qlen++;
+    ws->qbytes += len;
     if (ws->recv_waiter)
         tb__task_wake(ws->recv_waiter, ws->recv_seq, 0);
-    if (ws->qlen >= ws->app->cfg.ws_recv_queue_msgs) {
+    /* Bounded in messages, and in bytes to about one more than the
+     * largest message: 64 messages of 1 MiB would otherwise wait. */
+    if (ws->qlen >= ws->app->cfg.ws_recv_queue_msgs ||
+        ws->qbytes >= ws->app->cfg.ws_max_message) {
         ws->paused = 1;
         return 1;
     }
     return 0;
+}
+
+void tb__ws_on_closing(tb_ws *ws)
+{
+    atomic_store(&ws->closed, 1);
 }
 
 void tb__ws_on_end(tb_ws *ws, int code, const char *why)
@@ -504,12 +517,14 @@ int tb_ws_recv(tb_task *self, tb_ws *ws, int timeout_ms, tb_ws_msg *msg)
             if (!ws->qhead)
                 ws->qtail = NULL;
             ws->qlen--;
+            ws->qbytes -= m->len;
             ws->cur = m;
             msg->type = m->binary ? TB_WS_BINARY : TB_WS_TEXT;
             msg->data = m->data;
             msg->len = m->len;
             if (ws->paused && ws->conn &&
-                ws->qlen < ws->app->cfg.ws_recv_queue_msgs) {
+                ws->qlen < ws->app->cfg.ws_recv_queue_msgs &&
+                ws->qbytes < ws->app->cfg.ws_max_message) {
                 ws->paused = 0;
                 tb__wsconn_pause(ws->conn, 0);
             }

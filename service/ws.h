@@ -89,6 +89,9 @@ void tb__wsconn_abort(tb__wsconn *c);
  * Returns 1 when the receive queue is full (the adapter then pauses until
  * tb__wsconn_pause(c, 0)), else 0. */
 int tb__ws_on_message(tb_ws *ws, int binary, const void *data, size_t len);
+/* The connection has started closing (its close frame is due, or the
+ * peer's came): sends from now on are refused. */
+void tb__ws_on_closing(tb_ws *ws);
 /* The connection has ended: code is the peer's close code, or 1006 when it
  * sent none. The adapter frees the connection after this returns; the core
  * must not use it again. why says what ended it (for the log). */

@@ -109,7 +109,8 @@ typedef struct tb_app_config {
     int workers;             /* worker threads; default 2 (1..256) */
     int graceful_timeout_ms; /* stop: how long tasks get to finish; 15000 */
     int shutdown_delay_ms;   /* stop: first this long with /readyz at 503
-                                and everything else still served, so load
+                                and new websockets refused (503), requests
+                                and open websockets still served, so load
                                 balancers drain; 0 */
     size_t stack_size;       /* per-task stack, bytes; default 64 KiB,
                                 rounded up to pages; min 16 KiB */

@@ -1310,6 +1310,27 @@ def t_exec_runs():
     s.stop_ok()
 
 
+def t_exec_env():
+    # The command must not see the service's settings (token, Redis URL).
+    s = Taskbus("exec-env", "--exec-allow", "/usr/bin/env",
+                env={"TASKBUS_NAMESPACE": "nsenv",
+                     "TB_TEST_MARK": "visible"}).start()
+    w = Watch("exec-env", ["task.envp.stdout", "pat.*"],
+              env=dict(url_env(s), TASKBUS_NAMESPACE="nsenv"))
+    w.ready(s.port)
+    r = spawn_exec(s.port, "envp", {"command": "/usr/bin/env"})
+    check(r.status == 201, f"exec /usr/bin/env: {r!r}")
+    t = finished_task(s.port, "envp", T(10))
+    check(t and t["state"] == "done", f"exec /usr/bin/env ended {t}")
+    check(w.event(lambda e: e.get("data") == "TB_TEST_MARK=visible", T(10)),
+          f"the command's environment lacks TB_TEST_MARK: {w.lines()}")
+    leaked = [e for e in w.lines() if isinstance(e, dict)
+              and str(e.get("data", "")).startswith("TASKBUS_")]
+    check(not leaked, f"TASKBUS_* reached the command: {leaked}")
+    w.stop()
+    s.stop_ok()
+
+
 def t_exec_ignores_term():
     with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=H.root,
                                      delete=False) as f:
@@ -1449,6 +1470,8 @@ CASES = [
      t_exec_runs),
     ("exec", "exec: SIGKILL after the grace for a command ignoring SIGTERM",
      t_exec_ignores_term),
+    ("exec", "exec: the command does not get TASKBUS_* variables",
+     t_exec_env),
 ]
 
 

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import signal
+import select
 import socket
 import struct
 import subprocess
@@ -1660,6 +1661,68 @@ async def t_burst(ctx):
 # ------------------------------------------------------------ churn server
 
 
+def ping_flooder(port, seconds):
+    """A raw client that sends pings as fast as the server takes them and
+    never reads: (bytes sent, seconds since the server last took any)."""
+    w = RawWS(port, "/ws?events=flood.*", rcvbuf=4096)
+    sent = 0
+    frame = bytes([0x89, 0x80 | 125]) + os.urandom(4) + b"p" * 125
+    chunk = frame * 64
+    w.sock.setblocking(False)
+    t0 = time.monotonic()
+    last = t0
+    try:
+        while time.monotonic() - t0 < seconds:
+            select.select([], [w.sock], [], 0.05)
+            try:
+                n = w.sock.send(chunk)
+                if n > 0:
+                    sent += n
+                    last = time.monotonic()
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+        return sent, time.monotonic() - last
+    finally:
+        w.close()
+
+
+async def t_ping_flood(ctx):
+    """Each ping is answered with a pong the client never reads: the
+    server must push back (stop reading once ws_send_queue_bytes of
+    answers wait) instead of queueing pongs without bound."""
+    srv = ctx.srv
+    before = srv.rss_kb()
+    sent, idle = await asyncio.to_thread(ping_flooder, srv.port, T(4))
+    after = srv.rss_kb()
+    # What it may take: its send queue's worth of answers (1 MiB) plus
+    # what the kernel buffers on both sides hold (a few MiB); without
+    # push-back it takes hundreds of MiB in these seconds.
+    check(sent < 64 * 1024 * 1024,
+          f"the server took {sent // (1024 * 1024)} MiB of pings whose "
+          f"answers nobody reads: no push-back")
+    check(after - before < 32 * 1024,
+          f"server RSS grew {after - before} kB for {sent} bytes of pings")
+    r = await ahttp(srv.port, "GET", "/healthz")
+    check_status(r, 200, what="/healthz after the ping flood")
+    return (f"{sent // 1024} KiB of pings taken (the last {idle:.1f} s "
+            f"ago); RSS {before}->{after} kB")
+
+
+async def t_upgrade_header_alone(ctx):
+    """An Upgrade header on a request that is no websocket handshake
+    (not GET, or no Connection: upgrade or key) is an ordinary request."""
+    srv = ctx.srv
+    r = await ahttp(srv.port, "GET", "/healthz",
+                    headers={"Upgrade": "websocket"})
+    check_status(r, 200, what="GET /healthz with Upgrade: websocket")
+    r = await ahttp(srv.port, "POST", "/events/up.x", b"x",
+                    headers={"Upgrade": "websocket",
+                             "Connection": "Upgrade"})
+    check_status(r, 202, what="POST /events with Upgrade: websocket")
+
+
 async def t_churn(ctx):
     srv = ctx.srv
     sem = asyncio.Semaphore(20)
@@ -1804,6 +1867,10 @@ GROUPS = [
         ("near-1 MB messages both ways", t_large, 60),
         ("1000 connect/disconnects: no descriptor or memory growth", t_churn,
          120),
+        ("a ping flood from a client that never reads is pushed back",
+         t_ping_flood, 60),
+        ("an Upgrade header alone does not make a websocket request",
+         t_upgrade_header_alone, 20),
     ]),
 ]
 
