@@ -1694,7 +1694,7 @@ async def t_ping_flood(ctx):
     answers wait) instead of queueing pongs without bound."""
     srv = ctx.srv
     before = srv.rss_kb()
-    sent, idle = await asyncio.to_thread(ping_flooder, srv.port, T(4))
+    sent, idle = await asyncio.to_thread(ping_flooder, srv.port, 4)
     after = srv.rss_kb()
     # What it may take: its send queue's worth of answers (1 MiB) plus
     # what the kernel buffers on both sides hold (a few MiB); without
@@ -1702,7 +1702,8 @@ async def t_ping_flood(ctx):
     check(sent < 64 * 1024 * 1024,
           f"the server took {sent // (1024 * 1024)} MiB of pings whose "
           f"answers nobody reads: no push-back")
-    check(after - before < 32 * 1024,
+    # (ASan and TSan keep freed memory in quarantine: RSS says nothing.)
+    check(after - before < 32 * 1024 or H.sanitizer in ("asan", "tsan"),
           f"server RSS grew {after - before} kB for {sent} bytes of pings")
     r = await ahttp(srv.port, "GET", "/healthz")
     check_status(r, 200, what="/healthz after the ping flood")
