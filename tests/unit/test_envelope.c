@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "envelope.h"
+#include "ws.h"
 #include "internal.h"
 #include "taskbus/taskbus.h"
 
@@ -512,6 +513,27 @@ static void test_utf8_table(void **state)
         if (tb__utf8_valid(invalid[i].s, invalid[i].len))
             fail_msg("invalid[%zu] accepted", i);
     assert_true(tb__utf8_valid(NULL, 0));
+
+    /* Websocket text (tb__utf8_valid_text): the same, but U+0000 is a
+     * character like any other there (RFC 6455 text is any UTF-8). */
+    for (size_t i = 0; i < sizeof valid / sizeof valid[0]; i++)
+        if (!tb__utf8_valid_text(valid[i].s, valid[i].len))
+            fail_msg("text: valid[%zu] refused", i);
+    size_t nul_cases = 0;
+    for (size_t i = 0; i < sizeof invalid / sizeof invalid[0]; i++) {
+        int has_nul = memchr(invalid[i].s, 0, invalid[i].len) != NULL;
+        int ok = tb__utf8_valid_text(invalid[i].s, invalid[i].len);
+        if (has_nul && !ok)
+            fail_msg("text: invalid[%zu] (only a NUL) refused", i);
+        if (!has_nul && ok)
+            fail_msg("text: invalid[%zu] accepted", i);
+        nul_cases += has_nul;
+    }
+    assert_int_equal(nul_cases, 3);
+    char nul16[40] = {0}; /* NULs through the 16-byte fast path */
+    assert_true(tb__utf8_valid_text(nul16, sizeof nul16));
+    nul16[37] = (char)0xff;
+    assert_false(tb__utf8_valid_text(nul16, sizeof nul16));
 }
 
 /* A NUL or a bad byte anywhere in a long ASCII buffer (inside and after
