@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # run_coldstart.sh - cold start of the taskbus binary: process start to
 # the first 200 from GET /readyz, against the same measure for the minimal
-# libevent websocket server of bench_ws (-m raw, GET /healthz) as the
+# libevent websocket server bench_wsraw (GET /healthz) as the
 # baseline, alternately, in one invocation. Prints the median and best of
 # each and their ratio.
 #
 # Usage: tests/bench/run_coldstart.sh [BUILD_DIR] [-r ROUNDS] [-R REDIS_URL]
-#   BUILD_DIR  holds taskbus and tests/bench/bench_ws (default: the first of
+#   BUILD_DIR  holds taskbus and tests/bench/bench_wsraw (default: the first of
 #              build-wsbench, build-bench, build that has both); builds
 #              nothing
 #   -r ROUNDS  rounds (default 20)
@@ -31,15 +31,15 @@ while (($#)); do
 done
 if [[ -z $build ]]; then
     for d in build-wsbench build-bench build; do
-        if [[ -x $src/$d/taskbus && -x $src/$d/tests/bench/bench_ws ]]; then
+        if [[ -x $src/$d/taskbus && -x $src/$d/tests/bench/bench_wsraw ]]; then
             build=$src/$d
             break
         fi
     done
 fi
-if [[ -z $build || ! -x $build/taskbus || ! -x $build/tests/bench/bench_ws ]]
+if [[ -z $build || ! -x $build/taskbus || ! -x $build/tests/bench/bench_wsraw ]]
 then
-    echo "run_coldstart.sh: no build dir with taskbus and bench_ws" >&2
+    echo "run_coldstart.sh: no build dir with taskbus and bench_wsraw" >&2
     exit 2
 fi
 echo "# load avg: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -82,8 +82,8 @@ def cold(argv, path):
             p.wait()
 
 runs = {
-    "raw (bench_ws -m raw, /healthz)":
-        ([f"{build}/tests/bench/bench_ws", "-m", "raw", "-p", "PORT"],
+    "raw (bench_wsraw, /healthz)":
+        ([f"{build}/tests/bench/bench_wsraw", "-p", "PORT"],
          "/healthz"),
     "taskbus (in-process bus, /readyz)":
         ([f"{build}/taskbus", "--listen", "127.0.0.1:PORT", "--quiet"],

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # run_ws.sh - the websocket benchmark: events POSTed over HTTP and fanned out
 # to websocket clients by taskbus, against a minimal one-thread wslay
-# broadcast server (bench_ws -m raw) measured in the same invocation, plus
+# broadcast server (bench_wsraw) measured in the same invocation, plus
 # wrk's plain request rates on both.
 #
 # Usage: tests/bench/run_ws.sh [BUILD_DIR] [-s LIST] [-q] [-j THREADS]
 #                              [-k CONNS] [-t SERVERS]
 #
-#   BUILD_DIR   a build tree holding tests/bench/bench_ws (CMake target
-#               bench_ws) and taskbus (target taskbus_bin); by default the
+#   BUILD_DIR   a build tree holding tests/bench/bench_ws and
+#               tests/bench/bench_wsraw (CMake targets bench_ws and
+#               bench_wsraw) and taskbus (target taskbus_bin); by default the
 #               first of build-wsbench, build-bench and build under the
-#               source tree that has both (or bench_ws alone, for -t raw).
+#               source tree that has those it needs (bench_ws, and
+#               bench_wsraw for raw, taskbus for taskbus; see -t).
 #               This script builds nothing.
 #   -s LIST     scenarios, comma-separated (default 1,2,3,4,5):
 #                 1  one subscriber: events/s received with events POSTed as
@@ -29,7 +31,7 @@
 #   -k CONNS    publisher connections, one POST in flight each (default 4)
 #   -t SERVERS  raw, taskbus or raw,taskbus (default)
 #
-# Servers, each on a free 127.0.0.1 port: `bench_ws -m raw -p PORT` and
+# Servers, each on a free 127.0.0.1 port: `bench_wsraw -p PORT` and
 # `taskbus --listen 127.0.0.1:PORT --workers 2 --tick 0 --quiet` (no Redis:
 # the in-process bus; stdout to /dev/null, and without --quiet if this
 # taskbus has none). Both run side by side for scenarios 1-3 and 5, which
@@ -116,6 +118,7 @@ if [[ -n $dir ]]; then
 else
     for c in build-wsbench build-bench build; do
         if [[ -x $src/$c/tests/bench/bench_ws ]] &&
+            { ! use raw || [[ -x $src/$c/tests/bench/bench_wsraw ]]; } &&
             { ! use taskbus || [[ -x $src/$c/taskbus ]]; }; then
             dir=$src/$c
             break
@@ -123,13 +126,16 @@ else
     done
 fi
 bench=${dir:+$dir/tests/bench/bench_ws}
+rawbin=${dir:+$dir/tests/bench/bench_wsraw}
 tb=${dir:+$dir/taskbus}
-if [[ -z $dir || ! -x $bench ]] || { use taskbus && [[ ! -x $tb ]]; }; then
+if [[ -z $dir || ! -x $bench ]] || { use raw && [[ ! -x $rawbin ]]; } ||
+    { use taskbus && [[ ! -x $tb ]]; }; then
     what=tests/bench/bench_ws
+    use raw && what="$what, tests/bench/bench_wsraw"
     use taskbus && what="$what and taskbus"
     echo "run_ws.sh: no build with $what (${dir:-none found}); build them:" >&2
     echo "  cmake -S $src -B $src/build-wsbench -DCMAKE_BUILD_TYPE=Release &&" \
-        "cmake --build $src/build-wsbench -j2 --target bench_ws taskbus_bin" >&2
+        "cmake --build $src/build-wsbench -j2 --target bench_ws bench_wsraw taskbus_bin" >&2
     exit 2
 fi
 for tool in "$py" timeout curl; do
@@ -205,7 +211,7 @@ start_server() {
     local kind=$1 port pid code
     port=$(free_port)
     if [[ $kind == raw ]]; then
-        "$bench" -m raw -p "$port" -d $((total_s + 60)) >"$tmp/$kind.out" 2>"$tmp/$kind.err" &
+        "$rawbin" -p "$port" -d $((total_s + 60)) >"$tmp/$kind.out" 2>"$tmp/$kind.err" &
     else
         timeout -k 5 $((total_s + 60)) "$tb" --listen "127.0.0.1:$port" --workers 2 \
             --tick 0 $quiet_flag >/dev/null 2>"$tmp/$kind.err" &
@@ -249,7 +255,7 @@ echo "# libs:     libevent $(dpkg-query -W -f '${Version}' libevent-2.1-7 2>/dev
     "wslay $(dpkg-query -W -f '${Version}' libwslay1 2>/dev/null || echo '?')," \
     "civetweb $(dpkg-query -W -f '${Version}' libcivetweb1 2>/dev/null || echo '?')," \
     "wrk $(dpkg-query -W -f '${Version}' wrk 2>/dev/null || echo '?')"
-echo "# binaries: $bench$(use taskbus && echo ", $tb")"
+echo "# binaries: $bench$(use raw && echo ", $rawbin")$(use taskbus && echo ", $tb")"
 echo "# load avg: $(cut -d' ' -f1-3 /proc/loadavg) (before)"
 echo
 
@@ -269,7 +275,7 @@ if want 1 || want 2 || want 3 || want 5; then
             continue
         fi
         if [[ $k == raw ]]; then
-            echo "# raw:      pid ${spid[$k]}: bench_ws -m raw -p ${sport[$k]}"
+            echo "# raw:      pid ${spid[$k]}: bench_wsraw -p ${sport[$k]}"
         else
             echo "# taskbus:  pid ${spid[$k]}: taskbus --listen 127.0.0.1:${sport[$k]} --workers 2 --tick 0 $quiet_flag"
         fi
