@@ -117,43 +117,9 @@ if ((profile)) && ! command -v perf >/dev/null; then
     exit 2
 fi
 
-tmp=$(mktemp -d)
-res=$tmp/results # "<step> <line>" lines for the summary
-: >"$res"
-pids=()
-# shellcheck disable=SC2317 # called by the trap
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do
-        kill "$p" 2>/dev/null
-    done
-    sleep 0.3
-    for p in "${pids[@]}"; do
-        kill -9 "$p" 2>/dev/null
-    done
-    wait 2>/dev/null
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-start=$SECONDS
-failed=0
-hz=$(getconf CLK_TCK)
-
-left() { echo $((total_s - (SECONDS - start))); }
-# have SECONDS: 0 if the budget still allows a step of that length.
-have() {
-    if (($(left) < $1)); then
-        echo "run_redis.sh: out of time ($total_s s), skipping $2" >&2
-        failed=1
-        return 1
-    fi
-}
-
-# CPU ticks (utime + stime) of a process; fields counted after "(comm) ".
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}'; }
-ms_of() { echo $((($1) * 1000 / hz)); }
+me=run_redis.sh
+# shellcheck source=tests/bench/lib.sh
+source "$here/lib.sh"
 
 rcli() { timeout 5 redis-cli -h 127.0.0.1 -p "$port" "$@"; }
 rfield() { # rfield SECTION FIELD

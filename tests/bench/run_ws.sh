@@ -158,40 +158,9 @@ fi
 n4_clients=10000
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null
-tmp=$(mktemp -d)
-res=$tmp/results # "<scenario> <server> <key=value ...>" lines
-: >"$res"
-pids=()
-# shellcheck disable=SC2317 # called by the trap
-cleanup() {
-    local p
-    for p in "${pids[@]}"; do
-        kill "$p" 2>/dev/null
-    done
-    sleep 0.3
-    for p in "${pids[@]}"; do
-        kill -9 "$p" 2>/dev/null
-    done
-    wait 2>/dev/null
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-start=$SECONDS
-failed=0
-hz=$(getconf CLK_TCK)
-
-left() { echo $((total_s - (SECONDS - start))); }
-# have SECONDS WHAT: 0 if the budget still allows a step of that length.
-have() {
-    if (($(left) < $1)); then
-        echo "run_ws.sh: out of time ($total_s s), skipping $2" >&2
-        failed=1
-        return 1
-    fi
-}
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}'; }
+me=run_ws.sh
+# shellcheck source=tests/bench/lib.sh
+source "$here/lib.sh"
 free_port() {
     "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
