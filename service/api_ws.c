@@ -26,7 +26,6 @@ typedef struct conn_state {
     tb_ws *ws;
     tb_sub *sub;     /* the receiver's, once it runs */
     int ready;       /* the receiver has opened sub */
-    int failed;      /* ... or could not */
     char **patterns; /* current patterns, as the client gave them */
     int npatterns;
     int cap;
@@ -46,10 +45,8 @@ static int receiver(tb_task *self, void *arg)
     tb_app *app = tb_ws_app(st->ws);
     tb_sub *sub = tb_sub_open(self, NULL,
                               tb_app_get_config(app)->ws_send_queue_msgs, &err);
-    if (!sub) {
-        st->failed = 1;
-        return err;
-    }
+    if (!sub)
+        return err; /* receiver_gone tells the handler */
     st->sub = sub;
     st->ready = 1;
     for (;;) {
@@ -516,7 +513,7 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
                     tb_strerror(rc));
         return rc;
     }
-    while (!st.ready && !st.failed && !st.receiver_gone && rc == 0)
+    while (!st.ready && !st.receiver_gone && rc == 0)
         rc = tb_yield(self);
     if (rc == 0 && st.ready) {
         const tb_app_config *cfg = tb_app_get_config(app);

@@ -657,12 +657,8 @@ tb_sub *tb_sub_open(tb_task *self, const char *pattern, int capacity, int *err)
     s->task = self;
     s->l.task = self;
     s->l.sub = s;
-    if (pattern) {
-        rc = tb__listener_add(self->w, &s->l);
-        if (rc)
-            goto out;
-        s->npatterns = 1;
-    }
+    if (pattern && (rc = tb__listener_add(self->w, &s->l)) != 0)
+        goto out;
     s->tnext = self->subs;
     if (self->subs)
         self->subs->tprev = s;
@@ -729,12 +725,19 @@ static tb__listener *sub_find(tb_sub *s, const char *text)
     return NULL;
 }
 
-int tb_sub_add(tb_sub *s, const char *pattern)
+/* Checks a tb_sub_add/remove call (sub's worker, a valid pattern) and
+ * compiles pattern into *pat. 0 or the error to return. */
+static int sub_pattern(const tb_sub *s, const char *pattern, tb__pattern *pat)
 {
     if (!s || !pattern || tb__worker_current() != s->task->w)
         return TB_EINVAL;
+    return tb__pattern_compile(pat, pattern);
+}
+
+int tb_sub_add(tb_sub *s, const char *pattern)
+{
     tb__pattern pat;
-    int rc = tb__pattern_compile(&pat, pattern);
+    int rc = sub_pattern(s, pattern, &pat);
     if (rc)
         return rc;
     if (sub_find(s, pat.text))
@@ -742,10 +745,7 @@ int tb_sub_add(tb_sub *s, const char *pattern)
     tb__worker *w = s->task->w;
     if (!s->l.linked) {
         s->l.pat = pat;
-        if ((rc = tb__listener_add(w, &s->l)) != 0)
-            return rc;
-        s->npatterns++;
-        return 0;
+        return tb__listener_add(w, &s->l);
     }
     if (s->nextra == s->extra_cap) {
         int ncap = s->extra_cap ? s->extra_cap * 2 : 4;
@@ -766,23 +766,19 @@ int tb_sub_add(tb_sub *s, const char *pattern)
         return rc;
     }
     s->extra[s->nextra++] = l;
-    s->npatterns++;
     return 0;
 }
 
 int tb_sub_remove(tb_sub *s, const char *pattern)
 {
-    if (!s || !pattern || tb__worker_current() != s->task->w)
-        return TB_EINVAL;
     tb__pattern pat;
-    int rc = tb__pattern_compile(&pat, pattern);
+    int rc = sub_pattern(s, pattern, &pat);
     if (rc)
         return rc;
     tb__listener *l = sub_find(s, pat.text);
     if (!l)
         return TB_ENOENT;
     tb__listener_remove(s->task->w, l);
-    s->npatterns--;
     if (l == &s->l)
         return 0;
     for (int i = 0; i < s->nextra; i++) {
@@ -797,7 +793,7 @@ int tb_sub_remove(tb_sub *s, const char *pattern)
 
 int tb_sub_patterns(const tb_sub *s)
 {
-    return s ? s->npatterns : 0;
+    return s ? s->l.linked + s->nextra : 0;
 }
 
 void tb_sub_close(tb_sub *s)

@@ -121,7 +121,6 @@ struct tb_sub {
                              queued: queued once however many match */
     tb__listener **extra; /* patterns beyond the first (tb_sub_add) */
     int nextra, extra_cap;
-    int npatterns; /* l (when linked) + nextra */
 };
 
 /* ---------------------------------------------------------------- tasks */

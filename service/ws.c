@@ -181,6 +181,48 @@ static int origin_allowed(const char *list, const char *origin)
     return 0;
 }
 
+/* A connection for the accepted upgrade request req, holding one
+ * reference, with copies of what its handler may ask for (path, query,
+ * the template's params). NULL on ENOMEM. */
+static tb_ws *ws_new(tb_http_req *req, tb__ws_route *route)
+{
+    size_t plen = 0;
+    for (int i = 0; i < req->match.nparams; i++)
+        plen += strlen(req->match.params[i].name) + 1 +
+                strlen(req->match.params[i].value) + 1;
+    tb_ws *ws = calloc(1, sizeof *ws);
+    if (!ws)
+        return NULL;
+    ws->path = strdup(req->path);
+    ws->query = req->query ? strdup(req->query) : NULL;
+    ws->params = plen ? malloc(plen) : NULL;
+    if (!ws->path || (req->query && !ws->query) || (plen && !ws->params)) {
+        free(ws->path);
+        free(ws->query);
+        free(ws->params);
+        free(ws);
+        return NULL;
+    }
+    char *p = ws->params;
+    for (int i = 0; i < req->match.nparams; i++) {
+        size_t a = strlen(req->match.params[i].name) + 1;
+        size_t b = strlen(req->match.params[i].value) + 1;
+        memcpy(p, req->match.params[i].name, a);
+        memcpy(p + a, req->match.params[i].value, b);
+        p += a + b;
+    }
+    ws->nparams = req->match.nparams;
+    atomic_init(&ws->refs, 1);
+    atomic_init(&ws->closed, 0);
+    ws->app = req->app;
+    ws->route = route;
+    ws->fd = -1;
+    snprintf(ws->request_id, sizeof ws->request_id, "%s",
+             tb_http_request_id(req));
+    snprintf(ws->peer, sizeof ws->peer, "?");
+    return ws;
+}
+
 tb_ws *tb__ws_accept(tb_http_req *req, tb__ws_route *route)
 {
     tb_app *app = req->app;
@@ -199,9 +241,9 @@ tb_ws *tb__ws_accept(tb_http_req *req, tb__ws_route *route)
                                "the server is stopping");
         return NULL;
     }
+    /* A client slot is taken from here on: every refusal gives it back. */
     int n = atomic_fetch_add(&app->ws_clients, 1) + 1;
     if (n > cfg->ws_max_clients) {
-        atomic_fetch_sub(&app->ws_clients, 1);
         char msg[128];
         snprintf(msg, sizeof msg,
                  "%d websocket clients are connected, the limit "
@@ -209,7 +251,7 @@ tb_ws *tb__ws_accept(tb_http_req *req, tb__ws_route *route)
                  cfg->ws_max_clients);
         tb__http_error_headers(req, 503, "too_many_clients",
                                "Retry-After: 1\r\n", msg);
-        return NULL;
+        goto release;
     }
     /* A client may choose its request id: two live connections must not
      * share the handler's name. */
@@ -218,59 +260,23 @@ tb_ws *tb__ws_accept(tb_http_req *req, tb__ws_route *route)
     tb_task_info info;
     if (tb_task_get(app, name, &info) > 0 &&
         (info.state == TB_TASK_PENDING || info.state == TB_TASK_RUNNING)) {
-        atomic_fetch_sub(&app->ws_clients, 1);
         tb_http_error(req, 409, "request_id_in_use",
                       "another websocket connection has request id %s",
                       tb_http_request_id(req));
-        return NULL;
+        goto release;
     }
     if (route->check) {
         route->check(req, route->ud);
-        if (req->status) {
-            atomic_fetch_sub(&app->ws_clients, 1);
-            return NULL;
-        }
+        if (req->status)
+            goto release;
     }
-    tb_ws *ws = calloc(1, sizeof *ws);
-    size_t plen = 0;
-    for (int i = 0; i < req->match.nparams; i++)
-        plen += strlen(req->match.params[i].name) + 1 +
-                strlen(req->match.params[i].value) + 1;
-    if (ws) {
-        ws->path = strdup(req->path);
-        ws->query = req->query ? strdup(req->query) : NULL;
-        ws->params = plen ? malloc(plen) : NULL;
-    }
-    if (!ws || !ws->path || (req->query && !ws->query) ||
-        (plen && !ws->params)) {
-        if (ws) {
-            free(ws->path);
-            free(ws->query);
-            free(ws->params);
-            free(ws);
-        }
-        atomic_fetch_sub(&app->ws_clients, 1);
-        tb_http_error(req, 500, "internal", "out of memory");
-        return NULL;
-    }
-    char *p = ws->params;
-    for (int i = 0; i < req->match.nparams; i++) {
-        size_t a = strlen(req->match.params[i].name) + 1;
-        size_t b = strlen(req->match.params[i].value) + 1;
-        memcpy(p, req->match.params[i].name, a);
-        memcpy(p + a, req->match.params[i].value, b);
-        p += a + b;
-    }
-    ws->nparams = req->match.nparams;
-    atomic_init(&ws->refs, 1);
-    atomic_init(&ws->closed, 0);
-    ws->app = app;
-    ws->route = route;
-    ws->fd = -1;
-    snprintf(ws->request_id, sizeof ws->request_id, "%s",
-             tb_http_request_id(req));
-    snprintf(ws->peer, sizeof ws->peer, "?");
-    return ws;
+    tb_ws *ws = ws_new(req, route);
+    if (ws)
+        return ws;
+    tb_http_error(req, 500, "internal", "out of memory");
+release:
+    atomic_fetch_sub(&app->ws_clients, 1);
+    return NULL;
 }
 
 /* ---------------------------------------------------------------- adopt */
