@@ -18,6 +18,7 @@
 #include "http.h"
 #include "api.h"
 #include "internal.h"
+#include "json.h"
 #include "kinds.h"
 #include "metrics.h"
 
@@ -325,7 +326,8 @@ static json_t *event_data_json(const tb_event *ev)
         i++;
     if (i < len && (d[i] == '{' || d[i] == '[')) {
         json_error_t jerr;
-        json_t *v = json_loadb(d, len, 0, &jerr); /* objects, arrays only */
+        json_t *v = tb__json_loadb(d, len, 0, ev->max_depth - 1,
+                                   &jerr); /* objects, arrays only */
         if (v)
             return v;
     }
@@ -623,14 +625,19 @@ static int cancel_task(tb_http_req *req, void *ud)
         return tb_http_error(req, 400, "bad_timeout",
                              "timeout must be a number of seconds in 0..%d",
                              CANCEL_TIMEOUT_MAX_S);
-    rc = tb_task_cancel(app, name, timeout_ms);
+    tb_task_info info;
+    int replicas = 0;
+    rc = tb__task_cancel_report(app, name, timeout_ms, &info, &replicas);
     if (rc == TB_ENOENT || rc == TB_EINVAL || rc == TB_ENAMETOOLONG)
         return not_found(req, name);
     if (rc != 0 && rc != TB_ETIMEDOUT)
         return tb_http_error(req, 500, "internal", "cancel of \"%s\": %s", name,
                              tb_strerror(rc));
-    int grc;
-    json_t *task = task_lookup(app, name, &grc);
+    /* The task this cancel ended (or is still ending), not whatever holds
+     * the name now: a new task may have taken it meanwhile. */
+    json_t *task = tb__api_task_json(&info);
+    if (task)
+        json_object_set_new(task, "replicas", json_integer(replicas));
     if (rc == TB_ETIMEDOUT) {
         json_t *extra = json_object();
         if (extra)
@@ -641,9 +648,6 @@ static int cancel_task(tb_http_req *req, void *ud)
                           "task \"%s\" is still cancelling after %d ms", name,
                           timeout_ms);
     }
-    /* Cancelled; it may have been purged (or replaced) since. */
-    if (!task && grc != TB_ENOMEM && (task = json_object()) != NULL)
-        json_object_set_new(task, "name", tb__api_jstr(name));
     return respond(req, 200, task);
 }
 

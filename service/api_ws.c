@@ -21,6 +21,7 @@
 
 #include "api.h"
 #include "internal.h"
+#include "json.h"
 
 typedef struct conn_state {
     tb_ws *ws;
@@ -347,8 +348,9 @@ static void handle(tb_task *self, conn_state *st, const tb_ws_msg *m)
         return;
     }
     json_error_t jerr;
-    json_t *o = json_loadb(m->data, m->len,
-                           JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+    json_t *o = tb__json_loadb(m->data, m->len,
+                               JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+                               tb_ws_app(ws)->cfg.json_max_depth, &jerr);
     if (!o) {
         reply_error(ws, NULL, "bad_json", "the message is not JSON: %s",
                     jerr.text);

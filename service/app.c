@@ -12,6 +12,7 @@
 #include <event2/thread.h>
 
 #include "http.h"
+#include "json.h"
 #include "internal.h"
 #include "ws.h"
 #include "kinds.h"
@@ -78,6 +79,8 @@ void tb_app_config_init(tb_app_config *cfg)
     cfg->ws_ping_timeout_ms = 20000;
     cfg->ws_allowed_origins = NULL;
     cfg->shutdown_delay_ms = 0;
+    cfg->json_max_depth = 0; /* 64, or what stack_size allows */
+    cfg->event_max_hops = 8;
 }
 
 /* An API token: empty (none), or 1..256 visible ASCII bytes, so that it
@@ -184,6 +187,16 @@ static int config_check(const tb_app_config *c)
     else if (c->ws_ping_interval_ms < 0 || c->ws_ping_timeout_ms < 1)
         what = "ws_ping_interval_ms must be >= 0 (0: off) and "
                "ws_ping_timeout_ms >= 1";
+    else if (c->json_max_depth < 0 || c->json_max_depth > 1000)
+        what = "json_max_depth must be 0 (automatic) or 1..1000";
+    else if (c->json_max_depth > 0 &&
+             (size_t)c->json_max_depth * TB__JSON_STACK_PER_LEVEL >
+                 c->stack_size / 2)
+        what = "json_max_depth is too deep for stack_size: each level may "
+               "take 512 bytes of a task's stack and they must fit in half "
+               "of it (raise stack_size or lower json_max_depth)";
+    else if (c->event_max_hops < 0 || c->event_max_hops > 255)
+        what = "event_max_hops must be 0..255";
     if (what) {
         tb__log(TB_LOG_ERROR, "invalid app config: %s", what);
         return TB_EINVAL;
@@ -224,6 +237,11 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
     if (!app)
         goto fail;
     app->cfg = c;
+    if (!c.json_max_depth) /* automatic: what half the stack holds */
+        app->cfg.json_max_depth =
+            c.stack_size / 2 / TB__JSON_STACK_PER_LEVEL < 64
+                ? (int)(c.stack_size / 2 / TB__JSON_STACK_PER_LEVEL)
+                : 64;
     /* Owned through these (freed in tb_app_free), set below: none may
      * point at the caller's strings meanwhile. */
     app->cfg.api_token = NULL;

@@ -8,6 +8,7 @@
 
 #include "envelope.h"
 #include "internal.h"
+#include "json.h"
 
 /* Parse flags for JSON data and messages. JSON_ALLOW_NUL: "\u0000" inside a
  * string is valid JSON; where a NUL would end up in event data, id, name or
@@ -115,16 +116,16 @@ static size_t skip_blanks(const char *s, size_t len)
 }
 
 /* The parsed object or array when data (valid UTF-8 without NUL bytes) is
- * one in full, else NULL: then it travels as a string. What jansson would
- * change fails the parse and so travels as text, unchanged: duplicate keys
- * (refused here), integers beyond 64 bits, reals beyond a double. Reals
- * that parse come back in jansson's exact 17-digit form (0.1 arrives as
- * 0.10000000000000001). */
-static json_t *data_json(const char *data, size_t len)
+ * one in full, nested at most max_depth deep, else NULL: then it travels as
+ * a string. What jansson would change fails the parse and so travels as
+ * text, unchanged: duplicate keys (refused here), integers beyond 64 bits,
+ * reals beyond a double. Reals that parse come back in jansson's exact
+ * 17-digit form (0.1 arrives as 0.10000000000000001). */
+static json_t *data_json(const char *data, size_t len, int max_depth)
 {
     size_t i = skip_blanks(data, len);
     if (i < len && (data[i] == '{' || data[i] == '['))
-        return json_loadb(data, len, DATA_PARSE_FLAGS, NULL);
+        return tb__json_loadb(data, len, DATA_PARSE_FLAGS, max_depth, NULL);
     return NULL;
 }
 
@@ -242,7 +243,8 @@ int tb__envelope_encode(const tb_event *ev, char **out, size_t *outlen)
     envelope_tpl *t = tpl_get(&owned);
     if (!t)
         return TB_ENOMEM;
-    json_t *jdata = data_json(ev->data, ev->len);
+    /* The envelope is one level more: what it holds must leave room. */
+    json_t *jdata = data_json(ev->data, ev->len, ev->max_depth - 1);
     int bad = json_string_setn_nocheck(t->id, ev->id, idlen);
     bad |= json_string_setn_nocheck(t->name, ev->name, namelen);
     bad |= json_integer_set(t->ts, ev->ts_us);
@@ -251,6 +253,9 @@ int tb__envelope_encode(const tb_event *ev, char **out, size_t *outlen)
         bad |= json_object_set_nocheck(t->obj, "data", jdata);
     else
         bad |= json_string_setn_nocheck(t->data, ev->data, ev->len);
+    if (ev->hops) /* only relayed events carry it */
+        bad |=
+            json_object_set_new_nocheck(t->obj, "hops", json_integer(ev->hops));
 
     size_t n = 0;
     if (!bad)
@@ -258,6 +263,8 @@ int tb__envelope_encode(const tb_event *ev, char **out, size_t *outlen)
                        ev->len + ev->len / 4 + idlen + namelen + originlen + 96,
                        out);
 
+    if (ev->hops)
+        bad |= json_object_del(t->obj, "hops");
     if (jdata) {
         bad |= json_object_set_nocheck(t->obj, "data", t->data);
         json_decref(jdata);
@@ -405,8 +412,21 @@ static int decode_envelope(tb_app *app, const char *name, json_t *root,
         *why = "data is larger than max_event_size";
         return TB_EMSGSIZE;
     }
+    int hops = 0;
+    json_t *jhops = json_object_get(root, "hops");
+    if (jhops) {
+        if (!json_is_integer(jhops) || json_integer_value(jhops) < 0 ||
+            json_integer_value(jhops) > 255) {
+            free(big);
+            *why = "hops is not an integer in 0..255";
+            return TB_EPROTO;
+        }
+        hops = (int)json_integer_value(jhops);
+    }
     *out = tb__event_new(app, name, data, dlen, id, origin, ts);
     free(big);
+    if (*out)
+        (*out)->hops = hops;
     return *out ? 0 : TB_ENOMEM;
 }
 
@@ -423,9 +443,12 @@ int tb__envelope_decode(tb_app *app, const char *name, const char *msg,
     if (i == len || msg[i] != '{')
         return decode_raw(app, name, msg, len, max_size, out, why);
 
-    json_t *root = json_loadb(msg, len, MSG_PARSE_FLAGS, NULL);
+    json_t *root = tb__json_loadb(msg, len, MSG_PARSE_FLAGS,
+                                  app->cfg.json_max_depth, NULL);
     if (!root) {
-        *why = "invalid JSON";
+        *why = tb__json_too_deep(msg, len, app->cfg.json_max_depth)
+                   ? "JSON nested deeper than json_max_depth"
+                   : "invalid JSON";
         return TB_EPROTO;
     }
     json_t *jdata = json_object_get(root, "data");

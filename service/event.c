@@ -40,6 +40,8 @@ tb_event *tb__event_new(tb_app *app, const char *name, const void *data,
         uint64_t seq = atomic_fetch_add(&app->event_seq, 1) + 1;
         snprintf(ev->id, sizeof ev->id, "%s-%" PRIx64, app->instance, seq);
     }
+    ev->hops = 0;
+    ev->max_depth = app->cfg.json_max_depth;
     if (origin)
         snprintf(ev->origin, sizeof ev->origin, "%s", origin);
     else
@@ -124,6 +126,11 @@ const char *tb_event_origin(const tb_event *ev)
     return ev->origin;
 }
 
+int tb_event_hops(const tb_event *ev)
+{
+    return ev->hops;
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 /* Checks the arguments and builds the event (reference 1). */
@@ -148,10 +155,40 @@ static int make_event(tb_app *app, const char *name, const void *data,
 int tb_dispatch(tb_app *app, const char *name, const void *data, size_t len,
                 char *id_out)
 {
+    return tb_dispatch_from(app, NULL, name, data, len, id_out);
+}
+
+/* Counts a re-dispatch refused at event_max_hops, and says so at most once
+ * a second (a cycle refuses one event per turn). */
+static void hop_limit(tb_app *app, const tb_event *cause, const char *name)
+{
+    atomic_fetch_add(&app->hop_limit_drops, 1);
+    int64_t now = tb__mono_us();
+    int64_t last = atomic_load(&app->hop_limit_logged_us);
+    if (now - last < 1000000 ||
+        !atomic_compare_exchange_strong(&app->hop_limit_logged_us, &last, now))
+        return;
+    tb__log(TB_LOG_WARN,
+            "event \"%s\" not dispatched: its cause \"%s\" (id %s) has "
+            "already been re-dispatched %d times (event_max_hops; a relay "
+            "cycle?); %llu refused in all",
+            name, cause->name, cause->id, cause->hops,
+            (unsigned long long)atomic_load(&app->hop_limit_drops));
+}
+
+int tb_dispatch_from(tb_app *app, const tb_event *cause, const char *name,
+                     const void *data, size_t len, char *id_out)
+{
+    if (app && cause && name && cause->hops >= app->cfg.event_max_hops) {
+        hop_limit(app, cause, name);
+        return TB_ELOOP;
+    }
     tb_event *ev;
     int rc = make_event(app, name, data, len, &ev);
     if (rc)
         return rc;
+    if (cause)
+        ev->hops = cause->hops + 1;
     rc = app->bus->ops->publish(app->bus, ev, NULL, NULL);
     if (rc == 0 && id_out)
         memcpy(id_out, ev->id, sizeof ev->id);
@@ -180,6 +217,8 @@ static void confirm_unref(confirm *c)
     free(c);
 }
 
+/* The bus's publish callback. c->task is only read under c->mu: the
+ * waiting task clears it when it stops waiting. */
 static void on_confirmed(int status, void *ud)
 {
     confirm *c = ud;
@@ -258,6 +297,11 @@ int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
         pthread_mutex_lock(&c->mu);
         if (rc == 0)
             rc = c->done ? c->status : TB_ETIMEDOUT;
+        /* Given up (timed out or cancelled): the confirmation may still
+         * come after this task has ended and been freed, so it must not
+         * wake the task any more. */
+        if (!c->done)
+            c->task = NULL;
         pthread_mutex_unlock(&c->mu);
     } else {
         struct timespec ts;

@@ -38,6 +38,8 @@ struct tb_event {
     _Atomic(struct tb__json *) json;
     char id[TB_EVENT_ID_MAX];
     char origin[48];
+    int hops;      /* re-dispatches behind it (tb_dispatch_from, relays) */
+    int max_depth; /* its app's json_max_depth, for tb_event_json */
     /* name and data follow */
 };
 
@@ -190,6 +192,14 @@ struct tb_task {
 
 void tb__task_ref(tb_task *t);
 void tb__task_unref(tb_task *t);
+
+/* tb_task_cancel, and then, unless it returns TB_ENOENT or TB_EINVAL or
+ * TB_ENOMEM, a snapshot of the first (lowest id) of the tasks it cancelled
+ * in *out and their number in *count (either may be NULL), taken after the
+ * wait: the cancelled task's final state even if another task has taken
+ * the name since. */
+int tb__task_cancel_report(tb_app *app, const char *name, int timeout_ms,
+                           tb_task_info *out, int *count);
 
 /* Suspension protocol, used by every TB_TASK_FN:
  *   rc = tb__task_enter(self, "tb_x");     aborts unless self is running here;
@@ -423,6 +433,8 @@ struct tb_app {
     atomic_int bus_up; /* tb_dispatch allowed */
     atomic_uint_fast64_t queue_full_drops;    /* worker_queue_max drops */
     atomic_int_fast64_t queue_full_logged_us; /* rate limit of that log */
+    atomic_uint_fast64_t hop_limit_drops;     /* event_max_hops refusals */
+    atomic_int_fast64_t hop_limit_logged_us;  /* rate limit of that log */
     int abandoned; /* tasks abandoned at the graceful timeout */
 
     /* blocking pool */

@@ -16,6 +16,7 @@
 
 #include "envelope.h"
 #include "internal.h"
+#include "json.h"
 #include "api.h"
 #include "kinds.h"
 
@@ -306,14 +307,15 @@ static const char *arg_names(const kind *k, char *buf, size_t size)
 }
 
 /* Parses and checks args_json against k into a new tb_kind_args. */
-static int validate(const kind *k, const char *args_json, tb_kind_args **out,
-                    char *err, size_t errsz)
+static int validate(const kind *k, const char *args_json, int max_depth,
+                    tb_kind_args **out, char *err, size_t errsz)
 {
     json_t *root = NULL;
     if (args_json && args_json[0]) {
         json_error_t jerr;
-        root = json_loads(args_json, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
-                          &jerr);
+        root = tb__json_loadb(args_json, strlen(args_json),
+                              JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+                              max_depth, &jerr);
         if (!root) {
             errf(err, errsz, "args: invalid JSON: %s (line %d, column %d)",
                  jerr.text, jerr.line, jerr.column);
@@ -397,7 +399,7 @@ static int spawn(tb_app *app, const char *kind_name, const char *args_json,
         *stage = STAGE_ARGS;
         fn = k->fn;
         memcpy(kname, k->name, sizeof kname);
-        rc = validate(k, args_json, &args, err, errsz);
+        rc = validate(k, args_json, app->cfg.json_max_depth, &args, err, errsz);
         if (rc == 0 && k->check &&
             (rc = k->check(args, k->check_ud, err, errsz)) != 0) {
             kargs_free(args);
@@ -443,13 +445,17 @@ static int64_t to_ms(double seconds)
     return (int64_t)(seconds * 1000.0 + 0.5); /* seconds >= 0 */
 }
 
-/* Dispatches event with data (may be NULL) from self; on an error that
- * retrying cannot fix, fails self and returns the error. A bus that is down
- * or full only costs this one event (logged). */
-static int emit(tb_task *self, const char *event, const char *data, size_t len)
+/* Dispatches event with data (may be NULL) from self, caused by cause (may
+ * be NULL); on an error that retrying cannot fix, fails self and returns
+ * the error. A bus that is down or full only costs this one event (logged),
+ * and so does a cause at event_max_hops (logged by tb_dispatch_from). */
+static int emit(tb_task *self, const tb_event *cause, const char *event,
+                const char *data, size_t len)
 {
-    int rc = tb_dispatch(tb_task_app(self), event, data ? data : "",
-                         data ? len : 0, NULL);
+    int rc = tb_dispatch_from(tb_task_app(self), cause, event, data ? data : "",
+                              data ? len : 0, NULL);
+    if (rc == TB_ELOOP)
+        return 0;
     if (rc == TB_ENOTCONN || rc == TB_ENOSPC) {
         tb__log(TB_LOG_WARN, "task \"%s\": event \"%s\" not dispatched: %s",
                 tb_task_name(self), event, tb_strerror(rc));
@@ -475,7 +481,7 @@ static int kind_delay(tb_task *self, void *arg)
     if (rc)
         return rc;
     const char *data = tb_kind_string(arg, "data");
-    return emit(self, tb_kind_string(arg, "event"), data,
+    return emit(self, NULL, tb_kind_string(arg, "event"), data,
                 data ? strlen(data) : 0);
 }
 
@@ -497,14 +503,16 @@ static int kind_interval(tb_task *self, void *arg)
         int rc = tb_sleep(self, wait_us > 0 ? (wait_us + 999) / 1000 : 0);
         if (rc)
             return rc;
-        if ((rc = emit(self, event, data, len)) != 0)
+        if ((rc = emit(self, NULL, event, data, len)) != 0)
             return rc;
     }
     return 0;
 }
 
 /* relay {pattern, event}: dispatches event, with the same data, for each
- * event matching pattern, until cancelled. */
+ * event matching pattern, until cancelled. Each relayed event counts one
+ * hop more than its cause, so relays that feed each other in a cycle stop
+ * at event_max_hops. */
 static int kind_relay(tb_task *self, void *arg)
 {
     const char *pattern = tb_kind_string(arg, "pattern");
@@ -530,7 +538,7 @@ static int kind_relay(tb_task *self, void *arg)
             break;
         size_t len;
         const char *data = tb_event_data(ev, &len);
-        rc = emit(self, event, data, len);
+        rc = emit(self, ev, event, data, len);
         tb_event_unref(ev);
         if (rc)
             break;
@@ -613,7 +621,8 @@ static int post_task(tb_http_req *req, void *ud)
     size_t len;
     const char *body = tb_http_body(req, &len);
     json_error_t jerr;
-    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = tb__json_loadb(body, len, JSON_REJECT_DUPLICATES,
+                                  app->cfg.json_max_depth, &jerr);
     if (!root || !json_is_object(root)) {
         json_decref(root);
         return tb_http_error(req, 400, "bad_json",

@@ -268,6 +268,13 @@ static const setting settings[] = {
      "ms to wait for a pong (default 20000)"},
     {"ws-origins", "TASKBUS_WS_ORIGINS", K_STR, C(ws_allowed_origins), 0, 0,
      NULL, "allowed websocket Origins, comma-separated, or * (default any)"},
+    {"json-max-depth", "TASKBUS_JSON_MAX_DEPTH", K_INT, C(json_max_depth),
+     0, 1000, NULL,
+     "deepest JSON nesting accepted from clients and Redis, at most "
+     "stack-size / 1024 (default 0: 64, or what the stack allows)"},
+    {"event-max-hops", "TASKBUS_EVENT_MAX_HOPS", K_INT, C(event_max_hops),
+     0, 255, NULL,
+     "times an event may be relayed on: stops relay cycles (default 8)"},
     {"exec-allow", "TASKBUS_EXEC_ALLOW", K_STR, O(exec_allow), 0, 0, NULL,
      "programs the exec task kind may run: comma-separated absolute paths "
      "(default none: exec is off, spawns are 403)"},

@@ -211,6 +211,7 @@ static void bus_metrics(buf *b, tb_app *app)
         {"duplicate", bi.duplicates},
         {"queue_full", bi.queue_full_drops},
         {"publish_failed", bi.publish_failed},
+        {"hop_limit", (uint64_t)atomic_load(&app->hop_limit_drops)},
     };
     for (size_t i = 0; i < sizeof drops / sizeof drops[0]; i++)
         add(b, "taskbus_events_dropped_total{reason=\"%s\"} %" PRIu64 "\n",

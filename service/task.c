@@ -836,7 +836,15 @@ int tb_task_join(tb_task *self, const char *name, int timeout_ms, int *result,
     return rc;
 }
 
+static void info_fill(const tb_task *t, tb_task_info *o);
+
 int tb_task_cancel(tb_app *app, const char *name, int timeout_ms)
+{
+    return tb__task_cancel_report(app, name, timeout_ms, NULL, NULL);
+}
+
+int tb__task_cancel_report(tb_app *app, const char *name, int timeout_ms,
+                           tb_task_info *out, int *count)
 {
     if (!app || !name)
         return TB_EINVAL;
@@ -901,6 +909,20 @@ int tb_task_cancel(tb_app *app, const char *name, int timeout_ms)
             }
         }
         app->thread_waiters--;
+        pthread_mutex_unlock(&app->reg_mu);
+    }
+    if (out || count) {
+        /* The tasks this call cancelled, as they are now: not whatever
+         * holds the name by then (a new task may have taken it). */
+        pthread_mutex_lock(&app->reg_mu);
+        tb_task *first = v[0];
+        for (int i = 1; i < n; i++)
+            if (v[i]->id < first->id)
+                first = v[i];
+        if (out)
+            info_fill(first, out);
+        if (count)
+            *count = n;
         pthread_mutex_unlock(&app->reg_mu);
     }
     release_all(&set);

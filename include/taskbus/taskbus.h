@@ -62,7 +62,8 @@ extern "C" {
     X(EPERM, -EPERM, "operation not permitted")                                \
     X(EACCES, -EACCES, "authentication failed")                                \
     X(EPROTO, -EPROTO, "protocol error")                                       \
-    X(EIO, -EIO, "input/output error")
+    X(EIO, -EIO, "input/output error")                                         \
+    X(ELOOP, -ELOOP, "event relayed too many times (event_max_hops)")
 
 typedef enum {
 #define TB__ERR_ENUM(name, value, msg) TB_##name = (value),
@@ -189,6 +190,23 @@ typedef struct tb_app_config {
      * (requests without an Origin header, i.e. non-browser clients, are
      * always allowed). Others are answered 403 (origin_not_allowed). */
     const char *ws_allowed_origins;
+
+    /* Limits on input from outside the process. */
+    int json_max_depth; /* deepest nesting of arrays and objects accepted in
+                           JSON from outside (HTTP bodies, websocket and
+                           Redis messages); deeper is refused (400
+                           bad_json, a websocket error, a dropped Redis
+                           message). Event data nested deeper than
+                           json_max_depth - 1 travels as a JSON string.
+                           0: 64, or stack_size / 1 KiB if that is
+                           less; else 1..1000 and at most
+                           stack_size / 1 KiB (each level may take 512
+                           bytes of a task's stack); 0 */
+    int event_max_hops; /* how many times an event may be re-dispatched as
+                           the cause of another (relay tasks,
+                           tb_dispatch_from): an event that has made this
+                           many hops is not relayed again, so a relay cycle
+                           dies out; 0..255, 8 */
 } tb_app_config;
 
 /* Fills cfg with the defaults above. */
@@ -447,6 +465,15 @@ int tb_dispatch(tb_app *app, const char *name, const void *data, size_t len,
 int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
                      size_t len, int timeout_ms, char *id_out);
 
+/* Like tb_dispatch, for an event caused by another one (cause): a task that
+ * reacts to events by dispatching others (a relay) uses it so that a cycle
+ * of such tasks dies out. The new event carries cause's hop count plus one
+ * (tb_event_hops), also across Redis; when that would exceed the app's
+ * event_max_hops, nothing is dispatched and TB_ELOOP is returned. cause NULL:
+ * tb_dispatch. */
+int tb_dispatch_from(tb_app *app, const tb_event *cause, const char *name,
+                     const void *data, size_t len, char *id_out);
+
 /* Waits for the next event matching pattern, at most timeout_ms (negative:
  * no limit). On 0, *ev holds a reference the caller must release with
  * tb_event_unref(). TB_ETIMEDOUT, TB_ECANCELED, TB_EINVAL (bad pattern).
@@ -488,6 +515,9 @@ const char *tb_event_id(const tb_event *ev);
 int64_t tb_event_ts_us(const tb_event *ev); /* CLOCK_REALTIME µs */
 /* Where it was dispatched: "<instance id>/<worker>" ("/-1" off-worker). */
 const char *tb_event_origin(const tb_event *ev);
+/* How many tb_dispatch_from re-dispatches led to it (0 for an event
+ * dispatched directly). */
+int tb_event_hops(const tb_event *ev);
 tb_event *tb_event_ref(tb_event *ev);
 void tb_event_unref(tb_event *ev); /* NULL is a no-op */
 

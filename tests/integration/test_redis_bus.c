@@ -1342,9 +1342,21 @@ static void test_malformed_messages_dropped(void **state)
     char long_chan[400];
     snprintf(long_chan, sizeof long_chan, "taskbus:event:%0300d", 0);
     memset(long_chan + strlen("taskbus:event:"), 'a', 300);
+    /* 3 000 levels of nesting: refused before jansson recurses into it
+     * (json_max_depth). */
+    static char deep[3000 * 6 + 128];
+    size_t dn = (size_t)snprintf(deep, sizeof deep,
+                                 "{\"id\":\"m-6\",\"name\":\"my.custom.event\","
+                                 "\"data\":");
+    for (int i = 0; i < 3000; i++)
+        dn += (size_t)snprintf(deep + dn, sizeof deep - dn, "{\"a\":");
+    deep[dn++] = '1';
+    memset(deep + dn, '}', 3001);
+    deep[dn + 3001] = '\0';
     const struct {
         const char *what, *chan, *msg;
     } bad[] = {
+        {"data nested 3000 deep", "taskbus:event:my.custom.event", deep},
         {"invalid JSON starting with '{'", "taskbus:event:my.custom.event",
          "{\"id\":\"m-1\",\"name\":\"my.custom.event\",\"data\":"},
         {"numeric id", "taskbus:event:my.custom.event",
@@ -1539,6 +1551,80 @@ static void test_dispatch_wait(void **state)
     th_assert_clean();
 }
 
+/* A task that stops waiting in tb_dispatch_wait (cancelled, or timed out)
+ * and ends before Redis confirms the event: the confirmation that comes
+ * later must not touch the freed task (it did: a heap use-after-free in
+ * on_confirmed, found by a websocket client that dispatched and reset at
+ * once; ASan reports it, a Release build may crash). */
+typedef struct gone_ctx {
+    th_counter waiting, done;
+    int timeout_ms;
+} gone_ctx;
+
+static int gone_task(tb_task *self, void *arg)
+{
+    gone_ctx *c = arg;
+    th_counter_add(&c->waiting, 1);
+    int rc = tb_dispatch_wait(tb_task_app(self), "dw.gone", "x", 1,
+                              c->timeout_ms, NULL);
+    TH_CHECKF(rc == TB_ECANCELED || rc == TB_ETIMEDOUT, "rc %s",
+              tb_err_name(rc));
+    th_counter_add(&c->done, 1);
+    return 0;
+}
+
+static void test_dispatch_wait_outlived(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    tb_app_config cfg;
+    rh_config(&cfg, NULL, NULL);
+    cfg.redis_command_timeout_ms = 10000; /* the pause is not a dead link */
+    cfg.redis_ping_interval_ms = 10000;
+    rh_app *ra = start_app(srv, NULL, NULL, &cfg);
+    rh_rec *s0 = receiver(ra->app, 0, 1, "dw.gone");
+    assert_rc(dispatch_wait_str(ra->app, "dw.gone", "warm-up", NULL), 0);
+    AWAIT(s0, 1);
+
+    rh_server_pause(srv);
+    gone_ctx c[2];
+    for (int i = 0; i < 2; i++) {
+        th_counter_init(&c[i].waiting);
+        th_counter_init(&c[i].done);
+        /* 0: cancelled while waiting; 1: gives up after 100 ms. */
+        c[i].timeout_ms = i == 0 ? 5000 : 100;
+        tb_task_opts o = th_opts(i == 0 ? "gone-cancelled" : "gone-timeout", i);
+        o.flags = TB_TASK_EPHEMERAL; /* freed as soon as it ends */
+        assert_rc(tb_task_add(ra->app, gone_task, &c[i], &o, NULL), 0);
+        assert_true(th_counter_wait_ge(&c[i].waiting, 1, ARRIVE_MS));
+    }
+    th_nap_ms(20);
+    assert_rc(tb_task_cancel(ra->app, "gone-cancelled", 2000), 0);
+    for (int i = 0; i < 2; i++)
+        assert_true(th_counter_wait_ge(&c[i].done, 1, ARRIVE_MS));
+    th_nap_ms(50); /* both tasks are gone from the registry and freed */
+    assert_int_equal(tb_task_get(ra->app, "gone-cancelled", NULL), TB_ENOENT);
+    assert_int_equal(tb_task_get(ra->app, "gone-timeout", NULL), TB_ENOENT);
+    tb_bus_info before = bus_info(ra->app);
+    rh_server_resume(srv);
+    /* Both confirmations arrive now, after their tasks. */
+    AWAIT(s0, 3);
+    int64_t end = th_mono_ms() + ARRIVE_MS;
+    while (bus_info(ra->app).published < before.published + 2 &&
+           th_mono_ms() < end)
+        th_nap_ms(5);
+    assert_true(bus_info(ra->app).published >= before.published + 2);
+    th_nap_ms(50);
+    assert_rc(dispatch_wait_str(ra->app, "dw.gone", "after", NULL), 0);
+    AWAIT(s0, 4);
+    assert_rc(rh_app_stop(ra), 0);
+    for (int i = 0; i < 2; i++) {
+        th_counter_destroy(&c[i].waiting);
+        th_counter_destroy(&c[i].done);
+    }
+    th_assert_clean();
+}
+
 /* ------------------------------------------------------------ queue bound */
 
 /* publish_queue_max = 8 against a stopped (SIGSTOP) server: 8 dispatches
@@ -1624,6 +1710,7 @@ int main(void)
         T(test_malformed_messages_dropped),
         T(test_event_size_limit),
         T(test_dispatch_wait),
+        T(test_dispatch_wait_outlived),
         T(test_publish_queue_max),
     };
     return cmocka_run_group_tests_name("redis_bus", tests, NULL, NULL);

@@ -629,6 +629,67 @@ static void test_tasks(void **state)
     tb_app_free(app);
 }
 
+/* DELETE /tasks/{name} answers with the task it cancelled, even when a new
+ * task takes the name the moment the old one ends (it answered with the
+ * new, running task in 6 of 20 tries). Two racing threads re-add "job" in
+ * a tight loop; each DELETE must report the id it found before. */
+typedef struct race_ctx {
+    atomic_int stop;
+    atomic_long added;
+} race_ctx;
+
+static void *racer(void *arg)
+{
+    race_ctx *r = ((void **)arg)[1];
+    tb_app *app = ((void **)arg)[0];
+    while (!atomic_load(&r->stop)) {
+        tb_task_opts o = th_opts("job", TB_WORKER_ANY);
+        if (tb_task_add(app, sleeper, NULL, &o, NULL) == 0)
+            atomic_fetch_add(&r->added, 1);
+    }
+    return NULL;
+}
+
+static void race_body(tb_app *app, void *arg)
+{
+    (void)arg;
+    race_ctx r;
+    atomic_init(&r.stop, 0);
+    atomic_init(&r.added, 0);
+    void *args[2] = {app, &r};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++)
+        TH_CHECK(pthread_create(&th[i], NULL, racer, args) == 0);
+    for (int i = 0; i < 50; i++) {
+        tb_task_info before;
+        TH_CHECK(th_wait_state(app, "job", TB_TASK_RUNNING, 3000));
+        TH_CHECK(tb_task_get(app, "job", &before) == 1);
+        json_t *j = NULL;
+        int st = call(app, "DELETE", "/tasks/job", NULL, &j);
+        TH_CHECK_EQ(st, 200);
+        TH_CHECKF(jget_int(j, "id") == (long long)before.id,
+                  "try %d: DELETE answered task %lld, it cancelled %llu", i,
+                  jget_int(j, "id"), (unsigned long long)before.id);
+        TH_CHECK_STR(jget_str(j, "state"), "cancelled");
+        json_decref(j);
+        tb_task_purge(app);
+    }
+    atomic_store(&r.stop, 1);
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    TH_CHECK(atomic_load(&r.added) >= 50);
+}
+
+static void test_cancel_race(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(2, 2000);
+    assert_rc(tb_api_register(app), 0);
+    assert_rc(th_run_thread(app, race_body, NULL, 30000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+}
+
 /* ------------------------------------------------------------ health */
 
 /* Blocks its worker's loop (what a buggy task calling sleep() does). */
@@ -1024,9 +1085,10 @@ static void test_token(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dispatch),  cmocka_unit_test(test_bus_errors),
-        cmocka_unit_test(test_tasks),     cmocka_unit_test(test_health),
-        cmocka_unit_test(test_long_poll), cmocka_unit_test(test_token),
+        cmocka_unit_test(test_dispatch),    cmocka_unit_test(test_bus_errors),
+        cmocka_unit_test(test_tasks),       cmocka_unit_test(test_health),
+        cmocka_unit_test(test_long_poll),   cmocka_unit_test(test_token),
+        cmocka_unit_test(test_cancel_race),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

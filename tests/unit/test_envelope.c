@@ -725,6 +725,115 @@ static void test_fuzz_decode(void **state)
     tb_event_unref(ev);
 }
 
+/* ---------------------------------------------------------------- depth */
+
+/* depth nested arrays around 1, in a new malloc'd string. */
+static char *nested_array(int depth)
+{
+    char *s = malloc((size_t)depth * 2 + 2);
+    assert_non_null(s);
+    memset(s, '[', (size_t)depth);
+    s[depth] = '1';
+    memset(s + depth + 1, ']', (size_t)depth);
+    s[2 * depth + 1] = '\0';
+    return s;
+}
+
+/* Data as deep as the envelope leaves room for travels as JSON; one level
+ * more travels as a string; both come back byte for byte. Thousands of
+ * levels (what crashed a worker's stack) are just text. */
+static void test_depth_of_data(void **state)
+{
+    (void)state;
+    int max = tb_app_get_config(app)->json_max_depth;
+    char *fits = nested_array(max - 1);
+    round_trip_same(fits, JSON_ARRAY);
+    char *over = nested_array(max);
+    round_trip_same(over, JSON_STRING);
+    char *hostile = nested_array(3000);
+    round_trip_same(hostile, JSON_STRING);
+    free(fits);
+    free(over);
+    free(hostile);
+}
+
+/* A message from Redis nested deeper than json_max_depth is refused before
+ * it is parsed; a plain PUBLISH of thousands of brackets is raw text. */
+static void test_depth_of_messages(void **state)
+{
+    (void)state;
+    int max = tb_app_get_config(app)->json_max_depth;
+    char msg[4096];
+    char *data = nested_array(max - 1);
+    snprintf(msg, sizeof msg, "{\"id\":\"a\",\"data\":%s}", data);
+    tb_event *ev = NULL;
+    const char *why = NULL;
+    assert_int_equal(decode_str(msg, &ev, &why), 0);
+    assert_data(ev, data, strlen(data));
+    tb_event_unref(ev);
+    free(data);
+
+    data = nested_array(max);
+    snprintf(msg, sizeof msg, "{\"id\":\"a\",\"data\":%s}", data);
+    ev = NULL;
+    assert_int_equal(decode_str(msg, &ev, &why), TB_EPROTO);
+    assert_null(ev);
+    assert_non_null(strstr(why, "json_max_depth"));
+    free(data);
+
+    char *hostile = nested_array(3000);
+    assert_int_equal(decode_str(hostile, &ev, &why), 0); /* raw text */
+    assert_data(ev, hostile, strlen(hostile));
+    tb_event_unref(ev);
+    char *obj = malloc(3000 * 6 + 8);
+    size_t n = 0;
+    for (int i = 0; i < 3000; i++)
+        n += (size_t)sprintf(obj + n, "{\"a\":");
+    obj[n++] = '1';
+    memset(obj + n, '}', 3000);
+    obj[n + 3000] = '\0';
+    assert_int_equal(decode_str(obj, &ev, &why), TB_EPROTO);
+    free(obj);
+    free(hostile);
+}
+
+/* ---------------------------------------------------------------- hops */
+
+static void test_hops(void **state)
+{
+    (void)state;
+    tb_event *ev = tb__event_new(app, "a.b", "hi", 2, "id-1", "inst/0", 123);
+    assert_non_null(ev);
+    char *wire;
+    size_t len;
+    /* A direct dispatch has none on the wire (the format is unchanged). */
+    assert_int_equal(tb__envelope_encode(ev, &wire, &len), 0);
+    assert_null(strstr(wire, "hops"));
+    free(wire);
+    ev->hops = 3;
+    assert_int_equal(tb__envelope_encode(ev, &wire, &len), 0);
+    assert_string_equal(wire,
+                        "{\"id\":\"id-1\",\"name\":\"a.b\",\"data\":\"hi\","
+                        "\"ts\":123,\"origin\":\"inst/0\",\"hops\":3}");
+    tb_event *got = NULL;
+    assert_int_equal(
+        tb__envelope_decode(app, "a.b", wire, len, MAX, &got, NULL), 0);
+    assert_int_equal(tb_event_hops(got), 3);
+    tb_event_unref(got);
+    free(wire);
+    /* The thread's template does not keep it for the next event. */
+    ev->hops = 0;
+    assert_int_equal(tb__envelope_encode(ev, &wire, &len), 0);
+    assert_null(strstr(wire, "hops"));
+    free(wire);
+    tb_event_unref(ev);
+
+    assert_malformed("{\"id\":\"a\",\"data\":\"x\",\"hops\":-1}");
+    assert_malformed("{\"id\":\"a\",\"data\":\"x\",\"hops\":256}");
+    assert_malformed("{\"id\":\"a\",\"data\":\"x\",\"hops\":\"1\"}");
+    assert_malformed("{\"id\":\"a\",\"data\":\"x\",\"hops\":1.5}");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -745,6 +854,9 @@ int main(void)
         cmocka_unit_test(test_utf8_positions),
         cmocka_unit_test(test_utf8_against_reference),
         cmocka_unit_test(test_fuzz_decode),
+        cmocka_unit_test(test_depth_of_data),
+        cmocka_unit_test(test_depth_of_messages),
+        cmocka_unit_test(test_hops),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -9,6 +9,7 @@
 #include "http_fake.h"
 #include "internal.h"
 #include "kinds.h"
+#include "metrics.h"
 
 /* POST /tasks with body; returns the status, *out the parsed JSON answer. */
 static int post_tasks(tb_app *app, const char *body, json_t **out)
@@ -446,6 +447,25 @@ static void http_body(tb_app *app, void *arg)
                "{\"kind\": \"interval\", \"args\": {\"seconds\": 1, "
                "\"event\": \"x\", \"count\": 0}}",
                400, "bad_args", "args.count");
+    /* Nesting: json_max_depth (64) levels parse (then args are judged),
+     * one more is refused before it is parsed; so are thousands (which
+     * overflowed the server thread's stack). */
+    for (int depth = 64; depth <= 3000; depth += depth == 64 ? 1 : 2935) {
+        size_t cap = (size_t)depth * 2 + 96;
+        char *body = malloc(cap);
+        int n =
+            snprintf(body, cap, "{\"kind\": \"delay\", \"args\": {\"data\": ");
+        for (int i = 0; i < depth - 2; i++)
+            body[n++] = '[';
+        for (int i = 0; i < depth - 2; i++)
+            body[n++] = ']';
+        snprintf(body + n, cap - (size_t)n, "}}");
+        if (depth == 64)
+            post_error(app, body, 400, "bad_args", "args.data");
+        else
+            post_error(app, body, 400, "bad_json", "json_max_depth");
+        free(body);
+    }
     post_error(app, "nope", 400, "bad_json", "JSON object");
     post_error(app, "[]", 400, "bad_json", "JSON object");
     post_error(app, "", 400, "bad_json", "JSON object");
@@ -473,6 +493,94 @@ static void http_body(tb_app *app, void *arg)
                400, "bad_name", "task name");
 }
 
+/* Relays that feed each other in a cycle die out at event_max_hops:
+ * a.* -> b.x, b.* -> a.x and b.* -> a.y doubled the events every two hops
+ * without end (1.27 M events in 5 s). With 8 hops, one a.q makes exactly
+ * 1 + 1 + 2 + 2 + 4 + 4 + 8 + 8 + 16 = 46 events, and the 16 a.* events at
+ * hop 8 are not relayed again. */
+typedef struct cycle {
+    th_counter ready, events;
+    atomic_int max_hops;
+} cycle;
+
+static int cycle_watcher(tb_task *self, void *arg)
+{
+    cycle *c = arg;
+    int err = 0;
+    tb_sub *sub = tb_sub_open(self, "a.*", 4096, &err);
+    if (!TH_CHECK(sub != NULL) || !TH_CHECK(tb_sub_add(sub, "b.*") == 0))
+        return 1;
+    th_counter_add(&c->ready, 1);
+    tb_event *ev;
+    while (tb_sub_next(self, sub, -1, &ev) == 0) {
+        int h = tb_event_hops(ev);
+        if (h > atomic_load(&c->max_hops))
+            atomic_store(&c->max_hops, h);
+        th_counter_add(&c->events, 1);
+        tb_event_unref(ev);
+    }
+    return 0;
+}
+
+static void cycle_body(tb_app *app, void *arg)
+{
+    cycle *c = arg;
+    tb_task_opts o = th_opts("watch", 0);
+    TH_CHECK_RC(tb_task_add(app, cycle_watcher, c, &o, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&c->ready, 1, 3000));
+    spawn_named(app, "relay", "ab",
+                "{\"pattern\": \"a.*\", \"event\": \"b.x\"}");
+    spawn_named(app, "relay", "ba",
+                "{\"pattern\": \"b.*\", \"event\": \"a.x\"}");
+    spawn_named(app, "relay", "bb",
+                "{\"pattern\": \"b.*\", \"event\": \"a.y\"}");
+    for (const char *const *n = (const char *const[]){"ab", "ba", "bb", NULL};
+         *n; n++)
+        TH_CHECK(th_wait_state(app, *n, TB_TASK_RUNNING, 3000));
+    th_nap_ms(50); /* their subscriptions are open once they have run */
+    TH_CHECK_RC(tb_dispatch(app, "a.q", "x", 1, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&c->events, 46, 5000));
+    th_nap_ms(500); /* a cycle that did not stop would go on meanwhile */
+    TH_CHECK_EQ(th_counter_get(&c->events), 46);
+    TH_CHECK_EQ(atomic_load(&c->max_hops), 8);
+    /* Still running: a refused event is not a failure of the relay. */
+    TH_CHECK(th_wait_state(app, "ab", TB_TASK_RUNNING, 0));
+    /* The hop limit is counted in the metrics. */
+    size_t mlen;
+    char *m = tb__metrics_render(app, &mlen);
+    TH_CHECKF(
+        m && strstr(m,
+                    "taskbus_events_dropped_total{reason=\"hop_limit\"} 16\n"),
+        "metrics: %s", m ? m : "(none)");
+    free(m);
+    TH_CHECK_RC(tb_task_cancel(app, "ab", 2000), 0);
+    TH_CHECK_RC(tb_task_cancel(app, "ba", 2000), 0);
+    TH_CHECK_RC(tb_task_cancel(app, "bb", 2000), 0);
+    TH_CHECK_RC(tb_task_cancel(app, "watch", 2000), 0);
+}
+
+static void test_relay_cycle(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.graceful_timeout_ms = 2000;
+    cfg.event_max_hops = 8;
+    tb_app *app = th_app_new_cfg(&cfg);
+    tb_log_set_level(TB_LOG_ERROR); /* the hop limit's warning is expected */
+    assert_rc(tb__kinds_register_builtin(app), 0);
+    cycle c;
+    memset(&c, 0, sizeof c);
+    th_counter_init(&c.ready);
+    th_counter_init(&c.events);
+    assert_rc(th_run_thread(app, cycle_body, &c, 20000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+    th_counter_destroy(&c.ready);
+    th_counter_destroy(&c.events);
+}
+
 static void test_http(void **state)
 {
     (void)state;
@@ -494,6 +602,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_validation),
         cmocka_unit_test(test_builtin),
+        cmocka_unit_test(test_relay_cycle),
         cmocka_unit_test(test_http),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
