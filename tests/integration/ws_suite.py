@@ -686,6 +686,32 @@ async def t_envelopes(ctx):
     await c.no_events(0.3)
 
 
+async def t_nul_data(ctx):
+    """Event data is any UTF-8, U+0000 included: a POST body a\0b is
+    dispatched (202), so is a websocket dispatch of "a\u0000b", and a
+    subscriber gets back exactly those bytes."""
+    srv = ctx.srv
+    c = await ctx.connect("/ws?events=nul.*")
+    await c.sync()
+    r = await ahttp(srv.port, "POST", "/events/nul.http", b"a\0b")
+    check_status(r, 202, what="POST /events/nul.http, body a\\0b")
+    check_envelope(await c.event(), "nul.http", "a\0b", r.json["id"])
+    r = await c.request({"event": "nul.ws", "data": "a\0b", "ref": "nul"})
+    check(r.get("ok") == "dispatch", f"a websocket dispatch of a\\0b: {r}")
+    check_envelope(await c.event(), "nul.ws", "a\0b", r["id"])
+    # Names and patterns are not data: no NUL there (nor a cut at it).
+    r = await c.request({"event": "nul.ws\0x", "data": "x", "ref": "n"})
+    check(r.get("error") == "bad_name" and r.get("ref") == "n",
+          f"a dispatch to event nul.ws\\0x: {r}")
+    r = await c.request({"subscribe": ["nul.\0x"], "ref": "p"})
+    check(r.get("error") == "bad_pattern" and r.get("ref") == "p",
+          f"a subscribe to nul.\\0x: {r}")
+    # Not UTF-8 is still refused.
+    r = await ahttp(srv.port, "POST", "/events/nul.bad", b"a\0\xff")
+    check_status(r, 400, "bad_data", "POST /events/nul.bad, body a\\0\\xff")
+    await c.no_events(0.2)
+
+
 async def t_messages(ctx):
     srv = ctx.srv
     c1 = await ctx.connect("/ws?events=chat.general", label="c1")
@@ -1684,6 +1710,32 @@ async def t_two_instances(ctx):
     await cb.no_events(0.05)
 
 
+async def t_nul_data_redis(ctx):
+    """Data holding U+0000 crosses Redis intact: in our envelope (POST on
+    A, a client on B), and from a foreign publisher, raw or in an envelope
+    of its own."""
+    a, b, redis = ctx.s["a"], ctx.s["b"], ctx.s["redis"]
+    c = await ctx.connect("/ws?events=nul.*", srv=b, label="client on B")
+    await c.sync()
+    r = await ahttp(a.port, "POST", "/events/nul.a", b"a\0b")
+    check_status(r, 202, what="POST /events/nul.a on A, body a\\0b")
+    check_envelope(await c.event(), "nul.a", "a\0b", r.json["id"])
+    env = {"id": "wstest-nul-env", "name": "nul.env", "data": "a\0b"}
+    counts = await asyncio.to_thread(redis_publish, redis.port, [
+        ("taskbus:event:nul.raw", "a\0b"),
+        ("taskbus:event:nul.env", json.dumps(env))])
+    check(all(n >= 1 for n in counts), f"PUBLISH receivers: {counts}")
+    got = {}
+    for _ in range(2):
+        ev = await c.event()
+        got[ev["name"]] = ev
+    check(set(got) == {"nul.raw", "nul.env"}, f"got {sorted(got)}")
+    check(got["nul.raw"]["data"] == "a\0b",
+          f"raw PUBLISH of a\\0b: data {got['nul.raw']['data']!r}")
+    check_envelope(got["nul.env"], "nul.env", "a\0b", "wstest-nul-env")
+    await c.no_events(0.2)
+
+
 def redis_publish(port, msgs):
     """PUBLISHes (channel, payload) pairs in one pipelined write, as a
     plain Redis client would; returns the receiver counts."""
@@ -1890,6 +1942,7 @@ GROUPS = [
         ("GET /ws: 426 without Upgrade, 404 elsewhere, Origin list",
          t_upgrade_refusals, 30),
         ("events arrive as envelopes, only when matching", t_envelopes, 20),
+        ("event data may hold U+0000 (NUL)", t_nul_data, 20),
         ("subscribe, unsubscribe, dispatch, ref", t_messages, 20),
         ("bad messages are answered, the connection stays open",
          t_bad_messages, 20),
@@ -1938,6 +1991,8 @@ GROUPS = [
     ("redis", None, [
         ("two instances on one Redis: both ways, exactly once",
          t_two_instances, 60),
+        ("data holding U+0000 (NUL) crosses Redis intact",
+         t_nul_data_redis, 30),
         ("a burst of events to a reading client is not a slow client",
          t_burst, 30),
     ]),
