@@ -8,7 +8,7 @@
  * 200 MiB), and a wslay context costs about 8.8 KiB (two 4 KiB buffers it
  * zeroes). So the context exists only while the client is mid-message: the
  * socket is read into our own buffer, wslay is fed whole frames only (we
- * read just their lengths), and once it has consumed them and holds no
+ * read and check their headers), and once it has consumed them and holds no
  * fragment, no pending control frame and no close state, it is freed; the
  * next frame makes a fresh one. Outgoing data, ping and close frames are a
  * header and the payload (servers do not mask), written here directly; only
@@ -50,7 +50,8 @@ struct tb__wsconn {
     int paused;     /* the core's receive queue is full */
     int wev_added;  /* wev pending: waiting for the socket to drain */
     int flush_due;  /* wev activated by hand for this loop turn */
-    int fragmented; /* a fragmented data message is under way */
+    int fragmented; /* the frames read so far leave a fragmented data
+                       message open (wslay has them all once feed is 0) */
     int closing;    /* no more messages accepted; a close is due */
     int close_sent; /* a close frame is in out (ours or wslay's) */
     int close_received;
@@ -101,11 +102,19 @@ static int put_frame(tb__wsconn *c, int opcode, const void *head,
     return 0;
 }
 
+/* A frame's header, as frame_header reads it. */
+typedef struct frame_hdr {
+    size_t size;   /* header bytes, the mask key included */
+    uint64_t plen; /* payload bytes */
+    int op, fin, rsv, masked;
+    int long_form; /* the length is not in its shortest form, or has its top
+                      bit set (RFC 6455 5.2) */
+} frame_hdr;
+
 /* Reads the header of the frame starting at offset pos of in (avail
- * bytes): 1 with *hl (header bytes), *plen (payload bytes) and *op
- * (opcode) when the header is all there, else 0. */
+ * bytes) into *f: 1 when the header is all there, else 0. */
 static int frame_header(struct evbuffer *in, size_t pos, size_t avail,
-                        size_t *hl, uint64_t *plen, int *op)
+                        frame_hdr *f)
 {
     unsigned char h[14];
     size_t have = avail - pos < sizeof h ? avail - pos : sizeof h;
@@ -117,11 +126,13 @@ static int frame_header(struct evbuffer *in, size_t pos, size_t avail,
         return 0;
     size_t n = 2;
     uint64_t len = h[1] & 0x7f;
+    f->long_form = 0;
     if (len == 126) {
         n = 4;
         if (have < n)
             return 0;
         len = (uint64_t)h[2] << 8 | h[3];
+        f->long_form = len < 126;
     } else if (len == 127) {
         n = 10;
         if (have < n)
@@ -129,14 +140,57 @@ static int frame_header(struct evbuffer *in, size_t pos, size_t avail,
         len = 0;
         for (int i = 0; i < 8; i++)
             len = len << 8 | h[2 + i];
+        f->long_form = len <= 0xffff || len >> 63;
     }
-    n += (h[1] & 0x80) ? 4 : 0; /* the client's mask */
+    f->masked = h[1] >> 7;
+    n += f->masked ? 4 : 0;
     if (have < n)
         return 0;
-    *hl = n;
-    *plen = len;
-    *op = h[0] & 0x0f;
+    f->size = n;
+    f->plen = len;
+    f->fin = h[0] >> 7;
+    f->rsv = (h[0] >> 4) & 7;
+    f->op = h[0] & 0x0f;
     return 1;
+}
+
+/* Why the frame with header f, after the frames before it, fails the
+ * connection: a short reason and *code (1002, or 1009 for a frame over
+ * ws_max_message), or NULL when wslay may have it. All is checked here,
+ * before wslay, because wslay answers some of these (a fragmented control
+ * frame, a length not in its shortest form) by giving up without a close
+ * frame, and a frame refused at its header is never buffered whole. */
+static const char *frame_error(const tb__wsconn *c, const frame_hdr *f,
+                               int *code)
+{
+    *code = 1002;
+    if (f->rsv)
+        return "reserved bits set"; /* no extension is ever negotiated */
+    if (!f->masked)
+        return "unmasked frame";
+    if (f->long_form)
+        return "frame length not in its shortest form";
+    if (f->op >= 8) {
+        if (f->op > WSLAY_PONG)
+            return "unknown opcode";
+        if (!f->fin)
+            return "fragmented control frame";
+        if (f->plen > 125)
+            return "control frame over 125 bytes";
+        if (f->op == WSLAY_CONNECTION_CLOSE && f->plen == 1)
+            return "malformed close frame"; /* a code is 2 bytes (5.5.1) */
+    } else if (f->op > WSLAY_BINARY_FRAME) {
+        return "unknown opcode";
+    } else if (f->op == WSLAY_CONTINUATION_FRAME && !c->fragmented) {
+        return "continuation frame without a message";
+    } else if (f->op != WSLAY_CONTINUATION_FRAME && c->fragmented) {
+        return "new message inside a fragmented one";
+    }
+    if (f->plen > c->lim.max_message) {
+        *code = 1009;
+        return "message too big";
+    }
+    return NULL;
 }
 
 /* ---------------------------------------------------------------- wslay */
@@ -177,23 +231,6 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data,
     return (ssize_t)len;
 }
 
-static void on_frame_start(wslay_event_context_ptr ctx,
-                           const struct wslay_event_on_frame_recv_start_arg *a,
-                           void *ud)
-{
-    tb__wsconn *c = ud;
-    if (a->opcode < 8) /* data or continuation: track fragments */
-        c->fragmented = !a->fin;
-    /* A close frame whose payload is one byte is malformed (RFC 6455
-     * 5.5.1); wslay would answer it with an empty close. Queue 1002 first:
-     * wslay queues no second close. */
-    if (a->opcode == WSLAY_CONNECTION_CLOSE && a->payload_length == 1) {
-        static const char why[] = "malformed close frame";
-        wslay_event_queue_close(ctx, 1002, (const uint8_t *)why,
-                                sizeof why - 1);
-    }
-}
-
 static void on_msg(wslay_event_context_ptr ctx,
                    const struct wslay_event_on_msg_recv_arg *arg, void *ud)
 {
@@ -232,7 +269,6 @@ static wslay_event_context_ptr context(tb__wsconn *c)
     static const struct wslay_event_callbacks cbs = {
         .recv_callback = recv_cb,
         .send_callback = send_cb,
-        .on_frame_recv_start_callback = on_frame_start,
         .on_msg_recv_callback = on_msg,
     };
     if (!c->ctx && wslay_event_context_server_init(&c->ctx, &cbs, c) == 0)
@@ -254,36 +290,47 @@ static void maybe_release(tb__wsconn *c)
     }
 }
 
+/* Fails the connection for a frame refused at its header (reason, code
+ * from frame_error): what was read is dropped, and it ends once the close
+ * frame is written (RFC 6455 7.1.7). */
+static void refuse(tb__wsconn *c, int code, const char *reason)
+{
+    if (code == 1009)
+        tb__log(TB_LOG_INFO,
+                "ws %s (request %s): a message over ws_max_message; "
+                "closing with 1009",
+                c->peer, tb_ws_request_id(c->ws));
+    else
+        tb__log(TB_LOG_INFO,
+                "ws %s (request %s): a protocol error (%s); closing with %d",
+                c->peer, tb_ws_request_id(c->ws), reason, code);
+    evbuffer_drain(c->in, evbuffer_get_length(c->in));
+    c->feed = 0;
+    c->failing = 1;
+    tb__wsconn_close(c, code, reason);
+    update_reading(c);
+    schedule_flush(c); /* also ends it when our close was already out */
+}
+
 /* Gives wslay the whole frames in `in`, lets it send what it made, and
  * logs a close it started on its own. */
 static void process(tb__wsconn *c)
 {
     size_t avail = evbuffer_get_length(c->in);
     size_t pos = c->feed;
-    size_t hl;
-    uint64_t plen;
-    int op;
-    while (frame_header(c->in, pos, avail, &hl, &plen, &op)) {
-        if (plen > c->lim.max_message || (op >= 8 && plen > 125)) {
-            /* Refused at its header, never buffered whole. */
-            int code = op >= 8 ? 1002 : 1009;
-            tb__log(TB_LOG_INFO, "ws %s (request %s): %s; closing with %d",
-                    c->peer, tb_ws_request_id(c->ws),
-                    code == 1009 ? "a message over ws_max_message"
-                                 : "a protocol error (a control frame "
-                                   "over 125 bytes)",
-                    code);
-            evbuffer_drain(c->in, avail);
-            c->feed = 0;
-            c->failing = 1;
-            tb__wsconn_close(c, code,
-                             code == 1009 ? "message too big" : "bad frame");
-            update_reading(c);
+    frame_hdr f;
+    while (frame_header(c->in, pos, avail, &f)) {
+        int code;
+        const char *bad = frame_error(c, &f, &code);
+        if (bad) {
+            refuse(c, code, bad);
             return;
         }
-        if (avail - pos - hl < plen)
+        if (avail - pos - f.size < f.plen)
             break; /* not all here yet */
-        pos += hl + (size_t)plen;
+        if (f.op < 8)
+            c->fragmented = !f.fin;
+        pos += f.size + (size_t)f.plen;
     }
     c->feed = pos;
     if (c->feed == 0 && !c->ctx)

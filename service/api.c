@@ -326,7 +326,7 @@ static json_t *event_data_json(const tb_event *ev)
         i++;
     if (i < len && (d[i] == '{' || d[i] == '[')) {
         json_error_t jerr;
-        json_t *v = tb__json_loadb(d, len, 0, ev->max_depth - 1,
+        json_t *v = tb__json_loadb(d, len, JSON_ALLOW_NUL, ev->max_depth - 1,
                                    &jerr); /* objects, arrays only */
         if (v)
             return v;

@@ -194,7 +194,10 @@ static int check_patterns(tb_ws *ws, json_t *ref, const char *what, json_t *v)
                         i);
             return 0;
         }
-        int rc = tb_pattern_valid(json_string_value(p));
+        const char *pat = json_string_value(p);
+        int rc = strlen(pat) != json_string_length(p) /* "\u0000" in it */
+                     ? TB_EINVAL
+                     : tb_pattern_valid(pat);
         if (rc) {
             reply_error(ws, ref, "bad_pattern",
                         "\"%s\"[%zu] is not a valid event pattern (%s): "
@@ -219,6 +222,14 @@ static void do_dispatch(tb_task *self, conn_state *st, json_t *ref,
         return;
     }
     const char *n = json_string_value(name);
+    if (strlen(n) != json_string_length(name)) {
+        reply_error(ws, ref, "bad_name",
+                    "an event name cannot hold \\u0000: it is 1..%d "
+                    "dot-separated segments of [A-Za-z0-9_-], at most %d "
+                    "bytes",
+                    TB_EVENT_SEGMENTS_MAX, TB_EVENT_NAME_MAX);
+        return;
+    }
     char *owned = NULL;
     const char *d = "";
     size_t len = 0;
@@ -348,8 +359,11 @@ static void handle(tb_task *self, conn_state *st, const tb_ws_msg *m)
         return;
     }
     json_error_t jerr;
+    /* JSON_ALLOW_NUL: event data may hold U+0000; names and patterns are
+     * checked for it. */
     json_t *o = tb__json_loadb(m->data, m->len,
-                               JSON_REJECT_DUPLICATES | JSON_DECODE_ANY,
+                               JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
+                                   JSON_ALLOW_NUL,
                                tb_ws_app(ws)->cfg.json_max_depth, &jerr);
     if (!o) {
         reply_error(ws, NULL, "bad_json", "the message is not JSON: %s",

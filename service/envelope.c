@@ -11,8 +11,9 @@
 #include "json.h"
 
 /* Parse flags for JSON data and messages. JSON_ALLOW_NUL: "\u0000" inside a
- * string is valid JSON; where a NUL would end up in event data, id, name or
- * origin, the checks below refuse it with a precise reason. */
+ * string is valid JSON, and event data may hold U+0000; where a NUL would
+ * end up in an id, name or origin, the checks below refuse it with a
+ * precise reason. */
 #define DATA_PARSE_FLAGS (JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES)
 #define MSG_PARSE_FLAGS JSON_ALLOW_NUL
 
@@ -22,16 +23,9 @@
 
 /* ---------------------------------------------------------------- UTF-8 */
 
-#define ONES UINT64_C(0x0101010101010101)
 #define HIGHS UINT64_C(0x8080808080808080)
 
-/* Nonzero if one of the 8 bytes of x (all below 0x80) is zero. */
-static inline uint64_t has_zero_byte(uint64_t x)
-{
-    return (x - ONES) & ~x & HIGHS;
-}
-
-static int utf8_scan(const char *s, size_t len, int nul_ok)
+int tb__utf8_valid(const char *s, size_t len)
 {
     if (len == 0)
         return 1; /* s may be NULL */
@@ -46,16 +40,12 @@ static int utf8_scan(const char *s, size_t len, int nul_ok)
             memcpy(&b, p + 8, 8);
             if ((a | b) & HIGHS)
                 break;
-            if (!nul_ok && (has_zero_byte(a) | has_zero_byte(b)))
-                return 0;
             p += 16;
         }
         if (p == end)
             break;
         unsigned c = p[0];
         if (c < 0x80) {
-            if (c == 0 && !nul_ok)
-                return 0;
             p++;
             continue;
         }
@@ -94,16 +84,6 @@ static int utf8_scan(const char *s, size_t len, int nul_ok)
     return 1;
 }
 
-int tb__utf8_valid(const char *s, size_t len)
-{
-    return utf8_scan(s, len, 0);
-}
-
-int tb__utf8_valid_text(const void *s, size_t len)
-{
-    return utf8_scan(s, len, 1);
-}
-
 /* ---------------------------------------------------------------- encode */
 
 static size_t skip_blanks(const char *s, size_t len)
@@ -115,12 +95,12 @@ static size_t skip_blanks(const char *s, size_t len)
     return i;
 }
 
-/* The parsed object or array when data (valid UTF-8 without NUL bytes) is
- * one in full, nested at most max_depth deep, else NULL: then it travels as
- * a string. What jansson would change fails the parse and so travels as
- * text, unchanged: duplicate keys (refused here), integers beyond 64 bits,
- * reals beyond a double. Reals that parse come back in jansson's exact
- * 17-digit form (0.1 arrives as 0.10000000000000001). */
+/* The parsed object or array when data (valid UTF-8) is one in full,
+ * nested at most max_depth deep, else NULL: then it travels as a string.
+ * What jansson would change fails the parse and so travels as text,
+ * unchanged: duplicate keys (refused here), integers beyond 64 bits, reals
+ * beyond a double. Reals that parse come back in jansson's exact 17-digit
+ * form (0.1 arrives as 0.10000000000000001). */
 static json_t *data_json(const char *data, size_t len, int max_depth)
 {
     size_t i = skip_blanks(data, len);
@@ -379,13 +359,9 @@ static int decode_envelope(tb_app *app, const char *name, json_t *root,
     char small[1024];
     char *big = NULL;
     if (json_is_string(jdata)) {
-        /* jansson has checked the UTF-8; only "\u0000" is left to refuse. */
+        /* jansson has checked the UTF-8; "\u0000" is U+0000, kept. */
         data = json_string_value(jdata);
         dlen = json_string_length(jdata);
-        if (memchr(data, '\0', dlen)) {
-            *why = "data contains a NUL byte";
-            return TB_EPROTO;
-        }
     } else if (json_is_object(jdata) || json_is_array(jdata)) {
         dlen = json_dumpb(jdata, small, sizeof small, JSON_COMPACT);
         if (dlen == 0)

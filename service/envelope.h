@@ -18,7 +18,10 @@
  * or TB_ENOMEM. */
 int tb__envelope_encode(const tb_event *ev, char **out, size_t *outlen);
 
-/* 1 if the len bytes at s are valid UTF-8 (no NUL bytes), else 0. */
+/* 1 if the len bytes at s are valid UTF-8 (RFC 3629: no overlongs, no
+ * surrogates, nothing above U+10FFFF, nothing cut short), else 0. U+0000
+ * is a character like any other. The one check of event data and
+ * websocket text, wherever it comes from. s may be NULL when len is 0. */
 int tb__utf8_valid(const char *s, size_t len);
 
 /* Makes an event from a message received on the channel of event `name`
@@ -35,8 +38,8 @@ int tb__utf8_valid(const char *s, size_t len);
  *    data, with a fresh id, the time of receipt and origin "external".
  * A message that starts like a JSON object ('{' after blanks) but does not
  * parse, an envelope whose members have the wrong types or values (a data
- * string holding "\u0000" included), or a message delivered as it is that
- * is not UTF-8 text without NUL bytes (event data always is), is malformed:
+ * string holding "\u0000" is fine), or a message delivered as it is that
+ * is not UTF-8 (a NUL byte is: U+0000, valid in event data), is malformed:
  * returns TB_EPROTO and sets *why to a static reason for the log. Data over
  * max_size bytes: TB_EMSGSIZE (*why says so too). Else 0 or TB_ENOMEM.
  * why may be NULL. On 0, *out holds a new event (refcount 1); on error *out

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "envelope.h"
 #include "http.h"
 #include "internal.h"
 #include "ws.h"
@@ -623,7 +624,7 @@ int tb_ws_send(tb_ws *ws, tb_ws_type type, const void *data, size_t len)
 {
     if (!ws || (type != TB_WS_TEXT && type != TB_WS_BINARY) || (len && !data))
         return TB_EINVAL;
-    if (type == TB_WS_TEXT && !tb__utf8_valid_text(data, len))
+    if (type == TB_WS_TEXT && !tb__utf8_valid(data, len))
         return TB_EINVAL;
     return ws_send(ws, type == TB_WS_BINARY, data, len);
 }

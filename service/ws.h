@@ -97,9 +97,4 @@ void tb__ws_on_closing(tb_ws *ws);
  * must not use it again. why says what ended it (for the log). */
 void tb__ws_on_end(tb_ws *ws, int code, const char *why);
 
-/* 1 if the n bytes at s are valid UTF-8 (RFC 3629: no overlongs, no
- * surrogates, nothing above U+10FFFF; NUL allowed), for text frames
- * (envelope.c). */
-int tb__utf8_valid_text(const void *s, size_t n);
-
 #endif /* TASKBUS_WS_H */

@@ -438,7 +438,8 @@ int tb_pattern_param(const char *pattern, const char *name, const char *param,
 
 /* Dispatches an event to every matching waiter and subscription on every
  * worker (and, with the Redis bus, of every instance). Any thread. data is
- * copied (len bytes, may be 0) and must be UTF-8 text (JSON included): the
+ * copied (len bytes, may be 0) and must be UTF-8 text (JSON included): any
+ * valid UTF-8, U+0000 (a NUL byte) too, which arrives as it was sent. The
  * Redis bus carries it in a JSON envelope; encode binary data yourself. Over
  * Redis, data that is a JSON object or array travels as a JSON value and
  * arrives as its compact re-serialization (same value; blanks, escapes and
@@ -508,7 +509,8 @@ size_t tb_sub_pending(const tb_sub *sub);   /* events queued now */
 void tb_sub_close(tb_sub *sub);
 
 /* Accessors; the returned pointers live as long as the reference. The data
- * is always followed by a NUL byte (not counted in len) for convenience. */
+ * is always followed by a NUL byte (not counted in len) for convenience; it
+ * may hold NUL bytes itself (U+0000 is valid UTF-8), so use len. */
 const char *tb_event_name(const tb_event *ev);
 const void *tb_event_data(const tb_event *ev, size_t *len);
 const char *tb_event_id(const tb_event *ev);

@@ -260,17 +260,22 @@ class RawWS:
         self.buf += d
 
     @staticmethod
-    def frame(opcode, payload=b"", fin=True, masked=True, rsv=0):
-        """The bytes of one frame (a client's: masked, unless told)."""
+    def frame(opcode, payload=b"", fin=True, masked=True, rsv=0,
+              form=None):
+        """The bytes of one frame (a client's: masked, unless told). form:
+        how the length is written, 7 (in 7 bits), 126 (16) or 127 (64);
+        by default the shortest, as RFC 6455 5.2 wants."""
         b0 = (0x80 if fin else 0) | rsv << 4 | opcode
         m = 0x80 if masked else 0
         n = len(payload)
-        if n < 126:
-            hdr = struct.pack("!BB", b0, m | n)
-        elif n < 65536:
+        if form is None:
+            form = 127 if n >= 65536 else 126 if n >= 126 else 7
+        if form == 126:
             hdr = struct.pack("!BBH", b0, m | 126, n)
-        else:
+        elif form == 127:
             hdr = struct.pack("!BBQ", b0, m | 127, n)
+        else:
+            hdr = struct.pack("!BB", b0, m | n)
         if not masked:
             return hdr + payload
         key = os.urandom(4)
@@ -681,6 +686,32 @@ async def t_envelopes(ctx):
     await c.no_events(0.3)
 
 
+async def t_nul_data(ctx):
+    """Event data is any UTF-8, U+0000 included: a POST body a\0b is
+    dispatched (202), so is a websocket dispatch of "a\u0000b", and a
+    subscriber gets back exactly those bytes."""
+    srv = ctx.srv
+    c = await ctx.connect("/ws?events=nul.*")
+    await c.sync()
+    r = await ahttp(srv.port, "POST", "/events/nul.http", b"a\0b")
+    check_status(r, 202, what="POST /events/nul.http, body a\\0b")
+    check_envelope(await c.event(), "nul.http", "a\0b", r.json["id"])
+    r = await c.request({"event": "nul.ws", "data": "a\0b", "ref": "nul"})
+    check(r.get("ok") == "dispatch", f"a websocket dispatch of a\\0b: {r}")
+    check_envelope(await c.event(), "nul.ws", "a\0b", r["id"])
+    # Names and patterns are not data: no NUL there (nor a cut at it).
+    r = await c.request({"event": "nul.ws\0x", "data": "x", "ref": "n"})
+    check(r.get("error") == "bad_name" and r.get("ref") == "n",
+          f"a dispatch to event nul.ws\\0x: {r}")
+    r = await c.request({"subscribe": ["nul.\0x"], "ref": "p"})
+    check(r.get("error") == "bad_pattern" and r.get("ref") == "p",
+          f"a subscribe to nul.\\0x: {r}")
+    # Not UTF-8 is still refused.
+    r = await ahttp(srv.port, "POST", "/events/nul.bad", b"a\0\xff")
+    check_status(r, 400, "bad_data", "POST /events/nul.bad, body a\\0\\xff")
+    await c.no_events(0.2)
+
+
 async def t_messages(ctx):
     srv = ctx.srv
     c1 = await ctx.connect("/ws?events=chat.general", label="c1")
@@ -984,15 +1015,8 @@ async def t_protocol(ctx):
             raise AssertionError(f"a frame after the close: {extra}")
         except (EOFError, ConnectionResetError):
             pass
-        # Protocol errors: close 1002 (or the connection dropped).
+        # Bad close frames: close 1002 (the frame headers: t_frame_errors).
         bad = [
-            ("an unmasked frame", RawWS.frame(0x1, b'{"subscribe":[]}',
-                                              masked=False)),
-            ("reserved opcode 3", RawWS.frame(0x3, b"x")),
-            ("RSV1 without an extension", RawWS.frame(0x1, b"{}", rsv=4)),
-            ("a fragmented ping", RawWS.frame(0x9, b"p", fin=False)),
-            ("a continuation with no message", RawWS.frame(0x0, b"{}")),
-            ("a 126-byte ping", RawWS.frame(0x9, b"p" * 126)),
             ("a 1-byte close payload", RawWS.frame(0x8, b"x")),
             ("close code 1005 (reserved)",
              RawWS.frame(0x8, struct.pack("!H", 1005))),
@@ -1007,7 +1031,7 @@ async def t_protocol(ctx):
             except socket.timeout:
                 wrong.append(f"{why}: still open after {T(3)} s")
                 continue
-            if code not in (1002, None):
+            if code != 1002:
                 wrong.append(f"{why}: closed with {code} {reason!r}, want "
                              f"1002")
         # A close reason that is not UTF-8: 1007 (or 1002).
@@ -1027,6 +1051,83 @@ async def t_protocol(ctx):
     r = await ahttp(ctx.srv.port, "GET", "/healthz")
     check_status(r, 200, what="GET /healthz")
     return f"our close 4001 answered with {echoed}"
+
+
+async def t_frame_errors(ctx):
+    """A frame whose header breaks RFC 6455 (5.2, 5.4, 5.5) fails the
+    connection with a close frame, 1002 and a reason (7.1.7, 7.4.1), not a
+    dropped connection; the server goes on serving."""
+    texts = [(op, f"opcode {op:#x}") for op in (0x1, 0x2)]
+    unknown = list(range(0x3, 0x8)) + list(range(0xB, 0x10))
+    top_bit = (struct.pack("!BBQ", 0x81, 0xFF, 1 << 63 | 5) + b"mask" +
+               b"hello")
+    bad = [
+        ("a fragmented ping", [RawWS.frame(0x9, b"p", fin=False)]),
+        ("a fragmented pong", [RawWS.frame(0xA, b"p", fin=False)]),
+        ("a fragmented close", [RawWS.frame(0x8, struct.pack("!H", 1000),
+                                            fin=False)]),
+        ("an empty fragmented ping", [RawWS.frame(0x9, b"", fin=False)]),
+        ("5 bytes in the 16-bit length form",
+         [RawWS.frame(0x1, b"hello", form=126)]),
+        ("125 bytes in the 16-bit length form",
+         [RawWS.frame(0x1, b"x" * 125, form=126)]),
+        ("5 bytes in the 64-bit length form",
+         [RawWS.frame(0x1, b"hello", form=127)]),
+        ("200 bytes in the 64-bit length form",
+         [RawWS.frame(0x2, b"x" * 200, form=127)]),
+        ("a 64-bit length with its top bit set", [top_bit]),
+        ("a continuation in the 16-bit form",
+         [RawWS.frame(0x1, b"{", fin=False),
+          RawWS.frame(0x0, b"}", form=126)]),
+        ("a ping in the 16-bit length form",
+         [RawWS.frame(0x9, b"p", form=126)]),
+        ("a 126-byte ping", [RawWS.frame(0x9, b"p" * 126)]),
+        ("a 126-byte close", [RawWS.frame(0x8, struct.pack("!H", 1000) +
+                                          b"r" * 124)]),
+        ("an unmasked frame", [RawWS.frame(0x1, b"{}", masked=False)]),
+        ("an unmasked ping", [RawWS.frame(0x9, b"", masked=False)]),
+        ("a continuation with no message", [RawWS.frame(0x0, b"{}")]),
+        ("a continuation after a whole message",
+         [RawWS.frame(0x1, b'{"subscribe":[]}'), RawWS.frame(0x0, b"{}")]),
+    ]
+    bad += [(f"RSV bits {rsv:03b}", [RawWS.frame(0x1, b"{}", rsv=rsv)])
+            for rsv in (4, 2, 1, 7)]
+    bad += [(f"RSV bits {rsv:03b} on a ping", [RawWS.frame(0x9, b"", rsv=rsv)])
+            for rsv in (4, 1)]
+    bad += [(f"unknown opcode {op:#x}", [RawWS.frame(op, b"x")])
+            for op in unknown]
+    bad += [(f"unknown opcode {op:#x} inside a message",
+             [RawWS.frame(0x1, b"{", fin=False), RawWS.frame(op, b"x")])
+            for op in (0x3, 0xB)]
+    bad += [(f"{what} inside a fragmented message",
+             [RawWS.frame(0x1, b"{", fin=False), RawWS.frame(op, b"{}")])
+            for op, what in texts]
+
+    def run():
+        wrong = []
+        for why, frames in bad:
+            w = ctx.raw("/ws?events=proto.x")
+            try:
+                w.sock.sendall(b"".join(frames))
+                code, reason, _, _ = w.close_code(T(3))
+            except socket.timeout:
+                wrong.append(f"{why}: still open after {T(3)} s")
+                continue
+            finally:
+                w.close()
+            if code is None:
+                wrong.append(f"{why}: the connection dropped without a "
+                             f"close frame")
+            elif code != 1002 or not reason:
+                wrong.append(f"{why}: closed with {code} {reason!r}, want "
+                             f"1002 and a reason")
+        return wrong
+
+    wrong = await asyncio.to_thread(run)
+    r = await ahttp(ctx.srv.port, "GET", "/healthz")
+    check_status(r, 200, what="GET /healthz after the bad frames")
+    check(not wrong, f"{len(wrong)} of {len(bad)}: " + "; ".join(wrong))
+    return f"{len(bad)} bad frame headers, each closed with 1002"
 
 
 async def t_protocol_log(ctx):
@@ -1609,6 +1710,32 @@ async def t_two_instances(ctx):
     await cb.no_events(0.05)
 
 
+async def t_nul_data_redis(ctx):
+    """Data holding U+0000 crosses Redis intact: in our envelope (POST on
+    A, a client on B), and from a foreign publisher, raw or in an envelope
+    of its own."""
+    a, b, redis = ctx.s["a"], ctx.s["b"], ctx.s["redis"]
+    c = await ctx.connect("/ws?events=nul.*", srv=b, label="client on B")
+    await c.sync()
+    r = await ahttp(a.port, "POST", "/events/nul.a", b"a\0b")
+    check_status(r, 202, what="POST /events/nul.a on A, body a\\0b")
+    check_envelope(await c.event(), "nul.a", "a\0b", r.json["id"])
+    env = {"id": "wstest-nul-env", "name": "nul.env", "data": "a\0b"}
+    counts = await asyncio.to_thread(redis_publish, redis.port, [
+        ("taskbus:event:nul.raw", "a\0b"),
+        ("taskbus:event:nul.env", json.dumps(env))])
+    check(all(n >= 1 for n in counts), f"PUBLISH receivers: {counts}")
+    got = {}
+    for _ in range(2):
+        ev = await c.event()
+        got[ev["name"]] = ev
+    check(set(got) == {"nul.raw", "nul.env"}, f"got {sorted(got)}")
+    check(got["nul.raw"]["data"] == "a\0b",
+          f"raw PUBLISH of a\\0b: data {got['nul.raw']['data']!r}")
+    check_envelope(got["nul.env"], "nul.env", "a\0b", "wstest-nul-env")
+    await c.no_events(0.2)
+
+
 def redis_publish(port, msgs):
     """PUBLISHes (channel, payload) pairs in one pipelined write, as a
     plain Redis client would; returns the receiver counts."""
@@ -1815,6 +1942,7 @@ GROUPS = [
         ("GET /ws: 426 without Upgrade, 404 elsewhere, Origin list",
          t_upgrade_refusals, 30),
         ("events arrive as envelopes, only when matching", t_envelopes, 20),
+        ("event data may hold U+0000 (NUL)", t_nul_data, 20),
         ("subscribe, unsubscribe, dispatch, ref", t_messages, 20),
         ("bad messages are answered, the connection stays open",
          t_bad_messages, 20),
@@ -1825,6 +1953,8 @@ GROUPS = [
         ("text that is not UTF-8 closes with 1007", t_bad_utf8, 20),
         ("framing: ping/pong, fragments, close, protocol errors 1002",
          t_protocol, 60),
+        ("bad frame headers close with 1002 and a reason", t_frame_errors,
+         60),
         ("protocol errors are logged as what they are", t_protocol_log,
          30),
         ("DELETE /tasks/ws:<id> disconnects the client", t_cancel_ws_handler,
@@ -1861,6 +1991,8 @@ GROUPS = [
     ("redis", None, [
         ("two instances on one Redis: both ways, exactly once",
          t_two_instances, 60),
+        ("data holding U+0000 (NUL) crosses Redis intact",
+         t_nul_data_redis, 30),
         ("a burst of events to a reading client is not a slow client",
          t_burst, 30),
     ]),

@@ -14,7 +14,6 @@
 #include <jansson.h>
 
 #include "envelope.h"
-#include "ws.h"
 #include "internal.h"
 #include "taskbus/taskbus.h"
 
@@ -140,11 +139,6 @@ static void test_encode_invalid_utf8(void **state)
         assert_int_equal(len, 0);
         tb_event_unref(ev);
     }
-    tb_event *ev = new_event("a\0b", 3); /* NUL is not text */
-    char *wire;
-    size_t len;
-    assert_int_equal(tb__envelope_encode(ev, &wire, &len), TB_EINVAL);
-    tb_event_unref(ev);
 }
 
 /* ---------------------------------------------------------------- round trip
@@ -200,6 +194,28 @@ static void test_round_trip_special_chars(void **state)
     for (int i = 1; i < 128; i++)
         all[i - 1] = (char)i;
     round_trip(all, 127, JSON_STRING, all, 127);
+}
+
+/* U+0000 is a character like any other (event data is any UTF-8): it
+ * travels as \u0000 and comes back, the length kept. */
+static void test_round_trip_nul(void **state)
+{
+    (void)state;
+    round_trip("a\0b", 3, JSON_STRING, "a\0b", 3);
+    round_trip("\0", 1, JSON_STRING, "\0", 1);
+    static const char nuls[] = "\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0x\0";
+    round_trip(nuls, sizeof nuls - 1, JSON_STRING, nuls, sizeof nuls - 1);
+    round_trip("caf\xc3\xa9\0", 6, JSON_STRING, "caf\xc3\xa9\0", 6);
+
+    tb_event *ev = tb__event_new(app, "a.b", "a\0b", 3, "id-1", "inst/0", 1);
+    assert_non_null(ev);
+    char *wire;
+    size_t len;
+    assert_int_equal(tb__envelope_encode(ev, &wire, &len), 0);
+    assert_string_equal(wire, "{\"id\":\"id-1\",\"name\":\"a.b\",\"data\":"
+                              "\"a\\u0000b\",\"ts\":1,\"origin\":\"inst/0\"}");
+    free(wire);
+    tb_event_unref(ev);
 }
 
 /* Large data, data that escapes to six times its size (past the encoder's
@@ -282,8 +298,24 @@ static void test_raw_not_text(void **state)
     assert_null(ev);
     assert_non_null(why);
     assert_true(why[0] != '\0');
+}
+
+/* A foreign publisher's plain text holding U+0000 is delivered as it is,
+ * and so is a data string holding "\u0000" in an envelope. */
+static void test_decode_nul(void **state)
+{
+    (void)state;
+    tb_event *ev = NULL;
+    const char *why = NULL;
     assert_int_equal(tb__envelope_decode(app, NAME, "a\0b", 3, MAX, &ev, &why),
-                     TB_EPROTO);
+                     0);
+    assert_data(ev, "a\0b", 3);
+    tb_event_unref(ev);
+    assert_int_equal(
+        decode_str("{\"id\":\"a\",\"data\":\"x\\u0000y\"}", &ev, &why), 0);
+    assert_string_equal(tb_event_id(ev), "a");
+    assert_data(ev, "x\0y", 3);
+    tb_event_unref(ev);
 }
 
 /* ---------------------------------------------------------------- envelope */
@@ -365,7 +397,6 @@ static void test_malformed(void **state)
     assert_malformed("{\"id\":\"a\",\"data\":1.5}");
     assert_malformed("{\"id\":\"a\",\"data\":true}");
     assert_malformed("{\"id\":\"a\",\"data\":false}");
-    assert_malformed("{\"id\":\"a\",\"data\":\"x\\u0000y\"}");
     /* ts */
     assert_malformed("{\"id\":\"a\",\"data\":\"x\",\"ts\":\"123\"}");
     assert_malformed("{\"id\":\"a\",\"data\":\"x\",\"ts\":1.5}");
@@ -455,6 +486,9 @@ static void test_utf8_table(void **state)
         B("a"),
         B("plain ascii text that is longer than sixteen bytes ~"),
         B("\x7f"),
+        B("\0"), /* U+0000: a character like any other */
+        B("a\0b"),
+        B("\xc3\xa9\0"),
         B("\xc2\x80"),         /* U+0080 */
         B("\xdf\xbf"),         /* U+07FF */
         B("\xe0\xa0\x80"),     /* U+0800 */
@@ -502,9 +536,6 @@ static void test_utf8_table(void **state)
         B("\xe2\x82\x28"),
         B("\xf0\x9f\x28\x80"),
         B("\xf0\x9f\x98\x28"),
-        B("\0"), /* NUL */
-        B("a\0b"),
-        B("\xc3\xa9\0"),
     };
     for (size_t i = 0; i < sizeof valid / sizeof valid[0]; i++)
         if (!tb__utf8_valid(valid[i].s, valid[i].len))
@@ -513,31 +544,14 @@ static void test_utf8_table(void **state)
         if (tb__utf8_valid(invalid[i].s, invalid[i].len))
             fail_msg("invalid[%zu] accepted", i);
     assert_true(tb__utf8_valid(NULL, 0));
-
-    /* Websocket text (tb__utf8_valid_text): the same, but U+0000 is a
-     * character like any other there (RFC 6455 text is any UTF-8). */
-    for (size_t i = 0; i < sizeof valid / sizeof valid[0]; i++)
-        if (!tb__utf8_valid_text(valid[i].s, valid[i].len))
-            fail_msg("text: valid[%zu] refused", i);
-    size_t nul_cases = 0;
-    for (size_t i = 0; i < sizeof invalid / sizeof invalid[0]; i++) {
-        int has_nul = memchr(invalid[i].s, 0, invalid[i].len) != NULL;
-        int ok = tb__utf8_valid_text(invalid[i].s, invalid[i].len);
-        if (has_nul && !ok)
-            fail_msg("text: invalid[%zu] (only a NUL) refused", i);
-        if (!has_nul && ok)
-            fail_msg("text: invalid[%zu] accepted", i);
-        nul_cases += has_nul;
-    }
-    assert_int_equal(nul_cases, 3);
     char nul16[40] = {0}; /* NULs through the 16-byte fast path */
-    assert_true(tb__utf8_valid_text(nul16, sizeof nul16));
+    assert_true(tb__utf8_valid(nul16, sizeof nul16));
     nul16[37] = (char)0xff;
-    assert_false(tb__utf8_valid_text(nul16, sizeof nul16));
+    assert_false(tb__utf8_valid(nul16, sizeof nul16));
 }
 
-/* A NUL or a bad byte anywhere in a long ASCII buffer (inside and after
- * the fast path's 16-byte blocks) is found. */
+/* A bad byte anywhere in a long ASCII buffer (inside and after the fast
+ * path's 16-byte blocks) is found; a NUL anywhere is fine. */
 static void test_utf8_positions(void **state)
 {
     (void)state;
@@ -547,7 +561,7 @@ static void test_utf8_positions(void **state)
         assert_true(tb__utf8_valid(buf, len));
         for (size_t i = 0; i < len; i++) {
             buf[i] = '\0';
-            assert_false(tb__utf8_valid(buf, len));
+            assert_true(tb__utf8_valid(buf, len));
             buf[i] = (char)0x80;
             assert_false(tb__utf8_valid(buf, len));
             buf[i] = (char)0xc3;
@@ -583,8 +597,6 @@ static int utf8_reference(const unsigned char *s, size_t len)
         unsigned c = s[i];
         size_t n;
         uint32_t cp, min;
-        if (c == 0)
-            return 0;
         if (c < 0x80) {
             i++;
             continue;
@@ -843,10 +855,12 @@ int main(void)
         cmocka_unit_test(test_round_trip_json),
         cmocka_unit_test(test_round_trip_not_json),
         cmocka_unit_test(test_round_trip_special_chars),
+        cmocka_unit_test(test_round_trip_nul),
         cmocka_unit_test(test_round_trip_large),
         cmocka_unit_test(test_raw_messages),
         cmocka_unit_test(test_raw_fresh_ids),
         cmocka_unit_test(test_raw_not_text),
+        cmocka_unit_test(test_decode_nul),
         cmocka_unit_test(test_envelope_partial),
         cmocka_unit_test(test_malformed),
         cmocka_unit_test(test_oversize),
