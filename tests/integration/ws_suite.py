@@ -22,8 +22,6 @@ contains one of the words (all when none are given).
 """
 
 import asyncio
-import base64
-import hashlib
 import http.client
 import json
 import os
@@ -45,12 +43,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatusCode
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import tbharness  # noqa: E402 (after the path it is found on)
-from tbharness import (H, HOST, SAN_RE, STOP_TIMEOUT_S, Redis,  # noqa: E402
-                       Resp, T, TaskbusProc, check, child_env, end_proc,
-                       http_req, read_text, spawn, tail)
-
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
+from tbharness import (H, HOST, SAN_RE, STOP_TIMEOUT_S, RawWS,  # noqa: E402
+                       Redis, Refused, Resp, T, TaskbusProc, check,
+                       child_env, end_proc, http_req, read_text, spawn, tail)
 
 # ------------------------------------------------------------------ HTTP
 
@@ -172,191 +167,6 @@ class Taskbus(TaskbusProc):
 
 
 # ------------------------------------------------------------------ clients
-
-
-class Refused(Exception):
-    """An upgrade answered with something other than 101."""
-
-    def __init__(self, status, headers, body):
-        super().__init__(f"HTTP {status}")
-        self.status = status
-        self.headers = headers
-        self.body = body
-        self.resp = Resp(status, headers, body)
-
-
-def _mask(data, key):
-    if not data:
-        return b""
-    k = (key * (len(data) // 4 + 1))[:len(data)]
-    n = int.from_bytes(data, "big") ^ int.from_bytes(k, "big")
-    return n.to_bytes(len(data), "big")
-
-
-class RawWS:
-    """A minimal blocking websocket client: the handshake by hand, frames
-    by hand. For what the websockets client will not do."""
-
-    def __init__(self, port, path, headers=None, rcvbuf=None, timeout=None,
-                 first=None, upgrade="websocket", connection="Upgrade"):
-        """first: a plain GET path to ask on the connection before the
-        upgrade (keep-alive)."""
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout or T(10))
-        self.buf = b""
-        try:
-            self.sock.connect((HOST, port))
-            if first:
-                self.sock.sendall(f"GET {first} HTTP/1.1\r\nHost: {HOST}:"
-                                  f"{port}\r\n\r\n".encode())
-                status, hdrs, body = self._answer()
-                check(status == 200 and hdrs.get("connection") != "close",
-                      f"GET {first} before the upgrade: {status} {hdrs}")
-            key = base64.b64encode(os.urandom(16)).decode()
-            lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}:{port}",
-                     f"Upgrade: {upgrade}", f"Connection: {connection}",
-                     f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
-            lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-            self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-            status, hdrs, body = self._answer(upgrade=True)
-            if status != 101:
-                raise Refused(status, hdrs, body)
-            want = base64.b64encode(
-                hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
-            check(hdrs.get("sec-websocket-accept") == want,
-                  f"bad Sec-WebSocket-Accept: {hdrs}")
-            self.headers = hdrs
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def _answer(self, upgrade=False):
-        """Reads one HTTP answer: (status, headers, body). A 101 has no
-        body: what follows it is frames."""
-        while b"\r\n\r\n" not in self.buf:
-            check(len(self.buf) < 65536, "HTTP answer head too long")
-            self._fill()
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        hl = head.decode("latin-1").split("\r\n")
-        status = int(hl[0].split()[1])
-        hdrs = {}
-        for l in hl[1:]:
-            k, _, v = l.partition(":")
-            hdrs[k.strip().lower()] = v.strip()
-        if status == 101 and upgrade:
-            return status, hdrs, b""
-        n = int(hdrs.get("content-length", "0"))
-        while len(self.buf) < n:
-            self._fill()
-        body, self.buf = self.buf[:n], self.buf[n:]
-        return status, hdrs, body
-
-    def _fill(self):
-        d = self.sock.recv(65536)
-        if not d:
-            raise EOFError("the server closed the connection")
-        self.buf += d
-
-    @staticmethod
-    def frame(opcode, payload=b"", fin=True, masked=True, rsv=0,
-              form=None):
-        """The bytes of one frame (a client's: masked, unless told). form:
-        how the length is written, 7 (in 7 bits), 126 (16) or 127 (64);
-        by default the shortest, as RFC 6455 5.2 wants."""
-        b0 = (0x80 if fin else 0) | rsv << 4 | opcode
-        m = 0x80 if masked else 0
-        n = len(payload)
-        if form is None:
-            form = 127 if n >= 65536 else 126 if n >= 126 else 7
-        if form == 126:
-            hdr = struct.pack("!BBH", b0, m | 126, n)
-        elif form == 127:
-            hdr = struct.pack("!BBQ", b0, m | 127, n)
-        else:
-            hdr = struct.pack("!BB", b0, m | n)
-        if not masked:
-            return hdr + payload
-        key = os.urandom(4)
-        return hdr + key + _mask(payload, key)
-
-    def send_frame(self, opcode, payload=b"", fin=True):
-        self.sock.sendall(self.frame(opcode, payload, fin))
-
-    def send_text(self, s):
-        self.send_frame(0x1, s.encode() if isinstance(s, str) else s)
-
-    def recv_frame(self, timeout=None):
-        """(fin, opcode, payload) of the next frame. EOFError when the
-        connection ends, socket.timeout when none comes in time."""
-        self.sock.settimeout(timeout or T(10))
-        while len(self.buf) < 2:
-            self._fill()
-        b0, b1 = self.buf[0], self.buf[1]
-        check(not b1 & 0x80, "the server masked a frame")
-        n, off = b1 & 0x7F, 2
-        if n == 126:
-            while len(self.buf) < 4:
-                self._fill()
-            n, off = struct.unpack("!H", self.buf[2:4])[0], 4
-        elif n == 127:
-            while len(self.buf) < 10:
-                self._fill()
-            n, off = struct.unpack("!Q", self.buf[2:10])[0], 10
-        while len(self.buf) < off + n:
-            self._fill()
-        payload = self.buf[off:off + n]
-        self.buf = self.buf[off + n:]
-        return bool(b0 & 0x80), b0 & 0x0F, payload
-
-    def recv_json(self, timeout=None):
-        """The next text message as JSON, skipping pings."""
-        while True:
-            fin, op, payload = self.recv_frame(timeout)
-            if op == 0x9:
-                continue
-            check(op == 0x1 and fin, f"want a text frame, got opcode {op}")
-            return json.loads(payload)
-
-    def close_code(self, timeout=None):
-        """Reads until the server's close frame or EOF: (code or None,
-        reason, number of text frames skipped, pings seen)."""
-        texts = pings = 0
-        end = time.monotonic() + (timeout or T(10))
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                raise socket.timeout("no close within the timeout")
-            try:
-                fin, op, payload = self.recv_frame(left)
-            except (EOFError, ConnectionResetError):
-                return None, "", texts, pings
-            if op == 0x8:
-                code = (struct.unpack("!H", payload[:2])[0]
-                        if len(payload) >= 2 else 1005)
-                try:  # answer it, as a client should
-                    self.send_frame(0x8, payload[:2])
-                except OSError:
-                    pass
-                return code, payload[2:].decode("utf-8", "replace"), texts, \
-                    pings
-            if op == 0x1:
-                texts += 1
-            elif op == 0x9:
-                pings += 1
-
-    def abort(self):
-        """Closes the socket with a reset, no close frame."""
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                 struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-        self.sock.close()
-
-    def close(self):
-        self.sock.close()
 
 
 def upgrade_refused(port, path, headers=None):
