@@ -1,6 +1,7 @@
 /* http_civetweb.c - the HTTP server on civetweb: listens, reads each request
  * and its body, hands it to the core (service/http.c), writes its answer. */
 #include <arpa/inet.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -307,6 +308,30 @@ static int find_socket(const char *addr, int port, int local_port)
     return -1;
 }
 
+/* A failed hand-over: counted, and logged at most once a second with the
+ * count (a client that resets right after its upgrade leaves no socket to
+ * find; hundreds of them must not write hundreds of lines). */
+static void handover_failed(tb_app *app, const struct mg_request_info *ri,
+                            int found)
+{
+    uint64_t n = atomic_fetch_add(&app->ws_handover_failures, 1) + 1;
+    int64_t now = tb__mono_us();
+    int64_t last = atomic_load(&app->ws_handover_logged_us);
+    if (now - last < 1000000 || !atomic_compare_exchange_strong(
+                                    &app->ws_handover_logged_us, &last, now))
+        return;
+    uint64_t before = atomic_exchange(&app->ws_handover_logged_n, n);
+    tb__log(found ? TB_LOG_ERROR : TB_LOG_WARN,
+            "ws %s from %s:%d: cannot take the socket over from the HTTP "
+            "server (%s); closing it (%" PRIu64 " such failure(s) since the "
+            "last line, %" PRIu64 " in all; at most one line a second)",
+            ri->local_uri_raw ? ri->local_uri_raw : "?", ri->remote_addr,
+            ri->remote_port,
+            found ? "out of descriptors"
+                  : "not found: the client closed the connection?",
+            n - before, n);
+}
+
 static void on_ws_ready(struct mg_connection *mg, void *ud)
 {
     (void)ud;
@@ -316,7 +341,8 @@ static void on_ws_ready(struct mg_connection *mg, void *ud)
     if (!ws)
         return;
     const struct mg_request_info *ri = mg_get_request_info(mg);
-    server *srv = tb_ws_app(ws)->http_server;
+    tb_app *app = tb_ws_app(ws);
+    server *srv = app->http_server;
     int fd = srv ? find_socket(ri->remote_addr, ri->remote_port,
                                ntohs(srv->sa.sin_port))
                  : -1;
@@ -324,11 +350,7 @@ static void on_ws_ready(struct mg_connection *mg, void *ud)
     int stand_in =
         mine >= 0 ? socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
     if (stand_in < 0 || dup2(stand_in, fd) < 0) {
-        tb__log(TB_LOG_ERROR,
-                "ws %s from %s:%d: cannot take the socket over from the "
-                "HTTP server (%s); closing it",
-                ri->local_uri_raw, ri->remote_addr, ri->remote_port,
-                fd < 0 ? "not found" : "out of descriptors");
+        handover_failed(app, ri, fd >= 0);
         if (mine >= 0)
             close(mine);
         if (stand_in >= 0)

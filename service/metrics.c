@@ -233,6 +233,12 @@ static void ws_metrics(buf *b, tb_app *app)
            "Websocket clients closed because their send queue was full.");
     add(b, "taskbus_ws_slow_closes_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->ws_slow_closes));
+    header(b, "taskbus_ws_handover_failures_total", "counter",
+           "Websocket upgrades whose socket could not be taken over from "
+           "the HTTP server (the client reset it, or no descriptor was "
+           "left).");
+    add(b, "taskbus_ws_handover_failures_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->ws_handover_failures));
 }
 
 static void task_metrics(buf *b, tb_app *app)

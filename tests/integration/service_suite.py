@@ -30,6 +30,7 @@ contains one of the words (all when none are given).
 """
 
 import asyncio
+import base64
 import glob
 import http.client
 import json
@@ -38,6 +39,7 @@ import re
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1220,6 +1222,73 @@ def t_api_metrics():
     s.stop_ok()
 
 
+# ------------------------------------------------------------------ HTTP edges
+#
+# Raw sockets against the binary: what civetweb lets through or answers
+# itself (framing headers, malformed requests), long polls that hold HTTP
+# threads, and websocket clients that reset during the hand-over.
+
+
+def metric_value(port, series):
+    """The value of one /metrics series (None when absent)."""
+    r = http_req(port, "GET", "/metrics")
+    for line in r.body.decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def ws_upgrade(key, version="13"):
+    return (f"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Version: {version}\r\n"
+            f"Sec-WebSocket-Key: {key}\r\n\r\n").encode()
+
+
+def timed_healthz(port, what):
+    t0 = time.monotonic()
+    try:
+        r = http_req(port, "GET", "/healthz", timeout=T(3))
+    except (OSError, http.client.HTTPException) as e:
+        raise AssertionError(f"/healthz {what}: {type(e).__name__} after "
+                             f"{time.monotonic() - t0:.1f} s")
+    took = time.monotonic() - t0
+    check(r.status == 200 and took < T(1),
+          f"/healthz {what}: {r.status} after {took:.2f} s, want 200 "
+          f"within {T(1)} s")
+    return took
+
+
+def t_ws_handover_reset():
+    """Clients that reset right after sending the upgrade: the failed
+    hand-overs are counted, and logged at most once a second."""
+    s = Taskbus("reset").start()
+    n = 300
+    t0 = time.monotonic()
+    for _ in range(n):
+        c = socket.create_connection((HOST, s.port), T(5))
+        key = base64.b64encode(os.urandom(16)).decode()
+        c.sendall(ws_upgrade(key))
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                     struct.pack("ii", 1, 0))
+        c.close()
+    took = time.monotonic() - t0
+    timed_healthz(s.port, f"after {n} resets")
+    time.sleep(0.2)
+    failed = metric_value(s.port, "taskbus_ws_handover_failures_total")
+    check(failed is not None and failed >= 1,
+          f"taskbus_ws_handover_failures_total is {failed}")
+    check(wait_for(lambda: metric_value(s.port, "taskbus_ws_clients") == 0,
+                   T(2)), "taskbus_ws_clients is not back to 0")
+    lines = [l for l in s.err_text().splitlines()
+             if "cannot take the socket over" in l]
+    most = int(took) + 2
+    check(len(lines) <= most, f"{len(lines)} 'cannot take the socket over' "
+                              f"lines for {n} resets in {took:.1f} s, want "
+                              f"at most {most}")
+    s.stop_ok()
+    return f"{int(failed)} failed hand-overs, {len(lines)} log lines"
+
+
 # ------------------------------------------------------------------ exec
 
 
@@ -1463,6 +1532,8 @@ CASES = [
      t_api_bus_down),
     ("api", "GET /metrics: websocket clients, requests by route, tasks",
      t_api_metrics),
+    ("http", "websocket resets at the hand-over: counted, logged once a "
+     "second", t_ws_handover_reset),
     ("exec", "exec kind off without --exec-allow: 403", t_exec_off),
     ("exec", "as PID 1 (a PID namespace): orphans are reaped, SIGTERM stops",
      t_pid1_reaps),

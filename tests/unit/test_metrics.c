@@ -160,6 +160,8 @@ static void metrics_body(tb_app *app, void *arg)
     TH_CHECK(sample(text, "taskbus_ws_clients") == 0);
     TH_CHECK(has_meta(text, "taskbus_ws_slow_closes_total", "counter"));
     TH_CHECK(sample(text, "taskbus_ws_slow_closes_total") == 0);
+    TH_CHECK(has_meta(text, "taskbus_ws_handover_failures_total", "counter"));
+    TH_CHECK(sample(text, "taskbus_ws_handover_failures_total") == 0);
     free(text);
 
     /* The previous GET /metrics calls count too, under their template. */
