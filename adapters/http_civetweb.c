@@ -1,8 +1,10 @@
 /* http_civetweb.c - the HTTP server on civetweb: listens, reads each request
  * and its body, hands it to the core (service/http.c), writes its answer. */
 #include <arpa/inet.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -31,8 +33,10 @@ typedef struct server {
 /* The core's view of one request's connection. */
 typedef struct conn {
     struct mg_connection *mg;
-    int head;  /* HEAD: the answer has no body */
-    int close; /* the connection closes after the answer */
+    int head;   /* HEAD: the answer has no body */
+    int close;  /* the connection closes after the answer */
+    int looked; /* fd was looked up (by conn_gone) */
+    int fd;     /* the socket, or -1 when not found */
 } conn;
 
 static const char *conn_header(void *cp, const char *name)
@@ -70,7 +74,50 @@ static int conn_send(void *cp, int status, const char *headers,
     return n == (int)total ? 0 : TB_EPIPE;
 }
 
-static const tb__http_conn_ops conn_ops = {conn_header, conn_send};
+/* The answer says "Connection: close", and civetweb closes after it. */
+static void conn_close(void *cp)
+{
+    conn *c = cp;
+    c->close = 1;
+    mg_disable_connection_keep_alive(c->mg);
+}
+
+static int find_socket(const char *addr, int port, int local_port);
+
+/* 1 if the client has closed or reset the connection. civetweb has no
+ * public way to get the socket: it is found by the peer's address once
+ * (find_socket, as for the websocket hand-over), then polled. Readable
+ * means EOF, a reset, or the client's next request (pipelined, or sent
+ * after it gave up on this one): a one-byte MSG_PEEK tells them apart,
+ * and bytes waiting count as a client still there. */
+static int conn_gone(void *cp)
+{
+    conn *c = cp;
+    if (!c->looked) {
+        const struct mg_request_info *ri = mg_get_request_info(c->mg);
+        const tb_app *app = ri->user_data;
+        const server *srv = app ? app->http_server : NULL;
+        c->looked = 1;
+        c->fd = srv ? find_socket(ri->remote_addr, ri->remote_port,
+                                  ntohs(srv->sa.sin_port))
+                    : -1;
+    }
+    if (c->fd < 0)
+        return 0;
+    struct pollfd p = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) <= 0)
+        return 0;
+    char b;
+    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0 ||
+        (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+        return 0;
+    conn_close(c); /* 0: EOF; < 0: reset, or another error */
+    return 1;
+}
+
+static const tb__http_conn_ops conn_ops = {conn_header, conn_send, conn_gone,
+                                           conn_close};
 
 /* 1 if token is one of the comma-separated items of list (any case). */
 static int has_token(const char *list, const char *token)
@@ -104,8 +151,7 @@ static int keeps_alive(const conn *c, const struct mg_request_info *ri)
 static int refuse(tb_http_req *req, conn *c, int status, const char *code,
                   const char *message)
 {
-    c->close = 1;
-    mg_disable_connection_keep_alive(c->mg);
+    conn_close(c);
     tb__http_refuse(req, status, code, message);
     return status;
 }
@@ -483,8 +529,10 @@ int tb__http_server_start(tb_app *app)
         mg_set_websocket_handler(s->ctx, "/", on_ws_connect, on_ws_ready,
                                  on_ws_data, on_ws_close, app);
     int token = cfg->api_token && cfg->api_token[0];
-    tb__log(TB_LOG_INFO, "http: listening on %s (%d threads, %s)", s->addr,
-            cfg->http_threads, token ? "API token required" : "no API token");
+    tb__log(TB_LOG_INFO,
+            "http: listening on %s (%d threads, at most %d in long polls, %s)",
+            s->addr, cfg->http_threads, cfg->http_longpoll_max,
+            token ? "API token required" : "no API token");
     if (!loopback && !token)
         tb__log(TB_LOG_WARN,
                 "http: %s is not a loopback address and there is no API "

@@ -216,6 +216,25 @@ int tb_http_error(tb_http_req *req, int status, const char *code,
     return error_answer(req, status, code, msg, NULL);
 }
 
+int tb__http_client_gone(tb_http_req *req)
+{
+    return req->ops->gone && req->ops->gone(req->conn);
+}
+
+void tb__http_close_after(tb_http_req *req)
+{
+    if (req->ops->close)
+        req->ops->close(req->conn);
+}
+
+int tb__http_abandon(tb_http_req *req)
+{
+    if (req->status)
+        return TB_EBUSY;
+    req->status = TB__HTTP_STATUS_GONE;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- dispatch */
 
 /* X-Request-ID when usable (1..64 printable ASCII), else a fresh id. */

@@ -1244,6 +1244,18 @@ def ws_upgrade(key, version="13"):
             f"Sec-WebSocket-Key: {key}\r\n\r\n").encode()
 
 
+def raw_get(port, target):
+    """A socket that has sent GET target (keep-alive)."""
+    c = socket.create_connection((HOST, port), T(5))
+    c.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    return c
+
+
+def wait_tasks(port):
+    r = http_req(port, "GET", "/tasks")
+    return [t for t in r.json["tasks"] if t["name"].startswith("http.wait:")]
+
+
 def timed_healthz(port, what):
     t0 = time.monotonic()
     try:
@@ -1256,6 +1268,77 @@ def timed_healthz(port, what):
           f"/healthz {what}: {r.status} after {took:.2f} s, want 200 "
           f"within {T(1)} s")
     return took
+
+
+def t_longpoll_abandoned():
+    """The issue's case: 100 long polls whose clients leave after 0.5 s,
+    half closing, half resetting. Other requests keep answering; the
+    waits end with their clients."""
+    s = Taskbus("abandon").start()
+    socks = [raw_get(s.port, f"/events/nobody.{i}?timeout=10")
+             for i in range(100)]
+    time.sleep(0.5)
+    took = timed_healthz(s.port, "with 100 long polls open")
+    # Half of the 64 HTTP threads wait (the default http_longpoll_max);
+    # the others were refused.
+    waiting = 32
+    check(wait_for(lambda: metric_value(s.port, "taskbus_http_longpolls")
+                   == waiting, T(5)),
+          f"taskbus_http_longpolls is not {waiting} with 100 long polls")
+    for i, c in enumerate(socks):
+        if i % 2:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                         struct.pack("ii", 1, 0))
+        c.close()
+    t0 = time.monotonic()
+    timed_healthz(s.port, "once the 100 clients left")
+    left = wait_for(lambda: not wait_tasks(s.port) and
+                    metric_value(s.port, "taskbus_http_longpolls") == 0,
+                    T(2))
+    check(left, f"{len(wait_tasks(s.port))} wait tasks still there "
+                f"{time.monotonic() - t0:.1f} s after their clients left")
+    gone = metric_value(s.port, "taskbus_http_longpolls_abandoned_total")
+    check(gone == waiting, f"taskbus_http_longpolls_abandoned_total "
+                           f"{gone}, want the {waiting} that were waiting")
+    s.stop_ok()
+    return f"{waiting} waited, /healthz in {took:.2f} s"
+
+
+def t_longpoll_cap():
+    """--http-longpoll-max 3: three long polls wait, the fourth is 503
+    too_many_waits with Retry-After; one leaving makes room again."""
+    s = Taskbus("cap", "--http-threads", "6", "--http-longpoll-max",
+                "3").start()
+    socks = [raw_get(s.port, f"/events/cap.{i}?timeout=20") for i in range(3)]
+    try:
+        check(wait_for(lambda: len(wait_tasks(s.port)) == 3, T(5)),
+              f"3 long polls: {len(wait_tasks(s.port))} wait tasks")
+        t0 = time.monotonic()
+        r = http_req(s.port, "GET", "/events/cap.x?timeout=20")
+        check(r.status == 503 and r.code() == "too_many_waits" and
+              r.headers.get("retry-after") == "1" and
+              r.headers.get("connection") == "close" and
+              time.monotonic() - t0 < T(1),
+              f"the 4th long poll: {r!r} {r.headers}")
+        timed_healthz(s.port, "with the long polls at their cap")
+        check(metric_value(s.port, "taskbus_http_longpolls_refused_total")
+              == 1, "taskbus_http_longpolls_refused_total is not 1")
+        socks.pop().close()
+        check(wait_for(lambda: metric_value(s.port, "taskbus_http_longpolls")
+                       == 2, T(2)), "a long poll whose client left still "
+                                    "counts")
+        t0 = time.monotonic()
+        r = http_req(s.port, "GET", "/events/cap.y?timeout=0.5")
+        check(r.status == 204 and time.monotonic() - t0 >= 0.45,
+              f"a third long poll again: want 204 after 0.5 s, got {r!r}")
+    finally:
+        for c in socks:
+            c.close()
+    s.stop_ok()
+    bad_usage(["serve", "--http-threads", "4", "--http-longpoll-max", "4"],
+              names=["http_longpoll_max"])
+    bad_usage(["serve", "--http-longpoll-max", "-1"],
+              names=["--http-longpoll-max"])
 
 
 def t_ws_handover_reset():
@@ -1532,6 +1615,10 @@ CASES = [
      t_api_bus_down),
     ("api", "GET /metrics: websocket clients, requests by route, tasks",
      t_api_metrics),
+    ("http", "abandoned long polls end at once; /healthz answers",
+     t_longpoll_abandoned),
+    ("http", "--http-longpoll-max: the cap waits, one more is 503",
+     t_longpoll_cap),
     ("http", "websocket resets at the hand-over: counted, logged once a "
      "second", t_ws_handover_reset),
     ("exec", "exec kind off without --exec-allow: 403", t_exec_off),
