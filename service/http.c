@@ -199,9 +199,13 @@ static int error_answer(tb_http_req *req, int status, const char *code,
     return rc;
 }
 
+static void set_request_id(tb_http_req *req);
+
 int tb__http_error_headers(tb_http_req *req, int status, const char *code,
                            const char *headers, const char *message)
 {
+    if (!req->request_id[0])
+        set_request_id(req);
     return error_answer(req, status, code, message, headers);
 }
 

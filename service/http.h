@@ -87,7 +87,8 @@ int tb__http_refuse(tb_http_req *req, int status, const char *code,
  * websocket endpoint, 401, 403, 503...). */
 struct tb_ws *tb__http_handle_upgrade(tb_http_req *req);
 
-/* An error answer with extra headers ("Name: value\r\n"...). */
+/* An error answer with extra headers ("Name: value\r\n"...); like
+ * tb__http_refuse, it gives req a request id if it has none yet. */
 int tb__http_error_headers(tb_http_req *req, int status, const char *code,
                            const char *headers, const char *message);
 

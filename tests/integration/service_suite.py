@@ -1238,10 +1238,206 @@ def metric_value(port, series):
     return None
 
 
+def raw_read(s, timeout):
+    """Reads s until the server closes it or timeout passes: (bytes,
+    closed by the server)."""
+    data, end = b"", time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return data, False
+        s.settimeout(left)
+        try:
+            b = s.recv(65536)
+        except socket.timeout:
+            return data, False
+        except ConnectionResetError:
+            return data, True
+        if not b:
+            return data, True
+        data += b
+
+
+def raw_exchange(port, data, timeout=None):
+    """Sends data on a new connection: (everything the server sent until
+    it closed, or until timeout, and whether it closed)."""
+    with socket.create_connection((HOST, port), T(5)) as s:
+        s.sendall(data)
+        return raw_read(s, timeout or T(3))
+
+
+def parse_answers(data):
+    """The answers in data: [(status line, {header: value}, body)], header
+    names in lower case; bytes that are not a whole answer end the list as
+    (their text, {}, b"")."""
+    out = []
+    while data:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            out.append((data.decode("latin-1"), {}, b""))
+            break
+        lines = data[:end].decode("latin-1").split("\r\n")
+        headers = {}
+        for l in lines[1:]:
+            k, _, v = l.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers.get("content-length", "0") or 0)
+        out.append((lines[0], headers, data[end + 4:end + 4 + n]))
+        data = data[end + 4 + n:]
+    return out
+
+
+def check_refused(what, data, closed, status, code):
+    """One answer: an HTTP/1.1 status line with status, the API's JSON
+    error {"error": code, "message"}, Connection: close; then closed."""
+    answers = parse_answers(data)
+    check(len(answers) == 1, f"{what}: want one answer, got "
+                             f"{len(answers)}: {data[:600]!r}")
+    line, headers, body = answers[0]
+    check(re.fullmatch(rf"HTTP/1\.1 {status} [A-Za-z][A-Za-z -]*", line),
+          f"{what}: status line {line!r}, want HTTP/1.1 {status} <reason>")
+    check(headers.get("content-type") == "application/json",
+          f"{what}: content type {headers.get('content-type')!r}; "
+          f"{data[:400]!r}")
+    try:
+        j = json.loads(body)
+    except ValueError:
+        j = None
+    check(isinstance(j, dict) and j.get("error") == code
+          and isinstance(j.get("message"), str) and j["message"],
+          f"{what}: body {body[:300]!r}, want error {code!r} and a message")
+    check(headers.get("connection") == "close",
+          f"{what}: Connection {headers.get('connection')!r}, want close")
+    check(closed, f"{what}: the connection stayed open after {status}")
+
+
+def post_head(*headers, target="/events/frame.a", version="1.1"):
+    return (f"POST {target} HTTP/{version}\r\nHost: t\r\n" +
+            "".join(h + "\r\n" for h in headers) + "\r\n").encode()
+
+
+def t_http_framing():
+    s = Taskbus("framing").start()
+    chunked = b"3\r\nabc\r\n0\r\n\r\n"
+    many = [f"X-H{i}: v" for i in range(62)]  # + Host, Content-Length: 64
+    refused = [
+        ("Content-Length 3 and 5", post_head("Content-Length: 3",
+                                             "Content-Length: 5") + b"abcde",
+         400, "bad_content_length"),
+        ("Content-Length: 0x10 (the body is a request)",
+         post_head("Content-Length: 0x10") +
+         b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+         400, "bad_content_length"),
+        ("Content-Length: -1", post_head("Content-Length: -1") + b"abc",
+         400, "bad_content_length"),
+        ("Content-Length: +3", post_head("Content-Length: +3") + b"abc",
+         400, "bad_content_length"),
+        ("Content-Length: 3, 3", post_head("Content-Length: 3, 3") + b"abc",
+         400, "bad_content_length"),
+        ("Content-Length: (empty)", post_head("Content-Length:") + b"abc",
+         400, "bad_content_length"),
+        ("Content-Length with Transfer-Encoding: chunked",
+         post_head("Content-Length: 3", "Transfer-Encoding: chunked") +
+         chunked, 400, "bad_framing"),
+        ("Transfer-Encoding: chunked with Content-Length after it",
+         post_head("Transfer-Encoding: chunked", "Content-Length: 30") +
+         chunked, 400, "bad_framing"),
+        ("Transfer-Encoding: gzip", post_head("Transfer-Encoding: gzip") +
+         b"abc", 400, "bad_transfer_encoding"),
+        ("Transfer-Encoding: identity",
+         post_head("Transfer-Encoding: identity", "Content-Length: 3") +
+         b"abc", 400, "bad_framing"),
+        ("Transfer-Encoding: identity alone",
+         post_head("Transfer-Encoding: identity") + b"abc", 400,
+         "bad_transfer_encoding"),
+        ("Transfer-Encoding: chunked, chunked",
+         post_head("Transfer-Encoding: chunked", "Transfer-Encoding: chunked")
+         + chunked, 400, "bad_transfer_encoding"),
+        ("Transfer-Encoding: chunked, gzip",
+         post_head("Transfer-Encoding: chunked", "Transfer-Encoding: gzip")
+         + chunked, 400, "bad_transfer_encoding"),
+        ("Transfer-Encoding: gzip, chunked",
+         post_head("Transfer-Encoding: gzip, chunked") + chunked, 501,
+         "unsupported_transfer_encoding"),
+        ("Transfer-Encoding in HTTP/1.0",
+         post_head("Transfer-Encoding: chunked", version="1.0") + chunked,
+         400, "bad_transfer_encoding"),
+        ("64 header lines (civetweb reads 64 at most)",
+         post_head(*many, "Content-Length: 3") + b"abc", 431,
+         "headers_too_large"),
+    ]
+    for what, req, status, code in refused:
+        data, closed = raw_exchange(s.port, req)
+        check_refused(what, data, closed, status, code)
+    # What stays accepted: equal copies, chunked alone, 63 header lines,
+    # and a request pipelined after a body.
+    close = "Connection: close"
+    accepted = [
+        ("Content-Length 3 twice", post_head(
+            "Content-Length: 3", "Content-Length: 3", close) + b"abc"),
+        ("Transfer-Encoding: chunked",
+         post_head("Transfer-Encoding: Chunked", close) + chunked),
+        ("63 header lines", post_head(*many[:60], "Content-Length: 3",
+                                      close) + b"abc"),
+        ("a pipelined GET after a body",
+         post_head("Content-Length: 3") + b"abc" +
+         b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+    ]
+    for what, req in accepted:
+        data, closed = raw_exchange(s.port, req)
+        answers = parse_answers(data)
+        check(closed and answers and answers[0][0].startswith("HTTP/1.1 202 "),
+              f"{what}: want 202, got {data[:400]!r}")
+        if "pipelined" in what:
+            check(len(answers) == 2 and
+                  answers[1][0].startswith("HTTP/1.1 200 "),
+                  f"{what}: want 202 then 200, got {data[:600]!r}")
+    s.stop_ok()
+    return f"{len(refused)} refused, {len(accepted)} accepted"
+
+
 def ws_upgrade(key, version="13"):
     return (f"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Version: {version}\r\n"
             f"Sec-WebSocket-Key: {key}\r\n\r\n").encode()
+
+
+def t_http_malformed():
+    s = Taskbus("malformed").start()
+    good_key = "dGhlIHNhbXBsZSBub25jZQ=="
+    cases = [
+        ("method FOO<script>, HTTP/9.9",
+         b"FOO<script> /x HTTP/9.9\r\nHost: t\r\n\r\n", 400, "bad_request"),
+        ("raw spaces in the target",
+         b"GET /a b c HTTP/1.1\r\nHost: t\r\n\r\n", 400, "bad_request"),
+        ("no request line", b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        ("HTTP/2.0", b"GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n", 505,
+         "http_version_not_supported"),
+        ("headers over max_request_size",
+         b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: " + b"a" * 9000 +
+         b"\r\n\r\n", 400, "bad_request"),
+        ("a 5000-byte Sec-WebSocket-Key", ws_upgrade("A" * 5000), 400,
+         "bad_websocket_key"),
+        ("a 23-byte Sec-WebSocket-Key", ws_upgrade(good_key[:-1]), 400,
+         "bad_websocket_key"),
+        ("Sec-WebSocket-Version: 8", ws_upgrade(good_key, "8"), 426,
+         "bad_websocket_version"),
+    ]
+    for what, req, status, code in cases:
+        data, closed = raw_exchange(s.port, req)
+        check_refused(what, data, closed, status, code)
+    # Refused upgrades hold no websocket slot; a good one still works.
+    check(metric_value(s.port, "taskbus_ws_clients") == 0,
+          "taskbus_ws_clients is not 0 after refused upgrades")
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        c.sendall(ws_upgrade(good_key))
+        c.settimeout(T(5))
+        head = c.recv(4096)
+    check(head.startswith(b"HTTP/1.1 101 ") and
+          b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head,
+          f"a good upgrade: {head[:300]!r}")
+    s.stop_ok()
+    return f"{len(cases)} requests"
 
 
 def raw_get(port, target):
@@ -1615,6 +1811,10 @@ CASES = [
      t_api_bus_down),
     ("api", "GET /metrics: websocket clients, requests by route, tasks",
      t_api_metrics),
+    ("http", "framing: Content-Length and Transfer-Encoding checked, 400 "
+     "JSON and closed", t_http_framing),
+    ("http", "malformed requests: a proper status line and a JSON error",
+     t_http_malformed),
     ("http", "abandoned long polls end at once; /healthz answers",
      t_longpoll_abandoned),
     ("http", "--http-longpoll-max: the cap waits, one more is 503",
