@@ -1,7 +1,11 @@
 /* http_civetweb.c - the HTTP server on civetweb: listens, reads each request
  * and its body, hands it to the core (service/http.c), writes its answer. */
 #include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -20,6 +24,11 @@
 #include "internal.h"
 #include "ws.h"
 
+/* civetweb's max_request_size and request_timeout_ms, also quoted in
+ * answers. */
+#define MAX_HEAD_BYTES "8192"
+#define REQUEST_TIMEOUT_MS "10000"
+
 typedef struct server {
     struct mg_context *ctx;
     char addr[80];         /* "a.b.c.d:port" as civetweb got it */
@@ -30,8 +39,10 @@ typedef struct server {
 /* The core's view of one request's connection. */
 typedef struct conn {
     struct mg_connection *mg;
-    int head;  /* HEAD: the answer has no body */
-    int close; /* the connection closes after the answer */
+    int head;   /* HEAD: the answer has no body */
+    int close;  /* the connection closes after the answer */
+    int looked; /* fd was looked up (by conn_gone) */
+    int fd;     /* the socket, or -1 when not found */
 } conn;
 
 static const char *conn_header(void *cp, const char *name)
@@ -69,7 +80,50 @@ static int conn_send(void *cp, int status, const char *headers,
     return n == (int)total ? 0 : TB_EPIPE;
 }
 
-static const tb__http_conn_ops conn_ops = {conn_header, conn_send};
+/* The answer says "Connection: close", and civetweb closes after it. */
+static void conn_close(void *cp)
+{
+    conn *c = cp;
+    c->close = 1;
+    mg_disable_connection_keep_alive(c->mg);
+}
+
+static int find_socket(const char *addr, int port, int local_port);
+
+/* 1 if the client has closed or reset the connection. civetweb has no
+ * public way to get the socket: it is found by the peer's address once
+ * (find_socket, as for the websocket hand-over), then polled. Readable
+ * means EOF, a reset, or the client's next request (pipelined, or sent
+ * after it gave up on this one): a one-byte MSG_PEEK tells them apart,
+ * and bytes waiting count as a client still there. */
+static int conn_gone(void *cp)
+{
+    conn *c = cp;
+    if (!c->looked) {
+        const struct mg_request_info *ri = mg_get_request_info(c->mg);
+        const tb_app *app = ri->user_data;
+        const server *srv = app ? app->http_server : NULL;
+        c->looked = 1;
+        c->fd = srv ? find_socket(ri->remote_addr, ri->remote_port,
+                                  ntohs(srv->sa.sin_port))
+                    : -1;
+    }
+    if (c->fd < 0)
+        return 0;
+    struct pollfd p = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
+    if (poll(&p, 1, 0) <= 0)
+        return 0;
+    char b;
+    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0 ||
+        (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+        return 0;
+    conn_close(c); /* 0: EOF; < 0: reset, or another error */
+    return 1;
+}
+
+static const tb__http_conn_ops conn_ops = {conn_header, conn_send, conn_gone,
+                                           conn_close};
 
 /* 1 if token is one of the comma-separated items of list (any case). */
 static int has_token(const char *list, const char *token)
@@ -98,15 +152,146 @@ static int keeps_alive(const conn *c, const struct mg_request_info *ri)
     return ri->http_version && strcmp(ri->http_version, "1.1") == 0;
 }
 
-/* Answers before routing and makes civetweb close the connection (the body
- * may be unread: it must not be taken for the next request). */
+/* Answers before routing, with extra headers (NULL or "Name: value\r\n"
+ * lines), and makes civetweb close the connection (the body may be
+ * unread: it must not be taken for the next request). */
 static int refuse(tb_http_req *req, conn *c, int status, const char *code,
-                  const char *message)
+                  const char *headers, const char *message)
 {
-    c->close = 1;
-    mg_disable_connection_keep_alive(c->mg);
-    tb__http_refuse(req, status, code, message);
+    conn_close(c);
+    tb__http_error_headers(req, status, code, headers, message);
     return status;
+}
+
+/* ---------------------------------------------------------------- framing
+ *
+ * civetweb 1.15 frames a request by its first Content-Length, read with
+ * strtoll ("0x10" is 0, "+3" and "3 3" are 3), ignores a Content-Length
+ * next to "Transfer-Encoding: chunked", takes "identity" for no coding,
+ * and parses the first MG_MAX_HEADERS (64) header lines only, ignoring
+ * the rest. A proxy in front may frame such a request differently
+ * (request smuggling, RFC 9112 11.2), so the framing headers of every
+ * request are checked here, in one place, before its body is read. */
+
+/* An answer that refuses a request. */
+typedef struct refusal {
+    int status;
+    const char *code;
+    const char *headers; /* NULL or "Name: value\r\n" lines */
+    const char *message;
+} refusal;
+
+/* 0 and *v if s is 1*DIGIT, blanks after it allowed (civetweb strips only
+ * those before); the value saturates at ULLONG_MAX (over any limit). */
+static int parse_length(const char *s, unsigned long long *v)
+{
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == ' ' || s[n - 1] == '\t'))
+        n--;
+    if (!n)
+        return -1;
+    unsigned long long x = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        unsigned d = (unsigned)(s[i] - '0');
+        x = x > (ULLONG_MAX - d) / 10 ? ULLONG_MAX : x * 10 + d;
+    }
+    *v = x;
+    return 0;
+}
+
+/* The transfer codings of a request, over all its Transfer-Encoding
+ * headers in order. */
+typedef struct codings {
+    int headers; /* Transfer-Encoding header lines */
+    int n;       /* codings listed */
+    int chunked; /* of which exactly "chunked" (any case) */
+    int last_chunked;
+} codings;
+
+static void add_codings(codings *tc, const char *list)
+{
+    tc->headers++;
+    for (const char *p = list; *p;) {
+        p += strspn(p, " \t,");
+        size_t len = strcspn(p, ",");
+        size_t n = len;
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n) {
+            int chunked = n == 7 && strncasecmp(p, "chunked", 7) == 0;
+            tc->n++;
+            tc->chunked += chunked;
+            tc->last_chunked = chunked;
+        }
+        p += len;
+    }
+}
+
+/* 0 if ri's framing headers are sound, else 1 with *r filled: at most
+ * MG_MAX_HEADERS - 1 header lines (at MG_MAX_HEADERS civetweb may have
+ * dropped some); each Content-Length 1*DIGIT and all equal; not both
+ * Content-Length and Transfer-Encoding (RFC 9112 6.1 allows refusing,
+ * 400, and the connection must close anyway); Transfer-Encoding exactly
+ * "chunked", once, and only in HTTP/1.1. A coding other than chunked
+ * before a final chunked is one this server does not know: 501 (RFC
+ * 9112 6.1: SHOULD); chunked missing, repeated or not last: 400 (MUST). */
+static int check_framing(const struct mg_request_info *ri, refusal *r)
+{
+    static const char *const cl_digits =
+        "Content-Length must be decimal digits (RFC 9112 6.3)";
+    _Static_assert(MG_MAX_HEADERS == 64, "the message below says 63");
+    if (ri->num_headers >= MG_MAX_HEADERS) {
+        *r = (refusal){431, "headers_too_large", NULL,
+                       "more than 63 header lines (the server would not "
+                       "read them all)"};
+        return 1;
+    }
+    int ncl = 0;
+    unsigned long long cl = 0;
+    codings tc = {0};
+    for (int i = 0; i < ri->num_headers; i++) {
+        const char *name = ri->http_headers[i].name;
+        const char *value = ri->http_headers[i].value;
+        if (strcasecmp(name, "Content-Length") == 0) {
+            unsigned long long v;
+            if (parse_length(value, &v) != 0) {
+                *r = (refusal){400, "bad_content_length", NULL, cl_digits};
+                return 1;
+            }
+            if (ncl++ && v != cl) {
+                *r = (refusal){400, "bad_content_length", NULL,
+                               "Content-Length is given twice with "
+                               "different values"};
+                return 1;
+            }
+            cl = v;
+        } else if (strcasecmp(name, "Transfer-Encoding") == 0) {
+            add_codings(&tc, value);
+        }
+    }
+    if (!tc.headers)
+        return 0;
+    if (ncl)
+        *r = (refusal){400, "bad_framing", NULL,
+                       "Content-Length together with Transfer-Encoding: "
+                       "the body's length is ambiguous (RFC 9112 6.1)"};
+    else if (ri->http_version && strcmp(ri->http_version, "1.0") == 0)
+        *r = (refusal){400, "bad_transfer_encoding", NULL,
+                       "Transfer-Encoding in an HTTP/1.0 request "
+                       "(RFC 9112 6.1)"};
+    else if (tc.headers == 1 && tc.n == 1 && tc.chunked == 1)
+        return 0;
+    else if (tc.chunked == 1 && tc.last_chunked && tc.n > 1)
+        *r = (refusal){501, "unsupported_transfer_encoding", NULL,
+                       "the only transfer coding served is chunked, "
+                       "alone"};
+    else
+        *r = (refusal){400, "bad_transfer_encoding", NULL,
+                       "Transfer-Encoding must be chunked, once and last "
+                       "(RFC 9112 6.1)"};
+    return 1;
 }
 
 /* Reads the body into a malloc'd NUL-terminated buffer (*out, NULL when
@@ -196,6 +381,34 @@ static int wants_websocket(struct mg_connection *mg,
            mg_get_header(mg, "Sec-WebSocket-Key");
 }
 
+/* 0 if the websocket handshake's own headers are ones civetweb can
+ * answer, else 1 with *r filled. RFC 6455 4.2.1: the key is 16 bytes in
+ * base64 (24 characters; civetweb fails a 101 for a key over about 60,
+ * after on_ws_connect has accepted it) and the version 13 (426 with
+ * Sec-WebSocket-Version, 4.4). */
+static int check_handshake(struct mg_connection *mg, refusal *r)
+{
+    static const char b64[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+        "0123456789+/";
+    const char *key = mg_get_header(mg, "Sec-WebSocket-Key");
+    const char *version = mg_get_header(mg, "Sec-WebSocket-Version");
+    if (strlen(key) != 24 || strspn(key, b64) != 22 ||
+        strcmp(key + 22, "==") != 0) {
+        *r = (refusal){400, "bad_websocket_key", NULL,
+                       "Sec-WebSocket-Key must be 16 bytes in base64 (24 "
+                       "characters, RFC 6455 4.2.1)"};
+        return 1;
+    }
+    if (!version || strcmp(version, "13") != 0) {
+        *r = (refusal){426, "bad_websocket_version",
+                       "Sec-WebSocket-Version: 13\r\n",
+                       "Sec-WebSocket-Version must be 13 (RFC 6455)"};
+        return 1;
+    }
+    return 0;
+}
+
 /* civetweb's begin_request: every request is ours, before civetweb looks
  * at files, .htpasswd, CORS or its handler table; but a websocket upgrade
  * goes on to civetweb's websocket handshake (on_ws_connect below). */
@@ -203,13 +416,17 @@ static int on_request(struct mg_connection *mg)
 {
     const struct mg_request_info *ri = mg_get_request_info(mg);
     tb_app *app = ri->user_data;
-    if (app->ws_routes && wants_websocket(mg, ri))
-        return 0;
     conn c = {.mg = mg, .head = strcmp(ri->request_method, "HEAD") == 0};
     c.close = !keeps_alive(&c, ri);
     tb_http_req req = request_of(app, &c, ri);
+    int upgrade = app->ws_routes && wants_websocket(mg, ri);
+    refusal r;
+    if (check_framing(ri, &r) || (upgrade && check_handshake(mg, &r)))
+        return refuse(&req, &c, r.status, r.code, r.headers, r.message);
+    if (upgrade)
+        return 0; /* on to civetweb's handshake: on_ws_connect */
     if (!ri->local_uri_raw)
-        return refuse(&req, &c, 400, "bad_path",
+        return refuse(&req, &c, 400, "bad_path", NULL,
                       "the request target is not a path on this server");
     char *body;
     size_t len;
@@ -220,14 +437,14 @@ static int on_request(struct mg_connection *mg)
         char msg[96];
         snprintf(msg, sizeof msg, "the request body is over %zu bytes",
                  app->cfg.http_max_body);
-        return refuse(&req, &c, 413, "too_large", msg);
+        return refuse(&req, &c, 413, "too_large", NULL, msg);
     }
     case 400:
-        return refuse(&req, &c, 400, "bad_body",
+        return refuse(&req, &c, 400, "bad_body", NULL,
                       "the request body ended early (connection closed "
                       "or timed out)");
     default:
-        return refuse(&req, &c, 500, "internal",
+        return refuse(&req, &c, 500, "internal", NULL,
                       "out of memory reading the request body");
     }
     req.body = body;
@@ -307,6 +524,30 @@ static int find_socket(const char *addr, int port, int local_port)
     return -1;
 }
 
+/* A failed hand-over: counted, and logged at most once a second with the
+ * count (a client that resets right after its upgrade leaves no socket to
+ * find; hundreds of them must not write hundreds of lines). */
+static void handover_failed(tb_app *app, const struct mg_request_info *ri,
+                            int found)
+{
+    uint64_t n = atomic_fetch_add(&app->ws_handover_failures, 1) + 1;
+    int64_t now = tb__mono_us();
+    int64_t last = atomic_load(&app->ws_handover_logged_us);
+    if (now - last < 1000000 || !atomic_compare_exchange_strong(
+                                    &app->ws_handover_logged_us, &last, now))
+        return;
+    uint64_t before = atomic_exchange(&app->ws_handover_logged_n, n);
+    tb__log(found ? TB_LOG_ERROR : TB_LOG_WARN,
+            "ws %s from %s:%d: cannot take the socket over from the HTTP "
+            "server (%s); closing it (%" PRIu64 " such failure(s) since the "
+            "last line, %" PRIu64 " in all; at most one line a second)",
+            ri->local_uri_raw ? ri->local_uri_raw : "?", ri->remote_addr,
+            ri->remote_port,
+            found ? "out of descriptors"
+                  : "not found: the client closed the connection?",
+            n - before, n);
+}
+
 static void on_ws_ready(struct mg_connection *mg, void *ud)
 {
     (void)ud;
@@ -316,7 +557,8 @@ static void on_ws_ready(struct mg_connection *mg, void *ud)
     if (!ws)
         return;
     const struct mg_request_info *ri = mg_get_request_info(mg);
-    server *srv = tb_ws_app(ws)->http_server;
+    tb_app *app = tb_ws_app(ws);
+    server *srv = app->http_server;
     int fd = srv ? find_socket(ri->remote_addr, ri->remote_port,
                                ntohs(srv->sa.sin_port))
                  : -1;
@@ -324,11 +566,7 @@ static void on_ws_ready(struct mg_connection *mg, void *ud)
     int stand_in =
         mine >= 0 ? socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
     if (stand_in < 0 || dup2(stand_in, fd) < 0) {
-        tb__log(TB_LOG_ERROR,
-                "ws %s from %s:%d: cannot take the socket over from the "
-                "HTTP server (%s); closing it",
-                ri->local_uri_raw, ri->remote_addr, ri->remote_port,
-                fd < 0 ? "not found" : "out of descriptors");
+        handover_failed(app, ri, fd >= 0);
         if (mine >= 0)
             close(mine);
         if (stand_in >= 0)
@@ -360,6 +598,82 @@ static void on_ws_close(const struct mg_connection *cmg, void *ud)
         mg_set_user_connection_data(mg, NULL);
         tb__ws_release(ws);
     }
+}
+
+/* civetweb's own error answers, for what it refuses before on_request or
+ * during a websocket handshake: a request it cannot parse (request line,
+ * headers over max_request_size or not complete within
+ * request_timeout_ms), a version other than HTTP/1.0 and 1.1, a framing
+ * header it refuses, a handshake it cannot complete. civetweb would answer
+ * text/plain with the request's own version echoed into the status line
+ * (garbage for a bad request line) or, once a handshake has started, with
+ * no status line at all. Answered here in the API's JSON shape instead,
+ * with our own status line; the connection closes. */
+static refusal civetweb_refusal(int status, const char *msg)
+{
+    static const char incomplete[] =
+        "incomplete request: the request line and headers must end with an "
+        "empty line within " MAX_HEAD_BYTES " bytes and " REQUEST_TIMEOUT_MS
+        " ms";
+    static const char too_large[] =
+        "the request line and headers are over " MAX_HEAD_BYTES " bytes";
+    switch (status) {
+    case 400:
+        if (msg && strcmp(msg, "Malformed message") == 0)
+            return (refusal){400, "bad_request", NULL, incomplete};
+        return (refusal){400, "bad_request", NULL,
+                         "malformed request: want a request line "
+                         "\"METHOD target HTTP/1.1\" and \"Name: value\" "
+                         "headers (RFC 9112)"};
+    case 411:
+        return (refusal){400, "bad_content_length", NULL,
+                         "Content-Length must be decimal digits (RFC 9112 "
+                         "6.3)"};
+    case 413:
+        return (refusal){431, "headers_too_large", NULL, too_large};
+    case 426:
+        return (refusal){426, "bad_websocket_version",
+                         "Sec-WebSocket-Version: 13\r\n",
+                         "Sec-WebSocket-Version must be 13 (RFC 6455)"};
+    case 505:
+        return (refusal){505, "http_version_not_supported", NULL,
+                         "only HTTP/1.0 and HTTP/1.1 are served"};
+    default:
+        if (status >= 400 && status < 500)
+            return (refusal){status, "bad_request", NULL,
+                             "the request was refused"};
+        return (refusal){500, "internal", NULL,
+                         "the server could not answer this request"};
+    }
+}
+
+static int on_http_error(struct mg_connection *mg, int status, const char *msg)
+{
+    const struct mg_request_info *ri = mg_get_request_info(mg);
+    /* A websocket that on_ws_connect accepted and whose handshake civetweb
+     * then failed: civetweb runs no close handler for it. */
+    tb_ws *ws = mg_get_user_connection_data(mg);
+    if (ws) {
+        mg_set_user_connection_data(mg, NULL);
+        tb__ws_release(ws);
+    }
+    conn c = {.mg = mg};
+    /* Not ri's method and path: unparsed, they may be anything. */
+    tb_http_req req = {
+        .app = ri->user_data,
+        .ops = &conn_ops,
+        .conn = &c,
+        .method = "-",
+        .path = "-",
+    };
+    /* Headers parsed (get_request resets num_headers first): the request
+     * line was good, and a framing header says more than civetweb's
+     * status. */
+    refusal r;
+    if (ri->num_headers <= 0 || !check_framing(ri, &r))
+        r = civetweb_refusal(status, msg);
+    refuse(&req, &c, r.status, r.code, r.headers, r.message);
+    return 0; /* answered: civetweb sends nothing */
 }
 
 static int on_log(const struct mg_connection *mg, const char *message)
@@ -432,11 +746,11 @@ int tb__http_server_start(tb_app *app)
         "num_threads", threads,
         "enable_keep_alive", "yes",
         "keep_alive_timeout_ms", "2000",
-        "request_timeout_ms", "10000",
+        "request_timeout_ms", REQUEST_TIMEOUT_MS,
         "listen_backlog", "1024",
         "connection_queue", "256",
         "tcp_nodelay", "1",
-        "max_request_size", "8192", /* request line + headers */
+        "max_request_size", MAX_HEAD_BYTES, /* request line + headers */
         "decode_url", "no",         /* the router decodes the raw path */
         NULL};
     /* clang-format on */
@@ -444,6 +758,7 @@ int tb__http_server_start(tb_app *app)
     memset(&cb, 0, sizeof cb);
     cb.begin_request = on_request;
     cb.log_message = on_log;
+    cb.http_error = on_http_error;
     struct mg_init_data init = {&cb, app, options};
     char etext[256] = "";
     unsigned ecode = 0;
@@ -461,8 +776,10 @@ int tb__http_server_start(tb_app *app)
         mg_set_websocket_handler(s->ctx, "/", on_ws_connect, on_ws_ready,
                                  on_ws_data, on_ws_close, app);
     int token = cfg->api_token && cfg->api_token[0];
-    tb__log(TB_LOG_INFO, "http: listening on %s (%d threads, %s)", s->addr,
-            cfg->http_threads, token ? "API token required" : "no API token");
+    tb__log(TB_LOG_INFO,
+            "http: listening on %s (%d threads, at most %d in long polls, %s)",
+            s->addr, cfg->http_threads, cfg->http_longpoll_max,
+            token ? "API token required" : "no API token");
     if (!loopback && !token)
         tb__log(TB_LOG_WARN,
                 "http: %s is not a loopback address and there is no API "

@@ -371,6 +371,128 @@ static int wait_task_add(tb_http_req *req, waiter *w, char *name, size_t size)
     return rc;
 }
 
+/* The long poll's wait: a task waits for the event, this server thread
+ * for the task. Every slice it checks whether the app is stopping (the
+ * server's stop waits for this handler) and whether the client has gone
+ * (then the task is cancelled at once: nobody would get its answer). */
+static int wait_answer(tb_http_req *req, tb_app *app, const char *pattern,
+                       int timeout_ms)
+{
+    waiter *w = calloc(1, sizeof *w);
+    if (!w)
+        return tb_http_error(req, 500, "internal", "out of memory");
+    atomic_init(&w->refs, 2); /* the handler's, the task's */
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    snprintf(w->pattern, sizeof w->pattern, "%s", pattern);
+    w->timeout_ms = timeout_ms;
+
+    char name[TB_TASK_NAME_MAX + 1];
+    int rc = wait_task_add(req, w, name, sizeof name);
+    if (rc) {
+        waiter_unref(w); /* arg_free is not called on error */
+        waiter_unref(w);
+        if (rc == TB_ESHUTDOWN)
+            return tb_http_error(req, 503, "shutting_down",
+                                 "the app is stopping or stopped");
+        return tb_http_error(req, 500, "internal", "cannot start the wait: %s",
+                             tb_strerror(rc));
+    }
+
+    int64_t start_us = tb__mono_us();
+    int stopping = 0, stuck = 0, logged = 0, gone = 0;
+    pthread_mutex_lock(&w->mu);
+    while (!w->done && !w->task_ended) {
+        if (atomic_load(&app->state) != TB__APP_RUNNING) {
+            stopping = 1;
+            break;
+        }
+        if (w->subscribed == 1 && !logged) {
+            logged = 1;
+            tb__log(TB_LOG_DEBUG,
+                    "http GET %s (request %s): waiting up to %d ms in task %s",
+                    tb_http_path(req), tb_http_request_id(req), timeout_ms,
+                    name);
+        }
+        int64_t deadline_us =
+            w->subscribed == 1
+                ? w->subscribed_us +
+                      (int64_t)(timeout_ms + WAIT_MARGIN_MS) * 1000
+                : start_us + (int64_t)WAIT_SUBSCRIBE_MS * 1000;
+        int64_t left_ms = (deadline_us - tb__mono_us()) / 1000;
+        if (left_ms <= 0) {
+            stuck = 1;
+            break;
+        }
+        struct timespec ts;
+        tb__deadline_ts(&ts,
+                        left_ms < WAIT_SLICE_MS ? (int)left_ms : WAIT_SLICE_MS);
+        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+        if (w->done || w->task_ended)
+            break;
+        pthread_mutex_unlock(&w->mu); /* a syscall or two */
+        gone = tb__http_client_gone(req);
+        pthread_mutex_lock(&w->mu);
+        if (gone)
+            break;
+    }
+    int done = w->done, ended = w->task_ended, sub_rc = w->subscribed;
+    int wait_rc = w->rc;
+    tb_event *ev = w->ev;
+    w->ev = NULL;
+    pthread_mutex_unlock(&w->mu);
+    if (!done && !ended) {
+        /* Given up: the task must not outlive the request for long. */
+        int crc = tb_task_cancel(app, name, WAIT_CANCEL_MS);
+        if (crc != 0 && crc != TB_ENOENT)
+            tb__log(TB_LOG_WARN, "http: cancel of wait task %s: %s", name,
+                    tb_strerror(crc));
+    }
+    waiter_unref(w);
+
+    if (gone) {
+        tb_event_unref(ev); /* came too late: nobody to give it to */
+        atomic_fetch_add(&app->http_longpolls_abandoned, 1);
+        tb__log(TB_LOG_DEBUG,
+                "http GET %s (request %s): the client closed the connection "
+                "after %lld ms; wait task %s cancelled",
+                tb_http_path(req), tb_http_request_id(req),
+                (long long)((tb__mono_us() - start_us) / 1000), name);
+        return tb__http_abandon(req);
+    }
+    if (done && wait_rc == 0) {
+        /* The envelope, as websockets and Redis carry it (ts in µs). */
+        const char *env = tb_event_json(ev, NULL);
+        if (env) {
+            int rc = tb_http_respond_json(req, 200, env);
+            tb_event_unref(ev);
+            return rc;
+        }
+        json_t *o = event_json(ev); /* data not UTF-8: made readable */
+        tb_event_unref(ev);
+        return respond(req, 200, o);
+    }
+    if (done && wait_rc == TB_ETIMEDOUT)
+        return tb_http_respond(req, 204, NULL, "", 0);
+    if (sub_rc < 0)
+        return tb_http_error(req, 500, "internal", "cannot subscribe: %s",
+                             tb_strerror(sub_rc));
+    if (stuck)
+        return tb_http_error(req, 503, "worker_stuck",
+                             "the wait task %s did not answer within %d ms "
+                             "of its timeout (a worker loop is blocked?)",
+                             name, WAIT_MARGIN_MS);
+    if (stopping || atomic_load(&app->state) != TB__APP_RUNNING)
+        return tb_http_error(req, 503, "shutting_down",
+                             "the app is stopping or stopped");
+    return tb_http_error(req, 503, "cancelled",
+                         "the wait task %s was cancelled", name);
+}
+
 /* GET /events/{pattern}[?timeout=S]: the next event matching pattern within
  * S seconds: 200 with it, 204 on timeout. */
 static int wait_event(tb_http_req *req, void *ud)
@@ -399,104 +521,24 @@ static int wait_event(tb_http_req *req, void *ud)
         return tb_http_error(req, 503, "shutting_down",
                              "the app is stopping or stopped");
 
-    waiter *w = calloc(1, sizeof *w);
-    if (!w)
-        return tb_http_error(req, 500, "internal", "out of memory");
-    atomic_init(&w->refs, 2); /* the handler's, the task's */
-    pthread_mutex_init(&w->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&w->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    snprintf(w->pattern, sizeof w->pattern, "%s", pattern);
-    w->timeout_ms = timeout_ms;
-
-    char name[TB_TASK_NAME_MAX + 1];
-    rc = wait_task_add(req, w, name, sizeof name);
-    if (rc) {
-        waiter_unref(w); /* arg_free is not called on error */
-        waiter_unref(w);
-        if (rc == TB_ESHUTDOWN)
-            return tb_http_error(req, 503, "shutting_down",
-                                 "the app is stopping or stopped");
-        return tb_http_error(req, 500, "internal", "cannot start the wait: %s",
-                             tb_strerror(rc));
+    /* Each waiting long poll holds an HTTP thread: past http_longpoll_max
+     * (below http_threads) other requests would find none left. */
+    int max = app->cfg.http_longpoll_max;
+    if (atomic_fetch_add(&app->http_longpolls, 1) >= max) {
+        atomic_fetch_sub(&app->http_longpolls, 1);
+        atomic_fetch_add(&app->http_longpolls_refused, 1);
+        tb__http_close_after(req); /* its thread is wanted */
+        char msg[224];
+        snprintf(msg, sizeof msg,
+                 "%d long polls are waiting, the limit (http_longpoll_max); "
+                 "retry later, or subscribe on a websocket (GET /ws)",
+                 max);
+        return tb__http_error_headers(req, 503, "too_many_waits",
+                                      "Retry-After: 1\r\n", msg);
     }
-
-    /* Wait for the task's answer, checking every slice whether the app is
-     * stopping: the server's stop waits for this handler. */
-    int64_t start_us = tb__mono_us();
-    int stopping = 0, stuck = 0, logged = 0;
-    pthread_mutex_lock(&w->mu);
-    while (!w->done && !w->task_ended) {
-        if (atomic_load(&app->state) != TB__APP_RUNNING) {
-            stopping = 1;
-            break;
-        }
-        if (w->subscribed == 1 && !logged) {
-            logged = 1;
-            tb__log(TB_LOG_DEBUG,
-                    "http GET %s (request %s): waiting up to %d ms in task %s",
-                    tb_http_path(req), tb_http_request_id(req), timeout_ms,
-                    name);
-        }
-        int64_t deadline_us =
-            w->subscribed == 1
-                ? w->subscribed_us +
-                      (int64_t)(timeout_ms + WAIT_MARGIN_MS) * 1000
-                : start_us + (int64_t)WAIT_SUBSCRIBE_MS * 1000;
-        int64_t left_ms = (deadline_us - tb__mono_us()) / 1000;
-        if (left_ms <= 0) {
-            stuck = 1;
-            break;
-        }
-        struct timespec ts;
-        tb__deadline_ts(&ts,
-                        left_ms < WAIT_SLICE_MS ? (int)left_ms : WAIT_SLICE_MS);
-        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
-    }
-    int done = w->done, ended = w->task_ended, sub_rc = w->subscribed;
-    int wait_rc = w->rc;
-    tb_event *ev = w->ev;
-    w->ev = NULL;
-    pthread_mutex_unlock(&w->mu);
-    if (!done && !ended) {
-        /* Given up: the task must not outlive the request for long. */
-        int crc = tb_task_cancel(app, name, WAIT_CANCEL_MS);
-        if (crc != 0 && crc != TB_ENOENT)
-            tb__log(TB_LOG_WARN, "http: cancel of wait task %s: %s", name,
-                    tb_strerror(crc));
-    }
-    waiter_unref(w);
-
-    if (done && wait_rc == 0) {
-        /* The envelope, as websockets and Redis carry it (ts in µs). */
-        const char *env = tb_event_json(ev, NULL);
-        if (env) {
-            int rc = tb_http_respond_json(req, 200, env);
-            tb_event_unref(ev);
-            return rc;
-        }
-        json_t *o = event_json(ev); /* data not UTF-8: made readable */
-        tb_event_unref(ev);
-        return respond(req, 200, o);
-    }
-    if (done && wait_rc == TB_ETIMEDOUT)
-        return tb_http_respond(req, 204, NULL, "", 0);
-    if (sub_rc < 0)
-        return tb_http_error(req, 500, "internal", "cannot subscribe: %s",
-                             tb_strerror(sub_rc));
-    if (stuck)
-        return tb_http_error(req, 503, "worker_stuck",
-                             "the wait task %s did not answer within %d ms "
-                             "of its timeout (a worker loop is blocked?)",
-                             name, WAIT_MARGIN_MS);
-    if (stopping || atomic_load(&app->state) != TB__APP_RUNNING)
-        return tb_http_error(req, 503, "shutting_down",
-                             "the app is stopping or stopped");
-    return tb_http_error(req, 503, "cancelled",
-                         "the wait task %s was cancelled", name);
+    rc = wait_answer(req, app, pattern, timeout_ms);
+    atomic_fetch_sub(&app->http_longpolls, 1);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- tasks */

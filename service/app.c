@@ -69,6 +69,7 @@ void tb_app_config_init(tb_app_config *cfg)
     cfg->api_token = NULL;
     cfg->http_threads = 64;
     cfg->http_max_body = 1024 * 1024;
+    cfg->http_longpoll_max = 0; /* half of http_threads */
     cfg->ws_max_clients = 10000;
     cfg->ws_max_message = 1024 * 1024;
     cfg->ws_send_queue_bytes = 1024 * 1024;
@@ -164,6 +165,11 @@ static int config_check(const tb_app_config *c)
         what = "http_threads must be 1..65536";
     else if (c->http_max_body < 1 || c->http_max_body > 512u * 1024 * 1024)
         what = "http_max_body must be 1 B..512 MiB";
+    else if (c->http_longpoll_max < 0 ||
+             (c->http_longpoll_max && c->http_longpoll_max >= c->http_threads))
+        what = "http_longpoll_max must be below http_threads (a waiting "
+               "long poll holds an HTTP thread: other requests need one "
+               "left), or 0 for half of http_threads";
     else if (c->api_token && !token_ok(c->api_token))
         what = "api_token must be 1..256 visible ASCII bytes (no blanks) "
                "or empty";
@@ -242,6 +248,8 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
             c.stack_size / 2 / TB__JSON_STACK_PER_LEVEL < 64
                 ? (int)(c.stack_size / 2 / TB__JSON_STACK_PER_LEVEL)
                 : 64;
+    if (!app->cfg.http_longpoll_max) /* with one HTTP thread: none */
+        app->cfg.http_longpoll_max = c.http_threads / 2;
     /* Owned through these (freed in tb_app_free), set below: none may
      * point at the caller's strings meanwhile. */
     app->cfg.api_token = NULL;

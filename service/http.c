@@ -199,9 +199,13 @@ static int error_answer(tb_http_req *req, int status, const char *code,
     return rc;
 }
 
+static void set_request_id(tb_http_req *req);
+
 int tb__http_error_headers(tb_http_req *req, int status, const char *code,
                            const char *headers, const char *message)
 {
+    if (!req->request_id[0])
+        set_request_id(req);
     return error_answer(req, status, code, message, headers);
 }
 
@@ -214,6 +218,25 @@ int tb_http_error(tb_http_req *req, int status, const char *code,
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     return error_answer(req, status, code, msg, NULL);
+}
+
+int tb__http_client_gone(tb_http_req *req)
+{
+    return req->ops->gone && req->ops->gone(req->conn);
+}
+
+void tb__http_close_after(tb_http_req *req)
+{
+    if (req->ops->close)
+        req->ops->close(req->conn);
+}
+
+int tb__http_abandon(tb_http_req *req)
+{
+    if (req->status)
+        return TB_EBUSY;
+    req->status = TB__HTTP_STATUS_GONE;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- dispatch */

@@ -19,6 +19,16 @@ typedef struct tb__http_conn_ops {
      * negative code if the connection failed. */
     int (*send)(void *conn, int status, const char *headers, const void *body,
                 size_t len);
+    /* Optional (NULL: never known). 1 if the client has closed or reset
+     * the connection, so that no answer can reach it (a request it
+     * pipelined behind this one still counts as there); the adapter then
+     * closes the connection after this request. Cheap enough to call
+     * every 100 ms; may return 0 when it cannot tell. */
+    int (*gone)(void *conn);
+    /* Optional (NULL: the adapter decides). Called before the answer: the
+     * connection closes after it instead of waiting for another request
+     * (a thread-per-connection server holds a thread for that wait). */
+    void (*close)(void *conn);
 } tb__http_conn_ops;
 
 struct tb_http_req {
@@ -45,6 +55,25 @@ typedef struct tb__http tb__http;
  * the rest is set here. Returns the status it was answered with. */
 int tb__http_handle(tb_http_req *req);
 
+/* 1 if req's client has gone (the connection's gone op), else 0. For a
+ * handler that waits long (the long poll): it should stop waiting and end
+ * with tb__http_abandon. */
+int tb__http_client_gone(tb_http_req *req);
+
+/* Closes req's connection after its answer (the close op; call before
+ * answering): for refusals under load, whose client should not keep a
+ * server thread waiting for its next request. */
+void tb__http_close_after(tb_http_req *req);
+
+/* The status of a request whose client went before the answer (nginx's
+ * "client closed request"): counted and logged, never sent. */
+#define TB__HTTP_STATUS_GONE 499
+
+/* Ends req without an answer, its client having gone: req->status becomes
+ * TB__HTTP_STATUS_GONE (for the metrics and civetweb's access log) and
+ * nothing is sent. Returns 0; TB_EBUSY if req was answered already. */
+int tb__http_abandon(tb_http_req *req);
+
 /* Answers a request the adapter refuses before routing (413, 503...) with
  * the standard JSON error body. */
 int tb__http_refuse(tb_http_req *req, int status, const char *code,
@@ -58,7 +87,8 @@ int tb__http_refuse(tb_http_req *req, int status, const char *code,
  * websocket endpoint, 401, 403, 503...). */
 struct tb_ws *tb__http_handle_upgrade(tb_http_req *req);
 
-/* An error answer with extra headers ("Name: value\r\n"...). */
+/* An error answer with extra headers ("Name: value\r\n"...); like
+ * tb__http_refuse, it gives req a request id if it has none yet. */
 int tb__http_error_headers(tb_http_req *req, int status, const char *code,
                            const char *headers, const char *message);
 

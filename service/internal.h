@@ -420,6 +420,13 @@ struct tb_app {
     struct tb__ws_route *ws_routes; /* ws.c: websocket endpoints */
     atomic_int ws_clients;          /* websockets accepted, not yet freed */
     atomic_uint_fast64_t ws_slow_closes; /* closed for a full send queue */
+    atomic_uint_fast64_t ws_handover_failures; /* upgrades whose socket
+                                                  could not be taken over */
+    atomic_int_fast64_t ws_handover_logged_us; /* rate limit of that log */
+    atomic_uint_fast64_t ws_handover_logged_n; /* failures at that line */
+    atomic_int http_longpolls; /* GET /events/{pattern} waiting now */
+    atomic_uint_fast64_t http_longpolls_refused;   /* http_longpoll_max */
+    atomic_uint_fast64_t http_longpolls_abandoned; /* their client left */
     tb__interest interest; /* what the workers' listeners could match */
 
     /* registry */

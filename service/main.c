@@ -214,6 +214,10 @@ static const setting settings[] = {
      NULL, "HTTP request body limit, bytes (default 1048576)"},
     {"http-threads", "TASKBUS_HTTP_THREADS", K_INT, C(http_threads), 1,
      65536, NULL, "concurrent HTTP requests (default 64)"},
+    {"http-longpoll-max", "TASKBUS_HTTP_LONGPOLL_MAX", K_INT,
+     C(http_longpoll_max), 0, 65535, NULL,
+     "long polls waiting at once, below --http-threads; beyond, 503 "
+     "(default 0: half of --http-threads)"},
     {"sub-capacity", "TASKBUS_SUB_CAPACITY", K_INT, C(sub_capacity), 1,
      1 << 24, NULL, "events a subscription queues (default 1024)"},
     {"worker-queue-max", "TASKBUS_WORKER_QUEUE_MAX", K_INT,

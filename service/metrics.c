@@ -234,6 +234,27 @@ static void ws_metrics(buf *b, tb_app *app)
            "Websocket clients closed because their send queue was full.");
     add(b, "taskbus_ws_slow_closes_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->ws_slow_closes));
+    header(b, "taskbus_ws_handover_failures_total", "counter",
+           "Websocket upgrades whose socket could not be taken over from "
+           "the HTTP server (the client reset it, or no descriptor was "
+           "left).");
+    add(b, "taskbus_ws_handover_failures_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->ws_handover_failures));
+}
+
+static void longpoll_metrics(buf *b, tb_app *app)
+{
+    header(b, "taskbus_http_longpolls", "gauge",
+           "Long polls (GET /events/{pattern}) waiting now.");
+    add(b, "taskbus_http_longpolls %d\n", atomic_load(&app->http_longpolls));
+    header(b, "taskbus_http_longpolls_refused_total", "counter",
+           "Long polls refused with 503 at http_longpoll_max.");
+    add(b, "taskbus_http_longpolls_refused_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_longpolls_refused));
+    header(b, "taskbus_http_longpolls_abandoned_total", "counter",
+           "Long polls ended because their client closed the connection.");
+    add(b, "taskbus_http_longpolls_abandoned_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_longpolls_abandoned));
 }
 
 static void task_metrics(buf *b, tb_app *app)
@@ -307,6 +328,7 @@ char *tb__metrics_render(tb_app *app, size_t *len)
     bus_metrics(&b, app);
     task_metrics(&b, app);
     ws_metrics(&b, app);
+    longpoll_metrics(&b, app);
     if (app->metrics)
         http_metrics(&b, app->metrics);
     if (b.oom) {

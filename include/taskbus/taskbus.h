@@ -154,6 +154,11 @@ typedef struct tb_app_config {
                                 connections; default 64 */
     size_t http_max_body;    /* request body limit, bytes; beyond it
                                 413; default 1 MiB */
+    int http_longpoll_max;   /* long polls (GET /events/{pattern}) waiting
+                                at once; each holds an HTTP thread, so it
+                                must be below http_threads; beyond it 503
+                                (too_many_waits); 0 (default): half of
+                                http_threads */
     int publish_retry_ms;    /* an accepted event Redis has not
                                 acknowledged is resent after reconnects
                                 for this long, then given up (logged,

@@ -30,6 +30,7 @@ contains one of the words (all when none are given).
 """
 
 import asyncio
+import base64
 import glob
 import http.client
 import json
@@ -38,6 +39,7 @@ import re
 import secrets
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1220,6 +1222,352 @@ def t_api_metrics():
     s.stop_ok()
 
 
+# ------------------------------------------------------------------ HTTP edges
+#
+# Raw sockets against the binary: what civetweb lets through or answers
+# itself (framing headers, malformed requests), long polls that hold HTTP
+# threads, and websocket clients that reset during the hand-over.
+
+
+def metric_value(port, series):
+    """The value of one /metrics series (None when absent)."""
+    r = http_req(port, "GET", "/metrics")
+    for line in r.body.decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def raw_read(s, timeout):
+    """Reads s until the server closes it or timeout passes: (bytes,
+    closed by the server)."""
+    data, end = b"", time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return data, False
+        s.settimeout(left)
+        try:
+            b = s.recv(65536)
+        except socket.timeout:
+            return data, False
+        except ConnectionResetError:
+            return data, True
+        if not b:
+            return data, True
+        data += b
+
+
+def raw_exchange(port, data, timeout=None):
+    """Sends data on a new connection: (everything the server sent until
+    it closed, or until timeout, and whether it closed)."""
+    with socket.create_connection((HOST, port), T(5)) as s:
+        s.sendall(data)
+        return raw_read(s, timeout or T(3))
+
+
+def parse_answers(data):
+    """The answers in data: [(status line, {header: value}, body)], header
+    names in lower case; bytes that are not a whole answer end the list as
+    (their text, {}, b"")."""
+    out = []
+    while data:
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            out.append((data.decode("latin-1"), {}, b""))
+            break
+        lines = data[:end].decode("latin-1").split("\r\n")
+        headers = {}
+        for l in lines[1:]:
+            k, _, v = l.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        n = int(headers.get("content-length", "0") or 0)
+        out.append((lines[0], headers, data[end + 4:end + 4 + n]))
+        data = data[end + 4 + n:]
+    return out
+
+
+def check_refused(what, data, closed, status, code):
+    """One answer: an HTTP/1.1 status line with status, the API's JSON
+    error {"error": code, "message"}, Connection: close; then closed."""
+    answers = parse_answers(data)
+    check(len(answers) == 1, f"{what}: want one answer, got "
+                             f"{len(answers)}: {data[:600]!r}")
+    line, headers, body = answers[0]
+    check(re.fullmatch(rf"HTTP/1\.1 {status} [A-Za-z][A-Za-z -]*", line),
+          f"{what}: status line {line!r}, want HTTP/1.1 {status} <reason>")
+    check(headers.get("content-type") == "application/json",
+          f"{what}: content type {headers.get('content-type')!r}; "
+          f"{data[:400]!r}")
+    try:
+        j = json.loads(body)
+    except ValueError:
+        j = None
+    check(isinstance(j, dict) and j.get("error") == code
+          and isinstance(j.get("message"), str) and j["message"],
+          f"{what}: body {body[:300]!r}, want error {code!r} and a message")
+    check(headers.get("connection") == "close",
+          f"{what}: Connection {headers.get('connection')!r}, want close")
+    check(closed, f"{what}: the connection stayed open after {status}")
+
+
+def post_head(*headers, target="/events/frame.a", version="1.1"):
+    return (f"POST {target} HTTP/{version}\r\nHost: t\r\n" +
+            "".join(h + "\r\n" for h in headers) + "\r\n").encode()
+
+
+def t_http_framing():
+    s = Taskbus("framing").start()
+    chunked = b"3\r\nabc\r\n0\r\n\r\n"
+    many = [f"X-H{i}: v" for i in range(62)]  # + Host, Content-Length: 64
+    refused = [
+        ("Content-Length 3 and 5", post_head("Content-Length: 3",
+                                             "Content-Length: 5") + b"abcde",
+         400, "bad_content_length"),
+        ("Content-Length: 0x10 (the body is a request)",
+         post_head("Content-Length: 0x10") +
+         b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+         400, "bad_content_length"),
+        ("Content-Length: -1", post_head("Content-Length: -1") + b"abc",
+         400, "bad_content_length"),
+        ("Content-Length: +3", post_head("Content-Length: +3") + b"abc",
+         400, "bad_content_length"),
+        ("Content-Length: 3, 3", post_head("Content-Length: 3, 3") + b"abc",
+         400, "bad_content_length"),
+        ("Content-Length: (empty)", post_head("Content-Length:") + b"abc",
+         400, "bad_content_length"),
+        ("Content-Length with Transfer-Encoding: chunked",
+         post_head("Content-Length: 3", "Transfer-Encoding: chunked") +
+         chunked, 400, "bad_framing"),
+        ("Transfer-Encoding: chunked with Content-Length after it",
+         post_head("Transfer-Encoding: chunked", "Content-Length: 30") +
+         chunked, 400, "bad_framing"),
+        ("Transfer-Encoding: gzip", post_head("Transfer-Encoding: gzip") +
+         b"abc", 400, "bad_transfer_encoding"),
+        ("Transfer-Encoding: identity",
+         post_head("Transfer-Encoding: identity", "Content-Length: 3") +
+         b"abc", 400, "bad_framing"),
+        ("Transfer-Encoding: identity alone",
+         post_head("Transfer-Encoding: identity") + b"abc", 400,
+         "bad_transfer_encoding"),
+        ("Transfer-Encoding: chunked, chunked",
+         post_head("Transfer-Encoding: chunked", "Transfer-Encoding: chunked")
+         + chunked, 400, "bad_transfer_encoding"),
+        ("Transfer-Encoding: chunked, gzip",
+         post_head("Transfer-Encoding: chunked", "Transfer-Encoding: gzip")
+         + chunked, 400, "bad_transfer_encoding"),
+        ("Transfer-Encoding: gzip, chunked",
+         post_head("Transfer-Encoding: gzip, chunked") + chunked, 501,
+         "unsupported_transfer_encoding"),
+        ("Transfer-Encoding in HTTP/1.0",
+         post_head("Transfer-Encoding: chunked", version="1.0") + chunked,
+         400, "bad_transfer_encoding"),
+        ("64 header lines (civetweb reads 64 at most)",
+         post_head(*many, "Content-Length: 3") + b"abc", 431,
+         "headers_too_large"),
+    ]
+    for what, req, status, code in refused:
+        data, closed = raw_exchange(s.port, req)
+        check_refused(what, data, closed, status, code)
+    # What stays accepted: equal copies, chunked alone, 63 header lines,
+    # and a request pipelined after a body.
+    close = "Connection: close"
+    accepted = [
+        ("Content-Length 3 twice", post_head(
+            "Content-Length: 3", "Content-Length: 3", close) + b"abc"),
+        ("Transfer-Encoding: chunked",
+         post_head("Transfer-Encoding: Chunked", close) + chunked),
+        ("63 header lines", post_head(*many[:60], "Content-Length: 3",
+                                      close) + b"abc"),
+        ("a pipelined GET after a body",
+         post_head("Content-Length: 3") + b"abc" +
+         b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+    ]
+    for what, req in accepted:
+        data, closed = raw_exchange(s.port, req)
+        answers = parse_answers(data)
+        check(closed and answers and answers[0][0].startswith("HTTP/1.1 202 "),
+              f"{what}: want 202, got {data[:400]!r}")
+        if "pipelined" in what:
+            check(len(answers) == 2 and
+                  answers[1][0].startswith("HTTP/1.1 200 "),
+                  f"{what}: want 202 then 200, got {data[:600]!r}")
+    s.stop_ok()
+    return f"{len(refused)} refused, {len(accepted)} accepted"
+
+
+def ws_upgrade(key, version="13"):
+    return (f"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Version: {version}\r\n"
+            f"Sec-WebSocket-Key: {key}\r\n\r\n").encode()
+
+
+def t_http_malformed():
+    s = Taskbus("malformed").start()
+    good_key = "dGhlIHNhbXBsZSBub25jZQ=="
+    cases = [
+        ("method FOO<script>, HTTP/9.9",
+         b"FOO<script> /x HTTP/9.9\r\nHost: t\r\n\r\n", 400, "bad_request"),
+        ("raw spaces in the target",
+         b"GET /a b c HTTP/1.1\r\nHost: t\r\n\r\n", 400, "bad_request"),
+        ("no request line", b"GARBAGE\r\n\r\n", 400, "bad_request"),
+        ("HTTP/2.0", b"GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n", 505,
+         "http_version_not_supported"),
+        ("headers over max_request_size",
+         b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: " + b"a" * 9000 +
+         b"\r\n\r\n", 400, "bad_request"),
+        ("a 5000-byte Sec-WebSocket-Key", ws_upgrade("A" * 5000), 400,
+         "bad_websocket_key"),
+        ("a 23-byte Sec-WebSocket-Key", ws_upgrade(good_key[:-1]), 400,
+         "bad_websocket_key"),
+        ("Sec-WebSocket-Version: 8", ws_upgrade(good_key, "8"), 426,
+         "bad_websocket_version"),
+    ]
+    for what, req, status, code in cases:
+        data, closed = raw_exchange(s.port, req)
+        check_refused(what, data, closed, status, code)
+    # Refused upgrades hold no websocket slot; a good one still works.
+    check(metric_value(s.port, "taskbus_ws_clients") == 0,
+          "taskbus_ws_clients is not 0 after refused upgrades")
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        c.sendall(ws_upgrade(good_key))
+        c.settimeout(T(5))
+        head = c.recv(4096)
+    check(head.startswith(b"HTTP/1.1 101 ") and
+          b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head,
+          f"a good upgrade: {head[:300]!r}")
+    s.stop_ok()
+    return f"{len(cases)} requests"
+
+
+def raw_get(port, target):
+    """A socket that has sent GET target (keep-alive)."""
+    c = socket.create_connection((HOST, port), T(5))
+    c.sendall(f"GET {target} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    return c
+
+
+def wait_tasks(port):
+    r = http_req(port, "GET", "/tasks")
+    return [t for t in r.json["tasks"] if t["name"].startswith("http.wait:")]
+
+
+def timed_healthz(port, what):
+    t0 = time.monotonic()
+    try:
+        r = http_req(port, "GET", "/healthz", timeout=T(3))
+    except (OSError, http.client.HTTPException) as e:
+        raise AssertionError(f"/healthz {what}: {type(e).__name__} after "
+                             f"{time.monotonic() - t0:.1f} s")
+    took = time.monotonic() - t0
+    check(r.status == 200 and took < T(1),
+          f"/healthz {what}: {r.status} after {took:.2f} s, want 200 "
+          f"within {T(1)} s")
+    return took
+
+
+def t_longpoll_abandoned():
+    """The issue's case: 100 long polls whose clients leave after 0.5 s,
+    half closing, half resetting. Other requests keep answering; the
+    waits end with their clients."""
+    s = Taskbus("abandon").start()
+    socks = [raw_get(s.port, f"/events/nobody.{i}?timeout=10")
+             for i in range(100)]
+    time.sleep(0.5)
+    took = timed_healthz(s.port, "with 100 long polls open")
+    # Half of the 64 HTTP threads wait (the default http_longpoll_max);
+    # the others were refused.
+    waiting = 32
+    check(wait_for(lambda: metric_value(s.port, "taskbus_http_longpolls")
+                   == waiting, T(5)),
+          f"taskbus_http_longpolls is not {waiting} with 100 long polls")
+    for i, c in enumerate(socks):
+        if i % 2:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                         struct.pack("ii", 1, 0))
+        c.close()
+    t0 = time.monotonic()
+    timed_healthz(s.port, "once the 100 clients left")
+    left = wait_for(lambda: not wait_tasks(s.port) and
+                    metric_value(s.port, "taskbus_http_longpolls") == 0,
+                    T(2))
+    check(left, f"{len(wait_tasks(s.port))} wait tasks still there "
+                f"{time.monotonic() - t0:.1f} s after their clients left")
+    gone = metric_value(s.port, "taskbus_http_longpolls_abandoned_total")
+    check(gone == waiting, f"taskbus_http_longpolls_abandoned_total "
+                           f"{gone}, want the {waiting} that were waiting")
+    s.stop_ok()
+    return f"{waiting} waited, /healthz in {took:.2f} s"
+
+
+def t_longpoll_cap():
+    """--http-longpoll-max 3: three long polls wait, the fourth is 503
+    too_many_waits with Retry-After; one leaving makes room again."""
+    s = Taskbus("cap", "--http-threads", "6", "--http-longpoll-max",
+                "3").start()
+    socks = [raw_get(s.port, f"/events/cap.{i}?timeout=20") for i in range(3)]
+    try:
+        check(wait_for(lambda: len(wait_tasks(s.port)) == 3, T(5)),
+              f"3 long polls: {len(wait_tasks(s.port))} wait tasks")
+        t0 = time.monotonic()
+        r = http_req(s.port, "GET", "/events/cap.x?timeout=20")
+        check(r.status == 503 and r.code() == "too_many_waits" and
+              r.headers.get("retry-after") == "1" and
+              r.headers.get("connection") == "close" and
+              time.monotonic() - t0 < T(1),
+              f"the 4th long poll: {r!r} {r.headers}")
+        timed_healthz(s.port, "with the long polls at their cap")
+        check(metric_value(s.port, "taskbus_http_longpolls_refused_total")
+              == 1, "taskbus_http_longpolls_refused_total is not 1")
+        socks.pop().close()
+        check(wait_for(lambda: metric_value(s.port, "taskbus_http_longpolls")
+                       == 2, T(2)), "a long poll whose client left still "
+                                    "counts")
+        t0 = time.monotonic()
+        r = http_req(s.port, "GET", "/events/cap.y?timeout=0.5")
+        check(r.status == 204 and time.monotonic() - t0 >= 0.45,
+              f"a third long poll again: want 204 after 0.5 s, got {r!r}")
+    finally:
+        for c in socks:
+            c.close()
+    s.stop_ok()
+    bad_usage(["serve", "--http-threads", "4", "--http-longpoll-max", "4"],
+              names=["http_longpoll_max"])
+    bad_usage(["serve", "--http-longpoll-max", "-1"],
+              names=["--http-longpoll-max"])
+
+
+def t_ws_handover_reset():
+    """Clients that reset right after sending the upgrade: the failed
+    hand-overs are counted, and logged at most once a second."""
+    s = Taskbus("reset").start()
+    n = 300
+    t0 = time.monotonic()
+    for _ in range(n):
+        c = socket.create_connection((HOST, s.port), T(5))
+        key = base64.b64encode(os.urandom(16)).decode()
+        c.sendall(ws_upgrade(key))
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                     struct.pack("ii", 1, 0))
+        c.close()
+    took = time.monotonic() - t0
+    timed_healthz(s.port, f"after {n} resets")
+    time.sleep(0.2)
+    failed = metric_value(s.port, "taskbus_ws_handover_failures_total")
+    check(failed is not None and failed >= 1,
+          f"taskbus_ws_handover_failures_total is {failed}")
+    check(wait_for(lambda: metric_value(s.port, "taskbus_ws_clients") == 0,
+                   T(2)), "taskbus_ws_clients is not back to 0")
+    lines = [l for l in s.err_text().splitlines()
+             if "cannot take the socket over" in l]
+    most = int(took) + 2
+    check(len(lines) <= most, f"{len(lines)} 'cannot take the socket over' "
+                              f"lines for {n} resets in {took:.1f} s, want "
+                              f"at most {most}")
+    s.stop_ok()
+    return f"{int(failed)} failed hand-overs, {len(lines)} log lines"
+
+
 # ------------------------------------------------------------------ exec
 
 
@@ -1463,6 +1811,16 @@ CASES = [
      t_api_bus_down),
     ("api", "GET /metrics: websocket clients, requests by route, tasks",
      t_api_metrics),
+    ("http", "framing: Content-Length and Transfer-Encoding checked, 400 "
+     "JSON and closed", t_http_framing),
+    ("http", "malformed requests: a proper status line and a JSON error",
+     t_http_malformed),
+    ("http", "abandoned long polls end at once; /healthz answers",
+     t_longpoll_abandoned),
+    ("http", "--http-longpoll-max: the cap waits, one more is 503",
+     t_longpoll_cap),
+    ("http", "websocket resets at the hand-over: counted, logged once a "
+     "second", t_ws_handover_reset),
     ("exec", "exec kind off without --exec-allow: 403", t_exec_off),
     ("exec", "as PID 1 (a PID namespace): orphans are reaped, SIGTERM stops",
      t_pid1_reaps),

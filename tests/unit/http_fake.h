@@ -2,6 +2,7 @@
 #ifndef TASKBUS_TESTS_HTTP_FAKE_H
 #define TASKBUS_TESTS_HTTP_FAKE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,10 +12,12 @@
 #include "http.h"
 
 /* One request's connection: the request headers it serves (NULL: absent)
- * and what the core sent back. Zero it before use; the caller frees body. */
+ * and what the core sent back. Zero it before use; the caller frees body.
+ * Setting gone (any thread) makes the client leave. */
 typedef struct fake_conn {
     const char *request_id; /* X-Request-ID header, or NULL */
     const char *auth;       /* Authorization header, or NULL */
+    atomic_int gone;        /* the gone op's answer */
     int status;
     int sends;
     char headers[1024];
@@ -47,6 +50,11 @@ static inline int fake_send(void *conn, int status, const char *headers,
     return 0;
 }
 
+static inline int fake_gone(void *conn)
+{
+    return atomic_load(&((fake_conn *)conn)->gone);
+}
+
 /* Runs one request on c through tb__http_handle, as an adapter would fill
  * it; returns the status it was answered with. query may be NULL; body
  * must be NUL-terminated (the adapter's contract). Checks nothing. */
@@ -54,7 +62,8 @@ static inline int fake_handle(fake_conn *c, tb_app *app, const char *method,
                               const char *path, const char *query,
                               const char *body, size_t body_len)
 {
-    static const tb__http_conn_ops ops = {fake_header, fake_send};
+    static const tb__http_conn_ops ops = {fake_header, fake_send, fake_gone,
+                                          NULL};
     tb_http_req req;
     memset(&req, 0, sizeof req);
     req.app = app;

@@ -8,6 +8,7 @@
 #include "http.h"
 #include "http_fake.h"
 #include "internal.h"
+#include "metrics.h"
 
 /* One request; returns the status and sets *out to the parsed JSON body
  * (caller decrefs; NULL if the body is not JSON, which is a failed check).
@@ -776,22 +777,27 @@ typedef struct poll_ctx {
     size_t len;
     int64_t ms; /* how long the request took */
     pthread_t thread;
+    fake_conn conn; /* set conn.gone to make the client leave */
 } poll_ctx;
 
-/* GET path?query on the calling thread; fills status, body, ms. */
+/* GET path?query on the calling thread; fills status, body, ms. A client
+ * that left is sent nothing. */
 static void *poll_run(void *arg)
 {
     poll_ctx *p = arg;
-    fake_conn c;
-    memset(&c, 0, sizeof c);
-    c.request_id = p->request_id;
+    fake_conn *c = &p->conn;
+    c->request_id = p->request_id;
     int64_t t0 = th_mono_ms();
-    p->status = fake_handle(&c, p->app, "GET", p->path, p->query, NULL, 0);
+    p->status = fake_handle(c, p->app, "GET", p->path, p->query, NULL, 0);
     p->ms = th_mono_ms() - t0;
-    TH_CHECK_EQ(c.sends, 1);
-    TH_CHECK_EQ(c.status, p->status);
-    p->body = c.body;
-    p->len = c.len;
+    if (p->status == TB__HTTP_STATUS_GONE) {
+        TH_CHECK_EQ(c->sends, 0);
+    } else {
+        TH_CHECK_EQ(c->sends, 1);
+        TH_CHECK_EQ(c->status, p->status);
+    }
+    p->body = c->body;
+    p->len = c->len;
     return NULL;
 }
 
@@ -985,6 +991,88 @@ static void test_long_poll(void **state)
     tb_app_free(app);
 }
 
+/* The number in text's line "<series> <n>", or -1. */
+static long long metric(const char *text, const char *series)
+{
+    size_t n = strlen(series);
+    for (const char *p = text; p && *p;) {
+        if (strncmp(p, series, n) == 0 && p[n] == ' ')
+            return strtoll(p + n + 1, NULL, 10);
+        p = strchr(p, '\n');
+        p = p ? p + 1 : NULL;
+    }
+    return -1;
+}
+
+static void poll_limits_body(tb_app *app, void *arg)
+{
+    (void)arg;
+    poll_ctx a, b;
+    json_t *j;
+    char headers[1024];
+    size_t len;
+
+    /* http_longpoll_max 2: two wait, the third is refused at once. */
+    poll_start(&a, app, "/events/lim.a", "timeout=20", "lim-1");
+    poll_start(&b, app, "/events/lim.b", "timeout=20", "lim-2");
+    int st = call_auth(app, "GET", "/events/lim.c", "timeout=20", NULL, NULL, 0,
+                       &j, headers);
+    CHECK_ERROR(j, st, 503, "too_many_waits");
+    TH_CHECKF(strstr(headers, "Retry-After: 1\r\n"), "headers %s", headers);
+    json_decref(j);
+
+    /* The first one's client leaves: its wait ends within a slice or
+     * two, nothing is sent, its task is gone, and its place is free. */
+    int64_t t0 = th_mono_ms();
+    atomic_store(&a.conn.gone, 1);
+    j = poll_join(&a);
+    TH_CHECK_EQ(a.status, TB__HTTP_STATUS_GONE);
+    TH_CHECK(j == NULL);
+    TH_CHECKF(th_mono_ms() - t0 < 1000,
+              "the wait ended %lld ms after its "
+              "client left",
+              (long long)(th_mono_ms() - t0));
+    TH_CHECK(logs_have("(request lim-1): the client closed the connection"));
+    st = call(app, "GET", "/tasks", NULL, &j);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK(find_task(j, "http.wait:lim-1") == NULL);
+    TH_CHECK(find_task(j, "http.wait:lim-2") != NULL);
+    json_decref(j);
+    char *text = tb__metrics_render(app, &len);
+    TH_CHECK(text != NULL);
+    TH_CHECK_EQ(metric(text, "taskbus_http_longpolls"), 1);
+    TH_CHECK_EQ(metric(text, "taskbus_http_longpolls_refused_total"), 1);
+    TH_CHECK_EQ(metric(text, "taskbus_http_longpolls_abandoned_total"), 1);
+    free(text);
+    poll_start(&a, app, "/events/lim.a", "timeout=0.2", "lim-3");
+    j = poll_join(&a);
+    TH_CHECK_EQ(a.status, 204);
+
+    /* The one still waiting ends with the app. */
+    tb_app_stop(app);
+    j = poll_join(&b);
+    CHECK_ERROR(j, b.status, 503, "shutting_down");
+    json_decref(j);
+}
+
+static void test_long_poll_limits(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.workers = 2;
+    cfg.graceful_timeout_ms = 2000;
+    cfg.http_threads = 4;
+    cfg.http_longpoll_max = 2;
+    tb_app *app = th_app_new_cfg(&cfg);
+    logs_start(); /* after th_app_new, which quiets the logs */
+    assert_rc(tb_api_register(app), 0);
+    assert_rc(th_run_thread(app, poll_limits_body, NULL, 30000), 0);
+    logs_stop();
+    th_assert_clean();
+    tb_app_free(app);
+}
+
 /* ------------------------------------------------------------ token */
 
 #define TOKEN "s3cret-T0ken_xyz"
@@ -1085,9 +1173,13 @@ static void test_token(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_dispatch),    cmocka_unit_test(test_bus_errors),
-        cmocka_unit_test(test_tasks),       cmocka_unit_test(test_health),
-        cmocka_unit_test(test_long_poll),   cmocka_unit_test(test_token),
+        cmocka_unit_test(test_dispatch),
+        cmocka_unit_test(test_bus_errors),
+        cmocka_unit_test(test_tasks),
+        cmocka_unit_test(test_health),
+        cmocka_unit_test(test_long_poll),
+        cmocka_unit_test(test_token),
+        cmocka_unit_test(test_long_poll_limits),
         cmocka_unit_test(test_cancel_race),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -549,6 +549,32 @@ static void test_config_validation(void **state)
     assert_ptr_equal(tb_app_get_userdata(app), &token);
     tb_app_free(app);
 
+    /* http_longpoll_max: 0 is half of http_threads; it stays below. */
+    tb_app_config_init(&cfg);
+    assert_int_equal(cfg.http_longpoll_max, 0);
+    cfg.http_threads = 8;
+    app = tb_app_new(&cfg, &err);
+    assert_non_null(app);
+    assert_int_equal(tb_app_get_config(app)->http_longpoll_max, 4);
+    tb_app_free(app);
+    cfg.http_longpoll_max = 7;
+    app = tb_app_new(&cfg, &err);
+    assert_non_null(app);
+    assert_int_equal(tb_app_get_config(app)->http_longpoll_max, 7);
+    tb_app_free(app);
+    cfg.http_longpoll_max = 8;
+    assert_null(tb_app_new(&cfg, &err));
+    assert_rc(err, TB_EINVAL);
+    cfg.http_longpoll_max = -1;
+    assert_null(tb_app_new(&cfg, &err));
+    assert_rc(err, TB_EINVAL);
+    cfg.http_threads = 1; /* a long poll would hold the only thread */
+    cfg.http_longpoll_max = 0;
+    app = tb_app_new(&cfg, &err);
+    assert_non_null(app);
+    assert_int_equal(tb_app_get_config(app)->http_longpoll_max, 0);
+    tb_app_free(app);
+
     /* NULL config: the defaults. */
     app = tb_app_new(NULL, &err);
     assert_non_null(app);

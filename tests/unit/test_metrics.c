@@ -160,6 +160,15 @@ static void metrics_body(tb_app *app, void *arg)
     TH_CHECK(sample(text, "taskbus_ws_clients") == 0);
     TH_CHECK(has_meta(text, "taskbus_ws_slow_closes_total", "counter"));
     TH_CHECK(sample(text, "taskbus_ws_slow_closes_total") == 0);
+    TH_CHECK(has_meta(text, "taskbus_ws_handover_failures_total", "counter"));
+    TH_CHECK(sample(text, "taskbus_ws_handover_failures_total") == 0);
+    TH_CHECK(has_meta(text, "taskbus_http_longpolls", "gauge"));
+    TH_CHECK(sample(text, "taskbus_http_longpolls") == 0);
+    TH_CHECK(has_meta(text, "taskbus_http_longpolls_refused_total", "counter"));
+    TH_CHECK(sample(text, "taskbus_http_longpolls_refused_total") == 0);
+    TH_CHECK(
+        has_meta(text, "taskbus_http_longpolls_abandoned_total", "counter"));
+    TH_CHECK(sample(text, "taskbus_http_longpolls_abandoned_total") == 0);
     free(text);
 
     /* The previous GET /metrics calls count too, under their template. */
