@@ -1391,20 +1391,20 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
     tb__redis_target t;
     char why[256] = "";
     char url[512];
-    tb__redis_url_redact(c->redis_url, url, sizeof url);
-    if (tb__redis_url_parse(c->redis_url, &t, why, sizeof why) != 0) {
+    tb__redis_url_redact(c->redis.url, url, sizeof url);
+    if (tb__redis_url_parse(c->redis.url, &t, why, sizeof why) != 0) {
         tb__log(TB_LOG_ERROR, "invalid redis_url %s: %s", url, why);
         *err = TB_EINVAL;
         return NULL;
     }
-    if (c->redis_password && c->redis_password[0]) {
-        if (strlen(c->redis_password) >= sizeof t.password) {
+    if (c->redis.password && c->redis.password[0]) {
+        if (strlen(c->redis.password) >= sizeof t.password) {
             tb__log(TB_LOG_ERROR, "redis_password is over %zu bytes",
                     sizeof t.password - 1);
             *err = TB_EINVAL;
             return NULL;
         }
-        snprintf(t.password, sizeof t.password, "%s", c->redis_password);
+        snprintf(t.password, sizeof t.password, "%s", c->redis.password);
     }
     rbus *b = calloc(1, sizeof *b);
     if (b) {
@@ -1426,21 +1426,21 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
     snprintf(b->url, sizeof b->url, "%s", url);
     /* event_namespace is 1..64 bytes (checked by the app). */
     b->prefix_len = (size_t)snprintf(b->prefix, sizeof b->prefix,
-                                     "%s:event:", c->event_namespace);
+                                     "%s:event:", c->core.event_namespace);
     snprintf(b->pattern, sizeof b->pattern, "%s*", b->prefix);
-    b->connect_to_us = (int64_t)c->redis_connect_timeout_ms * 1000;
-    b->cmd_to_us = (int64_t)c->redis_command_timeout_ms * 1000;
-    b->retry_us = (int64_t)c->publish_retry_ms * 1000;
-    b->ping_us = (int64_t)c->redis_ping_interval_ms * 1000;
-    b->retry_min_ms = c->redis_retry_min_ms;
-    b->retry_max_ms = c->redis_retry_max_ms;
-    b->queue_max = c->publish_queue_max;
-    b->max_event_size = c->max_event_size;
+    b->connect_to_us = (int64_t)c->redis.connect_timeout_ms * 1000;
+    b->cmd_to_us = (int64_t)c->redis.command_timeout_ms * 1000;
+    b->retry_us = (int64_t)c->redis.publish_retry_ms * 1000;
+    b->ping_us = (int64_t)c->redis.ping_interval_ms * 1000;
+    b->retry_min_ms = c->redis.retry_min_ms;
+    b->retry_max_ms = c->redis.retry_max_ms;
+    b->queue_max = c->redis.publish_queue_max;
+    b->max_event_size = c->core.max_event_size;
     /* An envelope is bigger than its data (JSON escapes up to 6 bytes per
      * byte, numbers may be rewritten longer): the exact check is
      * tb__envelope_decode's; this one only spares us parsing a message no
      * envelope of an acceptable event could be. */
-    size_t m = c->max_event_size;
+    size_t m = c->core.max_event_size;
     b->raw_max = m > (SIZE_MAX - 65536) / 8 ? SIZE_MAX : m * 8 + 65536;
 
     pthread_mutex_init(&b->mu, NULL);

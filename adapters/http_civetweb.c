@@ -430,13 +430,13 @@ static int on_request(struct mg_connection *mg)
                       "the request target is not a path on this server");
     char *body;
     size_t len;
-    switch (read_body(&c, ri, app->cfg.http_max_body, &body, &len)) {
+    switch (read_body(&c, ri, app->cfg.http.max_body, &body, &len)) {
     case 0:
         break;
     case 413: {
         char msg[96];
         snprintf(msg, sizeof msg, "the request body is over %zu bytes",
-                 app->cfg.http_max_body);
+                 app->cfg.http.max_body);
         return refuse(&req, &c, 413, "too_large", NULL, msg);
     }
     case 400:
@@ -728,18 +728,18 @@ int tb__http_server_start(tb_app *app)
     if (!s)
         return TB_ENOMEM;
     int loopback = 0;
-    if (parse_listen(cfg->http_listen, s->addr, sizeof s->addr, &s->sa,
+    if (parse_listen(cfg->http.listen, s->addr, sizeof s->addr, &s->sa,
                      &loopback)) {
         tb__log(TB_LOG_ERROR,
                 "http: bad http_listen \"%s\": want an IPv4 address or "
                 "localhost, a colon and a port 1..65535 (127.0.0.1:8080)",
-                cfg->http_listen);
+                cfg->http.listen);
         free(s);
         return TB_EINVAL;
     }
     pthread_once(&once, library_init);
     char threads[16];
-    snprintf(threads, sizeof threads, "%d", cfg->http_threads);
+    snprintf(threads, sizeof threads, "%d", cfg->http.threads);
     /* clang-format off */
     const char *options[] = {
         "listening_ports", s->addr,
@@ -775,10 +775,10 @@ int tb__http_server_start(tb_app *app)
     if (app->ws_routes)
         mg_set_websocket_handler(s->ctx, "/", on_ws_connect, on_ws_ready,
                                  on_ws_data, on_ws_close, app);
-    int token = cfg->api_token && cfg->api_token[0];
+    int token = cfg->http.api_token && cfg->http.api_token[0];
     tb__log(TB_LOG_INFO,
             "http: listening on %s (%d threads, at most %d in long polls, %s)",
-            s->addr, cfg->http_threads, cfg->http_longpoll_max,
+            s->addr, cfg->http.threads, cfg->http.longpoll_max,
             token ? "API token required" : "no API token");
     if (!loopback && !token)
         tb__log(TB_LOG_WARN,

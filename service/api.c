@@ -191,7 +191,7 @@ static int post_event(tb_http_req *req, void *ud)
     size_t len;
     const void *data = tb_http_body(req, &len);
     const tb_app_config *cfg = tb_app_get_config(app);
-    int timeout_ms = cfg->redis_command_timeout_ms;
+    int timeout_ms = cfg->redis.command_timeout_ms;
     char id[TB_EVENT_ID_MAX];
     rc = tb_dispatch_wait(app, name, data, len, timeout_ms, id);
     if (rc == 0) {
@@ -213,7 +213,7 @@ static int post_event(tb_http_req *req, void *ud)
     case TB_EMSGSIZE:
         return tb_http_error(req, 413, "too_large",
                              "event data is %zu bytes; max_event_size is %zu",
-                             len, cfg->max_event_size);
+                             len, cfg->core.max_event_size);
     case TB_ENOTCONN:
         if (tb_bus_status(app, &bus) != 0)
             memset(&bus, 0, sizeof bus);
@@ -228,7 +228,7 @@ static int post_event(tb_http_req *req, void *ud)
         return tb_http_error(req, 503, "busy",
                              "publish queue full (publish_queue_max %d "
                              "events await the bus); retry later",
-                             cfg->publish_queue_max);
+                             cfg->redis.publish_queue_max);
     case TB_ETIMEDOUT:
         return tb_http_error(req, 504, "publish_timeout",
                              "the bus did not confirm event %s within %d ms; "
@@ -360,7 +360,7 @@ static int wait_task_add(tb_http_req *req, waiter *w, char *name, size_t size)
     o.worker = TB_WORKER_ANY;
     o.kind = "http.wait";
     o.flags = TB_TASK_EPHEMERAL; /* no finished entry per request */
-    o.arg_free = waiter_task_release;
+    o.ud_free = waiter_task_release;
     o.name = name;
     int rc = tb_task_add(app, wait_task, w, &o, NULL);
     if (rc == TB_EEXIST) {
@@ -523,7 +523,7 @@ static int wait_event(tb_http_req *req, void *ud)
 
     /* Each waiting long poll holds an HTTP thread: past http_longpoll_max
      * (below http_threads) other requests would find none left. */
-    int max = app->cfg.http_longpoll_max;
+    int max = app->cfg.http.longpoll_max;
     if (atomic_fetch_add(&app->http_longpolls, 1) >= max) {
         atomic_fetch_sub(&app->http_longpolls, 1);
         atomic_fetch_add(&app->http_longpolls_refused, 1);
@@ -659,7 +659,7 @@ static int cancel_task(tb_http_req *req, void *ud)
     (void)ud;
     tb_app *app = tb_http_app(req);
     const char *name = tb_http_param(req, "name");
-    int timeout_ms = tb_app_get_config(app)->graceful_timeout_ms;
+    int timeout_ms = tb_app_get_config(app)->core.graceful_timeout_ms;
     char tbuf[32];
     int rc = tb_http_query(req, "timeout", tbuf, sizeof tbuf);
     if (rc != TB_ENOENT &&
@@ -859,7 +859,7 @@ static int readyz(tb_http_req *req, void *ud)
 
 /* ---------------------------------------------------------------- routes */
 
-int tb_api_register(tb_app *app)
+int tb_app_add_api(tb_app *app)
 {
     static const struct {
         const char *method, *path;
@@ -881,8 +881,8 @@ int tb_api_register(tb_app *app)
         int rc = routes[i].open
                      ? tb__app_route_open(app, routes[i].method, routes[i].path,
                                           routes[i].fn, NULL)
-                     : tb_app_route(app, routes[i].method, routes[i].path,
-                                    routes[i].fn, NULL);
+                     : tb_app_add_route(app, routes[i].method, routes[i].path,
+                                        routes[i].fn, NULL);
         if (rc)
             return rc;
     }

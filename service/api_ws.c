@@ -45,7 +45,7 @@ static int receiver(tb_task *self, void *arg)
      * client is too slow anyway. */
     tb_app *app = tb_ws_app(st->ws);
     tb_sub *sub = tb_sub_open(self, NULL,
-                              tb_app_get_config(app)->ws_send_queue_msgs, &err);
+                              tb_app_get_config(app)->ws.send_queue_msgs, &err);
     if (!sub)
         return err; /* receiver_gone tells the handler */
     st->sub = sub;
@@ -247,7 +247,7 @@ static void do_dispatch(tb_task *self, conn_state *st, json_t *ref,
     }
     char id[TB_EVENT_ID_MAX];
     tb_app *app = tb_ws_app(ws);
-    int rc = tb_dispatch_wait(app, n, d, len, -1, id);
+    int rc = tb_dispatch_wait(app, n, d, len, TB_TIMEOUT_DEFAULT, id);
     free(owned);
     switch (rc) {
     case 0: {
@@ -275,7 +275,7 @@ static void do_dispatch(tb_task *self, conn_state *st, json_t *ref,
     case TB_EMSGSIZE:
         reply_error(ws, ref, "too_large",
                     "the event data is %zu bytes, over max_event_size (%zu)",
-                    len, tb_app_get_config(app)->max_event_size);
+                    len, tb_app_get_config(app)->core.max_event_size);
         return;
     case TB_ENOTCONN:
         reply_error(ws, ref, "bus_down",
@@ -307,7 +307,7 @@ static void do_subscribe(conn_state *st, json_t *ref, json_t *v, int add)
     const char *what = add ? "subscribe" : "unsubscribe";
     if (!check_patterns(ws, ref, what, v))
         return;
-    int max = tb_app_get_config(tb_ws_app(ws))->ws_max_patterns;
+    int max = tb_app_get_config(tb_ws_app(ws))->ws.max_patterns;
     size_t i;
     json_t *p;
     if (add) {
@@ -364,7 +364,7 @@ static void handle(tb_task *self, conn_state *st, const tb_ws_msg *m)
     json_t *o = tb__json_loadb(m->data, m->len,
                                JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
                                    JSON_ALLOW_NUL,
-                               tb_ws_app(ws)->cfg.json_max_depth, &jerr);
+                               tb_ws_app(ws)->cfg.core.json_max_depth, &jerr);
     if (!o) {
         reply_error(ws, NULL, "bad_json", "the message is not JSON: %s",
                     jerr.text);
@@ -474,7 +474,7 @@ static int ws_check(tb_http_req *req, void *ud)
     (void)ud;
     /* Room for ws_max_patterns patterns of the longest kind and commas. */
     const tb_app_config *cfg = tb_app_get_config(tb_http_app(req));
-    size_t cap = (size_t)cfg->ws_max_patterns * (TB_EVENT_NAME_MAX + 1) + 1;
+    size_t cap = (size_t)cfg->ws.max_patterns * (TB_EVENT_NAME_MAX + 1) + 1;
     char *list = malloc(cap);
     if (!list)
         return tb_http_error(req, 500, "internal", "out of memory");
@@ -483,11 +483,11 @@ static int ws_check(tb_http_req *req, void *ud)
         tb_http_error(req, 400, "too_many_patterns",
                       "events: longer than %d patterns can be "
                       "(ws_max_patterns)",
-                      cfg->ws_max_patterns);
+                      cfg->ws.max_patterns);
     else if (rc == TB_EINVAL)
         tb_http_error(req, 400, "bad_query", "events: a bad percent-escape");
     else if (rc >= 0) {
-        check_ctx c = {req, 0, cfg->ws_max_patterns};
+        check_ctx c = {req, 0, cfg->ws.max_patterns};
         each_pattern(list, check_one, &c);
     }
     free(list);
@@ -522,7 +522,7 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
                          .worker = tb_ws_worker(ws),
                          .kind = "ws.receiver",
                          .flags = TB_TASK_EPHEMERAL,
-                         .arg_free = receiver_gone};
+                         .ud_free = receiver_gone};
     int rc = tb_task_add(app, receiver, &st, &opts, NULL);
     if (rc) {
         reply_error(ws, NULL, "internal", "cannot start the receiver: %s",
@@ -533,10 +533,10 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
         rc = tb_yield(self);
     if (rc == 0 && st.ready) {
         const tb_app_config *cfg = tb_app_get_config(app);
-        size_t cap = (size_t)cfg->ws_max_patterns * (TB_EVENT_NAME_MAX + 1) + 1;
+        size_t cap = (size_t)cfg->ws.max_patterns * (TB_EVENT_NAME_MAX + 1) + 1;
         char *list = malloc(cap);
         if (list && tb_ws_query(ws, "events", list, cap) >= 0) {
-            add_ctx a = {&st, cfg->ws_max_patterns};
+            add_ctx a = {&st, cfg->ws.max_patterns};
             each_pattern(list, add_one, &a);
         }
         free(list);
@@ -547,7 +547,7 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
     /* The socket closed (or the app stops): cancel the receiver and wait
      * for it; being ephemeral, it leaves the task list as it ends. */
     st.handler_done = 1;
-    tb_task_cancel(app, name, -1);
+    tb_task_cancel(app, name, TB_TIMEOUT_DEFAULT);
     for (int i = 0; i < st.npatterns; i++)
         free(st.patterns[i]);
     free(st.patterns);
@@ -556,5 +556,5 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
 
 int tb__api_register_ws(tb_app *app)
 {
-    return tb_app_websocket(app, "/ws", ws_handler, ws_check, NULL);
+    return tb_app_add_websocket(app, "/ws", ws_handler, ws_check, NULL);
 }

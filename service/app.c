@@ -43,173 +43,6 @@ void tb__deadline_ts(struct timespec *ts, int timeout_ms)
     }
 }
 
-/* ---------------------------------------------------------------- config */
-
-void tb_app_config_init(tb_app_config *cfg)
-{
-    memset(cfg, 0, sizeof *cfg);
-    cfg->workers = 2;
-    cfg->graceful_timeout_ms = 15000;
-    cfg->stack_size = 64 * 1024;
-    cfg->max_event_size = 1024 * 1024;
-    cfg->sub_capacity = 1024;
-    cfg->worker_queue_max = 65536;
-    cfg->blocking_threads = 4;
-    cfg->handle_signals = 0;
-    cfg->redis_url = NULL;
-    cfg->event_namespace = "taskbus";
-    cfg->redis_connect_timeout_ms = 2000;
-    cfg->redis_command_timeout_ms = 5000;
-    cfg->redis_ping_interval_ms = 5000;
-    cfg->redis_retry_min_ms = 100;
-    cfg->redis_retry_max_ms = 5000;
-    cfg->publish_queue_max = 65536;
-    cfg->publish_retry_ms = 10000;
-    cfg->http_listen = NULL;
-    cfg->api_token = NULL;
-    cfg->http_threads = 64;
-    cfg->http_max_body = 1024 * 1024;
-    cfg->http_longpoll_max = 0; /* half of http_threads */
-    cfg->ws_max_clients = 10000;
-    cfg->ws_max_message = 1024 * 1024;
-    cfg->ws_send_queue_bytes = 1024 * 1024;
-    cfg->ws_send_queue_msgs = 4096;
-    cfg->ws_recv_queue_msgs = 64;
-    cfg->ws_max_patterns = 64;
-    cfg->ws_ping_interval_ms = 20000;
-    cfg->ws_ping_timeout_ms = 20000;
-    cfg->ws_allowed_origins = NULL;
-    cfg->shutdown_delay_ms = 0;
-    cfg->json_max_depth = 0; /* 64, or what stack_size allows */
-    cfg->event_max_hops = 8;
-}
-
-/* An API token: empty (none), or 1..256 visible ASCII bytes, so that it
- * fits an Authorization header as is. */
-static int token_ok(const char *t)
-{
-    size_t n = strlen(t);
-    if (n > 256)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (t[i] <= 0x20 || t[i] >= 0x7f)
-            return 0;
-    return 1;
-}
-
-static int namespace_ok(const char *ns)
-{
-    size_t n = strlen(ns);
-    if (n < 1 || n > 64)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)ns[i];
-        if (!(c >= 'a' && c <= 'z') && !(c >= 'A' && c <= 'Z') &&
-            !(c >= '0' && c <= '9') && c != '_' && c != '.' && c != '-')
-            return 0;
-    }
-    return 1;
-}
-
-/* "host:port" with host a dotted IPv4 address or "localhost" and port
- * 1..65535 (what the civetweb adapter can listen on). */
-int tb__listen_valid(const char *spec)
-{
-    const char *colon = strrchr(spec, ':');
-    if (!colon || colon == spec || colon - spec >= 64)
-        return 0;
-    char host[64];
-    memcpy(host, spec, (size_t)(colon - spec));
-    host[colon - spec] = '\0';
-    struct in_addr a;
-    if (strcmp(host, "localhost") != 0 && inet_pton(AF_INET, host, &a) != 1)
-        return 0;
-    const char *p = colon + 1;
-    size_t n = strlen(p);
-    if (n < 1 || n > 5 || strspn(p, "0123456789") != n)
-        return 0;
-    long port = strtol(p, NULL, 10);
-    return port >= 1 && port <= 65535;
-}
-
-static int config_check(const tb_app_config *c)
-{
-    const char *what = NULL;
-    if (c->workers < 1 || c->workers > 256)
-        what = "workers must be 1..256";
-    else if (c->graceful_timeout_ms < 0)
-        what = "graceful_timeout_ms must be >= 0";
-    else if (c->stack_size < 16 * 1024 || c->stack_size > 64u * 1024 * 1024)
-        what = "stack_size must be 16 KiB..64 MiB";
-    else if (c->max_event_size < 1 || c->max_event_size > 512u * 1024 * 1024)
-        what = "max_event_size must be 1 B..512 MiB";
-    else if (c->sub_capacity < 1 || c->sub_capacity > 1 << 24)
-        what = "sub_capacity must be 1..16777216";
-    else if (c->worker_queue_max < 1 || c->worker_queue_max > 1 << 26)
-        what = "worker_queue_max must be 1..67108864";
-    else if (c->blocking_threads < 1 || c->blocking_threads > 1024)
-        what = "blocking_threads must be 1..1024";
-    else if (!c->event_namespace || !namespace_ok(c->event_namespace))
-        what = "event_namespace must be 1..64 bytes of [A-Za-z0-9_.-]";
-    else if (c->redis_connect_timeout_ms < 1 ||
-             c->redis_command_timeout_ms < 1 || c->redis_ping_interval_ms < 1)
-        what = "redis timeouts and the ping interval must be >= 1 ms";
-    else if (c->redis_retry_min_ms < 1 ||
-             c->redis_retry_max_ms < c->redis_retry_min_ms)
-        what = "redis_retry_min_ms must be >= 1 and <= redis_retry_max_ms";
-    else if (c->publish_queue_max < 1)
-        what = "publish_queue_max must be >= 1";
-    else if (c->publish_retry_ms < 0)
-        what = "publish_retry_ms must be >= 0";
-    else if (c->http_threads < 1 || c->http_threads > 65536)
-        what = "http_threads must be 1..65536";
-    else if (c->http_max_body < 1 || c->http_max_body > 512u * 1024 * 1024)
-        what = "http_max_body must be 1 B..512 MiB";
-    else if (c->http_longpoll_max < 0 ||
-             (c->http_longpoll_max && c->http_longpoll_max >= c->http_threads))
-        what = "http_longpoll_max must be below http_threads (a waiting "
-               "long poll holds an HTTP thread: other requests need one "
-               "left), or 0 for half of http_threads";
-    else if (c->api_token && !token_ok(c->api_token))
-        what = "api_token must be 1..256 visible ASCII bytes (no blanks) "
-               "or empty";
-    else if (c->http_listen && c->http_listen[0] &&
-             !tb__listen_valid(c->http_listen))
-        what = "http_listen must be an IPv4 address or localhost, a colon "
-               "and a port 1..65535 (127.0.0.1:8080)";
-    else if (c->shutdown_delay_ms < 0 || c->shutdown_delay_ms > 3600000)
-        what = "shutdown_delay_ms must be 0..3600000";
-    else if (c->ws_max_clients < 1 || c->ws_max_clients > 1 << 20)
-        what = "ws_max_clients must be 1..1048576";
-    else if (c->ws_max_message < 1 || c->ws_max_message > 512u * 1024 * 1024)
-        what = "ws_max_message must be 1 B..512 MiB";
-    else if (c->ws_send_queue_bytes < 1024 ||
-             c->ws_send_queue_bytes > 1024u * 1024 * 1024)
-        what = "ws_send_queue_bytes must be 1 KiB..1 GiB";
-    else if (c->ws_send_queue_msgs < 1 || c->ws_recv_queue_msgs < 1)
-        what = "ws_send_queue_msgs and ws_recv_queue_msgs must be >= 1";
-    else if (c->ws_max_patterns < 1 || c->ws_max_patterns > 4096)
-        what = "ws_max_patterns must be 1..4096";
-    else if (c->ws_ping_interval_ms < 0 || c->ws_ping_timeout_ms < 1)
-        what = "ws_ping_interval_ms must be >= 0 (0: off) and "
-               "ws_ping_timeout_ms >= 1";
-    else if (c->json_max_depth < 0 || c->json_max_depth > 1000)
-        what = "json_max_depth must be 0 (automatic) or 1..1000";
-    else if (c->json_max_depth > 0 &&
-             (size_t)c->json_max_depth * TB__JSON_STACK_PER_LEVEL >
-                 c->stack_size / 2)
-        what = "json_max_depth is too deep for stack_size: each level may "
-               "take 512 bytes of a task's stack and they must fit in half "
-               "of it (raise stack_size or lower json_max_depth)";
-    else if (c->event_max_hops < 0 || c->event_max_hops > 255)
-        what = "event_max_hops must be 0..255";
-    if (what) {
-        tb__log(TB_LOG_ERROR, "invalid app config: %s", what);
-        return TB_EINVAL;
-    }
-    return 0;
-}
-
 /* ---------------------------------------------------------------- new/free */
 
 static pthread_once_t libevent_once = PTHREAD_ONCE_INIT;
@@ -228,7 +61,7 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
         c = *cfg;
     else
         tb_app_config_init(&c);
-    int rc = config_check(&c);
+    int rc = tb__config_check(&c);
     tb_app *app = NULL;
     if (rc)
         goto fail;
@@ -243,40 +76,40 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
     if (!app)
         goto fail;
     app->cfg = c;
-    if (!c.json_max_depth) /* automatic: what half the stack holds */
-        app->cfg.json_max_depth =
-            c.stack_size / 2 / TB__JSON_STACK_PER_LEVEL < 64
-                ? (int)(c.stack_size / 2 / TB__JSON_STACK_PER_LEVEL)
+    if (!c.core.json_max_depth) /* automatic: what half the stack holds */
+        app->cfg.core.json_max_depth =
+            c.core.stack_size / 2 / TB__JSON_STACK_PER_LEVEL < 64
+                ? (int)(c.core.stack_size / 2 / TB__JSON_STACK_PER_LEVEL)
                 : 64;
-    if (!app->cfg.http_longpoll_max) /* with one HTTP thread: none */
-        app->cfg.http_longpoll_max = c.http_threads / 2;
+    if (!app->cfg.http.longpoll_max) /* with one HTTP thread: none */
+        app->cfg.http.longpoll_max = c.http.threads / 2;
     /* Owned through these (freed in tb_app_free), set below: none may
      * point at the caller's strings meanwhile. */
-    app->cfg.api_token = NULL;
-    app->cfg.redis_password = NULL;
-    app->cfg.ws_allowed_origins = NULL;
+    app->cfg.http.api_token = NULL;
+    app->cfg.redis.password = NULL;
+    app->cfg.ws.allowed_origins = NULL;
     /* The config's strings are the caller's: keep copies. */
-    app->cfg.event_namespace = app->ns = strdup(c.event_namespace);
-    app->cfg.redis_url = NULL;
-    if (c.redis_url && c.redis_url[0] &&
-        !(app->cfg.redis_url = app->redis_url = strdup(c.redis_url)))
+    app->cfg.core.event_namespace = app->ns = strdup(c.core.event_namespace);
+    app->cfg.redis.url = NULL;
+    if (c.redis.url && c.redis.url[0] &&
+        !(app->cfg.redis.url = app->redis_url = strdup(c.redis.url)))
         goto fail;
     if (!app->ns)
         goto fail;
-    app->cfg.http_listen = NULL;
-    if (c.http_listen && c.http_listen[0] &&
-        !(app->cfg.http_listen = app->http_listen = strdup(c.http_listen)))
+    app->cfg.http.listen = NULL;
+    if (c.http.listen && c.http.listen[0] &&
+        !(app->cfg.http.listen = app->http_listen = strdup(c.http.listen)))
         goto fail;
-    if (c.api_token && c.api_token[0] &&
-        !(app->cfg.api_token = strdup(c.api_token)))
+    if (c.http.api_token && c.http.api_token[0] &&
+        !(app->cfg.http.api_token = strdup(c.http.api_token)))
         goto fail;
-    app->cfg.redis_password = NULL;
-    if (c.redis_password && c.redis_password[0] &&
-        !(app->cfg.redis_password = strdup(c.redis_password)))
+    app->cfg.redis.password = NULL;
+    if (c.redis.password && c.redis.password[0] &&
+        !(app->cfg.redis.password = strdup(c.redis.password)))
         goto fail;
-    app->cfg.ws_allowed_origins = NULL;
-    if (c.ws_allowed_origins && c.ws_allowed_origins[0] &&
-        !(app->cfg.ws_allowed_origins = strdup(c.ws_allowed_origins)))
+    app->cfg.ws.allowed_origins = NULL;
+    if (c.ws.allowed_origins && c.ws.allowed_origins[0] &&
+        !(app->cfg.ws.allowed_origins = strdup(c.ws.allowed_origins)))
         goto fail;
     uint64_t rnd = 0;
     if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
@@ -403,16 +236,16 @@ void tb_app_free(tb_app *app)
     free(app->ns);
     free(app->redis_url);
     free(app->http_listen);
-    free((char *)(uintptr_t)app->cfg.ws_allowed_origins);
-    if (app->cfg.redis_password) {
-        char *t = (char *)(uintptr_t)app->cfg.redis_password;
+    free((char *)(uintptr_t)app->cfg.ws.allowed_origins);
+    if (app->cfg.redis.password) {
+        char *t = (char *)(uintptr_t)app->cfg.redis.password;
         explicit_bzero(t, strlen(t));
         free(t);
     }
     tb__ws_app_free(app);
-    if (app->cfg.api_token) {
+    if (app->cfg.http.api_token) {
         /* Not left in freed memory. */
-        char *t = (char *)(uintptr_t)app->cfg.api_token;
+        char *t = (char *)(uintptr_t)app->cfg.http.api_token;
         explicit_bzero(t, strlen(t));
         free(t);
     }
@@ -435,7 +268,7 @@ int tb_app_is_running(const tb_app *app)
 
 int tb_app_workers(const tb_app *app)
 {
-    return app->cfg.workers;
+    return app->cfg.core.workers;
 }
 
 const tb_app_config *tb_app_get_config(const tb_app *app)
@@ -461,7 +294,8 @@ void *tb_app_get_userdata(const tb_app *app)
 
 /* ---------------------------------------------------------------- listeners */
 
-int tb_app_on(tb_app *app, tb_listener_kind kind, tb_listener_fn fn, void *arg)
+int tb_app_add_listener(tb_app *app, tb_listener_kind kind, tb_listener_fn fn,
+                        void *arg)
 {
     if (!app || !fn || kind < 0 || kind >= TB__LISTENER_COUNT)
         return TB_EINVAL;
@@ -563,7 +397,7 @@ static void on_signal(int sig)
 
 static int workers_setup(tb_app *app)
 {
-    int n = app->cfg.workers;
+    int n = app->cfg.core.workers;
     app->workers = calloc((size_t)n, sizeof *app->workers);
     if (!app->workers)
         return TB_ENOMEM;
@@ -602,7 +436,7 @@ int tb_app_run(tb_app *app)
         return TB_ESHUTDOWN;
 
     struct sigaction old_int, old_term;
-    if (app->cfg.handle_signals) {
+    if (app->cfg.core.handle_signals) {
         signal_app = app;
         signals_seen = 0;
         struct sigaction sa = {.sa_handler = on_signal};
@@ -651,10 +485,10 @@ int tb_app_run(tb_app *app)
         goto stopping;
     }
 
-    if (app->router && app->cfg.http_listen &&
+    if (app->router && app->cfg.http.listen &&
         (rc = tb__http_server_start(app)) != 0) {
         tb__log(TB_LOG_ERROR, "HTTP server on %s failed to start: %s",
-                app->cfg.http_listen, tb_strerror(rc));
+                app->cfg.http.listen, tb_strerror(rc));
         goto stopping;
     }
     atomic_store(&app->state, TB__APP_RUNNING);
@@ -666,15 +500,17 @@ int tb_app_run(tb_app *app)
 
 stopping:
     atomic_store(&app->state, TB__APP_STOPPING);
-    if (app->cfg.shutdown_delay_ms > 0 && started == app->nworkers && !rc) {
+    if (app->cfg.core.shutdown_delay_ms > 0 && started == app->nworkers &&
+        !rc) {
         /* /readyz now answers 503 while everything else still works, so
          * that load balancers stop sending before we stop accepting. */
         tb__log(TB_LOG_INFO,
                 "stopping: not ready; serving for %d ms more "
                 "(shutdown_delay_ms) so that load balancers drain",
-                app->cfg.shutdown_delay_ms);
-        struct timespec ts = {app->cfg.shutdown_delay_ms / 1000,
-                              (app->cfg.shutdown_delay_ms % 1000) * 1000000L};
+                app->cfg.core.shutdown_delay_ms);
+        struct timespec ts = {app->cfg.core.shutdown_delay_ms / 1000,
+                              (app->cfg.core.shutdown_delay_ms % 1000) *
+                                  1000000L};
         while (nanosleep(&ts, &ts) != 0)
             ;
     }
@@ -691,7 +527,7 @@ stopped:
     close_registry(app);
     atomic_store(&app->state, TB__APP_STOPPED);
     tb__app_run_listeners(app, TB_MAIN_STOP, -1);
-    if (app->cfg.handle_signals) {
+    if (app->cfg.core.handle_signals) {
         sigaction(SIGINT, &old_int, NULL);
         sigaction(SIGTERM, &old_term, NULL);
         signal_app = NULL;

@@ -42,7 +42,7 @@ static void *pool_main(void *arg)
 /* Starts the pool's threads on first use (reg: blk_mu held). */
 static int start_threads(tb_app *app)
 {
-    int n = app->cfg.blocking_threads;
+    int n = app->cfg.core.blocking_threads;
     app->blk_threads = calloc((size_t)n, sizeof *app->blk_threads);
     if (!app->blk_threads)
         return TB_ENOMEM;

@@ -420,9 +420,9 @@ int tb__envelope_decode(tb_app *app, const char *name, const char *msg,
         return decode_raw(app, name, msg, len, max_size, out, why);
 
     json_t *root = tb__json_loadb(msg, len, MSG_PARSE_FLAGS,
-                                  app->cfg.json_max_depth, NULL);
+                                  app->cfg.core.json_max_depth, NULL);
     if (!root) {
-        *why = tb__json_too_deep(msg, len, app->cfg.json_max_depth)
+        *why = tb__json_too_deep(msg, len, app->cfg.core.json_max_depth)
                    ? "JSON nested deeper than json_max_depth"
                    : "invalid JSON";
         return TB_EPROTO;

@@ -4,36 +4,23 @@
 #include <limits.h>
 #include <string.h>
 
-#define TB__ERRBUF_SIZE 128
-
-/* Text for an errno value outside the map. The XSI strerror_r returns int
- * and fills buf; the GNU one (under _GNU_SOURCE on glibc) returns a pointer
- * that may or may not be buf. Either way the result ends up in buf. */
-static const char *errno_text(int e, char *buf, size_t size)
+/* Text for an errno value outside the map: a static string, so that
+ * tb_strerror's result never changes under its caller (strerror_r would
+ * need a buffer: a thread-local one is overwritten by the next call).
+ * glibc 2.32+ has strerrordesc_np; elsewhere the text is generic. */
+static const char *errno_text(int e)
 {
-#if defined(__GLIBC__) && defined(_GNU_SOURCE)
-    const char *s = strerror_r(e, buf, size);
-    if (s == NULL || s[0] == '\0')
-        return NULL;
-    if (s != buf) {
-        strncpy(buf, s, size - 1);
-        buf[size - 1] = '\0';
-    }
-    return buf;
+#if defined(__GLIBC__) && defined(_GNU_SOURCE) &&                              \
+    (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 32))
+    return strerrordesc_np(e);
 #else
-    if (strerror_r(e, buf, size) != 0 || buf[0] == '\0')
-        return NULL;
-    return buf;
+    (void)e;
+    return NULL;
 #endif
 }
 
-/* For codes in the map the string is static. For any other -errno it lives
- * in a thread-local buffer that stays valid until this thread's next call
- * for an unmapped code. */
 const char *tb_strerror(int code)
 {
-    static _Thread_local char buf[TB__ERRBUF_SIZE];
-
     switch (code) {
 #define TB__ERR_MSG(name, value, msg)                                          \
     case (value):                                                              \
@@ -46,7 +33,7 @@ const char *tb_strerror(int code)
         break;
     }
     if (code < 0 && code != INT_MIN) {
-        const char *s = errno_text(-code, buf, sizeof buf);
+        const char *s = errno_text(-code);
         if (s != NULL)
             return s;
     }

@@ -41,7 +41,7 @@ tb_event *tb__event_new(tb_app *app, const char *name, const void *data,
         snprintf(ev->id, sizeof ev->id, "%s-%" PRIx64, app->instance, seq);
     }
     ev->hops = 0;
-    ev->max_depth = app->cfg.json_max_depth;
+    ev->max_depth = app->cfg.core.json_max_depth;
     if (origin)
         snprintf(ev->origin, sizeof ev->origin, "%s", origin);
     else
@@ -142,7 +142,7 @@ static int make_event(tb_app *app, const char *name, const void *data,
     int rc = tb_event_name_valid(name);
     if (rc)
         return rc;
-    if (len > app->cfg.max_event_size)
+    if (len > app->cfg.core.max_event_size)
         return TB_EMSGSIZE;
     if (!tb__utf8_valid(data, len))
         return TB_EINVAL;
@@ -179,7 +179,7 @@ static void hop_limit(tb_app *app, const tb_event *cause, const char *name)
 int tb_dispatch_from(tb_app *app, const tb_event *cause, const char *name,
                      const void *data, size_t len, char *id_out)
 {
-    if (app && cause && name && cause->hops >= app->cfg.event_max_hops) {
+    if (app && cause && name && cause->hops >= app->cfg.core.event_max_hops) {
         hop_limit(app, cause, name);
         return TB_ELOOP;
     }
@@ -252,8 +252,8 @@ int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
     tb_event *ev;
     if ((rc = make_event(app, name, data, len, &ev)) != 0)
         return rc;
-    if (timeout_ms < 0)
-        timeout_ms = app->cfg.redis_command_timeout_ms;
+    if (timeout_ms == TB_TIMEOUT_DEFAULT)
+        timeout_ms = app->cfg.redis.command_timeout_ms;
     confirm *c = calloc(1, sizeof *c);
     if (!c) {
         tb_event_unref(ev);
@@ -288,7 +288,8 @@ int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
         pthread_mutex_unlock(&c->mu);
         if (done) {
             self->wait_kind = TB__WAIT_NONE;
-        } else if ((rc = tb__task_arm_timer(self, c->seq, timeout_ms)) != 0) {
+        } else if (timeout_ms >= 0 &&
+                   (rc = tb__task_arm_timer(self, c->seq, timeout_ms)) != 0) {
             self->wait_kind = TB__WAIT_NONE;
         } else {
             rc = tb__task_suspend(self, "tb_dispatch_wait");
@@ -305,11 +306,14 @@ int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
         pthread_mutex_unlock(&c->mu);
     } else {
         struct timespec ts;
-        tb__deadline_ts(&ts, timeout_ms);
+        tb__deadline_ts(&ts, timeout_ms < 0 ? 0 : timeout_ms);
         pthread_mutex_lock(&c->mu);
-        while (!c->done &&
-               pthread_cond_timedwait(&c->cv, &c->mu, &ts) != ETIMEDOUT)
-            ;
+        while (!c->done) {
+            if (timeout_ms < 0)
+                pthread_cond_wait(&c->cv, &c->mu); /* no limit */
+            else if (pthread_cond_timedwait(&c->cv, &c->mu, &ts) == ETIMEDOUT)
+                break;
+        }
         rc = c->done ? c->status : TB_ETIMEDOUT;
         pthread_mutex_unlock(&c->mu);
     }
@@ -361,7 +365,7 @@ static void queue_full(tb_app *app, int worker, size_t dropped)
     tb__log(TB_LOG_WARN,
             "worker %d is behind: %d events already wait in its queue "
             "(worker_queue_max); %zu event(s) dropped for it (%llu in all)",
-            worker, app->cfg.worker_queue_max, dropped,
+            worker, app->cfg.core.worker_queue_max, dropped,
             (unsigned long long)atomic_load(&app->queue_full_drops));
 }
 
@@ -391,8 +395,8 @@ void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n)
             continue;
         for (size_t i = 0; i < m; i++)
             atomic_fetch_add_explicit(&list[i]->refs, 1, memory_order_relaxed);
-        size_t k = tb__worker_post_events(wk, list, m,
-                                          (size_t)app->cfg.worker_queue_max);
+        size_t k = tb__worker_post_events(
+            wk, list, m, (size_t)app->cfg.core.worker_queue_max);
         if (k == m)
             continue;
         /* The newest events are the ones left out: what the worker already
@@ -684,7 +688,7 @@ tb_sub *tb_sub_open(tb_task *self, const char *pattern, int capacity, int *err)
         goto out;
     }
     if (capacity <= 0)
-        capacity = self->app->cfg.sub_capacity;
+        capacity = self->app->cfg.core.sub_capacity;
     s = calloc(1, sizeof *s);
     int size = capacity < 8 ? capacity : 8;
     if (!s || !(s->ring = malloc((size_t)size * sizeof *s->ring))) {

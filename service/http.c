@@ -80,8 +80,8 @@ int tb__http_route_ws(tb_app *app, const char *path, tb__ws_route *route)
     return route_add_ws(app, "GET", path, upgrade_required, NULL, 0, route);
 }
 
-int tb_app_route(tb_app *app, const char *method, const char *path,
-                 tb_http_fn fn, void *ud)
+int tb_app_add_route(tb_app *app, const char *method, const char *path,
+                     tb_http_fn fn, void *ud)
 {
     return route_add(app, method, path, fn, ud, 0);
 }
@@ -339,7 +339,7 @@ static int dispatch(tb_http_req *req, tb_ws **upgrade)
         return req->status;
     }
     const route_fn *h = req->match.handler;
-    const char *token = req->app->cfg.api_token;
+    const char *token = req->app->cfg.http.api_token;
     if (!h->open && token && token[0]) {
         int auth = check_token(req, token);
         if (auth != AUTH_OK) {

@@ -45,7 +45,7 @@ struct tb_http_req {
     int status; /* answered with; 0 while not answered */
 };
 
-/* The app's HTTP state, created on first tb_app_route. */
+/* The app's HTTP state, created on first tb_app_add_route. */
 typedef struct tb__http tb__http;
 
 /* Handles one request whose line, headers and body the adapter has read:
@@ -92,7 +92,7 @@ struct tb_ws *tb__http_handle_upgrade(tb_http_req *req);
 int tb__http_error_headers(tb_http_req *req, int status, const char *code,
                            const char *headers, const char *message);
 
-/* tb_app_route for a route that stays open when the app has an api_token
+/* tb_app_add_route for a route that stays open when the app has an api_token
  * (the health probes). Same contract otherwise. */
 int tb__app_route_open(tb_app *app, const char *method, const char *path,
                        tb_http_fn fn, void *ud);
@@ -100,7 +100,7 @@ int tb__app_route_open(tb_app *app, const char *method, const char *path,
 /* The app's router (NULL when no route was registered). */
 const tb__router *tb__http_router(const tb_app *app);
 
-/* adapters/http_civetweb.c: starts the server on cfg.http_listen when the
+/* adapters/http_civetweb.c: starts the server on cfg.http.listen when the
  * app has routes (called after the workers started) and stops it (stop
  * accepting, wait for handlers in flight). */
 int tb__http_server_start(tb_app *app);

@@ -401,7 +401,7 @@ int tb__kind_exec_register(tb_app *app, const char *allow)
         a->n++;
     }
     free(copy);
-    int rc = tb_task_kind(app, "exec", kind_exec, exec_spec);
+    int rc = tb_app_add_kind(app, "exec", kind_exec, exec_spec);
     if (rc == 0)
         rc = tb__task_kind_check(app, "exec", exec_check, a, allow_free);
     if (rc)

@@ -115,8 +115,8 @@ static int copy_spec(kind *k, const tb_arg_spec *spec)
     return 0;
 }
 
-int tb_task_kind(tb_app *app, const char *name, tb_task_fn fn,
-                 const tb_arg_spec *spec)
+int tb_app_add_kind(tb_app *app, const char *name, tb_task_fn fn,
+                    const tb_arg_spec *spec)
 {
     if (!app || !name || !fn || !kind_name_valid(name))
         return TB_EINVAL;
@@ -399,7 +399,8 @@ static int spawn(tb_app *app, const char *kind_name, const char *args_json,
         *stage = STAGE_ARGS;
         fn = k->fn;
         memcpy(kname, k->name, sizeof kname);
-        rc = validate(k, args_json, app->cfg.json_max_depth, &args, err, errsz);
+        rc = validate(k, args_json, app->cfg.core.json_max_depth, &args, err,
+                      errsz);
         if (rc == 0 && k->check &&
             (rc = k->check(args, k->check_ud, err, errsz)) != 0) {
             kargs_free(args);
@@ -420,7 +421,7 @@ static int spawn(tb_app *app, const char *kind_name, const char *args_json,
         o.worker = TB_WORKER_ANY;
     }
     o.kind = kname;
-    o.arg_free = kargs_free;
+    o.ud_free = kargs_free;
     rc = tb_task_add(app, fn, args, &o, id_out);
     if (rc) {
         kargs_free(args);
@@ -582,7 +583,8 @@ int tb__kinds_register_builtin(tb_app *app)
         {"relay", kind_relay, relay_spec},
     };
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
-        int rc = tb_task_kind(app, kinds[i].name, kinds[i].fn, kinds[i].spec);
+        int rc =
+            tb_app_add_kind(app, kinds[i].name, kinds[i].fn, kinds[i].spec);
         if (rc)
             return rc;
     }
@@ -622,7 +624,7 @@ static int post_task(tb_http_req *req, void *ud)
     const char *body = tb_http_body(req, &len);
     json_error_t jerr;
     json_t *root = tb__json_loadb(body, len, JSON_REJECT_DUPLICATES,
-                                  app->cfg.json_max_depth, &jerr);
+                                  app->cfg.core.json_max_depth, &jerr);
     if (!root || !json_is_object(root)) {
         json_decref(root);
         return tb_http_error(req, 400, "bad_json",
@@ -733,7 +735,7 @@ static int post_task(tb_http_req *req, void *ud)
 
 int tb__api_register_kinds(tb_app *app)
 {
-    return tb_app_route(app, "POST", "/tasks", post_task, NULL);
+    return tb_app_add_route(app, "POST", "/tasks", post_task, NULL);
 }
 
 int tb__task_kind_check(tb_app *app, const char *name, tb__kind_check_fn fn,

@@ -7,11 +7,11 @@
 
 /* Registers the built-in kinds: sleep, delay, interval and relay (see
  * kinds.c for their arguments). Only before tb_app_run. Returns 0 or
- * tb_task_kind's error. */
+ * tb_app_add_kind's error. */
 int tb__kinds_register_builtin(tb_app *app);
 
 /* Registers POST /tasks (spawn a task of a kind). Only before tb_app_run.
- * Returns 0 or tb_app_route's error. */
+ * Returns 0 or tb_app_add_route's error. */
 int tb__api_register_kinds(tb_app *app);
 
 /* Drops app's kinds. Runs by itself from a MAIN_STOP listener; an app freed

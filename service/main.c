@@ -137,18 +137,16 @@ static tb_log_level level_arg(const char *what, const char *s)
 
 /* ---------------------------------------------------------------- serve */
 
-/* Every setting: its flag, its environment variable, what it sets. */
+/* The service's options: every setting of the library's table that has a
+ * flag (tb_config_settings), then the binary's own below. */
 enum kind {
-    K_STR,     /* a string */
-    K_SECRET,  /* a string never logged */
-    K_FILE,    /* a secret read from the named file into .target */
-    K_INT,     /* an int in [min, max] */
-    K_SIZE,    /* bytes, size_t in [min, max] */
-    K_SECONDS, /* seconds (fractional) into ms, int, at most max */
-    K_MS,      /* milliseconds, int in [min, max] */
-    K_BOOL,    /* a flag without a value; env: 1/0, true/false */
-    K_LOGFMT,  /* text | json */
-    K_LEVEL    /* debug | info | warn | error */
+    K_LIB,    /* a library setting: tb_config_set */
+    K_FILE,   /* a secret read from the named file into .target */
+    K_STR,    /* a string */
+    K_INT,    /* an int in [min, max] */
+    K_BOOL,   /* a flag without a value; env: 1/0, true/false */
+    K_LOGFMT, /* text | json */
+    K_LEVEL   /* debug | info | warn | error */
 };
 
 typedef struct setting {
@@ -156,9 +154,11 @@ typedef struct setting {
     const char *env;
     enum kind kind;
     size_t off;         /* offset in struct serve_opts */
-    long long min, max; /* K_INT, K_SIZE, K_MS; K_SECONDS: max seconds */
-    const char *target; /* K_FILE: the flag it fills */
+    long long min, max; /* K_INT */
+    const char *target; /* K_FILE: the library setting it fills */
     const char *help;
+    const tb_config_setting *lib; /* K_LIB */
+    const char *dflt;             /* the binary's own: the default, as text */
 } setting;
 
 typedef struct serve_opts {
@@ -170,146 +170,89 @@ typedef struct serve_opts {
     const char *exec_allow;
 } serve_opts;
 
-#define C(field) offsetof(serve_opts, cfg.field)
 #define O(field) offsetof(serve_opts, field)
 
 /* clang-format off */
-static const setting settings[] = {
-    {"listen", "TASKBUS_LISTEN", K_STR, C(http_listen), 0, 0, NULL,
-     "HTTP address, IPv4:port, or \"off\" (default 127.0.0.1:8080)"},
-    {"redis-url", "TASKBUS_REDIS_URL", K_SECRET, C(redis_url), 0, 0, NULL,
-     "redis://[user:password@]host:port[/db] or unix:///path; none: the "
-     "in-process bus"},
+static const setting own[] = {
     {"redis-password-file", "TASKBUS_REDIS_PASSWORD_FILE", K_FILE,
-     O(redis_password_file), 0, 0, "redis-password",
-     "file holding the Redis password (overrides the URL's)"},
-    {"namespace", "TASKBUS_NAMESPACE", K_STR, C(event_namespace), 0, 0, NULL,
-     "event namespace: Redis channels NS:event:<name> (default taskbus)"},
-    {"workers", "TASKBUS_WORKERS", K_INT, C(workers), 1, 256, NULL,
-     "worker threads (default 2)"},
-    {"token", "TASKBUS_TOKEN", K_SECRET, C(api_token), 0, 0, NULL,
-     "API token required by the HTTP API and websockets"},
+     O(redis_password_file), 0, 0, "redis.password",
+     "file holding the Redis password (overrides the URL's)", NULL, "none"},
     {"token-file", "TASKBUS_TOKEN_FILE", K_FILE, O(token_file), 0, 0,
-     "token", "file holding the API token"},
-    {"graceful-timeout", "TASKBUS_GRACEFUL_TIMEOUT", K_SECONDS,
-     C(graceful_timeout_ms), 0, 3600, NULL,
-     "seconds tasks get to finish at shutdown (default 15)"},
-    {"shutdown-delay", "TASKBUS_SHUTDOWN_DELAY", K_SECONDS,
-     C(shutdown_delay_ms), 0, 3600, NULL,
-     "seconds of /readyz 503 before stopping, for load balancers "
-     "(default 0)"},
+     "http.api_token", "file holding the API token", NULL, "none"},
     {"log-format", "TASKBUS_LOG_FORMAT", K_LOGFMT, O(log_format_json), 0, 0,
-     NULL, "text (default) or json (one JSON object per line)"},
+     NULL, "text or json (one JSON object per line)", NULL, "text"},
     {"log-level", "TASKBUS_LOG_LEVEL", K_LEVEL, O(log_level), 0, 0, NULL,
-     "debug, info (default), warn or error"},
+     "debug, info, warn or error", NULL, "info"},
     {"print-events", "TASKBUS_PRINT_EVENTS", K_BOOL, O(print_events), 0, 0,
-     NULL, "print every event the workers receive to stdout"},
+     NULL, "print every event the workers receive to stdout", NULL, "off"},
     {"quiet", NULL, K_BOOL, O(quiet), 0, 0, NULL,
-     "do not print events (the default; overrides --print-events)"},
+     "do not print events (overrides --print-events)", NULL, "on"},
     {"tick", "TASKBUS_TICK", K_INT, O(tick_s), 0, 86400, NULL,
-     "dispatch demo.tick every N seconds (default 0: never)"},
-    {"max-event-size", "TASKBUS_MAX_EVENT_SIZE", K_SIZE, C(max_event_size),
-     1, 512 << 20, NULL, "largest event data, bytes (default 1048576)"},
-    {"max-body", "TASKBUS_MAX_BODY", K_SIZE, C(http_max_body), 1, 512 << 20,
-     NULL, "HTTP request body limit, bytes (default 1048576)"},
-    {"http-threads", "TASKBUS_HTTP_THREADS", K_INT, C(http_threads), 1,
-     65536, NULL, "concurrent HTTP requests (default 64)"},
-    {"http-longpoll-max", "TASKBUS_HTTP_LONGPOLL_MAX", K_INT,
-     C(http_longpoll_max), 0, 65535, NULL,
-     "long polls waiting at once, below --http-threads; beyond, 503 "
-     "(default 0: half of --http-threads)"},
-    {"sub-capacity", "TASKBUS_SUB_CAPACITY", K_INT, C(sub_capacity), 1,
-     1 << 24, NULL, "events a subscription queues (default 1024)"},
-    {"worker-queue-max", "TASKBUS_WORKER_QUEUE_MAX", K_INT,
-     C(worker_queue_max), 1, 1 << 26, NULL,
-     "events waiting for one worker (default 65536)"},
-    {"publish-queue-max", "TASKBUS_PUBLISH_QUEUE_MAX", K_INT,
-     C(publish_queue_max), 1, 1 << 26, NULL,
-     "events waiting for Redis (default 65536)"},
-    {"redis-connect-timeout", "TASKBUS_REDIS_CONNECT_TIMEOUT", K_MS,
-     C(redis_connect_timeout_ms), 1, 3600000, NULL, "ms (default 2000)"},
-    {"redis-command-timeout", "TASKBUS_REDIS_COMMAND_TIMEOUT", K_MS,
-     C(redis_command_timeout_ms), 1, 3600000, NULL, "ms (default 5000)"},
-    {"redis-ping-interval", "TASKBUS_REDIS_PING_INTERVAL", K_MS,
-     C(redis_ping_interval_ms), 1, 3600000, NULL,
-     "ms between keepalive pings on an idle Redis link (default 5000)"},
-    {"redis-retry-min", "TASKBUS_REDIS_RETRY_MIN", K_MS,
-     C(redis_retry_min_ms), 1, 3600000, NULL,
-     "ms, first reconnect delay (default 100)"},
-    {"redis-retry-max", "TASKBUS_REDIS_RETRY_MAX", K_MS,
-     C(redis_retry_max_ms), 1, 3600000, NULL,
-     "ms, reconnect backoff cap, with jitter (default 5000)"},
-    {"publish-retry", "TASKBUS_PUBLISH_RETRY", K_MS, C(publish_retry_ms), 0,
-     86400000, NULL,
-     "ms an accepted event is resent after reconnects (default 10000)"},
-    {"stack-size", "TASKBUS_STACK_SIZE", K_SIZE, C(stack_size), 16384,
-     64 << 20, NULL, "bytes of each task's stack (default 65536)"},
-    {"blocking-threads", "TASKBUS_BLOCKING_THREADS", K_INT,
-     C(blocking_threads), 1, 1024, NULL,
-     "threads for blocking calls; each running exec task holds one "
-     "(default 4)"},
-    {"ws-recv-queue-msgs", "TASKBUS_WS_RECV_QUEUE_MSGS", K_INT,
-     C(ws_recv_queue_msgs), 1, 1 << 20, NULL,
-     "client messages waiting for the handler before reads pause "
-     "(default 64)"},
-    {"ws-max-clients", "TASKBUS_WS_MAX_CLIENTS", K_INT, C(ws_max_clients), 1,
-     1 << 20, NULL, "open websockets (default 10000)"},
-    {"ws-max-message", "TASKBUS_WS_MAX_MESSAGE", K_SIZE, C(ws_max_message),
-     1, 512 << 20, NULL, "largest client message, bytes (default 1048576)"},
-    {"ws-send-queue-bytes", "TASKBUS_WS_SEND_QUEUE_BYTES", K_SIZE,
-     C(ws_send_queue_bytes), 1024, 1 << 30, NULL,
-     "per-client send queue, bytes (default 1048576)"},
-    {"ws-send-queue-msgs", "TASKBUS_WS_SEND_QUEUE_MSGS", K_INT,
-     C(ws_send_queue_msgs), 1, 1 << 24, NULL,
-     "per-client send queue, messages (default 4096)"},
-    {"ws-max-patterns", "TASKBUS_WS_MAX_PATTERNS", K_INT, C(ws_max_patterns),
-     1, 4096, NULL, "patterns per /ws connection (default 64)"},
-    {"ws-ping-interval", "TASKBUS_WS_PING_INTERVAL", K_MS,
-     C(ws_ping_interval_ms), 0, 86400000, NULL,
-     "ms between pings, 0: none (default 20000)"},
-    {"ws-ping-timeout", "TASKBUS_WS_PING_TIMEOUT", K_MS,
-     C(ws_ping_timeout_ms), 1, 86400000, NULL,
-     "ms to wait for a pong (default 20000)"},
-    {"ws-origins", "TASKBUS_WS_ORIGINS", K_STR, C(ws_allowed_origins), 0, 0,
-     NULL, "allowed websocket Origins, comma-separated, or * (default any)"},
-    {"json-max-depth", "TASKBUS_JSON_MAX_DEPTH", K_INT, C(json_max_depth),
-     0, 1000, NULL,
-     "deepest JSON nesting accepted from clients and Redis, at most "
-     "stack-size / 1024 (default 0: 64, or what the stack allows)"},
-    {"event-max-hops", "TASKBUS_EVENT_MAX_HOPS", K_INT, C(event_max_hops),
-     0, 255, NULL,
-     "times an event may be relayed on: stops relay cycles (default 8)"},
+     "dispatch demo.tick every N seconds (0: never)", NULL, "0"},
     {"exec-allow", "TASKBUS_EXEC_ALLOW", K_STR, O(exec_allow), 0, 0, NULL,
      "programs the exec task kind may run: comma-separated absolute paths "
-     "(default none: exec is off, spawns are 403)"},
+     "(none: exec is off, spawns are 403)", NULL, "none"},
 };
 /* clang-format on */
 
-#define NSETTINGS (sizeof settings / sizeof settings[0])
+#define NOWN (sizeof own / sizeof own[0])
+#define MAX_SETTINGS 128
+
+static setting settings[MAX_SETTINGS];
+static size_t nsettings;
 
 /* Where each setting's value came from: its flag or its variable. */
-static const char *source[NSETTINGS];
+static const char *source[MAX_SETTINGS];
+
+/* The binary's defaults where they differ from the library's. */
+static void serve_defaults(serve_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    tb_app_config_init(&o->cfg);
+    o->cfg.core.handle_signals = 1;
+    o->cfg.http.listen = "127.0.0.1:8080";
+    o->log_level = TB_LOG_INFO;
+}
+
+/* The library's settings that have a flag, then the binary's own. */
+static void settings_init(void)
+{
+    if (nsettings)
+        return;
+    size_t n;
+    const tb_config_setting *t = tb_config_settings(&n);
+    for (size_t i = 0; i < n && nsettings < MAX_SETTINGS - NOWN; i++) {
+        if (!t[i].flag)
+            continue;
+        settings[nsettings++] = (setting){.flag = t[i].flag,
+                                          .env = t[i].env,
+                                          .kind = K_LIB,
+                                          .help = t[i].help,
+                                          .lib = &t[i]};
+    }
+    for (size_t i = 0; i < NOWN; i++)
+        settings[nsettings++] = own[i];
+}
 
 static void apply(serve_opts *o, const setting *st, const char *value,
                   const char *what)
 {
     source[st - settings] = what;
     void *p = (char *)o + st->off;
+    char err[256];
     switch (st->kind) {
+    case K_LIB:
+        if (st->lib->type == TB_CONFIG_BOOL && !value)
+            value = "1";
+        if (tb_config_set(&o->cfg, st->lib->name, value, err, sizeof err))
+            die_usage("%s: %s", what, err);
+        break;
     case K_STR:
-    case K_SECRET:
     case K_FILE:
         *(const char **)p = value;
         break;
     case K_INT:
-    case K_MS:
         *(int *)p = (int)num_arg(what, value, st->min, st->max);
-        break;
-    case K_SIZE:
-        *(size_t *)p = (size_t)num_arg(what, value, st->min, st->max);
-        break;
-    case K_SECONDS:
-        *(int *)p = seconds_arg(what, value, (double)st->max);
         break;
     case K_BOOL:
         if (!value || strcmp(value, "1") == 0 || strcasecmp(value, "true") == 0)
@@ -334,14 +277,14 @@ static void apply(serve_opts *o, const setting *st, const char *value,
     }
 }
 
-/* The source a setting was given by, or dflt (the flag's name). field is
- * the setting's storage, to find it in the table. */
-static const char *src_of(const void *field, const char *dflt)
+/* The source a setting was given by, or "--FLAG" when it was not given. */
+static const char *src_of(const char *flag)
 {
-    (void)field;
-    for (size_t i = 0; i < NSETTINGS; i++)
-        if (source[i] && strcmp(dflt + 2, settings[i].flag) == 0)
+    static char dflt[64];
+    for (size_t i = 0; i < nsettings; i++)
+        if (strcmp(flag, settings[i].flag) == 0 && source[i])
             return source[i];
+    snprintf(dflt, sizeof dflt, "--%s", flag);
     return dflt;
 }
 
@@ -413,24 +356,70 @@ static void second_signal(int sig)
     (void)n;
 }
 
+/* A setting's default as the binary has it, for --help and the README. */
+static void default_text(const setting *st, const serve_opts *d, char *out,
+                         size_t outsz)
+{
+    out[0] = '\0';
+    if (st->kind == K_LIB) {
+        if (tb_config_format(&d->cfg, st->lib, out, outsz) < 0)
+            out[0] = '\0';
+        if (!out[0])
+            snprintf(out, outsz, "none");
+    } else if (st->dflt) {
+        snprintf(out, outsz, "%s", st->dflt);
+    }
+}
+
 static void serve_usage(FILE *f)
 {
+    settings_init();
+    serve_opts d;
+    serve_defaults(&d);
     fprintf(f, "usage: taskbus [serve] [options]\n"
                "Runs the taskbus service: workers, the event bus (Redis with "
                "--redis-url, else in-process) and the HTTP API with "
                "websockets.\nEvery option is also an environment variable; "
                "a flag wins over its variable.\n\n");
-    for (size_t i = 0; i < NSETTINGS; i++) {
+    for (size_t i = 0; i < nsettings; i++) {
         const setting *st = &settings[i];
-        char left[64];
-        snprintf(left, sizeof left, "--%s%s", st->flag,
-                 st->kind == K_BOOL ? "" : " V");
-        fprintf(f, "  %-28s %s\n", left, st->help);
+        char left[64], dflt[128];
+        int flagonly = st->kind == K_BOOL ||
+                       (st->kind == K_LIB && st->lib->type == TB_CONFIG_BOOL);
+        snprintf(left, sizeof left, "--%s%s", st->flag, flagonly ? "" : " V");
+        default_text(st, &d, dflt, sizeof dflt);
+        if (dflt[0])
+            fprintf(f, "  %-28s %s (default %s)\n", left, st->help, dflt);
+        else
+            fprintf(f, "  %-28s %s\n", left, st->help);
         if (st->env)
             fprintf(f, "  %-28s   env %s\n", "", st->env);
     }
     fprintf(f, "\nSIGTERM or SIGINT stops it gracefully (a second one at "
                "once); exit 0 after a clean stop.\n");
+}
+
+/* taskbus config --markdown: README's settings table, made from the same
+ * table as the flags (a test checks that README holds exactly this). */
+static int config_main(int argc, char **argv)
+{
+    if (argc != 2 || strcmp(argv[1], "--markdown") != 0) {
+        fprintf(stderr, "usage: taskbus config --markdown\n");
+        return 2;
+    }
+    settings_init();
+    serve_opts d;
+    serve_defaults(&d);
+    printf("| flag | variable | default | what |\n|---|---|---|---|\n");
+    for (size_t i = 0; i < nsettings; i++) {
+        const setting *st = &settings[i];
+        char dflt[128];
+        default_text(st, &d, dflt, sizeof dflt);
+        printf("| `--%s` | %s%s%s | %s | %s |\n", st->flag, st->env ? "`" : "",
+               st->env ? st->env : "-", st->env ? "`" : "",
+               dflt[0] ? dflt : "-", st->help);
+    }
+    return 0;
 }
 
 static int tick_seconds;
@@ -509,30 +498,38 @@ static void raise_fd_limit(void)
     }
 }
 
-/* The start line: the effective configuration, secrets left out. */
+/* The start line: every setting's effective value, secrets only as
+ * set/none (a URL without its password). */
 static void log_config(const serve_opts *o)
 {
-    const tb_app_config *c = &o->cfg;
-    char redis[600] = "none (in-process bus)";
-    if (c->redis_url)
-        tb__redis_url_redact(c->redis_url, redis, sizeof redis);
-    tb__log(TB_LOG_INFO,
-            "taskbus %s starting: listen=%s redis=%s%s namespace=%s "
-            "workers=%d token=%s graceful_timeout=%.3gs shutdown_delay=%.3gs "
-            "max_event_size=%zu max_body=%zu http_threads=%d "
-            "ws_max_clients=%d ws_max_message=%zu ws_send_queue=%zu B/%d "
-            "ws_max_patterns=%d ws_ping=%d/%d ms ws_origins=%s log=%s",
-            TB_VERSION_STRING, c->http_listen ? c->http_listen : "off", redis,
-            c->redis_password ? " (password from file)" : "",
-            c->event_namespace, c->workers,
-            c->api_token ? (o->token_file ? "set (file)" : "set") : "none",
-            c->graceful_timeout_ms / 1000.0, c->shutdown_delay_ms / 1000.0,
-            c->max_event_size, c->http_max_body, c->http_threads,
-            c->ws_max_clients, c->ws_max_message, c->ws_send_queue_bytes,
-            c->ws_send_queue_msgs, c->ws_max_patterns, c->ws_ping_interval_ms,
-            c->ws_ping_timeout_ms,
-            c->ws_allowed_origins ? c->ws_allowed_origins : "any",
-            o->log_format_json ? "json" : "text");
+    char line[4096];
+    size_t n = (size_t)snprintf(line, sizeof line,
+                                "taskbus %s starting:", TB_VERSION_STRING);
+    for (size_t i = 0; i < nsettings && n < sizeof line; i++) {
+        const setting *st = &settings[i];
+        if (st->kind != K_LIB)
+            continue;
+        char v[700];
+        if (strcmp(st->lib->name, "redis.url") == 0)
+            if (o->cfg.redis.url)
+                tb__redis_url_redact(o->cfg.redis.url, v, sizeof v);
+            else
+                snprintf(v, sizeof v, "none (in-process bus)");
+        else if (st->lib->type == TB_CONFIG_SECRET)
+            snprintf(v, sizeof v, "%s",
+                     tb_config_format(&o->cfg, st->lib, v, sizeof v) > 0
+                         ? "set"
+                         : "none");
+        else if (tb_config_format(&o->cfg, st->lib, v, sizeof v) <= 0)
+            snprintf(v, sizeof v, "none");
+        n += (size_t)snprintf(line + n, sizeof line - n, " %s=%s", st->flag, v);
+    }
+    if (n < sizeof line)
+        snprintf(line + n, sizeof line - n, "%s%s log=%s",
+                 o->cfg.redis.password ? " redis-password=file" : "",
+                 o->token_file ? " token-from=file" : "",
+                 o->log_format_json ? "json" : "text");
+    tb__log(TB_LOG_INFO, "%s", line);
     if (o->exec_allow && o->exec_allow[0])
         tb__log(TB_LOG_INFO, "exec task kind allows: %s", o->exec_allow);
 }
@@ -540,27 +537,27 @@ static void log_config(const serve_opts *o)
 static int serve_main(int argc, char **argv)
 {
     serve_opts o;
-    memset(&o, 0, sizeof o);
-    tb_app_config_init(&o.cfg);
-    o.cfg.handle_signals = 1;
-    o.cfg.http_listen = "127.0.0.1:8080";
-    o.log_level = TB_LOG_INFO;
+    serve_defaults(&o);
+    settings_init();
 
     /* Environment first, then flags over it. */
-    for (size_t i = 0; i < NSETTINGS; i++) {
+    for (size_t i = 0; i < nsettings; i++) {
         const char *v = settings[i].env ? getenv(settings[i].env) : NULL;
         if (v && *v)
             apply(&o, &settings[i], v, settings[i].env);
     }
-    struct option lopts[NSETTINGS + 3];
-    for (size_t i = 0; i < NSETTINGS; i++)
-        lopts[i] = (struct option){
-            settings[i].flag,
-            settings[i].kind == K_BOOL ? no_argument : required_argument, NULL,
-            1000 + (int)i};
-    lopts[NSETTINGS] = (struct option){"help", no_argument, NULL, 'h'};
-    lopts[NSETTINGS + 1] = (struct option){"version", no_argument, NULL, 'V'};
-    lopts[NSETTINGS + 2] = (struct option){NULL, 0, NULL, 0};
+    struct option lopts[MAX_SETTINGS + 3];
+    for (size_t i = 0; i < nsettings; i++) {
+        int flagonly = settings[i].kind == K_BOOL ||
+                       (settings[i].kind == K_LIB &&
+                        settings[i].lib->type == TB_CONFIG_BOOL);
+        lopts[i] = (struct option){settings[i].flag,
+                                   flagonly ? no_argument : required_argument,
+                                   NULL, 1000 + (int)i};
+    }
+    lopts[nsettings] = (struct option){"help", no_argument, NULL, 'h'};
+    lopts[nsettings + 1] = (struct option){"version", no_argument, NULL, 'V'};
+    lopts[nsettings + 2] = (struct option){NULL, 0, NULL, 0};
     int c;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", lopts, NULL)) != -1) {
@@ -572,11 +569,11 @@ static int serve_main(int argc, char **argv)
             printf("taskbus %s\n", TB_VERSION_STRING);
             return 0;
         }
-        if (c < 1000 || c >= 1000 + (int)NSETTINGS) {
+        if (c < 1000 || c >= 1000 + (int)nsettings) {
             fprintf(stderr, "taskbus serve --help lists the options\n");
             return 2;
         }
-        static char whats[NSETTINGS][48];
+        static char whats[MAX_SETTINGS][48];
         char *what = whats[c - 1000];
         snprintf(what, sizeof whats[0], "--%s", settings[c - 1000].flag);
         apply(&o, &settings[c - 1000], optarg, what);
@@ -591,21 +588,20 @@ static int serve_main(int argc, char **argv)
     tb__set_second_signal_hook(second_signal);
     char *token_secret = NULL, *redis_secret = NULL;
     if (o.token_file)
-        o.cfg.api_token = token_secret =
-            read_secret(src_of(&o.token_file, "--token-file"), o.token_file);
+        o.cfg.http.api_token = token_secret =
+            read_secret(src_of("token-file"), o.token_file);
     if (o.redis_password_file)
-        o.cfg.redis_password = redis_secret =
-            read_secret(src_of(&o.redis_password_file, "--redis-password-file"),
-                        o.redis_password_file);
+        o.cfg.redis.password = redis_secret =
+            read_secret(src_of("redis-password-file"), o.redis_password_file);
     if (o.quiet)
         o.print_events = 0;
     tick_seconds = o.tick_s;
-    if (strcmp(o.cfg.http_listen, "off") == 0)
-        o.cfg.http_listen = NULL;
-    else if (!tb__listen_valid(o.cfg.http_listen))
+    if (o.cfg.http.listen && strcmp(o.cfg.http.listen, "off") == 0)
+        o.cfg.http.listen = NULL;
+    else if (o.cfg.http.listen && !tb__listen_valid(o.cfg.http.listen))
         die_usage("%s must be an IPv4 address or localhost, a colon and a "
                   "port 1..65535 (127.0.0.1:8080), or \"off\"; not \"%s\"",
-                  src_of(&o.cfg.http_listen, "--listen"), o.cfg.http_listen);
+                  src_of("listen"), o.cfg.http.listen);
 
     log_config(&o);
     int err;
@@ -624,10 +620,10 @@ static int serve_main(int argc, char **argv)
         tb__log(TB_LOG_WARN, "running as PID 1 without a zombie reaper");
     tb_task_opts p = {.name = "printer"};
     if ((o.print_events && tb_task_add(app, printer, NULL, &p, NULL) != 0) ||
-        tb_app_on(app, TB_MAIN_READY, on_ready, NULL) != 0 ||
+        tb_app_add_listener(app, TB_MAIN_READY, on_ready, NULL) != 0 ||
         tb__kinds_register_builtin(app) != 0 ||
         tb__kind_exec_register(app, o.exec_allow) != 0 ||
-        (o.cfg.http_listen && tb_api_register(app) != 0)) {
+        (o.cfg.http.listen && tb_app_add_api(app) != 0)) {
         tb_app_free(app);
         forget(token_secret);
         forget(redis_secret);
@@ -788,6 +784,7 @@ static const char client_usage[] =
     "  taskbus watch PATTERN...            print events as they arrive "
     "(websocket)\n"
     "  taskbus healthcheck                 exit 0 if /healthz answers 200\n"
+    "  taskbus config --markdown           the settings as a Markdown table\n"
     "common options: --url http://HOST:PORT (env TASKBUS_URL; default the "
     "local service, from TASKBUS_LISTEN or 127.0.0.1:8080), --token T (env "
     "TASKBUS_TOKEN), --token-file F (env TASKBUS_TOKEN_FILE), --timeout S\n"
@@ -1062,6 +1059,8 @@ int main(int argc, char **argv)
         return watch_main(argc, argv);
     if (strcmp(cmd, "healthcheck") == 0)
         return healthcheck_main(argc, argv);
+    if (strcmp(cmd, "config") == 0)
+        return config_main(argc, argv);
     fprintf(stderr, "taskbus: unknown command \"%s\"\n%s", cmd, client_usage);
     return 2;
 }

@@ -146,7 +146,7 @@ static tb_task *task_alloc(tb_app *app, tb_task_fn fn, void *arg,
     t->app = app;
     t->fn = fn;
     t->arg = arg;
-    t->arg_free = o->arg_free;
+    t->arg_free = o->ud_free;
     t->ephemeral = (o->flags & TB_TASK_EPHEMERAL) != 0;
     t->state = TB_TASK_PENDING;
     t->created_us = tb__now_us();
@@ -183,7 +183,7 @@ static int add_prerun(tb_app *app, tb_task_fn fn, void *arg,
     }
     p->fn = fn;
     p->arg = arg;
-    p->arg_free = o->arg_free;
+    p->arg_free = o->ud_free;
     if (app->prerun_tail)
         app->prerun_tail->next = p;
     else
@@ -205,7 +205,7 @@ int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
             return rc;
     }
     if (o->worker != TB_WORKER_ANY &&
-        (o->worker < 0 || o->worker >= app->cfg.workers))
+        (o->worker < 0 || o->worker >= app->cfg.core.workers))
         return TB_EINVAL;
     if (id_out)
         *id_out = 0;
@@ -234,7 +234,9 @@ int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
             pthread_mutex_unlock(&app->reg_mu);
             int rc = TB_EEXIST;
             if (o->flags & TB_TASK_REPLACE) {
-                rc = attempt < 3 ? tb_task_cancel(app, o->name, -1) : TB_EBUSY;
+                rc = attempt < 3
+                         ? tb_task_cancel(app, o->name, TB_TIMEOUT_DEFAULT)
+                         : TB_EBUSY;
                 if (rc == 0 || rc == TB_ENOENT)
                     continue;
             }
@@ -848,8 +850,8 @@ int tb__task_cancel_report(tb_app *app, const char *name, int timeout_ms,
 {
     if (!app || !name)
         return TB_EINVAL;
-    if (timeout_ms < 0)
-        timeout_ms = app->cfg.graceful_timeout_ms;
+    if (timeout_ms == TB_TIMEOUT_DEFAULT)
+        timeout_ms = app->cfg.core.graceful_timeout_ms;
     tb_task *self =
         current_task && current_task->app == app ? current_task : NULL;
     named_set set;
@@ -898,9 +900,13 @@ int tb__task_cancel_report(tb_app *app, const char *name, int timeout_ms,
         pthread_mutex_unlock(&app->reg_mu);
     } else {
         struct timespec ts;
-        tb__deadline_ts(&ts, timeout_ms);
+        tb__deadline_ts(&ts, timeout_ms < 0 ? 0 : timeout_ms);
         app->thread_waiters++;
         while (!all_finished_locked(v, n, NULL)) {
+            if (timeout_ms < 0) { /* no limit */
+                pthread_cond_wait(&app->done_cv, &app->reg_mu);
+                continue;
+            }
             if (pthread_cond_timedwait(&app->done_cv, &app->reg_mu, &ts) ==
                 ETIMEDOUT) {
                 if (!all_finished_locked(v, n, NULL))

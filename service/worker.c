@@ -302,7 +302,7 @@ static void on_grace(evutil_socket_t fd, short what, void *arg)
         tb__log(TB_LOG_WARN,
                 "worker %d: %d task(s) still running after the graceful "
                 "timeout of %d ms were abandoned",
-                w->index, n, w->app->cfg.graceful_timeout_ms);
+                w->index, n, w->app->cfg.core.graceful_timeout_ms);
     }
     finish_stop(w);
 }
@@ -321,7 +321,7 @@ static void begin_stop(tb__worker *w)
         finish_stop(w);
         return;
     }
-    int ms = w->app->cfg.graceful_timeout_ms;
+    int ms = w->app->cfg.core.graceful_timeout_ms;
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     w->grace_ev = evtimer_new(w->base, on_grace, w);
     if (!w->grace_ev || evtimer_add(w->grace_ev, &tv) != 0) {
@@ -380,7 +380,7 @@ int tb__worker_init(tb__worker *w, tb_app *app, int index)
 static int setup(tb__worker *w)
 {
     /* Stacks are made on the thread that will use them. */
-    w->stacks = tb__stack_pool_new(w->app->cfg.stack_size, 1024);
+    w->stacks = tb__stack_pool_new(w->app->cfg.core.stack_size, 1024);
     return w->stacks ? 0 : TB_ENOMEM;
 }
 

@@ -123,8 +123,8 @@ void tb__ws_release(tb_ws *ws)
 
 /* ---------------------------------------------------------------- routes */
 
-int tb_app_websocket(tb_app *app, const char *path, tb_ws_fn fn,
-                     tb_ws_check_fn check, void *ud)
+int tb_app_add_websocket(tb_app *app, const char *path, tb_ws_fn fn,
+                         tb_ws_check_fn check, void *ud)
 {
     if (!app || !path || !fn)
         return TB_EINVAL;
@@ -229,8 +229,8 @@ tb_ws *tb__ws_accept(tb_http_req *req, tb__ws_route *route)
     tb_app *app = req->app;
     const tb_app_config *cfg = &app->cfg;
     const char *origin = tb_http_header(req, "Origin");
-    if (origin && cfg->ws_allowed_origins &&
-        !origin_allowed(cfg->ws_allowed_origins, origin)) {
+    if (origin && cfg->ws.allowed_origins &&
+        !origin_allowed(cfg->ws.allowed_origins, origin)) {
         tb_http_error(req, 403, "origin_not_allowed",
                       "websocket connections from origin %.200s are not "
                       "allowed (ws_allowed_origins)",
@@ -244,12 +244,12 @@ tb_ws *tb__ws_accept(tb_http_req *req, tb__ws_route *route)
     }
     /* A client slot is taken from here on: every refusal gives it back. */
     int n = atomic_fetch_add(&app->ws_clients, 1) + 1;
-    if (n > cfg->ws_max_clients) {
+    if (n > cfg->ws.max_clients) {
         char msg[128];
         snprintf(msg, sizeof msg,
                  "%d websocket clients are connected, the limit "
                  "(ws_max_clients)",
-                 cfg->ws_max_clients);
+                 cfg->ws.max_clients);
         tb__http_error_headers(req, 503, "too_many_clients",
                                "Retry-After: 1\r\n", msg);
         goto release;
@@ -318,11 +318,11 @@ static void adopt_on_worker(tb_app *app, int wi, void *arg)
     }
     const tb_app_config *cfg = &app->cfg;
     tb__ws_limits lim = {
-        .max_message = cfg->ws_max_message,
-        .send_queue_bytes = cfg->ws_send_queue_bytes,
-        .send_queue_msgs = cfg->ws_send_queue_msgs,
-        .ping_interval_ms = cfg->ws_ping_interval_ms,
-        .ping_timeout_ms = cfg->ws_ping_timeout_ms,
+        .max_message = cfg->ws.max_message,
+        .send_queue_bytes = cfg->ws.send_queue_bytes,
+        .send_queue_msgs = cfg->ws.send_queue_msgs,
+        .ping_interval_ms = cfg->ws.ping_interval_ms,
+        .ping_timeout_ms = cfg->ws.ping_timeout_ms,
         .close_timeout_ms = CLOSE_TIMEOUT_MS,
     };
     ws->conn = tb__wsconn_open(ws, w->base, fd, &lim, ws->peer);
@@ -347,7 +347,7 @@ static void adopt_on_worker(tb_app *app, int wi, void *arg)
                          .worker = wi,
                          .kind = "ws",
                          .flags = TB_TASK_EPHEMERAL,
-                         .arg_free = handler_release};
+                         .ud_free = handler_release};
     ws_ref(ws);
     int rc = tb_task_add(app, ws_task, ws, &opts, NULL);
     if (rc) {
@@ -449,8 +449,8 @@ int tb__ws_on_message(tb_ws *ws, int binary, const void *data, size_t len)
         tb__task_wake(ws->recv_waiter, ws->recv_seq, 0);
     /* Bounded in messages, and in bytes to about one more than the
      * largest message: 64 messages of 1 MiB would otherwise wait. */
-    if (ws->qlen >= ws->app->cfg.ws_recv_queue_msgs ||
-        ws->qbytes >= ws->app->cfg.ws_max_message) {
+    if (ws->qlen >= ws->app->cfg.ws.recv_queue_msgs ||
+        ws->qbytes >= ws->app->cfg.ws.max_message) {
         ws->paused = 1;
         return 1;
     }
@@ -530,8 +530,8 @@ int tb_ws_recv(tb_task *self, tb_ws *ws, int timeout_ms, tb_ws_msg *msg)
             msg->data = m->data;
             msg->len = m->len;
             if (ws->paused && ws->conn &&
-                ws->qlen < ws->app->cfg.ws_recv_queue_msgs &&
-                ws->qbytes < ws->app->cfg.ws_max_message) {
+                ws->qlen < ws->app->cfg.ws.recv_queue_msgs &&
+                ws->qbytes < ws->app->cfg.ws.max_message) {
                 ws->paused = 0;
                 tb__wsconn_pause(ws->conn, 0);
             }
@@ -610,7 +610,7 @@ static int post_to_worker(tb_ws *ws, int binary, const void *data, size_t len,
 
 static int ws_send(tb_ws *ws, int binary, const void *data, size_t len)
 {
-    if (len > ws->app->cfg.ws_send_queue_bytes)
+    if (len > ws->app->cfg.ws.send_queue_bytes)
         return TB_EMSGSIZE;
     if (atomic_load(&ws->closed))
         return TB_EPIPE;

@@ -14,7 +14,7 @@ struct tb__worker;
 
 /* ------------------------------------------------ core, for the HTTP side */
 
-/* A websocket endpoint (tb_app_websocket); owned by the app. */
+/* A websocket endpoint (tb_app_add_websocket); owned by the app. */
 typedef struct tb__ws_route tb__ws_route;
 
 /* Called by the HTTP core for an upgrade request that matched route, after

@@ -19,6 +19,15 @@
  *    keeps going after that is ended by the graceful timeout at shutdown.
  *  - "Any thread" functions are safe to call concurrently from any thread,
  *    including worker threads and civetweb's handler threads.
+ *  - Timeouts are in milliseconds: 0 does not wait, a negative value
+ *    (TB_FOREVER) waits without limit, and TB_TIMEOUT_DEFAULT takes the
+ *    app's setting for that wait (the function's comment names it).
+ *  - Registration is tb_app_add_<what> (tb_app_add_listener, _route,
+ *    _websocket, _kind, _api): before tb_app_run, except where a comment
+ *    says otherwise.
+ *  - The pointer a caller passes for its own use is called ud (user data)
+ *    everywhere; taskbus hands it back as it was and never frees it unless
+ *    a free function is given with it.
  */
 #ifndef TASKBUS_TASKBUS_H
 #define TASKBUS_TASKBUS_H
@@ -38,6 +47,11 @@ extern "C" {
 
 /* Marks a function that may only run inside a task because it suspends. */
 #define TB_TASK_FN
+
+/* Timeouts (milliseconds): wait without limit, or take the app's setting.
+ * TB_TIMEOUT_DEFAULT is the largest int, so no real timeout means it. */
+#define TB_FOREVER (-1)
+#define TB_TIMEOUT_DEFAULT 0x7fffffff
 
 /* ---------------------------------------------------------------- errors */
 
@@ -106,116 +120,172 @@ typedef struct tb_sub tb_sub;     /* a task's subscription (bounded queue) */
 
 /* ---------------------------------------------------------------- app */
 
-typedef struct tb_app_config {
-    int workers;             /* worker threads; default 2 (1..256) */
-    int graceful_timeout_ms; /* stop: how long tasks get to finish; 15000 */
+/* An app's settings, in four groups. Defaults, bounds, units, the service's
+ * flags and TASKBUS_* variables all come from one table (service/config.c),
+ * listed by tb_config_settings() and in README's settings table; the
+ * comments here say what each setting means. Each group ends with reserved
+ * room, so that settings added later keep the struct's size and layout:
+ * fill a config with tb_app_config_init() and set fields by name. */
+typedef struct tb_core_config {
+    int workers;             /* worker threads */
+    int graceful_timeout_ms; /* stop: how long tasks get to finish */
     int shutdown_delay_ms;   /* stop: first this long with /readyz at 503
                                 and new websockets refused (503), requests
                                 and open websockets still served, so load
-                                balancers drain; 0 */
-    size_t stack_size;       /* per-task stack, bytes; default 64 KiB,
-                                rounded up to pages; min 16 KiB */
-    size_t max_event_size;   /* largest event data, bytes; default 1 MiB */
-    int sub_capacity;        /* default subscription queue bound; 1024 */
+                                balancers drain */
+    size_t stack_size;       /* per-task stack, bytes, rounded up to pages */
+    size_t max_event_size;   /* largest event data, bytes */
+    int sub_capacity;        /* default subscription queue bound */
     int worker_queue_max;    /* events waiting in one worker's inbox; a
                                 worker that falls further behind drops the
                                 newest for itself and counts them
-                                (tb_bus_info.queue_full_drops); 65536 */
-    int blocking_threads;    /* tb_run_blocking pool size; default 4 */
-    int handle_signals;      /* 1: tb_app_run stops on SIGINT/SIGTERM;
-                                default 0 (the embedder's signals) */
-
-    /* The event bus. With no redis_url, events stay in this process (the
-     * in-process bus). With one, they travel over Redis pub/sub on channel
-     * "<event_namespace>:event:<name>" between every instance that shares
-     * the server and namespace. */
-    const char *redis_url;        /* redis://[user:password@]host[:port][/db]
-                                     or unix://[user:password@]/path[?db=N];
-                                     NULL or "": in-process bus */
-    const char *redis_password;   /* overrides the URL's password (for a
-                                     secret kept out of the URL, e.g. read
-                                     from a file); NULL: the URL's. Copied,
-                                     never logged */
-    const char *event_namespace;  /* default "taskbus"; [A-Za-z0-9_.-],
-                                     1..64 bytes */
-    int redis_connect_timeout_ms; /* per attempt; default 2000 */
-    int redis_command_timeout_ms; /* a PUBLISH or PING without a reply by
-                                     then means the link is dead; 5000 */
-    int redis_ping_interval_ms;   /* keepalive on an idle link; 5000 */
-    int redis_retry_min_ms;       /* reconnect backoff start; 100 */
-    int redis_retry_max_ms;       /* backoff cap (with jitter); 5000 */
-    int publish_queue_max;        /* events handed to the bus and not yet
-                                     acknowledged by Redis; beyond it
-                                     tb_dispatch returns TB_ENOSPC; 65536 */
-    /* The embedded HTTP server (civetweb). NULL or "": none. */
-    const char *http_listen; /* "127.0.0.1:8080" (IPv4 host:port; civetweb
-                                1.15 has no IPv6) */
-    int http_threads;        /* civetweb worker threads: concurrent
-                                connections; default 64 */
-    size_t http_max_body;    /* request body limit, bytes; beyond it
-                                413; default 1 MiB */
-    int http_longpoll_max;   /* long polls (GET /events/{pattern}) waiting
-                                at once; each holds an HTTP thread, so it
-                                must be below http_threads; beyond it 503
-                                (too_many_waits); 0 (default): half of
-                                http_threads */
-    int publish_retry_ms;    /* an accepted event Redis has not
-                                acknowledged is resent after reconnects
-                                for this long, then given up (logged,
-                                tb_bus_info.publish_failed); 10000 */
-    /* The HTTP API's token. With one, every route but /healthz and /readyz
-     * (and every route added with tb_app_route) answers 401 unless the
-     * request carries "Authorization: Bearer <token>" or "?token=<token>".
-     * NULL or "": no token (anyone who reaches http_listen may use the
-     * API). 1..256 visible ASCII bytes; copied. Never logged. */
-    const char *api_token;
-
-    /* Websockets (tb_app_websocket, GET /ws). An upgraded connection leaves
-     * civetweb's threads for a worker's event loop, so idle clients cost
-     * memory, not threads. */
-    int ws_max_clients;         /* open websockets; beyond, the upgrade is
-                                   answered 503 (too_many_clients); 10000 */
-    size_t ws_max_message;      /* largest message a client may send, bytes
-                                   (after reassembly); beyond, close 1009;
-                                   default 1 MiB */
-    size_t ws_send_queue_bytes; /* bytes queued for one client and not yet
-                                   taken by its socket; a client that lets
-                                   more pile up is closed with 1008; 1 MiB */
-    int ws_send_queue_msgs;     /* the same bound in messages; 4096 */
-    int ws_recv_queue_msgs;     /* messages received and not yet taken by
-                                   tb_ws_recv; beyond, the socket is not read
-                                   (TCP pushes back); 64 */
-    int ws_max_patterns;        /* event patterns one GET /ws connection may
-                                   hold; 64 */
-    int ws_ping_interval_ms;    /* a ping after this long; 0: no pings;
-                                   20000 (Sanic's) */
-    int ws_ping_timeout_ms;     /* no pong by then: close 1011; 20000 */
-    /* Origins allowed to open websockets: a comma-separated list of exact
-     * Origin values ("https://app.example.com"), or "*". NULL or "": any
-     * (requests without an Origin header, i.e. non-browser clients, are
-     * always allowed). Others are answered 403 (origin_not_allowed). */
-    const char *ws_allowed_origins;
-
-    /* Limits on input from outside the process. */
+                                (tb_bus_info.queue_full_drops) */
+    int blocking_threads;    /* tb_run_blocking pool size */
+    int handle_signals;      /* 1: tb_app_run stops on SIGINT/SIGTERM; 0:
+                                the embedder handles its signals */
+    const char *event_namespace; /* [A-Za-z0-9_.-], 1..64 bytes: Redis
+                                    channels are "<ns>:event:<name>" */
     int json_max_depth; /* deepest nesting of arrays and objects accepted in
                            JSON from outside (HTTP bodies, websocket and
                            Redis messages); deeper is refused (400
                            bad_json, a websocket error, a dropped Redis
                            message). Event data nested deeper than
                            json_max_depth - 1 travels as a JSON string.
-                           0: 64, or stack_size / 1 KiB if that is
-                           less; else 1..1000 and at most
-                           stack_size / 1 KiB (each level may take 512
-                           bytes of a task's stack); 0 */
+                           0: 64, or stack_size / 1 KiB if that is less
+                           (each level may take 512 bytes of a task's
+                           stack, and they must fit in half of it) */
     int event_max_hops; /* how many times an event may be re-dispatched as
                            the cause of another (relay tasks,
                            tb_dispatch_from): an event that has made this
                            many hops is not relayed again, so a relay cycle
-                           dies out; 0..255, 8 */
+                           dies out */
+    void *reserved_[8]; /* room for later settings; keep zero */
+} tb_core_config;
+
+/* The event bus. With no url, events stay in this process (the in-process
+ * bus). With one, they travel over Redis pub/sub on channel
+ * "<event_namespace>:event:<name>" between every instance that shares the
+ * server and namespace. */
+typedef struct tb_redis_config {
+    const char *url;        /* redis://[user:password@]host[:port][/db] or
+                               unix://[user:password@]/path[?db=N]; NULL or
+                               "": the in-process bus */
+    const char *password;   /* overrides the URL's password (a secret kept
+                               out of the URL, e.g. read from a file); NULL:
+                               the URL's. Copied, never logged */
+    int connect_timeout_ms; /* per attempt */
+    int command_timeout_ms; /* a PUBLISH or PING without a reply by then
+                               means the link is dead */
+    int ping_interval_ms;   /* keepalive on an idle link */
+    int retry_min_ms;       /* reconnect backoff start */
+    int retry_max_ms;       /* backoff cap (with jitter) */
+    int publish_queue_max;  /* events handed to the bus and not yet
+                               acknowledged by Redis; beyond it tb_dispatch
+                               returns TB_ENOSPC */
+    int publish_retry_ms;   /* an accepted event Redis has not acknowledged
+                               is resent after reconnects for this long,
+                               then given up (logged,
+                               tb_bus_info.publish_failed) */
+    void *reserved_[8];
+} tb_redis_config;
+
+/* The embedded HTTP server (civetweb). */
+typedef struct tb_http_config {
+    const char *listen; /* "127.0.0.1:8080" (IPv4 host:port; civetweb 1.15
+                           has no IPv6); NULL or "": no HTTP server */
+    int threads;        /* civetweb worker threads: concurrent connections */
+    size_t max_body;    /* request body limit, bytes; beyond it 413 */
+    int longpoll_max;   /* long polls (GET /events/{pattern}) waiting at
+                           once; each holds an HTTP thread, so it must be
+                           below threads; beyond it 503 (too_many_waits); 0:
+                           half of threads */
+    /* The HTTP API's token. With one, every route but /healthz and /readyz
+     * (and every route added with tb_app_add_route) answers 401 unless the
+     * request carries "Authorization: Bearer <token>" or "?token=<token>".
+     * NULL or "": no token (anyone who reaches listen may use the API).
+     * 1..256 visible ASCII bytes; copied. Never logged. */
+    const char *api_token;
+    void *reserved_[8];
+} tb_http_config;
+
+/* Websockets (tb_app_add_websocket, GET /ws). An upgraded connection leaves
+ * civetweb's threads for a worker's event loop, so idle clients cost
+ * memory, not threads. */
+typedef struct tb_ws_config {
+    int max_clients;         /* open websockets; beyond, the upgrade is
+                                answered 503 (too_many_clients) */
+    size_t max_message;      /* largest message a client may send, bytes
+                                (after reassembly); beyond, close 1009 */
+    size_t send_queue_bytes; /* bytes queued for one client and not yet
+                                taken by its socket; a client that lets
+                                more pile up is closed with 1008 */
+    int send_queue_msgs;     /* the same bound in messages */
+    int recv_queue_msgs;     /* messages received and not yet taken by
+                                tb_ws_recv; beyond, the socket is not read
+                                (TCP pushes back) */
+    int max_patterns;        /* event patterns one GET /ws connection may
+                                hold */
+    int ping_interval_ms;    /* a ping after this long; 0: no pings */
+    int ping_timeout_ms;     /* no pong by then: close 1011 */
+    /* Origins allowed to open websockets: a comma-separated list of exact
+     * Origin values ("https://app.example.com"), or "*". NULL or "": any
+     * (requests without an Origin header, i.e. non-browser clients, are
+     * always allowed). Others are answered 403 (origin_not_allowed). */
+    const char *allowed_origins;
+    void *reserved_[8];
+} tb_ws_config;
+
+typedef struct tb_app_config {
+    tb_core_config core;
+    tb_redis_config redis;
+    tb_http_config http;
+    tb_ws_config ws;
 } tb_app_config;
 
-/* Fills cfg with the defaults above. */
+/* Fills cfg with the defaults (tb_config_settings lists them). */
 void tb_app_config_init(tb_app_config *cfg);
+
+/* The settings table, for tools that configure an app from text (the
+ * service's flags and TASKBUS_* variables are made from it). */
+typedef enum {
+    TB_CONFIG_INT,     /* int, in [min, max] */
+    TB_CONFIG_SIZE,    /* size_t bytes, in [min, max] */
+    TB_CONFIG_MS,      /* int milliseconds, in [min, max] */
+    TB_CONFIG_SECONDS, /* int milliseconds, written as (decimal) seconds */
+    TB_CONFIG_BOOL,    /* int 0 or 1 */
+    TB_CONFIG_STRING,  /* const char *, NULL when unset */
+    TB_CONFIG_SECRET   /* a string never printed */
+} tb_config_type;
+
+typedef struct tb_config_setting {
+    const char *name; /* "ws.max_clients": group and field */
+    const char *flag; /* "ws-max-clients" (the service's --flag), or NULL
+                         for a setting with no flag */
+    const char *env;  /* "TASKBUS_WS_MAX_CLIENTS", or NULL likewise */
+    tb_config_type type;
+    long long min, max; /* bounds of numbers, in the field's unit (ms for
+                           TB_CONFIG_SECONDS) */
+    const char *help;   /* one line */
+} tb_config_setting;
+
+/* The table: *n entries, static, in a stable order. Any thread. */
+const tb_config_setting *tb_config_settings(size_t *n);
+
+/* Sets the setting named key (its name or its flag) from text: numbers in
+ * decimal (TB_CONFIG_SECONDS: decimal seconds, at most 3 decimals),
+ * booleans as 1/0/true/false. A string setting keeps the pointer: value must
+ * outlive cfg's use (tb_app_new copies what it keeps). Returns 0,
+ * TB_ENOENT (no such setting) or TB_EINVAL with a reason in err (errsz
+ * bytes; may be NULL) naming the setting, its bounds and the value. */
+int tb_config_set(tb_app_config *cfg, const char *key, const char *value,
+                  char *err, size_t errsz);
+
+/* Writes setting s's value in cfg as text into out (outsz bytes): numbers
+ * in their unit (seconds for TB_CONFIG_SECONDS), strings as they are, ""
+ * for an unset string, "(set)" for a set secret. Returns the length or
+ * TB_ENAMETOOLONG if out is too small. */
+int tb_config_format(const tb_app_config *cfg, const tb_config_setting *s,
+                     char *out, size_t outsz);
 
 /* Creates an app. cfg may be NULL for defaults; it is copied. Returns NULL
  * and sets *err (if err is not NULL) to a TB_E* code on bad config or no
@@ -277,18 +347,19 @@ typedef enum {
  * return from a MAIN_START or WORKER_BEFORE_START listener aborts start-up
  * and becomes tb_app_run's return value; other listeners' returns are
  * logged and otherwise ignored. Listeners must not suspend. */
-typedef int (*tb_listener_fn)(tb_app *app, int worker, void *arg);
+typedef int (*tb_listener_fn)(tb_app *app, int worker, void *ud);
 
 /* Registers a listener; they run in registration order (stop listeners in
  * reverse order, as Sanic does). Only before tb_app_run: TB_EBUSY after. */
-int tb_app_on(tb_app *app, tb_listener_kind kind, tb_listener_fn fn, void *arg);
+int tb_app_add_listener(tb_app *app, tb_listener_kind kind, tb_listener_fn fn,
+                        void *ud);
 
 /* ---------------------------------------------------------------- tasks */
 
 /* A task's body. Its return value is the task's result: 0 means done,
  * anything else (or an error set with tb_task_fail) means failed; a task
  * that was cancelled before it finished ends cancelled whatever it returns. */
-typedef int (*tb_task_fn)(tb_task *self, void *arg);
+typedef int (*tb_task_fn)(tb_task *self, void *ud);
 
 typedef enum {
     TB_TASK_PENDING = 0, /* added, not yet run */
@@ -314,11 +385,11 @@ enum {
 #define TB_WORKER_ANY (-1) /* least loaded worker */
 
 typedef struct tb_task_opts {
-    const char *name;            /* NULL: a generated unique name "task-<id>" */
-    int worker;                  /* TB_WORKER_ANY (default) or 0..workers-1 */
-    unsigned flags;              /* TB_TASK_REPLACE, TB_TASK_EPHEMERAL */
-    void (*arg_free)(void *arg); /* called with arg when the task ends (for
-                                    tasks added before run: at tb_app_free) */
+    const char *name;          /* NULL: a generated unique name "task-<id>" */
+    int worker;                /* TB_WORKER_ANY (default) or 0..workers-1 */
+    unsigned flags;            /* TB_TASK_REPLACE, TB_TASK_EPHEMERAL */
+    void (*ud_free)(void *ud); /* called with ud when the task ends (for
+                                  tasks added before run: at tb_app_free) */
     const char *kind; /* free-form label shown in listings; may be NULL */
 } tb_task_opts;
 
@@ -329,7 +400,7 @@ typedef struct tb_task_opts {
  *    its own replica under that name. *id_out (if not NULL) is 0.
  *  - While running: the task is created on opts->worker (or the least loaded
  *    worker) and runs on that worker's loop soon; *id_out gets its id.
- * arg is passed to fn as is and stays the caller's unless arg_free is set.
+ * ud is passed to fn as is and stays the caller's unless ud_free is set.
  * Errors: TB_EINVAL (bad name or worker), TB_ENAMETOOLONG, TB_EEXIST (a live
  * task holds the name and TB_TASK_REPLACE is not set), TB_ESHUTDOWN (the app
  * is stopping), TB_ENOMEM. With TB_TASK_REPLACE the older task is cancelled
@@ -337,7 +408,7 @@ typedef struct tb_task_opts {
  * and that wait's errors come back (TB_ETIMEDOUT; TB_EINPROGRESS from a
  * worker's loop; TB_EBUSY if other adds keep taking the name, after three
  * tries). On error arg_free is not called. */
-int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
+int tb_task_add(tb_app *app, tb_task_fn fn, void *ud, const tb_task_opts *opts,
                 uint64_t *id_out);
 
 typedef struct tb_task_info {
@@ -364,7 +435,7 @@ int tb_task_get(tb_app *app, const char *name, tb_task_info *out);
 int tb_task_list(tb_app *app, tb_task_info **out, size_t *n);
 
 /* Cancels every task named name and waits until they have finished, at most
- * timeout_ms (negative: the app's graceful timeout).
+ * timeout_ms (TB_TIMEOUT_DEFAULT: the app's core.graceful_timeout_ms).
  *  - From inside a task: suspends that task while waiting (TB_TASK_FN-like,
  *    and TB_ECANCELED if the caller itself is cancelled while waiting).
  *  - From any other thread except a worker's loop: blocks that thread.
@@ -410,12 +481,12 @@ TB_TASK_FN int tb_yield(tb_task *self);
 TB_TASK_FN int tb_task_join(tb_task *self, const char *name, int timeout_ms,
                             int *result, tb_task_state *state);
 
-/* Runs fn(arg) on the app's blocking-call thread pool and suspends self
+/* Runs fn(ud) on the app's blocking-call thread pool and suspends self
  * until it returns; *ret (if not NULL) gets fn's return value. fn must not
  * call TB_TASK_FN functions. Cancellation cannot interrupt fn: if self is
- * cancelled meanwhile, the call still waits for fn (so arg may live on the
+ * cancelled meanwhile, the call still waits for fn (so ud may live on the
  * task's stack) and then returns TB_ECANCELED. */
-TB_TASK_FN int tb_run_blocking(tb_task *self, int (*fn)(void *arg), void *arg,
+TB_TASK_FN int tb_run_blocking(tb_task *self, int (*fn)(void *ud), void *ud,
                                int *ret);
 
 /* ---------------------------------------------------------------- events */
@@ -462,8 +533,9 @@ int tb_dispatch(tb_app *app, const char *name, const void *data, size_t len,
 
 /* Like tb_dispatch, but returns only once the bus has confirmed the event:
  * with the Redis bus, when Redis has acknowledged the PUBLISH (so a 0 here
- * means the event was published). Waits at most timeout_ms (negative: the
- * app's redis_command_timeout_ms) and returns TB_ETIMEDOUT after that (the
+ * means the event was published). Waits at most timeout_ms
+ * (TB_TIMEOUT_DEFAULT: the app's redis.command_timeout_ms) and returns
+ * TB_ETIMEDOUT after that (the
  * event may still be published later). From inside a task it suspends the
  * task (and returns TB_ECANCELED if the task is cancelled meanwhile); from
  * any other thread it blocks that thread; from a worker's loop outside any
@@ -552,7 +624,7 @@ typedef struct tb_arg_spec {
     double min, max; /* numbers: inclusive range when min < max */
 } tb_arg_spec;
 
-/* A kind task's validated arguments: its task's arg, owned by the task
+/* A kind task's validated arguments: its task's ud, owned by the task
  * (freed when it ends), valid for the task's whole life. */
 typedef struct tb_kind_args tb_kind_args;
 
@@ -563,10 +635,10 @@ typedef struct tb_kind_args tb_kind_args;
  * array ended by an entry with a NULL name (NULL: no arguments); it is
  * copied. Only before tb_app_run (TB_EBUSY after). TB_EEXIST (name taken),
  * TB_EINVAL (bad name, NULL fn, bad or duplicate spec entry), TB_ENOMEM. */
-int tb_task_kind(tb_app *app, const char *name, tb_task_fn fn,
-                 const tb_arg_spec *spec);
+int tb_app_add_kind(tb_app *app, const char *name, tb_task_fn fn,
+                    const tb_arg_spec *spec);
 
-/* Typed getters, for a kind's task (a is its arg). An argument that was
+/* Typed getters, for a kind's task (a is its ud). An argument that was
  * not given (or is not of the getter's type) yields dflt, or NULL for
  * tb_kind_string. tb_kind_number also reads TB_ARG_INT arguments;
  * tb_kind_string reads strings, event names and patterns, and its pointer
@@ -609,9 +681,9 @@ typedef int (*tb_http_fn)(tb_http_req *req, void *ud);
  * template is 404, one that matches for other methods 405 with Allow.
  * Only before tb_app_run (TB_EBUSY after). TB_EINVAL (bad method or
  * template), TB_EEXIST (same method and template shape), TB_ENOMEM. */
-int tb_app_route(tb_app *app, const char *method, const char *path,
-                 tb_http_fn fn, void *ud);
-/* When the app has an api_token, a route registered with tb_app_route is
+int tb_app_add_route(tb_app *app, const char *method, const char *path,
+                     tb_http_fn fn, void *ud);
+/* When the app has an api_token, a route registered with tb_app_add_route is
  * protected: a request without the token (Authorization: Bearer, or a
  * "token" query parameter) is answered 401 with WWW-Authenticate: Bearer,
  * and the handler is not called. */
@@ -623,7 +695,7 @@ int tb_app_route(tb_app *app, const char *method, const char *path,
  * within S seconds (default 30, at most 300), or 204. While it waits, the
  * request shows in GET /tasks as a task of kind "http.wait" named
  * "http.wait:<request id>"; its finished entry stays until purged. */
-int tb_api_register(tb_app *app);
+int tb_app_add_api(tb_app *app);
 
 tb_app *tb_http_app(const tb_http_req *req);
 const char *tb_http_method(const tb_http_req *req);
@@ -659,7 +731,7 @@ int tb_http_error(tb_http_req *req, int status, const char *code,
  */
 
 /* One websocket connection. Its handler is a task: when a client connects
- * to a path registered with tb_app_websocket, the app spawns a task named
+ * to a path registered with tb_app_add_websocket, the app spawns a task named
  * "ws:<request id>" (kind "ws") on a worker for the connection, the way
  * Sanic runs `async def feed(request, ws)`. The connection's socket is
  * served by that worker's event loop. The handler's return closes the
@@ -676,12 +748,12 @@ typedef int (*tb_ws_fn)(tb_task *self, tb_ws *ws, void *ud);
  * the upgrade, or return without answering to accept it. */
 typedef int (*tb_ws_check_fn)(tb_http_req *req, void *ud);
 
-/* Registers a websocket endpoint on a path template (as tb_app_route;
+/* Registers a websocket endpoint on a path template (as tb_app_add_route;
  * the same path answers a plain GET with 426). check may be NULL. When the
  * app has an api_token, the upgrade needs it (Bearer or ?token=) and is
  * answered 401 without. Only before tb_app_run. */
-int tb_app_websocket(tb_app *app, const char *path, tb_ws_fn fn,
-                     tb_ws_check_fn check, void *ud);
+int tb_app_add_websocket(tb_app *app, const char *path, tb_ws_fn fn,
+                         tb_ws_check_fn check, void *ud);
 
 typedef enum {
     TB_WS_TEXT = 1,

@@ -847,11 +847,11 @@ int main(int argc, char **argv)
 
     tb_log_set_level(verbose ? TB_LOG_INFO : TB_LOG_WARN);
     tb_app_config_init(&cfg);
-    cfg.workers = B.workers;
-    cfg.graceful_timeout_ms = 5000;
-    cfg.handle_signals = 1;
-    cfg.redis_url = url;
-    cfg.event_namespace = ns;
+    cfg.core.workers = B.workers;
+    cfg.core.graceful_timeout_ms = 5000;
+    cfg.core.handle_signals = 1;
+    cfg.redis.url = url;
+    cfg.core.event_namespace = ns;
     B.app = tb_app_new(&cfg, &err);
     if (!B.app) {
         fprintf(stderr, "bench_redis: tb_app_new: %s\n", tb_strerror(err));

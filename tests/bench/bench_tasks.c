@@ -18,8 +18,8 @@
  *   spawn  add N unnamed tasks that increment a counter and return; time
  *          from the first add until the last one has run (same "done").
  *   cancel add N tasks named "t<i>" sleeping an hour, yield until all sleep,
- *          then time tb_task_cancel(app, "t<i>", -1) for each in turn (cancel
- *          and wait, like Sanic's `task.cancel(); await task`).
+ *          then time tb_task_cancel(app, "t<i>", TB_TIMEOUT_DEFAULT) for each
+ * in turn (cancel and wait, like Sanic's `task.cancel(); await task`).
  *
  * Finished tasks are purged after every phase. Times are CLOCK_MONOTONIC.
  * Output, one line per phase (rates: best of R, median added when R > 1):
@@ -337,7 +337,7 @@ static int phase_cancel(tb_task *self, int rep)
     t0 = now_s();
     for (i = 0; i < B.n; i++) {
         snprintf(name, sizeof name, "t%d", i);
-        rc = tb_task_cancel(B.app, name, -1);
+        rc = tb_task_cancel(B.app, name, TB_TIMEOUT_DEFAULT);
         if (rc != 0) {
             fprintf(stderr, "bench_tasks: cancel %s: ", name);
             return fail("tb_task_cancel", rc);
@@ -459,11 +459,11 @@ int main(int argc, char **argv)
         perf_ctl_fd = atoi(getenv("BENCH_PERF_CTL_FD"));
     tb_log_set_level(verbose ? TB_LOG_INFO : TB_LOG_WARN);
     tb_app_config_init(&cfg);
-    cfg.workers = 1;
-    cfg.graceful_timeout_ms = 5000;
-    cfg.handle_signals = 1;
+    cfg.core.workers = 1;
+    cfg.core.graceful_timeout_ms = 5000;
+    cfg.core.handle_signals = 1;
     if (stack_kib)
-        cfg.stack_size = (size_t)stack_kib * 1024;
+        cfg.core.stack_size = (size_t)stack_kib * 1024;
     B.app = tb_app_new(&cfg, &err);
     if (!B.app) {
         fail("tb_app_new", err);

@@ -54,7 +54,7 @@ int main(void)
     alarm(20);
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = WORKERS;
+    cfg.core.workers = WORKERS;
     int err = 0;
     tb_app *app = tb_app_new(&cfg, &err);
     if (!app) {

@@ -51,7 +51,7 @@ int main(void)
     alarm(20);
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 1;
+    cfg.core.workers = 1;
     int err = 0;
     the_app = tb_app_new(&cfg, &err);
     if (!the_app) {

@@ -81,7 +81,7 @@ int main(void)
         fprintf(stderr, "tb_app_new: %s\n", tb_strerror(err));
         return 1;
     }
-    tb_app_on(app, TB_MAIN_READY, on_ready, NULL);
+    tb_app_add_listener(app, TB_MAIN_READY, on_ready, NULL);
     int rc = tb_app_run(app);
     tb_app_free(app);
     EXPECT(rc == 0);

@@ -53,14 +53,14 @@ int main(void)
 
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 1; /* one process, as in the snippet */
+    cfg.core.workers = 1; /* one process, as in the snippet */
     int err = 0;
     tb_app *app = tb_app_new(&cfg, &err);
     if (!app) {
         fprintf(stderr, "tb_app_new: %s\n", tb_strerror(err));
         return 1;
     }
-    tb_app_on(app, TB_WORKER_AFTER_START, on_after_start, NULL);
+    tb_app_add_listener(app, TB_WORKER_AFTER_START, on_after_start, NULL);
 
     /* app.add_task(notify_server_started_after_five_seconds()) */
     int rc =

@@ -83,7 +83,7 @@ static int feed(tb_task *self, tb_ws *ws, void *ud)
             break;
     }
     /* finally: */
-    tb_task_cancel(app, task_name, -1);
+    tb_task_cancel(app, task_name, TB_TIMEOUT_DEFAULT);
     tb_task_purge(app);
     return 0;
 }
@@ -176,11 +176,11 @@ int main(void)
     snprintf(listen, sizeof listen, "127.0.0.1:%d", port);
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.http_listen = listen;
+    cfg.http.listen = listen;
     tb_app *app = tb_app_new(&cfg, NULL);
-    if (!app || tb_app_websocket(app, "/feed", feed, NULL, NULL) != 0 ||
-        tb_api_register(app) != 0 ||
-        tb_app_on(app, TB_MAIN_READY, on_ready, NULL) != 0)
+    if (!app || tb_app_add_websocket(app, "/feed", feed, NULL, NULL) != 0 ||
+        tb_app_add_api(app) != 0 ||
+        tb_app_add_listener(app, TB_MAIN_READY, on_ready, NULL) != 0)
         return 1;
     int rc = tb_app_run(app);
     pthread_join(client_thread, NULL);

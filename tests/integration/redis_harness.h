@@ -812,15 +812,15 @@ static inline void rh_config(tb_app_config *cfg, const char *url,
                              const char *ns)
 {
     tb_app_config_init(cfg);
-    cfg->workers = 2;
-    cfg->graceful_timeout_ms = 2000;
-    cfg->handle_signals = 0;
-    cfg->redis_url = url;
+    cfg->core.workers = 2;
+    cfg->core.graceful_timeout_ms = 2000;
+    cfg->core.handle_signals = 0;
+    cfg->redis.url = url;
     if (ns)
-        cfg->event_namespace = ns;
-    cfg->redis_connect_timeout_ms = 1000;
-    cfg->redis_retry_min_ms = 50;
-    cfg->redis_retry_max_ms = 300;
+        cfg->core.event_namespace = ns;
+    cfg->redis.connect_timeout_ms = 1000;
+    cfg->redis.retry_min_ms = 50;
+    cfg->redis.retry_max_ms = 300;
 }
 
 static inline void *rh__app_thread(void *arg)
@@ -842,7 +842,7 @@ static inline int rh_app_stop(rh_app *ra)
     /* Stopping may take the graceful timeout (tasks) plus the bus's flush
      * of unacknowledged events (up to redis_command_timeout_ms). */
     const tb_app_config *cfg = tb_app_get_config(ra->app);
-    int bound = cfg->graceful_timeout_ms + cfg->redis_command_timeout_ms +
+    int bound = cfg->core.graceful_timeout_ms + cfg->redis.command_timeout_ms +
                 RH_APP_TIMEOUT_MS;
     tb_app_stop(ra->app);
     int64_t end = th_mono_ms() + bound;

@@ -31,7 +31,6 @@ contains one of the words (all when none are given).
 
 import asyncio
 import base64
-import glob
 import http.client
 import json
 import os
@@ -341,21 +340,42 @@ async def ws_close_code(ws, timeout):
 
 
 def documented_vars():
-    """(every TASKBUS_* variable, those `taskbus serve` reads): from the
-    sources, so that a variable added without help text fails here, and a
-    list that must be there whatever the sources say."""
+    """(every TASKBUS_* variable, those `taskbus serve` reads): README's
+    settings table (made from the settings table, and checked against it
+    by t_settings_table), and a list that must be there whatever it says."""
     serve = {"TASKBUS_" + v for v in (
         "LISTEN", "REDIS_URL", "REDIS_PASSWORD_FILE", "NAMESPACE", "WORKERS",
         "TOKEN", "TOKEN_FILE", "GRACEFUL_TIMEOUT", "SHUTDOWN_DELAY",
         "LOG_FORMAT", "LOG_LEVEL", "WS_MAX_CLIENTS")}
+    serve |= set(re.findall(r"`(TASKBUS_[A-Z0-9_]+)`", settings_table()))
     every = serve | {"TASKBUS_URL"}
-    for path in glob.glob(os.path.join(SRC, "service", "*.c")):
-        text = read_text(path)
-        every |= set(re.findall(r'"(TASKBUS_[A-Z0-9_]+)"', text))
-        # A settings table row: {"flag", "TASKBUS_VAR", ...
-        serve |= set(re.findall(r'\{\s*"[a-z][a-z0-9-]*",\s*'
-                                r'"(TASKBUS_[A-Z0-9_]+)"', text))
     return every, serve
+
+
+def settings_table():
+    """The settings table between README's markers."""
+    text = read_text(os.path.join(SRC, "README.md"))
+    m = re.search(r"<!-- settings:begin -->\n(.*?)<!-- settings:end -->",
+                  text, re.S)
+    check(m is not None, "README.md has no settings table between "
+                         "<!-- settings:begin --> and <!-- settings:end -->")
+    return m.group(1)
+
+
+def t_settings_table():
+    r = cli(["config", "--markdown"])
+    check(r.rc == 0, f"taskbus config --markdown: {r!r}")
+    want, have = r.out, settings_table()
+    if want != have:
+        import difflib
+        diff = "".join(difflib.unified_diff(
+            have.splitlines(True), want.splitlines(True), "README.md",
+            "taskbus config --markdown"))
+        raise AssertionError("README's settings table is not what taskbus "
+                             "config --markdown prints; paste it in:\n" + diff)
+    rows = [l for l in want.splitlines() if l.startswith("| `--")]
+    check(len(rows) >= 40, f"only {len(rows)} settings in the table")
+    return f"{len(rows)} settings"
 
 
 def t_version():
@@ -1532,7 +1552,7 @@ def t_longpoll_cap():
             c.close()
     s.stop_ok()
     bad_usage(["serve", "--http-threads", "4", "--http-longpoll-max", "4"],
-              names=["http_longpoll_max"])
+              names=["http.longpoll_max"])
     bad_usage(["serve", "--http-longpoll-max", "-1"],
               names=["--http-longpoll-max"])
 
@@ -1760,6 +1780,8 @@ def t_pid1_reaps():
 CASES = [
     ("cli", "--version and serve --version", t_version),
     ("cli", "--help, serve --help list every TASKBUS_* variable", t_help),
+    ("cli", "README's settings table is taskbus config --markdown",
+     t_settings_table),
     ("cli", "unknown options and commands exit 2", t_unknown),
     ("config", "bad values exit 2 naming the flag or variable", t_bad_values),
     ("config", "missing or empty token/password files exit 2",

@@ -71,17 +71,17 @@ static tb_app *new_app(const char *listen)
     }
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 1;
-    cfg.graceful_timeout_ms = 2000;
-    cfg.handle_signals = 0;
-    cfg.http_listen = listen;
-    cfg.http_threads = 16;
-    cfg.http_max_body = MAX_BODY;
+    cfg.core.workers = 1;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.core.handle_signals = 0;
+    cfg.http.listen = listen;
+    cfg.http.threads = 16;
+    cfg.http.max_body = MAX_BODY;
     tb_app *app = th_app_new_cfg(&cfg);
-    assert_rc(tb_app_route(app, "GET", "/hello/{who}", on_hello, NULL), 0);
-    assert_rc(tb_app_route(app, "POST", "/echo", on_echo, NULL), 0);
-    assert_rc(tb_app_route(app, "GET", "/x/{p}", on_x, NULL), 0);
-    assert_rc(tb_app_route(app, "GET", "/silent", on_silent, NULL), 0);
+    assert_rc(tb_app_add_route(app, "GET", "/hello/{who}", on_hello, NULL), 0);
+    assert_rc(tb_app_add_route(app, "POST", "/echo", on_echo, NULL), 0);
+    assert_rc(tb_app_add_route(app, "GET", "/x/{p}", on_x, NULL), 0);
+    assert_rc(tb_app_add_route(app, "GET", "/silent", on_silent, NULL), 0);
     return app;
 }
 
@@ -591,7 +591,7 @@ static void test_start_failure(void **state)
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         tb_app_config cfg;
         tb_app_config_init(&cfg);
-        cfg.http_listen = bad[i];
+        cfg.http.listen = bad[i];
         int err = 0;
         tb_app *a = tb_app_new(&cfg, &err);
         if (a || err != TB_EINVAL)

@@ -45,7 +45,7 @@ static rh_app *start_app(const rh_server *srv, const char *user,
         cfg = *cfg_in;
     else
         rh_config(&cfg, NULL, NULL);
-    cfg.redis_url = url;
+    cfg.redis.url = url;
     rh_app *ra = rh_app_start(&cfg);
     rh_assert_connected(ra->app, CONNECT_MS);
     return ra;
@@ -790,8 +790,8 @@ static void test_server_restart(void **state)
     rh_server *srv = rh_server_start(NULL, NULL, NULL);
     tb_app_config cfg;
     rh_config(&cfg, NULL, NULL);
-    cfg.redis_ping_interval_ms = 200;
-    cfg.redis_command_timeout_ms = 10000;
+    cfg.redis.ping_interval_ms = 200;
+    cfg.redis.command_timeout_ms = 10000;
     rh_app *ra = start_app(srv, NULL, NULL, &cfg);
     rh_rec *s0 = receiver(ra->app, 0, 1, "rs.*");
     rh_rec *s1 = receiver(ra->app, 1, 1, "rs.*");
@@ -870,9 +870,9 @@ static void test_server_hangs(void **state)
     rh_server *srv = rh_server_start(NULL, NULL, NULL);
     tb_app_config cfg;
     rh_config(&cfg, NULL, NULL);
-    cfg.redis_command_timeout_ms = 1000;
-    cfg.redis_ping_interval_ms = 200;
-    cfg.redis_connect_timeout_ms = 500;
+    cfg.redis.command_timeout_ms = 1000;
+    cfg.redis.ping_interval_ms = 200;
+    cfg.redis.connect_timeout_ms = 500;
     rh_app *ra = start_app(srv, NULL, NULL, &cfg);
     rh_rec *sub = receiver(ra->app, 0, 1, "hang.*");
     tb_bus_info info;
@@ -940,7 +940,7 @@ static void test_server_hangs(void **state)
 
     /* 4: an outage longer than publish_retry_ms: the accepted event is
      * given up, counted and never delivered late. */
-    cfg.publish_retry_ms = 300;
+    cfg.redis.publish_retry_ms = 300;
     ra = start_app(srv, NULL, NULL, &cfg);
     sub = receiver(ra->app, 0, 1, "hang.*");
     failed0 = bus_info(ra->app).publish_failed;
@@ -1002,7 +1002,7 @@ static void test_start_before_server(void **state)
     rh_server_url(srv, NULL, NULL, url, sizeof url);
     tb_app_config cfg;
     rh_config(&cfg, url, NULL);
-    cfg.redis_connect_timeout_ms = 300; /* tb_app_run waits this long */
+    cfg.redis.connect_timeout_ms = 300; /* tb_app_run waits this long */
     rh_app *ra = rh_app_start(&cfg);
     int64_t end = th_mono_ms() + 5000;
     tb_bus_info info = bus_info(ra->app);
@@ -1420,7 +1420,7 @@ static void test_event_size_limit(void **state)
     rh_server *srv = rh_server_start(NULL, NULL, NULL);
     tb_app_config cfg;
     rh_config(&cfg, NULL, NULL);
-    cfg.max_event_size = 4096;
+    cfg.core.max_event_size = 4096;
     rh_app *ra = start_app(srv, NULL, NULL, &cfg);
     rh_rec *s0 = receiver(ra->app, 0, 1, "big.data");
     rh_rec *s1 = receiver(ra->app, 1, 1, "big.data");
@@ -1507,7 +1507,7 @@ static void test_dispatch_wait(void **state)
     rh_server *srv = rh_server_start(NULL, NULL, NULL);
     tb_app_config cfg;
     rh_config(&cfg, NULL, NULL);
-    cfg.redis_command_timeout_ms = 5000;
+    cfg.redis.command_timeout_ms = 5000;
     rh_app *ra = start_app(srv, NULL, NULL, &cfg);
     rh_rec *s0 = receiver(ra->app, 0, 1, "dw.ev");
     tb_bus_info before = bus_info(ra->app);
@@ -1516,8 +1516,9 @@ static void test_dispatch_wait(void **state)
     assert_rc(dispatch_wait_str(ra->app, "dw.ev", "acked", id), 0);
     assert_true(id[0] != '\0');
     assert_int_equal(bus_info(ra->app).published, before.published + 1);
-    assert_rc(
-        tb_dispatch_wait(ra->app, "dw.ev", "default-timeout", 15, -1, NULL), 0);
+    assert_rc(tb_dispatch_wait(ra->app, "dw.ev", "default-timeout", 15,
+                               TB_TIMEOUT_DEFAULT, NULL),
+              0);
 
     dw_task_ctx c;
     th_counter_init(&c.done);
@@ -1579,8 +1580,8 @@ static void test_dispatch_wait_outlived(void **state)
     rh_server *srv = rh_server_start(NULL, NULL, NULL);
     tb_app_config cfg;
     rh_config(&cfg, NULL, NULL);
-    cfg.redis_command_timeout_ms = 10000; /* the pause is not a dead link */
-    cfg.redis_ping_interval_ms = 10000;
+    cfg.redis.command_timeout_ms = 10000; /* the pause is not a dead link */
+    cfg.redis.ping_interval_ms = 10000;
     rh_app *ra = start_app(srv, NULL, NULL, &cfg);
     rh_rec *s0 = receiver(ra->app, 0, 1, "dw.gone");
     assert_rc(dispatch_wait_str(ra->app, "dw.gone", "warm-up", NULL), 0);
@@ -1636,9 +1637,9 @@ static void test_publish_queue_max(void **state)
     rh_server *srv = rh_server_start(NULL, NULL, NULL);
     tb_app_config cfg;
     rh_config(&cfg, NULL, NULL);
-    cfg.publish_queue_max = 8;
-    cfg.redis_command_timeout_ms = 10000; /* the pause is not a dead link */
-    cfg.redis_ping_interval_ms = 10000;
+    cfg.redis.publish_queue_max = 8;
+    cfg.redis.command_timeout_ms = 10000; /* the pause is not a dead link */
+    cfg.redis.ping_interval_ms = 10000;
     rh_app *ra = start_app(srv, NULL, NULL, &cfg);
     rh_rec *s0 = receiver(ra->app, 0, 1, "q.ev");
     rh_rec *s1 = receiver(ra->app, 1, 1, "q.ev");

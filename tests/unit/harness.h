@@ -372,9 +372,9 @@ static inline tb_app *th_app_new(int workers, int graceful_ms)
 {
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = workers;
-    cfg.graceful_timeout_ms = graceful_ms;
-    cfg.handle_signals = 0;
+    cfg.core.workers = workers;
+    cfg.core.graceful_timeout_ms = graceful_ms;
+    cfg.core.handle_signals = 0;
     return th_app_new_cfg(&cfg);
 }
 
@@ -469,7 +469,7 @@ static inline void *th__watchdog(void *arg)
     tb_app_stop(r->app);
     /* Stop has the graceful timeout plus some slack to return. */
     const tb_app_config *cfg = tb_app_get_config(r->app);
-    int grace = (cfg ? cfg->graceful_timeout_ms : 15000) + 10000;
+    int grace = (cfg ? cfg->core.graceful_timeout_ms : 15000) + 10000;
     dl.tv_sec += grace / 1000;
     dl.tv_nsec += (long)(grace % 1000) * 1000000L;
     if (dl.tv_nsec >= 1000000000L) {
@@ -513,7 +513,7 @@ static inline int th__run(tb_app *app, th_thread_body thread_body,
     r.timeout_ms = timeout_ms;
     pthread_mutex_init(&r.mu, NULL);
     pthread_cond_init(&r.cv, NULL);
-    assert_rc(tb_app_on(app, TB_MAIN_READY, th__on_ready, &r), 0);
+    assert_rc(tb_app_add_listener(app, TB_MAIN_READY, th__on_ready, &r), 0);
 
     pthread_t driver, watchdog;
     if (thread_body)

@@ -212,12 +212,12 @@ static void test_dispatch(void **state)
     (void)state;
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.graceful_timeout_ms = 2000;
-    cfg.max_event_size = MAX_EVENT;
+    cfg.core.workers = 2;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.core.max_event_size = MAX_EVENT;
     tb_app *app = th_app_new_cfg(&cfg);
-    assert_rc(tb_api_register(app), 0);
-    assert_rc(tb_api_register(app), TB_EEXIST);
+    assert_rc(tb_app_add_api(app), 0);
+    assert_rc(tb_app_add_api(app), TB_EEXIST);
     dispatch_ctx d;
     memset(&d, 0, sizeof d);
     th_counter_init(&d.ready);
@@ -378,11 +378,11 @@ static void test_bus_errors(void **state)
     (void)state;
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 1;
-    cfg.graceful_timeout_ms = 2000;
-    cfg.redis_command_timeout_ms = 100;
+    cfg.core.workers = 1;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.redis.command_timeout_ms = 100;
     tb_app *app = th_app_new_cfg(&cfg);
-    assert_rc(tb_api_register(app), 0);
+    assert_rc(tb_app_add_api(app), 0);
     fake_bus *f = wrap_bus(app);
 
     /* Before run: not ready (starting), not live. */
@@ -620,7 +620,7 @@ static void test_tasks(void **state)
 {
     (void)state;
     tb_app *app = th_app_new(2, 2000);
-    assert_rc(tb_api_register(app), 0);
+    assert_rc(tb_app_add_api(app), 0);
     tb_task_opts o = th_opts("replicated", TB_WORKER_ANY);
     assert_rc(tb_task_add(app, sleeper, NULL, &o, NULL), 0);
     tasks_ctx c;
@@ -685,7 +685,7 @@ static void test_cancel_race(void **state)
 {
     (void)state;
     tb_app *app = th_app_new(2, 2000);
-    assert_rc(tb_api_register(app), 0);
+    assert_rc(tb_app_add_api(app), 0);
     assert_rc(th_run_thread(app, race_body, NULL, 30000), 0);
     th_assert_clean();
     tb_app_free(app);
@@ -755,7 +755,7 @@ static void test_health(void **state)
 {
     (void)state;
     tb_app *app = th_app_new(3, 2000);
-    assert_rc(tb_api_register(app), 0);
+    assert_rc(tb_app_add_api(app), 0);
     assert_rc(th_run_thread(app, health_body, NULL, 30000), 0);
     th_assert_clean();
 
@@ -984,7 +984,7 @@ static void test_long_poll(void **state)
     (void)state;
     tb_app *app = th_app_new(2, 2000);
     logs_start(); /* after th_app_new, which quiets the logs */
-    assert_rc(tb_api_register(app), 0);
+    assert_rc(tb_app_add_api(app), 0);
     assert_rc(th_run_thread(app, poll_body, NULL, 30000), 0);
     logs_stop();
     th_assert_clean();
@@ -1060,13 +1060,13 @@ static void test_long_poll_limits(void **state)
     (void)state;
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.graceful_timeout_ms = 2000;
-    cfg.http_threads = 4;
-    cfg.http_longpoll_max = 2;
+    cfg.core.workers = 2;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.http.threads = 4;
+    cfg.http.longpoll_max = 2;
     tb_app *app = th_app_new_cfg(&cfg);
     logs_start(); /* after th_app_new, which quiets the logs */
-    assert_rc(tb_api_register(app), 0);
+    assert_rc(tb_app_add_api(app), 0);
     assert_rc(th_run_thread(app, poll_limits_body, NULL, 30000), 0);
     logs_stop();
     th_assert_clean();
@@ -1139,14 +1139,14 @@ static void test_token(void **state)
     (void)state;
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 1;
-    cfg.graceful_timeout_ms = 2000;
+    cfg.core.workers = 1;
+    cfg.core.graceful_timeout_ms = 2000;
     char token[] = TOKEN; /* the app keeps its own copy */
-    cfg.api_token = token;
+    cfg.http.api_token = token;
     tb_app *app = th_app_new_cfg(&cfg);
     memset(token, 'z', sizeof token - 1);
     logs_start(); /* after th_app_new, which quiets the logs */
-    assert_rc(tb_api_register(app), 0);
+    assert_rc(tb_app_add_api(app), 0);
     assert_rc(th_run_thread(app, token_body, NULL, 30000), 0);
     logs_stop();
     th_assert_clean();
@@ -1159,13 +1159,13 @@ static void test_token(void **state)
 
     /* Config: blanks or controls in a token are refused; "" is none. */
     int err = 0;
-    cfg.api_token = "has blank";
+    cfg.http.api_token = "has blank";
     TH_CHECK(tb_app_new(&cfg, &err) == NULL);
     TH_CHECK_RC(err, TB_EINVAL);
-    cfg.api_token = "";
+    cfg.http.api_token = "";
     app = tb_app_new(&cfg, &err);
     TH_CHECK(app != NULL);
-    TH_CHECK(tb_app_get_config(app)->api_token == NULL);
+    TH_CHECK(tb_app_get_config(app)->http.api_token == NULL);
     tb_app_free(app);
     th_assert_clean();
 }

@@ -757,7 +757,7 @@ static char *nested_array(int depth)
 static void test_depth_of_data(void **state)
 {
     (void)state;
-    int max = tb_app_get_config(app)->json_max_depth;
+    int max = tb_app_get_config(app)->core.json_max_depth;
     char *fits = nested_array(max - 1);
     round_trip_same(fits, JSON_ARRAY);
     char *over = nested_array(max);
@@ -774,7 +774,7 @@ static void test_depth_of_data(void **state)
 static void test_depth_of_messages(void **state)
 {
     (void)state;
-    int max = tb_app_get_config(app)->json_max_depth;
+    int max = tb_app_get_config(app)->core.json_max_depth;
     char msg[4096];
     char *data = nested_array(max - 1);
     snprintf(msg, sizeof msg, "{\"id\":\"a\",\"data\":%s}", data);

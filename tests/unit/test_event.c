@@ -656,9 +656,9 @@ static void test_event_size_limit(void **state)
     (void)state;
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.graceful_timeout_ms = 2000;
-    cfg.max_event_size = MAX_EVENT;
+    cfg.core.workers = 2;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.core.max_event_size = MAX_EVENT;
     tb_app *app = th_app_new_cfg(&cfg);
     size_ctx c;
     memset(&c, 0, sizeof c);
@@ -906,8 +906,8 @@ static void test_worker_queue_max(void **state)
     (void)state;
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 1;
-    cfg.worker_queue_max = 10;
+    cfg.core.workers = 1;
+    cfg.core.worker_queue_max = 10;
     tb_app *app = th_app_new_cfg(&cfg);
     qfull_ctx c;
     memset(&c, 0, sizeof c);
@@ -1253,7 +1253,8 @@ static void test_dispatch_wait_and_bus_status(void **state)
     th_counter_init(&c.opened);
     th_counter_init(&c.got);
     c.listener_rc = c.task_rc = 1;
-    assert_rc(tb_app_on(app, TB_WORKER_AFTER_START, confirm_in_listener, &c),
+    assert_rc(tb_app_add_listener(app, TB_WORKER_AFTER_START,
+                                  confirm_in_listener, &c),
               0);
 
     tb_bus_info info;

@@ -99,29 +99,29 @@ static void test_config(void **state)
     tb_log_set_level(TB_LOG_OFF);
     tb_app *app = tb_app_new(&c, NULL);
     assert_non_null(app);
-    assert_int_equal(tb_app_get_config(app)->json_max_depth, 64);
+    assert_int_equal(tb_app_get_config(app)->core.json_max_depth, 64);
     tb_app_free(app);
 
-    c.stack_size = 16 * 1024; /* automatic: what half the stack holds */
+    c.core.stack_size = 16 * 1024; /* automatic: what half the stack holds */
     app = tb_app_new(&c, NULL);
     assert_non_null(app);
-    assert_int_equal(tb_app_get_config(app)->json_max_depth, 16);
+    assert_int_equal(tb_app_get_config(app)->core.json_max_depth, 16);
     tb_app_free(app);
 
     int err = 0;
-    c.json_max_depth = 17; /* too deep for 16 KiB */
+    c.core.json_max_depth = 17; /* too deep for 16 KiB */
     assert_null(tb_app_new(&c, &err));
     assert_int_equal(err, TB_EINVAL);
-    c.json_max_depth = 16;
+    c.core.json_max_depth = 16;
     app = tb_app_new(&c, NULL);
     assert_non_null(app);
     tb_app_free(app);
-    c.json_max_depth = -1;
+    c.core.json_max_depth = -1;
     assert_null(tb_app_new(&c, &err));
-    c.stack_size = 2 << 20;
-    c.json_max_depth = 1001;
+    c.core.stack_size = 2 << 20;
+    c.core.json_max_depth = 1001;
     assert_null(tb_app_new(&c, &err));
-    c.json_max_depth = 1000;
+    c.core.json_max_depth = 1000;
     app = tb_app_new(&c, NULL);
     assert_non_null(app);
     tb_app_free(app);
@@ -135,7 +135,7 @@ static int deepest_body(tb_task *self, void *ctx)
 {
     (void)ctx;
     tb_app *app = tb_task_app(self);
-    int max = tb_app_get_config(app)->json_max_depth;
+    int max = tb_app_get_config(app)->core.json_max_depth;
     char *text = nested(max, "[{");
     json_t *j = tb__json_loadb(text, strlen(text), 0, max, NULL);
     TH_CHECK(j != NULL);
@@ -161,8 +161,8 @@ static void test_deepest_fits_smallest_stack(void **state)
     (void)state;
     tb_app_config c;
     tb_app_config_init(&c);
-    c.workers = 1;
-    c.stack_size = 16 * 1024;
+    c.core.workers = 1;
+    c.core.stack_size = 16 * 1024;
     tb_app *app = th_app_new_cfg(&c);
     assert_int_equal(th_run_task(app, 0, deepest_body, NULL, 10000), 0);
     assert_int_equal(th_failures_count(), 0);

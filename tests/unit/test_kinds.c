@@ -92,24 +92,24 @@ static void test_validation(void **state)
     char name65[66];
     memset(name65, 'k', 65);
     name65[65] = '\0';
-    assert_rc(tb_task_kind(app, name65, noop, NULL), TB_EINVAL);
+    assert_rc(tb_app_add_kind(app, name65, noop, NULL), TB_EINVAL);
     name65[64] = '\0';
-    assert_rc(tb_task_kind(app, name65, noop, NULL), 0);
-    assert_rc(tb_task_kind(app, "", noop, NULL), TB_EINVAL);
-    assert_rc(tb_task_kind(app, "a b", noop, NULL), TB_EINVAL);
-    assert_rc(tb_task_kind(app, "a/b", noop, NULL), TB_EINVAL);
-    assert_rc(tb_task_kind(app, "nofn", NULL, NULL), TB_EINVAL);
+    assert_rc(tb_app_add_kind(app, name65, noop, NULL), 0);
+    assert_rc(tb_app_add_kind(app, "", noop, NULL), TB_EINVAL);
+    assert_rc(tb_app_add_kind(app, "a b", noop, NULL), TB_EINVAL);
+    assert_rc(tb_app_add_kind(app, "a/b", noop, NULL), TB_EINVAL);
+    assert_rc(tb_app_add_kind(app, "nofn", NULL, NULL), TB_EINVAL);
     static const tb_arg_spec dup[] = {{"x", TB_ARG_INT, 0, 0, 0},
                                       {"x", TB_ARG_STRING, 0, 0, 0},
                                       {NULL, 0, 0, 0, 0}};
-    assert_rc(tb_task_kind(app, "dup", noop, dup), TB_EINVAL);
+    assert_rc(tb_app_add_kind(app, "dup", noop, dup), TB_EINVAL);
     static const tb_arg_spec empty[] = {{"", TB_ARG_INT, 0, 0, 0},
                                         {NULL, 0, 0, 0, 0}};
-    assert_rc(tb_task_kind(app, "empty", noop, empty), TB_EINVAL);
-    assert_rc(tb_task_kind(app, "all", noop, all_spec), 0);
-    assert_rc(tb_task_kind(app, "all", noop, all_spec), TB_EEXIST);
-    assert_rc(tb_task_kind(app, "none", noop, NULL), 0);
-    assert_rc(tb_task_kind(app, "My.kind-1_x", noop, NULL), 0);
+    assert_rc(tb_app_add_kind(app, "empty", noop, empty), TB_EINVAL);
+    assert_rc(tb_app_add_kind(app, "all", noop, all_spec), 0);
+    assert_rc(tb_app_add_kind(app, "all", noop, all_spec), TB_EEXIST);
+    assert_rc(tb_app_add_kind(app, "none", noop, NULL), 0);
+    assert_rc(tb_app_add_kind(app, "My.kind-1_x", noop, NULL), 0);
 
     /* Kind lookup and the args text. */
     spawn_check(app, "nope", "{}", TB_ENOENT, "nope");
@@ -360,7 +360,7 @@ static void builtin_body(tb_app *app, void *arg)
     check_ended(app, "s1", TB_TASK_CANCELLED, NULL);
 
     /* Kinds are fixed once the app runs. */
-    TH_CHECK_RC(tb_task_kind(app, "late", noop, NULL), TB_EBUSY);
+    TH_CHECK_RC(tb_app_add_kind(app, "late", noop, NULL), TB_EBUSY);
 }
 
 static void test_builtin(void **state)
@@ -368,13 +368,13 @@ static void test_builtin(void **state)
     (void)state;
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.graceful_timeout_ms = 2000;
-    cfg.max_event_size = 64;
+    cfg.core.workers = 2;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.core.max_event_size = 64;
     tb_app *app = th_app_new_cfg(&cfg);
     assert_rc(tb__kinds_register_builtin(app), 0);
     assert_rc(tb__kinds_register_builtin(app), TB_EEXIST);
-    assert_rc(tb_task_kind(app, "probe", probe, all_spec), 0);
+    assert_rc(tb_app_add_kind(app, "probe", probe, all_spec), 0);
     seen s;
     memset(&s, 0, sizeof s);
     pthread_mutex_init(&s.mu, NULL);
@@ -564,9 +564,9 @@ static void test_relay_cycle(void **state)
     (void)state;
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.graceful_timeout_ms = 2000;
-    cfg.event_max_hops = 8;
+    cfg.core.workers = 2;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.core.event_max_hops = 8;
     tb_app *app = th_app_new_cfg(&cfg);
     tb_log_set_level(TB_LOG_ERROR); /* the hop limit's warning is expected */
     assert_rc(tb__kinds_register_builtin(app), 0);

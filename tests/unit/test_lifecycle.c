@@ -138,23 +138,27 @@ static int logged_task(tb_task *self, void *arg)
 
 static void register_all(tb_app *app, int tag)
 {
-    assert_rc(tb_app_on(app, TB_MAIN_START, record, LARG(L_MAIN_START, tag)),
+    assert_rc(tb_app_add_listener(app, TB_MAIN_START, record,
+                                  LARG(L_MAIN_START, tag)),
               0);
-    assert_rc(tb_app_on(app, TB_WORKER_BEFORE_START, record,
-                        LARG(L_BEFORE_START, tag)),
+    assert_rc(tb_app_add_listener(app, TB_WORKER_BEFORE_START, record,
+                                  LARG(L_BEFORE_START, tag)),
+              0);
+    assert_rc(tb_app_add_listener(app, TB_WORKER_AFTER_START, record,
+                                  LARG(L_AFTER_START, tag)),
+              0);
+    assert_rc(tb_app_add_listener(app, TB_MAIN_READY, record,
+                                  LARG(L_MAIN_READY, tag)),
+              0);
+    assert_rc(tb_app_add_listener(app, TB_WORKER_BEFORE_STOP, record,
+                                  LARG(L_BEFORE_STOP, tag)),
+              0);
+    assert_rc(tb_app_add_listener(app, TB_WORKER_AFTER_STOP, record,
+                                  LARG(L_AFTER_STOP, tag)),
               0);
     assert_rc(
-        tb_app_on(app, TB_WORKER_AFTER_START, record, LARG(L_AFTER_START, tag)),
+        tb_app_add_listener(app, TB_MAIN_STOP, record, LARG(L_MAIN_STOP, tag)),
         0);
-    assert_rc(tb_app_on(app, TB_MAIN_READY, record, LARG(L_MAIN_READY, tag)),
-              0);
-    assert_rc(
-        tb_app_on(app, TB_WORKER_BEFORE_STOP, record, LARG(L_BEFORE_STOP, tag)),
-        0);
-    assert_rc(
-        tb_app_on(app, TB_WORKER_AFTER_STOP, record, LARG(L_AFTER_STOP, tag)),
-        0);
-    assert_rc(tb_app_on(app, TB_MAIN_STOP, record, LARG(L_MAIN_STOP, tag)), 0);
 }
 
 static void nothing(tb_app *app, void *ctx)
@@ -308,17 +312,20 @@ static void test_main_start_failure_aborts_run(void **state)
     atomic_store(&g_task_ran, 0);
     atomic_store(&g_arg_freed, 0);
     tb_app *app = th_app_new(2, 2000);
-    assert_rc(tb_app_on(app, TB_MAIN_START, refuse, (void *)(intptr_t)TB_EPERM),
+    assert_rc(tb_app_add_listener(app, TB_MAIN_START, refuse,
+                                  (void *)(intptr_t)TB_EPERM),
+              0);
+    assert_rc(tb_app_add_listener(app, TB_WORKER_BEFORE_START, record,
+                                  LARG(L_BEFORE_START, 0)),
+              0);
+    assert_rc(tb_app_add_listener(app, TB_WORKER_AFTER_START, record,
+                                  LARG(L_AFTER_START, 0)),
               0);
     assert_rc(
-        tb_app_on(app, TB_WORKER_BEFORE_START, record, LARG(L_BEFORE_START, 0)),
+        tb_app_add_listener(app, TB_MAIN_READY, record, LARG(L_MAIN_READY, 0)),
         0);
-    assert_rc(
-        tb_app_on(app, TB_WORKER_AFTER_START, record, LARG(L_AFTER_START, 0)),
-        0);
-    assert_rc(tb_app_on(app, TB_MAIN_READY, record, LARG(L_MAIN_READY, 0)), 0);
     tb_task_opts o = th_opts("never", TB_WORKER_ANY);
-    o.arg_free = count_free;
+    o.ud_free = count_free;
     assert_rc(tb_task_add(app, count_run, NULL, &o, NULL), 0);
 
     int64_t t0 = th_mono_ms();
@@ -340,11 +347,15 @@ static void test_worker_before_start_failure_aborts_run(void **state)
     (void)state;
     log_reset();
     tb_app *app = th_app_new(2, 2000);
-    assert_rc(tb_app_on(app, TB_WORKER_BEFORE_START, refuse,
-                        (void *)(intptr_t)TB_EACCES),
+    assert_rc(tb_app_add_listener(app, TB_WORKER_BEFORE_START, refuse,
+                                  (void *)(intptr_t)TB_EACCES),
               0);
-    assert_rc(tb_app_on(app, TB_MAIN_READY, record, LARG(L_MAIN_READY, 0)), 0);
-    assert_rc(tb_app_on(app, TB_MAIN_STOP, record, LARG(L_MAIN_STOP, 0)), 0);
+    assert_rc(
+        tb_app_add_listener(app, TB_MAIN_READY, record, LARG(L_MAIN_READY, 0)),
+        0);
+    assert_rc(
+        tb_app_add_listener(app, TB_MAIN_STOP, record, LARG(L_MAIN_STOP, 0)),
+        0);
     int64_t t0 = th_mono_ms();
     assert_rc(th_run_plain(app, 10000), TB_EACCES);
     th_assert_clean();
@@ -354,7 +365,8 @@ static void test_worker_before_start_failure_aborts_run(void **state)
     tb_app_free(app);
 }
 
-/* ------------------------------------------------------------ tb_app_on */
+/* ------------------------------------------------------------
+ * tb_app_add_listener */
 
 static atomic_int g_late_called;
 static atomic_int g_on_during_run = 1;
@@ -373,7 +385,7 @@ static int register_while_running(tb_app *app, int worker, void *arg)
     (void)worker;
     (void)arg;
     atomic_store(&g_on_during_run,
-                 tb_app_on(app, TB_MAIN_STOP, late_listener, NULL));
+                 tb_app_add_listener(app, TB_MAIN_STOP, late_listener, NULL));
     return 0;
 }
 
@@ -382,11 +394,14 @@ static void test_app_on_after_run_is_ebusy(void **state)
     (void)state;
     atomic_store(&g_late_called, 0);
     tb_app *app = th_app_new(1, 2000);
-    assert_rc(tb_app_on(app, TB_MAIN_READY, register_while_running, NULL), 0);
+    assert_rc(
+        tb_app_add_listener(app, TB_MAIN_READY, register_while_running, NULL),
+        0);
     assert_rc(th_run_thread(app, nothing, NULL, 10000), 0);
     th_assert_clean();
     assert_rc(atomic_load(&g_on_during_run), TB_EBUSY);
-    assert_rc(tb_app_on(app, TB_MAIN_START, late_listener, NULL), TB_EBUSY);
+    assert_rc(tb_app_add_listener(app, TB_MAIN_START, late_listener, NULL),
+              TB_EBUSY);
     assert_int_equal(atomic_load(&g_late_called), 0);
     tb_app_free(app);
 }
@@ -487,11 +502,13 @@ static void test_handle_signals_stops_on_sigterm(void **state)
     (void)state;
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 2;
-    cfg.graceful_timeout_ms = 2000;
-    cfg.handle_signals = 1;
+    cfg.core.workers = 2;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.core.handle_signals = 1;
     tb_app *app = th_app_new_cfg(&cfg);
-    assert_rc(tb_app_on(app, TB_WORKER_BEFORE_STOP, note_stopping, NULL), 0);
+    assert_rc(
+        tb_app_add_listener(app, TB_WORKER_BEFORE_STOP, note_stopping, NULL),
+        0);
     assert_rc(th_run_thread(app, send_sigterm, NULL, 10000), 0);
     th_assert_clean();
     tb_app_free(app);
@@ -504,43 +521,43 @@ static void test_config_validation(void **state)
     (void)state;
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    assert_int_equal(cfg.workers, 2);
-    assert_int_equal(cfg.graceful_timeout_ms, 15000);
-    assert_int_equal(cfg.stack_size, 64 * 1024);
-    assert_int_equal(cfg.max_event_size, 1024 * 1024);
-    assert_int_equal(cfg.sub_capacity, 1024);
-    assert_int_equal(cfg.blocking_threads, 4);
-    assert_int_equal(cfg.handle_signals, 0);
+    assert_int_equal(cfg.core.workers, 2);
+    assert_int_equal(cfg.core.graceful_timeout_ms, 15000);
+    assert_int_equal(cfg.core.stack_size, 64 * 1024);
+    assert_int_equal(cfg.core.max_event_size, 1024 * 1024);
+    assert_int_equal(cfg.core.sub_capacity, 1024);
+    assert_int_equal(cfg.core.blocking_threads, 4);
+    assert_int_equal(cfg.core.handle_signals, 0);
 
     int err = 0;
-    cfg.workers = 0;
+    cfg.core.workers = 0;
     assert_null(tb_app_new(&cfg, &err));
     assert_rc(err, TB_EINVAL);
     err = 0;
-    cfg.workers = 257;
+    cfg.core.workers = 257;
     assert_null(tb_app_new(&cfg, &err));
     assert_rc(err, TB_EINVAL);
     assert_null(tb_app_new(&cfg, NULL)); /* err is optional */
     err = 0;
-    cfg.workers = -1;
+    cfg.core.workers = -1;
     assert_null(tb_app_new(&cfg, &err));
     assert_rc(err, TB_EINVAL);
 
     /* The bounds themselves are valid; an app that never runs is freed. */
-    cfg.workers = 256;
+    cfg.core.workers = 256;
     tb_app *app = tb_app_new(&cfg, &err);
     assert_non_null(app);
     assert_int_equal(tb_app_workers(app), 256);
     tb_app_free(app);
-    cfg.workers = 1;
-    cfg.graceful_timeout_ms = 1234;
+    cfg.core.workers = 1;
+    cfg.core.graceful_timeout_ms = 1234;
     app = tb_app_new(&cfg, &err);
     assert_non_null(app);
     assert_int_equal(tb_app_workers(app), 1);
     const tb_app_config *got = tb_app_get_config(app);
     assert_non_null(got);
-    assert_int_equal(got->workers, 1);
-    assert_int_equal(got->graceful_timeout_ms, 1234);
+    assert_int_equal(got->core.workers, 1);
+    assert_int_equal(got->core.graceful_timeout_ms, 1234);
     assert_int_equal(tb_app_current_worker(app), -1);
     assert_int_equal(tb_app_is_running(app), 0);
     int token;
@@ -551,35 +568,35 @@ static void test_config_validation(void **state)
 
     /* http_longpoll_max: 0 is half of http_threads; it stays below. */
     tb_app_config_init(&cfg);
-    assert_int_equal(cfg.http_longpoll_max, 0);
-    cfg.http_threads = 8;
+    assert_int_equal(cfg.http.longpoll_max, 0);
+    cfg.http.threads = 8;
     app = tb_app_new(&cfg, &err);
     assert_non_null(app);
-    assert_int_equal(tb_app_get_config(app)->http_longpoll_max, 4);
+    assert_int_equal(tb_app_get_config(app)->http.longpoll_max, 4);
     tb_app_free(app);
-    cfg.http_longpoll_max = 7;
+    cfg.http.longpoll_max = 7;
     app = tb_app_new(&cfg, &err);
     assert_non_null(app);
-    assert_int_equal(tb_app_get_config(app)->http_longpoll_max, 7);
+    assert_int_equal(tb_app_get_config(app)->http.longpoll_max, 7);
     tb_app_free(app);
-    cfg.http_longpoll_max = 8;
+    cfg.http.longpoll_max = 8;
     assert_null(tb_app_new(&cfg, &err));
     assert_rc(err, TB_EINVAL);
-    cfg.http_longpoll_max = -1;
+    cfg.http.longpoll_max = -1;
     assert_null(tb_app_new(&cfg, &err));
     assert_rc(err, TB_EINVAL);
-    cfg.http_threads = 1; /* a long poll would hold the only thread */
-    cfg.http_longpoll_max = 0;
+    cfg.http.threads = 1; /* a long poll would hold the only thread */
+    cfg.http.longpoll_max = 0;
     app = tb_app_new(&cfg, &err);
     assert_non_null(app);
-    assert_int_equal(tb_app_get_config(app)->http_longpoll_max, 0);
+    assert_int_equal(tb_app_get_config(app)->http.longpoll_max, 0);
     tb_app_free(app);
 
     /* NULL config: the defaults. */
     app = tb_app_new(NULL, &err);
     assert_non_null(app);
     assert_int_equal(tb_app_workers(app), 2);
-    assert_int_equal(tb_app_get_config(app)->graceful_timeout_ms, 15000);
+    assert_int_equal(tb_app_get_config(app)->core.graceful_timeout_ms, 15000);
     tb_app_free(app);
     tb_app_free(NULL);
 }

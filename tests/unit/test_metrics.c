@@ -184,7 +184,7 @@ static void test_metrics(void **state)
 {
     (void)state;
     tb_app *app = th_app_new(2, 2000);
-    assert_rc(tb_api_register(app), 0);
+    assert_rc(tb_app_add_api(app), 0);
     assert_rc(th_run_thread(app, metrics_body, NULL, 30000), 0);
     th_assert_clean();
     tb_app_free(app);
@@ -219,7 +219,7 @@ static void test_overflow(void **state)
 {
     (void)state;
     tb_app *app = th_app_new(1, 2000);
-    assert_rc(tb_api_register(app), 0);
+    assert_rc(tb_app_add_api(app), 0);
     assert_rc(th_run_thread(app, overflow_body, NULL, 30000), 0);
     th_assert_clean();
     tb_app_free(app);
@@ -242,11 +242,11 @@ static void test_token(void **state)
     (void)state;
     tb_app_config cfg;
     tb_app_config_init(&cfg);
-    cfg.workers = 1;
-    cfg.graceful_timeout_ms = 2000;
-    cfg.api_token = "s3cret";
+    cfg.core.workers = 1;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.http.api_token = "s3cret";
     tb_app *app = th_app_new_cfg(&cfg);
-    assert_rc(tb_api_register(app), 0);
+    assert_rc(tb_app_add_api(app), 0);
     assert_rc(th_run_thread(app, token_body, NULL, 30000), 0);
     th_assert_clean();
     tb_app_free(app);

@@ -443,7 +443,7 @@ static void drive_duplicate(tb_app *app, void *ctx)
 
     atomic_store(&g_arg_freed, 0);
     tb_task_opts o = th_opts("dup", TB_WORKER_ANY);
-    o.arg_free = count_arg_free;
+    o.ud_free = count_arg_free;
     TH_CHECK_RC(tb_task_add(app, return_zero, NULL, &o, NULL), TB_EEXIST);
     o.worker = 1; /* names are app-wide, not per worker */
     TH_CHECK_RC(tb_task_add(app, return_zero, NULL, &o, NULL), TB_EEXIST);
@@ -969,7 +969,8 @@ static void drive_cancel_timeout(tb_app *app, void *ctx)
     TH_CHECK_EQ(info.cancel_requested, 1);
     /* A negative timeout means the app's graceful timeout (200 ms). */
     t0 = th_mono_ms();
-    TH_CHECK_RC(tb_task_cancel(app, "slowpoke", -1), TB_ETIMEDOUT);
+    TH_CHECK_RC(tb_task_cancel(app, "slowpoke", TB_TIMEOUT_DEFAULT),
+                TB_ETIMEDOUT);
     took = th_mono_ms() - t0;
     TH_CHECKF(took >= 190 && took < c->ignore_ms,
               "cancel with the graceful timeout (200 ms) took %lld ms",
@@ -1032,7 +1033,9 @@ static void test_cancel_from_listener_is_einprogress(void **state)
     loop_ctx_init(&c.slow.loop);
     c.slow.ignore_ms = 300;
     c.rc = c.unknown_rc = 1;
-    assert_rc(tb_app_on(app, TB_WORKER_BEFORE_STOP, cancel_in_listener, &c), 0);
+    assert_rc(
+        tb_app_add_listener(app, TB_WORKER_BEFORE_STOP, cancel_in_listener, &c),
+        0);
     assert_rc(th_run_thread(app, drive_listener_cancel, &c, 10000), 0);
     th_assert_clean();
     assert_rc(atomic_load(&c.rc), TB_EINPROGRESS);
@@ -1076,7 +1079,7 @@ static void drive_arg_free(tb_app *app, void *ctx)
     TH_CHECK(th_counter_wait_ge(&g_freed.loop.started, 2, 5000));
 
     tb_task_opts o = th_opts("af-done", TB_WORKER_ANY);
-    o.arg_free = record_free;
+    o.ud_free = record_free;
     TH_CHECK_RC(tb_task_add(app, return_zero, NULL, &o, NULL), 0);
     TH_CHECK(th_counter_wait_ge(&g_freed.freed, 1, 5000));
     TH_CHECK(g_freed.last == NULL);
@@ -1110,7 +1113,7 @@ static void test_arg_free(void **state)
      * to free, once, at tb_app_free. */
     static int p;
     tb_task_opts o = th_opts("af-prerun", TB_WORKER_ANY);
-    o.arg_free = record_free;
+    o.ud_free = record_free;
     assert_rc(tb_task_add(app, sleep_until_cancelled_g, &p, &o, NULL), 0);
     assert_rc(th_run_thread(app, drive_arg_free, NULL, 10000), 0);
     th_assert_clean();
@@ -1728,7 +1731,9 @@ static void test_graceful_timeout_abandons_stubborn_task(void **state)
     th_counter_init(&c.started);
     c.coop_rc = 1;
     c.coop_state_at_stop = -1;
-    assert_rc(tb_app_on(app, TB_WORKER_AFTER_STOP, record_coop_at_stop, &c), 0);
+    assert_rc(
+        tb_app_add_listener(app, TB_WORKER_AFTER_STOP, record_coop_at_stop, &c),
+        0);
 
     int rc = th_run_thread(app, drive_shutdown, &c, 15000);
     int64_t wall = th_mono_ms() - atomic_load(&c.t0_ms);
@@ -1777,7 +1782,8 @@ static void test_add_after_stop_is_eshutdown(void **state)
 {
     (void)state;
     tb_app *app = th_app_new(2, 2000);
-    assert_rc(tb_app_on(app, TB_WORKER_BEFORE_STOP, add_in_before_stop, NULL),
+    assert_rc(tb_app_add_listener(app, TB_WORKER_BEFORE_STOP,
+                                  add_in_before_stop, NULL),
               0);
     assert_rc(th_run_thread(app, nothing, NULL, 10000), 0);
     th_assert_clean();

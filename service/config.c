@@ -1,0 +1,427 @@
+/* config.c - the settings table: every setting's name, type, default,
+ * bounds, flag and help, once; the defaults, the checks, tb_config_set and
+ * the service's flags, --help and README table are all made from it. */
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "internal.h"
+#include "json.h"
+
+#define KiB (1024LL)
+#define MiB (1024LL * 1024)
+#define GiB (1024LL * 1024 * 1024)
+#define H1 3600000LL /* an hour in ms */
+#define D1 86400000LL
+
+/* X(group, field, TYPE, default number, default string, min, max, flag,
+ *   help). Flag NULL: settable from C only. The variable is TASKBUS_ and
+ * the flag in capitals with '_' for '-'. Checks across settings (and of a
+ * string's form) are in check_rules() below. */
+#define TB__CONFIG_TABLE(X)                                                    \
+    X(core, workers, INT, 2, NULL, 1, 256, "workers", "worker threads")        \
+    X(core, graceful_timeout_ms, SECONDS, 15000, NULL, 0, H1,                  \
+      "graceful-timeout", "seconds tasks get to finish at shutdown")           \
+    X(core, shutdown_delay_ms, SECONDS, 0, NULL, 0, H1, "shutdown-delay",      \
+      "seconds of /readyz 503 before stopping, for load balancers")            \
+    X(core, stack_size, SIZE, 64 * KiB, NULL, 16 * KiB, 64 * MiB,              \
+      "stack-size", "bytes of each task's stack")                              \
+    X(core, max_event_size, SIZE, MiB, NULL, 1, 512 * MiB, "max-event-size",   \
+      "largest event data, bytes")                                             \
+    X(core, sub_capacity, INT, 1024, NULL, 1, 1 << 24, "sub-capacity",         \
+      "events a subscription queues")                                          \
+    X(core, worker_queue_max, INT, 65536, NULL, 1, 1 << 26,                    \
+      "worker-queue-max", "events waiting for one worker")                     \
+    X(core, blocking_threads, INT, 4, NULL, 1, 1024, "blocking-threads",       \
+      "threads for blocking calls; each running exec task holds one")          \
+    X(core, handle_signals, BOOL, 0, NULL, 0, 1, NULL,                         \
+      "tb_app_run stops on SIGINT/SIGTERM")                                    \
+    X(core, event_namespace, STRING, 0, "taskbus", 0, 0, "namespace",          \
+      "event namespace: Redis channels NS:event:<name>")                       \
+    X(core, json_max_depth, INT, 0, NULL, 0, 1000, "json-max-depth",           \
+      "deepest JSON nesting accepted from clients and Redis, at most "         \
+      "stack-size / 1024 (0: 64, or what the stack allows)")                   \
+    X(core, event_max_hops, INT, 8, NULL, 0, 255, "event-max-hops",            \
+      "times an event may be relayed on: stops relay cycles")                  \
+    X(redis, url, SECRET, 0, NULL, 0, 0, "redis-url",                          \
+      "redis://[user:password@]host:port[/db] or unix:///path; none: the "     \
+      "in-process bus")                                                        \
+    X(redis, password, SECRET, 0, NULL, 0, 0, NULL,                            \
+      "Redis password (overrides the URL's)")                                  \
+    X(redis, connect_timeout_ms, MS, 2000, NULL, 1, H1,                        \
+      "redis-connect-timeout", "ms a connection attempt may take")             \
+    X(redis, command_timeout_ms, MS, 5000, NULL, 1, H1,                        \
+      "redis-command-timeout",                                                 \
+      "ms without a reply before the link is taken for dead")                  \
+    X(redis, ping_interval_ms, MS, 5000, NULL, 1, H1, "redis-ping-interval",   \
+      "ms between keepalive pings on an idle Redis link")                      \
+    X(redis, retry_min_ms, MS, 100, NULL, 1, H1, "redis-retry-min",            \
+      "ms, first reconnect delay")                                             \
+    X(redis, retry_max_ms, MS, 5000, NULL, 1, H1, "redis-retry-max",           \
+      "ms, reconnect backoff cap, with jitter")                                \
+    X(redis, publish_queue_max, INT, 65536, NULL, 1, 1 << 26,                  \
+      "publish-queue-max", "events waiting for Redis")                         \
+    X(redis, publish_retry_ms, MS, 10000, NULL, 0, D1, "publish-retry",        \
+      "ms an accepted event is resent after reconnects")                       \
+    X(http, listen, STRING, 0, NULL, 0, 0, "listen",                           \
+      "HTTP address, IPv4:port; none: no HTTP server")                         \
+    X(http, threads, INT, 64, NULL, 1, 65536, "http-threads",                  \
+      "concurrent HTTP requests")                                              \
+    X(http, max_body, SIZE, MiB, NULL, 1, 512 * MiB, "max-body",               \
+      "HTTP request body limit, bytes")                                        \
+    X(http, longpoll_max, INT, 0, NULL, 0, 65535, "http-longpoll-max",         \
+      "long polls waiting at once, below http-threads (0: half of them)")      \
+    X(http, api_token, SECRET, 0, NULL, 0, 0, "token",                         \
+      "API token required by the HTTP API and websockets")                     \
+    X(ws, max_clients, INT, 10000, NULL, 1, 1 << 20, "ws-max-clients",         \
+      "open websockets")                                                       \
+    X(ws, max_message, SIZE, MiB, NULL, 1, 512 * MiB, "ws-max-message",        \
+      "largest client message, bytes")                                         \
+    X(ws, send_queue_bytes, SIZE, MiB, NULL, KiB, GiB, "ws-send-queue-bytes",  \
+      "per-client send queue, bytes")                                          \
+    X(ws, send_queue_msgs, INT, 4096, NULL, 1, 1 << 24, "ws-send-queue-msgs",  \
+      "per-client send queue, messages")                                       \
+    X(ws, recv_queue_msgs, INT, 64, NULL, 1, 1 << 20, "ws-recv-queue-msgs",    \
+      "client messages waiting for the handler before reads pause")            \
+    X(ws, max_patterns, INT, 64, NULL, 1, 4096, "ws-max-patterns",             \
+      "patterns per /ws connection")                                           \
+    X(ws, ping_interval_ms, MS, 20000, NULL, 0, D1, "ws-ping-interval",        \
+      "ms between pings, 0: none")                                             \
+    X(ws, ping_timeout_ms, MS, 20000, NULL, 1, D1, "ws-ping-timeout",          \
+      "ms to wait for a pong")                                                 \
+    X(ws, allowed_origins, STRING, 0, NULL, 0, 0, "ws-origins",                \
+      "allowed websocket Origins, comma-separated, or * (none: any)")
+
+/* The C type each TYPE is stored as, checked against the field. */
+#define CT_INT int
+#define CT_MS int
+#define CT_SECONDS int
+#define CT_BOOL int
+#define CT_SIZE size_t
+#define CT_STRING const char *
+#define CT_SECRET const char *
+
+#define FIELD(c, g, f) (((tb_app_config *)(c))->g.f)
+
+#define SIZE_CHECK(g, f, T, dn, ds, lo, hi, flag, help)                        \
+    _Static_assert(sizeof(FIELD(0, g, f)) == sizeof(CT_##T),                   \
+                   #g "." #f " is not stored as its type says");
+TB__CONFIG_TABLE(SIZE_CHECK)
+
+#define PUB(g, f, T, dn, ds, lo, hi, flag, help)                               \
+    {#g "." #f, flag, NULL, TB_CONFIG_##T, lo, hi, help},
+static tb_config_setting table[] = {TB__CONFIG_TABLE(PUB)};
+
+#define NSET (sizeof table / sizeof table[0])
+
+typedef struct where {
+    size_t off;
+    long long dnum;
+    const char *dstr;
+} where;
+
+#define WHERE(g, f, T, dn, ds, lo, hi, flag, help)                             \
+    {offsetof(tb_app_config, g.f), dn, ds},
+static const where places[NSET] = {TB__CONFIG_TABLE(WHERE)};
+
+/* ---------------------------------------------------------------- table */
+
+static char envs[NSET][64];
+static pthread_once_t envs_once = PTHREAD_ONCE_INIT;
+
+static void make_envs(void)
+{
+    for (size_t i = 0; i < NSET; i++) {
+        if (!table[i].flag)
+            continue;
+        char *e = envs[i];
+        size_t n =
+            (size_t)snprintf(e, sizeof envs[i], "TASKBUS_%s", table[i].flag);
+        for (size_t k = 8; k < n && k < sizeof envs[i]; k++)
+            e[k] = e[k] == '-' ? '_' : (char)(e[k] & ~0x20);
+        table[i].env = e;
+    }
+}
+
+const tb_config_setting *tb_config_settings(size_t *n)
+{
+    pthread_once(&envs_once, make_envs);
+    if (n)
+        *n = NSET;
+    return table;
+}
+
+static void *place(const tb_app_config *cfg, size_t i)
+{
+    return (char *)(uintptr_t)cfg + places[i].off;
+}
+
+void tb_app_config_init(tb_app_config *cfg)
+{
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < NSET; i++) {
+        void *p = place(cfg, i);
+        switch (table[i].type) {
+        case TB_CONFIG_SIZE:
+            *(size_t *)p = (size_t)places[i].dnum;
+            break;
+        case TB_CONFIG_STRING:
+        case TB_CONFIG_SECRET:
+            *(const char **)p = places[i].dstr;
+            break;
+        default:
+            *(int *)p = (int)places[i].dnum;
+            break;
+        }
+    }
+}
+
+/* ---------------------------------------------------------------- text */
+
+static int find(const char *key)
+{
+    for (size_t i = 0; i < NSET; i++)
+        if (strcmp(table[i].name, key) == 0 ||
+            (table[i].flag && strcmp(table[i].flag, key) == 0))
+            return (int)i;
+    return -1;
+}
+
+static int errf(char *err, size_t errsz, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int errf(char *err, size_t errsz, const char *fmt, ...)
+{
+    if (err && errsz) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, errsz, fmt, ap);
+        va_end(ap);
+    }
+    return TB_EINVAL;
+}
+
+/* Decimal digits, at most one '.' followed by up to three more when
+ * scale is 1000 (seconds into ms). No sign, blanks, exponents or hex:
+ * strtod would take "inf", "0x10" and " 1", and read the decimal point of
+ * the locale. *out in the field's unit. */
+static int parse_number(const char *s, int scale, long long max, long long *out)
+{
+    long long v = 0;
+    const char *p = s;
+    if (*p < '0' || *p > '9')
+        return TB_EINVAL;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        v = v * 10 + (*p - '0');
+        if (v > max / (scale ? scale : 1) + 1)
+            return TB_EINVAL; /* out of range long before overflow */
+    }
+    long long frac = 0;
+    int digits = 0;
+    if (*p == '.' && scale == 1000) {
+        for (p++; *p >= '0' && *p <= '9'; p++, digits++) {
+            if (digits >= 3)
+                return TB_EINVAL;
+            frac = frac * 10 + (*p - '0');
+        }
+        if (digits == 0)
+            return TB_EINVAL;
+        for (int d = digits; d < 3; d++)
+            frac *= 10;
+    }
+    if (*p)
+        return TB_EINVAL;
+    *out = v * (scale ? scale : 1) + frac;
+    return 0;
+}
+
+int tb_config_set(tb_app_config *cfg, const char *key, const char *value,
+                  char *err, size_t errsz)
+{
+    if (!cfg || !key)
+        return TB_EINVAL;
+    int i = find(key);
+    if (i < 0) {
+        errf(err, errsz, "no setting named \"%s\"", key);
+        return TB_ENOENT;
+    }
+    const tb_config_setting *s = &table[i];
+    void *p = place(cfg, (size_t)i);
+    if (!value)
+        value = "";
+    long long v;
+    switch (s->type) {
+    case TB_CONFIG_STRING:
+    case TB_CONFIG_SECRET:
+        *(const char **)p = value[0] ? value : NULL;
+        return 0;
+    case TB_CONFIG_BOOL:
+        if (strcmp(value, "1") == 0 || strcasecmp(value, "true") == 0)
+            *(int *)p = 1;
+        else if (strcmp(value, "0") == 0 || strcasecmp(value, "false") == 0)
+            *(int *)p = 0;
+        else
+            return errf(err, errsz,
+                        "%s must be 1, 0, true or false, not "
+                        "\"%.64s\"",
+                        s->name, value);
+        return 0;
+    case TB_CONFIG_SECONDS:
+        if (parse_number(value, 1000, s->max, &v) || v < s->min || v > s->max)
+            return errf(err, errsz,
+                        "%s must be %g..%g seconds (at most 3 decimals), "
+                        "not \"%.64s\"",
+                        s->name, s->min / 1000.0, s->max / 1000.0, value);
+        *(int *)p = (int)v;
+        return 0;
+    default:
+        if (parse_number(value, 0, s->max, &v) || v < s->min || v > s->max)
+            return errf(err, errsz, "%s must be %lld..%lld%s, not \"%.64s\"",
+                        s->name, s->min, s->max,
+                        s->type == TB_CONFIG_SIZE ? " bytes"
+                        : s->type == TB_CONFIG_MS ? " ms"
+                                                  : "",
+                        value);
+        if (s->type == TB_CONFIG_SIZE)
+            *(size_t *)p = (size_t)v;
+        else
+            *(int *)p = (int)v;
+        return 0;
+    }
+}
+
+int tb_config_format(const tb_app_config *cfg, const tb_config_setting *s,
+                     char *out, size_t outsz)
+{
+    if (!cfg || !s || s < table || s >= table + NSET)
+        return TB_EINVAL;
+    const void *p = place(cfg, (size_t)(s - table));
+    int n;
+    switch (s->type) {
+    case TB_CONFIG_STRING: {
+        const char *v = *(const char *const *)p;
+        n = snprintf(out, outsz, "%s", v ? v : "");
+        break;
+    }
+    case TB_CONFIG_SECRET:
+        n = snprintf(out, outsz, "%s", *(const char *const *)p ? "(set)" : "");
+        break;
+    case TB_CONFIG_SIZE:
+        n = snprintf(out, outsz, "%zu", *(const size_t *)p);
+        break;
+    case TB_CONFIG_SECONDS:
+        n = snprintf(out, outsz, "%g", *(const int *)p / 1000.0);
+        break;
+    default:
+        n = snprintf(out, outsz, "%d", *(const int *)p);
+        break;
+    }
+    return n < 0 || (size_t)n >= outsz ? TB_ENAMETOOLONG : n;
+}
+
+/* ---------------------------------------------------------------- checks */
+
+/* An API token: empty (none), or 1..256 visible ASCII bytes, so that it
+ * fits an Authorization header as is. */
+static int token_ok(const char *t)
+{
+    size_t n = strlen(t);
+    if (n > 256)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (t[i] <= 0x20 || t[i] >= 0x7f)
+            return 0;
+    return 1;
+}
+
+static int namespace_ok(const char *ns)
+{
+    size_t n = strlen(ns);
+    if (n < 1 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)ns[i];
+        if (!(c >= 'a' && c <= 'z') && !(c >= 'A' && c <= 'Z') &&
+            !(c >= '0' && c <= '9') && c != '_' && c != '.' && c != '-')
+            return 0;
+    }
+    return 1;
+}
+
+int tb__listen_valid(const char *spec)
+{
+    const char *colon = strrchr(spec, ':');
+    if (!colon || colon == spec || colon - spec >= 64)
+        return 0;
+    char host[64];
+    memcpy(host, spec, (size_t)(colon - spec));
+    host[colon - spec] = '\0';
+    struct in_addr a;
+    if (strcmp(host, "localhost") != 0 && inet_pton(AF_INET, host, &a) != 1)
+        return 0;
+    const char *p = colon + 1;
+    size_t n = strlen(p);
+    if (n < 1 || n > 5 || strspn(p, "0123456789") != n)
+        return 0;
+    long port = strtol(p, NULL, 10);
+    return port >= 1 && port <= 65535;
+}
+
+/* What the table's bounds cannot say: a string's form, and one setting
+ * against another. NULL when all hold. */
+static const char *check_rules(const tb_app_config *c)
+{
+    if (!c->core.event_namespace || !namespace_ok(c->core.event_namespace))
+        return "core.event_namespace must be 1..64 bytes of [A-Za-z0-9_.-]";
+    if (c->redis.retry_max_ms < c->redis.retry_min_ms)
+        return "redis.retry_min_ms must be <= redis.retry_max_ms";
+    if (c->http.longpoll_max && c->http.longpoll_max >= c->http.threads)
+        return "http.longpoll_max must be below http.threads (a waiting "
+               "long poll holds an HTTP thread: other requests need one "
+               "left), or 0 for half of http.threads";
+    if (c->http.api_token && !token_ok(c->http.api_token))
+        return "http.api_token must be 1..256 visible ASCII bytes (no "
+               "blanks) or empty";
+    if (c->http.listen && c->http.listen[0] &&
+        !tb__listen_valid(c->http.listen))
+        return "http.listen must be an IPv4 address or localhost, a colon "
+               "and a port 1..65535 (127.0.0.1:8080)";
+    if (c->core.json_max_depth > 0 &&
+        (size_t)c->core.json_max_depth * TB__JSON_STACK_PER_LEVEL >
+            c->core.stack_size / 2)
+        return "core.json_max_depth is too deep for core.stack_size: each "
+               "level may take 512 bytes of a task's stack and they must "
+               "fit in half of it (raise stack_size or lower "
+               "json_max_depth)";
+    return NULL;
+}
+
+int tb__config_check(const tb_app_config *c)
+{
+    char why[160];
+    for (size_t i = 0; i < NSET; i++) {
+        const tb_config_setting *s = &table[i];
+        const void *p = place(c, i);
+        long long v;
+        if (s->type == TB_CONFIG_STRING || s->type == TB_CONFIG_SECRET)
+            continue;
+        v = s->type == TB_CONFIG_SIZE ? (long long)*(const size_t *)p
+                                      : *(const int *)p;
+        if (v < s->min || v > s->max) {
+            snprintf(why, sizeof why, "%s is %lld: it must be %lld..%lld",
+                     s->name, v, s->min, s->max);
+            tb__log(TB_LOG_ERROR, "invalid app config: %s", why);
+            return TB_EINVAL;
+        }
+    }
+    const char *what = check_rules(c);
+    if (what) {
+        tb__log(TB_LOG_ERROR, "invalid app config: %s", what);
+        return TB_EINVAL;
+    }
+    return 0;
+}
