@@ -21,6 +21,7 @@ WORKDIR /src
 # Only what the library and the binary are built from (no tests: they need
 # cmocka and are run by .ci/dev.sh test, not here).
 COPY CMakeLists.txt ./
+COPY cmake/ cmake/
 COPY include/ include/
 COPY service/ service/
 COPY adapters/ adapters/
