@@ -1,6 +1,7 @@
 /* http_civetweb.c - the HTTP server on civetweb: listens, reads each request
  * and its body, hands it to the core (service/http.c), writes its answer. */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
@@ -33,6 +34,8 @@ typedef struct server {
     struct mg_context *ctx;
     char addr[80];         /* "a.b.c.d:port" as civetweb got it */
     struct sockaddr_in sa; /* where to poke it (0.0.0.0: 127.0.0.1) */
+    in_addr_t local;       /* the address accepted sockets have, or
+                              INADDR_ANY when listening on 0.0.0.0 */
     atomic_int stopped;
 } server;
 
@@ -88,14 +91,16 @@ static void conn_close(void *cp)
     mg_disable_connection_keep_alive(c->mg);
 }
 
-static int find_socket(const char *addr, int port, int local_port);
+static int find_socket(const server *srv, const char *addr, int port);
 
-/* 1 if the client has closed or reset the connection. civetweb has no
- * public way to get the socket: it is found by the peer's address once
- * (find_socket, as for the websocket hand-over), then polled. Readable
- * means EOF, a reset, or the client's next request (pipelined, or sent
- * after it gave up on this one): a one-byte MSG_PEEK tells them apart,
- * and bytes waiting count as a client still there. */
+/* 1 if the client has closed, half-closed or reset the connection.
+ * civetweb has no public way to get the socket: it is found by the peer's
+ * address once (find_socket, as for the websocket hand-over), then polled.
+ * civetweb holds the socket open while this request runs, so one that
+ * cannot be found has lost its peer (a reset leaves getpeername nothing to
+ * name): gone. Hang-up or error flags mean gone whatever is still queued;
+ * else readable means EOF or the client's next request (pipelined): a
+ * one-byte MSG_PEEK tells them apart. */
 static int conn_gone(void *cp)
 {
     conn *c = cp;
@@ -104,21 +109,25 @@ static int conn_gone(void *cp)
         const tb_app *app = ri->user_data;
         const server *srv = app ? app->http_server : NULL;
         c->looked = 1;
-        c->fd = srv ? find_socket(ri->remote_addr, ri->remote_port,
-                                  ntohs(srv->sa.sin_port))
-                    : -1;
+        c->fd = srv ? find_socket(srv, ri->remote_addr, ri->remote_port) : -1;
+        if (c->fd < 0) {
+            conn_close(c);
+            return 1;
+        }
     }
     if (c->fd < 0)
-        return 0;
+        return 1;
     struct pollfd p = {.fd = c->fd, .events = POLLIN | POLLRDHUP};
     if (poll(&p, 1, 0) <= 0)
         return 0;
-    char b;
-    ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0 ||
-        (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
-        return 0;
-    conn_close(c); /* 0: EOF; < 0: reset, or another error */
+    if (!(p.revents & (POLLERR | POLLHUP | POLLRDHUP | POLLNVAL))) {
+        char b;
+        ssize_t n = recv(c->fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK ||
+                                errno == EINTR)))
+            return 0;
+    }
+    conn_close(c); /* EOF, a half-close, a reset, or another error */
     return 1;
 }
 
@@ -237,6 +246,34 @@ static void add_codings(codings *tc, const char *list)
  * "chunked", once, and only in HTTP/1.1. A coding other than chunked
  * before a final chunked is one this server does not know: 501 (RFC
  * 9112 6.1: SHOULD); chunked missing, repeated or not last: 400 (MUST). */
+/* 1 if civetweb read every header line. Its parser stops, silently, at a
+ * line that does not start like a header (an obs-fold's space or tab, a
+ * ':', a control or non-ASCII byte) and ignores the rest, where a
+ * Content-Length or Transfer-Encoding would go unseen and the body be read
+ * as the next request. It ends each line it read with NULs in its buffer:
+ * after the last value, past the NUL of its '\r' or '\n' (and of the '\n'
+ * of a CRLF), must come the empty line ('\r', '\n', or the NUL civetweb
+ * puts at the head's last byte). Bare-LF heads make one case ambiguous
+ * (NUL, NUL): a CRLF line followed by a non-header line, or a bare-LF
+ * line followed by the head's end and then the body. They cannot be told
+ * apart, so a byte after them that does not end the head is refused (RFC
+ * 9112 2.2 lets a server require CRLF). The byte is read only when it is surely
+ * inside civetweb's max_request_size buffer. */
+static int headers_complete(const struct mg_request_info *ri)
+{
+    if (ri->num_headers <= 0 || !ri->http_headers[ri->num_headers - 1].value)
+        return 1;
+    const char *v = ri->http_headers[ri->num_headers - 1].value;
+    const char *e = v + strlen(v); /* the NUL of the line's end */
+    if (e[1] == '\r' || e[1] == '\n')
+        return 1;
+    if (e[1] != '\0')
+        return 0; /* bare LF, then a line that is not a header */
+    if (e + 2 - ri->request_method >= atoi(MAX_HEAD_BYTES) - 8)
+        return 1;
+    return e[2] == '\r' || e[2] == '\n' || e[2] == '\0';
+}
+
 static int check_framing(const struct mg_request_info *ri, refusal *r)
 {
     static const char *const cl_digits =
@@ -246,6 +283,13 @@ static int check_framing(const struct mg_request_info *ri, refusal *r)
         *r = (refusal){431, "headers_too_large", NULL,
                        "more than 63 header lines (the server would not "
                        "read them all)"};
+        return 1;
+    }
+    if (!headers_complete(ri)) {
+        *r = (refusal){400, "bad_header", NULL,
+                       "a header line that starts with a blank (obs-fold), "
+                       "a ':' or a control byte, or bare-LF line endings "
+                       "before a body (use CRLF) (RFC 9112 2.2, 5.2)"};
         return 1;
     }
     int ncl = 0;
@@ -488,39 +532,64 @@ static int on_ws_connect(const struct mg_connection *cmg, void *ud)
     return 0;
 }
 
-/* The descriptor of the socket accepted on the server's port whose peer
- * is addr:port, or -1. Sockets already handed to the core are skipped, and
- * so is any other socket (a Redis link, an embedder's) that merely talks
- * to the same peer address. */
-static int find_socket(const char *addr, int port, int local_port)
+/* 1 if fd is a TCP socket accepted by srv whose peer is want:port. */
+static int is_client_socket(const server *srv, int fd, struct in_addr want,
+                            int port)
+{
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    if (getpeername(fd, (struct sockaddr *)&sa, &sl) != 0)
+        return 0;
+    if (sa.sin_family != AF_INET || sa.sin_addr.s_addr != want.s_addr ||
+        ntohs(sa.sin_port) != port)
+        return 0;
+    struct sockaddr_in la;
+    socklen_t ll = sizeof la;
+    int type = 0;
+    socklen_t tl = sizeof type;
+    return getsockname(fd, (struct sockaddr *)&la, &ll) == 0 &&
+           la.sin_family == AF_INET && la.sin_port == srv->sa.sin_port &&
+           (srv->local == htonl(INADDR_ANY) ||
+            la.sin_addr.s_addr == srv->local) &&
+           getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 &&
+           type == SOCK_STREAM;
+}
+
+/* The descriptor of the socket accepted by srv whose peer is addr:port, or
+ * -1. Sockets already handed to the core are skipped, and so is any other
+ * socket (a Redis link, an embedder's) that merely talks to the same peer.
+ * Only open descriptors are tried (/proc/self/fd): a scan of every number
+ * up to the open-file limit (a million in the systemd unit) cost ~0.2 s of
+ * CPU for each client that reset before it could be found. */
+static int find_socket(const server *srv, const char *addr, int port)
 {
     struct in_addr want;
     if (inet_pton(AF_INET, addr, &want) != 1)
         return -1;
-    struct rlimit rl;
+    DIR *d = opendir("/proc/self/fd");
+    if (d) {
+        int found = -1;
+        int self = dirfd(d);
+        struct dirent *e;
+        while (found < 0 && (e = readdir(d)) != NULL) {
+            char *end;
+            long fd = strtol(e->d_name, &end, 10);
+            if (*end || end == e->d_name || fd < 0 || fd > INT_MAX ||
+                fd == self || tb__ws_fd_owned((int)fd))
+                continue;
+            if (is_client_socket(srv, (int)fd, want, port))
+                found = (int)fd;
+        }
+        closedir(d);
+        return found;
+    }
+    struct rlimit rl; /* no /proc: every number below the limit */
     int max = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 1u << 20
                   ? (int)rl.rlim_cur
                   : 1 << 20;
-    for (int fd = 0; fd < max; fd++) {
-        if (tb__ws_fd_owned(fd))
-            continue;
-        struct sockaddr_in sa;
-        socklen_t sl = sizeof sa;
-        if (getpeername(fd, (struct sockaddr *)&sa, &sl) != 0)
-            continue;
-        if (sa.sin_family != AF_INET || sa.sin_addr.s_addr != want.s_addr ||
-            ntohs(sa.sin_port) != port)
-            continue;
-        struct sockaddr_in la;
-        socklen_t ll = sizeof la;
-        int type = 0;
-        socklen_t tl = sizeof type;
-        if (getsockname(fd, (struct sockaddr *)&la, &ll) == 0 &&
-            la.sin_family == AF_INET && ntohs(la.sin_port) == local_port &&
-            getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 &&
-            type == SOCK_STREAM)
+    for (int fd = 0; fd < max; fd++)
+        if (!tb__ws_fd_owned(fd) && is_client_socket(srv, fd, want, port))
             return fd;
-    }
     return -1;
 }
 
@@ -559,9 +628,7 @@ static void on_ws_ready(struct mg_connection *mg, void *ud)
     const struct mg_request_info *ri = mg_get_request_info(mg);
     tb_app *app = tb_ws_app(ws);
     server *srv = app->http_server;
-    int fd = srv ? find_socket(ri->remote_addr, ri->remote_port,
-                               ntohs(srv->sa.sin_port))
-                 : -1;
+    int fd = srv ? find_socket(srv, ri->remote_addr, ri->remote_port) : -1;
     int mine = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     int stand_in =
         mine >= 0 ? socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
@@ -611,16 +678,16 @@ static void on_ws_close(const struct mg_connection *cmg, void *ud)
  * with our own status line; the connection closes. */
 static refusal civetweb_refusal(int status, const char *msg)
 {
-    static const char incomplete[] =
-        "incomplete request: the request line and headers must end with an "
-        "empty line within " MAX_HEAD_BYTES " bytes and " REQUEST_TIMEOUT_MS
-        " ms";
+    static const char malformed[] =
+        "malformed or incomplete request: the request line and headers "
+        "(printable \"Name: value\" lines) must end with an empty line "
+        "within " MAX_HEAD_BYTES " bytes and " REQUEST_TIMEOUT_MS " ms";
     static const char too_large[] =
         "the request line and headers are over " MAX_HEAD_BYTES " bytes";
     switch (status) {
     case 400:
         if (msg && strcmp(msg, "Malformed message") == 0)
-            return (refusal){400, "bad_request", NULL, incomplete};
+            return (refusal){400, "bad_request", NULL, malformed};
         return (refusal){400, "bad_request", NULL,
                          "malformed request: want a request line "
                          "\"METHOD target HTTP/1.1\" and \"Name: value\" "
@@ -687,7 +754,7 @@ static int on_log(const struct mg_connection *mg, const char *message)
  * civetweb's "a.b.c.d:port" (its own parser takes 300.1.1.1 or port 70000
  * silently, and a trailing 's' or 'r' as TLS or redirect). */
 static int parse_listen(const char *spec, char *out, size_t outsz,
-                        struct sockaddr_in *sa, int *loopback)
+                        struct sockaddr_in *sa, in_addr_t *local, int *loopback)
 {
     const char *colon = strrchr(spec, ':');
     char host[64];
@@ -711,6 +778,7 @@ static int parse_listen(const char *spec, char *out, size_t outsz,
     sa->sin_port = htons((uint16_t)port);
     sa->sin_addr.s_addr =
         a.s_addr == htonl(INADDR_ANY) ? htonl(INADDR_LOOPBACK) : a.s_addr;
+    *local = a.s_addr;
     snprintf(out, outsz, "%s:%ld", host, port);
     return 0;
 }
@@ -729,7 +797,7 @@ int tb__http_server_start(tb_app *app)
         return TB_ENOMEM;
     int loopback = 0;
     if (parse_listen(cfg->http.listen, s->addr, sizeof s->addr, &s->sa,
-                     &loopback)) {
+                     &s->local, &loopback)) {
         tb__log(TB_LOG_ERROR,
                 "http: bad http_listen \"%s\": want an IPv4 address or "
                 "localhost, a colon and a port 1..65535 (127.0.0.1:8080)",

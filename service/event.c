@@ -198,13 +198,14 @@ int tb_dispatch_from(tb_app *app, const tb_event *cause, const char *name,
 
 /* What tb_dispatch_wait and the bus's publish callback share: it outlives
  * whichever side gives up first. */
-typedef struct confirm {
+typedef struct tb__confirm {
     atomic_int refs;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int done;
     int status;
-    tb_task *task; /* waiting task, or NULL for a waiting thread */
+    tb_task *task; /* waiting task, or NULL for a waiting thread; cleared
+                      (under mu) when the task stops waiting or ends */
     uint64_t seq;
 } confirm;
 
@@ -267,16 +268,20 @@ int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
     pthread_cond_init(&c->cv, &ca);
     pthread_condattr_destroy(&ca);
     c->task = self;
-    if (self)
+    if (self) {
         c->seq = tb__task_begin_wait(self, TB__WAIT_TASK);
+        self->confirm = c;
+    }
 
     rc = app->bus->ops->publish(app->bus, ev, on_confirmed, c);
     if (rc == 0 && id_out)
         memcpy(id_out, ev->id, sizeof ev->id);
     tb_event_unref(ev);
     if (rc) {
-        if (self)
+        if (self) {
             self->wait_kind = TB__WAIT_NONE;
+            self->confirm = NULL;
+        }
         atomic_fetch_sub(&c->refs, 1); /* the callback will never run */
         confirm_unref(c);
         return rc;
@@ -304,6 +309,7 @@ int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
         if (!c->done)
             c->task = NULL;
         pthread_mutex_unlock(&c->mu);
+        self->confirm = NULL;
     } else {
         struct timespec ts;
         tb__deadline_ts(&ts, timeout_ms < 0 ? 0 : timeout_ms);
@@ -319,6 +325,18 @@ int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
     }
     confirm_unref(c);
     return rc;
+}
+
+void tb__event_abandon_confirm(tb_task *t)
+{
+    confirm *c = t->confirm;
+    if (!c)
+        return;
+    t->confirm = NULL;
+    pthread_mutex_lock(&c->mu);
+    c->task = NULL;
+    pthread_mutex_unlock(&c->mu);
+    confirm_unref(c); /* the wait's reference: it never returns */
 }
 
 const char *tb_bus_state_name(tb_bus_state s)

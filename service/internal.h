@@ -183,7 +183,8 @@ struct tb_task {
     uint64_t timer_seq;
     int timer_armed;
     tb_sub *subs;
-    tb__listener *waiter; /* while in tb_event_wait */
+    tb__listener *waiter;        /* while in tb_event_wait */
+    struct tb__confirm *confirm; /* while in tb_dispatch_wait */
     /* Last, so that a lookup's compare finds the node and a short name in
      * one cache line. */
     tb__hnode node;  /* in app->names, keyed by name */
@@ -192,6 +193,11 @@ struct tb_task {
 
 void tb__task_ref(tb_task *t);
 void tb__task_unref(tb_task *t);
+
+/* A task that ends while suspended in tb_dispatch_wait (abandoned at
+ * shutdown) lets go of its confirmation, so that the bus's later callback
+ * no longer points at it. Its worker's thread, from finish(). */
+void tb__event_abandon_confirm(tb_task *t);
 
 /* tb_task_cancel, and then, unless it returns TB_ENOENT or TB_EINVAL or
  * TB_ENOMEM, a snapshot of the first (lowest id) of the tasks it cancelled

@@ -375,6 +375,7 @@ static void finish(tb_task *t, int abandoned)
     }
     tb__sub_close_all(t);
     tb__event_abandon_wait(t); /* only an abandoned task is still waiting */
+    tb__event_abandon_confirm(t);
     t->wait_kind = TB__WAIT_NONE;
 
     if (t->wprev)

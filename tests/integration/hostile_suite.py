@@ -451,16 +451,31 @@ def open_polls(srv, paths):
     return socks
 
 
+def longpolls_waiting(srv):
+    """taskbus_http_longpolls from /metrics (None when absent)."""
+    r = http_req(srv.port, "GET", "/metrics")
+    m = re.search(rb"^taskbus_http_longpolls (\S+)$", r.body or b"", re.M)
+    return float(m.group(1)) if m else None
+
+
 def c_polls_abandoned(srv):
     socks = open_polls(srv, [f"/events/nobody.{i}?timeout=10"
                              for i in range(100)])
     time.sleep(0.5)
-    for s in socks:
+    for i, s in enumerate(socks):  # half close, half reset
+        if i % 2:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                         struct.pack("ii", 1, 0))
         s.close()
     for k in range(5):  # and it stays answering
         healthz_within(srv, T(1), f"{k * 0.5:.1f} s after 100 long polls "
                        "were abandoned")
         time.sleep(0.5)
+    # The waits ended with their clients (else they would hold their HTTP
+    # threads until the timeout): none is left 2.5 s after.
+    check(longpolls_waiting(srv) == 0, f"{longpolls_waiting(srv)} long "
+                                       "polls still wait after their "
+                                       "clients left")
 
 
 def c_polls_over_threads(srv):

@@ -1386,6 +1386,29 @@ def t_http_framing():
          post_head(*many, "Content-Length: 3") + b"abc", 431,
          "headers_too_large"),
     ]
+    # civetweb stops at a line that does not start like a header and
+    # ignores the rest: the hidden Content-Length would make the body (a
+    # DELETE) the next request.
+    smuggled = b"DELETE /tasks/victim HTTP/1.1\r\nHost: t\r\n\r\n"
+    hidden = f"Content-Length: {len(smuggled)}"
+    for what, line, code in (
+            ("an obs-fold line", " folded", "bad_header"),
+            ("a line starting with ':'", ":x", "bad_header"),
+            # civetweb refuses these two itself
+            ("a tab-folded line", "\tfolded", "bad_request"),
+            ("a line starting with a control byte", "\x01j: y",
+             "bad_request")):
+        refused.append((what + " before Content-Length",
+                        post_head(line, hidden) + smuggled, 400, code))
+    # Ambiguous in civetweb's buffer with a CRLF head whose next line is
+    # not a header: refused (RFC 9112 2.2 lets a server require CRLF).
+    refused.append(("bare-LF line endings, a body after \\n\\n",
+                    b"POST /events/frame.a HTTP/1.1\nHost: t\nContent-Length:"
+                    b" 3\n\nabc", 400, "bad_header"))
+    refused.append(("an obs-fold line after bare-LF lines",
+                    b"POST /events/frame.a HTTP/1.1\nHost: t\n folded\n" +
+                    hidden.encode() + b"\n\n" + smuggled, 400,
+                    "bad_header"))
     for what, req, status, code in refused:
         data, closed = raw_exchange(s.port, req)
         check_refused(what, data, closed, status, code)
@@ -1518,6 +1541,43 @@ def t_longpoll_abandoned():
                            f"{gone}, want the {waiting} that were waiting")
     s.stop_ok()
     return f"{waiting} waited, /healthz in {took:.2f} s"
+
+
+def t_longpoll_tricks():
+    """Clients that leave in the ways the first detection missed: a reset
+    right after the request (before the server ever looked for the
+    socket), and a byte sent after the request, then a close or a reset.
+    Each wait ends within 2 s, and the slots are free again."""
+    s = Taskbus("tricks", "--http-threads", "8", "--http-longpoll-max",
+                "4").start()
+    ways = ("reset at once", "byte then close", "byte then reset",
+            "half-close")
+    for way in ways:
+        socks = [raw_get(s.port, f"/events/trick.{i}?timeout=300")
+                 for i in range(4)]
+        if way != "reset at once":
+            time.sleep(0.3)  # the server found each socket meanwhile
+        for c in socks:
+            if way.startswith("byte"):
+                c.sendall(b"X")
+            if way == "half-close":
+                c.shutdown(socket.SHUT_WR)
+                continue
+            if way != "byte then close":
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                             struct.pack("ii", 1, 0))
+            c.close()
+        left = wait_for(lambda: metric_value(s.port, "taskbus_http_longpolls")
+                        == 0, T(2))
+        check(left, f"{way}: {metric_value(s.port, 'taskbus_http_longpolls')}"
+                    f" long polls still wait 2 s after their clients left")
+        r = http_req(s.port, "GET", "/events/trick.free?timeout=0")
+        check(r.status == 204, f"{way}: a new long poll after they left: "
+                               f"want 204, got {r!r}")
+        for c in socks:
+            c.close()
+    s.stop_ok()
+    return ", ".join(ways)
 
 
 def t_longpoll_cap():
@@ -1839,6 +1899,8 @@ CASES = [
      t_http_malformed),
     ("http", "abandoned long polls end at once; /healthz answers",
      t_longpoll_abandoned),
+    ("http", "long polls whose clients reset early, or send a byte and "
+     "leave, end too", t_longpoll_tricks),
     ("http", "--http-longpoll-max: the cap waits, one more is 503",
      t_longpoll_cap),
     ("http", "websocket resets at the hand-over: counted, logged once a "

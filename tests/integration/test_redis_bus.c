@@ -1626,6 +1626,49 @@ static void test_dispatch_wait_outlived(void **state)
     th_assert_clean();
 }
 
+/* The same, for a task abandoned at the graceful timeout while it waits:
+ * it consumed its (one-shot) cancel and waits again, as cleanup may. It
+ * never resumes; the bus gives the unconfirmed event up at stop and calls
+ * back after the task was freed (ASan: heap use-after-free in
+ * on_confirmed, then a leaked confirmation). */
+static int abandon_task(tb_task *self, void *arg)
+{
+    th_counter *waiting = arg;
+    for (;;) {
+        th_counter_add(waiting, 1);
+        int rc =
+            tb_dispatch_wait(tb_task_app(self), "dw.ab", "x", 1, 60000, NULL);
+        if (rc != TB_ECANCELED)
+            return rc;
+    }
+}
+
+static void test_dispatch_wait_abandoned(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    tb_app_config cfg;
+    rh_config(&cfg, NULL, NULL);
+    cfg.redis.command_timeout_ms =
+        1000; /* the stop gives the event up after it */
+    cfg.redis.ping_interval_ms = 10000;
+    cfg.core.graceful_timeout_ms = 300;
+    rh_app *ra = start_app(srv, NULL, NULL, &cfg);
+    th_counter waiting;
+    th_counter_init(&waiting);
+    rh_server_pause(srv);
+    tb_task_opts o = th_opts("abandon-me", 0);
+    o.flags = TB_TASK_EPHEMERAL;
+    assert_rc(tb_task_add(ra->app, abandon_task, &waiting, &o, NULL), 0);
+    assert_true(th_counter_wait_ge(&waiting, 1, ARRIVE_MS));
+    th_nap_ms(50);
+    /* Abandoned: the stop reports it; the event is given up at bus stop. */
+    assert_rc(rh_app_stop(ra), TB_ETIMEDOUT);
+    assert_true(th_counter_get(&waiting) >= 2); /* it did wait again */
+    rh_server_resume(srv);
+    th_counter_destroy(&waiting);
+}
+
 /* ------------------------------------------------------------ queue bound */
 
 /* publish_queue_max = 8 against a stopped (SIGSTOP) server: 8 dispatches
@@ -1712,6 +1755,7 @@ int main(void)
         T(test_event_size_limit),
         T(test_dispatch_wait),
         T(test_dispatch_wait_outlived),
+        T(test_dispatch_wait_abandoned),
         T(test_publish_queue_max),
     };
     return cmocka_run_group_tests_name("redis_bus", tests, NULL, NULL);
