@@ -1,6 +1,8 @@
 /* http_route.c - method + path routing and query strings for the HTTP API. */
 #include "http_route.h"
 
+#include "hex.h"
+
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,17 +46,6 @@ enum {
     FORM
 }; /* decoding modes */
 
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* The one percent-decoder. Decodes the byte at s[*i] (of n) into *c and
  * advances *i past it: "%XX" is one byte, and in FORM mode '+' is a space.
  * Returns 0, or TB_EINVAL for a bad or truncated escape, a decoded NUL, or
@@ -64,8 +55,8 @@ static int next_byte(const char *s, size_t n, size_t *i, int mode,
 {
     unsigned char b = (unsigned char)s[*i];
     if (b == '%') {
-        int hi = *i + 2 < n ? hexval((unsigned char)s[*i + 1]) : -1;
-        int lo = hi >= 0 ? hexval((unsigned char)s[*i + 2]) : -1;
+        int hi = *i + 2 < n ? tb__hex_digit((unsigned char)s[*i + 1]) : -1;
+        int lo = hi >= 0 ? tb__hex_digit((unsigned char)s[*i + 2]) : -1;
         if (lo < 0)
             return TB_EINVAL;
         b = (unsigned char)(hi << 4 | lo);

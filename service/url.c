@@ -6,6 +6,7 @@
 #include <strings.h>
 
 #include "taskbus/taskbus.h"
+#include "hex.h"
 #include "url.h"
 
 #define DEFAULT_PORT 6379
@@ -39,17 +40,6 @@ static const char *userinfo_end(const char *rest, int is_unix)
     return strstr(rest, "@/");
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes the len bytes at src into dst (size bytes, NUL included).
  * Returns 0, -1 for a bad escape (or one that decodes to NUL), -2 if the
  * result does not fit. */
@@ -61,7 +51,7 @@ static int pct_decode(char *dst, size_t size, const char *src, size_t len)
         if (c == '%') {
             if (len - i < 3)
                 return -1;
-            int h = hex_value(src[i + 1]), l = hex_value(src[i + 2]);
+            int h = tb__hex_digit(src[i + 1]), l = tb__hex_digit(src[i + 2]);
             if (h < 0 || l < 0 || (h == 0 && l == 0))
                 return -1;
             c = (char)(h << 4 | l);
