@@ -403,7 +403,7 @@ int tb__kind_exec_register(tb_app *app, const char *allow)
     free(copy);
     int rc = tb_app_add_kind(app, "exec", kind_exec, exec_spec);
     if (rc == 0)
-        rc = tb__task_kind_check(app, "exec", exec_check, a, allow_free);
+        rc = tb_app_add_kind_check(app, "exec", exec_check, a, allow_free);
     if (rc)
         allow_free(a);
     return rc;

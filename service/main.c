@@ -20,10 +20,7 @@
 #include "taskbus/taskbus.h"
 
 #include "http.h"
-#include "internal.h"
 #include "kinds.h"
-#include "log.h"
-#include "url.h"
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -93,18 +90,13 @@ static int seconds_arg(const char *what, const char *s, double max_s)
 
 static int log_json;
 
-static void log_handler(tb_log_level lvl, const char *msg, void *ud)
+/* --log-format json: one JSON object per line. (Text lines are the
+ * library's default handler's.) */
+static void json_handler(tb_log_level lvl, const char *msg, void *ud)
 {
     (void)ud;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    int64_t us = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-    if (!log_json) {
-        char line[TB__LOG_LINE_MAX];
-        size_t n = tb__log_format_line(line, sizeof line, lvl, us, msg);
-        fwrite(line, 1, n, stderr);
-        return;
-    }
     char when[40];
     time_t secs = ts.tv_sec;
     struct tm tm;
@@ -244,8 +236,13 @@ static void apply(serve_opts *o, const setting *st, const char *value,
     case K_LIB:
         if (st->lib->type == TB_CONFIG_BOOL && !value)
             value = "1";
+        /* "off": the binary's word for no HTTP server. */
+        int listen = strcmp(st->lib->name, "http.listen") == 0;
+        if (listen && strcmp(value, "off") == 0)
+            value = "";
         if (tb_config_set(&o->cfg, st->lib->name, value, err, sizeof err))
-            die_usage("%s: %s", what, err);
+            die_usage("%s: %s%s", what, err,
+                      listen ? " (or off: no HTTP server)" : "");
         break;
     case K_STR:
     case K_FILE:
@@ -466,8 +463,8 @@ static int ticker(tb_task *self, void *arg)
         int rc =
             tb_dispatch(tb_task_app(self), "demo.tick", buf, (size_t)len, NULL);
         if (rc != 0)
-            tb__log(TB_LOG_WARN, "demo.tick not dispatched: %s",
-                    tb_strerror(rc));
+            tb_log(TB_LOG_WARN, "demo.tick not dispatched: %s",
+                   tb_strerror(rc));
     }
     return 0;
 }
@@ -478,9 +475,9 @@ static int on_ready(tb_app *app, int worker, void *arg)
     (void)arg;
     tb_bus_info bus;
     tb_bus_status(app, &bus);
-    tb__log(TB_LOG_INFO, "taskbus %s ready: %d workers, %s bus (%s)",
-            TB_VERSION_STRING, tb_app_workers(app), bus.name,
-            tb_bus_state_name(bus.state));
+    tb_log(TB_LOG_INFO, "taskbus %s ready: %d workers, %s bus (%s)",
+           TB_VERSION_STRING, tb_app_workers(app), bus.name,
+           tb_bus_state_name(bus.state));
     if (tick_seconds <= 0)
         return 0;
     tb_task_opts o = {.name = "ticker"};
@@ -510,11 +507,8 @@ static void log_config(const serve_opts *o)
         if (st->kind != K_LIB)
             continue;
         char v[700];
-        if (strcmp(st->lib->name, "redis.url") == 0)
-            if (o->cfg.redis.url)
-                tb__redis_url_redact(o->cfg.redis.url, v, sizeof v);
-            else
-                snprintf(v, sizeof v, "none (in-process bus)");
+        if (strcmp(st->lib->name, "redis.url") == 0 && !o->cfg.redis.url)
+            snprintf(v, sizeof v, "none (in-process bus)");
         else if (st->lib->type == TB_CONFIG_SECRET)
             snprintf(v, sizeof v, "%s",
                      tb_config_format(&o->cfg, st->lib, v, sizeof v) > 0
@@ -529,9 +523,9 @@ static void log_config(const serve_opts *o)
                  o->cfg.redis.password ? " redis-password=file" : "",
                  o->token_file ? " token-from=file" : "",
                  o->log_format_json ? "json" : "text");
-    tb__log(TB_LOG_INFO, "%s", line);
+    tb_log(TB_LOG_INFO, "%s", line);
     if (o->exec_allow && o->exec_allow[0])
-        tb__log(TB_LOG_INFO, "exec task kind allows: %s", o->exec_allow);
+        tb_log(TB_LOG_INFO, "exec task kind allows: %s", o->exec_allow);
 }
 
 static int serve_main(int argc, char **argv)
@@ -583,9 +577,9 @@ static int serve_main(int argc, char **argv)
                   argv[optind]);
 
     log_json = o.log_format_json;
-    tb_log_set_handler(log_handler, NULL);
+    tb_log_set_handler(log_json ? json_handler : NULL, NULL);
     tb_log_set_level(o.log_level);
-    tb__set_second_signal_hook(second_signal);
+    tb_app_set_second_signal_hook(second_signal);
     char *token_secret = NULL, *redis_secret = NULL;
     if (o.token_file)
         o.cfg.http.api_token = token_secret =
@@ -596,12 +590,6 @@ static int serve_main(int argc, char **argv)
     if (o.quiet)
         o.print_events = 0;
     tick_seconds = o.tick_s;
-    if (o.cfg.http.listen && strcmp(o.cfg.http.listen, "off") == 0)
-        o.cfg.http.listen = NULL;
-    else if (o.cfg.http.listen && !tb__listen_valid(o.cfg.http.listen))
-        die_usage("%s must be an IPv4 address or localhost, a colon and a "
-                  "port 1..65535 (127.0.0.1:8080), or \"off\"; not \"%s\"",
-                  src_of("listen"), o.cfg.http.listen);
 
     log_config(&o);
     int err;
@@ -617,11 +605,11 @@ static int serve_main(int argc, char **argv)
     }
     raise_fd_limit();
     if (getpid() == 1 && tb__reaper_start() != 0)
-        tb__log(TB_LOG_WARN, "running as PID 1 without a zombie reaper");
+        tb_log(TB_LOG_WARN, "running as PID 1 without a zombie reaper");
     tb_task_opts p = {.name = "printer"};
     if ((o.print_events && tb_task_add(app, printer, NULL, &p, NULL) != 0) ||
         tb_app_add_listener(app, TB_MAIN_READY, on_ready, NULL) != 0 ||
-        tb__kinds_register_builtin(app) != 0 ||
+        tb_app_add_builtin_kinds(app) != 0 ||
         tb__kind_exec_register(app, o.exec_allow) != 0 ||
         (o.cfg.http.listen && tb_app_add_api(app) != 0)) {
         tb_app_free(app);
@@ -634,9 +622,9 @@ static int serve_main(int argc, char **argv)
     forget(token_secret);
     forget(redis_secret);
     if (rc == 0)
-        tb__log(TB_LOG_INFO, "taskbus stopped cleanly");
+        tb_log(TB_LOG_INFO, "taskbus stopped cleanly");
     else
-        tb__log(TB_LOG_ERROR, "taskbus stopped: %s", tb_strerror(rc));
+        tb_log(TB_LOG_ERROR, "taskbus stopped: %s", tb_strerror(rc));
     return rc == 0 ? 0 : 1;
 }
 
