@@ -248,6 +248,7 @@ void cmd_options_log(const cmd_serve_opts *o)
         if (st->kind != K_LIB)
             continue;
         char v[700];
+        int rc;
         if (strcmp(st->lib->name, "redis.url") == 0 && !o->cfg.redis.url)
             snprintf(v, sizeof v, "none (in-process bus)");
         else if (st->lib->type == TB_CONFIG_SECRET)
@@ -255,8 +256,9 @@ void cmd_options_log(const cmd_serve_opts *o)
                      tb_config_format(&o->cfg, st->lib, v, sizeof v) > 0
                          ? "set"
                          : "none");
-        else if (tb_config_format(&o->cfg, st->lib, v, sizeof v) <= 0)
-            snprintf(v, sizeof v, "none");
+        else if ((rc = tb_config_format(&o->cfg, st->lib, v, sizeof v)) <= 0)
+            snprintf(v, sizeof v, "%s",
+                     rc == TB_ENAMETOOLONG ? "(too long to show)" : "none");
         n += (size_t)snprintf(line + n, sizeof line - n, " %s=%s", st->flag, v);
     }
     if (n < sizeof line)
