@@ -373,7 +373,7 @@ static tb_app *signal_app;
 static volatile sig_atomic_t signals_seen;
 static void (*second_signal_hook)(int sig);
 
-void tb__set_second_signal_hook(void (*fn)(int sig))
+void tb_app_set_second_signal_hook(void (*fn)(int sig))
 {
     second_signal_hook = fn;
 }

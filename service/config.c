@@ -12,6 +12,7 @@
 
 #include "internal.h"
 #include "json.h"
+#include "url.h"
 
 #define KiB (1024LL)
 #define MiB (1024LL * 1024)
@@ -48,7 +49,7 @@
       "stack-size / 1024 (0: 64, or what the stack allows)")                   \
     X(core, event_max_hops, INT, 8, NULL, 0, 255, "event-max-hops",            \
       "times an event may be relayed on: stops relay cycles")                  \
-    X(redis, url, SECRET, 0, NULL, 0, 0, "redis-url",                          \
+    X(redis, url, URL, 0, NULL, 0, 0, "redis-url",                             \
       "redis://[user:password@]host:port[/db] or unix:///path; none: the "     \
       "in-process bus")                                                        \
     X(redis, password, SECRET, 0, NULL, 0, 0, NULL,                            \
@@ -105,6 +106,7 @@
 #define CT_SIZE size_t
 #define CT_STRING const char *
 #define CT_SECRET const char *
+#define CT_URL const char *
 
 #define FIELD(c, g, f) (((tb_app_config *)(c))->g.f)
 
@@ -172,6 +174,7 @@ void tb_app_config_init(tb_app_config *cfg)
             break;
         case TB_CONFIG_STRING:
         case TB_CONFIG_SECRET:
+        case TB_CONFIG_URL:
             *(const char **)p = places[i].dstr;
             break;
         default:
@@ -182,6 +185,8 @@ void tb_app_config_init(tb_app_config *cfg)
 }
 
 /* ---------------------------------------------------------------- text */
+
+static const char *string_form(const char *name, const char *v);
 
 static int find(const char *key)
 {
@@ -257,8 +262,15 @@ int tb_config_set(tb_app_config *cfg, const char *key, const char *value,
     switch (s->type) {
     case TB_CONFIG_STRING:
     case TB_CONFIG_SECRET:
+    case TB_CONFIG_URL: {
+        /* Only plain strings have a form: a secret is never echoed. */
+        const char *form = value[0] ? string_form(s->name, value) : NULL;
+        if (form)
+            return errf(err, errsz, "%s must be %s, not \"%.64s\"", s->name,
+                        form, value);
         *(const char **)p = value[0] ? value : NULL;
         return 0;
+    }
     case TB_CONFIG_BOOL:
         if (strcmp(value, "1") == 0 || strcasecmp(value, "true") == 0)
             *(int *)p = 1;
@@ -310,6 +322,18 @@ int tb_config_format(const tb_app_config *cfg, const tb_config_setting *s,
     case TB_CONFIG_SECRET:
         n = snprintf(out, outsz, "%s", *(const char *const *)p ? "(set)" : "");
         break;
+    case TB_CONFIG_URL: {
+        /* "***" may be longer than the password it hides: room for it. */
+        const char *v = *(const char *const *)p;
+        size_t cap = (v ? strlen(v) : 0) + 4;
+        char *safe = malloc(cap);
+        if (!safe)
+            return TB_ENOMEM;
+        tb__redis_url_redact(v, safe, cap);
+        n = snprintf(out, outsz, "%s", safe);
+        free(safe);
+        break;
+    }
     case TB_CONFIG_SIZE:
         n = snprintf(out, outsz, "%zu", *(const size_t *)p);
         break;
@@ -352,7 +376,7 @@ static int namespace_ok(const char *ns)
     return 1;
 }
 
-int tb__listen_valid(const char *spec)
+static int listen_ok(const char *spec)
 {
     const char *colon = strrchr(spec, ':');
     if (!colon || colon == spec || colon - spec >= 64)
@@ -371,12 +395,28 @@ int tb__listen_valid(const char *spec)
     return port >= 1 && port <= 65535;
 }
 
+#define NAMESPACE_FORM "1..64 bytes of [A-Za-z0-9_.-]"
+#define LISTEN_FORM                                                            \
+    "an IPv4 address or localhost, a colon and a port 1..65535 "               \
+    "(127.0.0.1:8080)"
+
+/* What a string setting must look like, if it has a form and v (not "")
+ * lacks it; else NULL. */
+static const char *string_form(const char *name, const char *v)
+{
+    if (strcmp(name, "core.event_namespace") == 0 && !namespace_ok(v))
+        return NAMESPACE_FORM;
+    if (strcmp(name, "http.listen") == 0 && !listen_ok(v))
+        return LISTEN_FORM;
+    return NULL;
+}
+
 /* What the table's bounds cannot say: a string's form, and one setting
  * against another. NULL when all hold. */
 static const char *check_rules(const tb_app_config *c)
 {
     if (!c->core.event_namespace || !namespace_ok(c->core.event_namespace))
-        return "core.event_namespace must be 1..64 bytes of [A-Za-z0-9_.-]";
+        return "core.event_namespace must be " NAMESPACE_FORM;
     if (c->redis.retry_max_ms < c->redis.retry_min_ms)
         return "redis.retry_min_ms must be <= redis.retry_max_ms";
     if (c->http.longpoll_max && c->http.longpoll_max >= c->http.threads)
@@ -386,10 +426,8 @@ static const char *check_rules(const tb_app_config *c)
     if (c->http.api_token && !token_ok(c->http.api_token))
         return "http.api_token must be 1..256 visible ASCII bytes (no "
                "blanks) or empty";
-    if (c->http.listen && c->http.listen[0] &&
-        !tb__listen_valid(c->http.listen))
-        return "http.listen must be an IPv4 address or localhost, a colon "
-               "and a port 1..65535 (127.0.0.1:8080)";
+    if (c->http.listen && c->http.listen[0] && !listen_ok(c->http.listen))
+        return "http.listen must be " LISTEN_FORM;
     if (c->core.json_max_depth > 0 &&
         (size_t)c->core.json_max_depth * TB__JSON_STACK_PER_LEVEL >
             c->core.stack_size / 2)
@@ -407,7 +445,8 @@ int tb__config_check(const tb_app_config *c)
         const tb_config_setting *s = &table[i];
         const void *p = place(c, i);
         long long v;
-        if (s->type == TB_CONFIG_STRING || s->type == TB_CONFIG_SECRET)
+        if (s->type == TB_CONFIG_STRING || s->type == TB_CONFIG_SECRET ||
+            s->type == TB_CONFIG_URL)
             continue;
         v = s->type == TB_CONFIG_SIZE ? (long long)*(const size_t *)p
                                       : *(const int *)p;

@@ -106,23 +106,4 @@ const tb__router *tb__http_router(const tb_app *app);
 int tb__http_server_start(tb_app *app);
 void tb__http_server_stop(tb_app *app);
 
-/* adapters/http_civetweb.c: the binary's client side. One blocking
- * request to host:port (target: path and query); the whole answer's body in
- * *resp (malloc'd, NUL-terminated). 0 (then *status is set), or
- * TB_ENOTCONN / TB_EPIPE / TB_ETIMEDOUT / TB_ENOMEM with err filled. */
-int tb__http_client(const char *host, int port, const char *method,
-                    const char *target, const char *token, const char *ctype,
-                    const void *body, size_t len, int timeout_ms, int *status,
-                    char **resp, size_t *resp_len, char *err, size_t errsz);
-
-#include <signal.h>
-/* Opens a websocket to host:port target and calls on_text for each message
- * (on civetweb's client thread) until *stop becomes non-zero (0) or the
- * server closes (TB_EPIPE). TB_ENOTCONN when the upgrade fails (err says
- * why). */
-int tb__ws_client_watch(const char *host, int port, const char *target,
-                        void (*on_text)(const char *text, size_t len, void *ud),
-                        void *ud, volatile sig_atomic_t *stop, char *err,
-                        size_t errsz);
-
 #endif /* TASKBUS_HTTP_H */

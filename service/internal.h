@@ -459,17 +459,9 @@ struct tb_app {
     int blk_stop;
 };
 
-/* 1 if spec is an http_listen the server can use: IPv4 or localhost, a
- * colon, a port 1..65535. */
-int tb__listen_valid(const char *spec);
-
 /* Checks a config against the settings table's bounds and the rules that
  * relate settings (config.c). 0, or TB_EINVAL with the reason logged. */
 int tb__config_check(const tb_app_config *c);
-
-/* With handle_signals, a second SIGINT/SIGTERM exits at once; fn (which
- * must be async-signal-safe) says so instead of the default stderr line. */
-void tb__set_second_signal_hook(void (*fn)(int sig));
 
 int64_t tb__now_us(void);  /* CLOCK_REALTIME */
 int64_t tb__mono_us(void); /* CLOCK_MONOTONIC */

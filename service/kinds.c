@@ -28,7 +28,7 @@ typedef struct kind {
     struct kind *next;
     char name[TB_KIND_NAME_MAX + 1];
     tb_task_fn fn;
-    tb__kind_check_fn check; /* after the spec's checks; may be NULL */
+    tb_kind_check_fn check; /* after the spec's checks; may be NULL */
     void *check_ud;
     void (*check_ud_free)(void *);
     size_t nspec;
@@ -548,7 +548,7 @@ static int kind_relay(tb_task *self, void *arg)
     return rc;
 }
 
-int tb__kinds_register_builtin(tb_app *app)
+int tb_app_add_builtin_kinds(tb_app *app)
 {
     static const tb_arg_spec sleep_spec[] = {
         {"seconds", TB_ARG_NUMBER, 1, 0, 86400},
@@ -738,12 +738,19 @@ int tb__api_register_kinds(tb_app *app)
     return tb_app_add_route(app, "POST", "/tasks", post_task, NULL);
 }
 
-int tb__task_kind_check(tb_app *app, const char *name, tb__kind_check_fn fn,
-                        void *ud, void (*ud_free)(void *))
+int tb_app_add_kind_check(tb_app *app, const char *kind_name,
+                          tb_kind_check_fn fn, void *ud,
+                          void (*ud_free)(void *ud))
 {
-    kind *k = find_kind(find_app(app), name);
+    if (!app || !kind_name || !fn)
+        return TB_EINVAL;
+    if (atomic_load(&app->state) != TB__APP_NEW)
+        return TB_EBUSY;
+    kind *k = find_kind(find_app(app), kind_name);
     if (!k)
         return TB_ENOENT;
+    if (k->check)
+        return TB_EEXIST;
     k->check = fn;
     k->check_ud = ud;
     k->check_ud_free = ud_free;

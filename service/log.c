@@ -166,3 +166,12 @@ void tb__log(tb_log_level lvl, const char *fmt, ...)
     tb__vlog(lvl, fmt, ap);
     va_end(ap);
 }
+
+/* The public name of tb__log, for embedders and the service binary. */
+void tb_log(tb_log_level lvl, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    tb__vlog(lvl, fmt, ap);
+    va_end(ap);
+}

@@ -23,8 +23,8 @@
  *    (TB_FOREVER) waits without limit, and TB_TIMEOUT_DEFAULT takes the
  *    app's setting for that wait (the function's comment names it).
  *  - Registration is tb_app_add_<what> (tb_app_add_listener, _route,
- *    _websocket, _kind, _api): before tb_app_run, except where a comment
- *    says otherwise.
+ *    _websocket, _kind, _kind_check, _builtin_kinds, _api): before
+ *    tb_app_run, except where a comment says otherwise.
  *  - The pointer a caller passes for its own use is called ud (user data)
  *    everywhere; taskbus hands it back as it was and never frees it unless
  *    a free function is given with it.
@@ -110,6 +110,16 @@ typedef void (*tb_log_fn)(tb_log_level level, const char *msg, void *ud);
 void tb_log_set_level(tb_log_level level);
 void tb_log_set_handler(tb_log_fn fn, void *ud);
 tb_log_level tb_log_get_level(void);
+
+/* Logs a printf-style message at level, through the same handler and level
+ * filter as taskbus's own lines: below the level it returns at once without
+ * formatting. The handler gets one line: trailing newlines dropped, CR and
+ * LF inside replaced by blanks, at most 2048 bytes (a longer message is cut
+ * at a character boundary and ends in "..."). Any thread, also inside a
+ * task (it never suspends; it takes about 5 KiB of stack); errno is kept.
+ * Not from inside a log handler (it would re-enter it). */
+void tb_log(tb_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 /* ---------------------------------------------------------------- types */
 
@@ -254,7 +264,8 @@ typedef enum {
     TB_CONFIG_SECONDS, /* int milliseconds, written as (decimal) seconds */
     TB_CONFIG_BOOL,    /* int 0 or 1 */
     TB_CONFIG_STRING,  /* const char *, NULL when unset */
-    TB_CONFIG_SECRET   /* a string never printed */
+    TB_CONFIG_SECRET,  /* a string never printed */
+    TB_CONFIG_URL      /* a string printed without its password */
 } tb_config_type;
 
 typedef struct tb_config_setting {
@@ -273,8 +284,10 @@ const tb_config_setting *tb_config_settings(size_t *n);
 
 /* Sets the setting named key (its name or its flag) from text: numbers in
  * decimal (TB_CONFIG_SECONDS: decimal seconds, at most 3 decimals),
- * booleans as 1/0/true/false. A string setting keeps the pointer: value must
- * outlive cfg's use (tb_app_new copies what it keeps). Returns 0,
+ * booleans as 1/0/true/false; "" or NULL unsets a string. A string setting
+ * keeps the pointer: value must outlive cfg's use (tb_app_new copies what it
+ * keeps). Strings with a form are checked here too (core.event_namespace,
+ * http.listen); rules between settings wait for tb_app_new. Returns 0,
  * TB_ENOENT (no such setting) or TB_EINVAL with a reason in err (errsz
  * bytes; may be NULL) naming the setting, its bounds and the value. */
 int tb_config_set(tb_app_config *cfg, const char *key, const char *value,
@@ -282,8 +295,9 @@ int tb_config_set(tb_app_config *cfg, const char *key, const char *value,
 
 /* Writes setting s's value in cfg as text into out (outsz bytes): numbers
  * in their unit (seconds for TB_CONFIG_SECONDS), strings as they are, ""
- * for an unset string, "(set)" for a set secret. Returns the length or
- * TB_ENAMETOOLONG if out is too small. */
+ * for an unset string, "(set)" for a set secret, a URL with its password
+ * (or a userinfo without ':', which may be one) as "***". Safe to log.
+ * Returns the length, TB_ENAMETOOLONG if out is too small, TB_ENOMEM. */
 int tb_config_format(const tb_app_config *cfg, const tb_config_setting *s,
                      char *out, size_t outsz);
 
@@ -304,6 +318,15 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err);
  * that could not start). An app runs once: a second call returns TB_ESHUTDOWN.
  */
 int tb_app_run(tb_app *app);
+
+/* With core.handle_signals, tb_app_run stops the app on SIGINT or SIGTERM,
+ * and a second one while it stops ends the process at once with
+ * _exit(128 + sig). Just before, fn(sig) runs inside the signal handler to
+ * say so in the program's own log format: it must be async-signal-safe
+ * (write(2) is; stdio, malloc and tb_log are not). NULL (the default)
+ * writes "taskbus: second signal: exiting at once" to stderr. Process-wide,
+ * like signal handlers; set it before tb_app_run. */
+void tb_app_set_second_signal_hook(void (*fn)(int sig));
 
 /* Asks a running (or starting) app to stop. Any thread; async-signal-safe,
  * so it may be called from a signal handler. Idempotent. Before run, it makes
@@ -638,6 +661,36 @@ typedef struct tb_kind_args tb_kind_args;
 int tb_app_add_kind(tb_app *app, const char *name, tb_task_fn fn,
                     const tb_arg_spec *spec);
 
+/* A kind's own check of a spawn's arguments, for what a spec cannot say (an
+ * allow-list, one argument against another). tb_task_spawn runs it after
+ * the spec's checks passed, on the spawning thread (any thread, possibly
+ * concurrently; it must not suspend); args is valid during the call only.
+ * Returns 0 to accept, or TB_EPERM (refused by policy; POST /tasks answers
+ * 403 not_allowed) or TB_EINVAL (bad arguments; 400 bad_args) with a
+ * message in err (errsz bytes); tb_task_spawn returns that code. */
+typedef int (*tb_kind_check_fn)(const tb_kind_args *args, void *ud, char *err,
+                                size_t errsz);
+
+/* Gives kind, registered with tb_app_add_kind, its check (one per kind). ud
+ * is passed to fn as is; ud_free (may be NULL) is called with ud when the
+ * app is freed (tb_app_free). Only before tb_app_run (TB_EBUSY after).
+ * TB_EINVAL (NULL fn), TB_ENOENT (no such kind), TB_EEXIST (it has a check
+ * already). On error ud stays the caller's: ud_free is not called. */
+int tb_app_add_kind_check(tb_app *app, const char *kind, tb_kind_check_fn fn,
+                          void *ud, void (*ud_free)(void *ud));
+
+/* Registers the built-in kinds, which POST /tasks and tb_task_spawn can
+ * then start:
+ *   sleep {seconds}                         sleeps, then is done
+ *   delay {seconds, event, data?}           dispatches event once, later
+ *   interval {seconds, event, data?, count?} dispatches event every seconds
+ *   relay {pattern, event}                  re-dispatches each event
+ *                                           matching pattern as event
+ * (seconds: 0..86400, interval's from 0.001; relayed events count hops,
+ * see tb_dispatch_from). Only before tb_app_run. 0, or tb_app_add_kind's
+ * error (TB_EEXIST if one of the names is taken). */
+int tb_app_add_builtin_kinds(tb_app *app);
+
 /* Typed getters, for a kind's task (a is its ud). An argument that was
  * not given (or is not of the getter's type) yields dflt, or NULL for
  * tb_kind_string. tb_kind_number also reads TB_ARG_INT arguments;
@@ -652,12 +705,13 @@ int tb_kind_bool(const tb_kind_args *a, const char *name, int dflt);
  * "" or "null": no arguments). Validates it against the kind's spec: an
  * unknown member, a wrong type (TB_ARG_INT wants an integer), a number out
  * of range, a missing required member, or a bad event name or pattern is
- * TB_EINVAL, with a message naming the member in err. Then adds the task
- * as tb_task_add does with opts (may be NULL: defaults; its arg_free and
+ * TB_EINVAL, with a message naming the member in err; then runs the kind's
+ * check, if it has one (tb_app_add_kind_check). Then adds the task
+ * as tb_task_add does with opts (may be NULL: defaults; its ud_free and
  * kind are ignored: the kind's name is the task's kind). err (errsz bytes,
  * may be NULL) gets a message on every error and "" on success. Returns 0,
- * TB_ENOENT (unknown kind), TB_EINVAL, or tb_task_add's errors. Any
- * thread. */
+ * TB_ENOENT (unknown kind), TB_EINVAL, the check's TB_EPERM, or
+ * tb_task_add's errors. Any thread. */
 int tb_task_spawn(tb_app *app, const char *kind, const char *args_json,
                   const tb_task_opts *opts, uint64_t *id_out, char *err,
                   size_t errsz);

@@ -318,11 +318,12 @@ given = {
     "Dockerfile": {k for k in docker_env if k.startswith("TASKBUS_")},
     "systemd unit": unit_env,
 }
-code = "".join(read(p) for p in glob.glob(os.path.join(src, "service", "*.c")))
+code = "".join(read(p) for p in glob.glob(os.path.join(src, "service", "**", "*.c"),
+                                         recursive=True))
 for where, names in given.items():
     unknown = sorted(n for n in names if '"%s"' % n not in code)
-    check(not unknown, "%s: settings all read by service/*.c (%d)" % (where, len(names)),
-          "%s: %s not read by the service (no \"NAME\" in service/*.c)" % (where, unknown))
+    check(not unknown, "%s: settings all read by service/**/*.c (%d)" % (where, len(names)),
+          "%s: %s not read by the service (no \"NAME\" in service/**/*.c)" % (where, unknown))
 
 sys.exit(1 if errors else 0)
 PYEOF

@@ -363,6 +363,84 @@ static void builtin_body(tb_app *app, void *arg)
     TH_CHECK_RC(tb_app_add_kind(app, "late", noop, NULL), TB_EBUSY);
 }
 
+/* ------------------------------------------------------------ checks */
+
+typedef struct check_ud {
+    int calls, freed;
+} check_ud;
+
+/* Accepts n up to 5; refuses 6..8 by policy and more as bad arguments. */
+static int limit_check(const tb_kind_args *args, void *ud, char *err,
+                       size_t errsz)
+{
+    check_ud *c = ud;
+    c->calls++;
+    double n = tb_kind_number(args, "n", 0);
+    if (n > 8) {
+        snprintf(err, errsz, "n=%g is too big for this kind", n);
+        return TB_EINVAL;
+    }
+    if (n > 5) {
+        snprintf(err, errsz, "n=%g is not allowed here", n);
+        return TB_EPERM;
+    }
+    return 0;
+}
+
+static void count_free(void *ud)
+{
+    ((check_ud *)ud)->freed++;
+}
+
+static void test_kind_check(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    check_ud c = {0, 0}, other = {0, 0};
+    assert_rc(tb_app_add_kind(app, "all", noop, all_spec), 0);
+    assert_rc(tb__api_register_kinds(app), 0);
+
+    /* Failed registrations leave ud with the caller. */
+    assert_rc(
+        tb_app_add_kind_check(app, "nope", limit_check, &other, count_free),
+        TB_ENOENT);
+    assert_rc(tb_app_add_kind_check(app, "all", NULL, &other, count_free),
+              TB_EINVAL);
+    assert_rc(tb_app_add_kind_check(app, "all", limit_check, &c, count_free),
+              0);
+    assert_rc(
+        tb_app_add_kind_check(app, "all", limit_check, &other, count_free),
+        TB_EEXIST);
+
+    /* The spec's checks come first: the kind's sees valid arguments only. */
+    spawn_check(app, "all", "{\"n\": 11}", TB_EINVAL, "args.n");
+    assert_int_equal(c.calls, 0);
+    spawn_check(app, "all", "{\"n\": 5}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 6}", TB_EPERM, "n=6 is not allowed");
+    spawn_check(app, "all", "{\"n\": 9}", TB_EINVAL, "n=9 is too big");
+    assert_int_equal(c.calls, 3);
+
+    /* POST /tasks: policy is 403, bad arguments 400. */
+    post_error(app, "{\"kind\": \"all\", \"args\": {\"n\": 7}}", 403,
+               "not_allowed", "n=7 is not allowed");
+    post_error(app, "{\"kind\": \"all\", \"args\": {\"n\": 10}}", 400,
+               "bad_args", "n=10 is too big");
+    assert_int_equal(c.calls, 5);
+    th_assert_clean();
+
+    /* Fixed once the app has run; ud_free runs once, with the app. */
+    tb_app_stop(app);
+    assert_rc(tb_app_run(app), 0);
+    assert_rc(
+        tb_app_add_kind_check(app, "all", limit_check, &other, count_free),
+        TB_EBUSY);
+    assert_int_equal(c.freed, 0);
+    tb_app_free(app);
+    assert_int_equal(c.freed, 1);
+    assert_int_equal(other.freed, 0);
+    assert_int_equal(other.calls, 0);
+}
+
 static void test_builtin(void **state)
 {
     (void)state;
@@ -372,8 +450,8 @@ static void test_builtin(void **state)
     cfg.core.graceful_timeout_ms = 2000;
     cfg.core.max_event_size = 64;
     tb_app *app = th_app_new_cfg(&cfg);
-    assert_rc(tb__kinds_register_builtin(app), 0);
-    assert_rc(tb__kinds_register_builtin(app), TB_EEXIST);
+    assert_rc(tb_app_add_builtin_kinds(app), 0);
+    assert_rc(tb_app_add_builtin_kinds(app), TB_EEXIST);
     assert_rc(tb_app_add_kind(app, "probe", probe, all_spec), 0);
     seen s;
     memset(&s, 0, sizeof s);
@@ -569,7 +647,7 @@ static void test_relay_cycle(void **state)
     cfg.core.event_max_hops = 8;
     tb_app *app = th_app_new_cfg(&cfg);
     tb_log_set_level(TB_LOG_ERROR); /* the hop limit's warning is expected */
-    assert_rc(tb__kinds_register_builtin(app), 0);
+    assert_rc(tb_app_add_builtin_kinds(app), 0);
     cycle c;
     memset(&c, 0, sizeof c);
     th_counter_init(&c.ready);
@@ -585,7 +663,7 @@ static void test_http(void **state)
 {
     (void)state;
     tb_app *app = th_app_new(2, 2000);
-    assert_rc(tb__kinds_register_builtin(app), 0);
+    assert_rc(tb_app_add_builtin_kinds(app), 0);
     assert_rc(tb__api_register_kinds(app), 0);
     assert_rc(th_run_thread(app, http_body, NULL, 20000), 0);
     th_assert_clean();
@@ -600,9 +678,8 @@ static void test_http(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_validation),
-        cmocka_unit_test(test_builtin),
-        cmocka_unit_test(test_relay_cycle),
+        cmocka_unit_test(test_validation), cmocka_unit_test(test_kind_check),
+        cmocka_unit_test(test_builtin),    cmocka_unit_test(test_relay_cycle),
         cmocka_unit_test(test_http),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

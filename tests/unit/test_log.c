@@ -212,6 +212,23 @@ static void test_handler_swap_and_restore(void **state)
     free(out);
 }
 
+/* tb_log, the public name: the same filter, handler and line rules. */
+static void test_public_tb_log(void **state)
+{
+    (void)state;
+    int ud;
+    tb_log_set_handler(capture_fn, &ud);
+    tb_log(TB_LOG_DEBUG, "filtered %d", 1);
+    assert_int_equal(cap.calls, 0);
+    errno = EPIPE;
+    tb_log(TB_LOG_WARN, "kind %s: %d\nmore\n", "exec", 3);
+    assert_int_equal(errno, EPIPE);
+    assert_int_equal(cap.calls, 1);
+    assert_int_equal(cap.last_level, TB_LOG_WARN);
+    assert_string_equal(cap.last, "kind exec: 3 more");
+    assert_ptr_equal(cap.last_ud, &ud);
+}
+
 static void clobbering_fn(tb_log_level level, const char *msg, void *ud)
 {
     capture_fn(level, msg, ud);
@@ -441,6 +458,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_handler_swap_and_restore, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_errno_preserved, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_public_tb_log, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_format_line, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_handler, setup,

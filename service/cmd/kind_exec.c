@@ -28,8 +28,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
-#include "kinds.h"
+#include "taskbus/taskbus.h"
+
+#include "cmd.h"
 
 extern char **environ;
 
@@ -120,16 +121,16 @@ static void emit_line(job *j, int s, const char *text, size_t len)
         if (rc == 0)
             return;
         if (rc == TB_EINVAL) { /* not UTF-8: say so in the log instead */
-            tb__log(TB_LOG_INFO, "task \"%s\" %s (not UTF-8, %zu bytes)",
-                    tb_task_name(j->task), s ? "stderr" : "stdout", len);
+            tb_log(TB_LOG_INFO, "task \"%s\" %s (not UTF-8, %zu bytes)",
+                   tb_task_name(j->task), s ? "stderr" : "stdout", len);
             return;
         }
-        tb__log(TB_LOG_WARN, "task \"%s\": event %s not dispatched: %s",
-                tb_task_name(j->task), ev, tb_strerror(rc));
+        tb_log(TB_LOG_WARN, "task \"%s\": event %s not dispatched: %s",
+               tb_task_name(j->task), ev, tb_strerror(rc));
     }
-    tb__log(s ? TB_LOG_WARN : TB_LOG_INFO, "task \"%s\" %s: %.*s",
-            tb_task_name(j->task), s ? "stderr" : "stdout",
-            (int)(len > 2000 ? 2000 : len), text);
+    tb_log(s ? TB_LOG_WARN : TB_LOG_INFO, "task \"%s\" %s: %.*s",
+           tb_task_name(j->task), s ? "stderr" : "stdout",
+           (int)(len > 2000 ? 2000 : len), text);
 }
 
 /* Takes n bytes read from stream s; emits every complete line. */
@@ -204,12 +205,12 @@ static int run(void *arg)
     pid_t pid;
     /* Spawned and registered as one step for the PID 1 reaper, which
      * must leave this child's exit status to us. */
-    tb__exec_children_lock();
+    cmd_exec_children_lock();
     int rc =
         env ? posix_spawn(&pid, j->argv[0], &fa, &at, j->argv, env) : ENOMEM;
     if (rc == 0)
-        tb__exec_child_add(pid);
-    tb__exec_children_unlock();
+        cmd_exec_child_add(pid);
+    cmd_exec_children_unlock();
     free(env);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&at);
@@ -279,7 +280,7 @@ static int run(void *arg)
     for (int s = 0; s < 2; s++)
         if (fds[s].fd >= 0)
             close(fds[s].fd);
-    tb__exec_child_remove(pid);
+    cmd_exec_child_remove(pid);
     return 0;
 }
 
@@ -349,8 +350,8 @@ static int kind_exec(tb_task *self, void *arg)
         result = 1;
     }
     if (result != 0 && !j->signalled)
-        tb__log(TB_LOG_WARN, "task \"%s\" failed: %s exited with %d",
-                tb_task_name(self), j->argv[0], result);
+        tb_log(TB_LOG_WARN, "task \"%s\" failed: %s exited with %d",
+               tb_task_name(self), j->argv[0], result);
     free(j->buf);
     free(j);
     return rc == TB_ECANCELED ? rc : result;
@@ -363,7 +364,7 @@ static const tb_arg_spec exec_spec[] = {
     {NULL, 0, 0, 0, 0},
 };
 
-int tb__kind_exec_register(tb_app *app, const char *allow)
+int cmd_kind_exec_register(tb_app *app, const char *allow)
 {
     allow_list *a = calloc(1, sizeof *a);
     if (!a)
@@ -383,8 +384,8 @@ int tb__kind_exec_register(tb_app *app, const char *allow)
         if (!n)
             continue;
         if (p[0] != '/') {
-            tb__log(TB_LOG_ERROR,
-                    "exec allow-list: \"%s\" is not an absolute path", p);
+            tb_log(TB_LOG_ERROR,
+                   "exec allow-list: \"%s\" is not an absolute path", p);
             free(copy);
             allow_free(a);
             return TB_EINVAL;
@@ -403,7 +404,7 @@ int tb__kind_exec_register(tb_app *app, const char *allow)
     free(copy);
     int rc = tb_app_add_kind(app, "exec", kind_exec, exec_spec);
     if (rc == 0)
-        rc = tb__task_kind_check(app, "exec", exec_check, a, allow_free);
+        rc = tb_app_add_kind_check(app, "exec", exec_check, a, allow_free);
     if (rc)
         allow_free(a);
     return rc;

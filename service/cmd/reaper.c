@@ -9,8 +9,9 @@
 #include <sys/wait.h>
 #include <time.h>
 
-#include "internal.h"
-#include "kinds.h"
+#include "taskbus/taskbus.h"
+
+#include "cmd.h"
 
 #define MAX_CHILDREN 4096
 
@@ -18,23 +19,23 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static int children[MAX_CHILDREN];
 static int nchildren;
 
-void tb__exec_children_lock(void)
+void cmd_exec_children_lock(void)
 {
     pthread_mutex_lock(&mu);
 }
 
-void tb__exec_children_unlock(void)
+void cmd_exec_children_unlock(void)
 {
     pthread_mutex_unlock(&mu);
 }
 
-void tb__exec_child_add(int pid)
+void cmd_exec_child_add(int pid)
 {
     if (nchildren < MAX_CHILDREN)
         children[nchildren++] = pid;
 }
 
-void tb__exec_child_remove(int pid)
+void cmd_exec_child_remove(int pid)
 {
     pthread_mutex_lock(&mu);
     for (int i = 0; i < nchildren; i++) {
@@ -95,7 +96,7 @@ static void start_once(void)
     pthread_attr_destroy(&a);
 }
 
-int tb__reaper_start(void)
+int cmd_reaper_start(void)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, start_once);

@@ -1,0 +1,400 @@
+/* client.c - the client commands, taskbus dispatch, tasks, watch and
+ * healthcheck: requests to a running service's HTTP API (and its /ws
+ * websocket for watch), its answers printed, its errors as exit codes. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "taskbus/taskbus.h"
+
+#include "cmd.h"
+#include "http_client.h"
+
+typedef struct client {
+    char host[300];
+    int port;
+    char prefix[256]; /* path prefix of the URL, "" or "/x" */
+    char *token;
+    int timeout_ms;
+} client;
+
+/* "http://host:port[/prefix]" or "host:port". */
+static void parse_url(client *cl, const char *url)
+{
+    const char *p = url;
+    if (strncmp(p, "https://", 8) == 0)
+        cmd_die_usage("--url: https is not supported (civetweb 1.15 was built "
+                      "without a client TLS path here); use http://");
+    if (strncmp(p, "http://", 7) == 0)
+        p += 7;
+    const char *slash = strchr(p, '/');
+    size_t hp = slash ? (size_t)(slash - p) : strlen(p);
+    char hostport[300];
+    if (hp == 0 || hp >= sizeof hostport)
+        cmd_die_usage("--url: bad URL \"%s\" (want http://host:port)", url);
+    memcpy(hostport, p, hp);
+    hostport[hp] = '\0';
+    char *colon = strrchr(hostport, ':');
+    cl->port = 80;
+    if (colon) {
+        *colon = '\0';
+        cl->port = (int)cmd_num_arg("--url port", colon + 1, 1, 65535);
+    }
+    if (strcmp(hostport, "0.0.0.0") == 0 || hostport[0] == '\0')
+        snprintf(hostport, sizeof hostport, "127.0.0.1");
+    snprintf(cl->host, sizeof cl->host, "%s", hostport);
+    snprintf(cl->prefix, sizeof cl->prefix, "%s", slash ? slash : "");
+    size_t n = strlen(cl->prefix);
+    while (n && cl->prefix[n - 1] == '/')
+        cl->prefix[--n] = '\0';
+}
+
+/* The default URL: TASKBUS_URL, else the local service's TASKBUS_LISTEN. */
+static void client_defaults(client *cl)
+{
+    memset(cl, 0, sizeof *cl);
+    const char *u = getenv("TASKBUS_URL");
+    const char *l = getenv("TASKBUS_LISTEN");
+    if (u && *u)
+        parse_url(cl, u);
+    else if (l && *l && strcmp(l, "off") != 0)
+        parse_url(cl, l);
+    else
+        parse_url(cl, "http://127.0.0.1:8080");
+    const char *t = getenv("TASKBUS_TOKEN");
+    const char *tf = getenv("TASKBUS_TOKEN_FILE");
+    if (t && *t)
+        cl->token = strdup(t);
+    else if (tf && *tf)
+        cl->token = cmd_read_secret("TASKBUS_TOKEN_FILE", tf);
+    cl->timeout_ms = 30000;
+}
+
+/* Percent-encodes s for a path segment or a query value. */
+static void encode(char *out, size_t outsz, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t n = 0;
+    for (; *s && n + 4 < outsz; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+            (ch >= '0' && ch <= '9') || strchr("-._~*<>", ch)) {
+            out[n++] = (char)ch;
+        } else {
+            out[n++] = '%';
+            out[n++] = hex[ch >> 4];
+            out[n++] = hex[ch & 15];
+        }
+    }
+    out[n] = '\0';
+}
+
+/* One request; prints the body (stdout on 2xx, stderr otherwise). Exit
+ * codes: 0 on 2xx, 1 on an HTTP error, 3 when the service is unreachable. */
+static int request(client *cl, const char *method, const char *path,
+                   const char *body, size_t len, int quiet)
+{
+    char target[2048];
+    snprintf(target, sizeof target, "%s%s", cl->prefix, path);
+    int status = 0;
+    char *resp = NULL;
+    size_t rlen = 0;
+    char err[256] = "";
+    const char *ctype = NULL;
+    if (body) {
+        json_error_t je;
+        json_t *j = json_loadb(body, len, JSON_DECODE_ANY, &je);
+        ctype = j ? "application/json" : "text/plain; charset=utf-8";
+        json_decref(j);
+    }
+    int rc = cmd_http_request(cl->host, cl->port, method, target, cl->token,
+                              ctype, body, len, cl->timeout_ms, &status, &resp,
+                              &rlen, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "taskbus: %s http://%s:%d%s: %s\n", method, cl->host,
+                cl->port, target, err[0] ? err : tb_strerror(rc));
+        return 3;
+    }
+    int ok = status >= 200 && status < 300;
+    if (!quiet || !ok) {
+        FILE *f = ok ? stdout : stderr;
+        if (rlen)
+            fprintf(f, "%s%s", resp, resp[rlen - 1] == '\n' ? "" : "\n");
+        else if (!ok)
+            fprintf(f, "HTTP %d\n", status);
+    }
+    free(resp);
+    return ok ? 0 : 1;
+}
+
+static const struct option client_opts[] = {
+    {"url", required_argument, NULL, 'u'},
+    {"token", required_argument, NULL, 'k'},
+    {"token-file", required_argument, NULL, 'K'},
+    {"timeout", required_argument, NULL, 't'},
+    {"state", required_argument, NULL, 's'},
+    {"name", required_argument, NULL, 'n'},
+    {"args", required_argument, NULL, 'a'},
+    {"worker", required_argument, NULL, 'w'},
+    {"help", no_argument, NULL, 'h'},
+    {NULL, 0, NULL, 0},
+};
+
+const char cmd_client_usage[] =
+    "usage:\n"
+    "  taskbus dispatch NAME [DATA|-]      dispatch an event (DATA, or stdin "
+    "with -)\n"
+    "  taskbus tasks [list] [--state S]    list tasks\n"
+    "  taskbus tasks get NAME              one task\n"
+    "  taskbus tasks cancel NAME [--timeout S]  cancel and wait\n"
+    "  taskbus tasks purge                 drop finished tasks\n"
+    "  taskbus tasks spawn KIND [--name N] [--args JSON] [--worker W]\n"
+    "  taskbus watch PATTERN...            print events as they arrive "
+    "(websocket)\n"
+    "  taskbus healthcheck                 exit 0 if /healthz answers 200\n"
+    "  taskbus config --markdown           the settings as a Markdown table\n"
+    "common options: --url http://HOST:PORT (env TASKBUS_URL; default the "
+    "local service, from TASKBUS_LISTEN or 127.0.0.1:8080), --token T (env "
+    "TASKBUS_TOKEN), --token-file F (env TASKBUS_TOKEN_FILE), --timeout S\n"
+    "exit status: 0 success, 1 the service answered an error, 2 bad usage, "
+    "3 the service is unreachable\n";
+
+typedef struct client_args {
+    const char *state, *name, *args, *worker, *timeout;
+} client_args;
+
+/* Parses the common options; leaves the positional arguments in
+ * argv[optind..]. */
+static void client_parse(client *cl, client_args *a, int argc, char **argv)
+{
+    client_defaults(cl);
+    memset(a, 0, sizeof *a);
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "h", client_opts, NULL)) != -1) {
+        switch (c) {
+        case 'u':
+            parse_url(cl, optarg);
+            break;
+        case 'k':
+            free(cl->token);
+            cl->token = strdup(optarg);
+            break;
+        case 'K':
+            free(cl->token);
+            cl->token = cmd_read_secret("--token-file", optarg);
+            break;
+        case 't':
+            a->timeout = optarg;
+            cl->timeout_ms = cmd_seconds_arg("--timeout", optarg, 3600) + 5000;
+            break;
+        case 's':
+            a->state = optarg;
+            break;
+        case 'n':
+            a->name = optarg;
+            break;
+        case 'a':
+            a->args = optarg;
+            break;
+        case 'w':
+            a->worker = optarg;
+            break;
+        case 'h':
+            fputs(cmd_client_usage, stdout);
+            exit(0);
+        default:
+            fputs(cmd_client_usage, stderr);
+            exit(2);
+        }
+    }
+}
+
+static char *read_stdin(size_t *len)
+{
+    size_t cap = 65536, n = 0;
+    char *buf = malloc(cap);
+    size_t r;
+    while (buf && (r = fread(buf + n, 1, cap - n, stdin)) > 0) {
+        n += r;
+        if (n == cap) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb)
+                free(buf);
+            buf = nb;
+        }
+    }
+    *len = n;
+    return buf;
+}
+
+int cmd_dispatch_main(int argc, char **argv)
+{
+    client cl;
+    client_args a;
+    client_parse(&cl, &a, argc, argv);
+    int npos = argc - optind;
+    if (npos < 1 || npos > 2)
+        cmd_die_usage("dispatch wants NAME and at most one DATA argument");
+    char path[1024], enc[700];
+    encode(enc, sizeof enc, argv[optind]);
+    snprintf(path, sizeof path, "/events/%s", enc);
+    const char *data = npos == 2 ? argv[optind + 1] : "";
+    size_t len = strlen(data);
+    char *owned = NULL;
+    if (strcmp(data, "-") == 0) {
+        owned = read_stdin(&len);
+        if (!owned)
+            cmd_die_usage("out of memory reading stdin");
+        data = owned;
+    }
+    int rc = request(&cl, "POST", path, data, len, 0);
+    free(owned);
+    free(cl.token);
+    return rc;
+}
+
+int cmd_tasks_main(int argc, char **argv)
+{
+    client cl;
+    client_args a;
+    client_parse(&cl, &a, argc, argv);
+    const char *sub = optind < argc ? argv[optind++] : "list";
+    char path[1024], enc[700];
+    int rc;
+    if (strcmp(sub, "list") == 0) {
+        if (a.state) {
+            encode(enc, sizeof enc, a.state);
+            snprintf(path, sizeof path, "/tasks?state=%s", enc);
+        } else {
+            snprintf(path, sizeof path, "/tasks");
+        }
+        rc = request(&cl, "GET", path, NULL, 0, 0);
+    } else if (strcmp(sub, "get") == 0 || strcmp(sub, "cancel") == 0) {
+        if (optind != argc - 1)
+            cmd_die_usage("tasks %s wants one task NAME", sub);
+        encode(enc, sizeof enc, argv[optind]);
+        if (sub[0] == 'g') {
+            snprintf(path, sizeof path, "/tasks/%s", enc);
+            rc = request(&cl, "GET", path, NULL, 0, 0);
+        } else {
+            snprintf(path, sizeof path, "/tasks/%s%s%s", enc,
+                     a.timeout ? "?timeout=" : "", a.timeout ? a.timeout : "");
+            rc = request(&cl, "DELETE", path, NULL, 0, 0);
+        }
+    } else if (strcmp(sub, "purge") == 0) {
+        rc = request(&cl, "POST", "/tasks/purge", "", 0, 0);
+    } else if (strcmp(sub, "spawn") == 0) {
+        if (optind != argc - 1)
+            cmd_die_usage("tasks spawn wants one KIND");
+        json_t *o = json_object();
+        json_object_set_new(o, "kind", json_string(argv[optind]));
+        if (a.name)
+            json_object_set_new(o, "name", json_string(a.name));
+        if (a.args) {
+            json_error_t je;
+            json_t *args = json_loads(a.args, 0, &je);
+            if (!args)
+                cmd_die_usage("--args is not JSON: %s", je.text);
+            json_object_set_new(o, "args", args);
+        }
+        if (a.worker)
+            json_object_set_new(
+                o, "worker",
+                json_integer(cmd_num_arg("--worker", a.worker, 0, 255)));
+        char *body = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+        if (!body)
+            cmd_die_usage("out of memory");
+        rc = request(&cl, "POST", "/tasks", body, strlen(body), 0);
+        free(body);
+    } else {
+        cmd_die_usage("tasks: unknown subcommand \"%s\" (list, get, cancel, "
+                      "purge, spawn)",
+                      sub);
+    }
+    free(cl.token);
+    return rc;
+}
+
+static volatile sig_atomic_t watch_stop;
+
+static void on_watch_signal(int sig)
+{
+    (void)sig;
+    watch_stop = 1;
+}
+
+static void print_text(const char *text, size_t len, void *ud)
+{
+    (void)ud;
+    fwrite(text, 1, len, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+}
+
+int cmd_watch_main(int argc, char **argv)
+{
+    client cl;
+    client_args a;
+    client_parse(&cl, &a, argc, argv);
+    if (optind >= argc)
+        cmd_die_usage("watch wants at least one event PATTERN");
+    char target[4096];
+    size_t n =
+        (size_t)snprintf(target, sizeof target, "%s/ws?events=", cl.prefix);
+    for (int i = optind; i < argc && n < sizeof target; i++) {
+        char enc[700];
+        encode(enc, sizeof enc, argv[i]);
+        n += (size_t)snprintf(target + n, sizeof target - n, "%s%s",
+                              i > optind ? "," : "", enc);
+    }
+    if (cl.token && n < sizeof target) {
+        char enc[800];
+        encode(enc, sizeof enc, cl.token);
+        snprintf(target + n, sizeof target - n, "&token=%s", enc);
+    }
+    struct sigaction sa = {.sa_handler = on_watch_signal};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    char err[256] = "";
+    int rc = cmd_ws_watch(cl.host, cl.port, target, print_text, NULL,
+                          &watch_stop, err, sizeof err);
+    if (rc == TB_ENOTCONN) {
+        /* civetweb's client does not say what the server answered: ask
+         * again without the upgrade (401, 400 bad_pattern... come back the
+         * same; 426 means the upgrade itself failed). */
+        char probe[4096];
+        snprintf(probe, sizeof probe, "%s", target + strlen(cl.prefix));
+        int prc = request(&cl, "GET", probe, NULL, 0, 1);
+        explicit_bzero(probe, sizeof probe);
+        if (prc == 3)
+            return 3;
+        fprintf(stderr, "taskbus: watch: cannot open ws://%s:%d%s/ws: %s\n",
+                cl.host, cl.port, cl.prefix, err[0] ? err : "refused");
+        free(cl.token);
+        return 1;
+    }
+    explicit_bzero(target, sizeof target);
+    free(cl.token);
+    if (rc) {
+        fprintf(stderr, "taskbus: watch: %s\n", err);
+        return 1;
+    }
+    return 0;
+}
+
+int cmd_healthcheck_main(int argc, char **argv)
+{
+    client cl;
+    client_args a;
+    client_parse(&cl, &a, argc, argv);
+    if (!a.timeout)
+        cl.timeout_ms = 3000;
+    return request(&cl, "GET", "/healthz", NULL, 0, 1) == 0 ? 0 : 1;
+}

@@ -1,0 +1,141 @@
+/* test_config.c - unit tests for service/config.c: the settings table as
+ * tools see it (tb_config_settings, tb_config_set, tb_config_format), the
+ * URL type that prints without its password, the forms of string settings. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <string.h>
+
+#include "taskbus/taskbus.h"
+
+/* A setting by name or flag, as tb_config_set finds it. */
+static const tb_config_setting *setting(const char *key)
+{
+    size_t n;
+    const tb_config_setting *t = tb_config_settings(&n);
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(t[i].name, key) == 0 ||
+            (t[i].flag && strcmp(t[i].flag, key) == 0))
+            return &t[i];
+    fail_msg("no setting %s", key);
+    return NULL;
+}
+
+/* Sets key to value in a fresh config and formats it back. */
+static void set_and_format(const char *key, const char *value, const char *want)
+{
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    char err[256] = "";
+    int rc = tb_config_set(&cfg, key, value, err, sizeof err);
+    if (rc != 0)
+        fail_msg("tb_config_set(%s, %s): %s (%s)", key, value, tb_err_name(rc),
+                 err);
+    char out[256];
+    int n = tb_config_format(&cfg, setting(key), out, sizeof out);
+    if (n < 0 || strcmp(out, want) != 0)
+        fail_msg("%s=%s formats as \"%s\" (%d), want \"%s\"", key, value, out,
+                 n, want);
+    assert_int_equal((size_t)n, strlen(want));
+}
+
+static void test_url_is_redacted(void **state)
+{
+    (void)state;
+    assert_int_equal(setting("redis.url")->type, TB_CONFIG_URL);
+    set_and_format("redis.url", "redis://127.0.0.1:6379",
+                   "redis://127.0.0.1:6379");
+    set_and_format("redis-url", "redis://app:s3cret@db:6380/2",
+                   "redis://app:***@db:6380/2");
+    /* A password shorter than the mask still fits. */
+    set_and_format("redis.url", "redis://:x@h", "redis://:***@h");
+    /* Userinfo without ':' may be a password: hidden whole. */
+    set_and_format("redis.url", "redis://token@h:1", "redis://***@h:1");
+    set_and_format("redis.url", "unix://u:pw@/run/redis.sock?db=1",
+                   "unix://u:***@/run/redis.sock?db=1");
+    set_and_format("redis.url", "", "");
+
+    /* Too small a buffer: an error, never a cut that shows the password. */
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.redis.url = "redis://user:password@host:6379";
+    char small[16];
+    assert_int_equal(
+        tb_config_format(&cfg, setting("redis.url"), small, sizeof small),
+        TB_ENAMETOOLONG);
+    char out[64];
+    assert_int_equal(
+        tb_config_format(&cfg, setting("redis.url"), out, sizeof out),
+        (int)strlen("redis://user:***@host:6379"));
+    assert_null(strstr(out, "password"));
+}
+
+static void test_secret_is_hidden(void **state)
+{
+    (void)state;
+    set_and_format("token", "tok-123", "(set)");
+    set_and_format("http.api_token", "", "");
+}
+
+static void test_listen_form(void **state)
+{
+    (void)state;
+    set_and_format("listen", "127.0.0.1:8080", "127.0.0.1:8080");
+    set_and_format("http.listen", "localhost:1", "localhost:1");
+    set_and_format("http.listen", "", "");
+    static const char *const bad[] = {
+        "300.1.1.1:80", "127.0.0.1",  "127.0.0.1:0", "127.0.0.1:65536",
+        ":8080",        "[::1]:8080", "host:80"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        tb_app_config cfg;
+        tb_app_config_init(&cfg);
+        const char *before = cfg.http.listen;
+        char err[256] = "";
+        int rc = tb_config_set(&cfg, "listen", bad[i], err, sizeof err);
+        if (rc != TB_EINVAL || !strstr(err, "http.listen") ||
+            !strstr(err, bad[i]))
+            fail_msg("listen %s: %s, \"%s\"", bad[i], tb_err_name(rc), err);
+        assert_ptr_equal(cfg.http.listen, before);
+    }
+}
+
+static void test_namespace_form(void **state)
+{
+    (void)state;
+    set_and_format("namespace", "tenant-1.prod_x", "tenant-1.prod_x");
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    char err[256] = "";
+    assert_int_equal(tb_config_set(&cfg, "namespace", "a:b", err, sizeof err),
+                     TB_EINVAL);
+    assert_non_null(strstr(err, "core.event_namespace"));
+    assert_non_null(strstr(err, "\"a:b\""));
+    assert_string_equal(cfg.core.event_namespace, "taskbus");
+}
+
+static void test_unknown_setting(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    char err[128] = "";
+    assert_int_equal(tb_config_set(&cfg, "nope", "1", err, sizeof err),
+                     TB_ENOENT);
+    assert_non_null(strstr(err, "nope"));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_url_is_redacted),
+        cmocka_unit_test(test_secret_is_hidden),
+        cmocka_unit_test(test_listen_form),
+        cmocka_unit_test(test_namespace_form),
+        cmocka_unit_test(test_unknown_setting),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
