@@ -5,8 +5,9 @@
 #   bash .ci/dev.sh run [ARGS...]  Release build in build/, then exec
 #                                  build/taskbus ARGS... (stop with Ctrl-C)
 #   bash .ci/dev.sh test           build/ (Release, -Werror) + ctest, then
-#                                  build-shared/ (libtaskbus.so: examples and
-#                                  install test only), then build-asan/
+#                                  build-shared/ (libtaskbus.so: examples,
+#                                  the binary's service suite, install
+#                                  test), then build-asan/
 #                                  (Debug, ASan+UBSan) + ctest, then
 #                                  build-tsan/ (Debug, TSan) + ctest
 #
@@ -152,13 +153,12 @@ cmd_test() {
     run_ctest build || rc_release=$?
     log "release build + tests: $((SECONDS - t)) s"
 
-    # libtaskbus.so: the examples linked against it, and the install test
-    # (pkg-config and find_package against a shared install). Only those
-    # targets: the service binary does not link against the shared library
-    # yet (it calls hidden tb__* functions), so neither do the tests that
-    # need it.
+    # libtaskbus.so: the examples and the service binary linked against it
+    # (the binary uses the public API only), the install test (pkg-config
+    # and find_package against a shared install), and the service suite on
+    # that binary. Only those targets: the rest is the static trees' job.
     t=$SECONDS
-    local shared_targets=(taskbus) example
+    local shared_targets=(taskbus taskbus_bin) example
     for example in tests/examples/*.c; do
         example=${example##*/}
         example=${example%.c}
@@ -168,8 +168,10 @@ cmd_test() {
         -DBUILD_SHARED_LIBS=ON -DTB_WERROR=ON -DTB_ASAN=OFF -DTB_UBSAN=OFF \
         -DTB_TSAN=OFF
     build build-shared "${shared_targets[@]}"
-    run_ctest build-shared -L '^(example|install)$' || rc_shared=$?
-    log "shared library build + examples + install test: $((SECONDS - t)) s"
+    run_ctest build-shared \
+        -R '^(example_.*|install_.*|integration_test_service)$' || rc_shared=$?
+    log "shared library build + examples, service + install tests:" \
+        "$((SECONDS - t)) s"
 
     t=$SECONDS
     configure build-asan -DCMAKE_BUILD_TYPE=Debug -DBUILD_TESTING=ON \
