@@ -306,9 +306,14 @@ typedef struct run {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int ready;    /* MAIN_READY ran */
-    int returned; /* tb_app_run returned */
+    int returned; /* tb_app_run returned ... */
+    int rc;       /* ... this */
     int done;     /* ... and the driver thread was joined */
 } run;
+
+/* The run under way (tests run one at a time), for th_app_stopped. Set
+ * before the driver thread starts, cleared after it was joined. */
+static run *current_run;
 
 static void run_set(run *r, int *field)
 {
@@ -405,6 +410,7 @@ static int run_app(tb_app *app, th_thread_body thread_body,
     pthread_mutex_init(&r.mu, NULL);
     pthread_cond_init(&r.cv, NULL);
     assert_rc(tb_app_add_listener(app, TB_MAIN_READY, on_ready, &r), 0);
+    current_run = &r;
 
     pthread_t driver, dog;
     if (thread_body)
@@ -413,11 +419,15 @@ static int run_app(tb_app *app, th_thread_body thread_body,
 
     int rc = tb_app_run(app);
 
+    pthread_mutex_lock(&r.mu);
+    r.rc = rc;
+    pthread_mutex_unlock(&r.mu);
     run_set(&r, &r.returned);
     if (thread_body)
         pthread_join(driver, NULL);
     run_set(&r, &r.done);
     pthread_join(dog, NULL);
+    current_run = NULL;
     pthread_cond_destroy(&r.cv);
     pthread_mutex_destroy(&r.mu);
     return rc;
@@ -439,13 +449,29 @@ int th_run_plain(tb_app *app, int timeout_ms)
     return run_app(app, NULL, NULL, 0, NULL, timeout_ms);
 }
 
+int th_app_stopped(tb_app *app)
+{
+    run *r = current_run;
+    if (!TH_CHECKF(r && r->app == app && r->thread_body &&
+                       tb_task_current() == NULL,
+                   "th_app_stopped: not called from th_run_thread's body"))
+        return TB_EINVAL;
+    tb_app_stop(app);
+    pthread_mutex_lock(&r->mu);
+    while (!r->returned)
+        pthread_cond_wait(&r->cv, &r->mu); /* the watchdog bounds it */
+    int rc = r->rc;
+    pthread_mutex_unlock(&r->mu);
+    return rc;
+}
+
 /* ------------------------------------------------------------ app tests */
 
 void th_app_test(tb_app *app, th_thread_body thread, th_task_body task,
                  int worker, int timeout_ms)
 {
-    int rc = thread ? th_run_thread(app, thread, NULL, timeout_ms)
-                    : th_run_task(app, worker, task, NULL, timeout_ms);
+    int rc = thread ? th_run_thread(app, thread, app, timeout_ms)
+                    : th_run_task(app, worker, task, app, timeout_ms);
     tb_app_free(app);
     th_assert_clean();
     assert_rc(rc, 0);

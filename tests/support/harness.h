@@ -198,13 +198,19 @@ int th_run_task(tb_app *app, int worker, th_task_body body, void *ctx,
                 int timeout_ms);
 int th_run_plain(tb_app *app, int timeout_ms);
 
+/* From the body of th_run_thread (or TH_APP_TEST): stops the app and waits
+ * until tb_app_run has returned; returns its result. The body may then
+ * check what the run left behind (the app is freed only after the body
+ * returns). Elsewhere it is a failed check and returns TB_EINVAL. */
+int th_app_stopped(tb_app *app);
+
 /* ------------------------------------------------------------ app tests */
 
 /* The fixture behind TH_APP_TEST and TH_TASK_TEST: takes app (from th_app_new
  * or a file's own constructor), runs it with thread (th_run_thread) or,
- * when thread is NULL, with task on worker (th_run_task), frees it, then
- * fails the test if a check failed or tb_app_run did not return 0. Main
- * thread. */
+ * when thread is NULL, with task on worker (th_run_task), the app being the
+ * ctx of either, frees it, then fails the test if a check failed or
+ * tb_app_run did not return 0. Main thread. */
 void th_app_test(tb_app *app, th_thread_body thread, th_task_body task,
                  int worker, int timeout_ms);
 
@@ -215,7 +221,8 @@ void th_app_test(tb_app *app, th_thread_body thread, th_task_body task,
  * its helper thread, where it sees `app` and checks with TH_CHECK*(). The
  * app stops when the body returns. Whatever its tasks touch must outlive
  * the run: a context the body needs is `static` in it (a test runs once per
- * process, and zeroed th_counters are ready to use). */
+ * process, and zeroed th_counters are ready to use). What a test checks
+ * after the run, it checks after th_app_stopped(app). */
 #define TH_APP_TEST(name, new_app, timeout_ms)                                 \
     static void name##_body(tb_app *app);                                      \
     static void name##_thread(tb_app *app, void *ctx)                          \
@@ -232,13 +239,13 @@ void th_app_test(tb_app *app, th_thread_body thread, th_task_body task,
 
 /* TH_TASK_TEST(name, new_app, worker, timeout_ms) { body }
  * the same with the body run as the driver task (TH_DRIVER_NAME) on
- * worker: it sees `self`, may suspend, and the app stops when it returns. */
+ * worker: it sees `self` and `app` (the app new_app made), may suspend,
+ * and the app stops when it returns. */
 #define TH_TASK_TEST(name, new_app, worker, timeout_ms)                        \
-    static void name##_body(tb_task *self);                                    \
-    static int name##_task(tb_task *self, void *ctx)                           \
+    static void name##_body(tb_task *self, tb_app *app);                       \
+    static int name##_task(tb_task *self, void *app)                           \
     {                                                                          \
-        (void)ctx;                                                             \
-        name##_body(self);                                                     \
+        name##_body(self, app);                                                \
         return 0;                                                              \
     }                                                                          \
     static void name(void **state)                                             \
@@ -246,6 +253,7 @@ void th_app_test(tb_app *app, th_thread_body thread, th_task_body task,
         (void)state;                                                           \
         th_app_test((new_app), NULL, name##_task, (worker), (timeout_ms));     \
     }                                                                          \
-    static void name##_body(tb_task *self)
+    static void name##_body(tb_task *self __attribute__((unused)),             \
+                            tb_app *app __attribute__((unused)))
 
 #endif /* TASKBUS_TESTS_HARNESS_H */

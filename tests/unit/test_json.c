@@ -127,14 +127,23 @@ static void test_config(void **state)
     tb_app_free(app);
 }
 
+/* An app of one worker whose tasks have the smallest stack the config
+ * allows (core.stack_size 16 KiB). */
+static tb_app *smallest_stack_app(void)
+{
+    tb_app_config c;
+    tb_app_config_init(&c);
+    c.core.workers = 1;
+    c.core.stack_size = 16 * 1024;
+    return th_app_new_cfg(&c);
+}
+
 /* In a task on the smallest stack, the deepest JSON json_max_depth allows
  * is parsed, dumped and freed, and an event's envelope built around data
  * one level less deep: if a level took more stack than the config assumes,
  * this overflows into the guard page and the test dies. */
-static int deepest_body(tb_task *self, void *ctx)
+TH_TASK_TEST(test_deepest_fits_smallest_stack, smallest_stack_app(), 0, 10000)
 {
-    (void)ctx;
-    tb_app *app = tb_task_app(self);
     int max = tb_app_get_config(app)->core.json_max_depth;
     char *text = nested(max, "[{");
     json_t *j = tb__json_loadb(text, strlen(text), 0, max, NULL);
@@ -153,20 +162,6 @@ static int deepest_body(tb_task *self, void *ctx)
     TH_CHECK(env && (strstr(env, "\"data\":[") || strstr(env, "\"data\":{")));
     tb_event_unref(ev);
     free(text);
-    return 0;
-}
-
-static void test_deepest_fits_smallest_stack(void **state)
-{
-    (void)state;
-    tb_app_config c;
-    tb_app_config_init(&c);
-    c.core.workers = 1;
-    c.core.stack_size = 16 * 1024;
-    tb_app *app = th_app_new_cfg(&c);
-    assert_int_equal(th_run_task(app, 0, deepest_body, NULL, 10000), 0);
-    assert_int_equal(th_failures_count(), 0);
-    tb_app_free(app);
 }
 
 int main(void)
