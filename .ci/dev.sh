@@ -169,7 +169,7 @@ cmd_test() {
         -DTB_TSAN=OFF
     build build-shared "${shared_targets[@]}"
     run_ctest build-shared \
-        -R '^(example_.*|install_.*|integration_test_service)$' || rc_shared=$?
+        -R '^(example_.*|install_.*|integration_service)$' || rc_shared=$?
     log "shared library build + examples, service + install tests:" \
         "$((SECONDS - t)) s"
 

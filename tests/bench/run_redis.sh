@@ -128,26 +128,9 @@ rfield() { # rfield SECTION FIELD
 
 # ---------------------------------------------------------------- server
 
-port=""
-for _ in 1 2 3 4 5; do
-    port=$("$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
-        --dir "$tmp" --logfile "$tmp/redis.log" --daemonize no &
-    rpid=$!
-    pids+=("$rpid")
-    for _ in $(seq 50); do
-        [[ $(rcli ping 2>/dev/null) == PONG ]] && break
-        sleep 0.1
-    done
-    [[ $(rcli ping 2>/dev/null) == PONG ]] && break
-    kill "$rpid" 2>/dev/null
-    port=""
-done
-if [[ -z $port ]]; then
-    echo "run_redis.sh: redis-server did not start" >&2
-    cat "$tmp/redis.log" >&2
-    exit 1
-fi
+# shellcheck disable=SC2119 # redis_start takes no arguments here
+redis_start || exit 1
+port=$redis_port rpid=$redis_pid
 url=redis://127.0.0.1:$port
 
 echo "# redis bus benchmark: N=$n, latency run ${lat_rate}/s for ${lat_s} s"

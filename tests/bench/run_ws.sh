@@ -161,9 +161,6 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null
 me=run_ws.sh
 # shellcheck source=tests/bench/lib.sh
 source "$here/lib.sh"
-free_port() {
-    "$py" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 
 # ---------------------------------------------------------------- servers
 

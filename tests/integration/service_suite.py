@@ -15,8 +15,9 @@ exiting at once, and no event lost that was answered 202 while stopping
 Runs the real binary ($TASKBUS_BIN) on free 127.0.0.1 ports, a throwaway
 redis-server in a mktemp -d directory, http.client, the websockets client
 (python3-websockets) and the binary's own client commands. The helpers
-it shares with ws_suite.py (processes, temp directory, HTTP, redis-server,
-the start of a taskbus, the main loop) are in tbharness.py, beside it.
+it shares with the other suites (processes, temp directory, HTTP,
+redis-server, the start of a taskbus, the main loop) are in tbharness.py,
+beside it.
 
 Prints "PASS name" or "FAIL name: reason" per case and exits 1 if any
 failed. Every wait has a timeout, stretched for sanitizer builds; a

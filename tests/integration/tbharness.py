@@ -2,16 +2,21 @@
 die with the suite, a temp directory that is removed even after a SIGKILL,
 timeouts stretched for sanitizer builds, an HTTP client, a raw websocket
 client (frames by hand), a throwaway redis-server, the start of a taskbus
-process, and the suite's main loop.
+process, and the suite's main loop; for the websocket suites (ws_*_suite.py)
+also the websockets client wrapper, a case's context, the checks they share
+and a runner of groups of cases, each group on servers of its own.
 
-Imported by ws_suite.py, service_suite.py and hostile_suite.py (each puts
-its own directory on sys.path first). Python's standard library only.
+Imported by the *_suite.py files beside it (each puts its own directory on
+sys.path first). Python's standard library only, but for the websocket
+part, which needs python3-websockets (run_groups says so when it is
+missing).
 
 The state the helpers share lives in one object, H (a Harness): the binary
 under test ($TASKBUS_BIN) and its timeout scale, read once at import, and
 the temp directory and child processes of this run, set by run_suite().
 """
 
+import asyncio
 import atexit
 import base64
 import ctypes
@@ -26,8 +31,22 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
+import traceback
+
+try:  # python3-websockets: only the websocket part needs it
+    import websockets
+    from websockets.exceptions import ConnectionClosed, InvalidStatusCode
+except ImportError:  # run_groups reports it; nothing else uses these
+    websockets = None
+
+    class ConnectionClosed(Exception):
+        pass
+
+    class InvalidStatusCode(Exception):
+        pass
 
 HOST = "127.0.0.1"
 HARD_CAP_S = 240  # the watchdog: the whole suite, at most
@@ -651,3 +670,477 @@ def run_suite(title, tmp_prefix, runner, run):
               flush=True)
         return 1
     return 0
+
+
+# ------------------------------------------------------------ websocket suites
+#
+# A websocket suite is a list of groups (name, make, cases): make() returns
+# the group's servers ({key: server}, or (key, server) pairs, started in
+# that order), and each case (name, async fn(ctx), timeout in s) runs
+# against them with a Ctx. At the end of a group each TaskbusServer gets
+# SIGTERM and must exit 0 with no sanitizer report: one more result line.
+
+
+async def ahttp(port, method, path, body=None, headers=None, timeout=None):
+    """http_req on a thread, for the cases (coroutines)."""
+    return await asyncio.to_thread(http_req, port, method, path, body, headers,
+                                   timeout)
+
+
+class Poster:
+    """POSTs events over one keep-alive connection (for bulk)."""
+
+    def __init__(self, port, headers=None):
+        self.port = port
+        self.headers = dict(headers or {})
+        self.c = None
+
+    def post(self, name, body):
+        for attempt in (0, 1):
+            if self.c is None:
+                self.c = http.client.HTTPConnection(HOST, self.port,
+                                                    timeout=T(10))
+            try:
+                self.c.request("POST", "/events/" + name, body=body,
+                               headers=self.headers)
+                r = self.c.getresponse()
+                data = r.read()
+                if r.will_close:
+                    self.c.close()
+                    self.c = None
+                return Resp(r.status, {}, data)
+            except (OSError, http.client.HTTPException):
+                self.c.close()
+                self.c = None
+                if attempt:
+                    raise
+
+    def close(self):
+        if self.c:
+            self.c.close()
+            self.c = None
+
+
+def check_status(r, status, code=None, what=""):
+    check(r.status == status and (code is None or r.code() == code),
+          f"{what}: want {status}{' ' + code if code else ''}, got {r!r}")
+    if code is not None:
+        check(isinstance(r.json.get("message"), str) and r.json["message"],
+              f"{what}: error without a message: {r!r}")
+
+
+async def poll_until(fn, timeout, interval=0.05):
+    """Calls the async fn until it returns a true value or timeout passes;
+    returns the last value."""
+    end = time.monotonic() + timeout
+    while True:
+        v = await fn()
+        if v or time.monotonic() >= end:
+            return v
+        await asyncio.sleep(interval)
+
+
+class TaskbusServer(TaskbusProc):
+    """One taskbus process on a free loopback port, 2 workers, no tick,
+    quiet; stdout and stderr to a log in H.root."""
+
+    def __init__(self, name, *args):
+        super().__init__(name, *args)
+        self.log = None
+        self.terminated = None
+        self.ready = False  # /healthz answered
+
+    def _spawn(self, attempt):
+        self.log = os.path.join(H.root, f"taskbus-{self.name}-{attempt}.log")
+        argv = [H.bin, "--listen", f"{HOST}:{self.port}", "--workers", "2",
+                "--tick", "0", "--quiet", *self.args]
+        return (spawn(argv, self.log, env=child_env(keep_taskbus=True)),
+                self.log)
+
+    def _listening(self):
+        return f"listening on {HOST}:{self.port}" in self.log_text()
+
+    def _started(self, took):
+        self.ready = True
+
+    def log_text(self):
+        return read_text(self.log)
+
+    def terminate(self):
+        """SIGTERM, once: a second one makes taskbus exit at once."""
+        if self.proc and self.proc.poll() is None and not self.terminated:
+            self.terminated = time.monotonic()
+            self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self):
+        """SIGTERM (unless sent already); (status, seconds), status None
+        when it had to be killed STOP_TIMEOUT_S after the SIGTERM."""
+        self.terminate()
+        t0 = self.terminated or time.monotonic()
+        try:
+            rc = self.proc.wait(max(0.1, t0 + STOP_TIMEOUT_S -
+                                    time.monotonic()))
+        except subprocess.TimeoutExpired:
+            end_proc(self.proc, signal.SIGKILL)
+            rc = None
+        return rc, time.monotonic() - t0
+
+    def fds(self):
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
+
+    def rss_kb(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+
+# The server most cases run on: small limits, so that their edges are
+# cheap to reach (a 4 KiB message, 4 patterns, an 8 KiB body), and an
+# Origin list.
+MAIN_ARGS = ("--ws-max-message", "4096", "--ws-max-patterns", "4",
+             "--ws-origins", "http://ok.example, https://app.example:8443",
+             "--max-body", "8192")
+
+
+def main_server():
+    """A group's make(): one TaskbusServer "main" with MAIN_ARGS."""
+    return {"main": TaskbusServer("main", *MAIN_ARGS)}
+
+
+def upgrade_refused(port, path, headers=None):
+    """Attempts an upgrade that must be refused; returns the Resp."""
+    try:
+        w = RawWS(port, path, headers)
+    except Refused as e:
+        return e.resp
+    w.close()
+    raise AssertionError(f"upgrade to {path} with {headers} was accepted")
+
+
+class Client:
+    """A websockets connection; sorts what arrives into replies (with "ok"
+    or "error") and events (with "id" and "name")."""
+
+    def __init__(self, ws, label):
+        self.ws = ws
+        self.label = label
+        self.events = []
+        self.replies = []
+
+    async def _pump(self, end):
+        left = end - time.monotonic()
+        if left <= 0:
+            raise asyncio.TimeoutError()
+        try:
+            msg = await asyncio.wait_for(self.ws.recv(), left)
+        except ConnectionClosed:
+            raise AssertionError(
+                f"{self.label}: the connection closed ({self.ws.close_code} "
+                f"{self.ws.close_reason!r})") from None
+        check(isinstance(msg, str),
+              f"{self.label}: a binary message: {msg[:80]!r}")
+        try:
+            o = json.loads(msg)
+        except ValueError:
+            raise AssertionError(f"{self.label}: not JSON: {msg[:200]!r}")
+        check(isinstance(o, dict), f"{self.label}: not an object: {msg[:200]}")
+        if "ok" in o or "error" in o:
+            self.replies.append(o)
+        elif "id" in o and "name" in o:
+            self.events.append(o)
+        else:
+            raise AssertionError(f"{self.label}: neither an answer nor an "
+                                 f"event: {msg[:200]}")
+
+    async def reply(self, timeout=None):
+        t = timeout or T(10)
+        end = time.monotonic() + t
+        while not self.replies:
+            try:
+                await self._pump(end)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"{self.label}: no answer in {t} s")
+        return self.replies.pop(0)
+
+    async def event(self, timeout=None):
+        t = timeout or T(10)
+        end = time.monotonic() + t
+        while not self.events:
+            try:
+                await self._pump(end)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"{self.label}: no event in {t} s")
+        return self.events.pop(0)
+
+    async def events_until(self, name, timeout=None):
+        """Events up to and including the first named name."""
+        got = []
+        while True:
+            ev = await self.event(timeout)
+            got.append(ev)
+            if ev["name"] == name:
+                return got
+
+    async def request(self, msg, timeout=None):
+        """Sends msg (a str/bytes as is, else as JSON) and returns the
+        answer."""
+        if not isinstance(msg, (str, bytes)):
+            msg = json.dumps(msg)
+        await self.ws.send(msg)
+        return await self.reply(timeout)
+
+    async def sync(self):
+        """A round trip: once answered, the patterns of ?events= are in
+        place (the handler adds them before it reads messages)."""
+        r = await self.request({"subscribe": [], "ref": "sync"})
+        check(r.get("ok") == "subscribe" and r.get("ref") == "sync",
+              f"{self.label}: sync answered {r}")
+        return r["patterns"]
+
+    async def no_events(self, seconds):
+        """Fails if an event arrives within seconds."""
+        end = time.monotonic() + seconds
+        try:
+            while not self.events:
+                await self._pump(end)
+        except asyncio.TimeoutError:
+            return
+        raise AssertionError(f"{self.label}: unexpected event "
+                             f"{self.events[0]}")
+
+    async def close(self):
+        try:
+            await asyncio.wait_for(self.ws.close(), T(5))
+        except (asyncio.TimeoutError, OSError):
+            self.ws.transport.abort()
+
+
+class Ctx:
+    """What a test case gets: its servers, and connections that are closed
+    when it ends, however it ends."""
+
+    def __init__(self, servers):
+        self.s = servers
+        self.srv = next(v for v in servers.values()
+                        if isinstance(v, TaskbusServer))
+        self._clients = []
+        self._raws = []
+
+    async def connect(self, path, srv=None, headers=None, label=None,
+                      compression=None, **kw):
+        srv = srv or self.srv
+        ws = await websockets.connect(
+            srv.ws_url(path), extra_headers=headers, open_timeout=T(10),
+            ping_interval=None, close_timeout=T(5), compression=compression,
+            **kw)
+        c = Client(ws, label or path)
+        self._clients.append(c)
+        return c
+
+    async def refused(self, path, srv=None, headers=None, **kw):
+        """Connects with the websockets client, expecting a refusal: the
+        status code."""
+        srv = srv or self.srv
+        try:
+            ws = await websockets.connect(
+                srv.ws_url(path), extra_headers=headers, open_timeout=T(10),
+                ping_interval=None, close_timeout=T(5), compression=None,
+                **kw)
+        except InvalidStatusCode as e:
+            return e.status_code
+        self._clients.append(Client(ws, path))
+        raise AssertionError(f"upgrade to {path} was accepted")
+
+    def raw(self, path, srv=None, **kw):
+        w = RawWS((srv or self.srv).port, path, **kw)
+        self._raws.append(w)
+        return w
+
+    async def close_all(self):
+        for c in self._clients:
+            await c.close()
+        for w in self._raws:
+            w.close()
+
+
+async def ws_tasks(srv, headers=None):
+    """{name: task} of the kinds ws and ws.receiver in GET /tasks."""
+    r = await ahttp(srv.port, "GET", "/tasks", headers=headers)
+    check_status(r, 200, what="GET /tasks")
+    return {t["name"]: t for t in r.json["tasks"]
+            if t.get("kind") in ("ws", "ws.receiver")}
+
+
+async def gone(srv, rid, timeout, headers=None):
+    """Waits until neither ws:rid nor receiver:rid is listed; returns the
+    seconds it took, fails if they stay."""
+    t0 = time.monotonic()
+    names = {f"ws:{rid}", f"receiver:{rid}"}
+
+    async def left():
+        return not (names & set(await ws_tasks(srv, headers)))
+
+    ok = await poll_until(left, timeout)
+    check(ok, f"tasks {sorted(names & set(await ws_tasks(srv, headers)))} "
+              f"still listed {timeout} s after the close")
+    return time.monotonic() - t0
+
+
+async def metric(srv, name, headers=None):
+    r = await ahttp(srv.port, "GET", "/metrics", headers=headers)
+    check_status(r, 200, what="GET /metrics")
+    m = re.search(rf"^{re.escape(name)} (\S+)$", r.body.decode(), re.M)
+    check(m, f"/metrics has no {name}")
+    return float(m.group(1))
+
+
+def check_envelope(ev, name, data, post_id=None):
+    check(set(ev) == {"id", "name", "data", "ts", "origin"},
+          f"envelope members {sorted(ev)}: want id, name, data, ts, origin")
+    check(ev["name"] == name, f"event name {ev['name']!r}, want {name!r}")
+    check(ev["data"] == data, f"{name}: data {ev['data']!r}, want {data!r}")
+    if post_id is not None:
+        check(ev["id"] == post_id,
+              f"{name}: id {ev['id']!r}, the POST said {post_id!r}")
+    check(isinstance(ev["ts"], int)
+          and abs(ev["ts"] / 1e6 - time.time()) < 300,
+          f"{name}: ts {ev['ts']!r} is not microseconds since the epoch, "
+          f"now")
+    check(isinstance(ev["origin"], str) and ev["origin"],
+          f"{name}: origin {ev['origin']!r}")
+
+
+async def post(srv, name, body=b"", headers=None):
+    r = await ahttp(srv.port, "POST", "/events/" + name, body, headers)
+    check_status(r, 202, what=f"POST /events/{name}")
+    check(r.json.get("name") == name and r.json.get("id"),
+          f"POST /events/{name} answered {r!r}")
+    return r.json["id"]
+
+
+def where(e):
+    """(at function:line, "source") of the innermost frame of a suite file
+    (a *_suite.py beside this one) in e's traceback."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frames = [f for f in traceback.extract_tb(e.__traceback__)
+              if os.path.dirname(os.path.abspath(f.filename)) == here
+              and f.filename.endswith("_suite.py")]
+    if not frames:
+        return ""
+    f = frames[-1]
+    return f"(at {f.name}:{f.lineno}, {f.line!r})"
+
+
+class GroupRunner(Runner):
+    """Runs a websocket suite's groups (see above)."""
+
+    def __init__(self, words, groups):
+        super().__init__(words)
+        self.groups = groups
+
+    def report(self, ok, name, detail, servers=(), marks=None):
+        """One PASS/FAIL line; on failure, the log lines each taskbus wrote
+        since marks (its log sizes when the case began), the last 25."""
+        super().report(ok, name, detail)
+        if ok:
+            return
+        for s in servers:
+            if not isinstance(s, TaskbusServer) or not s.log:
+                continue
+            text = s.log_text()[(marks or {}).get(s.name, 0):]
+            lines = text.splitlines()[-25:]
+            if lines:
+                print(f"  taskbus {s.name} logged:\n" + "\n".join(
+                    "    | " + l for l in lines), flush=True)
+
+    async def case(self, group, name, fn, timeout, servers):
+        full = f"{group}: {name}"
+        ctx = Ctx(servers)
+        marks = {s.name: len(s.log_text()) for s in servers.values()
+                 if isinstance(s, TaskbusServer)}
+        t0 = time.monotonic()
+        ok, detail = False, ""
+        try:
+            detail = await asyncio.wait_for(fn(ctx), T(timeout)) or ""
+            ok = True
+        except AssertionError as e:
+            detail = str(e)
+        except asyncio.TimeoutError as e:  # also socket.timeout
+            detail = (f"timed out after {T(timeout)} s"
+                      if time.monotonic() - t0 >= T(timeout) - 0.5 else
+                      f"a wait timed out after {time.monotonic() - t0:.1f} s"
+                      f" {where(e)}")
+        except Exception as e:  # any failure is this case's FAIL line
+            detail = f"{type(e).__name__}: {e} {where(e)}"
+        finally:
+            try:
+                await asyncio.wait_for(ctx.close_all(), T(10))
+            except Exception as e:  # reported, never hides the result
+                detail += f" (closing its clients: {type(e).__name__} {e})"
+        took = time.monotonic() - t0
+        self.report(ok, full, (f"{detail}; " if ok and detail else detail)
+                    + (f"{took:.2f} s" if ok else ""),
+                    servers.values(), marks)
+
+    async def group(self, gname, make, tests):
+        tests = [t for t in tests if self.wanted(gname, t[0])]
+        if not tests:
+            return
+        servers = {}
+        try:
+            try:
+                made = make()
+                items = made.items() if isinstance(made, dict) else made
+                for key, s in items:
+                    servers[key] = s
+                    if s.proc is None:
+                        s.start()  # the main thread: PR_SET_PDEATHSIG
+            except Exception as e:  # a server did not start
+                first, _, rest = str(e).partition("\n")
+                self.report(False, f"{gname}: start the servers",
+                            f"{first} (not run: "
+                            f"{', '.join(t[0] for t in tests)})"
+                            + (f"\n{rest}" if rest else ""))
+                return
+            for name, fn, timeout in tests:
+                await self.case(gname, name, fn, timeout, servers)
+        finally:
+            for key, s in reversed(list(servers.items())):
+                if s.proc is None:
+                    continue
+                if not getattr(s, "ready", True):
+                    end_proc(s.proc, signal.SIGKILL)  # failed at start
+                    continue
+                rc, took = await asyncio.to_thread(s.stop)
+                if not isinstance(s, TaskbusServer):
+                    continue
+                name = f"{gname}: taskbus {s.name} exits 0 on SIGTERM"
+                text = s.log_text()
+                bad = [l for l in text.splitlines()
+                       if SAN_RE.search(l)]
+                if rc == 0 and not bad:
+                    self.report(True, name, f"{took:.2f} s")
+                else:
+                    why = (f"still running {STOP_TIMEOUT_S} s after SIGTERM "
+                           f"(killed)" if rc is None else f"exit status {rc}")
+                    self.report(False, name, why + (f"; {bad[0]}" if bad
+                                                    else ""))
+                    print(f"  stderr tail:\n{tail(s.log, 60)}", flush=True)
+
+    async def run(self):
+        for gname, make, tests in self.groups:
+            await self.group(gname, make, tests)
+
+
+def run_groups(title, tmp_prefix, groups):
+    """A websocket suite's main: runs the groups (by the command line's
+    words) with run_suite. Returns the exit status."""
+    runner = GroupRunner(sys.argv[1:], groups)
+    if websockets is None:
+        print(f"FAIL setup: {title} needs python3-websockets (apt-get "
+              "install python3-websockets)", flush=True)
+        return 1
+    return run_suite(title, tmp_prefix, runner,
+                     lambda: asyncio.run(runner.run()))

@@ -60,6 +60,9 @@ static int on_silent(tb_http_req *req, void *ud)
 
 static int port_;
 
+/* A new app of one worker with the routes above, listening on listen, or
+ * with NULL on a free loopback port (kept in port_, where the client
+ * connects). Main thread (cmocka). */
 static tb_app *new_app(const char *listen)
 {
     char addr[32];
@@ -83,15 +86,6 @@ static tb_app *new_app(const char *listen)
     assert_rc(tb_app_add_route(app, "GET", "/x/{p}", on_x, NULL), 0);
     assert_rc(tb_app_add_route(app, "GET", "/silent", on_silent, NULL), 0);
     return app;
-}
-
-/* Runs body on a helper thread against a fresh app; fails on any check. */
-static void run(th_thread_body body)
-{
-    tb_app *app = new_app(NULL);
-    assert_rc(th_run_thread(app, body, NULL, RUN_TIMEOUT_MS), 0);
-    tb_app_free(app);
-    th_assert_clean();
 }
 
 /* ------------------------------------------------------------ client */
@@ -291,10 +285,9 @@ static resp *new_resp(void)
 
 /* ------------------------------------------------------------ tests */
 
-static void body_param(tb_app *app, void *ctx)
+TH_APP_TEST(test_param, new_app(NULL), RUN_TIMEOUT_MS)
 {
     (void)app;
-    (void)ctx;
     resp *r = new_resp();
     char v[64];
     TH_CHECK_EQ(request("GET", "/hello/w%C3%B6rld%20x", NULL, NULL, 0, r), 0);
@@ -305,16 +298,9 @@ static void body_param(tb_app *app, void *ctx)
     free(r);
 }
 
-static void test_param(void **state)
-{
-    (void)state;
-    run(body_param);
-}
-
-static void body_errors(tb_app *app, void *ctx)
+TH_APP_TEST(test_errors, new_app(NULL), RUN_TIMEOUT_MS)
 {
     (void)app;
-    (void)ctx;
     resp *r = new_resp();
     char v[64];
     TH_CHECK_EQ(request("GET", "/nope", NULL, NULL, 0, r), 0);
@@ -334,18 +320,11 @@ static void body_errors(tb_app *app, void *ctx)
     free(r);
 }
 
-static void test_errors(void **state)
-{
-    (void)state;
-    run(body_errors);
-}
-
 /* The router sees the path as sent: %2F stays an escape (400), %2541 is
  * decoded once ("%41"), and the query is passed on raw. */
-static void body_raw_path(tb_app *app, void *ctx)
+TH_APP_TEST(test_raw_path, new_app(NULL), RUN_TIMEOUT_MS)
 {
     (void)app;
-    (void)ctx;
     resp *r = new_resp();
     TH_CHECK_EQ(request("GET", "/x/a%2Fb", NULL, NULL, 0, r), 0);
     TH_CHECK_EQ(r->status, 400);
@@ -360,12 +339,6 @@ static void body_raw_path(tb_app *app, void *ctx)
     TH_CHECK_EQ(request("GET", "/x/../hello/a", NULL, NULL, 0, r), 0);
     TH_CHECK_EQ(r->status, 404);
     free(r);
-}
-
-static void test_raw_path(void **state)
-{
-    (void)state;
-    run(body_raw_path);
 }
 
 static void send_chunked(client *c, const char *body, size_t len, size_t step)
@@ -386,10 +359,9 @@ static void send_chunked(client *c, const char *body, size_t len, size_t step)
     cl_send(c, "0\r\n\r\n", 5);
 }
 
-static void body_limits(tb_app *app, void *ctx)
+TH_APP_TEST(test_body_limits, new_app(NULL), RUN_TIMEOUT_MS)
 {
     (void)app;
-    (void)ctx;
     resp *r = new_resp();
     client *c = malloc(sizeof *c);
     char *big = malloc(2 * MAX_BODY);
@@ -444,16 +416,9 @@ out:
     free(r);
 }
 
-static void test_body_limits(void **state)
-{
-    (void)state;
-    run(body_limits);
-}
-
-static void body_request_id(tb_app *app, void *ctx)
+TH_APP_TEST(test_request_id, new_app(NULL), RUN_TIMEOUT_MS)
 {
     (void)app;
-    (void)ctx;
     resp *r = new_resp();
     char a[80], b[80];
     TH_CHECK_EQ(
@@ -469,18 +434,11 @@ static void body_request_id(tb_app *app, void *ctx)
     free(r);
 }
 
-static void test_request_id(void **state)
-{
-    (void)state;
-    run(body_request_id);
-}
-
 /* Three requests on one connection, and HEAD without a body between them
  * (the next answer parses only if no body bytes followed the HEAD's). */
-static void body_keep_alive(tb_app *app, void *ctx)
+TH_APP_TEST(test_keep_alive_head, new_app(NULL), RUN_TIMEOUT_MS)
 {
     (void)app;
-    (void)ctx;
     resp *r = new_resp();
     client *c = malloc(sizeof *c);
     char v[64];
@@ -515,12 +473,6 @@ out:
     free(r);
 }
 
-static void test_keep_alive_head(void **state)
-{
-    (void)state;
-    run(body_keep_alive);
-}
-
 #define CONC_THREADS 8
 #define CONC_EACH 25
 
@@ -542,10 +494,9 @@ static void *conc_thread(void *arg)
     return NULL;
 }
 
-static void body_concurrent(tb_app *app, void *ctx)
+TH_APP_TEST(test_concurrent, new_app(NULL), RUN_TIMEOUT_MS)
 {
     (void)app;
-    (void)ctx;
     pthread_t th[CONC_THREADS];
     atomic_store(&conc_ok, 0);
     for (int i = 0; i < CONC_THREADS; i++)
@@ -554,12 +505,6 @@ static void body_concurrent(tb_app *app, void *ctx)
     for (int i = 0; i < CONC_THREADS; i++)
         pthread_join(th[i], NULL);
     TH_CHECK_EQ(atomic_load(&conc_ok), CONC_THREADS * CONC_EACH);
-}
-
-static void test_concurrent(void **state)
-{
-    (void)state;
-    run(body_concurrent);
 }
 
 /* A port in use and bad addresses: tb_app_run fails with TB_EINVAL. */

@@ -70,6 +70,14 @@ static long long jget_int(json_t *o, const char *key)
     return json_integer_value(v);
 }
 
+/* th_app_new(workers, 2000) with the API added. Main thread (cmocka). */
+static tb_app *api_app(int workers)
+{
+    tb_app *app = th_app_new(workers, 2000);
+    assert_rc(tb_app_add_api(app), 0);
+    return app;
+}
+
 /* Checks an error answer: status and stable code; returns the body's
  * message (valid while j lives). */
 #define CHECK_ERROR(j, st, want_status, want_code)                             \
@@ -619,8 +627,7 @@ static void tasks_body(tb_app *app, void *arg)
 static void test_tasks(void **state)
 {
     (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    assert_rc(tb_app_add_api(app), 0);
+    tb_app *app = api_app(2);
     tb_task_opts o = th_opts("replicated", TB_WORKER_ANY);
     assert_rc(tb_task_add(app, sleeper, NULL, &o, NULL), 0);
     tasks_ctx c;
@@ -651,9 +658,8 @@ static void *racer(void *arg)
     return NULL;
 }
 
-static void race_body(tb_app *app, void *arg)
+TH_APP_TEST(test_cancel_race, api_app(2), 30000)
 {
-    (void)arg;
     race_ctx r;
     atomic_init(&r.stop, 0);
     atomic_init(&r.added, 0);
@@ -681,16 +687,6 @@ static void race_body(tb_app *app, void *arg)
     TH_CHECK(atomic_load(&r.added) >= 50);
 }
 
-static void test_cancel_race(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    assert_rc(tb_app_add_api(app), 0);
-    assert_rc(th_run_thread(app, race_body, NULL, 30000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-}
-
 /* ------------------------------------------------------------ health */
 
 /* Blocks its worker's loop (what a buggy task calling sleep() does). */
@@ -702,9 +698,8 @@ static int blocker(tb_task *self, void *arg)
     return 0;
 }
 
-static void health_body(tb_app *app, void *arg)
+TH_APP_TEST(test_health, api_app(3), 30000)
 {
-    (void)arg;
     json_t *j = NULL;
     int64_t t0 = th_mono_ms();
     int st = call(app, "GET", "/healthz", NULL, &j);
@@ -749,22 +744,12 @@ static void health_body(tb_app *app, void *arg)
     st = call(app, "GET", "/healthz", NULL, &j);
     TH_CHECK_EQ(st, 200);
     json_decref(j);
-}
 
-static void test_health(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(3, 2000);
-    assert_rc(tb_app_add_api(app), 0);
-    assert_rc(th_run_thread(app, health_body, NULL, 30000), 0);
-    th_assert_clean();
-
-    json_t *j = NULL;
-    int st = call(app, "GET", "/healthz", NULL, &j);
+    th_app_stopped(app);
+    /* After the stop: not running. */
+    st = call(app, "GET", "/healthz", NULL, &j);
     CHECK_ERROR(j, st, 503, "not_running");
     json_decref(j);
-    th_assert_clean();
-    tb_app_free(app);
 }
 
 /* ------------------------------------------------------------ long poll */

@@ -192,9 +192,12 @@ static int pattern_waiter(tb_task *self, void *arg)
     return 0;
 }
 
-static void drive_patterns(tb_app *app, void *ctx)
+TH_APP_TEST(test_exact_star_and_param_patterns, th_app_new(2, 2000), 10000)
 {
-    pattern_ctx *c = ctx;
+    static pattern_ctx ctx;
+    pattern_ctx *c = &ctx;
+    for (int i = 0; i < 4; i++)
+        c->rc[i] = 1;
     for (int i = 0; i < 4; i++) {
         char name[16];
         snprintf(name, sizeof name, "pw-%d", i);
@@ -207,29 +210,14 @@ static void drive_patterns(tb_app *app, void *ctx)
     TH_CHECK_RC(tb_dispatch(app, "user.42.deleted", NULL, 0, NULL), 0);
     TH_CHECK_RC(tb_dispatch(app, "user.42.created", NULL, 0, NULL), 0);
     TH_CHECK(th_counter_wait_ge(&c->finished, 4, 5000));
-}
 
-static void test_exact_star_and_param_patterns(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    pattern_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.armed);
-    th_counter_init(&c.finished);
-    for (int i = 0; i < 4; i++)
-        c.rc[i] = 1;
-    assert_rc(th_run_thread(app, drive_patterns, &c, 10000), 0);
-    th_assert_clean();
+    th_app_stopped(app);
     for (int i = 0; i < 3; i++) {
-        assert_rc(atomic_load(&c.rc[i]), 0);
-        assert_string_equal(c.got[i], "user.42.created");
+        TH_CHECK_RC(atomic_load(&c->rc[i]), 0);
+        TH_CHECK_STR(c->got[i], "user.42.created");
     }
-    assert_string_equal(c.uid[2], "42");
-    assert_rc(atomic_load(&c.rc[3]), TB_ETIMEDOUT);
-    tb_app_free(app);
-    th_counter_destroy(&c.armed);
-    th_counter_destroy(&c.finished);
+    TH_CHECK_STR(c->uid[2], "42");
+    TH_CHECK_RC(atomic_load(&c->rc[3]), TB_ETIMEDOUT);
 }
 
 /* The pure helpers, on the cases the waiters above rely on. */
@@ -260,9 +248,8 @@ static void test_pattern_helpers(void **state)
 
 /* ------------------------------------------------------------ wait */
 
-static int drive_wait_timeout(tb_task *self, void *ctx)
+TH_TASK_TEST(test_wait_timeouts, th_app_new(2, 2000), 0, 10000)
 {
-    (void)ctx;
     tb_event *ev = NULL;
     int64_t t0 = th_mono_ms();
     TH_CHECK_RC(tb_event_wait(self, "never.x", 60, &ev), TB_ETIMEDOUT);
@@ -273,7 +260,7 @@ static int drive_wait_timeout(tb_task *self, void *ctx)
     int err = 1;
     tb_sub *sub = tb_sub_open(self, "never.y", 4, &err);
     if (!TH_CHECK(sub != NULL))
-        return -1;
+        return;
     t0 = th_mono_ms();
     TH_CHECK_RC(tb_sub_next(self, sub, 0, &ev), TB_ETIMEDOUT);
     TH_CHECK(th_mono_ms() - t0 < 100);
@@ -290,16 +277,6 @@ static int drive_wait_timeout(tb_task *self, void *ctx)
     err = 0;
     TH_CHECK(tb_sub_open(self, "a.<", 4, &err) == NULL);
     TH_CHECK_RC(err, TB_EINVAL);
-    return 0;
-}
-
-static void test_wait_timeouts(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    assert_rc(th_run_task(app, 0, drive_wait_timeout, NULL, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
 }
 
 /* Takes the next event within 2 s and checks its name; "" expects none
@@ -317,14 +294,12 @@ static int next_is(tb_task *self, tb_sub *sub, const char *want)
     return ok;
 }
 
-static int drive_multi_pattern_sub(tb_task *self, void *ctx)
+TH_TASK_TEST(test_multi_pattern_subscription, th_app_new(2, 2000), 0, 20000)
 {
-    (void)ctx;
-    tb_app *app = tb_task_app(self);
     int err = 1;
     tb_sub *sub = tb_sub_open(self, NULL, 16, &err);
     if (!TH_CHECK(sub != NULL))
-        return -1;
+        return;
     TH_CHECK_RC(err, 0);
     TH_CHECK_EQ(tb_sub_patterns(sub), 0);
     TH_CHECK_RC(tb_dispatch(app, "a.b", "", 0, NULL), 0);
@@ -361,16 +336,7 @@ static int drive_multi_pattern_sub(tb_task *self, void *ctx)
     TH_CHECK(next_is(self, sub, "q.z"));
     TH_CHECK(next_is(self, sub, ""));
     TH_CHECK_EQ(tb_sub_dropped(sub), 0);
-    return 0; /* the subscription closes with the task */
-}
-
-static void test_multi_pattern_subscription(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    assert_rc(th_run_task(app, 0, drive_multi_pattern_sub, NULL, 20000), 0);
-    th_assert_clean();
-    tb_app_free(app);
+    /* The subscription closes with the task. */
 }
 
 typedef struct cancel_ctx {
@@ -403,9 +369,11 @@ static int next_forever(tb_task *self, void *arg)
     return 0;
 }
 
-static void drive_cancel_waiters(tb_app *app, void *ctx)
+TH_APP_TEST(test_cancelled_while_waiting, th_app_new(2, 2000), 10000)
 {
-    cancel_ctx *c = ctx;
+    static cancel_ctx ctx;
+    cancel_ctx *c = &ctx;
+    c->wait_rc = c->next_rc = 1;
     TH_CHECK_RC(th_add(app, "waits", 0, wait_forever, c, NULL), 0);
     TH_CHECK_RC(th_add(app, "nexts", 1, next_forever, c, NULL), 0);
     TH_CHECK(th_counter_wait_ge(&c->started, 2, 5000));
@@ -413,20 +381,6 @@ static void drive_cancel_waiters(tb_app *app, void *ctx)
     TH_CHECK_RC(tb_task_cancel(app, "nexts", 3000), 0);
     TH_CHECK_RC(atomic_load(&c->wait_rc), TB_ECANCELED);
     TH_CHECK_RC(atomic_load(&c->next_rc), TB_ECANCELED);
-}
-
-static void test_cancelled_while_waiting(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    cancel_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.started);
-    c.wait_rc = c.next_rc = 1;
-    assert_rc(th_run_thread(app, drive_cancel_waiters, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    th_counter_destroy(&c.started);
 }
 
 /* ------------------------------------------------------------ accessors */
@@ -476,15 +430,16 @@ static int accessor_waiter(tb_task *self, void *arg)
 }
 
 typedef struct acc_drive {
-    acc_ctx *c;
     char id[2][TB_EVENT_ID_MAX];
     int64_t t[2];
 } acc_drive;
 
-static void drive_accessors(tb_app *app, void *ctx)
+TH_APP_TEST(test_event_accessors, th_app_new(2, 2000), 10000)
 {
-    acc_drive *d = ctx;
-    acc_ctx *c = d->c;
+    static acc_ctx acc;     /* what the waiter saw */
+    static acc_drive drive; /* what was dispatched, and when */
+    acc_ctx *c = &acc;
+    acc_drive *d = &drive;
     TH_CHECK_RC(th_add(app, "acc", 1, accessor_waiter, c, NULL), 0);
     if (!TH_CHECK(th_counter_wait_ge(&c->armed, 1, 5000)))
         return;
@@ -495,42 +450,26 @@ static void drive_accessors(tb_app *app, void *ctx)
     d->t[1] = th_real_us();
     TH_CHECK_RC(tb_dispatch(app, "acc.empty", NULL, 0, d->id[1]), 0);
     TH_CHECK(th_counter_wait_ge(&c->done, 1, 5000));
-}
 
-static void test_event_accessors(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    acc_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.armed);
-    th_counter_init(&c.done);
-    acc_drive d;
-    memset(&d, 0, sizeof d);
-    d.c = &c;
-    assert_rc(th_run_thread(app, drive_accessors, &d, 10000), 0);
-    th_assert_clean();
-
-    assert_string_equal(c.name[0], "acc.test");
-    assert_int_equal(c.len[0], 5);
-    assert_memory_equal(c.data[0], "hello", 5);
-    assert_true(c.nul[0]);
-    assert_string_equal(c.name[1], "acc.empty");
-    assert_int_equal(c.len[1], 0);
-    assert_true(c.non_null[1]); /* "always followed by a NUL" */
-    assert_true(c.nul[1]);
+    th_app_stopped(app);
+    TH_CHECK_STR(c->name[0], "acc.test");
+    TH_CHECK_EQ(c->len[0], 5);
+    TH_CHECK(memcmp(c->data[0], "hello", 5) == 0);
+    TH_CHECK(c->nul[0]);
+    TH_CHECK_STR(c->name[1], "acc.empty");
+    TH_CHECK_EQ(c->len[1], 0);
+    TH_CHECK(c->non_null[1]); /* "always followed by a NUL" */
+    TH_CHECK(c->nul[1]);
     for (int i = 0; i < 2; i++) {
-        assert_true(d.id[i][0] != '\0');
-        assert_string_equal(c.id[i], d.id[i]);
-        if (c.ts[i] < d.t[i] - 1000000 || c.ts[i] > d.t[i] + 1000000)
-            fail_msg("event ts %lld is not within 1 s of dispatch %lld",
-                     (long long)c.ts[i], (long long)d.t[i]);
-        assert_true(ends_with(c.origin[i], "/-1"));
+        TH_CHECK(d->id[i][0] != '\0');
+        TH_CHECK_STR(c->id[i], d->id[i]);
+        TH_CHECKF(c->ts[i] >= d->t[i] - 1000000 &&
+                      c->ts[i] <= d->t[i] + 1000000,
+                  "event ts %lld is not within 1 s of dispatch %lld",
+                  (long long)c->ts[i], (long long)d->t[i]);
+        TH_CHECK(ends_with(c->origin[i], "/-1"));
     }
-    assert_string_not_equal(d.id[0], d.id[1]);
-    tb_app_free(app);
-    th_counter_destroy(&c.armed);
-    th_counter_destroy(&c.done);
+    TH_CHECK(strcmp(d->id[0], d->id[1]) != 0);
 }
 
 #define NIDS 1000
@@ -540,39 +479,30 @@ static int cmp_ids(const void *a, const void *b)
     return strcmp(a, b);
 }
 
-static void drive_unique_ids(tb_app *app, void *ctx)
+TH_APP_TEST(test_event_ids_are_unique, th_app_new(2, 2000), 20000)
 {
-    char(*ids)[TB_EVENT_ID_MAX] = ctx;
+    static char ids[NIDS][TB_EVENT_ID_MAX];
     for (int i = 0; i < NIDS; i++) {
         memset(ids[i], 0, TB_EVENT_ID_MAX);
         if (!TH_CHECK_RC(tb_dispatch(app, "ids.x", "i", 1, ids[i]), 0))
             return;
     }
-}
 
-static void test_event_ids_are_unique(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    static char ids[NIDS][TB_EVENT_ID_MAX];
-    assert_rc(th_run_thread(app, drive_unique_ids, ids, 20000), 0);
-    th_assert_clean();
+    th_app_stopped(app);
     for (int i = 0; i < NIDS; i++) {
-        assert_true(ids[i][0] != '\0');
-        assert_true(memchr(ids[i], '\0', TB_EVENT_ID_MAX) != NULL);
+        TH_CHECK(ids[i][0] != '\0');
+        TH_CHECK(memchr(ids[i], '\0', TB_EVENT_ID_MAX) != NULL);
     }
     qsort(ids, NIDS, TB_EVENT_ID_MAX, cmp_ids);
     for (int i = 1; i < NIDS; i++)
-        if (strcmp(ids[i - 1], ids[i]) == 0)
-            fail_msg("duplicate event id \"%s\"", ids[i]);
-    tb_app_free(app);
+        TH_CHECKF(strcmp(ids[i - 1], ids[i]) != 0, "duplicate event id \"%s\"",
+                  ids[i]);
 }
 
 /* ------------------------------------------------------------ limits */
 
-static void drive_bad_names(tb_app *app, void *ctx)
+TH_APP_TEST(test_invalid_event_names, th_app_new(2, 2000), 10000)
 {
-    (void)ctx;
     static const char *const bad[] = {
         "",      "a..b", ".a",
         "a.",    "a b",  "a.*",
@@ -595,15 +525,6 @@ static void drive_bad_names(tb_app *app, void *ctx)
     name[TB_EVENT_NAME_MAX + 1] = '\0';
     TH_CHECK_RC(tb_event_name_valid(name), TB_ENAMETOOLONG);
     TH_CHECK_RC(tb_dispatch(app, name, NULL, 0, NULL), TB_ENAMETOOLONG);
-}
-
-static void test_invalid_event_names(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    assert_rc(th_run_thread(app, drive_bad_names, NULL, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
 }
 
 #define MAX_EVENT 1024
@@ -636,9 +557,21 @@ static int receive_big(tb_task *self, void *arg)
     return 0;
 }
 
-static void drive_sizes(tb_app *app, void *ctx)
+/* An app of 2 workers whose events hold at most MAX_EVENT bytes. */
+static tb_app *small_events_app(void)
 {
-    size_ctx *c = ctx;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.core.workers = 2;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.core.max_event_size = MAX_EVENT;
+    return th_app_new_cfg(&cfg);
+}
+
+TH_APP_TEST(test_event_size_limit, small_events_app(), 10000)
+{
+    static size_ctx ctx;
+    size_ctx *c = &ctx;
     static unsigned char data[MAX_EVENT + 1];
     for (size_t i = 0; i < sizeof data; i++)
         data[i] = (unsigned char)('a' + i % 26); /* text: UTF-8 */
@@ -649,29 +582,11 @@ static void drive_sizes(tb_app *app, void *ctx)
                 TB_EMSGSIZE);
     TH_CHECK_RC(tb_dispatch(app, "big.data", data, MAX_EVENT, NULL), 0);
     TH_CHECK(th_counter_wait_ge(&c->done, 1, 5000));
-}
 
-static void test_event_size_limit(void **state)
-{
-    (void)state;
-    tb_app_config cfg;
-    tb_app_config_init(&cfg);
-    cfg.core.workers = 2;
-    cfg.core.graceful_timeout_ms = 2000;
-    cfg.core.max_event_size = MAX_EVENT;
-    tb_app *app = th_app_new_cfg(&cfg);
-    size_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.opened);
-    th_counter_init(&c.done);
-    assert_rc(th_run_thread(app, drive_sizes, &c, 10000), 0);
-    th_assert_clean();
+    th_app_stopped(app);
     /* The refused event was not delivered: the first one seen is the 1024. */
-    assert_int_equal(c.len, MAX_EVENT);
-    assert_true(c.intact);
-    tb_app_free(app);
-    th_counter_destroy(&c.opened);
-    th_counter_destroy(&c.done);
+    TH_CHECK_EQ(c->len, MAX_EVENT);
+    TH_CHECK(c->intact);
 }
 
 static void nothing(tb_app *app, void *ctx)
@@ -735,15 +650,17 @@ static int burst_subscriber(tb_task *self, void *arg)
 }
 
 typedef struct burst_drive {
-    burst_ctx *c;
     char ids[BURST][TB_EVENT_ID_MAX];
 } burst_drive;
 
-static void drive_burst(tb_app *app, void *ctx)
+TH_APP_TEST(test_subscription_misses_nothing, th_app_new(2, 2000), 30000)
 {
-    burst_drive *d = ctx;
-    TH_CHECK_RC(th_add(app, "burst", 1, burst_subscriber, d->c, NULL), 0);
-    if (!TH_CHECK(th_counter_wait_ge(&d->c->opened, 1, 5000)))
+    static burst_ctx burst;   /* what the subscriber got */
+    static burst_drive drive; /* the ids dispatched */
+    burst_ctx *c = &burst;
+    burst_drive *d = &drive;
+    TH_CHECK_RC(th_add(app, "burst", 1, burst_subscriber, c, NULL), 0);
+    if (!TH_CHECK(th_counter_wait_ge(&c->opened, 1, 5000)))
         return;
     for (int i = 0; i < BURST; i++) {
         char num[16];
@@ -752,31 +669,15 @@ static void drive_burst(tb_app *app, void *ctx)
                          0))
             return;
     }
-    TH_CHECK(th_counter_wait_ge(&d->c->done, 1, 20000));
-}
+    TH_CHECK(th_counter_wait_ge(&c->done, 1, 20000));
 
-static void test_subscription_misses_nothing(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    static burst_ctx c;
-    static burst_drive d;
-    memset(&c, 0, sizeof c);
-    memset(&d, 0, sizeof d);
-    th_counter_init(&c.opened);
-    th_counter_init(&c.done);
-    d.c = &c;
-    assert_rc(th_run_thread(app, drive_burst, &d, 30000), 0);
-    th_assert_clean();
-    assert_int_equal(c.received, BURST);
-    assert_int_equal(c.out_of_order, 0);
-    assert_int_equal(c.dropped, 0);
-    assert_int_equal(c.pending_after, 0);
+    th_app_stopped(app);
+    TH_CHECK_EQ(c->received, BURST);
+    TH_CHECK_EQ(c->out_of_order, 0);
+    TH_CHECK_EQ(c->dropped, 0);
+    TH_CHECK_EQ(c->pending_after, 0);
     for (int i = 0; i < BURST; i++)
-        assert_string_equal(c.ids[i], d.ids[i]);
-    tb_app_free(app);
-    th_counter_destroy(&c.opened);
-    th_counter_destroy(&c.done);
+        TH_CHECK_STR(c->ids[i], d->ids[i]);
 }
 
 typedef struct overflow_ctx {
@@ -818,9 +719,10 @@ static int overflow_subscriber(tb_task *self, void *arg)
     return 0;
 }
 
-static void drive_overflow(tb_app *app, void *ctx)
+TH_APP_TEST(test_subscription_overflow_drops_oldest, th_app_new(2, 2000), 15000)
 {
-    overflow_ctx *c = ctx;
+    static overflow_ctx ctx;
+    overflow_ctx *c = &ctx;
     TH_CHECK_RC(th_add(app, "ovf", 0, overflow_subscriber, c, NULL), 0);
     if (!TH_CHECK(th_counter_wait_ge(&c->opened, 1, 5000)))
         return;
@@ -830,27 +732,14 @@ static void drive_overflow(tb_app *app, void *ctx)
         TH_CHECK_RC(tb_dispatch(app, "ovf.e", num, (size_t)n, NULL), 0);
     }
     TH_CHECK(th_counter_wait_ge(&c->done, 1, 10000));
-}
 
-static void test_subscription_overflow_drops_oldest(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    overflow_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.opened);
-    th_counter_init(&c.done);
-    assert_rc(th_run_thread(app, drive_overflow, &c, 15000), 0);
-    th_assert_clean();
-    assert_int_equal(c.pending, 10);
-    assert_int_equal(c.dropped, 15);
+    th_app_stopped(app);
+    TH_CHECK_EQ(c->pending, 10);
+    TH_CHECK_EQ(c->dropped, 15);
     for (int i = 0; i < 10; i++)
-        assert_int_equal(c.got[i], 15 + i); /* the last ten, in order */
-    assert_rc(c.empty_rc, TB_ETIMEDOUT);
-    assert_int_equal(c.dropped_after, 15);
-    tb_app_free(app);
-    th_counter_destroy(&c.opened);
-    th_counter_destroy(&c.done);
+        TH_CHECK_EQ(c->got[i], 15 + i); /* the last ten, in order */
+    TH_CHECK_RC(c->empty_rc, TB_ETIMEDOUT);
+    TH_CHECK_EQ(c->dropped_after, 15);
 }
 
 /* worker_queue_max: a worker whose loop is stuck keeps at most that many
@@ -884,9 +773,20 @@ static int stuck_subscriber(tb_task *self, void *arg)
     return 0;
 }
 
-static void drive_qfull(tb_app *app, void *ctx)
+/* An app of one worker that keeps at most 10 events waiting for it. */
+static tb_app *queue_max_app(void)
 {
-    qfull_ctx *c = ctx;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.core.workers = 1;
+    cfg.core.worker_queue_max = 10;
+    return th_app_new_cfg(&cfg);
+}
+
+TH_APP_TEST(test_worker_queue_max, queue_max_app(), 15000)
+{
+    static qfull_ctx ctx;
+    qfull_ctx *c = &ctx;
     TH_CHECK_RC(th_add(app, "stuck", 0, stuck_subscriber, c, NULL), 0);
     TH_CHECK(th_counter_wait_ge(&c->subscribed, 1, 5000));
     for (int i = 0; i < 50; i++) {
@@ -899,30 +799,11 @@ static void drive_qfull(tb_app *app, void *ctx)
     TH_CHECK_EQ(info.queue_full_drops, 40);
     th_counter_add(&c->dispatched, 1);
     TH_CHECK(th_counter_wait_ge(&c->done, 1, 5000));
-}
 
-static void test_worker_queue_max(void **state)
-{
-    (void)state;
-    tb_app_config cfg;
-    tb_app_config_init(&cfg);
-    cfg.core.workers = 1;
-    cfg.core.worker_queue_max = 10;
-    tb_app *app = th_app_new_cfg(&cfg);
-    qfull_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.subscribed);
-    th_counter_init(&c.dispatched);
-    th_counter_init(&c.done);
-    assert_rc(th_run_thread(app, drive_qfull, &c, 15000), 0);
-    th_assert_clean();
-    assert_int_equal(c.got, 10); /* exactly the limit, the oldest ten */
-    assert_int_equal(c.first, 0);
-    assert_int_equal(c.last, 9);
-    tb_app_free(app);
-    th_counter_destroy(&c.subscribed);
-    th_counter_destroy(&c.dispatched);
-    th_counter_destroy(&c.done);
+    th_app_stopped(app);
+    TH_CHECK_EQ(c->got, 10); /* exactly the limit, the oldest ten */
+    TH_CHECK_EQ(c->first, 0);
+    TH_CHECK_EQ(c->last, 9);
 }
 
 typedef struct leak_ctx {
@@ -972,9 +853,10 @@ static int fresh_subscriber(tb_task *self, void *arg)
     return 0; /* left open too */
 }
 
-static void drive_leaks(tb_app *app, void *ctx)
+TH_APP_TEST(test_subscription_closed_when_task_ends, th_app_new(2, 2000), 15000)
 {
-    leak_ctx *c = ctx;
+    static leak_ctx ctx;
+    leak_ctx *c = &ctx;
     TH_CHECK_RC(th_add(app, "leaky", 0, leaky_subscriber, c, NULL), 0);
     if (!TH_CHECK(th_counter_wait_ge(&c->opened, 1, 5000)))
         return;
@@ -990,20 +872,6 @@ static void drive_leaks(tb_app *app, void *ctx)
     TH_CHECK_RC(tb_dispatch(app, "leak.a", "after", 5, NULL), 0);
     TH_CHECK(th_counter_wait_ge(&c->got, 1, 5000));
     TH_CHECK(th_wait_state(app, "fresh", TB_TASK_DONE, 5000));
-}
-
-static void test_subscription_closed_when_task_ends(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    leak_ctx c;
-    th_counter_init(&c.opened);
-    th_counter_init(&c.got);
-    assert_rc(th_run_thread(app, drive_leaks, &c, 15000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    th_counter_destroy(&c.opened);
-    th_counter_destroy(&c.got);
 }
 
 /* ------------------------------------------------------------ exactly once */

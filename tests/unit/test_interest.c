@@ -121,9 +121,10 @@ static int wild_waiter(tb_task *self, void *arg)
     return 0;
 }
 
-static void drive_app_wants(tb_app *app, void *ctx)
+TH_APP_TEST(test_app_wants_follows_listeners, th_app_new(2, 2000), 20000)
 {
-    wctx *c = ctx;
+    static wctx ctx;
+    wctx *c = &ctx;
     TH_CHECK(!app_wants(app, "job.done"));
     TH_CHECK(!app_wants(app, "job.7.progress"));
     TH_CHECK_RC(th_add(app, "exact", 0, exact_waiter, c, NULL), 0);
@@ -143,19 +144,6 @@ static void drive_app_wants(tb_app *app, void *ctx)
     TH_CHECK(th_wait_state(app, "exact", TB_TASK_DONE, 5000));
     TH_CHECK(!app_wants(app, "job.done"));
     TH_CHECK(!app_wants(app, "job.7.progress"));
-}
-
-static void test_app_wants_follows_listeners(void **state)
-{
-    (void)state;
-    wctx c;
-    th_counter_init(&c.waiting);
-    th_counter_init(&c.release);
-    tb_app *app = th_app_new(2, 2000);
-    assert_int_equal(th_run_thread(app, drive_app_wants, &c, 20000), 0);
-    tb_app_free(app);
-    th_counter_destroy(&c.waiting);
-    th_counter_destroy(&c.release);
 }
 
 int main(void)

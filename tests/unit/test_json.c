@@ -127,6 +127,17 @@ static void test_config(void **state)
     tb_app_free(app);
 }
 
+/* An app of one worker whose tasks have the smallest stack the config
+ * allows (core.stack_size 16 KiB). */
+static tb_app *smallest_stack_app(void)
+{
+    tb_app_config c;
+    tb_app_config_init(&c);
+    c.core.workers = 1;
+    c.core.stack_size = 16 * 1024;
+    return th_app_new_cfg(&c);
+}
+
 /* In a task on the smallest stack with half of it already in use, the
  * deepest JSON json_max_depth allows is parsed, dumped and freed, and an
  * event's envelope built around data one level less deep: if a level took
@@ -177,17 +188,9 @@ static int deepest_body(tb_task *self, void *ctx)
     return 0;
 }
 
-static void test_deepest_fits_smallest_stack(void **state)
+TH_TASK_TEST(test_deepest_fits_smallest_stack, smallest_stack_app(), 0, 10000)
 {
-    (void)state;
-    tb_app_config c;
-    tb_app_config_init(&c);
-    c.core.workers = 1;
-    c.core.stack_size = 16 * 1024;
-    tb_app *app = th_app_new_cfg(&c);
-    assert_int_equal(th_run_task(app, 0, half_used, NULL, 10000), 0);
-    assert_int_equal(th_failures_count(), 0);
-    tb_app_free(app);
+    TH_CHECK(half_used(self, NULL) == 0);
 }
 
 int main(void)

@@ -475,9 +475,17 @@ static void test_builtin(void **state)
 
 /* ------------------------------------------------------------ POST /tasks */
 
-static void http_body(tb_app *app, void *arg)
+/* An app of 2 workers with the built-in kinds and their HTTP routes. */
+static tb_app *kinds_api_app(void)
 {
-    (void)arg;
+    tb_app *app = th_app_new(2, 2000);
+    assert_rc(tb_app_add_builtin_kinds(app), 0);
+    assert_rc(tb__api_register_kinds(app), 0);
+    return app;
+}
+
+TH_APP_TEST(test_http, kinds_api_app(), 20000)
+{
     json_t *j = NULL;
     int st = post_tasks(app,
                         "{\"kind\": \"sleep\", \"name\": \"nap\", \"args\": "
@@ -569,6 +577,11 @@ static void http_body(tb_app *app, void *arg)
                "{\"kind\": \"sleep\", \"name\": \"\", \"args\": "
                "{\"seconds\": 1}}",
                400, "bad_name", "task name");
+
+    th_app_stopped(app);
+    /* After the stop. */
+    post_error(app, "{\"kind\": \"sleep\", \"args\": {\"seconds\": 1}}", 503,
+               "shutting_down", "stopp");
 }
 
 /* Relays that feed each other in a cycle die out at event_max_hops:
@@ -600,9 +613,25 @@ static int cycle_watcher(tb_task *self, void *arg)
     return 0;
 }
 
-static void cycle_body(tb_app *app, void *arg)
+/* An app of 2 workers with event_max_hops 8 and the built-in kinds, logging
+ * errors only (the hop limit's warning is expected). Main thread. */
+static tb_app *cycle_app(void)
 {
-    cycle *c = arg;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.core.workers = 2;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.core.event_max_hops = 8;
+    tb_app *app = th_app_new_cfg(&cfg);
+    tb_log_set_level(TB_LOG_ERROR);
+    assert_rc(tb_app_add_builtin_kinds(app), 0);
+    return app;
+}
+
+TH_APP_TEST(test_relay_cycle, cycle_app(), 20000)
+{
+    static cycle ctx;
+    cycle *c = &ctx;
     tb_task_opts o = th_opts("watch", 0);
     TH_CHECK_RC(tb_task_add(app, cycle_watcher, c, &o, NULL), 0);
     TH_CHECK(th_counter_wait_ge(&c->ready, 1, 3000));
@@ -635,44 +664,6 @@ static void cycle_body(tb_app *app, void *arg)
     TH_CHECK_RC(tb_task_cancel(app, "ba", 2000), 0);
     TH_CHECK_RC(tb_task_cancel(app, "bb", 2000), 0);
     TH_CHECK_RC(tb_task_cancel(app, "watch", 2000), 0);
-}
-
-static void test_relay_cycle(void **state)
-{
-    (void)state;
-    tb_app_config cfg;
-    tb_app_config_init(&cfg);
-    cfg.core.workers = 2;
-    cfg.core.graceful_timeout_ms = 2000;
-    cfg.core.event_max_hops = 8;
-    tb_app *app = th_app_new_cfg(&cfg);
-    tb_log_set_level(TB_LOG_ERROR); /* the hop limit's warning is expected */
-    assert_rc(tb_app_add_builtin_kinds(app), 0);
-    cycle c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.ready);
-    th_counter_init(&c.events);
-    assert_rc(th_run_thread(app, cycle_body, &c, 20000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    th_counter_destroy(&c.ready);
-    th_counter_destroy(&c.events);
-}
-
-static void test_http(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    assert_rc(tb_app_add_builtin_kinds(app), 0);
-    assert_rc(tb__api_register_kinds(app), 0);
-    assert_rc(th_run_thread(app, http_body, NULL, 20000), 0);
-    th_assert_clean();
-
-    /* After stop. */
-    post_error(app, "{\"kind\": \"sleep\", \"args\": {\"seconds\": 1}}", 503,
-               "shutting_down", "stopp");
-    th_assert_clean();
-    tb_app_free(app);
 }
 
 int main(void)

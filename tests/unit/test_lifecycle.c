@@ -487,19 +487,10 @@ static int note_stopping(tb_app *app, int worker, void *arg)
     return 0;
 }
 
-static void send_sigterm(tb_app *app, void *ctx)
+/* An app of 2 workers that handles signals and counts its workers' stops in
+ * g_stopping. Main thread. */
+static tb_app *signals_app(void)
 {
-    (void)app;
-    (void)ctx;
-    TH_CHECK_EQ(kill(getpid(), SIGTERM), 0);
-    /* The app must begin to stop by itself, before the harness stops it. */
-    TH_CHECK(th_counter_wait_ge(&g_stopping, 1, 5000));
-}
-
-/* handle_signals = 1: SIGTERM stops the app (and does not kill us). */
-static void test_handle_signals_stops_on_sigterm(void **state)
-{
-    (void)state;
     tb_app_config cfg;
     tb_app_config_init(&cfg);
     cfg.core.workers = 2;
@@ -509,9 +500,16 @@ static void test_handle_signals_stops_on_sigterm(void **state)
     assert_rc(
         tb_app_add_listener(app, TB_WORKER_BEFORE_STOP, note_stopping, NULL),
         0);
-    assert_rc(th_run_thread(app, send_sigterm, NULL, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
+    return app;
+}
+
+/* handle_signals = 1: SIGTERM stops the app (and does not kill us). */
+TH_APP_TEST(test_handle_signals_stops_on_sigterm, signals_app(), 10000)
+{
+    (void)app;
+    TH_CHECK_EQ(kill(getpid(), SIGTERM), 0);
+    /* The app must begin to stop by itself, before the harness stops it. */
+    TH_CHECK(th_counter_wait_ge(&g_stopping, 1, 5000));
 }
 
 /* ------------------------------------------------------------ config */

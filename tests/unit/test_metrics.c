@@ -92,6 +92,20 @@ static void check_histogram(const char *text, double want)
 
 /* ------------------------------------------------------------ tests */
 
+/* An app of workers workers, graceful timeout 2 s, with the HTTP API added
+ * and api_token token (NULL: none). Main thread (cmocka). */
+static tb_app *api_app(int workers, const char *token)
+{
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.core.workers = workers;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.http.api_token = token;
+    tb_app *app = th_app_new_cfg(&cfg);
+    assert_rc(tb_app_add_api(app), 0);
+    return app;
+}
+
 static int sleeper(tb_task *self, void *arg)
 {
     (void)arg;
@@ -100,9 +114,8 @@ static int sleeper(tb_task *self, void *arg)
     return 0;
 }
 
-static void metrics_body(tb_app *app, void *arg)
+TH_APP_TEST(test_metrics, api_app(2, NULL), 30000)
 {
-    (void)arg;
     TH_CHECK_RC(th_add(app, "sleeper", 0, sleeper, NULL, NULL), 0);
     TH_CHECK(th_wait_state(app, "sleeper", TB_TASK_RUNNING, 5000));
 
@@ -180,20 +193,9 @@ static void metrics_body(tb_app *app, void *arg)
     free(text);
 }
 
-static void test_metrics(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    assert_rc(tb_app_add_api(app), 0);
-    assert_rc(th_run_thread(app, metrics_body, NULL, 30000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-}
-
 /* Past TB__METRICS_SERIES series, requests count under route="other". */
-static void overflow_body(tb_app *app, void *arg)
+TH_APP_TEST(test_overflow, api_app(1, NULL), 30000)
 {
-    (void)arg;
     static char routes[TB__METRICS_SERIES + 10][16];
     for (size_t i = 0; i < TB__METRICS_SERIES + 10; i++) {
         snprintf(routes[i], sizeof routes[i], "/r%zu", i);
@@ -215,41 +217,15 @@ static void overflow_body(tb_app *app, void *arg)
     free(text);
 }
 
-static void test_overflow(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(1, 2000);
-    assert_rc(tb_app_add_api(app), 0);
-    assert_rc(th_run_thread(app, overflow_body, NULL, 30000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-}
-
 /* GET /metrics needs the API token like the other GETs. */
-static void token_body(tb_app *app, void *arg)
+TH_APP_TEST(test_token, api_app(1, "s3cret"), 30000)
 {
-    (void)arg;
     TH_CHECK_EQ(call(app, "GET", "/metrics", NULL, NULL, NULL, NULL), 401);
     char *text = get_metrics(app, "Bearer s3cret");
     if (text)
         TH_CHECK(sample(text, "taskbus_http_requests_total{route=\"/metrics\","
                               "method=\"GET\",status=\"401\"}") == 1);
     free(text);
-}
-
-static void test_token(void **state)
-{
-    (void)state;
-    tb_app_config cfg;
-    tb_app_config_init(&cfg);
-    cfg.core.workers = 1;
-    cfg.core.graceful_timeout_ms = 2000;
-    cfg.http.api_token = "s3cret";
-    tb_app *app = th_app_new_cfg(&cfg);
-    assert_rc(tb_app_add_api(app), 0);
-    assert_rc(th_run_thread(app, token_body, NULL, 30000), 0);
-    th_assert_clean();
-    tb_app_free(app);
 }
 
 static void test_escape(void **state)

@@ -256,9 +256,11 @@ static int record_identity(tb_task *self, void *arg)
     return 0;
 }
 
-static void drive_add_from_thread(tb_app *app, void *ctx)
+TH_APP_TEST(test_add_while_running_from_thread, th_app_new(2, 2000), 10000)
 {
-    ident_ctx *c = ctx;
+    static ident_ctx ctx;
+    ident_ctx *c = &ctx;
+    c->app = app;
     TH_CHECK(tb_task_current() == NULL); /* not a task */
     TH_CHECK_EQ(tb_app_current_worker(app), -1);
 
@@ -285,25 +287,12 @@ static void drive_add_from_thread(tb_app *app, void *ctx)
     TH_CHECK_EQ(tb_task_get(app, want, NULL), 1);
 }
 
-static void test_add_while_running_from_thread(void **state)
+TH_TASK_TEST(test_add_from_inside_task, th_app_new(2, 2000), 0, 10000)
 {
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    ident_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.ran);
-    c.app = app;
-    assert_rc(th_run_thread(app, drive_add_from_thread, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    th_counter_destroy(&c.ran);
-}
-
-static int drive_add_from_task(tb_task *self, void *ctx)
-{
-    ident_ctx *c = ctx;
-    tb_app *app = tb_task_app(self);
-    TH_CHECK(app == c->app);
+    static ident_ctx ctx;
+    ident_ctx *c = &ctx;
+    c->app = app;
+    TH_CHECK(tb_task_app(self) == c->app);
     uint64_t id = 0;
     TH_CHECK_RC(th_add(app, "child", TB_WORKER_ANY, record_identity, c, &id),
                 0);
@@ -315,21 +304,6 @@ static int drive_add_from_task(tb_task *self, void *ctx)
     TH_CHECK_EQ(st, TB_TASK_DONE);
     TH_CHECK_EQ(th_counter_get(&c->ran), 1);
     TH_CHECK_EQ(atomic_load(&c->id), id);
-    return 0;
-}
-
-static void test_add_from_inside_task(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    ident_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.ran);
-    c.app = app;
-    assert_rc(th_run_task(app, 0, drive_add_from_task, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    th_counter_destroy(&c.ran);
 }
 
 /* ------------------------------------------------------------ workers */
@@ -354,9 +328,13 @@ static int record_where(tb_task *self, void *arg)
     return 0;
 }
 
-static void drive_explicit_worker(tb_app *app, void *ctx)
+TH_APP_TEST(test_explicit_worker_honored, th_app_new(3, 2000), 10000)
 {
-    where_ctx *c = ctx;
+    static where_ctx ctx;
+    where_ctx *c = &ctx;
+    c->app = app;
+    for (int i = 0; i < 3; i++)
+        c->task_worker[i] = c->thread_worker[i] = -9;
     static const int order[3] = {2, 0, 1};
     for (int i = 0; i < 3; i++) {
         char name[16];
@@ -378,25 +356,11 @@ static void drive_explicit_worker(tb_app *app, void *ctx)
     TH_CHECK_RC(tb_task_get(app, "bad-m2", NULL), TB_ENOENT);
 }
 
-static void test_explicit_worker_honored(void **state)
+/* TB_WORKER_ANY picks the worker with fewer live tasks. */
+TH_APP_TEST(test_any_worker_picks_least_loaded, th_app_new(2, 2000), 10000)
 {
-    (void)state;
-    tb_app *app = th_app_new(3, 2000);
-    where_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.ran);
-    c.app = app;
-    for (int i = 0; i < 3; i++)
-        c.task_worker[i] = c.thread_worker[i] = -9;
-    assert_rc(th_run_thread(app, drive_explicit_worker, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    th_counter_destroy(&c.ran);
-}
-
-static void drive_least_loaded(tb_app *app, void *ctx)
-{
-    loop_ctx *c = ctx;
+    static loop_ctx ctx;
+    loop_ctx *c = &ctx;
     TH_CHECK_RC(th_add(app, "long-a", 0, sleep_until_cancelled, c, NULL), 0);
     TH_CHECK_RC(th_add(app, "long-b", 0, sleep_until_cancelled, c, NULL), 0);
     TH_CHECK(th_counter_wait_ge(&c->started, 2, 5000));
@@ -411,19 +375,6 @@ static void drive_least_loaded(tb_app *app, void *ctx)
     TH_CHECK_RC(tb_task_cancel(app, "any", 2000), 0);
 }
 
-/* TB_WORKER_ANY picks the worker with fewer live tasks. */
-static void test_any_worker_picks_least_loaded(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    loop_ctx c;
-    loop_ctx_init(&c);
-    assert_rc(th_run_thread(app, drive_least_loaded, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    loop_ctx_destroy(&c);
-}
-
 /* ------------------------------------------------------------ names */
 
 static atomic_int g_arg_freed;
@@ -434,9 +385,10 @@ static void count_arg_free(void *arg)
     atomic_fetch_add(&g_arg_freed, 1);
 }
 
-static void drive_duplicate(tb_app *app, void *ctx)
+TH_APP_TEST(test_duplicate_name_is_eexist, th_app_new(2, 2000), 10000)
 {
-    loop_ctx *c = ctx;
+    static loop_ctx ctx;
+    loop_ctx *c = &ctx;
     uint64_t id1 = 0;
     TH_CHECK_RC(th_add(app, "dup", 0, tick_until_cancelled, c, &id1), 0);
     TH_CHECK(th_counter_wait_ge(&c->ticks, 1, 5000));
@@ -459,18 +411,6 @@ static void drive_duplicate(tb_app *app, void *ctx)
     TH_CHECK(th_counter_wait_ge(&c->ticks, t + 3, 5000));
     TH_CHECK_EQ(th_counter_get(&c->cancelled), 0);
     TH_CHECK_RC(tb_task_cancel(app, "dup", 2000), 0);
-}
-
-static void test_duplicate_name_is_eexist(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    loop_ctx c;
-    loop_ctx_init(&c);
-    assert_rc(th_run_thread(app, drive_duplicate, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    loop_ctx_destroy(&c);
 }
 
 typedef struct replace_ctx {
@@ -504,9 +444,11 @@ static void check_replaced(tb_app *app, replace_ctx *c, uint64_t id_old,
     TH_CHECK_EQ(info.id, id_new);
 }
 
-static void drive_replace_from_thread(tb_app *app, void *ctx)
+TH_APP_TEST(test_replace_cancels_old_first_from_thread, th_app_new(2, 2000),
+            10000)
 {
-    replace_ctx *c = ctx;
+    static replace_ctx ctx;
+    replace_ctx *c = &ctx;
     uint64_t id_old = 0, id_new = 0;
     TH_CHECK_RC(th_add(app, "rep", 0, sleep_until_cancelled, &c->old, &id_old),
                 0);
@@ -523,27 +465,13 @@ static void drive_replace_from_thread(tb_app *app, void *ctx)
               new_start);
 }
 
-static void test_replace_cancels_old_first_from_thread(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    replace_ctx c;
-    memset(&c, 0, sizeof c);
-    loop_ctx_init(&c.old);
-    th_counter_init(&c.new_ran);
-    assert_rc(th_run_thread(app, drive_replace_from_thread, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    loop_ctx_destroy(&c.old);
-    th_counter_destroy(&c.new_ran);
-}
-
 /* The replacing task runs on the same worker as the task it replaces: the
  * add must suspend it (not block the loop) while the old one finishes. */
-static int drive_replace_from_task(tb_task *self, void *ctx)
+TH_TASK_TEST(test_replace_from_task_on_same_worker, th_app_new(2, 2000), 0,
+             10000)
 {
-    replace_ctx *c = ctx;
-    tb_app *app = tb_task_app(self);
+    static replace_ctx ctx;
+    replace_ctx *c = &ctx;
     uint64_t id_old = 0, id_new = 0;
     TH_CHECK_RC(th_add(app, "rep", 0, sleep_until_cancelled, &c->old, &id_old),
                 0);
@@ -556,27 +484,12 @@ static int drive_replace_from_task(tb_task *self, void *ctx)
     TH_CHECK_RC(tb_task_join(self, "rep", 5000, &result, NULL), 0);
     TH_CHECK_EQ(th_counter_get(&c->new_ran), 1);
     TH_CHECK(atomic_load(&c->old.end_seq) < atomic_load(&c->new_start_seq));
-    return 0;
 }
 
-static void test_replace_from_task_on_same_worker(void **state)
+TH_APP_TEST(test_finished_name_can_be_reused, th_app_new(2, 2000), 10000)
 {
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    replace_ctx c;
-    memset(&c, 0, sizeof c);
-    loop_ctx_init(&c.old);
-    th_counter_init(&c.new_ran);
-    assert_rc(th_run_task(app, 0, drive_replace_from_task, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    loop_ctx_destroy(&c.old);
-    th_counter_destroy(&c.new_ran);
-}
-
-static void drive_reuse(tb_app *app, void *ctx)
-{
-    th_counter *ran = ctx;
+    static th_counter ctx;
+    th_counter *ran = &ctx;
     TH_CHECK_RC(th_add(app, "again", TB_WORKER_ANY, return_zero, ran, NULL), 0);
     TH_CHECK(th_wait_state(app, "again", TB_TASK_DONE, 5000));
     tb_task_info info;
@@ -592,21 +505,8 @@ static void drive_reuse(tb_app *app, void *ctx)
     TH_CHECK_EQ(info.id, id_new);
 }
 
-static void test_finished_name_can_be_reused(void **state)
+TH_APP_TEST(test_task_name_length_limit, th_app_new(2, 2000), 10000)
 {
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    th_counter ran;
-    th_counter_init(&ran);
-    assert_rc(th_run_thread(app, drive_reuse, &ran, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    th_counter_destroy(&ran);
-}
-
-static void drive_name_limits(tb_app *app, void *ctx)
-{
-    (void)ctx;
     char name[TB_TASK_NAME_MAX + 2];
     memset(name, 'n', TB_TASK_NAME_MAX);
     name[TB_TASK_NAME_MAX] = '\0';
@@ -616,15 +516,6 @@ static void drive_name_limits(tb_app *app, void *ctx)
     TH_CHECK_RC(th_add(app, name, TB_WORKER_ANY, return_zero, NULL, NULL),
                 TB_ENAMETOOLONG);
     TH_CHECK_RC(tb_task_get(app, name, NULL), TB_ENOENT);
-}
-
-static void test_task_name_length_limit(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    assert_rc(th_run_thread(app, drive_name_limits, NULL, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
 }
 
 /* ------------------------------------------------------------ cancel */
@@ -661,9 +552,8 @@ static int wait_event_once(tb_task *self, void *arg)
     return 0;
 }
 
-static void drive_cancel_suspended(tb_app *app, void *ctx)
+static void drive_cancel_suspended(tb_app *app, sleeper_ctx *c)
 {
-    sleeper_ctx *c = ctx;
     TH_CHECK_RC(th_add(app, "victim", TB_WORKER_ANY, c->body, c, NULL), 0);
     if (!TH_CHECK(th_counter_wait_ge(&c->started, 1, 5000)))
         return;
@@ -679,30 +569,16 @@ static void drive_cancel_suspended(tb_app *app, void *ctx)
     TH_CHECK(info.ended_us != 0);
 }
 
-static void run_cancel_suspended(tb_task_fn body)
+TH_APP_TEST(test_cancel_while_sleeping, th_app_new(2, 2000), 10000)
 {
-    tb_app *app = th_app_new(2, 2000);
-    sleeper_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.started);
-    c.rc = 1;
-    c.body = body;
-    assert_rc(th_run_thread(app, drive_cancel_suspended, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    th_counter_destroy(&c.started);
+    static sleeper_ctx c = {.rc = 1, .body = sleep_once};
+    drive_cancel_suspended(app, &c);
 }
 
-static void test_cancel_while_sleeping(void **state)
+TH_APP_TEST(test_cancel_while_waiting_for_event, th_app_new(2, 2000), 10000)
 {
-    (void)state;
-    run_cancel_suspended(sleep_once);
-}
-
-static void test_cancel_while_waiting_for_event(void **state)
-{
-    (void)state;
-    run_cancel_suspended(wait_event_once);
+    static sleeper_ctx c = {.rc = 1, .body = wait_event_once};
+    drive_cancel_suspended(app, &c);
 }
 
 static int drive_cancel_pending(tb_task *self, void *ctx)
@@ -740,9 +616,8 @@ static void test_cancel_pending_task_never_runs(void **state)
     th_counter_destroy(&ran);
 }
 
-static void drive_cancel_finished(tb_app *app, void *ctx)
+TH_APP_TEST(test_cancel_after_finish_is_idempotent, th_app_new(2, 2000), 10000)
 {
-    (void)ctx;
     TH_CHECK_RC(th_add(app, "quick", 1, return_zero, NULL, NULL), 0);
     TH_CHECK_RC(th_add(app, "sour", 0, return_arg, (void *)(intptr_t)3, NULL),
                 0);
@@ -761,15 +636,6 @@ static void drive_cancel_finished(tb_app *app, void *ctx)
     TH_CHECK_EQ(info.result, 3);
 }
 
-static void test_cancel_after_finish_is_idempotent(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    assert_rc(th_run_thread(app, drive_cancel_finished, NULL, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-}
-
 static int cancel_unknown_in_task(tb_task *self, void *ctx)
 {
     (void)ctx;
@@ -777,9 +643,8 @@ static int cancel_unknown_in_task(tb_task *self, void *ctx)
     return 0;
 }
 
-static void drive_cancel_unknown(tb_app *app, void *ctx)
+TH_APP_TEST(test_cancel_unknown_is_enoent, th_app_new(2, 2000), 10000)
 {
-    (void)ctx;
     TH_CHECK_RC(tb_task_cancel(app, "nobody", 100), TB_ENOENT);
     TH_CHECK_RC(
         th_add(app, "asker", TB_WORKER_ANY, cancel_unknown_in_task, NULL, NULL),
@@ -787,22 +652,15 @@ static void drive_cancel_unknown(tb_app *app, void *ctx)
     TH_CHECK(th_wait_state(app, "asker", TB_TASK_DONE, 5000));
 }
 
-static void test_cancel_unknown_is_enoent(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    assert_rc(th_run_thread(app, drive_cancel_unknown, NULL, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-}
-
 /* The canceller and its target share worker 0: tb_task_cancel must suspend
  * the canceller (not block the loop) and return only after the target's
  * body has returned. */
-static int drive_cancel_waits(tb_task *self, void *ctx)
+TH_TASK_TEST(test_cancel_from_task_waits_for_target, th_app_new(2, 2000), 0,
+             10000)
 {
-    stubborn_ctx *c = ctx;
-    tb_app *app = tb_task_app(self);
+    static stubborn_ctx ctx;
+    stubborn_ctx *c = &ctx;
+    c->ignore_ms = 100;
     TH_CHECK_RC(th_add(app, "target", 0, ignore_cancel_for_a_while, c, NULL),
                 0);
     TH_CHECK(th_task_wait_ge(self, &c->loop.started, 1, 5000));
@@ -821,21 +679,6 @@ static int drive_cancel_waits(tb_task *self, void *ctx)
     tb_task_info info;
     TH_CHECK_EQ(tb_task_get(app, "target", &info), 1);
     TH_CHECK_EQ(info.state, TB_TASK_CANCELLED);
-    return 0;
-}
-
-static void test_cancel_from_task_waits_for_target(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    stubborn_ctx c;
-    memset(&c, 0, sizeof c);
-    loop_ctx_init(&c.loop);
-    c.ignore_ms = 100;
-    assert_rc(th_run_task(app, 0, drive_cancel_waits, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    loop_ctx_destroy(&c.loop);
 }
 
 typedef struct self_ctx {
@@ -859,9 +702,11 @@ static int cancel_myself(tb_task *self, void *arg)
     return 0;
 }
 
-static void drive_self_cancel(tb_app *app, void *ctx)
+TH_APP_TEST(test_self_cancel, th_app_new(2, 2000), 10000)
 {
-    self_ctx *c = ctx;
+    static self_ctx ctx;
+    self_ctx *c = &ctx;
+    c->cancel_rc = c->sleep_rc = 1;
     TH_CHECK_RC(th_add(app, "selfish", TB_WORKER_ANY, cancel_myself, c, NULL),
                 0);
     TH_CHECK(th_wait_state(app, "selfish", TB_TASK_CANCELLED, 5000));
@@ -873,20 +718,6 @@ static void drive_self_cancel(tb_app *app, void *ctx)
     TH_CHECK_EQ(atomic_load(&c->flagged), 1);
     TH_CHECK_RC(atomic_load(&c->sleep_rc), TB_ECANCELED);
     TH_CHECK(atomic_load(&c->slept_ms) < 1000);
-}
-
-static void test_self_cancel(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    self_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.started);
-    c.cancel_rc = c.sleep_rc = 1;
-    assert_rc(th_run_thread(app, drive_self_cancel, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    th_counter_destroy(&c.started);
 }
 
 /* Replica on worker 0 cancels its own name: the call returns once the
@@ -952,9 +783,11 @@ static void test_self_cancel_among_replicas(void **state)
     th_counter_destroy(&c.started);
 }
 
-static void drive_cancel_timeout(tb_app *app, void *ctx)
+TH_APP_TEST(test_cancel_timeout, th_app_new(2, 200), 10000)
 {
-    stubborn_ctx *c = ctx;
+    static stubborn_ctx ctx;
+    stubborn_ctx *c = &ctx;
+    c->ignore_ms = 800;
     TH_CHECK_RC(th_add(app, "slowpoke", 1, ignore_cancel_for_a_while, c, NULL),
                 0);
     TH_CHECK(th_counter_wait_ge(&c->loop.started, 1, 5000));
@@ -980,20 +813,6 @@ static void drive_cancel_timeout(tb_app *app, void *ctx)
     TH_CHECK_EQ(th_counter_get(&c->loop.ended), 1);
     TH_CHECK_EQ(tb_task_get(app, "slowpoke", &info), 1);
     TH_CHECK_EQ(info.state, TB_TASK_CANCELLED);
-}
-
-static void test_cancel_timeout(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 200);
-    stubborn_ctx c;
-    memset(&c, 0, sizeof c);
-    loop_ctx_init(&c.loop);
-    c.ignore_ms = 800;
-    assert_rc(th_run_thread(app, drive_cancel_timeout, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    loop_ctx_destroy(&c.loop);
 }
 
 typedef struct listener_cancel_ctx {
@@ -1157,9 +976,10 @@ static void check_final(tb_app *app, const char *name, tb_task_state st,
                   name, info.error, error);
 }
 
-static void drive_states(tb_app *app, void *ctx)
+TH_APP_TEST(test_states_results_and_purge, th_app_new(2, 2000), 15000)
 {
-    loop_ctx *c = ctx;
+    static loop_ctx ctx;
+    loop_ctx *c = &ctx;
     TH_CHECK_RC(th_add(app, "r-done", 0, return_zero, NULL, NULL), 0);
     TH_CHECK_RC(
         th_add(app, "r-fail", 1, return_arg, (void *)(intptr_t)42, NULL), 0);
@@ -1204,21 +1024,10 @@ static void drive_states(tb_app *app, void *ctx)
     TH_CHECK(list == NULL);
 }
 
-static void test_states_results_and_purge(void **state)
+TH_APP_TEST(test_list_fields, th_app_new(2, 2000), 10000)
 {
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    loop_ctx c;
-    loop_ctx_init(&c);
-    assert_rc(th_run_thread(app, drive_states, &c, 15000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    loop_ctx_destroy(&c);
-}
-
-static void drive_list_fields(tb_app *app, void *ctx)
-{
-    loop_ctx *c = ctx;
+    static loop_ctx ctx;
+    loop_ctx *c = &ctx;
     int64_t t_before = th_real_us();
     tb_task_opts o = th_opts("lf-a", 1);
     o.kind = "alpha";
@@ -1281,18 +1090,6 @@ static void drive_list_fields(tb_app *app, void *ctx)
     TH_CHECK_RC(tb_task_cancel(app, "lf-c", 2000), 0);
 }
 
-static void test_list_fields(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    loop_ctx c;
-    loop_ctx_init(&c);
-    assert_rc(th_run_thread(app, drive_list_fields, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    loop_ctx_destroy(&c);
-}
-
 /* ------------------------------------------------------------ join */
 
 static int sleep_then_return_arg(tb_task *self, void *arg)
@@ -1302,10 +1099,10 @@ static int sleep_then_return_arg(tb_task *self, void *arg)
     return (int)(intptr_t)arg;
 }
 
-static int drive_join(tb_task *self, void *ctx)
+TH_TASK_TEST(test_join, th_app_new(2, 2000), 0, 10000)
 {
-    loop_ctx *c = ctx;
-    tb_app *app = tb_task_app(self);
+    static loop_ctx ctx;
+    loop_ctx *c = &ctx;
     int result = -1;
     tb_task_state st = TB_TASK_PENDING;
 
@@ -1342,19 +1139,6 @@ static int drive_join(tb_task *self, void *ctx)
     TH_CHECK_RC(tb_task_cancel(app, "j-long", 2000), 0);
     TH_CHECK_RC(tb_task_join(self, "j-long", 1000, &result, &st), 0);
     TH_CHECK_EQ(st, TB_TASK_CANCELLED);
-    return 0;
-}
-
-static void test_join(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    loop_ctx c;
-    loop_ctx_init(&c);
-    assert_rc(th_run_task(app, 0, drive_join, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    loop_ctx_destroy(&c);
 }
 
 /* TB_TASK_EPHEMERAL: the entry leaves the registry when the task ends; a
@@ -1366,10 +1150,8 @@ static int short_nap(tb_task *self, void *arg)
     return 7;
 }
 
-static int drive_ephemeral(tb_task *self, void *ctx)
+TH_TASK_TEST(test_ephemeral, th_app_new(2, 2000), 0, 10000)
 {
-    (void)ctx;
-    tb_app *app = tb_task_app(self);
     tb_task_opts o = th_opts("eph", 1);
     o.flags = TB_TASK_EPHEMERAL;
     TH_CHECK_RC(tb_task_add(app, short_nap, NULL, &o, NULL), 0);
@@ -1386,16 +1168,6 @@ static int drive_ephemeral(tb_task *self, void *ctx)
     TH_CHECK_RC(th_add(app, "plain", 1, short_nap, NULL, NULL), 0);
     TH_CHECK_RC(tb_task_join(self, "plain", 2000, NULL, NULL), 0);
     TH_CHECK_EQ(tb_task_get(app, "plain", NULL), 1);
-    return 0;
-}
-
-static void test_ephemeral(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    assert_rc(th_run_task(app, 0, drive_ephemeral, NULL, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
 }
 
 typedef struct join_replicas_ctx {
@@ -1434,9 +1206,8 @@ static void test_join_waits_for_every_replica(void **state)
     tb_app_free(app);
 }
 
-static int drive_identity(tb_task *self, void *ctx)
+TH_TASK_TEST(test_task_app_and_identity, th_app_new(2, 2000), 1, 10000)
 {
-    tb_app *app = ctx;
     TH_CHECK(tb_task_app(self) == app);
     TH_CHECK(tb_task_current() == self);
     TH_CHECK_EQ(tb_task_worker(self), 1);
@@ -1448,16 +1219,6 @@ static int drive_identity(tb_task *self, void *ctx)
     TH_CHECK_EQ(info.state, TB_TASK_RUNNING);
     TH_CHECK_STR(info.kind, "harness");
     TH_CHECK_EQ(tb_task_cancelled(self), 0);
-    return 0;
-}
-
-static void test_task_app_and_identity(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    assert_rc(th_run_task(app, 1, drive_identity, app, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
 }
 
 /* ------------------------------------------------------------ blocking */
@@ -1482,10 +1243,11 @@ static int blocking_fn(void *p)
     return 123;
 }
 
-static int drive_blocking(tb_task *self, void *ctx)
+TH_TASK_TEST(test_run_blocking_runs_on_another_thread, th_app_new(2, 2000), 0,
+             10000)
 {
-    th_counter *ticks = ctx;
-    tb_app *app = tb_task_app(self);
+    static th_counter ctx;
+    th_counter *ticks = &ctx;
     blocking_arg a; /* on the task's stack, as the header allows */
     memset(&a, 0, sizeof a);
     a.app = app;
@@ -1503,19 +1265,6 @@ static int drive_blocking(tb_task *self, void *ctx)
     TH_CHECK_EQ(a.saw_tick, 1);
     TH_CHECK_EQ(tb_app_current_worker(app), 0); /* back on the worker */
     TH_CHECK_RC(tb_run_blocking(self, blocking_fn, &a, NULL), 0);
-    return 0;
-}
-
-static void test_run_blocking_runs_on_another_thread(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    th_counter ticks;
-    th_counter_init(&ticks);
-    assert_rc(th_run_task(app, 0, drive_blocking, &ticks, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    th_counter_destroy(&ticks);
 }
 
 typedef struct blocked_ctx {
@@ -1544,9 +1293,11 @@ static int block_until_released(tb_task *self, void *arg)
     return 0;
 }
 
-static void drive_cancel_blocking(tb_app *app, void *ctx)
+TH_APP_TEST(test_run_blocking_cancel_waits_for_fn, th_app_new(2, 2000), 10000)
 {
-    blocked_ctx *c = ctx;
+    static blocked_ctx ctx;
+    blocked_ctx *c = &ctx;
+    c->rc = 1;
     TH_CHECK_RC(th_add(app, "blk", 0, block_until_released, c, NULL), 0);
     TH_CHECK(th_counter_wait_ge(&c->fn_started, 1, 5000));
     /* fn cannot be interrupted, so the task cannot end yet. */
@@ -1565,22 +1316,6 @@ static void drive_cancel_blocking(tb_app *app, void *ctx)
               ret);
     TH_CHECK_EQ(tb_task_get(app, "blk", &info), 1);
     TH_CHECK_EQ(info.state, TB_TASK_CANCELLED);
-}
-
-static void test_run_blocking_cancel_waits_for_fn(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    blocked_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.fn_started);
-    th_counter_init(&c.release);
-    c.rc = 1;
-    assert_rc(th_run_thread(app, drive_cancel_blocking, &c, 10000), 0);
-    th_assert_clean();
-    tb_app_free(app);
-    th_counter_destroy(&c.fn_started);
-    th_counter_destroy(&c.release);
 }
 
 /* ------------------------------------------------------------ load */
@@ -1602,9 +1337,10 @@ static int bulk_body(tb_task *self, void *arg)
     return 0;
 }
 
-static void drive_bulk(tb_app *app, void *ctx)
+TH_APP_TEST(test_ten_thousand_tasks, th_app_new(2, 2000), 50000)
 {
-    bulk_ctx *c = ctx;
+    static bulk_ctx ctx;
+    bulk_ctx *c = &ctx;
     for (int i = 0; i < BULK; i++) {
         char name[32];
         snprintf(name, sizeof name, "bulk-%05d", i);
@@ -1644,22 +1380,12 @@ static void drive_bulk(tb_app *app, void *ctx)
         th_nap_ms(10);
     }
     TH_CHECK_EQ(tb_task_purge(app), BULK);
-}
 
-static void test_ten_thousand_tasks(void **state)
-{
-    (void)state;
-    tb_app *app = th_app_new(2, 2000);
-    bulk_ctx c;
-    memset(&c, 0, sizeof c);
-    th_counter_init(&c.ran);
-    assert_rc(th_run_thread(app, drive_bulk, &c, 50000), 0);
-    th_assert_clean();
-    assert_int_equal(th_counter_get(&c.ran), BULK);
-    assert_int_equal(
-        atomic_load(&c.per_worker[0]) + atomic_load(&c.per_worker[1]), BULK);
-    tb_app_free(app);
-    th_counter_destroy(&c.ran);
+    /* No task ran twice, none after the stop. */
+    TH_CHECK_RC(th_app_stopped(app), 0);
+    TH_CHECK_EQ(th_counter_get(&c->ran), BULK);
+    TH_CHECK_EQ(atomic_load(&c->per_worker[0]) + atomic_load(&c->per_worker[1]),
+                BULK);
 }
 
 /* ------------------------------------------------------------ shutdown */

@@ -1,61 +1,15 @@
-/* redis_harness.h - helpers for integration tests against a real
- * redis-server: a throwaway server on a free 127.0.0.1 port in a mktemp -d
- * directory (hiredis's test.sh does the same), redis-cli runs, a plain
- * hiredis subscriber to look at the wire, apps run on a background thread,
- * tasks that record the events they receive, and forked child processes
- * driven through pipes.
- *
- * Static inline helpers only: each test file is its own executable. Builds
- * on tests/unit/harness.h (TH_CHECK*, counters, clocks).
- *
- * Every wait is bounded: a bug fails a test, it never hangs it. Cleanup is
- * layered so that nothing outlives the test process however it ends:
- *  - rh_cleanup() (call it from each test's teardown) stops the apps and
- *    servers a test left behind, say after a failed assertion;
- *  - an atexit handler stops every server and removes the temp directory;
- *  - each redis-server gets PR_SET_PDEATHSIG SIGKILL, so it dies with the
- *    test process even on a crash or a SIGKILL from CTest's timeout (the
- *    signal follows the thread that forked it: start servers from the
- *    test's main thread only);
- *  - a small reaper (sh reading a pipe from us) removes the temp directory
- *    once the test process is gone, whatever killed it.
- *
- * Functions that use cmocka's assert_*() / fail_msg() say so: they only run
- * on the test's main thread. Code in tasks uses TH_CHECK*().
- */
-#ifndef TASKBUS_TESTS_REDIS_HARNESS_H
-#define TASKBUS_TESTS_REDIS_HARNESS_H
+/* redis_harness.c - the throwaway redis-servers, redis-cli runs, wire
+ * subscribers, background apps, event recorders and child processes of the
+ * C integration tests (see redis_harness.h for the contracts). */
+#include "redis_harness.h"
 
-#include "../unit/harness.h"
-
-#include <arpa/inet.h>
-#include <fcntl.h>
 #include <ftw.h>
-#include <limits.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <signal.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <hiredis/hiredis.h>
-
-#define RH_HOST "127.0.0.1"
-#define RH_START_TIMEOUT_MS 10000 /* redis-server up and answering PING */
-#define RH_STOP_TIMEOUT_MS 5000   /* SIGTERM to exit, before SIGKILL */
-#define RH_CLI_TIMEOUT_MS 5000    /* one redis-cli run */
-#define RH_APP_TIMEOUT_MS 15000   /* tb_app_run start-up; stop: slack */
-#define RH_MAX_SERVERS 8
-#define RH_MAX_APPS 8
 
 /* ------------------------------------------------------------ small bits */
 
 /* Milliseconds left until the CLOCK_MONOTONIC deadline end_ms (>= 0). */
-static inline int rh__left_ms(int64_t end_ms)
+static int left_ms(int64_t end_ms)
 {
     int64_t left = end_ms - th_mono_ms();
     return left < 0 ? 0 : left > INT_MAX ? INT_MAX : (int)left;
@@ -64,7 +18,7 @@ static inline int rh__left_ms(int64_t end_ms)
 /* Finds prog on PATH (in the parent: a forked child of a multithreaded
  * process may only call async-signal-safe functions before exec, and
  * execvp's search is not one). Returns 1 and the path in out. */
-static inline int rh__which(const char *prog, char *out, size_t outsz)
+static int which(const char *prog, char *out, size_t outsz)
 {
     const char *path = getenv("PATH");
     if (!path || !*path)
@@ -82,7 +36,7 @@ static inline int rh__which(const char *prog, char *out, size_t outsz)
 
 /* The steps of a forked child before it execs or runs: die with the parent
  * (the forking thread, in fact), keep only fds 0-2. Async-signal-safe. */
-static inline void rh__child_setup(pid_t parent)
+static void child_setup(pid_t parent)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent)
@@ -91,7 +45,7 @@ static inline void rh__child_setup(pid_t parent)
 }
 
 /* Waits up to timeout_ms for pid to exit. Returns 1 and *status if it did. */
-static inline int rh__wait_pid(pid_t pid, int timeout_ms, int *status)
+static int wait_pid(pid_t pid, int timeout_ms, int *status)
 {
     int64_t end = th_mono_ms() + timeout_ms;
     for (;;) {
@@ -111,54 +65,44 @@ static inline int rh__wait_pid(pid_t pid, int timeout_ms, int *status)
 }
 
 /* SIGCONT (it may be stopped), sig, a bounded wait, then SIGKILL. */
-static inline void rh__end_pid(pid_t pid, int sig, int timeout_ms)
+static void end_pid(pid_t pid, int sig, int timeout_ms)
 {
     kill(pid, SIGCONT);
     kill(pid, sig);
-    if (!rh__wait_pid(pid, timeout_ms, NULL)) {
+    if (!wait_pid(pid, timeout_ms, NULL)) {
         fprintf(stderr,
                 "redis_harness: pid %d ignored signal %d for %d ms; "
                 "SIGKILL\n",
                 (int)pid, sig, timeout_ms);
         kill(pid, SIGKILL);
-        rh__wait_pid(pid, 5000, NULL);
+        wait_pid(pid, 5000, NULL);
     }
 }
 
 /* ------------------------------------------------------------ temp dir */
 
-typedef struct rh_server rh_server;
-
-typedef struct rh__global {
+typedef struct global_state {
     pid_t owner;  /* the test process (not its forked children) */
     int in_child; /* this is an rh_proc child */
     char root[PATH_MAX];
     int reaper_fd; /* write end of the reaper's stdin */
     pid_t reaper;
     rh_server *servers[RH_MAX_SERVERS];
-} rh__global;
+} global_state;
 
-static inline rh__global *rh__g(void)
+static global_state *gstate(void)
 {
-    static rh__global g = {0, 0, "", -1, 0, {0}};
+    static global_state g = {0, 0, "", -1, 0, {0}};
     return &g;
 }
 
-/* Fails the cmocka test (main thread), or, in an rh_proc child, where
- * cmocka's jump buffer belongs to the parent's copied stack, prints the
- * message and exits the child with status 1. */
-#define rh_fail(...)                                                           \
-    do {                                                                       \
-        if (rh__g()->in_child) {                                               \
-            fprintf(stderr, "child: " __VA_ARGS__);                            \
-            fputc('\n', stderr);                                               \
-            _exit(1);                                                          \
-        }                                                                      \
-        fail_msg(__VA_ARGS__);                                                 \
-    } while (0)
+int rh__in_child(void)
+{
+    return gstate()->in_child;
+}
 
-static inline int rh__rm_one(const char *path, const struct stat *sb, int flag,
-                             struct FTW *ftw)
+static int rm_one(const char *path, const struct stat *sb, int flag,
+                  struct FTW *ftw)
 {
     (void)sb;
     (void)ftw;
@@ -170,30 +114,30 @@ static inline int rh__rm_one(const char *path, const struct stat *sb, int flag,
 }
 
 /* rm -rf path. */
-static inline void rh__rm_rf(const char *path)
+static void rm_rf(const char *path)
 {
-    nftw(path, rh__rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-static inline void rh__server_stop_raw(rh_server *s);
+static void server_stop_raw(rh_server *s);
 
-static inline void rh__atexit(void)
+static void cleanup_at_exit(void)
 {
-    rh__global *g = rh__g();
+    global_state *g = gstate();
     if (getpid() != g->owner)
         return; /* a forked child exiting: the servers are not its own */
     for (int i = 0; i < RH_MAX_SERVERS; i++) {
         if (g->servers[i])
-            rh__server_stop_raw(g->servers[i]);
+            server_stop_raw(g->servers[i]);
     }
     if (g->root[0]) {
-        rh__rm_rf(g->root);
+        rm_rf(g->root);
         g->root[0] = '\0';
     }
     if (g->reaper_fd >= 0) {
         close(g->reaper_fd); /* EOF: the reaper finds nothing left, exits */
         g->reaper_fd = -1;
-        rh__wait_pid(g->reaper, 2000, NULL);
+        wait_pid(g->reaper, 2000, NULL);
     }
 }
 
@@ -201,10 +145,10 @@ static inline void rh__atexit(void)
  * write end only this process (and its forks) holds; on EOF, that is when
  * the test process has ended however it ended, it removes the root. Own
  * session, so a Ctrl-C to the test does not kill it before it cleans. */
-static inline void rh__start_reaper(rh__global *g)
+static void start_reaper(global_state *g)
 {
     char sh[PATH_MAX];
-    if (!rh__which("sh", sh, sizeof sh))
+    if (!which("sh", sh, sizeof sh))
         return; /* atexit still cleans in all but a crash */
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0)
@@ -242,9 +186,9 @@ static inline void rh__start_reaper(rh__global *g)
 
 /* The per-process temp root ("mktemp -d"), created on first use with the
  * atexit handler and the reaper. Main thread (cmocka). */
-static inline const char *rh__root(void)
+static const char *temp_root(void)
 {
-    rh__global *g = rh__g();
+    global_state *g = gstate();
     if (g->root[0])
         return g->root;
     const char *tmp = getenv("TMPDIR");
@@ -259,29 +203,17 @@ static inline const char *rh__root(void)
     if (g->owner == 0) {
         g->owner = getpid();
         /* A test that forks children may not be reaped before it exits. */
-        atexit(rh__atexit);
+        atexit(cleanup_at_exit);
     }
-    rh__start_reaper(g);
+    start_reaper(g);
     return g->root;
 }
 
 /* ------------------------------------------------------------ servers */
 
-struct rh_server {
-    pid_t pid; /* 0 when not running */
-    int port;
-    int paused;              /* SIGSTOP'd by rh_server_pause */
-    char dir[PATH_MAX - 32]; /* its own mktemp -d directory */
-    char conf[PATH_MAX];     /* "" or the generated config file */
-    char log[PATH_MAX];
-    char sock[PATH_MAX]; /* its unix socket (unixsocketperm 700) */
-    char user[64];       /* credentials rh_cli uses; "" for none */
-    char pass[128];
-};
-
-static inline void rh__register(rh_server *s, int on)
+static void server_register(rh_server *s, int on)
 {
-    rh__global *g = rh__g();
+    global_state *g = gstate();
     for (int i = 0; i < RH_MAX_SERVERS; i++) {
         if (on && !g->servers[i]) {
             g->servers[i] = s;
@@ -296,8 +228,7 @@ static inline void rh__register(rh_server *s, int on)
         rh_fail("redis_harness: more than %d servers", RH_MAX_SERVERS);
 }
 
-/* A free loopback TCP port, found by binding port 0 and closing it. */
-static inline int rh_free_port(void)
+int rh_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
@@ -316,10 +247,7 @@ static inline int rh_free_port(void)
     return port;
 }
 
-/* A plain TCP client: sends "PING\r\n" to 127.0.0.1:port and returns 1 if a
- * RESP reply comes back within timeout_ms ("+PONG", or "-NOAUTH ..." from a
- * server that wants a password: either way it is serving). */
-static inline int rh_ping(int port, int timeout_ms)
+int rh_ping(int port, int timeout_ms)
 {
     int64_t end = th_mono_ms() + timeout_ms;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -335,7 +263,7 @@ static inline int rh_ping(int port, int timeout_ms)
         errno != EINPROGRESS)
         goto out;
     struct pollfd p = {fd, POLLOUT, 0};
-    if (poll(&p, 1, rh__left_ms(end)) != 1)
+    if (poll(&p, 1, left_ms(end)) != 1)
         goto out;
     int soerr = 0;
     socklen_t sl = sizeof soerr;
@@ -345,7 +273,7 @@ static inline int rh_ping(int port, int timeout_ms)
         goto out;
     p.events = POLLIN;
     char c;
-    if (poll(&p, 1, rh__left_ms(end)) == 1 && recv(fd, &c, 1, 0) == 1)
+    if (poll(&p, 1, left_ms(end)) == 1 && recv(fd, &c, 1, 0) == 1)
         ok = c == '+' || c == '-';
 out:
     close(fd);
@@ -353,7 +281,7 @@ out:
 }
 
 /* 1 if the server's log file contains needle. */
-static inline int rh__log_has(const rh_server *s, const char *needle)
+static int log_has(const rh_server *s, const char *needle)
 {
     FILE *f = fopen(s->log, "r");
     if (!f)
@@ -366,7 +294,7 @@ static inline int rh__log_has(const rh_server *s, const char *needle)
     return found;
 }
 
-static inline void rh__dump_log(const rh_server *s)
+static void dump_log(const rh_server *s)
 {
     FILE *f = fopen(s->log, "r");
     if (!f)
@@ -382,10 +310,10 @@ static inline void rh__dump_log(const rh_server *s)
 /* One attempt: fork+exec redis-server on s->port and wait until it is ours
  * and answers PING. Returns 0, 1 if the port was taken (retry with
  * another), -1 on any other failure. */
-static inline int rh__spawn(rh_server *s)
+static int server_spawn(rh_server *s)
 {
     char bin[PATH_MAX];
-    if (!rh__which("redis-server", bin, sizeof bin)) {
+    if (!which("redis-server", bin, sizeof bin)) {
         fprintf(stderr, "redis_harness: redis-server not on PATH (install "
                         "the Debian package redis-server)\n");
         return -1;
@@ -424,7 +352,7 @@ static inline int rh__spawn(rh_server *s)
             dup2(devnull, 1);
             dup2(devnull, 2);
         }
-        rh__child_setup(parent);
+        child_setup(parent);
         execv(bin, argv);
         _exit(127);
     }
@@ -439,12 +367,12 @@ static inline int rh__spawn(rh_server *s)
     for (;;) {
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
-            int taken = rh__log_has(s, "Address already in use");
+            int taken = log_has(s, "Address already in use");
             if (!taken)
-                rh__dump_log(s);
+                dump_log(s);
             return taken ? 1 : -1;
         }
-        if (rh__log_has(s, "Ready to accept connections") &&
+        if (log_has(s, "Ready to accept connections") &&
             rh_ping(s->port, 500)) {
             s->pid = pid;
             s->paused = 0;
@@ -455,31 +383,24 @@ static inline int rh__spawn(rh_server *s)
                     "redis_harness: redis-server on port %d not "
                     "ready after %d ms\n",
                     s->port, RH_START_TIMEOUT_MS);
-            rh__dump_log(s);
-            rh__end_pid(pid, SIGKILL, 2000);
+            dump_log(s);
+            end_pid(pid, SIGKILL, 2000);
             return -1;
         }
         th_nap_ms(5);
     }
 }
 
-/* Prepares a server without starting it: its own mktemp -d directory, a
- * free port (nothing listens on it until rh_server_restart), and the
- * config file. conf_text (may be NULL) goes into a generated config file,
- * e.g. "requirepass s3cret\n" or ACL "user ..." lines; user/pass (may be
- * NULL) are what rh_cli authenticates with. The server belongs to the
- * harness: rh_server_destroy or rh_cleanup frees it. Main thread (cmocka:
- * fails the test). */
-static inline rh_server *rh_server_create(const char *conf_text,
-                                          const char *user, const char *pass)
+rh_server *rh_server_create(const char *conf_text, const char *user,
+                            const char *pass)
 {
     rh_server *s = calloc(1, sizeof *s);
     if (!s)
         rh_fail("out of memory");
-    rh__register(s, 1);
+    server_register(s, 1);
     snprintf(s->user, sizeof s->user, "%s", user ? user : "");
     snprintf(s->pass, sizeof s->pass, "%s", pass ? pass : "");
-    snprintf(s->dir, sizeof s->dir, "%s/redis.XXXXXX", rh__root());
+    snprintf(s->dir, sizeof s->dir, "%s/redis.XXXXXX", temp_root());
     if (!mkdtemp(s->dir))
         rh_fail("mkdtemp %s: %s", s->dir, strerror(errno));
     snprintf(s->log, sizeof s->log, "%s/redis.log", s->dir);
@@ -496,14 +417,12 @@ static inline rh_server *rh_server_create(const char *conf_text,
     return s;
 }
 
-/* rh_server_create, then starts it; retries with another port when the
- * chosen one was taken meanwhile. Main thread (cmocka). */
-static inline rh_server *rh_server_start(const char *conf_text,
-                                         const char *user, const char *pass)
+rh_server *rh_server_start(const char *conf_text, const char *user,
+                           const char *pass)
 {
     rh_server *s = rh_server_create(conf_text, user, pass);
     for (int attempt = 0; attempt < 10; attempt++) {
-        int rc = rh__spawn(s);
+        int rc = server_spawn(s);
         if (rc == 0)
             return s;
         if (rc < 0)
@@ -515,42 +434,36 @@ static inline rh_server *rh_server_start(const char *conf_text,
     return NULL;
 }
 
-static inline void rh__server_stop_raw(rh_server *s)
+static void server_stop_raw(rh_server *s)
 {
     if (s->pid > 0) {
-        rh__end_pid(s->pid, SIGTERM, RH_STOP_TIMEOUT_MS);
+        end_pid(s->pid, SIGTERM, RH_STOP_TIMEOUT_MS);
         s->pid = 0;
         s->paused = 0;
     }
 }
 
-/* Stops the server (SIGTERM, a bounded wait, then SIGKILL); its directory
- * and port stay for rh_server_restart. */
-static inline void rh_server_stop(rh_server *s)
+void rh_server_stop(rh_server *s)
 {
-    rh__server_stop_raw(s);
+    server_stop_raw(s);
 }
 
-/* Kills the server at once (SIGKILL: a crash; unread input is lost and the
- * clients' connections are reset). */
-static inline void rh_server_kill(rh_server *s)
+void rh_server_kill(rh_server *s)
 {
     if (s->pid > 0) {
         kill(s->pid, SIGKILL);
-        rh__wait_pid(s->pid, 5000, NULL);
+        wait_pid(s->pid, 5000, NULL);
         s->pid = 0;
         s->paused = 0;
     }
 }
 
-/* Starts the server (again) on its port with the same config; retries
- * for a few seconds if the port is briefly unavailable. Main thread. */
-static inline void rh_server_restart(rh_server *s)
+void rh_server_restart(rh_server *s)
 {
-    rh__server_stop_raw(s);
+    server_stop_raw(s);
     int64_t end = th_mono_ms() + RH_START_TIMEOUT_MS;
     for (;;) {
-        int rc = rh__spawn(s);
+        int rc = server_spawn(s);
         if (rc == 0)
             return;
         if (rc < 0 || th_mono_ms() >= end)
@@ -559,35 +472,31 @@ static inline void rh_server_restart(rh_server *s)
     }
 }
 
-/* SIGSTOP / SIGCONT: a server that keeps its connections open and stops
- * answering. */
-static inline void rh_server_pause(rh_server *s)
+void rh_server_pause(rh_server *s)
 {
     if (s->pid > 0 && kill(s->pid, SIGSTOP) == 0)
         s->paused = 1;
 }
 
-static inline void rh_server_resume(rh_server *s)
+void rh_server_resume(rh_server *s)
 {
     if (s->pid > 0 && kill(s->pid, SIGCONT) == 0)
         s->paused = 0;
 }
 
-/* Stops the server, removes its directory and frees s. NULL is a no-op. */
-static inline void rh_server_destroy(rh_server *s)
+void rh_server_destroy(rh_server *s)
 {
-    if (!s || rh__g()->in_child)
+    if (!s || gstate()->in_child)
         return; /* a child leaves the parent's servers alone */
-    rh__server_stop_raw(s);
-    rh__register(s, 0);
+    server_stop_raw(s);
+    server_register(s, 0);
     if (s->dir[0])
-        rh__rm_rf(s->dir);
+        rm_rf(s->dir);
     free(s);
 }
 
-/* redis://[user:pass@]127.0.0.1:port. user and pass may be NULL. */
-static inline void rh_server_url(const rh_server *s, const char *user,
-                                 const char *pass, char *buf, size_t bufsz)
+void rh_server_url(const rh_server *s, const char *user, const char *pass,
+                   char *buf, size_t bufsz)
 {
     if (pass)
         snprintf(buf, bufsz, "redis://%s:%s@%s:%d", user ? user : "", pass,
@@ -596,18 +505,13 @@ static inline void rh_server_url(const rh_server *s, const char *user,
         snprintf(buf, bufsz, "redis://%s:%d", RH_HOST, s->port);
 }
 
-/* Runs redis-cli against s with the server's credentials and the given
- * arguments (argv-style, NULL-terminated, no shell). Captures stdout and
- * stderr into out (NUL-terminated, trailing newlines trimmed; may be NULL).
- * Bounded by RH_CLI_TIMEOUT_MS (then killed). Returns the exit status, or
- * -1 if it could not run or timed out. Any thread. */
-static inline int rh_cliv(const rh_server *s, char *out, size_t outsz,
-                          const char *const *args)
+int rh_cliv(const rh_server *s, char *out, size_t outsz,
+            const char *const *args)
 {
     char bin[PATH_MAX];
     if (out && outsz)
         out[0] = '\0';
-    if (!rh__which("redis-cli", bin, sizeof bin)) {
+    if (!which("redis-cli", bin, sizeof bin)) {
         fprintf(stderr, "redis_harness: redis-cli not on PATH (install the "
                         "Debian package redis-tools)\n");
         return -1;
@@ -644,7 +548,7 @@ static inline int rh_cliv(const rh_server *s, char *out, size_t outsz,
         dup2(devnull, 0);
         dup2(fds[1], 1);
         dup2(fds[1], 2);
-        rh__child_setup(parent);
+        child_setup(parent);
         execv(bin, (char *const *)argv);
         _exit(127);
     }
@@ -660,7 +564,7 @@ static inline int rh_cliv(const rh_server *s, char *out, size_t outsz,
     int timed_out = 0;
     for (;;) {
         struct pollfd p = {fds[0], POLLIN, 0};
-        int left = rh__left_ms(end);
+        int left = left_ms(end);
         int pr = poll(&p, 1, left);
         if (pr < 0 && errno == EINTR)
             continue;
@@ -689,28 +593,20 @@ static inline int rh_cliv(const rh_server *s, char *out, size_t outsz,
     int st = 0;
     if (timed_out) {
         kill(pid, SIGKILL);
-        rh__wait_pid(pid, 2000, NULL);
+        wait_pid(pid, 2000, NULL);
         fprintf(stderr, "redis_harness: redis-cli %s timed out\n",
                 args[0] ? args[0] : "");
         return -1;
     }
-    if (!rh__wait_pid(pid, rh__left_ms(end) + 1000, &st)) {
+    if (!wait_pid(pid, left_ms(end) + 1000, &st)) {
         kill(pid, SIGKILL);
-        rh__wait_pid(pid, 2000, NULL);
+        wait_pid(pid, 2000, NULL);
         return -1;
     }
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-/* rh_cli(s, out, outsz, "PUBLISH", channel, message, NULL). */
-#define rh_cli(s, out, outsz, ...)                                             \
-    rh_cliv((s), (out), (outsz), (const char *const[]){__VA_ARGS__, NULL})
-
-/* PUBLISH channel message (len bytes: message may hold anything but NUL)
- * with redis-cli; returns the number of subscribers Redis reports it
- * reached, or -1. */
-static inline long rh_publish(const rh_server *s, const char *channel,
-                              const char *message)
+long rh_publish(const rh_server *s, const char *channel, const char *message)
 {
     char out[256];
     int rc = rh_cli(s, out, sizeof out, "PUBLISH", channel, message);
@@ -726,12 +622,7 @@ static inline long rh_publish(const rh_server *s, const char *channel,
 
 /* ------------------------------------------------------------ wire */
 
-/* A plain subscriber (hiredis, blocking) to see what travels on the
- * channels matching a glob pattern (PSUBSCRIBE). Returns NULL (after
- * printing why) if it cannot subscribe. Free it with redisFree. Any
- * thread. */
-static inline redisContext *rh_wire_subscribe(const rh_server *s,
-                                              const char *pattern)
+redisContext *rh_wire_subscribe(const rh_server *s, const char *pattern)
 {
     struct timeval tv = {5, 0};
     redisContext *c = redisConnectWithTimeout(RH_HOST, s->port, tv);
@@ -762,11 +653,8 @@ static inline redisContext *rh_wire_subscribe(const rh_server *s,
     return c;
 }
 
-/* The next message, within timeout_ms: returns 1 with its channel in chan
- * (chansz bytes) and a malloc'ed NUL-terminated copy of the message in
- * *msg (the caller frees it), *len bytes; 0 on timeout or error. */
-static inline int rh_wire_next(redisContext *c, int timeout_ms, char *chan,
-                               size_t chansz, char **msg, size_t *len)
+int rh_wire_next(redisContext *c, int timeout_ms, char *chan, size_t chansz,
+                 char **msg, size_t *len)
 {
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
     redisSetTimeout(c, tv);
@@ -792,24 +680,13 @@ static inline int rh_wire_next(redisContext *c, int timeout_ms, char *chan,
 
 /* ------------------------------------------------------------ apps */
 
-typedef struct rh_app {
-    tb_app *app;
-    pthread_t thread;
-    int run_rc;
-    atomic_int returned;
-} rh_app;
-
-static inline rh_app **rh__apps(void)
+static rh_app **apps_all(void)
 {
     static rh_app *apps[RH_MAX_APPS];
     return apps;
 }
 
-/* The config the tests start from: 2 workers, short graceful timeout,
- * quick reconnects, the given bus URL (NULL: in-process) and namespace
- * (NULL: the default "taskbus"). The strings must outlive tb_app_new. */
-static inline void rh_config(tb_app_config *cfg, const char *url,
-                             const char *ns)
+void rh_config(tb_app_config *cfg, const char *url, const char *ns)
 {
     tb_app_config_init(cfg);
     cfg->core.workers = 2;
@@ -823,7 +700,7 @@ static inline void rh_config(tb_app_config *cfg, const char *url,
     cfg->redis.retry_max_ms = 300;
 }
 
-static inline void *rh__app_thread(void *arg)
+static void *app_thread(void *arg)
 {
     rh_app *ra = arg;
     ra->run_rc = tb_app_run(ra->app);
@@ -831,11 +708,7 @@ static inline void *rh__app_thread(void *arg)
     return NULL;
 }
 
-/* Stops the app, joins its thread (bounded: if tb_app_run never returns
- * the process aborts, as hanging would be worse) and frees it and ra.
- * Returns tb_app_run's result. NULL is a no-op returning 0. Not from the
- * app's own threads. */
-static inline int rh_app_stop(rh_app *ra)
+int rh_app_stop(rh_app *ra)
 {
     if (!ra)
         return 0;
@@ -859,7 +732,7 @@ static inline int rh_app_stop(rh_app *ra)
     pthread_join(ra->thread, NULL);
     int rc = ra->run_rc;
     tb_app_free(ra->app);
-    rh_app **apps = rh__apps();
+    rh_app **apps = apps_all();
     for (int i = 0; i < RH_MAX_APPS; i++) {
         if (apps[i] == ra)
             apps[i] = NULL;
@@ -868,12 +741,9 @@ static inline int rh_app_stop(rh_app *ra)
     return rc;
 }
 
-/* Creates an app from cfg and runs it (tb_app_run blocks) on a new thread;
- * returns once it is running. The rh_app belongs to the harness until
- * rh_app_stop (or rh_cleanup). Main thread (cmocka: fails the test). */
-static inline rh_app *rh_app_start(const tb_app_config *cfg)
+rh_app *rh_app_start(const tb_app_config *cfg)
 {
-    rh_app **apps = rh__apps();
+    rh_app **apps = apps_all();
     int slot = 0;
     while (slot < RH_MAX_APPS && apps[slot])
         slot++;
@@ -889,7 +759,7 @@ static inline rh_app *rh_app_start(const tb_app_config *cfg)
         rh_fail("tb_app_new: %s (%d)", tb_err_name(err), err);
         return NULL;
     }
-    if (pthread_create(&ra->thread, NULL, rh__app_thread, ra) != 0) {
+    if (pthread_create(&ra->thread, NULL, app_thread, ra) != 0) {
         tb_app_free(ra->app);
         free(ra);
         rh_fail("pthread_create failed");
@@ -908,10 +778,8 @@ static inline rh_app *rh_app_start(const tb_app_config *cfg)
     return ra;
 }
 
-/* Polls tb_bus_status (5 ms) until its state is want, at most timeout_ms.
- * Returns 1 if it got there; *out (may be NULL) gets the last status. */
-static inline int rh_wait_bus(tb_app *app, tb_bus_state want, int timeout_ms,
-                              tb_bus_info *out)
+int rh_wait_bus(tb_app *app, tb_bus_state want, int timeout_ms,
+                tb_bus_info *out)
 {
     int64_t end = th_mono_ms() + timeout_ms;
     tb_bus_info info;
@@ -932,9 +800,7 @@ static inline int rh_wait_bus(tb_app *app, tb_bus_state want, int timeout_ms,
     return 1;
 }
 
-/* Main thread: fails the test unless the app's bus reaches connected within
- * timeout_ms, and is the Redis bus. */
-static inline void rh_assert_connected(tb_app *app, int timeout_ms)
+void rh_assert_connected(tb_app *app, int timeout_ms)
 {
     tb_bus_info info;
     if (!rh_wait_bus(app, TB_BUS_CONNECTED, timeout_ms, &info))
@@ -946,52 +812,20 @@ static inline void rh_assert_connected(tb_app *app, int timeout_ms)
 
 /* ------------------------------------------------------------ recorders */
 
-/* One received event, copied out of the tb_event. */
-typedef struct rh_got {
-    char name[TB_EVENT_NAME_MAX + 1];
-    char id[TB_EVENT_ID_MAX];
-    char origin[64];
-    char param[TB_EVENT_NAME_MAX + 1]; /* the recorder's <param>, if any */
-    int worker;
-    int64_t ts_us;
-    size_t len;
-    char *data; /* NUL-terminated copy */
-} rh_got;
-
-/* What one receiving task records; it outlives the task (the test owns it).
- * armed counts the task's suspensions in a wait (see rh_arm), count the
- * events recorded; both can be waited on from the main thread. */
-typedef struct rh_rec {
-    pthread_mutex_t mu;
-    rh_got *items;
-    size_t n, cap;
-    th_counter count;
-    th_counter armed;
-    atomic_int ended;   /* the task returned */
-    atomic_int last_rc; /* the last wait's result */
-    const char *pattern;
-    const char *param; /* <param> name to capture with tb_pattern_param */
-    int once;          /* stop after one event */
-    int capacity;      /* subscription capacity (<= 0: default) */
-} rh_rec;
-
-typedef struct rh__recs {
+typedef struct recs {
     rh_rec **v;
     size_t n, cap;
-} rh__recs;
+} recs;
 
-static inline rh__recs *rh__recs_all(void)
+static recs *recs_all(void)
 {
-    static rh__recs all;
+    static recs all;
     return &all;
 }
 
-/* A new recorder for pattern (a string that outlives the tasks: a literal
- * or the test's). It belongs to the harness and lives until rh_cleanup,
- * after the apps whose tasks write to it have stopped. Main thread. */
-static inline rh_rec *rh_rec_new(const char *pattern)
+rh_rec *rh_rec_new(const char *pattern)
 {
-    rh__recs *all = rh__recs_all();
+    recs *all = recs_all();
     rh_rec *r = calloc(1, sizeof *r);
     if (!r)
         rh_fail("out of memory");
@@ -1011,7 +845,7 @@ static inline rh_rec *rh_rec_new(const char *pattern)
     return r;
 }
 
-static inline void rh__rec_free(rh_rec *r)
+static void rec_free(rh_rec *r)
 {
     for (size_t i = 0; i < r->n; i++)
         free(r->items[i].data);
@@ -1022,8 +856,7 @@ static inline void rh__rec_free(rh_rec *r)
     free(r);
 }
 
-/* Records ev as received by worker. Any thread, tasks included. */
-static inline void rh_rec_add(rh_rec *r, const tb_event *ev, int worker)
+void rh_rec_add(rh_rec *r, const tb_event *ev, int worker)
 {
     rh_got g;
     memset(&g, 0, sizeof g);
@@ -1060,7 +893,7 @@ static inline void rh_rec_add(rh_rec *r, const tb_event *ev, int worker)
     th_counter_add(&r->count, 1);
 }
 
-static inline size_t rh_rec_count(rh_rec *r)
+size_t rh_rec_count(rh_rec *r)
 {
     pthread_mutex_lock(&r->mu);
     size_t n = r->n;
@@ -1068,9 +901,7 @@ static inline size_t rh_rec_count(rh_rec *r)
     return n;
 }
 
-/* Copies entry i (its data pointer stays the recorder's). Returns 1 if it
- * exists. */
-static inline int rh_rec_get(rh_rec *r, size_t i, rh_got *out)
+int rh_rec_get(rh_rec *r, size_t i, rh_got *out)
 {
     pthread_mutex_lock(&r->mu);
     int ok = i < r->n;
@@ -1080,8 +911,7 @@ static inline int rh_rec_get(rh_rec *r, size_t i, rh_got *out)
     return ok;
 }
 
-/* How many recorded events carry id. */
-static inline int rh_rec_count_id(rh_rec *r, const char *id)
+int rh_rec_count_id(rh_rec *r, const char *id)
 {
     pthread_mutex_lock(&r->mu);
     int n = 0;
@@ -1091,8 +921,7 @@ static inline int rh_rec_count_id(rh_rec *r, const char *id)
     return n;
 }
 
-/* How many recorded events have an id seen earlier in the record. */
-static inline int rh_rec_dups(rh_rec *r)
+int rh_rec_dups(rh_rec *r)
 {
     pthread_mutex_lock(&r->mu);
     int n = 0;
@@ -1108,14 +937,12 @@ static inline int rh_rec_dups(rh_rec *r)
     return n;
 }
 
-/* Waits (main or helper thread) until the recorder holds n events. */
-static inline int rh_rec_wait(rh_rec *r, long n, int timeout_ms)
+int rh_rec_wait(rh_rec *r, long n, int timeout_ms)
 {
     return th_counter_wait_ge(&r->count, n, timeout_ms);
 }
 
-/* Prints what a recorder got, for a failure message's context. */
-static inline void rh_rec_dump(rh_rec *r, const char *label)
+void rh_rec_dump(rh_rec *r, const char *label)
 {
     pthread_mutex_lock(&r->mu);
     fprintf(stderr, "%s (pattern %s): %zu event(s)\n", label,
@@ -1130,29 +957,23 @@ static inline void rh_rec_dump(rh_rec *r, const char *label)
 
 /* ------------------------------------------------------------ tasks */
 
-static inline int rh__ack_body(tb_task *self, void *arg)
+static int ack_body(tb_task *self, void *arg)
 {
     (void)self;
     th_counter_add(arg, 1);
     return 0;
 }
 
-/* Makes `armed` count up once self is suspended in the wait it calls next:
- * the ack task goes on self's own worker, so it cannot run before self
- * suspends, and self registers its wait before it suspends. Replaces "sleep
- * a bit, then dispatch" (tb_event_wait does not see events dispatched
- * before it was called). In a task. */
-static inline void rh_arm(tb_task *self, th_counter *armed)
+void rh_arm(tb_task *self, th_counter *armed)
 {
     tb_task_opts o = th_opts(NULL, tb_task_worker(self));
     o.kind = "ack";
-    TH_CHECK_RC(tb_task_add(tb_task_app(self), rh__ack_body, armed, &o, NULL),
-                0);
+    TH_CHECK_RC(tb_task_add(tb_task_app(self), ack_body, armed, &o, NULL), 0);
 }
 
 /* A waiter: tb_event_wait(pattern) in a loop (or once), recording each
  * event, until cancelled (at app stop). armed counts each wait. */
-static inline int rh__waiter_body(tb_task *self, void *arg)
+static int waiter_body(tb_task *self, void *arg)
 {
     rh_rec *r = arg;
     for (;;) {
@@ -1177,7 +998,7 @@ static inline int rh__waiter_body(tb_task *self, void *arg)
 /* A subscriber: tb_sub_open(pattern, capacity), then tb_sub_next in a loop,
  * recording each event, until cancelled. armed counts up once the
  * subscription is open and the task waits in it. */
-static inline int rh__subscriber_body(tb_task *self, void *arg)
+static int subscriber_body(tb_task *self, void *arg)
 {
     rh_rec *r = arg;
     int err = 0;
@@ -1206,17 +1027,13 @@ static inline int rh__subscriber_body(tb_task *self, void *arg)
     return 0;
 }
 
-/* Adds a waiter (subscriber = 0) or subscriber task for r on worker of a
- * running app and waits until it is armed. Returns 1 if it got armed
- * within timeout_ms. Not from a task. */
-static inline int rh_spawn(tb_app *app, int worker, int subscriber, rh_rec *r,
-                           int timeout_ms)
+int rh_spawn(tb_app *app, int worker, int subscriber, rh_rec *r, int timeout_ms)
 {
     long before = th_counter_get(&r->armed);
     tb_task_opts o = th_opts(NULL, worker);
     o.kind = subscriber ? "rh-subscriber" : "rh-waiter";
-    int rc = tb_task_add(
-        app, subscriber ? rh__subscriber_body : rh__waiter_body, r, &o, NULL);
+    int rc = tb_task_add(app, subscriber ? subscriber_body : waiter_body, r, &o,
+                         NULL);
     if (!TH_CHECK_RC(rc, 0))
         return 0;
     return TH_CHECKF(th_counter_wait_ge(&r->armed, before + 1, timeout_ms),
@@ -1227,33 +1044,16 @@ static inline int rh_spawn(tb_app *app, int worker, int subscriber, rh_rec *r,
 
 /* ------------------------------------------------------------ children */
 
-/* A forked child process running fn(rfd, wfd, arg): it reads commands from
- * rfd and answers on wfd, and exits with fn's return value. It dies with
- * the parent (PDEATHSIG) and after alarm_s seconds at most (SIGALRM).
- * Fork it while the parent runs no app (the child starts with one thread).
- * The child must not use cmocka (rh_fail exits it instead), and it leaves
- * with _exit (no atexit handlers: the servers are the parent's). */
-typedef struct rh_proc {
-    pid_t pid;
-    int to_child;   /* parent writes */
-    int from_child; /* parent reads */
-    char buf[8192]; /* bytes read past the last line returned */
-    size_t buflen;
-} rh_proc;
-
-static inline rh_proc **rh__procs(void)
+static rh_proc **procs_all(void)
 {
     static rh_proc *procs[RH_MAX_APPS];
     return procs;
 }
 
-/* Forks the child. The rh_proc belongs to the harness until rh_proc_wait
- * (or rh_cleanup, which kills a child a failed test left behind). Main
- * thread (cmocka). */
-static inline rh_proc *
-rh_proc_spawn(int alarm_s, int (*fn)(int rfd, int wfd, void *arg), void *arg)
+rh_proc *rh_proc_spawn(int alarm_s, int (*fn)(int rfd, int wfd, void *arg),
+                       void *arg)
 {
-    rh_proc **procs = rh__procs();
+    rh_proc **procs = procs_all();
     int slot = 0;
     while (slot < RH_MAX_APPS && procs[slot])
         slot++;
@@ -1275,7 +1075,7 @@ rh_proc_spawn(int alarm_s, int (*fn)(int rfd, int wfd, void *arg), void *arg)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent)
             _exit(127);
-        rh__g()->in_child = 1;
+        gstate()->in_child = 1;
         signal(SIGALRM, SIG_DFL);
         alarm((unsigned)alarm_s);
         close(down[1]);
@@ -1292,11 +1092,7 @@ rh_proc_spawn(int alarm_s, int (*fn)(int rfd, int wfd, void *arg), void *arg)
     return p;
 }
 
-/* Writes one line (fmt, a '\n' is added) to the child or, from the child,
- * to the parent. Returns 1 on success. */
-static inline int rh_line_send(int fd, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static inline int rh_line_send(int fd, const char *fmt, ...)
+int rh_line_send(int fd, const char *fmt, ...)
 {
     char line[8192];
     va_list ap;
@@ -1318,11 +1114,8 @@ static inline int rh_line_send(int fd, const char *fmt, ...)
     return 1;
 }
 
-/* Reads one line (without its '\n') from fd into out, keeping the bytes
- * after it in buf/buflen, at most timeout_ms (negative: no limit). Returns
- * 1, or 0 on timeout, EOF or a line longer than outsz. */
-static inline int rh_line_recv(int fd, char *buf, size_t bufsz, size_t *buflen,
-                               char *out, size_t outsz, int timeout_ms)
+int rh_line_recv(int fd, char *buf, size_t bufsz, size_t *buflen, char *out,
+                 size_t outsz, int timeout_ms)
 {
     int64_t end = th_mono_ms() + (timeout_ms < 0 ? INT_MAX : timeout_ms);
     for (;;) {
@@ -1340,7 +1133,7 @@ static inline int rh_line_recv(int fd, char *buf, size_t bufsz, size_t *buflen,
         if (*buflen == bufsz)
             return 0;
         struct pollfd p = {fd, POLLIN, 0};
-        int pr = poll(&p, 1, rh__left_ms(end));
+        int pr = poll(&p, 1, left_ms(end));
         if (pr < 0 && errno == EINTR)
             continue;
         if (pr <= 0)
@@ -1354,10 +1147,8 @@ static inline int rh_line_recv(int fd, char *buf, size_t bufsz, size_t *buflen,
     }
 }
 
-/* Parent side: one request line, one reply line, within timeout_ms.
- * Returns 1 if a reply came. */
-static inline int rh_proc_ask(rh_proc *p, char *reply, size_t replysz,
-                              int timeout_ms, const char *request)
+int rh_proc_ask(rh_proc *p, char *reply, size_t replysz, int timeout_ms,
+                const char *request)
 {
     if (!rh_line_send(p->to_child, "%s", request))
         return 0;
@@ -1365,22 +1156,18 @@ static inline int rh_proc_ask(rh_proc *p, char *reply, size_t replysz,
                         replysz, timeout_ms);
 }
 
-/* Reads the child's next line (one it sends unasked), within timeout_ms. */
-static inline int rh_proc_recv(rh_proc *p, char *out, size_t outsz,
-                               int timeout_ms)
+int rh_proc_recv(rh_proc *p, char *out, size_t outsz, int timeout_ms)
 {
     return rh_line_recv(p->from_child, p->buf, sizeof p->buf, &p->buflen, out,
                         outsz, timeout_ms);
 }
 
-/* Waits up to timeout_ms for the child to exit (then kills it) and frees
- * p. Returns its exit status, or -1 if it was killed or died of a signal. */
-static inline int rh_proc_wait(rh_proc *p, int timeout_ms)
+int rh_proc_wait(rh_proc *p, int timeout_ms)
 {
     int st = 0;
     int rc = -1;
     close(p->to_child); /* EOF: a child reading commands ends */
-    if (rh__wait_pid(p->pid, timeout_ms, &st)) {
+    if (wait_pid(p->pid, timeout_ms, &st)) {
         if (WIFEXITED(st))
             rc = WEXITSTATUS(st);
         else if (WIFSIGNALED(st))
@@ -1392,10 +1179,10 @@ static inline int rh_proc_wait(rh_proc *p, int timeout_ms)
                 "SIGKILL\n",
                 (int)p->pid, timeout_ms);
         kill(p->pid, SIGKILL);
-        rh__wait_pid(p->pid, 2000, NULL);
+        wait_pid(p->pid, 2000, NULL);
     }
     close(p->from_child);
-    rh_proc **procs = rh__procs();
+    rh_proc **procs = procs_all();
     for (int i = 0; i < RH_MAX_APPS; i++) {
         if (procs[i] == p)
             procs[i] = NULL;
@@ -1406,36 +1193,31 @@ static inline int rh_proc_wait(rh_proc *p, int timeout_ms)
 
 /* ------------------------------------------------------------ cleanup */
 
-/* Stops every app still running (rh_app_start), frees every recorder
- * (rh_rec_new) once no task can write to it, then stops every server and
- * removes its directory. Call it from each test's teardown: after a failed
- * assertion the test body never got to its own cleanup. Returns the number
- * of apps it had to stop. */
-static inline int rh_cleanup(void)
+int rh_cleanup(void)
 {
     int stopped = 0;
-    rh_proc **procs = rh__procs();
+    rh_proc **procs = procs_all();
     for (int i = 0; i < RH_MAX_APPS; i++) {
         if (procs[i])
             rh_proc_wait(procs[i], 2000);
     }
     /* A test that failed while a server was paused: let it answer, or the
      * apps' stop would wait for it. */
-    rh__global *g = rh__g();
+    global_state *g = gstate();
     for (int i = 0; i < RH_MAX_SERVERS; i++) {
         if (g->servers[i] && g->servers[i]->paused)
             rh_server_resume(g->servers[i]);
     }
-    rh_app **apps = rh__apps();
+    rh_app **apps = apps_all();
     for (int i = 0; i < RH_MAX_APPS; i++) {
         if (apps[i]) {
             rh_app_stop(apps[i]);
             stopped++;
         }
     }
-    rh__recs *all = rh__recs_all();
+    recs *all = recs_all();
     for (size_t i = 0; i < all->n; i++)
-        rh__rec_free(all->v[i]);
+        rec_free(all->v[i]);
     free(all->v);
     memset(all, 0, sizeof *all);
     for (int i = 0; i < RH_MAX_SERVERS; i++) {
@@ -1444,5 +1226,3 @@ static inline int rh_cleanup(void)
     }
     return stopped;
 }
-
-#endif /* TASKBUS_TESTS_REDIS_HARNESS_H */
