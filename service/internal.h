@@ -138,7 +138,7 @@ enum {
 };
 
 /* A registration on a task's finish list: whoever waits for it (a task on
- * some worker, woken through its inbox) - see tb__task_watch(). */
+ * some worker, woken through its inbox) - see tb__task_wait_finished(). */
 typedef struct tb__watch {
     struct tb__watch *next;
     tb_task *waiter;
@@ -192,6 +192,34 @@ struct tb_task {
 
 void tb__task_ref(tb_task *t);
 void tb__task_unref(tb_task *t);
+
+/* 1 once t has ended (done, failed or cancelled). Read under reg_mu, or on
+ * t's own worker. */
+static inline int tb__task_finished(const tb_task *t)
+{
+    return t->state >= TB_TASK_DONE;
+}
+
+/* task.c: unlinks t from the registry (reg_mu held) and drops the
+ * registry's reference. */
+void tb__task_registry_drop(tb_app *app, tb_task *t);
+
+/* Marks t cancel-requested (sticky) and cancel-pending (consumed by the
+ * delivery, tb__task_deliver_cancel). Any thread. */
+void tb__task_request_cancel(tb_task *t);
+
+/* A deadline read from the clock only once something has to wait, shared
+ * by several waits in a row. */
+typedef struct tb__deadline {
+    int timeout_ms; /* negative: none */
+    int64_t at_us;  /* monotonic; 0 until computed */
+} tb__deadline;
+
+/* Suspends self (TB_TASK_FN) until target has finished or dl passes: 0,
+ * TB_ETIMEDOUT, TB_ECANCELED, TB_ENOMEM. who names the caller for
+ * tb__task_enter. */
+int tb__task_wait_finished(tb_task *self, tb_task *target, tb__deadline *dl,
+                           const char *who);
 
 /* tb_task_cancel, and then, unless it returns TB_ENOENT or TB_EINVAL or
  * TB_ENOMEM, a snapshot of the first (lowest id) of the tasks it cancelled
