@@ -1,5 +1,6 @@
 /* bus_redis.c - the Redis event bus: hiredis pub/sub on its own thread. */
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,8 +13,7 @@
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
 
-#include "internal.h"
-#include "url.h"
+#include "adapters.h"
 
 /* How it works.
  *
@@ -927,7 +927,7 @@ static const tb__bus_ops redis_ops = {
 
 tb__bus *tb__bus_redis_new(tb_app *app, int *err)
 {
-    const tb_app_config *c = &app->cfg;
+    const tb_app_config *c = tb_app_get_config(app);
     tb__redis_target t;
     char why[256] = "";
     char url[512];
@@ -980,8 +980,9 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
     }
     b->pub_log.who = "redis bus";
     b->pub_log.what = "refused-PUBLISH lines";
-    b->own_prefix_len = (size_t)snprintf(b->own_prefix, sizeof b->own_prefix,
-                                         "{\"id\":\"%s-", app->instance);
+    b->own_prefix_len =
+        (size_t)snprintf(b->own_prefix, sizeof b->own_prefix, "{\"id\":\"%s-",
+                         tb__app_instance(app));
     *err = 0;
     return &b->bus;
 }

@@ -5,10 +5,11 @@
 #include "taskbus/taskbus.h"
 
 /* A bus carries events from tb_dispatch() to every worker of every instance
- * that shares it. The core calls publish(); the bus calls tb__app_deliver()
- * for each event it receives (from any thread), which fans the event out to
- * the workers. An event published by this instance must reach this
- * instance's workers exactly once, through the bus (no local shortcut).
+ * that shares it. The core calls publish(); the bus hands each event it
+ * receives to the workers (from any thread): through tb__bus_rx when it
+ * comes from a backend, else with tb__app_deliver(). An event published by
+ * this instance must reach this instance's workers exactly once, through
+ * the bus (no local shortcut). adapters/compose.c makes the app's bus.
  *
  * Lifecycle, all called by the core on the thread that runs tb_app_run:
  * start() before the workers start, stop() after they have stopped, free()
@@ -42,8 +43,7 @@ struct tb__bus {
     tb_app *app;
 };
 
-/* ---------------------------------------------------------------- connection
- */
+/* --------------------------------------------------------------- connection */
 
 /* A bus's connection to its backend as tb_bus_status shows it, for every
  * bus that has one (service/bus_conn.c): CONNECTING (the first attempt)
@@ -228,14 +228,5 @@ void tb__bus_rx_tick(tb__bus_rx *rx, int64_t now_us);
 
 /* Fills out's received, duplicates, malformed and oversize. Any thread. */
 void tb__bus_rx_status(tb__bus_rx *rx, tb_bus_info *out);
-
-/* adapters/bus_memory.c: in-process fan-out, the embedded default. */
-tb__bus *tb__bus_memory_new(tb_app *app);
-
-/* adapters/bus_redis.c: Redis pub/sub through hiredis on its own libevent
- * thread. Reads the app's redis_* settings. Returns NULL and sets *err
- * (TB_EINVAL with a logged reason for a bad URL, TB_ENOMEM). Connecting
- * starts in start(). */
-tb__bus *tb__bus_redis_new(tb_app *app, int *err);
 
 #endif /* TASKBUS_BUS_H */

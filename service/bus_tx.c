@@ -83,8 +83,7 @@ void tb__bus_reqlist_free(tb__bus_reqlist *l)
     }
 }
 
-/* ---------------------------------------------------------------- any thread
- */
+/* --------------------------------------------------------------- any thread */
 
 int tb__bus_tx_put(tb__bus_tx *tx, const tb_event *ev, tb__publish_cb cb,
                    void *ud)
@@ -152,8 +151,7 @@ void tb__bus_tx_status(tb__bus_tx *tx, tb_bus_info *out)
     out->queued = atomic_load(&tx->pending);
 }
 
-/* ---------------------------------------------------------------- bus thread
- */
+/* --------------------------------------------------------------- bus thread */
 
 void tb__bus_tx_take(tb__bus_tx *tx, tb__bus_reqlist *to)
 {

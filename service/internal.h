@@ -9,6 +9,7 @@
 
 #include "taskbus/taskbus.h"
 
+#include "adapter.h" /* what adapters see of the core; bus.h, log.h */
 #include "bus.h"
 #include "coro.h"
 #include "htab.h"
@@ -442,7 +443,8 @@ struct tb_app {
     struct tb__router *router; /* HTTP routes, NULL if none */
     void **route_fns;          /* the handlers' wrappers, freed with us */
     size_t nroute_fns;
-    void *http_server;              /* the adapter's, while serving */
+    tb__http_server *http;          /* compose.c's, or NULL: no HTTP */
+    const tb__wsconn_ops *wsconn;   /* its websockets' framing */
     void *metrics;                  /* metrics.c: request counters */
     struct app_kinds *kinds;        /* kinds.c: task kinds by name */
     struct tb__ws_route *ws_routes; /* ws.c: websocket endpoints */
@@ -493,8 +495,6 @@ int tb__config_check(const tb_app_config *c);
  * must be async-signal-safe) says so instead of the default stderr line. */
 void tb__set_second_signal_hook(void (*fn)(int sig));
 
-int64_t tb__now_us(void);  /* CLOCK_REALTIME */
-int64_t tb__mono_us(void); /* CLOCK_MONOTONIC */
 /* *ts = CLOCK_MONOTONIC now + timeout_ms, for pthread_cond_timedwait on a
  * condition variable created with that clock. */
 struct timespec;
@@ -504,11 +504,9 @@ void tb__deadline_ts(struct timespec *ts, int timeout_ms);
  * first non-zero return for start kinds, else 0. */
 int tb__app_run_listeners(tb_app *app, tb_listener_kind kind, int worker);
 
-/* Hands ev to every worker's inbox (one reference each); the caller keeps
- * its own reference. Used by buses when an event arrives. */
-void tb__app_deliver(tb_app *app, tb_event *ev);
-/* The same for n events at once: one lock and at most one wake-up per
- * worker for the whole batch. The caller keeps its references. */
+/* tb__app_deliver (adapter.h) for n events at once: one lock and at most
+ * one wake-up per worker for the whole batch. The caller keeps its
+ * references. */
 void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n);
 
 /* 1 if a listener on some worker could match the event name (split and
