@@ -5,8 +5,10 @@
 #   bash .ci/dev.sh run [ARGS...]  Release build in build/, then exec
 #                                  build/taskbus ARGS... (stop with Ctrl-C)
 #   bash .ci/dev.sh test           build/ (Release, -Werror) + ctest, then
-#                                  build-asan/ (Debug, ASan+UBSan) + ctest,
-#                                  then build-tsan/ (Debug, TSan) + ctest
+#                                  build-core/ (no HTTP, no Redis) + unit
+#                                  tests, then build-asan/ (Debug,
+#                                  ASan+UBSan) + ctest, then build-tsan/
+#                                  (Debug, TSan) + ctest
 #
 # Needs root (or sudo) only when a package is missing. Safe to re-run: it
 # installs nothing that is already there and rebuilds incrementally.
@@ -88,7 +90,8 @@ configure() {
         rm -rf "$dir"
     fi
     log "configure $dir: $*"
-    cmake -S "$ROOT" -B "$dir" "$@"
+    # Every adapter unless the caller says otherwise (a later -D wins).
+    cmake -S "$ROOT" -B "$dir" -DTB_WITH_HTTP=ON -DTB_WITH_REDIS=ON "$@"
 }
 
 build() {
@@ -130,7 +133,7 @@ cmd_run() {
 }
 
 cmd_test() {
-    local start=$SECONDS t rc_release=0 rc_asan=0 rc_tsan=0
+    local start=$SECONDS t rc_release=0 rc_core=0 rc_asan=0 rc_tsan=0
     ensure_packages "${BUILD_DEPS[@]}" "${TEST_DEPS[@]}"
     ensure_packages "${CONTAINER_DEPS[@]}" # tests/container/ (block above)
 
@@ -140,6 +143,17 @@ cmd_test() {
     build build
     run_ctest build || rc_release=$?
     log "release build + tests: $((SECONDS - t)) s"
+
+    # The library without its optional adapters (no civetweb, wslay or
+    # hiredis): it must build, and its unit tests pass (such a build
+    # registers no others: the rest drives the HTTP server and Redis).
+    t=$SECONDS
+    configure build-core -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON \
+        -DTB_WERROR=ON -DTB_ASAN=OFF -DTB_UBSAN=OFF -DTB_TSAN=OFF \
+        -DTB_WITH_HTTP=OFF -DTB_WITH_REDIS=OFF
+    build build-core
+    run_ctest build-core || rc_core=$?
+    log "core-only build + unit tests: $((SECONDS - t)) s"
 
     t=$SECONDS
     configure build-asan -DCMAKE_BUILD_TYPE=Debug -DBUILD_TESTING=ON \
@@ -158,11 +172,12 @@ cmd_test() {
     log "tsan build + tests: $((SECONDS - t)) s"
 
     log "release: $( ((rc_release == 0)) && echo ok || echo FAILED )," \
+        "core-only: $( ((rc_core == 0)) && echo ok || echo FAILED )," \
         "asan+ubsan: $( ((rc_asan == 0)) && echo ok || echo FAILED )," \
         "tsan: $( ((rc_tsan == 0)) && echo ok || echo FAILED )," \
         "total $((SECONDS - start)) s"
     echo "ctest: $TOTAL_PASSED passed, $TOTAL_FAILED failed"
-    ((rc_release == 0 && rc_asan == 0 && rc_tsan == 0))
+    ((rc_release == 0 && rc_core == 0 && rc_asan == 0 && rc_tsan == 0))
 }
 
 case "${1:-}" in
