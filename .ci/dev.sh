@@ -7,7 +7,8 @@
 #   bash .ci/dev.sh test           build/ (Release, -Werror) + ctest, then
 #                                  build-shared/ (libtaskbus.so: examples,
 #                                  the binary's service suite, install
-#                                  test), then build-asan/
+#                                  test), then build-core/ (no HTTP, no
+#                                  Redis) + unit tests, then build-asan/
 #                                  (Debug, ASan+UBSan) + ctest, then
 #                                  build-tsan/ (Debug, TSan) + ctest
 #
@@ -91,7 +92,8 @@ configure() {
         rm -rf "$dir"
     fi
     log "configure $dir: $*"
-    cmake -S "$ROOT" -B "$dir" "$@"
+    # Every adapter unless the caller says otherwise (a later -D wins).
+    cmake -S "$ROOT" -B "$dir" -DTB_WITH_HTTP=ON -DTB_WITH_REDIS=ON "$@"
 }
 
 # build DIR [TARGET...]: builds the targets given, or everything.
@@ -142,7 +144,8 @@ cmd_run() {
 }
 
 cmd_test() {
-    local start=$SECONDS t rc_release=0 rc_shared=0 rc_asan=0 rc_tsan=0
+    local start=$SECONDS t rc_release=0 rc_shared=0 rc_core=0 rc_asan=0
+    local rc_tsan=0
     ensure_packages "${BUILD_DEPS[@]}" "${TEST_DEPS[@]}"
     ensure_packages "${CONTAINER_DEPS[@]}" # tests/container/ (block above)
 
@@ -173,6 +176,17 @@ cmd_test() {
     log "shared library build + examples, service + install tests:" \
         "$((SECONDS - t)) s"
 
+    # The library without its optional adapters (no civetweb, wslay or
+    # hiredis): it must build, and its unit tests pass (such a build
+    # registers no others: the rest drives the HTTP server and Redis).
+    t=$SECONDS
+    configure build-core -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON \
+        -DTB_WERROR=ON -DTB_ASAN=OFF -DTB_UBSAN=OFF -DTB_TSAN=OFF \
+        -DTB_WITH_HTTP=OFF -DTB_WITH_REDIS=OFF
+    build build-core
+    run_ctest build-core || rc_core=$?
+    log "core-only build + unit tests: $((SECONDS - t)) s"
+
     t=$SECONDS
     configure build-asan -DCMAKE_BUILD_TYPE=Debug -DBUILD_TESTING=ON \
         -DTB_WERROR=ON -DTB_ASAN=ON -DTB_UBSAN=ON -DTB_TSAN=OFF
@@ -191,11 +205,13 @@ cmd_test() {
 
     log "release: $( ((rc_release == 0)) && echo ok || echo FAILED )," \
         "shared: $( ((rc_shared == 0)) && echo ok || echo FAILED )," \
+        "core-only: $( ((rc_core == 0)) && echo ok || echo FAILED )," \
         "asan+ubsan: $( ((rc_asan == 0)) && echo ok || echo FAILED )," \
         "tsan: $( ((rc_tsan == 0)) && echo ok || echo FAILED )," \
         "total $((SECONDS - start)) s"
     echo "ctest: $TOTAL_PASSED passed, $TOTAL_FAILED failed"
-    ((rc_release == 0 && rc_shared == 0 && rc_asan == 0 && rc_tsan == 0))
+    ((rc_release == 0 && rc_shared == 0 && rc_core == 0 && rc_asan == 0 &&
+        rc_tsan == 0))
 }
 
 case "${1:-}" in

@@ -1,9 +1,10 @@
 /* bus_memory.c - the in-process event bus: fan-out to this app's workers. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "adapters.h"
 
 static int mem_start(tb__bus *bus)
 {

@@ -1,11 +1,11 @@
 /* bus_redis.c - the Redis event bus: hiredis pub/sub on its own thread. */
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 #include <time.h>
 
 #include <event2/event.h>
@@ -13,9 +13,7 @@
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
 
-#include "envelope.h"
-#include "internal.h"
-#include "url.h"
+#include "adapters.h"
 
 /* How it works.
  *
@@ -25,25 +23,27 @@
  * per instance, not once per worker, and each envelope is decoded once; the
  * workers get the event through their inboxes (tb__app_deliver).
  *
- * Publishers (any thread) encode the envelope themselves, then push a
- * request on a mutex-protected queue and wake the bus thread when the queue
- * was empty. The bus thread pipelines PUBLISH commands and keeps the sent
- * ones in a FIFO: Redis answers in order. When the connection is lost, the
- * unanswered and queued requests are resent after the reconnect (receivers
- * drop the duplicates by event id), unless they were accepted more than
- * publish_retry_ms ago. At most ECHO_WINDOW bytes of our own events
- * are published ahead of what has come back on `sub` (see flush_sendq).
+ * Publishers (any thread) hand their events to the core's publish queue
+ * (service/bus_tx.c), which encodes the envelope on their thread and wakes
+ * the bus thread when the queue was empty. The bus thread pipelines PUBLISH
+ * commands and keeps the sent ones in a FIFO: Redis answers in order. When
+ * the connection is lost, the unanswered and queued requests are resent
+ * after the reconnect (receivers drop the duplicates by event id), unless
+ * they were accepted more than publish_retry_ms ago. At most ECHO_WINDOW
+ * bytes of our own events are published ahead of what has come back on
+ * `sub` (see flush_sendq).
  *
- * Received messages are checked (name, size), decoded, deduplicated by id
- * (the last DEDUPE_IDS ids) and handed to every worker.
+ * Received messages go to the core's receiver (service/bus_rx.c), which
+ * checks, decodes and deduplicates them and hands them to every worker.
  *
  * A Redis ACL user needs +publish +psubscribe +ping (+select for a db other
  * than 0) and the channels "<ns>:event:*".
  *
- * States: CONNECTING (first attempt) -> CONNECTED -> RECONNECTING (lost;
- * retrying with backoff) -> CONNECTED ...; STOPPED after stop(). CONNECTED
- * means both links are authenticated, `pub` has answered a PING and `sub`
- * has confirmed its PSUBSCRIBE, so our own events come back to us.
+ * States (the core's tb__bus_conn, service/bus_conn.c): CONNECTING (first
+ * attempt) -> CONNECTED -> RECONNECTING (lost; retrying with backoff) ->
+ * CONNECTED ...; STOPPED after stop(). CONNECTED means both links are
+ * authenticated, `pub` has answered a PING and `sub` has confirmed its
+ * PSUBSCRIBE, so our own events come back to us.
  *
  * hiredis 0.14 rules this file lives by:
  *  - A context is freed by hiredis itself after a failed connect (after the
@@ -58,35 +58,12 @@
  *  - hiredis writes with write(2): the bus thread blocks SIGPIPE (all
  *    signals) so a peer that closed turns into EPIPE, not a dead process. */
 
-#define DEDUPE_IDS 16384 /* event ids remembered to drop resent duplicates */
-#define DEDUPE_SLOTS (2 * DEDUPE_IDS) /* hash slots; a power of two */
-#define LOG_BURST 10                  /* rate-limited lines per second */
-#define RX_BATCH 256                  /* received events handed over at once */
 /* Bytes of our own PUBLISHes that may be on their way back to our
  * subscription (see flush_sendq). Well under Redis's default pubsub output
  * buffer limits (32 MB hard, 8 MB for 60 s). */
 #define ECHO_WINDOW (4 << 20)
 
 /* ---------------------------------------------------------------- types */
-
-/* One accepted PUBLISH: queued, in flight, or waiting for a reconnect. */
-typedef struct req {
-    struct req *next;
-    char *env; /* the JSON envelope (tb__envelope_encode), owned */
-    size_t envlen;
-    tb__publish_cb cb;
-    void *ud;
-    int64_t accepted_us; /* monotonic */
-    int64_t sent_us;     /* monotonic, last time it was sent */
-    size_t chlen;
-    char id[TB_EVENT_ID_MAX];
-    char channel[]; /* "<ns>:event:<name>" */
-} req;
-
-typedef struct reqlist {
-    req *head, *tail;
-    size_t n;
-} reqlist;
 
 enum {
     LINK_SUB = 0,
@@ -112,52 +89,25 @@ typedef struct rlink {
     int64_t ping_sent_us;  /* monotonic; 0: no PING outstanding */
 } rlink;
 
-/* At most LOG_BURST lines per second, then one "N suppressed" line. */
-typedef struct ratelog {
-    int64_t start_us;
-    int lines;
-    uint64_t suppressed;
-    const char *what; /* for the "suppressed" line */
-} ratelog;
-
-typedef struct seen {
-    uint64_t hash;
-    char id[TB_EVENT_ID_MAX]; /* "" when unused */
-} seen;
-
 typedef struct rbus {
     tb__bus bus;
 
     /* --- fixed in tb__bus_redis_new --- */
     tb__redis_target t;
-    char url[512];    /* redacted, for logs */
-    char prefix[128]; /* "<ns>:event:" */
-    size_t prefix_len;
+    char url[512];     /* redacted, for logs */
+    char prefix[128];  /* "<ns>:event:" */
     char pattern[130]; /* "<ns>:event:*" */
     int64_t connect_to_us, cmd_to_us, ping_us;
-    int64_t retry_us; /* publish_retry_ms: how long an accepted event is
-                         kept for resending */
-    int64_t retry_min_ms, retry_max_ms;
-    int queue_max;
-    size_t max_event_size;
-    size_t raw_max; /* largest message worth decoding */
-
-    /* --- shared: under mu (state and counters also read without it) --- */
-    pthread_mutex_t mu;
-    pthread_cond_t cv; /* state changes; start() waits on it */
-    atomic_int state;  /* tb_bus_state; written under mu */
-    int closed;        /* stop() has begun: publish refuses */
-    reqlist inq;       /* accepted, not yet taken by the bus thread */
-    int64_t since_us;
-    uint64_t attempts, reconnects;
-    char last_error[256];
-    atomic_int pending; /* accepted and not yet completed (cb not run) */
-    atomic_uint_fast64_t published, publish_failed, received, duplicates,
-        malformed, oversize;
+    int64_t retry_us;   /* publish_retry_ms: how long an accepted event is
+                           kept for resending */
+    tb__bus_conn *conn; /* the state; any thread reads it */
+    tb__bus_tx *tx;     /* accepted events (any thread), until completed */
+    tb__bus_rx *rx;     /* received messages (bus thread) */
 
     /* --- the app's thread (start/stop/free) --- */
     pthread_t thread;
     int thread_started, joined;
+    int closed; /* stop() has begun */
 
     /* --- the bus thread only --- */
     struct event_base *base;
@@ -167,115 +117,28 @@ typedef struct rbus {
     struct event *retry_ev;    /* the next connection attempt */
     struct event *tick_ev;     /* timeouts and keepalive pings */
     rlink links[NLINKS];
-    reqlist sendq;    /* to send once connected (resends first) */
-    reqlist inflight; /* sent on `pub`, answer pending; in order */
-    int attempting;   /* an attempt is under way */
+    tb__bus_reqlist sendq;    /* to send once connected (resends first) */
+    tb__bus_reqlist inflight; /* sent on `pub`, answer pending; in order */
+    int attempting;           /* an attempt is under way */
     int64_t attempt_us;
     int failing; /* teardown_ev is active: the first reason wins */
     char fail_why[256];
     int64_t lost_us;      /* monotonic time the connection was lost */
     int64_t echo_out;     /* bytes published, not yet back on `sub` */
     int64_t echo_last_us; /* last echo, or when echo_out left 0 */
-    size_t own_len;       /* strlen(instance) */
     char own_prefix[48];  /* how our own envelopes start: {"id":"<inst>- */
     size_t own_prefix_len;
-    /* Decoded events not yet handed to the workers: delivered together
-     * after the read that produced them (flush_ev), one lock and one
-     * wake-up per worker per batch instead of per event. */
-    tb_event *batch[RX_BATCH];
-    size_t nbatch;
+    /* Received events are handed to the workers together after the read
+     * that produced them: one lock and one wake-up per worker per batch
+     * instead of per event. */
     struct event *flush_ev;
     int stopping, finished;
     int64_t stop_deadline_us;
     char logged_reject[256]; /* last refusal logged; "" after a success */
-    uint64_t rng;
-    ratelog rx_log, pub_log;
-    seen *ring;      /* DEDUPE_IDS ids, oldest overwritten first */
-    uint32_t *slots; /* DEDUPE_SLOTS: ring index + 1, 0 when empty */
-    uint32_t ring_pos;
+    tb__ratelog pub_log;
 } rbus;
 
 /* ---------------------------------------------------------------- helpers */
-
-static void reqlist_push(reqlist *l, req *r)
-{
-    r->next = NULL;
-    if (l->tail)
-        l->tail->next = r;
-    else
-        l->head = r;
-    l->tail = r;
-    l->n++;
-}
-
-static req *reqlist_pop(reqlist *l)
-{
-    req *r = l->head;
-    if (r) {
-        l->head = r->next;
-        if (!l->head)
-            l->tail = NULL;
-        l->n--;
-        r->next = NULL;
-    }
-    return r;
-}
-
-/* Moves all of src to the end of dst; src becomes empty. */
-static void reqlist_append(reqlist *dst, reqlist *src)
-{
-    if (!src->head)
-        return;
-    if (dst->tail)
-        dst->tail->next = src->head;
-    else
-        dst->head = src->head;
-    dst->tail = src->tail;
-    dst->n += src->n;
-    *src = (reqlist){0};
-}
-
-/* Moves all of src to the front of dst; src becomes empty. */
-static void reqlist_prepend(reqlist *dst, reqlist *src)
-{
-    if (!src->head)
-        return;
-    src->tail->next = dst->head;
-    if (!dst->head)
-        dst->tail = src->tail;
-    dst->head = src->head;
-    dst->n += src->n;
-    *src = (reqlist){0};
-}
-
-/* Copies len bytes of s into buf (size >= 8 bytes) for a log line: bytes
- * outside printable ASCII become '?', and a long string ends in "...". */
-static const char *printable(char *buf, size_t size, const char *s, size_t len)
-{
-    size_t room = size - 1, n = 0;
-    int cut = len > room;
-    if (cut)
-        room -= 3;
-    for (; n < len && n < room; n++) {
-        unsigned char c = (unsigned char)s[n];
-        buf[n] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
-    }
-    if (cut) {
-        memcpy(buf + n, "...", 3);
-        n += 3;
-    }
-    buf[n] = '\0';
-    return buf;
-}
-
-/* xorshift64*: jitter only, nothing secret. Bus thread. */
-static uint64_t rnd(rbus *b)
-{
-    b->rng ^= b->rng >> 12;
-    b->rng ^= b->rng << 25;
-    b->rng ^= b->rng >> 27;
-    return b->rng * 0x2545F4914F6CDD1DULL;
-}
 
 static struct timeval tv_ms(int64_t ms)
 {
@@ -284,152 +147,23 @@ static struct timeval tv_ms(int64_t ms)
     return tv;
 }
 
-/* Logs how many lines were suppressed once their second is over (also
- * from the tick, so that the count shows even if the flood stops; now ==
- * INT64_MAX: at once, at stop). */
-static void ratelog_flush(ratelog *r, int64_t now)
-{
-    if (r->suppressed && (now - r->start_us >= 1000000 || now == INT64_MAX)) {
-        tb__log(TB_LOG_WARN, "redis bus: %" PRIu64 " more %s suppressed",
-                r->suppressed, r->what);
-        r->suppressed = 0;
-    }
-}
-
-/* Returns 1 if a rate-limited line may be logged now. Bus thread. */
-static int ratelog_ok(ratelog *r, int64_t now)
-{
-    if (now - r->start_us >= 1000000) {
-        ratelog_flush(r, now);
-        r->start_us = now;
-        r->lines = 0;
-    }
-    if (r->lines < LOG_BURST) {
-        r->lines++;
-        return 1;
-    }
-    r->suppressed++;
-    return 0;
-}
-
-/* Sets the shared state (and since_us) under mu and wakes start(). */
-static void set_state(rbus *b, tb_bus_state st)
-{
-    pthread_mutex_lock(&b->mu);
-    atomic_store_explicit(&b->state, st, memory_order_release);
-    b->since_us = tb__now_us();
-    if (st == TB_BUS_CONNECTED)
-        b->attempts = 0;
-    pthread_cond_broadcast(&b->cv);
-    pthread_mutex_unlock(&b->mu);
-}
-
-/* Runs q's callback with status, counts it and frees q. Bus thread. */
-static void complete(rbus *b, req *q, int status)
-{
-    if (status == 0)
-        atomic_fetch_add_explicit(&b->published, 1, memory_order_relaxed);
-    else
-        atomic_fetch_add_explicit(&b->publish_failed, 1, memory_order_relaxed);
-    if (q->cb)
-        q->cb(status, q->ud);
-    atomic_fetch_sub_explicit(&b->pending, 1, memory_order_release);
-    free(q->env);
-    free(q);
-}
-
 /* Takes everything publishers queued. Bus thread. */
 static void drain_inq(rbus *b)
 {
-    pthread_mutex_lock(&b->mu);
-    reqlist_append(&b->sendq, &b->inq);
-    pthread_mutex_unlock(&b->mu);
+    tb__bus_tx_take(b->tx, &b->sendq);
 }
 
 /* Gives up the unsent requests accepted more than publish_retry_ms ago:
  * cb(TB_ETIMEDOUT), one log line with the count. Bus thread. */
 static void expire_stale(rbus *b, int64_t now)
 {
-    size_t n = 0;
-    req **pp = &b->sendq.head, *prev = NULL;
-    while (*pp) {
-        req *q = *pp;
-        if (now - q->accepted_us <= b->retry_us) {
-            prev = q;
-            pp = &q->next;
-            continue;
-        }
-        *pp = q->next;
-        if (b->sendq.tail == q)
-            b->sendq.tail = prev;
-        b->sendq.n--;
-        n++;
-        complete(b, q, TB_ETIMEDOUT);
-    }
+    size_t n = tb__bus_tx_expire(b->tx, &b->sendq, now);
     if (n)
         tb__log(TB_LOG_WARN,
                 "redis bus: gave up %zu event(s) not published within "
                 "publish_retry_ms (%" PRId64 " ms) while %s was "
                 "unreachable",
                 n, b->retry_us / 1000, b->url);
-}
-
-/* ---------------------------------------------------------------- dedupe */
-
-static uint32_t slot_home(const rbus *b, uint32_t v)
-{
-    return (uint32_t)b->ring[v - 1].hash & (DEDUPE_SLOTS - 1);
-}
-
-/* Removes the slot holding ring index idx (backward-shift deletion keeps
- * linear probing correct without tombstones). */
-static void dedupe_forget(rbus *b, uint32_t idx)
-{
-    uint32_t mask = DEDUPE_SLOTS - 1;
-    uint32_t i = slot_home(b, idx + 1);
-    while (b->slots[i] != idx + 1) {
-        if (!b->slots[i])
-            return; /* not there: nothing to do */
-        i = (i + 1) & mask;
-    }
-    uint32_t j = i;
-    for (;;) {
-        j = (j + 1) & mask;
-        if (!b->slots[j])
-            break;
-        uint32_t k = slot_home(b, b->slots[j]);
-        /* The entry at j may stay if its home lies cyclically in (i, j]. */
-        if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
-            continue;
-        b->slots[i] = b->slots[j];
-        i = j;
-    }
-    b->slots[i] = 0;
-}
-
-/* Returns 1 if id was seen among the last DEDUPE_IDS ids, else records it
- * (forgetting the oldest) and returns 0. Bus thread. */
-static int dedupe_seen(rbus *b, const char *id)
-{
-    uint32_t mask = DEDUPE_SLOTS - 1;
-    size_t len = strlen(id);
-    uint64_t h = tb__hash_str(id, len);
-    for (uint32_t i = (uint32_t)h & mask; b->slots[i]; i = (i + 1) & mask) {
-        const seen *s = &b->ring[b->slots[i] - 1];
-        if (s->hash == h && strcmp(s->id, id) == 0)
-            return 1;
-    }
-    uint32_t idx = b->ring_pos;
-    b->ring_pos = (b->ring_pos + 1) % DEDUPE_IDS;
-    if (b->ring[idx].id[0])
-        dedupe_forget(b, idx);
-    b->ring[idx].hash = h;
-    snprintf(b->ring[idx].id, sizeof b->ring[idx].id, "%s", id);
-    uint32_t i = (uint32_t)h & mask;
-    while (b->slots[i])
-        i = (i + 1) & mask;
-    b->slots[i] = idx + 1;
-    return 0;
 }
 
 /* ---------------------------------------------------------------- links */
@@ -647,24 +381,25 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
     rbus *b = l->b;
     int64_t now = tb__mono_us();
     l->last_rx_us = now;
-    req *q = b->inflight.head;
+    tb__bus_req *q = b->inflight.head;
     if (q != priv) {
         link_fail(b, "PUBLISH replies out of order");
         return;
     }
-    reqlist_pop(&b->inflight);
+    tb__bus_reqlist_pop(&b->inflight);
     if (reply->type == REDIS_REPLY_INTEGER) {
-        complete(b, q, 0);
+        tb__bus_tx_done(b->tx, q, 0);
     } else {
-        if (ratelog_ok(&b->pub_log, now)) {
+        if (tb__ratelog_ok(&b->pub_log, now)) {
             char ch[128];
             tb__log(TB_LOG_ERROR,
                     "redis bus: Redis refused PUBLISH of event %s on %s: %s",
-                    q->id, printable(ch, sizeof ch, q->channel, q->chlen),
+                    q->id,
+                    tb__log_printable(ch, sizeof ch, q->channel, q->chlen),
                     reply->type == REDIS_REPLY_ERROR ? reply->str
                                                      : "unexpected reply");
         }
-        complete(b, q, TB_EIO);
+        tb__bus_tx_done(b->tx, q, TB_EIO);
     }
     if (b->stopping && !b->inflight.head && !b->sendq.head)
         event_active(b->stop_ev, EV_TIMEOUT, 0);
@@ -684,30 +419,28 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
 static void flush_sendq(rbus *b)
 {
     rlink *l = &b->links[LINK_PUB];
-    if (b->failing || !l->ac ||
-        atomic_load_explicit(&b->state, memory_order_relaxed) !=
-            TB_BUS_CONNECTED)
+    if (b->failing || !l->ac || tb__bus_conn_state(b->conn) != TB_BUS_CONNECTED)
         return;
     int64_t now = tb__mono_us();
-    req *q;
+    tb__bus_req *q;
     while ((q = b->sendq.head) != NULL) {
         if (b->echo_out > 0 &&
             b->echo_out + (int64_t)q->envlen > (int64_t)ECHO_WINDOW)
             break;
-        reqlist_pop(&b->sendq);
+        tb__bus_reqlist_pop(&b->sendq);
         const char *argv[3] = {"PUBLISH", q->channel, q->env};
         size_t lens[3] = {7, q->chlen, q->envlen};
         if (redisAsyncCommandArgv(l->ac, on_publish_reply, q, 3, argv, lens) !=
             REDIS_OK) {
             /* Back to the front, in order, for the next connection. */
-            reqlist one = {q, q, 1};
-            reqlist_prepend(&b->sendq, &one);
+            tb__bus_reqlist one = {q, q, 1};
+            tb__bus_reqlist_prepend(&b->sendq, &one);
             link_fail(b, "cannot send PUBLISH: %s",
                       l->ac->errstr[0] ? l->ac->errstr : "out of memory");
             return;
         }
         q->sent_us = now;
-        reqlist_push(&b->inflight, q);
+        tb__bus_reqlist_push(&b->inflight, q);
         if (b->echo_out == 0)
             b->echo_last_us = now;
         b->echo_out += (int64_t)q->envlen;
@@ -721,93 +454,36 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
     (void)what;
     rbus *b = arg;
     drain_inq(b);
-    if (atomic_load_explicit(&b->state, memory_order_relaxed) ==
-        TB_BUS_CONNECTED)
+    if (tb__bus_conn_state(b->conn) == TB_BUS_CONNECTED)
         flush_sendq(b);
 }
 
 /* ---------------------------------------------------------------- receive */
 
-/* Drops a message that cannot be delivered; counted in *counter and logged
- * (rate-limited) with its channel. */
-static void drop_message(rbus *b, atomic_uint_fast64_t *counter,
-                         const char *channel, size_t chlen, size_t len,
-                         const char *why)
+/* The receiver started a batch: hand it to the workers right after the
+ * current read (flush_ev runs later in the same loop iteration), so that
+ * batching adds no waiting. */
+static void schedule_flush(void *arg)
 {
-    atomic_fetch_add_explicit(counter, 1, memory_order_relaxed);
-    if (ratelog_ok(&b->rx_log, tb__mono_us())) {
-        char ch[160];
-        tb__log(TB_LOG_WARN,
-                "redis bus: dropped a message of %zu bytes on channel %s: %s",
-                len, printable(ch, sizeof ch, channel, chlen), why);
-    }
-}
-
-/* Hands the batch of received events to the workers. Bus thread. */
-static void flush_batch(rbus *b)
-{
-    if (!b->nbatch)
-        return;
-    tb__app_deliver_batch(b->bus.app, b->batch, b->nbatch);
-    for (size_t i = 0; i < b->nbatch; i++)
-        tb_event_unref(b->batch[i]);
-    b->nbatch = 0;
+    rbus *b = arg;
+    event_active(b->flush_ev, EV_TIMEOUT, 0);
 }
 
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    flush_batch(arg);
+    rbus *b = arg;
+    tb__bus_rx_flush(b->rx);
 }
 
-/* Takes ev's reference into the batch; the batch goes out when full, or
- * right after the current read (flush_ev runs later in the same loop
- * iteration), so batching adds no waiting. */
-static void batch_push(rbus *b, tb_event *ev)
+/* Our own events coming back reopen the publish window (see flush_sendq).
+ * Our encoder always starts an envelope with our id, so the first bytes
+ * tell, without decoding. */
+static void note_echo(rbus *b, const char *msg, size_t len)
 {
-    b->batch[b->nbatch++] = ev;
-    if (b->nbatch == 1)
-        event_active(b->flush_ev, EV_TIMEOUT, 0);
-    if (b->nbatch == RX_BATCH)
-        flush_batch(b);
-}
-
-/* A pmessage: [pmessage, pattern, channel, message]. */
-static void handle_message(rbus *b, const redisReply *chr,
-                           const redisReply *msgr)
-{
-    if (chr->type != REDIS_REPLY_STRING || msgr->type != REDIS_REPLY_STRING) {
-        drop_message(b, &b->malformed, "?", 1, 0, "not a string message");
-        return;
-    }
-    const char *ch = chr->str;
-    size_t chlen = chr->len, len = msgr->len;
-    char name[TB_EVENT_NAME_MAX + 1];
-    size_t nlen = chlen > b->prefix_len ? chlen - b->prefix_len : 0;
-    if (!nlen || memcmp(ch, b->prefix, b->prefix_len) != 0 ||
-        nlen > TB_EVENT_NAME_MAX || memchr(ch + b->prefix_len, 0, nlen)) {
-        drop_message(b, &b->malformed, ch, chlen, len, "invalid event name");
-        return;
-    }
-    memcpy(name, ch + b->prefix_len, nlen);
-    name[nlen] = '\0';
-    /* Split once: this validates the name and serves the interest check. */
-    tb__name split;
-    if (tb__name_split(&split, name) != 0) {
-        drop_message(b, &b->malformed, ch, chlen, len, "invalid event name");
-        return;
-    }
-    if (len > b->raw_max) {
-        drop_message(b, &b->oversize, ch, chlen, len,
-                     "too large for max_event_size");
-        return;
-    }
-    /* Our own events coming back reopen the publish window (see
-     * flush_sendq). Our encoder always starts an envelope with our id, so
-     * the first bytes tell, without decoding. */
     if (b->echo_out > 0 && len > b->own_prefix_len &&
-        memcmp(msgr->str, b->own_prefix, b->own_prefix_len) == 0) {
+        memcmp(msg, b->own_prefix, b->own_prefix_len) == 0) {
         b->echo_out -= (int64_t)len;
         if (b->echo_out < 0)
             b->echo_out = 0;
@@ -815,39 +491,19 @@ static void handle_message(rbus *b, const redisReply *chr,
         if (b->sendq.head && b->echo_out <= ECHO_WINDOW / 2)
             flush_sendq(b);
     }
-    /* Nobody in this process listens for it: spend nothing more on it
-     * (decoding is most of a received event's cost). */
-    if (!tb__app_wants(b->bus.app, &split))
-        return;
-    tb_event *ev = NULL;
-    const char *why = NULL;
-    int rc = tb__envelope_decode(b->bus.app, name, msgr->str, len,
-                                 b->max_event_size, &ev, &why);
-    if (rc == TB_EMSGSIZE) {
-        drop_message(b, &b->oversize, ch, chlen, len,
-                     "data over max_event_size");
+}
+
+/* A pmessage: [pmessage, pattern, channel, message]. */
+static void handle_message(rbus *b, const redisReply *chr,
+                           const redisReply *msgr)
+{
+    if (chr->type != REDIS_REPLY_STRING || msgr->type != REDIS_REPLY_STRING) {
+        tb__bus_rx_refuse(b->rx, "?", 1, 0, "not a string message");
         return;
     }
-    if (rc == TB_ENOMEM) {
-        if (ratelog_ok(&b->rx_log, tb__mono_us()))
-            tb__log(TB_LOG_ERROR, "redis bus: event %s dropped: out of memory",
-                    name);
-        return;
-    }
-    if (rc != 0) {
-        char whybuf[160];
-        snprintf(whybuf, sizeof whybuf, "malformed envelope: %s",
-                 why ? why : tb_strerror(rc));
-        drop_message(b, &b->malformed, ch, chlen, len, whybuf);
-        return;
-    }
-    if (dedupe_seen(b, tb_event_id(ev))) {
-        atomic_fetch_add_explicit(&b->duplicates, 1, memory_order_relaxed);
-        tb_event_unref(ev);
-    } else {
-        atomic_fetch_add_explicit(&b->received, 1, memory_order_relaxed);
-        batch_push(b, ev);
-    }
+    const char *msg = msgr->str;
+    if (tb__bus_rx_message(b->rx, chr->str, chr->len, msg, msgr->len) == 0)
+        note_echo(b, msg, msgr->len);
 }
 
 /* The pattern's callback: the PSUBSCRIBE confirmation, every pmessage, and
@@ -935,15 +591,15 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     (void)what;
     rbus *b = arg;
     int64_t now = tb__mono_us();
-    ratelog_flush(&b->rx_log, now);
-    ratelog_flush(&b->pub_log, now);
+    tb__bus_rx_tick(b->rx, now);
+    tb__ratelog_flush(&b->pub_log, now);
     if (b->finished)
         return;
     if (b->stopping && now >= b->stop_deadline_us)
         event_active(b->stop_ev, EV_TIMEOUT, 0);
     if (b->failing)
         return;
-    int st = atomic_load_explicit(&b->state, memory_order_relaxed);
+    int st = tb__bus_conn_state(b->conn);
     if (st != TB_BUS_CONNECTED) {
         drain_inq(b);
         expire_stale(b, now);
@@ -954,7 +610,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
                       b->connect_to_us / 1000);
         return;
     }
-    req *h = b->inflight.head;
+    tb__bus_req *h = b->inflight.head;
     if (h && now - h->sent_us > b->cmd_to_us) {
         link_fail(b, "PUBLISH not answered within %" PRId64 " ms",
                   b->cmd_to_us / 1000);
@@ -990,21 +646,6 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 /* ---------------------------------------------------------------- connect */
 
-/* Backoff before the next attempt after `failed` failed attempts in a row
- * (0: the connection was just lost): redis_retry_min_ms doubled per
- * failure, capped at redis_retry_max_ms, then a uniform pick between half
- * and all of it so that instances do not retry in lockstep. */
-static int64_t backoff_ms(rbus *b, uint64_t failed)
-{
-    int64_t d = b->retry_min_ms;
-    for (uint64_t i = 0; i < failed && d < b->retry_max_ms; i++)
-        d *= 2;
-    if (d > b->retry_max_ms)
-        d = b->retry_max_ms;
-    int64_t lo = d / 2;
-    return lo + (int64_t)(rnd(b) % (uint64_t)(d - lo + 1));
-}
-
 static void on_retry(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -1023,14 +664,9 @@ static void became_connected(rbus *b)
 {
     b->attempting = 0;
     b->logged_reject[0] = '\0';
-    pthread_mutex_lock(&b->mu);
-    int was = atomic_load_explicit(&b->state, memory_order_relaxed);
-    uint64_t failed = b->attempts;
-    if (was == TB_BUS_RECONNECTING)
-        b->reconnects++;
-    pthread_mutex_unlock(&b->mu);
-    set_state(b, TB_BUS_CONNECTED);
-    if (was == TB_BUS_RECONNECTING)
+    int reconnected;
+    uint64_t failed = tb__bus_conn_up(b->conn, &reconnected);
+    if (reconnected)
         tb__log(TB_LOG_INFO,
                 "redis bus: reconnected to %s after %" PRId64 " ms (%" PRIu64
                 " failed attempts)",
@@ -1058,24 +694,13 @@ static void on_teardown(evutil_socket_t fd, short what, void *arg)
     if (b->finished)
         return;
     links_close(b);
-    reqlist_prepend(&b->sendq, &b->inflight);
+    tb__bus_reqlist_prepend(&b->sendq, &b->inflight);
     b->attempting = 0;
-    int64_t now = tb__mono_us();
-
-    pthread_mutex_lock(&b->mu);
-    int was = atomic_load_explicit(&b->state, memory_order_relaxed);
-    snprintf(b->last_error, sizeof b->last_error, "%s", b->fail_why);
-    if (was == TB_BUS_CONNECTED)
-        b->attempts = 0;
-    else
-        b->attempts++;
-    uint64_t failed = b->attempts;
-    pthread_mutex_unlock(&b->mu);
-
-    int64_t delay = backoff_ms(b, failed);
-    if (was == TB_BUS_CONNECTED) {
-        b->lost_us = now;
-        set_state(b, TB_BUS_RECONNECTING);
+    int lost;
+    uint64_t failed = tb__bus_conn_down(b->conn, b->fail_why, &lost);
+    int64_t delay = tb__bus_conn_backoff_ms(b->conn, failed);
+    if (lost) {
+        b->lost_us = tb__mono_us();
         tb__log(TB_LOG_WARN,
                 "redis bus: connection to %s lost: %s; reconnecting "
                 "(%zu event(s) to resend)",
@@ -1098,7 +723,7 @@ static void on_teardown(evutil_socket_t fd, short what, void *arg)
 static void finish(rbus *b)
 {
     b->finished = 1;
-    flush_batch(b);
+    tb__bus_rx_flush(b->rx);
     event_del(b->flush_ev);
     event_del(b->tick_ev);
     event_del(b->retry_ev);
@@ -1107,19 +732,16 @@ static void finish(rbus *b)
     event_del(b->stop_ev);
     links_close(b);
     drain_inq(b);
-    reqlist_prepend(&b->sendq, &b->inflight);
-    ratelog_flush(&b->rx_log, INT64_MAX);
-    ratelog_flush(&b->pub_log, INT64_MAX);
-    size_t n = b->sendq.n;
-    req *q;
-    while ((q = reqlist_pop(&b->sendq)) != NULL)
-        complete(b, q, TB_ESHUTDOWN);
+    tb__bus_reqlist_prepend(&b->sendq, &b->inflight);
+    tb__bus_rx_tick(b->rx, INT64_MAX);
+    tb__ratelog_flush(&b->pub_log, INT64_MAX);
+    size_t n = tb__bus_tx_give_up(b->tx, &b->sendq, TB_ESHUTDOWN);
     if (n)
         tb__log(TB_LOG_WARN,
                 "redis bus: %zu event(s) not confirmed by %s at stop: "
                 "given up",
                 n, b->url);
-    set_state(b, TB_BUS_STOPPED);
+    tb__bus_conn_set(b->conn, TB_BUS_STOPPED);
     tb__log(TB_LOG_INFO, "redis bus: stopped (%s)", b->url);
     event_base_loopbreak(b->base);
 }
@@ -1201,7 +823,7 @@ static int rb_start(tb__bus *bus)
     tick = tick < 10 ? 10 : tick > 250 ? 250 : tick;
     struct timeval tv = tv_ms(tick);
     event_add(b->tick_ev, &tv);
-    set_state(b, TB_BUS_CONNECTING);
+    tb__bus_conn_set(b->conn, TB_BUS_CONNECTING);
     event_active(b->retry_ev, EV_TIMEOUT, 0); /* the first attempt */
     tb__log(TB_LOG_INFO, "event bus: redis at %s, channels %s", b->url,
             b->pattern);
@@ -1215,29 +837,14 @@ static int rb_start(tb__bus *bus)
         tb__log(TB_LOG_ERROR, "redis bus: cannot create its thread: %s",
                 strerror(rc));
         free_events(b);
-        set_state(b, TB_BUS_STOPPED);
+        tb__bus_conn_set(b->conn, TB_BUS_STOPPED);
         return TB_EAGAIN;
     }
     pthread_setname_np(b->thread, "tb-bus-redis");
     b->thread_started = 1;
 
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    int64_t ns = (int64_t)ts.tv_nsec + (b->connect_to_us % 1000000) * 1000;
-    ts.tv_sec += (time_t)(b->connect_to_us / 1000000 + ns / 1000000000);
-    ts.tv_nsec = (long)(ns % 1000000000);
     char err[256] = "";
-    pthread_mutex_lock(&b->mu);
-    while (atomic_load_explicit(&b->state, memory_order_relaxed) !=
-               TB_BUS_CONNECTED &&
-           pthread_cond_timedwait(&b->cv, &b->mu, &ts) != ETIMEDOUT)
-        ;
-    int up = atomic_load_explicit(&b->state, memory_order_relaxed) ==
-             TB_BUS_CONNECTED;
-    if (!up)
-        snprintf(err, sizeof err, "%s", b->last_error);
-    pthread_mutex_unlock(&b->mu);
-    if (!up)
+    if (!tb__bus_conn_wait(b->conn, b->connect_to_us, err, sizeof err))
         tb__log(TB_LOG_WARN,
                 "redis bus: not connected to %s after %" PRId64 " ms (%s); "
                 "dispatch fails with ENOTCONN until it is; retrying in the "
@@ -1254,58 +861,17 @@ nomem:
 static int rb_publish(tb__bus *bus, tb_event *ev, tb__publish_cb cb, void *ud)
 {
     rbus *b = (rbus *)bus;
-    int st = atomic_load_explicit(&b->state, memory_order_acquire);
+    tb_bus_state st = tb__bus_conn_state(b->conn);
     if (st != TB_BUS_CONNECTED)
         return st == TB_BUS_STOPPED ? TB_ESHUTDOWN : TB_ENOTCONN;
-    if (atomic_load_explicit(&b->pending, memory_order_relaxed) >= b->queue_max)
-        return TB_ENOSPC;
-    /* The JSON work happens here, in parallel across publishers. */
-    char *env = NULL;
-    size_t envlen = 0;
-    int rc = tb__envelope_encode(ev, &env, &envlen);
-    if (rc)
-        return rc;
-    size_t nlen = strlen(ev->name);
-    req *q = malloc(sizeof *q + b->prefix_len + nlen + 1);
-    if (!q) {
-        free(env);
-        return TB_ENOMEM;
-    }
-    q->env = env;
-    q->envlen = envlen;
-    q->cb = cb;
-    q->ud = ud;
-    q->accepted_us = tb__mono_us();
-    q->sent_us = 0;
-    q->chlen = b->prefix_len + nlen;
-    memcpy(q->id, ev->id, sizeof q->id);
-    memcpy(q->channel, b->prefix, b->prefix_len);
-    memcpy(q->channel + b->prefix_len, ev->name, nlen + 1);
+    return tb__bus_tx_put(b->tx, ev, cb, ud);
+}
 
-    pthread_mutex_lock(&b->mu);
-    st = atomic_load_explicit(&b->state, memory_order_relaxed);
-    if (b->closed)
-        rc = TB_ESHUTDOWN;
-    else if (st != TB_BUS_CONNECTED)
-        rc = TB_ENOTCONN;
-    else if (atomic_load_explicit(&b->pending, memory_order_relaxed) >=
-             b->queue_max)
-        rc = TB_ENOSPC;
-    if (rc == 0) {
-        int first = b->inq.head == NULL;
-        reqlist_push(&b->inq, q);
-        atomic_fetch_add_explicit(&b->pending, 1, memory_order_relaxed);
-        /* Under mu: stop() sets closed under it before the loop ends, so
-         * wake_ev is alive here. */
-        if (first)
-            event_active(b->wake_ev, EV_TIMEOUT, 0);
-    }
-    pthread_mutex_unlock(&b->mu);
-    if (rc) {
-        free(env);
-        free(q);
-    }
-    return rc;
+/* A publisher queued the first event: the bus thread takes the queue. */
+static void wake(void *arg)
+{
+    rbus *b = arg;
+    event_active(b->wake_ev, EV_TIMEOUT, 0);
 }
 
 static void rb_status(tb__bus *bus, tb_bus_info *out)
@@ -1313,20 +879,9 @@ static void rb_status(tb__bus *bus, tb_bus_info *out)
     rbus *b = (rbus *)bus;
     memset(out, 0, sizeof *out);
     snprintf(out->name, sizeof out->name, "redis");
-    pthread_mutex_lock(&b->mu);
-    out->state = (tb_bus_state)atomic_load(&b->state);
-    out->since_us = b->since_us;
-    out->attempts = b->attempts;
-    out->reconnects = b->reconnects;
-    snprintf(out->last_error, sizeof out->last_error, "%s", b->last_error);
-    out->published = atomic_load(&b->published);
-    out->publish_failed = atomic_load(&b->publish_failed);
-    out->received = atomic_load(&b->received);
-    out->duplicates = atomic_load(&b->duplicates);
-    out->malformed = atomic_load(&b->malformed);
-    out->oversize = atomic_load(&b->oversize);
-    out->queued = atomic_load(&b->pending);
-    pthread_mutex_unlock(&b->mu);
+    tb__bus_conn_status(b->conn, out);
+    tb__bus_tx_status(b->tx, out);
+    tb__bus_rx_status(b->rx, out);
 }
 
 /* Flushes for at most redis_command_timeout_ms, gives up the rest with
@@ -1335,28 +890,15 @@ static void rb_status(tb__bus *bus, tb_bus_info *out)
 static void rb_stop(tb__bus *bus)
 {
     rbus *b = (rbus *)bus;
-    pthread_mutex_lock(&b->mu);
+    tb__bus_tx_close(b->tx);
     b->closed = 1;
-    int running = b->thread_started && !b->joined;
-    if (!running) {
-        atomic_store(&b->state, TB_BUS_STOPPED);
-        b->since_us = tb__now_us();
-    }
-    pthread_mutex_unlock(&b->mu);
-    if (!running)
+    if (!b->thread_started || b->joined) {
+        tb__bus_conn_set(b->conn, TB_BUS_STOPPED);
         return;
+    }
     event_active(b->stop_ev, EV_TIMEOUT, 0);
     pthread_join(b->thread, NULL);
     b->joined = 1;
-}
-
-static void free_list(reqlist *l)
-{
-    req *q;
-    while ((q = reqlist_pop(l)) != NULL) {
-        free(q->env);
-        free(q);
-    }
 }
 
 static void rb_free(tb__bus *bus)
@@ -1366,13 +908,11 @@ static void rb_free(tb__bus *bus)
         rb_stop(bus);
     free_events(b);
     /* Empty after a stop; callbacks are not run for anything left. */
-    free_list(&b->inq);
-    free_list(&b->sendq);
-    free_list(&b->inflight);
-    free(b->ring);
-    free(b->slots);
-    pthread_mutex_destroy(&b->mu);
-    pthread_cond_destroy(&b->cv);
+    tb__bus_tx_free(b->tx);
+    tb__bus_reqlist_free(&b->sendq);
+    tb__bus_reqlist_free(&b->inflight);
+    tb__bus_rx_free(b->rx);
+    tb__bus_conn_free(b->conn);
     free(b);
 }
 
@@ -1387,7 +927,7 @@ static const tb__bus_ops redis_ops = {
 
 tb__bus *tb__bus_redis_new(tb_app *app, int *err)
 {
-    const tb_app_config *c = &app->cfg;
+    const tb_app_config *c = tb_app_get_config(app);
     tb__redis_target t;
     char why[256] = "";
     char url[512];
@@ -1407,15 +947,20 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
         snprintf(t.password, sizeof t.password, "%s", c->redis.password);
     }
     rbus *b = calloc(1, sizeof *b);
-    if (b) {
-        b->ring = calloc(DEDUPE_IDS, sizeof *b->ring);
-        b->slots = calloc(DEDUPE_SLOTS, sizeof *b->slots);
+    if (!b) {
+        *err = TB_ENOMEM;
+        return NULL;
     }
-    if (!b || !b->ring || !b->slots) {
-        if (b) {
-            free(b->ring);
-            free(b->slots);
-        }
+    /* event_namespace is 1..64 bytes (checked by the app). */
+    snprintf(b->prefix, sizeof b->prefix, "%s:event:", c->core.event_namespace);
+    b->conn = tb__bus_conn_new(c->redis.retry_min_ms, c->redis.retry_max_ms);
+    b->tx = tb__bus_tx_new(b->prefix, c->redis.publish_queue_max,
+                           c->redis.publish_retry_ms, wake, b);
+    b->rx = tb__bus_rx_new(app, "redis bus", b->prefix, schedule_flush, b);
+    if (!b->conn || !b->tx || !b->rx) {
+        tb__bus_conn_free(b->conn);
+        tb__bus_tx_free(b->tx);
+        tb__bus_rx_free(b->rx);
         free(b);
         *err = TB_ENOMEM;
         return NULL;
@@ -1424,53 +969,20 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
     b->bus.app = app;
     b->t = t;
     snprintf(b->url, sizeof b->url, "%s", url);
-    /* event_namespace is 1..64 bytes (checked by the app). */
-    b->prefix_len = (size_t)snprintf(b->prefix, sizeof b->prefix,
-                                     "%s:event:", c->core.event_namespace);
     snprintf(b->pattern, sizeof b->pattern, "%s*", b->prefix);
     b->connect_to_us = (int64_t)c->redis.connect_timeout_ms * 1000;
     b->cmd_to_us = (int64_t)c->redis.command_timeout_ms * 1000;
     b->retry_us = (int64_t)c->redis.publish_retry_ms * 1000;
     b->ping_us = (int64_t)c->redis.ping_interval_ms * 1000;
-    b->retry_min_ms = c->redis.retry_min_ms;
-    b->retry_max_ms = c->redis.retry_max_ms;
-    b->queue_max = c->redis.publish_queue_max;
-    b->max_event_size = c->core.max_event_size;
-    /* An envelope is bigger than its data (JSON escapes up to 6 bytes per
-     * byte, numbers may be rewritten longer): the exact check is
-     * tb__envelope_decode's; this one only spares us parsing a message no
-     * envelope of an acceptable event could be. */
-    size_t m = c->core.max_event_size;
-    b->raw_max = m > (SIZE_MAX - 65536) / 8 ? SIZE_MAX : m * 8 + 65536;
-
-    pthread_mutex_init(&b->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&b->cv, &ca);
-    pthread_condattr_destroy(&ca);
-    atomic_init(&b->state, TB_BUS_STOPPED);
-    atomic_init(&b->pending, 0);
-    atomic_init(&b->published, 0);
-    atomic_init(&b->publish_failed, 0);
-    atomic_init(&b->received, 0);
-    atomic_init(&b->duplicates, 0);
-    atomic_init(&b->malformed, 0);
-    atomic_init(&b->oversize, 0);
-    b->since_us = tb__now_us();
     for (int i = 0; i < NLINKS; i++) {
         b->links[i].b = b;
         b->links[i].name = i == LINK_SUB ? "sub" : "pub";
     }
-    b->rx_log.what = "dropped-message lines";
+    b->pub_log.who = "redis bus";
     b->pub_log.what = "refused-PUBLISH lines";
-    uint64_t seed = 0;
-    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed)
-        seed = (uint64_t)tb__mono_us() ^ (uint64_t)(uintptr_t)b;
-    b->rng = seed | 1;
-    b->own_len = strlen(app->instance);
-    b->own_prefix_len = (size_t)snprintf(b->own_prefix, sizeof b->own_prefix,
-                                         "{\"id\":\"%s-", app->instance);
+    b->own_prefix_len =
+        (size_t)snprintf(b->own_prefix, sizeof b->own_prefix, "{\"id\":\"%s-",
+                         tb__app_instance(app));
     *err = 0;
     return &b->bus;
 }

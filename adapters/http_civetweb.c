@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,21 +22,21 @@
 
 #include <civetweb.h>
 
-#include "http.h"
-#include "internal.h"
-#include "ws.h"
+#include "adapters.h"
 
 /* civetweb's max_request_size and request_timeout_ms, also quoted in
  * answers. */
 #define MAX_HEAD_BYTES "8192"
 #define REQUEST_TIMEOUT_MS "10000"
 
+/* civetweb's user data: the server, for every callback. */
 typedef struct server {
-    struct mg_context *ctx;
-    char addr[80];         /* "a.b.c.d:port" as civetweb got it */
-    struct sockaddr_in sa; /* where to poke it (0.0.0.0: 127.0.0.1) */
-    in_addr_t local;       /* the address accepted sockets have, or
-                              INADDR_ANY when listening on 0.0.0.0 */
+    tb__http_server base;   /* first: the core's handle on it */
+    struct mg_context *ctx; /* while serving */
+    char addr[80];          /* "a.b.c.d:port" as civetweb got it */
+    struct sockaddr_in sa;  /* where to poke it (0.0.0.0: 127.0.0.1) */
+    in_addr_t local;        /* the address accepted sockets have, or
+                               INADDR_ANY when listening on 0.0.0.0 */
     atomic_int stopped;
 } server;
 
@@ -106,10 +107,9 @@ static int conn_gone(void *cp)
     conn *c = cp;
     if (!c->looked) {
         const struct mg_request_info *ri = mg_get_request_info(c->mg);
-        const tb_app *app = ri->user_data;
-        const server *srv = app ? app->http_server : NULL;
+        const server *srv = ri->user_data;
         c->looked = 1;
-        c->fd = srv ? find_socket(srv, ri->remote_addr, ri->remote_port) : -1;
+        c->fd = find_socket(srv, ri->remote_addr, ri->remote_port);
         if (c->fd < 0) {
             conn_close(c);
             return 1;
@@ -164,12 +164,11 @@ static int keeps_alive(const conn *c, const struct mg_request_info *ri)
 /* Answers before routing, with extra headers (NULL or "Name: value\r\n"
  * lines), and makes civetweb close the connection (the body may be
  * unread: it must not be taken for the next request). */
-static int refuse(tb_http_req *req, conn *c, int status, const char *code,
+static int refuse(tb_app *app, tb__http_in *in, int status, const char *code,
                   const char *headers, const char *message)
 {
-    conn_close(c);
-    tb__http_error_headers(req, status, code, headers, message);
-    return status;
+    conn_close(in->conn);
+    return tb__http_refuse(app, in, status, code, headers, message);
 }
 
 /* ---------------------------------------------------------------- framing
@@ -399,11 +398,9 @@ static int read_body(conn *c, const struct mg_request_info *ri, size_t limit,
  * decode_url=no it is not decoded. request_uri may be an absolute URI;
  * local_uri has had its dot segments removed. NULL for "*" and other
  * hosts' absolute URIs: the caller refuses those (path "*"). */
-static tb_http_req request_of(tb_app *app, conn *c,
-                              const struct mg_request_info *ri)
+static tb__http_in request_of(conn *c, const struct mg_request_info *ri)
 {
-    return (tb_http_req){
-        .app = app,
+    return (tb__http_in){
         .ops = &conn_ops,
         .conn = c,
         .method = ri->request_method,
@@ -459,44 +456,46 @@ static int check_handshake(struct mg_connection *mg, refusal *r)
 static int on_request(struct mg_connection *mg)
 {
     const struct mg_request_info *ri = mg_get_request_info(mg);
-    tb_app *app = ri->user_data;
+    const server *srv = ri->user_data;
+    tb_app *app = srv->base.app;
     conn c = {.mg = mg, .head = strcmp(ri->request_method, "HEAD") == 0};
     c.close = !keeps_alive(&c, ri);
-    tb_http_req req = request_of(app, &c, ri);
-    int upgrade = app->ws_routes && wants_websocket(mg, ri);
+    tb__http_in req = request_of(&c, ri);
+    int upgrade = tb__app_has_websockets(app) && wants_websocket(mg, ri);
     refusal r;
     if (check_framing(ri, &r) || (upgrade && check_handshake(mg, &r)))
-        return refuse(&req, &c, r.status, r.code, r.headers, r.message);
+        return refuse(app, &req, r.status, r.code, r.headers, r.message);
     if (upgrade)
         return 0; /* on to civetweb's handshake: on_ws_connect */
     if (!ri->local_uri_raw)
-        return refuse(&req, &c, 400, "bad_path", NULL,
+        return refuse(app, &req, 400, "bad_path", NULL,
                       "the request target is not a path on this server");
+    size_t max_body = tb_app_get_config(app)->http.max_body;
     char *body;
     size_t len;
-    switch (read_body(&c, ri, app->cfg.http.max_body, &body, &len)) {
+    switch (read_body(&c, ri, max_body, &body, &len)) {
     case 0:
         break;
     case 413: {
         char msg[96];
         snprintf(msg, sizeof msg, "the request body is over %zu bytes",
-                 app->cfg.http.max_body);
-        return refuse(&req, &c, 413, "too_large", NULL, msg);
+                 max_body);
+        return refuse(app, &req, 413, "too_large", NULL, msg);
     }
     case 400:
-        return refuse(&req, &c, 400, "bad_body", NULL,
+        return refuse(app, &req, 400, "bad_body", NULL,
                       "the request body ended early (connection closed "
                       "or timed out)");
     default:
-        return refuse(&req, &c, 500, "internal", NULL,
+        return refuse(app, &req, 500, "internal", NULL,
                       "out of memory reading the request body");
     }
     req.body = body;
     req.body_len = len;
-    tb__http_handle(&req);
+    int status = tb__http_handle(app, &req);
     free(body);
     /* For civetweb's access log; 1..999 means "handled". */
-    return req.status >= 100 && req.status <= 999 ? req.status : 500;
+    return status >= 100 && status <= 999 ? status : 500;
 }
 
 /* ---------------------------------------------------------------- websockets
@@ -513,17 +512,17 @@ static int on_request(struct mg_connection *mg)
 static int on_ws_connect(const struct mg_connection *cmg, void *ud)
 {
     struct mg_connection *mg = (struct mg_connection *)(uintptr_t)cmg;
-    tb_app *app = ud;
+    const server *srv = ud;
     const struct mg_request_info *ri = mg_get_request_info(mg);
     conn c = {.mg = mg, .close = 1};
-    tb_http_req req = request_of(app, &c, ri);
+    tb__http_in req = request_of(&c, ri);
     if (!ri->local_uri_raw) {
         mg_disable_connection_keep_alive(mg);
-        tb__http_refuse(&req, 400, "bad_path",
+        tb__http_refuse(srv->base.app, &req, 400, "bad_path", NULL,
                         "the request target is not a path on this server");
         return 1;
     }
-    tb_ws *ws = tb__http_handle_upgrade(&req);
+    tb_ws *ws = tb__http_handle_upgrade(srv->base.app, &req);
     if (!ws) {
         mg_disable_connection_keep_alive(mg); /* answered: close after */
         return 1;
@@ -593,47 +592,23 @@ static int find_socket(const server *srv, const char *addr, int port)
     return -1;
 }
 
-/* A failed hand-over: counted, and logged at most once a second with the
- * count (a client that resets right after its upgrade leaves no socket to
- * find; hundreds of them must not write hundreds of lines). */
-static void handover_failed(tb_app *app, const struct mg_request_info *ri,
-                            int found)
-{
-    uint64_t n = atomic_fetch_add(&app->ws_handover_failures, 1) + 1;
-    int64_t now = tb__mono_us();
-    int64_t last = atomic_load(&app->ws_handover_logged_us);
-    if (now - last < 1000000 || !atomic_compare_exchange_strong(
-                                    &app->ws_handover_logged_us, &last, now))
-        return;
-    uint64_t before = atomic_exchange(&app->ws_handover_logged_n, n);
-    tb__log(found ? TB_LOG_ERROR : TB_LOG_WARN,
-            "ws %s from %s:%d: cannot take the socket over from the HTTP "
-            "server (%s); closing it (%" PRIu64 " such failure(s) since the "
-            "last line, %" PRIu64 " in all; at most one line a second)",
-            ri->local_uri_raw ? ri->local_uri_raw : "?", ri->remote_addr,
-            ri->remote_port,
-            found ? "out of descriptors"
-                  : "not found: the client closed the connection?",
-            n - before, n);
-}
-
 static void on_ws_ready(struct mg_connection *mg, void *ud)
 {
-    (void)ud;
+    const server *srv = ud;
     tb_ws *ws = mg_get_user_connection_data(mg);
     mg_set_user_connection_data(mg, NULL);
     mg_disable_connection_keep_alive(mg); /* leave the read loop at once */
     if (!ws)
         return;
     const struct mg_request_info *ri = mg_get_request_info(mg);
-    tb_app *app = tb_ws_app(ws);
-    server *srv = app->http_server;
-    int fd = srv ? find_socket(srv, ri->remote_addr, ri->remote_port) : -1;
+    int fd = find_socket(srv, ri->remote_addr, ri->remote_port);
     int mine = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     int stand_in =
         mine >= 0 ? socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
     if (stand_in < 0 || dup2(stand_in, fd) < 0) {
-        handover_failed(app, ri, fd >= 0);
+        tb__ws_handover_failed(srv->base.app,
+                               ri->local_uri_raw ? ri->local_uri_raw : "?",
+                               ri->remote_addr, ri->remote_port, fd >= 0);
         if (mine >= 0)
             close(mine);
         if (stand_in >= 0)
@@ -724,10 +699,10 @@ static int on_http_error(struct mg_connection *mg, int status, const char *msg)
         mg_set_user_connection_data(mg, NULL);
         tb__ws_release(ws);
     }
+    const server *srv = ri->user_data;
     conn c = {.mg = mg};
     /* Not ri's method and path: unparsed, they may be anything. */
-    tb_http_req req = {
-        .app = ri->user_data,
+    tb__http_in req = {
         .ops = &conn_ops,
         .conn = &c,
         .method = "-",
@@ -739,7 +714,7 @@ static int on_http_error(struct mg_connection *mg, int status, const char *msg)
     refusal r;
     if (ri->num_headers <= 0 || !check_framing(ri, &r))
         r = civetweb_refusal(status, msg);
-    refuse(&req, &c, r.status, r.code, r.headers, r.message);
+    refuse(srv->base.app, &req, r.status, r.code, r.headers, r.message);
     return 0; /* answered: civetweb sends nothing */
 }
 
@@ -788,13 +763,15 @@ static void library_init(void)
     mg_init_library(0); /* no TLS; mg_start2 reports a failure */
 }
 
-int tb__http_server_start(tb_app *app)
+/* Listens on http.listen; civetweb's threads serve from then on. */
+static int server_start(tb__http_server *srv)
 {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
-    const tb_app_config *cfg = &app->cfg;
-    server *s = calloc(1, sizeof *s);
-    if (!s)
-        return TB_ENOMEM;
+    server *s = (server *)srv;
+    tb_app *app = srv->app;
+    const tb_app_config *cfg = tb_app_get_config(app);
+    if (s->ctx)
+        return TB_EBUSY;
     int loopback = 0;
     if (parse_listen(cfg->http.listen, s->addr, sizeof s->addr, &s->sa,
                      &s->local, &loopback)) {
@@ -802,7 +779,6 @@ int tb__http_server_start(tb_app *app)
                 "http: bad http_listen \"%s\": want an IPv4 address or "
                 "localhost, a colon and a port 1..65535 (127.0.0.1:8080)",
                 cfg->http.listen);
-        free(s);
         return TB_EINVAL;
     }
     pthread_once(&once, library_init);
@@ -827,7 +803,7 @@ int tb__http_server_start(tb_app *app)
     cb.begin_request = on_request;
     cb.log_message = on_log;
     cb.http_error = on_http_error;
-    struct mg_init_data init = {&cb, app, options};
+    struct mg_init_data init = {&cb, s, options};
     char etext[256] = "";
     unsigned ecode = 0;
     struct mg_error_data err = {&ecode, etext, sizeof etext};
@@ -836,13 +812,11 @@ int tb__http_server_start(tb_app *app)
                 "http: cannot listen on %s: %s (address in use, or not "
                 "an address of this host?)",
                 s->addr, etext[0] ? etext : "mg_start failed");
-        free(s);
         return TB_EINVAL;
     }
-    app->http_server = s;
-    if (app->ws_routes)
+    if (tb__app_has_websockets(app))
         mg_set_websocket_handler(s->ctx, "/", on_ws_connect, on_ws_ready,
-                                 on_ws_data, on_ws_close, app);
+                                 on_ws_data, on_ws_close, s);
     int token = cfg->http.api_token && cfg->http.api_token[0];
     tb__log(TB_LOG_INFO,
             "http: listening on %s (%d threads, at most %d in long polls, %s)",
@@ -880,10 +854,11 @@ static void *poke_thread(void *arg)
     return NULL;
 }
 
-void tb__http_server_stop(tb_app *app)
+/* Stops accepting, waits for the handlers in flight. */
+static void server_stop(tb__http_server *srv)
 {
-    server *s = app->http_server;
-    if (!s)
+    server *s = (server *)srv;
+    if (!s->ctx)
         return;
     pthread_t poke;
     int poking = pthread_create(&poke, NULL, poke_thread, s) == 0;
@@ -891,7 +866,30 @@ void tb__http_server_stop(tb_app *app)
     atomic_store(&s->stopped, 1);
     if (poking)
         pthread_join(poke, NULL);
-    app->http_server = NULL;
+    s->ctx = NULL;
     tb__log(TB_LOG_INFO, "http: stopped listening on %s", s->addr);
-    free(s);
+}
+
+static void server_free(tb__http_server *srv)
+{
+    server_stop(srv);
+    free(srv);
+}
+
+static const tb__http_server_ops server_ops = {
+    .name = "civetweb",
+    .start = server_start,
+    .stop = server_stop,
+    .free = server_free,
+};
+
+tb__http_server *tb__http_civetweb_new(tb_app *app)
+{
+    server *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->base.ops = &server_ops;
+    s->base.app = app;
+    atomic_init(&s->stopped, 0);
+    return &s->base;
 }

@@ -28,8 +28,7 @@
 #include <event2/event.h>
 #include <wslay/wslay.h>
 
-#include "internal.h"
-#include "ws.h"
+#include "adapters.h"
 
 #define READ_CHUNK 65536 /* bytes taken from the socket per read */
 
@@ -68,6 +67,8 @@ struct tb__wsconn {
 };
 
 static void end(tb__wsconn *c, int code, const char *why);
+static void conn_close(tb__wsconn *c, int code, const char *reason);
+static void conn_pause(tb__wsconn *c, int paused);
 static void flush(tb__wsconn *c);
 static void arm(tb__wsconn *c, int ms);
 static void schedule_flush(tb__wsconn *c);
@@ -243,7 +244,7 @@ static void on_msg(wslay_event_context_ptr ctx,
             return; /* we are closing: what comes now is not read */
         if (tb__ws_on_message(c->ws, arg->opcode == WSLAY_BINARY_FRAME,
                               arg->msg, arg->msg_length))
-            tb__wsconn_pause(c, 1);
+            conn_pause(c, 1);
         return;
     case WSLAY_PONG:
         if (c->awaiting_pong) {
@@ -307,7 +308,7 @@ static void refuse(tb__wsconn *c, int code, const char *reason)
     evbuffer_drain(c->in, evbuffer_get_length(c->in));
     c->feed = 0;
     c->failing = 1;
-    tb__wsconn_close(c, code, reason);
+    conn_close(c, code, reason);
     update_reading(c);
     schedule_flush(c); /* also ends it when our close was already out */
 }
@@ -529,7 +530,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
                 "ws %s: no pong within %d ms (ws_ping_timeout_ms); closing "
                 "with 1011",
                 c->peer, c->lim.ping_timeout_ms);
-        tb__wsconn_close(c, 1011, "keepalive ping timeout");
+        conn_close(c, 1011, "keepalive ping timeout");
         return;
     }
     if (put_frame(c, WSLAY_PING, NULL, 0, NULL, 0) == 0) {
@@ -549,10 +550,10 @@ static void schedule_flush(tb__wsconn *c)
     c->flush_due = 1;
 }
 
-/* ---------------------------------------------------------------- API */
+/* ---------------------------------------------------------------- ops */
 
-tb__wsconn *tb__wsconn_open(tb_ws *ws, struct event_base *base, int fd,
-                            const tb__ws_limits *lim, const char *peer)
+static tb__wsconn *conn_open(tb_ws *ws, struct event_base *base, int fd,
+                             const tb__ws_limits *lim, const char *peer)
 {
     tb__wsconn *c = calloc(1, sizeof *c);
     if (!c)
@@ -588,7 +589,7 @@ tb__wsconn *tb__wsconn_open(tb_ws *ws, struct event_base *base, int fd,
     return c;
 }
 
-int tb__wsconn_send(tb__wsconn *c, int binary, const void *data, size_t len)
+static int conn_send(tb__wsconn *c, int binary, const void *data, size_t len)
 {
     if (c->ended || c->closing)
         return TB_EPIPE;
@@ -610,14 +611,13 @@ int tb__wsconn_send(tb__wsconn *c, int binary, const void *data, size_t len)
     }
     if (queued + len > c->lim.send_queue_bytes ||
         c->msgs + 1 > (size_t)c->lim.send_queue_msgs) {
-        atomic_fetch_add(&tb_ws_app(c->ws)->ws_slow_closes, 1);
         tb__log(TB_LOG_WARN,
                 "ws %s (request %s): slow client: %zu messages and %zu "
                 "bytes wait for its socket (ws_send_queue_msgs %d, "
                 "ws_send_queue_bytes %zu); closing with 1008",
                 c->peer, tb_ws_request_id(c->ws), c->msgs, queued,
                 c->lim.send_queue_msgs, c->lim.send_queue_bytes);
-        tb__wsconn_close(c, 1008, "send queue full (slow client)");
+        conn_close(c, 1008, "send queue full (slow client)");
         return TB_ENOSPC;
     }
     if (put_frame(c, binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, NULL, 0,
@@ -628,7 +628,7 @@ int tb__wsconn_send(tb__wsconn *c, int binary, const void *data, size_t len)
     return 0;
 }
 
-void tb__wsconn_close(tb__wsconn *c, int code, const char *reason)
+static void conn_close(tb__wsconn *c, int code, const char *reason)
 {
     if (c->ended || c->closing)
         return;
@@ -642,7 +642,7 @@ void tb__wsconn_close(tb__wsconn *c, int code, const char *reason)
     schedule_flush(c);
 }
 
-void tb__wsconn_pause(tb__wsconn *c, int paused)
+static void conn_pause(tb__wsconn *c, int paused)
 {
     if (c->ended)
         return;
@@ -650,12 +650,12 @@ void tb__wsconn_pause(tb__wsconn *c, int paused)
     update_reading(c);
 }
 
-void tb__wsconn_abort(tb__wsconn *c)
+static void conn_abort(tb__wsconn *c)
 {
     if (c->ended)
         return;
     if (!c->closing)
-        tb__wsconn_close(c, 1001, "server stopping");
+        conn_close(c, 1001, "server stopping");
     c->in_callback++;
     flush(c); /* one try; the socket may be full */
     c->in_callback--;
@@ -686,4 +686,18 @@ static void end(tb__wsconn *c, int code, const char *why)
     evbuffer_free(c->out);
     close(c->fd);
     free(c);
+}
+
+static const tb__wsconn_ops wslay_ops = {
+    .name = "wslay",
+    .open = conn_open,
+    .send = conn_send,
+    .close = conn_close,
+    .pause = conn_pause,
+    .abort = conn_abort,
+};
+
+const tb__wsconn_ops *tb__ws_wslay_ops(void)
+{
+    return &wslay_ops;
 }

@@ -45,11 +45,16 @@ endif()
 
 # The dependencies that ship a pkg-config module:
 # target suffix | module | minimum version | Debian package.
+# TB_WITH_REDIS and TB_WITH_HTTP (the build's options, recorded in the
+# installed config) say whether hiredis and civetweb/wslay are needed; unset
+# means yes.
 set(_tb_pkg_modules
     "TB_LIBEVENT_CORE|libevent_core|2.1|libevent-dev"
     "TB_LIBEVENT_PTHREADS|libevent_pthreads|2.1|libevent-dev"
-    "TB_JANSSON|jansson|2.10|libjansson-dev"
-    "TB_HIREDIS|hiredis|0.14|libhiredis-dev")
+    "TB_JANSSON|jansson|2.10|libjansson-dev")
+if(NOT DEFINED TB_WITH_REDIS OR TB_WITH_REDIS)
+    list(APPEND _tb_pkg_modules "TB_HIREDIS|hiredis|0.14|libhiredis-dev")
+endif()
 find_package(PkgConfig QUIET)
 if(NOT PKG_CONFIG_FOUND)
     string(CONCAT _tb_message
@@ -95,9 +100,12 @@ list(JOIN TASKBUS_PC_REQUIRES ", " TASKBUS_PC_REQUIRES)
 #   with a FATAL_ERROR that QUIET does not silence.
 # - wslay ships neither a pkg-config file nor a version file for its CMake
 #   package.
-set(_tb_plain_libraries
-    "CIVETWEB|civetweb.h|civetweb|libcivetweb-dev"
-    "WSLAY|wslay/wslay.h|wslay|libwslay-dev")
+set(_tb_plain_libraries "")
+if(NOT DEFINED TB_WITH_HTTP OR TB_WITH_HTTP)
+    set(_tb_plain_libraries
+        "CIVETWEB|civetweb.h|civetweb|libcivetweb-dev"
+        "WSLAY|wslay/wslay.h|wslay|libwslay-dev")
+endif()
 foreach(_tb_entry IN LISTS _tb_plain_libraries)
     string(REPLACE "|" ";" _tb_entry "${_tb_entry}")
     list(GET _tb_entry 0 _tb_name)

@@ -54,7 +54,9 @@ static void libevent_init(void)
     libevent_threads_rc = evthread_use_pthreads();
 }
 
-tb_app *tb_app_new(const tb_app_config *cfg, int *err)
+/* tb_app_new is adapters/compose.c's: it makes the app here, then hands
+ * it its adapters (tb__app_use_bus, tb__app_use_http). */
+tb_app *tb__app_create(const tb_app_config *cfg, int *err)
 {
     tb_app_config c;
     if (cfg)
@@ -132,15 +134,6 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
     tb__htab_init(&app->names);
     tb__interest_init(&app->interest);
     app->mode = TB__MODE_PRERUN;
-    if (app->redis_url) {
-        app->bus = tb__bus_redis_new(app, &rc);
-        if (!app->bus)
-            goto fail;
-    } else {
-        app->bus = tb__bus_memory_new(app);
-        if (!app->bus)
-            goto fail; /* rc is TB_ENOMEM */
-    }
     if (err)
         *err = 0;
     return app;
@@ -225,6 +218,8 @@ void tb_app_free(tb_app *app)
             free(l);
         }
     }
+    if (app->http)
+        app->http->ops->free(app->http);
     if (app->bus)
         app->bus->ops->free(app->bus);
     tb__kinds_free(app);
@@ -259,6 +254,18 @@ void tb_app_free(tb_app *app)
     free(app);
 }
 
+void tb__app_use_bus(tb_app *app, tb__bus *bus)
+{
+    app->bus = bus;
+}
+
+void tb__app_use_http(tb_app *app, tb__http_server *srv,
+                      const tb__wsconn_ops *ws)
+{
+    app->http = srv;
+    app->wsconn = ws;
+}
+
 /* ---------------------------------------------------------------- accessors */
 
 int tb_app_is_running(const tb_app *app)
@@ -290,6 +297,11 @@ void tb_app_set_userdata(tb_app *app, void *ud)
 void *tb_app_get_userdata(const tb_app *app)
 {
     return app->userdata;
+}
+
+const char *tb__app_instance(const tb_app *app)
+{
+    return app->instance;
 }
 
 /* ---------------------------------------------------------------- listeners */
@@ -485,8 +497,8 @@ int tb_app_run(tb_app *app)
         goto stopping;
     }
 
-    if (app->router && app->cfg.http.listen &&
-        (rc = tb__http_server_start(app)) != 0) {
+    if (app->router && app->http &&
+        (rc = app->http->ops->start(app->http)) != 0) {
         tb__log(TB_LOG_ERROR, "HTTP server on %s failed to start: %s",
                 app->cfg.http.listen, tb_strerror(rc));
         goto stopping;
@@ -516,7 +528,8 @@ stopping:
     }
     /* Stop accepting requests first; handlers in flight finish while the
      * workers and the bus still run. */
-    tb__http_server_stop(app);
+    if (app->http)
+        app->http->ops->stop(app->http);
     close_registry(app);
     workers_stop(app, started);
     atomic_store_explicit(&app->bus_up, 0, memory_order_release);

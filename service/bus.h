@@ -5,10 +5,11 @@
 #include "taskbus/taskbus.h"
 
 /* A bus carries events from tb_dispatch() to every worker of every instance
- * that shares it. The core calls publish(); the bus calls tb__app_deliver()
- * for each event it receives (from any thread), which fans the event out to
- * the workers. An event published by this instance must reach this
- * instance's workers exactly once, through the bus (no local shortcut).
+ * that shares it. The core calls publish(); the bus hands each event it
+ * receives to the workers (from any thread): through tb__bus_rx when it
+ * comes from a backend, else with tb__app_deliver(). An event published by
+ * this instance must reach this instance's workers exactly once, through
+ * the bus (no local shortcut). adapters/compose.c makes the app's bus.
  *
  * Lifecycle, all called by the core on the thread that runs tb_app_run:
  * start() before the workers start, stop() after they have stopped, free()
@@ -42,13 +43,190 @@ struct tb__bus {
     tb_app *app;
 };
 
-/* adapters/bus_memory.c: in-process fan-out, the embedded default. */
-tb__bus *tb__bus_memory_new(tb_app *app);
+/* --------------------------------------------------------------- connection */
 
-/* adapters/bus_redis.c: Redis pub/sub through hiredis on its own libevent
- * thread. Reads the app's redis_* settings. Returns NULL and sets *err
- * (TB_EINVAL with a logged reason for a bad URL, TB_ENOMEM). Connecting
- * starts in start(). */
-tb__bus *tb__bus_redis_new(tb_app *app, int *err);
+/* A bus's connection to its backend as tb_bus_status shows it, for every
+ * bus that has one (service/bus_conn.c): CONNECTING (the first attempt)
+ * -> CONNECTED -> RECONNECTING (lost; retrying with backoff) -> CONNECTED
+ * ...; STOPPED before start and after stop. With it: since when, the
+ * failed attempts in a row, the reconnects, the last error, and the
+ * backoff between attempts. The bus's own thread moves it; any thread
+ * reads it. */
+typedef struct tb__bus_conn tb__bus_conn;
+
+/* A connection in state STOPPED whose attempts back off from retry_min_ms
+ * to retry_max_ms (see tb__bus_conn_backoff_ms). NULL on ENOMEM. */
+tb__bus_conn *tb__bus_conn_new(int retry_min_ms, int retry_max_ms);
+void tb__bus_conn_free(tb__bus_conn *c); /* NULL is a no-op */
+
+/* The state now. Any thread; what the bus did before it moved the state
+ * there is visible to whoever reads it. */
+tb_bus_state tb__bus_conn_state(tb__bus_conn *c);
+
+/* Moves to st (CONNECTING at start, STOPPED at the end; up and down below
+ * make the others) and wakes tb__bus_conn_wait. */
+void tb__bus_conn_set(tb__bus_conn *c, tb_bus_state st);
+
+/* The connection is up: CONNECTED. Returns how many attempts had failed in
+ * a row before it; *reconnected is 1 when it had been lost (RECONNECTING;
+ * counted as a reconnect), else 0. */
+uint64_t tb__bus_conn_up(tb__bus_conn *c, int *reconnected);
+
+/* An attempt failed, or the connection was lost, because of why (copied:
+ * the last error). Returns the failed attempts in a row: 0 when it was
+ * connected, and then it is RECONNECTING and *lost is 1 (else 0). */
+uint64_t tb__bus_conn_down(tb__bus_conn *c, const char *why, int *lost);
+
+/* The wait before the next attempt after `failed` failed attempts in a row
+ * (0: the connection was just lost): retry_min_ms doubled per failure,
+ * capped at retry_max_ms, then a uniform pick between half and all of it
+ * so that instances do not retry in lockstep. The bus's thread. */
+int64_t tb__bus_conn_backoff_ms(tb__bus_conn *c, uint64_t failed);
+
+/* Waits up to timeout_us for CONNECTED: 1 when it is, else 0 with the last
+ * error ("" when none yet) in err. */
+int tb__bus_conn_wait(tb__bus_conn *c, int64_t timeout_us, char *err,
+                      size_t errsz);
+
+/* Fills out's state, since_us, attempts, reconnects and last_error. Any
+ * thread. */
+void tb__bus_conn_status(tb__bus_conn *c, tb_bus_info *out);
+
+/* ---------------------------------------------------------------- publish */
+
+/* What every bus does with the events it is asked to publish (service/
+ * bus_tx.c): accepts them from any thread (encoding each envelope on the
+ * publisher's thread), bounded in number, hands them to the bus's own
+ * thread, and runs each one's callback once with the outcome: confirmed,
+ * given up when unsent for too long, or given up at stop.
+ * Sending, confirming and resending are the bus's: it moves requests
+ * between its own lists (queued, in flight) with the tb__bus_reqlist
+ * calls. */
+
+/* One event accepted for publishing. */
+typedef struct tb__bus_req {
+    struct tb__bus_req *next;
+    char *env; /* the JSON envelope (tb__envelope_encode), owned */
+    size_t envlen;
+    tb__publish_cb cb;
+    void *ud;
+    int64_t accepted_us; /* monotonic */
+    int64_t sent_us;     /* monotonic, last time the bus sent it */
+    size_t chlen;
+    char id[TB_EVENT_ID_MAX];
+    char channel[]; /* the bus's prefix and the event name */
+} tb__bus_req;
+
+/* A FIFO of requests; zero it to start. */
+typedef struct tb__bus_reqlist {
+    tb__bus_req *head, *tail;
+    size_t n;
+} tb__bus_reqlist;
+
+void tb__bus_reqlist_push(tb__bus_reqlist *l, tb__bus_req *q);
+/* The first request, taken off l, or NULL. */
+tb__bus_req *tb__bus_reqlist_pop(tb__bus_reqlist *l);
+/* Move all of src to the end (append) or the front (prepend) of dst, in
+ * order; src becomes empty. */
+void tb__bus_reqlist_append(tb__bus_reqlist *dst, tb__bus_reqlist *src);
+void tb__bus_reqlist_prepend(tb__bus_reqlist *dst, tb__bus_reqlist *src);
+/* Frees the requests of *l without running their callbacks. */
+void tb__bus_reqlist_free(tb__bus_reqlist *l);
+
+typedef struct tb__bus_tx tb__bus_tx;
+
+/* A publish queue. prefix (copied, at most 127 bytes) starts every
+ * request's channel; at most queue_max requests are accepted and not yet
+ * completed; one not sent retry_ms after it was accepted may be given up
+ * (tb__bus_tx_expire). wake(ud) runs when the queue goes from empty to
+ * holding a request, on the publisher's thread with the queue's lock held
+ * (so after tb__bus_tx_close it never runs): it must only signal the bus's
+ * thread (event_active, say). NULL on ENOMEM. */
+tb__bus_tx *tb__bus_tx_new(const char *prefix, int queue_max, int retry_ms,
+                           void (*wake)(void *ud), void *ud);
+
+/* Frees tx and the requests it still holds, without running their
+ * callbacks. NULL is a no-op. */
+void tb__bus_tx_free(tb__bus_tx *tx);
+
+/* Any thread. Encodes ev (borrowed) and queues it with cb and ud (cb may
+ * be NULL). 0, or TB_ESHUTDOWN (closed), TB_ENOSPC (queue_max requests
+ * accepted and not yet completed), TB_EINVAL (data not UTF-8), TB_ENOMEM;
+ * on error cb is never called. */
+int tb__bus_tx_put(tb__bus_tx *tx, const tb_event *ev, tb__publish_cb cb,
+                   void *ud);
+
+/* Any thread: every tb__bus_tx_put from now on fails with TB_ESHUTDOWN. */
+void tb__bus_tx_close(tb__bus_tx *tx);
+
+/* Bus thread: moves what was put since the last call to the end of *to. */
+void tb__bus_tx_take(tb__bus_tx *tx, tb__bus_reqlist *to);
+
+/* Bus thread: completes q (no longer on any list): runs its callback with
+ * status (0: the backend confirmed it), counts it published or failed, and
+ * frees it. */
+void tb__bus_tx_done(tb__bus_tx *tx, tb__bus_req *q, int status);
+
+/* Bus thread: completes with TB_ETIMEDOUT the requests of *l accepted more
+ * than retry_ms before now_us (monotonic). Returns how many. */
+size_t tb__bus_tx_expire(tb__bus_tx *tx, tb__bus_reqlist *l, int64_t now_us);
+
+/* Bus thread: completes every request of *l with status. Returns how
+ * many. */
+size_t tb__bus_tx_give_up(tb__bus_tx *tx, tb__bus_reqlist *l, int status);
+
+/* Fills out's published, publish_failed and queued. Any thread. */
+void tb__bus_tx_status(tb__bus_tx *tx, tb_bus_info *out);
+
+/* ---------------------------------------------------------------- receive */
+
+/* What every bus does with a message its backend delivered (service/
+ * bus_rx.c), so that a bus adapter only speaks its backend's protocol:
+ * takes the event name from the channel and checks it, refuses a message
+ * too large for max_event_size, skips what no listener in this process
+ * could match, decodes the envelope, drops an id seen among the last
+ * 16384 (a resend after a reconnect), and hands the events to the workers
+ * in batches. Each dropped message is counted (malformed, oversize) and
+ * logged with its channel, at most TB__RATELOG_BURST lines a second.
+ * Everything but tb__bus_rx_status runs on the bus's own thread. */
+typedef struct tb__bus_rx tb__bus_rx;
+
+/* A receiver for app's events. who names the bus in log lines ("redis
+ * bus"); prefix is what every channel holds before the event name
+ * ("<ns>:event:", at most 127 bytes); both are copied. schedule(ud) runs
+ * whenever the batch goes from empty to holding an event: the bus must
+ * then call tb__bus_rx_flush soon (after the read at hand, say). NULL on
+ * ENOMEM. Free with tb__bus_rx_free. */
+tb__bus_rx *tb__bus_rx_new(tb_app *app, const char *who, const char *prefix,
+                           void (*schedule)(void *ud), void *ud);
+
+/* Drops the events still batched (call tb__bus_rx_flush first to deliver
+ * them) and frees rx. NULL is a no-op. */
+void tb__bus_rx_free(tb__bus_rx *rx);
+
+/* Takes one message (len bytes at msg) received on channel (chlen bytes,
+ * not NUL-terminated). Returns 0 when its name and size were acceptable,
+ * whatever happened next (batched for the workers, skipped because nobody
+ * here listens, dropped as a duplicate or as a malformed envelope);
+ * TB_EINVAL when the channel holds no valid event name, TB_EMSGSIZE when
+ * no envelope of an acceptable event is that large (both counted and
+ * logged). msg is not kept. */
+int tb__bus_rx_message(tb__bus_rx *rx, const char *channel, size_t chlen,
+                       const char *msg, size_t len);
+
+/* Counts and logs a message of len bytes on channel that the bus could not
+ * even read as one (why: a static reason), as malformed. */
+void tb__bus_rx_refuse(tb__bus_rx *rx, const char *channel, size_t chlen,
+                       size_t len, const char *why);
+
+/* Hands the batched events to the workers (tb__app_deliver_batch). */
+void tb__bus_rx_flush(tb__bus_rx *rx);
+
+/* Logs how many drop lines were suppressed once their second is over (see
+ * tb__ratelog_flush; now_us monotonic, INT64_MAX: at once). */
+void tb__bus_rx_tick(tb__bus_rx *rx, int64_t now_us);
+
+/* Fills out's received, duplicates, malformed and oversize. Any thread. */
+void tb__bus_rx_status(tb__bus_rx *rx, tb_bus_info *out);
 
 #endif /* TASKBUS_BUS_H */

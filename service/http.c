@@ -303,14 +303,6 @@ static int check_token(tb_http_req *req, const char *token)
     return ok ? AUTH_OK : AUTH_WRONG;
 }
 
-int tb__http_refuse(tb_http_req *req, int status, const char *code,
-                    const char *message)
-{
-    if (!req->request_id[0])
-        set_request_id(req);
-    return error_answer(req, status, code, message, NULL);
-}
-
 static int dispatch(tb_http_req *req, tb_ws **upgrade)
 {
     set_request_id(req);
@@ -368,12 +360,35 @@ static int dispatch(tb_http_req *req, tb_ws **upgrade)
     return req->status;
 }
 
-int tb__http_handle(tb_http_req *req)
+/* The request the server read, about to be handled; the rest zero: no
+ * route matched yet (match.tmpl NULL), no request id, not answered. */
+static tb_http_req request_of(tb_app *app, const tb__http_in *in)
 {
+    return (tb_http_req){
+        .app = app,
+        .ops = in->ops,
+        .conn = in->conn,
+        .method = in->method,
+        .path = in->path,
+        .query = in->query,
+        .body = in->body,
+        .body_len = in->body_len,
+    };
+}
+
+int tb__http_refuse(tb_app *app, const tb__http_in *in, int status,
+                    const char *code, const char *headers, const char *message)
+{
+    tb_http_req req = request_of(app, in);
+    tb__http_error_headers(&req, status, code, headers, message);
+    return status;
+}
+
+int tb__http_handle(tb_app *app, const tb__http_in *in)
+{
+    tb_http_req r = request_of(app, in), *req = &r;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    req->status = 0;
-    req->match.tmpl = NULL; /* stays NULL unless a route matched */
     int status = dispatch(req, NULL);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (status && req->app->metrics)
@@ -384,12 +399,11 @@ int tb__http_handle(tb_http_req *req)
     return status;
 }
 
-tb_ws *tb__http_handle_upgrade(tb_http_req *req)
+tb_ws *tb__http_handle_upgrade(tb_app *app, const tb__http_in *in)
 {
+    tb_http_req r = request_of(app, in), *req = &r;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    req->status = 0;
-    req->match.tmpl = NULL;
     tb_ws *ws = NULL;
     int status = dispatch(req, &ws);
     if (!status && !ws)

@@ -9,6 +9,7 @@
 
 #include "taskbus/taskbus.h"
 
+#include "adapter.h" /* what adapters see of the core; bus.h, log.h */
 #include "bus.h"
 #include "coro.h"
 #include "htab.h"
@@ -138,7 +139,7 @@ enum {
 };
 
 /* A registration on a task's finish list: whoever waits for it (a task on
- * some worker, woken through its inbox) - see tb__task_watch(). */
+ * some worker, woken through its inbox) - see tb__task_wait_finished(). */
 typedef struct tb__watch {
     struct tb__watch *next;
     tb_task *waiter;
@@ -198,6 +199,34 @@ void tb__task_unref(tb_task *t);
  * shutdown) lets go of its confirmation, so that the bus's later callback
  * no longer points at it. Its worker's thread, from finish(). */
 void tb__event_abandon_confirm(tb_task *t);
+
+/* 1 once t has ended (done, failed or cancelled). Read under reg_mu, or on
+ * t's own worker. */
+static inline int tb__task_finished(const tb_task *t)
+{
+    return t->state >= TB_TASK_DONE;
+}
+
+/* task.c: unlinks t from the registry (reg_mu held) and drops the
+ * registry's reference. */
+void tb__task_registry_drop(tb_app *app, tb_task *t);
+
+/* Marks t cancel-requested (sticky) and cancel-pending (consumed by the
+ * delivery, tb__task_deliver_cancel). Any thread. */
+void tb__task_request_cancel(tb_task *t);
+
+/* A deadline read from the clock only once something has to wait, shared
+ * by several waits in a row. */
+typedef struct tb__deadline {
+    int timeout_ms; /* negative: none */
+    int64_t at_us;  /* monotonic; 0 until computed */
+} tb__deadline;
+
+/* Suspends self (TB_TASK_FN) until target has finished or dl passes: 0,
+ * TB_ETIMEDOUT, TB_ECANCELED, TB_ENOMEM. who names the caller for
+ * tb__task_enter. */
+int tb__task_wait_finished(tb_task *self, tb_task *target, tb__deadline *dl,
+                           const char *who);
 
 /* tb_task_cancel, and then, unless it returns TB_ENOENT or TB_EINVAL or
  * TB_ENOMEM, a snapshot of the first (lowest id) of the tasks it cancelled
@@ -420,7 +449,8 @@ struct tb_app {
     struct tb__router *router; /* HTTP routes, NULL if none */
     void **route_fns;          /* the handlers' wrappers, freed with us */
     size_t nroute_fns;
-    void *http_server;              /* the adapter's, while serving */
+    tb__http_server *http;          /* compose.c's, or NULL: no HTTP */
+    const tb__wsconn_ops *wsconn;   /* its websockets' framing */
     void *metrics;                  /* metrics.c: request counters */
     struct app_kinds *kinds;        /* kinds.c: task kinds by name */
     struct tb__ws_route *ws_routes; /* ws.c: websocket endpoints */
@@ -463,8 +493,6 @@ struct tb_app {
  * relate settings (config.c). 0, or TB_EINVAL with the reason logged. */
 int tb__config_check(const tb_app_config *c);
 
-int64_t tb__now_us(void);  /* CLOCK_REALTIME */
-int64_t tb__mono_us(void); /* CLOCK_MONOTONIC */
 /* *ts = CLOCK_MONOTONIC now + timeout_ms, for pthread_cond_timedwait on a
  * condition variable created with that clock. */
 struct timespec;
@@ -474,11 +502,9 @@ void tb__deadline_ts(struct timespec *ts, int timeout_ms);
  * first non-zero return for start kinds, else 0. */
 int tb__app_run_listeners(tb_app *app, tb_listener_kind kind, int worker);
 
-/* Hands ev to every worker's inbox (one reference each); the caller keeps
- * its own reference. Used by buses when an event arrives. */
-void tb__app_deliver(tb_app *app, tb_event *ev);
-/* The same for n events at once: one lock and at most one wake-up per
- * worker for the whole batch. The caller keeps its references. */
+/* tb__app_deliver (adapter.h) for n events at once: one lock and at most
+ * one wake-up per worker for the whole batch. The caller keeps its
+ * references. */
 void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n);
 
 /* 1 if a listener on some worker could match the event name (split and

@@ -1,8 +1,10 @@
-/* log.c - process-wide logging: level filter, swappable handler, and the
- * default handler that writes one line per message to stderr. */
+/* log.c - process-wide logging: level filter, swappable handler, the
+ * default handler that writes one line per message to stderr, and rate
+ * limits for lines that a flood could repeat. */
 #include "log.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -174,4 +176,49 @@ void tb_log(tb_log_level lvl, const char *fmt, ...)
     va_start(ap, fmt);
     tb__vlog(lvl, fmt, ap);
     va_end(ap);
+}
+
+/* ---------------------------------------------------------------- floods */
+
+const char *tb__log_printable(char *buf, size_t size, const char *s, size_t len)
+{
+    size_t room = size - 1, n = 0;
+    int cut = len > room;
+    if (cut)
+        room -= 3;
+    for (; n < len && n < room; n++) {
+        unsigned char c = (unsigned char)s[n];
+        buf[n] = (c >= 0x20 && c < 0x7f) ? (char)c : '?';
+    }
+    if (cut) {
+        memcpy(buf + n, "...", 3);
+        n += 3;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+void tb__ratelog_flush(tb__ratelog *r, int64_t now_us)
+{
+    if (r->suppressed &&
+        (now_us - r->start_us >= 1000000 || now_us == INT64_MAX)) {
+        tb__log(TB_LOG_WARN, "%s: %" PRIu64 " more %s suppressed", r->who,
+                r->suppressed, r->what);
+        r->suppressed = 0;
+    }
+}
+
+int tb__ratelog_ok(tb__ratelog *r, int64_t now_us)
+{
+    if (now_us - r->start_us >= 1000000) {
+        tb__ratelog_flush(r, now_us);
+        r->start_us = now_us;
+        r->lines = 0;
+    }
+    if (r->lines < TB__RATELOG_BURST) {
+        r->lines++;
+        return 1;
+    }
+    r->suppressed++;
+    return 0;
 }

@@ -47,4 +47,35 @@ const char *tb__log_level_name(tb_log_level lvl);
 size_t tb__log_format_line(char *buf, size_t size, tb_log_level lvl,
                            int64_t ts_us, const char *msg);
 
+/* Copies len bytes of s into buf (size >= 8 bytes) for a log line: bytes
+ * outside printable ASCII become '?', and a long string ends in "...".
+ * Returns buf. For text that came from outside (a channel name, a peer's
+ * bytes), which may hold anything. */
+const char *tb__log_printable(char *buf, size_t size, const char *s,
+                              size_t len);
+
+/* How many lines of one kind a tb__ratelog lets through per second. */
+#define TB__RATELOG_BURST 10
+
+/* A rate limit for one kind of log line that a flood could repeat: at most
+ * TB__RATELOG_BURST lines a second, then, once that second is over, one
+ * "<who>: N more <what> suppressed" line. Zero it and set who and what (both
+ * static strings). Not locked: one thread uses it (a bus's own thread). */
+typedef struct tb__ratelog {
+    const char *who;  /* "redis bus" */
+    const char *what; /* "dropped-message lines" */
+    int64_t start_us; /* monotonic: the second being counted began */
+    int lines;
+    uint64_t suppressed;
+} tb__ratelog;
+
+/* 1 if a line may be logged now (now_us: monotonic), else 0 and the line
+ * is counted as suppressed. */
+int tb__ratelog_ok(tb__ratelog *r, int64_t now_us);
+
+/* Logs how many lines were suppressed once their second is over; call it
+ * now and then (a periodic timer), so that the count shows even if the
+ * flood stops. now_us == INT64_MAX: at once (at stop). */
+void tb__ratelog_flush(tb__ratelog *r, int64_t now_us);
+
 #endif /* TASKBUS_LOG_H */

@@ -2,6 +2,9 @@
  * the hand-over of an upgraded socket to a worker, the handler task, and
  * tb_ws_recv / tb_ws_send.
  *
+ * The socket itself is served by the framing adapter the app was given
+ * (app->wsconn, see adapter.h), called through its ops only.
+ *
  * Threads: tb__ws_accept runs on an HTTP thread; everything about a
  * connection after tb__ws_adopt happens on the worker that serves it (its
  * socket, its receive queue, its handler task), except tb_ws_send and
@@ -121,6 +124,24 @@ void tb__ws_release(tb_ws *ws)
         ws_unref(ws);
 }
 
+/* ---------------------------------------------------------------- framing */
+
+/* The framing adapter's calls, on the worker's thread, for a connection
+ * that has not ended (ws->conn set). */
+
+static int conn_send(tb_ws *ws, int binary, const void *data, size_t len)
+{
+    int rc = ws->app->wsconn->send(ws->conn, binary, data, len);
+    if (rc == TB_ENOSPC) /* a slow client: now closing with 1008 */
+        atomic_fetch_add(&ws->app->ws_slow_closes, 1);
+    return rc;
+}
+
+static void conn_close(tb_ws *ws, int code, const char *reason)
+{
+    ws->app->wsconn->close(ws->conn, code, reason);
+}
+
 /* ---------------------------------------------------------------- routes */
 
 int tb_app_add_websocket(tb_app *app, const char *path, tb_ws_fn fn,
@@ -158,6 +179,11 @@ void tb__ws_app_free(tb_app *app)
 int tb__ws_clients(tb_app *app)
 {
     return atomic_load(&app->ws_clients);
+}
+
+int tb__app_has_websockets(const tb_app *app)
+{
+    return app->ws_routes != NULL;
 }
 
 /* ---------------------------------------------------------------- accept */
@@ -294,7 +320,7 @@ static void handler_release(void *arg)
     ws->handler_done = 1;
     ws->recv_waiter = NULL;
     if (ws->conn && tb__worker_current() == ws->w && !atomic_load(&ws->closed))
-        tb__wsconn_close(ws->conn, 1011, "the handler did not run");
+        conn_close(ws, 1011, "the handler did not run");
     ws_unref(ws);
 }
 
@@ -325,7 +351,7 @@ static void adopt_on_worker(tb_app *app, int wi, void *arg)
         .ping_timeout_ms = cfg->ws.ping_timeout_ms,
         .close_timeout_ms = CLOSE_TIMEOUT_MS,
     };
-    ws->conn = tb__wsconn_open(ws, w->base, fd, &lim, ws->peer);
+    ws->conn = app->wsconn->open(ws, w->base, fd, &lim, ws->peer);
     if (!ws->conn) {
         tb__log(TB_LOG_ERROR, "ws %s (request %s): out of memory", ws->path,
                 ws->request_id);
@@ -358,8 +384,7 @@ static void adopt_on_worker(tb_app *app, int wi, void *arg)
                 "ws %s (request %s, %s): no handler task: %s", ws->path,
                 ws->request_id, ws->peer, tb_strerror(rc));
         atomic_store(&ws->closed, 1);
-        tb__wsconn_close(ws->conn, code,
-                         rc == TB_EEXIST ? "request id in use" : "");
+        conn_close(ws, code, rc == TB_EEXIST ? "request id in use" : "");
     }
 }
 
@@ -369,6 +394,29 @@ static void adopt_drop(void *arg)
     if (ws->w)
         atomic_fetch_sub(&ws->w->nws, 1);
     ws_unref(ws); /* closes fd */
+}
+
+/* Counted, and logged at most once a second with the count: a client that
+ * resets right after its upgrade leaves no socket to find, and hundreds of
+ * them must not write hundreds of lines. */
+void tb__ws_handover_failed(tb_app *app, const char *path, const char *addr,
+                            int port, int found)
+{
+    uint64_t n = atomic_fetch_add(&app->ws_handover_failures, 1) + 1;
+    int64_t now = tb__mono_us();
+    int64_t last = atomic_load(&app->ws_handover_logged_us);
+    if (now - last < 1000000 || !atomic_compare_exchange_strong(
+                                    &app->ws_handover_logged_us, &last, now))
+        return;
+    uint64_t before = atomic_exchange(&app->ws_handover_logged_n, n);
+    tb__log(found ? TB_LOG_ERROR : TB_LOG_WARN,
+            "ws %s from %s:%d: cannot take the socket over from the HTTP "
+            "server (%s); closing it (%" PRIu64 " such failure(s) since the "
+            "last line, %" PRIu64 " in all; at most one line a second)",
+            path, addr, port,
+            found ? "out of descriptors"
+                  : "not found: the client closed the connection?",
+            n - before, n);
 }
 
 void tb__ws_adopt(tb_ws *ws, int fd)
@@ -414,9 +462,9 @@ static int ws_task(tb_task *self, void *arg)
     if (ws->conn) {
         atomic_store(&ws->closed, 1);
         if (stopping(ws->app))
-            tb__wsconn_close(ws->conn, 1001, "server stopping");
+            conn_close(ws, 1001, "server stopping");
         else
-            tb__wsconn_close(ws->conn, 1000, "");
+            conn_close(ws, 1000, "");
     }
     return rc;
 }
@@ -429,7 +477,7 @@ int tb__ws_on_message(tb_ws *ws, int binary, const void *data, size_t len)
                 "ws %s (request %s): out of memory for a message of %zu "
                 "bytes; closing",
                 ws->path, ws->request_id, len);
-        tb__wsconn_close(ws->conn, 1011, "out of memory");
+        conn_close(ws, 1011, "out of memory");
         return 1;
     }
     m->next = NULL;
@@ -500,7 +548,7 @@ void tb__ws_worker_shutdown(tb__worker *w)
     }
     while (w->ws_head) {
         tb_ws *ws = w->ws_head;
-        tb__wsconn_abort(ws->conn); /* unlinks it through on_end */
+        w->app->wsconn->abort(ws->conn); /* unlinks it through on_end */
     }
 }
 
@@ -533,7 +581,7 @@ int tb_ws_recv(tb_task *self, tb_ws *ws, int timeout_ms, tb_ws_msg *msg)
                 ws->qlen < ws->app->cfg.ws.recv_queue_msgs &&
                 ws->qbytes < ws->app->cfg.ws.max_message) {
                 ws->paused = 0;
-                tb__wsconn_pause(ws->conn, 0);
+                ws->app->wsconn->pause(ws->conn, 0);
             }
             return 0;
         }
@@ -572,9 +620,9 @@ static void send_on_worker(tb_app *app, int wi, void *arg)
     sendmsg_call *m = arg;
     if (m->ws->conn) {
         if (m->binary < 0)
-            tb__wsconn_close(m->ws->conn, (int)m->len, m->data);
+            conn_close(m->ws, (int)m->len, m->data);
         else
-            tb__wsconn_send(m->ws->conn, m->binary, m->data, m->len);
+            conn_send(m->ws, m->binary, m->data, m->len);
     }
     ws_unref(m->ws);
     free(m);
@@ -615,8 +663,7 @@ static int ws_send(tb_ws *ws, int binary, const void *data, size_t len)
     if (atomic_load(&ws->closed))
         return TB_EPIPE;
     if (tb__worker_current() == ws->w)
-        return ws->conn ? tb__wsconn_send(ws->conn, binary, data, len)
-                        : TB_EPIPE;
+        return ws->conn ? conn_send(ws, binary, data, len) : TB_EPIPE;
     return post_to_worker(ws, binary, data, len, len);
 }
 
@@ -657,7 +704,7 @@ void tb_ws_close(tb_ws *ws, int code, const char *reason)
             char r[124];
             memcpy(r, reason, rlen);
             r[rlen] = '\0';
-            tb__wsconn_close(ws->conn, code, r);
+            conn_close(ws, code, r);
         }
         return;
     }

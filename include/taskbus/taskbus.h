@@ -175,7 +175,9 @@ typedef struct tb_core_config {
 /* The event bus. With no url, events stay in this process (the in-process
  * bus). With one, they travel over Redis pub/sub on channel
  * "<event_namespace>:event:<name>" between every instance that shares the
- * server and namespace. */
+ * server and namespace. A library built without Redis (CMake
+ * TB_WITH_REDIS=OFF, no hiredis) has the in-process bus only: a url makes
+ * tb_app_new fail. */
 typedef struct tb_redis_config {
     const char *url;        /* redis://[user:password@]host[:port][/db] or
                                unix://[user:password@]/path[?db=N]; NULL or
@@ -199,7 +201,10 @@ typedef struct tb_redis_config {
     void *reserved_[8];
 } tb_redis_config;
 
-/* The embedded HTTP server (civetweb). */
+/* The embedded HTTP server (civetweb). A library built without it (CMake
+ * TB_WITH_HTTP=OFF, no civetweb or wslay) serves no HTTP: a listen makes
+ * tb_app_new fail; routes and websocket endpoints may still be added, and
+ * nothing serves them. */
 typedef struct tb_http_config {
     const char *listen; /* "127.0.0.1:8080" (IPv4 host:port; civetweb 1.15
                            has no IPv6); NULL or "": no HTTP server */
@@ -303,7 +308,10 @@ int tb_config_format(const tb_app_config *cfg, const tb_config_setting *s,
 
 /* Creates an app. cfg may be NULL for defaults; it is copied. Returns NULL
  * and sets *err (if err is not NULL) to a TB_E* code on bad config or no
- * memory. The app is not running until tb_app_run(). */
+ * memory. A setting that needs an adapter this build of the library lacks
+ * (redis.url without Redis, http.listen without HTTP: see their groups) is
+ * bad config: TB_EINVAL, with a logged line that says which. The app is
+ * not running until tb_app_run(). */
 tb_app *tb_app_new(const tb_app_config *cfg, int *err);
 
 /* Runs the app on the calling thread (the "main process" of Sanic's model):

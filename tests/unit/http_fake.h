@@ -64,17 +64,16 @@ static inline int fake_handle(fake_conn *c, tb_app *app, const char *method,
 {
     static const tb__http_conn_ops ops = {fake_header, fake_send, fake_gone,
                                           NULL};
-    tb_http_req req;
-    memset(&req, 0, sizeof req);
-    req.app = app;
-    req.ops = &ops;
-    req.conn = c;
-    req.method = method;
-    req.path = path;
-    req.query = query;
-    req.body = body;
-    req.body_len = body_len;
-    return tb__http_handle(&req);
+    tb__http_in in = {
+        .ops = &ops,
+        .conn = c,
+        .method = method,
+        .path = path,
+        .query = query,
+        .body = body,
+        .body_len = body_len,
+    };
+    return tb__http_handle(app, &in);
 }
 
 #endif /* TASKBUS_TESTS_HTTP_FAKE_H */
