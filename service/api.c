@@ -174,6 +174,22 @@ static int error_with(tb_http_req *req, int status, const char *code,
 
 static int parse_timeout(const char *s, long max_s, int *ms);
 
+/* ?timeout=S into *ms when given (else *ms is left as it is). 0 when it is
+ * not decimal seconds in 0..max_s: answer bad_timeout. */
+static int query_timeout(tb_http_req *req, long max_s, int *ms)
+{
+    char tbuf[32];
+    int rc = tb_http_query(req, "timeout", tbuf, sizeof tbuf);
+    return rc == TB_ENOENT || (rc >= 0 && parse_timeout(tbuf, max_s, ms) == 0);
+}
+
+static int bad_timeout(tb_http_req *req, long max_s)
+{
+    return tb_http_error(req, 400, "bad_timeout",
+                         "timeout must be a number of seconds in 0..%ld",
+                         max_s);
+}
+
 /* POST /events/{name}: the body is the event's data, as is. 202 once the
  * bus has confirmed it. */
 static int post_event(tb_http_req *req, void *ud)
@@ -383,11 +399,7 @@ static int wait_answer(tb_http_req *req, tb_app *app, const char *pattern,
         return tb_http_error(req, 500, "internal", "out of memory");
     atomic_init(&w->refs, 2); /* the handler's, the task's */
     pthread_mutex_init(&w->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&w->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    tb__cond_init_mono(&w->cv);
     snprintf(w->pattern, sizeof w->pattern, "%s", pattern);
     w->timeout_ms = timeout_ms;
 
@@ -506,13 +518,9 @@ static int wait_event(tb_http_req *req, void *ud)
                              "of [A-Za-z0-9_-], \"*\" or \"<param>\"",
                              TB_EVENT_SEGMENTS_MAX);
     int timeout_ms = WAIT_TIMEOUT_DEFAULT_MS;
-    char tbuf[32];
-    int rc = tb_http_query(req, "timeout", tbuf, sizeof tbuf);
-    if (rc != TB_ENOENT &&
-        (rc < 0 || parse_timeout(tbuf, WAIT_TIMEOUT_MAX_S, &timeout_ms) != 0))
-        return tb_http_error(req, 400, "bad_timeout",
-                             "timeout must be a number of seconds in 0..%d",
-                             WAIT_TIMEOUT_MAX_S);
+    int rc;
+    if (!query_timeout(req, WAIT_TIMEOUT_MAX_S, &timeout_ms))
+        return bad_timeout(req, WAIT_TIMEOUT_MAX_S);
     int st = atomic_load(&app->state);
     if (st == TB__APP_NEW || st == TB__APP_STARTING)
         return tb_http_error(req, 503, "not_running",
@@ -660,13 +668,9 @@ static int cancel_task(tb_http_req *req, void *ud)
     tb_app *app = tb_http_app(req);
     const char *name = tb_http_param(req, "name");
     int timeout_ms = tb_app_get_config(app)->core.graceful_timeout_ms;
-    char tbuf[32];
-    int rc = tb_http_query(req, "timeout", tbuf, sizeof tbuf);
-    if (rc != TB_ENOENT &&
-        (rc < 0 || parse_timeout(tbuf, CANCEL_TIMEOUT_MAX_S, &timeout_ms) != 0))
-        return tb_http_error(req, 400, "bad_timeout",
-                             "timeout must be a number of seconds in 0..%d",
-                             CANCEL_TIMEOUT_MAX_S);
+    if (!query_timeout(req, CANCEL_TIMEOUT_MAX_S, &timeout_ms))
+        return bad_timeout(req, CANCEL_TIMEOUT_MAX_S);
+    int rc;
     tb_task_info info;
     int replicas = 0;
     rc = tb__task_cancel_report(app, name, timeout_ms, &info, &replicas);
@@ -774,11 +778,7 @@ static int healthz(tb_http_req *req, void *ud)
         return tb_http_error(req, 500, "internal", "out of memory");
     atomic_init(&p->refs, 1);
     pthread_mutex_init(&p->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&p->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    tb__cond_init_mono(&p->cv);
     p->pending = n;
     for (int i = 0; i < n; i++)
         if (probe_post(app, p, i) != 0)

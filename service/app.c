@@ -32,6 +32,15 @@ int64_t tb__mono_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+void tb__cond_init_mono(pthread_cond_t *cv)
+{
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(cv, &ca);
+    pthread_condattr_destroy(&ca);
+}
+
 void tb__deadline_ts(struct timespec *ts, int timeout_ms)
 {
     clock_gettime(CLOCK_MONOTONIC, ts);
@@ -124,11 +133,7 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
     pthread_mutex_init(&app->start_mu, NULL);
     pthread_cond_init(&app->start_cv, NULL);
     pthread_mutex_init(&app->reg_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&app->done_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    tb__cond_init_mono(&app->done_cv);
     pthread_mutex_init(&app->blk_mu, NULL);
     pthread_cond_init(&app->blk_cv, NULL);
     tb__htab_init(&app->names);

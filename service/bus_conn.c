@@ -138,11 +138,7 @@ tb__bus_conn *tb__bus_conn_new(int retry_min_ms, int retry_max_ms)
         seed = (uint64_t)tb__mono_us() ^ (uint64_t)(uintptr_t)c;
     c->rng = seed | 1;
     pthread_mutex_init(&c->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    tb__cond_init_mono(&c->cv);
     atomic_init(&c->state, TB_BUS_STOPPED);
     c->since_us = tb__now_us();
     return c;

@@ -262,11 +262,7 @@ int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
     }
     atomic_init(&c->refs, 2); /* ours + the callback's */
     pthread_mutex_init(&c->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    tb__cond_init_mono(&c->cv);
     c->task = self;
     if (self) {
         c->seq = tb__task_begin_wait(self, TB__WAIT_TASK);

@@ -494,9 +494,12 @@ struct tb_app {
 int tb__config_check(const tb_app_config *c);
 
 /* *ts = CLOCK_MONOTONIC now + timeout_ms, for pthread_cond_timedwait on a
- * condition variable created with that clock. */
+ * condition variable made by tb__cond_init_mono. */
 struct timespec;
 void tb__deadline_ts(struct timespec *ts, int timeout_ms);
+/* pthread_cond_init on CLOCK_MONOTONIC (a wall-clock step cannot stretch or
+ * cut a timed wait). */
+void tb__cond_init_mono(pthread_cond_t *cv);
 
 /* Runs the listeners of kind in order (reverse for stop kinds). Returns the
  * first non-zero return for start kinds, else 0. */
