@@ -367,7 +367,8 @@ static json_t *event_json(const tb_event *ev)
 
 /* Adds the wait task, named after the request (a reused X-Request-ID that a
  * live wait holds gets a suffix). *name gets the name. */
-static int wait_task_add(tb_http_req *req, waiter *w, char *name, size_t size)
+static int wait_task_add(tb_http_req *req, waiter *w, char *name, size_t size,
+                         uint64_t *id)
 {
     tb_app *app = tb_http_app(req);
     snprintf(name, size, "http.wait:%s", tb_http_request_id(req));
@@ -378,11 +379,11 @@ static int wait_task_add(tb_http_req *req, waiter *w, char *name, size_t size)
     o.flags = TB_TASK_EPHEMERAL; /* no finished entry per request */
     o.ud_free = waiter_task_release;
     o.name = name;
-    int rc = tb_task_add(app, wait_task, w, &o, NULL);
+    int rc = tb_task_add(app, wait_task, w, &o, id);
     if (rc == TB_EEXIST) {
         snprintf(name, size, "http.wait:%s-%" PRIu64, tb_http_request_id(req),
                  (uint64_t)atomic_fetch_add(&app->event_seq, 1) + 1);
-        rc = tb_task_add(app, wait_task, w, &o, NULL);
+        rc = tb_task_add(app, wait_task, w, &o, id);
     }
     return rc;
 }
@@ -404,7 +405,8 @@ static int wait_answer(tb_http_req *req, tb_app *app, const char *pattern,
     w->timeout_ms = timeout_ms;
 
     char name[TB_TASK_NAME_MAX + 1];
-    int rc = wait_task_add(req, w, name, sizeof name);
+    uint64_t task_id = 0;
+    int rc = wait_task_add(req, w, name, sizeof name, &task_id);
     if (rc) {
         waiter_unref(w); /* arg_free is not called on error */
         waiter_unref(w);
@@ -458,8 +460,11 @@ static int wait_answer(tb_http_req *req, tb_app *app, const char *pattern,
     w->ev = NULL;
     pthread_mutex_unlock(&w->mu);
     if (!done && !ended) {
-        /* Given up: the task must not outlive the request for long. */
-        int crc = tb_task_cancel(app, name, WAIT_CANCEL_MS);
+        /* Given up: the task must not outlive the request for long. By id
+         * too: had it just ended, its name could already be another
+         * request's (a client's X-Request-ID names it). */
+        int crc = tb__task_cancel_report(app, name, task_id, WAIT_CANCEL_MS,
+                                         NULL, NULL);
         if (crc != 0 && crc != TB_ENOENT)
             tb__log(TB_LOG_WARN, "http: cancel of wait task %s: %s", name,
                     tb_strerror(crc));
@@ -673,7 +678,7 @@ static int cancel_task(tb_http_req *req, void *ud)
     int rc;
     tb_task_info info;
     int replicas = 0;
-    rc = tb__task_cancel_report(app, name, timeout_ms, &info, &replicas);
+    rc = tb__task_cancel_report(app, name, 0, timeout_ms, &info, &replicas);
     if (rc == TB_ENOENT || rc == TB_EINVAL || rc == TB_ENAMETOOLONG)
         return not_found(req, name);
     if (rc != 0 && rc != TB_ETIMEDOUT)

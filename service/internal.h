@@ -232,9 +232,11 @@ int tb__task_wait_finished(tb_task *self, tb_task *target, tb__deadline *dl,
  * TB_ENOMEM, a snapshot of the first (lowest id) of the tasks it cancelled
  * in *out and their number in *count (either may be NULL), taken after the
  * wait: the cancelled task's final state even if another task has taken
- * the name since. */
-int tb__task_cancel_report(tb_app *app, const char *name, int timeout_ms,
-                           tb_task_info *out, int *count);
+ * the name since. only_id, when not 0, limits the cancel to the task of
+ * that name with that id (a name whose task ended may be taken by another
+ * before the caller gets to cancel it). */
+int tb__task_cancel_report(tb_app *app, const char *name, uint64_t only_id,
+                           int timeout_ms, tb_task_info *out, int *count);
 
 /* Suspension protocol, used by every TB_TASK_FN:
  *   rc = tb__task_enter(self, "tb_x");     aborts unless self is running here;

@@ -300,15 +300,19 @@ typedef struct named_set {
     tb_task *small[4];
 } named_set;
 
-/* Collects refs to every task named name (reg_mu held). Returns the count
- * or TB_ENOMEM; release with release_all. */
-static int collect_named(tb_app *app, const char *name, named_set *set)
+/* Collects refs to every task named name, or only to the one with id
+ * only_id when it is not 0 (reg_mu held). Returns the count or TB_ENOMEM;
+ * release with release_all. */
+static int collect_named_id(tb_app *app, const char *name, uint64_t only_id,
+                            named_set *set)
 {
     const int small = (int)(sizeof set->small / sizeof set->small[0]);
     int n = 0;
     set->v = set->small;
     /* One walk of the chain in the common case (one or a few holders). */
     for (tb_task *t = first_named(app, name); t; t = next_named(t)) {
+        if (only_id && t->id != only_id)
+            continue;
         if (n < small)
             set->small[n] = t;
         n++;
@@ -320,12 +324,18 @@ static int collect_named(tb_app *app, const char *name, named_set *set)
         }
         int i = 0;
         for (tb_task *t = first_named(app, name); t; t = next_named(t))
-            set->v[i++] = t;
+            if (!only_id || t->id == only_id)
+                set->v[i++] = t;
     }
     for (int i = 0; i < n; i++)
         tb__task_ref(set->v[i]);
     set->n = n;
     return n;
+}
+
+static int collect_named(tb_app *app, const char *name, named_set *set)
+{
+    return collect_named_id(app, name, 0, set);
 }
 
 static void release_all(named_set *set)
@@ -391,11 +401,11 @@ static void info_fill(const tb_task *t, tb_task_info *o);
 
 int tb_task_cancel(tb_app *app, const char *name, int timeout_ms)
 {
-    return tb__task_cancel_report(app, name, timeout_ms, NULL, NULL);
+    return tb__task_cancel_report(app, name, 0, timeout_ms, NULL, NULL);
 }
 
-int tb__task_cancel_report(tb_app *app, const char *name, int timeout_ms,
-                           tb_task_info *out, int *count)
+int tb__task_cancel_report(tb_app *app, const char *name, uint64_t only_id,
+                           int timeout_ms, tb_task_info *out, int *count)
 {
     if (!app || !name)
         return TB_EINVAL;
@@ -406,7 +416,7 @@ int tb__task_cancel_report(tb_app *app, const char *name, int timeout_ms,
         self = NULL;
     named_set set;
     pthread_mutex_lock(&app->reg_mu);
-    int n = collect_named(app, name, &set);
+    int n = collect_named_id(app, name, only_id, &set);
     tb_task **v = set.v;
     if (n <= 0) {
         pthread_mutex_unlock(&app->reg_mu);

@@ -4,6 +4,8 @@
  * all through the public API of taskbus.h. */
 #include "harness.h"
 
+#include "internal.h"
+
 /* ------------------------------------------------------------ bodies */
 
 /* Shared by many tests: counters the tasks bump and the driver waits on. */
@@ -1520,6 +1522,36 @@ static void test_add_after_stop_is_eshutdown(void **state)
     tb_app_free(app);
 }
 
+/* A cancel by name and id leaves alone a newer task that took the name
+ * after the one it was meant for ended (the long poll's give-up cancel:
+ * its name comes from a client's X-Request-ID). */
+TH_APP_TEST(test_cancel_by_name_and_id, th_app_new(1, 2000), 10000)
+{
+    uint64_t old_id = 0, new_id = 0;
+    tb_task_opts o = th_opts("named", 0);
+    TH_CHECK_RC(tb_task_add(app, return_zero, NULL, &o, &old_id), 0);
+    TH_CHECK(th_wait_state(app, "named", TB_TASK_DONE, 3000));
+    loop_ctx c;
+    memset(&c, 0, sizeof c);
+    TH_CHECK_RC(tb_task_add(app, sleep_until_cancelled, &c, &o, &new_id), 0);
+    TH_CHECK(th_counter_wait_ge(&c.started, 1, 3000));
+    TH_CHECK(new_id != old_id);
+    /* The old task's id: gone from the name; the new one runs on. */
+    TH_CHECK_RC(tb__task_cancel_report(app, "named", old_id, 1000, NULL, NULL),
+                TB_ENOENT);
+    th_nap_ms(50);
+    TH_CHECK_EQ(th_counter_get(&c.cancelled), 0);
+    /* Its own id cancels it, and the report is about it. */
+    tb_task_info info;
+    int n = 0;
+    TH_CHECK_RC(tb__task_cancel_report(app, "named", new_id, 2000, &info, &n),
+                0);
+    TH_CHECK_EQ(th_counter_get(&c.cancelled), 1);
+    TH_CHECK(info.id == new_id && info.state == TB_TASK_CANCELLED && n == 1);
+    TH_CHECK_RC(tb__task_cancel_report(app, "named", 12345678, 100, NULL, NULL),
+                TB_ENOENT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1557,6 +1589,7 @@ int main(void)
         cmocka_unit_test(test_ten_thousand_tasks),
         cmocka_unit_test(test_graceful_timeout_abandons_stubborn_task),
         cmocka_unit_test(test_add_after_stop_is_eshutdown),
+        cmocka_unit_test(test_cancel_by_name_and_id),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
