@@ -11,6 +11,18 @@ sys.path first). Python's standard library only, but for the websocket
 part, which needs python3-websockets (run_groups says so when it is
 missing).
 
+How a suite runs: the real taskbus binary ($TASKBUS_BIN) on free 127.0.0.1
+ports, driven by the websockets client (python3-websockets), the raw
+websocket client for what that client will not send, and http.client. One
+line per case, "PASS name" or "FAIL name: reason", and exit 1 if any
+failed. Every wait has a timeout (scaled up for sanitizer builds); a
+watchdog ends the suite after HARD_CAP_S. Everything started is stopped:
+try/finally per case, an atexit handler, SIGKILL on our death
+(PR_SET_PDEATHSIG) and a reaper that removes the temp directory. At the end
+of each group, each taskbus gets SIGTERM and must exit 0 within 15 s: a
+sanitizer report makes that fail, with the log's tail printed. Words given
+on the command line select the cases whose group or name contains one.
+
 The state the helpers share lives in one object, H (a Harness): the binary
 under test ($TASKBUS_BIN) and its timeout scale, read once at import, and
 the temp directory and child processes of this run, set by run_suite().

@@ -5,25 +5,9 @@ across Redis (our envelopes and a foreign publisher's), and a burst of
 events to a client that reads at once, which must not be taken for a slow
 client.
 
-Runs the real taskbus binary ($TASKBUS_BIN) on free 127.0.0.1 ports and
-drives it with the websockets client (python3-websockets), a hand-written
-websocket client for what that client will not send, and http.client; the
-servers, clients, checks and runner it shares with the other ws_*_suite.py
-files are in tbharness.py, beside it.
-
-Prints one line per case, "PASS name" or "FAIL name: reason", and exits 1
-if any failed. Every wait has a timeout (scaled up for sanitizer builds); a
-watchdog ends the suite after HARD_CAP_S. Everything started is stopped:
-try/finally per case, an atexit handler, SIGKILL on our death
-(PR_SET_PDEATHSIG) and a reaper that removes the temp directory. At the
-end of each group, each taskbus gets SIGTERM and must exit 0 within 15 s:
-a sanitizer report makes that fail, with the log's tail printed.
-
-CTest runs it as integration_ws_redis from the build directory; by hand, from
-tests/integration/ with a build in build/:
-  TASKBUS_BIN=../../build/taskbus python3 ws_redis_suite.py [WORD...]
-runs only the cases whose group or name contains one of the words (all
-when none are given).
+How it runs (servers, clients, timeouts, the SIGTERM check at the end of
+each group) is tbharness.py's, shared by every ws_*_suite.py. CTest runs it
+as integration_ws_redis; by hand: TASKBUS_BIN=build/taskbus python3 tests/integration/ws_redis_suite.py [WORD...].
 """
 
 import asyncio
