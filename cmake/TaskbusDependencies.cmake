@@ -45,14 +45,15 @@ endif()
 
 # The dependencies that ship a pkg-config module:
 # target suffix | module | minimum version | Debian package.
-# TB_WITH_REDIS and TB_WITH_HTTP (the build's options, recorded in the
-# installed config) say whether hiredis and civetweb/wslay are needed; unset
-# means yes.
+# TASKBUS_WITH_REDIS and TASKBUS_WITH_HTTP (the build's TB_WITH_* options,
+# recorded in the installed config under the package's own prefix, so that
+# a project's own TB_WITH_* are left alone) say whether hiredis and
+# civetweb/wslay are needed; unset means yes.
 set(_tb_pkg_modules
     "TB_LIBEVENT_CORE|libevent_core|2.1|libevent-dev"
     "TB_LIBEVENT_PTHREADS|libevent_pthreads|2.1|libevent-dev"
     "TB_JANSSON|jansson|2.10|libjansson-dev")
-if(NOT DEFINED TB_WITH_REDIS OR TB_WITH_REDIS)
+if(NOT DEFINED TASKBUS_WITH_REDIS OR TASKBUS_WITH_REDIS)
     list(APPEND _tb_pkg_modules "TB_HIREDIS|hiredis|0.14|libhiredis-dev")
 endif()
 find_package(PkgConfig QUIET)
@@ -101,7 +102,7 @@ list(JOIN TASKBUS_PC_REQUIRES ", " TASKBUS_PC_REQUIRES)
 # - wslay ships neither a pkg-config file nor a version file for its CMake
 #   package.
 set(_tb_plain_libraries "")
-if(NOT DEFINED TB_WITH_HTTP OR TB_WITH_HTTP)
+if(NOT DEFINED TASKBUS_WITH_HTTP OR TASKBUS_WITH_HTTP)
     set(_tb_plain_libraries
         "CIVETWEB|civetweb.h|civetweb|libcivetweb-dev"
         "WSLAY|wslay/wslay.h|wslay|libwslay-dev")

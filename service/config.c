@@ -19,6 +19,7 @@
 #define GiB (1024LL * 1024 * 1024)
 #define H1 3600000LL /* an hour in ms */
 #define D1 86400000LL
+#define IMAX 2147483647LL /* as long as an int holds: the C API's range */
 
 /* X(group, field, TYPE, default number, default string, min, max, flag,
  *   help). Flag NULL: settable from C only. The variable is TASKBUS_ and
@@ -26,7 +27,7 @@
  * string's form) are in check_rules() below. */
 #define TB__CONFIG_TABLE(X)                                                    \
     X(core, workers, INT, 2, NULL, 1, 256, "workers", "worker threads")        \
-    X(core, graceful_timeout_ms, SECONDS, 15000, NULL, 0, H1,                  \
+    X(core, graceful_timeout_ms, SECONDS, 15000, NULL, 0, IMAX,                \
       "graceful-timeout", "seconds tasks get to finish at shutdown")           \
     X(core, shutdown_delay_ms, SECONDS, 0, NULL, 0, H1, "shutdown-delay",      \
       "seconds of /readyz 503 before stopping, for load balancers")            \
@@ -54,20 +55,20 @@
       "in-process bus")                                                        \
     X(redis, password, SECRET, 0, NULL, 0, 0, NULL,                            \
       "Redis password (overrides the URL's)")                                  \
-    X(redis, connect_timeout_ms, MS, 2000, NULL, 1, H1,                        \
+    X(redis, connect_timeout_ms, MS, 2000, NULL, 1, IMAX,                      \
       "redis-connect-timeout", "ms a connection attempt may take")             \
-    X(redis, command_timeout_ms, MS, 5000, NULL, 1, H1,                        \
+    X(redis, command_timeout_ms, MS, 5000, NULL, 1, IMAX,                      \
       "redis-command-timeout",                                                 \
       "ms without a reply before the link is taken for dead")                  \
-    X(redis, ping_interval_ms, MS, 5000, NULL, 1, H1, "redis-ping-interval",   \
+    X(redis, ping_interval_ms, MS, 5000, NULL, 1, IMAX, "redis-ping-interval", \
       "ms between keepalive pings on an idle Redis link")                      \
-    X(redis, retry_min_ms, MS, 100, NULL, 1, H1, "redis-retry-min",            \
+    X(redis, retry_min_ms, MS, 100, NULL, 1, IMAX, "redis-retry-min",          \
       "ms, first reconnect delay")                                             \
-    X(redis, retry_max_ms, MS, 5000, NULL, 1, H1, "redis-retry-max",           \
+    X(redis, retry_max_ms, MS, 5000, NULL, 1, IMAX, "redis-retry-max",         \
       "ms, reconnect backoff cap, with jitter")                                \
-    X(redis, publish_queue_max, INT, 65536, NULL, 1, 1 << 26,                  \
+    X(redis, publish_queue_max, INT, 65536, NULL, 1, IMAX,                     \
       "publish-queue-max", "events waiting for Redis")                         \
-    X(redis, publish_retry_ms, MS, 10000, NULL, 0, D1, "publish-retry",        \
+    X(redis, publish_retry_ms, MS, 10000, NULL, 0, IMAX, "publish-retry",      \
       "ms an accepted event is resent after reconnects")                       \
     X(http, listen, STRING, 0, NULL, 0, 0, "listen",                           \
       "HTTP address, IPv4:port; none: no HTTP server")                         \
@@ -85,15 +86,15 @@
       "largest client message, bytes")                                         \
     X(ws, send_queue_bytes, SIZE, MiB, NULL, KiB, GiB, "ws-send-queue-bytes",  \
       "per-client send queue, bytes")                                          \
-    X(ws, send_queue_msgs, INT, 4096, NULL, 1, 1 << 24, "ws-send-queue-msgs",  \
+    X(ws, send_queue_msgs, INT, 4096, NULL, 1, IMAX, "ws-send-queue-msgs",     \
       "per-client send queue, messages")                                       \
-    X(ws, recv_queue_msgs, INT, 64, NULL, 1, 1 << 20, "ws-recv-queue-msgs",    \
+    X(ws, recv_queue_msgs, INT, 64, NULL, 1, IMAX, "ws-recv-queue-msgs",       \
       "client messages waiting for the handler before reads pause")            \
     X(ws, max_patterns, INT, 64, NULL, 1, 4096, "ws-max-patterns",             \
       "patterns per /ws connection")                                           \
-    X(ws, ping_interval_ms, MS, 20000, NULL, 0, D1, "ws-ping-interval",        \
+    X(ws, ping_interval_ms, MS, 20000, NULL, 0, IMAX, "ws-ping-interval",      \
       "ms between pings, 0: none")                                             \
-    X(ws, ping_timeout_ms, MS, 20000, NULL, 1, D1, "ws-ping-timeout",          \
+    X(ws, ping_timeout_ms, MS, 20000, NULL, 1, IMAX, "ws-ping-timeout",        \
       "ms to wait for a pong")                                                 \
     X(ws, allowed_origins, STRING, 0, NULL, 0, 0, "ws-origins",                \
       "allowed websocket Origins, comma-separated, or * (none: any)")
@@ -145,7 +146,9 @@ static void make_envs(void)
         size_t n =
             (size_t)snprintf(e, sizeof envs[i], "TASKBUS_%s", table[i].flag);
         for (size_t k = 8; k < n && k < sizeof envs[i]; k++)
-            e[k] = e[k] == '-' ? '_' : (char)(e[k] & ~0x20);
+            e[k] = e[k] == '-'                  ? '_'
+                   : e[k] >= 'a' && e[k] <= 'z' ? (char)(e[k] - 'a' + 'A')
+                                                : e[k];
         table[i].env = e;
     }
 }
@@ -337,9 +340,19 @@ int tb_config_format(const tb_app_config *cfg, const tb_config_setting *s,
     case TB_CONFIG_SIZE:
         n = snprintf(out, outsz, "%zu", *(const size_t *)p);
         break;
-    case TB_CONFIG_SECONDS:
-        n = snprintf(out, outsz, "%g", *(const int *)p / 1000.0);
+    case TB_CONFIG_SECONDS: {
+        /* Exactly, as tb_config_set reads it: "%g" would round 1234.567. */
+        int ms = *(const int *)p;
+        if (ms % 1000 == 0)
+            n = snprintf(out, outsz, "%d", ms / 1000);
+        else if (ms % 100 == 0)
+            n = snprintf(out, outsz, "%d.%d", ms / 1000, ms % 1000 / 100);
+        else if (ms % 10 == 0)
+            n = snprintf(out, outsz, "%d.%02d", ms / 1000, ms % 1000 / 10);
+        else
+            n = snprintf(out, outsz, "%d.%03d", ms / 1000, ms % 1000);
         break;
+    }
     default:
         n = snprintf(out, outsz, "%d", *(const int *)p);
         break;
@@ -446,8 +459,8 @@ int tb__config_check(const tb_app_config *c)
         const void *p = place(c, i);
         long long v;
         if (s->type == TB_CONFIG_STRING || s->type == TB_CONFIG_SECRET ||
-            s->type == TB_CONFIG_URL)
-            continue;
+            s->type == TB_CONFIG_URL || s->type == TB_CONFIG_BOOL)
+            continue; /* a bool is any int: non-zero is on */
         v = s->type == TB_CONFIG_SIZE ? (long long)*(const size_t *)p
                                       : *(const int *)p;
         if (v < s->min || v > s->max) {

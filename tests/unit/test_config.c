@@ -81,6 +81,42 @@ static void test_secret_is_hidden(void **state)
     set_and_format("http.api_token", "", "");
 }
 
+/* Seconds come back exactly as set (they are kept in ms): "%g" printed
+ * 1234.567 as 1234.57 and 3599.999 as 3600. */
+static void test_seconds_exact(void **state)
+{
+    (void)state;
+    set_and_format("graceful-timeout", "1234.567", "1234.567");
+    set_and_format("graceful-timeout", "3599.999", "3599.999");
+    set_and_format("graceful-timeout", "1.5", "1.5");
+    set_and_format("graceful-timeout", "0.05", "0.05");
+    set_and_format("graceful-timeout", "15", "15");
+    set_and_format("shutdown-delay", "0", "0");
+}
+
+/* What C embedders set keeps the range it had before the table: long
+ * timeouts and queues up to what an int holds; a bool is any int. */
+static void test_wide_c_ranges(void **state)
+{
+    (void)state;
+    tb_log_set_level(TB_LOG_OFF);
+    tb_app_config c;
+    tb_app_config_init(&c);
+    c.core.graceful_timeout_ms = 2 * 3600 * 1000;
+    c.redis.publish_retry_ms = 2 * 86400 * 1000;
+    c.redis.command_timeout_ms = 0x7fffffff;
+    c.ws.ping_interval_ms = 2 * 86400 * 1000;
+    c.core.handle_signals = 2;
+    int err = 0;
+    tb_app *app = tb_app_new(&c, &err);
+    if (!app)
+        fail_msg("tb_app_new: %s", tb_err_name(err));
+    tb_app_free(app);
+    c.core.graceful_timeout_ms = -1;
+    assert_null(tb_app_new(&c, &err));
+    assert_int_equal(err, TB_EINVAL);
+}
+
 static void test_listen_form(void **state)
 {
     (void)state;
@@ -136,6 +172,8 @@ int main(void)
         cmocka_unit_test(test_listen_form),
         cmocka_unit_test(test_namespace_form),
         cmocka_unit_test(test_unknown_setting),
+        cmocka_unit_test(test_seconds_exact),
+        cmocka_unit_test(test_wide_c_ranges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
