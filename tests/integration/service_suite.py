@@ -1484,6 +1484,83 @@ def t_http_malformed():
     return f"{len(cases)} requests"
 
 
+def t_http_auth_order():
+    """With a token, the token is checked before routing: a client without
+    it cannot tell unknown paths and wrong methods from real routes."""
+    token = "tok-" + secrets.token_hex(8)
+    s = Taskbus("authorder", "--token", token).start()
+    good_key = "dGhlIHNhbXBsZSBub25jZQ=="
+    creds = [("no token", ""), ("a wrong token", "Bearer tok-wrong"),
+             ("the token", f"Bearer {token}")]
+
+    def ask(method, target, auth, upgrade=False):
+        extra = f"Authorization: {auth}\r\n" if auth else ""
+        if upgrade:
+            extra += ("Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Version: 13\r\n"
+                      f"Sec-WebSocket-Key: {good_key}\r\n")
+        else:
+            extra += "Connection: close\r\n"
+        data, _ = raw_exchange(s.port, f"{method} {target} HTTP/1.1\r\n"
+                               f"Host: t\r\n{extra}\r\n".encode())
+        answers = parse_answers(data)
+        check(answers, f"{method} {target}: no answer")
+        line, headers, body = answers[0]
+        try:
+            code = json.loads(body).get("error") if body else None
+        except ValueError:
+            code = None
+        return int(line.split()[1]), headers, code
+
+    # (method, target, upgrade, status and code with the token)
+    cases = [
+        ("GET", "/nope", False, 404, "not_found"),
+        ("GET", "/tasks/a/b", False, 404, "not_found"),
+        ("HEAD", "/nope", False, 404, None),
+        ("PUT", "/tasks", False, 405, "method_not_allowed"),
+        ("DELETE", "/events/x", False, 405, "method_not_allowed"),
+        ("POST", "/healthz", False, 405, "method_not_allowed"),
+        ("GET", "/nope", True, 404, "not_found"),
+    ]
+    n = 0
+    for method, target, upgrade, status, code in cases:
+        for who, auth in creds:
+            what = (f"{method} {target}{' (websocket upgrade)' if upgrade else ''}"
+                    f" with {who}")
+            st, headers, got = ask(method, target, auth, upgrade)
+            n += 1
+            if auth.endswith(token):
+                check(st == status and got == code,
+                      f"{what}: {st} {got}, want {status} {code}")
+                if status == 405:
+                    check("allow" in headers, f"{what}: no Allow header")
+                continue
+            check(st == 401, f"{what}: {st} {got}, want 401")
+            check(method == "HEAD" or got == "unauthorized",
+                  f"{what}: error {got!r}, want unauthorized")
+            check(headers.get("www-authenticate") == "Bearer",
+                  f"{what}: WWW-Authenticate {headers.get('www-authenticate')!r}")
+            check("allow" not in headers, f"{what}: an Allow header: {headers}")
+    # The probes stay open, GET and HEAD.
+    for method in ("GET", "HEAD"):
+        for target in ("/healthz", "/readyz"):
+            st, _, _ = ask(method, target, "")
+            n += 1
+            check(st == 200, f"{method} {target} without a token: {st}")
+    # With the token the websocket endpoint still upgrades.
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        c.sendall(f"GET /ws?token={token} HTTP/1.1\r\nHost: t\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Version: 13\r\n"
+                  f"Sec-WebSocket-Key: {good_key}\r\n\r\n".encode())
+        c.settimeout(T(5))
+        head = c.recv(4096)
+    check(head.startswith(b"HTTP/1.1 101 "), f"/ws with the token: "
+                                             f"{head[:200]!r}")
+    s.stop_ok()
+    return f"{n} requests"
+
+
 def raw_get(port, target):
     """A socket that has sent GET target (keep-alive)."""
     c = socket.create_connection((HOST, port), T(5))
@@ -1898,6 +1975,8 @@ CASES = [
      "JSON and closed", t_http_framing),
     ("http", "malformed requests: a proper status line and a JSON error",
      t_http_malformed),
+    ("http", "with a token: 401 before 404/405, probes open",
+     t_http_auth_order),
     ("http", "abandoned long polls end at once; /healthz answers",
      t_longpoll_abandoned),
     ("http", "long polls whose clients reset early, or send a byte and "
