@@ -1446,6 +1446,12 @@ def ws_upgrade(key, version="13"):
             f"Sec-WebSocket-Key: {key}\r\n\r\n").encode()
 
 
+def head_of(size):
+    """A GET /healthz head (Connection: close) of exactly size bytes."""
+    start = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-A: "
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
 def t_http_malformed():
     s = Taskbus("malformed").start()
     good_key = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -1460,6 +1466,8 @@ def t_http_malformed():
         ("headers over max_request_size",
          b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: " + b"a" * 9000 +
          b"\r\n\r\n", 400, "bad_request"),
+        ("a head of max_request_size + 1 (8193) bytes", head_of(8193), 400,
+         "bad_request"),
         ("a 5000-byte Sec-WebSocket-Key", ws_upgrade("A" * 5000), 400,
          "bad_websocket_key"),
         ("a 23-byte Sec-WebSocket-Key", ws_upgrade(good_key[:-1]), 400,
@@ -1470,6 +1478,10 @@ def t_http_malformed():
     for what, req, status, code in cases:
         data, closed = raw_exchange(s.port, req)
         check_refused(what, data, closed, status, code)
+    # civetweb's max_request_size (8192) is the head's limit: at it, served.
+    data, _ = raw_exchange(s.port, head_of(8192))
+    check(data.startswith(b"HTTP/1.1 200 "), f"a head of exactly 8192 bytes: "
+                                             f"{data[:200]!r}")
     # Refused upgrades hold no websocket slot; a good one still works.
     check(metric_value(s.port, "taskbus_ws_clients") == 0,
           "taskbus_ws_clients is not 0 after refused upgrades")
