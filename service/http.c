@@ -303,15 +303,40 @@ static int check_token(tb_http_req *req, const char *token)
     return ok ? AUTH_OK : AUTH_WRONG;
 }
 
+/* 0 if req may go on to routing and its handler: no token is configured,
+ * the matched route is open (GET and HEAD of /healthz and /readyz), or the
+ * request carries the token. Else answers 401 and returns its status. Runs
+ * before any 404, 405 or 400 of the router, so that a client without the
+ * token learns nothing of which paths and methods exist. rc and req->match
+ * are the router's; req is the caller's and is only answered. */
+static int authorize(tb_http_req *req, int rc)
+{
+    const char *token = req->app->cfg.http.api_token;
+    if (!token || !token[0])
+        return 0;
+    const route_fn *h = rc == TB__ROUTE_OK ? req->match.handler : NULL;
+    if (h && h->open)
+        return 0;
+    int auth = check_token(req, token);
+    if (auth == AUTH_OK)
+        return 0;
+    error_answer(req, 401, "unauthorized",
+                 auth == AUTH_MISSING ? "this API needs its token: send "
+                                        "\"Authorization: Bearer <token>\" (or "
+                                        "?token=<token>)"
+                                      : "wrong API token",
+                 "WWW-Authenticate: Bearer\r\n");
+    return req->status;
+}
+
 static int dispatch(tb_http_req *req, tb_ws **upgrade)
 {
     set_request_id(req);
-    if (!req->app->router) {
-        error_answer(req, 404, "not_found", "no such route", NULL);
+    int rc = req->app->router ? tb__router_match(req->app->router, req->method,
+                                                 req->path, &req->match)
+                              : TB__ROUTE_NOT_FOUND;
+    if (authorize(req, rc))
         return req->status;
-    }
-    int rc =
-        tb__router_match(req->app->router, req->method, req->path, &req->match);
     if (rc == TB__ROUTE_NOT_FOUND) {
         error_answer(req, 404, "not_found", "no such route", NULL);
         return req->status;
@@ -331,20 +356,6 @@ static int dispatch(tb_http_req *req, tb_ws **upgrade)
         return req->status;
     }
     const route_fn *h = req->match.handler;
-    const char *token = req->app->cfg.http.api_token;
-    if (!h->open && token && token[0]) {
-        int auth = check_token(req, token);
-        if (auth != AUTH_OK) {
-            error_answer(req, 401, "unauthorized",
-                         auth == AUTH_MISSING
-                             ? "this API needs its token: send "
-                               "\"Authorization: Bearer <token>\" (or "
-                               "?token=<token>)"
-                             : "wrong API token",
-                         "WWW-Authenticate: Bearer\r\n");
-            return req->status;
-        }
-    }
     if (upgrade) {
         if (!h->ws) {
             error_answer(req, 404, "not_found",

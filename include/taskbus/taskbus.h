@@ -214,9 +214,12 @@ typedef struct tb_http_config {
                            once; each holds an HTTP thread, so it must be
                            below threads; beyond it 503 (too_many_waits); 0:
                            half of threads */
-    /* The HTTP API's token. With one, every route but /healthz and /readyz
-     * (and every route added with tb_app_add_route) answers 401 unless the
-     * request carries "Authorization: Bearer <token>" or "?token=<token>".
+    /* The HTTP API's token. With one, every route but GET and HEAD of
+     * /healthz and /readyz (and every route added with tb_app_add_route)
+     * answers 401 unless the request carries "Authorization: Bearer
+     * <token>" or "?token=<token>". Checked before routing: without the
+     * token, unknown paths, wrong methods and upgrades to paths that are
+     * no websocket endpoint answer 401 too, not 404/405.
      * NULL or "": no token (anyone who reaches listen may use the API).
      * 1..256 visible ASCII bytes; copied. Never logged. */
     const char *api_token;

@@ -1446,6 +1446,12 @@ def ws_upgrade(key, version="13"):
             f"Sec-WebSocket-Key: {key}\r\n\r\n").encode()
 
 
+def head_of(size):
+    """A GET /healthz head (Connection: close) of exactly size bytes."""
+    start = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-A: "
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
 def t_http_malformed():
     s = Taskbus("malformed").start()
     good_key = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -1460,6 +1466,8 @@ def t_http_malformed():
         ("headers over max_request_size",
          b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: " + b"a" * 9000 +
          b"\r\n\r\n", 400, "bad_request"),
+        ("a head of max_request_size + 1 (8193) bytes", head_of(8193), 400,
+         "bad_request"),
         ("a 5000-byte Sec-WebSocket-Key", ws_upgrade("A" * 5000), 400,
          "bad_websocket_key"),
         ("a 23-byte Sec-WebSocket-Key", ws_upgrade(good_key[:-1]), 400,
@@ -1470,6 +1478,10 @@ def t_http_malformed():
     for what, req, status, code in cases:
         data, closed = raw_exchange(s.port, req)
         check_refused(what, data, closed, status, code)
+    # civetweb's max_request_size (8192) is the head's limit: at it, served.
+    data, _ = raw_exchange(s.port, head_of(8192))
+    check(data.startswith(b"HTTP/1.1 200 "), f"a head of exactly 8192 bytes: "
+                                             f"{data[:200]!r}")
     # Refused upgrades hold no websocket slot; a good one still works.
     check(metric_value(s.port, "taskbus_ws_clients") == 0,
           "taskbus_ws_clients is not 0 after refused upgrades")
@@ -1482,6 +1494,83 @@ def t_http_malformed():
           f"a good upgrade: {head[:300]!r}")
     s.stop_ok()
     return f"{len(cases)} requests"
+
+
+def t_http_auth_order():
+    """With a token, the token is checked before routing: a client without
+    it cannot tell unknown paths and wrong methods from real routes."""
+    token = "tok-" + secrets.token_hex(8)
+    s = Taskbus("authorder", "--token", token).start()
+    good_key = "dGhlIHNhbXBsZSBub25jZQ=="
+    creds = [("no token", ""), ("a wrong token", "Bearer tok-wrong"),
+             ("the token", f"Bearer {token}")]
+
+    def ask(method, target, auth, upgrade=False):
+        extra = f"Authorization: {auth}\r\n" if auth else ""
+        if upgrade:
+            extra += ("Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                      "Sec-WebSocket-Version: 13\r\n"
+                      f"Sec-WebSocket-Key: {good_key}\r\n")
+        else:
+            extra += "Connection: close\r\n"
+        data, _ = raw_exchange(s.port, f"{method} {target} HTTP/1.1\r\n"
+                               f"Host: t\r\n{extra}\r\n".encode())
+        answers = parse_answers(data)
+        check(answers, f"{method} {target}: no answer")
+        line, headers, body = answers[0]
+        try:
+            code = json.loads(body).get("error") if body else None
+        except ValueError:
+            code = None
+        return int(line.split()[1]), headers, code
+
+    # (method, target, upgrade, status and code with the token)
+    cases = [
+        ("GET", "/nope", False, 404, "not_found"),
+        ("GET", "/tasks/a/b", False, 404, "not_found"),
+        ("HEAD", "/nope", False, 404, None),
+        ("PUT", "/tasks", False, 405, "method_not_allowed"),
+        ("DELETE", "/events/x", False, 405, "method_not_allowed"),
+        ("POST", "/healthz", False, 405, "method_not_allowed"),
+        ("GET", "/nope", True, 404, "not_found"),
+    ]
+    n = 0
+    for method, target, upgrade, status, code in cases:
+        for who, auth in creds:
+            what = (f"{method} {target}{' (websocket upgrade)' if upgrade else ''}"
+                    f" with {who}")
+            st, headers, got = ask(method, target, auth, upgrade)
+            n += 1
+            if auth.endswith(token):
+                check(st == status and got == code,
+                      f"{what}: {st} {got}, want {status} {code}")
+                if status == 405:
+                    check("allow" in headers, f"{what}: no Allow header")
+                continue
+            check(st == 401, f"{what}: {st} {got}, want 401")
+            check(method == "HEAD" or got == "unauthorized",
+                  f"{what}: error {got!r}, want unauthorized")
+            check(headers.get("www-authenticate") == "Bearer",
+                  f"{what}: WWW-Authenticate {headers.get('www-authenticate')!r}")
+            check("allow" not in headers, f"{what}: an Allow header: {headers}")
+    # The probes stay open, GET and HEAD.
+    for method in ("GET", "HEAD"):
+        for target in ("/healthz", "/readyz"):
+            st, _, _ = ask(method, target, "")
+            n += 1
+            check(st == 200, f"{method} {target} without a token: {st}")
+    # With the token the websocket endpoint still upgrades.
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        c.sendall(f"GET /ws?token={token} HTTP/1.1\r\nHost: t\r\n"
+                  "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                  "Sec-WebSocket-Version: 13\r\n"
+                  f"Sec-WebSocket-Key: {good_key}\r\n\r\n".encode())
+        c.settimeout(T(5))
+        head = c.recv(4096)
+    check(head.startswith(b"HTTP/1.1 101 "), f"/ws with the token: "
+                                             f"{head[:200]!r}")
+    s.stop_ok()
+    return f"{n} requests"
 
 
 def raw_get(port, target):
@@ -1898,6 +1987,8 @@ CASES = [
      "JSON and closed", t_http_framing),
     ("http", "malformed requests: a proper status line and a JSON error",
      t_http_malformed),
+    ("http", "with a token: 401 before 404/405, probes open",
+     t_http_auth_order),
     ("http", "abandoned long polls end at once; /healthz answers",
      t_longpoll_abandoned),
     ("http", "long polls whose clients reset early, or send a byte and "

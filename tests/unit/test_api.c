@@ -1155,6 +1155,171 @@ static void test_token(void **state)
     th_assert_clean();
 }
 
+/* An embedder's own route: answers 200 {"mine":true}. */
+static int mine_route(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    return tb_http_respond_json(req, 200, "{\"mine\":true}");
+}
+
+/* A websocket upgrade through the fake connection, as the adapter would
+ * hand it over; returns the status the core answered with (the refusals
+ * tested here never accept). */
+static int fake_upgrade(tb_app *app, const char *path, const char *auth,
+                        json_t **out, char *headers)
+{
+    static const tb__http_conn_ops ops = {fake_header, fake_send, fake_gone,
+                                          NULL};
+    fake_conn c;
+    memset(&c, 0, sizeof c);
+    c.request_id = "test-req-1";
+    c.auth = auth;
+    tb__http_in in = {.ops = &ops, .conn = &c, .method = "GET", .path = path};
+    tb_ws *ws = tb__http_handle_upgrade(app, &in);
+    TH_CHECKF(ws == NULL, "upgrade to %s accepted", path);
+    TH_CHECK_EQ(c.sends, 1);
+    json_error_t jerr;
+    *out = c.body ? json_loadb(c.body, c.len, 0, &jerr) : NULL;
+    if (headers)
+        memcpy(headers, c.headers, sizeof c.headers);
+    free(c.body);
+    return c.status;
+}
+
+/* No token configured: 404, 405 and 400 straight from the router. */
+static void no_token_body(tb_app *app, void *arg)
+{
+    (void)arg;
+    json_t *j;
+    int st = call(app, "GET", "/nope", NULL, &j);
+    CHECK_ERROR(j, st, 404, "not_found");
+    json_decref(j);
+    st = call(app, "PUT", "/tasks", NULL, &j);
+    CHECK_ERROR(j, st, 405, "method_not_allowed");
+    json_decref(j);
+    st = call(app, "GET", "/tasks/%zz", NULL, &j);
+    CHECK_ERROR(j, st, 400, "bad_path");
+    json_decref(j);
+}
+
+static void auth_order_body(tb_app *app, void *arg)
+{
+    (void)arg;
+    json_t *j;
+    char headers[1024];
+    /* Without a token, with a wrong one, with another scheme: unknown
+     * paths, wrong methods (also on an open path), a malformed path and an
+     * embedder's route all answer 401, never 404/405/400. */
+    const char *bad_auth[] = {NULL, "Bearer nope", "Basic " TOKEN};
+    const struct {
+        const char *method, *path;
+        int status; /* with the token */
+        const char *code;
+    } cases[] = {
+        {"GET", "/nope", 404, "not_found"},
+        {"HEAD", "/nope", 404, "not_found"},
+        {"GET", "/tasks/a/b/c", 404, "not_found"},
+        {"PUT", "/tasks", 405, "method_not_allowed"},
+        {"DELETE", "/events/x", 405, "method_not_allowed"},
+        {"POST", "/healthz", 405, "method_not_allowed"},
+        {"BREW", "/tasks", 405, "method_not_allowed"},
+        {"GET", "/tasks/%zz", 400, "bad_path"},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        for (size_t i = 0; i < sizeof bad_auth / sizeof *bad_auth; i++) {
+            int st = call_auth(app, cases[k].method, cases[k].path, NULL,
+                               bad_auth[i], NULL, 0, &j, headers);
+            TH_CHECKF(st == 401, "%s %s (auth %s): %d, want 401",
+                      cases[k].method, cases[k].path,
+                      bad_auth[i] ? bad_auth[i] : "none", st);
+            CHECK_ERROR(j, st, 401, "unauthorized");
+            TH_CHECKF(strstr(headers, "WWW-Authenticate: Bearer\r\n"),
+                      "headers: %s", headers);
+            TH_CHECKF(!strstr(headers, "Allow:"), "headers: %s", headers);
+            json_decref(j);
+        }
+        /* ?token= wrong: 401 too. */
+        int st = call_auth(app, cases[k].method, cases[k].path, "token=no",
+                           NULL, NULL, 0, &j, NULL);
+        CHECK_ERROR(j, st, 401, "unauthorized");
+        json_decref(j);
+        /* With the token: what the router says. */
+        st = call_auth(app, cases[k].method, cases[k].path, NULL,
+                       "Bearer " TOKEN, NULL, 0, &j, headers);
+        TH_CHECKF(st == cases[k].status, "%s %s with the token: %d, want %d",
+                  cases[k].method, cases[k].path, st, cases[k].status);
+        CHECK_ERROR(j, st, cases[k].status, cases[k].code);
+        if (st == 405)
+            TH_CHECKF(strstr(headers, "Allow: "), "headers: %s", headers);
+        json_decref(j);
+        st = call_auth(app, cases[k].method, cases[k].path, "token=" TOKEN,
+                       NULL, NULL, 0, &j, NULL);
+        TH_CHECK_EQ(st, cases[k].status);
+        json_decref(j);
+    }
+
+    /* An embedder's route stays behind the token. */
+    int st = call_auth(app, "GET", "/mine", NULL, NULL, NULL, 0, &j, NULL);
+    CHECK_ERROR(j, st, 401, "unauthorized");
+    json_decref(j);
+    st = call_auth(app, "GET", "/mine", NULL, "Bearer " TOKEN, NULL, 0, &j,
+                   NULL);
+    TH_CHECK_EQ(st, 200);
+    json_decref(j);
+
+    /* The probes stay open, GET and HEAD, with or without a token. */
+    const char *open_auth[] = {NULL, "Bearer nope", "Bearer " TOKEN};
+    for (size_t i = 0; i < sizeof open_auth / sizeof *open_auth; i++) {
+        st = call_auth(app, "GET", "/healthz", NULL, open_auth[i], NULL, 0, &j,
+                       NULL);
+        TH_CHECK_EQ(st, 200);
+        json_decref(j);
+        st = call_auth(app, "HEAD", "/readyz", NULL, open_auth[i], NULL, 0, &j,
+                       NULL);
+        TH_CHECK_EQ(st, 200);
+        json_decref(j);
+    }
+
+    /* Websocket upgrades: an unknown path is 401 without the token and 404
+     * with it; an open path that is no websocket endpoint is 404. */
+    for (size_t i = 0; i < sizeof bad_auth / sizeof *bad_auth; i++) {
+        st = fake_upgrade(app, "/nope", bad_auth[i], &j, headers);
+        CHECK_ERROR(j, st, 401, "unauthorized");
+        TH_CHECKF(strstr(headers, "WWW-Authenticate: Bearer\r\n"),
+                  "headers: %s", headers);
+        json_decref(j);
+    }
+    st = fake_upgrade(app, "/nope", "Bearer " TOKEN, &j, NULL);
+    CHECK_ERROR(j, st, 404, "not_found");
+    json_decref(j);
+    st = fake_upgrade(app, "/healthz", NULL, &j, NULL);
+    CHECK_ERROR(j, st, 404, "not_found");
+    json_decref(j);
+}
+
+/* Issue 14.3: with a token, the token is checked before routing. */
+static void test_auth_before_routing(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.core.workers = 1;
+    cfg.core.graceful_timeout_ms = 2000;
+    cfg.http.api_token = TOKEN;
+    tb_app *app = th_app_new_cfg(&cfg);
+    assert_rc(tb_app_add_api(app), 0);
+    assert_rc(tb_app_add_route(app, "GET", "/mine", mine_route, NULL), 0);
+    assert_rc(th_run_thread(app, auth_order_body, NULL, 30000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+
+    /* Without a token: the router answers as before. */
+    app = api_app(1);
+    assert_rc(th_run_thread(app, no_token_body, NULL, 30000), 0);
+    th_assert_clean();
+    tb_app_free(app);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1164,6 +1329,7 @@ int main(void)
         cmocka_unit_test(test_health),
         cmocka_unit_test(test_long_poll),
         cmocka_unit_test(test_token),
+        cmocka_unit_test(test_auth_before_routing),
         cmocka_unit_test(test_long_poll_limits),
         cmocka_unit_test(test_cancel_race),
     };
