@@ -1,4 +1,5 @@
 /* bus_memory.c - the in-process event bus: fan-out to this app's workers. */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,10 +15,23 @@ static int mem_start(tb__bus *bus)
     return 0;
 }
 
+/* One record of the shared store: in this process, the cluster is this
+ * instance. */
+typedef struct mem_rec {
+    struct mem_rec *next;
+    char group[33];
+    char id[TB__KV_ID_MAX + 1];
+    int64_t expires_us; /* monotonic */
+    size_t len;
+    char *value;
+} mem_rec;
+
 typedef struct mem_bus {
     tb__bus bus;
     int64_t since_us;
     atomic_uint_fast64_t published;
+    pthread_mutex_t kv_mu; /* guards recs */
+    mem_rec *recs;
 } mem_bus;
 
 static int mem_publish(tb__bus *bus, tb_event *ev, tb__publish_cb cb, void *ud)
@@ -46,9 +60,143 @@ static void mem_stop(tb__bus *bus)
     (void)bus;
 }
 
+/* --------------------------------------------------------------- store */
+
+static void rec_free(mem_rec *r)
+{
+    free(r->value);
+    free(r);
+}
+
+/* Unlinks and frees group/id (id NULL: none) and every expired record.
+ * kv_mu held. */
+static void sweep(mem_bus *m, const char *group, const char *id, int64_t now)
+{
+    for (mem_rec **pp = &m->recs; *pp;) {
+        mem_rec *r = *pp;
+        int mine = id && !strcmp(r->group, group) && !strcmp(r->id, id);
+        if (mine || r->expires_us <= now) {
+            *pp = r->next;
+            rec_free(r);
+            continue;
+        }
+        pp = &r->next;
+    }
+}
+
+static int mem_kv_put(tb__bus *bus, const char *group, const char *id,
+                      const char *value, size_t len, int64_t ttl_ms,
+                      tb__kv_done_cb cb, void *ud)
+{
+    mem_bus *m = (mem_bus *)bus;
+    if (!tb__kv_name_ok(group, strlen(group), 32) ||
+        !tb__kv_name_ok(id, strlen(id), TB__KV_ID_MAX) || !len ||
+        len > TB__KV_VALUE_MAX || ttl_ms <= 0)
+        return TB_EINVAL;
+    mem_rec *r = calloc(1, sizeof *r);
+    char *v = malloc(len + 1);
+    if (!r || !v) {
+        free(r);
+        free(v);
+        return TB_ENOMEM;
+    }
+    memcpy(v, value, len);
+    v[len] = '\0';
+    r->value = v;
+    r->len = len;
+    snprintf(r->group, sizeof r->group, "%s", group);
+    snprintf(r->id, sizeof r->id, "%s", id);
+    int64_t now = tb__mono_us();
+    r->expires_us = now + ttl_ms * 1000;
+    pthread_mutex_lock(&m->kv_mu);
+    sweep(m, group, id, now);
+    r->next = m->recs;
+    m->recs = r;
+    pthread_mutex_unlock(&m->kv_mu);
+    if (cb)
+        cb(0, ud);
+    return 0;
+}
+
+static int mem_kv_del(tb__bus *bus, const char *group, const char *id,
+                      tb__kv_done_cb cb, void *ud)
+{
+    mem_bus *m = (mem_bus *)bus;
+    if (!tb__kv_name_ok(group, strlen(group), 32) ||
+        !tb__kv_name_ok(id, strlen(id), TB__KV_ID_MAX))
+        return TB_EINVAL;
+    pthread_mutex_lock(&m->kv_mu);
+    sweep(m, group, id, tb__mono_us());
+    pthread_mutex_unlock(&m->kv_mu);
+    if (cb)
+        cb(0, ud);
+    return 0;
+}
+
+/* Copies the group's live records out under the lock, then runs cb
+ * without it (cb may call put or del). */
+static int mem_kv_list(tb__bus *bus, const char *group, tb__kv_list_cb cb,
+                       void *ud)
+{
+    mem_bus *m = (mem_bus *)bus;
+    if (!tb__kv_name_ok(group, strlen(group), 32))
+        return TB_EINVAL;
+    size_t n = 0, cap = 0;
+    tb__kv_rec *recs = NULL;
+    int rc = 0;
+    pthread_mutex_lock(&m->kv_mu);
+    sweep(m, group, NULL, tb__mono_us());
+    for (mem_rec *r = m->recs; r && n < TB__KV_LIST_MAX; r = r->next) {
+        if (strcmp(r->group, group) != 0)
+            continue;
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 8;
+            tb__kv_rec *nr = realloc(recs, nc * sizeof *nr);
+            if (!nr) {
+                rc = TB_ENOMEM;
+                break;
+            }
+            recs = nr;
+            cap = nc;
+        }
+        char *id = strdup(r->id);
+        char *v = malloc(r->len + 1);
+        if (!id || !v) {
+            free(id);
+            free(v);
+            rc = TB_ENOMEM;
+            break;
+        }
+        memcpy(v, r->value, r->len + 1);
+        recs[n++] = (tb__kv_rec){id, strlen(id), v, r->len};
+    }
+    pthread_mutex_unlock(&m->kv_mu);
+    if (rc == 0 && cb)
+        cb(0, recs, n, 0, ud);
+    for (size_t i = 0; i < n; i++) {
+        free((char *)recs[i].id);
+        free((char *)recs[i].value);
+    }
+    free(recs);
+    return rc;
+}
+
+static const tb__kv_ops memory_kv = {
+    .put = mem_kv_put,
+    .del = mem_kv_del,
+    .list = mem_kv_list,
+};
+
 static void mem_free(tb__bus *bus)
 {
-    free(bus);
+    mem_bus *m = (mem_bus *)bus;
+    while (m->recs) {
+        mem_rec *r = m->recs;
+        m->recs = r->next;
+        rec_free(r);
+    }
+    pthread_mutex_destroy(&m->kv_mu);
+    free(m);
 }
 
 static const tb__bus_ops memory_ops = {
@@ -58,6 +206,7 @@ static const tb__bus_ops memory_ops = {
     .status = mem_status,
     .stop = mem_stop,
     .free = mem_free,
+    .kv = &memory_kv,
 };
 
 tb__bus *tb__bus_memory_new(tb_app *app)
@@ -69,5 +218,6 @@ tb__bus *tb__bus_memory_new(tb_app *app)
     m->bus.app = app;
     m->since_us = tb__now_us();
     atomic_init(&m->published, 0);
+    pthread_mutex_init(&m->kv_mu, NULL);
     return &m->bus;
 }

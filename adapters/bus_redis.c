@@ -13,7 +13,7 @@
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
 
-#include "adapters.h"
+#include "bus_redis.h"
 
 /* How it works.
  *
@@ -62,81 +62,6 @@
  * subscription (see flush_sendq). Well under Redis's default pubsub output
  * buffer limits (32 MB hard, 8 MB for 60 s). */
 #define ECHO_WINDOW (4 << 20)
-
-/* ---------------------------------------------------------------- types */
-
-enum {
-    LINK_SUB = 0,
-    LINK_PUB = 1,
-    NLINKS = 2
-};
-
-/* Handshake steps, in order; a link skips the ones it does not need. */
-enum {
-    STEP_AUTH = 0,
-    STEP_SELECT,
-    STEP_PING,
-    STEP_PSUBSCRIBE,
-    STEP_READY
-};
-
-typedef struct rlink {
-    struct rbus *b;
-    const char *name;      /* "sub" or "pub", for logs */
-    redisAsyncContext *ac; /* NULL when there is none or hiredis frees it */
-    int step;              /* STEP_* */
-    int64_t last_rx_us;    /* monotonic: last reply or message */
-    int64_t ping_sent_us;  /* monotonic; 0: no PING outstanding */
-} rlink;
-
-typedef struct rbus {
-    tb__bus bus;
-
-    /* --- fixed in tb__bus_redis_new --- */
-    tb__redis_target t;
-    char url[512];     /* redacted, for logs */
-    char prefix[128];  /* "<ns>:event:" */
-    char pattern[130]; /* "<ns>:event:*" */
-    int64_t connect_to_us, cmd_to_us, ping_us;
-    int64_t retry_us;   /* publish_retry_ms: how long an accepted event is
-                           kept for resending */
-    tb__bus_conn *conn; /* the state; any thread reads it */
-    tb__bus_tx *tx;     /* accepted events (any thread), until completed */
-    tb__bus_rx *rx;     /* received messages (bus thread) */
-
-    /* --- the app's thread (start/stop/free) --- */
-    pthread_t thread;
-    int thread_started, joined;
-    int closed; /* stop() has begun */
-
-    /* --- the bus thread only --- */
-    struct event_base *base;
-    struct event *wake_ev;     /* publishers: the queue became non-empty */
-    struct event *stop_ev;     /* stop(): flush, then finish; also a timer */
-    struct event *teardown_ev; /* close both links, schedule a retry */
-    struct event *retry_ev;    /* the next connection attempt */
-    struct event *tick_ev;     /* timeouts and keepalive pings */
-    rlink links[NLINKS];
-    tb__bus_reqlist sendq;    /* to send once connected (resends first) */
-    tb__bus_reqlist inflight; /* sent on `pub`, answer pending; in order */
-    int attempting;           /* an attempt is under way */
-    int64_t attempt_us;
-    int failing; /* teardown_ev is active: the first reason wins */
-    char fail_why[256];
-    int64_t lost_us;      /* monotonic time the connection was lost */
-    int64_t echo_out;     /* bytes published, not yet back on `sub` */
-    int64_t echo_last_us; /* last echo, or when echo_out left 0 */
-    char own_prefix[48];  /* how our own envelopes start: {"id":"<inst>- */
-    size_t own_prefix_len;
-    /* Received events are handed to the workers together after the read
-     * that produced them: one lock and one wake-up per worker per batch
-     * instead of per event. */
-    struct event *flush_ev;
-    int stopping, finished;
-    int64_t stop_deadline_us;
-    char logged_reject[256]; /* last refusal logged; "" after a success */
-    tb__ratelog pub_log;
-} rbus;
 
 /* ---------------------------------------------------------------- helpers */
 
@@ -593,6 +518,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     int64_t now = tb__mono_us();
     tb__bus_rx_tick(b->rx, now);
     tb__ratelog_flush(&b->pub_log, now);
+    tb__ratelog_flush(&b->kv_log, now);
     if (b->finished)
         return;
     if (b->stopping && now >= b->stop_deadline_us)
@@ -675,6 +601,7 @@ static void became_connected(rbus *b)
         tb__log(TB_LOG_INFO, "redis bus: connected to %s (channels %s)", b->url,
                 b->pattern);
     b->echo_out = 0;
+    tb__rkv_connected(b);
     /* Resend what waited, from the loop rather than inside this reply
      * callback; the stale ones are given up first. */
     drain_inq(b);
@@ -730,11 +657,13 @@ static void finish(rbus *b)
     event_del(b->teardown_ev);
     event_del(b->wake_ev);
     event_del(b->stop_ev);
+    tb__rkv_finish(b);
     links_close(b);
     drain_inq(b);
     tb__bus_reqlist_prepend(&b->sendq, &b->inflight);
     tb__bus_rx_tick(b->rx, INT64_MAX);
     tb__ratelog_flush(&b->pub_log, INT64_MAX);
+    tb__ratelog_flush(&b->kv_log, INT64_MAX);
     size_t n = tb__bus_tx_give_up(b->tx, &b->sendq, TB_ESHUTDOWN);
     if (n)
         tb__log(TB_LOG_WARN,
@@ -780,7 +709,8 @@ static void *bus_main(void *arg)
 static void free_events(rbus *b)
 {
     struct event **evs[] = {&b->wake_ev,  &b->stop_ev, &b->teardown_ev,
-                            &b->retry_ev, &b->tick_ev, &b->flush_ev};
+                            &b->retry_ev, &b->tick_ev, &b->flush_ev,
+                            &b->kv_ev};
     for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++) {
         if (*evs[i])
             event_free(*evs[i]);
@@ -809,8 +739,9 @@ static int rb_start(tb__bus *bus)
     b->retry_ev = event_new(b->base, -1, 0, on_retry, b);
     b->tick_ev = event_new(b->base, -1, EV_PERSIST, on_tick, b);
     b->flush_ev = event_new(b->base, -1, 0, on_flush, b);
+    b->kv_ev = event_new(b->base, -1, 0, tb__rkv_on_queued, b);
     if (!b->wake_ev || !b->stop_ev || !b->teardown_ev || !b->retry_ev ||
-        !b->tick_ev || !b->flush_ev)
+        !b->tick_ev || !b->flush_ev || !b->kv_ev)
         goto nomem;
     /* The tick bounds how late a timeout is noticed: a quarter of the
      * shortest one, within 10..250 ms. */
@@ -913,6 +844,7 @@ static void rb_free(tb__bus *bus)
     tb__bus_reqlist_free(&b->inflight);
     tb__bus_rx_free(b->rx);
     tb__bus_conn_free(b->conn);
+    tb__rkv_free(b);
     free(b);
 }
 
@@ -923,6 +855,7 @@ static const tb__bus_ops redis_ops = {
     .status = rb_status,
     .stop = rb_stop,
     .free = rb_free,
+    .kv = &tb__rkv_ops,
 };
 
 tb__bus *tb__bus_redis_new(tb_app *app, int *err)
@@ -967,6 +900,7 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
     }
     b->bus.ops = &redis_ops;
     b->bus.app = app;
+    tb__rkv_init(b, c->core.event_namespace);
     b->t = t;
     snprintf(b->url, sizeof b->url, "%s", url);
     snprintf(b->pattern, sizeof b->pattern, "%s*", b->prefix);

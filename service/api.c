@@ -17,6 +17,7 @@
 #include "envelope.h"
 #include "http.h"
 #include "api.h"
+#include "instances.h"
 #include "internal.h"
 #include "json.h"
 #include "kinds.h"
@@ -880,6 +881,7 @@ int tb_app_add_api(tb_app *app)
         {"GET", "/healthz", healthz, 1},
         {"GET", "/readyz", readyz, 1},
         {"GET", "/metrics", tb__metrics_handler, 0},
+        {"GET", "/instances", tb__instances_handler, 0},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         /* The probes stay open when there is an API token. */

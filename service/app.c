@@ -13,6 +13,7 @@
 
 #include "http.h"
 #include "json.h"
+#include "instances.h"
 #include "internal.h"
 #include "ws.h"
 #include "kinds.h"
@@ -225,6 +226,7 @@ void tb_app_free(tb_app *app)
     }
     if (app->http)
         app->http->ops->free(app->http);
+    tb__instances_free(app->instances);
     if (app->bus)
         app->bus->ops->free(app->bus);
     tb__kinds_free(app);
@@ -502,6 +504,9 @@ int tb_app_run(tb_app *app)
         goto stopping;
     }
 
+    /* Registered before the HTTP server starts, so that GET /instances
+     * always finds the registry. */
+    app->instances = tb__instances_start(app);
     if (app->router && app->http &&
         (rc = app->http->ops->start(app->http)) != 0) {
         tb__log(TB_LOG_ERROR, "HTTP server on %s failed to start: %s",
@@ -537,6 +542,9 @@ stopping:
         app->http->ops->stop(app->http);
     close_registry(app);
     workers_stop(app, started);
+    /* Its tasks have ended: the instance leaves the cluster now, not when
+     * its record expires. */
+    tb__instances_stop(app->instances);
     atomic_store_explicit(&app->bus_up, 0, memory_order_release);
     app->bus->ops->stop(app->bus);
     if (!rc && app->abandoned)

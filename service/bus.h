@@ -36,12 +36,85 @@ typedef struct tb__bus_ops {
     void (*status)(tb__bus *bus, tb_bus_info *out);
     void (*stop)(tb__bus *bus);
     void (*free)(tb__bus *bus);
+    /* The shared store (optional: NULL when the bus has none), below. */
+    const struct tb__kv_ops *kv;
 } tb__bus_ops;
 
 struct tb__bus {
     const tb__bus_ops *ops;
     tb_app *app;
 };
+
+/* ------------------------------------------------------------ shared store */
+
+/* A small store every instance on the bus shares, for the cluster's
+ * records (service/instances.c; claims and leases later). It holds groups
+ * of records: a group ("instance") maps ids to values, each record living
+ * until its TTL runs out (the backend's clock, never an instance's) or it
+ * is deleted. The Redis bus keeps group g of namespace ns as the keys
+ * "{ns}:g:<id>" (strings, PX ttl) and the set "{ns}:g" of their ids, all
+ * in one Redis Cluster hash slot, changed by Lua scripts loaded once
+ * (docs/CLUSTER.md); the memory bus keeps them in this process.
+ *
+ * Every op may be called from any thread between start and stop and never
+ * blocks. It returns 0 once the request is taken (cb then runs exactly
+ * once, on the bus's thread or, for the memory bus, before the op
+ * returns), or a TB_E* code (TB_ENOTCONN: the backend is unreachable now;
+ * TB_EINVAL: a group, id or value out of bounds) and cb never runs. A
+ * group is 1..32 bytes and an id 1..TB__KV_ID_MAX bytes of
+ * [A-Za-z0-9_.-]; a value 1..TB__KV_VALUE_MAX bytes. */
+#define TB__KV_ID_MAX 64
+#define TB__KV_VALUE_MAX 4096
+#define TB__KV_LIST_MAX 1024 /* records one list answers with, at most */
+
+/* The outcome of a put or del: 0, or the TB_E* code it failed with. */
+typedef void (*tb__kv_done_cb)(int status, void *ud);
+
+/* One record of a list. id and value are the bus's, valid during the
+ * callback; value comes from outside (another instance, or anyone who can
+ * write to Redis): the callee checks it. Both are NUL-terminated; the
+ * store has checked their lengths against the bounds above. */
+typedef struct tb__kv_rec {
+    const char *id;
+    size_t idlen;
+    const char *value;
+    size_t len;
+} tb__kv_rec;
+
+/* The live records of a group (at most TB__KV_LIST_MAX, in no order; recs
+ * is the bus's, valid during the callback), or a TB_E* status with n 0.
+ * dropped counts the records the store refused to hand over (out of
+ * bounds). */
+typedef void (*tb__kv_list_cb)(int status, const tb__kv_rec *recs, size_t n,
+                               size_t dropped, void *ud);
+
+typedef struct tb__kv_ops {
+    /* Sets group/id to value (len bytes, copied) for ttl_ms, replacing
+     * what was there and its TTL. */
+    int (*put)(tb__bus *bus, const char *group, const char *id,
+               const char *value, size_t len, int64_t ttl_ms, tb__kv_done_cb cb,
+               void *ud);
+    /* Deletes group/id (no error when it does not exist). */
+    int (*del)(tb__bus *bus, const char *group, const char *id,
+               tb__kv_done_cb cb, void *ud);
+    /* Lists the group's live records; expired ones are forgotten. */
+    int (*list)(tb__bus *bus, const char *group, tb__kv_list_cb cb, void *ud);
+} tb__kv_ops;
+
+/* 1 if s (n bytes) is a valid group (max 32) or id (max TB__KV_ID_MAX):
+ * 1..max bytes of [A-Za-z0-9_.-]. */
+static inline int tb__kv_name_ok(const char *s, size_t n, size_t max)
+{
+    if (!s || n == 0 || n > max)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              (c >= '0' && c <= '9') || c == '_' || c == '-' || c == '.'))
+            return 0;
+    }
+    return 1;
+}
 
 /* --------------------------------------------------------------- connection */
 

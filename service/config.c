@@ -50,6 +50,13 @@
       "stack-size / 1024 (0: 64, or what the stack allows)")                   \
     X(core, event_max_hops, INT, 8, NULL, 0, 255, "event-max-hops",            \
       "times an event may be relayed on: stops relay cycles")                  \
+    X(core, instance_heartbeat_ms, SECONDS, 1000, NULL, 50, 60000,             \
+      "instance-heartbeat",                                                    \
+      "seconds between renewals of this instance's "                           \
+      "record")                                                                \
+    X(core, instance_ttl_ms, SECONDS, 3000, NULL, 100, H1, "instance-ttl",     \
+      "seconds an instance stays listed after its last heartbeat, above "      \
+      "instance-heartbeat")                                                    \
     X(redis, url, URL, 0, NULL, 0, 0, "redis-url",                             \
       "redis://[user:password@]host:port[/db] or unix:///path; none: the "     \
       "in-process bus")                                                        \
@@ -430,6 +437,10 @@ static const char *check_rules(const tb_app_config *c)
 {
     if (!c->core.event_namespace || !namespace_ok(c->core.event_namespace))
         return "core.event_namespace must be " NAMESPACE_FORM;
+    if (c->core.instance_ttl_ms <= c->core.instance_heartbeat_ms)
+        return "core.instance_ttl_ms must be above "
+               "core.instance_heartbeat_ms (a record must outlive the wait "
+               "for its next renewal)";
     if (c->redis.retry_max_ms < c->redis.retry_min_ms)
         return "redis.retry_min_ms must be <= redis.retry_max_ms";
     if (c->http.longpoll_max && c->http.longpoll_max >= c->http.threads)

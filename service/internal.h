@@ -448,8 +448,9 @@ struct tb_app {
     int start_err;
 
     tb__bus *bus;
-    struct tb__router *router; /* HTTP routes, NULL if none */
-    void **route_fns;          /* the handlers' wrappers, freed with us */
+    struct tb__instances *instances; /* instances.c, while running */
+    struct tb__router *router;       /* HTTP routes, NULL if none */
+    void **route_fns;                /* the handlers' wrappers, freed with us */
     size_t nroute_fns;
     tb__http_server *http;          /* compose.c's, or NULL: no HTTP */
     const tb__wsconn_ops *wsconn;   /* its websockets' framing */

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "http.h"
+#include "instances.h"
 #include "internal.h"
 #include "metrics.h"
 #include "ws.h"
@@ -228,6 +229,9 @@ static void bus_metrics(buf *b, tb_app *app)
 
 static void ws_metrics(buf *b, tb_app *app)
 {
+    header(b, "taskbus_instances", "gauge",
+           "Live instances in the last list read (this one included).");
+    add(b, "taskbus_instances %zu\n", tb__instances_count(app->instances));
     header(b, "taskbus_ws_clients", "gauge", "Open websocket connections.");
     add(b, "taskbus_ws_clients %d\n", tb__ws_clients(app));
     header(b, "taskbus_ws_slow_closes_total", "counter",

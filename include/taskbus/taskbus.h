@@ -169,7 +169,14 @@ typedef struct tb_core_config {
                            tb_dispatch_from): an event that has made this
                            many hops is not relayed again, so a relay cycle
                            dies out */
-    void *reserved_[8]; /* room for later settings; keep zero */
+    int instance_heartbeat_ms; /* how often this instance renews its record
+                                  in the bus's shared store (GET
+                                  /instances; docs/CLUSTER.md) */
+    int instance_ttl_ms; /* how long a record lives after its last renewal:
+                            a killed instance leaves the list within it;
+                            above instance_heartbeat_ms */
+    void *reserved_[7];  /* room for later settings; keep zero (the two ints
+                            above took one slot) */
 } tb_core_config;
 
 /* The event bus. With no url, events stay in this process (the in-process

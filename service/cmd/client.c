@@ -1,5 +1,5 @@
-/* client.c - the client commands, taskbus dispatch, tasks, watch and
- * healthcheck: requests to a running service's HTTP API (and its /ws
+/* client.c - the client commands, taskbus dispatch, tasks, instances, watch
+ * and healthcheck: requests to a running service's HTTP API (and its /ws
  * websocket for watch), its answers printed, its errors as exit codes. */
 #include <getopt.h>
 #include <signal.h>
@@ -153,6 +153,7 @@ const char cmd_client_usage[] =
     "  taskbus tasks cancel NAME [--timeout S]  cancel and wait\n"
     "  taskbus tasks purge                 drop finished tasks\n"
     "  taskbus tasks spawn KIND [--name N] [--args JSON] [--worker W]\n"
+    "  taskbus instances [list]            the live instances of the cluster\n"
     "  taskbus watch PATTERN...            print events as they arrive "
     "(websocket)\n"
     "  taskbus healthcheck                 exit 0 if /healthz answers 200\n"
@@ -317,6 +318,22 @@ int cmd_tasks_main(int argc, char **argv)
                       "purge, spawn)",
                       sub);
     }
+    free(cl.token);
+    return rc;
+}
+
+/* taskbus instances [list]: GET /instances, printed as it comes. */
+int cmd_instances_main(int argc, char **argv)
+{
+    client cl;
+    client_args a;
+    client_parse(&cl, &a, argc, argv);
+    if (optind < argc && strcmp(argv[optind], "list") == 0)
+        optind++;
+    if (optind != argc)
+        cmd_die_usage("instances: unknown argument \"%s\" (list)",
+                      argv[optind]);
+    int rc = request(&cl, "GET", "/instances", NULL, 0, 0);
     free(cl.token);
     return rc;
 }

@@ -88,12 +88,13 @@ int cmd_serve_main(int argc, char **argv);
 /* The client commands' usage, for taskbus --help. */
 extern const char cmd_client_usage[];
 
-/* taskbus dispatch, tasks, watch, healthcheck: clients of a running
- * service over its HTTP API. argv[0] is the program. Each returns the exit
- * status: 0 success, 1 the service answered an error, 2 bad usage, 3 the
+/* taskbus dispatch, tasks, instances, watch, healthcheck: clients of a
+ * running service over its HTTP API. argv[0] is the program. Each returns the
+ * exit status: 0 success, 1 the service answered an error, 2 bad usage, 3 the
  * service is unreachable. */
 int cmd_dispatch_main(int argc, char **argv);
 int cmd_tasks_main(int argc, char **argv);
+int cmd_instances_main(int argc, char **argv);
 int cmd_watch_main(int argc, char **argv);
 int cmd_healthcheck_main(int argc, char **argv);
 

@@ -1,6 +1,6 @@
 /* main.c - the taskbus binary: picks the command (`taskbus serve` runs the
- * service and is the default; dispatch, tasks, watch and healthcheck are
- * clients of a running one; config prints the settings), and the checks of
+ * service and is the default; dispatch, tasks, instances, watch and healthcheck
+ * are clients of a running one; config prints the settings), and the checks of
  * argument values every command shares. */
 #include <errno.h>
 #include <stdarg.h>
@@ -105,11 +105,9 @@ int main(int argc, char **argv)
         const char *name;
         int (*fn)(int argc, char **argv);
     } commands[] = {
-        {"serve", cmd_serve_main},
-        {"dispatch", cmd_dispatch_main},
-        {"tasks", cmd_tasks_main},
-        {"watch", cmd_watch_main},
-        {"healthcheck", cmd_healthcheck_main},
+        {"serve", cmd_serve_main},   {"dispatch", cmd_dispatch_main},
+        {"tasks", cmd_tasks_main},   {"instances", cmd_instances_main},
+        {"watch", cmd_watch_main},   {"healthcheck", cmd_healthcheck_main},
         {"config", cmd_config_main},
     };
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)

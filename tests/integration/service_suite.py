@@ -801,6 +801,222 @@ def t_tasks():
     s.stop_ok()
 
 
+# ------------------------------------------------------------------ instances
+
+REDIS_CLI = "/usr/bin/redis-cli"
+# Fast beats so that the cases take seconds: a killed instance must leave
+# within the TTL (1 s), measured with 1.5 s to spare.
+INST_ARGS = ["--instance-heartbeat", "0.2", "--instance-ttl", "1",
+             "--redis-retry-max", "300"]
+
+
+def redis_cli(r, *args, stdin=None):
+    p = subprocess.run([REDIS_CLI, "-h", HOST, "-p", str(r.port), *args],
+                       input=stdin, capture_output=True, timeout=10)
+    check(p.returncode == 0, f"redis-cli {args[:2]}: {p.stderr!r}")
+    return p.stdout.decode(errors="replace").strip()
+
+
+def instances_of(s):
+    r = http_req(s.port, "GET", "/instances")
+    check(r.status == 200, f"GET /instances on {s.name}: {r!r}")
+    return json.loads(r.body)["instances"]
+
+
+def listens_of(s):
+    return sorted(i["listen"] for i in instances_of(s))
+
+
+def wait_listed(servers, want, timeout, what):
+    """Waits until every server in servers lists exactly the listen
+    addresses of want; fails with what was listed."""
+    expect = sorted(f"{HOST}:{w.port}" for w in want)
+    seen = {}
+
+    def ok():
+        for s in servers:
+            seen[s.name] = listens_of(s)
+        return all(v == expect for v in seen.values())
+    check(wait_for(ok, timeout), f"{what}: want {expect}, listed {seen}")
+
+
+def three_instances(r, *extra):
+    ss = [Taskbus(n, "--redis-url", r.url(), *INST_ARGS, *extra).start()
+          for n in ("a", "b", "c")]
+    wait_listed(ss, ss, T(5), "three instances on one Redis")
+    return ss
+
+
+def t_instances_three():
+    r = Redis("inst").start()
+    try:
+        ss = three_instances(r)
+        a, b, c = ss
+        ids = {}
+        for s in ss:
+            got = instances_of(s)
+            mine = [i for i in got if i["self"]]
+            check(len(mine) == 1 and mine[0]["listen"] == f"{HOST}:{s.port}",
+                  f"{s.name} lists itself as self once: {got}")
+            ids[s.name] = mine[0]["id"]
+            for i in got:
+                check(i["bus"] == "redis" and i["workers"] >= 1
+                      and i["version"] and i["host"] and i["started"],
+                      f"{s.name}: instance fields: {i}")
+        check(len(set(ids.values())) == 3, f"three distinct ids: {ids}")
+        # Renewed: still listed well after the first records' TTL.
+        time.sleep(1.5 * H.scale)
+        wait_listed(ss, ss, T(0.5), "1.5 s (more than the TTL) later")
+        for s in ss:
+            check({i["id"] for i in instances_of(s)} == set(ids.values()),
+                  f"{s.name} lists the ids {ids}")
+        check(metric_value(a.port, "taskbus_instances") == 3,
+              "taskbus_instances on a is not 3")
+        keys = redis_cli(r, "--scan", "--pattern", "{taskbus}:instance*")
+        check(sorted(keys.split()) == sorted(
+            ["{taskbus}:instance"] +
+            [f"{{taskbus}}:instance:{v}" for v in ids.values()]),
+            f"the instance keys in Redis: {keys}")
+        ttl = int(redis_cli(r, "PTTL", f"{{taskbus}}:instance:{ids['a']}"))
+        check(0 < ttl <= 1000, f"PTTL of a's record: {ttl}")
+        cl = cli(["instances"], env=url_env(b))
+        check(cl.rc == 0 and sorted(i["id"] for i in
+                                    cl.json()["instances"]) ==
+              sorted(ids.values()), f"taskbus instances: {cl!r}")
+
+        # A clean stop leaves at once: its record goes before it exits.
+        c.kill_with(signal.SIGTERM)
+        t0 = time.monotonic()
+        wait_listed([a, b], [a, b], T(2), "after SIGTERM of c")
+        term = time.monotonic() - t0
+        check(term < T(0.5), f"c left the list {term:.2f} s after SIGTERM, "
+                             f"want < 0.5 s")
+        c.stop_ok()
+        check(redis_cli(r, "EXISTS", f"{{taskbus}}:instance:{ids['c']}")
+              == "0", "c's record is still in Redis after its clean stop")
+
+        # A killed one leaves when its record expires: within the TTL.
+        b.kill_with(signal.SIGKILL)
+        b.expect_rc = -signal.SIGKILL
+        t0 = time.monotonic()
+        wait_listed([a], [a], T(4), "after SIGKILL of b")
+        took = time.monotonic() - t0
+        check(took < T(1 + 1.5), f"b left the list {took:.2f} s after "
+                                 f"SIGKILL, want < TTL (1 s) + 1.5 s")
+        check(metric_value(a.port, "taskbus_instances") == 1,
+              "taskbus_instances on a is not 1 after b and c left")
+        return f"gone {term:.2f} s after SIGTERM, {took:.2f} s after SIGKILL"
+    finally:
+        r.stop()
+
+
+def t_instances_redis_restart():
+    r = Redis("inst-restart").start()
+    try:
+        ss = three_instances(r)
+        r.stop()
+        r.start(port=r.port)  # empty: every record is gone
+        t0 = time.monotonic()
+
+        def records():
+            return len(redis_cli(r, "--scan", "--pattern",
+                                 "{taskbus}:instance:*").split())
+        check(wait_for(lambda: records() == 3, T(5)),
+              f"{records()} instance records in Redis 5 s after the restart")
+        took = time.monotonic() - t0
+        # The lists kept from before the restart prove nothing: a newcomer
+        # reads only what the three wrote again, and they read it back.
+        d = Taskbus("d", "--redis-url", r.url(), *INST_ARGS).start()
+        wait_listed(ss + [d], ss + [d], T(3), "after a redis-server restart")
+        return f"registered again {took:.2f} s after"
+    finally:
+        r.stop()
+
+
+def t_instances_memory():
+    s = Taskbus("mem").start()
+    got = instances_of(s)
+    check(len(got) == 1 and got[0]["self"] is True
+          and got[0]["bus"] == "memory"
+          and got[0]["listen"] == f"{HOST}:{s.port}",
+          f"GET /instances on the memory bus: {got}")
+    check(metric_value(s.port, "taskbus_instances") == 1,
+          "taskbus_instances is not 1 on the memory bus")
+    r = cli(["instances", "list"], env=url_env(s))
+    check(r.rc == 0 and r.json()["instances"][0]["id"] == got[0]["id"],
+          f"taskbus instances list: {r!r}")
+    r = cli(["instances", "nope"], env=url_env(s))
+    check(r.rc == 2, f"taskbus instances nope: want exit 2, got {r!r}")
+    s.stop_ok()
+
+
+def t_instances_hostile():
+    """Whatever is under the instance keys, nothing crashes and nothing
+    that is not a valid record is listed; skipped ones are logged, at most
+    TB__RATELOG_BURST (10) lines a second."""
+    r = Redis("inst-hostile").start()
+    try:
+        a = Taskbus("a", "--redis-url", r.url(), *INST_ARGS).start()
+        wait_listed([a], [a], T(5), "one instance")
+        me = instances_of(a)[0]
+        fake = dict(me, id="f00d", listen="127.0.0.1:1")
+        wrong_id = dict(me, id="other")
+        big_host = dict(me, id="bighost", host="h" * 300)
+        put = {
+            "garbage": b"garbage",
+            "json-array": b"[1,2,3]",
+            "notjson": b'{"id":"notjson"',
+            "wrongid": json.dumps(wrong_id).encode(),
+            "bighost": json.dumps(big_host).encode(),
+            "deep": b'{"id":"deep","x":' + b"[" * 5000 + b"]" * 5000
+                    + b"}",
+            "huge": b"x" * (5 << 20),
+        }
+        for k, v in put.items():
+            redis_cli(r, "-x", "SET", f"{{taskbus}}:instance:{k}", stdin=v)
+        redis_cli(r, "HSET", "{taskbus}:instance:hash", "a", "b")
+        redis_cli(r, "SADD", "{taskbus}:instance", *put, "hash",
+                  "bad id!", "x" * 200, "nokey")
+        redis_cli(r, "SET", "{taskbus}:instance:bad id!", "x")
+        # The instance's own record, overwritten with garbage: listed again
+        # (valid) at its next heartbeat.
+        redis_cli(r, "SET", f"{{taskbus}}:instance:{me['id']}", "garbage",
+                  "PX", "5000")
+        t0 = time.monotonic()
+        time.sleep(1.5 * H.scale)
+        got = instances_of(a)
+        check([i["id"] for i in got] == [me["id"]],
+              f"only a is listed among hostile records: {got}")
+        check(http_req(a.port, "GET", "/healthz").status == 200,
+              "a is not healthy after reading hostile records")
+        # A valid record of another instance is believed (anyone who can
+        # write to Redis can join): the store bounds, it does not sign.
+        redis_cli(r, "SET", "{taskbus}:instance:f00d", json.dumps(fake),
+                  "PX", "3000")
+        redis_cli(r, "SADD", "{taskbus}:instance", "f00d")
+        check(wait_for(lambda: "f00d" in [i["id"] for i in instances_of(a)],
+                       T(2)), "a valid record written by hand is not listed")
+        err = a.err_text()
+        check("instances: record garbage" in err
+              and "skipped" in err, f"no skipped-record line:\n{err[-1500:]}")
+        # The rate limit: per second at most 10 skipped lines (and their
+        # "suppressed" summary).
+        per_s = {}
+        for line in err.splitlines():
+            if "instances: record " in line or "out of bounds" in line:
+                per_s[line[:19]] = per_s.get(line[:19], 0) + 1
+        check(per_s and max(per_s.values()) <= 10,
+              f"skipped-record lines per second: {per_s}")
+        check("suppressed" in err, "no suppressed-lines summary")
+        # The set was cleaned of ids without a record.
+        members = redis_cli(r, "SMEMBERS", "{taskbus}:instance").split()
+        check("nokey" not in members, f"nokey still in the set: {members}")
+        a.stop_ok()
+        return f"{time.monotonic() - t0:.1f} s"
+    finally:
+        r.stop()
+
+
 def t_healthcheck():
     s = Taskbus("health").start()
     r = cli(["healthcheck", "--url", s.url()])
@@ -1953,6 +2169,14 @@ CASES = [
     ("client", "dispatch NAME - reads stdin", t_dispatch_stdin),
     ("client", "tasks spawn/get/list/cancel/purge", t_tasks),
     ("client", "healthcheck: 0 up, 1 down", t_healthcheck),
+    ("instances", "three instances on one Redis list each other; SIGTERM "
+     "leaves at once, SIGKILL within the TTL", t_instances_three),
+    ("instances", "after a redis-server restart all three are listed again",
+     t_instances_redis_restart),
+    ("instances", "memory bus: GET /instances and taskbus instances list "
+     "this one", t_instances_memory),
+    ("instances", "hostile records in Redis: skipped, bounded, logged "
+     "rate-limited", t_instances_hostile),
     ("client", "service down: exit 3", t_service_down),
     ("client", "--url, TASKBUS_URL, TASKBUS_LISTEN", t_url_sources),
     ("client", "token: TASKBUS_TOKEN, --token, token files, 401 exit 1",

@@ -549,9 +549,11 @@ class Redis:
         if "--requirepass" in self.args:
             self.password = self.args[self.args.index("--requirepass") + 1]
 
-    def start(self):
+    def start(self, port=None):
+        """Starts it on a free port, or on port (a restart: no retry on
+        another port)."""
         for attempt in range(3):
-            self.port = free_port()
+            self.port = port or free_port()
             self.dir = tempfile.mkdtemp(prefix="redis.", dir=H.root)
             self.log = os.path.join(self.dir, "redis.log")
             argv = [REDIS_SERVER, "--save", "", "--appendonly",
@@ -562,7 +564,8 @@ class Redis:
             end = time.monotonic() + 10
             while True:
                 if self.proc.poll() is not None:
-                    if "Address already in use" in self.log_text():
+                    if ("Address already in use" in self.log_text()
+                            and not port):
                         break
                     raise RuntimeError(f"redis-server exited at start\n"
                                        f"{tail(self.log)}")

@@ -326,8 +326,8 @@ static void fb_free(tb__bus *b)
     free(f);
 }
 
-static const tb__bus_ops fake_bus_ops = {"fake",    fb_start, fb_publish,
-                                         fb_status, fb_stop,  fb_free};
+static const tb__bus_ops fake_bus_ops = {
+    "fake", fb_start, fb_publish, fb_status, fb_stop, fb_free, NULL};
 
 static fake_bus *wrap_bus(tb_app *app)
 {

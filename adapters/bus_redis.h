@@ -1,0 +1,114 @@
+/* bus_redis.h - the Redis bus's state, shared by its two files: bus_redis.c
+ * (the links, pub/sub, reconnection) and bus_redis_kv.c (the shared store
+ * on the command link). Private to them: nothing else includes it. */
+#ifndef TASKBUS_BUS_REDIS_H
+#define TASKBUS_BUS_REDIS_H
+
+#include <pthread.h>
+
+#include <event2/event.h>
+#include <hiredis/async.h>
+
+#include "adapters.h"
+
+enum {
+    LINK_SUB = 0,
+    LINK_PUB = 1,
+    NLINKS = 2
+};
+
+/* Handshake steps, in order; a link skips the ones it does not need. */
+enum {
+    STEP_AUTH = 0,
+    STEP_SELECT,
+    STEP_PING,
+    STEP_PSUBSCRIBE,
+    STEP_READY
+};
+
+typedef struct rlink {
+    struct rbus *b;
+    const char *name;      /* "sub" or "pub", for logs */
+    redisAsyncContext *ac; /* NULL when there is none or hiredis frees it */
+    int step;              /* STEP_* */
+    int64_t last_rx_us;    /* monotonic: last reply or message */
+    int64_t ping_sent_us;  /* monotonic; 0: no PING outstanding */
+} rlink;
+
+typedef struct rbus {
+    tb__bus bus;
+
+    /* --- fixed in tb__bus_redis_new --- */
+    tb__redis_target t;
+    char url[512];     /* redacted, for logs */
+    char prefix[128];  /* "<ns>:event:" */
+    char pattern[130]; /* "<ns>:event:*" */
+    int64_t connect_to_us, cmd_to_us, ping_us;
+    int64_t retry_us;   /* publish_retry_ms: how long an accepted event is
+                           kept for resending */
+    tb__bus_conn *conn; /* the state; any thread reads it */
+    tb__bus_tx *tx;     /* accepted events (any thread), until completed */
+    tb__bus_rx *rx;     /* received messages (bus thread) */
+
+    /* --- the app's thread (start/stop/free) --- */
+    pthread_t thread;
+    int thread_started, joined;
+    int closed; /* stop() has begun */
+
+    /* --- the bus thread only --- */
+    struct event_base *base;
+    struct event *wake_ev;     /* publishers: the queue became non-empty */
+    struct event *stop_ev;     /* stop(): flush, then finish; also a timer */
+    struct event *teardown_ev; /* close both links, schedule a retry */
+    struct event *retry_ev;    /* the next connection attempt */
+    struct event *tick_ev;     /* timeouts and keepalive pings */
+    rlink links[NLINKS];
+    tb__bus_reqlist sendq;    /* to send once connected (resends first) */
+    tb__bus_reqlist inflight; /* sent on `pub`, answer pending; in order */
+    int attempting;           /* an attempt is under way */
+    int64_t attempt_us;
+    int failing; /* teardown_ev is active: the first reason wins */
+    char fail_why[256];
+    int64_t lost_us;      /* monotonic time the connection was lost */
+    int64_t echo_out;     /* bytes published, not yet back on `sub` */
+    int64_t echo_last_us; /* last echo, or when echo_out left 0 */
+    char own_prefix[48];  /* how our own envelopes start: {"id":"<inst>- */
+    size_t own_prefix_len;
+    /* Received events are handed to the workers together after the read
+     * that produced them: one lock and one wake-up per worker per batch
+     * instead of per event. */
+    struct event *flush_ev;
+    int stopping, finished;
+    int64_t stop_deadline_us;
+    char logged_reject[256]; /* last refusal logged; "" after a success */
+    tb__ratelog pub_log;
+
+    /* --- the store (bus_redis_kv.c) --- */
+    pthread_mutex_t kv_mu;             /* guards kv_head, kv_tail, kv_closed */
+    struct rkv_req *kv_head, *kv_tail; /* queued by any thread */
+    int kv_closed;                     /* finish() has run: refuse */
+    struct event *kv_ev;               /* requests were queued */
+    char kv_prefix[80];                /* "{<ns>}:", the hash tag */
+    char sha[3][41];                   /* the scripts' SHA1s; "": not loaded */
+    tb__ratelog kv_log;                /* refused or malformed replies */
+} rbus;
+
+/* --------------------------------------------------- the store (kv.c) */
+
+/* Fills b's store state (after b->prefix's namespace is known). Before
+ * the thread starts; tb__rkv_free undoes it. */
+void tb__rkv_init(rbus *b, const char *ns);
+/* kv_ev's callback: sends what was queued. */
+void tb__rkv_on_queued(evutil_socket_t fd, short what, void *arg);
+/* Its ops table, for redis_ops. */
+extern const tb__kv_ops tb__rkv_ops;
+/* Bus thread: the links are up: (re)loads the scripts. */
+void tb__rkv_connected(rbus *b);
+/* Bus thread, from finish(): refuses new requests and completes the
+ * queued ones with TB_ESHUTDOWN. Requests sent already are completed by
+ * hiredis's NULL replies when the links close. */
+void tb__rkv_finish(rbus *b);
+/* Frees what tb__rkv_init made (after the thread has ended). */
+void tb__rkv_free(rbus *b);
+
+#endif /* TASKBUS_BUS_REDIS_H */

@@ -1,0 +1,142 @@
+/* test_bus_memory.c - unit tests for adapters/bus_memory.c's shared store:
+ * put, del, list, replacing, TTLs, bounds (the callback never runs on a
+ * refusal). */
+#include "harness.h"
+
+#include <unistd.h>
+
+#include "internal.h"
+
+typedef struct seen {
+    int calls, status;
+    size_t n, dropped;
+    char ids[8][TB__KV_ID_MAX + 1];
+    char values[8][64];
+} seen;
+
+static void on_done(int status, void *ud)
+{
+    seen *s = ud;
+    s->calls++;
+    s->status = status;
+}
+
+static void on_list(int status, const tb__kv_rec *recs, size_t n,
+                    size_t dropped, void *ud)
+{
+    seen *s = ud;
+    s->calls++;
+    s->status = status;
+    s->n = n;
+    s->dropped = dropped;
+    for (size_t i = 0; i < n && i < 8; i++) {
+        assert_int_equal(strlen(recs[i].id), recs[i].idlen);
+        assert_int_equal(strlen(recs[i].value), recs[i].len);
+        snprintf(s->ids[i], sizeof s->ids[i], "%s", recs[i].id);
+        snprintf(s->values[i], sizeof s->values[i], "%s", recs[i].value);
+    }
+}
+
+/* The value listed under id, or NULL. */
+static const char *value_of(const seen *s, const char *id)
+{
+    for (size_t i = 0; i < s->n && i < 8; i++)
+        if (strcmp(s->ids[i], id) == 0)
+            return s->values[i];
+    return NULL;
+}
+
+static tb_app *memory_app(void)
+{
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    tb_app *app = tb_app_new(&cfg, NULL);
+    assert_non_null(app);
+    assert_string_equal(app->bus->ops->name, "memory");
+    assert_non_null(app->bus->ops->kv);
+    return app;
+}
+
+static void test_memory_kv(void **state)
+{
+    (void)state;
+    tb_app *app = memory_app();
+    tb__bus *bus = app->bus;
+    const tb__kv_ops *kv = bus->ops->kv;
+    seen s = {0};
+
+    assert_int_equal(
+        kv->put(bus, "instance", "a", "one", 3, 60000, on_done, &s), 0);
+    assert_int_equal(s.calls, 1);
+    assert_int_equal(s.status, 0);
+    kv->put(bus, "instance", "b", "two", 3, 60000, on_done, &s);
+    kv->put(bus, "claim", "a", "other group", 11, 60000, on_done, &s);
+    /* Replacing keeps one record with the new value. */
+    kv->put(bus, "instance", "a", "uno", 3, 60000, on_done, &s);
+
+    memset(&s, 0, sizeof s);
+    assert_int_equal(kv->list(bus, "instance", on_list, &s), 0);
+    assert_int_equal(s.calls, 1);
+    assert_int_equal(s.status, 0);
+    assert_int_equal(s.n, 2);
+    assert_string_equal(value_of(&s, "a"), "uno");
+    assert_string_equal(value_of(&s, "b"), "two");
+
+    memset(&s, 0, sizeof s);
+    assert_int_equal(kv->del(bus, "instance", "a", on_done, &s), 0);
+    assert_int_equal(s.calls, 1);
+    assert_int_equal(kv->del(bus, "instance", "gone", on_done, &s), 0);
+    memset(&s, 0, sizeof s);
+    kv->list(bus, "instance", on_list, &s);
+    assert_int_equal(s.n, 1);
+    assert_null(value_of(&s, "a"));
+    memset(&s, 0, sizeof s);
+    kv->list(bus, "claim", on_list, &s);
+    assert_int_equal(s.n, 1);
+    assert_string_equal(value_of(&s, "a"), "other group");
+
+    /* A record lives for its TTL, no longer. */
+    kv->put(bus, "ttl", "short", "x", 1, 50, NULL, NULL);
+    kv->put(bus, "ttl", "long", "y", 1, 60000, NULL, NULL);
+    memset(&s, 0, sizeof s);
+    kv->list(bus, "ttl", on_list, &s);
+    assert_int_equal(s.n, 2);
+    usleep(120 * 1000);
+    memset(&s, 0, sizeof s);
+    kv->list(bus, "ttl", on_list, &s);
+    assert_int_equal(s.n, 1);
+    assert_non_null(value_of(&s, "long"));
+
+    /* Out of bounds: refused, and the callback never runs. */
+    char big[TB__KV_VALUE_MAX + 2];
+    memset(big, 'v', sizeof big);
+    char longid[TB__KV_ID_MAX + 2];
+    memset(longid, 'i', sizeof longid - 1);
+    longid[sizeof longid - 1] = '\0';
+    memset(&s, 0, sizeof s);
+    assert_int_equal(
+        kv->put(bus, "instance", "c", big, sizeof big, 1000, on_done, &s),
+        TB_EINVAL);
+    assert_int_equal(kv->put(bus, "instance", "c", "", 0, 1000, on_done, &s),
+                     TB_EINVAL);
+    assert_int_equal(
+        kv->put(bus, "instance", longid, "v", 1, 1000, on_done, &s), TB_EINVAL);
+    assert_int_equal(kv->put(bus, "instance", "a b", "v", 1, 1000, on_done, &s),
+                     TB_EINVAL);
+    assert_int_equal(kv->put(bus, "bad/group", "a", "v", 1, 1000, on_done, &s),
+                     TB_EINVAL);
+    assert_int_equal(kv->put(bus, "instance", "a", "v", 1, 0, on_done, &s),
+                     TB_EINVAL);
+    assert_int_equal(kv->del(bus, "instance", "", on_done, &s), TB_EINVAL);
+    assert_int_equal(kv->list(bus, "", on_list, &s), TB_EINVAL);
+    assert_int_equal(s.calls, 0);
+    tb_app_free(app);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_memory_kv),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
