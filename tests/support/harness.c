@@ -476,3 +476,28 @@ void th_app_test(tb_app *app, th_thread_body thread, th_task_body task,
     th_assert_clean();
     assert_rc(rc, 0);
 }
+
+/* ------------------------------------------------------------ bus store */
+
+void th_kv_on_done(int status, void *ud)
+{
+    th_kv_seen *s = ud;
+    s->calls++;
+    s->status = status;
+}
+
+void th_kv_on_list(int status, const tb__kv_rec *recs, size_t n, size_t dropped,
+                   void *ud)
+{
+    th_kv_seen *s = ud;
+    s->calls++;
+    s->status = status;
+    s->n = n;
+    s->dropped = dropped;
+    for (size_t i = 0; i < n && i < 8; i++) {
+        assert_int_equal(strlen(recs[i].id), recs[i].idlen);
+        assert_int_equal(strlen(recs[i].value), recs[i].len);
+        snprintf(s->ids[i], sizeof s->ids[i], "%s", recs[i].id);
+        snprintf(s->values[i], sizeof s->values[i], "%s", recs[i].value);
+    }
+}

@@ -256,4 +256,22 @@ void th_app_test(tb_app *app, th_thread_body thread, th_task_body task,
     static void name##_body(tb_task *self __attribute__((unused)),             \
                             tb_app *app __attribute__((unused)))
 
+/* ------------------------------------------------------------ bus store */
+
+#include "bus.h"
+
+/* What a bus store's callbacks reported: the memory bus calls back before
+ * its op returns, so a test reads it right after (main thread: the list
+ * callback checks each record with cmocka). */
+typedef struct th_kv_seen {
+    int calls, status;
+    size_t n, dropped;
+    char ids[8][TB__KV_ID_MAX + 1];
+    char values[8][64];
+} th_kv_seen;
+
+void th_kv_on_done(int status, void *ud);
+void th_kv_on_list(int status, const tb__kv_rec *recs, size_t n, size_t dropped,
+                   void *ud);
+
 #endif /* TASKBUS_TESTS_HARNESS_H */

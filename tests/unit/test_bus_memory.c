@@ -7,38 +7,8 @@
 
 #include "internal.h"
 
-typedef struct seen {
-    int calls, status;
-    size_t n, dropped;
-    char ids[8][TB__KV_ID_MAX + 1];
-    char values[8][64];
-} seen;
-
-static void on_done(int status, void *ud)
-{
-    seen *s = ud;
-    s->calls++;
-    s->status = status;
-}
-
-static void on_list(int status, const tb__kv_rec *recs, size_t n,
-                    size_t dropped, void *ud)
-{
-    seen *s = ud;
-    s->calls++;
-    s->status = status;
-    s->n = n;
-    s->dropped = dropped;
-    for (size_t i = 0; i < n && i < 8; i++) {
-        assert_int_equal(strlen(recs[i].id), recs[i].idlen);
-        assert_int_equal(strlen(recs[i].value), recs[i].len);
-        snprintf(s->ids[i], sizeof s->ids[i], "%s", recs[i].id);
-        snprintf(s->values[i], sizeof s->values[i], "%s", recs[i].value);
-    }
-}
-
 /* The value listed under id, or NULL. */
-static const char *value_of(const seen *s, const char *id)
+static const char *value_of(const th_kv_seen *s, const char *id)
 {
     for (size_t i = 0; i < s->n && i < 8; i++)
         if (strcmp(s->ids[i], id) == 0)
@@ -63,19 +33,19 @@ static void test_memory_kv(void **state)
     tb_app *app = memory_app();
     tb__bus *bus = app->bus;
     const tb__kv_ops *kv = bus->ops->kv;
-    seen s = {0};
+    th_kv_seen s = {0};
 
     assert_int_equal(
-        kv->put(bus, "instance", "a", "one", 3, 60000, on_done, &s), 0);
+        kv->put(bus, "instance", "a", "one", 3, 60000, th_kv_on_done, &s), 0);
     assert_int_equal(s.calls, 1);
     assert_int_equal(s.status, 0);
-    kv->put(bus, "instance", "b", "two", 3, 60000, on_done, &s);
-    kv->put(bus, "claim", "a", "other group", 11, 60000, on_done, &s);
+    kv->put(bus, "instance", "b", "two", 3, 60000, th_kv_on_done, &s);
+    kv->put(bus, "claim", "a", "other group", 11, 60000, th_kv_on_done, &s);
     /* Replacing keeps one record with the new value. */
-    kv->put(bus, "instance", "a", "uno", 3, 60000, on_done, &s);
+    kv->put(bus, "instance", "a", "uno", 3, 60000, th_kv_on_done, &s);
 
     memset(&s, 0, sizeof s);
-    assert_int_equal(kv->list(bus, "instance", on_list, &s), 0);
+    assert_int_equal(kv->list(bus, "instance", th_kv_on_list, &s), 0);
     assert_int_equal(s.calls, 1);
     assert_int_equal(s.status, 0);
     assert_int_equal(s.n, 2);
@@ -83,15 +53,15 @@ static void test_memory_kv(void **state)
     assert_string_equal(value_of(&s, "b"), "two");
 
     memset(&s, 0, sizeof s);
-    assert_int_equal(kv->del(bus, "instance", "a", on_done, &s), 0);
+    assert_int_equal(kv->del(bus, "instance", "a", th_kv_on_done, &s), 0);
     assert_int_equal(s.calls, 1);
-    assert_int_equal(kv->del(bus, "instance", "gone", on_done, &s), 0);
+    assert_int_equal(kv->del(bus, "instance", "gone", th_kv_on_done, &s), 0);
     memset(&s, 0, sizeof s);
-    kv->list(bus, "instance", on_list, &s);
+    kv->list(bus, "instance", th_kv_on_list, &s);
     assert_int_equal(s.n, 1);
     assert_null(value_of(&s, "a"));
     memset(&s, 0, sizeof s);
-    kv->list(bus, "claim", on_list, &s);
+    kv->list(bus, "claim", th_kv_on_list, &s);
     assert_int_equal(s.n, 1);
     assert_string_equal(value_of(&s, "a"), "other group");
 
@@ -99,11 +69,11 @@ static void test_memory_kv(void **state)
     kv->put(bus, "ttl", "short", "x", 1, 50, NULL, NULL);
     kv->put(bus, "ttl", "long", "y", 1, 60000, NULL, NULL);
     memset(&s, 0, sizeof s);
-    kv->list(bus, "ttl", on_list, &s);
+    kv->list(bus, "ttl", th_kv_on_list, &s);
     assert_int_equal(s.n, 2);
     usleep(120 * 1000);
     memset(&s, 0, sizeof s);
-    kv->list(bus, "ttl", on_list, &s);
+    kv->list(bus, "ttl", th_kv_on_list, &s);
     assert_int_equal(s.n, 1);
     assert_non_null(value_of(&s, "long"));
 
@@ -115,20 +85,25 @@ static void test_memory_kv(void **state)
     longid[sizeof longid - 1] = '\0';
     memset(&s, 0, sizeof s);
     assert_int_equal(
-        kv->put(bus, "instance", "c", big, sizeof big, 1000, on_done, &s),
+        kv->put(bus, "instance", "c", big, sizeof big, 1000, th_kv_on_done, &s),
         TB_EINVAL);
-    assert_int_equal(kv->put(bus, "instance", "c", "", 0, 1000, on_done, &s),
-                     TB_EINVAL);
     assert_int_equal(
-        kv->put(bus, "instance", longid, "v", 1, 1000, on_done, &s), TB_EINVAL);
-    assert_int_equal(kv->put(bus, "instance", "a b", "v", 1, 1000, on_done, &s),
+        kv->put(bus, "instance", "c", "", 0, 1000, th_kv_on_done, &s),
+        TB_EINVAL);
+    assert_int_equal(
+        kv->put(bus, "instance", longid, "v", 1, 1000, th_kv_on_done, &s),
+        TB_EINVAL);
+    assert_int_equal(
+        kv->put(bus, "instance", "a b", "v", 1, 1000, th_kv_on_done, &s),
+        TB_EINVAL);
+    assert_int_equal(
+        kv->put(bus, "bad/group", "a", "v", 1, 1000, th_kv_on_done, &s),
+        TB_EINVAL);
+    assert_int_equal(
+        kv->put(bus, "instance", "a", "v", 1, 0, th_kv_on_done, &s), TB_EINVAL);
+    assert_int_equal(kv->del(bus, "instance", "", th_kv_on_done, &s),
                      TB_EINVAL);
-    assert_int_equal(kv->put(bus, "bad/group", "a", "v", 1, 1000, on_done, &s),
-                     TB_EINVAL);
-    assert_int_equal(kv->put(bus, "instance", "a", "v", 1, 0, on_done, &s),
-                     TB_EINVAL);
-    assert_int_equal(kv->del(bus, "instance", "", on_done, &s), TB_EINVAL);
-    assert_int_equal(kv->list(bus, "", on_list, &s), TB_EINVAL);
+    assert_int_equal(kv->list(bus, "", th_kv_on_list, &s), TB_EINVAL);
     assert_int_equal(s.calls, 0);
     tb_app_free(app);
 }

@@ -8,29 +8,6 @@
 #include "instances.h"
 #include "internal.h"
 
-typedef struct seen {
-    int calls, status;
-    size_t n, dropped;
-    char ids[8][TB__KV_ID_MAX + 1];
-    char values[8][64];
-} seen;
-
-static void on_list(int status, const tb__kv_rec *recs, size_t n,
-                    size_t dropped, void *ud)
-{
-    seen *s = ud;
-    s->calls++;
-    s->status = status;
-    s->n = n;
-    s->dropped = dropped;
-    for (size_t i = 0; i < n && i < 8; i++) {
-        assert_int_equal(strlen(recs[i].id), recs[i].idlen);
-        assert_int_equal(strlen(recs[i].value), recs[i].len);
-        snprintf(s->ids[i], sizeof s->ids[i], "%s", recs[i].id);
-        snprintf(s->values[i], sizeof s->values[i], "%s", recs[i].value);
-    }
-}
-
 static tb_app *memory_app(void)
 {
     tb_app_config cfg;
@@ -162,8 +139,8 @@ static void test_memory_app_lists_itself(void **state)
     assert_string_equal(json_string_value(json_object_get(me, "version")),
                         TB_VERSION_STRING);
     /* A clean stop removed the record from the store. */
-    seen s = {0};
-    app->bus->ops->kv->list(app->bus, "instance", on_list, &s);
+    th_kv_seen s = {0};
+    app->bus->ops->kv->list(app->bus, "instance", th_kv_on_list, &s);
     assert_int_equal(s.calls, 1);
     assert_int_equal(s.n, 0);
     json_decref(body);
