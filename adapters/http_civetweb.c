@@ -44,8 +44,9 @@ typedef struct conn {
     struct mg_connection *mg;
     int head;   /* HEAD: the answer has no body */
     int close;  /* the connection closes after the answer */
-    int looked; /* fd was looked up (by conn_gone) */
+    int looked; /* fd was looked up (by conn_gone or linger) */
     int fd;     /* the socket, or -1 when not found */
+    int unread; /* the request's body may still be on the socket */
 } conn;
 
 static const char *conn_header(void *cp, const char *name)
@@ -160,14 +161,73 @@ static int keeps_alive(const conn *c, const struct mg_request_info *ri)
     return ri->http_version && strcmp(ri->http_version, "1.1") == 0;
 }
 
+/* Milliseconds on the monotonic clock. */
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Lingering close (nginx's), after a refusal on c: Linux answers a close
+ * with unread bytes in the receive queue with a reset, and a client still
+ * sending its body then loses the answer it has not read yet. So when the
+ * body may be unread (c->unread) or bytes are waiting, the write side is
+ * shut (the answer, already in the kernel, then a FIN) and what arrives
+ * is read and dropped until the client closes, http.discard_max bytes or
+ * http.discard_timeout_ms, whichever comes first; civetweb closes after.
+ * The socket stays civetweb's; this thread only reads it. Bytes civetweb
+ * has buffered already are dropped with the connection. */
+static void linger(conn *c, const tb_http_config *hc)
+{
+    if (!hc->discard_max || hc->discard_timeout_ms <= 0)
+        return;
+    if (!c->looked) {
+        const struct mg_request_info *ri = mg_get_request_info(c->mg);
+        c->looked = 1;
+        c->fd = find_socket(ri->user_data, ri->remote_addr, ri->remote_port);
+    }
+    if (c->fd < 0)
+        return;
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    if (!c->unread && (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN)))
+        return; /* nothing sent beyond the request: close at once */
+    shutdown(c->fd, SHUT_WR);
+    long long end = now_ms() + hc->discard_timeout_ms;
+    size_t left = hc->discard_max;
+    char buf[16384];
+    while (left) {
+        long long wait = end - now_ms();
+        if (wait <= 0)
+            break;
+        p.revents = 0;
+        int r = poll(&p, 1, (int)wait);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break; /* the time bound, or an error */
+        ssize_t n = recv(c->fd, buf, left < sizeof buf ? left : sizeof buf,
+                         MSG_DONTWAIT);
+        if (n < 0 &&
+            (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+            continue;
+        if (n <= 0)
+            break; /* the client closed, or reset */
+        left -= (size_t)n;
+    }
+}
+
 /* Answers before routing, with extra headers (NULL or "Name: value\r\n"
  * lines), and makes civetweb close the connection (the body may be
- * unread: it must not be taken for the next request). */
+ * unread: it must not be taken for the next request), lingering while
+ * the client may still be sending it (linger). */
 static int refuse(tb_app *app, tb__http_in *in, int status, const char *code,
                   const char *headers, const char *message)
 {
     conn_close(in->conn);
-    return tb__http_refuse(app, in, status, code, headers, message);
+    int rc = tb__http_refuse(app, in, status, code, headers, message);
+    linger(in->conn, &tb_app_get_config(app)->http);
+    return rc;
 }
 
 /* ---------------------------------------------------------------- framing
@@ -459,6 +519,7 @@ static int on_request(struct mg_connection *mg)
     tb_app *app = srv->base.app;
     conn c = {.mg = mg, .head = strcmp(ri->request_method, "HEAD") == 0};
     c.close = !keeps_alive(&c, ri);
+    c.unread = ri->content_length != 0; /* -1: chunked or unknown */
     tb__http_in req = request_of(&c, ri);
     int upgrade = tb__app_has_websockets(app) && wants_websocket(mg, ri);
     refusal r;
@@ -472,7 +533,9 @@ static int on_request(struct mg_connection *mg)
     size_t max_body = tb_app_get_config(app)->http.max_body;
     char *body;
     size_t len;
-    switch (read_body(&c, ri, max_body, &body, &len)) {
+    int got = read_body(&c, ri, max_body, &body, &len);
+    c.unread = got == 413; /* 400: the client stopped sending */
+    switch (got) {
     case 0:
         break;
     case 413: {

@@ -85,6 +85,10 @@
       "HTTP request body limit, bytes")                                        \
     X(http, longpoll_max, INT, 0, NULL, 0, 65535, "http-longpoll-max",         \
       "long polls waiting at once, below http-threads (0: half of them)")      \
+    X(http, discard_max, SIZE, 4 * MiB, NULL, 0, GiB, "http-discard-max",      \
+      "unread body bytes read and dropped after a refusal, then closed")       \
+    X(http, discard_timeout_ms, MS, 2000, NULL, 0, H1, "http-discard-timeout", \
+      "ms a refused request's unread body is drained at most")                 \
     X(http, api_token, SECRET, 0, NULL, 0, 0, "token",                         \
       "API token required by the HTTP API and websockets")                     \
     X(ws, max_clients, INT, 10000, NULL, 1, 1 << 20, "ws-max-clients",         \

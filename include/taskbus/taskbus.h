@@ -221,6 +221,14 @@ typedef struct tb_http_config {
                            once; each holds an HTTP thread, so it must be
                            below threads; beyond it 503 (too_many_waits); 0:
                            half of threads */
+    /* Lingering close: a request refused before its body was read (413,
+     * a framing error...) is answered, the socket's write side shut, and
+     * up to discard_max bytes are read and dropped for at most
+     * discard_timeout_ms, until the client closes, so that a client still
+     * sending its body reads the answer instead of a reset. Then the
+     * connection is closed. 0 in either: closed at once. */
+    size_t discard_max;
+    int discard_timeout_ms;
     /* The HTTP API's token. With one, every route but GET and HEAD of
      * /healthz and /readyz (and every route added with tb_app_add_route)
      * answers 401 unless the request carries "Authorization: Bearer
@@ -230,7 +238,8 @@ typedef struct tb_http_config {
      * NULL or "": no token (anyone who reaches listen may use the API).
      * 1..256 visible ASCII bytes; copied. Never logged. */
     const char *api_token;
-    void *reserved_[8];
+    void *reserved_[6]; /* room for later settings; keep zero (the two
+                           discard settings took two slots) */
 } tb_http_config;
 
 /* Websockets (tb_app_add_websocket, GET /ws). An upgraded connection leaves

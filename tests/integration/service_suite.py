@@ -1954,6 +1954,145 @@ def t_ws_handover_reset():
     return f"{int(failed)} failed hand-overs, {len(lines)} log lines"
 
 
+# Refusals before the body is read: lingering close (docs/HTTP_DESIGN.md).
+BIG = 2 * 1024 * 1024  # over the default http.max_body (1 MiB)
+
+
+def refusal_json(what, status, body, want=413, code="too_large"):
+    try:
+        j = json.loads(body)
+    except ValueError:
+        j = None
+    check(status == want and isinstance(j, dict) and j.get("error") == code,
+          f"{what}: {status} {body[:200]!r}, want {want} {code!r}")
+
+
+def t_refusal_httpclient(tries=20, args=()):
+    """Python's http.client sends its whole 2 MiB body before it reads:
+    it gets the 413 and its JSON error every time, no broken pipe."""
+    s = Taskbus("linger-py", *args).start()
+    body = os.urandom(BIG)
+    bad = []
+    for i in range(tries):
+        c = http.client.HTTPConnection(HOST, s.port, timeout=T(10))
+        try:
+            c.request("POST", "/events/big.x", body=body,
+                      headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            refusal_json(f"try {i + 1}", r.status, r.read())
+        except (OSError, http.client.HTTPException, AssertionError) as e:
+            bad.append(f"try {i + 1}: {type(e).__name__}: {e}")
+        finally:
+            c.close()
+    check(not bad, f"{len(bad)} of {tries} did not read the 413: "
+                   + "; ".join(bad[:5]))
+    timed_healthz(s.port, f"after {tries} refused bodies")
+    s.stop_ok()
+    return f"{tries} of {tries} read the 413"
+
+
+def t_refusal_curl(tries=20):
+    """curl --data-binary with a 2 MiB file: 413 and the JSON error,
+    curl exits 0, every time."""
+    s = Taskbus("linger-curl").start()
+    path = os.path.join(H.root, "big.bin")
+    with open(path, "wb") as f:
+        f.write(os.urandom(BIG))
+    out = os.path.join(H.root, "curl.out")
+    bad = []
+    for i in range(tries):
+        p = subprocess.run(
+            ["curl", "-sS", "--max-time", str(T(10)), "-o", out, "-w",
+             "%{http_code}", "-H", "Content-Type: application/json",
+             "--data-binary", "@" + path, f"{s.url()}/events/big.x"],
+            capture_output=True, text=True, timeout=T(20))
+        try:
+            check(p.returncode == 0, f"curl exit {p.returncode}: "
+                                     f"{p.stderr.strip()}")
+            with open(out, "rb") as f:
+                refusal_json(f"try {i + 1}", int(p.stdout or 0), f.read())
+        except AssertionError as e:
+            bad.append(f"try {i + 1}: {e}")
+    check(not bad, f"{len(bad)} of {tries} did not get the 413: "
+                   + "; ".join(bad[:5]))
+    s.stop_ok()
+    return f"{tries} of {tries} got the 413"
+
+
+def send_until_closed(c, chunk, pause, limit_s, limit_bytes):
+    """Sends chunk every pause s until the send fails (the server closed):
+    (seconds, bytes sent), or fails the case past limit_s/limit_bytes."""
+    t0, sent = time.monotonic(), 0
+    c.settimeout(T(5))
+    while True:
+        took = time.monotonic() - t0
+        check(took < limit_s and sent < limit_bytes,
+              f"still sending after {took:.1f} s and {sent} bytes")
+        try:
+            sent += c.send(chunk)
+        except OSError:  # EPIPE, ECONNRESET: closed
+            return took, sent
+        if pause:
+            time.sleep(pause)
+
+
+def t_refusal_trickle():
+    """Clients that trickle an over-limit body a byte at a time: each has
+    its 413, and is cut off within http.discard_timeout_ms (default 2 s)
+    of it; /healthz answers meanwhile (4 HTTP threads, 3 tricklers)."""
+    s = Taskbus("linger-slow", "--http-threads", "4").start()
+    socks = []
+    for _ in range(3):
+        c = socket.create_connection((HOST, s.port), T(5))
+        c.sendall(post_head(f"Content-Length: {BIG}",
+                            target="/events/slow.x"))
+        socks.append(c)
+    try:
+        for i, c in enumerate(socks):
+            c.settimeout(T(3))
+            data = b""
+            while b"\r\n\r\n" not in data:
+                b = c.recv(4096)
+                check(b, f"trickler {i}: closed before an answer")
+                data += b
+            check(data.startswith(b"HTTP/1.1 413 "),
+                  f"trickler {i}: {data[:100]!r}, want a 413")
+        t0 = time.monotonic()
+        timed_healthz(s.port, "with 3 clients trickling refused bodies")
+        send_until_closed(socks[0], b"x", 0.05, T(2) + 2, BIG)
+        took = time.monotonic() - t0  # since the answers
+        check(took > 1.0, f"cut off after {took:.2f} s, before the 2 s "
+                          f"bound")
+        for c in socks[1:]:
+            send_until_closed(c, b"x", 0.05, T(1), BIG)
+        timed_healthz(s.port, "once the tricklers were cut off")
+    finally:
+        for c in socks:
+            c.close()
+    s.stop_ok()
+    return f"cut off {took:.2f} s after the answers"
+
+
+def t_refusal_flood():
+    """A client that sends more than http.discard_max after its refusal is
+    closed once that much is read, long before the time bound: the server
+    does not read an unbounded body."""
+    mib = 1024 * 1024
+    s = Taskbus("linger-flood", "--http-discard-max", str(mib),
+                "--http-discard-timeout", "10000").start()
+    c = socket.create_connection((HOST, s.port), T(5))
+    try:
+        c.sendall(post_head(f"Content-Length: {1024 * mib}",
+                            target="/events/flood.x"))
+        # Loopback buffers hold a few MiB more than the server reads.
+        took, sent = send_until_closed(c, b"x" * 65536, 0, T(3), 64 * mib)
+    finally:
+        c.close()
+    timed_healthz(s.port, "after the flood")
+    s.stop_ok()
+    return f"closed after {sent // 1024} KiB sent, {took:.2f} s"
+
+
 # ------------------------------------------------------------------ exec
 
 
@@ -2221,6 +2360,13 @@ CASES = [
      t_longpoll_cap),
     ("http", "websocket resets at the hand-over: counted, logged once a "
      "second", t_ws_handover_reset),
+    ("http", "413 read by http.client sending 2 MiB first, 20 of 20",
+     t_refusal_httpclient),
+    ("http", "413 read by curl --data-binary 2 MiB, 20 of 20",
+     t_refusal_curl),
+    ("http", "a refused body trickled: cut off within the discard time",
+     t_refusal_trickle),
+    ("http", "a refused body past http.discard_max: closed", t_refusal_flood),
     ("exec", "exec kind off without --exec-allow: 403", t_exec_off),
     ("exec", "as PID 1 (a PID namespace): orphans are reaped, SIGTERM stops",
      t_pid1_reaps),
