@@ -1148,8 +1148,17 @@ def t_shutdown_delay(sig):
             ws = await ws_open(s.ws_url("/ws?events=drain.*"))
             s.kill_with(sig)
             t0 = s.signalled
-            ready = await asyncio.to_thread(http_req, s.port, "GET",
-                                            "/readyz")
+
+            def readyz_stopping():
+                # The signal reaches the process asynchronously: a request
+                # sent the same instant may still find it ready.
+                end = time.monotonic() + T(0.5)
+                while True:
+                    r = http_req(s.port, "GET", "/readyz")
+                    if r.status == 503 or time.monotonic() >= end:
+                        return r
+                    time.sleep(0.01)
+            ready = await asyncio.to_thread(readyz_stopping)
             health = await asyncio.to_thread(http_req, s.port, "GET",
                                              "/healthz")
             post = await asyncio.to_thread(http_req, s.port, "POST",
