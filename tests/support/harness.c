@@ -3,6 +3,8 @@
  * (see harness.h for the contracts). */
 #include "harness.h"
 
+#include "internal.h"
+
 /* ------------------------------------------------------------ clocks */
 
 int64_t th_mono_us(void)
@@ -478,6 +480,17 @@ void th_app_test(tb_app *app, th_thread_body thread, th_task_body task,
 }
 
 /* ------------------------------------------------------------ bus store */
+
+tb_app *th_memory_app(void)
+{
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    tb_app *app = tb_app_new(&cfg, NULL);
+    assert_non_null(app);
+    assert_string_equal(app->bus->ops->name, "memory");
+    assert_non_null(app->bus->ops->kv);
+    return app;
+}
 
 void th_kv_on_done(int status, void *ud)
 {

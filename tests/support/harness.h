@@ -270,6 +270,10 @@ typedef struct th_kv_seen {
     char values[8][64];
 } th_kv_seen;
 
+/* A new app with the defaults (the in-process bus, whose store the test
+ * uses); fails the test unless that bus has a store. Main thread. */
+tb_app *th_memory_app(void);
+
 void th_kv_on_done(int status, void *ud);
 void th_kv_on_list(int status, const tb__kv_rec *recs, size_t n, size_t dropped,
                    void *ud);

@@ -16,21 +16,10 @@ static const char *value_of(const th_kv_seen *s, const char *id)
     return NULL;
 }
 
-static tb_app *memory_app(void)
-{
-    tb_app_config cfg;
-    tb_app_config_init(&cfg);
-    tb_app *app = tb_app_new(&cfg, NULL);
-    assert_non_null(app);
-    assert_string_equal(app->bus->ops->name, "memory");
-    assert_non_null(app->bus->ops->kv);
-    return app;
-}
-
 static void test_memory_kv(void **state)
 {
     (void)state;
-    tb_app *app = memory_app();
+    tb_app *app = th_memory_app();
     tb__bus *bus = app->bus;
     const tb__kv_ops *kv = bus->ops->kv;
     th_kv_seen s = {0};

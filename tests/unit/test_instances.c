@@ -8,17 +8,6 @@
 #include "instances.h"
 #include "internal.h"
 
-static tb_app *memory_app(void)
-{
-    tb_app_config cfg;
-    tb_app_config_init(&cfg);
-    tb_app *app = tb_app_new(&cfg, NULL);
-    assert_non_null(app);
-    assert_string_equal(app->bus->ops->name, "memory");
-    assert_non_null(app->bus->ops->kv);
-    return app;
-}
-
 static const char good[] =
     "{\"id\":\"abc123\",\"host\":\"h1\",\"listen\":\"127.0.0.1:8080\","
     "\"version\":\"0.1.0\",\"workers\":4,\"started\":"
@@ -119,7 +108,7 @@ static int run_ready(tb_app *app, int worker, void *arg)
 static void test_memory_app_lists_itself(void **state)
 {
     (void)state;
-    tb_app *app = memory_app();
+    tb_app *app = th_memory_app();
     json_t *body = NULL;
     assert_int_equal(tb_app_add_listener(app, TB_MAIN_READY, run_ready, &body),
                      0);
