@@ -92,15 +92,16 @@ static void send_json(tb_ws *ws, json_t *o)
     json_decref(o);
 }
 
-/* {"error": code, "message": msg, "ref": ref}. NULL on ENOMEM. */
+/* {"error": code, "message": msg, "ref": ref}. msg may quote the client's
+ * text cut short by a "%.64s" (in the middle of a character): such bytes
+ * become U+FFFD rather than losing the message. NULL on ENOMEM. */
 static json_t *error_json(json_t *ref, const char *code, const char *msg)
 {
     json_t *o = json_object();
     if (!o)
         return NULL;
     json_object_set_new(o, "error", json_string(code));
-    json_t *m = json_string(msg);
-    json_object_set_new(o, "message", m ? m : json_string("(not UTF-8)"));
+    json_object_set_new(o, "message", tb__api_jstr(msg));
     if (ref)
         json_object_set(o, "ref", ref);
     return o;

@@ -89,11 +89,29 @@ static void test_refusals(void **state)
                  "\"subscribe\"[0]");
 }
 
+/* A refusal that quotes the client's text cut in the middle of a character
+ * (unknown field names are cut at 64 bytes): the client reads the message,
+ * with U+FFFD for the cut character. It read "(not UTF-8)" (found by
+ * fuzz_ws_message). */
+static void test_refusal_cut_utf8(void **state)
+{
+    (void)state;
+    char text[128] = "{\"x";
+    for (int i = 0; i < 40; i++)
+        strcat(text, "\xc3\xa9"); /* U+00E9 */
+    strcat(text, "\":1}");
+    char *m = refused(text, strlen(text), 0, "unknown_field");
+    assert_non_null(strstr(m, "unknown field \"x\xc3\xa9"));
+    assert_non_null(strstr(m, "\xc3\xa9\xef\xbf\xbd\": a message"));
+    free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_actions),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_refusal_cut_utf8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
