@@ -521,7 +521,7 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
     tb_task_opts opts = {.name = name,
                          .worker = tb_ws_worker(ws),
                          .kind = "ws.receiver",
-                         .flags = TB_TASK_EPHEMERAL,
+                         .flags = TB_TASK_EPHEMERAL | TB__TASK_LOCAL,
                          .ud_free = receiver_gone};
     int rc = tb_task_add(app, receiver, &st, &opts, NULL);
     if (rc) {

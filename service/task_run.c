@@ -11,7 +11,9 @@
 
 #include <event2/event.h>
 
+#include "cluster.h"
 #include "internal.h"
+#include "singleton.h"
 
 static _Thread_local tb_task *current_task;
 
@@ -138,6 +140,10 @@ static void finish(tb_task *t, int abandoned)
         tb__log(TB_LOG_WARN, "task %s (worker %d) abandoned at shutdown",
                 t->name, t->worker);
     }
+    if (t->claimed)
+        tb__cluster_release(app, t->name, t->id);
+    if (t->single)
+        tb__singleton_ended(t, st);
     if (t->arg_free && !(abandoned && in_blocking))
         t->arg_free(t->arg);
     t->arg_free = NULL;

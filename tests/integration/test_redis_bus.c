@@ -1589,18 +1589,24 @@ static void test_dispatch_wait_outlived(void **state)
 
     rh_server_pause(srv);
     gone_ctx c[2];
+    char cancelled[32] = "";
     for (int i = 0; i < 2; i++) {
         th_counter_init(&c[i].waiting);
         th_counter_init(&c[i].done);
-        /* 0: cancelled while waiting; 1: gives up after 100 ms. */
+        /* 0: cancelled while waiting; 1: gives up after 100 ms. Generated
+         * names: a chosen one would be claimed in (paused) Redis first. */
         c[i].timeout_ms = i == 0 ? 5000 : 100;
-        tb_task_opts o = th_opts(i == 0 ? "gone-cancelled" : "gone-timeout", i);
+        tb_task_opts o = th_opts(NULL, i);
         o.flags = TB_TASK_EPHEMERAL; /* freed as soon as it ends */
-        assert_rc(tb_task_add(ra->app, gone_task, &c[i], &o, NULL), 0);
+        uint64_t id;
+        assert_rc(tb_task_add(ra->app, gone_task, &c[i], &o, &id), 0);
+        if (i == 0)
+            snprintf(cancelled, sizeof cancelled, "task-%llu",
+                     (unsigned long long)id);
         assert_true(th_counter_wait_ge(&c[i].waiting, 1, ARRIVE_MS));
     }
     th_nap_ms(20);
-    assert_rc(tb_task_cancel(ra->app, "gone-cancelled", 2000), 0);
+    assert_rc(tb_task_cancel(ra->app, cancelled, 2000), 0);
     for (int i = 0; i < 2; i++)
         assert_true(th_counter_wait_ge(&c[i].done, 1, ARRIVE_MS));
     th_nap_ms(50); /* both tasks are gone from the registry and freed */
@@ -1657,7 +1663,7 @@ static void test_dispatch_wait_abandoned(void **state)
     th_counter waiting;
     th_counter_init(&waiting);
     rh_server_pause(srv);
-    tb_task_opts o = th_opts("abandon-me", 0);
+    tb_task_opts o = th_opts(NULL, 0); /* a chosen name waits on Redis */
     o.flags = TB_TASK_EPHEMERAL;
     assert_rc(tb_task_add(ra->app, abandon_task, &waiting, &o, NULL), 0);
     assert_true(th_counter_wait_ge(&waiting, 1, ARRIVE_MS));

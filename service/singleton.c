@@ -1,0 +1,929 @@
+/* singleton.c - singleton and periodic tasks: one run in the whole
+ * cluster, held by a lease with a fencing token and moved to another
+ * instance when its own dies; periodic ones fire once per tick. */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api.h"
+#include "cluster.h"
+#include "internal.h"
+#include "json.h"
+#include "kinds.h"
+#include "singleton.h"
+
+/* How it works (docs/CLUSTER.md has the protocol and its failure cases).
+ *
+ * A singleton has a definition in the cluster store (name -> what to run:
+ * a kind and its arguments, or "local": a function every instance added
+ * before run) and at most one lease (name -> instance and fence, with a
+ * TTL of core.singleton_lease_ms on Redis's clock). The instance holding
+ * the lease runs it. A thread per instance ("tb-singletons") wakes every
+ * third of the lease:
+ *  - it renews the lease of each run here; the lease is surely ours until
+ *    the send time of the last confirmed renewal plus the lease minus
+ *    core.singleton_margin_ms (Redis counts from when it ran the renewal,
+ *    which is later). Past that point, or when Redis says someone else
+ *    holds it, the run is cancelled: ours is stale;
+ *  - it lists the definitions and takes the lease of each that has none
+ *    and that this instance can run (it knows the kind, or has the local
+ *    function); taking the lease starts a run here with the new fence.
+ * A run that ends for good (done, failed, or cancelled by someone)
+ * deletes the definition and the lease together, so that it is not run
+ * again; a run stopped by the app's stop gives its lease up, so that
+ * another instance takes it at its next look; a run that lost its lease
+ * leaves both alone.
+ *
+ * A periodic task is a singleton whose run is a scheduler: at each
+ * multiple of its interval (wall clock, so that every instance agrees on
+ * the ticks) it records the tick in Redis under its fence, and runs the
+ * action only when Redis says the tick had not fired and the fence still
+ * holds the lease: once per tick for the cluster, even across a takeover.
+ * A tick that passed while nobody held the lease is skipped, not replayed.
+ *
+ * With a bus that has no cluster (the memory bus), this instance is the
+ * cluster: singletons just run here, with fences counted here. */
+
+struct tb__single {
+    atomic_int refs; /* the runs list's + the task's */
+    tb__singletons *s;
+    struct tb__single *next; /* s->runs */
+    char *name;
+    char *def; /* the definition's JSON (re-put when Redis lost it) */
+    uint64_t fence;
+    int64_t every_ms;
+    /* What runs: a kind and its arguments, or a local function. */
+    char *kind, *args;
+    tb_task_fn fn;
+    void *ud;
+    /* s->mu */
+    uint64_t task_id;
+    int64_t renew_due_us, valid_until_us; /* monotonic */
+    int lost, ended;
+    /* reg_mu: a periodic task's record */
+    int64_t last_run_us, next_run_us;
+    int last_result, last_state; /* last_state -1: no run yet */
+    uint64_t nruns;
+};
+typedef struct tb__single single;
+
+/* A singleton this instance added before run: any instance may run it. */
+typedef struct local_def {
+    struct local_def *next;
+    char *name;
+    char *kind; /* label, may be NULL */
+    tb_task_fn fn;
+    void *ud;
+    int64_t every_ms;
+} local_def;
+
+struct tb__singletons {
+    tb_app *app;
+    const tb__cluster_ops *ops; /* NULL: this instance is the cluster */
+    int64_t lease_ms, margin_ms, period_ms;
+    pthread_t thread;
+    int started;
+    pthread_mutex_t mu; /* guards what follows */
+    pthread_cond_t cv;
+    int stop;
+    single *runs;
+    local_def *locals;
+    uint64_t local_fence;
+    atomic_uint_fast64_t runs_started, takeovers, renewals, renew_failures,
+        leases_lost, ticks_fired, ticks_skipped;
+};
+
+/* ---------------------------------------------------------------- parts */
+
+int tb__duration_ms(const char *s, int64_t *ms)
+{
+    if (!s)
+        return TB_EINVAL;
+    int64_t v = 0;
+    int digits = 0;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9'; p++, digits++) {
+        v = v * 10 + (*p - '0');
+        if (v > TB_PERIODIC_MAX_MS)
+            return TB_EINVAL;
+    }
+    int64_t unit;
+    if (!strcmp(p, "ms"))
+        unit = 1;
+    else if (!strcmp(p, "s"))
+        unit = 1000;
+    else if (!strcmp(p, "m"))
+        unit = 60 * 1000;
+    else if (!strcmp(p, "h"))
+        unit = 3600 * 1000;
+    else
+        return TB_EINVAL;
+    if (!digits || v > TB_PERIODIC_MAX_MS / unit)
+        return TB_EINVAL;
+    *ms = v * unit;
+    return 0;
+}
+
+static void single_unref(single *r)
+{
+    if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
+        return;
+    free(r->name);
+    free(r->def);
+    free(r->kind);
+    free(r->args);
+    free(r);
+}
+
+void tb__singleton_stats_get(tb_app *app, tb__singleton_stats *o)
+{
+    memset(o, 0, sizeof *o);
+    tb__singletons *s = app->singletons;
+    if (!s)
+        return;
+    o->runs = atomic_load(&s->runs_started);
+    o->takeovers = atomic_load(&s->takeovers);
+    o->renewals = atomic_load(&s->renewals);
+    o->renew_failures = atomic_load(&s->renew_failures);
+    o->leases_lost = atomic_load(&s->leases_lost);
+    o->ticks_fired = atomic_load(&s->ticks_fired);
+    o->ticks_skipped = atomic_load(&s->ticks_skipped);
+    pthread_mutex_lock(&s->mu);
+    for (single *r = s->runs; r; r = r->next)
+        o->held += !r->ended && !r->lost;
+    pthread_mutex_unlock(&s->mu);
+}
+
+void tb__singleton_task_json(const tb_task *t, json_t *o)
+{
+    const single *r = t->single;
+    json_object_set_new(o, "singleton", json_true());
+    json_object_set_new(o, "fence", json_integer((json_int_t)r->fence));
+    if (!r->every_ms)
+        return;
+    char every[32];
+    snprintf(every, sizeof every, "%" PRId64 "ms", r->every_ms);
+    json_object_set_new(o, "every", json_string(every));
+    json_object_set_new(o, "runs", json_integer((json_int_t)r->nruns));
+    json_object_set_new(o, "last_run", tb__api_jtime(r->last_run_us));
+    json_object_set_new(o, "next_run", tb__api_jtime(r->next_run_us));
+    json_object_set_new(o, "last_state",
+                        r->last_state < 0
+                            ? json_null()
+                            : json_string(tb_task_state_name(r->last_state)));
+    json_object_set_new(o, "last_result",
+                        r->last_state < 0 ? json_null()
+                                          : json_integer(r->last_result));
+}
+
+/* ---------------------------------------------------------------- store */
+
+static int cmd_ms(tb__singletons *s)
+{
+    return s->app->cfg.redis.command_timeout_ms;
+}
+
+static int sync_done(tb__singletons *s, int rc, tb__opwait *w)
+{
+    return tb__opwait_wait(w, rc, cmd_ms(s), NULL, NULL, NULL);
+}
+
+static int def_put(tb__singletons *s, const char *name, const char *def)
+{
+    tb__opwait *w = tb__opwait_new();
+    if (!w)
+        return TB_ENOMEM;
+    return sync_done(s,
+                     s->ops->def_put(s->app->bus, name, def, strlen(def),
+                                     tb__opwait_done_cb, w),
+                     w);
+}
+
+static int lease_take(tb__singletons *s, const char *name, uint64_t *fence,
+                      char holder[24], int *takeover)
+{
+    tb__opwait *w = tb__opwait_new();
+    if (!w)
+        return TB_ENOMEM;
+    int rc = s->ops->lease_take(s->app->bus, name, s->lease_ms,
+                                tb__opwait_claim_cb, w);
+    return tb__opwait_wait(w, rc, cmd_ms(s), holder, fence, takeover);
+}
+
+static void quietly(int status, void *ud)
+{
+    (void)status;
+    (void)ud;
+}
+
+/* ---------------------------------------------------------------- runs */
+
+static int periodic_main(tb_task *self, void *ud);
+
+/* Starts a run of name here with fence: r is filled from the definition
+ * (kind + args, or fn + ud). Takes r (refs 1). 0 with its task id, or a
+ * TB_E* code (r freed). */
+static int run_start(tb__singletons *s, single *r, char holder[24])
+{
+    tb_app *app = s->app;
+    atomic_init(&r->refs, 2); /* the list's + the task's */
+    r->s = s;
+    r->last_state = -1;
+    int64_t now = tb__mono_us();
+    r->renew_due_us = now + s->period_ms * 1000;
+    r->valid_until_us = now + (s->lease_ms - s->margin_ms) * 1000;
+    tb__add_extra x = {.fence = r->fence, .single = r};
+    tb_task_opts o = {.name = r->name,
+                      .worker = TB_WORKER_ANY,
+                      .flags = TB_TASK_SINGLETON,
+                      .kind = r->kind};
+    uint64_t id = 0;
+    char err[256] = "";
+    pthread_mutex_lock(&s->mu);
+    r->next = s->runs;
+    s->runs = r;
+    pthread_mutex_unlock(&s->mu);
+    int rc;
+    if (r->every_ms)
+        rc = tb__task_add(app, periodic_main, r, &o, &x, &id);
+    else if (r->fn)
+        rc = tb__task_add(app, r->fn, r->ud, &o, &x, &id);
+    else
+        rc =
+            tb__kind_spawn(app, r->kind, r->args, &o, &x, &id, err, sizeof err);
+    if (holder)
+        snprintf(holder, 24, "%s", x.holder);
+    pthread_mutex_lock(&s->mu);
+    if (rc == 0) {
+        r->task_id = id;
+    } else {
+        for (single **pp = &s->runs; *pp; pp = &(*pp)->next) {
+            if (*pp == r) {
+                *pp = r->next;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (rc) {
+        single_unref(r);
+        single_unref(r);
+        return rc;
+    }
+    atomic_fetch_add(&s->runs_started, 1);
+    tb__log(TB_LOG_INFO,
+            "singleton %s: running here (task %" PRIu64 ", fence %" PRIu64 ")",
+            r->name, id, r->fence);
+    return 0;
+}
+
+/* A run of definition def (JSON text; name's) with fence, or NULL when
+ * this instance cannot run it (an unknown kind, a local function it does
+ * not have) or on ENOMEM. */
+static single *run_of(tb__singletons *s, const char *name, const char *def,
+                      uint64_t fence)
+{
+    json_error_t jerr;
+    json_t *d = tb__json_loadb(def, strlen(def), JSON_REJECT_DUPLICATES,
+                               s->app->cfg.core.json_max_depth, &jerr);
+    single *r = NULL;
+    if (!json_is_object(d))
+        goto out;
+    json_t *every = json_object_get(d, "every_ms");
+    int64_t every_ms = json_is_integer(every) ? json_integer_value(every) : 0;
+    if (every_ms < 0 || every_ms > TB_PERIODIC_MAX_MS)
+        goto out;
+    local_def *l = NULL;
+    const char *kind = json_string_value(json_object_get(d, "kind"));
+    if (json_is_true(json_object_get(d, "local"))) {
+        pthread_mutex_lock(&s->mu);
+        for (l = s->locals; l && strcmp(l->name, name) != 0; l = l->next)
+            ;
+        pthread_mutex_unlock(&s->mu);
+        if (!l)
+            goto out;
+    } else {
+        char err[64];
+        int stage;
+        json_t *args = json_object_get(d, "args");
+        char *a = args && !json_is_null(args)
+                      ? json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY)
+                      : NULL;
+        int ok = kind &&
+                 tb__kind_check(s->app, kind, a, err, sizeof err, &stage) == 0;
+        if (!ok) {
+            free(a);
+            goto out;
+        }
+        r = calloc(1, sizeof *r);
+        if (!r) {
+            free(a);
+            goto out;
+        }
+        r->args = a;
+    }
+    if (!r && !(r = calloc(1, sizeof *r)))
+        goto out;
+    r->name = strdup(name);
+    r->def = strdup(def);
+    r->kind =
+        l ? (l->kind ? strdup(l->kind) : NULL) : (kind ? strdup(kind) : NULL);
+    r->fn = l ? l->fn : NULL;
+    r->ud = l ? l->ud : NULL;
+    r->every_ms = every_ms;
+    r->fence = fence;
+    if (!r->name || !r->def || (!r->kind && !l) || (l && l->kind && !r->kind)) {
+        atomic_init(&r->refs, 1);
+        single_unref(r);
+        r = NULL;
+    }
+out:
+    json_decref(d);
+    return r;
+}
+
+/* Cancels run r: its lease is not ours any more (why). */
+static void lose(tb__singletons *s, single *r, const char *why)
+{
+    tb_app *app = s->app;
+    pthread_mutex_lock(&s->mu);
+    int was = r->lost;
+    r->lost = 1;
+    uint64_t id = r->task_id;
+    pthread_mutex_unlock(&s->mu);
+    if (was)
+        return;
+    atomic_fetch_add(&s->leases_lost, 1);
+    tb__log(TB_LOG_WARN,
+            "singleton %s: lease lost (%s); cancelling this instance's run "
+            "(fence %" PRIu64 ")",
+            r->name, why, r->fence);
+    pthread_mutex_lock(&app->reg_mu);
+    for (tb_task *t = app->all_head; t; t = t->all_next) {
+        if (t->id == id) {
+            if (!t->error) {
+                char msg[200];
+                snprintf(msg, sizeof msg, "lease lost: %s", why);
+                t->error = strdup(msg);
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&app->reg_mu);
+    tb__task_cancel_report(app, r->name, id, 0, NULL, NULL);
+}
+
+void tb__singleton_lost(tb_task *t)
+{
+    single *r = t->single;
+    pthread_mutex_lock(&r->s->mu);
+    r->lost = 1;
+    pthread_mutex_unlock(&r->s->mu);
+}
+
+void tb__singleton_ended(tb_task *t, tb_task_state st)
+{
+    single *r = t->single;
+    tb__singletons *s = r->s;
+    tb_app *app = s->app;
+    pthread_mutex_lock(&s->mu);
+    r->ended = 1;
+    int lost = r->lost;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    int stopping = atomic_load(&app->state) >= TB__APP_STOPPING;
+    if (s->ops) {
+        if (stopping && !lost)
+            s->ops->lease_drop(app->bus, r->name, r->fence, quietly, NULL);
+        else if (!lost)
+            s->ops->def_del(app->bus, r->name, r->fence, quietly, NULL);
+    }
+    if (!lost && !stopping)
+        tb__log(TB_LOG_INFO, "singleton %s: ended %s; not run again", r->name,
+                tb_task_state_name(st));
+    single_unref(r); /* the task's */
+}
+
+/* ---------------------------------------------------------------- periodic */
+
+/* Records tick under r's fence (the blocking pool's thread): 0 to fire. */
+typedef struct tick_job {
+    single *r;
+    int64_t tick;
+} tick_job;
+
+static int tick_blocking(void *ud)
+{
+    tick_job *j = ud;
+    tb__singletons *s = j->r->s;
+    tb__opwait *w = tb__opwait_new();
+    if (!w)
+        return TB_ENOMEM;
+    int rc = s->ops->tick(s->app->bus, j->r->name, j->tick, j->r->fence,
+                          tb__opwait_done_cb, w);
+    return sync_done(s, rc, w);
+}
+
+/* Runs the action once, in a child task of its own, and waits for it. */
+static void fire(tb_task *self, single *r)
+{
+    tb_app *app = tb_task_app(self);
+    tb_task_opts o = {.worker = TB_WORKER_ANY,
+                      .flags = TB__TASK_LOCAL,
+                      .kind = r->kind ? r->kind : "periodic"};
+    tb__add_extra x = {.iflags = TB__TASK_LOCAL};
+    uint64_t id = 0;
+    char err[256] = "";
+    int rc = r->fn ? tb__task_add(app, r->fn, r->ud, &o, &x, &id)
+                   : tb__kind_spawn(app, r->kind, r->args, &o, &x, &id, err,
+                                    sizeof err);
+    int result = rc;
+    tb_task_state st = TB_TASK_FAILED;
+    if (rc == 0) {
+        char child[32];
+        snprintf(child, sizeof child, "task-%" PRIu64, id);
+        rc = tb_task_join(self, child, -1, &result, &st);
+        if (rc == TB_ECANCELED) {
+            /* Nothing we started outlives us. */
+            tb_task_cancel(app, child, TB_TIMEOUT_DEFAULT);
+            tb_task_join(self, child, -1, &result, &st);
+        }
+        tb__task_forget(app, child, id);
+    } else {
+        tb__log(TB_LOG_ERROR, "periodic task %s: cannot start its run: %s",
+                r->name, err[0] ? err : tb_strerror(rc));
+    }
+    pthread_mutex_lock(&app->reg_mu);
+    r->last_result = result;
+    r->last_state = (int)st;
+    r->nruns++;
+    pthread_mutex_unlock(&app->reg_mu);
+}
+
+static int periodic_main(tb_task *self, void *ud)
+{
+    single *r = ud;
+    tb__singletons *s = r->s;
+    tb_app *app = s->app;
+    int64_t every_us = r->every_ms * 1000;
+    int64_t last_tick = -1;
+    for (;;) {
+        int64_t now = tb__now_us();
+        int64_t next = (now / every_us + 1) * every_us;
+        pthread_mutex_lock(&app->reg_mu);
+        r->next_run_us = next;
+        pthread_mutex_unlock(&app->reg_mu);
+        int rc = tb_sleep(self, (next - now + 999) / 1000);
+        if (rc)
+            return 0; /* cancelled: ends cancelled */
+        /* The latest tick: one missed while suspended (or while nobody ran
+         * it) is skipped, not replayed. */
+        int64_t tick = tb__now_us() / every_us;
+        if (tick <= last_tick)
+            continue;
+        last_tick = tick;
+        if (s->ops) {
+            tick_job j = {r, tick};
+            int st = 0;
+            rc = tb_run_blocking(self, tick_blocking, &j, &st);
+            if (rc)
+                return 0;
+            if (st == TB_EEXIST) { /* fired by someone else already */
+                atomic_fetch_add(&s->ticks_skipped, 1);
+                continue;
+            }
+            if (st == TB_EPERM) {
+                lose(s, r, "Redis says another instance holds it");
+                return 0;
+            }
+            if (st) {
+                atomic_fetch_add(&s->ticks_skipped, 1);
+                tb__log(TB_LOG_WARN,
+                        "periodic task %s: tick skipped: cannot record it in "
+                        "Redis (%s)",
+                        r->name, tb_strerror(st));
+                continue;
+            }
+        }
+        atomic_fetch_add(&s->ticks_fired, 1);
+        pthread_mutex_lock(&app->reg_mu);
+        r->last_run_us = tb__now_us();
+        pthread_mutex_unlock(&app->reg_mu);
+        fire(self, r);
+        if (tb_task_cancelled(self))
+            return 0;
+    }
+}
+
+/* ---------------------------------------------------------------- the thread
+ */
+
+/* Renews the lease of each run here, or cancels the run when it cannot be
+ * ours any more. Returns the earliest time (monotonic) it needs to look
+ * again. */
+static int64_t renew_all(tb__singletons *s, int64_t now)
+{
+    int64_t wake = now + s->period_ms * 1000;
+    pthread_mutex_lock(&s->mu);
+    /* Drop the ended ones; take refs to the others. */
+    size_t n = 0;
+    for (single **pp = &s->runs; *pp;) {
+        single *r = *pp;
+        if (r->ended) {
+            *pp = r->next;
+            single_unref(r);
+            continue;
+        }
+        n++;
+        pp = &r->next;
+    }
+    single **v = calloc(n ? n : 1, sizeof *v);
+    size_t i = 0;
+    for (single *r = s->runs; v && r; r = r->next) {
+        atomic_fetch_add(&r->refs, 1);
+        v[i++] = r;
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (size_t k = 0; k < i; k++) {
+        single *r = v[k];
+        pthread_mutex_lock(&s->mu);
+        int skip = r->lost || r->ended;
+        int64_t due = r->renew_due_us, until = r->valid_until_us;
+        pthread_mutex_unlock(&s->mu);
+        if (skip) {
+            single_unref(r);
+            continue;
+        }
+        if (now >= until) {
+            lose(s, r,
+                 "not renewed in time: Redis unreachable or this "
+                 "instance was suspended");
+        } else if (now >= due) {
+            int64_t sent = tb__mono_us();
+            tb__opwait *w = tb__opwait_new();
+            char holder[24] = "";
+            int rc =
+                w ? s->ops->lease_renew(s->app->bus, r->name, r->fence,
+                                        s->lease_ms, tb__opwait_claim_cb, w)
+                  : TB_ENOMEM;
+            rc = w ? tb__opwait_wait(w, rc, cmd_ms(s), holder, NULL, NULL) : rc;
+            if (rc == 0) {
+                atomic_fetch_add(&s->renewals, 1);
+                pthread_mutex_lock(&s->mu);
+                r->renew_due_us = sent + s->period_ms * 1000;
+                r->valid_until_us = sent + (s->lease_ms - s->margin_ms) * 1000;
+                pthread_mutex_unlock(&s->mu);
+                /* A Redis that lost its data lost the definition too. */
+                def_put(s, r->name, r->def);
+            } else if (rc == TB_EEXIST) {
+                char why[80];
+                snprintf(why, sizeof why, "instance %s holds it",
+                         holder[0] ? holder : "another");
+                lose(s, r, why);
+            } else {
+                atomic_fetch_add(&s->renew_failures, 1);
+                pthread_mutex_lock(&s->mu);
+                r->renew_due_us = tb__mono_us() + 200 * 1000; /* retry soon */
+                pthread_mutex_unlock(&s->mu);
+            }
+        }
+        pthread_mutex_lock(&s->mu);
+        if (!r->lost && !r->ended) {
+            if (r->renew_due_us < wake)
+                wake = r->renew_due_us;
+            if (r->valid_until_us < wake)
+                wake = r->valid_until_us;
+        }
+        pthread_mutex_unlock(&s->mu);
+        single_unref(r);
+    }
+    free(v);
+    return wake;
+}
+
+static int running_here(tb__singletons *s, const char *name)
+{
+    int here = 0;
+    pthread_mutex_lock(&s->mu);
+    for (single *r = s->runs; r && !here; r = r->next)
+        here = !r->ended && strcmp(r->name, name) == 0;
+    pthread_mutex_unlock(&s->mu);
+    return here;
+}
+
+/* The definitions the list answered, copied: name, value pairs. */
+typedef struct defs_wait {
+    tb__opwait *w;
+    json_t *defs; /* name -> string */
+} defs_wait;
+
+static void on_defs(int status, const tb__kv_rec *recs, size_t n,
+                    size_t dropped, void *ud)
+{
+    (void)dropped;
+    defs_wait *d = ud;
+    if (status == 0) {
+        for (size_t i = 0; i < n; i++)
+            json_object_set_new(d->defs, recs[i].id,
+                                json_stringn(recs[i].value, recs[i].len));
+    }
+    tb__opwait_done_cb(status, d->w);
+}
+
+/* Takes the lease of every definition nobody holds that this instance can
+ * run, and runs it. */
+static void take_free(tb__singletons *s)
+{
+    defs_wait *d = calloc(1, sizeof *d);
+    if (!d || !(d->w = tb__opwait_new()) || !(d->defs = json_object())) {
+        if (d && d->w) {
+            tb__opwait_done_cb(TB_ENOMEM, d->w); /* the callback's share */
+            tb__opwait_wait(d->w, 0, 0, NULL, NULL, NULL);
+        }
+        if (d)
+            json_decref(d->defs);
+        free(d);
+        return;
+    }
+    int rc = s->ops->def_list(s->app->bus, on_defs, d);
+    rc = tb__opwait_wait(d->w, rc, cmd_ms(s), NULL, NULL, NULL);
+    if (rc == TB_ETIMEDOUT) {
+        /* The callback may still come and use d: leave it to leak rather
+         * than free it under the callback (rare: Redis stalled past the
+         * command timeout, after which the bus drops the link and answers
+         * every pending op at once). */
+        return;
+    }
+    const char *name;
+    json_t *v;
+    json_object_foreach(d->defs, name, v)
+    {
+        if (running_here(s, name))
+            continue;
+        single *r = run_of(s, name, json_string_value(v), 0);
+        if (!r)
+            continue; /* not one this instance can run */
+        uint64_t fence = 0;
+        int takeover = 0;
+        char holder[24];
+        if (lease_take(s, name, &fence, holder, &takeover) != 0) {
+            atomic_init(&r->refs, 1);
+            single_unref(r);
+            continue;
+        }
+        r->fence = fence;
+        char *nm = strdup(name);
+        rc = run_start(s, r, NULL);
+        if (rc == 0 && takeover) {
+            atomic_fetch_add(&s->takeovers, 1);
+            tb__log(TB_LOG_WARN,
+                    "singleton %s: taken over by this instance (fence %" PRIu64
+                    "): its lease had expired",
+                    nm ? nm : name, fence);
+        } else if (rc) {
+            /* A live task elsewhere still holds the name (its instance's
+             * record has not expired yet): give the lease back and try
+             * again at the next look. */
+            s->ops->lease_drop(s->app->bus, name, fence, quietly, NULL);
+        }
+        free(nm);
+    }
+    json_decref(d->defs);
+    free(d);
+}
+
+static void *thread_main(void *arg)
+{
+    tb__singletons *s = arg;
+    int64_t next_look = 0;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        pthread_mutex_unlock(&s->mu);
+        int64_t now = tb__mono_us();
+        int64_t wake = renew_all(s, now);
+        if (now >= next_look &&
+            atomic_load(&s->app->state) == TB__APP_RUNNING) {
+            take_free(s);
+            next_look = tb__mono_us() + s->period_ms * 1000;
+        }
+        if (next_look < wake)
+            wake = next_look;
+        pthread_mutex_lock(&s->mu);
+        int64_t ms = (wake - tb__mono_us()) / 1000;
+        if (ms < 1)
+            ms = 1;
+        struct timespec ts;
+        tb__deadline_ts(&ts, (int)ms);
+        if (!s->stop)
+            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------- life */
+
+static char *local_def_json(const local_def *l)
+{
+    json_t *o =
+        json_pack("{s:b,s:I}", "local", 1, "every_ms", (json_int_t)l->every_ms);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return s;
+}
+
+tb__singletons *tb__singletons_start(tb_app *app)
+{
+    tb__singletons *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->app = app;
+    s->ops = app->bus->ops->cluster;
+    s->lease_ms = app->cfg.core.singleton_lease_ms;
+    s->margin_ms = app->cfg.core.singleton_margin_ms;
+    s->period_ms = s->lease_ms / 3;
+    pthread_mutex_init(&s->mu, NULL);
+    tb__cond_init_mono(&s->cv);
+    app->singletons = s;
+    for (tb__prerun *p = app->prerun; p; p = p->next) {
+        if (!(p->flags & TB_TASK_SINGLETON) || !p->name)
+            continue;
+        local_def *l = calloc(1, sizeof *l);
+        if (!l || !(l->name = strdup(p->name)) ||
+            (p->kind && !(l->kind = strdup(p->kind)))) {
+            if (l)
+                free(l->name);
+            free(l);
+            continue;
+        }
+        l->fn = p->fn;
+        l->ud = p->arg;
+        l->every_ms = p->every_ms;
+        l->next = s->locals;
+        s->locals = l;
+    }
+    for (local_def *l = s->locals; l; l = l->next) {
+        char *def = local_def_json(l);
+        if (!def)
+            continue;
+        if (!s->ops) {
+            single *r = run_of(s, l->name, def, ++s->local_fence);
+            if (r)
+                run_start(s, r, NULL);
+        } else {
+            int rc = def_put(s, l->name, def);
+            if (rc && rc != TB_EEXIST)
+                tb__log(TB_LOG_WARN,
+                        "singleton %s: cannot define it in Redis (%s); "
+                        "retrying at each look",
+                        l->name, tb_strerror(rc));
+        }
+        free(def);
+    }
+    if (!s->ops)
+        return s;
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&s->thread, NULL, thread_main, s);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc) {
+        tb__log(TB_LOG_ERROR,
+                "singletons: cannot create their thread: %s; no singleton "
+                "runs on this instance",
+                strerror(rc));
+        return s;
+    }
+    pthread_setname_np(s->thread, "tb-singletons");
+    s->started = 1;
+    return s;
+}
+
+void tb__singletons_stop(tb__singletons *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (s->started) {
+        pthread_join(s->thread, NULL);
+        s->started = 0;
+    }
+}
+
+void tb__singletons_free(tb__singletons *s)
+{
+    if (!s)
+        return;
+    tb__singletons_stop(s);
+    while (s->runs) {
+        single *r = s->runs;
+        s->runs = r->next;
+        single_unref(r);
+    }
+    while (s->locals) {
+        local_def *l = s->locals;
+        s->locals = l->next;
+        free(l->name);
+        free(l->kind);
+        free(l);
+    }
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    if (s->app->singletons == s)
+        s->app->singletons = NULL;
+    free(s);
+}
+
+/* ---------------------------------------------------------------- spawn */
+
+int tb__singleton_spawn(tb_app *app, const char *kind, const char *args_json,
+                        const tb_task_opts *opts, int64_t every_ms,
+                        uint64_t *id_out, char holder[24], char *err,
+                        size_t errsz)
+{
+    tb__singletons *s = app->singletons;
+    const char *name = opts ? opts->name : NULL;
+    holder[0] = '\0';
+    if (id_out)
+        *id_out = 0;
+    if (!name || (opts && opts->worker != TB_WORKER_ANY)) {
+        snprintf(err, errsz,
+                 "a singleton needs a name and runs on any "
+                 "worker");
+        return TB_EINVAL;
+    }
+    if (!s) {
+        snprintf(err, errsz, "the app is not running");
+        return TB_ESHUTDOWN;
+    }
+    json_error_t jerr;
+    json_t *args = args_json && args_json[0]
+                       ? json_loads(args_json, JSON_DECODE_ANY, &jerr)
+                       : json_null();
+    json_t *d =
+        json_pack("{s:s,s:o,s:I}", "kind", kind, "args",
+                  args ? args : json_null(), "every_ms", (json_int_t)every_ms);
+    char *def = d ? json_dumps(d, JSON_COMPACT) : NULL;
+    json_decref(d);
+    if (!def || strlen(def) > TB__CLUSTER_DEF_MAX) {
+        free(def);
+        snprintf(err, errsz, "task \"%.80s\": %s", name,
+                 def ? "its arguments are too large for a singleton"
+                     : "out of memory");
+        return def ? TB_EINVAL : TB_ENOMEM;
+    }
+    uint64_t fence = 0;
+    int rc = 0;
+    if (s->ops) {
+        rc = def_put(s, name, def);
+        if (rc == TB_EEXIST) {
+            snprintf(err, errsz,
+                     "task \"%.80s\": a singleton of that name "
+                     "exists",
+                     name);
+            free(def);
+            return rc;
+        }
+        if (rc == 0) {
+            char h[24];
+            int takeover;
+            rc = lease_take(s, name, &fence, h, &takeover);
+            if (rc == TB_EEXIST) {
+                /* Another instance holds it: it runs there. */
+                free(def);
+                return 0;
+            }
+        }
+    } else {
+        pthread_mutex_lock(&s->mu);
+        fence = ++s->local_fence;
+        pthread_mutex_unlock(&s->mu);
+    }
+    single *r = rc ? NULL : run_of(s, name, def, fence);
+    if (!rc && !r)
+        rc = TB_ENOMEM;
+    if (!rc) {
+        uint64_t *idp = id_out;
+        rc = run_start(s, r, holder);
+        if (rc == 0 && idp) {
+            pthread_mutex_lock(&s->mu);
+            for (single *x = s->runs; x; x = x->next)
+                if (x->fence == fence && !strcmp(x->name, name))
+                    *idp = x->task_id;
+            pthread_mutex_unlock(&s->mu);
+        }
+        if (rc && s->ops) /* it never ran: no definition either */
+            s->ops->def_del(app->bus, name, fence, quietly, NULL);
+    }
+    if (rc)
+        snprintf(err, errsz, "task \"%.80s\": %s", name, tb_strerror(rc));
+    free(def);
+    return rc;
+}
