@@ -778,6 +778,25 @@ static int post_task(tb_http_req *req, void *ud)
     int stage;
     tb__add_extra x = {0};
     int rc;
+    /* ?scope=local: the name is unique on this instance only (not claimed
+     * across the cluster). */
+    char scope[16];
+    int qs = tb_http_query(req, "scope", scope, sizeof scope);
+    if (qs != TB_ENOENT) {
+        int local = qs >= 0 && !strcmp(scope, "local");
+        if ((!local && (qs < 0 || strcmp(scope, "cluster") != 0)) ||
+            (local && singleton)) {
+            free(args_json);
+            json_decref(root);
+            return tb_http_error(req, 400, "bad_scope",
+                                 "scope must be cluster (the default: the "
+                                 "name is unique across the cluster) or "
+                                 "local (unique on this instance only; not "
+                                 "for singleton or periodic tasks)");
+        }
+        if (local)
+            x.iflags |= TB__TASK_LOCAL;
+    }
     if (singleton) {
         o.flags |= TB_TASK_SINGLETON;
         rc = tb__kind_check(app, kind_name, args_json, err, sizeof err, &stage);
