@@ -476,6 +476,12 @@ typedef struct tb_task_opts {
  *    its own replica under that name. *id_out (if not NULL) is 0.
  *  - While running: the task is created on opts->worker (or the least loaded
  *    worker) and runs on that worker's loop soon; *id_out gets its id.
+ *    With the Redis bus, a name given here is first claimed across the
+ *    cluster: the call waits for Redis (a round trip, at most
+ *    redis.command_timeout_ms; from a task or a listener that blocks its
+ *    worker meanwhile) and fails with TB_EEXIST when a live task on any
+ *    instance holds the name, TB_ENOTCONN or TB_ETIMEDOUT when Redis cannot
+ *    answer (docs/CLUSTER.md).
  * ud is passed to fn as is and stays the caller's unless ud_free is set.
  * Errors: TB_EINVAL (bad name or worker), TB_ENAMETOOLONG, TB_EEXIST (a live
  * task holds the name and TB_TASK_REPLACE is not set), TB_ESHUTDOWN (the app
