@@ -49,7 +49,7 @@
  * cluster: singletons just run here, with fences counted here. */
 
 struct tb__single {
-    atomic_int refs; /* the runs list's + the task's */
+    atomic_int refs; /* the runs list's + the task's (until it is freed) */
     tb__singletons *s;
     struct tb__single *next; /* s->runs */
     char *name;
@@ -128,7 +128,12 @@ int tb__duration_ms(const char *s, int64_t *ms)
     return 0;
 }
 
-static void single_unref(single *r)
+void tb__singleton_hold(single *r)
+{
+    atomic_fetch_add(&r->refs, 1);
+}
+
+void tb__singleton_release(single *r)
 {
     if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
         return;
@@ -230,7 +235,7 @@ static int periodic_main(tb_task *self, void *ud);
 static int run_start(tb__singletons *s, single *r, char holder[24])
 {
     tb_app *app = s->app;
-    atomic_init(&r->refs, 2); /* the list's + the task's */
+    atomic_init(&r->refs, 1); /* the list's; the task takes its own */
     r->s = s;
     r->last_state = -1;
     int64_t now = tb__mono_us();
@@ -270,8 +275,7 @@ static int run_start(tb__singletons *s, single *r, char holder[24])
     }
     pthread_mutex_unlock(&s->mu);
     if (rc) {
-        single_unref(r);
-        single_unref(r);
+        tb__singleton_release(r);
         return rc;
     }
     atomic_fetch_add(&s->runs_started, 1);
@@ -338,7 +342,7 @@ static single *run_of(tb__singletons *s, const char *name, const char *def,
     r->fence = fence;
     if (!r->name || !r->def || (!r->kind && !l) || (l && l->kind && !r->kind)) {
         atomic_init(&r->refs, 1);
-        single_unref(r);
+        tb__singleton_release(r);
         r = NULL;
     }
 out:
@@ -405,7 +409,8 @@ void tb__singleton_ended(tb_task *t, tb_task_state st)
     if (!lost && !stopping)
         tb__log(TB_LOG_INFO, "singleton %s: ended %s; not run again", r->name,
                 tb_task_state_name(st));
-    single_unref(r); /* the task's */
+    /* The task keeps its reference while its record lives (its object
+     * shows the run's fields): its last unref releases it. */
 }
 
 /* ---------------------------------------------------------------- periodic */
@@ -535,7 +540,7 @@ static int64_t renew_all(tb__singletons *s, int64_t now)
         single *r = *pp;
         if (r->ended) {
             *pp = r->next;
-            single_unref(r);
+            tb__singleton_release(r);
             continue;
         }
         n++;
@@ -555,7 +560,7 @@ static int64_t renew_all(tb__singletons *s, int64_t now)
         int64_t due = r->renew_due_us, until = r->valid_until_us;
         pthread_mutex_unlock(&s->mu);
         if (skip) {
-            single_unref(r);
+            tb__singleton_release(r);
             continue;
         }
         if (now >= until) {
@@ -599,7 +604,7 @@ static int64_t renew_all(tb__singletons *s, int64_t now)
                 wake = r->valid_until_us;
         }
         pthread_mutex_unlock(&s->mu);
-        single_unref(r);
+        tb__singleton_release(r);
     }
     free(v);
     return wake;
@@ -672,7 +677,7 @@ static void take_free(tb__singletons *s)
         char holder[24];
         if (lease_take(s, name, &fence, holder, &takeover) != 0) {
             atomic_init(&r->refs, 1);
-            single_unref(r);
+            tb__singleton_release(r);
             continue;
         }
         r->fence = fence;
@@ -825,7 +830,7 @@ void tb__singletons_free(tb__singletons *s)
     while (s->runs) {
         single *r = s->runs;
         s->runs = r->next;
-        single_unref(r);
+        tb__singleton_release(r);
     }
     while (s->locals) {
         local_def *l = s->locals;

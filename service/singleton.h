@@ -12,6 +12,8 @@
 #define TB_PERIODIC_MAX_MS (7LL * 24 * 3600 * 1000) /* the longest interval */
 
 typedef struct tb__singletons tb__singletons;
+struct tb__single;
+struct tb_task;
 
 /* Starts what keeps the singletons running: this instance's pre-run ones
  * (tb_task_add with TB_TASK_SINGLETON, tb_task_add_every) are defined in
@@ -45,6 +47,11 @@ int tb__singleton_spawn(tb_app *app, const char *kind, const char *args_json,
  * its definition; one stopped by a lost lease or the app's stop leaves it
  * for another instance. */
 void tb__singleton_ended(struct tb_task *t, tb_task_state st);
+
+/* A task's reference to its run (tb__task_add takes it, the task's last
+ * unref releases it). */
+void tb__singleton_hold(struct tb__single *r);
+void tb__singleton_release(struct tb__single *r);
 
 /* Marks t's run as lost (its name is another instance's now): its end
  * leaves the definition alone. Any thread. */

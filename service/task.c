@@ -251,7 +251,8 @@ int tb__task_add(tb_app *app, tb_task_fn fn, void *arg,
     t->hidden = (iflags & TB__TASK_HIDDEN) != 0;
     if (x) {
         t->fence = x->fence;
-        t->single = x->single;
+        if ((t->single = x->single))
+            tb__singleton_hold(t->single);
     }
     for (int attempt = 0;; attempt++) {
         pthread_mutex_lock(&app->reg_mu);

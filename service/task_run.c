@@ -33,6 +33,7 @@ void tb__task_unref(tb_task *t)
 {
     if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
         return;
+    tb__singleton_release(t->single);
     free(t->kind);
     free(t->error);
     free(t);
