@@ -1023,14 +1023,17 @@ int tb__cluster_list(tb_app *app, const char *cursor, size_t limit, int st,
                      int local, json_t **tasks, char *next,
                      json_t **unreachable)
 {
+    /* cursor may be next itself (the C API's natural loop): read it before
+     * next is written. */
+    char start[INST_MAX] = "";
+    uint64_t after = 0;
+    int bad = cursor && cursor[0] && cursor_parse(cursor, start, &after) != 0;
     *tasks = json_array();
     *unreachable = json_array();
     next[0] = '\0';
     if (!*tasks || !*unreachable)
         goto nomem;
-    char start[INST_MAX] = "";
-    uint64_t after = 0;
-    if (cursor && cursor[0] && cursor_parse(cursor, start, &after) != 0) {
+    if (bad) {
         json_decref(*tasks);
         json_decref(*unreachable);
         *tasks = *unreachable = NULL;

@@ -612,7 +612,8 @@ int tb_cluster_cancel(tb_app *app, const char *name, int timeout_ms,
  * one's by task id, at most limit (1..1000) of them, after cursor (NULL
  * or "": from the start; else the next of an earlier page). *out is a new
  * array (free() it; NULL when *n is 0); next (TB_CURSOR_MAX bytes) gets
- * the next page's cursor, "" after the last page. Instances that do not
+ * the next page's cursor, "" after the last page (next may be cursor's
+ * buffer itself). Instances that do not
  * answer in time are skipped: *skipped (may be NULL) counts them. 0,
  * TB_EINVAL (a bad cursor or limit), TB_ENOMEM. */
 int tb_cluster_list(tb_app *app, const char *cursor, size_t limit,
