@@ -679,6 +679,17 @@ const char *tb__jwt_right_name(tb__jwt_right right)
     return right == TB__JWT_SUBSCRIBE ? "subscribe" : "dispatch";
 }
 
+void tb__jwt_forbidden_message(const tb__jwt_claims *c, tb__jwt_right right,
+                               const char *pattern, char *out)
+{
+    snprintf(out, TB__JWT_FORBIDDEN_MAX,
+             "the client token (sub \"%s\") does not allow %s \"%.200s\": "
+             "its \"%s\" claim has no pattern that covers it",
+             c ? c->sub : "",
+             right == TB__JWT_SUBSCRIBE ? "subscribing to" : "dispatching",
+             pattern, tb__jwt_right_name(right));
+}
+
 int tb__jwt_allows(const tb__jwt_claims *c, tb__jwt_right right,
                    const char *pattern)
 {

@@ -96,6 +96,12 @@ tb__jwt_claims *tb__jwt_claims_dup(const tb__jwt_claims *c);
 int tb__jwt_allows(const tb__jwt_claims *c, tb__jwt_right right,
                    const char *pattern);
 
+/* The message of a "forbidden" answer: c (NULL: no sub) does not grant
+ * right on pattern. out holds TB__JWT_FORBIDDEN_MAX bytes. */
+#define TB__JWT_FORBIDDEN_MAX 640
+void tb__jwt_forbidden_message(const tb__jwt_claims *c, tb__jwt_right right,
+                               const char *pattern, char *out);
+
 /* The claim's name, "subscribe" or "dispatch". */
 const char *tb__jwt_right_name(tb__jwt_right right);
 

@@ -366,13 +366,17 @@ static void test_form(void **state)
         e.fake.calls = 0;
         if (check_at(&e, garbage[i], NOW_US, NULL, &code) != TB_EACCES ||
             strcmp(code, "invalid_token") != 0 || e.fake.calls)
-            fail_msg("garbage %zu \"%s\": %s, %d verifier calls", i,
-                     garbage[i], code ? code : "accepted", e.fake.calls);
+            fail_msg("garbage %zu \"%s\": %s, %d verifier calls", i, garbage[i],
+                     code ? code : "accepted", e.fake.calls);
     }
     /* Payloads that are no JSON object, or duplicate a claim, or nest
      * deeper than json_max_depth: refused before the verifier. */
     static const char *const payloads[] = {
-        "[]", "1", "nul", "{" EXP ",\"exp\":1}", "{" EXP ",\"x\":",
+        "[]",
+        "1",
+        "nul",
+        "{" EXP ",\"exp\":1}",
+        "{" EXP ",\"x\":",
         "{" EXP ",\"x\":[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]}", /* 18 deep */
     };
     for (size_t i = 0; i < sizeof payloads / sizeof payloads[0]; i++) {
@@ -383,7 +387,8 @@ static void test_form(void **state)
     }
     /* At the depth bound: accepted. */
     assert_string_equal(
-        code_of(&e, HS, "{" EXP ",\"x\":[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]}", "good"),
+        code_of(&e, HS, "{" EXP ",\"x\":[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]}",
+                "good"),
         "");
     env_free(&e);
 }
@@ -425,12 +430,10 @@ static void test_algorithms(void **state)
         env e;
         env_init(&e, cases[i].secret, cases[i].pem);
         const char *code = code_of(&e, cases[i].header, "{" EXP "}", "good");
-        if (cases[i].ok != (code[0] == '\0') ||
-            e.fake.calls != cases[i].ok ||
+        if (cases[i].ok != (code[0] == '\0') || e.fake.calls != cases[i].ok ||
             (cases[i].ok && e.fake.alg != cases[i].alg))
-            fail_msg("case %zu (%s): %s, %d verifier calls", i,
-                     cases[i].header, code[0] ? code : "accepted",
-                     e.fake.calls);
+            fail_msg("case %zu (%s): %s, %d verifier calls", i, cases[i].header,
+                     code[0] ? code : "accepted", e.fake.calls);
         /* A bad signature with an accepted alg: refused by the verifier. */
         if (cases[i].ok)
             assert_string_equal(
@@ -513,16 +516,17 @@ static void test_iss_aud_sub(void **state)
     assert_string_equal(
         code_of(&e, HS, "{" EXP ",\"aud\":\"taskbus\",\"iss\":\"x\"}", "good"),
         "invalid_token");
-    assert_string_equal(code_of(&e, HS, "{" EXP ",\"aud\":\"taskbus\"}", "good"),
-                        "invalid_token");
+    assert_string_equal(
+        code_of(&e, HS, "{" EXP ",\"aud\":\"taskbus\"}", "good"),
+        "invalid_token");
     e.cfg.http.jwt_audience = e.cfg.http.jwt_issuer = NULL;
 
     assert_string_equal(code_of(&e, HS, "{" EXP ",\"sub\":7}", "good"),
                         "invalid_token");
     /* U+0000 anywhere in the claims: refused (a C string would end). */
-    assert_string_equal(code_of(&e, HS, "{" EXP ",\"sub\":\"a\\u0000\"}",
-                                "good"),
-                        "invalid_token");
+    assert_string_equal(
+        code_of(&e, HS, "{" EXP ",\"sub\":\"a\\u0000\"}", "good"),
+        "invalid_token");
     /* sub for the logs: no controls, quotes or backslashes; cut. */
     char *t = mint(HS, "{" EXP ",\"sub\":\"a\\nb\\\"c\\\\d\\u007fe\"}", "good");
     tb__jwt_claims *c;
@@ -671,9 +675,9 @@ static void test_libjwt(void **state)
     assert_int_equal(v2->ops->verify(v2, t, TB__JWT_RS256), TB_EACCES);
     assert_int_equal(v2->ops->verify(v2, t, TB__JWT_HS256), TB_EACCES);
     jwt_t *j = NULL;
-    assert_int_equal(jwt_decode(&j, t, (const unsigned char *)RSA2048,
-                                (int)strlen(RSA2048)),
-                     0); /* what the guards are for */
+    assert_int_equal(
+        jwt_decode(&j, t, (const unsigned char *)RSA2048, (int)strlen(RSA2048)),
+        0); /* what the guards are for */
     jwt_free(j);
     free(t);
     /* The secret's HS256 token against the RS256 key: no. */
