@@ -201,6 +201,8 @@ static int post_event(tb_http_req *req, void *ud)
                              "segments of [A-Za-z0-9_-], at most %d bytes)",
                              tb_strerror(rc), TB_EVENT_SEGMENTS_MAX,
                              TB_EVENT_NAME_MAX);
+    if (!tb__jwt_allows(req->claims, TB__JWT_DISPATCH, name))
+        return tb__http_forbidden(req, TB__JWT_DISPATCH, name);
     size_t len;
     const void *data = tb_http_body(req, &len);
     const tb_app_config *cfg = tb_app_get_config(app);
@@ -520,10 +522,19 @@ static int wait_event(tb_http_req *req, void *ud)
                              "bad event pattern: 1..%d dot-separated segments "
                              "of [A-Za-z0-9_-], \"*\" or \"<param>\"",
                              TB_EVENT_SEGMENTS_MAX);
+    if (!tb__jwt_allows(req->claims, TB__JWT_SUBSCRIBE, pattern))
+        return tb__http_forbidden(req, TB__JWT_SUBSCRIBE, pattern);
     int timeout_ms = WAIT_TIMEOUT_DEFAULT_MS;
     int rc;
     if (!query_timeout(req, WAIT_TIMEOUT_MAX_S, &timeout_ms))
         return bad_timeout(req, WAIT_TIMEOUT_MAX_S);
+    if (req->claims) {
+        /* The client's rights end with its token: so does its wait (204,
+         * as any wait that times out). */
+        int64_t left_ms = (req->claims->until_us - tb__now_us()) / 1000;
+        if (left_ms < timeout_ms)
+            timeout_ms = left_ms > 0 ? (int)left_ms : 0;
+    }
     int st = atomic_load(&app->state);
     if (st == TB__APP_NEW || st == TB__APP_STARTING)
         return tb_http_error(req, 503, "not_running",
@@ -918,29 +929,27 @@ static int readyz(tb_http_req *req, void *ud)
 
 int tb_app_add_api(tb_app *app)
 {
+    /* With an API token: the probes stay open, and the event routes also
+     * take client tokens (they check the claims). */
     static const struct {
         const char *method, *path;
         tb_http_fn fn;
-        int open;
+        tb__http_access access;
     } routes[] = {
-        {"POST", "/events/{name}", post_event, 0},
-        {"GET", "/events/{pattern}", wait_event, 0},
-        {"GET", "/tasks", list_tasks, 0},
-        {"GET", "/tasks/{name}", get_task, 0},
-        {"DELETE", "/tasks/{name}", cancel_task, 0},
-        {"POST", "/tasks/purge", purge_tasks, 0},
-        {"GET", "/healthz", healthz, 1},
-        {"GET", "/readyz", readyz, 1},
-        {"GET", "/metrics", tb__metrics_handler, 0},
-        {"GET", "/instances", tb__instances_handler, 0},
+        {"POST", "/events/{name}", post_event, TB__HTTP_CLIENT},
+        {"GET", "/events/{pattern}", wait_event, TB__HTTP_CLIENT},
+        {"GET", "/tasks", list_tasks, TB__HTTP_ADMIN},
+        {"GET", "/tasks/{name}", get_task, TB__HTTP_ADMIN},
+        {"DELETE", "/tasks/{name}", cancel_task, TB__HTTP_ADMIN},
+        {"POST", "/tasks/purge", purge_tasks, TB__HTTP_ADMIN},
+        {"GET", "/healthz", healthz, TB__HTTP_OPEN},
+        {"GET", "/readyz", readyz, TB__HTTP_OPEN},
+        {"GET", "/metrics", tb__metrics_handler, TB__HTTP_ADMIN},
+        {"GET", "/instances", tb__instances_handler, TB__HTTP_ADMIN},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-        /* The probes stay open when there is an API token. */
-        int rc = routes[i].open
-                     ? tb__app_route_open(app, routes[i].method, routes[i].path,
-                                          routes[i].fn, NULL)
-                     : tb_app_add_route(app, routes[i].method, routes[i].path,
-                                        routes[i].fn, NULL);
+        int rc = tb__app_route_as(app, routes[i].method, routes[i].path,
+                                  routes[i].fn, NULL, routes[i].access);
         if (rc)
             return rc;
     }

@@ -20,8 +20,11 @@
 #include <jansson.h>
 
 #include "api.h"
+#include "http.h"
 #include "internal.h"
 #include "json.h"
+#include "client_token.h"
+#include "ws.h"
 
 typedef struct conn_state {
     tb_ws *ws;
@@ -92,6 +95,26 @@ static void send_json(tb_ws *ws, json_t *o)
     json_decref(o);
 }
 
+/* Logs and sends {"error": code, "message": msg} with "pattern" (when not
+ * NULL) and "ref" (when the message had one). */
+static void reply_error_with(tb_ws *ws, json_t *ref, const char *code,
+                             const char *pattern, const char *msg)
+{
+    const char *sub = tb__ws_sub(ws);
+    tb__log(TB_LOG_INFO, "ws /ws (request %s%s%s%s): %s: %s",
+            tb_ws_request_id(ws), sub[0] ? ", sub \"" : "", sub,
+            sub[0] ? "\"" : "", code, msg);
+    json_t *o = json_object();
+    json_object_set_new(o, "error", json_string(code));
+    json_t *m = json_string(msg);
+    json_object_set_new(o, "message", m ? m : json_string("(not UTF-8)"));
+    if (pattern)
+        json_object_set_new(o, "pattern", json_string(pattern));
+    if (ref)
+        json_object_set(o, "ref", ref);
+    send_json(ws, o);
+}
+
 static void reply_error(tb_ws *ws, json_t *ref, const char *code,
                         const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -104,15 +127,17 @@ static void reply_error(tb_ws *ws, json_t *ref, const char *code,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    tb__log(TB_LOG_INFO, "ws /ws (request %s): %s: %s", tb_ws_request_id(ws),
-            code, msg);
-    json_t *o = json_object();
-    json_object_set_new(o, "error", json_string(code));
-    json_t *m = json_string(msg);
-    json_object_set_new(o, "message", m ? m : json_string("(not UTF-8)"));
-    if (ref)
-        json_object_set(o, "ref", ref);
-    send_json(ws, o);
+    reply_error_with(ws, ref, code, NULL, msg);
+}
+
+/* A client token's claims do not allow right on pattern: "forbidden",
+ * naming the pattern in the answer's "pattern". */
+static void reply_forbidden(tb_ws *ws, json_t *ref, tb__jwt_right right,
+                            const char *pattern)
+{
+    char msg[TB__JWT_FORBIDDEN_MAX];
+    tb__jwt_forbidden_message(tb__ws_claims(ws), right, pattern, msg);
+    reply_error_with(ws, ref, "forbidden", pattern, msg);
 }
 
 static json_t *patterns_json(const conn_state *st)
@@ -230,6 +255,12 @@ static void do_dispatch(tb_task *self, conn_state *st, json_t *ref,
                     TB_EVENT_SEGMENTS_MAX, TB_EVENT_NAME_MAX);
         return;
     }
+    /* An invalid name gets bad_name below, not forbidden. */
+    if (tb_event_name_valid(n) == 0 &&
+        !tb__jwt_allows(tb__ws_claims(ws), TB__JWT_DISPATCH, n)) {
+        reply_forbidden(ws, ref, TB__JWT_DISPATCH, n);
+        return;
+    }
     char *owned = NULL;
     const char *d = "";
     size_t len = 0;
@@ -311,7 +342,15 @@ static void do_subscribe(conn_state *st, json_t *ref, json_t *v, int add)
     size_t i;
     json_t *p;
     if (add) {
-        /* All or nothing: count what is new first. */
+        /* All or nothing: what the token allows, then what is new. */
+        json_array_foreach(v, i, p)
+        {
+            const char *s = json_string_value(p);
+            if (!tb__jwt_allows(tb__ws_claims(ws), TB__JWT_SUBSCRIBE, s)) {
+                reply_forbidden(ws, ref, TB__JWT_SUBSCRIBE, s);
+                return;
+            }
+        }
         int fresh = 0;
         json_array_foreach(v, i, p)
         {
@@ -465,6 +504,10 @@ static int check_one(const char *pat, void *arg)
                       c->max);
         return 1;
     }
+    if (!tb__jwt_allows(c->req->claims, TB__JWT_SUBSCRIBE, pat)) {
+        tb__http_forbidden(c->req, TB__JWT_SUBSCRIBE, pat);
+        return 1;
+    }
     return 0;
 }
 
@@ -556,5 +599,5 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
 
 int tb__api_register_ws(tb_app *app)
 {
-    return tb_app_add_websocket(app, "/ws", ws_handler, ws_check, NULL);
+    return tb__ws_add_client_endpoint(app, "/ws", ws_handler, ws_check, NULL);
 }

@@ -14,6 +14,7 @@
 #include "http.h"
 #include "json.h"
 #include "cluster.h"
+#include "client_token.h"
 #include "instances.h"
 #include "singleton.h"
 #include "internal.h"
@@ -66,6 +67,24 @@ static void libevent_init(void)
     libevent_threads_rc = evthread_use_pthreads();
 }
 
+/* *s, a string of the caller's config, replaced by a copy (NULL when
+ * empty). 0 on ENOMEM, with *s NULL. */
+static int copy_string_from(const char **s, const char *from)
+{
+    *s = from && from[0] ? strdup(from) : NULL;
+    return !from || !from[0] || *s;
+}
+
+/* Frees a copied secret, not leaving it in freed memory. */
+static void wipe_string(const char *s)
+{
+    if (s) {
+        char *t = (char *)(uintptr_t)s;
+        explicit_bzero(t, strlen(t));
+        free(t);
+    }
+}
+
 /* tb_app_new is adapters/compose.c's: it makes the app here, then hands
  * it its adapters (tb__app_use_bus, tb__app_use_http). */
 tb_app *tb__app_create(const tb_app_config *cfg, int *err)
@@ -99,6 +118,8 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
         app->cfg.http.longpoll_max = c.http.threads / 2;
     /* Owned through these (freed in tb_app_free), set below: none may
      * point at the caller's strings meanwhile. */
+    app->cfg.http.jwt_secret = app->cfg.http.jwt_public_key = NULL;
+    app->cfg.http.jwt_audience = app->cfg.http.jwt_issuer = NULL;
     app->cfg.http.api_token = NULL;
     app->cfg.redis.password = NULL;
     app->cfg.ws.allowed_origins = NULL;
@@ -125,6 +146,16 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
     if (c.ws.allowed_origins && c.ws.allowed_origins[0] &&
         !(app->cfg.ws.allowed_origins = strdup(c.ws.allowed_origins)))
         goto fail;
+    if (!copy_string_from(&app->cfg.http.jwt_secret, c.http.jwt_secret) ||
+        !copy_string_from(&app->cfg.http.jwt_public_key,
+                          c.http.jwt_public_key) ||
+        !copy_string_from(&app->cfg.http.jwt_audience, c.http.jwt_audience) ||
+        !copy_string_from(&app->cfg.http.jwt_issuer, c.http.jwt_issuer))
+        goto fail;
+    /* Reads the public key file now: a bad one is a config error. */
+    if ((rc = tb__jwt_new(&app->cfg, &app->jwt)) != 0)
+        goto fail;
+    rc = TB_ENOMEM;
     uint64_t rnd = 0;
     if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
         rnd = (uint64_t)tb__now_us() ^ ((uint64_t)getpid() << 32);
@@ -253,6 +284,11 @@ void tb_app_free(tb_app *app)
         free(t);
     }
     tb__ws_app_free(app);
+    tb__jwt_free(app->jwt);
+    wipe_string(app->cfg.http.jwt_secret);
+    free((char *)(uintptr_t)app->cfg.http.jwt_public_key);
+    free((char *)(uintptr_t)app->cfg.http.jwt_audience);
+    free((char *)(uintptr_t)app->cfg.http.jwt_issuer);
     if (app->cfg.http.api_token) {
         /* Not left in freed memory. */
         char *t = (char *)(uintptr_t)app->cfg.http.api_token;
@@ -279,6 +315,16 @@ void tb__app_use_http(tb_app *app, tb__http_server *srv,
 {
     app->http = srv;
     app->wsconn = ws;
+}
+
+const tb__jwt_keys *tb__app_jwt_keys(const tb_app *app)
+{
+    return app->jwt ? tb__jwt_keys_of(app->jwt) : NULL;
+}
+
+void tb__app_use_jwt(tb_app *app, tb__jwt_verifier *v)
+{
+    tb__jwt_set_verifier(app->jwt, v);
 }
 
 /* ---------------------------------------------------------------- accessors */

@@ -12,6 +12,7 @@
 
 #include "internal.h"
 #include "json.h"
+#include "client_token.h"
 #include "url.h"
 
 #define KiB (1024LL)
@@ -102,6 +103,18 @@
       "ms a refused request's unread body is drained at most")                 \
     X(http, api_token, SECRET, 0, NULL, 0, 0, "token",                         \
       "API token required by the HTTP API and websockets")                     \
+    X(http, jwt_secret, SECRET, 0, NULL, 0, 0, "jwt-secret",                   \
+      "HS256 key of client tokens (JWT), 32 bytes or more; none: no HS256")    \
+    X(http, jwt_public_key, STRING, 0, NULL, 0, 0, "jwt-public-key",           \
+      "PEM file of the RS256 or ES256 public key of client tokens (JWT)")      \
+    X(http, jwt_audience, STRING, 0, NULL, 0, 0, "jwt-audience",               \
+      "aud a client token must name (none: tokens with an aud are refused)")   \
+    X(http, jwt_issuer, STRING, 0, NULL, 0, 0, "jwt-issuer",                   \
+      "iss a client token must have (none: any)")                              \
+    X(http, jwt_leeway_ms, SECONDS, 30000, NULL, 0, 300000, "jwt-leeway",      \
+      "seconds of clock skew allowed on a client token's exp and nbf")         \
+    X(http, jwt_max_size, INT, 4096, NULL, 256, 8192, "jwt-max-size",          \
+      "longest client token, bytes")                                           \
     X(http, tasks_page_max, INT, 1000, NULL, 1, 1000, "tasks-page-max",        \
       "tasks in one GET /tasks page at most (its limit's default and cap)")    \
     X(ws, max_clients, INT, 10000, NULL, 1, 1 << 20, "ws-max-clients",         \
@@ -472,6 +485,16 @@ static const char *check_rules(const tb_app_config *c)
     if (c->http.api_token && !token_ok(c->http.api_token))
         return "http.api_token must be 1..256 visible ASCII bytes (no "
                "blanks) or empty";
+    int jwt_secret = c->http.jwt_secret && c->http.jwt_secret[0];
+    if ((jwt_secret || (c->http.jwt_public_key && c->http.jwt_public_key[0])) &&
+        !(c->http.api_token && c->http.api_token[0]))
+        return "http.jwt_secret and http.jwt_public_key need http.api_token: "
+               "client tokens open the event routes only, and without an "
+               "API token every other route would be open to anyone";
+    if (jwt_secret && strlen(c->http.jwt_secret) < TB__JWT_SECRET_MIN)
+        return "http.jwt_secret must be at least 32 bytes (RFC 7518: an "
+               "HS256 key as long as its hash); make one with: openssl rand "
+               "-base64 32";
     if (c->http.listen && c->http.listen[0] && !listen_ok(c->http.listen))
         return "http.listen must be " LISTEN_FORM;
     if (c->core.json_max_depth > 0 &&

@@ -489,6 +489,7 @@ struct tb_app {
     size_t nroute_fns;
     tb__http_server *http;          /* compose.c's, or NULL: no HTTP */
     const tb__wsconn_ops *wsconn;   /* its websockets' framing */
+    struct tb__jwt *jwt;            /* jwt.c: client tokens, NULL: off */
     void *metrics;                  /* metrics.c: request counters */
     struct app_kinds *kinds;        /* kinds.c: task kinds by name */
     struct tb__ws_route *ws_routes; /* ws.c: websocket endpoints */

@@ -250,11 +250,31 @@ typedef struct tb_http_config {
      * NULL or "": no token (anyone who reaches listen may use the API).
      * 1..256 visible ASCII bytes; copied. Never logged. */
     const char *api_token;
+    /* Client tokens (JWT), for clients that may only use events: with
+     * one, the event routes (GET /ws, GET and POST /events/{...}) also
+     * take a JWT in place of api_token, signed with jwt_secret (HS256) or
+     * the key in the file jwt_public_key (RS256 or ES256, whichever the
+     * key is for); its claims "subscribe" and "dispatch" (arrays of event
+     * patterns) say what the client may do, and anything else is 403
+     * (forbidden). "exp" is required; a websocket opened with the token is
+     * closed (1008) when it passes. Every other route still needs
+     * api_token, so either key needs api_token set. Both NULL or "": client
+     * tokens are off. Copied; the secret is never logged. */
+    const char *jwt_secret;     /* at least 32 bytes */
+    const char *jwt_public_key; /* path of a PEM "PUBLIC KEY" file (RSA of
+                                   2048 bits or more, or EC P-256), read by
+                                   tb_app_new */
+    const char *jwt_audience;   /* NULL: tokens with an "aud" are refused;
+                                   else "aud" must name it */
+    const char *jwt_issuer;     /* NULL: any "iss"; else "iss" must equal it */
+    int jwt_leeway_ms;          /* clock skew allowed on "exp" and "nbf" */
+    int jwt_max_size;           /* longest token accepted, bytes; longer is
+                                   refused (401 token_too_large) unread */
     int tasks_page_max; /* tasks in one GET /tasks page at most: the
                            limit's default and cap (1..1000) */
-    void *reserved_[5]; /* room for later settings; keep zero (the two
-                           discard settings and tasks_page_max took three
-                           slots) */
+    /* No reserved slot is left in this group: the two discard settings,
+     * the client tokens and tasks_page_max took the six. A later HTTP
+     * setting changes the size of tb_app_config (a new SOVERSION). */
 } tb_http_config;
 
 /* Websockets (tb_app_add_websocket, GET /ws). An upgraded connection leaves
