@@ -471,8 +471,7 @@ static const char *check_rules(const tb_app_config *c)
         return "core.instance_ttl_ms must be above "
                "core.instance_heartbeat_ms (a record must outlive the wait "
                "for its next renewal)";
-    if ((int64_t)c->core.singleton_margin_ms * 3 >=
-        c->core.singleton_lease_ms)
+    if ((int64_t)c->core.singleton_margin_ms * 3 >= c->core.singleton_lease_ms)
         return "core.singleton_margin_ms must be below a third of "
                "core.singleton_lease_ms (a run renews its lease every third "
                "of it, and must still hold it after the margin)";
