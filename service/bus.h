@@ -137,7 +137,7 @@ static inline int tb__kv_name_ok(const char *s, size_t n, size_t max)
  * one instance at a time: name -> (instance, fence), with a TTL of the
  * backend's clock; a fence is strictly increasing per name, even across a
  * backend that forgot everything (it is at least the backend's clock in
- * ms). Definitions are the singletons (and periodic tasks) the cluster
+ * µs). Definitions are the singletons (and periodic tasks) the cluster
  * keeps running: name -> a JSON value the core wrote. Messages are the
  * instances' requests and answers to one another (cluster.c). */
 
