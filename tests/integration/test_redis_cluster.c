@@ -22,21 +22,6 @@
 
 /* ------------------------------------------------------------ helpers */
 
-static int setup(void **state)
-{
-    (void)state;
-    th_failures_reset();
-    tb_log_set_level(TB_LOG_ERROR);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    rh_cleanup();
-    return 0;
-}
-
 /* A running app on srv, connected, whose instance record is in Redis. */
 static rh_app *start_app(const rh_server *srv)
 {
@@ -826,15 +811,11 @@ static void test_send(void **state)
 
 /* ------------------------------------------------------------ main */
 
-#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#define T(fn) RH_TEST(fn)
 
+/* TB_ITEST_FILTER=<glob> runs only the tests whose names match. */
 int main(void)
 {
-    signal(SIGPIPE, SIG_IGN);
-    /* TB_ITEST_FILTER=test_lease_* runs only the matching tests. */
-    const char *filter = getenv("TB_ITEST_FILTER");
-    if (filter && *filter)
-        cmocka_set_test_filter(filter);
     const struct CMUnitTest tests[] = {
         T(test_claim_whois_release),
         T(test_claim_of_dead_holder_is_free),
@@ -848,5 +829,5 @@ int main(void)
         T(test_leave_and_reap),
         T(test_send),
     };
-    return cmocka_run_group_tests_name("redis_cluster", tests, NULL, NULL);
+    return rh_run_group("redis_cluster", tests);
 }
