@@ -697,14 +697,7 @@ static int rcl_send(tb__bus *bus, const char *instance, const char *msg,
 
 void tb__rcl_message(rbus *b, const char *msg, size_t len)
 {
-    if (len > TB__CLUSTER_MSG_MAX) {
-        if (tb__ratelog_ok(&b->kv_log, tb__mono_us()))
-            tb__log(TB_LOG_WARN,
-                    "redis bus: a %zu-byte message on %s is over %d bytes: "
-                    "dropped",
-                    len, b->ctl, TB__CLUSTER_MSG_MAX);
-        return;
-    }
+    /* The core checks it, its size included, and counts what it drops. */
     tb__cluster_message(b->bus.app, msg, len);
 }
 

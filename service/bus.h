@@ -225,8 +225,9 @@ typedef struct tb__cluster_ops {
 } tb__cluster_ops;
 
 /* The core's side of send(): one message for this instance (msg, len bytes,
- * from outside: the core checks it). Bus thread; does not block and does
- * not keep msg. */
+ * any length, from outside: the core checks it, and drops and counts one
+ * over TB__CLUSTER_MSG_MAX). Bus thread; does not block and does not keep
+ * msg. */
 void tb__cluster_message(tb_app *app, const char *msg, size_t len);
 
 /* --------------------------------------------------------------- connection */

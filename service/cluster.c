@@ -931,6 +931,10 @@ void tb__cluster_message(tb_app *app, const char *msg, size_t len)
 {
     if (!app->cluster)
         return;
+    if (len > TB__CLUSTER_MSG_MAX) {
+        bad_message(app, len, "larger than a control message may be");
+        return;
+    }
     json_error_t jerr;
     json_t *m = tb__json_loadb(msg, len, JSON_REJECT_DUPLICATES, 8, &jerr);
     const char *t = json_string_value(json_object_get(m, "t"));
