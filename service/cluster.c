@@ -431,9 +431,10 @@ static void reclaimed(int status, const char *inst, uint64_t num, int live,
                 if (t->single)
                     tb__singleton_lost(t);
                 if (!t->error) {
+                    /* A singleton's run says so as its own renewals do. */
                     char msg[160];
-                    snprintf(msg, sizeof msg,
-                             "cancelled: instance %s holds the name", inst);
+                    snprintf(msg, sizeof msg, "%s: instance %s holds the name",
+                             t->single ? "lease lost" : "cancelled", inst);
                     t->error = strdup(msg);
                 }
                 break;
