@@ -861,6 +861,8 @@ static int post_task(tb_http_req *req, void *ud)
                              "%s: Redis did not answer the name's claim in "
                              "time",
                              err);
+    case TB_EMSGSIZE: /* a singleton's arguments */
+        return tb_http_error(req, 400, "bad_args", "%s", err);
     case TB_EINVAL:
     case TB_ENAMETOOLONG:
         return tb_http_error(req, 400, "bad_name",

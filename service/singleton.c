@@ -932,11 +932,17 @@ int tb__singleton_spawn(tb_app *app, const char *kind, const char *args_json,
     char *def = d ? json_dumps(d, JSON_COMPACT) : NULL;
     json_decref(d);
     if (!def || strlen(def) > TB__CLUSTER_DEF_MAX) {
+        if (def)
+            snprintf(err, errsz,
+                     "task \"%.80s\": its arguments are too large for a "
+                     "singleton (its definition, kind and arguments as "
+                     "JSON, is %zu bytes, at most %d)",
+                     name, strlen(def), TB__CLUSTER_DEF_MAX);
+        else
+            snprintf(err, errsz, "task \"%.80s\": out of memory", name);
+        int rc = def ? TB_EMSGSIZE : TB_ENOMEM;
         free(def);
-        snprintf(err, errsz, "task \"%.80s\": %s", name,
-                 def ? "its arguments are too large for a singleton"
-                     : "out of memory");
-        return def ? TB_EINVAL : TB_ENOMEM;
+        return rc;
     }
     uint64_t fence = 0;
     int rc = 0;
