@@ -839,9 +839,15 @@ static void on_reply(tb_app *app, json_t *m, size_t len)
     pthread_mutex_lock(&c->mu);
     for (call *k = c->calls; k; k = k->next) {
         if (k->rid == (uint64_t)json_integer_value(rid) && !k->done) {
-            k->done = 1;
-            k->reply = json_incref(m);
-            pthread_cond_signal(&k->cv);
+            /* A copy of its own for the caller's thread: jansson's
+             * reference counts are not safe to share between threads
+             * (json_decref reads the count unlocked; ThreadSanitizer
+             * reports it). No copy (ENOMEM): the call times out. */
+            k->reply = json_deep_copy(m);
+            if (k->reply) {
+                k->done = 1;
+                pthread_cond_signal(&k->cv);
+            }
             break;
         }
     }
