@@ -209,6 +209,13 @@ static const char lease_drop_lua[] =
 static const char def_put_lua[] =
     "return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])\n";
 
+/* KEYS[1] singleton hash, KEYS[2] fence hash; ARGV name, value. The
+ * fence hash is the memory of Redis: a definition's delete leaves its
+ * tombstone there, a Redis that lost its data has none. */
+static const char def_restore_lua[] =
+    "if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end\n"
+    "return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])\n";
+
 /* KEYS[1] singleton hash, KEYS[2] tick hash, KEYS[3] the lease, KEYS[4]
  * fence hash; ARGV name, "<instance> <fence>" or "" for any holder, fence
  * or 0. Leaves a tombstone: the recorded fence goes past the holder's, so
@@ -270,11 +277,13 @@ static const tb__rkv_script s_def_put = {"definition put", def_put_lua, 11};
 static const tb__rkv_script s_def_del = {"definition delete", def_del_lua, 12};
 static const tb__rkv_script s_def_list = {"definition list", def_list_lua, 13};
 static const tb__rkv_script s_tick = {"tick", tick_lua, 14};
+static const tb__rkv_script s_def_restore = {"definition restore",
+                                             def_restore_lua, 15};
 
 static const tb__rkv_script *const all_scripts[] = {
-    &s_claim,   &s_release,    &s_whois,       &s_leave,
-    &s_reap,    &s_lease_take, &s_lease_renew, &s_lease_drop,
-    &s_def_put, &s_def_del,    &s_def_list,    &s_tick,
+    &s_claim,      &s_release,     &s_whois,       &s_leave,   &s_reap,
+    &s_lease_take, &s_lease_renew, &s_lease_drop,  &s_def_put, &s_def_del,
+    &s_def_list,   &s_tick,        &s_def_restore,
 };
 
 void tb__rcl_load_scripts(rbus *b,
@@ -590,6 +599,26 @@ static void def_del_reply(rkv_req *r, const redisReply *reply)
         r->cb.done(st, r->ud);
 }
 
+static int rcl_def_restore(tb__bus *bus, const char *name, const char *value,
+                           size_t len, tb__kv_done_cb cb, void *ud)
+{
+    rbus *b = (rbus *)bus;
+    if (!name_ok(name) || !len || len > TB__CLUSTER_DEF_MAX)
+        return TB_EINVAL;
+    char defs[100], fences[100];
+    key(defs, sizeof defs, b, "singleton", NULL);
+    key(fences, sizeof fences, b, "fence", NULL);
+    const char *argv[] = {defs, fences, name, value};
+    size_t lens[] = {strlen(defs), strlen(fences), strlen(name), len};
+    rkv_req *r = tb__rkv_new(b, &s_def_restore, 2, 4, argv, lens);
+    if (!r)
+        return TB_ENOMEM;
+    snprintf(r->label, sizeof r->label, "definition restore");
+    tb__rkv_done_handlers(r, cb, ud);
+    r->ok = def_put_reply; /* 1: restored; 0: TB_EEXIST */
+    return tb__rkv_submit(r);
+}
+
 static int rcl_def_del(tb__bus *bus, const char *name, uint64_t fence,
                        tb__kv_done_cb cb, void *ud)
 {
@@ -711,6 +740,7 @@ const tb__cluster_ops tb__rcl_ops = {
     .lease_renew = rcl_lease_renew,
     .lease_drop = rcl_lease_drop,
     .def_put = rcl_def_put,
+    .def_restore = rcl_def_restore,
     .def_del = rcl_def_del,
     .def_list = rcl_def_list,
     .tick = rcl_tick,

@@ -200,6 +200,12 @@ typedef struct tb__cluster_ops {
      * TB__CLUSTER_DEF_MAX) unless it has one: cb 0, or TB_EEXIST. */
     int (*def_put)(tb__bus *bus, const char *name, const char *value,
                    size_t len, tb__kv_done_cb cb, void *ud);
+    /* Stores name's definition again (value, len bytes) after the backend
+     * may have lost its data: only when it has none and knows no fence for
+     * name (a definition deleted on purpose leaves its fence). cb 0
+     * (restored), or TB_EEXIST (not needed, or deleted on purpose). */
+    int (*def_restore)(tb__bus *bus, const char *name, const char *value,
+                       size_t len, tb__kv_done_cb cb, void *ud);
     /* Deletes name's definition, and its lease if fence holds it (fence 0:
      * whoever holds it), leaving the recorded fence past fence so that no
      * renewal of the ended run takes the lease again. cb: 0 when there was

@@ -2,10 +2,11 @@
  * scripts (adapters/bus_redis_cluster.c) against a real redis-server:
  * claims (claim, whois, release; a dead holder's claim is free), leases
  * (take, renew, drop; fences strictly increasing, also after FLUSHALL),
- * definitions (put, delete, list and its bounds), periodic ticks (once per
- * tick, refused under a stale fence), leave and reap, and values planted
- * with raw commands (garbage, the wrong types, out-of-range numbers),
- * which count as free or are skipped and never crash anything. Two apps
+ * definitions (put, restore after a loss, delete, list and its bounds),
+ * periodic ticks (once per tick, refused under a stale fence), leave and
+ * reap, and values planted with raw commands (garbage, the wrong types,
+ * out-of-range numbers), which count as free or are skipped and never
+ * crash anything. Two apps
  * in this process are two instances: each has its own instance id and
  * record. The ops are called as the core calls them (tb__cluster_ops),
  * waited for with tb__opwait.
@@ -140,6 +141,16 @@ static int def_put(tb_app *app, const char *name, const char *value, size_t len)
 static int def_put_s(tb_app *app, const char *name, const char *value)
 {
     return def_put(app, name, value, strlen(value));
+}
+
+static int def_restore(tb_app *app, const char *name, const char *value)
+{
+    tb__opwait *w = tb__opwait_new();
+    assert_non_null(w);
+    return wait_ans(w,
+                    cl(app)->def_restore(app->bus, name, value, strlen(value),
+                                         tb__opwait_done_cb, w))
+        .status;
 }
 
 static int def_del(tb_app *app, const char *name, uint64_t fence)
@@ -638,6 +649,22 @@ static void test_definitions(void **state)
     /* A lease whose definition is gone is never taken again. */
     CLI(srv, "DEL", NS "lease:d2");
     assert_ans(take(b, "d2", 1000), TB_EEXIST, "", 0);
+
+    /* Restore: only where Redis forgot the name altogether (no fence);
+     * one deleted on purpose (its tombstone fence stays) is not. */
+    assert_rc(def_restore(a, "d2", "{\"n\":2}"), TB_EEXIST);
+    assert_int_equal(CLI_INT(srv, "HEXISTS", NS "singleton", "d2"), 0);
+    assert_rc(def_put_s(a, "d4", "{\"n\":4}"), 0);
+    assert_rc(def_restore(b, "d4", "{\"n\":5}"), TB_EEXIST);
+    assert_string_equal(CLI(srv, "HGET", NS "singleton", "d4"), "{\"n\":4}");
+    CLI(srv, "FLUSHALL");
+    assert_rc(def_restore(b, "d2", "{\"n\":2}"), 0);
+    assert_rc(def_restore(a, "d2", "{\"n\":9}"), TB_EEXIST);
+    assert_string_equal(CLI(srv, "HGET", NS "singleton", "d2"), "{\"n\":2}");
+    assert_rc(
+        cl(a)->def_restore(a->bus, "d2", "x", 0, tb__opwait_done_cb, NULL),
+        TB_EINVAL);
+    CLI(srv, "DEL", NS "singleton");
 
     /* Sizes: 1..TB__CLUSTER_DEF_MAX bytes; a larger one planted by hand
      * is skipped by the list, and counted. */
