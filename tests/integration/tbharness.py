@@ -607,6 +607,12 @@ class Redis:
             return None, 0
         return end_proc(self.proc, signal.SIGTERM, 5), 0
 
+    def teardown(self):
+        """At the end of a case that registered it (case_servers): stops
+        it; never a problem."""
+        self.stop()
+        return None
+
 
 # ------------------------------------------------------------------ the run
 
@@ -1353,7 +1359,13 @@ class CaseRunner(Runner):
     per case with its time and slow steps; at its end every server it
     started that still runs gets SIGTERM and must exit 0 (or the status
     the case expects) without a sanitizer report, else the case fails
-    with the tail of its stderr."""
+    with the tail of its stderr. The servers are stopped newest first, so
+    that a redis-server a case registered before its instances outlives
+    them. Cases may run on several threads at once (one case a thread)."""
+
+    def __init__(self, words):
+        super().__init__(words)
+        self.lock = threading.Lock()  # one case's lines together
 
     def case(self, group, name, fn):
         full = f"{group}: {name}"
@@ -1370,7 +1382,7 @@ class CaseRunner(Runner):
         except Exception as e:  # any failure is this case's FAIL line
             detail = f"{type(e).__name__}: {e}"
         finally:
-            for s in servers:
+            for s in reversed(servers):
                 problem = s.teardown()
                 if problem and ok:
                     ok, detail = False, problem
@@ -1379,12 +1391,13 @@ class CaseRunner(Runner):
             detail += ("; " if detail else "") + "slow: " + ", ".join(slow)
         if ok:
             detail = (detail + "; " if detail else "") + f"{took:.2f} s"
-        self.report(ok, full, detail)
-        if not ok:
-            for s in servers:
-                if s.err and s.err not in detail and s.err_text():
+        with self.lock:
+            self.report(ok, full, detail)
+            for s in servers if not ok else ():
+                err = getattr(s, "err", None)
+                if err and err not in detail and read_text(err):
                     print(f"  stderr of taskbus {s.name} (last lines):\n"
-                          f"{tail(s.err, 15)}", flush=True)
+                          f"{tail(err, 15)}", flush=True)
 
     def run_cases(self, cases):
         """Runs the wanted ones of cases, (group, name, fn) triples, in
