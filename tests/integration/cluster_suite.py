@@ -40,6 +40,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -436,6 +437,61 @@ def t_list_bad_params():
                  "bad_scope", f"{method} {path}?scope={sc[:20]}")
     check(local_state(a, "one")[0] == "running",
           "a DELETE with a bad scope touched the task")
+
+
+def t_post_singleton_inputs():
+    """POST /tasks with singleton/every: bad values are 400 with a stable
+    code; the interval's bounds (core.periodic_min_ms, set to 1.5 s here,
+    and 7 days) and a singleton's 64 KiB definition at their edges; the
+    settings' own rules (margin below a third of the lease, TTL above the
+    heartbeat) refuse to start."""
+    c = Cluster("post", 1, ("--periodic-min", "1500"))
+    a = c.nodes[0]
+    n = iter(range(1000))
+
+    def every(v, **extra):
+        return post(a, dict({"kind": "sleep", "name": f"e{next(n)}",
+                             "args": {"seconds": 0}, "every": v}, **extra))
+    for v in ("1499ms", "1s", "169h", "10081m", "604801s", "1d", "", "s",
+              "-5s", "1.5s", " 2s", "2S", "0s", "9" * 30 + "s"):
+        want(every(v), 400, "bad_every", f"every {v!r}")
+    for v in ("1500ms", "2s", "168h", "10080m", "604800s", "01m"):
+        o = want(every(v), 201, what=f"every {v!r}")
+        check(o["every"] and o["singleton"] is True, f"every {v!r}: {o}")
+    want(every(5), 400, "bad_request", "every 5")
+    want(every("2s", worker=0), 400, "bad_request", "every with a worker")
+    want(post(a, dict(SLEEP, every="2s")), 400, "bad_request", "no name")
+    for bad in ("yes", 1, None):
+        want(post(a, sleeper(f"s{next(n)}", singleton=bad)), 400,
+             "bad_request", f"singleton {bad!r}")
+    want(post(a, dict(SLEEP, singleton=True)), 400, "bad_request",
+         "a singleton without a name")
+    want(post(a, sleeper("sw", singleton=True, worker=0)), 400,
+         "bad_request", "a singleton with a worker")
+    # A singleton's definition (kind and arguments) is kept in Redis: at
+    # most 64 KiB.
+    data = {"kind": "delay", "args": {"seconds": 600, "event": "e"},
+            "singleton": True}
+    o = want(post(a, dict(data, name="big1", args=dict(
+        data["args"], data="x" * 65000))), 201, what="a 65000-byte singleton")
+    o = want(post(a, dict(data, name="big2", args=dict(
+        data["args"], data="x" * 65536))), 400, "bad_args",
+        "a singleton over 64 KiB")
+    check("65536" in o["message"], f"the limit is not named: {o}")
+    check(task(a, "big2").status == 404, "big2 was made anyway")
+    # The settings' rules between them.
+    for args, name in ((["--singleton-lease", "0.9", "--singleton-margin",
+                         "300"], "singleton_margin_ms"),
+                       (["--instance-heartbeat", "1", "--instance-ttl", "1"],
+                        "instance_ttl_ms")):
+        p = subprocess.run([H.bin, "serve", "--listen", f"{HOST}:1", *args],
+                           capture_output=True, timeout=T(10))
+        err = p.stderr.decode(errors="replace")
+        check(p.returncode == 2 and name in err,
+              f"taskbus serve {' '.join(args)}: exit {p.returncode}, "
+              f"{err[-300:]!r}")
+    Taskbus("edge", "--singleton-lease", "0.9", "--singleton-margin",
+            "299").start().stop_ok()
 
 
 # ------------------------------------------------------------------ lost
@@ -913,6 +969,8 @@ CASES = [
      "scope=local", t_paging),
     ("list", "bad limit, cursor, scope: 400 bad_limit, bad_cursor, "
      "bad_scope", t_list_bad_params),
+    ("post", "singleton and every: bad values 400, bounds at their edges, "
+     "settings' rules", t_post_singleton_inputs),
     ("lost", "kill -9: its tasks lost, then forgotten; names free; SIGTERM "
      "frees names at once", t_lost_and_freed),
     ("singleton", "kill -9 of the owner: runs elsewhere within 3 s of the "
