@@ -632,7 +632,7 @@ def t_singleton_sigstop():
     runs it with a higher fence, started after the lease expired, and no
     two instances report it running at once beyond the margin (polled
     with ?scope=local every 50 ms)."""
-    c = Cluster("sigstop")
+    c = Cluster("sigstop", 3, ("--redis-command-timeout", f"{1000 * S:g}"))
     a, b, cc = c.nodes
     want(post(b, sleeper("solo", singleton=True)), 201, what="POST solo")
     fence_b = wait_running(b, "solo")["fence"]
@@ -661,7 +661,12 @@ def t_singleton_sigstop():
     b.proc.send_signal(signal.SIGSTOP)
     t_stop = time.monotonic()
     expiry_wall = before + left  # no later than the lease expires
-    time.sleep(2 * LEASE_S)
+    # Meanwhile a listing skips b, after the command timeout, and says so.
+    o = want(http_req(a.port, "GET", "/tasks"), 200, what="GET /tasks")
+    check(o.get("unreachable") == [c.id(b)] and
+          all(t["instance"] != c.id(b) for t in o["tasks"]),
+          f"GET /tasks with b stopped: {o}")
+    time.sleep(max(0.0, t_stop + 2 * LEASE_S - time.monotonic()))
     b.proc.send_signal(signal.SIGCONT)
     t_cont = time.monotonic()
     # Until b's run has ended and one other instance runs it.
@@ -777,8 +782,17 @@ def t_redis_restart():
     except AssertionError:
         pass  # redis-cli may report the closed connection
     check(c.redis.proc.wait(T(5)) is not None, "redis did not shut down")
+    t_down = time.monotonic()
+    # Without Redis the cluster cannot be asked, nor a name claimed; each
+    # instance still answers for itself.
+    want(post(b, sleeper("other")), 503, "redis_unavailable", "POST")
+    for method in ("GET", "DELETE"):
+        want(http_req(b.port, method, "/tasks/held"), 503,
+             "redis_unavailable", f"{method} /tasks/held")
+    o = want(task(a, "held", "local"), 200, what="?scope=local")
+    check(o["state"] == "running", f"held on a, Redis down: {o}")
     # Down for longer than a lease: the runs cannot renew meanwhile.
-    time.sleep(1.5 * LEASE_S)
+    time.sleep(max(0.0, t_down + 1.5 * LEASE_S - time.monotonic()))
     c.redis.start(port=port)
     t0 = time.monotonic()
     # Right after: whoever claims "held" first holds it; the other one's
