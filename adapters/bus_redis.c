@@ -164,8 +164,8 @@ static void on_step_reply(redisAsyncContext *ac, void *r, void *priv)
 static void link_send_step(rbus *b, rlink *l)
 {
     char db[16];
-    const char *argv[3];
-    size_t lens[3];
+    const char *argv[4];
+    size_t lens[4];
     int argc = 0;
     redisCallbackFn *fn = on_step_reply;
     void *priv = l;
@@ -192,6 +192,7 @@ static void link_send_step(rbus *b, rlink *l)
              * the pattern's callback, on_sub_message. */
             argv[argc++] = "PSUBSCRIBE";
             argv[argc++] = b->pattern;
+            argv[argc++] = b->ctl;
             fn = on_sub_message;
             break;
         }
@@ -446,11 +447,22 @@ static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
         return;
     const char *kind = reply->element[0]->str;
     if (strcasecmp(kind, "pmessage") == 0 && reply->elements == 4) {
-        handle_message(b, reply->element[2], reply->element[3]);
+        const redisReply *pat = reply->element[1];
+        const redisReply *msg = reply->element[3];
+        if (pat->type == REDIS_REPLY_STRING && !strcmp(pat->str, b->ctl)) {
+            if (msg->type == REDIS_REPLY_STRING)
+                tb__rcl_message(b, msg->str, msg->len);
+        } else {
+            handle_message(b, reply->element[2], msg);
+        }
     } else if (strcasecmp(kind, "pong") == 0) {
         l->ping_sent_us = 0;
     } else if (strcasecmp(kind, "psubscribe") == 0) {
-        if (l->step == STEP_PSUBSCRIBE) {
+        /* One confirmation per pattern: ready after the second (events,
+         * then our control channel). */
+        if (l->step == STEP_PSUBSCRIBE && reply->elements == 3 &&
+            reply->element[2]->type == REDIS_REPLY_INTEGER &&
+            reply->element[2]->integer >= 2) {
             l->step = STEP_READY;
             link_send_step(b, l);
         }
@@ -856,6 +868,7 @@ static const tb__bus_ops redis_ops = {
     .stop = rb_stop,
     .free = rb_free,
     .kv = &tb__rkv_ops,
+    .cluster = &tb__rcl_ops,
 };
 
 tb__bus *tb__bus_redis_new(tb_app *app, int *err)
@@ -904,6 +917,10 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
     b->t = t;
     snprintf(b->url, sizeof b->url, "%s", url);
     snprintf(b->pattern, sizeof b->pattern, "%s*", b->prefix);
+    snprintf(b->ctl_prefix, sizeof b->ctl_prefix, "%s:ctl:",
+             c->core.event_namespace);
+    snprintf(b->ctl, sizeof b->ctl, "%s%s", b->ctl_prefix,
+             tb__app_instance(app));
     b->connect_to_us = (int64_t)c->redis.connect_timeout_ms * 1000;
     b->cmd_to_us = (int64_t)c->redis.command_timeout_ms * 1000;
     b->retry_us = (int64_t)c->redis.publish_retry_ms * 1000;

@@ -1,6 +1,8 @@
-/* bus_redis.h - the Redis bus's state, shared by its two files: bus_redis.c
- * (the links, pub/sub, reconnection) and bus_redis_kv.c (the shared store
- * on the command link). Private to them: nothing else includes it. */
+/* bus_redis.h - the Redis bus's state, shared by its three files:
+ * bus_redis.c (the links, pub/sub, reconnection), bus_redis_kv.c (scripts
+ * on the command link, and the shared store) and bus_redis_cluster.c
+ * (claims, leases, definitions, messages between instances). Private to
+ * them: nothing else includes it. */
 #ifndef TASKBUS_BUS_REDIS_H
 #define TASKBUS_BUS_REDIS_H
 
@@ -10,6 +12,9 @@
 #include <hiredis/async.h>
 
 #include "adapters.h"
+
+#define RKV_SCRIPTS_MAX 16 /* scripts of the store and the cluster */
+#define RKV_ARGS_MAX 8     /* keys and arguments of one request */
 
 enum {
     LINK_SUB = 0,
@@ -40,9 +45,11 @@ typedef struct rbus {
 
     /* --- fixed in tb__bus_redis_new --- */
     tb__redis_target t;
-    char url[512];     /* redacted, for logs */
-    char prefix[128];  /* "<ns>:event:" */
-    char pattern[130]; /* "<ns>:event:*" */
+    char url[512];        /* redacted, for logs */
+    char prefix[128];     /* "<ns>:event:" */
+    char pattern[130];    /* "<ns>:event:*" */
+    char ctl[160];        /* "<ns>:ctl:<instance>": messages for us */
+    char ctl_prefix[140]; /* "<ns>:ctl:" */
     int64_t connect_to_us, cmd_to_us, ping_us;
     int64_t retry_us;   /* publish_retry_ms: how long an accepted event is
                            kept for resending */
@@ -89,11 +96,63 @@ typedef struct rbus {
     int kv_closed;                     /* finish() has run: refuse */
     struct event *kv_ev;               /* requests were queued */
     char kv_prefix[80];                /* "{<ns>}:", the hash tag */
-    char sha[3][41];                   /* the scripts' SHA1s; "": not loaded */
+    char sha[RKV_SCRIPTS_MAX][41];     /* the scripts' SHA1s; "": not loaded */
     tb__ratelog kv_log;                /* refused or malformed replies */
 } rbus;
 
 /* --------------------------------------------------- the store (kv.c) */
+
+/* A Lua script: loaded once per connection; slot indexes b->sha. */
+typedef struct tb__rkv_script {
+    const char *name; /* for logs */
+    const char *body;
+    int slot; /* 0..RKV_SCRIPTS_MAX-1, one per script */
+} tb__rkv_script;
+
+struct redisReply;
+
+/* One request on the command link: a script call (EVALSHA sha nkeys
+ * argv...) or, with no script, a plain command (argv). ok runs with a
+ * reply that is not an error; fail with the TB_E* status otherwise
+ * (TB_ENOTCONN, TB_EIO for an error reply, TB_EAGAIN after NOSCRIPT,
+ * TB_ESHUTDOWN). Exactly one of them runs, on the bus thread; then the
+ * request is freed. */
+typedef struct rkv_req rkv_req;
+struct rkv_req {
+    rkv_req *next;
+    rbus *b;
+    const tb__rkv_script *script; /* NULL: argv is a command */
+    int nkeys, argc;
+    const char *argv[RKV_ARGS_MAX];
+    size_t lens[RKV_ARGS_MAX];
+    void (*ok)(rkv_req *r, const struct redisReply *reply);
+    void (*fail)(rkv_req *r, int status);
+    union {
+        tb__kv_done_cb done;
+        tb__kv_list_cb listed;
+        tb__claim_cb claimed;
+    } cb;
+    void *ud;
+    size_t list_max, value_max; /* a list's bounds */
+    int names_any;              /* a list's ids are names, not store ids */
+    int repeats;                /* the cluster's: resends so far */
+    char label[96];             /* what it is, for logs */
+    char data[];                /* argv's bytes */
+};
+
+/* A request of script (NULL: a command) with argc arguments (copied), the
+ * first nkeys of them keys. NULL when out of bounds or memory. Set its
+ * handlers and label, then tb__rkv_submit it. */
+rkv_req *tb__rkv_new(rbus *b, const tb__rkv_script *script, int nkeys, int argc,
+                     const char *const *argv, const size_t *lens);
+/* Queues r for the bus thread (any thread): 0, or TB_ENOTCONN /
+ * TB_ESHUTDOWN with r freed and no handler run. */
+int tb__rkv_submit(rkv_req *r);
+/* Handlers for a reply that is an integer (cb 0) and for failures. */
+void tb__rkv_done_handlers(rkv_req *r, tb__kv_done_cb cb, void *ud);
+/* Handlers for a reply of id, value pairs and a skipped count. */
+void tb__rkv_list_handlers(rkv_req *r, size_t list_max, size_t value_max,
+                           int names_any, tb__kv_list_cb cb, void *ud);
 
 /* Fills b's store state (after b->prefix's namespace is known). Before
  * the thread starts; tb__rkv_free undoes it. */
@@ -110,5 +169,14 @@ void tb__rkv_connected(rbus *b);
 void tb__rkv_finish(rbus *b);
 /* Frees what tb__rkv_init made (after the thread has ended). */
 void tb__rkv_free(rbus *b);
+
+/* ------------------------------------------------ the cluster (cluster.c) */
+
+extern const tb__cluster_ops tb__rcl_ops;
+/* Loads the cluster's scripts with load (tb__rkv_connected). */
+void tb__rcl_load_scripts(rbus *b,
+                          void (*load)(rbus *b, const tb__rkv_script *sc));
+/* A message on our control channel (bus thread). */
+void tb__rcl_message(rbus *b, const char *msg, size_t len);
 
 #endif /* TASKBUS_BUS_REDIS_H */

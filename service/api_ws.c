@@ -564,9 +564,9 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
     tb_task_opts opts = {.name = name,
                          .worker = tb_ws_worker(ws),
                          .kind = "ws.receiver",
-                         .flags = TB_TASK_EPHEMERAL,
+                         .flags = TB_TASK_EPHEMERAL | TB__TASK_LOCAL,
                          .ud_free = receiver_gone};
-    int rc = tb_task_add(app, receiver, &st, &opts, NULL);
+    int rc = tb__task_add(app, receiver, &st, &opts, NULL, NULL);
     if (rc) {
         reply_error(ws, NULL, "internal", "cannot start the receiver: %s",
                     tb_strerror(rc));

@@ -13,8 +13,10 @@
 
 #include "http.h"
 #include "json.h"
+#include "cluster.h"
 #include "client_token.h"
 #include "instances.h"
+#include "singleton.h"
 #include "internal.h"
 #include "ws.h"
 #include "kinds.h"
@@ -171,6 +173,10 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
     tb__htab_init(&app->names);
     tb__interest_init(&app->interest);
     app->mode = TB__MODE_PRERUN;
+    if (!(app->cluster = tb__cluster_new(app))) {
+        rc = TB_ENOMEM;
+        goto fail;
+    }
     if (err)
         *err = 0;
     return app;
@@ -257,9 +263,11 @@ void tb_app_free(tb_app *app)
     }
     if (app->http)
         app->http->ops->free(app->http);
+    tb__singletons_free(app->singletons);
     tb__instances_free(app->instances);
     if (app->bus)
         app->bus->ops->free(app->bus);
+    tb__cluster_free(app->cluster);
     tb__kinds_free(app);
     tb__router_free(app->router);
     for (size_t i = 0; i < app->nroute_fns; i++)
@@ -350,6 +358,11 @@ void tb_app_set_userdata(tb_app *app, void *ud)
 void *tb_app_get_userdata(const tb_app *app)
 {
     return app->userdata;
+}
+
+const char *tb_app_instance(const tb_app *app)
+{
+    return app->instance;
 }
 
 const char *tb__app_instance(const tb_app *app)
@@ -553,6 +566,7 @@ int tb_app_run(tb_app *app)
     /* Registered before the HTTP server starts, so that GET /instances
      * always finds the registry. */
     app->instances = tb__instances_start(app);
+    tb__singletons_start(app); /* sets app->singletons */
     if (app->router && app->http &&
         (rc = app->http->ops->start(app->http)) != 0) {
         tb__log(TB_LOG_ERROR, "HTTP server on %s failed to start: %s",
@@ -588,6 +602,8 @@ stopping:
         app->http->ops->stop(app->http);
     close_registry(app);
     workers_stop(app, started);
+    /* Its singleton runs have ended and given their leases up. */
+    tb__singletons_stop(app->singletons);
     /* Its tasks have ended: the instance leaves the cluster now, not when
      * its record expires. */
     tb__instances_stop(app->instances);

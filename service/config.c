@@ -58,6 +58,17 @@
     X(core, instance_ttl_ms, SECONDS, 3000, NULL, 100, H1, "instance-ttl",     \
       "seconds an instance stays listed after its last heartbeat, above "      \
       "instance-heartbeat")                                                    \
+    X(core, lost_keep_ms, SECONDS, 60000, NULL, 0, D1, "lost-keep",            \
+      "seconds a dead instance's task names show as lost before they are "     \
+      "forgotten")                                                             \
+    X(core, singleton_lease_ms, SECONDS, 3000, NULL, 300, H1,                  \
+      "singleton-lease",                                                       \
+      "seconds a singleton's lease lasts; renewed every third of it")          \
+    X(core, singleton_margin_ms, MS, 500, NULL, 0, H1, "singleton-margin",     \
+      "ms before its lease may expire that a run unable to renew it cancels "  \
+      "itself, below a third of the lease")                                    \
+    X(core, periodic_min_ms, MS, 1000, NULL, 10, H1, "periodic-min",           \
+      "shortest interval of a periodic task, ms")                              \
     X(redis, url, URL, 0, NULL, 0, 0, "redis-url",                             \
       "redis://[user:password@]host:port[/db] or unix:///path; none: the "     \
       "in-process bus")                                                        \
@@ -104,6 +115,8 @@
       "seconds of clock skew allowed on a client token's exp and nbf")         \
     X(http, jwt_max_size, INT, 4096, NULL, 256, 8192, "jwt-max-size",          \
       "longest client token, bytes")                                           \
+    X(http, tasks_page_max, INT, 1000, NULL, 1, 1000, "tasks-page-max",        \
+      "tasks in one GET /tasks page at most (its limit's default and cap)")    \
     X(ws, max_clients, INT, 10000, NULL, 1, 1 << 20, "ws-max-clients",         \
       "open websockets")                                                       \
     X(ws, max_message, SIZE, MiB, NULL, 1, 512 * MiB, "ws-max-message",        \
@@ -458,6 +471,10 @@ static const char *check_rules(const tb_app_config *c)
         return "core.instance_ttl_ms must be above "
                "core.instance_heartbeat_ms (a record must outlive the wait "
                "for its next renewal)";
+    if ((int64_t)c->core.singleton_margin_ms * 3 >= c->core.singleton_lease_ms)
+        return "core.singleton_margin_ms must be below a third of "
+               "core.singleton_lease_ms (a run renews its lease every third "
+               "of it, and must still hold it after the margin)";
     if (c->redis.retry_max_ms < c->redis.retry_min_ms)
         return "redis.retry_min_ms must be <= redis.retry_max_ms";
     if (c->http.longpoll_max && c->http.longpoll_max >= c->http.threads)
