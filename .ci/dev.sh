@@ -10,7 +10,12 @@
 #                                  test), then build-core/ (no HTTP, no
 #                                  Redis, no JWT) + unit tests, then build-asan/
 #                                  (Debug, ASan+UBSan) + ctest, then
-#                                  build-tsan/ (Debug, TSan) + ctest
+#                                  build-tsan/ (Debug, TSan) + ctest,
+#                                  then build-fuzz/ (clang, libFuzzer,
+#                                  ASan+UBSan): each tests/fuzz/ target
+#                                  replays its regressions and runs for
+#                                  FUZZ_SECONDS (default 10) on a copy of
+#                                  its corpus
 #
 # Needs root (or sudo) only when a package is missing. Safe to re-run: it
 # installs nothing that is already there and rebuilds incrementally.
@@ -24,6 +29,9 @@ BUILD_DEPS=(cmake make gcc libc6-dev pkg-config
     libjwt-dev)
 TEST_DEPS=(libcmocka-dev redis-server redis-tools python3 python3-websockets
     curl valgrind)
+# The fuzz targets (tests/fuzz/): clang and its libFuzzer runtime.
+FUZZ_DEPS=(clang libclang-rt-14-dev)
+FUZZ_SECONDS=${FUZZ_SECONDS:-10}
 
 # --- container and deploy checks (tests/container/) -------------------------
 # podman and what it needs to build and run the Dockerfile without a Docker
@@ -147,8 +155,8 @@ cmd_run() {
 
 cmd_test() {
     local start=$SECONDS t rc_release=0 rc_shared=0 rc_core=0 rc_asan=0
-    local rc_tsan=0
-    ensure_packages "${BUILD_DEPS[@]}" "${TEST_DEPS[@]}"
+    local rc_tsan=0 rc_fuzz=0
+    ensure_packages "${BUILD_DEPS[@]}" "${TEST_DEPS[@]}" "${FUZZ_DEPS[@]}"
     ensure_packages "${CONTAINER_DEPS[@]}" # tests/container/ (block above)
 
     t=$SECONDS
@@ -205,15 +213,33 @@ cmd_test() {
     run_ctest build-tsan || rc_tsan=$?
     log "tsan build + tests: $((SECONDS - t)) s"
 
+    # libFuzzer targets, one per parser of outside input (docs/FUZZING.md):
+    # a short bounded run of each on a throwaway copy of its seed corpus,
+    # after replaying the inputs of defects found before. The compiler is
+    # part of a build tree's cache: only a fresh tree can switch to clang.
+    t=$SECONDS
+    if [[ -f build-fuzz/CMakeCache.txt ]] &&
+        ! grep -q '^CMAKE_C_COMPILER:.*clang' build-fuzz/CMakeCache.txt; then
+        log "build-fuzz was configured with another compiler: removing it"
+        rm -rf build-fuzz
+    fi
+    CC=clang configure build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DBUILD_TESTING=OFF -DTB_WERROR=ON -DTB_ASAN=OFF -DTB_UBSAN=OFF \
+        -DTB_TSAN=OFF -DTB_FUZZ=ON
+    build build-fuzz fuzz_targets
+    bash tests/fuzz/run.sh build-fuzz "$FUZZ_SECONDS" </dev/null || rc_fuzz=$?
+    log "fuzz build + ${FUZZ_SECONDS} s per target: $((SECONDS - t)) s"
+
     log "release: $( ((rc_release == 0)) && echo ok || echo FAILED )," \
         "shared: $( ((rc_shared == 0)) && echo ok || echo FAILED )," \
         "core-only: $( ((rc_core == 0)) && echo ok || echo FAILED )," \
         "asan+ubsan: $( ((rc_asan == 0)) && echo ok || echo FAILED )," \
         "tsan: $( ((rc_tsan == 0)) && echo ok || echo FAILED )," \
+        "fuzz: $( ((rc_fuzz == 0)) && echo ok || echo FAILED )," \
         "total $((SECONDS - start)) s"
     echo "ctest: $TOTAL_PASSED passed, $TOTAL_FAILED failed"
     ((rc_release == 0 && rc_shared == 0 && rc_core == 0 && rc_asan == 0 &&
-        rc_tsan == 0))
+        rc_tsan == 0 && rc_fuzz == 0))
 }
 
 case "${1:-}" in

@@ -2,6 +2,7 @@
 #ifndef TASKBUS_API_H
 #define TASKBUS_API_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include <jansson.h>
@@ -28,5 +29,36 @@ int tb__api_error_with(tb_http_req *req, int status, const char *code,
 
 /* api_ws.c: GET /ws. */
 int tb__api_register_ws(tb_app *app);
+
+/* A message from a /ws client, parsed and checked: what it asks for, or
+ * the error it is answered with. */
+typedef enum {
+    TB__WS_CMD_DISPATCH = 1, /* {"event": name, "data": any} */
+    TB__WS_CMD_SUBSCRIBE,    /* {"subscribe": [pattern...]} */
+    TB__WS_CMD_UNSUBSCRIBE   /* {"unsubscribe": [pattern...]} */
+} tb__ws_cmd_kind;
+
+typedef struct tb__ws_cmd {
+    int kind;          /* a tb__ws_cmd_kind; 0 on error */
+    json_t *root;      /* the parsed message (owned), NULL if none */
+    json_t *ref;       /* its "ref" (echoed in the answer), or NULL */
+    json_t *event;     /* DISPATCH: a valid event name (a JSON string) */
+    json_t *data;      /* DISPATCH: its data, or NULL */
+    json_t *patterns;  /* (UN)SUBSCRIBE: an array of valid patterns */
+    const char *error; /* on error: the code (static) */
+    char message[512]; /* on error: what to tell the client */
+} tb__ws_cmd;
+
+/* Parses the client message data (len bytes; binary: it came as a binary
+ * frame) with JSON nested at most max_depth deep into *cmd. Returns 0, or
+ * TB_EINVAL with cmd->error and cmd->message set (cmd->ref too when the
+ * message got that far). The pointers in cmd point into cmd->root: free
+ * it with tb__ws_cmd_free, whatever the result. */
+int tb__ws_cmd_parse(const void *data, size_t len, int binary, int max_depth,
+                     tb__ws_cmd *cmd);
+/* The answer to a cmd that failed to parse, as the client gets it:
+ * {"error", "message", "ref"?}. A new reference, or NULL on ENOMEM. */
+json_t *tb__ws_cmd_error_json(const tb__ws_cmd *cmd);
+void tb__ws_cmd_free(tb__ws_cmd *cmd);
 
 #endif /* TASKBUS_API_H */

@@ -95,6 +95,21 @@ static void send_json(tb_ws *ws, json_t *o)
     json_decref(o);
 }
 
+/* {"error": code, "message": msg, "ref": ref}. msg may quote the client's
+ * text cut short by a "%.64s" (in the middle of a character): such bytes
+ * become U+FFFD rather than losing the message. NULL on ENOMEM. */
+static json_t *error_json(json_t *ref, const char *code, const char *msg)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_object_set_new(o, "error", json_string(code));
+    json_object_set_new(o, "message", tb__api_jstr(msg));
+    if (ref)
+        json_object_set(o, "ref", ref);
+    return o;
+}
+
 /* Logs and sends {"error": code, "message": msg} with "pattern" (when not
  * NULL) and "ref" (when the message had one). */
 static void reply_error_with(tb_ws *ws, json_t *ref, const char *code,
@@ -104,14 +119,9 @@ static void reply_error_with(tb_ws *ws, json_t *ref, const char *code,
     tb__log(TB_LOG_INFO, "ws /ws (request %s%s%s%s): %s: %s",
             tb_ws_request_id(ws), sub[0] ? ", sub \"" : "", sub,
             sub[0] ? "\"" : "", code, msg);
-    json_t *o = json_object();
-    json_object_set_new(o, "error", json_string(code));
-    json_t *m = json_string(msg);
-    json_object_set_new(o, "message", m ? m : json_string("(not UTF-8)"));
-    if (pattern)
-        json_object_set_new(o, "pattern", json_string(pattern));
-    if (ref)
-        json_object_set(o, "ref", ref);
+    json_t *o = error_json(ref, code, msg);
+    if (o && pattern)
+        json_object_set_new(o, "pattern", tb__api_jstr(pattern));
     send_json(ws, o);
 }
 
@@ -198,43 +208,6 @@ static void remove_pattern(conn_state *st, const char *p)
     st->patterns[i] = st->patterns[--st->npatterns];
 }
 
-/* Checks that v is an array of valid patterns; answers the client when it
- * is not. */
-static int check_patterns(tb_ws *ws, json_t *ref, const char *what, json_t *v)
-{
-    if (!json_is_array(v)) {
-        reply_error(ws, ref, "bad_type",
-                    "\"%s\" must be an array of event "
-                    "patterns",
-                    what);
-        return 0;
-    }
-    size_t i;
-    json_t *p;
-    json_array_foreach(v, i, p)
-    {
-        if (!json_is_string(p)) {
-            reply_error(ws, ref, "bad_type",
-                        "\"%s\"[%zu] must be a string (an event pattern)", what,
-                        i);
-            return 0;
-        }
-        const char *pat = json_string_value(p);
-        int rc = strlen(pat) != json_string_length(p) /* "\u0000" in it */
-                     ? TB_EINVAL
-                     : tb_pattern_valid(pat);
-        if (rc) {
-            reply_error(ws, ref, "bad_pattern",
-                        "\"%s\"[%zu] is not a valid event pattern (%s): "
-                        "dot-separated segments of [A-Za-z0-9_-], \"*\" or "
-                        "\"<param>\", at most %d bytes",
-                        what, i, tb_strerror(rc), TB_EVENT_NAME_MAX);
-            return 0;
-        }
-    }
-    return 1;
-}
-
 /* ---------------------------------------------------------------- messages */
 
 static void do_dispatch(tb_task *self, conn_state *st, json_t *ref,
@@ -242,19 +215,7 @@ static void do_dispatch(tb_task *self, conn_state *st, json_t *ref,
 {
     (void)self; /* tb_dispatch_wait suspends the calling task */
     tb_ws *ws = st->ws;
-    if (!json_is_string(name)) {
-        reply_error(ws, ref, "bad_type", "\"event\" must be a string");
-        return;
-    }
-    const char *n = json_string_value(name);
-    if (strlen(n) != json_string_length(name)) {
-        reply_error(ws, ref, "bad_name",
-                    "an event name cannot hold \\u0000: it is 1..%d "
-                    "dot-separated segments of [A-Za-z0-9_-], at most %d "
-                    "bytes",
-                    TB_EVENT_SEGMENTS_MAX, TB_EVENT_NAME_MAX);
-        return;
-    }
+    const char *n = json_string_value(name); /* checked by the parse */
     /* An invalid name gets bad_name below, not forbidden. */
     if (tb_event_name_valid(n) == 0 &&
         !tb__jwt_allows(tb__ws_claims(ws), TB__JWT_DISPATCH, n)) {
@@ -336,8 +297,6 @@ static void do_subscribe(conn_state *st, json_t *ref, json_t *v, int add)
 {
     tb_ws *ws = st->ws;
     const char *what = add ? "subscribe" : "unsubscribe";
-    if (!check_patterns(ws, ref, what, v))
-        return;
     int max = tb_app_get_config(tb_ws_app(ws))->ws.max_patterns;
     size_t i;
     json_t *p;
@@ -389,69 +348,153 @@ static void do_subscribe(conn_state *st, json_t *ref, json_t *v, int add)
     send_json(ws, o);
 }
 
-static void handle(tb_task *self, conn_state *st, const tb_ws_msg *m)
+/* Sets cmd's error: code (static) and the message for the client. */
+static int cmd_error(tb__ws_cmd *cmd, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int cmd_error(tb__ws_cmd *cmd, const char *code, const char *fmt, ...)
 {
-    tb_ws *ws = st->ws;
-    if (m->type != TB_WS_TEXT) {
-        reply_error(ws, NULL, "bad_message",
-                    "binary messages are not understood: send JSON text");
-        return;
+    cmd->kind = 0;
+    cmd->error = code;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd->message, sizeof cmd->message, fmt, ap);
+    va_end(ap);
+    return TB_EINVAL;
+}
+
+/* Checks that v is an array of valid patterns (what: the member). */
+static int check_patterns(tb__ws_cmd *cmd, const char *what, json_t *v)
+{
+    if (!json_is_array(v))
+        return cmd_error(cmd, "bad_type",
+                         "\"%s\" must be an array of event patterns", what);
+    size_t i;
+    json_t *p;
+    json_array_foreach(v, i, p)
+    {
+        if (!json_is_string(p))
+            return cmd_error(cmd, "bad_type",
+                             "\"%s\"[%zu] must be a string (an event pattern)",
+                             what, i);
+        const char *pat = json_string_value(p);
+        int rc = strlen(pat) != json_string_length(p) /* "\u0000" in it */
+                     ? TB_EINVAL
+                     : tb_pattern_valid(pat);
+        if (rc)
+            return cmd_error(cmd, "bad_pattern",
+                             "\"%s\"[%zu] is not a valid event pattern (%s): "
+                             "dot-separated segments of [A-Za-z0-9_-], \"*\" "
+                             "or \"<param>\", at most %d bytes",
+                             what, i, tb_strerror(rc), TB_EVENT_NAME_MAX);
     }
+    return 0;
+}
+
+/* Checks the event name of a dispatch. */
+static int check_event(tb__ws_cmd *cmd, json_t *name)
+{
+    if (!json_is_string(name))
+        return cmd_error(cmd, "bad_type", "\"event\" must be a string");
+    const char *n = json_string_value(name);
+    if (strlen(n) != json_string_length(name))
+        return cmd_error(cmd, "bad_name",
+                         "an event name cannot hold \\u0000: it is 1..%d "
+                         "dot-separated segments of [A-Za-z0-9_-], at most %d "
+                         "bytes",
+                         TB_EVENT_SEGMENTS_MAX, TB_EVENT_NAME_MAX);
+    if (tb_event_name_valid(n) != 0)
+        return cmd_error(cmd, "bad_name",
+                         "\"%.200s\" is not a valid event name: 1..%d "
+                         "dot-separated segments of [A-Za-z0-9_-], at most "
+                         "%d bytes",
+                         n, TB_EVENT_SEGMENTS_MAX, TB_EVENT_NAME_MAX);
+    return 0;
+}
+
+int tb__ws_cmd_parse(const void *data, size_t len, int binary, int max_depth,
+                     tb__ws_cmd *cmd)
+{
+    memset(cmd, 0, sizeof *cmd);
+    if (binary)
+        return cmd_error(cmd, "bad_message",
+                         "binary messages are not understood: send JSON text");
     json_error_t jerr;
     /* JSON_ALLOW_NUL: event data may hold U+0000; names and patterns are
      * checked for it. */
-    json_t *o = tb__json_loadb(m->data, m->len,
-                               JSON_REJECT_DUPLICATES | JSON_DECODE_ANY |
-                                   JSON_ALLOW_NUL,
-                               tb_ws_app(ws)->cfg.core.json_max_depth, &jerr);
-    if (!o) {
-        reply_error(ws, NULL, "bad_json", "the message is not JSON: %s",
-                    jerr.text);
-        return;
-    }
-    json_t *ref = NULL;
-    if (!json_is_object(o)) {
-        reply_error(ws, NULL, "bad_message",
-                    "a message must be a JSON object: {\"event\", \"data\"}, "
-                    "{\"subscribe\": [...]} or {\"unsubscribe\": [...]}");
-        json_decref(o);
-        return;
-    }
-    ref = json_object_get(o, "ref");
+    json_t *o = tb__json_loadb(
+        data, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL,
+        max_depth, &jerr);
+    if (!o)
+        return cmd_error(cmd, "bad_json", "the message is not JSON: %s",
+                         jerr.text);
+    cmd->root = o;
+    if (!json_is_object(o))
+        return cmd_error(cmd, "bad_message",
+                         "a message must be a JSON object: {\"event\", "
+                         "\"data\"}, {\"subscribe\": [...]} or "
+                         "{\"unsubscribe\": [...]}");
+    cmd->ref = json_object_get(o, "ref");
     const char *key;
     json_t *val;
-    json_t *event = NULL, *data = NULL, *sub = NULL, *unsub = NULL;
+    json_t *event = NULL, *sub = NULL, *unsub = NULL;
     json_object_foreach(o, key, val)
     {
         if (strcmp(key, "event") == 0)
             event = val;
         else if (strcmp(key, "data") == 0)
-            data = val;
+            cmd->data = val;
         else if (strcmp(key, "subscribe") == 0)
             sub = val;
         else if (strcmp(key, "unsubscribe") == 0)
             unsub = val;
-        else if (strcmp(key, "ref") != 0) {
-            reply_error(ws, ref, "unknown_field",
-                        "unknown field \"%.64s\": a message has \"event\" "
-                        "and \"data\", or \"subscribe\", or \"unsubscribe\" "
-                        "(and an optional \"ref\")",
-                        key);
-            json_decref(o);
-            return;
-        }
+        else if (strcmp(key, "ref") != 0)
+            return cmd_error(cmd, "unknown_field",
+                             "unknown field \"%.64s\": a message has "
+                             "\"event\" and \"data\", or \"subscribe\", or "
+                             "\"unsubscribe\" (and an optional \"ref\")",
+                             key);
     }
     int actions = (event != NULL) + (sub != NULL) + (unsub != NULL);
-    if (actions != 1 || (data && !event)) {
-        reply_error(ws, ref, "bad_message",
-                    "a message does one thing: {\"event\", \"data\"}, "
-                    "{\"subscribe\": [...]} or {\"unsubscribe\": [...]}");
-    } else if (event) {
-        do_dispatch(self, st, ref, event, data);
-    } else {
-        do_subscribe(st, ref, sub ? sub : unsub, sub != NULL);
+    if (actions != 1 || (cmd->data && !event))
+        return cmd_error(cmd, "bad_message",
+                         "a message does one thing: {\"event\", \"data\"}, "
+                         "{\"subscribe\": [...]} or {\"unsubscribe\": [...]}");
+    if (event) {
+        cmd->kind = TB__WS_CMD_DISPATCH;
+        cmd->event = event;
+        return check_event(cmd, event);
     }
-    json_decref(o);
+    cmd->kind = sub ? TB__WS_CMD_SUBSCRIBE : TB__WS_CMD_UNSUBSCRIBE;
+    cmd->patterns = sub ? sub : unsub;
+    return check_patterns(cmd, sub ? "subscribe" : "unsubscribe",
+                          cmd->patterns);
+}
+
+json_t *tb__ws_cmd_error_json(const tb__ws_cmd *cmd)
+{
+    return error_json(cmd->ref, cmd->error, cmd->message);
+}
+
+void tb__ws_cmd_free(tb__ws_cmd *cmd)
+{
+    json_decref(cmd->root);
+    memset(cmd, 0, sizeof *cmd);
+}
+
+static void handle(tb_task *self, conn_state *st, const tb_ws_msg *m)
+{
+    tb__ws_cmd cmd;
+    int rc = tb__ws_cmd_parse(m->data, m->len, m->type != TB_WS_TEXT,
+                              tb_ws_app(st->ws)->cfg.core.json_max_depth, &cmd);
+    if (rc)
+        reply_error(st->ws, cmd.ref, cmd.error, "%s", cmd.message);
+    else if (cmd.kind == TB__WS_CMD_DISPATCH)
+        do_dispatch(self, st, cmd.ref, cmd.event, cmd.data);
+    else
+        do_subscribe(st, cmd.ref, cmd.patterns,
+                     cmd.kind == TB__WS_CMD_SUBSCRIBE);
+    tb__ws_cmd_free(&cmd);
 }
 
 /* ---------------------------------------------------------------- endpoint */

@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 
+#include "api.h"
 #include "http.h"
 #include "internal.h"
 #include "client_token.h"
@@ -174,10 +175,10 @@ static char *error_body(const char *code, const char *message)
     if (!o)
         return NULL;
     json_object_set_new(o, "error", json_string(code));
-    /* The message may quote user input that is not UTF-8. */
-    json_t *m = json_string(message);
-    json_object_set_new(o, "message",
-                        m ? m : json_string("(message not UTF-8)"));
+    /* The message may quote user input that is not UTF-8, or that a
+     * "%.80s" cut in the middle of a character: those bytes become U+FFFD
+     * and the rest of the message still reaches the client. */
+    json_object_set_new(o, "message", tb__api_jstr(message));
     char *s = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return s;

@@ -162,6 +162,10 @@ static int parse_template(route *rt, const char *t, size_t tlen)
                     memcmp(t + rt->seg[j].off, t + sg->off, sg->len) == 0)
                     return TB_EINVAL;
         } else {
+            /* A longer request segment is refused before routing: such a
+             * literal could never match. */
+            if (len > TB__ROUTE_VALUE_MAX)
+                return TB_EINVAL;
             *sg = (seg){start, len, 0};
             for (size_t j = 0; j < len; j++)
                 if (!is_pchar((unsigned char)s[j]))

@@ -41,7 +41,8 @@ void tb__router_free(tb__router *r);
 /* Adds method ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS";
  * exact, upper case) + template: an absolute path of '/'-separated segments,
  * each literal (RFC 3986 pchar without '%', i.e. unreserved / sub-delims /
- * ':' / '@') or "{name}" with name [A-Za-z_][A-Za-z0-9_]* up to
+ * ':' / '@'; at most TB__ROUTE_VALUE_MAX bytes, the longest request
+ * segment matched) or "{name}" with name [A-Za-z_][A-Za-z0-9_]* up to
  * TB__ROUTE_PARAM_NAME_MAX, unique within the template, at most
  * TB__ROUTE_PARAMS_MAX of them; "/" alone is allowed; no empty segments, no
  * trailing slash other than "/". The router copies tmpl; handler and ud are

@@ -98,8 +98,21 @@ static void test_add_invalid_templates(void **state)
     assert_int_equal(tb__router_add(r, NULL, "/a", &h_x, NULL), TB_EINVAL);
     assert_int_equal(tb__router_add(NULL, "GET", "/a", &h_x, NULL), TB_EINVAL);
 
-    /* Nothing was added by the failures. */
+    /* A literal segment longer than any request segment that is matched
+     * (found by fuzz_http_route: it was accepted and never matched). */
+    char lit[TB__ROUTE_VALUE_MAX + 3];
+    lit[0] = '/';
+    memset(lit + 1, 'l', TB__ROUTE_VALUE_MAX + 1);
+    lit[TB__ROUTE_VALUE_MAX + 2] = '\0';
+    assert_int_equal(tb__router_add(r, "GET", lit, &h_x, NULL), TB_EINVAL);
+    lit[TB__ROUTE_VALUE_MAX + 1] = '\0'; /* at the limit: it is served */
+    assert_int_equal(tb__router_add(r, "GET", lit, &h_x, NULL), 0);
     tb__route_match m;
+    assert_int_equal(match(r, "GET", lit, &m), TB__ROUTE_OK);
+    tb__router_free(r);
+    r = new_router();
+
+    /* Nothing was added by the failures. */
     assert_int_equal(match(r, "GET", "/a", &m), TB__ROUTE_NOT_FOUND);
     assert_int_equal(match(r, "GET", "/a/x/x", &m), TB__ROUTE_NOT_FOUND);
     tb__router_free(r);

@@ -523,6 +523,16 @@ TH_APP_TEST(test_http, kinds_api_app(), 20000)
                "{\"seconds\": 1}}",
                409, "name_taken", "nap");
     post_error(app, "{\"kind\": \"nope\"}", 404, "unknown_kind", "nope");
+    /* A kind name cut (at 80 bytes) in the middle of a character: the
+     * message still comes, with U+FFFD for the cut character (it was
+     * "(message not UTF-8)"; found by fuzz_http_api). */
+    char body[160] = "{\"kind\": \"x";
+    for (int i = 0; i < 50; i++)
+        strcat(body, "\xc3\xa9"); /* U+00E9 */
+    strcat(body, "\"}");
+    post_error(app, body, 404, "unknown_kind",
+               "no task kind named \"x\xc3\xa9");
+    post_error(app, body, 404, "unknown_kind", "\xc3\xa9\xef\xbf\xbd\"");
     post_error(app, "{\"kind\": \"sleep\", \"args\": {\"seconds\": -1}}", 400,
                "bad_args", "args.seconds");
     post_error(app, "{\"kind\": \"sleep\"}", 400, "bad_args",
