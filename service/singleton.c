@@ -1069,6 +1069,8 @@ int tb__singleton_spawn(tb_app *app, const char *kind, const char *args_json,
         rc = TB_ENOMEM;
     if (!rc) {
         rc = run_start(s, r, sent, holder);
+        if (rc == TB_EEXIST && !holder[0]) /* a live task here holds it */
+            snprintf(holder, 24, "%s", app->instance);
         if (rc == 0 && id_out) {
             pthread_mutex_lock(&s->mu);
             for (single *x = s->runs; x; x = x->next)
