@@ -165,6 +165,7 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
              (unsigned long long)rnd);
     atomic_init(&app->state, TB__APP_NEW);
     atomic_init(&app->stop_requested, 0);
+    atomic_init(&app->store_lost, 0);
     sem_init(&app->stop_sem, 0, 0);
     pthread_mutex_init(&app->start_mu, NULL);
     pthread_cond_init(&app->start_cv, NULL);
