@@ -22,8 +22,8 @@ cd "$ROOT"
 BUILD_DEPS=(cmake make gcc libc6-dev pkg-config
     libevent-dev libhiredis-dev libcivetweb-dev libjansson-dev libwslay-dev
     libjwt-dev)
-TEST_DEPS=(libcmocka-dev redis-server redis-tools python3 python3-websockets
-    curl valgrind)
+TEST_DEPS=(libcmocka-dev redis-server redis-tools redis-sentinel python3
+    python3-websockets curl valgrind)
 
 # --- container and deploy checks (tests/container/) -------------------------
 # podman and what it needs to build and run the Dockerfile without a Docker
