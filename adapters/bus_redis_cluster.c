@@ -32,9 +32,14 @@
  * not go back. Lua numbers are doubles: exact up to 2^53, far beyond a
  * clock in ms. */
 
-/* KEYS[1] claim hash; ARGV name, instance, id, prefix "{ns}:". */
+/* KEYS[1] claim hash; ARGV name, instance, id, prefix "{ns}:". {2, ...}
+ * when our own record is missing: a claim then would look dead to the
+ * others, so the caller retries once its heartbeat has put it back. */
 static const char claim_lua[] =
     "local p = ARGV[4]\n"
+    "if redis.call('EXISTS', p .. 'instance:' .. ARGV[2]) == 0 then\n"
+    "  return {2, ARGV[2], ARGV[3], 0}\n"
+    "end\n"
     "local cur = redis.call('HGET', KEYS[1], ARGV[1])\n"
     "if cur then\n"
     "  local i, id = string.match(cur, '^(%x+) (%d+)$')\n"
@@ -148,9 +153,12 @@ static const char lease_take_lua[] =
     "if last > 0 then return {1, ARGV[2], f, 1} end\n"
     "return {1, ARGV[2], f, 0}\n";
 
-/* KEYS[1] the lease, KEYS[2] fence hash; ARGV name, instance, fence, ttl.
- * A lease Redis forgot (a restart without persistence) is ours again if
- * no later fence was handed out meanwhile. */
+/* KEYS[1] the lease, KEYS[2] fence hash, KEYS[3] singleton hash; ARGV
+ * name, instance, fence, ttl, definition. Extends our lease. A lease that
+ * is gone is ours again only if no later fence was handed out (a takeover,
+ * or the tombstone a definition's delete leaves: an ended singleton never
+ * comes back); and if Redis lost its data (no fence recorded at all), the
+ * definition is put back with it. */
 static const char lease_renew_lua[] =
     "local mine = ARGV[2] .. ' ' .. ARGV[3]\n"
     "local cur = redis.call('GET', KEYS[1])\n"
@@ -162,12 +170,17 @@ static const char lease_renew_lua[] =
     "  local i, f = string.match(cur, '^(%x+) (%d+)$')\n"
     "  return {0, i or '', f or '0', 1}\n"
     "end\n"
-    "local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') or 0\n"
+    "local rec = redis.call('HGET', KEYS[2], ARGV[1])\n"
+    "local last = tonumber(rec or '0') or 0\n"
     "if last > tonumber(ARGV[3]) then\n"
+    "  return {0, '', string.format('%d', last), 1}\n"
+    "end\n"
+    "if rec and redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then\n"
     "  return {0, '', string.format('%d', last), 1}\n"
     "end\n"
     "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
     "redis.call('SET', KEYS[1], mine, 'PX', ARGV[4])\n"
+    "redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[5])\n"
     "return {1, ARGV[2], ARGV[3], 1}\n";
 
 /* KEYS[1] the lease; ARGV instance, fence. */
@@ -181,16 +194,22 @@ static const char lease_drop_lua[] =
 static const char def_put_lua[] =
     "return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])\n";
 
-/* KEYS[1] singleton hash, KEYS[2] tick hash, KEYS[3] the lease; ARGV
- * name, "<instance> <fence>" or "" for any holder. */
+/* KEYS[1] singleton hash, KEYS[2] tick hash, KEYS[3] the lease, KEYS[4]
+ * fence hash; ARGV name, "<instance> <fence>" or "" for any holder, fence
+ * or 0. Leaves a tombstone: the recorded fence goes past the holder's, so
+ * that a renewal of the ended run in flight cannot take the lease again.
+ * Returns 1 when there was a definition. */
 static const char def_del_lua[] =
-    "redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "local had = redis.call('HDEL', KEYS[1], ARGV[1])\n"
     "redis.call('HDEL', KEYS[2], ARGV[1])\n"
     "local cur = redis.call('GET', KEYS[3])\n"
     "if cur and (ARGV[2] == '' or cur == ARGV[2]) then\n"
     "  redis.call('DEL', KEYS[3])\n"
     "end\n"
-    "return 1\n";
+    "local last = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0') or 0\n"
+    "local f = math.max(last, tonumber(ARGV[3]))\n"
+    "redis.call('HSET', KEYS[4], ARGV[1], string.format('%d', f + 1))\n"
+    "return had\n";
 
 /* KEYS[1] singleton hash; ARGV records at most, value bytes at most.
  * Returns name, value, ..., then the count skipped. */
@@ -323,9 +342,12 @@ static void claim_reply(rkv_req *r, const redisReply *reply)
     uint64_t num = n->type == REDIS_REPLY_STRING && n->len <= 20
                        ? strtoull(n->str, NULL, 10)
                        : 0;
-    int mine = reply->element[0]->integer == 1;
+    long long ok = reply->element[0]->integer;
     if (r->cb.claimed)
-        r->cb.claimed(mine ? 0 : TB_EEXIST, reply->element[1]->str, num,
+        r->cb.claimed(ok == 1   ? 0
+                      : ok == 2 ? TB_EAGAIN
+                                : TB_EEXIST,
+                      reply->element[1]->str, num,
                       reply->element[3]->integer == 1, r->ud);
 }
 
@@ -470,18 +492,24 @@ static int rcl_lease_take(tb__bus *bus, const char *name, int64_t ttl_ms,
 }
 
 static int rcl_lease_renew(tb__bus *bus, const char *name, uint64_t fence,
-                           int64_t ttl_ms, tb__claim_cb cb, void *ud)
+                           int64_t ttl_ms, const char *def, size_t deflen,
+                           tb__claim_cb cb, void *ud)
 {
     rbus *b = (rbus *)bus;
-    if (!name_ok(name) || ttl_ms <= 0)
+    if (!name_ok(name) || ttl_ms <= 0 || !deflen ||
+        deflen > TB__CLUSTER_DEF_MAX)
         return TB_EINVAL;
-    char lease[300], fences[100], ttl[24], f[24];
+    char lease[300], fences[100], defs[100], ttl[24], f[24];
     key(lease, sizeof lease, b, "lease", name);
     key(fences, sizeof fences, b, "fence", NULL);
+    key(defs, sizeof defs, b, "singleton", NULL);
     snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
     snprintf(f, sizeof f, "%" PRIu64, fence);
-    const char *argv[] = {lease, fences, name, self(b), f, ttl};
-    rkv_req *r = req_of(b, &s_lease_renew, 2, 6, argv);
+    const char *argv[] = {lease, fences, defs, name, self(b), f, ttl, def};
+    size_t lens[] = {strlen(lease), strlen(fences),  strlen(defs),
+                     strlen(name),  strlen(self(b)), strlen(f),
+                     strlen(ttl),   deflen};
+    rkv_req *r = tb__rkv_new(b, &s_lease_renew, 3, 8, argv, lens);
     if (!r)
         return TB_ENOMEM;
     snprintf(r->label, sizeof r->label, "lease renewal");
@@ -538,24 +566,38 @@ static int rcl_def_put(tb__bus *bus, const char *name, const char *value,
     return tb__rkv_submit(r);
 }
 
+/* 0 when there was a definition, TB_ENOENT when there was none. */
+static void def_del_reply(rkv_req *r, const redisReply *reply)
+{
+    int st = reply->type != REDIS_REPLY_INTEGER ? TB_EPROTO
+             : reply->integer == 1              ? 0
+                                                : TB_ENOENT;
+    if (r->cb.done)
+        r->cb.done(st, r->ud);
+}
+
 static int rcl_def_del(tb__bus *bus, const char *name, uint64_t fence,
                        tb__kv_done_cb cb, void *ud)
 {
     rbus *b = (rbus *)bus;
     if (!name_ok(name))
         return TB_EINVAL;
-    char defs[100], ticks[100], lease[300], holder[64] = "";
+    char defs[100], ticks[100], lease[300], fences[100], holder[64] = "";
+    char f[24];
     key(defs, sizeof defs, b, "singleton", NULL);
     key(ticks, sizeof ticks, b, "tick", NULL);
     key(lease, sizeof lease, b, "lease", name);
+    key(fences, sizeof fences, b, "fence", NULL);
     if (fence)
         snprintf(holder, sizeof holder, "%s %" PRIu64, self(b), fence);
-    const char *argv[] = {defs, ticks, lease, name, holder};
-    rkv_req *r = req_of(b, &s_def_del, 3, 5, argv);
+    snprintf(f, sizeof f, "%" PRIu64, fence);
+    const char *argv[] = {defs, ticks, lease, fences, name, holder, f};
+    rkv_req *r = req_of(b, &s_def_del, 4, 7, argv);
     if (!r)
         return TB_ENOMEM;
     snprintf(r->label, sizeof r->label, "definition delete");
     tb__rkv_done_handlers(r, cb, ud);
+    r->ok = def_del_reply;
     return tb__rkv_submit(r);
 }
 

@@ -379,11 +379,11 @@ static int wait_task_add(tb_http_req *req, waiter *w, char *name, size_t size,
                                                   per request */
     o.ud_free = waiter_task_release;
     o.name = name;
-    int rc = tb_task_add(app, wait_task, w, &o, id);
+    int rc = tb__task_add(app, wait_task, w, &o, NULL, id);
     if (rc == TB_EEXIST) {
         snprintf(name, size, "http.wait:%s-%" PRIu64, tb_http_request_id(req),
                  (uint64_t)atomic_fetch_add(&app->event_seq, 1) + 1);
-        rc = tb_task_add(app, wait_task, w, &o, id);
+        rc = tb__task_add(app, wait_task, w, &o, NULL, id);
     }
     return rc;
 }

@@ -566,7 +566,7 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
                          .kind = "ws.receiver",
                          .flags = TB_TASK_EPHEMERAL | TB__TASK_LOCAL,
                          .ud_free = receiver_gone};
-    int rc = tb_task_add(app, receiver, &st, &opts, NULL);
+    int rc = tb__task_add(app, receiver, &st, &opts, NULL, NULL);
     if (rc) {
         reply_error(ws, NULL, "internal", "cannot start the receiver: %s",
                     tb_strerror(rc));

@@ -159,7 +159,8 @@ typedef tb__kv_list_cb tb__defs_cb;
 typedef struct tb__cluster_ops {
     /* Claims name (1..TB_TASK_NAME_MAX bytes) for this instance's task id.
      * cb: status 0 (ours now: it was free, held by a dead instance, or
-     * already ours), or TB_EEXIST with the live holder. */
+     * already ours), TB_EEXIST with the live holder, or TB_EAGAIN when
+     * this instance's own record is missing (retry after a heartbeat). */
     int (*claim)(tb__bus *bus, const char *name, uint64_t id, tb__claim_cb cb,
                  void *ud);
     /* Drops this instance's claim of name for task id (nothing when
@@ -182,11 +183,14 @@ typedef struct tb__cluster_ops {
      * the holder (instance "" when there is no definition). */
     int (*lease_take)(tb__bus *bus, const char *name, int64_t ttl_ms,
                       tb__claim_cb cb, void *ud);
-    /* Extends this instance's lease of name (fence) to ttl_ms from now;
-     * a lease the backend forgot is taken again if nobody else holds it.
-     * cb: 0, or TB_EEXIST (someone else holds it: ours is lost). */
+    /* Extends this instance's lease of name (fence) to ttl_ms from now. A
+     * lease that expired is taken again if no later fence was handed out
+     * (a takeover, or the definition's delete); one the backend forgot
+     * with the rest of its data is taken again and the definition (def,
+     * deflen bytes) put back. cb: 0, or TB_EEXIST (ours is lost). */
     int (*lease_renew)(tb__bus *bus, const char *name, uint64_t fence,
-                       int64_t ttl_ms, tb__claim_cb cb, void *ud);
+                       int64_t ttl_ms, const char *def, size_t deflen,
+                       tb__claim_cb cb, void *ud);
     /* Gives up this instance's lease of name (fence), if it still holds
      * it. */
     int (*lease_drop)(tb__bus *bus, const char *name, uint64_t fence,
@@ -197,7 +201,9 @@ typedef struct tb__cluster_ops {
     int (*def_put)(tb__bus *bus, const char *name, const char *value,
                    size_t len, tb__kv_done_cb cb, void *ud);
     /* Deletes name's definition, and its lease if fence holds it (fence 0:
-     * whoever holds it). */
+     * whoever holds it), leaving the recorded fence past fence so that no
+     * renewal of the ended run takes the lease again. cb: 0 when there was
+     * a definition, TB_ENOENT when there was none. */
     int (*def_del)(tb__bus *bus, const char *name, uint64_t fence,
                    tb__kv_done_cb cb, void *ud);
     /* The definitions, at most TB__CLUSTER_DEFS_MAX. */

@@ -3,6 +3,7 @@
  * the instance that runs the task. */
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +44,10 @@
 
 #define INST_MAX 24
 #define PAGE_HARD_MAX 1000 /* tasks in one list answer (the setting's max) */
+#define WIRE_TIMEOUT_MAX_MS (3600 * 1000) /* a cancel's timeout on the wire */
+/* Bytes of task objects one list answer holds at most, below the bus's
+ * message bound with room for the envelope. */
+#define PAGE_BYTES_MAX (TB__CLUSTER_MSG_MAX - 4096)
 
 typedef struct call {
     struct call *next;
@@ -56,8 +61,11 @@ typedef struct call {
 
 struct tb__cluster {
     tb_app *app;
-    pthread_mutex_t mu; /* guards calls, next_rid, and every call's fields */
+    pthread_mutex_t mu; /* guards calls, next_rid, every call's fields, and
+                           the cleanups */
     call *calls;
+    struct cleanup *cleanups;
+    size_t ncleanups;
     uint64_t next_rid;
     atomic_uint_fast64_t claims, claim_conflicts, claim_errors;
     atomic_uint_fast64_t reasserted, reassert_conflicts;
@@ -71,9 +79,141 @@ static const tb__cluster_ops *ops(const tb_app *app)
     return app->bus ? app->bus->ops->cluster : NULL;
 }
 
+/* A caller's wait for an answer that takes timeout_ms to come: plus the
+ * round trip's bound, without overflowing. */
+static int wait_ms(const tb_app *app, int timeout_ms)
+{
+    int64_t w = (int64_t)timeout_ms + app->cfg.redis.command_timeout_ms;
+    return w > INT_MAX ? INT_MAX : (int)w;
+}
+
 int tb__cluster_on(const tb_app *app)
 {
     return ops(app) != NULL;
+}
+
+/* ---------------------------------------------------------------- cleanup */
+
+/* What must reach Redis for the cluster to stay right once a task has
+ * ended: the release of its claim, the delete of an ended singleton's
+ * definition, the drop of a lease at a stop. Fire-and-forget would leave a
+ * name held (or a singleton defined) forever after one lost request, so
+ * each is kept until Redis has confirmed it and sent again at every
+ * heartbeat (tb__cluster_retry), at most CLEANUP_MAX of them. */
+#define CLEANUP_MAX 65536
+
+enum {
+    CL_RELEASE,
+    CL_DEF_DEL,
+    CL_LEASE_DROP
+};
+
+typedef struct cleanup {
+    struct cleanup *next;
+    tb_app *app;
+    int kind;
+    int inflight;
+    uint64_t num; /* task id or fence */
+    char name[];
+} cleanup;
+
+static int cleanup_send(tb_app *app, cleanup *x);
+
+static void cleanup_done(int status, void *ud)
+{
+    cleanup *x = ud;
+    tb__cluster *c = x->app->cluster;
+    int done = status == 0 || status == TB_ENOENT;
+    pthread_mutex_lock(&c->mu);
+    x->inflight = 0;
+    if (done) {
+        for (cleanup **pp = &c->cleanups; *pp; pp = &(*pp)->next) {
+            if (*pp == x) {
+                *pp = x->next;
+                c->ncleanups--;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (done)
+        free(x);
+}
+
+/* Sends x (c->mu not held; x->inflight set by the caller). */
+static int cleanup_send(tb_app *app, cleanup *x)
+{
+    const tb__cluster_ops *o = ops(app);
+    switch (x->kind) {
+    case CL_RELEASE:
+        return o->release(app->bus, x->name, x->num, cleanup_done, x);
+    case CL_DEF_DEL:
+        return o->def_del(app->bus, x->name, x->num, cleanup_done, x);
+    default:
+        return o->lease_drop(app->bus, x->name, x->num, cleanup_done, x);
+    }
+}
+
+static void cleanup_add(tb_app *app, int kind, const char *name, uint64_t num)
+{
+    tb__cluster *c = app->cluster;
+    if (!ops(app) || !c)
+        return;
+    size_t len = strlen(name);
+    cleanup *x = calloc(1, sizeof *x + len + 1);
+    if (!x)
+        return;
+    x->app = app;
+    x->kind = kind;
+    x->num = num;
+    memcpy(x->name, name, len + 1);
+    pthread_mutex_lock(&c->mu);
+    if (c->ncleanups >= CLEANUP_MAX) {
+        pthread_mutex_unlock(&c->mu);
+        free(x);
+        if (tb__ratelog_ok(&c->bad, tb__mono_us()))
+            tb__log(TB_LOG_ERROR,
+                    "cluster: %d changes wait for Redis already; the "
+                    "release of \"%s\" is dropped (it goes when this "
+                    "instance leaves or dies)",
+                    CLEANUP_MAX, name);
+        return;
+    }
+    x->inflight = 1;
+    x->next = c->cleanups;
+    c->cleanups = x;
+    c->ncleanups++;
+    pthread_mutex_unlock(&c->mu);
+    if (cleanup_send(app, x) != 0) {
+        pthread_mutex_lock(&c->mu);
+        x->inflight = 0; /* the next heartbeat sends it */
+        pthread_mutex_unlock(&c->mu);
+    }
+}
+
+void tb__cluster_retry(tb_app *app)
+{
+    tb__cluster *c = app->cluster;
+    if (!ops(app) || !c)
+        return;
+    /* Marks them in flight under the lock, sends without it. */
+    cleanup *v[256];
+    size_t n = 0;
+    pthread_mutex_lock(&c->mu);
+    for (cleanup *x = c->cleanups; x && n < 256; x = x->next) {
+        if (!x->inflight) {
+            x->inflight = 1;
+            v[n++] = x;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    for (size_t i = 0; i < n; i++) {
+        if (cleanup_send(app, v[i]) != 0) {
+            pthread_mutex_lock(&c->mu);
+            v[i]->inflight = 0;
+            pthread_mutex_unlock(&c->mu);
+        }
+    }
 }
 
 tb__cluster *tb__cluster_new(tb_app *app)
@@ -92,6 +232,12 @@ void tb__cluster_free(tb__cluster *c)
 {
     if (!c)
         return;
+    /* The bus has stopped: every op's callback has run. */
+    while (c->cleanups) {
+        struct cleanup *x = c->cleanups;
+        c->cleanups = x->next;
+        free(x);
+    }
     tb__ratelog_flush(&c->bad, INT64_MAX);
     pthread_mutex_destroy(&c->mu);
     free(c);
@@ -193,10 +339,11 @@ int tb__opwait_wait(opwait *w, int rc, int timeout_ms, char inst[24],
     return rc;
 }
 
-/* whois, waited for: 0 with holder and live, TB_ENOENT, or an error. */
-static int whois(tb_app *app, const char *name, char holder[INST_MAX],
-                 uint64_t *id, int *live)
+int tb__cluster_whois(tb_app *app, const char *name, char holder[24],
+                      uint64_t *id, int *live)
 {
+    if (!ops(app))
+        return TB_ENOENT;
     opwait *w = tb__opwait_new();
     if (!w)
         return TB_ENOMEM;
@@ -221,29 +368,33 @@ int tb__cluster_claim(tb_app *app, const char *name, uint64_t id,
                          NULL);
     if (rc == TB_EEXIST)
         snprintf(holder, 24, "%s", inst);
-    if (rc == 0)
+    if (rc == 0) {
         atomic_fetch_add(&c->claims, 1);
-    else if (rc == TB_EEXIST)
+    } else if (rc == TB_EEXIST) {
         atomic_fetch_add(&c->claim_conflicts, 1);
-    else
+    } else {
         atomic_fetch_add(&c->claim_errors, 1);
+        /* The claim may have been made after all (a timeout, a link lost
+         * with the request on it): undo it, confirmed. */
+        if (rc != TB_EAGAIN && rc != TB_EINVAL && rc != TB_ENOMEM)
+            cleanup_add(app, CL_RELEASE, name, id);
+    }
     return rc;
-}
-
-static void released(int status, void *ud)
-{
-    (void)ud;
-    if (status && status != TB_ESHUTDOWN)
-        tb__log(TB_LOG_DEBUG,
-                "cluster: releasing a task name's claim failed: %s; it "
-                "goes when this instance leaves",
-                tb_strerror(status));
 }
 
 void tb__cluster_release(tb_app *app, const char *name, uint64_t id)
 {
-    if (ops(app))
-        ops(app)->release(app->bus, name, id, released, NULL);
+    cleanup_add(app, CL_RELEASE, name, id);
+}
+
+void tb__cluster_def_del(tb_app *app, const char *name, uint64_t fence)
+{
+    cleanup_add(app, CL_DEF_DEL, name, fence);
+}
+
+void tb__cluster_lease_drop(tb_app *app, const char *name, uint64_t fence)
+{
+    cleanup_add(app, CL_LEASE_DROP, name, fence);
 }
 
 /* A re-asserted claim's answer: a name some other live instance took while
@@ -263,7 +414,10 @@ static void reclaimed(int status, const char *inst, uint64_t num, int live,
     tb_app *app = r->app;
     if (status == 0) {
         atomic_fetch_add(&app->cluster->reasserted, 1);
-    } else if (status == TB_EEXIST) {
+    } else if (status != TB_EEXIST) {
+        /* Not known to be ours: try again at the next heartbeat. */
+        tb__instances_reassert_later(app->instances);
+    } else {
         atomic_fetch_add(&app->cluster->reassert_conflicts, 1);
         tb__log(TB_LOG_WARN,
                 "cluster: task %s (id %" PRIu64 ") is a duplicate: instance "
@@ -370,6 +524,7 @@ static json_t *local_page(tb_app *app, uint64_t after, size_t limit, int st,
     *more = 0;
     if (!arr)
         return NULL;
+    size_t bytes = 0;
     pthread_mutex_lock(&app->reg_mu);
     for (tb_task *t = app->all_head; t; t = t->all_next) {
         if (t->id <= after || t->hidden || (st >= 0 && (int)t->state != st))
@@ -378,7 +533,17 @@ static json_t *local_page(tb_app *app, uint64_t after, size_t limit, int st,
             *more = 1;
             break;
         }
-        json_array_append_new(arr, tb__cluster_task_json(app, t));
+        json_t *o = tb__cluster_task_json(app, t);
+        /* A page must fit in one message to another instance, whatever
+         * the names hold (each byte may take six to escape). */
+        size_t len = o ? json_dumpb(o, NULL, 0, JSON_COMPACT) + 1 : 0;
+        if (json_array_size(arr) > 0 && bytes + len > PAGE_BYTES_MAX) {
+            json_decref(o);
+            *more = 1;
+            break;
+        }
+        bytes += len;
+        json_array_append_new(arr, o);
     }
     pthread_mutex_unlock(&app->reg_mu);
     return arr;
@@ -484,6 +649,8 @@ static int call_finish(tb_app *app, pending *p, const struct timespec *ts,
     while (!k->done && pthread_cond_timedwait(&k->cv, &c->mu, ts) != ETIMEDOUT)
         ;
     int rc = k->done ? k->status : TB_ETIMEDOUT;
+    if (rc == TB_ENOENT)
+        rc = TB_EPIPE; /* the PUBLISH reached nobody: that instance is gone */
     if (rc == 0) {
         *reply = k->reply;
         k->reply = NULL;
@@ -749,7 +916,7 @@ static void on_request(tb_app *app, json_t *m, size_t len)
                           .worker = TB_WORKER_ANY,
                           .flags = TB_TASK_EPHEMERAL | TB__TASK_HIDDEN,
                           .ud_free = free};
-        int rc = tb_task_add(app, cancel_task_fn, j, &o, NULL);
+        int rc = tb__task_add(app, cancel_task_fn, j, &o, NULL, NULL);
         if (rc) {
             free(j);
             answer(app, to, r, rc == TB_ESHUTDOWN ? "stopping" : "error", NULL);
@@ -815,7 +982,7 @@ int tb__cluster_get(tb_app *app, const char *name, int local, json_t **out)
     char holder[INST_MAX];
     uint64_t id;
     int live;
-    int rc = whois(app, name, holder, &id, &live);
+    int rc = tb__cluster_whois(app, name, holder, &id, &live);
     if (rc == 0 && !live) {
         *out = lost_json(name, id, holder);
         return *out ? 0 : TB_ENOMEM;
@@ -825,8 +992,10 @@ int tb__cluster_get(tb_app *app, const char *name, int local, json_t **out)
         json_t *req = json_pack("{s:s,s:s}", "op", "get", "name", name);
         rc = req ? call1(app, holder, req, tmo, &reply) : TB_ENOMEM;
         json_decref(req);
-        if (rc == TB_ENOENT) /* nobody listens there: it has just died */
-            rc = TB_ETIMEDOUT;
+        if (rc == TB_EPIPE) { /* nobody listens there: it has just died */
+            *out = lost_json(name, id, holder);
+            return *out ? 0 : TB_ENOMEM;
+        }
         if (rc == 0 && (rc = reply_status(reply)) == 0) {
             json_t *tasks = json_incref(json_object_get(reply, "tasks"));
             *out = first_of(tasks, json_array_size(tasks));
@@ -887,6 +1056,8 @@ static int cancel_remote(tb_app *app, const char *instance, const char *name,
                          uint64_t id, int timeout_ms, json_t **out)
 {
     *out = NULL;
+    if (timeout_ms < 0 || timeout_ms > WIRE_TIMEOUT_MAX_MS)
+        timeout_ms = WIRE_TIMEOUT_MAX_MS;
     json_t *req = json_pack("{s:s,s:s,s:i}", "op", "cancel", "name", name,
                             "timeout_ms", timeout_ms);
     if (!req)
@@ -894,8 +1065,7 @@ static int cancel_remote(tb_app *app, const char *instance, const char *name,
     if (id)
         json_object_set_new(req, "id", json_integer((json_int_t)id));
     json_t *reply = NULL;
-    int rc = call1(app, instance, req,
-                   timeout_ms + app->cfg.redis.command_timeout_ms, &reply);
+    int rc = call1(app, instance, req, wait_ms(app, timeout_ms), &reply);
     json_decref(req);
     if (rc == 0) {
         rc = reply_status(reply);
@@ -929,29 +1099,22 @@ static int is_live(tb_app *app, const char *instance)
     return 0;
 }
 
-int tb__cluster_cancel(tb_app *app, const char *name, int timeout_ms, int local,
-                       json_t **out)
+static int cancel_cluster(tb_app *app, const char *name, int timeout_ms,
+                          json_t **out)
 {
-    *out = NULL;
-    if (local || !ops(app))
-        return cancel_local(app, name, timeout_ms, out);
     char holder[INST_MAX];
     uint64_t id;
     int live;
-    int rc = whois(app, name, holder, &id, &live);
+    int rc = tb__cluster_whois(app, name, holder, &id, &live);
     if (rc == 0 && !live) {
         *out = lost_json(name, id, holder);
         return *out ? 0 : TB_ENOMEM;
     }
     if (rc == 0 && strcmp(holder, app->instance) != 0) {
         rc = cancel_remote(app, holder, name, id, timeout_ms, out);
-        if (rc == TB_ENOENT && !*out) {
-            /* Nobody listens on its channel, or the task has just ended
-             * and its claim is on its way out: which one? */
-            if (!is_live(app, holder)) {
-                *out = lost_json(name, id, holder);
-                return *out ? 0 : TB_ENOMEM;
-            }
+        if (rc == TB_EPIPE) { /* nobody listens on its channel: gone */
+            *out = lost_json(name, id, holder);
+            return *out ? 0 : TB_ENOMEM;
         } else if (rc == TB_ETIMEDOUT && !*out && !is_live(app, holder)) {
             *out = lost_json(name, id, holder);
             return *out ? 0 : TB_ENOMEM;
@@ -967,6 +1130,8 @@ int tb__cluster_cancel(tb_app *app, const char *name, int timeout_ms, int local,
     if (rc == 0) /* ours */
         return lrc;
     int total = 0, timed_out = lrc == TB_ETIMEDOUT;
+    if (timeout_ms < 0 || timeout_ms > WIRE_TIMEOUT_MAX_MS)
+        timeout_ms = WIRE_TIMEOUT_MAX_MS;
     if (*out)
         total = (int)json_integer_value(json_object_get(*out, "replicas"));
     char ids[SCATTER_MAX][INST_MAX];
@@ -974,9 +1139,7 @@ int tb__cluster_cancel(tb_app *app, const char *name, int timeout_ms, int local,
     json_t *req = json_pack("{s:s,s:s,s:i}", "op", "cancel", "name", name,
                             "timeout_ms", timeout_ms);
     size_t m =
-        req ? scatter(app, req, timeout_ms + app->cfg.redis.command_timeout_ms,
-                      ids, replies)
-            : 0;
+        req ? scatter(app, req, wait_ms(app, timeout_ms), ids, replies) : 0;
     json_decref(req);
     for (size_t i = 0; i < m; i++) {
         int st = replies[i] ? reply_status(replies[i]) : TB_ETIMEDOUT;
@@ -993,6 +1156,43 @@ int tb__cluster_cancel(tb_app *app, const char *name, int timeout_ms, int local,
         return TB_ENOENT;
     json_object_set_new(*out, "replicas", json_integer(total));
     return timed_out ? TB_ETIMEDOUT : 0;
+}
+
+/* Deletes name's singleton definition (waited for): 0 when there was one,
+ * TB_ENOENT when there was none, or an error. */
+static int def_del_wait(tb_app *app, const char *name)
+{
+    tb__opwait *w = tb__opwait_new();
+    if (!w)
+        return TB_ENOMEM;
+    int rc = ops(app)->def_del(app->bus, name, 0, tb__opwait_done_cb, w);
+    return tb__opwait_wait(w, rc, app->cfg.redis.command_timeout_ms, NULL, NULL,
+                           NULL);
+}
+
+int tb__cluster_cancel(tb_app *app, const char *name, int timeout_ms, int local,
+                       json_t **out)
+{
+    *out = NULL;
+    if (local || !ops(app))
+        return cancel_local(app, name, timeout_ms, out);
+    int rc = cancel_cluster(app, name, timeout_ms, out);
+    /* A singleton between runs (its instance died, or no instance can run
+     * it) has no live task to cancel: its definition goes, so that it is
+     * not started again. (A run that was cancelled deletes it itself.) */
+    const char *st = json_string_value(json_object_get(*out, "state"));
+    if (rc == TB_ENOENT || (rc == 0 && st && !strcmp(st, "lost"))) {
+        if (def_del_wait(app, name) == 0) {
+            if (!*out)
+                *out = json_pack("{s:s,s:s,s:b,s:n,s:i}", "name", name, "state",
+                                 "cancelled", "singleton", 1, "instance",
+                                 "replicas", 0);
+            else
+                json_object_set_new(*out, "singleton", json_true());
+            return *out ? 0 : TB_ENOMEM;
+        }
+    }
+    return rc;
 }
 
 /* ---------------------------------------------------------------- list */
@@ -1159,6 +1359,8 @@ int tb_cluster_get(tb_app *app, const char *name, tb_cluster_task *out)
 {
     if (!app || !name || !out)
         return TB_EINVAL;
+    if (tb__worker_current())
+        return TB_EDEADLK; /* would block a worker's loop */
     json_t *o = NULL;
     int rc = tb__cluster_get(app, name, 0, &o);
     if (rc == 0)
@@ -1172,7 +1374,9 @@ int tb_cluster_cancel(tb_app *app, const char *name, int timeout_ms,
 {
     if (!app || !name)
         return TB_EINVAL;
-    if (timeout_ms == TB_TIMEOUT_DEFAULT || timeout_ms < 0)
+    if (tb__worker_current())
+        return TB_EDEADLK; /* would block a worker's loop */
+    if (timeout_ms == TB_TIMEOUT_DEFAULT)
         timeout_ms = app->cfg.core.graceful_timeout_ms;
     json_t *o = NULL;
     int rc = tb__cluster_cancel(app, name, timeout_ms, 0, &o);
@@ -1191,6 +1395,8 @@ int tb_cluster_list(tb_app *app, const char *cursor, size_t limit,
 {
     if (!app || !out || !n || !next || limit < 1 || limit > PAGE_HARD_MAX)
         return TB_EINVAL;
+    if (tb__worker_current())
+        return TB_EDEADLK; /* would block a worker's loop */
     *out = NULL;
     *n = 0;
     json_t *tasks, *unreachable;

@@ -30,8 +30,21 @@ int tb__cluster_on(const tb_app *app);
 int tb__cluster_claim(tb_app *app, const char *name, uint64_t id,
                       char holder[24]);
 
-/* Drops the claim of name by task id, without waiting. Any thread. */
+/* Who holds name's claim, waited for (at most redis.command_timeout_ms):
+ * 0 with the holder's instance (24 bytes), its task id and whether that
+ * instance is live; TB_ENOENT (no claim, or no cluster), or an error. */
+int tb__cluster_whois(tb_app *app, const char *name, char holder[24],
+                      uint64_t *id, int *live);
+
+/* Drops the claim of name by task id, without waiting: sent now and again
+ * at each heartbeat until Redis confirms it. Any thread. */
 void tb__cluster_release(tb_app *app, const char *name, uint64_t id);
+/* The same for an ended singleton's definition (and its lease, if fence
+ * holds it), and for the lease a run gives up at a stop. */
+void tb__cluster_def_del(tb_app *app, const char *name, uint64_t fence);
+void tb__cluster_lease_drop(tb_app *app, const char *name, uint64_t fence);
+/* Sends again what has not been confirmed yet. The heartbeat's thread. */
+void tb__cluster_retry(tb_app *app);
 
 /* After this instance's record was found missing in the store (a Redis
  * restart, a partition that outlived its TTL), or the bus moved to a new

@@ -140,9 +140,10 @@ static void on_put(int status, void *ud)
     pthread_mutex_lock(&in->mu);
     int was = in->put_failed;
     in->put_failed = status < 0;
-    /* Created rather than renewed, after the first: Redis lost it (a
-     * restart, or a partition or pause longer than the TTL). */
-    if (status == TB__KV_CREATED && in->puts_ok > 0)
+    /* Created rather than renewed: Redis did not have it (the first put,
+     * a restart, a partition or pause longer than the TTL): the claims
+     * made meanwhile looked dead to the others; claim them again. */
+    if (status == TB__KV_CREATED)
         in->reassert = 1;
     if (status >= 0)
         in->puts_ok++;
@@ -213,8 +214,10 @@ static void beat(tb__instances *in)
         on_put(rc, in);
     in->kv->list(in->bus, GROUP, on_list, in);
     const tb__cluster_ops *cl = in->bus->ops->cluster;
-    if (cl)
+    if (cl) {
         cl->reap(in->bus, in->app->cfg.core.lost_keep_ms, reaped, NULL);
+        tb__cluster_retry(in->app);
+    }
     pthread_mutex_lock(&in->mu);
     int again = in->reassert;
     in->reassert = 0;
@@ -407,6 +410,15 @@ json_t *tb__instances_json(tb__instances *in)
     return out;
 }
 
+void tb__instances_reassert_later(tb__instances *in)
+{
+    if (!in)
+        return;
+    pthread_mutex_lock(&in->mu);
+    in->reassert = 1;
+    pthread_mutex_unlock(&in->mu);
+}
+
 size_t tb__instances_ids(tb__instances *in, char (*ids)[24], size_t max)
 {
     size_t n = 0;
@@ -416,8 +428,11 @@ size_t tb__instances_ids(tb__instances *in, char (*ids)[24], size_t max)
     json_t *o;
     json_object_foreach(in->last, k, o)
     {
-        if (n >= max)
-            break;
+        /* Ours are 16 hex digits; a record someone wrote by hand under
+         * another id cannot be called (nor paged through). */
+        size_t kl = strlen(k);
+        if (n >= max || kl > 20 || strspn(k, "0123456789abcdef") != kl)
+            continue;
         snprintf(ids[n++], 24, "%s", k);
         self |= !strcmp(k, in->app->instance);
     }

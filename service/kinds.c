@@ -851,6 +851,11 @@ static int post_task(tb_http_req *req, void *ud)
                              "%s: the name cannot be claimed across the "
                              "cluster while Redis is unreachable",
                              err);
+    case TB_EAGAIN:
+        return tb_http_error(req, 503, "not_registered",
+                             "%s: this instance's record is not in Redis "
+                             "yet (its next heartbeat puts it back): retry",
+                             err);
     case TB_ETIMEDOUT:
         return tb_http_error(req, 503, "redis_timeout",
                              "%s: Redis did not answer the name's claim in "

@@ -64,6 +64,8 @@ struct tb__single {
     uint64_t task_id;
     int64_t renew_due_us, valid_until_us; /* monotonic */
     int lost, ended;
+    int renewing;      /* a renewal is in flight */
+    char lost_why[96]; /* set by a renewal's answer: lose() it */
     /* reg_mu: a periodic task's record */
     int64_t last_run_us, next_run_us;
     int last_result, last_state; /* last_state -1: no run yet */
@@ -85,8 +87,8 @@ struct tb__singletons {
     tb_app *app;
     const tb__cluster_ops *ops; /* NULL: this instance is the cluster */
     int64_t lease_ms, margin_ms, period_ms;
-    pthread_t thread;
-    int started;
+    pthread_t thread, taker; /* leases; takeovers */
+    int started, taker_started;
     pthread_mutex_t mu; /* guards what follows */
     pthread_cond_t cv;
     int stop;
@@ -219,28 +221,24 @@ static int lease_take(tb__singletons *s, const char *name, uint64_t *fence,
     return tb__opwait_wait(w, rc, cmd_ms(s), holder, fence, takeover);
 }
 
-static void quietly(int status, void *ud)
-{
-    (void)status;
-    (void)ud;
-}
-
 /* ---------------------------------------------------------------- runs */
 
 static int periodic_main(tb_task *self, void *ud);
 
 /* Starts a run of name here with fence: r is filled from the definition
- * (kind + args, or fn + ud). Takes r (refs 1). 0 with its task id, or a
- * TB_E* code (r freed). */
-static int run_start(tb__singletons *s, single *r, char holder[24])
+ * (kind + args, or fn + ud). taken_us (monotonic) is when the request that
+ * took the lease was sent: the lease is surely ours until then + lease -
+ * margin. Takes r (refs 1). 0 with its task id, or a TB_E* code (r
+ * freed). */
+static int run_start(tb__singletons *s, single *r, int64_t taken_us,
+                     char holder[24])
 {
     tb_app *app = s->app;
     atomic_init(&r->refs, 1); /* the list's; the task takes its own */
     r->s = s;
     r->last_state = -1;
-    int64_t now = tb__mono_us();
-    r->renew_due_us = now + s->period_ms * 1000;
-    r->valid_until_us = now + (s->lease_ms - s->margin_ms) * 1000;
+    r->renew_due_us = taken_us + s->period_ms * 1000;
+    r->valid_until_us = taken_us + (s->lease_ms - s->margin_ms) * 1000;
     tb__add_extra x = {.fence = r->fence, .single = r};
     tb_task_opts o = {.name = r->name,
                       .worker = TB_WORKER_ANY,
@@ -251,6 +249,7 @@ static int run_start(tb__singletons *s, single *r, char holder[24])
     pthread_mutex_lock(&s->mu);
     r->next = s->runs;
     s->runs = r;
+    pthread_cond_broadcast(&s->cv); /* its deadlines count now */
     pthread_mutex_unlock(&s->mu);
     int rc;
     if (r->every_ms)
@@ -263,6 +262,7 @@ static int run_start(tb__singletons *s, single *r, char holder[24])
     if (holder)
         snprintf(holder, 24, "%s", x.holder);
     pthread_mutex_lock(&s->mu);
+    int lost = r->lost;
     if (rc == 0) {
         r->task_id = id;
     } else {
@@ -278,6 +278,8 @@ static int run_start(tb__singletons *s, single *r, char holder[24])
         tb__singleton_release(r);
         return rc;
     }
+    if (lost) /* lost while the task was being added: nobody cancelled it */
+        tb__task_cancel_report(app, r->name, id, 0, NULL, NULL);
     atomic_fetch_add(&s->runs_started, 1);
     tb__log(TB_LOG_INFO,
             "singleton %s: running here (task %" PRIu64 ", fence %" PRIu64 ")",
@@ -299,7 +301,8 @@ static single *run_of(tb__singletons *s, const char *name, const char *def,
         goto out;
     json_t *every = json_object_get(d, "every_ms");
     int64_t every_ms = json_is_integer(every) ? json_integer_value(every) : 0;
-    if (every_ms < 0 || every_ms > TB_PERIODIC_MAX_MS)
+    if (every_ms < 0 || every_ms > TB_PERIODIC_MAX_MS ||
+        (every_ms > 0 && every_ms < s->app->cfg.core.periodic_min_ms))
         goto out;
     local_def *l = NULL;
     const char *kind = json_string_value(json_object_get(d, "kind"));
@@ -378,7 +381,8 @@ static void lose(tb__singletons *s, single *r, const char *why)
         }
     }
     pthread_mutex_unlock(&app->reg_mu);
-    tb__task_cancel_report(app, r->name, id, 0, NULL, NULL);
+    if (id) /* else run_start sees lost and cancels it once it exists */
+        tb__task_cancel_report(app, r->name, id, 0, NULL, NULL);
 }
 
 void tb__singleton_lost(tb_task *t)
@@ -399,14 +403,17 @@ void tb__singleton_ended(tb_task *t, tb_task_state st)
     int lost = r->lost;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
-    int stopping = atomic_load(&app->state) >= TB__APP_STOPPING;
-    if (s->ops) {
-        if (stopping && !lost)
-            s->ops->lease_drop(app->bus, r->name, r->fence, quietly, NULL);
-        else if (!lost)
-            s->ops->def_del(app->bus, r->name, r->fence, quietly, NULL);
+    /* Only a run the stop cancelled moves to another instance; one that
+     * ended on its own (or by a DELETE) meanwhile ended for good. */
+    int moves =
+        st == TB_TASK_CANCELLED && atomic_load(&app->state) >= TB__APP_STOPPING;
+    if (s->ops && !lost) {
+        if (moves)
+            tb__cluster_lease_drop(app, r->name, r->fence);
+        else
+            tb__cluster_def_del(app, r->name, r->fence);
     }
-    if (!lost && !stopping)
+    if (!lost && !moves)
         tb__log(TB_LOG_INFO, "singleton %s: ended %s; not run again", r->name,
                 tb_task_state_name(st));
     /* The task keeps its reference while its record lives (its object
@@ -524,91 +531,129 @@ static int periodic_main(tb_task *self, void *ud)
     }
 }
 
-/* ---------------------------------------------------------------- the thread
- */
+/* ---------------------------------------------------------------- leases */
 
-/* Renews the lease of each run here, or cancels the run when it cannot be
- * ours any more. Returns the earliest time (monotonic) it needs to look
- * again. */
-static int64_t renew_all(tb__singletons *s, int64_t now)
+/* A renewal's answer (the bus's thread): moves the run's deadlines, or
+ * marks it lost for the lease thread to cancel. */
+typedef struct renewal {
+    single *r;
+    int64_t sent_us;
+} renewal;
+
+static void on_renewed(int status, const char *inst, uint64_t num, int live,
+                       void *ud)
 {
-    int64_t wake = now + s->period_ms * 1000;
+    (void)num;
+    (void)live;
+    renewal *x = ud;
+    single *r = x->r;
+    tb__singletons *s = r->s;
     pthread_mutex_lock(&s->mu);
-    /* Drop the ended ones; take refs to the others. */
-    size_t n = 0;
-    for (single **pp = &s->runs; *pp;) {
-        single *r = *pp;
-        if (r->ended) {
-            *pp = r->next;
-            tb__singleton_release(r);
-            continue;
-        }
-        n++;
-        pp = &r->next;
+    r->renewing = 0;
+    if (status == 0) {
+        atomic_fetch_add(&s->renewals, 1);
+        r->renew_due_us = x->sent_us + s->period_ms * 1000;
+        r->valid_until_us = x->sent_us + (s->lease_ms - s->margin_ms) * 1000;
+    } else if (status == TB_EEXIST) {
+        snprintf(r->lost_why, sizeof r->lost_why, "instance %s holds it",
+                 inst && inst[0] ? inst : "another (or it ended)");
+    } else {
+        atomic_fetch_add(&s->renew_failures, 1);
+        r->renew_due_us = tb__mono_us() + 200 * 1000; /* again soon */
     }
-    single **v = calloc(n ? n : 1, sizeof *v);
-    size_t i = 0;
-    for (single *r = s->runs; v && r; r = r->next) {
-        atomic_fetch_add(&r->refs, 1);
-        v[i++] = r;
-    }
+    pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
-    for (size_t k = 0; k < i; k++) {
-        single *r = v[k];
-        pthread_mutex_lock(&s->mu);
-        int skip = r->lost || r->ended;
-        int64_t due = r->renew_due_us, until = r->valid_until_us;
-        pthread_mutex_unlock(&s->mu);
-        if (skip) {
-            tb__singleton_release(r);
-            continue;
-        }
-        if (now >= until) {
-            lose(s, r,
-                 "not renewed in time: Redis unreachable or this "
-                 "instance was suspended");
-        } else if (now >= due) {
-            int64_t sent = tb__mono_us();
-            tb__opwait *w = tb__opwait_new();
-            char holder[24] = "";
-            int rc =
-                w ? s->ops->lease_renew(s->app->bus, r->name, r->fence,
-                                        s->lease_ms, tb__opwait_claim_cb, w)
-                  : TB_ENOMEM;
-            rc = w ? tb__opwait_wait(w, rc, cmd_ms(s), holder, NULL, NULL) : rc;
-            if (rc == 0) {
-                atomic_fetch_add(&s->renewals, 1);
-                pthread_mutex_lock(&s->mu);
-                r->renew_due_us = sent + s->period_ms * 1000;
-                r->valid_until_us = sent + (s->lease_ms - s->margin_ms) * 1000;
-                pthread_mutex_unlock(&s->mu);
-                /* A Redis that lost its data lost the definition too. */
-                def_put(s, r->name, r->def);
-            } else if (rc == TB_EEXIST) {
-                char why[80];
-                snprintf(why, sizeof why, "instance %s holds it",
-                         holder[0] ? holder : "another");
-                lose(s, r, why);
+    tb__singleton_release(r);
+    free(x);
+}
+
+/* The lease thread: never waits on Redis. It sends renewals (their answers
+ * move the deadlines) and cancels a run the moment its lease may no longer
+ * be ours: at valid_until_us, or when Redis said someone else has it. */
+static void *lease_main(void *arg)
+{
+    tb__singletons *s = arg;
+    pthread_mutex_lock(&s->mu);
+    while (!s->stop) {
+        int64_t now = tb__mono_us();
+        int64_t wake = now + s->period_ms * 1000;
+        single *act[64];
+        int what[64]; /* 1: lose, 2: renew */
+        size_t n = 0;
+        for (single **pp = &s->runs; *pp;) {
+            single *r = *pp;
+            if (r->ended) { /* its task has ended: nothing to keep */
+                *pp = r->next;
+                tb__singleton_release(r);
+                continue;
+            }
+            pp = &r->next;
+            if (r->lost || n >= 64)
+                continue;
+            int w = 0;
+            if (r->lost_why[0] || now >= r->valid_until_us) {
+                w = 1;
+            } else if (now >= r->renew_due_us && !r->renewing) {
+                r->renewing = 1;
+                w = 2;
             } else {
-                atomic_fetch_add(&s->renew_failures, 1);
+                if (!r->renewing && r->renew_due_us < wake)
+                    wake = r->renew_due_us;
+                if (r->valid_until_us < wake)
+                    wake = r->valid_until_us;
+            }
+            if (w) {
+                atomic_fetch_add(&r->refs, 1); /* while acted on, unlocked */
+                act[n] = r;
+                what[n++] = w;
+            }
+        }
+        pthread_mutex_unlock(&s->mu);
+        for (size_t i = 0; i < n; i++) {
+            single *r = act[i];
+            if (what[i] == 1) {
+                lose(s, r,
+                     r->lost_why[0] ? r->lost_why
+                                    : "not renewed in time: Redis unreachable "
+                                      "or this instance was suspended");
+                tb__singleton_release(r);
+                continue;
+            }
+            renewal *x = malloc(sizeof *x);
+            int rc = TB_ENOMEM;
+            if (x) {
+                x->r = r; /* the ref taken above goes with it */
+                x->sent_us = tb__mono_us();
+                rc = s->ops->lease_renew(s->app->bus, r->name, r->fence,
+                                         s->lease_ms, r->def, strlen(r->def),
+                                         on_renewed, x);
+            }
+            if (rc) {
+                free(x);
                 pthread_mutex_lock(&s->mu);
-                r->renew_due_us = tb__mono_us() + 200 * 1000; /* retry soon */
+                r->renewing = 0;
+                r->renew_due_us = tb__mono_us() + 200 * 1000;
                 pthread_mutex_unlock(&s->mu);
+                atomic_fetch_add(&s->renew_failures, 1);
+                tb__singleton_release(r);
             }
         }
         pthread_mutex_lock(&s->mu);
-        if (!r->lost && !r->ended) {
-            if (r->renew_due_us < wake)
-                wake = r->renew_due_us;
-            if (r->valid_until_us < wake)
-                wake = r->valid_until_us;
-        }
-        pthread_mutex_unlock(&s->mu);
-        tb__singleton_release(r);
+        if (n) /* acted: look again at once (deadlines moved) */
+            continue;
+        int64_t ms = (wake - tb__mono_us() + 999) / 1000;
+        if (ms < 1)
+            ms = 1;
+        struct timespec ts;
+        tb__deadline_ts(&ts, (int)ms);
+        if (!s->stop)
+            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
     }
-    free(v);
-    return wake;
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
 }
+
+/* ---------------------------------------------------------------- takeovers */
 
 static int running_here(tb__singletons *s, const char *name)
 {
@@ -620,11 +665,21 @@ static int running_here(tb__singletons *s, const char *name)
     return here;
 }
 
-/* The definitions the list answered, copied: name, value pairs. */
+/* The definitions a list answered, copied (name -> value): shared with the
+ * list's callback, which may come after the taker gave up waiting. */
 typedef struct defs_wait {
+    atomic_int refs;
     tb__opwait *w;
-    json_t *defs; /* name -> string */
+    json_t *defs;
 } defs_wait;
+
+static void defs_unref(defs_wait *d)
+{
+    if (atomic_fetch_sub(&d->refs, 1) != 1)
+        return;
+    json_decref(d->defs);
+    free(d);
+}
 
 static void on_defs(int status, const tb__kv_rec *recs, size_t n,
                     size_t dropped, void *ud)
@@ -637,30 +692,42 @@ static void on_defs(int status, const tb__kv_rec *recs, size_t n,
                                 json_stringn(recs[i].value, recs[i].len));
     }
     tb__opwait_done_cb(status, d->w);
+    defs_unref(d);
 }
 
-/* Takes the lease of every definition nobody holds that this instance can
- * run, and runs it. */
+static char *local_def_json(const local_def *l);
+
+/* Defines this instance's pre-run singletons (again: a Redis that was
+ * down at start, or lost its data, has not got them), then takes the lease
+ * of every definition nobody holds that this instance can run, and runs
+ * it. The taker's thread: it may wait on Redis. */
 static void take_free(tb__singletons *s)
 {
+    for (local_def *l = s->locals; l; l = l->next) {
+        char *def = local_def_json(l);
+        if (def)
+            def_put(s, l->name, def);
+        free(def);
+    }
     defs_wait *d = calloc(1, sizeof *d);
-    if (!d || !(d->w = tb__opwait_new()) || !(d->defs = json_object())) {
-        if (d && d->w) {
-            tb__opwait_done_cb(TB_ENOMEM, d->w); /* the callback's share */
-            tb__opwait_wait(d->w, 0, 0, NULL, NULL, NULL);
-        }
-        if (d)
-            json_decref(d->defs);
+    if (!d)
+        return;
+    atomic_init(&d->refs, 2); /* ours + the callback's */
+    d->w = tb__opwait_new();
+    d->defs = json_object();
+    if (!d->w || !d->defs) {
+        if (d->w) /* refused: its callback never runs */
+            tb__opwait_wait(d->w, TB_ENOMEM, 0, NULL, NULL, NULL);
+        json_decref(d->defs);
         free(d);
         return;
     }
     int rc = s->ops->def_list(s->app->bus, on_defs, d);
+    if (rc)
+        defs_unref(d); /* the callback's share */
     rc = tb__opwait_wait(d->w, rc, cmd_ms(s), NULL, NULL, NULL);
-    if (rc == TB_ETIMEDOUT) {
-        /* The callback may still come and use d: leave it to leak rather
-         * than free it under the callback (rare: Redis stalled past the
-         * command timeout, after which the bus drops the link and answers
-         * every pending op at once). */
+    if (rc) {
+        defs_unref(d);
         return;
     }
     const char *name;
@@ -675,56 +742,45 @@ static void take_free(tb__singletons *s)
         uint64_t fence = 0;
         int takeover = 0;
         char holder[24];
+        int64_t sent = tb__mono_us();
         if (lease_take(s, name, &fence, holder, &takeover) != 0) {
             atomic_init(&r->refs, 1);
             tb__singleton_release(r);
             continue;
         }
         r->fence = fence;
-        char *nm = strdup(name);
-        rc = run_start(s, r, NULL);
+        rc = run_start(s, r, sent, NULL);
         if (rc == 0 && takeover) {
             atomic_fetch_add(&s->takeovers, 1);
             tb__log(TB_LOG_WARN,
                     "singleton %s: taken over by this instance (fence %" PRIu64
                     "): its lease had expired",
-                    nm ? nm : name, fence);
+                    name, fence);
         } else if (rc) {
             /* A live task elsewhere still holds the name (its instance's
              * record has not expired yet): give the lease back and try
              * again at the next look. */
-            s->ops->lease_drop(s->app->bus, name, fence, quietly, NULL);
+            tb__cluster_lease_drop(s->app, name, fence);
         }
-        free(nm);
     }
-    json_decref(d->defs);
-    free(d);
+    defs_unref(d);
 }
 
-static void *thread_main(void *arg)
+static void *taker_main(void *arg)
 {
     tb__singletons *s = arg;
-    int64_t next_look = 0;
     pthread_mutex_lock(&s->mu);
     while (!s->stop) {
         pthread_mutex_unlock(&s->mu);
-        int64_t now = tb__mono_us();
-        int64_t wake = renew_all(s, now);
-        if (now >= next_look &&
-            atomic_load(&s->app->state) == TB__APP_RUNNING) {
+        int st = atomic_load(&s->app->state);
+        if (st == TB__APP_STARTING || st == TB__APP_RUNNING)
             take_free(s);
-            next_look = tb__mono_us() + s->period_ms * 1000;
-        }
-        if (next_look < wake)
-            wake = next_look;
         pthread_mutex_lock(&s->mu);
-        int64_t ms = (wake - tb__mono_us()) / 1000;
-        if (ms < 1)
-            ms = 1;
         struct timespec ts;
-        tb__deadline_ts(&ts, (int)ms);
-        if (!s->stop)
-            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        tb__deadline_ts(&ts, (int)s->period_ms);
+        while (!s->stop &&
+               pthread_cond_timedwait(&s->cv, &s->mu, &ts) != ETIMEDOUT)
+            ;
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
@@ -771,22 +827,13 @@ tb__singletons *tb__singletons_start(tb_app *app)
         l->next = s->locals;
         s->locals = l;
     }
-    for (local_def *l = s->locals; l; l = l->next) {
+    /* Without a cluster, each runs here now; with one, the taker's first
+     * look defines them in Redis and takes what is free. */
+    for (local_def *l = s->ops ? NULL : s->locals; l; l = l->next) {
         char *def = local_def_json(l);
-        if (!def)
-            continue;
-        if (!s->ops) {
-            single *r = run_of(s, l->name, def, ++s->local_fence);
-            if (r)
-                run_start(s, r, NULL);
-        } else {
-            int rc = def_put(s, l->name, def);
-            if (rc && rc != TB_EEXIST)
-                tb__log(TB_LOG_WARN,
-                        "singleton %s: cannot define it in Redis (%s); "
-                        "retrying at each look",
-                        l->name, tb_strerror(rc));
-        }
+        single *r = def ? run_of(s, l->name, def, ++s->local_fence) : NULL;
+        if (r)
+            run_start(s, r, tb__mono_us(), NULL);
         free(def);
     }
     if (!s->ops)
@@ -794,17 +841,20 @@ tb__singletons *tb__singletons_start(tb_app *app)
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, &old);
-    int rc = pthread_create(&s->thread, NULL, thread_main, s);
+    int rc = pthread_create(&s->thread, NULL, lease_main, s);
+    int rc2 = rc ? rc : pthread_create(&s->taker, NULL, taker_main, s);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc) {
+    s->started = rc == 0;
+    s->taker_started = rc == 0 && rc2 == 0;
+    if (s->started)
+        pthread_setname_np(s->thread, "tb-leases");
+    if (s->taker_started)
+        pthread_setname_np(s->taker, "tb-takeovers");
+    if (rc || rc2)
         tb__log(TB_LOG_ERROR,
-                "singletons: cannot create their thread: %s; no singleton "
-                "runs on this instance",
-                strerror(rc));
-        return s;
-    }
-    pthread_setname_np(s->thread, "tb-singletons");
-    s->started = 1;
+                "singletons: cannot create their threads: %s; singletons "
+                "neither renew nor move on this instance",
+                strerror(rc ? rc : rc2));
     return s;
 }
 
@@ -816,6 +866,10 @@ void tb__singletons_stop(tb__singletons *s)
     s->stop = 1;
     pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
+    if (s->taker_started) {
+        pthread_join(s->taker, NULL);
+        s->taker_started = 0;
+    }
     if (s->started) {
         pthread_join(s->thread, NULL);
         s->started = 0;
@@ -886,46 +940,64 @@ int tb__singleton_spawn(tb_app *app, const char *kind, const char *args_json,
     }
     uint64_t fence = 0;
     int rc = 0;
+    int64_t sent = tb__mono_us();
     if (s->ops) {
         rc = def_put(s, name, def);
         if (rc == TB_EEXIST) {
+            /* Name its holder when one runs it (its run claims the name). */
+            uint64_t id;
+            int live;
+            if (tb__cluster_whois(app, name, holder, &id, &live) != 0 || !live)
+                holder[0] = '\0';
             snprintf(err, errsz,
-                     "task \"%.80s\": a singleton of that name "
-                     "exists",
-                     name);
+                     "task \"%.80s\": a singleton of that name exists", name);
             free(def);
             return rc;
         }
         if (rc == 0) {
             char h[24];
             int takeover;
+            sent = tb__mono_us();
             rc = lease_take(s, name, &fence, h, &takeover);
-            if (rc == TB_EEXIST) {
+            if (rc == TB_EEXIST && h[0]) {
                 /* Another instance holds it: it runs there. */
                 free(def);
                 return 0;
             }
+            if (rc)
+                /* The outcome is unknown: undo the definition (confirmed),
+                 * or the singleton would start later after an error. */
+                tb__cluster_def_del(app, name, 0);
         }
     } else {
         pthread_mutex_lock(&s->mu);
         fence = ++s->local_fence;
+        /* No lease thread here: drop the runs that have ended. */
+        for (single **pp = &s->runs; *pp;) {
+            single *x = *pp;
+            if (x->ended) {
+                *pp = x->next;
+                tb__singleton_release(x);
+            } else {
+                pp = &x->next;
+            }
+        }
         pthread_mutex_unlock(&s->mu);
     }
     single *r = rc ? NULL : run_of(s, name, def, fence);
     if (!rc && !r)
         rc = TB_ENOMEM;
     if (!rc) {
-        uint64_t *idp = id_out;
-        rc = run_start(s, r, holder);
-        if (rc == 0 && idp) {
+        rc = run_start(s, r, sent, holder);
+        if (rc == 0 && id_out) {
             pthread_mutex_lock(&s->mu);
             for (single *x = s->runs; x; x = x->next)
                 if (x->fence == fence && !strcmp(x->name, name))
-                    *idp = x->task_id;
+                    *id_out = x->task_id;
             pthread_mutex_unlock(&s->mu);
         }
         if (rc && s->ops) /* it never ran: no definition either */
-            s->ops->def_del(app->bus, name, fence, quietly, NULL);
+            tb__cluster_def_del(app, name, fence);
     }
     if (rc)
         snprintf(err, errsz, "task \"%.80s\": %s", name, tb_strerror(rc));

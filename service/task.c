@@ -208,6 +208,12 @@ static int add_prerun(tb_app *app, tb_task_fn fn, void *arg,
 int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
                 uint64_t *id_out)
 {
+    if (opts && (opts->flags & (TB__TASK_LOCAL | TB__TASK_HIDDEN))) {
+        /* The internal flags are the core's own. */
+        tb_task_opts o = *opts;
+        o.flags &= ~(unsigned)(TB__TASK_LOCAL | TB__TASK_HIDDEN);
+        return tb__task_add(app, fn, arg, &o, NULL, id_out);
+    }
     return tb__task_add(app, fn, arg, opts, NULL, id_out);
 }
 
@@ -314,9 +320,14 @@ int tb__task_add(tb_app *app, tb_task_fn fn, void *arg,
                     tb__cluster_release(app, o->name, t->id);
                 if (rc == TB_EEXIST && (o->flags & TB_TASK_REPLACE) &&
                     attempt < 3) {
-                    int crc = tb__cluster_cancel_on(
-                        app, holder, o->name,
-                        app->cfg.core.graceful_timeout_ms);
+                    /* The holder is on another instance: its cancel is a
+                     * call there, which a worker's loop must not wait for
+                     * (as a local cancel, it reports TB_EINPROGRESS). */
+                    int crc = tb__worker_current()
+                                  ? TB_EINPROGRESS
+                                  : tb__cluster_cancel_on(
+                                        app, holder, o->name,
+                                        app->cfg.core.graceful_timeout_ms);
                     if (crc == 0 || crc == TB_ENOENT)
                         continue;
                     rc = crc;

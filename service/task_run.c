@@ -123,6 +123,7 @@ static void finish(tb_task *t, int abandoned)
         t->result = TB_ECANCELED; /* its body never ran */
     t->state = st;
     t->ended_us = tb__now_us();
+    int claimed = t->claimed; /* re-assertion may clear it (reg_mu) */
     wake_watchers_locked(t);
     if (app->thread_waiters)
         pthread_cond_broadcast(&app->done_cv);
@@ -141,7 +142,7 @@ static void finish(tb_task *t, int abandoned)
         tb__log(TB_LOG_WARN, "task %s (worker %d) abandoned at shutdown",
                 t->name, t->worker);
     }
-    if (t->claimed)
+    if (claimed)
         tb__cluster_release(app, t->name, t->id);
     if (t->single)
         tb__singleton_ended(t, st);

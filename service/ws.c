@@ -442,7 +442,7 @@ static void adopt_on_worker(tb_app *app, int wi, void *arg)
                          .flags = TB_TASK_EPHEMERAL | TB__TASK_LOCAL,
                          .ud_free = handler_release};
     ws_ref(ws);
-    int rc = tb_task_add(app, ws_task, ws, &opts, NULL);
+    int rc = tb__task_add(app, ws_task, ws, &opts, NULL, NULL);
     if (rc) {
         ws_unref(ws);
         ws->handler_done = 1;

@@ -489,9 +489,9 @@ enum {
 #define TB_WORKER_ANY (-1) /* least loaded worker */
 
 typedef struct tb_task_opts {
-    const char *name;          /* NULL: a generated unique name "task-<id>" */
-    int worker;                /* TB_WORKER_ANY (default) or 0..workers-1 */
-    unsigned flags;            /* TB_TASK_REPLACE, TB_TASK_EPHEMERAL */
+    const char *name; /* NULL: a generated unique name "task-<id>" */
+    int worker;       /* TB_WORKER_ANY (default) or 0..workers-1 */
+    unsigned flags; /* TB_TASK_REPLACE, TB_TASK_EPHEMERAL, TB_TASK_SINGLETON */
     void (*ud_free)(void *ud); /* called with ud when the task ends (for
                                   tasks added before run: at tb_app_free) */
     const char *kind; /* free-form label shown in listings; may be NULL */
@@ -604,8 +604,8 @@ int tb_task_spawn_every(tb_app *app, const char *kind, const char *args_json,
  * The tb_cluster_* calls answer for every instance, asking the one that
  * runs the task. Each blocks the calling thread, bounded by
  * redis.command_timeout_ms per instance asked (plus a cancel's own
- * timeout); from inside a task, call them through tb_run_blocking. Never
- * from a worker's loop outside a task. */
+ * timeout); from inside a task, call them through tb_run_blocking: on a
+ * worker's thread (a task, a listener) they refuse with TB_EDEADLK. */
 
 #define TB_INSTANCE_ID_MAX 24 /* bytes of an instance id, NUL included */
 #define TB_CURSOR_MAX 48      /* bytes of a listing cursor, NUL included */
