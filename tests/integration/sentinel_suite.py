@@ -688,6 +688,12 @@ class FakeSentinel:
                 pass
 
 
+def on_fake(name, fake, *flags):
+    """A taskbus (not started) whose one sentinel is fake."""
+    return TaskbusServer(name, "--redis-url", f"redis-sentinel://:{MASTER_PW}@"
+                         f"{fake.url_part()}/{MASTER}", *flags)
+
+
 def fakes_group():
     r = Redis("plain", "--requirepass", MASTER_PW).start()
     yield "redis", r
@@ -797,11 +803,8 @@ async def t_replica_refused(ctx):
     mon = await asyncio.to_thread(Monitor, "replica", rep.port)
     srv = None
     try:
-        srv = TaskbusServer("to-replica", "--redis-url",
-                            f"redis-sentinel://:{MASTER_PW}@"
-                            f"{fake.url_part()}/{MASTER}",
-                            "--redis-connect-timeout", "500",
-                            "--redis-retry-max", "300")
+        srv = on_fake("to-replica", fake, "--redis-connect-timeout", "500",
+                      "--redis-retry-max", "300")
         await asyncio.to_thread(srv.start)
         await asyncio.sleep(2)
         st, bus = await bus_of(srv)
@@ -842,11 +845,8 @@ async def t_demoted_by_hand(ctx):
     other = Redis("other", "--requirepass", MASTER_PW).start()
     srv = None
     try:
-        srv = TaskbusServer("demoted", "--redis-url",
-                            f"redis-sentinel://:{MASTER_PW}@"
-                            f"{fake.url_part()}/{MASTER}",
-                            "--redis-ping-interval", "500",
-                            "--redis-retry-max", "300")
+        srv = on_fake("demoted", fake, "--redis-ping-interval", "500",
+                      "--redis-retry-max", "300")
         await asyncio.to_thread(srv.start)
         await wait_ready(srv, T(10))
         t0 = time.monotonic()
