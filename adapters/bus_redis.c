@@ -583,6 +583,18 @@ static void maybe_switch(rbus *b)
         tb__rb_fail(b, "%s", b->switch_why);
 }
 
+/* 1 if an announced master may be tried without the backoff: at most once
+ * per redis.retry_min_ms, so that a sentinel announcing on and on (a
+ * hostile one) cannot make the bus reconnect in a tight loop. */
+static int switch_now(rbus *b)
+{
+    int64_t now = tb__mono_us();
+    if (b->switch_now_us && now - b->switch_now_us < b->retry_min_us)
+        return 0;
+    b->switch_now_us = now;
+    return 1;
+}
+
 /* Why drain before leaving: events the old master acknowledged are on
  * their way to our `sub` (and every other instance's that is still
  * there); closing `sub` at once would lose those this instance's own
@@ -605,9 +617,12 @@ void tb__rb_switch(rbus *b)
         tb__rb_fail(b, "%s", b->switch_why);
         return;
     }
-    /* Waiting for the next attempt: make it now. */
-    event_del(b->retry_ev);
-    event_active(b->retry_ev, EV_TIMEOUT, 0);
+    /* Waiting for the next attempt: make it now (a failover usually ends
+     * an outage, during which the backoff has grown). */
+    if (switch_now(b)) {
+        event_del(b->retry_ev);
+        event_active(b->retry_ev, EV_TIMEOUT, 0);
+    }
 }
 
 /* ---------------------------------------------------------------- liveness */
@@ -829,7 +844,9 @@ static void on_teardown(evutil_socket_t fd, short what, void *arg)
     int lost;
     uint64_t failed = tb__bus_conn_down(b->conn, b->fail_why, &lost);
     /* A master a sentinel announced is tried at once. */
-    int64_t delay = b->hint_port ? 0 : tb__bus_conn_backoff_ms(b->conn, failed);
+    int64_t delay = b->hint_port && switch_now(b)
+                        ? 0
+                        : tb__bus_conn_backoff_ms(b->conn, failed);
     if (lost) {
         b->lost_us = tb__mono_us();
         tb__log(TB_LOG_WARN,
@@ -1124,6 +1141,7 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
     b->connect_to_us = (int64_t)c->redis.connect_timeout_ms * 1000;
     b->cmd_to_us = (int64_t)c->redis.command_timeout_ms * 1000;
     b->retry_us = (int64_t)c->redis.publish_retry_ms * 1000;
+    b->retry_min_us = (int64_t)c->redis.retry_min_ms * 1000;
     b->ping_us = (int64_t)c->redis.ping_interval_ms * 1000;
     for (int i = 0; i < NLINKS; i++) {
         b->links[i].b = b;

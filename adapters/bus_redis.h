@@ -128,7 +128,9 @@ typedef struct rbus {
     char ask_why[256];        /* why each sentinel of the round failed */
     char ask_complaint[TB__SENTINELS_MAX][160]; /* the query's last problem
                                                    logged, per sentinel */
-    int switching; /* a failover was announced: draining `pub` */
+    int switching;         /* a failover was announced: draining `pub` */
+    int64_t switch_now_us; /* the last attempt an announcement hurried */
+    int64_t retry_min_us;  /* redis.retry_min_ms */
     int64_t switch_deadline_us;
     char switch_why[1024];
     int64_t role_sent_us; /* the last ROLE check of `pub` */

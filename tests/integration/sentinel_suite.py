@@ -604,6 +604,8 @@ class FakeSentinel:
       close             closes each connection at once
       shortarray        answers every command with *1 :1 (hiredis asserts
                         on that in a subscribed context)
+      flood:H1:P1:H2:P2 names H1:P1, and announces on its subscriptions a
+                        failover to H2:P2, then back to H1:P1, on and on
     Every connection is served by a thread; all close with the server."""
 
     def __init__(self, how):
@@ -640,6 +642,10 @@ class FakeSentinel:
                 out = self.reply([str(x) for x in cmd])
                 if out:
                     c.sendall(out)
+                if (self.how.startswith("flood:") and
+                        str(cmd[0]).upper() == "PSUBSCRIBE"):
+                    threading.Thread(target=self.flood, args=(c,),
+                                     daemon=True).start()
         except (OSError, AssertionError, ValueError):
             pass
         finally:
@@ -670,10 +676,24 @@ class FakeSentinel:
             return b":1\r\n"
         if how == "badaddr":
             return resp_cmd("999.x y", "99999")
-        if how.startswith("answer:"):
-            _, host, port = how.split(":")
+        if how.startswith("answer:") or how.startswith("flood:"):
+            _, host, port = how.split(":")[:3]
             return resp_cmd(host, port)
         return b"-ERR unknown\r\n"
+
+    def flood(self, c):
+        """+switch-master messages every 2 ms, alternating, until closed."""
+        _, h1, p1, h2, p2 = self.how.split(":")
+        a, b = f"{h1} {p1}", f"{h2} {p2}"
+        try:
+            while not self.closed:
+                msg = f"{MASTER} {a} {b}"
+                c.sendall(resp_cmd("pmessage", "+switch-master",
+                                   "+switch-master", msg))
+                a, b = b, a
+                time.sleep(0.002)
+        except OSError:
+            pass
 
     def url_part(self):
         return f"{HOST}:{self.port}"
@@ -877,6 +897,45 @@ async def t_demoted_by_hand(ctx):
     return f"left {took * 1000:.0f} ms after the REPLICAOF"
 
 
+async def t_announcement_flood(ctx):
+    """A sentinel announcing failovers between two masters every 2 ms (a
+    hostile one): the bus follows, but reconnects without its backoff at
+    most once per redis.retry_min_ms, and keeps working."""
+    redis = ctx.s["redis"]
+    r2 = Redis("flood-2", "--requirepass", MASTER_PW).start()
+    fake = FakeSentinel(f"flood:{HOST}:{redis.port}:{HOST}:{r2.port}")
+    srv = None
+    try:
+        srv = on_fake("flood", fake, "--redis-retry-min", "200",
+                      "--redis-retry-max", "400")
+        await asyncio.to_thread(srv.start)
+        mark = len(srv.log_text())
+        await asyncio.sleep(3)
+        lines = srv.log_text()[mark:].splitlines()
+        moves = sum(1 for l in lines if "as sentinel" in l and
+                    "announced" in l and "connecting to master" in l)
+        # Attempts come at least 100 ms apart (a hurried one at most every
+        # 200 ms, the backoff after a loss 100 to 200 ms): at most about
+        # 30 in 3 s. Without the bound: over a thousand.
+        check(0 < moves <= 60, f"{moves} announced reconnects in 3 s, want "
+                               f"at most 60 (one per 100 ms, with room)")
+        check(http_get_ok(srv), "taskbus stopped answering /healthz")
+    finally:
+        if srv:
+            rc, _ = await asyncio.to_thread(srv.stop)
+            check(rc == 0, f"exit {rc} on SIGTERM")
+        fake.close()
+        r2.stop()
+    return f"{moves} reconnects in 3 s"
+
+
+def http_get_ok(srv):
+    try:
+        return tbharness.http_req(srv.port, "GET", "/healthz").status == 200
+    except OSError:
+        return False
+
+
 async def t_bad_urls(ctx):
     """Bad redis-sentinel:// URLs: exit 2 at once, the message says what
     is wrong, never the password."""
@@ -922,6 +981,8 @@ GROUPS = [
          t_hostile_sentinels, 90),
         ("a sentinel that names a replica: refused, nothing written",
          t_replica_refused, 60),
+        ("a sentinel announcing failovers on and on: reconnects bounded",
+         t_announcement_flood, 60),
         ("a master demoted by hand: left at the next ROLE check",
          t_demoted_by_hand, 60),
         ("bad redis-sentinel:// URLs: exit 2 with a clear message",
