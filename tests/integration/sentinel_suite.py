@@ -286,6 +286,13 @@ OUR_WRITE = re.compile(r'"(?:publish|PUBLISH)" "taskbus:|"(?:EVALSHA|EVAL|'
                        r'evalsha|eval)"|"(?:SCRIPT|script)" "(?:LOAD|load)"')
 
 
+async def stopped(srv):
+    """SIGTERM to srv, if it was made: it must exit 0."""
+    if srv:
+        rc, _ = await asyncio.to_thread(srv.stop)
+        check(rc == 0, f"taskbus {srv.name}: exit {rc} on SIGTERM")
+
+
 def pw_file(name, pw):
     path = os.path.join(H.root, name)
     with open(path, "w") as f:
@@ -374,9 +381,7 @@ async def t_no_sentinel_password(ctx):
               "no log line says the sentinels refused the authentication")
         no_secrets(c)
     finally:
-        rc, _ = await asyncio.to_thread(c.stop)
-    check(rc == 0, f"taskbus without the sentinels' password: exit {rc} on "
-                   f"SIGTERM")
+        await stopped(c)
 
 
 class Stream:
@@ -782,9 +787,7 @@ async def t_hostile_sentinels(ctx):
         ok = await ahttp(srv.port, "POST", "/events/hostile.x", b"1")
         check_status(ok, 202, what="POST after connecting")
     finally:
-        if srv:
-            rc, _ = await asyncio.to_thread(srv.stop)
-            check(rc == 0, f"exit {rc} on SIGTERM")
+        await stopped(srv)
         good.close()
 
     # Bad ones only: never ready, a clear last_error, bounded memory.
@@ -807,9 +810,7 @@ async def t_hostile_sentinels(ctx):
         check(grew < 64 * 1024, f"RSS grew by {grew} KiB in 3 s of hostile "
                                 f"sentinels")
     finally:
-        if srv:
-            rc, _ = await asyncio.to_thread(srv.stop)
-            check(rc == 0, f"exit {rc} on SIGTERM (hostile only)")
+        await stopped(srv)
         for f in fakes:
             f.close()
     return f"connected through the 11th sentinel in {took:.2f} s"
@@ -845,9 +846,7 @@ async def t_replica_refused(ctx):
     finally:
         lines = await asyncio.to_thread(mon.lines)
         mon.stop()
-        if srv:
-            rc, _ = await asyncio.to_thread(srv.stop)
-            check(rc == 0, f"exit {rc} on SIGTERM")
+        await stopped(srv)
         fake.close()
     roles = sum(1 for l in lines if '"ROLE"' in l or '"role"' in l)
     writes = [l for l in lines if OUR_WRITE.search(l)]
@@ -889,9 +888,7 @@ async def t_demoted_by_hand(ctx):
         st, bus = await bus_of(srv)
         check(st == 503, f"came back to the replica: {st} {bus}")
     finally:
-        if srv:
-            rc, _ = await asyncio.to_thread(srv.stop)
-            check(rc == 0, f"exit {rc} on SIGTERM")
+        await stopped(srv)
         fake.close()
         other.stop()
     return f"left {took * 1000:.0f} ms after the REPLICAOF"
@@ -921,9 +918,7 @@ async def t_announcement_flood(ctx):
                                f"at most 60 (one per 100 ms, with room)")
         check(http_get_ok(srv), "taskbus stopped answering /healthz")
     finally:
-        if srv:
-            rc, _ = await asyncio.to_thread(srv.stop)
-            check(rc == 0, f"exit {rc} on SIGTERM")
+        await stopped(srv)
         fake.close()
         r2.stop()
     return f"{moves} reconnects in 3 s"
