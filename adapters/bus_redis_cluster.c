@@ -27,28 +27,49 @@
  * one claim or 100 000. Values are parsed with a strict pattern; a value
  * that does not match (written by someone else) counts as free.
  *
- * Fences are max(last + 1, Redis's clock in ms): strictly increasing per
+ * Fences are max(last + 1, Redis's clock in µs): strictly increasing per
  * name, also after a Redis that lost its data, as long as its clock does
- * not go back. Lua numbers are doubles: exact up to 2^53, far beyond a
- * clock in ms. */
+ * not go back. In µs, not ms: a take costs Redis more than a µs, so fences
+ * never run ahead of the clock, whereas in ms a burst of takes (a
+ * singleton ended and started again in a loop) pushed them past it and a
+ * FLUSHALL then handed out a lower one. Lua numbers are doubles: exact up
+ * to 2^53, a clock in µs until the year 2255. */
+
+/* What the scripts read back, parsed strictly: anyone may write to Redis,
+ * and a value nobody of ours wrote counts as absent (free). holder(v):
+ * "<instance> <number>", the instance 1..20 lowercase hex digits (as
+ * instances make them) and the number 1..19 digits (below 2^63: a task id
+ * or a fence); num(v): 1..19 digits. Anything else ("inf", "1e300", an id
+ * in capitals, a number of 30 digits) would otherwise be taken for a
+ * holder the C side refuses to read, or a number no tick or fence can
+ * pass. */
+#define PARSE_LUA                                                              \
+    "local function holder(v)\n"                                               \
+    "  if type(v) ~= 'string' or #v > 40 then return nil end\n"                \
+    "  local i, n = string.match(v, '^([0-9a-f]+) (%d+)$')\n"                  \
+    "  if i and #i <= 20 and #n <= 19 then return i, n end\n"                  \
+    "end\n"                                                                    \
+    "local function num(v)\n"                                                  \
+    "  if type(v) == 'string' and #v <= 19 and string.match(v, '^%d+$') "      \
+    "then\n"                                                                   \
+    "    return tonumber(v)\n"                                                 \
+    "  end\n"                                                                  \
+    "end\n"
 
 /* KEYS[1] claim hash; ARGV name, instance, id, prefix "{ns}:". {2, ...}
  * when our own record is missing: a claim then would look dead to the
  * others, so the caller retries once its heartbeat has put it back. */
-static const char claim_lua[] =
+static const char claim_lua[] = PARSE_LUA
     "local p = ARGV[4]\n"
     "if redis.call('EXISTS', p .. 'instance:' .. ARGV[2]) == 0 then\n"
     "  return {2, ARGV[2], ARGV[3], 0}\n"
     "end\n"
-    "local cur = redis.call('HGET', KEYS[1], ARGV[1])\n"
-    "if cur then\n"
-    "  local i, id = string.match(cur, '^(%x+) (%d+)$')\n"
-    "  if i and i ~= ARGV[2] then\n"
-    "    if redis.call('EXISTS', p .. 'instance:' .. i) == 1 then\n"
-    "      return {0, i, id, 1}\n"
-    "    end\n"
-    "    redis.call('SREM', p .. 'claims:' .. i, ARGV[1])\n"
+    "local i, id = holder(redis.call('HGET', KEYS[1], ARGV[1]))\n"
+    "if i and i ~= ARGV[2] then\n"
+    "  if redis.call('EXISTS', p .. 'instance:' .. i) == 1 then\n"
+    "    return {0, i, id, 1}\n"
     "  end\n"
+    "  redis.call('SREM', p .. 'claims:' .. i, ARGV[1])\n"
     "end\n"
     "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])\n"
     "redis.call('SADD', p .. 'claims:' .. ARGV[2], ARGV[1])\n"
@@ -65,10 +86,8 @@ static const char release_lua[] =
     "return 1\n";
 
 /* KEYS[1] claim hash; ARGV name, prefix. */
-static const char whois_lua[] =
-    "local cur = redis.call('HGET', KEYS[1], ARGV[1])\n"
-    "if not cur then return {} end\n"
-    "local i, id = string.match(cur, '^(%x+) (%d+)$')\n"
+static const char whois_lua[] = PARSE_LUA
+    "local i, id = holder(redis.call('HGET', KEYS[1], ARGV[1]))\n"
     "if not i then return {} end\n"
     "return {1, i, id, redis.call('EXISTS', ARGV[2] .. 'instance:' .. i)}\n";
 
@@ -136,52 +155,48 @@ static const char reap_lua[] = DROP_CLAIMS_LUA
  * member: 1 when an earlier run held a fence (a takeover), else 0; {0,
  * "", "0", 0} when there is no definition. */
 static const char lease_take_lua[] =
-    "if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then\n"
-    "  return {0, '', '0', 0}\n"
-    "end\n"
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "if cur then\n"
-    "  local i, f = string.match(cur, '^(%x+) (%d+)$')\n"
-    "  if i then return {0, i, f, 1} end\n"
-    "end\n"
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') or 0\n"
-    "local f = string.format('%d', math.max(last + 1, now))\n"
-    "redis.call('HSET', KEYS[2], ARGV[1], f)\n"
-    "redis.call('SET', KEYS[1], ARGV[2] .. ' ' .. f, 'PX', ARGV[3])\n"
-    "if last > 0 then return {1, ARGV[2], f, 1} end\n"
-    "return {1, ARGV[2], f, 0}\n";
+    PARSE_LUA "if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then\n"
+              "  return {0, '', '0', 0}\n"
+              "end\n"
+              "local i, f = holder(redis.call('GET', KEYS[1]))\n"
+              "if i then return {0, i, f, 1} end\n"
+              "local t = redis.call('TIME')\n"
+              "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+              "local last = num(redis.call('HGET', KEYS[2], ARGV[1])) or 0\n"
+              "local f = string.format('%d', math.max(last + 1, now))\n"
+              "redis.call('HSET', KEYS[2], ARGV[1], f)\n"
+              "redis.call('SET', KEYS[1], ARGV[2] .. ' ' .. f, 'PX', ARGV[3])\n"
+              "if last > 0 then return {1, ARGV[2], f, 1} end\n"
+              "return {1, ARGV[2], f, 0}\n";
 
 /* KEYS[1] the lease, KEYS[2] fence hash, KEYS[3] singleton hash; ARGV
  * name, instance, fence, ttl, definition. Extends our lease. A lease that
  * is gone is ours again only if no later fence was handed out (a takeover,
  * or the tombstone a definition's delete leaves: an ended singleton never
  * comes back); and if Redis lost its data (no fence recorded at all), the
- * definition is put back with it. */
+ * definition is put back with it. A lease that is not a holder's counts as
+ * gone, as for a take. */
 static const char lease_renew_lua[] =
-    "local mine = ARGV[2] .. ' ' .. ARGV[3]\n"
-    "local cur = redis.call('GET', KEYS[1])\n"
-    "if cur == mine then\n"
-    "  redis.call('PEXPIRE', KEYS[1], ARGV[4])\n"
-    "  return {1, ARGV[2], ARGV[3], 1}\n"
-    "end\n"
-    "if cur then\n"
-    "  local i, f = string.match(cur, '^(%x+) (%d+)$')\n"
-    "  return {0, i or '', f or '0', 1}\n"
-    "end\n"
-    "local rec = redis.call('HGET', KEYS[2], ARGV[1])\n"
-    "local last = tonumber(rec or '0') or 0\n"
-    "if last > tonumber(ARGV[3]) then\n"
-    "  return {0, '', string.format('%d', last), 1}\n"
-    "end\n"
-    "if rec and redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then\n"
-    "  return {0, '', string.format('%d', last), 1}\n"
-    "end\n"
-    "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
-    "redis.call('SET', KEYS[1], mine, 'PX', ARGV[4])\n"
-    "redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[5])\n"
-    "return {1, ARGV[2], ARGV[3], 1}\n";
+    PARSE_LUA "local mine = ARGV[2] .. ' ' .. ARGV[3]\n"
+              "local cur = redis.call('GET', KEYS[1])\n"
+              "if cur == mine then\n"
+              "  redis.call('PEXPIRE', KEYS[1], ARGV[4])\n"
+              "  return {1, ARGV[2], ARGV[3], 1}\n"
+              "end\n"
+              "local i, f = holder(cur)\n"
+              "if i then return {0, i, f, 1} end\n"
+              "local rec = redis.call('HGET', KEYS[2], ARGV[1])\n"
+              "local last = num(rec) or 0\n"
+              "if last > tonumber(ARGV[3]) then\n"
+              "  return {0, '', string.format('%d', last), 1}\n"
+              "end\n"
+              "if rec and redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then\n"
+              "  return {0, '', string.format('%d', last), 1}\n"
+              "end\n"
+              "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
+              "redis.call('SET', KEYS[1], mine, 'PX', ARGV[4])\n"
+              "redis.call('HSETNX', KEYS[3], ARGV[1], ARGV[5])\n"
+              "return {1, ARGV[2], ARGV[3], 1}\n";
 
 /* KEYS[1] the lease; ARGV instance, fence. */
 static const char lease_drop_lua[] =
@@ -194,19 +209,26 @@ static const char lease_drop_lua[] =
 static const char def_put_lua[] =
     "return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])\n";
 
+/* KEYS[1] singleton hash, KEYS[2] fence hash; ARGV name, value. The
+ * fence hash is the memory of Redis: a definition's delete leaves its
+ * tombstone there, a Redis that lost its data has none. */
+static const char def_restore_lua[] =
+    "if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end\n"
+    "return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])\n";
+
 /* KEYS[1] singleton hash, KEYS[2] tick hash, KEYS[3] the lease, KEYS[4]
  * fence hash; ARGV name, "<instance> <fence>" or "" for any holder, fence
  * or 0. Leaves a tombstone: the recorded fence goes past the holder's, so
  * that a renewal of the ended run in flight cannot take the lease again.
  * Returns 1 when there was a definition. */
-static const char def_del_lua[] =
+static const char def_del_lua[] = PARSE_LUA
     "local had = redis.call('HDEL', KEYS[1], ARGV[1])\n"
     "redis.call('HDEL', KEYS[2], ARGV[1])\n"
     "local cur = redis.call('GET', KEYS[3])\n"
     "if cur and (ARGV[2] == '' or cur == ARGV[2]) then\n"
     "  redis.call('DEL', KEYS[3])\n"
     "end\n"
-    "local last = tonumber(redis.call('HGET', KEYS[4], ARGV[1]) or '0') or 0\n"
+    "local last = num(redis.call('HGET', KEYS[4], ARGV[1])) or 0\n"
     "local f = math.max(last, tonumber(ARGV[3]))\n"
     "redis.call('HSET', KEYS[4], ARGV[1], string.format('%d', f + 1))\n"
     "return had\n";
@@ -236,12 +258,11 @@ static const char def_list_lua[] =
 /* KEYS[1] the lease, KEYS[2] tick hash; ARGV name, "<instance> <fence>",
  * tick. 1: fired; 0: that tick fired already; -1: not the leaseholder. */
 static const char tick_lua[] =
-    "if redis.call('GET', KEYS[1]) ~= ARGV[2] then return -1 end\n"
-    "local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '-1') or "
-    "-1\n"
-    "if tonumber(ARGV[3]) <= last then return 0 end\n"
-    "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
-    "return 1\n";
+    PARSE_LUA "if redis.call('GET', KEYS[1]) ~= ARGV[2] then return -1 end\n"
+              "local last = num(redis.call('HGET', KEYS[2], ARGV[1])) or -1\n"
+              "if tonumber(ARGV[3]) <= last then return 0 end\n"
+              "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
+              "return 1\n";
 
 /* Slots 0..2 are the store's (bus_redis_kv.c). */
 static const tb__rkv_script s_claim = {"claim", claim_lua, 3};
@@ -256,11 +277,13 @@ static const tb__rkv_script s_def_put = {"definition put", def_put_lua, 11};
 static const tb__rkv_script s_def_del = {"definition delete", def_del_lua, 12};
 static const tb__rkv_script s_def_list = {"definition list", def_list_lua, 13};
 static const tb__rkv_script s_tick = {"tick", tick_lua, 14};
+static const tb__rkv_script s_def_restore = {"definition restore",
+                                             def_restore_lua, 15};
 
 static const tb__rkv_script *const all_scripts[] = {
-    &s_claim,   &s_release,    &s_whois,       &s_leave,
-    &s_reap,    &s_lease_take, &s_lease_renew, &s_lease_drop,
-    &s_def_put, &s_def_del,    &s_def_list,    &s_tick,
+    &s_claim,      &s_release,     &s_whois,       &s_leave,   &s_reap,
+    &s_lease_take, &s_lease_renew, &s_lease_drop,  &s_def_put, &s_def_del,
+    &s_def_list,   &s_tick,        &s_def_restore,
 };
 
 void tb__rcl_load_scripts(rbus *b,
@@ -576,6 +599,26 @@ static void def_del_reply(rkv_req *r, const redisReply *reply)
         r->cb.done(st, r->ud);
 }
 
+static int rcl_def_restore(tb__bus *bus, const char *name, const char *value,
+                           size_t len, tb__kv_done_cb cb, void *ud)
+{
+    rbus *b = (rbus *)bus;
+    if (!name_ok(name) || !len || len > TB__CLUSTER_DEF_MAX)
+        return TB_EINVAL;
+    char defs[100], fences[100];
+    key(defs, sizeof defs, b, "singleton", NULL);
+    key(fences, sizeof fences, b, "fence", NULL);
+    const char *argv[] = {defs, fences, name, value};
+    size_t lens[] = {strlen(defs), strlen(fences), strlen(name), len};
+    rkv_req *r = tb__rkv_new(b, &s_def_restore, 2, 4, argv, lens);
+    if (!r)
+        return TB_ENOMEM;
+    snprintf(r->label, sizeof r->label, "definition restore");
+    tb__rkv_done_handlers(r, cb, ud);
+    r->ok = def_put_reply; /* 1: restored; 0: TB_EEXIST */
+    return tb__rkv_submit(r);
+}
+
 static int rcl_def_del(tb__bus *bus, const char *name, uint64_t fence,
                        tb__kv_done_cb cb, void *ud)
 {
@@ -683,14 +726,7 @@ static int rcl_send(tb__bus *bus, const char *instance, const char *msg,
 
 void tb__rcl_message(rbus *b, const char *msg, size_t len)
 {
-    if (len > TB__CLUSTER_MSG_MAX) {
-        if (tb__ratelog_ok(&b->kv_log, tb__mono_us()))
-            tb__log(TB_LOG_WARN,
-                    "redis bus: a %zu-byte message on %s is over %d bytes: "
-                    "dropped",
-                    len, b->ctl, TB__CLUSTER_MSG_MAX);
-        return;
-    }
+    /* The core checks it, its size included, and counts what it drops. */
     tb__cluster_message(b->bus.app, msg, len);
 }
 
@@ -704,6 +740,7 @@ const tb__cluster_ops tb__rcl_ops = {
     .lease_renew = rcl_lease_renew,
     .lease_drop = rcl_lease_drop,
     .def_put = rcl_def_put,
+    .def_restore = rcl_def_restore,
     .def_del = rcl_def_del,
     .def_list = rcl_def_list,
     .tick = rcl_tick,

@@ -636,9 +636,11 @@ static int list_tasks(tb_http_req *req, void *ud)
     char lbuf[16];
     rc = tb_http_query(req, "limit", lbuf, sizeof lbuf);
     if (rc != TB_ENOENT) {
-        char *end = NULL;
-        limit = rc < 0 ? -1 : strtol(lbuf, &end, 10);
-        if (rc < 0 || !lbuf[0] || *end || limit < 1 || limit > page_max)
+        /* Digits only: strtol would also take " 50", "+5" and "-0". */
+        int digits =
+            rc >= 0 && lbuf[0] && strspn(lbuf, "0123456789") == strlen(lbuf);
+        limit = digits ? strtol(lbuf, NULL, 10) : -1;
+        if (!digits || limit < 1 || limit > page_max)
             return tb_http_error(req, 400, "bad_limit",
                                  "limit must be 1..%d (http.tasks_page_max)",
                                  page_max);

@@ -137,7 +137,7 @@ static inline int tb__kv_name_ok(const char *s, size_t n, size_t max)
  * one instance at a time: name -> (instance, fence), with a TTL of the
  * backend's clock; a fence is strictly increasing per name, even across a
  * backend that forgot everything (it is at least the backend's clock in
- * ms). Definitions are the singletons (and periodic tasks) the cluster
+ * µs). Definitions are the singletons (and periodic tasks) the cluster
  * keeps running: name -> a JSON value the core wrote. Messages are the
  * instances' requests and answers to one another (cluster.c). */
 
@@ -200,6 +200,12 @@ typedef struct tb__cluster_ops {
      * TB__CLUSTER_DEF_MAX) unless it has one: cb 0, or TB_EEXIST. */
     int (*def_put)(tb__bus *bus, const char *name, const char *value,
                    size_t len, tb__kv_done_cb cb, void *ud);
+    /* Stores name's definition again (value, len bytes) after the backend
+     * may have lost its data: only when it has none and knows no fence for
+     * name (a definition deleted on purpose leaves its fence). cb 0
+     * (restored), or TB_EEXIST (not needed, or deleted on purpose). */
+    int (*def_restore)(tb__bus *bus, const char *name, const char *value,
+                       size_t len, tb__kv_done_cb cb, void *ud);
     /* Deletes name's definition, and its lease if fence holds it (fence 0:
      * whoever holds it), leaving the recorded fence past fence so that no
      * renewal of the ended run takes the lease again. cb: 0 when there was
@@ -232,8 +238,9 @@ typedef struct tb__cluster_ops {
 void tb__bus_store_lost(tb_app *app);
 
 /* The core's side of send(): one message for this instance (msg, len bytes,
- * from outside: the core checks it). Bus thread; does not block and does
- * not keep msg. */
+ * any length, from outside: the core checks it, and drops and counts one
+ * over TB__CLUSTER_MSG_MAX). Bus thread; does not block and does not keep
+ * msg. */
 void tb__cluster_message(tb_app *app, const char *msg, size_t len);
 
 /* --------------------------------------------------------------- connection */

@@ -431,9 +431,10 @@ static void reclaimed(int status, const char *inst, uint64_t num, int live,
                 if (t->single)
                     tb__singleton_lost(t);
                 if (!t->error) {
+                    /* A singleton's run says so as its own renewals do. */
                     char msg[160];
-                    snprintf(msg, sizeof msg,
-                             "cancelled: instance %s holds the name", inst);
+                    snprintf(msg, sizeof msg, "%s: instance %s holds the name",
+                             t->single ? "lease lost" : "cancelled", inst);
                     t->error = strdup(msg);
                 }
                 break;
@@ -837,9 +838,15 @@ static void on_reply(tb_app *app, json_t *m, size_t len)
     pthread_mutex_lock(&c->mu);
     for (call *k = c->calls; k; k = k->next) {
         if (k->rid == (uint64_t)json_integer_value(rid) && !k->done) {
-            k->done = 1;
-            k->reply = json_incref(m);
-            pthread_cond_signal(&k->cv);
+            /* A copy of its own for the caller's thread: jansson's
+             * reference counts are not safe to share between threads
+             * (json_decref reads the count unlocked; ThreadSanitizer
+             * reports it). No copy (ENOMEM): the call times out. */
+            k->reply = json_deep_copy(m);
+            if (k->reply) {
+                k->done = 1;
+                pthread_cond_signal(&k->cv);
+            }
             break;
         }
     }
@@ -930,6 +937,10 @@ void tb__cluster_message(tb_app *app, const char *msg, size_t len)
 {
     if (!app->cluster)
         return;
+    if (len > TB__CLUSTER_MSG_MAX) {
+        bad_message(app, len, "larger than a control message may be");
+        return;
+    }
     json_error_t jerr;
     json_t *m = tb__json_loadb(msg, len, JSON_REJECT_DUPLICATES, 8, &jerr);
     const char *t = json_string_value(json_object_get(m, "t"));

@@ -507,7 +507,8 @@ struct tb_app {
 
     /* registry */
     pthread_mutex_t reg_mu;
-    pthread_cond_t done_cv; /* broadcast when a task ends */
+    pthread_cond_t done_cv; /* broadcast when a task ends, or a claim
+                               in flight (claiming) completes */
     int thread_waiters;     /* threads blocked on done_cv */
     tb__htab names;         /* name -> tb_task chain */
     tb_task *all_head, *all_tail;

@@ -839,8 +839,12 @@ static int post_task(tb_http_req *req, void *ud)
     case TB_EEXIST: {
         json_t *extra = json_object();
         if (extra)
+            /* The holder's instance; for a singleton that no instance
+             * runs right now (between an owner's death and a takeover),
+             * null. A task's name held here has no holder set. */
             json_object_set_new(extra, "instance",
                                 x.holder[0] ? json_string(x.holder)
+                                : singleton ? json_null()
                                             : json_string(app->instance));
         return tb__api_error_with(req, 409, "name_taken", extra,
                                   "%s: cancel it first, or pick another name",
@@ -861,6 +865,8 @@ static int post_task(tb_http_req *req, void *ud)
                              "%s: Redis did not answer the name's claim in "
                              "time",
                              err);
+    case TB_EMSGSIZE: /* a singleton's arguments */
+        return tb_http_error(req, 400, "bad_args", "%s", err);
     case TB_EINVAL:
     case TB_ENAMETOOLONG:
         return tb_http_error(req, 400, "bad_name",

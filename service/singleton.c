@@ -73,6 +73,14 @@ struct tb__single {
 };
 typedef struct tb__single single;
 
+/* The definition of a run that could not renew its lease in time (Redis
+ * unreachable): restored once Redis answers, in case Redis lost its data
+ * meanwhile (then nobody else knows the singleton any more). */
+typedef struct orphan {
+    struct orphan *next;
+    char *name, *def;
+} orphan;
+
 /* A singleton this instance added before run: any instance may run it. */
 typedef struct local_def {
     struct local_def *next;
@@ -93,6 +101,7 @@ struct tb__singletons {
     pthread_cond_t cv;
     int stop;
     single *runs;
+    orphan *orphans;
     local_def *locals;
     uint64_t local_fence;
     atomic_uint_fast64_t runs_started, takeovers, renewals, renew_failures,
@@ -567,6 +576,63 @@ static void on_renewed(int status, const char *inst, uint64_t num, int live,
     free(x);
 }
 
+static void orphan_free(orphan *o)
+{
+    free(o->name);
+    free(o->def);
+    free(o);
+}
+
+static void orphan_push(tb__singletons *s, orphan *o)
+{
+    pthread_mutex_lock(&s->mu);
+    o->next = s->orphans;
+    s->orphans = o;
+    pthread_mutex_unlock(&s->mu);
+}
+
+static void orphan_add(tb__singletons *s, const single *r)
+{
+    orphan *o = calloc(1, sizeof *o);
+    if (!o || !(o->name = strdup(r->name)) || !(o->def = strdup(r->def))) {
+        if (o)
+            orphan_free(o);
+        return;
+    }
+    orphan_push(s, o);
+}
+
+/* Restores the orphans' definitions where Redis lost them: a restart
+ * without persistence that outlasted the lease left no run to renew (and
+ * put back) them. The store keeps a definition that is still there, or
+ * was deleted on purpose (its tombstone fence), as it is. An orphan stays
+ * until Redis has answered for it. The taker's thread. */
+static void orphans_restore(tb__singletons *s)
+{
+    pthread_mutex_lock(&s->mu);
+    orphan *list = s->orphans;
+    s->orphans = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (list) {
+        orphan *o = list;
+        list = o->next;
+        tb__opwait *w = tb__opwait_new();
+        int rc = w ? s->ops->def_restore(s->app->bus, o->name, o->def,
+                                         strlen(o->def), tb__opwait_done_cb, w)
+                   : TB_ENOMEM;
+        rc = w ? sync_done(s, rc, w) : rc;
+        if (rc == 0)
+            tb__log(TB_LOG_WARN,
+                    "singleton %s: Redis had lost its definition; defined "
+                    "again for any instance to run",
+                    o->name);
+        if (rc == 0 || rc == TB_EEXIST)
+            orphan_free(o);
+        else
+            orphan_push(s, o); /* Redis did not answer: at the next look */
+    }
+}
+
 /* The lease thread: never waits on Redis. It sends renewals (their answers
  * move the deadlines) and cancels a run the moment its lease may no longer
  * be ours: at valid_until_us, or when Redis said someone else has it. */
@@ -612,6 +678,8 @@ static void *lease_main(void *arg)
         for (size_t i = 0; i < n; i++) {
             single *r = act[i];
             if (what[i] == 1) {
+                if (!r->lost_why[0])
+                    orphan_add(s, r); /* see orphans_restore */
                 lose(s, r,
                      r->lost_why[0] ? r->lost_why
                                     : "not renewed in time: Redis unreachable "
@@ -703,6 +771,7 @@ static char *local_def_json(const local_def *l);
  * it. The taker's thread: it may wait on Redis. */
 static void take_free(tb__singletons *s)
 {
+    orphans_restore(s);
     for (local_def *l = s->locals; l; l = l->next) {
         char *def = local_def_json(l);
         if (def)
@@ -886,6 +955,11 @@ void tb__singletons_free(tb__singletons *s)
         s->runs = r->next;
         tb__singleton_release(r);
     }
+    while (s->orphans) {
+        orphan *o = s->orphans;
+        s->orphans = o->next;
+        orphan_free(o);
+    }
     while (s->locals) {
         local_def *l = s->locals;
         s->locals = l->next;
@@ -932,11 +1006,17 @@ int tb__singleton_spawn(tb_app *app, const char *kind, const char *args_json,
     char *def = d ? json_dumps(d, JSON_COMPACT) : NULL;
     json_decref(d);
     if (!def || strlen(def) > TB__CLUSTER_DEF_MAX) {
+        if (def)
+            snprintf(err, errsz,
+                     "task \"%.80s\": its arguments are too large for a "
+                     "singleton (its definition, kind and arguments as "
+                     "JSON, is %zu bytes, at most %d)",
+                     name, strlen(def), TB__CLUSTER_DEF_MAX);
+        else
+            snprintf(err, errsz, "task \"%.80s\": out of memory", name);
+        int rc = def ? TB_EMSGSIZE : TB_ENOMEM;
         free(def);
-        snprintf(err, errsz, "task \"%.80s\": %s", name,
-                 def ? "its arguments are too large for a singleton"
-                     : "out of memory");
-        return def ? TB_EINVAL : TB_ENOMEM;
+        return rc;
     }
     uint64_t fence = 0;
     int rc = 0;

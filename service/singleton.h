@@ -35,7 +35,8 @@ void tb__singletons_free(tb__singletons *s);
  * run here if this instance takes its lease (*id_out its id; 0 when
  * another instance holds the lease and runs it). TB_EEXIST (the name is a
  * singleton already, or a task holds it: holder, 24 bytes, names its
- * instance when known), TB_ENOTCONN, TB_ESHUTDOWN, TB_ENOMEM, with a
+ * instance when known), TB_EMSGSIZE (the definition would be over
+ * TB__CLUSTER_DEF_MAX bytes), TB_ENOTCONN, TB_ESHUTDOWN, TB_ENOMEM, with a
  * message in err. Any thread but a worker's loop (it waits on Redis). */
 int tb__singleton_spawn(tb_app *app, const char *kind, const char *args_json,
                         const tb_task_opts *opts, int64_t every_ms,

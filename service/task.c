@@ -97,8 +97,8 @@ static int registry_insert(tb_app *app, tb_task *t)
 }
 
 /* A name being claimed across the cluster by a tb__task_add in flight:
- * another add of it waits for that one's outcome by failing with
- * TB_EEXIST, as it would against the task. On the adder's stack. */
+ * another add of it here waits for that one's outcome (see tb__task_add).
+ * On the adder's stack. */
 typedef struct tb__claiming {
     struct tb__claiming *next;
     const char *name;
@@ -112,14 +112,17 @@ static int claiming(tb_app *app, const char *name)
     return 0;
 }
 
+/* reg_mu held. Wakes the adds waiting for the outcome. */
 static void claiming_drop(tb_app *app, tb__claiming *me)
 {
     for (tb__claiming **pp = &app->claiming; *pp; pp = &(*pp)->next) {
         if (*pp == me) {
             *pp = me->next;
-            return;
+            break;
         }
     }
+    if (app->thread_waiters)
+        pthread_cond_broadcast(&app->done_cv);
 }
 
 /* Task names: 1..TB_TASK_NAME_MAX bytes, no control characters. */
@@ -284,7 +287,20 @@ int tb__task_add(tb_app *app, tb_task_fn fn, void *arg,
         if (o->name) {
             for (tb_task *h = first_named(app, o->name); h; h = next_named(h))
                 live |= !tb__task_finished(h);
-            live |= claiming(app, o->name);
+            if (!live && claiming(app, o->name)) {
+                /* Another add here is claiming the name in Redis: wait
+                 * for its outcome (bounded by its claim's timeout), then
+                 * look again: its task holds the name now, or this add
+                 * claims in turn and Redis names the holder. Refusing at
+                 * once named this instance as the holder of a name that
+                 * another instance may win. */
+                app->thread_waiters++;
+                while (claiming(app, o->name))
+                    pthread_cond_wait(&app->done_cv, &app->reg_mu);
+                app->thread_waiters--;
+                pthread_mutex_unlock(&app->reg_mu);
+                continue;
+            }
         }
         if (live) {
             pthread_mutex_unlock(&app->reg_mu);
@@ -302,7 +318,7 @@ int tb__task_add(tb_app *app, tb_task_fn fn, void *arg,
         if (wants_claim(app, o, iflags)) {
             /* Claimed across the cluster before it exists here: the name
              * is marked as being claimed meanwhile, so that a second add
-             * of it on this instance fails as it would against the task. */
+             * of it on this instance waits for the outcome (above). */
             tb__claiming me = {app->claiming, o->name};
             app->claiming = &me;
             if (!t->id)

@@ -585,7 +585,9 @@ int tb_task_add_every(tb_app *app, tb_task_fn fn, void *ud,
  * instance takes its lease. *id_out (may be NULL) gets its task id when it
  * runs here, 0 when another instance runs it. Errors as tb_task_spawn's,
  * and TB_EEXIST when the name is taken, TB_ENOTCONN while Redis is
- * unreachable. Any thread but a worker's loop (it waits on Redis). */
+ * unreachable, TB_EMSGSIZE when kind and args_json together are over 64
+ * KiB (a singleton's definition is kept in Redis). Any thread but a
+ * worker's loop (it waits on Redis). */
 int tb_task_spawn_every(tb_app *app, const char *kind, const char *args_json,
                         const tb_task_opts *opts, int64_t every_ms,
                         uint64_t *id_out, char *err, size_t errsz);

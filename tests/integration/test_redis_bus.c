@@ -18,21 +18,6 @@
 
 /* ------------------------------------------------------------ helpers */
 
-static int setup(void **state)
-{
-    (void)state;
-    th_failures_reset();
-    tb_log_set_level(TB_LOG_WARN);
-    return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    rh_cleanup();
-    return 0;
-}
-
 /* A running app on srv's Redis (url from user/pass), connected. cfg_in may
  * be NULL for rh_config's defaults; its redis_url is replaced. */
 static rh_app *start_app(const rh_server *srv, const char *user,
@@ -1730,16 +1715,11 @@ static void test_publish_queue_max(void **state)
 
 /* ------------------------------------------------------------ main */
 
-#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+#define T(fn) RH_TEST(fn)
 
+/* TB_ITEST_FILTER=<glob> runs only the tests whose names match. */
 int main(void)
 {
-    /* A PUBLISH to a dead peer must not kill the test with SIGPIPE. */
-    signal(SIGPIPE, SIG_IGN);
-    /* TB_ITEST_FILTER=test_auth_* runs only the matching tests. */
-    const char *filter = getenv("TB_ITEST_FILTER");
-    if (filter && *filter)
-        cmocka_set_test_filter(filter);
     const struct CMUnitTest tests[] = {
         T(test_two_instances_in_two_processes),
         T(test_cli_publish_reaches_waiter),
@@ -1764,5 +1744,5 @@ int main(void)
         T(test_dispatch_wait_abandoned),
         T(test_publish_queue_max),
     };
-    return cmocka_run_group_tests_name("redis_bus", tests, NULL, NULL);
+    return rh_run_group("redis_bus", tests);
 }
