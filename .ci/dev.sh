@@ -27,8 +27,8 @@ cd "$ROOT"
 BUILD_DEPS=(cmake make gcc libc6-dev pkg-config
     libevent-dev libhiredis-dev libcivetweb-dev libjansson-dev libwslay-dev
     libjwt-dev)
-TEST_DEPS=(libcmocka-dev redis-server redis-tools python3 python3-websockets
-    curl valgrind)
+TEST_DEPS=(libcmocka-dev redis-server redis-tools redis-sentinel python3
+    python3-websockets curl valgrind)
 # The fuzz targets (tests/fuzz/): clang and its libFuzzer runtime.
 FUZZ_DEPS=(clang libclang-rt-14-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}

@@ -362,7 +362,9 @@ static void on_kv_reply(redisAsyncContext *ac, void *rp, void *priv)
     l->last_rx_us = tb__mono_us();
     if (reply->type == REDIS_REPLY_ERROR) {
         int noscript = r->script && !strncmp(reply->str, "NOSCRIPT", 8);
-        if (noscript) {
+        if (tb__rb_readonly(b, reply->str)) {
+            /* Its caller retries (a heartbeat, a renewal), on the master. */
+        } else if (noscript) {
             b->sha[r->script->slot][0] = '\0';
             load_script(b, r->script);
         } else if (tb__ratelog_ok(&b->kv_log, l->last_rx_us)) {

@@ -121,7 +121,7 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
     app->cfg.http.jwt_secret = app->cfg.http.jwt_public_key = NULL;
     app->cfg.http.jwt_audience = app->cfg.http.jwt_issuer = NULL;
     app->cfg.http.api_token = NULL;
-    app->cfg.redis.password = NULL;
+    app->cfg.redis.password = app->cfg.redis.sentinel_password = NULL;
     app->cfg.ws.allowed_origins = NULL;
     /* The config's strings are the caller's: keep copies. */
     app->cfg.core.event_namespace = app->ns = strdup(c.core.event_namespace);
@@ -146,7 +146,9 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
     if (c.ws.allowed_origins && c.ws.allowed_origins[0] &&
         !(app->cfg.ws.allowed_origins = strdup(c.ws.allowed_origins)))
         goto fail;
-    if (!copy_string_from(&app->cfg.http.jwt_secret, c.http.jwt_secret) ||
+    if (!copy_string_from(&app->cfg.redis.sentinel_password,
+                          c.redis.sentinel_password) ||
+        !copy_string_from(&app->cfg.http.jwt_secret, c.http.jwt_secret) ||
         !copy_string_from(&app->cfg.http.jwt_public_key,
                           c.http.jwt_public_key) ||
         !copy_string_from(&app->cfg.http.jwt_audience, c.http.jwt_audience) ||
@@ -163,6 +165,7 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
              (unsigned long long)rnd);
     atomic_init(&app->state, TB__APP_NEW);
     atomic_init(&app->stop_requested, 0);
+    atomic_init(&app->store_lost, 0);
     sem_init(&app->stop_sem, 0, 0);
     pthread_mutex_init(&app->start_mu, NULL);
     pthread_cond_init(&app->start_cv, NULL);
@@ -286,6 +289,7 @@ void tb_app_free(tb_app *app)
     tb__ws_app_free(app);
     tb__jwt_free(app->jwt);
     wipe_string(app->cfg.http.jwt_secret);
+    wipe_string(app->cfg.redis.sentinel_password);
     free((char *)(uintptr_t)app->cfg.http.jwt_public_key);
     free((char *)(uintptr_t)app->cfg.http.jwt_audience);
     free((char *)(uintptr_t)app->cfg.http.jwt_issuer);

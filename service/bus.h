@@ -230,6 +230,13 @@ typedef struct tb__cluster_ops {
                 tb__kv_done_cb cb, void *ud);
 } tb__cluster_ops;
 
+/* The bus is connected again, to a backend that may lack what this
+ * instance wrote last (a Redis failover to a replica that had not received
+ * it yet: replication is asynchronous). This instance's claims are made
+ * again at its next heartbeat (tb__cluster_reassert), as after a backend
+ * that lost its data. Any thread; never blocks. */
+void tb__bus_store_lost(tb_app *app);
+
 /* The core's side of send(): one message for this instance (msg, len bytes,
  * any length, from outside: the core checks it, and drops and counts one
  * over TB__CLUSTER_MSG_MAX). Bus thread; does not block and does not keep

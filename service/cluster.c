@@ -447,7 +447,7 @@ static void reclaimed(int status, const char *inst, uint64_t num, int live,
     free(r);
 }
 
-void tb__cluster_reassert(tb_app *app)
+void tb__cluster_reassert(tb_app *app, const char *why)
 {
     if (!ops(app))
         return;
@@ -478,8 +478,7 @@ void tb__cluster_reassert(tb_app *app)
     pthread_mutex_unlock(&app->reg_mu);
     if (n)
         tb__log(TB_LOG_INFO,
-                "cluster: this instance's record was gone from Redis; "
-                "claiming the names of its %zu task(s) again",
+                "cluster: %s; claiming the names of its %zu task(s) again", why,
                 n);
     for (size_t i = 0; i < n; i++)
         if (ops(app)->claim(app->bus, v[i]->name, v[i]->id, reclaimed, v[i]))

@@ -47,11 +47,12 @@ void tb__cluster_lease_drop(tb_app *app, const char *name, uint64_t fence);
 void tb__cluster_retry(tb_app *app);
 
 /* After this instance's record was found missing in the store (a Redis
- * restart, a partition that outlived its TTL): claims again the name of
- * every live claimed task; a name some other live instance took meanwhile
- * makes our task a duplicate, and it is cancelled with a logged reason.
- * The heartbeat's thread. */
-void tb__cluster_reassert(tb_app *app);
+ * restart, a partition that outlived its TTL), or the bus moved to a new
+ * Redis master (tb__bus_store_lost): claims again the name of every live
+ * claimed task; a name some other live instance took meanwhile makes our
+ * task a duplicate, and it is cancelled with a logged reason. why says
+ * which, for the log. The heartbeat's thread. */
+void tb__cluster_reassert(tb_app *app, const char *why);
 
 /* ---- the task calls, as JSON (api.c, the C API) ---- */
 

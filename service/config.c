@@ -70,10 +70,13 @@
     X(core, periodic_min_ms, MS, 1000, NULL, 10, H1, "periodic-min",           \
       "shortest interval of a periodic task, ms")                              \
     X(redis, url, URL, 0, NULL, 0, 0, "redis-url",                             \
-      "redis://[user:password@]host:port[/db] or unix:///path; none: the "     \
-      "in-process bus")                                                        \
+      "redis://[user:password@]host:port[/db], unix:///path or "               \
+      "redis-sentinel://[user:password@]host:26379[,host...]/master[/db]; "    \
+      "none: the in-process bus")                                              \
     X(redis, password, SECRET, 0, NULL, 0, 0, NULL,                            \
       "Redis password (overrides the URL's)")                                  \
+    X(redis, sentinel_password, SECRET, 0, NULL, 0, 0, NULL,                   \
+      "password of the sentinels of a redis-sentinel:// URL (none: no AUTH)")  \
     X(redis, connect_timeout_ms, MS, 2000, NULL, 1, IMAX,                      \
       "redis-connect-timeout", "ms a connection attempt may take")             \
     X(redis, command_timeout_ms, MS, 5000, NULL, 1, IMAX,                      \

@@ -222,8 +222,19 @@ static void beat(tb__instances *in)
     int again = in->reassert;
     in->reassert = 0;
     pthread_mutex_unlock(&in->mu);
-    if (again)
-        tb__cluster_reassert(in->app);
+    if (atomic_exchange(&in->app->store_lost, 0))
+        tb__cluster_reassert(in->app, "the bus moved to a new Redis master, "
+                                      "which may lack our last claims");
+    else if (again)
+        tb__cluster_reassert(in->app,
+                             "this instance's record was gone from Redis");
+}
+
+void tb__bus_store_lost(tb_app *app)
+{
+    /* A flag, not a call into the registry: the bus may run before the
+     * heartbeat starts or after it stops; the next beat, if any, acts. */
+    atomic_store(&app->store_lost, 1);
 }
 
 static void *beat_main(void *arg)

@@ -481,6 +481,7 @@ struct tb_app {
     int start_err;
 
     tb__bus *bus;
+    atomic_int store_lost; /* tb__bus_store_lost: reassert at the next beat */
     struct tb__instances *instances;   /* instances.c, while running */
     struct tb__cluster *cluster;       /* cluster.c: calls between instances */
     struct tb__singletons *singletons; /* singleton.c, while running */

@@ -198,9 +198,13 @@ typedef struct tb_core_config {
  * TB_WITH_REDIS=OFF, no hiredis) has the in-process bus only: a url makes
  * tb_app_new fail. */
 typedef struct tb_redis_config {
-    const char *url;        /* redis://[user:password@]host[:port][/db] or
-                               unix://[user:password@]/path[?db=N]; NULL or
-                               "": the in-process bus */
+    const char *url;        /* redis://[user:password@]host[:port][/db],
+                               unix://[user:password@]/path[?db=N], or
+                               redis-sentinel://[user:password@]host[:port]
+                               [,host[:port]...]/master[/db]: the master
+                               the sentinels name (user, password and db
+                               are the master's); NULL or "": the
+                               in-process bus */
     const char *password;   /* overrides the URL's password (a secret kept
                                out of the URL, e.g. read from a file); NULL:
                                the URL's. Copied, never logged */
@@ -217,7 +221,11 @@ typedef struct tb_redis_config {
                                is resent after reconnects for this long,
                                then given up (logged,
                                tb_bus_info.publish_failed) */
-    void *reserved_[8];
+    const char *sentinel_password; /* AUTH for the sentinels of a
+                                      redis-sentinel:// URL (every sentinel
+                                      the same; the default user); NULL:
+                                      none. Copied, never logged */
+    void *reserved_[7];
 } tb_redis_config;
 
 /* The embedded HTTP server (civetweb). A library built without it (CMake
