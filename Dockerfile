@@ -16,6 +16,7 @@ RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         cmake make gcc libc6-dev pkg-config \
         libevent-dev libhiredis-dev libcivetweb-dev libjansson-dev libwslay-dev \
+        libjwt-dev \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the library and the binary are built from (no tests: they need
@@ -35,7 +36,7 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         libevent-core-2.1-7 libevent-pthreads-2.1-7 libhiredis0.14 \
-        libcivetweb1 libjansson4 libwslay1 \
+        libcivetweb1 libjansson4 libwslay1 libjwt0 \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt \
         /var/log/dpkg.log \

@@ -8,7 +8,7 @@
 #                                  build-shared/ (libtaskbus.so: examples,
 #                                  the binary's service suite, install
 #                                  test), then build-core/ (no HTTP, no
-#                                  Redis) + unit tests, then build-asan/
+#                                  Redis, no JWT) + unit tests, then build-asan/
 #                                  (Debug, ASan+UBSan) + ctest, then
 #                                  build-tsan/ (Debug, TSan) + ctest,
 #                                  then build-fuzz/ (clang, libFuzzer,
@@ -25,9 +25,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 BUILD_DEPS=(cmake make gcc libc6-dev pkg-config
-    libevent-dev libhiredis-dev libcivetweb-dev libjansson-dev libwslay-dev)
-TEST_DEPS=(libcmocka-dev redis-server redis-tools python3 python3-websockets
-    curl valgrind)
+    libevent-dev libhiredis-dev libcivetweb-dev libjansson-dev libwslay-dev
+    libjwt-dev)
+TEST_DEPS=(libcmocka-dev redis-server redis-tools redis-sentinel python3
+    python3-websockets curl valgrind)
 # The fuzz targets (tests/fuzz/): clang and its libFuzzer runtime.
 FUZZ_DEPS=(clang libclang-rt-14-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
@@ -101,7 +102,8 @@ configure() {
     fi
     log "configure $dir: $*"
     # Every adapter unless the caller says otherwise (a later -D wins).
-    cmake -S "$ROOT" -B "$dir" -DTB_WITH_HTTP=ON -DTB_WITH_REDIS=ON "$@"
+    cmake -S "$ROOT" -B "$dir" -DTB_WITH_HTTP=ON -DTB_WITH_REDIS=ON \
+        -DTB_WITH_JWT=ON "$@"
 }
 
 # build DIR [TARGET...]: builds the targets given, or everything.
@@ -184,13 +186,13 @@ cmd_test() {
     log "shared library build + examples, service + install tests:" \
         "$((SECONDS - t)) s"
 
-    # The library without its optional adapters (no civetweb, wslay or
-    # hiredis): it must build, and its unit tests pass (such a build
-    # registers no others: the rest drives the HTTP server and Redis).
+    # The library without its optional adapters (no civetweb, wslay,
+    # hiredis or libjwt): it must build, and its unit tests pass (such a
+    # build registers no others: the rest drives the HTTP server and Redis).
     t=$SECONDS
     configure build-core -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON \
         -DTB_WERROR=ON -DTB_ASAN=OFF -DTB_UBSAN=OFF -DTB_TSAN=OFF \
-        -DTB_WITH_HTTP=OFF -DTB_WITH_REDIS=OFF
+        -DTB_WITH_HTTP=OFF -DTB_WITH_REDIS=OFF -DTB_WITH_JWT=OFF
     build build-core
     run_ctest build-core || rc_core=$?
     log "core-only build + unit tests: $((SECONDS - t)) s"

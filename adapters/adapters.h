@@ -23,4 +23,9 @@ tb__http_server *tb__http_civetweb_new(tb_app *app);
  * static table. */
 const tb__wsconn_ops *tb__ws_wslay_ops(void);
 
+/* jwt_libjwt.c: client tokens' signatures checked with libjwt, with keys
+ * (copied; what it points to must outlive the verifier). NULL on
+ * ENOMEM. */
+tb__jwt_verifier *tb__jwt_libjwt_new(const tb__jwt_keys *keys);
+
 #endif /* TASKBUS_ADAPTERS_H */

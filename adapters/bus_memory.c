@@ -69,12 +69,14 @@ static void rec_free(mem_rec *r)
 }
 
 /* Unlinks and frees group/id (id NULL: none) and every expired record.
- * kv_mu held. */
-static void sweep(mem_bus *m, const char *group, const char *id, int64_t now)
+ * kv_mu held. Returns 1 when group/id was there (and live). */
+static int sweep(mem_bus *m, const char *group, const char *id, int64_t now)
 {
+    int found = 0;
     for (mem_rec **pp = &m->recs; *pp;) {
         mem_rec *r = *pp;
         int mine = id && !strcmp(r->group, group) && !strcmp(r->id, id);
+        found |= mine && r->expires_us > now;
         if (mine || r->expires_us <= now) {
             *pp = r->next;
             rec_free(r);
@@ -82,6 +84,7 @@ static void sweep(mem_bus *m, const char *group, const char *id, int64_t now)
         }
         pp = &r->next;
     }
+    return found;
 }
 
 static int mem_kv_put(tb__bus *bus, const char *group, const char *id,
@@ -109,12 +112,12 @@ static int mem_kv_put(tb__bus *bus, const char *group, const char *id,
     int64_t now = tb__mono_us();
     r->expires_us = now + ttl_ms * 1000;
     pthread_mutex_lock(&m->kv_mu);
-    sweep(m, group, id, now);
+    int replaced = sweep(m, group, id, now);
     r->next = m->recs;
     m->recs = r;
     pthread_mutex_unlock(&m->kv_mu);
     if (cb)
-        cb(0, ud);
+        cb(replaced ? 0 : TB__KV_CREATED, ud);
     return 0;
 }
 

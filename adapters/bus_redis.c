@@ -37,13 +37,20 @@
  * checks, decodes and deduplicates them and hands them to every worker.
  *
  * A Redis ACL user needs +publish +psubscribe +ping (+select for a db other
- * than 0) and the channels "<ns>:event:*".
+ * than 0, +role with Sentinel) and the channels "<ns>:event:*".
+ *
+ * With a redis-sentinel:// URL, bus_redis_sentinel.c finds the master for
+ * each attempt and watches for failovers; `pub` checks ROLE before the bus
+ * counts as connected and every ping interval after, and a READONLY answer
+ * or a failover announcement ends the connection (after a drain, for the
+ * announcement: see tb__rb_switch). Everything else is the same.
  *
  * States (the core's tb__bus_conn, service/bus_conn.c): CONNECTING (first
  * attempt) -> CONNECTED -> RECONNECTING (lost; retrying with backoff) ->
  * CONNECTED ...; STOPPED after stop(). CONNECTED means both links are
- * authenticated, `pub` has answered a PING and `sub` has confirmed its
- * PSUBSCRIBE, so our own events come back to us.
+ * authenticated, `pub` has answered a PING (with Sentinel: ROLE says
+ * master) and `sub` has confirmed its PSUBSCRIBE, so our own events come
+ * back to us.
  *
  * hiredis 0.14 rules this file lives by:
  *  - A context is freed by hiredis itself after a failed connect (after the
@@ -93,13 +100,10 @@ static void expire_stale(rbus *b, int64_t now)
 
 /* ---------------------------------------------------------------- links */
 
-static void link_fail(rbus *b, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
 /* Declares the connection (both links) failed for the reason given: the
  * teardown runs from the event loop, outside any hiredis callback, so that
  * it can free the contexts at once. The first reason wins. Bus thread. */
-static void link_fail(rbus *b, const char *fmt, ...)
+void tb__rb_fail(rbus *b, const char *fmt, ...)
 {
     if (b->failing || b->finished)
         return;
@@ -135,12 +139,13 @@ static void handshake_refused(rbus *b, rlink *l, const char *what,
                 why, b->url,
                 auth ? "; check the user and password in redis_url" : "");
     }
-    link_fail(b, "%s", why);
+    tb__rb_fail(b, "%s", why);
 }
 
 static void became_connected(rbus *b);
 static void link_send_step(rbus *b, rlink *l);
 static void on_sub_message(redisAsyncContext *ac, void *r, void *priv);
+static void on_role_reply(redisAsyncContext *ac, void *r, void *priv);
 
 /* Reply to a handshake command (AUTH, SELECT, PING on `pub`). */
 static void on_step_reply(redisAsyncContext *ac, void *r, void *priv)
@@ -151,7 +156,8 @@ static void on_step_reply(redisAsyncContext *ac, void *r, void *priv)
     if (!reply || ac != l->ac || b->failing)
         return; /* the link is going away */
     l->last_rx_us = tb__mono_us();
-    static const char *names[] = {"AUTH", "SELECT", "PING", "PSUBSCRIBE"};
+    static const char *names[] = {"AUTH", "SELECT", "ROLE", "PING",
+                                  "PSUBSCRIBE"};
     if (reply->type == REDIS_REPLY_ERROR) {
         handshake_refused(b, l, names[l->step], reply->str);
         return;
@@ -164,8 +170,8 @@ static void on_step_reply(redisAsyncContext *ac, void *r, void *priv)
 static void link_send_step(rbus *b, rlink *l)
 {
     char db[16];
-    const char *argv[3];
-    size_t lens[3];
+    const char *argv[4];
+    size_t lens[4];
     int argc = 0;
     redisCallbackFn *fn = on_step_reply;
     void *priv = l;
@@ -183,7 +189,15 @@ static void link_send_step(rbus *b, rlink *l)
             argv[argc++] = db;
             break;
         }
-        if (l->step == STEP_PING && l == &b->links[LINK_PUB]) {
+        if (l->step == STEP_ROLE && l == &b->links[LINK_PUB] &&
+            b->t.nsentinels) {
+            argv[argc++] = "ROLE";
+            fn = on_role_reply;
+            break;
+        }
+        /* With Sentinel, ROLE has shown that `pub` works. */
+        if (l->step == STEP_PING && l == &b->links[LINK_PUB] &&
+            !b->t.nsentinels) {
             argv[argc++] = "PING";
             break;
         }
@@ -192,6 +206,7 @@ static void link_send_step(rbus *b, rlink *l)
              * the pattern's callback, on_sub_message. */
             argv[argc++] = "PSUBSCRIBE";
             argv[argc++] = b->pattern;
+            argv[argc++] = b->ctl;
             fn = on_sub_message;
             break;
         }
@@ -206,8 +221,8 @@ static void link_send_step(rbus *b, rlink *l)
     for (int i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
     if (redisAsyncCommandArgv(l->ac, fn, priv, argc, argv, lens) != REDIS_OK)
-        link_fail(b, "cannot send %s on the %s link: %s", argv[0], l->name,
-                  l->ac->errstr[0] ? l->ac->errstr : "out of memory");
+        tb__rb_fail(b, "cannot send %s on the %s link: %s", argv[0], l->name,
+                    l->ac->errstr[0] ? l->ac->errstr : "out of memory");
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
@@ -218,7 +233,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK) {
         /* hiredis frees ac when we return. */
         l->ac = NULL;
-        link_fail(l->b, "cannot connect: %s", ac->errstr);
+        tb__rb_fail(l->b, "cannot connect: %s", ac->errstr);
     }
 }
 
@@ -236,10 +251,10 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         handshake_refused(
             b, l, l->step == STEP_PSUBSCRIBE ? "PSUBSCRIBE" : NULL, ac->errstr);
     } else if (status == REDIS_OK) {
-        link_fail(b, "the %s link was closed", l->name);
+        tb__rb_fail(b, "the %s link was closed", l->name);
     } else {
-        link_fail(b, "the %s link was lost: %s", l->name,
-                  ac->errstr[0] ? ac->errstr : "connection error");
+        tb__rb_fail(b, "the %s link was lost: %s", l->name,
+                    ac->errstr[0] ? ac->errstr : "connection error");
     }
 }
 
@@ -247,21 +262,22 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
  * (the reason given to link_fail). */
 static int link_open(rbus *b, rlink *l)
 {
-    redisAsyncContext *ac = b->t.is_unix
-                                ? redisAsyncConnectUnix(b->t.path)
-                                : redisAsyncConnect(b->t.host, b->t.port);
+    redisAsyncContext *ac =
+        b->t.is_unix      ? redisAsyncConnectUnix(b->t.path)
+        : b->t.nsentinels ? redisAsyncConnect(b->master_host, b->master_port)
+                          : redisAsyncConnect(b->t.host, b->t.port);
     if (!ac) {
-        link_fail(b, "cannot connect: out of memory");
+        tb__rb_fail(b, "cannot connect: out of memory");
         return -1;
     }
     if (ac->err) {
-        link_fail(b, "cannot connect: %s", ac->errstr);
+        tb__rb_fail(b, "cannot connect: %s", ac->errstr);
         redisAsyncFree(ac); /* never attached: no callbacks run */
         return -1;
     }
     ac->data = l;
     if (redisLibeventAttach(ac, b->base) != REDIS_OK) {
-        link_fail(b, "cannot attach the %s link to the event loop", l->name);
+        tb__rb_fail(b, "cannot attach the %s link to the event loop", l->name);
         redisAsyncFree(ac);
         return -1;
     }
@@ -294,6 +310,8 @@ static void links_close(rbus *b)
 
 /* ---------------------------------------------------------------- publish */
 
+static void maybe_switch(rbus *b);
+
 /* Reply to a PUBLISH: requests are answered in the order they were sent. */
 static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
 {
@@ -308,9 +326,11 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
     l->last_rx_us = now;
     tb__bus_req *q = b->inflight.head;
     if (q != priv) {
-        link_fail(b, "PUBLISH replies out of order");
+        tb__rb_fail(b, "PUBLISH replies out of order");
         return;
     }
+    if (reply->type == REDIS_REPLY_ERROR && tb__rb_readonly(b, reply->str))
+        return; /* kept in flight: resent to the master after the reconnect */
     tb__bus_reqlist_pop(&b->inflight);
     if (reply->type == REDIS_REPLY_INTEGER) {
         tb__bus_tx_done(b->tx, q, 0);
@@ -328,6 +348,7 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
     }
     if (b->stopping && !b->inflight.head && !b->sendq.head)
         event_active(b->stop_ev, EV_TIMEOUT, 0);
+    maybe_switch(b);
 }
 
 /* Sends the queued requests on `pub` if connected, pipelined, as long as
@@ -344,7 +365,8 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
 static void flush_sendq(rbus *b)
 {
     rlink *l = &b->links[LINK_PUB];
-    if (b->failing || !l->ac || tb__bus_conn_state(b->conn) != TB_BUS_CONNECTED)
+    if (b->failing || b->switching || !l->ac ||
+        tb__bus_conn_state(b->conn) != TB_BUS_CONNECTED)
         return;
     int64_t now = tb__mono_us();
     tb__bus_req *q;
@@ -360,8 +382,8 @@ static void flush_sendq(rbus *b)
             /* Back to the front, in order, for the next connection. */
             tb__bus_reqlist one = {q, q, 1};
             tb__bus_reqlist_prepend(&b->sendq, &one);
-            link_fail(b, "cannot send PUBLISH: %s",
-                      l->ac->errstr[0] ? l->ac->errstr : "out of memory");
+            tb__rb_fail(b, "cannot send PUBLISH: %s",
+                        l->ac->errstr[0] ? l->ac->errstr : "out of memory");
             return;
         }
         q->sent_us = now;
@@ -415,6 +437,7 @@ static void note_echo(rbus *b, const char *msg, size_t len)
         b->echo_last_us = tb__mono_us();
         if (b->sendq.head && b->echo_out <= ECHO_WINDOW / 2)
             flush_sendq(b);
+        maybe_switch(b);
     }
 }
 
@@ -446,16 +469,159 @@ static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
         return;
     const char *kind = reply->element[0]->str;
     if (strcasecmp(kind, "pmessage") == 0 && reply->elements == 4) {
-        handle_message(b, reply->element[2], reply->element[3]);
+        const redisReply *pat = reply->element[1];
+        const redisReply *msg = reply->element[3];
+        if (pat->type == REDIS_REPLY_STRING && !strcmp(pat->str, b->ctl)) {
+            if (msg->type == REDIS_REPLY_STRING)
+                tb__rcl_message(b, msg->str, msg->len);
+        } else {
+            handle_message(b, reply->element[2], msg);
+        }
     } else if (strcasecmp(kind, "pong") == 0) {
         l->ping_sent_us = 0;
     } else if (strcasecmp(kind, "psubscribe") == 0) {
-        if (l->step == STEP_PSUBSCRIBE) {
+        /* One confirmation per pattern: ready after the second (events,
+         * then our control channel). */
+        if (l->step == STEP_PSUBSCRIBE && reply->elements == 3 &&
+            reply->element[2]->type == REDIS_REPLY_INTEGER &&
+            reply->element[2]->integer >= 2) {
             l->step = STEP_READY;
             link_send_step(b, l);
         }
     } else if (strcasecmp(kind, "punsubscribe") == 0) {
-        link_fail(b, "the subscription was cancelled by the server");
+        tb__rb_fail(b, "the subscription was cancelled by the server");
+    }
+}
+
+/* ---------------------------------------------------------------- Sentinel */
+
+/* What a ROLE reply says the server is ("master", "slave", "sentinel"),
+ * into role; 0 when it is an answer of that form. */
+static int role_of(const redisReply *reply, char *role, size_t n)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+        reply->element[0]->type != REDIS_REPLY_STRING)
+        return -1;
+    tb__log_printable(role, n, reply->element[0]->str, reply->element[0]->len);
+    return 0;
+}
+
+/* `pub`'s ROLE during the handshake: only a master will do. A sentinel's
+ * answer may be stale (it has not heard of a failover yet), so this is
+ * what guarantees that the bus never writes to a replica. */
+static void on_role_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    rlink *l = priv;
+    redisReply *reply = r;
+    rbus *b = l->b;
+    if (!reply || ac != l->ac || b->failing)
+        return;
+    int64_t now = tb__mono_us();
+    l->last_rx_us = now;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        handshake_refused(b, l, "ROLE", reply->str);
+        return;
+    }
+    char role[32] = "something else than a ROLE reply";
+    int ok = role_of(reply, role, sizeof role) == 0;
+    if (!ok || strcmp(role, "master") != 0) {
+        char why[512];
+        snprintf(why, sizeof why,
+                 "%s:%d, which sentinel %d named master %s, says it is %s%s: "
+                 "not using it",
+                 b->master_host, b->master_port, b->master_from + 1,
+                 b->t.master, ok ? "a " : "", role);
+        if (strcmp(why, b->logged_reject) != 0) {
+            snprintf(b->logged_reject, sizeof b->logged_reject, "%s", why);
+            tb__log(TB_LOG_WARN,
+                    "redis bus: %s; asking another sentinel (logged once "
+                    "until it changes)",
+                    why);
+        }
+        /* That sentinel may be stale: another one first next time. */
+        b->sen_pref = (b->master_from + 1) % b->t.nsentinels;
+        tb__rb_fail(b, "%s", why);
+        return;
+    }
+    b->role_sent_us = now;
+    l->step++;
+    link_send_step(b, l);
+}
+
+/* The periodic ROLE check's answer (see pub_ping). */
+static void on_role_probe(redisAsyncContext *ac, void *r, void *priv)
+{
+    rlink *l = priv;
+    redisReply *reply = r;
+    if (!reply || ac != l->ac)
+        return;
+    rbus *b = l->b;
+    l->last_rx_us = tb__mono_us();
+    l->ping_sent_us = 0;
+    char role[32];
+    if (reply->type != REDIS_REPLY_ERROR &&
+        (role_of(reply, role, sizeof role) != 0 || strcmp(role, "master") != 0))
+        tb__rb_fail(b, "%s:%d is no longer the master of %s (ROLE: %s)",
+                    b->master_host, b->master_port, b->t.master,
+                    role_of(reply, role, sizeof role) ? "?" : role);
+}
+
+int tb__rb_readonly(rbus *b, const char *err)
+{
+    if (!b->t.nsentinels || strncmp(err, "READONLY", 8) != 0)
+        return 0;
+    tb__rb_fail(b, "%s:%d answered READONLY: it is a replica now",
+                b->master_host, b->master_port);
+    return 1;
+}
+
+/* Leaves the old master once the switch may go: nothing of ours in
+ * flight, and all we published there seen back on `sub`. */
+static void maybe_switch(rbus *b)
+{
+    if (b->switching && !b->failing && !b->inflight.head && b->echo_out == 0)
+        tb__rb_fail(b, "%s", b->switch_why);
+}
+
+/* 1 if an announced master may be tried without the backoff: at most once
+ * per redis.retry_min_ms, so that a sentinel announcing on and on (a
+ * hostile one) cannot make the bus reconnect in a tight loop. */
+static int switch_now(rbus *b)
+{
+    int64_t now = tb__mono_us();
+    if (b->switch_now_us && now - b->switch_now_us < b->retry_min_us)
+        return 0;
+    b->switch_now_us = now;
+    return 1;
+}
+
+/* Why drain before leaving: events the old master acknowledged are on
+ * their way to our `sub` (and every other instance's that is still
+ * there); closing `sub` at once would lose those this instance's own
+ * subscribers were to get. New events wait in the queue meanwhile and go
+ * to the new master. The drain lasts a round trip, at most
+ * redis.command_timeout_ms (on_tick). */
+void tb__rb_switch(rbus *b)
+{
+    if (b->finished || b->failing)
+        return; /* the next attempt takes the announced master */
+    if (tb__bus_conn_state(b->conn) == TB_BUS_CONNECTED) {
+        if (!b->switching) {
+            b->switching = 1;
+            b->switch_deadline_us = tb__mono_us() + b->cmd_to_us;
+        }
+        maybe_switch(b);
+        return;
+    }
+    if (b->attempting || b->resolving) {
+        tb__rb_fail(b, "%s", b->switch_why);
+        return;
+    }
+    /* Waiting for the next attempt: make it now (a failover usually ends
+     * an outage, during which the backoff has grown). */
+    if (switch_now(b)) {
+        event_del(b->retry_ev);
+        event_active(b->retry_ev, EV_TIMEOUT, 0);
     }
 }
 
@@ -484,7 +650,7 @@ static void sub_ping(rbus *b, rlink *l, int64_t now)
     const char *argv[2] = {"PING", b->pattern};
     size_t lens[2] = {4, strlen(b->pattern)};
     if (redisAppendCommandArgv(c, 2, argv, lens) != REDIS_OK) {
-        link_fail(b, "cannot send PING on the sub link: out of memory");
+        tb__rb_fail(b, "cannot send PING on the sub link: out of memory");
         return;
     }
     if (l->ac->ev.addWrite)
@@ -492,18 +658,26 @@ static void sub_ping(rbus *b, rlink *l, int64_t now)
     l->ping_sent_us = now;
 }
 
+/* `pub`'s keepalive: PING, or with Sentinel ROLE, which on_tick sends
+ * every ping interval even while PUBLISHes flow (they would otherwise keep
+ * the link from being idle): a master demoted without Sentinel closing our
+ * links (by hand, or by a sentinel we cannot reach) is left within an
+ * interval (on_role_probe). */
 static void pub_ping(rbus *b, rlink *l, int64_t now)
 {
     if (!l->ac)
         return;
-    const char *argv[1] = {"PING"};
+    int role = b->t.nsentinels > 0;
+    const char *argv[1] = {role ? "ROLE" : "PING"};
     size_t lens[1] = {4};
-    if (redisAsyncCommandArgv(l->ac, on_ping_reply, l, 1, argv, lens) !=
-        REDIS_OK) {
-        link_fail(b, "cannot send PING on the pub link");
+    if (redisAsyncCommandArgv(l->ac, role ? on_role_probe : on_ping_reply, l, 1,
+                              argv, lens) != REDIS_OK) {
+        tb__rb_fail(b, "cannot send %s on the pub link", argv[0]);
         return;
     }
     l->ping_sent_us = now;
+    if (role)
+        b->role_sent_us = now;
 }
 
 static void on_stop(evutil_socket_t fd, short what, void *arg);
@@ -523,6 +697,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         return;
     if (b->stopping && now >= b->stop_deadline_us)
         event_active(b->stop_ev, EV_TIMEOUT, 0);
+    tb__rsn_tick(b, now);
     if (b->failing)
         return;
     int st = tb__bus_conn_state(b->conn);
@@ -530,24 +705,24 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         drain_inq(b);
         expire_stale(b, now);
         if (b->attempting && now - b->attempt_us > b->connect_to_us)
-            link_fail(b,
-                      "no connection within %" PRId64 " ms (connect and "
-                      "handshake)",
-                      b->connect_to_us / 1000);
+            tb__rb_fail(b,
+                        "no connection within %" PRId64 " ms (connect and "
+                        "handshake)",
+                        b->connect_to_us / 1000);
         return;
     }
     tb__bus_req *h = b->inflight.head;
     if (h && now - h->sent_us > b->cmd_to_us) {
-        link_fail(b, "PUBLISH not answered within %" PRId64 " ms",
-                  b->cmd_to_us / 1000);
+        tb__rb_fail(b, "PUBLISH not answered within %" PRId64 " ms",
+                    b->cmd_to_us / 1000);
         return;
     }
     for (int i = 0; i < NLINKS; i++) {
         rlink *l = &b->links[i];
         if (l->ping_sent_us && now - l->ping_sent_us > b->cmd_to_us) {
-            link_fail(b,
-                      "PING on the %s link not answered within %" PRId64 " ms",
-                      l->name, b->cmd_to_us / 1000);
+            tb__rb_fail(
+                b, "PING on the %s link not answered within %" PRId64 " ms",
+                l->name, b->cmd_to_us / 1000);
             return;
         }
     }
@@ -561,12 +736,22 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
                 b->echo_out, b->cmd_to_us / 1000);
         b->echo_out = 0;
         flush_sendq(b);
+        maybe_switch(b);
+    }
+    if (b->switching && now >= b->switch_deadline_us) {
+        tb__rb_fail(b,
+                    "%s (not all of our events came back from the old "
+                    "master within %" PRId64 " ms)",
+                    b->switch_why, b->cmd_to_us / 1000);
+        return;
     }
     rlink *sub = &b->links[LINK_SUB], *pub = &b->links[LINK_PUB];
     if (!sub->ping_sent_us && now - sub->last_rx_us >= b->ping_us)
         sub_ping(b, sub, now);
-    if (!pub->ping_sent_us && !b->inflight.head &&
-        now - pub->last_rx_us >= b->ping_us)
+    if (!pub->ping_sent_us &&
+        (b->t.nsentinels
+             ? now - b->role_sent_us >= b->ping_us
+             : !b->inflight.head && now - pub->last_rx_us >= b->ping_us))
         pub_ping(b, pub, now);
 }
 
@@ -579,6 +764,14 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
     rbus *b = arg;
     if (b->finished || b->failing)
         return;
+    if (b->t.nsentinels)
+        tb__rsn_attempt(b); /* finds the master, then tb__rb_open_links */
+    else
+        tb__rb_open_links(b);
+}
+
+void tb__rb_open_links(rbus *b)
+{
     b->attempting = 1;
     b->attempt_us = tb__mono_us();
     for (int i = 0; i < NLINKS; i++)
@@ -592,14 +785,37 @@ static void became_connected(rbus *b)
     b->logged_reject[0] = '\0';
     int reconnected;
     uint64_t failed = tb__bus_conn_up(b->conn, &reconnected);
+    char where[1024];
+    if (b->t.nsentinels)
+        snprintf(where, sizeof where,
+                 "master %s at %s:%d (named by sentinel "
+                 "%d of %s)",
+                 b->t.master, b->master_host, b->master_port,
+                 b->master_from + 1, b->url);
+    else
+        snprintf(where, sizeof where, "%s", b->url);
     if (reconnected)
         tb__log(TB_LOG_INFO,
                 "redis bus: reconnected to %s after %" PRId64 " ms (%" PRIu64
                 " failed attempts)",
-                b->url, (tb__mono_us() - b->lost_us) / 1000, failed);
+                where, (tb__mono_us() - b->lost_us) / 1000, failed);
     else
-        tb__log(TB_LOG_INFO, "redis bus: connected to %s (channels %s)", b->url,
+        tb__log(TB_LOG_INFO, "redis bus: connected to %s (channels %s)", where,
                 b->pattern);
+    if (b->t.nsentinels) {
+        /* A new master may lack our last writes (replication is
+         * asynchronous): the cluster puts its records again. */
+        if (b->up_port && (b->up_port != b->master_port ||
+                           strcmp(b->up_host, b->master_host) != 0)) {
+            tb__log(TB_LOG_INFO,
+                    "redis bus: master %s moved from %s:%d to %s:%d",
+                    b->t.master, b->up_host, b->up_port, b->master_host,
+                    b->master_port);
+            tb__bus_store_lost(b->bus.app);
+        }
+        snprintf(b->up_host, sizeof b->up_host, "%s", b->master_host);
+        b->up_port = b->master_port;
+    }
     b->echo_out = 0;
     tb__rkv_connected(b);
     /* Resend what waited, from the loop rather than inside this reply
@@ -621,11 +837,16 @@ static void on_teardown(evutil_socket_t fd, short what, void *arg)
     if (b->finished)
         return;
     links_close(b);
+    tb__rsn_teardown(b);
     tb__bus_reqlist_prepend(&b->sendq, &b->inflight);
     b->attempting = 0;
+    b->switching = 0;
     int lost;
     uint64_t failed = tb__bus_conn_down(b->conn, b->fail_why, &lost);
-    int64_t delay = tb__bus_conn_backoff_ms(b->conn, failed);
+    /* A master a sentinel announced is tried at once. */
+    int64_t delay = b->hint_port && switch_now(b)
+                        ? 0
+                        : tb__bus_conn_backoff_ms(b->conn, failed);
     if (lost) {
         b->lost_us = tb__mono_us();
         tb__log(TB_LOG_WARN,
@@ -659,6 +880,7 @@ static void finish(rbus *b)
     event_del(b->stop_ev);
     tb__rkv_finish(b);
     links_close(b);
+    tb__rsn_finish(b);
     drain_inq(b);
     tb__bus_reqlist_prepend(&b->sendq, &b->inflight);
     tb__bus_rx_tick(b->rx, INT64_MAX);
@@ -775,13 +997,14 @@ static int rb_start(tb__bus *bus)
     b->thread_started = 1;
 
     char err[256] = "";
-    if (!tb__bus_conn_wait(b->conn, b->connect_to_us, err, sizeof err))
+    /* With Sentinel, a sentinel's answer first, then the master. */
+    int64_t wait = b->connect_to_us * (b->t.nsentinels ? 2 : 1);
+    if (!tb__bus_conn_wait(b->conn, wait, err, sizeof err))
         tb__log(TB_LOG_WARN,
                 "redis bus: not connected to %s after %" PRId64 " ms (%s); "
                 "dispatch fails with ENOTCONN until it is; retrying in the "
                 "background",
-                b->url, b->connect_to_us / 1000,
-                err[0] ? err : "no answer yet");
+                b->url, wait / 1000, err[0] ? err : "no answer yet");
     return 0;
 nomem:
     tb__log(TB_LOG_ERROR, "redis bus: cannot create its event loop");
@@ -856,6 +1079,7 @@ static const tb__bus_ops redis_ops = {
     .stop = rb_stop,
     .free = rb_free,
     .kv = &tb__rkv_ops,
+    .cluster = &tb__rcl_ops,
 };
 
 tb__bus *tb__bus_redis_new(tb_app *app, int *err)
@@ -902,11 +1126,22 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
     b->bus.app = app;
     tb__rkv_init(b, c->core.event_namespace);
     b->t = t;
+    explicit_bzero(&t, sizeof t);
+    if (tb__rsn_init(b, c) != 0) {
+        rb_free(&b->bus);
+        *err = TB_EINVAL;
+        return NULL;
+    }
     snprintf(b->url, sizeof b->url, "%s", url);
     snprintf(b->pattern, sizeof b->pattern, "%s*", b->prefix);
+    snprintf(b->ctl_prefix, sizeof b->ctl_prefix,
+             "%s:ctl:", c->core.event_namespace);
+    snprintf(b->ctl, sizeof b->ctl, "%s%s", b->ctl_prefix,
+             tb__app_instance(app));
     b->connect_to_us = (int64_t)c->redis.connect_timeout_ms * 1000;
     b->cmd_to_us = (int64_t)c->redis.command_timeout_ms * 1000;
     b->retry_us = (int64_t)c->redis.publish_retry_ms * 1000;
+    b->retry_min_us = (int64_t)c->redis.retry_min_ms * 1000;
     b->ping_us = (int64_t)c->redis.ping_interval_ms * 1000;
     for (int i = 0; i < NLINKS; i++) {
         b->links[i].b = b;

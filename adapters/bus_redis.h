@@ -1,6 +1,9 @@
-/* bus_redis.h - the Redis bus's state, shared by its two files: bus_redis.c
- * (the links, pub/sub, reconnection) and bus_redis_kv.c (the shared store
- * on the command link). Private to them: nothing else includes it. */
+/* bus_redis.h - the Redis bus's state, shared by its four files:
+ * bus_redis.c (the links, pub/sub, reconnection), bus_redis_kv.c (scripts
+ * on the command link, and the shared store), bus_redis_cluster.c
+ * (claims, leases, definitions, messages between instances) and
+ * bus_redis_sentinel.c (the master from Redis Sentinel, and failovers).
+ * Private to them: nothing else includes it. */
 #ifndef TASKBUS_BUS_REDIS_H
 #define TASKBUS_BUS_REDIS_H
 
@@ -10,6 +13,9 @@
 #include <hiredis/async.h>
 
 #include "adapters.h"
+
+#define RKV_SCRIPTS_MAX 16 /* scripts of the store and the cluster */
+#define RKV_ARGS_MAX 8     /* keys and arguments of one request */
 
 enum {
     LINK_SUB = 0,
@@ -21,6 +27,7 @@ enum {
 enum {
     STEP_AUTH = 0,
     STEP_SELECT,
+    STEP_ROLE, /* Sentinel: `pub` checks that it reached a master */
     STEP_PING,
     STEP_PSUBSCRIBE,
     STEP_READY
@@ -35,14 +42,35 @@ typedef struct rlink {
     int64_t ping_sent_us;  /* monotonic; 0: no PING outstanding */
 } rlink;
 
+/* A connection to one sentinel (bus_redis_sentinel.c): the query that asks
+ * for the master, or a watch that waits for +switch-master. Not hiredis:
+ * a bufferevent read with the core's bounded RESP reader (service/resp.c
+ * says why). */
+typedef struct rsen {
+    struct rbus *b;
+    int idx;                 /* which of b->t.sentinels */
+    int watch;               /* 1: a watch; 0: the query */
+    struct bufferevent *bev; /* NULL: closed */
+    unsigned gen;            /* counts closes: a callback's link is gone */
+    int step;                /* SEN_* (bus_redis_sentinel.c) */
+    int64_t opened_us;       /* monotonic: connection attempt started */
+    int64_t ping_sent_us;    /* a watch: PING outstanding since; 0: none */
+    int64_t last_rx_us;      /* a watch: last reply or message */
+    int64_t retry_at_us;     /* a watch that is down: next attempt; 0: none */
+    uint64_t failures;       /* a watch: failed attempts in a row */
+    char complaint[160];     /* a watch: the last problem logged ("": none) */
+} rsen;
+
 typedef struct rbus {
     tb__bus bus;
 
     /* --- fixed in tb__bus_redis_new --- */
     tb__redis_target t;
-    char url[512];     /* redacted, for logs */
-    char prefix[128];  /* "<ns>:event:" */
-    char pattern[130]; /* "<ns>:event:*" */
+    char url[512];        /* redacted, for logs */
+    char prefix[128];     /* "<ns>:event:" */
+    char pattern[130];    /* "<ns>:event:*" */
+    char ctl[160];        /* "<ns>:ctl:<instance>": messages for us */
+    char ctl_prefix[140]; /* "<ns>:ctl:" */
     int64_t connect_to_us, cmd_to_us, ping_us;
     int64_t retry_us;   /* publish_retry_ms: how long an accepted event is
                            kept for resending */
@@ -80,8 +108,35 @@ typedef struct rbus {
     struct event *flush_ev;
     int stopping, finished;
     int64_t stop_deadline_us;
-    char logged_reject[256]; /* last refusal logged; "" after a success */
+    char logged_reject[512]; /* last refusal logged; "" after a success */
     tb__ratelog pub_log;
+
+    /* --- Sentinel (bus_redis_sentinel.c), when t.nsentinels > 0 --- */
+    char sen_password[512]; /* redis.sentinel_password; "" for none */
+    char master_host[256];  /* where the links connect: the master a
+                               sentinel named last */
+    int master_port;
+    int master_from;   /* the sentinel that named it */
+    char up_host[256]; /* the master we were last connected to */
+    int up_port;
+    char hint_host[256];      /* a master a sentinel announced: the next
+                                 attempt goes there without asking */
+    int hint_port, hint_from; /* hint_port 0: no hint */
+    int resolving;            /* the query is asking the sentinels */
+    int ask_next, asked;      /* the next sentinel to ask; asked this round */
+    int sen_pref;             /* asked first: the last that answered */
+    char ask_why[256];        /* why each sentinel of the round failed */
+    char ask_complaint[TB__SENTINELS_MAX][160]; /* the query's last problem
+                                                   logged, per sentinel */
+    int switching;         /* a failover was announced: draining `pub` */
+    int64_t switch_now_us; /* the last attempt an announcement hurried */
+    int64_t retry_min_us;  /* redis.retry_min_ms */
+    int64_t switch_deadline_us;
+    char switch_why[1024];
+    int64_t role_sent_us; /* the last ROLE check of `pub` */
+    int watches_started;
+    rsen query;
+    rsen watches[TB__SENTINELS_MAX]; /* watches[i]: sentinel i */
 
     /* --- the store (bus_redis_kv.c) --- */
     pthread_mutex_t kv_mu;             /* guards kv_head, kv_tail, kv_closed */
@@ -89,11 +144,63 @@ typedef struct rbus {
     int kv_closed;                     /* finish() has run: refuse */
     struct event *kv_ev;               /* requests were queued */
     char kv_prefix[80];                /* "{<ns>}:", the hash tag */
-    char sha[3][41];                   /* the scripts' SHA1s; "": not loaded */
+    char sha[RKV_SCRIPTS_MAX][41];     /* the scripts' SHA1s; "": not loaded */
     tb__ratelog kv_log;                /* refused or malformed replies */
 } rbus;
 
 /* --------------------------------------------------- the store (kv.c) */
+
+/* A Lua script: loaded once per connection; slot indexes b->sha. */
+typedef struct tb__rkv_script {
+    const char *name; /* for logs */
+    const char *body;
+    int slot; /* 0..RKV_SCRIPTS_MAX-1, one per script */
+} tb__rkv_script;
+
+struct redisReply;
+
+/* One request on the command link: a script call (EVALSHA sha nkeys
+ * argv...) or, with no script, a plain command (argv). ok runs with a
+ * reply that is not an error; fail with the TB_E* status otherwise
+ * (TB_ENOTCONN, TB_EIO for an error reply, TB_EAGAIN after NOSCRIPT,
+ * TB_ESHUTDOWN). Exactly one of them runs, on the bus thread; then the
+ * request is freed. */
+typedef struct rkv_req rkv_req;
+struct rkv_req {
+    rkv_req *next;
+    rbus *b;
+    const tb__rkv_script *script; /* NULL: argv is a command */
+    int nkeys, argc;
+    const char *argv[RKV_ARGS_MAX];
+    size_t lens[RKV_ARGS_MAX];
+    void (*ok)(rkv_req *r, const struct redisReply *reply);
+    void (*fail)(rkv_req *r, int status);
+    union {
+        tb__kv_done_cb done;
+        tb__kv_list_cb listed;
+        tb__claim_cb claimed;
+    } cb;
+    void *ud;
+    size_t list_max, value_max; /* a list's bounds */
+    int names_any;              /* a list's ids are names, not store ids */
+    int repeats;                /* the cluster's: resends so far */
+    char label[96];             /* what it is, for logs */
+    char data[];                /* argv's bytes */
+};
+
+/* A request of script (NULL: a command) with argc arguments (copied), the
+ * first nkeys of them keys. NULL when out of bounds or memory. Set its
+ * handlers and label, then tb__rkv_submit it. */
+rkv_req *tb__rkv_new(rbus *b, const tb__rkv_script *script, int nkeys, int argc,
+                     const char *const *argv, const size_t *lens);
+/* Queues r for the bus thread (any thread): 0, or TB_ENOTCONN /
+ * TB_ESHUTDOWN with r freed and no handler run. */
+int tb__rkv_submit(rkv_req *r);
+/* Handlers for a reply that is an integer (cb 0) and for failures. */
+void tb__rkv_done_handlers(rkv_req *r, tb__kv_done_cb cb, void *ud);
+/* Handlers for a reply of id, value pairs and a skipped count. */
+void tb__rkv_list_handlers(rkv_req *r, size_t list_max, size_t value_max,
+                           int names_any, tb__kv_list_cb cb, void *ud);
 
 /* Fills b's store state (after b->prefix's namespace is known). Before
  * the thread starts; tb__rkv_free undoes it. */
@@ -110,5 +217,49 @@ void tb__rkv_connected(rbus *b);
 void tb__rkv_finish(rbus *b);
 /* Frees what tb__rkv_init made (after the thread has ended). */
 void tb__rkv_free(rbus *b);
+
+/* ------------------------------------------------ the cluster (cluster.c) */
+
+extern const tb__cluster_ops tb__rcl_ops;
+/* Loads the cluster's scripts with load (tb__rkv_connected). */
+void tb__rcl_load_scripts(rbus *b,
+                          void (*load)(rbus *b, const tb__rkv_script *sc));
+/* A message on our control channel (bus thread). */
+void tb__rcl_message(rbus *b, const char *msg, size_t len);
+
+/* ---------------------------------------------- the links (bus_redis.c) */
+
+/* Declares the connection failed (the links are closed and the next
+ * attempt scheduled, from the loop); the first reason wins. Bus thread. */
+void tb__rb_fail(rbus *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Opens `sub` and `pub` to b->master_host:master_port (Sentinel: the
+ * address is known). From a top-level event of the bus thread. */
+void tb__rb_open_links(rbus *b);
+/* With Sentinel, an error reply err that starts with READONLY (we wrote
+ * to a replica: a failover we have not heard of) fails the connection, so
+ * that the next attempt asks the sentinels again: returns 1. Else 0. */
+int tb__rb_readonly(rbus *b, const char *err);
+/* A sentinel announced that the master moved to b->hint_host: leave the
+ * old one once what was sent there has come back (Sentinel). Bus thread. */
+void tb__rb_switch(rbus *b);
+
+/* ------------------------------------------ Sentinel (bus_redis_sentinel.c) */
+
+/* Fills b's Sentinel state from the config (before the thread starts).
+ * 0, or TB_EINVAL (logged) when the sentinels' password is too long. */
+int tb__rsn_init(rbus *b, const tb_app_config *c);
+/* An attempt to connect (on_retry): to the announced master if there is
+ * one, else asks the sentinels in turn, then opens the links. Also starts
+ * the watches the first time. Bus thread. */
+void tb__rsn_attempt(rbus *b);
+/* Timeouts of the query and the watches, keepalive pings, watches to
+ * reopen. From on_tick. */
+void tb__rsn_tick(rbus *b, int64_t now);
+/* The connection failed: drops the query if one is under way (the
+ * watches stay). From on_teardown. */
+void tb__rsn_teardown(rbus *b);
+/* Closes the query and every watch. From finish(). */
+void tb__rsn_finish(rbus *b);
 
 #endif /* TASKBUS_BUS_REDIS_H */

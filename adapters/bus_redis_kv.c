@@ -29,18 +29,13 @@
  * A Redis ACL user needs +eval +evalsha +script|load and the keys
  * "{<ns>}:*" besides what bus_redis.c lists. */
 
-enum {
-    OP_PUT = 0,
-    OP_DEL,
-    OP_LIST,
-    NOPS
-};
-
-/* KEYS[1] the set, KEYS[2] the record; ARGV id, value, ttl ms. */
+/* KEYS[1] the set, KEYS[2] the record; ARGV id, value, ttl ms. Returns 1
+ * when the record was not there. */
 static const char put_lua[] =
+    "local existed = redis.call('EXISTS', KEYS[2])\n"
     "redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])\n"
     "redis.call('SADD', KEYS[1], ARGV[1])\n"
-    "return 1\n";
+    "return 1 - existed\n";
 
 /* KEYS[1] the set, KEYS[2] the record; ARGV id. */
 static const char del_lua[] = "redis.call('DEL', KEYS[2])\n"
@@ -72,32 +67,15 @@ static const char list_lua[] =
     "out[#out + 1] = tostring(skipped)\n"
     "return out\n";
 
-static const char *const scripts[NOPS] = {put_lua, del_lua, list_lua};
-static const char *const op_names[NOPS] = {"put", "del", "list"};
+const tb__rkv_script tb__rkv_put = {"put", put_lua, 0};
+const tb__rkv_script tb__rkv_del = {"del", del_lua, 1};
+const tb__rkv_script tb__rkv_list = {"list", list_lua, 2};
 
-typedef struct rkv_req {
-    struct rkv_req *next;
-    rbus *b;
-    int op;
-    char group[33];
-    char id[TB__KV_ID_MAX + 1];
-    int64_t ttl_ms;
-    tb__kv_done_cb done;
-    tb__kv_list_cb listed;
-    void *ud;
-    size_t len;
-    char value[]; /* put's value */
-} rkv_req;
-
-/* Runs r's callback with status (a list with no records) and frees r. */
+/* Runs r's failure path with status and frees r. */
 static void complete(rkv_req *r, int status)
 {
-    if (r->op == OP_LIST) {
-        if (r->listed)
-            r->listed(status, NULL, 0, 0, r->ud);
-    } else if (r->done) {
-        r->done(status, r->ud);
-    }
+    if (r->fail)
+        r->fail(r, status);
     free(r);
 }
 
@@ -127,20 +105,147 @@ static int enqueue(rbus *b, rkv_req *r)
     return 0;
 }
 
-static rkv_req *new_req(rbus *b, int op, const char *group, const char *id,
-                        size_t vlen)
+rkv_req *tb__rkv_new(rbus *b, const tb__rkv_script *script, int nkeys, int argc,
+                     const char *const *argv, const size_t *lens)
 {
-    if (!tb__kv_name_ok(group, strlen(group), 32) ||
-        (id && !tb__kv_name_ok(id, strlen(id), TB__KV_ID_MAX)))
+    if (argc > RKV_ARGS_MAX || nkeys > argc)
         return NULL;
-    rkv_req *r = calloc(1, sizeof *r + vlen + 1);
+    size_t total = 0;
+    for (int i = 0; i < argc; i++)
+        total += lens[i] + 1;
+    rkv_req *r = calloc(1, sizeof *r + total);
     if (!r)
         return NULL;
     r->b = b;
-    r->op = op;
-    snprintf(r->group, sizeof r->group, "%s", group);
-    if (id)
-        snprintf(r->id, sizeof r->id, "%s", id);
+    r->script = script;
+    r->nkeys = nkeys;
+    r->argc = argc;
+    char *p = r->data;
+    for (int i = 0; i < argc; i++) {
+        memcpy(p, argv[i], lens[i]);
+        p[lens[i]] = '\0';
+        r->argv[i] = p;
+        r->lens[i] = lens[i];
+        p += lens[i] + 1;
+    }
+    return r;
+}
+
+int tb__rkv_submit(rkv_req *r)
+{
+    return enqueue(r->b, r);
+}
+
+/* ---------------------------------------------------------------- records */
+
+static void done_fail(rkv_req *r, int status)
+{
+    if (r->cb.done)
+        r->cb.done(status, r->ud);
+}
+
+static void done_reply(rkv_req *r, const redisReply *reply)
+{
+    done_fail(r, reply->type == REDIS_REPLY_INTEGER ? 0 : TB_EPROTO);
+}
+
+static void put_reply(rkv_req *r, const redisReply *reply)
+{
+    done_fail(r, reply->type != REDIS_REPLY_INTEGER ? TB_EPROTO
+                 : reply->integer == 1              ? TB__KV_CREATED
+                                                    : 0);
+}
+
+static void list_fail(rkv_req *r, int status)
+{
+    if (r->cb.listed)
+        r->cb.listed(status, NULL, 0, 0, r->ud);
+}
+
+/* A list's answer: pairs of strings, then the count skipped. Ids are store
+ * ids (r->names_any 0) or any 1..TB_TASK_NAME_MAX bytes (1); values are at
+ * most r->value_max bytes. */
+static void list_reply(rkv_req *r, const redisReply *reply)
+{
+    rbus *b = r->b;
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements % 2 != 1 ||
+        reply->elements > 2 * r->list_max + 1) {
+        if (tb__ratelog_ok(&b->kv_log, tb__mono_us()))
+            tb__log(TB_LOG_WARN,
+                    "redis bus: malformed answer to %s (type %d, %zu "
+                    "elements): ignored",
+                    r->label, reply->type,
+                    reply->type == REDIS_REPLY_ARRAY ? reply->elements : 0);
+        list_fail(r, TB_EPROTO);
+        return;
+    }
+    size_t npairs = reply->elements / 2, n = 0, dropped = 0;
+    redisReply *last = reply->element[reply->elements - 1];
+    if (last->type == REDIS_REPLY_STRING && last->len < 12)
+        dropped = strtoull(last->str, NULL, 10);
+    tb__kv_rec *recs = calloc(npairs ? npairs : 1, sizeof *recs);
+    if (!recs) {
+        list_fail(r, TB_ENOMEM);
+        return;
+    }
+    for (size_t i = 0; i < npairs; i++) {
+        redisReply *id = reply->element[2 * i];
+        redisReply *v = reply->element[2 * i + 1];
+        int id_ok =
+            id->type == REDIS_REPLY_STRING &&
+            (r->names_any ? id->len >= 1 && id->len <= TB_TASK_NAME_MAX
+                          : tb__kv_name_ok(id->str, id->len, TB__KV_ID_MAX));
+        if (!id_ok || v->type != REDIS_REPLY_STRING || !v->len ||
+            v->len > r->value_max) {
+            dropped++;
+            continue;
+        }
+        /* hiredis ends every string with a NUL. */
+        recs[n++] = (tb__kv_rec){id->str, id->len, v->str, v->len};
+    }
+    if (r->cb.listed)
+        r->cb.listed(0, recs, n, dropped, r->ud);
+    free(recs);
+}
+
+void tb__rkv_list_handlers(rkv_req *r, size_t list_max, size_t value_max,
+                           int names_any, tb__kv_list_cb cb, void *ud)
+{
+    r->ok = list_reply;
+    r->fail = list_fail;
+    r->list_max = list_max;
+    r->value_max = value_max;
+    r->names_any = names_any;
+    r->cb.listed = cb;
+    r->ud = ud;
+}
+
+void tb__rkv_done_handlers(rkv_req *r, tb__kv_done_cb cb, void *ud)
+{
+    r->ok = done_reply;
+    r->fail = done_fail;
+    r->cb.done = cb;
+    r->ud = ud;
+}
+
+/* group/id's keys: the set "{ns}:group" and the record "{ns}:group:id". */
+static rkv_req *record_req(rbus *b, const tb__rkv_script *script,
+                           const char *group, const char *id, const char *value,
+                           size_t len, int64_t ttl_ms)
+{
+    if (!tb__kv_name_ok(group, strlen(group), 32) ||
+        !tb__kv_name_ok(id, strlen(id), TB__KV_ID_MAX))
+        return NULL;
+    char set[128], key[200], ttl[24];
+    snprintf(set, sizeof set, "%s%s", b->kv_prefix, group);
+    snprintf(key, sizeof key, "%s:%s", set, id);
+    snprintf(ttl, sizeof ttl, "%" PRId64, ttl_ms);
+    const char *argv[5] = {set, key, id, value, ttl};
+    size_t lens[5] = {strlen(set), strlen(key), strlen(id), len, strlen(ttl)};
+    rkv_req *r = tb__rkv_new(b, script, 2, value ? 5 : 3, argv, lens);
+    if (r)
+        snprintf(r->label, sizeof r->label, "%s %s/%s", script->name, group,
+                 id);
     return r;
 }
 
@@ -151,14 +256,11 @@ static int kv_put(tb__bus *bus, const char *group, const char *id,
     if (!len || len > TB__KV_VALUE_MAX || ttl_ms <= 0)
         return TB_EINVAL;
     rbus *b = (rbus *)bus;
-    rkv_req *r = new_req(b, OP_PUT, group, id, len);
+    rkv_req *r = record_req(b, &tb__rkv_put, group, id, value, len, ttl_ms);
     if (!r)
         return TB_EINVAL; /* or ENOMEM: both leave cb uncalled */
-    memcpy(r->value, value, len);
-    r->len = len;
-    r->ttl_ms = ttl_ms;
-    r->done = cb;
-    r->ud = ud;
+    tb__rkv_done_handlers(r, cb, ud);
+    r->ok = put_reply;
     return enqueue(b, r);
 }
 
@@ -166,22 +268,30 @@ static int kv_del(tb__bus *bus, const char *group, const char *id,
                   tb__kv_done_cb cb, void *ud)
 {
     rbus *b = (rbus *)bus;
-    rkv_req *r = new_req(b, OP_DEL, group, id, 0);
+    rkv_req *r = record_req(b, &tb__rkv_del, group, id, NULL, 0, 0);
     if (!r)
         return TB_EINVAL;
-    r->done = cb;
-    r->ud = ud;
+    tb__rkv_done_handlers(r, cb, ud);
     return enqueue(b, r);
 }
 
 static int kv_list(tb__bus *bus, const char *group, tb__kv_list_cb cb, void *ud)
 {
     rbus *b = (rbus *)bus;
-    rkv_req *r = new_req(b, OP_LIST, group, NULL, 0);
+    if (!tb__kv_name_ok(group, strlen(group), 32))
+        return TB_EINVAL;
+    char set[128], pfx[140], maxn[16], maxv[16];
+    snprintf(set, sizeof set, "%s%s", b->kv_prefix, group);
+    snprintf(pfx, sizeof pfx, "%s:", set);
+    snprintf(maxn, sizeof maxn, "%d", TB__KV_LIST_MAX);
+    snprintf(maxv, sizeof maxv, "%d", TB__KV_VALUE_MAX);
+    const char *argv[4] = {set, pfx, maxn, maxv};
+    size_t lens[4] = {strlen(set), strlen(pfx), strlen(maxn), strlen(maxv)};
+    rkv_req *r = tb__rkv_new(b, &tb__rkv_list, 1, 4, argv, lens);
     if (!r)
         return TB_EINVAL;
-    r->listed = cb;
-    r->ud = ud;
+    snprintf(r->label, sizeof r->label, "list %s", group);
+    tb__rkv_list_handlers(r, TB__KV_LIST_MAX, TB__KV_VALUE_MAX, 0, cb, ud);
     return enqueue(b, r);
 }
 
@@ -200,83 +310,44 @@ static void on_script_load(redisAsyncContext *ac, void *rp, void *priv)
     if (!reply || ac != l->ac)
         return;
     rbus *b = l->b;
-    int op = (int)(intptr_t)priv;
+    const tb__rkv_script *sc = priv;
     if (reply->type == REDIS_REPLY_STRING && reply->len == 40 &&
         strspn(reply->str, "0123456789abcdef") == 40) {
-        memcpy(b->sha[op], reply->str, 41);
+        memcpy(b->sha[sc->slot], reply->str, 41);
         return;
     }
     if (tb__ratelog_ok(&b->kv_log, tb__mono_us()))
         tb__log(TB_LOG_ERROR,
                 "redis bus: SCRIPT LOAD of the %s script refused: %s; "
                 "sending it with EVAL instead",
-                op_names[op],
+                sc->name,
                 reply->type == REDIS_REPLY_ERROR ? reply->str
                                                  : "unexpected reply");
 }
 
-static void load_script(rbus *b, int op)
+static void load_script(rbus *b, const tb__rkv_script *sc)
 {
     rlink *l = &b->links[LINK_PUB];
     if (!l->ac)
         return;
-    const char *argv[3] = {"SCRIPT", "LOAD", scripts[op]};
-    size_t lens[3] = {6, 4, strlen(scripts[op])};
-    redisAsyncCommandArgv(l->ac, on_script_load, (void *)(intptr_t)op, 3, argv,
-                          lens);
+    const char *argv[3] = {"SCRIPT", "LOAD", sc->body};
+    size_t lens[3] = {6, 4, strlen(sc->body)};
+    redisAsyncCommandArgv(l->ac, on_script_load, (void *)sc, 3, argv, lens);
 }
 
 void tb__rkv_connected(rbus *b)
 {
-    for (int op = 0; op < NOPS; op++) {
-        b->sha[op][0] = '\0'; /* a restarted Redis has forgotten them */
-        load_script(b, op);
-    }
+    /* A restarted Redis has forgotten them: every script is loaded again,
+     * the store's and the cluster's. */
+    for (int i = 0; i < RKV_SCRIPTS_MAX; i++)
+        b->sha[i][0] = '\0';
+    load_script(b, &tb__rkv_put);
+    load_script(b, &tb__rkv_del);
+    load_script(b, &tb__rkv_list);
+    tb__rcl_load_scripts(b, load_script);
 }
 
 /* ---------------------------------------------------------------- replies */
-
-/* A list's answer: pairs of strings, then the count skipped. */
-static void list_reply(rkv_req *r, redisReply *reply)
-{
-    rbus *b = r->b;
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements % 2 != 1 ||
-        reply->elements > 2 * TB__KV_LIST_MAX + 1) {
-        if (tb__ratelog_ok(&b->kv_log, tb__mono_us()))
-            tb__log(TB_LOG_WARN,
-                    "redis bus: malformed answer to list %s (type %d, %zu "
-                    "elements): ignored",
-                    r->group, reply->type,
-                    reply->type == REDIS_REPLY_ARRAY ? reply->elements : 0);
-        complete(r, TB_EPROTO);
-        return;
-    }
-    size_t npairs = reply->elements / 2, n = 0, dropped = 0;
-    redisReply *last = reply->element[reply->elements - 1];
-    if (last->type == REDIS_REPLY_STRING && last->len < 12)
-        dropped = strtoull(last->str, NULL, 10);
-    tb__kv_rec *recs = calloc(npairs ? npairs : 1, sizeof *recs);
-    if (!recs) {
-        complete(r, TB_ENOMEM);
-        return;
-    }
-    for (size_t i = 0; i < npairs; i++) {
-        redisReply *id = reply->element[2 * i];
-        redisReply *v = reply->element[2 * i + 1];
-        if (id->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
-            !tb__kv_name_ok(id->str, id->len, TB__KV_ID_MAX) || !v->len ||
-            v->len > TB__KV_VALUE_MAX) {
-            dropped++;
-            continue;
-        }
-        /* hiredis ends every string with a NUL. */
-        recs[n++] = (tb__kv_rec){id->str, id->len, v->str, v->len};
-    }
-    if (r->listed)
-        r->listed(0, recs, n, dropped, r->ud);
-    free(recs);
-    free(r);
-}
 
 static void on_kv_reply(redisAsyncContext *ac, void *rp, void *priv)
 {
@@ -290,23 +361,22 @@ static void on_kv_reply(redisAsyncContext *ac, void *rp, void *priv)
     rbus *b = r->b;
     l->last_rx_us = tb__mono_us();
     if (reply->type == REDIS_REPLY_ERROR) {
-        int noscript = !strncmp(reply->str, "NOSCRIPT", 8);
-        if (noscript) {
-            b->sha[r->op][0] = '\0';
-            load_script(b, r->op);
+        int noscript = r->script && !strncmp(reply->str, "NOSCRIPT", 8);
+        if (tb__rb_readonly(b, reply->str)) {
+            /* Its caller retries (a heartbeat, a renewal), on the master. */
+        } else if (noscript) {
+            b->sha[r->script->slot][0] = '\0';
+            load_script(b, r->script);
         } else if (tb__ratelog_ok(&b->kv_log, l->last_rx_us)) {
-            tb__log(TB_LOG_ERROR, "redis bus: Redis refused %s %s%s%s: %s",
-                    op_names[r->op], r->group, r->id[0] ? "/" : "", r->id,
+            tb__log(TB_LOG_ERROR, "redis bus: Redis refused %s: %s", r->label,
                     reply->str);
         }
         complete(r, noscript ? TB_EAGAIN : TB_EIO);
         return;
     }
-    if (r->op == OP_LIST) {
-        list_reply(r, reply);
-        return;
-    }
-    complete(r, reply->type == REDIS_REPLY_INTEGER ? 0 : TB_EPROTO);
+    if (r->ok)
+        r->ok(r, reply);
+    free(r);
 }
 
 /* Sends r on the `pub` link; on failure completes it. */
@@ -318,47 +388,32 @@ static void send_req(rbus *b, rkv_req *r)
         complete(r, TB_ENOTCONN);
         return;
     }
-    char set[128], key[200], ttl[24], maxn[16], maxv[16];
-    snprintf(set, sizeof set, "%s%s", b->kv_prefix, r->group);
-    snprintf(key, sizeof key, "%s:%s", set, r->id);
-    const char *argv[9];
-    size_t lens[9];
+    const char *argv[RKV_ARGS_MAX + 3];
+    size_t lens[RKV_ARGS_MAX + 3];
     int argc = 0;
-    const char *sha = b->sha[r->op];
-#define ARG(s, n) (argv[argc] = (s), lens[argc++] = (n))
-    if (sha[0]) {
-        ARG("EVALSHA", 7);
-        ARG(sha, 40);
-    } else {
-        ARG("EVAL", 4);
-        ARG(scripts[r->op], strlen(scripts[r->op]));
+    char nkeys[8];
+    if (r->script) {
+        const char *sha = b->sha[r->script->slot];
+        if (sha[0]) {
+            argv[argc] = "EVALSHA";
+            lens[argc++] = 7;
+            argv[argc] = sha;
+            lens[argc++] = 40;
+        } else {
+            argv[argc] = "EVAL";
+            lens[argc++] = 4;
+            argv[argc] = r->script->body;
+            lens[argc++] = strlen(r->script->body);
+        }
+        snprintf(nkeys, sizeof nkeys, "%d", r->nkeys);
+        argv[argc] = nkeys;
+        lens[argc++] = strlen(nkeys);
     }
-    if (r->op == OP_LIST) {
-        char pfx[140];
-        snprintf(pfx, sizeof pfx, "%s:", set);
-        snprintf(maxn, sizeof maxn, "%d", TB__KV_LIST_MAX);
-        snprintf(maxv, sizeof maxv, "%d", TB__KV_VALUE_MAX);
-        ARG("1", 1);
-        ARG(set, strlen(set));
-        ARG(pfx, strlen(pfx));
-        ARG(maxn, strlen(maxn));
-        ARG(maxv, strlen(maxv));
-        /* hiredis copies the arguments before it returns. */
-        if (redisAsyncCommandArgv(l->ac, on_kv_reply, r, argc, argv, lens) !=
-            REDIS_OK)
-            complete(r, TB_ENOTCONN);
-        return;
+    for (int i = 0; i < r->argc; i++) {
+        argv[argc] = r->argv[i];
+        lens[argc++] = r->lens[i];
     }
-    ARG("2", 1);
-    ARG(set, strlen(set));
-    ARG(key, strlen(key));
-    ARG(r->id, strlen(r->id));
-    if (r->op == OP_PUT) {
-        snprintf(ttl, sizeof ttl, "%" PRId64, r->ttl_ms);
-        ARG(r->value, r->len);
-        ARG(ttl, strlen(ttl));
-    }
-#undef ARG
+    /* hiredis copies the arguments before it returns. */
     if (redisAsyncCommandArgv(l->ac, on_kv_reply, r, argc, argv, lens) !=
         REDIS_OK)
         complete(r, TB_ENOTCONN);

@@ -2,14 +2,17 @@
  * the adapters its settings call for, among those this build has. */
 #include "adapters.h"
 
-/* Which adapters this build has: CMake's TB_WITH_HTTP (civetweb, wslay)
- * and TB_WITH_REDIS (hiredis) options; both on unless the build says
- * otherwise. No other file asks. */
+/* Which adapters this build has: CMake's TB_WITH_HTTP (civetweb, wslay),
+ * TB_WITH_REDIS (hiredis) and TB_WITH_JWT (libjwt) options; all on unless
+ * the build says otherwise. No other file asks. */
 #ifndef TB_WITH_HTTP
 #define TB_WITH_HTTP 1
 #endif
 #ifndef TB_WITH_REDIS
 #define TB_WITH_REDIS 1
+#endif
+#ifndef TB_WITH_JWT
+#define TB_WITH_JWT 1
 #endif
 
 /* The event bus: Redis when redis.url is set, else in-process. 0, or
@@ -60,6 +63,29 @@ static int compose_http(tb_app *app, const tb_app_config *c)
 #endif
 }
 
+/* The verifier of client tokens, when http.jwt_secret or
+ * http.jwt_public_key is set (the core has read the keys). 0, or TB_EINVAL
+ * (logged) or TB_ENOMEM. */
+static int compose_jwt(tb_app *app)
+{
+    const tb__jwt_keys *keys = tb__app_jwt_keys(app);
+    if (!keys)
+        return 0;
+#if TB_WITH_JWT
+    tb__jwt_verifier *v = tb__jwt_libjwt_new(keys);
+    if (!v)
+        return TB_ENOMEM;
+    tb__app_use_jwt(app, v);
+    return 0;
+#else
+    tb__log(TB_LOG_ERROR,
+            "http.jwt_secret or http.jwt_public_key is set, but this taskbus "
+            "was built without client tokens (TB_WITH_JWT=OFF, no libjwt): "
+            "leave both empty, or build with TB_WITH_JWT=ON");
+    return TB_EINVAL;
+#endif
+}
+
 tb_app *tb_app_new(const tb_app_config *cfg, int *err)
 {
     int rc = 0;
@@ -67,7 +93,7 @@ tb_app *tb_app_new(const tb_app_config *cfg, int *err)
     if (app) {
         const tb_app_config *c = tb_app_get_config(app);
         if ((rc = compose_bus(app, c)) != 0 ||
-            (rc = compose_http(app, c)) != 0) {
+            (rc = compose_http(app, c)) != 0 || (rc = compose_jwt(app)) != 0) {
             tb_app_free(app);
             app = NULL;
         }

@@ -11,6 +11,7 @@
 #   PkgConfig::TB_LIBEVENT_PTHREADS  libevent_pthreads >= 2.1  libevent-dev
 #   PkgConfig::TB_JANSSON            jansson >= 2.10           libjansson-dev
 #   PkgConfig::TB_HIREDIS            hiredis >= 0.14           libhiredis-dev
+#   PkgConfig::TB_LIBJWT             libjwt >= 1.10            libjwt-dev
 #   taskbus::civetweb                civetweb.h, libcivetweb   libcivetweb-dev
 #   taskbus::wslay                   wslay/wslay.h, libwslay   libwslay-dev
 #
@@ -45,16 +46,19 @@ endif()
 
 # The dependencies that ship a pkg-config module:
 # target suffix | module | minimum version | Debian package.
-# TASKBUS_WITH_REDIS and TASKBUS_WITH_HTTP (the build's TB_WITH_* options,
-# recorded in the installed config under the package's own prefix, so that
-# a project's own TB_WITH_* are left alone) say whether hiredis and
-# civetweb/wslay are needed; unset means yes.
+# TASKBUS_WITH_REDIS, TASKBUS_WITH_HTTP and TASKBUS_WITH_JWT (the build's
+# TB_WITH_* options, recorded in the installed config under the package's
+# own prefix, so that a project's own TB_WITH_* are left alone) say whether
+# hiredis, civetweb/wslay and libjwt are needed; unset means yes.
 set(_tb_pkg_modules
     "TB_LIBEVENT_CORE|libevent_core|2.1|libevent-dev"
     "TB_LIBEVENT_PTHREADS|libevent_pthreads|2.1|libevent-dev"
     "TB_JANSSON|jansson|2.10|libjansson-dev")
 if(NOT DEFINED TASKBUS_WITH_REDIS OR TASKBUS_WITH_REDIS)
     list(APPEND _tb_pkg_modules "TB_HIREDIS|hiredis|0.14|libhiredis-dev")
+endif()
+if(NOT DEFINED TASKBUS_WITH_JWT OR TASKBUS_WITH_JWT)
+    list(APPEND _tb_pkg_modules "TB_LIBJWT|libjwt|1.10|libjwt-dev")
 endif()
 find_package(PkgConfig QUIET)
 if(NOT PKG_CONFIG_FOUND)

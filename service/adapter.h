@@ -17,9 +17,10 @@
 
 #include "taskbus/taskbus.h"
 
-#include "bus.h" /* the event bus: tb__bus_ops, receive, publish, state */
-#include "log.h" /* tb__log, tb__ratelog */
-#include "url.h" /* redis_url parsing */
+#include "bus.h"  /* the event bus: tb__bus_ops, receive, publish, state */
+#include "log.h"  /* tb__log, tb__ratelog */
+#include "url.h"  /* redis_url parsing */
+#include "resp.h" /* RESP replies from links without hiredis (Sentinel) */
 
 struct event_base;
 
@@ -195,6 +196,46 @@ void tb__ws_on_closing(tb_ws *ws);
  * must not use it again. why says what ended it (for the log). */
 void tb__ws_on_end(tb_ws *ws, int code, const char *why);
 
+/* ------------------------------------------------------------ client tokens */
+
+/* The signature algorithms client tokens (JWTs) may use: HS256 with the
+ * shared secret, RS256 or ES256 with the public key (whichever its type
+ * is). The core checks a token's "alg" against the keys before any
+ * verifier sees it, so a verifier is never asked to check "none", nor an
+ * HMAC made with the public key as its secret. */
+typedef enum {
+    TB__JWT_HS256 = 1,
+    TB__JWT_RS256,
+    TB__JWT_ES256
+} tb__jwt_alg;
+
+/* The keys a verifier checks signatures with; the core's, valid as long
+ * as the app. */
+typedef struct tb__jwt_keys {
+    const unsigned char *secret; /* HS256; NULL: none */
+    size_t secret_len;
+    const char *pem; /* the public key, PEM text; NULL: none */
+    size_t pem_len;
+    tb__jwt_alg pem_alg; /* TB__JWT_RS256 or TB__JWT_ES256 */
+} tb__jwt_keys;
+
+/* Checks JWT signatures. One per app, made by compose.c when client
+ * tokens are configured; called from any thread at once. */
+typedef struct tb__jwt_verifier tb__jwt_verifier;
+
+typedef struct tb__jwt_verifier_ops {
+    const char *name; /* "libjwt" */
+    /* 0 if token (NUL-terminated; its header says alg, and the core has
+     * checked its form, header and payload) is signed with alg and the key
+     * for alg; TB_EACCES if not; TB_ENOMEM. */
+    int (*verify)(tb__jwt_verifier *v, const char *token, tb__jwt_alg alg);
+    void (*free)(tb__jwt_verifier *v);
+} tb__jwt_verifier_ops;
+
+struct tb__jwt_verifier {
+    const tb__jwt_verifier_ops *ops;
+};
+
 /* -------------------------------------------------------------- composition */
 
 /* adapters/compose.c puts an app together: the core's app, then the
@@ -211,5 +252,11 @@ void tb__app_use_bus(tb_app *app, tb__bus *bus);
  * websockets it hands over. */
 void tb__app_use_http(tb_app *app, tb__http_server *srv,
                       const tb__wsconn_ops *ws);
+/* The keys for client tokens, read by tb__app_create from the http.jwt_*
+ * settings; NULL when they are off. */
+const tb__jwt_keys *tb__app_jwt_keys(const tb_app *app);
+/* The verifier of client tokens (only when tb__app_jwt_keys is not
+ * NULL). */
+void tb__app_use_jwt(tb_app *app, tb__jwt_verifier *v);
 
 #endif /* TASKBUS_ADAPTER_H */

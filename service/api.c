@@ -17,6 +17,7 @@
 #include "envelope.h"
 #include "http.h"
 #include "api.h"
+#include "cluster.h"
 #include "instances.h"
 #include "internal.h"
 #include "json.h"
@@ -144,13 +145,8 @@ static int respond(tb_http_req *req, int status, json_t *o)
     return rc;
 }
 
-/* Like tb_http_error, with the fields of extra (consumed, may be NULL)
- * added to the {"error", "message"} body. Logs the same line. */
-static int error_with(tb_http_req *req, int status, const char *code,
-                      json_t *extra, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static int error_with(tb_http_req *req, int status, const char *code,
-                      json_t *extra, const char *fmt, ...)
+int tb__api_error_with(tb_http_req *req, int status, const char *code,
+                       json_t *extra, const char *fmt, ...)
 {
     char msg[512];
     va_list ap;
@@ -205,6 +201,8 @@ static int post_event(tb_http_req *req, void *ud)
                              "segments of [A-Za-z0-9_-], at most %d bytes)",
                              tb_strerror(rc), TB_EVENT_SEGMENTS_MAX,
                              TB_EVENT_NAME_MAX);
+    if (!tb__jwt_allows(req->claims, TB__JWT_DISPATCH, name))
+        return tb__http_forbidden(req, TB__JWT_DISPATCH, name);
     size_t len;
     const void *data = tb_http_body(req, &len);
     const tb_app_config *cfg = tb_app_get_config(app);
@@ -377,14 +375,15 @@ static int wait_task_add(tb_http_req *req, waiter *w, char *name, size_t size,
     memset(&o, 0, sizeof o);
     o.worker = TB_WORKER_ANY;
     o.kind = "http.wait";
-    o.flags = TB_TASK_EPHEMERAL; /* no finished entry per request */
+    o.flags = TB_TASK_EPHEMERAL | TB__TASK_LOCAL; /* no finished entry
+                                                  per request */
     o.ud_free = waiter_task_release;
     o.name = name;
-    int rc = tb_task_add(app, wait_task, w, &o, id);
+    int rc = tb__task_add(app, wait_task, w, &o, NULL, id);
     if (rc == TB_EEXIST) {
         snprintf(name, size, "http.wait:%s-%" PRIu64, tb_http_request_id(req),
                  (uint64_t)atomic_fetch_add(&app->event_seq, 1) + 1);
-        rc = tb_task_add(app, wait_task, w, &o, id);
+        rc = tb__task_add(app, wait_task, w, &o, NULL, id);
     }
     return rc;
 }
@@ -523,10 +522,19 @@ static int wait_event(tb_http_req *req, void *ud)
                              "bad event pattern: 1..%d dot-separated segments "
                              "of [A-Za-z0-9_-], \"*\" or \"<param>\"",
                              TB_EVENT_SEGMENTS_MAX);
+    if (!tb__jwt_allows(req->claims, TB__JWT_SUBSCRIBE, pattern))
+        return tb__http_forbidden(req, TB__JWT_SUBSCRIBE, pattern);
     int timeout_ms = WAIT_TIMEOUT_DEFAULT_MS;
     int rc;
     if (!query_timeout(req, WAIT_TIMEOUT_MAX_S, &timeout_ms))
         return bad_timeout(req, WAIT_TIMEOUT_MAX_S);
+    if (req->claims) {
+        /* The client's rights end with its token: so does its wait (204,
+         * as any wait that times out). */
+        int64_t left_ms = (req->claims->until_us - tb__now_us()) / 1000;
+        if (left_ms < timeout_ms)
+            timeout_ms = left_ms > 0 ? (int)left_ms : 0;
+    }
     int st = atomic_load(&app->state);
     if (st == TB__APP_NEW || st == TB__APP_STARTING)
         return tb_http_error(req, 503, "not_running",
@@ -568,10 +576,50 @@ static int parse_state(const char *s, tb_task_state *out)
     return TB_EINVAL;
 }
 
-/* GET /tasks[?state=...] */
+/* ?scope=local|cluster (default cluster): 1 for local, 0 for cluster, -1
+ * when it is neither. */
+static int query_scope(tb_http_req *req)
+{
+    char sbuf[16];
+    int rc = tb_http_query(req, "scope", sbuf, sizeof sbuf);
+    if (rc == TB_ENOENT)
+        return 0;
+    if (rc >= 0 && !strcmp(sbuf, "local"))
+        return 1;
+    if (rc >= 0 && !strcmp(sbuf, "cluster"))
+        return 0;
+    return -1;
+}
+
+static int bad_scope(tb_http_req *req)
+{
+    return tb_http_error(req, 400, "bad_scope",
+                         "scope must be local (this instance) or cluster "
+                         "(every instance: the default)");
+}
+
+/* The answer to a cluster call that could not ask the cluster. */
+static int cluster_error(tb_http_req *req, int rc, const char *what)
+{
+    if (rc == TB_ENOTCONN)
+        return tb_http_error(req, 503, "redis_unavailable",
+                             "%s: Redis is unreachable, so the other "
+                             "instances cannot be asked; ?scope=local "
+                             "answers for this instance",
+                             what);
+    if (rc == TB_ETIMEDOUT)
+        return tb_http_error(req, 504, "instance_timeout",
+                             "%s: the instance that holds it did not answer "
+                             "in time",
+                             what);
+    return tb_http_error(req, 500, "internal", "%s: %s", what, tb_strerror(rc));
+}
+
+/* GET /tasks[?state=...][&limit=N][&cursor=C][&scope=local] */
 static int list_tasks(tb_http_req *req, void *ud)
 {
     (void)ud;
+    tb_app *app = tb_http_app(req);
     char sbuf[16];
     tb_task_state want = TB_TASK_PENDING;
     int rc = tb_http_query(req, "state", sbuf, sizeof sbuf);
@@ -580,41 +628,53 @@ static int list_tasks(tb_http_req *req, void *ud)
         return tb_http_error(req, 400, "bad_state",
                              "state must be pending, running, done, failed "
                              "or cancelled");
-    tb_task_info *list = NULL;
-    size_t n = 0;
-    if (tb_task_list(tb_http_app(req), &list, &n) < 0)
-        return tb_http_error(req, 500, "internal", "out of memory");
-    json_t *arr = json_array();
-    for (size_t i = 0; arr && i < n; i++) {
-        if (filter && list[i].state != want)
-            continue;
-        if (json_array_append_new(arr, tb__api_task_json(&list[i])) != 0) {
-            json_decref(arr);
-            arr = NULL;
-        }
+    int local = query_scope(req);
+    if (local < 0)
+        return bad_scope(req);
+    int page_max = tb_app_get_config(app)->http.tasks_page_max;
+    long limit = page_max;
+    char lbuf[16];
+    rc = tb_http_query(req, "limit", lbuf, sizeof lbuf);
+    if (rc != TB_ENOENT) {
+        /* Digits only: strtol would also take " 50", "+5" and "-0". */
+        int digits =
+            rc >= 0 && lbuf[0] && strspn(lbuf, "0123456789") == strlen(lbuf);
+        limit = digits ? strtol(lbuf, NULL, 10) : -1;
+        if (!digits || limit < 1 || limit > page_max)
+            return tb_http_error(req, 400, "bad_limit",
+                                 "limit must be 1..%d (http.tasks_page_max)",
+                                 page_max);
     }
-    free(list);
-    json_t *o = arr ? json_object() : NULL;
-    if (o)
-        json_object_set_new(o, "tasks", arr);
-    else
-        json_decref(arr);
+    char cursor[TB_CURSOR_MAX] = "";
+    rc = tb_http_query(req, "cursor", cursor, sizeof cursor);
+    if (rc < 0 && rc != TB_ENOENT)
+        return tb_http_error(req, 400, "bad_cursor",
+                             "cursor must be the \"cursor\" of an earlier "
+                             "page");
+    json_t *tasks = NULL, *unreachable = NULL;
+    char next[TB_CURSOR_MAX];
+    rc = tb__cluster_list(app, cursor, (size_t)limit, filter ? (int)want : -1,
+                          local, &tasks, next, &unreachable);
+    if (rc == TB_EINVAL)
+        return tb_http_error(req, 400, "bad_cursor",
+                             "cursor must be the \"cursor\" of an earlier "
+                             "page");
+    if (rc)
+        return tb_http_error(req, 500, "internal", "out of memory");
+    json_t *o = json_object();
+    if (o) {
+        json_object_set_new(o, "tasks", tasks);
+        json_object_set_new(o, "cursor",
+                            next[0] ? json_string(next) : json_null());
+        if (json_array_size(unreachable))
+            json_object_set_new(o, "unreachable", unreachable);
+        else
+            json_decref(unreachable);
+    } else {
+        json_decref(tasks);
+        json_decref(unreachable);
+    }
     return respond(req, 200, o);
-}
-
-/* The first replica of name plus "replicas", or NULL with *rc set. */
-static json_t *task_lookup(tb_app *app, const char *name, int *rc)
-{
-    tb_task_info info;
-    *rc = tb_task_get(app, name, &info);
-    if (*rc < 0)
-        return NULL;
-    json_t *o = tb__api_task_json(&info);
-    if (o)
-        json_object_set_new(o, "replicas", json_integer(*rc));
-    else
-        *rc = TB_ENOMEM;
-    return o;
 }
 
 static int not_found(tb_http_req *req, const char *name)
@@ -622,15 +682,20 @@ static int not_found(tb_http_req *req, const char *name)
     return tb_http_error(req, 404, "not_found", "no task named \"%s\"", name);
 }
 
-/* GET /tasks/{name} */
+/* GET /tasks/{name}[?scope=local] */
 static int get_task(tb_http_req *req, void *ud)
 {
     (void)ud;
     const char *name = tb_http_param(req, "name");
-    int rc;
-    json_t *o = task_lookup(tb_http_app(req), name, &rc);
-    if (!o && rc != TB_ENOMEM)
+    int local = query_scope(req);
+    if (local < 0)
+        return bad_scope(req);
+    json_t *o = NULL;
+    int rc = tb__cluster_get(tb_http_app(req), name, local, &o);
+    if (rc == TB_ENOENT)
         return not_found(req, name);
+    if (rc)
+        return cluster_error(req, rc, name);
     return respond(req, 200, o);
 }
 
@@ -667,7 +732,8 @@ static int parse_timeout(const char *s, long max_s, int *ms)
     return 0;
 }
 
-/* DELETE /tasks/{name}[?timeout=S]: cancels and waits. */
+/* DELETE /tasks/{name}[?timeout=S][&scope=local]: cancels where it runs
+ * and waits for its end. */
 static int cancel_task(tb_http_req *req, void *ud)
 {
     (void)ud;
@@ -676,30 +742,28 @@ static int cancel_task(tb_http_req *req, void *ud)
     int timeout_ms = tb_app_get_config(app)->core.graceful_timeout_ms;
     if (!query_timeout(req, CANCEL_TIMEOUT_MAX_S, &timeout_ms))
         return bad_timeout(req, CANCEL_TIMEOUT_MAX_S);
-    int rc;
-    tb_task_info info;
-    int replicas = 0;
-    rc = tb__task_cancel_report(app, name, 0, timeout_ms, &info, &replicas);
+    int local = query_scope(req);
+    if (local < 0)
+        return bad_scope(req);
+    json_t *task = NULL;
+    int rc = tb__cluster_cancel(app, name, timeout_ms, local, &task);
     if (rc == TB_ENOENT || rc == TB_EINVAL || rc == TB_ENAMETOOLONG)
         return not_found(req, name);
-    if (rc != 0 && rc != TB_ETIMEDOUT)
-        return tb_http_error(req, 500, "internal", "cancel of \"%s\": %s", name,
-                             tb_strerror(rc));
-    /* The task this cancel ended (or is still ending), not whatever holds
-     * the name now: a new task may have taken it meanwhile. */
-    json_t *task = tb__api_task_json(&info);
-    if (task)
-        json_object_set_new(task, "replicas", json_integer(replicas));
     if (rc == TB_ETIMEDOUT) {
+        /* The task this cancel ended (or is still ending), not whatever
+         * holds the name now: a new task may have taken it meanwhile. */
         json_t *extra = json_object();
         if (extra)
             json_object_set_new(extra, "task", task ? task : json_null());
         else
             json_decref(task);
-        return error_with(req, 504, "cancel_timeout", extra,
-                          "task \"%s\" is still cancelling after %d ms", name,
-                          timeout_ms);
+        return tb__api_error_with(req, 504, "cancel_timeout", extra,
+                                  "task \"%s\" is still cancelling after %d "
+                                  "ms",
+                                  name, timeout_ms);
     }
+    if (rc)
+        return cluster_error(req, rc, name);
     return respond(req, 200, task);
 }
 
@@ -819,9 +883,9 @@ static int healthz(tb_http_req *req, void *ud)
         } else {
             json_decref(stuck);
         }
-        return error_with(req, 503, "worker_stuck", extra,
-                          "worker(s) %s did not answer within %d ms", names,
-                          HEALTH_DEADLINE_MS);
+        return tb__api_error_with(req, 503, "worker_stuck", extra,
+                                  "worker(s) %s did not answer within %d ms",
+                                  names, HEALTH_DEADLINE_MS);
     }
     json_t *o = json_object();
     if (o) {
@@ -860,36 +924,34 @@ static int readyz(tb_http_req *req, void *ud)
     json_t *extra = json_object();
     if (extra)
         json_object_set_new(extra, "bus", bus_json(&bus));
-    return error_with(req, 503, "not_ready", extra, "%s", reason);
+    return tb__api_error_with(req, 503, "not_ready", extra, "%s", reason);
 }
 
 /* ---------------------------------------------------------------- routes */
 
 int tb_app_add_api(tb_app *app)
 {
+    /* With an API token: the probes stay open, and the event routes also
+     * take client tokens (they check the claims). */
     static const struct {
         const char *method, *path;
         tb_http_fn fn;
-        int open;
+        tb__http_access access;
     } routes[] = {
-        {"POST", "/events/{name}", post_event, 0},
-        {"GET", "/events/{pattern}", wait_event, 0},
-        {"GET", "/tasks", list_tasks, 0},
-        {"GET", "/tasks/{name}", get_task, 0},
-        {"DELETE", "/tasks/{name}", cancel_task, 0},
-        {"POST", "/tasks/purge", purge_tasks, 0},
-        {"GET", "/healthz", healthz, 1},
-        {"GET", "/readyz", readyz, 1},
-        {"GET", "/metrics", tb__metrics_handler, 0},
-        {"GET", "/instances", tb__instances_handler, 0},
+        {"POST", "/events/{name}", post_event, TB__HTTP_CLIENT},
+        {"GET", "/events/{pattern}", wait_event, TB__HTTP_CLIENT},
+        {"GET", "/tasks", list_tasks, TB__HTTP_ADMIN},
+        {"GET", "/tasks/{name}", get_task, TB__HTTP_ADMIN},
+        {"DELETE", "/tasks/{name}", cancel_task, TB__HTTP_ADMIN},
+        {"POST", "/tasks/purge", purge_tasks, TB__HTTP_ADMIN},
+        {"GET", "/healthz", healthz, TB__HTTP_OPEN},
+        {"GET", "/readyz", readyz, TB__HTTP_OPEN},
+        {"GET", "/metrics", tb__metrics_handler, TB__HTTP_ADMIN},
+        {"GET", "/instances", tb__instances_handler, TB__HTTP_ADMIN},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-        /* The probes stay open when there is an API token. */
-        int rc = routes[i].open
-                     ? tb__app_route_open(app, routes[i].method, routes[i].path,
-                                          routes[i].fn, NULL)
-                     : tb_app_add_route(app, routes[i].method, routes[i].path,
-                                        routes[i].fn, NULL);
+        int rc = tb__app_route_as(app, routes[i].method, routes[i].path,
+                                  routes[i].fn, NULL, routes[i].access);
         if (rc)
             return rc;
     }

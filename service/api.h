@@ -21,6 +21,12 @@ json_t *tb__api_jtime(int64_t us);
 /* A task as GET /tasks/{name} shows it. */
 json_t *tb__api_task_json(const tb_task_info *t);
 
+/* Like tb_http_error, with the fields of extra (consumed, may be NULL)
+ * added to the {"error", "message"} body. Logs the same line. */
+int tb__api_error_with(tb_http_req *req, int status, const char *code,
+                       json_t *extra, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
 /* api_ws.c: GET /ws. */
 int tb__api_register_ws(tb_app *app);
 

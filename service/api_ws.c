@@ -20,8 +20,11 @@
 #include <jansson.h>
 
 #include "api.h"
+#include "http.h"
 #include "internal.h"
 #include "json.h"
+#include "client_token.h"
+#include "ws.h"
 
 typedef struct conn_state {
     tb_ws *ws;
@@ -107,6 +110,21 @@ static json_t *error_json(json_t *ref, const char *code, const char *msg)
     return o;
 }
 
+/* Logs and sends {"error": code, "message": msg} with "pattern" (when not
+ * NULL) and "ref" (when the message had one). */
+static void reply_error_with(tb_ws *ws, json_t *ref, const char *code,
+                             const char *pattern, const char *msg)
+{
+    const char *sub = tb__ws_sub(ws);
+    tb__log(TB_LOG_INFO, "ws /ws (request %s%s%s%s): %s: %s",
+            tb_ws_request_id(ws), sub[0] ? ", sub \"" : "", sub,
+            sub[0] ? "\"" : "", code, msg);
+    json_t *o = error_json(ref, code, msg);
+    if (o && pattern)
+        json_object_set_new(o, "pattern", tb__api_jstr(pattern));
+    send_json(ws, o);
+}
+
 static void reply_error(tb_ws *ws, json_t *ref, const char *code,
                         const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -119,9 +137,17 @@ static void reply_error(tb_ws *ws, json_t *ref, const char *code,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    tb__log(TB_LOG_INFO, "ws /ws (request %s): %s: %s", tb_ws_request_id(ws),
-            code, msg);
-    send_json(ws, error_json(ref, code, msg));
+    reply_error_with(ws, ref, code, NULL, msg);
+}
+
+/* A client token's claims do not allow right on pattern: "forbidden",
+ * naming the pattern in the answer's "pattern". */
+static void reply_forbidden(tb_ws *ws, json_t *ref, tb__jwt_right right,
+                            const char *pattern)
+{
+    char msg[TB__JWT_FORBIDDEN_MAX];
+    tb__jwt_forbidden_message(tb__ws_claims(ws), right, pattern, msg);
+    reply_error_with(ws, ref, "forbidden", pattern, msg);
 }
 
 static json_t *patterns_json(const conn_state *st)
@@ -190,6 +216,12 @@ static void do_dispatch(tb_task *self, conn_state *st, json_t *ref,
     (void)self; /* tb_dispatch_wait suspends the calling task */
     tb_ws *ws = st->ws;
     const char *n = json_string_value(name); /* checked by the parse */
+    /* An invalid name gets bad_name below, not forbidden. */
+    if (tb_event_name_valid(n) == 0 &&
+        !tb__jwt_allows(tb__ws_claims(ws), TB__JWT_DISPATCH, n)) {
+        reply_forbidden(ws, ref, TB__JWT_DISPATCH, n);
+        return;
+    }
     char *owned = NULL;
     const char *d = "";
     size_t len = 0;
@@ -269,7 +301,15 @@ static void do_subscribe(conn_state *st, json_t *ref, json_t *v, int add)
     size_t i;
     json_t *p;
     if (add) {
-        /* All or nothing: count what is new first. */
+        /* All or nothing: what the token allows, then what is new. */
+        json_array_foreach(v, i, p)
+        {
+            const char *s = json_string_value(p);
+            if (!tb__jwt_allows(tb__ws_claims(ws), TB__JWT_SUBSCRIBE, s)) {
+                reply_forbidden(ws, ref, TB__JWT_SUBSCRIBE, s);
+                return;
+            }
+        }
         int fresh = 0;
         json_array_foreach(v, i, p)
         {
@@ -507,6 +547,10 @@ static int check_one(const char *pat, void *arg)
                       c->max);
         return 1;
     }
+    if (!tb__jwt_allows(c->req->claims, TB__JWT_SUBSCRIBE, pat)) {
+        tb__http_forbidden(c->req, TB__JWT_SUBSCRIBE, pat);
+        return 1;
+    }
     return 0;
 }
 
@@ -563,9 +607,9 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
     tb_task_opts opts = {.name = name,
                          .worker = tb_ws_worker(ws),
                          .kind = "ws.receiver",
-                         .flags = TB_TASK_EPHEMERAL,
+                         .flags = TB_TASK_EPHEMERAL | TB__TASK_LOCAL,
                          .ud_free = receiver_gone};
-    int rc = tb_task_add(app, receiver, &st, &opts, NULL);
+    int rc = tb__task_add(app, receiver, &st, &opts, NULL, NULL);
     if (rc) {
         reply_error(ws, NULL, "internal", "cannot start the receiver: %s",
                     tb_strerror(rc));
@@ -598,5 +642,5 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
 
 int tb__api_register_ws(tb_app *app)
 {
-    return tb_app_add_websocket(app, "/ws", ws_handler, ws_check, NULL);
+    return tb__ws_add_client_endpoint(app, "/ws", ws_handler, ws_check, NULL);
 }

@@ -13,7 +13,10 @@
 
 #include "http.h"
 #include "json.h"
+#include "cluster.h"
+#include "client_token.h"
 #include "instances.h"
+#include "singleton.h"
 #include "internal.h"
 #include "ws.h"
 #include "kinds.h"
@@ -64,6 +67,24 @@ static void libevent_init(void)
     libevent_threads_rc = evthread_use_pthreads();
 }
 
+/* *s, a string of the caller's config, replaced by a copy (NULL when
+ * empty). 0 on ENOMEM, with *s NULL. */
+static int copy_string_from(const char **s, const char *from)
+{
+    *s = from && from[0] ? strdup(from) : NULL;
+    return !from || !from[0] || *s;
+}
+
+/* Frees a copied secret, not leaving it in freed memory. */
+static void wipe_string(const char *s)
+{
+    if (s) {
+        char *t = (char *)(uintptr_t)s;
+        explicit_bzero(t, strlen(t));
+        free(t);
+    }
+}
+
 /* tb_app_new is adapters/compose.c's: it makes the app here, then hands
  * it its adapters (tb__app_use_bus, tb__app_use_http). */
 tb_app *tb__app_create(const tb_app_config *cfg, int *err)
@@ -97,8 +118,10 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
         app->cfg.http.longpoll_max = c.http.threads / 2;
     /* Owned through these (freed in tb_app_free), set below: none may
      * point at the caller's strings meanwhile. */
+    app->cfg.http.jwt_secret = app->cfg.http.jwt_public_key = NULL;
+    app->cfg.http.jwt_audience = app->cfg.http.jwt_issuer = NULL;
     app->cfg.http.api_token = NULL;
-    app->cfg.redis.password = NULL;
+    app->cfg.redis.password = app->cfg.redis.sentinel_password = NULL;
     app->cfg.ws.allowed_origins = NULL;
     /* The config's strings are the caller's: keep copies. */
     app->cfg.core.event_namespace = app->ns = strdup(c.core.event_namespace);
@@ -123,6 +146,18 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
     if (c.ws.allowed_origins && c.ws.allowed_origins[0] &&
         !(app->cfg.ws.allowed_origins = strdup(c.ws.allowed_origins)))
         goto fail;
+    if (!copy_string_from(&app->cfg.redis.sentinel_password,
+                          c.redis.sentinel_password) ||
+        !copy_string_from(&app->cfg.http.jwt_secret, c.http.jwt_secret) ||
+        !copy_string_from(&app->cfg.http.jwt_public_key,
+                          c.http.jwt_public_key) ||
+        !copy_string_from(&app->cfg.http.jwt_audience, c.http.jwt_audience) ||
+        !copy_string_from(&app->cfg.http.jwt_issuer, c.http.jwt_issuer))
+        goto fail;
+    /* Reads the public key file now: a bad one is a config error. */
+    if ((rc = tb__jwt_new(&app->cfg, &app->jwt)) != 0)
+        goto fail;
+    rc = TB_ENOMEM;
     uint64_t rnd = 0;
     if (getrandom(&rnd, sizeof rnd, 0) != sizeof rnd)
         rnd = (uint64_t)tb__now_us() ^ ((uint64_t)getpid() << 32);
@@ -130,6 +165,7 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
              (unsigned long long)rnd);
     atomic_init(&app->state, TB__APP_NEW);
     atomic_init(&app->stop_requested, 0);
+    atomic_init(&app->store_lost, 0);
     sem_init(&app->stop_sem, 0, 0);
     pthread_mutex_init(&app->start_mu, NULL);
     pthread_cond_init(&app->start_cv, NULL);
@@ -140,6 +176,10 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
     tb__htab_init(&app->names);
     tb__interest_init(&app->interest);
     app->mode = TB__MODE_PRERUN;
+    if (!(app->cluster = tb__cluster_new(app))) {
+        rc = TB_ENOMEM;
+        goto fail;
+    }
     if (err)
         *err = 0;
     return app;
@@ -226,9 +266,11 @@ void tb_app_free(tb_app *app)
     }
     if (app->http)
         app->http->ops->free(app->http);
+    tb__singletons_free(app->singletons);
     tb__instances_free(app->instances);
     if (app->bus)
         app->bus->ops->free(app->bus);
+    tb__cluster_free(app->cluster);
     tb__kinds_free(app);
     tb__router_free(app->router);
     for (size_t i = 0; i < app->nroute_fns; i++)
@@ -245,6 +287,12 @@ void tb_app_free(tb_app *app)
         free(t);
     }
     tb__ws_app_free(app);
+    tb__jwt_free(app->jwt);
+    wipe_string(app->cfg.http.jwt_secret);
+    wipe_string(app->cfg.redis.sentinel_password);
+    free((char *)(uintptr_t)app->cfg.http.jwt_public_key);
+    free((char *)(uintptr_t)app->cfg.http.jwt_audience);
+    free((char *)(uintptr_t)app->cfg.http.jwt_issuer);
     if (app->cfg.http.api_token) {
         /* Not left in freed memory. */
         char *t = (char *)(uintptr_t)app->cfg.http.api_token;
@@ -271,6 +319,16 @@ void tb__app_use_http(tb_app *app, tb__http_server *srv,
 {
     app->http = srv;
     app->wsconn = ws;
+}
+
+const tb__jwt_keys *tb__app_jwt_keys(const tb_app *app)
+{
+    return app->jwt ? tb__jwt_keys_of(app->jwt) : NULL;
+}
+
+void tb__app_use_jwt(tb_app *app, tb__jwt_verifier *v)
+{
+    tb__jwt_set_verifier(app->jwt, v);
 }
 
 /* ---------------------------------------------------------------- accessors */
@@ -304,6 +362,11 @@ void tb_app_set_userdata(tb_app *app, void *ud)
 void *tb_app_get_userdata(const tb_app *app)
 {
     return app->userdata;
+}
+
+const char *tb_app_instance(const tb_app *app)
+{
+    return app->instance;
 }
 
 const char *tb__app_instance(const tb_app *app)
@@ -507,6 +570,7 @@ int tb_app_run(tb_app *app)
     /* Registered before the HTTP server starts, so that GET /instances
      * always finds the registry. */
     app->instances = tb__instances_start(app);
+    tb__singletons_start(app); /* sets app->singletons */
     if (app->router && app->http &&
         (rc = app->http->ops->start(app->http)) != 0) {
         tb__log(TB_LOG_ERROR, "HTTP server on %s failed to start: %s",
@@ -542,6 +606,8 @@ stopping:
         app->http->ops->stop(app->http);
     close_registry(app);
     workers_stop(app, started);
+    /* Its singleton runs have ended and given their leases up. */
+    tb__singletons_stop(app->singletons);
     /* Its tasks have ended: the instance leaves the cluster now, not when
      * its record expires. */
     tb__instances_stop(app->instances);

@@ -38,6 +38,9 @@ typedef struct tb__bus_ops {
     void (*free)(tb__bus *bus);
     /* The shared store (optional: NULL when the bus has none), below. */
     const struct tb__kv_ops *kv;
+    /* The cluster's state and messages (optional: NULL when this instance
+     * is the whole cluster, as with the memory bus), below. */
+    const struct tb__cluster_ops *cluster;
 } tb__bus_ops;
 
 struct tb__bus {
@@ -67,8 +70,10 @@ struct tb__bus {
 #define TB__KV_VALUE_MAX 4096
 #define TB__KV_LIST_MAX 1024 /* records one list answers with, at most */
 
-/* The outcome of a put or del: 0, or the TB_E* code it failed with. */
+/* The outcome of a put or del: 0, or the TB_E* code it failed with; a put
+ * that created its record (none was there) reports TB__KV_CREATED. */
 typedef void (*tb__kv_done_cb)(int status, void *ud);
+#define TB__KV_CREATED 1
 
 /* One record of a list. id and value are the bus's, valid during the
  * callback; value comes from outside (another instance, or anyone who can
@@ -115,6 +120,128 @@ static inline int tb__kv_name_ok(const char *s, size_t n, size_t max)
     }
     return 1;
 }
+
+/* ---------------------------------------------------------------- cluster */
+
+/* What several instances on one backend share to act as one app
+ * (service/cluster.c, service/singleton.c; docs/CLUSTER.md has the
+ * protocol and the Redis keys). Every op follows the store's rules above:
+ * any thread, never blocks, 0 and cb runs exactly once on the bus's
+ * thread, or a TB_E* code and cb never runs. The bus fills in this
+ * instance's id (tb__app_instance) where an op records an owner.
+ *
+ * Claims make a running task's name unique across the cluster: name ->
+ * (instance, task id). A claim is live while its instance's record (group
+ * "instance" of the store) is; a dead instance's claims are reported as
+ * lost for core.lost_keep_ms, then reaped. Leases make a singleton run on
+ * one instance at a time: name -> (instance, fence), with a TTL of the
+ * backend's clock; a fence is strictly increasing per name, even across a
+ * backend that forgot everything (it is at least the backend's clock in
+ * µs). Definitions are the singletons (and periodic tasks) the cluster
+ * keeps running: name -> a JSON value the core wrote. Messages are the
+ * instances' requests and answers to one another (cluster.c). */
+
+#define TB__CLUSTER_DEF_MAX 65536   /* bytes of one definition */
+#define TB__CLUSTER_DEFS_MAX 1024   /* definitions one list answers with */
+#define TB__CLUSTER_MSG_MAX 1048576 /* bytes of one message */
+
+/* A claim's or lease's holder: status 0 with the holder's instance
+ * (NUL-terminated, valid during the callback) and its task id or fence;
+ * live is 0 when that instance's record is gone (the holder is lost).
+ * Else a TB_E* status and instance "". */
+typedef void (*tb__claim_cb)(int status, const char *instance, uint64_t num,
+                             int live, void *ud);
+
+/* A definition list: status 0 and n records (name in id, the JSON in
+ * value), or a TB_E* status with n 0. */
+typedef tb__kv_list_cb tb__defs_cb;
+
+typedef struct tb__cluster_ops {
+    /* Claims name (1..TB_TASK_NAME_MAX bytes) for this instance's task id.
+     * cb: status 0 (ours now: it was free, held by a dead instance, or
+     * already ours), TB_EEXIST with the live holder, or TB_EAGAIN when
+     * this instance's own record is missing (retry after a heartbeat). */
+    int (*claim)(tb__bus *bus, const char *name, uint64_t id, tb__claim_cb cb,
+                 void *ud);
+    /* Drops this instance's claim of name for task id (nothing when
+     * someone else holds it now). */
+    int (*release)(tb__bus *bus, const char *name, uint64_t id,
+                   tb__kv_done_cb cb, void *ud);
+    /* Who holds name: status 0 with the holder (live or not), or
+     * TB_ENOENT. */
+    int (*whois)(tb__bus *bus, const char *name, tb__claim_cb cb, void *ud);
+    /* Leaves: drops this instance's record and every claim it holds, at a
+     * clean stop. */
+    int (*leave)(tb__bus *bus, tb__kv_done_cb cb, void *ud);
+    /* Housekeeping, at each heartbeat: forgets the claims of instances
+     * dead for more than keep_ms (a bounded amount per call). */
+    int (*reap)(tb__bus *bus, int64_t keep_ms, tb__kv_done_cb cb, void *ud);
+
+    /* Takes the lease of name for ttl_ms if it is free and name still has
+     * a definition: status 0 with this instance and the new fence (live 1
+     * when an earlier run had held a fence: a takeover), or TB_EEXIST with
+     * the holder (instance "" when there is no definition). */
+    int (*lease_take)(tb__bus *bus, const char *name, int64_t ttl_ms,
+                      tb__claim_cb cb, void *ud);
+    /* Extends this instance's lease of name (fence) to ttl_ms from now. A
+     * lease that expired is taken again if no later fence was handed out
+     * (a takeover, or the definition's delete); one the backend forgot
+     * with the rest of its data is taken again and the definition (def,
+     * deflen bytes) put back. cb: 0, or TB_EEXIST (ours is lost). */
+    int (*lease_renew)(tb__bus *bus, const char *name, uint64_t fence,
+                       int64_t ttl_ms, const char *def, size_t deflen,
+                       tb__claim_cb cb, void *ud);
+    /* Gives up this instance's lease of name (fence), if it still holds
+     * it. */
+    int (*lease_drop)(tb__bus *bus, const char *name, uint64_t fence,
+                      tb__kv_done_cb cb, void *ud);
+
+    /* Stores name's definition (value, len bytes, at most
+     * TB__CLUSTER_DEF_MAX) unless it has one: cb 0, or TB_EEXIST. */
+    int (*def_put)(tb__bus *bus, const char *name, const char *value,
+                   size_t len, tb__kv_done_cb cb, void *ud);
+    /* Stores name's definition again (value, len bytes) after the backend
+     * may have lost its data: only when it has none and knows no fence for
+     * name (a definition deleted on purpose leaves its fence). cb 0
+     * (restored), or TB_EEXIST (not needed, or deleted on purpose). */
+    int (*def_restore)(tb__bus *bus, const char *name, const char *value,
+                       size_t len, tb__kv_done_cb cb, void *ud);
+    /* Deletes name's definition, and its lease if fence holds it (fence 0:
+     * whoever holds it), leaving the recorded fence past fence so that no
+     * renewal of the ended run takes the lease again. cb: 0 when there was
+     * a definition, TB_ENOENT when there was none. */
+    int (*def_del)(tb__bus *bus, const char *name, uint64_t fence,
+                   tb__kv_done_cb cb, void *ud);
+    /* The definitions, at most TB__CLUSTER_DEFS_MAX. */
+    int (*def_list)(tb__bus *bus, tb__defs_cb cb, void *ud);
+    /* Records that periodic task name fired tick (a count of intervals
+     * since the epoch) under fence: 0 when tick is newer than the last one
+     * recorded and fence still holds the lease; TB_EEXIST when that tick
+     * (or a later one) fired already; TB_EPERM when the lease is not
+     * fence's. */
+    int (*tick)(tb__bus *bus, const char *name, int64_t tick, uint64_t fence,
+                tb__kv_done_cb cb, void *ud);
+
+    /* Sends msg (len bytes, at most TB__CLUSTER_MSG_MAX) to instance. cb:
+     * 0 when that instance is listening, TB_ENOENT when nobody is. The
+     * bus hands what it receives for this instance to
+     * tb__cluster_message(). */
+    int (*send)(tb__bus *bus, const char *instance, const char *msg, size_t len,
+                tb__kv_done_cb cb, void *ud);
+} tb__cluster_ops;
+
+/* The bus is connected again, to a backend that may lack what this
+ * instance wrote last (a Redis failover to a replica that had not received
+ * it yet: replication is asynchronous). This instance's claims are made
+ * again at its next heartbeat (tb__cluster_reassert), as after a backend
+ * that lost its data. Any thread; never blocks. */
+void tb__bus_store_lost(tb_app *app);
+
+/* The core's side of send(): one message for this instance (msg, len bytes,
+ * any length, from outside: the core checks it, and drops and counts one
+ * over TB__CLUSTER_MSG_MAX). Bus thread; does not block and does not keep
+ * msg. */
+void tb__cluster_message(tb_app *app, const char *msg, size_t len);
 
 /* --------------------------------------------------------------- connection */
 

@@ -12,6 +12,7 @@
 
 #include "internal.h"
 #include "json.h"
+#include "client_token.h"
 #include "url.h"
 
 #define KiB (1024LL)
@@ -57,11 +58,25 @@
     X(core, instance_ttl_ms, SECONDS, 3000, NULL, 100, H1, "instance-ttl",     \
       "seconds an instance stays listed after its last heartbeat, above "      \
       "instance-heartbeat")                                                    \
+    X(core, lost_keep_ms, SECONDS, 60000, NULL, 0, D1, "lost-keep",            \
+      "seconds a dead instance's task names show as lost before they are "     \
+      "forgotten")                                                             \
+    X(core, singleton_lease_ms, SECONDS, 3000, NULL, 300, H1,                  \
+      "singleton-lease",                                                       \
+      "seconds a singleton's lease lasts; renewed every third of it")          \
+    X(core, singleton_margin_ms, MS, 500, NULL, 0, H1, "singleton-margin",     \
+      "ms before its lease may expire that a run unable to renew it cancels "  \
+      "itself, below a third of the lease")                                    \
+    X(core, periodic_min_ms, MS, 1000, NULL, 10, H1, "periodic-min",           \
+      "shortest interval of a periodic task, ms")                              \
     X(redis, url, URL, 0, NULL, 0, 0, "redis-url",                             \
-      "redis://[user:password@]host:port[/db] or unix:///path; none: the "     \
-      "in-process bus")                                                        \
+      "redis://[user:password@]host:port[/db], unix:///path or "               \
+      "redis-sentinel://[user:password@]host:26379[,host...]/master[/db]; "    \
+      "none: the in-process bus")                                              \
     X(redis, password, SECRET, 0, NULL, 0, 0, NULL,                            \
       "Redis password (overrides the URL's)")                                  \
+    X(redis, sentinel_password, SECRET, 0, NULL, 0, 0, NULL,                   \
+      "password of the sentinels of a redis-sentinel:// URL (none: no AUTH)")  \
     X(redis, connect_timeout_ms, MS, 2000, NULL, 1, IMAX,                      \
       "redis-connect-timeout", "ms a connection attempt may take")             \
     X(redis, command_timeout_ms, MS, 5000, NULL, 1, IMAX,                      \
@@ -91,6 +106,20 @@
       "ms a refused request's unread body is drained at most")                 \
     X(http, api_token, SECRET, 0, NULL, 0, 0, "token",                         \
       "API token required by the HTTP API and websockets")                     \
+    X(http, jwt_secret, SECRET, 0, NULL, 0, 0, "jwt-secret",                   \
+      "HS256 key of client tokens (JWT), 32 bytes or more; none: no HS256")    \
+    X(http, jwt_public_key, STRING, 0, NULL, 0, 0, "jwt-public-key",           \
+      "PEM file of the RS256 or ES256 public key of client tokens (JWT)")      \
+    X(http, jwt_audience, STRING, 0, NULL, 0, 0, "jwt-audience",               \
+      "aud a client token must name (none: tokens with an aud are refused)")   \
+    X(http, jwt_issuer, STRING, 0, NULL, 0, 0, "jwt-issuer",                   \
+      "iss a client token must have (none: any)")                              \
+    X(http, jwt_leeway_ms, SECONDS, 30000, NULL, 0, 300000, "jwt-leeway",      \
+      "seconds of clock skew allowed on a client token's exp and nbf")         \
+    X(http, jwt_max_size, INT, 4096, NULL, 256, 8192, "jwt-max-size",          \
+      "longest client token, bytes")                                           \
+    X(http, tasks_page_max, INT, 1000, NULL, 1, 1000, "tasks-page-max",        \
+      "tasks in one GET /tasks page at most (its limit's default and cap)")    \
     X(ws, max_clients, INT, 10000, NULL, 1, 1 << 20, "ws-max-clients",         \
       "open websockets")                                                       \
     X(ws, max_message, SIZE, MiB, NULL, 1, 512 * MiB, "ws-max-message",        \
@@ -445,6 +474,10 @@ static const char *check_rules(const tb_app_config *c)
         return "core.instance_ttl_ms must be above "
                "core.instance_heartbeat_ms (a record must outlive the wait "
                "for its next renewal)";
+    if ((int64_t)c->core.singleton_margin_ms * 3 >= c->core.singleton_lease_ms)
+        return "core.singleton_margin_ms must be below a third of "
+               "core.singleton_lease_ms (a run renews its lease every third "
+               "of it, and must still hold it after the margin)";
     if (c->redis.retry_max_ms < c->redis.retry_min_ms)
         return "redis.retry_min_ms must be <= redis.retry_max_ms";
     if (c->http.longpoll_max && c->http.longpoll_max >= c->http.threads)
@@ -454,6 +487,16 @@ static const char *check_rules(const tb_app_config *c)
     if (c->http.api_token && !token_ok(c->http.api_token))
         return "http.api_token must be 1..256 visible ASCII bytes (no "
                "blanks) or empty";
+    int jwt_secret = c->http.jwt_secret && c->http.jwt_secret[0];
+    if ((jwt_secret || (c->http.jwt_public_key && c->http.jwt_public_key[0])) &&
+        !(c->http.api_token && c->http.api_token[0]))
+        return "http.jwt_secret and http.jwt_public_key need http.api_token: "
+               "client tokens open the event routes only, and without an "
+               "API token every other route would be open to anyone";
+    if (jwt_secret && strlen(c->http.jwt_secret) < TB__JWT_SECRET_MIN)
+        return "http.jwt_secret must be at least 32 bytes (RFC 7518: an "
+               "HS256 key as long as its hash); make one with: openssl rand "
+               "-base64 32";
     if (c->http.listen && c->http.listen[0] && !listen_ok(c->http.listen))
         return "http.listen must be " LISTEN_FORM;
     if (c->core.json_max_depth > 0 &&

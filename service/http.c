@@ -13,6 +13,7 @@
 #include "api.h"
 #include "http.h"
 #include "internal.h"
+#include "client_token.h"
 #include "metrics.h"
 #include "ws.h"
 
@@ -20,12 +21,13 @@
  * does not convert function pointers to void *. */
 typedef struct route_fn {
     tb_http_fn fn;
-    int open;         /* served without the API token */
-    tb__ws_route *ws; /* a websocket endpoint: upgrades go there */
+    tb__http_access access; /* who may use it when there is an API token */
+    tb__ws_route *ws;       /* a websocket endpoint: upgrades go there */
 } route_fn;
 
 static int route_add_ws(tb_app *app, const char *method, const char *path,
-                        tb_http_fn fn, void *ud, int open, tb__ws_route *ws)
+                        tb_http_fn fn, void *ud, tb__http_access access,
+                        tb__ws_route *ws)
 {
     if (!app || !method || !path || !fn)
         return TB_EINVAL;
@@ -40,7 +42,7 @@ static int route_add_ws(tb_app *app, const char *method, const char *path,
     if (!h)
         return TB_ENOMEM;
     h->fn = fn;
-    h->open = open;
+    h->access = access;
     h->ws = ws;
     int rc = tb__router_add(app->router, method, path, h, ud);
     if (rc) {
@@ -61,12 +63,6 @@ static int route_add_ws(tb_app *app, const char *method, const char *path,
     return 0;
 }
 
-static int route_add(tb_app *app, const char *method, const char *path,
-                     tb_http_fn fn, void *ud, int open)
-{
-    return route_add_ws(app, method, path, fn, ud, open, NULL);
-}
-
 /* A plain GET on a websocket path. */
 static int upgrade_required(tb_http_req *req, void *ud)
 {
@@ -76,21 +72,23 @@ static int upgrade_required(tb_http_req *req, void *ud)
                          "websocket client (Upgrade: websocket)");
 }
 
-int tb__http_route_ws(tb_app *app, const char *path, tb__ws_route *route)
+int tb__http_route_ws(tb_app *app, const char *path, tb__ws_route *route,
+                      tb__http_access access)
 {
-    return route_add_ws(app, "GET", path, upgrade_required, NULL, 0, route);
+    return route_add_ws(app, "GET", path, upgrade_required, NULL, access,
+                        route);
 }
 
 int tb_app_add_route(tb_app *app, const char *method, const char *path,
                      tb_http_fn fn, void *ud)
 {
-    return route_add(app, method, path, fn, ud, 0);
+    return route_add_ws(app, method, path, fn, ud, TB__HTTP_ADMIN, NULL);
 }
 
-int tb__app_route_open(tb_app *app, const char *method, const char *path,
-                       tb_http_fn fn, void *ud)
+int tb__app_route_as(tb_app *app, const char *method, const char *path,
+                     tb_http_fn fn, void *ud, tb__http_access access)
 {
-    return route_add(app, method, path, fn, ud, 1);
+    return route_add_ws(app, method, path, fn, ud, access, NULL);
 }
 
 const tb__router *tb__http_router(const tb_app *app)
@@ -186,12 +184,22 @@ static char *error_body(const char *code, const char *message)
     return s;
 }
 
+/* Logs an error answer, naming the request (and the client token's sub,
+ * if it came with one). */
+static void log_error(const tb_http_req *req, int status, const char *code,
+                      const char *message)
+{
+    const char *sub = req->claims ? req->claims->sub : NULL;
+    tb__log(status >= 500 ? TB_LOG_ERROR : TB_LOG_INFO,
+            "http %s %s (request %s%s%s%s): %d %s: %s", req->method, req->path,
+            req->request_id, sub ? ", sub \"" : "", sub ? sub : "",
+            sub ? "\"" : "", status, code, message);
+}
+
 static int error_answer(tb_http_req *req, int status, const char *code,
                         const char *message, const char *extra)
 {
-    tb__log(status >= 500 ? TB_LOG_ERROR : TB_LOG_INFO,
-            "http %s %s (request %s): %d %s: %s", req->method, req->path,
-            req->request_id, status, code, message);
+    log_error(req, status, code, message);
     char *body = error_body(code, message);
     int rc = send_answer(req, status, "application/json", extra,
                          body ? body : "{\"error\":\"internal\"}",
@@ -201,6 +209,28 @@ static int error_answer(tb_http_req *req, int status, const char *code,
 }
 
 static void set_request_id(tb_http_req *req);
+
+int tb__http_forbidden(tb_http_req *req, tb__jwt_right right,
+                       const char *pattern)
+{
+    char msg[TB__JWT_FORBIDDEN_MAX];
+    tb__jwt_forbidden_message(req->claims, right, pattern, msg);
+    log_error(req, 403, "forbidden", msg);
+    json_t *o = json_object();
+    char *body = NULL;
+    if (o) {
+        json_object_set_new(o, "error", json_string("forbidden"));
+        json_object_set_new(o, "message", json_string(msg));
+        json_object_set_new(o, "pattern", json_string(pattern));
+        body = json_dumps(o, JSON_COMPACT);
+        json_decref(o);
+    }
+    int rc = send_answer(req, 403, "application/json", NULL,
+                         body ? body : "{\"error\":\"forbidden\"}",
+                         body ? strlen(body) : 21);
+    free(body);
+    return rc;
+}
 
 int tb__http_error_headers(tb_http_req *req, int status, const char *code,
                            const char *headers, const char *message)
@@ -269,65 +299,136 @@ static int token_equal(const char *given, size_t n, const char *token)
     return diff == 0;
 }
 
-/* The outcome of checking a request's credentials against the token. */
-enum {
-    AUTH_OK = 0,
-    AUTH_MISSING,
-    AUTH_WRONG
-};
-
-/* Checks "Authorization: Bearer <token>" (scheme in any case, RFC 7235),
- * else a "token" query parameter (browsers cannot set headers on a
- * websocket). Neither the token nor what was sent is ever logged. */
-static int check_token(tb_http_req *req, const char *token)
+/* The credential a request carries: "Authorization: Bearer <credential>"
+ * (scheme in any case, RFC 7235), else a "token" query parameter (browsers
+ * cannot set headers on a websocket). Copied into out (outsz bytes) and
+ * its length returned; TB_ENOENT without one; TB_ENAMETOOLONG when it does
+ * not fit (its length, or what fits of it, is then in *len when known);
+ * TB_EINVAL for another scheme or a bad escape. */
+static int credential(tb_http_req *req, char *out, size_t outsz, size_t *len)
 {
     const char *h = req->ops->header(req->conn, "Authorization");
+    *len = 0;
     if (h) {
         while (*h == ' ' || *h == '\t')
             h++;
         if (strncasecmp(h, "Bearer ", 7) != 0)
-            return AUTH_WRONG;
+            return TB_EINVAL;
         h += 7;
         while (*h == ' ')
             h++;
         size_t n = strlen(h);
         while (n && (h[n - 1] == ' ' || h[n - 1] == '\t'))
             n--;
-        return token_equal(h, n, token) ? AUTH_OK : AUTH_WRONG;
+        *len = n;
+        if (n >= outsz)
+            return TB_ENAMETOOLONG;
+        memcpy(out, h, n);
+        out[n] = '\0';
+        return (int)n;
     }
-    char q[512];
-    int rc = tb__query_get(req->query, "token", q, sizeof q);
-    if (rc == TB_ENOENT)
-        return AUTH_MISSING;
-    int ok = rc >= 0 && token_equal(q, (size_t)rc, token);
-    explicit_bzero(q, sizeof q);
-    return ok ? AUTH_OK : AUTH_WRONG;
+    int rc = tb__query_get(req->query, "token", out, outsz);
+    *len = rc >= 0 ? (size_t)rc : rc == TB_ENAMETOOLONG ? outsz : 0;
+    return rc;
+}
+
+/* A refusal of the credentials: 401 with code and message. */
+static int unauthorized(tb_http_req *req, const char *code, const char *msg,
+                        int bad_token)
+{
+    error_answer(req, 401, code, msg,
+                 bad_token
+                     ? "WWW-Authenticate: Bearer error=\"invalid_token\"\r\n"
+                     : "WWW-Authenticate: Bearer\r\n");
+    return req->status;
+}
+
+/* Checks a client token (JWT) for route h: 0 with req->claims set, else
+ * req answered (401, 403 off the event routes, 500) and its status. */
+static int authorize_client(tb_http_req *req, const route_fn *h,
+                            const char *cred, size_t len)
+{
+    tb_app *app = req->app;
+    tb__jwt_refusal why;
+    tb__jwt_claims *claims;
+    int rc =
+        tb__jwt_check(app->jwt, cred, len, app->cfg.core.json_max_depth,
+                      app->cfg.ws.max_patterns, tb__now_us(), &claims, &why);
+    if (rc == TB_ENOMEM) {
+        error_answer(req, 500, "internal", "out of memory", NULL);
+        return req->status;
+    }
+    if (rc)
+        return unauthorized(req, why.code, why.message, 1);
+    req->claims = claims;
+    if (!h || h->access != TB__HTTP_CLIENT) {
+        error_answer(req, 403, "forbidden",
+                     "a client token (JWT) opens the event routes only (GET "
+                     "/ws, GET and POST /events/{...}); this needs the API "
+                     "token",
+                     NULL);
+        return req->status;
+    }
+    tb__log(TB_LOG_DEBUG,
+            "http %s %s (request %s): client token of sub \"%s\", expiring "
+            "in %lld s",
+            req->method, req->path, req->request_id, claims->sub,
+            (long long)(claims->until_us - tb__now_us()) / 1000000);
+    return 0;
 }
 
 /* 0 if req may go on to routing and its handler: no token is configured,
- * the matched route is open (GET and HEAD of /healthz and /readyz), or the
- * request carries the token. Else answers 401 and returns its status. Runs
- * before any 404, 405 or 400 of the router, so that a client without the
- * token learns nothing of which paths and methods exist. rc and req->match
- * are the router's; req is the caller's and is only answered. */
+ * the matched route is open (GET and HEAD of /healthz and /readyz), the
+ * request carries the API token, or a valid client token for an event
+ * route (req->claims then holds its claims, the request's). Else answers
+ * 401 (403 for a client token off the event routes) and returns its
+ * status. Runs before any 404, 405 or 400 of the router, so that a client
+ * without the token learns nothing of which paths and methods exist. rc and
+ * req->match are the router's. Neither the token nor what was sent is ever
+ * logged. */
 static int authorize(tb_http_req *req, int rc)
 {
     const char *token = req->app->cfg.http.api_token;
     if (!token || !token[0])
-        return 0;
+        return 0; /* client tokens need an API token (config.c) */
     const route_fn *h = rc == TB__ROUTE_OK ? req->match.handler : NULL;
-    if (h && h->open)
+    if (h && h->access == TB__HTTP_OPEN)
         return 0;
-    int auth = check_token(req, token);
-    if (auth == AUTH_OK)
-        return 0;
-    error_answer(req, 401, "unauthorized",
-                 auth == AUTH_MISSING ? "this API needs its token: send "
-                                        "\"Authorization: Bearer <token>\" (or "
-                                        "?token=<token>)"
-                                      : "wrong API token",
-                 "WWW-Authenticate: Bearer\r\n");
-    return req->status;
+    int jwt = req->app->jwt != NULL;
+    /* Room for the longest client token, or for an API token and one byte
+     * more (so that a longer one is known to be wrong). */
+    size_t cap = jwt ? (size_t)req->app->cfg.http.jwt_max_size + 1 : 258;
+    char *cred = malloc(cap);
+    if (!cred) {
+        error_answer(req, 500, "internal", "out of memory", NULL);
+        return req->status;
+    }
+    size_t len;
+    int got = credential(req, cred, cap, &len);
+    int status = 0;
+    if (got == TB_ENOENT)
+        status = unauthorized(
+            req, "unauthorized",
+            jwt ? "this API needs a token: send \"Authorization: Bearer "
+                  "<token>\" (or ?token=<token>) with the API token or, on "
+                  "the event routes, a client token (JWT)"
+                : "this API needs its token: send \"Authorization: Bearer "
+                  "<token>\" (or ?token=<token>)",
+            0);
+    else if (got >= 0 && token_equal(cred, len, token))
+        status = 0;
+    else if (jwt && got == TB_ENAMETOOLONG)
+        status = unauthorized(req, "token_too_large",
+                              "the token is longer than http.jwt_max_size "
+                              "allows",
+                              1);
+    else if (jwt && got >= 0 && memchr(cred, '.', len))
+        status = authorize_client(req, h, cred, len);
+    else
+        status = unauthorized(req, "unauthorized", "wrong API token", 0);
+    explicit_bzero(cred, cap);
+    free(cred);
+    return status;
 }
 
 static int dispatch(tb_http_req *req, tb_ws **upgrade)
@@ -402,6 +503,7 @@ int tb__http_handle(tb_app *app, const tb__http_in *in)
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int status = dispatch(req, NULL);
+    tb__jwt_claims_free(req->claims);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (status && req->app->metrics)
         tb__metrics_count(req->app->metrics, req->match.tmpl, req->method,
@@ -420,6 +522,7 @@ tb_ws *tb__http_handle_upgrade(tb_app *app, const tb__http_in *in)
     int status = dispatch(req, &ws);
     if (!status && !ws)
         error_answer(req, 500, "internal", "upgrade failed", NULL);
+    tb__jwt_claims_free(req->claims); /* NULL when ws took them */
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (req->app->metrics)
         tb__metrics_count(req->app->metrics, req->match.tmpl, req->method,

@@ -9,6 +9,7 @@
 
 #include "adapter.h"
 #include "http_route.h"
+#include "client_token.h"
 
 /* One request while it is handled: what the server read (tb__http_in),
  * then the route that matched, the request id and the status answered. */
@@ -22,6 +23,9 @@ struct tb_http_req {
     const char *body;  /* NUL-terminated; the adapter owns it */
     size_t body_len;
     tb__route_match match;
+    struct tb__jwt_claims *claims; /* the client token's (the request's
+                                      own), or NULL: the API token, or none
+                                      needed */
     char request_id[72];
     int status; /* answered with; 0 while not answered */
 };
@@ -53,10 +57,22 @@ int tb__http_abandon(tb_http_req *req);
 int tb__http_error_headers(tb_http_req *req, int status, const char *code,
                            const char *headers, const char *message);
 
-/* tb_app_add_route for a route that stays open when the app has an api_token
- * (the health probes). Same contract otherwise. */
-int tb__app_route_open(tb_app *app, const char *method, const char *path,
-                       tb_http_fn fn, void *ud);
+/* Who may use a route when the app has an api_token. */
+typedef enum {
+    TB__HTTP_ADMIN = 0, /* the API token only (tb_app_add_route's) */
+    TB__HTTP_OPEN,      /* anyone (the health probes) */
+    TB__HTTP_CLIENT     /* the API token, or a client token (JWT) whose
+                           claims the handler checks (the event routes) */
+} tb__http_access;
+
+/* tb_app_add_route with the route's access. Same contract otherwise. */
+int tb__app_route_as(tb_app *app, const char *method, const char *path,
+                     tb_http_fn fn, void *ud, tb__http_access access);
+
+/* Answers 403 forbidden: req's client token does not grant right on
+ * pattern. The body names the pattern ({"error", "message", "pattern"}). */
+int tb__http_forbidden(tb_http_req *req, tb__jwt_right right,
+                       const char *pattern);
 
 /* The app's router (NULL when no route was registered). */
 const tb__router *tb__http_router(const tb_app *app);

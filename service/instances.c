@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "cluster.h"
 #include "instances.h"
 #include "internal.h"
 #include "json.h"
@@ -51,6 +52,8 @@ struct tb__instances {
     json_t *last;    /* the instances last read, by id; never NULL */
     int del_done;    /* stop: the store answered our delete */
     int put_failed;  /* the last put failed (logged once per run) */
+    int puts_ok;     /* puts that succeeded */
+    int reassert;    /* our record was found missing: claim again */
     tb__ratelog bad; /* skipped records; the list callback's thread */
 };
 
@@ -136,14 +139,21 @@ static void on_put(int status, void *ud)
     tb__instances *in = ud;
     pthread_mutex_lock(&in->mu);
     int was = in->put_failed;
-    in->put_failed = status != 0;
+    in->put_failed = status < 0;
+    /* Created rather than renewed: Redis did not have it (the first put,
+     * a restart, a partition or pause longer than the TTL): the claims
+     * made meanwhile looked dead to the others; claim them again. */
+    if (status == TB__KV_CREATED)
+        in->reassert = 1;
+    if (status >= 0)
+        in->puts_ok++;
     pthread_mutex_unlock(&in->mu);
-    if (status && !was)
+    if (status < 0 && !was)
         tb__log(TB_LOG_WARN,
                 "instances: cannot renew this instance's record: %s; "
                 "retrying every heartbeat",
                 tb_strerror(status));
-    else if (!status && was)
+    else if (status >= 0 && was)
         tb__log(TB_LOG_INFO, "instances: this instance's record renewed "
                              "again");
 }
@@ -188,6 +198,12 @@ static void on_list(int status, const tb__kv_rec *recs, size_t n,
     pthread_mutex_unlock(&in->mu);
 }
 
+static void reaped(int status, void *ud)
+{
+    (void)status;
+    (void)ud;
+}
+
 static void beat(tb__instances *in)
 {
     if (!in->kv)
@@ -197,6 +213,28 @@ static void beat(tb__instances *in)
     if (rc != 0)
         on_put(rc, in);
     in->kv->list(in->bus, GROUP, on_list, in);
+    const tb__cluster_ops *cl = in->bus->ops->cluster;
+    if (cl) {
+        cl->reap(in->bus, in->app->cfg.core.lost_keep_ms, reaped, NULL);
+        tb__cluster_retry(in->app);
+    }
+    pthread_mutex_lock(&in->mu);
+    int again = in->reassert;
+    in->reassert = 0;
+    pthread_mutex_unlock(&in->mu);
+    if (atomic_exchange(&in->app->store_lost, 0))
+        tb__cluster_reassert(in->app, "the bus moved to a new Redis master, "
+                                      "which may lack our last claims");
+    else if (again)
+        tb__cluster_reassert(in->app,
+                             "this instance's record was gone from Redis");
+}
+
+void tb__bus_store_lost(tb_app *app)
+{
+    /* A flag, not a call into the registry: the bus may run before the
+     * heartbeat starts or after it stops; the next beat, if any, acts. */
+    atomic_store(&app->store_lost, 1);
 }
 
 static void *beat_main(void *arg)
@@ -285,9 +323,12 @@ void tb__instances_stop(tb__instances *in)
     in->started = 0;
     if (!in->kv)
         return;
-    /* Leave at once rather than when the TTL runs out; wait for the answer
-     * (bounded), since the bus stops next and would give it up. */
-    int rc = in->kv->del(in->bus, GROUP, in->app->instance, on_del, in);
+    /* Leave at once rather than when the TTL runs out, with our claims;
+     * wait for the answer (bounded), since the bus stops next and would
+     * give it up. */
+    const tb__cluster_ops *cl = in->bus->ops->cluster;
+    int rc = cl ? cl->leave(in->bus, on_del, in)
+                : in->kv->del(in->bus, GROUP, in->app->instance, on_del, in);
     if (rc != 0) {
         tb__log(TB_LOG_WARN,
                 "instances: cannot remove this instance's record (%s); it "
@@ -367,6 +408,39 @@ json_t *tb__instances_json(tb__instances *in)
     json_decref(last);
     json_object_set_new(out, "instances", arr);
     return out;
+}
+
+void tb__instances_reassert_later(tb__instances *in)
+{
+    if (!in)
+        return;
+    pthread_mutex_lock(&in->mu);
+    in->reassert = 1;
+    pthread_mutex_unlock(&in->mu);
+}
+
+size_t tb__instances_ids(tb__instances *in, char (*ids)[24], size_t max)
+{
+    size_t n = 0;
+    int self = 0;
+    pthread_mutex_lock(&in->mu);
+    const char *k;
+    json_t *o;
+    json_object_foreach(in->last, k, o)
+    {
+        /* Ours are 16 hex digits; a record someone wrote by hand under
+         * another id cannot be called (nor paged through). */
+        size_t kl = strlen(k);
+        if (n >= max || kl > 20 || strspn(k, "0123456789abcdef") != kl)
+            continue;
+        snprintf(ids[n++], 24, "%s", k);
+        self |= !strcmp(k, in->app->instance);
+    }
+    pthread_mutex_unlock(&in->mu);
+    if (!self && n < max)
+        snprintf(ids[n++], 24, "%s", in->app->instance);
+    qsort(ids, n, sizeof ids[0], (int (*)(const void *, const void *))strcmp);
+    return n;
 }
 
 size_t tb__instances_count(tb__instances *in)

@@ -31,6 +31,14 @@ void tb__instances_free(tb__instances *in);
  * never waits on the store. */
 json_t *tb__instances_json(tb__instances *in);
 
+/* Asks the heartbeat to claim this instance's names again at its next
+ * beat (a re-claim did not get through). Any thread; NULL is a no-op. */
+void tb__instances_reassert_later(tb__instances *in);
+
+/* The ids of the instances in the last list read, this one included,
+ * sorted: at most max of them into ids. Any thread; never waits. */
+size_t tb__instances_ids(tb__instances *in, char (*ids)[24], size_t max);
+
 /* Instances in the last list read, this one included (0 for NULL). Any
  * thread. */
 size_t tb__instances_count(tb__instances *in);

@@ -156,8 +156,12 @@ struct tb_task {
     int worker;
     tb_task_state state;
     int result;
-    int replica;   /* one of a pre-run named task's replicas */
-    int ephemeral; /* TB_TASK_EPHEMERAL: dropped from the registry at end */
+    int replica;    /* one of a pre-run named task's replicas */
+    int ephemeral;  /* TB_TASK_EPHEMERAL: dropped from the registry at end */
+    int hidden;     /* TB__TASK_HIDDEN: the cluster's own, never listed */
+    int claimed;    /* its name is claimed across the cluster (cluster.c) */
+    uint64_t fence; /* a singleton run's fencing token; else 0 */
+    struct tb__single *single; /* a singleton run: singleton.c's; else NULL */
     int64_t created_us, started_us, ended_us;
     tb__watch *watchers;
     atomic_int refs; /* registry + worker + in-flight messages */
@@ -194,6 +198,33 @@ struct tb_task {
 
 void tb__task_ref(tb_task *t);
 void tb__task_unref(tb_task *t);
+
+/* Internal flags of tb__task_add, beside the public TB_TASK_* ones. */
+enum {
+    TB__TASK_LOCAL = 1u << 24,  /* a name of this instance only (a request's
+                                   or a connection's): never claimed */
+    TB__TASK_HIDDEN = 1u << 25, /* the cluster's own helper: not listed,
+                                   not claimed */
+};
+
+/* What tb__task_add takes and tells beyond tb_task_add's. */
+typedef struct tb__add_extra {
+    unsigned iflags;           /* TB__TASK_* */
+    uint64_t fence;            /* a singleton run's fence */
+    struct tb__single *single; /* a singleton run's state (singleton.c) */
+    char holder[24]; /* out: on TB_EEXIST, the instance holding the name */
+} tb__add_extra;
+
+/* tb_task_add with x (may be NULL). */
+int tb__task_add(tb_app *app, tb_task_fn fn, void *ud, const tb_task_opts *o,
+                 tb__add_extra *x, uint64_t *id_out);
+
+/* Drops the finished task name with id from the registry, if it is there
+ * (a periodic task's run, once its result is recorded). Any thread. */
+void tb__task_forget(tb_app *app, const char *name, uint64_t id);
+
+/* Copies t's state into *o (reg_mu held). */
+void tb__task_info_fill(const tb_task *t, tb_task_info *o);
 
 /* A task that ends while suspended in tb_dispatch_wait (abandoned at
  * shutdown) lets go of its confirmation, so that the bus's later callback
@@ -396,6 +427,8 @@ void tb__blocking_shutdown(tb_app *app);
 
 typedef struct tb__prerun {
     struct tb__prerun *next;
+    unsigned flags;   /* TB_TASK_SINGLETON: one run in the cluster */
+    int64_t every_ms; /* a periodic task's interval; else 0 */
     tb_task_fn fn;
     int fn_result; /* copied to result under reg_mu at the end */
     void *arg;
@@ -448,12 +481,16 @@ struct tb_app {
     int start_err;
 
     tb__bus *bus;
-    struct tb__instances *instances; /* instances.c, while running */
-    struct tb__router *router;       /* HTTP routes, NULL if none */
-    void **route_fns;                /* the handlers' wrappers, freed with us */
+    atomic_int store_lost; /* tb__bus_store_lost: reassert at the next beat */
+    struct tb__instances *instances;   /* instances.c, while running */
+    struct tb__cluster *cluster;       /* cluster.c: calls between instances */
+    struct tb__singletons *singletons; /* singleton.c, while running */
+    struct tb__router *router;         /* HTTP routes, NULL if none */
+    void **route_fns; /* the handlers' wrappers, freed with us */
     size_t nroute_fns;
     tb__http_server *http;          /* compose.c's, or NULL: no HTTP */
     const tb__wsconn_ops *wsconn;   /* its websockets' framing */
+    struct tb__jwt *jwt;            /* jwt.c: client tokens, NULL: off */
     void *metrics;                  /* metrics.c: request counters */
     struct app_kinds *kinds;        /* kinds.c: task kinds by name */
     struct tb__ws_route *ws_routes; /* ws.c: websocket endpoints */
@@ -470,13 +507,15 @@ struct tb_app {
 
     /* registry */
     pthread_mutex_t reg_mu;
-    pthread_cond_t done_cv; /* broadcast when a task ends */
+    pthread_cond_t done_cv; /* broadcast when a task ends, or a claim
+                               in flight (claiming) completes */
     int thread_waiters;     /* threads blocked on done_cv */
     tb__htab names;         /* name -> tb_task chain */
     tb_task *all_head, *all_tail;
     uint64_t next_id;
-    int mode;          /* TB__MODE_*: where tb_task_add goes */
-    atomic_int bus_up; /* tb_dispatch allowed */
+    struct tb__claiming *claiming; /* names being claimed (task.c) */
+    int mode;                      /* TB__MODE_*: where tb_task_add goes */
+    atomic_int bus_up;             /* tb_dispatch allowed */
     atomic_uint_fast64_t queue_full_drops;    /* worker_queue_max drops */
     atomic_int_fast64_t queue_full_logged_us; /* rate limit of that log */
     atomic_uint_fast64_t hop_limit_drops;     /* event_max_hops refusals */

@@ -19,6 +19,8 @@
 #include "json.h"
 #include "api.h"
 #include "kinds.h"
+#include "cluster.h"
+#include "singleton.h"
 
 #define ARG_NAME_MAX 64
 
@@ -379,10 +381,10 @@ enum {
     STAGE_ADD   /* tb_task_add */
 };
 
-/* tb_task_spawn, also telling which stage failed. */
-static int spawn(tb_app *app, const char *kind_name, const char *args_json,
-                 const tb_task_opts *opts, uint64_t *id_out, char *err,
-                 size_t errsz, int *stage)
+/* tb_task_spawn, also telling which stage failed; x as tb__task_add's. */
+static int spawn_x(tb_app *app, const char *kind_name, const char *args_json,
+                   const tb_task_opts *opts, tb__add_extra *x, uint64_t *id_out,
+                   char *err, size_t errsz, int *stage)
 {
     *stage = STAGE_KIND;
     errf(err, errsz, "%s", "");
@@ -422,12 +424,60 @@ static int spawn(tb_app *app, const char *kind_name, const char *args_json,
     }
     o.kind = kname;
     o.ud_free = kargs_free;
-    rc = tb_task_add(app, fn, args, &o, id_out);
+    rc = tb__task_add(app, fn, args, &o, x, id_out);
     if (rc) {
         kargs_free(args);
         errf(err, errsz, "task \"%.80s\": %s", o.name ? o.name : "(unnamed)",
              tb_strerror(rc));
     }
+    return rc;
+}
+
+static int spawn(tb_app *app, const char *kind_name, const char *args_json,
+                 const tb_task_opts *opts, uint64_t *id_out, char *err,
+                 size_t errsz, int *stage)
+{
+    if (opts && (opts->flags & TB_TASK_SINGLETON)) {
+        *stage = STAGE_KIND;
+        int rc = tb__kind_check(app, kind_name, args_json, err, errsz, stage);
+        if (rc)
+            return rc;
+        *stage = STAGE_ADD;
+        char holder[24];
+        rc = tb__singleton_spawn(app, kind_name, args_json, opts, 0, id_out,
+                                 holder, err, errsz);
+        return rc;
+    }
+    return spawn_x(app, kind_name, args_json, opts, NULL, id_out, err, errsz,
+                   stage);
+}
+
+int tb__kind_spawn(tb_app *app, const char *kind, const char *args_json,
+                   const tb_task_opts *opts, tb__add_extra *x, uint64_t *id_out,
+                   char *err, size_t errsz)
+{
+    int stage;
+    return spawn_x(app, kind, args_json, opts, x, id_out, err, errsz, &stage);
+}
+
+int tb__kind_check(tb_app *app, const char *kind_name, const char *args_json,
+                   char *err, size_t errsz, int *stage)
+{
+    errf(err, errsz, "%s", "");
+    *stage = STAGE_KIND;
+    const kind *k = kind_name ? find_kind(find_app(app), kind_name) : NULL;
+    if (!k) {
+        errf(err, errsz, "no task kind named \"%.80s\"",
+             kind_name ? kind_name : "");
+        return TB_ENOENT;
+    }
+    *stage = STAGE_ARGS;
+    tb_kind_args *args = NULL;
+    int rc =
+        validate(k, args_json, app->cfg.core.json_max_depth, &args, err, errsz);
+    if (rc == 0 && k->check)
+        rc = k->check(args, k->check_ud, err, errsz);
+    kargs_free(args);
     return rc;
 }
 
@@ -598,24 +648,34 @@ int tb_app_add_builtin_kinds(tb_app *app)
 static json_t *spawned_json(tb_app *app, const char *name, uint64_t id,
                             const char *kind_name)
 {
-    tb_task_info info;
-    int n = tb_task_get(app, name, &info);
-    if (n > 0 && info.id == id) {
-        json_t *o = tb__api_task_json(&info);
-        if (o)
-            json_object_set_new(o, "replicas", json_integer(n));
+    json_t *o = NULL;
+    int n = 0;
+    pthread_mutex_lock(&app->reg_mu);
+    for (tb_task *t = app->all_head; t; t = t->all_next) {
+        if (t->hidden || strcmp(t->name, name) != 0)
+            continue;
+        n++;
+        if (t->id == id && !o)
+            o = tb__cluster_task_json(app, t);
+    }
+    pthread_mutex_unlock(&app->reg_mu);
+    if (o) {
+        json_object_set_new(o, "replicas", json_integer(n));
         return o;
     }
-    json_t *o = json_object();
+    o = json_object();
     if (o) {
         json_object_set_new(o, "name", tb__api_jstr(name));
         json_object_set_new(o, "id", json_integer((json_int_t)id));
         json_object_set_new(o, "kind", json_string(kind_name));
+        json_object_set_new(o, "instance",
+                            id ? json_string(app->instance) : json_null());
     }
     return o;
 }
 
-/* POST /tasks {"kind", "name"?, "args"?, "worker"?}: 201 with the task. */
+/* POST /tasks {"kind", "name"?, "args"?, "worker"?, "singleton"?,
+ * "every"?}: 201 with the task. */
 static int post_task(tb_http_req *req, void *ud)
 {
     (void)ud;
@@ -645,8 +705,13 @@ static int post_task(tb_http_req *req, void *ud)
                 json_is_object(val) || json_is_null(val) ? NULL : "an object";
         else if (strcmp(key, "worker") == 0)
             want = json_is_integer(val) ? NULL : "an integer";
+        else if (strcmp(key, "singleton") == 0)
+            want = json_is_boolean(val) ? NULL : "true or false";
+        else if (strcmp(key, "every") == 0)
+            want = json_is_string(val) ? NULL : "a duration such as \"30s\"";
         else
-            want = "absent (expected kind, name, args, worker)";
+            want = "absent (expected kind, name, args, worker, singleton, "
+                   "every)";
         if (want) {
             /* key lives in root: format before letting go of it. */
             snprintf(msg, sizeof msg, "member \"%.80s\" must be %s", key, want);
@@ -678,6 +743,29 @@ static int post_task(tb_http_req *req, void *ud)
         }
         o.worker = (int)wi;
     }
+    int singleton = json_is_true(json_object_get(root, "singleton"));
+    int64_t every_ms = 0;
+    json_t *every = json_object_get(root, "every");
+    if (every) {
+        int min = app->cfg.core.periodic_min_ms;
+        if (tb__duration_ms(json_string_value(every), &every_ms) != 0 ||
+            every_ms < min || every_ms > TB_PERIODIC_MAX_MS) {
+            json_decref(root);
+            return tb_http_error(
+                req, 400, "bad_every",
+                "every must be a duration such as \"500ms\", \"30s\", "
+                "\"5m\" or \"1h\" from %d ms (core.periodic_min_ms) to "
+                "7 days",
+                min);
+        }
+        singleton = 1; /* once per tick for the whole cluster */
+    }
+    if (singleton && (!o.name || w)) {
+        json_decref(root);
+        return tb_http_error(req, 400, "bad_request",
+                             "a singleton or periodic task needs a \"name\" "
+                             "and takes no \"worker\"");
+    }
     json_t *args = json_object_get(root, "args");
     char *args_json =
         args ? json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
@@ -688,7 +776,39 @@ static int post_task(tb_http_req *req, void *ud)
     char err[512];
     uint64_t id = 0;
     int stage;
-    int rc = spawn(app, kind_name, args_json, &o, &id, err, sizeof err, &stage);
+    tb__add_extra x = {0};
+    int rc;
+    /* ?scope=local: the name is unique on this instance only (not claimed
+     * across the cluster). */
+    char scope[16];
+    int qs = tb_http_query(req, "scope", scope, sizeof scope);
+    if (qs != TB_ENOENT) {
+        int local = qs >= 0 && !strcmp(scope, "local");
+        if ((!local && (qs < 0 || strcmp(scope, "cluster") != 0)) ||
+            (local && singleton)) {
+            free(args_json);
+            json_decref(root);
+            return tb_http_error(req, 400, "bad_scope",
+                                 "scope must be cluster (the default: the "
+                                 "name is unique across the cluster) or "
+                                 "local (unique on this instance only; not "
+                                 "for singleton or periodic tasks)");
+        }
+        if (local)
+            x.iflags |= TB__TASK_LOCAL;
+    }
+    if (singleton) {
+        o.flags |= TB_TASK_SINGLETON;
+        rc = tb__kind_check(app, kind_name, args_json, err, sizeof err, &stage);
+        if (rc == 0) {
+            stage = STAGE_ADD;
+            rc = tb__singleton_spawn(app, kind_name, args_json, &o, every_ms,
+                                     &id, x.holder, err, sizeof err);
+        }
+    } else {
+        rc = spawn_x(app, kind_name, args_json, &o, &x, &id, err, sizeof err,
+                     &stage);
+    }
     free(args_json);
     json_t *out = NULL;
     if (rc == 0) {
@@ -716,9 +836,37 @@ static int post_task(tb_http_req *req, void *ud)
     if (rc == TB_EPERM && stage == STAGE_ARGS)
         return tb_http_error(req, 403, "not_allowed", "%s", err);
     switch (rc) {
-    case TB_EEXIST:
-        return tb_http_error(req, 409, "name_taken",
-                             "%s: cancel it first, or pick another name", err);
+    case TB_EEXIST: {
+        json_t *extra = json_object();
+        if (extra)
+            /* The holder's instance; for a singleton that no instance
+             * runs right now (between an owner's death and a takeover),
+             * null. A task's name held here has no holder set. */
+            json_object_set_new(extra, "instance",
+                                x.holder[0] ? json_string(x.holder)
+                                : singleton ? json_null()
+                                            : json_string(app->instance));
+        return tb__api_error_with(req, 409, "name_taken", extra,
+                                  "%s: cancel it first, or pick another name",
+                                  err);
+    }
+    case TB_ENOTCONN:
+        return tb_http_error(req, 503, "redis_unavailable",
+                             "%s: the name cannot be claimed across the "
+                             "cluster while Redis is unreachable",
+                             err);
+    case TB_EAGAIN:
+        return tb_http_error(req, 503, "not_registered",
+                             "%s: this instance's record is not in Redis "
+                             "yet (its next heartbeat puts it back): retry",
+                             err);
+    case TB_ETIMEDOUT:
+        return tb_http_error(req, 503, "redis_timeout",
+                             "%s: Redis did not answer the name's claim in "
+                             "time",
+                             err);
+    case TB_EMSGSIZE: /* a singleton's arguments */
+        return tb_http_error(req, 400, "bad_args", "%s", err);
     case TB_EINVAL:
     case TB_ENAMETOOLONG:
         return tb_http_error(req, 400, "bad_name",

@@ -9,7 +9,9 @@
 #include <string.h>
 
 #include "http.h"
+#include "cluster.h"
 #include "instances.h"
+#include "singleton.h"
 #include "internal.h"
 #include "metrics.h"
 #include "ws.h"
@@ -246,6 +248,65 @@ static void ws_metrics(buf *b, tb_app *app)
         (uint64_t)atomic_load(&app->ws_handover_failures));
 }
 
+static void cluster_metrics(buf *b, tb_app *app)
+{
+    tb__cluster_stats c;
+    tb__singleton_stats g;
+    tb__cluster_stats_get(app, &c);
+    tb__singleton_stats_get(app, &g);
+    const struct {
+        const char *name, *type, *help;
+        uint64_t v;
+    } rows[] = {
+        {"taskbus_claims_total", "counter",
+         "Task names claimed across the cluster by this instance.", c.claims},
+        {"taskbus_claim_conflicts_total", "counter",
+         "Claims refused: a live task on some instance held the name.",
+         c.claim_conflicts},
+        {"taskbus_claim_errors_total", "counter",
+         "Claims that failed (Redis unreachable or slow).", c.claim_errors},
+        {"taskbus_claims_reasserted_total", "counter",
+         "Claims made again after Redis lost this instance's record.",
+         c.reasserted},
+        {"taskbus_claim_duplicates_cancelled_total", "counter",
+         "Tasks cancelled because another instance took their name while "
+         "this one was cut off.",
+         c.reassert_conflicts},
+        {"taskbus_cluster_calls_total", "counter",
+         "Calls to other instances (get, list, cancel).", c.remote_calls},
+        {"taskbus_cluster_call_failures_total", "counter",
+         "Calls to other instances that got no answer.", c.remote_failures},
+        {"taskbus_cluster_cancels_served_total", "counter",
+         "Cancels asked by other instances and done here.", c.remote_cancels},
+        {"taskbus_cluster_messages_bad_total", "counter",
+         "Messages on this instance's control channel that were dropped.",
+         c.messages_bad},
+        {"taskbus_singleton_leases_held", "gauge",
+         "Singleton leases this instance holds (its runs).", g.held},
+        {"taskbus_singleton_runs_total", "counter",
+         "Singleton runs started here.", g.runs},
+        {"taskbus_singleton_failovers_total", "counter",
+         "Singletons taken over here after their lease expired elsewhere.",
+         g.takeovers},
+        {"taskbus_lease_renewals_total", "counter", "Singleton leases renewed.",
+         g.renewals},
+        {"taskbus_lease_renewal_failures_total", "counter",
+         "Lease renewals that got no answer.", g.renew_failures},
+        {"taskbus_leases_lost_total", "counter",
+         "Runs cancelled here because their lease was lost.", g.leases_lost},
+        {"taskbus_periodic_ticks_total", "counter",
+         "Periodic ticks fired here.", g.ticks_fired},
+        {"taskbus_periodic_ticks_skipped_total", "counter",
+         "Periodic ticks not fired here: fired elsewhere, or Redis could not "
+         "record them.",
+         g.ticks_skipped},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        header(b, rows[i].name, rows[i].type, rows[i].help);
+        add(b, "%s %" PRIu64 "\n", rows[i].name, rows[i].v);
+    }
+}
+
 static void longpoll_metrics(buf *b, tb_app *app)
 {
     header(b, "taskbus_http_longpolls", "gauge",
@@ -333,6 +394,7 @@ char *tb__metrics_render(tb_app *app, size_t *len)
     task_metrics(&b, app);
     ws_metrics(&b, app);
     longpoll_metrics(&b, app);
+    cluster_metrics(&b, app);
     if (app->metrics)
         http_metrics(&b, app->metrics);
     if (b.oom) {

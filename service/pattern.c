@@ -145,6 +145,22 @@ int tb__pattern_match_split(const tb__pattern *p, const tb__name *n)
     return 1;
 }
 
+int tb__pattern_covers(const tb__pattern *allow, const tb__pattern *want)
+{
+    if (allow->nseg != want->nseg)
+        return 0;
+    for (int i = 0; i < allow->nseg; i++) {
+        if (allow->seg[i].kind != TB__SEG_LITERAL)
+            continue;
+        if (want->seg[i].kind != TB__SEG_LITERAL ||
+            allow->seg[i].len != want->seg[i].len ||
+            memcmp(allow->text + allow->seg[i].off,
+                   want->text + want->seg[i].off, want->seg[i].len) != 0)
+            return 0;
+    }
+    return 1;
+}
+
 int tb__pattern_param_index(const tb__pattern *p, const char *param)
 {
     if (param == NULL)

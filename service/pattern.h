@@ -63,6 +63,15 @@ int tb__pattern_is_exact(const tb__pattern *p);
  * tb__name_split / tb__pattern_compile. Does not allocate or parse. */
 int tb__pattern_match_split(const tb__pattern *p, const tb__name *n);
 
+/* 1 if every event name that want matches is matched by allow too (pattern
+ * containment), else 0. Both from tb__pattern_compile. Segments are fixed
+ * in number (no wildcard spans several), so this holds exactly when both
+ * have as many segments and each segment of allow is "*" or "<param>", or
+ * the same literal as want's: "order.*" covers "order.<id>" and
+ * "order.created", not "*.created" nor "order.*.x". A param's name does
+ * not matter (it captures, it does not restrict). */
+int tb__pattern_covers(const tb__pattern *allow, const tb__pattern *want);
+
 /* Index (0..nseg-1) of the segment of p that captures param (NUL-terminated,
  * without the angle brackets), or -1 if p has no such param. */
 int tb__pattern_param_index(const tb__pattern *p, const char *param);

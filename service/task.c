@@ -9,7 +9,10 @@
 
 #include <event2/event.h>
 
+#include "cluster.h"
 #include "internal.h"
+#include "kinds.h"
+#include "singleton.h"
 
 /* Room for a generated name, "task-<up to 20 digits>", and its NUL. */
 #define GENERATED_NAME_MAX 32
@@ -27,6 +30,8 @@ const char *tb_task_state_name(tb_task_state s)
         return "failed";
     case TB_TASK_CANCELLED:
         return "cancelled";
+    case TB_TASK_LOST:
+        return "lost";
     }
     return "unknown";
 }
@@ -64,22 +69,60 @@ static tb_task *next_named(tb_task *t)
     return n ? task_of(n) : NULL;
 }
 
-/* Inserts t (reg_mu held): assigns its id, and its name if it has none. */
+/* Inserts t (reg_mu held): assigns its id unless it has one (taken while
+ * its name was claimed), and its name if it has none. The list stays
+ * ordered by id. */
 static int registry_insert(tb_app *app, tb_task *t)
 {
-    t->id = ++app->next_id;
+    if (!t->id)
+        t->id = ++app->next_id;
     if (!t->name[0]) /* task_alloc reserved room for this */
         snprintf(t->name, GENERATED_NAME_MAX, "task-%" PRIu64, t->id);
     if (tb__htab_insert(&app->names, &t->node, t->name, strlen(t->name)))
         return TB_ENOMEM;
-    t->all_prev = app->all_tail;
-    t->all_next = NULL;
-    if (app->all_tail)
-        app->all_tail->all_next = t;
+    tb_task *after = app->all_tail; /* the new task goes after this one */
+    while (after && after->id > t->id)
+        after = after->all_prev;
+    t->all_prev = after;
+    t->all_next = after ? after->all_next : app->all_head;
+    if (t->all_next)
+        t->all_next->all_prev = t;
+    else
+        app->all_tail = t;
+    if (after)
+        after->all_next = t;
     else
         app->all_head = t;
-    app->all_tail = t;
     return 0;
+}
+
+/* A name being claimed across the cluster by a tb__task_add in flight:
+ * another add of it here waits for that one's outcome (see tb__task_add).
+ * On the adder's stack. */
+typedef struct tb__claiming {
+    struct tb__claiming *next;
+    const char *name;
+} tb__claiming;
+
+static int claiming(tb_app *app, const char *name)
+{
+    for (tb__claiming *c = app->claiming; c; c = c->next)
+        if (strcmp(c->name, name) == 0)
+            return 1;
+    return 0;
+}
+
+/* reg_mu held. Wakes the adds waiting for the outcome. */
+static void claiming_drop(tb_app *app, tb__claiming *me)
+{
+    for (tb__claiming **pp = &app->claiming; *pp; pp = &(*pp)->next) {
+        if (*pp == me) {
+            *pp = me->next;
+            break;
+        }
+    }
+    if (app->thread_waiters)
+        pthread_cond_broadcast(&app->done_cv);
 }
 
 /* Task names: 1..TB_TASK_NAME_MAX bytes, no control characters. */
@@ -119,6 +162,7 @@ static tb_task *task_alloc(tb_app *app, tb_task_fn fn, void *arg,
     t->arg = arg;
     t->arg_free = o->ud_free;
     t->ephemeral = (o->flags & TB_TASK_EPHEMERAL) != 0;
+    t->hidden = (o->flags & TB__TASK_HIDDEN) != 0;
     t->state = TB_TASK_PENDING;
     t->created_us = tb__now_us();
     return t;
@@ -155,6 +199,7 @@ static int add_prerun(tb_app *app, tb_task_fn fn, void *arg,
     p->fn = fn;
     p->arg = arg;
     p->arg_free = o->ud_free;
+    p->flags = o->flags & TB_TASK_SINGLETON;
     if (app->prerun_tail)
         app->prerun_tail->next = p;
     else
@@ -166,8 +211,33 @@ static int add_prerun(tb_app *app, tb_task_fn fn, void *arg,
 int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
                 uint64_t *id_out)
 {
+    if (opts && (opts->flags & (TB__TASK_LOCAL | TB__TASK_HIDDEN))) {
+        /* The internal flags are the core's own. */
+        tb_task_opts o = *opts;
+        o.flags &= ~(unsigned)(TB__TASK_LOCAL | TB__TASK_HIDDEN);
+        return tb__task_add(app, fn, arg, &o, NULL, id_out);
+    }
+    return tb__task_add(app, fn, arg, opts, NULL, id_out);
+}
+
+/* Whether an add of o's name claims it across the cluster: a name given
+ * by the caller, while running, with a bus that has a cluster, and not a
+ * per-request or helper task. */
+static int wants_claim(tb_app *app, const tb_task_opts *o, unsigned iflags)
+{
+    return o->name && app->bus && app->bus->ops->cluster &&
+           !(iflags & (TB__TASK_LOCAL | TB__TASK_HIDDEN));
+}
+
+int tb__task_add(tb_app *app, tb_task_fn fn, void *arg,
+                 const tb_task_opts *opts, tb__add_extra *x, uint64_t *id_out)
+{
     static const tb_task_opts defaults = {.worker = TB_WORKER_ANY};
     const tb_task_opts *o = opts ? opts : &defaults;
+    unsigned iflags =
+        (x ? x->iflags : 0) | (o->flags & (TB__TASK_LOCAL | TB__TASK_HIDDEN));
+    if (x)
+        x->holder[0] = '\0';
     if (!app || !fn)
         return TB_EINVAL;
     if (o->name) {
@@ -178,6 +248,8 @@ int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
     if (o->worker != TB_WORKER_ANY &&
         (o->worker < 0 || o->worker >= app->cfg.core.workers))
         return TB_EINVAL;
+    if ((o->flags & TB_TASK_SINGLETON) && !o->name)
+        return TB_EINVAL; /* the cluster finds a singleton by its name */
     if (id_out)
         *id_out = 0;
 
@@ -185,14 +257,29 @@ int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
     if (!t)
         return TB_ENOMEM;
     atomic_init(&t->refs, 1);
+    t->hidden = (iflags & TB__TASK_HIDDEN) != 0;
+    if (x) {
+        t->fence = x->fence;
+        if ((t->single = x->single))
+            tb__singleton_hold(t->single);
+    }
     for (int attempt = 0;; attempt++) {
         pthread_mutex_lock(&app->reg_mu);
         if (app->mode != TB__MODE_ACCEPT) {
-            int rc = app->mode == TB__MODE_PRERUN ? add_prerun(app, fn, arg, o)
-                                                  : TB_ESHUTDOWN;
+            int rc = TB_ESHUTDOWN;
+            if (app->mode == TB__MODE_PRERUN)
+                rc = x && x->single ? TB_EINVAL /* singleton.c's runs */
+                                    : add_prerun(app, fn, arg, o);
             pthread_mutex_unlock(&app->reg_mu);
             tb__task_unref(t);
             return rc;
+        }
+        if ((o->flags & TB_TASK_SINGLETON) && !(x && x->single)) {
+            /* While running, a singleton is a kind's (tb_task_spawn): the
+             * other instances must be able to run it too. */
+            pthread_mutex_unlock(&app->reg_mu);
+            tb__task_unref(t);
+            return TB_EINVAL;
         }
         /* A live holder of the name refuses the add (or, with REPLACE, is
          * cancelled first); finished holders simply give the name up. */
@@ -200,6 +287,20 @@ int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
         if (o->name) {
             for (tb_task *h = first_named(app, o->name); h; h = next_named(h))
                 live |= !tb__task_finished(h);
+            if (!live && claiming(app, o->name)) {
+                /* Another add here is claiming the name in Redis: wait
+                 * for its outcome (bounded by its claim's timeout), then
+                 * look again: its task holds the name now, or this add
+                 * claims in turn and Redis names the holder. Refusing at
+                 * once named this instance as the holder of a name that
+                 * another instance may win. */
+                app->thread_waiters++;
+                while (claiming(app, o->name))
+                    pthread_cond_wait(&app->done_cv, &app->reg_mu);
+                app->thread_waiters--;
+                pthread_mutex_unlock(&app->reg_mu);
+                continue;
+            }
         }
         if (live) {
             pthread_mutex_unlock(&app->reg_mu);
@@ -214,6 +315,50 @@ int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
             tb__task_unref(t);
             return rc;
         }
+        if (wants_claim(app, o, iflags)) {
+            /* Claimed across the cluster before it exists here: the name
+             * is marked as being claimed meanwhile, so that a second add
+             * of it on this instance waits for the outcome (above). */
+            tb__claiming me = {app->claiming, o->name};
+            app->claiming = &me;
+            if (!t->id)
+                t->id = ++app->next_id;
+            pthread_mutex_unlock(&app->reg_mu);
+            char holder[24] = "";
+            int rc = tb__cluster_claim(app, o->name, t->id, holder);
+            pthread_mutex_lock(&app->reg_mu);
+            claiming_drop(app, &me);
+            if (rc == 0 && app->mode != TB__MODE_ACCEPT)
+                rc = TB_ESHUTDOWN;
+            if (rc) {
+                pthread_mutex_unlock(&app->reg_mu);
+                if (rc == TB_ESHUTDOWN)
+                    tb__cluster_release(app, o->name, t->id);
+                if (rc == TB_EEXIST && (o->flags & TB_TASK_REPLACE) &&
+                    attempt < 3) {
+                    /* The holder is on another instance: its cancel is a
+                     * call there, which a worker's loop must not wait for
+                     * (as a local cancel, it reports TB_EINPROGRESS). */
+                    int crc = tb__worker_current()
+                                  ? TB_EINPROGRESS
+                                  : tb__cluster_cancel_on(
+                                        app, holder, o->name,
+                                        app->cfg.core.graceful_timeout_ms);
+                    if (crc == 0 || crc == TB_ENOENT)
+                        continue;
+                    rc = crc;
+                }
+                if (x && rc == TB_EEXIST)
+                    snprintf(x->holder, sizeof x->holder, "%s", holder);
+                tb__task_unref(t);
+                return rc;
+            }
+            t->claimed = 1;
+            /* The registry lock was let go: look for a holder again. A
+             * local add of the name cannot have slipped in (it saw the
+             * claim in flight), but a pre-run replica could not either:
+             * the checks above still hold. */
+        }
         if (o->name) {
             tb_task *h = first_named(app, o->name);
             while (h) {
@@ -225,6 +370,8 @@ int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
         int rc = registry_insert(app, t);
         if (rc) {
             pthread_mutex_unlock(&app->reg_mu);
+            if (t->claimed)
+                tb__cluster_release(app, t->name, t->id);
             tb__task_unref(t);
             return rc;
         }
@@ -250,10 +397,18 @@ int tb_task_add(tb_app *app, tb_task_fn fn, void *arg, const tb_task_opts *opts,
         if (rc) {
             atomic_fetch_sub(&w->load, 1);
             atomic_fetch_sub(&t->refs, 2);
+            int claimed = t->claimed;
+            uint64_t id = t->id;
+            char *name = claimed ? strdup(t->name) : NULL;
             tb__task_registry_drop(app, t);
+            pthread_mutex_unlock(&app->reg_mu);
+            if (name)
+                tb__cluster_release(app, name, id);
+            free(name);
+            return rc;
         }
         pthread_mutex_unlock(&app->reg_mu);
-        return rc;
+        return 0;
     }
 }
 
@@ -263,6 +418,8 @@ void tb__task_start_prerun(tb__worker *w)
 {
     tb_app *app = w->app;
     for (tb__prerun *p = app->prerun; p; p = p->next) {
+        if (p->flags & TB_TASK_SINGLETON)
+            continue; /* one run in the cluster: singleton.c's */
         tb_task_opts o = {.name = p->name, .kind = p->kind};
         tb_task *t = task_alloc(app, p->fn, p->arg, &o);
         if (!t) {
@@ -397,8 +554,6 @@ int tb_task_join(tb_task *self, const char *name, int timeout_ms, int *result,
     return rc;
 }
 
-static void info_fill(const tb_task *t, tb_task_info *o);
-
 int tb_task_cancel(tb_app *app, const char *name, int timeout_ms)
 {
     return tb__task_cancel_report(app, name, 0, timeout_ms, NULL, NULL);
@@ -486,7 +641,7 @@ int tb__task_cancel_report(tb_app *app, const char *name, uint64_t only_id,
             if (v[i]->id < first->id)
                 first = v[i];
         if (out)
-            info_fill(first, out);
+            tb__task_info_fill(first, out);
         if (count)
             *count = n;
         pthread_mutex_unlock(&app->reg_mu);
@@ -497,7 +652,7 @@ int tb__task_cancel_report(tb_app *app, const char *name, uint64_t only_id,
 
 /* ---------------------------------------------------------------- queries */
 
-static void info_fill(const tb_task *t, tb_task_info *o)
+void tb__task_info_fill(const tb_task *t, tb_task_info *o)
 {
     memset(o, 0, sizeof *o);
     o->id = t->id;
@@ -529,7 +684,7 @@ int tb_task_get(tb_app *app, const char *name, tb_task_info *out)
         n++;
     }
     if (first && out)
-        info_fill(first, out);
+        tb__task_info_fill(first, out);
     pthread_mutex_unlock(&app->reg_mu);
     return n ? n : TB_ENOENT;
 }
@@ -541,7 +696,7 @@ int tb_task_list(tb_app *app, tb_task_info **out, size_t *n)
     pthread_mutex_lock(&app->reg_mu);
     size_t count = 0;
     for (tb_task *t = app->all_head; t; t = t->all_next)
-        count++;
+        count += !t->hidden;
     tb_task_info *v = NULL;
     if (count) {
         v = malloc(count * sizeof *v);
@@ -551,12 +706,82 @@ int tb_task_list(tb_app *app, tb_task_info **out, size_t *n)
         }
         size_t i = 0;
         for (tb_task *t = app->all_head; t; t = t->all_next)
-            info_fill(t, &v[i++]);
+            if (!t->hidden)
+                tb__task_info_fill(t, &v[i++]);
     }
     pthread_mutex_unlock(&app->reg_mu);
     *out = v;
     *n = count;
     return (int)count;
+}
+
+void tb__task_forget(tb_app *app, const char *name, uint64_t id)
+{
+    pthread_mutex_lock(&app->reg_mu);
+    for (tb_task *t = first_named(app, name); t; t = next_named(t)) {
+        if (t->id == id && tb__task_finished(t)) {
+            tb__task_registry_drop(app, t);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&app->reg_mu);
+}
+
+int tb_task_add_every(tb_app *app, tb_task_fn fn, void *ud,
+                      const tb_task_opts *opts, int64_t every_ms)
+{
+    if (!app || !fn || !opts || !opts->name)
+        return TB_EINVAL;
+    int rc = name_check(opts->name);
+    if (rc)
+        return rc;
+    if (every_ms < app->cfg.core.periodic_min_ms ||
+        every_ms > TB_PERIODIC_MAX_MS)
+        return TB_EINVAL;
+    tb_task_opts o = *opts;
+    o.flags |= TB_TASK_SINGLETON;
+    pthread_mutex_lock(&app->reg_mu);
+    rc = app->mode == TB__MODE_PRERUN ? add_prerun(app, fn, ud, &o) : TB_EBUSY;
+    if (rc == 0)
+        app->prerun_tail->every_ms = every_ms;
+    pthread_mutex_unlock(&app->reg_mu);
+    return rc;
+}
+
+int tb_task_spawn_every(tb_app *app, const char *kind, const char *args_json,
+                        const tb_task_opts *opts, int64_t every_ms,
+                        uint64_t *id_out, char *err, size_t errsz)
+{
+    char scratch[8];
+    if (!err || !errsz) {
+        err = scratch;
+        errsz = sizeof scratch;
+    }
+    err[0] = '\0';
+    if (id_out)
+        *id_out = 0;
+    if (!app || !opts || !opts->name) {
+        snprintf(err, errsz, "a periodic task needs a name");
+        return TB_EINVAL;
+    }
+    if (every_ms < app->cfg.core.periodic_min_ms ||
+        every_ms > TB_PERIODIC_MAX_MS) {
+        snprintf(err, errsz, "every_ms must be in %d..%lld",
+                 app->cfg.core.periodic_min_ms, (long long)TB_PERIODIC_MAX_MS);
+        return TB_EINVAL;
+    }
+    int stage;
+    int rc = tb__kind_check(app, kind, args_json, err, errsz, &stage);
+    if (rc)
+        return rc;
+    char holder[24];
+    return tb__singleton_spawn(app, kind, args_json, opts, every_ms, id_out,
+                               holder, err, errsz);
+}
+
+uint64_t tb_task_fence(const tb_task *self)
+{
+    return self ? self->fence : 0;
 }
 
 int tb_task_purge(tb_app *app)

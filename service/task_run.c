@@ -11,7 +11,9 @@
 
 #include <event2/event.h>
 
+#include "cluster.h"
 #include "internal.h"
+#include "singleton.h"
 
 static _Thread_local tb_task *current_task;
 
@@ -31,6 +33,7 @@ void tb__task_unref(tb_task *t)
 {
     if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1)
         return;
+    tb__singleton_release(t->single);
     free(t->kind);
     free(t->error);
     free(t);
@@ -120,6 +123,7 @@ static void finish(tb_task *t, int abandoned)
         t->result = TB_ECANCELED; /* its body never ran */
     t->state = st;
     t->ended_us = tb__now_us();
+    int claimed = t->claimed; /* re-assertion may clear it (reg_mu) */
     wake_watchers_locked(t);
     if (app->thread_waiters)
         pthread_cond_broadcast(&app->done_cv);
@@ -138,6 +142,10 @@ static void finish(tb_task *t, int abandoned)
         tb__log(TB_LOG_WARN, "task %s (worker %d) abandoned at shutdown",
                 t->name, t->worker);
     }
+    if (claimed)
+        tb__cluster_release(app, t->name, t->id);
+    if (t->single)
+        tb__singleton_ended(t, st);
     if (t->arg_free && !(abandoned && in_blocking))
         t->arg_free(t->arg);
     t->arg_free = NULL;

@@ -19,9 +19,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <event2/event.h>
+
 #include "envelope.h"
 #include "http.h"
 #include "internal.h"
+#include "client_token.h"
 #include "ws.h"
 
 #define CLOSE_TIMEOUT_MS 2000
@@ -62,7 +65,10 @@ struct tb_ws {
     size_t qbytes;
     int paused;
 
+    struct event *expiry; /* closes it when its client token expires */
+
     /* --- the upgrade request, copied --- */
+    tb__jwt_claims *claims; /* its client token's, or NULL */
     char request_id[72];
     char peer[48];
     char *path;   /* raw */
@@ -112,6 +118,7 @@ static void ws_unref(tb_ws *ws)
         close(ws->fd);
     }
     atomic_fetch_sub(&ws->app->ws_clients, 1);
+    tb__jwt_claims_free(ws->claims);
     free(ws->path);
     free(ws->query);
     free(ws->params);
@@ -144,8 +151,8 @@ static void conn_close(tb_ws *ws, int code, const char *reason)
 
 /* ---------------------------------------------------------------- routes */
 
-int tb_app_add_websocket(tb_app *app, const char *path, tb_ws_fn fn,
-                         tb_ws_check_fn check, void *ud)
+static int add_endpoint(tb_app *app, const char *path, tb_ws_fn fn,
+                        tb_ws_check_fn check, void *ud, tb__http_access access)
 {
     if (!app || !path || !fn)
         return TB_EINVAL;
@@ -157,7 +164,7 @@ int tb_app_add_websocket(tb_app *app, const char *path, tb_ws_fn fn,
     r->fn = fn;
     r->check = check;
     r->ud = ud;
-    int rc = tb__http_route_ws(app, path, r);
+    int rc = tb__http_route_ws(app, path, r, access);
     if (rc) {
         free(r);
         return rc;
@@ -165,6 +172,18 @@ int tb_app_add_websocket(tb_app *app, const char *path, tb_ws_fn fn,
     r->next = app->ws_routes;
     app->ws_routes = r;
     return 0;
+}
+
+int tb_app_add_websocket(tb_app *app, const char *path, tb_ws_fn fn,
+                         tb_ws_check_fn check, void *ud)
+{
+    return add_endpoint(app, path, fn, check, ud, TB__HTTP_ADMIN);
+}
+
+int tb__ws_add_client_endpoint(tb_app *app, const char *path, tb_ws_fn fn,
+                               tb_ws_check_fn check, void *ud)
+{
+    return add_endpoint(app, path, fn, check, ud, TB__HTTP_CLIENT);
 }
 
 void tb__ws_app_free(tb_app *app)
@@ -247,6 +266,8 @@ static tb_ws *ws_new(tb_http_req *req, tb__ws_route *route)
     snprintf(ws->request_id, sizeof ws->request_id, "%s",
              tb_http_request_id(req));
     snprintf(ws->peer, sizeof ws->peer, "?");
+    ws->claims = req->claims; /* the connection's from now on */
+    req->claims = NULL;
     return ws;
 }
 
@@ -329,6 +350,50 @@ static int stopping(const tb_app *app)
     return atomic_load(&((tb_app *)app)->state) != TB__APP_RUNNING;
 }
 
+/* The client token that opened ws has expired: its rights end, and so
+ * does the connection (1008, policy violation: RFC 6455 7.4.1). */
+static void on_expiry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tb_ws *ws = arg;
+    if (!ws->conn || atomic_exchange(&ws->closed, 1))
+        return;
+    tb__log(TB_LOG_INFO,
+            "ws %s (request %s, %s, sub \"%s\"): the client token expired: "
+            "closing (1008)",
+            ws->path, ws->request_id, ws->peer, ws->claims->sub);
+    conn_close(ws, 1008, "token expired");
+}
+
+/* On ws's worker, once its connection is open: logs who it is and arms
+ * the expiry of its client token. */
+static void client_token_start(tb_ws *ws, struct event_base *base)
+{
+    int64_t left_us = ws->claims->until_us - tb__now_us();
+    tb__log(TB_LOG_INFO,
+            "ws %s (request %s, %s): client token of sub \"%s\" (subscribe: "
+            "%d patterns, dispatch: %d), expiring in %lld s",
+            ws->path, ws->request_id, ws->peer, ws->claims->sub,
+            ws->claims->n[TB__JWT_SUBSCRIBE], ws->claims->n[TB__JWT_DISPATCH],
+            (long long)(left_us / 1000000));
+    if (left_us < 0)
+        left_us = 0;
+    if (left_us > (int64_t)INT32_MAX * 1000000)
+        left_us = (int64_t)INT32_MAX * 1000000; /* 68 years: never */
+    struct timeval tv = {.tv_sec = (time_t)(left_us / 1000000),
+                         .tv_usec = (suseconds_t)(left_us % 1000000)};
+    ws->expiry = evtimer_new(base, on_expiry, ws);
+    if (!ws->expiry || evtimer_add(ws->expiry, &tv) != 0) {
+        tb__log(TB_LOG_ERROR,
+                "ws %s (request %s): cannot arm the client token's expiry: "
+                "closing",
+                ws->path, ws->request_id);
+        atomic_store(&ws->closed, 1);
+        conn_close(ws, 1011, "out of memory");
+    }
+}
+
 static void adopt_on_worker(tb_app *app, int wi, void *arg)
 {
     tb_ws *ws = arg;
@@ -366,16 +431,18 @@ static void adopt_on_worker(tb_app *app, int wi, void *arg)
     if (w->ws_head)
         w->ws_head->wprev = ws;
     w->ws_head = ws;
+    if (ws->claims)
+        client_token_start(ws, w->base);
 
     char name[TB_TASK_NAME_MAX + 1];
     snprintf(name, sizeof name, "ws:%s", ws->request_id);
     tb_task_opts opts = {.name = name,
                          .worker = wi,
                          .kind = "ws",
-                         .flags = TB_TASK_EPHEMERAL,
+                         .flags = TB_TASK_EPHEMERAL | TB__TASK_LOCAL,
                          .ud_free = handler_release};
     ws_ref(ws);
-    int rc = tb_task_add(app, ws_task, ws, &opts, NULL);
+    int rc = tb__task_add(app, ws_task, ws, &opts, NULL, NULL);
     if (rc) {
         ws_unref(ws);
         ws->handler_done = 1;
@@ -514,6 +581,10 @@ void tb__ws_on_end(tb_ws *ws, int code, const char *why)
 {
     tb__worker *w = ws->w;
     ws->conn = NULL;
+    if (ws->expiry) {
+        event_free(ws->expiry);
+        ws->expiry = NULL;
+    }
     fd_own(ws->sock, 0); /* the adapter closes it next */
     ws->close_code = code ? code : 1006;
     atomic_store(&ws->closed, 1);
@@ -525,8 +596,9 @@ void tb__ws_on_end(tb_ws *ws, int code, const char *why)
         ws->wnext->wprev = ws->wprev;
     ws->wprev = ws->wnext = NULL;
     atomic_fetch_sub(&w->nws, 1);
-    tb__log(TB_LOG_DEBUG, "ws %s (request %s, %s): closed (%d): %s", ws->path,
-            ws->request_id, ws->peer, ws->close_code, why);
+    tb__log(TB_LOG_DEBUG, "ws %s (request %s, %s%s%s%s): closed (%d): %s",
+            ws->path, ws->request_id, ws->peer, ws->claims ? ", sub \"" : "",
+            tb__ws_sub(ws), ws->claims ? "\"" : "", ws->close_code, why);
     tb_task *reader = ws->recv_waiter;
     if (reader)
         tb__task_wake(reader, ws->recv_seq, TB_EPIPE);
@@ -755,4 +827,14 @@ int tb_ws_query(const tb_ws *ws, const char *key, char *out, size_t outsz)
 int tb_ws_close_code(const tb_ws *ws)
 {
     return ws ? ws->close_code : 0;
+}
+
+const tb__jwt_claims *tb__ws_claims(const tb_ws *ws)
+{
+    return ws->claims;
+}
+
+const char *tb__ws_sub(const tb_ws *ws)
+{
+    return ws->claims ? ws->claims->sub : "";
 }

@@ -11,6 +11,8 @@
 #include "taskbus/taskbus.h"
 
 #include "adapter.h"
+#include "http.h"
+#include "client_token.h"
 
 struct tb__worker;
 
@@ -24,7 +26,20 @@ typedef struct tb__ws_route tb__ws_route;
 tb_ws *tb__ws_accept(tb_http_req *req, tb__ws_route *route);
 
 /* The websocket route behind a route_fn's ud, for http.c. */
-int tb__http_route_ws(tb_app *app, const char *path, tb__ws_route *route);
+int tb__http_route_ws(tb_app *app, const char *path, tb__ws_route *route,
+                      tb__http_access access);
+
+/* tb_app_add_websocket for an endpoint that client tokens may open too
+ * (GET /ws): its handler checks tb__ws_claims. Same contract otherwise. */
+int tb__ws_add_client_endpoint(tb_app *app, const char *path, tb_ws_fn fn,
+                               tb_ws_check_fn check, void *ud);
+
+/* The claims of the client token that opened ws (valid as long as ws), or
+ * NULL: the API token, or none needed. */
+const tb__jwt_claims *tb__ws_claims(const tb_ws *ws);
+
+/* The sub of ws's client token, for log lines ("" without one). */
+const char *tb__ws_sub(const tb_ws *ws);
 
 /* Frees the app's websocket routes (tb_app_free). */
 void tb__ws_app_free(tb_app *app);

@@ -172,11 +172,23 @@ typedef struct tb_core_config {
     int instance_heartbeat_ms; /* how often this instance renews its record
                                   in the bus's shared store (GET
                                   /instances; docs/CLUSTER.md) */
-    int instance_ttl_ms; /* how long a record lives after its last renewal:
-                            a killed instance leaves the list within it;
-                            above instance_heartbeat_ms */
-    void *reserved_[7];  /* room for later settings; keep zero (the two ints
-                            above took one slot) */
+    int instance_ttl_ms;     /* how long a record lives after its last renewal:
+                                a killed instance leaves the list within it;
+                                above instance_heartbeat_ms */
+    int lost_keep_ms;        /* how long the task names a dead instance held
+                                are answered as "lost" before they are
+                                forgotten */
+    int singleton_lease_ms;  /* a singleton run's lease in Redis, renewed
+                                every third of it: another instance takes
+                                over at most this long after the holder
+                                died */
+    int singleton_margin_ms; /* a run that could not renew cancels itself
+                                this long before its lease may expire
+                                (clock drift between instances and Redis);
+                                below a third of the lease */
+    int periodic_min_ms;     /* shortest interval of a periodic task */
+    void *reserved_[5];      /* room for later settings; keep zero (the six ints
+                                above took three slots) */
 } tb_core_config;
 
 /* The event bus. With no url, events stay in this process (the in-process
@@ -186,9 +198,13 @@ typedef struct tb_core_config {
  * TB_WITH_REDIS=OFF, no hiredis) has the in-process bus only: a url makes
  * tb_app_new fail. */
 typedef struct tb_redis_config {
-    const char *url;        /* redis://[user:password@]host[:port][/db] or
-                               unix://[user:password@]/path[?db=N]; NULL or
-                               "": the in-process bus */
+    const char *url;        /* redis://[user:password@]host[:port][/db],
+                               unix://[user:password@]/path[?db=N], or
+                               redis-sentinel://[user:password@]host[:port]
+                               [,host[:port]...]/master[/db]: the master
+                               the sentinels name (user, password and db
+                               are the master's); NULL or "": the
+                               in-process bus */
     const char *password;   /* overrides the URL's password (a secret kept
                                out of the URL, e.g. read from a file); NULL:
                                the URL's. Copied, never logged */
@@ -205,7 +221,11 @@ typedef struct tb_redis_config {
                                is resent after reconnects for this long,
                                then given up (logged,
                                tb_bus_info.publish_failed) */
-    void *reserved_[8];
+    const char *sentinel_password; /* AUTH for the sentinels of a
+                                      redis-sentinel:// URL (every sentinel
+                                      the same; the default user); NULL:
+                                      none. Copied, never logged */
+    void *reserved_[7];
 } tb_redis_config;
 
 /* The embedded HTTP server (civetweb). A library built without it (CMake
@@ -238,8 +258,31 @@ typedef struct tb_http_config {
      * NULL or "": no token (anyone who reaches listen may use the API).
      * 1..256 visible ASCII bytes; copied. Never logged. */
     const char *api_token;
-    void *reserved_[6]; /* room for later settings; keep zero (the two
-                           discard settings took two slots) */
+    /* Client tokens (JWT), for clients that may only use events: with
+     * one, the event routes (GET /ws, GET and POST /events/{...}) also
+     * take a JWT in place of api_token, signed with jwt_secret (HS256) or
+     * the key in the file jwt_public_key (RS256 or ES256, whichever the
+     * key is for); its claims "subscribe" and "dispatch" (arrays of event
+     * patterns) say what the client may do, and anything else is 403
+     * (forbidden). "exp" is required; a websocket opened with the token is
+     * closed (1008) when it passes. Every other route still needs
+     * api_token, so either key needs api_token set. Both NULL or "": client
+     * tokens are off. Copied; the secret is never logged. */
+    const char *jwt_secret;     /* at least 32 bytes */
+    const char *jwt_public_key; /* path of a PEM "PUBLIC KEY" file (RSA of
+                                   2048 bits or more, or EC P-256), read by
+                                   tb_app_new */
+    const char *jwt_audience;   /* NULL: tokens with an "aud" are refused;
+                                   else "aud" must name it */
+    const char *jwt_issuer;     /* NULL: any "iss"; else "iss" must equal it */
+    int jwt_leeway_ms;          /* clock skew allowed on "exp" and "nbf" */
+    int jwt_max_size;           /* longest token accepted, bytes; longer is
+                                   refused (401 token_too_large) unread */
+    int tasks_page_max;         /* tasks in one GET /tasks page at most: the
+                                   limit's default and cap (1..1000) */
+    /* No reserved slot is left in this group: the two discard settings,
+     * the client tokens and tasks_page_max took the six. A later HTTP
+     * setting changes the size of tb_app_config (a new SOVERSION). */
 } tb_http_config;
 
 /* Websockets (tb_app_add_websocket, GET /ws). An upgraded connection leaves
@@ -416,7 +459,10 @@ typedef enum {
     TB_TASK_RUNNING,     /* started (running or suspended) */
     TB_TASK_DONE,        /* returned 0 */
     TB_TASK_FAILED,      /* returned non-zero or set an error */
-    TB_TASK_CANCELLED    /* cancelled before it finished */
+    TB_TASK_CANCELLED,   /* cancelled before it finished */
+    TB_TASK_LOST         /* cluster answers only: the instance that ran it
+                            is gone (its heartbeat expired); how it ended
+                            is unknown */
 } tb_task_state;
 
 const char *tb_task_state_name(tb_task_state s); /* "pending", ... */
@@ -425,19 +471,27 @@ const char *tb_task_state_name(tb_task_state s); /* "pending", ... */
 #define TB_TASK_ERROR_MAX 256
 
 enum {
-    TB_TASK_REPLACE = 1u << 0,  /* cancel (and wait for) a live task that
-                                   holds the name, then add this one */
-    TB_TASK_EPHEMERAL = 1u << 1 /* leave the registry as soon as it ends
+    TB_TASK_REPLACE = 1u << 0,   /* cancel (and wait for) a live task that
+                                    holds the name, then add this one */
+    TB_TASK_EPHEMERAL = 1u << 1, /* leave the registry as soon as it ends
                                    (no purge needed; a join or cancel that
                                    was waiting for it still sees it end) */
+    TB_TASK_SINGLETON = 1u << 2  /* one run in the whole cluster, moved to
+                                   another instance if its own dies
+                                   (docs/CLUSTER.md). Needs a name. Before
+                                   tb_app_run with tb_task_add (every
+                                   instance must add it: any may run it);
+                                   while running only with tb_task_spawn,
+                                   whose kind and args every instance can
+                                   run */
 };
 
 #define TB_WORKER_ANY (-1) /* least loaded worker */
 
 typedef struct tb_task_opts {
-    const char *name;          /* NULL: a generated unique name "task-<id>" */
-    int worker;                /* TB_WORKER_ANY (default) or 0..workers-1 */
-    unsigned flags;            /* TB_TASK_REPLACE, TB_TASK_EPHEMERAL */
+    const char *name; /* NULL: a generated unique name "task-<id>" */
+    int worker;       /* TB_WORKER_ANY (default) or 0..workers-1 */
+    unsigned flags; /* TB_TASK_REPLACE, TB_TASK_EPHEMERAL, TB_TASK_SINGLETON */
     void (*ud_free)(void *ud); /* called with ud when the task ends (for
                                   tasks added before run: at tb_app_free) */
     const char *kind; /* free-form label shown in listings; may be NULL */
@@ -450,6 +504,12 @@ typedef struct tb_task_opts {
  *    its own replica under that name. *id_out (if not NULL) is 0.
  *  - While running: the task is created on opts->worker (or the least loaded
  *    worker) and runs on that worker's loop soon; *id_out gets its id.
+ *    With the Redis bus, a name given here is first claimed across the
+ *    cluster: the call waits for Redis (a round trip, at most
+ *    redis.command_timeout_ms; from a task or a listener that blocks its
+ *    worker meanwhile) and fails with TB_EEXIST when a live task on any
+ *    instance holds the name, TB_ENOTCONN or TB_ETIMEDOUT when Redis cannot
+ *    answer (docs/CLUSTER.md).
  * ud is passed to fn as is and stays the caller's unless ud_free is set.
  * Errors: TB_EINVAL (bad name or worker), TB_ENAMETOOLONG, TB_EEXIST (a live
  * task holds the name and TB_TASK_REPLACE is not set), TB_ESHUTDOWN (the app
@@ -503,6 +563,93 @@ int tb_task_cancel(tb_app *app, const char *name, int timeout_ms);
  * returns how many. Any thread. */
 int tb_task_purge(tb_app *app);
 
+/* ---- periodic tasks ---- */
+
+/* A periodic task: fn(self, ud) runs at each multiple of every_ms (on the
+ * wall clock, so that every instance agrees on the ticks), once per tick
+ * for the whole cluster, as a run of its own (a task with a generated
+ * name, waited for: a run still going at the next tick delays that one).
+ * It is one named singleton task (TB_TASK_SINGLETON: moved to another
+ * instance if its own dies) whose object shows its runs, last and next
+ * run and last result. A tick missed because no instance was alive is
+ * skipped, not replayed. Only before tb_app_run (TB_EBUSY after), on every
+ * instance: any of them may run it. opts->name is required; every_ms is
+ * core.periodic_min_ms .. 7 days. 0, TB_EINVAL, TB_ENAMETOOLONG,
+ * TB_ENOMEM. ud stays the caller's unless opts->ud_free is set (called at
+ * tb_app_free). */
+int tb_task_add_every(tb_app *app, tb_task_fn fn, void *ud,
+                      const tb_task_opts *opts, int64_t every_ms);
+
+/* While running: a periodic task of kind with args_json (checked as
+ * tb_task_spawn does), defined in the cluster and run by whichever
+ * instance takes its lease. *id_out (may be NULL) gets its task id when it
+ * runs here, 0 when another instance runs it. Errors as tb_task_spawn's,
+ * and TB_EEXIST when the name is taken, TB_ENOTCONN while Redis is
+ * unreachable, TB_EMSGSIZE when kind and args_json together are over 64
+ * KiB (a singleton's definition is kept in Redis). Any thread but a
+ * worker's loop (it waits on Redis). */
+int tb_task_spawn_every(tb_app *app, const char *kind, const char *args_json,
+                        const tb_task_opts *opts, int64_t every_ms,
+                        uint64_t *id_out, char *err, size_t errsz);
+
+/* ---- across instances (docs/CLUSTER.md) ---- */
+
+/* With the Redis bus, every instance on one Redis and namespace is one app.
+ * A named task added while running claims its name across them first, so
+ * tb_task_add's and tb_task_spawn's TB_EEXIST means that a live task on
+ * any instance holds it (TB_ENOTCONN: Redis is unreachable and the name
+ * cannot be claimed). Not claimed: tasks added before run (one replica
+ * per worker on every instance, as in Sanic), tasks with a generated
+ * name, and the per-request tasks of the HTTP API. With the memory bus
+ * this instance is the cluster.
+ *
+ * The tb_cluster_* calls answer for every instance, asking the one that
+ * runs the task. Each blocks the calling thread, bounded by
+ * redis.command_timeout_ms per instance asked (plus a cancel's own
+ * timeout); from inside a task, call them through tb_run_blocking: on a
+ * worker's thread (a task, a listener) they refuse with TB_EDEADLK. */
+
+#define TB_INSTANCE_ID_MAX 24 /* bytes of an instance id, NUL included */
+#define TB_CURSOR_MAX 48      /* bytes of a listing cursor, NUL included */
+
+/* This instance's id: 16 hex digits, made by tb_app_new; valid as long as
+ * app. */
+const char *tb_app_instance(const tb_app *app);
+
+typedef struct tb_cluster_task {
+    tb_task_info task; /* TB_TASK_LOST: only name and id are known */
+    char instance[TB_INSTANCE_ID_MAX]; /* where it runs or ran */
+    int replicas;   /* tasks holding the name across the cluster */
+    uint64_t fence; /* a singleton run's fencing token; else 0 */
+} tb_cluster_task;
+
+/* The task named name wherever it runs (a claimed name's holder, else
+ * the first replica found): 0 with *out, TB_ENOENT, TB_ENOTCONN (Redis
+ * unreachable), TB_ETIMEDOUT (its instance did not answer in time). */
+int tb_cluster_get(tb_app *app, const char *name, tb_cluster_task *out);
+
+/* Cancels the tasks named name where they run and waits for their end,
+ * at most timeout_ms (TB_TIMEOUT_DEFAULT: core.graceful_timeout_ms), as
+ * tb_task_cancel does: 0 with the final state reported by their instance
+ * in *out (may be NULL), TB_TASK_LOST when that instance's heartbeat has
+ * expired; TB_ETIMEDOUT when still cancelling at the deadline (*out then
+ * has the state it reported, or instance "" when it did not answer);
+ * TB_ENOENT; TB_ENOTCONN. */
+int tb_cluster_cancel(tb_app *app, const char *name, int timeout_ms,
+                      tb_cluster_task *out);
+
+/* One page of the cluster's tasks: instance by instance in id order, each
+ * one's by task id, at most limit (1..1000) of them, after cursor (NULL
+ * or "": from the start; else the next of an earlier page). *out is a new
+ * array (free() it; NULL when *n is 0); next (TB_CURSOR_MAX bytes) gets
+ * the next page's cursor, "" after the last page (next may be cursor's
+ * buffer itself). Instances that do not
+ * answer in time are skipped: *skipped (may be NULL) counts them. 0,
+ * TB_EINVAL (a bad cursor or limit), TB_ENOMEM. */
+int tb_cluster_list(tb_app *app, const char *cursor, size_t limit,
+                    tb_cluster_task **out, size_t *n, char *next,
+                    size_t *skipped);
+
 /* ---- inside a task ---- */
 
 tb_app *tb_task_app(tb_task *self); /* Sanic's app injection */
@@ -513,6 +660,10 @@ int tb_task_worker(const tb_task *self);
 tb_task *tb_task_current(void);
 /* 1 once cancel has been requested for self. */
 int tb_task_cancelled(const tb_task *self);
+/* A singleton run's fencing token: strictly increasing per name across
+ * the cluster, so that whatever the run writes elsewhere can refuse a
+ * stale run's writes (docs/CLUSTER.md). 0 for other tasks. */
+uint64_t tb_task_fence(const tb_task *self);
 
 /* Sets self's error message (printf-style); the task ends failed even if it
  * returns 0. The message is logged with the task's name when it ends. */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -95,6 +96,44 @@ static void encode(char *out, size_t outsz, const char *s)
 
 /* One request; prints the body (stdout on 2xx, stderr otherwise). Exit
  * codes: 0 on 2xx, 1 on an HTTP error, 3 when the service is unreachable. */
+/* GET path, its 2xx body parsed as JSON into *out (new reference). 0, or
+ * the exit status to give (the error printed). */
+static int get_json(client *cl, const char *path, json_t **out)
+{
+    char target[2048];
+    snprintf(target, sizeof target, "%s%s", cl->prefix, path);
+    int status = 0;
+    char *resp = NULL;
+    size_t rlen = 0;
+    char err[256] = "";
+    *out = NULL;
+    int rc = cmd_http_request(cl->host, cl->port, "GET", target, cl->token,
+                              NULL, NULL, 0, cl->timeout_ms, &status, &resp,
+                              &rlen, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "taskbus: GET http://%s:%d%s: %s\n", cl->host, cl->port,
+                target, err[0] ? err : tb_strerror(rc));
+        return 3;
+    }
+    if (status < 200 || status >= 300) {
+        if (rlen)
+            fprintf(stderr, "%s%s", resp, resp[rlen - 1] == '\n' ? "" : "\n");
+        else
+            fprintf(stderr, "HTTP %d\n", status);
+        free(resp);
+        return 1;
+    }
+    json_error_t je;
+    *out = json_loadb(resp ? resp : "", rlen, 0, &je);
+    free(resp);
+    if (!*out) {
+        fprintf(stderr, "taskbus: GET %s: the answer is not JSON: %s\n", path,
+                je.text);
+        return 1;
+    }
+    return 0;
+}
+
 static int request(client *cl, const char *method, const char *path,
                    const char *body, size_t len, int quiet)
 {
@@ -140,6 +179,10 @@ static const struct option client_opts[] = {
     {"name", required_argument, NULL, 'n'},
     {"args", required_argument, NULL, 'a'},
     {"worker", required_argument, NULL, 'w'},
+    {"scope", required_argument, NULL, 'S'},
+    {"limit", required_argument, NULL, 'l'},
+    {"cursor", required_argument, NULL, 'c'},
+    {"output", required_argument, NULL, 'o'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -148,12 +191,19 @@ const char cmd_client_usage[] =
     "usage:\n"
     "  taskbus dispatch NAME [DATA|-]      dispatch an event (DATA, or stdin "
     "with -)\n"
-    "  taskbus tasks [list] [--state S]    list tasks\n"
+    "  taskbus tasks [list] [--state S] [--scope local|cluster] [--limit N]\n"
+    "        [--cursor C] [--output table|json]\n"
+    "                                      list the cluster's tasks: a table "
+    "of\n"
+    "                                      every page on a terminal, else one "
+    "page\n"
+    "                                      of JSON (its \"cursor\" fetches "
+    "the next)\n"
     "  taskbus tasks get NAME              one task\n"
     "  taskbus tasks cancel NAME [--timeout S]  cancel and wait\n"
     "  taskbus tasks purge                 drop finished tasks\n"
     "  taskbus tasks spawn KIND [--name N] [--args JSON] [--worker W]\n"
-    "  taskbus instances [list]            the live instances of the cluster\n"
+    "  taskbus instances [list] [--output table|json]  the live instances\n"
     "  taskbus watch PATTERN...            print events as they arrive "
     "(websocket)\n"
     "  taskbus healthcheck                 exit 0 if /healthz answers 200\n"
@@ -166,6 +216,7 @@ const char cmd_client_usage[] =
 
 typedef struct client_args {
     const char *state, *name, *args, *worker, *timeout;
+    const char *scope, *limit, *cursor, *output;
 } client_args;
 
 /* Parses the common options; leaves the positional arguments in
@@ -204,6 +255,20 @@ static void client_parse(client *cl, client_args *a, int argc, char **argv)
             break;
         case 'w':
             a->worker = optarg;
+            break;
+        case 'S':
+            a->scope = optarg;
+            break;
+        case 'l':
+            a->limit = optarg;
+            break;
+        case 'c':
+            a->cursor = optarg;
+            break;
+        case 'o':
+            if (strcmp(optarg, "table") != 0 && strcmp(optarg, "json") != 0)
+                cmd_die_usage("--output is table or json");
+            a->output = optarg;
             break;
         case 'h':
             fputs(cmd_client_usage, stdout);
@@ -259,6 +324,82 @@ int cmd_dispatch_main(int argc, char **argv)
     return rc;
 }
 
+/* One task's row: the cluster view, with the instance it runs on. */
+static void task_row(json_t *t)
+{
+    const char *started = json_string_value(json_object_get(t, "started"));
+    const char *inst = json_string_value(json_object_get(t, "instance"));
+    const char *kind = json_string_value(json_object_get(t, "kind"));
+    printf("%-24s %-16s %6lld %-10s %-12s %8lld  %s\n",
+           json_string_value(json_object_get(t, "name")), inst ? inst : "-",
+           (long long)json_integer_value(json_object_get(t, "worker")),
+           json_string_value(json_object_get(t, "state")),
+           kind && kind[0] ? kind : "-",
+           (long long)json_integer_value(json_object_get(t, "id")),
+           started ? started : "-");
+}
+
+/* GET /tasks: one page as JSON, or (table) every page from the cursor on
+ * as rows, with the instances that did not answer named at the end. */
+static int list_tasks(client *cl, const client_args *a, int table)
+{
+    char query[1024] = "", enc[700];
+    size_t q = 0;
+    const char *keys[] = {"state", "scope", "limit"};
+    const char *vals[] = {a->state, a->scope, a->limit};
+    for (size_t i = 0; i < 3; i++) {
+        if (!vals[i])
+            continue;
+        encode(enc, sizeof enc, vals[i]);
+        q += (size_t)snprintf(query + q, sizeof query - q, "%s%s=%s",
+                              q ? "&" : "?", keys[i], enc);
+    }
+    char cursor[128] = "";
+    if (a->cursor)
+        snprintf(cursor, sizeof cursor, "%s", a->cursor);
+    char path[2048];
+    if (!table) {
+        encode(enc, sizeof enc, cursor);
+        snprintf(path, sizeof path, "/tasks%s%s%s", query,
+                 cursor[0] ? (q ? "&cursor=" : "?cursor=") : "",
+                 cursor[0] ? enc : "");
+        return request(cl, "GET", path, NULL, 0, 0);
+    }
+    printf("%-24s %-16s %6s %-10s %-12s %8s  %s\n", "NAME", "INSTANCE",
+           "WORKER", "STATE", "KIND", "ID", "STARTED");
+    json_t *missing = json_array();
+    for (int pages = 0; pages < 1000; pages++) {
+        encode(enc, sizeof enc, cursor);
+        snprintf(path, sizeof path, "/tasks%s%s%s", query,
+                 cursor[0] ? (q ? "&cursor=" : "?cursor=") : "",
+                 cursor[0] ? enc : "");
+        json_t *page;
+        int rc = get_json(cl, path, &page);
+        if (rc) {
+            json_decref(missing);
+            return rc;
+        }
+        size_t i;
+        json_t *t;
+        json_array_foreach(json_object_get(page, "tasks"), i, t) task_row(t);
+        json_array_extend(missing, json_object_get(page, "unreachable"));
+        const char *next = json_string_value(json_object_get(page, "cursor"));
+        snprintf(cursor, sizeof cursor, "%s", next ? next : "");
+        json_decref(page);
+        if (!cursor[0])
+            break;
+    }
+    size_t i;
+    json_t *m;
+    json_array_foreach(missing, i, m)
+        fprintf(stderr,
+                "taskbus: instance %s did not answer: its tasks are "
+                "missing above\n",
+                json_string_value(m));
+    json_decref(missing);
+    return 0;
+}
+
 int cmd_tasks_main(int argc, char **argv)
 {
     client cl;
@@ -268,13 +409,8 @@ int cmd_tasks_main(int argc, char **argv)
     char path[1024], enc[700];
     int rc;
     if (strcmp(sub, "list") == 0) {
-        if (a.state) {
-            encode(enc, sizeof enc, a.state);
-            snprintf(path, sizeof path, "/tasks?state=%s", enc);
-        } else {
-            snprintf(path, sizeof path, "/tasks");
-        }
-        rc = request(&cl, "GET", path, NULL, 0, 0);
+        int table = a.output ? a.output[0] == 't' : isatty(STDOUT_FILENO);
+        rc = list_tasks(&cl, &a, table);
     } else if (strcmp(sub, "get") == 0 || strcmp(sub, "cancel") == 0) {
         if (optind != argc - 1)
             cmd_die_usage("tasks %s wants one task NAME", sub);
@@ -322,7 +458,8 @@ int cmd_tasks_main(int argc, char **argv)
     return rc;
 }
 
-/* taskbus instances [list]: GET /instances, printed as it comes. */
+/* taskbus instances [list]: GET /instances, as a table on a terminal or
+ * as JSON. */
 int cmd_instances_main(int argc, char **argv)
 {
     client cl;
@@ -333,9 +470,36 @@ int cmd_instances_main(int argc, char **argv)
     if (optind != argc)
         cmd_die_usage("instances: unknown argument \"%s\" (list)",
                       argv[optind]);
-    int rc = request(&cl, "GET", "/instances", NULL, 0, 0);
+    int table = a.output ? a.output[0] == 't' : isatty(STDOUT_FILENO);
+    if (!table) {
+        int rc = request(&cl, "GET", "/instances", NULL, 0, 0);
+        free(cl.token);
+        return rc;
+    }
+    json_t *o;
+    int rc = get_json(&cl, "/instances", &o);
     free(cl.token);
-    return rc;
+    if (rc)
+        return rc;
+    printf("%-16s %-20s %-22s %-8s %7s %-6s %s\n", "ID", "HOST", "LISTEN",
+           "VERSION", "WORKERS", "BUS", "STARTED");
+    size_t i;
+    json_t *x;
+    json_array_foreach(json_object_get(o, "instances"), i, x)
+    {
+        const char *listen = json_string_value(json_object_get(x, "listen"));
+        printf("%-16s %-20s %-22s %-8s %7lld %-6s %s%s\n",
+               json_string_value(json_object_get(x, "id")),
+               json_string_value(json_object_get(x, "host")),
+               listen ? listen : "-",
+               json_string_value(json_object_get(x, "version")),
+               (long long)json_integer_value(json_object_get(x, "workers")),
+               json_string_value(json_object_get(x, "bus")),
+               json_string_value(json_object_get(x, "started")),
+               json_is_true(json_object_get(x, "self")) ? " (this one)" : "");
+    }
+    json_decref(o);
+    return 0;
 }
 
 static volatile sig_atomic_t watch_stop;

@@ -41,7 +41,8 @@ int cmd_seconds_arg(const char *what, const char *s, double max_s);
  * own. The strings point into argv or the environment. */
 typedef struct cmd_serve_opts {
     tb_app_config cfg;
-    const char *token_file, *redis_password_file;
+    const char *token_file, *redis_password_file, *jwt_secret_file;
+    const char *redis_sentinel_password_file;
     int print_events, tick_s, quiet;
     int log_format_json;
     tb_log_level log_level;

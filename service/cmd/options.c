@@ -56,8 +56,15 @@ static const setting own[] = {
     {"redis-password-file", "TASKBUS_REDIS_PASSWORD_FILE", K_FILE,
      O(redis_password_file), 0, 0, "redis.password",
      "file holding the Redis password (overrides the URL's)", NULL, "none"},
+    {"redis-sentinel-password-file", "TASKBUS_REDIS_SENTINEL_PASSWORD_FILE",
+     K_FILE, O(redis_sentinel_password_file), 0, 0, "redis.sentinel_password",
+     "file holding the sentinels' password (redis-sentinel:// URLs)", NULL,
+     "none"},
     {"token-file", "TASKBUS_TOKEN_FILE", K_FILE, O(token_file), 0, 0,
      "http.api_token", "file holding the API token", NULL, "none"},
+    {"jwt-secret-file", "TASKBUS_JWT_SECRET_FILE", K_FILE, O(jwt_secret_file),
+     0, 0, "http.jwt_secret", "file holding the HS256 key of client tokens",
+     NULL, "none"},
     {"log-format", "TASKBUS_LOG_FORMAT", K_LOGFMT, O(log_format_json), 0, 0,
      NULL, "text or json (one JSON object per line)", NULL, "text"},
     {"log-level", "TASKBUS_LOG_LEVEL", K_LEVEL, O(log_level), 0, 0, NULL,
@@ -262,9 +269,13 @@ void cmd_options_log(const cmd_serve_opts *o)
         n += (size_t)snprintf(line + n, sizeof line - n, " %s=%s", st->flag, v);
     }
     if (n < sizeof line)
-        snprintf(line + n, sizeof line - n, "%s%s log=%s",
+        snprintf(line + n, sizeof line - n, "%s%s%s%s log=%s",
                  o->cfg.redis.password ? " redis-password=file" : "",
+                 o->cfg.redis.sentinel_password
+                     ? " redis-sentinel-password=file"
+                     : "",
                  o->token_file ? " token-from=file" : "",
+                 o->jwt_secret_file ? " jwt-secret-from=file" : "",
                  o->log_format_json ? "json" : "text");
     tb_log(TB_LOG_INFO, "%s", line);
     if (o->exec_allow && o->exec_allow[0])

@@ -95,13 +95,21 @@ int cmd_serve_main(int argc, char **argv)
         return rc;
 
     cmd_log_setup(o.log_format_json, o.log_level);
-    char *token_secret = NULL, *redis_secret = NULL;
+    char *token_secret = NULL, *redis_secret = NULL, *jwt_secret = NULL;
+    char *sentinel_secret = NULL;
     if (o.token_file)
         o.cfg.http.api_token = token_secret =
             cmd_read_secret(cmd_options_source("token-file"), o.token_file);
     if (o.redis_password_file)
         o.cfg.redis.password = redis_secret = cmd_read_secret(
             cmd_options_source("redis-password-file"), o.redis_password_file);
+    if (o.jwt_secret_file)
+        o.cfg.http.jwt_secret = jwt_secret = cmd_read_secret(
+            cmd_options_source("jwt-secret-file"), o.jwt_secret_file);
+    if (o.redis_sentinel_password_file)
+        o.cfg.redis.sentinel_password = sentinel_secret =
+            cmd_read_secret(cmd_options_source("redis-sentinel-password-file"),
+                            o.redis_sentinel_password_file);
     if (o.quiet)
         o.print_events = 0;
     tick_seconds = o.tick_s;
@@ -112,6 +120,8 @@ int cmd_serve_main(int argc, char **argv)
     if (!app) {
         cmd_forget(token_secret);
         cmd_forget(redis_secret);
+        cmd_forget(jwt_secret);
+        cmd_forget(sentinel_secret);
         fprintf(stderr,
                 "taskbus: invalid configuration: %s (see the log line "
                 "above)\n",
@@ -130,12 +140,16 @@ int cmd_serve_main(int argc, char **argv)
         tb_app_free(app);
         cmd_forget(token_secret);
         cmd_forget(redis_secret);
+        cmd_forget(jwt_secret);
+        cmd_forget(sentinel_secret);
         return 1;
     }
     rc = tb_app_run(app);
     tb_app_free(app);
     cmd_forget(token_secret);
     cmd_forget(redis_secret);
+    cmd_forget(jwt_secret);
+    cmd_forget(sentinel_secret);
     if (rc == 0)
         tb_log(TB_LOG_INFO, "taskbus stopped cleanly");
     else

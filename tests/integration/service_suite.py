@@ -52,24 +52,14 @@ from websockets.exceptions import ConnectionClosed
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import tbharness  # noqa: E402 (after the path it is found on)
-from tbharness import (H, HOST, SAN_RE, STOP_TIMEOUT_S, Redis,  # noqa: E402
-                       T, TaskbusProc, check, child_env, die_with_parent,
-                       end_proc, free_port, http_req, read_text, spawn, tail)
+from tbharness import (H, HOST, STOP_TIMEOUT_S, Redis, T,  # noqa: E402
+                       Taskbus, check, child_env, die_with_parent, end_proc,
+                       free_port, http_req, instances_of, metric_value,
+                       note_slow, read_text, redis_cli, san_excerpt, spawn,
+                       tail, wait_for)
 
 SRC = os.environ.get("TASKBUS_SOURCE_DIR") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
-
-
-def san_excerpt(text):
-    """The gist of a sanitizer report in text: its ERROR line, the first
-    frames, the SUMMARY; None when there is none."""
-    lines = text.splitlines()
-    first = next((i for i, l in enumerate(lines) if SAN_RE.search(l)), None)
-    if first is None:
-        return None
-    keep = [l.strip() for l in lines[first:]
-            if re.search(r"ERROR:|runtime error|^\s*#[0-4] |SUMMARY", l)]
-    return " | ".join(keep[:7]) or lines[first].strip()
 
 
 def temp_file(name, content):
@@ -79,138 +69,11 @@ def temp_file(name, content):
     return path
 
 
-# ------------------------------------------------------------------ waits
-
-
-def wait_for(fn, timeout, interval=0.05):
-    """Calls fn until it returns a true value or timeout passes; returns
-    the last value."""
-    end = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v or time.monotonic() >= end:
-            return v
-        time.sleep(interval)
-
-
 # ------------------------------------------------------------------ HTTP
 
 
 def bearer(token):
     return {"Authorization": f"Bearer {token}"}
-
-
-# ------------------------------------------------------------------ servers
-
-CASE_SERVERS = []  # the servers of the case running now, for its teardown
-SLOW = []  # steps of the case running now that took long, for its line
-
-
-def note_slow(what, took, limit=1.0):
-    if took > limit * H.scale:
-        SLOW.append(f"{what} took {took:.1f} s")
-
-
-class Taskbus(TaskbusProc):
-    """One `taskbus serve` on a free loopback port; stderr and stdout to
-    files in H.root. listen: "flag" (--listen), "env" (TASKBUS_LISTEN)."""
-
-    PORT_TAKEN = r"cannot listen|in use"
-    POLL_S = 0.03
-
-    def __init__(self, name, *args, env=None, listen="flag", serve=True,
-                 wrap=()):
-        super().__init__(name, *args)
-        self.wrap = list(wrap)  # argv prefix, e.g. unshare
-        self.env = dict(env or {})
-        self.listen = listen
-        self.serve = serve
-        self.err = self.out = None
-        self.signalled = None  # monotonic time of the first signal
-        self.expect_rc = 0  # what its exit status must be at teardown
-        CASE_SERVERS.append(self)
-
-    def _spawn(self, attempt):
-        base = os.path.join(H.root, f"taskbus-{self.name}-{attempt}")
-        self.err, self.out = base + ".err", base + ".out"
-        env = dict(self.env)
-        argv = self.wrap + [H.bin] + (["serve"] if self.serve else [])
-        if self.listen == "flag":
-            argv += ["--listen", f"{HOST}:{self.port}"]
-        else:
-            env["TASKBUS_LISTEN"] = f"{HOST}:{self.port}"
-        argv += self.args
-        return spawn(argv, self.out, self.err, env=child_env(env)), self.err
-
-    def _started(self, took):
-        note_slow(f"starting taskbus {self.name}", took, 2.5)
-
-    def url(self):
-        return f"http://{HOST}:{self.port}"
-
-    def err_text(self):
-        return read_text(self.err)
-
-    def out_text(self):
-        return read_text(self.out)
-
-    def kill_with(self, sig):
-        if self.signalled is None:
-            self.signalled = time.monotonic()
-        self.proc.send_signal(sig)
-
-    def wait_exit(self, timeout):
-        """(status or None if still running after timeout, seconds since
-        the first signal)."""
-        try:
-            rc = self.proc.wait(max(0.05, timeout))
-        except subprocess.TimeoutExpired:
-            rc = None
-        t0 = self.signalled or time.monotonic()
-        return rc, time.monotonic() - t0
-
-    def stop_ok(self, sig=signal.SIGTERM, within=STOP_TIMEOUT_S):
-        """Sends sig (unless a signal was sent already: a second one
-        means "exit at once") and requires exit 0 within `within` seconds
-        of the first and no sanitizer report; returns the seconds it
-        took."""
-        if self.proc.poll() is None and self.signalled is None:
-            self.kill_with(sig)
-        rc, took = self.wait_exit(within - (time.monotonic() -
-                                            self.signalled))
-        if rc is None:
-            end_proc(self.proc, signal.SIGKILL)
-            raise AssertionError(
-                f"taskbus {self.name} still running {within} s after "
-                f"{signal.Signals(sig).name} (killed)\n{tail(self.err)}")
-        self.check_clean(rc, 0, signal.Signals(sig).name)
-        note_slow(f"stopping taskbus {self.name}", took, 2)
-        return took
-
-    def check_clean(self, rc, want, what):
-        bad = san_excerpt(self.err_text())
-        check(rc == want and not bad,
-              f"taskbus {self.name}: exit status {rc} after {what}, want "
-              f"{want}" + (f"; sanitizer report: {bad}" if bad else "") +
-              f"\n{tail(self.err, 40)}")
-
-    def teardown(self):
-        """At the end of a case: SIGTERM if still running, exit status as
-        expected. Returns a problem or None."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            try:
-                self.stop_ok()
-            except AssertionError as e:
-                return str(e)
-            return None
-        try:
-            self.check_clean(self.proc.returncode, self.expect_rc,
-                             "the case")
-        except AssertionError as e:
-            return str(e)
-        return None
 
 
 # ------------------------------------------------------------------ CLI
@@ -803,24 +666,10 @@ def t_tasks():
 
 # ------------------------------------------------------------------ instances
 
-REDIS_CLI = "/usr/bin/redis-cli"
 # Fast beats so that the cases take seconds: a killed instance must leave
 # within the TTL (1 s), measured with 1.5 s to spare.
 INST_ARGS = ["--instance-heartbeat", "0.2", "--instance-ttl", "1",
              "--redis-retry-max", "300"]
-
-
-def redis_cli(r, *args, stdin=None):
-    p = subprocess.run([REDIS_CLI, "-h", HOST, "-p", str(r.port), *args],
-                       input=stdin, capture_output=True, timeout=10)
-    check(p.returncode == 0, f"redis-cli {args[:2]}: {p.stderr!r}")
-    return p.stdout.decode(errors="replace").strip()
-
-
-def instances_of(s):
-    r = http_req(s.port, "GET", "/instances")
-    check(r.status == 200, f"GET /instances on {s.name}: {r!r}")
-    return json.loads(r.body)["instances"]
 
 
 def listens_of(s):
@@ -1473,15 +1322,6 @@ def t_api_metrics():
 # Raw sockets against the binary: what civetweb lets through or answers
 # itself (framing headers, malformed requests), long polls that hold HTTP
 # threads, and websocket clients that reset during the hand-over.
-
-
-def metric_value(port, series):
-    """The value of one /metrics series (None when absent)."""
-    r = http_req(port, "GET", "/metrics")
-    for line in r.body.decode().splitlines():
-        if line.startswith(series + " "):
-            return float(line.split()[-1])
-    return None
 
 
 def raw_read(s, timeout):
@@ -2388,47 +2228,10 @@ CASES = [
 ]
 
 
-class Runner(tbharness.Runner):
-    def case(self, group, name, fn):
-        full = f"{group}: {name}"
-        CASE_SERVERS.clear()
-        SLOW.clear()
-        t0 = time.monotonic()
-        ok, detail = False, ""
-        try:
-            detail = fn() or ""
-            ok = True
-        except AssertionError as e:
-            detail = str(e)
-        except Exception as e:  # any failure is this case's FAIL line
-            detail = f"{type(e).__name__}: {e}"
-        finally:
-            for s in CASE_SERVERS:
-                problem = s.teardown()
-                if problem and ok:
-                    ok, detail = False, problem
-        took = time.monotonic() - t0
-        if SLOW:
-            detail += ("; " if detail else "") + "slow: " + ", ".join(SLOW)
-        if ok:
-            detail = (detail + "; " if detail else "") + f"{took:.2f} s"
-        self.report(ok, full, detail)
-        if not ok:
-            for s in CASE_SERVERS:
-                if s.err and s.err not in detail and s.err_text():
-                    print(f"  stderr of taskbus {s.name} (last lines):\n"
-                          f"{tail(s.err, 15)}", flush=True)
-
-    def run(self):
-        for group, name, fn in CASES:
-            if self.wanted(group, name):
-                self.case(group, name, fn)
-
-
 def main():
-    runner = Runner(sys.argv[1:])
+    runner = tbharness.CaseRunner(sys.argv[1:])
     return tbharness.run_suite("service_suite", "taskbus-svctest.", runner,
-                               runner.run)
+                               lambda: runner.run_cases(CASES))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ timeouts stretched for sanitizer builds, an HTTP client, a raw websocket
 client (frames by hand), a throwaway redis-server, the start of a taskbus
 process, and the suite's main loop; for the websocket suites (ws_*_suite.py)
 also the websockets client wrapper, a case's context, the checks they share
-and a runner of groups of cases, each group on servers of its own.
+and a runner of groups of cases, each group on servers of its own; for
+the suites that run `taskbus serve` as an operator would (service_suite,
+cluster_suite) the Taskbus process, redis-cli, waits, and a runner of
+plain case functions that stops and checks every server a case started.
 
 Imported by the *_suite.py files beside it (each puts its own directory on
 sys.path first). Python's standard library only, but for the websocket
@@ -45,6 +48,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 
@@ -603,6 +607,12 @@ class Redis:
             return None, 0
         return end_proc(self.proc, signal.SIGTERM, 5), 0
 
+    def teardown(self):
+        """At the end of a case that registered it (case_servers): stops
+        it; never a problem."""
+        self.stop()
+        return None
+
 
 # ------------------------------------------------------------------ the run
 
@@ -1159,3 +1169,239 @@ def run_groups(title, tmp_prefix, groups):
         return 1
     return run_suite(title, tmp_prefix, runner,
                      lambda: asyncio.run(runner.run()))
+
+
+# ------------------------------------------------------------ serve suites
+#
+# The suites that run `taskbus serve` as an operator would (service_suite,
+# cluster_suite): cases are plain functions that start Taskbus processes,
+# which the case's end stops and checks.
+
+REDIS_CLI = "/usr/bin/redis-cli"
+
+
+def san_excerpt(text):
+    """The gist of a sanitizer report in text: its ERROR line, the first
+    frames, the SUMMARY; None when there is none."""
+    lines = text.splitlines()
+    first = next((i for i, l in enumerate(lines) if SAN_RE.search(l)), None)
+    if first is None:
+        return None
+    keep = [l.strip() for l in lines[first:]
+            if re.search(r"ERROR:|runtime error|^\s*#[0-4] |SUMMARY", l)]
+    return " | ".join(keep[:7]) or lines[first].strip()
+
+
+def wait_for(fn, timeout, interval=0.05):
+    """Calls fn until it returns a true value or timeout passes; returns
+    the last value."""
+    end = time.monotonic() + timeout
+    while True:
+        v = fn()
+        if v or time.monotonic() >= end:
+            return v
+        time.sleep(interval)
+
+
+# What the case running on this thread started and noticed: each thread
+# runs one case at a time (a suite may run a long case on a thread of its
+# own beside the others).
+_CASE = threading.local()
+
+
+def case_servers():
+    """The servers of the case running on this thread, for its teardown."""
+    if not hasattr(_CASE, "servers"):
+        _CASE.servers = []
+    return _CASE.servers
+
+
+def case_slow():
+    """Steps of the case running on this thread that took long."""
+    if not hasattr(_CASE, "slow"):
+        _CASE.slow = []
+    return _CASE.slow
+
+
+def note_slow(what, took, limit=1.0):
+    if took > limit * H.scale:
+        case_slow().append(f"{what} took {took:.1f} s")
+
+
+class Taskbus(TaskbusProc):
+    """One `taskbus serve` on a free loopback port; stderr and stdout to
+    files in H.root. listen: "flag" (--listen), "env" (TASKBUS_LISTEN)."""
+
+    PORT_TAKEN = r"cannot listen|in use"
+    POLL_S = 0.03
+
+    def __init__(self, name, *args, env=None, listen="flag", serve=True,
+                 wrap=()):
+        super().__init__(name, *args)
+        self.wrap = list(wrap)  # argv prefix, e.g. unshare
+        self.env = dict(env or {})
+        self.listen = listen
+        self.serve = serve
+        self.err = self.out = None
+        self.signalled = None  # monotonic time of the first signal
+        self.expect_rc = 0  # what its exit status must be at teardown
+        case_servers().append(self)
+
+    def _spawn(self, attempt):
+        base = os.path.join(H.root, f"taskbus-{self.name}-{attempt}")
+        self.err, self.out = base + ".err", base + ".out"
+        env = dict(self.env)
+        argv = self.wrap + [H.bin] + (["serve"] if self.serve else [])
+        if self.listen == "flag":
+            argv += ["--listen", f"{HOST}:{self.port}"]
+        else:
+            env["TASKBUS_LISTEN"] = f"{HOST}:{self.port}"
+        argv += self.args
+        return spawn(argv, self.out, self.err, env=child_env(env)), self.err
+
+    def _started(self, took):
+        note_slow(f"starting taskbus {self.name}", took, 2.5)
+
+    def url(self):
+        return f"http://{HOST}:{self.port}"
+
+    def err_text(self):
+        return read_text(self.err)
+
+    def out_text(self):
+        return read_text(self.out)
+
+    def kill_with(self, sig):
+        if self.signalled is None:
+            self.signalled = time.monotonic()
+        self.proc.send_signal(sig)
+
+    def wait_exit(self, timeout):
+        """(status or None if still running after timeout, seconds since
+        the first signal)."""
+        try:
+            rc = self.proc.wait(max(0.05, timeout))
+        except subprocess.TimeoutExpired:
+            rc = None
+        t0 = self.signalled or time.monotonic()
+        return rc, time.monotonic() - t0
+
+    def stop_ok(self, sig=signal.SIGTERM, within=STOP_TIMEOUT_S):
+        """Sends sig (unless a signal was sent already: a second one
+        means "exit at once") and requires exit 0 within `within` seconds
+        of the first and no sanitizer report; returns the seconds it
+        took."""
+        if self.proc.poll() is None and self.signalled is None:
+            self.kill_with(sig)
+        rc, took = self.wait_exit(within - (time.monotonic() -
+                                            self.signalled))
+        if rc is None:
+            end_proc(self.proc, signal.SIGKILL)
+            raise AssertionError(
+                f"taskbus {self.name} still running {within} s after "
+                f"{signal.Signals(sig).name} (killed)\n{tail(self.err)}")
+        self.check_clean(rc, 0, signal.Signals(sig).name)
+        note_slow(f"stopping taskbus {self.name}", took, 2)
+        return took
+
+    def check_clean(self, rc, want, what):
+        bad = san_excerpt(self.err_text())
+        check(rc == want and not bad,
+              f"taskbus {self.name}: exit status {rc} after {what}, want "
+              f"{want}" + (f"; sanitizer report: {bad}" if bad else "") +
+              f"\n{tail(self.err, 40)}")
+
+    def teardown(self):
+        """At the end of a case: SIGTERM if still running, exit status as
+        expected. Returns a problem or None."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                self.stop_ok()
+            except AssertionError as e:
+                return str(e)
+            return None
+        try:
+            self.check_clean(self.proc.returncode, self.expect_rc,
+                             "the case")
+        except AssertionError as e:
+            return str(e)
+        return None
+
+
+def redis_cli(r, *args, stdin=None):
+    """redis-cli against the Redis r with args; its output, stripped.
+    Fails the case unless it exits 0."""
+    p = subprocess.run([REDIS_CLI, "-h", HOST, "-p", str(r.port), *args],
+                       input=stdin, capture_output=True, timeout=10)
+    check(p.returncode == 0, f"redis-cli {args[:2]}: {p.stderr!r}")
+    return p.stdout.decode(errors="replace").strip()
+
+
+def instances_of(s):
+    r = http_req(s.port, "GET", "/instances")
+    check(r.status == 200, f"GET /instances on {s.name}: {r!r}")
+    return json.loads(r.body)["instances"]
+
+
+def metric_value(port, series):
+    """The value of one /metrics series (None when absent)."""
+    r = http_req(port, "GET", "/metrics")
+    for line in r.body.decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return None
+
+
+class CaseRunner(Runner):
+    """Runs cases that start `taskbus serve` processes (Taskbus): one line
+    per case with its time and slow steps; at its end every server it
+    started that still runs gets SIGTERM and must exit 0 (or the status
+    the case expects) without a sanitizer report, else the case fails
+    with the tail of its stderr. The servers are stopped newest first, so
+    that a redis-server a case registered before its instances outlives
+    them. Cases may run on several threads at once (one case a thread)."""
+
+    def __init__(self, words):
+        super().__init__(words)
+        self.lock = threading.Lock()  # one case's lines together
+
+    def case(self, group, name, fn):
+        full = f"{group}: {name}"
+        servers, slow = case_servers(), case_slow()
+        servers.clear()
+        slow.clear()
+        t0 = time.monotonic()
+        ok, detail = False, ""
+        try:
+            detail = fn() or ""
+            ok = True
+        except AssertionError as e:
+            detail = str(e)
+        except Exception as e:  # any failure is this case's FAIL line
+            detail = f"{type(e).__name__}: {e}"
+        finally:
+            for s in reversed(servers):
+                problem = s.teardown()
+                if problem and ok:
+                    ok, detail = False, problem
+        took = time.monotonic() - t0
+        if slow:
+            detail += ("; " if detail else "") + "slow: " + ", ".join(slow)
+        if ok:
+            detail = (detail + "; " if detail else "") + f"{took:.2f} s"
+        with self.lock:
+            self.report(ok, full, detail)
+            for s in servers if not ok else ():
+                err = getattr(s, "err", None)
+                if err and err not in detail and read_text(err):
+                    print(f"  stderr of taskbus {s.name} (last lines):\n"
+                          f"{tail(err, 15)}", flush=True)
+
+    def run_cases(self, cases):
+        """Runs the wanted ones of cases, (group, name, fn) triples, in
+        order on this thread."""
+        for group, name, fn in cases:
+            if self.wanted(group, name):
+                self.case(group, name, fn)

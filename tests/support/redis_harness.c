@@ -1226,3 +1226,28 @@ int rh_cleanup(void)
     }
     return stopped;
 }
+
+/* ------------------------------------------------------------ the run */
+
+int rh_setup(void **state)
+{
+    (void)state;
+    th_failures_reset();
+    tb_log_set_level(TB_LOG_WARN);
+    return 0;
+}
+
+int rh_teardown(void **state)
+{
+    (void)state;
+    rh_cleanup();
+    return 0;
+}
+
+void rh__main_prepare(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const char *filter = getenv("TB_ITEST_FILTER");
+    if (filter && *filter)
+        cmocka_set_test_filter(filter);
+}

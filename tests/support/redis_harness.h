@@ -325,4 +325,21 @@ int rh_proc_wait(rh_proc *p, int timeout_ms);
  * of apps it had to stop. Main thread. */
 int rh_cleanup(void);
 
+/* ------------------------------------------------------------ the run */
+
+/* cmocka setup and teardown of each test: forgets the recorded check
+ * failures and logs warnings and errors only; then rh_cleanup(). RH_TEST
+ * names a test with both. */
+int rh_setup(void **state);
+int rh_teardown(void **state);
+#define RH_TEST(fn) cmocka_unit_test_setup_teardown(fn, rh_setup, rh_teardown)
+
+/* A test program's main: runs the group of tests (an array of RH_TEST)
+ * named name with SIGPIPE ignored (a PUBLISH to a dead peer must not kill
+ * the test) and, when TB_ITEST_FILTER=<glob> is set, only the tests whose
+ * names match. */
+void rh__main_prepare(void);
+#define rh_run_group(name, tests)                                              \
+    (rh__main_prepare(), cmocka_run_group_tests_name(name, tests, NULL, NULL))
+
 #endif /* TASKBUS_TESTS_REDIS_HARNESS_H */

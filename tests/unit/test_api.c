@@ -327,7 +327,7 @@ static void fb_free(tb__bus *b)
 }
 
 static const tb__bus_ops fake_bus_ops = {
-    "fake", fb_start, fb_publish, fb_status, fb_stop, fb_free, NULL};
+    "fake", fb_start, fb_publish, fb_status, fb_stop, fb_free, NULL, NULL};
 
 static fake_bus *wrap_bus(tb_app *app)
 {

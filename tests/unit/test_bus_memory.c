@@ -27,11 +27,12 @@ static void test_memory_kv(void **state)
     assert_int_equal(
         kv->put(bus, "instance", "a", "one", 3, 60000, th_kv_on_done, &s), 0);
     assert_int_equal(s.calls, 1);
-    assert_int_equal(s.status, 0);
+    assert_int_equal(s.status, TB__KV_CREATED);
     kv->put(bus, "instance", "b", "two", 3, 60000, th_kv_on_done, &s);
     kv->put(bus, "claim", "a", "other group", 11, 60000, th_kv_on_done, &s);
     /* Replacing keeps one record with the new value. */
     kv->put(bus, "instance", "a", "uno", 3, 60000, th_kv_on_done, &s);
+    assert_int_equal(s.status, 0);
 
     memset(&s, 0, sizeof s);
     assert_int_equal(kv->list(bus, "instance", th_kv_on_list, &s), 0);

@@ -751,6 +751,98 @@ static void test_random_garbage_validity(void **state)
     assert_true(valid > 100);
 }
 
+/* ---------------------------------------------------------------- covers */
+
+static int covers(const char *allow, const char *want)
+{
+    tb__pattern a, w;
+    assert_int_equal(tb__pattern_compile(&a, allow), 0);
+    assert_int_equal(tb__pattern_compile(&w, want), 0);
+    return tb__pattern_covers(&a, &w);
+}
+
+static void test_covers_table(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *allow, *want;
+        int covers;
+    } cases[] = {
+        {"order.*", "order.*", 1},
+        {"order.*", "order.<id>", 1},
+        {"order.*", "order.created", 1},
+        {"order.<id>", "order.*", 1}, /* a param restricts nothing */
+        {"order.<id>", "order.<other>", 1},
+        {"order.*", "*.created", 0},
+        {"order.*", "order.*.x", 0},
+        {"order.*", "order", 0},
+        {"order.*", "*.*", 0},
+        {"order.*", "orders.created", 0},
+        {"order.*", "orde.created", 0},
+        {"*.*", "order.created", 1},
+        {"*.*", "a.*", 1},
+        {"*.*", "a.b.c", 0},
+        {"*", "a", 1},
+        {"*", "a.b", 0},
+        {"a.b", "a.b", 1},
+        {"a.b", "a.*", 0},
+        {"a.b", "a.<x>", 0},
+        {"chat.<room>", "chat.lobby", 1},
+        {"chat.lobby", "chat.<room>", 0},
+        {"a.*.c", "a.b.c", 1},
+        {"a.*.c", "a.b.d", 0},
+        {"a.*.c", "a.*.c", 1},
+        {"a.*.c", "*.b.c", 0},
+        {"A.b", "a.b", 0}, /* names are case-sensitive */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        if (covers(cases[i].allow, cases[i].want) != cases[i].covers)
+            fail_msg("covers(\"%s\", \"%s\") != %d", cases[i].allow,
+                     cases[i].want, cases[i].covers);
+}
+
+/* Against the definition, on every pattern of 1..3 segments from {a, b,
+ * *}: allow covers want exactly when each name that want matches, from
+ * segments {a, b, c} ("c" standing for any literal neither uses), is
+ * matched by allow. */
+static void test_covers_by_definition(void **state)
+{
+    (void)state;
+    static const char *const pseg[] = {"a", "b", "*"};
+    static const char *const nseg[] = {"a", "b", "c"};
+    char pats[39][8];
+    int np = 0;
+    for (int len = 1; len <= 3; len++)
+        for (int k = 0; k < 27 && (len > 1 || k < 3) && (len > 2 || k < 9);
+             k++) {
+            int d0 = k % 3, d1 = k / 3 % 3, d2 = k / 9;
+            snprintf(pats[np++], sizeof pats[0], "%s%s%s%s%s", pseg[d0],
+                     len > 1 ? "." : "", len > 1 ? pseg[d1] : "",
+                     len > 2 ? "." : "", len > 2 ? pseg[d2] : "");
+        }
+    assert_int_equal(np, 39);
+    int yes = 0;
+    for (int i = 0; i < np; i++)
+        for (int j = 0; j < np; j++) {
+            int want = 1;
+            int nlen = (int)(strlen(pats[j]) + 1) / 2;
+            for (int k = 0; k < 27 && want; k++) {
+                char name[8];
+                snprintf(name, sizeof name, "%s%s%s%s%s", nseg[k % 3],
+                         nlen > 1 ? "." : "", nlen > 1 ? nseg[k / 3 % 3] : "",
+                         nlen > 2 ? "." : "", nlen > 2 ? nseg[k / 9] : "");
+                if (tb_pattern_match(pats[j], name) &&
+                    !tb_pattern_match(pats[i], name))
+                    want = 0;
+            }
+            if (covers(pats[i], pats[j]) != want)
+                fail_msg("covers(\"%s\", \"%s\") != %d", pats[i], pats[j],
+                         want);
+            yes += want;
+        }
+    assert_true(yes > np); /* not only each pattern itself */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -770,6 +862,8 @@ int main(void)
         cmocka_unit_test(test_hash),
         cmocka_unit_test(test_random_against_reference),
         cmocka_unit_test(test_random_garbage_validity),
+        cmocka_unit_test(test_covers_table),
+        cmocka_unit_test(test_covers_by_definition),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

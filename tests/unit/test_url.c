@@ -1,5 +1,6 @@
-/* test_url.c - unit tests for service/url.c: the Redis URL forms accepted,
- * every error (whose message never shows the password), and redaction. */
+/* test_url.c - unit tests for service/url.c: the Redis URL forms accepted
+ * (redis://, unix://, redis-sentinel://), every error (whose message never
+ * shows the password), redaction, and the checks of what sentinels say. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -69,6 +70,14 @@ static const char *bad(const char *url)
     assert_string_equal(t.password, "");
     assert_string_equal(t.user, "");
     return err;
+}
+
+/* bad(url), whose message must contain want. */
+static void bad_saying(const char *url, const char *want)
+{
+    const char *msg = bad(url);
+    if (!strstr(msg, want))
+        fail_msg("%s: the message \"%s\" lacks \"%s\"", url, msg, want);
 }
 
 /* A string of n copies of c (n < sizeof buf), after prefix. */
@@ -307,6 +316,203 @@ static void test_error_buffer(void **state)
     assert_string_equal(err, "");
 }
 
+/* ---------------------------------------------------------------- sentinel */
+
+static void assert_sentinel(const tb__redis_target *t, int i, const char *host,
+                            int port)
+{
+    assert_true(i < t->nsentinels);
+    assert_string_equal(t->sentinels[i].host, host);
+    assert_int_equal(t->sentinels[i].port, port);
+}
+
+static void test_sentinel_forms(void **state)
+{
+    (void)state;
+    tb__redis_target t = ok("redis-sentinel://s1/mymaster");
+    assert_int_equal(t.nsentinels, 1);
+    assert_sentinel(&t, 0, "s1", 26379);
+    assert_string_equal(t.master, "mymaster");
+    assert_int_equal(t.db, 0);
+    assert_int_equal(t.is_unix, 0);
+    assert_string_equal(t.host, ""); /* the sentinels say where */
+    assert_string_equal(t.password, "");
+
+    t = ok("redis-sentinel://s1:26380,10.0.0.2,[::1]:26381,[fe80::1%25eth0]"
+           "/Prod_cache-1.eu/3");
+    assert_int_equal(t.nsentinels, 4);
+    assert_sentinel(&t, 0, "s1", 26380);
+    assert_sentinel(&t, 1, "10.0.0.2", 26379);
+    assert_sentinel(&t, 2, "::1", 26381);
+    assert_sentinel(&t, 3, "fe80::1%eth0", 26379);
+    assert_string_equal(t.master, "Prod_cache-1.eu");
+    assert_int_equal(t.db, 3);
+
+    /* The user and password are the master's. */
+    t = ok("redis-sentinel://alice:" SECRET "@s1:1,s2:65535/m");
+    assert_string_equal(t.user, "alice");
+    assert_string_equal(t.password, SECRET);
+    assert_int_equal(t.nsentinels, 2);
+    assert_sentinel(&t, 1, "s2", 65535);
+    t = ok("redis-sentinel://:p%40ss@s1/m/");
+    assert_string_equal(t.password, "p@ss");
+    assert_int_equal(t.db, 0);
+    t = ok("REDIS-SENTINEL://S1/M/2147483647");
+    assert_int_equal(t.db, 2147483647);
+
+    /* The limits: 16 sentinels, a name of 64 bytes, hosts of 255. */
+    char url[8400], name[80];
+    make(url, "redis-sentinel://", "s:1,", 15, "s:2/m");
+    t = ok(url);
+    assert_int_equal(t.nsentinels, TB__SENTINELS_MAX);
+    assert_sentinel(&t, 15, "s", 2);
+    make(name, "", "n", TB__SENTINEL_MASTER_MAX, "");
+    snprintf(url, sizeof url, "redis-sentinel://s/%s", name);
+    t = ok(url);
+    assert_string_equal(t.master, name);
+    char host[300];
+    make(host, "", "h", 255, "");
+    snprintf(url, sizeof url, "redis-sentinel://a,%s:7/m", host);
+    t = ok(url);
+    assert_sentinel(&t, 1, host, 7);
+}
+
+static void test_sentinel_errors(void **state)
+{
+    (void)state;
+    bad_saying("redis-sentinel://:" SECRET "@s1:26379", "names no master");
+    bad_saying("redis-sentinel://s1/", "master's name");
+    bad("redis-sentinel://s1//2");
+    bad_saying("redis-sentinel:///m", "sentinel 1 of the Redis URL is empty");
+    bad_saying("redis-sentinel://s1,/m",
+               "sentinel 2 of the Redis URL is empty");
+    bad("redis-sentinel://,s1/m");
+    bad("redis-sentinel://s1,,s2/m");
+    bad_saying("redis-sentinel://s1,s2:0/m",
+               "the port in sentinel 2 of the Redis URL");
+    bad("redis-sentinel://s1:65536/m");
+    bad("redis-sentinel://s1:/m");
+    bad("redis-sentinel://s1:x/m");
+    bad("redis-sentinel://s1:26379:1/m");
+    bad_saying("redis-sentinel://s1,s%31/m", "sentinel 2 of the Redis URL");
+    bad("redis-sentinel://[::1/m");
+    bad("redis-sentinel://[::1]x/m");
+    bad("redis-sentinel://[zz]/m");
+    bad("redis-sentinel://s1/m?db=1");
+    bad("redis-sentinel://s1/m#x");
+    bad("redis-sentinel://s1/m x");
+    bad("redis-sentinel://s1/m%41");
+    bad("redis-sentinel://s1/m:1");
+    bad("redis-sentinel://s1/m/x");
+    bad("redis-sentinel://s1/m/1/2");
+    bad("redis-sentinel://s1/m/-1");
+    bad("redis-sentinel://:" SECRET "@/m");
+    bad("redis-sentinel://alice:@s1/m");
+    bad("redis-sentinel:/s1/m");
+    bad("sentinel://s1/m");
+
+    char url[9000], name[80];
+    bad_saying(make(url, "redis-sentinel://:" SECRET "@", "s,", 16, "s/m"),
+               "more than 16 sentinels");
+    make(name, "", "n", TB__SENTINEL_MASTER_MAX + 1, "");
+    snprintf(url, sizeof url, "redis-sentinel://s/%s", name);
+    bad(url);
+    bad_saying(make(url, "redis-sentinel://a,", "h", 256, "/m"),
+               "host in sentinel 2 of the Redis URL is "
+               "longer than 255 bytes");
+    /* A URL over TB__REDIS_URL_MAX is refused before it is read. */
+    bad_saying(make(url, "redis://:" SECRET "@", "h", TB__REDIS_URL_MAX, ""),
+               "longer than 8192 bytes");
+    make(url, "redis-sentinel://", "s:1,", 2047, "s:1/m"); /* 8210 bytes */
+    bad(url);
+}
+
+static void assert_addr(const char *host, const char *port, const char *want,
+                        int want_port)
+{
+    tb__redis_hostport a;
+    memset(&a, 0x55, sizeof a);
+    int rc =
+        tb__sentinel_addr_parse(host, strlen(host), port, strlen(port), &a);
+    if (!want) {
+        assert_int_equal(rc, TB_EINVAL);
+        return;
+    }
+    assert_int_equal(rc, 0);
+    assert_string_equal(a.host, want);
+    assert_int_equal(a.port, want_port);
+}
+
+static void test_sentinel_answers(void **state)
+{
+    (void)state;
+    assert_addr("127.0.0.1", "6380", "127.0.0.1", 6380);
+    assert_addr("redis-1.internal", "1", "redis-1.internal", 1);
+    assert_addr("::1", "65535", "::1", 65535);
+    assert_addr("fe80::1%eth0", "6379", "fe80::1%eth0", 6379);
+    assert_addr("127.0.0.1", "0", NULL, 0);
+    assert_addr("127.0.0.1", "65536", NULL, 0);
+    assert_addr("127.0.0.1", "", NULL, 0);
+    assert_addr("127.0.0.1", "-1", NULL, 0);
+    assert_addr("127.0.0.1", "6379 ", NULL, 0);
+    assert_addr("", "6379", NULL, 0);
+    assert_addr("a b", "6379", NULL, 0);
+    assert_addr("host\r\n", "6379", NULL, 0);
+    assert_addr("[::1]", "6379", NULL, 0);
+    assert_addr("zz::1", "6379", NULL, 0);
+    assert_addr("fe80::1%", "6379", NULL, 0);
+    assert_addr("fe80::1%e/0", "6379", NULL, 0);
+    char host[300];
+    assert_addr(make(host, "", "h", 255, ""), "1", host, 1);
+    assert_addr(make(host, "", "h", 256, ""), "1", NULL, 0);
+    tb__redis_hostport a;
+    assert_int_equal(tb__sentinel_addr_parse("a\0b", 3, "1", 1, &a), TB_EINVAL);
+    assert_int_equal(tb__sentinel_addr_parse("h", 1, "1\0", 2, &a), TB_EINVAL);
+    assert_int_equal(tb__sentinel_addr_parse(NULL, 0, "1", 1, &a), TB_EINVAL);
+
+    char name[TB__SENTINEL_MASTER_MAX + 1];
+    tb__redis_hostport from, to;
+    const char *m = "mymaster 127.0.0.1 6379 ::1 6380";
+    assert_int_equal(tb__sentinel_switch_parse(m, strlen(m), name, &from, &to),
+                     0);
+    assert_string_equal(name, "mymaster");
+    assert_string_equal(from.host, "127.0.0.1");
+    assert_int_equal(from.port, 6379);
+    assert_string_equal(to.host, "::1");
+    assert_int_equal(to.port, 6380);
+    static const char *const bads[] = {
+        "",
+        "mymaster",
+        "mymaster 127.0.0.1 6379 127.0.0.1",
+        "mymaster 127.0.0.1 6379 127.0.0.1 6380 extra",
+        "mymaster 127.0.0.1 6379 127.0.0.1 6380 ",
+        "mymaster  127.0.0.1 6379 127.0.0.1 6380",
+        "mymaster 127.0.0.1 6379 127.0.0.1 0",
+        "mymaster 127.0.0.1 x 127.0.0.1 6380",
+        "my%master 127.0.0.1 6379 127.0.0.1 6380",
+        "mymaster 127.0.0.1 6379 bad\thost 6380",
+    };
+    for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++)
+        if (tb__sentinel_switch_parse(bads[i], strlen(bads[i]), name, &from,
+                                      &to) != TB_EINVAL)
+            fail_msg("accepted +switch-master \"%s\"", bads[i]);
+    char big[1100];
+    make(big, "m 127.0.0.1 1 ", "h", 1000, " 2");
+    assert_int_equal(
+        tb__sentinel_switch_parse(big, strlen(big), name, &from, &to),
+        TB_EINVAL);
+    /* A master's name one byte too long. */
+    char msg[200];
+    make(msg, "", "n", TB__SENTINEL_MASTER_MAX + 1, " h 1 h 2");
+    assert_int_equal(
+        tb__sentinel_switch_parse(msg, strlen(msg), name, &from, &to),
+        TB_EINVAL);
+    make(msg, "", "n", TB__SENTINEL_MASTER_MAX, " h 1 h 2");
+    assert_int_equal(
+        tb__sentinel_switch_parse(msg, strlen(msg), name, &from, &to), 0);
+    assert_int_equal(strlen(name), TB__SENTINEL_MASTER_MAX);
+}
+
 /* ---------------------------------------------------------------- redact */
 
 static void assert_redact(const char *url, const char *want)
@@ -347,6 +553,11 @@ static void test_redact(void **state)
     assert_redact("unix://bob:" SECRET "@/run/r.sock",
                   "unix://bob:***@/run/r.sock");
     assert_redact("rediss://:" SECRET "@host", "rediss://:***@host");
+    assert_redact("redis-sentinel://:" SECRET "@s1:26379,[::1]:26380/m/1",
+                  "redis-sentinel://:***@s1:26379,[::1]:26380/m/1");
+    assert_redact("redis-sentinel://alice:p@" SECRET "@s1,s2/m",
+                  "redis-sentinel://alice:***@s1,s2/m");
+    assert_redact("redis-sentinel://s1,s2/m", "redis-sentinel://s1,s2/m");
     /* A password written without its ':' is hidden whole. */
     assert_redact("redis://" SECRET "@host", "redis://***@host");
     /* No password: unchanged. */
@@ -382,6 +593,9 @@ int main(void)
         cmocka_unit_test(test_unix_errors),
         cmocka_unit_test(test_userinfo_errors),
         cmocka_unit_test(test_error_buffer),
+        cmocka_unit_test(test_sentinel_forms),
+        cmocka_unit_test(test_sentinel_errors),
+        cmocka_unit_test(test_sentinel_answers),
         cmocka_unit_test(test_redact),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,232 @@
+/* test_cluster.c - unit tests for service/cluster.c on the memory bus,
+ * where this instance is the cluster: the same calls answer for it (get,
+ * cancel, paged lists with cursors), names are not claimed anywhere, and
+ * control messages from outside are checked before they are believed. The
+ * calls between instances over Redis are in tests/integration
+ * (cluster_suite.py, test_redis_bus.c). */
+#include "harness.h"
+
+#include <jansson.h>
+
+#include "cluster.h"
+#include "internal.h"
+
+static int sleeper(tb_task *self, void *ud)
+{
+    (void)ud;
+    return tb_sleep(self, 60000);
+}
+
+static int quick(tb_task *self, void *ud)
+{
+    (void)self;
+    (void)ud;
+    return 0;
+}
+
+/* get and cancel by name: the task object with its instance, replicas,
+ * and the final state the cancel waited for. */
+TH_APP_TEST(test_get_and_cancel, th_app_new(2, 2000), 10000)
+{
+    TH_CHECK(!tb__cluster_on(app)); /* the memory bus has no cluster */
+    TH_CHECK_RC(th_add(app, "job1", 0, sleeper, NULL, NULL), 0);
+    TH_CHECK(th_wait_state(app, "job1", TB_TASK_RUNNING, 2000));
+    for (int local = 0; local < 2; local++) {
+        json_t *o = NULL;
+        TH_CHECK_RC(tb__cluster_get(app, "job1", local, &o), 0);
+        TH_CHECK_STR(json_string_value(json_object_get(o, "instance")),
+                     tb_app_instance(app));
+        TH_CHECK_STR(json_string_value(json_object_get(o, "state")), "running");
+        TH_CHECK(json_integer_value(json_object_get(o, "replicas")) == 1);
+        json_decref(o);
+    }
+    json_t *o = NULL;
+    TH_CHECK_RC(tb__cluster_get(app, "nobody", 0, &o), TB_ENOENT);
+    TH_CHECK(o == NULL);
+
+    /* The C API: the same, as structs. */
+    tb_cluster_task ct;
+    TH_CHECK_RC(tb_cluster_get(app, "job1", &ct), 0);
+    TH_CHECK_STR(ct.task.name, "job1");
+    TH_CHECK_STR(ct.instance, tb_app_instance(app));
+    TH_CHECK(ct.task.state == TB_TASK_RUNNING);
+    TH_CHECK(ct.task.started_us > 0);
+    TH_CHECK(ct.replicas == 1);
+    TH_CHECK_RC(tb_cluster_cancel(app, "job1", 2000, &ct), 0);
+    TH_CHECK(ct.task.state == TB_TASK_CANCELLED);
+    TH_CHECK(ct.task.ended_us >= ct.task.started_us);
+    TH_CHECK_RC(tb_cluster_cancel(app, "job1", 2000, &ct), 0); /* idempotent */
+    TH_CHECK_RC(tb_cluster_cancel(app, "nobody", 2000, NULL), TB_ENOENT);
+}
+
+/* A cancel that the task ignores past the timeout: TB_ETIMEDOUT with the
+ * state it had then. */
+static th_counter stubborn_in;
+static int stubborn(tb_task *self, void *ud)
+{
+    (void)ud;
+    th_counter_add(&stubborn_in, 1);
+    for (int i = 0; i < 10; i++)
+        tb_sleep(self, 30); /* ignores its cancellation for 300 ms */
+    return 0;
+}
+
+TH_APP_TEST(test_cancel_timeout, th_app_new(2, 3000), 10000)
+{
+    TH_CHECK_RC(th_add(app, "mule", 1, stubborn, NULL, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&stubborn_in, 1, 2000));
+    json_t *o = NULL;
+    TH_CHECK_RC(tb__cluster_cancel(app, "mule", 100, 0, &o), TB_ETIMEDOUT);
+    TH_CHECK(o != NULL);
+    TH_CHECK_STR(json_string_value(json_object_get(o, "state")), "running");
+    TH_CHECK(json_is_true(json_object_get(o, "cancel_requested")));
+    json_decref(o);
+}
+
+/* 25 tasks paged 10 at a time: each exactly once, in id order, the cursor
+ * empty after the last page; state filters; bad cursors refused. */
+TH_APP_TEST(test_paging, th_app_new(2, 2000), 10000)
+{
+    enum {
+        N = 25
+    };
+    for (int i = 0; i < N; i++)
+        TH_CHECK_RC(tb_task_add(app, i % 2 ? sleeper : quick, NULL, NULL, NULL),
+                    0);
+    char cursor[TB_CURSOR_MAX] = "";
+    int seen[N + 1] = {0}, pages = 0;
+    json_int_t last = 0;
+    do {
+        json_t *tasks = NULL, *unreachable = NULL;
+        char next[TB_CURSOR_MAX];
+        TH_CHECK_RC(tb__cluster_list(app, cursor, 10, -1, 0, &tasks, next,
+                                     &unreachable),
+                    0);
+        TH_CHECK(json_array_size(tasks) <= 10);
+        TH_CHECK(json_array_size(unreachable) == 0);
+        size_t i;
+        json_t *t;
+        json_array_foreach(tasks, i, t)
+        {
+            json_int_t id = json_integer_value(json_object_get(t, "id"));
+            TH_CHECK(id > last && id <= N);
+            last = id;
+            seen[id]++;
+            TH_CHECK_STR(json_string_value(json_object_get(t, "instance")),
+                         tb_app_instance(app));
+        }
+        json_decref(tasks);
+        json_decref(unreachable);
+        snprintf(cursor, sizeof cursor, "%s", next);
+        pages++;
+    } while (cursor[0] && pages < 10);
+    TH_CHECK(pages == 3);
+    for (int i = 1; i <= N; i++)
+        TH_CHECK(seen[i] == 1);
+
+    /* The C API pages the same way. */
+    tb_cluster_task *v = NULL;
+    size_t n = 0, skipped = 9;
+    char next[TB_CURSOR_MAX];
+    TH_CHECK_RC(tb_cluster_list(app, NULL, 20, &v, &n, next, &skipped), 0);
+    TH_CHECK(n == 20 && skipped == 0 && next[0]);
+    free(v);
+    TH_CHECK_RC(tb_cluster_list(app, next, 20, &v, &n, next, NULL), 0);
+    TH_CHECKF(n == 5 && next[0] == '\0', "n %zu next \"%s\"", n, next);
+    free(v);
+    TH_CHECK_RC(tb_cluster_list(app, NULL, 0, &v, &n, next, NULL), TB_EINVAL);
+    TH_CHECK_RC(tb_cluster_list(app, NULL, 1001, &v, &n, next, NULL),
+                TB_EINVAL);
+
+    /* Only the running ones. */
+    TH_CHECK(th_wait_state(app, "task-24", TB_TASK_RUNNING, 2000));
+    json_t *tasks = NULL, *unreachable = NULL;
+    TH_CHECK_RC(tb__cluster_list(app, "", 100, TB_TASK_RUNNING, 1, &tasks, next,
+                                 &unreachable),
+                0);
+    TH_CHECK(json_array_size(tasks) == 12); /* the even ids sleep */
+    json_decref(tasks);
+    json_decref(unreachable);
+
+    static const char *const bad[] = {"x",
+                                      ".5",
+                                      "abc.",
+                                      "abc.x5",
+                                      "ABC.5",
+                                      "abc.5.6",
+                                      "g1.2",
+                                      "abc.-1",
+                                      "abc. 5",
+                                      " abc.5",
+                                      "abcdefabcdefabcdefabc.1",
+                                      "a.123456789012345678901"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        tasks = unreachable = NULL;
+        int rc = tb__cluster_list(app, bad[i], 10, -1, 0, &tasks, next,
+                                  &unreachable);
+        TH_CHECKF(rc == TB_EINVAL, "cursor \"%s\": %s", bad[i],
+                  tb_err_name(rc));
+        TH_CHECK(tasks == NULL && unreachable == NULL);
+    }
+    /* A cursor of an instance that is gone: the listing goes on after it
+     * (here: this one's id sorts after "0", so it starts from the top). */
+    TH_CHECK_RC(
+        tb__cluster_list(app, "0.7", 100, -1, 0, &tasks, next, &unreachable),
+        0);
+    TH_CHECK(json_array_size(tasks) == N);
+    json_decref(tasks);
+    json_decref(unreachable);
+}
+
+/* Messages on the control channel come from outside: garbage, requests
+ * with bad fields and forged answers are dropped and counted; nothing
+ * crashes and nothing is answered (the memory bus could not anyway). */
+TH_APP_TEST(test_bad_messages, th_app_new(1, 2000), 10000)
+{
+    static const char *const msgs[] = {
+        "",
+        "garbage",
+        "[]",
+        "{}",
+        "{\"t\":5}",
+        "{\"t\":\"what\"}",
+        "{\"t\":\"req\"}",
+        "{\"t\":\"req\",\"op\":\"get\",\"rid\":1,\"from\":\"XYZ\"}",
+        "{\"t\":\"req\",\"op\":\"get\",\"rid\":1,\"from\":\"abc\"}",
+        "{\"t\":\"req\",\"op\":\"list\",\"rid\":1,\"from\":\"abc\","
+        "\"after\":-1,\"limit\":5,\"state\":-1}",
+        "{\"t\":\"req\",\"op\":\"list\",\"rid\":1,\"from\":\"abc\","
+        "\"after\":0,\"limit\":100000,\"state\":-1}",
+        "{\"t\":\"req\",\"op\":\"cancel\",\"rid\":1,\"from\":\"abc\","
+        "\"name\":\"x\",\"timeout_ms\":-5}",
+        "{\"t\":\"req\",\"op\":\"nuke\",\"rid\":1,\"from\":\"abc\"}",
+        "{\"t\":\"rep\",\"rid\":\"1\"}",
+        "{\"t\":\"req\",\"t\":\"rep\"}",
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]"
+        "]]]]]]]]]]]]]]]]]]]]]]",
+    };
+    tb__cluster_stats before, after;
+    tb__cluster_stats_get(app, &before);
+    for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++)
+        tb__cluster_message(app, msgs[i], strlen(msgs[i]));
+    /* A well-formed answer to no call is simply not matched. */
+    const char *orphan = "{\"t\":\"rep\",\"rid\":99,\"status\":\"ok\"}";
+    tb__cluster_message(app, orphan, strlen(orphan));
+    tb__cluster_stats_get(app, &after);
+    TH_CHECKF(after.messages_bad - before.messages_bad ==
+                  sizeof msgs / sizeof msgs[0],
+              "counted %llu of %zu",
+              (unsigned long long)(after.messages_bad - before.messages_bad),
+              sizeof msgs / sizeof msgs[0]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_get_and_cancel),
+        cmocka_unit_test(test_cancel_timeout),
+        cmocka_unit_test(test_paging),
+        cmocka_unit_test(test_bad_messages),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
