@@ -23,8 +23,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(terminated(t.user, sizeof t.user));
         FUZZ_CHECK(terminated(t.password, sizeof t.password));
         FUZZ_CHECK(t.port >= 1 && t.port <= 65535 && t.db >= 0);
-        FUZZ_CHECK(t.is_unix ? t.path[0] == '/' && t.host[0] == '\0'
-                             : t.host[0] != '\0' && t.path[0] == '\0');
+        if (t.nsentinels > 0) {
+            /* redis-sentinel://: the sentinels and the master's name. */
+            FUZZ_CHECK(!t.is_unix && t.nsentinels <= TB__SENTINELS_MAX);
+            FUZZ_CHECK(t.master[0] != '\0' &&
+                       terminated(t.master, sizeof t.master));
+            for (int i = 0; i < t.nsentinels; i++)
+                FUZZ_CHECK(t.sentinels[i].port >= 1 &&
+                           t.sentinels[i].port <= 65535);
+        } else {
+            FUZZ_CHECK(t.is_unix ? t.path[0] == '/' && t.host[0] == '\0'
+                                 : t.host[0] != '\0' && t.path[0] == '\0');
+        }
         /* A user name goes with a password (AUTH user password). */
         FUZZ_CHECK(!t.user[0] || t.password[0]);
         /* Parsing again gives the same (no state between calls). */
