@@ -315,8 +315,12 @@ def t_cancel_timeout_remote():
     cancel_timeout with the task still ending; a later DELETE sees it
     cancelled."""
     script = os.path.join(H.root, "ignore-term.sh")
+    ready = os.path.join(H.root, "ignore-term.ready")
+    # It says when it ignores SIGTERM: a cancel sent before its trap is set
+    # (a slow sanitizer build) would end it at once.
     with open(script, "w") as f:
-        f.write("#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.1; done\n")
+        f.write("#!/bin/sh\ntrap '' TERM\n: > %s\n"
+                "while :; do sleep 0.1; done\n" % ready)
     os.chmod(script, 0o755)
     c = Cluster("ctimeout", 2, ("--exec-allow", script))
     a, b = c.nodes
@@ -324,6 +328,8 @@ def t_cancel_timeout_remote():
                   "args": {"command": script, "grace": 1.0 * S}}), 201,
          what="POST exec")
     wait_running(a, "stubborn")
+    check(wait_for(lambda: os.path.exists(ready), T(10)),
+          "the stubborn script never set its trap")
     r = http_req(b.port, "DELETE", "/tasks/stubborn?timeout=0.3")
     o = want(r, 504, "cancel_timeout", "DELETE ?timeout=0.3 on b")
     t = o.get("task") or {}
