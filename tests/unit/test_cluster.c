@@ -138,8 +138,16 @@ TH_APP_TEST(test_paging, th_app_new(2, 2000), 10000)
     TH_CHECK_RC(tb_cluster_list(app, NULL, 1001, &v, &n, next, NULL),
                 TB_EINVAL);
 
-    /* Only the running ones. */
-    TH_CHECK(th_wait_state(app, "task-24", TB_TASK_RUNNING, 2000));
+    /* Only the running ones, once every task has settled: on two workers
+     * the last sleeper can start before an earlier one, and a quick task
+     * that has not returned yet still reads running. */
+    for (int i = 1; i <= N; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "task-%d", i);
+        TH_CHECKF(th_wait_state(app, name,
+                                i % 2 ? TB_TASK_DONE : TB_TASK_RUNNING, 2000),
+                  "%s never settled", name);
+    }
     json_t *tasks = NULL, *unreachable = NULL;
     TH_CHECK_RC(tb__cluster_list(app, "", 100, TB_TASK_RUNNING, 1, &tasks, next,
                                  &unreachable),
