@@ -15,6 +15,9 @@
  * the frames wslay makes itself (pongs, the closes it sends on a protocol
  * error or in answer to the client's) go through it.
  *
+ * What a connection holds (in, out, and what wslay took of a message not
+ * yet whole) is reported to the core (tb__ws_on_held) for ws_memory_max.
+ *
  * The socket arrives after the HTTP server has done the handshake (see
  * http_civetweb.c). Everything here runs on the worker's thread. */
 #include <errno.h>
@@ -43,6 +46,8 @@ struct tb__wsconn {
     struct evbuffer *out; /* frames not yet written to the socket */
     size_t feed;          /* bytes of whole frames at the head of in that
                              wslay may take now */
+    size_t in_wslay;      /* bytes wslay took of a message not yet whole */
+    size_t reported;      /* held bytes last told to the core */
     tb__ws_limits lim;
     size_t msgs;    /* messages queued since the output last drained */
     int reading;    /* rev added */
@@ -73,6 +78,19 @@ static void flush(tb__wsconn *c);
 static void arm(tb__wsconn *c, int ms);
 static void schedule_flush(tb__wsconn *c);
 static void update_reading(tb__wsconn *c);
+
+/* Tells the core what c holds now. Only a decrease while inside wslay or
+ * a nested flush (the core may close connections when it grows); the
+ * caller's tail reports the rest. */
+static void report(tb__wsconn *c)
+{
+    size_t now =
+        evbuffer_get_length(c->in) + evbuffer_get_length(c->out) + c->in_wslay;
+    if (c->ended || now == c->reported || (c->in_callback && now > c->reported))
+        return;
+    c->reported = now;
+    tb__ws_on_held(c->ws, now);
+}
 
 /* ---------------------------------------------------------------- frames */
 
@@ -213,6 +231,7 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
         return -1;
     }
     c->feed -= (size_t)got;
+    c->in_wslay += (size_t)got;
     return got;
 }
 
@@ -240,6 +259,8 @@ static void on_msg(wslay_event_context_ptr ctx,
     switch (arg->opcode) {
     case WSLAY_TEXT_FRAME: /* wslay has checked its UTF-8 (1007 if not) */
     case WSLAY_BINARY_FRAME:
+        c->in_wslay = 0; /* wslay frees it after this callback */
+        report(c);
         if (c->closing)
             return; /* we are closing: what comes now is not read */
         if (tb__ws_on_message(c->ws, arg->opcode == WSLAY_BINARY_FRAME,
@@ -288,6 +309,7 @@ static void maybe_release(tb__wsconn *c)
         !wslay_event_get_close_sent(c->ctx)) {
         wslay_event_context_free(c->ctx);
         c->ctx = NULL;
+        c->in_wslay = 0;
     }
 }
 
@@ -311,6 +333,7 @@ static void refuse(tb__wsconn *c, int code, const char *reason)
     conn_close(c, code, reason);
     update_reading(c);
     schedule_flush(c); /* also ends it when our close was already out */
+    report(c);
 }
 
 /* Gives wslay the whole frames in `in`, lets it send what it made, and
@@ -334,8 +357,10 @@ static void process(tb__wsconn *c)
         pos += f.size + (size_t)f.plen;
     }
     c->feed = pos;
-    if (c->feed == 0 && !c->ctx)
+    if (c->feed == 0 && !c->ctx) {
+        report(c); /* a frame on its way */
         return;
+    }
     if (!context(c)) {
         end(c, 1011, "out of memory");
         return;
@@ -385,6 +410,7 @@ static void process(tb__wsconn *c)
     maybe_release(c);
     update_reading(c);
     schedule_flush(c);
+    report(c);
 }
 
 /* ---------------------------------------------------------------- events */
@@ -453,10 +479,12 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     }
     /* While we close, the client's answering close is still read (what
      * else it sends is dropped). */
-    if (evbuffer_get_length(c->in) > 0 && should_read(c))
-        process(c);
-    else
+    if (evbuffer_get_length(c->in) > 0 && should_read(c)) {
+        process(c); /* reports, unless it ended c */
+    } else {
         update_reading(c);
+        report(c);
+    }
 }
 
 static void flush(tb__wsconn *c)
@@ -483,6 +511,7 @@ static void flush(tb__wsconn *c)
                 event_add(c->wev, NULL);
                 c->wev_added = 1;
             }
+            report(c);
             return; /* the socket is full: wait until it is writable */
         }
         if (n < 0 && errno == EINTR)
@@ -497,6 +526,7 @@ static void flush(tb__wsconn *c)
         c->wev_added = 0;
     }
     update_reading(c);
+    report(c);
     check_done(c);
 }
 
@@ -625,6 +655,7 @@ static int conn_send(tb__wsconn *c, int binary, const void *data, size_t len)
         return TB_ENOMEM;
     c->msgs++;
     schedule_flush(c);
+    report(c);
     return 0;
 }
 
@@ -640,6 +671,26 @@ static void conn_close(tb__wsconn *c, int code, const char *reason)
     arm(c, c->lim.close_timeout_ms);
     update_reading(c); /* the client's answering close must be read */
     schedule_flush(c);
+}
+
+static void conn_shed(tb__wsconn *c, int code, const char *reason)
+{
+    if (c->ended)
+        return;
+    evbuffer_drain(c->in, evbuffer_get_length(c->in));
+    c->feed = 0;
+    if (c->ctx && !c->in_callback) {
+        /* A fragment it assembles goes; our close frame is ours. */
+        wslay_event_context_free(c->ctx);
+        c->ctx = NULL;
+        c->in_wslay = 0;
+        c->fragmented = 0;
+    }
+    c->failing = 1;
+    conn_close(c, code, reason);
+    update_reading(c);
+    schedule_flush(c);
+    report(c);
 }
 
 static void conn_pause(tb__wsconn *c, int paused)
@@ -693,6 +744,7 @@ static const tb__wsconn_ops wslay_ops = {
     .open = conn_open,
     .send = conn_send,
     .close = conn_close,
+    .shed = conn_shed,
     .pause = conn_pause,
     .abort = conn_abort,
 };

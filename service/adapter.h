@@ -175,6 +175,11 @@ typedef struct tb__wsconn_ops {
     /* Starts the close handshake with code and reason; the connection
      * ends when the peer answers, or close_timeout_ms later. Idempotent. */
     void (*close)(tb__wsconn *c, int code, const char *reason);
+    /* Closes for a policy (ws_memory_max): what was read and not yet given
+     * to the core is dropped, nothing more is read, and the connection ends
+     * once its output and the close frame are written, or close_timeout_ms
+     * later. Reports what it holds then (tb__ws_on_held). */
+    void (*shed)(tb__wsconn *c, int code, const char *reason);
     /* Stops (1) or resumes (0) reading the socket. */
     void (*pause)(tb__wsconn *c, int paused);
     /* Writes what it can without waiting, closes the socket and ends the
@@ -188,6 +193,11 @@ typedef struct tb__wsconn_ops {
  * Returns 1 when the receive queue is full (the adapter then pauses until
  * the core resumes it), else 0. */
 int tb__ws_on_message(tb_ws *ws, int binary, const void *data, size_t len);
+/* The bytes the connection holds now (read and not yet a message given to
+ * the core, a message being assembled, output not yet written), whenever
+ * that changed, at a point where the core may close connections of this
+ * worker (not inside the framing library's callbacks). */
+void tb__ws_on_held(tb_ws *ws, size_t bytes);
 /* The connection has started closing (its close frame is due, or the
  * peer's came): sends from now on are refused. */
 void tb__ws_on_closing(tb_ws *ws);

@@ -137,7 +137,11 @@
     X(ws, ping_timeout_ms, MS, 20000, NULL, 1, IMAX, "ws-ping-timeout",        \
       "ms to wait for a pong")                                                 \
     X(ws, allowed_origins, STRING, 0, NULL, 0, 0, "ws-origins",                \
-      "allowed websocket Origins, comma-separated, or * (none: any)")
+      "allowed websocket Origins, comma-separated, or * (none: any)")          \
+    X(ws, memory_max, SIZE, 256 * MiB, NULL, 64 * KiB, 1024 * GiB,             \
+      "ws-memory-max",                                                         \
+      "bytes all websockets may hold in receive and send buffers; beyond, "    \
+      "the largest are closed (1008)")
 
 /* The C type each TYPE is stored as, checked against the field. */
 #define CT_INT int

@@ -64,6 +64,10 @@ struct tb_ws {
     int qlen;
     size_t qbytes;
     int paused;
+    size_t held_conn; /* bytes the framing holds (tb__ws_on_held) */
+    size_t held_core; /* bytes of qhead.. and cur */
+    int shed;         /* closed for ws_memory_max: its bytes are on their
+                         way out (app->ws_memory_shed) */
 
     struct event *expiry; /* closes it when its client token expires */
 
@@ -96,6 +100,41 @@ static void fd_own(int fd, int owned)
                               memory_order_relaxed);
 }
 
+/* ---------------------------------------------------------------- memory */
+
+/* What ws holds counts in three sums: the app's (the ws_memory_max
+ * gauge), the app's part of it held by connections already closed for the
+ * cap (ws_memory_shed), and its worker's part held by the others (which
+ * worker sheds next). Each change of held_conn or held_core passes here,
+ * so the sums are exact: back to 0 when every connection is freed. On
+ * ws's worker, or at its last reference. */
+static void mem_add(tb_ws *ws, long long delta)
+{
+    if (!delta)
+        return;
+    atomic_fetch_add(&ws->app->ws_memory, delta);
+    if (ws->shed)
+        atomic_fetch_add(&ws->app->ws_memory_shed, delta);
+    else
+        atomic_fetch_add(&ws->w->ws_memory, delta);
+}
+
+static void core_held(tb_ws *ws, long long delta)
+{
+    ws->held_core = (size_t)((long long)ws->held_core + delta);
+    mem_add(ws, delta);
+}
+
+/* Frees the message tb_ws_recv returned last. */
+static void drop_cur(tb_ws *ws)
+{
+    if (!ws->cur)
+        return;
+    core_held(ws, -(long long)ws->cur->len);
+    free(ws->cur);
+    ws->cur = NULL;
+}
+
 /* ---------------------------------------------------------------- refs */
 
 static void ws_ref(tb_ws *ws)
@@ -107,6 +146,7 @@ static void ws_unref(tb_ws *ws)
 {
     if (atomic_fetch_sub_explicit(&ws->refs, 1, memory_order_acq_rel) != 1)
         return;
+    mem_add(ws, -(long long)ws->held_core);
     while (ws->qhead) {
         wsmsg *m = ws->qhead;
         ws->qhead = m->next;
@@ -463,6 +503,21 @@ static void adopt_drop(void *arg)
     ws_unref(ws); /* closes fd */
 }
 
+/* Whether the n-th occurrence of something logged at most once a second
+ * gets its line (from any thread): then *since is how many occurred since
+ * the last line. last_us and logged_n are the thing's own. */
+static int log_due(atomic_int_fast64_t *last_us, atomic_uint_fast64_t *logged_n,
+                   uint64_t n, uint64_t *since)
+{
+    int64_t now = tb__mono_us();
+    int64_t last = atomic_load(last_us);
+    if (now - last < 1000000 ||
+        !atomic_compare_exchange_strong(last_us, &last, now))
+        return 0;
+    *since = n - atomic_exchange(logged_n, n);
+    return 1;
+}
+
 /* Counted, and logged at most once a second with the count: a client that
  * resets right after its upgrade leaves no socket to find, and hundreds of
  * them must not write hundreds of lines. */
@@ -470,12 +525,10 @@ void tb__ws_handover_failed(tb_app *app, const char *path, const char *addr,
                             int port, int found)
 {
     uint64_t n = atomic_fetch_add(&app->ws_handover_failures, 1) + 1;
-    int64_t now = tb__mono_us();
-    int64_t last = atomic_load(&app->ws_handover_logged_us);
-    if (now - last < 1000000 || !atomic_compare_exchange_strong(
-                                    &app->ws_handover_logged_us, &last, now))
+    uint64_t since;
+    if (!log_due(&app->ws_handover_logged_us, &app->ws_handover_logged_n, n,
+                 &since))
         return;
-    uint64_t before = atomic_exchange(&app->ws_handover_logged_n, n);
     tb__log(found ? TB_LOG_ERROR : TB_LOG_WARN,
             "ws %s from %s:%d: cannot take the socket over from the HTTP "
             "server (%s); closing it (%" PRIu64 " such failure(s) since the "
@@ -483,7 +536,7 @@ void tb__ws_handover_failed(tb_app *app, const char *path, const char *addr,
             path, addr, port,
             found ? "out of descriptors"
                   : "not found: the client closed the connection?",
-            n - before, n);
+            since, n);
 }
 
 void tb__ws_adopt(tb_ws *ws, int fd)
@@ -524,8 +577,7 @@ static int ws_task(tb_task *self, void *arg)
     int rc = ws->route->fn(self, ws, ws->route->ud);
     ws->handler = NULL;
     ws->handler_done = 1;
-    free(ws->cur);
-    ws->cur = NULL;
+    drop_cur(ws);
     if (ws->conn) {
         atomic_store(&ws->closed, 1);
         if (stopping(ws->app))
@@ -560,6 +612,7 @@ int tb__ws_on_message(tb_ws *ws, int binary, const void *data, size_t len)
     ws->qtail = m;
     ws->qlen++;
     ws->qbytes += len;
+    core_held(ws, (long long)len);
     if (ws->recv_waiter)
         tb__task_wake(ws->recv_waiter, ws->recv_seq, 0);
     /* Bounded in messages, and in bytes to about one more than the
@@ -581,6 +634,8 @@ void tb__ws_on_end(tb_ws *ws, int code, const char *why)
 {
     tb__worker *w = ws->w;
     ws->conn = NULL;
+    mem_add(ws, -(long long)ws->held_conn); /* the framing frees it next */
+    ws->held_conn = 0;
     if (ws->expiry) {
         event_free(ws->expiry);
         ws->expiry = NULL;
@@ -624,6 +679,127 @@ void tb__ws_worker_shutdown(tb__worker *w)
     }
 }
 
+/* ---------------------------------------------------------------- shed */
+
+/* ws_memory_max. Past the cap, connections are closed (1008) biggest
+ * first until what the others hold is under 7/8 of it: the gap keeps a
+ * total hovering at the cap from closing one connection per read. Only
+ * the worker serving a connection may close it, and no worker sees the
+ * others' lists, so the worker whose open connections hold the most
+ * sheds: the biggest offenders are almost always there. A closed
+ * connection's bytes count until it ends (what it had read is dropped at
+ * once; its unsent output is written before the close frame, within the
+ * close timeout), but no longer decide who else is closed. */
+
+static long long mem_low(const tb_app *app)
+{
+    long long cap = (long long)app->cfg.ws.memory_max;
+    return cap - cap / 8;
+}
+
+/* Whether the connections not yet closed for the cap hold too much. */
+static int over_cap(tb_app *app)
+{
+    long long total = atomic_load(&app->ws_memory);
+    return total > (long long)app->cfg.ws.memory_max &&
+           total - atomic_load(&app->ws_memory_shed) > mem_low(app);
+}
+
+static size_t held(const tb_ws *ws)
+{
+    return ws->held_conn + ws->held_core;
+}
+
+static void shed_one(tb_ws *ws)
+{
+    tb_app *app = ws->app;
+    size_t h = held(ws);
+    ws->shed = 1;
+    atomic_fetch_sub(&ws->w->ws_memory, (long long)h);
+    atomic_fetch_add(&app->ws_memory_shed, (long long)h);
+    uint64_t n = atomic_fetch_add(&app->ws_memory_closes, 1) + 1;
+    uint64_t since;
+    if (log_due(&app->ws_memory_logged_us, &app->ws_memory_logged_n, n, &since))
+        tb__log(TB_LOG_WARN,
+                "ws %s (request %s, %s%s%s%s): holds %zu bytes, the most, "
+                "while websockets hold %lld (ws_memory_max %zu): closing "
+                "with 1008 (%" PRIu64 " such close(s) since the last line, "
+                "%" PRIu64 " in all; at most one line a second)",
+                ws->path, ws->request_id, ws->peer,
+                ws->claims ? ", sub \"" : "", tb__ws_sub(ws),
+                ws->claims ? "\"" : "", h,
+                (long long)atomic_load(&app->ws_memory), app->cfg.ws.memory_max,
+                since, n);
+    app->wsconn->shed(ws->conn, 1008, "memory limit (ws_memory_max)");
+}
+
+/* On w's thread: closes w's biggest connections while the cap is
+ * exceeded. */
+static void shed_local(tb__worker *w)
+{
+    if (w->ws_shedding)
+        return; /* a connection closed here has reported what it freed */
+    w->ws_shedding = 1;
+    while (over_cap(w->app)) {
+        tb_ws *big = NULL;
+        for (tb_ws *ws = w->ws_head; ws; ws = ws->wnext)
+            if (!ws->shed && ws->conn && (!big || held(ws) > held(big)))
+                big = ws;
+        if (!big || held(big) == 0)
+            break; /* the rest is on other workers */
+        shed_one(big);
+    }
+    w->ws_shedding = 0;
+}
+
+static void shed_on_worker(tb_app *app, int wi, void *arg)
+{
+    (void)arg;
+    tb__worker *w = &app->workers[wi];
+    atomic_store(&w->ws_shed_posted, 0);
+    if (!w->stopping)
+        shed_local(w);
+}
+
+static void shed_drop(void *arg)
+{
+    atomic_store(&((tb__worker *)arg)->ws_shed_posted, 0);
+}
+
+/* On w's thread, after what a connection of w holds grew. */
+static void check_cap(tb__worker *w)
+{
+    tb_app *app = w->app;
+    if (!over_cap(app))
+        return;
+    tb__worker *most = w;
+    for (int i = 0; i < app->nworkers; i++)
+        if (atomic_load(&app->workers[i].ws_memory) >
+            atomic_load(&most->ws_memory))
+            most = &app->workers[i];
+    if (most == w) {
+        shed_local(w);
+    } else if (!atomic_exchange(&most->ws_shed_posted, 1) &&
+               tb__worker_call(most, shed_on_worker, shed_drop, most) != 0) {
+        atomic_store(&most->ws_shed_posted, 0);
+        shed_local(w); /* out of memory: do what can be done here */
+    }
+}
+
+void tb__ws_on_held(tb_ws *ws, size_t bytes)
+{
+    long long delta = (long long)bytes - (long long)ws->held_conn;
+    ws->held_conn = bytes;
+    mem_add(ws, delta);
+    if (delta > 0)
+        check_cap(ws->w);
+}
+
+long long tb__ws_memory(tb_app *app)
+{
+    return atomic_load(&app->ws_memory);
+}
+
 /* ---------------------------------------------------------------- API */
 
 int tb_ws_recv(tb_task *self, tb_ws *ws, int timeout_ms, tb_ws_msg *msg)
@@ -635,8 +811,7 @@ int tb_ws_recv(tb_task *self, tb_ws *ws, int timeout_ms, tb_ws_msg *msg)
         return TB_EINVAL;
     if (ws->recv_waiter)
         return TB_EBUSY; /* one reader at a time */
-    free(ws->cur);
-    ws->cur = NULL;
+    drop_cur(ws);
     for (;;) {
         if (ws->qhead) {
             wsmsg *m = ws->qhead;

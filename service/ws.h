@@ -50,4 +50,8 @@ void tb__ws_worker_shutdown(struct tb__worker *w);
 /* Open websockets of the app (for /metrics). */
 int tb__ws_clients(tb_app *app);
 
+/* Bytes the app's websockets hold in receive and send buffers, as
+ * ws_memory_max counts them (for /metrics). */
+long long tb__ws_memory(tb_app *app);
+
 #endif /* TASKBUS_WS_H */

@@ -309,7 +309,13 @@ typedef struct tb_ws_config {
      * (requests without an Origin header, i.e. non-browser clients, are
      * always allowed). Others are answered 403 (origin_not_allowed). */
     const char *allowed_origins;
-    void *reserved_[8];
+    /* Bytes all websocket connections of the app may hold together in
+     * receive buffers (a message arriving, messages waiting for
+     * tb_ws_recv, the one it returned last) and send queues. Beyond, the
+     * connections holding the most are closed with 1008 ("memory limit")
+     * until the total is below 7/8 of it. */
+    size_t memory_max;
+    void *reserved_[7];
 } tb_ws_config;
 
 typedef struct tb_app_config {

@@ -12,6 +12,7 @@ as integration_ws_limits; by hand: TASKBUS_BIN=build/taskbus python3 tests/integ
 """
 
 import asyncio
+import base64
 import json
 import os
 import select
@@ -23,19 +24,25 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import tbharness  # noqa: E402 (after the path it is found on)
-from tbharness import (H, InvalidStatusCode, Poster, RawWS, T,  # noqa: E402
+from tbharness import (H, HOST, InvalidStatusCode, Poster, RawWS, T,  # noqa: E402
                        TaskbusServer, ahttp, check, check_envelope,
                        check_status, gone, metric, poll_until, post,
                        upgrade_refused, websockets, ws_tasks)
 
 
-async def t_max_clients(ctx):
-    srv = ctx.srv
+async def synced_clients(ctx, n, path, label):
+    """n websockets clients on path, each past its first answer."""
     cs = []
-    for k in range(3):
-        c = await ctx.connect("/ws?events=lim.*", label=f"client {k}")
+    for k in range(n):
+        c = await ctx.connect(path, label=f"{label} {k}")
         await c.sync()
         cs.append(c)
+    return cs
+
+
+async def t_max_clients(ctx):
+    srv = ctx.srv
+    cs = await synced_clients(ctx, 3, "/ws?events=lim.*", "client")
     check(await metric(srv, "taskbus_ws_clients") == 3,
           "taskbus_ws_clients is not 3")
     st = await ctx.refused("/ws?events=lim.*")
@@ -385,6 +392,216 @@ async def t_ping_flood(ctx):
             f"ago); RSS {before}->{after} kB")
 
 
+# ws_memory_max: many clients each trickling one big message.
+MEM_CAP = 16 * 1024 * 1024
+MEM_MSG = 256 * 1024
+MEM_ARGS = ("--ws-memory-max", str(MEM_CAP), "--ws-max-clients", "1000")
+
+
+class Trickler:
+    """A raw websocket client on asyncio that sends one masked text frame
+    of n payload bytes a chunk at a time, reading whatever comes back:
+    .answered once the server answered the message, .code its close code
+    (or the error that ended the connection) once it closed."""
+
+    def __init__(self, port, n, chunk, pause):
+        self.port, self.n, self.chunk, self.pause = port, n, chunk, pause
+        self.code, self.reason, self.sent = None, "", 0
+        self.answered = False
+        self.w = self.reader = None
+
+    async def _head(self, r, w):
+        key = base64.b64encode(os.urandom(16)).decode()
+        w.write((f"GET /ws?events=mem.none HTTP/1.1\r\nHost: {HOST}:"
+                 f"{self.port}\r\nUpgrade: websocket\r\nConnection: "
+                 f"Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                 f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), T(20))
+        check(head.startswith(b"HTTP/1.1 101"), f"upgrade: {head[:60]!r}")
+
+    async def _read(self, r):
+        """Frames until the server's close (its code) or the end."""
+        try:
+            while True:
+                b0, b1 = await r.readexactly(2)
+                n = b1 & 0x7F
+                if n == 126:
+                    n = struct.unpack("!H", await r.readexactly(2))[0]
+                elif n == 127:
+                    n = struct.unpack("!Q", await r.readexactly(8))[0]
+                p = await r.readexactly(n)
+                if b0 & 0x0F == 0x8:
+                    self.code = (struct.unpack("!H", p[:2])[0] if n >= 2
+                                 else 1005)
+                    self.reason = p[2:].decode(errors="replace")
+                    return
+                self.answered = True
+        except (asyncio.IncompleteReadError, OSError) as e:
+            self.code = type(e).__name__
+
+    async def run(self):
+        """Sends the message; returns once it is sent or the server
+        closed. The connection stays open until close()."""
+        r, self.w = await asyncio.wait_for(
+            asyncio.open_connection(HOST, self.port), T(20))
+        await self._head(r, self.w)
+        frame = RawWS.frame(0x1, b"a" * self.n)
+        self.reader = asyncio.ensure_future(self._read(r))
+        try:
+            while self.sent < len(frame) and not self.reader.done():
+                self.w.write(frame[self.sent:self.sent + self.chunk])
+                self.sent = min(len(frame), self.sent + self.chunk)
+                await self.w.drain()
+                await asyncio.sleep(self.pause)
+        except OSError:
+            pass  # the server closed first: the reader has its close
+        end = time.monotonic() + T(20)
+        while not (self.answered or self.reader.done()):
+            check(time.monotonic() < end, f"no answer nor close {T(20)} s "
+                                          f"after {self.sent} bytes")
+            await asyncio.sleep(0.02)
+
+    def close(self):
+        if self.w:
+            self.w.transport.abort()
+        if self.reader:
+            self.reader.cancel()
+
+
+async def mem_gauge(srv):
+    return int(await metric(srv, "taskbus_ws_memory_bytes"))
+
+
+async def t_memory_cap(ctx):
+    """200 clients each trickle a 256 KiB message (50 MiB in all) into a
+    server with --ws-memory-max 16 MiB: the gauge stays at the cap (plus
+    what one read per worker adds before the check), the biggest are
+    closed with 1008, two ordinary clients and /healthz keep working, and
+    the gauge is 0 once everybody left."""
+    srv = ctx.srv
+    good = await synced_clients(ctx, 2, "/ws?events=mem.*", "good")
+    ts = [Trickler(srv.port, MEM_MSG, 8192, 0.05) for _ in range(200)]
+    peak, samples, health = 0, 0, []
+    done = asyncio.Event()
+
+    async def watch():
+        nonlocal peak, samples
+        while not done.is_set():
+            peak = max(peak, await mem_gauge(srv))
+            samples += 1
+            if samples % 10 == 0:
+                t0 = time.monotonic()
+                r = await ahttp(srv.port, "GET", "/healthz")
+                health.append((r.status, time.monotonic() - t0))
+            await asyncio.sleep(0.01)
+
+    watcher = asyncio.ensure_future(watch())
+    posted = []
+    try:
+        runs = [asyncio.ensure_future(t.run()) for t in ts]
+        # The ordinary clients get events while the cap is being held.
+        for k in range(5):
+            await asyncio.sleep(0.5)
+            i = await post(srv, "mem.tick", str(k))
+            posted.append(i)
+            for c in good:
+                check_envelope(await c.event(), "mem.tick", str(k), i)
+        await asyncio.wait_for(asyncio.gather(*runs), T(90))
+        # A client closed right after its message was answered (the
+        # handler still held it) sees the answer first, then the close.
+        closes = 0
+
+        async def counted():
+            nonlocal closes
+            closes = await metric(srv, "taskbus_ws_memory_closes_total")
+            return closes == sum(t.code == 1008 for t in ts)
+        await poll_until(counted, T(5))
+    finally:
+        done.set()
+        await watcher
+        for t in ts:
+            t.close()
+    codes = {}
+    for t in ts:
+        k = t.code or "answered"
+        codes[k] = codes.get(k, 0) + 1
+    shed = [t for t in ts if t.code == 1008]
+    check(set(codes) <= {"answered", 1008},
+          f"the tricklers ended {codes}: want answered or 1008 only")
+    check(len(shed) > 0, f"nobody was closed with 1008: {codes}, peak "
+                         f"{peak} bytes")
+    check(all(t.reason == "memory limit (ws_memory_max)" for t in shed),
+          f"1008 reasons: {sorted({t.reason for t in shed})}")
+    # One read per worker (64 KiB each) may land before the check.
+    slack = 2 * 64 * 1024 + 14
+    check(peak <= MEM_CAP + slack,
+          f"taskbus_ws_memory_bytes reached {peak}, over the cap "
+          f"{MEM_CAP} + {slack}")
+    check(closes == len(shed), f"taskbus_ws_memory_closes_total {closes}, "
+                               f"{len(shed)} clients saw 1008")
+    check(health and all(st == 200 for st, _ in health),
+          f"/healthz during the test: {health[:5]}")
+    i = await post(srv, "mem.after", "still here")
+    for c in good:
+        check(c.ws.open, f"an ordinary client was closed: {c.ws.close_code}")
+        check_envelope(await c.event(), "mem.after", "still here", i)
+    check("ws_memory_max" in srv.log_text(), "no log line names "
+                                             "ws_memory_max")
+    for c in good:
+        await c.close()
+
+    async def drained():
+        return (await mem_gauge(srv) == 0 and
+                await metric(srv, "taskbus_ws_clients") == 0)
+    check(await poll_until(drained, T(10), 0.1),
+          f"taskbus_ws_memory_bytes {await mem_gauge(srv)} after every "
+          f"client left (want 0)")
+    slowest = max(d for _, d in health)
+    return (f"{codes}; peak {peak} bytes (cap {MEM_CAP}) in {samples} "
+            f"samples; /healthz {len(health)}x 200, slowest {slowest:.3f} s")
+
+
+EDGE_CAP = 65536
+EDGE_ARGS = ("--ws-memory-max", str(EDGE_CAP))
+
+
+async def t_memory_edge(ctx):
+    """--ws-memory-max 65536: a client holding exactly 65536 bytes (a
+    frame's head and part of its payload) stays; one byte more and it is
+    closed with 1008, and the gauge is back at 0."""
+    srv = ctx.srv
+    w = ctx.raw("/ws?events=edge.none")
+    frame = RawWS.frame(0x1, b"a" * 100000)
+    w.sock.sendall(frame[:EDGE_CAP])
+
+    async def at_cap():
+        return await mem_gauge(srv) == EDGE_CAP
+    check(await poll_until(at_cap, T(10)),
+          f"taskbus_ws_memory_bytes {await mem_gauge(srv)}, want "
+          f"{EDGE_CAP} once the client sent that much")
+    await asyncio.sleep(0.3)
+    r, _, _ = select.select([w.sock], [], [], 0)
+    check(not r, "the server sent something to a client at the cap")
+    check(await metric(srv, "taskbus_ws_memory_closes_total") == 0,
+          "a close at the cap, not past it")
+    w.sock.sendall(frame[EDGE_CAP:EDGE_CAP + 1])
+    code, reason, _, _ = await asyncio.to_thread(w.close_code, T(10))
+    check(code == 1008 and reason == "memory limit (ws_memory_max)",
+          f"one byte past the cap: close {code} {reason!r}, want 1008")
+    check(await metric(srv, "taskbus_ws_memory_closes_total") == 1,
+          "taskbus_ws_memory_closes_total is not 1")
+
+    async def empty():
+        return await mem_gauge(srv) == 0
+    check(await poll_until(empty, T(10)),
+          f"taskbus_ws_memory_bytes {await mem_gauge(srv)} after the close")
+    c = await ctx.connect("/ws?events=edge.*")
+    await c.sync()
+    i = await post(srv, "edge.ok", "after")
+    check_envelope(await c.event(), "edge.ok", "after", i)
+    return "65536 held: open; 65537: 1008"
+
+
 GROUPS = [
     ("limits", lambda: {"limits": TaskbusServer("limits", "--ws-max-clients",
                                                 "3")}, [
@@ -406,6 +623,14 @@ GROUPS = [
          120),
         ("a ping flood from a client that never reads is pushed back",
          t_ping_flood, 60),
+    ]),
+    ("memory", lambda: {"memory": TaskbusServer("memory", *MEM_ARGS)}, [
+        ("200 clients trickling 256 KiB each: --ws-memory-max 16 MiB holds",
+         t_memory_cap, 150),
+    ]),
+    ("memory-edge", lambda: {"edge": TaskbusServer("edge", *EDGE_ARGS)}, [
+        ("--ws-memory-max 65536: 65536 held stays, 65537 is closed 1008",
+         t_memory_edge, 30),
     ]),
 ]
 
