@@ -968,6 +968,11 @@ def t_stop_with_task(sig):
         took = s.stop_ok(sig, within=T(5))
         check("stopped cleanly" in s.err_text(),
               f"no \"stopped cleanly\" line:\n{tail(s.err)}")
+        # What the stop cancelled is said: an operator stopping a replica
+        # learns which work it cut short.
+        m = re.search(r"stopping: cancelling 1 task\(s\): \"nap\" "
+                      r"\(sleep\)", s.err_text())
+        check(m, f"no line naming the cancelled task nap:\n{tail(s.err)}")
         return f"exit 0 in {took:.2f} s"
     return case
 
