@@ -20,6 +20,8 @@
 #   CONF_FILE    where `configure` writes
 #                (/etc/containers/containers.conf.d/50-taskbus.conf)
 #   PODMAN_SOCK  the API socket (/run/podman/podman.sock)
+#   PODMAN_LOG   where the API service started without systemd logs
+#                (/var/log/podman-service.log)
 #   BASE_TARBALL `base` keeps the base image's root file system here as a
 #                tarball, and imports an existing one instead of running
 #                debootstrap again
@@ -29,6 +31,7 @@ set -euo pipefail
 
 CONF_FILE=${CONF_FILE:-/etc/containers/containers.conf.d/50-taskbus.conf}
 PODMAN_SOCK=${PODMAN_SOCK:-/run/podman/podman.sock}
+PODMAN_LOG=${PODMAN_LOG:-/var/log/podman-service.log}
 BASE_REF=docker.io/library/debian:bookworm-slim
 # netavark and aardvark-dns explicitly: without them apt may pick the CNI
 # plugins, whose networks have no container DNS (the replicas would not
@@ -85,7 +88,7 @@ cmd_configure() {
     print_conf >"$CONF_FILE.tmp"
     mv "$CONF_FILE.tmp" "$CONF_FILE"
     log "wrote $CONF_FILE"
-    if [[ -n "${CONTAINERS_CONF:-}" ]]; then
+    if [[ -n "${CONTAINERS_CONF:-}" && "$CONTAINERS_CONF" != "$CONF_FILE" ]]; then
         log "note: CONTAINERS_CONF=$CONTAINERS_CONF is set: podman reads that" \
             "file instead; add these settings there (bash $0 conf)"
     fi
@@ -102,7 +105,7 @@ cmd_service() {
         # Not a child of this shell's terminal: it outlives the script and
         # never stops on tty output.
         setsid nohup podman system service --time=0 "unix://$PODMAN_SOCK" \
-            </dev/null >>/var/log/podman-service.log 2>&1 &
+            </dev/null >>"$PODMAN_LOG" 2>&1 &
         local i
         for i in $(seq 50); do
             curl -s -m 1 --unix-socket "$PODMAN_SOCK" http://d/_ping \
@@ -111,8 +114,7 @@ cmd_service() {
         done
     fi
     curl -s -m 2 --unix-socket "$PODMAN_SOCK" http://d/_ping >/dev/null ||
-        die "the podman API does not answer on $PODMAN_SOCK" \
-            "(see /var/log/podman-service.log)"
+        die "the podman API does not answer on $PODMAN_SOCK (see $PODMAN_LOG)"
     log "podman API on $PODMAN_SOCK; now run:"
     echo "export DOCKER_HOST=unix://$PODMAN_SOCK"
 }
