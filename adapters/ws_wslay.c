@@ -48,6 +48,14 @@ struct tb__wsconn {
                              wslay may take now */
     size_t in_wslay;      /* bytes wslay took of a message not yet whole */
     size_t reported;      /* held bytes last told to the core */
+    /* Where out's frames end, so that a connection closed for
+     * ws_memory_max drops what it has not begun to send (a frame cut
+     * short would corrupt the stream). Byte counts since the start: */
+    uint64_t written;    /* taken from out by the socket */
+    uint64_t head_start; /* where the frame at out's head begins */
+    uint64_t *ends;      /* a ring: the end of each frame in out */
+    size_t ends_head, nends, ends_cap;
+    int ends_lost; /* out of memory once: boundaries unknown */
     tb__ws_limits lim;
     size_t msgs;    /* messages queued since the output last drained */
     int reading;    /* rev added */
@@ -94,6 +102,76 @@ static void report(tb__wsconn *c)
 
 /* ---------------------------------------------------------------- frames */
 
+/* Records that out now ends at a frame boundary (after whole frames were
+ * appended). */
+static void mark_frame(tb__wsconn *c)
+{
+    if (c->ends_lost)
+        return;
+    if (c->nends == c->ends_cap) {
+        size_t cap = c->ends_cap ? c->ends_cap * 2 : 8;
+        uint64_t *e = malloc(cap * sizeof *e);
+        if (!e) {
+            c->ends_lost = 1;
+            return;
+        }
+        for (size_t i = 0; i < c->nends; i++)
+            e[i] = c->ends[(c->ends_head + i) % c->ends_cap];
+        free(c->ends);
+        c->ends = e;
+        c->ends_cap = cap;
+        c->ends_head = 0;
+    }
+    c->ends[(c->ends_head + c->nends) % c->ends_cap] =
+        c->written + evbuffer_get_length(c->out);
+    c->nends++;
+}
+
+/* The socket took n bytes of out. */
+static void frames_written(tb__wsconn *c, size_t n)
+{
+    c->written += n;
+    while (c->nends && c->ends[c->ends_head] <= c->written) {
+        c->head_start = c->ends[c->ends_head];
+        c->ends_head = (c->ends_head + 1) % c->ends_cap;
+        c->nends--;
+    }
+    if (c->nends == 0 && c->ends_cap > 8) { /* a burst is over */
+        free(c->ends);
+        c->ends = NULL;
+        c->ends_cap = 0;
+        c->ends_head = 0;
+    }
+}
+
+/* Drops the frames of out the socket has not begun to take: all but the
+ * rest of a frame it is in the middle of. Not once a close frame is in
+ * out (it would go too), nor when the boundaries are unknown. */
+static void drop_unsent(tb__wsconn *c)
+{
+    if (c->close_sent || c->ends_lost || c->nends == 0)
+        return;
+    size_t keep = c->written > c->head_start
+                      ? (size_t)(c->ends[c->ends_head] - c->written)
+                      : 0;
+    struct evbuffer *k = evbuffer_new();
+    if (!k)
+        return;
+    if (keep && evbuffer_remove_buffer(c->out, k, keep) != (int)keep) {
+        evbuffer_prepend_buffer(c->out, k); /* put back; keep all */
+        evbuffer_free(k);
+        return;
+    }
+    evbuffer_drain(c->out, evbuffer_get_length(c->out));
+    evbuffer_add_buffer(c->out, k);
+    evbuffer_free(k);
+    c->nends = 0;
+    c->ends_head = 0;
+    if (keep)
+        mark_frame(c);
+    c->msgs = 0;
+}
+
 /* Appends one unmasked frame (FIN set) with opcode and payload to out. */
 static int put_frame(tb__wsconn *c, int opcode, const void *head,
                      size_t head_len, const void *data, size_t len)
@@ -116,8 +194,11 @@ static int put_frame(tb__wsconn *c, int opcode, const void *head,
     }
     if (evbuffer_add(c->out, h, n) != 0 ||
         (head_len && evbuffer_add(c->out, head, head_len) != 0) ||
-        (len && evbuffer_add(c->out, data, len) != 0))
+        (len && evbuffer_add(c->out, data, len) != 0)) {
+        c->ends_lost = 1; /* a frame may be cut short in out */
         return TB_ENOMEM;
+    }
+    mark_frame(c);
     return 0;
 }
 
@@ -372,8 +453,12 @@ static void process(tb__wsconn *c)
     int wslay_failed =
         !wslay_event_get_read_enabled(c->ctx) && !c->close_received;
     int closed_by_wslay = wslay_failed && !c->closing;
-    if (rc == 0)
+    if (rc == 0) {
+        size_t before = evbuffer_get_length(c->out);
         rc = wslay_event_send(c->ctx);
+        if (evbuffer_get_length(c->out) > before)
+            mark_frame(c); /* wslay's frames are whole when it returns */
+    }
     if (rc == 0 && wslay_event_get_close_sent(c->ctx) && !c->close_sent) {
         c->close_sent = 1;
         if (closed_by_wslay) {
@@ -504,8 +589,10 @@ static void flush(tb__wsconn *c)
     }
     while (evbuffer_get_length(c->out) > 0) {
         int n = evbuffer_write(c->out, c->fd);
-        if (n > 0)
+        if (n > 0) {
+            frames_written(c, (size_t)n);
             continue;
+        }
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             if (!c->wev_added) {
                 event_add(c->wev, NULL);
@@ -679,6 +766,7 @@ static void conn_shed(tb__wsconn *c, int code, const char *reason)
         return;
     evbuffer_drain(c->in, evbuffer_get_length(c->in));
     c->feed = 0;
+    drop_unsent(c); /* before our close frame is queued after it */
     if (c->ctx && !c->in_callback) {
         /* A fragment it assembles goes; our close frame is ours. */
         wslay_event_context_free(c->ctx);
@@ -735,6 +823,7 @@ static void end(tb__wsconn *c, int code, const char *why)
         wslay_event_context_free(c->ctx);
     evbuffer_free(c->in);
     evbuffer_free(c->out);
+    free(c->ends);
     close(c->fd);
     free(c);
 }

@@ -28,6 +28,7 @@ from tbharness import (H, HOST, InvalidStatusCode, Poster, RawWS, T,  # noqa: E4
                        TaskbusServer, ahttp, check, check_envelope,
                        check_status, gone, metric, poll_until, post,
                        upgrade_refused, websockets, ws_tasks)
+from tbharness import metric_value  # noqa: E402
 
 
 async def synced_clients(ctx, n, path, label):
@@ -568,6 +569,98 @@ async def t_memory_cap(ctx):
             f"samples; /healthz answered {len(health)}x, slowest {slowest:.3f} s")
 
 
+OUT_CAP = 256 * 1024
+OUT_ARGS = ("--ws-memory-max", str(OUT_CAP), "--ws-send-queue-bytes",
+            str(4 * 1024 * 1024), "--ws-send-queue-msgs", "100000")
+
+
+async def t_memory_send_queues(ctx):
+    """Send queues count too: two clients that never read, each allowed a
+    4 MiB send queue, under --ws-memory-max 256 KiB. Events are posted
+    until the cap closes one: it gets 1008 "memory limit", not the slow
+    client's close; the gauge stays within one event of the cap; a client
+    that reads gets every event in order."""
+    srv = ctx.srv
+    normal = await ctx.connect("/ws?events=out.*", label="reader")
+    await normal.sync()
+    idle = []
+    for k in range(2):
+        w = ctx.raw("/ws?events=out.*", rcvbuf=4096,
+                    headers={"X-Request-ID": f"wstest-idle{k}"})
+        w.send_text('{"subscribe":[]}')
+        await asyncio.to_thread(w.recv_json, T(5))
+        idle.append(w)  # from here it never reads until the end
+    pad = "p" * 1000
+    ids, got, peak = [], [], 0
+
+    async def read():
+        while len(got) < len(ids) or not ids:
+            got.append(await normal.event(T(30)))
+
+    def flood():
+        p = Poster(srv.port)
+        t0 = time.monotonic()
+        try:
+            for n in range(20000):
+                ahead = t0 + n / 1000 - time.monotonic()
+                if ahead > 0.005:
+                    time.sleep(ahead)
+                r = p.post("out.e", f'"{n} {pad}"')
+                check(r.status == 202, f"POST {n}: {r.status}")
+                ids.append(json.loads(r.body)["id"])
+                if n % 50 == 49 and metric_value(
+                        srv.port, "taskbus_ws_memory_closes_total"):
+                    return n + 1
+                if time.monotonic() - t0 > T(40):
+                    return n + 1
+            return 20000
+        finally:
+            p.close()
+
+    async def watch(stop):
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, await mem_gauge(srv))
+            await asyncio.sleep(0.01)
+
+    stop = asyncio.Event()
+    watcher = asyncio.ensure_future(watch(stop))
+    try:
+        posted = await asyncio.to_thread(flood)
+    finally:
+        stop.set()
+        await watcher
+    check(await metric(srv, "taskbus_ws_memory_closes_total") == 1,
+          f"after {posted} events of 1 KiB to two clients that do not "
+          f"read: taskbus_ws_memory_closes_total "
+          f"{await metric(srv, 'taskbus_ws_memory_closes_total')}, want 1")
+    await asyncio.wait_for(read(), T(30))
+    check([e["id"] for e in got] == ids,
+          f"the reader got {len(got)} of {len(ids)} events (or out of "
+          f"order)")
+    # Now they read: what the server sent, then its close; the one still
+    # open is shut down once the other has its close.
+    reads = [asyncio.ensure_future(asyncio.to_thread(w.close_code, T(10)))
+             for w in idle]
+    await asyncio.wait(reads, timeout=T(10),
+                       return_when=asyncio.FIRST_COMPLETED)
+    for w, r in zip(idle, reads):
+        if not r.done():
+            w.sock.shutdown(socket.SHUT_RDWR)
+    ends = [await r for r in reads]
+    shed = [e for e in ends if e[0] == 1008]
+    check(len(shed) == 1 and shed[0][1] == "memory limit (ws_memory_max)",
+          f"the idle clients ended {[(e[0], e[1]) for e in ends]}: want "
+          f"one 1008 memory limit")
+    check(await metric(srv, "taskbus_ws_slow_closes_total") == 0,
+          "a slow-client close: the 4 MiB send queues were not the limit")
+    # A frame is the event's envelope (about 1.1 KiB) and its header.
+    check(peak <= OUT_CAP + 2048, f"taskbus_ws_memory_bytes reached {peak}"
+                                  f", over the cap {OUT_CAP} + one event")
+    return (f"{posted} events; one idle client closed 1008 after reading "
+            f"{shed[0][2]} events; peak {peak} bytes (cap {OUT_CAP})")
+
+
 EDGE_CAP = 65536
 EDGE_ARGS = ("--ws-memory-max", str(EDGE_CAP))
 
@@ -634,6 +727,10 @@ GROUPS = [
     ("memory", lambda: {"memory": TaskbusServer("memory", *MEM_ARGS)}, [
         ("200 clients trickling 256 KiB each: --ws-memory-max 16 MiB holds",
          t_memory_cap, 150),
+    ]),
+    ("memory-out", lambda: {"out": TaskbusServer("out", *OUT_ARGS)}, [
+        ("--ws-memory-max 256 KiB counts send queues: a non-reader is "
+         "closed 1008", t_memory_send_queues, 90),
     ]),
     ("memory-edge", lambda: {"edge": TaskbusServer("edge", *EDGE_ARGS)}, [
         ("--ws-memory-max 65536: 65536 held stays, 65537 is closed 1008",
