@@ -159,8 +159,9 @@ EOF
 
 # events N: a websocket client on bench.* counts while bench_redis
 # publishes N events; prints what it got.
+# Returns 1 when the publisher failed or the client missed events.
 run_events() {
-    local n=$1 out=$tmp/sub.out
+    local n=$1 out=$tmp/sub.out rc=0
     timeout "$(left)" "$py" - "$port" "$n" >"$out" 2>&1 <<'EOF' &
 import asyncio, json, sys, time
 import websockets
@@ -206,11 +207,12 @@ EOF
         -r "$rate" -s tbsoak >"$tmp/pub.out" 2>&1 || {
         echo "$me: bench_redis -m pub failed:" >&2
         cat "$tmp/pub.out" >&2
-        failed=1
+        rc=1
     }
     wait "$sub"
     echo "published $n at $rate/s in $((SECONDS - t0)) s; $(tail -n 1 "$out")"
-    grep -q "^received $n of $n" "$out" || failed=1
+    grep -q "^received $n of $n" "$out" || rc=1
+    return $rc
 }
 
 echo "== taskbus $("$build/taskbus" --version 2>/dev/null | head -n 1), build $build" | tee -a "$res"
@@ -224,7 +226,9 @@ for pass in $(seq "$passes"); do
     run_cycles "$cycles" | tee -a "$res" || failed=1
     settle
     sample "after $cycles cycles"
-    run_events "$events" | tee -a "$res"
+    # Not in a pipeline: its status must reach this shell.
+    run_events "$events" >"$tmp/events.txt" || failed=1
+    tee -a "$res" <"$tmp/events.txt"
     settle
     sample "after $events events"
 done
