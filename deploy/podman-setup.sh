@@ -15,6 +15,8 @@
 #                                        (no registry needed; about 30 s)
 #   bash deploy/podman-setup.sh conf     prints the settings (for a file of
 #                                        your own named by CONTAINERS_CONF)
+#   bash deploy/podman-setup.sh packages prints the Debian packages, one a
+#                                        line
 #
 # Environment (optional):
 #   CONF_FILE    where `configure` writes
@@ -36,7 +38,11 @@ BASE_REF=docker.io/library/debian:bookworm-slim
 # netavark and aardvark-dns explicitly: without them apt may pick the CNI
 # plugins, whose networks have no container DNS (the replicas would not
 # find "redis"). runc explicitly: crun fails on hosts with hybrid cgroups.
-PACKAGES=(podman netavark aardvark-dns runc docker-compose
+# iptables explicitly: Debian 12's netavark (1.4) has no nftables driver and
+# runs the iptables binary for every network; it is only a recommendation,
+# so without it a minimal host fails `compose up`. .ci/dev.sh installs this
+# list for the container tests (tests/container/test_deploy_files.sh checks).
+PACKAGES=(podman netavark aardvark-dns runc iptables docker-compose
     python3-websockets curl)
 
 log() { printf 'podman-setup: %s\n' "$*" >&2; }
@@ -187,5 +193,6 @@ configure) cmd_configure ;;
 service) cmd_service ;;
 base) cmd_base ;;
 conf) print_conf ;;
-*) die "usage: bash $0 [all|install|configure|service|base|conf]" ;;
+packages) printf '%s\n' "${PACKAGES[@]}" ;;
+*) die "usage: bash $0 [all|install|configure|service|base|conf|packages]" ;;
 esac

@@ -372,14 +372,52 @@ for want in 'default_ulimits = \["nofile=' 'runtime = "runc"' \
         FAILED=1
     fi
 done
-for pkg in podman netavark aardvark-dns runc docker-compose; do
-    if grep -Eq "^PACKAGES=\(.*\b$pkg\b|^    .*\b$pkg\b.*\)" "$setup"; then
+# The packages: what the script installs must include what netavark needs
+# at run time, and CI's container tests (.ci/dev.sh CONTAINER_DEPS) must
+# install nothing a deployment needs that the script leaves out, or the
+# container test passes where a user's host fails (iptables once did).
+mapfile -t setup_pkgs < <(bash "$setup" packages)
+for pkg in podman netavark aardvark-dns runc iptables docker-compose; do
+    if printf '%s\n' "${setup_pkgs[@]}" | grep -qx -- "$pkg"; then
         log "ok: podman-setup.sh installs $pkg"
     else
         log "FAIL: podman-setup.sh does not install $pkg"
         FAILED=1
     fi
 done
+# What only the tests need, and why: debootstrap (the setup script's `base`
+# installs it itself), rootless podman's helpers (the test's own storage),
+# python3-yaml (this script).
+test_only=(debootstrap fuse-overlayfs slirp4netns uidmap python3-yaml)
+ci_pkgs=$(sed -n '/^CONTAINER_DEPS=(/,/)/p' "$SRC/.ci/dev.sh" |
+    sed -e 's/^CONTAINER_DEPS=(//' -e 's/)//' | tr -s ' \t' '\n' | grep .)
+pkgs_ok=1
+if [[ -z "$ci_pkgs" ]]; then
+    log "FAIL: no CONTAINER_DEPS=(...) in .ci/dev.sh"
+    pkgs_ok=0
+fi
+for pkg in $ci_pkgs; do
+    if printf '%s\n' "${setup_pkgs[@]}" "${test_only[@]}" | grep -qx -- "$pkg"; then
+        continue
+    fi
+    log "FAIL: .ci/dev.sh installs $pkg for the container tests but" \
+        "deploy/podman-setup.sh does not (add it to PACKAGES, or to" \
+        "test_only here if only the tests need it)"
+    pkgs_ok=0
+done
+for pkg in "${setup_pkgs[@]}"; do
+    if ! grep -qx -- "$pkg" <<<"$ci_pkgs"; then
+        log "FAIL: deploy/podman-setup.sh installs $pkg but .ci/dev.sh's" \
+            "CONTAINER_DEPS does not: the container tests do not try it"
+        pkgs_ok=0
+    fi
+done
+if ((pkgs_ok)); then
+    log "ok: .ci/dev.sh CONTAINER_DEPS installs podman-setup.sh's" \
+        "${#setup_pkgs[@]} packages and no other a deployment needs"
+else
+    FAILED=1
+fi
 
 # ---- docker-compose's own validation (the engine is not needed)
 if command -v docker-compose >/dev/null 2>&1; then
