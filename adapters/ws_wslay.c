@@ -90,10 +90,15 @@ static void update_reading(tb__wsconn *c);
 /* Tells the core what c holds now. Only a decrease while inside wslay or
  * a nested flush (the core may close connections when it grows); the
  * caller's tail reports the rest. */
+static size_t holds(const tb__wsconn *c)
+{
+    return evbuffer_get_length(c->in) + evbuffer_get_length(c->out) +
+           c->in_wslay;
+}
+
 static void report(tb__wsconn *c)
 {
-    size_t now =
-        evbuffer_get_length(c->in) + evbuffer_get_length(c->out) + c->in_wslay;
+    size_t now = holds(c);
     if (c->ended || now == c->reported || (c->in_callback && now > c->reported))
         return;
     c->reported = now;
@@ -623,6 +628,10 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     (void)what;
     tb__wsconn *c = arg;
     c->flush_due = 0;
+    if (c->ended) { /* a write offered by conn_offer failed */
+        end(c, c->end_code, c->end_why);
+        return;
+    }
     flush(c);
 }
 
@@ -706,6 +715,19 @@ static tb__wsconn *conn_open(tb_ws *ws, struct event_base *base, int fd,
     return c;
 }
 
+/* Writes what the socket takes now, from a send; TB_EPIPE when that
+ * ended c (it is freed). */
+static int flush_now(tb__wsconn *c)
+{
+    c->in_callback++;
+    flush(c);
+    c->in_callback--;
+    if (!c->ended)
+        return 0;
+    end(c, c->end_code, c->end_why);
+    return TB_EPIPE;
+}
+
 static int conn_send(tb__wsconn *c, int binary, const void *data, size_t len)
 {
     if (c->ended || c->closing)
@@ -717,13 +739,8 @@ static int conn_send(tb__wsconn *c, int binary, const void *data, size_t len)
         /* Over the limits counting what was queued this loop turn and not
          * yet offered to the socket: offer it now, and count only what the
          * socket does not take. */
-        c->in_callback++;
-        flush(c);
-        c->in_callback--;
-        if (c->ended) {
-            end(c, c->end_code, c->end_why);
+        if (flush_now(c) != 0)
             return TB_EPIPE;
-        }
         queued = evbuffer_get_length(c->out);
     }
     if (queued + len > c->lim.send_queue_bytes ||
@@ -741,6 +758,13 @@ static int conn_send(tb__wsconn *c, int binary, const void *data, size_t len)
                   data, len) != 0)
         return TB_ENOMEM;
     c->msgs++;
+    if (!c->wev_added && tb__ws_would_pass(c->ws, holds(c))) {
+        /* One event to many clients would otherwise hold a copy per
+         * client until the loop turn ends, and pass ws_memory_max with
+         * output the sockets would take at once: write through. */
+        if (flush_now(c) != 0)
+            return TB_EPIPE;
+    }
     schedule_flush(c);
     report(c);
     return 0;
@@ -779,6 +803,16 @@ static void conn_shed(tb__wsconn *c, int code, const char *reason)
     update_reading(c);
     schedule_flush(c);
     report(c);
+}
+
+static void conn_offer(tb__wsconn *c)
+{
+    if (c->ended || c->in_callback || !c->flush_due || c->wev_added)
+        return;
+    c->in_callback++;
+    flush(c);
+    c->in_callback--;
+    /* on_write is due (flush_due): it ends c if the write failed. */
 }
 
 static void conn_pause(tb__wsconn *c, int paused)
@@ -834,6 +868,7 @@ static const tb__wsconn_ops wslay_ops = {
     .send = conn_send,
     .close = conn_close,
     .shed = conn_shed,
+    .offer = conn_offer,
     .pause = conn_pause,
     .abort = conn_abort,
 };

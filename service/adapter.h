@@ -180,6 +180,11 @@ typedef struct tb__wsconn_ops {
      * once its output and the close frame are written, or close_timeout_ms
      * later. Reports what it holds then (tb__ws_on_held). */
     void (*shed)(tb__wsconn *c, int code, const char *reason);
+    /* Offers the output queued this loop turn (not yet offered) to the
+     * socket now, and reports what is left. Never ends the connection
+     * before it returns: one whose write fails ends from its own loop
+     * callback. */
+    void (*offer)(tb__wsconn *c);
     /* Stops (1) or resumes (0) reading the socket. */
     void (*pause)(tb__wsconn *c, int paused);
     /* Writes what it can without waiting, closes the socket and ends the
@@ -198,6 +203,10 @@ int tb__ws_on_message(tb_ws *ws, int binary, const void *data, size_t len);
  * that changed, at a point where the core may close connections of this
  * worker (not inside the framing library's callbacks). */
 void tb__ws_on_held(tb_ws *ws, size_t bytes);
+/* Whether ws holding bytes (instead of what it reported last) would take
+ * the total past ws_memory_max: output is then better written through at
+ * once than queued for the loop turn's end. */
+int tb__ws_would_pass(const tb_ws *ws, size_t bytes);
 /* The connection has started closing (its close frame is due, or the
  * peer's came): sends from now on are refused. */
 void tb__ws_on_closing(tb_ws *ws);

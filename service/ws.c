@@ -733,6 +733,17 @@ static void shed_one(tb_ws *ws)
     app->wsconn->shed(ws->conn, 1008, "memory limit (ws_memory_max)");
 }
 
+/* On w's thread: offers to the sockets the output w's connections (but
+ * skip, which is reporting) queued this loop turn, so that what the cap
+ * closes is what sockets do not take, not what no socket was offered yet
+ * (one event to many clients is a copy each until the turn ends). */
+static void offer_local(tb__worker *w, const tb_ws *skip)
+{
+    for (tb_ws *ws = w->ws_head; ws; ws = ws->wnext)
+        if (ws != skip && ws->conn && !ws->shed)
+            w->app->wsconn->offer(ws->conn);
+}
+
 /* On w's thread: closes w's biggest connections while the cap is
  * exceeded. */
 static void shed_local(tb__worker *w)
@@ -757,8 +768,10 @@ static void shed_on_worker(tb_app *app, int wi, void *arg)
     (void)arg;
     tb__worker *w = &app->workers[wi];
     atomic_store(&w->ws_shed_posted, 0);
-    if (!w->stopping)
-        shed_local(w);
+    if (w->stopping || !over_cap(app))
+        return;
+    offer_local(w, NULL);
+    shed_local(w);
 }
 
 static void shed_drop(void *arg)
@@ -766,10 +779,14 @@ static void shed_drop(void *arg)
     atomic_store(&((tb__worker *)arg)->ws_shed_posted, 0);
 }
 
-/* On w's thread, after what a connection of w holds grew. */
-static void check_cap(tb__worker *w)
+/* On self's worker, after what self holds grew. */
+static void check_cap(tb_ws *self)
 {
+    tb__worker *w = self->w;
     tb_app *app = w->app;
+    if (!over_cap(app) || w->ws_shedding)
+        return;
+    offer_local(w, self);
     if (!over_cap(app))
         return;
     tb__worker *most = w;
@@ -792,7 +809,14 @@ void tb__ws_on_held(tb_ws *ws, size_t bytes)
     ws->held_conn = bytes;
     mem_add(ws, delta);
     if (delta > 0)
-        check_cap(ws->w);
+        check_cap(ws);
+}
+
+int tb__ws_would_pass(const tb_ws *ws, size_t bytes)
+{
+    long long delta = (long long)bytes - (long long)ws->held_conn;
+    return delta > 0 && atomic_load(&ws->app->ws_memory) + delta >
+                            (long long)ws->app->cfg.ws.memory_max;
 }
 
 long long tb__ws_memory(tb_app *app)

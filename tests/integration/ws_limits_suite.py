@@ -668,6 +668,33 @@ async def t_memory_send_queues(ctx):
             f"{shed[0][2]} events; peak {peak} bytes (cap {OUT_CAP})")
 
 
+BCAST_CAP = 1024 * 1024
+BCAST_ARGS = ("--ws-memory-max", str(BCAST_CAP))
+
+
+async def t_memory_broadcast(ctx):
+    """Output queued for clients that read is not what the cap is for:
+    one 60 KB event to 40 reading clients (2.4 MB queued in one loop turn
+    if nothing were written first) under --ws-memory-max 1 MiB reaches
+    all 40, five times over, and nobody is closed."""
+    srv = ctx.srv
+    cs = await synced_clients(ctx, 40, "/ws?events=bc.*", "reader")
+    body = "b" * 60000
+    for k in range(5):
+        i = await post(srv, "bc.big", f"{k}{body}")
+        for n, c in enumerate(cs):
+            ev = await c.event(T(20))
+            check(ev["id"] == i and ev["data"] == f"{k}{body}",
+                  f"reader {n}, event {k}: {ev.get('name')} "
+                  f"{len(ev.get('data', ''))} bytes, want the post {i}")
+    closes = await metric(srv, "taskbus_ws_memory_closes_total")
+    check(closes == 0, f"taskbus_ws_memory_closes_total {closes}: readers "
+                       f"closed for output the socket would have taken")
+    for n, c in enumerate(cs):
+        check(c.ws.open, f"reader {n} closed: {c.ws.close_code}")
+    return f"5 events of 60 KB to 40 readers under a 1 MiB cap, 0 closes"
+
+
 EDGE_CAP = 65536
 EDGE_ARGS = ("--ws-memory-max", str(EDGE_CAP))
 
@@ -738,6 +765,11 @@ GROUPS = [
     ("memory-out", lambda: {"out": TaskbusServer("out", *OUT_ARGS)}, [
         ("--ws-memory-max 256 KiB counts send queues: a non-reader is "
          "closed 1008", t_memory_send_queues, 90),
+    ]),
+    ("memory-broadcast", lambda: {"bcast": TaskbusServer("bcast",
+                                                         *BCAST_ARGS)}, [
+        ("--ws-memory-max 1 MiB: a 60 KB event reaches 40 readers, 0 "
+         "closes", t_memory_broadcast, 90),
     ]),
     ("memory-edge", lambda: {"edge": TaskbusServer("edge", *EDGE_ARGS)}, [
         ("--ws-memory-max 65536: 65536 held stays, 65537 is closed 1008",
