@@ -363,7 +363,10 @@ typedef struct tb__worker {
 
     struct tb_ws *ws_head;     /* open websocket connections served here */
     atomic_int nws;            /* their number, read by other threads */
-    atomic_llong ws_memory;    /* bytes they hold (ws.c, ws_memory_max) */
+    atomic_llong ws_biggest;   /* bytes held by the biggest of them that
+                                  may still be shed (ws.c, ws_memory_max):
+                                  raised as one grows, exact after a shed
+                                  walk here */
     atomic_int ws_shed_posted; /* a shed call is on its way here */
     int ws_shedding;           /* inside ws.c's shed: no recursion */
     uint64_t deliver_seq;      /* bumped per event delivered here: a
@@ -504,8 +507,9 @@ struct tb_app {
     atomic_int_fast64_t ws_handover_logged_us; /* rate limit of that log */
     atomic_uint_fast64_t ws_handover_logged_n; /* failures at that line */
     atomic_llong ws_memory;      /* bytes websockets hold (ws_memory_max) */
-    atomic_llong ws_memory_shed; /* of those, held by connections closed
-                                    for it and not yet ended */
+    atomic_llong ws_memory_shed; /* of those, held by connections that
+                                    cannot be shed: closed for it, or
+                                    ended and not yet freed */
     atomic_uint_fast64_t ws_memory_closes;   /* closed for ws_memory_max */
     atomic_int_fast64_t ws_memory_logged_us; /* rate limit of that log */
     atomic_uint_fast64_t ws_memory_logged_n; /* closes at that line */

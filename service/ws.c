@@ -66,8 +66,8 @@ struct tb_ws {
     int paused;
     size_t held_conn; /* bytes the framing holds (tb__ws_on_held) */
     size_t held_core; /* bytes of qhead.. and cur */
-    int shed;         /* closed for ws_memory_max: its bytes are on their
-                         way out (app->ws_memory_shed) */
+    int shed;         /* closed for ws_memory_max, or ended: its bytes
+                         cannot be shed (app->ws_memory_shed) */
 
     struct event *expiry; /* closes it when its client token expires */
 
@@ -102,21 +102,34 @@ static void fd_own(int fd, int owned)
 
 /* ---------------------------------------------------------------- memory */
 
-/* What ws holds counts in three sums: the app's (the ws_memory_max
- * gauge), the app's part of it held by connections already closed for the
- * cap (ws_memory_shed), and its worker's part held by the others (which
- * worker sheds next). Each change of held_conn or held_core passes here,
- * so the sums are exact: back to 0 when every connection is freed. On
- * ws's worker, or at its last reference. */
+/* What ws holds counts in two sums: the app's (the ws_memory_max gauge)
+ * and the app's part of it held by connections that cannot be shed any
+ * more (closed for the cap, or ended). Each change of held_conn or
+ * held_core passes here, so the sums are exact: back to 0 when every
+ * connection is freed. Growth raises its worker's ws_biggest (which
+ * worker sheds next). On ws's worker, or at its last reference. */
 static void mem_add(tb_ws *ws, long long delta)
 {
     if (!delta)
         return;
     atomic_fetch_add(&ws->app->ws_memory, delta);
-    if (ws->shed)
+    if (ws->shed) {
         atomic_fetch_add(&ws->app->ws_memory_shed, delta);
-    else
-        atomic_fetch_add(&ws->w->ws_memory, delta);
+    } else if (delta > 0) {
+        long long h = (long long)(ws->held_conn + ws->held_core);
+        if (h > atomic_load(&ws->w->ws_biggest))
+            atomic_store(&ws->w->ws_biggest, h);
+    }
+}
+
+/* ws can no longer be shed: what it holds stops choosing who is. */
+static void mem_settle(tb_ws *ws)
+{
+    if (ws->shed)
+        return;
+    ws->shed = 1;
+    atomic_fetch_add(&ws->app->ws_memory_shed,
+                     (long long)(ws->held_conn + ws->held_core));
 }
 
 static void core_held(tb_ws *ws, long long delta)
@@ -636,6 +649,7 @@ void tb__ws_on_end(tb_ws *ws, int code, const char *why)
     ws->conn = NULL;
     mem_add(ws, -(long long)ws->held_conn); /* the framing frees it next */
     ws->held_conn = 0;
+    mem_settle(ws); /* its queue is the handler's to drain */
     if (ws->expiry) {
         event_free(ws->expiry);
         ws->expiry = NULL;
@@ -685,11 +699,16 @@ void tb__ws_worker_shutdown(tb__worker *w)
  * first until what the others hold is under 7/8 of it: the gap keeps a
  * total hovering at the cap from closing one connection per read. Only
  * the worker serving a connection may close it, and no worker sees the
- * others' lists, so the worker whose open connections hold the most
- * sheds: the biggest offenders are almost always there. A closed
- * connection's bytes count until it ends (what it had read is dropped at
- * once; its unsent output is written before the close frame, within the
- * close timeout), but no longer decide who else is closed. */
+ * others' lists, so each publishes the size of its biggest sheddable
+ * connection and the worker with the biggest one sheds, one connection
+ * at a time, handing over when another's is bigger: an attack spread
+ * evenly over many workers closes the biggest connections anywhere, not
+ * every connection with an event in flight on the worker holding the
+ * most. A closed connection's bytes count until it ends (what it had
+ * read is dropped at once; its unsent output is written before the close
+ * frame, within the close timeout), and so do those of one ended and not
+ * yet freed (its receive queue, until the handler lets go), but neither
+ * can be shed nor decides who is. */
 
 static long long mem_low(const tb_app *app)
 {
@@ -714,9 +733,7 @@ static void shed_one(tb_ws *ws)
 {
     tb_app *app = ws->app;
     size_t h = held(ws);
-    ws->shed = 1;
-    atomic_fetch_sub(&ws->w->ws_memory, (long long)h);
-    atomic_fetch_add(&app->ws_memory_shed, (long long)h);
+    mem_settle(ws);
     uint64_t n = atomic_fetch_add(&app->ws_memory_closes, 1) + 1;
     uint64_t since;
     if (log_due(&app->ws_memory_logged_us, &app->ws_memory_logged_n, n, &since))
@@ -744,20 +761,47 @@ static void offer_local(tb__worker *w, const tb_ws *skip)
             w->app->wsconn->offer(ws->conn);
 }
 
-/* On w's thread: closes w's biggest connections while the cap is
- * exceeded. */
-static void shed_local(tb__worker *w)
+static int post_shed(tb__worker *to);
+
+/* The worker whose biggest sheddable connection is the biggest; w on a
+ * tie. */
+static tb__worker *biggest_worker(tb_app *app, tb__worker *w)
+{
+    tb__worker *big = w;
+    for (int i = 0; i < app->nworkers; i++)
+        if (atomic_load(&app->workers[i].ws_biggest) >
+            atomic_load(&big->ws_biggest))
+            big = &app->workers[i];
+    return big;
+}
+
+/* On w's thread: while the cap is exceeded, closes w's biggest
+ * connection as long as no other worker has published a bigger one;
+ * else hands over to that worker (forward 0: shed here regardless). Each walk
+ * makes w's ws_biggest exact, so a worker asked on a stale figure hands back at
+ * once, and the small connections of a worker are not swept while bigger ones
+ * stay elsewhere. */
+static void shed_local(tb__worker *w, int forward)
 {
     if (w->ws_shedding)
         return; /* a connection closed here has reported what it freed */
     w->ws_shedding = 1;
-    while (over_cap(w->app)) {
+    tb_app *app = w->app;
+    while (over_cap(app)) {
         tb_ws *big = NULL;
         for (tb_ws *ws = w->ws_head; ws; ws = ws->wnext)
             if (!ws->shed && ws->conn && (!big || held(ws) > held(big)))
                 big = ws;
-        if (!big || held(big) == 0)
-            break; /* the rest is on other workers */
+        long long mine = big ? (long long)held(big) : 0;
+        atomic_store(&w->ws_biggest, mine);
+        tb__worker *other = biggest_worker(app, w);
+        if (forward && other != w) {
+            if (post_shed(other) == 0)
+                break;
+            forward = 0; /* out of memory: do what can be done here */
+        }
+        if (mine == 0)
+            break;
         shed_one(big);
     }
     w->ws_shedding = 0;
@@ -771,12 +815,24 @@ static void shed_on_worker(tb_app *app, int wi, void *arg)
     if (w->stopping || !over_cap(app))
         return;
     offer_local(w, NULL);
-    shed_local(w);
+    shed_local(w, 1);
 }
 
 static void shed_drop(void *arg)
 {
     atomic_store(&((tb__worker *)arg)->ws_shed_posted, 0);
+}
+
+/* Asks to's loop to shed (once: a call on its way is enough). 0, or
+ * TB_ENOMEM. */
+static int post_shed(tb__worker *to)
+{
+    if (atomic_exchange(&to->ws_shed_posted, 1))
+        return 0;
+    if (tb__worker_call(to, shed_on_worker, shed_drop, to) == 0)
+        return 0;
+    atomic_store(&to->ws_shed_posted, 0);
+    return TB_ENOMEM;
 }
 
 /* On self's worker, after what self holds grew. */
@@ -787,20 +843,8 @@ static void check_cap(tb_ws *self)
     if (!over_cap(app) || w->ws_shedding)
         return;
     offer_local(w, self);
-    if (!over_cap(app))
-        return;
-    tb__worker *most = w;
-    for (int i = 0; i < app->nworkers; i++)
-        if (atomic_load(&app->workers[i].ws_memory) >
-            atomic_load(&most->ws_memory))
-            most = &app->workers[i];
-    if (most == w) {
-        shed_local(w);
-    } else if (!atomic_exchange(&most->ws_shed_posted, 1) &&
-               tb__worker_call(most, shed_on_worker, shed_drop, most) != 0) {
-        atomic_store(&most->ws_shed_posted, 0);
-        shed_local(w); /* out of memory: do what can be done here */
-    }
+    if (over_cap(app))
+        shed_local(w, 1);
 }
 
 void tb__ws_on_held(tb_ws *ws, size_t bytes)

@@ -695,6 +695,63 @@ async def t_memory_broadcast(ctx):
     return f"5 events of 60 KB to 40 readers under a 1 MiB cap, 0 closes"
 
 
+BIG_CAP = 1024 * 1024
+BIG_ARGS = ("--ws-memory-max", str(BIG_CAP))
+
+
+async def t_memory_biggest(ctx):
+    """The biggest connection is closed, wherever it is: on one worker
+    twelve clients hold 72 KiB each (864 KiB, the worker holding the
+    most), on the other one client sends 192 KiB of a bigger message and
+    passes the 1 MiB cap: it is the one closed 1008, the twelve stay open
+    and are served. (Connections go to the worker with the fewest, so
+    ones made one after another alternate between the two.)"""
+    srv = ctx.srv
+    small, idle = [], []
+    frame = RawWS.frame(0x1, b"s" * 100000)
+    for k in range(12):
+        s = ctx.raw("/ws?events=big.none")
+        s.sock.sendall(frame[:72 * 1024])
+        small.append(s)  # worker 0
+        idle.append(ctx.raw("/ws?events=big.none"))  # worker 1
+
+    async def held():
+        return await mem_gauge(srv) == 12 * 72 * 1024
+    check(await poll_until(held, T(10)),
+          f"taskbus_ws_memory_bytes {await mem_gauge(srv)}, want "
+          f"{12 * 72 * 1024} once the twelve sent their part")
+    filler = ctx.raw("/ws?events=big.none")  # worker 0
+    big = ctx.raw("/ws?events=big.none")  # worker 1
+    bigframe = RawWS.frame(0x1, b"B" * 400000)
+    big.sock.sendall(bigframe[:192 * 1024])
+    code, reason, _, _ = await asyncio.to_thread(big.close_code, T(10))
+    check(code == 1008 and reason == "memory limit (ws_memory_max)",
+          f"the biggest client: close {code} {reason!r}, want 1008")
+    check(await metric(srv, "taskbus_ws_memory_closes_total") == 1,
+          f"taskbus_ws_memory_closes_total "
+          f"{await metric(srv, 'taskbus_ws_memory_closes_total')}: want 1 "
+          f"(only the biggest)")
+    # The twelve are open: nothing (no close frame) came to them; then,
+    # the others gone, one finishes its message and is answered (all
+    # twelve at once would pass the cap again: 1.2 MB of messages).
+    await asyncio.sleep(0.3)
+    r, _, _ = select.select([s.sock for s in small], [], [], 0)
+    check(not r, f"{len(r)} of the twelve smaller clients were sent "
+                 f"something (a close) when the biggest passed the cap")
+    for w in small[1:] + idle + [filler]:
+        w.sock.close()
+    small[0].sock.sendall(frame[72 * 1024:])
+    ans = await asyncio.to_thread(small[0].recv_json, T(10))
+    check(isinstance(ans, dict), f"a smaller client's message: {ans!r}")
+    small[0].sock.close()
+
+    async def empty():
+        return await mem_gauge(srv) == 0
+    check(await poll_until(empty, T(10)),
+          f"taskbus_ws_memory_bytes {await mem_gauge(srv)} at the end")
+    return "the 192 KiB client closed; the twelve of 72 KiB open"
+
+
 EDGE_CAP = 65536
 EDGE_ARGS = ("--ws-memory-max", str(EDGE_CAP))
 
@@ -770,6 +827,11 @@ GROUPS = [
                                                          *BCAST_ARGS)}, [
         ("--ws-memory-max 1 MiB: a 60 KB event reaches 40 readers, 0 "
          "closes", t_memory_broadcast, 90),
+    ]),
+    ("memory-biggest", lambda: {"biggest": TaskbusServer("biggest",
+                                                         *BIG_ARGS)}, [
+        ("--ws-memory-max 1 MiB: the biggest client is closed, not the "
+         "worker's many", t_memory_biggest, 60),
     ]),
     ("memory-edge", lambda: {"edge": TaskbusServer("edge", *EDGE_ARGS)}, [
         ("--ws-memory-max 65536: 65536 held stays, 65537 is closed 1008",
