@@ -492,12 +492,14 @@ async def t_memory_cap(ctx):
     ts = [Trickler(srv.port, MEM_MSG, 8192, 0.05 * H.scale)
           for _ in range(200)]
     peak, samples, health = 0, 0, []
+    rss0 = rss_peak = srv.rss_kb()
     done = asyncio.Event()
 
     async def watch():
-        nonlocal peak, samples
+        nonlocal peak, samples, rss_peak
         while not done.is_set():
             peak = max(peak, await mem_gauge(srv))
+            rss_peak = max(rss_peak, srv.rss_kb())
             samples += 1
             if samples % 10 == 0:
                 t0 = time.monotonic()
@@ -549,6 +551,20 @@ async def t_memory_cap(ctx):
           f"{MEM_CAP} + {slack}")
     check(closes == len(shed), f"taskbus_ws_memory_closes_total {closes}, "
                                f"{len(shed)} clients saw 1008")
+    # What the process really holds, not only what it counts: the cap's
+    # worth, plus twice as much for the allocator's slack (freed chunks
+    # stay in each thread's arena) and copies on their way; measured: 33
+    # to 40 MiB. Without the cap the tricklers' 50 MiB would be held,
+    # each more than once. (ASan and TSan keep freed memory in quarantine.)
+    grew = (rss_peak - rss0) * 1024
+    rss_note = f"; VmRSS {rss0} -> peak {rss_peak} kB"
+    if H.sanitizer in ("asan", "tsan"):
+        rss_note += " (not checked under a sanitizer)"
+    else:
+        check(grew <= 3 * MEM_CAP + 16 * 1024 * 1024,
+              f"VmRSS grew {grew // 1024} kB ({rss0} -> {rss_peak} kB) "
+              f"under --ws-memory-max {MEM_CAP // 1024} KiB: want at most "
+              f"three times the cap and 16 MiB")
     # Under a sanitizer the worker loops themselves are slow enough with
     # 200 busy clients (cap or no cap) that /healthz may say 503 (a loop
     # took over a second to answer): answered is what is checked there.
@@ -573,7 +589,8 @@ async def t_memory_cap(ctx):
           f"client left (want 0)")
     slowest = max(d for _, d in health)
     return (f"{codes}; peak {peak} bytes (cap {MEM_CAP}) in {samples} "
-            f"samples; /healthz answered {len(health)}x, slowest {slowest:.3f} s")
+            f"samples{rss_note}; /healthz answered {len(health)}x, slowest "
+            f"{slowest:.3f} s")
 
 
 OUT_CAP = 256 * 1024
