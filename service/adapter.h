@@ -84,6 +84,16 @@ typedef struct tb__http_conn_ops {
      * connection closes after it instead of waiting for another request
      * (a thread-per-connection server holds a thread for that wait). */
     void (*close)(void *conn);
+    /* Optional (NULL: no streams). Takes the connection's socket away from
+     * the server for a response the core writes itself on a worker's loop
+     * (an SSE stream): nothing has been sent on it yet, and the server
+     * sends nothing more and never reads or closes the client's socket
+     * again. Returns the connected socket, now the caller's (non-blocking
+     * is the caller's to set; close-on-exec), or TB_EPIPE (the client has
+     * gone) or TB_EAGAIN (no descriptor left), counted and logged through
+     * tb__ws_handover_failed; nothing can be answered then, and the server
+     * closes the connection. */
+    int (*take)(void *conn);
 } tb__http_conn_ops;
 
 /* One request as the server read it: its line, its connection and its

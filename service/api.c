@@ -956,6 +956,8 @@ int tb_app_add_api(tb_app *app)
             return rc;
     }
     int rc = tb__api_register_ws(app);
+    if (rc == 0)
+        rc = tb__api_register_sse(app);
     if (rc)
         return rc;
     /* POST /tasks: spawning task kinds by name (kinds.c). */

@@ -29,6 +29,31 @@ int tb__api_error_with(tb_http_req *req, int status, const char *code,
 
 /* api_ws.c: GET /ws. */
 int tb__api_register_ws(tb_app *app);
+/* api_sse.c: GET /sse. */
+int tb__api_register_sse(tb_app *app);
+
+/* Writes one SSE event into out (outsz bytes; NUL-terminated when it
+ * fits): "id: pos" (left out when pos is NULL, empty or holds CR or LF),
+ * "event: name", one "data: " line per line of data (len bytes; CR, LF
+ * and CRLF end lines) and a blank line. Returns its length: when that is
+ * not below outsz, out holds only part of it (out may be NULL with outsz
+ * 0 to measure). */
+size_t tb__sse_frame(char *out, size_t outsz, const char *pos, const char *name,
+                     const char *data, size_t len);
+
+/* Checks req's ?events= list as GET /ws and GET /sse take it: each
+ * pattern valid (400 bad_pattern), at most ws_max_patterns of them (400
+ * too_many_patterns), each allowed by req's client token (403 forbidden,
+ * naming it). Returns how many there are (0: none given), or -1 when req
+ * was answered. */
+int tb__api_events_check(tb_http_req *req);
+
+/* Calls fn for each pattern of an ?events= list (comma-separated; empty
+ * entries skipped; one over TB_EVENT_NAME_MAX is passed cut to one byte
+ * more, so that it is invalid); stops at the first non-zero return and
+ * returns it, else 0. */
+int tb__api_each_pattern(const char *list, int (*fn)(const char *, void *),
+                         void *arg);
 
 /* A message from a /ws client, parsed and checked: what it asks for, or
  * the error it is answered with. */

@@ -499,10 +499,8 @@ static void handle(tb_task *self, conn_state *st, const tb_ws_msg *m)
 
 /* ---------------------------------------------------------------- endpoint */
 
-/* The ?events= list: comma-separated patterns. Calls fn for each; stops at
- * the first non-zero return. */
-static int each_pattern(const char *list, int (*fn)(const char *, void *),
-                        void *arg)
+int tb__api_each_pattern(const char *list, int (*fn)(const char *, void *),
+                         void *arg)
 {
     const char *p = list;
     while (*p) {
@@ -554,16 +552,17 @@ static int check_one(const char *pat, void *arg)
     return 0;
 }
 
-/* Before the upgrade: the ?events= patterns must be valid. */
-static int ws_check(tb_http_req *req, void *ud)
+int tb__api_events_check(tb_http_req *req)
 {
-    (void)ud;
     /* Room for ws_max_patterns patterns of the longest kind and commas. */
     const tb_app_config *cfg = tb_app_get_config(tb_http_app(req));
     size_t cap = (size_t)cfg->ws.max_patterns * (TB_EVENT_NAME_MAX + 1) + 1;
     char *list = malloc(cap);
-    if (!list)
-        return tb_http_error(req, 500, "internal", "out of memory");
+    if (!list) {
+        tb_http_error(req, 500, "internal", "out of memory");
+        return -1;
+    }
+    check_ctx c = {req, 0, cfg->ws.max_patterns};
     int rc = tb_http_query(req, "events", list, cap);
     if (rc == TB_ENAMETOOLONG)
         tb_http_error(req, 400, "too_many_patterns",
@@ -572,11 +571,17 @@ static int ws_check(tb_http_req *req, void *ud)
                       cfg->ws.max_patterns);
     else if (rc == TB_EINVAL)
         tb_http_error(req, 400, "bad_query", "events: a bad percent-escape");
-    else if (rc >= 0) {
-        check_ctx c = {req, 0, cfg->ws.max_patterns};
-        each_pattern(list, check_one, &c);
-    }
+    else if (rc >= 0)
+        tb__api_each_pattern(list, check_one, &c);
     free(list);
+    return req->status ? -1 : c.count;
+}
+
+/* Before the upgrade: the ?events= patterns must be valid. */
+static int ws_check(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    tb__api_events_check(req);
     return 0;
 }
 
@@ -623,7 +628,7 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
         char *list = malloc(cap);
         if (list && tb_ws_query(ws, "events", list, cap) >= 0) {
             add_ctx a = {&st, cfg->ws.max_patterns};
-            each_pattern(list, add_one, &a);
+            tb__api_each_pattern(list, add_one, &a);
         }
         free(list);
         tb_ws_msg m;

@@ -137,7 +137,11 @@
     X(ws, ping_timeout_ms, MS, 20000, NULL, 1, IMAX, "ws-ping-timeout",        \
       "ms to wait for a pong")                                                 \
     X(ws, allowed_origins, STRING, 0, NULL, 0, 0, "ws-origins",                \
-      "allowed websocket Origins, comma-separated, or * (none: any)")
+      "allowed websocket Origins, comma-separated, or * (none: any)")          \
+    X(ws, sse_max_clients, INT, 10000, NULL, 1, 1 << 20, "sse-max-clients",    \
+      "open SSE streams (GET /sse)")                                           \
+    X(ws, sse_keepalive_ms, MS, 15000, NULL, 10, IMAX, "sse-keepalive",        \
+      "ms between keep-alive comments on an idle SSE stream")
 
 /* The C type each TYPE is stored as, checked against the field. */
 #define CT_INT int

@@ -309,7 +309,14 @@ typedef struct tb_ws_config {
      * (requests without an Origin header, i.e. non-browser clients, are
      * always allowed). Others are answered 403 (origin_not_allowed). */
     const char *allowed_origins;
-    void *reserved_[8];
+    /* SSE streams (GET /sse) follow the websocket rules above (Origin,
+     * send queue bounds, patterns per connection) with their own count: */
+    int sse_max_clients;  /* open SSE streams; beyond, 503
+                             (too_many_clients) */
+    int sse_keepalive_ms; /* a comment line after this long without
+                             anything sent, so that proxies and clients see
+                             the stream alive */
+    void *reserved_[7];   /* the two ints above took one slot */
 } tb_ws_config;
 
 typedef struct tb_app_config {

@@ -1,0 +1,307 @@
+/* sse.c - the SSE writer: an SSE stream's socket on a worker's event loop,
+ * the framing ops (adapter.h's tb__wsconn_ops) of the tb_ws that stands for
+ * the stream (ws.c).
+ *
+ * An SSE stream only writes. What the core sends is queued as it is (the
+ * handler frames whole events) in one bounded output buffer and written
+ * with one writev per loop turn, as websocket frames are; a send that would
+ * pass ws_send_queue_bytes or ws_send_queue_msgs after offering the queue
+ * to the socket closes the stream as a slow client. The client sends
+ * nothing after its request, so the socket is read only to notice its end
+ * (EOF or reset: the stream ends at once); stray bytes are dropped. A
+ * comment line goes out whenever the keep-alive interval passes with
+ * nothing written, so that proxies and clients see the stream alive and a
+ * dead peer is found by the write. Closing writes what is queued, a comment
+ * with the reason, then shuts the socket, within the close timeout.
+ *
+ * Everything here runs on the worker's thread. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "internal.h"
+#include "ws.h"
+
+#define DISCARD_CHUNK 4096 /* bytes of stray input dropped per read */
+
+typedef struct sse_stream {
+    tb_ws *ws;
+    int fd;
+    struct event *rev;    /* readable: the client's end */
+    struct event *wev;    /* writable, or activated by hand to flush */
+    struct event *timer;  /* keep-alive, or the close deadline */
+    struct evbuffer *out; /* bytes not yet written to the socket */
+    tb__ws_limits lim;
+    size_t msgs;   /* sends queued since the output last drained */
+    int written;   /* something was queued since the last keep-alive tick */
+    int wev_added; /* wev pending: waiting for the socket to drain */
+    int flush_due; /* wev activated by hand for this loop turn */
+    int closing;   /* no more sends; the socket shuts once out drains */
+    int in_flush;  /* inside a nested flush: end() only marks */
+    int ended;
+    int end_code;
+    const char *end_why;
+    char peer[48];
+} sse_stream;
+
+static void end(sse_stream *s, int code, const char *why);
+static void stream_close(tb__wsconn *c, int code, const char *reason);
+
+/* tb__wsconn is the framing's own type; this one's is an sse_stream. */
+static sse_stream *S(tb__wsconn *c)
+{
+    return (sse_stream *)(void *)c;
+}
+
+static void arm(sse_stream *s, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(s->timer, &tv);
+}
+
+/* Writes what the socket takes; the rest waits for EV_WRITE. */
+static void flush(sse_stream *s)
+{
+    while (!s->ended && evbuffer_get_length(s->out) > 0) {
+        int n = evbuffer_write(s->out, s->fd);
+        if (n > 0)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!s->wev_added) {
+                event_add(s->wev, NULL);
+                s->wev_added = 1;
+            }
+            return;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        end(s, 1006, "the connection failed (write)");
+        return;
+    }
+    if (s->ended)
+        return;
+    s->msgs = 0;
+    if (s->wev_added) {
+        event_del(s->wev);
+        s->wev_added = 0;
+    }
+    if (s->closing) {
+        shutdown(s->fd, SHUT_WR); /* the client reads the end of the body */
+        end(s, s->end_code, s->end_why);
+    }
+}
+
+static void schedule_flush(sse_stream *s)
+{
+    if (s->flush_due || s->wev_added || s->ended)
+        return;
+    event_active(s->wev, EV_WRITE, 0);
+    s->flush_due = 1;
+}
+
+static void on_write(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    sse_stream *s = arg;
+    s->flush_due = 0;
+    flush(s);
+}
+
+/* The client sends nothing after its request: bytes are dropped, and its
+ * end (EOF, a half-close, a reset) ends the stream. */
+static void on_read(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    sse_stream *s = arg;
+    char buf[DISCARD_CHUNK];
+    ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n > 0 ||
+        (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+        return;
+    end(s, 1006,
+        n == 0 ? "the client closed the connection" : "the connection failed");
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    sse_stream *s = arg;
+    if (s->closing) {
+        end(s, s->end_code, "the close timed out (the client reads nothing)");
+        return;
+    }
+    /* Only into an empty queue: one waiting for the socket already says
+     * that the stream is alive once it moves, and must not grow. */
+    if (!s->written && evbuffer_get_length(s->out) == 0) {
+        static const char ka[] = ": keep-alive\n\n";
+        if (evbuffer_add(s->out, ka, sizeof ka - 1) == 0)
+            schedule_flush(s);
+    }
+    s->written = 0;
+    arm(s, s->lim.ping_interval_ms);
+}
+
+/* ---------------------------------------------------------------- ops */
+
+static tb__wsconn *stream_open(tb_ws *ws, struct event_base *base, int fd,
+                               const tb__ws_limits *lim, const char *peer)
+{
+    sse_stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->ws = ws;
+    s->fd = fd;
+    s->lim = *lim;
+    snprintf(s->peer, sizeof s->peer, "%s", peer);
+    evutil_make_socket_nonblocking(fd);
+    s->out = evbuffer_new();
+    s->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read, s);
+    s->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_write, s);
+    s->timer = evtimer_new(base, on_timer, s);
+    if (!s->out || !s->rev || !s->wev || !s->timer ||
+        event_add(s->rev, NULL) != 0) {
+        if (s->out)
+            evbuffer_free(s->out);
+        if (s->rev)
+            event_free(s->rev);
+        if (s->wev)
+            event_free(s->wev);
+        if (s->timer)
+            event_free(s->timer);
+        free(s);
+        return NULL;
+    }
+    if (lim->ping_interval_ms > 0)
+        arm(s, lim->ping_interval_ms);
+    return (tb__wsconn *)(void *)s;
+}
+
+static int over_limits(const sse_stream *s, size_t len)
+{
+    return evbuffer_get_length(s->out) + len > s->lim.send_queue_bytes ||
+           s->msgs + 1 > (size_t)s->lim.send_queue_msgs;
+}
+
+static int stream_send(tb__wsconn *c, int binary, const void *data, size_t len)
+{
+    (void)binary;
+    sse_stream *s = S(c);
+    if (s->ended || s->closing)
+        return TB_EPIPE;
+    if (over_limits(s, len) && !s->wev_added) {
+        /* Counting what this loop turn queued and did not offer to the
+         * socket yet: offer it now, and count only what it does not take
+         * (as websockets do). */
+        s->in_flush++;
+        flush(s);
+        s->in_flush--;
+        if (s->ended) {
+            end(s, s->end_code, s->end_why);
+            return TB_EPIPE;
+        }
+    }
+    if (over_limits(s, len)) {
+        tb__log(TB_LOG_WARN,
+                "sse %s (request %s): slow client: %zu sends and %zu bytes "
+                "wait for its socket (ws_send_queue_msgs %d, "
+                "ws_send_queue_bytes %zu); closing the stream",
+                s->peer, tb_ws_request_id(s->ws), s->msgs,
+                evbuffer_get_length(s->out), s->lim.send_queue_msgs,
+                s->lim.send_queue_bytes);
+        stream_close(c, 1008, "send queue full (slow client)");
+        return TB_ENOSPC;
+    }
+    if (len && evbuffer_add(s->out, data, len) != 0)
+        return TB_ENOMEM;
+    s->msgs++;
+    s->written = 1;
+    schedule_flush(s);
+    return 0;
+}
+
+/* Ends the stream after what is queued, with a comment saying why (a
+ * client that reads sees it; EventSource ignores it and reconnects). */
+static void stream_close(tb__wsconn *c, int code, const char *reason)
+{
+    sse_stream *s = S(c);
+    if (s->ended || s->closing)
+        return;
+    s->closing = 1;
+    s->end_code = code;
+    s->end_why = "closed";
+    tb__ws_on_closing(s->ws);
+    if (reason && reason[0]) {
+        char line[160];
+        int n = snprintf(line, sizeof line, ": closing: %.120s", reason);
+        for (int i = 0; i < n && i < (int)sizeof line; i++)
+            if (line[i] == '\r' || line[i] == '\n')
+                line[i] = ' '; /* one comment line, whatever reason holds */
+        evbuffer_add_printf(s->out, "%s\n\n", line);
+    }
+    event_del(s->timer);
+    arm(s, s->lim.close_timeout_ms);
+    schedule_flush(s);
+}
+
+static void stream_pause(tb__wsconn *c, int paused)
+{
+    (void)c; /* nothing is ever received */
+    (void)paused;
+}
+
+static void stream_abort(tb__wsconn *c)
+{
+    sse_stream *s = S(c);
+    if (s->ended)
+        return;
+    if (!s->closing)
+        stream_close(c, 1001, "server stopping");
+    s->in_flush++;
+    flush(s); /* one try; the socket may be full */
+    s->in_flush--;
+    end(s, s->end_code, "the server is stopping");
+}
+
+/* Ends the stream: tells the core, closes the socket, frees. Inside a
+ * nested flush only marks it; the caller finishes. */
+static void end(sse_stream *s, int code, const char *why)
+{
+    if (s->in_flush) {
+        if (!s->ended) {
+            s->ended = 1;
+            s->end_code = code;
+            s->end_why = why;
+        }
+        return;
+    }
+    s->ended = 1;
+    tb__ws_on_end(s->ws, code, why ? why : "closed");
+    event_free(s->rev);
+    event_free(s->wev);
+    event_free(s->timer);
+    evbuffer_free(s->out);
+    close(s->fd);
+    free(s);
+}
+
+static const tb__wsconn_ops sse_ops = {
+    .name = "sse",
+    .open = stream_open,
+    .send = stream_send,
+    .close = stream_close,
+    .pause = stream_pause,
+    .abort = stream_abort,
+};
+
+const tb__wsconn_ops *tb__sse_stream_ops(void)
+{
+    return &sse_ops;
+}
