@@ -259,13 +259,14 @@ typedef struct tb_http_config {
      * 1..256 visible ASCII bytes; copied. Never logged. */
     const char *api_token;
     /* Client tokens (JWT), for clients that may only use events: with
-     * one, the event routes (GET /ws, GET and POST /events/{...}) also
-     * take a JWT in place of api_token, signed with jwt_secret (HS256) or
-     * the key in the file jwt_public_key (RS256 or ES256, whichever the
-     * key is for); its claims "subscribe" and "dispatch" (arrays of event
-     * patterns) say what the client may do, and anything else is 403
-     * (forbidden). "exp" is required; a websocket opened with the token is
-     * closed (1008) when it passes. Every other route still needs
+     * one, the event routes (GET /ws, GET /sse, GET and POST
+     * /events/{...}) also take a JWT in place of api_token, signed with
+     * jwt_secret (HS256) or the key in the file jwt_public_key (RS256 or
+     * ES256, whichever the key is for); its claims "subscribe" and
+     * "dispatch" (arrays of event patterns) say what the client may do,
+     * and anything else is 403 (forbidden). "exp" is required; a websocket
+     * opened with the token is closed (1008) when it passes, an SSE stream
+     * ended. Every other route still needs
      * api_token, so either key needs api_token set. Both NULL or "": client
      * tokens are off. Copied; the secret is never logged. */
     const char *jwt_secret;     /* at least 32 bytes */
