@@ -23,6 +23,8 @@
 #include "resp.h" /* RESP replies from links without hiredis (Sentinel) */
 
 struct event_base;
+struct event;
+struct evbuffer;
 
 /* ---------------------------------------------------------------- the app */
 
@@ -169,6 +171,36 @@ typedef struct tb__ws_limits {
     int close_timeout_ms; /* a close handshake not finished by then ends
                              the connection */
 } tb__ws_limits;
+
+/* A connection's output on a worker's loop, shared by the websocket
+ * framing and the SSE writer: bytes queued in an evbuffer and written with
+ * one writev per loop turn, never blocking (what the socket does not take
+ * waits for EV_WRITE). Every call on the worker's thread. */
+typedef struct tb__outq {
+    struct evbuffer *buf; /* queued, not yet taken by the socket */
+    struct event *wev;    /* EV_WRITE on the socket, or activated by hand */
+    size_t msgs;          /* sends queued since the output last drained */
+    int wev_added;        /* wev pending: waiting for the socket to drain */
+    int flush_due;        /* wev activated by hand for this loop turn */
+} tb__outq;
+
+/* Makes q's buffer and its write event on fd, whose callback (on_write,
+ * with arg) must clear q->flush_due and write. 0, or TB_ENOMEM with
+ * nothing left to free. */
+int tb__outq_init(tb__outq *q, struct event_base *base, int fd,
+                  void (*on_write)(int fd, short what, void *arg), void *arg);
+/* Writes what fd takes of q's buffer: 1 when all is written (msgs is then
+ * 0 and wev stopped), 0 when the rest waits for the socket (wev armed),
+ * TB_EPIPE when the write failed. */
+int tb__outq_write(tb__outq *q, int fd);
+/* One write this loop turn, however many sends come in it; none while wev
+ * already waits for the socket. */
+void tb__outq_schedule(tb__outq *q);
+/* 1 if one more send of len bytes would pass send_queue_bytes or
+ * send_queue_msgs of lim. */
+int tb__outq_over(const tb__outq *q, const struct tb__ws_limits *lim,
+                  size_t len);
+void tb__outq_free(tb__outq *q);
 
 typedef struct tb__wsconn_ops {
     const char *name; /* "wslay" */

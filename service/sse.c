@@ -33,17 +33,13 @@
 typedef struct sse_stream {
     tb_ws *ws;
     int fd;
-    struct event *rev;    /* readable: the client's end */
-    struct event *wev;    /* writable, or activated by hand to flush */
-    struct event *timer;  /* keep-alive, or the close deadline */
-    struct evbuffer *out; /* bytes not yet written to the socket */
+    struct event *rev;   /* readable: the client's end */
+    struct event *timer; /* keep-alive, or the close deadline */
+    tb__outq q;          /* bytes not yet written to the socket */
     tb__ws_limits lim;
-    size_t msgs;   /* sends queued since the output last drained */
-    int written;   /* something was queued since the last keep-alive tick */
-    int wev_added; /* wev pending: waiting for the socket to drain */
-    int flush_due; /* wev activated by hand for this loop turn */
-    int closing;   /* no more sends; the socket shuts once out drains */
-    int in_flush;  /* inside a nested flush: end() only marks */
+    int written;  /* something was queued since the last keep-alive tick */
+    int closing;  /* no more sends; the socket shuts once q drains */
+    int in_flush; /* inside a nested flush: end() only marks */
     int ended;
     int end_code;
     const char *end_why;
@@ -68,29 +64,13 @@ static void arm(sse_stream *s, int ms)
 /* Writes what the socket takes; the rest waits for EV_WRITE. */
 static void flush(sse_stream *s)
 {
-    while (!s->ended && evbuffer_get_length(s->out) > 0) {
-        int n = evbuffer_write(s->out, s->fd);
-        if (n > 0)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!s->wev_added) {
-                event_add(s->wev, NULL);
-                s->wev_added = 1;
-            }
-            return;
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
-        end(s, 1006, "the connection failed (write)");
-        return;
-    }
     if (s->ended)
         return;
-    s->msgs = 0;
-    if (s->wev_added) {
-        event_del(s->wev);
-        s->wev_added = 0;
-    }
+    int rc = tb__outq_write(&s->q, s->fd);
+    if (rc < 0)
+        end(s, 1006, "the connection failed (write)");
+    if (rc <= 0)
+        return;
     if (s->closing) {
         shutdown(s->fd, SHUT_WR); /* the client reads the end of the body */
         end(s, s->end_code, s->end_why);
@@ -99,10 +79,8 @@ static void flush(sse_stream *s)
 
 static void schedule_flush(sse_stream *s)
 {
-    if (s->flush_due || s->wev_added || s->ended)
-        return;
-    event_active(s->wev, EV_WRITE, 0);
-    s->flush_due = 1;
+    if (!s->ended)
+        tb__outq_schedule(&s->q);
 }
 
 static void on_write(evutil_socket_t fd, short what, void *arg)
@@ -110,7 +88,7 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     sse_stream *s = arg;
-    s->flush_due = 0;
+    s->q.flush_due = 0;
     flush(s);
 }
 
@@ -140,9 +118,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     }
     /* Only into an empty queue: one waiting for the socket already says
      * that the stream is alive once it moves, and must not grow. */
-    if (!s->written && evbuffer_get_length(s->out) == 0) {
+    if (!s->written && evbuffer_get_length(s->q.buf) == 0) {
         static const char ka[] = ": keep-alive\n\n";
-        if (evbuffer_add(s->out, ka, sizeof ka - 1) == 0)
+        if (evbuffer_add(s->q.buf, ka, sizeof ka - 1) == 0)
             schedule_flush(s);
     }
     s->written = 0;
@@ -162,18 +140,16 @@ static tb__wsconn *stream_open(tb_ws *ws, struct event_base *base, int fd,
     s->lim = *lim;
     snprintf(s->peer, sizeof s->peer, "%s", peer);
     evutil_make_socket_nonblocking(fd);
-    s->out = evbuffer_new();
+    if (tb__outq_init(&s->q, base, fd, on_write, s) != 0) {
+        free(s);
+        return NULL;
+    }
     s->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read, s);
-    s->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_write, s);
     s->timer = evtimer_new(base, on_timer, s);
-    if (!s->out || !s->rev || !s->wev || !s->timer ||
-        event_add(s->rev, NULL) != 0) {
-        if (s->out)
-            evbuffer_free(s->out);
+    if (!s->rev || !s->timer || event_add(s->rev, NULL) != 0) {
+        tb__outq_free(&s->q);
         if (s->rev)
             event_free(s->rev);
-        if (s->wev)
-            event_free(s->wev);
         if (s->timer)
             event_free(s->timer);
         free(s);
@@ -184,19 +160,13 @@ static tb__wsconn *stream_open(tb_ws *ws, struct event_base *base, int fd,
     return (tb__wsconn *)(void *)s;
 }
 
-static int over_limits(const sse_stream *s, size_t len)
-{
-    return evbuffer_get_length(s->out) + len > s->lim.send_queue_bytes ||
-           s->msgs + 1 > (size_t)s->lim.send_queue_msgs;
-}
-
 static int stream_send(tb__wsconn *c, int binary, const void *data, size_t len)
 {
     (void)binary;
     sse_stream *s = S(c);
     if (s->ended || s->closing)
         return TB_EPIPE;
-    if (over_limits(s, len) && !s->wev_added) {
+    if (tb__outq_over(&s->q, &s->lim, len) && !s->q.wev_added) {
         /* Counting what this loop turn queued and did not offer to the
          * socket yet: offer it now, and count only what it does not take
          * (as websockets do). */
@@ -208,20 +178,20 @@ static int stream_send(tb__wsconn *c, int binary, const void *data, size_t len)
             return TB_EPIPE;
         }
     }
-    if (over_limits(s, len)) {
+    if (tb__outq_over(&s->q, &s->lim, len)) {
         tb__log(TB_LOG_WARN,
                 "sse %s (request %s): slow client: %zu sends and %zu bytes "
                 "wait for its socket (ws_send_queue_msgs %d, "
                 "ws_send_queue_bytes %zu); closing the stream",
-                s->peer, tb_ws_request_id(s->ws), s->msgs,
-                evbuffer_get_length(s->out), s->lim.send_queue_msgs,
+                s->peer, tb_ws_request_id(s->ws), s->q.msgs,
+                evbuffer_get_length(s->q.buf), s->lim.send_queue_msgs,
                 s->lim.send_queue_bytes);
         stream_close(c, 1008, "send queue full (slow client)");
         return TB_ENOSPC;
     }
-    if (len && evbuffer_add(s->out, data, len) != 0)
+    if (len && evbuffer_add(s->q.buf, data, len) != 0)
         return TB_ENOMEM;
-    s->msgs++;
+    s->q.msgs++;
     s->written = 1;
     schedule_flush(s);
     return 0;
@@ -244,7 +214,7 @@ static void stream_close(tb__wsconn *c, int code, const char *reason)
         for (int i = 0; i < n && i < (int)sizeof line; i++)
             if (line[i] == '\r' || line[i] == '\n')
                 line[i] = ' '; /* one comment line, whatever reason holds */
-        evbuffer_add_printf(s->out, "%s\n\n", line);
+        evbuffer_add_printf(s->q.buf, "%s\n\n", line);
     }
     event_del(s->timer);
     arm(s, s->lim.close_timeout_ms);
@@ -285,9 +255,8 @@ static void end(sse_stream *s, int code, const char *why)
     s->ended = 1;
     tb__ws_on_end(s->ws, code, why ? why : "closed");
     event_free(s->rev);
-    event_free(s->wev);
     event_free(s->timer);
-    evbuffer_free(s->out);
+    tb__outq_free(&s->q);
     close(s->fd);
     free(s);
 }
