@@ -37,9 +37,9 @@ typedef struct sse_stream {
     struct event *timer; /* keep-alive, or the close deadline */
     tb__outq q;          /* bytes not yet written to the socket */
     tb__ws_limits lim;
-    int written;  /* something was queued since the last keep-alive tick */
-    int closing;  /* no more sends; the socket shuts once q drains */
-    int in_flush; /* inside a nested flush: end() only marks */
+    int64_t last_us; /* when something was last queued (tb__mono_us) */
+    int closing;     /* no more sends; the socket shuts once q drains */
+    int in_flush;    /* inside a nested flush: end() only marks */
     int ended;
     int end_code;
     const char *end_why;
@@ -116,14 +116,22 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
         end(s, s->end_code, "the close timed out (the client reads nothing)");
         return;
     }
-    /* Only into an empty queue: one waiting for the socket already says
-     * that the stream is alive once it moves, and must not grow. */
-    if (!s->written && evbuffer_get_length(s->q.buf) == 0) {
+    /* A whole interval after the last thing queued, so that no gap is
+     * longer (a proxy's idle timeout set to it is enough); only into an
+     * empty queue: one waiting for the socket shows the stream alive once
+     * it moves, and must not grow. */
+    int64_t now = tb__mono_us();
+    int64_t idle_ms = (now - s->last_us) / 1000;
+    if (idle_ms < s->lim.ping_interval_ms) {
+        arm(s, s->lim.ping_interval_ms - (int)idle_ms);
+        return;
+    }
+    if (evbuffer_get_length(s->q.buf) == 0) {
         static const char ka[] = ": keep-alive\n\n";
         if (evbuffer_add(s->q.buf, ka, sizeof ka - 1) == 0)
             schedule_flush(s);
     }
-    s->written = 0;
+    s->last_us = now;
     arm(s, s->lim.ping_interval_ms);
 }
 
@@ -138,6 +146,7 @@ static tb__wsconn *stream_open(tb_ws *ws, struct event_base *base, int fd,
     s->ws = ws;
     s->fd = fd;
     s->lim = *lim;
+    s->last_us = tb__mono_us();
     snprintf(s->peer, sizeof s->peer, "%s", peer);
     evutil_make_socket_nonblocking(fd);
     if (tb__outq_init(&s->q, base, fd, on_write, s) != 0) {
@@ -192,7 +201,7 @@ static int stream_send(tb__wsconn *c, int binary, const void *data, size_t len)
     if (len && evbuffer_add(s->q.buf, data, len) != 0)
         return TB_ENOMEM;
     s->q.msgs++;
-    s->written = 1;
+    s->last_us = tb__mono_us();
     schedule_flush(s);
     return 0;
 }
