@@ -445,4 +445,31 @@ void tb__bus_rx_tick(tb__bus_rx *rx, int64_t now_us);
 /* Fills out's received, duplicates, malformed and oversize. Any thread. */
 void tb__bus_rx_status(tb__bus_rx *rx, tb_bus_info *out);
 
+/* Catching up (history on, docs/HISTORY.md). The receiver remembers the
+ * last position it delivered. A message whose position (read off its
+ * envelope's tail) skips ahead in the same epoch is a gap: the receiver
+ * parks what arrives live, asks the bus for the history after its last
+ * position (fetch), delivers what it missed in order, then the parked
+ * messages; one at or before its last position is a duplicate and
+ * dropped; one of another epoch means the history was lost: logged, then
+ * it starts over from it. After a reconnect it reads everything after
+ * its last position the same way. fetch(ud, after, count) asks for
+ * the page of at most count entries after seq `after` (count 0: only
+ * where the history stands), returning 0 or the TB_E* code it could not
+ * be asked with;
+ * the bus hands the answer to tb__bus_rx_fetched. Bus thread, like the
+ * rest. */
+void tb__bus_rx_track(tb__bus_rx *rx,
+                      int (*fetch)(void *ud, uint64_t after, size_t count),
+                      void *ud);
+/* The subscription is confirmed (a connection or a reconnection): catch
+ * up from the last position delivered, or, the first time, learn where
+ * the history stands. */
+void tb__bus_rx_connected(tb__bus_rx *rx);
+/* The connection is lost: a read under way will not be answered. */
+void tb__bus_rx_disconnected(tb__bus_rx *rx);
+/* fetch's answer: status 0 with the page (borrowed), or a TB_E* code. */
+void tb__bus_rx_fetched(tb__bus_rx *rx, int status,
+                        const struct tb__hist_page *pg);
+
 #endif /* TASKBUS_BUS_H */
