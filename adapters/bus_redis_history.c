@@ -29,20 +29,22 @@
  * the `pub` link, never on `sub`.
  *
  * A Redis ACL user needs +eval +evalsha +script|load +xadd +xrange
- * +pexpire +hget +hset +hincrby +hmget +get +set +del +publish on
+ * +pexpire +hget +hset +hincrby +hmget +get +set +del +publish +time on
  * "{<ns>}:*" besides what bus_redis.c and bus_redis_kv.c list. */
 
 /* KEYS[1] the stream, KEYS[2] the meta hash, KEYS[3] our publish number;
- * ARGV candidate epoch, channel, envelope, event name, maxlen ("~" or "="
- * first), ttl ms, publish number, its keep ms. Returns the event's seq, or
- * 0 for a resend of a publish that ran already. */
+ * ARGV the instance's half of a new epoch (8 hex digits), channel, envelope,
+ * event name, maxlen ("~" or "=" first), ttl ms, publish number, its keep ms.
+ * Returns the event's seq, or 0 for a resend of a publish that ran already. */
 static const char pub_lua[] =
     "local prev = redis.call('GET', KEYS[3])\n"
     "if prev and tonumber(prev) >= tonumber(ARGV[7]) then return 0 end\n"
     "redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8])\n"
     "local ep = redis.call('HGET', KEYS[2], 'epoch')\n"
     "if not ep then\n"
-    "  ep = ARGV[1]\n"
+    "  local t = redis.call('TIME')\n"
+    "  ep = ARGV[1] .. string.format('%08x', (tonumber(t[1]) * 1000000 + "
+    "tonumber(t[2])) % 4294967296)\n"
     "  redis.call('DEL', KEYS[1])\n"
     "  redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0)\n"
     "end\n"
@@ -109,7 +111,12 @@ void tb__rh_init(rbus *b, const tb_app_config *c)
     b->h_on = c->core.history_size > 0;
     if (!b->h_on)
         return;
-    tb__epoch_new(b->h_epoch);
+    /* Half of an epoch: the script adds 8 hex digits of Redis's clock, so
+     * that the epoch after a loss differs from the one before even when
+     * the same instance publishes first again. */
+    char e[TB_EPOCH_MAX];
+    tb__epoch_new(e);
+    snprintf(b->h_epoch, sizeof b->h_epoch, "%.8s", e);
     /* Exact trimming for small histories (a size someone tests at its
      * edge); in blocks beyond, as Redis trims cheaply. */
     snprintf(b->h_maxlen, sizeof b->h_maxlen, "%c%d",

@@ -177,7 +177,17 @@ static void test_history_resend_once(void **state)
         rh_cli(srv, out, sizeof out, "XRANGE", "{t}:hist", "-", "+"), 0);
     assert_non_null(strstr(out, "1-0"));
     assert_non_null(strstr(out, "2-0"));
-    assert_non_null(strstr(out, ",\"pos\":\"0123abcd-2\"}"));
+    /* The epoch: our half, then 8 hex digits of Redis's clock. */
+    const char *p = strstr(out, ",\"pos\":\"0123abcd"), *p2;
+    assert_non_null(p);
+    while ((p2 = strstr(p + 1, ",\"pos\":\"0123abcd")) != NULL)
+        p = p2; /* the second entry's */
+    tb__pos pos;
+    const char *q = strchr(p + 8, '"');
+    assert_non_null(q);
+    assert_int_equal(tb__pos_parse(p + 8, (size_t)(q - p - 8), &pos), 0);
+    assert_int_equal(strlen(pos.epoch), 16);
+    assert_int_equal(pos.seq, 2);
 }
 
 /* History off: plain PUBLISH (no script, no keys) and no positions. */
