@@ -871,8 +871,8 @@ class Client:
         except ValueError:
             raise AssertionError(f"{self.label}: not JSON: {msg[:200]!r}")
         check(isinstance(o, dict), f"{self.label}: not an object: {msg[:200]}")
-        if "ok" in o or "error" in o:
-            self.replies.append(o)
+        if "ok" in o or "error" in o or "recovered" in o:
+            self.replies.append(o)  # "recovered": where a resume's replay ended
         elif "id" in o and "name" in o:
             self.events.append(o)
         else:
