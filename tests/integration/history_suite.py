@@ -13,9 +13,11 @@ it as integration_history; by hand: TASKBUS_BIN=build/taskbus
 """
 
 import asyncio
+import json
 import os
 import re
 import sys
+import tempfile
 import time
 from urllib.parse import quote
 
@@ -272,6 +274,96 @@ async def t_redis_epoch_change(ctx):
           f"{r}, events {c.events}: want recovered false at {h['next']}")
 
 
+async def t_redis_restart(ctx):
+    """redis-server (appendonly yes) restarted under about 2000 events/s
+    to 50 websocket clients, half of which reconnect with since during
+    the outage: every event acknowledged (answered ok) before and after
+    reaches every client once, in the order of its positions."""
+    a, b, redis = ctx.s["a"], ctx.s["b"], ctx.s["redis"]
+    for srv in (a, b):
+        async def ready(srv=srv):
+            return (await ahttp(srv.port, "GET", "/readyz")).status == 200
+        check(await poll_until(ready, T(10)), f"{srv.name} not ready")
+    clients = []
+    for i in range(50):
+        c = await ctx.connect("/ws?events=ch.*", srv=b, label=f"client {i}")
+        await c.sync()
+        clients.append(c)
+    pub = await ctx.connect("/ws", srv=a, label="publisher")
+    acked, sent, errors = [], 0, [0]
+
+    async def answers():  # until the answer to the last message, "done"
+        while True:
+            r = await pub.reply(T(30))
+            if r.get("ref") == "done":
+                return
+            if r.get("ok") == "dispatch":
+                acked.append(r["id"])
+            else:
+                errors[0] += 1
+    reader = asyncio.create_task(answers())
+
+    async def publish(seconds):
+        nonlocal sent
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            for _ in range(2):
+                await pub.ws.send(json.dumps({"event": "ch.x",
+                                              "data": {"n": sent}}))
+                sent += 1
+            await asyncio.sleep(0.001)
+
+    await publish(1.5)
+    away = clients[:25]
+    last = {}
+    # Publishing goes on while Redis stops, is down and starts again; half
+    # of the clients leave meanwhile and come back later with since.
+    pub_task = asyncio.create_task(publish(2.0))
+    t0 = time.monotonic()
+    stopping = asyncio.create_task(asyncio.to_thread(redis.stop))
+    for c in away:
+        while True:  # what has arrived so far
+            try:
+                await c._pump(time.monotonic() + 0.01)
+            except asyncio.TimeoutError:
+                break
+        last[c.label] = c.events[-1]["pos"]
+        await c.close()
+    await stopping
+    await asyncio.sleep(0.3)
+    await asyncio.to_thread(redis.start, redis.port)
+    down = time.monotonic() - t0
+    await pub_task
+    check(await poll_until(lambda: ready(a), T(15)), "a did not reconnect")
+    check(await poll_until(lambda: ready(b), T(15)), "b did not reconnect")
+    await publish(1.5)
+    await pub.ws.send(json.dumps({"subscribe": [], "ref": "done"}))
+    await asyncio.wait_for(reader, T(30))
+    back = []
+    for c in away:
+        n = await ctx.connect(f"/ws?events=ch.*&since={last[c.label]}",
+                              srv=b, label=c.label + " again")
+        n.events = c.events[:]
+        back.append(n)
+    end = await post(a, "ch.end", "end")
+    for c in clients[25:] + back:
+        got = c.events[:]
+        c.events.clear()
+        got += await c.events_until("ch.end", T(30))
+        ids = [e["id"] for e in got if e["name"] == "ch.x"]
+        check(len(ids) == len(set(ids)), f"{c.label}: duplicates")
+        seqs = [seq_of(e["pos"]) for e in got]
+        check(seqs == sorted(seqs), f"{c.label}: out of order")
+        missing = set(acked) - set(ids)
+        check(not missing, f"{c.label}: {len(missing)} of {len(acked)} "
+              f"acknowledged events missing")
+        check(got[-1]["id"] == end, f"{c.label}: did not end with ch.end")
+    check("reconnected to" in a.log_text() and "reconnected to"
+          in b.log_text(), "the instances never lost Redis")
+    return (f"{len(acked)} acknowledged of {sent} sent, "
+            f"{errors[0]} refused while Redis was down ({down:.1f} s)")
+
+
 def memory_group():
     yield "main", TaskbusServer("main")
     yield "small", TaskbusServer("small", "--history-size", "5")
@@ -283,6 +375,17 @@ def redis_group():
     yield "redis", r
     yield "a", TaskbusServer("a", "--redis-url", r.url())
     yield "b", TaskbusServer("b", "--redis-url", r.url())
+
+
+def aof_group():
+    """A redis-server with an append-only file in a directory that stays
+    across its restarts."""
+    d = tempfile.mkdtemp(prefix="aof.", dir=tbharness.H.root)
+    r = Redis("redis", "--appendonly", "yes", "--dir", d).start()
+    yield "redis", r
+    yield "a", TaskbusServer("a", "--redis-url", r.url())
+    yield "b", TaskbusServer("b", "--redis-url", r.url(),
+                             "--ws-max-clients", "100")
 
 
 GROUPS = [
@@ -301,6 +404,10 @@ GROUPS = [
          t_redis_resume_stream, 90),
         ("Redis flushed: recovered false, the new epoch",
          t_redis_epoch_change, 30),
+    ]),
+    ("restart", aof_group, [
+        ("redis-server restarted under 2000 events/s to 50 clients",
+         t_redis_restart, 120),
     ]),
 ]
 
