@@ -297,9 +297,9 @@ static int track(tb__bus_rx *rx, const tb__pos *p, const char *ch, size_t chlen,
                  "it: flushed, or restarted without persistence): events "
                  "published meanwhile may be lost",
                  rx->epoch, p->epoch);
+        /* From the new epoch's start: a gap if this is not its first. */
         memcpy(rx->epoch, p->epoch, sizeof rx->epoch);
-        rx->last = p->seq;
-        return 1;
+        rx->last = 0;
     }
     if (p->seq <= rx->last) {
         /* Parked, and the read after it brought it: a duplicate. Live, it

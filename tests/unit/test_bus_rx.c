@@ -130,7 +130,8 @@ static void test_catch_up(void **state)
     assert_int_equal(r.n, 4); /* 16 follows 15: no read */
     assert_int_equal(stats(rx).malformed, 1);
 
-    /* Redis lost the history: start over from the new epoch. */
+    /* Redis lost the history: start over from the new epoch (its first
+     * event here, no read). */
     msg(rx, F, 1);
     msg(rx, F, 2);
     assert_int_equal(r.n, 4);
@@ -151,10 +152,19 @@ static void test_catch_up(void **state)
     assert_int_equal(r.n, 6);
     assert_int_equal(stats(rx).duplicates, 3);
 
+    /* Another epoch again, first seen at its third event: the first two
+     * are read from the history. */
+    msg(rx, E, 3);
+    assert_int_equal(r.n, 7);
+    assert_int_equal(r.after[6], 0);
+    answer(rx, E, 1, 3, 3, app);
+    msg(rx, E, 4);
+    assert_int_equal(r.n, 7);
+
     /* Messages without a position pass untouched. */
     const char *ch = "taskbus:event:a.b";
     assert_int_equal(tb__bus_rx_message(rx, ch, strlen(ch), "raw", 3), 0);
-    assert_int_equal(r.n, 6);
+    assert_int_equal(r.n, 7);
 
     tb__bus_rx_flush(rx);
     tb__bus_rx_free(rx);
