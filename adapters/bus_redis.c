@@ -329,8 +329,9 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
         tb__rb_fail(b, "PUBLISH replies out of order");
         return;
     }
-    if (reply->type == REDIS_REPLY_ERROR && tb__rb_readonly(b, reply->str))
-        return; /* kept in flight: resent to the master after the reconnect */
+    if (reply->type == REDIS_REPLY_ERROR &&
+        (tb__rb_readonly(b, reply->str) || tb__rh_noscript(b, reply->str)))
+        return; /* kept in flight: resent after the reconnect */
     tb__bus_reqlist_pop(&b->inflight);
     if (reply->type == REDIS_REPLY_INTEGER) {
         tb__bus_tx_done(b->tx, q, 0);
@@ -375,10 +376,14 @@ static void flush_sendq(rbus *b)
             b->echo_out + (int64_t)q->envlen > (int64_t)ECHO_WINDOW)
             break;
         tb__bus_reqlist_pop(&b->sendq);
-        const char *argv[3] = {"PUBLISH", q->channel, q->env};
-        size_t lens[3] = {7, q->chlen, q->envlen};
-        if (redisAsyncCommandArgv(l->ac, on_publish_reply, q, 3, argv, lens) !=
-            REDIS_OK) {
+        const char *argv[16] = {"PUBLISH", q->channel, q->env};
+        size_t lens[16] = {7, q->chlen, q->envlen};
+        int argc = 3;
+        char num[24];
+        if (b->h_on) /* the history's script in its place */
+            argc = tb__rh_publish_argv(b, q, num, sizeof num, argv, lens);
+        if (redisAsyncCommandArgv(l->ac, on_publish_reply, q, argc, argv,
+                                  lens) != REDIS_OK) {
             /* Back to the front, in order, for the next connection. */
             tb__bus_reqlist one = {q, q, 1};
             tb__bus_reqlist_prepend(&b->sendq, &one);
@@ -818,6 +823,8 @@ static void became_connected(rbus *b)
     }
     b->echo_out = 0;
     tb__rkv_connected(b);
+    /* What was published while we were away, from the history. */
+    tb__bus_rx_connected(b->rx);
     /* Resend what waited, from the loop rather than inside this reply
      * callback; the stale ones are given up first. */
     drain_inq(b);
@@ -836,6 +843,7 @@ static void on_teardown(evutil_socket_t fd, short what, void *arg)
     rbus *b = arg;
     if (b->finished)
         return;
+    tb__bus_rx_disconnected(b->rx);
     links_close(b);
     tb__rsn_teardown(b);
     tb__bus_reqlist_prepend(&b->sendq, &b->inflight);
@@ -879,6 +887,7 @@ static void finish(rbus *b)
     event_del(b->wake_ev);
     event_del(b->stop_ev);
     tb__rkv_finish(b);
+    tb__bus_rx_disconnected(b->rx);
     links_close(b);
     tb__rsn_finish(b);
     drain_inq(b);
@@ -1080,6 +1089,7 @@ static const tb__bus_ops redis_ops = {
     .free = rb_free,
     .kv = &tb__rkv_ops,
     .cluster = &tb__rcl_ops,
+    .history = tb__rh_history,
 };
 
 tb__bus *tb__bus_redis_new(tb_app *app, int *err)
@@ -1125,6 +1135,7 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
     b->bus.ops = &redis_ops;
     b->bus.app = app;
     tb__rkv_init(b, c->core.event_namespace);
+    tb__rh_init(b, c);
     b->t = t;
     explicit_bzero(&t, sizeof t);
     if (tb__rsn_init(b, c) != 0) {

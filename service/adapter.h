@@ -17,10 +17,11 @@
 
 #include "taskbus/taskbus.h"
 
-#include "bus.h"  /* the event bus: tb__bus_ops, receive, publish, state */
-#include "log.h"  /* tb__log, tb__ratelog */
-#include "url.h"  /* redis_url parsing */
-#include "resp.h" /* RESP replies from links without hiredis (Sentinel) */
+#include "bus.h"     /* the event bus: tb__bus_ops, receive, publish, state */
+#include "history.h" /* positions, the in-process history ring */
+#include "log.h"     /* tb__log, tb__ratelog */
+#include "url.h"     /* redis_url parsing */
+#include "resp.h"    /* RESP replies from links without hiredis (Sentinel) */
 
 struct event_base;
 struct event;

@@ -48,12 +48,30 @@ size_t tb__sse_frame(char *out, size_t outsz, const char *pos, const char *name,
  * was answered. */
 int tb__api_events_check(tb_http_req *req);
 
-/* Calls fn for each pattern of an ?events= list (comma-separated; empty
- * entries skipped; one over TB_EVENT_NAME_MAX is passed cut to one byte
- * more, so that it is invalid); stops at the first non-zero return and
- * returns it, else 0. */
+/* An ?events= list: comma-separated patterns. Calls fn for each (a
+ * pattern over TB_EVENT_NAME_MAX bytes is cut one byte over: invalid);
+ * stops at the first non-zero return and returns it. */
 int tb__api_each_pattern(const char *list, int (*fn)(const char *, void *),
                          void *arg);
+
+/* Checks one pattern of a client's ?events= (valid, the count+1th of at
+ * most max, allowed by its token): 0, or 1 once req is answered (400
+ * bad_pattern or too_many_patterns, 403). Counts it in *count. */
+int tb__api_check_pattern(tb_http_req *req, const char *pat, int *count,
+                          int max);
+
+/* api_history.c: GET /history. */
+int tb__api_register_history(tb_app *app);
+
+/* The request's ?since= into out (TB_POS_MAX bytes; "" when absent):
+ * 0, or -1 once req is answered 400 (history_off: the app keeps no
+ * history; bad_since: not a position). */
+int tb__api_since(tb_http_req *req, char *out);
+
+/* {"recovered": bool, "pos": pos, "epoch": epoch}: where a resume's
+ * replay ended (tb_sub_recovery). NULL on ENOMEM. */
+json_t *tb__api_recovery_json(int recovered, const char *pos,
+                              const char *epoch);
 
 /* A message from a /ws client, parsed and checked: what it asks for, or
  * the error it is answered with. */

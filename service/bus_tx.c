@@ -20,6 +20,7 @@ struct tb__bus_tx {
     int closed;          /* under mu */
     tb__bus_reqlist inq; /* put, not yet taken; under mu */
     atomic_int pending;  /* accepted and not yet completed (cb not run) */
+    uint64_t txseq;      /* the last request's number; under mu */
     atomic_uint_fast64_t published, publish_failed;
 };
 
@@ -122,6 +123,7 @@ int tb__bus_tx_put(tb__bus_tx *tx, const tb_event *ev, tb__publish_cb cb,
         rc = TB_ENOSPC;
     if (rc == 0) {
         int first = tx->inq.head == NULL;
+        q->txseq = ++tx->txseq;
         tb__bus_reqlist_push(&tx->inq, q);
         atomic_fetch_add_explicit(&tx->pending, 1, memory_order_relaxed);
         /* Under mu: the bus closes tx under it before its thread ends, so

@@ -41,6 +41,8 @@ struct tb_event {
     char origin[48];
     int hops;      /* re-dispatches behind it (tb_dispatch_from, relays) */
     int max_depth; /* its app's json_max_depth, for tb_event_json */
+    uint64_t seq;  /* its position's seq; 0: no position */
+    char pos[TB_POS_MAX]; /* "<epoch>-<seq>" (history.h), or "" */
     /* name and data follow */
 };
 
@@ -124,6 +126,7 @@ struct tb_sub {
                              queued: queued once however many match */
     tb__listener **extra; /* patterns beyond the first (tb_sub_add) */
     int nextra, extra_cap;
+    struct tb__resume *rs; /* tb_sub_resume's state, or NULL */
 };
 
 /* ---------------------------------------------------------------- tasks */
