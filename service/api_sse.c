@@ -1,5 +1,6 @@
 /* api_sse.c - the built-in SSE endpoint, GET /sse?events=p1,p2: each
- * matching event as a text/event-stream event.
+ * matching event as a text/event-stream event, resumed after
+ * Last-Event-ID or ?since= when the app keeps a history.
  *
  * The stream is a tb_ws served by the SSE writer (ws.c, sse.c): it takes
  * GET /ws's checks (patterns, client tokens, Origin) and limits (the send
@@ -10,15 +11,23 @@
  *   event: <name>
  *   data: <envelope>      (tb_event_json, as GET /ws sends it: one line)
  * and a blank line. A comment (": ready") tells that the subscription is
- * in place; the writer adds ": keep-alive" comments when idle. */
+ * in place, with the stream's position as its id when it starts fresh; a
+ * resumed stream replays the history after its position and then sends
+ * "event: taskbus:recovered" with the websocket's {"recovered", "pos",
+ * "epoch"}. The writer adds ": keep-alive" comments when idle. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api.h"
+#include "history.h"
 #include "http.h"
 #include "internal.h"
 #include "ws.h"
+
+/* The event at the seam of a resumed stream. Event names never hold ':',
+ * so it cannot be taken for one of the app's events. */
+#define TB__SSE_RECOVERED "taskbus:recovered"
 
 size_t tb__sse_frame(char *out, size_t outsz, const char *pos, const char *name,
                      const char *data, size_t len)
@@ -63,21 +72,58 @@ size_t tb__sse_frame(char *out, size_t outsz, const char *pos, const char *name,
     return n;
 }
 
-/* Sends ev to the stream as one SSE event. 0, or tb_ws_send's code. */
+/* Sends one SSE event (tb__sse_frame's). 0, or tb_ws_send's code. */
+static int send_frame(tb_ws *ws, const char *pos, const char *name,
+                      const char *data, size_t len)
+{
+    size_t need = tb__sse_frame(NULL, 0, pos, name, data, len);
+    char *frame = malloc(need + 1);
+    if (!frame)
+        return TB_ENOMEM;
+    tb__sse_frame(frame, need + 1, pos, name, data, len);
+    int rc = tb_ws_send(ws, TB_WS_TEXT, frame, need);
+    free(frame);
+    return rc;
+}
+
+/* Sends ev to the stream as one SSE event, its position as its id. */
 static int send_event(tb_ws *ws, const tb_event *ev)
 {
     size_t len;
     const char *json = tb_event_json(ev, &len);
     if (!json)
         return TB_ENOMEM;
-    const char *pos = NULL; /* positions come with history */
-    size_t need = tb__sse_frame(NULL, 0, pos, tb_event_name(ev), json, len);
-    char *frame = malloc(need + 1);
-    if (!frame)
+    return send_frame(ws, tb_event_pos(ev), tb_event_name(ev), json, len);
+}
+
+static int send_text(tb_ws *ws, const char *text)
+{
+    return tb_ws_send(ws, TB_WS_TEXT, text, strlen(text));
+}
+
+/* At the seam between a resumed stream's replay and its live events.
+ * Resumed from a position: the recovered event, {"recovered", "pos",
+ * "epoch"} as a websocket gets it. Else (a fresh stream): the ready
+ * comment. Either with the seam's position as its id, so that a client
+ * that gets no event before it reconnects still resumes from here. */
+static int send_seam(tb_ws *ws, tb_sub *sub, int resumed)
+{
+    tb_sub_recovery info;
+    if (tb_sub_recovery_info(sub, &info) != 0)
+        return 0;
+    if (!resumed) {
+        char b[TB_POS_MAX + 32];
+        snprintf(b, sizeof b, "%s%s%s: ready\n\n", info.pos[0] ? "id: " : "",
+                 info.pos, info.pos[0] ? "\n" : "");
+        return send_text(ws, b);
+    }
+    json_t *o = tb__api_recovery_json(info.recovered, info.pos, info.epoch);
+    char *json = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!json)
         return TB_ENOMEM;
-    tb__sse_frame(frame, need + 1, pos, tb_event_name(ev), json, len);
-    int rc = tb_ws_send(ws, TB_WS_TEXT, frame, need);
-    free(frame);
+    int rc = send_frame(ws, info.pos, TB__SSE_RECOVERED, json, strlen(json));
+    free(json);
     return rc;
 }
 
@@ -118,10 +164,42 @@ static void log_line(tb_ws *ws, int level, const char *what)
             sub[0] ? ", sub \"" : "", sub, sub[0] ? "\"" : "", what);
 }
 
+/* Where the stream resumes: the Last-Event-ID of an EventSource that
+ * reconnects (it sends the URL's ?since= again, older than the last id it
+ * got), else ?since=; both checked by sse_check. "": from now. */
+static void since_of(tb_ws *ws, char out[TB_POS_MAX])
+{
+    const char *lei = tb__ws_last_event_id(ws);
+    if (lei[0])
+        snprintf(out, TB_POS_MAX, "%s", lei);
+    else if (tb_ws_query(ws, "since", out, TB_POS_MAX) < 0)
+        out[0] = '\0';
+}
+
+/* Resumes sub from the stream's position (or from now, so that the seam
+ * gives the client a position). 0, or the failure, logged; the stream
+ * then closes saying why, and an EventSource comes back later. */
+static int resume(tb_task *self, tb_ws *ws, tb_sub *sub, const char *since)
+{
+    int rc = tb_sub_resume(self, sub, since[0] ? since : NULL);
+    if (rc == 0 || rc == TB_ECANCELED)
+        return rc;
+    char msg[128];
+    snprintf(msg, sizeof msg, "cannot resume after \"%s\": %s", since,
+             tb_strerror(rc));
+    log_line(ws, TB_LOG_WARN, msg);
+    tb_ws_close(ws, 1011,
+                rc == TB_ENOTCONN || rc == TB_ETIMEDOUT
+                    ? "cannot resume: the event bus is unavailable"
+                    : "cannot resume");
+    return rc;
+}
+
 static int sse_handler(tb_task *self, tb_ws *ws, void *ud)
 {
     (void)ud;
     const tb_app_config *cfg = tb_app_get_config(tb_ws_app(ws));
+    int history = cfg->core.history_size > 0;
     int err;
     /* Room for as many events as the send queue: beyond that the client
      * is too slow anyway. */
@@ -132,14 +210,31 @@ static int sse_handler(tb_task *self, tb_ws *ws, void *ud)
         log_line(ws, TB_LOG_ERROR, msg);
         return err; /* the stream closes */
     }
-    static const char ready[] = ": ready\n\n";
-    tb_ws_send(ws, TB_WS_TEXT, ready, sizeof ready - 1);
+    char since[TB_POS_MAX] = "";
+    if (history) {
+        since_of(ws, since);
+        if (resume(self, ws, sub, since) != 0)
+            return 0;
+    }
+    /* Without a since, the seam comes first and says ready with its id. */
+    if (!history || since[0])
+        send_text(ws, ": ready\n\n");
+    int replaying = history;
     uint64_t dropped_told = 0;
     for (;;) {
         tb_event *ev;
-        if (tb_sub_next(self, sub, -1, &ev) != 0)
+        int rc = tb_sub_next(self, sub, -1, &ev);
+        if (rc == TB_SUB_LIVE) {
+            replaying = 0;
+            dropped_told = tb_sub_dropped(sub);
+            rc = send_seam(ws, sub, since[0] != '\0');
+            if (rc == TB_EPIPE || rc == TB_ENOSPC)
+                break;
+            continue;
+        }
+        if (rc != 0)
             break; /* cancelled: the client went, or the app stops */
-        int rc = send_event(ws, ev);
+        rc = send_event(ws, ev);
         tb_event_unref(ev);
         if (rc == TB_EPIPE || rc == TB_ENOSPC)
             break; /* closed, or closing as a slow client */
@@ -147,30 +242,49 @@ static int sse_handler(tb_task *self, tb_ws *ws, void *ud)
             log_line(ws, TB_LOG_WARN,
                      "an event over ws_send_queue_bytes was not sent");
         uint64_t d = tb_sub_dropped(sub);
-        if (d != dropped_told) {
-            /* EventSource shows no comment, but curl users and the log
-             * do; with positions, a client resumes past the gap. */
-            char msg[96];
-            snprintf(msg, sizeof msg, ": %llu events dropped\n\n",
-                     (unsigned long long)(d - dropped_told));
-            dropped_told = d;
-            log_line(ws, TB_LOG_WARN,
-                     "events came faster than this stream took them");
-            tb_ws_send(ws, TB_WS_TEXT, msg, strlen(msg));
+        if (replaying || d == dropped_told)
+            continue; /* what overflows a replay is read again */
+        log_line(ws, TB_LOG_WARN,
+                 "events came faster than this stream took them");
+        if (history) {
+            /* The client resumes from its last id and misses nothing. */
+            tb_ws_close(ws, 1008, "events dropped: reconnect to resume");
+            break;
         }
+        /* EventSource shows no comment, but curl users do. */
+        char msg[96];
+        snprintf(msg, sizeof msg, ": %llu events dropped\n\n",
+                 (unsigned long long)(d - dropped_told));
+        dropped_told = d;
+        send_text(ws, msg);
     }
     return 0; /* the subscription closes with this task */
 }
 
 /* Before the hand-over: the ?events= patterns must be valid and allowed,
- * and there must be some (a stream of nothing is a mistake). */
+ * and there must be some (a stream of nothing is a mistake); ?since= and
+ * Last-Event-ID must be positions. A Last-Event-ID to a server that keeps
+ * no history (any more) is ignored, not refused: an EventSource refused
+ * once never comes back. */
 static int sse_check(tb_http_req *req, void *ud)
 {
     (void)ud;
-    if (tb__api_events_check(req) == 0)
+    int n = tb__api_events_check(req);
+    if (n == 0)
         tb_http_error(req, 400, "missing_events",
                       "events: name the patterns to stream, e.g. "
                       "/sse?events=orders.*,jobs.done");
+    char since[TB_POS_MAX];
+    if (n <= 0 || tb__api_since(req, since) != 0)
+        return 0;
+    const char *lei = tb_http_header(req, "Last-Event-ID");
+    size_t len = lei ? strlen(lei) : 0;
+    tb__pos p;
+    if (len && tb_app_get_config(tb_http_app(req))->core.history_size > 0 &&
+        (len >= TB_POS_MAX || tb__pos_parse(lei, len, &p) != 0))
+        tb_http_error(req, 400, "bad_since",
+                      "Last-Event-ID must be a position as this stream's "
+                      "events carry it (id: <epoch>-<seq>)");
     return 0;
 }
 

@@ -81,9 +81,11 @@ struct tb_ws {
     tb__jwt_claims *claims; /* its client token's, or NULL */
     char request_id[72];
     char peer[48];
-    char *path;   /* raw */
-    char *query;  /* raw, or NULL */
-    char *params; /* "name\0value\0" nparams times */
+    char *path;                     /* raw */
+    char *query;                    /* raw, or NULL */
+    char *params;                   /* "name\0value\0" nparams times */
+    char last_event_id[TB_POS_MAX]; /* SSE: the request's Last-Event-ID
+                                       when it fits, else "" */
     int nparams;
 };
 
@@ -353,6 +355,9 @@ static tb_ws *ws_new(tb_http_req *req, tb__ws_route *route)
     snprintf(ws->peer, sizeof ws->peer, "?");
     ws->claims = req->claims; /* the connection's from now on */
     req->claims = NULL;
+    const char *lei = route->sse ? tb_http_header(req, "Last-Event-ID") : NULL;
+    if (lei && strlen(lei) < sizeof ws->last_event_id)
+        memcpy(ws->last_event_id, lei, strlen(lei) + 1);
     return ws;
 }
 
@@ -936,6 +941,11 @@ int tb_ws_close_code(const tb_ws *ws)
 const tb__jwt_claims *tb__ws_claims(const tb_ws *ws)
 {
     return ws->claims;
+}
+
+const char *tb__ws_last_event_id(const tb_ws *ws)
+{
+    return ws->last_event_id;
 }
 
 const char *tb__ws_sub(const tb_ws *ws)

@@ -55,6 +55,10 @@ const tb__wsconn_ops *tb__sse_stream_ops(void);
  * NULL: the API token, or none needed. */
 const tb__jwt_claims *tb__ws_claims(const tb_ws *ws);
 
+/* The Last-Event-ID header of the request that opened an SSE stream ("":
+ * none, or longer than a position can be). Valid as long as ws. */
+const char *tb__ws_last_event_id(const tb_ws *ws);
+
 /* The sub of ws's client token, for log lines ("" without one). */
 const char *tb__ws_sub(const tb_ws *ws);
 

@@ -5,8 +5,12 @@ comments at --sse-keepalive, the 400s of bad ?events=, the websocket rules
 (Origin, --sse-max-clients 503, the API token and client tokens with their
 claims, 403 forbidden naming the pattern, a stream ended when its token
 expires, a slow client closed and counted), clients that vanish or send
-half a request or garbage, 200 streams that hold no HTTP thread, and the
-streams ended at once when the service stops.
+half a request or garbage, 200 streams that hold no HTTP thread, the
+streams ended at once when the service stops, and resuming: each event's
+position as its id, ?since= and Last-Event-ID (which wins) replaying the
+history up to the taskbus:recovered event, recovered false for a lost
+position, 400 bad_since and history_off, and a real EventSource that
+reconnects by itself and misses nothing.
 
 How it runs is tbharness.py's (groups of cases, each group on servers of
 its own, each server SIGTERMed at the end and checked for exit 0). CTest
@@ -144,8 +148,13 @@ class SSE:
         return b["comments"][0]
 
     def ready(self):
-        c = self.comment()
-        check(c == "ready", f"first comment {c!r}, want 'ready'")
+        """The first block: the ready comment (with history on, and no
+        position to resume from, carrying the stream's position as its
+        id, kept in self.start)."""
+        b = self.block()
+        check(b is not None and b["comments"] == ["ready"] and
+              "event" not in b, f"first block {b}, want ': ready'")
+        self.start = b.get("id")
         return self
 
     def event(self, timeout=None):
@@ -197,9 +206,13 @@ async def refused(port, path, headers=None):
 
 
 def check_event(b, name, data, post_id):
+    """An event block: its name, one data line with the envelope, and its
+    position as its id (no id line for an event without one)."""
     check(b.get("event") == name, f"event field {b.get('event')!r}, want "
                                   f"{name!r}")
-    check("id" not in b, f"an id line without a position: {b['lines']}")
+    pos = b["json"].get("pos")
+    check(b.get("id") == pos,
+          f"id {b.get('id')!r}, the envelope's pos {pos!r}: {b['lines']}")
     check(sum(1 for l in b["lines"] if l.startswith("data:")) == 1,
           f"the envelope is not one data line: {b['lines']}")
     check_envelope(b["json"], name, data, post_id)
@@ -225,8 +238,8 @@ async def healthz_fast(srv, limit=2.0):
 
 async def t_order(ctx):
     """Events in order, each with event:, one data: line (the envelope, as
-    websockets get it) and no id: (no positions without history); the head
-    of a stream; data holding newlines stays on one line."""
+    websockets get it) and id: its position (none without history); the
+    head of a stream; data holding newlines stays on one line."""
     srv = ctx.srv
     c = await sse(srv.port, "/sse?events=ord.*,solo.x")
     try:
@@ -275,13 +288,19 @@ async def t_curl(ctx):
         async def line():
             return (await asyncio.wait_for(p.stdout.readline(), T(10))
                     ).decode().rstrip("\n")
-        check(await line() == ": ready", "curl: no ': ready' first")
+        first = await line()
+        if first.startswith("id: "):  # with history: where it starts
+            first = await line()
+        check(first == ": ready", f"curl: {first!r}, want ': ready'")
         check(await line() == "", "curl: no blank line after ': ready'")
         i = await post(srv, "curl.x", b"via curl")
+        idl = await line()
         check(await line() == "event: curl.x", "curl: no event line")
         d = await line()
         check(d.startswith("data: "), f"curl: {d!r}")
-        check_envelope(json.loads(d[6:]), "curl.x", "via curl", i)
+        ev = json.loads(d[6:])
+        check_envelope(ev, "curl.x", "via curl", i)
+        check(idl == f"id: {ev['pos']}", f"curl: {idl!r}, pos {ev['pos']}")
         check(await line() == "", "curl: no blank line after the event")
     finally:
         if p.returncode is None:
@@ -646,57 +665,267 @@ async def t_expiry(ctx):
 
 # --- a real EventSource client
 
-async def t_eventsource(ctx):
-    """The npm package eventsource (pinned in sse_client/) receives events
-    in order with their names and envelopes."""
-    srv = ctx.srv
-    node = shutil.which("node")
-    mods = os.path.join(CLIENT_DIR, "node_modules", "eventsource")
-    if not node or not os.path.isdir(mods):
+class EventSourceClient:
+    """tests/integration/sse_client/client.mjs (the npm package
+    eventsource) on a URL: one JSON line per thing it sees. Use with async
+    with; close() kills it if it is still running."""
+
+    def __init__(self, url, names, count):
+        self.argv = [os.path.join(CLIENT_DIR, "client.mjs"), url,
+                     ",".join(names), str(count)]
+        self.p = None
+
+    @staticmethod
+    def missing():
+        """Why the client cannot run here (fails under CI=true), or
+        None."""
+        mods = os.path.join(CLIENT_DIR, "node_modules", "eventsource")
+        if shutil.which("node") and os.path.isdir(mods):
+            return None
         msg = (f"no node or no {mods}: run bash .ci/dev.sh test, or npm ci "
                f"in {CLIENT_DIR}")
         check(os.environ.get("CI") != "true", msg)
-        return "SKIPPED: " + msg
-    n = 20
-    p = await asyncio.create_subprocess_exec(
-        node, os.path.join(CLIENT_DIR, "client.mjs"),
-        f"http://{HOST}:{srv.port}/sse?events=es.*", "es.n,es.warm", str(n),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        cwd=CLIENT_DIR)
-    seen = []
-    try:
-        async def line():
-            return json.loads(await asyncio.wait_for(p.stdout.readline(),
-                                                     T(10)))
-        check((await line()).get("open"), "no open first")
-        # EventSource shows no comments: warm-up events until one arrives
-        # say that the subscription is in place.
+        return msg
+
+    async def __aenter__(self):
+        self.p = await asyncio.create_subprocess_exec(
+            shutil.which("node"), *self.argv, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=CLIENT_DIR)
+        check((await self.line()).get("open"), "no open first")
+        return self
+
+    async def __aexit__(self, *exc):
+        if self.p.returncode is None:
+            self.p.kill()
+            await self.p.wait()
+
+    async def line(self, timeout=None):
+        return json.loads(await asyncio.wait_for(self.p.stdout.readline(),
+                                                 timeout or T(15)))
+
+    async def warm(self, srv, name):
+        """Posts name until the client sees one: EventSource shows no
+        comments, so this says that the subscription is in place."""
         while True:
-            await post(srv, "es.warm", b"")
+            await post(srv, name, b"")
             try:
-                o = json.loads(await asyncio.wait_for(p.stdout.readline(),
-                                                      0.2))
-                check(o.get("event") == "es.warm", f"warming up: {o}")
-                break
+                o = await self.line(0.2)
             except asyncio.TimeoutError:
-                pass
-        ids = [await post(srv, "es.n", str(i).encode()) for i in range(n)]
-        while len(seen) < n:
-            o = await line()
-            if o.get("event") == "es.warm":
                 continue
-            check(o.get("event") == "es.n", f"EventSource saw {o}")
-            seen.append(o)
-        rc = await asyncio.wait_for(p.wait(), T(10))
+            check(o.get("event") == name, f"warming up: {o}")
+            return
+
+    async def until(self, name, n, seen, also=None):
+        """Reads until seen (a list) holds n events named name; other
+        lines go to also(o) (or are dropped)."""
+        while len(seen) < n:
+            o = await self.line()
+            if o.get("event") == name:
+                seen.append(o)
+            elif also:
+                also(o)
+
+    async def finish(self):
+        rc = await asyncio.wait_for(self.p.wait(), T(10))
         check(rc == 0, f"client exit {rc}")
-    finally:
-        if p.returncode is None:
-            p.kill()
-            await p.wait()
+
+
+async def t_eventsource(ctx):
+    """The npm package eventsource (pinned in sse_client/) receives events
+    in order with their names, envelopes and positions as lastEventId."""
+    srv = ctx.srv
+    why = EventSourceClient.missing()
+    if why:
+        return "SKIPPED: " + why
+    n = 20
+    url = f"http://{HOST}:{srv.port}/sse?events=es.*"
+    seen = []
+    async with EventSourceClient(url, ["es.n", "es.warm"], n) as es:
+        await es.warm(srv, "es.warm")
+        ids = [await post(srv, "es.n", str(i).encode()) for i in range(n)]
+        await es.until("es.n", n, seen)
+        await es.finish()
     for i, o in enumerate(seen):
         check_envelope(o["data"], "es.n", str(i), ids[i])
-        check(o["id"] == "", f"lastEventId {o['id']!r} without history")
+        check(o["id"] == o["data"]["pos"],
+              f"lastEventId {o['id']!r}, its pos {o['data']['pos']!r}")
     return f"{n} events through EventSource"
+
+
+# --- resuming: positions, ?since=, Last-Event-ID
+
+async def post_all(srv, names):
+    """POSTs an event per name (data: the name); their envelopes' ids."""
+    return [await post(srv, n, n.encode()) for n in names]
+
+
+async def positions(srv, names):
+    """{name: position} of the events posted under names, from GET
+    /history."""
+    r = await ahttp(srv.port, "GET", "/history?events=" + ",".join(names))
+    check_status(r, 200, what="GET /history")
+    return {e["name"]: e["pos"] for e in r.json["events"]}
+
+
+async def recovered_block(c, timeout=None):
+    b = await asyncio.to_thread(c.event, timeout)
+    check(b.get("event") == "taskbus:recovered",
+          f"want the taskbus:recovered event, got {b['lines']}")
+    return b
+
+
+async def t_resume_since(ctx):
+    """?since= replays what came after it, each event with its id, then
+    the taskbus:recovered event (recovered true, its id the seam), then
+    live events; a fresh stream's ready block carries the position to
+    resume from."""
+    srv = ctx.s["res"]
+    names = [f"rs.n{i}" for i in range(5)]
+    ids = await post_all(srv, names)
+    pos = await positions(srv, names)
+    c = (await sse(srv.port, f"/sse?events=rs.*&since={pos['rs.n1']}")).ready()
+    try:
+        for i in (2, 3, 4):
+            check_event(await asyncio.to_thread(c.event), names[i], names[i],
+                        ids[i])
+        b = await recovered_block(c)
+        check(b["json"] == {"recovered": True, "pos": pos["rs.n4"],
+                            "epoch": pos["rs.n4"].split("-")[0]},
+              f"recovered {b['json']}")
+        check(b.get("id") == pos["rs.n4"], f"the seam's id {b.get('id')!r}")
+        i = await post(srv, "rs.live", b"live")
+        check_event(await asyncio.to_thread(c.event), "rs.live", "live", i)
+    finally:
+        c.close()
+    fresh = (await sse(srv.port, "/sse?events=rs.*")).ready()
+    fresh.close()
+    top = (await positions(srv, ["rs.live"]))["rs.live"]
+    check(fresh.start == top, f"a fresh stream starts at {fresh.start!r}, "
+                              f"the history's end is {top!r}")
+
+
+async def t_last_event_id(ctx):
+    """Last-Event-ID (what an EventSource sends when it reconnects) wins
+    over the URL's ?since= (which it sends again)."""
+    srv = ctx.s["res"]
+    names = [f"le.n{i}" for i in range(4)]
+    ids = await post_all(srv, names)
+    pos = await positions(srv, names)
+    c = (await sse(srv.port, f"/sse?events=le.*&since={pos['le.n0']}",
+                   {"Last-Event-ID": pos["le.n2"]})).ready()
+    try:
+        check_event(await asyncio.to_thread(c.event), "le.n3", "le.n3",
+                    ids[3])
+        b = await recovered_block(c)
+        check(b["json"]["recovered"] is True, f"recovered {b['json']}")
+    finally:
+        c.close()
+
+
+async def t_not_recovered(ctx):
+    """A position from another epoch, or past the history's end: nothing
+    replayed, taskbus:recovered with recovered false and where to go on
+    from."""
+    srv = ctx.s["res"]
+    await post(srv, "nr.x", b"x")
+    top = (await positions(srv, ["nr.x"]))["nr.x"]
+    epoch, seq = top.split("-")
+    other = ("0" if epoch[0] != "0" else "1") + epoch[1:]
+    for since in (f"{other}-1", f"{epoch}-{int(seq) + 1000}"):
+        c = (await sse(srv.port, f"/sse?events=nr.*&since={since}")).ready()
+        try:
+            b = await recovered_block(c)
+            check(b["json"] == {"recovered": False, "pos": top,
+                                "epoch": epoch},
+                  f"since {since}: {b['json']}")
+        finally:
+            c.close()
+
+
+async def t_bad_since(ctx):
+    """A ?since= or Last-Event-ID that is no position: 400 bad_since, with
+    the code /ws uses."""
+    srv = ctx.s["res"]
+    for path, headers in (
+            ("/sse?events=a.*&since=nope", None),
+            ("/sse?events=a.*&since=abc-1", None),
+            ("/sse?events=a.*&since=0123456789abcdef-01", None),
+            ("/sse?events=a.*&since=" + "1" * 100, None),
+            ("/sse?events=a.*", {"Last-Event-ID": "nope"}),
+            ("/sse?events=a.*", {"Last-Event-ID": "0123456789abcdef-1 x"}),
+            ("/sse?events=a.*", {"Last-Event-ID": "1" * 300})):
+        r = await refused(srv.port, path, headers)
+        check_status(r, 400, "bad_since", f"{path} {headers}")
+
+
+async def t_history_off(ctx):
+    """--history-size 0: events have no id, the ready comment none;
+    ?since= is 400 history_off (as on /ws); a Last-Event-ID is ignored (an
+    EventSource refused once would never come back)."""
+    srv = ctx.s["nohist"]
+    r = await refused(srv.port, "/sse?events=a.*&since=0123456789abcdef-1")
+    check_status(r, 400, "history_off", "?since= without history")
+    c = (await sse(srv.port, "/sse?events=nh.*",
+                   {"Last-Event-ID": "0123456789abcdef-1"})).ready()
+    try:
+        check(c.start is None, f"an id without history: {c.start!r}")
+        i = await post(srv, "nh.x", b"x")
+        b = await asyncio.to_thread(c.event)
+        check_event(b, "nh.x", "x", i)
+        check("id" not in b, f"an id line without history: {b['lines']}")
+    finally:
+        c.close()
+
+
+async def t_eventsource_reconnect(ctx):
+    """A real EventSource whose stream ends (its task cancelled) comes
+    back by itself with Last-Event-ID, and gets every event posted while
+    it was away, once, in order, then the live ones."""
+    srv = ctx.s["res"]
+    why = EventSourceClient.missing()
+    if why:
+        return "SKIPPED: " + why
+    n = 30
+    url = f"http://{HOST}:{srv.port}/sse?events=rc.*"
+    seen, recovered, errors = [], [], []
+
+    def other(o):
+        if o.get("event") == "taskbus:recovered":
+            recovered.append(o)
+        elif "error" in o:
+            errors.append(o)
+
+    async with EventSourceClient(url, ["rc.n", "rc.warm", "taskbus:recovered"],
+                                 n) as es:
+        await es.warm(srv, "rc.warm")
+        ids = [await post(srv, "rc.n", str(i).encode()) for i in range(10)]
+        await es.until("rc.n", 10, seen, other)
+        # End the stream from the server: its handler task is cancelled.
+        tasks = await tasks_named(srv, "sse:")
+        check(len(tasks) == 1, f"sse tasks {tasks}")
+        r = await ahttp(srv.port, "DELETE", "/tasks/" + tasks.pop())
+        check_status(r, 200, what="DELETE the stream's task")
+        while not errors:  # the client noticed, and waits to reconnect
+            other(await es.line())
+        # Posted while the client is away: only the history has them.
+        ids += [await post(srv, "rc.n", str(i).encode())
+                for i in range(10, 20)]
+        await es.until("rc.n", 20, seen, other)
+        while not recovered:
+            other(await es.line())
+        ids += [await post(srv, "rc.n", str(i).encode())
+                for i in range(20, n)]
+        await es.until("rc.n", n, seen, other)
+        await es.finish()
+    check([o["data"]["id"] for o in seen] == ids,
+          f"events out of order, missing or twice: "
+          f"{[o['data']['data'] for o in seen]}")
+    for i, o in enumerate(seen):
+        check_envelope(o["data"], "rc.n", str(i), ids[i])
+        check(o["id"] == o["data"]["pos"], f"lastEventId {o['id']!r}")
+    check(len(recovered) == 1 and recovered[0]["data"]["recovered"] is True,
+          f"recovered events {recovered}")
+    return f"{n} events, one reconnect ({len(errors)} error event(s))"
 
 
 def server(name, *args):
@@ -705,7 +934,8 @@ def server(name, *args):
 
 GROUPS = [
     ("stream", lambda: {"main": TaskbusServer("main", *MAIN_ARGS)}, [
-        ("events in order: event, one data line, no id", t_order, 30),
+        ("events in order: id (the position), event, one data line",
+         t_order, 30),
         ("curl -N", t_curl, 30),
         ("bad ?events=, Origin, methods: 400/403/405/404 JSON",
          t_bad_requests, 30),
@@ -738,6 +968,21 @@ GROUPS = [
         ("API token, client token claims, 403 forbidden with the pattern",
          t_auth, 30),
         ("a client token's expiry ends the stream", t_expiry, 30),
+    ]),
+    ("resume", lambda: {"res": TaskbusServer("res"),
+                        "nohist": TaskbusServer("nohist", "--history-size",
+                                                "0")}, [
+        ("?since= replays, then taskbus:recovered, then live", t_resume_since,
+         30),
+        ("Last-Event-ID wins over ?since=", t_last_event_id, 30),
+        ("another epoch, past the end: recovered false", t_not_recovered,
+         30),
+        ("?since= and Last-Event-ID not positions: 400 bad_since",
+         t_bad_since, 30),
+        ("--history-size 0: no ids, history_off, Last-Event-ID ignored",
+         t_history_off, 30),
+        ("EventSource reconnects with Last-Event-ID, misses nothing",
+         t_eventsource_reconnect, 90),
     ]),
     ("stop", server("stop"), [
         ("SIGTERM ends the streams at once", t_stop, 30),

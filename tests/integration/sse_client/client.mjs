@@ -3,6 +3,8 @@
 // prints one JSON line per thing it sees ({"open": true}, {"event", "id",
 // "data"}, {"error"}), and exits 0 once it has count events named `name`
 // ("warm" events, sent until one arrives, tell it the stream is live).
+// When the stream ends, EventSource reconnects by itself and sends the
+// last id it got as Last-Event-ID: the events keep coming from there.
 //
 //   node client.mjs URL NAMES COUNT [TOKEN]
 //
