@@ -234,6 +234,27 @@ static int sse_handler(tb_task *self, tb_ws *ws, void *ud)
         }
         if (rc != 0)
             break; /* cancelled: the client went, or the app stops */
+        uint64_t d = tb_sub_dropped(sub);
+        if (!replaying && d != dropped_told) { /* replay reads them again */
+            log_line(ws, TB_LOG_WARN,
+                     "events came faster than this stream took them");
+            if (history) {
+                /* A subscription drops its oldest events: ev may come
+                 * after the gap, and sent it would move the client's
+                 * Last-Event-ID past events it never got. Closed here
+                 * instead, the client resumes from the last event before
+                 * the gap and misses nothing. */
+                tb_event_unref(ev);
+                tb_ws_close(ws, 1008, "events dropped: reconnect to resume");
+                break;
+            }
+            /* EventSource shows no comment, but curl users do. */
+            char msg[96];
+            snprintf(msg, sizeof msg, ": %llu events dropped\n\n",
+                     (unsigned long long)(d - dropped_told));
+            dropped_told = d;
+            send_text(ws, msg);
+        }
         rc = send_event(ws, ev);
         tb_event_unref(ev);
         if (rc == TB_EPIPE || rc == TB_ENOSPC)
@@ -241,22 +262,6 @@ static int sse_handler(tb_task *self, tb_ws *ws, void *ud)
         if (rc == TB_EMSGSIZE)
             log_line(ws, TB_LOG_WARN,
                      "an event over ws_send_queue_bytes was not sent");
-        uint64_t d = tb_sub_dropped(sub);
-        if (replaying || d == dropped_told)
-            continue; /* what overflows a replay is read again */
-        log_line(ws, TB_LOG_WARN,
-                 "events came faster than this stream took them");
-        if (history) {
-            /* The client resumes from its last id and misses nothing. */
-            tb_ws_close(ws, 1008, "events dropped: reconnect to resume");
-            break;
-        }
-        /* EventSource shows no comment, but curl users do. */
-        char msg[96];
-        snprintf(msg, sizeof msg, ": %llu events dropped\n\n",
-                 (unsigned long long)(d - dropped_told));
-        dropped_told = d;
-        send_text(ws, msg);
     }
     return 0; /* the subscription closes with this task */
 }

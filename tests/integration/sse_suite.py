@@ -9,8 +9,10 @@ half a request or garbage, 200 streams that hold no HTTP thread, the
 streams ended at once when the service stops, and resuming: each event's
 position as its id, ?since= and Last-Event-ID (which wins) replaying the
 history up to the taskbus:recovered event, recovered false for a lost
-position, 400 bad_since and history_off, and a real EventSource that
-reconnects by itself and misses nothing.
+position, 400 bad_since and history_off, a real EventSource that
+reconnects by itself and misses nothing, and a subscription overflowed
+by a burst (50 relay tasks answering one event): closed and resumed
+without loss with history, told how many it dropped without.
 
 How it runs is tbharness.py's (groups of cases, each group on servers of
 its own, each server SIGTERMed at the end and checked for exit 0). CTest
@@ -928,6 +930,103 @@ async def t_eventsource_reconnect(ctx):
     return f"{n} events, one reconnect ({len(errors)} error event(s))"
 
 
+# --- a subscription that overflows
+
+FAN = 50  # relay tasks: one event in, FAN events out at once
+
+
+async def fan_out(srv):
+    """FAN relay tasks that each answer fan.go with a burst.x (same data),
+    all subscribed: a warm-up fan.go has reached every one. A fan.go then
+    queues FAN events at once on every worker: more than a subscription of
+    --ws-send-queue-msgs 4 holds."""
+    for k in range(FAN):
+        r = await ahttp(srv.port, "POST", "/tasks",
+                        {"kind": "relay", "name": f"fan{k}",
+                         "args": {"pattern": "fan.go", "event": "burst.x"}})
+        check_status(r, 201, what="POST /tasks (relay)")
+
+    async def all_answer():
+        await post(srv, "fan.go", b"warm")
+        await asyncio.sleep(0.2)
+        r = await ahttp(srv.port, "GET", "/tasks?limit=1000")
+        ours = [t for t in r.json["tasks"] if t["name"].startswith("fan")]
+        return len(ours) == FAN and all(t["state"] == "running" for t in ours)
+
+    check(await poll_until(all_answer, T(10)), "the relays are not running")
+
+
+async def t_burst_history(ctx):
+    """With history, a stream whose subscription overflows is closed
+    ('events dropped: reconnect to resume') instead of going on with a
+    gap; resumed from its last id it gets the rest: every event of the
+    burst once."""
+    srv = ctx.s["bh"]
+    await fan_out(srv)
+    c = (await sse(srv.port, "/sse?events=burst.*")).ready()
+    last, got = c.start, []
+    try:
+        await post(srv, "fan.go", b"go")
+        blocks = await asyncio.to_thread(c.until_eof, T(15))
+    finally:
+        c.close()
+    for b in blocks:
+        if "data" in b:
+            b["json"] = json.loads(b["data"])
+            if b["json"]["data"] == "go":
+                got.append(b["json"]["pos"])
+        last = b.get("id", last)
+    notes = [n for b in blocks for n in b["comments"]]
+    check("closing: events dropped: reconnect to resume" in notes,
+          f"the stream ended with {notes[-3:]}")
+    first = len(got)
+    c = (await sse(srv.port, "/sse?events=burst.*",
+                   {"Last-Event-ID": last})).ready()
+    try:
+        while True:
+            b = await asyncio.to_thread(c.event)
+            if b["event"] == "taskbus:recovered":
+                check(b["json"]["recovered"] is True, f"{b['json']}")
+                break
+            if b["json"]["data"] == "go":
+                got.append(b["json"]["pos"])
+    finally:
+        c.close()
+    r = await ahttp(srv.port, "GET", "/history?events=burst.x&limit=1000")
+    want = [e["pos"] for e in r.json["events"] if e["data"] == "go"]
+    check(len(want) == FAN, f"the history holds {len(want)} of the burst")
+    check(sorted(got) == sorted(want) and len(set(got)) == FAN,
+          f"got {len(got)} ({len(set(got))} distinct) of {FAN}: {first} "
+          f"before the close, resumed after {last}: {got} (want {want})")
+    return f"{first} before the close, {len(got) - first} on resuming"
+
+
+async def t_burst_no_history(ctx):
+    """Without history, an overflowing stream goes on and says how many
+    events it dropped (': N events dropped'), which a curl user sees."""
+    srv = ctx.s["bn"]
+    await fan_out(srv)
+    c = (await sse(srv.port, "/sse?events=burst.*")).ready()
+    got, dropped = 0, 0
+    try:
+        await post(srv, "fan.go", b"go")
+        while got + dropped < FAN:
+            b = await asyncio.to_thread(c.block)
+            check(b is not None, "the stream ended")
+            if "data" in b:
+                got += json.loads(b["data"])["data"] == "go"
+            for n in b["comments"]:
+                if n.endswith("events dropped"):
+                    dropped += int(n.split()[0])
+    finally:
+        c.close()
+    check(dropped > 0 and got + dropped == FAN,
+          f"{got} events and {dropped} dropped of {FAN}")
+    check("events came faster than this stream took them" in
+          srv.log_text(), "the drop is not logged")
+    return f"{got} events, {dropped} dropped"
+
+
 def server(name, *args):
     return lambda: {name: TaskbusServer(name, *args)}
 
@@ -983,6 +1082,14 @@ GROUPS = [
          t_history_off, 30),
         ("EventSource reconnects with Last-Event-ID, misses nothing",
          t_eventsource_reconnect, 90),
+    ]),
+    ("burst", lambda: {"bh": TaskbusServer("bh", "--ws-send-queue-msgs", "4"),
+                       "bn": TaskbusServer("bn", "--ws-send-queue-msgs", "4",
+                                           "--history-size", "0")}, [
+        ("an overflow with history: closed, resumed, nothing lost",
+         t_burst_history, 60),
+        ("an overflow without history: ': N events dropped'",
+         t_burst_no_history, 60),
     ]),
     ("stop", server("stop"), [
         ("SIGTERM ends the streams at once", t_stop, 30),
