@@ -39,8 +39,6 @@ typedef struct sse_stream {
     tb__ws_limits lim;
     int64_t last_us; /* when something was last queued (tb__mono_us) */
     int closing;     /* no more sends; the socket shuts once q drains */
-    int in_flush;    /* inside a nested flush: end() only marks */
-    int ended;
     int end_code;
     const char *end_why;
     char peer[48];
@@ -61,26 +59,22 @@ static void arm(sse_stream *s, int ms)
     evtimer_add(s->timer, &tv);
 }
 
-/* Writes what the socket takes; the rest waits for EV_WRITE. */
-static void flush(sse_stream *s)
+/* Writes what the socket takes; the rest waits for EV_WRITE. Returns
+ * why the stream is done (the write failed, or a closing stream is all
+ * written: its socket is shut), for the caller to end it; else NULL. The
+ * caller ends it, so that nothing here frees s under a caller's feet. */
+static const char *flush(sse_stream *s)
 {
-    if (s->ended)
-        return;
     int rc = tb__outq_write(&s->q, s->fd);
-    if (rc < 0)
-        end(s, 1006, "the connection failed (write)");
-    if (rc <= 0)
-        return;
-    if (s->closing) {
-        shutdown(s->fd, SHUT_WR); /* the client reads the end of the body */
-        end(s, s->end_code, s->end_why);
+    if (rc < 0) {
+        s->end_code = 1006;
+        return "the connection failed (write)";
     }
-}
-
-static void schedule_flush(sse_stream *s)
-{
-    if (!s->ended)
-        tb__outq_schedule(&s->q);
+    if (rc > 0 && s->closing) {
+        shutdown(s->fd, SHUT_WR); /* the client reads the end of the body */
+        return s->end_why;
+    }
+    return NULL;
 }
 
 static void on_write(evutil_socket_t fd, short what, void *arg)
@@ -89,7 +83,9 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     (void)what;
     sse_stream *s = arg;
     s->q.flush_due = 0;
-    flush(s);
+    const char *why = flush(s);
+    if (why)
+        end(s, s->end_code, why);
 }
 
 /* The client sends nothing after its request: bytes are dropped, and its
@@ -129,7 +125,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     if (evbuffer_get_length(s->q.buf) == 0) {
         static const char ka[] = ": keep-alive\n\n";
         if (evbuffer_add(s->q.buf, ka, sizeof ka - 1) == 0)
-            schedule_flush(s);
+            tb__outq_schedule(&s->q);
     }
     s->last_us = now;
     arm(s, s->lim.ping_interval_ms);
@@ -173,17 +169,15 @@ static int stream_send(tb__wsconn *c, int binary, const void *data, size_t len)
 {
     (void)binary;
     sse_stream *s = S(c);
-    if (s->ended || s->closing)
+    if (s->closing)
         return TB_EPIPE;
     if (tb__outq_over(&s->q, &s->lim, len) && !s->q.wev_added) {
         /* Counting what this loop turn queued and did not offer to the
          * socket yet: offer it now, and count only what it does not take
          * (as websockets do). */
-        s->in_flush++;
-        flush(s);
-        s->in_flush--;
-        if (s->ended) {
-            end(s, s->end_code, s->end_why);
+        const char *why = flush(s);
+        if (why) {
+            end(s, s->end_code, why);
             return TB_EPIPE;
         }
     }
@@ -202,7 +196,7 @@ static int stream_send(tb__wsconn *c, int binary, const void *data, size_t len)
         return TB_ENOMEM;
     s->q.msgs++;
     s->last_us = tb__mono_us();
-    schedule_flush(s);
+    tb__outq_schedule(&s->q);
     return 0;
 }
 
@@ -211,7 +205,7 @@ static int stream_send(tb__wsconn *c, int binary, const void *data, size_t len)
 static void stream_close(tb__wsconn *c, int code, const char *reason)
 {
     sse_stream *s = S(c);
-    if (s->ended || s->closing)
+    if (s->closing)
         return;
     s->closing = 1;
     s->end_code = code;
@@ -227,7 +221,7 @@ static void stream_close(tb__wsconn *c, int code, const char *reason)
     }
     event_del(s->timer);
     arm(s, s->lim.close_timeout_ms);
-    schedule_flush(s);
+    tb__outq_schedule(&s->q);
 }
 
 static void stream_pause(tb__wsconn *c, int paused)
@@ -239,29 +233,17 @@ static void stream_pause(tb__wsconn *c, int paused)
 static void stream_abort(tb__wsconn *c)
 {
     sse_stream *s = S(c);
-    if (s->ended)
-        return;
     if (!s->closing)
         stream_close(c, 1001, "server stopping");
-    s->in_flush++;
-    flush(s); /* one try; the socket may be full */
-    s->in_flush--;
-    end(s, s->end_code, "the server is stopping");
+    const char *why = flush(s); /* one try; the socket may be full */
+    end(s, s->end_code, why ? why : "the server is stopping");
 }
 
-/* Ends the stream: tells the core, closes the socket, frees. Inside a
- * nested flush only marks it; the caller finishes. */
+/* Ends the stream: tells the core, closes the socket, frees. Only from
+ * the writer's own callbacks and ops, each of which returns right after
+ * (the core never uses a stream after tb__ws_on_end). */
 static void end(sse_stream *s, int code, const char *why)
 {
-    if (s->in_flush) {
-        if (!s->ended) {
-            s->ended = 1;
-            s->end_code = code;
-            s->end_why = why;
-        }
-        return;
-    }
-    s->ended = 1;
     tb__ws_on_end(s->ws, code, why ? why : "closed");
     event_free(s->rev);
     event_free(s->timer);
