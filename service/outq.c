@@ -5,7 +5,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
-#include "internal.h"
+#include "adapter.h"
 
 int tb__outq_init(tb__outq *q, struct event_base *base, int fd,
                   void (*on_write)(int fd, short what, void *arg), void *arg)
