@@ -328,6 +328,8 @@ typedef struct tb__bus_req {
     int64_t sent_us;     /* monotonic, last time the bus sent it */
     uint64_t txseq;      /* its number in the queue: 1, 2, ... in the
                             order the bus sends them (first time) */
+    int batch;           /* the bus's: on the first request one command
+                            carried, how many it carried */
     size_t chlen;
     char id[TB_EVENT_ID_MAX];
     char channel[]; /* the bus's prefix and the event name */

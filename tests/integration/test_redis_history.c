@@ -156,38 +156,56 @@ static void test_history_plain_publish_and_flush(void **state)
     assert_int_equal(rh_app_stop(ra), 0);
 }
 
-/* The script run twice with the same publish number (a resend after a
- * reply was lost) appends and publishes once. */
+/* The script run twice with the same publish numbers (a resend after a
+ * reply was lost) appends and publishes once; a batch with one old and
+ * one new number appends the new one only. */
 static void test_history_resend_once(void **state)
 {
     (void)state;
     rh_server *srv = rh_server_start(NULL, NULL, NULL);
     const char *env = "{\"id\":\"x-1\",\"name\":\"r.ev\",\"data\":\"d\"}";
-    const char *args[] = {
-        "EVAL",     tb__rh_pub.body, "3", "{t}:hist", "{t}:hmeta", "{t}:htx:x",
-        "0123abcd", "t:event:r.ev",  env, "r.ev",     "=100",      "60000",
-        "7",        "60000",         NULL};
-    assert_int_equal(cli_num(srv, args), 1);
-    assert_int_equal(cli_num(srv, args), 0); /* the resend */
-    args[12] = "8";                          /* the next one */
+    const char *args[] = {"EVAL",
+                          tb__rh_pub.body,
+                          "3",
+                          "{t}:hist",
+                          "{t}:hmeta",
+                          "{t}:htx:x",
+                          "0123abcd",
+                          "=100",
+                          "60000",
+                          "60000",
+                          "t:event:r.ev",
+                          env,
+                          "r.ev",
+                          "7",
+                          "t:event:r.ev",
+                          env,
+                          "r.ev",
+                          "8",
+                          NULL};
     assert_int_equal(cli_num(srv, args), 2);
-    assert_int_equal(CLI_NUM(srv, "XLEN", "{t}:hist"), 2);
-    char out[512];
+    assert_int_equal(cli_num(srv, args), 0); /* the resend */
+    args[13] = "8";                          /* one old, one new */
+    args[17] = "9";
+    assert_int_equal(cli_num(srv, args), 1);
+    assert_int_equal(CLI_NUM(srv, "XLEN", "{t}:hist"), 3);
+    assert_int_equal(CLI_NUM(srv, "HGET", "{t}:hmeta", "seq"), 3);
+    char out[1024];
     assert_int_equal(
         rh_cli(srv, out, sizeof out, "XRANGE", "{t}:hist", "-", "+"), 0);
     assert_non_null(strstr(out, "1-0"));
-    assert_non_null(strstr(out, "2-0"));
+    assert_non_null(strstr(out, "3-0"));
     /* The epoch: our half, then 8 hex digits of Redis's clock. */
     const char *p = strstr(out, ",\"pos\":\"0123abcd"), *p2;
     assert_non_null(p);
     while ((p2 = strstr(p + 1, ",\"pos\":\"0123abcd")) != NULL)
-        p = p2; /* the second entry's */
+        p = p2; /* the last entry's */
     tb__pos pos;
     const char *q = strchr(p + 8, '"');
     assert_non_null(q);
     assert_int_equal(tb__pos_parse(p + 8, (size_t)(q - p - 8), &pos), 0);
     assert_int_equal(strlen(pos.epoch), 16);
-    assert_int_equal(pos.seq, 2);
+    assert_int_equal(pos.seq, 3);
 }
 
 /* History off: plain PUBLISH (no script, no keys) and no positions. */
