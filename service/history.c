@@ -475,6 +475,8 @@ int tb_history_read(tb_app *app, const char *const *patterns, int npatterns,
         }
         int at_end = pg.n < PAGE && i == pg.n;
         out->more = !at_end && after < pg.top;
+        if (at_end) /* everything up to the end was looked at */
+            tb__pos_format(out->next, out->epoch, pg.top);
         tb__hist_page_release(&pg);
         if (at_end || out->n == limit || scanned >= budget)
             break;

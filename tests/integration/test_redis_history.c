@@ -121,6 +121,9 @@ static void test_history_stream(void **state)
     th_nap_ms(50);
     assert_int_equal(tb_history_read(ra->app, NULL, 0, NULL, 100, &h), 0);
     assert_int_equal(h.n, 0);
+    char end[TB_POS_MAX];
+    tb__pos_format(end, epoch, 8);
+    assert_string_equal(h.next, end); /* to go on from: the end */
     tb_history_free(&h);
     publish_n(ra->app, "h.ev", 9, 1);
     assert_int_equal(tb_history_read(ra->app, NULL, 0, NULL, 100, &h), 0);
