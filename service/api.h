@@ -45,7 +45,8 @@ int tb__api_check_pattern(tb_http_req *req, const char *pat, int *count,
 /* api_history.c: GET /history. */
 int tb__api_register_history(tb_app *app);
 
-/* The request's ?since= into out (TB_POS_MAX bytes; "" when absent):
+/* The request's ?since= into out (TB_POS_MAX bytes; "" when absent or
+ * empty):
  * 0, or -1 once req is answered 400 (history_off: the app keeps no
  * history; bad_since: not a position). */
 int tb__api_since(tb_http_req *req, char *out);

@@ -16,8 +16,8 @@ int tb__api_since(tb_http_req *req, char *out)
     out[0] = '\0';
     char buf[TB_POS_MAX + 8];
     int rc = tb_http_query(req, "since", buf, sizeof buf);
-    if (rc == TB_ENOENT)
-        return 0;
+    if (rc == TB_ENOENT || rc == 0)
+        return 0; /* none, or none yet: "since=" */
     tb_app *app = tb_http_app(req);
     if (app->cfg.core.history_size <= 0) {
         tb_http_error(req, 400, "history_off",

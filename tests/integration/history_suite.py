@@ -182,6 +182,8 @@ async def t_bad_requests(ctx):
         check_status(r, 400, "bad_limit", what=f"limit {limit!r}")
     r = await ahttp(srv.port, "GET", "/history?events=a&limit=1000")
     check_status(r, 200, what="limit 1000 (history_page_max)")
+    r = await ahttp(srv.port, "GET", "/history?events=a&since=")
+    check_status(r, 200, what="an empty since: none yet")
     for q in ("", "?events=", "?events=a..b"):
         r = await ahttp(srv.port, "GET", f"/history{q}")
         check(r.status == 400, f"GET /history{q}: {r.status}")
