@@ -829,6 +829,9 @@ static void became_connected(rbus *b)
                     b->t.master, b->up_host, b->up_port, b->master_host,
                     b->master_port);
             tb__bus_store_lost(b->bus.app);
+            /* ... and the history its last positions: a new epoch, before
+             * we publish anything there. */
+            tb__rh_failover(b);
         }
         snprintf(b->up_host, sizeof b->up_host, "%s", b->master_host);
         b->up_port = b->master_port;

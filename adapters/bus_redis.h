@@ -254,6 +254,11 @@ void tb__rh_load_scripts(rbus *b,
  * arguments. Returns argc. Bus thread. */
 int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
                         char (*nums)[24], const char **argv, size_t *lens);
+/* The bus reached a new master (a Sentinel failover): it may lack the
+ * last events and give their positions out again, so the history is
+ * started over in a new epoch, unless another instance did already.
+ * Sent on `pub` before anything else. Bus thread. */
+void tb__rh_failover(rbus *b);
 /* A publish answered err: 1 when it was NOSCRIPT (the connection is
  * failed, to load the scripts and resend), else 0. */
 int tb__rh_noscript(rbus *b, const char *err);

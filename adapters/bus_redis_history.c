@@ -72,6 +72,20 @@ static const char pub_lua[] =
     "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
     "return k\n";
 
+/* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the epoch this instance
+ * knew, its half of a new one. After a failover: a new epoch and an empty
+ * history, unless the epoch is no longer the one we knew (another
+ * instance started it over already, or none is set yet). Returns 1 when
+ * it did. */
+static const char failover_lua[] =
+    "if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then return 0 end\n"
+    "local t = redis.call('TIME')\n"
+    "local ep = ARGV[2] .. string.format('%08x', (tonumber(t[1]) * 1000000 + "
+    "tonumber(t[2])) % 4294967296)\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0)\n"
+    "return 1\n";
+
 /* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the first entry id to
  * read, how many. Returns epoch (or ""), seq (or "0"), the oldest entry's
  * id (or ""), then id, name, envelope of each entry read. */
@@ -182,6 +196,42 @@ int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
         lens[c++] = strlen(nums[i]);
     }
     return c;
+}
+
+static void on_failover(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)priv;
+    rlink *l = ac->data;
+    redisReply *reply = r;
+    if (!reply || ac != l->ac)
+        return;
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
+        tb__log(TB_LOG_WARN,
+                "redis bus: the new master may lack the last events: the "
+                "history starts over in a new epoch (resuming clients are "
+                "told recovered false)");
+    else if (reply->type == REDIS_REPLY_ERROR)
+        tb__log(TB_LOG_ERROR,
+                "redis bus: starting the history over after the failover "
+                "failed: %s",
+                reply->str);
+}
+
+void tb__rh_failover(rbus *b)
+{
+    rlink *l = &b->links[LINK_PUB];
+    char known[TB_EPOCH_MAX];
+    tb__bus_rx_epoch(b->rx, known);
+    if (!b->h_on || !known[0] || !l->ac)
+        return;
+    const char *argv[] = {"EVAL",    failover_lua, "2",       b->h_stream,
+                          b->h_meta, known,        b->h_epoch};
+    size_t lens[7];
+    for (int i = 0; i < 7; i++)
+        lens[i] = strlen(argv[i]);
+    if (redisAsyncCommandArgv(l->ac, on_failover, NULL, 7, argv, lens) !=
+        REDIS_OK)
+        tb__rb_fail(b, "cannot send the history's failover script");
 }
 
 int tb__rh_noscript(rbus *b, const char *err)

@@ -469,6 +469,9 @@ void tb__bus_rx_track(tb__bus_rx *rx,
 void tb__bus_rx_connected(tb__bus_rx *rx);
 /* The connection is lost: a read under way will not be answered. */
 void tb__bus_rx_disconnected(tb__bus_rx *rx);
+/* The epoch of the last position delivered ("" when none yet) into
+ * out. */
+void tb__bus_rx_epoch(tb__bus_rx *rx, char out[TB_EPOCH_MAX]);
 /* fetch's answer: status 0 with the page (borrowed), or a TB_E* code. */
 void tb__bus_rx_fetched(tb__bus_rx *rx, int status,
                         const struct tb__hist_page *pg);

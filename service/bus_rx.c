@@ -374,6 +374,11 @@ void tb__bus_rx_connected(tb__bus_rx *rx)
         rx->baseline = 0;
 }
 
+void tb__bus_rx_epoch(tb__bus_rx *rx, char out[TB_EPOCH_MAX])
+{
+    memcpy(out, rx->epoch, TB_EPOCH_MAX);
+}
+
 void tb__bus_rx_disconnected(tb__bus_rx *rx)
 {
     rx->catching = 0;
