@@ -356,7 +356,7 @@ int tb__rh_read(rbus *b, uint64_t after, size_t count,
 {
     if (!b->h_on)
         return TB_ENOTSUP;
-    if (after >= TB__SEQ_MAX || count > TB__KV_LIST_MAX)
+    if (after > TB__SEQ_MAX || count > TB__KV_LIST_MAX)
         return TB_EINVAL;
     char from[32], cnt[16];
     snprintf(from, sizeof from, "%" PRIu64 "-0", after + 1);

@@ -114,6 +114,11 @@ static void test_history_stream(void **state)
     assert_int_equal(h.recovered, 0);
     assert_int_equal(h.n, 0);
     tb_history_free(&h);
+    /* The largest position there can be: beyond the end, not an error. */
+    tb__pos_format(since, epoch, TB__SEQ_MAX);
+    assert_int_equal(tb_history_read(ra->app, NULL, 0, since, 2, &h), 0);
+    assert_int_equal(h.recovered, 0);
+    tb_history_free(&h);
 
     /* The stream expires; the count goes on in the same epoch. */
     assert_int_equal(
