@@ -551,6 +551,8 @@ int tb_sub_resume(tb_task *self, tb_sub *s, const char *since)
     }
     rs->dropped_base = s->dropped;
     s->rs = rs;
+    atomic_fetch_add_explicit(&self->app->hist_resumes[rs->info.recovered], 1,
+                              memory_order_relaxed);
     return 0;
 }
 

@@ -25,7 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import tbharness  # noqa: E402 (after the path it is found on)
 from tbharness import (Redis, T, TaskbusServer, ahttp, check,  # noqa: E402
-                       check_status, poll_until, post, redis_cli)
+                       check_status, metric, poll_until, post, redis_cli)
+
+RESUMED = 'taskbus_history_resumes_total{recovered="%s"}'
 
 POS = re.compile(r"([0-9a-f]{8,16})-([1-9][0-9]*)")
 
@@ -76,6 +78,7 @@ async def t_memory_resume(ctx):
     check(seqs == list(range(seqs[0], seqs[0] + 5)), f"positions {seqs}")
     since = got[1]["pos"]
     await c.close()
+    resumed = await metric(srv, RESUMED % "true")
     ids += await posted(srv, "mem.x", 3, 5)
     await post(srv, "other.x", "not matching")
     c2 = await ctx.connect(f"/ws?events=mem.*&since={since}", label="again")
@@ -89,6 +92,8 @@ async def t_memory_resume(ctx):
     check(r["pos"] == top["next"], f"recovered at {r['pos']}, the history's "
           f"end is {top['next']}")
     check(r["epoch"] == epoch_of(since), f"{r} epoch, since {since}")
+    check(await metric(srv, RESUMED % "true") == resumed + 1,
+          "taskbus_history_resumes_total{recovered=\"true\"} did not count it")
     live = await post(srv, "mem.x", {"n": 8})
     e = await c2.event()
     check(e["id"] == live, f"live: {e}")
@@ -106,6 +111,7 @@ async def t_memory_not_recovered(ctx):
           f"history_size 5 holds the last 5: {h}")
     first = seq_of(h["events"][0]["pos"])
     ep = h["epoch"]
+    lost = await metric(srv, RESUMED % "false")
     for since, want in ((f"{ep}-{first - 1}", True),
                         (f"{ep}-{first - 2}", False),
                         ("00000000-1", False),
@@ -119,6 +125,8 @@ async def t_memory_not_recovered(ctx):
         check(len(c.events) == (5 if want else 0),
               f"since {since}: {len(c.events)} replayed")
         await c.close()
+    check(await metric(srv, RESUMED % "false") == lost + 3,
+          "taskbus_history_resumes_total{recovered=\"false\"}: not 3 more")
 
 
 async def t_longpoll_since(ctx):
@@ -362,6 +370,10 @@ async def t_redis_restart(ctx):
         check(got[-1]["id"] == end, f"{c.label}: did not end with ch.end")
     check("reconnected to" in a.log_text() and "reconnected to"
           in b.log_text(), "the instances never lost Redis")
+    check(await metric(b, "taskbus_history_catchup_reads_total") >= 1,
+          "b did not read the history after its reconnection")
+    check(await metric(b, "taskbus_history_events_lost_total") == 0,
+          "b counted events lost")
     return (f"{len(acked)} acknowledged of {sent} sent, "
             f"{errors[0]} refused while Redis was down ({down:.1f} s)")
 
