@@ -129,6 +129,37 @@ async def t_memory_not_recovered(ctx):
           "taskbus_history_resumes_total{recovered=\"false\"}: not 3 more")
 
 
+async def t_replay_paced(ctx):
+    """A replay far longer than the connection's send queue (here 64
+    messages) and the socket's buffers goes at the client's pace: every
+    event, no close as a slow client."""
+    srv = ctx.s["narrow"]
+    ids = await posted(srv, "pace.x", 1)
+    since = (await get_json(srv, "/history?events=pace.x"))["next"]
+    c = await ctx.connect("/ws", srv=srv, label="publisher")
+    n = 600
+    pad = "p" * 32000  # 19 MB in all: more than socket buffers take
+    for i in range(n):
+        await c.ws.send(json.dumps({"event": "pace.x",
+                                    "data": {"i": i, "pad": pad}}))
+    for i in range(n):
+        r = await c.reply()
+        check(r.get("ok") == "dispatch", f"dispatch {i}: {r}")
+        ids.append(r["id"])
+    # A client that does not read for a second (and buffers little) makes
+    # the send queue fill up unless the replay waits for it.
+    r = await ctx.connect(f"/ws?events=pace.x&since={since}", srv=srv,
+                          label="resumer", max_queue=4, read_limit=2 ** 14)
+    await asyncio.sleep(1)
+    rec = await recovered(r, T(30))
+    check(rec["recovered"] is True, f"{rec}")
+    check([e["id"] for e in r.events] == ids[1:],
+          f"replayed {len(r.events)} of {len(ids) - 1}")
+    check(r.ws.open, f"closed {r.ws.close_code}")
+    check("slow client" not in srv.log_text(), "closed as a slow client")
+    return f"{len(r.events)} of 32 KB replayed through a 64-message queue"
+
+
 async def t_longpoll_since(ctx):
     """GET /events/{pattern}?since= answers the next event after since at
     once when the history has one, so a poll loop misses nothing; a since
@@ -382,6 +413,7 @@ def memory_group():
     yield "main", TaskbusServer("main")
     yield "small", TaskbusServer("small", "--history-size", "5")
     yield "off", TaskbusServer("off", "--history-size", "0")
+    yield "narrow", TaskbusServer("narrow", "--ws-send-queue-msgs", "64")
 
 
 def redis_group():
@@ -408,6 +440,8 @@ GROUPS = [
          t_memory_resume, 30),
         ("since outside the window or of another epoch: recovered false",
          t_memory_not_recovered, 30),
+        ("a replay longer than the send queue goes at the client's pace",
+         t_replay_paced, 60),
         ("long polls with since miss nothing", t_longpoll_since, 30),
         ("GET /history pages", t_history_pages, 30),
         ("malformed since, bad limits: 400", t_bad_requests, 60),
