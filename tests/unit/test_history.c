@@ -52,6 +52,33 @@ static void test_pos_parse(void **state)
     assert_int_equal(p.seq, 1);
     assert_int_equal(tb__pos_parse("deadbeef-12", 8, &p), TB_EINVAL);
     assert_int_equal(tb__pos_parse(NULL, 0, &p), TB_EINVAL);
+    /* Off an envelope's tail, as the publish script leaves it. */
+    static const struct {
+        const char *msg;
+        uint64_t seq; /* 0: none there */
+    } tails[] = {
+        {"{\"id\":\"a\",\"data\":1,\"pos\":\"0123abcd-7\"}", 7},
+        {"{\"i\":1,\"pos\":\"0123456789abcdef-9007199254740991\"}",
+         TB__SEQ_MAX},
+        {"{\"id\":\"a\",\"pos\":\"0123abcd-0\"}", 0},  /* seq 0 */
+        {"{\"id\":\"a\",\"pos\":\"0123abcd-7\"} ", 0}, /* not last */
+        {"{\"id\":\"a\",\"xpos\":\"0123abcd-7\"}", 0},
+        {"{\"id\":\"a\",\"data\":\"0123abcd-7\"}", 0},
+        {"\"pos\":\"0123abcd-7\"}", 0}, /* no comma: not a member */
+        {"plain text", 0},
+        {"\"}", 0},
+        {"", 0},
+    };
+    for (size_t i = 0; i < sizeof tails / sizeof tails[0]; i++) {
+        tb__pos t;
+        int rc = tb__pos_from_tail(tails[i].msg, strlen(tails[i].msg), &t);
+        if (tails[i].seq) {
+            assert_int_equal(rc, 0);
+            assert_int_equal(t.seq, tails[i].seq);
+        } else {
+            assert_int_equal(rc, TB_EINVAL);
+        }
+    }
     char e[TB_EPOCH_MAX];
     tb__epoch_new(e);
     assert_true(tb__epoch_valid(e));
