@@ -452,14 +452,16 @@ void tb__bus_rx_status(tb__bus_rx *rx, tb_bus_info *out);
  * envelope's tail) skips ahead in the same epoch is a gap: the receiver
  * parks what arrives live, asks the bus for the history after its last
  * position (fetch), delivers what it missed in order, then the parked
- * messages; one at or before its last position is a duplicate and
- * dropped; one of another epoch means the history was lost: logged, then
- * it starts over from that epoch's beginning. After a reconnect it reads
- * everything after its last position the same way. fetch(ud, after, count) asks
- * for the page of at most count entries after seq `after` (count 0: only where
- * the history stands), returning 0 or the TB_E* code it could not be asked
- * with; the bus hands the answer to tb__bus_rx_fetched. Bus thread, like the
- * rest. */
+ * messages (those the read brought already are duplicates, dropped). A
+ * live message at or before the last position goes on to the id check
+ * (a resend, or one on its way since before the first read). One of
+ * another epoch means the history was lost: logged, and counting starts
+ * over from that epoch's beginning. After a reconnect it reads everything
+ * after its last position the same way. fetch(ud, after, count) asks for
+ * the page of at most count entries after seq `after` (count 0: only
+ * where the history stands), returning 0 or the TB_E* code it could not
+ * be asked with; the bus hands the answer to tb__bus_rx_fetched. Bus
+ * thread, like the rest. */
 void tb__bus_rx_track(tb__bus_rx *rx,
                       int (*fetch)(void *ud, uint64_t after, size_t count),
                       void *ud);
