@@ -256,6 +256,7 @@ tb__bus *tb__bus_memory_new(tb_app *app)
     const tb_app_config *c = tb_app_get_config(app);
     if (c->core.history_size > 0) {
         if (tb__hist_ring_init(&m->ring, (size_t)c->core.history_size,
+                               c->core.history_max_bytes,
                                c->core.history_ttl_ms) != 0) {
             free(m);
             return NULL;

@@ -332,21 +332,20 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
     if (reply->type == REDIS_REPLY_ERROR &&
         (tb__rb_readonly(b, reply->str) || tb__rh_noscript(b, reply->str)))
         return; /* kept in flight: resent after the reconnect */
-    tb__bus_reqlist_pop(&b->inflight);
-    if (reply->type == REDIS_REPLY_INTEGER) {
-        tb__bus_tx_done(b->tx, q, 0);
-    } else {
-        if (tb__ratelog_ok(&b->pub_log, now)) {
-            char ch[128];
-            tb__log(TB_LOG_ERROR,
-                    "redis bus: Redis refused PUBLISH of event %s on %s: %s",
-                    q->id,
-                    tb__log_printable(ch, sizeof ch, q->channel, q->chlen),
-                    reply->type == REDIS_REPLY_ERROR ? reply->str
-                                                     : "unexpected reply");
-        }
-        tb__bus_tx_done(b->tx, q, TB_EIO);
+    int ok = reply->type == REDIS_REPLY_INTEGER;
+    if (!ok && tb__ratelog_ok(&b->pub_log, now)) {
+        char ch[128];
+        tb__log(TB_LOG_ERROR,
+                "redis bus: Redis refused PUBLISH of event %s on %s%s: %s",
+                q->id, tb__log_printable(ch, sizeof ch, q->channel, q->chlen),
+                q->batch > 1 ? " and the others sent with it" : "",
+                reply->type == REDIS_REPLY_ERROR ? reply->str
+                                                 : "unexpected reply");
     }
+    /* The command carried q and the batch - 1 after it. */
+    for (int k = q->batch; k > 0 && b->inflight.head; k--)
+        tb__bus_tx_done(b->tx, tb__bus_reqlist_pop(&b->inflight),
+                        ok ? 0 : TB_EIO);
     if (b->stopping && !b->inflight.head && !b->sendq.head)
         event_active(b->stop_ev, EV_TIMEOUT, 0);
     maybe_switch(b);
@@ -372,30 +371,43 @@ static void flush_sendq(rbus *b)
     int64_t now = tb__mono_us();
     tb__bus_req *q;
     while ((q = b->sendq.head) != NULL) {
-        if (b->echo_out > 0 &&
-            b->echo_out + (int64_t)q->envlen > (int64_t)ECHO_WINDOW)
+        /* One command carries one PUBLISH, or with the history up to
+         * TB__RH_BATCH_MAX events for its script: what is queued now. */
+        tb__bus_req *batch[TB__RH_BATCH_MAX];
+        int n = 0;
+        int64_t bytes = 0;
+        for (tb__bus_req *p = q; p && n < (b->h_on ? TB__RH_BATCH_MAX : 1);
+             p = p->next) {
+            if ((b->echo_out > 0 || n > 0) &&
+                b->echo_out + bytes + (int64_t)p->envlen > (int64_t)ECHO_WINDOW)
+                break;
+            batch[n++] = p;
+            bytes += (int64_t)p->envlen;
+        }
+        if (n == 0)
             break;
-        tb__bus_reqlist_pop(&b->sendq);
-        const char *argv[16] = {"PUBLISH", q->channel, q->env};
-        size_t lens[16] = {7, q->chlen, q->envlen};
+        const char *argv[TB__RH_ARGV_MAX] = {"PUBLISH", q->channel, q->env};
+        size_t lens[TB__RH_ARGV_MAX] = {7, q->chlen, q->envlen};
         int argc = 3;
-        char num[24];
+        char nums[TB__RH_BATCH_MAX][24];
         if (b->h_on) /* the history's script in its place */
-            argc = tb__rh_publish_argv(b, q, num, sizeof num, argv, lens);
+            argc = tb__rh_publish_argv(b, batch, n, nums, argv, lens);
         if (redisAsyncCommandArgv(l->ac, on_publish_reply, q, argc, argv,
                                   lens) != REDIS_OK) {
-            /* Back to the front, in order, for the next connection. */
-            tb__bus_reqlist one = {q, q, 1};
-            tb__bus_reqlist_prepend(&b->sendq, &one);
+            /* Still at the front, in order, for the next connection. */
             tb__rb_fail(b, "cannot send PUBLISH: %s",
                         l->ac->errstr[0] ? l->ac->errstr : "out of memory");
             return;
         }
-        q->sent_us = now;
-        tb__bus_reqlist_push(&b->inflight, q);
+        q->batch = n;
+        for (int k = 0; k < n; k++) {
+            tb__bus_req *p = tb__bus_reqlist_pop(&b->sendq);
+            p->sent_us = now;
+            tb__bus_reqlist_push(&b->inflight, p);
+        }
         if (b->echo_out == 0)
             b->echo_last_us = now;
-        b->echo_out += (int64_t)q->envlen;
+        b->echo_out += bytes;
     }
 }
 
@@ -817,6 +829,9 @@ static void became_connected(rbus *b)
                     b->t.master, b->up_host, b->up_port, b->master_host,
                     b->master_port);
             tb__bus_store_lost(b->bus.app);
+            /* ... and the history its last positions: a new epoch, before
+             * we publish anything there. */
+            tb__rh_failover(b);
         }
         snprintf(b->up_host, sizeof b->up_host, "%s", b->master_host);
         b->up_port = b->master_port;

@@ -245,11 +245,20 @@ void tb__rh_init(rbus *b, const tb_app_config *c);
 /* Loads the history's scripts with load (tb__rkv_connected), if on. */
 void tb__rh_load_scripts(rbus *b,
                          void (*load)(rbus *b, const tb__rkv_script *sc));
-/* The command that publishes q with its position (EVALSHA, or EVAL while
- * the script is not loaded) into argv/lens (16 slots); num (numsz bytes)
- * holds one of its arguments. Returns argc. Bus thread. */
-int tb__rh_publish_argv(rbus *b, const tb__bus_req *q, char *num, size_t numsz,
-                        const char **argv, size_t *lens);
+/* Events one publish command carries at most, and its arguments. */
+#define TB__RH_BATCH_MAX 64
+#define TB__RH_ARGV_MAX (10 + 4 * TB__RH_BATCH_MAX)
+/* The command that publishes qs[0..n-1] (1..TB__RH_BATCH_MAX, in queue
+ * order) with their positions (EVALSHA, or EVAL while the script is not
+ * loaded) into argv/lens (TB__RH_ARGV_MAX slots); nums holds some of its
+ * arguments. Returns argc. Bus thread. */
+int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
+                        char (*nums)[24], const char **argv, size_t *lens);
+/* The bus reached a new master (a Sentinel failover): it may lack the
+ * last events and give their positions out again, so the history is
+ * started over in a new epoch, unless another instance did already.
+ * Sent on `pub` before anything else. Bus thread. */
+void tb__rh_failover(rbus *b);
 /* A publish answered err: 1 when it was NOSCRIPT (the connection is
  * failed, to load the scripts and resend), else 0. */
 int tb__rh_noscript(rbus *b, const char *err);

@@ -33,13 +33,20 @@
  * "{<ns>}:*" besides what bus_redis.c and bus_redis_kv.c list. */
 
 /* KEYS[1] the stream, KEYS[2] the meta hash, KEYS[3] our publish number;
- * ARGV the instance's half of a new epoch (8 hex digits), channel, envelope,
- * event name, maxlen ("~" or "=" first), ttl ms, publish number, its keep ms.
- * Returns the event's seq, or 0 for a resend of a publish that ran already. */
+ * ARGV the instance's half of a new epoch (8 hex digits), maxlen ("~" or
+ * "=" first), ttl ms, the publish number's keep ms, then for each event
+ * (in queue order) its channel, envelope, name and publish number.
+ * Events whose number ran already (a resend) are skipped. Returns how
+ * many were appended. */
 static const char pub_lua[] =
-    "local prev = redis.call('GET', KEYS[3])\n"
-    "if prev and tonumber(prev) >= tonumber(ARGV[7]) then return 0 end\n"
-    "redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8])\n"
+    "local prev = tonumber(redis.call('GET', KEYS[3]) or '0')\n"
+    "local n, k, last = (#ARGV - 4) / 4, 0, prev\n"
+    "for i = 0, n - 1 do\n"
+    "  local tx = tonumber(ARGV[8 + 4 * i])\n"
+    "  if tx > prev then k = k + 1; if tx > last then last = tx end end\n"
+    "end\n"
+    "if k == 0 then return 0 end\n"
+    "redis.call('SET', KEYS[3], string.format('%d', last), 'PX', ARGV[4])\n"
     "local ep = redis.call('HGET', KEYS[2], 'epoch')\n"
     "if not ep then\n"
     "  local t = redis.call('TIME')\n"
@@ -48,15 +55,36 @@ static const char pub_lua[] =
     "  redis.call('DEL', KEYS[1])\n"
     "  redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0)\n"
     "end\n"
-    "local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)\n"
-    "local s = string.format('%d', seq)\n"
-    "local env = string.sub(ARGV[3], 1, -2) .. ',\"pos\":\"' .. ep .. '-' .. "
-    "s .. '\"}'\n"
-    "redis.call('XADD', KEYS[1], 'MAXLEN', string.sub(ARGV[5], 1, 1), "
-    "string.sub(ARGV[5], 2), s .. '-0', 'n', ARGV[4], 'e', env)\n"
-    "redis.call('PEXPIRE', KEYS[1], ARGV[6])\n"
-    "redis.call('PUBLISH', ARGV[2], env)\n"
-    "return seq\n";
+    "local seq = redis.call('HINCRBY', KEYS[2], 'seq', k) - k\n"
+    "local mark, maxlen = string.sub(ARGV[2], 1, 1), string.sub(ARGV[2], 2)\n"
+    "for i = 0, n - 1 do\n"
+    "  local a = 5 + 4 * i\n"
+    "  if tonumber(ARGV[a + 3]) > prev then\n"
+    "    seq = seq + 1\n"
+    "    local s = string.format('%d', seq)\n"
+    "    local env = string.sub(ARGV[a + 1], 1, -2) .. ',\"pos\":\"' .. ep .. "
+    "'-' .. s .. '\"}'\n"
+    "    redis.call('XADD', KEYS[1], 'MAXLEN', mark, maxlen, s .. '-0', 'n', "
+    "ARGV[a + 2], 'e', env)\n"
+    "    redis.call('PUBLISH', ARGV[a], env)\n"
+    "  end\n"
+    "end\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+    "return k\n";
+
+/* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the epoch this instance
+ * knew, its half of a new one. After a failover: a new epoch and an empty
+ * history, unless the epoch is no longer the one we knew (another
+ * instance started it over already, or none is set yet). Returns 1 when
+ * it did. */
+static const char failover_lua[] =
+    "if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then return 0 end\n"
+    "local t = redis.call('TIME')\n"
+    "local ep = ARGV[2] .. string.format('%08x', (tonumber(t[1]) * 1000000 + "
+    "tonumber(t[2])) % 4294967296)\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0)\n"
+    "return 1\n";
 
 /* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the first entry id to
  * read, how many. Returns epoch (or ""), seq (or "0"), the oldest entry's
@@ -132,34 +160,78 @@ void tb__rh_init(rbus *b, const tb_app_config *c)
     tb__bus_rx_track(b->rx, fetch, b);
 }
 
-int tb__rh_publish_argv(rbus *b, const tb__bus_req *q, char *num, size_t numsz,
-                        const char **argv, size_t *lens)
+int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
+                        char (*nums)[24], const char **argv, size_t *lens)
 {
-    int n = 0;
+    int c = 0;
     const char *sha = b->sha[tb__rh_pub.slot];
     if (sha[0]) {
-        argv[n] = "EVALSHA";
-        lens[n++] = 7;
-        argv[n] = sha;
-        lens[n++] = 40;
+        argv[c] = "EVALSHA";
+        lens[c++] = 7;
+        argv[c] = sha;
+        lens[c++] = 40;
     } else {
-        argv[n] = "EVAL";
-        lens[n++] = 4;
-        argv[n] = pub_lua;
-        lens[n++] = sizeof pub_lua - 1;
+        argv[c] = "EVAL";
+        lens[c++] = 4;
+        argv[c] = pub_lua;
+        lens[c++] = sizeof pub_lua - 1;
     }
-    snprintf(num, numsz, "%" PRIu64, q->txseq);
-    const char *name = q->channel + strlen(b->prefix);
-    const char *args[] = {"3",         b->h_stream, b->h_meta, b->h_tx,
-                          b->h_epoch,  q->channel,  q->env,    name,
-                          b->h_maxlen, b->h_ttl,    num,       b->h_txkeep};
-    for (size_t i = 0; i < sizeof args / sizeof args[0]; i++) {
-        argv[n] = args[i];
-        lens[n++] = args[i] == q->env       ? q->envlen
-                    : args[i] == q->channel ? q->chlen
-                                            : strlen(args[i]);
+    const char *head[] = {"3",        b->h_stream, b->h_meta, b->h_tx,
+                          b->h_epoch, b->h_maxlen, b->h_ttl,  b->h_txkeep};
+    for (size_t i = 0; i < sizeof head / sizeof head[0]; i++) {
+        argv[c] = head[i];
+        lens[c++] = strlen(head[i]);
     }
-    return n;
+    size_t plen = strlen(b->prefix);
+    for (int i = 0; i < n; i++) {
+        const tb__bus_req *q = qs[i];
+        snprintf(nums[i], sizeof nums[i], "%" PRIu64, q->txseq);
+        argv[c] = q->channel;
+        lens[c++] = q->chlen;
+        argv[c] = q->env;
+        lens[c++] = q->envlen;
+        argv[c] = q->channel + plen; /* the event name */
+        lens[c++] = q->chlen - plen;
+        argv[c] = nums[i];
+        lens[c++] = strlen(nums[i]);
+    }
+    return c;
+}
+
+static void on_failover(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)priv;
+    rlink *l = ac->data;
+    redisReply *reply = r;
+    if (!reply || ac != l->ac)
+        return;
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
+        tb__log(TB_LOG_WARN,
+                "redis bus: the new master may lack the last events: the "
+                "history starts over in a new epoch (resuming clients are "
+                "told recovered false)");
+    else if (reply->type == REDIS_REPLY_ERROR)
+        tb__log(TB_LOG_ERROR,
+                "redis bus: starting the history over after the failover "
+                "failed: %s",
+                reply->str);
+}
+
+void tb__rh_failover(rbus *b)
+{
+    rlink *l = &b->links[LINK_PUB];
+    char known[TB_EPOCH_MAX];
+    tb__bus_rx_epoch(b->rx, known);
+    if (!b->h_on || !known[0] || !l->ac)
+        return;
+    const char *argv[] = {"EVAL",    failover_lua, "2",       b->h_stream,
+                          b->h_meta, known,        b->h_epoch};
+    size_t lens[7];
+    for (int i = 0; i < 7; i++)
+        lens[i] = strlen(argv[i]);
+    if (redisAsyncCommandArgv(l->ac, on_failover, NULL, 7, argv, lens) !=
+        REDIS_OK)
+        tb__rb_fail(b, "cannot send the history's failover script");
 }
 
 int tb__rh_noscript(rbus *b, const char *err)
@@ -284,7 +356,7 @@ int tb__rh_read(rbus *b, uint64_t after, size_t count,
 {
     if (!b->h_on)
         return TB_ENOTSUP;
-    if (after >= TB__SEQ_MAX || count > TB__KV_LIST_MAX)
+    if (after > TB__SEQ_MAX || count > TB__KV_LIST_MAX)
         return TB_EINVAL;
     char from[32], cnt[16];
     snprintf(from, sizeof from, "%" PRIu64 "-0", after + 1);

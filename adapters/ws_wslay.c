@@ -660,6 +660,11 @@ static void end(tb__wsconn *c, int code, const char *why)
     free(c);
 }
 
+static int conn_backlogged(tb__wsconn *c)
+{
+    return !c->ended && tb__outq_backlogged(&c->q, &c->lim);
+}
+
 static const tb__wsconn_ops wslay_ops = {
     .name = "wslay",
     .open = conn_open,
@@ -667,6 +672,7 @@ static const tb__wsconn_ops wslay_ops = {
     .close = conn_close,
     .pause = conn_pause,
     .abort = conn_abort,
+    .backlogged = conn_backlogged,
 };
 
 const tb__wsconn_ops *tb__ws_wslay_ops(void)

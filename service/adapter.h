@@ -197,6 +197,9 @@ int tb__outq_write(tb__outq *q, int fd);
 /* One write this loop turn, however many sends come in it; none while wev
  * already waits for the socket. */
 void tb__outq_schedule(tb__outq *q);
+/* 1 while more than half of either send bound of lim waits in q: a
+ * sender that can wait (a replay) should, before it queues more. */
+int tb__outq_backlogged(const tb__outq *q, const struct tb__ws_limits *lim);
 /* 1 if one more send of len bytes would pass send_queue_bytes or
  * send_queue_msgs of lim. */
 int tb__outq_over(const tb__outq *q, const struct tb__ws_limits *lim,
@@ -223,6 +226,11 @@ typedef struct tb__wsconn_ops {
     /* Writes what it can without waiting, closes the socket and ends the
      * connection now (tb__ws_on_end runs before it returns). */
     void (*abort)(tb__wsconn *c);
+    /* Optional (NULL: never). 1 while more than half of either send queue
+     * limit waits for the socket: a sender that can wait (a replay of the
+     * history) waits before it queues more, instead of being closed as a
+     * slow client. */
+    int (*backlogged)(tb__wsconn *c);
 } tb__wsconn_ops;
 
 /* What the framing adapter calls, on the worker's thread. */

@@ -132,9 +132,7 @@ static json_t *bus_json(const tb_bus_info *b)
     return o;
 }
 
-/* Answers req with o (consumed; NULL means the building ran out of memory).
- */
-static int respond(tb_http_req *req, int status, json_t *o)
+int tb__api_respond(tb_http_req *req, int status, json_t *o)
 {
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
@@ -164,7 +162,7 @@ int tb__api_error_with(tb_http_req *req, int status, const char *code,
     json_object_set_new(extra, "error", json_string(code));
     json_t *m = tb__api_jstr(msg);
     json_object_set_new(extra, "message", m);
-    return respond(req, status, extra);
+    return tb__api_respond(req, status, extra);
 }
 
 /* ---------------------------------------------------------------- events */
@@ -215,7 +213,7 @@ static int post_event(tb_http_req *req, void *ud)
             json_object_set_new(o, "id", json_string(id));
             json_object_set_new(o, "name", json_string(name));
         }
-        return respond(req, 202, o);
+        return tb__api_respond(req, 202, o);
     }
     tb_bus_info bus;
     switch (rc) {
@@ -508,7 +506,7 @@ static int wait_answer(tb_http_req *req, tb_app *app, const char *pattern,
         }
         json_t *o = event_json(ev); /* data not UTF-8: made readable */
         tb_event_unref(ev);
-        return respond(req, 200, o);
+        return tb__api_respond(req, 200, o);
     }
     if (done && wait_rc == TB_ETIMEDOUT)
         return tb_http_respond(req, 204, NULL, "", 0);
@@ -708,7 +706,7 @@ static int list_tasks(tb_http_req *req, void *ud)
         json_decref(tasks);
         json_decref(unreachable);
     }
-    return respond(req, 200, o);
+    return tb__api_respond(req, 200, o);
 }
 
 static int not_found(tb_http_req *req, const char *name)
@@ -730,7 +728,7 @@ static int get_task(tb_http_req *req, void *ud)
         return not_found(req, name);
     if (rc)
         return cluster_error(req, rc, name);
-    return respond(req, 200, o);
+    return tb__api_respond(req, 200, o);
 }
 
 /* Decimal seconds [0-9]+(.[0-9]+)? in 0..max_s, to ms (truncated). Parsed
@@ -798,7 +796,7 @@ static int cancel_task(tb_http_req *req, void *ud)
     }
     if (rc)
         return cluster_error(req, rc, name);
-    return respond(req, 200, task);
+    return tb__api_respond(req, 200, task);
 }
 
 /* POST /tasks/purge */
@@ -812,7 +810,7 @@ static int purge_tasks(tb_http_req *req, void *ud)
     json_t *o = json_object();
     if (o)
         json_object_set_new(o, "purged", json_integer(n));
-    return respond(req, 200, o);
+    return tb__api_respond(req, 200, o);
 }
 
 /* ---------------------------------------------------------------- health */
@@ -926,7 +924,7 @@ static int healthz(tb_http_req *req, void *ud)
         json_object_set_new(o, "status", json_string("ok"));
         json_object_set_new(o, "workers", json_integer(n));
     }
-    return respond(req, 200, o);
+    return tb__api_respond(req, 200, o);
 }
 
 /* GET /readyz: running, and the bus connected. */
@@ -943,7 +941,7 @@ static int readyz(tb_http_req *req, void *ud)
             json_object_set_new(o, "status", json_string("ready"));
             json_object_set_new(o, "bus", bus_json(&bus));
         }
-        return respond(req, 200, o);
+        return tb__api_respond(req, 200, o);
     }
     char reason[320];
     int st = atomic_load(&app->state);

@@ -21,6 +21,10 @@ json_t *tb__api_jtime(int64_t us);
 /* A task as GET /tasks/{name} shows it. */
 json_t *tb__api_task_json(const tb_task_info *t);
 
+/* Answers req with o (consumed; NULL means the building ran out of
+ * memory: 500). */
+int tb__api_respond(tb_http_req *req, int status, json_t *o);
+
 /* Like tb_http_error, with the fields of extra (consumed, may be NULL)
  * added to the {"error", "message"} body. Logs the same line. */
 int tb__api_error_with(tb_http_req *req, int status, const char *code,
@@ -63,7 +67,8 @@ int tb__api_check_pattern(tb_http_req *req, const char *pat, int *count,
 /* api_history.c: GET /history. */
 int tb__api_register_history(tb_app *app);
 
-/* The request's ?since= into out (TB_POS_MAX bytes; "" when absent):
+/* The request's ?since= into out (TB_POS_MAX bytes; "" when absent or
+ * empty):
  * 0, or -1 once req is answered 400 (history_off: the app keeps no
  * history; bad_since: not a position). */
 int tb__api_since(tb_http_req *req, char *out);

@@ -16,8 +16,8 @@ int tb__api_since(tb_http_req *req, char *out)
     out[0] = '\0';
     char buf[TB_POS_MAX + 8];
     int rc = tb_http_query(req, "since", buf, sizeof buf);
-    if (rc == TB_ENOENT)
-        return 0;
+    if (rc == TB_ENOENT || rc == 0)
+        return 0; /* none, or none yet: "since=" */
     tb_app *app = tb_http_app(req);
     if (app->cfg.core.history_size <= 0) {
         tb_http_error(req, 400, "history_off",
@@ -171,15 +171,11 @@ static int get_history(tb_http_req *req, void *ud)
         json_object_set_new(o, "epoch", json_string(h.epoch));
     } else {
         json_decref(evs);
+        json_decref(o);
+        o = NULL;
     }
     tb_history_free(&h);
-    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    if (!s)
-        return tb_http_error(req, 500, "internal", "out of memory");
-    rc = tb_http_respond_json(req, 200, s);
-    free(s);
-    return rc;
+    return tb__api_respond(req, 200, o);
 }
 
 int tb__api_register_history(tb_app *app)

@@ -234,6 +234,15 @@ static int sse_handler(tb_task *self, tb_ws *ws, void *ud)
         }
         if (rc != 0)
             break; /* cancelled: the client went, or the app stops */
+        /* A replay goes at the client's pace (as on /ws): it could
+         * otherwise fill the send queue at once and be closed as a slow
+         * client in the middle of its recovery. */
+        while (replaying && rc == 0 && tb__ws_backlogged(ws))
+            rc = tb_sleep(self, 2);
+        if (rc != 0) {
+            tb_event_unref(ev);
+            break;
+        }
         uint64_t d = tb_sub_dropped(sub);
         if (!replaying && d != dropped_told) { /* replay reads them again */
             log_line(ws, TB_LOG_WARN,

@@ -118,6 +118,14 @@ static int receiver(tb_task *self, void *arg)
         }
         if (rc)
             break; /* cancelled: the connection is done */
+        /* A replay goes at the client's pace: it could otherwise fill the
+         * send queue at once, and be closed as a slow client. */
+        while (st->replaying && rc == 0 && tb__ws_backlogged(st->ws))
+            rc = tb_sleep(self, 2);
+        if (rc) {
+            tb_event_unref(ev);
+            break;
+        }
         rc = tb_ws_send_event(st->ws, ev);
         tb_event_unref(ev);
         if (rc == TB_EPIPE || rc == TB_ENOSPC)

@@ -328,6 +328,8 @@ typedef struct tb__bus_req {
     int64_t sent_us;     /* monotonic, last time the bus sent it */
     uint64_t txseq;      /* its number in the queue: 1, 2, ... in the
                             order the bus sends them (first time) */
+    int batch;           /* the bus's: on the first request one command
+                            carried, how many it carried */
     size_t chlen;
     char id[TB_EVENT_ID_MAX];
     char channel[]; /* the bus's prefix and the event name */
@@ -450,14 +452,16 @@ void tb__bus_rx_status(tb__bus_rx *rx, tb_bus_info *out);
  * envelope's tail) skips ahead in the same epoch is a gap: the receiver
  * parks what arrives live, asks the bus for the history after its last
  * position (fetch), delivers what it missed in order, then the parked
- * messages; one at or before its last position is a duplicate and
- * dropped; one of another epoch means the history was lost: logged, then
- * it starts over from that epoch's beginning. After a reconnect it reads
- * everything after its last position the same way. fetch(ud, after, count) asks
- * for the page of at most count entries after seq `after` (count 0: only where
- * the history stands), returning 0 or the TB_E* code it could not be asked
- * with; the bus hands the answer to tb__bus_rx_fetched. Bus thread, like the
- * rest. */
+ * messages (those the read brought already are duplicates, dropped). A
+ * live message at or before the last position goes on to the id check
+ * (a resend, or one on its way since before the first read). One of
+ * another epoch means the history was lost: logged, and counting starts
+ * over from that epoch's beginning. After a reconnect it reads everything
+ * after its last position the same way. fetch(ud, after, count) asks for
+ * the page of at most count entries after seq `after` (count 0: only
+ * where the history stands), returning 0 or the TB_E* code it could not
+ * be asked with; the bus hands the answer to tb__bus_rx_fetched. Bus
+ * thread, like the rest. */
 void tb__bus_rx_track(tb__bus_rx *rx,
                       int (*fetch)(void *ud, uint64_t after, size_t count),
                       void *ud);
@@ -467,6 +471,9 @@ void tb__bus_rx_track(tb__bus_rx *rx,
 void tb__bus_rx_connected(tb__bus_rx *rx);
 /* The connection is lost: a read under way will not be answered. */
 void tb__bus_rx_disconnected(tb__bus_rx *rx);
+/* The epoch of the last position delivered ("" when none yet) into
+ * out. */
+void tb__bus_rx_epoch(tb__bus_rx *rx, char out[TB_EPOCH_MAX]);
 /* fetch's answer: status 0 with the page (borrowed), or a TB_E* code. */
 void tb__bus_rx_fetched(tb__bus_rx *rx, int status,
                         const struct tb__hist_page *pg);

@@ -374,6 +374,11 @@ void tb__bus_rx_connected(tb__bus_rx *rx)
         rx->baseline = 0;
 }
 
+void tb__bus_rx_epoch(tb__bus_rx *rx, char out[TB_EPOCH_MAX])
+{
+    memcpy(out, rx->epoch, TB_EPOCH_MAX);
+}
+
 void tb__bus_rx_disconnected(tb__bus_rx *rx)
 {
     rx->catching = 0;
@@ -428,10 +433,17 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
         return;
     }
     rx->top = pg->top;
+    atomic_fetch_add_explicit(&rx->app->hist_reads, 1, memory_order_relaxed);
     for (size_t i = 0; i < pg->n; i++) {
         tb_event *ev = pg->evs[i];
         if (ev->seq <= rx->last)
             continue;
+        atomic_fetch_add_explicit(&rx->app->hist_recovered, 1,
+                                  memory_order_relaxed);
+        if (ev->seq > rx->last + 1)
+            atomic_fetch_add_explicit(&rx->app->hist_lost,
+                                      ev->seq - rx->last - 1,
+                                      memory_order_relaxed);
         if (ev->seq > rx->last + 1)
             pos_warn(rx,
                      "%" PRIu64 " event(s) after %s-%" PRIu64 " are no longer "
@@ -445,6 +457,8 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
         return;
     }
     if (rx->last < pg->top) {
+        atomic_fetch_add_explicit(&rx->app->hist_lost, pg->top - rx->last,
+                                  memory_order_relaxed);
         pos_warn(rx,
                  "%" PRIu64 " event(s) after %s-%" PRIu64 " are not in the "
                  "history: lost",

@@ -110,6 +110,7 @@ int tb__bus_tx_put(tb__bus_tx *tx, const tb_event *ev, tb__publish_cb cb,
     q->ud = ud;
     q->accepted_us = tb__mono_us();
     q->sent_us = 0;
+    q->batch = 1;
     q->chlen = tx->prefix_len + nlen;
     memcpy(q->id, ev->id, sizeof q->id);
     memcpy(q->channel, tx->prefix, tx->prefix_len);

@@ -74,6 +74,9 @@
       "no positions)")                                                         \
     X(core, history_ttl_ms, SECONDS, 300000, NULL, 1000, 30 * D1,              \
       "history-ttl", "seconds the history lives after the last publish")       \
+    X(core, history_max_bytes, SIZE, 64 * MiB, NULL, KiB, 64 * GiB,            \
+      "history-max-bytes",                                                     \
+      "event bytes the in-process bus's history holds at most (oldest out)") \
     X(core, history_page_max, INT, 1000, NULL, 1, 100000, "history-page-max",  \
       "events one GET /history answers at most (its limit's default and "      \
       "cap)")                                                                  \

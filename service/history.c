@@ -277,16 +277,24 @@ int tb__history_fetch_task(tb_task *self, uint64_t after, size_t count,
 
 /* ------------------------------------------------------- in-process ring */
 
-int tb__hist_ring_init(tb__hist_ring *r, size_t cap, int64_t ttl_ms)
+int tb__hist_ring_init(tb__hist_ring *r, size_t cap, size_t max_bytes,
+                       int64_t ttl_ms)
 {
     memset(r, 0, sizeof *r);
     r->evs = calloc(cap, sizeof *r->evs);
     if (!r->evs)
         return TB_ENOMEM;
     r->cap = cap;
+    r->max_bytes = max_bytes;
     r->ttl_us = ttl_ms * 1000;
     pthread_mutex_init(&r->mu, NULL);
     return 0;
+}
+
+/* The bytes an event counts for in the ring. */
+static size_t ev_bytes(const tb_event *ev)
+{
+    return ev->len + strlen(ev->name);
 }
 
 /* Forgets every event held. mu held. */
@@ -295,6 +303,17 @@ static void ring_clear(tb__hist_ring *r)
     for (size_t i = 0; i < r->n; i++)
         tb_event_unref(r->evs[(r->head + i) % r->cap]);
     r->n = r->head = 0;
+    r->bytes = 0;
+}
+
+/* Forgets the oldest event. mu held, n > 0. */
+static void ring_drop_oldest(tb__hist_ring *r)
+{
+    tb_event *old = r->evs[r->head];
+    r->bytes -= ev_bytes(old);
+    tb_event_unref(old);
+    r->head = (r->head + 1) % r->cap;
+    r->n--;
 }
 
 void tb__hist_ring_destroy(tb__hist_ring *r)
@@ -323,13 +342,12 @@ void tb__hist_ring_publish(tb__hist_ring *r, tb_event *ev,
     if (!r->epoch[0])
         tb__epoch_new(r->epoch);
     tb__event_set_pos(ev, r->epoch, ++r->seq);
-    if (r->n == r->cap) {
-        tb_event_unref(r->evs[r->head]);
-        r->head = (r->head + 1) % r->cap;
-        r->n--;
-    }
+    size_t b = ev_bytes(ev);
+    while (r->n && (r->n == r->cap || r->bytes + b > r->max_bytes))
+        ring_drop_oldest(r);
     r->evs[(r->head + r->n) % r->cap] = tb_event_ref(ev);
     r->n++;
+    r->bytes += b;
     r->last_pub_us = now;
     deliver(ud, ev);
     pthread_mutex_unlock(&r->mu);
@@ -475,6 +493,8 @@ int tb_history_read(tb_app *app, const char *const *patterns, int npatterns,
         }
         int at_end = pg.n < PAGE && i == pg.n;
         out->more = !at_end && after < pg.top;
+        if (at_end) /* everything up to the end was looked at */
+            tb__pos_format(out->next, out->epoch, pg.top);
         tb__hist_page_release(&pg);
         if (at_end || out->n == limit || scanned >= budget)
             break;
@@ -549,6 +569,8 @@ int tb_sub_resume(tb_task *self, tb_sub *s, const char *since)
     }
     rs->dropped_base = s->dropped;
     s->rs = rs;
+    atomic_fetch_add_explicit(&self->app->hist_resumes[rs->info.recovered], 1,
+                              memory_order_relaxed);
     return 0;
 }
 

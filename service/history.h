@@ -95,12 +95,15 @@ typedef struct tb__hist_ring {
     uint64_t seq;             /* the last given out */
     int64_t last_pub_us;      /* monotonic */
     int64_t ttl_us;
-    size_t cap, n, head; /* evs[head] is the oldest of n */
+    size_t cap, n, head;     /* evs[head] is the oldest of n */
+    size_t bytes, max_bytes; /* held names and data; their bound */
     tb_event **evs;
 } tb__hist_ring;
 
-/* 0 or TB_ENOMEM. cap > 0. */
-int tb__hist_ring_init(tb__hist_ring *r, size_t cap, int64_t ttl_ms);
+/* 0 or TB_ENOMEM. cap > 0: at most cap events and max_bytes of their
+ * names and data (the newest is kept even if alone it is more). */
+int tb__hist_ring_init(tb__hist_ring *r, size_t cap, size_t max_bytes,
+                       int64_t ttl_ms);
 void tb__hist_ring_destroy(tb__hist_ring *r);
 
 /* Gives ev (held by the caller only) the next position, keeps a reference

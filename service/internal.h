@@ -526,7 +526,12 @@ struct tb_app {
     atomic_uint_fast64_t queue_full_drops;    /* worker_queue_max drops */
     atomic_int_fast64_t queue_full_logged_us; /* rate limit of that log */
     atomic_uint_fast64_t hop_limit_drops;     /* event_max_hops refusals */
-    atomic_int_fast64_t hop_limit_logged_us;  /* rate limit of that log */
+    /* The history (bus_rx.c's catch-up, history.c's resumes): /metrics. */
+    atomic_uint_fast64_t hist_reads;         /* catch-up reads answered */
+    atomic_uint_fast64_t hist_recovered;     /* events a catch-up delivered */
+    atomic_uint_fast64_t hist_lost;          /* events found gone by one */
+    atomic_uint_fast64_t hist_resumes[2];    /* [recovered] */
+    atomic_int_fast64_t hop_limit_logged_us; /* rate limit of that log */
     int abandoned; /* tasks abandoned at the graceful timeout */
 
     /* blocking pool */

@@ -59,6 +59,12 @@ int tb__outq_over(const tb__outq *q, const tb__ws_limits *lim, size_t len)
            q->msgs + 1 > (size_t)lim->send_queue_msgs;
 }
 
+int tb__outq_backlogged(const tb__outq *q, const tb__ws_limits *lim)
+{
+    return q->msgs * 2 > (size_t)lim->send_queue_msgs ||
+           evbuffer_get_length(q->buf) * 2 > lim->send_queue_bytes;
+}
+
 void tb__outq_free(tb__outq *q)
 {
     if (q->wev)

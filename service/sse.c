@@ -224,6 +224,12 @@ static void stream_close(tb__wsconn *c, int code, const char *reason)
     tb__outq_schedule(&s->q);
 }
 
+static int stream_backlogged(tb__wsconn *c)
+{
+    sse_stream *s = S(c);
+    return !s->closing && tb__outq_backlogged(&s->q, &s->lim);
+}
+
 static void stream_pause(tb__wsconn *c, int paused)
 {
     (void)c; /* nothing is ever received */
@@ -259,6 +265,7 @@ static const tb__wsconn_ops sse_ops = {
     .close = stream_close,
     .pause = stream_pause,
     .abort = stream_abort,
+    .backlogged = stream_backlogged,
 };
 
 const tb__wsconn_ops *tb__sse_stream_ops(void)

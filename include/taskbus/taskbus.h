@@ -196,14 +196,19 @@ typedef struct tb_core_config {
      * lost link. 0: no history, no positions: Redis gets plain PUBLISHes
      * as before. */
     int history_size;
-    int history_ttl_ms;   /* the history lives this long after the last
-                             publish (its Redis key's TTL, renewed by each
-                             publish); the epoch and the count stay, so a
-                             resume after it is told recovered 0 */
-    int history_page_max; /* events one GET /history answers at most: the
-                             limit's default and cap */
-    void *reserved_[3];   /* room for later settings; keep zero (the eleven
-                             ints above took six slots) */
+    int history_ttl_ms;       /* the history lives this long after the last
+                                 publish (its Redis key's TTL, renewed by each
+                                 publish); the epoch and the count stay, so a
+                                 resume after it is told recovered 0 */
+    int history_page_max;     /* events one GET /history answers at most: the
+                                 limit's default and cap */
+    size_t history_max_bytes; /* the in-process bus's history holds at most
+                                 this much event data (names and data): the
+                                 oldest go first beyond it. (Redis keeps
+                                 history_size events whatever their size:
+                                 size its maxmemory for them.) */
+    void *reserved_[2];       /* room for later settings; keep zero (the eleven
+                                 ints above took six slots) */
 } tb_core_config;
 
 /* The event bus. With no url, events stay in this process (the in-process
@@ -862,7 +867,8 @@ typedef struct tb_sub_recovery {
  * keep their order throughout. A since that cannot be recovered (older
  * than the history, another epoch, beyond its end) replays nothing:
  * TB_SUB_LIVE comes first, with recovered 0. Call it once per sub,
- * before its first tb_sub_next. Returns 0, TB_EINVAL (since malformed,
+ * before its first tb_sub_next; patterns added after it get live events
+ * only. Returns 0, TB_EINVAL (since malformed,
  * or sub not self's, or resumed already), TB_ENOTSUP (history is off:
  * core.history_size 0), TB_ENOTCONN / TB_ETIMEDOUT (the bus could not
  * answer), TB_ECANCELED, TB_ENOMEM. */

@@ -25,7 +25,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import tbharness  # noqa: E402 (after the path it is found on)
 from tbharness import (Redis, T, TaskbusServer, ahttp, check,  # noqa: E402
-                       check_status, poll_until, post, redis_cli)
+                       check_status, metric, poll_until, post, redis_cli)
+
+RESUMED = 'taskbus_history_resumes_total{recovered="%s"}'
 
 POS = re.compile(r"([0-9a-f]{8,16})-([1-9][0-9]*)")
 
@@ -76,6 +78,7 @@ async def t_memory_resume(ctx):
     check(seqs == list(range(seqs[0], seqs[0] + 5)), f"positions {seqs}")
     since = got[1]["pos"]
     await c.close()
+    resumed = await metric(srv, RESUMED % "true")
     ids += await posted(srv, "mem.x", 3, 5)
     await post(srv, "other.x", "not matching")
     c2 = await ctx.connect(f"/ws?events=mem.*&since={since}", label="again")
@@ -89,6 +92,8 @@ async def t_memory_resume(ctx):
     check(r["pos"] == top["next"], f"recovered at {r['pos']}, the history's "
           f"end is {top['next']}")
     check(r["epoch"] == epoch_of(since), f"{r} epoch, since {since}")
+    check(await metric(srv, RESUMED % "true") == resumed + 1,
+          "taskbus_history_resumes_total{recovered=\"true\"} did not count it")
     live = await post(srv, "mem.x", {"n": 8})
     e = await c2.event()
     check(e["id"] == live, f"live: {e}")
@@ -106,6 +111,7 @@ async def t_memory_not_recovered(ctx):
           f"history_size 5 holds the last 5: {h}")
     first = seq_of(h["events"][0]["pos"])
     ep = h["epoch"]
+    lost = await metric(srv, RESUMED % "false")
     for since, want in ((f"{ep}-{first - 1}", True),
                         (f"{ep}-{first - 2}", False),
                         ("00000000-1", False),
@@ -119,6 +125,39 @@ async def t_memory_not_recovered(ctx):
         check(len(c.events) == (5 if want else 0),
               f"since {since}: {len(c.events)} replayed")
         await c.close()
+    check(await metric(srv, RESUMED % "false") == lost + 3,
+          "taskbus_history_resumes_total{recovered=\"false\"}: not 3 more")
+
+
+async def t_replay_paced(ctx):
+    """A replay far longer than the connection's send queue (here 64
+    messages) and the socket's buffers goes at the client's pace: every
+    event, no close as a slow client."""
+    srv = ctx.s["narrow"]
+    ids = await posted(srv, "pace.x", 1)
+    since = (await get_json(srv, "/history?events=pace.x"))["next"]
+    c = await ctx.connect("/ws", srv=srv, label="publisher")
+    n = 600
+    pad = "p" * 32000  # 19 MB in all: more than socket buffers take
+    for i in range(n):
+        await c.ws.send(json.dumps({"event": "pace.x",
+                                    "data": {"i": i, "pad": pad}}))
+    for i in range(n):
+        r = await c.reply()
+        check(r.get("ok") == "dispatch", f"dispatch {i}: {r}")
+        ids.append(r["id"])
+    # A client that does not read for a second (and buffers little) makes
+    # the send queue fill up unless the replay waits for it.
+    r = await ctx.connect(f"/ws?events=pace.x&since={since}", srv=srv,
+                          label="resumer", max_queue=4, read_limit=2 ** 14)
+    await asyncio.sleep(1)
+    rec = await recovered(r, T(30))
+    check(rec["recovered"] is True, f"{rec}")
+    check([e["id"] for e in r.events] == ids[1:],
+          f"replayed {len(r.events)} of {len(ids) - 1}")
+    check(r.ws.open, f"closed {r.ws.close_code}")
+    check("slow client" not in srv.log_text(), "closed as a slow client")
+    return f"{len(r.events)} of 32 KB replayed through a 64-message queue"
 
 
 async def t_longpoll_since(ctx):
@@ -182,6 +221,8 @@ async def t_bad_requests(ctx):
         check_status(r, 400, "bad_limit", what=f"limit {limit!r}")
     r = await ahttp(srv.port, "GET", "/history?events=a&limit=1000")
     check_status(r, 200, what="limit 1000 (history_page_max)")
+    r = await ahttp(srv.port, "GET", "/history?events=a&since=")
+    check_status(r, 200, what="an empty since: none yet")
     for q in ("", "?events=", "?events=a..b"):
         r = await ahttp(srv.port, "GET", f"/history{q}")
         check(r.status == 400, f"GET /history{q}: {r.status}")
@@ -360,6 +401,10 @@ async def t_redis_restart(ctx):
         check(got[-1]["id"] == end, f"{c.label}: did not end with ch.end")
     check("reconnected to" in a.log_text() and "reconnected to"
           in b.log_text(), "the instances never lost Redis")
+    check(await metric(b, "taskbus_history_catchup_reads_total") >= 1,
+          "b did not read the history after its reconnection")
+    check(await metric(b, "taskbus_history_events_lost_total") == 0,
+          "b counted events lost")
     return (f"{len(acked)} acknowledged of {sent} sent, "
             f"{errors[0]} refused while Redis was down ({down:.1f} s)")
 
@@ -368,6 +413,7 @@ def memory_group():
     yield "main", TaskbusServer("main")
     yield "small", TaskbusServer("small", "--history-size", "5")
     yield "off", TaskbusServer("off", "--history-size", "0")
+    yield "narrow", TaskbusServer("narrow", "--ws-send-queue-msgs", "64")
 
 
 def redis_group():
@@ -394,6 +440,8 @@ GROUPS = [
          t_memory_resume, 30),
         ("since outside the window or of another epoch: recovered false",
          t_memory_not_recovered, 30),
+        ("a replay longer than the send queue goes at the client's pace",
+         t_replay_paced, 60),
         ("long polls with since miss nothing", t_longpoll_since, 30),
         ("GET /history pages", t_history_pages, 30),
         ("malformed since, bad limits: 400", t_bad_requests, 60),

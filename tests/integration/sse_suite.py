@@ -948,6 +948,39 @@ async def t_eventsource_reconnect(ctx):
     return f"{n} events, one reconnect ({len(errors)} error event(s))"
 
 
+async def t_replay_paced(ctx):
+    """A replay longer than the send queue holds (300 events of 16 KB
+    through a 16-message, 256 KB queue) to a client that reads nothing for
+    a second and buffers little goes at the client's pace: every event
+    arrives, in order, and the stream is not closed as a slow client."""
+    srv = ctx.s["pace"]
+    mark = await post(srv, "pace.mark", b"")
+    since = (await positions(srv, ["pace.mark"]))["pace.mark"]
+    pad = "q" * 16384
+    p = Poster(srv.port)
+    ids = []
+    for i in range(300):
+        r = await asyncio.to_thread(p.post, "pace.n", f"{i}{pad}")
+        check_status(r, 202, what="POST")
+        ids.append(json.loads(r.body)["id"])
+    p.close()
+    c = (await sse(srv.port, f"/sse?events=pace.*&since={since}",
+                   rcvbuf=8192)).ready()
+    try:
+        await asyncio.sleep(1)  # reads nothing meanwhile
+        for i in range(300):
+            b = await asyncio.to_thread(c.event)
+            check(b["event"] == "pace.n" and b["json"]["id"] == ids[i],
+                  f"replayed event {i}: {b['lines'][:2]}")
+        b = await recovered_block(c)
+        check(b["json"]["recovered"] is True, f"{b['json']}")
+    finally:
+        c.close()
+    check("slow client" not in srv.log_text(),
+          "the replaying stream was closed as a slow client")
+    return f"300 events of 16 KB after {mark}"
+
+
 # --- a subscription that overflows
 
 FAN = 50  # relay tasks: one event in, FAN events out at once
@@ -1101,6 +1134,10 @@ GROUPS = [
          t_history_off, 30),
         ("EventSource reconnects with Last-Event-ID, misses nothing",
          t_eventsource_reconnect, 90),
+    ]),
+    ("pace", server("pace", "--ws-send-queue-msgs", "16",
+                    "--ws-send-queue-bytes", "262144"), [
+        ("a long replay goes at a slow client's pace", t_replay_paced, 60),
     ]),
     ("burst", lambda: {"bh": TaskbusServer("bh", "--ws-send-queue-msgs", "4"),
                        "bn": TaskbusServer("bn", "--ws-send-queue-msgs", "4",

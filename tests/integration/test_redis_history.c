@@ -114,6 +114,11 @@ static void test_history_stream(void **state)
     assert_int_equal(h.recovered, 0);
     assert_int_equal(h.n, 0);
     tb_history_free(&h);
+    /* The largest position there can be: beyond the end, not an error. */
+    tb__pos_format(since, epoch, TB__SEQ_MAX);
+    assert_int_equal(tb_history_read(ra->app, NULL, 0, since, 2, &h), 0);
+    assert_int_equal(h.recovered, 0);
+    tb_history_free(&h);
 
     /* The stream expires; the count goes on in the same epoch. */
     assert_int_equal(
@@ -121,6 +126,9 @@ static void test_history_stream(void **state)
     th_nap_ms(50);
     assert_int_equal(tb_history_read(ra->app, NULL, 0, NULL, 100, &h), 0);
     assert_int_equal(h.n, 0);
+    char end[TB_POS_MAX];
+    tb__pos_format(end, epoch, 8);
+    assert_string_equal(h.next, end); /* to go on from: the end */
     tb_history_free(&h);
     publish_n(ra->app, "h.ev", 9, 1);
     assert_int_equal(tb_history_read(ra->app, NULL, 0, NULL, 100, &h), 0);
@@ -156,38 +164,56 @@ static void test_history_plain_publish_and_flush(void **state)
     assert_int_equal(rh_app_stop(ra), 0);
 }
 
-/* The script run twice with the same publish number (a resend after a
- * reply was lost) appends and publishes once. */
+/* The script run twice with the same publish numbers (a resend after a
+ * reply was lost) appends and publishes once; a batch with one old and
+ * one new number appends the new one only. */
 static void test_history_resend_once(void **state)
 {
     (void)state;
     rh_server *srv = rh_server_start(NULL, NULL, NULL);
     const char *env = "{\"id\":\"x-1\",\"name\":\"r.ev\",\"data\":\"d\"}";
-    const char *args[] = {
-        "EVAL",     tb__rh_pub.body, "3", "{t}:hist", "{t}:hmeta", "{t}:htx:x",
-        "0123abcd", "t:event:r.ev",  env, "r.ev",     "=100",      "60000",
-        "7",        "60000",         NULL};
-    assert_int_equal(cli_num(srv, args), 1);
-    assert_int_equal(cli_num(srv, args), 0); /* the resend */
-    args[12] = "8";                          /* the next one */
+    const char *args[] = {"EVAL",
+                          tb__rh_pub.body,
+                          "3",
+                          "{t}:hist",
+                          "{t}:hmeta",
+                          "{t}:htx:x",
+                          "0123abcd",
+                          "=100",
+                          "60000",
+                          "60000",
+                          "t:event:r.ev",
+                          env,
+                          "r.ev",
+                          "7",
+                          "t:event:r.ev",
+                          env,
+                          "r.ev",
+                          "8",
+                          NULL};
     assert_int_equal(cli_num(srv, args), 2);
-    assert_int_equal(CLI_NUM(srv, "XLEN", "{t}:hist"), 2);
-    char out[512];
+    assert_int_equal(cli_num(srv, args), 0); /* the resend */
+    args[13] = "8";                          /* one old, one new */
+    args[17] = "9";
+    assert_int_equal(cli_num(srv, args), 1);
+    assert_int_equal(CLI_NUM(srv, "XLEN", "{t}:hist"), 3);
+    assert_int_equal(CLI_NUM(srv, "HGET", "{t}:hmeta", "seq"), 3);
+    char out[1024];
     assert_int_equal(
         rh_cli(srv, out, sizeof out, "XRANGE", "{t}:hist", "-", "+"), 0);
     assert_non_null(strstr(out, "1-0"));
-    assert_non_null(strstr(out, "2-0"));
+    assert_non_null(strstr(out, "3-0"));
     /* The epoch: our half, then 8 hex digits of Redis's clock. */
     const char *p = strstr(out, ",\"pos\":\"0123abcd"), *p2;
     assert_non_null(p);
     while ((p2 = strstr(p + 1, ",\"pos\":\"0123abcd")) != NULL)
-        p = p2; /* the second entry's */
+        p = p2; /* the last entry's */
     tb__pos pos;
     const char *q = strchr(p + 8, '"');
     assert_non_null(q);
     assert_int_equal(tb__pos_parse(p + 8, (size_t)(q - p - 8), &pos), 0);
     assert_int_equal(strlen(pos.epoch), 16);
-    assert_int_equal(pos.seq, 2);
+    assert_int_equal(pos.seq, 3);
 }
 
 /* History off: plain PUBLISH (no script, no keys) and no positions. */
@@ -251,8 +277,8 @@ static void assert_sequence(rh_rec *r, const char *label, int n)
 /* An instance whose subscription is killed (CLIENT KILL) in the middle of
  * a stream another instance publishes at about 1000 events/s reads what
  * it missed from the history: its subscribers on every worker get every
- * event once, in order, and a waiter gets the one published while it was
- * away. */
+ * event once, in order, and a waiter on each worker gets the one
+ * published while it was away. */
 static void test_catch_up_after_kill(void **state)
 {
     (void)state;
@@ -266,9 +292,12 @@ static void test_catch_up_after_kill(void **state)
         subs[w]->capacity = 100000;
         assert_true(rh_spawn(a->app, w, 1, subs[w], 5000));
     }
-    rh_rec *waiter = rh_rec_new("k.mark");
-    waiter->once = 1;
-    assert_true(rh_spawn(a->app, 1, 0, waiter, 5000));
+    rh_rec *waiters[2];
+    for (int w = 0; w < 2; w++) {
+        waiters[w] = rh_rec_new("k.mark");
+        waiters[w]->once = 1;
+        assert_true(rh_spawn(a->app, w, 0, waiters[w], 5000));
+    }
     rh_app *b = history_app(srv, 10000);
 
     const int total = 2000;
@@ -293,7 +322,8 @@ static void test_catch_up_after_kill(void **state)
     }
     assert_sequence(subs[0], "worker 0", total);
     assert_sequence(subs[1], "worker 1", total);
-    assert_true(rh_rec_wait(waiter, 1, 5000));
+    for (int w = 0; w < 2; w++)
+        assert_true(rh_rec_wait(waiters[w], 1, 5000));
     assert_int_equal(tb_bus_status(a->app, &info), 0);
     assert_true(info.reconnects > before); /* it did lose its link */
     th_nap_ms(100);

@@ -173,12 +173,22 @@ static void test_history_bounds(void **state)
         const char *flag, *value;
         int ok;
     } cases[] = {
-        {"history-size", "0", 1},          {"history-size", "-1", 0},
-        {"history-size", "16777216", 1},   {"history-size", "16777217", 0},
-        {"history-ttl", "1", 1},           {"history-ttl", "0.999", 0},
-        {"history-ttl", "2592000", 1},     {"history-ttl", "2592000.001", 0},
-        {"history-page-max", "1", 1},      {"history-page-max", "0", 0},
-        {"history-page-max", "100000", 1}, {"history-page-max", "100001", 0},
+        {"history-size", "0", 1},
+        {"history-size", "-1", 0},
+        {"history-size", "16777216", 1},
+        {"history-size", "16777217", 0},
+        {"history-ttl", "1", 1},
+        {"history-ttl", "0.999", 0},
+        {"history-ttl", "2592000", 1},
+        {"history-ttl", "2592000.001", 0},
+        {"history-page-max", "1", 1},
+        {"history-page-max", "0", 0},
+        {"history-page-max", "100000", 1},
+        {"history-page-max", "100001", 0},
+        {"history-max-bytes", "1024", 1},
+        {"history-max-bytes", "1023", 0},
+        {"history-max-bytes", "68719476736", 1},
+        {"history-max-bytes", "68719476737", 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         tb_app_config cfg;
@@ -196,6 +206,7 @@ static void test_history_bounds(void **state)
     assert_int_equal(cfg.core.history_size, 10000);
     assert_int_equal(cfg.core.history_ttl_ms, 300000);
     assert_int_equal(cfg.core.history_page_max, 1000);
+    assert_int_equal(cfg.core.history_max_bytes, 64 << 20);
     assert_int_equal(tb_config_set(&cfg, "history-ttl", "1.5", NULL, 0), 0);
     assert_int_equal(cfg.core.history_ttl_ms, 1500);
 }

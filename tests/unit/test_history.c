@@ -52,6 +52,33 @@ static void test_pos_parse(void **state)
     assert_int_equal(p.seq, 1);
     assert_int_equal(tb__pos_parse("deadbeef-12", 8, &p), TB_EINVAL);
     assert_int_equal(tb__pos_parse(NULL, 0, &p), TB_EINVAL);
+    /* Off an envelope's tail, as the publish script leaves it. */
+    static const struct {
+        const char *msg;
+        uint64_t seq; /* 0: none there */
+    } tails[] = {
+        {"{\"id\":\"a\",\"data\":1,\"pos\":\"0123abcd-7\"}", 7},
+        {"{\"i\":1,\"pos\":\"0123456789abcdef-9007199254740991\"}",
+         TB__SEQ_MAX},
+        {"{\"id\":\"a\",\"pos\":\"0123abcd-0\"}", 0},  /* seq 0 */
+        {"{\"id\":\"a\",\"pos\":\"0123abcd-7\"} ", 0}, /* not last */
+        {"{\"id\":\"a\",\"xpos\":\"0123abcd-7\"}", 0},
+        {"{\"id\":\"a\",\"data\":\"0123abcd-7\"}", 0},
+        {"\"pos\":\"0123abcd-7\"}", 0}, /* no comma: not a member */
+        {"plain text", 0},
+        {"\"}", 0},
+        {"", 0},
+    };
+    for (size_t i = 0; i < sizeof tails / sizeof tails[0]; i++) {
+        tb__pos t;
+        int rc = tb__pos_from_tail(tails[i].msg, strlen(tails[i].msg), &t);
+        if (tails[i].seq) {
+            assert_int_equal(rc, 0);
+            assert_int_equal(t.seq, tails[i].seq);
+        } else {
+            assert_int_equal(rc, TB_EINVAL);
+        }
+    }
     char e[TB_EPOCH_MAX];
     tb__epoch_new(e);
     assert_true(tb__epoch_valid(e));
@@ -71,7 +98,7 @@ static void test_ring(void **state)
     (void)state;
     tb_app *app = th_app_new(1, 1000);
     tb__hist_ring r;
-    assert_int_equal(tb__hist_ring_init(&r, 3, 200), 0);
+    assert_int_equal(tb__hist_ring_init(&r, 3, 1 << 20, 200), 0);
     tb__hist_page pg;
     assert_int_equal(tb__hist_ring_read(&r, 0, 10, &pg), 0);
     assert_string_equal(pg.epoch, ""); /* nothing published yet */
@@ -120,6 +147,27 @@ static void test_ring(void **state)
     tb__hist_ring_publish(&r, ev, no_deliver, &delivered);
     assert_int_equal(ev->seq, 6);
     tb_event_unref(ev);
+    tb__hist_ring_destroy(&r);
+
+    /* history_max_bytes: at most 10 bytes of names and data ("a.b" and 2
+     * bytes each: 5), so 2 events; one alone over it is still kept. */
+    assert_int_equal(tb__hist_ring_init(&r, 100, 10, 60000), 0);
+    for (int i = 0; i < 4; i++) {
+        ev = tb__event_new(app, "a.b", "xy", 2, NULL, NULL, 0);
+        tb__hist_ring_publish(&r, ev, no_deliver, &delivered);
+        tb_event_unref(ev);
+    }
+    assert_int_equal(tb__hist_ring_read(&r, 0, 10, &pg), 0);
+    assert_int_equal(pg.n, 2); /* exactly at the bound */
+    assert_int_equal(pg.first, 3);
+    tb__hist_page_release(&pg);
+    ev = tb__event_new(app, "a.b", "0123456789", 10, NULL, NULL, 0);
+    tb__hist_ring_publish(&r, ev, no_deliver, &delivered);
+    tb_event_unref(ev);
+    assert_int_equal(tb__hist_ring_read(&r, 0, 10, &pg), 0);
+    assert_int_equal(pg.n, 1);
+    assert_int_equal(pg.first, 5);
+    tb__hist_page_release(&pg);
     tb__hist_ring_destroy(&r);
     tb_app_free(app);
 }
