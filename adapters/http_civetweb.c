@@ -131,8 +131,29 @@ static int conn_gone(void *cp)
     return 1;
 }
 
+static int take_socket(const server *srv, const struct mg_request_info *ri,
+                       int fd);
+
+/* The response is the core's from here on (an SSE stream): the socket is
+ * taken away as after a websocket handshake (see on_ws_ready), and
+ * civetweb, told to close, closes only the stand-in when on_request
+ * returns. */
+static int conn_take(void *cp)
+{
+    conn *c = cp;
+    const struct mg_request_info *ri = mg_get_request_info(c->mg);
+    const server *srv = ri->user_data;
+    int fd =
+        c->looked ? c->fd : find_socket(srv, ri->remote_addr, ri->remote_port);
+    conn_close(c);
+    c->looked = 1;
+    c->fd = -1; /* the stand-in's number now: never polled again */
+    c->unread = 0;
+    return take_socket(srv, ri, fd);
+}
+
 static const tb__http_conn_ops conn_ops = {conn_header, conn_send, conn_gone,
-                                           conn_close};
+                                           conn_close, conn_take};
 
 /* 1 if token is one of the comma-separated items of list (any case). */
 static int has_token(const char *list, const char *token)
@@ -665,16 +686,15 @@ static int find_socket(const server *srv, const char *addr, int port)
     return -1;
 }
 
-static void on_ws_ready(struct mg_connection *mg, void *ud)
+/* Takes the client's socket of mg away from civetweb (fd: its number, or
+ * -1 when not found): a duplicate for the core, and a fresh unconnected
+ * socket under civetweb's number for its own clean-up to close. The
+ * connection must close after this request (must_close). Returns the
+ * duplicate, or TB_EPIPE / TB_EAGAIN after counting and logging the
+ * failure. */
+static int take_socket(const server *srv, const struct mg_request_info *ri,
+                       int fd)
 {
-    const server *srv = ud;
-    tb_ws *ws = mg_get_user_connection_data(mg);
-    mg_set_user_connection_data(mg, NULL);
-    mg_disable_connection_keep_alive(mg); /* leave the read loop at once */
-    if (!ws)
-        return;
-    const struct mg_request_info *ri = mg_get_request_info(mg);
-    int fd = find_socket(srv, ri->remote_addr, ri->remote_port);
     int mine = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     int stand_in =
         mine >= 0 ? socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
@@ -686,11 +706,27 @@ static void on_ws_ready(struct mg_connection *mg, void *ud)
             close(mine);
         if (stand_in >= 0)
             close(stand_in);
-        tb__ws_release(ws);
-        return;
+        return fd >= 0 ? TB_EAGAIN : TB_EPIPE;
     }
     close(stand_in);
-    tb__ws_adopt(ws, mine);
+    return mine;
+}
+
+static void on_ws_ready(struct mg_connection *mg, void *ud)
+{
+    const server *srv = ud;
+    tb_ws *ws = mg_get_user_connection_data(mg);
+    mg_set_user_connection_data(mg, NULL);
+    mg_disable_connection_keep_alive(mg); /* leave the read loop at once */
+    if (!ws)
+        return;
+    const struct mg_request_info *ri = mg_get_request_info(mg);
+    int fd = take_socket(srv, ri,
+                         find_socket(srv, ri->remote_addr, ri->remote_port));
+    if (fd < 0)
+        tb__ws_release(ws);
+    else
+        tb__ws_adopt(ws, fd);
 }
 
 static int on_ws_data(struct mg_connection *mg, int bits, char *data,

@@ -39,29 +39,18 @@ struct tb__wsconn {
     tb_ws *ws;
     int fd;
     struct event *rev;           /* readable */
-    struct event *wev;           /* writable, or activated by hand to flush */
     struct event *timer;         /* ping, pong deadline, or close deadline */
     wslay_event_context_ptr ctx; /* NULL between messages */
-    struct evbuffer *in;  /* read from the socket, not yet given to wslay */
-    struct evbuffer *out; /* frames not yet written to the socket */
-    size_t feed;          /* bytes of whole frames at the head of in that
-                             wslay may take now */
-    size_t in_wslay;      /* bytes wslay took of a message not yet whole */
-    size_t reported;      /* held bytes last told to the core */
-    /* Where out's frames end, so that a connection closed for
-     * ws_memory_max drops what it has not begun to send (a frame cut
-     * short would corrupt the stream). Byte counts since the start: */
-    uint64_t written;    /* taken from out by the socket */
-    uint64_t head_start; /* where the frame at out's head begins */
-    uint64_t *ends;      /* a ring: the end of each frame in out */
-    size_t ends_head, nends, ends_cap;
-    int ends_lost; /* out of memory once: boundaries unknown */
+    struct evbuffer *in; /* read from the socket, not yet given to wslay */
+    tb__outq q;          /* frames not yet written to the socket (q.buf,
+                            "out" below) */
+    size_t feed;         /* bytes of whole frames at the head of in that
+                            wslay may take now */
+    size_t in_wslay;     /* bytes wslay took of a message not yet whole */
+    size_t reported;     /* held bytes last told to the core */
     tb__ws_limits lim;
-    size_t msgs;    /* messages queued since the output last drained */
     int reading;    /* rev added */
     int paused;     /* the core's receive queue is full */
-    int wev_added;  /* wev pending: waiting for the socket to drain */
-    int flush_due;  /* wev activated by hand for this loop turn */
     int fragmented; /* the frames read so far leave a fragmented data
                        message open (wslay has them all once feed is 0) */
     int closing;    /* no more messages accepted; a close is due */
@@ -92,7 +81,7 @@ static void update_reading(tb__wsconn *c);
  * caller's tail reports the rest. */
 static size_t holds(const tb__wsconn *c)
 {
-    return evbuffer_get_length(c->in) + evbuffer_get_length(c->out) +
+    return evbuffer_get_length(c->in) + evbuffer_get_length(c->q.buf) +
            c->in_wslay;
 }
 
@@ -107,74 +96,12 @@ static void report(tb__wsconn *c)
 
 /* ---------------------------------------------------------------- frames */
 
-/* Records that out now ends at a frame boundary (after whole frames were
- * appended). */
-static void mark_frame(tb__wsconn *c)
-{
-    if (c->ends_lost)
-        return;
-    if (c->nends == c->ends_cap) {
-        size_t cap = c->ends_cap ? c->ends_cap * 2 : 8;
-        uint64_t *e = malloc(cap * sizeof *e);
-        if (!e) {
-            c->ends_lost = 1;
-            return;
-        }
-        for (size_t i = 0; i < c->nends; i++)
-            e[i] = c->ends[(c->ends_head + i) % c->ends_cap];
-        free(c->ends);
-        c->ends = e;
-        c->ends_cap = cap;
-        c->ends_head = 0;
-    }
-    c->ends[(c->ends_head + c->nends) % c->ends_cap] =
-        c->written + evbuffer_get_length(c->out);
-    c->nends++;
-}
-
-/* The socket took n bytes of out. */
-static void frames_written(tb__wsconn *c, size_t n)
-{
-    c->written += n;
-    while (c->nends && c->ends[c->ends_head] <= c->written) {
-        c->head_start = c->ends[c->ends_head];
-        c->ends_head = (c->ends_head + 1) % c->ends_cap;
-        c->nends--;
-    }
-    if (c->nends == 0 && c->ends_cap > 8) { /* a burst is over */
-        free(c->ends);
-        c->ends = NULL;
-        c->ends_cap = 0;
-        c->ends_head = 0;
-    }
-}
-
-/* Drops the frames of out the socket has not begun to take: all but the
- * rest of a frame it is in the middle of. Not once a close frame is in
- * out (it would go too), nor when the boundaries are unknown. */
+/* Drops the frames the socket has not begun to take (tb__outq_drop_unsent),
+ * unless a close frame is queued: it would go too. */
 static void drop_unsent(tb__wsconn *c)
 {
-    if (c->close_sent || c->ends_lost || c->nends == 0)
-        return;
-    size_t keep = c->written > c->head_start
-                      ? (size_t)(c->ends[c->ends_head] - c->written)
-                      : 0;
-    struct evbuffer *k = evbuffer_new();
-    if (!k)
-        return;
-    if (keep && evbuffer_remove_buffer(c->out, k, keep) != (int)keep) {
-        evbuffer_prepend_buffer(c->out, k); /* put back; keep all */
-        evbuffer_free(k);
-        return;
-    }
-    evbuffer_drain(c->out, evbuffer_get_length(c->out));
-    evbuffer_add_buffer(c->out, k);
-    evbuffer_free(k);
-    c->nends = 0;
-    c->ends_head = 0;
-    if (keep)
-        mark_frame(c);
-    c->msgs = 0;
+    if (!c->close_sent)
+        tb__outq_drop_unsent(&c->q);
 }
 
 /* Appends one unmasked frame (FIN set) with opcode and payload to out. */
@@ -197,13 +124,13 @@ static int put_frame(tb__wsconn *c, int opcode, const void *head,
             h[2 + i] = (unsigned char)((uint64_t)total >> (56 - 8 * i));
         n = 10;
     }
-    if (evbuffer_add(c->out, h, n) != 0 ||
-        (head_len && evbuffer_add(c->out, head, head_len) != 0) ||
-        (len && evbuffer_add(c->out, data, len) != 0)) {
-        c->ends_lost = 1; /* a frame may be cut short in out */
+    if (evbuffer_add(c->q.buf, h, n) != 0 ||
+        (head_len && evbuffer_add(c->q.buf, head, head_len) != 0) ||
+        (len && evbuffer_add(c->q.buf, data, len) != 0)) {
+        c->q.ends_lost = 1; /* a frame may be cut short in out */
         return TB_ENOMEM;
     }
-    mark_frame(c);
+    tb__outq_mark(&c->q);
     return 0;
 }
 
@@ -330,7 +257,7 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data,
     tb__wsconn *c = ud;
     if (c->close_sent)
         return (ssize_t)len;
-    if (evbuffer_add(c->out, data, len) != 0) {
+    if (evbuffer_add(c->q.buf, data, len) != 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
     }
@@ -459,10 +386,11 @@ static void process(tb__wsconn *c)
         !wslay_event_get_read_enabled(c->ctx) && !c->close_received;
     int closed_by_wslay = wslay_failed && !c->closing;
     if (rc == 0) {
-        size_t before = evbuffer_get_length(c->out);
+        size_t before = evbuffer_get_length(c->q.buf);
         rc = wslay_event_send(c->ctx);
-        if (evbuffer_get_length(c->out) > before)
-            mark_frame(c); /* wslay's frames are whole when it returns */
+        if (evbuffer_get_length(c->q.buf) > before)
+            tb__outq_mark(&c->q); /* wslay's frames are whole when it
+                                     returns */
     }
     if (rc == 0 && wslay_event_get_close_sent(c->ctx) && !c->close_sent) {
         c->close_sent = 1;
@@ -514,7 +442,7 @@ static void arm(tb__wsconn *c, int ms)
 /* Ends the connection once the close handshake is done and written. */
 static void check_done(tb__wsconn *c)
 {
-    if (c->ended || !c->close_sent || evbuffer_get_length(c->out) > 0 ||
+    if (c->ended || !c->close_sent || evbuffer_get_length(c->q.buf) > 0 ||
         (!c->close_received && !c->failing))
         return;
     end(c, c->end_code ? c->end_code : 1005,
@@ -531,7 +459,7 @@ static int should_read(const tb__wsconn *c)
 {
     if (c->ended || c->failing || c->close_received)
         return 0;
-    if (evbuffer_get_length(c->out) > c->lim.send_queue_bytes)
+    if (evbuffer_get_length(c->q.buf) > c->lim.send_queue_bytes)
         return 0;
     return c->closing || !c->paused;
 }
@@ -592,30 +520,17 @@ static void flush(tb__wsconn *c)
             return;
         }
     }
-    while (evbuffer_get_length(c->out) > 0) {
-        int n = evbuffer_write(c->out, c->fd);
-        if (n > 0) {
-            frames_written(c, (size_t)n);
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!c->wev_added) {
-                event_add(c->wev, NULL);
-                c->wev_added = 1;
-            }
-            report(c);
-            return; /* the socket is full: wait until it is writable */
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
+    int rc = tb__outq_write(&c->q, c->fd);
+    if (rc < 0) {
         end(c, c->close_received ? c->end_code : 1006,
             "the connection failed (write)");
         return;
     }
-    c->msgs = 0;
-    if (c->wev_added) {
-        event_del(c->wev);
-        c->wev_added = 0;
+    if (!tb__outq_backlogged(&c->q, &c->lim))
+        tb__ws_on_drained(c->ws);
+    if (rc == 0) {
+        report(c);
+        return;
     }
     update_reading(c);
     report(c);
@@ -627,7 +542,7 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     tb__wsconn *c = arg;
-    c->flush_due = 0;
+    c->q.flush_due = 0;
     if (c->ended) { /* a write offered by conn_offer failed */
         end(c, c->end_code, c->end_why);
         return;
@@ -670,10 +585,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
  * the socket is full (wev is pending and fires when it drains). */
 static void schedule_flush(tb__wsconn *c)
 {
-    if (c->flush_due || c->wev_added || c->ended)
-        return;
-    event_active(c->wev, EV_WRITE, 0);
-    c->flush_due = 1;
+    if (!c->ended)
+        tb__outq_schedule(&c->q);
 }
 
 /* ---------------------------------------------------------------- ops */
@@ -689,21 +602,19 @@ static tb__wsconn *conn_open(tb_ws *ws, struct event_base *base, int fd,
     c->lim = *lim;
     snprintf(c->peer, sizeof c->peer, "%s", peer);
     evutil_make_socket_nonblocking(fd);
+    if (tb__outq_init(&c->q, base, fd, on_write, c) != 0) {
+        free(c);
+        return NULL;
+    }
     c->in = evbuffer_new();
-    c->out = evbuffer_new();
     c->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read, c);
-    c->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_write, c);
     c->timer = evtimer_new(base, on_timer, c);
-    if (!c->in || !c->out || !c->rev || !c->wev || !c->timer ||
-        event_add(c->rev, NULL) != 0) {
+    if (!c->in || !c->rev || !c->timer || event_add(c->rev, NULL) != 0) {
+        tb__outq_free(&c->q);
         if (c->in)
             evbuffer_free(c->in);
-        if (c->out)
-            evbuffer_free(c->out);
         if (c->rev)
             event_free(c->rev);
-        if (c->wev)
-            event_free(c->wev);
         if (c->timer)
             event_free(c->timer);
         free(c);
@@ -732,33 +643,29 @@ static int conn_send(tb__wsconn *c, int binary, const void *data, size_t len)
 {
     if (c->ended || c->closing)
         return TB_EPIPE;
-    size_t queued = evbuffer_get_length(c->out);
-    if ((queued + len > c->lim.send_queue_bytes ||
-         c->msgs + 1 > (size_t)c->lim.send_queue_msgs) &&
-        !c->wev_added) {
+    if (tb__outq_over(&c->q, &c->lim, len) && !c->q.wev_added) {
         /* Over the limits counting what was queued this loop turn and not
          * yet offered to the socket: offer it now, and count only what the
          * socket does not take. */
         if (flush_now(c) != 0)
             return TB_EPIPE;
-        queued = evbuffer_get_length(c->out);
     }
-    if (queued + len > c->lim.send_queue_bytes ||
-        c->msgs + 1 > (size_t)c->lim.send_queue_msgs) {
+    if (tb__outq_over(&c->q, &c->lim, len)) {
         tb__log(TB_LOG_WARN,
                 "ws %s (request %s): slow client: %zu messages and %zu "
                 "bytes wait for its socket (ws_send_queue_msgs %d, "
                 "ws_send_queue_bytes %zu); closing with 1008",
-                c->peer, tb_ws_request_id(c->ws), c->msgs, queued,
-                c->lim.send_queue_msgs, c->lim.send_queue_bytes);
+                c->peer, tb_ws_request_id(c->ws), c->q.msgs,
+                evbuffer_get_length(c->q.buf), c->lim.send_queue_msgs,
+                c->lim.send_queue_bytes);
         conn_close(c, 1008, "send queue full (slow client)");
         return TB_ENOSPC;
     }
     if (put_frame(c, binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, NULL, 0,
                   data, len) != 0)
         return TB_ENOMEM;
-    c->msgs++;
-    if (!c->wev_added && tb__ws_would_pass(c->ws, holds(c))) {
+    c->q.msgs++;
+    if (!c->q.wev_added && tb__ws_would_pass(c->ws, holds(c))) {
         /* One event to many clients would otherwise hold a copy per
          * client until the loop turn ends, and pass ws_memory_max with
          * output the sockets would take at once: write through. */
@@ -807,7 +714,7 @@ static void conn_shed(tb__wsconn *c, int code, const char *reason)
 
 static void conn_offer(tb__wsconn *c)
 {
-    if (c->ended || c->in_callback || !c->flush_due || c->wev_added)
+    if (c->ended || c->in_callback || !c->q.flush_due || c->q.wev_added)
         return;
     c->in_callback++;
     flush(c);
@@ -851,15 +758,18 @@ static void end(tb__wsconn *c, int code, const char *why)
     c->ended = 1;
     tb__ws_on_end(c->ws, code, why ? why : "closed");
     event_free(c->rev);
-    event_free(c->wev);
     event_free(c->timer);
     if (c->ctx)
         wslay_event_context_free(c->ctx);
     evbuffer_free(c->in);
-    evbuffer_free(c->out);
-    free(c->ends);
+    tb__outq_free(&c->q);
     close(c->fd);
     free(c);
+}
+
+static int conn_backlogged(tb__wsconn *c)
+{
+    return !c->ended && tb__outq_backlogged(&c->q, &c->lim);
 }
 
 static const tb__wsconn_ops wslay_ops = {
@@ -871,6 +781,7 @@ static const tb__wsconn_ops wslay_ops = {
     .offer = conn_offer,
     .pause = conn_pause,
     .abort = conn_abort,
+    .backlogged = conn_backlogged,
 };
 
 const tb__wsconn_ops *tb__ws_wslay_ops(void)

@@ -17,12 +17,15 @@
 
 #include "taskbus/taskbus.h"
 
-#include "bus.h"  /* the event bus: tb__bus_ops, receive, publish, state */
-#include "log.h"  /* tb__log, tb__ratelog */
-#include "url.h"  /* redis_url parsing */
-#include "resp.h" /* RESP replies from links without hiredis (Sentinel) */
+#include "bus.h"     /* the event bus: tb__bus_ops, receive, publish, state */
+#include "history.h" /* positions, the in-process history ring */
+#include "log.h"     /* tb__log, tb__ratelog */
+#include "url.h"     /* redis_url parsing */
+#include "resp.h"    /* RESP replies from links without hiredis (Sentinel) */
 
 struct event_base;
+struct event;
+struct evbuffer;
 
 /* ---------------------------------------------------------------- the app */
 
@@ -84,6 +87,16 @@ typedef struct tb__http_conn_ops {
      * connection closes after it instead of waiting for another request
      * (a thread-per-connection server holds a thread for that wait). */
     void (*close)(void *conn);
+    /* Optional (NULL: no streams). Takes the connection's socket away from
+     * the server for a response the core writes itself on a worker's loop
+     * (an SSE stream): nothing has been sent on it yet, and the server
+     * sends nothing more and never reads or closes the client's socket
+     * again. Returns the connected socket, now the caller's (non-blocking
+     * is the caller's to set; close-on-exec), or TB_EPIPE (the client has
+     * gone) or TB_EAGAIN (no descriptor left), counted and logged through
+     * tb__ws_handover_failed; nothing can be answered then, and the server
+     * closes the connection. */
+    int (*take)(void *conn);
 } tb__http_conn_ops;
 
 /* One request as the server read it: its line, its connection and its
@@ -160,6 +173,57 @@ typedef struct tb__ws_limits {
                              the connection */
 } tb__ws_limits;
 
+/* A connection's output on a worker's loop, shared by the websocket
+ * framing and the SSE writer: bytes queued in an evbuffer and written with
+ * one writev per loop turn, never blocking (what the socket does not take
+ * waits for EV_WRITE). Every call on the worker's thread. */
+typedef struct tb__outq {
+    struct evbuffer *buf; /* queued, not yet taken by the socket */
+    struct event *wev;    /* EV_WRITE on the socket, or activated by hand */
+    size_t msgs;          /* sends queued since the output last drained */
+    int wev_added;        /* wev pending: waiting for the socket to drain */
+    int flush_due;        /* wev activated by hand for this loop turn */
+    /* Where buf's units (websocket frames, SSE events) end, so that a
+     * connection closed for ws_memory_max drops what it has not begun to
+     * send (a unit cut short would corrupt the stream). Byte counts since
+     * the start: */
+    uint64_t written;    /* taken from buf by the socket */
+    uint64_t head_start; /* where the unit at buf's head begins */
+    uint64_t *ends;      /* a ring: the end of each unit in buf */
+    size_t ends_head, nends, ends_cap;
+    int ends_lost; /* out of memory once (or a unit cut short when an
+                      append failed): boundaries unknown */
+} tb__outq;
+
+/* Makes q's buffer and its write event on fd, whose callback (on_write,
+ * with arg) must clear q->flush_due and write. 0, or TB_ENOMEM with
+ * nothing left to free. */
+int tb__outq_init(tb__outq *q, struct event_base *base, int fd,
+                  void (*on_write)(int fd, short what, void *arg), void *arg);
+/* Writes what fd takes of q's buffer: 1 when all is written (msgs is then
+ * 0 and wev stopped), 0 when the rest waits for the socket (wev armed),
+ * TB_EPIPE when the write failed. What each write took moves the unit
+ * boundaries. */
+int tb__outq_write(tb__outq *q, int fd);
+/* Records that q's buffer now ends at a unit boundary (after whole units
+ * were appended). */
+void tb__outq_mark(tb__outq *q);
+/* Drops the units the socket has not begun to take: all but the rest of
+ * one it is in the middle of (msgs is then 0). Nothing when the
+ * boundaries are unknown. */
+void tb__outq_drop_unsent(tb__outq *q);
+/* One write this loop turn, however many sends come in it; none while wev
+ * already waits for the socket. */
+void tb__outq_schedule(tb__outq *q);
+/* 1 while more than half of either send bound of lim waits in q: a
+ * sender that can wait (a replay) should, before it queues more. */
+int tb__outq_backlogged(const tb__outq *q, const struct tb__ws_limits *lim);
+/* 1 if one more send of len bytes would pass send_queue_bytes or
+ * send_queue_msgs of lim. */
+int tb__outq_over(const tb__outq *q, const struct tb__ws_limits *lim,
+                  size_t len);
+void tb__outq_free(tb__outq *q);
+
 typedef struct tb__wsconn_ops {
     const char *name; /* "wslay" */
     /* Starts serving fd (connected, after the handshake) on base. The
@@ -190,6 +254,11 @@ typedef struct tb__wsconn_ops {
     /* Writes what it can without waiting, closes the socket and ends the
      * connection now (tb__ws_on_end runs before it returns). */
     void (*abort)(tb__wsconn *c);
+    /* Optional (NULL: never). 1 while more than half of either send queue
+     * limit waits for the socket: a sender that can wait (a replay of the
+     * history) waits before it queues more, instead of being closed as a
+     * slow client. */
+    int (*backlogged)(tb__wsconn *c);
 } tb__wsconn_ops;
 
 /* What the framing adapter calls, on the worker's thread. */
@@ -214,6 +283,12 @@ void tb__ws_on_closing(tb_ws *ws);
  * sent none. The adapter frees the connection after this returns; the core
  * must not use it again. why says what ended it (for the log). */
 void tb__ws_on_end(tb_ws *ws, int code, const char *why);
+/* A write left at most half of either send queue limit queued (no longer
+ * backlogged): wakes a sender waiting for room (tb__ws_wait_drained). */
+void tb__ws_on_drained(tb_ws *ws);
+/* The framing closes a slow client on its own (not from a send that
+ * failed with TB_ENOSPC, which the core counts): count it for /metrics. */
+void tb__ws_on_slow_close(tb_ws *ws);
 
 /* ------------------------------------------------------------ client tokens */
 

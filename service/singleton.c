@@ -14,7 +14,7 @@
 #include "internal.h"
 #include "json.h"
 #include "kinds.h"
-#include "singleton.h"
+#include "singleton_impl.h"
 
 /* How it works (docs/CLUSTER.md has the protocol and its failure cases).
  *
@@ -46,98 +46,11 @@
  * A tick that passed while nobody held the lease is skipped, not replayed.
  *
  * With a bus that has no cluster (the memory bus), this instance is the
- * cluster: singletons just run here, with fences counted here. */
-
-struct tb__single {
-    atomic_int refs; /* the runs list's + the task's (until it is freed) */
-    tb__singletons *s;
-    struct tb__single *next; /* s->runs */
-    char *name;
-    char *def; /* the definition's JSON (re-put when Redis lost it) */
-    uint64_t fence;
-    int64_t every_ms;
-    /* What runs: a kind and its arguments, or a local function. */
-    char *kind, *args;
-    tb_task_fn fn;
-    void *ud;
-    /* s->mu */
-    uint64_t task_id;
-    int64_t renew_due_us, valid_until_us; /* monotonic */
-    int lost, ended;
-    int renewing;      /* a renewal is in flight */
-    char lost_why[96]; /* set by a renewal's answer: lose() it */
-    /* reg_mu: a periodic task's record */
-    int64_t last_run_us, next_run_us;
-    int last_result, last_state; /* last_state -1: no run yet */
-    uint64_t nruns;
-};
-typedef struct tb__single single;
-
-/* The definition of a run that could not renew its lease in time (Redis
- * unreachable): restored once Redis answers, in case Redis lost its data
- * meanwhile (then nobody else knows the singleton any more). */
-typedef struct orphan {
-    struct orphan *next;
-    char *name, *def;
-} orphan;
-
-/* A singleton this instance added before run: any instance may run it. */
-typedef struct local_def {
-    struct local_def *next;
-    char *name;
-    char *kind; /* label, may be NULL */
-    tb_task_fn fn;
-    void *ud;
-    int64_t every_ms;
-} local_def;
-
-struct tb__singletons {
-    tb_app *app;
-    const tb__cluster_ops *ops; /* NULL: this instance is the cluster */
-    int64_t lease_ms, margin_ms, period_ms;
-    pthread_t thread, taker; /* leases; takeovers */
-    int started, taker_started;
-    pthread_mutex_t mu; /* guards what follows */
-    pthread_cond_t cv;
-    int stop;
-    single *runs;
-    orphan *orphans;
-    local_def *locals;
-    uint64_t local_fence;
-    atomic_uint_fast64_t runs_started, takeovers, renewals, renew_failures,
-        leases_lost, ticks_fired, ticks_skipped;
-};
+ * cluster: singletons just run here, with fences counted here.
+ *
+ * The periodic scheduler is in periodic.c. */
 
 /* ---------------------------------------------------------------- parts */
-
-int tb__duration_ms(const char *s, int64_t *ms)
-{
-    if (!s)
-        return TB_EINVAL;
-    int64_t v = 0;
-    int digits = 0;
-    const char *p = s;
-    for (; *p >= '0' && *p <= '9'; p++, digits++) {
-        v = v * 10 + (*p - '0');
-        if (v > TB_PERIODIC_MAX_MS)
-            return TB_EINVAL;
-    }
-    int64_t unit;
-    if (!strcmp(p, "ms"))
-        unit = 1;
-    else if (!strcmp(p, "s"))
-        unit = 1000;
-    else if (!strcmp(p, "m"))
-        unit = 60 * 1000;
-    else if (!strcmp(p, "h"))
-        unit = 3600 * 1000;
-    else
-        return TB_EINVAL;
-    if (!digits || v > TB_PERIODIC_MAX_MS / unit)
-        return TB_EINVAL;
-    *ms = v * unit;
-    return 0;
-}
 
 void tb__singleton_hold(single *r)
 {
@@ -203,7 +116,7 @@ static int cmd_ms(tb__singletons *s)
     return s->app->cfg.redis.command_timeout_ms;
 }
 
-static int sync_done(tb__singletons *s, int rc, tb__opwait *w)
+int tb__sl_sync_done(tb__singletons *s, int rc, tb__opwait *w)
 {
     return tb__opwait_wait(w, rc, cmd_ms(s), NULL, NULL, NULL);
 }
@@ -213,10 +126,10 @@ static int def_put(tb__singletons *s, const char *name, const char *def)
     tb__opwait *w = tb__opwait_new();
     if (!w)
         return TB_ENOMEM;
-    return sync_done(s,
-                     s->ops->def_put(s->app->bus, name, def, strlen(def),
-                                     tb__opwait_done_cb, w),
-                     w);
+    return tb__sl_sync_done(s,
+                            s->ops->def_put(s->app->bus, name, def, strlen(def),
+                                            tb__opwait_done_cb, w),
+                            w);
 }
 
 static int lease_take(tb__singletons *s, const char *name, uint64_t *fence,
@@ -231,8 +144,6 @@ static int lease_take(tb__singletons *s, const char *name, uint64_t *fence,
 }
 
 /* ---------------------------------------------------------------- runs */
-
-static int periodic_main(tb_task *self, void *ud);
 
 /* Starts a run of name here with fence: r is filled from the definition
  * (kind + args, or fn + ud). taken_us (monotonic) is when the request that
@@ -262,7 +173,7 @@ static int run_start(tb__singletons *s, single *r, int64_t taken_us,
     pthread_mutex_unlock(&s->mu);
     int rc;
     if (r->every_ms)
-        rc = tb__task_add(app, periodic_main, r, &o, &x, &id);
+        rc = tb__task_add(app, tb__periodic_main, r, &o, &x, &id);
     else if (r->fn)
         rc = tb__task_add(app, r->fn, r->ud, &o, &x, &id);
     else
@@ -363,7 +274,7 @@ out:
 }
 
 /* Cancels run r: its lease is not ours any more (why). */
-static void lose(tb__singletons *s, single *r, const char *why)
+void tb__sl_lose(tb__singletons *s, single *r, const char *why)
 {
     tb_app *app = s->app;
     pthread_mutex_lock(&s->mu);
@@ -427,117 +338,6 @@ void tb__singleton_ended(tb_task *t, tb_task_state st)
                 tb_task_state_name(st));
     /* The task keeps its reference while its record lives (its object
      * shows the run's fields): its last unref releases it. */
-}
-
-/* ---------------------------------------------------------------- periodic */
-
-/* Records tick under r's fence (the blocking pool's thread): 0 to fire. */
-typedef struct tick_job {
-    single *r;
-    int64_t tick;
-} tick_job;
-
-static int tick_blocking(void *ud)
-{
-    tick_job *j = ud;
-    tb__singletons *s = j->r->s;
-    tb__opwait *w = tb__opwait_new();
-    if (!w)
-        return TB_ENOMEM;
-    int rc = s->ops->tick(s->app->bus, j->r->name, j->tick, j->r->fence,
-                          tb__opwait_done_cb, w);
-    return sync_done(s, rc, w);
-}
-
-/* Runs the action once, in a child task of its own, and waits for it. */
-static void fire(tb_task *self, single *r)
-{
-    tb_app *app = tb_task_app(self);
-    tb_task_opts o = {.worker = TB_WORKER_ANY,
-                      .flags = TB__TASK_LOCAL,
-                      .kind = r->kind ? r->kind : "periodic"};
-    tb__add_extra x = {.iflags = TB__TASK_LOCAL};
-    uint64_t id = 0;
-    char err[256] = "";
-    int rc = r->fn ? tb__task_add(app, r->fn, r->ud, &o, &x, &id)
-                   : tb__kind_spawn(app, r->kind, r->args, &o, &x, &id, err,
-                                    sizeof err);
-    int result = rc;
-    tb_task_state st = TB_TASK_FAILED;
-    if (rc == 0) {
-        char child[32];
-        snprintf(child, sizeof child, "task-%" PRIu64, id);
-        rc = tb_task_join(self, child, -1, &result, &st);
-        if (rc == TB_ECANCELED) {
-            /* Nothing we started outlives us. */
-            tb_task_cancel(app, child, TB_TIMEOUT_DEFAULT);
-            tb_task_join(self, child, -1, &result, &st);
-        }
-        tb__task_forget(app, child, id);
-    } else {
-        tb__log(TB_LOG_ERROR, "periodic task %s: cannot start its run: %s",
-                r->name, err[0] ? err : tb_strerror(rc));
-    }
-    pthread_mutex_lock(&app->reg_mu);
-    r->last_result = result;
-    r->last_state = (int)st;
-    r->nruns++;
-    pthread_mutex_unlock(&app->reg_mu);
-}
-
-static int periodic_main(tb_task *self, void *ud)
-{
-    single *r = ud;
-    tb__singletons *s = r->s;
-    tb_app *app = s->app;
-    int64_t every_us = r->every_ms * 1000;
-    int64_t last_tick = -1;
-    for (;;) {
-        int64_t now = tb__now_us();
-        int64_t next = (now / every_us + 1) * every_us;
-        pthread_mutex_lock(&app->reg_mu);
-        r->next_run_us = next;
-        pthread_mutex_unlock(&app->reg_mu);
-        int rc = tb_sleep(self, (next - now + 999) / 1000);
-        if (rc)
-            return 0; /* cancelled: ends cancelled */
-        /* The latest tick: one missed while suspended (or while nobody ran
-         * it) is skipped, not replayed. */
-        int64_t tick = tb__now_us() / every_us;
-        if (tick <= last_tick)
-            continue;
-        last_tick = tick;
-        if (s->ops) {
-            tick_job j = {r, tick};
-            int st = 0;
-            rc = tb_run_blocking(self, tick_blocking, &j, &st);
-            if (rc)
-                return 0;
-            if (st == TB_EEXIST) { /* fired by someone else already */
-                atomic_fetch_add(&s->ticks_skipped, 1);
-                continue;
-            }
-            if (st == TB_EPERM) {
-                lose(s, r, "Redis says another instance holds it");
-                return 0;
-            }
-            if (st) {
-                atomic_fetch_add(&s->ticks_skipped, 1);
-                tb__log(TB_LOG_WARN,
-                        "periodic task %s: tick skipped: cannot record it in "
-                        "Redis (%s)",
-                        r->name, tb_strerror(st));
-                continue;
-            }
-        }
-        atomic_fetch_add(&s->ticks_fired, 1);
-        pthread_mutex_lock(&app->reg_mu);
-        r->last_run_us = tb__now_us();
-        pthread_mutex_unlock(&app->reg_mu);
-        fire(self, r);
-        if (tb_task_cancelled(self))
-            return 0;
-    }
 }
 
 /* ---------------------------------------------------------------- leases */
@@ -620,7 +420,7 @@ static void orphans_restore(tb__singletons *s)
         int rc = w ? s->ops->def_restore(s->app->bus, o->name, o->def,
                                          strlen(o->def), tb__opwait_done_cb, w)
                    : TB_ENOMEM;
-        rc = w ? sync_done(s, rc, w) : rc;
+        rc = w ? tb__sl_sync_done(s, rc, w) : rc;
         if (rc == 0)
             tb__log(TB_LOG_WARN,
                     "singleton %s: Redis had lost its definition; defined "
@@ -680,10 +480,11 @@ static void *lease_main(void *arg)
             if (what[i] == 1) {
                 if (!r->lost_why[0])
                     orphan_add(s, r); /* see orphans_restore */
-                lose(s, r,
-                     r->lost_why[0] ? r->lost_why
-                                    : "not renewed in time: Redis unreachable "
-                                      "or this instance was suspended");
+                tb__sl_lose(s, r,
+                            r->lost_why[0]
+                                ? r->lost_why
+                                : "not renewed in time: Redis unreachable "
+                                  "or this instance was suspended");
                 tb__singleton_release(r);
                 continue;
             }

@@ -1,9 +1,10 @@
-/* fuzz_cluster.c - what the cluster takes from outside (service/cluster.c,
- * service/singleton.c): the first byte picks the parser, the rest is its
- * input. 0: a message on this instance's control channel (anyone who can
- * publish on Redis can send one); 1: a GET /tasks cursor; 2: a periodic
- * task's "every" duration. On a stopped app of the in-process bus: a
- * request is parsed and checked, and its answer goes nowhere. */
+/* fuzz_cluster.c - what the cluster takes from outside
+ * (service/cluster_calls.c, cluster_tasks.c, service/periodic.c): the first
+ * byte picks the parser, the rest is its input. 0: a message on this instance's
+ * control channel (anyone who can publish on Redis can send one); 1: a GET
+ * /tasks cursor; 2: a periodic task's "every" duration. On a stopped app of the
+ * in-process bus: a request is parsed and checked, and its answer goes nowhere.
+ */
 #include "cluster.h"
 #include "fuzz.h"
 #include "internal.h"

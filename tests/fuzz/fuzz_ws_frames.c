@@ -53,6 +53,11 @@ void tb__ws_on_held(tb_ws *ws, size_t bytes)
     ws->held = bytes;
 }
 
+void tb__ws_on_drained(tb_ws *ws)
+{
+    FUZZ_CHECK(!ws->ended);
+}
+
 int tb__ws_would_pass(const tb_ws *ws, size_t bytes)
 {
     (void)ws;

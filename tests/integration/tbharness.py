@@ -871,8 +871,8 @@ class Client:
         except ValueError:
             raise AssertionError(f"{self.label}: not JSON: {msg[:200]!r}")
         check(isinstance(o, dict), f"{self.label}: not an object: {msg[:200]}")
-        if "ok" in o or "error" in o:
-            self.replies.append(o)
+        if "ok" in o or "error" in o or "recovered" in o:
+            self.replies.append(o)  # "recovered": where a resume's replay ended
         elif "id" in o and "name" in o:
             self.events.append(o)
         else:
@@ -1021,9 +1021,17 @@ async def metric(srv, name, headers=None):
     return float(m.group(1))
 
 
+POS_RE = re.compile(r"[0-9a-f]{8,16}-[1-9][0-9]{0,15}")
+
+
 def check_envelope(ev, name, data, post_id=None):
-    check(set(ev) == {"id", "name", "data", "ts", "origin"},
-          f"envelope members {sorted(ev)}: want id, name, data, ts, origin")
+    # pos: the event's position when history is on (the default).
+    check(set(ev) - {"pos"} == {"id", "name", "data", "ts", "origin"},
+          f"envelope members {sorted(ev)}: want id, name, data, ts, origin"
+          f" (and pos)")
+    check("pos" not in ev or (isinstance(ev["pos"], str)
+                              and POS_RE.fullmatch(ev["pos"])),
+          f"{name}: pos {ev.get('pos')!r} is not <epoch>-<seq>")
     check(ev["name"] == name, f"event name {ev['name']!r}, want {name!r}")
     check(ev["data"] == data, f"{name}: data {ev['data']!r}, want {data!r}")
     if post_id is not None:
@@ -1352,6 +1360,32 @@ def metric_value(port, series):
         if line.startswith(series + " "):
             return float(line.split()[-1])
     return None
+
+
+def post_until_metric(port, name, body, ids, series, limit=20000, rate=1000,
+                      seconds=None):
+    """POSTs events name (body(n) the n-th's) at rate a second, appending
+    each id to ids, until /metrics series is non-zero (looked at every 50
+    events), limit events or seconds (T(40)) passed. Returns how many were
+    posted. Blocking: run it in a thread."""
+    p = Poster(port)
+    t0 = time.monotonic()
+    seconds = seconds or T(40)
+    try:
+        for n in range(limit):
+            ahead = t0 + n / rate - time.monotonic()
+            if ahead > 0.005:
+                time.sleep(ahead)
+            r = p.post(name, body(n))
+            check(r.status == 202, f"POST {n}: {r.status}")
+            ids.append(json.loads(r.body)["id"])
+            if n % 50 == 49 and metric_value(port, series):
+                return n + 1
+            if time.monotonic() - t0 > seconds:
+                return n + 1
+        return limit
+    finally:
+        p.close()
 
 
 class CaseRunner(Runner):

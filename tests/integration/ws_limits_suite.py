@@ -28,7 +28,7 @@ from tbharness import (H, HOST, InvalidStatusCode, Poster, RawWS, T,  # noqa: E4
                        TaskbusServer, ahttp, check, check_envelope,
                        check_status, gone, metric, poll_until, post,
                        upgrade_refused, websockets, ws_tasks)
-from tbharness import metric_value  # noqa: E402
+from tbharness import post_until_metric  # noqa: E402
 
 
 async def synced_clients(ctx, n, path, label):
@@ -622,24 +622,8 @@ async def t_memory_send_queues(ctx):
             got.append(await normal.event(T(30)))
 
     def flood():
-        p = Poster(srv.port)
-        t0 = time.monotonic()
-        try:
-            for n in range(20000):
-                ahead = t0 + n / 1000 - time.monotonic()
-                if ahead > 0.005:
-                    time.sleep(ahead)
-                r = p.post("out.e", f'"{n} {pad}"')
-                check(r.status == 202, f"POST {n}: {r.status}")
-                ids.append(json.loads(r.body)["id"])
-                if n % 50 == 49 and metric_value(
-                        srv.port, "taskbus_ws_memory_closes_total"):
-                    return n + 1
-                if time.monotonic() - t0 > T(40):
-                    return n + 1
-            return 20000
-        finally:
-            p.close()
+        return post_until_metric(srv.port, "out.e", lambda n: f'"{n} {pad}"',
+                                 ids, "taskbus_ws_memory_closes_total")
 
     async def watch(stop):
         nonlocal peak

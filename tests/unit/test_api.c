@@ -327,7 +327,8 @@ static void fb_free(tb__bus *b)
 }
 
 static const tb__bus_ops fake_bus_ops = {
-    "fake", fb_start, fb_publish, fb_status, fb_stop, fb_free, NULL, NULL};
+    "fake",  fb_start, fb_publish, fb_status, fb_stop,
+    fb_free, NULL,     NULL,       NULL,      0};
 
 static fake_bus *wrap_bus(tb_app *app)
 {
@@ -1169,7 +1170,7 @@ static int fake_upgrade(tb_app *app, const char *path, const char *auth,
                         json_t **out, char *headers)
 {
     static const tb__http_conn_ops ops = {fake_header, fake_send, fake_gone,
-                                          NULL};
+                                          NULL, NULL};
     fake_conn c;
     memset(&c, 0, sizeof c);
     c.request_id = "test-req-1";
