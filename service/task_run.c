@@ -220,8 +220,8 @@ void tb__task_cancel_async(tb_task *t)
 
 /* One line saying what a worker's stop cancels: the tasks a user started
  * or can list (names and kinds, the first STOP_NAMES_MAX), and how many
- * connections' tasks (websockets, long polls) go with them. Nothing when
- * nothing runs. */
+ * connections' tasks (websockets, SSE streams, long polls) go with them.
+ * Nothing when nothing runs. */
 static void log_stop_cancels(tb__worker *w)
 {
     char names[STOP_NAMES_MAX * 96];
@@ -232,7 +232,7 @@ static void log_stop_cancels(tb__worker *w)
         if (t->hidden)
             continue; /* the cluster's own */
         if (t->ephemeral && t->kind &&
-            (strncmp(t->kind, "ws", 2) == 0 ||
+            (strncmp(t->kind, "ws", 2) == 0 || strcmp(t->kind, "sse") == 0 ||
              strncmp(t->kind, "http.", 5) == 0)) {
             conns++; /* a connection's: its client is told on its own */
             continue;
@@ -254,7 +254,8 @@ static void log_stop_cancels(tb__worker *w)
         snprintf(more, sizeof more, " and %d more", named - listed);
     if (conns)
         snprintf(extra, sizeof extra,
-                 "%s%d connection task(s) (websockets, long polls)",
+                 "%s%d connection task(s) (websockets, SSE streams, long "
+                 "polls)",
                  named ? "; and " : "", conns);
     if (named)
         tb__log(TB_LOG_INFO,
