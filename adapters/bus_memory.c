@@ -32,12 +32,22 @@ typedef struct mem_bus {
     atomic_uint_fast64_t published;
     pthread_mutex_t kv_mu; /* guards recs */
     mem_rec *recs;
+    int has_history; /* core.history_size > 0: ring is set up */
+    tb__hist_ring ring;
 } mem_bus;
+
+static void deliver(void *ud, tb_event *ev)
+{
+    tb__app_deliver(ud, ev);
+}
 
 static int mem_publish(tb__bus *bus, tb_event *ev, tb__publish_cb cb, void *ud)
 {
     mem_bus *m = (mem_bus *)bus;
-    tb__app_deliver(bus->app, ev);
+    if (m->has_history)
+        tb__hist_ring_publish(&m->ring, ev, deliver, bus->app);
+    else
+        tb__app_deliver(bus->app, ev);
     atomic_fetch_add_explicit(&m->published, 1, memory_order_relaxed);
     if (cb)
         cb(0, ud); /* in every worker's inbox: as published as it gets */
@@ -190,9 +200,29 @@ static const tb__kv_ops memory_kv = {
     .list = mem_kv_list,
 };
 
+/* -------------------------------------------------------------- history */
+
+static int
+mem_history(tb__bus *bus, uint64_t after, size_t count,
+            void (*cb)(int status, const tb__hist_page *pg, void *ud), void *ud)
+{
+    mem_bus *m = (mem_bus *)bus;
+    if (!m->has_history)
+        return TB_ENOTSUP;
+    tb__hist_page pg;
+    int rc = tb__hist_ring_read(&m->ring, after, count, &pg);
+    if (rc)
+        return rc;
+    cb(0, &pg, ud);
+    tb__hist_page_release(&pg);
+    return 0;
+}
+
 static void mem_free(tb__bus *bus)
 {
     mem_bus *m = (mem_bus *)bus;
+    if (m->has_history)
+        tb__hist_ring_destroy(&m->ring);
     while (m->recs) {
         mem_rec *r = m->recs;
         m->recs = r->next;
@@ -210,6 +240,8 @@ static const tb__bus_ops memory_ops = {
     .stop = mem_stop,
     .free = mem_free,
     .kv = &memory_kv,
+    .history = mem_history,
+    .history_sync = 1,
 };
 
 tb__bus *tb__bus_memory_new(tb_app *app)
@@ -221,6 +253,16 @@ tb__bus *tb__bus_memory_new(tb_app *app)
     m->bus.app = app;
     m->since_us = tb__now_us();
     atomic_init(&m->published, 0);
+    const tb_app_config *c = tb_app_get_config(app);
+    if (c->core.history_size > 0) {
+        if (tb__hist_ring_init(&m->ring, (size_t)c->core.history_size,
+                               c->core.history_max_bytes,
+                               c->core.history_ttl_ms) != 0) {
+            free(m);
+            return NULL;
+        }
+        m->has_history = 1;
+    }
     pthread_mutex_init(&m->kv_mu, NULL);
     return &m->bus;
 }

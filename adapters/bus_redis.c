@@ -329,23 +329,23 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
         tb__rb_fail(b, "PUBLISH replies out of order");
         return;
     }
-    if (reply->type == REDIS_REPLY_ERROR && tb__rb_readonly(b, reply->str))
-        return; /* kept in flight: resent to the master after the reconnect */
-    tb__bus_reqlist_pop(&b->inflight);
-    if (reply->type == REDIS_REPLY_INTEGER) {
-        tb__bus_tx_done(b->tx, q, 0);
-    } else {
-        if (tb__ratelog_ok(&b->pub_log, now)) {
-            char ch[128];
-            tb__log(TB_LOG_ERROR,
-                    "redis bus: Redis refused PUBLISH of event %s on %s: %s",
-                    q->id,
-                    tb__log_printable(ch, sizeof ch, q->channel, q->chlen),
-                    reply->type == REDIS_REPLY_ERROR ? reply->str
-                                                     : "unexpected reply");
-        }
-        tb__bus_tx_done(b->tx, q, TB_EIO);
+    if (reply->type == REDIS_REPLY_ERROR &&
+        (tb__rb_readonly(b, reply->str) || tb__rh_noscript(b, reply->str)))
+        return; /* kept in flight: resent after the reconnect */
+    int ok = reply->type == REDIS_REPLY_INTEGER;
+    if (!ok && tb__ratelog_ok(&b->pub_log, now)) {
+        char ch[128];
+        tb__log(TB_LOG_ERROR,
+                "redis bus: Redis refused PUBLISH of event %s on %s%s: %s",
+                q->id, tb__log_printable(ch, sizeof ch, q->channel, q->chlen),
+                q->batch > 1 ? " and the others sent with it" : "",
+                reply->type == REDIS_REPLY_ERROR ? reply->str
+                                                 : "unexpected reply");
     }
+    /* The command carried q and the batch - 1 after it. */
+    for (int k = q->batch; k > 0 && b->inflight.head; k--)
+        tb__bus_tx_done(b->tx, tb__bus_reqlist_pop(&b->inflight),
+                        ok ? 0 : TB_EIO);
     if (b->stopping && !b->inflight.head && !b->sendq.head)
         event_active(b->stop_ev, EV_TIMEOUT, 0);
     maybe_switch(b);
@@ -371,26 +371,43 @@ static void flush_sendq(rbus *b)
     int64_t now = tb__mono_us();
     tb__bus_req *q;
     while ((q = b->sendq.head) != NULL) {
-        if (b->echo_out > 0 &&
-            b->echo_out + (int64_t)q->envlen > (int64_t)ECHO_WINDOW)
+        /* One command carries one PUBLISH, or with the history up to
+         * TB__RH_BATCH_MAX events for its script: what is queued now. */
+        tb__bus_req *batch[TB__RH_BATCH_MAX];
+        int n = 0;
+        int64_t bytes = 0;
+        for (tb__bus_req *p = q; p && n < (b->h_on ? TB__RH_BATCH_MAX : 1);
+             p = p->next) {
+            if ((b->echo_out > 0 || n > 0) &&
+                b->echo_out + bytes + (int64_t)p->envlen > (int64_t)ECHO_WINDOW)
+                break;
+            batch[n++] = p;
+            bytes += (int64_t)p->envlen;
+        }
+        if (n == 0)
             break;
-        tb__bus_reqlist_pop(&b->sendq);
-        const char *argv[3] = {"PUBLISH", q->channel, q->env};
-        size_t lens[3] = {7, q->chlen, q->envlen};
-        if (redisAsyncCommandArgv(l->ac, on_publish_reply, q, 3, argv, lens) !=
-            REDIS_OK) {
-            /* Back to the front, in order, for the next connection. */
-            tb__bus_reqlist one = {q, q, 1};
-            tb__bus_reqlist_prepend(&b->sendq, &one);
+        const char *argv[TB__RH_ARGV_MAX] = {"PUBLISH", q->channel, q->env};
+        size_t lens[TB__RH_ARGV_MAX] = {7, q->chlen, q->envlen};
+        int argc = 3;
+        char nums[TB__RH_BATCH_MAX][24];
+        if (b->h_on) /* the history's script in its place */
+            argc = tb__rh_publish_argv(b, batch, n, nums, argv, lens);
+        if (redisAsyncCommandArgv(l->ac, on_publish_reply, q, argc, argv,
+                                  lens) != REDIS_OK) {
+            /* Still at the front, in order, for the next connection. */
             tb__rb_fail(b, "cannot send PUBLISH: %s",
                         l->ac->errstr[0] ? l->ac->errstr : "out of memory");
             return;
         }
-        q->sent_us = now;
-        tb__bus_reqlist_push(&b->inflight, q);
+        q->batch = n;
+        for (int k = 0; k < n; k++) {
+            tb__bus_req *p = tb__bus_reqlist_pop(&b->sendq);
+            p->sent_us = now;
+            tb__bus_reqlist_push(&b->inflight, p);
+        }
         if (b->echo_out == 0)
             b->echo_last_us = now;
-        b->echo_out += (int64_t)q->envlen;
+        b->echo_out += bytes;
     }
 }
 
@@ -812,12 +829,17 @@ static void became_connected(rbus *b)
                     b->t.master, b->up_host, b->up_port, b->master_host,
                     b->master_port);
             tb__bus_store_lost(b->bus.app);
+            /* ... and the history its last positions: a new epoch, before
+             * we publish anything there. */
+            tb__rh_failover(b);
         }
         snprintf(b->up_host, sizeof b->up_host, "%s", b->master_host);
         b->up_port = b->master_port;
     }
     b->echo_out = 0;
     tb__rkv_connected(b);
+    /* What was published while we were away, from the history. */
+    tb__bus_rx_connected(b->rx);
     /* Resend what waited, from the loop rather than inside this reply
      * callback; the stale ones are given up first. */
     drain_inq(b);
@@ -836,6 +858,7 @@ static void on_teardown(evutil_socket_t fd, short what, void *arg)
     rbus *b = arg;
     if (b->finished)
         return;
+    tb__bus_rx_disconnected(b->rx);
     links_close(b);
     tb__rsn_teardown(b);
     tb__bus_reqlist_prepend(&b->sendq, &b->inflight);
@@ -879,6 +902,7 @@ static void finish(rbus *b)
     event_del(b->wake_ev);
     event_del(b->stop_ev);
     tb__rkv_finish(b);
+    tb__bus_rx_disconnected(b->rx);
     links_close(b);
     tb__rsn_finish(b);
     drain_inq(b);
@@ -1080,6 +1104,7 @@ static const tb__bus_ops redis_ops = {
     .free = rb_free,
     .kv = &tb__rkv_ops,
     .cluster = &tb__rcl_ops,
+    .history = tb__rh_history,
 };
 
 tb__bus *tb__bus_redis_new(tb_app *app, int *err)
@@ -1125,6 +1150,7 @@ tb__bus *tb__bus_redis_new(tb_app *app, int *err)
     b->bus.ops = &redis_ops;
     b->bus.app = app;
     tb__rkv_init(b, c->core.event_namespace);
+    tb__rh_init(b, c);
     b->t = t;
     explicit_bzero(&t, sizeof t);
     if (tb__rsn_init(b, c) != 0) {

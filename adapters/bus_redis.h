@@ -14,7 +14,7 @@
 
 #include "adapters.h"
 
-#define RKV_SCRIPTS_MAX 16 /* scripts of the store and the cluster */
+#define RKV_SCRIPTS_MAX 18 /* scripts of the store, cluster and history */
 #define RKV_ARGS_MAX 8     /* keys and arguments of one request */
 
 enum {
@@ -146,6 +146,13 @@ typedef struct rbus {
     char kv_prefix[80];                /* "{<ns>}:", the hash tag */
     char sha[RKV_SCRIPTS_MAX][41];     /* the scripts' SHA1s; "": not loaded */
     tb__ratelog kv_log;                /* refused or malformed replies */
+
+    /* --- the history (bus_redis_history.c), fixed in tb__rh_init --- */
+    int h_on;                     /* core.history_size > 0 */
+    char h_epoch[TB_EPOCH_MAX];   /* ours, if we publish first */
+    char h_maxlen[16];            /* "=N" or "~N" */
+    char h_ttl[16], h_txkeep[24]; /* ms */
+    char h_stream[100], h_meta[100], h_tx[120];
 } rbus;
 
 /* --------------------------------------------------- the store (kv.c) */
@@ -179,11 +186,13 @@ struct rkv_req {
         tb__kv_done_cb done;
         tb__kv_list_cb listed;
         tb__claim_cb claimed;
+        void (*hist)(int status, const tb__hist_page *pg, void *ud);
     } cb;
     void *ud;
     size_t list_max, value_max; /* a list's bounds */
     int names_any;              /* a list's ids are names, not store ids */
     int repeats;                /* the cluster's: resends so far */
+    uint64_t after;             /* a history read's: from after this seq */
     char label[96];             /* what it is, for logs */
     char data[];                /* argv's bytes */
 };
@@ -226,6 +235,42 @@ void tb__rcl_load_scripts(rbus *b,
                           void (*load)(rbus *b, const tb__rkv_script *sc));
 /* A message on our control channel (bus thread). */
 void tb__rcl_message(rbus *b, const char *msg, size_t len);
+
+/* ------------------------------------ the history (bus_redis_history.c) */
+
+/* The publish script (tests run it by hand). */
+extern const tb__rkv_script tb__rh_pub;
+/* Fills b's history state from the config (after tb__rkv_init). */
+void tb__rh_init(rbus *b, const tb_app_config *c);
+/* Loads the history's scripts with load (tb__rkv_connected), if on. */
+void tb__rh_load_scripts(rbus *b,
+                         void (*load)(rbus *b, const tb__rkv_script *sc));
+/* Events one publish command carries at most, and its arguments. */
+#define TB__RH_BATCH_MAX 64
+#define TB__RH_ARGV_MAX (10 + 4 * TB__RH_BATCH_MAX)
+/* The command that publishes qs[0..n-1] (1..TB__RH_BATCH_MAX, in queue
+ * order) with their positions (EVALSHA, or EVAL while the script is not
+ * loaded) into argv/lens (TB__RH_ARGV_MAX slots); nums holds some of its
+ * arguments. Returns argc. Bus thread. */
+int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
+                        char (*nums)[24], const char **argv, size_t *lens);
+/* The bus reached a new master (a Sentinel failover): it may lack the
+ * last events and give their positions out again, so the history is
+ * started over in a new epoch, unless another instance did already.
+ * Sent on `pub` before anything else. Bus thread. */
+void tb__rh_failover(rbus *b);
+/* A publish answered err: 1 when it was NOSCRIPT (the connection is
+ * failed, to load the scripts and resend), else 0. */
+int tb__rh_noscript(rbus *b, const char *err);
+/* Reads the history after seq after, at most count (<= TB__KV_LIST_MAX)
+ * entries, as the bus's history op does. Any thread. */
+int tb__rh_read(rbus *b, uint64_t after, size_t count,
+                void (*cb)(int status, const tb__hist_page *pg, void *ud),
+                void *ud);
+/* The bus's history op. */
+int tb__rh_history(tb__bus *bus, uint64_t after, size_t count,
+                   void (*cb)(int status, const tb__hist_page *pg, void *ud),
+                   void *ud);
 
 /* ---------------------------------------------- the links (bus_redis.c) */
 

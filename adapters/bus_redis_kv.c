@@ -345,6 +345,7 @@ void tb__rkv_connected(rbus *b)
     load_script(b, &tb__rkv_del);
     load_script(b, &tb__rkv_list);
     tb__rcl_load_scripts(b, load_script);
+    tb__rh_load_scripts(b, load_script);
 }
 
 /* ---------------------------------------------------------------- replies */

@@ -688,6 +688,13 @@ static void end(tb__wsconn *c, int code, const char *why)
     free(c);
 }
 
+static int conn_backlogged(tb__wsconn *c)
+{
+    return !c->ended &&
+           (c->msgs * 2 > (size_t)c->lim.send_queue_msgs ||
+            evbuffer_get_length(c->out) * 2 > c->lim.send_queue_bytes);
+}
+
 static const tb__wsconn_ops wslay_ops = {
     .name = "wslay",
     .open = conn_open,
@@ -695,6 +702,7 @@ static const tb__wsconn_ops wslay_ops = {
     .close = conn_close,
     .pause = conn_pause,
     .abort = conn_abort,
+    .backlogged = conn_backlogged,
 };
 
 const tb__wsconn_ops *tb__ws_wslay_ops(void)

@@ -17,10 +17,11 @@
 
 #include "taskbus/taskbus.h"
 
-#include "bus.h"  /* the event bus: tb__bus_ops, receive, publish, state */
-#include "log.h"  /* tb__log, tb__ratelog */
-#include "url.h"  /* redis_url parsing */
-#include "resp.h" /* RESP replies from links without hiredis (Sentinel) */
+#include "bus.h"     /* the event bus: tb__bus_ops, receive, publish, state */
+#include "history.h" /* positions, the in-process history ring */
+#include "log.h"     /* tb__log, tb__ratelog */
+#include "url.h"     /* redis_url parsing */
+#include "resp.h"    /* RESP replies from links without hiredis (Sentinel) */
 
 struct event_base;
 
@@ -180,6 +181,11 @@ typedef struct tb__wsconn_ops {
     /* Writes what it can without waiting, closes the socket and ends the
      * connection now (tb__ws_on_end runs before it returns). */
     void (*abort)(tb__wsconn *c);
+    /* Optional (NULL: never). 1 while more than half of either send queue
+     * limit waits for the socket: a sender that can wait (a replay of the
+     * history) waits before it queues more, instead of being closed as a
+     * slow client. */
+    int (*backlogged)(tb__wsconn *c);
 } tb__wsconn_ops;
 
 /* What the framing adapter calls, on the worker's thread. */

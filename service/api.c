@@ -132,9 +132,7 @@ static json_t *bus_json(const tb_bus_info *b)
     return o;
 }
 
-/* Answers req with o (consumed; NULL means the building ran out of memory).
- */
-static int respond(tb_http_req *req, int status, json_t *o)
+int tb__api_respond(tb_http_req *req, int status, json_t *o)
 {
     char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
     json_decref(o);
@@ -164,7 +162,7 @@ int tb__api_error_with(tb_http_req *req, int status, const char *code,
     json_object_set_new(extra, "error", json_string(code));
     json_t *m = tb__api_jstr(msg);
     json_object_set_new(extra, "message", m);
-    return respond(req, status, extra);
+    return tb__api_respond(req, status, extra);
 }
 
 /* ---------------------------------------------------------------- events */
@@ -215,7 +213,7 @@ static int post_event(tb_http_req *req, void *ud)
             json_object_set_new(o, "id", json_string(id));
             json_object_set_new(o, "name", json_string(name));
         }
-        return respond(req, 202, o);
+        return tb__api_respond(req, 202, o);
     }
     tb_bus_info bus;
     switch (rc) {
@@ -269,6 +267,8 @@ typedef struct waiter {
     pthread_cond_t cv; /* CLOCK_MONOTONIC */
     char pattern[TB__ROUTE_VALUE_MAX + 1];
     int timeout_ms;
+    char since[TB_POS_MAX]; /* resume after it ("": live only) */
+    tb_sub_recovery lost;   /* rc TB_SUB_LIVE: since was not recovered */
     /* under mu */
     int subscribed;        /* 1, or the tb_sub_open error */
     int64_t subscribed_us; /* tb__mono_us() then */
@@ -318,7 +318,18 @@ static int wait_task(tb_task *self, void *arg)
         return 1;
     }
     tb_event *ev = NULL;
-    int rc = tb_sub_next(self, sub, w->timeout_ms, &ev);
+    int rc = w->since[0] ? tb_sub_resume(self, sub, w->since) : 0;
+    int64_t end_us = tb__mono_us() + (int64_t)w->timeout_ms * 1000;
+    while (rc == 0) {
+        int64_t left_ms = (end_us - tb__mono_us()) / 1000;
+        rc = tb_sub_next(self, sub, left_ms > 0 ? (int)left_ms : 0, &ev);
+        if (rc != TB_SUB_LIVE)
+            break;
+        /* The history had nothing after since: wait for a live one. */
+        tb_sub_recovery_info(sub, &w->lost);
+        if (w->lost.recovered)
+            rc = 0;
+    }
     tb_sub_close(sub);
     pthread_mutex_lock(&w->mu);
     w->rc = rc;
@@ -361,6 +372,8 @@ static json_t *event_json(const tb_event *ev)
     json_object_set_new(o, "data", event_data_json(ev));
     json_object_set_new(o, "ts", json_integer(tb_event_ts_us(ev)));
     json_object_set_new(o, "origin", tb__api_jstr(tb_event_origin(ev)));
+    if (tb_event_pos(ev)[0])
+        json_object_set_new(o, "pos", json_string(tb_event_pos(ev)));
     return o;
 }
 
@@ -393,7 +406,7 @@ static int wait_task_add(tb_http_req *req, waiter *w, char *name, size_t size,
  * server's stop waits for this handler) and whether the client has gone
  * (then the task is cancelled at once: nobody would get its answer). */
 static int wait_answer(tb_http_req *req, tb_app *app, const char *pattern,
-                       int timeout_ms)
+                       const char *since, int timeout_ms)
 {
     waiter *w = calloc(1, sizeof *w);
     if (!w)
@@ -402,6 +415,7 @@ static int wait_answer(tb_http_req *req, tb_app *app, const char *pattern,
     pthread_mutex_init(&w->mu, NULL);
     tb__cond_init_mono(&w->cv);
     snprintf(w->pattern, sizeof w->pattern, "%s", pattern);
+    snprintf(w->since, sizeof w->since, "%s", since);
     w->timeout_ms = timeout_ms;
 
     char name[TB_TASK_NAME_MAX + 1];
@@ -456,6 +470,7 @@ static int wait_answer(tb_http_req *req, tb_app *app, const char *pattern,
     }
     int done = w->done, ended = w->task_ended, sub_rc = w->subscribed;
     int wait_rc = w->rc;
+    tb_sub_recovery lost = w->lost;
     tb_event *ev = w->ev;
     w->ev = NULL;
     pthread_mutex_unlock(&w->mu);
@@ -491,10 +506,24 @@ static int wait_answer(tb_http_req *req, tb_app *app, const char *pattern,
         }
         json_t *o = event_json(ev); /* data not UTF-8: made readable */
         tb_event_unref(ev);
-        return respond(req, 200, o);
+        return tb__api_respond(req, 200, o);
     }
     if (done && wait_rc == TB_ETIMEDOUT)
         return tb_http_respond(req, 204, NULL, "", 0);
+    if (done && wait_rc == TB_SUB_LIVE)
+        return tb__api_error_with(
+            req, 410, "history_gone",
+            tb__api_recovery_json(0, lost.pos, lost.epoch),
+            "events after %s are no longer all in the history (or it is of "
+            "another epoch): reload, then poll with since=pos",
+            since);
+    if (done && (wait_rc == TB_ENOTCONN || wait_rc == TB_ETIMEDOUT))
+        return tb_http_error(req, 503, "bus_unavailable",
+                             "cannot read the history: %s",
+                             tb_strerror(wait_rc));
+    if (done && wait_rc != TB_ECANCELED)
+        return tb_http_error(req, 500, "internal", "cannot resume: %s",
+                             tb_strerror(wait_rc));
     if (sub_rc < 0)
         return tb_http_error(req, 500, "internal", "cannot subscribe: %s",
                              tb_strerror(sub_rc));
@@ -528,6 +557,9 @@ static int wait_event(tb_http_req *req, void *ud)
     int rc;
     if (!query_timeout(req, WAIT_TIMEOUT_MAX_S, &timeout_ms))
         return bad_timeout(req, WAIT_TIMEOUT_MAX_S);
+    char since[TB_POS_MAX];
+    if (tb__api_since(req, since) != 0)
+        return 0;
     if (req->claims) {
         /* The client's rights end with its token: so does its wait (204,
          * as any wait that times out). */
@@ -558,7 +590,7 @@ static int wait_event(tb_http_req *req, void *ud)
         return tb__http_error_headers(req, 503, "too_many_waits",
                                       "Retry-After: 1\r\n", msg);
     }
-    rc = wait_answer(req, app, pattern, timeout_ms);
+    rc = wait_answer(req, app, pattern, since, timeout_ms);
     atomic_fetch_sub(&app->http_longpolls, 1);
     return rc;
 }
@@ -674,7 +706,7 @@ static int list_tasks(tb_http_req *req, void *ud)
         json_decref(tasks);
         json_decref(unreachable);
     }
-    return respond(req, 200, o);
+    return tb__api_respond(req, 200, o);
 }
 
 static int not_found(tb_http_req *req, const char *name)
@@ -696,7 +728,7 @@ static int get_task(tb_http_req *req, void *ud)
         return not_found(req, name);
     if (rc)
         return cluster_error(req, rc, name);
-    return respond(req, 200, o);
+    return tb__api_respond(req, 200, o);
 }
 
 /* Decimal seconds [0-9]+(.[0-9]+)? in 0..max_s, to ms (truncated). Parsed
@@ -764,7 +796,7 @@ static int cancel_task(tb_http_req *req, void *ud)
     }
     if (rc)
         return cluster_error(req, rc, name);
-    return respond(req, 200, task);
+    return tb__api_respond(req, 200, task);
 }
 
 /* POST /tasks/purge */
@@ -778,7 +810,7 @@ static int purge_tasks(tb_http_req *req, void *ud)
     json_t *o = json_object();
     if (o)
         json_object_set_new(o, "purged", json_integer(n));
-    return respond(req, 200, o);
+    return tb__api_respond(req, 200, o);
 }
 
 /* ---------------------------------------------------------------- health */
@@ -892,7 +924,7 @@ static int healthz(tb_http_req *req, void *ud)
         json_object_set_new(o, "status", json_string("ok"));
         json_object_set_new(o, "workers", json_integer(n));
     }
-    return respond(req, 200, o);
+    return tb__api_respond(req, 200, o);
 }
 
 /* GET /readyz: running, and the bus connected. */
@@ -909,7 +941,7 @@ static int readyz(tb_http_req *req, void *ud)
             json_object_set_new(o, "status", json_string("ready"));
             json_object_set_new(o, "bus", bus_json(&bus));
         }
-        return respond(req, 200, o);
+        return tb__api_respond(req, 200, o);
     }
     char reason[320];
     int st = atomic_load(&app->state);
@@ -956,6 +988,8 @@ int tb_app_add_api(tb_app *app)
             return rc;
     }
     int rc = tb__api_register_ws(app);
+    if (rc == 0)
+        rc = tb__api_register_history(app);
     if (rc)
         return rc;
     /* POST /tasks: spawning task kinds by name (kinds.c). */

@@ -21,6 +21,10 @@ json_t *tb__api_jtime(int64_t us);
 /* A task as GET /tasks/{name} shows it. */
 json_t *tb__api_task_json(const tb_task_info *t);
 
+/* Answers req with o (consumed; NULL means the building ran out of
+ * memory: 500). */
+int tb__api_respond(tb_http_req *req, int status, json_t *o);
+
 /* Like tb_http_error, with the fields of extra (consumed, may be NULL)
  * added to the {"error", "message"} body. Logs the same line. */
 int tb__api_error_with(tb_http_req *req, int status, const char *code,
@@ -29,6 +33,32 @@ int tb__api_error_with(tb_http_req *req, int status, const char *code,
 
 /* api_ws.c: GET /ws. */
 int tb__api_register_ws(tb_app *app);
+
+/* An ?events= list: comma-separated patterns. Calls fn for each (a
+ * pattern over TB_EVENT_NAME_MAX bytes is cut one byte over: invalid);
+ * stops at the first non-zero return and returns it. */
+int tb__api_each_pattern(const char *list, int (*fn)(const char *, void *),
+                         void *arg);
+
+/* Checks one pattern of a client's ?events= (valid, the count+1th of at
+ * most max, allowed by its token): 0, or 1 once req is answered (400
+ * bad_pattern or too_many_patterns, 403). Counts it in *count. */
+int tb__api_check_pattern(tb_http_req *req, const char *pat, int *count,
+                          int max);
+
+/* api_history.c: GET /history. */
+int tb__api_register_history(tb_app *app);
+
+/* The request's ?since= into out (TB_POS_MAX bytes; "" when absent or
+ * empty):
+ * 0, or -1 once req is answered 400 (history_off: the app keeps no
+ * history; bad_since: not a position). */
+int tb__api_since(tb_http_req *req, char *out);
+
+/* {"recovered": bool, "pos": pos, "epoch": epoch}: where a resume's
+ * replay ended (tb_sub_recovery). NULL on ENOMEM. */
+json_t *tb__api_recovery_json(int recovered, const char *pos,
+                              const char *epoch);
 
 /* A message from a /ws client, parsed and checked: what it asks for, or
  * the error it is answered with. */

@@ -11,7 +11,11 @@
  *   {"ok": "dispatch", "id": "...", "name": "...", "ref": ...}
  *   {"ok": "subscribe" | "unsubscribe", "patterns": [...current...]}
  *   {"error": "<code>", "message": "...", "ref": ...}
- * Events are objects with "id" and "name" and never "ok" or "error". */
+ * Events are objects with "id" and "name" and never "ok" or "error".
+ * With ?since=<pos> (history on, docs/HISTORY.md), the history's matching
+ * events after pos come first, then once
+ *   {"recovered": true|false, "pos": "...", "epoch": "..."}
+ * then the live events (none of them again). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,12 +37,60 @@ typedef struct conn_state {
     char **patterns; /* current patterns, as the client gave them */
     int npatterns;
     int cap;
-    uint64_t dropped_told; /* drops already reported to the client */
-    int receiver_gone;     /* the receiver task has ended (or never ran) */
-    int handler_done;      /* the handler is cleaning up */
+    uint64_t dropped_told;  /* drops already reported to the client */
+    char since[TB_POS_MAX]; /* ?since=: resume after it ("": don't) */
+    int patterns_added;     /* the handler added ?events= */
+    int replaying;          /* the receiver replays the history */
+    int receiver_gone;      /* the receiver task has ended (or never ran) */
+    int handler_done;       /* the handler is cleaning up */
 } conn_state;
 
 /* ---------------------------------------------------------------- receiver */
+
+/* ?since=: once the handler has added the ?events= patterns, the
+ * subscription resumes after since (the history's events first, then
+ * {"recovered", "pos", "epoch"}, then live ones). 0, or the error told to
+ * the client (the connection is then closed). */
+static int resume(tb_task *self, conn_state *st)
+{
+    int rc = 0;
+    while (!st->patterns_added && rc == 0)
+        rc = tb_yield(self);
+    if (rc == 0)
+        rc = tb_sub_resume(self, st->sub, st->since);
+    if (rc == 0) {
+        st->replaying = 1;
+        return 0;
+    }
+    if (rc == TB_ECANCELED)
+        return rc;
+    char msg[192];
+    snprintf(msg, sizeof msg,
+             "{\"error\":\"%s\",\"message\":\"cannot resume after %s: "
+             "%s\"}",
+             rc == TB_ENOTCONN || rc == TB_ETIMEDOUT ? "bus_unavailable"
+                                                     : "resume_failed",
+             st->since, tb_strerror(rc));
+    tb_ws_send(st->ws, TB_WS_TEXT, msg, strlen(msg));
+    tb_ws_close(st->ws, 1011, "cannot resume");
+    return rc;
+}
+
+/* The replay is over: {"recovered": bool, "pos", "epoch"}. */
+static int send_recovery(conn_state *st)
+{
+    tb_sub_recovery info;
+    st->replaying = 0;
+    st->dropped_told = tb_sub_dropped(st->sub);
+    if (tb_sub_recovery_info(st->sub, &info) != 0)
+        return 0;
+    json_t *o = tb__api_recovery_json(info.recovered, info.pos, info.epoch);
+    char *s = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    int rc = s ? tb_ws_send(st->ws, TB_WS_TEXT, s, strlen(s)) : TB_ENOMEM;
+    free(s);
+    return rc;
+}
 
 static int receiver(tb_task *self, void *arg)
 {
@@ -53,15 +105,33 @@ static int receiver(tb_task *self, void *arg)
         return err; /* receiver_gone tells the handler */
     st->sub = sub;
     st->ready = 1;
+    if (st->since[0] && resume(self, st) != 0)
+        goto out;
     for (;;) {
         tb_event *ev;
         int rc = tb_sub_next(self, sub, -1, &ev);
+        if (rc == TB_SUB_LIVE) {
+            rc = send_recovery(st);
+            if (rc == TB_EPIPE || rc == TB_ENOSPC)
+                break;
+            continue;
+        }
         if (rc)
             break; /* cancelled: the connection is done */
+        /* A replay goes at the client's pace: it could otherwise fill the
+         * send queue at once, and be closed as a slow client. */
+        while (st->replaying && rc == 0 && tb__ws_backlogged(st->ws))
+            rc = tb_sleep(self, 2);
+        if (rc) {
+            tb_event_unref(ev);
+            break;
+        }
         rc = tb_ws_send_event(st->ws, ev);
         tb_event_unref(ev);
         if (rc == TB_EPIPE || rc == TB_ENOSPC)
             break; /* closed, or closing as a slow client */
+        if (st->replaying)
+            continue; /* what overflows meanwhile is read again */
         uint64_t d = tb_sub_dropped(sub);
         if (d != st->dropped_told) {
             char msg[160];
@@ -74,6 +144,7 @@ static int receiver(tb_task *self, void *arg)
             tb_ws_send(st->ws, TB_WS_TEXT, msg, strlen(msg));
         }
     }
+out:
     st->sub = NULL; /* closed with this task */
     /* Cancelled from outside (DELETE /tasks/receiver:<id>) while the
      * connection is open: it could not get events any more, so close it
@@ -499,10 +570,8 @@ static void handle(tb_task *self, conn_state *st, const tb_ws_msg *m)
 
 /* ---------------------------------------------------------------- endpoint */
 
-/* The ?events= list: comma-separated patterns. Calls fn for each; stops at
- * the first non-zero return. */
-static int each_pattern(const char *list, int (*fn)(const char *, void *),
-                        void *arg)
+int tb__api_each_pattern(const char *list, int (*fn)(const char *, void *),
+                         void *arg)
 {
     const char *p = list;
     while (*p) {
@@ -530,28 +599,33 @@ typedef struct check_ctx {
     int max;
 } check_ctx;
 
-static int check_one(const char *pat, void *arg)
+int tb__api_check_pattern(tb_http_req *req, const char *pat, int *count,
+                          int max)
 {
-    check_ctx *c = arg;
     if (tb_pattern_valid(pat) != 0) {
-        tb_http_error(c->req, 400, "bad_pattern",
+        tb_http_error(req, 400, "bad_pattern",
                       "events: \"%.210s\" is not a valid event pattern: "
                       "dot-separated segments of [A-Za-z0-9_-], \"*\" or "
                       "\"<param>\", at most %d bytes",
                       pat, TB_EVENT_NAME_MAX);
         return 1;
     }
-    if (++c->count > c->max) {
-        tb_http_error(c->req, 400, "too_many_patterns",
-                      "events: more than %d patterns (ws_max_patterns)",
-                      c->max);
+    if (++*count > max) {
+        tb_http_error(req, 400, "too_many_patterns",
+                      "events: more than %d patterns (ws_max_patterns)", max);
         return 1;
     }
-    if (!tb__jwt_allows(c->req->claims, TB__JWT_SUBSCRIBE, pat)) {
-        tb__http_forbidden(c->req, TB__JWT_SUBSCRIBE, pat);
+    if (!tb__jwt_allows(req->claims, TB__JWT_SUBSCRIBE, pat)) {
+        tb__http_forbidden(req, TB__JWT_SUBSCRIBE, pat);
         return 1;
     }
     return 0;
+}
+
+static int check_one(const char *pat, void *arg)
+{
+    check_ctx *c = arg;
+    return tb__api_check_pattern(c->req, pat, &c->count, c->max);
 }
 
 /* Before the upgrade: the ?events= patterns must be valid. */
@@ -565,6 +639,7 @@ static int ws_check(tb_http_req *req, void *ud)
     if (!list)
         return tb_http_error(req, 500, "internal", "out of memory");
     int rc = tb_http_query(req, "events", list, cap);
+    int answered = 1;
     if (rc == TB_ENAMETOOLONG)
         tb_http_error(req, 400, "too_many_patterns",
                       "events: longer than %d patterns can be "
@@ -574,9 +649,14 @@ static int ws_check(tb_http_req *req, void *ud)
         tb_http_error(req, 400, "bad_query", "events: a bad percent-escape");
     else if (rc >= 0) {
         check_ctx c = {req, 0, cfg->ws.max_patterns};
-        each_pattern(list, check_one, &c);
+        answered = tb__api_each_pattern(list, check_one, &c);
+    } else {
+        answered = 0;
     }
     free(list);
+    char since[TB_POS_MAX];
+    if (!answered)
+        tb__api_since(req, since); /* answers 400 when it is bad */
     return 0;
 }
 
@@ -602,6 +682,9 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
     (void)ud;
     tb_app *app = tb_ws_app(ws);
     conn_state st = {.ws = ws};
+    /* Checked before the upgrade (ws_check). */
+    if (tb_ws_query(ws, "since", st.since, sizeof st.since) < 0)
+        st.since[0] = '\0';
     char name[TB_TASK_NAME_MAX + 1];
     snprintf(name, sizeof name, "receiver:%s", tb_ws_request_id(ws));
     tb_task_opts opts = {.name = name,
@@ -623,9 +706,10 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
         char *list = malloc(cap);
         if (list && tb_ws_query(ws, "events", list, cap) >= 0) {
             add_ctx a = {&st, cfg->ws.max_patterns};
-            each_pattern(list, add_one, &a);
+            tb__api_each_pattern(list, add_one, &a);
         }
         free(list);
+        st.patterns_added = 1; /* the receiver may resume now */
         tb_ws_msg m;
         while (tb_ws_recv(self, ws, -1, &m) == 0)
             handle(self, &st, &m);

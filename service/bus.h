@@ -16,6 +16,7 @@
  * from tb_app_free(). publish() is called from any thread between start and
  * stop, concurrently. */
 typedef struct tb__bus tb__bus;
+struct tb__hist_page; /* history.h */
 
 /* Called once per published event that was given one: status 0 when the
  * backend has acknowledged it, or the TB_E* code it was given up with. Runs
@@ -41,6 +42,19 @@ typedef struct tb__bus_ops {
     /* The cluster's state and messages (optional: NULL when this instance
      * is the whole cluster, as with the memory bus), below. */
     const struct tb__cluster_ops *cluster;
+    /* The namespace's history (service/history.h), when
+     * core.history_size > 0 (the core does not call it otherwise): the
+     * held events after seq `after`, at most count, with the epoch, the
+     * last seq and the oldest held. Any thread between start and stop;
+     * never blocks. 0: cb runs exactly once with status 0 and the page
+     * (borrowed: the callee refs what it keeps) or a TB_E* status and
+     * NULL, on the bus's thread or, with history_sync, before the op
+     * returns; else a TB_E* code and cb never runs. */
+    int (*history)(tb__bus *bus, uint64_t after, size_t count,
+                   void (*cb)(int status, const struct tb__hist_page *pg,
+                              void *ud),
+                   void *ud);
+    int history_sync; /* 1: history's cb runs before it returns */
 } tb__bus_ops;
 
 struct tb__bus {
@@ -312,6 +326,10 @@ typedef struct tb__bus_req {
     void *ud;
     int64_t accepted_us; /* monotonic */
     int64_t sent_us;     /* monotonic, last time the bus sent it */
+    uint64_t txseq;      /* its number in the queue: 1, 2, ... in the
+                            order the bus sends them (first time) */
+    int batch;           /* the bus's: on the first request one command
+                            carried, how many it carried */
     size_t chlen;
     char id[TB_EVENT_ID_MAX];
     char channel[]; /* the bus's prefix and the event name */
@@ -428,5 +446,36 @@ void tb__bus_rx_tick(tb__bus_rx *rx, int64_t now_us);
 
 /* Fills out's received, duplicates, malformed and oversize. Any thread. */
 void tb__bus_rx_status(tb__bus_rx *rx, tb_bus_info *out);
+
+/* Catching up (history on, docs/HISTORY.md). The receiver remembers the
+ * last position it delivered. A message whose position (read off its
+ * envelope's tail) skips ahead in the same epoch is a gap: the receiver
+ * parks what arrives live, asks the bus for the history after its last
+ * position (fetch), delivers what it missed in order, then the parked
+ * messages (those the read brought already are duplicates, dropped). A
+ * live message at or before the last position goes on to the id check
+ * (a resend, or one on its way since before the first read). One of
+ * another epoch means the history was lost: logged, and counting starts
+ * over from that epoch's beginning. After a reconnect it reads everything
+ * after its last position the same way. fetch(ud, after, count) asks for
+ * the page of at most count entries after seq `after` (count 0: only
+ * where the history stands), returning 0 or the TB_E* code it could not
+ * be asked with; the bus hands the answer to tb__bus_rx_fetched. Bus
+ * thread, like the rest. */
+void tb__bus_rx_track(tb__bus_rx *rx,
+                      int (*fetch)(void *ud, uint64_t after, size_t count),
+                      void *ud);
+/* The subscription is confirmed (a connection or a reconnection): catch
+ * up from the last position delivered, or, the first time, learn where
+ * the history stands. */
+void tb__bus_rx_connected(tb__bus_rx *rx);
+/* The connection is lost: a read under way will not be answered. */
+void tb__bus_rx_disconnected(tb__bus_rx *rx);
+/* The epoch of the last position delivered ("" when none yet) into
+ * out. */
+void tb__bus_rx_epoch(tb__bus_rx *rx, char out[TB_EPOCH_MAX]);
+/* fetch's answer: status 0 with the page (borrowed), or a TB_E* code. */
+void tb__bus_rx_fetched(tb__bus_rx *rx, int status,
+                        const struct tb__hist_page *pg);
 
 #endif /* TASKBUS_BUS_H */

@@ -2,14 +2,21 @@
  * event in the workers' inboxes (name and size checks, interest, envelope,
  * duplicates, batches). */
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "envelope.h"
+#include "history.h"
 #include "internal.h"
 
 #define DEDUPE_IDS 16384 /* event ids remembered to drop resent duplicates */
+#define CATCHUP_PAGE 512 /* history entries asked for per catch-up read */
+/* Messages parked while a catch-up read is under way: beyond, they are
+ * dropped (the history has them; the next read fetches them). */
+#define PARK_MAX_BYTES (32 << 20)
+#define PARK_MAX_MSGS 65536
 #define DEDUPE_SLOTS (2 * DEDUPE_IDS) /* hash slots; a power of two */
 #define RX_BATCH 256                  /* received events handed over at once */
 
@@ -37,7 +44,30 @@ struct tb__bus_rx {
     seen *ring;      /* DEDUPE_IDS ids, oldest overwritten first */
     uint32_t *slots; /* DEDUPE_SLOTS: ring index + 1, 0 when empty */
     uint32_t ring_pos;
+
+    /* Positions (tb__bus_rx_track): see bus.h. */
+    int (*fetch)(void *ud, uint64_t after, size_t count);
+    void *fetch_ud;
+    char epoch[TB_EPOCH_MAX]; /* of last; "" while unknown */
+    uint64_t last;            /* the last position delivered (or the
+                                 baseline read at the first connection) */
+    int unparking;            /* the message at hand was parked */
+    int catching;             /* a catch-up read is under way: park */
+    uint64_t reads;           /* catch-up reads sent */
+    int baseline;             /* the baseline read is under way: do not park */
+    uint64_t top;             /* the history's end at the last read */
+    struct parked *park_head, *park_tail;
+    size_t park_n, park_bytes;
+    tb__ratelog pos_log;
 };
+
+/* A message received while catching up, kept in order. */
+typedef struct parked {
+    struct parked *next;
+    uint64_t reads; /* rx->reads when it was parked */
+    size_t chlen, len;
+    char data[]; /* channel, then message */
+} parked;
 
 /* ---------------------------------------------------------------- dedupe */
 
@@ -177,8 +207,276 @@ static void take(tb__bus_rx *rx, const char *name, const char *channel,
     }
 }
 
+/* ---------------------------------------------------------- positions */
+
+static void pos_warn(tb__bus_rx *rx, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void pos_warn(tb__bus_rx *rx, const char *fmt, ...)
+{
+    if (!tb__ratelog_ok(&rx->pos_log, tb__mono_us()))
+        return;
+    char buf[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    tb__log(TB_LOG_WARN, "%s: %s", rx->who, buf);
+}
+
+/* Hands a decoded event of the history to the workers as take() does
+ * (interest, duplicates, batch); takes a reference of its own. */
+static void take_event(tb__bus_rx *rx, tb_event *ev)
+{
+    tb__name split;
+    if (tb__name_split(&split, ev->name) != 0 ||
+        !tb__app_wants(rx->app, &split))
+        return;
+    if (dedupe_seen(rx, tb_event_id(ev))) {
+        atomic_fetch_add_explicit(&rx->duplicates, 1, memory_order_relaxed);
+        return;
+    }
+    atomic_fetch_add_explicit(&rx->received, 1, memory_order_relaxed);
+    batch_push(rx, tb_event_ref(ev));
+}
+
+static void park(tb__bus_rx *rx, const char *ch, size_t chlen, const char *msg,
+                 size_t len)
+{
+    if (rx->park_n >= PARK_MAX_MSGS ||
+        rx->park_bytes + chlen + len > PARK_MAX_BYTES)
+        return; /* the history has it: the next read brings it */
+    parked *p = malloc(sizeof *p + chlen + len);
+    if (!p)
+        return;
+    p->next = NULL;
+    p->reads = rx->reads;
+    p->chlen = chlen;
+    p->len = len;
+    memcpy(p->data, ch, chlen);
+    memcpy(p->data + chlen, msg, len);
+    if (rx->park_tail)
+        rx->park_tail->next = p;
+    else
+        rx->park_head = p;
+    rx->park_tail = p;
+    rx->park_n++;
+    rx->park_bytes += chlen + len;
+}
+
+static void catch_up(tb__bus_rx *rx)
+{
+    rx->catching = 1;
+    rx->reads++;
+    int rc = rx->fetch(rx->fetch_ud, rx->last, CATCHUP_PAGE);
+    if (rc) {
+        /* Not connected: the reconnection catches up instead. */
+        rx->catching = 0;
+        pos_warn(rx, "cannot read the history after %s-%" PRIu64 ": %s",
+                 rx->epoch, rx->last, tb_strerror(rc));
+    }
+}
+
+/* What the position p of a live message means: 1 to take it, 0 when it
+ * was dropped (a duplicate) or parked. */
+static int track(tb__bus_rx *rx, const tb__pos *p, const char *ch, size_t chlen,
+                 const char *msg, size_t len)
+{
+    if (rx->catching) {
+        park(rx, ch, chlen, msg, len);
+        return 0;
+    }
+    if (!rx->epoch[0]) {
+        memcpy(rx->epoch, p->epoch, sizeof rx->epoch);
+        rx->last = p->seq;
+        return 1;
+    }
+    if (strcmp(rx->epoch, p->epoch) != 0) {
+        pos_warn(rx,
+                 "the history's epoch changed from %s to %s (Redis lost "
+                 "it: flushed, or restarted without persistence): events "
+                 "published meanwhile may be lost",
+                 rx->epoch, p->epoch);
+        /* From the new epoch's start: a gap if this is not its first. */
+        memcpy(rx->epoch, p->epoch, sizeof rx->epoch);
+        rx->last = 0;
+    }
+    if (p->seq <= rx->last) {
+        /* Parked, and the read after it brought it: a duplicate. Live, it
+         * may be one too (a resend), but also an event published before
+         * the baseline read and still on its way, or a position a Redis
+         * failover gave out again (replication is asynchronous): the
+         * event id decides. */
+        if (!rx->unparking)
+            return 1;
+        atomic_fetch_add_explicit(&rx->duplicates, 1, memory_order_relaxed);
+        return 0;
+    }
+    if (p->seq == rx->last + 1) {
+        rx->last = p->seq;
+        return 1;
+    }
+    park(rx, ch, chlen, msg, len);
+    catch_up(rx);
+    return 0;
+}
+
+static int message(tb__bus_rx *rx, const char *ch, size_t chlen,
+                   const char *msg, size_t len);
+
+/* Runs the parked messages through again, in order (one may start
+ * another catch-up: the rest are parked again behind it). One received
+ * before the last read was sent was published before that read ran: if
+ * it is beyond the history's end in our epoch, no script gave out its
+ * position: dropped as malformed. */
+static void unpark(tb__bus_rx *rx)
+{
+    parked *p = rx->park_head;
+    uint64_t reads = rx->reads;
+    rx->park_head = rx->park_tail = NULL;
+    rx->park_n = rx->park_bytes = 0;
+    while (p) {
+        parked *next = p->next;
+        tb__pos pos;
+        if (!rx->catching && p->reads < reads &&
+            tb__pos_from_tail(p->data + p->chlen, p->len, &pos) == 0 &&
+            strcmp(pos.epoch, rx->epoch) == 0 && pos.seq > rx->top) {
+            drop_message(rx, &rx->malformed, p->data, p->chlen, p->len,
+                         "position beyond the history's end");
+        } else {
+            rx->unparking = 1;
+            message(rx, p->data, p->chlen, p->data + p->chlen, p->len);
+            rx->unparking = 0;
+        }
+        free(p);
+        p = next;
+    }
+}
+
+void tb__bus_rx_track(tb__bus_rx *rx,
+                      int (*fetch)(void *ud, uint64_t after, size_t count),
+                      void *ud)
+{
+    rx->fetch = fetch;
+    rx->fetch_ud = ud;
+}
+
+void tb__bus_rx_connected(tb__bus_rx *rx)
+{
+    if (!rx->fetch)
+        return;
+    if (rx->epoch[0]) {
+        catch_up(rx);
+        return;
+    }
+    rx->baseline = 1;
+    if (rx->fetch(rx->fetch_ud, 0, 0) != 0)
+        rx->baseline = 0;
+}
+
+void tb__bus_rx_epoch(tb__bus_rx *rx, char out[TB_EPOCH_MAX])
+{
+    memcpy(out, rx->epoch, TB_EPOCH_MAX);
+}
+
+void tb__bus_rx_disconnected(tb__bus_rx *rx)
+{
+    rx->catching = 0;
+    rx->baseline = 0;
+}
+
+void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
+{
+    if (rx->baseline) {
+        rx->baseline = 0;
+        if (status == 0 && !rx->epoch[0] && pg->epoch[0]) {
+            memcpy(rx->epoch, pg->epoch, sizeof rx->epoch);
+            rx->last = rx->top = pg->top;
+        }
+        return;
+    }
+    if (!rx->catching)
+        return; /* a read of a connection that is gone */
+    if (status != 0) {
+        pos_warn(rx,
+                 "reading the history after %s-%" PRIu64 " failed (%s): "
+                 "what was missed is lost",
+                 rx->epoch, rx->last, tb_strerror(status));
+        rx->catching = 0;
+        rx->top = TB__SEQ_MAX;
+        /* Take the parked ones as they are, over the hole. */
+        if (rx->park_head) {
+            tb__pos p;
+            if (tb__pos_from_tail(rx->park_head->data + rx->park_head->chlen,
+                                  rx->park_head->len, &p) == 0 &&
+                strcmp(p.epoch, rx->epoch) == 0 && p.seq > rx->last)
+                rx->last = p.seq - 1;
+        }
+        unpark(rx);
+        return;
+    }
+    if (!pg->epoch[0] || strcmp(pg->epoch, rx->epoch) != 0) {
+        /* Redis lost the history: our position means nothing there. */
+        pos_warn(rx,
+                 "the history's epoch is now %s (was %s): Redis lost it; "
+                 "events published meanwhile may be lost",
+                 pg->epoch[0] ? pg->epoch : "(none yet)", rx->epoch);
+        memcpy(rx->epoch, pg->epoch, sizeof rx->epoch);
+        rx->last = 0;
+        if (pg->epoch[0]) {
+            catch_up(rx); /* everything of the new epoch */
+            return;
+        }
+        rx->catching = 0;
+        rx->top = 0;
+        unpark(rx);
+        return;
+    }
+    rx->top = pg->top;
+    atomic_fetch_add_explicit(&rx->app->hist_reads, 1, memory_order_relaxed);
+    for (size_t i = 0; i < pg->n; i++) {
+        tb_event *ev = pg->evs[i];
+        if (ev->seq <= rx->last)
+            continue;
+        atomic_fetch_add_explicit(&rx->app->hist_recovered, 1,
+                                  memory_order_relaxed);
+        if (ev->seq > rx->last + 1)
+            atomic_fetch_add_explicit(&rx->app->hist_lost,
+                                      ev->seq - rx->last - 1,
+                                      memory_order_relaxed);
+        if (ev->seq > rx->last + 1)
+            pos_warn(rx,
+                     "%" PRIu64 " event(s) after %s-%" PRIu64 " are no longer "
+                     "in the history (history_size, history_ttl): lost",
+                     ev->seq - rx->last - 1, rx->epoch, rx->last);
+        rx->last = ev->seq;
+        take_event(rx, ev);
+    }
+    if (pg->n == CATCHUP_PAGE) {
+        catch_up(rx); /* more */
+        return;
+    }
+    if (rx->last < pg->top) {
+        atomic_fetch_add_explicit(&rx->app->hist_lost, pg->top - rx->last,
+                                  memory_order_relaxed);
+        pos_warn(rx,
+                 "%" PRIu64 " event(s) after %s-%" PRIu64 " are not in the "
+                 "history: lost",
+                 pg->top - rx->last, rx->epoch, rx->last);
+        rx->last = pg->top;
+    }
+    rx->catching = 0;
+    unpark(rx);
+}
+
 int tb__bus_rx_message(tb__bus_rx *rx, const char *ch, size_t chlen,
                        const char *msg, size_t len)
+{
+    return message(rx, ch, chlen, msg, len);
+}
+
+static int message(tb__bus_rx *rx, const char *ch, size_t chlen,
+                   const char *msg, size_t len)
 {
     char name[TB_EVENT_NAME_MAX + 1];
     size_t nlen = chlen > rx->prefix_len ? chlen - rx->prefix_len : 0;
@@ -200,6 +498,12 @@ int tb__bus_rx_message(tb__bus_rx *rx, const char *ch, size_t chlen,
                      "too large for max_event_size");
         return TB_EMSGSIZE;
     }
+    /* Positions are tracked whoever listens: a skipped event is not a
+     * gap. */
+    tb__pos pos;
+    if (rx->fetch && tb__pos_from_tail(msg, len, &pos) == 0 &&
+        !track(rx, &pos, ch, chlen, msg, len))
+        return 0;
     /* Nobody in this process listens for it: spend nothing more on it
      * (decoding is most of a received event's cost). */
     if (tb__app_wants(rx->app, &split))
@@ -210,6 +514,7 @@ int tb__bus_rx_message(tb__bus_rx *rx, const char *ch, size_t chlen,
 void tb__bus_rx_tick(tb__bus_rx *rx, int64_t now_us)
 {
     tb__ratelog_flush(&rx->log, now_us);
+    tb__ratelog_flush(&rx->pos_log, now_us);
 }
 
 void tb__bus_rx_status(tb__bus_rx *rx, tb_bus_info *out)
@@ -255,6 +560,8 @@ tb__bus_rx *tb__bus_rx_new(tb_app *app, const char *who, const char *prefix,
     atomic_init(&rx->oversize, 0);
     rx->log.who = rx->who;
     rx->log.what = "dropped-message lines";
+    rx->pos_log.who = rx->who;
+    rx->pos_log.what = "history lines";
     return rx;
 }
 
@@ -264,6 +571,11 @@ void tb__bus_rx_free(tb__bus_rx *rx)
         return;
     for (size_t i = 0; i < rx->nbatch; i++)
         tb_event_unref(rx->batch[i]);
+    while (rx->park_head) {
+        parked *p = rx->park_head;
+        rx->park_head = p->next;
+        free(p);
+    }
     free(rx->ring);
     free(rx->slots);
     free(rx);

@@ -20,6 +20,7 @@ struct tb__bus_tx {
     int closed;          /* under mu */
     tb__bus_reqlist inq; /* put, not yet taken; under mu */
     atomic_int pending;  /* accepted and not yet completed (cb not run) */
+    uint64_t txseq;      /* the last request's number; under mu */
     atomic_uint_fast64_t published, publish_failed;
 };
 
@@ -109,6 +110,7 @@ int tb__bus_tx_put(tb__bus_tx *tx, const tb_event *ev, tb__publish_cb cb,
     q->ud = ud;
     q->accepted_us = tb__mono_us();
     q->sent_us = 0;
+    q->batch = 1;
     q->chlen = tx->prefix_len + nlen;
     memcpy(q->id, ev->id, sizeof q->id);
     memcpy(q->channel, tx->prefix, tx->prefix_len);
@@ -122,6 +124,7 @@ int tb__bus_tx_put(tb__bus_tx *tx, const tb_event *ev, tb__publish_cb cb,
         rc = TB_ENOSPC;
     if (rc == 0) {
         int first = tx->inq.head == NULL;
+        q->txseq = ++tx->txseq;
         tb__bus_reqlist_push(&tx->inq, q);
         atomic_fetch_add_explicit(&tx->pending, 1, memory_order_relaxed);
         /* Under mu: the bus closes tx under it before its thread ends, so

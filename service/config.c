@@ -69,6 +69,17 @@
       "itself, below a third of the lease")                                    \
     X(core, periodic_min_ms, MS, 1000, NULL, 10, H1, "periodic-min",           \
       "shortest interval of a periodic task, ms")                              \
+    X(core, history_size, INT, 10000, NULL, 0, 1 << 24, "history-size",        \
+      "events of the namespace's history kept for resuming (0: no history, "   \
+      "no positions)")                                                         \
+    X(core, history_ttl_ms, SECONDS, 300000, NULL, 1000, 30 * D1,              \
+      "history-ttl", "seconds the history lives after the last publish")       \
+    X(core, history_max_bytes, SIZE, 64 * MiB, NULL, KiB, 64 * GiB,            \
+      "history-max-bytes",                                                     \
+      "event bytes the in-process bus's history holds at most (oldest out)") \
+    X(core, history_page_max, INT, 1000, NULL, 1, 100000, "history-page-max",  \
+      "events one GET /history answers at most (its limit's default and "      \
+      "cap)")                                                                  \
     X(redis, url, URL, 0, NULL, 0, 0, "redis-url",                             \
       "redis://[user:password@]host:port[/db], unix:///path or "               \
       "redis-sentinel://[user:password@]host:26379[,host...]/master[/db]; "    \

@@ -7,6 +7,7 @@
 #include <jansson.h>
 
 #include "envelope.h"
+#include "history.h"
 #include "internal.h"
 #include "json.h"
 
@@ -236,6 +237,9 @@ int tb__envelope_encode(const tb_event *ev, char **out, size_t *outlen)
     if (ev->hops) /* only relayed events carry it */
         bad |=
             json_object_set_new_nocheck(t->obj, "hops", json_integer(ev->hops));
+    if (ev->pos[0]) /* last: the publish script appends it the same way */
+        bad |= json_object_set_new_nocheck(t->obj, "pos",
+                                           json_string_nocheck(ev->pos));
 
     size_t n = 0;
     if (!bad)
@@ -245,6 +249,8 @@ int tb__envelope_encode(const tb_event *ev, char **out, size_t *outlen)
 
     if (ev->hops)
         bad |= json_object_del(t->obj, "hops");
+    if (ev->pos[0])
+        bad |= json_object_del(t->obj, "pos");
     if (jdata) {
         bad |= json_object_set_nocheck(t->obj, "data", t->data);
         json_decref(jdata);
@@ -399,10 +405,23 @@ static int decode_envelope(tb_app *app, const char *name, json_t *root,
         }
         hops = (int)json_integer_value(jhops);
     }
+    tb__pos pos = {{0}, 0};
+    json_t *jpos = json_object_get(root, "pos");
+    if (jpos && (!json_is_string(jpos) ||
+                 tb__pos_parse(json_string_value(jpos),
+                               json_string_length(jpos), &pos) != 0 ||
+                 pos.seq == 0)) {
+        free(big);
+        *why = "pos is not a position (<epoch>-<seq>)";
+        return TB_EPROTO;
+    }
     *out = tb__event_new(app, name, data, dlen, id, origin, ts);
     free(big);
-    if (*out)
+    if (*out) {
         (*out)->hops = hops;
+        if (pos.seq)
+            tb__event_set_pos(*out, pos.epoch, pos.seq);
+    }
     return *out ? 0 : TB_ENOMEM;
 }
 

@@ -41,6 +41,8 @@ struct tb_event {
     char origin[48];
     int hops;      /* re-dispatches behind it (tb_dispatch_from, relays) */
     int max_depth; /* its app's json_max_depth, for tb_event_json */
+    uint64_t seq;  /* its position's seq; 0: no position */
+    char pos[TB_POS_MAX]; /* "<epoch>-<seq>" (history.h), or "" */
     /* name and data follow */
 };
 
@@ -124,6 +126,7 @@ struct tb_sub {
                              queued: queued once however many match */
     tb__listener **extra; /* patterns beyond the first (tb_sub_add) */
     int nextra, extra_cap;
+    struct tb__resume *rs; /* tb_sub_resume's state, or NULL */
 };
 
 /* ---------------------------------------------------------------- tasks */
@@ -519,7 +522,12 @@ struct tb_app {
     atomic_uint_fast64_t queue_full_drops;    /* worker_queue_max drops */
     atomic_int_fast64_t queue_full_logged_us; /* rate limit of that log */
     atomic_uint_fast64_t hop_limit_drops;     /* event_max_hops refusals */
-    atomic_int_fast64_t hop_limit_logged_us;  /* rate limit of that log */
+    /* The history (bus_rx.c's catch-up, history.c's resumes): /metrics. */
+    atomic_uint_fast64_t hist_reads;         /* catch-up reads answered */
+    atomic_uint_fast64_t hist_recovered;     /* events a catch-up delivered */
+    atomic_uint_fast64_t hist_lost;          /* events found gone by one */
+    atomic_uint_fast64_t hist_resumes[2];    /* [recovered] */
+    atomic_int_fast64_t hop_limit_logged_us; /* rate limit of that log */
     int abandoned; /* tasks abandoned at the graceful timeout */
 
     /* blocking pool */

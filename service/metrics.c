@@ -229,6 +229,32 @@ static void bus_metrics(buf *b, tb_app *app)
     add(b, "taskbus_bus_queued %d\n", bi.queued);
 }
 
+static void history_metrics(buf *b, tb_app *app)
+{
+    header(b, "taskbus_history_catchup_reads_total", "counter",
+           "History reads of this instance catching up after a gap or a "
+           "reconnection.");
+    add(b, "taskbus_history_catchup_reads_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->hist_reads));
+    header(b, "taskbus_history_events_recovered_total", "counter",
+           "Events this instance missed live and delivered from the "
+           "history.");
+    add(b, "taskbus_history_events_recovered_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->hist_recovered));
+    header(b, "taskbus_history_events_lost_total", "counter",
+           "Events this instance missed that were no longer in the history "
+           "(history_size, history_ttl).");
+    add(b, "taskbus_history_events_lost_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->hist_lost));
+    header(b, "taskbus_history_resumes_total", "counter",
+           "Subscriptions resumed from a position (websocket, long poll, "
+           "tb_sub_resume), by whether the history still had what followed "
+           "it.");
+    for (int r = 1; r >= 0; r--)
+        add(b, "taskbus_history_resumes_total{recovered=\"%s\"} %" PRIu64 "\n",
+            r ? "true" : "false", (uint64_t)atomic_load(&app->hist_resumes[r]));
+}
+
 static void ws_metrics(buf *b, tb_app *app)
 {
     header(b, "taskbus_instances", "gauge",
@@ -391,6 +417,7 @@ char *tb__metrics_render(tb_app *app, size_t *len)
         return NULL;
     b.p[0] = '\0';
     bus_metrics(&b, app);
+    history_metrics(&b, app);
     task_metrics(&b, app);
     ws_metrics(&b, app);
     longpoll_metrics(&b, app);

@@ -144,6 +144,13 @@ static int conn_send(tb_ws *ws, int binary, const void *data, size_t len)
     return rc;
 }
 
+int tb__ws_backlogged(tb_ws *ws)
+{
+    const tb__wsconn_ops *ops = ws->app->wsconn;
+    return ws->conn && ops->backlogged && tb__worker_current() == ws->w &&
+           ops->backlogged(ws->conn);
+}
+
 static void conn_close(tb_ws *ws, int code, const char *reason)
 {
     ws->app->wsconn->close(ws->conn, code, reason);

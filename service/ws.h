@@ -47,6 +47,10 @@ void tb__ws_app_free(tb_app *app);
 /* Closes every connection still served by w (its loop has ended). */
 void tb__ws_worker_shutdown(struct tb__worker *w);
 
+/* 1 while ws's send queue is more than half full (its framing's
+ * backlogged op); 0 when it is not, or closed. On ws's worker. */
+int tb__ws_backlogged(tb_ws *ws);
+
 /* Open websockets of the app (for /metrics). */
 int tb__ws_clients(tb_app *app);
 

@@ -77,7 +77,8 @@ extern "C" {
     X(EACCES, -EACCES, "authentication failed")                                \
     X(EPROTO, -EPROTO, "protocol error")                                       \
     X(EIO, -EIO, "input/output error")                                         \
-    X(ELOOP, -ELOOP, "event relayed too many times (event_max_hops)")
+    X(ELOOP, -ELOOP, "event relayed too many times (event_max_hops)")          \
+    X(ENOTSUP, -ENOTSUP, "not supported here (history is off)")
 
 typedef enum {
 #define TB__ERR_ENUM(name, value, msg) TB_##name = (value),
@@ -187,8 +188,27 @@ typedef struct tb_core_config {
                                 (clock drift between instances and Redis);
                                 below a third of the lease */
     int periodic_min_ms;     /* shortest interval of a periodic task */
-    void *reserved_[5];      /* room for later settings; keep zero (the six ints
-                                above took three slots) */
+    /* The namespace's history (docs/HISTORY.md): the last history_size
+     * events are kept (in Redis with the Redis bus, in this process with
+     * the in-process bus), each with a position (tb_event_pos), so that a
+     * subscriber can resume after a position (tb_sub_resume, GET /ws and
+     * /events with since, GET /history) and instances catch up after a
+     * lost link. 0: no history, no positions: Redis gets plain PUBLISHes
+     * as before. */
+    int history_size;
+    int history_ttl_ms;       /* the history lives this long after the last
+                                 publish (its Redis key's TTL, renewed by each
+                                 publish); the epoch and the count stay, so a
+                                 resume after it is told recovered 0 */
+    int history_page_max;     /* events one GET /history answers at most: the
+                                 limit's default and cap */
+    size_t history_max_bytes; /* the in-process bus's history holds at most
+                                 this much event data (names and data): the
+                                 oldest go first beyond it. (Redis keeps
+                                 history_size events whatever their size:
+                                 size its maxmemory for them.) */
+    void *reserved_[2];       /* room for later settings; keep zero (the eleven
+                                 ints above took six slots) */
 } tb_core_config;
 
 /* The event bus. With no url, events stay in this process (the in-process
@@ -785,6 +805,98 @@ uint64_t tb_sub_dropped(const tb_sub *sub); /* events dropped on overflow */
 size_t tb_sub_pending(const tb_sub *sub);   /* events queued now */
 /* Closes sub and releases its queued events. Only from its task. */
 void tb_sub_close(tb_sub *sub);
+
+/* ---- positions and history (docs/HISTORY.md) ---- */
+
+/* With core.history_size > 0 every event gets a position in its
+ * namespace's history: "<epoch>-<seq>", where epoch is 8..16 lowercase hex
+ * digits that change when the history was lost (Redis flushed, or a
+ * restarted in-process bus) and seq counts the namespace's events from 1
+ * in each epoch. Clients must treat a position as opaque: keep the last
+ * one received and hand it back (since). Within one epoch, a later event
+ * has a larger seq. */
+#define TB_POS_MAX 40   /* bytes of a position, NUL included */
+#define TB_EPOCH_MAX 17 /* bytes of an epoch, NUL included */
+
+/* ev's position, or "" when it has none: history off, or an event that
+ * reached Redis without taskbus (a plain `redis-cli PUBLISH`): such an
+ * event is delivered live and is not in the history. Lives as long as the
+ * reference. */
+const char *tb_event_pos(const tb_event *ev);
+
+/* Where a resumed subscription's replay ended (tb_sub_resume). */
+typedef struct tb_sub_recovery {
+    int recovered;            /* 1: every event after since that matches
+                                 the subscription was replayed; 0: since
+                                 is older than the history (expired,
+                                 trimmed) or of another epoch: nothing was
+                                 replayed, reload your state */
+    char pos[TB_POS_MAX];     /* the position replay reached: live events
+                                 at or before it are not delivered again;
+                                 the position to resume from later if no
+                                 event arrives meanwhile. "" when the
+                                 namespace has no events yet */
+    char epoch[TB_EPOCH_MAX]; /* the namespace's epoch now ("" as pos) */
+    uint64_t replayed;        /* events tb_sub_next returned from history */
+} tb_sub_recovery;
+
+/* tb_sub_next's answer, once, at the seam between a resumed
+ * subscription's replay and its live events: *ev is NULL and
+ * tb_sub_recovery says what happened. */
+#define TB_SUB_LIVE 1
+
+/* Resumes sub (opened by self, with its patterns added) after position
+ * since (from a client: parsed strictly; NULL or "": nothing to replay).
+ * Before returning it reads the history's first page (suspending self on
+ * the bus, at most redis.command_timeout_ms). Then tb_sub_next returns,
+ * in order: the history's events after since that match sub's patterns
+ * (read page by page as they are taken, so a replay longer than sub's
+ * capacity does not overflow it), TB_SUB_LIVE once, then the live events
+ * queued meanwhile and later, without those at or before the seam's
+ * position (already replayed, or not matching). Nothing is lost or
+ * duplicated at the seam: live events that overflowed sub while it
+ * replayed are read from the history again. Events from one dispatcher
+ * keep their order throughout. A since that cannot be recovered (older
+ * than the history, another epoch, beyond its end) replays nothing:
+ * TB_SUB_LIVE comes first, with recovered 0. Call it once per sub,
+ * before its first tb_sub_next; patterns added after it get live events
+ * only. Returns 0, TB_EINVAL (since malformed,
+ * or sub not self's, or resumed already), TB_ENOTSUP (history is off:
+ * core.history_size 0), TB_ENOTCONN / TB_ETIMEDOUT (the bus could not
+ * answer), TB_ECANCELED, TB_ENOMEM. */
+TB_TASK_FN int tb_sub_resume(tb_task *self, tb_sub *sub, const char *since);
+
+/* After tb_sub_next returned TB_SUB_LIVE: fills *out and returns 0; else
+ * TB_EAGAIN (still replaying) or TB_EINVAL (sub was not resumed). */
+int tb_sub_recovery_info(const tb_sub *sub, tb_sub_recovery *out);
+
+/* One page of the history (tb_history_read). */
+typedef struct tb_history {
+    tb_event **events; /* n matching events in order; references
+                          owned by the page (tb_history_free) */
+    size_t n;
+    int recovered;            /* 0: since could not be recovered (as for
+                                 tb_sub_recovery): events is empty */
+    int more;                 /* 1: the history holds events after next */
+    char next[TB_POS_MAX];    /* since for the next page: the last
+                                 position looked at (matching or not);
+                                 "" when the namespace has no events */
+    char epoch[TB_EPOCH_MAX]; /* the namespace's epoch now, or "" */
+} tb_history;
+
+/* Reads up to limit (1..core.history_page_max) events of the history after
+ * since (NULL or "": from the oldest held) that match one of npatterns
+ * patterns (0: every event), into *out (free it with tb_history_free).
+ * Looks at most history_size events, so it is bounded. Blocks the calling
+ * thread up to redis.command_timeout_ms per page read: any thread but a
+ * worker's (from a task, call it through tb_run_blocking): TB_EDEADLK
+ * there. Returns 0, TB_EINVAL (since malformed, a bad pattern, limit out
+ * of range), TB_ENOTSUP (history off), TB_ENOTCONN, TB_ETIMEDOUT,
+ * TB_ENOMEM. On error *out is empty. */
+int tb_history_read(tb_app *app, const char *const *patterns, int npatterns,
+                    const char *since, size_t limit, tb_history *out);
+/* Releases out's events; out is then empty. */
+void tb_history_free(tb_history *out);
 
 /* Accessors; the returned pointers live as long as the reference. The data
  * is always followed by a NUL byte (not counted in len) for convenience; it

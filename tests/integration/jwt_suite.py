@@ -199,6 +199,15 @@ async def t_within_claims(ctx):
     r = await asyncio.to_thread(upgrade_refused, srv.port,
                                 f"/ws?events=order.*,*.created&token={q(tok)}")
     await forbidden(r, "*.created", "?events= beyond the claims")
+    # The history, read within the claims and beyond.
+    r = await ahttp(srv.port, "GET", "/history?events=order.*",
+                    headers=bearer(tok))
+    check_status(r, 200, what="GET /history within the claims")
+    check(i in [e["id"] for e in r.json["events"]],
+          f"GET /history within the claims: {r.json}")
+    r = await ahttp(srv.port, "GET", "/history?events=order.*,*.created",
+                    headers=bearer(tok))
+    await forbidden(r, "*.created", "GET /history beyond the claims")
     # sub is logged with the connection.
     check('client token of sub "alice"' in srv.log_text(),
           "the connection's sub is not logged")

@@ -453,6 +453,9 @@ async def t_failover_stream(ctx):
         sa.thread.start()
         sb.thread.start()
         await asyncio.sleep(1)
+        # The history's place before: the failover starts it over.
+        before = (await ahttp(a.port, "GET",
+                              "/history?events=stream.*&limit=1")).json
         t_fail = time.monotonic()
         await asyncio.to_thread(ss.failover)
 
@@ -490,6 +493,14 @@ async def t_failover_stream(ctx):
                            f"around the failover, want at most 5 s")
         check(len(s.acked()) > 100, f"{srv.name}: only {len(s.acked())} "
                                     f"events acknowledged")
+    after = (await ahttp(a.port, "GET", "/history?events=stream.*&limit=1")).json
+    check(before["epoch"] and after["epoch"] != before["epoch"],
+          f"the history's epoch before the failover {before['epoch']!r}, "
+          f"after {after['epoch']!r}: want a new one")
+    r = await ahttp(a.port, "GET",
+                    f"/events/stream.*?since={before['next']}&timeout=1")
+    check(r.status == 410, f"a long poll since {before['next']} (before the "
+                           f"failover): {r.status}, want 410 history_gone")
     id_end_a = (await ahttp(a.port, "POST", "/events/stream.end-a")).json
     id_end_b = (await ahttp(b.port, "POST", "/events/stream.end-b")).json
     check(id_end_a and id_end_b, "POST of the end markers failed")

@@ -871,8 +871,8 @@ class Client:
         except ValueError:
             raise AssertionError(f"{self.label}: not JSON: {msg[:200]!r}")
         check(isinstance(o, dict), f"{self.label}: not an object: {msg[:200]}")
-        if "ok" in o or "error" in o:
-            self.replies.append(o)
+        if "ok" in o or "error" in o or "recovered" in o:
+            self.replies.append(o)  # "recovered": where a resume's replay ended
         elif "id" in o and "name" in o:
             self.events.append(o)
         else:
@@ -1021,9 +1021,17 @@ async def metric(srv, name, headers=None):
     return float(m.group(1))
 
 
+POS_RE = re.compile(r"[0-9a-f]{8,16}-[1-9][0-9]{0,15}")
+
+
 def check_envelope(ev, name, data, post_id=None):
-    check(set(ev) == {"id", "name", "data", "ts", "origin"},
-          f"envelope members {sorted(ev)}: want id, name, data, ts, origin")
+    # pos: the event's position when history is on (the default).
+    check(set(ev) - {"pos"} == {"id", "name", "data", "ts", "origin"},
+          f"envelope members {sorted(ev)}: want id, name, data, ts, origin"
+          f" (and pos)")
+    check("pos" not in ev or (isinstance(ev["pos"], str)
+                              and POS_RE.fullmatch(ev["pos"])),
+          f"{name}: pos {ev.get('pos')!r} is not <epoch>-<seq>")
     check(ev["name"] == name, f"event name {ev['name']!r}, want {name!r}")
     check(ev["data"] == data, f"{name}: data {ev['data']!r}, want {data!r}")
     if post_id is not None:

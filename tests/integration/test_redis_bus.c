@@ -490,7 +490,8 @@ static void test_cli_publish_json(void **state)
 /* ------------------------------------------------------------ wire format */
 
 /* Checks one envelope as seen by a plain subscriber: the channel, exactly
- * the members id, name, data, ts, origin with their types, the id
+ * the members id, name, data, ts, origin and (history is on by default)
+ * pos, last, with their types, the id
  * tb_dispatch gave, ts within the dispatch, and data as the JSON value of
  * an object/array payload or else the payload as a string. */
 static void check_envelope(const char *chan, const char *msg, const char *name,
@@ -509,7 +510,11 @@ static void check_envelope(const char *chan, const char *msg, const char *name,
         if (!json_object_get(env, keys[i]))
             fail_msg("envelope has no \"%s\": %.200s", keys[i], msg);
     }
-    if (json_object_size(env) != 5)
+    json_t *jpos = json_object_get(env, "pos");
+    if (!json_is_string(jpos) || !strstr(msg, ",\"pos\":\"") ||
+        msg[strlen(msg) - 2] != '"')
+        fail_msg("envelope has no position last: %.200s", msg);
+    if (json_object_size(env) != 6)
         fail_msg("envelope has extra members: %.200s", msg);
     json_t *jid = json_object_get(env, "id"),
            *jname = json_object_get(env, "name");

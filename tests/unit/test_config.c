@@ -164,6 +164,53 @@ static void test_unknown_setting(void **state)
     assert_non_null(strstr(err, "nope"));
 }
 
+/* The history's settings at their edges: accepted at min and max,
+ * refused one step beyond, and what tb_app_new gets. */
+static void test_history_bounds(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *flag, *value;
+        int ok;
+    } cases[] = {
+        {"history-size", "0", 1},
+        {"history-size", "-1", 0},
+        {"history-size", "16777216", 1},
+        {"history-size", "16777217", 0},
+        {"history-ttl", "1", 1},
+        {"history-ttl", "0.999", 0},
+        {"history-ttl", "2592000", 1},
+        {"history-ttl", "2592000.001", 0},
+        {"history-page-max", "1", 1},
+        {"history-page-max", "0", 0},
+        {"history-page-max", "100000", 1},
+        {"history-page-max", "100001", 0},
+        {"history-max-bytes", "1024", 1},
+        {"history-max-bytes", "1023", 0},
+        {"history-max-bytes", "68719476736", 1},
+        {"history-max-bytes", "68719476737", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        tb_app_config cfg;
+        tb_app_config_init(&cfg);
+        char err[256] = "";
+        int rc =
+            tb_config_set(&cfg, cases[i].flag, cases[i].value, err, sizeof err);
+        if (rc != (cases[i].ok ? 0 : TB_EINVAL))
+            fail_msg("%s=%s: %d (%s)", cases[i].flag, cases[i].value, rc, err);
+        if (!cases[i].ok)
+            assert_non_null(strstr(err, "core.history_"));
+    }
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    assert_int_equal(cfg.core.history_size, 10000);
+    assert_int_equal(cfg.core.history_ttl_ms, 300000);
+    assert_int_equal(cfg.core.history_page_max, 1000);
+    assert_int_equal(cfg.core.history_max_bytes, 64 << 20);
+    assert_int_equal(tb_config_set(&cfg, "history-ttl", "1.5", NULL, 0), 0);
+    assert_int_equal(cfg.core.history_ttl_ms, 1500);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -174,6 +221,7 @@ int main(void)
         cmocka_unit_test(test_unknown_setting),
         cmocka_unit_test(test_seconds_exact),
         cmocka_unit_test(test_wide_c_ranges),
+        cmocka_unit_test(test_history_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

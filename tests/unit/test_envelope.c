@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "envelope.h"
+#include "history.h"
 #include "internal.h"
 #include "taskbus/taskbus.h"
 
@@ -846,6 +847,45 @@ static void test_hops(void **state)
     assert_malformed("{\"id\":\"a\",\"data\":\"x\",\"hops\":1.5}");
 }
 
+/* ---------------------------------------------------------------- pos */
+
+static void test_pos(void **state)
+{
+    (void)state;
+    tb_event *ev = tb__event_new(app, "a.b", "hi", 2, "id-1", "inst/0", 123);
+    assert_non_null(ev);
+    assert_string_equal(tb_event_pos(ev), "");
+    /* Last member, as the publish script appends it. */
+    tb__event_set_pos(ev, "0123abcd", 7);
+    char *wire;
+    size_t len;
+    assert_int_equal(tb__envelope_encode(ev, &wire, &len), 0);
+    assert_string_equal(
+        wire, "{\"id\":\"id-1\",\"name\":\"a.b\",\"data\":\"hi\","
+              "\"ts\":123,\"origin\":\"inst/0\",\"pos\":\"0123abcd-7\"}");
+    tb_event *got = NULL;
+    assert_int_equal(
+        tb__envelope_decode(app, "a.b", wire, len, MAX, &got, NULL), 0);
+    assert_string_equal(tb_event_pos(got), "0123abcd-7");
+    assert_int_equal(got->seq, 7);
+    tb_event_unref(got);
+    free(wire);
+    tb_event_unref(ev);
+    /* The template does not keep it for the next event. */
+    ev = tb__event_new(app, "a.b", "hi", 2, "id-2", "inst/0", 123);
+    assert_int_equal(tb__envelope_encode(ev, &wire, &len), 0);
+    assert_null(strstr(wire, "pos"));
+    free(wire);
+    tb_event_unref(ev);
+
+    assert_malformed("{\"id\":\"a\",\"data\":\"x\",\"pos\":7}");
+    assert_malformed("{\"id\":\"a\",\"data\":\"x\",\"pos\":\"\"}");
+    assert_malformed("{\"id\":\"a\",\"data\":\"x\",\"pos\":\"0123abcd-0\"}");
+    assert_malformed("{\"id\":\"a\",\"data\":\"x\",\"pos\":\"0123ABCD-1\"}");
+    assert_malformed(
+        "{\"id\":\"a\",\"data\":\"x\",\"pos\":\"0123abcd-1\\u0000\"}");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -871,6 +911,7 @@ int main(void)
         cmocka_unit_test(test_depth_of_data),
         cmocka_unit_test(test_depth_of_messages),
         cmocka_unit_test(test_hops),
+        cmocka_unit_test(test_pos),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

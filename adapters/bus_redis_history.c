@@ -1,0 +1,385 @@
+/* bus_redis_history.c - the Redis bus's history: the publish script that
+ * gives each event its position, and reading the stream back. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/hiredis.h>
+
+#include "bus_redis.h"
+
+/* With core.history_size > 0 (docs/HISTORY.md), a namespace's history is
+ *   "{ns}:hist"   a stream, one entry per event, id "<seq>-0", fields
+ *                 n (the event name) and e (the envelope, with its pos),
+ *                 trimmed to history_size and expiring history_ttl after
+ *                 the last publish;
+ *   "{ns}:hmeta"  a hash {epoch, seq}, without TTL: the epoch changes only
+ *                 when Redis lost it (a flush, a restart without
+ *                 persistence), and seq keeps counting after the stream
+ *                 expired, so that a resume from before is told so;
+ *   "{ns}:htx:<instance>"  the last publish number of an instance whose
+ *                 publish ran (PX: twice publish_retry_ms), so that a
+ *                 resend after a lost reply gets no second position.
+ * Publishing is one script instead of PUBLISH (same link, same pipeline,
+ * no extra round trip): it numbers the event, appends `,"pos":"..."` to
+ * its envelope (which still starts with our id: note_echo relies on it),
+ * adds it to the stream and PUBLISHes it. Reading is one script too
+ * (meta, the oldest entry and a range, consistent with one another), on
+ * the `pub` link, never on `sub`.
+ *
+ * A Redis ACL user needs +eval +evalsha +script|load +xadd +xrange
+ * +pexpire +hget +hset +hincrby +hmget +get +set +del +publish +time on
+ * "{<ns>}:*" besides what bus_redis.c and bus_redis_kv.c list. */
+
+/* KEYS[1] the stream, KEYS[2] the meta hash, KEYS[3] our publish number;
+ * ARGV the instance's half of a new epoch (8 hex digits), maxlen ("~" or
+ * "=" first), ttl ms, the publish number's keep ms, then for each event
+ * (in queue order) its channel, envelope, name and publish number.
+ * Events whose number ran already (a resend) are skipped. Returns how
+ * many were appended. */
+static const char pub_lua[] =
+    "local prev = tonumber(redis.call('GET', KEYS[3]) or '0')\n"
+    "local n, k, last = (#ARGV - 4) / 4, 0, prev\n"
+    "for i = 0, n - 1 do\n"
+    "  local tx = tonumber(ARGV[8 + 4 * i])\n"
+    "  if tx > prev then k = k + 1; if tx > last then last = tx end end\n"
+    "end\n"
+    "if k == 0 then return 0 end\n"
+    "redis.call('SET', KEYS[3], string.format('%d', last), 'PX', ARGV[4])\n"
+    "local ep = redis.call('HGET', KEYS[2], 'epoch')\n"
+    "if not ep then\n"
+    "  local t = redis.call('TIME')\n"
+    "  ep = ARGV[1] .. string.format('%08x', (tonumber(t[1]) * 1000000 + "
+    "tonumber(t[2])) % 4294967296)\n"
+    "  redis.call('DEL', KEYS[1])\n"
+    "  redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0)\n"
+    "end\n"
+    "local seq = redis.call('HINCRBY', KEYS[2], 'seq', k) - k\n"
+    "local mark, maxlen = string.sub(ARGV[2], 1, 1), string.sub(ARGV[2], 2)\n"
+    "for i = 0, n - 1 do\n"
+    "  local a = 5 + 4 * i\n"
+    "  if tonumber(ARGV[a + 3]) > prev then\n"
+    "    seq = seq + 1\n"
+    "    local s = string.format('%d', seq)\n"
+    "    local env = string.sub(ARGV[a + 1], 1, -2) .. ',\"pos\":\"' .. ep .. "
+    "'-' .. s .. '\"}'\n"
+    "    redis.call('XADD', KEYS[1], 'MAXLEN', mark, maxlen, s .. '-0', 'n', "
+    "ARGV[a + 2], 'e', env)\n"
+    "    redis.call('PUBLISH', ARGV[a], env)\n"
+    "  end\n"
+    "end\n"
+    "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+    "return k\n";
+
+/* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the epoch this instance
+ * knew, its half of a new one. After a failover: a new epoch and an empty
+ * history, unless the epoch is no longer the one we knew (another
+ * instance started it over already, or none is set yet). Returns 1 when
+ * it did. */
+static const char failover_lua[] =
+    "if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then return 0 end\n"
+    "local t = redis.call('TIME')\n"
+    "local ep = ARGV[2] .. string.format('%08x', (tonumber(t[1]) * 1000000 + "
+    "tonumber(t[2])) % 4294967296)\n"
+    "redis.call('DEL', KEYS[1])\n"
+    "redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0)\n"
+    "return 1\n";
+
+/* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the first entry id to
+ * read, how many. Returns epoch (or ""), seq (or "0"), the oldest entry's
+ * id (or ""), then id, name, envelope of each entry read. */
+static const char read_lua[] =
+    "local m = redis.call('HMGET', KEYS[2], 'epoch', 'seq')\n"
+    "local out = {m[1] or '', m[2] or '0', ''}\n"
+    "local f = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)\n"
+    "if f[1] then out[3] = f[1][1] end\n"
+    "local n = tonumber(ARGV[2])\n"
+    "if n > 0 then\n"
+    "  local r = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', n)\n"
+    "  for i = 1, #r do\n"
+    "    local fv, name, env = r[i][2], '', ''\n"
+    "    for j = 1, #fv - 1, 2 do\n"
+    "      if fv[j] == 'n' then name = fv[j + 1]\n"
+    "      elseif fv[j] == 'e' then env = fv[j + 1] end\n"
+    "    end\n"
+    "    out[#out + 1] = r[i][1]\n"
+    "    out[#out + 1] = name\n"
+    "    out[#out + 1] = env\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
+const tb__rkv_script tb__rh_pub = {"history publish", pub_lua, 16};
+static const tb__rkv_script s_read = {"history read", read_lua, 17};
+
+void tb__rh_load_scripts(rbus *b,
+                         void (*load)(rbus *b, const tb__rkv_script *sc))
+{
+    if (!b->h_on)
+        return;
+    load(b, &tb__rh_pub);
+    load(b, &s_read);
+}
+
+/* The receiver's catch-up reads (tb__bus_rx_track). */
+static void on_fetched(int status, const tb__hist_page *pg, void *ud)
+{
+    rbus *b = ud;
+    tb__bus_rx_fetched(b->rx, status, pg);
+}
+
+static int fetch(void *ud, uint64_t after, size_t count)
+{
+    return tb__rh_read(ud, after, count, on_fetched, ud);
+}
+
+void tb__rh_init(rbus *b, const tb_app_config *c)
+{
+    b->h_on = c->core.history_size > 0;
+    if (!b->h_on)
+        return;
+    /* Half of an epoch: the script adds 8 hex digits of Redis's clock, so
+     * that the epoch after a loss differs from the one before even when
+     * the same instance publishes first again. */
+    char e[TB_EPOCH_MAX];
+    tb__epoch_new(e);
+    snprintf(b->h_epoch, sizeof b->h_epoch, "%.8s", e);
+    /* Exact trimming for small histories (a size someone tests at its
+     * edge); in blocks beyond, as Redis trims cheaply. */
+    snprintf(b->h_maxlen, sizeof b->h_maxlen, "%c%d",
+             c->core.history_size > 1000 ? '~' : '=', c->core.history_size);
+    snprintf(b->h_ttl, sizeof b->h_ttl, "%d", c->core.history_ttl_ms);
+    int64_t keep = 2 * (int64_t)c->redis.publish_retry_ms;
+    snprintf(b->h_txkeep, sizeof b->h_txkeep, "%" PRId64,
+             keep < 60000 ? 60000 : keep);
+    snprintf(b->h_stream, sizeof b->h_stream, "%shist", b->kv_prefix);
+    snprintf(b->h_meta, sizeof b->h_meta, "%shmeta", b->kv_prefix);
+    snprintf(b->h_tx, sizeof b->h_tx, "%shtx:%s", b->kv_prefix,
+             tb__app_instance(b->bus.app));
+    tb__bus_rx_track(b->rx, fetch, b);
+}
+
+int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
+                        char (*nums)[24], const char **argv, size_t *lens)
+{
+    int c = 0;
+    const char *sha = b->sha[tb__rh_pub.slot];
+    if (sha[0]) {
+        argv[c] = "EVALSHA";
+        lens[c++] = 7;
+        argv[c] = sha;
+        lens[c++] = 40;
+    } else {
+        argv[c] = "EVAL";
+        lens[c++] = 4;
+        argv[c] = pub_lua;
+        lens[c++] = sizeof pub_lua - 1;
+    }
+    const char *head[] = {"3",        b->h_stream, b->h_meta, b->h_tx,
+                          b->h_epoch, b->h_maxlen, b->h_ttl,  b->h_txkeep};
+    for (size_t i = 0; i < sizeof head / sizeof head[0]; i++) {
+        argv[c] = head[i];
+        lens[c++] = strlen(head[i]);
+    }
+    size_t plen = strlen(b->prefix);
+    for (int i = 0; i < n; i++) {
+        const tb__bus_req *q = qs[i];
+        snprintf(nums[i], sizeof nums[i], "%" PRIu64, q->txseq);
+        argv[c] = q->channel;
+        lens[c++] = q->chlen;
+        argv[c] = q->env;
+        lens[c++] = q->envlen;
+        argv[c] = q->channel + plen; /* the event name */
+        lens[c++] = q->chlen - plen;
+        argv[c] = nums[i];
+        lens[c++] = strlen(nums[i]);
+    }
+    return c;
+}
+
+static void on_failover(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)priv;
+    rlink *l = ac->data;
+    redisReply *reply = r;
+    if (!reply || ac != l->ac)
+        return;
+    if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
+        tb__log(TB_LOG_WARN,
+                "redis bus: the new master may lack the last events: the "
+                "history starts over in a new epoch (resuming clients are "
+                "told recovered false)");
+    else if (reply->type == REDIS_REPLY_ERROR)
+        tb__log(TB_LOG_ERROR,
+                "redis bus: starting the history over after the failover "
+                "failed: %s",
+                reply->str);
+}
+
+void tb__rh_failover(rbus *b)
+{
+    rlink *l = &b->links[LINK_PUB];
+    char known[TB_EPOCH_MAX];
+    tb__bus_rx_epoch(b->rx, known);
+    if (!b->h_on || !known[0] || !l->ac)
+        return;
+    const char *argv[] = {"EVAL",    failover_lua, "2",       b->h_stream,
+                          b->h_meta, known,        b->h_epoch};
+    size_t lens[7];
+    for (int i = 0; i < 7; i++)
+        lens[i] = strlen(argv[i]);
+    if (redisAsyncCommandArgv(l->ac, on_failover, NULL, 7, argv, lens) !=
+        REDIS_OK)
+        tb__rb_fail(b, "cannot send the history's failover script");
+}
+
+int tb__rh_noscript(rbus *b, const char *err)
+{
+    if (!b->h_on || strncmp(err, "NOSCRIPT", 8) != 0)
+        return 0;
+    /* The scripts were flushed: the next connection loads them again and
+     * resends what is in flight (none of it ran). */
+    tb__rb_fail(b, "Redis has forgotten the history script (SCRIPT FLUSH?)");
+    return 1;
+}
+
+/* ---------------------------------------------------------------- reading */
+
+/* "<seq>-0" (len bytes) into *seq; 0 or -1. */
+static int entry_seq(const char *s, size_t len, uint64_t *seq)
+{
+    tb__pos p;
+    char buf[TB_POS_MAX + 8];
+    /* As a position of a made-up epoch: the same digits rule. */
+    if (len < 3 || len > 18 || s[len - 2] != '-' || s[len - 1] != '0')
+        return -1;
+    int n = snprintf(buf, sizeof buf, "00000000-%.*s", (int)(len - 2), s);
+    if (tb__pos_parse(buf, (size_t)n, &p) != 0 || p.seq == 0)
+        return -1;
+    *seq = p.seq;
+    return 0;
+}
+
+/* A decimal seq (len bytes) into *seq, "0" allowed; 0 or -1. */
+static int meta_seq(const char *s, size_t len, uint64_t *seq)
+{
+    if (len == 1 && s[0] == '0') {
+        *seq = 0;
+        return 0;
+    }
+    char buf[TB_POS_MAX + 8];
+    tb__pos p;
+    int n = snprintf(buf, sizeof buf, "00000000-%.*s",
+                     (int)(len < 20 ? len : 20), s);
+    if (len >= 20 || tb__pos_parse(buf, (size_t)n, &p) != 0)
+        return -1;
+    *seq = p.seq;
+    return 0;
+}
+
+static void bad_reply(rbus *b, const char *what, const char *why)
+{
+    if (tb__ratelog_ok(&b->kv_log, tb__mono_us()))
+        tb__log(TB_LOG_WARN, "redis bus: %s: %s", what, why);
+}
+
+static void hist_fail(rkv_req *r, int status)
+{
+    if (r->cb.hist)
+        r->cb.hist(status, NULL, r->ud);
+}
+
+/* The read script's answer, checked (whoever can write to Redis can put
+ * anything there): a malformed entry is skipped (a hole the reader sees
+ * as lost events), a malformed head fails the read. */
+static void hist_reply(rkv_req *r, const redisReply *reply)
+{
+    rbus *b = r->b;
+    tb__hist_page pg;
+    memset(&pg, 0, sizeof pg);
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        (reply->elements - 3) % 3 != 0 ||
+        (reply->elements - 3) / 3 > r->list_max) {
+        bad_reply(b, r->label, "malformed answer");
+        hist_fail(r, TB_EPROTO);
+        return;
+    }
+    redisReply **el = reply->element;
+    for (int i = 0; i < 3; i++)
+        if (el[i]->type != REDIS_REPLY_STRING) {
+            bad_reply(b, r->label, "malformed answer");
+            hist_fail(r, TB_EPROTO);
+            return;
+        }
+    if ((el[0]->len && (el[0]->len > 16 || !tb__epoch_valid(el[0]->str))) ||
+        meta_seq(el[1]->str, el[1]->len, &pg.top) != 0 ||
+        (el[2]->len && entry_seq(el[2]->str, el[2]->len, &pg.first) != 0)) {
+        bad_reply(b, r->label, "malformed epoch, seq or entry id");
+        hist_fail(r, TB_EPROTO);
+        return;
+    }
+    memcpy(pg.epoch, el[0]->str, el[0]->len);
+    size_t n = (reply->elements - 3) / 3;
+    if (n && !(pg.evs = calloc(n, sizeof *pg.evs))) {
+        hist_fail(r, TB_ENOMEM);
+        return;
+    }
+    uint64_t prev = r->after;
+    for (size_t i = 0; i < n; i++) {
+        redisReply *id = el[3 + 3 * i], *nm = el[4 + 3 * i],
+                   *env = el[5 + 3 * i];
+        uint64_t seq;
+        const char *why = "malformed entry";
+        tb_event *ev = NULL;
+        if (id->type != REDIS_REPLY_STRING || nm->type != REDIS_REPLY_STRING ||
+            env->type != REDIS_REPLY_STRING ||
+            entry_seq(id->str, id->len, &seq) != 0 || seq <= prev ||
+            tb__hist_entry(b->bus.app, seq, nm->str, nm->len, env->str,
+                           env->len, &ev, &why) != 0) {
+            char what[160];
+            snprintf(what, sizeof what, "%s: entry skipped", r->label);
+            bad_reply(b, what, why);
+            continue;
+        }
+        prev = seq;
+        pg.evs[pg.n++] = ev;
+    }
+    if (r->cb.hist)
+        r->cb.hist(0, &pg, r->ud);
+    tb__hist_page_release(&pg);
+}
+
+int tb__rh_read(rbus *b, uint64_t after, size_t count,
+                void (*cb)(int status, const tb__hist_page *pg, void *ud),
+                void *ud)
+{
+    if (!b->h_on)
+        return TB_ENOTSUP;
+    if (after > TB__SEQ_MAX || count > TB__KV_LIST_MAX)
+        return TB_EINVAL;
+    char from[32], cnt[16];
+    snprintf(from, sizeof from, "%" PRIu64 "-0", after + 1);
+    snprintf(cnt, sizeof cnt, "%zu", count);
+    const char *argv[4] = {b->h_stream, b->h_meta, from, cnt};
+    size_t lens[4] = {strlen(b->h_stream), strlen(b->h_meta), strlen(from),
+                      strlen(cnt)};
+    rkv_req *r = tb__rkv_new(b, &s_read, 2, 4, argv, lens);
+    if (!r)
+        return TB_ENOMEM;
+    snprintf(r->label, sizeof r->label, "history read after %" PRIu64, after);
+    r->ok = hist_reply;
+    r->fail = hist_fail;
+    r->cb.hist = cb;
+    r->ud = ud;
+    r->list_max = count;
+    r->after = after;
+    return tb__rkv_submit(r);
+}
+
+int tb__rh_history(tb__bus *bus, uint64_t after, size_t count,
+                   void (*cb)(int status, const tb__hist_page *pg, void *ud),
+                   void *ud)
+{
+    return tb__rh_read((rbus *)bus, after, count, cb, ud);
+}

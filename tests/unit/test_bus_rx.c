@@ -1,0 +1,180 @@
+/* test_bus_rx.c - unit tests for service/bus_rx.c's catching up: the
+ * baseline, duplicates by position, a gap read from the history with the
+ * live messages parked meanwhile, a position beyond the history's end, an
+ * epoch change, and the read after a reconnection. The bus is a fake: it
+ * records the reads asked for, and the test answers them. */
+#include "harness.h"
+
+#include "history.h"
+#include "internal.h"
+
+#define E "0123abcd"
+#define F "89abcdef"
+
+typedef struct reads {
+    int n;
+    uint64_t after[16];
+    size_t count[16];
+} reads;
+
+static int fake_fetch(void *ud, uint64_t after, size_t count)
+{
+    reads *r = ud;
+    if (r->n < 16) {
+        r->after[r->n] = after;
+        r->count[r->n] = count;
+    }
+    r->n++;
+    return 0;
+}
+
+static void no_schedule(void *ud)
+{
+    (void)ud;
+}
+
+/* One live message of epoch ep, seq seq. */
+static void msg(tb__bus_rx *rx, const char *ep, int seq)
+{
+    char m[256];
+    int n = snprintf(m, sizeof m,
+                     "{\"id\":\"x-%d\",\"name\":\"a.b\",\"data\":\"d\","
+                     "\"pos\":\"%s-%d\"}",
+                     seq, ep, seq);
+    const char *ch = "taskbus:event:a.b";
+    assert_int_equal(tb__bus_rx_message(rx, ch, strlen(ch), m, (size_t)n), 0);
+}
+
+static tb_bus_info stats(tb__bus_rx *rx)
+{
+    tb_bus_info i;
+    memset(&i, 0, sizeof i);
+    tb__bus_rx_status(rx, &i);
+    return i;
+}
+
+/* Answers the last read with events first..last of ep (none when
+ * first > last), top top. */
+static void answer(tb__bus_rx *rx, const char *ep, int first, int last,
+                   uint64_t top, tb_app *app)
+{
+    tb__hist_page pg;
+    memset(&pg, 0, sizeof pg);
+    snprintf(pg.epoch, sizeof pg.epoch, "%s", ep);
+    pg.top = top;
+    pg.first = first <= last ? (uint64_t)first : 0;
+    tb_event *evs[16];
+    for (int s = first; s <= last; s++) {
+        tb_event *ev = tb__event_new(app, "a.b", "d", 1, NULL, NULL, 0);
+        tb__event_set_pos(ev, ep, (uint64_t)s);
+        evs[pg.n++] = ev;
+    }
+    pg.evs = evs;
+    tb__bus_rx_fetched(rx, 0, &pg);
+    for (size_t i = 0; i < pg.n; i++)
+        tb_event_unref(evs[i]);
+}
+
+static void test_catch_up(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    tb__bus_rx *rx =
+        tb__bus_rx_new(app, "test bus", "taskbus:event:", no_schedule, NULL);
+    reads r = {0};
+    tb__bus_rx_track(rx, fake_fetch, &r);
+
+    /* First connection: only where the history stands. */
+    tb__bus_rx_connected(rx);
+    assert_int_equal(r.n, 1);
+    assert_int_equal(r.count[0], 0);
+    answer(rx, E, 1, 0, 5, app);
+    /* Published before the read, still on its way: not a duplicate. */
+    msg(rx, E, 3);
+    assert_int_equal(stats(rx).duplicates, 0);
+    msg(rx, E, 6);
+    msg(rx, E, 6); /* the same position again: the id decides (nobody
+                      listens here: not even decoded) */
+    assert_int_equal(stats(rx).duplicates, 0);
+    assert_int_equal(r.n, 1);
+
+    /* 7 and 8 missed: read after 6; 10 arrives meanwhile and waits. */
+    msg(rx, E, 9);
+    assert_int_equal(r.n, 2);
+    assert_int_equal(r.after[1], 6);
+    assert_true(r.count[1] > 0);
+    msg(rx, E, 10);
+    assert_int_equal(r.n, 2); /* parked, no second read */
+    answer(rx, E, 7, 10, 10, app);
+    /* The parked 9 and 10 came with the page: duplicates now. */
+    assert_int_equal(stats(rx).duplicates, 2);
+    msg(rx, E, 11);
+    assert_int_equal(r.n, 2);
+
+    /* A position the history never gave out: dropped as malformed. */
+    msg(rx, E, 100);
+    assert_int_equal(r.n, 3);
+    assert_int_equal(r.after[2], 11);
+    answer(rx, E, 12, 12, 12, app);
+    assert_int_equal(stats(rx).malformed, 1);
+    msg(rx, E, 13); /* and the real next one is fine */
+    assert_int_equal(r.n, 3);
+    assert_int_equal(stats(rx).duplicates, 2);
+
+    /* Live after a read was sent, beyond its end: real (published after
+     * the read ran), it goes through. */
+    msg(rx, E, 15);
+    assert_int_equal(r.n, 4);
+    msg(rx, E, 16);
+    answer(rx, E, 14, 15, 15, app);
+    assert_int_equal(r.n, 4); /* 16 follows 15: no read */
+    assert_int_equal(stats(rx).malformed, 1);
+
+    /* Redis lost the history: start over from the new epoch (its first
+     * event here, no read). */
+    msg(rx, F, 1);
+    msg(rx, F, 2);
+    assert_int_equal(r.n, 4);
+    assert_int_equal(stats(rx).duplicates, 3);
+
+    /* A reconnection reads what came after the last one delivered; a read
+     * of a lost connection is ignored. */
+    tb__bus_rx_connected(rx);
+    assert_int_equal(r.n, 5);
+    assert_int_equal(r.after[4], 2);
+    tb__bus_rx_disconnected(rx);
+    answer(rx, F, 3, 3, 3, app); /* too late: ignored */
+    msg(rx, F, 4);               /* a gap again: 3 is read */
+    assert_int_equal(r.n, 6);
+    assert_int_equal(r.after[5], 2);
+    tb__bus_rx_fetched(rx, TB_EIO, NULL); /* failed: taken over the hole */
+    msg(rx, F, 5);
+    assert_int_equal(r.n, 6);
+    assert_int_equal(stats(rx).duplicates, 3);
+
+    /* Another epoch again, first seen at its third event: the first two
+     * are read from the history. */
+    msg(rx, E, 3);
+    assert_int_equal(r.n, 7);
+    assert_int_equal(r.after[6], 0);
+    answer(rx, E, 1, 3, 3, app);
+    msg(rx, E, 4);
+    assert_int_equal(r.n, 7);
+
+    /* Messages without a position pass untouched. */
+    const char *ch = "taskbus:event:a.b";
+    assert_int_equal(tb__bus_rx_message(rx, ch, strlen(ch), "raw", 3), 0);
+    assert_int_equal(r.n, 7);
+
+    tb__bus_rx_flush(rx);
+    tb__bus_rx_free(rx);
+    tb_app_free(app);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_catch_up),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
