@@ -472,10 +472,14 @@ static void flush(tb__wsconn *c)
         }
     }
     int rc = tb__outq_write(&c->q, c->fd);
-    if (rc < 0)
+    if (rc < 0) {
         end(c, c->close_received ? c->end_code : 1006,
             "the connection failed (write)");
-    if (rc <= 0)
+        return;
+    }
+    if (!tb__outq_backlogged(&c->q, &c->lim))
+        tb__ws_on_drained(c->ws);
+    if (rc == 0)
         return;
     update_reading(c);
     check_done(c);

@@ -246,6 +246,12 @@ void tb__ws_on_closing(tb_ws *ws);
  * sent none. The adapter frees the connection after this returns; the core
  * must not use it again. why says what ended it (for the log). */
 void tb__ws_on_end(tb_ws *ws, int code, const char *why);
+/* A write left at most half of either send queue limit queued (no longer
+ * backlogged): wakes a sender waiting for room (tb__ws_wait_drained). */
+void tb__ws_on_drained(tb_ws *ws);
+/* The framing closes a slow client on its own (not from a send that
+ * failed with TB_ENOSPC, which the core counts): count it for /metrics. */
+void tb__ws_on_slow_close(tb_ws *ws);
 
 /* ------------------------------------------------------------ client tokens */
 

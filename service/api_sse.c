@@ -237,8 +237,8 @@ static int sse_handler(tb_task *self, tb_ws *ws, void *ud)
         /* A replay goes at the client's pace (as on /ws): it could
          * otherwise fill the send queue at once and be closed as a slow
          * client in the middle of its recovery. */
-        while (replaying && rc == 0 && tb__ws_backlogged(ws))
-            rc = tb_sleep(self, 2);
+        if (replaying)
+            rc = tb__ws_wait_drained(self, ws);
         if (rc != 0) {
             tb_event_unref(ev);
             break;

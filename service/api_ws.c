@@ -120,8 +120,8 @@ static int receiver(tb_task *self, void *arg)
             break; /* cancelled: the connection is done */
         /* A replay goes at the client's pace: it could otherwise fill the
          * send queue at once, and be closed as a slow client. */
-        while (st->replaying && rc == 0 && tb__ws_backlogged(st->ws))
-            rc = tb_sleep(self, 2);
+        if (st->replaying)
+            rc = tb__ws_wait_drained(self, st->ws);
         if (rc) {
             tb_event_unref(ev);
             break;

@@ -6,7 +6,10 @@
  * handler frames whole events) in one bounded output buffer and written
  * with one writev per loop turn, as websocket frames are; a send that would
  * pass ws_send_queue_bytes or ws_send_queue_msgs after offering the queue
- * to the socket closes the stream as a slow client. The client sends
+ * to the socket closes the stream as a slow client, and so do bytes that
+ * wait ws_ping_timeout_ms with the socket taking none of them (a client
+ * that stopped reading, whose TCP still ACKs the zero-window probes: the
+ * rule that closes such a websocket, its pong timeout). The client sends
  * nothing after its request, so the socket is read only to notice its end
  * (EOF or reset: the stream ends at once); stray bytes are dropped. A
  * comment line goes out whenever the keep-alive interval passes with
@@ -35,10 +38,13 @@ typedef struct sse_stream {
     int fd;
     struct event *rev;   /* readable: the client's end */
     struct event *timer; /* keep-alive, or the close deadline */
+    struct event *stall; /* the socket took nothing for ping_timeout_ms */
     tb__outq q;          /* bytes not yet written to the socket */
     tb__ws_limits lim;
-    int64_t last_us; /* when something was last queued (tb__mono_us) */
-    int closing;     /* no more sends; the socket shuts once q drains */
+    int64_t last_us;  /* when something was last queued (tb__mono_us) */
+    int64_t moved_us; /* when the socket last took bytes, or the queue
+                         last started from empty */
+    int closing;      /* no more sends; the socket shuts once q drains */
     int end_code;
     const char *end_why;
     char peer[48];
@@ -53,10 +59,45 @@ static sse_stream *S(tb__wsconn *c)
     return (sse_stream *)(void *)c;
 }
 
-static void arm(sse_stream *s, int ms)
+static void arm_ms(struct event *ev, int ms)
 {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(s->timer, &tv);
+    evtimer_add(ev, &tv);
+}
+
+static void arm(sse_stream *s, int ms)
+{
+    arm_ms(s->timer, ms);
+}
+
+/* Bytes wait for the socket: a client that reads again within
+ * ws_ping_timeout_ms of the last write it took keeps its stream; else it
+ * is a slow client, and the stream ends now (whatever is queued could not
+ * leave anyway), the socket reset so that the kernel drops its unsent
+ * bytes too. */
+static void on_stall(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    sse_stream *s = arg;
+    if (evbuffer_get_length(s->q.buf) == 0)
+        return;
+    int64_t still_ms = (tb__mono_us() - s->moved_us) / 1000;
+    if (still_ms < s->lim.ping_timeout_ms) {
+        arm_ms(s->stall, s->lim.ping_timeout_ms - (int)still_ms);
+        return;
+    }
+    tb__log(TB_LOG_WARN,
+            "sse %s (request %s): slow client: %zu bytes waited %lld ms for "
+            "its socket, which took none (ws_ping_timeout_ms %d); closing "
+            "the stream",
+            s->peer, tb_ws_request_id(s->ws), evbuffer_get_length(s->q.buf),
+            (long long)still_ms, s->lim.ping_timeout_ms);
+    if (!s->closing)
+        tb__ws_on_slow_close(s->ws);
+    struct linger lg = {1, 0};
+    setsockopt(s->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    end(s, 1008, "slow client (its socket took nothing)");
 }
 
 /* Writes what the socket takes; the rest waits for EV_WRITE. Returns
@@ -65,11 +106,18 @@ static void arm(sse_stream *s, int ms)
  * caller ends it, so that nothing here frees s under a caller's feet. */
 static const char *flush(sse_stream *s)
 {
+    size_t before = evbuffer_get_length(s->q.buf);
     int rc = tb__outq_write(&s->q, s->fd);
     if (rc < 0) {
         s->end_code = 1006;
         return "the connection failed (write)";
     }
+    if (evbuffer_get_length(s->q.buf) < before)
+        s->moved_us = tb__mono_us();
+    if (rc == 0 && !evtimer_pending(s->stall, NULL))
+        arm_ms(s->stall, s->lim.ping_timeout_ms);
+    if (!s->closing && !tb__outq_backlogged(&s->q, &s->lim))
+        tb__ws_on_drained(s->ws);
     if (rc > 0 && s->closing) {
         shutdown(s->fd, SHUT_WR); /* the client reads the end of the body */
         return s->end_why;
@@ -124,8 +172,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     }
     if (evbuffer_get_length(s->q.buf) == 0) {
         static const char ka[] = ": keep-alive\n\n";
-        if (evbuffer_add(s->q.buf, ka, sizeof ka - 1) == 0)
+        if (evbuffer_add(s->q.buf, ka, sizeof ka - 1) == 0) {
+            s->moved_us = now;
             tb__outq_schedule(&s->q);
+        }
     }
     s->last_us = now;
     arm(s, s->lim.ping_interval_ms);
@@ -142,7 +192,7 @@ static tb__wsconn *stream_open(tb_ws *ws, struct event_base *base, int fd,
     s->ws = ws;
     s->fd = fd;
     s->lim = *lim;
-    s->last_us = tb__mono_us();
+    s->last_us = s->moved_us = tb__mono_us();
     snprintf(s->peer, sizeof s->peer, "%s", peer);
     evutil_make_socket_nonblocking(fd);
     if (tb__outq_init(&s->q, base, fd, on_write, s) != 0) {
@@ -151,12 +201,15 @@ static tb__wsconn *stream_open(tb_ws *ws, struct event_base *base, int fd,
     }
     s->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read, s);
     s->timer = evtimer_new(base, on_timer, s);
-    if (!s->rev || !s->timer || event_add(s->rev, NULL) != 0) {
+    s->stall = evtimer_new(base, on_stall, s);
+    if (!s->rev || !s->timer || !s->stall || event_add(s->rev, NULL) != 0) {
         tb__outq_free(&s->q);
         if (s->rev)
             event_free(s->rev);
         if (s->timer)
             event_free(s->timer);
+        if (s->stall)
+            event_free(s->stall);
         free(s);
         return NULL;
     }
@@ -192,6 +245,8 @@ static int stream_send(tb__wsconn *c, int binary, const void *data, size_t len)
         stream_close(c, 1008, "send queue full (slow client)");
         return TB_ENOSPC;
     }
+    if (evbuffer_get_length(s->q.buf) == 0)
+        s->moved_us = tb__mono_us();
     if (len && evbuffer_add(s->q.buf, data, len) != 0)
         return TB_ENOMEM;
     s->q.msgs++;
@@ -253,6 +308,7 @@ static void end(sse_stream *s, int code, const char *why)
     tb__ws_on_end(s->ws, code, why ? why : "closed");
     event_free(s->rev);
     event_free(s->timer);
+    event_free(s->stall);
     tb__outq_free(&s->q);
     close(s->fd);
     free(s);

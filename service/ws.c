@@ -70,6 +70,8 @@ struct tb_ws {
     int close_code;
     tb_task *recv_waiter;
     uint64_t recv_seq;
+    tb_task *drain_waiter; /* in tb__ws_wait_drained */
+    uint64_t drain_seq;
     wsmsg *qhead, *qtail, *cur;
     int qlen;
     size_t qbytes;
@@ -207,8 +209,7 @@ static int conn_send(tb_ws *ws, int binary, const void *data, size_t len)
 {
     int rc = ws->ops->send(ws->conn, binary, data, len);
     if (rc == TB_ENOSPC) /* a slow client: now closing with 1008 */
-        atomic_fetch_add(
-            ws->sse ? &ws->app->sse_slow_closes : &ws->app->ws_slow_closes, 1);
+        tb__ws_on_slow_close(ws);
     return rc;
 }
 
@@ -217,6 +218,33 @@ int tb__ws_backlogged(tb_ws *ws)
     const tb__wsconn_ops *ops = ws->ops;
     return ws->conn && ops->backlogged && tb__worker_current() == ws->w &&
            ops->backlogged(ws->conn);
+}
+
+int tb__ws_wait_drained(tb_task *self, tb_ws *ws)
+{
+    while (tb__ws_backlogged(ws)) {
+        if (ws->drain_waiter)
+            return TB_EBUSY;
+        ws->drain_seq = tb__task_begin_wait(self, TB__WAIT_WS);
+        ws->drain_waiter = self;
+        int rc = tb__task_suspend(self, "tb__ws_wait_drained");
+        ws->drain_waiter = NULL;
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+void tb__ws_on_drained(tb_ws *ws)
+{
+    if (ws->drain_waiter)
+        tb__task_wake(ws->drain_waiter, ws->drain_seq, 0);
+}
+
+void tb__ws_on_slow_close(tb_ws *ws)
+{
+    atomic_fetch_add(
+        ws->sse ? &ws->app->sse_slow_closes : &ws->app->ws_slow_closes, 1);
 }
 
 static void conn_close(tb_ws *ws, int code, const char *reason)
@@ -448,6 +476,7 @@ static void handler_release(void *arg)
     ws->handler = NULL;
     ws->handler_done = 1;
     ws->recv_waiter = NULL;
+    ws->drain_waiter = NULL;
     if (ws->conn && tb__worker_current() == ws->w && !atomic_load(&ws->closed))
         conn_close(ws, 1011, "the handler did not run");
     ws_unref(ws);
@@ -718,9 +747,14 @@ void tb__ws_on_end(tb_ws *ws, int code, const char *why)
     tb_task *reader = ws->recv_waiter;
     if (reader)
         tb__task_wake(reader, ws->recv_seq, TB_EPIPE);
+    tb_task *drainer = ws->drain_waiter;
+    if (drainer)
+        tb__task_wake(drainer, ws->drain_seq, TB_EPIPE);
     /* A handler waiting on something else is cancelled, as Sanic does;
-     * one waiting in tb_ws_recv learns it from TB_EPIPE. */
-    if (ws->handler && !ws->handler_done && ws->handler != reader)
+     * one waiting in tb_ws_recv or for the send queue learns it from
+     * TB_EPIPE. */
+    if (ws->handler && !ws->handler_done && ws->handler != reader &&
+        ws->handler != drainer)
         tb__task_cancel_async(ws->handler);
     ws_unref(ws); /* the connection's */
 }
@@ -731,6 +765,7 @@ void tb__ws_worker_shutdown(tb__worker *w)
      * tb_ws_recv): nobody may be woken any more. */
     for (tb_ws *ws = w->ws_head; ws; ws = ws->wnext) {
         ws->recv_waiter = NULL;
+        ws->drain_waiter = NULL;
         ws->handler = NULL;
         ws->handler_done = 1;
     }

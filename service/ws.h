@@ -72,6 +72,12 @@ void tb__ws_worker_shutdown(struct tb__worker *w);
  * backlogged op); 0 when it is not, or closed. On ws's worker. */
 int tb__ws_backlogged(tb_ws *ws);
 
+/* Waits, in ws's handler on its worker, until tb__ws_backlogged(ws) is 0:
+ * the framing wakes it when its queue drains to half (tb__ws_on_drained).
+ * 0, TB_EPIPE (the connection ended), TB_ECANCELED, TB_EBUSY (another task
+ * waits already). */
+int tb__ws_wait_drained(tb_task *self, tb_ws *ws);
+
 /* Open websockets and SSE streams of the app (for /metrics). */
 int tb__ws_clients(tb_app *app);
 int tb__sse_clients(tb_app *app);

@@ -981,6 +981,41 @@ async def t_replay_paced(ctx):
     return f"300 events of 16 KB after {mark}"
 
 
+async def t_replay_stalled(ctx):
+    """A client that asks for a replay and then reads nothing (its TCP
+    still ACKs, so the socket never fails) is closed as a slow client once
+    the queued bytes waited --ws-ping-timeout (1 s here) with the socket
+    taking none: counted in taskbus_sse_slow_closes_total, logged, its task
+    gone, and the service answers meanwhile."""
+    srv = ctx.s["stall"]
+    await post(srv, "stall.mark", b"")
+    since = (await positions(srv, ["stall.mark"]))["stall.mark"]
+    before = await metric(srv, "taskbus_sse_slow_closes_total")
+    pad = "s" * 16384
+    p = Poster(srv.port)
+    for i in range(300):
+        r = await asyncio.to_thread(p.post, "stall.n", f"{i}{pad}")
+        check_status(r, 202, what="POST")
+    p.close()
+    c = await sse(srv.port, f"/sse?events=stall.*&since={since}",
+                  rcvbuf=4096, headers={"X-Request-ID": "sse-stall-1"})
+    try:
+        ok = await poll_until(
+            lambda: _ge(metric(srv, "taskbus_sse_slow_closes_total"),
+                        before + 1), T(20))
+        check(ok, "the stalled stream is not closed as a slow client "
+                  "(taskbus_sse_slow_closes_total)")
+        check("(request sse-stall-1): slow client" in srv.log_text(),
+              "the slow close is not logged")
+        gone = await poll_until(
+            lambda: _not(tasks_named(srv, "sse:sse-stall-1")), T(10))
+        check(gone, "the stalled stream's task is still listed")
+        await healthz_fast(srv)
+    finally:
+        c.close()
+    return "closed and counted"
+
+
 # --- a subscription that overflows
 
 FAN = 50  # relay tasks: one event in, FAN events out at once
@@ -1138,6 +1173,11 @@ GROUPS = [
     ("pace", server("pace", "--ws-send-queue-msgs", "16",
                     "--ws-send-queue-bytes", "262144"), [
         ("a long replay goes at a slow client's pace", t_replay_paced, 60),
+    ]),
+    ("stall", server("stall", "--ws-send-queue-bytes", "65536",
+                     "--ws-ping-timeout", "1000"), [
+        ("a client that stops reading during a replay is closed",
+         t_replay_stalled, 60),
     ]),
     ("burst", lambda: {"bh": TaskbusServer("bh", "--ws-send-queue-msgs", "4"),
                        "bn": TaskbusServer("bn", "--ws-send-queue-msgs", "4",
