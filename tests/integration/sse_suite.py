@@ -1016,6 +1016,40 @@ async def t_replay_stalled(ctx):
     return "closed and counted"
 
 
+async def t_too_large(ctx):
+    """An event whose envelope outgrows the whole send queue (32 KB of
+    '"', each escaped in JSON) ends a stream with history before it: the
+    client's last id stays the event before, so a resume meets it again
+    instead of skipping it; logged. Without history it is skipped with a
+    comment."""
+    for name, hist in (("big", True), ("bignh", False)):
+        srv = ctx.s[name]
+        c = (await sse(srv.port, "/sse?events=big.*")).ready()
+        try:
+            a = await post(srv, "big.a", b"a")
+            big = await post(srv, "big.x", b'"' * 32768)
+            z = await post(srv, "big.z", b"z")
+            b = await asyncio.to_thread(c.event)
+            check(b["json"]["id"] == a, f"first event {b['lines'][:2]}")
+            if hist:
+                rest = await asyncio.to_thread(c.until_eof, T(10))
+                check(not any("event" in x for x in rest),
+                      f"events after the one too large: "
+                      f"{[x['lines'][:2] for x in rest]}")
+                check(any("closing: an event is larger than the send queue"
+                          " (ws_send_queue_bytes)" in n
+                          for x in rest for n in x["comments"]),
+                      f"no closing comment: {rest}")
+            else:
+                b = await asyncio.to_thread(c.event)
+                check(b["json"]["id"] == z, f"after the skip {b['lines'][:2]}")
+        finally:
+            c.close()
+        check(f"event {big} (big.x, " in srv.log_text(),
+              "the event too large is not logged")
+    return "closed before it with history, skipped without"
+
+
 # --- a subscription that overflows
 
 FAN = 50  # relay tasks: one event in, FAN events out at once
@@ -1113,6 +1147,10 @@ async def t_burst_no_history(ctx):
     return f"{got} events, {dropped} dropped"
 
 
+# The smallest send queue history allows for 32 KiB events.
+BIG = ("--max-event-size", "32768", "--ws-send-queue-bytes", "33792")
+
+
 def server(name, *args):
     return lambda: {name: TaskbusServer(name, *args)}
 
@@ -1142,7 +1180,8 @@ GROUPS = [
     ]),
     # The byte bound closes the client that never reads: its subscription
     # (as many events as ws_send_queue_msgs) stays large.
-    ("slow", server("slow", "--ws-send-queue-bytes", "65536"), [
+    ("slow", server("slow", "--ws-send-queue-bytes", "65536",
+                    "--max-event-size", "32768"), [
         ("a client that never reads is closed and counted", t_slow_client,
          120),
     ]),
@@ -1171,11 +1210,13 @@ GROUPS = [
          t_eventsource_reconnect, 90),
     ]),
     ("pace", server("pace", "--ws-send-queue-msgs", "16",
-                    "--ws-send-queue-bytes", "262144"), [
+                    "--ws-send-queue-bytes", "262144",
+                    "--max-event-size", "131072"), [
         ("a long replay goes at a slow client's pace", t_replay_paced, 60),
     ]),
     ("stall", server("stall", "--ws-send-queue-bytes", "65536",
-                     "--ws-ping-timeout", "1000"), [
+                     "--max-event-size", "32768", "--ws-ping-timeout",
+                     "1000"), [
         ("a client that stops reading during a replay is closed",
          t_replay_stalled, 60),
     ]),
@@ -1186,6 +1227,12 @@ GROUPS = [
          t_burst_history, 60),
         ("an overflow without history: ': N events dropped'",
          t_burst_no_history, 60),
+    ]),
+    ("big", lambda: {"big": TaskbusServer("big", *BIG),
+                     "bignh": TaskbusServer("bignh", *BIG, "--history-size",
+                                            "0")}, [
+        ("an event larger than the send queue: closed before it",
+         t_too_large, 30),
     ]),
     ("stop", server("stop"), [
         ("SIGTERM ends the streams at once", t_stop, 30),
