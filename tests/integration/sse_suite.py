@@ -40,7 +40,7 @@ import urllib.parse
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import tbharness  # noqa: E402 (after the path it is found on)
-from tbharness import (HOST, MAIN_ARGS, Poster, Resp, T,  # noqa: E402
+from tbharness import (HOST, MAIN_ARGS, Poster, RawWS, Resp, T,  # noqa: E402
                        TaskbusServer, ahttp, check, check_envelope,
                        check_status, metric, poll_until, post)
 
@@ -1047,7 +1047,29 @@ async def t_too_large(ctx):
             c.close()
         check(f"event {big} (big.x, " in srv.log_text(),
               "the event too large is not logged")
-    return "closed before it with history, skipped without"
+    srv = ctx.s["big"]  # /ws with history: closed 1009 before it
+
+    def three():
+        for name, body in (("big.a", b"a"), ("big.x", b'"' * 32768),
+                           ("big.z", b"z")):
+            r = tbharness.http_req(srv.port, "POST", "/events/" + name, body)
+            check_status(r, 202, what=f"POST /events/{name}")
+
+    w = await asyncio.to_thread(RawWS, srv.port, "/ws?events=big.*")
+    try:
+        await asyncio.to_thread(w.send_text, json.dumps({"subscribe": [],
+                                                         "ref": "s"}))
+        check((await asyncio.to_thread(w.recv_json)).get("ref") == "s",
+              "no sync answer")
+        await asyncio.to_thread(three)
+        m = await asyncio.to_thread(w.recv_json)
+        check(m.get("name") == "big.a", f"first message {str(m)[:80]}")
+        code, why, texts, _ = await asyncio.to_thread(w.close_code)
+        check(code == 1009 and texts == 0,
+              f"/ws: closed {code} {why!r} after {texts} more message(s)")
+    finally:
+        w.close()
+    return "closed before it with history (/sse, /ws), skipped without"
 
 
 # --- a subscription that overflows
@@ -1059,7 +1081,9 @@ async def fan_out(srv):
     """FAN relay tasks that each answer fan.go with a burst.x (same data),
     all subscribed: a warm-up fan.go has reached every one. A fan.go then
     queues FAN events at once on every worker: more than a subscription of
-    --ws-send-queue-msgs 4 holds."""
+    --ws-send-queue-msgs 4 holds. Once per server."""
+    if await tasks_named(srv, "fan"):
+        return
     for k in range(FAN):
         r = await ahttp(srv.port, "POST", "/tasks",
                         {"kind": "relay", "name": f"fan{k}",
@@ -1118,6 +1142,76 @@ async def t_burst_history(ctx):
     check(sorted(got) == sorted(want) and len(set(got)) == FAN,
           f"got {len(got)} ({len(set(got))} distinct) of {FAN}: {first} "
           f"before the close, resumed after {last}: {got} (want {want})")
+    return f"{first} before the close, {len(got) - first} on resuming"
+
+
+def ws_burst(port, path, until_recovered, on_sync=None):
+    """On /ws: the positions of the burst's events ("go") and of the last
+    event got, and the close code and reason (None: a recovered message
+    ended it, or no close came within 3 s)."""
+    w = RawWS(port, path)
+    got, last, code, why = [], None, None, ""
+    try:
+        w.send_text(json.dumps({"subscribe": [], "ref": "sync"}))
+        while True:
+            try:
+                fin, op, payload = w.recv_frame(T(3))
+            except (EOFError, ConnectionResetError):
+                break
+            except socket.timeout:
+                break
+            if op == 0x8:
+                code = struct.unpack("!H", payload[:2])[0]
+                why = payload[2:].decode()
+                break
+            if op != 0x1:
+                continue
+            m = json.loads(payload)
+            if m.get("ref") == "sync":
+                if on_sync:  # the subscription is in place
+                    on_sync()
+                continue
+            if "recovered" in m and until_recovered:
+                check(m["recovered"] is True, f"{m}")
+                break
+            if m.get("name") == "burst.x":
+                last = m["pos"]
+                if m["data"] == "go":
+                    got.append(m["pos"])
+    finally:
+        w.close()
+    return got, last, code, why
+
+
+async def t_ws_burst_history(ctx):
+    """/ws does as /sse: with history, a connection whose subscription
+    overflows is closed (1013, 'events dropped: resume with since') before
+    anything past the gap; resumed with since = the last pos it got, it
+    gets the rest: every event of the burst once."""
+    srv = ctx.s["bh"]
+    await fan_out(srv)
+    start = (await ahttp(srv.port, "GET",
+                         "/history?events=burst.x&limit=1000")).json["next"]
+
+    def burst():
+        r = tbharness.http_req(srv.port, "POST", "/events/fan.go", b"go")
+        check_status(r, 202, what="POST /events/fan.go")
+
+    got, last, code, why = await asyncio.to_thread(
+        ws_burst, srv.port, "/ws?events=burst.*", False, burst)
+    check(code == 1013 and why == "events dropped: resume with since",
+          f"closed with {code} {why!r} after {len(got)} events, want 1013")
+    first = len(got)
+    more, _, _, _ = await asyncio.to_thread(
+        ws_burst, srv.port, f"/ws?events=burst.*&since={last or start}",
+        True)
+    got += more
+    r = await ahttp(srv.port, "GET", "/history?events=burst.x&limit=1000")
+    want = [e["pos"] for e in r.json["events"] if e["data"] == "go"]
+    want = want[-FAN:]
+    check(sorted(got) == sorted(want) and len(set(got)) == FAN,
+          f"got {len(got)} ({len(set(got))} distinct) of {FAN}: {first} "
+          f"before the close, resumed after {last}")
     return f"{first} before the close, {len(got) - first} on resuming"
 
 
@@ -1227,6 +1321,8 @@ GROUPS = [
          t_burst_history, 60),
         ("an overflow without history: ': N events dropped'",
          t_burst_no_history, 60),
+        ("/ws: an overflow with history: closed 1013, resumed, nothing lost",
+         t_ws_burst_history, 60),
     ]),
     ("big", lambda: {"big": TaskbusServer("big", *BIG),
                      "bignh": TaskbusServer("bignh", *BIG, "--history-size",
