@@ -154,7 +154,10 @@
     X(ws, sse_max_clients, INT, 10000, NULL, 1, 1 << 20, "sse-max-clients",    \
       "open SSE streams (GET /sse)")                                           \
     X(ws, sse_keepalive_ms, MS, 15000, NULL, 10, IMAX, "sse-keepalive",        \
-      "ms between keep-alive comments on an idle SSE stream")
+      "ms between keep-alive comments on an idle SSE stream")                  \
+    X(ws, sse_max_input, SIZE, 64 * KiB, NULL, 0, GiB, "sse-max-input",        \
+      "bytes an SSE client may send after its request; beyond, the stream "    \
+      "ends")
 
 /* The C type each TYPE is stored as, checked against the field. */
 #define CT_INT int

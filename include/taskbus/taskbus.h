@@ -341,7 +341,11 @@ typedef struct tb_ws_config {
     int sse_keepalive_ms; /* a comment line after this long without
                              anything sent, so that proxies and clients see
                              the stream alive */
-    void *reserved_[7];   /* the two ints above took one slot */
+    size_t sse_max_input; /* bytes a client may send after its request (it
+                             has nothing to send); beyond, the stream
+                             ends, logged */
+    void *reserved_[6];   /* the two ints above took one slot,
+                             sse_max_input another */
 } tb_ws_config;
 
 typedef struct tb_app_config {

@@ -1072,6 +1072,28 @@ async def t_too_large(ctx):
     return "closed before it with history (/sse, /ws), skipped without"
 
 
+async def t_stray_input(ctx):
+    """A client may send --sse-max-input bytes (1000 here) after its
+    request, dropped; one more ends its stream, logged."""
+    srv = ctx.s["input"]
+    c = (await sse(srv.port, "/sse?events=in.*",
+                   headers={"X-Request-ID": "sse-input-1"})).ready()
+    try:
+        await asyncio.to_thread(c.s.sendall, b"x" * 1000)
+        await asyncio.sleep(0.3)  # read and dropped meanwhile
+        eid = await post(srv, "in.a", b"a")
+        b = await asyncio.to_thread(c.event)
+        check(b["json"]["id"] == eid, "the stream ended at the limit")
+        await asyncio.to_thread(c.s.sendall, b"y")
+        await asyncio.to_thread(c.until_eof, T(10))
+    finally:
+        c.close()
+    check("(request sse-input-1): the client sent 1001 bytes after its "
+          "request, over sse_max_input (1000)" in srv.log_text(),
+          "the end is not logged")
+    return "1000 bytes taken, the 1001st ends it"
+
+
 # --- a subscription that overflows
 
 FAN = 50  # relay tasks: one event in, FAN events out at once
@@ -1329,6 +1351,10 @@ GROUPS = [
                                             "0")}, [
         ("an event larger than the send queue: closed before it",
          t_too_large, 30),
+    ]),
+    ("input", server("input", "--sse-max-input", "1000"), [
+        ("--sse-max-input 1000: 1000 stray bytes dropped, 1001 end it",
+         t_stray_input, 30),
     ]),
     ("stop", server("stop"), [
         ("SIGTERM ends the streams at once", t_stop, 30),
