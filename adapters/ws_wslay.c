@@ -36,19 +36,16 @@ struct tb__wsconn {
     tb_ws *ws;
     int fd;
     struct event *rev;           /* readable */
-    struct event *wev;           /* writable, or activated by hand to flush */
     struct event *timer;         /* ping, pong deadline, or close deadline */
     wslay_event_context_ptr ctx; /* NULL between messages */
-    struct evbuffer *in;  /* read from the socket, not yet given to wslay */
-    struct evbuffer *out; /* frames not yet written to the socket */
-    size_t feed;          /* bytes of whole frames at the head of in that
-                             wslay may take now */
+    struct evbuffer *in; /* read from the socket, not yet given to wslay */
+    tb__outq q;          /* frames not yet written to the socket (q.buf,
+                            "out" below) */
+    size_t feed;         /* bytes of whole frames at the head of in that
+                            wslay may take now */
     tb__ws_limits lim;
-    size_t msgs;    /* messages queued since the output last drained */
     int reading;    /* rev added */
     int paused;     /* the core's receive queue is full */
-    int wev_added;  /* wev pending: waiting for the socket to drain */
-    int flush_due;  /* wev activated by hand for this loop turn */
     int fragmented; /* the frames read so far leave a fragmented data
                        message open (wslay has them all once feed is 0) */
     int closing;    /* no more messages accepted; a close is due */
@@ -96,9 +93,9 @@ static int put_frame(tb__wsconn *c, int opcode, const void *head,
             h[2 + i] = (unsigned char)((uint64_t)total >> (56 - 8 * i));
         n = 10;
     }
-    if (evbuffer_add(c->out, h, n) != 0 ||
-        (head_len && evbuffer_add(c->out, head, head_len) != 0) ||
-        (len && evbuffer_add(c->out, data, len) != 0))
+    if (evbuffer_add(c->q.buf, h, n) != 0 ||
+        (head_len && evbuffer_add(c->q.buf, head, head_len) != 0) ||
+        (len && evbuffer_add(c->q.buf, data, len) != 0))
         return TB_ENOMEM;
     return 0;
 }
@@ -225,7 +222,7 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data,
     tb__wsconn *c = ud;
     if (c->close_sent)
         return (ssize_t)len;
-    if (evbuffer_add(c->out, data, len) != 0) {
+    if (evbuffer_add(c->q.buf, data, len) != 0) {
         wslay_event_set_error(ctx, WSLAY_ERR_CALLBACK_FAILURE);
         return -1;
     }
@@ -398,7 +395,7 @@ static void arm(tb__wsconn *c, int ms)
 /* Ends the connection once the close handshake is done and written. */
 static void check_done(tb__wsconn *c)
 {
-    if (c->ended || !c->close_sent || evbuffer_get_length(c->out) > 0 ||
+    if (c->ended || !c->close_sent || evbuffer_get_length(c->q.buf) > 0 ||
         (!c->close_received && !c->failing))
         return;
     end(c, c->end_code ? c->end_code : 1005,
@@ -415,7 +412,7 @@ static int should_read(const tb__wsconn *c)
 {
     if (c->ended || c->failing || c->close_received)
         return 0;
-    if (evbuffer_get_length(c->out) > c->lim.send_queue_bytes)
+    if (evbuffer_get_length(c->q.buf) > c->lim.send_queue_bytes)
         return 0;
     return c->closing || !c->paused;
 }
@@ -474,28 +471,16 @@ static void flush(tb__wsconn *c)
             return;
         }
     }
-    while (evbuffer_get_length(c->out) > 0) {
-        int n = evbuffer_write(c->out, c->fd);
-        if (n > 0)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!c->wev_added) {
-                event_add(c->wev, NULL);
-                c->wev_added = 1;
-            }
-            return; /* the socket is full: wait until it is writable */
-        }
-        if (n < 0 && errno == EINTR)
-            continue;
+    int rc = tb__outq_write(&c->q, c->fd);
+    if (rc < 0) {
         end(c, c->close_received ? c->end_code : 1006,
             "the connection failed (write)");
         return;
     }
-    c->msgs = 0;
-    if (c->wev_added) {
-        event_del(c->wev);
-        c->wev_added = 0;
-    }
+    if (!tb__outq_backlogged(&c->q, &c->lim))
+        tb__ws_on_drained(c->ws);
+    if (rc == 0)
+        return;
     update_reading(c);
     check_done(c);
 }
@@ -505,7 +490,7 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     tb__wsconn *c = arg;
-    c->flush_due = 0;
+    c->q.flush_due = 0;
     flush(c);
 }
 
@@ -544,10 +529,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
  * the socket is full (wev is pending and fires when it drains). */
 static void schedule_flush(tb__wsconn *c)
 {
-    if (c->flush_due || c->wev_added || c->ended)
-        return;
-    event_active(c->wev, EV_WRITE, 0);
-    c->flush_due = 1;
+    if (!c->ended)
+        tb__outq_schedule(&c->q);
 }
 
 /* ---------------------------------------------------------------- ops */
@@ -563,21 +546,19 @@ static tb__wsconn *conn_open(tb_ws *ws, struct event_base *base, int fd,
     c->lim = *lim;
     snprintf(c->peer, sizeof c->peer, "%s", peer);
     evutil_make_socket_nonblocking(fd);
+    if (tb__outq_init(&c->q, base, fd, on_write, c) != 0) {
+        free(c);
+        return NULL;
+    }
     c->in = evbuffer_new();
-    c->out = evbuffer_new();
     c->rev = event_new(base, fd, EV_READ | EV_PERSIST, on_read, c);
-    c->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, on_write, c);
     c->timer = evtimer_new(base, on_timer, c);
-    if (!c->in || !c->out || !c->rev || !c->wev || !c->timer ||
-        event_add(c->rev, NULL) != 0) {
+    if (!c->in || !c->rev || !c->timer || event_add(c->rev, NULL) != 0) {
+        tb__outq_free(&c->q);
         if (c->in)
             evbuffer_free(c->in);
-        if (c->out)
-            evbuffer_free(c->out);
         if (c->rev)
             event_free(c->rev);
-        if (c->wev)
-            event_free(c->wev);
         if (c->timer)
             event_free(c->timer);
         free(c);
@@ -593,10 +574,7 @@ static int conn_send(tb__wsconn *c, int binary, const void *data, size_t len)
 {
     if (c->ended || c->closing)
         return TB_EPIPE;
-    size_t queued = evbuffer_get_length(c->out);
-    if ((queued + len > c->lim.send_queue_bytes ||
-         c->msgs + 1 > (size_t)c->lim.send_queue_msgs) &&
-        !c->wev_added) {
+    if (tb__outq_over(&c->q, &c->lim, len) && !c->q.wev_added) {
         /* Over the limits counting what was queued this loop turn and not
          * yet offered to the socket: offer it now, and count only what the
          * socket does not take. */
@@ -607,23 +585,22 @@ static int conn_send(tb__wsconn *c, int binary, const void *data, size_t len)
             end(c, c->end_code, c->end_why);
             return TB_EPIPE;
         }
-        queued = evbuffer_get_length(c->out);
     }
-    if (queued + len > c->lim.send_queue_bytes ||
-        c->msgs + 1 > (size_t)c->lim.send_queue_msgs) {
+    if (tb__outq_over(&c->q, &c->lim, len)) {
         tb__log(TB_LOG_WARN,
                 "ws %s (request %s): slow client: %zu messages and %zu "
                 "bytes wait for its socket (ws_send_queue_msgs %d, "
                 "ws_send_queue_bytes %zu); closing with 1008",
-                c->peer, tb_ws_request_id(c->ws), c->msgs, queued,
-                c->lim.send_queue_msgs, c->lim.send_queue_bytes);
+                c->peer, tb_ws_request_id(c->ws), c->q.msgs,
+                evbuffer_get_length(c->q.buf), c->lim.send_queue_msgs,
+                c->lim.send_queue_bytes);
         conn_close(c, 1008, "send queue full (slow client)");
         return TB_ENOSPC;
     }
     if (put_frame(c, binary ? WSLAY_BINARY_FRAME : WSLAY_TEXT_FRAME, NULL, 0,
                   data, len) != 0)
         return TB_ENOMEM;
-    c->msgs++;
+    c->q.msgs++;
     schedule_flush(c);
     return 0;
 }
@@ -678,21 +655,18 @@ static void end(tb__wsconn *c, int code, const char *why)
     c->ended = 1;
     tb__ws_on_end(c->ws, code, why ? why : "closed");
     event_free(c->rev);
-    event_free(c->wev);
     event_free(c->timer);
     if (c->ctx)
         wslay_event_context_free(c->ctx);
     evbuffer_free(c->in);
-    evbuffer_free(c->out);
+    tb__outq_free(&c->q);
     close(c->fd);
     free(c);
 }
 
 static int conn_backlogged(tb__wsconn *c)
 {
-    return !c->ended &&
-           (c->msgs * 2 > (size_t)c->lim.send_queue_msgs ||
-            evbuffer_get_length(c->out) * 2 > c->lim.send_queue_bytes);
+    return !c->ended && tb__outq_backlogged(&c->q, &c->lim);
 }
 
 static const tb__wsconn_ops wslay_ops = {

@@ -24,6 +24,8 @@
 #include "resp.h"    /* RESP replies from links without hiredis (Sentinel) */
 
 struct event_base;
+struct event;
+struct evbuffer;
 
 /* ---------------------------------------------------------------- the app */
 
@@ -85,6 +87,16 @@ typedef struct tb__http_conn_ops {
      * connection closes after it instead of waiting for another request
      * (a thread-per-connection server holds a thread for that wait). */
     void (*close)(void *conn);
+    /* Optional (NULL: no streams). Takes the connection's socket away from
+     * the server for a response the core writes itself on a worker's loop
+     * (an SSE stream): nothing has been sent on it yet, and the server
+     * sends nothing more and never reads or closes the client's socket
+     * again. Returns the connected socket, now the caller's (non-blocking
+     * is the caller's to set; close-on-exec), or TB_EPIPE (the client has
+     * gone) or TB_EAGAIN (no descriptor left), counted and logged through
+     * tb__ws_handover_failed; nothing can be answered then, and the server
+     * closes the connection. */
+    int (*take)(void *conn);
 } tb__http_conn_ops;
 
 /* One request as the server read it: its line, its connection and its
@@ -152,7 +164,8 @@ void tb__ws_handover_failed(tb_app *app, const char *path, const char *addr,
 typedef struct tb__wsconn tb__wsconn;
 
 typedef struct tb__ws_limits {
-    size_t max_message;      /* close 1009 beyond */
+    size_t max_message;      /* close 1009 beyond; an SSE stream: the
+                                bytes its client may send in all */
     size_t send_queue_bytes; /* slow client beyond: close 1008 */
     int send_queue_msgs;
     int ping_interval_ms; /* 0: none */
@@ -160,6 +173,39 @@ typedef struct tb__ws_limits {
     int close_timeout_ms; /* a close handshake not finished by then ends
                              the connection */
 } tb__ws_limits;
+
+/* A connection's output on a worker's loop, shared by the websocket
+ * framing and the SSE writer: bytes queued in an evbuffer and written with
+ * one writev per loop turn, never blocking (what the socket does not take
+ * waits for EV_WRITE). Every call on the worker's thread. */
+typedef struct tb__outq {
+    struct evbuffer *buf; /* queued, not yet taken by the socket */
+    struct event *wev;    /* EV_WRITE on the socket, or activated by hand */
+    size_t msgs;          /* sends queued since the output last drained */
+    int wev_added;        /* wev pending: waiting for the socket to drain */
+    int flush_due;        /* wev activated by hand for this loop turn */
+} tb__outq;
+
+/* Makes q's buffer and its write event on fd, whose callback (on_write,
+ * with arg) must clear q->flush_due and write. 0, or TB_ENOMEM with
+ * nothing left to free. */
+int tb__outq_init(tb__outq *q, struct event_base *base, int fd,
+                  void (*on_write)(int fd, short what, void *arg), void *arg);
+/* Writes what fd takes of q's buffer: 1 when all is written (msgs is then
+ * 0 and wev stopped), 0 when the rest waits for the socket (wev armed),
+ * TB_EPIPE when the write failed. */
+int tb__outq_write(tb__outq *q, int fd);
+/* One write this loop turn, however many sends come in it; none while wev
+ * already waits for the socket. */
+void tb__outq_schedule(tb__outq *q);
+/* 1 while more than half of either send bound of lim waits in q: a
+ * sender that can wait (a replay) should, before it queues more. */
+int tb__outq_backlogged(const tb__outq *q, const struct tb__ws_limits *lim);
+/* 1 if one more send of len bytes would pass send_queue_bytes or
+ * send_queue_msgs of lim. */
+int tb__outq_over(const tb__outq *q, const struct tb__ws_limits *lim,
+                  size_t len);
+void tb__outq_free(tb__outq *q);
 
 typedef struct tb__wsconn_ops {
     const char *name; /* "wslay" */
@@ -201,6 +247,12 @@ void tb__ws_on_closing(tb_ws *ws);
  * sent none. The adapter frees the connection after this returns; the core
  * must not use it again. why says what ended it (for the log). */
 void tb__ws_on_end(tb_ws *ws, int code, const char *why);
+/* A write left at most half of either send queue limit queued (no longer
+ * backlogged): wakes a sender waiting for room (tb__ws_wait_drained). */
+void tb__ws_on_drained(tb_ws *ws);
+/* The framing closes a slow client on its own (not from a send that
+ * failed with TB_ENOSPC, which the core counts): count it for /metrics. */
+void tb__ws_on_slow_close(tb_ws *ws);
 
 /* ------------------------------------------------------------ client tokens */
 

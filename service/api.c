@@ -989,6 +989,8 @@ int tb_app_add_api(tb_app *app)
     }
     int rc = tb__api_register_ws(app);
     if (rc == 0)
+        rc = tb__api_register_sse(app);
+    if (rc == 0)
         rc = tb__api_register_history(app);
     if (rc)
         return rc;

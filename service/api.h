@@ -33,6 +33,24 @@ int tb__api_error_with(tb_http_req *req, int status, const char *code,
 
 /* api_ws.c: GET /ws. */
 int tb__api_register_ws(tb_app *app);
+/* api_sse.c: GET /sse. */
+int tb__api_register_sse(tb_app *app);
+
+/* Writes one SSE event into out (outsz bytes; NUL-terminated when it
+ * fits): "id: pos" (left out when pos is NULL, empty or holds CR or LF),
+ * "event: name", one "data: " line per line of data (len bytes; CR, LF
+ * and CRLF end lines) and a blank line. Returns its length: when that is
+ * not below outsz, out holds only part of it (out may be NULL with outsz
+ * 0 to measure). */
+size_t tb__sse_frame(char *out, size_t outsz, const char *pos, const char *name,
+                     const char *data, size_t len);
+
+/* Checks req's ?events= list as GET /ws and GET /sse take it: each
+ * pattern valid (400 bad_pattern), at most ws_max_patterns of them (400
+ * too_many_patterns), each allowed by req's client token (403 forbidden,
+ * naming it). Returns how many there are (0: none given), or -1 when req
+ * was answered. */
+int tb__api_events_check(tb_http_req *req);
 
 /* An ?events= list: comma-separated patterns. Calls fn for each (a
  * pattern over TB_EVENT_NAME_MAX bytes is cut one byte over: invalid);

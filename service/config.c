@@ -76,7 +76,7 @@
       "history-ttl", "seconds the history lives after the last publish")       \
     X(core, history_max_bytes, SIZE, 64 * MiB, NULL, KiB, 64 * GiB,            \
       "history-max-bytes",                                                     \
-      "event bytes the in-process bus's history holds at most (oldest out)") \
+      "event bytes the in-process bus's history holds at most (oldest out)")   \
     X(core, history_page_max, INT, 1000, NULL, 1, 100000, "history-page-max",  \
       "events one GET /history answers at most (its limit's default and "      \
       "cap)")                                                                  \
@@ -135,8 +135,10 @@
       "open websockets")                                                       \
     X(ws, max_message, SIZE, MiB, NULL, 1, 512 * MiB, "ws-max-message",        \
       "largest client message, bytes")                                         \
-    X(ws, send_queue_bytes, SIZE, MiB, NULL, KiB, GiB, "ws-send-queue-bytes",  \
-      "per-client send queue, bytes")                                          \
+    X(ws, send_queue_bytes, SIZE, 2 * MiB, NULL, KiB, GiB,                     \
+      "ws-send-queue-bytes",                                                   \
+      "per-client send queue, bytes; with history on, at least "               \
+      "max-event-size + 1024")                                                 \
     X(ws, send_queue_msgs, INT, 4096, NULL, 1, IMAX, "ws-send-queue-msgs",     \
       "per-client send queue, messages")                                       \
     X(ws, recv_queue_msgs, INT, 64, NULL, 1, IMAX, "ws-recv-queue-msgs",       \
@@ -148,7 +150,14 @@
     X(ws, ping_timeout_ms, MS, 20000, NULL, 1, IMAX, "ws-ping-timeout",        \
       "ms to wait for a pong")                                                 \
     X(ws, allowed_origins, STRING, 0, NULL, 0, 0, "ws-origins",                \
-      "allowed websocket Origins, comma-separated, or * (none: any)")
+      "allowed websocket Origins, comma-separated, or * (none: any)")          \
+    X(ws, sse_max_clients, INT, 10000, NULL, 1, 1 << 20, "sse-max-clients",    \
+      "open SSE streams (GET /sse)")                                           \
+    X(ws, sse_keepalive_ms, MS, 15000, NULL, 10, IMAX, "sse-keepalive",        \
+      "ms between keep-alive comments on an idle SSE stream")                  \
+    X(ws, sse_max_input, SIZE, 64 * KiB, NULL, 0, GiB, "sse-max-input",        \
+      "bytes an SSE client may send after its request; beyond, the stream "    \
+      "ends")
 
 /* The C type each TYPE is stored as, checked against the field. */
 #define CT_INT int
@@ -510,6 +519,12 @@ static const char *check_rules(const tb_app_config *c)
                "-base64 32";
     if (c->http.listen && c->http.listen[0] && !listen_ok(c->http.listen))
         return "http.listen must be " LISTEN_FORM;
+    if (c->core.history_size > 0 &&
+        c->ws.send_queue_bytes <
+            c->core.max_event_size + TB_EVENT_FRAME_OVERHEAD)
+        return "ws.send_queue_bytes must be at least core.max_event_size + "
+               "1024 with history on (core.history_size > 0): an event a "
+               "stream cannot send would end it at every resume";
     if (c->core.json_max_depth > 0 &&
         (size_t)c->core.json_max_depth * TB__JSON_STACK_PER_LEVEL >
             c->core.stack_size / 2)

@@ -364,8 +364,8 @@ static int authorize_client(tb_http_req *req, const route_fn *h,
     if (!h || h->access != TB__HTTP_CLIENT) {
         error_answer(req, 403, "forbidden",
                      "a client token (JWT) opens the event routes only (GET "
-                     "/ws, GET and POST /events/{...}); this needs the API "
-                     "token",
+                     "/ws, GET /sse, GET and POST /events/{...}); this needs "
+                     "the API token",
                      NULL);
         return req->status;
     }

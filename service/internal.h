@@ -503,6 +503,10 @@ struct tb_app {
                                                   could not be taken over */
     atomic_int_fast64_t ws_handover_logged_us; /* rate limit of that log */
     atomic_uint_fast64_t ws_handover_logged_n; /* failures at that line */
+    atomic_int sse_clients;                    /* SSE streams accepted, not yet
+                                                  freed */
+    atomic_uint_fast64_t sse_slow_closes; /* closed for a full send queue */
+    atomic_uint_fast64_t sse_refused;     /* refused at sse_max_clients */
     atomic_int http_longpolls; /* GET /events/{pattern} waiting now */
     atomic_uint_fast64_t http_longpolls_refused;   /* http_longpoll_max */
     atomic_uint_fast64_t http_longpolls_abandoned; /* their client left */

@@ -267,11 +267,21 @@ static void ws_metrics(buf *b, tb_app *app)
     add(b, "taskbus_ws_slow_closes_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->ws_slow_closes));
     header(b, "taskbus_ws_handover_failures_total", "counter",
-           "Websocket upgrades whose socket could not be taken over from "
-           "the HTTP server (the client reset it, or no descriptor was "
-           "left).");
+           "Websocket upgrades and SSE streams whose socket could not be "
+           "taken over from the HTTP server (the client reset it, or no "
+           "descriptor was left).");
     add(b, "taskbus_ws_handover_failures_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->ws_handover_failures));
+    header(b, "taskbus_sse_clients", "gauge", "Open SSE streams (GET /sse).");
+    add(b, "taskbus_sse_clients %d\n", tb__sse_clients(app));
+    header(b, "taskbus_sse_refused_total", "counter",
+           "SSE streams refused at sse_max_clients (503).");
+    add(b, "taskbus_sse_refused_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->sse_refused));
+    header(b, "taskbus_sse_slow_closes_total", "counter",
+           "SSE streams closed because their send queue was full.");
+    add(b, "taskbus_sse_slow_closes_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->sse_slow_closes));
 }
 
 static void cluster_metrics(buf *b, tb_app *app)

@@ -1,9 +1,12 @@
 /* ws.c - websocket connections in the core: endpoints, the accept checks,
  * the hand-over of an upgraded socket to a worker, the handler task, and
- * tb_ws_recv / tb_ws_send.
+ * tb_ws_recv / tb_ws_send. SSE streams (GET /sse) are served the same way:
+ * a tb_ws whose framing is the SSE writer (sse.c) and whose socket the
+ * HTTP server gives up after the request instead of after a 101.
  *
  * The socket itself is served by the framing adapter the app was given
- * (app->wsconn, see adapter.h), called through its ops only.
+ * (app->wsconn, see adapter.h), or sse.c's for a stream, called through
+ * its ops only.
  *
  * Threads: tb__ws_accept runs on an HTTP thread; everything about a
  * connection after tb__ws_adopt happens on the worker that serves it (its
@@ -29,8 +32,12 @@
 
 #define CLOSE_TIMEOUT_MS 2000
 
+/* For log lines and task names: "ws" or "sse". */
+#define KIND(ws) ((ws)->sse ? "sse" : "ws")
+
 struct tb__ws_route {
     struct tb__ws_route *next;
+    int sse; /* an SSE endpoint: a plain GET answered with a stream */
     tb_ws_fn fn;
     tb_ws_check_fn check;
     void *ud;
@@ -47,10 +54,13 @@ struct tb_ws {
     atomic_int refs;
     tb_app *app;
     tb__ws_route *route;
-    tb__worker *w;     /* set by tb__ws_adopt */
-    int fd;            /* until the worker opens the connection */
-    int sock;          /* the socket, marked in fd_table while open */
-    atomic_int closed; /* closing or closed: sends fail fast */
+    const tb__wsconn_ops *ops; /* the framing: app->wsconn, or sse.c's */
+    int sse;                   /* an SSE stream */
+    char *head;                /* SSE: the response head, sent first */
+    tb__worker *w;             /* set by tb__ws_adopt */
+    int fd;                    /* until the worker opens the connection */
+    int sock;                  /* the socket, marked in fd_table while open */
+    atomic_int closed;         /* closing or closed: sends fail fast */
 
     /* --- on the worker's thread --- */
     tb__wsconn *conn; /* NULL once the connection has ended */
@@ -60,6 +70,8 @@ struct tb_ws {
     int close_code;
     tb_task *recv_waiter;
     uint64_t recv_seq;
+    tb_task *drain_waiter; /* in tb__ws_wait_drained */
+    uint64_t drain_seq;
     wsmsg *qhead, *qtail, *cur;
     int qlen;
     size_t qbytes;
@@ -71,9 +83,11 @@ struct tb_ws {
     tb__jwt_claims *claims; /* its client token's, or NULL */
     char request_id[72];
     char peer[48];
-    char *path;   /* raw */
-    char *query;  /* raw, or NULL */
-    char *params; /* "name\0value\0" nparams times */
+    char *path;                     /* raw */
+    char *query;                    /* raw, or NULL */
+    char *params;                   /* "name\0value\0" nparams times */
+    char last_event_id[TB_POS_MAX]; /* SSE: the request's Last-Event-ID
+                                       when it fits, else "" */
     int nparams;
 };
 
@@ -117,8 +131,9 @@ static void ws_unref(tb_ws *ws)
         fd_own(ws->fd, 0);
         close(ws->fd);
     }
-    atomic_fetch_sub(&ws->app->ws_clients, 1);
+    atomic_fetch_sub(ws->sse ? &ws->app->sse_clients : &ws->app->ws_clients, 1);
     tb__jwt_claims_free(ws->claims);
+    free(ws->head);
     free(ws->path);
     free(ws->query);
     free(ws->params);
@@ -131,6 +146,60 @@ void tb__ws_release(tb_ws *ws)
         ws_unref(ws);
 }
 
+/* ---------------------------------------------------------------- SSE */
+
+/* The response head of a stream: no Content-Length (the body ends when
+ * the connection does), no caching, no buffering by a proxy in front
+ * (nginx honours X-Accel-Buffering). NULL on ENOMEM. */
+static char *sse_head(const tb_http_req *req)
+{
+    static const char fmt[] = "HTTP/1.1 200 OK\r\n"
+                              "Content-Type: text/event-stream\r\n"
+                              "Cache-Control: no-cache\r\n"
+                              "X-Accel-Buffering: no\r\n"
+                              "X-Request-ID: %s\r\n"
+                              "Connection: close\r\n\r\n";
+    char *head = malloc(sizeof fmt + sizeof req->request_id);
+    if (head)
+        snprintf(head, sizeof fmt + sizeof req->request_id, fmt,
+                 req->request_id);
+    return head;
+}
+
+/* GET on an SSE endpoint: the accept checks of a websocket upgrade, then
+ * the socket leaves the HTTP server for a worker, which writes the head
+ * and everything after it. */
+static int sse_request(tb_http_req *req, void *ud)
+{
+    tb__ws_route *route = ud;
+    if (strcmp(req->method, "HEAD") == 0) {
+        if (route->check)
+            route->check(req, route->ud);
+        return req->status
+                   ? 0
+                   : tb_http_respond(req, 200, "text/event-stream", "", 0);
+    }
+    if (!req->ops->take)
+        return tb_http_error(req, 501, "not_implemented",
+                             "this HTTP server cannot hand streams over");
+    tb_ws *ws = tb__ws_accept(req, route);
+    if (!ws)
+        return 0; /* answered */
+    ws->head = sse_head(req);
+    if (!ws->head) {
+        tb__ws_release(ws);
+        return tb_http_error(req, 500, "internal", "out of memory");
+    }
+    int fd = req->ops->take(req->conn);
+    if (fd < 0) { /* counted and logged: nobody to answer */
+        tb__ws_release(ws);
+        return tb__http_abandon(req);
+    }
+    req->status = 200; /* the head goes out on the worker */
+    tb__ws_adopt(ws, fd);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- framing */
 
 /* The framing adapter's calls, on the worker's thread, for a connection
@@ -138,28 +207,56 @@ void tb__ws_release(tb_ws *ws)
 
 static int conn_send(tb_ws *ws, int binary, const void *data, size_t len)
 {
-    int rc = ws->app->wsconn->send(ws->conn, binary, data, len);
+    int rc = ws->ops->send(ws->conn, binary, data, len);
     if (rc == TB_ENOSPC) /* a slow client: now closing with 1008 */
-        atomic_fetch_add(&ws->app->ws_slow_closes, 1);
+        tb__ws_on_slow_close(ws);
     return rc;
 }
 
 int tb__ws_backlogged(tb_ws *ws)
 {
-    const tb__wsconn_ops *ops = ws->app->wsconn;
+    const tb__wsconn_ops *ops = ws->ops;
     return ws->conn && ops->backlogged && tb__worker_current() == ws->w &&
            ops->backlogged(ws->conn);
 }
 
+int tb__ws_wait_drained(tb_task *self, tb_ws *ws)
+{
+    while (tb__ws_backlogged(ws)) {
+        if (ws->drain_waiter)
+            return TB_EBUSY;
+        ws->drain_seq = tb__task_begin_wait(self, TB__WAIT_WS);
+        ws->drain_waiter = self;
+        int rc = tb__task_suspend(self, "tb__ws_wait_drained");
+        ws->drain_waiter = NULL;
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+void tb__ws_on_drained(tb_ws *ws)
+{
+    if (ws->drain_waiter)
+        tb__task_wake(ws->drain_waiter, ws->drain_seq, 0);
+}
+
+void tb__ws_on_slow_close(tb_ws *ws)
+{
+    atomic_fetch_add(
+        ws->sse ? &ws->app->sse_slow_closes : &ws->app->ws_slow_closes, 1);
+}
+
 static void conn_close(tb_ws *ws, int code, const char *reason)
 {
-    ws->app->wsconn->close(ws->conn, code, reason);
+    ws->ops->close(ws->conn, code, reason);
 }
 
 /* ---------------------------------------------------------------- routes */
 
 static int add_endpoint(tb_app *app, const char *path, tb_ws_fn fn,
-                        tb_ws_check_fn check, void *ud, tb__http_access access)
+                        tb_ws_check_fn check, void *ud, tb__http_access access,
+                        int sse)
 {
     if (!app || !path || !fn)
         return TB_EINVAL;
@@ -168,10 +265,12 @@ static int add_endpoint(tb_app *app, const char *path, tb_ws_fn fn,
     tb__ws_route *r = calloc(1, sizeof *r);
     if (!r)
         return TB_ENOMEM;
+    r->sse = sse;
     r->fn = fn;
     r->check = check;
     r->ud = ud;
-    int rc = tb__http_route_ws(app, path, r, access);
+    int rc = sse ? tb__app_route_as(app, "GET", path, sse_request, r, access)
+                 : tb__http_route_ws(app, path, r, access);
     if (rc) {
         free(r);
         return rc;
@@ -184,13 +283,19 @@ static int add_endpoint(tb_app *app, const char *path, tb_ws_fn fn,
 int tb_app_add_websocket(tb_app *app, const char *path, tb_ws_fn fn,
                          tb_ws_check_fn check, void *ud)
 {
-    return add_endpoint(app, path, fn, check, ud, TB__HTTP_ADMIN);
+    return add_endpoint(app, path, fn, check, ud, TB__HTTP_ADMIN, 0);
 }
 
 int tb__ws_add_client_endpoint(tb_app *app, const char *path, tb_ws_fn fn,
                                tb_ws_check_fn check, void *ud)
 {
-    return add_endpoint(app, path, fn, check, ud, TB__HTTP_CLIENT);
+    return add_endpoint(app, path, fn, check, ud, TB__HTTP_CLIENT, 0);
+}
+
+int tb__sse_add_endpoint(tb_app *app, const char *path, tb_ws_fn fn,
+                         tb_ws_check_fn check, void *ud)
+{
+    return add_endpoint(app, path, fn, check, ud, TB__HTTP_CLIENT, 1);
 }
 
 void tb__ws_app_free(tb_app *app)
@@ -207,9 +312,17 @@ int tb__ws_clients(tb_app *app)
     return atomic_load(&app->ws_clients);
 }
 
+int tb__sse_clients(tb_app *app)
+{
+    return atomic_load(&app->sse_clients);
+}
+
 int tb__app_has_websockets(const tb_app *app)
 {
-    return app->ws_routes != NULL;
+    for (const tb__ws_route *r = app->ws_routes; r; r = r->next)
+        if (!r->sse)
+            return 1;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- accept */
@@ -269,12 +382,17 @@ static tb_ws *ws_new(tb_http_req *req, tb__ws_route *route)
     atomic_init(&ws->closed, 0);
     ws->app = req->app;
     ws->route = route;
+    ws->sse = route->sse;
+    ws->ops = route->sse ? tb__sse_stream_ops() : req->app->wsconn;
     ws->fd = -1;
     snprintf(ws->request_id, sizeof ws->request_id, "%s",
              tb_http_request_id(req));
     snprintf(ws->peer, sizeof ws->peer, "?");
     ws->claims = req->claims; /* the connection's from now on */
     req->claims = NULL;
+    const char *lei = route->sse ? tb_http_header(req, "Last-Event-ID") : NULL;
+    if (lei && strlen(lei) < sizeof ws->last_event_id)
+        memcpy(ws->last_event_id, lei, strlen(lei) + 1);
     return ws;
 }
 
@@ -297,13 +415,22 @@ tb_ws *tb__ws_accept(tb_http_req *req, tb__ws_route *route)
         return NULL;
     }
     /* A client slot is taken from here on: every refusal gives it back. */
-    int n = atomic_fetch_add(&app->ws_clients, 1) + 1;
-    if (n > cfg->ws.max_clients) {
+    atomic_int *clients = route->sse ? &app->sse_clients : &app->ws_clients;
+    int max = route->sse ? cfg->ws.sse_max_clients : cfg->ws.max_clients;
+    int n = atomic_fetch_add(clients, 1) + 1;
+    if (n > max) {
         char msg[128];
         snprintf(msg, sizeof msg,
-                 "%d websocket clients are connected, the limit "
-                 "(ws_max_clients)",
-                 cfg->ws.max_clients);
+                 route->sse ? "%d SSE streams are open, the limit "
+                              "(sse_max_clients)"
+                            : "%d websocket clients are connected, the limit "
+                              "(ws_max_clients)",
+                 max);
+        if (route->sse)
+            atomic_fetch_add(&app->sse_refused, 1);
+        /* A refused client should not keep an HTTP thread waiting for its
+         * next request (the upgrade's connection closes anyway). */
+        tb__http_close_after(req);
         tb__http_error_headers(req, 503, "too_many_clients",
                                "Retry-After: 1\r\n", msg);
         goto release;
@@ -311,12 +438,14 @@ tb_ws *tb__ws_accept(tb_http_req *req, tb__ws_route *route)
     /* A client may choose its request id: two live connections must not
      * share the handler's name. */
     char name[TB_TASK_NAME_MAX + 1];
-    snprintf(name, sizeof name, "ws:%s", tb_http_request_id(req));
+    snprintf(name, sizeof name, "%s:%s", route->sse ? "sse" : "ws",
+             tb_http_request_id(req));
     tb_task_info info;
     if (tb_task_get(app, name, &info) > 0 &&
         (info.state == TB_TASK_PENDING || info.state == TB_TASK_RUNNING)) {
         tb_http_error(req, 409, "request_id_in_use",
-                      "another websocket connection has request id %s",
+                      "another %s connection has request id %s",
+                      route->sse ? "SSE" : "websocket",
                       tb_http_request_id(req));
         goto release;
     }
@@ -330,7 +459,7 @@ tb_ws *tb__ws_accept(tb_http_req *req, tb__ws_route *route)
         return ws;
     tb_http_error(req, 500, "internal", "out of memory");
 release:
-    atomic_fetch_sub(&app->ws_clients, 1);
+    atomic_fetch_sub(clients, 1);
     return NULL;
 }
 
@@ -347,6 +476,7 @@ static void handler_release(void *arg)
     ws->handler = NULL;
     ws->handler_done = 1;
     ws->recv_waiter = NULL;
+    ws->drain_waiter = NULL;
     if (ws->conn && tb__worker_current() == ws->w && !atomic_load(&ws->closed))
         conn_close(ws, 1011, "the handler did not run");
     ws_unref(ws);
@@ -367,9 +497,9 @@ static void on_expiry(evutil_socket_t fd, short what, void *arg)
     if (!ws->conn || atomic_exchange(&ws->closed, 1))
         return;
     tb__log(TB_LOG_INFO,
-            "ws %s (request %s, %s, sub \"%s\"): the client token expired: "
+            "%s %s (request %s, %s, sub \"%s\"): the client token expired: "
             "closing (1008)",
-            ws->path, ws->request_id, ws->peer, ws->claims->sub);
+            KIND(ws), ws->path, ws->request_id, ws->peer, ws->claims->sub);
     conn_close(ws, 1008, "token expired");
 }
 
@@ -379,9 +509,9 @@ static void client_token_start(tb_ws *ws, struct event_base *base)
 {
     int64_t left_us = ws->claims->until_us - tb__now_us();
     tb__log(TB_LOG_INFO,
-            "ws %s (request %s, %s): client token of sub \"%s\" (subscribe: "
+            "%s %s (request %s, %s): client token of sub \"%s\" (subscribe: "
             "%d patterns, dispatch: %d), expiring in %lld s",
-            ws->path, ws->request_id, ws->peer, ws->claims->sub,
+            KIND(ws), ws->path, ws->request_id, ws->peer, ws->claims->sub,
             ws->claims->n[TB__JWT_SUBSCRIBE], ws->claims->n[TB__JWT_DISPATCH],
             (long long)(left_us / 1000000));
     if (left_us < 0)
@@ -393,9 +523,9 @@ static void client_token_start(tb_ws *ws, struct event_base *base)
     ws->expiry = evtimer_new(base, on_expiry, ws);
     if (!ws->expiry || evtimer_add(ws->expiry, &tv) != 0) {
         tb__log(TB_LOG_ERROR,
-                "ws %s (request %s): cannot arm the client token's expiry: "
+                "%s %s (request %s): cannot arm the client token's expiry: "
                 "closing",
-                ws->path, ws->request_id);
+                KIND(ws), ws->path, ws->request_id);
         atomic_store(&ws->closed, 1);
         conn_close(ws, 1011, "out of memory");
     }
@@ -423,10 +553,14 @@ static void adopt_on_worker(tb_app *app, int wi, void *arg)
         .ping_timeout_ms = cfg->ws.ping_timeout_ms,
         .close_timeout_ms = CLOSE_TIMEOUT_MS,
     };
-    ws->conn = app->wsconn->open(ws, w->base, fd, &lim, ws->peer);
+    if (ws->sse) {
+        lim.ping_interval_ms = cfg->ws.sse_keepalive_ms;
+        lim.max_message = cfg->ws.sse_max_input;
+    }
+    ws->conn = ws->ops->open(ws, w->base, fd, &lim, ws->peer);
     if (!ws->conn) {
-        tb__log(TB_LOG_ERROR, "ws %s (request %s): out of memory", ws->path,
-                ws->request_id);
+        tb__log(TB_LOG_ERROR, "%s %s (request %s): out of memory", KIND(ws),
+                ws->path, ws->request_id);
         fd_own(fd, 0);
         close(fd);
         atomic_fetch_sub(&w->nws, 1);
@@ -434,6 +568,11 @@ static void adopt_on_worker(tb_app *app, int wi, void *arg)
         return;
     }
     /* The reference from accept is now the connection's. */
+    if (ws->head) { /* before anything else is queued */
+        ws->ops->send(ws->conn, 0, ws->head, strlen(ws->head));
+        free(ws->head);
+        ws->head = NULL;
+    }
     ws->wnext = w->ws_head;
     if (w->ws_head)
         w->ws_head->wprev = ws;
@@ -442,10 +581,10 @@ static void adopt_on_worker(tb_app *app, int wi, void *arg)
         client_token_start(ws, w->base);
 
     char name[TB_TASK_NAME_MAX + 1];
-    snprintf(name, sizeof name, "ws:%s", ws->request_id);
+    snprintf(name, sizeof name, "%s:%s", KIND(ws), ws->request_id);
     tb_task_opts opts = {.name = name,
                          .worker = wi,
-                         .kind = "ws",
+                         .kind = KIND(ws),
                          .flags = TB_TASK_EPHEMERAL | TB__TASK_LOCAL,
                          .ud_free = handler_release};
     ws_ref(ws);
@@ -455,8 +594,8 @@ static void adopt_on_worker(tb_app *app, int wi, void *arg)
         ws->handler_done = 1;
         int code = rc == TB_ESHUTDOWN ? 1001 : rc == TB_EEXIST ? 1008 : 1011;
         tb__log(rc == TB_ESHUTDOWN ? TB_LOG_INFO : TB_LOG_WARN,
-                "ws %s (request %s, %s): no handler task: %s", ws->path,
-                ws->request_id, ws->peer, tb_strerror(rc));
+                "%s %s (request %s, %s): no handler task: %s", KIND(ws),
+                ws->path, ws->request_id, ws->peer, tb_strerror(rc));
         atomic_store(&ws->closed, 1);
         conn_close(ws, code, rc == TB_EEXIST ? "request id in use" : "");
     }
@@ -484,7 +623,7 @@ void tb__ws_handover_failed(tb_app *app, const char *path, const char *addr,
         return;
     uint64_t before = atomic_exchange(&app->ws_handover_logged_n, n);
     tb__log(found ? TB_LOG_ERROR : TB_LOG_WARN,
-            "ws %s from %s:%d: cannot take the socket over from the HTTP "
+            "%s from %s:%d: cannot take the socket over from the HTTP "
             "server (%s); closing it (%" PRIu64 " such failure(s) since the "
             "last line, %" PRIu64 " in all; at most one line a second)",
             path, addr, port,
@@ -516,8 +655,8 @@ void tb__ws_adopt(tb_ws *ws, int fd)
     ws->w = &app->workers[best];
     atomic_fetch_add(&ws->w->nws, 1);
     if (tb__worker_call(ws->w, adopt_on_worker, adopt_drop, ws) != 0) {
-        tb__log(TB_LOG_ERROR, "ws %s (request %s): out of memory", ws->path,
-                ws->request_id);
+        tb__log(TB_LOG_ERROR, "%s %s (request %s): out of memory", KIND(ws),
+                ws->path, ws->request_id);
         adopt_drop(ws);
     }
 }
@@ -603,15 +742,21 @@ void tb__ws_on_end(tb_ws *ws, int code, const char *why)
         ws->wnext->wprev = ws->wprev;
     ws->wprev = ws->wnext = NULL;
     atomic_fetch_sub(&w->nws, 1);
-    tb__log(TB_LOG_DEBUG, "ws %s (request %s, %s%s%s%s): closed (%d): %s",
-            ws->path, ws->request_id, ws->peer, ws->claims ? ", sub \"" : "",
-            tb__ws_sub(ws), ws->claims ? "\"" : "", ws->close_code, why);
+    tb__log(TB_LOG_DEBUG, "%s %s (request %s, %s%s%s%s): closed (%d): %s",
+            KIND(ws), ws->path, ws->request_id, ws->peer,
+            ws->claims ? ", sub \"" : "", tb__ws_sub(ws),
+            ws->claims ? "\"" : "", ws->close_code, why);
     tb_task *reader = ws->recv_waiter;
     if (reader)
         tb__task_wake(reader, ws->recv_seq, TB_EPIPE);
+    tb_task *drainer = ws->drain_waiter;
+    if (drainer)
+        tb__task_wake(drainer, ws->drain_seq, TB_EPIPE);
     /* A handler waiting on something else is cancelled, as Sanic does;
-     * one waiting in tb_ws_recv learns it from TB_EPIPE. */
-    if (ws->handler && !ws->handler_done && ws->handler != reader)
+     * one waiting in tb_ws_recv or for the send queue learns it from
+     * TB_EPIPE. */
+    if (ws->handler && !ws->handler_done && ws->handler != reader &&
+        ws->handler != drainer)
         tb__task_cancel_async(ws->handler);
     ws_unref(ws); /* the connection's */
 }
@@ -622,12 +767,13 @@ void tb__ws_worker_shutdown(tb__worker *w)
      * tb_ws_recv): nobody may be woken any more. */
     for (tb_ws *ws = w->ws_head; ws; ws = ws->wnext) {
         ws->recv_waiter = NULL;
+        ws->drain_waiter = NULL;
         ws->handler = NULL;
         ws->handler_done = 1;
     }
     while (w->ws_head) {
         tb_ws *ws = w->ws_head;
-        w->app->wsconn->abort(ws->conn); /* unlinks it through on_end */
+        ws->ops->abort(ws->conn); /* unlinks it through on_end */
     }
 }
 
@@ -660,7 +806,7 @@ int tb_ws_recv(tb_task *self, tb_ws *ws, int timeout_ms, tb_ws_msg *msg)
                 ws->qlen < ws->app->cfg.ws.recv_queue_msgs &&
                 ws->qbytes < ws->app->cfg.ws.max_message) {
                 ws->paused = 0;
-                ws->app->wsconn->pause(ws->conn, 0);
+                ws->ops->pause(ws->conn, 0);
             }
             return 0;
         }
@@ -839,6 +985,11 @@ int tb_ws_close_code(const tb_ws *ws)
 const tb__jwt_claims *tb__ws_claims(const tb_ws *ws)
 {
     return ws->claims;
+}
+
+const char *tb__ws_last_event_id(const tb_ws *ws)
+{
+    return ws->last_event_id;
 }
 
 const char *tb__ws_sub(const tb_ws *ws)

@@ -34,9 +34,30 @@ int tb__http_route_ws(tb_app *app, const char *path, tb__ws_route *route,
 int tb__ws_add_client_endpoint(tb_app *app, const char *path, tb_ws_fn fn,
                                tb_ws_check_fn check, void *ud);
 
+/* An SSE endpoint at GET path (client tokens may open it, as GET /ws):
+ * check runs as for an upgrade (with Origin, sse_max_clients and the
+ * request id), then the HTTP server gives the socket up and fn runs as a
+ * websocket handler would, on a tb_ws whose framing is the SSE writer:
+ * what fn sends with tb_ws_send goes to the client as is (whole SSE
+ * events: fn frames them), tb_ws_recv never has a message and fails with
+ * TB_EPIPE once the client has gone, and the stream ends when fn returns.
+ * Same contract as tb_app_add_websocket otherwise. */
+int tb__sse_add_endpoint(tb_app *app, const char *path, tb_ws_fn fn,
+                         tb_ws_check_fn check, void *ud);
+
+/* sse.c: the SSE writer, the framing of SSE streams: bytes sent as they
+ * are, within the send queue's bounds; a comment line (": keep-alive")
+ * whenever ping_interval_ms pass with nothing written; what the client
+ * sends is read and dropped, and its end ends the stream. */
+const tb__wsconn_ops *tb__sse_stream_ops(void);
+
 /* The claims of the client token that opened ws (valid as long as ws), or
  * NULL: the API token, or none needed. */
 const tb__jwt_claims *tb__ws_claims(const tb_ws *ws);
+
+/* The Last-Event-ID header of the request that opened an SSE stream ("":
+ * none, or longer than a position can be). Valid as long as ws. */
+const char *tb__ws_last_event_id(const tb_ws *ws);
 
 /* The sub of ws's client token, for log lines ("" without one). */
 const char *tb__ws_sub(const tb_ws *ws);
@@ -51,7 +72,14 @@ void tb__ws_worker_shutdown(struct tb__worker *w);
  * backlogged op); 0 when it is not, or closed. On ws's worker. */
 int tb__ws_backlogged(tb_ws *ws);
 
-/* Open websockets of the app (for /metrics). */
+/* Waits, in ws's handler on its worker, until tb__ws_backlogged(ws) is 0:
+ * the framing wakes it when its queue drains to half (tb__ws_on_drained).
+ * 0, TB_EPIPE (the connection ended), TB_ECANCELED, TB_EBUSY (another task
+ * waits already). */
+int tb__ws_wait_drained(tb_task *self, tb_ws *ws);
+
+/* Open websockets and SSE streams of the app (for /metrics). */
 int tb__ws_clients(tb_app *app);
+int tb__sse_clients(tb_app *app);
 
 #endif /* TASKBUS_WS_H */

@@ -279,13 +279,14 @@ typedef struct tb_http_config {
      * 1..256 visible ASCII bytes; copied. Never logged. */
     const char *api_token;
     /* Client tokens (JWT), for clients that may only use events: with
-     * one, the event routes (GET /ws, GET and POST /events/{...}) also
-     * take a JWT in place of api_token, signed with jwt_secret (HS256) or
-     * the key in the file jwt_public_key (RS256 or ES256, whichever the
-     * key is for); its claims "subscribe" and "dispatch" (arrays of event
-     * patterns) say what the client may do, and anything else is 403
-     * (forbidden). "exp" is required; a websocket opened with the token is
-     * closed (1008) when it passes. Every other route still needs
+     * one, the event routes (GET /ws, GET /sse, GET and POST
+     * /events/{...}) also take a JWT in place of api_token, signed with
+     * jwt_secret (HS256) or the key in the file jwt_public_key (RS256 or
+     * ES256, whichever the key is for); its claims "subscribe" and
+     * "dispatch" (arrays of event patterns) say what the client may do,
+     * and anything else is 403 (forbidden). "exp" is required; a websocket
+     * opened with the token is closed (1008) when it passes, an SSE stream
+     * ended. Every other route still needs
      * api_token, so either key needs api_token set. Both NULL or "": client
      * tokens are off. Copied; the secret is never logged. */
     const char *jwt_secret;     /* at least 32 bytes */
@@ -315,7 +316,11 @@ typedef struct tb_ws_config {
                                 (after reassembly); beyond, close 1009 */
     size_t send_queue_bytes; /* bytes queued for one client and not yet
                                 taken by its socket; a client that lets
-                                more pile up is closed with 1008 */
+                                more pile up is closed with 1008. With
+                                history on, at least max_event_size +
+                                TB_EVENT_FRAME_OVERHEAD (tb_app_new
+                                refuses less: an event that cannot be
+                                sent would end every resume) */
     int send_queue_msgs;     /* the same bound in messages */
     int recv_queue_msgs;     /* messages received and not yet taken by
                                 tb_ws_recv; beyond, the socket is not read
@@ -329,7 +334,18 @@ typedef struct tb_ws_config {
      * (requests without an Origin header, i.e. non-browser clients, are
      * always allowed). Others are answered 403 (origin_not_allowed). */
     const char *allowed_origins;
-    void *reserved_[8];
+    /* SSE streams (GET /sse) follow the websocket rules above (Origin,
+     * send queue bounds, patterns per connection) with their own count: */
+    int sse_max_clients;  /* open SSE streams; beyond, 503
+                             (too_many_clients) */
+    int sse_keepalive_ms; /* a comment line after this long without
+                             anything sent, so that proxies and clients see
+                             the stream alive */
+    size_t sse_max_input; /* bytes a client may send after its request (it
+                             has nothing to send); beyond, the stream
+                             ends, logged */
+    void *reserved_[6];   /* the two ints above took one slot,
+                             sse_max_input another */
 } tb_ws_config;
 
 typedef struct tb_app_config {
@@ -815,6 +831,10 @@ void tb_sub_close(tb_sub *sub);
  * in each epoch. Clients must treat a position as opaque: keep the last
  * one received and hand it back (since). Within one epoch, a later event
  * has a larger seq. */
+/* Bytes an event's envelope and SSE framing may add to its data, at most
+ * (data that JSON must escape adds more): see tb_ws_config's
+ * send_queue_bytes. */
+#define TB_EVENT_FRAME_OVERHEAD 1024
 #define TB_POS_MAX 40   /* bytes of a position, NUL included */
 #define TB_EPOCH_MAX 17 /* bytes of an epoch, NUL included */
 

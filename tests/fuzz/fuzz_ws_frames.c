@@ -60,6 +60,11 @@ void tb__ws_on_end(tb_ws *ws, int code, const char *why)
     ws->ended = 1;
 }
 
+void tb__ws_on_drained(tb_ws *ws)
+{
+    FUZZ_CHECK(!ws->ended); /* nothing is woken after the end */
+}
+
 const char *tb_ws_request_id(const tb_ws *ws)
 {
     (void)ws;

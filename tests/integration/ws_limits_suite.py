@@ -155,7 +155,8 @@ async def t_ping_ignored(ctx):
     return f"closed with {code} after {took:.2f} s"
 
 
-SLOW_ARGS = ("--ws-send-queue-bytes", "65536", "--ws-send-queue-msgs", "256")
+SLOW_ARGS = ("--ws-send-queue-bytes", "65536", "--ws-send-queue-msgs", "256",
+             "--max-event-size", "32768")
 
 
 FLOOD_RATE = 2500  # events per second

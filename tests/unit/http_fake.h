@@ -63,7 +63,7 @@ static inline int fake_handle(fake_conn *c, tb_app *app, const char *method,
                               const char *body, size_t body_len)
 {
     static const tb__http_conn_ops ops = {fake_header, fake_send, fake_gone,
-                                          NULL};
+                                          NULL, NULL};
     tb__http_in in = {
         .ops = &ops,
         .conn = c,

@@ -1170,7 +1170,7 @@ static int fake_upgrade(tb_app *app, const char *path, const char *auth,
                         json_t **out, char *headers)
 {
     static const tb__http_conn_ops ops = {fake_header, fake_send, fake_gone,
-                                          NULL};
+                                          NULL, NULL};
     fake_conn c;
     memset(&c, 0, sizeof c);
     c.request_id = "test-req-1";
