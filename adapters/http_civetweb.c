@@ -16,12 +16,12 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <fcntl.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <civetweb.h>
 
 #include "adapters.h"
+#include "http_socket.h"
 
 /* civetweb's max_request_size and request_timeout_ms, also quoted in
  * answers. */
@@ -92,12 +92,10 @@ static void conn_close(void *cp)
     mg_disable_connection_keep_alive(c->mg);
 }
 
-static int find_socket(const server *srv, const char *addr, int port);
-
 /* 1 if the client has closed, half-closed or reset the connection.
  * civetweb has no public way to get the socket: it is found by the peer's
- * address once (find_socket, as for the websocket hand-over), then polled.
- * civetweb holds the socket open while this request runs, so one that
+ * address once (tb__http_find_socket, as for the websocket hand-over), then
+ * polled. civetweb holds the socket open while this request runs, so one that
  * cannot be found has lost its peer (a reset leaves getpeername nothing to
  * name): gone. Hang-up or error flags mean gone whatever is still queued;
  * else readable means EOF or the client's next request (pipelined): a
@@ -109,7 +107,8 @@ static int conn_gone(void *cp)
         const struct mg_request_info *ri = mg_get_request_info(c->mg);
         const server *srv = ri->user_data;
         c->looked = 1;
-        c->fd = find_socket(srv, ri->remote_addr, ri->remote_port);
+        c->fd = tb__http_find_socket(srv->sa.sin_port, srv->local,
+                                     ri->remote_addr, ri->remote_port);
         if (c->fd < 0) {
             conn_close(c);
             return 1;
@@ -143,8 +142,9 @@ static int conn_take(void *cp)
     conn *c = cp;
     const struct mg_request_info *ri = mg_get_request_info(c->mg);
     const server *srv = ri->user_data;
-    int fd =
-        c->looked ? c->fd : find_socket(srv, ri->remote_addr, ri->remote_port);
+    int fd = c->looked ? c->fd
+                       : tb__http_find_socket(srv->sa.sin_port, srv->local,
+                                              ri->remote_addr, ri->remote_port);
     conn_close(c);
     c->looked = 1;
     c->fd = -1; /* the stand-in's number now: never polled again */
@@ -206,7 +206,10 @@ static void linger(conn *c, const tb_http_config *hc)
     if (!c->looked) {
         const struct mg_request_info *ri = mg_get_request_info(c->mg);
         c->looked = 1;
-        c->fd = find_socket(ri->user_data, ri->remote_addr, ri->remote_port);
+        c->fd =
+            tb__http_find_socket(((const server *)ri->user_data)->sa.sin_port,
+                                 ((const server *)ri->user_data)->local,
+                                 ri->remote_addr, ri->remote_port);
     }
     if (c->fd < 0)
         return;
@@ -614,78 +617,6 @@ static int on_ws_connect(const struct mg_connection *cmg, void *ud)
     return 0;
 }
 
-/* 1 if fd is a TCP socket accepted by srv whose peer is want:port. */
-static int is_client_socket(const server *srv, int fd, struct in_addr want,
-                            int port)
-{
-    struct sockaddr_in sa;
-    socklen_t sl = sizeof sa;
-    if (getpeername(fd, (struct sockaddr *)&sa, &sl) != 0)
-        return 0;
-    if (sa.sin_family != AF_INET || sa.sin_addr.s_addr != want.s_addr ||
-        ntohs(sa.sin_port) != port)
-        return 0;
-    struct sockaddr_in la;
-    socklen_t ll = sizeof la;
-    int type = 0;
-    socklen_t tl = sizeof type;
-    return getsockname(fd, (struct sockaddr *)&la, &ll) == 0 &&
-           la.sin_family == AF_INET && la.sin_port == srv->sa.sin_port &&
-           (srv->local == htonl(INADDR_ANY) ||
-            la.sin_addr.s_addr == srv->local) &&
-           getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 &&
-           type == SOCK_STREAM;
-}
-
-/* One more than the highest descriptor number the process may have open
- * now: the size of its descriptor table (FDSize in /proc/self/status,
- * which grows in powers of two as descriptors are opened), else the
- * open-file limit. */
-static int fd_bound(void)
-{
-    int bound = 0;
-    FILE *f = fopen("/proc/self/status", "re");
-    if (f) {
-        char line[128];
-        while (fgets(line, sizeof line, f))
-            if (sscanf(line, "FDSize: %d", &bound) == 1)
-                break;
-        fclose(f);
-    }
-    struct rlimit rl;
-    int lim = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 1u << 20
-                  ? (int)rl.rlim_cur
-                  : 1 << 20;
-    return bound > 0 && bound < lim ? bound : lim;
-}
-
-/* The descriptor of the socket accepted by srv whose peer is addr:port, or
- * -1. Sockets already handed to the core are skipped without a system call,
- * and so is any other socket (a Redis link, an embedder's) that merely talks
- * to the same peer. The search stops at the one it wants, so a hand-over
- * costs about one getpeername per non-websocket descriptor below it (10 000
- * clients connect in about a second). One that is not found (its client
- * reset first) is searched for up to the descriptor table's size only, not
- * up to the open-file limit: at LimitNOFILE=1048576 that cost ~0.2 s of CPU
- * per reset. (A walk of /proc/self/fd instead made every hand-over cost one
- * step per open descriptor: 10 000 clients took 19 s to connect.) */
-static int find_socket(const server *srv, const char *addr, int port)
-{
-    struct in_addr want;
-    if (inet_pton(AF_INET, addr, &want) != 1)
-        return -1;
-    /* The table's size is read (a file read) only once the search passes
-     * the first 1024 numbers: most sockets are found below them. */
-    int max = 1024;
-    for (int fd = 0; fd < max; fd++) {
-        if (!tb__ws_fd_owned(fd) && is_client_socket(srv, fd, want, port))
-            return fd;
-        if (fd == 1023)
-            max = fd_bound();
-    }
-    return -1;
-}
-
 /* Takes the client's socket of mg away from civetweb (fd: its number, or
  * -1 when not found): a duplicate for the core, and a fresh unconnected
  * socket under civetweb's number for its own clean-up to close. The
@@ -721,8 +652,10 @@ static void on_ws_ready(struct mg_connection *mg, void *ud)
     if (!ws)
         return;
     const struct mg_request_info *ri = mg_get_request_info(mg);
-    int fd = take_socket(srv, ri,
-                         find_socket(srv, ri->remote_addr, ri->remote_port));
+    int fd =
+        take_socket(srv, ri,
+                    tb__http_find_socket(srv->sa.sin_port, srv->local,
+                                         ri->remote_addr, ri->remote_port));
     if (fd < 0)
         tb__ws_release(ws);
     else

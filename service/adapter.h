@@ -164,7 +164,8 @@ void tb__ws_handover_failed(tb_app *app, const char *path, const char *addr,
 typedef struct tb__wsconn tb__wsconn;
 
 typedef struct tb__ws_limits {
-    size_t max_message;      /* close 1009 beyond */
+    size_t max_message;      /* close 1009 beyond; an SSE stream: the
+                                bytes its client may send in all */
     size_t send_queue_bytes; /* slow client beyond: close 1008 */
     int send_queue_msgs;
     int ping_interval_ms; /* 0: none */

@@ -265,12 +265,34 @@ static int sse_handler(tb_task *self, tb_ws *ws, void *ud)
             send_text(ws, msg);
         }
         rc = send_event(ws, ev);
+        if (rc == TB_EMSGSIZE) {
+            /* Larger than the whole send queue (its data grew in JSON's
+             * escapes). Skipped, the next event's id would carry the
+             * client past it: with history, end the stream before it
+             * instead, loudly (each resume meets it again until
+             * ws_send_queue_bytes is raised). */
+            char msg[200];
+            size_t len;
+            tb_event_json(ev, &len);
+            snprintf(msg, sizeof msg,
+                     "event %s (%s, %zu bytes as JSON) is larger than "
+                     "ws_send_queue_bytes: %s",
+                     tb_event_id(ev), tb_event_name(ev), len,
+                     history ? "closing the stream before it" : "not sent");
+            log_line(ws, TB_LOG_WARN, msg);
+            if (history) {
+                tb_event_unref(ev);
+                tb_ws_close(ws, 1009,
+                            "an event is larger than the send "
+                            "queue (ws_send_queue_bytes)");
+                break;
+            }
+            send_text(ws, ": an event too large for the send queue was "
+                          "not sent\n\n");
+        }
         tb_event_unref(ev);
         if (rc == TB_EPIPE || rc == TB_ENOSPC)
             break; /* closed, or closing as a slow client */
-        if (rc == TB_EMSGSIZE)
-            log_line(ws, TB_LOG_WARN,
-                     "an event over ws_send_queue_bytes was not sent");
     }
     return 0; /* the subscription closes with this task */
 }

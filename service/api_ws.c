@@ -92,6 +92,58 @@ static int send_recovery(conn_state *st)
     return rc;
 }
 
+/* {"error":"events_dropped"} for the drops up to d not told yet. */
+static void tell_dropped(conn_state *st, uint64_t d, const char *more)
+{
+    char msg[200];
+    snprintf(msg, sizeof msg,
+             "{\"error\":\"events_dropped\",\"message\":\"events came "
+             "faster than this connection took them%s\",\"dropped\":%llu}",
+             more, (unsigned long long)(d - st->dropped_told));
+    st->dropped_told = d;
+    tb_ws_send(st->ws, TB_WS_TEXT, msg, strlen(msg));
+}
+
+/* With history: the subscription dropped events (it drops its oldest, so
+ * ev may come after the gap). Sent, ev's "pos" would carry a client that
+ * resumes with since past events it never got; closed before it
+ * instead (1013, try again: resume), the client misses nothing. 1 if so. */
+static int gap(conn_state *st, const tb_event *ev)
+{
+    uint64_t d = tb_sub_dropped(st->sub);
+    if (d == st->dropped_told)
+        return 0;
+    tb__log(TB_LOG_WARN,
+            "ws /ws (request %s): %llu events came faster than this "
+            "connection took them; closing it before %s so that it resumes "
+            "with since",
+            tb_ws_request_id(st->ws),
+            (unsigned long long)(d - st->dropped_told), tb_event_id(ev));
+    tell_dropped(st, d, ": resume with since");
+    tb_ws_close(st->ws, 1013, "events dropped: resume with since");
+    return 1;
+}
+
+/* ev is larger than the whole send queue. Skipped, the next event's "pos"
+ * would carry a resuming client past it: with history, closed before it
+ * (1009; each resume meets it again until ws_send_queue_bytes is raised:
+ * tb_app_new makes room for max_event_size). 1 if closed. */
+static int too_large(conn_state *st, const tb_event *ev, int history)
+{
+    size_t len;
+    tb_event_json(ev, &len);
+    tb__log(TB_LOG_WARN,
+            "ws /ws (request %s): event %s (%s, %zu bytes as JSON) is larger "
+            "than ws_send_queue_bytes: %s",
+            tb_ws_request_id(st->ws), tb_event_id(ev), tb_event_name(ev), len,
+            history ? "closing the connection before it" : "not sent");
+    if (history)
+        tb_ws_close(st->ws, 1009,
+                    "an event is larger than the send queue "
+                    "(ws_send_queue_bytes)");
+    return history;
+}
+
 static int receiver(tb_task *self, void *arg)
 {
     conn_state *st = arg;
@@ -105,6 +157,7 @@ static int receiver(tb_task *self, void *arg)
         return err; /* receiver_gone tells the handler */
     st->sub = sub;
     st->ready = 1;
+    int history = tb_app_get_config(app)->core.history_size > 0;
     if (st->since[0] && resume(self, st) != 0)
         goto out;
     for (;;) {
@@ -122,27 +175,25 @@ static int receiver(tb_task *self, void *arg)
          * send queue at once, and be closed as a slow client. */
         if (st->replaying)
             rc = tb__ws_wait_drained(self, st->ws);
+        if (rc == 0 && history && !st->replaying && gap(st, ev))
+            rc = TB_ECANCELED;
         if (rc) {
             tb_event_unref(ev);
             break;
         }
         rc = tb_ws_send_event(st->ws, ev);
+        if (rc == TB_EMSGSIZE && too_large(st, ev, history)) {
+            tb_event_unref(ev);
+            break;
+        }
         tb_event_unref(ev);
         if (rc == TB_EPIPE || rc == TB_ENOSPC)
             break; /* closed, or closing as a slow client */
         if (st->replaying)
             continue; /* what overflows meanwhile is read again */
         uint64_t d = tb_sub_dropped(sub);
-        if (d != st->dropped_told) {
-            char msg[160];
-            snprintf(msg, sizeof msg,
-                     "{\"error\":\"events_dropped\",\"message\":\"events "
-                     "came faster than this connection took them\","
-                     "\"dropped\":%llu}",
-                     (unsigned long long)(d - st->dropped_told));
-            st->dropped_told = d;
-            tb_ws_send(st->ws, TB_WS_TEXT, msg, strlen(msg));
-        }
+        if (d != st->dropped_told)
+            tell_dropped(st, d, "");
     }
 out:
     st->sub = NULL; /* closed with this task */

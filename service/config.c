@@ -135,8 +135,10 @@
       "open websockets")                                                       \
     X(ws, max_message, SIZE, MiB, NULL, 1, 512 * MiB, "ws-max-message",        \
       "largest client message, bytes")                                         \
-    X(ws, send_queue_bytes, SIZE, MiB, NULL, KiB, GiB, "ws-send-queue-bytes",  \
-      "per-client send queue, bytes")                                          \
+    X(ws, send_queue_bytes, SIZE, 2 * MiB, NULL, KiB, GiB,                     \
+      "ws-send-queue-bytes",                                                   \
+      "per-client send queue, bytes; with history on, at least "               \
+      "max-event-size + 1024")                                                 \
     X(ws, send_queue_msgs, INT, 4096, NULL, 1, IMAX, "ws-send-queue-msgs",     \
       "per-client send queue, messages")                                       \
     X(ws, recv_queue_msgs, INT, 64, NULL, 1, IMAX, "ws-recv-queue-msgs",       \
@@ -156,7 +158,10 @@
     X(ws, sse_max_clients, INT, 10000, NULL, 1, 1 << 20, "sse-max-clients",    \
       "open SSE streams (GET /sse)")                                           \
     X(ws, sse_keepalive_ms, MS, 15000, NULL, 10, IMAX, "sse-keepalive",        \
-      "ms between keep-alive comments on an idle SSE stream")
+      "ms between keep-alive comments on an idle SSE stream")                  \
+    X(ws, sse_max_input, SIZE, 64 * KiB, NULL, 0, GiB, "sse-max-input",        \
+      "bytes an SSE client may send after its request; beyond, the stream "    \
+      "ends")
 
 /* The C type each TYPE is stored as, checked against the field. */
 #define CT_INT int
@@ -518,6 +523,12 @@ static const char *check_rules(const tb_app_config *c)
                "-base64 32";
     if (c->http.listen && c->http.listen[0] && !listen_ok(c->http.listen))
         return "http.listen must be " LISTEN_FORM;
+    if (c->core.history_size > 0 &&
+        c->ws.send_queue_bytes <
+            c->core.max_event_size + TB_EVENT_FRAME_OVERHEAD)
+        return "ws.send_queue_bytes must be at least core.max_event_size + "
+               "1024 with history on (core.history_size > 0): an event a "
+               "stream cannot send would end it at every resume";
     if (c->core.json_max_depth > 0 &&
         (size_t)c->core.json_max_depth * TB__JSON_STACK_PER_LEVEL >
             c->core.stack_size / 2)

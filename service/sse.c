@@ -11,7 +11,8 @@
  * that stopped reading, whose TCP still ACKs the zero-window probes: the
  * rule that closes such a websocket, its pong timeout). The client sends
  * nothing after its request, so the socket is read only to notice its end
- * (EOF or reset: the stream ends at once); stray bytes are dropped. A
+ * (EOF or reset: the stream ends at once); stray bytes are dropped, up to
+ * ws.sse_max_input in all. A
  * comment line goes out whenever the keep-alive interval passes with
  * nothing written, so that proxies and clients see the stream alive and a
  * dead peer is found by the write. Closing writes what is queued, a comment
@@ -46,6 +47,7 @@ typedef struct sse_stream {
                          last started from empty */
     size_t reported;  /* bytes queued last told to the core
                          (tb__ws_on_held, ws_memory_max) */
+    size_t stray;     /* bytes the client sent after its request */
     int closing;      /* no more sends; the socket shuts once q drains */
     int end_code;
     const char *end_why;
@@ -151,14 +153,24 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
         end(s, s->end_code, why);
 }
 
-/* The client sends nothing after its request: bytes are dropped, and its
- * end (EOF, a half-close, a reset) ends the stream. */
+/* The client sends nothing after its request: bytes are dropped, up to
+ * ws.sse_max_input in all (a client streaming bytes would keep the worker
+ * reading them for ever), and its end (EOF, a half-close, a reset) ends
+ * the stream. */
 static void on_read(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     sse_stream *s = arg;
     char buf[DISCARD_CHUNK];
     ssize_t n = recv(fd, buf, sizeof buf, 0);
+    if (n > 0 && (s->stray += (size_t)n) > s->lim.max_message) {
+        tb__log(TB_LOG_WARN,
+                "sse %s (request %s): the client sent %zu bytes after its "
+                "request, over sse_max_input (%zu); ending the stream",
+                s->peer, tb_ws_request_id(s->ws), s->stray, s->lim.max_message);
+        end(s, 1009, "the client sent too much (sse_max_input)");
+        return;
+    }
     if (n > 0 ||
         (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
         return;

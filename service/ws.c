@@ -606,8 +606,10 @@ static void adopt_on_worker(tb_app *app, int wi, void *arg)
         .ping_timeout_ms = cfg->ws.ping_timeout_ms,
         .close_timeout_ms = CLOSE_TIMEOUT_MS,
     };
-    if (ws->sse)
+    if (ws->sse) {
         lim.ping_interval_ms = cfg->ws.sse_keepalive_ms;
+        lim.max_message = cfg->ws.sse_max_input;
+    }
     ws->conn = ws->ops->open(ws, w->base, fd, &lim, ws->peer);
     if (!ws->conn) {
         tb__log(TB_LOG_ERROR, "%s %s (request %s): out of memory", KIND(ws),

@@ -316,7 +316,11 @@ typedef struct tb_ws_config {
                                 (after reassembly); beyond, close 1009 */
     size_t send_queue_bytes; /* bytes queued for one client and not yet
                                 taken by its socket; a client that lets
-                                more pile up is closed with 1008 */
+                                more pile up is closed with 1008. With
+                                history on, at least max_event_size +
+                                TB_EVENT_FRAME_OVERHEAD (tb_app_new
+                                refuses less: an event that cannot be
+                                sent would end every resume) */
     int send_queue_msgs;     /* the same bound in messages */
     int recv_queue_msgs;     /* messages received and not yet taken by
                                 tb_ws_recv; beyond, the socket is not read
@@ -344,8 +348,11 @@ typedef struct tb_ws_config {
     int sse_keepalive_ms; /* a comment line after this long without
                              anything sent, so that proxies and clients see
                              the stream alive */
-    void *reserved_[6];   /* memory_max took one slot, the two ints
-                             above one */
+    size_t sse_max_input; /* bytes a client may send after its request (it
+                             has nothing to send); beyond, the stream
+                             ends, logged */
+    void *reserved_[5];   /* memory_max, the two ints above and
+                             sse_max_input took three slots */
 } tb_ws_config;
 
 typedef struct tb_app_config {
@@ -831,6 +838,10 @@ void tb_sub_close(tb_sub *sub);
  * in each epoch. Clients must treat a position as opaque: keep the last
  * one received and hand it back (since). Within one epoch, a later event
  * has a larger seq. */
+/* Bytes an event's envelope and SSE framing may add to its data, at most
+ * (data that JSON must escape adds more): see tb_ws_config's
+ * send_queue_bytes. */
+#define TB_EVENT_FRAME_OVERHEAD 1024
 #define TB_POS_MAX 40   /* bytes of a position, NUL included */
 #define TB_EPOCH_MAX 17 /* bytes of an epoch, NUL included */
 

@@ -53,11 +53,6 @@ void tb__ws_on_held(tb_ws *ws, size_t bytes)
     ws->held = bytes;
 }
 
-void tb__ws_on_drained(tb_ws *ws)
-{
-    FUZZ_CHECK(!ws->ended);
-}
-
 int tb__ws_would_pass(const tb_ws *ws, size_t bytes)
 {
     (void)ws;
@@ -76,6 +71,11 @@ void tb__ws_on_end(tb_ws *ws, int code, const char *why)
     FUZZ_CHECK(why != NULL && why[0] != '\0');
     FUZZ_CHECK(code >= 1000 && code <= 4999);
     ws->ended = 1;
+}
+
+void tb__ws_on_drained(tb_ws *ws)
+{
+    FUZZ_CHECK(!ws->ended); /* nothing is woken after the end */
 }
 
 const char *tb_ws_request_id(const tb_ws *ws)

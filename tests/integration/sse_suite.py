@@ -40,7 +40,7 @@ import urllib.parse
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import tbharness  # noqa: E402 (after the path it is found on)
-from tbharness import (HOST, MAIN_ARGS, Poster, Resp, T,  # noqa: E402
+from tbharness import (HOST, MAIN_ARGS, Poster, RawWS, Resp, T,  # noqa: E402
                        TaskbusServer, ahttp, check, check_envelope,
                        check_status, metric, poll_until, post,
                        post_until_metric)
@@ -1087,6 +1087,84 @@ async def t_replay_stalled(ctx):
     return "closed and counted"
 
 
+async def t_too_large(ctx):
+    """An event whose envelope outgrows the whole send queue (32 KB of
+    '"', each escaped in JSON) ends a stream with history before it: the
+    client's last id stays the event before, so a resume meets it again
+    instead of skipping it; logged. Without history it is skipped with a
+    comment."""
+    for name, hist in (("big", True), ("bignh", False)):
+        srv = ctx.s[name]
+        c = (await sse(srv.port, "/sse?events=big.*")).ready()
+        try:
+            a = await post(srv, "big.a", b"a")
+            big = await post(srv, "big.x", b'"' * 32768)
+            z = await post(srv, "big.z", b"z")
+            b = await asyncio.to_thread(c.event)
+            check(b["json"]["id"] == a, f"first event {b['lines'][:2]}")
+            if hist:
+                rest = await asyncio.to_thread(c.until_eof, T(10))
+                check(not any("event" in x for x in rest),
+                      f"events after the one too large: "
+                      f"{[x['lines'][:2] for x in rest]}")
+                check(any("closing: an event is larger than the send queue"
+                          " (ws_send_queue_bytes)" in n
+                          for x in rest for n in x["comments"]),
+                      f"no closing comment: {rest}")
+            else:
+                b = await asyncio.to_thread(c.event)
+                check(b["json"]["id"] == z, f"after the skip {b['lines'][:2]}")
+        finally:
+            c.close()
+        check(f"event {big} (big.x, " in srv.log_text(),
+              "the event too large is not logged")
+    srv = ctx.s["big"]  # /ws with history: closed 1009 before it
+
+    def three():
+        for name, body in (("big.a", b"a"), ("big.x", b'"' * 32768),
+                           ("big.z", b"z")):
+            r = tbharness.http_req(srv.port, "POST", "/events/" + name, body)
+            check_status(r, 202, what=f"POST /events/{name}")
+
+    w = await asyncio.to_thread(RawWS, srv.port, "/ws?events=big.*")
+    try:
+        await asyncio.to_thread(w.send_text, json.dumps({"subscribe": [],
+                                                         "ref": "s"}))
+        check((await asyncio.to_thread(w.recv_json)).get("ref") == "s",
+              "no sync answer")
+        await asyncio.to_thread(three)
+        m = await asyncio.to_thread(w.recv_json)
+        check(m.get("name") == "big.a", f"first message {str(m)[:80]}")
+        code, why, texts, _ = await asyncio.to_thread(w.close_code)
+        check(code == 1009 and texts == 0,
+              f"/ws: closed {code} {why!r} after {texts} more message(s)")
+    finally:
+        w.close()
+    return "closed before it with history (/sse, /ws), skipped without"
+
+
+async def t_stray_input(ctx):
+    """A client may send --sse-max-input bytes (1000 here) after its
+    request, dropped; one more ends its stream, logged."""
+    srv = ctx.s["input"]
+    c = (await sse(srv.port, "/sse?events=in.*",
+                   headers={"X-Request-ID": "sse-input-1"})).ready()
+    try:
+        await asyncio.to_thread(c.s.sendall, b"x" * 1000)
+        await asyncio.sleep(0.3)  # read and dropped meanwhile
+        eid = await post(srv, "in.a", b"a")
+        b = await asyncio.to_thread(c.event)
+        check(b["json"]["id"] == eid, "the stream ended at the limit")
+        await asyncio.to_thread(c.s.sendall, b"y")
+        await asyncio.to_thread(c.until_eof, T(10))
+    finally:
+        c.close()
+    check("(request sse-input-1): the client sent 1001 bytes after its "
+          "request, over sse_max_input (1000)" in srv.log_text(),
+          "the end is not logged")
+    return "1000 bytes taken, the 1001st ends it"
+
+
 # --- a subscription that overflows
 
 FAN = 50  # relay tasks: one event in, FAN events out at once
@@ -1096,7 +1174,9 @@ async def fan_out(srv):
     """FAN relay tasks that each answer fan.go with a burst.x (same data),
     all subscribed: a warm-up fan.go has reached every one. A fan.go then
     queues FAN events at once on every worker: more than a subscription of
-    --ws-send-queue-msgs 4 holds."""
+    --ws-send-queue-msgs 4 holds. Once per server."""
+    if await tasks_named(srv, "fan"):
+        return
     for k in range(FAN):
         r = await ahttp(srv.port, "POST", "/tasks",
                         {"kind": "relay", "name": f"fan{k}",
@@ -1158,6 +1238,76 @@ async def t_burst_history(ctx):
     return f"{first} before the close, {len(got) - first} on resuming"
 
 
+def ws_burst(port, path, until_recovered, on_sync=None):
+    """On /ws: the positions of the burst's events ("go") and of the last
+    event got, and the close code and reason (None: a recovered message
+    ended it, or no close came within 3 s)."""
+    w = RawWS(port, path)
+    got, last, code, why = [], None, None, ""
+    try:
+        w.send_text(json.dumps({"subscribe": [], "ref": "sync"}))
+        while True:
+            try:
+                fin, op, payload = w.recv_frame(T(3))
+            except (EOFError, ConnectionResetError):
+                break
+            except socket.timeout:
+                break
+            if op == 0x8:
+                code = struct.unpack("!H", payload[:2])[0]
+                why = payload[2:].decode()
+                break
+            if op != 0x1:
+                continue
+            m = json.loads(payload)
+            if m.get("ref") == "sync":
+                if on_sync:  # the subscription is in place
+                    on_sync()
+                continue
+            if "recovered" in m and until_recovered:
+                check(m["recovered"] is True, f"{m}")
+                break
+            if m.get("name") == "burst.x":
+                last = m["pos"]
+                if m["data"] == "go":
+                    got.append(m["pos"])
+    finally:
+        w.close()
+    return got, last, code, why
+
+
+async def t_ws_burst_history(ctx):
+    """/ws does as /sse: with history, a connection whose subscription
+    overflows is closed (1013, 'events dropped: resume with since') before
+    anything past the gap; resumed with since = the last pos it got, it
+    gets the rest: every event of the burst once."""
+    srv = ctx.s["bh"]
+    await fan_out(srv)
+    start = (await ahttp(srv.port, "GET",
+                         "/history?events=burst.x&limit=1000")).json["next"]
+
+    def burst():
+        r = tbharness.http_req(srv.port, "POST", "/events/fan.go", b"go")
+        check_status(r, 202, what="POST /events/fan.go")
+
+    got, last, code, why = await asyncio.to_thread(
+        ws_burst, srv.port, "/ws?events=burst.*", False, burst)
+    check(code == 1013 and why == "events dropped: resume with since",
+          f"closed with {code} {why!r} after {len(got)} events, want 1013")
+    first = len(got)
+    more, _, _, _ = await asyncio.to_thread(
+        ws_burst, srv.port, f"/ws?events=burst.*&since={last or start}",
+        True)
+    got += more
+    r = await ahttp(srv.port, "GET", "/history?events=burst.x&limit=1000")
+    want = [e["pos"] for e in r.json["events"] if e["data"] == "go"]
+    want = want[-FAN:]
+    check(sorted(got) == sorted(want) and len(set(got)) == FAN,
+          f"got {len(got)} ({len(set(got))} distinct) of {FAN}: {first} "
+          f"before the close, resumed after {last}")
+    return f"{first} before the close, {len(got) - first} on resuming"
+
+
 async def t_burst_no_history(ctx):
     """Without history, an overflowing stream goes on and says how many
     events it dropped (': N events dropped'), which a curl user sees."""
@@ -1182,6 +1332,10 @@ async def t_burst_no_history(ctx):
     check("events came faster than this stream took them" in
           srv.log_text(), "the drop is not logged")
     return f"{got} events, {dropped} dropped"
+
+
+# The smallest send queue history allows for 32 KiB events.
+BIG = ("--max-event-size", "32768", "--ws-send-queue-bytes", "33792")
 
 
 def server(name, *args):
@@ -1213,7 +1367,8 @@ GROUPS = [
     ]),
     # The byte bound closes the client that never reads: its subscription
     # (as many events as ws_send_queue_msgs) stays large.
-    ("slow", server("slow", "--ws-send-queue-bytes", "65536"), [
+    ("slow", server("slow", "--ws-send-queue-bytes", "65536",
+                    "--max-event-size", "32768"), [
         ("a client that never reads is closed and counted", t_slow_client,
          120),
     ]),
@@ -1249,11 +1404,13 @@ GROUPS = [
          t_eventsource_reconnect, 90),
     ]),
     ("pace", server("pace", "--ws-send-queue-msgs", "16",
-                    "--ws-send-queue-bytes", "262144"), [
+                    "--ws-send-queue-bytes", "262144",
+                    "--max-event-size", "131072"), [
         ("a long replay goes at a slow client's pace", t_replay_paced, 60),
     ]),
     ("stall", server("stall", "--ws-send-queue-bytes", "65536",
-                     "--ws-ping-timeout", "1000"), [
+                     "--max-event-size", "32768", "--ws-ping-timeout",
+                     "1000"), [
         ("a client that stops reading during a replay is closed",
          t_replay_stalled, 60),
     ]),
@@ -1264,6 +1421,18 @@ GROUPS = [
          t_burst_history, 60),
         ("an overflow without history: ': N events dropped'",
          t_burst_no_history, 60),
+        ("/ws: an overflow with history: closed 1013, resumed, nothing lost",
+         t_ws_burst_history, 60),
+    ]),
+    ("big", lambda: {"big": TaskbusServer("big", *BIG),
+                     "bignh": TaskbusServer("bignh", *BIG, "--history-size",
+                                            "0")}, [
+        ("an event larger than the send queue: closed before it",
+         t_too_large, 30),
+    ]),
+    ("input", server("input", "--sse-max-input", "1000"), [
+        ("--sse-max-input 1000: 1000 stray bytes dropped, 1001 end it",
+         t_stray_input, 30),
     ]),
     ("stop", server("stop"), [
         ("SIGTERM ends the streams at once", t_stop, 30),

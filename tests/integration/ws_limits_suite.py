@@ -163,7 +163,8 @@ async def t_ping_ignored(ctx):
     return f"closed with {code} after {took:.2f} s"
 
 
-SLOW_ARGS = ("--ws-send-queue-bytes", "65536", "--ws-send-queue-msgs", "256")
+SLOW_ARGS = ("--ws-send-queue-bytes", "65536", "--ws-send-queue-msgs", "256",
+             "--max-event-size", "32768")
 
 
 FLOOD_RATE = 2500  # events per second
@@ -196,15 +197,16 @@ async def t_slow_client(ctx):
     reader = asyncio.create_task(drain())
 
     def flood():
-        # Paced at FLOOD_RATE: the normal client (this process, sharing the
-        # GIL with this thread) must be able to keep up, as a client that
-        # reads would; the slow one never reads, so only the total counts.
+        # Paced at FLOOD_RATE (slower on a sanitizer tree, as its server
+        # is): the normal client (this process, sharing the GIL with this
+        # thread) must be able to keep up, as a client that reads would;
+        # the slow one never reads, so only the total counts.
         p = Poster(srv.port)
         t0 = time.monotonic()
         slowest = (0, 0)
         try:
             for n in range(20000):
-                ahead = t0 + n / FLOOD_RATE - time.monotonic()
+                ahead = t0 + n * H.scale / FLOOD_RATE - time.monotonic()
                 if ahead > 0.005:
                     time.sleep(ahead)
                 if time.monotonic() - t0 > T(40):

@@ -146,7 +146,8 @@ def redis_group():
     yield "a", TaskbusServer("a", "--redis-url", r.url())
     yield "b", TaskbusServer("b", "--redis-url", r.url())
     yield "c", TaskbusServer("c", "--redis-url", r.url(),
-                             "--ws-send-queue-bytes", "4096")
+                             "--ws-send-queue-bytes", "4096",
+                             "--max-event-size", "3072")
 
 
 GROUPS = [

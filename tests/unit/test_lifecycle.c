@@ -590,6 +590,24 @@ static void test_config_validation(void **state)
     assert_int_equal(tb_app_get_config(app)->http.longpoll_max, 0);
     tb_app_free(app);
 
+    /* With history on, the send queue holds the largest event and its
+     * framing: an event that cannot be sent would end every resume. */
+    tb_app_config_init(&cfg);
+    assert_true(cfg.ws.send_queue_bytes >=
+                cfg.core.max_event_size + TB_EVENT_FRAME_OVERHEAD);
+    cfg.core.max_event_size = 4096;
+    cfg.ws.send_queue_bytes = 4096 + TB_EVENT_FRAME_OVERHEAD;
+    app = tb_app_new(&cfg, &err);
+    assert_non_null(app);
+    tb_app_free(app);
+    cfg.ws.send_queue_bytes--;
+    assert_null(tb_app_new(&cfg, &err));
+    assert_rc(err, TB_EINVAL);
+    cfg.core.history_size = 0; /* no history: a skipped event is logged */
+    app = tb_app_new(&cfg, &err);
+    assert_non_null(app);
+    tb_app_free(app);
+
     /* NULL config: the defaults. */
     app = tb_app_new(NULL, &err);
     assert_non_null(app);
