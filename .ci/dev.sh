@@ -41,9 +41,12 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-10}
 # --- container and deploy checks (tests/container/) -------------------------
 # podman and what it needs to build and run the Dockerfile without a Docker
 # engine or a registry (see tests/container/test_container.sh), docker-compose
-# to validate deploy/compose.yaml, python3-yaml to read deploy/k8s.
+# to validate deploy/compose.yaml, python3-yaml to read deploy/k8s. Every
+# package deploy/podman-setup.sh installs is here, and nothing a deployment
+# needs that it leaves out (tests/container/test_deploy_files.sh checks).
 CONTAINER_DEPS=(podman runc debootstrap iptables netavark aardvark-dns
-    fuse-overlayfs slirp4netns uidmap curl docker-compose python3-yaml)
+    fuse-overlayfs slirp4netns uidmap curl docker-compose python3-yaml
+    python3-websockets)
 # ----------------------------------------------------------------------------
 
 JOBS=$(nproc 2>/dev/null || echo 2)

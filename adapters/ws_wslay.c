@@ -15,6 +15,9 @@
  * the frames wslay makes itself (pongs, the closes it sends on a protocol
  * error or in answer to the client's) go through it.
  *
+ * What a connection holds (in, out, and what wslay took of a message not
+ * yet whole) is reported to the core (tb__ws_on_held) for ws_memory_max.
+ *
  * The socket arrives after the HTTP server has done the handshake (see
  * http_civetweb.c). Everything here runs on the worker's thread. */
 #include <errno.h>
@@ -43,6 +46,8 @@ struct tb__wsconn {
                             "out" below) */
     size_t feed;         /* bytes of whole frames at the head of in that
                             wslay may take now */
+    size_t in_wslay;     /* bytes wslay took of a message not yet whole */
+    size_t reported;     /* held bytes last told to the core */
     tb__ws_limits lim;
     int reading;    /* rev added */
     int paused;     /* the core's receive queue is full */
@@ -71,7 +76,33 @@ static void arm(tb__wsconn *c, int ms);
 static void schedule_flush(tb__wsconn *c);
 static void update_reading(tb__wsconn *c);
 
+/* Tells the core what c holds now. Only a decrease while inside wslay or
+ * a nested flush (the core may close connections when it grows); the
+ * caller's tail reports the rest. */
+static size_t holds(const tb__wsconn *c)
+{
+    return evbuffer_get_length(c->in) + evbuffer_get_length(c->q.buf) +
+           c->in_wslay;
+}
+
+static void report(tb__wsconn *c)
+{
+    size_t now = holds(c);
+    if (c->ended || now == c->reported || (c->in_callback && now > c->reported))
+        return;
+    c->reported = now;
+    tb__ws_on_held(c->ws, now);
+}
+
 /* ---------------------------------------------------------------- frames */
+
+/* Drops the frames the socket has not begun to take (tb__outq_drop_unsent),
+ * unless a close frame is queued: it would go too. */
+static void drop_unsent(tb__wsconn *c)
+{
+    if (!c->close_sent)
+        tb__outq_drop_unsent(&c->q);
+}
 
 /* Appends one unmasked frame (FIN set) with opcode and payload to out. */
 static int put_frame(tb__wsconn *c, int opcode, const void *head,
@@ -95,8 +126,11 @@ static int put_frame(tb__wsconn *c, int opcode, const void *head,
     }
     if (evbuffer_add(c->q.buf, h, n) != 0 ||
         (head_len && evbuffer_add(c->q.buf, head, head_len) != 0) ||
-        (len && evbuffer_add(c->q.buf, data, len) != 0))
+        (len && evbuffer_add(c->q.buf, data, len) != 0)) {
+        c->q.ends_lost = 1; /* a frame may be cut short in out */
         return TB_ENOMEM;
+    }
+    tb__outq_mark(&c->q);
     return 0;
 }
 
@@ -210,6 +244,7 @@ static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
         return -1;
     }
     c->feed -= (size_t)got;
+    c->in_wslay += (size_t)got;
     return got;
 }
 
@@ -237,6 +272,8 @@ static void on_msg(wslay_event_context_ptr ctx,
     switch (arg->opcode) {
     case WSLAY_TEXT_FRAME: /* wslay has checked its UTF-8 (1007 if not) */
     case WSLAY_BINARY_FRAME:
+        c->in_wslay = 0; /* wslay frees it after this callback */
+        report(c);
         if (c->closing)
             return; /* we are closing: what comes now is not read */
         if (tb__ws_on_message(c->ws, arg->opcode == WSLAY_BINARY_FRAME,
@@ -285,6 +322,7 @@ static void maybe_release(tb__wsconn *c)
         !wslay_event_get_close_sent(c->ctx)) {
         wslay_event_context_free(c->ctx);
         c->ctx = NULL;
+        c->in_wslay = 0;
     }
 }
 
@@ -308,6 +346,7 @@ static void refuse(tb__wsconn *c, int code, const char *reason)
     conn_close(c, code, reason);
     update_reading(c);
     schedule_flush(c); /* also ends it when our close was already out */
+    report(c);
 }
 
 /* Gives wslay the whole frames in `in`, lets it send what it made, and
@@ -331,8 +370,10 @@ static void process(tb__wsconn *c)
         pos += f.size + (size_t)f.plen;
     }
     c->feed = pos;
-    if (c->feed == 0 && !c->ctx)
+    if (c->feed == 0 && !c->ctx) {
+        report(c); /* a frame on its way */
         return;
+    }
     if (!context(c)) {
         end(c, 1011, "out of memory");
         return;
@@ -344,8 +385,13 @@ static void process(tb__wsconn *c)
     int wslay_failed =
         !wslay_event_get_read_enabled(c->ctx) && !c->close_received;
     int closed_by_wslay = wslay_failed && !c->closing;
-    if (rc == 0)
+    if (rc == 0) {
+        size_t before = evbuffer_get_length(c->q.buf);
         rc = wslay_event_send(c->ctx);
+        if (evbuffer_get_length(c->q.buf) > before)
+            tb__outq_mark(&c->q); /* wslay's frames are whole when it
+                                     returns */
+    }
     if (rc == 0 && wslay_event_get_close_sent(c->ctx) && !c->close_sent) {
         c->close_sent = 1;
         if (closed_by_wslay) {
@@ -382,6 +428,7 @@ static void process(tb__wsconn *c)
     maybe_release(c);
     update_reading(c);
     schedule_flush(c);
+    report(c);
 }
 
 /* ---------------------------------------------------------------- events */
@@ -450,10 +497,12 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     }
     /* While we close, the client's answering close is still read (what
      * else it sends is dropped). */
-    if (evbuffer_get_length(c->in) > 0 && should_read(c))
-        process(c);
-    else
+    if (evbuffer_get_length(c->in) > 0 && should_read(c)) {
+        process(c); /* reports, unless it ended c */
+    } else {
         update_reading(c);
+        report(c);
+    }
 }
 
 static void flush(tb__wsconn *c)
@@ -479,9 +528,12 @@ static void flush(tb__wsconn *c)
     }
     if (!tb__outq_backlogged(&c->q, &c->lim))
         tb__ws_on_drained(c->ws);
-    if (rc == 0)
+    if (rc == 0) {
+        report(c);
         return;
+    }
     update_reading(c);
+    report(c);
     check_done(c);
 }
 
@@ -491,6 +543,10 @@ static void on_write(evutil_socket_t fd, short what, void *arg)
     (void)what;
     tb__wsconn *c = arg;
     c->q.flush_due = 0;
+    if (c->ended) { /* a write offered by conn_offer failed */
+        end(c, c->end_code, c->end_why);
+        return;
+    }
     flush(c);
 }
 
@@ -570,6 +626,19 @@ static tb__wsconn *conn_open(tb_ws *ws, struct event_base *base, int fd,
     return c;
 }
 
+/* Writes what the socket takes now, from a send; TB_EPIPE when that
+ * ended c (it is freed). */
+static int flush_now(tb__wsconn *c)
+{
+    c->in_callback++;
+    flush(c);
+    c->in_callback--;
+    if (!c->ended)
+        return 0;
+    end(c, c->end_code, c->end_why);
+    return TB_EPIPE;
+}
+
 static int conn_send(tb__wsconn *c, int binary, const void *data, size_t len)
 {
     if (c->ended || c->closing)
@@ -578,13 +647,8 @@ static int conn_send(tb__wsconn *c, int binary, const void *data, size_t len)
         /* Over the limits counting what was queued this loop turn and not
          * yet offered to the socket: offer it now, and count only what the
          * socket does not take. */
-        c->in_callback++;
-        flush(c);
-        c->in_callback--;
-        if (c->ended) {
-            end(c, c->end_code, c->end_why);
+        if (flush_now(c) != 0)
             return TB_EPIPE;
-        }
     }
     if (tb__outq_over(&c->q, &c->lim, len)) {
         tb__log(TB_LOG_WARN,
@@ -601,7 +665,15 @@ static int conn_send(tb__wsconn *c, int binary, const void *data, size_t len)
                   data, len) != 0)
         return TB_ENOMEM;
     c->q.msgs++;
+    if (!c->q.wev_added && tb__ws_would_pass(c->ws, holds(c))) {
+        /* One event to many clients would otherwise hold a copy per
+         * client until the loop turn ends, and pass ws_memory_max with
+         * output the sockets would take at once: write through. */
+        if (flush_now(c) != 0)
+            return TB_EPIPE;
+    }
     schedule_flush(c);
+    report(c);
     return 0;
 }
 
@@ -617,6 +689,37 @@ static void conn_close(tb__wsconn *c, int code, const char *reason)
     arm(c, c->lim.close_timeout_ms);
     update_reading(c); /* the client's answering close must be read */
     schedule_flush(c);
+}
+
+static void conn_shed(tb__wsconn *c, int code, const char *reason)
+{
+    if (c->ended)
+        return;
+    evbuffer_drain(c->in, evbuffer_get_length(c->in));
+    c->feed = 0;
+    drop_unsent(c); /* before our close frame is queued after it */
+    if (c->ctx && !c->in_callback) {
+        /* A fragment it assembles goes; our close frame is ours. */
+        wslay_event_context_free(c->ctx);
+        c->ctx = NULL;
+        c->in_wslay = 0;
+        c->fragmented = 0;
+    }
+    c->failing = 1;
+    conn_close(c, code, reason);
+    update_reading(c);
+    schedule_flush(c);
+    report(c);
+}
+
+static void conn_offer(tb__wsconn *c)
+{
+    if (c->ended || c->in_callback || !c->q.flush_due || c->q.wev_added)
+        return;
+    c->in_callback++;
+    flush(c);
+    c->in_callback--;
+    /* on_write is due (flush_due): it ends c if the write failed. */
 }
 
 static void conn_pause(tb__wsconn *c, int paused)
@@ -674,6 +777,8 @@ static const tb__wsconn_ops wslay_ops = {
     .open = conn_open,
     .send = conn_send,
     .close = conn_close,
+    .shed = conn_shed,
+    .offer = conn_offer,
     .pause = conn_pause,
     .abort = conn_abort,
     .backlogged = conn_backlogged,

@@ -184,6 +184,16 @@ typedef struct tb__outq {
     size_t msgs;          /* sends queued since the output last drained */
     int wev_added;        /* wev pending: waiting for the socket to drain */
     int flush_due;        /* wev activated by hand for this loop turn */
+    /* Where buf's units (websocket frames, SSE events) end, so that a
+     * connection closed for ws_memory_max drops what it has not begun to
+     * send (a unit cut short would corrupt the stream). Byte counts since
+     * the start: */
+    uint64_t written;    /* taken from buf by the socket */
+    uint64_t head_start; /* where the unit at buf's head begins */
+    uint64_t *ends;      /* a ring: the end of each unit in buf */
+    size_t ends_head, nends, ends_cap;
+    int ends_lost; /* out of memory once (or a unit cut short when an
+                      append failed): boundaries unknown */
 } tb__outq;
 
 /* Makes q's buffer and its write event on fd, whose callback (on_write,
@@ -193,8 +203,16 @@ int tb__outq_init(tb__outq *q, struct event_base *base, int fd,
                   void (*on_write)(int fd, short what, void *arg), void *arg);
 /* Writes what fd takes of q's buffer: 1 when all is written (msgs is then
  * 0 and wev stopped), 0 when the rest waits for the socket (wev armed),
- * TB_EPIPE when the write failed. */
+ * TB_EPIPE when the write failed. What each write took moves the unit
+ * boundaries. */
 int tb__outq_write(tb__outq *q, int fd);
+/* Records that q's buffer now ends at a unit boundary (after whole units
+ * were appended). */
+void tb__outq_mark(tb__outq *q);
+/* Drops the units the socket has not begun to take: all but the rest of
+ * one it is in the middle of (msgs is then 0). Nothing when the
+ * boundaries are unknown. */
+void tb__outq_drop_unsent(tb__outq *q);
 /* One write this loop turn, however many sends come in it; none while wev
  * already waits for the socket. */
 void tb__outq_schedule(tb__outq *q);
@@ -222,6 +240,16 @@ typedef struct tb__wsconn_ops {
     /* Starts the close handshake with code and reason; the connection
      * ends when the peer answers, or close_timeout_ms later. Idempotent. */
     void (*close)(tb__wsconn *c, int code, const char *reason);
+    /* Closes for a policy (ws_memory_max): what was read and not yet given
+     * to the core is dropped, nothing more is read, and the connection ends
+     * once its output and the close frame are written, or close_timeout_ms
+     * later. Reports what it holds then (tb__ws_on_held). */
+    void (*shed)(tb__wsconn *c, int code, const char *reason);
+    /* Offers the output queued this loop turn (not yet offered) to the
+     * socket now, and reports what is left. Never ends the connection
+     * before it returns: one whose write fails ends from its own loop
+     * callback. */
+    void (*offer)(tb__wsconn *c);
     /* Stops (1) or resumes (0) reading the socket. */
     void (*pause)(tb__wsconn *c, int paused);
     /* Writes what it can without waiting, closes the socket and ends the
@@ -240,6 +268,15 @@ typedef struct tb__wsconn_ops {
  * Returns 1 when the receive queue is full (the adapter then pauses until
  * the core resumes it), else 0. */
 int tb__ws_on_message(tb_ws *ws, int binary, const void *data, size_t len);
+/* The bytes the connection holds now (read and not yet a message given to
+ * the core, a message being assembled, output not yet written), whenever
+ * that changed, at a point where the core may close connections of this
+ * worker (not inside the framing library's callbacks). */
+void tb__ws_on_held(tb_ws *ws, size_t bytes);
+/* Whether ws holding bytes (instead of what it reported last) would take
+ * the total past ws_memory_max: output is then better written through at
+ * once than queued for the loop turn's end. */
+int tb__ws_would_pass(const tb_ws *ws, size_t bytes);
 /* The connection has started closing (its close frame is due, or the
  * peer's came): sends from now on are refused. */
 void tb__ws_on_closing(tb_ws *ws);

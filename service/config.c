@@ -151,6 +151,10 @@
       "ms to wait for a pong")                                                 \
     X(ws, allowed_origins, STRING, 0, NULL, 0, 0, "ws-origins",                \
       "allowed websocket Origins, comma-separated, or * (none: any)")          \
+    X(ws, memory_max, SIZE, 256 * MiB, NULL, 64 * KiB, 1024 * GiB,             \
+      "ws-memory-max",                                                         \
+      "bytes all websockets and SSE streams may hold in receive and send "     \
+      "buffers; beyond, the largest are closed (1008)")                        \
     X(ws, sse_max_clients, INT, 10000, NULL, 1, 1 << 20, "sse-max-clients",    \
       "open SSE streams (GET /sse)")                                           \
     X(ws, sse_keepalive_ms, MS, 15000, NULL, 10, IMAX, "sse-keepalive",        \

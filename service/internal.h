@@ -364,11 +364,17 @@ typedef struct tb__worker {
     int nspare_listeners;
     tb__listener *wild_head, *wild_tail;
 
-    struct tb_ws *ws_head; /* open websocket connections served here */
-    atomic_int nws;        /* their number, read by other threads */
-    uint64_t deliver_seq;  /* bumped per event delivered here: a
-                              subscription with several patterns queues an
-                              event once */
+    struct tb_ws *ws_head;     /* open websocket connections served here */
+    atomic_int nws;            /* their number, read by other threads */
+    atomic_llong ws_biggest;   /* bytes held by the biggest of them that
+                                  may still be shed (ws.c, ws_memory_max):
+                                  raised as one grows, exact after a shed
+                                  walk here */
+    atomic_int ws_shed_posted; /* a shed call is on its way here */
+    int ws_shedding;           /* inside ws.c's shed: no recursion */
+    uint64_t deliver_seq;      /* bumped per event delivered here: a
+                                  subscription with several patterns queues an
+                                  event once */
 
     int stopping; /* shutdown begun */
     int stopped;  /* loop asked to exit */
@@ -503,10 +509,17 @@ struct tb_app {
                                                   could not be taken over */
     atomic_int_fast64_t ws_handover_logged_us; /* rate limit of that log */
     atomic_uint_fast64_t ws_handover_logged_n; /* failures at that line */
-    atomic_int sse_clients;                    /* SSE streams accepted, not yet
-                                                  freed */
-    atomic_uint_fast64_t sse_slow_closes; /* closed for a full send queue */
-    atomic_uint_fast64_t sse_refused;     /* refused at sse_max_clients */
+    atomic_llong ws_memory;      /* bytes websockets hold (ws_memory_max) */
+    atomic_llong ws_memory_shed; /* of those, held by connections that
+                                    cannot be shed: closed for it, or
+                                    ended and not yet freed */
+    atomic_uint_fast64_t ws_memory_closes;   /* closed for ws_memory_max */
+    atomic_int_fast64_t ws_memory_logged_us; /* rate limit of that log */
+    atomic_uint_fast64_t ws_memory_logged_n; /* closes at that line */
+    atomic_int sse_clients;                  /* SSE streams accepted, not yet
+                                                freed */
+    atomic_uint_fast64_t sse_slow_closes;    /* closed for a full send queue */
+    atomic_uint_fast64_t sse_refused;        /* refused at sse_max_clients */
     atomic_int http_longpolls; /* GET /events/{pattern} waiting now */
     atomic_uint_fast64_t http_longpolls_refused;   /* http_longpoll_max */
     atomic_uint_fast64_t http_longpolls_abandoned; /* their client left */

@@ -272,6 +272,17 @@ static void ws_metrics(buf *b, tb_app *app)
            "descriptor was left).");
     add(b, "taskbus_ws_handover_failures_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->ws_handover_failures));
+    header(b, "taskbus_ws_memory_bytes", "gauge",
+           "Bytes websocket connections hold in receive and send buffers.");
+    add(b, "taskbus_ws_memory_bytes %lld\n", tb__ws_memory(app));
+    header(b, "taskbus_ws_memory_max_bytes", "gauge",
+           "ws_memory_max: the cap on taskbus_ws_memory_bytes.");
+    add(b, "taskbus_ws_memory_max_bytes %zu\n", app->cfg.ws.memory_max);
+    header(b, "taskbus_ws_memory_closes_total", "counter",
+           "Websocket clients closed (1008) because all websockets held "
+           "more than ws_memory_max.");
+    add(b, "taskbus_ws_memory_closes_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->ws_memory_closes));
     header(b, "taskbus_sse_clients", "gauge", "Open SSE streams (GET /sse).");
     add(b, "taskbus_sse_clients %d\n", tb__sse_clients(app));
     header(b, "taskbus_sse_refused_total", "counter",

@@ -45,6 +45,8 @@ typedef struct sse_stream {
     int64_t last_us;  /* when something was last queued (tb__mono_us) */
     int64_t moved_us; /* when the socket last took bytes, or the queue
                          last started from empty */
+    size_t reported;  /* bytes queued last told to the core
+                         (tb__ws_on_held, ws_memory_max) */
     size_t stray;     /* bytes the client sent after its request */
     int closing;      /* no more sends; the socket shuts once q drains */
     int end_code;
@@ -70,6 +72,18 @@ static void arm_ms(struct event *ev, int ms)
 static void arm(sse_stream *s, int ms)
 {
     arm_ms(s->timer, ms);
+}
+
+/* Tells the core what s holds now (its queue counts in ws_memory_max).
+ * The core may shed streams of this worker, s too (stream_shed never
+ * ends one before it returns). */
+static void report(sse_stream *s)
+{
+    size_t now = evbuffer_get_length(s->q.buf);
+    if (now == s->reported)
+        return;
+    s->reported = now;
+    tb__ws_on_held(s->ws, now);
 }
 
 /* Bytes wait for the socket: a client that reads again within
@@ -120,6 +134,7 @@ static const char *flush(sse_stream *s)
         arm_ms(s->stall, s->lim.ping_timeout_ms);
     if (!s->closing && !tb__outq_backlogged(&s->q, &s->lim))
         tb__ws_on_drained(s->ws);
+    report(s);
     if (rc > 0 && s->closing) {
         shutdown(s->fd, SHUT_WR); /* the client reads the end of the body */
         return s->end_why;
@@ -185,6 +200,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     if (evbuffer_get_length(s->q.buf) == 0) {
         static const char ka[] = ": keep-alive\n\n";
         if (evbuffer_add(s->q.buf, ka, sizeof ka - 1) == 0) {
+            tb__outq_mark(&s->q);
             s->moved_us = now;
             tb__outq_schedule(&s->q);
         }
@@ -259,11 +275,25 @@ static int stream_send(tb__wsconn *c, int binary, const void *data, size_t len)
     }
     if (evbuffer_get_length(s->q.buf) == 0)
         s->moved_us = tb__mono_us();
-    if (len && evbuffer_add(s->q.buf, data, len) != 0)
+    if (len && evbuffer_add(s->q.buf, data, len) != 0) {
+        s->q.ends_lost = 1; /* an event may be cut short */
         return TB_ENOMEM;
+    }
+    tb__outq_mark(&s->q); /* the handler sends whole events */
     s->q.msgs++;
     s->last_us = tb__mono_us();
+    if (!s->q.wev_added &&
+        tb__ws_would_pass(s->ws, evbuffer_get_length(s->q.buf))) {
+        /* Written through, not held until the loop turn ends (as
+         * websockets do: one event to many streams). */
+        const char *why = flush(s);
+        if (why) {
+            end(s, s->end_code, why);
+            return TB_EPIPE;
+        }
+    }
     tb__outq_schedule(&s->q);
+    report(s);
     return 0;
 }
 
@@ -284,11 +314,34 @@ static void stream_close(tb__wsconn *c, int code, const char *reason)
         for (int i = 0; i < n && i < (int)sizeof line; i++)
             if (line[i] == '\r' || line[i] == '\n')
                 line[i] = ' '; /* one comment line, whatever reason holds */
-        evbuffer_add_printf(s->q.buf, "%s\n\n", line);
+        if (evbuffer_add_printf(s->q.buf, "%s\n\n", line) > 0)
+            tb__outq_mark(&s->q);
     }
     event_del(s->timer);
     arm(s, s->lim.close_timeout_ms);
     tb__outq_schedule(&s->q);
+}
+
+/* Closed for a policy (ws_memory_max): the events the socket has not
+ * begun to take go (the rest of one it is in the middle of stays, so the
+ * client never reads half an event), then the close as above. */
+static void stream_shed(tb__wsconn *c, int code, const char *reason)
+{
+    sse_stream *s = S(c);
+    if (!s->closing) /* else its closing comment is queued: keep it */
+        tb__outq_drop_unsent(&s->q);
+    stream_close(c, code, reason);
+    report(s);
+}
+
+/* Offers what this loop turn queued to the socket now. A stream the write
+ * ends is ended by on_write, which is due (flush_due): never here, under
+ * the core's feet. */
+static void stream_offer(tb__wsconn *c)
+{
+    sse_stream *s = S(c);
+    if (s->q.flush_due && !s->q.wev_added)
+        (void)flush(s);
 }
 
 static int stream_backlogged(tb__wsconn *c)
@@ -331,6 +384,8 @@ static const tb__wsconn_ops sse_ops = {
     .open = stream_open,
     .send = stream_send,
     .close = stream_close,
+    .shed = stream_shed,
+    .offer = stream_offer,
     .pause = stream_pause,
     .abort = stream_abort,
     .backlogged = stream_backlogged,

@@ -214,8 +214,61 @@ void tb__task_cancel_async(tb_task *t)
     tb__task_deliver_cancel(t);
 }
 
+/* The names shown in the stop's line at most: a replica with thousands of
+ * tasks writes one bounded line, not thousands. */
+#define STOP_NAMES_MAX 10
+
+/* One line saying what a worker's stop cancels: the tasks a user started
+ * or can list (names and kinds, the first STOP_NAMES_MAX), and how many
+ * connections' tasks (websockets, SSE streams, long polls) go with them.
+ * Nothing when nothing runs. */
+static void log_stop_cancels(tb__worker *w)
+{
+    char names[STOP_NAMES_MAX * 96];
+    size_t len = 0;
+    int listed = 0, named = 0, conns = 0;
+    names[0] = '\0';
+    for (tb_task *t = w->live; t; t = t->wnext) {
+        if (t->hidden)
+            continue; /* the cluster's own */
+        if (t->ephemeral && t->kind &&
+            (strncmp(t->kind, "ws", 2) == 0 || strcmp(t->kind, "sse") == 0 ||
+             strncmp(t->kind, "http.", 5) == 0)) {
+            conns++; /* a connection's: its client is told on its own */
+            continue;
+        }
+        if (named++ >= STOP_NAMES_MAX)
+            continue;
+        int n = snprintf(names + len, sizeof names - len, "%s\"%.48s\" (%.24s)",
+                         listed ? ", " : "", t->name ? t->name : "",
+                         t->kind ? t->kind : "?");
+        if (n > 0 && (size_t)n < sizeof names - len) {
+            len += (size_t)n;
+            listed++;
+        }
+    }
+    if (named == 0 && conns == 0)
+        return;
+    char more[48] = "", extra[80] = "";
+    if (named > listed)
+        snprintf(more, sizeof more, " and %d more", named - listed);
+    if (conns)
+        snprintf(extra, sizeof extra,
+                 "%s%d connection task(s) (websockets, SSE streams, long "
+                 "polls)",
+                 named ? "; and " : "", conns);
+    if (named)
+        tb__log(TB_LOG_INFO,
+                "worker %d: stopping: cancelling %d task(s): %s%s%s", w->index,
+                named, names, more, extra);
+    else
+        tb__log(TB_LOG_INFO, "worker %d: stopping: cancelling %s", w->index,
+                extra);
+}
+
 void tb__task_cancel_all_on_worker(tb__worker *w)
 {
+    log_stop_cancels(w);
     for (tb_task *t = w->live; t; t = t->wnext) {
         tb__task_request_cancel(t);
         tb__task_deliver_cancel(t);

@@ -82,4 +82,8 @@ int tb__ws_wait_drained(tb_task *self, tb_ws *ws);
 int tb__ws_clients(tb_app *app);
 int tb__sse_clients(tb_app *app);
 
+/* Bytes the app's websockets hold in receive and send buffers, as
+ * ws_memory_max counts them (for /metrics). */
+long long tb__ws_memory(tb_app *app);
+
 #endif /* TASKBUS_WS_H */

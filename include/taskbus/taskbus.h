@@ -334,6 +334,13 @@ typedef struct tb_ws_config {
      * (requests without an Origin header, i.e. non-browser clients, are
      * always allowed). Others are answered 403 (origin_not_allowed). */
     const char *allowed_origins;
+    /* Bytes all websocket connections and SSE streams of the app may hold
+     * together in receive buffers (a message arriving, messages waiting
+     * for tb_ws_recv, the one it returned last) and send queues. Beyond,
+     * the connections holding the most are closed with 1008 ("memory
+     * limit"; an SSE stream ends with a comment saying so) until the
+     * total is below 7/8 of it. */
+    size_t memory_max;
     /* SSE streams (GET /sse) follow the websocket rules above (Origin,
      * send queue bounds, patterns per connection) with their own count: */
     int sse_max_clients;  /* open SSE streams; beyond, 503
@@ -344,8 +351,8 @@ typedef struct tb_ws_config {
     size_t sse_max_input; /* bytes a client may send after its request (it
                              has nothing to send); beyond, the stream
                              ends, logged */
-    void *reserved_[6];   /* the two ints above took one slot,
-                             sse_max_input another */
+    void *reserved_[5];   /* memory_max, the two ints above and
+                             sse_max_input took three slots */
 } tb_ws_config;
 
 typedef struct tb_app_config {

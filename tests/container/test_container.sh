@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # test_container.sh - builds the Dockerfile with podman and runs the image as
 # an operator would: two replicas on one Redis, an event posted to one reaches
-# a websocket on the other, health checks, a graceful stop, cold-start times.
+# a websocket on the other, health checks, a graceful stop, cold-start times;
+# then deploy/compose.yaml for real, as deploy/README.md has a new user run
+# it (docker-compose on podman's Docker-compatible API, the settings and
+# base image of deploy/podman-setup.sh): three replicas, HAProxy and Redis,
+# an event and a websocket through HAProxy, no token in HAProxy's log, and a
+# quick `down` whose websocket client sees 1001.
 #
 #   bash tests/container/test_container.sh          (as root, from anywhere)
 #
 # Skips (exit 77) without podman or root. Everything it makes lives in one
 # mktemp -d directory with its own podman storage and configuration (the
 # machine's podman state is never touched) and is removed on exit, however
-# the script ends. The whole run is bounded by TB_CT_BUDGET seconds (300).
+# the script ends. The whole run is bounded by TB_CT_BUDGET seconds (480).
 #
 # Environment (all optional):
 #   TASKBUS_SOURCE_DIR      the source tree (default: the one holding this file)
@@ -17,12 +22,14 @@
 #                           image tarball between runs (saves ~30 s a run)
 #
 # Last line on success: RESULT cold_start_ms=N host_cold_start_ms=N
-#   image_mb=N stop_ms=N total_s=N   (host_cold_start_ms=na without TASKBUS_BIN)
+#   image_mb=N stop_ms=N total_s=N compose_up_s=N compose_down_ms=N
+#   (host_cold_start_ms=na without TASKBUS_BIN; compose=skipped without
+#   docker-compose)
 set -uo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SRC=${TASKBUS_SOURCE_DIR:-$(cd "$SCRIPT_DIR/../.." && pwd)}
-BUDGET=${TB_CT_BUDGET:-300}
+BUDGET=${TB_CT_BUDGET:-480}
 GRACEFUL_S=10 # TASKBUS_GRACEFUL_TIMEOUT given to the replicas
 STOP_T=20     # podman stop -t: SIGKILL after this
 PY=/usr/bin/python3
@@ -68,6 +75,7 @@ cleanup() {
     if [[ "${CONTAINERS_STORAGE_CONF:-}" == "$TMP/storage.conf" ]]; then
         podman rm -a -f -t 0 >/dev/null 2>&1
         podman network rm -f "$NET" >/dev/null 2>&1
+        podman network prune -f >/dev/null 2>&1 # compose's, after a failure
         podman rmi -a -f >/dev/null 2>&1
     fi
     # Anything podman left mounted under TMP (overlay layers, shm) would keep
@@ -107,6 +115,21 @@ bounded() {
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
+# ws_listen URL OUT: deploy/ws-events.py (the README's client; the token
+# from TASKBUS_TOKEN, if set, in its header) in the background, its lines
+# in OUT: "open", each message, "closed CODE REASON". Sets WS_PID; 1 if it
+# did not say open within 10 s.
+ws_listen() {
+    "$PY" "$SRC/deploy/ws-events.py" "$1" </dev/null >"$2" 2>&1 &
+    WS_PID=$!
+    PIDS+=("$WS_PID")
+    for _ in $(seq 100); do
+        grep -qx open "$2" && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
 free_port() {
     "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
@@ -122,31 +145,29 @@ wait_status() {
     return 1
 }
 
-# ---- podman configuration: everything under TMP, the two settings this
-# machine needs (runc + cgroupfs; nofile ulimits podman may set).
+# ---- podman configuration: deploy/podman-setup.sh's settings (what a
+# user's host gets), plus everything under TMP.
 mkdir -p "$TMP/storage" "$TMP/run" "$TMP/tmp" "$TMP/networks" "$TMP/volumes"
-NOFILE=$(ulimit -Hn)
-[[ "$NOFILE" == unlimited ]] && NOFILE=1048576
 cat >"$TMP/storage.conf" <<EOF
 [storage]
 driver = "overlay"
 graphroot = "$TMP/storage"
 runroot = "$TMP/run"
 EOF
-cat >"$TMP/containers.conf" <<EOF
-[containers]
-default_ulimits = ["nofile=$NOFILE:$NOFILE", "nproc=32768:32768"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "$TMP/events.log"
-tmp_dir = "$TMP/tmp"
-volume_path = "$TMP/volumes"
-[network]
-network_backend = "netavark"
-network_config_dir = "$TMP/networks"
-EOF
+bash "$SRC/deploy/podman-setup.sh" conf >"$TMP/setup.conf" ||
+    die "deploy/podman-setup.sh conf failed"
+awk -v tmp="$TMP" '
+    { print }
+    $0 == "[engine]" {
+        print "events_logger = \"file\""
+        print "events_logfile_path = \"" tmp "/events.log\""
+        print "tmp_dir = \"" tmp "/tmp\""
+        print "volume_path = \"" tmp "/volumes\""
+    }
+    $0 == "[network]" { print "network_config_dir = \"" tmp "/networks\"" }
+' "$TMP/setup.conf" >"$TMP/containers.conf"
+grep -q '^runtime = "runc"' "$TMP/containers.conf" ||
+    die "podman-setup.sh conf has no runtime = \"runc\": $(cat "$TMP/setup.conf")"
 export CONTAINERS_CONF=$TMP/containers.conf
 export CONTAINERS_STORAGE_CONF=$TMP/storage.conf
 export BUILDAH_ISOLATION=oci
@@ -154,55 +175,15 @@ export BUILDAH_ISOLATION=oci
 # progress go to podman.log, shown when something fails.
 PLOG=$TMP/podman.log
 
-# ---- the base image, made locally: no registry is needed or contacted.
+# ---- the base image, made locally by deploy/podman-setup.sh base: no
+# registry is needed or contacted.
 make_base() {
-    if podman image exists "$BASE_REF"; then
-        return 0
-    fi
-    local cache=${TASKBUS_CONTAINER_CACHE:-} tarball=$TMP/base.tar
-    if [[ -n "$cache" && -s "$cache/bookworm-slim.tar" ]]; then
-        log "base: importing $cache/bookworm-slim.tar"
-        tarball=$cache/bookworm-slim.tar
-    else
-        local sources=/etc/apt/sources.list.d/debian.sources mirror
-        mirror=$(awk '$1 == "URIs:" { print $2; exit }' "$sources" 2>/dev/null)
-        [[ -n "$mirror" ]] || skip "no URIs: line in $sources to debootstrap from"
-        local rootfs=$TMP/rootfs t=$SECONDS
-        log "base: debootstrap --variant=minbase bookworm (mirror from $sources)"
-        bounded debootstrap --variant=minbase bookworm "$rootfs" "$mirror" \
-            >"$TMP/debootstrap.log" 2>&1 ||
-            die "debootstrap failed: $(tail -n 5 "$TMP/debootstrap.log")"
-        # Slim it the way debian:bookworm-slim is: no docs, man pages or
-        # locales now or from later apt-get installs, no apt lists or caches.
-        rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* \
-            "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* \
-            "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/* \
-            "$rootfs"/etc/apt/sources.list
-        find "$rootfs/var/log" -type f -delete
-        cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker" <<'EOF'
-path-exclude /usr/share/doc/*
-path-include /usr/share/doc/*/copyright
-path-exclude /usr/share/man/*
-path-exclude /usr/share/groff/*
-path-exclude /usr/share/info/*
-path-exclude /usr/share/locale/*
-path-exclude /usr/share/lintian/*
-path-exclude /usr/share/linda/*
-EOF
-        cp "$sources" "$rootfs/etc/apt/sources.list.d/"
-        tar --numeric-owner -C "$rootfs" -cf "$tarball" . ||
-            die "cannot pack the base rootfs"
-        rm -rf "$rootfs"
-        log "base: built in $((SECONDS - t)) s"
-        if [[ -n "$cache" ]] && mkdir -p "$cache" &&
-            cp "$tarball" "$cache/bookworm-slim.tar.part"; then
-            mv "$cache/bookworm-slim.tar.part" "$cache/bookworm-slim.tar"
-        fi
-    fi
-    bounded podman import --change 'CMD ["bash"]' "$tarball" "$BASE_REF" \
-        >/dev/null 2>>"$PLOG" ||
-        die "podman import of the base failed: $(tail -n 5 "$PLOG")"
-    rm -f "$TMP/base.tar"
+    local cache=${TASKBUS_CONTAINER_CACHE:-} t=$SECONDS
+    bounded env ${cache:+BASE_TARBALL="$cache/bookworm-slim.tar"} \
+        TMPDIR="$TMP/tmp" bash "$SRC/deploy/podman-setup.sh" base \
+        >"$TMP/base.log" 2>&1 ||
+        die "deploy/podman-setup.sh base failed: $(tail -n 5 "$TMP/base.log")"
+    log "base: $(tail -n 1 "$TMP/base.log") ($((SECONDS - t)) s)"
 }
 
 make_base
@@ -389,25 +370,8 @@ else
 fi
 
 # ---- graceful stop of B while a websocket client is connected to it.
-HOLD='
-import asyncio, sys, websockets
-async def main():
-    async with websockets.connect(sys.argv[1], open_timeout=5) as ws:
-        print("open", flush=True)
-        try:
-            await asyncio.wait_for(ws.wait_closed(), 60)
-        except asyncio.TimeoutError:
-            pass
-    print("closed", ws.close_code, flush=True)
-asyncio.run(main())
-'
-"$PY" -c "$HOLD" "ws://127.0.0.1:$PORT_B/ws?events=ctest.*" >"$TMP/hold.out" 2>&1 &
-HOLD_PID=$!
-PIDS+=("$HOLD_PID")
-for _ in $(seq 50); do
-    grep -q open "$TMP/hold.out" && break
-    sleep 0.1
-done
+ws_listen "ws://127.0.0.1:$PORT_B/ws?events=ctest.*" "$TMP/hold.out"
+HOLD_PID=$WS_PID
 grep -q open "$TMP/hold.out" || fail "websocket to B did not open: $(cat "$TMP/hold.out")"
 t0=$(now_ms)
 bounded podman stop -t "$STOP_T" tbct-b >/dev/null 2>>"$PLOG"
@@ -429,6 +393,131 @@ code=$(curl -s -o /dev/null -m 5 -w '%{http_code}' "http://127.0.0.1:$PORT_A/rea
 expect "A still ready after B stopped" \
     "A's /readyz answered $code after B stopped" [ "$code" == 200 ]
 
+# ---- deploy/compose.yaml for real, as deploy/README.md has a new user run
+# it: docker-compose against podman's Docker-compatible API, three
+# replicas, HAProxy, Redis. An event posted through HAProxy reaches
+# deploy/ws-events.py connected through HAProxy; HAProxy logs no token;
+# `down` with that websocket open is quick, the client sees 1001, and the
+# replica running a task says it cancels it.
+COMPOSE_NOTE=" compose=skipped"
+if ! command -v docker-compose >/dev/null 2>&1; then
+    log "docker-compose not installed: the compose stack is not tried"
+else
+    SOCK=$TMP/podman.sock
+    TMPDIR=$TMP/tmp podman system service --time=0 "unix://$SOCK" \
+        >>"$PLOG" 2>&1 &
+    PIDS+=("$!")
+    for _ in $(seq 100); do
+        curl -s -m 1 --unix-socket "$SOCK" http://d/_ping >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    export DOCKER_HOST=unix://$SOCK
+    LB_PORT=$(free_port)
+    TOKEN=$(openssl rand -hex 16)
+    # Its own env file: never the deploy/.env a developer may have.
+    printf 'TASKBUS_TOKEN=%s\nTASKBUS_PUBLISH=127.0.0.1:%s\n' "$TOKEN" \
+        "$LB_PORT" >"$TMP/compose.env"
+    DC=(docker-compose -p "tbct$$" --env-file "$TMP/compose.env"
+        -f "$SRC/deploy/compose.yaml")
+    LB=http://127.0.0.1:$LB_PORT
+    AUTH=(-H "Authorization: Bearer $TOKEN")
+    T=$SECONDS
+    if ! bounded "${DC[@]}" up -d --build >"$TMP/compose-up.log" 2>&1; then
+        fail "docker-compose up -d --build: $(tail -n 15 "$TMP/compose-up.log")"
+    else
+        ok "docker-compose up -d --build in $((SECONDS - T)) s"
+        # Ready through HAProxy, and three instances on the bus.
+        instances() {
+            curl -s -m 2 "${AUTH[@]}" "$LB/instances" 2>/dev/null |
+                "$PY" -c 'import json, sys; print(len(json.load(sys.stdin)["instances"]))' 2>/dev/null
+        }
+        n=0
+        until=$((SECONDS + 60))
+        while ((SECONDS < until)); do
+            n=$(instances)
+            [[ "$n" == 3 ]] && wait_status "$LB/readyz" 200 1 && break
+            sleep 0.5
+        done
+        UP_S=$((SECONDS - T))
+        expect "three replicas listed by GET /instances through HAProxy, $UP_S s after up" \
+            "GET /instances through HAProxy lists ${n:-no} instances, want 3" \
+            [ "$n" == 3 ]
+
+        # A websocket through HAProxy, token in the header (ws-events.py).
+        TASKBUS_TOKEN=$TOKEN ws_listen \
+            "ws://127.0.0.1:$LB_PORT/ws?events=ctest.*" "$TMP/ws-lb.out" ||
+            fail "websocket through HAProxy did not open: $(cat "$TMP/ws-lb.out")"
+        # POSTs through HAProxy (each may land on another replica) until one
+        # arrives: the subscription's start cannot make this flaky.
+        got=
+        ids=()
+        until=$((SECONDS + 20))
+        while [[ -z "$got" ]] && ((SECONDS < until)); do
+            id=$(curl -s -m 5 "${AUTH[@]}" -X POST --data '"via lb"' \
+                "$LB/events/ctest.lb" | "$PY" -c 'import json, sys; print(json.load(sys.stdin)["id"])' 2>/dev/null)
+            [[ -n "$id" ]] && ids+=("$id")
+            sleep 0.3
+            for id in "${ids[@]}"; do
+                grep -qF "\"id\":\"$id\"" "$TMP/ws-lb.out" && got=$id && break
+            done
+        done
+        expect "an event posted through HAProxy reached the websocket through HAProxy ($got after ${#ids[@]} POST(s))" \
+            "no event reached the websocket through HAProxy after ${#ids[@]} POST(s): $(head -c 300 "$TMP/ws-lb.out")" \
+            [ -n "$got" ]
+
+        # A running task, to be cancelled by down; and a ?token= request,
+        # which HAProxy must log without its query string.
+        code=$(curl -s -o "$TMP/task.json" -w '%{http_code}' -m 5 "${AUTH[@]}" \
+            -X POST --data '{"kind":"sleep","name":"ct-nap","args":{"seconds":600}}' \
+            "$LB/tasks")
+        expect "POST /tasks through HAProxy: $code" \
+            "POST /tasks through HAProxy: $code $(cat "$TMP/task.json")" \
+            [ "$code" == 201 ]
+        curl -s -o /dev/null -m 5 "$LB/metrics?token=$TOKEN" || true
+        "${DC[@]}" logs --no-color lb >"$TMP/lb.log" 2>&1
+        if grep -qF "$TOKEN" "$TMP/lb.log"; then
+            fail "HAProxy's log holds the token: $(grep -F "$TOKEN" "$TMP/lb.log" | head -n 1)"
+        elif grep -q 'GET /metrics HTTP' "$TMP/lb.log"; then
+            ok "HAProxy logged GET /metrics without its ?token="
+        else
+            fail "HAProxy logged no GET /metrics line: $(tail -n 3 "$TMP/lb.log")"
+        fi
+
+        # down, the websocket open: follow the logs while it runs.
+        "${DC[@]}" logs -f --no-color >"$TMP/compose-logs.txt" 2>&1 &
+        LOGS_PID=$!
+        PIDS+=("$LOGS_PID")
+        sleep 1
+        t0=$(now_ms)
+        bounded "${DC[@]}" down >"$TMP/compose-down.log" 2>&1 ||
+            fail "docker-compose down: $(tail -n 5 "$TMP/compose-down.log")"
+        DOWN_MS=$(($(now_ms) - t0))
+        for _ in $(seq 50); do
+            grep -q '^closed' "$TMP/ws-lb.out" && break
+            sleep 0.1
+        done
+        closed=$(grep '^closed' "$TMP/ws-lb.out")
+        if ((DOWN_MS < 15000)); then
+            ok "docker-compose down with a websocket open: ${DOWN_MS} ms"
+        else
+            fail "docker-compose down with a websocket open took ${DOWN_MS} ms" \
+                "(want under 15 s)"
+        fi
+        expect "the websocket through HAProxy: $closed" \
+            "the websocket through HAProxy ended: ${closed:-not closed} ($(tail -n 2 "$TMP/ws-lb.out" | tr '\n' ' ')), want closed 1001" \
+            [ "${closed:0:11}" == "closed 1001" ]
+        kill -TERM "$LOGS_PID" "$WS_PID" 2>/dev/null
+        wait "$LOGS_PID" "$WS_PID" 2>/dev/null
+        line=$(grep -o 'stopping: cancelling 1 task(s): "ct-nap" (sleep)' \
+            "$TMP/compose-logs.txt" | head -n 1)
+        expect "the replica running ct-nap logged: $line" \
+            "no replica logged that it cancels ct-nap: $(grep -i 'cancel\|stopping' "$TMP/compose-logs.txt" | tail -n 5)" \
+            [ -n "$line" ]
+        COMPOSE_NOTE=" compose_up_s=$UP_S compose_down_ms=$DOWN_MS"
+    fi
+    "${DC[@]}" down -t 0 >/dev/null 2>&1
+fi
+
 if ((FAILED)); then
     log "replica A log (last lines):"
     podman logs tbct-a 2>&1 | tail -n 20 >&2
@@ -438,4 +527,4 @@ if ((FAILED)); then
     exit 1
 fi
 echo "RESULT cold_start_ms=$COLD_A host_cold_start_ms=$HOST_COLD" \
-    "image_mb=$IMAGE_MB stop_ms=$STOP_MS total_s=$SECONDS$HC_NOTE"
+    "image_mb=$IMAGE_MB stop_ms=$STOP_MS total_s=$SECONDS$HC_NOTE$COMPOSE_NOTE"

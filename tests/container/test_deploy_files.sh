@@ -279,6 +279,30 @@ check(sorted(h for h, _ in servers) == sorted(tb) and all(int(p) == PORT for _, 
       "haproxy.cfg servers %s do not match the compose replicas %s" % (servers, sorted(tb)))
 check(re.search(r"option httpchk GET /readyz", cfg),
       "haproxy.cfg checks /readyz", "haproxy.cfg does not check /readyz")
+# Tokens stay out of the LB's log: no httplog (it logs the request line,
+# query string included), a log-format without %r, %HU or %HQ, and no
+# header captures.
+lf = re.findall(r"^\s*log-format\s+(.*)$", cfg, re.M)
+check(not re.search(r"^\s*option\s+httplog", cfg, re.M) and lf and
+      not re.search(r"%(\{[^}]*\})?(r|HU|HQ)\b", lf[0]) and
+      not re.search(r"^\s*(http-request\s+|http-response\s+)?capture\b", cfg, re.M),
+      "haproxy.cfg logs no query string and no header (%s)" % (lf[0] if lf else ""),
+      "haproxy.cfg may log query strings (?token=) or headers: %s" % lf)
+# down: the replicas stop before HAProxy (compose stops dependents first),
+# so their 1001 closes reach the clients, and HAProxy's hard stop is short.
+lbs = services.get("lb", {})
+check(all("lb" in (services[n].get("depends_on") or []) for n in tb) and
+      not set(lbs.get("depends_on") or []) & set(tb),
+      "compose: the replicas depend on lb (stopped before it)",
+      "compose: the replicas must depend on lb and lb not on them (stop order)")
+hsa = re.search(r"^\s*hard-stop-after\s+(\d+)s", cfg, re.M)
+lb_grace = re.fullmatch(r"(\d+)s", str(lbs.get("stop_grace_period", "10s")))
+check(hsa and lb_grace and int(hsa.group(1)) <= 10 and
+      int(hsa.group(1)) < int(lb_grace.group(1)),
+      "haproxy hard-stop-after %ss, under lb's stop_grace_period %s" %
+      (hsa.group(1) if hsa else "?", lbs.get("stop_grace_period")),
+      "haproxy hard-stop-after (%s) must be at most 10 s and below lb's "
+      "stop_grace_period (%s)" % (hsa and hsa.group(1), lbs.get("stop_grace_period")))
 
 # -- systemd unit and the env file example
 unit = read(os.path.join(dep, "systemd", "taskbus.service"))
@@ -332,6 +356,68 @@ for where, names in given.items():
 
 sys.exit(1 if errors else 0)
 PYEOF
+
+# ---- deploy/podman-setup.sh: the packages and settings a bare host needs
+setup=$SRC/deploy/podman-setup.sh
+conf=$(bash "$setup" conf 2>&1) || {
+    log "FAIL: podman-setup.sh conf: $conf"
+    FAILED=1
+}
+for want in 'default_ulimits = \["nofile=' 'runtime = "runc"' \
+    'cgroup_manager = "(cgroupfs|systemd)"' 'network_backend = "netavark"'; do
+    if grep -Eq "^$want" <<<"$conf"; then
+        log "ok: podman-setup.sh conf sets ${want//\\/}"
+    else
+        log "FAIL: podman-setup.sh conf does not set $want"
+        FAILED=1
+    fi
+done
+# The packages: what the script installs must include what netavark needs
+# at run time, and CI's container tests (.ci/dev.sh CONTAINER_DEPS) must
+# install nothing a deployment needs that the script leaves out, or the
+# container test passes where a user's host fails (iptables once did).
+mapfile -t setup_pkgs < <(bash "$setup" packages)
+for pkg in podman netavark aardvark-dns runc iptables docker-compose; do
+    if printf '%s\n' "${setup_pkgs[@]}" | grep -qx -- "$pkg"; then
+        log "ok: podman-setup.sh installs $pkg"
+    else
+        log "FAIL: podman-setup.sh does not install $pkg"
+        FAILED=1
+    fi
+done
+# What only the tests need, and why: debootstrap (the setup script's `base`
+# installs it itself), rootless podman's helpers (the test's own storage),
+# python3-yaml (this script).
+test_only=(debootstrap fuse-overlayfs slirp4netns uidmap python3-yaml)
+ci_pkgs=$(sed -n '/^CONTAINER_DEPS=(/,/)/p' "$SRC/.ci/dev.sh" |
+    sed -e 's/^CONTAINER_DEPS=(//' -e 's/)//' | tr -s ' \t' '\n' | grep .)
+pkgs_ok=1
+if [[ -z "$ci_pkgs" ]]; then
+    log "FAIL: no CONTAINER_DEPS=(...) in .ci/dev.sh"
+    pkgs_ok=0
+fi
+for pkg in $ci_pkgs; do
+    if printf '%s\n' "${setup_pkgs[@]}" "${test_only[@]}" | grep -qx -- "$pkg"; then
+        continue
+    fi
+    log "FAIL: .ci/dev.sh installs $pkg for the container tests but" \
+        "deploy/podman-setup.sh does not (add it to PACKAGES, or to" \
+        "test_only here if only the tests need it)"
+    pkgs_ok=0
+done
+for pkg in "${setup_pkgs[@]}"; do
+    if ! grep -qx -- "$pkg" <<<"$ci_pkgs"; then
+        log "FAIL: deploy/podman-setup.sh installs $pkg but .ci/dev.sh's" \
+            "CONTAINER_DEPS does not: the container tests do not try it"
+        pkgs_ok=0
+    fi
+done
+if ((pkgs_ok)); then
+    log "ok: .ci/dev.sh CONTAINER_DEPS installs podman-setup.sh's" \
+        "${#setup_pkgs[@]} packages and no other a deployment needs"
+else
+    FAILED=1
+fi
 
 # ---- docker-compose's own validation (the engine is not needed)
 if command -v docker-compose >/dev/null 2>&1; then

@@ -29,6 +29,7 @@ struct tb_ws {
     int ended;
     int full; /* what tb__ws_on_message answers */
     size_t messages;
+    size_t held; /* what tb__ws_on_held said last */
 };
 
 int tb__ws_on_message(tb_ws *ws, int binary, const void *data, size_t len)
@@ -44,6 +45,18 @@ int tb__ws_on_message(tb_ws *ws, int binary, const void *data, size_t len)
     (void)sum;
     ws->messages++;
     return ws->full;
+}
+
+void tb__ws_on_held(tb_ws *ws, size_t bytes)
+{
+    FUZZ_CHECK(!ws->ended);
+    ws->held = bytes;
+}
+
+int tb__ws_would_pass(const tb_ws *ws, size_t bytes)
+{
+    (void)ws;
+    return bytes > 65536; /* the write-through path too */
 }
 
 void tb__ws_on_closing(tb_ws *ws)

@@ -965,9 +965,27 @@ def t_stop_with_task(sig):
         check(r.status == 201, f"POST /tasks sleep: {r!r}")
         check(wait_for(lambda: http_req(s.port, "GET", "/tasks/nap").json
                        .get("state") == "running", T(5)), "nap not running")
+        # An open SSE stream: its handler task is a connection's, counted
+        # with them, not named as work cut short.
+        sse = socket.create_connection(("127.0.0.1", s.port), timeout=T(5))
+        sse.sendall(b"GET /sse?events=bye.* HTTP/1.1\r\nHost: x\r\n"
+                    b"Accept: text/event-stream\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sse.recv(4096)
+            check(chunk, f"GET /sse closed: {head!r}")
+            head += chunk
+        check(head.startswith(b"HTTP/1.1 200"), f"GET /sse: {head[:60]!r}")
         took = s.stop_ok(sig, within=T(5))
+        sse.close()
         check("stopped cleanly" in s.err_text(),
               f"no \"stopped cleanly\" line:\n{tail(s.err)}")
+        # What the stop cancelled is said: an operator stopping a replica
+        # learns which work it cut short.
+        m = re.search(r"stopping: cancelling 1 task\(s\): \"nap\" "
+                      r"\(sleep\); and 1 connection task", s.err_text())
+        check(m, f"no line naming the cancelled task nap (and the SSE "
+                 f"stream's as a connection's):\n{tail(s.err)}")
         return f"exit 0 in {took:.2f} s"
     return case
 

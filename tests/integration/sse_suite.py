@@ -42,7 +42,8 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import tbharness  # noqa: E402 (after the path it is found on)
 from tbharness import (HOST, MAIN_ARGS, Poster, RawWS, Resp, T,  # noqa: E402
                        TaskbusServer, ahttp, check, check_envelope,
-                       check_status, metric, poll_until, post)
+                       check_status, metric, poll_until, post,
+                       post_until_metric)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENT_DIR = os.path.join(HERE, "sse_client")
@@ -507,6 +508,76 @@ async def t_slow_client(ctx):
         slow.close()
     return (f"closed after {n} events; /healthz in {took * 1000:.0f} ms; "
             f"the reading client resumed {len(streams) - 1} time(s)")
+
+
+MEM_CAP = 256 * 1024
+
+
+async def t_memory(ctx):
+    """ws_memory_max counts an SSE stream's send queue and sheds a stream
+    as it does a websocket: a client that never reads, allowed a 4 MiB
+    send queue, under a 256 KiB cap. Events are posted until the cap
+    closes it: counted as a memory close (not a slow one), the gauge
+    stays within one event of the cap, and what the client then reads is
+    whole events in order, the closing comment, then the end; a reading
+    stream gets every event."""
+    srv = ctx.s["smem"]
+    reader = (await sse(srv.port, "/sse?events=mem.*")).ready()
+    idle = (await sse(srv.port, "/sse?events=mem.*", rcvbuf=4096,
+                      headers={"X-Request-ID": "sse-mem-1"})).ready()
+    pad = "p" * 1000
+    ids, got, peak = [], [], 0
+    try:
+        def read():
+            while len(got) < len(ids) or not ids:
+                got.append(reader.event(T(30)))
+
+        def flood():
+            return post_until_metric(srv.port, "mem.e", lambda n: f"{n} {pad}",
+                                     ids, "taskbus_ws_memory_closes_total")
+
+        stop = asyncio.Event()
+
+        async def watch():
+            nonlocal peak
+            while not stop.is_set():
+                peak = max(peak, int(await metric(
+                    srv, "taskbus_ws_memory_bytes")))
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            posted = await asyncio.to_thread(flood)
+        finally:
+            stop.set()
+            await watcher
+        closes = await metric(srv, "taskbus_ws_memory_closes_total")
+        check(closes == 1, f"after {posted} events of 1 KiB to a stream "
+                           f"that does not read: "
+                           f"taskbus_ws_memory_closes_total {closes}, want 1")
+        await asyncio.wait_for(asyncio.to_thread(read), T(30))
+        check([b["json"]["id"] for b in got] == ids,
+              f"the reading stream got {len(got)} of {len(ids)} events (or "
+              f"out of order)")
+        blocks = await asyncio.to_thread(idle.until_eof, T(10))
+        evs = [b for b in blocks if "data" in b]
+        for k, b in enumerate(evs):
+            check(json.loads(b["data"])["data"] == f"{k} {pad}",
+                  f"the closed stream's event {k}: {b['lines'][:2]}")
+        check(blocks and blocks[-1].get("comments") ==
+              ["closing: memory limit (ws_memory_max)"],
+              f"the closed stream ended {blocks[-1:]}: want the closing "
+              f"comment")
+        check(await metric(srv, "taskbus_sse_slow_closes_total") == 0,
+              "a slow-client close: the 4 MiB send queue was not the limit")
+        check(peak <= MEM_CAP + 2048, f"taskbus_ws_memory_bytes reached "
+                                      f"{peak}, over the cap {MEM_CAP} + "
+                                      f"one event")
+    finally:
+        reader.close()
+        idle.close()
+    return (f"{posted} events; the idle stream closed after {len(evs)} "
+            f"whole events; peak {peak} bytes (cap {MEM_CAP})")
 
 
 async def _not(aw):
@@ -1300,6 +1371,13 @@ GROUPS = [
                     "--max-event-size", "32768"), [
         ("a client that never reads is closed and counted", t_slow_client,
          120),
+    ]),
+    ("memory", server("smem", "--ws-memory-max", str(MEM_CAP),
+                      "--ws-send-queue-bytes", str(4 * 1024 * 1024),
+                      "--ws-send-queue-msgs", "100000",
+                      "--ws-ping-timeout", "60000"), [
+        ("--ws-memory-max counts a stream's send queue and sheds it",
+         t_memory, 90),
     ]),
     ("many", server("many", "--http-threads", "8"), [
         ("200 streams hold no HTTP thread", t_many, 60),

@@ -1362,6 +1362,32 @@ def metric_value(port, series):
     return None
 
 
+def post_until_metric(port, name, body, ids, series, limit=20000, rate=1000,
+                      seconds=None):
+    """POSTs events name (body(n) the n-th's) at rate a second, appending
+    each id to ids, until /metrics series is non-zero (looked at every 50
+    events), limit events or seconds (T(40)) passed. Returns how many were
+    posted. Blocking: run it in a thread."""
+    p = Poster(port)
+    t0 = time.monotonic()
+    seconds = seconds or T(40)
+    try:
+        for n in range(limit):
+            ahead = t0 + n / rate - time.monotonic()
+            if ahead > 0.005:
+                time.sleep(ahead)
+            r = p.post(name, body(n))
+            check(r.status == 202, f"POST {n}: {r.status}")
+            ids.append(json.loads(r.body)["id"])
+            if n % 50 == 49 and metric_value(port, series):
+                return n + 1
+            if time.monotonic() - t0 > seconds:
+                return n + 1
+        return limit
+    finally:
+        p.close()
+
+
 class CaseRunner(Runner):
     """Runs cases that start `taskbus serve` processes (Taskbus): one line
     per case with its time and slow steps; at its end every server it
