@@ -455,12 +455,13 @@ void tb__bus_rx_status(tb__bus_rx *rx, tb_bus_info *out);
  * messages (those the read brought already are duplicates, dropped). A
  * live message at or before the last position goes on to the id check
  * (a resend, or one on its way since before the first read). One of
- * another epoch means the history was lost: logged, and counting starts
- * over from that epoch's beginning. After a reconnect it reads everything
- * after its last position the same way. fetch(ud, after, count) asks for
- * the page of at most count entries after seq `after` (count 0: only
- * where the history stands), returning 0 or the TB_E* code it could not
- * be asked with; the bus hands the answer to tb__bus_rx_fetched. Bus
+ * another epoch is parked and the history read: if it answers with that
+ * epoch, the history was lost (logged, counting starts over from that
+ * epoch's beginning); if not, the message is dropped as malformed. After a
+ * reconnect it reads everything after its last position the same way. fetch(ud,
+ * after, count) asks for the page of at most count entries after seq `after`
+ * (count 0: only where the history stands), returning 0 or the TB_E* code it
+ * could not be asked with; the bus hands the answer to tb__bus_rx_fetched. Bus
  * thread, like the rest. */
 void tb__bus_rx_track(tb__bus_rx *rx,
                       int (*fetch)(void *ud, uint64_t after, size_t count),

@@ -240,6 +240,19 @@ static void take_event(tb__bus_rx *rx, tb_event *ev)
     batch_push(rx, tb_event_ref(ev));
 }
 
+/* Appends p to the parked messages. */
+static void park_link(tb__bus_rx *rx, parked *p)
+{
+    p->next = NULL;
+    if (rx->park_tail)
+        rx->park_tail->next = p;
+    else
+        rx->park_head = p;
+    rx->park_tail = p;
+    rx->park_n++;
+    rx->park_bytes += p->chlen + p->len;
+}
+
 static void park(tb__bus_rx *rx, const char *ch, size_t chlen, const char *msg,
                  size_t len)
 {
@@ -249,19 +262,12 @@ static void park(tb__bus_rx *rx, const char *ch, size_t chlen, const char *msg,
     parked *p = malloc(sizeof *p + chlen + len);
     if (!p)
         return;
-    p->next = NULL;
     p->reads = rx->reads;
     p->chlen = chlen;
     p->len = len;
     memcpy(p->data, ch, chlen);
     memcpy(p->data + chlen, msg, len);
-    if (rx->park_tail)
-        rx->park_tail->next = p;
-    else
-        rx->park_head = p;
-    rx->park_tail = p;
-    rx->park_n++;
-    rx->park_bytes += chlen + len;
+    park_link(rx, p);
 }
 
 static void catch_up(tb__bus_rx *rx)
@@ -292,14 +298,13 @@ static int track(tb__bus_rx *rx, const tb__pos *p, const char *ch, size_t chlen,
         return 1;
     }
     if (strcmp(rx->epoch, p->epoch) != 0) {
-        pos_warn(rx,
-                 "the history's epoch changed from %s to %s (Redis lost "
-                 "it: flushed, or restarted without persistence): events "
-                 "published meanwhile may be lost",
-                 rx->epoch, p->epoch);
-        /* From the new epoch's start: a gap if this is not its first. */
-        memcpy(rx->epoch, p->epoch, sizeof rx->epoch);
-        rx->last = 0;
+        /* Redis lost the history, or the message is forged or stale: the
+         * history decides. Taken for a new epoch on its word alone, a
+         * forged one would make us read the whole history again and again
+         * (unpark drops it once a read has said otherwise). */
+        park(rx, ch, chlen, msg, len);
+        catch_up(rx);
+        return 0;
     }
     if (p->seq <= rx->last) {
         /* Parked, and the read after it brought it: a duplicate. Live, it
@@ -338,9 +343,23 @@ static void unpark(tb__bus_rx *rx)
     while (p) {
         parked *next = p->next;
         tb__pos pos;
-        if (!rx->catching && p->reads < reads &&
-            tb__pos_from_tail(p->data + p->chlen, p->len, &pos) == 0 &&
-            strcmp(pos.epoch, rx->epoch) == 0 && pos.seq > rx->top) {
+        int before = p->reads < reads &&
+                     tb__pos_from_tail(p->data + p->chlen, p->len, &pos) == 0;
+        if (rx->catching) {
+            /* Parked again behind a new read, with the read it came
+             * before: what that read's answer says holds for it too. */
+            park_link(rx, p);
+            p = next;
+            continue;
+        }
+        if (before && rx->epoch[0] && strcmp(pos.epoch, rx->epoch) != 0) {
+            /* A read after it answered with the history's epoch: this one
+             * is forged, or from before Redis lost the history. Tracked
+             * again, it would start another read of the whole history. */
+            drop_message(rx, &rx->malformed, p->data, p->chlen, p->len,
+                         "position of another epoch than the history's");
+        } else if (before && strcmp(pos.epoch, rx->epoch) == 0 &&
+                   pos.seq > rx->top) {
             drop_message(rx, &rx->malformed, p->data, p->chlen, p->len,
                          "position beyond the history's end");
         } else {

@@ -130,42 +130,117 @@ static void test_catch_up(void **state)
     assert_int_equal(r.n, 4); /* 16 follows 15: no read */
     assert_int_equal(stats(rx).malformed, 1);
 
-    /* Redis lost the history: start over from the new epoch (its first
-     * event here, no read). */
+    /* Redis lost the history: a message of another epoch is parked and
+     * the history asked; it says the new epoch, which is read from its
+     * start. */
     msg(rx, F, 1);
     msg(rx, F, 2);
-    assert_int_equal(r.n, 4);
-    assert_int_equal(stats(rx).duplicates, 3);
+    assert_int_equal(r.n, 5);
+    assert_int_equal(r.after[4], 16);
+    answer(rx, F, 1, 0, 2, app);
+    assert_int_equal(r.n, 6);
+    assert_int_equal(r.after[5], 0);
+    answer(rx, F, 1, 2, 2, app);
+    assert_int_equal(stats(rx).duplicates, 5); /* the parked two */
+    assert_int_equal(stats(rx).malformed, 1);
 
     /* A reconnection reads what came after the last one delivered; a read
      * of a lost connection is ignored. */
     tb__bus_rx_connected(rx);
-    assert_int_equal(r.n, 5);
-    assert_int_equal(r.after[4], 2);
+    assert_int_equal(r.n, 7);
+    assert_int_equal(r.after[6], 2);
     tb__bus_rx_disconnected(rx);
     answer(rx, F, 3, 3, 3, app); /* too late: ignored */
     msg(rx, F, 4);               /* a gap again: 3 is read */
-    assert_int_equal(r.n, 6);
-    assert_int_equal(r.after[5], 2);
-    tb__bus_rx_fetched(rx, TB_EIO, NULL); /* failed: taken over the hole */
+    assert_int_equal(r.n, 8);
+    assert_int_equal(r.after[7], 2);
+    answer(rx, F, 3, 4, 4, app);
     msg(rx, F, 5);
-    assert_int_equal(r.n, 6);
-    assert_int_equal(stats(rx).duplicates, 3);
+    assert_int_equal(r.n, 8);
+    assert_int_equal(stats(rx).duplicates, 6);
 
-    /* Another epoch again, first seen at its third event: the first two
-     * are read from the history. */
+    /* Another epoch again, first seen at its third event: the history
+     * says so, and the first two are read from it. */
     msg(rx, E, 3);
-    assert_int_equal(r.n, 7);
-    assert_int_equal(r.after[6], 0);
+    assert_int_equal(r.n, 9);
+    answer(rx, E, 1, 0, 3, app);
+    assert_int_equal(r.n, 10);
+    assert_int_equal(r.after[9], 0);
     answer(rx, E, 1, 3, 3, app);
     msg(rx, E, 4);
-    assert_int_equal(r.n, 7);
+    assert_int_equal(r.n, 10);
 
     /* Messages without a position pass untouched. */
     const char *ch = "taskbus:event:a.b";
     assert_int_equal(tb__bus_rx_message(rx, ch, strlen(ch), "raw", 3), 0);
-    assert_int_equal(r.n, 7);
+    assert_int_equal(r.n, 10);
 
+    tb__bus_rx_flush(rx);
+    tb__bus_rx_free(rx);
+    tb_app_free(app);
+}
+
+static tb__bus_rx *rx_new(tb_app *app, reads *r)
+{
+    tb__bus_rx *rx =
+        tb__bus_rx_new(app, "test bus", "taskbus:event:", no_schedule, NULL);
+    tb__bus_rx_track(rx, fake_fetch, r);
+    tb__bus_rx_connected(rx);
+    assert_int_equal(r->n, 1);
+    return rx;
+}
+
+/* A forged message of another epoch costs one read, then is dropped: it
+ * does not make the receiver read the history again and again. */
+static void test_forged_epoch(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    reads r = {0};
+    tb__bus_rx *rx = rx_new(app, &r);
+    answer(rx, E, 1, 0, 5, app);
+    msg(rx, E, 6);
+    for (int round = 0; round < 3; round++) {
+        msg(rx, F, 5); /* PUBLISH ... "pos":"89abcdef-5" from outside */
+        assert_int_equal(r.n, 2 + round);
+        assert_int_equal(r.after[1 + round], 6);
+        answer(rx, E, 1, 0, 6, app);      /* the history: still E, at 6 */
+        assert_int_equal(r.n, 2 + round); /* no read of the whole history */
+        assert_int_equal(stats(rx).malformed, (uint64_t)round + 1);
+    }
+    msg(rx, E, 7); /* and E goes on */
+    assert_int_equal(r.n, 4);
+    assert_int_equal(stats(rx).malformed, 3);
+    tb__bus_rx_flush(rx);
+    tb__bus_rx_free(rx);
+    tb_app_free(app);
+}
+
+/* Messages parked for a gap, then the link drops and Redis comes back in
+ * a new epoch: the new epoch is read once, the parked ones of the old
+ * epoch are dropped, not tracked again. */
+static void test_parked_across_epoch_change(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    reads r = {0};
+    tb__bus_rx *rx = rx_new(app, &r);
+    answer(rx, E, 1, 0, 5, app);
+    msg(rx, E, 8); /* 6 and 7 missed: read after 5 */
+    msg(rx, E, 9);
+    assert_int_equal(r.n, 2);
+    tb__bus_rx_disconnected(rx);
+    tb__bus_rx_connected(rx); /* read after 5 again */
+    assert_int_equal(r.n, 3);
+    assert_int_equal(r.after[2], 5);
+    answer(rx, F, 1, 0, 2, app); /* Redis lost it: F, at 2 */
+    assert_int_equal(r.n, 4);
+    assert_int_equal(r.after[3], 0);
+    answer(rx, F, 1, 2, 2, app);
+    assert_int_equal(r.n, 4); /* E-8 and E-9 do not start it over */
+    assert_int_equal(stats(rx).malformed, 2);
+    msg(rx, F, 3);
+    assert_int_equal(r.n, 4);
     tb__bus_rx_flush(rx);
     tb__bus_rx_free(rx);
     tb_app_free(app);
@@ -175,6 +250,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_catch_up),
+        cmocka_unit_test(test_forged_epoch),
+        cmocka_unit_test(test_parked_across_epoch_change),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
