@@ -278,6 +278,13 @@ static int meta_seq(const char *s, size_t len, uint64_t *seq)
     return 0;
 }
 
+/* The <ms> part of a stream entry id "<ms>-<seq>" into *out; 0 or -1. */
+static int id_ms(const char *s, size_t len, uint64_t *out)
+{
+    const char *dash = memchr(s, '-', len);
+    return dash ? meta_seq(s, (size_t)(dash - s), out) : -1;
+}
+
 static void bad_reply(rbus *b, const char *what, const char *why)
 {
     if (tb__ratelog_ok(&b->kv_log, tb__mono_us()))
@@ -326,6 +333,19 @@ static void hist_reply(rkv_req *r, const redisReply *reply)
         return;
     }
     uint64_t prev = r->after;
+    pg.seen = n;
+    /* Where the next page starts, whatever becomes of the entries: one
+     * skipped here must not end the paging (XRANGE ids are Redis's,
+     * "<ms>-<seq>"; ours have seq 0). */
+    if (n && (el[3 + 3 * (n - 1)]->type != REDIS_REPLY_STRING ||
+              id_ms(el[3 + 3 * (n - 1)]->str, el[3 + 3 * (n - 1)]->len,
+                    &pg.seen_to) != 0 ||
+              pg.seen_to <= r->after)) {
+        free(pg.evs);
+        bad_reply(b, r->label, "malformed entry id");
+        hist_fail(r, TB_EPROTO);
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
         redisReply *id = el[3 + 3 * i], *nm = el[4 + 3 * i],
                    *env = el[5 + 3 * i];

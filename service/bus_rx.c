@@ -471,8 +471,17 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
         rx->last = ev->seq;
         take_event(rx, ev);
     }
-    if (pg->n == CATCHUP_PAGE) {
-        catch_up(rx); /* more */
+    if (pg->seen == CATCHUP_PAGE) {
+        /* More; entries skipped at the page's end (undecodable here,
+         * logged by the bus) are a hole, and the next read starts after
+         * them. */
+        if (pg->seen_to > rx->last) {
+            atomic_fetch_add_explicit(&rx->app->hist_lost,
+                                      pg->seen_to - rx->last,
+                                      memory_order_relaxed);
+            rx->last = pg->seen_to;
+        }
+        catch_up(rx);
         return;
     }
     if (rx->last < pg->top) {

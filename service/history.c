@@ -378,6 +378,8 @@ int tb__hist_ring_read(tb__hist_ring *r, uint64_t after, size_t count,
                 out->evs[i] =
                     tb_event_ref(r->evs[(r->head + skip + i) % r->cap]);
             out->n = n;
+            out->seen = n;
+            out->seen_to = out->evs[n - 1]->seq;
         }
     }
     pthread_mutex_unlock(&r->mu);
@@ -491,7 +493,14 @@ int tb_history_read(tb_app *app, const char *const *patterns, int npatterns,
             if (matches_any(pats, npatterns, ev->name))
                 out->events[out->n++] = tb_event_ref(ev);
         }
-        int at_end = pg.n < PAGE && i == pg.n;
+        if (i == pg.n && pg.seen_to > after) {
+            /* Entries skipped after the last event (undecodable here):
+             * looked at, and the next page goes on after them. */
+            scanned += pg.seen - pg.n;
+            after = pg.seen_to;
+            tb__pos_format(out->next, out->epoch, after);
+        }
+        int at_end = pg.seen < PAGE && i == pg.n;
         out->more = !at_end && after < pg.top;
         if (at_end) /* everything up to the end was looked at */
             tb__pos_format(out->next, out->epoch, pg.top);
@@ -508,10 +517,11 @@ int tb_history_read(tb_app *app, const char *const *patterns, int npatterns,
 /* ---------------------------------------------------------------- resume */
 
 struct tb__resume {
-    tb__pos at;   /* the last position looked at (epoch "": none) */
-    int at_top;   /* the last read reached the history's end */
-    uint64_t end; /* the history's last seq at that read */
-    int live;     /* TB_SUB_LIVE given: the seam is at `at` */
+    tb__pos at;       /* the last position looked at (epoch "": none) */
+    int at_top;       /* the last read reached the history's end */
+    uint64_t end;     /* the history's last seq at that read */
+    uint64_t page_to; /* the last seq that read looked at */
+    int live;         /* TB_SUB_LIVE given: the seam is at `at` */
     tb__hist_page pg;
     size_t i; /* pg.evs[i] is the next to look at */
     uint64_t dropped_base;
@@ -558,8 +568,9 @@ int tb_sub_resume(tb_task *self, tb_sub *s, const char *since)
     if (have_since && recoverable(&sp, &rs->pg)) {
         rs->info.recovered = 1;
         rs->at.seq = sp.seq;
-        rs->at_top = rs->pg.n < PAGE;
+        rs->at_top = rs->pg.seen < PAGE;
         rs->end = rs->pg.top;
+        rs->page_to = rs->pg.seen_to;
     } else {
         /* Nothing to replay: the seam is the history's end. */
         rs->info.recovered = !have_since;
@@ -605,6 +616,9 @@ int tb__resume_next(tb_task *self, tb_sub *s, tb_event **ev, int *rc)
             }
             tb_event_unref(e);
         }
+        /* Entries the page skipped at its end are behind us too. */
+        if (rs->at.seq < rs->page_to)
+            rs->at.seq = rs->page_to;
         tb__hist_page_release(&rs->pg);
         rs->i = 0;
         if (!rs->at_top) {
@@ -621,8 +635,9 @@ int tb__resume_next(tb_task *self, tb_sub *s, tb_event **ev, int *rc)
                 rs->at_top = 1;
                 continue;
             }
-            rs->at_top = rs->pg.n < PAGE;
+            rs->at_top = rs->pg.seen < PAGE;
             rs->end = rs->pg.top;
+            rs->page_to = rs->pg.seen_to;
             continue;
         }
         /* The page held everything up to end (a seq missing from it was

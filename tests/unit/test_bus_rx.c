@@ -70,6 +70,8 @@ static void answer(tb__bus_rx *rx, const char *ep, int first, int last,
         evs[pg.n++] = ev;
     }
     pg.evs = evs;
+    pg.seen = pg.n;
+    pg.seen_to = pg.n ? (uint64_t)last : 0;
     tb__bus_rx_fetched(rx, 0, &pg);
     for (size_t i = 0; i < pg.n; i++)
         tb_event_unref(evs[i]);
@@ -246,12 +248,51 @@ static void test_parked_across_epoch_change(void **state)
     tb_app_free(app);
 }
 
+/* A full page whose last entries could not be decoded here (logged and
+ * skipped by the bus) is not the history's end: the next page is read
+ * after them. */
+static void test_page_of_skipped_entries(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    reads r = {0};
+    tb__bus_rx *rx = rx_new(app, &r);
+    answer(rx, E, 1, 0, 1, app);
+    msg(rx, E, 1);
+    msg(rx, E, 515); /* a gap: read after 1 */
+    assert_int_equal(r.n, 2);
+    size_t asked = r.count[1];
+    assert_int_equal(asked, 512);
+    tb__hist_page pg;
+    memset(&pg, 0, sizeof pg);
+    snprintf(pg.epoch, sizeof pg.epoch, "%s", E);
+    pg.top = 515;
+    pg.first = 1;
+    tb_event *ev = tb__event_new(app, "a.b", "d", 1, NULL, NULL, 0);
+    tb__event_set_pos(ev, E, 2);
+    pg.evs = &ev;
+    pg.n = 1;        /* 2 decoded, */
+    pg.seen = asked; /* the rest of the page skipped */
+    pg.seen_to = 1 + asked;
+    tb__bus_rx_fetched(rx, 0, &pg);
+    tb_event_unref(ev);
+    assert_int_equal(r.n, 3); /* not the end: the next page */
+    assert_int_equal(r.after[2], 1 + asked);
+    answer(rx, E, 514, 515, 515, app);
+    assert_int_equal(r.n, 3);
+    assert_int_equal(stats(rx).duplicates, 1); /* the parked 515 */
+    tb__bus_rx_flush(rx);
+    tb__bus_rx_free(rx);
+    tb_app_free(app);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_catch_up),
         cmocka_unit_test(test_forged_epoch),
         cmocka_unit_test(test_parked_across_epoch_change),
+        cmocka_unit_test(test_page_of_skipped_entries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
