@@ -441,7 +441,8 @@ void tb__bus_rx_refuse(tb__bus_rx *rx, const char *channel, size_t chlen,
 void tb__bus_rx_flush(tb__bus_rx *rx);
 
 /* Logs how many drop lines were suppressed once their second is over (see
- * tb__ratelog_flush; now_us monotonic, INT64_MAX: at once). */
+ * tb__ratelog_flush; now_us monotonic, INT64_MAX: at once), and sends
+ * again a catch-up read that failed once its retry time has come. */
 void tb__bus_rx_tick(tb__bus_rx *rx, int64_t now_us);
 
 /* Fills out's received, duplicates, malformed and oversize. Any thread. */

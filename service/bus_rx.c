@@ -17,6 +17,9 @@
  * dropped (the history has them; the next read fetches them). */
 #define PARK_MAX_BYTES (32 << 20)
 #define PARK_MAX_MSGS 65536
+/* A catch-up read that failed (not connected, timed out, a bad answer) is
+ * tried again this much later, or at the reconnection. */
+#define CATCHUP_RETRY_US 1000000
 #define DEDUPE_SLOTS (2 * DEDUPE_IDS) /* hash slots; a power of two */
 #define RX_BATCH 256                  /* received events handed over at once */
 
@@ -56,6 +59,7 @@ struct tb__bus_rx {
     uint64_t reads;           /* catch-up reads sent */
     int baseline;             /* the baseline read is under way: do not park */
     uint64_t top;             /* the history's end at the last read */
+    int64_t retry_at;         /* a failed read is tried again then; 0: none */
     struct parked *park_head, *park_tail;
     size_t park_n, park_bytes;
     tb__ratelog pos_log;
@@ -270,17 +274,28 @@ static void park(tb__bus_rx *rx, const char *ch, size_t chlen, const char *msg,
     park_link(rx, p);
 }
 
+/* A read that could not be sent or failed tells nothing of what the
+ * history holds: nothing is lost yet. The parked messages and the last
+ * position stay; live ones keep being parked; the read is tried again
+ * after CATCHUP_RETRY_US (tb__bus_rx_tick) or at the reconnection. */
+static void retry_later(tb__bus_rx *rx, int rc)
+{
+    rx->catching = 1;
+    rx->retry_at = tb__mono_us() + CATCHUP_RETRY_US;
+    pos_warn(rx,
+             "cannot read the history after %s-%" PRIu64 " (%s): trying "
+             "again in %d ms",
+             rx->epoch, rx->last, tb_strerror(rc), CATCHUP_RETRY_US / 1000);
+}
+
 static void catch_up(tb__bus_rx *rx)
 {
     rx->catching = 1;
+    rx->retry_at = 0;
     rx->reads++;
     int rc = rx->fetch(rx->fetch_ud, rx->last, CATCHUP_PAGE);
-    if (rc) {
-        /* Not connected: the reconnection catches up instead. */
-        rx->catching = 0;
-        pos_warn(rx, "cannot read the history after %s-%" PRIu64 ": %s",
-                 rx->epoch, rx->last, tb_strerror(rc));
-    }
+    if (rc)
+        retry_later(rx, rc);
 }
 
 /* What the position p of a live message means: 1 to take it, 0 when it
@@ -401,6 +416,7 @@ void tb__bus_rx_epoch(tb__bus_rx *rx, char out[TB_EPOCH_MAX])
 void tb__bus_rx_disconnected(tb__bus_rx *rx)
 {
     rx->catching = 0;
+    rx->retry_at = 0; /* the reconnection reads */
     rx->baseline = 0;
 }
 
@@ -417,21 +433,7 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
     if (!rx->catching)
         return; /* a read of a connection that is gone */
     if (status != 0) {
-        pos_warn(rx,
-                 "reading the history after %s-%" PRIu64 " failed (%s): "
-                 "what was missed is lost",
-                 rx->epoch, rx->last, tb_strerror(status));
-        rx->catching = 0;
-        rx->top = TB__SEQ_MAX;
-        /* Take the parked ones as they are, over the hole. */
-        if (rx->park_head) {
-            tb__pos p;
-            if (tb__pos_from_tail(rx->park_head->data + rx->park_head->chlen,
-                                  rx->park_head->len, &p) == 0 &&
-                strcmp(p.epoch, rx->epoch) == 0 && p.seq > rx->last)
-                rx->last = p.seq - 1;
-        }
-        unpark(rx);
+        retry_later(rx, status);
         return;
     }
     if (!pg->epoch[0] || strcmp(pg->epoch, rx->epoch) != 0) {
@@ -541,6 +543,8 @@ static int message(tb__bus_rx *rx, const char *ch, size_t chlen,
 
 void tb__bus_rx_tick(tb__bus_rx *rx, int64_t now_us)
 {
+    if (rx->retry_at && now_us >= rx->retry_at && rx->fetch)
+        catch_up(rx);
     tb__ratelog_flush(&rx->log, now_us);
     tb__ratelog_flush(&rx->pos_log, now_us);
 }

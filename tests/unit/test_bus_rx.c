@@ -12,6 +12,7 @@
 #define F "89abcdef"
 
 typedef struct reads {
+    int fail; /* what fetch returns */
     int n;
     uint64_t after[16];
     size_t count[16];
@@ -25,7 +26,7 @@ static int fake_fetch(void *ud, uint64_t after, size_t count)
         r->count[r->n] = count;
     }
     r->n++;
-    return 0;
+    return r->fail;
 }
 
 static void no_schedule(void *ud)
@@ -286,6 +287,41 @@ static void test_page_of_skipped_entries(void **state)
     tb_app_free(app);
 }
 
+/* A catch-up read that fails (or cannot be sent) declares nothing lost:
+ * the parked messages and the position stay, live ones keep being
+ * parked, and the read is tried again later. */
+static void test_failed_read_retried(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    reads r = {0};
+    tb__bus_rx *rx = rx_new(app, &r);
+    answer(rx, E, 1, 0, 5, app);
+    msg(rx, E, 8); /* 6 and 7 missed */
+    assert_int_equal(r.n, 2);
+    tb__bus_rx_fetched(rx, TB_ENOTCONN, NULL);
+    msg(rx, E, 9); /* still parked: no read, nothing taken over the hole */
+    assert_int_equal(r.n, 2);
+    tb__bus_rx_tick(rx, tb__mono_us()); /* not yet */
+    assert_int_equal(r.n, 2);
+    r.fail = TB_ENOMEM; /* and the retry cannot be sent */
+    tb__bus_rx_tick(rx, tb__mono_us() + 2000000);
+    assert_int_equal(r.n, 3);
+    assert_int_equal(r.after[2], 5);
+    r.fail = 0;
+    tb__bus_rx_tick(rx, tb__mono_us() + 2000000);
+    assert_int_equal(r.n, 4);
+    assert_int_equal(r.after[3], 5);
+    answer(rx, E, 6, 9, 9, app);
+    assert_int_equal(atomic_load(&app->hist_lost), 0);
+    assert_int_equal(stats(rx).duplicates, 2); /* the parked 8 and 9 */
+    msg(rx, E, 10);
+    assert_int_equal(r.n, 4);
+    tb__bus_rx_flush(rx);
+    tb__bus_rx_free(rx);
+    tb_app_free(app);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -293,6 +329,7 @@ int main(void)
         cmocka_unit_test(test_forged_epoch),
         cmocka_unit_test(test_parked_across_epoch_change),
         cmocka_unit_test(test_page_of_skipped_entries),
+        cmocka_unit_test(test_failed_read_retried),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
