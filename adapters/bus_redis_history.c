@@ -134,6 +134,11 @@ static int fetch(void *ud, uint64_t after, size_t count)
     return tb__rh_read(ud, after, count, on_fetched, ud);
 }
 
+static void rollback(void *ud)
+{
+    tb__rh_failover(ud);
+}
+
 void tb__rh_init(rbus *b, const tb_app_config *c)
 {
     b->h_on = c->core.history_size > 0;
@@ -158,6 +163,7 @@ void tb__rh_init(rbus *b, const tb_app_config *c)
     snprintf(b->h_tx, sizeof b->h_tx, "%shtx:%s", b->kv_prefix,
              tb__app_instance(b->bus.app));
     tb__bus_rx_track(b->rx, fetch, b);
+    tb__bus_rx_on_rollback(b->rx, rollback);
 }
 
 int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,

@@ -467,6 +467,13 @@ void tb__bus_rx_status(tb__bus_rx *rx, tb_bus_info *out);
 void tb__bus_rx_track(tb__bus_rx *rx,
                       int (*fetch)(void *ud, uint64_t after, size_t count),
                       void *ud);
+/* rollback(ud), ud as fetch's: called when a catch-up answer shows the
+ * history's end before the last position delivered here, in the same
+ * epoch (Redis came back from an older RDB/AOF: the positions after its
+ * end will be given out again): the bus starts the history over in a new
+ * epoch, as after a failover, so that no client resumes over the reused
+ * positions with recovered true. */
+void tb__bus_rx_on_rollback(tb__bus_rx *rx, void (*rollback)(void *ud));
 /* The subscription is confirmed (a connection or a reconnection): catch
  * up from the last position delivered, or, the first time, learn where
  * the history stands. */

@@ -50,6 +50,7 @@ struct tb__bus_rx {
 
     /* Positions (tb__bus_rx_track): see bus.h. */
     int (*fetch)(void *ud, uint64_t after, size_t count);
+    void (*rollback)(void *ud);
     void *fetch_ud;
     char epoch[TB_EPOCH_MAX]; /* of last; "" while unknown */
     uint64_t last;            /* the last position delivered (or the
@@ -395,6 +396,11 @@ void tb__bus_rx_track(tb__bus_rx *rx,
     rx->fetch_ud = ud;
 }
 
+void tb__bus_rx_on_rollback(tb__bus_rx *rx, void (*rollback)(void *ud))
+{
+    rx->rollback = rollback;
+}
+
 void tb__bus_rx_connected(tb__bus_rx *rx)
 {
     if (!rx->fetch)
@@ -455,6 +461,19 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
     }
     rx->top = pg->top;
     atomic_fetch_add_explicit(&rx->app->hist_reads, 1, memory_order_relaxed);
+    if (pg->top < rx->last) {
+        /* Same epoch, but the end is before what we delivered: Redis
+         * came back from an older snapshot and will give those positions
+         * out again. A new epoch tells resuming clients so. */
+        pos_warn(rx,
+                 "the history ends at %s-%" PRIu64 ", before %" PRIu64 " "
+                 "delivered here: Redis came back from an older snapshot; "
+                 "starting the history over in a new epoch",
+                 rx->epoch, pg->top, rx->last);
+        if (rx->rollback)
+            rx->rollback(rx->fetch_ud);
+        rx->last = pg->top;
+    }
     for (size_t i = 0; i < pg->n; i++) {
         tb_event *ev = pg->evs[i];
         if (ev->seq <= rx->last)
