@@ -87,14 +87,16 @@ static const char failover_lua[] =
     "return 1\n";
 
 /* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the first entry id to
- * read, how many. Returns epoch (or ""), seq (or "0"), the oldest entry's
- * id (or ""), then id, name, envelope of each entry read. */
+ * read, how many, how many bytes of names and envelopes at most (at least
+ * one entry is answered whatever its size). Returns epoch (or ""), seq (or
+ * "0"), the oldest entry's id (or ""), "1" if the byte cap cut the read
+ * short (else ""), then id, name, envelope of each entry read. */
 static const char read_lua[] =
     "local m = redis.call('HMGET', KEYS[2], 'epoch', 'seq')\n"
-    "local out = {m[1] or '', m[2] or '0', ''}\n"
+    "local out = {m[1] or '', m[2] or '0', '', ''}\n"
     "local f = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)\n"
     "if f[1] then out[3] = f[1][1] end\n"
-    "local n = tonumber(ARGV[2])\n"
+    "local n, cap, bytes = tonumber(ARGV[2]), tonumber(ARGV[3]), 0\n"
     "if n > 0 then\n"
     "  local r = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', n)\n"
     "  for i = 1, #r do\n"
@@ -103,12 +105,19 @@ static const char read_lua[] =
     "      if fv[j] == 'n' then name = fv[j + 1]\n"
     "      elseif fv[j] == 'e' then env = fv[j + 1] end\n"
     "    end\n"
+    "    bytes = bytes + #name + #env\n"
+    "    if i > 1 and bytes > cap then out[4] = '1'; break end\n"
     "    out[#out + 1] = r[i][1]\n"
     "    out[#out + 1] = name\n"
     "    out[#out + 1] = env\n"
     "  end\n"
     "end\n"
     "return out\n";
+
+/* Bytes of names and envelopes one history read answers at most (at least
+ * one entry): a page of 512 entries of up to max_event_size each would
+ * otherwise be gigabytes in one reply. */
+#define READ_MAX_BYTES (8 << 20)
 
 const tb__rkv_script tb__rh_pub = {"history publish", pub_lua, 16};
 static const tb__rkv_script s_read = {"history read", read_lua, 17};
@@ -311,15 +320,15 @@ static void hist_reply(rkv_req *r, const redisReply *reply)
     rbus *b = r->b;
     tb__hist_page pg;
     memset(&pg, 0, sizeof pg);
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
-        (reply->elements - 3) % 3 != 0 ||
-        (reply->elements - 3) / 3 > r->list_max) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 4 ||
+        (reply->elements - 4) % 3 != 0 ||
+        (reply->elements - 4) / 3 > r->list_max) {
         bad_reply(b, r->label, "malformed answer");
         hist_fail(r, TB_EPROTO);
         return;
     }
     redisReply **el = reply->element;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (el[i]->type != REDIS_REPLY_STRING) {
             bad_reply(b, r->label, "malformed answer");
             hist_fail(r, TB_EPROTO);
@@ -333,18 +342,19 @@ static void hist_reply(rkv_req *r, const redisReply *reply)
         return;
     }
     memcpy(pg.epoch, el[0]->str, el[0]->len);
-    size_t n = (reply->elements - 3) / 3;
+    size_t n = (reply->elements - 4) / 3;
     if (n && !(pg.evs = calloc(n, sizeof *pg.evs))) {
         hist_fail(r, TB_ENOMEM);
         return;
     }
     uint64_t prev = r->after;
-    pg.seen = n;
+    /* Cut short by the byte cap: not the end (seen as a full page). */
+    pg.seen = el[3]->len ? r->list_max : n;
     /* Where the next page starts, whatever becomes of the entries: one
      * skipped here must not end the paging (XRANGE ids are Redis's,
      * "<ms>-<seq>"; ours have seq 0). */
-    if (n && (el[3 + 3 * (n - 1)]->type != REDIS_REPLY_STRING ||
-              id_ms(el[3 + 3 * (n - 1)]->str, el[3 + 3 * (n - 1)]->len,
+    if (n && (el[4 + 3 * (n - 1)]->type != REDIS_REPLY_STRING ||
+              id_ms(el[4 + 3 * (n - 1)]->str, el[4 + 3 * (n - 1)]->len,
                     &pg.seen_to) != 0 ||
               pg.seen_to <= r->after)) {
         free(pg.evs);
@@ -353,8 +363,8 @@ static void hist_reply(rkv_req *r, const redisReply *reply)
         return;
     }
     for (size_t i = 0; i < n; i++) {
-        redisReply *id = el[3 + 3 * i], *nm = el[4 + 3 * i],
-                   *env = el[5 + 3 * i];
+        redisReply *id = el[4 + 3 * i], *nm = el[5 + 3 * i],
+                   *env = el[6 + 3 * i];
         uint64_t seq;
         const char *why = "malformed entry";
         tb_event *ev = NULL;
@@ -384,13 +394,14 @@ int tb__rh_read(rbus *b, uint64_t after, size_t count,
         return TB_ENOTSUP;
     if (after > TB__SEQ_MAX || count > TB__KV_LIST_MAX)
         return TB_EINVAL;
-    char from[32], cnt[16];
+    char from[32], cnt[16], cap[16];
     snprintf(from, sizeof from, "%" PRIu64 "-0", after + 1);
     snprintf(cnt, sizeof cnt, "%zu", count);
-    const char *argv[4] = {b->h_stream, b->h_meta, from, cnt};
-    size_t lens[4] = {strlen(b->h_stream), strlen(b->h_meta), strlen(from),
-                      strlen(cnt)};
-    rkv_req *r = tb__rkv_new(b, &s_read, 2, 4, argv, lens);
+    snprintf(cap, sizeof cap, "%d", READ_MAX_BYTES);
+    const char *argv[5] = {b->h_stream, b->h_meta, from, cnt, cap};
+    size_t lens[5] = {strlen(b->h_stream), strlen(b->h_meta), strlen(from),
+                      strlen(cnt), strlen(cap)};
+    rkv_req *r = tb__rkv_new(b, &s_read, 2, 5, argv, lens);
     if (!r)
         return TB_ENOMEM;
     snprintf(r->label, sizeof r->label, "history read after %" PRIu64, after);

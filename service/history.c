@@ -462,11 +462,12 @@ int tb_history_read(tb_app *app, const char *const *patterns, int npatterns,
         return TB_ENOMEM;
     }
     uint64_t after = have_since ? sp.seq : 0;
-    size_t scanned = 0, budget = (size_t)app->cfg.core.history_size;
+    size_t scanned = 0, budget = (size_t)app->cfg.core.history_scan_max;
     int rc = 0, first = 1;
     for (;;) {
         tb__hist_page pg;
-        rc = tb__history_fetch(app, after, PAGE, &pg);
+        size_t want = budget - scanned < PAGE ? budget - scanned : PAGE;
+        rc = tb__history_fetch(app, after, want, &pg);
         if (rc)
             break;
         if (first) {
@@ -500,7 +501,7 @@ int tb_history_read(tb_app *app, const char *const *patterns, int npatterns,
             after = pg.seen_to;
             tb__pos_format(out->next, out->epoch, after);
         }
-        int at_end = pg.seen < PAGE && i == pg.n;
+        int at_end = pg.seen < want && i == pg.n;
         out->more = !at_end && after < pg.top;
         if (at_end) /* everything up to the end was looked at */
             tb__pos_format(out->next, out->epoch, pg.top);

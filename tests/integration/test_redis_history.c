@@ -13,17 +13,27 @@
 #define CONNECT_MS 10000
 #define ARRIVE_MS 5000
 
-/* A running app on srv with history_size size (0: off), connected. */
-static rh_app *history_app(const rh_server *srv, int size)
+/* A running app on srv with history_size size (0: off) and, unless 0,
+ * max_event_size max_event (with a send queue to match), connected. */
+static rh_app *history_app_ev(const rh_server *srv, int size, size_t max_event)
 {
     char url[256];
     rh_server_url(srv, NULL, NULL, url, sizeof url);
     tb_app_config cfg;
     rh_config(&cfg, url, NULL);
     cfg.core.history_size = size;
+    if (max_event) {
+        cfg.core.max_event_size = max_event;
+        cfg.ws.send_queue_bytes = 2 * max_event;
+    }
     rh_app *ra = rh_app_start(&cfg);
     rh_assert_connected(ra->app, CONNECT_MS);
     return ra;
+}
+
+static rh_app *history_app(const rh_server *srv, int size)
+{
+    return history_app_ev(srv, size, 0);
 }
 
 /* Dispatches "<first>".."<first + n - 1>" as name, each confirmed. */
@@ -183,6 +193,36 @@ static void test_history_undecodable_page(void **state)
     assert_int_equal(h.events[0]->seq, 601);
     tb__pos_format(want, epoch, 601);
     assert_string_equal(h.next, want);
+    assert_int_equal(h.more, 0);
+    tb_history_free(&h);
+    assert_int_equal(rh_app_stop(ra), 0);
+}
+
+/* A history read answers at most READ_MAX_BYTES (8 MiB) of entries, at
+ * least one: three events of 5 MiB come one per page, and all three are
+ * still read. */
+static void test_history_read_byte_cap(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    rh_app *ra = history_app_ev(srv, 100, 6 << 20);
+    size_t big = 5 << 20;
+    char *d = malloc(big);
+    assert_non_null(d);
+    memset(d, 'x', big);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(
+            tb_dispatch_wait(ra->app, "b.ev", d, big, ARRIVE_MS, NULL), 0);
+    free(d);
+    tb__hist_page pg;
+    assert_int_equal(tb__history_fetch(ra->app, 0, 10, &pg), 0);
+    assert_int_equal(pg.n, 1);     /* 5 MiB: a second would pass 8 */
+    assert_int_equal(pg.seen, 10); /* cut short: not the end */
+    assert_int_equal(pg.seen_to, 1);
+    tb__hist_page_release(&pg);
+    tb_history h;
+    assert_int_equal(tb_history_read(ra->app, NULL, 0, NULL, 10, &h), 0);
+    assert_int_equal(h.n, 3);
     assert_int_equal(h.more, 0);
     tb_history_free(&h);
     assert_int_equal(rh_app_stop(ra), 0);
@@ -387,6 +427,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         RH_TEST(test_history_stream),
         RH_TEST(test_history_undecodable_page),
+        RH_TEST(test_history_read_byte_cap),
         RH_TEST(test_history_plain_publish_and_flush),
         RH_TEST(test_history_resend_once),
         RH_TEST(test_history_off),

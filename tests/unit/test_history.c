@@ -414,6 +414,45 @@ TH_APP_TEST(test_history_read_pages, history_app_100(), 10000)
     TH_CHECK_EQ(pages, 3);
 }
 
+/* history_scan_max bounds what one read looks at when nothing matches:
+ * at the limit it goes on from next; one over, it reaches the end. */
+static tb_app *history_app_scan3(void)
+{
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.core.workers = 1;
+    cfg.core.history_size = 100;
+    cfg.core.history_scan_max = 3;
+    return th_app_new_cfg(&cfg);
+}
+
+TH_TASK_TEST(test_history_scan_max, history_app_scan3(), 0, 10000)
+{
+    dispatch_n(app, "n", 1, 5);
+    const char *none[] = {"zz"};
+    tb_history h;
+    TH_CHECK_RC(tb_history_read(app, none, 1, NULL, 1, &h), 0);
+    char epoch[TB_EPOCH_MAX], want[TB_POS_MAX], since[TB_POS_MAX];
+    snprintf(epoch, sizeof epoch, "%s", h.epoch);
+    TH_CHECK_EQ(h.n, 0);
+    TH_CHECK_EQ(h.more, 1);
+    tb__pos_format(want, epoch, 3); /* three looked at */
+    TH_CHECK_STR(h.next, want);
+    snprintf(since, sizeof since, "%s", h.next);
+    tb_history_free(&h);
+    TH_CHECK_RC(tb_history_read(app, none, 1, since, 1, &h), 0);
+    TH_CHECK_EQ(h.n, 0);
+    TH_CHECK_EQ(h.more, 0); /* 4 and 5: the end */
+    tb__pos_format(want, epoch, 5);
+    TH_CHECK_STR(h.next, want);
+    tb_history_free(&h);
+    tb__pos_format(since, epoch, 2); /* exactly 3 left: the end too */
+    TH_CHECK_RC(tb_history_read(app, none, 1, since, 1, &h), 0);
+    TH_CHECK_EQ(h.more, 0);
+    TH_CHECK_STR(h.next, want);
+    tb_history_free(&h);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -424,6 +463,7 @@ int main(void)
         cmocka_unit_test(test_resume_not_recovered),
         cmocka_unit_test(test_history_off),
         cmocka_unit_test(test_history_read_pages),
+        cmocka_unit_test(test_history_scan_max),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
