@@ -630,8 +630,13 @@ int tb__resume_next(tb_task *self, tb_sub *s, tb_event **ev, int *rc)
                 return 1;
             }
             if (strcmp(rs->pg.epoch, rs->at.epoch) != 0) {
-                /* The history was lost meanwhile: what is queued is of
-                 * the new epoch and goes out live. */
+                /* The history was lost meanwhile: the replay did not
+                 * recover, and the seam is the new epoch's end (what is
+                 * queued after it goes out live). */
+                rs->info.recovered = 0;
+                memcpy(rs->at.epoch, rs->pg.epoch, sizeof rs->at.epoch);
+                rs->at.seq = rs->end = rs->pg.top;
+                rs->page_to = 0;
                 tb__hist_page_release(&rs->pg);
                 rs->at_top = 1;
                 continue;
