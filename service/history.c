@@ -291,10 +291,12 @@ int tb__hist_ring_init(tb__hist_ring *r, size_t cap, size_t max_bytes,
     return 0;
 }
 
-/* The bytes an event counts for in the ring. */
-static size_t ev_bytes(const tb_event *ev)
+size_t tb__hist_ev_bytes(const tb_event *ev)
 {
-    return ev->len + strlen(ev->name);
+    /* Its allocation: the struct (ids, position) and the NUL-terminated
+     * name and data after it. The envelope made on first use
+     * (tb_event_json) is not counted: it may never be. */
+    return sizeof *ev + strlen(ev->name) + 1 + ev->len + 1;
 }
 
 /* Forgets every event held. mu held. */
@@ -310,7 +312,7 @@ static void ring_clear(tb__hist_ring *r)
 static void ring_drop_oldest(tb__hist_ring *r)
 {
     tb_event *old = r->evs[r->head];
-    r->bytes -= ev_bytes(old);
+    r->bytes -= tb__hist_ev_bytes(old);
     tb_event_unref(old);
     r->head = (r->head + 1) % r->cap;
     r->n--;
@@ -342,7 +344,7 @@ void tb__hist_ring_publish(tb__hist_ring *r, tb_event *ev,
     if (!r->epoch[0])
         tb__epoch_new(r->epoch);
     tb__event_set_pos(ev, r->epoch, ++r->seq);
-    size_t b = ev_bytes(ev);
+    size_t b = tb__hist_ev_bytes(ev);
     while (r->n && (r->n == r->cap || r->bytes + b > r->max_bytes))
         ring_drop_oldest(r);
     r->evs[(r->head + r->n) % r->cap] = tb_event_ref(ev);

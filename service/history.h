@@ -58,6 +58,10 @@ typedef struct tb__hist_page {
     uint64_t seen_to;
 } tb__hist_page;
 
+/* The bytes ev counts for against history_max_bytes in the in-process
+ * ring: its whole allocation, not just its name and data. */
+size_t tb__hist_ev_bytes(const tb_event *ev);
+
 /* Drops the page's references and frees its array; the page is then
  * empty. */
 void tb__hist_page_release(tb__hist_page *pg);

@@ -207,7 +207,8 @@ typedef struct tb_core_config {
                                  pattern nothing matches costs a bounded
                                  read; beyond, more is 1 */
     size_t history_max_bytes; /* the in-process bus's history holds at most
-                                 this much event data (names and data): the
+                                 this much event memory (names, data and
+                                 each event's ~200 bytes of its own): the
                                  oldest go first beyond it. (Redis keeps
                                  history_size events whatever their size:
                                  size its maxmemory for them.) */

@@ -149,9 +149,15 @@ static void test_ring(void **state)
     tb_event_unref(ev);
     tb__hist_ring_destroy(&r);
 
-    /* history_max_bytes: at most 10 bytes of names and data ("a.b" and 2
-     * bytes each: 5), so 2 events; one alone over it is still kept. */
-    assert_int_equal(tb__hist_ring_init(&r, 100, 10, 60000), 0);
+    /* history_max_bytes: each event counts its struct too (about 200
+     * bytes), not only "a.b" and its 2 bytes of data: room for exactly 2;
+     * one alone over it is still kept. */
+    ev = tb__event_new(app, "a.b", "xy", 2, NULL, NULL, 0);
+    size_t each = tb__hist_ev_bytes(ev);
+    tb_event_unref(ev);
+    assert_true(each > 100);
+    assert_int_equal(tb__hist_ring_init(&r, 100, 2 * each + each / 2, 60000),
+                     0);
     for (int i = 0; i < 4; i++) {
         ev = tb__event_new(app, "a.b", "xy", 2, NULL, NULL, 0);
         tb__hist_ring_publish(&r, ev, no_deliver, &delivered);
@@ -161,7 +167,9 @@ static void test_ring(void **state)
     assert_int_equal(pg.n, 2); /* exactly at the bound */
     assert_int_equal(pg.first, 3);
     tb__hist_page_release(&pg);
-    ev = tb__event_new(app, "a.b", "0123456789", 10, NULL, NULL, 0);
+    char large[600];
+    memset(large, 'z', sizeof large);
+    ev = tb__event_new(app, "a.b", large, sizeof large, NULL, NULL, 0);
     tb__hist_ring_publish(&r, ev, no_deliver, &delivered);
     tb_event_unref(ev);
     assert_int_equal(tb__hist_ring_read(&r, 0, 10, &pg), 0);
