@@ -884,8 +884,10 @@ typedef struct tb_sub_recovery {
  * keep their order throughout. A since that cannot be recovered (older
  * than the history, another epoch, beyond its end) replays nothing:
  * TB_SUB_LIVE comes first, with recovered 0. Call it once per sub,
- * before its first tb_sub_next; patterns added after it get live events
- * only. Returns 0, TB_EINVAL (since malformed,
+ * before its first tb_sub_next. The replay matches the sub's patterns as
+ * they are when each event is taken: one added (or removed) during the
+ * replay applies to the events not replayed yet, not to those already
+ * passed. Returns 0, TB_EINVAL (since malformed,
  * or sub not self's, or resumed already), TB_ENOTSUP (history is off:
  * core.history_size 0), TB_ENOTCONN / TB_ETIMEDOUT (the bus could not
  * answer), TB_ECANCELED, TB_ENOMEM. */

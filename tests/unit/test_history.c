@@ -223,6 +223,17 @@ static int next_num(tb_task *self, tb_sub *sub, char *pos)
     return n;
 }
 
+/* Resumes s from before the first event of the history's epoch. */
+static void resume_from_start(tb_task *self, tb_sub *s)
+{
+    tb_history h;
+    TH_CHECK_RC(tb_history_read(self->app, NULL, 0, NULL, 1, &h), 0);
+    char since[TB_POS_MAX];
+    tb__pos_format(since, h.epoch, 0);
+    tb_history_free(&h);
+    TH_CHECK_RC(tb_sub_resume(self, s, since), 0);
+}
+
 TH_TASK_TEST(test_resume_replays_then_live, history_app_100(), 0, 10000)
 {
     int err;
@@ -273,12 +284,7 @@ TH_TASK_TEST(test_resume_overflow, history_app(1000), 0, 20000)
     TH_CHECK_RC(tb_sleep(self, 20), 0); /* delivered: 7..10 queued */
     tb_sub_recovery info;
     /* From before the epoch's first event: the whole history. */
-    tb_history h;
-    TH_CHECK_RC(tb_history_read(app, NULL, 0, NULL, 1, &h), 0);
-    char since[TB_POS_MAX];
-    tb__pos_format(since, h.epoch, 0);
-    tb_history_free(&h);
-    TH_CHECK_RC(tb_sub_resume(self, s, since), 0);
+    resume_from_start(self, s);
     TH_CHECK_EQ(next_num(self, s, NULL), 1);
     /* While it replays, 20 more arrive live and overflow the queue. */
     dispatch_n(app, "n", 11, 20);
@@ -492,12 +498,7 @@ TH_TASK_TEST(test_resume_epoch_lost, history_app(1000), 0, 10000)
     dispatch_n(app, "n", 1, 600); /* more than a page */
     int err;
     tb_sub *s = tb_sub_open(self, "n", 0, &err);
-    tb_history h;
-    TH_CHECK_RC(tb_history_read(app, NULL, 0, NULL, 1, &h), 0);
-    char since[TB_POS_MAX];
-    tb__pos_format(since, h.epoch, 0);
-    tb_history_free(&h);
-    TH_CHECK_RC(tb_sub_resume(self, s, since), 0);
+    resume_from_start(self, s);
     TH_CHECK_EQ(next_num(self, s, NULL), 1);
     real_ops = app->bus->ops;
     tb__bus_ops lost = *real_ops;
@@ -520,6 +521,24 @@ TH_TASK_TEST(test_resume_epoch_lost, history_app(1000), 0, 10000)
     tb_sub_close(s);
 }
 
+/* A pattern added during a replay applies to the rest of it, not to
+ * what it passed already. */
+TH_TASK_TEST(test_resume_pattern_added, history_app_100(), 0, 10000)
+{
+    dispatch_n(app, "m", 1, 1);
+    dispatch_n(app, "n", 2, 1);
+    dispatch_n(app, "m", 3, 1);
+    int err;
+    tb_sub *s = tb_sub_open(self, "n", 0, &err);
+    resume_from_start(self, s);
+    TH_CHECK_EQ(next_num(self, s, NULL), 2); /* m 1 passed: not for "n" */
+    TH_CHECK_RC(tb_sub_add(s, "m"), 0);
+    TH_CHECK_EQ(next_num(self, s, NULL), 3); /* the rest: m 3 */
+    tb_event *ev;
+    TH_CHECK_RC(tb_sub_next(self, s, 2000, &ev), TB_SUB_LIVE);
+    tb_sub_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -532,6 +551,7 @@ int main(void)
         cmocka_unit_test(test_history_read_pages),
         cmocka_unit_test(test_history_scan_max),
         cmocka_unit_test(test_resume_epoch_lost),
+        cmocka_unit_test(test_resume_pattern_added),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
