@@ -72,18 +72,25 @@ static const char pub_lua[] =
     "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
     "return k\n";
 
-/* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the epoch this instance
- * knew, its half of a new one. After a failover: a new epoch and an empty
- * history, unless the epoch is no longer the one we knew (another
- * instance started it over already, or none is set yet). Returns 1 when
- * it did. */
-static const char failover_lua[] =
-    "if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then return 0 end\n"
+/* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the master it runs on
+ * ("host:port" as the sentinels name it), this instance's half of a new
+ * epoch, and the epoch it saw rolled back ("" after a failover). A new
+ * epoch and an empty history, once: after a failover once per master (the
+ * meta hash remembers the master its epoch was started for, and the
+ * instances after the first skip it; whether this one knew an epoch does
+ * not matter: a fresh one reaching the new master first starts it over
+ * too); after a rollback once per epoch (skipped when it is no longer the
+ * one seen). Returns 1 when it did. */
+const char tb__rh_failover_lua[] =
+    "local m = redis.call('HMGET', KEYS[2], 'epoch', 'master')\n"
+    "if ARGV[3] ~= '' then\n"
+    "  if m[1] ~= ARGV[3] then return 0 end\n"
+    "elseif m[2] == ARGV[1] then return 0 end\n"
     "local t = redis.call('TIME')\n"
     "local ep = ARGV[2] .. string.format('%08x', (tonumber(t[1]) * 1000000 + "
     "tonumber(t[2])) % 4294967296)\n"
     "redis.call('DEL', KEYS[1])\n"
-    "redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0)\n"
+    "redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0, 'master', ARGV[1])\n"
     "return 1\n";
 
 /* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the first entry id to
@@ -145,7 +152,11 @@ static int fetch(void *ud, uint64_t after, size_t count)
 
 static void rollback(void *ud)
 {
-    tb__rh_failover(ud);
+    rbus *b = ud;
+    char seen[TB_EPOCH_MAX];
+    tb__bus_rx_epoch(b->rx, seen);
+    if (seen[0])
+        tb__rh_failover(b, seen);
 }
 
 void tb__rh_init(rbus *b, const tb_app_config *c)
@@ -232,19 +243,21 @@ static void on_failover(redisAsyncContext *ac, void *r, void *priv)
                 reply->str);
 }
 
-void tb__rh_failover(rbus *b)
+void tb__rh_failover(rbus *b, const char *rolled_back)
 {
     rlink *l = &b->links[LINK_PUB];
-    char known[TB_EPOCH_MAX];
-    tb__bus_rx_epoch(b->rx, known);
-    if (!b->h_on || !known[0] || !l->ac)
+    if (!b->h_on || !l->ac)
         return;
-    const char *argv[] = {"EVAL",    failover_lua, "2",       b->h_stream,
-                          b->h_meta, known,        b->h_epoch};
-    size_t lens[7];
-    for (int i = 0; i < 7; i++)
+    char master[300];
+    snprintf(master, sizeof master, "%s:%d", b->master_host, b->master_port);
+    const char *argv[] = {"EVAL",     tb__rh_failover_lua,
+                          "2",        b->h_stream,
+                          b->h_meta,  master,
+                          b->h_epoch, rolled_back ? rolled_back : ""};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++)
         lens[i] = strlen(argv[i]);
-    if (redisAsyncCommandArgv(l->ac, on_failover, NULL, 7, argv, lens) !=
+    if (redisAsyncCommandArgv(l->ac, on_failover, NULL, 8, argv, lens) !=
         REDIS_OK)
         tb__rb_fail(b, "cannot send the history's failover script");
 }

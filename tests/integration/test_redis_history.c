@@ -228,6 +228,39 @@ static void test_history_read_byte_cap(void **state)
     assert_int_equal(rh_app_stop(ra), 0);
 }
 
+/* The failover script: once per master after a failover, whether the
+ * instance knew an epoch or not; once per epoch after a rollback. */
+static void test_history_failover_script(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    char out[256], e1[TB_EPOCH_MAX];
+    assert_int_equal(rh_cli(srv, out, sizeof out, "HSET", "{taskbus}:hmeta",
+                            "epoch", "0123abcd", "seq", "5"),
+                     0);
+#define FAILOVER(master, rolled)                                               \
+    CLI_NUM(srv, "EVAL", tb__rh_failover_lua, "2", "{taskbus}:hist",           \
+            "{taskbus}:hmeta", master, "aaaaaaaa", rolled)
+    assert_int_equal(FAILOVER("127.0.0.1:7001", ""), 1); /* the first */
+    assert_int_equal(CLI_NUM(srv, "HGET", "{taskbus}:hmeta", "seq"), 0);
+    assert_int_equal(
+        rh_cli(srv, out, sizeof out, "HGET", "{taskbus}:hmeta", "epoch"), 0);
+    assert_int_equal(strncmp(out, "aaaaaaaa", 8), 0);
+    snprintf(e1, sizeof e1, "%.16s", out);
+    assert_int_equal(FAILOVER("127.0.0.1:7001", ""), 0); /* the others */
+    assert_int_equal(FAILOVER("127.0.0.1:7002", ""), 1); /* the next one */
+    assert_int_equal(
+        rh_cli(srv, out, sizeof out, "HGET", "{taskbus}:hmeta", "epoch"), 0);
+    assert_string_not_equal(out, e1);
+    /* A rollback of the epoch now: once. */
+    char e2[TB_EPOCH_MAX];
+    snprintf(e2, sizeof e2, "%.16s", out);
+    assert_int_equal(FAILOVER("127.0.0.1:7002", e2), 1);
+    assert_int_equal(FAILOVER("127.0.0.1:7002", e2), 0);
+    assert_int_equal(FAILOVER("127.0.0.1:7002", e1), 0);
+#undef FAILOVER
+}
+
 /* A plain PUBLISH is delivered without a position and is not in the
  * history; a SCRIPT FLUSH costs a reconnect, not an event. */
 static void test_history_plain_publish_and_flush(void **state)
@@ -428,6 +461,7 @@ int main(void)
         RH_TEST(test_history_stream),
         RH_TEST(test_history_undecodable_page),
         RH_TEST(test_history_read_byte_cap),
+        RH_TEST(test_history_failover_script),
         RH_TEST(test_history_plain_publish_and_flush),
         RH_TEST(test_history_resend_once),
         RH_TEST(test_history_off),
