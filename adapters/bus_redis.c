@@ -831,7 +831,7 @@ static void became_connected(rbus *b)
             tb__bus_store_lost(b->bus.app);
             /* ... and the history its last positions: a new epoch, before
              * we publish anything there. */
-            tb__rh_failover(b);
+            tb__rh_failover(b, NULL);
         }
         snprintf(b->up_host, sizeof b->up_host, "%s", b->master_host);
         b->up_port = b->master_port;

@@ -240,6 +240,8 @@ void tb__rcl_message(rbus *b, const char *msg, size_t len);
 
 /* The publish script (tests run it by hand). */
 extern const tb__rkv_script tb__rh_pub;
+/* The failover script (bus_redis_history.c; exposed for its test). */
+extern const char tb__rh_failover_lua[];
 /* Fills b's history state from the config (after tb__rkv_init). */
 void tb__rh_init(rbus *b, const tb_app_config *c);
 /* Loads the history's scripts with load (tb__rkv_connected), if on. */
@@ -254,11 +256,12 @@ void tb__rh_load_scripts(rbus *b,
  * arguments. Returns argc. Bus thread. */
 int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
                         char (*nums)[24], const char **argv, size_t *lens);
-/* The bus reached a new master (a Sentinel failover): it may lack the
- * last events and give their positions out again, so the history is
- * started over in a new epoch, unless another instance did already.
+/* The bus reached a new master (a Sentinel failover; rolled_back NULL),
+ * or Redis came back from an older snapshot of epoch rolled_back: it may
+ * lack the last events and give their positions out again, so the history
+ * is started over in a new epoch, unless another instance did already.
  * Sent on `pub` before anything else. Bus thread. */
-void tb__rh_failover(rbus *b);
+void tb__rh_failover(rbus *b, const char *rolled_back);
 /* A publish answered err: 1 when it was NOSCRIPT (the connection is
  * failed, to load the scripts and resend), else 0. */
 int tb__rh_noscript(rbus *b, const char *err);

@@ -72,29 +72,38 @@ static const char pub_lua[] =
     "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
     "return k\n";
 
-/* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the epoch this instance
- * knew, its half of a new one. After a failover: a new epoch and an empty
- * history, unless the epoch is no longer the one we knew (another
- * instance started it over already, or none is set yet). Returns 1 when
- * it did. */
-static const char failover_lua[] =
-    "if redis.call('HGET', KEYS[2], 'epoch') ~= ARGV[1] then return 0 end\n"
+/* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the master it runs on
+ * ("host:port" as the sentinels name it), this instance's half of a new
+ * epoch, and the epoch it saw rolled back ("" after a failover). A new
+ * epoch and an empty history, once: after a failover once per master (the
+ * meta hash remembers the master its epoch was started for, and the
+ * instances after the first skip it; whether this one knew an epoch does
+ * not matter: a fresh one reaching the new master first starts it over
+ * too); after a rollback once per epoch (skipped when it is no longer the
+ * one seen). Returns 1 when it did. */
+const char tb__rh_failover_lua[] =
+    "local m = redis.call('HMGET', KEYS[2], 'epoch', 'master')\n"
+    "if ARGV[3] ~= '' then\n"
+    "  if m[1] ~= ARGV[3] then return 0 end\n"
+    "elseif m[2] == ARGV[1] then return 0 end\n"
     "local t = redis.call('TIME')\n"
     "local ep = ARGV[2] .. string.format('%08x', (tonumber(t[1]) * 1000000 + "
     "tonumber(t[2])) % 4294967296)\n"
     "redis.call('DEL', KEYS[1])\n"
-    "redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0)\n"
+    "redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0, 'master', ARGV[1])\n"
     "return 1\n";
 
 /* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the first entry id to
- * read, how many. Returns epoch (or ""), seq (or "0"), the oldest entry's
- * id (or ""), then id, name, envelope of each entry read. */
+ * read, how many, how many bytes of names and envelopes at most (at least
+ * one entry is answered whatever its size). Returns epoch (or ""), seq (or
+ * "0"), the oldest entry's id (or ""), "1" if the byte cap cut the read
+ * short (else ""), then id, name, envelope of each entry read. */
 static const char read_lua[] =
     "local m = redis.call('HMGET', KEYS[2], 'epoch', 'seq')\n"
-    "local out = {m[1] or '', m[2] or '0', ''}\n"
+    "local out = {m[1] or '', m[2] or '0', '', ''}\n"
     "local f = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)\n"
     "if f[1] then out[3] = f[1][1] end\n"
-    "local n = tonumber(ARGV[2])\n"
+    "local n, cap, bytes = tonumber(ARGV[2]), tonumber(ARGV[3]), 0\n"
     "if n > 0 then\n"
     "  local r = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', n)\n"
     "  for i = 1, #r do\n"
@@ -103,12 +112,19 @@ static const char read_lua[] =
     "      if fv[j] == 'n' then name = fv[j + 1]\n"
     "      elseif fv[j] == 'e' then env = fv[j + 1] end\n"
     "    end\n"
+    "    bytes = bytes + #name + #env\n"
+    "    if i > 1 and bytes > cap then out[4] = '1'; break end\n"
     "    out[#out + 1] = r[i][1]\n"
     "    out[#out + 1] = name\n"
     "    out[#out + 1] = env\n"
     "  end\n"
     "end\n"
     "return out\n";
+
+/* Bytes of names and envelopes one history read answers at most (at least
+ * one entry): a page of 512 entries of up to max_event_size each would
+ * otherwise be gigabytes in one reply. */
+#define READ_MAX_BYTES (8 << 20)
 
 const tb__rkv_script tb__rh_pub = {"history publish", pub_lua, 16};
 static const tb__rkv_script s_read = {"history read", read_lua, 17};
@@ -132,6 +148,15 @@ static void on_fetched(int status, const tb__hist_page *pg, void *ud)
 static int fetch(void *ud, uint64_t after, size_t count)
 {
     return tb__rh_read(ud, after, count, on_fetched, ud);
+}
+
+static void rollback(void *ud)
+{
+    rbus *b = ud;
+    char seen[TB_EPOCH_MAX];
+    tb__bus_rx_epoch(b->rx, seen);
+    if (seen[0])
+        tb__rh_failover(b, seen);
 }
 
 void tb__rh_init(rbus *b, const tb_app_config *c)
@@ -158,6 +183,7 @@ void tb__rh_init(rbus *b, const tb_app_config *c)
     snprintf(b->h_tx, sizeof b->h_tx, "%shtx:%s", b->kv_prefix,
              tb__app_instance(b->bus.app));
     tb__bus_rx_track(b->rx, fetch, b);
+    tb__bus_rx_on_rollback(b->rx, rollback);
 }
 
 int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
@@ -217,19 +243,21 @@ static void on_failover(redisAsyncContext *ac, void *r, void *priv)
                 reply->str);
 }
 
-void tb__rh_failover(rbus *b)
+void tb__rh_failover(rbus *b, const char *rolled_back)
 {
     rlink *l = &b->links[LINK_PUB];
-    char known[TB_EPOCH_MAX];
-    tb__bus_rx_epoch(b->rx, known);
-    if (!b->h_on || !known[0] || !l->ac)
+    if (!b->h_on || !l->ac)
         return;
-    const char *argv[] = {"EVAL",    failover_lua, "2",       b->h_stream,
-                          b->h_meta, known,        b->h_epoch};
-    size_t lens[7];
-    for (int i = 0; i < 7; i++)
+    char master[300];
+    snprintf(master, sizeof master, "%s:%d", b->master_host, b->master_port);
+    const char *argv[] = {"EVAL",     tb__rh_failover_lua,
+                          "2",        b->h_stream,
+                          b->h_meta,  master,
+                          b->h_epoch, rolled_back ? rolled_back : ""};
+    size_t lens[8];
+    for (int i = 0; i < 8; i++)
         lens[i] = strlen(argv[i]);
-    if (redisAsyncCommandArgv(l->ac, on_failover, NULL, 7, argv, lens) !=
+    if (redisAsyncCommandArgv(l->ac, on_failover, NULL, 8, argv, lens) !=
         REDIS_OK)
         tb__rb_fail(b, "cannot send the history's failover script");
 }
@@ -278,6 +306,13 @@ static int meta_seq(const char *s, size_t len, uint64_t *seq)
     return 0;
 }
 
+/* The <ms> part of a stream entry id "<ms>-<seq>" into *out; 0 or -1. */
+static int id_ms(const char *s, size_t len, uint64_t *out)
+{
+    const char *dash = memchr(s, '-', len);
+    return dash ? meta_seq(s, (size_t)(dash - s), out) : -1;
+}
+
 static void bad_reply(rbus *b, const char *what, const char *why)
 {
     if (tb__ratelog_ok(&b->kv_log, tb__mono_us()))
@@ -298,15 +333,15 @@ static void hist_reply(rkv_req *r, const redisReply *reply)
     rbus *b = r->b;
     tb__hist_page pg;
     memset(&pg, 0, sizeof pg);
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
-        (reply->elements - 3) % 3 != 0 ||
-        (reply->elements - 3) / 3 > r->list_max) {
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 4 ||
+        (reply->elements - 4) % 3 != 0 ||
+        (reply->elements - 4) / 3 > r->list_max) {
         bad_reply(b, r->label, "malformed answer");
         hist_fail(r, TB_EPROTO);
         return;
     }
     redisReply **el = reply->element;
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 4; i++)
         if (el[i]->type != REDIS_REPLY_STRING) {
             bad_reply(b, r->label, "malformed answer");
             hist_fail(r, TB_EPROTO);
@@ -320,15 +355,29 @@ static void hist_reply(rkv_req *r, const redisReply *reply)
         return;
     }
     memcpy(pg.epoch, el[0]->str, el[0]->len);
-    size_t n = (reply->elements - 3) / 3;
+    size_t n = (reply->elements - 4) / 3;
     if (n && !(pg.evs = calloc(n, sizeof *pg.evs))) {
         hist_fail(r, TB_ENOMEM);
         return;
     }
     uint64_t prev = r->after;
+    /* Cut short by the byte cap: not the end (seen as a full page). */
+    pg.seen = el[3]->len ? r->list_max : n;
+    /* Where the next page starts, whatever becomes of the entries: one
+     * skipped here must not end the paging (XRANGE ids are Redis's,
+     * "<ms>-<seq>"; ours have seq 0). */
+    if (n && (el[4 + 3 * (n - 1)]->type != REDIS_REPLY_STRING ||
+              id_ms(el[4 + 3 * (n - 1)]->str, el[4 + 3 * (n - 1)]->len,
+                    &pg.seen_to) != 0 ||
+              pg.seen_to <= r->after)) {
+        free(pg.evs);
+        bad_reply(b, r->label, "malformed entry id");
+        hist_fail(r, TB_EPROTO);
+        return;
+    }
     for (size_t i = 0; i < n; i++) {
-        redisReply *id = el[3 + 3 * i], *nm = el[4 + 3 * i],
-                   *env = el[5 + 3 * i];
+        redisReply *id = el[4 + 3 * i], *nm = el[5 + 3 * i],
+                   *env = el[6 + 3 * i];
         uint64_t seq;
         const char *why = "malformed entry";
         tb_event *ev = NULL;
@@ -358,13 +407,14 @@ int tb__rh_read(rbus *b, uint64_t after, size_t count,
         return TB_ENOTSUP;
     if (after > TB__SEQ_MAX || count > TB__KV_LIST_MAX)
         return TB_EINVAL;
-    char from[32], cnt[16];
+    char from[32], cnt[16], cap[16];
     snprintf(from, sizeof from, "%" PRIu64 "-0", after + 1);
     snprintf(cnt, sizeof cnt, "%zu", count);
-    const char *argv[4] = {b->h_stream, b->h_meta, from, cnt};
-    size_t lens[4] = {strlen(b->h_stream), strlen(b->h_meta), strlen(from),
-                      strlen(cnt)};
-    rkv_req *r = tb__rkv_new(b, &s_read, 2, 4, argv, lens);
+    snprintf(cap, sizeof cap, "%d", READ_MAX_BYTES);
+    const char *argv[5] = {b->h_stream, b->h_meta, from, cnt, cap};
+    size_t lens[5] = {strlen(b->h_stream), strlen(b->h_meta), strlen(from),
+                      strlen(cnt), strlen(cap)};
+    rkv_req *r = tb__rkv_new(b, &s_read, 2, 5, argv, lens);
     if (!r)
         return TB_ENOMEM;
     snprintf(r->label, sizeof r->label, "history read after %" PRIu64, after);

@@ -274,6 +274,8 @@ typedef struct waiter {
     int64_t subscribed_us; /* tb__mono_us() then */
     int done;              /* the wait is over: rc and ev are set */
     int rc;                /* tb_sub_next's */
+    int hist_failed;       /* rc is of reading the history (resume, replay),
+                              not of the wait */
     tb_event *ev;          /* on rc 0; owned by the waiter until taken */
     int task_ended;        /* the task's arg_free ran */
 } waiter;
@@ -319,12 +321,19 @@ static int wait_task(tb_task *self, void *arg)
     }
     tb_event *ev = NULL;
     int rc = w->since[0] ? tb_sub_resume(self, sub, w->since) : 0;
+    /* Until TB_SUB_LIVE, an error is the history's: a replay does not
+     * wait, so its TB_ETIMEDOUT is a read's, not the poll's. */
+    int replaying = w->since[0] != 0,
+        hist_failed = rc != 0 && rc != TB_ECANCELED;
     int64_t end_us = tb__mono_us() + (int64_t)w->timeout_ms * 1000;
     while (rc == 0) {
         int64_t left_ms = (end_us - tb__mono_us()) / 1000;
         rc = tb_sub_next(self, sub, left_ms > 0 ? (int)left_ms : 0, &ev);
+        if (replaying && rc != 0 && rc != TB_SUB_LIVE && rc != TB_ECANCELED)
+            hist_failed = 1;
         if (rc != TB_SUB_LIVE)
             break;
+        replaying = 0;
         /* The history had nothing after since: wait for a live one. */
         tb_sub_recovery_info(sub, &w->lost);
         if (w->lost.recovered)
@@ -333,6 +342,7 @@ static int wait_task(tb_task *self, void *arg)
     tb_sub_close(sub);
     pthread_mutex_lock(&w->mu);
     w->rc = rc;
+    w->hist_failed = hist_failed;
     w->ev = rc == 0 ? ev : NULL;
     w->done = 1;
     pthread_cond_signal(&w->cv);
@@ -469,7 +479,7 @@ static int wait_answer(tb_http_req *req, tb_app *app, const char *pattern,
             break;
     }
     int done = w->done, ended = w->task_ended, sub_rc = w->subscribed;
-    int wait_rc = w->rc;
+    int wait_rc = w->rc, hist_failed = w->hist_failed;
     tb_sub_recovery lost = w->lost;
     tb_event *ev = w->ev;
     w->ev = NULL;
@@ -508,6 +518,8 @@ static int wait_answer(tb_http_req *req, tb_app *app, const char *pattern,
         tb_event_unref(ev);
         return tb__api_respond(req, 200, o);
     }
+    if (done && hist_failed)
+        return tb__api_history_error(req, wait_rc);
     if (done && wait_rc == TB_ETIMEDOUT)
         return tb_http_respond(req, 204, NULL, "", 0);
     if (done && wait_rc == TB_SUB_LIVE)
@@ -517,10 +529,6 @@ static int wait_answer(tb_http_req *req, tb_app *app, const char *pattern,
             "events after %s are no longer all in the history (or it is of "
             "another epoch): reload, then poll with since=pos",
             since);
-    if (done && (wait_rc == TB_ENOTCONN || wait_rc == TB_ETIMEDOUT))
-        return tb_http_error(req, 503, "bus_unavailable",
-                             "cannot read the history: %s",
-                             tb_strerror(wait_rc));
     if (done && wait_rc != TB_ECANCELED)
         return tb_http_error(req, 500, "internal", "cannot resume: %s",
                              tb_strerror(wait_rc));

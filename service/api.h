@@ -73,6 +73,13 @@ int tb__api_register_history(tb_app *app);
  * history; bad_since: not a position). */
 int tb__api_since(tb_http_req *req, char *out);
 
+/* Answers req for a failed history read (tb_history_read, tb_sub_resume,
+ * a replay's tb_sub_next) rc: 503 bus_unavailable when the bus could not
+ * answer (TB_ENOTCONN, TB_ETIMEDOUT, TB_EAGAIN: not connected, no answer
+ * in time, Redis had forgotten the script), else 500 internal. Returns
+ * what tb_http_error returns. */
+int tb__api_history_error(tb_http_req *req, int rc);
+
 /* {"recovered": bool, "pos": pos, "epoch": epoch}: where a resume's
  * replay ended (tb_sub_recovery). NULL on ENOMEM. */
 json_t *tb__api_recovery_json(int recovered, const char *pos,

@@ -11,6 +11,15 @@
 #include "http.h"
 #include "internal.h"
 
+int tb__api_history_error(tb_http_req *req, int rc)
+{
+    if (rc == TB_ENOTCONN || rc == TB_ETIMEDOUT || rc == TB_EAGAIN)
+        return tb_http_error(req, 503, "bus_unavailable",
+                             "cannot read the history: %s", tb_strerror(rc));
+    return tb_http_error(req, 500, "internal", "reading the history: %s",
+                         tb_strerror(rc));
+}
+
 int tb__api_since(tb_http_req *req, char *out)
 {
     out[0] = '\0';
@@ -146,15 +155,8 @@ static int get_history(tb_http_req *req, void *ud)
     if (!answered) {
         rc = tb_history_read(app, (const char *const *)pats, c.n, since, limit,
                              &h);
-        if (rc == TB_ENOTCONN)
-            answered = refuse(req, 503, "bus_unavailable",
-                              "the event bus is not connected");
-        else if (rc == TB_ETIMEDOUT)
-            answered = refuse(req, 504, "bus_timeout",
-                              "the event bus did not answer in time");
-        else if (rc)
-            answered = refuse(req, 500, "internal", "reading the history: %s",
-                              tb_strerror(rc));
+        if (rc)
+            answered = (tb__api_history_error(req, rc), 1);
     }
     for (int i = 0; i < c.n; i++)
         free(pats[i]);

@@ -441,7 +441,8 @@ void tb__bus_rx_refuse(tb__bus_rx *rx, const char *channel, size_t chlen,
 void tb__bus_rx_flush(tb__bus_rx *rx);
 
 /* Logs how many drop lines were suppressed once their second is over (see
- * tb__ratelog_flush; now_us monotonic, INT64_MAX: at once). */
+ * tb__ratelog_flush; now_us monotonic, INT64_MAX: at once), and sends
+ * again a catch-up read that failed once its retry time has come. */
 void tb__bus_rx_tick(tb__bus_rx *rx, int64_t now_us);
 
 /* Fills out's received, duplicates, malformed and oversize. Any thread. */
@@ -455,16 +456,24 @@ void tb__bus_rx_status(tb__bus_rx *rx, tb_bus_info *out);
  * messages (those the read brought already are duplicates, dropped). A
  * live message at or before the last position goes on to the id check
  * (a resend, or one on its way since before the first read). One of
- * another epoch means the history was lost: logged, and counting starts
- * over from that epoch's beginning. After a reconnect it reads everything
- * after its last position the same way. fetch(ud, after, count) asks for
- * the page of at most count entries after seq `after` (count 0: only
- * where the history stands), returning 0 or the TB_E* code it could not
- * be asked with; the bus hands the answer to tb__bus_rx_fetched. Bus
+ * another epoch is parked and the history read: if it answers with that
+ * epoch, the history was lost (logged, counting starts over from that
+ * epoch's beginning); if not, the message is dropped as malformed. After a
+ * reconnect it reads everything after its last position the same way. fetch(ud,
+ * after, count) asks for the page of at most count entries after seq `after`
+ * (count 0: only where the history stands), returning 0 or the TB_E* code it
+ * could not be asked with; the bus hands the answer to tb__bus_rx_fetched. Bus
  * thread, like the rest. */
 void tb__bus_rx_track(tb__bus_rx *rx,
                       int (*fetch)(void *ud, uint64_t after, size_t count),
                       void *ud);
+/* rollback(ud), ud as fetch's: called when a catch-up answer shows the
+ * history's end before the last position delivered here, in the same
+ * epoch (Redis came back from an older RDB/AOF: the positions after its
+ * end will be given out again): the bus starts the history over in a new
+ * epoch, as after a failover, so that no client resumes over the reused
+ * positions with recovered true. */
+void tb__bus_rx_on_rollback(tb__bus_rx *rx, void (*rollback)(void *ud));
 /* The subscription is confirmed (a connection or a reconnection): catch
  * up from the last position delivered, or, the first time, learn where
  * the history stands. */

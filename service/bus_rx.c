@@ -17,6 +17,9 @@
  * dropped (the history has them; the next read fetches them). */
 #define PARK_MAX_BYTES (32 << 20)
 #define PARK_MAX_MSGS 65536
+/* A catch-up read that failed (not connected, timed out, a bad answer) is
+ * tried again this much later, or at the reconnection. */
+#define CATCHUP_RETRY_US 1000000
 #define DEDUPE_SLOTS (2 * DEDUPE_IDS) /* hash slots; a power of two */
 #define RX_BATCH 256                  /* received events handed over at once */
 
@@ -47,6 +50,7 @@ struct tb__bus_rx {
 
     /* Positions (tb__bus_rx_track): see bus.h. */
     int (*fetch)(void *ud, uint64_t after, size_t count);
+    void (*rollback)(void *ud);
     void *fetch_ud;
     char epoch[TB_EPOCH_MAX]; /* of last; "" while unknown */
     uint64_t last;            /* the last position delivered (or the
@@ -56,6 +60,7 @@ struct tb__bus_rx {
     uint64_t reads;           /* catch-up reads sent */
     int baseline;             /* the baseline read is under way: do not park */
     uint64_t top;             /* the history's end at the last read */
+    int64_t retry_at;         /* a failed read is tried again then; 0: none */
     struct parked *park_head, *park_tail;
     size_t park_n, park_bytes;
     tb__ratelog pos_log;
@@ -240,6 +245,19 @@ static void take_event(tb__bus_rx *rx, tb_event *ev)
     batch_push(rx, tb_event_ref(ev));
 }
 
+/* Appends p to the parked messages. */
+static void park_link(tb__bus_rx *rx, parked *p)
+{
+    p->next = NULL;
+    if (rx->park_tail)
+        rx->park_tail->next = p;
+    else
+        rx->park_head = p;
+    rx->park_tail = p;
+    rx->park_n++;
+    rx->park_bytes += p->chlen + p->len;
+}
+
 static void park(tb__bus_rx *rx, const char *ch, size_t chlen, const char *msg,
                  size_t len)
 {
@@ -249,32 +267,36 @@ static void park(tb__bus_rx *rx, const char *ch, size_t chlen, const char *msg,
     parked *p = malloc(sizeof *p + chlen + len);
     if (!p)
         return;
-    p->next = NULL;
     p->reads = rx->reads;
     p->chlen = chlen;
     p->len = len;
     memcpy(p->data, ch, chlen);
     memcpy(p->data + chlen, msg, len);
-    if (rx->park_tail)
-        rx->park_tail->next = p;
-    else
-        rx->park_head = p;
-    rx->park_tail = p;
-    rx->park_n++;
-    rx->park_bytes += chlen + len;
+    park_link(rx, p);
+}
+
+/* A read that could not be sent or failed tells nothing of what the
+ * history holds: nothing is lost yet. The parked messages and the last
+ * position stay; live ones keep being parked; the read is tried again
+ * after CATCHUP_RETRY_US (tb__bus_rx_tick) or at the reconnection. */
+static void retry_later(tb__bus_rx *rx, int rc)
+{
+    rx->catching = 1;
+    rx->retry_at = tb__mono_us() + CATCHUP_RETRY_US;
+    pos_warn(rx,
+             "cannot read the history after %s-%" PRIu64 " (%s): trying "
+             "again in %d ms",
+             rx->epoch, rx->last, tb_strerror(rc), CATCHUP_RETRY_US / 1000);
 }
 
 static void catch_up(tb__bus_rx *rx)
 {
     rx->catching = 1;
+    rx->retry_at = 0;
     rx->reads++;
     int rc = rx->fetch(rx->fetch_ud, rx->last, CATCHUP_PAGE);
-    if (rc) {
-        /* Not connected: the reconnection catches up instead. */
-        rx->catching = 0;
-        pos_warn(rx, "cannot read the history after %s-%" PRIu64 ": %s",
-                 rx->epoch, rx->last, tb_strerror(rc));
-    }
+    if (rc)
+        retry_later(rx, rc);
 }
 
 /* What the position p of a live message means: 1 to take it, 0 when it
@@ -292,14 +314,13 @@ static int track(tb__bus_rx *rx, const tb__pos *p, const char *ch, size_t chlen,
         return 1;
     }
     if (strcmp(rx->epoch, p->epoch) != 0) {
-        pos_warn(rx,
-                 "the history's epoch changed from %s to %s (Redis lost "
-                 "it: flushed, or restarted without persistence): events "
-                 "published meanwhile may be lost",
-                 rx->epoch, p->epoch);
-        /* From the new epoch's start: a gap if this is not its first. */
-        memcpy(rx->epoch, p->epoch, sizeof rx->epoch);
-        rx->last = 0;
+        /* Redis lost the history, or the message is forged or stale: the
+         * history decides. Taken for a new epoch on its word alone, a
+         * forged one would make us read the whole history again and again
+         * (unpark drops it once a read has said otherwise). */
+        park(rx, ch, chlen, msg, len);
+        catch_up(rx);
+        return 0;
     }
     if (p->seq <= rx->last) {
         /* Parked, and the read after it brought it: a duplicate. Live, it
@@ -338,9 +359,23 @@ static void unpark(tb__bus_rx *rx)
     while (p) {
         parked *next = p->next;
         tb__pos pos;
-        if (!rx->catching && p->reads < reads &&
-            tb__pos_from_tail(p->data + p->chlen, p->len, &pos) == 0 &&
-            strcmp(pos.epoch, rx->epoch) == 0 && pos.seq > rx->top) {
+        int before = p->reads < reads &&
+                     tb__pos_from_tail(p->data + p->chlen, p->len, &pos) == 0;
+        if (rx->catching) {
+            /* Parked again behind a new read, with the read it came
+             * before: what that read's answer says holds for it too. */
+            park_link(rx, p);
+            p = next;
+            continue;
+        }
+        if (before && rx->epoch[0] && strcmp(pos.epoch, rx->epoch) != 0) {
+            /* A read after it answered with the history's epoch: this one
+             * is forged, or from before Redis lost the history. Tracked
+             * again, it would start another read of the whole history. */
+            drop_message(rx, &rx->malformed, p->data, p->chlen, p->len,
+                         "position of another epoch than the history's");
+        } else if (before && strcmp(pos.epoch, rx->epoch) == 0 &&
+                   pos.seq > rx->top) {
             drop_message(rx, &rx->malformed, p->data, p->chlen, p->len,
                          "position beyond the history's end");
         } else {
@@ -359,6 +394,11 @@ void tb__bus_rx_track(tb__bus_rx *rx,
 {
     rx->fetch = fetch;
     rx->fetch_ud = ud;
+}
+
+void tb__bus_rx_on_rollback(tb__bus_rx *rx, void (*rollback)(void *ud))
+{
+    rx->rollback = rollback;
 }
 
 void tb__bus_rx_connected(tb__bus_rx *rx)
@@ -382,6 +422,7 @@ void tb__bus_rx_epoch(tb__bus_rx *rx, char out[TB_EPOCH_MAX])
 void tb__bus_rx_disconnected(tb__bus_rx *rx)
 {
     rx->catching = 0;
+    rx->retry_at = 0; /* the reconnection reads */
     rx->baseline = 0;
 }
 
@@ -398,21 +439,7 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
     if (!rx->catching)
         return; /* a read of a connection that is gone */
     if (status != 0) {
-        pos_warn(rx,
-                 "reading the history after %s-%" PRIu64 " failed (%s): "
-                 "what was missed is lost",
-                 rx->epoch, rx->last, tb_strerror(status));
-        rx->catching = 0;
-        rx->top = TB__SEQ_MAX;
-        /* Take the parked ones as they are, over the hole. */
-        if (rx->park_head) {
-            tb__pos p;
-            if (tb__pos_from_tail(rx->park_head->data + rx->park_head->chlen,
-                                  rx->park_head->len, &p) == 0 &&
-                strcmp(p.epoch, rx->epoch) == 0 && p.seq > rx->last)
-                rx->last = p.seq - 1;
-        }
-        unpark(rx);
+        retry_later(rx, status);
         return;
     }
     if (!pg->epoch[0] || strcmp(pg->epoch, rx->epoch) != 0) {
@@ -434,6 +461,19 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
     }
     rx->top = pg->top;
     atomic_fetch_add_explicit(&rx->app->hist_reads, 1, memory_order_relaxed);
+    if (pg->top < rx->last) {
+        /* Same epoch, but the end is before what we delivered: Redis
+         * came back from an older snapshot and will give those positions
+         * out again. A new epoch tells resuming clients so. */
+        pos_warn(rx,
+                 "the history ends at %s-%" PRIu64 ", before %" PRIu64 " "
+                 "delivered here: Redis came back from an older snapshot; "
+                 "starting the history over in a new epoch",
+                 rx->epoch, pg->top, rx->last);
+        if (rx->rollback)
+            rx->rollback(rx->fetch_ud);
+        rx->last = pg->top;
+    }
     for (size_t i = 0; i < pg->n; i++) {
         tb_event *ev = pg->evs[i];
         if (ev->seq <= rx->last)
@@ -452,8 +492,17 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
         rx->last = ev->seq;
         take_event(rx, ev);
     }
-    if (pg->n == CATCHUP_PAGE) {
-        catch_up(rx); /* more */
+    if (pg->seen == CATCHUP_PAGE) {
+        /* More; entries skipped at the page's end (undecodable here,
+         * logged by the bus) are a hole, and the next read starts after
+         * them. */
+        if (pg->seen_to > rx->last) {
+            atomic_fetch_add_explicit(&rx->app->hist_lost,
+                                      pg->seen_to - rx->last,
+                                      memory_order_relaxed);
+            rx->last = pg->seen_to;
+        }
+        catch_up(rx);
         return;
     }
     if (rx->last < pg->top) {
@@ -513,6 +562,8 @@ static int message(tb__bus_rx *rx, const char *ch, size_t chlen,
 
 void tb__bus_rx_tick(tb__bus_rx *rx, int64_t now_us)
 {
+    if (rx->retry_at && now_us >= rx->retry_at && rx->fetch)
+        catch_up(rx);
     tb__ratelog_flush(&rx->log, now_us);
     tb__ratelog_flush(&rx->pos_log, now_us);
 }

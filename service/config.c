@@ -80,6 +80,10 @@
     X(core, history_page_max, INT, 1000, NULL, 1, 100000, "history-page-max",  \
       "events one GET /history answers at most (its limit's default and "      \
       "cap)")                                                                  \
+    X(core, history_scan_max, INT, 10000, NULL, 1, 1 << 24,                    \
+      "history-scan-max",                                                      \
+      "events one GET /history looks at most, matching or not (then more "     \
+      "is true: go on from next)")                                             \
     X(redis, url, URL, 0, NULL, 0, 0, "redis-url",                             \
       "redis://[user:password@]host:port[/db], unix:///path or "               \
       "redis-sentinel://[user:password@]host:26379[,host...]/master[/db]; "    \

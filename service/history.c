@@ -291,10 +291,12 @@ int tb__hist_ring_init(tb__hist_ring *r, size_t cap, size_t max_bytes,
     return 0;
 }
 
-/* The bytes an event counts for in the ring. */
-static size_t ev_bytes(const tb_event *ev)
+size_t tb__hist_ev_bytes(const tb_event *ev)
 {
-    return ev->len + strlen(ev->name);
+    /* Its allocation: the struct (ids, position) and the NUL-terminated
+     * name and data after it. The envelope made on first use
+     * (tb_event_json) is not counted: it may never be. */
+    return sizeof *ev + strlen(ev->name) + 1 + ev->len + 1;
 }
 
 /* Forgets every event held. mu held. */
@@ -310,7 +312,7 @@ static void ring_clear(tb__hist_ring *r)
 static void ring_drop_oldest(tb__hist_ring *r)
 {
     tb_event *old = r->evs[r->head];
-    r->bytes -= ev_bytes(old);
+    r->bytes -= tb__hist_ev_bytes(old);
     tb_event_unref(old);
     r->head = (r->head + 1) % r->cap;
     r->n--;
@@ -342,7 +344,7 @@ void tb__hist_ring_publish(tb__hist_ring *r, tb_event *ev,
     if (!r->epoch[0])
         tb__epoch_new(r->epoch);
     tb__event_set_pos(ev, r->epoch, ++r->seq);
-    size_t b = ev_bytes(ev);
+    size_t b = tb__hist_ev_bytes(ev);
     while (r->n && (r->n == r->cap || r->bytes + b > r->max_bytes))
         ring_drop_oldest(r);
     r->evs[(r->head + r->n) % r->cap] = tb_event_ref(ev);
@@ -378,6 +380,8 @@ int tb__hist_ring_read(tb__hist_ring *r, uint64_t after, size_t count,
                 out->evs[i] =
                     tb_event_ref(r->evs[(r->head + skip + i) % r->cap]);
             out->n = n;
+            out->seen = n;
+            out->seen_to = out->evs[n - 1]->seq;
         }
     }
     pthread_mutex_unlock(&r->mu);
@@ -460,11 +464,12 @@ int tb_history_read(tb_app *app, const char *const *patterns, int npatterns,
         return TB_ENOMEM;
     }
     uint64_t after = have_since ? sp.seq : 0;
-    size_t scanned = 0, budget = (size_t)app->cfg.core.history_size;
+    size_t scanned = 0, budget = (size_t)app->cfg.core.history_scan_max;
     int rc = 0, first = 1;
     for (;;) {
         tb__hist_page pg;
-        rc = tb__history_fetch(app, after, PAGE, &pg);
+        size_t want = budget - scanned < PAGE ? budget - scanned : PAGE;
+        rc = tb__history_fetch(app, after, want, &pg);
         if (rc)
             break;
         if (first) {
@@ -491,7 +496,14 @@ int tb_history_read(tb_app *app, const char *const *patterns, int npatterns,
             if (matches_any(pats, npatterns, ev->name))
                 out->events[out->n++] = tb_event_ref(ev);
         }
-        int at_end = pg.n < PAGE && i == pg.n;
+        if (i == pg.n && pg.seen_to > after) {
+            /* Entries skipped after the last event (undecodable here):
+             * looked at, and the next page goes on after them. */
+            scanned += pg.seen - pg.n;
+            after = pg.seen_to;
+            tb__pos_format(out->next, out->epoch, after);
+        }
+        int at_end = pg.seen < want && i == pg.n;
         out->more = !at_end && after < pg.top;
         if (at_end) /* everything up to the end was looked at */
             tb__pos_format(out->next, out->epoch, pg.top);
@@ -508,10 +520,11 @@ int tb_history_read(tb_app *app, const char *const *patterns, int npatterns,
 /* ---------------------------------------------------------------- resume */
 
 struct tb__resume {
-    tb__pos at;   /* the last position looked at (epoch "": none) */
-    int at_top;   /* the last read reached the history's end */
-    uint64_t end; /* the history's last seq at that read */
-    int live;     /* TB_SUB_LIVE given: the seam is at `at` */
+    tb__pos at;       /* the last position looked at (epoch "": none) */
+    int at_top;       /* the last read reached the history's end */
+    uint64_t end;     /* the history's last seq at that read */
+    uint64_t page_to; /* the last seq that read looked at */
+    int live;         /* TB_SUB_LIVE given: the seam is at `at` */
     tb__hist_page pg;
     size_t i; /* pg.evs[i] is the next to look at */
     uint64_t dropped_base;
@@ -558,8 +571,9 @@ int tb_sub_resume(tb_task *self, tb_sub *s, const char *since)
     if (have_since && recoverable(&sp, &rs->pg)) {
         rs->info.recovered = 1;
         rs->at.seq = sp.seq;
-        rs->at_top = rs->pg.n < PAGE;
+        rs->at_top = rs->pg.seen < PAGE;
         rs->end = rs->pg.top;
+        rs->page_to = rs->pg.seen_to;
     } else {
         /* Nothing to replay: the seam is the history's end. */
         rs->info.recovered = !have_since;
@@ -605,6 +619,9 @@ int tb__resume_next(tb_task *self, tb_sub *s, tb_event **ev, int *rc)
             }
             tb_event_unref(e);
         }
+        /* Entries the page skipped at its end are behind us too. */
+        if (rs->at.seq < rs->page_to)
+            rs->at.seq = rs->page_to;
         tb__hist_page_release(&rs->pg);
         rs->i = 0;
         if (!rs->at_top) {
@@ -615,14 +632,20 @@ int tb__resume_next(tb_task *self, tb_sub *s, tb_event **ev, int *rc)
                 return 1;
             }
             if (strcmp(rs->pg.epoch, rs->at.epoch) != 0) {
-                /* The history was lost meanwhile: what is queued is of
-                 * the new epoch and goes out live. */
+                /* The history was lost meanwhile: the replay did not
+                 * recover, and the seam is the new epoch's end (what is
+                 * queued after it goes out live). */
+                rs->info.recovered = 0;
+                memcpy(rs->at.epoch, rs->pg.epoch, sizeof rs->at.epoch);
+                rs->at.seq = rs->end = rs->pg.top;
+                rs->page_to = 0;
                 tb__hist_page_release(&rs->pg);
                 rs->at_top = 1;
                 continue;
             }
-            rs->at_top = rs->pg.n < PAGE;
+            rs->at_top = rs->pg.seen < PAGE;
             rs->end = rs->pg.top;
+            rs->page_to = rs->pg.seen_to;
             continue;
         }
         /* The page held everything up to end (a seq missing from it was

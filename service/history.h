@@ -50,7 +50,17 @@ typedef struct tb__hist_page {
     tb_event **evs;           /* held events with seq > after, ascending,
                                  at most the count asked for */
     size_t n;
+    /* The entries the read looked at, evs or not (a bus skips one it
+     * cannot decode, e.g. over this instance's max_event_size): fewer
+     * than the count asked for means the end was reached, not n. The next
+     * page starts after seen_to, the seq of the last one (0: none). */
+    size_t seen;
+    uint64_t seen_to;
 } tb__hist_page;
+
+/* The bytes ev counts for against history_max_bytes in the in-process
+ * ring: its whole allocation, not just its name and data. */
+size_t tb__hist_ev_bytes(const tb_event *ev);
 
 /* Drops the page's references and frees its array; the page is then
  * empty. */

@@ -202,12 +202,17 @@ typedef struct tb_core_config {
                                  resume after it is told recovered 0 */
     int history_page_max;     /* events one GET /history answers at most: the
                                  limit's default and cap */
+    int history_scan_max;     /* events one tb_history_read (GET /history)
+                                 looks at most, matching or not, so that a
+                                 pattern nothing matches costs a bounded
+                                 read; beyond, more is 1 */
     size_t history_max_bytes; /* the in-process bus's history holds at most
-                                 this much event data (names and data): the
+                                 this much event memory (names, data and
+                                 each event's ~200 bytes of its own): the
                                  oldest go first beyond it. (Redis keeps
                                  history_size events whatever their size:
                                  size its maxmemory for them.) */
-    void *reserved_[2];       /* room for later settings; keep zero (the eleven
+    void *reserved_[2];       /* room for later settings; keep zero (the twelve
                                  ints above took six slots) */
 } tb_core_config;
 
@@ -886,8 +891,10 @@ typedef struct tb_sub_recovery {
  * keep their order throughout. A since that cannot be recovered (older
  * than the history, another epoch, beyond its end) replays nothing:
  * TB_SUB_LIVE comes first, with recovered 0. Call it once per sub,
- * before its first tb_sub_next; patterns added after it get live events
- * only. Returns 0, TB_EINVAL (since malformed,
+ * before its first tb_sub_next. The replay matches the sub's patterns as
+ * they are when each event is taken: one added (or removed) during the
+ * replay applies to the events not replayed yet, not to those already
+ * passed. Returns 0, TB_EINVAL (since malformed,
  * or sub not self's, or resumed already), TB_ENOTSUP (history is off:
  * core.history_size 0), TB_ENOTCONN / TB_ETIMEDOUT (the bus could not
  * answer), TB_ECANCELED, TB_ENOMEM. */
@@ -914,7 +921,8 @@ typedef struct tb_history {
 /* Reads up to limit (1..core.history_page_max) events of the history after
  * since (NULL or "": from the oldest held) that match one of npatterns
  * patterns (0: every event), into *out (free it with tb_history_free).
- * Looks at most history_size events, so it is bounded. Blocks the calling
+ * Looks at most core.history_scan_max events, matching or not (then more is
+ * 1 and next is the last one looked at), so it is bounded. Blocks the calling
  * thread up to redis.command_timeout_ms per page read: any thread but a
  * worker's (from a task, call it through tb_run_blocking): TB_EDEADLK
  * there. Returns 0, TB_EINVAL (since malformed, a bad pattern, limit out

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -417,6 +418,43 @@ async def t_redis_restart(ctx):
             f"{errors[0]} refused while Redis was down ({down:.1f} s)")
 
 
+async def t_redis_rollback(ctx):
+    """redis-server restarted from an older RDB comes back with a smaller
+    seq in the same epoch: the instances start a new epoch, and a client
+    resuming from the rolled-back range is told recovered false."""
+    a, redis = ctx.s["a"], ctx.s["redis"]
+    await posted(a, "rb.x", 3)
+    redis_cli(redis, "SAVE")
+    d = redis_cli(redis, "CONFIG", "GET", "dir").splitlines()[1]
+    shutil.copy(os.path.join(d, "dump.rdb"), os.path.join(d, "old.rdb"))
+    await posted(a, "rb.x", 3, 3)
+    old = (await get_json(a, "/history?events=rb.x"))["next"]
+    await asyncio.to_thread(redis.stop)
+    shutil.copy(os.path.join(d, "old.rdb"), os.path.join(d, "dump.rdb"))
+    await asyncio.to_thread(redis.start, redis.port)
+
+    async def new_epoch():
+        r = await ahttp(a.port, "GET", "/history?events=rb.x")
+        return r.status == 200 and r.json["epoch"] != epoch_of(old)
+    check(await poll_until(new_epoch, T(15)),
+          f"still in the epoch of {old} after the rollback")
+    await posted(a, "rb.x", 2, 6)
+    since = f"{epoch_of(old)}-{seq_of(old) - 1}"
+    c = await ctx.connect(f"/ws?events=rb.*&since={since}", srv=a)
+    r = await recovered(c)
+    check(r["recovered"] is False and r["epoch"] != epoch_of(old)
+          and not c.events, f"resumed from {since}: {r}, {c.events}")
+    check("older snapshot" in a.log_text(), "no warning in a's log")
+
+
+def rdb_group():
+    """A redis-server whose RDB file stays across its restarts."""
+    d = tempfile.mkdtemp(prefix="rdb.", dir=tbharness.H.root)
+    r = Redis("redis", "--dir", d).start()
+    yield "redis", r
+    yield "a", TaskbusServer("a", "--redis-url", r.url())
+
+
 def memory_group():
     yield "main", TaskbusServer("main")
     yield "small", TaskbusServer("small", "--history-size", "5")
@@ -460,6 +498,10 @@ GROUPS = [
          t_redis_resume_stream, 90),
         ("Redis flushed: recovered false, the new epoch",
          t_redis_epoch_change, 30),
+    ]),
+    ("rollback", rdb_group, [
+        ("Redis back from an older RDB: a new epoch, recovered false",
+         t_redis_rollback, 60),
     ]),
     ("restart", aof_group, [
         ("redis-server restarted under 2000 events/s to 50 clients",

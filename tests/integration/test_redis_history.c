@@ -13,17 +13,27 @@
 #define CONNECT_MS 10000
 #define ARRIVE_MS 5000
 
-/* A running app on srv with history_size size (0: off), connected. */
-static rh_app *history_app(const rh_server *srv, int size)
+/* A running app on srv with history_size size (0: off) and, unless 0,
+ * max_event_size max_event (with a send queue to match), connected. */
+static rh_app *history_app_ev(const rh_server *srv, int size, size_t max_event)
 {
     char url[256];
     rh_server_url(srv, NULL, NULL, url, sizeof url);
     tb_app_config cfg;
     rh_config(&cfg, url, NULL);
     cfg.core.history_size = size;
+    if (max_event) {
+        cfg.core.max_event_size = max_event;
+        cfg.ws.send_queue_bytes = 2 * max_event;
+    }
     rh_app *ra = rh_app_start(&cfg);
     rh_assert_connected(ra->app, CONNECT_MS);
     return ra;
+}
+
+static rh_app *history_app(const rh_server *srv, int size)
+{
+    return history_app_ev(srv, size, 0);
 }
 
 /* Dispatches "<first>".."<first + n - 1>" as name, each confirmed. */
@@ -136,6 +146,119 @@ static void test_history_stream(void **state)
     assert_int_equal(h.events[0]->seq, 9);
     tb_history_free(&h);
     assert_int_equal(rh_app_stop(ra), 0);
+}
+
+/* Entries this instance cannot decode (here: not envelopes; in life,
+ * one over its max_event_size) are skipped, but do not end the paging:
+ * a page of them is not the history's end. */
+static void test_history_undecodable_page(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    rh_app *ra = history_app(srv, 1000);
+    publish_n(ra->app, "u.ev", 1, 1);
+    char epoch[TB_EPOCH_MAX], out[256];
+    assert_int_equal(
+        rh_cli(srv, out, sizeof out, "HGET", "{taskbus}:hmeta", "epoch"), 0);
+    snprintf(epoch, sizeof epoch, "%.16s", out);
+    /* 2..600 undecodable, then 601 a real one. */
+    char env[256];
+    snprintf(env, sizeof env,
+             "{\"id\":\"z\",\"name\":\"u.ev\",\"data\":\"x\","
+             "\"pos\":\"%s-601\"}",
+             epoch);
+    assert_int_equal(
+        CLI_NUM(srv, "EVAL",
+                "for i = 2, 600 do redis.call('XADD', KEYS[1], i .. '-0', "
+                "'n', 'u.ev', 'e', 'nope') end "
+                "redis.call('XADD', KEYS[1], '601-0', 'n', 'u.ev', 'e', "
+                "ARGV[1]) "
+                "return redis.call('HSET', KEYS[2], 'seq', 601)",
+                "2", "{taskbus}:hist", "{taskbus}:hmeta", env),
+        0);
+
+    tb__hist_page pg;
+    assert_int_equal(tb__history_fetch(ra->app, 1, 10, &pg), 0);
+    assert_int_equal(pg.n, 0);
+    assert_int_equal(pg.seen, 10);
+    assert_int_equal(pg.seen_to, 11);
+    tb__hist_page_release(&pg);
+
+    char since[TB_POS_MAX], want[TB_POS_MAX];
+    tb__pos_format(since, epoch, 1);
+    tb_history h;
+    assert_int_equal(tb_history_read(ra->app, NULL, 0, since, 10, &h), 0);
+    assert_int_equal(h.recovered, 1);
+    assert_int_equal(h.n, 1); /* 601, after more than a page skipped */
+    assert_int_equal(h.events[0]->seq, 601);
+    tb__pos_format(want, epoch, 601);
+    assert_string_equal(h.next, want);
+    assert_int_equal(h.more, 0);
+    tb_history_free(&h);
+    assert_int_equal(rh_app_stop(ra), 0);
+}
+
+/* A history read answers at most READ_MAX_BYTES (8 MiB) of entries, at
+ * least one: three events of 5 MiB come one per page, and all three are
+ * still read. */
+static void test_history_read_byte_cap(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    rh_app *ra = history_app_ev(srv, 100, 6 << 20);
+    size_t big = 5 << 20;
+    char *d = malloc(big);
+    assert_non_null(d);
+    memset(d, 'x', big);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(
+            tb_dispatch_wait(ra->app, "b.ev", d, big, ARRIVE_MS, NULL), 0);
+    free(d);
+    tb__hist_page pg;
+    assert_int_equal(tb__history_fetch(ra->app, 0, 10, &pg), 0);
+    assert_int_equal(pg.n, 1);     /* 5 MiB: a second would pass 8 */
+    assert_int_equal(pg.seen, 10); /* cut short: not the end */
+    assert_int_equal(pg.seen_to, 1);
+    tb__hist_page_release(&pg);
+    tb_history h;
+    assert_int_equal(tb_history_read(ra->app, NULL, 0, NULL, 10, &h), 0);
+    assert_int_equal(h.n, 3);
+    assert_int_equal(h.more, 0);
+    tb_history_free(&h);
+    assert_int_equal(rh_app_stop(ra), 0);
+}
+
+/* The failover script: once per master after a failover, whether the
+ * instance knew an epoch or not; once per epoch after a rollback. */
+static void test_history_failover_script(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    char out[256], e1[TB_EPOCH_MAX];
+    assert_int_equal(rh_cli(srv, out, sizeof out, "HSET", "{taskbus}:hmeta",
+                            "epoch", "0123abcd", "seq", "5"),
+                     0);
+#define FAILOVER(master, rolled)                                               \
+    CLI_NUM(srv, "EVAL", tb__rh_failover_lua, "2", "{taskbus}:hist",           \
+            "{taskbus}:hmeta", master, "aaaaaaaa", rolled)
+    assert_int_equal(FAILOVER("127.0.0.1:7001", ""), 1); /* the first */
+    assert_int_equal(CLI_NUM(srv, "HGET", "{taskbus}:hmeta", "seq"), 0);
+    assert_int_equal(
+        rh_cli(srv, out, sizeof out, "HGET", "{taskbus}:hmeta", "epoch"), 0);
+    assert_int_equal(strncmp(out, "aaaaaaaa", 8), 0);
+    snprintf(e1, sizeof e1, "%.16s", out);
+    assert_int_equal(FAILOVER("127.0.0.1:7001", ""), 0); /* the others */
+    assert_int_equal(FAILOVER("127.0.0.1:7002", ""), 1); /* the next one */
+    assert_int_equal(
+        rh_cli(srv, out, sizeof out, "HGET", "{taskbus}:hmeta", "epoch"), 0);
+    assert_string_not_equal(out, e1);
+    /* A rollback of the epoch now: once. */
+    char e2[TB_EPOCH_MAX];
+    snprintf(e2, sizeof e2, "%.16s", out);
+    assert_int_equal(FAILOVER("127.0.0.1:7002", e2), 1);
+    assert_int_equal(FAILOVER("127.0.0.1:7002", e2), 0);
+    assert_int_equal(FAILOVER("127.0.0.1:7002", e1), 0);
+#undef FAILOVER
 }
 
 /* A plain PUBLISH is delivered without a position and is not in the
@@ -336,6 +459,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         RH_TEST(test_history_stream),
+        RH_TEST(test_history_undecodable_page),
+        RH_TEST(test_history_read_byte_cap),
+        RH_TEST(test_history_failover_script),
         RH_TEST(test_history_plain_publish_and_flush),
         RH_TEST(test_history_resend_once),
         RH_TEST(test_history_off),

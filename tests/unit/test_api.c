@@ -965,6 +965,47 @@ static void poll_body(tb_app *app, void *arg)
     json_decref(j);
 }
 
+/* A bus whose history reads fail with fail_rc. */
+static const tb__bus_ops *real_ops;
+static int fail_rc;
+
+static int failing_history(tb__bus *bus, uint64_t after, size_t count,
+                           void (*cb)(int, const tb__hist_page *, void *),
+                           void *ud)
+{
+    (void)bus, (void)after, (void)count, (void)cb, (void)ud;
+    return fail_rc;
+}
+
+/* A history read that fails answers 503 bus_unavailable when the bus
+ * could not answer, on GET /history and on a long poll with since alike
+ * (not 204 as if the poll had timed out, nor 504 or 500). */
+TH_APP_TEST(test_history_read_errors, api_app(2), 30000)
+{
+    real_ops = app->bus->ops;
+    tb__bus_ops failing = *real_ops;
+    failing.history = failing_history;
+    app->bus->ops = &failing;
+    const int rcs[] = {TB_ETIMEDOUT, TB_ENOTCONN, TB_EAGAIN};
+    for (size_t i = 0; i < sizeof rcs / sizeof *rcs; i++) {
+        fail_rc = rcs[i];
+        json_t *j = NULL;
+        int st = call(app, "GET", "/history", "events=hx.*", &j);
+        CHECK_ERROR(j, st, 503, "bus_unavailable");
+        json_decref(j);
+        j = NULL;
+        st = call(app, "GET", "/events/hx.a", "timeout=5&since=0123abcd-0", &j);
+        CHECK_ERROR(j, st, 503, "bus_unavailable");
+        json_decref(j);
+    }
+    fail_rc = TB_EIO;
+    json_t *j = NULL;
+    int st = call(app, "GET", "/history", "events=hx.*", &j);
+    CHECK_ERROR(j, st, 500, "internal");
+    json_decref(j);
+    app->bus->ops = real_ops;
+}
+
 static void test_long_poll(void **state)
 {
     (void)state;
@@ -1329,6 +1370,7 @@ int main(void)
         cmocka_unit_test(test_tasks),
         cmocka_unit_test(test_health),
         cmocka_unit_test(test_long_poll),
+        cmocka_unit_test(test_history_read_errors),
         cmocka_unit_test(test_token),
         cmocka_unit_test(test_auth_before_routing),
         cmocka_unit_test(test_long_poll_limits),

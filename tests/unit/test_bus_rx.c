@@ -12,6 +12,8 @@
 #define F "89abcdef"
 
 typedef struct reads {
+    int fail;      /* what fetch returns */
+    int rollbacks; /* rollback calls */
     int n;
     uint64_t after[16];
     size_t count[16];
@@ -25,7 +27,12 @@ static int fake_fetch(void *ud, uint64_t after, size_t count)
         r->count[r->n] = count;
     }
     r->n++;
-    return 0;
+    return r->fail;
+}
+
+static void fake_rollback(void *ud)
+{
+    ((reads *)ud)->rollbacks++;
 }
 
 static void no_schedule(void *ud)
@@ -70,6 +77,8 @@ static void answer(tb__bus_rx *rx, const char *ep, int first, int last,
         evs[pg.n++] = ev;
     }
     pg.evs = evs;
+    pg.seen = pg.n;
+    pg.seen_to = pg.n ? (uint64_t)last : 0;
     tb__bus_rx_fetched(rx, 0, &pg);
     for (size_t i = 0; i < pg.n; i++)
         tb_event_unref(evs[i]);
@@ -130,42 +139,222 @@ static void test_catch_up(void **state)
     assert_int_equal(r.n, 4); /* 16 follows 15: no read */
     assert_int_equal(stats(rx).malformed, 1);
 
-    /* Redis lost the history: start over from the new epoch (its first
-     * event here, no read). */
+    /* Redis lost the history: a message of another epoch is parked and
+     * the history asked; it says the new epoch, which is read from its
+     * start. */
     msg(rx, F, 1);
     msg(rx, F, 2);
-    assert_int_equal(r.n, 4);
-    assert_int_equal(stats(rx).duplicates, 3);
+    assert_int_equal(r.n, 5);
+    assert_int_equal(r.after[4], 16);
+    answer(rx, F, 1, 0, 2, app);
+    assert_int_equal(r.n, 6);
+    assert_int_equal(r.after[5], 0);
+    answer(rx, F, 1, 2, 2, app);
+    assert_int_equal(stats(rx).duplicates, 5); /* the parked two */
+    assert_int_equal(stats(rx).malformed, 1);
 
     /* A reconnection reads what came after the last one delivered; a read
      * of a lost connection is ignored. */
     tb__bus_rx_connected(rx);
-    assert_int_equal(r.n, 5);
-    assert_int_equal(r.after[4], 2);
+    assert_int_equal(r.n, 7);
+    assert_int_equal(r.after[6], 2);
     tb__bus_rx_disconnected(rx);
     answer(rx, F, 3, 3, 3, app); /* too late: ignored */
     msg(rx, F, 4);               /* a gap again: 3 is read */
-    assert_int_equal(r.n, 6);
-    assert_int_equal(r.after[5], 2);
-    tb__bus_rx_fetched(rx, TB_EIO, NULL); /* failed: taken over the hole */
+    assert_int_equal(r.n, 8);
+    assert_int_equal(r.after[7], 2);
+    answer(rx, F, 3, 4, 4, app);
     msg(rx, F, 5);
-    assert_int_equal(r.n, 6);
-    assert_int_equal(stats(rx).duplicates, 3);
+    assert_int_equal(r.n, 8);
+    assert_int_equal(stats(rx).duplicates, 6);
 
-    /* Another epoch again, first seen at its third event: the first two
-     * are read from the history. */
+    /* Another epoch again, first seen at its third event: the history
+     * says so, and the first two are read from it. */
     msg(rx, E, 3);
-    assert_int_equal(r.n, 7);
-    assert_int_equal(r.after[6], 0);
+    assert_int_equal(r.n, 9);
+    answer(rx, E, 1, 0, 3, app);
+    assert_int_equal(r.n, 10);
+    assert_int_equal(r.after[9], 0);
     answer(rx, E, 1, 3, 3, app);
     msg(rx, E, 4);
-    assert_int_equal(r.n, 7);
+    assert_int_equal(r.n, 10);
 
     /* Messages without a position pass untouched. */
     const char *ch = "taskbus:event:a.b";
     assert_int_equal(tb__bus_rx_message(rx, ch, strlen(ch), "raw", 3), 0);
-    assert_int_equal(r.n, 7);
+    assert_int_equal(r.n, 10);
 
+    tb__bus_rx_flush(rx);
+    tb__bus_rx_free(rx);
+    tb_app_free(app);
+}
+
+static tb__bus_rx *rx_new(tb_app *app, reads *r)
+{
+    tb__bus_rx *rx =
+        tb__bus_rx_new(app, "test bus", "taskbus:event:", no_schedule, NULL);
+    tb__bus_rx_track(rx, fake_fetch, r);
+    tb__bus_rx_on_rollback(rx, fake_rollback);
+    tb__bus_rx_connected(rx);
+    assert_int_equal(r->n, 1);
+    return rx;
+}
+
+/* A forged message of another epoch costs one read, then is dropped: it
+ * does not make the receiver read the history again and again. */
+static void test_forged_epoch(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    reads r = {0};
+    tb__bus_rx *rx = rx_new(app, &r);
+    answer(rx, E, 1, 0, 5, app);
+    msg(rx, E, 6);
+    for (int round = 0; round < 3; round++) {
+        msg(rx, F, 5); /* PUBLISH ... "pos":"89abcdef-5" from outside */
+        assert_int_equal(r.n, 2 + round);
+        assert_int_equal(r.after[1 + round], 6);
+        answer(rx, E, 1, 0, 6, app);      /* the history: still E, at 6 */
+        assert_int_equal(r.n, 2 + round); /* no read of the whole history */
+        assert_int_equal(stats(rx).malformed, (uint64_t)round + 1);
+    }
+    msg(rx, E, 7); /* and E goes on */
+    assert_int_equal(r.n, 4);
+    assert_int_equal(stats(rx).malformed, 3);
+    tb__bus_rx_flush(rx);
+    tb__bus_rx_free(rx);
+    tb_app_free(app);
+}
+
+/* Messages parked for a gap, then the link drops and Redis comes back in
+ * a new epoch: the new epoch is read once, the parked ones of the old
+ * epoch are dropped, not tracked again. */
+static void test_parked_across_epoch_change(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    reads r = {0};
+    tb__bus_rx *rx = rx_new(app, &r);
+    answer(rx, E, 1, 0, 5, app);
+    msg(rx, E, 8); /* 6 and 7 missed: read after 5 */
+    msg(rx, E, 9);
+    assert_int_equal(r.n, 2);
+    tb__bus_rx_disconnected(rx);
+    tb__bus_rx_connected(rx); /* read after 5 again */
+    assert_int_equal(r.n, 3);
+    assert_int_equal(r.after[2], 5);
+    answer(rx, F, 1, 0, 2, app); /* Redis lost it: F, at 2 */
+    assert_int_equal(r.n, 4);
+    assert_int_equal(r.after[3], 0);
+    answer(rx, F, 1, 2, 2, app);
+    assert_int_equal(r.n, 4); /* E-8 and E-9 do not start it over */
+    assert_int_equal(stats(rx).malformed, 2);
+    msg(rx, F, 3);
+    assert_int_equal(r.n, 4);
+    tb__bus_rx_flush(rx);
+    tb__bus_rx_free(rx);
+    tb_app_free(app);
+}
+
+/* A full page whose last entries could not be decoded here (logged and
+ * skipped by the bus) is not the history's end: the next page is read
+ * after them. */
+static void test_page_of_skipped_entries(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    reads r = {0};
+    tb__bus_rx *rx = rx_new(app, &r);
+    answer(rx, E, 1, 0, 1, app);
+    msg(rx, E, 1);
+    msg(rx, E, 515); /* a gap: read after 1 */
+    assert_int_equal(r.n, 2);
+    size_t asked = r.count[1];
+    assert_int_equal(asked, 512);
+    tb__hist_page pg;
+    memset(&pg, 0, sizeof pg);
+    snprintf(pg.epoch, sizeof pg.epoch, "%s", E);
+    pg.top = 515;
+    pg.first = 1;
+    tb_event *ev = tb__event_new(app, "a.b", "d", 1, NULL, NULL, 0);
+    tb__event_set_pos(ev, E, 2);
+    pg.evs = &ev;
+    pg.n = 1;        /* 2 decoded, */
+    pg.seen = asked; /* the rest of the page skipped */
+    pg.seen_to = 1 + asked;
+    tb__bus_rx_fetched(rx, 0, &pg);
+    tb_event_unref(ev);
+    assert_int_equal(r.n, 3); /* not the end: the next page */
+    assert_int_equal(r.after[2], 1 + asked);
+    answer(rx, E, 514, 515, 515, app);
+    assert_int_equal(r.n, 3);
+    assert_int_equal(stats(rx).duplicates, 1); /* the parked 515 */
+    tb__bus_rx_flush(rx);
+    tb__bus_rx_free(rx);
+    tb_app_free(app);
+}
+
+/* A catch-up read that fails (or cannot be sent) declares nothing lost:
+ * the parked messages and the position stay, live ones keep being
+ * parked, and the read is tried again later. */
+static void test_failed_read_retried(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    reads r = {0};
+    tb__bus_rx *rx = rx_new(app, &r);
+    answer(rx, E, 1, 0, 5, app);
+    msg(rx, E, 8); /* 6 and 7 missed */
+    assert_int_equal(r.n, 2);
+    tb__bus_rx_fetched(rx, TB_ENOTCONN, NULL);
+    msg(rx, E, 9); /* still parked: no read, nothing taken over the hole */
+    assert_int_equal(r.n, 2);
+    tb__bus_rx_tick(rx, tb__mono_us()); /* not yet */
+    assert_int_equal(r.n, 2);
+    r.fail = TB_ENOMEM; /* and the retry cannot be sent */
+    tb__bus_rx_tick(rx, tb__mono_us() + 2000000);
+    assert_int_equal(r.n, 3);
+    assert_int_equal(r.after[2], 5);
+    r.fail = 0;
+    tb__bus_rx_tick(rx, tb__mono_us() + 2000000);
+    assert_int_equal(r.n, 4);
+    assert_int_equal(r.after[3], 5);
+    answer(rx, E, 6, 9, 9, app);
+    assert_int_equal(atomic_load(&app->hist_lost), 0);
+    assert_int_equal(stats(rx).duplicates, 2); /* the parked 8 and 9 */
+    msg(rx, E, 10);
+    assert_int_equal(r.n, 4);
+    tb__bus_rx_flush(rx);
+    tb__bus_rx_free(rx);
+    tb_app_free(app);
+}
+
+/* Redis came back from an older snapshot: same epoch, its end before
+ * what was delivered here. The bus is told to start a new epoch; what
+ * follows the end goes through. */
+static void test_rollback(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    reads r = {0};
+    tb__bus_rx *rx = rx_new(app, &r);
+    answer(rx, E, 1, 0, 5, app);
+    msg(rx, E, 6);
+    msg(rx, E, 7);
+    msg(rx, E, 8);
+    tb__bus_rx_disconnected(rx);
+    tb__bus_rx_connected(rx);
+    assert_int_equal(r.n, 2);
+    assert_int_equal(r.after[1], 8);
+    answer(rx, E, 1, 0, 8, app); /* up to date: nothing */
+    assert_int_equal(r.rollbacks, 0);
+    tb__bus_rx_disconnected(rx);
+    tb__bus_rx_connected(rx);
+    answer(rx, E, 1, 0, 6, app); /* restarted from a snapshot at 6 */
+    assert_int_equal(r.rollbacks, 1);
+    msg(rx, E, 7); /* the rolled back Redis's 7: not a gap, delivered */
+    assert_int_equal(r.n, 3);
+    assert_int_equal(stats(rx).duplicates, 0);
     tb__bus_rx_flush(rx);
     tb__bus_rx_free(rx);
     tb_app_free(app);
@@ -175,6 +364,11 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_catch_up),
+        cmocka_unit_test(test_forged_epoch),
+        cmocka_unit_test(test_parked_across_epoch_change),
+        cmocka_unit_test(test_page_of_skipped_entries),
+        cmocka_unit_test(test_failed_read_retried),
+        cmocka_unit_test(test_rollback),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

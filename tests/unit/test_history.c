@@ -149,9 +149,15 @@ static void test_ring(void **state)
     tb_event_unref(ev);
     tb__hist_ring_destroy(&r);
 
-    /* history_max_bytes: at most 10 bytes of names and data ("a.b" and 2
-     * bytes each: 5), so 2 events; one alone over it is still kept. */
-    assert_int_equal(tb__hist_ring_init(&r, 100, 10, 60000), 0);
+    /* history_max_bytes: each event counts its struct too (about 200
+     * bytes), not only "a.b" and its 2 bytes of data: room for exactly 2;
+     * one alone over it is still kept. */
+    ev = tb__event_new(app, "a.b", "xy", 2, NULL, NULL, 0);
+    size_t each = tb__hist_ev_bytes(ev);
+    tb_event_unref(ev);
+    assert_true(each > 100);
+    assert_int_equal(tb__hist_ring_init(&r, 100, 2 * each + each / 2, 60000),
+                     0);
     for (int i = 0; i < 4; i++) {
         ev = tb__event_new(app, "a.b", "xy", 2, NULL, NULL, 0);
         tb__hist_ring_publish(&r, ev, no_deliver, &delivered);
@@ -161,7 +167,9 @@ static void test_ring(void **state)
     assert_int_equal(pg.n, 2); /* exactly at the bound */
     assert_int_equal(pg.first, 3);
     tb__hist_page_release(&pg);
-    ev = tb__event_new(app, "a.b", "0123456789", 10, NULL, NULL, 0);
+    char large[600];
+    memset(large, 'z', sizeof large);
+    ev = tb__event_new(app, "a.b", large, sizeof large, NULL, NULL, 0);
     tb__hist_ring_publish(&r, ev, no_deliver, &delivered);
     tb_event_unref(ev);
     assert_int_equal(tb__hist_ring_read(&r, 0, 10, &pg), 0);
@@ -215,6 +223,17 @@ static int next_num(tb_task *self, tb_sub *sub, char *pos)
     return n;
 }
 
+/* Resumes s from before the first event of the history's epoch. */
+static void resume_from_start(tb_task *self, tb_sub *s)
+{
+    tb_history h;
+    TH_CHECK_RC(tb_history_read(self->app, NULL, 0, NULL, 1, &h), 0);
+    char since[TB_POS_MAX];
+    tb__pos_format(since, h.epoch, 0);
+    tb_history_free(&h);
+    TH_CHECK_RC(tb_sub_resume(self, s, since), 0);
+}
+
 TH_TASK_TEST(test_resume_replays_then_live, history_app_100(), 0, 10000)
 {
     int err;
@@ -265,12 +284,7 @@ TH_TASK_TEST(test_resume_overflow, history_app(1000), 0, 20000)
     TH_CHECK_RC(tb_sleep(self, 20), 0); /* delivered: 7..10 queued */
     tb_sub_recovery info;
     /* From before the epoch's first event: the whole history. */
-    tb_history h;
-    TH_CHECK_RC(tb_history_read(app, NULL, 0, NULL, 1, &h), 0);
-    char since[TB_POS_MAX];
-    tb__pos_format(since, h.epoch, 0);
-    tb_history_free(&h);
-    TH_CHECK_RC(tb_sub_resume(self, s, since), 0);
+    resume_from_start(self, s);
     TH_CHECK_EQ(next_num(self, s, NULL), 1);
     /* While it replays, 20 more arrive live and overflow the queue. */
     dispatch_n(app, "n", 11, 20);
@@ -414,6 +428,117 @@ TH_APP_TEST(test_history_read_pages, history_app_100(), 10000)
     TH_CHECK_EQ(pages, 3);
 }
 
+/* history_scan_max bounds what one read looks at when nothing matches:
+ * at the limit it goes on from next; one over, it reaches the end. */
+static tb_app *history_app_scan3(void)
+{
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.core.workers = 1;
+    cfg.core.history_size = 100;
+    cfg.core.history_scan_max = 3;
+    return th_app_new_cfg(&cfg);
+}
+
+TH_TASK_TEST(test_history_scan_max, history_app_scan3(), 0, 10000)
+{
+    dispatch_n(app, "n", 1, 5);
+    const char *none[] = {"zz"};
+    tb_history h;
+    TH_CHECK_RC(tb_history_read(app, none, 1, NULL, 1, &h), 0);
+    char epoch[TB_EPOCH_MAX], want[TB_POS_MAX], since[TB_POS_MAX];
+    snprintf(epoch, sizeof epoch, "%s", h.epoch);
+    TH_CHECK_EQ(h.n, 0);
+    TH_CHECK_EQ(h.more, 1);
+    tb__pos_format(want, epoch, 3); /* three looked at */
+    TH_CHECK_STR(h.next, want);
+    snprintf(since, sizeof since, "%s", h.next);
+    tb_history_free(&h);
+    TH_CHECK_RC(tb_history_read(app, none, 1, since, 1, &h), 0);
+    TH_CHECK_EQ(h.n, 0);
+    TH_CHECK_EQ(h.more, 0); /* 4 and 5: the end */
+    tb__pos_format(want, epoch, 5);
+    TH_CHECK_STR(h.next, want);
+    tb_history_free(&h);
+    tb__pos_format(since, epoch, 2); /* exactly 3 left: the end too */
+    TH_CHECK_RC(tb_history_read(app, none, 1, since, 1, &h), 0);
+    TH_CHECK_EQ(h.more, 0);
+    TH_CHECK_STR(h.next, want);
+    tb_history_free(&h);
+}
+
+/* A bus whose history was lost between two pages of a replay: the real
+ * in-process one, but its pages say epoch 89abcdef, end 7, no events. */
+static const tb__bus_ops *real_ops;
+static void (*real_cb)(int, const tb__hist_page *, void *);
+
+static void lost_cb(int status, const tb__hist_page *pg, void *ud)
+{
+    tb__hist_page p = *pg;
+    snprintf(p.epoch, sizeof p.epoch, "89abcdef");
+    p.top = 7;
+    p.first = 0;
+    p.n = p.seen = 0;
+    p.seen_to = 0;
+    real_cb(status, &p, ud);
+}
+
+static int lost_history(tb__bus *bus, uint64_t after, size_t count,
+                        void (*cb)(int, const tb__hist_page *, void *),
+                        void *ud)
+{
+    real_cb = cb; /* history_sync: cb runs before this returns */
+    return real_ops->history(bus, after, count, lost_cb, ud);
+}
+
+/* The history lost during a replay: recovered 0, with the new epoch and
+ * its end, not the old epoch. */
+TH_TASK_TEST(test_resume_epoch_lost, history_app(1000), 0, 10000)
+{
+    dispatch_n(app, "n", 1, 600); /* more than a page */
+    int err;
+    tb_sub *s = tb_sub_open(self, "n", 0, &err);
+    resume_from_start(self, s);
+    TH_CHECK_EQ(next_num(self, s, NULL), 1);
+    real_ops = app->bus->ops;
+    tb__bus_ops lost = *real_ops;
+    lost.history = lost_history;
+    app->bus->ops = &lost;
+    tb_event *ev;
+    int rc, n = 1;
+    while ((rc = tb_sub_next(self, s, 2000, &ev)) == 0) {
+        tb_event_unref(ev);
+        n++;
+    }
+    app->bus->ops = real_ops;
+    TH_CHECK_RC(rc, TB_SUB_LIVE);
+    TH_CHECK_EQ(n, 512); /* the first page */
+    tb_sub_recovery info;
+    TH_CHECK_RC(tb_sub_recovery_info(s, &info), 0);
+    TH_CHECK_EQ(info.recovered, 0);
+    TH_CHECK_STR(info.epoch, "89abcdef");
+    TH_CHECK_STR(info.pos, "89abcdef-7");
+    tb_sub_close(s);
+}
+
+/* A pattern added during a replay applies to the rest of it, not to
+ * what it passed already. */
+TH_TASK_TEST(test_resume_pattern_added, history_app_100(), 0, 10000)
+{
+    dispatch_n(app, "m", 1, 1);
+    dispatch_n(app, "n", 2, 1);
+    dispatch_n(app, "m", 3, 1);
+    int err;
+    tb_sub *s = tb_sub_open(self, "n", 0, &err);
+    resume_from_start(self, s);
+    TH_CHECK_EQ(next_num(self, s, NULL), 2); /* m 1 passed: not for "n" */
+    TH_CHECK_RC(tb_sub_add(s, "m"), 0);
+    TH_CHECK_EQ(next_num(self, s, NULL), 3); /* the rest: m 3 */
+    tb_event *ev;
+    TH_CHECK_RC(tb_sub_next(self, s, 2000, &ev), TB_SUB_LIVE);
+    tb_sub_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -424,6 +549,9 @@ int main(void)
         cmocka_unit_test(test_resume_not_recovered),
         cmocka_unit_test(test_history_off),
         cmocka_unit_test(test_history_read_pages),
+        cmocka_unit_test(test_history_scan_max),
+        cmocka_unit_test(test_resume_epoch_lost),
+        cmocka_unit_test(test_resume_pattern_added),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
