@@ -189,7 +189,7 @@ static int resume(tb_task *self, tb_ws *ws, tb_sub *sub, const char *since)
              tb_strerror(rc));
     log_line(ws, TB_LOG_WARN, msg);
     tb_ws_close(ws, 1011,
-                rc == TB_ENOTCONN || rc == TB_ETIMEDOUT
+                rc == TB_ENOTCONN || rc == TB_ETIMEDOUT || rc == TB_EAGAIN
                     ? "cannot resume: the event bus is unavailable"
                     : "cannot resume");
     return rc;

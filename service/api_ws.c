@@ -68,8 +68,9 @@ static int resume(tb_task *self, conn_state *st)
     snprintf(msg, sizeof msg,
              "{\"error\":\"%s\",\"message\":\"cannot resume after %s: "
              "%s\"}",
-             rc == TB_ENOTCONN || rc == TB_ETIMEDOUT ? "bus_unavailable"
-                                                     : "resume_failed",
+             rc == TB_ENOTCONN || rc == TB_ETIMEDOUT || rc == TB_EAGAIN
+                 ? "bus_unavailable"
+                 : "resume_failed",
              st->since, tb_strerror(rc));
     tb_ws_send(st->ws, TB_WS_TEXT, msg, strlen(msg));
     tb_ws_close(st->ws, 1011, "cannot resume");
