@@ -3,6 +3,8 @@
  * running app; a wrapped bus stands in for a failing Redis. */
 #include "harness.h"
 
+#include <stdatomic.h>
+
 #include <jansson.h>
 
 #include "http.h"
@@ -965,30 +967,39 @@ static void poll_body(tb_app *app, void *arg)
     json_decref(j);
 }
 
-/* A bus whose history reads fail with fail_rc. */
+/* A bus whose history reads fail with fail_rc: its ops are the real
+ * ones but history, swapped in before the app runs (the bus's ops are read
+ * by its threads without a lock once it runs). */
 static const tb__bus_ops *real_ops;
-static int fail_rc;
+static tb__bus_ops failing_ops;
+static atomic_int fail_rc;
 
 static int failing_history(tb__bus *bus, uint64_t after, size_t count,
                            void (*cb)(int, const tb__hist_page *, void *),
                            void *ud)
 {
     (void)bus, (void)after, (void)count, (void)cb, (void)ud;
-    return fail_rc;
+    return atomic_load(&fail_rc);
+}
+
+static tb_app *failing_history_app(void)
+{
+    tb_app *app = api_app(2);
+    real_ops = app->bus->ops;
+    failing_ops = *real_ops;
+    failing_ops.history = failing_history;
+    app->bus->ops = &failing_ops;
+    return app;
 }
 
 /* A history read that fails answers 503 bus_unavailable when the bus
  * could not answer, on GET /history and on a long poll with since alike
  * (not 204 as if the poll had timed out, nor 504 or 500). */
-TH_APP_TEST(test_history_read_errors, api_app(2), 30000)
+TH_APP_TEST(test_history_read_errors, failing_history_app(), 30000)
 {
-    real_ops = app->bus->ops;
-    tb__bus_ops failing = *real_ops;
-    failing.history = failing_history;
-    app->bus->ops = &failing;
     const int rcs[] = {TB_ETIMEDOUT, TB_ENOTCONN, TB_EAGAIN};
     for (size_t i = 0; i < sizeof rcs / sizeof *rcs; i++) {
-        fail_rc = rcs[i];
+        atomic_store(&fail_rc, rcs[i]);
         json_t *j = NULL;
         int st = call(app, "GET", "/history", "events=hx.*", &j);
         CHECK_ERROR(j, st, 503, "bus_unavailable");
@@ -998,12 +1009,11 @@ TH_APP_TEST(test_history_read_errors, api_app(2), 30000)
         CHECK_ERROR(j, st, 503, "bus_unavailable");
         json_decref(j);
     }
-    fail_rc = TB_EIO;
+    atomic_store(&fail_rc, TB_EIO);
     json_t *j = NULL;
     int st = call(app, "GET", "/history", "events=hx.*", &j);
     CHECK_ERROR(j, st, 500, "internal");
     json_decref(j);
-    app->bus->ops = real_ops;
 }
 
 static void test_long_poll(void **state)
