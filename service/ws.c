@@ -29,71 +29,9 @@
 #include "internal.h"
 #include "client_token.h"
 #include "ws.h"
+#include "ws_impl.h"
 
 #define CLOSE_TIMEOUT_MS 2000
-
-/* For log lines and task names: "ws" or "sse". */
-#define KIND(ws) ((ws)->sse ? "sse" : "ws")
-
-struct tb__ws_route {
-    struct tb__ws_route *next;
-    int sse; /* an SSE endpoint: a plain GET answered with a stream */
-    tb_ws_fn fn;
-    tb_ws_check_fn check;
-    void *ud;
-};
-
-typedef struct wsmsg {
-    struct wsmsg *next;
-    int binary;
-    size_t len;
-    char data[]; /* len bytes and a NUL */
-} wsmsg;
-
-struct tb_ws {
-    atomic_int refs;
-    tb_app *app;
-    tb__ws_route *route;
-    const tb__wsconn_ops *ops; /* the framing: app->wsconn, or sse.c's */
-    int sse;                   /* an SSE stream */
-    char *head;                /* SSE: the response head, sent first */
-    tb__worker *w;             /* set by tb__ws_adopt */
-    int fd;                    /* until the worker opens the connection */
-    int sock;                  /* the socket, marked in fd_table while open */
-    atomic_int closed;         /* closing or closed: sends fail fast */
-
-    /* --- on the worker's thread --- */
-    tb__wsconn *conn; /* NULL once the connection has ended */
-    tb_ws *wprev, *wnext;
-    tb_task *handler; /* while the handler runs */
-    int handler_done;
-    int close_code;
-    tb_task *recv_waiter;
-    uint64_t recv_seq;
-    tb_task *drain_waiter; /* in tb__ws_wait_drained */
-    uint64_t drain_seq;
-    wsmsg *qhead, *qtail, *cur;
-    int qlen;
-    size_t qbytes;
-    int paused;
-    size_t held_conn; /* bytes the framing holds (tb__ws_on_held) */
-    size_t held_core; /* bytes of qhead.. and cur */
-    int shed;         /* closed for ws_memory_max, or ended: its bytes
-                         cannot be shed (app->ws_memory_shed) */
-
-    struct event *expiry; /* closes it when its client token expires */
-
-    /* --- the upgrade request, copied --- */
-    tb__jwt_claims *claims; /* its client token's, or NULL */
-    char request_id[72];
-    char peer[48];
-    char *path;                     /* raw */
-    char *query;                    /* raw, or NULL */
-    char *params;                   /* "name\0value\0" nparams times */
-    char last_event_id[TB_POS_MAX]; /* SSE: the request's Last-Event-ID
-                                       when it fits, else "" */
-    int nparams;
-};
 
 /* ---------------------------------------------------------------- fds */
 
@@ -116,48 +54,12 @@ static void fd_own(int fd, int owned)
 
 /* ---------------------------------------------------------------- memory */
 
-/* What ws holds counts in two sums: the app's (the ws_memory_max gauge)
- * and the app's part of it held by connections that cannot be shed any
- * more (closed for the cap, or ended). Each change of held_conn or
- * held_core passes here, so the sums are exact: back to 0 when every
- * connection is freed. Growth raises its worker's ws_biggest (which
- * worker sheds next). On ws's worker, or at its last reference. */
-static void mem_add(tb_ws *ws, long long delta)
-{
-    if (!delta)
-        return;
-    atomic_fetch_add(&ws->app->ws_memory, delta);
-    if (ws->shed) {
-        atomic_fetch_add(&ws->app->ws_memory_shed, delta);
-    } else if (delta > 0) {
-        long long h = (long long)(ws->held_conn + ws->held_core);
-        if (h > atomic_load(&ws->w->ws_biggest))
-            atomic_store(&ws->w->ws_biggest, h);
-    }
-}
-
-/* ws can no longer be shed: what it holds stops choosing who is. */
-static void mem_settle(tb_ws *ws)
-{
-    if (ws->shed)
-        return;
-    ws->shed = 1;
-    atomic_fetch_add(&ws->app->ws_memory_shed,
-                     (long long)(ws->held_conn + ws->held_core));
-}
-
-static void core_held(tb_ws *ws, long long delta)
-{
-    ws->held_core = (size_t)((long long)ws->held_core + delta);
-    mem_add(ws, delta);
-}
-
 /* Frees the message tb_ws_recv returned last. */
 static void drop_cur(tb_ws *ws)
 {
     if (!ws->cur)
         return;
-    core_held(ws, -(long long)ws->cur->len);
+    tb__wsm_core_held(ws, -(long long)ws->cur->len);
     free(ws->cur);
     ws->cur = NULL;
 }
@@ -173,7 +75,7 @@ static void ws_unref(tb_ws *ws)
 {
     if (atomic_fetch_sub_explicit(&ws->refs, 1, memory_order_acq_rel) != 1)
         return;
-    mem_add(ws, -(long long)ws->held_core);
+    tb__wsm_add(ws, -(long long)ws->held_core);
     while (ws->qhead) {
         wsmsg *m = ws->qhead;
         ws->qhead = m->next;
@@ -665,7 +567,7 @@ static void adopt_drop(void *arg)
 /* Whether the n-th occurrence of something logged at most once a second
  * gets its line (from any thread): then *since is how many occurred since
  * the last line. last_us and logged_n are the thing's own. */
-static int log_due(atomic_int_fast64_t *last_us, atomic_uint_fast64_t *logged_n,
+int tb__ws_log_due(atomic_int_fast64_t *last_us, atomic_uint_fast64_t *logged_n,
                    uint64_t n, uint64_t *since)
 {
     int64_t now = tb__mono_us();
@@ -685,8 +587,8 @@ void tb__ws_handover_failed(tb_app *app, const char *path, const char *addr,
 {
     uint64_t n = atomic_fetch_add(&app->ws_handover_failures, 1) + 1;
     uint64_t since;
-    if (!log_due(&app->ws_handover_logged_us, &app->ws_handover_logged_n, n,
-                 &since))
+    if (!tb__ws_log_due(&app->ws_handover_logged_us, &app->ws_handover_logged_n,
+                        n, &since))
         return;
     tb__log(found ? TB_LOG_ERROR : TB_LOG_WARN,
             "%s from %s:%d: cannot take the socket over from the HTTP "
@@ -771,7 +673,7 @@ int tb__ws_on_message(tb_ws *ws, int binary, const void *data, size_t len)
     ws->qtail = m;
     ws->qlen++;
     ws->qbytes += len;
-    core_held(ws, (long long)len);
+    tb__wsm_core_held(ws, (long long)len);
     if (ws->recv_waiter)
         tb__task_wake(ws->recv_waiter, ws->recv_seq, 0);
     /* Bounded in messages, and in bytes to about one more than the
@@ -793,9 +695,9 @@ void tb__ws_on_end(tb_ws *ws, int code, const char *why)
 {
     tb__worker *w = ws->w;
     ws->conn = NULL;
-    mem_add(ws, -(long long)ws->held_conn); /* the framing frees it next */
+    tb__wsm_add(ws, -(long long)ws->held_conn); /* the framing frees it next */
     ws->held_conn = 0;
-    mem_settle(ws); /* its queue is the handler's to drain */
+    tb__wsm_settle(ws); /* its queue is the handler's to drain */
     if (ws->expiry) {
         event_free(ws->expiry);
         ws->expiry = NULL;
@@ -844,182 +746,6 @@ void tb__ws_worker_shutdown(tb__worker *w)
         tb_ws *ws = w->ws_head;
         ws->ops->abort(ws->conn); /* unlinks it through on_end */
     }
-}
-
-/* ---------------------------------------------------------------- shed */
-
-/* ws_memory_max. Past the cap, connections are closed (1008) biggest
- * first until what the others hold is under 7/8 of it: the gap keeps a
- * total hovering at the cap from closing one connection per read. Only
- * the worker serving a connection may close it, and no worker sees the
- * others' lists, so each publishes the size of its biggest sheddable
- * connection and the worker with the biggest one sheds, one connection
- * at a time, handing over when another's is bigger: an attack spread
- * evenly over many workers closes the biggest connections anywhere, not
- * every connection with an event in flight on the worker holding the
- * most. A closed connection's bytes count until it ends (what it had
- * read is dropped at once; its unsent output is written before the close
- * frame, within the close timeout), and so do those of one ended and not
- * yet freed (its receive queue, until the handler lets go), but neither
- * can be shed nor decides who is. */
-
-static long long mem_low(const tb_app *app)
-{
-    long long cap = (long long)app->cfg.ws.memory_max;
-    return cap - cap / 8;
-}
-
-/* Whether the connections not yet closed for the cap hold too much. */
-static int over_cap(tb_app *app)
-{
-    long long total = atomic_load(&app->ws_memory);
-    return total > (long long)app->cfg.ws.memory_max &&
-           total - atomic_load(&app->ws_memory_shed) > mem_low(app);
-}
-
-static size_t held(const tb_ws *ws)
-{
-    return ws->held_conn + ws->held_core;
-}
-
-static void shed_one(tb_ws *ws)
-{
-    tb_app *app = ws->app;
-    size_t h = held(ws);
-    mem_settle(ws);
-    uint64_t n = atomic_fetch_add(&app->ws_memory_closes, 1) + 1;
-    uint64_t since;
-    if (log_due(&app->ws_memory_logged_us, &app->ws_memory_logged_n, n, &since))
-        tb__log(TB_LOG_WARN,
-                "%s %s (request %s, %s%s%s%s): holds %zu bytes, the most, "
-                "while websockets and SSE streams hold %lld (ws_memory_max "
-                "%zu): closing with 1008 (%" PRIu64 " such close(s) since "
-                "the last line, %" PRIu64 " in all; at most one line a "
-                "second)",
-                KIND(ws), ws->path, ws->request_id, ws->peer,
-                ws->claims ? ", sub \"" : "", tb__ws_sub(ws),
-                ws->claims ? "\"" : "", h,
-                (long long)atomic_load(&app->ws_memory), app->cfg.ws.memory_max,
-                since, n);
-    ws->ops->shed(ws->conn, 1008, "memory limit (ws_memory_max)");
-}
-
-/* On w's thread: offers to the sockets the output w's connections (but
- * skip, which is reporting) queued this loop turn, so that what the cap
- * closes is what sockets do not take, not what no socket was offered yet
- * (one event to many clients is a copy each until the turn ends). */
-static void offer_local(tb__worker *w, const tb_ws *skip)
-{
-    for (tb_ws *ws = w->ws_head; ws; ws = ws->wnext)
-        if (ws != skip && ws->conn && !ws->shed)
-            ws->ops->offer(ws->conn);
-}
-
-static int post_shed(tb__worker *to);
-
-/* The worker whose biggest sheddable connection is the biggest; w on a
- * tie. */
-static tb__worker *biggest_worker(tb_app *app, tb__worker *w)
-{
-    tb__worker *big = w;
-    for (int i = 0; i < app->nworkers; i++)
-        if (atomic_load(&app->workers[i].ws_biggest) >
-            atomic_load(&big->ws_biggest))
-            big = &app->workers[i];
-    return big;
-}
-
-/* On w's thread: while the cap is exceeded, closes w's biggest
- * connection as long as no other worker has published a bigger one;
- * else hands over to that worker (forward 0: shed here regardless). Each walk
- * makes w's ws_biggest exact, so a worker asked on a stale figure hands back at
- * once, and the small connections of a worker are not swept while bigger ones
- * stay elsewhere. */
-static void shed_local(tb__worker *w, int forward)
-{
-    if (w->ws_shedding)
-        return; /* a connection closed here has reported what it freed */
-    w->ws_shedding = 1;
-    tb_app *app = w->app;
-    while (over_cap(app)) {
-        tb_ws *big = NULL;
-        for (tb_ws *ws = w->ws_head; ws; ws = ws->wnext)
-            if (!ws->shed && ws->conn && (!big || held(ws) > held(big)))
-                big = ws;
-        long long mine = big ? (long long)held(big) : 0;
-        atomic_store(&w->ws_biggest, mine);
-        tb__worker *other = biggest_worker(app, w);
-        if (forward && other != w) {
-            if (post_shed(other) == 0)
-                break;
-            forward = 0; /* out of memory: do what can be done here */
-        }
-        if (mine == 0)
-            break;
-        shed_one(big);
-    }
-    w->ws_shedding = 0;
-}
-
-static void shed_on_worker(tb_app *app, int wi, void *arg)
-{
-    (void)arg;
-    tb__worker *w = &app->workers[wi];
-    atomic_store(&w->ws_shed_posted, 0);
-    if (w->stopping || !over_cap(app))
-        return;
-    offer_local(w, NULL);
-    shed_local(w, 1);
-}
-
-static void shed_drop(void *arg)
-{
-    atomic_store(&((tb__worker *)arg)->ws_shed_posted, 0);
-}
-
-/* Asks to's loop to shed (once: a call on its way is enough). 0, or
- * TB_ENOMEM. */
-static int post_shed(tb__worker *to)
-{
-    if (atomic_exchange(&to->ws_shed_posted, 1))
-        return 0;
-    if (tb__worker_call(to, shed_on_worker, shed_drop, to) == 0)
-        return 0;
-    atomic_store(&to->ws_shed_posted, 0);
-    return TB_ENOMEM;
-}
-
-/* On self's worker, after what self holds grew. */
-static void check_cap(tb_ws *self)
-{
-    tb__worker *w = self->w;
-    tb_app *app = w->app;
-    if (!over_cap(app) || w->ws_shedding)
-        return;
-    offer_local(w, self);
-    if (over_cap(app))
-        shed_local(w, 1);
-}
-
-void tb__ws_on_held(tb_ws *ws, size_t bytes)
-{
-    long long delta = (long long)bytes - (long long)ws->held_conn;
-    ws->held_conn = bytes;
-    mem_add(ws, delta);
-    if (delta > 0)
-        check_cap(ws);
-}
-
-int tb__ws_would_pass(const tb_ws *ws, size_t bytes)
-{
-    long long delta = (long long)bytes - (long long)ws->held_conn;
-    return delta > 0 && atomic_load(&ws->app->ws_memory) + delta >
-                            (long long)ws->app->cfg.ws.memory_max;
-}
-
-long long tb__ws_memory(tb_app *app)
-{
-    return atomic_load(&app->ws_memory);
 }
 
 /* ---------------------------------------------------------------- API */
