@@ -282,12 +282,18 @@ static int take(karg *v, const tb_arg_spec *s, json_t *val, char *err,
                  : s->type == TB_ARG_PATTERN  ? tb_pattern_valid(str)
                                               : 0;
         if (rc) {
+            const char *why = s->type == TB_ARG_PATTERN
+                                  ? tb__pattern_problem(str)
+                                  : tb_strerror(rc);
             errf(err, errsz,
                  "args.%s: bad %s \"%.80s\": %s (1..%d dot-separated "
-                 "segments, at most %d bytes)",
+                 "segments, at most %d bytes%s)",
                  s->name,
                  s->type == TB_ARG_EVENT_NAME ? "event name" : "pattern", str,
-                 tb_strerror(rc), TB_EVENT_SEGMENTS_MAX, TB_EVENT_NAME_MAX);
+                 why, TB_EVENT_SEGMENTS_MAX, TB_EVENT_NAME_MAX,
+                 s->type == TB_ARG_PATTERN ? "; \"*\", \"<param>\", a last "
+                                             "\">\""
+                                           : "");
             return TB_EINVAL;
         }
         if (!(v->s = strdup(str)))

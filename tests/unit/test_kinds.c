@@ -160,6 +160,10 @@ static void test_validation(void **state)
     spawn_check(app, "all", "{\"n\": 1, \"p\": \"a.<x\"}", TB_EINVAL,
                 "args.p: bad pattern");
     spawn_check(app, "all", "{\"n\": 1, \"p\": \"a.*.<x>\"}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 1, \"p\": \"a.>\"}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 1, \"p\": \">\"}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 1, \"p\": \"a.>.b\"}", TB_EINVAL,
+                "args.p: bad pattern \"a.>.b\": \">\" may only be the last");
     spawn_check(app, "all", "{\"n\": 1, \"b\": 1}", TB_EINVAL,
                 "args.b: must be true or false");
     spawn_check(app, "all", "{\"n\": 1, \"b\": false}", 0, NULL);
@@ -348,6 +352,21 @@ static void builtin_body(tb_app *app, void *arg)
     spawn_named(app, "relay", "r2",
                 "{\"pattern\": \"k.*\", \"event\": \"k.relayed\"}");
     check_ended(app, "r2", TB_TASK_FAILED, "feed itself");
+    spawn_named(app, "relay", "r3",
+                "{\"pattern\": \">\", \"event\": \"k.relayed\"}");
+    check_ended(app, "r3", TB_TASK_FAILED, "feed itself");
+
+    /* relay with a last ">": names under its prefix at any depth. */
+    spawn_named(app, "relay", "r4",
+                "{\"pattern\": \"rr.>\", \"event\": \"k.relayed\"}");
+    TH_CHECK(th_wait_state(app, "r4", TB_TASK_RUNNING, 3000));
+    th_nap_ms(50); /* its subscription is open once it has run */
+    TH_CHECK_RC(tb_dispatch(app, "rr", "no", 2, NULL), 0);
+    TH_CHECK_RC(tb_dispatch(app, "rr.a.b.c", "deep", 4, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&s->relayed, 3, 3000));
+    TH_CHECK_RC(tb_task_cancel(app, "r4", 2000), 0);
+    th_nap_ms(50);
+    TH_CHECK_EQ(th_counter_get(&s->relayed), 3);
 
     /* sleep: 0 is done; a long one cancelled early ends cancelled. */
     spawn_named(app, "sleep", "s0", "{\"seconds\": 0}");
