@@ -1235,6 +1235,51 @@ def t_api_long_poll():
     s.stop_ok()
 
 
+def t_api_long_poll_tail():
+    """GET /events/{pattern} with a last ">", sent raw and as %3E: both
+    wait for the same pattern and get the first event under it, whatever
+    its depth; a misplaced ">" is a 400 that says why."""
+    s = Taskbus("polltail").start()
+    got = {}
+
+    def poll(key, path):
+        got[key] = http_req(s.port, "GET", path)
+    threads = [threading.Thread(target=poll, args=(k, p)) for k, p in
+               (("raw", "/events/lpt.>?timeout=10"),
+                ("enc", "/events/lpt.%3E?timeout=10"),
+                ("all", "/events/%3e?timeout=10"))]
+    for th in threads:
+        th.start()
+
+    def waiting():
+        r = http_req(s.port, "GET", "/tasks")
+        return sum(t["name"].startswith("http.wait:")
+                   and t["state"] == "running" for t in r.json["tasks"]) == 3
+    check(wait_for(waiting, T(5)), "the long polls' wait tasks never ran")
+    p0 = http_req(s.port, "POST", "/events/lpt", "too short for lpt.>")
+    p = http_req(s.port, "POST", "/events/lpt.a.b.c", {"deep": True})
+    check(p.status == 202, f"POST /events/lpt.a.b.c: {p!r}")
+    for th in threads:
+        th.join(T(10))
+    for key in ("raw", "enc"):
+        r = got.get(key)
+        check(r and r.status == 200 and r.json.get("id") == p.json["id"]
+              and r.json.get("name") == "lpt.a.b.c",
+              f"long poll lpt.> ({key}): {r!r}, want lpt.a.b.c")
+    r = got.get("all")
+    check(r and r.status == 200 and r.json.get("id") == p0.json["id"],
+          f"long poll > : {r!r}, want the first event, lpt")
+    for path, says in (("/events/a.%3E.b?timeout=1",
+                        "only be the last segment"),
+                       ("/events/a.>.b?timeout=1", "only be the last segment"),
+                       ("/events/a.b%3E?timeout=1", "must be a whole segment"),
+                       ("/events/%3E%3E?timeout=1", "must be a whole segment")):
+        r = http_req(s.port, "GET", path)
+        check(r.status == 400 and r.code() == "bad_pattern" and
+              says in r.json.get("message", ""), f"GET {path}: {r!r}")
+    s.stop_ok()
+
+
 def t_api_tasks_rows():
     with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=H.root,
                                      delete=False) as f:
@@ -2208,6 +2253,8 @@ CASES = [
     ("shutdown", "no 202-answered event lost at SIGTERM (two instances, "
      "one Redis)", t_no_loss),
     ("api", "GET /events long poll: 200 envelope, 204, 400", t_api_long_poll),
+    ("api", "GET /events/{pattern} with a last \">\", raw and %3E",
+     t_api_long_poll_tail),
     ("api", "POST/GET/DELETE /tasks and purge: every status", t_api_tasks_rows),
     ("api", "Redis down: /readyz 503, POST /events 503 bus_down",
      t_api_bus_down),
