@@ -1280,6 +1280,49 @@ def t_api_long_poll_tail():
     s.stop_ok()
 
 
+def t_api_kinds():
+    """GET /kinds: every kind the binary has, sorted, each with its
+    arguments' specs (a form is generated from them); query junk is
+    ignored; other methods are 405."""
+    s = Taskbus("kinds").start()
+    r = http_req(s.port, "GET", "/kinds")
+    check(r.status == 200 and r.headers.get("content-type", "").startswith(
+        "application/json"), f"GET /kinds: {r!r}")
+    kinds = r.json["kinds"]
+    names = [k["name"] for k in kinds]
+    check(names == sorted(names) and {"sleep", "delay", "interval", "relay",
+                                      "exec"} <= set(names),
+          f"kinds {names}")
+    by = {k["name"]: k for k in kinds}
+    check(by["sleep"] == {"name": "sleep", "args": [
+        {"name": "seconds", "type": "number", "required": True, "min": 0,
+         "max": 86400}]}, f"sleep: {by['sleep']}")
+    check(by["relay"]["args"] == [
+        {"name": "pattern", "type": "pattern", "required": True},
+        {"name": "event", "type": "event_name", "required": True}],
+        f"relay: {by['relay']}")
+    types = {a["type"] for k in kinds for a in k["args"]}
+    check(types <= {"number", "int", "string", "event_name", "pattern",
+                    "bool"}, f"types {types}")
+    for k in kinds:
+        for a in k["args"]:
+            check(("min" in a) == ("max" in a) and
+                  ("min" not in a or a["min"] < a["max"]),
+                  f"{k['name']}.{a['name']}: {a}")
+    # What the listing says is what POST /tasks takes.
+    p = http_req(s.port, "POST", "/tasks", {"kind": "sleep", "args": {
+        "seconds": by["sleep"]["args"][0]["max"] + 1}})
+    check(p.status == 400 and p.code() == "bad_args", f"over max: {p!r}")
+    r2 = http_req(s.port, "GET", "/kinds?cursor=%zz&limit=-1&" + "x" * 3000)
+    check(r2.status == 200 and r2.json == r.json, f"with junk: {r2!r}")
+    for method in ("POST", "PUT", "DELETE"):
+        r3 = http_req(s.port, method, "/kinds", "{}")
+        check(r3.status == 405 and r3.code() == "method_not_allowed",
+              f"{method} /kinds: {r3!r}")
+    s.stop_ok()
+    return f"{len(kinds)} kinds"
+
+
 def t_api_tasks_rows():
     with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=H.root,
                                      delete=False) as f:
@@ -1658,6 +1701,8 @@ def t_http_auth_order():
         ("GET", "/tasks/a/b", False, 404, "not_found"),
         ("HEAD", "/nope", False, 404, None),
         ("PUT", "/tasks", False, 405, "method_not_allowed"),
+        ("GET", "/kinds", False, 200, None),
+        ("POST", "/kinds", False, 405, "method_not_allowed"),
         ("DELETE", "/events/x", False, 405, "method_not_allowed"),
         ("POST", "/healthz", False, 405, "method_not_allowed"),
         ("GET", "/nope", True, 404, "not_found"),
@@ -2255,6 +2300,7 @@ CASES = [
     ("api", "GET /events long poll: 200 envelope, 204, 400", t_api_long_poll),
     ("api", "GET /events/{pattern} with a last \">\", raw and %3E",
      t_api_long_poll_tail),
+    ("api", "GET /kinds: sorted kinds with argument specs", t_api_kinds),
     ("api", "POST/GET/DELETE /tasks and purge: every status", t_api_tasks_rows),
     ("api", "Redis down: /readyz 503, POST /events 503 bus_down",
      t_api_bus_down),

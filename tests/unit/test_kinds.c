@@ -503,6 +503,90 @@ static tb_app *kinds_api_app(void)
     return app;
 }
 
+static int noop_kind(tb_task *self, void *arg)
+{
+    (void)self;
+    (void)arg;
+    return 0;
+}
+
+/* The built-in kinds and two of the user's, registered out of order: one
+ * with every argument type and ranges of both kinds (0..1e12 is an
+ * integer, -0.5..2.5 is not; 5..5 and 7..3 are no range), one with none. */
+static tb_app *kinds_list_app(void)
+{
+    static const tb_arg_spec every_type[] = {
+        {"n", TB_ARG_NUMBER, 1, -0.5, 2.5},
+        {"i", TB_ARG_INT, 0, 0, 1e12},
+        {"s", TB_ARG_STRING, 0, 0, 0},
+        {"e", TB_ARG_EVENT_NAME, 1, 0, 0},
+        {"p", TB_ARG_PATTERN, 0, 0, 0},
+        {"b", TB_ARG_BOOL, 0, 0, 0},
+        {"same", TB_ARG_NUMBER, 0, 5, 5},
+        {"backwards", TB_ARG_INT, 0, 7, 3},
+        {NULL, 0, 0, 0, 0},
+    };
+    tb_app *app = kinds_api_app();
+    assert_rc(tb_app_add_kind(app, "zz.user", noop_kind, every_type), 0);
+    assert_rc(tb_app_add_kind(app, "a-first", noop_kind, NULL), 0);
+    return app;
+}
+
+/* GET /kinds lists every kind, sorted by name, with its argument specs. */
+TH_APP_TEST(test_get_kinds, kinds_list_app(), 20000)
+{
+    fake_conn c;
+    memset(&c, 0, sizeof c);
+    int st = fake_handle(&c, app, "GET", "/kinds", "junk=%zz&x", "", 0);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK_EQ(c.sends, 1);
+    json_error_t jerr;
+    json_t *j = c.body ? json_loadb(c.body, c.len, 0, &jerr) : NULL;
+    json_t *kinds = json_object_get(j, "kinds");
+    if (!TH_CHECKF(json_array_size(kinds) == 6, "%s", c.body ? c.body : "")) {
+        json_decref(j);
+        free(c.body);
+        return;
+    }
+    static const char *const names[] = {"a-first", "delay", "interval",
+                                        "relay",   "sleep", "zz.user"};
+    for (size_t i = 0; i < 6; i++)
+        TH_CHECK_STR(jget_str(json_array_get(kinds, i), "name"), names[i]);
+    TH_CHECK_EQ(
+        json_array_size(json_object_get(json_array_get(kinds, 0), "args")), 0);
+    /* Each spec exactly, min/max only for a real range. */
+    char *sleep_ = json_dumps(json_array_get(kinds, 4), JSON_COMPACT);
+    TH_CHECK_STR(sleep_, "{\"name\":\"sleep\",\"args\":[{\"name\":"
+                         "\"seconds\",\"type\":\"number\",\"required\":"
+                         "true,\"min\":0,\"max\":86400}]}");
+    free(sleep_);
+    char *user = json_dumps(json_array_get(kinds, 5), JSON_COMPACT);
+    TH_CHECK_STR(
+        user,
+        "{\"name\":\"zz.user\",\"args\":["
+        "{\"name\":\"n\",\"type\":\"number\",\"required\":true,\"min\":-0.5,"
+        "\"max\":2.5},"
+        "{\"name\":\"i\",\"type\":\"int\",\"required\":false,\"min\":0,"
+        "\"max\":1000000000000},"
+        "{\"name\":\"s\",\"type\":\"string\",\"required\":false},"
+        "{\"name\":\"e\",\"type\":\"event_name\",\"required\":true},"
+        "{\"name\":\"p\",\"type\":\"pattern\",\"required\":false},"
+        "{\"name\":\"b\",\"type\":\"bool\",\"required\":false},"
+        "{\"name\":\"same\",\"type\":\"number\",\"required\":false},"
+        "{\"name\":\"backwards\",\"type\":\"int\",\"required\":false}]}");
+    free(user);
+    json_decref(j);
+    free(c.body);
+
+    /* Other methods: 405. */
+    memset(&c, 0, sizeof c);
+    TH_CHECK_EQ(fake_handle(&c, app, "POST", "/kinds", NULL, "{}", 2), 405);
+    free(c.body);
+    memset(&c, 0, sizeof c);
+    TH_CHECK_EQ(fake_handle(&c, app, "DELETE", "/kinds", NULL, "", 0), 405);
+    free(c.body);
+}
+
 TH_APP_TEST(test_http, kinds_api_app(), 20000)
 {
     json_t *j = NULL;
@@ -700,7 +784,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_validation), cmocka_unit_test(test_kind_check),
         cmocka_unit_test(test_builtin),    cmocka_unit_test(test_relay_cycle),
-        cmocka_unit_test(test_http),
+        cmocka_unit_test(test_http),       cmocka_unit_test(test_get_kinds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
