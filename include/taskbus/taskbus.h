@@ -974,7 +974,9 @@ typedef struct tb_arg_spec {
     const char *name;
     tb_arg_type type;
     int required;
-    double min, max; /* numbers: inclusive range when min < max */
+    double min, max; /* numbers: inclusive range when min < max; either
+                        side may be -INFINITY/INFINITY (open on that side;
+                        GET /kinds shows only finite bounds) */
 } tb_arg_spec;
 
 /* A kind task's validated arguments: its task's ud, owned by the task
