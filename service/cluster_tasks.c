@@ -312,8 +312,10 @@ static int keeps(const tb__task_filter *f, json_t *t)
     return tb__task_kind_is(json_string_value(k), f->kind);
 }
 
-/* One instance's page: ours read directly, another's asked for. NULL
- * (with *failed set when the instance did not answer) or a new array. */
+/* One instance's page: ours read directly, another's asked for. A new
+ * array, or NULL: with *failed set when the instance did not answer, else
+ * out of memory (the request could not even be made: not the instance's
+ * fault). */
 static json_t *page_of(tb_app *app, const char *inst, uint64_t from,
                        size_t need, const tb__task_filter *f, int *more,
                        int *failed)
@@ -329,11 +331,14 @@ static json_t *page_of(tb_app *app, const char *inst, uint64_t from,
         json_decref(req);
         req = NULL;
     }
+    if (!req)
+        return NULL;
     json_t *reply = NULL, *page = NULL;
-    int rc = req ? tb__cl_call1(app, inst, req,
-                                app->cfg.redis.command_timeout_ms, &reply)
-                 : TB_ENOMEM;
+    int rc =
+        tb__cl_call1(app, inst, req, app->cfg.redis.command_timeout_ms, &reply);
     json_decref(req);
+    if (rc == TB_ENOMEM)
+        return NULL;
     if (rc == 0 && tb__cl_reply_status(reply) == 0 &&
         json_is_array(json_object_get(reply, "tasks"))) {
         page = json_incref(json_object_get(reply, "tasks"));
