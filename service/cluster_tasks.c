@@ -299,7 +299,10 @@ static int cursor_parse(const char *s, char inst[INST_MAX], uint64_t *after)
 
 /* Whether a task object of another instance's page is one f keeps: that
  * instance filtered already, but what crosses the bus is not ours to
- * trust (nor is it, from an older instance that ignores "kind"). */
+ * trust (nor is it, from an older instance that ignores "kind"). Not for
+ * our own page: the registry was filtered on the kind's bytes, while the
+ * object shows them made UTF-8, so a second look could drop a task the
+ * first kept. */
 static int keeps(const tb__task_filter *f, json_t *t)
 {
     if (!f)
@@ -388,7 +391,7 @@ int tb__cluster_list(tb_app *app, const char *cursor, size_t limit,
             continue; /* before the cursor's instance */
         uint64_t from = cmp == 0 ? after : 0;
         size_t need = limit - json_array_size(*tasks);
-        int more, failed;
+        int mine = !strcmp(ids[i], app->instance), more, failed;
         json_t *page = page_of(app, ids[i], from, need, f, &more, &failed);
         if (failed) {
             json_array_append_new(*unreachable, json_string(ids[i]));
@@ -404,7 +407,7 @@ int tb__cluster_list(tb_app *app, const char *cursor, size_t limit,
             if (json_array_size(*tasks) >= limit)
                 break;
             seen = json_integer_value(json_object_get(t, "id"));
-            if (keeps(f, t))
+            if (mine || keeps(f, t))
                 json_array_append(*tasks, t);
         }
         json_decref(page);
