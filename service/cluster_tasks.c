@@ -355,6 +355,16 @@ static json_t *page_of(tb_app *app, const char *inst, uint64_t from,
     return page;
 }
 
+/* The first of ids[i..n) whose tasks f may keep (?instance= keeps one
+ * instance's), or n. */
+static size_t listed_from(const tb__task_filter *f, char (*ids)[INST_MAX],
+                          size_t i, size_t n)
+{
+    while (i < n && f && f->instance && strcmp(ids[i], f->instance) != 0)
+        i++;
+    return i;
+}
+
 int tb__cluster_list(tb_app *app, const char *cursor, size_t limit,
                      const tb__task_filter *f, int local, json_t **tasks,
                      char *next, json_t **unreachable)
@@ -383,9 +393,9 @@ int tb__cluster_list(tb_app *app, const char *cursor, size_t limit,
         snprintf(ids[0], INST_MAX, "%s", app->instance);
     else
         n = tb__cl_live_instances(app, ids, SCATTER_MAX);
-    for (size_t i = 0; i < n; i++) {
-        if (f && f->instance && strcmp(ids[i], f->instance) != 0)
-            continue; /* ?instance=: that one only (when it is live) */
+    /* ?instance=: that one only (when it is live). */
+    for (size_t i = listed_from(f, ids, 0, n); i < n;
+         i = listed_from(f, ids, i + 1, n)) {
         int cmp = start[0] ? strcmp(ids[i], start) : 1;
         if (cmp < 0)
             continue; /* before the cursor's instance */
@@ -413,14 +423,16 @@ int tb__cluster_list(tb_app *app, const char *cursor, size_t limit,
         json_decref(page);
         if (json_array_size(*tasks) >= limit) {
             /* Full: the next page starts after the last task, here or at
-             * the next instance. */
+             * the next instance the filter lets in (none: this was the
+             * last page). */
             json_t *last = json_array_get(*tasks, json_array_size(*tasks) - 1);
             json_int_t lid = json_integer_value(json_object_get(last, "id"));
+            size_t j = listed_from(f, ids, i + 1, n);
             if (more || k < got)
                 snprintf(next, TB_CURSOR_MAX, "%s.%" JSON_INTEGER_FORMAT,
                          ids[i], lid);
-            else if (i + 1 < n)
-                snprintf(next, TB_CURSOR_MAX, "%s.0", ids[i + 1]);
+            else if (j < n)
+                snprintf(next, TB_CURSOR_MAX, "%s.0", ids[j]);
             break;
         }
         if (more && seen > 0) {
