@@ -83,16 +83,41 @@ int tb__cluster_cancel(tb_app *app, const char *name, int timeout_ms, int local,
 int tb__cluster_cancel_on(tb_app *app, const char *instance, const char *name,
                           int timeout_ms);
 
-/* One page of the cluster's tasks, instance by instance (ordered by id),
- * each instance's by task id: at most limit, after cursor ("" or NULL:
- * from the start), with state st (-1: any). *tasks is a new array; next
- * (TB_CURSOR_MAX bytes) gets the cursor of the next page, "" after the
- * last; *unreachable (new array) lists the instances that did not answer
- * (their tasks are missing from the page). 0, TB_EINVAL (a bad cursor),
- * TB_ENOMEM. */
-int tb__cluster_list(tb_app *app, const char *cursor, size_t limit, int st,
-                     int local, json_t **tasks, char *next,
-                     json_t **unreachable);
+/* Which tasks a listing keeps. state -1: any; kind NULL: any, else only
+ * tasks of exactly that kind (1..TB_KIND_NAME_MAX bytes, as listings show
+ * every kind a task can be spawned as; a longer free-form label of
+ * tb_task_opts is listed cut and matches no filter); instance NULL: every
+ * instance, else only that one. */
+typedef struct tb__task_filter {
+    int state;
+    const char *kind;
+    const char *instance;
+} tb__task_filter;
+
+/* 1 if a task of kind (NULL: none) has the kind filter want (NULL: any). */
+int tb__task_kind_is(const char *kind, const char *want);
+
+/* One page of the cluster's tasks that f keeps (NULL: all), instance by
+ * instance (ordered by id), each instance's by task id: at most limit,
+ * after cursor ("" or NULL: from the start). Filtering happens where the
+ * tasks are, before the page is counted, so pages stay full and the cursor
+ * skips nothing. A page may still come short with a cursor (an instance's
+ * answer stopped at its byte bound): go on while next is not "". *tasks is
+ * a new array; next (TB_CURSOR_MAX bytes) gets the cursor of the next
+ * page, "" after the last; *unreachable (new array) lists the instances
+ * that did not answer (their tasks are missing from the page). 0,
+ * TB_EINVAL (a bad cursor), TB_ENOMEM. */
+int tb__cluster_list(tb_app *app, const char *cursor, size_t limit,
+                     const tb__task_filter *f, int local, json_t **tasks,
+                     char *next, json_t **unreachable);
+
+/* Every other live instance's GET /stats object (tb__stats_json), all
+ * asked at once and waited for at most redis.command_timeout_ms: *stats
+ * (new array) holds the objects of those that answered, *unreachable (new
+ * array) the ids of those that did not. Without a cluster (the memory
+ * bus) both are empty. Blocks the calling thread (not a worker's loop).
+ * 0, or TB_ENOMEM with both NULL. */
+int tb__cluster_stats_all(tb_app *app, json_t **stats, json_t **unreachable);
 
 /* ---- waiting for one store op (any thread but the bus's) ---- */
 

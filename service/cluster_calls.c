@@ -11,6 +11,7 @@
 #include "cluster_impl.h"
 #include "instances.h"
 #include "json.h"
+#include "metrics.h"
 #include "singleton.h"
 
 /* How it works.
@@ -61,11 +62,16 @@ json_t *tb__cl_local_named(tb_app *app, const char *name)
     return arr;
 }
 
-/* Up to limit of this instance's tasks with id > after and state st (-1:
- * any), by id; *more: others follow. A new array, or NULL. */
-json_t *tb__cl_local_page(tb_app *app, uint64_t after, size_t limit, int st,
-                          int *more)
+int tb__task_kind_is(const char *kind, const char *want)
 {
+    return !want || (kind && strcmp(kind, want) == 0);
+}
+
+json_t *tb__cl_local_page(tb_app *app, uint64_t after, size_t limit,
+                          const tb__task_filter *f, int *more)
+{
+    int st = f ? f->state : -1;
+    const char *kind = f ? f->kind : NULL;
     json_t *arr = json_array();
     *more = 0;
     if (!arr)
@@ -73,7 +79,8 @@ json_t *tb__cl_local_page(tb_app *app, uint64_t after, size_t limit, int st,
     size_t bytes = 0;
     pthread_mutex_lock(&app->reg_mu);
     for (tb_task *t = app->all_head; t; t = t->all_next) {
-        if (t->id <= after || t->hidden || (st >= 0 && (int)t->state != st))
+        if (t->id <= after || t->hidden || (st >= 0 && (int)t->state != st) ||
+            !tb__task_kind_is(t->kind, kind))
             continue;
         if (json_array_size(arr) >= limit) {
             *more = 1;
@@ -287,6 +294,39 @@ size_t tb__cl_scatter(tb_app *app, json_t *req, int timeout_ms,
     return m;
 }
 
+int tb__cluster_stats_all(tb_app *app, json_t **stats, json_t **unreachable)
+{
+    *stats = json_array();
+    *unreachable = json_array();
+    json_t *req = json_pack("{s:s}", "op", "stats");
+    int rc = *stats && *unreachable && req ? 0 : TB_ENOMEM;
+    char ids[SCATTER_MAX][INST_MAX];
+    json_t *replies[SCATTER_MAX] = {0};
+    size_t m = rc == 0 && cl_ops(app)
+                   ? tb__cl_scatter(app, req, app->cfg.redis.command_timeout_ms,
+                                    ids, replies)
+                   : 0;
+    json_decref(req);
+    for (size_t i = 0; i < m; i++) {
+        /* What came back is another process's word: an object is all
+         * that is asked of it here (the caller adds only its numbers). */
+        json_t *st = json_object_get(replies[i], "stats");
+        int ok = replies[i] && tb__cl_reply_status(replies[i]) == 0 &&
+                 json_is_object(st);
+        if (rc == 0 &&
+            (ok ? json_array_append(*stats, st)
+                : json_array_append_new(*unreachable, json_string(ids[i]))))
+            rc = TB_ENOMEM;
+        json_decref(replies[i]);
+    }
+    if (rc) {
+        json_decref(*stats);
+        json_decref(*unreachable);
+        *stats = *unreachable = NULL;
+    }
+    return rc;
+}
+
 /* ---------------------------------------------------------------- answers */
 
 static void answer(tb_app *app, const char *to, json_int_t rid,
@@ -424,19 +464,25 @@ static void on_request(tb_app *app, json_t *m, size_t len)
         json_t *after = json_object_get(m, "after");
         json_t *limit = json_object_get(m, "limit");
         json_t *state = json_object_get(m, "state");
+        json_t *kind = json_object_get(m, "kind");
         if (!json_is_integer(after) || json_integer_value(after) < 0 ||
             !json_is_integer(limit) || json_integer_value(limit) < 1 ||
             json_integer_value(limit) > PAGE_HARD_MAX ||
             !json_is_integer(state) || json_integer_value(state) < -1 ||
-            json_integer_value(state) > TB_TASK_CANCELLED) {
-            bad_message(app, len, "list with a bad after, limit or state");
+            json_integer_value(state) > TB_TASK_CANCELLED ||
+            (kind &&
+             (!str_ok(kind, 1, TB_KIND_NAME_MAX) ||
+              strlen(json_string_value(kind)) != json_string_length(kind)))) {
+            bad_message(app, len,
+                        "list with a bad after, limit, state or kind");
             return;
         }
         int more;
+        tb__task_filter f = {(int)json_integer_value(state),
+                             json_string_value(kind), NULL};
         json_t *tasks =
             tb__cl_local_page(app, (uint64_t)json_integer_value(after),
-                              (size_t)json_integer_value(limit),
-                              (int)json_integer_value(state), &more);
+                              (size_t)json_integer_value(limit), &f, &more);
         if (!tasks)
             return;
         answer(app, to, r, "ok",
@@ -472,6 +518,11 @@ static void on_request(tb_app *app, json_t *m, size_t len)
             free(j);
             answer(app, to, r, rc == TB_ESHUTDOWN ? "stopping" : "error", NULL);
         }
+    } else if (!strcmp(op, "stats")) {
+        /* GET /stats's object, a few KiB: far below the message bound. */
+        json_t *st = tb__stats_json(app);
+        answer(app, to, r, st ? "ok" : "error",
+               st ? json_pack("{s:o}", "stats", st) : NULL);
     } else {
         bad_message(app, len, "an unknown op");
     }

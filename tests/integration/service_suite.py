@@ -1235,6 +1235,200 @@ def t_api_long_poll():
     s.stop_ok()
 
 
+def t_api_long_poll_tail():
+    """GET /events/{pattern} with a last ">", sent raw and as %3E: both
+    wait for the same pattern and get the first event under it, whatever
+    its depth; a misplaced ">" is a 400 that says why."""
+    s = Taskbus("polltail").start()
+    got = {}
+
+    def poll(key, path):
+        got[key] = http_req(s.port, "GET", path)
+    threads = [threading.Thread(target=poll, args=(k, p)) for k, p in
+               (("raw", "/events/lpt.>?timeout=10"),
+                ("enc", "/events/lpt.%3E?timeout=10"),
+                ("all", "/events/%3e?timeout=10"))]
+    for th in threads:
+        th.start()
+
+    def waiting():
+        r = http_req(s.port, "GET", "/tasks")
+        return sum(t["name"].startswith("http.wait:")
+                   and t["state"] == "running" for t in r.json["tasks"]) == 3
+    check(wait_for(waiting, T(5)), "the long polls' wait tasks never ran")
+    p0 = http_req(s.port, "POST", "/events/lpt", "too short for lpt.>")
+    p = http_req(s.port, "POST", "/events/lpt.a.b.c", {"deep": True})
+    check(p.status == 202, f"POST /events/lpt.a.b.c: {p!r}")
+    for th in threads:
+        th.join(T(10))
+    for key in ("raw", "enc"):
+        r = got.get(key)
+        check(r and r.status == 200 and r.json.get("id") == p.json["id"]
+              and r.json.get("name") == "lpt.a.b.c",
+              f"long poll lpt.> ({key}): {r!r}, want lpt.a.b.c")
+    r = got.get("all")
+    check(r and r.status == 200 and r.json.get("id") == p0.json["id"],
+          f"long poll > : {r!r}, want the first event, lpt")
+    for path, says in (("/events/a.%3E.b?timeout=1",
+                        "only be the last segment"),
+                       ("/events/a.>.b?timeout=1", "only be the last segment"),
+                       ("/events/a.b%3E?timeout=1", "must be a whole segment"),
+                       ("/events/%3E%3E?timeout=1", "must be a whole segment")):
+        r = http_req(s.port, "GET", path)
+        check(r.status == 400 and r.code() == "bad_pattern" and
+              says in r.json.get("message", ""), f"GET {path}: {r!r}")
+    s.stop_ok()
+
+
+def t_print_events():
+    """serve --print-events with one worker: an event of one segment and
+    one of eight (TB_EVENT_SEGMENTS_MAX) are each printed once, with its
+    data."""
+    s = Taskbus("print", "--print-events", "--workers", "1").start()
+    names = ["p", "p.b.c.d.e.f.g.h"]
+    for i, name in enumerate(names):
+        r = http_req(s.port, "POST", f"/events/{name}", f"d{i}")
+        check(r.status == 202, f"POST /events/{name}: {r!r}")
+
+    def printed():
+        out = s.out_text()
+        return all(f"event {n} id=" in out for n in names) and out
+    out = wait_for(printed, T(5))
+    check(out, f"not printed: {s.out_text()[-500:]!r}")
+    for i, name in enumerate(names):
+        lines = [ln for ln in out.splitlines() if f" event {name} id=" in ln]
+        check(len(lines) == 1 and lines[0].endswith(f"data=d{i}"),
+              f"{name}: {lines}")
+    s.stop_ok()
+
+
+def t_api_kinds():
+    """GET /kinds: every kind the binary has, sorted, each with its
+    arguments' specs (a form is generated from them); query junk is
+    ignored; other methods are 405."""
+    s = Taskbus("kinds").start()
+    r = http_req(s.port, "GET", "/kinds")
+    check(r.status == 200 and r.headers.get("content-type", "").startswith(
+        "application/json"), f"GET /kinds: {r!r}")
+    kinds = r.json["kinds"]
+    names = [k["name"] for k in kinds]
+    check(names == sorted(names) and {"sleep", "delay", "interval", "relay",
+                                      "exec"} <= set(names),
+          f"kinds {names}")
+    by = {k["name"]: k for k in kinds}
+    check(by["sleep"] == {"name": "sleep", "args": [
+        {"name": "seconds", "type": "number", "required": True, "min": 0,
+         "max": 86400}]}, f"sleep: {by['sleep']}")
+    check(by["relay"]["args"] == [
+        {"name": "pattern", "type": "pattern", "required": True},
+        {"name": "event", "type": "event_name", "required": True}],
+        f"relay: {by['relay']}")
+    types = {a["type"] for k in kinds for a in k["args"]}
+    check(types <= {"number", "int", "string", "event_name", "pattern",
+                    "bool"}, f"types {types}")
+    for k in kinds:
+        for a in k["args"]:
+            check(("min" in a) == ("max" in a) and
+                  ("min" not in a or a["min"] < a["max"]),
+                  f"{k['name']}.{a['name']}: {a}")
+    # What the listing says is what POST /tasks takes.
+    p = http_req(s.port, "POST", "/tasks", {"kind": "sleep", "args": {
+        "seconds": by["sleep"]["args"][0]["max"] + 1}})
+    check(p.status == 400 and p.code() == "bad_args", f"over max: {p!r}")
+    r2 = http_req(s.port, "GET", "/kinds?cursor=%zz&limit=-1&" + "x" * 3000)
+    check(r2.status == 200 and r2.json == r.json, f"with junk: {r2!r}")
+    for method in ("POST", "PUT", "DELETE"):
+        r3 = http_req(s.port, method, "/kinds", "{}")
+        check(r3.status == 405 and r3.code() == "method_not_allowed",
+              f"{method} /kinds: {r3!r}")
+    s.stop_ok()
+    return f"{len(kinds)} kinds"
+
+
+def t_api_stats():
+    """GET /stats: one JSON object of counters; with a websocket and an SSE
+    client on st.>, posting N events moves dispatched by N and delivered
+    by 2N (one each), the clients are counted, counters never go back;
+    JSON even for junk queries; 405 for other methods."""
+    s = Taskbus("stats").start()
+    a = http_req(s.port, "GET", "/stats")
+    check(a.status == 200 and a.headers.get("content-type", "").startswith(
+        "application/json"), f"GET /stats: {a!r}")
+    a = a.json
+    for key, typ in (("instance", str), ("version", str), ("started", str),
+                     ("uptime_s", int), ("uptime_ms", int), ("workers", int)):
+        check(isinstance(a.get(key), typ), f"stats.{key}: {a.get(key)!r}")
+    check(a["bus"]["kind"] == "memory" and a["bus"]["connected"] is True,
+          f"stats.bus: {a['bus']}")
+    n = 9
+    got = {}
+
+    async def clients():
+        ws = await ws_open(s.ws_url("/ws?events=st.%3E"))
+        sse = socket.create_connection((HOST, s.port), T(5))
+        sse.sendall(b"GET /sse?events=st.> HTTP/1.1\r\nHost: t\r\n\r\n")
+        sse.settimeout(T(10))
+        head = b""
+        while b": ready" not in head:
+            chunk = sse.recv(4096)
+            check(chunk, f"/sse closed: {head!r}")
+            head += chunk
+        mid = http_req(s.port, "GET", "/stats").json
+        got["mid"] = mid
+        for i in range(n):
+            r = http_req(s.port, "POST", f"/events/st.e{i}.x", str(i))
+            check(r.status == 202, f"POST st.e{i}.x: {r!r}")
+        http_req(s.port, "POST", "/events/nobody.x", "-")
+        for i in range(n):
+            ev = json.loads(await asyncio.wait_for(ws.recv(), T(10)))
+            check(ev.get("name") == f"st.e{i}.x", f"ws got {ev}")
+        data = head
+        while data.count(b"event: st.") < n:
+            chunk = sse.recv(65536)
+            check(chunk, "/sse closed early")
+            data += chunk
+
+        def moved():
+            o = http_req(s.port, "GET", "/stats").json
+            got["after"] = o
+            return o["events"]["delivered"] >= mid["events"]["delivered"] + 2 * n
+        check(wait_for(moved, T(5)), f"delivered never moved by {2 * n}: "
+                                     f"{got.get('after', {}).get('events')}")
+        await ws.close()
+        sse.close()
+    asyncio.run(clients())
+    mid, after = got["mid"], got["after"]
+    check(mid["ws"]["clients"] == 1 and mid["sse"]["clients"] == 1,
+          f"clients: ws {mid['ws']}, sse {mid['sse']}")
+    check(mid["ws"]["memory_bytes"] >= 0, f"ws: {mid['ws']}")
+    ev0, ev1 = mid["events"], after["events"]
+    check(ev1["dispatched"] - ev0["dispatched"] == n + 1 and
+          ev1["delivered"] - ev0["delivered"] == 2 * n,
+          f"events before {ev0}, after {ev1}: want dispatched +{n + 1}, "
+          f"delivered +{2 * n}")
+
+    def walk(x, y, path=""):
+        """Counters (every integer but the gauges) never go back."""
+        gauges = {"clients", "memory_bytes", "waiting", "queue_depth",
+                  "worker_queue_depth", "instances", "leases_held",
+                  "pending", "running", "done", "failed", "cancelled"}
+        if isinstance(x, dict):
+            for k in x:
+                walk(x[k], y[k], f"{path}.{k}")
+        elif isinstance(x, int) and not isinstance(x, bool):
+            k = path.rsplit(".", 1)[-1]
+            check(k in gauges or y >= x, f"stats{path} went {x} -> {y}")
+    walk(a, after)
+    r = http_req(s.port, "GET", "/stats?x=%zz&" + "y" * 2000)
+    check(r.status == 200 and isinstance(r.json, dict), f"junk query: {r!r}")
+    for method in ("POST", "DELETE", "PUT"):
+        r = http_req(s.port, method, "/stats", "{}")
+        check(r.status == 405 and r.code() == "method_not_allowed",
+              f"{method} /stats: {r!r}")
+    s.stop_ok()
+    return f"+{n + 1} dispatched, +{2 * n} delivered"
+
+
 def t_api_tasks_rows():
     with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=H.root,
                                      delete=False) as f:
@@ -1613,6 +1807,10 @@ def t_http_auth_order():
         ("GET", "/tasks/a/b", False, 404, "not_found"),
         ("HEAD", "/nope", False, 404, None),
         ("PUT", "/tasks", False, 405, "method_not_allowed"),
+        ("GET", "/kinds", False, 200, None),
+        ("GET", "/stats", False, 200, None),
+        ("DELETE", "/stats", False, 405, "method_not_allowed"),
+        ("POST", "/kinds", False, 405, "method_not_allowed"),
         ("DELETE", "/events/x", False, 405, "method_not_allowed"),
         ("POST", "/healthz", False, 405, "method_not_allowed"),
         ("GET", "/nope", True, 404, "not_found"),
@@ -2171,6 +2369,8 @@ CASES = [
     ("logs", "--log-format json: every line a JSON object", t_log_json),
     ("logs", "--log-level warn hides info lines", t_log_level_warn),
     ("logs", "no Redis URL: in-process bus, /readyz 200", t_inproc),
+    ("logs", "--print-events: events of 1 and 8 segments printed once",
+     t_print_events),
     ("client", "dispatch NAME DATA, seen by watch 'pat.*'", t_dispatch_watch),
     ("client", "dispatch NAME - reads stdin", t_dispatch_stdin),
     ("client", "tasks spawn/get/list/cancel/purge", t_tasks),
@@ -2208,6 +2408,11 @@ CASES = [
     ("shutdown", "no 202-answered event lost at SIGTERM (two instances, "
      "one Redis)", t_no_loss),
     ("api", "GET /events long poll: 200 envelope, 204, 400", t_api_long_poll),
+    ("api", "GET /events/{pattern} with a last \">\", raw and %3E",
+     t_api_long_poll_tail),
+    ("api", "GET /kinds: sorted kinds with argument specs", t_api_kinds),
+    ("api", "GET /stats: counters move with events, clients counted",
+     t_api_stats),
     ("api", "POST/GET/DELETE /tasks and purge: every status", t_api_tasks_rows),
     ("api", "Redis down: /readyz 503, POST /events 503 bus_down",
      t_api_bus_down),
