@@ -177,6 +177,31 @@ describe("taskbus-client", { skip: why ?? false, timeout: 240000 }, () => {
     assert.equal(rec.named("sm.n").length, 0, "nothing replayed");
   });
 
+  for (const transport of ["websocket", "sse"]) {
+    it(`${transport}: a bad pattern is dropped with an error naming it, the rest goes on`, async () => {
+      const [c, rec] = client({ url: A.url, transport });
+      const bad = c.subscribe("bp..x");
+      c.subscribe("bp.*");
+      c.subscribe("bp2.*");
+      await c.connect();
+      const e = rec.errors.find((x) => x.pattern === "bp..x");
+      assert.ok(e, JSON.stringify(rec.errors));
+      assert.equal(e.code, "bad_pattern");
+      assert.deepEqual(c.patterns.sort(), ["bp.*", "bp2.*"]);
+      bad.unsubscribe(); // dropped already: nothing happens
+      if (transport === "websocket") {
+        c.subscribe("bp3..y"); // while open: the answer names it
+        await rec.until((r) => r.errors.some((x) => x.pattern === "bp3..y"), "the answer");
+        assert.equal(rec.errors.find((x) => x.pattern === "bp3..y").code, "bad_pattern");
+      }
+      const id = await post(A.url, "bp2.y", "1");
+      await rec.until((r) => r.named("bp2.").length === 1, "bp2.y");
+      assert.equal(rec.named("bp2.")[0].id, id);
+      assert.deepEqual(c.patterns.sort(), ["bp.*", "bp2.*"]);
+      assert.equal(c.state, "open");
+    });
+  }
+
   it("sse: subscription changes restart the stream from the last position", async () => {
     const [c, rec] = client({ url: A.url, transport: "sse" });
     const s1 = c.subscribe("s1.*");
