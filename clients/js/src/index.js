@@ -183,7 +183,9 @@ export class TaskbusClient {
     const url = opts.url ?? globalThis.location?.origin;
     if (!url) throw new TypeError("TaskbusClient: no url (and no location)");
     this.#base = String(url).replace(/\/+$/, "");
-    this.#WebSocket = opts.WebSocket ?? globalThis.WebSocket;
+    // WebSocket: null says there is none (auto then goes to SSE at once).
+    this.#WebSocket = "WebSocket" in opts ? opts.WebSocket
+      : globalThis.WebSocket;
     this.#fetch = opts.fetch ?? globalThis.fetch?.bind(globalThis);
     const transport = opts.transport ?? "auto";
     if (!["auto", "websocket", "sse"].includes(transport))
@@ -419,8 +421,11 @@ export class TaskbusClient {
     if (this.#state === "open") this.#setState("connecting");
     this.#transport = null;
     if (what === PATTERN) {
-      // Each refusal drops a pattern at least: this ends.
-      this.#refused(conn, err).then(() => this.#open());
+      // At once when a pattern was dropped (then this ends: each round
+      // drops one at least), else after the backoff.
+      this.#refused(conn, err).then(
+        (dropped) => (dropped ? this.#open() : this.#retry()),
+        () => this.#retry());
       return;
     }
     if (what === SINCE) {
@@ -453,12 +458,9 @@ export class TaskbusClient {
   // The server refused a pattern of conn's. A 403 names it; a 400
   // (bad_pattern, too_many_patterns) does not: each pattern not confirmed
   // yet is asked about alone, and those refused are dropped (all of them
-  // if none is refused alone).
+  // if none is refused alone). Whether any was dropped.
   async #refused(conn, err) {
-    if (err.pattern) {
-      this.#forget([err.pattern], err, false);
-      return;
-    }
+    if (err.pattern) return this.#forget([err.pattern], err, false);
     const asked = conn.patterns.filter((p) => !this.#confirmed.has(p));
     const bad = [];
     for (const p of asked) {
@@ -470,15 +472,18 @@ export class TaskbusClient {
       }
       if (e && classify(e) === PATTERN) bad.push(p);
     }
-    this.#forget(bad.length ? bad : asked.length ? asked : conn.patterns,
-      err, true);
+    return this.#forget(
+      bad.length ? bad : asked.length ? asked : conn.patterns, err, true);
   }
 
   // Drops patterns the server refused, and their subscriptions; tell:
   // an error for each (a refusal that named one was told already).
+  // Whether any was still there.
   #forget(patterns, err, tell) {
+    let dropped = false;
     for (const p of patterns) {
       if (!this.#patterns.has(p)) continue;
+      dropped = true;
       this.#patterns.delete(p);
       this.#confirmed.delete(p);
       for (const s of [...this.#subs]) if (s.pattern === p) s[CANCEL]();
@@ -487,6 +492,7 @@ export class TaskbusClient {
           `pattern ${p} refused and dropped: ${err.message}`,
           { pattern: p, status: err.status }));
     }
+    return dropped;
   }
 
   #release(pattern) {
@@ -590,9 +596,14 @@ export class TaskbusClient {
     const token = await this.#getToken();
     if (conn !== this.#conn || conn.dead) return;
     const WS = this.#WebSocket;
+    if (!WS && this.#opts.transport === "auto") {
+      this.#mode = "sse"; // nothing to try (Node 20 without the option)
+      this.#open();
+      return;
+    }
     if (!WS) {
-      this.#failed(conn, makeError("no_websocket", "no WebSocket here"),
-        this.#opts.transport === "auto" ? BLOCKED : FATAL);
+      this.#failed(conn, makeError("no_websocket", "no WebSocket here: pass "
+        + "one as the WebSocket option"), FATAL);
       return;
     }
     const patterns = [...this.#patterns.keys()];

@@ -121,6 +121,36 @@ describe("the seam of a resume", () => {
   });
 });
 
+describe("transports", () => {
+  const sseFetch = (calls) => async (url) => {
+    calls.push(url);
+    return new Response(new ReadableStream({ pull() {} }), { status: 200 });
+  };
+
+  it("auto without a WebSocket goes to SSE at once", async () => {
+    const calls = [];
+    const c = new TaskbusClient({
+      url: "http://127.0.0.1:9", WebSocket: null, fetch: sseFetch(calls),
+    });
+    const states = [];
+    c.on("state", (s) => states.push(s));
+    c.subscribe("a.*");
+    await c.connect();
+    assert.equal(c.transport, "sse");
+    assert.deepEqual(states, ["connecting", "open"]);
+    assert.equal(calls.length, 1);
+    c.close();
+  });
+
+  it("websocket without a WebSocket is a fatal error", async () => {
+    const c = new TaskbusClient({
+      url: "http://127.0.0.1:9", WebSocket: null, transport: "websocket",
+    });
+    await assert.rejects(c.connect(), { code: "no_websocket", fatal: true });
+    assert.equal(c.state, "closed");
+  });
+});
+
 describe("patterns", () => {
   const cases = [
     ["a.b", "a.b", true], ["a.b", "a.c", false], ["a.*", "a.b", true],
