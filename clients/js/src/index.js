@@ -445,6 +445,7 @@ export class TaskbusClient {
   }
 
   #retry() {
+    if (this.#state === "closed") return;
     const o = this.#opts;
     const n = Math.min(this.#attempt, 30);
     const cap = Math.min(o.maxDelayMs, o.minDelayMs * 2 ** n);
