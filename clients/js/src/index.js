@@ -178,7 +178,7 @@ export class TaskbusClient {
   #stableTimer = null;
   #attempt = 0;
   #waiters = []; // connect() promises: {resolve, reject}
-  #pending = new Map(); // websocket ref -> {kind, resolve, reject, patterns}
+  #pending = new Map(); // websocket ref -> {kind, resolve, reject, pattern, conn}
   #nextRef = 1;
   #token = undefined; // the last token obtained
 
