@@ -40,6 +40,10 @@ const char *tb__app_instance(const tb_app *app);
  * its own reference. Any thread. For a bus without a backend; a bus that
  * receives messages goes through tb__bus_rx. */
 void tb__app_deliver(tb_app *app, tb_event *ev);
+/* The same for n events at once, in order: one lock and at most one
+ * wake-up per worker for the whole batch. The caller keeps its
+ * references. */
+void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n);
 
 /* ---------------------------------------------------------------- HTTP */
 

@@ -84,6 +84,8 @@
       "history-scan-max",                                                      \
       "events one GET /history looks at most, matching or not (then more "     \
       "is true: go on from next)")                                             \
+    X(core, batch_max_events, INT, 1000, NULL, 1, 1 << 20, "batch-max-events", \
+      "events one batch (POST /events, tb_dispatch_many) carries at most")     \
     X(redis, url, URL, 0, NULL, 0, 0, "redis-url",                             \
       "redis://[user:password@]host:port[/db], unix:///path or "               \
       "redis-sentinel://[user:password@]host:26379[,host...]/master[/db]; "    \
@@ -533,6 +535,10 @@ static const char *check_rules(const tb_app_config *c)
         return "ws.send_queue_bytes must be at least core.max_event_size + "
                "1024 with history on (core.history_size > 0): an event a "
                "stream cannot send would end it at every resume";
+    if (c->core.batch_max_events > c->redis.publish_queue_max)
+        return "core.batch_max_events must be at most "
+               "redis.publish_queue_max: a larger batch could never be "
+               "queued";
     if (c->core.json_max_depth > 0 &&
         (size_t)c->core.json_max_depth * TB__JSON_STACK_PER_LEVEL >
             c->core.stack_size / 2)

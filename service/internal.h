@@ -572,11 +572,6 @@ void tb__cond_init_mono(pthread_cond_t *cv);
  * first non-zero return for start kinds, else 0. */
 int tb__app_run_listeners(tb_app *app, tb_listener_kind kind, int worker);
 
-/* tb__app_deliver (adapter.h) for n events at once: one lock and at most
- * one wake-up per worker for the whole batch. The caller keeps its
- * references. */
-void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n);
-
 /* 1 if a listener on some worker could match the event name (split and
  * validated by the caller, once). Any thread. Buses use it to skip what
  * nobody here wants. */

@@ -329,8 +329,8 @@ static void fb_free(tb__bus *b)
 }
 
 static const tb__bus_ops fake_bus_ops = {
-    "fake",  fb_start, fb_publish, fb_status, fb_stop,
-    fb_free, NULL,     NULL,       NULL,      0};
+    "fake", fb_start, fb_publish, fb_status, fb_stop, fb_free,
+    NULL,   NULL,     NULL,       0,         NULL};
 
 static fake_bus *wrap_bus(tb_app *app)
 {

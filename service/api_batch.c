@@ -1,0 +1,184 @@
+/* api_batch.c - POST /events: dispatching a batch of events in one
+ * request, all of them or (when one is refused) none. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <jansson.h>
+
+#include "api.h"
+#include "batch.h"
+#include "http.h"
+#include "internal.h"
+
+/* The body's format from its Content-Type: application/json is an array,
+ * application/x-ndjson (or jsonl) one item a line; none: an array when
+ * the body starts with '[', else NDJSON. 0 for any other type. */
+static int body_format(const char *ctype, const char *body, size_t len,
+                       tb__batch_format *fmt)
+{
+    if (!ctype || !ctype[0]) {
+        size_t i = 0;
+        while (i < len && strchr(" \t\r\n", body[i]))
+            i++;
+        *fmt = i < len && body[i] == '[' ? TB__BATCH_ARRAY : TB__BATCH_NDJSON;
+        return 1;
+    }
+    size_t n = strcspn(ctype, "; \t");
+    static const struct {
+        const char *type;
+        tb__batch_format fmt;
+    } types[] = {
+        {"application/json", TB__BATCH_ARRAY},
+        {"application/x-ndjson", TB__BATCH_NDJSON},
+        {"application/ndjson", TB__BATCH_NDJSON},
+        {"application/jsonl", TB__BATCH_NDJSON},
+        {"application/x-jsonlines", TB__BATCH_NDJSON},
+    };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+        if (strlen(types[i].type) == n &&
+            !strncasecmp(ctype, types[i].type, n)) {
+            *fmt = types[i].fmt;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* {"index": i, "line": l} of the item at fault (index null: the body). */
+static json_t *where(size_t index, size_t line)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_object_set_new(o, "index",
+                        index == SIZE_MAX ? json_null()
+                                          : json_integer((json_int_t)index));
+    if (line)
+        json_object_set_new(o, "line", json_integer((json_int_t)line));
+    return o;
+}
+
+/* {"ids": [...], "published": [...]}: what became of each event after
+ * the bus failed some (null id: never taken). */
+static json_t *outcome(char (*ids)[TB_EVENT_ID_MAX], const int *status,
+                       size_t n)
+{
+    json_t *o = json_object(), *ja = json_array(), *pa = json_array();
+    if (!o || !ja || !pa) {
+        json_decref(o);
+        json_decref(ja);
+        json_decref(pa);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_array_append_new(ja,
+                              ids[i][0] ? json_string(ids[i]) : json_null());
+        json_array_append_new(pa, json_boolean(status[i] == 0));
+    }
+    json_object_set_new(o, "ids", ja);
+    json_object_set_new(o, "published", pa);
+    return o;
+}
+
+/* Checks the client token's right to each name: nothing is dispatched
+ * unless it may dispatch them all. 0, or the answer's return. */
+static int check_rights(tb_http_req *req, const tb__batch *b, int *answered)
+{
+    *answered = 0;
+    for (size_t i = 0; i < b->n; i++) {
+        const char *name = b->items[i].name;
+        if (tb__jwt_allows(req->claims, TB__JWT_DISPATCH, name))
+            continue;
+        char msg[TB__JWT_FORBIDDEN_MAX];
+        tb__jwt_forbidden_message(req->claims, TB__JWT_DISPATCH, name, msg);
+        json_t *extra = where(i, 0);
+        if (extra)
+            json_object_set_new(extra, "pattern", json_string(name));
+        *answered = 1;
+        return tb__api_error_with(req, 403, "forbidden", extra,
+                                  "item %zu: %s; nothing was dispatched", i,
+                                  msg);
+    }
+    return 0;
+}
+
+static int dispatch(tb_http_req *req, const tb__batch *b)
+{
+    tb_app *app = tb_http_app(req);
+    const tb_app_config *cfg = tb_app_get_config(app);
+    size_t n = b->n;
+    char(*ids)[TB_EVENT_ID_MAX] = malloc((n ? n : 1) * sizeof *ids);
+    int *status = malloc((n ? n : 1) * sizeof *status);
+    if (!ids || !status) {
+        free(ids);
+        free(status);
+        return tb_http_error(req, 500, "internal", "out of memory");
+    }
+    int timeout_ms = cfg->redis.command_timeout_ms;
+    size_t bad = n;
+    int rc = tb_dispatch_many(app, b->items, n, timeout_ms, ids, status, &bad);
+    int ret;
+    if (rc == 0) {
+        json_t *o = json_object(), *ja = json_array();
+        for (size_t i = 0; ja && i < n; i++)
+            json_array_append_new(ja, json_string(ids[i]));
+        if (o)
+            json_object_set_new(o, "ids", ja);
+        else
+            json_decref(ja);
+        ret = tb__api_respond(req, 202, o);
+    } else if (bad < n) {
+        /* The parse checks what tb_dispatch_many does: kept in step. */
+        ret = tb__api_error_with(req, rc == TB_EMSGSIZE ? 413 : 400,
+                                 rc == TB_EMSGSIZE ? "too_large" : "bad_data",
+                                 where(bad, 0),
+                                 "item %zu refused: %s; nothing was "
+                                 "dispatched",
+                                 bad, tb_strerror(rc));
+    } else {
+        size_t published = 0;
+        for (size_t i = 0; i < n; i++)
+            published += status[i] == 0;
+        char what[96];
+        snprintf(what, sizeof what,
+                 "%zu of the batch's %zu events (those with \"published\" "
+                 "false)",
+                 n - published, n);
+        ret = tb__api_bus_error(req, rc, timeout_ms, what,
+                                outcome(ids, status, n));
+    }
+    free(ids);
+    free(status);
+    return ret;
+}
+
+int tb__api_post_batch(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    tb_app *app = tb_http_app(req);
+    const tb_app_config *cfg = tb_app_get_config(app);
+    size_t len;
+    const char *body = tb_http_body(req, &len);
+    tb__batch_format fmt;
+    if (!body_format(tb_http_header(req, "Content-Type"), body, len, &fmt))
+        return tb_http_error(req, 415, "bad_content_type",
+                             "a batch is application/json (an array of "
+                             "{\"name\", \"data\"} objects) or "
+                             "application/x-ndjson (one object a line)");
+    tb__batch b;
+    tb__batch_err e;
+    if (tb__batch_parse(body, len, fmt, (size_t)cfg->core.batch_max_events,
+                        cfg->core.max_event_size, cfg->core.json_max_depth, &b,
+                        &e) != 0)
+        return tb__api_error_with(req, e.status, e.code, where(e.index, e.line),
+                                  "%s; nothing was dispatched", e.message);
+    int answered;
+    int rc = check_rights(req, &b, &answered);
+    if (!answered)
+        rc = dispatch(req, &b);
+    tb__batch_free(&b);
+    return rc;
+}
