@@ -130,6 +130,14 @@ static int dispatch(tb_http_req *req, const tb__batch *b)
         else
             json_decref(ja);
         ret = tb__api_respond(req, 202, o);
+    } else if (rc == TB_EMSGSIZE && bad == n) {
+        ret = tb__api_error_with(
+            req, 413, "too_many_events",
+            where((size_t)cfg->redis.publish_queue_max, 0),
+            "the bus queues at most %d events (redis.publish_queue_max): a "
+            "batch of %zu can never be taken; split it; nothing was "
+            "dispatched",
+            cfg->redis.publish_queue_max, n);
     } else if (bad < n) {
         /* The parse checks what tb_dispatch_many does: kept in step. */
         ret = tb__api_error_with(req, rc == TB_EMSGSIZE ? 413 : 400,

@@ -382,7 +382,8 @@ int tb__bus_tx_put(tb__bus_tx *tx, const tb_event *ev, tb__publish_cb cb,
                    void *ud);
 /* tb__bus_tx_put for n events, queued in order one after the other under
  * one lock, all or none: 0, or the same codes and none was queued (not one
- * cb runs). TB_ENOSPC when the n do not all fit below queue_max. */
+ * cb runs). TB_ENOSPC when the n do not all fit below queue_max now,
+ * TB_EMSGSIZE when n is over queue_max (they never will). */
 int tb__bus_tx_put_many(tb__bus_tx *tx, tb_event *const *evs, size_t n,
                         tb__publish_cb cb, void *const *uds);
 

@@ -123,6 +123,8 @@ int tb__bus_tx_put_many(tb__bus_tx *tx, tb_event *const *evs, size_t n,
 {
     if (n == 0)
         return 0;
+    if (n > (size_t)tx->queue_max)
+        return TB_EMSGSIZE; /* could never fit */
     if ((size_t)tx->queue_max <
         n + (size_t)atomic_load_explicit(&tx->pending, memory_order_relaxed))
         return TB_ENOSPC;

@@ -535,10 +535,6 @@ static const char *check_rules(const tb_app_config *c)
         return "ws.send_queue_bytes must be at least core.max_event_size + "
                "1024 with history on (core.history_size > 0): an event a "
                "stream cannot send would end it at every resume";
-    if (c->core.batch_max_events > c->redis.publish_queue_max)
-        return "core.batch_max_events must be at most "
-               "redis.publish_queue_max: a larger batch could never be "
-               "queued";
     if (c->core.json_max_depth > 0 &&
         (size_t)c->core.json_max_depth * TB__JSON_STACK_PER_LEVEL >
             c->core.stack_size / 2)

@@ -213,8 +213,9 @@ typedef struct tb_core_config {
                                  history_size events whatever their size:
                                  size its maxmemory for them.) */
     int batch_max_events;     /* events one tb_dispatch_many (POST /events)
-                                 carries at most; at most
-                                 redis.publish_queue_max */
+                                 carries at most (the Redis bus also
+                                 refuses more than
+                                 redis.publish_queue_max) */
     void *reserved_[1];       /* room for later settings; keep zero (the twelve
                                  ints above took six slots, batch_max_events
                                  one) */
@@ -809,7 +810,8 @@ typedef struct tb_event_item {
  * NULL) gets its index. More than core.batch_max_events items is
  * TB_EMSGSIZE with *bad = batch_max_events. Then the bus takes all of them
  * at once or none (TB_ENOTCONN, TB_ENOSPC when they do not all fit below
- * redis.publish_queue_max, TB_ESHUTDOWN; *bad = n, nothing dispatched):
+ * redis.publish_queue_max now, TB_EMSGSIZE when n is over it, TB_ESHUTDOWN;
+ * *bad = n, nothing dispatched):
  * the Redis bus sends them in order, up to 64 per command. Every
  * subscriber sees them in items' order (events of other publishers may
  * fall between them).

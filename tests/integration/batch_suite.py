@@ -364,6 +364,22 @@ async def t_redis_stalls(ctx):
           "data out of order")
 
 
+async def t_queue_limit(ctx):
+    """--publish-queue-max 10: a batch of 11 could never be queued: 413
+    too_many_events naming index 10, nothing delivered; 10 pass."""
+    srv = ctx.s["rq"]
+    c = await subscriber(ctx, srv, "q")
+    r = await batch(srv, items("q", 11))
+    check_status(r, 413, "too_many_events", what="11 events, queue of 10")
+    check(r.json.get("index") == 10, f"index: {r.json}")
+    r = await batch(srv, items("q", 10))
+    check_status(r, 202, what="10 events, queue of 10")
+    ids = r.json["ids"]
+    await post(srv, "q.end")
+    await check_delivered(c, ids, [o["data"] for o in items("q", 10)],
+                          "q.end")
+
+
 def memory_group():
     yield "mem", TaskbusServer("mem", "--batch-max-events", str(MAX_EVENTS),
                                "--max-event-size", "2048", "--max-body",
@@ -378,6 +394,8 @@ def redis_group():
                               "--max-event-size", "2048", "--max-body",
                               str(256 * 1024), "--json-max-depth", "32",
                               "--redis-command-timeout", "1000")
+    yield "rq", TaskbusServer("rq", "--redis-url", r.url(),
+                              "--publish-queue-max", "10")
 
 
 def jwt_group():
@@ -399,6 +417,8 @@ GROUPS = [
     ("redis", redis_group, COMMON + [
         ("Redis stalls mid-batch: 504, per-event outcome, no loss",
          t_redis_stalls, 60),
+        ("a batch over publish_queue_max: 413, naming its index",
+         t_queue_limit, 30),
     ]),
     ("jwt", jwt_group, [
         ("a client token's dispatch rights, per item", t_client_token, 30),
