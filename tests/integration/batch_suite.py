@@ -380,6 +380,13 @@ async def t_queue_limit(ctx):
                           "q.end")
 
 
+async def t_order_plain_publish(ctx):
+    """The same with the history off: each event its own PUBLISH,
+    pipelined in the batch's order."""
+    ctx.srv = ctx.s["rn"]
+    await t_order(ctx)
+
+
 def memory_group():
     yield "mem", TaskbusServer("mem", "--batch-max-events", str(MAX_EVENTS),
                                "--max-event-size", "2048", "--max-body",
@@ -396,6 +403,8 @@ def redis_group():
                               "--redis-command-timeout", "1000")
     yield "rq", TaskbusServer("rq", "--redis-url", r.url(),
                               "--publish-queue-max", "10")
+    yield "rn", TaskbusServer("rn", "--redis-url", r.url(),
+                              "--history-size", "0")
 
 
 def jwt_group():
@@ -419,6 +428,8 @@ GROUPS = [
          t_redis_stalls, 60),
         ("a batch over publish_queue_max: 413, naming its index",
          t_queue_limit, 30),
+        ("history off (plain PUBLISH): 64 events in order with their ids",
+         t_order_plain_publish, 60),
     ]),
     ("jwt", jwt_group, [
         ("a client token's dispatch rights, per item", t_client_token, 30),
