@@ -811,10 +811,9 @@ typedef struct tb_event_item {
  * TB_EMSGSIZE with *bad = batch_max_events. Then the bus takes all of them
  * at once or none (TB_ENOTCONN, TB_ENOSPC when they do not all fit below
  * redis.publish_queue_max now, TB_EMSGSIZE when n is over it, TB_ESHUTDOWN;
- * *bad = n, nothing dispatched):
- * the Redis bus sends them in order, up to 64 per command. Every
- * subscriber sees them in items' order (events of other publishers may
- * fall between them).
+ * *bad = n, nothing dispatched); the Redis bus sends them in order, up to
+ * 64 per command. Every subscriber sees them in items' order (events of
+ * other publishers may fall between them).
  *
  * timeout_ms 0: returns once the bus has taken them (as tb_dispatch; any
  * thread, a task or a worker loop too). Else, like tb_dispatch_wait, it
@@ -823,12 +822,13 @@ typedef struct tb_event_item {
  * worker's (an HTTP handler's, the embedder's): on a worker it returns
  * TB_EDEADLK without dispatching. It returns 0 when every event was
  * confirmed, else the status of the first that was not (in items' order):
- * TB_ETIMEDOUT (not confirmed in time: it may still be published), or
- * what the bus gave it up with (TB_EIO when Redis refused it, TB_ETIMEDOUT
- * after publish_retry_ms of reconnects, TB_ESHUTDOWN at stop: not
- * published). So a failure may leave some events published and some not:
- * status says which (0: confirmed), and only those are known to be; with
- * timeout_ms 0 a 0 status means taken, as tb_dispatch's 0.
+ * TB_ETIMEDOUT (not confirmed in time, or given up by the bus after
+ * publish_retry_ms of reconnects: it may or may not be published, and a
+ * subscriber gets it at most once), TB_EIO (Redis refused it: not
+ * published) or TB_ESHUTDOWN (given up at stop). So a failure may leave
+ * some events published and some not: status says which are known to be
+ * (0: confirmed). With timeout_ms 0 a 0 status means taken, as
+ * tb_dispatch's 0.
  *
  * ids (may be NULL; n strings of TB_EVENT_ID_MAX bytes) gets each event's
  * id, or "" for those the bus did not take; status (may be NULL; n ints)
