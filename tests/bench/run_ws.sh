@@ -29,7 +29,7 @@
 #                 6  batch publish: one subscriber, events POSTed 64 at a
 #                    time (POST /events, a JSON array) and one at a time
 #                    (POST /events/NAME, the baseline) by 16 keep-alive
-#                    publishers, at most 4096 deliveries outstanding, on
+#                    publishers, at most 2048 deliveries outstanding, on
 #                    taskbus with a throwaway redis-server (the headline;
 #                    needs redis-server) and on the in-process bus; events/s
 #                    accepted and delivered, batch/single ratio, target
@@ -383,7 +383,7 @@ for k in "${kinds[@]}"; do
 done
 
 if want 6; then
-    echo "## 6. batch publish: one subscriber, $n6 events of 128 bytes, 16 publishers, at most 4096 deliveries outstanding"
+    echo "## 6. batch publish: one subscriber, $n6 events of 128 bytes, 16 publishers, at most 2048 deliveries outstanding"
     echo "     64 events a POST (POST /events) and 1 (POST /events/NAME), Redis bus and in-process bus"
     if redis_start; then
         echo "# redis:    pid $redis_pid: redis-server on 127.0.0.1:$redis_port ($(redis-server --version | awk '{print $3}'))"
@@ -398,7 +398,7 @@ if want 6; then
             for b in 64 1; do
                 echo " $bus bus, $b event(s) a POST"
                 # -k 16: the 16 keep-alive publishers.
-                load s6 "tb-$bus" "b$b" -c 1 -n "$n6" -b "$b" -k 16 -W 4096
+                load s6 "tb-$bus" "b$b" -c 1 -n "$n6" -b "$b" -k 16 -W 2048
             done
             stop_server "${spid[tb-$bus]}"
             unset "spid[tb-$bus]"
