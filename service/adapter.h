@@ -345,8 +345,10 @@ struct tb__jwt_verifier {
  * NULL with *err set (TB_EINVAL with the reason logged, TB_ENOMEM). */
 tb_app *tb__app_create(const tb_app_config *cfg, int *err);
 
-/* The event bus; every app has one. */
-void tb__app_use_bus(tb_app *app, tb__bus *bus);
+/* The event bus; every app has one. 0, or TB_EINVAL (logged) when its ops
+ * lack publish or publish_many (both are mandatory): the app does not
+ * take it and the caller still owns it. */
+int tb__app_use_bus(tb_app *app, tb__bus *bus);
 /* The HTTP server (none: the app serves no HTTP) and the framing of the
  * websockets it hands over. */
 void tb__app_use_http(tb_app *app, tb__http_server *srv,

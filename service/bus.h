@@ -55,9 +55,9 @@ typedef struct tb__bus_ops {
                               void *ud),
                    void *ud);
     int history_sync; /* 1: history's cb runs before it returns */
-    /* publish() for n events at once, in order (optional: NULL, and the
-     * core calls publish() n times). All or nothing: 0 once the bus has
-     * taken every one (then cb runs once per event, with uds[i]), or a
+    /* publish() for n events at once, in order (mandatory, as publish:
+     * tb__app_use_bus refuses a bus without it). All or nothing: 0 once the bus
+     * has taken every one (then cb runs once per event, with uds[i]), or a
      * TB_E* code and none was taken (no cb runs). One lock and one wake-up
      * for the lot, so that the Redis bus carries them in few commands. */
     int (*publish_many)(tb__bus *bus, tb_event *const *evs, size_t n,

@@ -137,8 +137,8 @@ int tb_event_hops(const tb_event *ev)
 /* ---------------------------------------------------------------- dispatch */
 
 /* Checks the arguments and builds the event (reference 1). */
-static int make_event(tb_app *app, const char *name, const void *data,
-                      size_t len, tb_event **out)
+int tb__event_make(tb_app *app, const char *name, const void *data, size_t len,
+                   tb_event **out)
 {
     if (!app || !name || (len && !data))
         return TB_EINVAL;
@@ -187,7 +187,7 @@ int tb_dispatch_from(tb_app *app, const tb_event *cause, const char *name,
         return TB_ELOOP;
     }
     tb_event *ev;
-    int rc = make_event(app, name, data, len, &ev);
+    int rc = tb__event_make(app, name, data, len, &ev);
     if (rc)
         return rc;
     if (cause)
@@ -254,7 +254,7 @@ int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
     if (rc)
         return rc;
     tb_event *ev;
-    if ((rc = make_event(app, name, data, len, &ev)) != 0)
+    if ((rc = tb__event_make(app, name, data, len, &ev)) != 0)
         return rc;
     if (timeout_ms == TB_TIMEOUT_DEFAULT)
         timeout_ms = app->cfg.redis.command_timeout_ms;
@@ -336,178 +336,6 @@ void tb__event_abandon_confirm(tb_task *t)
     c->task = NULL;
     pthread_mutex_unlock(&c->mu);
     confirm_unref(c); /* the wait's reference: it never returns */
-}
-
-/* ---------------------------------------------------------------- batches */
-
-/* What tb_dispatch_many and the bus's callbacks share: freed by whichever
- * lets go last (the caller may stop waiting before the bus confirms). */
-typedef struct many {
-    atomic_int refs;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    size_t left; /* callbacks not yet run; under mu */
-    struct many_slot {
-        struct many *m;
-        int status; /* under mu */
-        int done;   /* under mu */
-    } slots[];
-} many;
-
-static void many_unref(many *m)
-{
-    if (atomic_fetch_sub(&m->refs, 1) != 1)
-        return;
-    pthread_mutex_destroy(&m->mu);
-    pthread_cond_destroy(&m->cv);
-    free(m);
-}
-
-static void many_confirmed(int status, void *ud)
-{
-    struct many_slot *sl = ud;
-    many *m = sl->m;
-    pthread_mutex_lock(&m->mu);
-    sl->status = status;
-    sl->done = 1;
-    if (--m->left == 0)
-        pthread_cond_signal(&m->cv);
-    pthread_mutex_unlock(&m->mu);
-    many_unref(m);
-}
-
-/* Hands evs to the bus, all at once when it can. 0, or the code of the
- * first refused: *taken (the first *taken were taken, their callbacks will
- * run) says how far a bus without publish_many got. */
-static int publish_all(tb_app *app, tb_event *const *evs, size_t n,
-                       tb__publish_cb cb, void *const *uds, size_t *taken)
-{
-    const tb__bus_ops *ops = app->bus->ops;
-    *taken = 0;
-    if (ops->publish_many) {
-        int rc = ops->publish_many(app->bus, evs, n, cb, uds);
-        if (rc == 0)
-            *taken = n;
-        return rc;
-    }
-    for (size_t i = 0; i < n; i++) {
-        int rc = ops->publish(app->bus, evs[i], cb, uds ? uds[i] : NULL);
-        if (rc)
-            return rc;
-        *taken = i + 1;
-    }
-    return 0;
-}
-
-/* Waits (any thread but a worker's) for m's callbacks until timeout_ms;
- * fills status and returns the first nonzero one. */
-static int many_wait(many *m, size_t n, int timeout_ms, int *status)
-{
-    struct timespec ts;
-    tb__deadline_ts(&ts, timeout_ms < 0 ? 0 : timeout_ms);
-    pthread_mutex_lock(&m->mu);
-    while (m->left > 0) {
-        if (timeout_ms < 0)
-            pthread_cond_wait(&m->cv, &m->mu);
-        else if (pthread_cond_timedwait(&m->cv, &m->mu, &ts) == ETIMEDOUT)
-            break;
-    }
-    int rc = 0;
-    for (size_t i = 0; i < n; i++) {
-        int st = m->slots[i].done ? m->slots[i].status : TB_ETIMEDOUT;
-        if (status)
-            status[i] = st;
-        if (st && !rc)
-            rc = st;
-    }
-    pthread_mutex_unlock(&m->mu);
-    return rc;
-}
-
-int tb_dispatch_many(tb_app *app, const tb_event_item *items, size_t n,
-                     int timeout_ms, char (*ids)[TB_EVENT_ID_MAX], int *status,
-                     size_t *bad)
-{
-    size_t bad_ = 0;
-    if (!bad)
-        bad = &bad_;
-    *bad = n;
-    if (!app || (n && !items))
-        return TB_EINVAL;
-    if (ids)
-        memset(ids, 0, n * sizeof *ids);
-    if (n > (size_t)app->cfg.core.batch_max_events) {
-        *bad = (size_t)app->cfg.core.batch_max_events;
-        return TB_EMSGSIZE;
-    }
-    int wait = timeout_ms != 0;
-    if (wait && tb__worker_current())
-        return TB_EDEADLK; /* a worker's loop must never block */
-    if (timeout_ms == TB_TIMEOUT_DEFAULT)
-        timeout_ms = app->cfg.redis.command_timeout_ms;
-    if (n == 0)
-        return 0;
-    tb_event **evs = calloc(n, sizeof *evs);
-    void **uds = wait ? malloc(n * sizeof *uds) : NULL;
-    many *m = wait ? calloc(1, sizeof *m + n * sizeof m->slots[0]) : NULL;
-    int rc = evs && (!wait || (uds && m)) ? 0 : TB_ENOMEM;
-    for (size_t i = 0; rc == 0 && i < n; i++) {
-        rc = make_event(app, items[i].name, items[i].data, items[i].len,
-                        &evs[i]);
-        if (rc && rc != TB_ESHUTDOWN && rc != TB_ENOMEM)
-            *bad = i; /* this item's fault */
-    }
-    size_t taken = 0;
-    if (rc == 0) {
-        if (m) {
-            atomic_init(&m->refs, 1 + (int)n); /* ours + a callback's each */
-            pthread_mutex_init(&m->mu, NULL);
-            tb__cond_init_mono(&m->cv);
-            m->left = n;
-            for (size_t i = 0; i < n; i++) {
-                m->slots[i].m = m;
-                uds[i] = &m->slots[i];
-            }
-        }
-        rc = publish_all(app, evs, n, m ? many_confirmed : NULL, uds, &taken);
-        for (size_t i = 0; ids && i < taken; i++)
-            memcpy(ids[i], evs[i]->id, TB_EVENT_ID_MAX);
-    }
-    for (size_t i = 0; evs && i < n; i++)
-        tb_event_unref(evs[i]);
-    free(evs);
-    free(uds);
-    if (rc && taken == 0) {
-        /* Nothing dispatched: no callback will run. */
-        for (size_t i = 0; status && i < n; i++)
-            status[i] = rc;
-        if (m && m->left) { /* set up above */
-            pthread_mutex_destroy(&m->mu);
-            pthread_cond_destroy(&m->cv);
-        }
-        free(m);
-        return rc;
-    }
-    if (!m) {
-        for (size_t i = 0; status && i < n; i++)
-            status[i] = i < taken ? 0 : rc;
-        return rc;
-    }
-    if (taken < n) {
-        /* A bus without publish_many refused one midway: the rest never
-         * reach it, and their callbacks never run. */
-        pthread_mutex_lock(&m->mu);
-        for (size_t i = taken; i < n; i++) {
-            m->slots[i].done = 1;
-            m->slots[i].status = rc;
-        }
-        m->left -= n - taken;
-        pthread_mutex_unlock(&m->mu);
-        atomic_fetch_sub(&m->refs, (int)(n - taken));
-    }
-    int wrc = many_wait(m, n, timeout_ms, status);
-    many_unref(m);
-    return wrc;
 }
 
 const char *tb_bus_state_name(tb_bus_state s)

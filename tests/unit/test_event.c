@@ -4,6 +4,8 @@
  * exactly-once delivery, through the public API of taskbus.h. */
 #include "harness.h"
 
+#include "internal.h"
+
 /* ------------------------------------------------------------ arming */
 
 static int ack_body(tb_task *self, void *arg)
@@ -736,6 +738,26 @@ static void test_dispatch_many(void **state)
     th_counter_destroy(&c.done);
 }
 
+/* A bus without publish_many would dispatch half a batch when it refused
+ * an event midway: the app refuses such a bus, and keeps the one it has. */
+static void test_bus_must_publish_many(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 2000);
+    tb__bus *had = app->bus;
+    tb__bus_ops ops = *had->ops;
+    ops.name = "half";
+    ops.publish_many = NULL;
+    tb__bus half = {&ops, app};
+    assert_rc(tb__app_use_bus(app, &half), TB_EINVAL);
+    assert_ptr_equal(app->bus, had);
+    ops.publish_many = had->ops->publish_many;
+    ops.publish = NULL;
+    assert_rc(tb__app_use_bus(app, &half), TB_EINVAL);
+    assert_rc(tb__app_use_bus(app, had), 0);
+    tb_app_free(app);
+}
+
 /* ------------------------------------------------------------ subscriptions */
 
 #define BURST 1000
@@ -1362,6 +1384,7 @@ int main(void)
         cmocka_unit_test(test_event_data_must_be_utf8),
         cmocka_unit_test(test_dispatch_wait_and_bus_status),
         cmocka_unit_test(test_dispatch_many),
+        cmocka_unit_test(test_bus_must_publish_many),
         cmocka_unit_test(test_subscription_misses_nothing),
         cmocka_unit_test(test_multi_pattern_subscription),
         cmocka_unit_test(test_subscription_overflow_drops_oldest),
