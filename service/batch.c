@@ -9,7 +9,11 @@
 #include "batch.h"
 #include "json.h"
 
-#define ITEM_FLAGS (JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL)
+/* Integers as reals: jansson only checks them (the data is carried as
+ * sent), and a JSON integer beyond int64 is still JSON. */
+#define ITEM_FLAGS                                                             \
+    (JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL |               \
+     JSON_DECODE_INT_AS_REAL)
 
 static int fail(tb__batch_err *err, int status, const char *code, size_t index,
                 size_t line, const char *fmt, ...)
@@ -74,13 +78,13 @@ static int grow(tb__batch *b)
     tb_event_item *items = realloc(b->items, cap * sizeof *items);
     if (items)
         b->items = items;
-    json_t **objs = items ? realloc(b->objs, cap * sizeof *objs) : NULL;
-    if (objs)
-        b->objs = objs;
-    char **texts = objs ? realloc(b->texts, cap * sizeof *texts) : NULL;
-    if (texts)
-        b->texts = texts;
-    if (!texts)
+    size_t *lines = items ? realloc(b->lines, cap * sizeof *lines) : NULL;
+    if (lines)
+        b->lines = lines;
+    char **owned = lines ? realloc(b->owned, cap * sizeof *owned) : NULL;
+    if (owned)
+        b->owned = owned;
+    if (!owned)
         return TB_ENOMEM;
     b->cap = cap;
     return 0;
@@ -101,7 +105,81 @@ static int too_many(const limits *lim, size_t k, size_t line,
                 lim->max_events);
 }
 
-/* Parses one item's text and appends it to b. */
+/* Past the string that opens at s[i] ('"'), or len when it is not closed. */
+static size_t string_end(const char *s, size_t i, size_t len)
+{
+    for (i++; i < len; i++) {
+        if (s[i] == '\\')
+            i++;
+        else if (s[i] == '"')
+            return i + 1;
+    }
+    return len;
+}
+
+/* The byte range of an item's "data" value as sent: what jansson will
+ * then validate, found by following strings and brackets only. */
+typedef struct member {
+    size_t at, len;
+    int found;
+} member;
+
+/* Whether the key text (quotes included) is "data"; an escaped spelling
+ * is decoded (keys are short: the name's limit bounds a valid one). */
+static int key_is_data(const char *k, size_t n)
+{
+    if (n == 6 && !memcmp(k, "\"data\"", 6))
+        return 1;
+    if (!memchr(k, '\\', n) || n > 64)
+        return 0;
+    json_t *v = json_loadb(k, n, JSON_DECODE_ANY | JSON_ALLOW_NUL, NULL);
+    int is = json_is_string(v) && json_string_length(v) == 4 &&
+             !memcmp(json_string_value(v), "data", 4);
+    json_decref(v);
+    return is;
+}
+
+/* Finds the "data" member's value in the object text s[0..len): 0, or -1
+ * when the text is not shaped as an object (jansson then says why). */
+static int find_data(const char *s, size_t len, member *m)
+{
+    memset(m, 0, sizeof *m);
+    size_t i = skip_blanks(s, 0, len);
+    if (i == len || s[i] != '{')
+        return -1;
+    i = skip_blanks(s, i + 1, len);
+    if (i < len && s[i] == '}')
+        return 0;
+    while (i < len && s[i] == '"') {
+        size_t k = i, kend = string_end(s, i, len);
+        i = skip_blanks(s, kend, len);
+        if (i == len || s[i] != ':')
+            return -1;
+        size_t v = skip_blanks(s, i + 1, len);
+        size_t vend = element_end(s, v, len);
+        if (vend == len)
+            return -1;
+        size_t t = vend;
+        while (t > v && is_blank(s[t - 1]))
+            t--;
+        if (key_is_data(s + k, kend - k)) {
+            m->at = v;
+            m->len = t - v;
+            m->found = 1;
+        }
+        if (s[vend] == '}')
+            return 0;
+        if (s[vend] != ',')
+            return -1;
+        i = skip_blanks(s, vend + 1, len);
+    }
+    return -1;
+}
+
+/* Parses one item's text and appends it to b. jansson checks the item
+ * (its tree dropped before the next item), but the data carried is the
+ * value's bytes as sent, as POST /events/{name} carries its body: no
+ * re-encoding changes a number or drops a space. */
 static int add_item(tb__batch *b, const char *text, size_t n, const limits *lim,
                     size_t line, tb__batch_err *err)
 {
@@ -110,51 +188,93 @@ static int add_item(tb__batch *b, const char *text, size_t n, const limits *lim,
         return too_many(lim, k, line, err);
     if (grow(b))
         return fail(err, 500, "internal", k, line, "out of memory");
+    member dm;
+    int shaped = find_data(text, n, &dm) == 0;
+    /* Before jansson builds a tree of it: a value other than a string
+     * is carried as sent, so its size is known now. */
+    if (shaped && dm.found && text[dm.at] != '"' &&
+        dm.len > lim->max_event_size)
+        return fail(err, 413, "too_large", k, line,
+                    "item %zu: its data is %zu bytes; max_event_size is %zu", k,
+                    dm.len, lim->max_event_size);
     json_error_t je;
     json_t *o = tb__json_loadb(text, n, ITEM_FLAGS, lim->max_depth, &je);
     if (!o)
         return fail(err, 400, "bad_json", k, line, "item %zu is not JSON: %s",
                     k, je.text);
-    b->objs[k] = o;
-    b->texts[k] = NULL;
-    b->n++; /* from here on, freed with b */
-    if (!json_is_object(o))
-        return fail(err, 400, "bad_item", k, line,
-                    "item %zu is not an object {\"name\": ..., \"data\": "
-                    "...}",
-                    k);
+    int rc = 0;
     const char *key;
     json_t *v;
+    if (!json_is_object(o) || !shaped) {
+        rc =
+            fail(err, 400, "bad_item", k, line,
+                 "item %zu is not an object {\"name\": ..., \"data\": ...}", k);
+        goto out;
+    }
     json_object_foreach(o, key, v)
     {
-        if (strcmp(key, "name") != 0 && strcmp(key, "data") != 0)
-            return fail(err, 400, "bad_item", k, line,
-                        "item %zu has a member \"%.64s\": an item has only "
-                        "\"name\" and \"data\"",
-                        k, key);
+        if (strcmp(key, "name") != 0 && strcmp(key, "data") != 0) {
+            rc = fail(err, 400, "bad_item", k, line,
+                      "item %zu has a member \"%.64s\": an item has only "
+                      "\"name\" and \"data\"",
+                      k, key);
+            goto out;
+        }
     }
     json_t *name = json_object_get(o, "name");
-    if (!json_is_string(name))
-        return fail(err, 400, "bad_item", k, line,
-                    "item %zu has no \"name\" string (the event's name)", k);
+    if (!json_is_string(name)) {
+        rc = fail(err, 400, "bad_item", k, line,
+                  "item %zu has no \"name\" string (the event's name)", k);
+        goto out;
+    }
     const char *nm = json_string_value(name);
-    if (strlen(nm) != json_string_length(name) || tb_event_name_valid(nm))
-        return fail(err, 400, "bad_name", k, line,
-                    "item %zu: \"%.128s\" is not a valid event name (1..%d "
-                    "dot-separated segments of [A-Za-z0-9_-], at most %d "
-                    "bytes)",
-                    k, nm, TB_EVENT_SEGMENTS_MAX, TB_EVENT_NAME_MAX);
+    size_t nlen = json_string_length(name);
+    if (strlen(nm) != nlen || tb_event_name_valid(nm)) {
+        rc = fail(err, 400, "bad_name", k, line,
+                  "item %zu: \"%.128s\" is not a valid event name (1..%d "
+                  "dot-separated segments of [A-Za-z0-9_-], at most %d "
+                  "bytes)",
+                  k, nm, TB_EVENT_SEGMENTS_MAX, TB_EVENT_NAME_MAX);
+        goto out;
+    }
+    /* A string is carried as its text (as a websocket dispatch's), null
+     * or none as empty, anything else as its bytes in the body. */
     json_t *data = json_object_get(o, "data");
-    const char *d;
-    size_t len;
-    if (tb__json_event_data(data, &d, &len, &b->texts[k]))
-        return fail(err, 500, "internal", k, line, "out of memory");
-    if (len > lim->max_event_size)
-        return fail(err, 413, "too_large", k, line,
-                    "item %zu: its data is %zu bytes; max_event_size is %zu", k,
-                    len, lim->max_event_size);
-    b->items[k] = (tb_event_item){nm, d, len};
-    return 0;
+    const char *d = "";
+    size_t len = 0;
+    if (json_is_string(data)) {
+        d = json_string_value(data);
+        len = json_string_length(data);
+    } else if (data && !json_is_null(data)) {
+        d = text + dm.at;
+        len = dm.len;
+    }
+    if (len > lim->max_event_size) {
+        rc = fail(err, 413, "too_large", k, line,
+                  "item %zu: its data is %zu bytes; max_event_size is %zu", k,
+                  len, lim->max_event_size);
+        goto out;
+    }
+    /* The name, and a string's text, outlive the tree: one block. */
+    size_t sl = json_is_string(data) ? len : 0;
+    char *own = malloc(nlen + 1 + sl + 1);
+    if (!own) {
+        rc = fail(err, 500, "internal", k, line, "out of memory");
+        goto out;
+    }
+    memcpy(own, nm, nlen + 1);
+    if (sl || json_is_string(data)) {
+        memcpy(own + nlen + 1, d, sl);
+        own[nlen + 1 + sl] = '\0';
+        d = own + nlen + 1;
+    }
+    b->owned[k] = own;
+    b->lines[k] = line;
+    b->items[k] = (tb_event_item){own, d, len};
+    b->n++;
+out:
+    json_decref(o);
+    return rc;
 }
 
 static int parse_array(tb__batch *b, const char *s, size_t len,
@@ -224,6 +344,9 @@ int tb__batch_parse(const char *body, size_t len, tb__batch_format fmt,
     limits lim = {max_events, max_event_size, max_depth};
     if (!body)
         body = "";
+    size_t bom = tb__batch_bom(body, len);
+    body += bom;
+    len -= bom;
     int rc = fmt == TB__BATCH_NDJSON ? parse_ndjson(out, body, len, &lim, err)
                                      : parse_array(out, body, len, &lim, err);
     if (rc)
@@ -233,12 +356,15 @@ int tb__batch_parse(const char *body, size_t len, tb__batch_format fmt,
 
 void tb__batch_free(tb__batch *b)
 {
-    for (size_t i = 0; i < b->n; i++) {
-        json_decref(b->objs[i]);
-        free(b->texts[i]);
-    }
+    for (size_t i = 0; i < b->n; i++)
+        free(b->owned[i]);
     free(b->items);
-    free(b->objs);
-    free(b->texts);
+    free(b->lines);
+    free(b->owned);
     memset(b, 0, sizeof *b);
+}
+
+size_t tb__batch_bom(const char *body, size_t len)
+{
+    return len >= 3 && !memcmp(body, "\xEF\xBB\xBF", 3) ? 3 : 0;
 }

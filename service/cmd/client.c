@@ -331,7 +331,8 @@ static char *read_stdin(size_t *len)
 }
 
 /* POST /events with the batch in path ("-": stdin): an array when it
- * starts with '[', else NDJSON (the service checks every item). */
+ * starts with '[' (after a BOM and blanks), else NDJSON (the service checks
+ * every item). */
 static int dispatch_batch(client *cl, const char *path)
 {
     size_t len = 0;
@@ -344,7 +345,9 @@ static int dispatch_batch(client *cl, const char *path)
         fprintf(stderr, "taskbus: cannot read %s: %s\n", path, strerror(err));
         return 2;
     }
-    size_t i = 0;
+    /* A UTF-8 byte order mark (editors write one) is not the body's start;
+     * the service skips it too. */
+    size_t i = len >= 3 && !memcmp(body, "\xEF\xBB\xBF", 3) ? 3 : 0;
     while (i < len && strchr(" \t\r\n", body[i]) && body[i])
         i++;
     const char *ctype =

@@ -10,7 +10,11 @@
 #include "envelope.h"
 #include "json.h"
 
-#define FLAGS (JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL)
+/* The parser's (batch.c): integers as reals, so that one beyond int64 is
+ * JSON as it is there. */
+#define FLAGS                                                                  \
+    (JSON_REJECT_DUPLICATES | JSON_DECODE_ANY | JSON_ALLOW_NUL |               \
+     JSON_DECODE_INT_AS_REAL)
 
 static const char *const codes[] = {"bad_batch", "bad_json",  "bad_item",
                                     "bad_name",  "too_large", "too_many_events",
@@ -24,20 +28,79 @@ static int known_code(const char *c)
     return 0;
 }
 
-/* The same item as the parser's: name, and data as it carries it. */
-static int same_item(const tb_event_item *it, json_t *o)
+/* The same item as the parser's: name, and data as it carries it (a
+ * string's text, null or none empty, else bytes of the body that jansson
+ * reads as the same value). */
+static int same_item(const tb_event_item *it, json_t *o, const char *body,
+                     size_t len)
 {
     json_t *name = json_object_get(o, "name");
     if (!json_is_string(name) || strcmp(json_string_value(name), it->name))
         return 0;
-    const char *d;
-    size_t len;
-    char *owned;
-    FUZZ_CHECK(
-        tb__json_event_data(json_object_get(o, "data"), &d, &len, &owned) == 0);
-    int same = len == it->len && memcmp(d, it->data, len) == 0;
-    free(owned);
+    json_t *data = json_object_get(o, "data");
+    if (json_is_string(data))
+        return it->len == json_string_length(data) &&
+               memcmp(it->data, json_string_value(data), it->len) == 0;
+    if (!data || json_is_null(data))
+        return it->len == 0;
+    const char *d = it->data;
+    if (d < body || d + it->len > body + len)
+        return 0; /* not the bytes sent */
+    json_t *v = json_loadb(d, it->len, FLAGS, NULL);
+    int same = json_equal(v, data);
+    json_decref(v);
     return same;
+}
+
+/* NDJSON against jansson line by line (same flags and depth): what is
+ * accepted is every non-blank line's object; a refusal of an item names
+ * its line and index, every line before it is an item jansson reads, and
+ * bad_json is what jansson refuses. */
+static void check_ndjson(const char *body, size_t len, int rc,
+                         const tb__batch *b, const tb__batch_err *e,
+                         int max_depth)
+{
+    size_t bom = tb__batch_bom(body, len), k = 0, line = 0;
+    for (size_t i = bom; i <= len;) {
+        line++;
+        const char *nl = memchr(body + i, '\n', len - i);
+        size_t end = nl ? (size_t)(nl - body) : len;
+        size_t j = i;
+        while (j < end &&
+               (body[j] == ' ' || body[j] == '\t' || body[j] == '\r'))
+            j++;
+        if (j < end) {
+            json_t *o =
+                tb__json_loadb(body + i, end - i, FLAGS, max_depth, NULL);
+            if (rc == 0) {
+                FUZZ_CHECK(k < b->n);
+                FUZZ_CHECK(same_item(&b->items[k], o, body, len));
+            } else if (e->index != SIZE_MAX &&
+                       strcmp(e->code, "internal") != 0) {
+                if (line == e->line) {
+                    FUZZ_CHECK(e->index == k);
+                    if (!o)
+                        FUZZ_CHECK(!strcmp(e->code, "bad_json") ||
+                                   !strcmp(e->code, "too_large") ||
+                                   !strcmp(e->code, "too_many_events"));
+                    else
+                        FUZZ_CHECK(strcmp(e->code, "bad_json") != 0);
+                    json_decref(o);
+                    return;
+                }
+                FUZZ_CHECK(line < e->line && json_is_object(o));
+            }
+            json_decref(o);
+            k++;
+        }
+        if (!nl)
+            break;
+        i = end + 1;
+    }
+    if (rc == 0)
+        FUZZ_CHECK(k == b->n);
+    else if (e->index != SIZE_MAX && strcmp(e->code, "internal") != 0)
+        FUZZ_CHECK(0); /* the line refused is one of the body's */
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -77,15 +140,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(fmt == TB__BATCH_NDJSON || e.line == 0);
     }
 
+    if (fmt == TB__BATCH_NDJSON)
+        check_ndjson(body, len, rc, &b, &e, max_depth);
     if (fmt == TB__BATCH_ARRAY) {
         /* Against jansson on the whole body: the array's elements nest
          * one level deeper than the items. */
-        json_t *all = tb__json_loadb(body, len, FLAGS, max_depth + 1, NULL);
+        size_t bom = tb__batch_bom(body, len);
+        json_t *all =
+            tb__json_loadb(body + bom, len - bom, FLAGS, max_depth + 1, NULL);
         if (rc == 0) {
             FUZZ_CHECK(json_is_array(all));
             FUZZ_CHECK(json_array_size(all) == b.n);
             for (size_t i = 0; i < b.n; i++)
-                FUZZ_CHECK(same_item(&b.items[i], json_array_get(all, i)));
+                FUZZ_CHECK(
+                    same_item(&b.items[i], json_array_get(all, i), body, len));
         } else if (json_is_array(all) && json_array_size(all) <= max_events) {
             /* Well-formed: only an item's content may be refused. */
             FUZZ_CHECK(strcmp(e.code, "bad_batch") != 0);

@@ -50,7 +50,7 @@ static void test_array(void **state)
                     TB__BATCH_ARRAY, 10, &b, &e),
               0);
     assert_int_equal(b.n, 6);
-    item_is(&b, 0, "a.b", "{\"x\":[1,2]}");
+    item_is(&b, 0, "a.b", "{\"x\": [1, 2]}"); /* as sent */
     assert_string_equal(b.items[1].name, "c");
     assert_int_equal(b.items[1].len, 3);
     assert_memory_equal(b.items[1].data, "t\0x", 3);
@@ -119,6 +119,81 @@ static void test_bad_items(void **state)
     refused("[{\"name\":\"a\\u0000b\"}]", A, 400, "bad_name", 0);
     refused("[{\"name\":\"a\",\"data\":\"\xff\"}]", A, 400, "bad_json", 0);
     refused("[{\"name\":\"a\",\"data\":01}]", A, 400, "bad_json", 0);
+}
+
+/* Data other than a string is carried as the bytes sent, as POST
+ * /events/{name} carries its body: no number re-encoded, no space
+ * dropped, and max_event_size (64 here) counts those bytes. */
+static void test_data_as_sent(void **state)
+{
+    (void)state;
+    tb__batch b;
+    tb__batch_err e;
+    assert_rc(parse("[{\"name\":\"a\",\"data\":{\"p\":1.1}},"
+                    "{\"name\":\"b\",\"data\": 1e2 },"
+                    "{\"name\":\"c\",\"data\":18446744073709551615},"
+                    "{\"data\":[ 1 ,\n\t{ \"k\" : 2.50 } ],\"name\":\"d\"},"
+                    "{\"name\":\"e\",\"data\":-0.0}]",
+                    TB__BATCH_ARRAY, 10, &b, &e),
+              0);
+    assert_int_equal(b.n, 5);
+    item_is(&b, 0, "a", "{\"p\":1.1}");
+    item_is(&b, 1, "b", "1e2");
+    item_is(&b, 2, "c", "18446744073709551615");
+    item_is(&b, 3, "d", "[ 1 ,\n\t{ \"k\" : 2.50 } ]");
+    item_is(&b, 4, "e", "-0.0");
+    tb__batch_free(&b);
+    assert_rc(parse("{\"name\":\"a\",\"data\":{\"p\": 1E+2}}\r\n",
+                    TB__BATCH_NDJSON, 10, &b, &e),
+              0);
+    item_is(&b, 0, "a", "{\"p\": 1E+2}");
+    tb__batch_free(&b);
+
+    /* At the edge: 64 bytes as sent (spaces included) pass, 65 do not,
+     * though the compact form of both is far smaller. */
+    char body[256], data[80];
+    memset(data, ' ', sizeof data);
+    data[0] = '[';
+    data[1] = '1';
+    data[63] = ']';
+    data[64] = '\0';
+    snprintf(body, sizeof body, "[{\"name\":\"a\",\"data\":%s}]", data);
+    assert_rc(parse(body, TB__BATCH_ARRAY, 10, &b, &e), 0);
+    assert_int_equal(b.items[0].len, 64);
+    tb__batch_free(&b);
+    data[63] = ' ';
+    data[64] = ']';
+    data[65] = '\0';
+    snprintf(body, sizeof body,
+             "[{\"name\":\"a\"},{\"name\":\"a\",\"data\":%s}]", data);
+    refused(body, TB__BATCH_ARRAY, 413, "too_large", 1);
+    /* Escaped, the member is still "data". */
+    assert_rc(parse("[{\"name\":\"a\",\"d\\u0061ta\":[ 2 ]}]", TB__BATCH_ARRAY,
+                    10, &b, &e),
+              0);
+    item_is(&b, 0, "a", "[ 2 ]");
+    tb__batch_free(&b);
+}
+
+/* A UTF-8 byte order mark before the body is skipped, in both formats;
+ * elsewhere it is no blank. */
+static void test_bom(void **state)
+{
+    (void)state;
+    tb__batch b;
+    tb__batch_err e;
+    assert_rc(parse("\xEF\xBB\xBF[{\"name\":\"a\",\"data\":1}]",
+                    TB__BATCH_ARRAY, 10, &b, &e),
+              0);
+    item_is(&b, 0, "a", "1");
+    tb__batch_free(&b);
+    assert_rc(parse("\xEF\xBB\xBF{\"name\":\"a\"}\n{\"name\":\"b\"}",
+                    TB__BATCH_NDJSON, 10, &b, &e),
+              0);
+    assert_int_equal(b.n, 2);
+    tb__batch_free(&b);
+    refused("[{\"name\":\"a\"},\xEF\xBB\xBF{\"name\":\"b\"}]", TB__BATCH_ARRAY,
+            400, "bad_json", 1);
 }
 
 /* A batch of a flat item, then one that nests depth levels (its object
@@ -217,6 +292,8 @@ int main(void)
         cmocka_unit_test(test_ndjson),
         cmocka_unit_test(test_bad_items),
         cmocka_unit_test(test_limits_at_their_edge),
+        cmocka_unit_test(test_data_as_sent),
+        cmocka_unit_test(test_bom),
         cmocka_unit_test(test_many_items),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
