@@ -15,12 +15,13 @@
 
 /* The body's format from its Content-Type: application/json is an array,
  * application/x-ndjson (or jsonl) one item a line; none: an array when
- * the body starts with '[', else NDJSON. 0 for any other type. */
+ * the body starts with '[' (after a BOM and blanks), else NDJSON. 0 for any
+ * other type. */
 static int body_format(const char *ctype, const char *body, size_t len,
                        tb__batch_format *fmt)
 {
     if (!ctype || !ctype[0]) {
-        size_t i = 0;
+        size_t i = tb__batch_bom(body, len);
         while (i < len && strchr(" \t\r\n", body[i]))
             i++;
         *fmt = i < len && body[i] == '[' ? TB__BATCH_ARRAY : TB__BATCH_NDJSON;
@@ -61,26 +62,60 @@ static json_t *where(size_t index, size_t line)
     return o;
 }
 
-/* {"ids": [...], "published": [...]}: what became of each event after
- * the bus failed some (null id: never taken). */
+/* What is known of an event after the bus failed some: "published"
+ * (confirmed), "refused" (Redis said no: not published) or "unknown" (not
+ * confirmed in time or given up: it may be published). */
+static const char *event_status(int st)
+{
+    return st == 0 ? "published" : st == TB_EIO ? "refused" : "unknown";
+}
+
+/* {"ids": [...], "status": [...]}: what became of each event after the
+ * bus failed some (null id: never taken). */
 static json_t *outcome(char (*ids)[TB_EVENT_ID_MAX], const int *status,
                        size_t n)
 {
-    json_t *o = json_object(), *ja = json_array(), *pa = json_array();
-    if (!o || !ja || !pa) {
+    json_t *o = json_object(), *ja = json_array(), *sa = json_array();
+    if (!o || !ja || !sa) {
         json_decref(o);
         json_decref(ja);
-        json_decref(pa);
+        json_decref(sa);
         return NULL;
     }
     for (size_t i = 0; i < n; i++) {
         json_array_append_new(ja,
                               ids[i][0] ? json_string(ids[i]) : json_null());
-        json_array_append_new(pa, json_boolean(status[i] == 0));
+        json_array_append_new(sa, json_string(event_status(status[i])));
     }
     json_object_set_new(o, "ids", ja);
-    json_object_set_new(o, "published", pa);
+    json_object_set_new(o, "status", sa);
     return o;
+}
+
+/* The message's subject for a batch the bus failed in part: each status
+ * present, counted ("2 of the batch's 64 events (status "refused"), 62
+ * (status "unknown")"). */
+static void failed_what(const int *status, size_t n, char *what, size_t cap)
+{
+    size_t count[3] = {0, 0, 0};
+    for (size_t i = 0; i < n; i++)
+        count[status[i] == 0 ? 0 : status[i] == TB_EIO ? 1 : 2]++;
+    static const char *const names[] = {"published", "refused", "unknown"};
+    size_t at = (size_t)snprintf(what, cap, "%zu of the batch's %zu events",
+                                 n - count[0], n);
+    const char *sep = " (";
+    for (int k = 1; k < 3 && at < cap; k++) {
+        if (!count[k])
+            continue;
+        at += (size_t)snprintf(what + at, cap - at, "%s%zu \"%s\"", sep,
+                               count[k], names[k]);
+        sep = ", ";
+    }
+    if (at < cap && count[0])
+        at += (size_t)snprintf(what + at, cap - at, "%s%zu \"published\"", sep,
+                               count[0]);
+    if (at < cap)
+        snprintf(what + at, cap - at, "; see \"status\")");
 }
 
 /* Checks the client token's right to each name: nothing is dispatched
@@ -94,7 +129,7 @@ static int check_rights(tb_http_req *req, const tb__batch *b, int *answered)
             continue;
         char msg[TB__JWT_FORBIDDEN_MAX];
         tb__jwt_forbidden_message(req->claims, TB__JWT_DISPATCH, name, msg);
-        json_t *extra = where(i, 0);
+        json_t *extra = where(i, b->lines[i]);
         if (extra)
             json_object_set_new(extra, "pattern", json_string(name));
         *answered = 1;
@@ -105,7 +140,10 @@ static int check_rights(tb_http_req *req, const tb__batch *b, int *answered)
     return 0;
 }
 
-static int dispatch(tb_http_req *req, const tb__batch *b)
+/* Dispatches b's events and answers. b is freed (and emptied) once the bus
+ * has the events, before the wait for its confirmations: a big body's
+ * parse is not held while Redis answers. */
+static int dispatch(tb_http_req *req, tb__batch *b)
 {
     tb_app *app = tb_http_app(req);
     const tb_app_config *cfg = tb_app_get_config(app);
@@ -119,7 +157,15 @@ static int dispatch(tb_http_req *req, const tb__batch *b)
     }
     int timeout_ms = cfg->redis.command_timeout_ms;
     size_t bad = n;
-    int rc = tb_dispatch_many(app, b->items, n, timeout_ms, ids, status, &bad);
+    tb__many *m;
+    int rc = tb__dispatch_many_start(app, b->items, n, timeout_ms, ids, status,
+                                     &bad, &m);
+    /* The line of the item at fault, while b still has them. */
+    size_t qmax = (size_t)cfg->redis.publish_queue_max;
+    size_t line = bad < n ? b->lines[bad] : qmax < n ? b->lines[qmax] : 0;
+    tb__batch_free(b);
+    if (rc == 0 && m)
+        rc = tb__dispatch_many_wait(m, status);
     int ret;
     if (rc == 0) {
         json_t *o = json_object(), *ja = json_array();
@@ -132,8 +178,7 @@ static int dispatch(tb_http_req *req, const tb__batch *b)
         ret = tb__api_respond(req, 202, o);
     } else if (rc == TB_EMSGSIZE && bad == n) {
         ret = tb__api_error_with(
-            req, 413, "too_many_events",
-            where((size_t)cfg->redis.publish_queue_max, 0),
+            req, 413, "too_many_events", where(qmax, line),
             "the bus queues at most %d events (redis.publish_queue_max): a "
             "batch of %zu can never be taken; split it; nothing was "
             "dispatched",
@@ -142,19 +187,16 @@ static int dispatch(tb_http_req *req, const tb__batch *b)
         /* The parse checks what tb_dispatch_many does: kept in step. */
         ret = tb__api_error_with(req, rc == TB_EMSGSIZE ? 413 : 400,
                                  rc == TB_EMSGSIZE ? "too_large" : "bad_data",
-                                 where(bad, 0),
+                                 where(bad, line),
                                  "item %zu refused: %s; nothing was "
                                  "dispatched",
                                  bad, tb_strerror(rc));
+    } else if (ids[0][0] == '\0') {
+        /* Not taken (503): nothing dispatched, no statuses to give. */
+        ret = tb__api_bus_error(req, rc, timeout_ms, "the batch", NULL);
     } else {
-        size_t published = 0;
-        for (size_t i = 0; i < n; i++)
-            published += status[i] == 0;
-        char what[96];
-        snprintf(what, sizeof what,
-                 "%zu of the batch's %zu events (those with \"published\" "
-                 "false)",
-                 n - published, n);
+        char what[160];
+        failed_what(status, n, what, sizeof what);
         ret = tb__api_bus_error(req, rc, timeout_ms, what,
                                 outcome(ids, status, n));
     }
@@ -186,7 +228,7 @@ int tb__api_post_batch(tb_http_req *req, void *ud)
     int answered;
     int rc = check_rights(req, &b, &answered);
     if (!answered)
-        rc = dispatch(req, &b);
+        return dispatch(req, &b); /* it frees b */
     tb__batch_free(&b);
     return rc;
 }

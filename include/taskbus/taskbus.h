@@ -812,7 +812,8 @@ typedef struct tb_event_item {
  * at once or none (TB_ENOTCONN, TB_ENOSPC when they do not all fit below
  * redis.publish_queue_max now, TB_EMSGSIZE when n is over it, TB_ESHUTDOWN;
  * *bad = n, nothing dispatched); the Redis bus sends them in order, up to
- * 64 per command. Every subscriber sees them in items' order (events of
+ * 64 per history script call (one PUBLISH each, pipelined, with
+ * history_size 0). Every subscriber sees them in items' order (events of
  * other publishers may fall between them).
  *
  * timeout_ms 0: returns once the bus has taken them (as tb_dispatch; any

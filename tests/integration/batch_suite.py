@@ -101,6 +101,28 @@ async def t_order(ctx):
     got = await c.events_until("ord.end", T(10))
     check([e["data"] for e in got[:3]] == ["text", "", "7"],
           f"data {[e['data'] for e in got[:3]]}")
+    # Data other than a string goes as sent, as POST /events/{name}
+    # carries its body (a number reaches a subscriber as its text): no
+    # re-encoding, and an integer past int64 is JSON like any other.
+    r = await batch(srv, b'[{"name":"ord.x","data":1e2},{"name":"ord.x",'
+                         b'"data":1.10},{"name":"ord.x","data":'
+                         b'18446744073709551615}]')
+    check_status(r, 202, what="POST /events (numbers as sent)")
+    await post(srv, "ord.end")
+    got = await c.events_until("ord.end", T(10))
+    check([e["data"] for e in got[:3]] == ["1e2", "1.10",
+                                           "18446744073709551615"],
+          f"numbers re-encoded: {[e['data'] for e in got[:3]]}")
+    # A UTF-8 BOM before the body is skipped (sniffed as an array too).
+    for ctype in ("", ND):
+        body = (b'\xef\xbb\xbf[{"name":"ord.b"}]' if not ctype
+                else b'\xef\xbb\xbf{"name":"ord.b"}\n')
+        r = await batch(srv, body, ctype)
+        check_status(r, 202, what=f"a body after a BOM ({ctype or 'sniffed'})")
+    await post(srv, "ord.end")
+    got = await c.events_until("ord.end", T(10))
+    check([e["name"] for e in got] == ["ord.b", "ord.b", "ord.end"],
+          f"after a BOM: {[e['name'] for e in got]}")
     # An empty batch is a batch of nothing.
     r = await batch(srv, b"[]")
     check_status(r, 202, what="POST /events []")
@@ -115,6 +137,9 @@ BAD = [
     ("name not a string", {"name": 5}, 400, "bad_item"),
     ("unknown member", {"name": "bad.e", "event": "x"}, 400, "bad_item"),
     ("data too large", {"name": "bad.e", "data": "x" * 2049}, 413,
+     "too_large"),
+    # --max-event-size 2048 of the bytes as sent: the spaces count.
+    ("data too large as sent", {"name": "bad.e", "data": [1]}, 413,
      "too_large"),
     ("too deep", {"name": "bad.e", "data": json.loads("[" * 40 + "]" * 40)},
      400, "bad_json"),
@@ -133,6 +158,7 @@ async def t_bad_item(ctx):
             for fmt in ("array", "ndjson"):
                 body, ctype = ((json.dumps(objs).encode(), "application/json")
                                if fmt == "array" else (ndjson(objs), ND))
+                body = body.replace(b"[1]", b"[1" + b" " * 2047 + b"]")
                 r = await batch(srv, body, ctype)
                 check_status(r, status, code,
                              what=f"{what} at {k} ({fmt})")
@@ -147,13 +173,16 @@ async def t_bad_item(ctx):
     r = await batch(srv, b"\n".join(lines), ND)
     check_status(r, 400, "bad_json", what="NDJSON line 4 cut short")
     check(r.json.get("index") == 3, f"index {r.json}")
+    # At the edge: 2048 bytes as sent pass.
+    r = await batch(srv, b'[{"name":"bad.e","data":[1' + b" " * 2045 + b"]}]")
+    check_status(r, 202, what="data of 2048 bytes as sent")
     r = await batch(srv, b'[{"name":"bad.e"},{"name":"bad.e"},{"name"', )
     check_status(r, 400, "bad_json", what="array cut short")
     check(r.json.get("index") == 2, f"index {r.json}")
     await post(srv, "bad.end")
     got = await c.events_until("bad.end", T(10))
-    check(len(got) == 1, f"a refused batch delivered {len(got) - 1} events: "
-                         f"{got[:2]}")
+    check(len(got) == 2 and got[0]["data"] == [1],
+          f"a refused batch delivered {len(got) - 2} events: {got[:2]}")
 
 
 async def t_limit(ctx):
@@ -279,6 +308,10 @@ async def t_client_token(ctx):
     r = await batch(srv, objs, headers=h)
     check_status(r, 403, "forbidden", what="a batch with no.x at 2")
     check(r.json.get("index") == 2, f"index: {r.json}")
+    r = await batch(srv, b"\n" + ndjson(objs), ND, headers=h)
+    check_status(r, 403, "forbidden", what="NDJSON with no.x on line 4")
+    check(r.json.get("index") == 2 and r.json.get("line") == 4,
+          f"index and line: {r.json}")
     r = await batch(srv, items("ok", 5), headers=h)
     check_status(r, 202, what="a batch of ok.* events")
     ids = r.json["ids"]
@@ -340,8 +373,10 @@ async def t_redis_stalls(ctx):
     ids = r.json.get("ids")
     check(isinstance(ids, list) and len(ids) == 64 and all(ids),
           f"ids: {ids!r}")
-    check(r.json.get("published") == [False] * 64,
-          f"published: {r.json.get('published')}")
+    check(r.json.get("status") == ["unknown"] * 64,
+          f"status: {r.json.get('status')}")
+    check('64 of the batch\'s 64 events (64 "unknown"' in
+          r.json.get("message", ""), f"message: {r.json.get('message')}")
     # The marker goes once Redis answers again (the pause ends).
     end = time.monotonic() + T(10)
     while True:
@@ -372,6 +407,10 @@ async def t_queue_limit(ctx):
     r = await batch(srv, items("q", 11))
     check_status(r, 413, "too_many_events", what="11 events, queue of 10")
     check(r.json.get("index") == 10, f"index: {r.json}")
+    r = await batch(srv, ndjson(items("q", 11)), ND)
+    check_status(r, 413, "too_many_events", what="11 events as NDJSON")
+    check(r.json.get("index") == 10 and r.json.get("line") == 11,
+          f"index and line: {r.json}")
     r = await batch(srv, items("q", 10))
     check_status(r, 202, what="10 events, queue of 10")
     ids = r.json["ids"]
@@ -385,6 +424,49 @@ async def t_order_plain_publish(ctx):
     pipelined in the batch's order."""
     ctx.srv = ctx.s["rn"]
     await t_order(ctx)
+
+
+async def t_redis_down(ctx):
+    """Redis stopped: a batch is 503, nothing dispatched; once Redis is
+    back, none of its events is delivered (only what is sent then)."""
+    srv, redis = ctx.s["dsrv"], ctx.s["dredis"]
+    c = await subscriber(ctx, srv, "down")
+    await asyncio.to_thread(redis.stop)
+    end = time.monotonic() + T(10)
+    while True:  # until the service has seen Redis go
+        r = await ahttp(srv.port, "GET", "/readyz")
+        if r.status == 503 or time.monotonic() > end:
+            break
+        await asyncio.sleep(0.05)
+    check_status(r, 503, what="GET /readyz with Redis stopped")
+    r = await batch(srv, items("down", 8))
+    check_status(r, 503, "bus_down", what="a batch while Redis is stopped")
+    check("ids" not in r.json and "status" not in r.json,
+          f"a batch not taken has no per-event outcome: {r.json}")
+    c.events.clear()
+    await asyncio.to_thread(redis.start, redis.port)
+    end = time.monotonic() + T(20)
+    while True:
+        r = await ahttp(srv.port, "POST", "/events/down.end", b"")
+        if r.status == 202 or time.monotonic() > end:
+            break
+        await asyncio.sleep(0.1)
+    check_status(r, 202, what="POST /events/down.end once Redis is back")
+    got = []
+    while True:
+        ev = await c.event(T(10))
+        if ev["name"] == "down.end" and ev["id"] == r.json["id"]:
+            break
+        got.append(ev)
+    check(not [e for e in got if e["name"] == "down.e"],
+          f"events of the refused batch delivered: {got[:3]}")
+
+
+def down_group():
+    r = Redis("dredis").start()
+    yield "dredis", r
+    yield "dsrv", TaskbusServer("dsrv", "--redis-url", r.url(),
+                                "--redis-command-timeout", "1000")
 
 
 def memory_group():
@@ -430,6 +512,10 @@ GROUPS = [
          t_queue_limit, 30),
         ("history off (plain PUBLISH): 64 events in order with their ids",
          t_order_plain_publish, 60),
+    ]),
+    ("redis-down", down_group, [
+        ("Redis stopped: a batch is 503, nothing delivered after",
+         t_redis_down, 60),
     ]),
     ("jwt", jwt_group, [
         ("a client token's dispatch rights, per item", t_client_token, 30),
