@@ -33,8 +33,8 @@
 #                    taskbus with a throwaway redis-server (the headline;
 #                    needs redis-server) and on the in-process bus; events/s
 #                    accepted and delivered, batch/single ratio, target
-#                    200 000/s delivered on Redis. Its own servers, started
-#                    with --sub-capacity 65536 (raw has no batch route).
+#                    200 000/s delivered on Redis. Its own servers, with
+#                    the default settings (raw has no batch route).
 #   -q          quick: smaller runs (about a third of the time)
 #   -j THREADS  load generator event-loop threads, 1 or 2 (default 1)
 #   -k CONNS    publisher connections, one POST in flight each (default 4)
@@ -388,13 +388,13 @@ if want 6; then
     if redis_start; then
         echo "# redis:    pid $redis_pid: redis-server on 127.0.0.1:$redis_port ($(redis-server --version | awk '{print $3}'))"
         for bus in redis memory; do
-            args=(--sub-capacity 65536)
+            args=()
             [[ $bus == redis ]] && args+=(--redis-url "redis://127.0.0.1:$redis_port")
             if ! start_server "tb-$bus" "${args[@]}"; then
                 failed=1
                 continue
             fi
-            echo "# tb-$bus: pid ${spid[tb-$bus]}: taskbus --listen 127.0.0.1:${sport[tb-$bus]} --workers 2 --tick 0 ${args[*]}"
+            echo "# tb-$bus: pid ${spid[tb-$bus]}: taskbus --listen 127.0.0.1:${sport[tb-$bus]} --workers 2 --tick 0 ${args[*]:-}"
             for b in 64 1; do
                 echo " $bus bus, $b event(s) a POST"
                 # -k 16: the 16 keep-alive publishers.
