@@ -205,9 +205,31 @@ static int dispatch(tb_http_req *req, tb__batch *b)
     return ret;
 }
 
+static int post_batch(tb_http_req *req);
+
+/* A batch's parse can take ~20 x max_event_size for one item's tree and
+ * holds its events until the bus confirms them: core.batch_max_concurrent
+ * bounds how many requests do so at once. */
 int tb__api_post_batch(tb_http_req *req, void *ud)
 {
     (void)ud;
+    tb_app *app = tb_http_app(req);
+    int max = tb_app_get_config(app)->core.batch_max_concurrent;
+    if (atomic_fetch_add(&app->batches_in, 1) >= max) {
+        atomic_fetch_sub(&app->batches_in, 1);
+        return tb_http_error(req, 503, "busy",
+                             "the service handles at most %d batches at "
+                             "once (core.batch_max_concurrent); retry "
+                             "later",
+                             max);
+    }
+    int rc = post_batch(req);
+    atomic_fetch_sub(&app->batches_in, 1);
+    return rc;
+}
+
+static int post_batch(tb_http_req *req)
+{
     tb_app *app = tb_http_app(req);
     const tb_app_config *cfg = tb_app_get_config(app);
     size_t len;

@@ -216,9 +216,13 @@ typedef struct tb_core_config {
                                  carries at most (the Redis bus also
                                  refuses more than
                                  redis.publish_queue_max) */
+    int batch_max_concurrent; /* POST /events requests handled at once (more:
+                                 503 busy): each holds one item's parse
+                                 (up to ~20 x max_event_size) and its
+                                 events until the bus confirms them */
     void *reserved_[1];       /* room for later settings; keep zero (the twelve
                                  ints above took six slots, batch_max_events
-                                 one) */
+                                 and batch_max_concurrent one) */
 } tb_core_config;
 
 /* The event bus. With no url, events stay in this process (the in-process

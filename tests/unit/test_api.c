@@ -4,6 +4,7 @@
 #include "harness.h"
 
 #include <stdatomic.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -404,6 +405,70 @@ static void bus_errors_body(tb_app *app, void *arg)
     st = call(app, "GET", "/readyz", NULL, &j);
     TH_CHECK_EQ(st, 200);
     json_decref(j);
+}
+
+/* A batch whose event the fake bus holds: its answer (504 once
+ * released). */
+static void *held_batch(void *arg)
+{
+    tb_app *app = arg;
+    json_t *j = NULL;
+    static const char body[] = "[{\"name\":\"api.held\"}]";
+    intptr_t st =
+        call_body(app, "POST", "/events", NULL, body, sizeof body - 1, &j);
+    json_decref(j);
+    return (void *)st;
+}
+
+/* core.batch_max_concurrent 1: while one batch waits for the bus, a second
+ * is 503 busy naming the setting; once the first is answered, one passes. */
+static void batch_concurrency_body(tb_app *app, void *arg)
+{
+    fake_bus *f = arg;
+    static const char body[] = "[{\"name\":\"api.b\"}]";
+    atomic_store(&f->mode, FB_HOLD);
+    pthread_t t;
+    TH_CHECK_EQ(pthread_create(&t, NULL, held_batch, app), 0);
+    for (int i = 0; i < 2000; i++) { /* until the bus holds its event */
+        pthread_mutex_lock(&f->mu);
+        int held = f->held_cb != NULL;
+        pthread_mutex_unlock(&f->mu);
+        if (held)
+            break;
+        usleep(1000);
+    }
+    atomic_store(&f->mode, FB_PASS);
+    json_t *j = NULL;
+    int st = call_body(app, "POST", "/events", NULL, body, sizeof body - 1, &j);
+    const char *msg;
+    CHECK_ERROR(j, st, 503, "busy");
+    msg = jget_str(j, "message");
+    TH_CHECKF(msg && strstr(msg, "core.batch_max_concurrent"), "message: %s",
+              msg ? msg : "(none)");
+    json_decref(j);
+    fb_release(f);
+    void *held_st;
+    pthread_join(t, &held_st);
+    TH_CHECK_EQ((int)(intptr_t)held_st, 504);
+    st = call_body(app, "POST", "/events", NULL, body, sizeof body - 1, &j);
+    TH_CHECK_EQ(st, 202);
+    json_decref(j);
+}
+
+static void test_batch_concurrency(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.core.workers = 1;
+    cfg.core.batch_max_concurrent = 1;
+    cfg.redis.command_timeout_ms = 20000; /* the held batch waits for us */
+    tb_app *app = th_app_new_cfg(&cfg);
+    assert_rc(tb_app_add_api(app), 0);
+    fake_bus *f = wrap_bus(app);
+    assert_rc(th_run_thread(app, batch_concurrency_body, f, 30000), 0);
+    th_assert_clean();
+    tb_app_free(app);
 }
 
 static void test_bus_errors(void **state)
@@ -1399,6 +1464,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_bus_errors),
+        cmocka_unit_test(test_batch_concurrency),
         cmocka_unit_test(test_tasks),
         cmocka_unit_test(test_health),
         cmocka_unit_test(test_long_poll),
