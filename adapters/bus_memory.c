@@ -54,6 +54,23 @@ static int mem_publish(tb__bus *bus, tb_event *ev, tb__publish_cb cb, void *ud)
     return 0;
 }
 
+/* In order; without history, one post per worker for the lot. */
+static int mem_publish_many(tb__bus *bus, tb_event *const *evs, size_t n,
+                            tb__publish_cb cb, void *const *uds)
+{
+    mem_bus *m = (mem_bus *)bus;
+    if (m->has_history) {
+        for (size_t i = 0; i < n; i++)
+            tb__hist_ring_publish(&m->ring, evs[i], deliver, bus->app);
+    } else {
+        tb__app_deliver_batch(bus->app, evs, n);
+    }
+    atomic_fetch_add_explicit(&m->published, n, memory_order_relaxed);
+    for (size_t i = 0; cb && i < n; i++)
+        cb(0, uds ? uds[i] : NULL);
+    return 0;
+}
+
 static void mem_status(tb__bus *bus, tb_bus_info *out)
 {
     mem_bus *m = (mem_bus *)bus;
@@ -236,6 +253,7 @@ static const tb__bus_ops memory_ops = {
     .name = "memory",
     .start = mem_start,
     .publish = mem_publish,
+    .publish_many = mem_publish_many,
     .status = mem_status,
     .stop = mem_stop,
     .free = mem_free,

@@ -1045,6 +1045,16 @@ static int rb_publish(tb__bus *bus, tb_event *ev, tb__publish_cb cb, void *ud)
     return tb__bus_tx_put(b->tx, ev, cb, ud);
 }
 
+static int rb_publish_many(tb__bus *bus, tb_event *const *evs, size_t n,
+                           tb__publish_cb cb, void *const *uds)
+{
+    rbus *b = (rbus *)bus;
+    tb_bus_state st = tb__bus_conn_state(b->conn);
+    if (st != TB_BUS_CONNECTED)
+        return st == TB_BUS_STOPPED ? TB_ESHUTDOWN : TB_ENOTCONN;
+    return tb__bus_tx_put_many(b->tx, evs, n, cb, uds);
+}
+
 /* A publisher queued the first event: the bus thread takes the queue. */
 static void wake(void *arg)
 {
@@ -1099,6 +1109,7 @@ static const tb__bus_ops redis_ops = {
     .name = "redis",
     .start = rb_start,
     .publish = rb_publish,
+    .publish_many = rb_publish_many,
     .status = rb_status,
     .stop = rb_stop,
     .free = rb_free,

@@ -36,8 +36,9 @@ static int compose_bus(tb_app *app, const tb_app_config *c)
     }
     if (!bus)
         return rc;
-    tb__app_use_bus(app, bus);
-    return 0;
+    if ((rc = tb__app_use_bus(app, bus)) != 0)
+        bus->ops->free(bus);
+    return rc;
 }
 
 /* The HTTP server and its websocket framing, when http.listen is set. 0,

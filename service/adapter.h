@@ -40,6 +40,10 @@ const char *tb__app_instance(const tb_app *app);
  * its own reference. Any thread. For a bus without a backend; a bus that
  * receives messages goes through tb__bus_rx. */
 void tb__app_deliver(tb_app *app, tb_event *ev);
+/* The same for n events at once, in order: one lock and at most one
+ * wake-up per worker for the whole batch. The caller keeps its
+ * references. */
+void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n);
 
 /* ---------------------------------------------------------------- HTTP */
 
@@ -341,8 +345,10 @@ struct tb__jwt_verifier {
  * NULL with *err set (TB_EINVAL with the reason logged, TB_ENOMEM). */
 tb_app *tb__app_create(const tb_app_config *cfg, int *err);
 
-/* The event bus; every app has one. */
-void tb__app_use_bus(tb_app *app, tb__bus *bus);
+/* The event bus; every app has one. 0, or TB_EINVAL (logged) when its ops
+ * lack publish or publish_many (both are mandatory): the app does not
+ * take it and the caller still owns it. */
+int tb__app_use_bus(tb_app *app, tb__bus *bus);
 /* The HTTP server (none: the app serves no HTTP) and the framing of the
  * websockets it hands over. */
 void tb__app_use_http(tb_app *app, tb__http_server *srv,

@@ -244,7 +244,6 @@ static int post_event(tb_http_req *req, void *ud)
         }
         return tb__api_respond(req, 202, o);
     }
-    tb_bus_info bus;
     switch (rc) {
     case TB_EINVAL: /* the name is valid: the data is not UTF-8 */
         return tb_http_error(req, 400, "bad_data",
@@ -256,29 +255,47 @@ static int post_event(tb_http_req *req, void *ud)
         return tb_http_error(req, 413, "too_large",
                              "event data is %zu bytes; max_event_size is %zu",
                              len, cfg->core.max_event_size);
+    default: {
+        char what[64];
+        snprintf(what, sizeof what, "event %s", id);
+        return tb__api_bus_error(req, rc, timeout_ms, what, NULL);
+    }
+    }
+}
+
+int tb__api_bus_error(tb_http_req *req, int rc, int timeout_ms,
+                      const char *what, json_t *extra)
+{
+    tb_app *app = tb_http_app(req);
+    tb_bus_info bus;
+    switch (rc) {
     case TB_ENOTCONN:
         if (tb_bus_status(app, &bus) != 0)
             memset(&bus, 0, sizeof bus);
-        return tb_http_error(
-            req, 503, "bus_down", "event bus %s is %s: %s; retry later",
+        return tb__api_error_with(
+            req, 503, "bus_down", extra, "event bus %s is %s: %s; retry later",
             bus.name, tb_bus_state_name(bus.state),
             bus.last_error[0] ? bus.last_error : "no error recorded");
     case TB_ESHUTDOWN:
-        return tb_http_error(req, 503, "shutting_down",
-                             "the app is stopping or stopped");
+        return tb__api_error_with(req, 503, "shutting_down", extra,
+                                  "the app is stopping or stopped");
     case TB_ENOSPC:
-        return tb_http_error(req, 503, "busy",
-                             "publish queue full (publish_queue_max %d "
-                             "events await the bus); retry later",
-                             cfg->redis.publish_queue_max);
+        return tb__api_error_with(
+            req, 503, "busy", extra,
+            "publish queue full (publish_queue_max %d events await the "
+            "bus); retry later",
+            tb_app_get_config(app)->redis.publish_queue_max);
     case TB_ETIMEDOUT:
-        return tb_http_error(req, 504, "publish_timeout",
-                             "the bus did not confirm event %s within %d ms; "
-                             "it may still be published",
-                             id, timeout_ms);
+        return tb__api_error_with(req, 504, "publish_timeout", extra,
+                                  "the bus did not confirm %s within %d ms; "
+                                  "it may still be published",
+                                  what, timeout_ms);
+    case TB_EIO:
+        return tb__api_error_with(req, 502, "publish_failed", extra,
+                                  "the bus refused %s: not published", what);
     default:
-        return tb_http_error(req, 500, "internal", "dispatch failed: %s",
-                             tb_strerror(rc));
+        return tb__api_error_with(req, 500, "internal", extra,
+                                  "dispatch failed: %s", tb_strerror(rc));
     }
 }
 
@@ -791,6 +808,7 @@ int tb_app_add_api(tb_app *app)
         tb_http_fn fn;
         tb__http_access access;
     } routes[] = {
+        {"POST", "/events", tb__api_post_batch, TB__HTTP_CLIENT},
         {"POST", "/events/{name}", post_event, TB__HTTP_CLIENT},
         {"GET", "/events/{pattern}", wait_event, TB__HTTP_CLIENT},
         {"GET", "/healthz", healthz, TB__HTTP_OPEN},

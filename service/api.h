@@ -25,6 +25,17 @@ json_t *tb__api_task_json(const tb_task_info *t);
  * memory: 500). */
 int tb__api_respond(tb_http_req *req, int status, json_t *o);
 
+/* The answer to a dispatch the bus refused or did not confirm (rc, from
+ * tb_dispatch_wait or tb_dispatch_many): 503 bus_down, shutting_down or
+ * busy, 504 publish_timeout (after timeout_ms), 502 publish_failed, else
+ * 500. what names the events in messages ("event <id>"); extra as in
+ * tb__api_error_with. */
+int tb__api_bus_error(tb_http_req *req, int rc, int timeout_ms,
+                      const char *what, json_t *extra);
+
+/* POST /events: a batch of events (api_batch.c). */
+int tb__api_post_batch(tb_http_req *req, void *ud);
+
 /* Like tb_http_error, with the fields of extra (consumed, may be NULL)
  * added to the {"error", "message"} body. Logs the same line. */
 int tb__api_error_with(tb_http_req *req, int status, const char *code,

@@ -354,20 +354,12 @@ static void do_dispatch(tb_task *self, conn_state *st, json_t *ref,
         reply_forbidden(ws, ref, TB__JWT_DISPATCH, n);
         return;
     }
-    char *owned = NULL;
-    const char *d = "";
-    size_t len = 0;
-    if (json_is_string(data)) {
-        d = json_string_value(data);
-        len = json_string_length(data);
-    } else if (data && !json_is_null(data)) {
-        owned = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
-        if (!owned) {
-            reply_error(ws, ref, "internal", "out of memory");
-            return;
-        }
-        d = owned;
-        len = strlen(owned);
+    char *owned;
+    const char *d;
+    size_t len;
+    if (tb__json_event_data(data, &d, &len, &owned)) {
+        reply_error(ws, ref, "internal", "out of memory");
+        return;
     }
     char id[TB_EVENT_ID_MAX];
     tb_app *app = tb_ws_app(ws);

@@ -309,9 +309,18 @@ void tb_app_free(tb_app *app)
     free(app);
 }
 
-void tb__app_use_bus(tb_app *app, tb__bus *bus)
+int tb__app_use_bus(tb_app *app, tb__bus *bus)
 {
+    /* publish_many is what makes a batch all or none: a bus without it
+     * would leave half a batch dispatched. */
+    if (!bus->ops->publish || !bus->ops->publish_many) {
+        tb__log(TB_LOG_ERROR,
+                "event bus \"%s\" lacks publish%s: it cannot be used",
+                bus->ops->name, bus->ops->publish ? "_many" : "");
+        return TB_EINVAL;
+    }
     app->bus = bus;
+    return 0;
 }
 
 void tb__app_use_http(tb_app *app, tb__http_server *srv,

@@ -55,6 +55,13 @@ typedef struct tb__bus_ops {
                               void *ud),
                    void *ud);
     int history_sync; /* 1: history's cb runs before it returns */
+    /* publish() for n events at once, in order (mandatory, as publish:
+     * tb__app_use_bus refuses a bus without it). All or nothing: 0 once the bus
+     * has taken every one (then cb runs once per event, with uds[i]), or a
+     * TB_E* code and none was taken (no cb runs). One lock and one wake-up
+     * for the lot, so that the Redis bus carries them in few commands. */
+    int (*publish_many)(tb__bus *bus, tb_event *const *evs, size_t n,
+                        tb__publish_cb cb, void *const *uds);
 } tb__bus_ops;
 
 struct tb__bus {
@@ -373,6 +380,12 @@ void tb__bus_tx_free(tb__bus_tx *tx);
  * on error cb is never called. */
 int tb__bus_tx_put(tb__bus_tx *tx, const tb_event *ev, tb__publish_cb cb,
                    void *ud);
+/* tb__bus_tx_put for n events, queued in order one after the other under
+ * one lock, all or none: 0, or the same codes and none was queued (not one
+ * cb runs). TB_ENOSPC when the n do not all fit below queue_max now,
+ * TB_EMSGSIZE when n is over queue_max (they never will). */
+int tb__bus_tx_put_many(tb__bus_tx *tx, tb_event *const *evs, size_t n,
+                        tb__publish_cb cb, void *const *uds);
 
 /* Any thread: every tb__bus_tx_put from now on fails with TB_ESHUTDOWN. */
 void tb__bus_tx_close(tb__bus_tx *tx);

@@ -1,6 +1,7 @@
 /* bus_tx.c - publishing for every bus: the events a bus has accepted, from
  * any thread, until its backend confirms them or they are given up. */
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,24 +87,23 @@ void tb__bus_reqlist_free(tb__bus_reqlist *l)
 
 /* --------------------------------------------------------------- any thread */
 
-int tb__bus_tx_put(tb__bus_tx *tx, const tb_event *ev, tb__publish_cb cb,
-                   void *ud)
+/* A request for ev, its envelope encoded (the JSON work happens here, in
+ * parallel across publishers), or NULL with *rc set. */
+static tb__bus_req *req_new(tb__bus_tx *tx, const tb_event *ev,
+                            tb__publish_cb cb, void *ud, int *rc)
 {
-    if (atomic_load_explicit(&tx->pending, memory_order_relaxed) >=
-        tx->queue_max)
-        return TB_ENOSPC;
-    /* The JSON work happens here, in parallel across publishers. */
     char *env = NULL;
     size_t envlen = 0;
-    int rc = tb__envelope_encode(ev, &env, &envlen);
-    if (rc)
-        return rc;
+    if ((*rc = tb__envelope_encode(ev, &env, &envlen)) != 0)
+        return NULL;
     size_t nlen = strlen(ev->name);
     tb__bus_req *q = malloc(sizeof *q + tx->prefix_len + nlen + 1);
     if (!q) {
         free(env);
-        return TB_ENOMEM;
+        *rc = TB_ENOMEM;
+        return NULL;
     }
+    q->next = NULL;
     q->env = env;
     q->envlen = envlen;
     q->cb = cb;
@@ -115,29 +115,57 @@ int tb__bus_tx_put(tb__bus_tx *tx, const tb_event *ev, tb__publish_cb cb,
     memcpy(q->id, ev->id, sizeof q->id);
     memcpy(q->channel, tx->prefix, tx->prefix_len);
     memcpy(q->channel + tx->prefix_len, ev->name, nlen + 1);
+    return q;
+}
 
+int tb__bus_tx_put_many(tb__bus_tx *tx, tb_event *const *evs, size_t n,
+                        tb__publish_cb cb, void *const *uds)
+{
+    if (n == 0)
+        return 0;
+    if (n > (size_t)tx->queue_max)
+        return TB_EMSGSIZE; /* could never fit */
+    if ((size_t)tx->queue_max <
+        n + (size_t)atomic_load_explicit(&tx->pending, memory_order_relaxed))
+        return TB_ENOSPC;
+    int rc = 0;
+    tb__bus_reqlist l = {0};
+    for (size_t i = 0; i < n; i++) {
+        tb__bus_req *q = req_new(tx, evs[i], cb, uds ? uds[i] : NULL, &rc);
+        if (!q) {
+            tb__bus_reqlist_free(&l);
+            return rc;
+        }
+        tb__bus_reqlist_push(&l, q);
+    }
     pthread_mutex_lock(&tx->mu);
     if (tx->closed)
         rc = TB_ESHUTDOWN;
-    else if (atomic_load_explicit(&tx->pending, memory_order_relaxed) >=
-             tx->queue_max)
+    else if ((size_t)tx->queue_max <
+             n + (size_t)atomic_load_explicit(&tx->pending,
+                                              memory_order_relaxed))
         rc = TB_ENOSPC;
     if (rc == 0) {
         int first = tx->inq.head == NULL;
-        q->txseq = ++tx->txseq;
-        tb__bus_reqlist_push(&tx->inq, q);
-        atomic_fetch_add_explicit(&tx->pending, 1, memory_order_relaxed);
+        for (tb__bus_req *q = l.head; q; q = q->next)
+            q->txseq = ++tx->txseq;
+        tb__bus_reqlist_append(&tx->inq, &l);
+        atomic_fetch_add_explicit(&tx->pending, (int)n, memory_order_relaxed);
         /* Under mu: the bus closes tx under it before its thread ends, so
          * whatever wake signals is alive here. */
         if (first)
             tx->wake(tx->ud);
     }
     pthread_mutex_unlock(&tx->mu);
-    if (rc) {
-        free(env);
-        free(q);
-    }
+    tb__bus_reqlist_free(&l); /* empty unless refused */
     return rc;
+}
+
+int tb__bus_tx_put(tb__bus_tx *tx, const tb_event *ev, tb__publish_cb cb,
+                   void *ud)
+{
+    tb_event *e = (tb_event *)(uintptr_t)ev;
+    return tb__bus_tx_put_many(tx, &e, 1, cb, &ud);
 }
 
 void tb__bus_tx_close(tb__bus_tx *tx)

@@ -84,6 +84,11 @@
       "history-scan-max",                                                      \
       "events one GET /history looks at most, matching or not (then more "     \
       "is true: go on from next)")                                             \
+    X(core, batch_max_events, INT, 1000, NULL, 1, 1 << 20, "batch-max-events", \
+      "events one batch (POST /events, tb_dispatch_many) carries at most")     \
+    X(core, batch_max_concurrent, INT, 16, NULL, 1, 1 << 16,                   \
+      "batch-max-concurrent",                                                  \
+      "POST /events requests handled at once (more: 503 busy)")                \
     X(redis, url, URL, 0, NULL, 0, 0, "redis-url",                             \
       "redis://[user:password@]host:port[/db], unix:///path or "               \
       "redis-sentinel://[user:password@]host:26379[,host...]/master[/db]; "    \

@@ -137,8 +137,8 @@ int tb_event_hops(const tb_event *ev)
 /* ---------------------------------------------------------------- dispatch */
 
 /* Checks the arguments and builds the event (reference 1). */
-static int make_event(tb_app *app, const char *name, const void *data,
-                      size_t len, tb_event **out)
+int tb__event_make(tb_app *app, const char *name, const void *data, size_t len,
+                   tb_event **out)
 {
     if (!app || !name || (len && !data))
         return TB_EINVAL;
@@ -187,7 +187,7 @@ int tb_dispatch_from(tb_app *app, const tb_event *cause, const char *name,
         return TB_ELOOP;
     }
     tb_event *ev;
-    int rc = make_event(app, name, data, len, &ev);
+    int rc = tb__event_make(app, name, data, len, &ev);
     if (rc)
         return rc;
     if (cause)
@@ -254,7 +254,7 @@ int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
     if (rc)
         return rc;
     tb_event *ev;
-    if ((rc = make_event(app, name, data, len, &ev)) != 0)
+    if ((rc = tb__event_make(app, name, data, len, &ev)) != 0)
         return rc;
     if (timeout_ms == TB_TIMEOUT_DEFAULT)
         timeout_ms = app->cfg.redis.command_timeout_ms;

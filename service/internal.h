@@ -53,6 +53,27 @@ tb_event *tb__event_new(tb_app *app, const char *name, const void *data,
                         size_t len, const char *id, const char *origin,
                         int64_t ts_us);
 
+/* Checks an event to dispatch (tb_dispatch's rules: name, size, UTF-8,
+ * the bus up) and makes it: 0 and *out (refcount 1), or the TB_E* code of
+ * the check that failed. */
+int tb__event_make(tb_app *app, const char *name, const void *data, size_t len,
+                   tb_event **out);
+
+/* tb_dispatch_many in two steps (event_batch.c), so that a caller can let
+ * go of the items' memory while the bus confirms them. start checks, makes
+ * and hands over the events as tb_dispatch_many does and returns its
+ * codes, filling ids, status (for every event: 0 taken, else the code) and
+ * *bad; the items are copied and the caller may free them once it
+ * returns. With timeout_ms nonzero and 0 returned, *out is the batch to
+ * pass to tb__dispatch_many_wait exactly once (which frees it); else
+ * *out is NULL. wait blocks as tb_dispatch_many does, fills status and
+ * returns the first nonzero one. */
+typedef struct tb__many tb__many;
+int tb__dispatch_many_start(tb_app *app, const tb_event_item *items, size_t n,
+                            int timeout_ms, char (*ids)[TB_EVENT_ID_MAX],
+                            int *status, size_t *bad, tb__many **out);
+int tb__dispatch_many_wait(tb__many *m, int *status);
+
 /* ---------------------------------------------------------------- messages */
 
 /* What other threads post to a worker. ptr holds a reference (task or
@@ -547,6 +568,7 @@ struct tb_app {
     atomic_uint_fast64_t queue_full_drops;    /* worker_queue_max drops */
     atomic_int_fast64_t queue_full_logged_us; /* rate limit of that log */
     atomic_uint_fast64_t hop_limit_drops;     /* event_max_hops refusals */
+    atomic_int batches_in; /* POST /events in progress (api_batch.c) */
     /* The history (bus_rx.c's catch-up, history.c's resumes): /metrics. */
     atomic_uint_fast64_t hist_reads;         /* catch-up reads answered */
     atomic_uint_fast64_t hist_recovered;     /* events a catch-up delivered */
@@ -579,11 +601,6 @@ void tb__cond_init_mono(pthread_cond_t *cv);
 /* Runs the listeners of kind in order (reverse for stop kinds). Returns the
  * first non-zero return for start kinds, else 0. */
 int tb__app_run_listeners(tb_app *app, tb_listener_kind kind, int worker);
-
-/* tb__app_deliver (adapter.h) for n events at once: one lock and at most
- * one wake-up per worker for the whole batch. The caller keeps its
- * references. */
-void tb__app_deliver_batch(tb_app *app, tb_event *const *evs, size_t n);
 
 /* 1 if a listener on some worker could match the event name (split and
  * validated by the caller, once). Any thread. Buses use it to skip what

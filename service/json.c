@@ -60,3 +60,21 @@ json_t *tb__json_loadb(const char *text, size_t len, size_t flags,
     }
     return json_loadb(text, len, flags, err);
 }
+
+int tb__json_event_data(const json_t *v, const char **d, size_t *len,
+                        char **owned)
+{
+    *owned = NULL;
+    *d = "";
+    *len = 0;
+    if (json_is_string(v)) {
+        *d = json_string_value(v);
+        *len = json_string_length(v);
+    } else if (v && !json_is_null(v)) {
+        if (!(*owned = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY)))
+            return -1;
+        *d = *owned;
+        *len = strlen(*owned);
+    }
+    return 0;
+}

@@ -28,4 +28,12 @@ int tb__json_too_deep(const char *text, size_t len, int max_depth);
 json_t *tb__json_loadb(const char *text, size_t len, size_t flags,
                        int max_depth, json_error_t *err);
 
+/* The event data a JSON value stands for (a websocket dispatch's or a
+ * batch item's "data"): a string's text (U+0000 kept), "" for null or
+ * NULL, else the value's compact JSON in *owned (the caller frees it; else
+ * *owned is NULL). *d stays valid as long as v and *owned. 0, or -1 when
+ * out of memory. */
+int tb__json_event_data(const json_t *v, const char **d, size_t *len,
+                        char **owned);
+
 #endif /* TASKBUS_JSON_H */

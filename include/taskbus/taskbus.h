@@ -212,8 +212,17 @@ typedef struct tb_core_config {
                                  oldest go first beyond it. (Redis keeps
                                  history_size events whatever their size:
                                  size its maxmemory for them.) */
-    void *reserved_[2];       /* room for later settings; keep zero (the twelve
-                                 ints above took six slots) */
+    int batch_max_events;     /* events one tb_dispatch_many (POST /events)
+                                 carries at most (the Redis bus also
+                                 refuses more than
+                                 redis.publish_queue_max) */
+    int batch_max_concurrent; /* POST /events requests handled at once (more:
+                                 503 busy): each holds one item's parse
+                                 (up to ~20 x max_event_size) and its
+                                 events until the bus confirms them */
+    void *reserved_[1];       /* room for later settings; keep zero (the twelve
+                                 ints above took six slots, batch_max_events
+                                 and batch_max_concurrent one) */
 } tb_core_config;
 
 /* The event bus. With no url, events stay in this process (the in-process
@@ -798,6 +807,49 @@ int tb_dispatch(tb_app *app, const char *name, const void *data, size_t len,
  * task it returns TB_EDEADLK without dispatching. */
 int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
                      size_t len, int timeout_ms, char *id_out);
+
+/* One event of tb_dispatch_many: its name and data, as tb_dispatch's. */
+typedef struct tb_event_item {
+    const char *name;
+    const void *data;
+    size_t len;
+} tb_event_item;
+
+/* Dispatches n events (items[0..n-1], in that order) as one batch: every
+ * item is checked first (tb_dispatch's rules) and if one is refused,
+ * nothing is dispatched: the function returns its code and *bad (may be
+ * NULL) gets its index. More than core.batch_max_events items is
+ * TB_EMSGSIZE with *bad = batch_max_events. Then the bus takes all of them
+ * at once or none (TB_ENOTCONN, TB_ENOSPC when they do not all fit below
+ * redis.publish_queue_max now, TB_EMSGSIZE when n is over it, TB_ESHUTDOWN;
+ * *bad = n, nothing dispatched); the Redis bus sends them in order, up to
+ * 64 per history script call (one PUBLISH each, pipelined, with
+ * history_size 0). Every subscriber sees them in items' order (events of
+ * other publishers may fall between them).
+ *
+ * timeout_ms 0: returns once the bus has taken them (as tb_dispatch; any
+ * thread, a task or a worker loop too). Else, like tb_dispatch_wait, it
+ * waits up to timeout_ms (TB_TIMEOUT_DEFAULT: redis.command_timeout_ms; <0
+ * no limit) for the bus to confirm each event; only on a thread that is no
+ * worker's (an HTTP handler's, the embedder's): on a worker it returns
+ * TB_EDEADLK without dispatching. It returns 0 when every event was
+ * confirmed, else the status of the first that was not (in items' order):
+ * TB_ETIMEDOUT (not confirmed in time, or given up by the bus after
+ * publish_retry_ms of reconnects: it may or may not be published, and a
+ * subscriber gets it at most once), TB_EIO (Redis refused it: not
+ * published) or TB_ESHUTDOWN (given up at stop). So a failure may leave
+ * some events published and some not: status says which are known to be
+ * (0: confirmed). With timeout_ms 0 a 0 status means taken, as
+ * tb_dispatch's 0.
+ *
+ * ids (may be NULL; n strings of TB_EVENT_ID_MAX bytes) gets each event's
+ * id, or "" for those the bus did not take; status (may be NULL; n ints)
+ * gets each event's status on every return after the arguments were
+ * checked (the return code for events never dispatched). items and what
+ * they point to are copied. */
+int tb_dispatch_many(tb_app *app, const tb_event_item *items, size_t n,
+                     int timeout_ms, char (*ids)[TB_EVENT_ID_MAX], int *status,
+                     size_t *bad);
 
 /* Like tb_dispatch, for an event caused by another one (cause): a task that
  * reacts to events by dispatching others (a relay) uses it so that a cycle

@@ -1,6 +1,7 @@
 /* client.c - the client commands, taskbus dispatch, tasks, instances, watch
  * and healthcheck: requests to a running service's HTTP API (and its /ws
  * websocket for watch), its answers printed, its errors as exit codes. */
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -134,8 +135,11 @@ static int get_json(client *cl, const char *path, json_t **out)
     return 0;
 }
 
-static int request(client *cl, const char *method, const char *path,
-                   const char *body, size_t len, int quiet)
+/* Sends body (if not NULL) as ctype, or (ctype NULL) as JSON when it
+ * parses, else as text; prints the answer. The exit status. */
+static int request_as(client *cl, const char *method, const char *path,
+                      const char *ctype, const char *body, size_t len,
+                      int quiet)
 {
     char target[2048];
     snprintf(target, sizeof target, "%s%s", cl->prefix, path);
@@ -143,8 +147,7 @@ static int request(client *cl, const char *method, const char *path,
     char *resp = NULL;
     size_t rlen = 0;
     char err[256] = "";
-    const char *ctype = NULL;
-    if (body) {
+    if (body && !ctype) {
         json_error_t je;
         json_t *j = json_loadb(body, len, JSON_DECODE_ANY, &je);
         ctype = j ? "application/json" : "text/plain; charset=utf-8";
@@ -170,6 +173,12 @@ static int request(client *cl, const char *method, const char *path,
     return ok ? 0 : 1;
 }
 
+static int request(client *cl, const char *method, const char *path,
+                   const char *body, size_t len, int quiet)
+{
+    return request_as(cl, method, path, NULL, body, len, quiet);
+}
+
 static const struct option client_opts[] = {
     {"url", required_argument, NULL, 'u'},
     {"token", required_argument, NULL, 'k'},
@@ -183,6 +192,7 @@ static const struct option client_opts[] = {
     {"limit", required_argument, NULL, 'l'},
     {"cursor", required_argument, NULL, 'c'},
     {"output", required_argument, NULL, 'o'},
+    {"batch", required_argument, NULL, 'b'},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -191,6 +201,12 @@ const char cmd_client_usage[] =
     "usage:\n"
     "  taskbus dispatch NAME [DATA|-]      dispatch an event (DATA, or stdin "
     "with -)\n"
+    "  taskbus dispatch --batch FILE|-     dispatch the events of FILE (or "
+    "stdin):\n"
+    "                                      a JSON array of {\"name\", "
+    "\"data\"}\n"
+    "                                      objects, or one a line (NDJSON); "
+    "all or none\n"
     "  taskbus tasks [list] [--state S] [--scope local|cluster] [--limit N]\n"
     "        [--cursor C] [--output table|json]\n"
     "                                      list the cluster's tasks: a table "
@@ -216,7 +232,7 @@ const char cmd_client_usage[] =
 
 typedef struct client_args {
     const char *state, *name, *args, *worker, *timeout;
-    const char *scope, *limit, *cursor, *output;
+    const char *scope, *limit, *cursor, *output, *batch;
 } client_args;
 
 /* Parses the common options; leaves the positional arguments in
@@ -270,6 +286,9 @@ static void client_parse(client *cl, client_args *a, int argc, char **argv)
                 cmd_die_usage("--output is table or json");
             a->output = optarg;
             break;
+        case 'b':
+            a->batch = optarg;
+            break;
         case 'h':
             fputs(cmd_client_usage, stdout);
             exit(0);
@@ -280,12 +299,13 @@ static void client_parse(client *cl, client_args *a, int argc, char **argv)
     }
 }
 
-static char *read_stdin(size_t *len)
+/* All of f, or NULL (out of memory, or a read error: errno). */
+static char *read_all(FILE *f, size_t *len)
 {
     size_t cap = 65536, n = 0;
     char *buf = malloc(cap);
     size_t r;
-    while (buf && (r = fread(buf + n, 1, cap - n, stdin)) > 0) {
+    while (buf && (r = fread(buf + n, 1, cap - n, f)) > 0) {
         n += r;
         if (n == cap) {
             char *nb = realloc(buf, cap *= 2);
@@ -294,8 +314,47 @@ static char *read_stdin(size_t *len)
             buf = nb;
         }
     }
+    if (buf && ferror(f)) {
+        free(buf);
+        errno = EIO;
+        return NULL;
+    }
+    if (!buf)
+        errno = ENOMEM;
     *len = n;
     return buf;
+}
+
+static char *read_stdin(size_t *len)
+{
+    return read_all(stdin, len);
+}
+
+/* POST /events with the batch in path ("-": stdin): an array when it
+ * starts with '[' (after a BOM and blanks), else NDJSON (the service checks
+ * every item). */
+static int dispatch_batch(client *cl, const char *path)
+{
+    size_t len = 0;
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    char *body = f ? read_all(f, &len) : NULL;
+    int err = errno;
+    if (f && f != stdin)
+        fclose(f);
+    if (!body) {
+        fprintf(stderr, "taskbus: cannot read %s: %s\n", path, strerror(err));
+        return 2;
+    }
+    /* A UTF-8 byte order mark (editors write one) is not the body's start;
+     * the service skips it too. */
+    size_t i = len >= 3 && !memcmp(body, "\xEF\xBB\xBF", 3) ? 3 : 0;
+    while (i < len && strchr(" \t\r\n", body[i]) && body[i])
+        i++;
+    const char *ctype =
+        i < len && body[i] == '[' ? "application/json" : "application/x-ndjson";
+    int rc = request_as(cl, "POST", "/events", ctype, body, len, 0);
+    free(body);
+    return rc;
 }
 
 int cmd_dispatch_main(int argc, char **argv)
@@ -304,6 +363,14 @@ int cmd_dispatch_main(int argc, char **argv)
     client_args a;
     client_parse(&cl, &a, argc, argv);
     int npos = argc - optind;
+    if (a.batch) {
+        if (npos != 0)
+            cmd_die_usage("dispatch --batch FILE takes no NAME or DATA: the "
+                          "names are in the file");
+        int rc = dispatch_batch(&cl, a.batch);
+        free(cl.token);
+        return rc;
+    }
     if (npos < 1 || npos > 2)
         cmd_die_usage("dispatch wants NAME and at most one DATA argument");
     char path[1024], enc[700];

@@ -6,6 +6,7 @@
  * Usage: bench_ws -m load -p PORT [-c CLIENTS] [-P PATTERNS] [-n EVENTS]
  *                 [-r RATE] [-k CONNS] [-W WINDOW] [-j THREADS]
  *                 [-C CONCURRENCY] [-s BYTES] [-S SERVER_PID] [-d SECONDS]
+ *                 [-b BATCH]
  *        bench_ws -m test
  *
  *   load  CLIENTS websocket clients (default 1) on 127.0.0.1:PORT, client i
@@ -28,7 +29,10 @@
  *                    events already published and not yet received (-W;
  *                    0: no limit), so that a fan-out run measures what the
  *                    server sustains rather than how fast it drains a
- *                    backlog. A 503 answer is retried.
+ *                    backlog. A 503 answer is retried. With -b BATCH
+ *                    (more than 1), each POST carries BATCH consecutive
+ *                    events as a JSON array to POST /events, and its
+ *                    answer must hold one id per event.
  *         Receivers find "seq" and "t" in each frame by string search (not
  *         a JSON parse), keep one bit per expected event per client (lost,
  *         duplicated, or delivered to a client whose pattern does not match:
@@ -145,12 +149,13 @@ typedef struct pubc {
     struct bufferevent *bev;
     int busy, used;
     int64_t job; /* seq, or -1 - pattern for a probe */
+    int count;   /* events in the POST: 1, or up to -b in a batch */
 } pubc;
 
 static struct {
     /* options */
     int port, nclients, npat, nevents, rate, nconns, window, nthreads, conc,
-        dsize, deadline_s, server_pid;
+        dsize, deadline_s, server_pid, batch;
     struct sockaddr_in sa;
     wsc *c;
     lthread t[THREADS_MAX];
@@ -166,7 +171,10 @@ static struct {
     uint32_t next_seq, acked;
     uint64_t issued; /* deliveries the issued events are due */
     int64_t *retry;
+    int *retry_count;
     int nretry;
+    char *batch_body; /* -b: the JSON array of one POST */
+    uint64_t bad_ids; /* batch answers without one id per event */
     int probe_next, probe_round;
     int64_t probe_at;
     uint64_t busy503, resent, reconnects;
@@ -611,10 +619,16 @@ static void wsc_pump(lthread *t)
 
 /* -------------------------------------------------------------- publisher */
 
-static int64_t pub_next_job(int64_t now)
+/* The next POST: its first seq (a probe: -1 - pattern) and, in *count, how
+ * many events it carries (consecutive seqs). */
+static int64_t pub_next_job(int64_t now, int *count)
 {
-    if (L.nretry)
-        return L.retry[--L.nretry];
+    *count = 1;
+    if (L.nretry) {
+        L.nretry--;
+        *count = L.retry_count[L.nretry];
+        return L.retry[L.nretry];
+    }
     if (L.phase == PH_PROBE && L.probe_next < L.npat)
         return -1 - (int64_t)L.probe_next++;
     if (L.phase != PH_RUN || L.next_seq >= (uint32_t)L.nevents)
@@ -627,8 +641,39 @@ static int64_t pub_next_job(int64_t now)
         L.issued - atomic_load_explicit(&L.delivered, memory_order_relaxed) >=
             (uint64_t)L.window)
         return NO_JOB;
-    L.issued += L.fan[L.next_seq % (uint32_t)L.npat];
-    return L.next_seq++;
+    uint32_t first = L.next_seq;
+    uint32_t left = (uint32_t)L.nevents - first;
+    *count = L.batch < 2
+                 ? 1
+                 : (int)(left < (uint32_t)L.batch ? left : (uint32_t)L.batch);
+    for (int i = 0; i < *count; i++)
+        L.issued += L.fan[(first + (uint32_t)i) % (uint32_t)L.npat];
+    L.next_seq += (uint32_t)*count;
+    return first;
+}
+
+/* The body of a batch POST: events first .. first + count - 1, each as an
+ * item {"name": "bench.p<seq % PATTERNS>.e", "data": <the single-event
+ * body>}. Its length. */
+static int batch_body(int64_t first, int count)
+{
+    char *o = L.batch_body;
+    int64_t t = mono_ns();
+    *o++ = '[';
+    for (int i = 0; i < count; i++) {
+        int64_t seq = first + i;
+        o += sprintf(o, "%s{\"name\":\"bench.p%d.e\",\"data\":", i ? "," : "",
+                     (int)(seq % L.npat));
+        int n = sprintf(o, "{\"seq\":%" PRId64 ",\"t\":%" PRId64 ",\"p\":\"",
+                        seq, t);
+        memset(o + n, 'x', (size_t)(L.dsize - n - 2));
+        o += L.dsize - 2;
+        *o++ = '"';
+        *o++ = '}';
+        *o++ = '}';
+    }
+    *o++ = ']';
+    return (int)(o - L.batch_body);
 }
 
 static void pub_on_read(struct bufferevent *bev, void *arg);
@@ -661,14 +706,19 @@ static void pub_issue(pubc *p)
 
     if (p->busy || atomic_load(&L.stop))
         return;
-    int64_t now = mono_ns(), job = pub_next_job(now);
+    int count;
+    int64_t now = mono_ns(), job = pub_next_job(now, &count);
     if (job == NO_JOB)
         return;
     if (!p->bev && pub_connect(p) != 0) {
         lfail("publisher: cannot connect to 127.0.0.1:%d", L.port);
         return;
     }
-    if (job >= 0) {
+    if (job >= 0 && L.batch > 1) {
+        bn = batch_body(job, count);
+        body = L.batch_body;
+        hn = snprintf(head, sizeof head, "POST /events HTTP/1.1\r\n");
+    } else if (job >= 0) {
         int n = snprintf(L.body, 64,
                          "{\"seq\":%" PRId64 ",\"t\":%" PRId64 ",\"p\":\"", job,
                          mono_ns());
@@ -692,6 +742,7 @@ static void pub_issue(pubc *p)
     evbuffer_add(out, body, (size_t)bn);
     p->busy = 1;
     p->job = job;
+    p->count = count;
 }
 
 static void pub_kick(void)
@@ -700,10 +751,12 @@ static void pub_kick(void)
         pub_issue(&L.pc[i]);
 }
 
-static void pub_retry(int64_t job)
+static void pub_retry(int64_t job, int count)
 {
-    if (job >= 0)
-        L.retry[L.nretry++] = job;
+    if (job >= 0) {
+        L.retry[L.nretry] = job;
+        L.retry_count[L.nretry++] = count;
+    }
 }
 
 static void pub_on_event(struct bufferevent *bev, short what, void *arg)
@@ -730,10 +783,20 @@ static void pub_on_event(struct bufferevent *bev, short what, void *arg)
         /* The POST may have been taken: sent again, it may duplicate. */
         if (p->job >= 0) {
             L.resent++;
-            pub_retry(p->job);
+            pub_retry(p->job, p->count);
         }
     }
     pub_issue(p);
+}
+
+/* The ids in a batch's answer {"ids":["a","b",...]}: its strings, less
+ * the "ids" key. */
+static int ids_in(const char *body, size_t len)
+{
+    int quotes = 0;
+    for (size_t i = 0; i < len; i++)
+        quotes += body[i] == '"';
+    return quotes / 2 - 1;
 }
 
 static void pub_on_read(struct bufferevent *bev, void *arg)
@@ -764,14 +827,19 @@ static void pub_on_read(struct bufferevent *bev, void *arg)
         }
         if (status == 202) {
             if (p->job >= 0) {
-                L.acked++;
+                L.acked += (uint32_t)p->count;
                 L.t_last_ack = mono_ns();
             }
+            /* A batch answers {"ids": [...]}: one id per event. */
+            if (p->job >= 0 && L.batch > 1 &&
+                ids_in(h + hl, (size_t)cl) != p->count)
+                L.bad_ids++;
         } else if (status == 503) {
             L.busy503++;
-            pub_retry(p->job);
+            pub_retry(p->job, p->count);
         } else {
-            lfail("publisher: POST /events/bench.p%d.e: %.*s: %.*s",
+            lfail("publisher: POST %s/bench.p%d.e: %.*s: %.*s",
+                  L.batch > 1 ? "/events (a batch from" : "/events",
                   (int)(p->job >= 0 ? p->job % L.npat : -1 - p->job),
                   (int)strcspn(h, "\r\n"), h, (int)(cl > 300 ? 300 : cl),
                   h + hl);
@@ -967,10 +1035,12 @@ static int load_report(void)
                    ? (double)(L.rss_after - L.rss_before) * 1024 / L.nclients
                    : -1.0);
     printf("load published: %" PRIu32 " of %d in %.3f s: %.0f/s (%d "
-           "connections%s; 503 busy %" PRIu64 ", resent %" PRIu64
-           ", reconnects %" PRIu64 ")\n",
+           "connections%s, %d event(s) a POST; 503 busy %" PRIu64
+           ", resent %" PRIu64 ", reconnects %" PRIu64 ", bad id lists %" PRIu64
+           ")\n",
            L.acked, L.nevents, pubs, pubs > 0 ? L.acked / pubs : 0, L.nconns,
-           L.rate ? ", paced" : "", L.busy503, L.resent, L.reconnects);
+           L.rate ? ", paced" : "", L.batch, L.busy503, L.resent, L.reconnects,
+           L.bad_ids);
     printf("load delivered: %" PRIu64 " of %" PRIu64 " in %.3f s: %.0f/s "
            "(lost %" PRIu64 ", duplicated %" PRIu64 ", foreign %" PRIu64
            ", frames %" PRIu64 ", clients closed by the server %d)\n",
@@ -996,13 +1066,15 @@ static int load_report(void)
            " load_cpu_ms=%.0f server_cpu_ms=%.0f other_cpu_ms=%.0f"
            " wall_s=%.3f cpu_s=%.3f"
            " rss_before_kb=%ld rss_after_kb=%ld connect_s=%.3f busy503=%" PRIu64
-           " resent=%" PRIu64 " closed=%d failed=%d\n",
+           " resent=%" PRIu64 " closed=%d failed=%d batch=%d bad_ids=%" PRIu64
+           "\n",
            L.nclients, L.npat, L.nevents, L.acked, L.expected, delivered, lost,
            dups, foreign, pubs > 0 ? L.acked / pubs : 0,
            ds > 0 ? (double)delivered / ds : 0, hist_pct(h, 50) / 1e3,
            hist_pct(h, 90) / 1e3, hist_pct(h, 99) / 1e3, (double)h->max / 1e3,
            lms, sms, oms, ds, cpus, L.rss_before, L.rss_after, cs, L.busy503,
-           L.resent, atomic_load(&L.closed), atomic_load(&L.failed));
+           L.resent, atomic_load(&L.closed), atomic_load(&L.failed), L.batch,
+           L.bad_ids);
     fflush(stdout);
     if (atomic_load(&L.errors) > 3)
         fprintf(stderr, "bench_ws: and %d more errors\n",
@@ -1010,6 +1082,13 @@ static int load_report(void)
     if (!ran) {
         fprintf(stderr, "bench_ws: no event was published: the run failed "
                         "before it began\n");
+        return 1;
+    }
+    if (L.bad_ids) {
+        fprintf(stderr,
+                "bench_ws: %" PRIu64 " batch answers without one id per "
+                "event\n",
+                L.bad_ids);
         return 1;
     }
     if (lost || dups || foreign) {
@@ -1061,8 +1140,11 @@ static int load_run(void)
     L.fan = calloc((size_t)L.npat, sizeof *L.fan);
     L.pc = calloc((size_t)L.nconns, sizeof *L.pc);
     L.retry = calloc((size_t)L.nconns + 1, sizeof *L.retry);
+    L.retry_count = calloc((size_t)L.nconns + 1, sizeof *L.retry_count);
     L.body = malloc((size_t)L.dsize + 1);
-    if (!L.c || !L.fan || !L.pc || !L.retry || !L.body) {
+    L.batch_body = malloc((size_t)L.batch * ((size_t)L.dsize + 64) + 2);
+    if (!L.c || !L.fan || !L.pc || !L.retry || !L.retry_count || !L.body ||
+        !L.batch_body) {
         fprintf(stderr, "bench_ws: out of memory\n");
         return 1;
     }
@@ -1227,7 +1309,7 @@ static void usage(void)
             "[-n EVENTS] [-r RATE]\n"
             "                [-k CONNS] [-W WINDOW] [-j THREADS] "
             "[-C CONCURRENCY] [-s BYTES]\n"
-            "                [-S SERVER_PID] [-d SECONDS]\n"
+            "                [-S SERVER_PID] [-d SECONDS] [-b BATCH]\n"
             "       bench_ws -m test\n"
             "  -m  load: the load generator; test: self-test (the baseline "
             "server is\n"
@@ -1246,7 +1328,9 @@ static void usage(void)
             "  -C  websocket handshakes in progress at once (default 256)\n"
             "  -s  event data size in bytes, 64 or more (default 128)\n"
             "  -S  server pid: its CPU time and VmRSS from /proc\n"
-            "  -d  deadline in seconds (default 120)\n");
+            "  -d  deadline in seconds (default 120)\n"
+            "  -b  events per POST (default 1: POST /events/NAME); more: "
+            "POST /events\n      with a JSON array of that many\n");
     exit(2);
 }
 
@@ -1274,7 +1358,8 @@ int main(int argc, char **argv)
     L.conc = 256;
     L.dsize = 128;
     L.deadline_s = -1;
-    while ((c = getopt(argc, argv, "m:p:c:P:n:r:k:W:j:C:s:S:d:h")) != -1) {
+    L.batch = 1;
+    while ((c = getopt(argc, argv, "m:p:c:P:n:r:k:W:j:C:s:S:d:b:h")) != -1) {
         switch (c) {
         case 'm':
             mode = optarg;
@@ -1314,6 +1399,9 @@ int main(int argc, char **argv)
             break;
         case 'd':
             L.deadline_s = int_opt(optarg, 1, 86400);
+            break;
+        case 'b':
+            L.batch = int_opt(optarg, 1, 100000);
             break;
         default:
             usage();

@@ -14,7 +14,7 @@
 #               source tree that has those it needs (bench_ws, and
 #               bench_wsraw for raw, taskbus for taskbus; see -t).
 #               This script builds nothing.
-#   -s LIST     scenarios, comma-separated (default 1,2,3,4,5):
+#   -s LIST     scenarios, comma-separated (default 1,2,3,4,5; 6 on request):
 #                 1  one subscriber: events/s received with events POSTed as
 #                    fast as they are answered (none lost), then p50/p99
 #                    publish-to-receive latency at 1 000 events/s
@@ -26,6 +26,15 @@
 #                    and with them, per client (then 20 events to each, to
 #                    prove they are subscribed)
 #                 5  wrk -t2 -c50: GET /healthz and POST /events/x (128 B)
+#                 6  batch publish: one subscriber, events POSTed 64 at a
+#                    time (POST /events, a JSON array) and one at a time
+#                    (POST /events/NAME, the baseline) by 16 keep-alive
+#                    publishers, at most 2048 deliveries outstanding, on
+#                    taskbus with a throwaway redis-server (the headline;
+#                    needs redis-server) and on the in-process bus; events/s
+#                    accepted and delivered, batch/single ratio, target
+#                    200 000/s delivered on Redis. Its own servers, with
+#                    the default settings (raw has no batch route).
 #   -q          quick: smaller runs (about a third of the time)
 #   -j THREADS  load generator event-loop threads, 1 or 2 (default 1)
 #   -k CONNS    publisher connections, one POST in flight each (default 4)
@@ -87,8 +96,8 @@ while getopts "s:qj:k:t:h" opt; do
 done
 shift $((OPTIND - 1))
 (($# == 0)) || usage
-[[ $scen =~ ^[1-5](,[1-5])*$ ]] || {
-    echo "run_ws.sh: -s takes scenarios 1 to 5, comma-separated" >&2
+[[ $scen =~ ^[1-6](,[1-6])*$ ]] || {
+    echo "run_ws.sh: -s takes scenarios 1 to 6, comma-separated" >&2
     exit 2
 }
 [[ $threads =~ ^[12]$ ]] || {
@@ -144,6 +153,10 @@ for tool in "$py" timeout curl; do
         exit 2
     fi
 done
+if want 6 && ! command -v redis-server >/dev/null; then
+    echo "run_ws.sh: scenario 6 needs redis-server (Debian: redis-server)" >&2
+    exit 2
+fi
 if want 5 && ! command -v wrk >/dev/null; then
     echo "run_ws.sh: scenario 5 needs wrk (Debian: wrk)" >&2
     exit 2
@@ -151,9 +164,9 @@ fi
 
 # Sizes: full / quick.
 if ((quick)); then
-    n1=50000 lat1_s=3 n2=500 lat2_s=2 n3=10000 wrk_s=2
+    n1=50000 lat1_s=3 n2=500 lat2_s=2 n3=10000 wrk_s=2 n6=64000
 else
-    n1=200000 lat1_s=10 n2=2000 lat2_s=5 n3=50000 wrk_s=5
+    n1=200000 lat1_s=10 n2=2000 lat2_s=5 n3=50000 wrk_s=5 n6=256000
 fi
 n4_clients=10000
 
@@ -171,16 +184,18 @@ if use taskbus && ! "$tb" --help 2>&1 | grep -q -- --quiet; then
 fi
 
 declare -A spid sport
-# start_server KIND: starts raw or taskbus on a free port; sets spid[KIND]
-# and sport[KIND]. Non-zero if it did not answer /healthz within 5 s.
+# start_server KIND [ARG...]: starts raw, or taskbus (any other KIND, with
+# ARGs added) on a free port; sets spid[KIND] and sport[KIND]. Non-zero if
+# it did not answer /healthz within 5 s.
 start_server() {
     local kind=$1 port pid code
+    shift
     port=$(free_port)
     if [[ $kind == raw ]]; then
         "$rawbin" -p "$port" -d $((total_s + 60)) >"$tmp/$kind.out" 2>"$tmp/$kind.err" &
     else
         timeout -k 5 $((total_s + 60)) "$tb" --listen "127.0.0.1:$port" --workers 2 \
-            --tick 0 $quiet_flag >/dev/null 2>"$tmp/$kind.err" &
+            --tick 0 $quiet_flag "$@" >/dev/null 2>"$tmp/$kind.err" &
     fi
     pid=$!
     pids+=("$pid")
@@ -197,7 +212,7 @@ start_server() {
         return 1
     fi
     # timeout(1) runs taskbus as its child: measure the server itself.
-    if [[ $kind == taskbus ]]; then
+    if [[ $kind != raw ]]; then
         local child
         child=$(pgrep -P "$pid" | head -1)
         [[ -n $child ]] && pid=$child
@@ -367,6 +382,33 @@ for k in "${kinds[@]}"; do
     fi
 done
 
+if want 6; then
+    echo "## 6. batch publish: one subscriber, $n6 events of 128 bytes, 16 publishers, at most 2048 deliveries outstanding"
+    echo "     64 events a POST (POST /events) and 1 (POST /events/NAME), Redis bus and in-process bus"
+    if redis_start; then
+        echo "# redis:    pid $redis_pid: redis-server on 127.0.0.1:$redis_port ($(redis-server --version | awk '{print $3}'))"
+        for bus in redis memory; do
+            args=()
+            [[ $bus == redis ]] && args+=(--redis-url "redis://127.0.0.1:$redis_port")
+            if ! start_server "tb-$bus" "${args[@]}"; then
+                failed=1
+                continue
+            fi
+            echo "# tb-$bus: pid ${spid[tb-$bus]}: taskbus --listen 127.0.0.1:${sport[tb-$bus]} --workers 2 --tick 0 ${args[*]:-}"
+            for b in 64 1; do
+                echo " $bus bus, $b event(s) a POST"
+                # -k 16: the 16 keep-alive publishers.
+                load s6 "tb-$bus" "b$b" -c 1 -n "$n6" -b "$b" -k 16 -W 2048
+            done
+            stop_server "${spid[tb-$bus]}"
+            unset "spid[tb-$bus]"
+        done
+    else
+        failed=1
+    fi
+    echo
+fi
+
 if want 4; then
     echo "## 4. $n4_clients idle clients on a fresh server: its VmRSS (then 20 events to each)"
     for k in "${kinds[@]}"; do
@@ -488,6 +530,47 @@ if R.get(("s5", "raw")) or R.get(("s5", "taskbus")):
     row("5  wrk GET /healthz req/s", "s5", "rps", "/s", label="healthz")
     row("5  wrk POST /events/x req/s", "s5", "rps", "/s", label="post")
 
+def s6_rows():
+    out = []
+    for bus, target in (("redis", 200000), ("memory", None)):
+        k = ("s6", "tb-" + bus)
+        runs = {d.get("label"): d for d in R.get(k, [])}
+        if not runs:
+            continue
+        def f(label, key):
+            try:
+                return float(runs[label][key])
+            except (KeyError, ValueError):
+                return None
+        def clean(label):
+            d = runs.get(label, {})
+            return (bool(d) and d.get("rc") == "0" and d.get("lost") == "0"
+                    and d.get("dup") == "0" and d.get("foreign") == "0"
+                    and d.get("bad_ids", "0") == "0")
+        for key, what in (("pub_rate", "accepted"), ("rate", "delivered")):
+            b, s1 = f("b64", key), f("b1", key)
+            ratio = f"{b / s1:.2f}" if b and s1 else "-"
+            verdict = ""
+            if target and key == "rate" and b is not None:
+                verdict = "PASS" if b >= target and clean("b64") else "MISS"
+            out.append((f"6  {bus} bus: events/s {what}", n(b, "/s"), n(s1, "/s"), ratio,
+                        f">= {target:,}/s" if target and key == "rate" else "", verdict))
+        for label in ("b64", "b1"):
+            d = runs.get(label)
+            if d:
+                out.append((f"   {bus} {label}: lost / duplicated / foreign / bad id lists",
+                            f"{d.get('lost', '?')} / {d.get('dup', '?')} / {d.get('foreign', '?')} / {d.get('bad_ids', '?')}",
+                            "", "", "0 / 0 / 0 / 0", "PASS" if clean(label) else "FAIL"))
+    return out
+
+if R.get(("s6", "tb-redis")) or R.get(("s6", "tb-memory")):
+    r6 = s6_rows()
+    head = ("measure (scenario 6)", "64 a POST", "1 a POST", "ratio", "target", "result")
+    w = [max(len(r[i]) for r in r6 + [head]) for i in range(len(head))]
+    for r in [head, tuple("-" * x for x in w)] + r6:
+        print("| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |")
+    print()
+
 if rows:
     head = ("measure", "raw", "taskbus", "taskbus/raw", "target (taskbus)", "result")
     w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
@@ -495,11 +578,11 @@ if rows:
         print("| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |")
     print()
 
-names = {"s1": "1a", "s1lat": "1b", "s2": "2a", "s2lat": "2b", "s3": "3", "s4": "4"}
+names = {"s1": "1a", "s1lat": "1b", "s2": "2a", "s2lat": "2b", "s3": "3", "s4": "4", "s6": "6"}
 print("CPU over each run's timed part (first event to the end of the run); one core = 100%;")
 print("rest: everything else on the machine (other processes, and loopback softirqs charged to none):")
-for sc in ("s1", "s1lat", "s2", "s2lat", "s3", "s4"):
-    for k in ("raw", "taskbus"):
+for sc in ("s1", "s1lat", "s2", "s2lat", "s3", "s4", "s6"):
+    for k in ("raw", "taskbus", "tb-redis", "tb-memory"):
         for d in R.get((sc, k), []):
             try:
                 wall = float(d.get("cpu_s", d["wall_s"]))
@@ -508,7 +591,8 @@ for sc in ("s1", "s1lat", "s2", "s2lat", "s3", "s4"):
             except (KeyError, ValueError):
                 continue
             pct = (lambda ms: f"{ms / 10 / wall:.0f}%") if wall > 0 else (lambda ms: "-")
-            print(f"  {names[sc]:>2} {k:<8} load generator {lc:6.0f} ms ({pct(lc):>4}), "
+            who = f"{k} {d.get('label')}" if sc == "s6" else k
+            print(f"  {names[sc]:>2} {who:<8} load generator {lc:6.0f} ms ({pct(lc):>4}), "
                   f"server {sc_:6.0f} ms ({pct(sc_):>4}), rest {oc:6.0f} ms ({pct(oc):>4}) "
                   f"in {wall:.3f} s")
 for k in ("raw", "taskbus"):

@@ -4,6 +4,7 @@
 #include "harness.h"
 
 #include <stdatomic.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -303,6 +304,22 @@ static int fb_publish(tb__bus *b, tb_event *ev, tb__publish_cb cb, void *ud)
     }
 }
 
+/* All or none, as a bus must: down or full refuses the first event and so
+ * the lot; held, each event's callback waits as publish's (the one before
+ * given up). n is never 0 here (the core does not publish none). */
+static int fb_publish_many(tb__bus *b, tb_event *const *evs, size_t n,
+                           tb__publish_cb cb, void *const *uds)
+{
+    fake_bus *f = (fake_bus *)b;
+    int mode = atomic_load(&f->mode);
+    if (mode == FB_PASS)
+        return f->inner->ops->publish_many(f->inner, evs, n, cb, uds);
+    int rc = fb_publish(b, evs[0], cb, uds ? uds[0] : NULL);
+    for (size_t i = 1; rc == 0 && i < n; i++)
+        fb_publish(b, evs[i], cb, uds ? uds[i] : NULL);
+    return rc;
+}
+
 static void fb_status(tb__bus *b, tb_bus_info *out)
 {
     fake_bus *f = (fake_bus *)b;
@@ -329,8 +346,14 @@ static void fb_free(tb__bus *b)
 }
 
 static const tb__bus_ops fake_bus_ops = {
-    "fake",  fb_start, fb_publish, fb_status, fb_stop,
-    fb_free, NULL,     NULL,       NULL,      0};
+    .name = "fake",
+    .start = fb_start,
+    .publish = fb_publish,
+    .status = fb_status,
+    .stop = fb_stop,
+    .free = fb_free,
+    .publish_many = fb_publish_many,
+};
 
 static fake_bus *wrap_bus(tb_app *app)
 {
@@ -382,6 +405,70 @@ static void bus_errors_body(tb_app *app, void *arg)
     st = call(app, "GET", "/readyz", NULL, &j);
     TH_CHECK_EQ(st, 200);
     json_decref(j);
+}
+
+/* A batch whose event the fake bus holds: its answer (504 once
+ * released). */
+static void *held_batch(void *arg)
+{
+    tb_app *app = arg;
+    json_t *j = NULL;
+    static const char body[] = "[{\"name\":\"api.held\"}]";
+    intptr_t st =
+        call_body(app, "POST", "/events", NULL, body, sizeof body - 1, &j);
+    json_decref(j);
+    return (void *)st;
+}
+
+/* core.batch_max_concurrent 1: while one batch waits for the bus, a second
+ * is 503 busy naming the setting; once the first is answered, one passes. */
+static void batch_concurrency_body(tb_app *app, void *arg)
+{
+    fake_bus *f = arg;
+    static const char body[] = "[{\"name\":\"api.b\"}]";
+    atomic_store(&f->mode, FB_HOLD);
+    pthread_t t;
+    TH_CHECK_EQ(pthread_create(&t, NULL, held_batch, app), 0);
+    for (int i = 0; i < 2000; i++) { /* until the bus holds its event */
+        pthread_mutex_lock(&f->mu);
+        int held = f->held_cb != NULL;
+        pthread_mutex_unlock(&f->mu);
+        if (held)
+            break;
+        usleep(1000);
+    }
+    atomic_store(&f->mode, FB_PASS);
+    json_t *j = NULL;
+    int st = call_body(app, "POST", "/events", NULL, body, sizeof body - 1, &j);
+    const char *msg;
+    CHECK_ERROR(j, st, 503, "busy");
+    msg = jget_str(j, "message");
+    TH_CHECKF(msg && strstr(msg, "core.batch_max_concurrent"), "message: %s",
+              msg ? msg : "(none)");
+    json_decref(j);
+    fb_release(f);
+    void *held_st;
+    pthread_join(t, &held_st);
+    TH_CHECK_EQ((int)(intptr_t)held_st, 504);
+    st = call_body(app, "POST", "/events", NULL, body, sizeof body - 1, &j);
+    TH_CHECK_EQ(st, 202);
+    json_decref(j);
+}
+
+static void test_batch_concurrency(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.core.workers = 1;
+    cfg.core.batch_max_concurrent = 1;
+    cfg.redis.command_timeout_ms = 20000; /* the held batch waits for us */
+    tb_app *app = th_app_new_cfg(&cfg);
+    assert_rc(tb_app_add_api(app), 0);
+    fake_bus *f = wrap_bus(app);
+    assert_rc(th_run_thread(app, batch_concurrency_body, f, 30000), 0);
+    th_assert_clean();
+    tb_app_free(app);
 }
 
 static void test_bus_errors(void **state)
@@ -1377,6 +1464,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dispatch),
         cmocka_unit_test(test_bus_errors),
+        cmocka_unit_test(test_batch_concurrency),
         cmocka_unit_test(test_tasks),
         cmocka_unit_test(test_health),
         cmocka_unit_test(test_long_poll),

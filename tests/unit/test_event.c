@@ -4,6 +4,8 @@
  * exactly-once delivery, through the public API of taskbus.h. */
 #include "harness.h"
 
+#include "internal.h"
+
 /* ------------------------------------------------------------ arming */
 
 static int ack_body(tb_task *self, void *arg)
@@ -660,6 +662,156 @@ static void test_dispatch_when_not_running(void **state)
     tb_app_free(app);
 }
 
+/* ------------------------------------------------------------ batches */
+
+#define MANY 70 /* more than one Redis command carries */
+
+typedef struct many_ctx {
+    th_counter opened, done;
+    char got[MANY + 8][TB_EVENT_ID_MAX];
+    char data[MANY + 8][16];
+    int n;
+    atomic_int task_rc, task_wait_rc;
+} many_ctx;
+
+/* Records every "many.*" event until "many.end". */
+static int many_subscriber(tb_task *self, void *arg)
+{
+    many_ctx *c = arg;
+    int err = 0;
+    tb_sub *sub = tb_sub_open(self, "many.*", 1000, &err);
+    th_counter_add(&c->opened, 1);
+    if (!TH_CHECK(sub != NULL))
+        return -1;
+    for (;;) {
+        tb_event *ev = NULL;
+        if (!TH_CHECK_RC(tb_sub_next(self, sub, 5000, &ev), 0))
+            break;
+        int end = strcmp(tb_event_name(ev), "many.end") == 0;
+        if (!end && TH_CHECK(c->n < MANY + 8)) {
+            snprintf(c->got[c->n], TB_EVENT_ID_MAX, "%s", tb_event_id(ev));
+            snprintf(c->data[c->n], 16, "%s",
+                     (const char *)tb_event_data(ev, NULL));
+            c->n++;
+        }
+        tb_event_unref(ev);
+        if (end)
+            break;
+    }
+    tb_sub_close(sub);
+    th_counter_add(&c->done, 1);
+    return 0;
+}
+
+/* From a task: waiting is refused, taking is not. */
+static int many_in_task(tb_task *self, void *arg)
+{
+    many_ctx *c = arg;
+    tb_event_item it = {"many.task", "t", 1};
+    atomic_store(&c->task_wait_rc, tb_dispatch_many(tb_task_app(self), &it, 1,
+                                                    1000, NULL, NULL, NULL));
+    atomic_store(&c->task_rc, tb_dispatch_many(tb_task_app(self), &it, 1, 0,
+                                               NULL, NULL, NULL));
+    return 0;
+}
+
+static void drive_many(tb_app *app, void *ctx)
+{
+    many_ctx *c = ctx;
+    TH_CHECK_RC(th_add(app, "many-rx", 0, many_subscriber, c, NULL), 0);
+    if (!TH_CHECK(th_counter_wait_ge(&c->opened, 1, 5000)))
+        return;
+    static tb_event_item items[MANY + 1];
+    static char data[MANY + 1][16];
+    static char ids[MANY + 1][TB_EVENT_ID_MAX];
+    int status[MANY + 1];
+    for (int i = 0; i <= MANY; i++) {
+        snprintf(data[i], sizeof data[i], "%d", i);
+        items[i] = (tb_event_item){"many.e", data[i], strlen(data[i])};
+    }
+    /* One bad item: nothing at all is dispatched, its index is named. */
+    size_t bad = 0;
+    items[37].name = "many..e";
+    TH_CHECK_RC(tb_dispatch_many(app, items, MANY, 2000, ids, status, &bad),
+                TB_EINVAL);
+    TH_CHECK_EQ(bad, 37);
+    items[37].name = "many.e";
+    items[5].data = "\xff";
+    items[5].len = 1;
+    TH_CHECK_RC(tb_dispatch_many(app, items, MANY, 2000, ids, status, &bad),
+                TB_EINVAL);
+    TH_CHECK_EQ(bad, 5);
+    items[5].data = data[5];
+    items[5].len = 1;
+    /* core.batch_max_events is MANY: one more is refused whole. */
+    TH_CHECK_RC(tb_dispatch_many(app, items, MANY + 1, 2000, ids, status, &bad),
+                TB_EMSGSIZE);
+    TH_CHECK_EQ(bad, MANY);
+    /* MANY: all confirmed, each with its id, delivered in order. */
+    memset(status, 0x55, sizeof status);
+    TH_CHECK_RC(tb_dispatch_many(app, items, MANY, 2000, ids, status, &bad), 0);
+    for (int i = 0; i < MANY; i++) {
+        TH_CHECK_RC(status[i], 0);
+        TH_CHECK(ids[i][0] != '\0');
+    }
+    TH_CHECK_RC(tb_dispatch_many(app, NULL, 0, 2000, NULL, NULL, NULL), 0);
+    TH_CHECK_RC(th_add(app, "many-tx", 1, many_in_task, c, NULL), 0);
+    TH_CHECK(th_wait_state(app, "many-tx", TB_TASK_DONE, 5000));
+    TH_CHECK_RC(tb_dispatch(app, "many.end", NULL, 0, NULL), 0);
+    if (!TH_CHECK(th_counter_wait_ge(&c->done, 1, 5000)))
+        return;
+    TH_CHECK_EQ(c->n, MANY + 1); /* the batch, the task's one */
+    for (int i = 0; i < MANY && i < c->n; i++) {
+        TH_CHECK_STR(c->got[i], ids[i]);
+        TH_CHECK_STR(c->data[i], data[i]);
+    }
+    TH_CHECK_STR(c->data[MANY], "t");
+}
+
+static void test_dispatch_many(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.core.workers = 2;
+    cfg.core.batch_max_events = MANY;
+    tb_app *app = th_app_new_cfg(&cfg);
+    static many_ctx c;
+    memset(&c, 0, sizeof c);
+    th_counter_init(&c.opened);
+    th_counter_init(&c.done);
+    tb_event_item it = {"many.early", NULL, 0};
+    assert_rc(tb_dispatch_many(app, &it, 1, 100, NULL, NULL, NULL),
+              TB_ESHUTDOWN);
+    assert_rc(th_run_thread(app, drive_many, &c, 20000), 0);
+    th_assert_clean();
+    assert_rc(atomic_load(&c.task_wait_rc), TB_EDEADLK);
+    assert_rc(atomic_load(&c.task_rc), 0);
+    tb_app_free(app);
+    th_counter_destroy(&c.opened);
+    th_counter_destroy(&c.done);
+}
+
+/* A bus without publish_many would dispatch half a batch when it refused
+ * an event midway: the app refuses such a bus, and keeps the one it has. */
+static void test_bus_must_publish_many(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 2000);
+    tb__bus *had = app->bus;
+    tb__bus_ops ops = *had->ops;
+    ops.name = "half";
+    ops.publish_many = NULL;
+    tb__bus half = {&ops, app};
+    assert_rc(tb__app_use_bus(app, &half), TB_EINVAL);
+    assert_ptr_equal(app->bus, had);
+    ops.publish_many = had->ops->publish_many;
+    ops.publish = NULL;
+    assert_rc(tb__app_use_bus(app, &half), TB_EINVAL);
+    assert_rc(tb__app_use_bus(app, had), 0);
+    tb_app_free(app);
+}
+
 /* ------------------------------------------------------------ subscriptions */
 
 #define BURST 1000
@@ -1285,6 +1437,8 @@ int main(void)
         cmocka_unit_test(test_dispatch_when_not_running),
         cmocka_unit_test(test_event_data_must_be_utf8),
         cmocka_unit_test(test_dispatch_wait_and_bus_status),
+        cmocka_unit_test(test_dispatch_many),
+        cmocka_unit_test(test_bus_must_publish_many),
         cmocka_unit_test(test_subscription_misses_nothing),
         cmocka_unit_test(test_tail_wildcard_subscription),
         cmocka_unit_test(test_multi_pattern_subscription),
