@@ -680,7 +680,10 @@ static json_t *summable(json_t *o, const char *prefix, int depth)
         if (!out)
             break;
         char path[128];
-        snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", k);
+        int n = snprintf(path, sizeof path, "%s%s%s", prefix,
+                         *prefix ? "." : "", k);
+        if (n < 0 || (size_t)n >= sizeof path)
+            continue; /* no member of ours has so long a path */
         json_t *c;
         if (json_is_integer(v) && summed(path))
             c = json_integer(json_integer_value(v));
