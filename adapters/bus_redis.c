@@ -311,6 +311,7 @@ static void links_close(rbus *b)
 /* ---------------------------------------------------------------- publish */
 
 static void maybe_switch(rbus *b);
+static void flush_sendq(rbus *b);
 
 /* Reply to a PUBLISH: requests are answered in the order they were sent. */
 static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
@@ -332,7 +333,12 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
     if (reply->type == REDIS_REPLY_ERROR &&
         (tb__rb_readonly(b, reply->str) || tb__rh_noscript(b, reply->str)))
         return; /* kept in flight: resent after the reconnect */
-    int ok = reply->type == REDIS_REPLY_INTEGER;
+    /* The command carried q and the batch - 1 after it. */
+    tb__bus_req *last = q;
+    for (int k = 1; k < q->batch && last->next; k++)
+        last = last->next;
+    int ok = b->h_on ? tb__rh_published(b, reply, last)
+                     : reply->type == REDIS_REPLY_INTEGER;
     if (!ok && tb__ratelog_ok(&b->pub_log, now)) {
         char ch[128];
         tb__log(TB_LOG_ERROR,
@@ -342,12 +348,68 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
                 reply->type == REDIS_REPLY_ERROR ? reply->str
                                                  : "unexpected reply");
     }
-    /* The command carried q and the batch - 1 after it. */
-    for (int k = q->batch; k > 0 && b->inflight.head; k--)
-        tb__bus_tx_done(b->tx, tb__bus_reqlist_pop(&b->inflight),
-                        ok ? 0 : TB_EIO);
+    for (int k = q->batch; k > 0 && b->inflight.head; k--) {
+        tb__bus_req *p = tb__bus_reqlist_pop(&b->inflight);
+        if (ok && b->wait_n)
+            tb__bus_reqlist_push(&b->answered, p); /* until the WAIT */
+        else
+            tb__bus_tx_done(b->tx, p, ok ? 0 : TB_EIO);
+    }
+    if (b->stopping && !b->inflight.head && !b->answered.head && !b->sendq.head)
+        event_active(b->stop_ev, EV_TIMEOUT, 0);
+    maybe_switch(b);
+}
+
+/* The answer to the WAIT sent after the publishes in b->answered: how
+ * many replicas have them. Fewer than redis.wait_replicas: the events are
+ * in the master (and may have been delivered), but a failover now may
+ * lose them: their publishers get TB_ENOTREPLICATED, counted, and logged
+ * once per burst (the first, then a line with the count when replicas
+ * confirm again). */
+static void on_wait_reply(redisAsyncContext *ac, void *r, void *priv)
+{
+    (void)priv;
+    rlink *l = ac->data;
+    redisReply *reply = r;
+    /* NULL: the link is going; the answered requests are resent after the
+     * reconnect (the script skips what ran) and waited for there. */
+    if (!reply || ac != l->ac)
+        return;
+    rbus *b = l->b;
+    l->last_rx_us = tb__mono_us();
+    b->waiting = 0;
+    long long got = reply->type == REDIS_REPLY_INTEGER ? reply->integer : -1;
+    int full = got >= b->wait_n;
+    size_t n = b->answered.n;
+    if (full) {
+        tb__rh_acked(b);
+        if (b->wait_short) {
+            tb__log(TB_LOG_INFO,
+                    "redis bus: %d replica(s) confirm publishes again; %" PRIu64
+                    " event(s) were answered not_replicated meanwhile",
+                    b->wait_n, b->wait_short);
+            b->wait_short = 0;
+        }
+    } else {
+        if (!b->wait_short)
+            tb__log(
+                TB_LOG_WARN,
+                "redis bus: %s: %zu event(s) published on %s but not "
+                "confirmed by redis.wait_replicas (%d) replicas within %s ms: "
+                "answered not_replicated (a failover may lose them); logged "
+                "again when replicas confirm",
+                got < 0 ? "WAIT failed" : "too few replicas", n,
+                b->t.nsentinels ? b->master_host : b->url, b->wait_n,
+                b->wait_to_s);
+        b->wait_short += n;
+        tb__bus_unreplicated(b->bus.app, n);
+    }
+    while (b->answered.head)
+        tb__bus_tx_done(b->tx, tb__bus_reqlist_pop(&b->answered),
+                        full ? 0 : TB_ENOTREPLICATED);
     if (b->stopping && !b->inflight.head && !b->sendq.head)
         event_active(b->stop_ev, EV_TIMEOUT, 0);
+    flush_sendq(b);
     maybe_switch(b);
 }
 
@@ -365,10 +427,15 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
 static void flush_sendq(rbus *b)
 {
     rlink *l = &b->links[LINK_PUB];
-    if (b->failing || b->switching || !l->ac ||
+    /* One WAIT at a time: what is queued meanwhile goes out after its
+     * answer, in as few commands as fit, so that a WAIT covers many
+     * events (and a link without replicas costs a wait per round, not
+     * per event). */
+    if (b->failing || b->switching || b->waiting || !l->ac ||
         tb__bus_conn_state(b->conn) != TB_BUS_CONNECTED)
         return;
     int64_t now = tb__mono_us();
+    int sent = 0;
     tb__bus_req *q;
     while ((q = b->sendq.head) != NULL) {
         /* One command carries one PUBLISH, or with the history up to
@@ -408,6 +475,20 @@ static void flush_sendq(rbus *b)
         if (b->echo_out == 0)
             b->echo_last_us = now;
         b->echo_out += bytes;
+        sent = 1;
+    }
+    if (sent && b->wait_n) {
+        /* WAIT covers every write sent before it on this link. */
+        const char *argv[3] = {"WAIT", b->wait_n_s, b->wait_to_s};
+        size_t lens[3] = {4, strlen(b->wait_n_s), strlen(b->wait_to_s)};
+        if (redisAsyncCommandArgv(l->ac, on_wait_reply, NULL, 3, argv, lens) !=
+            REDIS_OK) {
+            tb__rb_fail(b, "cannot send WAIT: %s",
+                        l->ac->errstr[0] ? l->ac->errstr : "out of memory");
+            return;
+        }
+        b->waiting = 1;
+        b->wait_sent_us = now;
     }
 }
 
@@ -596,7 +677,8 @@ int tb__rb_readonly(rbus *b, const char *err)
  * flight, and all we published there seen back on `sub`. */
 static void maybe_switch(rbus *b)
 {
-    if (b->switching && !b->failing && !b->inflight.head && b->echo_out == 0)
+    if (b->switching && !b->failing && !b->inflight.head && !b->answered.head &&
+        b->echo_out == 0)
         tb__rb_fail(b, "%s", b->switch_why);
 }
 
@@ -734,6 +816,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
                     b->cmd_to_us / 1000);
         return;
     }
+    if (b->waiting && now - b->wait_sent_us > b->cmd_to_us) {
+        tb__rb_fail(b, "WAIT not answered within %" PRId64 " ms",
+                    b->cmd_to_us / 1000);
+        return;
+    }
     for (int i = 0; i < NLINKS; i++) {
         rlink *l = &b->links[i];
         if (l->ping_sent_us && now - l->ping_sent_us > b->cmd_to_us) {
@@ -829,8 +916,9 @@ static void became_connected(rbus *b)
                     b->t.master, b->up_host, b->up_port, b->master_host,
                     b->master_port);
             tb__bus_store_lost(b->bus.app);
-            /* ... and the history its last positions: a new epoch, before
-             * we publish anything there. */
+            /* ... and the history its last positions: before we publish
+             * anything there, the epoch goes on if the new master has
+             * what we acknowledged and saw, else a new one. */
             tb__rh_failover(b, NULL);
         }
         snprintf(b->up_host, sizeof b->up_host, "%s", b->master_host);
@@ -862,6 +950,10 @@ static void on_teardown(evutil_socket_t fd, short what, void *arg)
     links_close(b);
     tb__rsn_teardown(b);
     tb__bus_reqlist_prepend(&b->sendq, &b->inflight);
+    /* Published, but not confirmed by the WAIT: resent (the script skips
+     * what ran) and waited for on the next connection. */
+    tb__bus_reqlist_prepend(&b->sendq, &b->answered);
+    b->waiting = 0;
     b->attempting = 0;
     b->switching = 0;
     int lost;
@@ -907,6 +999,8 @@ static void finish(rbus *b)
     tb__rsn_finish(b);
     drain_inq(b);
     tb__bus_reqlist_prepend(&b->sendq, &b->inflight);
+    tb__bus_reqlist_prepend(&b->sendq, &b->answered);
+    b->waiting = 0;
     tb__bus_rx_tick(b->rx, INT64_MAX);
     tb__ratelog_flush(&b->pub_log, INT64_MAX);
     tb__ratelog_flush(&b->kv_log, INT64_MAX);
@@ -939,7 +1033,8 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
         struct timeval tv = tv_ms(b->cmd_to_us / 1000 + 1);
         event_add(b->stop_ev, &tv);
     }
-    if ((!b->sendq.head && !b->inflight.head) || now >= b->stop_deadline_us)
+    if ((!b->sendq.head && !b->inflight.head && !b->answered.head) ||
+        now >= b->stop_deadline_us)
         finish(b);
 }
 
@@ -1089,6 +1184,7 @@ static void rb_free(tb__bus *bus)
     tb__bus_tx_free(b->tx);
     tb__bus_reqlist_free(&b->sendq);
     tb__bus_reqlist_free(&b->inflight);
+    tb__bus_reqlist_free(&b->answered);
     tb__bus_rx_free(b->rx);
     tb__bus_conn_free(b->conn);
     tb__rkv_free(b);

@@ -93,7 +93,11 @@ typedef struct rbus {
     rlink links[NLINKS];
     tb__bus_reqlist sendq;    /* to send once connected (resends first) */
     tb__bus_reqlist inflight; /* sent on `pub`, answer pending; in order */
-    int attempting;           /* an attempt is under way */
+    tb__bus_reqlist answered; /* published, waiting for the WAIT after them
+                                 (redis.wait_replicas); in order */
+    int waiting;              /* a WAIT is in flight on `pub` */
+    int64_t wait_sent_us;
+    int attempting; /* an attempt is under way */
     int64_t attempt_us;
     int failing; /* teardown_ev is active: the first reason wins */
     char fail_why[256];
@@ -153,6 +157,16 @@ typedef struct rbus {
     char h_maxlen[16];            /* "=N" or "~N" */
     char h_ttl[16], h_txkeep[24]; /* ms */
     char h_stream[100], h_meta[100], h_tx[120];
+    /* redis.wait_replicas (0: no WAIT) and its timeout, as arguments. */
+    int wait_n;
+    char wait_n_s[16], wait_to_s[16];
+    uint64_t wait_short; /* events answered not_replicated this burst */
+    /* This instance's last publish the script answered (pend_*) and the
+     * last one acknowledged to its publisher (ack_*, after the WAIT with
+     * wait_n): a failover checks that the new master has it. */
+    char pend_epoch[TB_EPOCH_MAX], ack_epoch[TB_EPOCH_MAX];
+    uint64_t pend_seq, ack_seq;
+    char pend_id[TB_EVENT_ID_MAX], ack_id[TB_EVENT_ID_MAX];
 } rbus;
 
 /* --------------------------------------------------- the store (kv.c) */
@@ -262,6 +276,16 @@ int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
  * is started over in a new epoch, unless another instance did already.
  * Sent on `pub` before anything else. Bus thread. */
 void tb__rh_failover(rbus *b, const char *rolled_back);
+/* A publish command's reply: 1 when it is the script's answer ({appended,
+ * epoch, seq of the last appended}), whose position (the event last, the
+ * last of the command's) becomes the pending acknowledged one (committed
+ * at once without wait_n, else by tb__rh_acked after the WAIT). 0 for
+ * anything else. Bus thread. */
+int tb__rh_published(rbus *b, const struct redisReply *reply,
+                     const tb__bus_req *last);
+/* The WAIT after the pending publishes confirmed them: they are
+ * acknowledged. Bus thread. */
+void tb__rh_acked(rbus *b);
 /* A publish answered err: 1 when it was NOSCRIPT (the connection is
  * failed, to load the scripts and resend), else 0. */
 int tb__rh_noscript(rbus *b, const char *err);

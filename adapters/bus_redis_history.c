@@ -36,8 +36,9 @@
  * ARGV the instance's half of a new epoch (8 hex digits), maxlen ("~" or
  * "=" first), ttl ms, the publish number's keep ms, then for each event
  * (in queue order) its channel, envelope, name and publish number.
- * Events whose number ran already (a resend) are skipped. Returns how
- * many were appended. */
+ * Events whose number ran already (a resend) are skipped. Returns {how
+ * many were appended, the epoch, the seq of the last appended} ({0} when
+ * none was). */
 static const char pub_lua[] =
     "local prev = tonumber(redis.call('GET', KEYS[3]) or '0')\n"
     "local n, k, last = (#ARGV - 4) / 4, 0, prev\n"
@@ -45,7 +46,7 @@ static const char pub_lua[] =
     "  local tx = tonumber(ARGV[8 + 4 * i])\n"
     "  if tx > prev then k = k + 1; if tx > last then last = tx end end\n"
     "end\n"
-    "if k == 0 then return 0 end\n"
+    "if k == 0 then return {0} end\n"
     "redis.call('SET', KEYS[3], string.format('%d', last), 'PX', ARGV[4])\n"
     "local ep = redis.call('HGET', KEYS[2], 'epoch')\n"
     "if not ep then\n"
@@ -70,28 +71,100 @@ static const char pub_lua[] =
     "  end\n"
     "end\n"
     "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
-    "return k\n";
+    "return {k, ep, seq}\n";
 
-/* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the master it runs on
- * ("host:port" as the sentinels name it), this instance's half of a new
- * epoch, and the epoch it saw rolled back ("" after a failover). A new
- * epoch and an empty history, once: after a failover once per master (the
- * meta hash remembers the master its epoch was started for, and the
- * instances after the first skip it; whether this one knew an epoch does
- * not matter: a fresh one reaching the new master first starts it over
- * too); after a rollback once per epoch (skipped when it is no longer the
- * one seen). Returns 1 when it did. */
+/* KEYS[1] the stream, KEYS[2] the meta hash; ARGV[1] the master it runs
+ * on ("host:port" as the sentinels name it), [2] this instance's half of
+ * a new epoch, [3] the epoch it saw rolled back ("" after a failover),
+ * then (a failover) [4] "1" if this instance may keep the epoch
+ * (redis.wait_replicas > 0), [5] the epoch it knows ("" none), [6] [7]
+ * the seq and event id of its last acknowledged publish (0 ""), [8] [9]
+ * the last position delivered here and its event id ("": not known).
+ *
+ * After a rollback: a new epoch and an empty history, once per epoch
+ * (skipped when it is no longer the one seen). After a failover, the
+ * first instance to reach the new master (the hash's `master` is not this
+ * one) decides: it keeps the epoch when it may, the new master has it,
+ * its last acknowledged publish is there with the same id, and its last
+ * position delivered is there with the same id or beyond the new
+ * master's end; else a new epoch and an empty history, as before.
+ * Keeping, positions from the new master's end (`fork`) to the
+ * instance's last one (`fence`) were given out by the old master only
+ * (not replicated, so never acknowledged with a WAIT): they are skipped,
+ * never given out again (seq = fence). Each instance after it checks
+ * the same for itself, and may raise the fence while nothing new was
+ * given out past it; when its positions clash with the new master's
+ * (it saw, on the old master, positions given out here since), a new
+ * epoch. An instance that knows no epoch decides nothing (it saw
+ * nothing to protect), unless it may not keep (as before: a new epoch).
+ * Returns 0 (nothing to do), 1 (a new epoch), 2 (the epoch kept), 3
+ * (kept, the fence raised). */
 const char tb__rh_failover_lua[] =
-    "local m = redis.call('HMGET', KEYS[2], 'epoch', 'master')\n"
+    "local m = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'master', "
+    "'fork', 'fence')\n"
+    "local function restart()\n"
+    "  local t = redis.call('TIME')\n"
+    "  local ep = ARGV[2] .. string.format('%08x', (tonumber(t[1]) * 1000000 "
+    "+ tonumber(t[2])) % 4294967296)\n"
+    "  redis.call('DEL', KEYS[1])\n"
+    "  redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0, 'master', ARGV[1], "
+    "'fork', 0, 'fence', 0)\n"
+    "  return 1\n"
+    "end\n"
     "if ARGV[3] ~= '' then\n"
     "  if m[1] ~= ARGV[3] then return 0 end\n"
-    "elseif m[2] == ARGV[1] then return 0 end\n"
-    "local t = redis.call('TIME')\n"
-    "local ep = ARGV[2] .. string.format('%08x', (tonumber(t[1]) * 1000000 + "
-    "tonumber(t[2])) % 4294967296)\n"
-    "redis.call('DEL', KEYS[1])\n"
-    "redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0, 'master', ARGV[1])\n"
-    "return 1\n";
+    "  return restart()\n"
+    "end\n"
+    "local first = m[3] ~= ARGV[1]\n"
+    "local keep = ARGV[4] == '1'\n"
+    "if ARGV[5] == '' and keep then return 0 end\n"
+    "if ARGV[5] == '' or not m[1] or m[1] ~= ARGV[5] or (first and not "
+    "keep) then\n"
+    "  if first then return restart() end\n"
+    "  return 0\n"
+    "end\n"
+    "local seq = tonumber(m[2]) or 0\n"
+    "local fork, fence = tonumber(m[4] or '0') or 0, tonumber(m[5] or '0') "
+    "or 0\n"
+    "if first then fork, fence = seq, seq end\n"
+    "local f = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)\n"
+    "local oldest = seq + 1\n"
+    "if f[1] then oldest = tonumber(string.match(f[1][1], '^(%d+)')) end\n"
+    "local function has(s, id)\n"
+    "  if s < oldest then return true end\n"
+    "  local r = redis.call('XRANGE', KEYS[1], s .. '-0', s .. '-0')\n"
+    "  if not r[1] then return false end\n"
+    "  if id == '' then return s <= fork end\n"
+    "  local fv = r[1][2]\n"
+    "  for j = 1, #fv - 1, 2 do\n"
+    "    if fv[j] == 'e' then\n"
+    "      local h = '{\"id\":\"' .. id .. '\"'\n"
+    "      return string.sub(fv[j + 1], 1, #h) == h\n"
+    "    end\n"
+    "  end\n"
+    "  return false\n"
+    "end\n"
+    "local ack, last = tonumber(ARGV[6]) or 0, tonumber(ARGV[8]) or 0\n"
+    "if ack > 0 and (ack > seq or not has(ack, ARGV[7])) then return "
+    "restart() end\n"
+    "local raised = false\n"
+    "if last > seq then\n"
+    "  if not first and seq > fence then return restart() end\n"
+    "  seq, fence, raised = last, last, true\n"
+    "elseif last > 0 and not (last > fork and last <= fence) and not "
+    "has(last, ARGV[9]) then\n"
+    "  return restart()\n"
+    "end\n"
+    "if first then\n"
+    "  redis.call('HSET', KEYS[2], 'seq', seq, 'master', ARGV[1], 'fork', "
+    "fork, 'fence', fence)\n"
+    "  return 2\n"
+    "end\n"
+    "if raised then\n"
+    "  redis.call('HSET', KEYS[2], 'seq', seq, 'fence', fence)\n"
+    "  return 3\n"
+    "end\n"
+    "return 0\n";
 
 /* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the first entry id to
  * read, how many, how many bytes of names and envelopes at most (at least
@@ -182,6 +255,11 @@ void tb__rh_init(rbus *b, const tb_app_config *c)
     snprintf(b->h_meta, sizeof b->h_meta, "%shmeta", b->kv_prefix);
     snprintf(b->h_tx, sizeof b->h_tx, "%shtx:%s", b->kv_prefix,
              tb__app_instance(b->bus.app));
+    /* The config's rules allow WAIT with history on only: it confirms
+     * what the script stored, and a plain PUBLISH stores nothing. */
+    b->wait_n = c->redis.wait_replicas;
+    snprintf(b->wait_n_s, sizeof b->wait_n_s, "%d", b->wait_n);
+    snprintf(b->wait_to_s, sizeof b->wait_to_s, "%d", c->redis.wait_timeout_ms);
     tb__bus_rx_track(b->rx, fetch, b);
     tb__bus_rx_on_rollback(b->rx, rollback);
 }
@@ -224,6 +302,37 @@ int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
     return c;
 }
 
+int tb__rh_published(rbus *b, const redisReply *reply, const tb__bus_req *last)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER)
+        return 0;
+    if (reply->element[0]->integer == 0)
+        return 1; /* all of it ran before (a resend): nothing new */
+    const redisReply *ep = reply->elements == 3 ? reply->element[1] : NULL;
+    const redisReply *seq = reply->elements == 3 ? reply->element[2] : NULL;
+    if (!ep || ep->type != REDIS_REPLY_STRING || ep->len > 16 ||
+        !tb__epoch_valid(ep->str) || seq->type != REDIS_REPLY_INTEGER ||
+        seq->integer <= 0)
+        return 0;
+    memcpy(b->pend_epoch, ep->str, ep->len + 1);
+    b->pend_seq = (uint64_t)seq->integer;
+    snprintf(b->pend_id, sizeof b->pend_id, "%s", last->id);
+    if (!b->wait_n)
+        tb__rh_acked(b);
+    return 1;
+}
+
+void tb__rh_acked(rbus *b)
+{
+    if (!b->pend_seq)
+        return;
+    memcpy(b->ack_epoch, b->pend_epoch, sizeof b->ack_epoch);
+    b->ack_seq = b->pend_seq;
+    memcpy(b->ack_id, b->pend_id, sizeof b->ack_id);
+    b->pend_seq = 0;
+}
+
 static void on_failover(redisAsyncContext *ac, void *r, void *priv)
 {
     (void)priv;
@@ -231,11 +340,23 @@ static void on_failover(redisAsyncContext *ac, void *r, void *priv)
     redisReply *reply = r;
     if (!reply || ac != l->ac)
         return;
+    rbus *b = l->b;
     if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
         tb__log(TB_LOG_WARN,
                 "redis bus: the new master may lack the last events: the "
                 "history starts over in a new epoch (resuming clients are "
-                "told recovered false)");
+                "told recovered false)%s",
+                b->wait_n ? ""
+                          : "; redis.wait_replicas > 0 would let it "
+                            "keep the epoch");
+    else if (reply->type == REDIS_REPLY_INTEGER && reply->integer >= 2)
+        tb__log(TB_LOG_INFO,
+                "redis bus: the new master has every event acknowledged "
+                "here: the history goes on in epoch %s%s",
+                b->ack_epoch[0] ? b->ack_epoch : "(known)",
+                reply->integer == 3 ? " after the positions the old master "
+                                      "alone gave out"
+                                    : "");
     else if (reply->type == REDIS_REPLY_ERROR)
         tb__log(TB_LOG_ERROR,
                 "redis bus: starting the history over after the failover "
@@ -250,14 +371,44 @@ void tb__rh_failover(rbus *b, const char *rolled_back)
         return;
     char master[300];
     snprintf(master, sizeof master, "%s:%d", b->master_host, b->master_port);
-    const char *argv[] = {"EVAL",     tb__rh_failover_lua,
-                          "2",        b->h_stream,
-                          b->h_meta,  master,
-                          b->h_epoch, rolled_back ? rolled_back : ""};
-    size_t lens[8];
-    for (int i = 0; i < 8; i++)
+    /* What this instance knows of the old master's history: its last
+     * acknowledged publish and the last position delivered here. */
+    char epoch[TB_EPOCH_MAX], last_id[TB_EVENT_ID_MAX], ack[24], last[24];
+    uint64_t last_seq;
+    tb__bus_rx_last(b->rx, epoch, &last_seq, last_id);
+    int keep = b->wait_n > 0;
+    uint64_t ack_seq = b->ack_seq;
+    if (!epoch[0])
+        memcpy(epoch, b->ack_epoch, sizeof epoch);
+    if (ack_seq && strcmp(b->ack_epoch, epoch) != 0) {
+        /* Our last publish is of another epoch than what we delivered (an
+         * epoch change still on its way): unsure, so no keeping. */
+        keep = 0;
+        ack_seq = 0;
+    }
+    snprintf(ack, sizeof ack, "%" PRIu64, ack_seq);
+    snprintf(last, sizeof last, "%" PRIu64, last_seq);
+    const char *argv[] = {"EVAL",
+                          tb__rh_failover_lua,
+                          "2",
+                          b->h_stream,
+                          b->h_meta,
+                          master,
+                          b->h_epoch,
+                          rolled_back ? rolled_back : "",
+                          keep ? "1" : "0",
+                          epoch,
+                          ack,
+                          ack_seq ? b->ack_id : "",
+                          last,
+                          last_id};
+    enum {
+        ARGC = sizeof argv / sizeof argv[0]
+    };
+    size_t lens[ARGC];
+    for (int i = 0; i < ARGC; i++)
         lens[i] = strlen(argv[i]);
-    if (redisAsyncCommandArgv(l->ac, on_failover, NULL, 8, argv, lens) !=
+    if (redisAsyncCommandArgv(l->ac, on_failover, NULL, ARGC, argv, lens) !=
         REDIS_OK)
         tb__rb_fail(b, "cannot send the history's failover script");
 }

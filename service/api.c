@@ -242,6 +242,13 @@ static int post_event(tb_http_req *req, void *ud)
                              "publish queue full (publish_queue_max %d "
                              "events await the bus); retry later",
                              cfg->redis.publish_queue_max);
+    case TB_ENOTREPLICATED:
+        return tb_http_error(
+            req, 504, "not_replicated",
+            "event %s was published, but fewer than redis.wait_replicas "
+            "(%d) Redis replicas confirmed it within %d ms: a failover may "
+            "lose it (do not resend blindly: it may have been delivered)",
+            id, cfg->redis.wait_replicas, cfg->redis.wait_timeout_ms);
     case TB_ETIMEDOUT:
         return tb_http_error(req, 504, "publish_timeout",
                              "the bus did not confirm event %s within %d ms; "

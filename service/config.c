@@ -107,6 +107,13 @@
       "publish-queue-max", "events waiting for Redis")                         \
     X(redis, publish_retry_ms, MS, 10000, NULL, 0, IMAX, "publish-retry",      \
       "ms an accepted event is resent after reconnects")                       \
+    X(redis, wait_replicas, INT, 0, NULL, 0, 64, "redis-wait-replicas",        \
+      "replicas that must confirm each publish (WAIT) before it is "           \
+      "acknowledged, so that it survives a failover; needs history on (0: "    \
+      "no WAIT)")                                                              \
+    X(redis, wait_timeout_ms, MS, 1000, NULL, 1, IMAX, "redis-wait-timeout",   \
+      "ms a publish waits for redis-wait-replicas, below "                     \
+      "redis-command-timeout; then it is answered not_replicated")             \
     X(http, listen, STRING, 0, NULL, 0, 0, "listen",                           \
       "HTTP address, IPv4:port; none: no HTTP server")                         \
     X(http, threads, INT, 64, NULL, 1, 65536, "http-threads",                  \
@@ -508,6 +515,14 @@ static const char *check_rules(const tb_app_config *c)
                "of it, and must still hold it after the margin)";
     if (c->redis.retry_max_ms < c->redis.retry_min_ms)
         return "redis.retry_min_ms must be <= redis.retry_max_ms";
+    if (c->redis.wait_replicas > 0 && c->core.history_size == 0)
+        return "redis.wait_replicas needs history on (core.history_size > "
+               "0): a plain PUBLISH stores nothing a replica could confirm";
+    if (c->redis.wait_replicas > 0 &&
+        c->redis.wait_timeout_ms >= c->redis.command_timeout_ms)
+        return "redis.wait_timeout_ms must be below "
+               "redis.command_timeout_ms (a WAIT holds the command link: "
+               "what is queued behind it must still be answered in time)";
     if (c->http.longpoll_max && c->http.longpoll_max >= c->http.threads)
         return "http.longpoll_max must be below http.threads (a waiting "
                "long poll holds an HTTP thread: other requests need one "

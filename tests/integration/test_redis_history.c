@@ -228,9 +228,8 @@ static void test_history_read_byte_cap(void **state)
     assert_int_equal(rh_app_stop(ra), 0);
 }
 
-/* The failover script: once per master after a failover, whether the
- * instance knew an epoch or not; once per epoch after a rollback. */
-static void test_history_failover_script(void **state)
+/* The failover script after a rollback: once per epoch. */
+static void test_history_rollback_script(void **state)
 {
     (void)state;
     rh_server *srv = rh_server_start(NULL, NULL, NULL);
@@ -238,27 +237,217 @@ static void test_history_failover_script(void **state)
     assert_int_equal(rh_cli(srv, out, sizeof out, "HSET", "{taskbus}:hmeta",
                             "epoch", "0123abcd", "seq", "5"),
                      0);
-#define FAILOVER(master, rolled)                                               \
+#define ROLLBACK(rolled)                                                       \
     CLI_NUM(srv, "EVAL", tb__rh_failover_lua, "2", "{taskbus}:hist",           \
-            "{taskbus}:hmeta", master, "aaaaaaaa", rolled)
-    assert_int_equal(FAILOVER("127.0.0.1:7001", ""), 1); /* the first */
+            "{taskbus}:hmeta", "127.0.0.1:7001", "aaaaaaaa", rolled, "0", "",  \
+            "0", "", "0", "")
+    assert_int_equal(ROLLBACK("0123abcd"), 1);
     assert_int_equal(CLI_NUM(srv, "HGET", "{taskbus}:hmeta", "seq"), 0);
     assert_int_equal(
         rh_cli(srv, out, sizeof out, "HGET", "{taskbus}:hmeta", "epoch"), 0);
     assert_int_equal(strncmp(out, "aaaaaaaa", 8), 0);
     snprintf(e1, sizeof e1, "%.16s", out);
-    assert_int_equal(FAILOVER("127.0.0.1:7001", ""), 0); /* the others */
-    assert_int_equal(FAILOVER("127.0.0.1:7002", ""), 1); /* the next one */
+    assert_int_equal(ROLLBACK(e1), 1);
     assert_int_equal(
         rh_cli(srv, out, sizeof out, "HGET", "{taskbus}:hmeta", "epoch"), 0);
     assert_string_not_equal(out, e1);
-    /* A rollback of the epoch now: once. */
-    char e2[TB_EPOCH_MAX];
-    snprintf(e2, sizeof e2, "%.16s", out);
-    assert_int_equal(FAILOVER("127.0.0.1:7002", e2), 1);
-    assert_int_equal(FAILOVER("127.0.0.1:7002", e2), 0);
-    assert_int_equal(FAILOVER("127.0.0.1:7002", e1), 0);
-#undef FAILOVER
+    assert_int_equal(ROLLBACK(e1), 0); /* no longer the one seen */
+    assert_int_equal(ROLLBACK("0123abcd"), 0);
+#undef ROLLBACK
+}
+
+#define FO_EPOCH "0123abcd0123abcd"
+
+/* The new master's history: epoch FO_EPOCH, events 1..n with ids "i<seq>",
+ * meta seq n, no master recorded. */
+static void fo_reset(const rh_server *srv, int n)
+{
+    char out[256];
+    assert_int_equal(rh_cli(srv, out, sizeof out, "DEL", "{taskbus}:hist",
+                            "{taskbus}:hmeta"),
+                     0);
+    for (int s = 1; s <= n; s++) {
+        char id[16], env[128];
+        snprintf(id, sizeof id, "%d-0", s);
+        snprintf(env, sizeof env,
+                 "{\"id\":\"i%d\",\"name\":\"f.ev\",\"data\":\"d\",\"pos\":"
+                 "\"" FO_EPOCH "-%d\"}",
+                 s, s);
+        assert_int_equal(rh_cli(srv, out, sizeof out, "XADD", "{taskbus}:hist",
+                                id, "n", "f.ev", "e", env),
+                         0);
+    }
+    char seq[16];
+    snprintf(seq, sizeof seq, "%d", n);
+    assert_int_equal(rh_cli(srv, out, sizeof out, "HSET", "{taskbus}:hmeta",
+                            "epoch", FO_EPOCH, "seq", seq),
+                     0);
+}
+
+/* An instance reaching master m: may it keep (k "1"/"0"), the epoch it
+ * knows, its last acknowledged seq and id, its last delivered seq and
+ * id. */
+#define FO(m, k, ep, ack, ackid, last, lastid)                                 \
+    CLI_NUM(srv, "EVAL", tb__rh_failover_lua, "2", "{taskbus}:hist",           \
+            "{taskbus}:hmeta", m, "aaaaaaaa", "", k, ep, ack, ackid, last,     \
+            lastid)
+#define M1 "127.0.0.1:7001"
+#define M2 "127.0.0.1:7002"
+
+static long long fo_meta(const rh_server *srv, const char *field)
+{
+    return CLI_NUM(srv, "HGET", "{taskbus}:hmeta", field);
+}
+
+static int fo_kept(const rh_server *srv)
+{
+    char out[256];
+    assert_int_equal(
+        rh_cli(srv, out, sizeof out, "HGET", "{taskbus}:hmeta", "epoch"), 0);
+    return strcmp(out, FO_EPOCH) == 0;
+}
+
+/* The failover script's decision (docs/HISTORY.md): the epoch goes on
+ * only when the new master has what the instance acknowledged and saw;
+ * positions the old master alone gave out are fenced off, never given
+ * out again; an instance whose positions clash with the new master's
+ * starts a new epoch; without wait_replicas, as before. */
+static void test_history_failover_script(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+
+    /* Without wait_replicas: a new epoch, once per master. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "0", FO_EPOCH, "5", "i5", "5", "i5"), 1);
+    assert_false(fo_kept(srv));
+    assert_int_equal(fo_meta(srv, "seq"), 0);
+    assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), 0);
+    assert_int_equal(FO(M1, "0", FO_EPOCH, "5", "i5", "5", "i5"), 0);
+
+    /* Everything there: kept, nothing fenced. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "i5", "5", "i5"), 2);
+    assert_true(fo_kept(srv));
+    assert_int_equal(fo_meta(srv, "seq"), 5);
+    assert_int_equal(fo_meta(srv, "fork"), 5);
+    assert_int_equal(fo_meta(srv, "fence"), 5);
+    assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), 5);
+    /* The next instance, which saw less: nothing to do. */
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "4", "i4"), 0);
+    /* One that saw 6 and 7 on the old master (not replicated): fenced. */
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "7", "x7"), 3);
+    assert_int_equal(fo_meta(srv, "seq"), 7);
+    assert_int_equal(fo_meta(srv, "fence"), 7);
+    assert_true(fo_kept(srv));
+    /* And one that saw 6 there: inside the fence. */
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "6", "x6"), 0);
+    /* 8 given out here; one that saw the old master's 8 or 9: a clash. */
+    assert_int_equal(CLI_NUM(srv, "HINCRBY", "{taskbus}:hmeta", "seq", "1"), 8);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "9", "x9"), 1);
+    assert_false(fo_kept(srv));
+
+    /* The first one saw 6..8 on the old master: fenced at once. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "i5", "8", "x8"), 2);
+    assert_int_equal(fo_meta(srv, "seq"), 8);
+    assert_int_equal(fo_meta(srv, "fork"), 5);
+    assert_int_equal(fo_meta(srv, "fence"), 8);
+    /* 9 given out here; one that saw the old master's 9: its id decides. */
+    assert_int_equal(CLI_NUM(srv, "HINCRBY", "{taskbus}:hmeta", "seq", "1"), 9);
+    char out[256];
+    assert_int_equal(rh_cli(srv, out, sizeof out, "XADD", "{taskbus}:hist",
+                            "9-0", "n", "f.ev", "e",
+                            "{\"id\":\"n9\",\"name\":\"f.ev\",\"data\":\"d\"}"),
+                     0);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "9", "n9"), 0);
+    assert_true(fo_kept(srv));
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "9", "x9"), 1);
+    assert_false(fo_kept(srv));
+
+    /* Our acknowledged publish is not on the new master: a new epoch. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "6", "i6", "6", "i6"), 1);
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "other", "5", "i5"), 1);
+    /* Our last delivered is there with another id: a new epoch. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "3", "i3", "5", "x5"), 1);
+    /* A later one whose acknowledged publish is not there: a new epoch. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "i5", "5", "i5"), 2);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "6", "x6", "6", "x6"), 1);
+    /* Another epoch there: a new one, once per master. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", "89abcdef89abcdef", "2", "y2", "2", "y2"), 1);
+    assert_false(fo_kept(srv));
+    /* Knowing no epoch: nothing decided (the next instance decides); not
+     * allowed to keep: a new epoch, as before. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", "", "0", "", "0", ""), 0);
+    assert_true(fo_kept(srv));
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "i5", "5", "i5"), 2);
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "0", "", "0", "", "0", ""), 1);
+    /* A baseline (no id known) within what the new master has: kept. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "4", ""), 2);
+    /* Trimmed: an acknowledged publish older than the oldest held. */
+    fo_reset(srv, 5);
+    assert_int_equal(CLI_NUM(srv, "XTRIM", "{taskbus}:hist", "MAXLEN", "2"), 3);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "2", "i2", "5", "i5"), 2);
+    /* The next failover, to M2: decided again there. */
+    assert_int_equal(FO(M2, "1", FO_EPOCH, "5", "i5", "5", "i5"), 2);
+    assert_int_equal(FO(M2, "1", FO_EPOCH, "5", "i5", "5", "i5"), 0);
+}
+#undef FO
+#undef M1
+#undef M2
+
+/* redis.wait_replicas: without a replica each publish is answered
+ * TB_ENOTREPLICATED after wait_timeout_ms (it is in the history all the
+ * same, and counted); with one, acknowledged only once the replica has
+ * it. */
+static void test_history_wait_replicas(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    char url[256];
+    rh_server_url(srv, NULL, NULL, url, sizeof url);
+    tb_app_config cfg;
+    rh_config(&cfg, url, NULL);
+    cfg.core.history_size = 100;
+    cfg.redis.wait_replicas = 1;
+    cfg.redis.wait_timeout_ms = 200;
+    rh_app *ra = rh_app_start(&cfg);
+    rh_assert_connected(ra->app, CONNECT_MS);
+    char id[TB_EVENT_ID_MAX];
+    assert_int_equal(tb_dispatch_wait(ra->app, "w.ev", "1", 1, ARRIVE_MS, id),
+                     TB_ENOTREPLICATED);
+    assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), 1);
+    assert_int_equal(atomic_load(&ra->app->pub_unreplicated), 1);
+
+    char conf[128];
+    snprintf(conf, sizeof conf, "replicaof 127.0.0.1 %d\n", srv->port);
+    rh_server *rep = rh_server_start(conf, NULL, NULL);
+    /* Once the replica has synced, publishes are confirmed. */
+    int rc = TB_ENOTREPLICATED;
+    for (int i = 0; i < 100 && rc == TB_ENOTREPLICATED; i++)
+        rc = tb_dispatch_wait(ra->app, "w.ev", "2", 1, ARRIVE_MS, id);
+    assert_int_equal(rc, 0);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(
+            tb_dispatch_wait(ra->app, "w.ev", "3", 1, ARRIVE_MS, id), 0);
+        /* Acknowledged: the replica has it already. */
+        long long m = CLI_NUM(srv, "XLEN", "{taskbus}:hist");
+        assert_int_equal(CLI_NUM(rep, "XLEN", "{taskbus}:hist"), m);
+    }
+    uint64_t before = atomic_load(&ra->app->pub_unreplicated);
+    rh_server_stop(rep); /* the replica gone: not_replicated again */
+    assert_int_equal(tb_dispatch_wait(ra->app, "w.ev", "4", 1, ARRIVE_MS, id),
+                     TB_ENOTREPLICATED);
+    assert_int_equal(atomic_load(&ra->app->pub_unreplicated), before + 1);
+    assert_int_equal(rh_app_stop(ra), 0);
 }
 
 /* A plain PUBLISH is delivered without a position and is not in the
@@ -461,7 +650,9 @@ int main(void)
         RH_TEST(test_history_stream),
         RH_TEST(test_history_undecodable_page),
         RH_TEST(test_history_read_byte_cap),
+        RH_TEST(test_history_rollback_script),
         RH_TEST(test_history_failover_script),
+        RH_TEST(test_history_wait_replicas),
         RH_TEST(test_history_plain_publish_and_flush),
         RH_TEST(test_history_resend_once),
         RH_TEST(test_history_off),
