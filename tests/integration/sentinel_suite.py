@@ -15,6 +15,17 @@ on the old master just before the switch for the instances that had left
 it already. A name claimed by a task is claimed again on the new master
 when the failover lost it.
 
+With redis.wait_replicas 1 (docs/HISTORY.md, "Across a Sentinel
+failover"): the same failover keeps the history's epoch; every event
+acknowledged (202) is in the history after it, once; a websocket client
+that left before it resumes with since, is told recovered true and gets
+every acknowledged event after since once, in dispatch order; one that
+stayed never gets a position twice; what the old master took after the
+promotion is answered 504 not_replicated, and counted. With two replicas
+and wait_replicas 1, the old master's WAIT still succeeds on the replica
+that was not promoted, for events the new master never gets: the
+instances find that out and start a new epoch (recovered false).
+
 With fake sentinels (a socket server here that says what a case wants):
 sentinels that answer garbage, nothing, too much, an error, no master or a
 bad address are each logged with what was wrong and skipped for the next
@@ -167,18 +178,20 @@ class SentinelSet:
     sentinel knows it and the two others. A group's server: started by
     the group, stopped at its end."""
 
-    def __init__(self, name):
+    def __init__(self, name, replicas=1):
         self.name = name
+        self.nreplicas = replicas
         self.proc = None
         self.ready = False
 
     def start(self):
         auth = ("--requirepass", MASTER_PW, "--masterauth", MASTER_PW)
         self.master = Redis(f"{self.name}-master", *auth).start()
-        self.replica = Redis(f"{self.name}-replica", *auth, "--replicaof",
-                             HOST, str(self.master.port)).start()
-        self.servers = {self.master.port: self.master,
-                        self.replica.port: self.replica}
+        self.replicas = [
+            Redis(f"{self.name}-replica{i + 1}", *auth, "--replicaof", HOST,
+                  str(self.master.port)).start()
+            for i in range(self.nreplicas)]
+        self.servers = {r.port: r for r in [self.master] + self.replicas}
         self.sentinels = [Sentinel(f"{self.name}-s{i + 1}", self.master.port)
                           .start() for i in range(3)]
         self.proc = self.master.proc
@@ -203,14 +216,15 @@ class SentinelSet:
             for s in self.sentinels:
                 reps = s.call("SENTINEL", "REPLICAS", MASTER)
                 others = s.call("SENTINEL", "SENTINELS", MASTER)
-                if (len(reps) != 1 or len(others) != 2 or
+                if (len(reps) != self.nreplicas or len(others) != 2 or
                         s.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
                                MASTER) != [HOST, str(m)]):
                     return False
-                rep = dict(zip(reps[0][::2], reps[0][1::2]))
-                if (rep.get("flags") != "slave" or
-                        rep.get("master-link-status") != "ok"):
-                    return False
+                for r in reps:
+                    rep = dict(zip(r[::2], r[1::2]))
+                    if (rep.get("flags") != "slave" or
+                            rep.get("master-link-status") != "ok"):
+                        return False
             return True
         except (OSError, AssertionError, TypeError, ValueError):
             return False
@@ -240,7 +254,8 @@ class SentinelSet:
     def stop(self):
         for s in self.sentinels:
             s.stop()
-        self.replica.stop()
+        for r in self.replicas:
+            r.stop()
         return self.master.stop()
 
 
@@ -323,10 +338,11 @@ def no_secrets(srv):
 # ------------------------------------------------------------------ failover
 
 
-def two_instances(name, *extra):
-    """A group's servers: a SentinelSet, then taskbus a and b on it with
-    the sentinels' password from a file, and extra flags."""
-    ss = SentinelSet(name).start()
+def two_instances(name, *extra, replicas=1):
+    """A group's servers: a SentinelSet (with that many replicas), then
+    taskbus a and b on it with the sentinels' password from a file, and
+    extra flags."""
+    ss = SentinelSet(name, replicas).start()
     yield "sentinels", ss
     args = ("--redis-url", ss.url(), "--redis-sentinel-password-file",
             pw_file(f"sentinel-pw-{name}", SENT_PW), *extra)
@@ -392,6 +408,7 @@ class Stream:
         self.srv = srv
         self.name = name
         self.got = []
+        self.codes = []  # the error code of each answer that was not 202
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -404,6 +421,8 @@ class Stream:
                 r = poster.post(self.name, json.dumps({"n": n}).encode())
                 st = r.status
                 eid = r.json.get("id") if st == 202 and r.json else None
+                if st != 202:
+                    self.codes.append((r.json or {}).get("error"))
             except Exception as e:  # recorded: a gap in the 202s
                 st, eid = f"{type(e).__name__}", None
             self.got.append((time.monotonic(), st, eid))
@@ -413,9 +432,10 @@ class Stream:
     def acked(self):
         return [e for _, st, e in self.got if st == 202]
 
-    def longest_gap(self, since):
-        """The longest time after `since` between two 202s, in s."""
-        times = [t for t, st, _ in self.got if st == 202 and t >= since]
+    def longest_gap(self, since, answers=(202,)):
+        """The longest time after `since` between two answers of a status
+        in answers, in s."""
+        times = [t for t, st, _ in self.got if st in answers and t >= since]
         if len(times) < 2:
             return float("inf")
         return max(b - a for a, b in zip(times, times[1:]))
@@ -430,6 +450,20 @@ async def collect(c, ends, timeout):
         if ev["name"] in ends:
             seen.add(ev["name"])
     return got
+
+
+async def fail_over(ss, a, b):
+    """SENTINEL FAILOVER; returns when it was asked for, once both a and b
+    have moved to the new master."""
+    t_fail = time.monotonic()
+    await asyncio.to_thread(ss.failover)
+
+    async def moved():
+        return all("master mymaster moved from" in s.log_text()
+                   for s in (a, b))
+    check(await poll_until(moved, T(10)),
+          "an instance did not move to the new master within 10 s")
+    return t_fail
 
 
 async def t_failover_stream(ctx):
@@ -456,14 +490,7 @@ async def t_failover_stream(ctx):
         # The history's place before: the failover starts it over.
         before = (await ahttp(a.port, "GET",
                               "/history?events=stream.*&limit=1")).json
-        t_fail = time.monotonic()
-        await asyncio.to_thread(ss.failover)
-
-        async def moved():
-            return all("master mymaster moved from" in s.log_text()
-                       for s in (a, b))
-        check(await poll_until(moved, T(10)),
-              "an instance did not move to the new master within 10 s")
+        t_fail = await fail_over(ss, a, b)
         new = ss.master_port()
         check(new != old, f"the sentinels still name {old} after the "
                           f"failover")
@@ -541,6 +568,206 @@ async def t_failover_stream(ctx):
     gaps = ", ".join(f"{s.name} {s.longest_gap(t_fail - 0.5) * 1000:.0f} ms"
                      for s in (sa, sb))
     return f"longest pause {gaps}; {'; '.join(report)}"
+
+
+# ------------------------------------------------------------ durable
+
+
+def durable_group(replicas=1):
+    return two_instances(f"du{replicas}", "--redis-ping-interval", "1000",
+                         "--redis-connect-timeout", "1000",
+                         "--redis-wait-replicas", "1",
+                         "--redis-wait-timeout", "500", replicas=replicas)
+
+
+def durable2_group():
+    return durable_group(2)
+
+
+async def history_ids(srv, pattern, since):
+    """Every event of the history after since, in order, page by page:
+    [(id, pos)]."""
+    out = []
+    while True:
+        r = await ahttp(srv.port, "GET",
+                        f"/history?events={pattern}&since={since}&limit=1000")
+        check_status(r, 200, what=f"GET /history since {since}")
+        out += [(e["id"], e["pos"]) for e in r.json["events"]]
+        if not r.json["more"]:
+            return out, r.json
+        since = r.json["next"]
+
+
+def seq_of(pos):
+    return int(pos.rsplit("-", 1)[1])
+
+
+async def through_failover(ctx, prefix, then):
+    """Streams of dispatches on a and b (events prefix.a and prefix.b); a
+    websocket client on a takes 20 of them and leaves; SENTINEL FAILOVER;
+    once both instances moved, await then(sa, sb), and stop the streams.
+    Returns the streams, the position the client left at, and when the
+    failover was asked for."""
+    ss, a, b = ctx.s["sentinels"], ctx.s["a"], ctx.s["b"]
+    for srv in (a, b):
+        await wait_ready(srv, T(10))
+    sa, sb = Stream(a, f"{prefix}.a"), Stream(b, f"{prefix}.b")
+    c1 = await ctx.connect(f"/ws?events={prefix}.*", srv=a, label="before")
+    await c1.sync()
+    try:
+        sa.thread.start()
+        sb.thread.start()
+        since = [await c1.event(T(10)) for _ in range(20)][-1]["pos"]
+        await c1.close()  # away from here on
+        await asyncio.sleep(1)
+        t_fail = await fail_over(ss, a, b)
+        await then(sa, sb)
+    finally:
+        sa.stop.set()
+        sb.stop.set()
+        await asyncio.to_thread(sa.thread.join, T(10))
+        await asyncio.to_thread(sb.thread.join, T(10))
+    return sa, sb, since, t_fail
+
+
+async def t_failover_durable(ctx):
+    """With redis.wait_replicas 1: SENTINEL FAILOVER while both instances
+    dispatch. Dispatch resumes within 5 s; what was published on the old
+    master after the replica left it is answered 504 not_replicated (and
+    counted); the history keeps its epoch and holds every acknowledged
+    event, once; a websocket client that left before the failover and
+    resumes with since after it gets recovered true and every acknowledged
+    event after since exactly once, in dispatch order."""
+    a, b = ctx.s["a"], ctx.s["b"]
+    # One that stays through the failover: never a position twice.
+    c3 = await ctx.connect("/ws?events=du.*", srv=b, label="stays")
+    await c3.sync()
+    staying = asyncio.create_task(collect(c3, {"du.end"}, T(60)))
+    t_acked = None
+
+    async def acked_again(sa, sb):
+        # With one replica, the new master has none until Sentinel has
+        # made the old master its replica (it demotes it seconds after
+        # the switch) and it has synced: until then each publish is
+        # answered not_replicated.
+        nonlocal t_acked
+        t_moved = time.monotonic()
+
+        async def again():
+            return all(any(st == 202 and t > t_moved for t, st, _ in s.got)
+                       for s in (sa, sb))
+        check(await poll_until(again, T(60)),
+              "no publish acknowledged on the new master within 60 s")
+        t_acked = time.monotonic()
+        await asyncio.sleep(1)
+    sa, sb, since, t_fail = await through_failover(ctx, "du", acked_again)
+    check((await ahttp(a.port, "POST", "/events/du.end")).status == 202,
+          "POST du.end")
+    live = [(e["pos"], e["id"]) for e in await staying]
+    seqs = [seq_of(p) for p, _ in live]
+    back = [(x, y) for x, y in zip(live, live[1:])
+            if seq_of(y[0]) <= seq_of(x[0])]
+    check(not back, f"the client that stayed got a position again or out "
+                    f"of order: {back[:3]}")
+    report = []
+    for srv, s in ((a, sa), (b, sb)):
+        gap = s.longest_gap(t_fail - 0.5, (202, 504))
+        check(gap <= T(5), f"dispatch on {srv.name} stopped for {gap:.2f} s "
+                           f"around the failover, want at most 5 s")
+        check(len(s.acked()) > 50, f"{srv.name}: only {len(s.acked())} "
+                                   f"events acknowledged")
+        unrep = s.codes.count("not_replicated")
+        other = [c for c in s.codes if c != "not_replicated"]
+        check(not other, f"{srv.name}: answers other than 202 and "
+                         f"not_replicated: {other[:5]}")
+        counted = await tbharness.metric(srv,
+                                         "taskbus_events_unreplicated_total")
+        check(counted == unrep, f"{srv.name}: {unrep} answered not_replicated"
+                                f", taskbus_events_unreplicated_total "
+                                f"{counted}")
+        report.append(f"{srv.name}: {len(s.acked())} acknowledged, {unrep} "
+                      f"not_replicated, longest pause {gap * 1000:.0f} ms")
+    ep = since.rsplit("-", 1)[0]
+    for srv in (a, b):
+        log = srv.log_text()
+        check("history starts over in a new epoch" not in log,
+              f"{srv.name} started the history over:\n" +
+              "\n".join(l for l in log.splitlines() if "epoch" in l))
+    check("the history goes on in epoch" in a.log_text() + b.log_text(),
+          "no instance says the history goes on")
+    hist, top = await history_ids(a, "du.*", f"{ep}-0")
+    check(top["next"].startswith(ep + "-"),
+          f"the history's epoch is now {top['next']}, was {ep}")
+    ids = [i for i, _ in hist]
+    check(len(ids) == len(set(ids)), "an event is twice in the history")
+    pos = dict(hist)
+    for s in (sa, sb):
+        missing = [e for e in s.acked() if e not in pos]
+        check(not missing, f"{len(missing)} of the {len(s.acked())} events "
+                           f"{s.name} acknowledged are not in the history "
+                           f"after the failover, e.g. {missing[:3]}")
+    # The client that left before: every acknowledged event after since.
+    c2 = await ctx.connect(f"/ws?events=du.*&since={since}", srv=a,
+                           label="resumed")
+    r = await c2.reply(T(30))
+    check(r.get("recovered") is True, f"resumed since {since}: {r}")
+    replay = [e["id"] for e in c2.events]
+    check(len(replay) == len(set(replay)), "the replay has an event twice")
+    for s in (sa, sb):
+        want = [e for e in s.acked() if seq_of(pos[e]) > seq_of(since)]
+        got = [e for e in replay if e in set(want)]
+        check(got == want, f"{s.name}: the replay has {len(got)} of the "
+                           f"{len(want)} acknowledged after {since}, or "
+                           f"not in dispatch order")
+    fenced = seq_of(hist[-1][1]) - seq_of(hist[0][1]) + 1 - len(hist)
+    report.append(f"acknowledged again {t_acked - t_fail:.1f} s after the "
+                  f"failover")
+    return "; ".join(report) + f"; {len(replay)} replayed, {fenced} " \
+        f"positions fenced; the one that stayed got {len(seqs)}"
+
+
+async def t_failover_fewer(ctx):
+    """wait_replicas 1 with two replicas: after Sentinel promoted one, the
+    old master still has the other, so its WAIT 1 confirms publishes the
+    new master will never have (the other replica resyncs from the new
+    one). The instances must not keep the epoch over them: the first to
+    reach the new master finds its last acknowledged publish missing and
+    starts a new epoch, so a client resuming from before is told
+    recovered false, never true with events missing. (Should the switch
+    come before any such publish, the epoch is kept and must then hold
+    every acknowledged event.)"""
+    a, b = ctx.s["a"], ctx.s["b"]
+
+    async def a_while(sa, sb):
+        await asyncio.sleep(2)
+    sa, sb, since, t_fail = await through_failover(ctx, "dx", a_while)
+    gaps = []
+    for srv, s in ((a, sa), (b, sb)):
+        gap = s.longest_gap(t_fail - 0.5)
+        check(gap <= T(5), f"dispatch on {srv.name} stopped for {gap:.2f} s "
+                           f"around the failover, want at most 5 s")
+        gaps.append(f"{srv.name} {gap * 1000:.0f} ms")
+    ep = since.rsplit("-", 1)[0]
+    hist, top = await history_ids(a, "dx.*", f"{ep}-0")
+    kept = top["next"].startswith(ep + "-")
+    c2 = await ctx.connect(f"/ws?events=dx.*&since={since}", srv=a,
+                           label="resumed")
+    r = await c2.reply(T(30))
+    acked = sa.acked() + sb.acked()
+    if kept:
+        missing = set(acked) - {i for i, _ in hist}
+        check(not missing, f"the epoch was kept, but {len(missing)} "
+                           f"acknowledged events are not in the history")
+        check(r.get("recovered") is True, f"resumed since {since}: {r}")
+        what = "no publish after the promotion: the epoch was kept"
+    else:
+        check("history starts over in a new epoch" in
+              a.log_text() + b.log_text(), "no line says why the epoch "
+                                           "changed")
+        check(r.get("recovered") is False,
+              f"a new epoch, but resumed since {since}: {r}")
+        what = "a new epoch, resumes told recovered false"
+    return f"{what}; longest pause {', '.join(gaps)}"
 
 
 # ------------------------------------------------------------------ cluster
@@ -982,6 +1209,15 @@ GROUPS = [
          t_no_sentinel_password, 60),
         ("SENTINEL FAILOVER during a stream of dispatches", t_failover_stream,
          120),
+    ]),
+    ("durable", durable_group, [
+        ("wait_replicas 1: a failover keeps the history, and resumes "
+         "recover", t_failover_durable, 120),
+    ]),
+    ("durable2", durable2_group, [
+        ("wait_replicas 1 of 2 replicas: what the old master acknowledged "
+         "after the promotion is lost, and that is detected",
+         t_failover_fewer, 120),
     ]),
     ("cluster", cluster_group, [
         ("a claim lost in a failover is made again on the new master",
