@@ -30,7 +30,8 @@
  *
  * A Redis ACL user needs +eval +evalsha +script|load +xadd +xrange
  * +pexpire +hget +hset +hincrby +hmget +get +set +del +publish +time on
- * "{<ns>}:*" besides what bus_redis.c and bus_redis_kv.c list. */
+ * "{<ns>}:*" besides what bus_redis.c and bus_redis_kv.c list, and +wait
+ * with redis.wait_replicas (bus_redis.c sends the WAIT). */
 
 /* KEYS[1] the stream, KEYS[2] the meta hash, KEYS[3] our publish number;
  * ARGV the instance's half of a new epoch (8 hex digits), maxlen ("~" or
