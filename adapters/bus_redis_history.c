@@ -350,15 +350,17 @@ static void on_failover(redisAsyncContext *ac, void *r, void *priv)
                 b->wait_n ? ""
                           : "; redis.wait_replicas > 0 would let it "
                             "keep the epoch");
-    else if (reply->type == REDIS_REPLY_INTEGER && reply->integer >= 2)
+    else if (reply->type == REDIS_REPLY_INTEGER && reply->integer >= 2) {
+        char epoch[TB_EPOCH_MAX];
+        tb__bus_rx_epoch(b->rx, epoch);
         tb__log(TB_LOG_INFO,
                 "redis bus: the new master has every event acknowledged "
-                "here: the history goes on in epoch %s%s",
-                b->ack_epoch[0] ? b->ack_epoch : "(known)",
-                reply->integer == 3 ? " after the positions the old master "
+                "and seen here: the history goes on in epoch %s%s",
+                epoch[0] ? epoch : b->ack_epoch,
+                reply->integer == 3 ? ", after the positions the old master "
                                       "alone gave out"
                                     : "");
-    else if (reply->type == REDIS_REPLY_ERROR)
+    } else if (reply->type == REDIS_REPLY_ERROR)
         tb__log(TB_LOG_ERROR,
                 "redis bus: starting the history over after the failover "
                 "failed: %s",
@@ -381,12 +383,8 @@ void tb__rh_failover(rbus *b, const char *rolled_back)
     uint64_t ack_seq = b->ack_seq;
     if (!epoch[0])
         memcpy(epoch, b->ack_epoch, sizeof epoch);
-    if (ack_seq && strcmp(b->ack_epoch, epoch) != 0) {
-        /* Our last publish is of another epoch than what we delivered (an
-         * epoch change still on its way): unsure, so no keeping. */
-        keep = 0;
-        ack_seq = 0;
-    }
+    if (ack_seq && strcmp(b->ack_epoch, epoch) != 0)
+        ack_seq = 0; /* of an epoch the history has left since */
     snprintf(ack, sizeof ack, "%" PRIu64, ack_seq);
     snprintf(last, sizeof last, "%" PRIu64, last_seq);
     const char *argv[] = {"EVAL",
