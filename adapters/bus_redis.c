@@ -391,16 +391,23 @@ static void on_wait_reply(redisAsyncContext *ac, void *r, void *priv)
             b->wait_short = 0;
         }
     } else {
+        char where[sizeof b->url];
+        if (b->t.nsentinels)
+            snprintf(where, sizeof where, "%s:%d", b->master_host,
+                     b->master_port);
+        else
+            snprintf(where, sizeof where, "%s", b->url);
         if (!b->wait_short)
-            tb__log(
-                TB_LOG_WARN,
-                "redis bus: %s: %zu event(s) published on %s but not "
-                "confirmed by redis.wait_replicas (%d) replicas within %s ms: "
-                "answered not_replicated (a failover may lose them); logged "
-                "again when replicas confirm",
-                got < 0 ? "WAIT failed" : "too few replicas", n,
-                b->t.nsentinels ? b->master_host : b->url, b->wait_n,
-                b->wait_to_s);
+            tb__log(TB_LOG_WARN,
+                    "redis bus: %s%s: %zu event(s) published on %s but not "
+                    "confirmed by redis.wait_replicas (%d) replicas within %s "
+                    "ms: answered not_replicated (a failover may lose them); "
+                    "logged again when replicas confirm",
+                    got >= 0                           ? "too few replicas"
+                    : reply->type == REDIS_REPLY_ERROR ? "WAIT refused: "
+                                                       : "WAIT failed",
+                    reply->type == REDIS_REPLY_ERROR ? reply->str : "", n,
+                    where, b->wait_n, b->wait_to_s);
         b->wait_short += n;
         tb__bus_unreplicated(b->bus.app, n);
     }
