@@ -410,6 +410,8 @@ static void on_wait_reply(redisAsyncContext *ac, void *r, void *priv)
                     where, b->wait_n, b->wait_to_s);
         b->wait_short += n;
         tb__bus_unreplicated(b->bus.app, n);
+        /* Not acknowledged: a later WAIT must not make it so. */
+        b->pend_seq = 0;
     }
     while (b->answered.head)
         tb__bus_tx_done(b->tx, tb__bus_reqlist_pop(&b->answered),
