@@ -331,7 +331,7 @@ static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     if (reply->type == REDIS_REPLY_ERROR &&
-        (tb__rb_readonly(b, reply->str) || tb__rh_noscript(b, reply->str)))
+        (tb__rb_readonly(b, reply->str) || tb__rh_refused(b, reply->str)))
         return; /* kept in flight: resent after the reconnect */
     /* The command carried q and the batch - 1 after it. */
     tb__bus_req *last = q;
@@ -440,7 +440,7 @@ static void flush_sendq(rbus *b)
      * answer, in as few commands as fit, so that a WAIT covers many
      * events (and a link without replicas costs a wait per round, not
      * per event). */
-    if (b->failing || b->switching || b->waiting || !l->ac ||
+    if (b->failing || b->switching || b->waiting || b->h_deciding || !l->ac ||
         tb__bus_conn_state(b->conn) != TB_BUS_CONNECTED)
         return;
     int64_t now = tb__mono_us();
@@ -896,6 +896,7 @@ static void became_connected(rbus *b)
 {
     b->attempting = 0;
     b->logged_reject[0] = '\0';
+    b->h_deciding = 0; /* a decision lost with the last connection */
     int reconnected;
     uint64_t failed = tb__bus_conn_up(b->conn, &reconnected);
     char where[1024];
@@ -925,11 +926,14 @@ static void became_connected(rbus *b)
                     b->t.master, b->up_host, b->up_port, b->master_host,
                     b->master_port);
             tb__bus_store_lost(b->bus.app);
-            /* ... and the history its last positions: before we publish
-             * anything there, the epoch goes on if the new master has
-             * what we acknowledged and saw, else a new one. */
-            tb__rh_failover(b, NULL);
         }
+        /* ... and the history its last positions: before we publish
+         * anything there, the epoch goes on if the new master has what we
+         * acknowledged and saw, else a new one. At every connection, not
+         * only when we saw the master move: a failover (or two, M to R
+         * and back) may have happened while we were away or before we
+         * started, and the publish script refuses until we decided. */
+        tb__rh_failover(b, NULL);
         snprintf(b->up_host, sizeof b->up_host, "%s", b->master_host);
         b->up_port = b->master_port;
     }

@@ -157,6 +157,11 @@ typedef struct rbus {
     char h_maxlen[16];            /* "=N" or "~N" */
     char h_ttl[16], h_txkeep[24]; /* ms */
     char h_stream[100], h_meta[100], h_tx[120];
+    /* The failover count (the meta hash's `fo`) of the last decision on
+     * this master, and whether one is under way (nothing is published
+     * until it is answered). */
+    char h_fo[24];
+    int h_deciding;
     /* redis.wait_replicas (0: no WAIT) and its timeout, as arguments. */
     int wait_n;
     char wait_n_s[16], wait_to_s[16];
@@ -263,18 +268,20 @@ void tb__rh_load_scripts(rbus *b,
                          void (*load)(rbus *b, const tb__rkv_script *sc));
 /* Events one publish command carries at most, and its arguments. */
 #define TB__RH_BATCH_MAX 64
-#define TB__RH_ARGV_MAX (10 + 4 * TB__RH_BATCH_MAX)
+#define TB__RH_ARGV_MAX (12 + 4 * TB__RH_BATCH_MAX)
 /* The command that publishes qs[0..n-1] (1..TB__RH_BATCH_MAX, in queue
  * order) with their positions (EVALSHA, or EVAL while the script is not
  * loaded) into argv/lens (TB__RH_ARGV_MAX slots); nums holds some of its
  * arguments. Returns argc. Bus thread. */
 int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
                         char (*nums)[24], const char **argv, size_t *lens);
-/* The bus reached a new master (a Sentinel failover; rolled_back NULL),
- * or Redis came back from an older snapshot of epoch rolled_back: it may
- * lack the last events and give their positions out again, so the history
- * is started over in a new epoch, unless another instance did already.
- * Sent on `pub` before anything else. Bus thread. */
+/* The bus reached a master (with Sentinel, at every connection, or when
+ * the publish script refused: rolled_back NULL), or Redis came back from
+ * an older snapshot of epoch rolled_back: after a failover it may lack the
+ * last events and give their positions out again, so the failover script
+ * decides (docs/HISTORY.md) whether the epoch goes on. Sent on `pub`
+ * before anything else; nothing is published until it is answered, and a
+ * failed answer fails the connection (retried). Bus thread. */
 void tb__rh_failover(rbus *b, const char *rolled_back);
 /* A publish command's reply: 1 when it is the script's answer ({appended,
  * epoch, seq of the last appended}), whose position (the event last, the
@@ -286,9 +293,10 @@ int tb__rh_published(rbus *b, const struct redisReply *reply,
 /* The WAIT after the pending publishes confirmed them: they are
  * acknowledged. Bus thread. */
 void tb__rh_acked(rbus *b);
-/* A publish answered err: 1 when it was NOSCRIPT (the connection is
- * failed, to load the scripts and resend), else 0. */
-int tb__rh_noscript(rbus *b, const char *err);
+/* A publish answered err: 1 when it was NOSCRIPT (to load the scripts)
+ * or TBFAILOVER (to decide on the new master first): the connection is
+ * failed, and the next one resends (none of it ran). Else 0. */
+int tb__rh_refused(rbus *b, const char *err);
 /* Reads the history after seq after, at most count (<= TB__KV_LIST_MAX)
  * entries, as the bus's history op does. Any thread. */
 int tb__rh_read(rbus *b, uint64_t after, size_t count,

@@ -264,7 +264,7 @@ static void fo_reset(const rh_server *srv, int n)
 {
     char out[256];
     assert_int_equal(rh_cli(srv, out, sizeof out, "DEL", "{taskbus}:hist",
-                            "{taskbus}:hmeta"),
+                            "{taskbus}:hmeta", "{taskbus}:htx:d"),
                      0);
     for (int s = 1; s <= n; s++) {
         char id[16], env[128];
@@ -381,12 +381,16 @@ static void test_history_failover_script(void **state)
     fo_reset(srv, 5);
     assert_int_equal(FO(M1, "1", "89abcdef89abcdef", "2", "y2", "2", "y2"), 1);
     assert_false(fo_kept(srv));
-    /* Knowing no epoch: nothing decided (the next instance decides); not
-     * allowed to keep: a new epoch, as before. */
+    /* Knowing no epoch: nothing to protect, but the master is recorded
+     * (nothing given out past seq yet), so the next instance checks
+     * itself against it; not allowed to keep: a new epoch, as before. */
     fo_reset(srv, 5);
     assert_int_equal(FO(M1, "1", "", "0", "", "0", ""), 0);
     assert_true(fo_kept(srv));
-    assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "i5", "5", "i5"), 2);
+    assert_int_equal(fo_meta(srv, "fork"), 5);
+    assert_int_equal(fo_meta(srv, "fence"), 5);
+    assert_int_equal(fo_meta(srv, "fo"), 1);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "i5", "5", "i5"), 0);
     fo_reset(srv, 5);
     assert_int_equal(FO(M1, "0", "", "0", "", "0", ""), 1);
     /* A baseline (no id known) within what the new master has: kept. */
@@ -400,6 +404,157 @@ static void test_history_failover_script(void **state)
     assert_int_equal(FO(M2, "1", FO_EPOCH, "5", "i5", "5", "i5"), 2);
     assert_int_equal(FO(M2, "1", FO_EPOCH, "5", "i5", "5", "i5"), 0);
 }
+/* The publish script on hmeta's master with failover count fo, as an
+ * instance with publish number tx and event id "<id>" sends it; the
+ * number appended, or -1 when refused (TBFAILOVER). */
+static long long fo_publish(const rh_server *srv, const char *m, const char *fo,
+                            const char *tx, const char *id)
+{
+    char env[128], out[256];
+    snprintf(env, sizeof env, "{\"id\":\"%s\",\"name\":\"f.ev\",\"data\":1}",
+             id);
+    const char *args[] = {"EVAL",
+                          tb__rh_pub.body,
+                          "3",
+                          "{taskbus}:hist",
+                          "{taskbus}:hmeta",
+                          "{taskbus}:htx:d",
+                          "dddddddd",
+                          "=100",
+                          "60000",
+                          "60000",
+                          m,
+                          fo,
+                          "taskbus:event:f.ev",
+                          env,
+                          "f.ev",
+                          tx,
+                          NULL};
+    if (rh_cliv(srv, out, sizeof out, args) != 0 || strstr(out, "TBFAILOVER"))
+        return strstr(out, "TBFAILOVER") ? -1 : -2;
+    return atoll(out);
+}
+
+/* The failover count a decision answered (its second element). */
+static long long fo_count(const rh_server *srv, const char *const *args,
+                          long long *what)
+{
+    char out[256];
+    assert_int_equal(rh_cliv(srv, out, sizeof out, args), 0);
+    *what = atoll(out);
+    const char *nl = strchr(out, '\n');
+    assert_non_null(nl);
+    return atoll(nl + 1);
+}
+#define FO2(what, m, k, ep, ack, ackid, last, lastid)                          \
+    fo_count(srv,                                                              \
+             (const char *const[]){"EVAL", tb__rh_failover_lua, "2",           \
+                                   "{taskbus}:hist", "{taskbus}:hmeta", m,     \
+                                   "aaaaaaaa", "", k, ep, ack, ackid, last,    \
+                                   lastid, NULL},                              \
+             what)
+
+/* The publish script refuses while the meta hash's master or failover
+ * count are not the caller's (a failover it has not decided on, or M to
+ * R and back to M while it was away); a fresh instance that knows no
+ * epoch records the master when it decides, so that a late instance that
+ * saw the old master's unreplicated positions starts a new epoch (or
+ * fences), never keeps it over the positions the fresh one gave out. */
+static void test_history_failover_fresh_instance(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    long long what;
+
+    /* Refused on a master not decided on, and after M1, M2, M1 again. */
+    fo_reset(srv, 5);
+    assert_int_equal(fo_publish(srv, M1, "0", "1", "d1"), -1);
+    assert_int_equal(FO2(&what, M1, "1", "", "0", "", "0", ""), 1);
+    assert_int_equal(fo_publish(srv, M1, "1", "1", "d1"), 1);
+    assert_int_equal(fo_meta(srv, "seq"), 6);
+    assert_int_equal(FO2(&what, M2, "1", "", "0", "", "0", ""), 2);
+    assert_int_equal(FO2(&what, M1, "1", "", "0", "", "0", ""), 3);
+    assert_int_equal(fo_publish(srv, M1, "1", "2", "d2"), -1); /* M1 again */
+    assert_int_equal(fo_publish(srv, M2, "2", "2", "d2"), -1);
+    assert_int_equal(fo_publish(srv, M1, "3", "2", "d2"), 1);
+    assert_int_equal(fo_meta(srv, "seq"), 7);
+    /* Nothing written by a refused publish. */
+    assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), 7);
+
+    /* The reviewer's case: the old master M1 gave out 6..8 (not
+     * replicated), delivered to A (acknowledged up to 5); the new master
+     * M2 has 1..5. A fresh D decides on M2 (knows no epoch) and gives out
+     * 6 and 7 there; late A must start a new epoch. */
+    fo_reset(srv, 5);
+    CLI_NUM(srv, "HSET", "{taskbus}:hmeta", "master", M1, "fo", "4");
+    assert_int_equal(FO2(&what, M2, "1", "", "0", "", "0", ""), 5);
+    assert_int_equal(what, 0);
+    assert_int_equal(fo_publish(srv, M2, "5", "1", "d6"), 1);
+    assert_int_equal(fo_publish(srv, M2, "5", "2", "d7"), 1);
+    assert_int_equal(FO2(&what, M2, "1", FO_EPOCH, "5", "i5", "8", "x8"), 5);
+    assert_int_equal(what, 1);
+    assert_false(fo_kept(srv));
+    /* D gave out 6..10, beyond what A saw: a new epoch too. */
+    fo_reset(srv, 5);
+    CLI_NUM(srv, "HSET", "{taskbus}:hmeta", "master", M1);
+    FO2(&what, M2, "1", "", "0", "", "0", "");
+    for (int i = 1; i <= 5; i++) {
+        char tx[8];
+        snprintf(tx, sizeof tx, "%d", 10 + i);
+        assert_int_equal(fo_publish(srv, M2, "1", tx, "dx"), 1);
+    }
+    assert_int_equal(FO2(&what, M2, "1", FO_EPOCH, "5", "i5", "8", "x8"), 1);
+    assert_int_equal(what, 1);
+    /* D gave out nothing yet: A fences 6..8, and D's next is 9. */
+    fo_reset(srv, 5);
+    CLI_NUM(srv, "HSET", "{taskbus}:hmeta", "master", M1);
+    FO2(&what, M2, "1", "", "0", "", "0", "");
+    assert_int_equal(FO2(&what, M2, "1", FO_EPOCH, "5", "i5", "8", "x8"), 1);
+    assert_int_equal(what, 3);
+    assert_true(fo_kept(srv));
+    assert_int_equal(fo_publish(srv, M2, "1", "30", "d9"), 1);
+    assert_int_equal(fo_meta(srv, "seq"), 9);
+}
+
+/* A meta hash someone else wrote (seq, fork, fence or fo not integers
+ * below 2^53 with fork <= fence <= seq): a new epoch, answered 4. Positions
+ * past 10^14 stay integers in the script's stream ids. */
+static void test_history_failover_forged_meta(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    static const char *const forged[][2] = {
+        {"seq", "abc"}, {"seq", "1e+14"}, {"seq", "9007199254740992"},
+        {"seq", "-1"},  {"fork", "6"},    {"fence", "9"},
+        {"fo", "x"},    {"seq", "5.5"},
+    };
+    for (size_t i = 0; i < sizeof forged / sizeof forged[0]; i++) {
+        fo_reset(srv, 5);
+        CLI_NUM(srv, "HSET", "{taskbus}:hmeta", "master", M1, "fork", "5",
+                "fence", "5");
+        CLI_NUM(srv, "HSET", "{taskbus}:hmeta", forged[i][0], forged[i][1]);
+        assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "i5", "5", "i5"), 4);
+        assert_false(fo_kept(srv));
+        assert_int_equal(fo_meta(srv, "seq"), 0);
+        assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), 0);
+    }
+    /* 10^14: kept, its entry found by id. */
+    char out[256];
+    CLI_NUM(srv, "DEL", "{taskbus}:hist", "{taskbus}:hmeta");
+    assert_int_equal(
+        rh_cli(srv, out, sizeof out, "XADD", "{taskbus}:hist",
+               "100000000000000-0", "n", "f.ev", "e",
+               "{\"id\":\"big\",\"name\":\"f.ev\",\"data\":\"d\"}"),
+        0);
+    CLI_NUM(srv, "HSET", "{taskbus}:hmeta", "epoch", FO_EPOCH, "seq",
+            "100000000000000", "master", M1);
+    assert_int_equal(FO(M2, "1", FO_EPOCH, "100000000000000", "big",
+                        "100000000000000", "big"),
+                     2);
+    assert_true(fo_kept(srv));
+    assert_int_equal(fo_meta(srv, "fork"), 100000000000000LL);
+}
+#undef FO2
 #undef FO
 #undef M1
 #undef M2
@@ -490,29 +645,21 @@ static void test_history_resend_once(void **state)
     (void)state;
     rh_server *srv = rh_server_start(NULL, NULL, NULL);
     const char *env = "{\"id\":\"x-1\",\"name\":\"r.ev\",\"data\":\"d\"}";
-    const char *args[] = {"EVAL",
-                          tb__rh_pub.body,
-                          "3",
-                          "{t}:hist",
-                          "{t}:hmeta",
-                          "{t}:htx:x",
-                          "0123abcd",
-                          "=100",
-                          "60000",
-                          "60000",
-                          "t:event:r.ev",
-                          env,
-                          "r.ev",
-                          "7",
-                          "t:event:r.ev",
-                          env,
-                          "r.ev",
-                          "8",
-                          NULL};
+    const char *args[] = {"EVAL",      tb__rh_pub.body,
+                          "3",         "{t}:hist",
+                          "{t}:hmeta", "{t}:htx:x",
+                          "0123abcd",  "=100",
+                          "60000",     "60000",
+                          "", /* no Sentinel: no master check */
+                          "0",         "t:event:r.ev",
+                          env,         "r.ev",
+                          "7",         "t:event:r.ev",
+                          env,         "r.ev",
+                          "8",         NULL};
     assert_int_equal(cli_num(srv, args), 2);
     assert_int_equal(cli_num(srv, args), 0); /* the resend */
-    args[13] = "8";                          /* one old, one new */
-    args[17] = "9";
+    args[15] = "8";                          /* one old, one new */
+    args[19] = "9";
     assert_int_equal(cli_num(srv, args), 1);
     assert_int_equal(CLI_NUM(srv, "XLEN", "{t}:hist"), 3);
     assert_int_equal(CLI_NUM(srv, "HGET", "{t}:hmeta", "seq"), 3);
@@ -658,6 +805,8 @@ int main(void)
         RH_TEST(test_history_read_byte_cap),
         RH_TEST(test_history_rollback_script),
         RH_TEST(test_history_failover_script),
+        RH_TEST(test_history_failover_fresh_instance),
+        RH_TEST(test_history_failover_forged_meta),
         RH_TEST(test_history_wait_replicas),
         RH_TEST(test_history_plain_publish_and_flush),
         RH_TEST(test_history_resend_once),
