@@ -249,9 +249,32 @@ static void test_wait_replicas(void **state)
     assert_int_equal(app_check(&cfg), 0);
     cfg.core.history_size = 10;
     cfg.redis.wait_replicas = 1;
-    cfg.redis.wait_timeout_ms = cfg.redis.command_timeout_ms;
+    /* A publish queued behind a WAIT waits for it and its own: twice
+     * the timeout and a second's slack within the command timeout. */
+    cfg.core.instance_ttl_ms = 60000; /* their rules below */
+    cfg.core.singleton_lease_ms = 60000;
+    cfg.redis.command_timeout_ms = 5000;
+    cfg.redis.wait_timeout_ms = 2001;
     assert_int_equal(app_check(&cfg), TB_EINVAL);
-    cfg.redis.wait_timeout_ms = cfg.redis.command_timeout_ms - 1;
+    cfg.redis.wait_timeout_ms = 2000;
+    assert_int_equal(app_check(&cfg), 0);
+    /* A heartbeat queued behind a WAIT lands before the record expires:
+     * heartbeat 1000 + 2000 + slack 1000 <= ttl. */
+    cfg.core.instance_heartbeat_ms = 1000;
+    cfg.core.instance_ttl_ms = 3999;
+    assert_int_equal(app_check(&cfg), TB_EINVAL);
+    cfg.core.instance_ttl_ms = 4000;
+    assert_int_equal(app_check(&cfg), 0);
+    /* A lease renewal queued behind one lands before the run gives the
+     * lease up: 3000 / 3 + 2000 + margin <= 3000. */
+    cfg.core.singleton_lease_ms = 3000;
+    cfg.core.singleton_margin_ms = 1;
+    assert_int_equal(app_check(&cfg), TB_EINVAL);
+    cfg.core.singleton_margin_ms = 0;
+    assert_int_equal(app_check(&cfg), 0);
+    /* Without wait_replicas no WAIT is sent: none of it applies. */
+    cfg.redis.wait_replicas = 0;
+    cfg.redis.wait_timeout_ms = 5000;
     assert_int_equal(app_check(&cfg), 0);
 }
 
