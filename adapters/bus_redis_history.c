@@ -43,7 +43,10 @@
  * meta hash's master or failover count differ from the caller's: a
  * failover the instance has not decided on (tb__rh_failover) happened,
  * and numbering now could give a position out twice.
- * Events whose number ran already (a resend) are skipped. Returns {how
+ * Events whose number ran already (a resend) are skipped; all of them
+ * skipped, the publish number is written again all the same, so that a
+ * WAIT after it on a new connection waits for the write that numbered
+ * them (WAIT counts from the connection's last write). Returns {how
  * many were appended, the epoch, the seq of the last appended} ({0} when
  * none was). */
 static const char pub_lua[] =
@@ -60,7 +63,10 @@ static const char pub_lua[] =
     "  local tx = tonumber(ARGV[10 + 4 * i])\n"
     "  if tx > prev then k = k + 1; if tx > last then last = tx end end\n"
     "end\n"
-    "if k == 0 then return {0} end\n"
+    "if k == 0 then\n"
+    "  redis.call('SET', KEYS[3], string.format('%d', prev), 'PX', ARGV[4])\n"
+    "  return {0}\n"
+    "end\n"
     "redis.call('SET', KEYS[3], string.format('%d', last), 'PX', ARGV[4])\n"
     "local ep = redis.call('HGET', KEYS[2], 'epoch')\n"
     "if not ep then\n"

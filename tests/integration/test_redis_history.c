@@ -4,6 +4,8 @@
  * plain PUBLISHes without a position, a resend that must not take a
  * second position, SCRIPT FLUSH, and history off (plain PUBLISH, no
  * keys). */
+#include <pthread.h>
+
 #include "redis_harness.h"
 
 #include "bus_redis.h"
@@ -611,6 +613,111 @@ static void test_history_wait_replicas(void **state)
     assert_int_equal(rh_app_stop(ra), 0);
 }
 
+/* A dispatch from another thread (tb_dispatch_wait blocks). */
+typedef struct {
+    tb_app *app;
+    int rc;
+    char id[TB_EVENT_ID_MAX];
+} kw_dispatch;
+
+static void *kw_dispatch_run(void *arg)
+{
+    kw_dispatch *d = arg;
+    d->rc = tb_dispatch_wait(d->app, "k.ev", "1", 1, 3 * ARRIVE_MS, d->id);
+    return NULL;
+}
+
+/* DEBUG SLEEP on a replica, from another thread (it blocks). */
+typedef struct {
+    rh_server *rep;
+    const char *secs;
+} kw_sleep;
+
+static void *kw_sleep_run(void *arg)
+{
+    kw_sleep *k = arg;
+    char out[64];
+    rh_cli(k->rep, out, sizeof out, "DEBUG", "SLEEP", k->secs);
+    return NULL;
+}
+
+/* Cuts ra's link to srv while its WAIT for one k.ev is out (the replica
+ * rep asleep for secs, so it has not confirmed); returns the dispatch's
+ * answer, its id in id. */
+static int kw_cut(rh_server *srv, rh_server *rep, rh_app *ra, const char *secs,
+                  char *id)
+{
+    pthread_t sleeper, pub;
+    kw_sleep k = {rep, secs};
+    assert_int_equal(pthread_create(&sleeper, NULL, kw_sleep_run, &k), 0);
+    th_nap_ms(100);
+    kw_dispatch d = {.app = ra->app, .rc = 1};
+    assert_int_equal(pthread_create(&pub, NULL, kw_dispatch_run, &d), 0);
+    static char out[65536];
+    char wid[32] = "";
+    for (int i = 0; i < 100 && !wid[0]; i++) {
+        assert_int_equal(rh_cli(srv, out, sizeof out, "CLIENT", "LIST"), 0);
+        for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
+            if (strstr(line, "cmd=wait") && strstr(line, "flags=b"))
+                sscanf(line, "id=%31s", wid);
+        if (!wid[0])
+            th_nap_ms(5);
+    }
+    assert_true(wid[0]);
+    assert_int_equal(rh_cli(srv, out, sizeof out, "CLIENT", "KILL", "ID", wid),
+                     0);
+    pthread_join(pub, NULL);
+    pthread_join(sleeper, NULL);
+    memcpy(id, d.id, sizeof d.id);
+    return d.rc;
+}
+
+/* The link is cut while a WAIT is out (the replica asleep, so it has not
+ * confirmed): the publish is resent on the next connection and the script
+ * skips it (no second position, one delivery). The WAIT there still
+ * covers the first write (the skip writes too, so the new connection's
+ * WAIT waits for the replica to reach it): the replica asleep past
+ * wait_timeout_ms, 504 not_replicated; awake within it, 202. Either
+ * answered once. */
+static void test_history_cut_during_wait(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    char conf[128];
+    snprintf(conf, sizeof conf,
+             "replicaof 127.0.0.1 %d\nenable-debug-command yes\n", srv->port);
+    rh_server *rep = rh_server_start(conf, NULL, NULL);
+    char url[256];
+    rh_server_url(srv, NULL, NULL, url, sizeof url);
+    tb_app_config cfg;
+    rh_config(&cfg, url, NULL);
+    cfg.core.history_size = 100;
+    cfg.redis.wait_replicas = 1;
+    cfg.redis.wait_timeout_ms = 900;
+    rh_app *ra = rh_app_start(&cfg);
+    rh_assert_connected(ra->app, CONNECT_MS);
+    rh_rec *rec = rh_rec_new("k.ev");
+    assert_true(rh_spawn(ra->app, 0, 1, rec, 5000));
+    char id[TB_EVENT_ID_MAX], id2[TB_EVENT_ID_MAX];
+    int rc = TB_ENOTREPLICATED;
+    for (int i = 0; i < 100 && rc == TB_ENOTREPLICATED; i++)
+        rc = tb_dispatch_wait(ra->app, "k.warm", "0", 1, ARRIVE_MS, id);
+    assert_int_equal(rc, 0); /* the replica has synced */
+    long long before = CLI_NUM(srv, "XLEN", "{taskbus}:hist");
+
+    assert_int_equal(kw_cut(srv, rep, ra, "2", id), TB_ENOTREPLICATED);
+    assert_int_equal(kw_cut(srv, rep, ra, "0.6", id2), 0);
+    /* One position each, one delivery each; the replica has them. */
+    assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), before + 2);
+    assert_int_equal(CLI_NUM(rep, "XLEN", "{taskbus}:hist"), before + 2);
+    assert_true(rh_rec_wait(rec, 2, ARRIVE_MS));
+    th_nap_ms(200);
+    assert_int_equal(rh_rec_count(rec), 2);
+    assert_int_equal(rh_rec_count_id(rec, id), 1);
+    assert_int_equal(rh_rec_count_id(rec, id2), 1);
+    assert_int_equal(rh_app_stop(ra), 0);
+}
+
 /* A plain PUBLISH is delivered without a position and is not in the
  * history; a SCRIPT FLUSH costs a reconnect, not an event. */
 static void test_history_plain_publish_and_flush(void **state)
@@ -808,6 +915,7 @@ int main(void)
         RH_TEST(test_history_failover_fresh_instance),
         RH_TEST(test_history_failover_forged_meta),
         RH_TEST(test_history_wait_replicas),
+        RH_TEST(test_history_cut_during_wait),
         RH_TEST(test_history_plain_publish_and_flush),
         RH_TEST(test_history_resend_once),
         RH_TEST(test_history_off),
