@@ -651,6 +651,7 @@ static void on_role_reply(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     b->role_sent_us = now;
+    tb__rsn_replicas(b, reply);
     l->step++;
     link_send_step(b, l);
 }
@@ -666,6 +667,9 @@ static void on_role_probe(redisAsyncContext *ac, void *r, void *priv)
     l->last_rx_us = tb__mono_us();
     l->ping_sent_us = 0;
     char role[32];
+    if (reply->type != REDIS_REPLY_ERROR &&
+        role_of(reply, role, sizeof role) == 0 && strcmp(role, "master") == 0)
+        tb__rsn_replicas(b, reply);
     if (reply->type != REDIS_REPLY_ERROR &&
         (role_of(reply, role, sizeof role) != 0 || strcmp(role, "master") != 0))
         tb__rb_fail(b, "%s:%d is no longer the master of %s (ROLE: %s)",

@@ -166,6 +166,7 @@ typedef struct rbus {
     int wait_n;
     char wait_n_s[16], wait_to_s[16];
     uint64_t wait_short; /* events answered not_replicated this burst */
+    size_t wait_warned;  /* replicas attached when last warned of; 0 none */
     /* This instance's last publish the script answered (pend_*) and the
      * last one acknowledged to its publisher (ack_*, after the WAIT with
      * wait_n): a failover checks that the new master has it. */
@@ -341,5 +342,9 @@ void tb__rsn_tick(rbus *b, int64_t now);
 void tb__rsn_teardown(rbus *b);
 /* Closes the query and every watch. From finish(). */
 void tb__rsn_finish(rbus *b);
+/* A ROLE reply from the master: warns (once per count) when more replicas
+ * are attached than redis.wait_replicas, which then no longer makes a
+ * lost acknowledged event detected. */
+void tb__rsn_replicas(rbus *b, const struct redisReply *reply);
 
 #endif /* TASKBUS_BUS_REDIS_H */

@@ -601,3 +601,26 @@ int tb__rsn_init(rbus *b, const tb_app_config *c)
     }
     return 0;
 }
+
+void tb__rsn_replicas(rbus *b, const redisReply *reply)
+{
+    /* ROLE of a master: "master", offset, [[host, port, offset], ...]. */
+    if (!b->wait_n || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        reply->element[2]->type != REDIS_REPLY_ARRAY)
+        return;
+    size_t n = reply->element[2]->elements;
+    if (n <= (size_t)b->wait_n) {
+        b->wait_warned = 0;
+        return;
+    }
+    if (b->wait_warned == n)
+        return;
+    b->wait_warned = n;
+    tb__log(TB_LOG_WARN,
+            "redis bus: master %s at %s:%d has %zu replicas attached but "
+            "redis.wait_replicas is %d: a failover to a replica that did "
+            "not confirm may lose acknowledged events without it being "
+            "detected; set redis.wait_replicas to the number of replicas "
+            "(docs/HISTORY.md)",
+            b->t.master, b->master_host, b->master_port, n, b->wait_n);
+}
