@@ -342,6 +342,34 @@ void tb__rsn_tick(rbus *b, int64_t now);
 void tb__rsn_teardown(rbus *b);
 /* Closes the query and every watch. From finish(). */
 void tb__rsn_finish(rbus *b);
+/* What a ROLE reply says the server is ("master", "slave", "sentinel"),
+ * into role (n bytes); 0 when it is an answer of that form. */
+int tb__rsn_role_of(const struct redisReply *reply, char *role, size_t n);
+/* The periodic ROLE check's answer (pub_ping sends it; priv the link). */
+void tb__rsn_role_probe(redisAsyncContext *ac, void *r, void *priv);
+/* 1 if an announced master may be tried without the backoff (at most
+ * once per redis.retry_min_ms). */
+int tb__rsn_switch_now(rbus *b);
+/* Leaves the old master once the switch may go (nothing of ours in
+ * flight, all we published there seen back on `sub`). Bus thread. */
+void tb__rb_maybe_switch(rbus *b);
+/* ------------------------------- the publish path (bus_redis_publish.c) */
+
+/* Bytes of our own PUBLISHes that may be on their way back to our
+ * subscription (see tb__rb_flush_sendq). Well under Redis's default pubsub
+ * output buffer limits (32 MB hard, 8 MB for 60 s). */
+#define TB__RB_ECHO_WINDOW (4 << 20)
+/* Sends the queued requests on `pub` if connected, within the echo
+ * window, then the WAIT for them with redis.wait_replicas. Bus thread. */
+void tb__rb_flush_sendq(rbus *b);
+/* Sends the WAIT after the publishes just sent (redis.wait_replicas > 0):
+ * their publishers are answered by its reply; fails the connection if it
+ * cannot be sent. Bus thread. */
+void tb__rbw_send(rbus *b, int64_t now);
+/* Publishers woke the bus thread (b->wake_ev): take and send. */
+void tb__rb_on_wake(evutil_socket_t fd, short what, void *arg);
+/* Moves what publishers handed over into b->sendq (bus_redis.c). */
+void tb__rb_drain_inq(rbus *b);
 /* A ROLE reply from the master: warns (once per count) when more replicas
  * are attached than redis.wait_replicas, which then no longer makes a
  * lost acknowledged event detected. */
