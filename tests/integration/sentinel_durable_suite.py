@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import tbharness  # noqa: E402 (after the path it is found on)
 from tbharness import T, ahttp, check, check_status, poll_until  # noqa: E402
-from sentinel_suite import (REDIS_SENTINEL, Stream, collect,  # noqa: E402
+from sentinel_suite import (REDIS_SENTINEL, Stream,  # noqa: E402
                             fail_over, two_instances, wait_ready)
 
 # ------------------------------------------------------------ durable
