@@ -21,16 +21,36 @@
 #define ONES UINT64_C(0x0101010101010101)
 #define HIGHS UINT64_C(0x8080808080808080)
 
-/* 1 if none of the 8 bytes in w is '"', '\\', a control (< 0x20) or
- * non-ASCII: the bytes a string scan must look at one by one. (Each test
- * may flag a byte above a real match, never miss one.) */
-static inline int word_plain(uint64_t w)
+/* The high bit of each of the 8 bytes in w that is '"', '\\' or a control
+ * (< 0x20): the bytes a JSON string escapes. A bit may also be set above a
+ * real match, never missing one: 0 means none. */
+static inline uint64_t escape_bits(uint64_t w)
 {
     uint64_t q = w ^ (ONES * '"');
     uint64_t b = w ^ (ONES * '\\');
-    uint64_t t =
-        ((w - ONES * 0x20) & ~w) | ((q - ONES) & ~q) | ((b - ONES) & ~b) | w;
-    return (t & HIGHS) == 0;
+    return (((w - ONES * 0x20) & ~w) | ((q - ONES) & ~q) | ((b - ONES) & ~b)) &
+           HIGHS;
+}
+
+/* 1 if none of the 8 bytes in w is to be escaped or non-ASCII: the bytes a
+ * string scan must look at one by one. */
+static inline int word_plain(uint64_t w)
+{
+    return (escape_bits(w) | (w & HIGHS)) == 0;
+}
+
+/* The first i' >= i from which s[i'..n) may hold a byte to escape, in
+ * steps of 8: what an escaping loop can pass without looking. */
+static size_t skip_unescaped(const char *s, size_t i, size_t n)
+{
+    while (n - i >= 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        if (escape_bits(w))
+            break;
+        i += 8;
+    }
+    return i;
 }
 
 static inline const char *blanks(const char *p, const char *end)
@@ -554,18 +574,7 @@ static size_t escaped_len(const char *s, size_t n)
     size_t extra = 0;
     size_t i = 0;
     while (i < n) {
-        while (n - i >= 8) {
-            uint64_t w;
-            memcpy(&w, s + i, 8);
-            uint64_t q = w ^ (ONES * '"');
-            uint64_t b = w ^ (ONES * '\\');
-            /* As word_plain, but UTF-8 needs no escape. */
-            uint64_t t = ((w - ONES * 0x20) & ~w) | ((q - ONES) & ~q) |
-                         ((b - ONES) & ~b);
-            if (t & HIGHS)
-                break;
-            i += 8;
-        }
+        i = skip_unescaped(s, i, n); /* UTF-8 needs no escape */
         if (i == n)
             break;
         unsigned char c = (unsigned char)s[i++];
@@ -585,7 +594,7 @@ static char *put_escaped(char *o, const char *s, size_t n)
     static const char hex[] = "0123456789ABCDEF";
     size_t i = 0;
     while (i < n) {
-        size_t j = i;
+        size_t j = skip_unescaped(s, i, n);
         while (j < n) {
             unsigned char c = (unsigned char)s[j];
             if (c < 0x20 || c == '"' || c == '\\')
