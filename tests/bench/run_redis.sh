@@ -30,6 +30,14 @@
 #      nothing, so the command is given explicitly.)
 #   2. throughput: `bench_redis -m sub` (2 workers) waits for "ready", then
 #      `bench_redis -m pub -n N` (1 worker) dispatches as fast as accepted.
+#   2b. CPU per event (issue 13 point 5): the throughput pair again with
+#      history on (-H, history_size 10000, both instances), then
+#      `bench_redis -m mem -n N`, the same publisher and subscribers in one
+#      app on the in-process bus; with step 2 (history off) they make the
+#      CPU table printed last: µs of CPU per event of the two taskbus
+#      processes together and of redis-server (utime + stime from /proc),
+#      their ratio against the target (at most 3x), events/s, and whether
+#      every event arrived exactly once.
 #   3. latency: the same at RATE events/s for SECONDS; then the floor:
 #      `bench_redis -m raw`, a hiredis publisher thread and subscriber thread
 #      in one process, no taskbus, same rate, data and server.
@@ -226,7 +234,7 @@ fi
 
 # ---------------------------------------------------------------- taskbus runs
 
-# pair STEP N [PUB ARGS...]: one subscriber instance and one publisher
+# pair STEP N [PUB ARGS...]: one subscriber instance (with sub_args) and one publisher
 # instance; their output (prefixed with STEP) and redis-server's CPU and
 # byte counts go to the results. With PERF_DIR set, each side and
 # redis-server run under perf record.
@@ -239,7 +247,7 @@ pair() {
         pre_pub=(perf record -q -g -o "$PERF_DIR/pub.data" --)
     fi
     timeout -k 5 "$per_run_s" "${pre_sub[@]}" "$bin" -m sub -u "$url" -s "$ns" -n "$count" \
-        -t $((per_run_s - 15)) >"$tmp/$step.sub" 2>"$tmp/$step.sub.err" &
+        -t $((per_run_s - 15)) "${sub_args[@]}" >"$tmp/$step.sub" 2>"$tmp/$step.sub.err" &
     spid=$!
     pids+=("$spid")
     for _ in $(seq 300); do
@@ -296,9 +304,29 @@ pair() {
     return 0
 }
 
+sub_args=()
 echo "## 2. throughput: 1 publishing worker -> 2 subscribing workers, $n events of 128 bytes"
 if have 60 "the throughput run"; then
     pair thr "$n"
+fi
+echo
+
+echo "## 2b. CPU per event: the same with history on (history_size 10000), then on the in-process bus"
+if have 60 "the history-on run"; then
+    sub_args=(-H 10000)
+    pair hist "$n" -H 10000
+    sub_args=()
+fi
+if have 30 "the in-process run"; then
+    if timeout -k 5 "$per_run_s" "$bin" -m mem -u none -n "$n" \
+        >"$tmp/mem.out" 2>"$tmp/mem.err"; then
+        grep -v '^sub ready' "$tmp/mem.out" | sed 's/^/  /'
+    else
+        echo "run_redis.sh: the in-process run failed:" >&2
+        cat "$tmp/mem.out" "$tmp/mem.err" >&2
+        failed=1
+    fi
+    sed 's/^/mem /' "$tmp/mem.out" >>"$res"
 fi
 echo
 
@@ -466,7 +494,7 @@ w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 for r in [head, tuple("-" * x for x in w)] + rows:
     print("| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |")
 print()
-for step, what in (("thr", "throughput"), ("lat", "latency")):
+for step, what in (("thr", "throughput"), ("hist", "history on"), ("mem", "in-process"), ("lat", "latency")):
     for rest in R.get(step, []):
         if rest.startswith(("sub cpu:", "pub cpu:")):
             print(f"{what} {rest}")
@@ -478,6 +506,42 @@ for step, what in (("thr", "throughput"), ("lat", "latency")):
     if m:
         print(f"{what} redis bytes per event: {int(m[2]) // int(m[1])} in, "
               f"{int(m[3]) // int(m[1])} out")
+
+# Issue 13 point 5: the taskbus processes' CPU per event against Redis's.
+print()
+cpu_rows = []
+for step, what in (("thr", "Redis bus, history off"), ("hist", "Redis bus, history on"),
+                   ("mem", "in-process bus (1 process)")):
+    if not R.get(step):
+        continue
+    tb = 0.0
+    for role in ("pub", "sub"):
+        m = find(step, rf"^{role} cpu: (\d+) ms")
+        if m:
+            tb += int(m[1])
+    rate = num(step, r"^sub received: \d+ of \d+ per worker in \S+ s: (\d+)/s")
+    m = find(step, r"^sub received: (\d+) of (\d+)")
+    count = int(m[2]) if m else 0
+    d, mi, x = errors(step)
+    ok = count > 0 and d == mi == x == 0 and m and int(m[1]) == count
+    rc = find(step, r"^redis-cpu (\d+) (\d+)")
+    tb_us = tb * 1000 / count if count else None
+    r_us = int(rc[1]) * 1000 / count if rc and count else None
+    ratio = tb_us / r_us if tb_us and r_us else None
+    cpu_rows.append((what, "-" if tb_us is None else f"{tb_us:.2f} us",
+                     "-" if r_us is None else f"{r_us:.2f} us",
+                     "-" if ratio is None else f"{ratio:.2f}x",
+                     "<= 3x" if step != "mem" else "",
+                     "PASS" if ratio is not None and ratio <= 3 and ok else
+                     ("" if step == "mem" and ok else "MISS"),
+                     f(rate), f"{d} / {mi} / {x}" + ("" if ok else " INCOMPLETE")))
+if cpu_rows:
+    head = ("CPU per event", "taskbus (pub + sub)", "redis-server", "ratio", "target",
+            "result", "events/s per worker", "dup / missing / dropped")
+    w = [max(len(r[i]) for r in cpu_rows + [head]) for i in range(len(head))]
+    for r in [head, tuple("-" * x for x in w)] + cpu_rows:
+        print("| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |")
+    print()
 for rest in R.get("ceil", []) + R.get("ref", []):
     m = re.match(r"redis-cpu (.*) (\d+) (\d+)$", rest)
     if m:
