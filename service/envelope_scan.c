@@ -11,9 +11,10 @@
 #include "hex.h"
 #include "internal.h"
 
-/* Keys of one object of data checked for duplicates; an object with more
- * goes to jansson. */
+/* Keys of one object of data checked for duplicates, and of all the
+ * objects open at once; data with more goes to jansson. */
 #define KEYS_MAX 16
+#define KEYS_STACK 64
 
 /* Digits of an integer taken without overflow care (10^18 - 1 fits). */
 #define DIGITS_MAX 18
@@ -207,19 +208,30 @@ static const char *scan_int(const char *p, const char *end, int *neg,
     return p;
 }
 
-static const char *scan_value(const char *p, const char *end, int depth);
-
-/* A key of one object, for the duplicate check. */
+/* A key of an object, for the duplicate check. */
 typedef struct keyspan {
     const char *s;
     size_t n;
 } keyspan;
 
-/* Scans an object in jansson's compact form, '{' at p[-1]. */
-static const char *scan_object(const char *p, const char *end, int depth)
+/* What one scan of data shares across its nesting levels: the keys of the
+ * objects open, innermost last. Kept out of each level's frame so that a
+ * level costs less stack than TB__JSON_STACK_PER_LEVEL (json.h): the key
+ * array in every frame made one 720 bytes under ASan. */
+typedef struct scan_ctx {
+    keyspan keys[KEYS_STACK];
+    int nkeys;
+} scan_ctx;
+
+static const char *scan_value(scan_ctx *c, const char *p, const char *end,
+                              int depth);
+
+/* Scans an object in jansson's compact form, '{' at p[-1]. Its keys sit
+ * on c's stack above the enclosing objects' while it is scanned. */
+static const char *scan_object(scan_ctx *c, const char *p, const char *end,
+                               int depth)
 {
-    keyspan keys[KEYS_MAX];
-    int nkeys = 0;
+    const int base = c->nkeys;
     if (p < end && *p == '}')
         return p + 1;
     for (;;) {
@@ -228,21 +240,24 @@ static const char *scan_object(const char *p, const char *end, int depth)
         int how;
         const char *q = scan_string(p + 1, end, &how);
         /* Escaped keys go to jansson: it refuses "\u0000" in them. */
-        if (!q || how != STR_PLAIN || nkeys == KEYS_MAX)
+        if (!q || how != STR_PLAIN || c->nkeys - base == KEYS_MAX ||
+            c->nkeys == KEYS_STACK)
             return NULL;
         size_t n = (size_t)(q - p - 1);
-        for (int i = 0; i < nkeys; i++)
-            if (keys[i].n == n && memcmp(keys[i].s, p + 1, n) == 0)
+        for (int i = base; i < c->nkeys; i++)
+            if (c->keys[i].n == n && memcmp(c->keys[i].s, p + 1, n) == 0)
                 return NULL; /* jansson keeps the last: not verbatim */
-        keys[nkeys++] = (keyspan){p + 1, n};
+        c->keys[c->nkeys++] = (keyspan){p + 1, n};
         p = q + 1;
         if (p == end || *p != ':')
             return NULL;
-        p = scan_value(p + 1, end, depth);
+        p = scan_value(c, p + 1, end, depth);
         if (!p || p == end)
             return NULL;
-        if (*p == '}')
+        if (*p == '}') {
+            c->nkeys = base;
             return p + 1;
+        }
         if (*p != ',')
             return NULL;
         p++;
@@ -251,13 +266,14 @@ static const char *scan_object(const char *p, const char *end, int depth)
 
 /* Scans a value of data in jansson's compact form, nested at most depth
  * levels more. Returns its end or NULL. */
-static const char *scan_value(const char *p, const char *end, int depth)
+static const char *scan_value(scan_ctx *c, const char *p, const char *end,
+                              int depth)
 {
     if (p == end)
         return NULL;
     switch (*p) {
     case '{':
-        return depth > 0 ? scan_object(p + 1, end, depth - 1) : NULL;
+        return depth > 0 ? scan_object(c, p + 1, end, depth - 1) : NULL;
     case '[':
         if (depth <= 0)
             return NULL;
@@ -265,7 +281,7 @@ static const char *scan_value(const char *p, const char *end, int depth)
         if (p < end && *p == ']')
             return p + 1;
         for (;;) {
-            p = scan_value(p, end, depth - 1);
+            p = scan_value(c, p, end, depth - 1);
             if (!p || p == end)
                 return NULL;
             if (*p == ']')
@@ -391,7 +407,9 @@ static int scan_data(const char **pp, const char *end, size_t max_size,
     if (*p != '{' && *p != '[')
         return 0;
     /* The envelope is one level: data may nest max_depth - 1 more. */
-    const char *q = scan_value(p, end, max_depth - 1);
+    scan_ctx c;
+    c.nkeys = 0;
+    const char *q = scan_value(&c, p, end, max_depth - 1);
     if (!q || (size_t)(q - p) > max_size)
         return 0;
     v->data = p;
@@ -668,7 +686,9 @@ int tb__envelope_write(const tb_event *ev, char **out, size_t *outlen)
     const char *d = ev->data, *dend = ev->data + ev->len;
     const char *b = blanks(d, dend);
     int json = b < dend && (*b == '{' || *b == '[');
-    if (json && (b != d || scan_value(d, dend, ev->max_depth - 1) != dend))
+    scan_ctx c;
+    c.nkeys = 0;
+    if (json && (b != d || scan_value(&c, d, dend, ev->max_depth - 1) != dend))
         return 0;
 
     size_t idlen = strlen(ev->id), namelen = strlen(ev->name),

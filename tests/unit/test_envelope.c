@@ -894,8 +894,11 @@ static void test_pos(void **state)
 static void test_fast_path(void **state)
 {
     (void)state;
-    static const char *datas[] = {"plain text", "tab\there \"quoted\" \u00e9",
-                                  "{\"a\":[1,-2,true,null],\"b\":{}}", ""};
+    static const char *datas[] = {
+        "plain text", "tab\there \"quoted\" \u00e9",
+        "{\"a\":[1,-2,true,null],\"b\":{}}", "",
+        /* the same key at two levels: no duplicate */
+        "{\"a\":{\"b\":1},\"b\":{\"a\":[{\"a\":0}]}}"};
     for (size_t i = 0; i < sizeof datas / sizeof *datas; i++) {
         tb_event *ev = tb__event_new(app, NAME, datas[i], strlen(datas[i]),
                                      "id-9", "inst/0", 77);
