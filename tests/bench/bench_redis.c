@@ -2,7 +2,8 @@
  * bus between two taskbus instances (the C side of tests/bench/run_redis.sh).
  *
  * Usage: bench_redis -m sub|pub|raw|mem -u REDIS_URL -n N [-r RATE]
- *                    [-w WORKERS] [-t SECONDS] [-s NAMESPACE] [-H SIZE] [-v]
+ *                    [-w WORKERS] [-t SECONDS] [-s NAMESPACE] [-H SIZE] [-S]
+ *                    [-v]
  *
  * One binary, two roles, started as two processes on the same redis-server
  * and event namespace (and a third, raw, for reference):
@@ -53,10 +54,17 @@
  *
  * CPU: each role prints the CPU time of each of its threads over its timed
  * window (sub: first arrival to the end; pub: first dispatch to the last
- * acknowledgement), from /proc/self/task/<tid>/stat (clock ticks).
+ * acknowledgement), from /proc/self/task/<tid>/stat (clock ticks). Those
+ * windows differ; with -S the two processes print marks ("pub mark start
+ * <pid>" before the first dispatch, "sub mark end <pid>" after the last
+ * arrival, "pub mark end <pid>" after the last acknowledgement; "sub mark
+ * ready <pid>" after "sub ready") and stand still at each but the ready
+ * one until SIGUSR1, so that run_redis.sh samples both processes and
+ * redis-server at the same two instants.
  *
  * Output lines start with "sub " or "pub " (run_redis.sh parses them):
  *   sub ready
+ *   sub mark ready|end <pid>, pub mark start|end <pid>   (-S)
  *   sub worker <i>: received <n> duplicates <d> missing <m> foreign <f>
  *       dropped <x> rate <r>/s p50 <us> p99 <us>
  *   sub received: <n> of <N> per worker in <s> s: <r>/s per worker
@@ -81,6 +89,7 @@
 #include <dirent.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -99,6 +108,7 @@
 #define IDLE_MS 5000           /* sub: give up this long after the last */
 #define BUS_WAIT_MS 10000      /* how long either side waits for "connected" */
 #define ACK_WAIT_MS 60000      /* pub: how long it waits for the last ack */
+#define MARK_WAIT_MS 30000     /* -S: how long a mark waits for SIGUSR1 */
 #define YIELD_SPINS 16         /* pub: yields on ENOSPC before a 1 ms sleep */
 #define MAX_WORKERS 16
 #define MAX_THREADS 64
@@ -226,6 +236,7 @@ static struct {
     uint32_t n;
     int rate; /* pub: events/s, 0 = as fast as possible */
     int timeout_s;
+    int marks; /* -S: print marks and wait at them (run_redis.sh) */
     atomic_int failed;
     atomic_int opened;        /* sub: subscriptions open */
     atomic_int ready;         /* sub: "ready" printed */
@@ -250,6 +261,26 @@ static void fail(const char *fmt, ...)
     fprintf(stderr, "\n");
     va_end(ap);
     B.failed = 1;
+}
+
+/* -S: prints "<role> mark <what> <pid>" and, if wait, blocks the calling
+ * thread until SIGUSR1 (at most MARK_WAIT_MS), so that run_redis.sh reads
+ * this process's, the other side's and redis-server's CPU time at the
+ * same instants while the processes stand still. */
+static void mark(const char *role, const char *what, int wait)
+{
+    if (!B.marks)
+        return;
+    printf("%s mark %s %d\n", role, what, (int)getpid());
+    fflush(stdout);
+    if (!wait)
+        return;
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    struct timespec ts = {MARK_WAIT_MS / 1000, 0};
+    if (sigtimedwait(&usr1, NULL, &ts) < 0)
+        fail("%s mark %s: no SIGUSR1 within %d ms", role, what, MARK_WAIT_MS);
 }
 
 /* Suspends self until the bus is connected, at most BUS_WAIT_MS. */
@@ -333,6 +364,7 @@ static void check_ready(void)
         B.ready_us = mono_us();
         printf("sub ready\n");
         fflush(stdout);
+        mark("sub", "ready", 0);
     }
 }
 
@@ -391,6 +423,8 @@ static int sub_body(tb_task *self, void *arg)
     ws->done = 1;
     if (atomic_fetch_add(&B.finished, 1) + 1 == B.workers) {
         cpu_take(&B.cpu1);
+        if (!B.mem)
+            mark("sub", "end", 1);
         tb_bus_status(B.app, &B.bus_end);
         tb_app_stop(B.app);
     }
@@ -534,6 +568,8 @@ static int pub_body(tb_task *self, void *arg)
             if ((rc = tb_sleep(self, 1)) != 0)
                 goto out;
         atomic_store(&B.started, 1);
+    } else {
+        mark("pub", "start", 1);
     }
     cpu_take(&B.cpu0);
     B.t0_us = mono_us();
@@ -571,8 +607,10 @@ static int pub_body(tb_task *self, void *arg)
             goto out;
     }
     B.t_ack_us = mono_us();
-    if (!B.mem) /* else the last subscriber takes it */
+    if (!B.mem) { /* else the last subscriber takes it */
         cpu_take(&B.cpu1);
+        mark("pub", "end", 1);
+    }
     B.acked = bi.published;
     if (bi.publish_failed)
         fail("%" PRIu64 " events failed to publish", bi.publish_failed);
@@ -791,22 +829,23 @@ static int raw_run(const char *url, const char *ns)
 
 static void usage(const char *argv0)
 {
-    fprintf(
-        stderr,
-        "usage: %s -m sub|pub|raw|mem -u REDIS_URL -n N [-r RATE]\n"
-        "          [-w WORKERS] [-t SECONDS] [-s NAMESPACE] [-H SIZE] [-v]\n"
-        "  -m  role: sub (receive and measure), pub (dispatch), raw\n"
-        "      (hiredis publisher and subscriber threads, no taskbus), or\n"
-        "      mem (sub and pub in one app on the in-process bus)\n"
-        "  -u  redis://127.0.0.1:PORT of the shared redis-server\n"
-        "  -n  events (pub: dispatched; sub: expected on every worker)\n"
-        "  -r  pub: events per second (default: as fast as accepted)\n"
-        "  -w  workers (default: sub 2, pub 1; at most %d)\n"
-        "  -t  sub: give up this long after \"ready\" (default 120)\n"
-        "  -s  event namespace (default tbbench)\n"
-        "  -H  history_size (default 0: history off)\n"
-        "  -v  keep taskbus's info logging (default: warnings only)\n",
-        argv0, MAX_WORKERS);
+    fprintf(stderr,
+            "usage: %s -m sub|pub|raw|mem -u REDIS_URL -n N [-r RATE]\n"
+            "          [-w WORKERS] [-t SECONDS] [-s NAMESPACE] [-H SIZE] [-S] "
+            "[-v]\n"
+            "  -m  role: sub (receive and measure), pub (dispatch), raw\n"
+            "      (hiredis publisher and subscriber threads, no taskbus), or\n"
+            "      mem (sub and pub in one app on the in-process bus)\n"
+            "  -u  redis://127.0.0.1:PORT of the shared redis-server\n"
+            "  -n  events (pub: dispatched; sub: expected on every worker)\n"
+            "  -r  pub: events per second (default: as fast as accepted)\n"
+            "  -w  workers (default: sub 2, pub 1; at most %d)\n"
+            "  -t  sub: give up this long after \"ready\" (default 120)\n"
+            "  -s  event namespace (default tbbench)\n"
+            "  -H  history_size (default 0: history off)\n"
+            "  -S  sub, pub: print marks and wait at them for SIGUSR1\n"
+            "  -v  keep taskbus's info logging (default: warnings only)\n",
+            argv0, MAX_WORKERS);
     exit(2);
 }
 
@@ -818,7 +857,7 @@ int main(int argc, char **argv)
     int c, err = 0, rc, verbose = 0, history = 0;
 
     B.timeout_s = 120;
-    while ((c = getopt(argc, argv, "m:u:n:r:w:t:s:H:vh")) != -1) {
+    while ((c = getopt(argc, argv, "m:u:n:r:w:t:s:H:Svh")) != -1) {
         switch (c) {
         case 'm':
             role = optarg;
@@ -843,6 +882,9 @@ int main(int argc, char **argv)
             break;
         case 'H':
             history = atoi(optarg);
+            break;
+        case 'S':
+            B.marks = 1;
             break;
         case 'v':
             verbose = 1;
@@ -880,6 +922,12 @@ int main(int argc, char **argv)
         }
     }
 
+    if (B.marks) { /* before any thread: every thread inherits it */
+        sigset_t usr1;
+        sigemptyset(&usr1);
+        sigaddset(&usr1, SIGUSR1);
+        pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+    }
     tb_log_set_level(verbose ? TB_LOG_INFO : TB_LOG_WARN);
     tb_app_config_init(&cfg);
     cfg.core.workers = B.workers + B.mem;
