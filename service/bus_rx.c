@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "envelope.h"
 #include "history.h"
@@ -53,6 +54,9 @@ struct tb__bus_rx {
     seen *ring;      /* DEDUPE_IDS ids, oldest overwritten first */
     uint32_t *slots; /* DEDUPE_SLOTS: tag << 16 | ring index + 1; 0: empty */
     uint32_t ring_pos;
+    /* Keys the ids' hash: random per table, so that ids sent to collide
+     * (all probing one run of slots) cannot be computed in advance. */
+    uint64_t seed;
 
     /* Positions (tb__bus_rx_track): see bus.h. */
     int (*fetch)(void *ud, uint64_t after, size_t count);
@@ -125,7 +129,7 @@ static int dedupe_seen(tb__bus_rx *rx, const char *id)
 {
     uint32_t mask = DEDUPE_SLOTS - 1;
     size_t len = strlen(id);
-    uint64_t h = tb__hash_str(id, len);
+    uint64_t h = tb__hash_seeded(id, len, rx->seed);
     uint32_t tag = slot_tag(h);
     for (uint32_t i = (uint32_t)h & mask; rx->slots[i]; i = (i + 1) & mask) {
         if (rx->slots[i] >> 16 != tag)
@@ -596,6 +600,11 @@ void tb__bus_rx_status(tb__bus_rx *rx, tb_bus_info *out)
 
 /* ---------------------------------------------------------------- life */
 
+uint64_t tb__bus_rx_seed(const tb__bus_rx *rx)
+{
+    return rx->seed;
+}
+
 tb__bus_rx *tb__bus_rx_new(tb_app *app, const char *who, const char *prefix,
                            void (*schedule)(void *ud), void *ud)
 {
@@ -609,6 +618,8 @@ tb__bus_rx *tb__bus_rx_new(tb_app *app, const char *who, const char *prefix,
         return NULL;
     }
     rx->app = app;
+    if (getrandom(&rx->seed, sizeof rx->seed, GRND_NONBLOCK) != sizeof rx->seed)
+        rx->seed = (uint64_t)tb__mono_us() ^ (uint64_t)(uintptr_t)rx;
     snprintf(rx->who, sizeof rx->who, "%s", who);
     rx->prefix_len =
         (size_t)snprintf(rx->prefix, sizeof rx->prefix, "%s", prefix);

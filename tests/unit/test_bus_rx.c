@@ -409,6 +409,36 @@ static void test_dedupe_window(void **state)
     tb_app_free(app);
 }
 
+/* Each table hashes ids with a key of its own: ids made to collide in one
+ * (or in the unkeyed tb__hash_str) land elsewhere in another. */
+static void test_dedupe_keyed(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    tb__bus_rx *a =
+        tb__bus_rx_new(app, "test bus", "taskbus:event:", no_schedule, NULL);
+    tb__bus_rx *b =
+        tb__bus_rx_new(app, "test bus", "taskbus:event:", no_schedule, NULL);
+    assert_non_null(a);
+    assert_non_null(b);
+    uint64_t ka = tb__bus_rx_seed(a), kb = tb__bus_rx_seed(b);
+    assert_true(ka != kb);
+    /* The same id's slot (the hash's low 15 bits) moves with the key. */
+    int moved = 0;
+    for (int i = 0; i < 8; i++) {
+        char id[16];
+        int n = snprintf(id, sizeof id, "i1-%d", i);
+        uint64_t ha = tb__hash_seeded(id, (size_t)n, ka),
+                 hb = tb__hash_seeded(id, (size_t)n, kb);
+        moved += (ha & 0x7FFF) != (hb & 0x7FFF);
+        assert_int_equal(ha, tb__hash_seeded(id, (size_t)n, ka));
+    }
+    assert_true(moved >= 6);
+    tb__bus_rx_free(a);
+    tb__bus_rx_free(b);
+    tb_app_free(app);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -419,6 +449,7 @@ int main(void)
         cmocka_unit_test(test_failed_read_retried),
         cmocka_unit_test(test_rollback),
         cmocka_unit_test(test_dedupe_window),
+        cmocka_unit_test(test_dedupe_keyed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
