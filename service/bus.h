@@ -436,6 +436,9 @@ typedef struct tb__bus_rx tb__bus_rx;
 tb__bus_rx *tb__bus_rx_new(tb_app *app, const char *who, const char *prefix,
                            void (*schedule)(void *ud), void *ud);
 
+/* The random key of rx's duplicate-id table (for tests). */
+uint64_t tb__bus_rx_seed(const tb__bus_rx *rx);
+
 /* Drops the events still batched (call tb__bus_rx_flush first to deliver
  * them) and frees rx. NULL is a no-op. */
 void tb__bus_rx_free(tb__bus_rx *rx);

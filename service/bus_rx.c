@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "envelope.h"
 #include "history.h"
@@ -21,7 +22,13 @@
  * tried again this much later, or at the reconnection. */
 #define CATCHUP_RETRY_US 1000000
 #define DEDUPE_SLOTS (2 * DEDUPE_IDS) /* hash slots; a power of two */
-#define RX_BATCH 256                  /* received events handed over at once */
+/* A slot holds its ring index + 1 in the low 16 bits and the id's hash's
+ * low 16 bits above, which include the slot's home: probing and deletion
+ * then read the ring only for a likely match (a tenth of the subscriber's
+ * bus thread went to these cache misses). */
+_Static_assert(DEDUPE_IDS < 0xFFFF && DEDUPE_SLOTS <= 0x10000,
+               "a dedupe slot packs a ring index and a home in 32 bits");
+#define RX_BATCH 256 /* received events handed over at once */
 
 typedef struct seen {
     uint64_t hash;
@@ -45,8 +52,11 @@ struct tb__bus_rx {
     tb_event *batch[RX_BATCH];
     size_t nbatch;
     seen *ring;      /* DEDUPE_IDS ids, oldest overwritten first */
-    uint32_t *slots; /* DEDUPE_SLOTS: ring index + 1, 0 when empty */
+    uint32_t *slots; /* DEDUPE_SLOTS: tag << 16 | ring index + 1; 0: empty */
     uint32_t ring_pos;
+    /* Keys the ids' hash: random per table, so that ids sent to collide
+     * (all probing one run of slots) cannot be computed in advance. */
+    uint64_t seed;
 
     /* Positions (tb__bus_rx_track): see bus.h. */
     int (*fetch)(void *ud, uint64_t after, size_t count);
@@ -77,9 +87,15 @@ typedef struct parked {
 
 /* ---------------------------------------------------------------- dedupe */
 
-static uint32_t slot_home(const tb__bus_rx *rx, uint32_t v)
+static uint32_t slot_tag(uint64_t hash)
 {
-    return (uint32_t)rx->ring[v - 1].hash & (DEDUPE_SLOTS - 1);
+    return (uint32_t)hash & 0xFFFF;
+}
+
+/* The home of the entry in slot value v. */
+static uint32_t slot_home(uint32_t v)
+{
+    return (v >> 16) & (DEDUPE_SLOTS - 1);
 }
 
 /* Removes the slot holding ring index idx (backward-shift deletion keeps
@@ -87,8 +103,8 @@ static uint32_t slot_home(const tb__bus_rx *rx, uint32_t v)
 static void dedupe_forget(tb__bus_rx *rx, uint32_t idx)
 {
     uint32_t mask = DEDUPE_SLOTS - 1;
-    uint32_t i = slot_home(rx, idx + 1);
-    while (rx->slots[i] != idx + 1) {
+    uint32_t i = (uint32_t)rx->ring[idx].hash & mask;
+    while ((rx->slots[i] & 0xFFFF) != idx + 1) {
         if (!rx->slots[i])
             return; /* not there: nothing to do */
         i = (i + 1) & mask;
@@ -98,7 +114,7 @@ static void dedupe_forget(tb__bus_rx *rx, uint32_t idx)
         j = (j + 1) & mask;
         if (!rx->slots[j])
             break;
-        uint32_t k = slot_home(rx, rx->slots[j]);
+        uint32_t k = slot_home(rx->slots[j]);
         /* The entry at j may stay if its home lies cyclically in (i, j]. */
         if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
             continue;
@@ -114,9 +130,12 @@ static int dedupe_seen(tb__bus_rx *rx, const char *id)
 {
     uint32_t mask = DEDUPE_SLOTS - 1;
     size_t len = strlen(id);
-    uint64_t h = tb__hash_str(id, len);
+    uint64_t h = tb__hash_seeded(id, len, rx->seed);
+    uint32_t tag = slot_tag(h);
     for (uint32_t i = (uint32_t)h & mask; rx->slots[i]; i = (i + 1) & mask) {
-        const seen *s = &rx->ring[rx->slots[i] - 1];
+        if (rx->slots[i] >> 16 != tag)
+            continue;
+        const seen *s = &rx->ring[(rx->slots[i] & 0xFFFF) - 1];
         if (s->hash == h && strcmp(s->id, id) == 0)
             return 1;
     }
@@ -125,11 +144,14 @@ static int dedupe_seen(tb__bus_rx *rx, const char *id)
     if (rx->ring[idx].id[0])
         dedupe_forget(rx, idx);
     rx->ring[idx].hash = h;
-    snprintf(rx->ring[idx].id, sizeof rx->ring[idx].id, "%s", id);
+    if (len >= sizeof rx->ring[idx].id) /* an event's id always fits */
+        len = sizeof rx->ring[idx].id - 1;
+    memcpy(rx->ring[idx].id, id, len);
+    rx->ring[idx].id[len] = '\0';
     uint32_t i = (uint32_t)h & mask;
     while (rx->slots[i])
         i = (i + 1) & mask;
-    rx->slots[i] = idx + 1;
+    rx->slots[i] = tag << 16 | (idx + 1);
     return 0;
 }
 
@@ -621,6 +643,11 @@ void tb__bus_rx_status(tb__bus_rx *rx, tb_bus_info *out)
 
 /* ---------------------------------------------------------------- life */
 
+uint64_t tb__bus_rx_seed(const tb__bus_rx *rx)
+{
+    return rx->seed;
+}
+
 tb__bus_rx *tb__bus_rx_new(tb_app *app, const char *who, const char *prefix,
                            void (*schedule)(void *ud), void *ud)
 {
@@ -634,6 +661,8 @@ tb__bus_rx *tb__bus_rx_new(tb_app *app, const char *who, const char *prefix,
         return NULL;
     }
     rx->app = app;
+    if (getrandom(&rx->seed, sizeof rx->seed, GRND_NONBLOCK) != sizeof rx->seed)
+        rx->seed = (uint64_t)tb__mono_us() ^ (uint64_t)(uintptr_t)rx;
     snprintf(rx->who, sizeof rx->who, "%s", who);
     rx->prefix_len =
         (size_t)snprintf(rx->prefix, sizeof rx->prefix, "%s", prefix);

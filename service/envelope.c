@@ -7,6 +7,7 @@
 #include <jansson.h>
 
 #include "envelope.h"
+#include "envelope_scan.h"
 #include "history.h"
 #include "internal.h"
 #include "json.h"
@@ -207,18 +208,39 @@ static size_t dump_alloc(json_t *obj, size_t hint, char **out)
     return n;
 }
 
+/* 1 if ev's strings are valid UTF-8, as both encoders need. */
+static int event_utf8(const tb_event *ev)
+{
+    return tb__utf8_valid(ev->data, ev->len) &&
+           tb__utf8_valid(ev->id, strlen(ev->id)) &&
+           tb__utf8_valid(ev->name, strlen(ev->name)) &&
+           tb__utf8_valid(ev->origin, strlen(ev->origin));
+}
+
 int tb__envelope_encode(const tb_event *ev, char **out, size_t *outlen)
 {
     *out = NULL;
     *outlen = 0;
-    /* json_*_nocheck below trusts these checks. */
+    if (!event_utf8(ev))
+        return TB_EINVAL;
+    int rc = tb__envelope_write(ev, out, outlen);
+    if (rc == 1)
+        return 0;
+    if (rc < 0)
+        return rc;
+    return tb__envelope_encode_jansson(ev, out, outlen);
+}
+
+int tb__envelope_encode_jansson(const tb_event *ev, char **out, size_t *outlen)
+{
+    *out = NULL;
+    *outlen = 0;
+    /* json_*_nocheck below trusts this check. */
+    if (!event_utf8(ev))
+        return TB_EINVAL;
     size_t idlen = strlen(ev->id);
     size_t namelen = strlen(ev->name);
     size_t originlen = strlen(ev->origin);
-    if (!tb__utf8_valid(ev->data, ev->len) || !tb__utf8_valid(ev->id, idlen) ||
-        !tb__utf8_valid(ev->name, namelen) ||
-        !tb__utf8_valid(ev->origin, originlen))
-        return TB_EINVAL;
 
     int owned;
     envelope_tpl *t = tpl_get(&owned);
@@ -287,9 +309,7 @@ static int decode_raw(tb_app *app, const char *name, const char *msg,
     return *out ? 0 : TB_ENOMEM;
 }
 
-/* 1 if the len bytes at s are an id: 1..TB_EVENT_ID_MAX-1 printable ASCII
- * characters. */
-static int id_valid(const char *s, size_t len)
+int tb__envelope_id_valid(const char *s, size_t len)
 {
     if (len == 0 || len >= TB_EVENT_ID_MAX)
         return 0;
@@ -311,7 +331,7 @@ static int decode_envelope(tb_app *app, const char *name, json_t *root,
             return TB_EPROTO;
         }
         id = json_string_value(jid);
-        if (!id_valid(id, json_string_length(jid))) {
+        if (!tb__envelope_id_valid(id, json_string_length(jid))) {
             *why = "id is not 1 to 39 printable ASCII characters";
             return TB_EPROTO;
         }
@@ -425,9 +445,66 @@ static int decode_envelope(tb_app *app, const char *name, json_t *root,
     return *out ? 0 : TB_ENOMEM;
 }
 
+/* Makes the event of an envelope tb__envelope_scan accepted. */
+static int decode_view(tb_app *app, const char *name,
+                       const tb__envelope_view *v, size_t max_size,
+                       tb_event **out, const char **why)
+{
+    char id[TB_EVENT_ID_MAX], origin[sizeof((tb_event *)0)->origin];
+    memcpy(id, v->id, v->idlen);
+    id[v->idlen] = '\0';
+    if (v->origin) {
+        memcpy(origin, v->origin, v->originlen);
+        origin[v->originlen] = '\0';
+    } else {
+        memcpy(origin, ORIGIN_EXTERNAL, sizeof ORIGIN_EXTERNAL);
+    }
+    const char *data = v->data;
+    size_t dlen = v->datalen;
+    char small[1024];
+    char *big = NULL;
+    if (v->kind == TB__SCAN_DATA_ESCAPED) {
+        /* Decoded, the string is at most as long as it was escaped. */
+        char *buf = small;
+        if (v->datalen > sizeof small && !(buf = big = malloc(v->datalen)))
+            return TB_ENOMEM;
+        dlen = tb__scan_unescape(v, buf);
+        data = buf;
+        if (dlen > max_size) {
+            free(big);
+            *why = "data is larger than max_event_size";
+            return TB_EMSGSIZE;
+        }
+    }
+    *out = tb__event_new(app, name, data, dlen, id, origin, v->ts);
+    free(big);
+    if (!*out)
+        return TB_ENOMEM;
+    (*out)->hops = v->hops;
+    if (v->pos.seq)
+        tb__event_set_pos(*out, v->pos.epoch, v->pos.seq);
+    return 0;
+}
+
 int tb__envelope_decode(tb_app *app, const char *name, const char *msg,
                         size_t len, size_t max_size, tb_event **out,
                         const char **why)
+{
+    const char *ignored;
+    if (!why)
+        why = &ignored;
+    *why = NULL;
+    *out = NULL;
+    tb__envelope_view v;
+    if (tb__envelope_scan(msg, len, name, max_size,
+                          app->cfg.core.json_max_depth, &v))
+        return decode_view(app, name, &v, max_size, out, why);
+    return tb__envelope_decode_jansson(app, name, msg, len, max_size, out, why);
+}
+
+int tb__envelope_decode_jansson(tb_app *app, const char *name, const char *msg,
+                                size_t len, size_t max_size, tb_event **out,
+                                const char **why)
 {
     const char *ignored;
     if (!why)

@@ -126,14 +126,29 @@ static int parse(tb__pattern *p, const char *s, int wild, const char **why)
     return 0;
 }
 
-uint64_t tb__hash_str(const char *s, size_t len)
+static uint64_t fnv1a(uint64_t h, const char *s, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325u;
     for (size_t i = 0; i < len; i++) {
         h ^= (unsigned char)s[i];
         h *= 0x100000001b3u;
     }
     return h;
+}
+
+uint64_t tb__hash_str(const char *s, size_t len)
+{
+    return fnv1a(0xcbf29ce484222325u, s, len);
+}
+
+uint64_t tb__hash_seeded(const char *s, size_t len, uint64_t seed)
+{
+    /* The start state spreads the seed over the multiplications; the
+     * final mix (splitmix64's) makes every output bit depend on it, so a
+     * table's slot (the low bits) does too. */
+    uint64_t h = fnv1a(0xcbf29ce484222325u ^ seed, s, len) ^ (seed >> 7);
+    h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9u;
+    h = (h ^ (h >> 27)) * 0x94d049bb133111ebu;
+    return h ^ (h >> 31);
 }
 
 int tb__name_split(tb__name *n, const char *name)

@@ -104,4 +104,11 @@ int tb__pattern_param_split(const tb__pattern *p, const tb__name *n,
  * processes; not keyed, so it is no defence against chosen collisions. */
 uint64_t tb__hash_str(const char *s, size_t len);
 
+/* FNV-1a of the len bytes at s started from a state mixed with seed, then
+ * mixed with seed again: with a random seed, ids chosen to collide in one
+ * process's table (or in tb__hash_str) do not collide in another's. Not
+ * a cryptographic MAC; tb__hash_str is tb__hash_seeded with seed 0 before
+ * the final mix. */
+uint64_t tb__hash_seeded(const char *s, size_t len, uint64_t seed);
+
 #endif /* TASKBUS_PATTERN_H */

@@ -1,8 +1,9 @@
 /* bench_redis.c - throughput and end-to-end latency of events over the Redis
  * bus between two taskbus instances (the C side of tests/bench/run_redis.sh).
  *
- * Usage: bench_redis -m sub|pub|raw -u REDIS_URL -n N [-r RATE]
- *                    [-w WORKERS] [-t SECONDS] [-s NAMESPACE] [-v]
+ * Usage: bench_redis -m sub|pub|raw|mem -u REDIS_URL -n N [-r RATE]
+ *                    [-w WORKERS] [-t SECONDS] [-s NAMESPACE] [-H SIZE] [-S]
+ *                    [-v]
  *
  * One binary, two roles, started as two processes on the same redis-server
  * and event namespace (and a third, raw, for reference):
@@ -32,6 +33,16 @@
  *        records the latency of each as sub does: one hop through Redis,
  *        two thread wake-ups, where taskbus adds its bus threads and the
  *        hand-off to the workers.
+ *   mem  The in-process bus's twin of a sub and pub pair: one app with
+ *        WORKERS workers (default 2) subscribed as sub does, and pub's task
+ *        on one more worker, which starts dispatching once every
+ *        subscription is open. The in-process bus pushes back on nothing
+ *        (a full worker queue drops), so the queues are sized for N. Its "sub"
+ * lines cover the whole process from the first dispatch to the last arrival. -u
+ * is not used.
+ *
+ * -H SIZE sets history_size (default 0: off): with history on, each
+ * instance publishes through the history script (docs/HISTORY.md).
  *
  * The event data is text: the publisher's CLOCK_REALTIME in µs ("%020lld"),
  * a space, the event's sequence number 0..N-1 ("%010u"), a space, then 'x'
@@ -43,10 +54,17 @@
  *
  * CPU: each role prints the CPU time of each of its threads over its timed
  * window (sub: first arrival to the end; pub: first dispatch to the last
- * acknowledgement), from /proc/self/task/<tid>/stat (clock ticks).
+ * acknowledgement), from /proc/self/task/<tid>/stat (clock ticks). Those
+ * windows differ; with -S the two processes print marks ("pub mark start
+ * <pid>" before the first dispatch, "sub mark end <pid>" after the last
+ * arrival, "pub mark end <pid>" after the last acknowledgement; "sub mark
+ * ready <pid>" after "sub ready") and stand still at each but the ready
+ * one until SIGUSR1, so that run_redis.sh samples both processes and
+ * redis-server at the same two instants.
  *
  * Output lines start with "sub " or "pub " (run_redis.sh parses them):
  *   sub ready
+ *   sub mark ready|end <pid>, pub mark start|end <pid>   (-S)
  *   sub worker <i>: received <n> duplicates <d> missing <m> foreign <f>
  *       dropped <x> rate <r>/s p50 <us> p99 <us>
  *   sub received: <n> of <N> per worker in <s> s: <r>/s per worker
@@ -71,6 +89,7 @@
 #include <dirent.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -89,6 +108,7 @@
 #define IDLE_MS 5000           /* sub: give up this long after the last */
 #define BUS_WAIT_MS 10000      /* how long either side waits for "connected" */
 #define ACK_WAIT_MS 60000      /* pub: how long it waits for the last ack */
+#define MARK_WAIT_MS 30000     /* -S: how long a mark waits for SIGUSR1 */
 #define YIELD_SPINS 16         /* pub: yields on ENOSPC before a 1 ms sleep */
 #define MAX_WORKERS 16
 #define MAX_THREADS 64
@@ -211,10 +231,12 @@ typedef struct worker_stats {
 static struct {
     tb_app *app;
     int pub; /* role */
+    int mem; /* role mem: pub and sub in one app on the in-process bus */
     int workers;
     uint32_t n;
     int rate; /* pub: events/s, 0 = as fast as possible */
     int timeout_s;
+    int marks; /* -S: print marks and wait at them (run_redis.sh) */
     atomic_int failed;
     atomic_int opened;        /* sub: subscriptions open */
     atomic_int ready;         /* sub: "ready" printed */
@@ -239,6 +261,26 @@ static void fail(const char *fmt, ...)
     fprintf(stderr, "\n");
     va_end(ap);
     B.failed = 1;
+}
+
+/* -S: prints "<role> mark <what> <pid>" and, if wait, blocks the calling
+ * thread until SIGUSR1 (at most MARK_WAIT_MS), so that run_redis.sh reads
+ * this process's, the other side's and redis-server's CPU time at the
+ * same instants while the processes stand still. */
+static void mark(const char *role, const char *what, int wait)
+{
+    if (!B.marks)
+        return;
+    printf("%s mark %s %d\n", role, what, (int)getpid());
+    fflush(stdout);
+    if (!wait)
+        return;
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    struct timespec ts = {MARK_WAIT_MS / 1000, 0};
+    if (sigtimedwait(&usr1, NULL, &ts) < 0)
+        fail("%s mark %s: no SIGUSR1 within %d ms", role, what, MARK_WAIT_MS);
 }
 
 /* Suspends self until the bus is connected, at most BUS_WAIT_MS. */
@@ -322,6 +364,7 @@ static void check_ready(void)
         B.ready_us = mono_us();
         printf("sub ready\n");
         fflush(stdout);
+        mark("sub", "ready", 0);
     }
 }
 
@@ -333,6 +376,8 @@ static int sub_body(tb_task *self, void *arg)
     int64_t start = mono_us();
 
     (void)arg;
+    if (B.mem && wi == B.workers) /* the publisher's worker */
+        return 0;
     sub = tb_sub_open(self, SUB_PATTERN, SUB_CAPACITY, &err);
     if (!sub) {
         fail("worker %d: tb_sub_open: %s", wi, tb_strerror(err));
@@ -378,6 +423,8 @@ static int sub_body(tb_task *self, void *arg)
     ws->done = 1;
     if (atomic_fetch_add(&B.finished, 1) + 1 == B.workers) {
         cpu_take(&B.cpu1);
+        if (!B.mem)
+            mark("sub", "end", 1);
         tb_bus_status(B.app, &B.bus_end);
         tb_app_stop(B.app);
     }
@@ -508,12 +555,22 @@ static int pub_body(tb_task *self, void *arg)
     int rc;
 
     (void)arg;
-    if (tb_task_worker(self) != 0)
+    if (tb_task_worker(self) != (B.mem ? B.workers : 0))
         return 0;
     memset(buf, 'x', DATA_LEN);
     buf[DATA_LEN] = '\0';
     if ((rc = wait_bus(self)) != 0)
         goto out;
+    if (B.mem) {
+        /* The subscribers' window starts here, not at their first
+         * arrival: dispatching is part of the process's cost. */
+        while (!atomic_load(&B.ready))
+            if ((rc = tb_sleep(self, 1)) != 0)
+                goto out;
+        atomic_store(&B.started, 1);
+    } else {
+        mark("pub", "start", 1);
+    }
     cpu_take(&B.cpu0);
     B.t0_us = mono_us();
     while (i < B.n) {
@@ -550,13 +607,18 @@ static int pub_body(tb_task *self, void *arg)
             goto out;
     }
     B.t_ack_us = mono_us();
-    cpu_take(&B.cpu1);
+    if (!B.mem) { /* else the last subscriber takes it */
+        cpu_take(&B.cpu1);
+        mark("pub", "end", 1);
+    }
     B.acked = bi.published;
     if (bi.publish_failed)
         fail("%" PRIu64 " events failed to publish", bi.publish_failed);
 out:
-    tb_bus_status(B.app, &B.bus_end);
-    tb_app_stop(B.app);
+    if (!B.mem || rc) { /* mem: the last subscriber stops the app */
+        tb_bus_status(B.app, &B.bus_end);
+        tb_app_stop(B.app);
+    }
     return rc;
 }
 
@@ -579,7 +641,8 @@ static int pub_report(void)
     printf("pub bus: received %" PRIu64 " (its own events, back from Redis) "
            "duplicates %" PRIu64 " reconnects %" PRIu64 "\n",
            B.bus_end.received, B.bus_end.duplicates, B.bus_end.reconnects);
-    cpu_print("pub", &B.cpu0, &B.cpu1);
+    if (!B.mem) /* mem: the sub line covers the process */
+        cpu_print("pub", &B.cpu0, &B.cpu1);
     return B.failed;
 }
 
@@ -767,16 +830,20 @@ static int raw_run(const char *url, const char *ns)
 static void usage(const char *argv0)
 {
     fprintf(stderr,
-            "usage: %s -m sub|pub|raw -u REDIS_URL -n N [-r RATE]\n"
-            "          [-w WORKERS] [-t SECONDS] [-s NAMESPACE] [-v]\n"
-            "  -m  role: sub (receive and measure), pub (dispatch), or raw\n"
-            "      (hiredis publisher and subscriber threads, no taskbus)\n"
+            "usage: %s -m sub|pub|raw|mem -u REDIS_URL -n N [-r RATE]\n"
+            "          [-w WORKERS] [-t SECONDS] [-s NAMESPACE] [-H SIZE] [-S] "
+            "[-v]\n"
+            "  -m  role: sub (receive and measure), pub (dispatch), raw\n"
+            "      (hiredis publisher and subscriber threads, no taskbus), or\n"
+            "      mem (sub and pub in one app on the in-process bus)\n"
             "  -u  redis://127.0.0.1:PORT of the shared redis-server\n"
             "  -n  events (pub: dispatched; sub: expected on every worker)\n"
             "  -r  pub: events per second (default: as fast as accepted)\n"
             "  -w  workers (default: sub 2, pub 1; at most %d)\n"
             "  -t  sub: give up this long after \"ready\" (default 120)\n"
             "  -s  event namespace (default tbbench)\n"
+            "  -H  history_size (default 0: history off)\n"
+            "  -S  sub, pub: print marks and wait at them for SIGUSR1\n"
             "  -v  keep taskbus's info logging (default: warnings only)\n",
             argv0, MAX_WORKERS);
     exit(2);
@@ -787,10 +854,10 @@ int main(int argc, char **argv)
     tb_app_config cfg;
     const char *role = NULL, *url = NULL, *ns = "tbbench";
     long n = 0;
-    int c, err = 0, rc, verbose = 0;
+    int c, err = 0, rc, verbose = 0, history = 0;
 
     B.timeout_s = 120;
-    while ((c = getopt(argc, argv, "m:u:n:r:w:t:s:vh")) != -1) {
+    while ((c = getopt(argc, argv, "m:u:n:r:w:t:s:H:Svh")) != -1) {
         switch (c) {
         case 'm':
             role = optarg;
@@ -813,6 +880,12 @@ int main(int argc, char **argv)
         case 's':
             ns = optarg;
             break;
+        case 'H':
+            history = atoi(optarg);
+            break;
+        case 'S':
+            B.marks = 1;
+            break;
         case 'v':
             verbose = 1;
             break;
@@ -822,17 +895,21 @@ int main(int argc, char **argv)
     }
     if (optind != argc || !role || !url || !*url || n <= 0 || n > INT32_MAX ||
         B.rate < 0 || B.workers < 0 || B.workers > MAX_WORKERS ||
-        B.timeout_s <= 0)
+        B.timeout_s <= 0 || history < 0)
         usage(argv[0]);
     B.n = (uint32_t)n;
     if (strcmp(role, "raw") == 0)
         return raw_run(url, ns);
     if (strcmp(role, "pub") == 0)
         B.pub = 1;
+    else if (strcmp(role, "mem") == 0)
+        B.mem = 1;
     else if (strcmp(role, "sub") != 0)
         usage(argv[0]);
     if (!B.workers)
         B.workers = B.pub ? 1 : 2;
+    if (B.mem && B.workers == MAX_WORKERS) /* one more for the publisher */
+        usage(argv[0]);
 
     if (!B.pub) {
         for (int i = 0; i < B.workers; i++) {
@@ -845,12 +922,21 @@ int main(int argc, char **argv)
         }
     }
 
+    if (B.marks) { /* before any thread: every thread inherits it */
+        sigset_t usr1;
+        sigemptyset(&usr1);
+        sigaddset(&usr1, SIGUSR1);
+        pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+    }
     tb_log_set_level(verbose ? TB_LOG_INFO : TB_LOG_WARN);
     tb_app_config_init(&cfg);
-    cfg.core.workers = B.workers;
+    cfg.core.workers = B.workers + B.mem;
+    if (B.mem)
+        cfg.core.worker_queue_max = 1 << 24;
     cfg.core.graceful_timeout_ms = 5000;
     cfg.core.handle_signals = 1;
-    cfg.redis.url = url;
+    cfg.redis.url = B.mem ? NULL : url;
+    cfg.core.history_size = history;
     cfg.core.event_namespace = ns;
     B.app = tb_app_new(&cfg, &err);
     if (!B.app) {
@@ -861,6 +947,10 @@ int main(int argc, char **argv)
      * replicas on workers other than 0 return at once. */
     tb_task_opts opts = {.name = B.pub ? "bench-pub" : "bench-sub"};
     rc = tb_task_add(B.app, B.pub ? pub_body : sub_body, NULL, &opts, NULL);
+    if (rc == 0 && B.mem) {
+        tb_task_opts popts = {.name = "bench-pub"};
+        rc = tb_task_add(B.app, pub_body, NULL, &popts, NULL);
+    }
     if (rc != 0) {
         fprintf(stderr, "bench_redis: tb_task_add: %s\n", tb_strerror(rc));
         tb_app_free(B.app);
@@ -870,7 +960,10 @@ int main(int argc, char **argv)
     tb_app_free(B.app);
     if (rc != 0)
         fprintf(stderr, "bench_redis: tb_app_run: %s\n", tb_strerror(rc));
-    rc = (B.pub ? pub_report() : sub_report()) || rc || B.failed;
+    if (B.mem)
+        rc = pub_report() | sub_report() || rc || B.failed;
+    else
+        rc = (B.pub ? pub_report() : sub_report()) || rc || B.failed;
     fflush(stdout);
     return rc ? 1 : 0;
 }

@@ -30,6 +30,17 @@
 #      nothing, so the command is given explicitly.)
 #   2. throughput: `bench_redis -m sub` (2 workers) waits for "ready", then
 #      `bench_redis -m pub -n N` (1 worker) dispatches as fast as accepted.
+#   2b. CPU per event (issue 13 point 5): the throughput pair again with
+#      history on (-H, history_size 10000, both instances), then
+#      `bench_redis -m mem -n N`, the same publisher and subscribers in one
+#      app on the in-process bus; with step 2 (history off) they make the
+#      CPU table printed last: µs of CPU per event of the two taskbus
+#      processes together and of redis-server (utime + stime from /proc,
+#      all three read at the same two instants: bench_redis -S stops both
+#      processes at marks before the first dispatch and after the last
+#      arrival and acknowledgement),
+#      their ratio against the target (at most 3x), events/s, and whether
+#      every event arrived exactly once.
 #   3. latency: the same at RATE events/s for SECONDS; then the floor:
 #      `bench_redis -m raw`, a hiredis publisher thread and subscriber thread
 #      in one process, no taskbus, same rate, data and server.
@@ -226,20 +237,41 @@ fi
 
 # ---------------------------------------------------------------- taskbus runs
 
-# pair STEP N [PUB ARGS...]: one subscriber instance and one publisher
+# mark_pid FILE ROLE WHAT PID: waits until FILE has "ROLE mark WHAT <pid>"
+# (bench_redis -S) and prints that pid; fails if PID (its timeout wrapper)
+# ends first or after per_run_s.
+mark_pid() {
+    local m
+    for _ in $(seq $((per_run_s * 50))); do
+        m=$(sed -n "s/^$2 mark $3 \([0-9]*\)\$/\1/p" "$1")
+        [[ -n $m ]] && echo "$m" && return 0
+        kill -0 "$4" 2>/dev/null || return 1
+        sleep 0.02
+    done
+    return 1
+}
+
+# pair STEP N [PUB ARGS...]: one subscriber instance (with sub_args) and one publisher
 # instance; their output (prefixed with STEP) and redis-server's CPU and
 # byte counts go to the results. With PERF_DIR set, each side and
 # redis-server run under perf record.
+#
+# The CPU of the two taskbus processes and of redis-server is read from
+# /proc at the same two instants, while both processes stand still at
+# their marks (bench_redis -S): before the first dispatch, and once the
+# subscriber has every event and the publisher every acknowledgement. The
+# result line: "<step> cpu-window <pub ms> <sub ms> <redis ms> <wall ms>".
 pair() {
     local step=$1 count=$2 spid ppid c0 c1 t0 t1 in0 in1 out0 out1 ok rc ready=0 perf_r=""
+    local sbin pbin s0 s1 p0 p1 r0 r1 w0 w1
     shift 2
     local -a pre_sub=() pre_pub=()
     if [[ -n ${PERF_DIR:-} ]]; then
         pre_sub=(perf record -q -g -o "$PERF_DIR/sub.data" --)
         pre_pub=(perf record -q -g -o "$PERF_DIR/pub.data" --)
     fi
-    timeout -k 5 "$per_run_s" "${pre_sub[@]}" "$bin" -m sub -u "$url" -s "$ns" -n "$count" \
-        -t $((per_run_s - 15)) >"$tmp/$step.sub" 2>"$tmp/$step.sub.err" &
+    timeout -k 5 "$per_run_s" "${pre_sub[@]}" "$bin" -m sub -S -u "$url" -s "$ns" -n "$count" \
+        -t $((per_run_s - 15)) "${sub_args[@]}" >"$tmp/$step.sub" 2>"$tmp/$step.sub.err" &
     spid=$!
     pids+=("$spid")
     for _ in $(seq 300); do
@@ -264,10 +296,26 @@ pair() {
     in0=$(rfield stats total_net_input_bytes)
     out0=$(rfield stats total_net_output_bytes)
     t0=$(date +%s%N)
-    timeout -k 5 "$per_run_s" "${pre_pub[@]}" "$bin" -m pub -u "$url" -s "$ns" -n "$count" "$@" \
+    timeout -k 5 "$per_run_s" "${pre_pub[@]}" "$bin" -m pub -S -u "$url" -s "$ns" -n "$count" "$@" \
         >"$tmp/$step.pub" 2>"$tmp/$step.pub.err" &
     ppid=$!
     pids+=("$ppid")
+    sbin=$(mark_pid "$tmp/$step.sub" sub ready "$spid")
+    if pbin=$(mark_pid "$tmp/$step.pub" pub start "$ppid") && [[ -n $sbin ]]; then
+        s0=$(cpu_ticks "$sbin") p0=$(cpu_ticks "$pbin") r0=$(cpu_ticks "$rpid")
+        w0=$(date +%s%N)
+        kill -USR1 "$pbin"
+        if mark_pid "$tmp/$step.sub" sub end "$spid" >/dev/null &&
+            mark_pid "$tmp/$step.pub" pub end "$ppid" >/dev/null; then
+            s1=$(cpu_ticks "$sbin") p1=$(cpu_ticks "$pbin") r1=$(cpu_ticks "$rpid")
+            w1=$(date +%s%N)
+            if [[ -n $s0 && -n $s1 && -n $p0 && -n $p1 ]]; then
+                echo "$step cpu-window $(ms_of $((p1 - p0))) $(ms_of $((s1 - s0)))" \
+                    "$(ms_of $((r1 - r0))) $(((w1 - w0) / 1000000))" >>"$res"
+            fi
+        fi
+        kill -USR1 "$sbin" "$pbin" 2>/dev/null
+    fi
     wait "$ppid"
     ok=$?
     wait "$spid"
@@ -296,9 +344,29 @@ pair() {
     return 0
 }
 
+sub_args=()
 echo "## 2. throughput: 1 publishing worker -> 2 subscribing workers, $n events of 128 bytes"
 if have 60 "the throughput run"; then
     pair thr "$n"
+fi
+echo
+
+echo "## 2b. CPU per event: the same with history on (history_size 10000), then on the in-process bus"
+if have 60 "the history-on run"; then
+    sub_args=(-H 10000)
+    pair hist "$n" -H 10000
+    sub_args=()
+fi
+if have 30 "the in-process run"; then
+    if timeout -k 5 "$per_run_s" "$bin" -m mem -u none -n "$n" \
+        >"$tmp/mem.out" 2>"$tmp/mem.err"; then
+        grep -v '^sub ready' "$tmp/mem.out" | sed 's/^/  /'
+    else
+        echo "run_redis.sh: the in-process run failed:" >&2
+        cat "$tmp/mem.out" "$tmp/mem.err" >&2
+        failed=1
+    fi
+    sed 's/^/mem /' "$tmp/mem.out" >>"$res"
 fi
 echo
 
@@ -466,7 +534,7 @@ w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
 for r in [head, tuple("-" * x for x in w)] + rows:
     print("| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |")
 print()
-for step, what in (("thr", "throughput"), ("lat", "latency")):
+for step, what in (("thr", "throughput"), ("hist", "history on"), ("mem", "in-process"), ("lat", "latency")):
     for rest in R.get(step, []):
         if rest.startswith(("sub cpu:", "pub cpu:")):
             print(f"{what} {rest}")
@@ -474,10 +542,55 @@ for step, what in (("thr", "throughput"), ("lat", "latency")):
     if m:
         print(f"{what} redis-server cpu: {m[1]} ms in {int(m[2]) / 1000:.3f} s "
               f"({int(m[1]) / int(m[2]):.0%} of one core)")
+    m = find(step, r"^cpu-window (\d+) (\d+) (\d+) (\d+)")
+    if m:
+        print(f"{what} same window (first dispatch to last arrival and ack, "
+              f"{int(m[4]) / 1000:.3f} s): pub {m[1]} ms, sub {m[2]} ms, "
+              f"redis-server {m[3]} ms")
     m = find(step, r"^redis-bytes (\d+) (\d+) (\d+)")
     if m:
         print(f"{what} redis bytes per event: {int(m[2]) // int(m[1])} in, "
               f"{int(m[3]) // int(m[1])} out")
+
+# Issue 13 point 5: the taskbus processes' CPU per event against Redis's.
+print()
+cpu_rows = []
+for step, what in (("thr", "Redis bus, history off"), ("hist", "Redis bus, history on"),
+                   ("mem", "in-process bus (1 process)")):
+    if not R.get(step):
+        continue
+    tb = 0.0
+    win = find(step, r"^cpu-window (\d+) (\d+) (\d+) (\d+)")
+    for role in ("pub", "sub"):
+        m = find(step, rf"^{role} cpu: (\d+) ms")
+        if m and not win:
+            tb += int(m[1])
+    if win:  # both processes and redis-server over the same window
+        tb = int(win[1]) + int(win[2])
+    rate = num(step, r"^sub received: \d+ of \d+ per worker in \S+ s: (\d+)/s")
+    m = find(step, r"^sub received: (\d+) of (\d+)")
+    count = int(m[2]) if m else 0
+    d, mi, x = errors(step)
+    ok = count > 0 and d == mi == x == 0 and m and int(m[1]) == count
+    rc = find(step, r"^redis-cpu (\d+) (\d+)")
+    r_ms = int(win[3]) if win else int(rc[1]) if rc else None
+    tb_us = tb * 1000 / count if count else None
+    r_us = r_ms * 1000 / count if r_ms is not None and count else None
+    ratio = tb_us / r_us if tb_us and r_us else None
+    cpu_rows.append((what, "-" if tb_us is None else f"{tb_us:.2f} us",
+                     "-" if r_us is None else f"{r_us:.2f} us",
+                     "-" if ratio is None else f"{ratio:.2f}x",
+                     "<= 3x" if step != "mem" else "",
+                     "PASS" if ratio is not None and ratio <= 3 and ok else
+                     ("" if step == "mem" and ok else "MISS"),
+                     f(rate), f"{d} / {mi} / {x}" + ("" if ok else " INCOMPLETE")))
+if cpu_rows:
+    head = ("CPU per event", "taskbus (pub + sub)", "redis-server", "ratio", "target",
+            "result", "events/s per worker", "dup / missing / dropped")
+    w = [max(len(r[i]) for r in cpu_rows + [head]) for i in range(len(head))]
+    for r in [head, tuple("-" * x for x in w)] + cpu_rows:
+        print("| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |")
+    print()
 for rest in R.get("ceil", []) + R.get("ref", []):
     m = re.match(r"redis-cpu (.*) (\d+) (\d+)$", rest)
     if m:

@@ -1,8 +1,9 @@
 /* test_bus_rx.c - unit tests for service/bus_rx.c's catching up: the
  * baseline, duplicates by position, a gap read from the history with the
  * live messages parked meanwhile, a position beyond the history's end, an
- * epoch change, and the read after a reconnection. The bus is a fake: it
- * records the reads asked for, and the test answers them. */
+ * epoch change, the read after a reconnection, and the window of ids that
+ * drops resent events. The bus is a fake: it records the reads asked for,
+ * and the test answers them. */
 #include "harness.h"
 
 #include "history.h"
@@ -427,6 +428,84 @@ static void test_last_position(void **state)
     tb_app_free(app);
 }
 
+/* One live message with id "w-<n>" and no position. */
+static void msg_id(tb__bus_rx *rx, int n)
+{
+    char m[128];
+    int len = snprintf(m, sizeof m,
+                       "{\"id\":\"w-%d\",\"name\":\"a.b\",\"data\":\"d\","
+                       "\"ts\":1}",
+                       n);
+    const char *ch = "taskbus:event:a.b";
+    assert_int_equal(tb__bus_rx_message(rx, ch, strlen(ch), m, (size_t)len), 0);
+}
+
+/* The last 16 384 ids (bus_rx.c's DEDUPE_IDS) are remembered: an event
+ * resent within them is dropped, an older one is delivered again. Three
+ * turns of the window make every slot of the table be reused, and the
+ * resent ones must all still be found. */
+static void test_dedupe_window(void **state)
+{
+    (void)state;
+    enum {
+        WINDOW = 16384
+    };
+    tb_app *app = th_app_new(1, 1000);
+    tb__bus_rx *rx =
+        tb__bus_rx_new(app, "test bus", "taskbus:event:", no_schedule, NULL);
+    /* Someone listens: else nothing is decoded, nor its id looked at. */
+    tb__pattern p;
+    assert_int_equal(tb__pattern_compile(&p, "a.b"), 0);
+    assert_int_equal(tb__interest_add(&app->interest, &p), 0);
+    msg_id(rx, 0);
+    msg_id(rx, 0);
+    assert_int_equal(stats(rx).duplicates, 1);
+    for (int n = 1; n < 3 * WINDOW; n++)
+        msg_id(rx, n);
+    assert_int_equal(stats(rx).received, 3 * WINDOW);
+    assert_int_equal(stats(rx).duplicates, 1);
+    for (int n = 2 * WINDOW; n < 3 * WINDOW; n++)
+        msg_id(rx, n);
+    assert_int_equal(stats(rx).duplicates, 1 + WINDOW);
+    assert_int_equal(stats(rx).received, 3 * WINDOW);
+    msg_id(rx, 2 * WINDOW - 1); /* just out of the window */
+    assert_int_equal(stats(rx).received, 3 * WINDOW + 1);
+    tb__bus_rx_flush(rx);
+    tb__bus_rx_free(rx);
+    tb__interest_remove(&app->interest, &p);
+    tb_app_free(app);
+}
+
+/* Each table hashes ids with a key of its own: ids made to collide in one
+ * (or in the unkeyed tb__hash_str) land elsewhere in another. */
+static void test_dedupe_keyed(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    tb__bus_rx *a =
+        tb__bus_rx_new(app, "test bus", "taskbus:event:", no_schedule, NULL);
+    tb__bus_rx *b =
+        tb__bus_rx_new(app, "test bus", "taskbus:event:", no_schedule, NULL);
+    assert_non_null(a);
+    assert_non_null(b);
+    uint64_t ka = tb__bus_rx_seed(a), kb = tb__bus_rx_seed(b);
+    assert_true(ka != kb);
+    /* The same id's slot (the hash's low 15 bits) moves with the key. */
+    int moved = 0;
+    for (int i = 0; i < 8; i++) {
+        char id[16];
+        int n = snprintf(id, sizeof id, "i1-%d", i);
+        uint64_t ha = tb__hash_seeded(id, (size_t)n, ka),
+                 hb = tb__hash_seeded(id, (size_t)n, kb);
+        moved += (ha & 0x7FFF) != (hb & 0x7FFF);
+        assert_int_equal(ha, tb__hash_seeded(id, (size_t)n, ka));
+    }
+    assert_true(moved >= 6);
+    tb__bus_rx_free(a);
+    tb__bus_rx_free(b);
+    tb_app_free(app);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -437,6 +516,8 @@ int main(void)
         cmocka_unit_test(test_failed_read_retried),
         cmocka_unit_test(test_rollback),
         cmocka_unit_test(test_last_position),
+        cmocka_unit_test(test_dedupe_window),
+        cmocka_unit_test(test_dedupe_keyed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

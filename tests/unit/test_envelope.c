@@ -1,5 +1,6 @@
-/* test_envelope.c - unit tests for service/envelope.c: round trips through
- * the JSON envelope, raw messages, malformed and oversize messages, the
+/* test_envelope.c - unit tests for service/envelope.c and envelope_scan.c:
+ * round trips through the JSON envelope, the fast path taken for taskbus's
+ * own envelopes, raw messages, malformed and oversize messages, the
  * UTF-8 check, and a deterministic fuzz of the decoder. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 #include <jansson.h>
 
 #include "envelope.h"
+#include "envelope_scan.h"
 #include "history.h"
 #include "internal.h"
 #include "taskbus/taskbus.h"
@@ -886,10 +888,85 @@ static void test_pos(void **state)
         "{\"id\":\"a\",\"data\":\"x\",\"pos\":\"0123abcd-1\\u0000\"}");
 }
 
+/* What taskbus writes, the scanner reads without jansson (the Redis bus's
+ * hot path, issue 13), giving the event that was sent; what it does not
+ * take is jansson's. */
+static void test_fast_path(void **state)
+{
+    (void)state;
+    static const char *datas[] = {
+        "plain text", "tab\there \"quoted\" \u00e9",
+        "{\"a\":[1,-2,true,null],\"b\":{}}", "",
+        /* the same key at two levels: no duplicate */
+        "{\"a\":{\"b\":1},\"b\":{\"a\":[{\"a\":0}]}}"};
+    for (size_t i = 0; i < sizeof datas / sizeof *datas; i++) {
+        tb_event *ev = tb__event_new(app, NAME, datas[i], strlen(datas[i]),
+                                     "id-9", "inst/0", 77);
+        assert_non_null(ev);
+        ev->hops = 3;
+        tb__event_set_pos(ev, "0123abcd", 5);
+        char *wire;
+        size_t len;
+        assert_int_equal(tb__envelope_encode(ev, &wire, &len), 0);
+        /* Written by the fast writer, not handed to jansson. */
+        char *fast;
+        size_t fastlen;
+        assert_int_equal(tb__envelope_write(ev, &fast, &fastlen), 1);
+        assert_int_equal(fastlen, len);
+        assert_memory_equal(fast, wire, len);
+        free(fast);
+        tb__envelope_view v;
+        assert_int_equal(tb__envelope_scan(wire, len, NAME, MAX, 64, &v), 1);
+        tb_event *back = NULL;
+        assert_int_equal(decode_str(wire, &back, NULL), 0);
+        assert_data(back, datas[i], strlen(datas[i]));
+        assert_string_equal(back->id, "id-9");
+        assert_string_equal(back->origin, "inst/0");
+        assert_int_equal(back->ts_us, 77);
+        assert_int_equal(back->hops, 3);
+        assert_string_equal(back->pos, "0123abcd-5");
+        free(wire);
+        tb_event_unref(back);
+        tb_event_unref(ev);
+    }
+    /* Valid, but for jansson: an unknown member, a duplicate, a real, a
+     * spelling jansson would change, another channel's name. */
+    static const char *others[] = {
+        "{\"id\":\"a\",\"data\":\"x\",\"ts\":1,\"extra\":1}",
+        "{\"id\":\"a\",\"id\":\"b\",\"data\":\"x\",\"ts\":1}",
+        "{\"id\":\"a\",\"data\":[1.5],\"ts\":1}",
+        "{\"id\":\"a\",\"data\":[\"\\/\"],\"ts\":1}",
+        "{\"id\":\"a\",\"data\":{\"k\":1,\"k\":2},\"ts\":1}",
+        "{\"id\":\"a\",\"name\":\"other\",\"data\":\"x\",\"ts\":1}",
+    };
+    for (size_t i = 0; i < sizeof others / sizeof *others; i++) {
+        tb__envelope_view v;
+        assert_int_equal(
+            tb__envelope_scan(others[i], strlen(others[i]), NAME, MAX, 64, &v),
+            0);
+    }
+    /* JSON data the writer declines (jansson would dump it otherwise: a
+     * leading blank, a real, an escaped '/'): jansson writes it. */
+    static const char *declined[] = {" {}", "[1.5]", "[\"\\/\"]"};
+    for (size_t i = 0; i < sizeof declined / sizeof *declined; i++) {
+        tb_event *ev = tb__event_new(app, NAME, declined[i],
+                                     strlen(declined[i]), "id-9", "inst/0", 77);
+        assert_non_null(ev);
+        char *out = NULL;
+        size_t len;
+        assert_int_equal(tb__envelope_write(ev, &out, &len), 0);
+        assert_null(out);
+        assert_int_equal(tb__envelope_encode(ev, &out, &len), 0);
+        free(out);
+        tb_event_unref(ev);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_wire_format),
+        cmocka_unit_test(test_fast_path),
         cmocka_unit_test(test_encode_invalid_utf8),
         cmocka_unit_test(test_round_trip_text),
         cmocka_unit_test(test_round_trip_json),
