@@ -146,7 +146,9 @@ static int parse_template(route *rt, const char *t, size_t tlen)
         const char *s = t + start;
         size_t len = i - start;
         seg *sg = &rt->seg[k++];
-        if (len == 0)
+        /* Empty only as the last: "/ui/" is its own path, told from "/ui"
+         * (a directory's index page). */
+        if (len == 0 && i < tlen)
             return TB_EINVAL;
         if (s[0] == '{') {
             if (len < 3 || s[len - 1] != '}' ||
