@@ -1,0 +1,152 @@
+// app.js - the dashboard's start: asks for the token when the API wants
+// one, then polls the instances, tasks and stats and runs the live event
+// stream. Loaded by index.html as an ES module.
+import {call, setToken, token, whenUnauthorized} from './api.js';
+import {RateChart} from './chart.js';
+import {$, duration, fill, h} from './dom.js';
+import {Events} from './events.js';
+import {Tasks} from './tasks.js';
+
+const POLL_MS = {instances: 3000, tasks: 2000, stats: 1000};
+
+let needLogin = false;
+let started = false;
+const timers = [];
+
+const tasks = new Tasks($('#tasks'), showError);
+const events = new Events($('#events'), showStream);
+const chart = new RateChart($('#rate-chart'), [
+  {label: 'events', color: '#2f6fdb'},
+  {label: 'deliveries', color: '#d9822b'},
+]);
+
+function showError(e) {
+  if (e && e.status === 401) return;
+  fill($('#error'), e ? String(e.message || e) : '');
+  $('#error').hidden = !e;
+}
+
+function showStream(state, err) {
+  const el = $('#stream-state');
+  fill(el, `stream: ${state}`);
+  el.dataset.state = state;
+  if (err) el.title = String(err.message || err);
+}
+
+// ------------------------------------------------------------ the token
+
+whenUnauthorized(() => {
+  if (needLogin) return;
+  needLogin = true;
+  stop();
+  const hadToken = !!token();
+  setToken('');
+  fill($('#login-msg'), hadToken ? 'That token was not accepted.'
+    : 'This taskbus needs its API token.');
+  $('#login').hidden = false;
+  $('#main').hidden = true;
+  $('#token-input').focus();
+});
+
+$('#login-form').addEventListener('submit', (e) => {
+  e.preventDefault();
+  setToken($('#token-input').value.trim());
+  $('#token-input').value = '';
+  needLogin = false;
+  $('#login').hidden = true;
+  $('#main').hidden = false;
+  boot();
+});
+
+$('#logout').addEventListener('click', () => {
+  setToken('');
+  location.reload();
+});
+
+// ------------------------------------------------------------ polling
+
+function every(ms, fn) {
+  fn();
+  timers.push(setInterval(fn, ms));
+}
+
+function stop() {
+  while (timers.length) clearInterval(timers.pop());
+  if (events.client) events.client.close();
+  started = false;
+}
+
+async function boot() {
+  try {
+    await refreshInstances();
+  } catch (e) {
+    if (e.status !== 401) showError(e);
+    if (needLogin) return;
+  }
+  if (needLogin || started) return;
+  started = true;
+  $('#logout').hidden = !token();
+  tasks.loadKinds().catch(showError);
+  events.start();
+  every(POLL_MS.instances, () => refreshInstances().catch(showError));
+  every(POLL_MS.tasks, () => tasks.refresh());
+  every(POLL_MS.stats, () => refreshStats().catch(() => {}));
+}
+
+// ------------------------------------------------------------ instances
+
+let lastStats = null;
+
+async function refreshInstances() {
+  const o = await call('GET', '/instances');
+  const list = (o && o.instances) || [];
+  tasks.setInstances(list);
+  const now = Date.now();
+  const busState = lastStats && lastStats.bus
+    ? (lastStats.bus.connected ? 'connected' : 'disconnected') : '';
+  fill($('#instances-body'), list.map((i) => h('tr', {dataset: {instance: i.id}},
+    h('td', {class: 'mono'}, i.id, i.self ? h('span', {class: 'tag'}, 'this')
+      : ''),
+    h('td', {}, i.host), h('td', {}, String(i.workers)),
+    h('td', {}, i.started ? duration((now - Date.parse(i.started)) / 1000) : ''),
+    h('td', {}, i.bus, i.self && busState
+      ? h('span', {class: `tag bus-${busState}`}, busState) : ''),
+    h('td', {class: 'muted'}, i.version || ''))));
+  const workers = list.reduce((n, i) => n + (Number(i.workers) || 0), 0);
+  setTotal('instances', list.length);
+  setTotal('workers', workers);
+  showError(null);
+}
+
+function setTotal(name, value) {
+  fill($(`#total-${name}`), String(value));
+}
+
+// ------------------------------------------------------------ stats
+
+async function refreshStats() {
+  const s = await call('GET', '/stats');
+  lastStats = s;
+  const ev = s.events || {};
+  chart.sample(Date.now(), [Number(ev.dispatched) || 0,
+    Number(ev.delivered) || 0]);
+  if (s.tasks !== undefined)
+    setTotal('tasks', typeof s.tasks === 'object'
+      ? Object.entries(s.tasks).map(([k, v]) => `${v} ${k}`).join(', ')
+      : s.tasks);
+  const bus = s.bus || {};
+  fill($('#bus-body'), Object.entries(bus).map(([k, v]) => h('div', {},
+    h('dt', {}, k.replace(/_/g, ' ')),
+    h('dd', {dataset: {bus: k}}, typeof v === 'object' ? JSON.stringify(v)
+      : String(v)))));
+  const clients = [];
+  for (const k of ['ws', 'sse'])
+    if (s[k] !== undefined)
+      clients.push(`${k} ${typeof s[k] === 'object'
+        ? (s[k].clients ?? JSON.stringify(s[k])) : s[k]}`);
+  fill($('#total-clients'), clients.join(', ') || '-');
+  if (s.uptime !== undefined)
+    fill($('#self-uptime'), duration(Number(s.uptime)));
+}
+
+boot();

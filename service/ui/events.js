@@ -1,0 +1,96 @@
+// events.js - the live event stream through the JavaScript client
+// (taskbus.js, clients/js/): a pattern filter, pause, and the envelope of
+// the event clicked.
+import {TaskbusClient} from './taskbus.js';
+import {token} from './api.js';
+import {$, brief, fill, h} from './dom.js';
+
+const KEEP = 200; // events listed at most, newest first
+
+export class Events {
+  constructor(root, onState) {
+    this.root = root;
+    this.onState = onState;
+    this.paused = false;
+    this.missed = 0; // arrived while paused
+    this.received = 0;
+    this.sub = null;
+    this.client = null;
+    this.build();
+  }
+
+  build() {
+    this.pattern = h('input', {id: 'ev-pattern', value: '>', autocomplete: 'off',
+      spellcheck: 'false', 'aria-label': 'pattern'});
+    this.pause = h('button', {type: 'button', id: 'ev-pause',
+      onclick: () => this.togglePause()}, 'Pause');
+    this.note = h('span', {class: 'muted', id: 'ev-note'});
+    const form = h('form', {class: 'row', onsubmit: (e) => {
+      e.preventDefault();
+      this.subscribe();
+    }}, this.pattern, h('button', {type: 'submit'}, 'Filter'), this.pause,
+    this.note);
+    this.list = h('ol', {id: 'ev-list', class: 'events'});
+    this.detail = h('pre', {id: 'ev-detail', class: 'envelope'},
+      'click an event to see its envelope');
+    fill($('#events-body', this.root), form,
+      h('div', {class: 'split'}, this.list, this.detail));
+  }
+
+  start() {
+    if (this.client) this.client.close();
+    this.client = new TaskbusClient({url: location.origin, token: token(),
+      reconnect: true, resume: true});
+    this.client.on('state', (s) => this.onState(s));
+    this.client.on('error', (e) => this.onState(this.client.state, e));
+    this.client.connect();
+    this.subscribe();
+  }
+
+  subscribe() {
+    if (this.sub) this.sub.unsubscribe();
+    const p = this.pattern.value.trim() || '>';
+    this.sub = this.client.subscribe(p, (ev) => this.add(ev));
+    this.noteText();
+  }
+
+  togglePause() {
+    this.paused = !this.paused;
+    fill(this.pause, this.paused ? 'Resume' : 'Pause');
+    this.pause.setAttribute('aria-pressed', String(this.paused));
+    if (!this.paused) this.missed = 0;
+    this.noteText();
+  }
+
+  noteText() {
+    fill(this.note, this.paused
+      ? `paused: ${this.missed} not shown`
+      : `${this.received} received`);
+  }
+
+  add(ev) {
+    this.received++;
+    if (this.paused) {
+      this.missed++;
+      this.noteText();
+      return;
+    }
+    const when = ev.ts ? new Date(ev.ts / 1000).toLocaleTimeString([],
+      {hour12: false}) : '';
+    const li = h('li', {tabindex: 0, dataset: {event: String(ev.name)},
+      onclick: () => this.show(ev, li),
+      onkeydown: (e) => { if (e.key === 'Enter') this.show(ev, li); }},
+    h('span', {class: 'ts'}, when), h('span', {class: 'ev-name'}, ev.name),
+    h('span', {class: 'ev-data'}, brief(ev.data, 120)));
+    this.list.prepend(li);
+    while (this.list.children.length > KEEP) this.list.lastChild.remove();
+    this.noteText();
+  }
+
+  show(ev, li) {
+    for (const el of this.list.querySelectorAll('.sel'))
+      el.classList.remove('sel');
+    li.classList.add('sel');
+    fill(this.detail, JSON.stringify(ev, null, 2));
+  }
+}
