@@ -1076,6 +1076,16 @@ int tb_app_add_route(tb_app *app, const char *method, const char *path,
  * "http.wait:<request id>"; its finished entry stays until purged. */
 int tb_app_add_api(tb_app *app);
 
+/* Registers the web dashboard (README "Dashboard"): GET / and GET /ui/
+ * answer its page, GET /ui/<file> its scripts and styles, all built into
+ * the library, so nothing is read from disk or fetched from elsewhere.
+ * These routes are open even with an api_token (they hold no data; the
+ * page asks for the token and sends it with every API call); any other
+ * path under /ui/ is not, and answers as unknown paths do. The page uses
+ * the routes of tb_app_add_api. Only before tb_app_run: TB_EBUSY after,
+ * TB_EEXIST if it was registered already, TB_ENOMEM. */
+int tb_app_add_dashboard(tb_app *app);
+
 tb_app *tb_http_app(const tb_http_req *req);
 const char *tb_http_method(const tb_http_req *req);
 const char *tb_http_path(const tb_http_req *req); /* raw, no query */
