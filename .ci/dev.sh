@@ -34,6 +34,11 @@ TEST_DEPS=(libcmocka-dev redis-server redis-tools redis-sentinel python3
 # package also runs on), then its packages from the committed lockfile.
 NODE_DEPS=(nodejs npm)
 SSE_CLIENT_DIR=tests/integration/sse_client
+# The dashboard's browser test (tests/integration/dashboard_suite.py):
+# Debian's chromium, driven by playwright-core from the committed lockfile
+# (which never downloads a browser of its own).
+BROWSER_DEPS=(chromium)
+BROWSER_TEST_DIR=tests/integration/browser
 # The fuzz targets (tests/fuzz/): clang and its libFuzzer runtime.
 FUZZ_DEPS=(clang libclang-rt-14-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
@@ -96,28 +101,30 @@ ensure_packages() {
     die "could not install: ${missing[*]}"
 }
 
-# Installs the SSE suite's EventSource client (npm ci: exactly the
-# lockfile's versions) unless node_modules already matches the lockfile.
-ensure_sse_client() {
+# npm_ci DIR WHAT: installs DIR's packages (npm ci: exactly the lockfile's
+# versions) unless node_modules already matches the lockfile; WHAT names
+# them in messages.
+npm_ci() {
+    local dir=$1 what=$2
     if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
         ensure_packages "${NODE_DEPS[@]}"
     fi
-    local stamp="$SSE_CLIENT_DIR/node_modules/.package-lock.json"
-    if [[ -f "$stamp" && "$stamp" -nt "$SSE_CLIENT_DIR/package-lock.json" ]]; then
-        log "sse client: node_modules up to date"
+    local stamp="$dir/node_modules/.package-lock.json"
+    if [[ -f "$stamp" && "$stamp" -nt "$dir/package-lock.json" ]]; then
+        log "$what: node_modules up to date"
         return 0
     fi
-    log "sse client: npm ci in $SSE_CLIENT_DIR"
+    log "$what: npm ci in $dir"
     local try
     for try in 1 2 3; do
-        if (cd "$SSE_CLIENT_DIR" &&
+        if (cd "$dir" &&
             npm ci --no-audit --no-fund --loglevel=error </dev/null); then
             return 0
         fi
         log "npm ci failed (attempt $try of 3)"
         sleep $((try * 5))
     done
-    die "could not install the SSE suite's client ($SSE_CLIENT_DIR)"
+    die "could not install $what ($dir)"
 }
 
 # configure DIR CMAKE_ARGS...: (re)configures DIR with every option that
@@ -190,7 +197,9 @@ cmd_test() {
     local rc_tsan=0 rc_fuzz=0
     ensure_packages "${BUILD_DEPS[@]}" "${TEST_DEPS[@]}" "${FUZZ_DEPS[@]}"
     ensure_packages "${CONTAINER_DEPS[@]}" # tests/container/ (block above)
-    ensure_sse_client
+    npm_ci "$SSE_CLIENT_DIR" "the SSE suite's client"
+    ensure_packages "${BROWSER_DEPS[@]}"
+    npm_ci "$BROWSER_TEST_DIR" "the dashboard's browser test"
 
     t=$SECONDS
     configure build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON \
