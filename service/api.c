@@ -554,10 +554,12 @@ static int wait_event(tb_http_req *req, void *ud)
     (void)ud;
     tb_app *app = tb_http_app(req);
     const char *pattern = tb_http_param(req, "pattern");
-    if (tb_pattern_valid(pattern) != 0)
+    const char *why = tb__pattern_problem(pattern);
+    if (why)
         return tb_http_error(req, 400, "bad_pattern",
-                             "bad event pattern: 1..%d dot-separated segments "
-                             "of [A-Za-z0-9_-], \"*\" or \"<param>\"",
+                             "bad event pattern \"%.210s\": %s; a pattern is "
+                             "1..%d " TB__PATTERN_SYNTAX,
+                             pattern ? pattern : "", why,
                              TB_EVENT_SEGMENTS_MAX);
     if (!tb__jwt_allows(req->claims, TB__JWT_SUBSCRIBE, pattern))
         return tb__http_forbidden(req, TB__JWT_SUBSCRIBE, pattern);

@@ -501,15 +501,15 @@ static int check_patterns(tb__ws_cmd *cmd, const char *what, json_t *v)
                              "\"%s\"[%zu] must be a string (an event pattern)",
                              what, i);
         const char *pat = json_string_value(p);
-        int rc = strlen(pat) != json_string_length(p) /* "\u0000" in it */
-                     ? TB_EINVAL
-                     : tb_pattern_valid(pat);
-        if (rc)
+        const char *why = strlen(pat) != json_string_length(p)
+                              ? "a NUL character (\\u0000) in it"
+                              : tb__pattern_problem(pat);
+        if (why)
             return cmd_error(cmd, "bad_pattern",
-                             "\"%s\"[%zu] is not a valid event pattern (%s): "
-                             "dot-separated segments of [A-Za-z0-9_-], \"*\" "
-                             "or \"<param>\", at most %d bytes",
-                             what, i, tb_strerror(rc), TB_EVENT_NAME_MAX);
+                             "\"%s\"[%zu] is not a valid event pattern: %s; "
+                             "a pattern is " TB__PATTERN_SYNTAX
+                             ", at most %d bytes",
+                             what, i, why, TB_EVENT_NAME_MAX);
     }
     return 0;
 }
@@ -654,12 +654,12 @@ typedef struct check_ctx {
 int tb__api_check_pattern(tb_http_req *req, const char *pat, int *count,
                           int max)
 {
-    if (tb_pattern_valid(pat) != 0) {
+    const char *why = tb__pattern_problem(pat);
+    if (why) {
         tb_http_error(req, 400, "bad_pattern",
-                      "events: \"%.210s\" is not a valid event pattern: "
-                      "dot-separated segments of [A-Za-z0-9_-], \"*\" or "
-                      "\"<param>\", at most %d bytes",
-                      pat, TB_EVENT_NAME_MAX);
+                      "events: \"%.210s\" is not a valid event pattern: %s; "
+                      "a pattern is " TB__PATTERN_SYNTAX ", at most %d bytes",
+                      pat, why, TB_EVENT_NAME_MAX);
         return 1;
     }
     if (++*count > max) {

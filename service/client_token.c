@@ -461,12 +461,15 @@ static int check_patterns(json_t *claims, tb__jwt_right right, int max,
     json_array_foreach(a, i, p)
     {
         const char *s = json_string_value(p);
-        if (!s || strlen(s) != json_string_length(p) || tb_pattern_valid(s))
+        const char *bad = !s ? "not a string"
+                          : strlen(s) != json_string_length(p)
+                              ? "a NUL character (\\u0000) in it"
+                              : tb__pattern_problem(s);
+        if (bad)
             return refuse(why, "invalid_token",
                           "the token's \"%s\"[%zu] is not a valid event "
-                          "pattern: dot-separated segments of "
-                          "[A-Za-z0-9_-], \"*\" or \"<param>\"",
-                          name, i);
+                          "pattern: %s; a pattern is " TB__PATTERN_SYNTAX,
+                          name, i, bad);
         *bytes += sizeof(char *) + strlen(s) + 1;
     }
     return 0;

@@ -282,12 +282,18 @@ static int take(karg *v, const tb_arg_spec *s, json_t *val, char *err,
                  : s->type == TB_ARG_PATTERN  ? tb_pattern_valid(str)
                                               : 0;
         if (rc) {
+            const char *why = s->type == TB_ARG_PATTERN
+                                  ? tb__pattern_problem(str)
+                                  : tb_strerror(rc);
             errf(err, errsz,
                  "args.%s: bad %s \"%.80s\": %s (1..%d dot-separated "
-                 "segments, at most %d bytes)",
+                 "segments, at most %d bytes%s)",
                  s->name,
                  s->type == TB_ARG_EVENT_NAME ? "event name" : "pattern", str,
-                 tb_strerror(rc), TB_EVENT_SEGMENTS_MAX, TB_EVENT_NAME_MAX);
+                 why, TB_EVENT_SEGMENTS_MAX, TB_EVENT_NAME_MAX,
+                 s->type == TB_ARG_PATTERN ? "; \"*\", \"<param>\", a last "
+                                             "\">\""
+                                           : "");
             return TB_EINVAL;
         }
         if (!(v->s = strdup(str)))
@@ -881,9 +887,94 @@ static int post_task(tb_http_req *req, void *ud)
     }
 }
 
+/* The JSON number for a spec bound: an integer when it is one (86400, not
+ * 86400.0), so a form can show it as written. */
+static json_t *bound_json(double x)
+{
+    if (x > -9007199254740992.0 && x < 9007199254740992.0 &&
+        x == (double)(json_int_t)x)
+        return json_integer((json_int_t)x);
+    return json_real(x);
+}
+
+static int kind_cmp(const void *a, const void *b)
+{
+    return strcmp((*(const kind *const *)a)->name,
+                  (*(const kind *const *)b)->name);
+}
+
+/* One kind as GET /kinds lists it, or NULL (out of memory). */
+static json_t *kind_json(const kind *k)
+{
+    static const char *const type_name[] = {
+        [TB_ARG_NUMBER] = "number",   [TB_ARG_INT] = "int",
+        [TB_ARG_STRING] = "string",   [TB_ARG_EVENT_NAME] = "event_name",
+        [TB_ARG_PATTERN] = "pattern", [TB_ARG_BOOL] = "bool",
+    };
+    json_t *o = json_object(), *args = json_array();
+    if (!o || !args || json_object_set_new(o, "name", json_string(k->name)) ||
+        json_object_set(o, "args", args)) {
+        json_decref(o);
+        json_decref(args);
+        return NULL;
+    }
+    json_decref(args); /* o holds it */
+    for (size_t i = 0; i < k->nspec; i++) {
+        const tb_arg_spec *s = &k->spec[i];
+        json_t *a = json_object();
+        if (!a || json_array_append_new(args, a) ||
+            json_object_set_new(a, "name", tb__api_jstr(s->name)) ||
+            json_object_set_new(a, "type", json_string(type_name[s->type])) ||
+            json_object_set_new(a, "required", json_boolean(s->required))) {
+            json_decref(o);
+            return NULL;
+        }
+        /* Only a real range: min < max is when take() enforces one. */
+        if ((s->type == TB_ARG_NUMBER || s->type == TB_ARG_INT) &&
+            s->min < s->max &&
+            (json_object_set_new(a, "min", bound_json(s->min)) ||
+             json_object_set_new(a, "max", bound_json(s->max)))) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+/* GET /kinds: {"kinds": [{"name", "args": [{"name", "type", "required",
+ * "min"?, "max"?}]}]}, sorted by name, for a form that spawns any kind.
+ * The kinds never change once the app runs, so no lock. */
+static int get_kinds(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    app_kinds *a = find_app(tb_http_app(req));
+    size_t n = 0;
+    for (kind *k = a ? a->head : NULL; k; k = k->next)
+        n++;
+    const kind **sorted = calloc(n ? n : 1, sizeof *sorted);
+    json_t *list = json_array(), *root = json_object();
+    int ok =
+        sorted && list && root && json_object_set(root, "kinds", list) == 0;
+    n = 0;
+    for (kind *k = a ? a->head : NULL; ok && k; k = k->next)
+        sorted[n++] = k;
+    if (ok)
+        qsort(sorted, n, sizeof *sorted, kind_cmp);
+    for (size_t i = 0; ok && i < n; i++)
+        ok = json_array_append_new(list, kind_json(sorted[i])) == 0;
+    free(sorted);
+    json_decref(list);
+    if (!ok) {
+        json_decref(root);
+        root = NULL; /* 500 */
+    }
+    return tb__api_respond(req, 200, root);
+}
+
 int tb__api_register_kinds(tb_app *app)
 {
-    return tb_app_add_route(app, "POST", "/tasks", post_task, NULL);
+    int rc = tb_app_add_route(app, "POST", "/tasks", post_task, NULL);
+    return rc ? rc : tb_app_add_route(app, "GET", "/kinds", get_kinds, NULL);
 }
 
 int tb_app_add_kind_check(tb_app *app, const char *kind_name,

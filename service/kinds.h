@@ -5,8 +5,9 @@
 
 #include "taskbus/taskbus.h"
 
-/* Registers POST /tasks (spawn a task of a kind). Only before tb_app_run.
- * Returns 0 or tb_app_add_route's error. */
+/* Registers POST /tasks (spawn a task of a kind) and GET /kinds (the kinds
+ * and their argument specs). Only before tb_app_run. Returns 0 or
+ * tb_app_add_route's error. */
 int tb__api_register_kinds(tb_app *app);
 
 struct tb__add_extra;

@@ -20,46 +20,82 @@ static int is_param_char(unsigned char c)
 }
 
 /* Classifies the segment s[0..len) (len >= 1). Returns its tb__seg_kind, or
- * -1 if it is malformed. Wildcards are accepted only when wild is set. */
-static int classify(const char *s, size_t len, int wild)
+ * -1 with *why set if it is malformed. Wildcards are accepted only when wild
+ * is set. */
+static int classify(const char *s, size_t len, int wild, const char **why)
 {
     if (wild && len == 1 && s[0] == '*')
         return TB__SEG_ANY;
+    if (wild && len == 1 && s[0] == '>')
+        return TB__SEG_TAIL;
     if (wild && s[0] == '<') {
-        if (len < 3 || len - 2 > TB__PARAM_NAME_MAX || s[len - 1] != '>')
+        if (len < 3 || len - 2 > TB__PARAM_NAME_MAX || s[len - 1] != '>') {
+            *why = "a \"<param>\" segment needs a name of 1..64 of "
+                   "[A-Za-z0-9_] between its brackets";
             return -1;
+        }
         for (size_t i = 1; i + 1 < len; i++)
-            if (!is_param_char((unsigned char)s[i]))
+            if (!is_param_char((unsigned char)s[i])) {
+                *why = "a \"<param>\" name may hold only [A-Za-z0-9_]";
                 return -1;
+            }
         return TB__SEG_PARAM;
     }
     for (size_t i = 0; i < len; i++)
-        if (!is_name_char((unsigned char)s[i]))
+        if (!is_name_char((unsigned char)s[i])) {
+            *why = !wild ? "a name's segments hold only [A-Za-z0-9_-]"
+                   : s[i] == '>'
+                       ? "\">\" must be a whole segment, the last one "
+                         "(\"orders.>\", not \"orders>\")"
+                   : s[i] == '*'
+                       ? "\"*\" must be a whole segment (\"orders.*\", not "
+                         "\"orders*\")"
+                       : "a segment holds only [A-Za-z0-9_-], or is \"*\", "
+                         "\"<param>\" or a last \">\"";
             return -1;
+        }
     return TB__SEG_LITERAL;
 }
 
 /* The one parser behind names and patterns. Fills p (text, len, nseg,
- * nwild, seg[]; not hash) from s. With wild == 0 only literal segments are
- * accepted, which makes s a valid event name. */
-static int parse(tb__pattern *p, const char *s, int wild)
+ * nwild, spread, seg[]; not hash) from s. With wild == 0 only literal
+ * segments are accepted, which makes s a valid event name. On error, *why
+ * says what is wrong (a static phrase). */
+static int parse(tb__pattern *p, const char *s, int wild, const char **why)
 {
-    if (s == NULL)
+    if (s == NULL) {
+        *why = "missing";
         return TB_EINVAL;
+    }
     size_t len = strnlen(s, TB_EVENT_NAME_MAX + 1);
-    if (len > TB_EVENT_NAME_MAX)
+    if (len > TB_EVENT_NAME_MAX) {
+        *why = "longer than 200 bytes (TB_EVENT_NAME_MAX)";
         return TB_ENAMETOOLONG;
-    if (len == 0)
+    }
+    if (len == 0) {
+        *why = "empty";
         return TB_EINVAL;
+    }
 
     size_t nseg = 0, nwild = 0, start = 0;
     for (size_t i = 0; i <= len; i++) {
         if (i < len && s[i] != '.')
             continue;
         size_t slen = i - start;
-        if (slen == 0 || nseg == TB_EVENT_SEGMENTS_MAX)
+        if (slen == 0) {
+            *why = "an empty segment (a leading, trailing or doubled \".\")";
             return TB_EINVAL;
-        int kind = classify(s + start, slen, wild);
+        }
+        if (nseg == TB_EVENT_SEGMENTS_MAX) {
+            *why = "more than 8 segments (TB_EVENT_SEGMENTS_MAX)";
+            return TB_EINVAL;
+        }
+        if (nseg > 0 && p->seg[nseg - 1].kind == TB__SEG_TAIL) {
+            *why = "\">\" may only be the last segment (\"orders.>\", not "
+                   "\"orders.>.x\")";
+            return TB_EINVAL;
+        }
+        int kind = classify(s + start, slen, wild, why);
         if (kind < 0)
             return TB_EINVAL;
         if (kind == TB__SEG_PARAM) {
@@ -68,8 +104,10 @@ static int parse(tb__pattern *p, const char *s, int wild)
             slen -= 2;
             for (size_t j = 0; j < nseg; j++)
                 if (p->seg[j].kind == TB__SEG_PARAM && p->seg[j].len == slen &&
-                    memcmp(s + p->seg[j].off, s + start, slen) == 0)
+                    memcmp(s + p->seg[j].off, s + start, slen) == 0) {
+                    *why = "a \"<param>\" name used twice";
                     return TB_EINVAL;
+                }
         }
         if (kind != TB__SEG_LITERAL)
             nwild++;
@@ -83,6 +121,8 @@ static int parse(tb__pattern *p, const char *s, int wild)
     p->len = (uint8_t)len;
     p->nseg = (uint8_t)nseg;
     p->nwild = (uint8_t)nwild;
+    p->spread =
+        p->seg[nseg - 1].kind == TB__SEG_TAIL ? TB_EVENT_SEGMENTS_MAX : 0;
     return 0;
 }
 
@@ -99,7 +139,8 @@ uint64_t tb__hash_str(const char *s, size_t len)
 int tb__name_split(tb__name *n, const char *name)
 {
     tb__pattern p;
-    int rc = parse(&p, name, 0);
+    const char *why;
+    int rc = parse(&p, name, 0, &why);
     if (rc != 0)
         return rc;
     n->len = p.len;
@@ -115,7 +156,8 @@ int tb__name_split(tb__name *n, const char *name)
 
 int tb__pattern_compile(tb__pattern *p, const char *pattern)
 {
-    int rc = parse(p, pattern, 1);
+    const char *why;
+    int rc = parse(p, pattern, 1, &why);
     if (rc != 0)
         return rc;
     p->hash = tb__hash_str(p->text, p->len);
@@ -129,7 +171,10 @@ int tb__pattern_is_exact(const tb__pattern *p)
 
 int tb__pattern_match_split(const tb__pattern *p, const tb__name *n)
 {
-    if (p->nseg != n->nseg)
+    /* One compare for both shapes: n must have exactly p->nseg segments
+     * (spread 0), or with a last ">" (spread TB_EVENT_SEGMENTS_MAX) at
+     * least that many: fewer wraps the difference around to >= 248. */
+    if ((uint8_t)(n->nseg - p->nseg) > p->spread)
         return 0;
     if (p->nwild == 0)
         return p->len == n->len && p->hash == n->hash &&
@@ -147,7 +192,16 @@ int tb__pattern_match_split(const tb__pattern *p, const tb__name *n)
 
 int tb__pattern_covers(const tb__pattern *allow, const tb__pattern *want)
 {
-    if (allow->nseg != want->nseg)
+    /* want's names have want->nseg segments, or any number from there with
+     * a last ">": allow must take all those counts. Then, segment by
+     * segment up to allow's, a literal of allow must face the same literal
+     * in want (a wildcard of want would let other names through; want's
+     * own ">" is never faced, as want->nseg >= allow->nseg when allow ends
+     * in ">", and equal otherwise with allow's segment there a literal
+     * only if want's is one). */
+    if (want->spread > allow->spread)
+        return 0;
+    if ((uint8_t)(want->nseg - allow->nseg) > allow->spread)
         return 0;
     for (int i = 0; i < allow->nseg; i++) {
         if (allow->seg[i].kind != TB__SEG_LITERAL)
@@ -196,13 +250,22 @@ int tb__pattern_param_split(const tb__pattern *p, const tb__name *n,
 int tb_event_name_valid(const char *name)
 {
     tb__pattern p;
-    return parse(&p, name, 0);
+    const char *why;
+    return parse(&p, name, 0, &why);
 }
 
 int tb_pattern_valid(const char *pattern)
 {
     tb__pattern p;
-    return parse(&p, pattern, 1);
+    const char *why;
+    return parse(&p, pattern, 1, &why);
+}
+
+const char *tb__pattern_problem(const char *pattern)
+{
+    tb__pattern p;
+    const char *why = NULL;
+    return parse(&p, pattern, 1, &why) == 0 ? NULL : why;
 }
 
 int tb_pattern_match(const char *pattern, const char *name)

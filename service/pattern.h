@@ -27,15 +27,24 @@ typedef struct tb__name {
 typedef enum {
     TB__SEG_LITERAL = 0, /* matches itself */
     TB__SEG_ANY,         /* "*": any one segment */
-    TB__SEG_PARAM        /* "<param>": any one segment, captured */
+    TB__SEG_PARAM,       /* "<param>": any one segment, captured */
+    TB__SEG_TAIL         /* ">", last only: one or more segments */
 } tb__seg_kind;
+
+/* The pattern syntax in one phrase, for error messages. */
+#define TB__PATTERN_SYNTAX                                                     \
+    "dot-separated segments of [A-Za-z0-9_-], \"*\" (any one segment), "       \
+    "\"<param>\" (any one, captured) or, last, \">\" (one or more)"
 
 /* A validated pattern. Self-contained like tb__name. For a TB__SEG_PARAM
  * segment, off/len give the param name inside the angle brackets. */
 typedef struct tb__pattern {
     uint8_t len;   /* strlen(text) */
     uint8_t nseg;  /* 1..TB_EVENT_SEGMENTS_MAX */
-    uint8_t nwild; /* segments that are "*" or "<param>" */
+    uint8_t nwild; /* segments that are "*", "<param>" or ">" */
+    /* How many segments a name may have beyond nseg: 0, or with a last ">"
+     * TB_EVENT_SEGMENTS_MAX (that ">" stands for one or more). */
+    uint8_t spread;
     struct {
         uint8_t kind; /* tb__seg_kind */
         uint8_t off;
@@ -55,7 +64,11 @@ int tb__name_split(tb__name *n, const char *name);
  * Nothing is allocated. */
 int tb__pattern_compile(tb__pattern *p, const char *pattern);
 
-/* 1 if p has no "*" or "<param>" segment, so it matches exactly the name
+/* Why pattern is not valid: a short static phrase for an error message
+ * ("\">\" may only be the last segment ..."), or NULL if it is valid. */
+const char *tb__pattern_problem(const char *pattern);
+
+/* 1 if p has no "*", "<param>" or ">" segment, so it matches exactly the name
  * equal to p->text (the dispatcher then indexes it by p->hash), else 0. */
 int tb__pattern_is_exact(const tb__pattern *p);
 
@@ -64,12 +77,15 @@ int tb__pattern_is_exact(const tb__pattern *p);
 int tb__pattern_match_split(const tb__pattern *p, const tb__name *n);
 
 /* 1 if every event name that want matches is matched by allow too (pattern
- * containment), else 0. Both from tb__pattern_compile. Segments are fixed
- * in number (no wildcard spans several), so this holds exactly when both
- * have as many segments and each segment of allow is "*" or "<param>", or
- * the same literal as want's: "order.*" covers "order.<id>" and
- * "order.created", not "*.created" nor "order.*.x". A param's name does
- * not matter (it captures, it does not restrict). */
+ * containment), else 0. Both from tb__pattern_compile. It holds exactly
+ * when every segment count want's names can have is one allow takes (the
+ * same count, or with a last ">" in allow at least its count, which a ">"
+ * in want needs), and each of allow's segments is a wildcard or the same
+ * literal as want's: "order.*" covers "order.<id>" and "order.created",
+ * not "*.created", "order.*.x" nor "order.>"; "order.>" covers
+ * "order.a.b", "order.*" and "order.>", not "order" nor ">"; ">" covers
+ * every pattern. A param's name does not matter (it captures, it does not
+ * restrict). */
 int tb__pattern_covers(const tb__pattern *allow, const tb__pattern *want);
 
 /* Index (0..nseg-1) of the segment of p that captures param (NUL-terminated,

@@ -749,7 +749,12 @@ TB_TASK_FN int tb_run_blocking(tb_task *self, int (*fn)(void *ud), void *ud,
 int tb_event_name_valid(const char *name);
 
 /* Checks a pattern: like a name, but a segment may also be "*" (any one
- * segment) or "<param>" (any one segment, captured as param). */
+ * segment) or "<param>" (any one segment, captured as param), and the last
+ * segment may be ">" (one or more segments, as in NATS): "orders.>" matches
+ * "orders.a" and "orders.a.b.c" but not "orders"; ">" alone matches every
+ * name. ">" elsewhere, or inside a segment ("a.b>"), is TB_EINVAL. A ">"
+ * captures nothing; "<param>" before it does ("orders.<id>.>"). Returns 0
+ * or TB_EINVAL/TB_ENAMETOOLONG. */
 int tb_pattern_valid(const char *pattern);
 
 /* 1 if name matches pattern, 0 if not (also when either is invalid). */

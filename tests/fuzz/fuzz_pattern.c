@@ -1,18 +1,25 @@
 /* fuzz_pattern.c - event names and patterns (service/pattern.c): the input
  * is "pattern\nname"; both are validated, split, matched and their params
- * captured, and a name built from a valid pattern must match it. */
+ * captured, a name built from a valid pattern must match it, and pattern
+ * containment (tb__pattern_covers) must agree with matching. */
 #include "fuzz.h"
 #include "pattern.h"
 
-/* The name that p matches with every "*" or "<param>" segment replaced by
- * "x" (never longer than p). Returns 0, or -1 when it does not fit. */
-static int name_from(const tb__pattern *p, char *out, size_t outsz)
+/* The name that p matches with every "*", "<param>" or ">" segment
+ * replaced by "x" (never longer than p), and with `more` further segments
+ * "x" after a last ">" (more = 0 for none). Returns 0, or -1 when it does
+ * not fit in outsz bytes or has too many segments. */
+static int name_from(const tb__pattern *p, int more, char *out, size_t outsz)
 {
     size_t o = 0;
-    for (int i = 0; i < p->nseg; i++) {
+    int tail = p->seg[p->nseg - 1].kind == TB__SEG_TAIL;
+    int total = p->nseg + (tail ? more : 0);
+    if (total > TB_EVENT_SEGMENTS_MAX)
+        return -1;
+    for (int i = 0; i < total; i++) {
         const char *s = "x";
         size_t len = 1;
-        if (p->seg[i].kind == TB__SEG_LITERAL) {
+        if (i < p->nseg && p->seg[i].kind == TB__SEG_LITERAL) {
             s = p->text + p->seg[i].off;
             len = p->seg[i].len;
         }
@@ -78,23 +85,46 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(p.len == strlen(pattern) && strcmp(p.text, pattern) == 0);
         FUZZ_CHECK(p.nseg >= 1 && p.nseg <= TB_EVENT_SEGMENTS_MAX);
         FUZZ_CHECK(tb__pattern_is_exact(&p) == (p.nwild == 0));
+        /* ">" only as the whole last segment, and then the spread. */
+        for (int i = 0; i + 1 < p.nseg; i++)
+            FUZZ_CHECK(p.seg[i].kind != TB__SEG_TAIL);
+        int tail = p.seg[p.nseg - 1].kind == TB__SEG_TAIL;
+        FUZZ_CHECK(p.spread == (tail ? TB_EVENT_SEGMENTS_MAX : 0));
+        FUZZ_CHECK(tail == (p.text[p.len - 1] == '>' &&
+                            (p.len == 1 || p.text[p.len - 2] == '.')));
+        FUZZ_CHECK(tb__pattern_covers(&p, &p));
 
         char built[TB_EVENT_NAME_MAX + 1];
         tb__name bn;
-        FUZZ_CHECK(name_from(&p, built, sizeof built) == 0);
+        FUZZ_CHECK(name_from(&p, 0, built, sizeof built) == 0);
         FUZZ_CHECK(tb__name_split(&bn, built) == 0);
         FUZZ_CHECK(tb__pattern_match_split(&p, &bn));
         FUZZ_CHECK(tb_pattern_match(pattern, built));
         check_params(&p, &bn, 1);
+        /* A ">" takes more segments too, up to the limit. */
+        for (int more = 1; tail && more <= TB_EVENT_SEGMENTS_MAX; more++) {
+            if (name_from(&p, more, built, sizeof built) != 0)
+                break;
+            FUZZ_CHECK(tb__name_split(&bn, built) == 0);
+            FUZZ_CHECK(tb__pattern_match_split(&p, &bn));
+            check_params(&p, &bn, 1);
+        }
     }
     if (prc == 0 && nrc == 0) {
         int m = tb__pattern_match_split(&p, &n);
         FUZZ_CHECK(m == tb_pattern_match(pattern, name));
         if (tb__pattern_is_exact(&p))
             FUZZ_CHECK(m == (strcmp(pattern, name) == 0));
-        if (m)
+        if (m && p.spread == 0)
             FUZZ_CHECK(p.nseg == n.nseg);
+        if (m)
+            FUZZ_CHECK(n.nseg >= p.nseg);
         check_params(&p, &n, m);
+        /* A name is the pattern of itself: p covers it exactly when p
+         * matches it. */
+        tb__pattern self;
+        FUZZ_CHECK(tb__pattern_compile(&self, name) == 0);
+        FUZZ_CHECK(tb__pattern_covers(&p, &self) == m);
     } else {
         FUZZ_CHECK(tb_pattern_match(pattern, name) == 0);
     }

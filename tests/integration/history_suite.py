@@ -202,6 +202,28 @@ async def t_history_pages(ctx):
     check(rest[:3] == ids[2:], f"next pages {rest}, want {ids[2:]}")
 
 
+async def t_history_tail(ctx):
+    """GET /history?events= with a last ">" (raw and %3E): the events under
+    the prefix at any depth, in order, not the prefix itself."""
+    srv = ctx.srv
+    await post(srv, "ht", {"n": -1})
+    ids = (await posted(srv, "ht.a", 1) + await posted(srv, "ht.a.b.c", 1, 1)
+           + await posted(srv, "ht.x.y.z.w.v.u.t", 1, 2))
+    await post(srv, "other.ht.a", {"n": -2})
+    for q in ("ht.>", "ht.%3E", "ht.%3e"):
+        h = await get_json(srv, f"/history?events={q}&limit=1000")
+        got = [e["id"] for e in h["events"]]
+        check(got[-3:] == ids and all(e["name"].startswith("ht.")
+                                      for e in h["events"]),
+              f"events={q}: {[e['name'] for e in h['events']]}")
+    h = await get_json(srv, "/history?events=%3E&limit=1000")
+    names = [e["name"] for e in h["events"]]
+    check(names[-5:] == ["ht", "ht.a", "ht.a.b.c", "ht.x.y.z.w.v.u.t",
+                         "other.ht.a"], f"events=>: {names[-5:]}")
+    r = await ahttp(srv.port, "GET", "/history?events=ht.%3E.a")
+    check_status(r, 400, "bad_pattern", "events=ht.>.a")
+
+
 async def t_bad_requests(ctx):
     """Malformed since, a bad limit, missing events: 400 with a stable
     code, and the server goes on."""
@@ -490,6 +512,7 @@ GROUPS = [
          t_replay_paced, 60),
         ("long polls with since miss nothing", t_longpoll_since, 30),
         ("GET /history pages", t_history_pages, 30),
+        ("GET /history with a last \">\"", t_history_tail, 30),
         ("malformed since, bad limits: 400", t_bad_requests, 60),
         ("history off: 400 history_off", t_history_off, 30),
     ]),
@@ -498,6 +521,7 @@ GROUPS = [
          t_redis_resume_stream, 90),
         ("Redis flushed: recovered false, the new epoch",
          t_redis_epoch_change, 30),
+        ("GET /history with a last \">\" over Redis", t_history_tail, 30),
     ]),
     ("rollback", rdb_group, [
         ("Redis back from an older RDB: a new epoch, recovered false",

@@ -1235,6 +1235,94 @@ def t_api_long_poll():
     s.stop_ok()
 
 
+def t_api_long_poll_tail():
+    """GET /events/{pattern} with a last ">", sent raw and as %3E: both
+    wait for the same pattern and get the first event under it, whatever
+    its depth; a misplaced ">" is a 400 that says why."""
+    s = Taskbus("polltail").start()
+    got = {}
+
+    def poll(key, path):
+        got[key] = http_req(s.port, "GET", path)
+    threads = [threading.Thread(target=poll, args=(k, p)) for k, p in
+               (("raw", "/events/lpt.>?timeout=10"),
+                ("enc", "/events/lpt.%3E?timeout=10"),
+                ("all", "/events/%3e?timeout=10"))]
+    for th in threads:
+        th.start()
+
+    def waiting():
+        r = http_req(s.port, "GET", "/tasks")
+        return sum(t["name"].startswith("http.wait:")
+                   and t["state"] == "running" for t in r.json["tasks"]) == 3
+    check(wait_for(waiting, T(5)), "the long polls' wait tasks never ran")
+    p0 = http_req(s.port, "POST", "/events/lpt", "too short for lpt.>")
+    p = http_req(s.port, "POST", "/events/lpt.a.b.c", {"deep": True})
+    check(p.status == 202, f"POST /events/lpt.a.b.c: {p!r}")
+    for th in threads:
+        th.join(T(10))
+    for key in ("raw", "enc"):
+        r = got.get(key)
+        check(r and r.status == 200 and r.json.get("id") == p.json["id"]
+              and r.json.get("name") == "lpt.a.b.c",
+              f"long poll lpt.> ({key}): {r!r}, want lpt.a.b.c")
+    r = got.get("all")
+    check(r and r.status == 200 and r.json.get("id") == p0.json["id"],
+          f"long poll > : {r!r}, want the first event, lpt")
+    for path, says in (("/events/a.%3E.b?timeout=1",
+                        "only be the last segment"),
+                       ("/events/a.>.b?timeout=1", "only be the last segment"),
+                       ("/events/a.b%3E?timeout=1", "must be a whole segment"),
+                       ("/events/%3E%3E?timeout=1", "must be a whole segment")):
+        r = http_req(s.port, "GET", path)
+        check(r.status == 400 and r.code() == "bad_pattern" and
+              says in r.json.get("message", ""), f"GET {path}: {r!r}")
+    s.stop_ok()
+
+
+def t_api_kinds():
+    """GET /kinds: every kind the binary has, sorted, each with its
+    arguments' specs (a form is generated from them); query junk is
+    ignored; other methods are 405."""
+    s = Taskbus("kinds").start()
+    r = http_req(s.port, "GET", "/kinds")
+    check(r.status == 200 and r.headers.get("content-type", "").startswith(
+        "application/json"), f"GET /kinds: {r!r}")
+    kinds = r.json["kinds"]
+    names = [k["name"] for k in kinds]
+    check(names == sorted(names) and {"sleep", "delay", "interval", "relay",
+                                      "exec"} <= set(names),
+          f"kinds {names}")
+    by = {k["name"]: k for k in kinds}
+    check(by["sleep"] == {"name": "sleep", "args": [
+        {"name": "seconds", "type": "number", "required": True, "min": 0,
+         "max": 86400}]}, f"sleep: {by['sleep']}")
+    check(by["relay"]["args"] == [
+        {"name": "pattern", "type": "pattern", "required": True},
+        {"name": "event", "type": "event_name", "required": True}],
+        f"relay: {by['relay']}")
+    types = {a["type"] for k in kinds for a in k["args"]}
+    check(types <= {"number", "int", "string", "event_name", "pattern",
+                    "bool"}, f"types {types}")
+    for k in kinds:
+        for a in k["args"]:
+            check(("min" in a) == ("max" in a) and
+                  ("min" not in a or a["min"] < a["max"]),
+                  f"{k['name']}.{a['name']}: {a}")
+    # What the listing says is what POST /tasks takes.
+    p = http_req(s.port, "POST", "/tasks", {"kind": "sleep", "args": {
+        "seconds": by["sleep"]["args"][0]["max"] + 1}})
+    check(p.status == 400 and p.code() == "bad_args", f"over max: {p!r}")
+    r2 = http_req(s.port, "GET", "/kinds?cursor=%zz&limit=-1&" + "x" * 3000)
+    check(r2.status == 200 and r2.json == r.json, f"with junk: {r2!r}")
+    for method in ("POST", "PUT", "DELETE"):
+        r3 = http_req(s.port, method, "/kinds", "{}")
+        check(r3.status == 405 and r3.code() == "method_not_allowed",
+              f"{method} /kinds: {r3!r}")
+    s.stop_ok()
+    return f"{len(kinds)} kinds"
+
+
 def t_api_tasks_rows():
     with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=H.root,
                                      delete=False) as f:
@@ -1613,6 +1701,8 @@ def t_http_auth_order():
         ("GET", "/tasks/a/b", False, 404, "not_found"),
         ("HEAD", "/nope", False, 404, None),
         ("PUT", "/tasks", False, 405, "method_not_allowed"),
+        ("GET", "/kinds", False, 200, None),
+        ("POST", "/kinds", False, 405, "method_not_allowed"),
         ("DELETE", "/events/x", False, 405, "method_not_allowed"),
         ("POST", "/healthz", False, 405, "method_not_allowed"),
         ("GET", "/nope", True, 404, "not_found"),
@@ -2208,6 +2298,9 @@ CASES = [
     ("shutdown", "no 202-answered event lost at SIGTERM (two instances, "
      "one Redis)", t_no_loss),
     ("api", "GET /events long poll: 200 envelope, 204, 400", t_api_long_poll),
+    ("api", "GET /events/{pattern} with a last \">\", raw and %3E",
+     t_api_long_poll_tail),
+    ("api", "GET /kinds: sorted kinds with argument specs", t_api_kinds),
     ("api", "POST/GET/DELETE /tasks and purge: every status", t_api_tasks_rows),
     ("api", "Redis down: /readyz 503, POST /events 503 bus_down",
      t_api_bus_down),

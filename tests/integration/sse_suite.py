@@ -279,6 +279,34 @@ async def t_order(ctx):
     return "52 events in order"
 
 
+async def t_tail_wildcard(ctx):
+    """?events= with a last ">" (sent as %3E, and raw): every event under
+    the prefix at any depth, not the prefix itself; a misplaced ">" is a
+    400 bad_pattern saying why."""
+    srv = ctx.srv
+    c1 = await sse(srv.port, "/sse?events=st.%3E")
+    c2 = await sse(srv.port, "/sse?events=st.>")
+    try:
+        for c in (c1, c2):
+            await asyncio.to_thread(c.ready)
+        await post(srv, "st", b"the prefix alone")
+        ids = []
+        for name in ("st.a", "st.a.b", "st.a.b.c.d.e.f.g"):
+            ids.append((await post(srv, name, name.encode()), name))
+        for c in (c1, c2):
+            for i, name in ids:
+                check_event(await asyncio.to_thread(c.event), name, name, i)
+    finally:
+        c1.close()
+        c2.close()
+    for q, says in (("a.%3E.b", "only be the last segment"),
+                    ("a.b%3E", "must be a whole segment")):
+        r = await refused(srv.port, "/sse?events=" + q)
+        check_status(r, 400, "bad_pattern", q)
+        check(says in r.json.get("message", ""), f"{q}: {r!r}")
+    return "3 events under st.> on each stream"
+
+
 async def t_curl(ctx):
     """curl -N sees the stream as it comes."""
     srv = ctx.srv
@@ -1346,6 +1374,7 @@ GROUPS = [
     ("stream", lambda: {"main": TaskbusServer("main", *MAIN_ARGS)}, [
         ("events in order: id (the position), event, one data line",
          t_order, 30),
+        ("a last \">\" in ?events=, raw and %3E", t_tail_wildcard, 30),
         ("curl -N", t_curl, 30),
         ("bad ?events=, Origin, methods: 400/403/405/404 JSON",
          t_bad_requests, 30),

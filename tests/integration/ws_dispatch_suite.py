@@ -100,6 +100,45 @@ async def t_envelopes(ctx):
     await c.no_events(0.3)
 
 
+async def t_tail_wildcard(ctx):
+    """A last ">" takes one or more segments: over ?events= (raw or %3E)
+    and over a subscribe message; ">" elsewhere or inside a segment is a
+    bad_pattern that says why."""
+    srv = ctx.srv
+    c1 = await ctx.connect("/ws?events=tw.%3E", label="c1")
+    c2 = await ctx.connect("/ws?events=tw.>", label="c2")
+    c3 = await ctx.connect("/ws?events=nothing.x", label="c3")
+    check(await c1.sync() == ["tw.>"] and await c2.sync() == ["tw.>"],
+          "the decoded pattern is not \"tw.>\"")
+    await c3.sync()
+    r = await c3.request({"subscribe": [">"], "ref": "all"})
+    check(r.get("ok") == "subscribe" and ">" in r.get("patterns", []),
+          f"subscribe to \">\": {r}")
+    await post(srv, "tw", "one segment: tw.> wants more")
+    want = []
+    for name in ("tw.a", "tw.a.b.c", "tw.a.b.c.d.e.f.g"):
+        want.append((await post(srv, name, name), name))
+    for c in (c1, c2):
+        for eid, name in want:
+            check_envelope(await c.event(), name, name, eid)
+        await c.no_events(0.2)
+    # c3 (">") got everything, "tw" included, in order.
+    ev = await c3.event()
+    check(ev["name"] == "tw", f"\">\" got {ev['name']} first, want tw")
+    for eid, name in want:
+        check_envelope(await c3.event(), name, name, eid)
+    for bad, says in (("a.>.b", "only be the last segment"),
+                      ("a.b>", "must be a whole segment")):
+        r = await c3.request({"subscribe": [bad], "ref": bad})
+        check(r.get("error") == "bad_pattern" and says in r.get("message", ""),
+              f"subscribe to {bad}: {r}")
+        r = await asyncio.to_thread(upgrade_refused, srv.port,
+                                    "/ws?events=" + bad.replace(">", "%3E"))
+        check_status(r, 400, "bad_pattern", f"?events={bad}")
+        check(says in r.json.get("message", ""), f"?events={bad}: {r!r}")
+    await c3.no_events(0.1)
+
+
 async def t_nul_data(ctx):
     """Event data is any UTF-8, U+0000 included: a POST body a\0b is
     dispatched (202), so is a websocket dispatch of "a\u0000b", and a
@@ -548,6 +587,8 @@ GROUPS = [
         ("POST /events: 202, bad_name, --max-body edge", t_http_post, 20),
         ("GET /ws: pattern checks before the upgrade", t_upgrade_patterns, 30),
         ("events arrive as envelopes, only when matching", t_envelopes, 20),
+        ("\">\": one or more segments, raw or %3E; misplaced: bad_pattern",
+         t_tail_wildcard, 20),
         ("event data may hold U+0000 (NUL)", t_nul_data, 20),
         ("subscribe, unsubscribe, dispatch, ref", t_messages, 20),
         ("bad messages are answered, the connection stays open",

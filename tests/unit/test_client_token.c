@@ -566,6 +566,9 @@ static void test_pattern_claims(void **state)
         {"\"dispatch\":[\"a\\u0000b\"]", "invalid_token"},
         {"\"dispatch\":[\"a.<x>.<x>\"]", "invalid_token"},
         {"\"dispatch\":{}", "invalid_token"},
+        {"\"subscribe\":[\">\",\"orders.>\",\"a.<x>.>\"]", ""},
+        {"\"subscribe\":[\"a.>.b\"]", "invalid_token"},
+        {"\"dispatch\":[\"orders>\"]", "invalid_token"},
         {"\"other\":[1,2,3]", ""}, /* other claims are the issuer's */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -610,6 +613,30 @@ static void test_allows(void **state)
     assert_false(tb__jwt_allows(c, D, "chat.other.msg"));
     assert_false(tb__jwt_allows(c, D, "order.created"));
     assert_false(tb__jwt_allows(c, S, "not a pattern"));
+    tb__jwt_claims_free(c);
+
+    /* A claim "orders.>" lets the client subscribe to anything under
+     * orders., at any depth and with any pattern there, but not to more:
+     * not ">" (everything), not "orders" itself, not "*.>". */
+    t = mint(HS, "{" EXP ",\"subscribe\":[\"orders.>\"],\"dispatch\":[\">\"]}",
+             "good");
+    assert_int_equal(check_at(&e, t, NOW_US, &c, NULL), 0);
+    free(t);
+    assert_true(tb__jwt_allows(c, S, "orders.a.b"));
+    assert_true(tb__jwt_allows(c, S, "orders.a"));
+    assert_true(tb__jwt_allows(c, S, "orders.>"));
+    assert_true(tb__jwt_allows(c, S, "orders.*"));
+    assert_true(tb__jwt_allows(c, S, "orders.<id>.>"));
+    assert_false(tb__jwt_allows(c, S, ">"));
+    assert_false(tb__jwt_allows(c, S, "orders"));
+    assert_false(tb__jwt_allows(c, S, "*.>"));
+    assert_false(tb__jwt_allows(c, S, "*.a"));
+    assert_false(tb__jwt_allows(c, S, "order.a"));
+    assert_false(tb__jwt_allows(c, S, "orders.>.x"));
+    /* ">" as a claim: everything. */
+    assert_true(tb__jwt_allows(c, D, "a"));
+    assert_true(tb__jwt_allows(c, D, "a.b.c.d.e.f.g.h"));
+    assert_true(tb__jwt_allows(c, D, ">"));
     tb__jwt_claims_free(c);
     /* No claims: the API token, which may do anything. */
     assert_true(tb__jwt_allows(NULL, D, "anything.at.all"));

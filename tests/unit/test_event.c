@@ -294,6 +294,60 @@ static int next_is(tb_task *self, tb_sub *sub, const char *want)
     return ok;
 }
 
+static int dispatch_user_names(tb_task *self, void *arg)
+{
+    (void)arg;
+    tb_app *app = tb_task_app(self);
+    TH_CHECK_RC(tb_dispatch(app, "user.7", "", 0, NULL), 0); /* too short */
+    TH_CHECK_RC(tb_dispatch(app, "user.7.x.y", "", 0, NULL), 0);
+    return 0;
+}
+
+/* A last ">" takes one or more segments, in subscriptions and waits alike;
+ * ">" alone takes every event. */
+TH_TASK_TEST(test_tail_wildcard_subscription, th_app_new(2, 2000), 0, 20000)
+{
+    int err = 1;
+    tb_sub *sub = tb_sub_open(self, "orders.>", 16, &err);
+    if (!TH_CHECK(sub != NULL))
+        return;
+    const char *names[] = {"orders",     "orders.a",
+                           "order.a",    "orders.a.b.c",
+                           "x.orders.a", "orders.a.b.c.d.e.f.g"};
+    for (size_t i = 0; i < 6; i++)
+        TH_CHECK_RC(tb_dispatch(app, names[i], "", 0, NULL), 0);
+    TH_CHECK(next_is(self, sub, "orders.a"));
+    TH_CHECK(next_is(self, sub, "orders.a.b.c"));
+    TH_CHECK(next_is(self, sub, "orders.a.b.c.d.e.f.g"));
+    TH_CHECK(next_is(self, sub, ""));
+
+    TH_CHECK_RC(tb_sub_add(sub, ">"), 0);
+    TH_CHECK_RC(tb_sub_add(sub, "a.>.b"), TB_EINVAL);
+    TH_CHECK_RC(tb_sub_add(sub, "a>"), TB_EINVAL);
+    TH_CHECK_RC(tb_dispatch(app, "orders", "", 0, NULL), 0);
+    TH_CHECK_RC(tb_dispatch(app, "orders.z", "", 0, NULL), 0); /* once */
+    TH_CHECK(next_is(self, sub, "orders"));
+    TH_CHECK(next_is(self, sub, "orders.z"));
+    TH_CHECK(next_is(self, sub, ""));
+    tb_sub_close(sub);
+
+    /* A one-shot wait with a ">" pattern and a param before it: the task
+     * that dispatches runs on this worker, so only once this one waits. */
+    tb_event *ev = NULL;
+    TH_CHECK_RC(tb_event_wait(self, "a.>.b", 10, &ev), TB_EINVAL);
+    tb_task_opts o = th_opts(NULL, tb_task_worker(self));
+    TH_CHECK_RC(tb_task_add(app, dispatch_user_names, NULL, &o, NULL), 0);
+    if (TH_CHECK_RC(tb_event_wait(self, "user.<id>.>", 5000, &ev), 0)) {
+        TH_CHECK_STR(tb_event_name(ev), "user.7.x.y");
+        char id[8];
+        TH_CHECK_EQ(tb_pattern_param("user.<id>.>", tb_event_name(ev), "id", id,
+                                     sizeof id),
+                    1);
+        TH_CHECK_STR(id, "7");
+    }
+    tb_event_unref(ev);
+}
+
 TH_TASK_TEST(test_multi_pattern_subscription, th_app_new(2, 2000), 0, 20000)
 {
     int err = 1;
@@ -1232,6 +1286,7 @@ int main(void)
         cmocka_unit_test(test_event_data_must_be_utf8),
         cmocka_unit_test(test_dispatch_wait_and_bus_status),
         cmocka_unit_test(test_subscription_misses_nothing),
+        cmocka_unit_test(test_tail_wildcard_subscription),
         cmocka_unit_test(test_multi_pattern_subscription),
         cmocka_unit_test(test_subscription_overflow_drops_oldest),
         cmocka_unit_test(test_subscription_closed_when_task_ends),

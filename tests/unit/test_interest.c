@@ -59,6 +59,33 @@ static void test_exact_and_wildcards(void **state)
     tb__interest_destroy(&in);
 }
 
+/* A last ">" wants every name under its prefix, at any depth; ">" alone
+ * wants everything, until it is removed. */
+static void test_tail_wildcard(void **state)
+{
+    (void)state;
+    tb__interest in;
+    tb__interest_init(&in);
+    tb__pattern orders = pat("orders.>");
+    assert_int_equal(tb__interest_add(&in, &orders), 0);
+    assert_true(wants(&in, "orders.a"));
+    assert_true(wants(&in, "orders.a.b.c.d.e.f.g"));
+    assert_false(wants(&in, "orders"));
+    assert_false(wants(&in, "order.a"));
+    assert_false(wants(&in, "x.orders.a"));
+
+    tb__pattern all = pat(">");
+    assert_int_equal(tb__interest_add(&in, &all), 0);
+    assert_true(wants(&in, "orders"));
+    assert_true(wants(&in, "a.b.c.d.e.f.g.h"));
+    tb__interest_remove(&in, &all);
+    assert_false(wants(&in, "orders"));
+    assert_true(wants(&in, "orders.x"));
+    tb__interest_remove(&in, &orders);
+    assert_false(wants(&in, "orders.x"));
+    tb__interest_destroy(&in);
+}
+
 /* Counted: interest lasts until the last of several adds is removed. */
 static void test_counts(void **state)
 {
@@ -151,6 +178,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_empty_wants_nothing),
         cmocka_unit_test(test_exact_and_wildcards),
+        cmocka_unit_test(test_tail_wildcard),
         cmocka_unit_test(test_counts),
         cmocka_unit_test(test_app_wants_follows_listeners),
     };

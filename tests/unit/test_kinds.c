@@ -160,6 +160,10 @@ static void test_validation(void **state)
     spawn_check(app, "all", "{\"n\": 1, \"p\": \"a.<x\"}", TB_EINVAL,
                 "args.p: bad pattern");
     spawn_check(app, "all", "{\"n\": 1, \"p\": \"a.*.<x>\"}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 1, \"p\": \"a.>\"}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 1, \"p\": \">\"}", 0, NULL);
+    spawn_check(app, "all", "{\"n\": 1, \"p\": \"a.>.b\"}", TB_EINVAL,
+                "args.p: bad pattern \"a.>.b\": \">\" may only be the last");
     spawn_check(app, "all", "{\"n\": 1, \"b\": 1}", TB_EINVAL,
                 "args.b: must be true or false");
     spawn_check(app, "all", "{\"n\": 1, \"b\": false}", 0, NULL);
@@ -348,6 +352,21 @@ static void builtin_body(tb_app *app, void *arg)
     spawn_named(app, "relay", "r2",
                 "{\"pattern\": \"k.*\", \"event\": \"k.relayed\"}");
     check_ended(app, "r2", TB_TASK_FAILED, "feed itself");
+    spawn_named(app, "relay", "r3",
+                "{\"pattern\": \">\", \"event\": \"k.relayed\"}");
+    check_ended(app, "r3", TB_TASK_FAILED, "feed itself");
+
+    /* relay with a last ">": names under its prefix at any depth. */
+    spawn_named(app, "relay", "r4",
+                "{\"pattern\": \"rr.>\", \"event\": \"k.relayed\"}");
+    TH_CHECK(th_wait_state(app, "r4", TB_TASK_RUNNING, 3000));
+    th_nap_ms(50); /* its subscription is open once it has run */
+    TH_CHECK_RC(tb_dispatch(app, "rr", "no", 2, NULL), 0);
+    TH_CHECK_RC(tb_dispatch(app, "rr.a.b.c", "deep", 4, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&s->relayed, 3, 3000));
+    TH_CHECK_RC(tb_task_cancel(app, "r4", 2000), 0);
+    th_nap_ms(50);
+    TH_CHECK_EQ(th_counter_get(&s->relayed), 3);
 
     /* sleep: 0 is done; a long one cancelled early ends cancelled. */
     spawn_named(app, "sleep", "s0", "{\"seconds\": 0}");
@@ -482,6 +501,90 @@ static tb_app *kinds_api_app(void)
     assert_rc(tb_app_add_builtin_kinds(app), 0);
     assert_rc(tb__api_register_kinds(app), 0);
     return app;
+}
+
+static int noop_kind(tb_task *self, void *arg)
+{
+    (void)self;
+    (void)arg;
+    return 0;
+}
+
+/* The built-in kinds and two of the user's, registered out of order: one
+ * with every argument type and ranges of both kinds (0..1e12 is an
+ * integer, -0.5..2.5 is not; 5..5 and 7..3 are no range), one with none. */
+static tb_app *kinds_list_app(void)
+{
+    static const tb_arg_spec every_type[] = {
+        {"n", TB_ARG_NUMBER, 1, -0.5, 2.5},
+        {"i", TB_ARG_INT, 0, 0, 1e12},
+        {"s", TB_ARG_STRING, 0, 0, 0},
+        {"e", TB_ARG_EVENT_NAME, 1, 0, 0},
+        {"p", TB_ARG_PATTERN, 0, 0, 0},
+        {"b", TB_ARG_BOOL, 0, 0, 0},
+        {"same", TB_ARG_NUMBER, 0, 5, 5},
+        {"backwards", TB_ARG_INT, 0, 7, 3},
+        {NULL, 0, 0, 0, 0},
+    };
+    tb_app *app = kinds_api_app();
+    assert_rc(tb_app_add_kind(app, "zz.user", noop_kind, every_type), 0);
+    assert_rc(tb_app_add_kind(app, "a-first", noop_kind, NULL), 0);
+    return app;
+}
+
+/* GET /kinds lists every kind, sorted by name, with its argument specs. */
+TH_APP_TEST(test_get_kinds, kinds_list_app(), 20000)
+{
+    fake_conn c;
+    memset(&c, 0, sizeof c);
+    int st = fake_handle(&c, app, "GET", "/kinds", "junk=%zz&x", "", 0);
+    TH_CHECK_EQ(st, 200);
+    TH_CHECK_EQ(c.sends, 1);
+    json_error_t jerr;
+    json_t *j = c.body ? json_loadb(c.body, c.len, 0, &jerr) : NULL;
+    json_t *kinds = json_object_get(j, "kinds");
+    if (!TH_CHECKF(json_array_size(kinds) == 6, "%s", c.body ? c.body : "")) {
+        json_decref(j);
+        free(c.body);
+        return;
+    }
+    static const char *const names[] = {"a-first", "delay", "interval",
+                                        "relay",   "sleep", "zz.user"};
+    for (size_t i = 0; i < 6; i++)
+        TH_CHECK_STR(jget_str(json_array_get(kinds, i), "name"), names[i]);
+    TH_CHECK_EQ(
+        json_array_size(json_object_get(json_array_get(kinds, 0), "args")), 0);
+    /* Each spec exactly, min/max only for a real range. */
+    char *sleep_ = json_dumps(json_array_get(kinds, 4), JSON_COMPACT);
+    TH_CHECK_STR(sleep_, "{\"name\":\"sleep\",\"args\":[{\"name\":"
+                         "\"seconds\",\"type\":\"number\",\"required\":"
+                         "true,\"min\":0,\"max\":86400}]}");
+    free(sleep_);
+    char *user = json_dumps(json_array_get(kinds, 5), JSON_COMPACT);
+    TH_CHECK_STR(
+        user,
+        "{\"name\":\"zz.user\",\"args\":["
+        "{\"name\":\"n\",\"type\":\"number\",\"required\":true,\"min\":-0.5,"
+        "\"max\":2.5},"
+        "{\"name\":\"i\",\"type\":\"int\",\"required\":false,\"min\":0,"
+        "\"max\":1000000000000},"
+        "{\"name\":\"s\",\"type\":\"string\",\"required\":false},"
+        "{\"name\":\"e\",\"type\":\"event_name\",\"required\":true},"
+        "{\"name\":\"p\",\"type\":\"pattern\",\"required\":false},"
+        "{\"name\":\"b\",\"type\":\"bool\",\"required\":false},"
+        "{\"name\":\"same\",\"type\":\"number\",\"required\":false},"
+        "{\"name\":\"backwards\",\"type\":\"int\",\"required\":false}]}");
+    free(user);
+    json_decref(j);
+    free(c.body);
+
+    /* Other methods: 405. */
+    memset(&c, 0, sizeof c);
+    TH_CHECK_EQ(fake_handle(&c, app, "POST", "/kinds", NULL, "{}", 2), 405);
+    free(c.body);
+    memset(&c, 0, sizeof c);
+    TH_CHECK_EQ(fake_handle(&c, app, "DELETE", "/kinds", NULL, "", 0), 405);
+    free(c.body);
 }
 
 TH_APP_TEST(test_http, kinds_api_app(), 20000)
@@ -681,7 +784,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_validation), cmocka_unit_test(test_kind_check),
         cmocka_unit_test(test_builtin),    cmocka_unit_test(test_relay_cycle),
-        cmocka_unit_test(test_http),
+        cmocka_unit_test(test_http),       cmocka_unit_test(test_get_kinds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

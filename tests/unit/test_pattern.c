@@ -138,10 +138,28 @@ static void test_pattern_valid(void **state)
 {
     (void)state;
     static const char *ok[] = {
-        "a",           "*",       "<id>",    "a.*", "*.b",
-        "a.<id>.c",    "<a>.<b>", "<a>.<A>", "*.*", "*.*.*.*.*.*.*.*",
-        "<a>.*.<b>.*", "<A_1>",   "<_>",     "<0>", "a.b.c.d.e.f.g.h",
+        "a",
+        "*",
+        "<id>",
+        "a.*",
+        "*.b",
+        "a.<id>.c",
+        "<a>.<b>",
+        "<a>.<A>",
+        "*.*",
+        "*.*.*.*.*.*.*.*",
+        "<a>.*.<b>.*",
+        "<A_1>",
+        "<_>",
+        "<0>",
+        "a.b.c.d.e.f.g.h",
         "x-y.<p_q>",
+        ">",
+        "a.>",
+        "*.>",
+        "<id>.>",
+        "a.<id>.*.>",
+        "*.*.*.*.*.*.*.>",
     };
     for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
         if (tb_pattern_valid(ok[i]) != 0)
@@ -177,6 +195,19 @@ static void test_pattern_valid(void **state)
         "a b",
         "caf\xc3\xa9",
         "<caf\xc3\xa9>",
+        /* ">" is a whole segment, and the last one */
+        ">.a",
+        "a.>.b",
+        ">.>",
+        "a>",
+        "a.b>",
+        ">a",
+        "a.>>",
+        ">>",
+        "*>",
+        "a.>*",
+        "<>>",
+        "*.*.*.*.*.*.*.*.>",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         if (tb_pattern_valid(bad[i]) != TB_EINVAL)
@@ -184,6 +215,42 @@ static void test_pattern_valid(void **state)
                      tb_pattern_valid(bad[i]));
     }
     assert_int_equal(tb_pattern_valid(NULL), TB_EINVAL);
+}
+
+/* Each kind of bad pattern says what is wrong with it, ">" included. */
+static void test_pattern_problem(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *pattern, *says;
+    } cases[] = {
+        {"a.>.b", "\">\" may only be the last segment"},
+        {">.>", "\">\" may only be the last segment"},
+        {"a.b>", "\">\" must be a whole segment"},
+        {"a>.b", "\">\" must be a whole segment"},
+        {"a*", "\"*\" must be a whole segment"},
+        {"a..b", "an empty segment"},
+        {"a.", "an empty segment"},
+        {"", "empty"},
+        {"a.b.c.d.e.f.g.h.i", "more than 8 segments"},
+        {"*.*.*.*.*.*.*.*.>", "more than 8 segments"},
+        {"<a-b>", "\"<param>\" name may hold only"},
+        {"<>", "needs a name"},
+        {"<a>.<a>", "used twice"},
+        {"a b", "a segment holds only"},
+        {NULL, "missing"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *why = tb__pattern_problem(cases[i].pattern);
+        if (!why || !strstr(why, cases[i].says))
+            fail_msg("problem(\"%s\") = \"%s\", want \"%s\"",
+                     cases[i].pattern ? cases[i].pattern : "(null)",
+                     why ? why : "(null)", cases[i].says);
+    }
+    char buf[300];
+    assert_non_null(strstr(tb__pattern_problem(rep(buf, 'a', 201)), "200"));
+    assert_null(tb__pattern_problem("a.<b>.*.>"));
+    assert_null(tb__pattern_problem(">"));
 }
 
 static void test_pattern_param_names(void **state)
@@ -274,6 +341,34 @@ static const match_case match_cases[] = {
     {"a.b.c.d.e.f.g.<x>", "a.b.c.d.e.f.g.h", 1},
     {"a.b.c.d.e.f.g.<x>", "a.b.c.d.e.f.X.h", 0},
     {"ab.c", "a.bc", 0},
+    /* ">": one or more segments, last only */
+    {">", "a", 1},
+    {">", "a.b.c", 1},
+    {">", "a.b.c.d.e.f.g.h", 1},
+    {"a.>", "a", 0},
+    {"a.>", "a.b", 1},
+    {"a.>", "a.b.c", 1},
+    {"a.>", "a.b.c.d.e.f.g.h", 1},
+    {"a.>", "b.a", 0},
+    {"a.>", "ab.c", 0},
+    {"a.>", "b", 0},
+    {"orders.>", "orders", 0},
+    {"orders.>", "orders.a", 1},
+    {"orders.>", "orders.a.b.c", 1},
+    {"orders.>", "order.a", 0},
+    {"*.>", "a", 0},
+    {"*.>", "a.b", 1},
+    {"*.b.>", "a.b.c.d", 1},
+    {"*.b.>", "a.c.c.d", 0},
+    {"*.b.>", "a.b", 0},
+    {"<p>.>", "x.y.z", 1},
+    {"a.b.c.d.e.f.g.>", "a.b.c.d.e.f.g.h", 1},
+    {"a.b.c.d.e.f.g.>", "a.b.c.d.e.f.g", 0},
+    {"a.b.c.d.e.f.>", "a.b.c.d.e.f.g.h", 1},
+    {"*.*.*.*.*.*.*.>", "a.b.c.d.e.f.g.h", 1},
+    {"*.*.*.*.*.*.*.>", "a.b.c.d.e.f.g", 0},
+    {"a.>", "a.>", 0}, /* not a name */
+    {"a.>.b", "a.x.b", 0},
     /* invalid pattern or name: never a match */
     {"a..b", "a..b", 0},
     {"a.b", "a..b", 0},
@@ -362,6 +457,38 @@ static void test_param_buffer(void **state)
                      TB_ENAMETOOLONG);
 }
 
+/* A "<param>" before a ">" captures its one segment; the ">" captures
+ * nothing, at any name length up to TB_EVENT_SEGMENTS_MAX. */
+static void test_param_before_tail(void **state)
+{
+    (void)state;
+    char out[64];
+    assert_int_equal(
+        tb_pattern_param("orders.<id>.>", "orders.42.x", "id", out, sizeof out),
+        2);
+    assert_string_equal(out, "42");
+    assert_int_equal(tb_pattern_param("orders.<id>.>", "orders.42.a.b.c.d.e.f",
+                                      "id", out, sizeof out),
+                     2);
+    assert_string_equal(out, "42");
+    assert_int_equal(
+        tb_pattern_param("orders.<id>.>", "orders.42", "id", out, sizeof out),
+        TB_ENOENT); /* ">" wants at least one segment more */
+    assert_string_equal(out, "");
+    assert_int_equal(
+        tb_pattern_param("<a>.*.<b>.>", "x.y.z.w", "b", out, sizeof out), 1);
+    assert_string_equal(out, "z");
+    assert_int_equal(tb_pattern_param("a.b.c.d.e.f.<g>.>", "a.b.c.d.e.f.gg.h",
+                                      "g", out, sizeof out),
+                     2);
+    assert_string_equal(out, "gg");
+    /* ">" is no param name. */
+    assert_int_equal(tb_pattern_param("a.>", "a.b", ">", out, sizeof out),
+                     TB_ENOENT);
+    assert_int_equal(tb_pattern_param("a.>", "a.b", "", out, sizeof out),
+                     TB_ENOENT);
+}
+
 static void test_param_errors(void **state)
 {
     (void)state;
@@ -423,6 +550,17 @@ static void test_compiled_form(void **state)
     assert_int_equal(tb__pattern_param_index(&p, "id"), 1);
     assert_int_equal(tb__pattern_param_index(&p, "x"), -1);
     assert_string_equal(p.text, "user.<id>.*.x");
+    assert_int_equal(p.spread, 0);
+
+    assert_int_equal(tb__pattern_compile(&p, "user.<id>.>"), 0);
+    assert_int_equal(p.nseg, 3);
+    assert_int_equal(p.nwild, 2);
+    assert_int_equal(p.spread, TB_EVENT_SEGMENTS_MAX);
+    assert_int_equal(p.seg[2].kind, TB__SEG_TAIL);
+    assert_false(tb__pattern_is_exact(&p));
+    assert_int_equal(tb__pattern_compile(&p, ">"), 0);
+    assert_int_equal(p.nseg, 1);
+    assert_false(tb__pattern_is_exact(&p));
 
     assert_int_equal(tb__pattern_compile(&p, "user.login"), 0);
     assert_true(tb__pattern_is_exact(&p));
@@ -518,6 +656,11 @@ static int ref_parse(const char *s, int wild, ref_split *r)
             return TB_EINVAL;
         if (wild && strcmp(g, "*") == 0)
             continue;
+        if (wild && strcmp(g, ">") == 0) {
+            if (i != r->n - 1)
+                return TB_EINVAL;
+            continue;
+        }
         if (wild && g[0] == '<') {
             if (g[len - 1] != '>' || len < 3 || len > 66 ||
                 strspn(g + 1, PARAM_CHARS) != len - 2)
@@ -536,12 +679,14 @@ static int ref_parse(const char *s, int wild, ref_split *r)
 static int ref_match(const char *pattern, const char *name)
 {
     static ref_split p, n;
-    if (ref_parse(pattern, 1, &p) != 0 || ref_parse(name, 0, &n) != 0 ||
-        p.n != n.n)
+    if (ref_parse(pattern, 1, &p) != 0 || ref_parse(name, 0, &n) != 0)
+        return 0;
+    int tail = strcmp(p.seg[p.n - 1], ">") == 0;
+    if (tail ? n.n < p.n : n.n != p.n)
         return 0;
     for (int i = 0; i < p.n; i++)
-        if (strcmp(p.seg[i], "*") != 0 && p.seg[i][0] != '<' &&
-            strcmp(p.seg[i], n.seg[i]) != 0)
+        if (strcmp(p.seg[i], "*") != 0 && strcmp(p.seg[i], ">") != 0 &&
+            p.seg[i][0] != '<' && strcmp(p.seg[i], n.seg[i]) != 0)
             return 0;
     return 1;
 }
@@ -617,6 +762,9 @@ static void rand_name(char *out, char segs[][256], int *nseg)
 static void rand_pattern(char *out, char segs[][256], int nseg)
 {
     int n = rnd(4) == 0 ? 1 + (int)rnd(9) : nseg;
+    int tail = rnd(4) == 0; /* ends in ">": often shorter than the name */
+    if (tail && n > 1 && rnd(2) == 0)
+        n -= (int)rnd((uint32_t)n - 1);
     out[0] = '\0';
     for (int i = 0; i < n; i++) {
         char seg[256];
@@ -632,7 +780,10 @@ static void rand_pattern(char *out, char segs[][256], int nseg)
             strcpy(seg, "*");
             break;
         case 4:
-            snprintf(seg, sizeof seg, "<p%u>", rnd(4)); /* repeats happen */
+            if (rnd(8) == 0) /* ">" anywhere: valid only last */
+                strcpy(seg, ">");
+            else /* repeats happen */
+                snprintf(seg, sizeof seg, "<p%u>", rnd(4));
             break;
         default:
             if (rnd(10) == 0)
@@ -640,6 +791,8 @@ static void rand_pattern(char *out, char segs[][256], int nseg)
             else
                 strcpy(seg, i < nseg ? segs[i] : "b");
         }
+        if (tail && i == n - 1)
+            strcpy(seg, ">");
         if (i)
             strcat(out, ".");
         strcat(out, seg);
@@ -651,7 +804,7 @@ static void test_random_against_reference(void **state)
     (void)state;
     rng_state = 0x9e3779b97f4a7c15u;
     int matches = 0, valid_patterns = 0, invalid_patterns = 0, too_long = 0,
-        captures = 0, at_limit = 0;
+        captures = 0, at_limit = 0, tail_matches = 0, tail_longer = 0;
     const int iterations = 5000;
     for (int it = 0; it < iterations; it++) {
         char name[2600], pattern[2600], segs[9][256];
@@ -675,6 +828,15 @@ static void test_random_against_reference(void **state)
 
         int want = ref_match(pattern, name);
         matches += want;
+        size_t plen = strlen(pattern);
+        if (want && plen >= 1 && pattern[plen - 1] == '>') {
+            tail_matches++;
+            /* ">" took more than one segment */
+            ref_split rp, rn;
+            ref_parse(pattern, 1, &rp);
+            ref_parse(name, 0, &rn);
+            tail_longer += rn.n > rp.n;
+        }
         if (tb_pattern_match(pattern, name) != want)
             fail_msg("it %d: tb_pattern_match(\"%s\", \"%s\") = %d, want %d",
                      it, pattern, name, !want, want);
@@ -687,7 +849,8 @@ static void test_random_against_reference(void **state)
                          pattern, name, want);
             assert_int_equal(tb__pattern_is_exact(&p),
                              strchr(pattern, '*') == NULL &&
-                                 strchr(pattern, '<') == NULL);
+                                 strchr(pattern, '<') == NULL &&
+                                 strchr(pattern, '>') == NULL);
         }
         for (int k = 0; k < 4; k++) {
             char param[8], out[256];
@@ -713,15 +876,18 @@ static void test_random_against_reference(void **state)
     /* The generator must exercise every branch, or this test proves
      * little. */
     print_message("random: %d matches, %d valid / %d invalid patterns, "
-                  "%d too long, %d valid at 200 bytes, %d captures\n",
+                  "%d too long, %d valid at 200 bytes, %d captures, %d by a "
+                  "\">\" (%d of several segments)\n",
                   matches, valid_patterns, invalid_patterns, too_long, at_limit,
-                  captures);
+                  captures, tail_matches, tail_longer);
     assert_true(matches > iterations / 20);
     assert_true(valid_patterns > iterations / 4);
     assert_true(invalid_patterns > iterations / 20);
     assert_true(too_long > 100);
     assert_true(at_limit > 20);
     assert_true(captures > iterations / 20);
+    assert_true(tail_matches > iterations / 50);
+    assert_true(tail_longer > iterations / 100);
 }
 
 /* Garbage strings over the interesting alphabet: the validators agree with
@@ -794,6 +960,35 @@ static void test_covers_table(void **state)
         {"a.*.c", "a.*.c", 1},
         {"a.*.c", "*.b.c", 0},
         {"A.b", "a.b", 0}, /* names are case-sensitive */
+        /* ">" (one or more segments): a client token's claim "orders.>"
+         * lets it subscribe to anything under orders., not to more */
+        {"orders.>", "orders.a.b", 1},
+        {"orders.>", "orders.a", 1},
+        {"orders.>", "orders.>", 1},
+        {"orders.>", "orders.*", 1},
+        {"orders.>", "orders.*.>", 1},
+        {"orders.>", "orders.<id>.x.y.z", 1},
+        {"orders.>", ">", 0},
+        {"orders.>", "orders", 0},
+        {"orders.>", "*.>", 0},
+        {"orders.>", "*.a", 0},
+        {"orders.>", "order.a", 0},
+        {"orders.*", "orders.>", 0}, /* ">" spans more than one */
+        {"orders.*.*", "orders.>", 0},
+        {"orders.*.>", "orders.>", 0}, /* "orders.a" is not covered */
+        {"orders.*.>", "orders.a.>", 1},
+        {"orders.*.>", "orders.a.b", 1},
+        {">", ">", 1},
+        {">", "a", 1},
+        {">", "*.*.*.*.*.*.*.*", 1},
+        {">", "a.>", 1},
+        {"*", ">", 0},
+        {"a.b.c.d.e.f.g.h", ">", 0},
+        {"*.>", ">", 0}, /* ">" matches one-segment names too */
+        {"*.>", "a.>", 1},
+        {"a.b.c.d.e.f.g.>", "a.b.c.d.e.f.g.h", 1},
+        {"a.b.c.d.e.f.g.>", "a.b.c.d.e.f.g.>", 1},
+        {"a.b.c.d.e.f.g.>", "a.b.c.d.e.f.>", 0},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         if (covers(cases[i].allow, cases[i].want) != cases[i].covers)
@@ -801,46 +996,65 @@ static void test_covers_table(void **state)
                      cases[i].want, cases[i].covers);
 }
 
-/* Against the definition, on every pattern of 1..3 segments from {a, b,
- * *}: allow covers want exactly when each name that want matches, from
- * segments {a, b, c} ("c" standing for any literal neither uses), is
- * matched by allow. */
+/* Against the definition, on every valid pattern of 1..3 segments from
+ * {a, b, *, >}: allow covers want exactly when each name that want matches,
+ * from segments {a, b, c} ("c" standing for any literal neither uses), is
+ * matched by allow. Names of 1..4 segments suffice: a pattern here has at
+ * most 3, so a name of 4 stands for every longer one. */
 static void test_covers_by_definition(void **state)
 {
     (void)state;
-    static const char *const pseg[] = {"a", "b", "*"};
+    static const char *const pseg[] = {"a", "b", "*", ">"};
     static const char *const nseg[] = {"a", "b", "c"};
-    char pats[39][8];
-    int np = 0;
-    for (int len = 1; len <= 3; len++)
-        for (int k = 0; k < 27 && (len > 1 || k < 3) && (len > 2 || k < 9);
-             k++) {
-            int d0 = k % 3, d1 = k / 3 % 3, d2 = k / 9;
-            snprintf(pats[np++], sizeof pats[0], "%s%s%s%s%s", pseg[d0],
+    char pats[84][8];
+    int np = 0, ntail = 0;
+    for (int len = 1; len <= 3; len++) {
+        int count = len == 1 ? 4 : len == 2 ? 16 : 64;
+        for (int k = 0; k < count; k++) {
+            int d0 = k % 4, d1 = k / 4 % 4, d2 = k / 16;
+            snprintf(pats[np], sizeof pats[0], "%s%s%s%s%s", pseg[d0],
                      len > 1 ? "." : "", len > 1 ? pseg[d1] : "",
                      len > 2 ? "." : "", len > 2 ? pseg[d2] : "");
+            if (tb_pattern_valid(pats[np]) == 0) {
+                ntail += strchr(pats[np], '>') != NULL;
+                np++;
+            }
         }
-    assert_int_equal(np, 39);
-    int yes = 0;
+    }
+    assert_int_equal(np, 4 + 12 + 36); /* ">" only last */
+    assert_int_equal(ntail, 1 + 3 + 9);
+    static char names[120][8];
+    int nn = 0;
+    for (int len = 1; len <= 4; len++) {
+        int count = len == 1 ? 3 : len == 2 ? 9 : len == 3 ? 27 : 81;
+        for (int k = 0; k < count; k++) {
+            int d[4] = {k % 3, k / 3 % 3, k / 9 % 3, k / 27};
+            char *o = names[nn++];
+            o[0] = '\0';
+            for (int i = 0; i < len; i++) {
+                if (i)
+                    strcat(o, ".");
+                strcat(o, nseg[d[i]]);
+            }
+        }
+    }
+    assert_int_equal(nn, 120);
+    int yes = 0, yes_tail = 0;
     for (int i = 0; i < np; i++)
         for (int j = 0; j < np; j++) {
             int want = 1;
-            int nlen = (int)(strlen(pats[j]) + 1) / 2;
-            for (int k = 0; k < 27 && want; k++) {
-                char name[8];
-                snprintf(name, sizeof name, "%s%s%s%s%s", nseg[k % 3],
-                         nlen > 1 ? "." : "", nlen > 1 ? nseg[k / 3 % 3] : "",
-                         nlen > 2 ? "." : "", nlen > 2 ? nseg[k / 9] : "");
-                if (tb_pattern_match(pats[j], name) &&
-                    !tb_pattern_match(pats[i], name))
+            for (int k = 0; k < nn && want; k++)
+                if (tb_pattern_match(pats[j], names[k]) &&
+                    !tb_pattern_match(pats[i], names[k]))
                     want = 0;
-            }
             if (covers(pats[i], pats[j]) != want)
                 fail_msg("covers(\"%s\", \"%s\") != %d", pats[i], pats[j],
                          want);
             yes += want;
+            yes_tail += want && strchr(pats[i], '>') && i != j;
         }
     assert_true(yes > np); /* not only each pattern itself */
+    assert_true(yes_tail > ntail);
 }
 
 int main(void)
@@ -852,11 +1066,13 @@ int main(void)
         cmocka_unit_test(test_name_characters),
         cmocka_unit_test(test_name_nul_oddities),
         cmocka_unit_test(test_pattern_valid),
+        cmocka_unit_test(test_pattern_problem),
         cmocka_unit_test(test_pattern_param_names),
         cmocka_unit_test(test_pattern_length),
         cmocka_unit_test(test_match_table),
         cmocka_unit_test(test_param_extract),
         cmocka_unit_test(test_param_buffer),
+        cmocka_unit_test(test_param_before_tail),
         cmocka_unit_test(test_param_errors),
         cmocka_unit_test(test_compiled_form),
         cmocka_unit_test(test_hash),
