@@ -41,9 +41,10 @@ from tbharness import (H, Redis, T, Taskbus, case_servers,  # noqa: E402
                        check, http_req, instances_of, wait_for)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.environ.get("TASKBUS_SOURCE_DIR") or os.path.join(HERE, "..",
-                                                              "..")
-BUILD = os.environ.get("TASKBUS_BUILD_DIR") or os.getcwd()
+# Absolute: the browser test runs in another directory.
+SOURCE = os.path.abspath(os.environ.get("TASKBUS_SOURCE_DIR") or
+                         os.path.join(HERE, "..", ".."))
+BUILD = os.path.abspath(os.environ.get("TASKBUS_BUILD_DIR") or os.getcwd())
 BROWSER_DIR = os.path.join(HERE, "browser")
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "dashboard-suite-token-0123456789"
