@@ -657,7 +657,20 @@ static int cluster_error(tb_http_req *req, int rc, const char *what)
     return tb_http_error(req, 500, "internal", "%s: %s", what, tb_strerror(rc));
 }
 
-/* GET /tasks[?state=...][&limit=N][&cursor=C][&scope=local] */
+/* 1 if s (len bytes) is a ?kind= value: 1..TB__TASK_KIND_SHOWN bytes, no
+ * control characters (the decoder already refused a NUL). */
+static int kind_filter_ok(const char *s, int len)
+{
+    if (len < 1 || len > TB__TASK_KIND_SHOWN)
+        return 0;
+    for (int i = 0; i < len; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return 0;
+    return 1;
+}
+
+/* GET /tasks[?state=...][&kind=K][&instance=I][&limit=N][&cursor=C]
+ * [&scope=local] */
 static int list_tasks(tb_http_req *req, void *ud)
 {
     (void)ud;
@@ -670,6 +683,28 @@ static int list_tasks(tb_http_req *req, void *ud)
         return tb_http_error(req, 400, "bad_state",
                              "state must be pending, running, done, failed "
                              "or cancelled");
+    tb__task_filter f = {filter ? (int)want : -1, NULL, NULL};
+    char kbuf[TB__TASK_KIND_SHOWN + 1];
+    rc = tb_http_query(req, "kind", kbuf, sizeof kbuf);
+    if (rc != TB_ENOENT) {
+        if (rc < 0 || !kind_filter_ok(kbuf, rc))
+            return tb_http_error(req, 400, "bad_kind",
+                                 "kind must be a task kind as listings show "
+                                 "it: 1..%d bytes, no control characters",
+                                 TB__TASK_KIND_SHOWN);
+        f.kind = kbuf;
+    }
+    char ibuf[sizeof app->instance];
+    rc = tb_http_query(req, "instance", ibuf, sizeof ibuf);
+    if (rc != TB_ENOENT) {
+        if (rc < 1 || strspn(ibuf, "0123456789abcdef") != (size_t)rc)
+            return tb_http_error(req, 400, "bad_instance",
+                                 "instance must be an instance id as GET "
+                                 "/instances lists it (up to %zu lowercase "
+                                 "hex digits)",
+                                 sizeof app->instance - 1);
+        f.instance = ibuf;
+    }
     int local = query_scope(req);
     if (local < 0)
         return bad_scope(req);
@@ -695,8 +730,8 @@ static int list_tasks(tb_http_req *req, void *ud)
                              "page");
     json_t *tasks = NULL, *unreachable = NULL;
     char next[TB_CURSOR_MAX];
-    rc = tb__cluster_list(app, cursor, (size_t)limit, filter ? (int)want : -1,
-                          local, &tasks, next, &unreachable);
+    rc = tb__cluster_list(app, cursor, (size_t)limit, &f, local, &tasks, next,
+                          &unreachable);
     if (rc == TB_EINVAL)
         return tb_http_error(req, 400, "bad_cursor",
                              "cursor must be the \"cursor\" of an earlier "

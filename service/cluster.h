@@ -83,16 +83,33 @@ int tb__cluster_cancel(tb_app *app, const char *name, int timeout_ms, int local,
 int tb__cluster_cancel_on(tb_app *app, const char *instance, const char *name,
                           int timeout_ms);
 
-/* One page of the cluster's tasks, instance by instance (ordered by id),
- * each instance's by task id: at most limit, after cursor ("" or NULL:
- * from the start), with state st (-1: any). *tasks is a new array; next
- * (TB_CURSOR_MAX bytes) gets the cursor of the next page, "" after the
- * last; *unreachable (new array) lists the instances that did not answer
- * (their tasks are missing from the page). 0, TB_EINVAL (a bad cursor),
- * TB_ENOMEM. */
-int tb__cluster_list(tb_app *app, const char *cursor, size_t limit, int st,
-                     int local, json_t **tasks, char *next,
-                     json_t **unreachable);
+#define TB__TASK_KIND_SHOWN 63 /* bytes of a kind a listing shows */
+
+/* Which tasks a listing keeps. state -1: any; kind NULL: any, else the
+ * kind as listings show it (its first TB__TASK_KIND_SHOWN bytes), 1..that
+ * many bytes; instance NULL: every instance, else only that one. */
+typedef struct tb__task_filter {
+    int state;
+    const char *kind;
+    const char *instance;
+} tb__task_filter;
+
+/* 1 if a task of kind (NULL: none) has the kind filter want (NULL: any). */
+int tb__task_kind_is(const char *kind, const char *want);
+
+/* One page of the cluster's tasks that f keeps (NULL: all), instance by
+ * instance (ordered by id), each instance's by task id: at most limit,
+ * after cursor ("" or NULL: from the start). Filtering happens where the
+ * tasks are, before the page is counted, so pages stay full and the cursor
+ * skips nothing. A page may still come short with a cursor (an instance's
+ * answer stopped at its byte bound): go on while next is not "". *tasks is
+ * a new array; next (TB_CURSOR_MAX bytes) gets the cursor of the next
+ * page, "" after the last; *unreachable (new array) lists the instances
+ * that did not answer (their tasks are missing from the page). 0,
+ * TB_EINVAL (a bad cursor), TB_ENOMEM. */
+int tb__cluster_list(tb_app *app, const char *cursor, size_t limit,
+                     const tb__task_filter *f, int local, json_t **tasks,
+                     char *next, json_t **unreachable);
 
 /* ---- waiting for one store op (any thread but the bus's) ---- */
 

@@ -61,11 +61,19 @@ json_t *tb__cl_local_named(tb_app *app, const char *name)
     return arr;
 }
 
-/* Up to limit of this instance's tasks with id > after and state st (-1:
- * any), by id; *more: others follow. A new array, or NULL. */
-json_t *tb__cl_local_page(tb_app *app, uint64_t after, size_t limit, int st,
-                          int *more)
+int tb__task_kind_is(const char *kind, const char *want)
 {
+    if (!want)
+        return 1;
+    size_t n = kind ? strnlen(kind, TB__TASK_KIND_SHOWN) : 0;
+    return strlen(want) == n && (n == 0 || memcmp(kind, want, n) == 0);
+}
+
+json_t *tb__cl_local_page(tb_app *app, uint64_t after, size_t limit,
+                          const tb__task_filter *f, int *more)
+{
+    int st = f ? f->state : -1;
+    const char *kind = f ? f->kind : NULL;
     json_t *arr = json_array();
     *more = 0;
     if (!arr)
@@ -73,7 +81,8 @@ json_t *tb__cl_local_page(tb_app *app, uint64_t after, size_t limit, int st,
     size_t bytes = 0;
     pthread_mutex_lock(&app->reg_mu);
     for (tb_task *t = app->all_head; t; t = t->all_next) {
-        if (t->id <= after || t->hidden || (st >= 0 && (int)t->state != st))
+        if (t->id <= after || t->hidden || (st >= 0 && (int)t->state != st) ||
+            !tb__task_kind_is(t->kind, kind))
             continue;
         if (json_array_size(arr) >= limit) {
             *more = 1;
@@ -424,19 +433,25 @@ static void on_request(tb_app *app, json_t *m, size_t len)
         json_t *after = json_object_get(m, "after");
         json_t *limit = json_object_get(m, "limit");
         json_t *state = json_object_get(m, "state");
+        json_t *kind = json_object_get(m, "kind");
         if (!json_is_integer(after) || json_integer_value(after) < 0 ||
             !json_is_integer(limit) || json_integer_value(limit) < 1 ||
             json_integer_value(limit) > PAGE_HARD_MAX ||
             !json_is_integer(state) || json_integer_value(state) < -1 ||
-            json_integer_value(state) > TB_TASK_CANCELLED) {
-            bad_message(app, len, "list with a bad after, limit or state");
+            json_integer_value(state) > TB_TASK_CANCELLED ||
+            (kind &&
+             (!str_ok(kind, 1, TB__TASK_KIND_SHOWN) ||
+              strlen(json_string_value(kind)) != json_string_length(kind)))) {
+            bad_message(app, len,
+                        "list with a bad after, limit, state or kind");
             return;
         }
         int more;
+        tb__task_filter f = {(int)json_integer_value(state),
+                             json_string_value(kind), NULL};
         json_t *tasks =
             tb__cl_local_page(app, (uint64_t)json_integer_value(after),
-                              (size_t)json_integer_value(limit),
-                              (int)json_integer_value(state), &more);
+                              (size_t)json_integer_value(limit), &f, &more);
         if (!tasks)
             return;
         answer(app, to, r, "ok",

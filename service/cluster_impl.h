@@ -66,10 +66,11 @@ static inline int cl_wait_ms(const tb_app *app, int timeout_ms)
  * a new array, or NULL on ENOMEM. */
 json_t *tb__cl_local_named(tb_app *app, const char *name);
 
-/* Up to limit of this instance's tasks with id > after and state st (-1:
- * any), by id; *more: others follow. A new array, or NULL. */
-json_t *tb__cl_local_page(tb_app *app, uint64_t after, size_t limit, int st,
-                          int *more);
+/* Up to limit of this instance's tasks with id > after that f keeps (its
+ * state and kind; NULL: all), by id; *more: others f keeps follow. A new
+ * array, or NULL. */
+json_t *tb__cl_local_page(tb_app *app, uint64_t after, size_t limit,
+                          const tb__task_filter *f, int *more);
 
 json_t *tb__cl_lost_json(const char *name, uint64_t id, const char *inst);
 

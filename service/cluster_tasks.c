@@ -297,9 +297,59 @@ static int cursor_parse(const char *s, char inst[INST_MAX], uint64_t *after)
     return 0;
 }
 
-int tb__cluster_list(tb_app *app, const char *cursor, size_t limit, int st,
-                     int local, json_t **tasks, char *next,
-                     json_t **unreachable)
+/* Whether a task object of another instance's page is one f keeps: that
+ * instance filtered already, but what crosses the bus is not ours to
+ * trust (nor is it, from an older instance that ignores "kind"). */
+static int keeps(const tb__task_filter *f, json_t *t)
+{
+    if (!f)
+        return 1;
+    const char *st = json_string_value(json_object_get(t, "state"));
+    if (f->state >= 0 &&
+        (!st || strcmp(st, tb_task_state_name((tb_task_state)f->state))))
+        return 0;
+    json_t *k = json_object_get(t, "kind");
+    return tb__task_kind_is(json_string_value(k), f->kind);
+}
+
+/* One instance's page: ours read directly, another's asked for. NULL
+ * (with *failed set when the instance did not answer) or a new array. */
+static json_t *page_of(tb_app *app, const char *inst, uint64_t from,
+                       size_t need, const tb__task_filter *f, int *more,
+                       int *failed)
+{
+    *more = *failed = 0;
+    if (!strcmp(inst, app->instance))
+        return tb__cl_local_page(app, from, need, f, more);
+    json_t *req =
+        json_pack("{s:s,s:I,s:I,s:i}", "op", "list", "after", (json_int_t)from,
+                  "limit", (json_int_t)need, "state", f ? f->state : -1);
+    if (req && f && f->kind &&
+        json_object_set_new(req, "kind", json_string(f->kind))) {
+        json_decref(req);
+        req = NULL;
+    }
+    json_t *reply = NULL, *page = NULL;
+    int rc = req ? tb__cl_call1(app, inst, req,
+                                app->cfg.redis.command_timeout_ms, &reply)
+                 : TB_ENOMEM;
+    json_decref(req);
+    if (rc == 0 && tb__cl_reply_status(reply) == 0 &&
+        json_is_array(json_object_get(reply, "tasks"))) {
+        page = json_incref(json_object_get(reply, "tasks"));
+        *more = json_is_true(json_object_get(reply, "more"));
+        if (json_array_size(page) > need) /* not ours to trust */
+            *more = 1;
+    } else {
+        *failed = 1;
+    }
+    json_decref(reply);
+    return page;
+}
+
+int tb__cluster_list(tb_app *app, const char *cursor, size_t limit,
+                     const tb__task_filter *f, int local, json_t **tasks,
+                     char *next, json_t **unreachable)
 {
     /* cursor may be next itself (the C API's natural loop): read it before
      * next is written. */
@@ -326,45 +376,31 @@ int tb__cluster_list(tb_app *app, const char *cursor, size_t limit, int st,
     else
         n = tb__cl_live_instances(app, ids, SCATTER_MAX);
     for (size_t i = 0; i < n; i++) {
+        if (f && f->instance && strcmp(ids[i], f->instance) != 0)
+            continue; /* ?instance=: that one only (when it is live) */
         int cmp = start[0] ? strcmp(ids[i], start) : 1;
         if (cmp < 0)
             continue; /* before the cursor's instance */
         uint64_t from = cmp == 0 ? after : 0;
         size_t need = limit - json_array_size(*tasks);
-        int more = 0;
-        json_t *page = NULL;
-        if (!strcmp(ids[i], app->instance)) {
-            page = tb__cl_local_page(app, from, need, st, &more);
-            if (!page)
-                goto nomem;
-        } else {
-            json_t *req = json_pack("{s:s,s:I,s:I,s:i}", "op", "list", "after",
-                                    (json_int_t)from, "limit", (json_int_t)need,
-                                    "state", st);
-            json_t *reply = NULL;
-            int rc =
-                req ? tb__cl_call1(app, ids[i], req,
-                                   app->cfg.redis.command_timeout_ms, &reply)
-                    : TB_ENOMEM;
-            json_decref(req);
-            if (rc == 0 && tb__cl_reply_status(reply) == 0 &&
-                json_is_array(json_object_get(reply, "tasks"))) {
-                page = json_incref(json_object_get(reply, "tasks"));
-                more = json_is_true(json_object_get(reply, "more"));
-                if (json_array_size(page) > need) /* not ours to trust */
-                    more = 1;
-            } else {
-                json_array_append_new(*unreachable, json_string(ids[i]));
-            }
-            json_decref(reply);
+        int more, failed;
+        json_t *page = page_of(app, ids[i], from, need, f, &more, &failed);
+        if (failed) {
+            json_array_append_new(*unreachable, json_string(ids[i]));
+            continue;
         }
+        if (!page)
+            goto nomem;
         size_t k = 0, got = json_array_size(page);
+        json_int_t seen = 0; /* the last task id looked at, kept or not */
         json_t *t;
         json_array_foreach(page, k, t)
         {
             if (json_array_size(*tasks) >= limit)
                 break;
-            json_array_append(*tasks, t);
+            seen = json_integer_value(json_object_get(t, "id"));
+            if (keeps(f, t))
+                json_array_append(*tasks, t);
         }
         json_decref(page);
         if (json_array_size(*tasks) >= limit) {
@@ -377,6 +413,14 @@ int tb__cluster_list(tb_app *app, const char *cursor, size_t limit, int st,
                          ids[i], lid);
             else if (i + 1 < n)
                 snprintf(next, TB_CURSOR_MAX, "%s.0", ids[i + 1]);
+            break;
+        }
+        if (more && seen > 0) {
+            /* The instance stopped short of need (its answer's byte bound,
+             * or tasks it should not have sent): a short page, so that the
+             * rest of this instance is not skipped. */
+            snprintf(next, TB_CURSOR_MAX, "%s.%" JSON_INTEGER_FORMAT, ids[i],
+                     seen);
             break;
         }
     }
@@ -480,8 +524,8 @@ int tb_cluster_list(tb_app *app, const char *cursor, size_t limit,
     *out = NULL;
     *n = 0;
     json_t *tasks, *unreachable;
-    int rc =
-        tb__cluster_list(app, cursor, limit, -1, 0, &tasks, next, &unreachable);
+    int rc = tb__cluster_list(app, cursor, limit, NULL, 0, &tasks, next,
+                              &unreachable);
     if (rc)
         return rc;
     size_t count = json_array_size(tasks);

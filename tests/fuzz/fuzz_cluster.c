@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         json_t *tasks = NULL, *unreachable = NULL;
         char next[TB_CURSOR_MAX];
         int rc =
-            tb__cluster_list(app, s, 10, -1, 0, &tasks, next, &unreachable);
+            tb__cluster_list(app, s, 10, NULL, 0, &tasks, next, &unreachable);
         FUZZ_CHECK(rc == 0 || rc == TB_EINVAL);
         FUZZ_CHECK(rc == 0 ? tasks != NULL && unreachable != NULL
                            : tasks == NULL && unreachable == NULL);

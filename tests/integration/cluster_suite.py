@@ -344,11 +344,12 @@ def t_cancel_timeout_remote():
 # ------------------------------------------------------------------ list
 
 
-def pages(s, limit, scope=None):
-    """Every page of GET /tasks on s: (tasks, cursors, sizes)."""
+def pages(s, limit, scope=None, query=""):
+    """Every page of GET /tasks?query on s: (tasks, cursors, sizes). A page
+    with a cursor after it must be full, whatever a filter skipped."""
     got, cursors, sizes, cursor = [], [], [], None
     for _ in range(1000):
-        q = f"?limit={limit}" + (f"&scope={scope}" if scope else "")
+        q = f"?{query}&limit={limit}" + (f"&scope={scope}" if scope else "")
         if cursor:
             q += f"&cursor={cursor}"
         o = want(http_req(s.port, "GET", "/tasks" + q), 200,
@@ -358,6 +359,8 @@ def pages(s, limit, scope=None):
         sizes.append(len(o["tasks"]))
         cursor = o["cursor"]
         cursors.append(cursor)
+        check(cursor is None or len(o["tasks"]) == limit,
+              f"GET /tasks{q}: {len(o['tasks'])} tasks and a cursor")
         if cursor is None:
             return got, cursors, sizes
     raise AssertionError("GET /tasks: more than 1000 pages")
@@ -443,6 +446,75 @@ def t_list_bad_params():
                  "bad_scope", f"{method} {path}?scope={sc[:20]}")
     check(local_state(a, "one")[0] == "running",
           "a DELETE with a bad scope touched the task")
+
+
+def t_list_filters():
+    """?kind= and ?instance= beside ?state= over two instances: every task
+    the filters keep exactly once, pages full until the last whatever the
+    filters skip, on either instance; bad values 400 bad_kind and
+    bad_instance."""
+    c = Cluster("filters", 2)
+    a, b = c.nodes
+    tasks = {}  # name -> (instance, kind)
+    for i in range(48):
+        s = c.nodes[i % 2]
+        name = f"f-{i:02d}"
+        if i % 3 == 0:  # one in three: done at once
+            body = {"kind": "delay", "name": name,
+                    "args": {"seconds": 0, "event": "f.x"}}
+        else:
+            body = sleeper(name)
+        want(post(s, body), 201, what=f"POST {name}")
+        tasks[name] = (c.id(s), body["kind"])
+
+    def settled():
+        o = want(http_req(a.port, "GET", "/tasks?state=done&limit=1000"),
+                 200)
+        return len(o["tasks"]) == 16
+    check(wait_for(settled, T(5)), "the 16 delay tasks never finished")
+    cases = [
+        ("kind=delay", lambda n, k: k[1] == "delay"),
+        ("kind=sleep", lambda n, k: k[1] == "sleep"),
+        ("kind=sleep&state=running", lambda n, k: k[1] == "sleep"),
+        ("kind=delay&state=running", lambda n, k: False),
+        ("kind=nope", lambda n, k: False),
+        (f"instance={c.id(b)}", lambda n, k: k[0] == c.id(b)),
+        (f"instance={c.id(a)}&kind=delay",
+         lambda n, k: k[0] == c.id(a) and k[1] == "delay"),
+        (f"instance={c.id(b)}&state=done", lambda n, k: k[0] == c.id(b) and
+         k[1] == "delay"),
+        ("instance=0123456789abcdef", lambda n, k: False),
+    ]
+    n = 0
+    for query, keep in cases:
+        expect = sorted(nm for nm, k in tasks.items() if keep(nm, k))
+        for s in c.nodes:
+            for limit in (1, 5, 100):
+                got, _, _ = pages(s, limit, query=query)
+                names = [t["name"] for t in got]
+                check(sorted(names) == expect and len(names) == len(expect),
+                      f"{query}, limit {limit} on {s.name}: {len(names)} "
+                      f"tasks, want {len(expect)}")
+                n += 1
+    # scope=local with another instance's id: nothing.
+    o = want(http_req(a.port, "GET", f"/tasks?scope=local&instance="
+                                     f"{c.id(b)}"), 200)
+    check(o["tasks"] == [] and o["cursor"] is None, f"local + b: {o}")
+    for q, code in (("kind=", "bad_kind"), ("kind=a%01b", "bad_kind"),
+                    ("kind=a%zz", "bad_kind"), ("kind=" + "k" * 64,
+                                                "bad_kind"),
+                    ("kind=%7F", "bad_kind"),
+                    ("instance=", "bad_instance"),
+                    ("instance=ABCDEF", "bad_instance"),
+                    ("instance=xyz", "bad_instance"),
+                    ("instance=" + "a" * 20, "bad_instance"),
+                    ("instance=" + "a" * 3000, "bad_instance"),
+                    ("instance=%00", "bad_instance"),
+                    ("instance=abc%20", "bad_instance")):
+        want(http_req(a.port, "GET", "/tasks?" + q), 400, code, q[:40])
+    want(http_req(a.port, "GET", "/tasks?kind=" + "k" * 63), 200,
+         what="a 63-byte kind")
+    return f"{n} listings"
 
 
 def t_post_singleton_inputs():
@@ -994,6 +1066,8 @@ CASES = [
      "scope=local", t_paging),
     ("list", "bad limit, cursor, scope: 400 bad_limit, bad_cursor, "
      "bad_scope", t_list_bad_params),
+    ("list", "kind and instance filters over two instances; bad values",
+     t_list_filters),
     ("post", "singleton and every: bad values 400, bounds at their edges, "
      "settings' rules", t_post_singleton_inputs),
     ("lost", "kill -9: its tasks lost, then forgotten; names free; SIGTERM "

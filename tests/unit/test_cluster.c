@@ -99,7 +99,7 @@ TH_APP_TEST(test_paging, th_app_new(2, 2000), 10000)
     do {
         json_t *tasks = NULL, *unreachable = NULL;
         char next[TB_CURSOR_MAX];
-        TH_CHECK_RC(tb__cluster_list(app, cursor, 10, -1, 0, &tasks, next,
+        TH_CHECK_RC(tb__cluster_list(app, cursor, 10, NULL, 0, &tasks, next,
                                      &unreachable),
                     0);
         TH_CHECK(json_array_size(tasks) <= 10);
@@ -149,9 +149,10 @@ TH_APP_TEST(test_paging, th_app_new(2, 2000), 10000)
                   "%s never settled", name);
     }
     json_t *tasks = NULL, *unreachable = NULL;
-    TH_CHECK_RC(tb__cluster_list(app, "", 100, TB_TASK_RUNNING, 1, &tasks, next,
-                                 &unreachable),
-                0);
+    tb__task_filter running = {TB_TASK_RUNNING, NULL, NULL};
+    TH_CHECK_RC(
+        tb__cluster_list(app, "", 100, &running, 1, &tasks, next, &unreachable),
+        0);
     TH_CHECK(json_array_size(tasks) == 12); /* the even ids sleep */
     json_decref(tasks);
     json_decref(unreachable);
@@ -170,7 +171,7 @@ TH_APP_TEST(test_paging, th_app_new(2, 2000), 10000)
                                       "a.123456789012345678901"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         tasks = unreachable = NULL;
-        int rc = tb__cluster_list(app, bad[i], 10, -1, 0, &tasks, next,
+        int rc = tb__cluster_list(app, bad[i], 10, NULL, 0, &tasks, next,
                                   &unreachable);
         TH_CHECKF(rc == TB_EINVAL, "cursor \"%s\": %s", bad[i],
                   tb_err_name(rc));
@@ -179,11 +180,121 @@ TH_APP_TEST(test_paging, th_app_new(2, 2000), 10000)
     /* A cursor of an instance that is gone: the listing goes on after it
      * (here: this one's id sorts after "0", so it starts from the top). */
     TH_CHECK_RC(
-        tb__cluster_list(app, "0.7", 100, -1, 0, &tasks, next, &unreachable),
+        tb__cluster_list(app, "0.7", 100, NULL, 0, &tasks, next, &unreachable),
         0);
     TH_CHECK(json_array_size(tasks) == N);
     json_decref(tasks);
     json_decref(unreachable);
+}
+
+/* Pages of what a filter keeps: every kept task exactly once, in id
+ * order, pages full until the last, whatever the filter skips between
+ * them; f->instance keeps this instance's tasks or none. */
+static int pages_of(tb_app *app, const tb__task_filter *f, size_t limit,
+                    int *seen, int nseen)
+{
+    char cursor[TB_CURSOR_MAX] = "";
+    int total = 0, pages = 0;
+    json_int_t last = 0;
+    do {
+        json_t *tasks = NULL, *unreachable = NULL;
+        char next[TB_CURSOR_MAX];
+        if (!TH_CHECK_RC(tb__cluster_list(app, cursor, limit, f, 0, &tasks,
+                                          next, &unreachable),
+                         0))
+            return -1;
+        size_t i;
+        json_t *t;
+        json_array_foreach(tasks, i, t)
+        {
+            json_int_t id = json_integer_value(json_object_get(t, "id"));
+            TH_CHECK(id > last && id < nseen);
+            last = id;
+            if (id > 0 && id < nseen)
+                seen[id]++;
+            if (f->kind)
+                TH_CHECK_STR(json_string_value(json_object_get(t, "kind")),
+                             f->kind);
+            total++;
+        }
+        /* A page with a cursor after it is full. */
+        TH_CHECK(!next[0] || json_array_size(tasks) == limit);
+        json_decref(tasks);
+        json_decref(unreachable);
+        snprintf(cursor, sizeof cursor, "%s", next);
+        pages++;
+    } while (cursor[0] && pages < 100);
+    return total;
+}
+
+static int kind_task(tb_task *self, void *ud)
+{
+    (void)self;
+    (void)ud;
+    return 0;
+}
+
+TH_APP_TEST(test_list_filters, th_app_new(2, 2000), 10000)
+{
+    enum {
+        N = 40
+    };
+    /* Kinds a, b, b, c, a, b, b, c, ...: "c" is sparse, runs of b. A
+     * kind cut at what listings show (63 bytes) is found by that. */
+    static char longkind[80];
+    memset(longkind, 'k', 70);
+    static const char *const kinds[4] = {"a", "b", "b", "c"};
+    for (int i = 0; i < N; i++) {
+        tb_task_opts o = th_opts(NULL, TB_WORKER_ANY);
+        o.kind = i == N - 1 ? longkind : kinds[i % 4];
+        TH_CHECK_RC(tb_task_add(app, kind_task, NULL, &o, NULL), 0);
+    }
+    int seen[N + 1];
+    for (size_t limit = 1; limit <= 7; limit += 2) {
+        static const char *const want[] = {"a", "b", "c", "zzz"};
+        static const int count[] = {10, 20, 9, 0};
+        for (int k = 0; k < 4; k++) {
+            memset(seen, 0, sizeof seen);
+            tb__task_filter f = {-1, want[k], NULL};
+            int got = pages_of(app, &f, limit, seen, N + 1);
+            TH_CHECKF(got == count[k], "kind %s, limit %zu: %d tasks, want %d",
+                      want[k], limit, got, count[k]);
+            for (int id = 1; id <= N; id++)
+                TH_CHECK(seen[id] <= 1);
+        }
+    }
+    char shown[64];
+    memset(shown, 'k', 63);
+    shown[63] = '\0';
+    tb__task_filter f = {-1, shown, NULL};
+    TH_CHECK_EQ(pages_of(app, &f, 10, seen, N + 1), 1);
+    shown[62] = '\0';
+    TH_CHECK_EQ(pages_of(app, &f, 10, seen, N + 1), 0);
+
+    /* instance: this one's, or nothing. */
+    tb__task_filter self = {-1, NULL, tb_app_instance(app)};
+    TH_CHECK_EQ(pages_of(app, &self, 7, seen, N + 1), N);
+    tb__task_filter other = {-1, NULL, "0123456789abcdef"};
+    TH_CHECK_EQ(pages_of(app, &other, 7, seen, N + 1), 0);
+    tb__task_filter both = {-1, "c", tb_app_instance(app)};
+    TH_CHECK_EQ(pages_of(app, &both, 2, seen, N + 1), 9);
+
+    /* The state too, once all have finished. */
+    for (int i = 1; i <= N; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "task-%d", i);
+        TH_CHECK(th_wait_state(app, name, TB_TASK_DONE, 2000));
+    }
+    tb__task_filter done_b = {TB_TASK_DONE, "b", NULL};
+    TH_CHECK_EQ(pages_of(app, &done_b, 3, seen, N + 1), 20);
+    tb__task_filter running_b = {TB_TASK_RUNNING, "b", NULL};
+    TH_CHECK_EQ(pages_of(app, &running_b, 3, seen, N + 1), 0);
+
+    TH_CHECK(tb__task_kind_is(NULL, NULL));
+    TH_CHECK(!tb__task_kind_is(NULL, "a"));
+    TH_CHECK(tb__task_kind_is("a", "a"));
+    TH_CHECK(!tb__task_kind_is("ab", "a"));
+    TH_CHECK(!tb__task_kind_is("a", "ab"));
 }
 
 /* Messages on the control channel come from outside: garbage, requests
@@ -234,6 +345,7 @@ int main(void)
         cmocka_unit_test(test_get_and_cancel),
         cmocka_unit_test(test_cancel_timeout),
         cmocka_unit_test(test_paging),
+        cmocka_unit_test(test_list_filters),
         cmocka_unit_test(test_bad_messages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
