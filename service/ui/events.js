@@ -39,10 +39,14 @@ export class Events {
 
   start() {
     if (this.client) this.client.close();
-    this.client = new TaskbusClient({url: location.origin, token: token(),
-      reconnect: true, resume: true});
+    // Reconnects with backoff and resumes from the last position by itself.
+    this.client = new TaskbusClient({url: location.origin, token: token()});
     this.client.on('state', (s) => this.onState(s));
     this.client.on('error', (e) => this.onState(this.client.state, e));
+    this.client.on('recovered', (r) => {
+      if (!r.recovered) this.add({name: '(events missed: history gone)',
+        id: '', data: r, ts: Date.now() * 1000, gap: true});
+    });
     this.client.connect();
     this.subscribe();
   }

@@ -243,6 +243,11 @@ try {
       args: {seconds: 3600}});
     await api(cfg.b, 'POST', '/tasks', {kind: 'delay', name: 'reminder',
       args: {seconds: 1, event: 'reminders.due', data: 'ping'}});
+    await page.selectOption('#spawn-kind', 'sleep');
+    await page.fill('#spawn-name', 'cache-warmup');
+    await page.fill('#spawn-args input[name=seconds]', '900');
+    await page.click('#spawn-form button[type=submit]');
+    await page.locator('#spawn-out.ok').waitFor();
     await page.locator('#ev-list li[data-event="orders.created"]').first()
       .waitFor();
     await page.waitForTimeout(4000); // a few points on the chart
