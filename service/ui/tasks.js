@@ -157,15 +157,23 @@ export class Tasks {
       const btn = FINAL.has(state) ? '' : h('button', {class: 'cancel',
         disabled: busy, onclick: (e) => this.cancel(t.name, e.currentTarget)},
       busy ? 'cancelling\u2026' : 'Cancel');
+      // data-label: the column's name, shown beside each value when a
+      // narrow screen lays the rows out as cards (style.css).
+      const td = (label, attrs, ...c) =>
+        h('td', {...attrs, dataset: {label}}, ...c);
       return h('tr', {dataset: {task: t.name, state}},
-        h('td', {class: 'name', title: t.name}, brief(t.name, 40)),
-        h('td', {}, t.kind), h('td', {class: 'mono'}, brief(t.instance ?? '', 12)),
-        h('td', {class: 'state'}, h('span', {class: `st st-${state}`}, state)),
-        h('td', {}, shortTime(t.created)), h('td', {}, shortTime(t.started)),
-        h('td', {}, shortTime(t.ended)),
-        h('td', {class: 'mono'}, FINAL.has(state) ? String(t.result) : ''),
-        h('td', {class: 'err', title: t.error || ''}, brief(t.error || '', 60)),
-        h('td', {}, btn));
+        td('name', {class: 'name', title: t.name}, brief(t.name, 40)),
+        td('kind', {}, t.kind),
+        td('instance', {class: 'mono'}, brief(t.instance ?? '', 12)),
+        td('state', {class: 'state'},
+          h('span', {class: `st st-${state}`}, state)),
+        td('created', {}, shortTime(t.created)),
+        td('started', {}, shortTime(t.started)),
+        td('ended', {}, shortTime(t.ended)),
+        td('result', {class: 'mono'}, FINAL.has(state) ? String(t.result) : ''),
+        td('error', {class: 'err', title: t.error || ''},
+          brief(t.error || '', 60)),
+        td('', {class: 'act'}, btn));
     });
     fill(this.body, rows.length ? rows
       : h('tr', {}, h('td', {colspan: 10, class: 'muted'}, 'no tasks')));
