@@ -1025,6 +1025,7 @@ int tb_app_add_api(tb_app *app)
         {"GET", "/readyz", readyz, TB__HTTP_OPEN},
         {"GET", "/metrics", tb__metrics_handler, TB__HTTP_ADMIN},
         {"GET", "/instances", tb__instances_handler, TB__HTTP_ADMIN},
+        {"GET", "/stats", tb__stats_handler, TB__HTTP_ADMIN},
     };
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         int rc = tb__app_route_as(app, routes[i].method, routes[i].path,

@@ -577,6 +577,8 @@ int tb_app_run(tb_app *app)
                 app->cfg.http.listen, tb_strerror(rc));
         goto stopping;
     }
+    atomic_store(&app->run_wall_us, tb__now_us());
+    atomic_store(&app->run_mono_us, tb__mono_us());
     atomic_store(&app->state, TB__APP_RUNNING);
     tb__log(TB_LOG_DEBUG, "app %s running: %d workers, %s bus", app->instance,
             app->nworkers, app->bus->ops->name);

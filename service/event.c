@@ -534,10 +534,12 @@ static int sub_grow(tb_sub *s)
     return 0;
 }
 
-static void sub_push(tb__worker *w, tb_sub *s, tb_event *ev)
+/* Queues ev on s: 1, or 0 when s has it already (a second pattern of the
+ * same subscription matched). */
+static int sub_push(tb__worker *w, tb_sub *s, tb_event *ev)
 {
     if (s->last_seq == w->deliver_seq)
-        return; /* a second pattern of the same subscription matched */
+        return 0; /* a second pattern of the same subscription matched */
     s->last_seq = w->deliver_seq;
     if (s->count == s->size && (s->size == s->cap || sub_grow(s) != 0)) {
         /* Full: the oldest goes, so a slow reader sees the latest events
@@ -551,16 +553,28 @@ static void sub_push(tb__worker *w, tb_sub *s, tb_event *ev)
     s->count++;
     if (s->waiting)
         tb__task_wake(s->task, s->wait_seq, 0);
+    return 1;
+}
+
+/* One more delivery on w, counted by w's thread alone. */
+static void count_delivery(tb__worker *w)
+{
+    atomic_store_explicit(
+        &w->delivered,
+        atomic_load_explicit(&w->delivered, memory_order_relaxed) + 1,
+        memory_order_relaxed);
 }
 
 static void deliver_one(tb__worker *w, tb__listener *l, tb_event *ev)
 {
     if (l->sub) {
-        sub_push(w, l->sub, ev);
+        if (sub_push(w, l->sub, ev))
+            count_delivery(w);
     } else if (tb__task_wake(l->task, l->seq, 0)) {
         /* One-shot: the waiter takes this event and leaves the index. */
         l->got = tb_event_ref(ev);
         tb__listener_remove(w, l);
+        count_delivery(w);
     }
 }
 

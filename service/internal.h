@@ -375,6 +375,11 @@ typedef struct tb__worker {
     uint64_t deliver_seq;      /* bumped per event delivered here: a
                                   subscription with several patterns queues an
                                   event once */
+    /* Events handed to a listener here (queued on a subscription, or
+     * taken by a waiter), once per listener: GET /stats. Written by this
+     * worker only (a relaxed load and store, no locked add on the hot
+     * path), read by any thread. */
+    atomic_uint_fast64_t delivered;
 
     int stopping; /* shutdown begun */
     int stopped;  /* loop asked to exit */
@@ -472,6 +477,9 @@ struct tb_app {
     char *redis_url;
     char *http_listen;
     char instance[20]; /* random hex id of this instance */
+    /* When tb_app_run began running (GET /stats's uptime): wall clock,
+     * and monotonic for the uptime itself. 0 before. */
+    atomic_int_fast64_t run_wall_us, run_mono_us;
     atomic_uint_fast64_t event_seq;
     void *userdata;
 

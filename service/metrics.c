@@ -1,5 +1,6 @@
-/* metrics.c - Prometheus metrics: HTTP request counters and the text of
- * GET /metrics (exposition format 0.0.4). */
+/* metrics.c - the service's counters: HTTP request counters, the text of
+ * GET /metrics (Prometheus exposition format 0.0.4) and the same numbers
+ * as one JSON object, GET /stats, for dashboards. */
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -8,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
+#include "api.h"
 #include "http.h"
 #include "cluster.h"
 #include "instances.h"
@@ -192,6 +196,26 @@ static void header(buf *b, const char *name, const char *type, const char *help)
     add(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
+/* Events dropped, by reason: the bus's counters and the hop limit's. */
+typedef struct drop {
+    const char *reason;
+    uint64_t n;
+} drop;
+#define NDROPS 6
+
+static void bus_drops(tb_app *app, const tb_bus_info *bi, drop d[NDROPS])
+{
+    const drop all[NDROPS] = {
+        {"malformed", bi->malformed},
+        {"oversize", bi->oversize},
+        {"duplicate", bi->duplicates},
+        {"queue_full", bi->queue_full_drops},
+        {"publish_failed", bi->publish_failed},
+        {"hop_limit", (uint64_t)atomic_load(&app->hop_limit_drops)},
+    };
+    memcpy(d, all, sizeof all);
+}
+
 static void bus_metrics(buf *b, tb_app *app)
 {
     tb_bus_info bi;
@@ -205,18 +229,9 @@ static void bus_metrics(buf *b, tb_app *app)
     add(b, "taskbus_events_received_total %" PRIu64 "\n", bi.received);
     header(b, "taskbus_events_dropped_total", "counter",
            "Events dropped, by reason.");
-    const struct {
-        const char *reason;
-        uint64_t n;
-    } drops[] = {
-        {"malformed", bi.malformed},
-        {"oversize", bi.oversize},
-        {"duplicate", bi.duplicates},
-        {"queue_full", bi.queue_full_drops},
-        {"publish_failed", bi.publish_failed},
-        {"hop_limit", (uint64_t)atomic_load(&app->hop_limit_drops)},
-    };
-    for (size_t i = 0; i < sizeof drops / sizeof drops[0]; i++)
+    drop drops[NDROPS];
+    bus_drops(app, &bi, drops);
+    for (size_t i = 0; i < NDROPS; i++)
         add(b, "taskbus_events_dropped_total{reason=\"%s\"} %" PRIu64 "\n",
             drops[i].reason, drops[i].n);
     header(b, "taskbus_bus_reconnects_total", "counter",
@@ -295,60 +310,82 @@ static void ws_metrics(buf *b, tb_app *app)
         (uint64_t)atomic_load(&app->sse_slow_closes));
 }
 
-static void cluster_metrics(buf *b, tb_app *app)
+/* The cluster's and singletons' counters: a Prometheus series, and the
+ * member of GET /stats's "cluster" (singleton 0) or "singletons" group. */
+typedef struct crow {
+    const char *name, *type, *help;
+    int singleton;
+    const char *key;
+    uint64_t v;
+} crow;
+#define NCROWS 17
+
+static void cluster_rows(tb_app *app, crow r[NCROWS])
 {
     tb__cluster_stats c;
     tb__singleton_stats g;
     tb__cluster_stats_get(app, &c);
     tb__singleton_stats_get(app, &g);
-    const struct {
-        const char *name, *type, *help;
-        uint64_t v;
-    } rows[] = {
+    const crow rows[NCROWS] = {
         {"taskbus_claims_total", "counter",
-         "Task names claimed across the cluster by this instance.", c.claims},
+         "Task names claimed across the cluster by this instance.", 0, "claims",
+         c.claims},
         {"taskbus_claim_conflicts_total", "counter",
-         "Claims refused: a live task on some instance held the name.",
-         c.claim_conflicts},
+         "Claims refused: a live task on some instance held the name.", 0,
+         "claim_conflicts", c.claim_conflicts},
         {"taskbus_claim_errors_total", "counter",
-         "Claims that failed (Redis unreachable or slow).", c.claim_errors},
+         "Claims that failed (Redis unreachable or slow).", 0, "claim_errors",
+         c.claim_errors},
         {"taskbus_claims_reasserted_total", "counter",
-         "Claims made again after Redis lost this instance's record.",
-         c.reasserted},
+         "Claims made again after Redis lost this instance's record.", 0,
+         "claims_reasserted", c.reasserted},
         {"taskbus_claim_duplicates_cancelled_total", "counter",
          "Tasks cancelled because another instance took their name while "
          "this one was cut off.",
-         c.reassert_conflicts},
+         0, "claim_duplicates_cancelled", c.reassert_conflicts},
         {"taskbus_cluster_calls_total", "counter",
-         "Calls to other instances (get, list, cancel).", c.remote_calls},
+         "Calls to other instances (get, list, cancel).", 0, "calls",
+         c.remote_calls},
         {"taskbus_cluster_call_failures_total", "counter",
-         "Calls to other instances that got no answer.", c.remote_failures},
+         "Calls to other instances that got no answer.", 0, "call_failures",
+         c.remote_failures},
         {"taskbus_cluster_cancels_served_total", "counter",
-         "Cancels asked by other instances and done here.", c.remote_cancels},
+         "Cancels asked by other instances and done here.", 0, "cancels_served",
+         c.remote_cancels},
         {"taskbus_cluster_messages_bad_total", "counter",
-         "Messages on this instance's control channel that were dropped.",
-         c.messages_bad},
+         "Messages on this instance's control channel that were dropped.", 0,
+         "messages_bad", c.messages_bad},
         {"taskbus_singleton_leases_held", "gauge",
-         "Singleton leases this instance holds (its runs).", g.held},
+         "Singleton leases this instance holds (its runs).", 1, "leases_held",
+         g.held},
         {"taskbus_singleton_runs_total", "counter",
-         "Singleton runs started here.", g.runs},
+         "Singleton runs started here.", 1, "runs", g.runs},
         {"taskbus_singleton_failovers_total", "counter",
-         "Singletons taken over here after their lease expired elsewhere.",
-         g.takeovers},
+         "Singletons taken over here after their lease expired elsewhere.", 1,
+         "failovers", g.takeovers},
         {"taskbus_lease_renewals_total", "counter", "Singleton leases renewed.",
-         g.renewals},
+         1, "lease_renewals", g.renewals},
         {"taskbus_lease_renewal_failures_total", "counter",
-         "Lease renewals that got no answer.", g.renew_failures},
+         "Lease renewals that got no answer.", 1, "lease_renewal_failures",
+         g.renew_failures},
         {"taskbus_leases_lost_total", "counter",
-         "Runs cancelled here because their lease was lost.", g.leases_lost},
+         "Runs cancelled here because their lease was lost.", 1, "leases_lost",
+         g.leases_lost},
         {"taskbus_periodic_ticks_total", "counter",
-         "Periodic ticks fired here.", g.ticks_fired},
+         "Periodic ticks fired here.", 1, "periodic_ticks", g.ticks_fired},
         {"taskbus_periodic_ticks_skipped_total", "counter",
          "Periodic ticks not fired here: fired elsewhere, or Redis could not "
          "record them.",
-         g.ticks_skipped},
+         1, "periodic_ticks_skipped", g.ticks_skipped},
     };
-    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+    memcpy(r, rows, sizeof rows);
+}
+
+static void cluster_metrics(buf *b, tb_app *app)
+{
+    crow rows[NCROWS];
+    cluster_rows(app, rows);
+    for (size_t i = 0; i < NCROWS; i++) {
         header(b, rows[i].name, rows[i].type, rows[i].help);
         add(b, "%s %" PRIu64 "\n", rows[i].name, rows[i].v);
     }
@@ -369,28 +406,40 @@ static void longpoll_metrics(buf *b, tb_app *app)
         (uint64_t)atomic_load(&app->http_longpolls_abandoned));
 }
 
-static void task_metrics(buf *b, tb_app *app)
+static const tb_task_state task_states[] = {TB_TASK_PENDING, TB_TASK_RUNNING,
+                                            TB_TASK_DONE, TB_TASK_FAILED,
+                                            TB_TASK_CANCELLED};
+#define NSTATES (sizeof task_states / sizeof task_states[0])
+
+/* This instance's tasks in the registry (not yet purged) by state, in
+ * task_states' order. 0, or -1 out of memory. */
+static int task_counts(tb_app *app, size_t count[NSTATES])
 {
     tb_task_info *list = NULL;
     size_t n = 0;
-    if (tb_task_list(app, &list, &n) < 0) {
+    memset(count, 0, NSTATES * sizeof count[0]);
+    if (tb_task_list(app, &list, &n) < 0)
+        return -1;
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < NSTATES; k++)
+            if (list[i].state == task_states[k])
+                count[k]++;
+    free(list);
+    return 0;
+}
+
+static void task_metrics(buf *b, tb_app *app)
+{
+    size_t count[NSTATES];
+    if (task_counts(app, count) != 0) {
         b->oom = 1;
         return;
     }
-    static const tb_task_state states[] = {TB_TASK_PENDING, TB_TASK_RUNNING,
-                                           TB_TASK_DONE, TB_TASK_FAILED,
-                                           TB_TASK_CANCELLED};
-    size_t count[sizeof states / sizeof states[0]] = {0};
-    for (size_t i = 0; i < n; i++)
-        for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
-            if (list[i].state == states[k])
-                count[k]++;
-    free(list);
     header(b, "taskbus_tasks", "gauge",
            "Tasks in the registry (not yet purged), by state.");
-    for (size_t k = 0; k < sizeof states / sizeof states[0]; k++)
+    for (size_t k = 0; k < NSTATES; k++)
         add(b, "taskbus_tasks{state=\"%s\"} %zu\n",
-            tb_task_state_name(states[k]), count[k]);
+            tb_task_state_name(task_states[k]), count[k]);
 }
 
 static void http_metrics(buf *b, tb__metrics *m)
@@ -463,4 +512,142 @@ int tb__metrics_handler(tb_http_req *req, void *ud)
     int rc = tb_http_respond(req, 200, "text/plain; version=0.0.4", text, len);
     free(text);
     return rc;
+}
+
+/* ---------------------------------------------------------------- GET /stats
+ */
+
+#define J(x) ((json_int_t)(x))
+
+/* Events waiting in the workers' inboxes now. */
+static uint64_t worker_queue_depth(tb_app *app)
+{
+    uint64_t n = 0;
+    for (int i = 0; app->workers && i < app->nworkers; i++) {
+        tb__worker *w = &app->workers[i];
+        pthread_mutex_lock(&w->inbox_mu);
+        n += w->inbox_events;
+        pthread_mutex_unlock(&w->inbox_mu);
+    }
+    return n;
+}
+
+static uint64_t delivered(tb_app *app)
+{
+    uint64_t n = 0;
+    for (int i = 0; app->workers && i < app->nworkers; i++)
+        n += atomic_load_explicit(&app->workers[i].delivered,
+                                  memory_order_relaxed);
+    return n;
+}
+
+static json_t *bus_stats(tb_app *app, const tb_bus_info *bip)
+{
+    tb_bus_info bi = *bip;
+    drop drops[NDROPS];
+    bus_drops(app, &bi, drops);
+    json_t *by = json_object();
+    uint64_t total = 0;
+    for (size_t i = 0; by && i < NDROPS; i++) {
+        json_object_set_new(by, drops[i].reason, json_integer(J(drops[i].n)));
+        total += drops[i].n;
+    }
+    return json_pack("{s:s,s:s,s:b,s:o,s:I,s:I,s:s,s:i,s:I,s:I,s:I,s:o}",
+                     "kind", bi.name, "state", tb_bus_state_name(bi.state),
+                     "connected", bi.state == TB_BUS_CONNECTED, "since",
+                     bi.since_us ? tb__api_jtime(bi.since_us) : json_null(),
+                     "attempts", J(bi.attempts), "reconnects", J(bi.reconnects),
+                     "last_error", bi.last_error, "queue_depth", bi.queued,
+                     "published", J(bi.published), "received", J(bi.received),
+                     "dropped", J(total), "drops", by);
+}
+
+static json_t *task_stats(tb_app *app)
+{
+    size_t count[NSTATES];
+    if (task_counts(app, count) != 0)
+        return NULL;
+    json_t *o = json_object();
+    for (size_t k = 0; o && k < NSTATES; k++)
+        json_object_set_new(o, tb_task_state_name(task_states[k]),
+                            json_integer(J(count[k])));
+    pthread_mutex_lock(&app->reg_mu);
+    uint64_t added = app->next_id;
+    pthread_mutex_unlock(&app->reg_mu);
+    if (o)
+        json_object_set_new(o, "added", json_integer(J(added)));
+    return o;
+}
+
+static json_t *cluster_stats(tb_app *app, int singleton)
+{
+    crow rows[NCROWS];
+    cluster_rows(app, rows);
+    json_t *o = json_object();
+    if (o && !singleton)
+        json_object_set_new(
+            o, "instances",
+            json_integer(J(tb__instances_count(app->instances))));
+    for (size_t i = 0; o && i < NCROWS; i++)
+        if (rows[i].singleton == singleton)
+            json_object_set_new(o, rows[i].key, json_integer(J(rows[i].v)));
+    return o;
+}
+
+#define LOAD(x) J(atomic_load(&app->x))
+
+json_t *tb__stats_json(tb_app *app)
+{
+    tb_bus_info bi;
+    if (tb_bus_status(app, &bi) != 0)
+        memset(&bi, 0, sizeof bi); /* no bus (not running): zeros */
+    int64_t mono0 = atomic_load(&app->run_mono_us);
+    int64_t up_ms = mono0 ? (tb__mono_us() - mono0) / 1000 : 0;
+    uint64_t requests = 0;
+    if (app->metrics) {
+        tb__metrics *m = app->metrics;
+        pthread_mutex_lock(&m->mu);
+        requests = m->count;
+        pthread_mutex_unlock(&m->mu);
+    }
+    int64_t wall0 = atomic_load(&app->run_wall_us);
+    return json_pack(
+        "{s:s,s:s,s:o,s:I,s:I,s:i,s:o,"
+        "s:{s:I,s:I,s:I,s:I},s:o,"
+        "s:{s:i,s:I,s:I,s:I,s:I,s:I},s:{s:i,s:I,s:I},s:{s:i,s:I,s:I},"
+        "s:{s:I,s:I,s:I,s:I,s:I},s:o,s:o,s:{s:I}}",
+        "instance", app->instance, "version", TB_VERSION_STRING, "started",
+        wall0 ? tb__api_jtime(wall0) : json_null(), "uptime_s", J(up_ms / 1000),
+        "uptime_ms", J(up_ms), "workers", app->nworkers, "bus",
+        bus_stats(app, &bi),
+        /* events */
+        "events", "dispatched", J(bi.published), "received", J(bi.received),
+        "delivered", J(delivered(app)), "worker_queue_depth",
+        J(worker_queue_depth(app)),
+        /* tasks */
+        "tasks", task_stats(app),
+        /* ws */
+        "ws", "clients", tb__ws_clients(app), "memory_bytes",
+        J(tb__ws_memory(app)), "memory_max_bytes", J(app->cfg.ws.memory_max),
+        "slow_closes", LOAD(ws_slow_closes), "memory_closes",
+        LOAD(ws_memory_closes), "handover_failures", LOAD(ws_handover_failures),
+        /* sse */
+        "sse", "clients", tb__sse_clients(app), "refused", LOAD(sse_refused),
+        "slow_closes", LOAD(sse_slow_closes),
+        /* long polls */
+        "longpolls", "waiting", atomic_load(&app->http_longpolls), "refused",
+        LOAD(http_longpolls_refused), "abandoned",
+        LOAD(http_longpolls_abandoned),
+        /* history */
+        "history", "catchup_reads", LOAD(hist_reads), "recovered",
+        LOAD(hist_recovered), "lost", LOAD(hist_lost), "resumes_recovered",
+        LOAD(hist_resumes[1]), "resumes_not_recovered", LOAD(hist_resumes[0]),
+        "cluster", cluster_stats(app, 0), "singletons", cluster_stats(app, 1),
+        "http", "requests", J(requests));
+}
+
+int tb__stats_handler(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    return tb__api_respond(req, 200, tb__stats_json(tb_http_app(req)));
 }

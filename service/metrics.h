@@ -5,6 +5,8 @@
 
 #include <stddef.h>
 
+#include <jansson.h>
+
 #include "taskbus/taskbus.h"
 
 /* The app's request counters (app->metrics). */
@@ -37,5 +39,16 @@ char *tb__metrics_render(tb_app *app, size_t *len);
 /* GET /metrics: answers tb__metrics_render's text as
  * "text/plain; version=0.0.4". */
 int tb__metrics_handler(tb_http_req *req, void *ud);
+
+/* The same counters (and a few gauges) as one JSON object for GET /stats:
+ * instance, version, started, uptime_s, uptime_ms, workers, and the groups
+ * bus, events, tasks, ws, sse, longpolls, history, cluster, singletons,
+ * http (README's API list names every member). Counters only grow while
+ * the process lives, so a client polling it computes rates. A new
+ * reference, or NULL out of memory. Any thread. */
+json_t *tb__stats_json(tb_app *app);
+
+/* GET /stats: answers tb__stats_json. */
+int tb__stats_handler(tb_http_req *req, void *ud);
 
 #endif /* TASKBUS_METRICS_H */

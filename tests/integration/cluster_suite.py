@@ -514,6 +514,13 @@ def t_list_filters():
         want(http_req(a.port, "GET", "/tasks?" + q), 400, code, q[:40])
     want(http_req(a.port, "GET", "/tasks?kind=" + "k" * 63), 200,
          what="a 63-byte kind")
+    # GET /stats over Redis: the bus, the cluster and its calls (the
+    # listings above asked b from a).
+    st = want(http_req(a.port, "GET", "/stats"), 200, what="GET /stats")
+    check(st["instance"] == c.id(a) and st["bus"]["kind"] == "redis" and
+          st["bus"]["connected"] is True and st["cluster"]["instances"] == 2
+          and st["cluster"]["calls"] > 0 and st["tasks"]["running"] == 16 and
+          st["tasks"]["done"] == 8, f"stats of a: {st}")
     return f"{n} listings"
 
 

@@ -346,6 +346,7 @@ async def t_admin_routes(ctx):
                          ("DELETE", "/tasks/x"), ("POST", "/tasks"),
                          ("POST", "/tasks/purge"), ("GET", "/metrics"),
                          ("GET", "/instances"), ("GET", "/kinds"),
+                         ("GET", "/stats"),
                          ("GET", "/nope"),
                          ("PUT", "/events/a"), ("POST", "/healthz")):
         r = await ahttp(srv.port, method, path, b"{}", tok)
@@ -353,7 +354,8 @@ async def t_admin_routes(ctx):
     r = await asyncio.to_thread(upgrade_refused, srv.port, "/tasks", tok)
     check_status(r, 403, "forbidden", "an upgrade to /tasks with a JWT")
     for method, path in (("GET", "/tasks"), ("GET", "/metrics"),
-                         ("POST", "/tasks/purge"), ("GET", "/kinds")):
+                         ("POST", "/tasks/purge"), ("GET", "/kinds"),
+                         ("GET", "/stats")):
         r = await ahttp(srv.port, method, path, b"", ADMIN_H)
         check(r.status == 200, f"{method} {path} with the API token: {r!r}")
     r = await ahttp(srv.port, "GET", "/nope", headers=ADMIN_H)

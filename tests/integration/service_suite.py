@@ -1323,6 +1323,90 @@ def t_api_kinds():
     return f"{len(kinds)} kinds"
 
 
+def t_api_stats():
+    """GET /stats: one JSON object of counters; with a websocket and an SSE
+    client on st.>, posting N events moves dispatched by N and delivered
+    by 2N (one each), the clients are counted, counters never go back;
+    JSON even for junk queries; 405 for other methods."""
+    s = Taskbus("stats").start()
+    a = http_req(s.port, "GET", "/stats")
+    check(a.status == 200 and a.headers.get("content-type", "").startswith(
+        "application/json"), f"GET /stats: {a!r}")
+    a = a.json
+    for key, typ in (("instance", str), ("version", str), ("started", str),
+                     ("uptime_s", int), ("uptime_ms", int), ("workers", int)):
+        check(isinstance(a.get(key), typ), f"stats.{key}: {a.get(key)!r}")
+    check(a["bus"]["kind"] == "memory" and a["bus"]["connected"] is True,
+          f"stats.bus: {a['bus']}")
+    n = 9
+    got = {}
+
+    async def clients():
+        ws = await ws_open(s.ws_url("/ws?events=st.%3E"))
+        sse = socket.create_connection((HOST, s.port), T(5))
+        sse.sendall(b"GET /sse?events=st.> HTTP/1.1\r\nHost: t\r\n\r\n")
+        sse.settimeout(T(10))
+        head = b""
+        while b": ready" not in head:
+            chunk = sse.recv(4096)
+            check(chunk, f"/sse closed: {head!r}")
+            head += chunk
+        mid = http_req(s.port, "GET", "/stats").json
+        got["mid"] = mid
+        for i in range(n):
+            r = http_req(s.port, "POST", f"/events/st.e{i}.x", str(i))
+            check(r.status == 202, f"POST st.e{i}.x: {r!r}")
+        http_req(s.port, "POST", "/events/nobody.x", "-")
+        for i in range(n):
+            ev = json.loads(await asyncio.wait_for(ws.recv(), T(10)))
+            check(ev.get("name") == f"st.e{i}.x", f"ws got {ev}")
+        data = head
+        while data.count(b"event: st.") < n:
+            chunk = sse.recv(65536)
+            check(chunk, "/sse closed early")
+            data += chunk
+
+        def moved():
+            o = http_req(s.port, "GET", "/stats").json
+            got["after"] = o
+            return o["events"]["delivered"] >= mid["events"]["delivered"] + 2 * n
+        check(wait_for(moved, T(5)), f"delivered never moved by {2 * n}: "
+                                     f"{got.get('after', {}).get('events')}")
+        await ws.close()
+        sse.close()
+    asyncio.run(clients())
+    mid, after = got["mid"], got["after"]
+    check(mid["ws"]["clients"] == 1 and mid["sse"]["clients"] == 1,
+          f"clients: ws {mid['ws']}, sse {mid['sse']}")
+    check(mid["ws"]["memory_bytes"] >= 0, f"ws: {mid['ws']}")
+    ev0, ev1 = mid["events"], after["events"]
+    check(ev1["dispatched"] - ev0["dispatched"] == n + 1 and
+          ev1["delivered"] - ev0["delivered"] == 2 * n,
+          f"events before {ev0}, after {ev1}: want dispatched +{n + 1}, "
+          f"delivered +{2 * n}")
+
+    def walk(x, y, path=""):
+        """Counters (every integer but the gauges) never go back."""
+        gauges = {"clients", "memory_bytes", "waiting", "queue_depth",
+                  "worker_queue_depth", "instances", "leases_held",
+                  "pending", "running", "done", "failed", "cancelled"}
+        if isinstance(x, dict):
+            for k in x:
+                walk(x[k], y[k], f"{path}.{k}")
+        elif isinstance(x, int) and not isinstance(x, bool):
+            k = path.rsplit(".", 1)[-1]
+            check(k in gauges or y >= x, f"stats{path} went {x} -> {y}")
+    walk(a, after)
+    r = http_req(s.port, "GET", "/stats?x=%zz&" + "y" * 2000)
+    check(r.status == 200 and isinstance(r.json, dict), f"junk query: {r!r}")
+    for method in ("POST", "DELETE", "PUT"):
+        r = http_req(s.port, method, "/stats", "{}")
+        check(r.status == 405 and r.code() == "method_not_allowed",
+              f"{method} /stats: {r!r}")
+    s.stop_ok()
+    return f"+{n + 1} dispatched, +{2 * n} delivered"
+
+
 def t_api_tasks_rows():
     with tempfile.NamedTemporaryFile("w", suffix=".sh", dir=H.root,
                                      delete=False) as f:
@@ -1702,6 +1786,8 @@ def t_http_auth_order():
         ("HEAD", "/nope", False, 404, None),
         ("PUT", "/tasks", False, 405, "method_not_allowed"),
         ("GET", "/kinds", False, 200, None),
+        ("GET", "/stats", False, 200, None),
+        ("DELETE", "/stats", False, 405, "method_not_allowed"),
         ("POST", "/kinds", False, 405, "method_not_allowed"),
         ("DELETE", "/events/x", False, 405, "method_not_allowed"),
         ("POST", "/healthz", False, 405, "method_not_allowed"),
@@ -2301,6 +2387,8 @@ CASES = [
     ("api", "GET /events/{pattern} with a last \">\", raw and %3E",
      t_api_long_poll_tail),
     ("api", "GET /kinds: sorted kinds with argument specs", t_api_kinds),
+    ("api", "GET /stats: counters move with events, clients counted",
+     t_api_stats),
     ("api", "POST/GET/DELETE /tasks and purge: every status", t_api_tasks_rows),
     ("api", "Redis down: /readyz 503, POST /events 503 bus_down",
      t_api_bus_down),

@@ -193,6 +193,135 @@ TH_APP_TEST(test_metrics, api_app(2, NULL), 30000)
     free(text);
 }
 
+/* GET /stats as JSON (NULL, having failed the test, if it is not 200). */
+static json_t *get_stats(tb_app *app, const char *auth)
+{
+    char *body = NULL;
+    int st = call(app, "GET", "/stats", auth, NULL, &body, NULL);
+    json_error_t err;
+    json_t *o = st == 200 && body ? json_loads(body, 0, &err) : NULL;
+    TH_CHECKF(json_is_object(o), "GET /stats: %d %s", st, body ? body : "");
+    free(body);
+    return o;
+}
+
+/* A member of a group of GET /stats: group.key as an integer, -1 if it is
+ * not one. */
+static long long stat(json_t *o, const char *group, const char *key)
+{
+    json_t *v = json_object_get(group ? json_object_get(o, group) : o, key);
+    TH_CHECKF(json_is_integer(v), "%s.%s is not an integer", group ? group : "",
+              key);
+    return json_is_integer(v) ? (long long)json_integer_value(v) : -1;
+}
+
+static th_counter stats_got;
+
+/* One subscription with two patterns that both match st.* events: each
+ * event is delivered (and counted) once. */
+static int stats_reader(tb_task *self, void *arg)
+{
+    (void)arg;
+    int err = 0;
+    tb_sub *sub = tb_sub_open(self, "st.>", 64, &err);
+    if (!TH_CHECK(sub != NULL) || !TH_CHECK_RC(tb_sub_add(sub, "st.*"), 0))
+        return -1;
+    th_counter_add(&stats_got, 1000); /* subscribed */
+    tb_event *ev;
+    while (tb_sub_next(self, sub, -1, &ev) == 0) {
+        tb_event_unref(ev);
+        th_counter_add(&stats_got, 1);
+    }
+    tb_sub_close(sub);
+    return 0;
+}
+
+/* GET /stats: every member there with its type; the counters move as
+ * events are dispatched and delivered, by exactly as many. */
+TH_APP_TEST(test_stats, api_app(2, NULL), 30000)
+{
+    th_counter_init(&stats_got);
+    TH_CHECK_RC(th_add(app, "reader", 1, stats_reader, NULL, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&stats_got, 1000, 5000));
+    json_t *a = get_stats(app, NULL);
+    if (!a)
+        return;
+    TH_CHECK_STR(json_string_value(json_object_get(a, "instance")),
+                 tb_app_instance(app));
+    TH_CHECK(json_is_string(json_object_get(a, "version")));
+    TH_CHECK(json_is_string(json_object_get(a, "started")));
+    TH_CHECK(stat(a, NULL, "uptime_s") >= 0);
+    TH_CHECK_EQ(stat(a, NULL, "workers"), 2);
+    json_t *bus = json_object_get(a, "bus");
+    TH_CHECK_STR(json_string_value(json_object_get(bus, "kind")), "memory");
+    TH_CHECK_STR(json_string_value(json_object_get(bus, "state")), "connected");
+    TH_CHECK(json_is_true(json_object_get(bus, "connected")));
+    static const char *const bus_keys[] = {"attempts",    "reconnects",
+                                           "queue_depth", "published",
+                                           "received",    "dropped"};
+    for (size_t i = 0; i < sizeof bus_keys / sizeof bus_keys[0]; i++)
+        TH_CHECK(stat(a, "bus", bus_keys[i]) >= 0);
+    TH_CHECK_EQ(json_object_size(json_object_get(bus, "drops")), 6);
+    static const struct {
+        const char *group, *keys[10];
+    } groups[] = {
+        {"events",
+         {"dispatched", "received", "delivered", "worker_queue_depth"}},
+        {"tasks",
+         {"pending", "running", "done", "failed", "cancelled", "added"}},
+        {"ws",
+         {"clients", "memory_bytes", "memory_max_bytes", "slow_closes",
+          "memory_closes", "handover_failures"}},
+        {"sse", {"clients", "refused", "slow_closes"}},
+        {"longpolls", {"waiting", "refused", "abandoned"}},
+        {"history",
+         {"catchup_reads", "recovered", "lost", "resumes_recovered",
+          "resumes_not_recovered"}},
+        {"cluster",
+         {"instances", "claims", "calls", "call_failures", "messages_bad"}},
+        {"singletons", {"leases_held", "runs", "failovers", "periodic_ticks"}},
+        {"http", {"requests"}},
+    };
+    for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++)
+        for (size_t k = 0; k < 10 && groups[g].keys[k]; k++)
+            TH_CHECK(stat(a, groups[g].group, groups[g].keys[k]) >= 0);
+    TH_CHECK_EQ(stat(a, "tasks", "running"), 1);
+    TH_CHECK_EQ(stat(a, "cluster", "instances"), 1);
+
+    enum {
+        N = 7
+    };
+    for (int i = 0; i < N; i++)
+        TH_CHECK_EQ(call(app, "POST", "/events/st.x", NULL, "x", NULL, NULL),
+                    202);
+    TH_CHECK_RC(tb_dispatch(app, "other.x", "", 0, NULL), 0); /* no one */
+    TH_CHECK(th_counter_wait_ge(&stats_got, 1000 + N, 5000));
+    json_t *b = NULL;
+    for (int64_t end = th_mono_ms() + 5000; th_mono_ms() < end; th_nap_ms(5)) {
+        json_decref(b);
+        if (!(b = get_stats(app, NULL)))
+            break;
+        if (stat(b, "events", "dispatched") ==
+            stat(a, "events", "dispatched") + N + 1)
+            break;
+    }
+    if (b) {
+        TH_CHECK_EQ(stat(b, "events", "dispatched"),
+                    stat(a, "events", "dispatched") + N + 1);
+        TH_CHECK_EQ(stat(b, "events", "delivered"),
+                    stat(a, "events", "delivered") + N);
+        TH_CHECK_EQ(stat(b, "bus", "published"),
+                    stat(b, "events", "dispatched"));
+        TH_CHECK(stat(b, "http", "requests") >=
+                 stat(a, "http", "requests") + N + 1);
+        TH_CHECK(stat(b, NULL, "uptime_ms") >= stat(a, NULL, "uptime_ms"));
+    }
+    json_decref(a);
+    json_decref(b);
+    TH_CHECK_EQ(call(app, "POST", "/stats", NULL, "{}", NULL, NULL), 405);
+    th_counter_destroy(&stats_got);
+}
+
 /* Past TB__METRICS_SERIES series, requests count under route="other". */
 TH_APP_TEST(test_overflow, api_app(1, NULL), 30000)
 {
@@ -221,6 +350,10 @@ TH_APP_TEST(test_overflow, api_app(1, NULL), 30000)
 TH_APP_TEST(test_token, api_app(1, "s3cret"), 30000)
 {
     TH_CHECK_EQ(call(app, "GET", "/metrics", NULL, NULL, NULL, NULL), 401);
+    TH_CHECK_EQ(call(app, "GET", "/stats", NULL, NULL, NULL, NULL), 401);
+    TH_CHECK_EQ(call(app, "GET", "/stats", "Bearer wrong", NULL, NULL, NULL),
+                401);
+    json_decref(get_stats(app, "Bearer s3cret"));
     char *text = get_metrics(app, "Bearer s3cret");
     if (text)
         TH_CHECK(sample(text, "taskbus_http_requests_total{route=\"/metrics\","
@@ -247,9 +380,8 @@ static void test_escape(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_metrics),
-        cmocka_unit_test(test_overflow),
-        cmocka_unit_test(test_token),
+        cmocka_unit_test(test_metrics),  cmocka_unit_test(test_stats),
+        cmocka_unit_test(test_overflow), cmocka_unit_test(test_token),
         cmocka_unit_test(test_escape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
