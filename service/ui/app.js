@@ -13,7 +13,9 @@ let needLogin = false;
 let started = false;
 const timers = [];
 
-const tasks = new Tasks($('#tasks'), showError);
+const tasks = new Tasks($('#tasks'), showError, (byState, more) =>
+  setTotal('tasks', Object.entries(byState).map(([k, v]) => `${v} ${k}`)
+    .join(', ') + (more ? ' (first page)' : '') || '0'));
 const events = new Events($('#events'), showStream);
 const chart = new RateChart($('#rate-chart'), [
   {label: 'events', color: '#2f6fdb'},
@@ -124,29 +126,37 @@ function setTotal(name, value) {
 
 // ------------------------------------------------------------ stats
 
+// What the bus panel shows of GET /stats's "bus", in this order.
+const BUS_FIELDS = [['kind', 'bus'], ['state', 'state'],
+  ['reconnects', 'reconnects'], ['queue_depth', 'queue depth'],
+  ['published', 'published'], ['received', 'received'],
+  ['dropped', 'dropped'], ['last_error', 'last error']];
+
 async function refreshStats() {
   const s = await call('GET', '/stats');
   lastStats = s;
   const ev = s.events || {};
+  // Rates over the server's own monotonic clock (uptime_ms).
   chart.sample(Date.now(), [Number(ev.dispatched) || 0,
-    Number(ev.delivered) || 0]);
-  if (s.tasks !== undefined)
-    setTotal('tasks', typeof s.tasks === 'object'
-      ? Object.entries(s.tasks).map(([k, v]) => `${v} ${k}`).join(', ')
-      : s.tasks);
+    Number(ev.delivered) || 0], Number(s.uptime_ms));
   const bus = s.bus || {};
-  fill($('#bus-body'), Object.entries(bus).map(([k, v]) => h('div', {},
-    h('dt', {}, k.replace(/_/g, ' ')),
-    h('dd', {dataset: {bus: k}}, typeof v === 'object' ? JSON.stringify(v)
-      : String(v)))));
+  const rows = BUS_FIELDS.filter(([k]) => bus[k] !== undefined &&
+    bus[k] !== '').map(([k, label]) => [label, bus[k], k]);
+  rows.push(['worker queue', ev.worker_queue_depth ?? '-', 'worker_queue']);
+  const drops = Object.entries(bus.drops || {}).filter(([, v]) => v);
+  if (drops.length)
+    rows.push(['drops', drops.map(([k, v]) => `${k} ${v}`).join(', '),
+      'drops']);
+  fill($('#bus-body'), rows.map(([label, v, k]) => h('div', {},
+    h('dt', {}, label),
+    h('dd', {dataset: {bus: k}, class: k === 'state' ? `bus-${v}` : null},
+      String(v)))));
   const clients = [];
-  for (const k of ['ws', 'sse'])
-    if (s[k] !== undefined)
-      clients.push(`${k} ${typeof s[k] === 'object'
-        ? (s[k].clients ?? JSON.stringify(s[k])) : s[k]}`);
+  if (s.ws) clients.push(`${s.ws.clients} ws`);
+  if (s.sse) clients.push(`${s.sse.clients} sse`);
   fill($('#total-clients'), clients.join(', ') || '-');
-  if (s.uptime !== undefined)
-    fill($('#self-uptime'), duration(Number(s.uptime)));
+  if (s.uptime_s !== undefined)
+    fill($('#self-uptime'), duration(Number(s.uptime_s)));
 }
 
 boot();

@@ -11,18 +11,24 @@ export class RateChart {
     new ResizeObserver(() => this.draw()).observe(canvas);
   }
 
-  // Counters (monotonic) at time t (ms): each series gets the rate since
-  // the previous sample. A counter that went down (a restart) starts over.
-  sample(t, values) {
-    if (this.last && t > this.last.t) {
-      const dt = (t - this.last.t) / 1000;
+  // Counters (monotonic) read at wall time t (ms; where the point is
+  // drawn) and at the server's monotonic mono (ms; the rate's interval,
+  // t's when absent): each series gets the rate since the previous sample.
+  // A counter that went down (a restart) starts over.
+  sample(t, values, mono) {
+    const m = Number.isFinite(mono) ? mono : t;
+    if (this.last && m > this.last.m) {
+      const dt = (m - this.last.m) / 1000;
       this.series.forEach((s, i) => {
         const d = values[i] - this.last.values[i];
         s.points.push({t, v: d >= 0 ? d / dt : 0});
         if (s.points.length > this.keep) s.points.shift();
       });
     }
-    this.last = {t, values};
+    this.last = {t, m, values};
+    // The latest rates, for a reader that cannot see the pixels (tests).
+    this.canvas.dataset.rates = this.series.map((s, i) =>
+      this.latest(i).toFixed(2)).join(' ');
     this.draw();
   }
 
@@ -46,7 +52,11 @@ export class RateChart {
     const ink = style.color || '#333';
     const left = 44, right = 8, top = 22, bottom = 18;
     const pw = w - left - right, ph = hgt - top - bottom;
-    const now = Date.now(), span = this.keep * 1000;
+    // The window: what has been seen, from one minute up to all kept (a
+    // fresh page does not draw a few seconds into a corner).
+    const now = Date.now(), first = this.series[0].points[0];
+    const span = Math.min(this.keep * 1000,
+      Math.max(60000, first ? now - first.t : 0));
     let max = 1;
     for (const s of this.series)
       for (const p of s.points) max = Math.max(max, p.v);
@@ -67,7 +77,8 @@ export class RateChart {
       g.fillText(fmt((max * k) / 4), left - 4, y);
     }
     g.textAlign = 'left';
-    g.fillText(`-${Math.round(span / 60000)} min`, left, top + ph + 10);
+    g.fillText(span >= 120000 ? `-${Math.round(span / 60000)} min`
+      : `-${Math.round(span / 1000)} s`, left, top + ph + 10);
     g.textAlign = 'right';
     g.fillText('now', left + pw, top + ph + 10);
 

@@ -8,9 +8,12 @@ const STATES = ['pending', 'running', 'done', 'failed', 'cancelled', 'lost'];
 const FINAL = new Set(['done', 'failed', 'cancelled', 'lost']);
 
 export class Tasks {
-  constructor(root, onError) {
+  // onTotals(byState, more): the cluster's tasks by state, from each
+  // unfiltered listing (more: past its first page).
+  constructor(root, onError, onTotals) {
     this.root = root;
     this.onError = onError;
+    this.onTotals = onTotals;
     this.tasks = [];
     this.kinds = [];
     this.instances = [];
@@ -140,6 +143,11 @@ export class Tasks {
       this.onError(e);
       return;
     }
+    if (!q.state && !q.kind && !q.instance) {
+      const n = {};
+      for (const t of o.tasks || []) n[t.state] = (n[t.state] || 0) + 1;
+      this.onTotals(n, !!o.cursor);
+    }
     // Filtered here too: an older server ignores kind and instance.
     this.tasks = (o.tasks || []).filter((t) =>
       (!q.state || t.state === q.state) && (!q.kind || t.kind === q.kind) &&
@@ -209,12 +217,5 @@ export class Tasks {
       fill(btn, 'Cancel');
       this.onError(e);
     }
-  }
-
-  // Counts by state, for the cluster's totals.
-  byState() {
-    const n = {};
-    for (const t of this.tasks) n[t.state] = (n[t.state] || 0) + 1;
-    return n;
   }
 }
