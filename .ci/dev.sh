@@ -29,16 +29,16 @@ BUILD_DEPS=(cmake make gcc libc6-dev pkg-config
     libjwt-dev)
 TEST_DEPS=(libcmocka-dev redis-server redis-tools redis-sentinel python3
     python3-websockets curl valgrind)
-# A real EventSource client for tests/integration/sse_suite.py: Node and npm
-# (this machine has Node 20; Debian 12's own nodejs is 18, which the pinned
-# package also runs on), then its packages from the committed lockfile.
+# Node and npm (this machine has Node 20; Debian 12's own nodejs is 18),
+# then, from their committed lockfiles, the packages of a real EventSource
+# client for tests/integration/sse_suite.py, the JavaScript client's
+# test dependencies (clients/js: ws; Node 20 has no WebSocket of its own)
+# and the dashboard's browser test (tests/integration/browser:
+# playwright-core, which drives Debian's chromium and never downloads a
+# browser of its own).
 NODE_DEPS=(nodejs npm)
-SSE_CLIENT_DIR=tests/integration/sse_client
-# The dashboard's browser test (tests/integration/dashboard_suite.py):
-# Debian's chromium, driven by playwright-core from the committed lockfile
-# (which never downloads a browser of its own).
+NPM_DIRS=(tests/integration/sse_client clients/js tests/integration/browser)
 BROWSER_DEPS=(chromium)
-BROWSER_TEST_DIR=tests/integration/browser
 # The fuzz targets (tests/fuzz/): clang and its libFuzzer runtime.
 FUZZ_DEPS=(clang libclang-rt-14-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
@@ -101,30 +101,30 @@ ensure_packages() {
     die "could not install: ${missing[*]}"
 }
 
-# npm_ci DIR WHAT: installs DIR's packages (npm ci: exactly the lockfile's
-# versions) unless node_modules already matches the lockfile; WHAT names
-# them in messages.
-npm_ci() {
-    local dir=$1 what=$2
+# Installs the npm packages of each of NPM_DIRS (npm ci: exactly the
+# lockfile's versions) unless its node_modules already matches the lockfile.
+ensure_npm_packages() {
     if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
         ensure_packages "${NODE_DEPS[@]}"
     fi
-    local stamp="$dir/node_modules/.package-lock.json"
-    if [[ -f "$stamp" && "$stamp" -nt "$dir/package-lock.json" ]]; then
-        log "$what: node_modules up to date"
-        return 0
-    fi
-    log "$what: npm ci in $dir"
-    local try
-    for try in 1 2 3; do
-        if (cd "$dir" &&
-            npm ci --no-audit --no-fund --loglevel=error </dev/null); then
-            return 0
+    local dir stamp try
+    for dir in "${NPM_DIRS[@]}"; do
+        stamp="$dir/node_modules/.package-lock.json"
+        if [[ -f "$stamp" && "$stamp" -nt "$dir/package-lock.json" ]]; then
+            log "npm: $dir/node_modules up to date"
+            continue
         fi
-        log "npm ci failed (attempt $try of 3)"
-        sleep $((try * 5))
+        log "npm: npm ci in $dir"
+        for try in 1 2 3; do
+            if (cd "$dir" &&
+                npm ci --no-audit --no-fund --loglevel=error </dev/null); then
+                break
+            fi
+            ((try < 3)) || die "could not install the npm packages of $dir"
+            log "npm ci failed (attempt $try of 3)"
+            sleep $((try * 5))
+        done
     done
-    die "could not install $what ($dir)"
 }
 
 # configure DIR CMAKE_ARGS...: (re)configures DIR with every option that
@@ -197,9 +197,8 @@ cmd_test() {
     local rc_tsan=0 rc_fuzz=0
     ensure_packages "${BUILD_DEPS[@]}" "${TEST_DEPS[@]}" "${FUZZ_DEPS[@]}"
     ensure_packages "${CONTAINER_DEPS[@]}" # tests/container/ (block above)
-    npm_ci "$SSE_CLIENT_DIR" "the SSE suite's client"
-    ensure_packages "${BROWSER_DEPS[@]}"
-    npm_ci "$BROWSER_TEST_DIR" "the dashboard's browser test"
+    ensure_packages "${BROWSER_DEPS[@]}" # tests/integration/dashboard_suite.py
+    ensure_npm_packages
 
     t=$SECONDS
     configure build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON \
