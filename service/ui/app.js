@@ -30,7 +30,8 @@ function showError(e) {
 
 function showStream(state, err) {
   const el = $('#stream-state');
-  fill(el, `stream: ${state}`);
+  const via = events.client && events.client.transport;
+  fill(el, `stream: ${state}${via && state === 'open' ? ` (${via})` : ''}`);
   el.dataset.state = state;
   if (err) el.title = String(err.message || err);
 }
