@@ -385,7 +385,8 @@ static int authorize_client(tb_http_req *req, const route_fn *h,
 }
 
 /* 0 if req may go on to routing and its handler: no token is configured,
- * the matched route is open (GET and HEAD of /healthz and /readyz), the
+ * the matched route is open (GET and HEAD of /healthz, /readyz and the
+ * dashboard's files), the
  * request carries the API token, or a valid client token for an event
  * route (req->claims then holds its claims, the request's). Else answers
  * 401 (403 for a client token off the event routes) and returns its

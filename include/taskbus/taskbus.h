@@ -275,7 +275,8 @@ typedef struct tb_http_config {
     size_t discard_max;
     int discard_timeout_ms;
     /* The HTTP API's token. With one, every route but GET and HEAD of
-     * /healthz and /readyz (and every route added with tb_app_add_route)
+     * /healthz, /readyz and the dashboard's files (tb_app_add_dashboard;
+     * every route added with tb_app_add_route is protected)
      * answers 401 unless the request carries "Authorization: Bearer
      * <token>" or "?token=<token>". Checked before routing: without the
      * token, unknown paths, wrong methods and upgrades to paths that are
