@@ -215,6 +215,35 @@ async def t_within_claims(ctx):
     await b.close()
 
 
+async def t_tail_claims(ctx):
+    """A claim "jo.>" lets the client subscribe to anything under jo., at
+    any depth, and to "jo.>" itself, over ?events=, subscribe messages and
+    the long poll; not to ">" nor to "jo" (beyond the claim)."""
+    srv = ctx.srv
+    tok = mint(claims("tail", subscribe=["jo.>"], dispatch=["jo.>"]))
+    c = await ctx.connect(f"/ws?events=jo.%3E&token={q(tok)}", label="jo")
+    await c.sync()
+    r = await c.request({"subscribe": ["jo.a.b", "jo.*", "jo.<id>.>"]})
+    check(r.get("ok") == "subscribe", f"subscribe within jo.>: {r}")
+    for pat in (">", "jo", "*.>", "j.>"):
+        r = await c.request({"subscribe": [pat], "ref": pat})
+        check(r.get("error") == "forbidden" and r.get("pattern") == pat,
+              f"subscribe {pat} with jo.>: {r}")
+    r = await c.request({"event": "jo.x.y.z", "data": {"d": 1}})
+    check(r.get("ok") == "dispatch", f"dispatch jo.x.y.z: {r}")
+    check_envelope(await c.event(), "jo.x.y.z", {"d": 1}, r["id"])
+    r = await asyncio.to_thread(upgrade_refused, srv.port,
+                                f"/ws?events=%3E&token={q(tok)}")
+    await forbidden(r, ">", "?events=> with jo.>")
+    r = await ahttp(srv.port, "GET", "/events/%3E?timeout=0",
+                    headers=bearer(tok))
+    await forbidden(r, ">", "long poll > with jo.>")
+    r = await ahttp(srv.port, "GET", "/events/jo.a.%3E?timeout=0",
+                    headers=bearer(tok))
+    check(r.status == 204, f"long poll jo.a.> with jo.>: {r!r}")
+    await c.close()
+
+
 async def t_claims_limit(ctx):
     """A token with no claims may connect and do nothing; claims that are
     not lists of patterns, or hold more than ws.max_patterns, are 401."""
@@ -462,6 +491,8 @@ GROUPS = [
     ("hs", hs_server, [
         ("HS256: within the claims over /ws and HTTP, forbidden beyond",
          t_within_claims, 60),
+        ("a claim \"jo.>\": under jo. at any depth, not \">\"",
+         t_tail_claims, 30),
         ("claims: none, at ws.max_patterns, malformed", t_claims_limit, 30),
         ("expired, unsigned, wrongly signed: 401 with a code", t_refusals,
          60),
