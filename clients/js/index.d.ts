@@ -46,7 +46,7 @@ export interface ClientOptions {
   debounceMs?: number;
   /** SSE: nothing received (not even the server's keep-alive) for this long: reconnect; default 60000, 0: never. */
   idleTimeoutMs?: number;
-  /** Injectable (Node tests); default globalThis.WebSocket. */
+  /** Injectable (Node 20 has none: the ws package); default globalThis.WebSocket; null: none (auto goes to SSE at once). */
   WebSocket?: any;
   /** Accepted for compatibility, unused: SSE is read with fetch (an EventSource cannot listen to every event name). */
   EventSource?: any;

@@ -17,6 +17,9 @@ const DEFAULTS = {
   idleTimeoutMs: 60000,
 };
 
+// A probe of a failed websocket upgrade gives up after this long.
+const PROBE_TIMEOUT_MS = 10000;
+
 // Positions are "<epoch>-<seq>" (docs/HISTORY.md): opaque for the
 // application, but the client compares seqs within an epoch to drop the
 // events it already delivered at a resume's seam.
@@ -41,9 +44,8 @@ export function matchPattern(pattern, name) {
     const s = p[i];
     if (s === ">") return i === p.length - 1 && n.length > i;
     if (i >= n.length) return false;
-    if (s === "*" || (s.length > 2 && s[0] === "<" && s.endsWith(">")))
-      continue;
-    if (s !== n[i]) return false;
+    const wild = s === "*" || (s.length > 2 && s[0] === "<" && s.endsWith(">"));
+    if (!wild && s !== n[i]) return false;
   }
   return p.length === n.length;
 }
@@ -55,34 +57,36 @@ function makeError(code, message, extra) {
   return e;
 }
 
-// The JSON error body of a refused request, or a made-up one.
+const errorText = (e) => String(e?.message ?? e);
+
+// The refusal a response carries: its JSON {error, message, pattern?}, or
+// one made of its status (a proxy's page).
 async function errorOf(res) {
   let body = null;
   try {
     body = await res.json();
   } catch {
-    /* not JSON (a proxy's page): the status says enough */
+    /* not JSON: the status says enough */
   }
-  const code =
-    body && typeof body.error === "string" ? body.error : `http_${res.status}`;
-  const message =
-    body && typeof body.message === "string"
-      ? body.message
-      : `HTTP ${res.status}`;
+  const ok = body && typeof body === "object";
+  const code = ok && typeof body.error === "string" ? body.error : null;
+  const message = ok && typeof body.message === "string" ? body.message : "";
   const extra = { status: res.status };
-  if (body && typeof body.pattern === "string") extra.pattern = body.pattern;
-  return makeError(code, message, extra);
+  if (ok && typeof body.pattern === "string") extra.pattern = body.pattern;
+  return makeError(code ?? `http_${res.status}`,
+    message || `HTTP ${res.status}`, extra);
 }
 
-// What a refusal of a connection (websocket upgrade or SSE stream) means.
+// What a refusal of a connection (websocket upgrade, SSE stream) means.
 const FATAL = "fatal"; // the credential or the origin: retrying cannot help
 const PATTERN = "pattern"; // a pattern was refused: drop it, go on
 const SINCE = "since"; // the position was refused: go on from now
-const BLOCKED = "blocked"; // answered, but not as taskbus would: websockets are blocked
-const RETRY = "retry"; // the server is busy or down: back off
+const BLOCKED = "blocked"; // answered, not as taskbus: websockets blocked
+const RETRY = "retry"; // down, busy, or no answer: back off
 
 function classify(err) {
   const s = err.status;
+  if (s === undefined) return RETRY;
   if (s === 401) return FATAL;
   if (s === 403) return err.pattern ? PATTERN : FATAL;
   if (s === 400) {
@@ -96,17 +100,18 @@ function classify(err) {
 }
 
 // Reads a text/event-stream body, calling onBlock({id, event, data}) for
-// each block ended by a blank line (comments skipped; id and data may be
-// absent). Resolves when the stream ends; rejects when it fails.
+// each block a blank line ends (comments skipped; id and data may be
+// undefined) and onChunk() for each chunk read. Resolves when the stream
+// ends; rejects when it fails (or is aborted).
 async function readEventStream(body, onBlock, onChunk) {
   const reader = body.getReader();
   const dec = new TextDecoder();
   let buf = "";
-  let block = { id: undefined, event: undefined, data: undefined };
+  let block = {};
   const line = (l) => {
     if (l === "") {
       if (block.id !== undefined || block.data !== undefined) onBlock(block);
-      block = { id: undefined, event: undefined, data: undefined };
+      block = {};
       return;
     }
     if (l[0] === ":") return;
@@ -115,7 +120,7 @@ async function readEventStream(body, onBlock, onChunk) {
     let value = c < 0 ? "" : l.slice(c + 1);
     if (value[0] === " ") value = value.slice(1);
     if (field === "data")
-      block.data = block.data === undefined ? value : block.data + "\n" + value;
+      block.data = block.data === undefined ? value : `${block.data}\n${value}`;
     else if (field === "event") block.event = value;
     else if (field === "id") block.id = value;
   };
@@ -138,12 +143,23 @@ async function readEventStream(body, onBlock, onChunk) {
   }
 }
 
+// A subscription's handler and its client-side end (the server refused its
+// pattern), out of the public surface.
+const HANDLER = Symbol("handler");
+const CANCEL = Symbol("cancel");
+
 export class TaskbusClient {
   #opts;
   #base; // the http(s) base URL, without a trailing "/"
   #WebSocket;
   #fetch;
-  #listeners = { event: new Set(), state: new Set(), recovered: new Set(), error: new Set(), reconnect: new Set() };
+  #listeners = {
+    event: new Set(),
+    state: new Set(),
+    recovered: new Set(),
+    error: new Set(),
+    reconnect: new Set(),
+  };
   #state = "idle";
   #transport = null;
   #mode; // what the next connection uses: "websocket" or "sse"
@@ -151,12 +167,11 @@ export class TaskbusClient {
   #wsBlocked = 0; // websocket failures that look blocked, before any opened
   #lastPos = null;
   #last = null; // parsePos(#lastPos)
-  #subs = new Set(); // Subscription objects
-  #patterns = new Map(); // pattern -> number of active subscriptions
+  #subs = new Set(); // the Subscription objects
+  #patterns = new Map(); // pattern -> number of subscriptions to it
   #confirmed = new Set(); // patterns the server accepted
-  #urlConfirmedOnly = false; // after a pattern refusal: the URL carries confirmed ones only
   #conn = null; // the current connection
-  #timer = null; // reconnect or debounce timer
+  #timer = null; // the reconnect or the SSE restart
   #stableTimer = null;
   #attempt = 0;
   #waiters = []; // connect() promises: {resolve, reject}
@@ -165,21 +180,21 @@ export class TaskbusClient {
   #token = undefined; // the last token obtained
 
   constructor(opts = {}) {
-    this.#opts = opts;
-    const url =
-      opts.url ?? (globalThis.location ? globalThis.location.origin : undefined);
-    if (!url) throw new TypeError("TaskbusClient: url is required here");
+    const url = opts.url ?? globalThis.location?.origin;
+    if (!url) throw new TypeError("TaskbusClient: no url (and no location)");
     this.#base = String(url).replace(/\/+$/, "");
-    this.#WebSocket = opts.WebSocket ?? globalThis.WebSocket;
+    // WebSocket: null says there is none (auto then goes to SSE at once).
+    this.#WebSocket = "WebSocket" in opts ? opts.WebSocket
+      : globalThis.WebSocket;
     this.#fetch = opts.fetch ?? globalThis.fetch?.bind(globalThis);
-    const t = opts.transport ?? "auto";
-    if (!["auto", "websocket", "sse"].includes(t))
-      throw new TypeError(`TaskbusClient: unknown transport ${t}`);
-    this.#mode = t === "sse" ? "sse" : "websocket";
+    const transport = opts.transport ?? "auto";
+    if (!["auto", "websocket", "sse"].includes(transport))
+      throw new TypeError(`TaskbusClient: unknown transport ${transport}`);
+    this.#mode = transport === "sse" ? "sse" : "websocket";
     const r = opts.reconnect ?? {};
     this.#opts = {
-      ...opts,
-      transport: t,
+      token: opts.token,
+      transport,
       resume: opts.resume ?? true,
       minDelayMs: r.minDelayMs ?? DEFAULTS.minDelayMs,
       maxDelayMs: r.maxDelayMs ?? DEFAULTS.maxDelayMs,
@@ -203,7 +218,7 @@ export class TaskbusClient {
     return this.#lastPos;
   }
 
-  /** Patterns the connection holds or will hold (each once). */
+  /** The patterns the connection holds or will hold, each once. */
   get patterns() {
     return [...this.#patterns.keys()];
   }
@@ -220,8 +235,7 @@ export class TaskbusClient {
       return Promise.reject(makeError("closed", "the client was closed"));
     if (this.#state === "open") return Promise.resolve();
     const p = new Promise((resolve, reject) =>
-      this.#waiters.push({ resolve, reject }),
-    );
+      this.#waiters.push({ resolve, reject }));
     if (this.#state === "idle") {
       this.#setState("connecting");
       this.#open();
@@ -256,36 +270,35 @@ export class TaskbusClient {
         client.#subs.delete(sub);
         client.#release(pattern);
       },
-    };
-    sub._handler = handler;
-    sub._cancel = () => {
-      active = false;
-      client.#subs.delete(sub);
+      [HANDLER]: typeof handler === "function" ? handler : null,
+      [CANCEL]() {
+        active = false;
+        client.#subs.delete(sub);
+      },
     };
     this.#subs.add(sub);
     const n = this.#patterns.get(pattern) ?? 0;
     this.#patterns.set(pattern, n + 1);
-    if (n === 0) this.#patternsChanged([pattern], []);
+    if (n === 0) this.#patternsChanged(pattern, true);
     return sub;
   }
 
   dispatch(name, data) {
     const c = this.#conn;
-    if (c && c.kind === "websocket" && c.opened && !c.dead) {
-      return new Promise((resolve, reject) => {
-        const ref = `d${this.#nextRef++}`;
-        this.#pending.set(ref, { kind: "dispatch", resolve, reject });
-        const msg = { event: name, ref };
-        if (data !== undefined) msg.data = data;
-        try {
-          c.ws.send(JSON.stringify(msg));
-        } catch (e) {
-          this.#pending.delete(ref);
-          reject(makeError("disconnected", String(e?.message ?? e)));
-        }
-      });
-    }
-    return this.#post(name, data);
+    if (!c || c.kind !== "websocket" || !c.opened || c.dead)
+      return this.#post(name, data);
+    return new Promise((resolve, reject) => {
+      const ref = `d${this.#nextRef++}`;
+      this.#pending.set(ref, { kind: "dispatch", resolve, reject });
+      const msg = { event: name, ref };
+      if (data !== undefined) msg.data = data;
+      try {
+        c.ws.send(JSON.stringify(msg));
+      } catch (e) {
+        this.#pending.delete(ref);
+        reject(makeError("disconnected", errorText(e)));
+      }
+    });
   }
 
   // ------------------------------------------------------------ internals
@@ -295,10 +308,18 @@ export class TaskbusClient {
       try {
         fn(arg);
       } catch (e) {
-        if (type !== "error") this.#emit("error", makeError("handler_error", String(e?.message ?? e), { cause: e }));
-        else console.error(e);
+        this.#handlerError(e, type === "error");
       }
     }
+  }
+
+  // An application's handler threw: its error is reported, not ours to
+  // rethrow (it would end the connection's read loop).
+  #handlerError(e, inErrorHandler) {
+    if (inErrorHandler) console.error(e);
+    else
+      this.#emit("error",
+        makeError("handler_error", errorText(e), { cause: e }));
   }
 
   #setState(s) {
@@ -316,7 +337,7 @@ export class TaskbusClient {
   #failPending(err) {
     const p = this.#pending;
     this.#pending = new Map();
-    for (const { kind, reject } of p.values()) if (kind === "dispatch") reject(err);
+    for (const x of p.values()) if (x.kind === "dispatch") x.reject(err);
   }
 
   async #getToken() {
@@ -329,24 +350,27 @@ export class TaskbusClient {
     return token ? { Authorization: `Bearer ${token}` } : {};
   }
 
-  // The query of a connection: ?events=&since=&token=.
-  #query(patterns, token, withToken) {
+  // ?events=&since= (the position when resuming), and &token= for a
+  // websocket (a browser cannot set its headers).
+  #query(patterns, { since = true, token = null } = {}) {
     const q = new URLSearchParams();
     if (patterns.length) q.set("events", patterns.join(","));
-    if (this.#opts.resume && this.#lastPos) q.set("since", this.#lastPos);
-    if (withToken && token) q.set("token", token);
+    if (since && this.#opts.resume && this.#lastPos)
+      q.set("since", this.#lastPos);
+    if (token) q.set("token", token);
     const s = q.toString();
     return s ? `?${s}` : "";
   }
 
-  // Starts a connection attempt with the transport of the moment.
+  // Starts a connection with the transport of the moment.
   #open() {
     if (this.#state === "closed") return;
     const conn = { kind: this.#mode, opened: false, dead: false };
     this.#conn = conn;
-    (conn.kind === "websocket" ? this.#openWs(conn) : this.#openSse(conn)).catch(
-      (e) => this.#failed(conn, makeError("internal", String(e?.message ?? e))),
-    );
+    const run = conn.kind === "websocket" ? this.#openWs(conn)
+      : this.#openSse(conn);
+    run.catch((e) => this.#failed(conn, makeError("client_error",
+      `cannot connect: ${errorText(e)}`)));
   }
 
   #opened(conn) {
@@ -361,7 +385,7 @@ export class TaskbusClient {
     this.#settle(null);
   }
 
-  // Ends a connection (ours to end: no reconnect from its callbacks).
+  // Ends a connection (ours to end: its callbacks do nothing after this).
   #drop(conn) {
     if (!conn || conn.dead) return;
     conn.dead = true;
@@ -370,20 +394,22 @@ export class TaskbusClient {
       try {
         conn.ws.close(1000);
       } catch {
-        /* already closing */
+        /* closing already */
       }
     }
-    if (conn.abort) conn.abort.abort();
+    conn.abort?.abort();
   }
 
-  // A connection failed or ended. err: what the server said, if it did.
-  #failed(conn, err, kindOf) {
+  // A connection failed or ended. err: the server's refusal, if it said
+  // one; what: how to take it (default: classify(err)).
+  #failed(conn, err, what) {
     if (conn !== this.#conn || conn.dead || this.#state === "closed") return;
     this.#drop(conn);
     clearTimeout(this.#stableTimer);
     if (conn.kind === "websocket")
-      this.#failPending(makeError("disconnected", "the websocket closed before the server answered (the event may have been published)"));
-    const what = err ? (kindOf ?? classify(err)) : RETRY;
+      this.#failPending(makeError("disconnected", "the websocket closed "
+        + "before the server answered (the event may have been published)"));
+    what ??= err ? classify(err) : RETRY;
     if (what === FATAL) {
       err.fatal = true;
       this.#settle(err);
@@ -392,22 +418,26 @@ export class TaskbusClient {
       return;
     }
     if (err && what !== BLOCKED) this.#emit("error", err);
-    let now = false;
-    if (what === PATTERN) now = this.#refused(err);
+    if (this.#state === "open") this.#setState("connecting");
+    this.#transport = null;
+    if (what === PATTERN) {
+      // At once when a pattern was dropped (then this ends: each round
+      // drops one at least), else after the backoff.
+      this.#refused(conn, err).then(
+        (dropped) => (dropped ? this.#open() : this.#retry()),
+        () => this.#retry());
+      return;
+    }
     if (what === SINCE) {
       this.#lastPos = null;
       this.#last = null;
-      now = true;
+      this.#open();
+      return;
     }
-    if (what === BLOCKED && conn.kind === "websocket" && !this.#wsOpened &&
-        this.#opts.transport === "auto" &&
-        ++this.#wsBlocked >= this.#opts.fallbackAfter) {
-      this.#mode = "sse";
-      now = true;
-    }
-    if (this.#state === "open") this.#setState("connecting");
-    this.#transport = null;
-    if (now) {
+    if (what === BLOCKED && conn.kind === "websocket" && !this.#wsOpened
+        && this.#opts.transport === "auto"
+        && ++this.#wsBlocked >= this.#opts.fallbackAfter) {
+      this.#mode = "sse"; // for good
       this.#open();
       return;
     }
@@ -415,40 +445,55 @@ export class TaskbusClient {
   }
 
   #retry() {
+    if (this.#state === "closed") return;
     const o = this.#opts;
-    const base = Math.min(o.maxDelayMs, o.minDelayMs * 2 ** Math.min(this.#attempt, 30));
-    const delay = Math.round(base * (1 - o.jitter * Math.random()));
+    const n = Math.min(this.#attempt, 30);
+    const cap = Math.min(o.maxDelayMs, o.minDelayMs * 2 ** n);
+    const delayMs = Math.round(cap * (1 - o.jitter * Math.random()));
     this.#attempt++;
-    this.#emit("reconnect", { attempt: this.#attempt, delayMs: delay });
+    this.#emit("reconnect", { attempt: this.#attempt, delayMs });
     clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => this.#open(), delay);
+    this.#timer = setTimeout(() => this.#open(), delayMs);
   }
 
-  // A refused pattern (403 naming it, 400 bad_pattern/too_many_patterns):
-  // the one named, else those not confirmed yet, are dropped with their
-  // subscriptions. True to reconnect at once.
-  #refused(err) {
-    let gone = err.pattern ? [err.pattern] : [...this.#patterns.keys()].filter((p) => !this.#confirmed.has(p));
-    if (!err.pattern && this.#mode === "websocket" && !this.#urlConfirmedOnly) {
-      // The websocket can name the culprit: the URL carries the confirmed
-      // patterns, the rest go as messages and are answered one by one.
-      this.#urlConfirmedOnly = true;
-      return true;
+  // The server refused a pattern of conn's. A 403 names it; a 400
+  // (bad_pattern, too_many_patterns) does not: each pattern not confirmed
+  // yet is asked about alone, and those refused are dropped (all of them
+  // if none is refused alone). Whether any was dropped.
+  async #refused(conn, err) {
+    if (err.pattern) return this.#forget([err.pattern], err, false);
+    const asked = conn.patterns.filter((p) => !this.#confirmed.has(p));
+    const bad = [];
+    for (const p of asked) {
+      let e = null;
+      try {
+        e = await this.#ask(this.#sseUrl([p], false), conn.token);
+      } catch {
+        /* no answer: decided below */
+      }
+      if (e && classify(e) === PATTERN) bad.push(p);
     }
-    if (gone.length === 0) gone = [...this.#patterns.keys()];
-    this.#forget(gone, err);
-    return true;
+    return this.#forget(
+      bad.length ? bad : asked.length ? asked : conn.patterns, err, true);
   }
 
-  // Drops patterns the server refused, and their subscriptions.
-  #forget(patterns, err) {
+  // Drops patterns the server refused, and their subscriptions; tell:
+  // an error for each (a refusal that named one was told already).
+  // Whether any was still there.
+  #forget(patterns, err, tell) {
+    let dropped = false;
     for (const p of patterns) {
+      if (!this.#patterns.has(p)) continue;
+      dropped = true;
       this.#patterns.delete(p);
       this.#confirmed.delete(p);
-      for (const s of [...this.#subs]) if (s.pattern === p) s._cancel();
-      if (patterns.length > 1 || !err.pattern)
-        this.#emit("error", makeError(err.code, `${err.message} (pattern ${p} dropped)`, { pattern: p, status: err.status }));
+      for (const s of [...this.#subs]) if (s.pattern === p) s[CANCEL]();
+      if (tell)
+        this.#emit("error", makeError(err.code,
+          `pattern ${p} refused and dropped: ${err.message}`,
+          { pattern: p, status: err.status }));
     }
+    return dropped;
   }
 
   #release(pattern) {
@@ -459,19 +504,19 @@ export class TaskbusClient {
     }
     this.#patterns.delete(pattern);
     this.#confirmed.delete(pattern);
-    this.#patternsChanged([], [pattern]);
+    this.#patternsChanged(pattern, false);
   }
 
-  #patternsChanged(added, removed) {
+  #patternsChanged(pattern, added) {
     const c = this.#conn;
-    if (!c || c.dead || !c.opened) return; // the next connection takes them
+    if (!c || c.dead || !c.opened) return; // the next connection takes it
     if (c.kind === "websocket") {
-      if (added.length) this.#wsSend(c, "subscribe", added);
-      if (removed.length) this.#wsSend(c, "unsubscribe", removed);
+      this.#wsSend(c, added ? "subscribe" : "unsubscribe", pattern);
       return;
     }
-    // SSE: the stream's patterns are its URL's; a new stream after a
-    // short quiet time, resuming where this one is.
+    // SSE: a stream's patterns are its URL's. After a short quiet time a
+    // new stream replaces it, resuming at the last position (the state
+    // stays open; a failure is a drop like any other).
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
       if (this.#conn !== c || c.dead) return;
@@ -480,44 +525,36 @@ export class TaskbusClient {
     }, this.#opts.debounceMs);
   }
 
-  #wsSend(c, what, patterns) {
-    const ref = `s${this.#nextRef++}`;
-    this.#pending.set(ref, { kind: what, patterns });
-    try {
-      c.ws.send(JSON.stringify({ [what]: patterns, ref }));
-    } catch {
-      this.#pending.delete(ref); // closing: the next connection takes them
-    }
-  }
-
-  // Delivers one event envelope (once: a position at or before the last
-  // one delivered is a duplicate of the seam).
+  // Delivers an event envelope, once: a position at or before the last
+  // one delivered (in its epoch) is a duplicate from a resume's seam.
   #deliver(ev) {
     if (!ev || typeof ev !== "object" || typeof ev.name !== "string") return;
     const p = parsePos(ev.pos);
     if (p) {
-      if (this.#last && this.#last.epoch === p.epoch && p.seq <= this.#last.seq) return;
+      const l = this.#last;
+      if (l && l.epoch === p.epoch && p.seq <= l.seq) return;
       this.#last = p;
       this.#lastPos = ev.pos;
     }
     this.#emit("event", ev);
     for (const s of [...this.#subs]) {
-      if (s._handler && matchPattern(s.pattern, ev.name)) {
-        try {
-          s._handler(ev);
-        } catch (e) {
-          this.#emit("error", makeError("handler_error", String(e?.message ?? e), { cause: e }));
-        }
+      if (!s[HANDLER] || !matchPattern(s.pattern, ev.name)) continue;
+      try {
+        s[HANDLER](ev);
+      } catch (e) {
+        this.#handlerError(e, false);
       }
     }
   }
 
-  // Moves the position to pos (the seam of a resume, the start of a fresh
-  // SSE stream) unless it is behind what was delivered.
+  // Moves the position to pos (a resume's seam, a fresh SSE stream's
+  // start) unless it is behind what was delivered, or force (recovered
+  // false: the position the server goes on from, whatever came before).
   #seam(pos, force) {
     const p = parsePos(pos);
     if (!p) return;
-    if (!force && this.#last && this.#last.epoch === p.epoch && p.seq <= this.#last.seq) return;
+    const l = this.#last;
+    if (!force && l && l.epoch === p.epoch && p.seq <= l.seq) return;
     this.#last = p;
     this.#lastPos = pos;
   }
@@ -532,36 +569,59 @@ export class TaskbusClient {
     this.#emit("recovered", info);
   }
 
+  // GET url: null for a 2xx (its body left unread, the request cut), else
+  // the refusal. Throws when there is no answer.
+  async #ask(url, token) {
+    const ac = new AbortController();
+    const t = setTimeout(() => ac.abort(), PROBE_TIMEOUT_MS);
+    try {
+      const res = await this.#fetch(url, {
+        headers: this.#headers(token),
+        signal: ac.signal,
+        cache: "no-store",
+      });
+      return res.ok ? null : await errorOf(res);
+    } finally {
+      clearTimeout(t);
+      ac.abort();
+    }
+  }
+
+  #sseUrl(patterns, since) {
+    return `${this.#base}/sse${this.#query(patterns, { since })}`;
+  }
+
   // ------------------------------------------------------------ websocket
 
   async #openWs(conn) {
     const token = await this.#getToken();
-    if (conn.dead || conn !== this.#conn) return;
+    if (conn !== this.#conn || conn.dead) return;
     const WS = this.#WebSocket;
-    if (!WS) {
-      this.#failed(conn, makeError("no_websocket", "no WebSocket here"), this.#opts.transport === "auto" ? BLOCKED : FATAL);
+    if (!WS && this.#opts.transport === "auto") {
+      this.#mode = "sse"; // nothing to try (Node 20 without the option)
+      this.#open();
       return;
     }
-    const all = [...this.#patterns.keys()];
-    const inUrl = this.#urlConfirmedOnly ? all.filter((p) => this.#confirmed.has(p)) : all;
-    const q = this.#query(inUrl, token, true);
-    const url = this.#base.replace(/^http/, "ws") + "/ws" + q;
-    conn.urlPatterns = new Set(inUrl);
-    conn.probe = this.#base + "/ws" + this.#query(inUrl, null, false);
+    if (!WS) {
+      this.#failed(conn, makeError("no_websocket", "no WebSocket here: pass "
+        + "one as the WebSocket option"), FATAL);
+      return;
+    }
+    const patterns = [...this.#patterns.keys()];
+    conn.patterns = patterns;
     conn.token = token;
-    const ws = new WS(url);
+    const ws = new WS(`${this.#base.replace(/^http/, "ws")}/ws${
+      this.#query(patterns, { token })}`);
     conn.ws = ws;
     ws.onopen = () => {
-      if (conn.dead || conn !== this.#conn) return;
-      for (const p of inUrl) this.#confirmed.add(p);
-      this.#urlConfirmedOnly = false;
+      if (conn !== this.#conn || conn.dead) return;
+      for (const p of patterns) this.#confirmed.add(p);
       this.#opened(conn);
-      // What changed while it connected: the server holds the URL's.
-      const now = [...this.#patterns.keys()];
-      const added = now.filter((p) => !conn.urlPatterns.has(p));
-      const removed = inUrl.filter((p) => !this.#patterns.has(p));
-      if (added.length) this.#wsSend(conn, "subscribe", added);
-      if (removed.length) this.#wsSend(conn, "unsubscribe", removed);
+      // The server holds the URL's patterns: what changed meanwhile.
+      for (const p of this.#patterns.keys())
+        if (!patterns.includes(p)) this.#wsSend(conn, "subscribe", p);
+      for (const p of patterns)
+        if (!this.#patterns.has(p)) this.#wsSend(conn, "unsubscribe", p);
     };
     ws.onmessage = (m) => {
       if (conn.dead) return;
@@ -571,92 +631,84 @@ export class TaskbusClient {
       } catch {
         return; // the server sends JSON text only
       }
-      this.#wsMessage(conn, o);
+      this.#wsMessage(o);
     };
     ws.onerror = () => {}; // a close follows
     ws.onclose = (e) => {
-      if (conn.dead || conn !== this.#conn) return;
+      if (conn !== this.#conn || conn.dead) return;
       if (!conn.opened) {
         this.#probe(conn);
         return;
       }
       if (e.code === 4401 || e.code === 4403) {
-        this.#failed(conn, makeError("unauthorized", e.reason || `closed ${e.code}`, { status: e.code === 4401 ? 401 : 403 }), FATAL);
+        this.#failed(conn, makeError("unauthorized",
+          e.reason || `closed with ${e.code}`,
+          { status: e.code === 4401 ? 401 : 403 }), FATAL);
         return;
       }
       // 1008 (token expired, slow client, memory limit), 1013 (events
-      // dropped: resume), 1001, 1006, 1011: reconnect; a credential no
-      // longer good is then refused at the upgrade, which is fatal.
+      // dropped: resume), 1001, 1006, 1011: reconnect. A credential that
+      // is no longer good is then refused at the upgrade: fatal.
       this.#failed(conn, null);
     };
   }
 
   // The upgrade failed, and a browser does not tell why: ask with plain
   // GETs. GET /ws checks the credential (426 upgrade_required when it
-  // passes); its patterns and since are checked as GET /sse checks them
-  // (the same code on the server): that stream, if it opens, is cut at
-  // once. Both fine: something between refuses websockets.
+  // passes); GET /sse checks the patterns and since as the upgrade does
+  // (the same code on the server), its stream cut at once if it opens.
+  // Both fine: something between refuses websockets.
   async #probe(conn) {
     let err = null;
     try {
-      err = await this.#ask(conn.probe, conn.token);
-      if (err && err.status === 426 && conn.urlPatterns.size) {
-        const q = this.#query([...conn.urlPatterns], null, false);
-        const e2 = await this.#ask(this.#base + "/sse" + q, conn.token);
+      err = await this.#ask(`${this.#base}/ws${this.#query(conn.patterns)}`,
+        conn.token);
+      if (err?.status === 426 && conn.patterns.length) {
+        const e2 = await this.#ask(this.#sseUrl(conn.patterns, true),
+          conn.token);
         if (e2 && classify(e2) !== BLOCKED) err = e2;
       }
     } catch {
-      err = null; // unreachable: the server is down (or did not answer)
+      err = null; // no answer: the server is down
     }
     this.#failed(conn, err);
   }
 
-  // GET url: null for a 2xx (its body left unread), else the refusal.
-  async #ask(url, token) {
-    const ac = new AbortController();
-    const t = setTimeout(() => ac.abort(), 10000);
+  #wsSend(c, what, pattern) {
+    const ref = `s${this.#nextRef++}`;
+    this.#pending.set(ref, { kind: what, pattern });
     try {
-      const res = await this.#fetch(url, {
-        headers: this.#headers(token),
-        signal: ac.signal,
-        cache: "no-store",
-      });
-      if (res.ok) return null;
-      return await errorOf(res);
-    } finally {
-      clearTimeout(t);
-      ac.abort();
+      c.ws.send(JSON.stringify({ [what]: [pattern], ref }));
+    } catch {
+      this.#pending.delete(ref); // closing: the next connection takes it
     }
   }
 
-  #wsMessage(conn, o) {
+  #wsMessage(o) {
     if (!o || typeof o !== "object") return;
     const ref = typeof o.ref === "string" ? o.ref : null;
     const p = ref ? this.#pending.get(ref) : undefined;
+    if (p) this.#pending.delete(ref);
     if (typeof o.ok === "string") {
-      if (!p) return;
-      this.#pending.delete(ref);
-      if (p.kind === "dispatch") p.resolve(o.id);
-      else if (p.kind === "subscribe")
-        for (const x of p.patterns) if (this.#patterns.has(x)) this.#confirmed.add(x);
+      if (p?.kind === "dispatch") p.resolve(o.id);
+      else if (p?.kind === "subscribe" && this.#patterns.has(p.pattern))
+        this.#confirmed.add(p.pattern);
       return;
     }
     if (typeof o.error === "string") {
-      const err = makeError(o.error, o.message, typeof o.pattern === "string" ? { pattern: o.pattern } : undefined);
-      if (p) {
-        this.#pending.delete(ref);
-        if (p.kind === "dispatch") {
-          p.reject(err);
-          return;
-        }
-        if (p.kind === "subscribe") {
-          const gone = err.pattern ? [err.pattern] : p.patterns;
-          this.#emit("error", err);
-          this.#forget(gone.filter((x) => this.#patterns.has(x)), err);
-          return;
-        }
+      const err = makeError(o.error, o.message,
+        typeof o.pattern === "string" ? { pattern: o.pattern } : undefined);
+      if (p?.kind === "dispatch") {
+        p.reject(err);
+        return;
       }
-      this.#emit("error", err);
+      if (p?.kind === "subscribe") {
+        err.pattern ??= p.pattern;
+        this.#emit("error", err);
+        this.#forget([p.pattern], err, false);
+        return;
+      }
+      this.#emit("error", err); // events_dropped, resume_failed, ...
       return;
     }
     if ("recovered" in o && !("name" in o)) {
@@ -668,24 +720,26 @@ export class TaskbusClient {
 
   // ------------------------------------------------------------ SSE
 
+  // Read with fetch, not EventSource: an SSE event is named after the
+  // taskbus event, and an EventSource cannot listen to every name.
   async #openSse(conn) {
     const patterns = [...this.#patterns.keys()];
+    conn.patterns = patterns;
     if (patterns.length === 0) {
-      // A stream of nothing is refused (missing_events): nothing to
-      // receive until a subscription comes; dispatch goes over HTTP.
+      // A stream of nothing is refused (missing_events): there is nothing
+      // to receive until a subscription comes; dispatch goes over HTTP.
       this.#opened(conn);
       return;
     }
     const token = await this.#getToken();
-    if (conn.dead || conn !== this.#conn) return;
-    const ac = new AbortController();
-    conn.abort = ac;
-    conn.patterns = patterns;
+    if (conn !== this.#conn || conn.dead) return;
+    conn.token = token;
+    conn.abort = new AbortController();
     let res;
     try {
-      res = await this.#fetch(this.#base + "/sse" + this.#query(patterns, null, false), {
+      res = await this.#fetch(this.#sseUrl(patterns, true), {
         headers: { ...this.#headers(token), Accept: "text/event-stream" },
-        signal: ac.signal,
+        signal: conn.abort.signal,
         cache: "no-store",
       });
     } catch {
@@ -699,16 +753,19 @@ export class TaskbusClient {
     }
     for (const p of patterns) this.#confirmed.add(p);
     this.#opened(conn);
-    const idle = () => {
+    // The server sends a keep-alive comment when idle: silence is a dead
+    // peer that TCP may take long to notice.
+    const alive = () => {
       clearTimeout(conn.idle);
-      if (this.#opts.idleTimeoutMs > 0)
-        conn.idle = setTimeout(() => this.#failed(conn, null), this.#opts.idleTimeoutMs);
+      if (this.#opts.idleTimeoutMs > 0 && !conn.dead)
+        conn.idle = setTimeout(() => this.#failed(conn, null),
+          this.#opts.idleTimeoutMs);
     };
-    idle();
+    alive();
     try {
-      await readEventStream(res.body, (b) => this.#sseBlock(conn, b), idle);
+      await readEventStream(res.body, (b) => this.#sseBlock(conn, b), alive);
     } catch {
-      /* aborted or cut: reconnect below */
+      /* aborted or cut: reconnect */
     }
     this.#failed(conn, null);
   }
@@ -716,7 +773,7 @@ export class TaskbusClient {
   #sseBlock(conn, b) {
     if (conn.dead) return;
     if (b.data === undefined) {
-      if (b.id) this.#seam(b.id, false); // ": ready" with the stream's start
+      if (b.id) this.#seam(b.id, false); // ": ready" at a fresh stream's start
       return;
     }
     let o;
@@ -732,9 +789,9 @@ export class TaskbusClient {
   // ------------------------------------------------------------ HTTP
 
   async #post(name, data) {
-    const f = this.#fetch;
-    if (!f) throw makeError("no_fetch", "no fetch here");
-    const token = typeof this.#opts.token === "function" && this.#token !== undefined ? this.#token : await this.#getToken();
+    if (!this.#fetch) throw makeError("no_fetch", "no fetch here");
+    const token = typeof this.#opts.token === "function"
+      && this.#token !== undefined ? this.#token : await this.#getToken();
     const headers = this.#headers(token);
     let body;
     if (typeof data === "string") {
@@ -746,13 +803,14 @@ export class TaskbusClient {
     }
     let res;
     try {
-      res = await f(`${this.#base}/events/${encodeURIComponent(name)}`, { method: "POST", headers, body });
+      res = await this.#fetch(
+        `${this.#base}/events/${encodeURIComponent(name)}`,
+        { method: "POST", headers, body });
     } catch (e) {
-      throw makeError("network", String(e?.message ?? e));
+      throw makeError("network", errorText(e));
     }
-    if (res.status !== 202 && res.status !== 200) throw await errorOf(res);
-    const o = await res.json();
-    return o.id;
+    if (res.status !== 202) throw await errorOf(res);
+    return (await res.json()).id;
   }
 }
 

@@ -34,6 +34,7 @@ const B = new Taskbus("b"); // dispatches while A is down
 const C = new Taskbus("c"); // namespace "small": history of 3 events
 const D = new Taskbus("d");
 const E = new Taskbus("e"); // with an API token and client tokens
+const F = new Taskbus("f"); // the same, no leeway: tokens expire on time
 const clients = [];
 
 function client(opts) {
@@ -52,15 +53,16 @@ describe("taskbus-client", { skip: why ?? false, timeout: 240000 }, () => {
     C.args = small;
     D.args = small;
     E.args = [...bus, "--namespace", "auth", "--token", ADMIN, "--jwt-secret", SECRET];
-    await Promise.all([A, B, C, D, E].map((s) => s.start()));
+    F.args = [...E.args, "--jwt-leeway", "0"];
+    await Promise.all([A, B, C, D, E, F].map((s) => s.start()));
   });
 
   after(async () => {
     for (const c of clients) c.close();
-    const rcs = await Promise.all([A, B, C, D, E].map((s) => s.stop()));
+    const rcs = await Promise.all([A, B, C, D, E, F].map((s) => s.stop()));
     await redis.stop();
     // Exit 0 after SIGTERM: no sanitizer report, a clean stop.
-    assert.deepEqual(rcs, [0, 0, 0, 0, 0]);
+    assert.deepEqual(rcs, [0, 0, 0, 0, 0, 0]);
   });
 
   it("round trip over a websocket: subscribe, dispatch, event, unsubscribe", async () => {
@@ -177,6 +179,31 @@ describe("taskbus-client", { skip: why ?? false, timeout: 240000 }, () => {
     assert.equal(rec.named("sm.n").length, 0, "nothing replayed");
   });
 
+  for (const transport of ["websocket", "sse"]) {
+    it(`${transport}: a bad pattern is dropped with an error naming it, the rest goes on`, async () => {
+      const [c, rec] = client({ url: A.url, transport });
+      const bad = c.subscribe("bp..x");
+      c.subscribe("bp.*");
+      c.subscribe("bp2.*");
+      await c.connect();
+      const e = rec.errors.find((x) => x.pattern === "bp..x");
+      assert.ok(e, JSON.stringify(rec.errors));
+      assert.equal(e.code, "bad_pattern");
+      assert.deepEqual(c.patterns.sort(), ["bp.*", "bp2.*"]);
+      bad.unsubscribe(); // dropped already: nothing happens
+      if (transport === "websocket") {
+        c.subscribe("bp3..y"); // while open: the answer names it
+        await rec.until((r) => r.errors.some((x) => x.pattern === "bp3..y"), "the answer");
+        assert.equal(rec.errors.find((x) => x.pattern === "bp3..y").code, "bad_pattern");
+      }
+      const id = await post(A.url, "bp2.y", "1");
+      await rec.until((r) => r.named("bp2.").length === 1, "bp2.y");
+      assert.equal(rec.named("bp2.")[0].id, id);
+      assert.deepEqual(c.patterns.sort(), ["bp.*", "bp2.*"]);
+      assert.equal(c.state, "open");
+    });
+  }
+
   it("sse: subscription changes restart the stream from the last position", async () => {
     const [c, rec] = client({ url: A.url, transport: "sse" });
     const s1 = c.subscribe("s1.*");
@@ -256,6 +283,29 @@ describe("taskbus-client", { skip: why ?? false, timeout: 240000 }, () => {
         assert.equal(rec.errors.length, 1);
         assert.equal(rec.reconnects.length, 0);
       }
+    });
+  }
+
+  for (const transport of ["websocket", "sse"]) {
+    it(`${transport}: a token that expires while connected: fatal if fixed, renewed by a function`, async () => {
+      const mint = (s = 2) => jwt(SECRET, { exp: Math.floor(Date.now() / 1000) + s, subscribe: ["x.*"], dispatch: ["x.*"] });
+      const [fixed, rf] = client({ url: F.url, transport, token: mint() });
+      fixed.subscribe("x.*");
+      let calls = 0;
+      const [renewed, rr] = client({ url: F.url, transport, token: () => mint(calls++ ? 3600 : 2) });
+      renewed.subscribe("x.*");
+      await Promise.all([fixed.connect(), renewed.connect()]);
+      // The server ends both when the token expires; the fixed one is
+      // then refused, the other comes back with a fresh token.
+      await rf.until(() => fixed.state === "closed", "the fixed token refused");
+      const e = rf.errors.find((x) => x.fatal);
+      assert.equal(e?.code, "token_expired", JSON.stringify(rf.errors));
+      await rr.until(() => rr.states.length >= 4 && renewed.state === "open", "the renewed reconnect");
+      assert.ok(calls >= 2, `${calls} token calls`);
+      const id = await renewed.dispatch("x.after", 1);
+      await rr.until((r) => r.named("x.after").length === 1, "x.after");
+      assert.equal(rr.named("x.after")[0].id, id);
+      assert.ok(!rr.errors.some((x) => x.fatal));
     });
   }
 

@@ -50,6 +50,8 @@ process.on("exit", () => {
   for (const c of children) c.kill("SIGKILL");
   fs.rmSync(root, { recursive: true, force: true });
 });
+for (const sig of ["SIGINT", "SIGTERM"])
+  process.on(sig, () => process.exit(128 + os.constants.signals[sig]));
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
