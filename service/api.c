@@ -657,11 +657,12 @@ static int cluster_error(tb_http_req *req, int rc, const char *what)
     return tb_http_error(req, 500, "internal", "%s: %s", what, tb_strerror(rc));
 }
 
-/* 1 if s (len bytes) is a ?kind= value: 1..TB__TASK_KIND_SHOWN bytes, no
- * control characters (the decoder already refused a NUL). */
+/* 1 if s (len bytes) is a ?kind= value: 1..TB_KIND_NAME_MAX bytes of
+ * UTF-8 (it travels to the other instances as a JSON string), no control
+ * characters (the decoder already refused a NUL). */
 static int kind_filter_ok(const char *s, int len)
 {
-    if (len < 1 || len > TB__TASK_KIND_SHOWN)
+    if (len < 1 || len > TB_KIND_NAME_MAX || !tb__utf8_valid(s, (size_t)len))
         return 0;
     for (int i = 0; i < len; i++)
         if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
@@ -684,14 +685,14 @@ static int list_tasks(tb_http_req *req, void *ud)
                              "state must be pending, running, done, failed "
                              "or cancelled");
     tb__task_filter f = {filter ? (int)want : -1, NULL, NULL};
-    char kbuf[TB__TASK_KIND_SHOWN + 1];
+    char kbuf[TB_KIND_NAME_MAX + 1];
     rc = tb_http_query(req, "kind", kbuf, sizeof kbuf);
     if (rc != TB_ENOENT) {
         if (rc < 0 || !kind_filter_ok(kbuf, rc))
             return tb_http_error(req, 400, "bad_kind",
-                                 "kind must be a task kind as listings show "
-                                 "it: 1..%d bytes, no control characters",
-                                 TB__TASK_KIND_SHOWN);
+                                 "kind must be a task's kind exactly: 1..%d "
+                                 "bytes of UTF-8, no control characters",
+                                 TB_KIND_NAME_MAX);
         f.kind = kbuf;
     }
     char ibuf[sizeof app->instance];

@@ -83,11 +83,11 @@ int tb__cluster_cancel(tb_app *app, const char *name, int timeout_ms, int local,
 int tb__cluster_cancel_on(tb_app *app, const char *instance, const char *name,
                           int timeout_ms);
 
-#define TB__TASK_KIND_SHOWN 63 /* bytes of a kind a listing shows */
-
-/* Which tasks a listing keeps. state -1: any; kind NULL: any, else the
- * kind as listings show it (its first TB__TASK_KIND_SHOWN bytes), 1..that
- * many bytes; instance NULL: every instance, else only that one. */
+/* Which tasks a listing keeps. state -1: any; kind NULL: any, else only
+ * tasks of exactly that kind (1..TB_KIND_NAME_MAX bytes, as listings show
+ * every kind a task can be spawned as; a longer free-form label of
+ * tb_task_opts is listed cut and matches no filter); instance NULL: every
+ * instance, else only that one. */
 typedef struct tb__task_filter {
     int state;
     const char *kind;

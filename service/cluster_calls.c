@@ -63,10 +63,7 @@ json_t *tb__cl_local_named(tb_app *app, const char *name)
 
 int tb__task_kind_is(const char *kind, const char *want)
 {
-    if (!want)
-        return 1;
-    size_t n = kind ? strnlen(kind, TB__TASK_KIND_SHOWN) : 0;
-    return strlen(want) == n && (n == 0 || memcmp(kind, want, n) == 0);
+    return !want || (kind && strcmp(kind, want) == 0);
 }
 
 json_t *tb__cl_local_page(tb_app *app, uint64_t after, size_t limit,
@@ -440,7 +437,7 @@ static void on_request(tb_app *app, json_t *m, size_t len)
             !json_is_integer(state) || json_integer_value(state) < -1 ||
             json_integer_value(state) > TB_TASK_CANCELLED ||
             (kind &&
-             (!str_ok(kind, 1, TB__TASK_KIND_SHOWN) ||
+             (!str_ok(kind, 1, TB_KIND_NAME_MAX) ||
               strlen(json_string_value(kind)) != json_string_length(kind)))) {
             bad_message(app, len,
                         "list with a bad after, limit, state or kind");

@@ -299,7 +299,10 @@ static int cursor_parse(const char *s, char inst[INST_MAX], uint64_t *after)
 
 /* Whether a task object of another instance's page is one f keeps: that
  * instance filtered already, but what crosses the bus is not ours to
- * trust (nor is it, from an older instance that ignores "kind"). */
+ * trust (nor is it, from an older instance that ignores "kind"). Not for
+ * our own page: the registry was filtered on the kind's bytes, while the
+ * object shows them made UTF-8, so a second look could drop a task the
+ * first kept. */
 static int keeps(const tb__task_filter *f, json_t *t)
 {
     if (!f)
@@ -312,8 +315,10 @@ static int keeps(const tb__task_filter *f, json_t *t)
     return tb__task_kind_is(json_string_value(k), f->kind);
 }
 
-/* One instance's page: ours read directly, another's asked for. NULL
- * (with *failed set when the instance did not answer) or a new array. */
+/* One instance's page: ours read directly, another's asked for. A new
+ * array, or NULL: with *failed set when the instance did not answer, else
+ * out of memory (the request could not even be made: not the instance's
+ * fault). */
 static json_t *page_of(tb_app *app, const char *inst, uint64_t from,
                        size_t need, const tb__task_filter *f, int *more,
                        int *failed)
@@ -329,11 +334,14 @@ static json_t *page_of(tb_app *app, const char *inst, uint64_t from,
         json_decref(req);
         req = NULL;
     }
+    if (!req)
+        return NULL;
     json_t *reply = NULL, *page = NULL;
-    int rc = req ? tb__cl_call1(app, inst, req,
-                                app->cfg.redis.command_timeout_ms, &reply)
-                 : TB_ENOMEM;
+    int rc =
+        tb__cl_call1(app, inst, req, app->cfg.redis.command_timeout_ms, &reply);
     json_decref(req);
+    if (rc == TB_ENOMEM)
+        return NULL;
     if (rc == 0 && tb__cl_reply_status(reply) == 0 &&
         json_is_array(json_object_get(reply, "tasks"))) {
         page = json_incref(json_object_get(reply, "tasks"));
@@ -345,6 +353,16 @@ static json_t *page_of(tb_app *app, const char *inst, uint64_t from,
     }
     json_decref(reply);
     return page;
+}
+
+/* The first of ids[i..n) whose tasks f may keep (?instance= keeps one
+ * instance's), or n. */
+static size_t listed_from(const tb__task_filter *f, char (*ids)[INST_MAX],
+                          size_t i, size_t n)
+{
+    while (i < n && f && f->instance && strcmp(ids[i], f->instance) != 0)
+        i++;
+    return i;
 }
 
 int tb__cluster_list(tb_app *app, const char *cursor, size_t limit,
@@ -375,15 +393,15 @@ int tb__cluster_list(tb_app *app, const char *cursor, size_t limit,
         snprintf(ids[0], INST_MAX, "%s", app->instance);
     else
         n = tb__cl_live_instances(app, ids, SCATTER_MAX);
-    for (size_t i = 0; i < n; i++) {
-        if (f && f->instance && strcmp(ids[i], f->instance) != 0)
-            continue; /* ?instance=: that one only (when it is live) */
+    /* ?instance=: that one only (when it is live). */
+    for (size_t i = listed_from(f, ids, 0, n); i < n;
+         i = listed_from(f, ids, i + 1, n)) {
         int cmp = start[0] ? strcmp(ids[i], start) : 1;
         if (cmp < 0)
             continue; /* before the cursor's instance */
         uint64_t from = cmp == 0 ? after : 0;
         size_t need = limit - json_array_size(*tasks);
-        int more, failed;
+        int mine = !strcmp(ids[i], app->instance), more, failed;
         json_t *page = page_of(app, ids[i], from, need, f, &more, &failed);
         if (failed) {
             json_array_append_new(*unreachable, json_string(ids[i]));
@@ -399,20 +417,22 @@ int tb__cluster_list(tb_app *app, const char *cursor, size_t limit,
             if (json_array_size(*tasks) >= limit)
                 break;
             seen = json_integer_value(json_object_get(t, "id"));
-            if (keeps(f, t))
+            if (mine || keeps(f, t))
                 json_array_append(*tasks, t);
         }
         json_decref(page);
         if (json_array_size(*tasks) >= limit) {
             /* Full: the next page starts after the last task, here or at
-             * the next instance. */
+             * the next instance the filter lets in (none: this was the
+             * last page). */
             json_t *last = json_array_get(*tasks, json_array_size(*tasks) - 1);
             json_int_t lid = json_integer_value(json_object_get(last, "id"));
+            size_t j = listed_from(f, ids, i + 1, n);
             if (more || k < got)
                 snprintf(next, TB_CURSOR_MAX, "%s.%" JSON_INTEGER_FORMAT,
                          ids[i], lid);
-            else if (i + 1 < n)
-                snprintf(next, TB_CURSOR_MAX, "%s.0", ids[i + 1]);
+            else if (j < n)
+                snprintf(next, TB_CURSOR_MAX, "%s.0", ids[j]);
             break;
         }
         if (more && seen > 0) {

@@ -6,6 +6,7 @@
  * (tb__kinds_free from tb_app_free). They are registered before tb_app_run
  * and never change after, so spawns read them without a lock; a task's
  * tb_kind_args is a self-contained copy. */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -929,11 +930,15 @@ static json_t *kind_json(const kind *k)
             json_decref(o);
             return NULL;
         }
-        /* Only a real range: min < max is when take() enforces one. */
+        /* Only a real range: min < max is when take() enforces one. A
+         * side of -INFINITY or INFINITY bounds nothing (and has no JSON
+         * number): left out. */
         if ((s->type == TB_ARG_NUMBER || s->type == TB_ARG_INT) &&
             s->min < s->max &&
-            (json_object_set_new(a, "min", bound_json(s->min)) ||
-             json_object_set_new(a, "max", bound_json(s->max)))) {
+            ((isfinite(s->min) &&
+              json_object_set_new(a, "min", bound_json(s->min))) ||
+             (isfinite(s->max) &&
+              json_object_set_new(a, "max", bound_json(s->max))))) {
             json_decref(o);
             return NULL;
         }

@@ -552,14 +552,18 @@ static json_t *bus_stats(tb_app *app, const tb_bus_info *bip)
         json_object_set_new(by, drops[i].reason, json_integer(J(drops[i].n)));
         total += drops[i].n;
     }
-    return json_pack("{s:s,s:s,s:b,s:o,s:I,s:I,s:s,s:i,s:I,s:I,s:I,s:o}",
-                     "kind", bi.name, "state", tb_bus_state_name(bi.state),
-                     "connected", bi.state == TB_BUS_CONNECTED, "since",
+    /* name and last_error come from the adapter (last_error from a
+     * server's reply): not necessarily UTF-8, which "s" would refuse and
+     * turn the whole answer into a 500. */
+    return json_pack("{s:o,s:s,s:b,s:o,s:I,s:I,s:o,s:i,s:I,s:I,s:I,s:o}",
+                     "kind", tb__api_jstr(bi.name), "state",
+                     tb_bus_state_name(bi.state), "connected",
+                     bi.state == TB_BUS_CONNECTED, "since",
                      bi.since_us ? tb__api_jtime(bi.since_us) : json_null(),
                      "attempts", J(bi.attempts), "reconnects", J(bi.reconnects),
-                     "last_error", bi.last_error, "queue_depth", bi.queued,
-                     "published", J(bi.published), "received", J(bi.received),
-                     "dropped", J(total), "drops", by);
+                     "last_error", tb__api_jstr(bi.last_error), "queue_depth",
+                     bi.queued, "published", J(bi.published), "received",
+                     J(bi.received), "dropped", J(total), "drops", by);
 }
 
 static json_t *task_stats(tb_app *app)

@@ -518,6 +518,7 @@ const char *tb_task_state_name(tb_task_state s); /* "pending", ... */
 
 #define TB_TASK_NAME_MAX 200 /* bytes, excluding the NUL */
 #define TB_TASK_ERROR_MAX 256
+#define TB_KIND_NAME_MAX 64 /* bytes of a kind's name (tb_app_add_kind) */
 
 enum {
     TB_TASK_REPLACE = 1u << 0,   /* cancel (and wait for) a live task that
@@ -573,7 +574,8 @@ int tb_task_add(tb_app *app, tb_task_fn fn, void *ud, const tb_task_opts *opts,
 typedef struct tb_task_info {
     uint64_t id;
     char name[TB_TASK_NAME_MAX + 1];
-    char kind[64];
+    char kind[TB_KIND_NAME_MAX + 1]; /* its first TB_KIND_NAME_MAX bytes:
+                                        a registered kind's whole name */
     int worker;
     tb_task_state state;
     int64_t created_us, started_us, ended_us; /* CLOCK_REALTIME µs; 0 if not */
@@ -975,14 +977,14 @@ typedef struct tb_arg_spec {
     const char *name;
     tb_arg_type type;
     int required;
-    double min, max; /* numbers: inclusive range when min < max */
+    double min, max; /* numbers: inclusive range when min < max; either
+                        side may be -INFINITY/INFINITY (open on that side;
+                        GET /kinds shows only finite bounds) */
 } tb_arg_spec;
 
 /* A kind task's validated arguments: its task's ud, owned by the task
  * (freed when it ends), valid for the task's whole life. */
 typedef struct tb_kind_args tb_kind_args;
-
-#define TB_KIND_NAME_MAX 64 /* bytes */
 
 /* Registers kind name (1..TB_KIND_NAME_MAX bytes of [A-Za-z0-9_.-]) whose
  * tasks run fn(self, args) with args a validated tb_kind_args *. spec is an

@@ -1280,6 +1280,28 @@ def t_api_long_poll_tail():
     s.stop_ok()
 
 
+def t_print_events():
+    """serve --print-events with one worker: an event of one segment and
+    one of eight (TB_EVENT_SEGMENTS_MAX) are each printed once, with its
+    data."""
+    s = Taskbus("print", "--print-events", "--workers", "1").start()
+    names = ["p", "p.b.c.d.e.f.g.h"]
+    for i, name in enumerate(names):
+        r = http_req(s.port, "POST", f"/events/{name}", f"d{i}")
+        check(r.status == 202, f"POST /events/{name}: {r!r}")
+
+    def printed():
+        out = s.out_text()
+        return all(f"event {n} id=" in out for n in names) and out
+    out = wait_for(printed, T(5))
+    check(out, f"not printed: {s.out_text()[-500:]!r}")
+    for i, name in enumerate(names):
+        lines = [ln for ln in out.splitlines() if f" event {name} id=" in ln]
+        check(len(lines) == 1 and lines[0].endswith(f"data=d{i}"),
+              f"{name}: {lines}")
+    s.stop_ok()
+
+
 def t_api_kinds():
     """GET /kinds: every kind the binary has, sorted, each with its
     arguments' specs (a form is generated from them); query junk is
@@ -2347,6 +2369,8 @@ CASES = [
     ("logs", "--log-format json: every line a JSON object", t_log_json),
     ("logs", "--log-level warn hides info lines", t_log_level_warn),
     ("logs", "no Redis URL: in-process bus, /readyz 200", t_inproc),
+    ("logs", "--print-events: events of 1 and 8 segments printed once",
+     t_print_events),
     ("client", "dispatch NAME DATA, seen by watch 'pat.*'", t_dispatch_watch),
     ("client", "dispatch NAME - reads stdin", t_dispatch_stdin),
     ("client", "tasks spawn/get/list/cancel/purge", t_tasks),

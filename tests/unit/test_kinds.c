@@ -3,6 +3,8 @@
  * through tb__http_handle with a fake connection (no network). */
 #include "harness.h"
 
+#include <math.h>
+
 #include <jansson.h>
 
 #include "http.h"
@@ -524,6 +526,10 @@ static tb_app *kinds_list_app(void)
         {"b", TB_ARG_BOOL, 0, 0, 0},
         {"same", TB_ARG_NUMBER, 0, 5, 5},
         {"backwards", TB_ARG_INT, 0, 7, 3},
+        {"half", TB_ARG_NUMBER, 0, 0, INFINITY},
+        {"below", TB_ARG_INT, 0, -INFINITY, 10},
+        {"any", TB_ARG_NUMBER, 0, -INFINITY, INFINITY},
+        {"nan", TB_ARG_NUMBER, 0, NAN, 1},
         {NULL, 0, 0, 0, 0},
     };
     tb_app *app = kinds_api_app();
@@ -573,8 +579,25 @@ TH_APP_TEST(test_get_kinds, kinds_list_app(), 20000)
         "{\"name\":\"p\",\"type\":\"pattern\",\"required\":false},"
         "{\"name\":\"b\",\"type\":\"bool\",\"required\":false},"
         "{\"name\":\"same\",\"type\":\"number\",\"required\":false},"
-        "{\"name\":\"backwards\",\"type\":\"int\",\"required\":false}]}");
+        "{\"name\":\"backwards\",\"type\":\"int\",\"required\":false},"
+        "{\"name\":\"half\",\"type\":\"number\",\"required\":false,"
+        "\"min\":0},"
+        "{\"name\":\"below\",\"type\":\"int\",\"required\":false,"
+        "\"max\":10},"
+        "{\"name\":\"any\",\"type\":\"number\",\"required\":false},"
+        "{\"name\":\"nan\",\"type\":\"number\",\"required\":false}]}");
     free(user);
+    /* A bound of INFINITY is still a range: the finite side holds. */
+    char err[256];
+    TH_CHECK_RC(tb_task_spawn(app, "zz.user",
+                              "{\"n\":0,\"e\":\"a.b\",\"half\":-1}", NULL, NULL,
+                              err, sizeof err),
+                TB_EINVAL);
+    TH_CHECK_RC(tb_task_spawn(app, "zz.user",
+                              "{\"n\":0,\"e\":\"a.b\",\"half\":1e300,"
+                              "\"below\":-5}",
+                              NULL, NULL, err, sizeof err),
+                0);
     json_decref(j);
     free(c.body);
 

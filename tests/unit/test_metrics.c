@@ -322,6 +322,40 @@ TH_APP_TEST(test_stats, api_app(2, NULL), 30000)
     th_counter_destroy(&stats_got);
 }
 
+/* A bus whose last error is not UTF-8 (a server's reply may hold any
+ * bytes): its status op is the real one's plus that, swapped in before the
+ * app runs (the bus's threads read the ops without a lock). */
+static const tb__bus_ops *real_ops;
+static tb__bus_ops odd_ops;
+
+static void odd_status(tb__bus *bus, tb_bus_info *out)
+{
+    real_ops->status(bus, out);
+    snprintf(out->last_error, sizeof out->last_error, "refused: \xff\xfe!");
+}
+
+static tb_app *odd_error_app(void)
+{
+    tb_app *app = api_app(1, NULL);
+    real_ops = app->bus->ops;
+    odd_ops = *real_ops;
+    odd_ops.status = odd_status;
+    app->bus->ops = &odd_ops;
+    return app;
+}
+
+/* GET /stats with a last_error that is not UTF-8: 200, the bytes shown as
+ * U+FFFD (not a 500 for the whole object). */
+TH_APP_TEST(test_stats_odd_error, odd_error_app(), 30000)
+{
+    json_t *o = get_stats(app, NULL);
+    json_t *bus = json_object_get(o, "bus");
+    TH_CHECK_STR(json_string_value(json_object_get(bus, "last_error")),
+                 "refused: \xef\xbf\xbd\xef\xbf\xbd!");
+    TH_CHECK_STR(json_string_value(json_object_get(bus, "kind")), "memory");
+    json_decref(o);
+}
+
 /* Past TB__METRICS_SERIES series, requests count under route="other". */
 TH_APP_TEST(test_overflow, api_app(1, NULL), 30000)
 {
@@ -380,9 +414,9 @@ static void test_escape(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_metrics),  cmocka_unit_test(test_stats),
-        cmocka_unit_test(test_overflow), cmocka_unit_test(test_token),
-        cmocka_unit_test(test_escape),
+        cmocka_unit_test(test_metrics),         cmocka_unit_test(test_stats),
+        cmocka_unit_test(test_stats_odd_error), cmocka_unit_test(test_overflow),
+        cmocka_unit_test(test_token),           cmocka_unit_test(test_escape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
