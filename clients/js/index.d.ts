@@ -79,7 +79,7 @@ export class TaskbusClient {
   readonly lastPos: string | null;
   /** The patterns the connection holds or will hold, each once. */
   readonly patterns: string[];
-  /** Resolves on the first open; rejects on a fatal error (401/403: no retry) or close(). */
+  /** Resolves on the first open (subscriptions in place on the server); rejects on a fatal error (401/403: no retry) or close(). */
   connect(): Promise<void>;
   /** For good: no reconnect after it; pending dispatches reject with code "closed". */
   close(): void;

@@ -100,10 +100,10 @@ function classify(err) {
 }
 
 // Reads a text/event-stream body, calling onBlock({id, event, data}) for
-// each block a blank line ends (comments skipped; id and data may be
-// undefined) and onChunk() for each chunk read. Resolves when the stream
-// ends; rejects when it fails (or is aborted).
-async function readEventStream(body, onBlock, onChunk) {
+// each block a blank line ends (id and data may be undefined),
+// onComment(text) for each comment line and onChunk() for each chunk read.
+// Resolves when the stream ends; rejects when it fails (or is aborted).
+async function readEventStream(body, { onBlock, onComment, onChunk }) {
   const reader = body.getReader();
   const dec = new TextDecoder();
   let buf = "";
@@ -114,7 +114,10 @@ async function readEventStream(body, onBlock, onChunk) {
       block = {};
       return;
     }
-    if (l[0] === ":") return;
+    if (l[0] === ":") {
+      onComment(l.slice(1).trim());
+      return;
+    }
     const c = l.indexOf(":");
     const field = c < 0 ? l : l.slice(0, c);
     let value = c < 0 ? "" : l.slice(c + 1);
@@ -175,7 +178,7 @@ export class TaskbusClient {
   #stableTimer = null;
   #attempt = 0;
   #waiters = []; // connect() promises: {resolve, reject}
-  #pending = new Map(); // websocket ref -> {kind, resolve, reject, patterns}
+  #pending = new Map(); // websocket ref -> {kind, resolve, reject, pattern, conn}
   #nextRef = 1;
   #token = undefined; // the last token obtained
 
@@ -285,7 +288,7 @@ export class TaskbusClient {
 
   dispatch(name, data) {
     const c = this.#conn;
-    if (!c || c.kind !== "websocket" || !c.opened || c.dead)
+    if (!c || c.kind !== "websocket" || !c.wsOpen || c.dead)
       return this.#post(name, data);
     return new Promise((resolve, reject) => {
       const ref = `d${this.#nextRef++}`;
@@ -373,10 +376,10 @@ export class TaskbusClient {
       `cannot connect: ${errorText(e)}`)));
   }
 
+  // The connection is ready: its patterns are in place on the server.
   #opened(conn) {
     conn.opened = true;
     this.#transport = conn.kind;
-    if (conn.kind === "websocket") this.#wsOpened = true;
     clearTimeout(this.#stableTimer);
     this.#stableTimer = setTimeout(() => {
       this.#attempt = 0;
@@ -509,11 +512,13 @@ export class TaskbusClient {
 
   #patternsChanged(pattern, added) {
     const c = this.#conn;
-    if (!c || c.dead || !c.opened) return; // the next connection takes it
+    if (!c || c.dead) return;
     if (c.kind === "websocket") {
+      if (!c.wsOpen) return; // its URL, or the next connection's, has it
       this.#wsSend(c, added ? "subscribe" : "unsubscribe", pattern);
       return;
     }
+    if (!c.opened) return; // the next stream's URL has it
     // SSE: a stream's patterns are its URL's. After a short quiet time a
     // new stream replaces it, resuming at the last position (the state
     // stays open; a failure is a drop like any other).
@@ -615,13 +620,18 @@ export class TaskbusClient {
     conn.ws = ws;
     ws.onopen = () => {
       if (conn !== this.#conn || conn.dead) return;
+      conn.wsOpen = true;
+      this.#wsOpened = true;
       for (const p of patterns) this.#confirmed.add(p);
-      this.#opened(conn);
       // The server holds the URL's patterns: what changed meanwhile.
       for (const p of this.#patterns.keys())
         if (!patterns.includes(p)) this.#wsSend(conn, "subscribe", p);
       for (const p of patterns)
         if (!this.#patterns.has(p)) this.#wsSend(conn, "unsubscribe", p);
+      // The server reads messages once it has added the URL's patterns:
+      // the answer to an empty subscribe says they are in place (the 101
+      // comes before), so that what is dispatched from now on arrives.
+      this.#wsSend(conn, "subscribe", null);
     };
     ws.onmessage = (m) => {
       if (conn.dead) return;
@@ -636,7 +646,7 @@ export class TaskbusClient {
     ws.onerror = () => {}; // a close follows
     ws.onclose = (e) => {
       if (conn !== this.#conn || conn.dead) return;
-      if (!conn.opened) {
+      if (!conn.wsOpen) {
         this.#probe(conn);
         return;
       }
@@ -674,11 +684,15 @@ export class TaskbusClient {
     this.#failed(conn, err);
   }
 
+  // Sends {"subscribe"|"unsubscribe": [pattern]} (pattern null: [], the
+  // readiness check).
   #wsSend(c, what, pattern) {
     const ref = `s${this.#nextRef++}`;
-    this.#pending.set(ref, { kind: what, pattern });
+    this.#pending.set(ref, { kind: pattern === null ? "ready" : what,
+      pattern, conn: c });
     try {
-      c.ws.send(JSON.stringify({ [what]: [pattern], ref }));
+      c.ws.send(JSON.stringify({ [what]: pattern === null ? [] : [pattern],
+        ref }));
     } catch {
       this.#pending.delete(ref); // closing: the next connection takes it
     }
@@ -689,6 +703,10 @@ export class TaskbusClient {
     const ref = typeof o.ref === "string" ? o.ref : null;
     const p = ref ? this.#pending.get(ref) : undefined;
     if (p) this.#pending.delete(ref);
+    if (p?.kind === "ready") {
+      if (p.conn === this.#conn && !p.conn.dead) this.#opened(p.conn);
+      return;
+    }
     if (typeof o.ok === "string") {
       if (p?.kind === "dispatch") p.resolve(o.id);
       else if (p?.kind === "subscribe" && this.#patterns.has(p.pattern))
@@ -751,8 +769,6 @@ export class TaskbusClient {
       this.#failed(conn, await errorOf(res), res.ok ? RETRY : undefined);
       return;
     }
-    for (const p of patterns) this.#confirmed.add(p);
-    this.#opened(conn);
     // The server sends a keep-alive comment when idle: silence is a dead
     // peer that TCP may take long to notice.
     const alive = () => {
@@ -763,7 +779,17 @@ export class TaskbusClient {
     };
     alive();
     try {
-      await readEventStream(res.body, (b) => this.#sseBlock(conn, b), alive);
+      await readEventStream(res.body, {
+        onBlock: (b) => this.#sseBlock(conn, b),
+        // ": ready": the subscription is in place (the headers come
+        // before it), so that what is dispatched from now on arrives.
+        onComment: (text) => {
+          if (text !== "ready" || conn.opened || conn.dead) return;
+          for (const p of patterns) this.#confirmed.add(p);
+          this.#opened(conn);
+        },
+        onChunk: alive,
+      });
     } catch {
       /* aborted or cut: reconnect */
     }

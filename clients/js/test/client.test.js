@@ -151,7 +151,9 @@ describe("taskbus-client", { skip: why ?? false, timeout: 240000 }, () => {
       });
       assert.equal(rec.states[0], "connecting");
       assert.deepEqual(rec.states.slice(-3), ["open", "connecting", "open"]);
-      assert.deepEqual(rec.errors, []);
+      // A reconnect that reaches the restarted instance before its bus
+      // is up is told so (and closed, then retried): nothing else.
+      assert.deepEqual(rec.errors.filter((e) => e.code !== "bus_unavailable"), []);
       c.close();
     });
   }

@@ -18,8 +18,8 @@ async function until(fn, what) {
 }
 
 // A WebSocket whose server is a script: one entry per connection, the
-// messages it sends after opening and the close code it ends with (none:
-// it stays open).
+// messages it sends after opening (delay ms after it was made) and the
+// close code it ends with (none: it stays open). It answers (un)subscribe messages as taskbus does.
 function scriptedWebSocket(script) {
   const urls = [];
   const sent = [];
@@ -31,11 +31,17 @@ function scriptedWebSocket(script) {
         this.onopen?.();
         for (const m of s.msgs) this.onmessage?.({ data: JSON.stringify(m) });
         if (s.close) this.onclose?.({ code: s.close, reason: "" });
-      }, 1);
+      }, s.delay ?? 1);
     }
 
     send(d) {
-      sent.push(JSON.parse(d));
+      const m = JSON.parse(d);
+      sent.push(m);
+      const what = m.subscribe ? "subscribe" : m.unsubscribe ? "unsubscribe" : null;
+      if (what)
+        setTimeout(() => this.onmessage?.({
+          data: JSON.stringify({ ok: what, patterns: [], ref: m.ref }),
+        }), 1);
     }
 
     close() {}
@@ -106,7 +112,7 @@ describe("the seam of a resume", () => {
   });
 
   it("subscribes and unsubscribes what changed while connecting", async () => {
-    const { FakeWS, urls, sent } = scriptedWebSocket([{ msgs: [] }]);
+    const { FakeWS, urls, sent } = scriptedWebSocket([{ msgs: [], delay: 100 }]);
     const c = new TaskbusClient({ url: "https://example.invalid/base/", WebSocket: FakeWS });
     const a = c.subscribe("a.*");
     const p = c.connect();
@@ -117,14 +123,19 @@ describe("the seam of a resume", () => {
     c.close();
     assert.match(urls[0], /^wss:\/\/example\.invalid\/base\/ws\?events=a\.\*$/);
     assert.deepEqual(sent.map(({ ref, ...m }) => m),
-      [{ subscribe: ["b.>"] }, { unsubscribe: ["a.*"] }]);
+      [{ subscribe: ["b.>"] }, { unsubscribe: ["a.*"] }, { subscribe: [] }]);
   });
 });
 
 describe("transports", () => {
   const sseFetch = (calls) => async (url) => {
     calls.push(url);
-    return new Response(new ReadableStream({ pull() {} }), { status: 200 });
+    const ready = new TextEncoder().encode(": ready\n\n");
+    return new Response(new ReadableStream({
+      start(ctl) {
+        ctl.enqueue(ready);
+      },
+    }), { status: 200 });
   };
 
   it("auto without a WebSocket goes to SSE at once", async () => {
