@@ -1,5 +1,6 @@
-/* api.c - the built-in JSON API: dispatch and wait for events, list and
- * cancel tasks, liveness and readiness probes (see README).
+/* api.c - the built-in JSON API: dispatch and wait for events, liveness
+ * and readiness probes, the JSON pieces the API's modules share, and the
+ * table of routes (the task routes are api_tasks.c's; see README).
  *
  * Handlers run on the HTTP server's threads; they may block (tb_task_cancel,
  * tb_dispatch_wait) but never run on a worker loop. Every JSON text is built
@@ -25,7 +26,6 @@
 #include "metrics.h"
 
 #define HEALTH_DEADLINE_MS 1000
-#define CANCEL_TIMEOUT_MAX_S 3600
 #define WAIT_TIMEOUT_MAX_S 300
 #define WAIT_TIMEOUT_DEFAULT_MS 30000
 #define WAIT_SUB_CAPACITY 64   /* events queued before the waiter takes one */
@@ -167,18 +167,47 @@ int tb__api_error_with(tb_http_req *req, int status, const char *code,
 
 /* ---------------------------------------------------------------- events */
 
-static int parse_timeout(const char *s, long max_s, int *ms);
+/* Decimal seconds [0-9]+(.[0-9]+)? in 0..max_s, to ms (truncated). Parsed
+ * by hand: strtod also takes "inf", hex, blanks, and depends on the
+ * locale's decimal point. */
+static int parse_timeout(const char *s, long max_s, int *ms)
+{
+    long sec = 0, frac_ms = 0;
+    int digits = 0, frac_nonzero = 0;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9'; p++, digits++) {
+        sec = sec * 10 + (*p - '0');
+        if (sec > max_s)
+            return TB_EINVAL;
+    }
+    if (digits == 0)
+        return TB_EINVAL;
+    if (*p == '.') {
+        int fd = 0;
+        for (p++; *p >= '0' && *p <= '9'; p++, fd++) {
+            if (fd < 3)
+                frac_ms = frac_ms * 10 + (*p - '0');
+            frac_nonzero |= *p != '0';
+        }
+        if (fd == 0)
+            return TB_EINVAL;
+        for (; fd < 3; fd++)
+            frac_ms *= 10;
+    }
+    if (*p || (sec == max_s && frac_nonzero))
+        return TB_EINVAL;
+    *ms = (int)(sec * 1000 + frac_ms);
+    return 0;
+}
 
-/* ?timeout=S into *ms when given (else *ms is left as it is). 0 when it is
- * not decimal seconds in 0..max_s: answer bad_timeout. */
-static int query_timeout(tb_http_req *req, long max_s, int *ms)
+int tb__api_query_timeout(tb_http_req *req, long max_s, int *ms)
 {
     char tbuf[32];
     int rc = tb_http_query(req, "timeout", tbuf, sizeof tbuf);
     return rc == TB_ENOENT || (rc >= 0 && parse_timeout(tbuf, max_s, ms) == 0);
 }
 
-static int bad_timeout(tb_http_req *req, long max_s)
+int tb__api_bad_timeout(tb_http_req *req, long max_s)
 {
     return tb_http_error(req, 400, "bad_timeout",
                          "timeout must be a number of seconds in 0..%ld",
@@ -565,8 +594,8 @@ static int wait_event(tb_http_req *req, void *ud)
         return tb__http_forbidden(req, TB__JWT_SUBSCRIBE, pattern);
     int timeout_ms = WAIT_TIMEOUT_DEFAULT_MS;
     int rc;
-    if (!query_timeout(req, WAIT_TIMEOUT_MAX_S, &timeout_ms))
-        return bad_timeout(req, WAIT_TIMEOUT_MAX_S);
+    if (!tb__api_query_timeout(req, WAIT_TIMEOUT_MAX_S, &timeout_ms))
+        return tb__api_bad_timeout(req, WAIT_TIMEOUT_MAX_S);
     char since[TB_POS_MAX];
     if (tb__api_since(req, since) != 0)
         return 0;
@@ -603,260 +632,6 @@ static int wait_event(tb_http_req *req, void *ud)
     rc = wait_answer(req, app, pattern, since, timeout_ms);
     atomic_fetch_sub(&app->http_longpolls, 1);
     return rc;
-}
-
-/* ---------------------------------------------------------------- tasks */
-
-static int parse_state(const char *s, tb_task_state *out)
-{
-    for (int i = TB_TASK_PENDING; i <= TB_TASK_CANCELLED; i++) {
-        if (strcmp(s, tb_task_state_name((tb_task_state)i)) == 0) {
-            *out = (tb_task_state)i;
-            return 0;
-        }
-    }
-    return TB_EINVAL;
-}
-
-/* ?scope=local|cluster (default cluster): 1 for local, 0 for cluster, -1
- * when it is neither. */
-static int query_scope(tb_http_req *req)
-{
-    char sbuf[16];
-    int rc = tb_http_query(req, "scope", sbuf, sizeof sbuf);
-    if (rc == TB_ENOENT)
-        return 0;
-    if (rc >= 0 && !strcmp(sbuf, "local"))
-        return 1;
-    if (rc >= 0 && !strcmp(sbuf, "cluster"))
-        return 0;
-    return -1;
-}
-
-static int bad_scope(tb_http_req *req)
-{
-    return tb_http_error(req, 400, "bad_scope",
-                         "scope must be local (this instance) or cluster "
-                         "(every instance: the default)");
-}
-
-/* The answer to a cluster call that could not ask the cluster. */
-static int cluster_error(tb_http_req *req, int rc, const char *what)
-{
-    if (rc == TB_ENOTCONN)
-        return tb_http_error(req, 503, "redis_unavailable",
-                             "%s: Redis is unreachable, so the other "
-                             "instances cannot be asked; ?scope=local "
-                             "answers for this instance",
-                             what);
-    if (rc == TB_ETIMEDOUT)
-        return tb_http_error(req, 504, "instance_timeout",
-                             "%s: the instance that holds it did not answer "
-                             "in time",
-                             what);
-    return tb_http_error(req, 500, "internal", "%s: %s", what, tb_strerror(rc));
-}
-
-/* 1 if s (len bytes) is a ?kind= value: 1..TB_KIND_NAME_MAX bytes of
- * UTF-8 (it travels to the other instances as a JSON string), no control
- * characters (the decoder already refused a NUL). */
-static int kind_filter_ok(const char *s, int len)
-{
-    if (len < 1 || len > TB_KIND_NAME_MAX || !tb__utf8_valid(s, (size_t)len))
-        return 0;
-    for (int i = 0; i < len; i++)
-        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
-            return 0;
-    return 1;
-}
-
-/* GET /tasks[?state=...][&kind=K][&instance=I][&limit=N][&cursor=C]
- * [&scope=local] */
-static int list_tasks(tb_http_req *req, void *ud)
-{
-    (void)ud;
-    tb_app *app = tb_http_app(req);
-    char sbuf[16];
-    tb_task_state want = TB_TASK_PENDING;
-    int rc = tb_http_query(req, "state", sbuf, sizeof sbuf);
-    int filter = rc != TB_ENOENT;
-    if (filter && (rc < 0 || parse_state(sbuf, &want) != 0))
-        return tb_http_error(req, 400, "bad_state",
-                             "state must be pending, running, done, failed "
-                             "or cancelled");
-    tb__task_filter f = {filter ? (int)want : -1, NULL, NULL};
-    char kbuf[TB_KIND_NAME_MAX + 1];
-    rc = tb_http_query(req, "kind", kbuf, sizeof kbuf);
-    if (rc != TB_ENOENT) {
-        if (rc < 0 || !kind_filter_ok(kbuf, rc))
-            return tb_http_error(req, 400, "bad_kind",
-                                 "kind must be a task's kind exactly: 1..%d "
-                                 "bytes of UTF-8, no control characters",
-                                 TB_KIND_NAME_MAX);
-        f.kind = kbuf;
-    }
-    char ibuf[sizeof app->instance];
-    rc = tb_http_query(req, "instance", ibuf, sizeof ibuf);
-    if (rc != TB_ENOENT) {
-        if (rc < 1 || strspn(ibuf, "0123456789abcdef") != (size_t)rc)
-            return tb_http_error(req, 400, "bad_instance",
-                                 "instance must be an instance id as GET "
-                                 "/instances lists it (up to %zu lowercase "
-                                 "hex digits)",
-                                 sizeof app->instance - 1);
-        f.instance = ibuf;
-    }
-    int local = query_scope(req);
-    if (local < 0)
-        return bad_scope(req);
-    int page_max = tb_app_get_config(app)->http.tasks_page_max;
-    long limit = page_max;
-    char lbuf[16];
-    rc = tb_http_query(req, "limit", lbuf, sizeof lbuf);
-    if (rc != TB_ENOENT) {
-        /* Digits only: strtol would also take " 50", "+5" and "-0". */
-        int digits =
-            rc >= 0 && lbuf[0] && strspn(lbuf, "0123456789") == strlen(lbuf);
-        limit = digits ? strtol(lbuf, NULL, 10) : -1;
-        if (!digits || limit < 1 || limit > page_max)
-            return tb_http_error(req, 400, "bad_limit",
-                                 "limit must be 1..%d (http.tasks_page_max)",
-                                 page_max);
-    }
-    char cursor[TB_CURSOR_MAX] = "";
-    rc = tb_http_query(req, "cursor", cursor, sizeof cursor);
-    if (rc < 0 && rc != TB_ENOENT)
-        return tb_http_error(req, 400, "bad_cursor",
-                             "cursor must be the \"cursor\" of an earlier "
-                             "page");
-    json_t *tasks = NULL, *unreachable = NULL;
-    char next[TB_CURSOR_MAX];
-    rc = tb__cluster_list(app, cursor, (size_t)limit, &f, local, &tasks, next,
-                          &unreachable);
-    if (rc == TB_EINVAL)
-        return tb_http_error(req, 400, "bad_cursor",
-                             "cursor must be the \"cursor\" of an earlier "
-                             "page");
-    if (rc)
-        return tb_http_error(req, 500, "internal", "out of memory");
-    json_t *o = json_object();
-    if (o) {
-        json_object_set_new(o, "tasks", tasks);
-        json_object_set_new(o, "cursor",
-                            next[0] ? json_string(next) : json_null());
-        if (json_array_size(unreachable))
-            json_object_set_new(o, "unreachable", unreachable);
-        else
-            json_decref(unreachable);
-    } else {
-        json_decref(tasks);
-        json_decref(unreachable);
-    }
-    return tb__api_respond(req, 200, o);
-}
-
-static int not_found(tb_http_req *req, const char *name)
-{
-    return tb_http_error(req, 404, "not_found", "no task named \"%s\"", name);
-}
-
-/* GET /tasks/{name}[?scope=local] */
-static int get_task(tb_http_req *req, void *ud)
-{
-    (void)ud;
-    const char *name = tb_http_param(req, "name");
-    int local = query_scope(req);
-    if (local < 0)
-        return bad_scope(req);
-    json_t *o = NULL;
-    int rc = tb__cluster_get(tb_http_app(req), name, local, &o);
-    if (rc == TB_ENOENT)
-        return not_found(req, name);
-    if (rc)
-        return cluster_error(req, rc, name);
-    return tb__api_respond(req, 200, o);
-}
-
-/* Decimal seconds [0-9]+(.[0-9]+)? in 0..max_s, to ms (truncated). Parsed
- * by hand: strtod also takes "inf", hex, blanks, and depends on the
- * locale's decimal point. */
-static int parse_timeout(const char *s, long max_s, int *ms)
-{
-    long sec = 0, frac_ms = 0;
-    int digits = 0, frac_nonzero = 0;
-    const char *p = s;
-    for (; *p >= '0' && *p <= '9'; p++, digits++) {
-        sec = sec * 10 + (*p - '0');
-        if (sec > max_s)
-            return TB_EINVAL;
-    }
-    if (digits == 0)
-        return TB_EINVAL;
-    if (*p == '.') {
-        int fd = 0;
-        for (p++; *p >= '0' && *p <= '9'; p++, fd++) {
-            if (fd < 3)
-                frac_ms = frac_ms * 10 + (*p - '0');
-            frac_nonzero |= *p != '0';
-        }
-        if (fd == 0)
-            return TB_EINVAL;
-        for (; fd < 3; fd++)
-            frac_ms *= 10;
-    }
-    if (*p || (sec == max_s && frac_nonzero))
-        return TB_EINVAL;
-    *ms = (int)(sec * 1000 + frac_ms);
-    return 0;
-}
-
-/* DELETE /tasks/{name}[?timeout=S][&scope=local]: cancels where it runs
- * and waits for its end. */
-static int cancel_task(tb_http_req *req, void *ud)
-{
-    (void)ud;
-    tb_app *app = tb_http_app(req);
-    const char *name = tb_http_param(req, "name");
-    int timeout_ms = tb_app_get_config(app)->core.graceful_timeout_ms;
-    if (!query_timeout(req, CANCEL_TIMEOUT_MAX_S, &timeout_ms))
-        return bad_timeout(req, CANCEL_TIMEOUT_MAX_S);
-    int local = query_scope(req);
-    if (local < 0)
-        return bad_scope(req);
-    json_t *task = NULL;
-    int rc = tb__cluster_cancel(app, name, timeout_ms, local, &task);
-    if (rc == TB_ENOENT || rc == TB_EINVAL || rc == TB_ENAMETOOLONG)
-        return not_found(req, name);
-    if (rc == TB_ETIMEDOUT) {
-        /* The task this cancel ended (or is still ending), not whatever
-         * holds the name now: a new task may have taken it meanwhile. */
-        json_t *extra = json_object();
-        if (extra)
-            json_object_set_new(extra, "task", task ? task : json_null());
-        else
-            json_decref(task);
-        return tb__api_error_with(req, 504, "cancel_timeout", extra,
-                                  "task \"%s\" is still cancelling after %d "
-                                  "ms",
-                                  name, timeout_ms);
-    }
-    if (rc)
-        return cluster_error(req, rc, name);
-    return tb__api_respond(req, 200, task);
-}
-
-/* POST /tasks/purge */
-static int purge_tasks(tb_http_req *req, void *ud)
-{
-    (void)ud;
-    int n = tb_task_purge(tb_http_app(req));
-    if (n < 0)
-        return tb_http_error(req, 500, "internal", "purge failed: %s",
-                             tb_strerror(n));
-    json_t *o = json_object();
-    if (o)
-        json_object_set_new(o, "purged", json_integer(n));
-    return tb__api_respond(req, 200, o);
 }
 
 /* ---------------------------------------------------------------- health */
@@ -1018,23 +793,20 @@ int tb_app_add_api(tb_app *app)
     } routes[] = {
         {"POST", "/events/{name}", post_event, TB__HTTP_CLIENT},
         {"GET", "/events/{pattern}", wait_event, TB__HTTP_CLIENT},
-        {"GET", "/tasks", list_tasks, TB__HTTP_ADMIN},
-        {"GET", "/tasks/{name}", get_task, TB__HTTP_ADMIN},
-        {"DELETE", "/tasks/{name}", cancel_task, TB__HTTP_ADMIN},
-        {"POST", "/tasks/purge", purge_tasks, TB__HTTP_ADMIN},
         {"GET", "/healthz", healthz, TB__HTTP_OPEN},
         {"GET", "/readyz", readyz, TB__HTTP_OPEN},
         {"GET", "/metrics", tb__metrics_handler, TB__HTTP_ADMIN},
         {"GET", "/instances", tb__instances_handler, TB__HTTP_ADMIN},
         {"GET", "/stats", tb__stats_handler, TB__HTTP_ADMIN},
     };
-    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
-        int rc = tb__app_route_as(app, routes[i].method, routes[i].path,
-                                  routes[i].fn, NULL, routes[i].access);
-        if (rc)
-            return rc;
-    }
-    int rc = tb__api_register_ws(app);
+    /* GET, DELETE /tasks/{name}, GET /tasks, POST /tasks/purge
+     * (api_tasks.c), then the rest. */
+    int rc = tb__api_register_tasks(app);
+    for (size_t i = 0; rc == 0 && i < sizeof routes / sizeof routes[0]; i++)
+        rc = tb__app_route_as(app, routes[i].method, routes[i].path,
+                              routes[i].fn, NULL, routes[i].access);
+    if (rc == 0)
+        rc = tb__api_register_ws(app);
     if (rc == 0)
         rc = tb__api_register_sse(app);
     if (rc == 0)

@@ -31,6 +31,16 @@ int tb__api_error_with(tb_http_req *req, int status, const char *code,
                        json_t *extra, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
+/* ?timeout=S into *ms when given (else *ms is left as it is): 1, or 0
+ * when it is not decimal seconds in 0..max_s (answer with
+ * tb__api_bad_timeout: 400 bad_timeout). */
+int tb__api_query_timeout(tb_http_req *req, long max_s, int *ms);
+int tb__api_bad_timeout(tb_http_req *req, long max_s);
+
+/* api_tasks.c: GET /tasks, GET and DELETE /tasks/{name}, POST
+ * /tasks/purge (admin routes). */
+int tb__api_register_tasks(tb_app *app);
+
 /* api_ws.c: GET /ws. */
 int tb__api_register_ws(tb_app *app);
 /* api_sse.c: GET /sse. */

@@ -111,6 +111,14 @@ int tb__cluster_list(tb_app *app, const char *cursor, size_t limit,
                      const tb__task_filter *f, int local, json_t **tasks,
                      char *next, json_t **unreachable);
 
+/* Every other live instance's GET /stats object (tb__stats_json), all
+ * asked at once and waited for at most redis.command_timeout_ms: *stats
+ * (new array) holds the objects of those that answered, *unreachable (new
+ * array) the ids of those that did not. Without a cluster (the memory
+ * bus) both are empty. Blocks the calling thread (not a worker's loop).
+ * 0, or TB_ENOMEM with both NULL. */
+int tb__cluster_stats_all(tb_app *app, json_t **stats, json_t **unreachable);
+
 /* ---- waiting for one store op (any thread but the bus's) ---- */
 
 /* Shared by a waiting thread and the op's callback, which may run after

@@ -11,6 +11,7 @@
 #include "cluster_impl.h"
 #include "instances.h"
 #include "json.h"
+#include "metrics.h"
 #include "singleton.h"
 
 /* How it works.
@@ -293,6 +294,39 @@ size_t tb__cl_scatter(tb_app *app, json_t *req, int timeout_ms,
     return m;
 }
 
+int tb__cluster_stats_all(tb_app *app, json_t **stats, json_t **unreachable)
+{
+    *stats = json_array();
+    *unreachable = json_array();
+    json_t *req = json_pack("{s:s}", "op", "stats");
+    int rc = *stats && *unreachable && req ? 0 : TB_ENOMEM;
+    char ids[SCATTER_MAX][INST_MAX];
+    json_t *replies[SCATTER_MAX] = {0};
+    size_t m = rc == 0 && cl_ops(app)
+                   ? tb__cl_scatter(app, req, app->cfg.redis.command_timeout_ms,
+                                    ids, replies)
+                   : 0;
+    json_decref(req);
+    for (size_t i = 0; i < m; i++) {
+        /* What came back is another process's word: an object is all
+         * that is asked of it here (the caller adds only its numbers). */
+        json_t *st = json_object_get(replies[i], "stats");
+        int ok = replies[i] && tb__cl_reply_status(replies[i]) == 0 &&
+                 json_is_object(st);
+        if (rc == 0 &&
+            (ok ? json_array_append(*stats, st)
+                : json_array_append_new(*unreachable, json_string(ids[i]))))
+            rc = TB_ENOMEM;
+        json_decref(replies[i]);
+    }
+    if (rc) {
+        json_decref(*stats);
+        json_decref(*unreachable);
+        *stats = *unreachable = NULL;
+    }
+    return rc;
+}
+
 /* ---------------------------------------------------------------- answers */
 
 static void answer(tb_app *app, const char *to, json_int_t rid,
@@ -484,6 +518,11 @@ static void on_request(tb_app *app, json_t *m, size_t len)
             free(j);
             answer(app, to, r, rc == TB_ESHUTDOWN ? "stopping" : "error", NULL);
         }
+    } else if (!strcmp(op, "stats")) {
+        /* GET /stats's object, a few KiB: far below the message bound. */
+        json_t *st = tb__stats_json(app);
+        answer(app, to, r, st ? "ok" : "error",
+               st ? json_pack("{s:o}", "stats", st) : NULL);
     } else {
         bad_message(app, len, "an unknown op");
     }

@@ -2,6 +2,7 @@
  * GET /metrics (Prometheus exposition format 0.0.4) and the same numbers
  * as one JSON object, GET /stats, for dashboards. */
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -650,8 +651,112 @@ json_t *tb__stats_json(tb_app *app)
         "http", "requests", J(requests));
 }
 
+/* ---- ?scope=cluster: the sums over the live instances ---- */
+
+/* Integer members of one instance's object that do not add up across
+ * instances: its clock, a setting, its count of the others. (Strings and
+ * booleans are left out too.) */
+static const char *const not_summed[] = {"uptime_s", "uptime_ms",
+                                         "bus.attempts", "ws.memory_max_bytes",
+                                         "cluster.instances"};
+
+static int summed(const char *path)
+{
+    for (size_t i = 0; i < sizeof not_summed / sizeof not_summed[0]; i++)
+        if (!strcmp(path, not_summed[i]))
+            return 0;
+    return 1;
+}
+
+/* A copy of o (at path prefix, "" at the top) with only what adds up: its
+ * integers but not_summed, and objects of them, depth levels deep. NULL on
+ * ENOMEM. */
+static json_t *summable(json_t *o, const char *prefix, int depth)
+{
+    json_t *out = json_object(), *v;
+    const char *k;
+    json_object_foreach(o, k, v)
+    {
+        if (!out)
+            break;
+        char path[128];
+        snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", k);
+        json_t *c;
+        if (json_is_integer(v) && summed(path))
+            c = json_integer(json_integer_value(v));
+        else if (json_is_object(v) && depth > 1)
+            c = summable(v, path, depth - 1);
+        else
+            continue;
+        if (!c || json_object_set_new(out, k, c)) {
+            json_decref(out);
+            out = NULL;
+        }
+    }
+    return out;
+}
+
+/* Adds each integer >= 0 of other (another instance's answer) to the
+ * member of sum at the same path, saturating; nothing else of other is
+ * looked at, so a member it lacks or garbles adds nothing. */
+static void add_into(json_t *sum, json_t *other)
+{
+    json_t *v;
+    const char *k;
+    json_object_foreach(sum, k, v)
+    {
+        json_t *o = json_object_get(other, k);
+        if (json_is_object(v)) {
+            add_into(v, o);
+        } else if (json_is_integer(o) && json_integer_value(o) >= 0) {
+            json_int_t a = json_integer_value(v), b = json_integer_value(o);
+            json_integer_set(v, a > LLONG_MAX - b ? LLONG_MAX : a + b);
+        }
+    }
+}
+
+/* GET /stats?scope=cluster: this instance's summable members plus every
+ * other live instance's, "instances" (how many answered, this one
+ * included) and "unreachable" (the ids of those that did not). NULL on
+ * ENOMEM. */
+static json_t *cluster_sums(tb_app *app)
+{
+    json_t *mine = tb__stats_json(app), *others, *unreachable;
+    json_t *sum = mine ? summable(mine, "", 3) : NULL;
+    json_decref(mine);
+    if (!sum || tb__cluster_stats_all(app, &others, &unreachable) != 0) {
+        json_decref(sum);
+        return NULL;
+    }
+    size_t i;
+    json_t *o;
+    json_array_foreach(others, i, o)
+    {
+        add_into(sum, o);
+    }
+    json_int_t answered = (json_int_t)json_array_size(others) + 1;
+    json_decref(others);
+    if (json_object_set_new(sum, "scope", json_string("cluster")) |
+        json_object_set_new(sum, "instances", json_integer(answered)) |
+        json_object_set_new(sum, "unreachable", unreachable)) {
+        json_decref(sum);
+        return NULL;
+    }
+    return sum;
+}
+
 int tb__stats_handler(tb_http_req *req, void *ud)
 {
     (void)ud;
-    return tb__api_respond(req, 200, tb__stats_json(tb_http_app(req)));
+    tb_app *app = tb_http_app(req);
+    char scope[16];
+    int rc = tb_http_query(req, "scope", scope, sizeof scope);
+    if (rc == TB_ENOENT || (rc >= 0 && !strcmp(scope, "local")))
+        return tb__api_respond(req, 200, tb__stats_json(app));
+    if (rc < 0 || strcmp(scope, "cluster") != 0)
+        return tb_http_error(req, 400, "bad_scope",
+                             "scope must be local (this instance: the "
+                             "default) or cluster (the sums over every live "
+                             "instance)");
+    return tb__api_respond(req, 200, cluster_sums(app));
 }

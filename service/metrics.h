@@ -48,7 +48,10 @@ int tb__metrics_handler(tb_http_req *req, void *ud);
  * reference, or NULL out of memory. Any thread. */
 json_t *tb__stats_json(tb_app *app);
 
-/* GET /stats: answers tb__stats_json. */
+/* GET /stats[?scope=local|cluster]: tb__stats_json, or with
+ * scope=cluster the sums of its numbers over every live instance (asked
+ * over the cluster calls, at most redis.command_timeout_ms); 400 bad_scope
+ * for another scope. */
 int tb__stats_handler(tb_http_req *req, void *ud);
 
 #endif /* TASKBUS_METRICS_H */

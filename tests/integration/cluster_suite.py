@@ -16,10 +16,11 @@ periodic task every 1 s on three instances that fires 30 +- 1 times in
 30 s, a redis-server restarted without persistence after which claims
 and singletons come back and no name is held twice, hostile messages on
 an instance's control channel (dropped, counted, logged; a well-formed
-one is obeyed), and the same API on the memory bus, where the instance
-is the cluster. The instances' registry itself (GET /instances after
-SIGTERM and SIGKILL, a Redis restart, hostile records) is
-service_suite's group "instances".
+one is obeyed), GET /stats?scope=cluster (the sums over the instances,
+one that does not answer listed unreachable), and the same API on the
+memory bus, where the instance is the cluster. The instances' registry
+itself (GET /instances after SIGTERM and SIGKILL, a Redis restart,
+hostile records) is service_suite's group "instances".
 
 Runs the real binary ($TASKBUS_BIN) on free 127.0.0.1 ports and a
 throwaway redis-server per case (tbharness.py has the helpers it shares
@@ -528,6 +529,77 @@ def t_list_filters():
           and st["cluster"]["calls"] > 0 and st["tasks"]["running"] == 16 and
           st["tasks"]["done"] == 8, f"stats of a: {st}")
     return f"{n} listings"
+
+
+def t_stats_cluster():
+    """GET /stats?scope=cluster over two instances: the sums of both
+    instances' numbers (events delivered on a and on b, tasks by state,
+    workers), "instances": 2 and none unreachable, the same from either;
+    an instance that does not answer (SIGSTOP) is listed unreachable and
+    the answer still comes; a bad scope is 400 bad_scope."""
+    c = Cluster("stats", 2)
+    a, b = c.nodes
+    n = 7
+    for s in c.nodes:
+        want(post(s, {"kind": "relay", "name": f"relay-{s.name}",
+                      "args": {"pattern": "cs.*", "event": "cr.x"}}), 201,
+             what=f"relay on {s.name}")
+        wait_running(s, f"relay-{s.name}")
+
+    def local(s):
+        return want(http_req(s.port, "GET", "/stats"), 200, what="stats")
+
+    def cluster(s, timeout=None):
+        return want(http_req(s.port, "GET", "/stats?scope=cluster",
+                             timeout=timeout), 200, what="scope=cluster")
+
+    # Each relay's subscription takes a first event before the count.
+    want(http_req(a.port, "POST", "/events/cs.warm", "w"), 202, what="warm")
+    check(wait_for(lambda: all(local(s)["events"]["delivered"] >= 1
+                               for s in c.nodes), T(5)),
+          "the relays never got cs.warm")
+    la, lb, c0 = local(a), local(b), cluster(a)
+    for i in range(n):
+        want(http_req(a.port, "POST", f"/events/cs.e{i}", str(i)), 202,
+             what=f"POST cs.e{i}")
+    d0 = c0["events"]["delivered"]
+    check(wait_for(lambda: cluster(a)["events"]["delivered"] >= d0 + 2 * n,
+                   T(10)), f"delivered never moved by {2 * n} from {d0}")
+    la2, lb2 = local(a), local(b)
+    for s in c.nodes:
+        o = cluster(s)
+        check(o["scope"] == "cluster" and o["instances"] == 2 and
+              o["unreachable"] == [], f"scope=cluster on {s.name}: {o}")
+        for group, key in (("events", "delivered"), ("tasks", "running"),
+                           ("events", "dispatched"), ("tasks", "added")):
+            check(o[group][key] == la2[group][key] + lb2[group][key],
+                  f"{group}.{key} on {s.name}: {o[group][key]}, a "
+                  f"{la2[group][key]} + b {lb2[group][key]}")
+        check(o["workers"] == la2["workers"] + lb2["workers"] and
+              o["tasks"]["running"] == 2 and "instance" not in o and
+              "uptime_ms" not in o, f"scope=cluster on {s.name}: {o}")
+    check(la2["events"]["delivered"] - la["events"]["delivered"] == n and
+          lb2["events"]["delivered"] - lb["events"]["delivered"] == n,
+          f"delivered per instance: a {la['events']} -> {la2['events']}, "
+          f"b {lb['events']} -> {lb2['events']}")
+    # b stopped: a answers for itself within the call's bound, b listed.
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        o = cluster(a, timeout=T(15))
+        took = time.monotonic() - t0
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    check(o["instances"] == 1 and o["unreachable"] == [c.id(b)] and
+          o["events"]["delivered"] >= la2["events"]["delivered"] and
+          o["tasks"]["running"] == 1, f"b stopped: {o}")
+    check(took < T(9), f"b stopped: the answer took {took:.1f} s (the "
+                       f"call's bound is redis.command_timeout, 5 s)")
+    for sc in ("", "x", "LOCAL", "cluster%20", "%zz", "c" * 100):
+        want(http_req(a.port, "GET", f"/stats?scope={sc}"), 400,
+             "bad_scope", f"scope={sc[:20]}")
+    want(http_req(a.port, "GET", "/stats?scope=local"), 200, what="local")
+    return f"{o['events']['delivered']} delivered in all"
 
 
 def t_post_singleton_inputs():
@@ -1047,6 +1119,10 @@ def t_memory_bus():
     check(len(got) == 5 and sizes == [2, 2, 1] and cursors[-1] is None,
           f"paging on the memory bus: {sizes} {cursors}")
     want(http_req(s.port, "GET", "/tasks?scope=x"), 400, "bad_scope", "scope")
+    o = want(http_req(s.port, "GET", "/stats?scope=cluster"), 200,
+             what="GET /stats?scope=cluster")
+    check(o["instances"] == 1 and o["unreachable"] == [] and
+          o["tasks"]["running"] >= 5, f"stats, scope=cluster: {o}")
     o = want(post(s, sleeper("one", singleton=True)), 201, what="singleton")
     check(o["instance"] == me and o.get("fence", 0) >= 1, f"{o}")
     o = want(post(s, sleeper("one", singleton=True)), 409, "name_taken",
@@ -1081,6 +1157,8 @@ CASES = [
      "bad_scope", t_list_bad_params),
     ("list", "kind and instance filters over two instances; bad values",
      t_list_filters),
+    ("stats", "GET /stats?scope=cluster: sums over two instances, one "
+     "stopped is unreachable, bad scope 400", t_stats_cluster),
     ("post", "singleton and every: bad values 400, bounds at their edges, "
      "settings' rules", t_post_singleton_inputs),
     ("lost", "kill -9: its tasks lost, then forgotten; names free; SIGTERM "

@@ -10,15 +10,21 @@
 #include "internal.h"
 #include "metrics.h"
 
-/* One request; returns the status, and the body in *body (caller frees)
- * and the headers in headers (1024 bytes) when not NULL. */
+/* One request (path may end in "?query"); returns the status, and the
+ * body in *body (caller frees) and the headers in headers (1024 bytes)
+ * when not NULL. */
 static int call(tb_app *app, const char *method, const char *path,
                 const char *auth, const char *data, char **body, char *headers)
 {
     fake_conn c;
     memset(&c, 0, sizeof c);
     c.auth = auth;
-    int status = fake_handle(&c, app, method, path, NULL, data ? data : "",
+    char p[256];
+    snprintf(p, sizeof p, "%s", path);
+    char *query = strchr(p, '?');
+    if (query)
+        *query++ = '\0';
+    int status = fake_handle(&c, app, method, p, query, data ? data : "",
                              data ? strlen(data) : 0);
     TH_CHECK_EQ(c.sends, 1);
     TH_CHECK_EQ(c.status, status);
@@ -322,6 +328,65 @@ TH_APP_TEST(test_stats, api_app(2, NULL), 30000)
     th_counter_destroy(&stats_got);
 }
 
+/* GET /stats?scope=cluster on the memory bus: this instance is the
+ * cluster, so the sums are its own numbers, with "instances": 1 and no
+ * one unreachable; what does not add up (clock, strings, a setting) is
+ * left out. A scope that is neither local nor cluster: 400 bad_scope. */
+TH_APP_TEST(test_stats_cluster, api_app(2, NULL), 30000)
+{
+    TH_CHECK_RC(th_add(app, "sleeper", 0, sleeper, NULL, NULL), 0);
+    TH_CHECK(th_wait_state(app, "sleeper", TB_TASK_RUNNING, 5000));
+    char *body = NULL;
+    int st = call(app, "GET", "/stats", NULL, NULL, &body, NULL);
+    free(body);
+    TH_CHECK_EQ(st, 200);
+    st = call(app, "GET", "/stats?scope=cluster", NULL, NULL, &body, NULL);
+    json_error_t err;
+    json_t *o = st == 200 && body ? json_loads(body, 0, &err) : NULL;
+    TH_CHECKF(json_is_object(o), "scope=cluster: %d %s", st, body ? body : "");
+    free(body);
+    TH_CHECK_STR(json_string_value(json_object_get(o, "scope")), "cluster");
+    TH_CHECK_EQ(stat(o, NULL, "instances"), 1);
+    TH_CHECK(json_is_array(json_object_get(o, "unreachable")) &&
+             json_array_size(json_object_get(o, "unreachable")) == 0);
+    TH_CHECK_EQ(stat(o, NULL, "workers"), 2);
+    TH_CHECK_EQ(stat(o, "tasks", "running"), 1);
+    TH_CHECK(stat(o, "events", "delivered") >= 0);
+    TH_CHECK(stat(o, "ws", "clients") == 0 && stat(o, "sse", "clients") == 0);
+    TH_CHECK(stat(o, "http", "requests") >= 1);
+    TH_CHECK_EQ(
+        json_object_size(json_object_get(json_object_get(o, "bus"), "drops")),
+        6);
+    static const char *const absent[][2] = {
+        {NULL, "instance"},         {NULL, "version"},
+        {NULL, "uptime_ms"},        {"bus", "kind"},
+        {"bus", "attempts"},        {"bus", "connected"},
+        {"ws", "memory_max_bytes"}, {"cluster", "instances"},
+    };
+    for (size_t i = 0; i < sizeof absent / sizeof absent[0]; i++) {
+        json_t *g = absent[i][0] ? json_object_get(o, absent[i][0]) : o;
+        TH_CHECKF(!json_object_get(g, absent[i][1]), "%s.%s is there",
+                  absent[i][0] ? absent[i][0] : "", absent[i][1]);
+    }
+    json_decref(o);
+    static const char *const bad[] = {"scope=", "scope=x", "scope=LOCAL",
+                                      "scope=cluster%20", "scope=%zz"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/stats?%s", bad[i]);
+        body = NULL;
+        st = call(app, "GET", path, NULL, NULL, &body, NULL);
+        TH_CHECKF(st == 400 && body && strstr(body, "\"bad_scope\""),
+                  "%s: %d %s", path, st, body ? body : "");
+        free(body);
+    }
+    body = NULL;
+    st = call(app, "GET", "/stats?scope=local", NULL, NULL, &body, NULL);
+    TH_CHECKF(st == 200 && body && strstr(body, "\"instance\""), "local: %d",
+              st);
+    free(body);
+}
+
 /* A bus whose last error is not UTF-8 (a server's reply may hold any
  * bytes): its status op is the real one's plus that, swapped in before the
  * app runs (the bus's threads read the ops without a lock). */
@@ -414,9 +479,13 @@ static void test_escape(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_metrics),         cmocka_unit_test(test_stats),
-        cmocka_unit_test(test_stats_odd_error), cmocka_unit_test(test_overflow),
-        cmocka_unit_test(test_token),           cmocka_unit_test(test_escape),
+        cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_stats),
+        cmocka_unit_test(test_stats_odd_error),
+        cmocka_unit_test(test_stats_cluster),
+        cmocka_unit_test(test_overflow),
+        cmocka_unit_test(test_token),
+        cmocka_unit_test(test_escape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
