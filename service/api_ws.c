@@ -10,6 +10,14 @@
  * each with an optional "ref" (any JSON value) echoed in the answer:
  *   {"ok": "dispatch", "id": "...", "name": "...", "ref": ...}
  *   {"ok": "subscribe" | "unsubscribe", "patterns": [...current...]}
+ *     and, with history on, in a subscribe's answer "pos": a position
+ *     read off the history's end after the patterns were in place, so
+ *     that every event after it matching the connection's patterns (as
+ *     of the answer) is delivered on this connection. A client that has
+ *     no position yet (a fresh connection: send {"subscribe": []} first)
+ *     resumes from it after a drop before its first event. Absent when
+ *     the namespace has no event yet or the bus could not answer; live
+ *     events at or before it may still follow (they were on their way).
  *   {"error": "<code>", "message": "...", "ref": ...}
  * Events are objects with "id" and "name" and never "ok" or "error".
  * With ?since=<pos> (history on, docs/HISTORY.md), the history's matching
@@ -28,6 +36,7 @@
 #include "internal.h"
 #include "json.h"
 #include "client_token.h"
+#include "history.h"
 #include "ws.h"
 
 typedef struct conn_state {
@@ -416,7 +425,32 @@ static void do_dispatch(tb_task *self, conn_state *st, json_t *ref,
     }
 }
 
-static void do_subscribe(conn_state *st, json_t *ref, json_t *v, int add)
+/* With history on: o's "pos", the history's end as read now (after the
+ * patterns were added, as /sse reads its ": ready" id), so that every
+ * event after it that matches reaches the subscription. Left out when
+ * there is none yet, or the bus does not answer (the subscription holds
+ * all the same). */
+static void add_pos(tb_task *self, conn_state *st, json_t *o)
+{
+    if (tb_app_get_config(tb_ws_app(st->ws))->core.history_size == 0)
+        return;
+    tb__hist_page pg;
+    int rc = tb__history_fetch_task(self, 0, 0, &pg);
+    if (rc == 0 && pg.epoch[0]) {
+        char pos[TB_POS_MAX];
+        tb__pos_format(pos, pg.epoch, pg.top);
+        json_object_set_new(o, "pos", json_string(pos));
+    } else if (rc != 0 && rc != TB_ECANCELED && rc != TB_ENOTSUP) {
+        tb__log(TB_LOG_WARN,
+                "ws /ws (request %s): subscribe answered without \"pos\": "
+                "cannot read the history's end: %s",
+                tb_ws_request_id(st->ws), tb_strerror(rc));
+    }
+    tb__hist_page_release(&pg);
+}
+
+static void do_subscribe(tb_task *self, conn_state *st, json_t *ref, json_t *v,
+                         int add)
 {
     tb_ws *ws = st->ws;
     const char *what = add ? "subscribe" : "unsubscribe";
@@ -466,6 +500,8 @@ static void do_subscribe(conn_state *st, json_t *ref, json_t *v, int add)
     json_t *o = json_object();
     json_object_set_new(o, "ok", json_string(what));
     json_object_set_new(o, "patterns", patterns_json(st));
+    if (add && o)
+        add_pos(self, st, o);
     if (ref)
         json_object_set(o, "ref", ref);
     send_json(ws, o);
@@ -615,7 +651,7 @@ static void handle(tb_task *self, conn_state *st, const tb_ws_msg *m)
     else if (cmd.kind == TB__WS_CMD_DISPATCH)
         do_dispatch(self, st, cmd.ref, cmd.event, cmd.data);
     else
-        do_subscribe(st, cmd.ref, cmd.patterns,
+        do_subscribe(self, st, cmd.ref, cmd.patterns,
                      cmd.kind == TB__WS_CMD_SUBSCRIBE);
     tb__ws_cmd_free(&cmd);
 }

@@ -253,11 +253,51 @@ async def t_bad_requests(ctx):
     check_status(r, 200, what="healthz after it all")
 
 
+async def subscribe_pos(ctx, srv, p):
+    """A fresh websocket's answer to a subscribe carries "pos", the
+    history's end once its patterns are in place: a client that drops
+    before its first event resumes from it and misses nothing. A later
+    subscribe's answer is past the events since."""
+    await post(srv, f"{p}.before", "so that the namespace has a position")
+    c = await ctx.connect(f"/ws?events={p}.*", srv=srv, label="fresh")
+    r = await c.request({"subscribe": [], "ref": "ready"})
+    start = r.get("pos")
+    top = await get_json(srv, f"/history?events={p}.*&limit=1000")
+    check(start == top["next"], f"answered {r}, the history's end is "
+          f"{top['next']}")
+    await c.close()  # dropped before any event came
+    ids = await posted(srv, f"{p}.gap", 3)
+    c2 = await ctx.connect(f"/ws?events={p}.*&since={start}", srv=srv,
+                           label="back")
+    rec = await recovered(c2)
+    check(rec["recovered"] is True, f"{rec}")
+    check([e["id"] for e in c2.events] == ids,
+          f"replayed {c2.events}, want the 3 published in the gap")
+    c2.events.clear()
+    r2 = await c2.request({"subscribe": [f"{p}2.*"], "ref": "more"})
+    check(r2.get("pos") == rec["pos"],
+          f"the later answer {r2}, the seam {rec}")
+    live = await post(srv, f"{p}2.x", "after the answer")
+    e = await c2.event()
+    check(e["id"] == live and seq_of(e["pos"]) > seq_of(r2["pos"]), f"{e}")
+
+
+async def t_memory_subscribe_pos(ctx):
+    await subscribe_pos(ctx, ctx.srv, "sp")
+
+
+async def t_redis_subscribe_pos(ctx):
+    await subscribe_pos(ctx, ctx.s["a"], "rsp")
+
+
 async def t_history_off(ctx):
     """--history-size 0: since and GET /history are 400 history_off; events
     carry no pos."""
     srv = ctx.s["off"]
     c = await ctx.connect("/ws?events=off.x", srv=srv)
+    r = await c.request({"subscribe": ["off.y"]})
+    check(r.get("ok") == "subscribe" and "pos" not in r,
+          f"history off, a subscribe answered {r}")
     await c.sync()
     await post(srv, "off.x", "x")
     e = await c.event()
@@ -508,6 +548,8 @@ GROUPS = [
          t_memory_resume, 30),
         ("since outside the window or of another epoch: recovered false",
          t_memory_not_recovered, 30),
+        ("a subscribe's answer carries the position to resume from",
+         t_memory_subscribe_pos, 30),
         ("a replay longer than the send queue goes at the client's pace",
          t_replay_paced, 60),
         ("long polls with since miss nothing", t_longpoll_since, 30),
@@ -522,6 +564,8 @@ GROUPS = [
         ("Redis flushed: recovered false, the new epoch",
          t_redis_epoch_change, 30),
         ("GET /history with a last \">\" over Redis", t_history_tail, 30),
+        ("a subscribe's answer carries the position, read from Redis",
+         t_redis_subscribe_pos, 30),
     ]),
     ("rollback", rdb_group, [
         ("Redis back from an older RDB: a new epoch, recovered false",
