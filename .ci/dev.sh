@@ -29,7 +29,9 @@ BUILD_DEPS=(cmake make gcc libc6-dev pkg-config
     libjwt-dev)
 TEST_DEPS=(libcmocka-dev redis-server redis-tools redis-sentinel python3
     python3-websockets curl valgrind)
-# Node and npm (this machine has Node 20; Debian 12's own nodejs is 18),
+# Node and npm (Debian 12's own nodejs is 18; each directory's package.json
+# says in "engines" which Node it needs, and node_check below holds node -v
+# against it),
 # then, from their committed lockfiles, the packages of a real EventSource
 # client for tests/integration/sse_suite.py, the JavaScript client's
 # test dependencies (clients/js: ws; Node 20 has no WebSocket of its own)
@@ -101,6 +103,28 @@ ensure_packages() {
     die "could not install: ${missing[*]}"
 }
 
+# Says which of NPM_DIRS this node is too old for (their package.json's
+# "engines": {"node": ">=N"}): their tests would fail on it. Stops when it
+# is too old for every one of them.
+node_check() {
+    local have major dir want ok=0
+    have=$(node -v 2>/dev/null) || die "node -v failed: reinstall nodejs"
+    major=${have#v}
+    major=${major%%.*}
+    [[ "$major" =~ ^[0-9]+$ ]] || die "node -v says '$have', not vN.N.N"
+    for dir in "${NPM_DIRS[@]}"; do
+        want=$(sed -n 's/.*"node": *">=\([0-9]*\).*/\1/p' "$dir/package.json")
+        if [[ -z "$want" || "$major" -ge "$want" ]]; then
+            ok=1
+            continue
+        fi
+        log "WARNING: node is $have; $dir needs Node $want or newer" \
+            "(its package.json \"engines\"): its tests will fail on this" \
+            "node; install Node $want or newer"
+    done
+    ((ok)) || die "node $have is too old for every test that uses it"
+}
+
 # Installs the npm packages of each of NPM_DIRS (npm ci: exactly the
 # lockfile's versions) unless its node_modules already matches the lockfile.
 ensure_npm_packages() {
@@ -108,6 +132,7 @@ ensure_npm_packages() {
         ensure_packages "${NODE_DEPS[@]}"
     fi
     local dir stamp try
+    node_check
     for dir in "${NPM_DIRS[@]}"; do
         stamp="$dir/node_modules/.package-lock.json"
         if [[ -f "$stamp" && "$stamp" -nt "$dir/package-lock.json" ]]; then

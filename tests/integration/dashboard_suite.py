@@ -20,7 +20,8 @@ pause and the pattern filter, the spawn form generated from GET /kinds,
 the filters, the token prompt, no script or CSP errors, a 390x844 phone
 viewport without horizontal overflow). It saves a screenshot of the
 populated dashboard as dashboard.png in the build directory and, with
-TASKBUS_UPDATE_SCREENSHOT=1, as docs/dashboard.png. Without node,
+TASKBUS_UPDATE_SCREENSHOT=1, as docs/dashboard.png. Without node (or with
+a node older than browser/package.json's "engines", Node 18), or without
 playwright-core or chromium that case is skipped, and fails under
 CI=true.
 
@@ -30,6 +31,7 @@ name contains one of the words (all when none are given).
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -183,12 +185,35 @@ def t_off():
 
 # ------------------------------------------------------------------ browser
 
+def node_too_old(node):
+    """Why this node cannot run the browser test (older than the "engines"
+    of browser/package.json, which playwright-core's own allow), or None."""
+    with open(os.path.join(BROWSER_DIR, "package.json")) as f:
+        want = json.load(f)["engines"]["node"]
+    need = int(re.fullmatch(r">=(\d+)", want).group(1))
+    try:
+        have = subprocess.run([node, "-v"], capture_output=True, timeout=T(10),
+                              text=True).stdout.strip()
+        major = int(re.match(r"v(\d+)\.", have).group(1))
+    except (OSError, subprocess.SubprocessError, AttributeError) as e:
+        return f"{node} -v did not say its version ({e})"
+    if major >= need:
+        return None
+    return (f"{node} is Node {have}; the browser test (playwright-core) "
+            f"needs Node {need} or newer: install a newer nodejs")
+
+
 def browser_missing():
     """Why the browser case cannot run here, or None."""
     mods = os.path.join(BROWSER_DIR, "node_modules", "playwright-core")
     why = []
-    if not shutil.which("node"):
+    node = shutil.which("node")
+    if not node:
         why.append("no node")
+    else:
+        too_old = node_too_old(node)
+        if too_old:
+            why.append(too_old)
     if not os.path.isdir(mods):
         why.append(f"no {mods} (npm ci in {BROWSER_DIR})")
     if not os.access(CHROMIUM, os.X_OK):
