@@ -539,7 +539,9 @@ enum {
 #define TB_WORKER_ANY (-1) /* least loaded worker */
 
 typedef struct tb_task_opts {
-    const char *name; /* NULL: a generated unique name "task-<id>" */
+    const char *name; /* NULL: a generated unique name "task-<id>"; else
+                         1..TB_TASK_NAME_MAX bytes, no control characters,
+                         not "." or ".." (a URL cannot address those) */
     int worker;       /* TB_WORKER_ANY (default) or 0..workers-1 */
     unsigned flags; /* TB_TASK_REPLACE, TB_TASK_EPHEMERAL, TB_TASK_SINGLETON */
     void (*ud_free)(void *ud); /* called with ud when the task ends (for
