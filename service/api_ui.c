@@ -62,23 +62,41 @@ static int serve_asset(tb_http_req *req, void *ud)
                                     a->len);
 }
 
+/* Checks (add 0: tb__router_check) or adds each of the dashboard's routes:
+ * its files, and its page at / and /ui/ too. The first error stops it. */
+static int each_route(tb_app *app, const tb__ui_asset *index, int add)
+{
+    static const char *const page_paths[] = {"/", "/ui/"};
+    size_t nfiles = 0;
+    while (tb__ui_assets[nfiles].path)
+        nfiles++;
+    for (size_t i = 0; i < nfiles + 2; i++) {
+        const tb__ui_asset *a = i < nfiles ? &tb__ui_assets[i] : index;
+        const char *path = i < nfiles ? a->path : page_paths[i - nfiles];
+        int rc = add ? tb__app_route_as(app, "GET", path, serve_asset,
+                                        (void *)a, TB__HTTP_OPEN)
+                     : tb__router_check(tb__http_router(app), "GET", path);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 int tb_app_add_dashboard(tb_app *app)
 {
     const tb__ui_asset *index = NULL;
-    for (const tb__ui_asset *a = tb__ui_assets; a->path; a++) {
-        int rc = tb__app_route_as(app, "GET", a->path, serve_asset, (void *)a,
-                                  TB__HTTP_OPEN);
-        if (rc)
-            return rc;
+    for (const tb__ui_asset *a = tb__ui_assets; a->path; a++)
         if (strcmp(a->path, "/ui/index.html") == 0)
             index = a;
-    }
     if (!index)
         return TB_EINVAL; /* a build without the page: cannot happen */
-    int rc = tb__app_route_as(app, "GET", "/", serve_asset, (void *)index,
-                              TB__HTTP_OPEN);
-    if (rc == 0)
-        rc = tb__app_route_as(app, "GET", "/ui/", serve_asset, (void *)index,
-                              TB__HTTP_OPEN);
-    return rc;
+    /* All or nothing: a path taken already (an embedder's GET /, say) is
+     * found before anything is added, so TB_EEXIST leaves no half of the
+     * dashboard behind. (No router yet: nothing can be taken.) */
+    if (app && tb__http_router(app)) {
+        int rc = each_route(app, index, 0);
+        if (rc)
+            return rc;
+    }
+    return each_route(app, index, 1);
 }

@@ -54,6 +54,10 @@ void tb__router_free(tb__router *r);
  * serving; matching is then safe from many threads at once. */
 int tb__router_add(tb__router *r, const char *method, const char *tmpl,
                    void *handler, void *ud);
+/* What tb__router_add(r, method, tmpl, ...) would return if called now, but
+ * r is left unchanged: 0, TB_EINVAL, TB_EEXIST or TB_ENOMEM. For callers
+ * that add several routes and must add all or none. */
+int tb__router_check(const tb__router *r, const char *method, const char *tmpl);
 /* Matches method and path (the raw request path, no query string; may
  * contain percent-escapes). A literal segment matches its text exactly
  * (compared after percent-decoding the request segment; '+' is not a space

@@ -1093,7 +1093,8 @@ int tb_app_add_api(tb_app *app);
  * page asks for the token and sends it with every API call); any other
  * path under /ui/ is not, and answers as unknown paths do. The page uses
  * the routes of tb_app_add_api. Only before tb_app_run: TB_EBUSY after,
- * TB_EEXIST if it was registered already, TB_ENOMEM. */
+ * TB_EEXIST if it was registered already or one of its paths is taken (a
+ * GET / of the embedder's, say): then none of it is registered; TB_ENOMEM. */
 int tb_app_add_dashboard(tb_app *app);
 
 tb_app *tb_http_app(const tb_http_req *req);

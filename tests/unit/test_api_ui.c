@@ -120,6 +120,33 @@ static void test_if_none_match(void **state)
     tb_app_free(app);
 }
 
+static int mine(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    return tb_http_respond(req, 299, "text/plain", "mine", 4);
+}
+
+/* An embedder's GET / first: TB_EEXIST, and no half of the dashboard is
+ * left behind (its files unregistered, free to add). */
+static void test_taken(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.core.workers = 1;
+    tb_app *app = th_app_new_cfg(&cfg);
+    assert_rc(tb_app_add_api(app), 0);
+    assert_rc(tb_app_add_route(app, "GET", "/", mine, NULL), 0);
+    assert_rc(tb_app_add_dashboard(app), TB_EEXIST);
+    assert_int_equal(call(app, "GET", "/", NULL, NULL, NULL, NULL), 299);
+    for (const tb__ui_asset *a = tb__ui_assets; a->path; a++)
+        assert_int_equal(call(app, "GET", a->path, NULL, NULL, NULL, NULL),
+                         404);
+    assert_int_equal(call(app, "GET", "/ui/", NULL, NULL, NULL, NULL), 404);
+    assert_rc(tb_app_add_route(app, "GET", "/ui/app.js", mine, NULL), 0);
+    tb_app_free(app);
+}
+
 /* With an API token: the page and its files open; nothing else. */
 static void test_token(void **state)
 {
@@ -148,6 +175,7 @@ int main(void)
         cmocka_unit_test(test_files),
         cmocka_unit_test(test_if_none_match),
         cmocka_unit_test(test_token),
+        cmocka_unit_test(test_taken),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -142,6 +142,26 @@ static void test_add_duplicate_shape(void **state)
     tb__router_free(r);
 }
 
+/* tb__router_check says what an add would, and adds nothing. */
+static void test_check(void **state)
+{
+    (void)state;
+    tb__router *r = new_router();
+    assert_int_equal(tb__router_add(r, "GET", "/a/{x}", &h_get, NULL), 0);
+    assert_int_equal(tb__router_check(r, "GET", "/a/{y}"), TB_EEXIST);
+    assert_int_equal(tb__router_check(r, "GET", "a"), TB_EINVAL);
+    assert_int_equal(tb__router_check(r, "BREW", "/b"), TB_EINVAL);
+    assert_int_equal(tb__router_check(NULL, "GET", "/b"), TB_EINVAL);
+    assert_int_equal(tb__router_check(r, "GET", "/b"), 0);
+    assert_int_equal(tb__router_check(r, "POST", "/a/{x}"), 0);
+    tb__route_match m;
+    assert_int_equal(match(r, "GET", "/b", &m), TB__ROUTE_NOT_FOUND);
+    assert_int_equal(match(r, "POST", "/a/z", &m), TB__ROUTE_BAD_METHOD);
+    assert_int_equal(tb__router_add(r, "GET", "/b", &h_x, NULL), 0);
+    assert_int_equal(tb__router_check(r, "GET", "/b"), TB_EEXIST);
+    tb__router_free(r);
+}
+
 /* ------------------------------------------------------------- matching */
 
 static tb__router *tasks_router(void)
@@ -607,6 +627,7 @@ int main(void)
         cmocka_unit_test(test_add_valid_templates),
         cmocka_unit_test(test_add_invalid_templates),
         cmocka_unit_test(test_add_duplicate_shape),
+        cmocka_unit_test(test_check),
         cmocka_unit_test(test_match_basic),
         cmocka_unit_test(test_match_trailing_slash),
         cmocka_unit_test(test_match_specificity),
