@@ -17,8 +17,13 @@ export class Tasks {
     this.tasks = [];
     this.kinds = [];
     this.instances = [];
-    this.cancelled = new Map(); // name -> the final state DELETE answered
-    this.cancelling = new Set(); // names whose DELETE has not answered yet
+    // By task (taskKey: its instance and id, never its name alone: a new
+    // task may take a cancelled one's name). An entry of cancelled goes
+    // once a listing shows that task's final state, or no longer lists it.
+    this.cancelled = new Map(); // task -> the final state DELETE answered
+    this.cancelling = new Set(); // tasks whose DELETE has not answered yet
+    this.asked = 0; // listings asked for (each one's number)
+    this.applied = 0; // the number of the newest listing shown
     this.shown = ''; // what the table shows, to redraw only on a change
     this.build();
   }
@@ -136,12 +141,24 @@ export class Tasks {
   async refresh() {
     const q = {state: this.state.value, kind: this.kind.value,
       instance: this.instance.value, limit: 200};
+    // Listings overlap (the timer, a filter's change, a spawn): an answer
+    // older than the one shown would bring back what a filter took out.
+    const seq = ++this.asked;
     let o;
     try {
       o = await call('GET', '/tasks', q);
     } catch (e) {
-      this.onError(e);
+      if (seq > this.applied) this.onError(e);
       return;
+    }
+    if (seq < this.applied) return;
+    this.applied = seq;
+    const listed = new Map((o.tasks || []).map((t) => [taskKey(t), t]));
+    for (const k of this.cancelled.keys()) {
+      const t = listed.get(k);
+      if (t ? FINAL.has(t.state) : !q.state && !q.kind && !q.instance &&
+          !o.cursor)
+        this.cancelled.delete(k);
     }
     if (!q.state && !q.kind && !q.instance) {
       const n = {};
@@ -159,17 +176,18 @@ export class Tasks {
 
   render(o) {
     const rows = this.tasks.map((t) => {
-      const state = this.cancelled.get(t.name) && !FINAL.has(t.state)
-        ? this.cancelled.get(t.name) : t.state;
-      const busy = this.cancelling.has(t.name);
+      const key = taskKey(t);
+      const state = this.cancelled.get(key) && !FINAL.has(t.state)
+        ? this.cancelled.get(key) : t.state;
+      const busy = this.cancelling.has(key);
       const btn = FINAL.has(state) ? '' : h('button', {class: 'cancel',
-        disabled: busy, onclick: (e) => this.cancel(t.name, e.currentTarget)},
+        disabled: busy, onclick: (e) => this.cancel(t, e.currentTarget)},
       busy ? 'cancelling\u2026' : 'Cancel');
       // data-label: the column's name, shown beside each value when a
       // narrow screen lays the rows out as cards (style.css).
       const td = (label, attrs, ...c) =>
         h('td', {...attrs, dataset: {label}}, ...c);
-      return h('tr', {dataset: {task: t.name, state}},
+      return h('tr', {dataset: {task: t.name, key, state}},
         td('name', {class: 'name', title: t.name}, brief(t.name, 40)),
         td('kind', {}, t.kind),
         td('instance', {class: 'mono', title: t.instance ?? ''},
@@ -194,17 +212,18 @@ export class Tasks {
 
   // DELETE waits until the task's instance confirms it ended: the row
   // shows the state that answer names.
-  async cancel(name, btn) {
+  async cancel(t, btn) {
+    const key = taskKey(t);
     btn.disabled = true;
     fill(btn, 'cancelling\u2026');
-    this.cancelling.add(name);
+    this.cancelling.add(key);
     try {
-      const t = await call('DELETE', `/tasks/${encodeURIComponent(name)}`);
-      const state = (t && (t.state || (t.task && t.task.state))) || 'cancelled';
-      this.cancelled.set(name, state);
-      this.cancelling.delete(name);
+      const a = await call('DELETE', `/tasks/${encodeURIComponent(t.name)}`);
+      const state = (a && (a.state || (a.task && a.task.state))) || 'cancelled';
+      this.cancelled.set(key, state);
+      this.cancelling.delete(key);
       this.shown = '';
-      const row = [...this.body.rows].find((r) => r.dataset.task === name);
+      const row = [...this.body.rows].find((r) => r.dataset.key === key);
       if (row) {
         row.dataset.state = state;
         fill(row.querySelector('.state'),
@@ -212,11 +231,17 @@ export class Tasks {
         btn.remove();
       }
     } catch (e) {
-      this.cancelling.delete(name);
+      this.cancelling.delete(key);
       this.shown = '';
       btn.disabled = false;
       fill(btn, 'Cancel');
       this.onError(e);
     }
   }
+}
+
+// A task's identity in the cluster: its instance and its id there (a name
+// is reused once its task has finished).
+function taskKey(t) {
+  return `${t.instance ?? ''}/${t.id}`;
 }

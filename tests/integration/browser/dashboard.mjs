@@ -151,6 +151,28 @@ try {
     return 'running -> cancelled (also a hostile name)';
   });
 
+  await step('a new task with a cancelled task\'s name shows running, with ' +
+    'a Cancel button', async () => {
+    const name = 'dash-reuse';
+    const sel = (state) => `#task-table tr[data-task="${name}"]` +
+      `[data-state="${state}"]`;
+    await api(cfg.b, 'POST', '/tasks',
+      {kind: 'sleep', name, args: {seconds: 600}});
+    await page.locator(sel('running')).locator('button.cancel').click();
+    await page.locator(sel('cancelled')).waitFor();
+    const again = await api(cfg.b, 'POST', '/tasks',
+      {kind: 'sleep', name, args: {seconds: 600}});
+    const row = page.locator(sel('running'));
+    await row.locator('button.cancel').waitFor();
+    if (await row.getAttribute('data-key') !==
+      `${again.instance}/${again.id}`)
+      throw new Error(`row ${await row.getAttribute('data-key')}`);
+    // And its own Cancel works too.
+    await row.locator('button.cancel').click();
+    await page.locator(sel('cancelled')).waitFor();
+    return `the new one: ${again.instance}/${again.id}`;
+  });
+
   await step('an event dispatched with curl appears in the stream; its ' +
     'envelope shows on a click', async () => {
     await page.locator('#stream-state[data-state=open]').waitFor();
