@@ -6,6 +6,10 @@ import {token} from './api.js';
 import {$, brief, fill, h} from './dom.js';
 
 const KEEP = 200; // events listed at most, newest first
+// Events arrive as fast as the bus sends them (thousands a second): they
+// are buffered and drawn at most this often, the newest KEEP of them, so
+// a flood costs a few list updates a second and the page stays usable.
+const DRAW_MS = 250;
 
 export class Events {
   constructor(root, onState) {
@@ -13,7 +17,11 @@ export class Events {
     this.onState = onState;
     this.paused = false;
     this.missed = 0; // arrived while paused
+    this.lastMissed = ''; // the name of the latest of those
     this.received = 0;
+    this.skipped = 0; // arrived too fast to be drawn (beyond KEEP a draw)
+    this.buffer = []; // arrived, not drawn yet, oldest first
+    this.timer = null; // the next draw
     this.sub = null;
     this.client = null;
     this.build();
@@ -59,26 +67,57 @@ export class Events {
   }
 
   togglePause() {
+    this.draw(); // what came before the click is shown
     this.paused = !this.paused;
     fill(this.pause, this.paused ? 'Resume' : 'Pause');
     this.pause.setAttribute('aria-pressed', String(this.paused));
-    if (!this.paused) this.missed = 0;
+    if (!this.paused) {
+      this.missed = 0;
+      this.lastMissed = '';
+    }
     this.noteText();
   }
 
   noteText() {
+    const skipped = this.skipped ? `, ${this.skipped} not shown (too fast)`
+      : '';
     fill(this.note, this.paused
-      ? `paused: ${this.missed} not shown`
-      : `${this.received} received`);
+      ? `paused: ${this.missed} not shown` +
+        (this.lastMissed ? ` (last: ${brief(this.lastMissed, 60)})` : '')
+      : `${this.received} received${skipped}`);
   }
 
   add(ev) {
     this.received++;
     if (this.paused) {
       this.missed++;
-      this.noteText();
-      return;
+      this.lastMissed = String(ev.name);
+    } else {
+      this.buffer.push(ev);
+      if (this.buffer.length > KEEP) {
+        this.buffer.shift();
+        this.skipped++;
+      }
     }
+    if (!this.timer) this.timer = setTimeout(() => this.draw(), DRAW_MS);
+  }
+
+  // Lists the buffered events (newest first) in one change of the page.
+  draw() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    const evs = this.buffer;
+    this.buffer = [];
+    if (evs.length) {
+      const items = document.createDocumentFragment();
+      for (let i = evs.length - 1; i >= 0; i--) items.append(this.item(evs[i]));
+      this.list.prepend(items);
+      while (this.list.children.length > KEEP) this.list.lastChild.remove();
+    }
+    this.noteText();
+  }
+
+  item(ev) {
     const when = ev.ts ? new Date(ev.ts / 1000).toLocaleTimeString([],
       {hour12: false}) : '';
     const li = h('li', {tabindex: 0, dataset: {event: String(ev.name)},
@@ -86,9 +125,7 @@ export class Events {
       onkeydown: (e) => { if (e.key === 'Enter') this.show(ev, li); }},
     h('span', {class: 'ts'}, when), h('span', {class: 'ev-name'}, ev.name),
     h('span', {class: 'ev-data'}, brief(ev.data, 120)));
-    this.list.prepend(li);
-    while (this.list.children.length > KEEP) this.list.lastChild.remove();
-    this.noteText();
+    return li;
   }
 
   show(ev, li) {
