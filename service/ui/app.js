@@ -133,17 +133,42 @@ const BUS_FIELDS = [['kind', 'bus'], ['state', 'state'],
   ['published', 'published'], ['received', 'received'],
   ['dropped', 'dropped'], ['last_error', 'last error']];
 
+// The cluster's numbers (GET /stats?scope=cluster: the sums over every
+// live instance) for the totals and the chart; this instance's (GET
+// /stats) for the bus panel and its uptime, labelled as such. An older
+// server without the cluster scope (400): this instance's numbers for
+// all, and the labels say so.
+let clusterScope = true;
+
 async function refreshStats() {
-  const s = await call('GET', '/stats');
+  const [s, all] = await Promise.all([call('GET', '/stats'),
+    clusterScope ? call('GET', '/stats', {scope: 'cluster'}).catch((e) => {
+      if (e.status !== 400) throw e;
+      clusterScope = false;
+      return null;
+    }) : null]);
   lastStats = s;
-  const ev = s.events || {};
-  // Rates over the server's own monotonic clock (uptime_ms).
+  const sums = all || s;
+  const ev = sums.events || {};
+  // The sums jump when an instance joins, leaves or does not answer: a rate
+  // is only taken between two answers from the same instances. Over wall
+  // time (the sums have no clock of their own; this instance's numbers
+  // use its monotonic uptime_ms).
+  const from = all ? JSON.stringify([all.instances, all.unreachable]) : 'self';
   chart.sample(Date.now(), [Number(ev.dispatched) || 0,
-    Number(ev.delivered) || 0], Number(s.uptime_ms));
+    Number(ev.delivered) || 0], all ? undefined : Number(s.uptime_ms), from);
+  const who = all ? `cluster: ${all.instances} instance` +
+    (all.instances === 1 ? '' : 's') +
+    (all.unreachable && all.unreachable.length
+      ? `, ${all.unreachable.length} not answering` : '') : 'this instance';
+  fill($('#rates-scope'), who);
+  $('#rates').dataset.scope = all ? 'cluster' : 'self';
+  fill($('#totals-scope'), all ? 'cluster' : 'this instance');
   const bus = s.bus || {};
   const rows = BUS_FIELDS.filter(([k]) => bus[k] !== undefined &&
     bus[k] !== '').map(([k, label]) => [label, bus[k], k]);
-  rows.push(['worker queue', ev.worker_queue_depth ?? '-', 'worker_queue']);
+  rows.push(['worker queue', (s.events || {}).worker_queue_depth ?? '-',
+    'worker_queue']);
   const drops = Object.entries(bus.drops || {}).filter(([, v]) => v);
   if (drops.length)
     rows.push(['drops', drops.map(([k, v]) => `${k} ${v}`).join(', '),
@@ -153,8 +178,8 @@ async function refreshStats() {
     h('dd', {dataset: {bus: k}, class: k === 'state' ? `bus-${v}` : null},
       String(v)))));
   const clients = [];
-  if (s.ws) clients.push(`${s.ws.clients} ws`);
-  if (s.sse) clients.push(`${s.sse.clients} sse`);
+  if (sums.ws) clients.push(`${sums.ws.clients} ws`);
+  if (sums.sse) clients.push(`${sums.sse.clients} sse`);
   fill($('#total-clients'), clients.join(', ') || '-');
   if (s.uptime_s !== undefined)
     fill($('#self-uptime'), duration(Number(s.uptime_s)));

@@ -14,10 +14,12 @@ export class RateChart {
   // Counters (monotonic) read at wall time t (ms; where the point is
   // drawn) and at the server's monotonic mono (ms; the rate's interval,
   // t's when absent): each series gets the rate since the previous sample.
-  // A counter that went down (a restart) starts over.
-  sample(t, values, mono) {
+  // A counter that went down (a restart) starts over; so does a sample
+  // from other sources than the previous one (from: any string, e.g. the
+  // instances summed).
+  sample(t, values, mono, from = '') {
     const m = Number.isFinite(mono) ? mono : t;
-    if (this.last && m > this.last.m) {
+    if (this.last && m > this.last.m && from === this.last.from) {
       const dt = (m - this.last.m) / 1000;
       this.series.forEach((s, i) => {
         const d = values[i] - this.last.values[i];
@@ -25,7 +27,7 @@ export class RateChart {
         if (s.points.length > this.keep) s.points.shift();
       });
     }
-    this.last = {t, m, values};
+    this.last = {t, m, values, from};
     // The latest rates, for a reader that cannot see the pixels (tests).
     this.canvas.dataset.rates = this.series.map((s, i) =>
       this.latest(i).toFixed(2)).join(' ');

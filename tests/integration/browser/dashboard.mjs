@@ -312,15 +312,23 @@ try {
     return 'state, kind, instance';
   });
 
-  await step('the chart and the bus show the stats', async () => {
+  await step('the chart and the totals show the cluster, the bus this ' +
+    'instance', async () => {
+    await page.locator('#rates[data-scope="cluster"]').waitFor();
+    await page.locator('#rates-scope', {hasText: 'cluster: 2 instances'})
+      .waitFor();
     await page.locator('#bus-body dd[data-bus="state"]',
       {hasText: 'connected'}).waitFor();
     await page.locator('#bus-body dd[data-bus="kind"]', {hasText: 'redis'})
       .waitFor();
-    // Events posted for a few seconds: both rates rise above zero.
+    // Quiet first (the flood over), then events posted to the other
+    // instance (b) for a few seconds: both rates of the cluster rise above
+    // zero (this instance's own dispatched count does not move).
+    await page.waitForFunction(() => /^0\.00 /.test(
+      document.querySelector('#rate-chart').dataset.rates || ''));
     let rates = '';
     for (let i = 0; i < 40; i++) {
-      curlEvent(cfg.a, 'chart.tick', String(i));
+      curlEvent(cfg.b, 'chart.tick', String(i));
       rates = await page.locator('#rate-chart').getAttribute('data-rates');
       const [ev, del] = (rates || '0 0').split(' ').map(Number);
       if (ev > 0 && del > 0) break;
