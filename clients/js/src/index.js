@@ -15,10 +15,22 @@ const DEFAULTS = {
   fallbackAfter: 3,
   debounceMs: 50,
   idleTimeoutMs: 60000,
+  pingIntervalMs: 30000,
+  pingTimeoutMs: 10000,
+  dispatchTimeoutMs: 10000,
+  networkFatalAfter: 10,
 };
 
 // A probe of a failed websocket upgrade gives up after this long.
 const PROBE_TIMEOUT_MS = 10000;
+
+// SSE: after a subscription change switched to the new stream, the old
+// one stays this long, its events deduplicated by id, so that what it
+// had on its way is not lost (with history off nothing replays it).
+const OVERLAP_MS = 1000;
+
+// Event ids remembered to drop the second copy of an event at a seam.
+const RECENT_IDS = 4096;
 
 // Positions are "<epoch>-<seq>" (docs/HISTORY.md): opaque for the
 // application, but the client compares seqs within an epoch to drop the
@@ -82,7 +94,8 @@ const FATAL = "fatal"; // the credential or the origin: retrying cannot help
 const PATTERN = "pattern"; // a pattern was refused: drop it, go on
 const SINCE = "since"; // the position was refused: go on from now
 const BLOCKED = "blocked"; // answered, not as taskbus: websockets blocked
-const RETRY = "retry"; // down, busy, or no answer: back off
+const RETRY = "retry"; // down, busy, or cut: back off
+const NETWORK = "network"; // no answer at all: back off, fatal after n
 
 function classify(err) {
   const s = err.status;
@@ -167,14 +180,21 @@ export class TaskbusClient {
   #transport = null;
   #mode; // what the next connection uses: "websocket" or "sse"
   #wsOpened = false; // a websocket opened once: auto stays on websockets
-  #wsBlocked = 0; // websocket failures that look blocked, before any opened
+  #wsBlocked = 0; // websocket failures in a row that look blocked
+  #noAnswer = 0; // failures in a row with no answer, before any opened
+  #everOpened = false; // a connection opened once (a later one reconnects)
   #lastPos = null;
   #last = null; // parsePos(#lastPos)
   #subs = new Set(); // the Subscription objects
   #patterns = new Map(); // pattern -> number of subscriptions to it
   #confirmed = new Set(); // patterns the server accepted
   #conn = null; // the current connection
+  #next = null; // SSE: the stream that replaces #conn, until its ready
+  #retiring = new Set(); // SSE: replaced streams, kept OVERLAP_MS
+  #changedAt = undefined; // SSE: lastPos at the first change not applied
+  #recent = new Set(); // the ids of the last RECENT_IDS events delivered
   #timer = null; // the reconnect or the SSE restart
+  #abort = new AbortController(); // aborted by close(): probes, POSTs
   #stableTimer = null;
   #attempt = 0;
   #waiters = []; // connect() promises: {resolve, reject}
@@ -206,6 +226,10 @@ export class TaskbusClient {
       fallbackAfter: opts.fallbackAfter ?? DEFAULTS.fallbackAfter,
       debounceMs: opts.debounceMs ?? DEFAULTS.debounceMs,
       idleTimeoutMs: opts.idleTimeoutMs ?? DEFAULTS.idleTimeoutMs,
+      pingIntervalMs: opts.pingIntervalMs ?? DEFAULTS.pingIntervalMs,
+      pingTimeoutMs: opts.pingTimeoutMs ?? DEFAULTS.pingTimeoutMs,
+      dispatchTimeoutMs: opts.dispatchTimeoutMs ?? DEFAULTS.dispatchTimeoutMs,
+      networkFatalAfter: opts.networkFatalAfter ?? DEFAULTS.networkFatalAfter,
     };
   }
 
@@ -252,8 +276,13 @@ export class TaskbusClient {
     this.#transport = null;
     clearTimeout(this.#timer);
     clearTimeout(this.#stableTimer);
+    this.#abort.abort();
     this.#drop(this.#conn);
+    this.#drop(this.#next);
+    for (const r of this.#retiring) this.#drop(r);
+    this.#retiring.clear();
     this.#conn = null;
+    this.#next = null;
     this.#failPending(makeError("closed", "the client was closed"));
     this.#settle(makeError("closed", "the client was closed"));
   }
@@ -287,18 +316,32 @@ export class TaskbusClient {
   }
 
   dispatch(name, data) {
+    if (this.#state === "closed")
+      return Promise.reject(makeError("closed", "the client was closed"));
     const c = this.#conn;
     if (!c || c.kind !== "websocket" || !c.wsOpen || c.dead)
       return this.#post(name, data);
     return new Promise((resolve, reject) => {
       const ref = `d${this.#nextRef++}`;
-      this.#pending.set(ref, { kind: "dispatch", resolve, reject });
+      const ms = this.#opts.dispatchTimeoutMs;
+      const timer = ms > 0 ? setTimeout(() => {
+        if (!this.#pending.delete(ref)) return;
+        reject(makeError("timeout", `no answer to the dispatch of ${name} `
+          + `in ${ms} ms (the event may have been published)`));
+      }, ms) : null;
+      const done = (f) => (v) => {
+        clearTimeout(timer);
+        f(v);
+      };
+      this.#pending.set(ref, { kind: "dispatch", resolve: done(resolve),
+        reject: done(reject) });
       const msg = { event: name, ref };
       if (data !== undefined) msg.data = data;
       try {
         c.ws.send(JSON.stringify(msg));
       } catch (e) {
         this.#pending.delete(ref);
+        clearTimeout(timer);
         reject(makeError("disconnected", errorText(e)));
       }
     });
@@ -353,23 +396,43 @@ export class TaskbusClient {
     return token ? { Authorization: `Bearer ${token}` } : {};
   }
 
-  // ?events=&since= (the position when resuming), and &token= for a
-  // websocket (a browser cannot set its headers).
-  #query(patterns, { since = true, token = null } = {}) {
+  // ?events=&since=, and &token= for a websocket (a browser cannot set its
+  // headers).
+  #query(patterns, since, token = null) {
     const q = new URLSearchParams();
     if (patterns.length) q.set("events", patterns.join(","));
-    if (since && this.#opts.resume && this.#lastPos)
-      q.set("since", this.#lastPos);
+    if (since) q.set("since", since);
     if (token) q.set("token", token);
     const s = q.toString();
     return s ? `?${s}` : "";
   }
 
-  // Starts a connection with the transport of the moment.
-  #open() {
+  // Whether conn is still ours: the connection, or the SSE stream that
+  // is to replace it.
+  #current(conn) {
+    return !conn.dead && (conn === this.#conn || conn === this.#next);
+  }
+
+  // Whether the patterns conn was opened with are the ones wanted now.
+  #samePatterns(conn) {
+    const p = conn.patterns ?? [];
+    return p.length === this.#patterns.size
+      && p.every((x) => this.#patterns.has(x));
+  }
+
+  // Starts a connection with the transport of the moment. replacing: the
+  // open SSE stream it replaces at its ready (a subscription change, not
+  // a drop), since: where it resumes (default: lastPos, with resume).
+  #open(replacing = null, since = undefined) {
     if (this.#state === "closed") return;
-    const conn = { kind: this.#mode, opened: false, dead: false };
-    this.#conn = conn;
+    const conn = { kind: this.#mode, opened: false, dead: false, replacing,
+      since: since !== undefined ? since
+        : this.#opts.resume ? this.#lastPos : null };
+    // A resumed replacement replays what its new patterns had since: its
+    // events may be behind those the old stream delivered meanwhile.
+    conn.replaying = Boolean(replacing && conn.since);
+    if (replacing) this.#next = conn;
+    else this.#conn = conn;
     const run = conn.kind === "websocket" ? this.#openWs(conn)
       : this.#openSse(conn);
     run.catch((e) => this.#failed(conn, makeError("client_error",
@@ -379,6 +442,14 @@ export class TaskbusClient {
   // The connection is ready: its patterns are in place on the server.
   #opened(conn) {
     conn.opened = true;
+    if (conn.replacing) {
+      this.#switchTo(conn);
+      return;
+    }
+    const reconnect = this.#everOpened;
+    this.#everOpened = true;
+    this.#noAnswer = 0;
+    this.#wsBlocked = 0;
     this.#transport = conn.kind;
     clearTimeout(this.#stableTimer);
     this.#stableTimer = setTimeout(() => {
@@ -386,6 +457,31 @@ export class TaskbusClient {
     }, this.#opts.stableMs);
     this.#setState("open");
     this.#settle(null);
+    // Back after a drop with no position to resume from (history off, or
+    // none given yet): what came meanwhile is missed, and the application
+    // is told so as after a resume that could not recover.
+    if (reconnect && !conn.since)
+      this.#emit("recovered", { recovered: false, pos: null, epoch: null });
+    if (conn.kind === "websocket") this.#startPing(conn);
+    else if (!this.#samePatterns(conn)) this.#restartSoon();
+  }
+
+  // SSE: the new stream is ready; the old one stays OVERLAP_MS for what it
+  // had on its way (deduplicated by id), then goes.
+  #switchTo(conn) {
+    const old = conn.replacing;
+    conn.replacing = null;
+    this.#next = null;
+    this.#conn = conn;
+    this.#transport = conn.kind;
+    if (old && !old.dead) {
+      this.#retiring.add(old);
+      old.retire = setTimeout(() => {
+        this.#retiring.delete(old);
+        this.#drop(old);
+      }, OVERLAP_MS);
+    }
+    if (!this.#samePatterns(conn)) this.#restartSoon();
   }
 
   // Ends a connection (ours to end: its callbacks do nothing after this).
@@ -393,6 +489,9 @@ export class TaskbusClient {
     if (!conn || conn.dead) return;
     conn.dead = true;
     clearTimeout(conn.idle);
+    clearTimeout(conn.retire);
+    clearInterval(conn.ping);
+    clearTimeout(conn.pingDeadline);
     if (conn.ws) {
       try {
         conn.ws.close(1000);
@@ -403,16 +502,65 @@ export class TaskbusClient {
     conn.abort?.abort();
   }
 
+  // The position goes back to since (a replacement's, that did not get to
+  // replay what its new patterns had): the reconnect replays it, and what
+  // was delivered already is known by its id.
+  #rewind(since) {
+    this.#lastPos = since ?? null;
+    this.#last = parsePos(this.#lastPos);
+  }
+
   // A connection failed or ended. err: the server's refusal, if it said
   // one; what: how to take it (default: classify(err)).
   #failed(conn, err, what) {
-    if (conn !== this.#conn || conn.dead || this.#state === "closed") return;
+    if (conn.dead || this.#state === "closed") return;
+    const from = conn; // whose patterns a refusal is about
+    if (this.#retiring.has(conn)) {
+      this.#retiring.delete(conn);
+      this.#drop(conn);
+      return;
+    }
+    if (conn === this.#next) {
+      // The replacement failed: the stream it was to replace goes too,
+      // and the reconnect takes the failure as its own.
+      this.#next = null;
+      this.#drop(conn);
+      this.#rewind(conn.since);
+      conn = this.#conn;
+      if (!conn || conn.dead) return;
+    } else if (conn !== this.#conn) {
+      return;
+    } else if (this.#next) {
+      this.#rewind(this.#next.since);
+      this.#drop(this.#next);
+      this.#next = null;
+    } else if (this.#changedAt !== undefined) {
+      this.#rewind(this.#changedAt); // patterns added since: replay them
+    }
+    this.#changedAt = undefined;
     this.#drop(conn);
     clearTimeout(this.#stableTimer);
     if (conn.kind === "websocket")
       this.#failPending(makeError("disconnected", "the websocket closed "
         + "before the server answered (the event may have been published)"));
     what ??= err ? classify(err) : RETRY;
+    if (what === NETWORK) {
+      // No answer at all, before any connection opened: the server is
+      // down, or the page is not on taskbus's origin (it sends no CORS
+      // headers, so a browser hides every answer): said after n tries.
+      const n = this.#opts.networkFatalAfter;
+      if (!this.#everOpened && n > 0 && ++this.#noAnswer >= n) {
+        err = makeError("network", `no answer from ${this.#base} after ${n}`
+          + " tries: the server is down, or this page is on another origin "
+          + "(taskbus sends no CORS headers: serve the page from taskbus's "
+          + "origin, or behind the same reverse proxy)");
+        what = FATAL;
+      } else {
+        what = RETRY;
+      }
+    } else {
+      this.#noAnswer = 0;
+    }
     if (what === FATAL) {
       err.fatal = true;
       this.#settle(err);
@@ -426,7 +574,7 @@ export class TaskbusClient {
     if (what === PATTERN) {
       // At once when a pattern was dropped (then this ends: each round
       // drops one at least), else after the backoff.
-      this.#refused(conn, err).then(
+      this.#refused(from, err).then(
         (dropped) => (dropped ? this.#open() : this.#retry()),
         () => this.#retry());
       return;
@@ -437,8 +585,8 @@ export class TaskbusClient {
       this.#open();
       return;
     }
-    if (what === BLOCKED && conn.kind === "websocket" && !this.#wsOpened
-        && this.#opts.transport === "auto"
+    if (what !== BLOCKED || conn.kind !== "websocket") this.#wsBlocked = 0;
+    else if (!this.#wsOpened && this.#opts.transport === "auto"
         && ++this.#wsBlocked >= this.#opts.fallbackAfter) {
       this.#mode = "sse"; // for good
       this.#open();
@@ -459,25 +607,44 @@ export class TaskbusClient {
     this.#timer = setTimeout(() => this.#open(), delayMs);
   }
 
-  // The server refused a pattern of conn's. A 403 names it; a 400
-  // (bad_pattern, too_many_patterns) does not: each pattern not confirmed
-  // yet is asked about alone, and those refused are dropped (all of them
-  // if none is refused alone). Whether any was dropped.
+  // The server refused a pattern of conn's. A 403 names it. A 400
+  // too_many_patterns does not: the patterns beyond the limit, the most
+  // recently added, go (the limit found by asking with the first k). A 400
+  // bad_pattern does not either: each pattern not confirmed yet is asked
+  // about alone, and those refused are dropped. Whether any was dropped.
   async #refused(conn, err) {
     if (err.pattern) return this.#forget([err.pattern], err, false);
-    const asked = conn.patterns.filter((p) => !this.#confirmed.has(p));
+    const all = conn.patterns;
+    if (err.code === "too_many_patterns") {
+      const fits = async (k) => {
+        const e = await this.#ask(this.#sseUrl(all.slice(0, k), null),
+          conn.token).catch(() => null);
+        return e?.code !== "too_many_patterns";
+      };
+      let lo = 0; // fits
+      let hi = all.length; // does not
+      while (hi - lo > 1 && this.#state !== "closed") {
+        const mid = (lo + hi) >> 1;
+        if (await fits(mid)) lo = mid;
+        else hi = mid;
+      }
+      return this.#forget(all.slice(Math.max(lo, 1)), err, true);
+    }
+    const asked = all.filter((p) => !this.#confirmed.has(p));
     const bad = [];
     for (const p of asked) {
+      if (this.#state === "closed") return false;
       let e = null;
       try {
-        e = await this.#ask(this.#sseUrl([p], false), conn.token);
+        e = await this.#ask(this.#sseUrl([p], null), conn.token);
       } catch {
         /* no answer: decided below */
       }
       if (e && classify(e) === PATTERN) bad.push(p);
     }
-    return this.#forget(
-      bad.length ? bad : asked.length ? asked : conn.patterns, err, true);
+    // None refused alone (they were refused together): the ones nobody
+    // singled out stay; the backoff retries.
+    return this.#forget(bad, err, true);
   }
 
   // Drops patterns the server refused, and their subscriptions; tell:
@@ -518,29 +685,70 @@ export class TaskbusClient {
       this.#wsSend(c, added ? "subscribe" : "unsubscribe", pattern);
       return;
     }
-    if (!c.opened) return; // the next stream's URL has it
-    // SSE: a stream's patterns are its URL's. After a short quiet time a
-    // new stream replaces it, resuming at the last position (the state
-    // stays open; a failure is a drop like any other).
+    // SSE: the new stream resumes from where the change was made, so
+    // that a new pattern gets what came after it. A stream not ready yet
+    // compares its patterns at its ready.
+    if (this.#changedAt === undefined)
+      this.#changedAt = this.#opts.resume ? this.#lastPos : null;
+    if (c.opened) this.#restartSoon();
+  }
+
+  // SSE: a stream's patterns are its URL's. After a short quiet time a new
+  // stream opens beside the old one, resuming where the one it replaces
+  // stood, and takes over at its ready (the state stays open).
+  #restartSoon() {
     clearTimeout(this.#timer);
     this.#timer = setTimeout(() => {
-      if (this.#conn !== c || c.dead) return;
-      this.#drop(c);
-      this.#open();
+      const c = this.#conn;
+      if (!c || c.dead || !c.opened || this.#state === "closed") return;
+      const prev = this.#next;
+      if (!prev && this.#samePatterns(c)) {
+        this.#changedAt = undefined; // changed back
+        return;
+      }
+      // A replacement superseded before its ready: the new one resumes
+      // where that one did, so the patterns it added lose nothing.
+      const since = prev ? prev.since
+        : this.#changedAt !== undefined ? this.#changedAt
+          : this.#opts.resume ? this.#lastPos : null;
+      this.#changedAt = undefined;
+      if (prev) {
+        this.#next = null;
+        this.#drop(prev);
+      }
+      this.#open(c, since);
     }, this.#opts.debounceMs);
   }
 
-  // Delivers an event envelope, once: a position at or before the last
-  // one delivered (in its epoch) is a duplicate from a resume's seam.
-  #deliver(ev) {
+  // Delivers an event envelope, once: an id delivered lately, or a
+  // position at or before the last one delivered (in its epoch), is a
+  // duplicate from a seam. A replacement stream's replay is behind what
+  // the old stream delivered: its ids decide.
+  #deliver(ev, conn) {
     if (!ev || typeof ev !== "object" || typeof ev.name !== "string") return;
+    const id = typeof ev.id === "string" ? ev.id : null;
+    if (id && this.#recent.has(id)) return;
     const p = parsePos(ev.pos);
     if (p) {
       const l = this.#last;
-      if (l && l.epoch === p.epoch && p.seq <= l.seq) return;
-      this.#last = p;
-      this.#lastPos = ev.pos;
+      const behind = l && l.epoch === p.epoch && p.seq <= l.seq;
+      if (behind && !conn?.replaying) return;
+      if (!behind) {
+        this.#last = p;
+        this.#lastPos = ev.pos;
+      }
     }
+    if (id) {
+      this.#recent.add(id);
+      if (this.#recent.size > RECENT_IDS)
+        this.#recent.delete(this.#recent.values().next().value);
+    }
+    // Unsubscribed meanwhile (a stream being replaced still has it, a
+    // websocket had it on its way): not the application's any more.
+    let wanted = false;
+    for (const pat of this.#patterns.keys())
+      if (matchPattern(pat, ev.name)) wanted = true;
+    if (!wanted) return;
     this.#emit("event", ev);
     for (const s of [...this.#subs]) {
       if (!s[HANDLER] || !matchPattern(s.pattern, ev.name)) continue;
@@ -552,9 +760,9 @@ export class TaskbusClient {
     }
   }
 
-  // Moves the position to pos (a resume's seam, a fresh SSE stream's
-  // start) unless it is behind what was delivered, or force (recovered
-  // false: the position the server goes on from, whatever came before).
+  // Moves the position to pos (a resume's seam, a fresh stream's start)
+  // unless it is behind what was delivered, or force (recovered false:
+  // the position the server goes on from, whatever came before).
   #seam(pos, force) {
     const p = parsePos(pos);
     if (!p) return;
@@ -564,21 +772,29 @@ export class TaskbusClient {
     this.#lastPos = pos;
   }
 
-  #recovered(o) {
+  #recovered(o, conn) {
     const info = {
       recovered: o.recovered === true,
       pos: typeof o.pos === "string" ? o.pos : null,
       epoch: typeof o.epoch === "string" ? o.epoch : null,
     };
+    const restart = conn.replaying;
+    conn.replaying = false;
     if (info.pos) this.#seam(info.pos, !info.recovered);
-    this.#emit("recovered", info);
+    // A subscription change's new stream is no drop: nothing to tell,
+    // unless the history could not give what it asked for.
+    if (!restart || !info.recovered) this.#emit("recovered", info);
   }
 
   // GET url: null for a 2xx (its body left unread, the request cut), else
-  // the refusal. Throws when there is no answer.
+  // the refusal. Throws when there is no answer (or close() came).
   async #ask(url, token) {
     const ac = new AbortController();
-    const t = setTimeout(() => ac.abort(), PROBE_TIMEOUT_MS);
+    const stop = () => ac.abort();
+    const closing = this.#abort.signal;
+    if (closing.aborted) throw makeError("closed", "the client was closed");
+    closing.addEventListener("abort", stop, { once: true });
+    const t = setTimeout(stop, PROBE_TIMEOUT_MS);
     try {
       const res = await this.#fetch(url, {
         headers: this.#headers(token),
@@ -588,19 +804,20 @@ export class TaskbusClient {
       return res.ok ? null : await errorOf(res);
     } finally {
       clearTimeout(t);
+      closing.removeEventListener("abort", stop);
       ac.abort();
     }
   }
 
   #sseUrl(patterns, since) {
-    return `${this.#base}/sse${this.#query(patterns, { since })}`;
+    return `${this.#base}/sse${this.#query(patterns, since)}`;
   }
 
   // ------------------------------------------------------------ websocket
 
   async #openWs(conn) {
     const token = await this.#getToken();
-    if (conn !== this.#conn || conn.dead) return;
+    if (!this.#current(conn)) return;
     const WS = this.#WebSocket;
     if (!WS && this.#opts.transport === "auto") {
       this.#mode = "sse"; // nothing to try (Node 20 without the option)
@@ -616,10 +833,10 @@ export class TaskbusClient {
     conn.patterns = patterns;
     conn.token = token;
     const ws = new WS(`${this.#base.replace(/^http/, "ws")}/ws${
-      this.#query(patterns, { token })}`);
+      this.#query(patterns, conn.since, token)}`);
     conn.ws = ws;
     ws.onopen = () => {
-      if (conn !== this.#conn || conn.dead) return;
+      if (!this.#current(conn)) return;
       conn.wsOpen = true;
       this.#wsOpened = true;
       for (const p of patterns) this.#confirmed.add(p);
@@ -631,7 +848,8 @@ export class TaskbusClient {
       // The server reads messages once it has added the URL's patterns:
       // the answer to an empty subscribe says they are in place (the 101
       // comes before), so that what is dispatched from now on arrives.
-      this.#wsSend(conn, "subscribe", null);
+      // With history on it carries the position to resume from.
+      this.#wsSend(conn, "subscribe", null, "ready");
     };
     ws.onmessage = (m) => {
       if (conn.dead) return;
@@ -641,11 +859,11 @@ export class TaskbusClient {
       } catch {
         return; // the server sends JSON text only
       }
-      this.#wsMessage(o);
+      this.#wsMessage(o, conn);
     };
     ws.onerror = () => {}; // a close follows
     ws.onclose = (e) => {
-      if (conn !== this.#conn || conn.dead) return;
+      if (!this.#current(conn)) return;
       if (!conn.wsOpen) {
         this.#probe(conn);
         return;
@@ -663,6 +881,20 @@ export class TaskbusClient {
     };
   }
 
+  // A websocket can die without a close (a peer gone, a NAT that forgot
+  // it): an empty unsubscribe every pingIntervalMs must be answered within
+  // pingTimeoutMs, else the connection is dropped and reopened (not an
+  // empty subscribe: with history on, its answer reads the history).
+  #startPing(conn) {
+    const { pingIntervalMs: every, pingTimeoutMs: within } = this.#opts;
+    if (!(every > 0) || !(within > 0)) return;
+    conn.ping = setInterval(() => {
+      if (conn.dead || conn.pingDeadline) return;
+      conn.pingDeadline = setTimeout(() => this.#failed(conn, null), within);
+      this.#wsSend(conn, "unsubscribe", null, "ping");
+    }, every);
+  }
+
   // The upgrade failed, and a browser does not tell why: ask with plain
   // GETs. GET /ws checks the credential (426 upgrade_required when it
   // passes); GET /sse checks the patterns and since as the upgrade does
@@ -671,25 +903,27 @@ export class TaskbusClient {
   async #probe(conn) {
     let err = null;
     try {
-      err = await this.#ask(`${this.#base}/ws${this.#query(conn.patterns)}`,
+      err = await this.#ask(
+        `${this.#base}/ws${this.#query(conn.patterns, conn.since)}`,
         conn.token);
-      if (err?.status === 426 && conn.patterns.length) {
-        const e2 = await this.#ask(this.#sseUrl(conn.patterns, true),
+      if (err?.status === 426 && conn.patterns.length && !conn.dead
+          && this.#state !== "closed") {
+        const e2 = await this.#ask(this.#sseUrl(conn.patterns, conn.since),
           conn.token);
         if (e2 && classify(e2) !== BLOCKED) err = e2;
       }
     } catch {
-      err = null; // no answer: the server is down
+      this.#failed(conn, null, NETWORK); // no answer: down, or cross-origin
+      return;
     }
     this.#failed(conn, err);
   }
 
   // Sends {"subscribe"|"unsubscribe": [pattern]} (pattern null: [], the
-  // readiness check).
-  #wsSend(c, what, pattern) {
+  // readiness check or a ping: kind says which).
+  #wsSend(c, what, pattern, kind = what) {
     const ref = `s${this.#nextRef++}`;
-    this.#pending.set(ref, { kind: pattern === null ? "ready" : what,
-      pattern, conn: c });
+    this.#pending.set(ref, { kind, pattern, conn: c });
     try {
       c.ws.send(JSON.stringify({ [what]: pattern === null ? [] : [pattern],
         ref }));
@@ -698,13 +932,22 @@ export class TaskbusClient {
     }
   }
 
-  #wsMessage(o) {
+  #wsMessage(o, conn) {
     if (!o || typeof o !== "object") return;
     const ref = typeof o.ref === "string" ? o.ref : null;
     const p = ref ? this.#pending.get(ref) : undefined;
     if (p) this.#pending.delete(ref);
+    if (p?.kind === "ping") {
+      clearTimeout(p.conn.pingDeadline);
+      p.conn.pingDeadline = null;
+      return;
+    }
     if (p?.kind === "ready") {
-      if (p.conn === this.#conn && !p.conn.dead) this.#opened(p.conn);
+      if (!this.#current(p.conn)) return;
+      // Opened without a position: the server's, read once the patterns
+      // were in place, is where a reconnect resumes from.
+      if (!p.conn.since && typeof o.pos === "string") this.#seam(o.pos, false);
+      this.#opened(p.conn);
       return;
     }
     if (typeof o.ok === "string") {
@@ -730,10 +973,10 @@ export class TaskbusClient {
       return;
     }
     if ("recovered" in o && !("name" in o)) {
-      this.#recovered(o);
+      this.#recovered(o, conn);
       return;
     }
-    this.#deliver(o);
+    this.#deliver(o, conn);
   }
 
   // ------------------------------------------------------------ SSE
@@ -741,6 +984,10 @@ export class TaskbusClient {
   // Read with fetch, not EventSource: an SSE event is named after the
   // taskbus event, and an EventSource cannot listen to every name.
   async #openSse(conn) {
+    const token = this.#patterns.size ? await this.#getToken() : undefined;
+    if (!this.#current(conn)) return;
+    // Taken now (after the token): what changes later is compared at the
+    // ready.
     const patterns = [...this.#patterns.keys()];
     conn.patterns = patterns;
     if (patterns.length === 0) {
@@ -749,22 +996,28 @@ export class TaskbusClient {
       this.#opened(conn);
       return;
     }
-    const token = await this.#getToken();
-    if (conn !== this.#conn || conn.dead) return;
     conn.token = token;
     conn.abort = new AbortController();
+    const url = this.#sseUrl(patterns, conn.since);
     let res;
     try {
-      res = await this.#fetch(this.#sseUrl(patterns, true), {
+      res = await this.#fetch(url, {
         headers: { ...this.#headers(token), Accept: "text/event-stream" },
         signal: conn.abort.signal,
         cache: "no-store",
       });
     } catch {
-      this.#failed(conn, null);
+      this.#failed(conn, null, NETWORK);
       return;
     }
     if (conn.dead) return;
+    if (res.status === 404 || res.status === 405) {
+      // No taskbus here: a wrong url, which no retry mends.
+      this.#failed(conn, makeError("not_found", `${res.status} from `
+        + `${this.#base}/sse: no taskbus here (check the url option)`,
+      { status: res.status }), FATAL);
+      return;
+    }
     if (!res.ok || !res.body) {
       this.#failed(conn, await errorOf(res), res.ok ? RETRY : undefined);
       return;
@@ -784,7 +1037,7 @@ export class TaskbusClient {
         // ": ready": the subscription is in place (the headers come
         // before it), so that what is dispatched from now on arrives.
         onComment: (text) => {
-          if (text !== "ready" || conn.opened || conn.dead) return;
+          if (text !== "ready" || conn.opened || !this.#current(conn)) return;
           for (const p of patterns) this.#confirmed.add(p);
           this.#opened(conn);
         },
@@ -808,16 +1061,16 @@ export class TaskbusClient {
     } catch {
       return;
     }
-    if (b.event === "taskbus:recovered") this.#recovered(o);
-    else this.#deliver(o);
+    if (b.event === "taskbus:recovered") this.#recovered(o, conn);
+    else this.#deliver(o, conn);
   }
 
   // ------------------------------------------------------------ HTTP
 
+  // The token is asked for at each POST (a function may renew it).
   async #post(name, data) {
     if (!this.#fetch) throw makeError("no_fetch", "no fetch here");
-    const token = typeof this.#opts.token === "function"
-      && this.#token !== undefined ? this.#token : await this.#getToken();
+    const token = await this.#getToken();
     const headers = this.#headers(token);
     let body;
     if (typeof data === "string") {
@@ -827,16 +1080,35 @@ export class TaskbusClient {
       body = JSON.stringify(data);
       headers["Content-Type"] = "application/json";
     }
-    let res;
+    const ac = new AbortController();
+    const ms = this.#opts.dispatchTimeoutMs;
+    let timedOut = false;
+    const t = ms > 0 ? setTimeout(() => {
+      timedOut = true;
+      ac.abort();
+    }, ms) : null;
+    const stop = () => ac.abort();
+    this.#abort.signal.addEventListener("abort", stop, { once: true });
     try {
-      res = await this.#fetch(
-        `${this.#base}/events/${encodeURIComponent(name)}`,
-        { method: "POST", headers, body });
-    } catch (e) {
-      throw makeError("network", errorText(e));
+      let res;
+      try {
+        res = await this.#fetch(
+          `${this.#base}/events/${encodeURIComponent(name)}`,
+          { method: "POST", headers, body, signal: ac.signal });
+      } catch (e) {
+        if (timedOut)
+          throw makeError("timeout", `no answer to the dispatch of ${name} `
+            + `in ${ms} ms (the event may have been published)`);
+        if (this.#abort.signal.aborted)
+          throw makeError("closed", "the client was closed");
+        throw makeError("network", errorText(e));
+      }
+      if (res.status !== 202) throw await errorOf(res);
+      return (await res.json()).id;
+    } finally {
+      clearTimeout(t);
+      this.#abort.signal.removeEventListener("abort", stop);
     }
-    if (res.status !== 202) throw await errorOf(res);
-    return (await res.json()).id;
   }
 }
 

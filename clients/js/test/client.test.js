@@ -4,12 +4,16 @@
 // without loss and with recovered false, SSE forced and as the fallback,
 // tokens.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import http from "node:http";
+import net from "node:net";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { after, before, describe, it as nodeIt } from "node:test";
 
 import { TaskbusClient } from "../src/index.js";
 import {
-  HOST, Recorder, Redis, Taskbus, T, jwt, missing, post, sleep,
+  HOST, Recorder, Redis, Taskbus, T, jwt, missing, post,
 } from "./harness.js";
 
 // Each case is bounded: a hang fails it rather than the whole run.
@@ -43,7 +47,7 @@ function client(opts) {
   return [c, new Recorder(c)];
 }
 
-describe("taskbus-client", { skip: why ?? false, timeout: 240000 }, () => {
+describe("taskbus-client", { skip: why ?? false, timeout: T(300000) }, () => {
   before(async () => {
     await redis.start();
     const bus = ["--redis-url", redis.url()];
@@ -125,6 +129,8 @@ describe("taskbus-client", { skip: why ?? false, timeout: 240000 }, () => {
       await A.kill();
       await rec.until(() => c.state === "connecting", "the drop seen");
       assert.equal(c.transport, null);
+      // Meanwhile a dispatch goes over HTTP, to the instance that is down.
+      await assert.rejects(c.dispatch(`${p}.lost`, "z"), { code: "network" });
       const n = 50;
       const ids = [];
       for (let i = 0; i < n; i++) ids.push(await post(B.url, `${p}.n`, String(i)));
@@ -134,12 +140,14 @@ describe("taskbus-client", { skip: why ?? false, timeout: 240000 }, () => {
       await rec.until((r) => r.recovered.length === 1, "recovered");
       await rec.until((r) => r.named(`${p}.n`).length >= n, "the replay");
       const live = await post(B.url, `${p}.live`, "y");
-      await rec.until((r) => r.named(`${p}.live`).length === 1, "a live event");
-      await sleep(100); // nothing more (a duplicate) may follow
+      // Events on one connection keep their order: a duplicate of any
+      // before would come before the last one.
+      const end = await c.dispatch(`${p}.end`, "e");
+      await rec.until((r) => r.named(`${p}.end`).length === 1, "the last event");
       const names = rec.named(p).map((e) => e.id);
-      assert.deepEqual(names, [first, ...ids, live], "each once, in order");
+      assert.deepEqual(names, [first, ...ids, live, end], "each once, in order");
       assert.equal(rec.recovered[0].recovered, true);
-      assert.equal(c.lastPos, rec.named(`${p}.live`)[0].pos);
+      assert.equal(c.lastPos, rec.named(`${p}.end`)[0].pos);
       assert.equal(c.state, "open");
       assert.equal(c.transport, transport);
       // Exponential, jittered, capped; attempts count up from 1.
@@ -206,31 +214,104 @@ describe("taskbus-client", { skip: why ?? false, timeout: 240000 }, () => {
     });
   }
 
-  it("sse: subscription changes restart the stream from the last position", async () => {
+  it("sse: a subscription change switches streams without loss, duplicate or recovered", async () => {
     const [c, rec] = client({ url: A.url, transport: "sse" });
     const s1 = c.subscribe("s1.*");
     await c.connect();
     assert.equal(c.transport, "sse");
-    await post(A.url, "s1.a", "1");
+    const s1a = await post(A.url, "s1.a", "1");
     await rec.until((r) => r.named("s1.").length === 1, "s1.a");
-    // Posted right after the subscribe: the new stream resumes from s1.a.
+    // Posted right after the subscribe, while the new stream opens: the
+    // new stream resumes from s1.a, so it has s2.a.
     c.subscribe("s2.*");
     const s2a = await post(A.url, "s2.a", "2");
+    const s1b = await post(A.url, "s1.b", "3");
     await rec.until((r) => r.named("s2.").length === 1, "s2.a");
-    assert.equal(rec.named("s2.")[0].id, s2a);
-    await rec.until((r) => r.recovered.length >= 1, "the restart's seam");
-    const seams = rec.recovered.length;
     s1.unsubscribe();
-    await rec.until((r) => r.recovered.length > seams, "the second restart");
-    await post(A.url, "s1.b", "3");
-    const s2b = await post(A.url, "s2.b", "4");
-    await rec.until((r) => r.named("s2.").length === 2, "s2.b");
-    assert.equal(rec.named("s2.")[1].id, s2b);
-    assert.deepEqual(rec.named("s1.").map((e) => e.name), ["s1.a"]);
-    assert.ok(rec.recovered.every((r) => r.recovered));
-    // A restart is not a drop: the state stayed open.
+    await post(A.url, "s1.c", "4"); // unsubscribed: never delivered
+    const s2b = await post(A.url, "s2.b", "5");
+    const mark = await post(A.url, "s2.end", "6");
+    await rec.until((r) => r.named("s2.end").length === 1, "s2.end");
+    // Whatever stream each came on, each once: the ids say so.
+    const ids = rec.events.map((e) => e.id);
+    assert.equal(new Set(ids).size, ids.length, `duplicates: ${ids}`);
+    assert.deepEqual(rec.named("s1.").map((e) => e.id), [s1a, s1b]);
+    assert.deepEqual(rec.named("s2.").map((e) => e.id).sort(), [s2a, s2b, mark].sort());
+    // A restart is not a drop: the state stayed open, nothing recovered.
+    assert.deepEqual(rec.recovered, []);
     assert.deepEqual(rec.states, ["connecting", "open"]);
     assert.deepEqual(c.patterns, ["s2.*"]);
+    assert.deepEqual(rec.errors, []);
+  });
+
+  it("sse: a subscription made while the stream opens gets its events", async () => {
+    const [c, rec] = client({ url: A.url, transport: "sse" });
+    c.subscribe("so1.*");
+    const opening = c.connect();
+    c.subscribe("so2.*"); // the first stream's URL does not have it
+    await opening;
+    // Its restart is under way or done: an event posted once the
+    // subscription's stream is in place arrives; count them.
+    let id = null;
+    await rec.until(async (r) => {
+      if (r.named("so2.").length) return true;
+      id = await post(A.url, "so2.x", "1");
+      return false;
+    }, "so2.x");
+    await rec.until((r) => r.named("so2.").some((e) => e.id === id), "the last so2.x");
+    assert.deepEqual(c.patterns, ["so1.*", "so2.*"]);
+    assert.deepEqual(rec.states, ["connecting", "open"]);
+  });
+
+  it("websocket: dropped before its first event, resumes from the ready position", async () => {
+    await post(A.url, "gapw.before", "so that the namespace has a position");
+    const [c, rec] = client({ url: A.url, transport: "websocket" });
+    c.subscribe("gapw.*");
+    await c.connect();
+    assert.match(c.lastPos ?? "", /^[0-9a-f]{8,16}-[0-9]+$/, "no position from the ready answer");
+    await A.kill();
+    await rec.until(() => c.state === "connecting", "the drop seen");
+    const ids = [];
+    for (let i = 0; i < 5; i++) ids.push(await post(B.url, "gapw.n", String(i)));
+    await A.start();
+    await rec.until((r) => r.recovered.length === 1, "recovered");
+    const end = await c.dispatch("gapw.end", "e");
+    await rec.until((r) => r.named("gapw.end").length === 1, "the last event");
+    assert.equal(rec.recovered[0].recovered, true);
+    assert.deepEqual(rec.named("gapw.").map((e) => e.id), [...ids, end]);
+    assert.deepEqual(rec.errors.filter((e) => e.code !== "bus_unavailable"), []);
+  });
+
+  it("close() during connect: node exits at once", async () => {
+    // A server that refuses websocket upgrades (the connection cut) and
+    // never answers anything else: the client's probe of the failed
+    // upgrade hangs when it is closed.
+    const hang = net.createServer((sock) => {
+      sock.on("data", (d) => {
+        if (/^upgrade: websocket/im.test(String(d))) sock.destroy();
+      });
+      sock.on("error", () => {});
+    });
+    await new Promise((r) => hang.listen(0, HOST, r));
+    const script = `
+      import WebSocket from "ws";
+      import { TaskbusClient } from ${JSON.stringify(new URL("../src/index.js", import.meta.url).href)};
+      const c = new TaskbusClient({ url: "http://${HOST}:${hang.address().port}", WebSocket });
+      c.subscribe("x.*");
+      c.connect().catch(() => {});
+      setTimeout(() => c.close(), 500);
+    `;
+    try {
+      const t0 = Date.now();
+      const child = spawn(process.execPath, ["--input-type=module", "-e", script],
+        { cwd: path.dirname(fileURLToPath(import.meta.url)), stdio: "inherit" });
+      const code = await new Promise((r) => child.on("exit", r));
+      assert.equal(code, 0);
+      // Not held by a probe's or a reconnect's timer (PROBE_TIMEOUT_MS 10 s).
+      assert.ok(Date.now() - t0 < 8000, `exited after ${Date.now() - t0} ms`);
+    } finally {
+      hang.close();
+    }
   });
 
   it("auto falls back to SSE where websocket upgrades are refused", async () => {
