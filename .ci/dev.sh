@@ -34,7 +34,7 @@ TEST_DEPS=(libcmocka-dev redis-server redis-tools redis-sentinel python3
 # against it),
 # then, from their committed lockfiles, the packages of a real EventSource
 # client for tests/integration/sse_suite.py, the JavaScript client's
-# test dependencies (clients/js: ws; Node 20 has no WebSocket of its own)
+# test dependencies (clients/js: ws; Node 18 and 20 have no WebSocket)
 # and the dashboard's browser test (tests/integration/browser:
 # playwright-core, which drives Debian's chromium and never downloads a
 # browser of its own).
