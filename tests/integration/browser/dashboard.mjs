@@ -298,10 +298,18 @@ try {
     await page.locator('#task-table tr[data-task="dash-api-sleep"]').waitFor();
     await page.selectOption('#f-state', '');
     await page.selectOption('#f-kind', 'sleep');
-    await page.locator('#task-table tr[data-task="dash-form-sleep"]').waitFor();
-    const kinds = await page.locator('#task-table tbody tr td:nth-child(2)')
-      .allTextContents();
-    if (kinds.some((k) => k !== 'sleep')) throw new Error(`kinds ${kinds}`);
+    // Until the filtered listing comes, the table is the cancelled one
+    // (only sleep, no dash-form-sleep) or an unfiltered one (the page's own
+    // ws tasks too): wait for the table that is neither.
+    await page.waitForFunction(() => {
+      const rows = [...document.querySelectorAll('#task-table tbody tr')];
+      return rows.some((r) => r.dataset.task === 'dash-form-sleep') &&
+        rows.every((r) => r.cells[1].textContent === 'sleep');
+    }).catch(async (e) => {
+      const kinds = await page.locator(
+        '#task-table tbody tr td:nth-child(2)').allTextContents();
+      throw new Error(`kinds ${kinds}: ${e.message}`);
+    });
     await page.selectOption('#f-kind', '');
     // dash-api-sleep ran on b, dash-form-sleep on a (the page's instance).
     await page.selectOption('#f-instance', cfg.ids[1]);
