@@ -26,6 +26,8 @@ COPY cmake/ cmake/
 COPY include/ include/
 COPY service/ service/
 COPY adapters/ adapters/
+# The JavaScript client, built into the dashboard as /ui/taskbus.js.
+COPY clients/js/src/ clients/js/src/
 RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
         -DCMAKE_INSTALL_PREFIX=/usr/local \
     && cmake --build /build --parallel "$(nproc)" \

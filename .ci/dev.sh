@@ -29,12 +29,18 @@ BUILD_DEPS=(cmake make gcc libc6-dev pkg-config
     libjwt-dev)
 TEST_DEPS=(libcmocka-dev redis-server redis-tools redis-sentinel python3
     python3-websockets curl valgrind)
-# Node and npm (this machine has Node 20; Debian 12's own nodejs is 18),
+# Node and npm (Debian 12's own nodejs is 18; each directory's package.json
+# says in "engines" which Node it needs, and node_check below holds node -v
+# against it),
 # then, from their committed lockfiles, the packages of a real EventSource
-# client for tests/integration/sse_suite.py and the JavaScript client's
-# test dependencies (clients/js: ws; Node 20 has no WebSocket of its own).
+# client for tests/integration/sse_suite.py, the JavaScript client's
+# test dependencies (clients/js: ws; Node 18 and 20 have no WebSocket)
+# and the dashboard's browser test (tests/integration/browser:
+# playwright-core, which drives Debian's chromium and never downloads a
+# browser of its own).
 NODE_DEPS=(nodejs npm)
-NPM_DIRS=(tests/integration/sse_client clients/js)
+NPM_DIRS=(tests/integration/sse_client clients/js tests/integration/browser)
+BROWSER_DEPS=(chromium)
 # The fuzz targets (tests/fuzz/): clang and its libFuzzer runtime.
 FUZZ_DEPS=(clang libclang-rt-14-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
@@ -97,6 +103,28 @@ ensure_packages() {
     die "could not install: ${missing[*]}"
 }
 
+# Says which of NPM_DIRS this node is too old for (their package.json's
+# "engines": {"node": ">=N"}): their tests would fail on it. Stops when it
+# is too old for every one of them.
+node_check() {
+    local have major dir want ok=0
+    have=$(node -v 2>/dev/null) || die "node -v failed: reinstall nodejs"
+    major=${have#v}
+    major=${major%%.*}
+    [[ "$major" =~ ^[0-9]+$ ]] || die "node -v says '$have', not vN.N.N"
+    for dir in "${NPM_DIRS[@]}"; do
+        want=$(sed -n 's/.*"node": *">=\([0-9]*\).*/\1/p' "$dir/package.json")
+        if [[ -z "$want" || "$major" -ge "$want" ]]; then
+            ok=1
+            continue
+        fi
+        log "WARNING: node is $have; $dir needs Node $want or newer" \
+            "(its package.json \"engines\"): its tests will fail on this" \
+            "node; install Node $want or newer"
+    done
+    ((ok)) || die "node $have is too old for every test that uses it"
+}
+
 # Installs the npm packages of each of NPM_DIRS (npm ci: exactly the
 # lockfile's versions) unless its node_modules already matches the lockfile.
 ensure_npm_packages() {
@@ -104,6 +132,7 @@ ensure_npm_packages() {
         ensure_packages "${NODE_DEPS[@]}"
     fi
     local dir stamp try
+    node_check
     for dir in "${NPM_DIRS[@]}"; do
         stamp="$dir/node_modules/.package-lock.json"
         if [[ -f "$stamp" && "$stamp" -nt "$dir/package-lock.json" ]]; then
@@ -193,13 +222,17 @@ cmd_test() {
     local rc_tsan=0 rc_fuzz=0
     ensure_packages "${BUILD_DEPS[@]}" "${TEST_DEPS[@]}" "${FUZZ_DEPS[@]}"
     ensure_packages "${CONTAINER_DEPS[@]}" # tests/container/ (block above)
+    ensure_packages "${BROWSER_DEPS[@]}" # tests/integration/dashboard_suite.py
     ensure_npm_packages
 
     t=$SECONDS
     configure build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=ON \
         -DTB_WERROR=ON -DTB_ASAN=OFF -DTB_UBSAN=OFF -DTB_TSAN=OFF
     build build
-    run_ctest build || rc_release=$?
+    # Its browser test rewrites docs/dashboard.png (the README's picture)
+    # too; the other trees' runs, and a plain ctest, write to their build
+    # directory only.
+    TASKBUS_UPDATE_SCREENSHOT=1 run_ctest build || rc_release=$?
     log "release build + tests: $((SECONDS - t)) s"
 
     # libtaskbus.so: the examples and the service binary linked against it

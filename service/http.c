@@ -149,7 +149,7 @@ static int send_answer(tb_http_req *req, int status, const char *ctype,
     if (req->status)
         return TB_EBUSY;
     req->status = status;
-    char headers[512];
+    char headers[1536]; /* the dashboard's security headers fit */
     snprintf(headers, sizeof headers, "%s%s%sX-Request-ID: %s\r\n%s",
              ctype ? "Content-Type: " : "", ctype ? ctype : "",
              ctype ? "\r\n" : "", req->request_id, extra ? extra : "");
@@ -160,6 +160,13 @@ int tb_http_respond(tb_http_req *req, int status, const char *content_type,
                     const void *body, size_t len)
 {
     return send_answer(req, status, content_type, NULL, body, len);
+}
+
+int tb__http_respond_headers(tb_http_req *req, int status,
+                             const char *content_type, const char *headers,
+                             const void *body, size_t len)
+{
+    return send_answer(req, status, content_type, headers, body, len);
 }
 
 int tb_http_respond_json(tb_http_req *req, int status, const char *json)
@@ -378,7 +385,8 @@ static int authorize_client(tb_http_req *req, const route_fn *h,
 }
 
 /* 0 if req may go on to routing and its handler: no token is configured,
- * the matched route is open (GET and HEAD of /healthz and /readyz), the
+ * the matched route is open (GET and HEAD of /healthz, /readyz and the
+ * dashboard's files), the
  * request carries the API token, or a valid client token for an event
  * route (req->claims then holds its claims, the request's). Else answers
  * 401 (403 for a client token off the event routes) and returns its

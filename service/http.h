@@ -57,6 +57,12 @@ int tb__http_abandon(tb_http_req *req);
 int tb__http_error_headers(tb_http_req *req, int status, const char *code,
                            const char *headers, const char *message);
 
+/* tb_http_respond with extra headers ("Name: value\r\n"..., at most
+ * about 1400 bytes with the rest). */
+int tb__http_respond_headers(tb_http_req *req, int status,
+                             const char *content_type, const char *headers,
+                             const void *body, size_t len);
+
 /* Who may use a route when the app has an api_token. */
 typedef enum {
     TB__HTTP_ADMIN = 0, /* the API token only (tb_app_add_route's) */

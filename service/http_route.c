@@ -146,7 +146,9 @@ static int parse_template(route *rt, const char *t, size_t tlen)
         const char *s = t + start;
         size_t len = i - start;
         seg *sg = &rt->seg[k++];
-        if (len == 0)
+        /* Empty only as the last: "/ui/" is its own path, told from "/ui"
+         * (a directory's index page). */
+        if (len == 0 && i < tlen)
             return TB_EINVAL;
         if (s[0] == '{') {
             if (len < 3 || s[len - 1] != '}' ||
@@ -205,9 +207,13 @@ void tb__router_free(tb__router *r)
     free(r);
 }
 
-int tb__router_add(tb__router *r, const char *method, const char *tmpl,
-                   void *handler, void *ud)
+/* A parsed copy of method + tmpl in *out (the caller frees it), checked
+ * against r's routes: 0, TB_EINVAL, TB_EEXIST or TB_ENOMEM (then *out is
+ * NULL). */
+static int route_make(const tb__router *r, const char *method, const char *tmpl,
+                      void *handler, void *ud, route **out)
 {
+    *out = NULL;
     if (r == NULL || method == NULL || tmpl == NULL || tmpl[0] != '/')
         return TB_EINVAL;
     int mi = method_index(method);
@@ -228,22 +234,41 @@ int tb__router_add(tb__router *r, const char *method, const char *tmpl,
     for (size_t i = 0; rc == 0 && i < r->n; i++)
         if (r->routes[i]->method == mi && same_shape(r->routes[i], rt))
             rc = TB_EEXIST;
-    if (rc == 0 && r->n == r->cap) {
-        size_t cap = r->cap ? r->cap * 2 : 16;
-        route **grown = realloc(r->routes, cap * sizeof(*grown));
-        if (grown == NULL) {
-            rc = TB_ENOMEM;
-        } else {
-            r->routes = grown;
-            r->cap = cap;
-        }
-    }
     if (rc < 0) {
         free(rt);
         return rc;
     }
+    *out = rt;
+    return 0;
+}
+
+int tb__router_add(tb__router *r, const char *method, const char *tmpl,
+                   void *handler, void *ud)
+{
+    route *rt;
+    int rc = route_make(r, method, tmpl, handler, ud, &rt);
+    if (rc)
+        return rc;
+    if (r->n == r->cap) {
+        size_t cap = r->cap ? r->cap * 2 : 16;
+        route **grown = realloc(r->routes, cap * sizeof(*grown));
+        if (grown == NULL) {
+            free(rt);
+            return TB_ENOMEM;
+        }
+        r->routes = grown;
+        r->cap = cap;
+    }
     r->routes[r->n++] = rt;
     return 0;
+}
+
+int tb__router_check(const tb__router *r, const char *method, const char *tmpl)
+{
+    route *rt;
+    int rc = route_make(r, method, tmpl, NULL, NULL, &rt);
+    free(rt);
+    return rc;
 }
 
 /* The end of the request segment that starts at p[pos] (of n). */

@@ -44,8 +44,9 @@ void tb__router_free(tb__router *r);
  * ':' / '@'; at most TB__ROUTE_VALUE_MAX bytes, the longest request
  * segment matched) or "{name}" with name [A-Za-z_][A-Za-z0-9_]* up to
  * TB__ROUTE_PARAM_NAME_MAX, unique within the template, at most
- * TB__ROUTE_PARAMS_MAX of them; "/" alone is allowed; no empty segments, no
- * trailing slash other than "/". The router copies tmpl; handler and ud are
+ * TB__ROUTE_PARAMS_MAX of them; "/" alone is allowed; no empty segments but
+ * a trailing slash ("/ui/" is a path of its own: it matches "/ui/" and
+ * neither "/ui" nor "/ui//"). The router copies tmpl; handler and ud are
  * stored as given and never dereferenced. Returns 0, TB_EINVAL (bad method
  * or template), TB_EEXIST (the same method and the same template shape, i.e.
  * same literals with params in the same places, already added), TB_ENOMEM;
@@ -53,11 +54,16 @@ void tb__router_free(tb__router *r);
  * serving; matching is then safe from many threads at once. */
 int tb__router_add(tb__router *r, const char *method, const char *tmpl,
                    void *handler, void *ud);
+/* What tb__router_add(r, method, tmpl, ...) would return if called now, but
+ * r is left unchanged: 0, TB_EINVAL, TB_EEXIST or TB_ENOMEM. For callers
+ * that add several routes and must add all or none. */
+int tb__router_check(const tb__router *r, const char *method, const char *tmpl);
 /* Matches method and path (the raw request path, no query string; may
  * contain percent-escapes). A literal segment matches its text exactly
  * (compared after percent-decoding the request segment; '+' is not a space
  * here); a {param} matches any one non-empty segment, whose decoded value is
- * stored. Empty request segments ("//", a trailing '/') match nothing. When
+ * stored. Empty request segments ("//", a trailing '/') match nothing but a
+ * template's own trailing slash. When
  * several templates match, the most specific wins: compare segment by
  * segment from the left, a literal beats a param. Returns TB__ROUTE_OK
  * (fills m), TB__ROUTE_BAD_METHOD (some template matches the path but not

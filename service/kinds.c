@@ -878,7 +878,7 @@ static int post_task(tb_http_req *req, void *ud)
     case TB_ENAMETOOLONG:
         return tb_http_error(req, 400, "bad_name",
                              "%s (a task name is 1..%d bytes, no control "
-                             "characters)",
+                             "characters, not \".\" or \"..\")",
                              err, TB_TASK_NAME_MAX);
     case TB_ESHUTDOWN:
         return tb_http_error(req, 503, "shutting_down",

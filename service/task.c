@@ -125,11 +125,13 @@ static void claiming_drop(tb_app *app, tb__claiming *me)
         pthread_cond_broadcast(&app->done_cv);
 }
 
-/* Task names: 1..TB_TASK_NAME_MAX bytes, no control characters. */
+/* Task names: 1..TB_TASK_NAME_MAX bytes, no control characters, not "." or
+ * "..": a browser removes those from a URL's path as dot-segments, so
+ * /tasks/{name} could never address such a task. */
 static int name_check(const char *name)
 {
     size_t n = strlen(name);
-    if (n == 0)
+    if (n == 0 || !strcmp(name, ".") || !strcmp(name, ".."))
         return TB_EINVAL;
     if (n > TB_TASK_NAME_MAX)
         return TB_ENAMETOOLONG;

@@ -294,7 +294,8 @@ typedef struct tb_http_config {
     size_t discard_max;
     int discard_timeout_ms;
     /* The HTTP API's token. With one, every route but GET and HEAD of
-     * /healthz and /readyz (and every route added with tb_app_add_route)
+     * /healthz, /readyz and the dashboard's files (tb_app_add_dashboard;
+     * every route added with tb_app_add_route is protected)
      * answers 401 unless the request carries "Authorization: Bearer
      * <token>" or "?token=<token>". Checked before routing: without the
      * token, unknown paths, wrong methods and upgrades to paths that are
@@ -557,7 +558,9 @@ enum {
 #define TB_WORKER_ANY (-1) /* least loaded worker */
 
 typedef struct tb_task_opts {
-    const char *name; /* NULL: a generated unique name "task-<id>" */
+    const char *name; /* NULL: a generated unique name "task-<id>"; else
+                         1..TB_TASK_NAME_MAX bytes, no control characters,
+                         not "." or ".." (a URL cannot address those) */
     int worker;       /* TB_WORKER_ANY (default) or 0..workers-1 */
     unsigned flags; /* TB_TASK_REPLACE, TB_TASK_EPHEMERAL, TB_TASK_SINGLETON */
     void (*ud_free)(void *ud); /* called with ud when the task ends (for
@@ -1146,6 +1149,17 @@ int tb_app_add_route(tb_app *app, const char *method, const char *path,
  * request shows in GET /tasks as a task of kind "http.wait" named
  * "http.wait:<request id>"; its finished entry stays until purged. */
 int tb_app_add_api(tb_app *app);
+
+/* Registers the web dashboard (README "Dashboard"): GET / and GET /ui/
+ * answer its page, GET /ui/<file> its scripts and styles, all built into
+ * the library, so nothing is read from disk or fetched from elsewhere.
+ * These routes are open even with an api_token (they hold no data; the
+ * page asks for the token and sends it with every API call); any other
+ * path under /ui/ is not, and answers as unknown paths do. The page uses
+ * the routes of tb_app_add_api. Only before tb_app_run: TB_EBUSY after,
+ * TB_EEXIST if it was registered already or one of its paths is taken (a
+ * GET / of the embedder's, say): then none of it is registered; TB_ENOMEM. */
+int tb_app_add_dashboard(tb_app *app);
 
 tb_app *tb_http_app(const tb_http_req *req);
 const char *tb_http_method(const tb_http_req *req);

@@ -44,6 +44,7 @@ typedef struct cmd_serve_opts {
     const char *token_file, *redis_password_file, *jwt_secret_file;
     const char *redis_sentinel_password_file;
     int print_events, tick_s, quiet;
+    int no_dashboard; /* not registering tb_app_add_dashboard */
     int log_format_json;
     tb_log_level log_level;
     const char *exec_allow;

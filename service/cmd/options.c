@@ -75,6 +75,8 @@ static const setting own[] = {
      "do not print events (overrides --print-events)", NULL, "on"},
     {"tick", "TASKBUS_TICK", K_INT, O(tick_s), 0, 86400, NULL,
      "dispatch demo.tick every N seconds (0: never)", NULL, "0"},
+    {"no-dashboard", "TASKBUS_NO_DASHBOARD", K_BOOL, O(no_dashboard), 0, 0,
+     NULL, "do not serve the web dashboard at / and /ui/", NULL, "off"},
     {"exec-allow", "TASKBUS_EXEC_ALLOW", K_STR, O(exec_allow), 0, 0, NULL,
      "programs the exec task kind may run: comma-separated absolute paths "
      "(none: exec is off, spawns are 403)", NULL, "none"},

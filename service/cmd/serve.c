@@ -127,7 +127,9 @@ int cmd_serve_main(int argc, char **argv)
         tb_app_add_listener(app, TB_MAIN_READY, on_ready, NULL) != 0 ||
         tb_app_add_builtin_kinds(app) != 0 ||
         cmd_kind_exec_register(app, o.exec_allow) != 0 ||
-        (o.cfg.http.listen && tb_app_add_api(app) != 0)) {
+        (o.cfg.http.listen && tb_app_add_api(app) != 0) ||
+        (o.cfg.http.listen && !o.no_dashboard &&
+         tb_app_add_dashboard(app) != 0)) {
         tb_app_free(app);
         cmd_forget(token_secret);
         cmd_forget(redis_secret);

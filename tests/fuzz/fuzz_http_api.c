@@ -1,9 +1,10 @@
 /* fuzz_http_api.c - the HTTP API's handling of a request (service/http.c,
- * api.c, kinds.c, metrics.c): routing, the token check, query parameters
- * and JSON bodies, through tb__http_handle as the server adapter calls it,
- * on a stopped app with the API and the built-in kinds. The input is an
- * HTTP request without the version: "METHOD /path?query\n", header lines
- * (X-Request-ID, Authorization), an empty line, the body; a first
+ * api.c, kinds.c, metrics.c, api_ui.c): routing, the token check, query
+ * parameters and JSON bodies, through tb__http_handle as the server adapter
+ * calls it, on a stopped app with the API, the built-in kinds and the
+ * dashboard. The input is an HTTP request without the version: "METHOD
+ * /path?query\n", header lines (X-Request-ID, Authorization,
+ * If-None-Match), an empty line, the body; a first
  * byte with its low bit set picks the app that has an API token. Every
  * answer is one send with a status, and an error is a JSON object with a
  * code and a message. */
@@ -17,6 +18,8 @@
 static int setup(tb_app *app)
 {
     int rc = tb_app_add_api(app);
+    if (rc == 0)
+        rc = tb_app_add_dashboard(app);
     return rc ? rc : tb_app_add_builtin_kinds(app);
 }
 
@@ -83,6 +86,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             c.request_id = value;
         else if (strcasecmp(h, "Authorization") == 0)
             c.auth = value;
+        else if (strcasecmp(h, "If-None-Match") == 0)
+            c.inm = value;
     }
     size_t body_len = size - 1 - (size_t)(rest - req);
     int status = fake_handle(&c, app, line, target, query,

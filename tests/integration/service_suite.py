@@ -1453,6 +1453,10 @@ def t_api_tasks_rows():
     check(r.status == 400 and r.code() == "bad_worker", f"worker 99: {r!r}")
     r = post({"kind": "sleep", "extra": 1})
     check(r.status == 400 and r.code() == "bad_request", f"extra: {r!r}")
+    # A browser drops "." and ".." from a URL: no /tasks/{name} for them.
+    for name in (".", ".."):
+        r = post({"kind": "sleep", "name": name, "args": {"seconds": 1}})
+        check(r.status == 400 and r.code() == "bad_name", f"{name}: {r!r}")
     r = http_req(s.port, "GET", "/tasks/r1")
     check(r.status == 200 and r.json.get("kind") == "sleep"
           and r.json.get("created"), f"GET /tasks/r1: {r!r}")

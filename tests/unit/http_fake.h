@@ -17,6 +17,7 @@
 typedef struct fake_conn {
     const char *request_id; /* X-Request-ID header, or NULL */
     const char *auth;       /* Authorization header, or NULL */
+    const char *inm;        /* If-None-Match header, or NULL */
     atomic_int gone;        /* the gone op's answer */
     int status;
     int sends;
@@ -32,6 +33,8 @@ static inline const char *fake_header(void *conn, const char *name)
         return c->request_id;
     if (strcasecmp(name, "Authorization") == 0)
         return c->auth;
+    if (strcasecmp(name, "If-None-Match") == 0)
+        return c->inm;
     return NULL;
 }
 

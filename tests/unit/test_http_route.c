@@ -71,7 +71,7 @@ static void test_add_invalid_templates(void **state)
         "tasks",                                /* no leading slash */
         "//",                                   /* empty segment */
         "/a//b",                                /* empty segment */
-        "/a/",                                  /* trailing slash */
+        "/a//",                                 /* empty, then trailing */
         "/a/{x}/{x}",                           /* duplicate param */
         "/{a}/{b}/{c}/{d}/{e}/{f}/{g}/{h}/{i}", /* nine params */
         "/{}",                                  /* empty name */
@@ -142,6 +142,26 @@ static void test_add_duplicate_shape(void **state)
     tb__router_free(r);
 }
 
+/* tb__router_check says what an add would, and adds nothing. */
+static void test_check(void **state)
+{
+    (void)state;
+    tb__router *r = new_router();
+    assert_int_equal(tb__router_add(r, "GET", "/a/{x}", &h_get, NULL), 0);
+    assert_int_equal(tb__router_check(r, "GET", "/a/{y}"), TB_EEXIST);
+    assert_int_equal(tb__router_check(r, "GET", "a"), TB_EINVAL);
+    assert_int_equal(tb__router_check(r, "BREW", "/b"), TB_EINVAL);
+    assert_int_equal(tb__router_check(NULL, "GET", "/b"), TB_EINVAL);
+    assert_int_equal(tb__router_check(r, "GET", "/b"), 0);
+    assert_int_equal(tb__router_check(r, "POST", "/a/{x}"), 0);
+    tb__route_match m;
+    assert_int_equal(match(r, "GET", "/b", &m), TB__ROUTE_NOT_FOUND);
+    assert_int_equal(match(r, "POST", "/a/z", &m), TB__ROUTE_BAD_METHOD);
+    assert_int_equal(tb__router_add(r, "GET", "/b", &h_x, NULL), 0);
+    assert_int_equal(tb__router_check(r, "GET", "/b"), TB_EEXIST);
+    tb__router_free(r);
+}
+
 /* ------------------------------------------------------------- matching */
 
 static tb__router *tasks_router(void)
@@ -194,6 +214,33 @@ static void test_match_basic(void **state)
         assert_null(m.tmpl);
         assert_int_equal(m.nparams, 0);
     }
+    tb__router_free(r);
+}
+
+/* A template's trailing slash (a directory's index, "/ui/") is a path of
+ * its own: neither the path without it nor one more slash matches, and a
+ * {param} beside it still needs a non-empty segment. */
+static void test_match_trailing_slash(void **state)
+{
+    (void)state;
+    tb__router *r = new_router();
+    static int h_dir, h_file;
+    assert_int_equal(tb__router_add(r, "GET", "/ui/", &h_dir, NULL), 0);
+    assert_int_equal(tb__router_add(r, "GET", "/ui/{file}", &h_file, NULL), 0);
+    assert_int_equal(tb__router_add(r, "GET", "/ui/", &h_dir, NULL), TB_EEXIST);
+    tb__route_match m;
+    assert_int_equal(match(r, "GET", "/ui/", &m), TB__ROUTE_OK);
+    assert_ptr_equal(m.handler, &h_dir);
+    assert_string_equal(m.tmpl, "/ui/");
+    assert_int_equal(match(r, "GET", "/ui/a.js", &m), TB__ROUTE_OK);
+    assert_ptr_equal(m.handler, &h_file);
+    static const char *const nf[] = {"/ui", "/ui//", "/ui/a.js/", "//ui/"};
+    for (size_t i = 0; i < sizeof nf / sizeof nf[0]; i++) {
+        int rc = match(r, "GET", nf[i], &m);
+        if (rc != TB__ROUTE_NOT_FOUND)
+            fail_msg("path \"%s\": %d, want NOT_FOUND", nf[i], rc);
+    }
+    assert_int_equal(match(r, "POST", "/ui/", &m), TB__ROUTE_BAD_METHOD);
     tb__router_free(r);
 }
 
@@ -580,7 +627,9 @@ int main(void)
         cmocka_unit_test(test_add_valid_templates),
         cmocka_unit_test(test_add_invalid_templates),
         cmocka_unit_test(test_add_duplicate_shape),
+        cmocka_unit_test(test_check),
         cmocka_unit_test(test_match_basic),
+        cmocka_unit_test(test_match_trailing_slash),
         cmocka_unit_test(test_match_specificity),
         cmocka_unit_test(test_match_405_allow),
         cmocka_unit_test(test_match_head),

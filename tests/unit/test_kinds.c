@@ -713,6 +713,15 @@ TH_APP_TEST(test_http, kinds_api_app(), 20000)
                "{\"kind\": \"sleep\", \"name\": \"\", \"args\": "
                "{\"seconds\": 1}}",
                400, "bad_name", "task name");
+    /* Dot-segments: no URL could address them. */
+    post_error(app,
+               "{\"kind\": \"sleep\", \"name\": \".\", \"args\": "
+               "{\"seconds\": 1}}",
+               400, "bad_name", "not \".\" or");
+    post_error(app,
+               "{\"kind\": \"sleep\", \"name\": \"..\", \"args\": "
+               "{\"seconds\": 1}}",
+               400, "bad_name", "task name");
 
     th_app_stopped(app);
     /* After the stop. */

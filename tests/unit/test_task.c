@@ -520,6 +520,23 @@ TH_APP_TEST(test_task_name_length_limit, th_app_new(2, 2000), 10000)
     TH_CHECK_RC(tb_task_get(app, name, NULL), TB_ENOENT);
 }
 
+/* "." and ".." are dot-segments a browser drops from a URL's path: no
+ * /tasks/{name} could reach such a task, so neither is a name. */
+TH_APP_TEST(test_task_name_dot_segments, th_app_new(2, 2000), 10000)
+{
+    TH_CHECK_RC(th_add(app, ".", TB_WORKER_ANY, return_zero, NULL, NULL),
+                TB_EINVAL);
+    TH_CHECK_RC(th_add(app, "..", TB_WORKER_ANY, return_zero, NULL, NULL),
+                TB_EINVAL);
+    TH_CHECK_RC(tb_task_get(app, ".", NULL), TB_ENOENT);
+    TH_CHECK_RC(tb_task_get(app, "..", NULL), TB_ENOENT);
+    /* Dots with anything else are names like any other. */
+    const char *fine[] = {"...", ".a", "a.", "./", "..x"};
+    for (size_t i = 0; i < sizeof fine / sizeof fine[0]; i++)
+        TH_CHECK_RC(
+            th_add(app, fine[i], TB_WORKER_ANY, return_zero, NULL, NULL), 0);
+}
+
 /* ------------------------------------------------------------ cancel */
 
 typedef struct sleeper_ctx {
@@ -1566,6 +1583,7 @@ int main(void)
         cmocka_unit_test(test_replace_from_task_on_same_worker),
         cmocka_unit_test(test_finished_name_can_be_reused),
         cmocka_unit_test(test_task_name_length_limit),
+        cmocka_unit_test(test_task_name_dot_segments),
         cmocka_unit_test(test_cancel_while_sleeping),
         cmocka_unit_test(test_cancel_while_waiting_for_event),
         cmocka_unit_test(test_cancel_pending_task_never_runs),
