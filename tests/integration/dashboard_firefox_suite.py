@@ -4,11 +4,12 @@
 Debian's firefox-esr, driven over WebDriver BiDi by puppeteer-core
 (tests/integration/browser_firefox/, installed by .ci/dev.sh with npm ci
 from its lockfile; it never downloads a browser), against one instance on
-a real redis-server: browser_firefox/firefox.mjs says what it checks (the
-instance in the instances table, an event dispatched with curl in the live
-stream, a task spawned with the API whose Cancel button turns it
-cancelled, no script or CSP errors, a 390x844 phone viewport without
-horizontal overflow). It saves a screenshot as dashboard-firefox.png in the
+a real redis-server and one with an API token: browser_firefox/firefox.mjs
+says what it checks (the instance in the instances table, an event
+dispatched with curl in the live stream, a task spawned with the API whose
+Cancel button turns it cancelled, the spawn form, the token prompt, no
+script or CSP errors, a 390x844 phone viewport without horizontal
+overflow). It saves a screenshot as dashboard-firefox.png in the
 build directory. dashboard_suite.py does the same and more in chromium.
 Without node (or with a node older than browser_firefox/package.json's
 "engines", Node 18), puppeteer-core or firefox-esr the case is skipped,
@@ -32,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD = os.path.abspath(os.environ.get("TASKBUS_BUILD_DIR") or os.getcwd())
 FIREFOX_DIR = os.path.join(HERE, "browser_firefox")
 FIREFOX = "/usr/bin/firefox-esr"
+TOKEN = "dashboard-firefox-suite-token-0123"
 
 
 def firefox_missing():
@@ -50,11 +52,13 @@ def t_firefox():
     check(wait_for(lambda: len(instances_of(s)) == 1, T(10)),
           "the instance does not list itself")
     me = next(i["id"] for i in instances_of(s) if i.get("self"))
+    locked = Taskbus("ff-locked", "--token", TOKEN).start()  # its own bus
     # Firefox as root in CI: its profile and HOME in this run's directory,
     # never the user's.
     home = tempfile.mkdtemp(prefix="firefox-home.", dir=H.root)
     profile = tempfile.mkdtemp(prefix="firefox-profile.", dir=H.root)
-    cfg = {"url": s.url(), "id": me, "firefox": FIREFOX, "profile": profile,
+    cfg = {"url": s.url(), "id": me, "locked": locked.url(), "token": TOKEN,
+           "firefox": FIREFOX, "profile": profile,
            "shot": os.path.join(BUILD, "dashboard-firefox.png"),
            "timeout_ms": int(T(15) * 1000)}
     env = dict(os.environ, HOME=home, TMPDIR=home,
@@ -68,7 +72,7 @@ def t_firefox():
 
 CASES = [
     ("browser", "firefox: an instance on Redis, events, tasks, cancel, "
-     "phone", t_firefox),
+     "spawn form, token, phone", t_firefox),
 ]
 
 
