@@ -35,13 +35,15 @@ TEST_DEPS=(libcmocka-dev redis-server redis-tools redis-sentinel python3
 # then, from their committed lockfiles, the packages of a real EventSource
 # client for tests/integration/sse_suite.py, the JavaScript client's
 # test dependencies (clients/js: ws; Node 20 has no WebSocket of its own)
-# and the dashboard's browser tests (tests/integration/browser:
-# playwright-core, which drives Debian's chromium; and
-# tests/integration/browser_firefox: puppeteer-core, which drives Debian's
-# firefox-esr over WebDriver BiDi; neither downloads a browser of its own).
+# and the dashboard's browser test (tests/integration/browser:
+# playwright-core, which drives Debian's chromium and never downloads a
+# browser of its own).
 NODE_DEPS=(nodejs npm)
 NPM_DIRS=(tests/integration/sse_client clients/js tests/integration/browser
     tests/integration/browser_firefox)
+# The last of NPM_DIRS is the dashboard's Firefox test: puppeteer-core,
+# which drives Debian's firefox-esr over WebDriver BiDi and downloads no
+# browser either.
 BROWSER_DEPS=(chromium firefox-esr)
 # The fuzz targets (tests/fuzz/): clang and its libFuzzer runtime.
 FUZZ_DEPS=(clang libclang-rt-14-dev)
