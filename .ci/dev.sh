@@ -39,8 +39,12 @@ TEST_DEPS=(libcmocka-dev redis-server redis-tools redis-sentinel python3
 # playwright-core, which drives Debian's chromium and never downloads a
 # browser of its own).
 NODE_DEPS=(nodejs npm)
-NPM_DIRS=(tests/integration/sse_client clients/js tests/integration/browser)
-BROWSER_DEPS=(chromium)
+NPM_DIRS=(tests/integration/sse_client clients/js tests/integration/browser
+    tests/integration/browser_firefox)
+# The last of NPM_DIRS is the dashboard's Firefox test: puppeteer-core,
+# which drives Debian's firefox-esr over WebDriver BiDi and downloads no
+# browser either.
+BROWSER_DEPS=(chromium firefox-esr)
 # The fuzz targets (tests/fuzz/): clang and its libFuzzer runtime.
 FUZZ_DEPS=(clang libclang-rt-14-dev)
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}
@@ -222,7 +226,7 @@ cmd_test() {
     local rc_tsan=0 rc_fuzz=0
     ensure_packages "${BUILD_DEPS[@]}" "${TEST_DEPS[@]}" "${FUZZ_DEPS[@]}"
     ensure_packages "${CONTAINER_DEPS[@]}" # tests/container/ (block above)
-    ensure_packages "${BROWSER_DEPS[@]}" # tests/integration/dashboard_suite.py
+    ensure_packages "${BROWSER_DEPS[@]}" # tests/integration/dashboard*_suite.py
     ensure_npm_packages
 
     t=$SECONDS

@@ -31,9 +31,6 @@ name contains one of the words (all when none are given).
 
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -185,37 +182,9 @@ def t_off():
 
 # ------------------------------------------------------------------ browser
 
-def node_too_old(node):
-    """Why this node cannot run the browser test (older than the "engines"
-    of browser/package.json, which playwright-core's own allow), or None."""
-    with open(os.path.join(BROWSER_DIR, "package.json")) as f:
-        want = json.load(f)["engines"]["node"]
-    need = int(re.fullmatch(r">=(\d+)", want).group(1))
-    try:
-        have = subprocess.run([node, "-v"], capture_output=True, timeout=T(10),
-                              text=True).stdout.strip()
-        major = int(re.match(r"v(\d+)\.", have).group(1))
-    except (OSError, subprocess.SubprocessError, AttributeError) as e:
-        return f"{node} -v did not say its version ({e})"
-    if major >= need:
-        return None
-    return (f"{node} is Node {have}; the browser test (playwright-core) "
-            f"needs Node {need} or newer: install a newer nodejs")
-
-
 def browser_missing():
     """Why the browser case cannot run here, or None."""
-    mods = os.path.join(BROWSER_DIR, "node_modules", "playwright-core")
-    why = []
-    node = shutil.which("node")
-    if not node:
-        why.append("no node")
-    else:
-        too_old = node_too_old(node)
-        if too_old:
-            why.append(too_old)
-    if not os.path.isdir(mods):
-        why.append(f"no {mods} (npm ci in {BROWSER_DIR})")
+    why = tbharness.node_missing(BROWSER_DIR, "playwright-core")
     if not os.access(CHROMIUM, os.X_OK):
         why.append(f"no {CHROMIUM} (apt-get install chromium)")
     if not why:
@@ -248,31 +217,9 @@ def t_browser():
            "token": TOKEN, "chromium": CHROMIUM, "shots": shots,
            "phone_shot": os.path.join(BUILD, "dashboard-phone.png"),
            "timeout_ms": int(T(15) * 1000)}
-    try:
-        p = subprocess.run([shutil.which("node"), "dashboard.mjs",
-                            json.dumps(cfg)], cwd=BROWSER_DIR,
-                           capture_output=True, timeout=T(150),
-                           env=dict(os.environ, HOME=H.root))
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"the browser test ran over {T(150):.0f} s: "
-                             f"{(e.stdout or b'').decode()[-2000:]}")
-    lines, bad = [], []
-    for line in p.stdout.decode(errors="replace").splitlines():
-        try:
-            o = json.loads(line)
-        except ValueError:
-            continue
-        lines.append(o)
-        mark = "ok  " if o["ok"] else "FAIL"
-        print(f"    {mark} {o['check']}" +
-              (f": {o['detail'][:300]}" if o["detail"] else ""), flush=True)
-        if not o["ok"]:
-            bad.append(f"{o['check']}: {o['detail'][:600]}")
-    check(not bad and p.returncode == 0 and lines,
-          f"exit {p.returncode}; " + " | ".join(bad) +
-          (f"\n{p.stderr.decode(errors='replace')[-1500:]}" if p.stderr
-           else ""))
-    return f"{len(lines)} browser checks; screenshot {shots[-1]}"
+    n = tbharness.run_browser_test(BROWSER_DIR, "dashboard.mjs", cfg, T(150),
+                                   dict(os.environ, HOME=H.root))
+    return f"{n} browser checks; screenshot {shots[-1]}"
 
 
 CASES = [

@@ -1439,3 +1439,67 @@ class CaseRunner(Runner):
         for group, name, fn in cases:
             if self.wanted(group, name):
                 self.case(group, name, fn)
+
+
+# ------------------------------------------------------------ browser tests
+#
+# A browser test is a node script in its own npm package directory (its
+# package.json's "engines" says which Node it needs, .ci/dev.sh installs
+# its node_modules with npm ci): `node SCRIPT CONFIG_JSON` prints one JSON
+# line a check, {"check", "ok", "detail"}, and exits 1 if any failed.
+
+
+def node_missing(pkg_dir, module):
+    """Why node cannot run the browser test in pkg_dir, which imports
+    module: a list of reasons, empty when it can."""
+    node = shutil.which("node")
+    if not node:
+        return ["no node"]
+    why = []
+    with open(os.path.join(pkg_dir, "package.json")) as f:
+        want = json.load(f)["engines"]["node"]
+    need = int(re.fullmatch(r">=(\d+)", want).group(1))
+    try:
+        have = subprocess.run([node, "-v"], capture_output=True, timeout=T(10),
+                              text=True).stdout.strip()
+        major = int(re.match(r"v(\d+)\.", have).group(1))
+        if major < need:
+            why.append(f"{node} is Node {have}; {module} needs Node {need} "
+                       "or newer: install a newer nodejs")
+    except (OSError, subprocess.SubprocessError, AttributeError) as e:
+        why.append(f"{node} -v did not say its version ({e})")
+    mods = os.path.join(pkg_dir, "node_modules", module)
+    if not os.path.isdir(mods):
+        why.append(f"no {mods} (npm ci in {pkg_dir})")
+    return why
+
+
+def run_browser_test(pkg_dir, script, cfg, limit, env):
+    """Runs `node script CONFIG_JSON` (cfg as JSON) in pkg_dir with env,
+    prints its checks indented, and fails the case (AssertionError) unless
+    it printed at least one, all passed and it exited 0 within limit
+    seconds. Returns how many checks it printed."""
+    try:
+        p = subprocess.run([shutil.which("node"), script, json.dumps(cfg)],
+                           cwd=pkg_dir, capture_output=True, timeout=limit,
+                           env=env)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"{script} ran over {limit:.0f} s: "
+                             f"{(e.stdout or b'').decode()[-2000:]}")
+    lines, bad = [], []
+    for line in p.stdout.decode(errors="replace").splitlines():
+        try:
+            o = json.loads(line)
+        except ValueError:
+            continue
+        lines.append(o)
+        mark = "ok  " if o["ok"] else "FAIL"
+        print(f"    {mark} {o['check']}" +
+              (f": {o['detail'][:300]}" if o["detail"] else ""), flush=True)
+        if not o["ok"]:
+            bad.append(f"{o['check']}: {o['detail'][:600]}")
+    check(not bad and p.returncode == 0 and lines,
+          f"exit {p.returncode}; " + " | ".join(bad) +
+          (f"\n{p.stderr.decode(errors='replace')[-1500:]}" if p.stderr
+           else ""))
+    return len(lines)

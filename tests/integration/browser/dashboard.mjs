@@ -13,23 +13,11 @@
 // if any failed. Every request goes to the URLs given (loopback).
 import {execFileSync} from 'node:child_process';
 import {chromium} from 'playwright-core';
+import {failures, noOverflow, pageWidths, report, step}
+  from '../browser_checks.mjs';
 
 const cfg = JSON.parse(process.argv[2]);
 const T = cfg.timeout_ms || 15000;
-let failed = 0;
-
-function report(check, ok, detail = '') {
-  if (!ok) failed++;
-  console.log(JSON.stringify({check, ok, detail: String(detail)}));
-}
-
-async function step(name, fn) {
-  try {
-    report(name, true, (await fn()) || '');
-  } catch (e) {
-    report(name, false, (e && e.stack) || e);
-  }
-}
 
 // The API from outside the browser, as a user's script would call it.
 async function api(base, method, path, body, token) {
@@ -384,21 +372,17 @@ try {
       await ph.page.locator('#instances-body tr').nth(1).waitFor();
       await ph.page.locator('#task-table tr[data-task]').first().waitFor();
       await ph.page.locator('#ev-list li').first().waitFor();
-      const w = await ph.page.evaluate(() => [
-        document.documentElement.scrollWidth, window.innerWidth,
-        Math.max(...[...document.querySelectorAll('section, header')].map(
-          (e) => e.getBoundingClientRect().right))]);
+      const w = await ph.page.evaluate(pageWidths);
       if (cfg.phone_shot)
         await ph.page.screenshot({path: cfg.phone_shot, fullPage: true});
-      if (w[0] > w[1] || w[2] > w[1])
-        throw new Error(`scrollWidth ${w[0]}, widest ${w[2]}, viewport ${w[1]}`);
+      const widths = noOverflow(w);
       if (ph.problems.length) throw new Error(ph.problems.join('; '));
       await ph.context.close();
-      return `scrollWidth ${w[0]} <= ${w[1]}`;
+      return widths;
     });
 } catch (e) {
   report('browser', false, (e && e.stack) || e);
 } finally {
   await browser.close();
 }
-process.exit(failed ? 1 : 0);
+process.exit(failures() ? 1 : 0);
