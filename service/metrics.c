@@ -282,6 +282,21 @@ static void ws_metrics(buf *b, tb_app *app)
            "Websocket clients closed because their send queue was full.");
     add(b, "taskbus_ws_slow_closes_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->ws_slow_closes));
+    header(b, "taskbus_http_header_timeouts_total", "counter",
+           "Connections closed because a request line and headers were not "
+           "complete within http.header_timeout_ms.");
+    add(b, "taskbus_http_header_timeouts_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_header_timeouts));
+    header(b, "taskbus_http_body_timeouts_total", "counter",
+           "Connections closed because a request body stalled for "
+           "http.body_timeout_ms.");
+    add(b, "taskbus_http_body_timeouts_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_body_timeouts));
+    header(b, "taskbus_http_heads_too_large_total", "counter",
+           "Requests refused (431) by the front: request line and headers "
+           "over 8192 bytes.");
+    add(b, "taskbus_http_heads_too_large_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_heads_too_large));
     header(b, "taskbus_ws_handover_failures_total", "counter",
            "Websocket upgrades and SSE streams whose socket could not be "
            "taken over from the HTTP server (the client reset it, or no "

@@ -315,9 +315,25 @@ typedef struct tb_http_config {
                                    refused (401 token_too_large) unread */
     int tasks_page_max;         /* tasks in one GET /tasks page at most: the
                                    limit's default and cap (1..1000) */
-    /* No reserved slot is left in this group: the two discard settings,
-     * the client tokens and tasks_page_max took the six. A later HTTP
-     * setting changes the size of tb_app_config (a new SOVERSION). */
+    /* The front (on by default): a libevent loop owns listen, reads each
+     * request whole and only then relays it to civetweb on a private
+     * loopback port, so that clients slow to send their request, or idle
+     * between requests, hold no civetweb thread. 0: civetweb listens on
+     * listen itself (one thread per open connection). */
+    int front;
+    int header_timeout_ms;    /* a request line and headers not complete
+                                 this long after their first byte: the
+                                 connection is closed (front) */
+    int body_timeout_ms;      /* no byte of a request body for this long:
+                                 the connection is closed (front) */
+    int keepalive_timeout_ms; /* an idle keep-alive connection is closed
+                                 after this long */
+    int upstream_pool;        /* idle front-to-civetweb connections kept
+                                 for the next request; each holds a
+                                 civetweb thread, so at most threads / 4
+                                 are kept whatever this says */
+    /* No reserved slot was left in this group: the front's five settings
+     * changed the size of tb_app_config (SOVERSION 0 still: 0.x). */
 } tb_http_config;
 
 /* Websockets (tb_app_add_websocket, GET /ws). An upgraded connection leaves

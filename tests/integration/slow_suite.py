@@ -1,0 +1,447 @@
+#!/usr/bin/python3
+"""slow_suite.py - slow, idle and vanishing HTTP clients against the real
+taskbus binary (issue 14, point 1): the front reads every request whole
+before civetweb sees it, so that none of these holds an HTTP thread.
+
+Each case starts its own `taskbus serve` (in-process bus) on a free
+127.0.0.1 port. Latencies are checked only against generous hang bounds
+(the numbers are printed; docs/BENCHMARKS.md records them). With
+TASKBUS_HTTP_FRONT=0 the first cases fail: civetweb gives each slow connection a
+thread (SLOW_FRONT=0 in the environment runs them that way, to see it).
+
+Usage: slow_suite.py [WORD...]  runs only the cases whose group or name
+contains one of the words (all when none are given).
+"""
+
+import http.client
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+import tbharness  # noqa: E402 (after the path it is found on)
+from tbharness import (H, HOST, T, Taskbus, check, http_req,  # noqa: E402
+                       metric_value)
+
+N = 500  # slow or idle connections at once
+FRONT = {"TASKBUS_HTTP_FRONT": os.environ.get("SLOW_FRONT", "1")}
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+
+
+def serve(name, *args):
+    return Taskbus(name, *args, env=FRONT).start()
+
+
+def connect(port, n):
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection((HOST, port), T(5))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        socks.append(s)
+    return socks
+
+
+def close_all(socks):
+    for s in socks:
+        try:
+            s.close()
+        except OSError:
+            pass
+
+
+def healthz_ms(port):
+    """Milliseconds GET /healthz takes on a fresh connection (to the
+    whole answer)."""
+    t0 = time.monotonic()
+    r = http_req(port, "GET", "/healthz", timeout=T(10))
+    took = (time.monotonic() - t0) * 1000
+    check(r.status == 200, f"/healthz answered {r.status}")
+    return took
+
+
+def healthz_while(port, seconds, bound_ms, what):
+    """GET /healthz every 0.1 s for seconds: each within bound_ms (a hang
+    bound). Returns (median, max) ms."""
+    times, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        times.append(healthz_ms(port))
+        time.sleep(0.1)
+    times.sort()
+    check(times[-1] < bound_ms,
+          f"/healthz took {times[-1]:.0f} ms {what} (bound {bound_ms} ms)")
+    return times[len(times) // 2], times[-1]
+
+
+class Trickler:
+    """Sends, every second, the next piece of each socket's script (one
+    header line, one body byte...) from a thread, until stopped."""
+
+    def __init__(self, socks, piece):
+        self.socks, self.piece = socks, piece
+        self.stop = threading.Event()
+        self.errors = 0
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        i = 0
+        while not self.stop.wait(1.0):
+            i += 1
+            for s in self.socks:
+                try:
+                    s.sendall(self.piece(i))
+                except OSError:
+                    self.errors += 1
+
+    def end(self):
+        self.stop.set()
+        self.t.join()
+
+
+def closed_by_server(s, within):
+    """1 if the server closes s (EOF or reset) within seconds."""
+    s.settimeout(within)
+    try:
+        while True:
+            b = s.recv(65536)
+            if not b:
+                return True
+    except ConnectionResetError:
+        return True
+    except (socket.timeout, OSError):
+        return False
+
+
+# ------------------------------------------------------------ cases
+
+
+def t_slow_headers():
+    """500 connections that each send a request line and then one header
+    line a second: /healthz still answers at once; at
+    http.header_timeout_ms (from the first byte) all are closed, counted
+    and logged."""
+    s = serve("slow-headers")
+    socks = connect(s.port, N)
+    for c in socks:
+        c.sendall(b"GET /healthz HTTP/1.1\r\n")
+    t0 = time.monotonic()
+    tr = Trickler(socks, lambda i: f"X-Slow-{i}: {i}\r\n".encode())
+    try:
+        med, worst = healthz_while(s.port, 3.0, T(1000),
+                                   f"with {N} slow-header connections")
+    finally:
+        tr.end()
+    # The default header timeout (5 s) passes: every one is closed.
+    left = max(0.1, 5.0 + T(3) - (time.monotonic() - t0))
+    open_ = [c for c in socks if not closed_by_server(c, left)]
+    close_all(socks)
+    check(not open_, f"{len(open_)} of {N} slow-header connections still "
+                     f"open {time.monotonic() - t0:.1f} s after their first "
+                     f"byte (http.header_timeout_ms 5000)")
+    n = metric_value(s.port, "taskbus_http_header_timeouts_total")
+    check(n == N, f"taskbus_http_header_timeouts_total {n}, want {N}")
+    check("http.header_timeout_ms" in s.err_text(),
+          "no log line names http.header_timeout_ms")
+    return f"/healthz median {med:.1f} ms, max {worst:.1f} ms"
+
+
+def t_header_timeout_edge():
+    """--http-header-timeout 1000: a head that completes at 0.5 s is
+    served; one still incomplete at 1 s is closed then (not before 0.9 s);
+    the time counts from the first byte, not from the connect."""
+    s = serve("header-edge", "--http-header-timeout", "1000")
+    ok = socket.create_connection((HOST, s.port), T(5))
+    slow = socket.create_connection((HOST, s.port), T(5))
+    quiet = socket.create_connection((HOST, s.port), T(5))
+    try:
+        t0 = time.monotonic()
+        ok.sendall(b"GET /healthz HTTP/1.1\r\n")
+        slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+        time.sleep(0.5)
+        ok.sendall(b"Host: t\r\n\r\n")
+        ok.settimeout(T(5))
+        check(ok.recv(4096).startswith(b"HTTP/1.1 200 "),
+              "a head complete at 0.5 s was not served")
+        check(closed_by_server(slow, T(3)), "an incomplete head still open "
+                                            "after the header timeout")
+        took = time.monotonic() - t0
+        check(0.9 <= took, f"an incomplete head closed after {took:.2f} s, "
+                           f"before --http-header-timeout 1000")
+        # quiet connected 0.5 s ago and has sent nothing: its first byte
+        # starts its clock.
+        quiet.sendall(b"GET /healthz HTTP/1.1\r\n")
+        t1 = time.monotonic()
+        time.sleep(0.6)
+        quiet.sendall(b"Host: t\r\n\r\n")
+        quiet.settimeout(T(5))
+        head = quiet.recv(4096)
+        check(head.startswith(b"HTTP/1.1 200 "),
+              f"a head sent 0.6 s after its first byte (1.1 s after the "
+              f"connect) was refused: {head[:60]!r}")
+    finally:
+        close_all([ok, slow, quiet])
+    return f"closed after {took:.2f} s; served at {time.monotonic() - t1:.2f} s"
+
+
+def t_slow_body():
+    """500 POSTs whose bodies trickle a byte a second: /healthz still
+    answers at once, and the events are accepted once whole."""
+    s = serve("slow-body")
+    socks = connect(s.port, N)
+    for c in socks:
+        c.sendall(b"POST /events/slow.body HTTP/1.1\r\nHost: t\r\n"
+                  b"Content-Type: application/json\r\n"
+                  b"Content-Length: 3\r\n\r\n1")
+    tr = Trickler(socks, lambda i: b"2" if i == 1 else b"")
+    try:
+        med, worst = healthz_while(s.port, 2.5, T(1000),
+                                   f"with {N} slow bodies")
+    finally:
+        tr.end()
+    for c in socks:
+        c.sendall(b"3")
+    bad = 0
+    for c in socks:
+        c.settimeout(T(10))
+        try:
+            if not c.recv(4096).startswith(b"HTTP/1.1 202 "):
+                bad += 1
+        except OSError:
+            bad += 1
+    close_all(socks)
+    check(not bad, f"{bad} of {N} slow bodies not accepted (202) once whole")
+    return f"/healthz median {med:.1f} ms, max {worst:.1f} ms"
+
+
+def t_body_timeout_edge():
+    """--http-body-timeout 1000: a body that stalls is closed after 1 s of
+    silence (not before 0.9 s), counted; one that sends a byte every 0.5 s
+    is not."""
+    s = serve("body-edge", "--http-body-timeout", "1000")
+    head = (b"POST /events/b.x HTTP/1.1\r\nHost: t\r\nContent-Type: "
+            b"application/json\r\nContent-Length: 4\r\n\r\n")
+    stall = socket.create_connection((HOST, s.port), T(5))
+    drip = socket.create_connection((HOST, s.port), T(5))
+    try:
+        stall.sendall(head + b"1")
+        drip.sendall(head + b"1")
+        t0 = time.monotonic()
+        for b in (b"2", b"3", b"4"):
+            time.sleep(0.5)
+            drip.sendall(b)
+        drip.settimeout(T(5))
+        check(drip.recv(4096).startswith(b"HTTP/1.1 202 "),
+              "a body dripping a byte every 0.5 s was not accepted")
+        check(closed_by_server(stall, T(3)), "a stalled body still open")
+        took = time.monotonic() - t0
+        check(took >= 0.9, f"a stalled body closed after {took:.2f} s")
+    finally:
+        close_all([stall, drip])
+    n = metric_value(s.port, "taskbus_http_body_timeouts_total")
+    check(n == 1, f"taskbus_http_body_timeouts_total {n}, want 1")
+    return f"stalled body closed after {took:.2f} s"
+
+
+def t_idle_keepalive():
+    """500 keep-alive connections, each after one answered request, left
+    idle: /healthz answers at once; at http.keepalive_timeout_ms they are
+    closed."""
+    s = serve("idle", "--http-keepalive-timeout", "3000")
+    socks = connect(s.port, N)
+    t0 = time.monotonic()
+    for c in socks:
+        c.sendall(HEALTHZ)
+    for c in socks:
+        c.settimeout(T(10))
+        check(c.recv(4096).startswith(b"HTTP/1.1 200 "), "no answer")
+    # Each connection, once answered, idles: those answered first must
+    # not hold back the others' first requests.
+    took = time.monotonic() - t0
+    check(took < T(2), f"{N} requests on {N} connections took {took:.1f} s "
+                       f"to be answered: idle ones held the others back")
+    t0 = time.monotonic()
+    med, worst = healthz_while(s.port, 1.5, T(1000),
+                               f"with {N} idle keep-alive connections")
+    left = max(0.1, 3.0 + T(3) - (time.monotonic() - t0))
+    open_ = [c for c in socks if not closed_by_server(c, left)]
+    close_all(socks)
+    check(not open_, f"{len(open_)} of {N} idle connections still open "
+                     f"after --http-keepalive-timeout 3000")
+    return (f"{N} first answers in {took:.2f} s; /healthz median "
+            f"{med:.1f} ms, max {worst:.1f} ms")
+
+
+def t_vanish():
+    """Clients that vanish mid-head, mid-body, mid-response (a long poll
+    and a big answer), by close or by reset: the server goes on."""
+    s = serve("vanish")
+    for i in range(20):
+        http_req(s.port, "POST", "/events/v.x", body=b'"' + b"x" * 60000
+                 + b'"', headers={"Content-Type": "application/json"})
+    pieces = [
+        b"GET /healthz HTTP/1.1\r\nHost",
+        b"POST /events/v.y HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n"
+        b"\r\n12345",
+        b"POST /events/v.y HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: "
+        b"chunked\r\n\r\n10\r\nabc",
+        b"GET /events/v.*?timeout=5 HTTP/1.1\r\nHost: t\r\n\r\n",
+        b"GET /history?limit=1000 HTTP/1.1\r\nHost: t\r\n\r\n",
+    ]
+    for rst in (False, True):
+        for p in pieces:
+            for _ in range(20):
+                c = socket.create_connection((HOST, s.port), T(5))
+                c.sendall(p)
+                if rst:
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                 b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                c.close()
+    # Long polls whose clients left must end (not hold threads).
+    end = time.monotonic() + T(3)
+    while time.monotonic() < end:
+        n = metric_value(s.port, "taskbus_http_longpolls")
+        if not n:
+            break
+        time.sleep(0.1)
+    check(not n, f"{n} long polls still wait after their clients left")
+    return f"/healthz {healthz_ms(s.port):.1f} ms after"
+
+
+def t_pipelined():
+    """Three requests in one write, a fourth split across writes: four
+    answers, in order, on the one connection."""
+    s = serve("pipelined")
+    body = b'{"n": 1}'
+    data = (HEALTHZ +
+            b"POST /events/p.x HTTP/1.1\r\nHost: t\r\nContent-Type: "
+            b"application/json\r\nContent-Length: " + str(len(body)).encode()
+            + b"\r\n\r\n" + body +
+            b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n" +
+            b"GET /nope HTTP/1.1\r\nHost: t\r\n\r\n")
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        c.sendall(data[:-10])
+        time.sleep(0.2)
+        c.sendall(data[-10:])
+        got, end = b"", time.monotonic() + T(5)
+        c.settimeout(T(5))
+        while got.count(b"HTTP/1.1 ") < 4 and time.monotonic() < end:
+            b = c.recv(65536)
+            if not b:
+                break
+            got += b
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", got)
+    check(statuses == [b"200", b"202", b"200", b"404"],
+          f"pipelined answers {statuses}, want 200 202 200 404")
+    return "200 202 200 404"
+
+
+def t_431_readable(tries=20):
+    """A head over 8192 bytes: 431 and the JSON error, read whole by
+    http.client and by curl, 20 of 20; the server answers after."""
+    s = serve("431")
+    big = "b" * 9000
+    bad = []
+    for i in range(tries):
+        try:
+            conn = http.client.HTTPConnection(HOST, s.port, timeout=T(5))
+            conn.putrequest("POST", "/events/h.x")
+            conn.putheader("X-Big", big)
+            conn.putheader("Content-Type", "application/json")
+            conn.putheader("Content-Length", str(1 << 20))
+            conn.endheaders()
+            try:
+                conn.send(b"1" * (1 << 20))
+            except OSError:
+                pass  # the answer may already be in; it must be readable
+            r = conn.getresponse()
+            body = r.read()
+            check(r.status == 431 and b'"headers_too_large"' in body,
+                  f"{r.status} {body[:80]!r}")
+            conn.close()
+        except (AssertionError, OSError, http.client.HTTPException) as e:
+            bad.append(f"http.client try {i + 1}: {e!r}")
+        p = subprocess.run(
+            ["curl", "-sS", "--max-time", str(T(10)), "-w", "\n%{http_code}",
+             "-H", "X-Big: " + big, f"{s.url()}/healthz"],
+            capture_output=True, text=True, timeout=T(20))
+        if p.returncode != 0 or not p.stdout.endswith("\n431") or \
+                '"headers_too_large"' not in p.stdout:
+            bad.append(f"curl try {i + 1}: exit {p.returncode} "
+                       f"{p.stdout[-80:]!r} {p.stderr.strip()}")
+    check(not bad, f"{len(bad)} of {2 * tries} did not read the 431: "
+                   + "; ".join(bad[:4]))
+    n = metric_value(s.port, "taskbus_http_heads_too_large_total")
+    check(n == 2 * tries, f"taskbus_http_heads_too_large_total {n}")
+    return f"{tries} of {tries} with each client"
+
+
+def t_pool_edges():
+    """--http-upstream-pool 0 (a server connection per request) and 4096
+    with --http-threads 4 (kept at threads / 4): 10 clients x 20
+    keep-alive requests each are answered."""
+    out = []
+    for name, args in (("pool-0", ["--http-upstream-pool", "0"]),
+                       ("pool-max", ["--http-upstream-pool", "4096",
+                                     "--http-threads", "4"])):
+        s = serve(name, *args)
+        bad = []
+
+        def client():
+            conn = http.client.HTTPConnection(HOST, s.port, timeout=T(10))
+            for _ in range(20):
+                conn.request("GET", "/healthz")
+                r = conn.getresponse()
+                r.read()
+                if r.status != 200:
+                    bad.append(r.status)
+            conn.close()
+        ts = [threading.Thread(target=client) for _ in range(10)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        check(not bad, f"{name}: statuses {bad[:5]}")
+        out.append(f"{name} ok")
+    return ", ".join(out)
+
+
+def t_front_off():
+    """--http-front 0: civetweb listens itself, and answers."""
+    s = Taskbus("front-off", env={"TASKBUS_HTTP_FRONT": "0"}).start()
+    check(http_req(s.port, "GET", "/healthz").status == 200, "no answer")
+
+
+CASES = [
+    ("slow", f"{N} slow-header connections: /healthz answers, all closed "
+     "at the header timeout", t_slow_headers),
+    ("slow", "--http-header-timeout 1000: from the first byte, at the edge",
+     t_header_timeout_edge),
+    ("slow", f"{N} slow bodies: /healthz answers, bodies accepted once "
+     "whole", t_slow_body),
+    ("slow", "--http-body-timeout 1000: a stalled body is closed",
+     t_body_timeout_edge),
+    ("idle", f"{N} idle keep-alive connections: /healthz answers, closed "
+     "at the keep-alive timeout", t_idle_keepalive),
+    ("vanish", "clients gone mid-head, mid-body, mid-response",
+     t_vanish),
+    ("pipeline", "pipelined requests answered in order", t_pipelined),
+    ("431", "a head over 8192 bytes: 431 read by http.client and curl",
+     t_431_readable),
+    ("pool", "--http-upstream-pool 0 and over threads / 4", t_pool_edges),
+    ("off", "--http-front 0 still serves", t_front_off),
+]
+
+
+def main():
+    runner = tbharness.CaseRunner(sys.argv[1:])
+    return tbharness.run_suite("slow_suite", "taskbus-slowtest.", runner,
+                               lambda: runner.run_cases(CASES))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
