@@ -152,9 +152,9 @@
     X(http, keepalive_timeout_ms, MS, 2000, NULL, 1, H1,                       \
       "http-keepalive-timeout",                                                \
       "ms an idle keep-alive connection is kept open")                         \
-    X(http, upstream_pool, INT, 8, NULL, 0, 4096, "http-upstream-pool",        \
-      "idle front-to-civetweb connections kept for reuse, at most a quarter "  \
-      "of http-threads (each holds a thread)")                                 \
+    X(http, upstream_pool, INT, 64, NULL, 0, 65536, "http-upstream-pool",      \
+      "idle front-to-civetweb connections kept for reuse, at most "            \
+      "http-threads (0: one connection per request)")                          \
     X(ws, max_clients, INT, 10000, NULL, 1, 1 << 20, "ws-max-clients",         \
       "open websockets")                                                       \
     X(ws, max_message, SIZE, MiB, NULL, 1, 512 * MiB, "ws-max-message",        \

@@ -959,9 +959,9 @@ tb__http_front *tb__http_front_start(tb_app *app, const struct sockaddr_in *pub,
     f->app = app;
     f->cfg = tb_app_get_config(app);
     f->upstream = *upstream;
-    f->pool_max = f->cfg->http.upstream_pool < f->cfg->http.threads / 4
+    f->pool_max = f->cfg->http.upstream_pool < f->cfg->http.threads
                       ? f->cfg->http.upstream_pool
-                      : f->cfg->http.threads / 4;
+                      : f->cfg->http.threads;
     f->timeout_log.who = "http front";
     f->timeout_log.what = "timeout lines";
     pthread_mutex_init(&f->mu, NULL);

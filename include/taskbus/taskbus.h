@@ -329,9 +329,12 @@ typedef struct tb_http_config {
     int keepalive_timeout_ms; /* an idle keep-alive connection is closed
                                  after this long */
     int upstream_pool;        /* idle front-to-civetweb connections kept
-                                 for the next request; each holds a
-                                 civetweb thread, so at most threads / 4
-                                 are kept whatever this says */
+                                 for the next request (0: a connection
+                                 per request); at most threads are kept
+                                 whatever this says. Each holds a
+                                 civetweb thread, but the front takes a
+                                 kept one before it opens another, so
+                                 they never hold a request back */
     /* No reserved slot was left in this group: the front's five settings
      * changed the size of tb_app_config (SOVERSION 0 still: 0.x). */
 } tb_http_config;

@@ -382,8 +382,8 @@ def t_431_readable(tries=20):
 
 def t_pool_edges():
     """--http-upstream-pool 0 (a server connection per request) and 4096
-    with --http-threads 4 (kept at threads / 4): 10 clients x 20
-    keep-alive requests each are answered."""
+    with --http-threads 4 (kept at threads): 10 clients x 20 keep-alive
+    requests each are answered."""
     out = []
     for name, args in (("pool-0", ["--http-upstream-pool", "0"]),
                        ("pool-max", ["--http-upstream-pool", "4096",
@@ -432,7 +432,7 @@ CASES = [
     ("pipeline", "pipelined requests answered in order", t_pipelined),
     ("431", "a head over 8192 bytes: 431 read by http.client and curl",
      t_431_readable),
-    ("pool", "--http-upstream-pool 0 and over threads / 4", t_pool_edges),
+    ("pool", "--http-upstream-pool 0 and over http-threads", t_pool_edges),
     ("off", "--http-front 0 still serves", t_front_off),
 ]
 
