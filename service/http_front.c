@@ -54,6 +54,7 @@ typedef struct take_req {
 enum cstate {
     C_HEAD,     /* reading a request head (or idle before one) */
     C_BODY,     /* reading its body before relaying */
+    C_QUEUED,   /* read whole, waiting for a server connection */
     C_WAIT,     /* relayed: relaying the answer */
     C_UPGRADED, /* the 101 relayed: waiting for the hand-over */
     C_CLOSING   /* flushing, then draining what the client still sends */
@@ -71,13 +72,16 @@ typedef struct fconn {
     struct fconn *prev, *next;
     struct event *timer;
     enum cstate state;
-    int started;     /* a byte of the current request has come */
-    int close_after; /* the connection ends after this answer */
-    int client_eof;  /* the client has half-closed or gone */
-    int flushed;     /* C_CLOSING: the answer is out, write side shut */
-    int sent_100;    /* the front answered Expect: 100-continue */
-    int paused;      /* the server's answer waits for the client */
-    int port;        /* the server connection's port it was mapped at */
+    int started;         /* a byte of the current request has come */
+    int close_after;     /* the connection ends after this answer */
+    int client_eof;      /* the client has half-closed or gone */
+    int flushed;         /* C_CLOSING: the answer is out, write side shut */
+    int sent_100;        /* the front answered Expect: 100-continue */
+    int paused;          /* the server's answer waits for the client */
+    int port;            /* the server connection's port it was mapped at */
+    struct fconn *wnext; /* C_QUEUED: the queue */
+    size_t pend_n;       /* C_QUEUED: the request's bytes in the input */
+    int pend_shut;
     /* the request */
     tb__http_head req;
     size_t head_len;
@@ -109,6 +113,9 @@ struct tb__http_front {
     int nconns;
     upconn *pool;
     int npool;
+    int nup;                   /* server connections open, pooled or in use */
+    int up_max;                /* http.threads: civetweb's threads */
+    fconn *waitq, *waitq_tail; /* requests waiting for a connection */
     /* the server connection's local port -> the client it relays for */
     int pool_max; /* http.upstream_pool, at most a quarter of threads */
     fconn **by_port;
@@ -126,6 +133,39 @@ static void resp_progress(fconn *c);
 static void start_closing(fconn *c);
 static void try_take(fconn *c);
 static void answer_take(struct tb__http_front *f, take_req *t, int result);
+
+static void dispatch(fconn *c, size_t n, int shut);
+
+/* Requests wait in the front, not in civetweb's queue: a connection
+ * civetweb has accepted but no thread serves would wait behind threads
+ * that kept connections hold. A connection returned or closed serves the
+ * first waiting request. */
+static void serve_waiters(struct tb__http_front *f)
+{
+    while (f->waitq && !f->stopping && (f->pool || f->nup < f->up_max)) {
+        fconn *c = f->waitq;
+        f->waitq = c->wnext;
+        if (!f->waitq)
+            f->waitq_tail = NULL;
+        c->wnext = NULL;
+        dispatch(c, c->pend_n, c->pend_shut);
+    }
+}
+
+static void unqueue(struct tb__http_front *f, fconn *c)
+{
+    fconn **pp = &f->waitq, *prev = NULL;
+    while (*pp && *pp != c) {
+        prev = *pp;
+        pp = &(*pp)->wnext;
+    }
+    if (!*pp)
+        return;
+    *pp = c->wnext;
+    if (f->waitq_tail == c)
+        f->waitq_tail = prev;
+    c->wnext = NULL;
+}
 
 static void peer_str(const fconn *c, char *buf, size_t n)
 {
@@ -162,6 +202,8 @@ static void up_free(upconn *up)
     bufferevent_free(up->bev);
     close(up->fd);
     free(up);
+    f->nup--;
+    serve_waiters(f);
 }
 
 static void up_idle_end(evutil_socket_t fd, short what, void *arg)
@@ -191,6 +233,7 @@ static void up_release(upconn *up)
     f->npool++;
     struct timeval tv = {POOL_IDLE_MS / 1000, (POOL_IDLE_MS % 1000) * 1000};
     evtimer_add(up->idle, &tv);
+    serve_waiters(f);
 }
 
 static void up_read(struct bufferevent *bev, void *arg)
@@ -246,6 +289,8 @@ static upconn *up_get(tb__http_front *f)
         evtimer_del(up->idle);
         return up;
     }
+    if (f->nup >= f->up_max)
+        return NULL;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return NULL;
@@ -270,6 +315,7 @@ static upconn *up_get(tb__http_front *f)
     }
     bufferevent_setcb(up->bev, up_read, up_write, up_event, up);
     bufferevent_enable(up->bev, EV_READ | EV_WRITE);
+    f->nup++;
     return up;
 }
 
@@ -300,6 +346,18 @@ static void dispatch(fconn *c, size_t n, int shut)
 {
     tb__http_front *f = c->f;
     upconn *up = up_get(f);
+    if (!up && f->nup >= f->up_max && !f->stopping) {
+        c->state = C_QUEUED;
+        c->pend_n = n;
+        c->pend_shut = shut;
+        evtimer_del(c->timer);
+        if (f->waitq_tail)
+            f->waitq_tail->wnext = c;
+        else
+            f->waitq = c;
+        f->waitq_tail = c;
+        return;
+    }
     if (!up) {
         tb__log(TB_LOG_WARN, "http: front: cannot connect to the server");
         refuse(c, 503, "Service Unavailable", "unavailable",
@@ -645,6 +703,8 @@ static void conn_free(fconn *c)
         up_free(c->up);
     if (f->by_port[c->port] == c)
         f->by_port[c->port] = NULL;
+    if (c->state == C_QUEUED)
+        unqueue(f, c);
     if (c->take)
         answer_take(f, c->take, TB_EPIPE);
     if (c->prev)
@@ -702,6 +762,7 @@ static void client_read(struct bufferevent *bev, void *arg)
     case C_BODY:
         body_progress(c);
         break;
+    case C_QUEUED:
     case C_WAIT: /* the next request, pipelined: it waits its turn */
         if (evbuffer_get_length(in) > TB__HTTP_HEAD_MAX)
             bufferevent_disable(bev, EV_READ);
@@ -771,6 +832,12 @@ static void client_event(struct bufferevent *bev, short what, void *arg)
         c->up_shut = 1;
         if (!evbuffer_get_length(bufferevent_get_output(c->up->bev)))
             shutdown(c->up->fd, SHUT_WR);
+        return;
+    }
+    if (c->state == C_QUEUED && !(what & BEV_EVENT_ERROR)) {
+        /* Its request is read whole: answered when its turn comes,
+         * and the server then sees the end (dispatch). */
+        bufferevent_disable(c->bev, EV_READ);
         return;
     }
     if (c->state == C_CLOSING && !c->flushed && !(what & BEV_EVENT_ERROR)) {
@@ -898,7 +965,7 @@ static void on_quit(evutil_socket_t fd, short what, void *arg)
     for (fconn *c = f->conns, *next; c; c = next) {
         next = c->next;
         c->close_after = 1;
-        if (c->state == C_HEAD || c->state == C_BODY ||
+        if (c->state == C_HEAD || c->state == C_BODY || c->state == C_QUEUED ||
             c->state == C_UPGRADED || (c->state == C_CLOSING && c->flushed))
             conn_free(c);
     }
@@ -959,6 +1026,7 @@ tb__http_front *tb__http_front_start(tb_app *app, const struct sockaddr_in *pub,
     f->app = app;
     f->cfg = tb_app_get_config(app);
     f->upstream = *upstream;
+    f->up_max = f->cfg->http.threads;
     f->pool_max = f->cfg->http.upstream_pool < f->cfg->http.threads
                       ? f->cfg->http.upstream_pool
                       : f->cfg->http.threads;
