@@ -174,6 +174,30 @@ static void peer_str(const fconn *c, char *buf, size_t n)
     snprintf(buf, n, "%s:%u", a, ntohs(c->peer.sin_port));
 }
 
+/* Writes what bev's output holds to fd at once: a request or an answer
+ * mostly fits the socket, and waiting for EV_WRITE would cost two
+ * epoll_ctl calls a write. What the socket does not take waits for
+ * EV_WRITE: the bufferevent writes it, then calls the write callback
+ * (which stops EV_WRITE again). A write error is left to that path too,
+ * which reports it through the event callback. 1 if bev's output is
+ * empty now. */
+static int push(struct bufferevent *bev, int fd)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    if (bufferevent_get_enabled(bev) & EV_WRITE)
+        return !evbuffer_get_length(out); /* the socket is behind */
+    /* A bufferevent keeps its output's start frozen, and unfreezes it
+     * itself to write, as here. */
+    evbuffer_unfreeze(out, 1);
+    while (evbuffer_get_length(out) && evbuffer_write(out, fd) > 0)
+        ;
+    evbuffer_freeze(out, 1);
+    if (!evbuffer_get_length(out))
+        return 1;
+    bufferevent_enable(bev, EV_WRITE);
+    return 0;
+}
+
 static void arm(fconn *c, int ms)
 {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
@@ -248,7 +272,7 @@ static void up_read(struct bufferevent *bev, void *arg)
 /* Everything the client was sent has been written to its socket. */
 static void up_write(struct bufferevent *bev, void *arg)
 {
-    (void)bev;
+    bufferevent_disable(bev, EV_WRITE); /* until push needs it again */
     upconn *up = arg;
     if (up->c && up->c->up_shut)
         shutdown(up->fd, SHUT_WR);
@@ -314,7 +338,8 @@ static upconn *up_get(tb__http_front *f)
         return NULL;
     }
     bufferevent_setcb(up->bev, up_read, up_write, up_event, up);
-    bufferevent_enable(up->bev, EV_READ | EV_WRITE);
+    bufferevent_disable(up->bev, EV_WRITE); /* on by default: see push */
+    bufferevent_enable(up->bev, EV_READ);
     f->nup++;
     return up;
 }
@@ -377,6 +402,7 @@ static void dispatch(fconn *c, size_t n, int shut)
                           memory_order_release);
     struct evbuffer *in = bufferevent_get_input(c->bev);
     evbuffer_remove_buffer(in, bufferevent_get_output(up->bev), n);
+    push(up->bev, up->fd);
     /* The client has half-closed and this is its last request: the
      * server sees that end (a long poll's "gone" test). */
     if (c->client_eof && !evbuffer_get_length(in))
@@ -520,6 +546,7 @@ static void parse_head(fconn *c)
         len - end == 0) { /* the client waits for it before its body */
         evbuffer_add(bufferevent_get_output(c->bev),
                      "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        push(c->bev, c->fd);
         c->sent_100 = 1;
     }
     body_progress(c);
@@ -538,6 +565,7 @@ static void relay(fconn *c, size_t n)
  * request, or ends. */
 static void resp_done(fconn *c)
 {
+    push(c->bev, c->fd);
     upconn *up = c->up;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     int keep = c->resp_keep && !c->close_after && !c->up_shut &&
@@ -595,6 +623,7 @@ static void resp_progress(fconn *c)
                 c->state = C_UPGRADED;
                 bufferevent_disable(c->up->bev, EV_READ);
                 arm(c, TAKE_TIMEOUT_MS);
+                push(c->bev, c->fd);
                 try_take(c);
                 return;
             }
@@ -639,7 +668,7 @@ static void resp_progress(fconn *c)
             relay(c, len); /* until the server closes */
         }
     }
-    if (c->up && c->state == C_WAIT &&
+    if (c->up && c->state == C_WAIT && !push(c->bev, c->fd) &&
         evbuffer_get_length(bufferevent_get_output(c->bev)) > OUT_HIGH) {
         bufferevent_disable(c->up->bev, EV_READ); /* TCP pushes back */
         c->paused = 1;
@@ -679,9 +708,9 @@ static void start_closing(fconn *c)
     struct evbuffer *in = bufferevent_get_input(c->bev);
     c->drained += evbuffer_get_length(in);
     evbuffer_drain(in, (size_t)-1);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(c->bev, EV_READ);
     arm(c, CLOSE_FLUSH_MS);
-    if (!evbuffer_get_length(bufferevent_get_output(c->bev)))
+    if (push(c->bev, c->fd))
         after_flush(c);
 }
 
@@ -782,7 +811,7 @@ static void client_read(struct bufferevent *bev, void *arg)
 
 static void client_write(struct bufferevent *bev, void *arg)
 {
-    (void)bev;
+    bufferevent_disable(bev, EV_WRITE); /* until push needs it again */
     fconn *c = arg;
     if (c->state == C_CLOSING && !c->flushed) {
         after_flush(c);
@@ -898,7 +927,8 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd,
     f->conns = c;
     f->nconns++;
     bufferevent_setcb(c->bev, client_read, client_write, client_event, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    bufferevent_disable(c->bev, EV_WRITE); /* on by default: see push */
+    bufferevent_enable(c->bev, EV_READ);
     /* No byte yet: idle, as between requests; the header timeout starts
      * with the first byte. */
     c->started = 0;
