@@ -198,6 +198,20 @@ static int push(struct bufferevent *bev, int fd)
     return 0;
 }
 
+/* Frees bev and closes fd (-1: none). A bufferevent freed from inside
+ * one of its own callbacks is finalized later, and its event_del would
+ * then remove from epoll whatever socket has meanwhile got fd's number
+ * (epoll knows descriptors by number): a new connection to civetweb
+ * never read again. Its events are taken out now, while fd is still
+ * its socket. */
+static void close_bev(struct bufferevent *bev, int fd)
+{
+    bufferevent_disable(bev, EV_READ | EV_WRITE);
+    bufferevent_free(bev);
+    if (fd >= 0)
+        close(fd);
+}
+
 static void arm(fconn *c, int ms)
 {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
@@ -223,8 +237,7 @@ static void up_free(upconn *up)
         }
         event_free(up->idle);
     }
-    bufferevent_free(up->bev);
-    close(up->fd);
+    close_bev(up->bev, up->fd);
     free(up);
     f->nup--;
     serve_waiters(f);
@@ -294,13 +307,11 @@ static void up_event(struct bufferevent *bev, short what, void *arg)
         return;
     }
     /* An answer that ends with the connection, or one cut short: what was
-     * relayed goes out, then the client's connection ends too. */
-    resp_progress(c);
-    if (c->up == up) {
-        up_free(up);
-        if (c->state == C_WAIT)
-            start_closing(c);
-    }
+     * relayed goes out, then the client's connection ends too. Every byte
+     * read before the end went through up_read already. */
+    up_free(up);
+    if (c->state == C_WAIT)
+        start_closing(c);
 }
 
 /* A connection to the server: from the pool, or a new one. */
@@ -606,8 +617,8 @@ static void resp_progress(fconn *c)
             size_t end = p ? tb__http_head_end(p, look) : 0;
             if (!end) {
                 if (len >= RESP_HEAD_MAX)
-                    start_closing(c);
-                break;
+                    start_closing(c); /* may free c */
+                return;
             }
             tb__http_head h;
             tb__http_head_parse(p, end, 0, &h);
@@ -656,8 +667,8 @@ static void resp_progress(fconn *c)
             long used = tb__http_chunks_feed(&c->resp_chunks, v.iov_base,
                                              v.iov_len, &done);
             if (used < 0) {
-                start_closing(c);
-                break;
+                start_closing(c); /* may free c */
+                return;
             }
             relay(c, (size_t)used);
             if (done) {
@@ -744,9 +755,7 @@ static void conn_free(fconn *c)
         c->next->prev = c->prev;
     f->nconns--;
     event_free(c->timer);
-    bufferevent_free(c->bev);
-    if (c->fd >= 0)
-        close(c->fd);
+    close_bev(c->bev, c->fd);
     free(c);
     if (f->stopping && !f->conns)
         event_base_loopbreak(f->base);
