@@ -29,9 +29,9 @@
  * commands and keeps the sent ones in a FIFO: Redis answers in order. When
  * the connection is lost, the unanswered and queued requests are resent
  * after the reconnect (receivers drop the duplicates by event id), unless
- * they were accepted more than publish_retry_ms ago. At most ECHO_WINDOW
+ * they were accepted more than publish_retry_ms ago. At most TB__RB_ECHO_WINDOW
  * bytes of our own events are published ahead of what has come back on
- * `sub` (see flush_sendq).
+ * `sub` (see bus_redis_publish.c).
  *
  * Received messages go to the core's receiver (service/bus_rx.c), which
  * checks, decodes and deduplicates them and hands them to every worker.
@@ -65,11 +65,6 @@
  *  - hiredis writes with write(2): the bus thread blocks SIGPIPE (all
  *    signals) so a peer that closed turns into EPIPE, not a dead process. */
 
-/* Bytes of our own PUBLISHes that may be on their way back to our
- * subscription (see flush_sendq). Well under Redis's default pubsub output
- * buffer limits (32 MB hard, 8 MB for 60 s). */
-#define ECHO_WINDOW (4 << 20)
-
 /* ---------------------------------------------------------------- helpers */
 
 static struct timeval tv_ms(int64_t ms)
@@ -80,7 +75,7 @@ static struct timeval tv_ms(int64_t ms)
 }
 
 /* Takes everything publishers queued. Bus thread. */
-static void drain_inq(rbus *b)
+void tb__rb_drain_inq(rbus *b)
 {
     tb__bus_tx_take(b->tx, &b->sendq);
 }
@@ -308,120 +303,6 @@ static void links_close(rbus *b)
     }
 }
 
-/* ---------------------------------------------------------------- publish */
-
-static void maybe_switch(rbus *b);
-
-/* Reply to a PUBLISH: requests are answered in the order they were sent. */
-static void on_publish_reply(redisAsyncContext *ac, void *r, void *priv)
-{
-    rlink *l = ac->data;
-    redisReply *reply = r;
-    /* A NULL reply: the link is going; the request stays in flight and is
-     * resent after the reconnect (or given up at stop). */
-    if (!reply || ac != l->ac)
-        return;
-    rbus *b = l->b;
-    int64_t now = tb__mono_us();
-    l->last_rx_us = now;
-    tb__bus_req *q = b->inflight.head;
-    if (q != priv) {
-        tb__rb_fail(b, "PUBLISH replies out of order");
-        return;
-    }
-    if (reply->type == REDIS_REPLY_ERROR &&
-        (tb__rb_readonly(b, reply->str) || tb__rh_noscript(b, reply->str)))
-        return; /* kept in flight: resent after the reconnect */
-    int ok = reply->type == REDIS_REPLY_INTEGER;
-    if (!ok && tb__ratelog_ok(&b->pub_log, now)) {
-        char ch[128];
-        tb__log(TB_LOG_ERROR,
-                "redis bus: Redis refused PUBLISH of event %s on %s%s: %s",
-                q->id, tb__log_printable(ch, sizeof ch, q->channel, q->chlen),
-                q->batch > 1 ? " and the others sent with it" : "",
-                reply->type == REDIS_REPLY_ERROR ? reply->str
-                                                 : "unexpected reply");
-    }
-    /* The command carried q and the batch - 1 after it. */
-    for (int k = q->batch; k > 0 && b->inflight.head; k--)
-        tb__bus_tx_done(b->tx, tb__bus_reqlist_pop(&b->inflight),
-                        ok ? 0 : TB_EIO);
-    if (b->stopping && !b->inflight.head && !b->sendq.head)
-        event_active(b->stop_ev, EV_TIMEOUT, 0);
-    maybe_switch(b);
-}
-
-/* Sends the queued requests on `pub` if connected, pipelined, as long as
- * the echo window allows.
- *
- * Why a window: every event we publish comes back to us on `sub`, and
- * receiving (decode, delivery to the workers) is slower than publishing.
- * Unchecked, a burst from one thread grows Redis's output buffer for our
- * subscription (and for every instance as slow as us) until Redis closes it
- * at client-output-buffer-limit and the events in it are lost. So at most
- * ECHO_WINDOW bytes of our own events may be published and not yet
- * received back (always at least one event); the sub callback reopens the
- * window as they come back. */
-static void flush_sendq(rbus *b)
-{
-    rlink *l = &b->links[LINK_PUB];
-    if (b->failing || b->switching || !l->ac ||
-        tb__bus_conn_state(b->conn) != TB_BUS_CONNECTED)
-        return;
-    int64_t now = tb__mono_us();
-    tb__bus_req *q;
-    while ((q = b->sendq.head) != NULL) {
-        /* One command carries one PUBLISH, or with the history up to
-         * TB__RH_BATCH_MAX events for its script: what is queued now. */
-        tb__bus_req *batch[TB__RH_BATCH_MAX];
-        int n = 0;
-        int64_t bytes = 0;
-        for (tb__bus_req *p = q; p && n < (b->h_on ? TB__RH_BATCH_MAX : 1);
-             p = p->next) {
-            if ((b->echo_out > 0 || n > 0) &&
-                b->echo_out + bytes + (int64_t)p->envlen > (int64_t)ECHO_WINDOW)
-                break;
-            batch[n++] = p;
-            bytes += (int64_t)p->envlen;
-        }
-        if (n == 0)
-            break;
-        const char *argv[TB__RH_ARGV_MAX] = {"PUBLISH", q->channel, q->env};
-        size_t lens[TB__RH_ARGV_MAX] = {7, q->chlen, q->envlen};
-        int argc = 3;
-        char nums[TB__RH_BATCH_MAX][24];
-        if (b->h_on) /* the history's script in its place */
-            argc = tb__rh_publish_argv(b, batch, n, nums, argv, lens);
-        if (redisAsyncCommandArgv(l->ac, on_publish_reply, q, argc, argv,
-                                  lens) != REDIS_OK) {
-            /* Still at the front, in order, for the next connection. */
-            tb__rb_fail(b, "cannot send PUBLISH: %s",
-                        l->ac->errstr[0] ? l->ac->errstr : "out of memory");
-            return;
-        }
-        q->batch = n;
-        for (int k = 0; k < n; k++) {
-            tb__bus_req *p = tb__bus_reqlist_pop(&b->sendq);
-            p->sent_us = now;
-            tb__bus_reqlist_push(&b->inflight, p);
-        }
-        if (b->echo_out == 0)
-            b->echo_last_us = now;
-        b->echo_out += bytes;
-    }
-}
-
-/* Publishers woke us: take their requests and send them. */
-static void on_wake(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    rbus *b = arg;
-    drain_inq(b);
-    if (tb__bus_conn_state(b->conn) == TB_BUS_CONNECTED)
-        flush_sendq(b);
-}
-
 /* ---------------------------------------------------------------- receive */
 
 /* The receiver started a batch: hand it to the workers right after the
@@ -441,9 +322,9 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     tb__bus_rx_flush(b->rx);
 }
 
-/* Our own events coming back reopen the publish window (see flush_sendq).
- * Our encoder always starts an envelope with our id, so the first bytes
- * tell, without decoding. */
+/* Our own events coming back reopen the publish window (see
+ * bus_redis_publish.c). Our encoder always starts an envelope with our id, so
+ * the first bytes tell, without decoding. */
 static void note_echo(rbus *b, const char *msg, size_t len)
 {
     if (b->echo_out > 0 && len > b->own_prefix_len &&
@@ -452,9 +333,9 @@ static void note_echo(rbus *b, const char *msg, size_t len)
         if (b->echo_out < 0)
             b->echo_out = 0;
         b->echo_last_us = tb__mono_us();
-        if (b->sendq.head && b->echo_out <= ECHO_WINDOW / 2)
-            flush_sendq(b);
-        maybe_switch(b);
+        if (b->sendq.head && b->echo_out <= TB__RB_ECHO_WINDOW / 2)
+            tb__rb_flush_sendq(b);
+        tb__rb_maybe_switch(b);
     }
 }
 
@@ -512,17 +393,6 @@ static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
 
 /* ---------------------------------------------------------------- Sentinel */
 
-/* What a ROLE reply says the server is ("master", "slave", "sentinel"),
- * into role; 0 when it is an answer of that form. */
-static int role_of(const redisReply *reply, char *role, size_t n)
-{
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
-        reply->element[0]->type != REDIS_REPLY_STRING)
-        return -1;
-    tb__log_printable(role, n, reply->element[0]->str, reply->element[0]->len);
-    return 0;
-}
-
 /* `pub`'s ROLE during the handshake: only a master will do. A sentinel's
  * answer may be stale (it has not heard of a failover yet), so this is
  * what guarantees that the bus never writes to a replica. */
@@ -540,7 +410,7 @@ static void on_role_reply(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     char role[32] = "something else than a ROLE reply";
-    int ok = role_of(reply, role, sizeof role) == 0;
+    int ok = tb__rsn_role_of(reply, role, sizeof role) == 0;
     if (!ok || strcmp(role, "master") != 0) {
         char why[512];
         snprintf(why, sizeof why,
@@ -561,85 +431,9 @@ static void on_role_reply(redisAsyncContext *ac, void *r, void *priv)
         return;
     }
     b->role_sent_us = now;
+    tb__rsn_replicas(b, reply);
     l->step++;
     link_send_step(b, l);
-}
-
-/* The periodic ROLE check's answer (see pub_ping). */
-static void on_role_probe(redisAsyncContext *ac, void *r, void *priv)
-{
-    rlink *l = priv;
-    redisReply *reply = r;
-    if (!reply || ac != l->ac)
-        return;
-    rbus *b = l->b;
-    l->last_rx_us = tb__mono_us();
-    l->ping_sent_us = 0;
-    char role[32];
-    if (reply->type != REDIS_REPLY_ERROR &&
-        (role_of(reply, role, sizeof role) != 0 || strcmp(role, "master") != 0))
-        tb__rb_fail(b, "%s:%d is no longer the master of %s (ROLE: %s)",
-                    b->master_host, b->master_port, b->t.master,
-                    role_of(reply, role, sizeof role) ? "?" : role);
-}
-
-int tb__rb_readonly(rbus *b, const char *err)
-{
-    if (!b->t.nsentinels || strncmp(err, "READONLY", 8) != 0)
-        return 0;
-    tb__rb_fail(b, "%s:%d answered READONLY: it is a replica now",
-                b->master_host, b->master_port);
-    return 1;
-}
-
-/* Leaves the old master once the switch may go: nothing of ours in
- * flight, and all we published there seen back on `sub`. */
-static void maybe_switch(rbus *b)
-{
-    if (b->switching && !b->failing && !b->inflight.head && b->echo_out == 0)
-        tb__rb_fail(b, "%s", b->switch_why);
-}
-
-/* 1 if an announced master may be tried without the backoff: at most once
- * per redis.retry_min_ms, so that a sentinel announcing on and on (a
- * hostile one) cannot make the bus reconnect in a tight loop. */
-static int switch_now(rbus *b)
-{
-    int64_t now = tb__mono_us();
-    if (b->switch_now_us && now - b->switch_now_us < b->retry_min_us)
-        return 0;
-    b->switch_now_us = now;
-    return 1;
-}
-
-/* Why drain before leaving: events the old master acknowledged are on
- * their way to our `sub` (and every other instance's that is still
- * there); closing `sub` at once would lose those this instance's own
- * subscribers were to get. New events wait in the queue meanwhile and go
- * to the new master. The drain lasts a round trip, at most
- * redis.command_timeout_ms (on_tick). */
-void tb__rb_switch(rbus *b)
-{
-    if (b->finished || b->failing)
-        return; /* the next attempt takes the announced master */
-    if (tb__bus_conn_state(b->conn) == TB_BUS_CONNECTED) {
-        if (!b->switching) {
-            b->switching = 1;
-            b->switch_deadline_us = tb__mono_us() + b->cmd_to_us;
-        }
-        maybe_switch(b);
-        return;
-    }
-    if (b->attempting || b->resolving) {
-        tb__rb_fail(b, "%s", b->switch_why);
-        return;
-    }
-    /* Waiting for the next attempt: make it now (a failover usually ends
-     * an outage, during which the backoff has grown). */
-    if (switch_now(b)) {
-        event_del(b->retry_ev);
-        event_active(b->retry_ev, EV_TIMEOUT, 0);
-    }
 }
 
 /* ---------------------------------------------------------------- liveness */
@@ -687,8 +481,8 @@ static void pub_ping(rbus *b, rlink *l, int64_t now)
     int role = b->t.nsentinels > 0;
     const char *argv[1] = {role ? "ROLE" : "PING"};
     size_t lens[1] = {4};
-    if (redisAsyncCommandArgv(l->ac, role ? on_role_probe : on_ping_reply, l, 1,
-                              argv, lens) != REDIS_OK) {
+    if (redisAsyncCommandArgv(l->ac, role ? tb__rsn_role_probe : on_ping_reply,
+                              l, 1, argv, lens) != REDIS_OK) {
         tb__rb_fail(b, "cannot send %s on the pub link", argv[0]);
         return;
     }
@@ -719,7 +513,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
         return;
     int st = tb__bus_conn_state(b->conn);
     if (st != TB_BUS_CONNECTED) {
-        drain_inq(b);
+        tb__rb_drain_inq(b);
         expire_stale(b, now);
         if (b->attempting && now - b->attempt_us > b->connect_to_us)
             tb__rb_fail(b,
@@ -731,6 +525,11 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     tb__bus_req *h = b->inflight.head;
     if (h && now - h->sent_us > b->cmd_to_us) {
         tb__rb_fail(b, "PUBLISH not answered within %" PRId64 " ms",
+                    b->cmd_to_us / 1000);
+        return;
+    }
+    if (b->waiting && now - b->wait_sent_us > b->cmd_to_us) {
+        tb__rb_fail(b, "WAIT not answered within %" PRId64 " ms",
                     b->cmd_to_us / 1000);
         return;
     }
@@ -752,8 +551,8 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
                 "within %" PRId64 " ms; echo window reset",
                 b->echo_out, b->cmd_to_us / 1000);
         b->echo_out = 0;
-        flush_sendq(b);
-        maybe_switch(b);
+        tb__rb_flush_sendq(b);
+        tb__rb_maybe_switch(b);
     }
     if (b->switching && now >= b->switch_deadline_us) {
         tb__rb_fail(b,
@@ -800,6 +599,7 @@ static void became_connected(rbus *b)
 {
     b->attempting = 0;
     b->logged_reject[0] = '\0';
+    b->h_deciding = 0; /* a decision lost with the last connection */
     int reconnected;
     uint64_t failed = tb__bus_conn_up(b->conn, &reconnected);
     char where[1024];
@@ -829,10 +629,14 @@ static void became_connected(rbus *b)
                     b->t.master, b->up_host, b->up_port, b->master_host,
                     b->master_port);
             tb__bus_store_lost(b->bus.app);
-            /* ... and the history its last positions: a new epoch, before
-             * we publish anything there. */
-            tb__rh_failover(b, NULL);
         }
+        /* ... and the history its last positions: before we publish
+         * anything there, the epoch goes on if the new master has what we
+         * acknowledged and saw, else a new one. At every connection, not
+         * only when we saw the master move: a failover (or two, M to R
+         * and back) may have happened while we were away or before we
+         * started, and the publish script refuses until we decided. */
+        tb__rh_failover(b, NULL);
         snprintf(b->up_host, sizeof b->up_host, "%s", b->master_host);
         b->up_port = b->master_port;
     }
@@ -842,7 +646,7 @@ static void became_connected(rbus *b)
     tb__bus_rx_connected(b->rx);
     /* Resend what waited, from the loop rather than inside this reply
      * callback; the stale ones are given up first. */
-    drain_inq(b);
+    tb__rb_drain_inq(b);
     expire_stale(b, tb__mono_us());
     event_active(b->wake_ev, EV_TIMEOUT, 0);
     if (b->stopping)
@@ -862,12 +666,16 @@ static void on_teardown(evutil_socket_t fd, short what, void *arg)
     links_close(b);
     tb__rsn_teardown(b);
     tb__bus_reqlist_prepend(&b->sendq, &b->inflight);
+    /* Published, but not confirmed by the WAIT: resent (the script skips
+     * what ran) and waited for on the next connection. */
+    tb__bus_reqlist_prepend(&b->sendq, &b->answered);
+    b->waiting = 0;
     b->attempting = 0;
     b->switching = 0;
     int lost;
     uint64_t failed = tb__bus_conn_down(b->conn, b->fail_why, &lost);
     /* A master a sentinel announced is tried at once. */
-    int64_t delay = b->hint_port && switch_now(b)
+    int64_t delay = b->hint_port && tb__rsn_switch_now(b)
                         ? 0
                         : tb__bus_conn_backoff_ms(b->conn, failed);
     if (lost) {
@@ -905,8 +713,10 @@ static void finish(rbus *b)
     tb__bus_rx_disconnected(b->rx);
     links_close(b);
     tb__rsn_finish(b);
-    drain_inq(b);
+    tb__rb_drain_inq(b);
     tb__bus_reqlist_prepend(&b->sendq, &b->inflight);
+    tb__bus_reqlist_prepend(&b->sendq, &b->answered);
+    b->waiting = 0;
     tb__bus_rx_tick(b->rx, INT64_MAX);
     tb__ratelog_flush(&b->pub_log, INT64_MAX);
     tb__ratelog_flush(&b->kv_log, INT64_MAX);
@@ -934,12 +744,13 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     if (!b->stopping) {
         b->stopping = 1;
         b->stop_deadline_us = now + b->cmd_to_us;
-        drain_inq(b);
-        flush_sendq(b);
+        tb__rb_drain_inq(b);
+        tb__rb_flush_sendq(b);
         struct timeval tv = tv_ms(b->cmd_to_us / 1000 + 1);
         event_add(b->stop_ev, &tv);
     }
-    if ((!b->sendq.head && !b->inflight.head) || now >= b->stop_deadline_us)
+    if ((!b->sendq.head && !b->inflight.head && !b->answered.head) ||
+        now >= b->stop_deadline_us)
         finish(b);
 }
 
@@ -979,7 +790,7 @@ static int rb_start(tb__bus *bus)
     b->base = event_base_new();
     if (!b->base)
         goto nomem;
-    b->wake_ev = event_new(b->base, -1, 0, on_wake, b);
+    b->wake_ev = event_new(b->base, -1, 0, tb__rb_on_wake, b);
     b->stop_ev = event_new(b->base, -1, 0, on_stop, b);
     b->teardown_ev = event_new(b->base, -1, 0, on_teardown, b);
     b->retry_ev = event_new(b->base, -1, 0, on_retry, b);
@@ -1099,6 +910,7 @@ static void rb_free(tb__bus *bus)
     tb__bus_tx_free(b->tx);
     tb__bus_reqlist_free(&b->sendq);
     tb__bus_reqlist_free(&b->inflight);
+    tb__bus_reqlist_free(&b->answered);
     tb__bus_rx_free(b->rx);
     tb__bus_conn_free(b->conn);
     tb__rkv_free(b);

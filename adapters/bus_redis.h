@@ -93,7 +93,11 @@ typedef struct rbus {
     rlink links[NLINKS];
     tb__bus_reqlist sendq;    /* to send once connected (resends first) */
     tb__bus_reqlist inflight; /* sent on `pub`, answer pending; in order */
-    int attempting;           /* an attempt is under way */
+    tb__bus_reqlist answered; /* published, waiting for the WAIT after them
+                                 (redis.wait_replicas); in order */
+    int waiting;              /* a WAIT is in flight on `pub` */
+    int64_t wait_sent_us;
+    int attempting; /* an attempt is under way */
     int64_t attempt_us;
     int failing; /* teardown_ev is active: the first reason wins */
     char fail_why[256];
@@ -153,6 +157,22 @@ typedef struct rbus {
     char h_maxlen[16];            /* "=N" or "~N" */
     char h_ttl[16], h_txkeep[24]; /* ms */
     char h_stream[100], h_meta[100], h_tx[120];
+    /* The failover count (the meta hash's `fo`) of the last decision on
+     * this master, and whether one is under way (nothing is published
+     * until it is answered). */
+    char h_fo[24];
+    int h_deciding;
+    /* redis.wait_replicas (0: no WAIT) and its timeout, as arguments. */
+    int wait_n;
+    char wait_n_s[16], wait_to_s[16];
+    uint64_t wait_short; /* events answered not_replicated this burst */
+    size_t wait_warned;  /* replicas attached when last warned of; 0 none */
+    /* This instance's last publish the script answered (pend_*) and the
+     * last one acknowledged to its publisher (ack_*, after the WAIT with
+     * wait_n): a failover checks that the new master has it. */
+    char pend_epoch[TB_EPOCH_MAX], ack_epoch[TB_EPOCH_MAX];
+    uint64_t pend_seq, ack_seq;
+    char pend_id[TB_EVENT_ID_MAX], ack_id[TB_EVENT_ID_MAX];
 } rbus;
 
 /* --------------------------------------------------- the store (kv.c) */
@@ -249,22 +269,35 @@ void tb__rh_load_scripts(rbus *b,
                          void (*load)(rbus *b, const tb__rkv_script *sc));
 /* Events one publish command carries at most, and its arguments. */
 #define TB__RH_BATCH_MAX 64
-#define TB__RH_ARGV_MAX (10 + 4 * TB__RH_BATCH_MAX)
+#define TB__RH_ARGV_MAX (12 + 4 * TB__RH_BATCH_MAX)
 /* The command that publishes qs[0..n-1] (1..TB__RH_BATCH_MAX, in queue
  * order) with their positions (EVALSHA, or EVAL while the script is not
  * loaded) into argv/lens (TB__RH_ARGV_MAX slots); nums holds some of its
  * arguments. Returns argc. Bus thread. */
 int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
                         char (*nums)[24], const char **argv, size_t *lens);
-/* The bus reached a new master (a Sentinel failover; rolled_back NULL),
- * or Redis came back from an older snapshot of epoch rolled_back: it may
- * lack the last events and give their positions out again, so the history
- * is started over in a new epoch, unless another instance did already.
- * Sent on `pub` before anything else. Bus thread. */
+/* The bus reached a master (with Sentinel, at every connection, or when
+ * the publish script refused: rolled_back NULL), or Redis came back from
+ * an older snapshot of epoch rolled_back: after a failover it may lack the
+ * last events and give their positions out again, so the failover script
+ * decides (docs/HISTORY.md) whether the epoch goes on. Sent on `pub`
+ * before anything else; nothing is published until it is answered, and a
+ * failed answer fails the connection (retried). Bus thread. */
 void tb__rh_failover(rbus *b, const char *rolled_back);
-/* A publish answered err: 1 when it was NOSCRIPT (the connection is
- * failed, to load the scripts and resend), else 0. */
-int tb__rh_noscript(rbus *b, const char *err);
+/* A publish command's reply: 1 when it is the script's answer ({appended,
+ * epoch, seq of the last appended}), whose position (the event last, the
+ * last of the command's) becomes the pending acknowledged one (committed
+ * at once without wait_n, else by tb__rh_acked after the WAIT). 0 for
+ * anything else. Bus thread. */
+int tb__rh_published(rbus *b, const struct redisReply *reply,
+                     const tb__bus_req *last);
+/* The WAIT after the pending publishes confirmed them: they are
+ * acknowledged. Bus thread. */
+void tb__rh_acked(rbus *b);
+/* A publish answered err: 1 when it was NOSCRIPT (to load the scripts)
+ * or TBFAILOVER (to decide on the new master first): the connection is
+ * failed, and the next one resends (none of it ran). Else 0. */
+int tb__rh_refused(rbus *b, const char *err);
 /* Reads the history after seq after, at most count (<= TB__KV_LIST_MAX)
  * entries, as the bus's history op does. Any thread. */
 int tb__rh_read(rbus *b, uint64_t after, size_t count,
@@ -309,5 +342,37 @@ void tb__rsn_tick(rbus *b, int64_t now);
 void tb__rsn_teardown(rbus *b);
 /* Closes the query and every watch. From finish(). */
 void tb__rsn_finish(rbus *b);
+/* What a ROLE reply says the server is ("master", "slave", "sentinel"),
+ * into role (n bytes); 0 when it is an answer of that form. */
+int tb__rsn_role_of(const struct redisReply *reply, char *role, size_t n);
+/* The periodic ROLE check's answer (pub_ping sends it; priv the link). */
+void tb__rsn_role_probe(redisAsyncContext *ac, void *r, void *priv);
+/* 1 if an announced master may be tried without the backoff (at most
+ * once per redis.retry_min_ms). */
+int tb__rsn_switch_now(rbus *b);
+/* Leaves the old master once the switch may go (nothing of ours in
+ * flight, all we published there seen back on `sub`). Bus thread. */
+void tb__rb_maybe_switch(rbus *b);
+/* ------------------------------- the publish path (bus_redis_publish.c) */
+
+/* Bytes of our own PUBLISHes that may be on their way back to our
+ * subscription (see tb__rb_flush_sendq). Well under Redis's default pubsub
+ * output buffer limits (32 MB hard, 8 MB for 60 s). */
+#define TB__RB_ECHO_WINDOW (4 << 20)
+/* Sends the queued requests on `pub` if connected, within the echo
+ * window, then the WAIT for them with redis.wait_replicas. Bus thread. */
+void tb__rb_flush_sendq(rbus *b);
+/* Sends the WAIT after the publishes just sent (redis.wait_replicas > 0):
+ * their publishers are answered by its reply; fails the connection if it
+ * cannot be sent. Bus thread. */
+void tb__rbw_send(rbus *b, int64_t now);
+/* Publishers woke the bus thread (b->wake_ev): take and send. */
+void tb__rb_on_wake(evutil_socket_t fd, short what, void *arg);
+/* Moves what publishers handed over into b->sendq (bus_redis.c). */
+void tb__rb_drain_inq(rbus *b);
+/* A ROLE reply from the master: warns (once per count) when more replicas
+ * are attached than redis.wait_replicas, which then no longer makes a
+ * lost acknowledged event detected. */
+void tb__rsn_replicas(rbus *b, const struct redisReply *reply);
 
 #endif /* TASKBUS_BUS_REDIS_H */

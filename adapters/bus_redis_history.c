@@ -30,22 +30,43 @@
  *
  * A Redis ACL user needs +eval +evalsha +script|load +xadd +xrange
  * +pexpire +hget +hset +hincrby +hmget +get +set +del +publish +time on
- * "{<ns>}:*" besides what bus_redis.c and bus_redis_kv.c list. */
+ * "{<ns>}:*" besides what bus_redis.c and bus_redis_kv.c list, and +wait
+ * with redis.wait_replicas (bus_redis.c sends the WAIT). */
 
 /* KEYS[1] the stream, KEYS[2] the meta hash, KEYS[3] our publish number;
  * ARGV the instance's half of a new epoch (8 hex digits), maxlen ("~" or
- * "=" first), ttl ms, the publish number's keep ms, then for each event
+ * "=" first), ttl ms, the publish number's keep ms, the master it was
+ * sent to ("host:port" as the sentinels name it; "" without Sentinel) and
+ * the failover count the instance last decided on, then for each event
  * (in queue order) its channel, envelope, name and publish number.
- * Events whose number ran already (a resend) are skipped. Returns how
- * many were appended. */
+ * With Sentinel, refused (error TBFAILOVER, nothing written) while the
+ * meta hash's master or failover count differ from the caller's: a
+ * failover the instance has not decided on (tb__rh_failover) happened,
+ * and numbering now could give a position out twice.
+ * Events whose number ran already (a resend) are skipped; all of them
+ * skipped, the publish number is written again all the same, so that a
+ * WAIT after it on a new connection waits for the write that numbered
+ * them (WAIT counts from the connection's last write). Returns {how
+ * many were appended, the epoch, the seq of the last appended} ({0} when
+ * none was). */
 static const char pub_lua[] =
+    "if ARGV[5] ~= '' then\n"
+    "  local m = redis.call('HMGET', KEYS[2], 'master', 'fo')\n"
+    "  if m[1] ~= ARGV[5] or (m[2] or '0') ~= ARGV[6] then\n"
+    "    return redis.error_reply('TBFAILOVER the history has not decided "
+    "on this master yet')\n"
+    "  end\n"
+    "end\n"
     "local prev = tonumber(redis.call('GET', KEYS[3]) or '0')\n"
-    "local n, k, last = (#ARGV - 4) / 4, 0, prev\n"
+    "local n, k, last = (#ARGV - 6) / 4, 0, prev\n"
     "for i = 0, n - 1 do\n"
-    "  local tx = tonumber(ARGV[8 + 4 * i])\n"
+    "  local tx = tonumber(ARGV[10 + 4 * i])\n"
     "  if tx > prev then k = k + 1; if tx > last then last = tx end end\n"
     "end\n"
-    "if k == 0 then return 0 end\n"
+    "if k == 0 then\n"
+    "  redis.call('SET', KEYS[3], string.format('%d', prev), 'PX', ARGV[4])\n"
+    "  return {0}\n"
+    "end\n"
     "redis.call('SET', KEYS[3], string.format('%d', last), 'PX', ARGV[4])\n"
     "local ep = redis.call('HGET', KEYS[2], 'epoch')\n"
     "if not ep then\n"
@@ -58,7 +79,7 @@ static const char pub_lua[] =
     "local seq = redis.call('HINCRBY', KEYS[2], 'seq', k) - k\n"
     "local mark, maxlen = string.sub(ARGV[2], 1, 1), string.sub(ARGV[2], 2)\n"
     "for i = 0, n - 1 do\n"
-    "  local a = 5 + 4 * i\n"
+    "  local a = 7 + 4 * i\n"
     "  if tonumber(ARGV[a + 3]) > prev then\n"
     "    seq = seq + 1\n"
     "    local s = string.format('%d', seq)\n"
@@ -70,28 +91,126 @@ static const char pub_lua[] =
     "  end\n"
     "end\n"
     "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
-    "return k\n";
+    "return {k, ep, seq}\n";
 
-/* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the master it runs on
- * ("host:port" as the sentinels name it), this instance's half of a new
- * epoch, and the epoch it saw rolled back ("" after a failover). A new
- * epoch and an empty history, once: after a failover once per master (the
- * meta hash remembers the master its epoch was started for, and the
- * instances after the first skip it; whether this one knew an epoch does
- * not matter: a fresh one reaching the new master first starts it over
- * too); after a rollback once per epoch (skipped when it is no longer the
- * one seen). Returns 1 when it did. */
+/* KEYS[1] the stream, KEYS[2] the meta hash; ARGV[1] the master it runs
+ * on ("host:port" as the sentinels name it), [2] this instance's half of
+ * a new epoch, [3] the epoch it saw rolled back ("" after a failover),
+ * then (a failover) [4] "1" if this instance may keep the epoch
+ * (redis.wait_replicas > 0), [5] the epoch it knows ("" none), [6] [7]
+ * the seq and event id of its last acknowledged publish (0 ""), [8] [9]
+ * the last position delivered here and its event id ("": not known).
+ *
+ * After a rollback: a new epoch and an empty history, once per epoch
+ * (skipped when it is no longer the one seen). After a failover, the
+ * first instance to reach the new master (the hash's `master` is not this
+ * one) counts it (`fo`, the failover count the publish script checks)
+ * and records the master, whatever it knows; it keeps the epoch when it
+ * may, the new master has it, its last acknowledged publish is there with
+ * the same id, and its last position delivered is there with the same id
+ * or beyond the new master's end; else a new epoch and an empty history,
+ * as before. Keeping, positions from the new master's end (`fork`) to the
+ * instance's last one (`fence`) were given out by the old master only
+ * (not replicated, so never acknowledged with a WAIT): they are skipped,
+ * never given out again (seq = fence). Each instance after it checks
+ * the same for itself, and may raise the fence while nothing new was
+ * given out past it; when its positions clash with the new master's
+ * (it saw, on the old master, positions given out here since), a new
+ * epoch. An instance that knows no epoch saw nothing to protect: it only
+ * records the master (fork = fence = seq: nothing given out past it yet),
+ * unless it may not keep (as before: a new epoch). seq, fork, fence and
+ * fo must be decimal integers below 2^53 with fork <= fence <= seq:
+ * anything else (written by someone else) is a new epoch.
+ * Returns {what, fo}: what 0 (nothing to do), 1 (a new epoch), 2 (the
+ * epoch kept), 3 (kept, the fence raised), 4 (a new epoch: the meta was
+ * malformed); fo the failover count now. */
 const char tb__rh_failover_lua[] =
-    "local m = redis.call('HMGET', KEYS[2], 'epoch', 'master')\n"
+    "local m = redis.call('HMGET', KEYS[2], 'epoch', 'seq', 'master', "
+    "'fork', 'fence', 'fo')\n"
+    "local function int(v)\n"
+    "  if type(v) ~= 'string' or #v > 16 or not string.match(v, '^%d+$') "
+    "then return nil end\n"
+    "  local x = tonumber(v)\n"
+    "  if x >= 9007199254740992 then return nil end\n"
+    "  return x\n"
+    "end\n"
+    "local function d(x) return string.format('%d', x) end\n"
+    "local fo = int(m[6] or '0')\n"
+    "local function restart(what)\n"
+    "  local t = redis.call('TIME')\n"
+    "  local ep = ARGV[2] .. string.format('%08x', (tonumber(t[1]) * 1000000 "
+    "+ tonumber(t[2])) % 4294967296)\n"
+    "  redis.call('DEL', KEYS[1])\n"
+    "  redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0, 'master', ARGV[1], "
+    "'fork', 0, 'fence', 0, 'fo', d(fo))\n"
+    "  return {what, d(fo)}\n"
+    "end\n"
+    "local first = m[3] ~= ARGV[1]\n"
+    "if not fo then fo = 1; return restart(4) end\n"
+    "if first then fo = fo + 1 end\n"
+    "local function noted()\n"
+    "  if first then redis.call('HSET', KEYS[2], 'master', ARGV[1], 'fo', "
+    "d(fo)) end\n"
+    "  return {0, d(fo)}\n"
+    "end\n"
     "if ARGV[3] ~= '' then\n"
-    "  if m[1] ~= ARGV[3] then return 0 end\n"
-    "elseif m[2] == ARGV[1] then return 0 end\n"
-    "local t = redis.call('TIME')\n"
-    "local ep = ARGV[2] .. string.format('%08x', (tonumber(t[1]) * 1000000 + "
-    "tonumber(t[2])) % 4294967296)\n"
-    "redis.call('DEL', KEYS[1])\n"
-    "redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0, 'master', ARGV[1])\n"
-    "return 1\n";
+    "  if m[1] ~= ARGV[3] then return noted() end\n"
+    "  return restart(1)\n"
+    "end\n"
+    "if not m[1] then return noted() end\n"
+    "local seq = int(m[2])\n"
+    "local fork, fence = int(m[4] or '0'), int(m[5] or '0')\n"
+    "if not seq or not fork or not fence or fork > fence or fence > seq "
+    "then return restart(4) end\n"
+    "local keep = ARGV[4] == '1'\n"
+    "if ARGV[5] == '' and keep then\n"
+    "  if first then redis.call('HSET', KEYS[2], 'master', ARGV[1], 'fo', "
+    "d(fo), 'fork', d(seq), 'fence', d(seq)) end\n"
+    "  return {0, d(fo)}\n"
+    "end\n"
+    "if ARGV[5] == '' or m[1] ~= ARGV[5] or (first and not keep) then\n"
+    "  if first then return restart(1) end\n"
+    "  return {0, d(fo)}\n"
+    "end\n"
+    "if first then fork, fence = seq, seq end\n"
+    "local f = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)\n"
+    "local oldest = seq + 1\n"
+    "if f[1] then oldest = tonumber(string.match(f[1][1], '^(%d+)')) end\n"
+    "local function has(s, id)\n"
+    "  if s < oldest then return true end\n"
+    "  local r = redis.call('XRANGE', KEYS[1], d(s) .. '-0', d(s) .. '-0')\n"
+    "  if not r[1] then return false end\n"
+    "  if id == '' then return s <= fork end\n"
+    "  local fv = r[1][2]\n"
+    "  for j = 1, #fv - 1, 2 do\n"
+    "    if fv[j] == 'e' then\n"
+    "      local h = '{\"id\":\"' .. id .. '\"'\n"
+    "      return string.sub(fv[j + 1], 1, #h) == h\n"
+    "    end\n"
+    "  end\n"
+    "  return false\n"
+    "end\n"
+    "local ack, last = int(ARGV[6]) or 0, int(ARGV[8]) or 0\n"
+    "if ack > 0 and (ack > seq or not has(ack, ARGV[7])) then return "
+    "restart(1) end\n"
+    "local raised = false\n"
+    "if last > seq then\n"
+    "  if not first and seq > fence then return restart(1) end\n"
+    "  seq, fence, raised = last, last, true\n"
+    "elseif last > 0 and not (last > fork and last <= fence) and not "
+    "has(last, ARGV[9]) then\n"
+    "  return restart(1)\n"
+    "end\n"
+    "if first then\n"
+    "  redis.call('HSET', KEYS[2], 'seq', d(seq), 'master', ARGV[1], 'fork', "
+    "d(fork), 'fence', d(fence), 'fo', d(fo))\n"
+    "  return {2, d(fo)}\n"
+    "end\n"
+    "if raised then\n"
+    "  redis.call('HSET', KEYS[2], 'seq', d(seq), 'fence', d(fence))\n"
+    "  return {3, d(fo)}\n"
+    "end\n"
+    "return {0, d(fo)}\n";
 
 /* KEYS[1] the stream, KEYS[2] the meta hash; ARGV the first entry id to
  * read, how many, how many bytes of names and envelopes at most (at least
@@ -182,6 +301,12 @@ void tb__rh_init(rbus *b, const tb_app_config *c)
     snprintf(b->h_meta, sizeof b->h_meta, "%shmeta", b->kv_prefix);
     snprintf(b->h_tx, sizeof b->h_tx, "%shtx:%s", b->kv_prefix,
              tb__app_instance(b->bus.app));
+    /* The config's rules allow WAIT with history on only: it confirms
+     * what the script stored, and a plain PUBLISH stores nothing. */
+    b->wait_n = c->redis.wait_replicas;
+    snprintf(b->wait_n_s, sizeof b->wait_n_s, "%d", b->wait_n);
+    snprintf(b->wait_to_s, sizeof b->wait_to_s, "%d", c->redis.wait_timeout_ms);
+    snprintf(b->h_fo, sizeof b->h_fo, "0");
     tb__bus_rx_track(b->rx, fetch, b);
     tb__bus_rx_on_rollback(b->rx, rollback);
 }
@@ -202,8 +327,15 @@ int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
         argv[c] = pub_lua;
         lens[c++] = sizeof pub_lua - 1;
     }
+    /* With Sentinel, the master it goes to and the failover count this
+     * instance decided on: the script refuses if they are not the hash's. */
+    char master[300] = "";
+    if (b->t.nsentinels)
+        snprintf(master, sizeof master, "%s:%d", b->master_host,
+                 b->master_port);
     const char *head[] = {"3",        b->h_stream, b->h_meta, b->h_tx,
-                          b->h_epoch, b->h_maxlen, b->h_ttl,  b->h_txkeep};
+                          b->h_epoch, b->h_maxlen, b->h_ttl,  b->h_txkeep,
+                          master,     b->h_fo};
     for (size_t i = 0; i < sizeof head / sizeof head[0]; i++) {
         argv[c] = head[i];
         lens[c++] = strlen(head[i]);
@@ -224,6 +356,37 @@ int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
     return c;
 }
 
+int tb__rh_published(rbus *b, const redisReply *reply, const tb__bus_req *last)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER)
+        return 0;
+    if (reply->element[0]->integer == 0)
+        return 1; /* all of it ran before (a resend): nothing new */
+    const redisReply *ep = reply->elements == 3 ? reply->element[1] : NULL;
+    const redisReply *seq = reply->elements == 3 ? reply->element[2] : NULL;
+    if (!ep || ep->type != REDIS_REPLY_STRING || ep->len > 16 ||
+        !tb__epoch_valid(ep->str) || seq->type != REDIS_REPLY_INTEGER ||
+        seq->integer <= 0)
+        return 0;
+    memcpy(b->pend_epoch, ep->str, ep->len + 1);
+    b->pend_seq = (uint64_t)seq->integer;
+    snprintf(b->pend_id, sizeof b->pend_id, "%s", last->id);
+    if (!b->wait_n)
+        tb__rh_acked(b);
+    return 1;
+}
+
+void tb__rh_acked(rbus *b)
+{
+    if (!b->pend_seq)
+        return;
+    memcpy(b->ack_epoch, b->pend_epoch, sizeof b->ack_epoch);
+    b->ack_seq = b->pend_seq;
+    memcpy(b->ack_id, b->pend_id, sizeof b->ack_id);
+    b->pend_seq = 0;
+}
+
 static void on_failover(redisAsyncContext *ac, void *r, void *priv)
 {
     (void)priv;
@@ -231,16 +394,53 @@ static void on_failover(redisAsyncContext *ac, void *r, void *priv)
     redisReply *reply = r;
     if (!reply || ac != l->ac)
         return;
-    if (reply->type == REDIS_REPLY_INTEGER && reply->integer == 1)
+    rbus *b = l->b;
+    /* {what, failover count}: anything else is a failed link, never a
+     * decision (publishing on would risk giving positions out twice). */
+    const redisReply *what = NULL, *fo = NULL;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2) {
+        what = reply->element[0];
+        fo = reply->element[1];
+    }
+    char *end = NULL;
+    unsigned long long n = 0;
+    if (what && what->type == REDIS_REPLY_INTEGER && what->integer >= 0 &&
+        what->integer <= 4 && fo->type == REDIS_REPLY_STRING && fo->len &&
+        fo->len < sizeof b->h_fo)
+        n = strtoull(fo->str, &end, 10);
+    if (!end || *end || n > TB__SEQ_MAX) {
+        tb__rb_fail(b, "the history's failover decision failed: %s",
+                    reply->type == REDIS_REPLY_ERROR ? reply->str
+                                                     : "unexpected reply");
+        return;
+    }
+    memcpy(b->h_fo, fo->str, fo->len + 1);
+    b->h_deciding = 0;
+    long long w = what->integer;
+    if (w == 1 || w == 4)
         tb__log(TB_LOG_WARN,
-                "redis bus: the new master may lack the last events: the "
-                "history starts over in a new epoch (resuming clients are "
-                "told recovered false)");
-    else if (reply->type == REDIS_REPLY_ERROR)
-        tb__log(TB_LOG_ERROR,
-                "redis bus: starting the history over after the failover "
-                "failed: %s",
-                reply->str);
+                "redis bus: %s: the history starts over in a new epoch "
+                "(resuming clients are told recovered false)%s",
+                w == 4 ? "the history's meta hash on the master was malformed "
+                         "(seq, fork, fence or fo not integers with fork <= "
+                         "fence <= seq; written by someone else?)"
+                       : "the new master may lack the last events",
+                w == 1 && !b->wait_n ? "; redis.wait_replicas > 0 would let "
+                                       "it keep the epoch"
+                                     : "");
+    else if (w >= 2) {
+        char epoch[TB_EPOCH_MAX];
+        tb__bus_rx_epoch(b->rx, epoch);
+        tb__log(TB_LOG_INFO,
+                "redis bus: the new master has every event acknowledged "
+                "and seen here: the history goes on in epoch %s%s",
+                epoch[0] ? epoch : b->ack_epoch,
+                w == 3 ? ", after the positions the old master "
+                         "alone gave out"
+                       : "");
+    }
+    /* Decided: what waited for it goes out now. */
+    event_active(b->wake_ev, EV_TIMEOUT, 0);
 }
 
 void tb__rh_failover(rbus *b, const char *rolled_back)
@@ -250,26 +450,68 @@ void tb__rh_failover(rbus *b, const char *rolled_back)
         return;
     char master[300];
     snprintf(master, sizeof master, "%s:%d", b->master_host, b->master_port);
-    const char *argv[] = {"EVAL",     tb__rh_failover_lua,
-                          "2",        b->h_stream,
-                          b->h_meta,  master,
-                          b->h_epoch, rolled_back ? rolled_back : ""};
-    size_t lens[8];
-    for (int i = 0; i < 8; i++)
+    /* What this instance knows of the old master's history: its last
+     * acknowledged publish and the last position delivered here. */
+    char epoch[TB_EPOCH_MAX], last_id[TB_EVENT_ID_MAX], ack[24], last[24];
+    uint64_t last_seq;
+    tb__bus_rx_last(b->rx, epoch, &last_seq, last_id);
+    int keep = b->wait_n > 0;
+    uint64_t ack_seq = b->ack_seq;
+    if (!epoch[0])
+        memcpy(epoch, b->ack_epoch, sizeof epoch);
+    if (ack_seq && strcmp(b->ack_epoch, epoch) != 0)
+        ack_seq = 0; /* of an epoch the history has left since */
+    snprintf(ack, sizeof ack, "%" PRIu64, ack_seq);
+    snprintf(last, sizeof last, "%" PRIu64, last_seq);
+    const char *argv[] = {"EVAL",
+                          tb__rh_failover_lua,
+                          "2",
+                          b->h_stream,
+                          b->h_meta,
+                          master,
+                          b->h_epoch,
+                          rolled_back ? rolled_back : "",
+                          keep ? "1" : "0",
+                          epoch,
+                          ack,
+                          ack_seq ? b->ack_id : "",
+                          last,
+                          last_id};
+    enum {
+        ARGC = sizeof argv / sizeof argv[0]
+    };
+    size_t lens[ARGC];
+    for (int i = 0; i < ARGC; i++)
         lens[i] = strlen(argv[i]);
-    if (redisAsyncCommandArgv(l->ac, on_failover, NULL, 8, argv, lens) !=
-        REDIS_OK)
+    if (redisAsyncCommandArgv(l->ac, on_failover, NULL, ARGC, argv, lens) !=
+        REDIS_OK) {
         tb__rb_fail(b, "cannot send the history's failover script");
+        return;
+    }
+    /* Nothing is published until the answer (flush_sendq). */
+    b->h_deciding = 1;
 }
 
-int tb__rh_noscript(rbus *b, const char *err)
+int tb__rh_refused(rbus *b, const char *err)
 {
-    if (!b->h_on || strncmp(err, "NOSCRIPT", 8) != 0)
+    if (!b->h_on)
         return 0;
-    /* The scripts were flushed: the next connection loads them again and
-     * resends what is in flight (none of it ran). */
-    tb__rb_fail(b, "Redis has forgotten the history script (SCRIPT FLUSH?)");
-    return 1;
+    if (strncmp(err, "NOSCRIPT", 8) == 0) {
+        /* The scripts were flushed: the next connection loads them again
+         * and resends what is in flight (none of it ran). */
+        tb__rb_fail(b, "Redis has forgotten the history script (SCRIPT "
+                       "FLUSH?)");
+        return 1;
+    }
+    if (strncmp(err, "TBFAILOVER", 10) == 0) {
+        /* The master changed since this instance decided (or it never
+         * did): the next connection decides, then resends (none of it
+         * ran). */
+        tb__rb_fail(b, "the history's master changed (a failover this "
+                       "instance has not decided on): deciding again");
+        return 1;
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- reading */

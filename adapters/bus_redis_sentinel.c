@@ -601,3 +601,122 @@ int tb__rsn_init(rbus *b, const tb_app_config *c)
     }
     return 0;
 }
+
+void tb__rsn_replicas(rbus *b, const redisReply *reply)
+{
+    /* ROLE of a master: "master", offset, [[host, port, offset], ...]. */
+    if (!b->wait_n || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3 ||
+        reply->element[2]->type != REDIS_REPLY_ARRAY)
+        return;
+    size_t n = reply->element[2]->elements;
+    if (n <= (size_t)b->wait_n) {
+        b->wait_warned = 0;
+        return;
+    }
+    if (b->wait_warned == n)
+        return;
+    b->wait_warned = n;
+    tb__log(TB_LOG_WARN,
+            "redis bus: master %s at %s:%d has %zu replicas attached but "
+            "redis.wait_replicas is %d: a failover to a replica that did "
+            "not confirm may lose acknowledged events without it being "
+            "detected; set redis.wait_replicas to the number of replicas "
+            "(docs/HISTORY.md)",
+            b->t.master, b->master_host, b->master_port, n, b->wait_n);
+}
+
+/* ------------------------------------------- ROLE and the switch itself */
+
+/* What a ROLE reply says the server is ("master", "slave", "sentinel"),
+ * into role; 0 when it is an answer of that form. */
+int tb__rsn_role_of(const redisReply *reply, char *role, size_t n)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 ||
+        reply->element[0]->type != REDIS_REPLY_STRING)
+        return -1;
+    tb__log_printable(role, n, reply->element[0]->str, reply->element[0]->len);
+    return 0;
+}
+
+/* The periodic ROLE check's answer (see pub_ping). */
+void tb__rsn_role_probe(redisAsyncContext *ac, void *r, void *priv)
+{
+    rlink *l = priv;
+    redisReply *reply = r;
+    if (!reply || ac != l->ac)
+        return;
+    rbus *b = l->b;
+    l->last_rx_us = tb__mono_us();
+    l->ping_sent_us = 0;
+    char role[32];
+    if (reply->type != REDIS_REPLY_ERROR &&
+        tb__rsn_role_of(reply, role, sizeof role) == 0 &&
+        strcmp(role, "master") == 0)
+        tb__rsn_replicas(b, reply);
+    if (reply->type != REDIS_REPLY_ERROR &&
+        (tb__rsn_role_of(reply, role, sizeof role) != 0 ||
+         strcmp(role, "master") != 0))
+        tb__rb_fail(b, "%s:%d is no longer the master of %s (ROLE: %s)",
+                    b->master_host, b->master_port, b->t.master,
+                    tb__rsn_role_of(reply, role, sizeof role) ? "?" : role);
+}
+
+int tb__rb_readonly(rbus *b, const char *err)
+{
+    if (!b->t.nsentinels || strncmp(err, "READONLY", 8) != 0)
+        return 0;
+    tb__rb_fail(b, "%s:%d answered READONLY: it is a replica now",
+                b->master_host, b->master_port);
+    return 1;
+}
+
+/* Leaves the old master once the switch may go: nothing of ours in
+ * flight, and all we published there seen back on `sub`. */
+void tb__rb_maybe_switch(rbus *b)
+{
+    if (b->switching && !b->failing && !b->inflight.head && !b->answered.head &&
+        b->echo_out == 0)
+        tb__rb_fail(b, "%s", b->switch_why);
+}
+
+/* 1 if an announced master may be tried without the backoff: at most once
+ * per redis.retry_min_ms, so that a sentinel announcing on and on (a
+ * hostile one) cannot make the bus reconnect in a tight loop. */
+int tb__rsn_switch_now(rbus *b)
+{
+    int64_t now = tb__mono_us();
+    if (b->switch_now_us && now - b->switch_now_us < b->retry_min_us)
+        return 0;
+    b->switch_now_us = now;
+    return 1;
+}
+
+/* Why drain before leaving: events the old master acknowledged are on
+ * their way to our `sub` (and every other instance's that is still
+ * there); closing `sub` at once would lose those this instance's own
+ * subscribers were to get. New events wait in the queue meanwhile and go
+ * to the new master. The drain lasts a round trip, at most
+ * redis.command_timeout_ms (on_tick). */
+void tb__rb_switch(rbus *b)
+{
+    if (b->finished || b->failing)
+        return; /* the next attempt takes the announced master */
+    if (tb__bus_conn_state(b->conn) == TB_BUS_CONNECTED) {
+        if (!b->switching) {
+            b->switching = 1;
+            b->switch_deadline_us = tb__mono_us() + b->cmd_to_us;
+        }
+        tb__rb_maybe_switch(b);
+        return;
+    }
+    if (b->attempting || b->resolving) {
+        tb__rb_fail(b, "%s", b->switch_why);
+        return;
+    }
+    /* Waiting for the next attempt: make it now (a failover usually ends
+     * an outage, during which the backoff has grown). */
+    if (tb__rsn_switch_now(b)) {
+        event_del(b->retry_ev);
+        event_active(b->retry_ev, EV_TIMEOUT, 0);
+    }
+}

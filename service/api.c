@@ -285,6 +285,14 @@ int tb__api_bus_error(tb_http_req *req, int rc, int timeout_ms,
             "publish queue full (publish_queue_max %d events await the "
             "bus); retry later",
             tb_app_get_config(app)->redis.publish_queue_max);
+    case TB_ENOTREPLICATED:
+        return tb__api_error_with(
+            req, 504, "not_replicated", extra,
+            "%s was published, but fewer than redis.wait_replicas (%d) "
+            "Redis replicas confirmed it within %d ms: a failover may lose "
+            "it (do not resend blindly: it may have been delivered)",
+            what, tb_app_get_config(app)->redis.wait_replicas,
+            tb_app_get_config(app)->redis.wait_timeout_ms);
     case TB_ETIMEDOUT:
         return tb__api_error_with(req, 504, "publish_timeout", extra,
                                   "the bus did not confirm %s within %d ms; "

@@ -63,11 +63,19 @@ static json_t *where(size_t index, size_t line)
 }
 
 /* What is known of an event after the bus failed some: "published"
- * (confirmed), "refused" (Redis said no: not published) or "unknown" (not
- * confirmed in time or given up: it may be published). */
+ * (confirmed), "refused" (Redis said no: not published), "not_replicated"
+ * (published, but fewer than redis.wait_replicas replicas confirmed it) or
+ * "unknown" (not confirmed in time or given up: it may be published). */
+static int status_class(int st)
+{
+    return st == 0 ? 0 : st == TB_EIO ? 1 : st == TB_ENOTREPLICATED ? 3 : 2;
+}
+
 static const char *event_status(int st)
 {
-    return st == 0 ? "published" : st == TB_EIO ? "refused" : "unknown";
+    static const char *const names[] = {"published", "refused", "unknown",
+                                        "not_replicated"};
+    return names[status_class(st)];
 }
 
 /* {"ids": [...], "status": [...]}: what became of each event after the
@@ -97,14 +105,15 @@ static json_t *outcome(char (*ids)[TB_EVENT_ID_MAX], const int *status,
  * (status "unknown")"). */
 static void failed_what(const int *status, size_t n, char *what, size_t cap)
 {
-    size_t count[3] = {0, 0, 0};
+    size_t count[4] = {0, 0, 0, 0};
     for (size_t i = 0; i < n; i++)
-        count[status[i] == 0 ? 0 : status[i] == TB_EIO ? 1 : 2]++;
-    static const char *const names[] = {"published", "refused", "unknown"};
+        count[status_class(status[i])]++;
+    static const char *const names[] = {"published", "refused", "unknown",
+                                        "not_replicated"};
     size_t at = (size_t)snprintf(what, cap, "%zu of the batch's %zu events",
                                  n - count[0], n);
     const char *sep = " (";
-    for (int k = 1; k < 3 && at < cap; k++) {
+    for (int k = 1; k < 4 && at < cap; k++) {
         if (!count[k])
             continue;
         at += (size_t)snprintf(what + at, cap - at, "%s%zu \"%s\"", sep,

@@ -406,6 +406,12 @@ static void do_dispatch(tb_task *self, conn_state *st, json_t *ref,
                     "the event bus did not confirm the event in time (it "
                     "may still be published)");
         return;
+    case TB_ENOTREPLICATED:
+        reply_error(ws, ref, "not_replicated",
+                    "event %s was published, but fewer Redis replicas than "
+                    "redis.wait_replicas confirmed it: a failover may lose it",
+                    id);
+        return;
     case TB_ECANCELED:
     case TB_ESHUTDOWN:
         reply_error(ws, ref, "stopping", "the connection is closing");

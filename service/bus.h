@@ -258,6 +258,11 @@ typedef struct tb__cluster_ops {
  * that lost its data. Any thread; never blocks. */
 void tb__bus_store_lost(tb_app *app);
 
+/* n published events were answered TB_ENOTREPLICATED (fewer replicas than
+ * redis.wait_replicas confirmed them): counted for /metrics. Any
+ * thread. */
+void tb__bus_unreplicated(tb_app *app, uint64_t n);
+
 /* The core's side of send(): one message for this instance (msg, len bytes,
  * any length, from outside: the core checks it, and drops and counts one
  * over TB__CLUSTER_MSG_MAX). Bus thread; does not block and does not keep
@@ -496,6 +501,13 @@ void tb__bus_rx_disconnected(tb__bus_rx *rx);
 /* The epoch of the last position delivered ("" when none yet) into
  * out. */
 void tb__bus_rx_epoch(tb__bus_rx *rx, char out[TB_EPOCH_MAX]);
+/* The last position delivered here (or read as the baseline): its epoch
+ * ("" when none yet), seq, and the id of the event there ("" when not
+ * known: a baseline, or a hole that was counted lost). A failover
+ * checks them against the new master (bus_redis_history.c). Bus
+ * thread. */
+void tb__bus_rx_last(tb__bus_rx *rx, char epoch[TB_EPOCH_MAX], uint64_t *seq,
+                     char id[TB_EVENT_ID_MAX]);
 /* fetch's answer: status 0 with the page (borrowed), or a TB_E* code. */
 void tb__bus_rx_fetched(tb__bus_rx *rx, int status,
                         const struct tb__hist_page *pg);

@@ -52,15 +52,16 @@ struct tb__bus_rx {
     int (*fetch)(void *ud, uint64_t after, size_t count);
     void (*rollback)(void *ud);
     void *fetch_ud;
-    char epoch[TB_EPOCH_MAX]; /* of last; "" while unknown */
-    uint64_t last;            /* the last position delivered (or the
-                                 baseline read at the first connection) */
-    int unparking;            /* the message at hand was parked */
-    int catching;             /* a catch-up read is under way: park */
-    uint64_t reads;           /* catch-up reads sent */
-    int baseline;             /* the baseline read is under way: do not park */
-    uint64_t top;             /* the history's end at the last read */
-    int64_t retry_at;         /* a failed read is tried again then; 0: none */
+    char epoch[TB_EPOCH_MAX];      /* of last; "" while unknown */
+    uint64_t last;                 /* the last position delivered (or the
+                                      baseline read at the first connection) */
+    char last_id[TB_EVENT_ID_MAX]; /* the event id at last; "" unknown */
+    int unparking;                 /* the message at hand was parked */
+    int catching;                  /* a catch-up read is under way: park */
+    uint64_t reads;                /* catch-up reads sent */
+    int baseline;     /* the baseline read is under way: do not park */
+    uint64_t top;     /* the history's end at the last read */
+    int64_t retry_at; /* a failed read is tried again then; 0: none */
     struct parked *park_head, *park_tail;
     size_t park_n, park_bytes;
     tb__ratelog pos_log;
@@ -275,6 +276,34 @@ static void park(tb__bus_rx *rx, const char *ch, size_t chlen, const char *msg,
     park_link(rx, p);
 }
 
+/* The last position delivered is now seq, of the event id (len bytes;
+ * NULL: not known, as for a baseline or a hole). */
+static void set_last(tb__bus_rx *rx, uint64_t seq, const char *id, size_t len)
+{
+    rx->last = seq;
+    if (!id || len >= sizeof rx->last_id)
+        len = 0;
+    memcpy(rx->last_id, id ? id : "", len);
+    rx->last_id[len] = '\0';
+}
+
+/* The id at the head of an envelope (every encoder starts it with
+ * {"id":"...": bus_redis.c's note_echo relies on it too) into *len
+ * bytes at the returned pointer; NULL when it does not start so. */
+static const char *head_id(const char *msg, size_t len, size_t *idlen)
+{
+    static const char head[] = "{\"id\":\"";
+    size_t h = sizeof head - 1;
+    if (len <= h || memcmp(msg, head, h) != 0)
+        return NULL;
+    const char *end = memchr(msg + h, '"', len - h);
+    if (!end || end == msg + h ||
+        memchr(msg + h, '\\', (size_t)(end - msg - h)))
+        return NULL;
+    *idlen = (size_t)(end - msg - h);
+    return msg + h;
+}
+
 /* A read that could not be sent or failed tells nothing of what the
  * history holds: nothing is lost yet. The parked messages and the last
  * position stay; live ones keep being parked; the read is tried again
@@ -308,9 +337,12 @@ static int track(tb__bus_rx *rx, const tb__pos *p, const char *ch, size_t chlen,
         park(rx, ch, chlen, msg, len);
         return 0;
     }
+    size_t idlen = 0;
+    const char *id;
     if (!rx->epoch[0]) {
         memcpy(rx->epoch, p->epoch, sizeof rx->epoch);
-        rx->last = p->seq;
+        id = head_id(msg, len, &idlen);
+        set_last(rx, p->seq, id, idlen);
         return 1;
     }
     if (strcmp(rx->epoch, p->epoch) != 0) {
@@ -334,7 +366,8 @@ static int track(tb__bus_rx *rx, const tb__pos *p, const char *ch, size_t chlen,
         return 0;
     }
     if (p->seq == rx->last + 1) {
-        rx->last = p->seq;
+        id = head_id(msg, len, &idlen);
+        set_last(rx, p->seq, id, idlen);
         return 1;
     }
     park(rx, ch, chlen, msg, len);
@@ -419,6 +452,14 @@ void tb__bus_rx_epoch(tb__bus_rx *rx, char out[TB_EPOCH_MAX])
     memcpy(out, rx->epoch, TB_EPOCH_MAX);
 }
 
+void tb__bus_rx_last(tb__bus_rx *rx, char epoch[TB_EPOCH_MAX], uint64_t *seq,
+                     char id[TB_EVENT_ID_MAX])
+{
+    memcpy(epoch, rx->epoch, TB_EPOCH_MAX);
+    *seq = rx->last;
+    memcpy(id, rx->last_id, TB_EVENT_ID_MAX);
+}
+
 void tb__bus_rx_disconnected(tb__bus_rx *rx)
 {
     rx->catching = 0;
@@ -432,7 +473,8 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
         rx->baseline = 0;
         if (status == 0 && !rx->epoch[0] && pg->epoch[0]) {
             memcpy(rx->epoch, pg->epoch, sizeof rx->epoch);
-            rx->last = rx->top = pg->top;
+            set_last(rx, pg->top, NULL, 0);
+            rx->top = pg->top;
         }
         return;
     }
@@ -449,7 +491,7 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
                  "events published meanwhile may be lost",
                  pg->epoch[0] ? pg->epoch : "(none yet)", rx->epoch);
         memcpy(rx->epoch, pg->epoch, sizeof rx->epoch);
-        rx->last = 0;
+        set_last(rx, 0, NULL, 0);
         if (pg->epoch[0]) {
             catch_up(rx); /* everything of the new epoch */
             return;
@@ -472,7 +514,7 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
                  rx->epoch, pg->top, rx->last);
         if (rx->rollback)
             rx->rollback(rx->fetch_ud);
-        rx->last = pg->top;
+        set_last(rx, pg->top, NULL, 0);
     }
     for (size_t i = 0; i < pg->n; i++) {
         tb_event *ev = pg->evs[i];
@@ -489,7 +531,8 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
                      "%" PRIu64 " event(s) after %s-%" PRIu64 " are no longer "
                      "in the history (history_size, history_ttl): lost",
                      ev->seq - rx->last - 1, rx->epoch, rx->last);
-        rx->last = ev->seq;
+        const char *eid = tb_event_id(ev);
+        set_last(rx, ev->seq, eid, strlen(eid));
         take_event(rx, ev);
     }
     if (pg->seen == CATCHUP_PAGE) {
@@ -500,7 +543,7 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
             atomic_fetch_add_explicit(&rx->app->hist_lost,
                                       pg->seen_to - rx->last,
                                       memory_order_relaxed);
-            rx->last = pg->seen_to;
+            set_last(rx, pg->seen_to, NULL, 0);
         }
         catch_up(rx);
         return;
@@ -512,7 +555,7 @@ void tb__bus_rx_fetched(tb__bus_rx *rx, int status, const tb__hist_page *pg)
                  "%" PRIu64 " event(s) after %s-%" PRIu64 " are not in the "
                  "history: lost",
                  pg->top - rx->last, rx->epoch, rx->last);
-        rx->last = pg->top;
+        set_last(rx, pg->top, NULL, 0);
     }
     rx->catching = 0;
     unpark(rx);

@@ -112,6 +112,13 @@
       "publish-queue-max", "events waiting for Redis")                         \
     X(redis, publish_retry_ms, MS, 10000, NULL, 0, IMAX, "publish-retry",      \
       "ms an accepted event is resent after reconnects")                       \
+    X(redis, wait_replicas, INT, 0, NULL, 0, 64, "redis-wait-replicas",        \
+      "replicas that must confirm each publish (WAIT) before it is "           \
+      "acknowledged, so that it survives a failover; needs history on (0: "    \
+      "no WAIT)")                                                              \
+    X(redis, wait_timeout_ms, MS, 1000, NULL, 1, IMAX, "redis-wait-timeout",   \
+      "ms a publish waits for redis-wait-replicas (at most half of "           \
+      "redis-command-timeout minus 1 s); then it is answered not_replicated")  \
     X(http, listen, STRING, 0, NULL, 0, 0, "listen",                           \
       "HTTP address, IPv4:port; none: no HTTP server")                         \
     X(http, threads, INT, 64, NULL, 1, 65536, "http-threads",                  \
@@ -512,6 +519,10 @@ static const char *string_form(const char *name, const char *v)
     return NULL;
 }
 
+/* The round trips and scheduling a command on the `pub` link may take
+ * besides a WAIT ahead of it, ms (redis.wait_timeout_ms's rules). */
+#define TB__WAIT_SLACK_MS 1000
+
 /* What the table's bounds cannot say: a string's form, and one setting
  * against another. NULL when all hold. */
 static const char *check_rules(const tb_app_config *c)
@@ -528,6 +539,33 @@ static const char *check_rules(const tb_app_config *c)
                "of it, and must still hold it after the margin)";
     if (c->redis.retry_max_ms < c->redis.retry_min_ms)
         return "redis.retry_min_ms must be <= redis.retry_max_ms";
+    if (c->redis.wait_replicas > 0 && c->core.history_size == 0)
+        return "redis.wait_replicas needs history on (core.history_size > "
+               "0): a plain PUBLISH stores nothing a replica could confirm";
+    /* A WAIT blocks the `pub` link for up to wait_timeout_ms: everything
+     * sent behind it (cluster heartbeats, lease renewals, history reads,
+     * PING/ROLE) is answered that much later, and a publish queued while
+     * one is out waits for it and then for its own. */
+    int64_t wto = c->redis.wait_replicas > 0 ? c->redis.wait_timeout_ms : 0;
+    if (wto && 2 * wto + TB__WAIT_SLACK_MS > c->redis.command_timeout_ms)
+        return "redis.wait_timeout_ms must be at most half of "
+               "redis.command_timeout_ms minus 1000 ms (a publish queued "
+               "behind a WAIT waits for it and then for its own; a link "
+               "slower than that is taken for dead)";
+    if (wto &&
+        (int64_t)c->core.instance_heartbeat_ms + wto + TB__WAIT_SLACK_MS >
+            c->core.instance_ttl_ms)
+        return "redis.wait_timeout_ms must be at most core.instance_ttl_ms "
+               "minus core.instance_heartbeat_ms minus 1000 ms (a heartbeat "
+               "queued behind a WAIT must land before the instance's record "
+               "expires, or it looks dead to the others)";
+    if (wto &&
+        c->core.singleton_lease_ms / 3 + wto + c->core.singleton_margin_ms >
+            c->core.singleton_lease_ms)
+        return "redis.wait_timeout_ms must be at most two thirds of "
+               "core.singleton_lease_ms minus core.singleton_margin_ms (a "
+               "lease renewal queued behind a WAIT must land before the run "
+               "gives the lease up)";
     if (c->http.longpoll_max && c->http.longpoll_max >= c->http.threads)
         return "http.longpoll_max must be below http.threads (a waiting "
                "long poll holds an HTTP thread: other requests need one "

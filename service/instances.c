@@ -237,6 +237,11 @@ void tb__bus_store_lost(tb_app *app)
     atomic_store(&app->store_lost, 1);
 }
 
+void tb__bus_unreplicated(tb_app *app, uint64_t n)
+{
+    atomic_fetch_add_explicit(&app->pub_unreplicated, n, memory_order_relaxed);
+}
+
 static void *beat_main(void *arg)
 {
     tb__instances *in = arg;

@@ -235,6 +235,11 @@ static void bus_metrics(buf *b, tb_app *app)
     for (size_t i = 0; i < NDROPS; i++)
         add(b, "taskbus_events_dropped_total{reason=\"%s\"} %" PRIu64 "\n",
             drops[i].reason, drops[i].n);
+    header(b, "taskbus_events_unreplicated_total", "counter",
+           "Events published but answered not_replicated: fewer Redis "
+           "replicas than redis.wait_replicas confirmed them in time.");
+    add(b, "taskbus_events_unreplicated_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->pub_unreplicated));
     header(b, "taskbus_bus_reconnects_total", "counter",
            "Successful reconnections to the bus after a loss.");
     add(b, "taskbus_bus_reconnects_total %" PRIu64 "\n", bi.reconnects);
@@ -695,7 +700,10 @@ static json_t *summable(json_t *o, const char *prefix, int depth)
         if (!out)
             break;
         char path[128];
-        snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", k);
+        int n = snprintf(path, sizeof path, "%s%s%s", prefix,
+                         *prefix ? "." : "", k);
+        if (n < 0 || (size_t)n >= sizeof path)
+            continue; /* no member of ours has so long a path */
         json_t *c;
         if (json_is_integer(v) && summed(path))
             c = json_integer(json_integer_value(v));

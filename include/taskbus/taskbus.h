@@ -78,7 +78,9 @@ extern "C" {
     X(EPROTO, -EPROTO, "protocol error")                                       \
     X(EIO, -EIO, "input/output error")                                         \
     X(ELOOP, -ELOOP, "event relayed too many times (event_max_hops)")          \
-    X(ENOTSUP, -ENOTSUP, "not supported here (history is off)")
+    X(ENOTSUP, -ENOTSUP, "not supported here (history is off)")                \
+    X(ENOTREPLICATED, -EREMOTEIO,                                              \
+      "published, but fewer Redis replicas than wait_replicas confirmed it")
 
 typedef enum {
 #define TB__ERR_ENUM(name, value, msg) TB_##name = (value),
@@ -259,7 +261,15 @@ typedef struct tb_redis_config {
                                       redis-sentinel:// URL (every sentinel
                                       the same; the default user); NULL:
                                       none. Copied, never logged */
-    void *reserved_[7];
+    /* wait_replicas > 0 (history on only): after each publish command,
+     * WAIT for that many replicas, at most wait_timeout_ms (below
+     * command_timeout_ms), before its events are acknowledged; fewer:
+     * TB_ENOTREPLICATED (published, but a failover may lose it). With it a
+     * Sentinel failover keeps the history's epoch when that is safe
+     * (docs/HISTORY.md). 0: no WAIT. */
+    int wait_replicas;
+    int wait_timeout_ms;
+    void *reserved_[6]; /* the two ints above took one slot */
 } tb_redis_config;
 
 /* The embedded HTTP server (civetweb). A library built without it (CMake
@@ -817,7 +827,9 @@ int tb_dispatch(tb_app *app, const char *name, const void *data, size_t len,
 
 /* Like tb_dispatch, but returns only once the bus has confirmed the event:
  * with the Redis bus, when Redis has acknowledged the PUBLISH (so a 0 here
- * means the event was published). Waits at most timeout_ms
+ * means the event was published; with redis.wait_replicas, also that many
+ * replicas have it, else TB_ENOTREPLICATED: published, and maybe
+ * delivered, but a failover may lose it). Waits at most timeout_ms
  * (TB_TIMEOUT_DEFAULT: the app's redis.command_timeout_ms) and returns
  * TB_ETIMEDOUT after that (the
  * event may still be published later). From inside a task it suspends the

@@ -6,9 +6,12 @@
  * delivery rates of each, their ratio, and Redis's CPU per event (INFO
  * cpu, before and after), then the time one subscription takes to resume
  * after N missed events (tb_sub_resume: the replay read from Redis page by
- * page; run_history.sh measures the same over a websocket).
+ * page; run_history.sh measures the same over a websocket). With -r (a
+ * replica of that server), a third run with history on and
+ * redis.wait_replicas 1, and the latency of tb_dispatch_wait one event at
+ * a time with wait_replicas 0 and 1: the cost of the WAIT.
  *
- *   bench_history -p REDIS_PORT [-n N]
+ *   bench_history -p REDIS_PORT [-r REPLICA_PORT] [-n N]
  *
  * Run by tests/bench/run_history.sh, which starts the redis-server. */
 #include <inttypes.h>
@@ -70,17 +73,18 @@ static int counter(tb_task *self, void *ud)
 }
 
 typedef struct run {
-    int history;
+    int history, wait;
     double dispatch_s, deliver_s, redis_cpu_s;
     long lost;
 } run;
 
-static tb_app *app_new(int history, char *url)
+static tb_app *app_new(int history, int wait, char *url)
 {
     tb_app_config cfg;
     tb_app_config_init(&cfg);
     cfg.core.workers = 2;
     cfg.core.history_size = history;
+    cfg.redis.wait_replicas = wait;
     cfg.core.sub_capacity = 1 << 20;
     cfg.redis.url = url;
     int err;
@@ -117,7 +121,7 @@ static void one_run(run *r, redisContext *rc, char *url)
     atomic_store(&got[0], 0);
     atomic_store(&got[1], 0);
     atomic_store(&ready_subs, 0);
-    tb_app *app = app_new(r->history, url);
+    tb_app *app = app_new(r->history, r->wait, url);
     tb_task_opts o = {.worker = TB_WORKER_ANY, .name = "counter"};
     tb_task_add(app, counter, NULL, &o, NULL); /* one per worker */
     pthread_t th;
@@ -154,6 +158,36 @@ static void one_run(run *r, redisContext *rc, char *url)
     tb_app_free(app);
 }
 
+/* ---------------------------------------------------------------- latency */
+
+/* The mean µs of n tb_dispatch_wait calls one after the other, with
+ * wait_replicas wait (history on): what one publisher waiting for each
+ * event pays for the WAIT. */
+static double latency_us(redisContext *rc, char *url, int wait, int n)
+{
+    redisReply *x = redisCommand(rc, "FLUSHALL");
+    freeReplyObject(x);
+    tb_app *app = app_new(10000, wait, url);
+    pthread_t th;
+    pthread_create(&th, NULL, app_main, app);
+    wait_connected(app);
+    char data[128];
+    memset(data, 'x', sizeof data);
+    int64_t t0 = now_us();
+    for (int i = 0; i < n; i++) {
+        int r = tb_dispatch_wait(app, "l.ev", data, sizeof data, 5000, NULL);
+        if (r) {
+            fprintf(stderr, "dispatch_wait: %s\n", tb_strerror(r));
+            exit(1);
+        }
+    }
+    double us = (double)(now_us() - t0) / n;
+    tb_app_stop(app);
+    pthread_join(th, NULL);
+    tb_app_free(app);
+    return us;
+}
+
 /* ---------------------------------------------------------------- resume */
 
 static char since[TB_POS_MAX];
@@ -186,7 +220,7 @@ static void resume_run(redisContext *rc, char *url, long missed)
 {
     redisReply *x = redisCommand(rc, "FLUSHALL");
     freeReplyObject(x);
-    tb_app *app = app_new((int)missed + 1000, url); /* all of it held */
+    tb_app *app = app_new((int)missed + 1000, 0, url); /* all of it held */
     pthread_t th;
     pthread_create(&th, NULL, app_main, app);
     wait_connected(app);
@@ -209,19 +243,23 @@ static void resume_run(redisContext *rc, char *url, long missed)
 
 int main(int argc, char **argv)
 {
-    int opt;
-    while ((opt = getopt(argc, argv, "p:n:")) != -1) {
+    int opt, replica = 0;
+    while ((opt = getopt(argc, argv, "p:r:n:")) != -1) {
         if (opt == 'p')
             port = atoi(optarg);
+        else if (opt == 'r')
+            replica = atoi(optarg);
         else if (opt == 'n')
             total = atol(optarg);
         else {
-            fprintf(stderr, "usage: bench_history -p PORT [-n N]\n");
+            fprintf(stderr,
+                    "usage: bench_history -p PORT [-r REPLICA_PORT] [-n N]\n");
             return 2;
         }
     }
     if (!port || total < 1) {
-        fprintf(stderr, "usage: bench_history -p PORT [-n N]\n");
+        fprintf(stderr,
+                "usage: bench_history -p PORT [-r REPLICA_PORT] [-n N]\n");
         return 2;
     }
     tb_log_set_level(TB_LOG_WARN);
@@ -232,23 +270,38 @@ int main(int argc, char **argv)
         fprintf(stderr, "cannot connect to Redis on %d\n", port);
         return 1;
     }
-    run runs[2] = {{.history = 0}, {.history = 10000}};
-    for (int i = 0; i < 2; i++)
+    run runs[3] = {
+        {.history = 0}, {.history = 10000}, {.history = 10000, .wait = 1}};
+    int nruns = replica ? 3 : 2;
+    for (int i = 0; i < nruns; i++)
         one_run(&runs[i], rc, url);
     int bad = 0;
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < nruns; i++) {
         run *r = &runs[i];
         printf("history %-5s: %ld events, dispatch %.0f/s, delivered to 2 "
                "workers %.0f/s, Redis CPU %.2f us/event, lost %ld\n",
-               r->history ? "on" : "off", total, total / r->dispatch_s,
-               total / r->deliver_s, r->redis_cpu_s * 1e6 / (double)total,
-               r->lost);
+               !r->history ? "off"
+               : r->wait   ? "on, wait_replicas 1"
+                           : "on",
+               total, total / r->dispatch_s, total / r->deliver_s,
+               r->redis_cpu_s * 1e6 / (double)total, r->lost);
         bad |= r->lost != 0;
     }
     printf("ratio on/off: dispatch %.0f %%, delivery %.0f %% (target: at "
            "least 60 %%)\n",
            100.0 * runs[0].dispatch_s / runs[1].dispatch_s,
            100.0 * runs[0].deliver_s / runs[1].deliver_s);
+    if (replica) {
+        printf("ratio wait_replicas 1 / 0 (history on): dispatch %.0f %%, "
+               "delivery %.0f %%\n",
+               100.0 * runs[1].dispatch_s / runs[2].dispatch_s,
+               100.0 * runs[1].deliver_s / runs[2].deliver_s);
+        double l0 = latency_us(rc, url, 0, 2000);
+        double l1 = latency_us(rc, url, 1, 2000);
+        printf("tb_dispatch_wait one at a time (history on), 2000 events: "
+               "wait_replicas 0 %.0f us, 1 %.0f us per event (+%.0f us)\n",
+               l0, l1, l1 - l0);
+    }
     resume_run(rc, url, 10000);
     printf("resume after %d missed events: %ld replayed in %.3f s (%.0f/s), "
            "recovered %s\n",

@@ -5,7 +5,9 @@
 # 10 000 missed events), then the same resume over a websocket: the
 # taskbus binary on the same redis-server, 10 000 events dispatched while
 # the client is away, and the time from its reconnection with since to
-# {"recovered": true}.
+# {"recovered": true}. A replica of the redis-server gives bench_history
+# its third run: history on with redis.wait_replicas 1 (and the latency of
+# one tb_dispatch_wait at a time with wait_replicas 0 and 1).
 #
 # Usage: tests/bench/run_history.sh [BUILD_DIR] [-n N]
 #   BUILD_DIR  a build tree with tests/bench/bench_history and taskbus
@@ -36,8 +38,16 @@ bin=$build/taskbus
 [[ -x $bench && -x $bin ]] || { echo "$me: no $bench or $bin" >&2; exit 2; }
 
 redis_start || exit 1
-echo "== bench_history: Redis bus, history off and on (N=$n), resume in-process"
-timeout "$per" "$bench" -p "$redis_port" -n "$n" || failed=1
+master_port=$redis_port
+redis_start --replicaof 127.0.0.1 "$master_port" || exit 1
+replica_port=$redis_port
+redis_port=$master_port
+for _ in $(seq 100); do
+    redis-cli -p "$replica_port" info replication | grep -q 'master_link_status:up' && break
+    sleep 0.1
+done
+echo "== bench_history: Redis bus, history off, on, on with wait_replicas 1 (N=$n), resume in-process"
+timeout "$per" "$bench" -p "$redis_port" -r "$replica_port" -n "$n" || failed=1
 
 echo "== resume over a websocket: 10000 missed events"
 redis-cli -p "$redis_port" FLUSHALL >/dev/null

@@ -15,6 +15,9 @@ on the old master just before the switch for the instances that had left
 it already. A name claimed by a task is claimed again on the new master
 when the failover lost it.
 
+The same failover with redis.wait_replicas (the history kept across it)
+is sentinel_durable_suite.py's.
+
 With fake sentinels (a socket server here that says what a case wants):
 sentinels that answer garbage, nothing, too much, an error, no master or a
 bad address are each logged with what was wrong and skipped for the next
@@ -167,18 +170,20 @@ class SentinelSet:
     sentinel knows it and the two others. A group's server: started by
     the group, stopped at its end."""
 
-    def __init__(self, name):
+    def __init__(self, name, replicas=1):
         self.name = name
+        self.nreplicas = replicas
         self.proc = None
         self.ready = False
 
     def start(self):
         auth = ("--requirepass", MASTER_PW, "--masterauth", MASTER_PW)
         self.master = Redis(f"{self.name}-master", *auth).start()
-        self.replica = Redis(f"{self.name}-replica", *auth, "--replicaof",
-                             HOST, str(self.master.port)).start()
-        self.servers = {self.master.port: self.master,
-                        self.replica.port: self.replica}
+        self.replicas = [
+            Redis(f"{self.name}-replica{i + 1}", *auth, "--replicaof", HOST,
+                  str(self.master.port)).start()
+            for i in range(self.nreplicas)]
+        self.servers = {r.port: r for r in [self.master] + self.replicas}
         self.sentinels = [Sentinel(f"{self.name}-s{i + 1}", self.master.port)
                           .start() for i in range(3)]
         self.proc = self.master.proc
@@ -203,14 +208,15 @@ class SentinelSet:
             for s in self.sentinels:
                 reps = s.call("SENTINEL", "REPLICAS", MASTER)
                 others = s.call("SENTINEL", "SENTINELS", MASTER)
-                if (len(reps) != 1 or len(others) != 2 or
+                if (len(reps) != self.nreplicas or len(others) != 2 or
                         s.call("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
                                MASTER) != [HOST, str(m)]):
                     return False
-                rep = dict(zip(reps[0][::2], reps[0][1::2]))
-                if (rep.get("flags") != "slave" or
-                        rep.get("master-link-status") != "ok"):
-                    return False
+                for r in reps:
+                    rep = dict(zip(r[::2], r[1::2]))
+                    if (rep.get("flags") != "slave" or
+                            rep.get("master-link-status") != "ok"):
+                        return False
             return True
         except (OSError, AssertionError, TypeError, ValueError):
             return False
@@ -240,7 +246,8 @@ class SentinelSet:
     def stop(self):
         for s in self.sentinels:
             s.stop()
-        self.replica.stop()
+        for r in self.replicas:
+            r.stop()
         return self.master.stop()
 
 
@@ -323,10 +330,11 @@ def no_secrets(srv):
 # ------------------------------------------------------------------ failover
 
 
-def two_instances(name, *extra):
-    """A group's servers: a SentinelSet, then taskbus a and b on it with
-    the sentinels' password from a file, and extra flags."""
-    ss = SentinelSet(name).start()
+def two_instances(name, *extra, replicas=1):
+    """A group's servers: a SentinelSet (with that many replicas), then
+    taskbus a and b on it with the sentinels' password from a file, and
+    extra flags."""
+    ss = SentinelSet(name, replicas).start()
     yield "sentinels", ss
     args = ("--redis-url", ss.url(), "--redis-sentinel-password-file",
             pw_file(f"sentinel-pw-{name}", SENT_PW), *extra)
@@ -392,6 +400,7 @@ class Stream:
         self.srv = srv
         self.name = name
         self.got = []
+        self.codes = []  # the error code of each answer that was not 202
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -404,6 +413,8 @@ class Stream:
                 r = poster.post(self.name, json.dumps({"n": n}).encode())
                 st = r.status
                 eid = r.json.get("id") if st == 202 and r.json else None
+                if st != 202:
+                    self.codes.append((r.json or {}).get("error"))
             except Exception as e:  # recorded: a gap in the 202s
                 st, eid = f"{type(e).__name__}", None
             self.got.append((time.monotonic(), st, eid))
@@ -413,9 +424,10 @@ class Stream:
     def acked(self):
         return [e for _, st, e in self.got if st == 202]
 
-    def longest_gap(self, since):
-        """The longest time after `since` between two 202s, in s."""
-        times = [t for t, st, _ in self.got if st == 202 and t >= since]
+    def longest_gap(self, since, answers=(202,)):
+        """The longest time after `since` between two answers of a status
+        in answers, in s."""
+        times = [t for t, st, _ in self.got if st in answers and t >= since]
         if len(times) < 2:
             return float("inf")
         return max(b - a for a, b in zip(times, times[1:]))
@@ -430,6 +442,20 @@ async def collect(c, ends, timeout):
         if ev["name"] in ends:
             seen.add(ev["name"])
     return got
+
+
+async def fail_over(ss, a, b):
+    """SENTINEL FAILOVER; returns when it was asked for, once both a and b
+    have moved to the new master."""
+    t_fail = time.monotonic()
+    await asyncio.to_thread(ss.failover)
+
+    async def moved():
+        return all("master mymaster moved from" in s.log_text()
+                   for s in (a, b))
+    check(await poll_until(moved, T(10)),
+          "an instance did not move to the new master within 10 s")
+    return t_fail
 
 
 async def t_failover_stream(ctx):
@@ -456,14 +482,7 @@ async def t_failover_stream(ctx):
         # The history's place before: the failover starts it over.
         before = (await ahttp(a.port, "GET",
                               "/history?events=stream.*&limit=1")).json
-        t_fail = time.monotonic()
-        await asyncio.to_thread(ss.failover)
-
-        async def moved():
-            return all("master mymaster moved from" in s.log_text()
-                       for s in (a, b))
-        check(await poll_until(moved, T(10)),
-              "an instance did not move to the new master within 10 s")
+        t_fail = await fail_over(ss, a, b)
         new = ss.master_port()
         check(new != old, f"the sentinels still name {old} after the "
                           f"failover")

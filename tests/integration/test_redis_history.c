@@ -4,6 +4,8 @@
  * plain PUBLISHes without a position, a resend that must not take a
  * second position, SCRIPT FLUSH, and history off (plain PUBLISH, no
  * keys). */
+#include <pthread.h>
+
 #include "redis_harness.h"
 
 #include "bus_redis.h"
@@ -228,9 +230,8 @@ static void test_history_read_byte_cap(void **state)
     assert_int_equal(rh_app_stop(ra), 0);
 }
 
-/* The failover script: once per master after a failover, whether the
- * instance knew an epoch or not; once per epoch after a rollback. */
-static void test_history_failover_script(void **state)
+/* The failover script after a rollback: once per epoch. */
+static void test_history_rollback_script(void **state)
 {
     (void)state;
     rh_server *srv = rh_server_start(NULL, NULL, NULL);
@@ -238,27 +239,483 @@ static void test_history_failover_script(void **state)
     assert_int_equal(rh_cli(srv, out, sizeof out, "HSET", "{taskbus}:hmeta",
                             "epoch", "0123abcd", "seq", "5"),
                      0);
-#define FAILOVER(master, rolled)                                               \
+#define ROLLBACK(rolled)                                                       \
     CLI_NUM(srv, "EVAL", tb__rh_failover_lua, "2", "{taskbus}:hist",           \
-            "{taskbus}:hmeta", master, "aaaaaaaa", rolled)
-    assert_int_equal(FAILOVER("127.0.0.1:7001", ""), 1); /* the first */
+            "{taskbus}:hmeta", "127.0.0.1:7001", "aaaaaaaa", rolled, "0", "",  \
+            "0", "", "0", "")
+    assert_int_equal(ROLLBACK("0123abcd"), 1);
     assert_int_equal(CLI_NUM(srv, "HGET", "{taskbus}:hmeta", "seq"), 0);
     assert_int_equal(
         rh_cli(srv, out, sizeof out, "HGET", "{taskbus}:hmeta", "epoch"), 0);
     assert_int_equal(strncmp(out, "aaaaaaaa", 8), 0);
     snprintf(e1, sizeof e1, "%.16s", out);
-    assert_int_equal(FAILOVER("127.0.0.1:7001", ""), 0); /* the others */
-    assert_int_equal(FAILOVER("127.0.0.1:7002", ""), 1); /* the next one */
+    assert_int_equal(ROLLBACK(e1), 1);
     assert_int_equal(
         rh_cli(srv, out, sizeof out, "HGET", "{taskbus}:hmeta", "epoch"), 0);
     assert_string_not_equal(out, e1);
-    /* A rollback of the epoch now: once. */
-    char e2[TB_EPOCH_MAX];
-    snprintf(e2, sizeof e2, "%.16s", out);
-    assert_int_equal(FAILOVER("127.0.0.1:7002", e2), 1);
-    assert_int_equal(FAILOVER("127.0.0.1:7002", e2), 0);
-    assert_int_equal(FAILOVER("127.0.0.1:7002", e1), 0);
-#undef FAILOVER
+    assert_int_equal(ROLLBACK(e1), 0); /* no longer the one seen */
+    assert_int_equal(ROLLBACK("0123abcd"), 0);
+#undef ROLLBACK
+}
+
+#define FO_EPOCH "0123abcd0123abcd"
+
+/* The new master's history: epoch FO_EPOCH, events 1..n with ids "i<seq>",
+ * meta seq n, no master recorded. */
+static void fo_reset(const rh_server *srv, int n)
+{
+    char out[256];
+    assert_int_equal(rh_cli(srv, out, sizeof out, "DEL", "{taskbus}:hist",
+                            "{taskbus}:hmeta", "{taskbus}:htx:d"),
+                     0);
+    for (int s = 1; s <= n; s++) {
+        char id[16], env[128];
+        snprintf(id, sizeof id, "%d-0", s);
+        snprintf(env, sizeof env,
+                 "{\"id\":\"i%d\",\"name\":\"f.ev\",\"data\":\"d\",\"pos\":"
+                 "\"" FO_EPOCH "-%d\"}",
+                 s, s);
+        assert_int_equal(rh_cli(srv, out, sizeof out, "XADD", "{taskbus}:hist",
+                                id, "n", "f.ev", "e", env),
+                         0);
+    }
+    char seq[16];
+    snprintf(seq, sizeof seq, "%d", n);
+    assert_int_equal(rh_cli(srv, out, sizeof out, "HSET", "{taskbus}:hmeta",
+                            "epoch", FO_EPOCH, "seq", seq),
+                     0);
+}
+
+/* An instance reaching master m: may it keep (k "1"/"0"), the epoch it
+ * knows, its last acknowledged seq and id, its last delivered seq and
+ * id. */
+#define FO(m, k, ep, ack, ackid, last, lastid)                                 \
+    CLI_NUM(srv, "EVAL", tb__rh_failover_lua, "2", "{taskbus}:hist",           \
+            "{taskbus}:hmeta", m, "aaaaaaaa", "", k, ep, ack, ackid, last,     \
+            lastid)
+#define M1 "127.0.0.1:7001"
+#define M2 "127.0.0.1:7002"
+
+static long long fo_meta(const rh_server *srv, const char *field)
+{
+    return CLI_NUM(srv, "HGET", "{taskbus}:hmeta", field);
+}
+
+static int fo_kept(const rh_server *srv)
+{
+    char out[256];
+    assert_int_equal(
+        rh_cli(srv, out, sizeof out, "HGET", "{taskbus}:hmeta", "epoch"), 0);
+    return strcmp(out, FO_EPOCH) == 0;
+}
+
+/* The failover script's decision (docs/HISTORY.md): the epoch goes on
+ * only when the new master has what the instance acknowledged and saw;
+ * positions the old master alone gave out are fenced off, never given
+ * out again; an instance whose positions clash with the new master's
+ * starts a new epoch; without wait_replicas, as before. */
+static void test_history_failover_script(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+
+    /* Without wait_replicas: a new epoch, once per master. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "0", FO_EPOCH, "5", "i5", "5", "i5"), 1);
+    assert_false(fo_kept(srv));
+    assert_int_equal(fo_meta(srv, "seq"), 0);
+    assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), 0);
+    assert_int_equal(FO(M1, "0", FO_EPOCH, "5", "i5", "5", "i5"), 0);
+
+    /* Everything there: kept, nothing fenced. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "i5", "5", "i5"), 2);
+    assert_true(fo_kept(srv));
+    assert_int_equal(fo_meta(srv, "seq"), 5);
+    assert_int_equal(fo_meta(srv, "fork"), 5);
+    assert_int_equal(fo_meta(srv, "fence"), 5);
+    assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), 5);
+    /* The next instance, which saw less: nothing to do. */
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "4", "i4"), 0);
+    /* One that saw 6 and 7 on the old master (not replicated): fenced. */
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "7", "x7"), 3);
+    assert_int_equal(fo_meta(srv, "seq"), 7);
+    assert_int_equal(fo_meta(srv, "fence"), 7);
+    assert_true(fo_kept(srv));
+    /* And one that saw 6 there: inside the fence. */
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "6", "x6"), 0);
+    /* 8 given out here; one that saw the old master's 8 or 9: a clash. */
+    assert_int_equal(CLI_NUM(srv, "HINCRBY", "{taskbus}:hmeta", "seq", "1"), 8);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "9", "x9"), 1);
+    assert_false(fo_kept(srv));
+
+    /* The first one saw 6..8 on the old master: fenced at once. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "i5", "8", "x8"), 2);
+    assert_int_equal(fo_meta(srv, "seq"), 8);
+    assert_int_equal(fo_meta(srv, "fork"), 5);
+    assert_int_equal(fo_meta(srv, "fence"), 8);
+    /* 9 given out here; one that saw the old master's 9: its id decides. */
+    assert_int_equal(CLI_NUM(srv, "HINCRBY", "{taskbus}:hmeta", "seq", "1"), 9);
+    char out[256];
+    assert_int_equal(rh_cli(srv, out, sizeof out, "XADD", "{taskbus}:hist",
+                            "9-0", "n", "f.ev", "e",
+                            "{\"id\":\"n9\",\"name\":\"f.ev\",\"data\":\"d\"}"),
+                     0);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "9", "n9"), 0);
+    assert_true(fo_kept(srv));
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "9", "x9"), 1);
+    assert_false(fo_kept(srv));
+
+    /* Our acknowledged publish is not on the new master: a new epoch. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "6", "i6", "6", "i6"), 1);
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "other", "5", "i5"), 1);
+    /* Our last delivered is there with another id: a new epoch. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "3", "i3", "5", "x5"), 1);
+    /* A later one whose acknowledged publish is not there: a new epoch. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "i5", "5", "i5"), 2);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "6", "x6", "6", "x6"), 1);
+    /* Another epoch there: a new one, once per master. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", "89abcdef89abcdef", "2", "y2", "2", "y2"), 1);
+    assert_false(fo_kept(srv));
+    /* Knowing no epoch: nothing to protect, but the master is recorded
+     * (nothing given out past seq yet), so the next instance checks
+     * itself against it; not allowed to keep: a new epoch, as before. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", "", "0", "", "0", ""), 0);
+    assert_true(fo_kept(srv));
+    assert_int_equal(fo_meta(srv, "fork"), 5);
+    assert_int_equal(fo_meta(srv, "fence"), 5);
+    assert_int_equal(fo_meta(srv, "fo"), 1);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "i5", "5", "i5"), 0);
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "0", "", "0", "", "0", ""), 1);
+    /* A baseline (no id known) within what the new master has: kept. */
+    fo_reset(srv, 5);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "0", "", "4", ""), 2);
+    /* Trimmed: an acknowledged publish older than the oldest held. */
+    fo_reset(srv, 5);
+    assert_int_equal(CLI_NUM(srv, "XTRIM", "{taskbus}:hist", "MAXLEN", "2"), 3);
+    assert_int_equal(FO(M1, "1", FO_EPOCH, "2", "i2", "5", "i5"), 2);
+    /* The next failover, to M2: decided again there. */
+    assert_int_equal(FO(M2, "1", FO_EPOCH, "5", "i5", "5", "i5"), 2);
+    assert_int_equal(FO(M2, "1", FO_EPOCH, "5", "i5", "5", "i5"), 0);
+}
+/* The publish script on hmeta's master with failover count fo, as an
+ * instance with publish number tx and event id "<id>" sends it; the
+ * number appended, or -1 when refused (TBFAILOVER). */
+static long long fo_publish(const rh_server *srv, const char *m, const char *fo,
+                            const char *tx, const char *id)
+{
+    char env[128], out[256];
+    snprintf(env, sizeof env, "{\"id\":\"%s\",\"name\":\"f.ev\",\"data\":1}",
+             id);
+    const char *args[] = {"EVAL",
+                          tb__rh_pub.body,
+                          "3",
+                          "{taskbus}:hist",
+                          "{taskbus}:hmeta",
+                          "{taskbus}:htx:d",
+                          "dddddddd",
+                          "=100",
+                          "60000",
+                          "60000",
+                          m,
+                          fo,
+                          "taskbus:event:f.ev",
+                          env,
+                          "f.ev",
+                          tx,
+                          NULL};
+    if (rh_cliv(srv, out, sizeof out, args) != 0 || strstr(out, "TBFAILOVER"))
+        return strstr(out, "TBFAILOVER") ? -1 : -2;
+    return atoll(out);
+}
+
+/* The failover count a decision answered (its second element). */
+static long long fo_count(const rh_server *srv, const char *const *args,
+                          long long *what)
+{
+    char out[256];
+    assert_int_equal(rh_cliv(srv, out, sizeof out, args), 0);
+    *what = atoll(out);
+    const char *nl = strchr(out, '\n');
+    assert_non_null(nl);
+    return atoll(nl + 1);
+}
+#define FO2(what, m, k, ep, ack, ackid, last, lastid)                          \
+    fo_count(srv,                                                              \
+             (const char *const[]){"EVAL", tb__rh_failover_lua, "2",           \
+                                   "{taskbus}:hist", "{taskbus}:hmeta", m,     \
+                                   "aaaaaaaa", "", k, ep, ack, ackid, last,    \
+                                   lastid, NULL},                              \
+             what)
+
+/* The publish script refuses while the meta hash's master or failover
+ * count are not the caller's (a failover it has not decided on, or M to
+ * R and back to M while it was away); a fresh instance that knows no
+ * epoch records the master when it decides, so that a late instance that
+ * saw the old master's unreplicated positions starts a new epoch (or
+ * fences), never keeps it over the positions the fresh one gave out. */
+static void test_history_failover_fresh_instance(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    long long what;
+
+    /* Refused on a master not decided on, and after M1, M2, M1 again. */
+    fo_reset(srv, 5);
+    assert_int_equal(fo_publish(srv, M1, "0", "1", "d1"), -1);
+    assert_int_equal(FO2(&what, M1, "1", "", "0", "", "0", ""), 1);
+    assert_int_equal(fo_publish(srv, M1, "1", "1", "d1"), 1);
+    assert_int_equal(fo_meta(srv, "seq"), 6);
+    assert_int_equal(FO2(&what, M2, "1", "", "0", "", "0", ""), 2);
+    assert_int_equal(FO2(&what, M1, "1", "", "0", "", "0", ""), 3);
+    assert_int_equal(fo_publish(srv, M1, "1", "2", "d2"), -1); /* M1 again */
+    assert_int_equal(fo_publish(srv, M2, "2", "2", "d2"), -1);
+    assert_int_equal(fo_publish(srv, M1, "3", "2", "d2"), 1);
+    assert_int_equal(fo_meta(srv, "seq"), 7);
+    /* Nothing written by a refused publish. */
+    assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), 7);
+
+    /* The reviewer's case: the old master M1 gave out 6..8 (not
+     * replicated), delivered to A (acknowledged up to 5); the new master
+     * M2 has 1..5. A fresh D decides on M2 (knows no epoch) and gives out
+     * 6 and 7 there; late A must start a new epoch. */
+    fo_reset(srv, 5);
+    CLI_NUM(srv, "HSET", "{taskbus}:hmeta", "master", M1, "fo", "4");
+    assert_int_equal(FO2(&what, M2, "1", "", "0", "", "0", ""), 5);
+    assert_int_equal(what, 0);
+    assert_int_equal(fo_publish(srv, M2, "5", "1", "d6"), 1);
+    assert_int_equal(fo_publish(srv, M2, "5", "2", "d7"), 1);
+    assert_int_equal(FO2(&what, M2, "1", FO_EPOCH, "5", "i5", "8", "x8"), 5);
+    assert_int_equal(what, 1);
+    assert_false(fo_kept(srv));
+    /* D gave out 6..10, beyond what A saw: a new epoch too. */
+    fo_reset(srv, 5);
+    CLI_NUM(srv, "HSET", "{taskbus}:hmeta", "master", M1);
+    FO2(&what, M2, "1", "", "0", "", "0", "");
+    for (int i = 1; i <= 5; i++) {
+        char tx[8];
+        snprintf(tx, sizeof tx, "%d", 10 + i);
+        assert_int_equal(fo_publish(srv, M2, "1", tx, "dx"), 1);
+    }
+    assert_int_equal(FO2(&what, M2, "1", FO_EPOCH, "5", "i5", "8", "x8"), 1);
+    assert_int_equal(what, 1);
+    /* D gave out nothing yet: A fences 6..8, and D's next is 9. */
+    fo_reset(srv, 5);
+    CLI_NUM(srv, "HSET", "{taskbus}:hmeta", "master", M1);
+    FO2(&what, M2, "1", "", "0", "", "0", "");
+    assert_int_equal(FO2(&what, M2, "1", FO_EPOCH, "5", "i5", "8", "x8"), 1);
+    assert_int_equal(what, 3);
+    assert_true(fo_kept(srv));
+    assert_int_equal(fo_publish(srv, M2, "1", "30", "d9"), 1);
+    assert_int_equal(fo_meta(srv, "seq"), 9);
+}
+
+/* A meta hash someone else wrote (seq, fork, fence or fo not integers
+ * below 2^53 with fork <= fence <= seq): a new epoch, answered 4. Positions
+ * past 10^14 stay integers in the script's stream ids. */
+static void test_history_failover_forged_meta(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    static const char *const forged[][2] = {
+        {"seq", "abc"}, {"seq", "1e+14"}, {"seq", "9007199254740992"},
+        {"seq", "-1"},  {"fork", "6"},    {"fence", "9"},
+        {"fo", "x"},    {"seq", "5.5"},
+    };
+    for (size_t i = 0; i < sizeof forged / sizeof forged[0]; i++) {
+        fo_reset(srv, 5);
+        CLI_NUM(srv, "HSET", "{taskbus}:hmeta", "master", M1, "fork", "5",
+                "fence", "5");
+        CLI_NUM(srv, "HSET", "{taskbus}:hmeta", forged[i][0], forged[i][1]);
+        assert_int_equal(FO(M1, "1", FO_EPOCH, "5", "i5", "5", "i5"), 4);
+        assert_false(fo_kept(srv));
+        assert_int_equal(fo_meta(srv, "seq"), 0);
+        assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), 0);
+    }
+    /* 10^14: kept, its entry found by id. */
+    char out[256];
+    CLI_NUM(srv, "DEL", "{taskbus}:hist", "{taskbus}:hmeta");
+    assert_int_equal(
+        rh_cli(srv, out, sizeof out, "XADD", "{taskbus}:hist",
+               "100000000000000-0", "n", "f.ev", "e",
+               "{\"id\":\"big\",\"name\":\"f.ev\",\"data\":\"d\"}"),
+        0);
+    CLI_NUM(srv, "HSET", "{taskbus}:hmeta", "epoch", FO_EPOCH, "seq",
+            "100000000000000", "master", M1);
+    assert_int_equal(FO(M2, "1", FO_EPOCH, "100000000000000", "big",
+                        "100000000000000", "big"),
+                     2);
+    assert_true(fo_kept(srv));
+    assert_int_equal(fo_meta(srv, "fork"), 100000000000000LL);
+}
+#undef FO2
+#undef FO
+#undef M1
+#undef M2
+
+/* redis.wait_replicas: without a replica each publish is answered
+ * TB_ENOTREPLICATED after wait_timeout_ms (it is in the history all the
+ * same, and counted); with one, acknowledged only once the replica has
+ * it. */
+static void test_history_wait_replicas(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    char url[256];
+    rh_server_url(srv, NULL, NULL, url, sizeof url);
+    tb_app_config cfg;
+    rh_config(&cfg, url, NULL);
+    cfg.core.history_size = 100;
+    cfg.redis.wait_replicas = 1;
+    cfg.redis.wait_timeout_ms = 200;
+    rh_app *ra = rh_app_start(&cfg);
+    rh_assert_connected(ra->app, CONNECT_MS);
+    char id[TB_EVENT_ID_MAX];
+    assert_int_equal(tb_dispatch_wait(ra->app, "w.ev", "1", 1, ARRIVE_MS, id),
+                     TB_ENOTREPLICATED);
+    assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), 1);
+    assert_int_equal(atomic_load(&ra->app->pub_unreplicated), 1);
+    /* Not acknowledged, and not pending either: a later WAIT must not
+     * make it the acknowledged publish a failover checks for (the bus
+     * thread wrote these before answering the publisher). */
+    rbus *rb = (rbus *)ra->app->bus;
+    assert_int_equal(rb->ack_seq, 0);
+    assert_int_equal(rb->pend_seq, 0);
+
+    char conf[128];
+    snprintf(conf, sizeof conf, "replicaof 127.0.0.1 %d\n", srv->port);
+    rh_server *rep = rh_server_start(conf, NULL, NULL);
+    /* Once the replica has synced, publishes are confirmed. */
+    int rc = TB_ENOTREPLICATED;
+    for (int i = 0; i < 100 && rc == TB_ENOTREPLICATED; i++)
+        rc = tb_dispatch_wait(ra->app, "w.ev", "2", 1, ARRIVE_MS, id);
+    assert_int_equal(rc, 0);
+    for (int i = 0; i < 20; i++) {
+        assert_int_equal(
+            tb_dispatch_wait(ra->app, "w.ev", "3", 1, ARRIVE_MS, id), 0);
+        /* Acknowledged: the replica has it already. */
+        long long m = CLI_NUM(srv, "XLEN", "{taskbus}:hist");
+        assert_int_equal(CLI_NUM(rep, "XLEN", "{taskbus}:hist"), m);
+    }
+    uint64_t before = atomic_load(&ra->app->pub_unreplicated);
+    rh_server_stop(rep); /* the replica gone: not_replicated again */
+    assert_int_equal(tb_dispatch_wait(ra->app, "w.ev", "4", 1, ARRIVE_MS, id),
+                     TB_ENOTREPLICATED);
+    assert_int_equal(atomic_load(&ra->app->pub_unreplicated), before + 1);
+    assert_int_equal(rh_app_stop(ra), 0);
+}
+
+/* A dispatch from another thread (tb_dispatch_wait blocks). */
+typedef struct {
+    tb_app *app;
+    int rc;
+    char id[TB_EVENT_ID_MAX];
+} kw_dispatch;
+
+static void *kw_dispatch_run(void *arg)
+{
+    kw_dispatch *d = arg;
+    d->rc = tb_dispatch_wait(d->app, "k.ev", "1", 1, 3 * ARRIVE_MS, d->id);
+    return NULL;
+}
+
+/* DEBUG SLEEP on a replica, from another thread (it blocks). */
+typedef struct {
+    rh_server *rep;
+    const char *secs;
+} kw_sleep;
+
+static void *kw_sleep_run(void *arg)
+{
+    kw_sleep *k = arg;
+    char out[64];
+    rh_cli(k->rep, out, sizeof out, "DEBUG", "SLEEP", k->secs);
+    return NULL;
+}
+
+/* Cuts ra's link to srv while its WAIT for one k.ev is out (the replica
+ * rep asleep for secs, so it has not confirmed); returns the dispatch's
+ * answer, its id in id. */
+static int kw_cut(rh_server *srv, rh_server *rep, rh_app *ra, const char *secs,
+                  char *id)
+{
+    pthread_t sleeper, pub;
+    kw_sleep k = {rep, secs};
+    assert_int_equal(pthread_create(&sleeper, NULL, kw_sleep_run, &k), 0);
+    th_nap_ms(100);
+    kw_dispatch d = {.app = ra->app, .rc = 1};
+    assert_int_equal(pthread_create(&pub, NULL, kw_dispatch_run, &d), 0);
+    static char out[65536];
+    char wid[32] = "";
+    for (int i = 0; i < 100 && !wid[0]; i++) {
+        assert_int_equal(rh_cli(srv, out, sizeof out, "CLIENT", "LIST"), 0);
+        for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n"))
+            if (strstr(line, "cmd=wait") && strstr(line, "flags=b"))
+                sscanf(line, "id=%31s", wid);
+        if (!wid[0])
+            th_nap_ms(5);
+    }
+    assert_true(wid[0]);
+    assert_int_equal(rh_cli(srv, out, sizeof out, "CLIENT", "KILL", "ID", wid),
+                     0);
+    pthread_join(pub, NULL);
+    pthread_join(sleeper, NULL);
+    memcpy(id, d.id, sizeof d.id);
+    return d.rc;
+}
+
+/* The link is cut while a WAIT is out (the replica asleep, so it has not
+ * confirmed): the publish is resent on the next connection and the script
+ * skips it (no second position, one delivery). The WAIT there still
+ * covers the first write (the skip writes too, so the new connection's
+ * WAIT waits for the replica to reach it): the replica asleep past
+ * wait_timeout_ms, 504 not_replicated; awake within it, 202. Either
+ * answered once. */
+static void test_history_cut_during_wait(void **state)
+{
+    (void)state;
+    rh_server *srv = rh_server_start(NULL, NULL, NULL);
+    char conf[128];
+    snprintf(conf, sizeof conf,
+             "replicaof 127.0.0.1 %d\nenable-debug-command yes\n", srv->port);
+    rh_server *rep = rh_server_start(conf, NULL, NULL);
+    char url[256];
+    rh_server_url(srv, NULL, NULL, url, sizeof url);
+    tb_app_config cfg;
+    rh_config(&cfg, url, NULL);
+    cfg.core.history_size = 100;
+    cfg.redis.wait_replicas = 1;
+    cfg.redis.wait_timeout_ms = 900;
+    rh_app *ra = rh_app_start(&cfg);
+    rh_assert_connected(ra->app, CONNECT_MS);
+    rh_rec *rec = rh_rec_new("k.ev");
+    assert_true(rh_spawn(ra->app, 0, 1, rec, 5000));
+    char id[TB_EVENT_ID_MAX], id2[TB_EVENT_ID_MAX];
+    int rc = TB_ENOTREPLICATED;
+    for (int i = 0; i < 100 && rc == TB_ENOTREPLICATED; i++)
+        rc = tb_dispatch_wait(ra->app, "k.warm", "0", 1, ARRIVE_MS, id);
+    assert_int_equal(rc, 0); /* the replica has synced */
+    long long before = CLI_NUM(srv, "XLEN", "{taskbus}:hist");
+
+    assert_int_equal(kw_cut(srv, rep, ra, "2", id), TB_ENOTREPLICATED);
+    assert_int_equal(kw_cut(srv, rep, ra, "0.6", id2), 0);
+    /* One position each, one delivery each; the replica has them. */
+    assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), before + 2);
+    assert_int_equal(CLI_NUM(rep, "XLEN", "{taskbus}:hist"), before + 2);
+    assert_true(rh_rec_wait(rec, 2, ARRIVE_MS));
+    th_nap_ms(200);
+    assert_int_equal(rh_rec_count(rec), 2);
+    assert_int_equal(rh_rec_count_id(rec, id), 1);
+    assert_int_equal(rh_rec_count_id(rec, id2), 1);
+    assert_int_equal(rh_app_stop(ra), 0);
 }
 
 /* A plain PUBLISH is delivered without a position and is not in the
@@ -295,29 +752,21 @@ static void test_history_resend_once(void **state)
     (void)state;
     rh_server *srv = rh_server_start(NULL, NULL, NULL);
     const char *env = "{\"id\":\"x-1\",\"name\":\"r.ev\",\"data\":\"d\"}";
-    const char *args[] = {"EVAL",
-                          tb__rh_pub.body,
-                          "3",
-                          "{t}:hist",
-                          "{t}:hmeta",
-                          "{t}:htx:x",
-                          "0123abcd",
-                          "=100",
-                          "60000",
-                          "60000",
-                          "t:event:r.ev",
-                          env,
-                          "r.ev",
-                          "7",
-                          "t:event:r.ev",
-                          env,
-                          "r.ev",
-                          "8",
-                          NULL};
+    const char *args[] = {"EVAL",      tb__rh_pub.body,
+                          "3",         "{t}:hist",
+                          "{t}:hmeta", "{t}:htx:x",
+                          "0123abcd",  "=100",
+                          "60000",     "60000",
+                          "", /* no Sentinel: no master check */
+                          "0",         "t:event:r.ev",
+                          env,         "r.ev",
+                          "7",         "t:event:r.ev",
+                          env,         "r.ev",
+                          "8",         NULL};
     assert_int_equal(cli_num(srv, args), 2);
     assert_int_equal(cli_num(srv, args), 0); /* the resend */
-    args[13] = "8";                          /* one old, one new */
-    args[17] = "9";
+    args[15] = "8";                          /* one old, one new */
+    args[19] = "9";
     assert_int_equal(cli_num(srv, args), 1);
     assert_int_equal(CLI_NUM(srv, "XLEN", "{t}:hist"), 3);
     assert_int_equal(CLI_NUM(srv, "HGET", "{t}:hmeta", "seq"), 3);
@@ -461,7 +910,12 @@ int main(void)
         RH_TEST(test_history_stream),
         RH_TEST(test_history_undecodable_page),
         RH_TEST(test_history_read_byte_cap),
+        RH_TEST(test_history_rollback_script),
         RH_TEST(test_history_failover_script),
+        RH_TEST(test_history_failover_fresh_instance),
+        RH_TEST(test_history_failover_forged_meta),
+        RH_TEST(test_history_wait_replicas),
+        RH_TEST(test_history_cut_during_wait),
         RH_TEST(test_history_plain_publish_and_flush),
         RH_TEST(test_history_resend_once),
         RH_TEST(test_history_off),

@@ -360,6 +360,73 @@ static void test_rollback(void **state)
     tb_app_free(app);
 }
 
+/* What a failover checks against the new master: the last position
+ * delivered and the id of its event, whether it came live or from a
+ * catch-up read; unknown ("") for a baseline or a hole counted lost. */
+static void test_last_position(void **state)
+{
+    (void)state;
+    tb_app *app = th_app_new(1, 1000);
+    reads r = {0};
+    tb__bus_rx *rx = rx_new(app, &r);
+    char ep[TB_EPOCH_MAX], id[TB_EVENT_ID_MAX];
+    uint64_t seq = 99;
+    tb__bus_rx_last(rx, ep, &seq, id);
+    assert_string_equal(ep, "");
+    assert_int_equal(seq, 0);
+    assert_string_equal(id, "");
+    answer(rx, E, 1, 0, 5, app); /* the baseline: no event seen */
+    tb__bus_rx_last(rx, ep, &seq, id);
+    assert_string_equal(ep, E);
+    assert_int_equal(seq, 5);
+    assert_string_equal(id, "");
+    msg(rx, E, 6);
+    tb__bus_rx_last(rx, ep, &seq, id);
+    assert_int_equal(seq, 6);
+    assert_string_equal(id, "x-6");
+    msg(rx, E, 5); /* before the last: the last stays */
+    tb__bus_rx_last(rx, ep, &seq, id);
+    assert_int_equal(seq, 6);
+    assert_string_equal(id, "x-6");
+    /* A gap read from the history: the page's last event. */
+    msg(rx, E, 9);
+    tb__hist_page pg;
+    memset(&pg, 0, sizeof pg);
+    snprintf(pg.epoch, sizeof pg.epoch, "%s", E);
+    tb_event *evs[3];
+    for (int i = 0; i < 3; i++) {
+        evs[i] = tb__event_new(app, "a.b", "d", 1, NULL, NULL, 0);
+        tb__event_set_pos(evs[i], E, (uint64_t)(7 + i));
+    }
+    pg.evs = evs;
+    pg.n = pg.seen = 3;
+    pg.first = 1;
+    pg.top = pg.seen_to = 9;
+    tb__bus_rx_fetched(rx, 0, &pg);
+    tb__bus_rx_last(rx, ep, &seq, id);
+    assert_int_equal(seq, 9); /* the parked 9: a duplicate now */
+    assert_string_equal(id, tb_event_id(evs[2]));
+    /* A message whose envelope does not start with its id: not known. */
+    const char *ch = "taskbus:event:a.b";
+    const char *odd = "{\"name\":\"a.b\",\"id\":\"y\",\"pos\":\"" E "-10\"}";
+    assert_int_equal(tb__bus_rx_message(rx, ch, strlen(ch), odd, strlen(odd)),
+                     0);
+    tb__bus_rx_last(rx, ep, &seq, id);
+    assert_int_equal(seq, 10);
+    assert_string_equal(id, "");
+    /* Events gone from the history: its end, of no known event. */
+    msg(rx, E, 14);
+    answer(rx, E, 1, 0, 13, app);
+    tb__bus_rx_last(rx, ep, &seq, id);
+    assert_int_equal(seq, 13);
+    assert_string_equal(id, "");
+    for (int i = 0; i < 3; i++)
+        tb_event_unref(evs[i]);
+    tb__bus_rx_flush(rx);
+    tb__bus_rx_free(rx);
+    tb_app_free(app);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -369,6 +436,7 @@ int main(void)
         cmocka_unit_test(test_page_of_skipped_entries),
         cmocka_unit_test(test_failed_read_retried),
         cmocka_unit_test(test_rollback),
+        cmocka_unit_test(test_last_position),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

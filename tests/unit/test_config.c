@@ -211,9 +211,77 @@ static void test_history_bounds(void **state)
     assert_int_equal(cfg.core.history_ttl_ms, 1500);
 }
 
+/* tb_app_new's verdict on cfg: 0, or its error. */
+static int app_check(const tb_app_config *cfg)
+{
+    int err = 0;
+    tb_app *app = tb_app_new(cfg, &err);
+    if (app)
+        tb_app_free(app);
+    return app ? 0 : err;
+}
+
+/* redis.wait_replicas at its edges, and the rules across settings: it
+ * needs history on, and its timeout below the command timeout. */
+static void test_wait_replicas(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    assert_int_equal(cfg.redis.wait_replicas, 0);
+    assert_int_equal(cfg.redis.wait_timeout_ms, 1000);
+    char err[256] = "";
+    assert_int_equal(
+        tb_config_set(&cfg, "redis-wait-replicas", "65", err, sizeof err),
+        TB_EINVAL);
+    assert_int_equal(
+        tb_config_set(&cfg, "redis-wait-replicas", "-1", err, sizeof err),
+        TB_EINVAL);
+    assert_int_equal(
+        tb_config_set(&cfg, "redis-wait-replicas", "64", err, sizeof err), 0);
+    assert_int_equal(
+        tb_config_set(&cfg, "redis-wait-timeout", "0", err, sizeof err),
+        TB_EINVAL);
+    assert_int_equal(app_check(&cfg), 0);
+    cfg.core.history_size = 0; /* plain PUBLISH: nothing to WAIT for */
+    assert_int_equal(app_check(&cfg), TB_EINVAL);
+    cfg.redis.wait_replicas = 0;
+    assert_int_equal(app_check(&cfg), 0);
+    cfg.core.history_size = 10;
+    cfg.redis.wait_replicas = 1;
+    /* A publish queued behind a WAIT waits for it and its own: twice
+     * the timeout and a second's slack within the command timeout. */
+    cfg.core.instance_ttl_ms = 60000; /* their rules below */
+    cfg.core.singleton_lease_ms = 60000;
+    cfg.redis.command_timeout_ms = 5000;
+    cfg.redis.wait_timeout_ms = 2001;
+    assert_int_equal(app_check(&cfg), TB_EINVAL);
+    cfg.redis.wait_timeout_ms = 2000;
+    assert_int_equal(app_check(&cfg), 0);
+    /* A heartbeat queued behind a WAIT lands before the record expires:
+     * heartbeat 1000 + 2000 + slack 1000 <= ttl. */
+    cfg.core.instance_heartbeat_ms = 1000;
+    cfg.core.instance_ttl_ms = 3999;
+    assert_int_equal(app_check(&cfg), TB_EINVAL);
+    cfg.core.instance_ttl_ms = 4000;
+    assert_int_equal(app_check(&cfg), 0);
+    /* A lease renewal queued behind one lands before the run gives the
+     * lease up: 3000 / 3 + 2000 + margin <= 3000. */
+    cfg.core.singleton_lease_ms = 3000;
+    cfg.core.singleton_margin_ms = 1;
+    assert_int_equal(app_check(&cfg), TB_EINVAL);
+    cfg.core.singleton_margin_ms = 0;
+    assert_int_equal(app_check(&cfg), 0);
+    /* Without wait_replicas no WAIT is sent: none of it applies. */
+    cfg.redis.wait_replicas = 0;
+    cfg.redis.wait_timeout_ms = 5000;
+    assert_int_equal(app_check(&cfg), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_wait_replicas),
         cmocka_unit_test(test_url_is_redacted),
         cmocka_unit_test(test_secret_is_hidden),
         cmocka_unit_test(test_listen_form),
