@@ -535,12 +535,24 @@ static void parse_head(fconn *c)
     c->req_kind = tb__http_body_kind(&c->req, 0);
     if (!c->req.keep_alive)
         c->close_after = 1;
+    if (c->req.reject) {
+        atomic_fetch_add(&c->f->app->http_front_refused, 1);
+        refuse(c, 400, "Bad Request", "bad_request",
+               "the request head has a control byte, blanks before a "
+               "colon, or a folded line");
+        return;
+    }
     if (c->req.bad) {
         dispatch(c, end, 1);
         return;
     }
-    if (c->req_kind != TB__HTTP_BODY_NONE)
-        c->req.upgrade = 0; /* the server does not upgrade it either */
+    if (c->req.upgrade && c->req_kind != TB__HTTP_BODY_NONE) {
+        /* civetweb would answer 101 and then read the body as frames. */
+        atomic_fetch_add(&c->f->app->http_front_refused, 1);
+        refuse(c, 400, "Bad Request", "bad_request",
+               "a websocket upgrade request must not have a body");
+        return;
+    }
     if (c->req_kind == TB__HTTP_BODY_NONE) {
         dispatch(c, end, 0);
         return;
@@ -630,7 +642,16 @@ static void resp_progress(fconn *c)
                 continue;
             }
             relay(c, end);
-            if (h.status == 101 && c->req.upgrade) {
+            if (h.status == 101 && !c->req.upgrade) {
+                /* The server switched protocols on a request the front
+                 * did not take for an upgrade: neither connection can
+                 * carry HTTP again (never pooled). */
+                c->close_after = 1;
+                push(c->bev, c->fd);
+                start_closing(c); /* frees the server connection */
+                return;
+            }
+            if (h.status == 101) {
                 c->state = C_UPGRADED;
                 bufferevent_disable(c->up->bev, EV_READ);
                 arm(c, TAKE_TIMEOUT_MS);

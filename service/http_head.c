@@ -9,13 +9,16 @@
 
 size_t tb__http_head_end(const char *buf, size_t len)
 {
-    /* civetweb's get_http_header_len: a LF followed by LF or CR LF. */
+    /* civetweb's get_http_header_len, exactly: LF LF or CR LF CR LF. A
+     * head that ended here and not there (LF CR LF) would leave civetweb
+     * waiting for more with a thread. */
     const char *p = buf, *end = buf + len;
     while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
         p++;
         if (p < end && *p == '\n')
             return (size_t)(p + 1 - buf);
-        if (p + 1 < end && p[0] == '\r' && p[1] == '\n')
+        if (p + 1 < end && p - 2 >= buf && p[-2] == '\r' && p[0] == '\r' &&
+            p[1] == '\n')
             return (size_t)(p + 2 - buf);
     }
     return 0;
@@ -110,6 +113,14 @@ void tb__http_head_parse(const char *buf, size_t len, int request,
 {
     memset(h, 0, sizeof *h);
     const char *p = buf, *end = buf + len;
+    /* A control byte other than HTAB, or a CR not before LF: civetweb
+     * and the front could read the head differently (RFC 9112 2.2). */
+    for (const char *q = buf; q < end; q++) {
+        unsigned char ch = (unsigned char)*q;
+        if ((ch < 0x20 && ch != '\t' && ch != '\n' && ch != '\r') ||
+            ch == 0x7f || (ch == '\r' && (q + 1 == end || q[1] != '\n')))
+            h->reject = 1;
+    }
     int conn_close = 0, conn_keep = 0, conn_upgrade = 0, up_ws = 0;
     int te_headers = 0, te_chunked = 0, lines = 0, ws_key = 0;
     for (int first = 1;; first = 0) {
@@ -120,7 +131,9 @@ void tb__http_head_parse(const char *buf, size_t len, int request,
         if (le == p) {
             if (first)
                 h->bad = 1;
-            break; /* the empty line */
+            if (nl + 1 != end)
+                h->reject = 1; /* an empty line inside civetweb's head */
+            break;             /* the empty line */
         }
         if (first) {
             first_line(p, le, request, h);
@@ -132,8 +145,18 @@ void tb__http_head_parse(const char *buf, size_t len, int request,
             break;
         }
         const char *colon = memchr(p, ':', (size_t)(le - p));
-        if (!colon || colon == p || *p == ' ' || *p == '\t') {
-            h->bad = 1; /* folded or nameless: civetweb stops reading */
+        if (*p == ' ' || *p == '\t' ||
+            (colon && (colon[-1] == ' ' || colon[-1] == '\t'))) {
+            /* obs-fold, or blanks before the colon (RFC 9112 5.1, 5.2):
+             * civetweb strips them and reads "Content-Length : 5" as a
+             * length the front would not see. */
+            h->reject = 1;
+            h->bad = 1;
+            p = nl + 1;
+            continue;
+        }
+        if (!colon || colon == p) {
+            h->bad = 1; /* nameless: civetweb stops reading */
             p = nl + 1;
             continue;
         }
@@ -169,6 +192,8 @@ void tb__http_head_parse(const char *buf, size_t len, int request,
         h->upgrade = h->method_get && conn_upgrade && up_ws && ws_key;
     else
         h->upgrade = h->status == 101;
+    if (h->reject)
+        h->bad = 1;
     if (h->bad)
         h->keep_alive = 0;
 }

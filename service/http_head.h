@@ -38,10 +38,15 @@ typedef struct tb__http_head {
      * request or status line): the front relays the head without a
      * body and closes after the answer, which the server refuses. */
     int bad;
+    /* Worse: a head civetweb may frame differently from the front (a
+     * control byte, blanks before a colon, obs-fold, an empty line
+     * before the end): the front answers 400 itself and relays nothing.
+     * Implies bad. */
+    int reject;
 } tb__http_head;
 
 /* The length of the head at the start of buf (up to and including the
- * empty line that ends it: CRLF CRLF, or bare LFs as civetweb accepts), or
+ * empty line that ends it: CRLF CRLF, or LF LF, exactly as civetweb), or
  * 0 when buf holds no complete head yet. Reads at most len bytes. */
 size_t tb__http_head_end(const char *buf, size_t len);
 

@@ -538,6 +538,8 @@ struct tb_app {
                                                   complete in time */
     atomic_uint_fast64_t http_body_timeouts;   /* bodies that stalled */
     atomic_uint_fast64_t http_heads_too_large; /* 431 from the front */
+    atomic_uint_fast64_t http_front_refused;   /* 400 from the front: heads
+                                                  civetweb may frame apart */
     atomic_uint_fast64_t ws_handover_failures; /* upgrades whose socket
                                                   could not be taken over */
     atomic_int_fast64_t ws_handover_logged_us; /* rate limit of that log */

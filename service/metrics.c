@@ -302,6 +302,11 @@ static void ws_metrics(buf *b, tb_app *app)
            "over 8192 bytes.");
     add(b, "taskbus_http_heads_too_large_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->http_heads_too_large));
+    header(b, "taskbus_http_front_refused_total", "counter",
+           "Requests refused (400) by the front: a control byte, blanks "
+           "before a colon, a folded line, or an upgrade with a body.");
+    add(b, "taskbus_http_front_refused_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_front_refused));
     header(b, "taskbus_ws_handover_failures_total", "counter",
            "Websocket upgrades and SSE streams whose socket could not be "
            "taken over from the HTTP server (the client reset it, or no "

@@ -50,7 +50,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t end = tb__http_head_end(buf, size);
     FUZZ_CHECK(end <= size);
     if (end) {
-        FUZZ_CHECK(end >= 2 && buf[end - 1] == '\n');
+        /* civetweb's two ends exactly: LF LF or CR LF CR LF. */
+        FUZZ_CHECK(end >= 2 && buf[end - 1] == '\n' &&
+                   (buf[end - 2] == '\n' ||
+                    (end >= 4 && memcmp(buf + end - 4, "\r\n\r\n", 4) == 0)));
         /* The first end: no shorter prefix is a head. */
         FUZZ_CHECK(tb__http_head_end(buf, end - 1) == 0);
         tb__http_head h;
@@ -60,6 +63,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(request ? h.status == 0 && kind != TB__HTTP_BODY_CLOSE
                            : h.bad || (h.status >= 100 && h.status <= 999));
         FUZZ_CHECK(!h.bad || !h.keep_alive);
+        FUZZ_CHECK(!h.reject || h.bad);
         if (kind == TB__HTTP_BODY_CHUNKED) {
             int e1, e2;
             long whole = chunks(buf + end, size - end, size, &e1);

@@ -410,6 +410,80 @@ def t_pool_edges():
     return ", ".join(out)
 
 
+def read_answer(c, within):
+    """What the server sends on c until it closes or within seconds
+    pass."""
+    c.settimeout(within)
+    got, end = b"", time.monotonic() + within
+    try:
+        while time.monotonic() < end:
+            b = c.recv(65536)
+            if not b:
+                break
+            got += b
+    except OSError:
+        pass
+    return got
+
+
+MISFRAMED = [
+    b"POST /events/m.x HTTP/1.1\r\nHost: t\r\nContent-Length : 5\r\n\r\n",
+    b"POST /events/m.x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding : "
+    b"chunked\r\n\r\n",
+    b"POST /events/m.x HTTP/1.1\r\nHost: t\r\nContent-Length\t: 5\r\n\r\n",
+    b"POST /events/m.x HTTP/1.1\r\nHost: t\r\nX: a\r\n Content-Length: "
+    b"5\r\n\r\n",
+    b"POST /events/m.x HTTP/1.1\r\nHost: t\r\nX: \x01\r\nContent-Length: "
+    b"5\r\n\r\n",
+    b"POST /events/m.x HTTP/1.1\n\r\nContent-Length: 5\r\n\r\n",
+    b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: "
+    b"Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\nContent-Length: 5\r\n\r\n",
+    b"POST /events/m.x HTTP/1.1\r\nHost: t\r\nContent-Length : 5\r\n\r\n",
+]
+
+
+def t_misframed():
+    """--http-threads 4: 8 heads civetweb would frame apart from the front
+    (blanks before a colon, a folded line, a control byte, LF CR LF, an
+    upgrade with a body), each left open: the front answers 400 with the
+    JSON error itself, and /healthz then answers at once (no civetweb
+    thread waits for a body)."""
+    s = serve("misframed", "--http-threads", "4")
+    socks = connect(s.port, len(MISFRAMED))
+    for c, req in zip(socks, MISFRAMED):
+        c.sendall(req)
+    bad = []
+    for i, c in enumerate(socks):
+        got = read_answer(c, T(3))
+        if not got.startswith(b"HTTP/1.1 400 ") or \
+                b'"error":"bad_request"' not in got:
+            bad.append(f"{i}: {got[:60]!r}")
+    took = healthz_ms(s.port)
+    close_all(socks)
+    check(not bad, "not a 400 from the front: " + "; ".join(bad))
+    check(took < 1000 * T(1.5),
+          f"/healthz took {took:.0f} ms after 8 misframed requests")
+    n = metric_value(s.port, "taskbus_http_front_refused_total")
+    check(n == len(MISFRAMED), f"taskbus_http_front_refused_total {n}")
+    return f"/healthz {took:.1f} ms after"
+
+
+def t_upgrade_body():
+    """A websocket upgrade with Content-Length: 5 and its 5 bytes: 400
+    from the front, and another client's /healthz (on the pooled server
+    connection) then answers 200 with its body."""
+    s = serve("upgrade-body", "--http-threads", "4")
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        c.sendall(MISFRAMED[6] + b"hello")
+        got = read_answer(c, T(3))
+    check(got.startswith(b"HTTP/1.1 400 "), f"upgrade with body: {got[:60]!r}")
+    for _ in range(8):
+        r = http_req(s.port, "GET", "/healthz", timeout=T(5))
+        check(r.status == 200 and r.body, f"/healthz after: {r.status}")
+    return "400, then /healthz 8 of 8"
+
+
 def t_front_off():
     """--http-front 0: civetweb listens itself, and answers."""
     s = Taskbus("front-off", env={"TASKBUS_HTTP_FRONT": "0"}).start()
@@ -433,6 +507,10 @@ CASES = [
     ("431", "a head over 8192 bytes: 431 read by http.client and curl",
      t_431_readable),
     ("pool", "--http-upstream-pool 0 and over http-threads", t_pool_edges),
+    ("misframed", "8 misframed heads with --http-threads 4: 400 from the "
+     "front, /healthz at once", t_misframed),
+    ("upgrade", "an upgrade with a body: 400, the pool stays clean",
+     t_upgrade_body),
     ("off", "--http-front 0 still serves", t_front_off),
 ]
 

@@ -21,7 +21,10 @@ static void test_head_end(void **state)
     (void)state;
     assert_int_equal(end_of("GET / HTTP/1.1\r\nHost: t\r\n\r\nBODY"), 27);
     assert_int_equal(end_of("GET / HTTP/1.1\nHost: t\n\nBODY"), 24);
-    assert_int_equal(end_of("GET / HTTP/1.1\r\nHost: t\n\r\n"), 26);
+    /* LF CR LF ends no head for civetweb: not for the front either. */
+    assert_int_equal(end_of("GET / HTTP/1.1\r\nHost: t\n\r\n"), 0);
+    assert_int_equal(end_of("GET / HTTP/1.1\n\r\nX: 1\r\n\r\n"), 25);
+    assert_int_equal(end_of("GET / HTTP/1.1\r\nHost: t\r\n\n"), 26);
     assert_int_equal(end_of("GET / HTTP/1.1\r\nHost: t\r\n\r"), 0);
     assert_int_equal(end_of("GET / HTTP/1.1\r\nHost: t\r\n"), 0);
     assert_int_equal(end_of(""), 0);
@@ -95,6 +98,45 @@ static void test_request_bad(void **state)
         snprintf(buf + off, sizeof buf - off, "\r\n");
         assert_int_equal(parse(buf, 1).bad, n > TB__HTTP_HEAD_LINES_MAX);
     }
+}
+
+/* Heads civetweb may frame apart from the front: refused by the front
+ * itself (reject, which implies bad). */
+static void test_request_reject(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "POST / HTTP/1.1\r\nContent-Length : 5\r\n\r\n",
+        "POST / HTTP/1.1\r\nContent-Length\t: 5\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding : chunked\r\n\r\n",
+        "GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n",
+        "GET / HTTP/1.1\r\nX: a\r\n\tfolded\r\n\r\n",
+        "GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+        "GET / HTTP/1.1\r\nX: a\x7f\r\n\r\n",
+        "GET / HTTP/1.1\r\nX: a\rb\r\n\r\n",
+        "GET /\x1b HTTP/1.1\r\n\r\n",
+        /* LF CR LF inside civetweb's head: a header after it */
+        "POST / HTTP/1.1\n\r\nContent-Length: 5\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        tb__http_head h;
+        size_t len = strlen(bad[i]);
+        assert_int_equal(tb__http_head_end(bad[i], len), len);
+        tb__http_head_parse(bad[i], len, 1, &h);
+        assert_true(h.reject);
+        assert_true(h.bad);
+        assert_false(h.keep_alive);
+        assert_int_equal(tb__http_body_kind(&h, 0), TB__HTTP_BODY_NONE);
+    }
+    static const char nul[] = "GET / HTTP/1.1\r\nX\0: a\r\n\r\n";
+    tb__http_head h;
+    tb__http_head_parse(nul, sizeof nul - 1, 1, &h);
+    assert_true(h.reject);
+    /* HTAB inside a value, blanks after the colon: fine. */
+    h = parse("POST / HTTP/1.1\r\nContent-Length:\t5 \r\nX: a\tb\r\n\r\n", 1);
+    assert_false(h.reject);
+    assert_false(h.bad);
+    assert_int_equal(h.length, 5);
 }
 
 static void test_upgrade(void **state)
@@ -202,6 +244,7 @@ int main(void)
         cmocka_unit_test(test_head_end),
         cmocka_unit_test(test_request_framing),
         cmocka_unit_test(test_request_bad),
+        cmocka_unit_test(test_request_reject),
         cmocka_unit_test(test_upgrade),
         cmocka_unit_test(test_response),
         cmocka_unit_test(test_chunks),
