@@ -162,6 +162,10 @@
     X(http, upstream_pool, INT, 64, NULL, 0, 65536, "http-upstream-pool",      \
       "idle front-to-civetweb connections kept for reuse, at most "            \
       "http-threads (0: one connection per request)")                          \
+    X(http, max_connections, INT, 10000, NULL, 1, 1 << 20,                     \
+      "http-max-connections",                                                  \
+      "open client connections to the front; beyond, a new one is closed "     \
+      "at once (keep it below the descriptor limit)")                          \
     X(ws, max_clients, INT, 10000, NULL, 1, 1 << 20, "ws-max-clients",         \
       "open websockets")                                                       \
     X(ws, max_message, SIZE, MiB, NULL, 1, 512 * MiB, "ws-max-message",        \

@@ -31,6 +31,7 @@
 #define OUT_HIGH (256 * 1024)   /* client output that pauses the server's */
 #define RESP_HEAD_MAX 65536     /* a response head from the server */
 #define CHUNK_SLACK (64 * 1024) /* chunked framing over max_body */
+#define ACCEPT_PAUSE_MS 100     /* no accept for this long after a failure */
 
 /* A connection to the server, from the pool or in use by one client. */
 typedef struct upconn {
@@ -125,6 +126,8 @@ struct tb__http_front {
     pthread_cond_t cv;
     take_req *takes;
     tb__ratelog timeout_log;
+    tb__ratelog accept_log;
+    struct event *accept_timer; /* accepting again after a failure */
 };
 
 static void conn_free(fconn *c);
@@ -936,6 +939,17 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd,
 {
     (void)lis;
     tb__http_front *f = arg;
+    if (f->nconns >= f->cfg->http.max_connections) {
+        /* Closed before any read: a flood costs no memory. */
+        atomic_fetch_add(&f->app->http_conns_refused, 1);
+        if (tb__ratelog_ok(&f->accept_log, tb__mono_us()))
+            tb__log(TB_LOG_WARN,
+                    "http: front: %d connections open "
+                    "(http.max_connections): a new one closed",
+                    f->nconns);
+        close(fd);
+        return;
+    }
     fconn *c = calloc(1, sizeof *c);
     if (!c || salen < (int)sizeof(struct sockaddr_in) ||
         !(c->timer = evtimer_new(f->base, conn_timer, c)) ||
@@ -963,6 +977,35 @@ static void on_accept(struct evconnlistener *lis, evutil_socket_t fd,
      * with the first byte. */
     c->started = 0;
     arm(c, f->cfg->http.keepalive_timeout_ms);
+}
+
+/* accept failed other than by a retriable error: out of descriptors,
+ * mostly. libevent would call again at once, for as long as the
+ * connection waits in the backlog: a spinning thread and a flood of log
+ * lines. Accepting stops for ACCEPT_PAUSE_MS, which gives connections
+ * that close time to free descriptors. */
+static void on_accept_error(struct evconnlistener *lis, void *arg)
+{
+    tb__http_front *f = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    atomic_fetch_add(&f->app->http_accept_errors, 1);
+    if (tb__ratelog_ok(&f->accept_log, tb__mono_us()))
+        tb__log(TB_LOG_WARN,
+                "http: front: accept failed: %s (%d connections open); "
+                "not accepting for %d ms",
+                strerror(err), f->nconns, ACCEPT_PAUSE_MS);
+    evconnlistener_disable(lis);
+    struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(f->accept_timer, &tv);
+}
+
+static void on_accept_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    tb__http_front *f = arg;
+    if (f->lis && !f->stopping)
+        evconnlistener_enable(f->lis);
 }
 
 /* ---------------------------------------------------------------- threads */
@@ -1000,6 +1043,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
         evconnlistener_free(f->lis);
         f->lis = NULL;
     }
+    evtimer_del(f->accept_timer);
     /* civetweb's mg_stop waits for the threads idle pooled connections
      * hold (up to its poll quantum): none are kept from now on. */
     f->pool_max = 0;
@@ -1066,6 +1110,8 @@ static void front_destroy(tb__http_front *f)
         event_free(f->take_ev);
     if (f->end_timer)
         event_free(f->end_timer);
+    if (f->accept_timer)
+        event_free(f->accept_timer);
     if (f->base)
         event_base_free(f->base);
     pthread_mutex_destroy(&f->mu);
@@ -1092,6 +1138,8 @@ tb__http_front *tb__http_front_start(tb_app *app, const struct sockaddr_in *pub,
                       : f->cfg->http.threads;
     f->timeout_log.who = "http front";
     f->timeout_log.what = "timeout lines";
+    f->accept_log.who = "http front";
+    f->accept_log.what = "accept lines";
     pthread_mutex_init(&f->mu, NULL);
     pthread_cond_init(&f->cv, NULL);
     f->by_port = calloc(65536, sizeof *f->by_port);
@@ -1100,7 +1148,8 @@ tb__http_front *tb__http_front_start(tb_app *app, const struct sockaddr_in *pub,
         !(f->stop_ev = event_new(f->base, -1, 0, on_stop, f)) ||
         !(f->quit_ev = event_new(f->base, -1, 0, on_quit, f)) ||
         !(f->take_ev = event_new(f->base, -1, 0, on_take, f)) ||
-        !(f->end_timer = evtimer_new(f->base, on_end_timer, f))) {
+        !(f->end_timer = evtimer_new(f->base, on_end_timer, f)) ||
+        !(f->accept_timer = evtimer_new(f->base, on_accept_timer, f))) {
         front_destroy(f);
         return NULL;
     }
@@ -1119,6 +1168,7 @@ tb__http_front *tb__http_front_start(tb_app *app, const struct sockaddr_in *pub,
         *err = TB_EINVAL;
         return NULL;
     }
+    evconnlistener_set_error_cb(f->lis, on_accept_error);
     if (pthread_create(&f->thread, NULL, front_main, f) != 0) {
         front_destroy(f);
         *err = TB_EAGAIN;

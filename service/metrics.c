@@ -307,6 +307,15 @@ static void ws_metrics(buf *b, tb_app *app)
            "before a colon, a folded line, or an upgrade with a body.");
     add(b, "taskbus_http_front_refused_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->http_front_refused));
+    header(b, "taskbus_http_connections_refused_total", "counter",
+           "Connections closed at once: over http.max_connections.");
+    add(b, "taskbus_http_connections_refused_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_conns_refused));
+    header(b, "taskbus_http_accept_errors_total", "counter",
+           "accept() failures on the public socket (out of descriptors); "
+           "the front stops accepting for 100 ms after each.");
+    add(b, "taskbus_http_accept_errors_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_accept_errors));
     header(b, "taskbus_ws_handover_failures_total", "counter",
            "Websocket upgrades and SSE streams whose socket could not be "
            "taken over from the HTTP server (the client reset it, or no "

@@ -345,6 +345,8 @@ typedef struct tb_http_config {
                                  civetweb thread, but the front takes a
                                  kept one before it opens another, so
                                  they never hold a request back */
+    int max_connections;      /* client connections the front holds open;
+                                 a new one beyond is closed at once */
     /* No reserved slot was left in this group: the front's five settings
      * changed the size of tb_app_config (SOVERSION 0 still: 0.x). */
 } tb_http_config;

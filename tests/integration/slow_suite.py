@@ -484,6 +484,95 @@ def t_upgrade_body():
     return "400, then /healthz 8 of 8"
 
 
+def cpu_s(pid):
+    """Seconds of CPU process pid has used (user + system)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def healthz_on(c):
+    """GET /healthz on the open socket c: the status, or None if the
+    connection ended first."""
+    c.sendall(HEALTHZ)
+    c.settimeout(T(5))
+    got = b""
+    while b"\r\n\r\n" not in got or not got.endswith(b"}\n") and \
+            not got.endswith(b"}"):
+        b = c.recv(65536)
+        if not b:
+            break
+        got += b
+    m = re.match(rb"HTTP/1\.1 (\d{3}) ", got)
+    return int(m.group(1)) if m else None
+
+
+def t_max_connections():
+    """--http-max-connections 4: 4 open connections are served, a 5th is
+    closed at once (nothing read from it, nothing answered), and once
+    one of the 4 closes a new one is served again."""
+    s = serve("max-conns", "--http-max-connections", "4",
+              "--http-keepalive-timeout", "60000")
+    socks = connect(s.port, 4)
+    statuses = [healthz_on(c) for c in socks]
+    check(statuses == [200] * 4, f"the 4 allowed: {statuses}")
+    extra = socket.create_connection((HOST, s.port), T(5))
+    check(closed_by_server(extra, T(3)), "the 5th connection stays open")
+    extra.close()
+    socks.pop().close()
+    ok, end = None, time.monotonic() + T(5)
+    while time.monotonic() < end and ok != 200:
+        with socket.create_connection((HOST, s.port), T(5)) as c:
+            try:
+                ok = healthz_on(c)
+            except OSError:
+                ok = None
+        time.sleep(0.05)
+    check(ok == 200, f"after one closed: {ok}")
+    close_all(socks)
+    time.sleep(0.2)
+    n = metric_value(s.port, "taskbus_http_connections_refused_total")
+    check(n >= 1, f"taskbus_http_connections_refused_total {n}")
+    check("http.max_connections" in s.err_text(), "no log line")
+    return f"4 served, the 5th closed; refused {n}"
+
+
+def t_out_of_fds():
+    """ulimit -n 128 and 200 connections: accept fails with EMFILE; the
+    front stops accepting for a while after each failure, so it does not
+    spin (CPU over 2 s stays under a quarter of that) and logs a bounded
+    number of lines; once the clients close it serves again."""
+    s = Taskbus("nofile", "--http-threads", "4",
+                "--http-keepalive-timeout", "60000",
+                "--http-header-timeout", "60000", env=FRONT,
+                wrap=("sh", "-c", 'ulimit -n 128 && exec "$@"', "sh")).start()
+    t_start = time.monotonic()
+    socks = connect(s.port, 200)
+    time.sleep(0.5)
+    c0 = cpu_s(s.proc.pid)
+    time.sleep(2)
+    used = cpu_s(s.proc.pid) - c0
+    lines = s.err_text().count("accept failed")
+    # At most one failure each 100 ms, and 10 lines a second at most.
+    bound = 10 * (time.monotonic() - t_start + 1)
+    close_all(socks)
+    check(used < 0.5 * T(1), f"{used:.2f} s of CPU in 2 s while out of "
+                             "descriptors")
+    check(1 <= lines <= bound, f"{lines} accept lines (bound {bound:.0f})")
+    took = None
+    end = time.monotonic() + T(10)
+    while time.monotonic() < end:
+        try:
+            took = healthz_ms(s.port)
+            break
+        except (AssertionError, OSError, http.client.HTTPException):
+            time.sleep(0.1)
+    check(took is not None, "no /healthz after the clients closed")
+    n = metric_value(s.port, "taskbus_http_accept_errors_total")
+    check(n >= 1, f"taskbus_http_accept_errors_total {n}")
+    return f"{used:.2f} s CPU in 2 s, {lines} log lines, {n} accept errors"
+
+
 def t_front_off():
     """--http-front 0: civetweb listens itself, and answers."""
     s = Taskbus("front-off", env={"TASKBUS_HTTP_FRONT": "0"}).start()
@@ -511,6 +600,10 @@ CASES = [
      "front, /healthz at once", t_misframed),
     ("upgrade", "an upgrade with a body: 400, the pool stays clean",
      t_upgrade_body),
+    ("conns", "--http-max-connections 4: the 5th closed at once",
+     t_max_connections),
+    ("conns", "ulimit -n 128, 200 connections: no spin, bounded log, "
+     "serves after", t_out_of_fds),
     ("off", "--http-front 0 still serves", t_front_off),
 ]
 
