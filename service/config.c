@@ -166,6 +166,16 @@
       "http-max-connections",                                                  \
       "open client connections to the front; beyond, a new one is closed "     \
       "at once (keep it below the descriptor limit)")                          \
+    X(http, body_memory_max, SIZE, 256 * MiB, NULL, 1, 64 * GiB,               \
+      "http-body-memory-max",                                                  \
+      "bytes of request bodies the front holds at once, all connections; "     \
+      "beyond, 503")                                                           \
+    X(http, body_deadline_ms, MS, 60000, NULL, 1, H1, "http-body-deadline",    \
+      "ms a whole request body may take from the end of its head, then the "   \
+      "connection is closed (front)")                                          \
+    X(http, queue_timeout_ms, MS, 10000, NULL, 1, H1, "http-queue-timeout",    \
+      "ms a request read whole may wait for a free HTTP thread, then 503 "     \
+      "(front)")                                                               \
     X(ws, max_clients, INT, 10000, NULL, 1, 1 << 20, "ws-max-clients",         \
       "open websockets")                                                       \
     X(ws, max_message, SIZE, MiB, NULL, 1, 512 * MiB, "ws-max-message",        \

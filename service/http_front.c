@@ -97,7 +97,10 @@ typedef struct fconn {
     int resp_keep;
     unsigned long long resp_left;
     tb__http_chunks resp_chunks;
-    size_t drained; /* C_CLOSING: bytes read and dropped */
+    size_t drained;      /* C_CLOSING: bytes read and dropped */
+    size_t held;         /* body bytes counted in f->body_bytes */
+    int64_t body_end_us; /* C_BODY: the whole body by then (monotonic) */
+    int body_late;       /* C_BODY: the timer is armed for body_end_us */
     take_req *take;
 } fconn;
 
@@ -128,6 +131,7 @@ struct tb__http_front {
     tb__ratelog timeout_log;
     tb__ratelog accept_log;
     struct event *accept_timer; /* accepting again after a failure */
+    size_t body_bytes;          /* request body bytes held, all connections */
 };
 
 static void conn_free(fconn *c);
@@ -219,6 +223,13 @@ static void arm(fconn *c, int ms)
 {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(c->timer, &tv);
+}
+
+/* Counts n bytes of c's input as body bytes held (0: none now). */
+static void hold(fconn *c, size_t n)
+{
+    c->f->body_bytes += n - c->held;
+    c->held = n;
 }
 
 /* ---------------------------------------------------------------- pool */
@@ -389,7 +400,7 @@ static void dispatch(fconn *c, size_t n, int shut)
         c->state = C_QUEUED;
         c->pend_n = n;
         c->pend_shut = shut;
-        evtimer_del(c->timer);
+        arm(c, f->cfg->http.queue_timeout_ms);
         if (f->waitq_tail)
             f->waitq_tail->wnext = c;
         else
@@ -416,6 +427,7 @@ static void dispatch(fconn *c, size_t n, int shut)
                           memory_order_release);
     struct evbuffer *in = bufferevent_get_input(c->bev);
     evbuffer_remove_buffer(in, bufferevent_get_output(up->bev), n);
+    hold(c, 0);
     push(up->bev, up->fd);
     /* The client has half-closed and this is its last request: the
      * server sees that end (a long poll's "gone" test). */
@@ -435,18 +447,46 @@ static void dispatch(fconn *c, size_t n, int shut)
     resp_progress(c); /* the pool's connection may hold nothing: no-op */
 }
 
+/* The next byte of a body within body_timeout_ms, and the whole body by
+ * its deadline: a client sending a byte a second holds no memory for
+ * ever. */
+static void arm_body(fconn *c)
+{
+    const tb_http_config *hc = &c->f->cfg->http;
+    int64_t left = (c->body_end_us - tb__mono_us() + 999) / 1000;
+    int ms = hc->body_timeout_ms;
+    c->body_late = left < ms; /* what conn_timer says if it fires */
+    if (c->body_late)
+        ms = left > 0 ? (int)left : 0;
+    arm(c, ms);
+}
+
 /* The body so far: relayed once whole, or once past max_body (the server
  * answers 413 then). */
 static void body_progress(fconn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     size_t len = evbuffer_get_length(in);
-    size_t max_body = c->f->cfg->http.max_body;
+    const tb_http_config *hc = &c->f->cfg->http;
+    size_t max_body = hc->max_body;
+    /* The body's bytes only: not the head, nor a pipelined request. */
+    size_t body = len - c->head_len;
+    if (c->req_kind == TB__HTTP_BODY_LENGTH && body > c->req.length)
+        body = (size_t)c->req.length;
+    hold(c, body);
+    if (c->f->body_bytes > hc->body_memory_max) {
+        hold(c, 0);
+        atomic_fetch_add(&c->f->app->http_front_busy, 1);
+        refuse(c, 503, "Service Unavailable", "busy",
+               "the server holds too many request bodies now "
+               "(http.body_memory_max); retry later");
+        return;
+    }
     if (c->req_kind == TB__HTTP_BODY_LENGTH) {
         if (len - c->head_len >= c->req.length)
             dispatch(c, c->head_len + (size_t)c->req.length, 0);
         else
-            arm(c, c->f->cfg->http.body_timeout_ms);
+            arm_body(c);
         return;
     }
     struct evbuffer_ptr pos;
@@ -478,7 +518,7 @@ static void body_progress(fconn *c)
         evbuffer_ptr_set(in, &pos, c->head_len + c->body_seen,
                          EVBUFFER_PTR_SET);
     }
-    arm(c, c->f->cfg->http.body_timeout_ms);
+    arm_body(c);
 }
 
 static int wants_continue(const char *head, size_t len)
@@ -566,6 +606,8 @@ static void parse_head(fconn *c)
         return;
     }
     c->state = C_BODY;
+    c->body_end_us =
+        tb__mono_us() + (int64_t)c->f->cfg->http.body_deadline_ms * 1000;
     if (c->req_kind == TB__HTTP_BODY_CHUNKED)
         memset(&c->req_chunks, 0, sizeof c->req_chunks);
     if (!c->req.http10 && wants_continue(p, end) &&
@@ -740,6 +782,7 @@ static void start_closing(fconn *c)
         answer_take(c->f, c->take, TB_EPIPE);
         c->take = NULL;
     }
+    hold(c, 0);
     struct evbuffer *in = bufferevent_get_input(c->bev);
     c->drained += evbuffer_get_length(in);
     evbuffer_drain(in, (size_t)-1);
@@ -763,6 +806,7 @@ static void answer_take(tb__http_front *f, take_req *t, int result)
 static void conn_free(fconn *c)
 {
     tb__http_front *f = c->f;
+    hold(c, 0);
     if (c->up)
         up_free(c->up);
     if (f->by_port[c->port] == c)
@@ -924,12 +968,29 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
                     "(http.header_timeout_ms): closed",
                     who, c->f->cfg->http.header_timeout_ms);
     } else if (c->state == C_BODY) {
+        int late = c->body_late;
         atomic_fetch_add(&c->f->app->http_body_timeouts, 1);
         if (tb__ratelog_ok(&c->f->timeout_log, tb__mono_us()))
             tb__log(TB_LOG_INFO,
-                    "http: %s: no byte of the request body for %d ms "
-                    "(http.body_timeout_ms): closed",
-                    who, c->f->cfg->http.body_timeout_ms);
+                    late ? "http: %s: request body not whole within %d ms "
+                           "(http.body_deadline_ms): closed"
+                         : "http: %s: no byte of the request body for %d ms "
+                           "(http.body_timeout_ms): closed",
+                    who,
+                    late ? c->f->cfg->http.body_deadline_ms
+                         : c->f->cfg->http.body_timeout_ms);
+    } else if (c->state == C_QUEUED) {
+        unqueue(c->f, c);
+        atomic_fetch_add(&c->f->app->http_front_busy, 1);
+        if (tb__ratelog_ok(&c->f->timeout_log, tb__mono_us()))
+            tb__log(TB_LOG_INFO,
+                    "http: %s: no HTTP thread free within %d ms "
+                    "(http.queue_timeout_ms): 503",
+                    who, c->f->cfg->http.queue_timeout_ms);
+        refuse(c, 503, "Service Unavailable", "busy",
+               "every HTTP thread is busy (http.queue_timeout_ms); retry "
+               "later");
+        return;
     }
     conn_free(c);
 }

@@ -542,6 +542,8 @@ struct tb_app {
                                                   civetweb may frame apart */
     atomic_uint_fast64_t http_conns_refused;   /* over http.max_connections */
     atomic_uint_fast64_t http_accept_errors;   /* accept failed (EMFILE...) */
+    atomic_uint_fast64_t http_front_busy;      /* 503 from the front: body
+                                                  memory or queue wait */
     atomic_uint_fast64_t ws_handover_failures; /* upgrades whose socket
                                                   could not be taken over */
     atomic_int_fast64_t ws_handover_logged_us; /* rate limit of that log */

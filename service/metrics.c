@@ -316,6 +316,11 @@ static void ws_metrics(buf *b, tb_app *app)
            "the front stops accepting for 100 ms after each.");
     add(b, "taskbus_http_accept_errors_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->http_accept_errors));
+    header(b, "taskbus_http_front_busy_total", "counter",
+           "Requests refused (503) by the front: over http.body_memory_max, "
+           "or waiting for a server thread past http.queue_timeout_ms.");
+    add(b, "taskbus_http_front_busy_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_front_busy));
     header(b, "taskbus_ws_handover_failures_total", "counter",
            "Websocket upgrades and SSE streams whose socket could not be "
            "taken over from the HTTP server (the client reset it, or no "

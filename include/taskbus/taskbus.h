@@ -347,6 +347,12 @@ typedef struct tb_http_config {
                                  they never hold a request back */
     int max_connections;      /* client connections the front holds open;
                                  a new one beyond is closed at once */
+    size_t body_memory_max;   /* request body bytes the front holds across
+                                 all connections; a body beyond is 503 */
+    int body_deadline_ms;     /* a whole request body within this long of
+                                 its head, or the connection is closed */
+    int queue_timeout_ms;     /* a request waiting this long for an HTTP
+                                 thread is answered 503 (front) */
     /* No reserved slot was left in this group: the front's five settings
      * changed the size of tb_app_config (SOVERSION 0 still: 0.x). */
 } tb_http_config;

@@ -491,6 +491,25 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def listening_ports(pid):
+    """The loopback TCP ports process pid listens on."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    ports = set()
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            col = line.split()
+            if col[3] == "0A" and col[9] in inodes:
+                ports.add(int(col[1].split(":")[1], 16))
+    return ports
+
+
 def healthz_on(c):
     """GET /healthz on the open socket c: the status, or None if the
     connection ended first."""
@@ -573,6 +592,89 @@ def t_out_of_fds():
     return f"{used:.2f} s CPU in 2 s, {lines} log lines, {n} accept errors"
 
 
+def post_body(port, body):
+    """POST /events/b.x with body on a fresh connection: (status, JSON
+    error code or None)."""
+    r = http_req(port, "POST", "/events/b.x", body=body,
+                 headers={"Content-Type": "application/json"},
+                 timeout=T(5))
+    return r.status, (r.json or {}).get("error")
+
+
+def t_body_memory():
+    """--http-body-memory-max 4096: a body of 4096 bytes is accepted, one
+    of 4097 is 503 busy from the front; then 4096 again (the bytes held
+    were given back)."""
+    s = serve("body-mem", "--http-body-memory-max", "4096")
+    body = lambda n: b'{"p":"' + b"a" * (n - 8) + b'"}'  # noqa: E731
+    got = [post_body(s.port, body(n)) for n in (4096, 4097, 4096)]
+    check(got[0][0] == 202 and got[2][0] == 202, f"4096 bytes: {got}")
+    check(got[1] == (503, "busy"), f"4097 bytes: {got[1]}")
+    n = metric_value(s.port, "taskbus_http_front_busy_total")
+    check(n == 1, f"taskbus_http_front_busy_total {n}")
+    return f"{got}"
+
+
+def t_body_deadline():
+    """--http-body-deadline 1000 with --http-body-timeout 10000: a body
+    sent a byte every 0.2 s (never stalling) is closed at the deadline,
+    not before half of it."""
+    s = serve("body-deadline", "--http-body-deadline", "1000",
+              "--http-body-timeout", "10000")
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        c.sendall(b"POST /events/d.x HTTP/1.1\r\nHost: t\r\nContent-Type: "
+                  b"application/json\r\nContent-Length: 100\r\n\r\n")
+        t0 = time.monotonic()
+        closed = None
+        while time.monotonic() - t0 < T(5):
+            try:
+                c.sendall(b" ")
+            except OSError:
+                closed = time.monotonic() - t0
+                break
+            if closed_by_server(c, 0.2):
+                closed = time.monotonic() - t0
+                break
+    check(closed is not None, "a trickled body was never closed")
+    check(closed >= 0.5, f"closed after {closed:.2f} s, before its time")
+    n = metric_value(s.port, "taskbus_http_body_timeouts_total")
+    check(n == 1, f"taskbus_http_body_timeouts_total {n}")
+    check("http.body_deadline_ms" in s.err_text(), "no log line")
+    return f"closed after {closed:.2f} s"
+
+
+def t_queue_timeout():
+    """--http-threads 1 --http-queue-timeout 1000: with civetweb's one
+    thread held (a raw connection to its private port with half a head),
+    a first request waits in civetweb, a second in the front: the
+    second is answered 503 busy (not before half the timeout), the
+    first 200 once the thread is free."""
+    s = serve("queue", "--http-threads", "1", "--http-queue-timeout", "1000",
+              "--http-upstream-pool", "0")
+    ports = listening_ports(s.proc.pid) - {s.port}
+    check(len(ports) == 1, f"civetweb's port among {ports}")
+    raw = socket.create_connection((HOST, ports.pop()), T(5))
+    raw.sendall(b"GET /healthz HTTP/1.1\r\n")
+    time.sleep(0.2)
+    a = socket.create_connection((HOST, s.port), T(5))
+    a.sendall(HEALTHZ)
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    b = socket.create_connection((HOST, s.port), T(5))
+    b.sendall(HEALTHZ)
+    got = read_answer(b, T(5))
+    took = time.monotonic() - t0
+    b.close()
+    raw.close()
+    check(got.startswith(b"HTTP/1.1 503 ") and b'"busy"' in got,
+          f"the queued request: {got[:80]!r}")
+    check(took >= 0.5, f"503 after {took:.2f} s, before its time")
+    a_got = read_answer(a, T(5))
+    a.close()
+    check(a_got.startswith(b"HTTP/1.1 200 "), f"the first: {a_got[:60]!r}")
+    return f"503 after {took:.2f} s"
+
+
 def t_front_off():
     """--http-front 0: civetweb listens itself, and answers."""
     s = Taskbus("front-off", env={"TASKBUS_HTTP_FRONT": "0"}).start()
@@ -604,6 +706,12 @@ CASES = [
      t_max_connections),
     ("conns", "ulimit -n 128, 200 connections: no spin, bounded log, "
      "serves after", t_out_of_fds),
+    ("memory", "--http-body-memory-max 4096: 4096 ok, 4097 503",
+     t_body_memory),
+    ("deadline", "--http-body-deadline 1000: a trickled body is closed",
+     t_body_deadline),
+    ("queue", "--http-queue-timeout 1000: a request waiting for a thread "
+     "is 503", t_queue_timeout),
     ("off", "--http-front 0 still serves", t_front_off),
 ]
 
