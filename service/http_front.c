@@ -101,6 +101,14 @@ static void refuse(fconn *c, int status, const char *reason, const char *code,
     tb__front_start_closing(c);
 }
 
+static void drop_resend(fconn *c)
+{
+    if (c->resend) {
+        evbuffer_free(c->resend);
+        c->resend = NULL;
+    }
+}
+
 /* Relays the first n bytes of the client's input (a request) to a server
  * connection and waits for the answer. shut: the server gets no more than
  * that (bad framing, a body cut short): its side of the connection is
@@ -108,7 +116,7 @@ static void refuse(fconn *c, int status, const char *reason, const char *code,
 void tb__front_dispatch(fconn *c, size_t n, int shut)
 {
     tb__http_front *f = c->f;
-    upconn *up = tb__front_up_get(f);
+    upconn *up = tb__front_up_get(f, c->retried);
     if (!up && f->nup >= f->up_max && !f->stopping) {
         c->state = C_QUEUED;
         c->pend_n = n;
@@ -139,8 +147,27 @@ void tb__front_dispatch(fconn *c, size_t n, int shut)
                               ntohs(c->peer.sin_port),
                           memory_order_release);
     struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (up->reused && !c->retried && !c->req.upgrade &&
+        (c->resend = evbuffer_new()) != NULL) {
+        struct evbuffer_iovec v[16];
+        int nv = evbuffer_peek(in, (ev_ssize_t)n, NULL, v, 16);
+        if (nv > 16) { /* rare: copy it whole */
+            unsigned char *p = evbuffer_pullup(in, (ev_ssize_t)n);
+            evbuffer_add(c->resend, p, n);
+        } else {
+            size_t left = n;
+            for (int i = 0; i < nv && left; i++) {
+                size_t k = v[i].iov_len < left ? v[i].iov_len : left;
+                evbuffer_add(c->resend, v[i].iov_base, k);
+                left -= k;
+            }
+        }
+    }
     evbuffer_remove_buffer(in, bufferevent_get_output(up->bev), n);
     hold(c, 0);
+    /* civetweb closes its connection after a chunked body with an
+     * extension or a trailer: not kept for another request. */
+    c->up_close = c->req_kind == TB__HTTP_BODY_CHUNKED && c->req_chunks.extras;
     tb__front_push(up->bev, up->fd);
     /* The client has half-closed and this is its last request: the
      * server sees that end (a long poll's "gone" test). */
@@ -352,8 +379,10 @@ static void resp_done(fconn *c)
     struct evbuffer *in = bufferevent_get_input(c->bev);
     int keep = c->resp_keep && !c->close_after && !c->up_shut &&
                !c->f->stopping && (!c->client_eof || evbuffer_get_length(in));
+    drop_resend(c);
+    c->retried = 0;
     if (up) {
-        if (keep)
+        if (keep && !c->up_close)
             tb__front_up_release(up);
         else
             tb__front_up_free(up);
@@ -376,6 +405,8 @@ void tb__front_resp_progress(fconn *c)
     while (c->up && (c->state == C_WAIT || c->state == C_CLOSING)) {
         struct evbuffer *in = bufferevent_get_input(c->up->bev);
         size_t len = evbuffer_get_length(in);
+        if (len)
+            drop_resend(c); /* the server has the request */
         if (!len)
             break;
         if (c->state == C_CLOSING) { /* the answer ended early */
@@ -497,6 +528,7 @@ void tb__front_start_closing(fconn *c)
         c->take = NULL;
     }
     hold(c, 0);
+    drop_resend(c);
     struct evbuffer *in = bufferevent_get_input(c->bev);
     c->drained += evbuffer_get_length(in);
     evbuffer_drain(in, (size_t)-1);
@@ -512,6 +544,7 @@ void tb__front_conn_free(fconn *c)
 {
     tb__http_front *f = c->f;
     hold(c, 0);
+    drop_resend(c);
     if (c->up)
         tb__front_up_free(c->up);
     if (f->by_port[c->port] == c)

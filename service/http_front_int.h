@@ -37,6 +37,7 @@ typedef struct upconn {
     struct fconn *c;     /* the client it relays for, or NULL: pooled */
     struct event *idle;  /* a pooled connection's end */
     struct upconn *next; /* the pool */
+    int reused;          /* it has carried a request before */
 } upconn;
 
 /* A hand-over asked for by a server thread (tb__http_front_take). */
@@ -84,7 +85,13 @@ typedef struct fconn {
     int req_kind;
     size_t body_seen; /* body bytes looked at, after the head */
     tb__http_chunks req_chunks;
-    int up_shut; /* shut the server connection's write side once sent */
+    int up_shut;  /* shut the server connection's write side once sent */
+    int up_close; /* the server closes its connection after the answer */
+    /* The request as sent on a reused server connection: sent again,
+     * once, on a new one if that connection ends before the first byte
+     * of the answer (the server closed it idle: it never saw it). */
+    struct evbuffer *resend;
+    int retried;
     /* the answer */
     upconn *up;
     enum rstate rstate;
@@ -143,7 +150,7 @@ void tb__front_serve_waiters(tb__http_front *f);
 void tb__front_unqueue(tb__http_front *f, fconn *c);
 void tb__front_up_free(upconn *up);
 void tb__front_up_release(upconn *up);
-upconn *tb__front_up_get(tb__http_front *f);
+upconn *tb__front_up_get(tb__http_front *f, int fresh);
 
 /* http_front_take.c */
 void tb__front_answer_take(tb__http_front *f, take_req *t, int result);

@@ -128,6 +128,20 @@ static void up_event(struct bufferevent *bev, short what, void *arg)
         tb__front_up_free(up);
         return;
     }
+    if (c->state == C_WAIT && c->resend && c->rstate == R_HEAD &&
+        !evbuffer_get_length(bufferevent_get_input(up->bev))) {
+        /* A kept connection the server had closed: the request again, on
+         * a new one. */
+        struct evbuffer *req = c->resend;
+        c->resend = NULL;
+        c->retried = 1;
+        tb__front_up_free(up);
+        size_t n = evbuffer_get_length(req);
+        evbuffer_prepend_buffer(bufferevent_get_input(c->bev), req);
+        evbuffer_free(req);
+        tb__front_dispatch(c, n, c->up_shut);
+        return;
+    }
     /* An answer that ends with the connection, or one cut short: what was
      * relayed goes out, then the client's connection ends too. Every byte
      * read before the end went through up_read already. */
@@ -136,14 +150,16 @@ static void up_event(struct bufferevent *bev, short what, void *arg)
         tb__front_start_closing(c);
 }
 
-/* A connection to the server: from the pool, or a new one. */
-upconn *tb__front_up_get(tb__http_front *f)
+/* A connection to the server: from the pool, or a new one (fresh: only
+ * a new one). NULL when none can be had now. */
+upconn *tb__front_up_get(tb__http_front *f, int fresh)
 {
-    upconn *up = f->pool;
+    upconn *up = fresh ? NULL : f->pool;
     if (up) {
         f->pool = up->next;
         f->npool--;
         evtimer_del(up->idle);
+        up->reused = 1;
         return up;
     }
     if (f->nup >= f->up_max)

@@ -260,6 +260,8 @@ long tb__http_chunks_feed(tb__http_chunks *c, const char *p, size_t len,
             i++;
             if (++c->line > TB__HTTP_CHUNK_LINE_MAX)
                 return -1;
+            if (ch != ' ' && ch != '\t' && ch != '\r' && ch != '\n')
+                c->extras = 1;
             if (ch != '\n')
                 break;
             c->line = 0;
@@ -300,6 +302,7 @@ long tb__http_chunks_feed(tb__http_chunks *c, const char *p, size_t len,
                 c->line = 1; /* CR of an empty line */
             } else {
                 c->state = TRAILER_LINE;
+                c->extras = 1;
             }
             break;
         }

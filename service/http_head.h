@@ -74,6 +74,8 @@ typedef struct tb__http_chunks {
     size_t line;             /* bytes of the current size or trailer line */
     size_t trailer;          /* bytes of the trailer section so far */
     unsigned long long data; /* data bytes so far (decoded size) */
+    int extras;              /* a chunk extension or a trailer came: civetweb
+                                closes its connection after such a body */
 } tb__http_chunks;
 
 /* Feeds len bytes of a chunked body to c. Returns how many of them belong

@@ -675,6 +675,31 @@ def t_queue_timeout():
     return f"503 after {took:.2f} s"
 
 
+def t_chunked_trailer():
+    """A chunked POST with a trailer (civetweb closes its connection
+    after one) and a GET pipelined after it: the GET goes to the server
+    connection the POST returned, so both must be answered (202, 200);
+    so must later requests."""
+    s = serve("trailer", "--http-threads", "2")
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        c.sendall(b"POST /events/t.x HTTP/1.1\r\nHost: t\r\nContent-Type: "
+                  b"application/json\r\nTransfer-Encoding: chunked\r\n"
+                  b"\r\n2\r\n{}\r\n0\r\nX-Trailer: 1\r\n\r\n" + HEALTHZ)
+        got = b""
+        c.settimeout(T(5))
+        while got.count(b"HTTP/1.1 ") < 2 or not got.endswith(b"}"):
+            b = c.recv(65536)
+            if not b:
+                break
+            got += b
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", got)
+    check(statuses == [b"202", b"200"], f"answers {statuses}, want 202 200")
+    for i in range(4):
+        r = http_req(s.port, "GET", "/healthz", timeout=T(5))
+        check(r.status == 200, f"after: {r.status}")
+    return "202 200, then 200 x 4"
+
+
 def t_front_off():
     """--http-front 0: civetweb listens itself, and answers."""
     s = Taskbus("front-off", env={"TASKBUS_HTTP_FRONT": "0"}).start()
@@ -712,6 +737,8 @@ CASES = [
      t_body_deadline),
     ("queue", "--http-queue-timeout 1000: a request waiting for a thread "
      "is 503", t_queue_timeout),
+    ("trailer", "a chunked POST with a trailer, then requests on the pool",
+     t_chunked_trailer),
     ("off", "--http-front 0 still serves", t_front_off),
 ]
 

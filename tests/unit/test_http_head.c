@@ -224,6 +224,24 @@ static void test_chunks(void **state)
                 assert_int_equal(done, cases[i].done);
         }
     }
+    /* Extensions and trailers are noted: civetweb closes after them. */
+    static const struct {
+        const char *body;
+        int extras;
+    } ex[] = {
+        {"3\r\nabc\r\n0\r\n\r\n", 0},
+        {"3 \r\nabc\r\n0\r\n\r\n", 0},
+        {"3;x=y\r\nabc\r\n0\r\n\r\n", 1},
+        {"3\r\nabc\r\n0\r\nT: 1\r\n\r\n", 1},
+    };
+    for (size_t i = 0; i < sizeof ex / sizeof ex[0]; i++) {
+        tb__http_chunks c;
+        memset(&c, 0, sizeof c);
+        int d;
+        tb__http_chunks_feed(&c, ex[i].body, strlen(ex[i].body), &d);
+        assert_true(d);
+        assert_int_equal(c.extras, ex[i].extras);
+    }
     /* A size line or trailers past their bounds are malformed. */
     char buf[TB__HTTP_TRAILER_MAX + 64];
     memset(buf, '0', TB__HTTP_CHUNK_LINE_MAX + 1);
