@@ -47,6 +47,8 @@ void tb__front_up_free(upconn *up)
     tb__http_front *f = up->f;
     if (up->c && f->by_port[up->port] == up->c && up->c->state != C_UPGRADED)
         f->by_port[up->port] = NULL;
+    if (!up->c || up->c->state != C_UPGRADED) /* a take may still ask */
+        atomic_store_explicit(&f->peers[up->port], 0, memory_order_release);
     if (up->c)
         up->c->up = NULL;
     if (up->idle) {
@@ -78,6 +80,8 @@ void tb__front_up_release(upconn *up)
     tb__http_front *f = up->f;
     if (f->by_port[up->port] == up->c)
         f->by_port[up->port] = NULL;
+    /* Idle: no client's address for this port any more. */
+    atomic_store_explicit(&f->peers[up->port], 0, memory_order_release);
     up->c->up = NULL;
     up->c = NULL;
     if (f->stopping || f->npool >= f->pool_max ||
