@@ -296,11 +296,13 @@ static void parse_head(fconn *c)
             return;
         }
         c->started = 1;
+        c->scanned = 0;
         tb__front_arm(c, c->f->cfg->http.header_timeout_ms);
     }
     size_t look = len < TB__HTTP_HEAD_MAX + 3 ? len : TB__HTTP_HEAD_MAX + 3;
     const char *p = (const char *)evbuffer_pullup(in, (ev_ssize_t)look);
-    size_t end = p ? tb__http_head_end(p, look) : 0;
+    size_t end = p ? tb__http_head_end_from(p, look, c->scanned) : 0;
+    c->scanned = end ? 0 : look;
     if (!end || end > TB__HTTP_HEAD_MAX) {
         if (len > TB__HTTP_HEAD_MAX) {
             atomic_fetch_add(&c->f->app->http_heads_too_large, 1);
@@ -394,6 +396,8 @@ static void resp_done(fconn *c)
     c->state = C_HEAD;
     c->started = 0;
     tb__front_arm(c, c->f->cfg->http.keepalive_timeout_ms);
+    if (c->rdhup)
+        event_del(c->rdhup);
     if (!c->client_eof)
         bufferevent_enable(c->bev, EV_READ);
     if (evbuffer_get_length(in))
@@ -543,6 +547,8 @@ void tb__front_start_closing(fconn *c)
 void tb__front_conn_free(fconn *c)
 {
     tb__http_front *f = c->f;
+    if (c->rdhup) /* before its descriptor is closed or handed over */
+        event_free(c->rdhup);
     hold(c, 0);
     drop_resend(c);
     if (c->up)
@@ -567,6 +573,18 @@ void tb__front_conn_free(fconn *c)
         event_base_loopbreak(f->base);
 }
 
+static void client_event(struct bufferevent *bev, short what, void *arg);
+
+/* The client half-closed or reset while its reading was paused. */
+static void on_rdhup(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    fconn *c = arg;
+    event_del(c->rdhup);
+    client_event(c->bev, BEV_EVENT_EOF, c);
+}
+
 static void client_read(struct bufferevent *bev, void *arg)
 {
     fconn *c = arg;
@@ -580,8 +598,15 @@ static void client_read(struct bufferevent *bev, void *arg)
         break;
     case C_QUEUED:
     case C_WAIT: /* the next request, pipelined: it waits its turn */
-        if (evbuffer_get_length(in) > TB__HTTP_HEAD_MAX)
+        if (evbuffer_get_length(in) > TB__HTTP_HEAD_MAX) {
+            /* Read no more, but still learn when the client goes (a long
+             * poll's "gone" test): EPOLLRDHUP. */
             bufferevent_disable(bev, EV_READ);
+            if (!c->rdhup)
+                c->rdhup = event_new(c->f->base, c->fd, EV_CLOSED, on_rdhup, c);
+            if (c->rdhup)
+                event_add(c->rdhup, NULL);
+        }
         break;
     case C_UPGRADED:
         break;

@@ -85,8 +85,10 @@ typedef struct fconn {
     int req_kind;
     size_t body_seen; /* body bytes looked at, after the head */
     tb__http_chunks req_chunks;
-    int up_shut;  /* shut the server connection's write side once sent */
-    int up_close; /* the server closes its connection after the answer */
+    int up_shut;         /* shut the server connection's write side once sent */
+    int up_close;        /* the server closes its connection after the answer */
+    size_t scanned;      /* C_HEAD: bytes searched for the head's end */
+    struct event *rdhup; /* reading paused: the client's end, seen */
     /* The request as sent on a reused server connection: sent again,
      * once, on a new one if that connection ends before the first byte
      * of the answer (the server closed it idle: it never saw it). */

@@ -9,10 +9,18 @@
 
 size_t tb__http_head_end(const char *buf, size_t len)
 {
+    return tb__http_head_end_from(buf, len, 0);
+}
+
+size_t tb__http_head_end_from(const char *buf, size_t len, size_t from)
+{
     /* civetweb's get_http_header_len, exactly: LF LF or CR LF CR LF. A
      * head that ended here and not there (LF CR LF) would leave civetweb
-     * waiting for more with a thread. */
-    const char *p = buf, *end = buf + len;
+     * waiting for more with a thread. An end that finishes after `from`
+     * may start up to 3 bytes before it. */
+    if (from > len)
+        from = len;
+    const char *p = buf + (from > 3 ? from - 3 : 0), *end = buf + len;
     while ((p = memchr(p, '\n', (size_t)(end - p))) != NULL) {
         p++;
         if (p < end && *p == '\n')

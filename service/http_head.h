@@ -50,6 +50,11 @@ typedef struct tb__http_head {
  * 0 when buf holds no complete head yet. Reads at most len bytes. */
 size_t tb__http_head_end(const char *buf, size_t len);
 
+/* The same, for a buffer whose first `from` bytes were searched before
+ * (a head that grows a read at a time): only what came since is
+ * scanned, so a head sent a byte at a time costs O(n), not O(n^2). */
+size_t tb__http_head_end_from(const char *buf, size_t len, size_t from);
+
 /* Reads the head of len bytes (as tb__http_head_end measured it) into *h;
  * request: a request head, else a response head. Never fails: what it
  * cannot make sense of sets h->bad. */

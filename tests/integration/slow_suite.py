@@ -700,6 +700,30 @@ def t_chunked_trailer():
     return "202 200, then 200 x 4"
 
 
+def t_gone_while_paused():
+    """A long poll with over 8 KiB pipelined after it (the front stops
+    reading that client) whose client then leaves: the long poll ends
+    (the server sees the end), it does not wait out its timeout."""
+    s = serve("gone-paused")
+    c = socket.create_connection((HOST, s.port), T(5))
+    c.sendall(b"GET /events/g.*?timeout=30 HTTP/1.1\r\nHost: t\r\n\r\n")
+    end = time.monotonic() + T(3)
+    while time.monotonic() < end and \
+            not metric_value(s.port, "taskbus_http_longpolls"):
+        time.sleep(0.05)
+    c.sendall(b"POST /events/g.x HTTP/1.1\r\nX: " + b"a" * 12000)
+    time.sleep(0.3)
+    c.close()
+    n, end = None, time.monotonic() + T(5)
+    while time.monotonic() < end:
+        n = metric_value(s.port, "taskbus_http_longpolls")
+        if not n:
+            break
+        time.sleep(0.1)
+    check(not n, f"{n} long polls still wait after their client left")
+    return "the long poll ended"
+
+
 def t_front_off():
     """--http-front 0: civetweb listens itself, and answers."""
     s = Taskbus("front-off", env={"TASKBUS_HTTP_FRONT": "0"}).start()
@@ -739,6 +763,8 @@ CASES = [
      "is 503", t_queue_timeout),
     ("trailer", "a chunked POST with a trailer, then requests on the pool",
      t_chunked_trailer),
+    ("vanish", "a client gone while its pipelined bytes wait: its long "
+     "poll ends", t_gone_while_paused),
     ("off", "--http-front 0 still serves", t_front_off),
 ]
 

@@ -30,6 +30,35 @@ static void test_head_end(void **state)
     assert_int_equal(end_of(""), 0);
 }
 
+/* Searched a piece at a time from where the last search stopped: the
+ * same ends as one search of the whole. */
+static void test_head_end_from(void **state)
+{
+    (void)state;
+    static const char *const heads[] = {
+        "GET / HTTP/1.1\r\nHost: t\r\n\r\nBODY",
+        "GET / HTTP/1.1\nHost: t\n\nBODY",
+        "GET / HTTP/1.1\r\nHost: t\r\n\nX",
+        "GET / HTTP/1.1\n\r\nX: 1\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: t\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof heads / sizeof heads[0]; i++) {
+        size_t len = strlen(heads[i]), whole = end_of(heads[i]);
+        for (size_t step = 1; step <= 5; step++) {
+            size_t from = 0, got = 0;
+            for (size_t have = step; !got; have += step) {
+                if (have > len)
+                    have = len;
+                got = tb__http_head_end_from(heads[i], have, from);
+                from = have;
+                if (have == len)
+                    break;
+            }
+            assert_int_equal(got, whole);
+        }
+    }
+}
+
 static tb__http_head parse(const char *s, int request)
 {
     tb__http_head h;
@@ -260,6 +289,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_head_end),
+        cmocka_unit_test(test_head_end_from),
         cmocka_unit_test(test_request_framing),
         cmocka_unit_test(test_request_bad),
         cmocka_unit_test(test_request_reject),
