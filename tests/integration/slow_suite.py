@@ -724,6 +724,127 @@ def t_gone_while_paused():
     return "the long poll ended"
 
 
+def exchange(port, data, answers, within=None):
+    """Sends data on one connection and reads until `answers` answers
+    (each with its body, by Content-Length) have come or it closes.
+    Returns (statuses, bytes read, closed)."""
+    within = within or T(5)
+    with socket.create_connection((HOST, port), T(5)) as c:
+        c.sendall(data)
+        c.settimeout(within)
+        got, closed = b"", False
+        end = time.monotonic() + within
+        while time.monotonic() < end:
+            if len(answers_in(got)) >= answers:
+                break
+            try:
+                b = c.recv(65536)
+            except socket.timeout:
+                break
+            if not b:
+                closed = True
+                break
+            got += b
+    return answers_in(got), got, closed
+
+
+def answers_in(got):
+    """The statuses of the whole answers at the start of got."""
+    out = []
+    while True:
+        m = re.match(rb"HTTP/1\.[01] (\d{3})[^\r\n]*\r\n((?:[^\r\n]+\r\n)*)"
+                     rb"\r\n", got)
+        if not m:
+            return out
+        st = int(m.group(1))
+        n = re.search(rb"(?im)^content-length: *(\d+)", m.group(2))
+        blen = int(n.group(1)) if n and st not in (100, 204, 304) else 0
+        if len(got) < m.end() + blen:
+            return out
+        out.append(st)
+        got = got[m.end() + blen:]
+
+
+def t_head_edges():
+    """A request head of exactly 8192 bytes is served, 8193 is 431; 63
+    header lines are served, 64 are 431."""
+    s = serve("head-edges")
+    out = []
+    for size, want in ((8192, 200), (8193, 431)):
+        base = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX: \r\n\r\n"
+        req = base.replace(b"X: ", b"X: " + b"a" * (size - len(base)))
+        check(len(req) == size, f"built {len(req)}")
+        st, got, _ = exchange(s.port, req, 1)
+        check(st[:1] == [want], f"head of {size} bytes: {st} {got[:60]!r}")
+        out.append(f"{size}: {want}")
+    for lines, want in ((63, 200), (64, 431)):
+        req = b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"".join(
+            b"X%d: v\r\n" % i for i in range(lines - 1)) + b"\r\n"
+        st, got, _ = exchange(s.port, req, 1)
+        check(st[:1] == [want], f"{lines} header lines: {st} {got[:60]!r}")
+        out.append(f"{lines} lines: {want}")
+    return ", ".join(out)
+
+
+def t_keepalive_not_early():
+    """--http-keepalive-timeout 1500: an idle connection still serves a
+    second request after 0.5 s, and is closed after the timeout (within
+    a generous bound)."""
+    s = serve("ka-edge", "--http-keepalive-timeout", "1500")
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        check(healthz_on(c) == 200, "first request")
+        time.sleep(0.5)
+        check(healthz_on(c) == 200, "second request after 0.5 s idle")
+        t0 = time.monotonic()
+        check(closed_by_server(c, T(5)), "not closed after the timeout")
+        took = time.monotonic() - t0
+    check(took >= 0.75, f"closed {took:.2f} s after the answer, before "
+                        "its time")
+    return f"closed after {took:.2f} s idle"
+
+
+def t_protocol_edges():
+    """Through the front: a GET pipelined after a chunked body; HTTP/1.0
+    with and without keep-alive; Expect: 100-continue (one 100, then the
+    answer); HEAD (no body, the connection goes on); 204 (a long poll's
+    timeout, then another request on the connection)."""
+    s = serve("protocol-edges")
+    st, _, _ = exchange(s.port, b"POST /events/e.x HTTP/1.1\r\nHost: t\r\n"
+                        b"Content-Type: application/json\r\nTransfer-Encoding:"
+                        b" chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n" + HEALTHZ, 2)
+    check(st == [202, 200], f"pipelined after chunked: {st}")
+    h10 = b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    st, got, _ = exchange(s.port, h10 + h10, 2)
+    check(st == [200, 200], f"HTTP/1.0 keep-alive: {st}")
+    st, got, closed = exchange(s.port, b"GET /healthz HTTP/1.0\r\n\r\n", 2,
+                               T(3))
+    check(st == [200] and closed, f"HTTP/1.0: {st} closed={closed}")
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        c.sendall(b"POST /events/e.x HTTP/1.1\r\nHost: t\r\nContent-Type: "
+                  b"application/json\r\nContent-Length: 2\r\nExpect: "
+                  b"100-continue\r\n\r\n")
+        c.settimeout(T(5))
+        first = c.recv(65536)
+        check(first.startswith(b"HTTP/1.1 100 "), f"expect: {first[:40]!r}")
+        c.sendall(b"{}")
+        got = first
+        while len(answers_in(got)) < 2:
+            b = c.recv(65536)
+            if not b:
+                break
+            got += b
+    check(answers_in(got) == [100, 202], f"expect: {answers_in(got)}")
+    st, got, _ = exchange(s.port, b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n"
+                          b"\r\n" + HEALTHZ, 2)
+    # HEAD's Content-Length describes a body that is not sent.
+    check(got.startswith(b"HTTP/1.1 200 ") and got.count(b"HTTP/1.1 ") == 2,
+          f"HEAD then GET: {got[:200]!r}")
+    st, got, _ = exchange(s.port, b"GET /events/e.none?timeout=1 HTTP/1.1\r\n"
+                          b"Host: t\r\n\r\n" + HEALTHZ, 2, T(10))
+    check(st == [204, 200], f"204 then GET: {st} {got[:120]!r}")
+    return "all answered"
+
+
 def t_front_off():
     """--http-front 0: civetweb listens itself, and answers."""
     s = Taskbus("front-off", env={"TASKBUS_HTTP_FRONT": "0"}).start()
@@ -765,6 +886,11 @@ CASES = [
      t_chunked_trailer),
     ("vanish", "a client gone while its pipelined bytes wait: its long "
      "poll ends", t_gone_while_paused),
+    ("edges", "head of 8192/8193 bytes, 63/64 header lines", t_head_edges),
+    ("edges", "--http-keepalive-timeout: not before its time",
+     t_keepalive_not_early),
+    ("edges", "chunked then pipelined, HTTP/1.0, 100-continue, HEAD, 204",
+     t_protocol_edges),
     ("off", "--http-front 0 still serves", t_front_off),
 ]
 
