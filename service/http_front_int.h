@@ -19,14 +19,41 @@
 #include "http_head.h"
 #include "internal.h"
 
-#define POOL_IDLE_MS 1000       /* below civetweb's keep_alive_timeout_ms */
-#define CLOSE_FLUSH_MS 10000    /* an answer's last bytes wait this at most */
-#define TAKE_TIMEOUT_MS 2000    /* a hand-over waits this at most */
-#define STOP_FLUSH_MS 1000      /* answers in flight at the end */
-#define OUT_HIGH (256 * 1024)   /* client output that pauses the server's */
-#define RESP_HEAD_MAX 65536     /* a response head from the server */
-#define CHUNK_SLACK (64 * 1024) /* chunked framing over max_body */
-#define ACCEPT_PAUSE_MS 100     /* no accept for this long after a failure */
+/* Fixed bounds, and why they are not settings. Each is about the
+ * front's own link to civetweb or its own thread, not about what a
+ * client may send; the client-facing limits are the http.* settings.
+ *
+ * POOL_IDLE_MS: a kept server connection is closed after this idle; it
+ *   must stay below the 2000 ms keep-alive the adapter gives civetweb
+ *   behind the front, so that civetweb never closes one first. Tied to
+ *   that constant, not to anything a user tunes.
+ * CLOSE_FLUSH_MS: an answer's last bytes wait this long for a client
+ *   that does not read before the connection is dropped; only a client
+ *   that stops reading meets it, and it then loses nothing it would
+ *   have read. http.discard_timeout_ms bounds what follows.
+ * TAKE_TIMEOUT_MS: a hand-over (websocket, SSE) waits this long for the
+ *   front's buffered bytes to reach the client; a server thread is held
+ *   meanwhile, so it is short and fixed.
+ * STOP_FLUSH_MS: answers in flight at shutdown get this long.
+ * OUT_HIGH: client output that pauses reading the server's answer (back
+ *   pressure); a client only sees its answer arrive as fast as it reads.
+ * RESP_HEAD_MAX: a response head from civetweb (our own answers, a few
+ *   hundred bytes); more is a bug, and the connection is closed.
+ * CHUNK_SLACK: chunked framing (size lines, extensions, trailers) the
+ *   front reads over http.max_body before it relays the body cut short,
+ *   which civetweb refuses. A client meets it only with chunks of a few
+ *   bytes each in a body near max_body (64 KiB of framing is over 10 000
+ *   chunks); a body in reasonable chunks never does.
+ * ACCEPT_PAUSE_MS: after a failed accept (out of descriptors); shorter
+ *   spins, longer delays recovery, and neither is worth a knob. */
+#define POOL_IDLE_MS 1000
+#define CLOSE_FLUSH_MS 10000
+#define TAKE_TIMEOUT_MS 2000
+#define STOP_FLUSH_MS 1000
+#define OUT_HIGH (256 * 1024)
+#define RESP_HEAD_MAX 65536
+#define CHUNK_SLACK (64 * 1024)
+#define ACCEPT_PAUSE_MS 100
 
 /* A connection to the server, from the pool or in use by one client. */
 typedef struct upconn {
