@@ -323,9 +323,15 @@ static void parse_head(fconn *c)
         c->close_after = 1;
     if (c->req.reject) {
         atomic_fetch_add(&c->f->app->http_front_refused, 1);
-        refuse(c, 400, "Bad Request", "bad_request",
-               "the request head has a control byte, blanks before a "
-               "colon, or a folded line");
+        if (c->req.reject == TB__HTTP_REJECT_BYTES)
+            refuse(c, 400, "Bad Request", "bad_request",
+                   "a control byte, a bare CR, or a tab-folded line in the "
+                   "request head (RFC 9112 2.2, 5.2)");
+        else
+            refuse(c, 400, "Bad Request", "bad_header",
+                   "a header line with blanks before its ':', a line that "
+                   "starts with a blank (obs-fold), or an empty line inside "
+                   "the head (RFC 9112 2.2, 5.1, 5.2)");
         return;
     }
     if (c->req.bad) {

@@ -132,7 +132,10 @@ static void up_event(struct bufferevent *bev, short what, void *arg)
         tb__front_up_free(up);
         return;
     }
+    /* Not when the client has gone or the request was cut: civetweb then
+     * ends a request it did start (a long poll's "gone"). */
     if (c->state == C_WAIT && c->resend && c->rstate == R_HEAD &&
+        !c->client_eof && !c->up_shut &&
         !evbuffer_get_length(bufferevent_get_input(up->bev))) {
         /* A kept connection the server had closed: the request again, on
          * a new one. */

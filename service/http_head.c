@@ -127,7 +127,7 @@ void tb__http_head_parse(const char *buf, size_t len, int request,
         unsigned char ch = (unsigned char)*q;
         if ((ch < 0x20 && ch != '\t' && ch != '\n' && ch != '\r') ||
             ch == 0x7f || (ch == '\r' && (q + 1 == end || q[1] != '\n')))
-            h->reject = 1;
+            h->reject = TB__HTTP_REJECT_BYTES;
     }
     int conn_close = 0, conn_keep = 0, conn_upgrade = 0, up_ws = 0;
     int te_headers = 0, te_chunked = 0, lines = 0, ws_key = 0;
@@ -139,9 +139,9 @@ void tb__http_head_parse(const char *buf, size_t len, int request,
         if (le == p) {
             if (first)
                 h->bad = 1;
-            if (nl + 1 != end)
-                h->reject = 1; /* an empty line inside civetweb's head */
-            break;             /* the empty line */
+            if (nl + 1 != end && !h->reject) /* inside civetweb's head */
+                h->reject = TB__HTTP_REJECT_LINES;
+            break; /* the empty line */
         }
         if (first) {
             first_line(p, le, request, h);
@@ -158,7 +158,10 @@ void tb__http_head_parse(const char *buf, size_t len, int request,
             /* obs-fold, or blanks before the colon (RFC 9112 5.1, 5.2):
              * civetweb strips them and reads "Content-Length : 5" as a
              * length the front would not see. */
-            h->reject = 1;
+            if (*p == '\t') /* civetweb reads HTAB as a control byte */
+                h->reject = TB__HTTP_REJECT_BYTES;
+            else if (!h->reject)
+                h->reject = TB__HTTP_REJECT_LINES;
             h->bad = 1;
             p = nl + 1;
             continue;

@@ -41,9 +41,14 @@ typedef struct tb__http_head {
     /* Worse: a head civetweb may frame differently from the front (a
      * control byte, blanks before a colon, obs-fold, an empty line
      * before the end): the front answers 400 itself and relays nothing.
-     * Implies bad. */
+     * Implies bad. One of: */
     int reject;
 } tb__http_head;
+enum {
+    TB__HTTP_REJECT_LINES = 1, /* the lines' shape: civetweb's bad_header */
+    TB__HTTP_REJECT_BYTES = 2  /* a control byte or HTAB where civetweb
+                                  takes it for one: its bad_request */
+};
 
 /* The length of the head at the start of buf (up to and including the
  * empty line that ends it: CRLF CRLF, or LF LF, exactly as civetweb), or
