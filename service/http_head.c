@@ -174,7 +174,7 @@ void tb__http_head_parse(const char *buf, size_t len, int request,
         const char *ns = p, *ne = colon, *vs = colon + 1, *ve = le;
         trim(&vs, &ve);
         if (is_token(ns, ne, "Content-Length")) {
-            unsigned long long v;
+            unsigned long long v = 0;
             if (digits(vs, ve, &v) != 0 || (h->has_length && v != h->length))
                 h->bad = 1;
             h->has_length = 1;
