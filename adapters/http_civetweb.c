@@ -36,6 +36,8 @@ typedef struct server {
     struct sockaddr_in sa;  /* where to poke it (0.0.0.0: 127.0.0.1) */
     in_addr_t local;        /* the address accepted sockets have, or
                                INADDR_ANY when listening on 0.0.0.0 */
+    struct sockaddr_in pub; /* http.listen: the front's, when it runs */
+    tb__http_front *front;  /* NULL: civetweb listens on http.listen */
     atomic_int stopped;
 } server;
 
@@ -132,6 +134,8 @@ static int conn_gone(void *cp)
 
 static int take_socket(const server *srv, const struct mg_request_info *ri,
                        int fd);
+static int front_take(const server *srv, const struct mg_request_info *ri,
+                      int upgraded);
 
 /* The response is the core's from here on (an SSE stream): the socket is
  * taken away as after a websocket handshake (see on_ws_ready), and
@@ -142,6 +146,13 @@ static int conn_take(void *cp)
     conn *c = cp;
     const struct mg_request_info *ri = mg_get_request_info(c->mg);
     const server *srv = ri->user_data;
+    if (srv->front) {
+        conn_close(c);
+        c->looked = 1;
+        c->fd = -1;
+        c->unread = 0;
+        return front_take(srv, ri, 0);
+    }
     int fd = c->looked ? c->fd
                        : tb__http_find_socket(srv->sa.sin_port, srv->local,
                                               ri->remote_addr, ri->remote_port);
@@ -643,6 +654,28 @@ static int take_socket(const server *srv, const struct mg_request_info *ri,
     return mine;
 }
 
+/* Behind the front, the client's socket is the front's: it hands it over
+ * once what it relayed (the 101) is out. Returns it, or TB_EPIPE after
+ * counting and logging the failure with the client's own address. */
+static int front_take(const server *srv, const struct mg_request_info *ri,
+                      int upgraded)
+{
+    int fd = tb__http_front_take(srv->front, ri->remote_port, upgraded);
+    if (fd < 0) {
+        char addr[48];
+        int port;
+        if (tb__http_front_peer(srv->front, ri->remote_port, addr, sizeof addr,
+                                &port) != 0) {
+            snprintf(addr, sizeof addr, "%s", ri->remote_addr);
+            port = ri->remote_port;
+        }
+        tb__ws_handover_failed(srv->base.app,
+                               ri->local_uri_raw ? ri->local_uri_raw : "?",
+                               addr, port, 0);
+    }
+    return fd;
+}
+
 static void on_ws_ready(struct mg_connection *mg, void *ud)
 {
     const server *srv = ud;
@@ -652,10 +685,12 @@ static void on_ws_ready(struct mg_connection *mg, void *ud)
     if (!ws)
         return;
     const struct mg_request_info *ri = mg_get_request_info(mg);
-    int fd =
-        take_socket(srv, ri,
-                    tb__http_find_socket(srv->sa.sin_port, srv->local,
-                                         ri->remote_addr, ri->remote_port));
+    int fd = srv->front
+                 ? front_take(srv, ri, 1)
+                 : take_socket(srv, ri,
+                               tb__http_find_socket(srv->sa.sin_port,
+                                                    srv->local, ri->remote_addr,
+                                                    ri->remote_port));
     if (fd < 0)
         tb__ws_release(ws);
     else
@@ -824,14 +859,24 @@ static int server_start(tb__http_server *srv)
         return TB_EINVAL;
     }
     pthread_once(&once, library_init);
-    char threads[16];
+    char threads[16], keepalive[16];
     snprintf(threads, sizeof threads, "%d", cfg->http.threads);
+    /* Behind the front, civetweb listens on a loopback port of its own,
+     * and keeps its pooled connections longer than the front does (so it
+     * never closes one under a request). */
+    s->pub = s->sa;
+    if (cfg->http.front) {
+        snprintf(s->addr, sizeof s->addr, "127.0.0.1:0");
+        s->local = htonl(INADDR_LOOPBACK);
+    }
+    snprintf(keepalive, sizeof keepalive, "%d",
+             cfg->http.front ? 2000 : cfg->http.keepalive_timeout_ms);
     /* clang-format off */
     const char *options[] = {
         "listening_ports", s->addr,
         "num_threads", threads,
         "enable_keep_alive", "yes",
-        "keep_alive_timeout_ms", "2000",
+        "keep_alive_timeout_ms", keepalive,
         "request_timeout_ms", REQUEST_TIMEOUT_MS,
         "listen_backlog", "1024",
         "connection_queue", "256",
@@ -859,6 +904,22 @@ static int server_start(tb__http_server *srv)
     if (tb__app_has_websockets(app))
         mg_set_websocket_handler(s->ctx, "/", on_ws_connect, on_ws_ready,
                                  on_ws_data, on_ws_close, s);
+    if (cfg->http.front) {
+        struct mg_server_port port;
+        int rc = TB_EINVAL;
+        if (mg_get_server_ports(s->ctx, 1, &port) == 1 && port.port > 0) {
+            s->sa.sin_family = AF_INET;
+            s->sa.sin_port = htons((uint16_t)port.port);
+            s->sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+            s->front = tb__http_front_start(app, &s->pub, &s->sa, &rc);
+        }
+        if (!s->front) {
+            mg_stop(s->ctx);
+            s->ctx = NULL;
+            return rc;
+        }
+        snprintf(s->addr, sizeof s->addr, "%s", cfg->http.listen);
+    }
     int token = cfg->http.api_token && cfg->http.api_token[0];
     tb__log(TB_LOG_INFO,
             "http: listening on %s (%d threads, at most %d in long polls, %s)",
@@ -902,6 +963,7 @@ static void server_stop(tb__http_server *srv)
     server *s = (server *)srv;
     if (!s->ctx)
         return;
+    tb__http_front_stop(s->front); /* no new connections */
     pthread_t poke;
     int poking = pthread_create(&poke, NULL, poke_thread, s) == 0;
     mg_stop(s->ctx); /* closes the listener, waits for handlers in flight */
@@ -909,6 +971,8 @@ static void server_stop(tb__http_server *srv)
     if (poking)
         pthread_join(poke, NULL);
     s->ctx = NULL;
+    tb__http_front_free(s->front); /* their answers go out, then the end */
+    s->front = NULL;
     tb__log(TB_LOG_INFO, "http: stopped listening on %s", s->addr);
 }
 

@@ -22,6 +22,7 @@
 #include "log.h"     /* tb__log, tb__ratelog */
 #include "url.h"     /* redis_url parsing */
 #include "resp.h"    /* RESP replies from links without hiredis (Sentinel) */
+#include "http_front.h" /* the front the HTTP server sits behind */
 
 struct event_base;
 struct event;

@@ -147,6 +147,35 @@
       "longest client token, bytes")                                           \
     X(http, tasks_page_max, INT, 1000, NULL, 1, 1000, "tasks-page-max",        \
       "tasks in one GET /tasks page at most (its limit's default and cap)")    \
+    X(http, front, BOOL, 1, NULL, 0, 1, "http-front",                          \
+      "relay HTTP through the front, so that slow and idle clients hold no "   \
+      "HTTP thread (0: civetweb listens itself)")                              \
+    X(http, header_timeout_ms, MS, 5000, NULL, 1, H1, "http-header-timeout",   \
+      "ms a request line and headers may take from their first byte, then "    \
+      "the connection is closed (front)")                                      \
+    X(http, body_timeout_ms, MS, 10000, NULL, 1, H1, "http-body-timeout",      \
+      "ms without a byte of a request body, then the connection is closed "    \
+      "(front)")                                                               \
+    X(http, keepalive_timeout_ms, MS, 2000, NULL, 1, H1,                       \
+      "http-keepalive-timeout",                                                \
+      "ms an idle keep-alive connection is kept open")                         \
+    X(http, upstream_pool, INT, 64, NULL, 0, 65536, "http-upstream-pool",      \
+      "idle front-to-civetweb connections kept for reuse, at most "            \
+      "http-threads (0: one connection per request)")                          \
+    X(http, max_connections, INT, 10000, NULL, 1, 1 << 20,                     \
+      "http-max-connections",                                                  \
+      "open client connections to the front; beyond, a new one is closed "     \
+      "at once (keep it below the descriptor limit)")                          \
+    X(http, body_memory_max, SIZE, 256 * MiB, NULL, 1, 64 * GiB,               \
+      "http-body-memory-max",                                                  \
+      "bytes of request bodies the front holds at once, all connections; "     \
+      "beyond, 503")                                                           \
+    X(http, body_deadline_ms, MS, 60000, NULL, 1, H1, "http-body-deadline",    \
+      "ms a whole request body may take from the end of its head, then the "   \
+      "connection is closed (front)")                                          \
+    X(http, queue_timeout_ms, MS, 10000, NULL, 1, H1, "http-queue-timeout",    \
+      "ms a request read whole may wait for a free HTTP thread, then 503 "     \
+      "(front)")                                                               \
     X(ws, max_clients, INT, 10000, NULL, 1, 1 << 20, "ws-max-clients",         \
       "open websockets")                                                       \
     X(ws, max_message, SIZE, MiB, NULL, 1, 512 * MiB, "ws-max-message",        \

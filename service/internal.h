@@ -534,6 +534,16 @@ struct tb_app {
     struct tb__ws_route *ws_routes; /* ws.c: websocket endpoints */
     atomic_int ws_clients;          /* websockets accepted, not yet freed */
     atomic_uint_fast64_t ws_slow_closes; /* closed for a full send queue */
+    atomic_uint_fast64_t http_header_timeouts; /* http_front.c: heads not
+                                                  complete in time */
+    atomic_uint_fast64_t http_body_timeouts;   /* bodies that stalled */
+    atomic_uint_fast64_t http_heads_too_large; /* 431 from the front */
+    atomic_uint_fast64_t http_front_refused;   /* 400 from the front: heads
+                                                  civetweb may frame apart */
+    atomic_uint_fast64_t http_conns_refused;   /* over http.max_connections */
+    atomic_uint_fast64_t http_accept_errors;   /* accept failed (EMFILE...) */
+    atomic_uint_fast64_t http_front_busy;      /* 503 from the front: body
+                                                  memory or queue wait */
     atomic_uint_fast64_t ws_handover_failures; /* upgrades whose socket
                                                   could not be taken over */
     atomic_int_fast64_t ws_handover_logged_us; /* rate limit of that log */

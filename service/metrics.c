@@ -287,6 +287,40 @@ static void ws_metrics(buf *b, tb_app *app)
            "Websocket clients closed because their send queue was full.");
     add(b, "taskbus_ws_slow_closes_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->ws_slow_closes));
+    header(b, "taskbus_http_header_timeouts_total", "counter",
+           "Connections closed because a request line and headers were not "
+           "complete within http.header_timeout_ms.");
+    add(b, "taskbus_http_header_timeouts_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_header_timeouts));
+    header(b, "taskbus_http_body_timeouts_total", "counter",
+           "Connections closed because a request body stalled for "
+           "http.body_timeout_ms.");
+    add(b, "taskbus_http_body_timeouts_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_body_timeouts));
+    header(b, "taskbus_http_heads_too_large_total", "counter",
+           "Requests refused (431) by the front: request line and headers "
+           "over 8192 bytes.");
+    add(b, "taskbus_http_heads_too_large_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_heads_too_large));
+    header(b, "taskbus_http_front_refused_total", "counter",
+           "Requests refused (400) by the front: a control byte, blanks "
+           "before a colon, a folded line, or an upgrade with a body.");
+    add(b, "taskbus_http_front_refused_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_front_refused));
+    header(b, "taskbus_http_connections_refused_total", "counter",
+           "Connections closed at once: over http.max_connections.");
+    add(b, "taskbus_http_connections_refused_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_conns_refused));
+    header(b, "taskbus_http_accept_errors_total", "counter",
+           "accept() failures on the public socket (out of descriptors); "
+           "the front stops accepting for 100 ms after each.");
+    add(b, "taskbus_http_accept_errors_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_accept_errors));
+    header(b, "taskbus_http_front_busy_total", "counter",
+           "Requests refused (503) by the front: over http.body_memory_max, "
+           "or waiting for a server thread past http.queue_timeout_ms.");
+    add(b, "taskbus_http_front_busy_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_front_busy));
     header(b, "taskbus_ws_handover_failures_total", "counter",
            "Websocket upgrades and SSE streams whose socket could not be "
            "taken over from the HTTP server (the client reset it, or no "

@@ -326,9 +326,36 @@ typedef struct tb_http_config {
                                    refused (401 token_too_large) unread */
     int tasks_page_max;         /* tasks in one GET /tasks page at most: the
                                    limit's default and cap (1..1000) */
-    /* No reserved slot is left in this group: the two discard settings,
-     * the client tokens and tasks_page_max took the six. A later HTTP
-     * setting changes the size of tb_app_config (a new SOVERSION). */
+    /* The front (on by default): a libevent loop owns listen, reads each
+     * request whole and only then relays it to civetweb on a private
+     * loopback port, so that clients slow to send their request, or idle
+     * between requests, hold no civetweb thread. 0: civetweb listens on
+     * listen itself (one thread per open connection). */
+    int front;
+    int header_timeout_ms;    /* a request line and headers not complete
+                                 this long after their first byte: the
+                                 connection is closed (front) */
+    int body_timeout_ms;      /* no byte of a request body for this long:
+                                 the connection is closed (front) */
+    int keepalive_timeout_ms; /* an idle keep-alive connection is closed
+                                 after this long */
+    int upstream_pool;        /* idle front-to-civetweb connections kept
+                                 for the next request (0: a connection
+                                 per request); at most threads are kept
+                                 whatever this says. Each holds a
+                                 civetweb thread, but the front takes a
+                                 kept one before it opens another, so
+                                 they never hold a request back */
+    int max_connections;      /* client connections the front holds open;
+                                 a new one beyond is closed at once */
+    size_t body_memory_max;   /* request body bytes the front holds across
+                                 all connections; a body beyond is 503 */
+    int body_deadline_ms;     /* a whole request body within this long of
+                                 its head, or the connection is closed */
+    int queue_timeout_ms;     /* a request waiting this long for an HTTP
+                                 thread is answered 503 (front) */
+    /* No reserved slot was left in this group: the front's five settings
+     * changed the size of tb_app_config (SOVERSION 0 still: 0.x). */
 } tb_http_config;
 
 /* Websockets (tb_app_add_websocket, GET /ws). An upgraded connection leaves

@@ -1746,9 +1746,9 @@ def t_http_malformed():
          "http_version_not_supported"),
         ("headers over max_request_size",
          b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: " + b"a" * 9000 +
-         b"\r\n\r\n", 400, "bad_request"),
-        ("a head of max_request_size + 1 (8193) bytes", head_of(8193), 400,
-         "bad_request"),
+         b"\r\n\r\n", 431, "headers_too_large"),
+        ("a head of max_request_size + 1 (8193) bytes", head_of(8193), 431,
+         "headers_too_large"),
         ("a 5000-byte Sec-WebSocket-Key", ws_upgrade("A" * 5000), 400,
          "bad_websocket_key"),
         ("a 23-byte Sec-WebSocket-Key", ws_upgrade(good_key[:-1]), 400,
