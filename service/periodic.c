@@ -138,8 +138,12 @@ int tb__periodic_main(tb_task *self, void *ud)
             tick_job j = {r, tick};
             int st = 0;
             rc = tb_run_blocking(self, tick_blocking, &j, &st);
-            if (rc)
+            if (rc) {
+                /* Cancelled (its lease lost, say) while Redis may have
+                 * recorded the tick: it will not fire. */
+                atomic_fetch_add(&s->ticks_skipped, 1);
                 return 0;
+            }
             if (st == TB_EEXIST) { /* fired by someone else already */
                 atomic_fetch_add(&s->ticks_skipped, 1);
                 continue;
@@ -149,7 +153,9 @@ int tb__periodic_main(tb_task *self, void *ud)
                 return 0;
             }
             if (st < 0) {
-                /* Not counted here: the next tick recorded counts it. */
+                /* Counted now: Redis may have recorded it (the answer was
+                 * lost), and then no later gap counts it. */
+                atomic_fetch_add(&s->ticks_skipped, 1);
                 tb__log(TB_LOG_WARN,
                         "periodic task %s: tick skipped: cannot record it in "
                         "Redis (%s)",
