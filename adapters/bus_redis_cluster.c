@@ -2,6 +2,7 @@
  * singleton leases with fences, definitions, periodic ticks, and messages
  * between instances, each change one Lua script on the command link. */
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -256,13 +257,16 @@ static const char def_list_lua[] =
     "return out\n";
 
 /* KEYS[1] the lease, KEYS[2] tick hash; ARGV name, "<instance> <fence>",
- * tick. 1: fired; 0: that tick fired already; -1: not the leaseholder. */
+ * tick. 1 + n: fired, n ticks after the last one recorded (none: n = 0);
+ * 0: that tick fired already; -1: not the leaseholder. */
 static const char tick_lua[] =
     PARSE_LUA "if redis.call('GET', KEYS[1]) ~= ARGV[2] then return -1 end\n"
               "local last = num(redis.call('HGET', KEYS[2], ARGV[1])) or -1\n"
-              "if tonumber(ARGV[3]) <= last then return 0 end\n"
+              "local t = tonumber(ARGV[3])\n"
+              "if t <= last then return 0 end\n"
               "redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])\n"
-              "return 1\n";
+              "if last < 0 then return 1 end\n"
+              "return t - last\n";
 
 /* Slots 0..2 are the store's (bus_redis_kv.c). */
 static const tb__rkv_script s_claim = {"claim", claim_lua, 3};
@@ -663,9 +667,11 @@ static int rcl_def_list(tb__bus *bus, tb__defs_cb cb, void *ud)
 
 static void tick_reply(rkv_req *r, const redisReply *reply)
 {
+    long long n = reply->integer;
     int st = reply->type != REDIS_REPLY_INTEGER ? TB_EPROTO
-             : reply->integer == 1              ? 0
-             : reply->integer == 0              ? TB_EEXIST
+             : n > INT_MAX                      ? INT_MAX
+             : n >= 1                           ? (int)(n - 1)
+             : n == 0                           ? TB_EEXIST
                                                 : TB_EPERM;
     if (r->cb.done)
         r->cb.done(st, r->ud);

@@ -236,10 +236,11 @@ typedef struct tb__cluster_ops {
     /* The definitions, at most TB__CLUSTER_DEFS_MAX. */
     int (*def_list)(tb__bus *bus, tb__defs_cb cb, void *ud);
     /* Records that periodic task name fired tick (a count of intervals
-     * since the epoch) under fence: 0 when tick is newer than the last one
-     * recorded and fence still holds the lease; TB_EEXIST when that tick
-     * (or a later one) fired already; TB_EPERM when the lease is not
-     * fence's. */
+     * since the epoch) under fence: n >= 0 when tick is newer than the
+     * last one recorded and fence still holds the lease, n being how many
+     * ticks between the two none fired (0 when none was recorded);
+     * TB_EEXIST when that tick (or a later one) fired already; TB_EPERM
+     * when the lease is not fence's. */
     int (*tick)(tb__bus *bus, const char *name, int64_t tick, uint64_t fence,
                 tb__kv_done_cb cb, void *ud);
 

@@ -414,8 +414,9 @@ static void cluster_rows(tb_app *app, crow r[NCROWS])
         {"taskbus_periodic_ticks_total", "counter",
          "Periodic ticks fired here.", 1, "periodic_ticks", g.ticks_fired},
         {"taskbus_periodic_ticks_skipped_total", "counter",
-         "Periodic ticks not fired here: fired elsewhere, or Redis could not "
-         "record them.",
+         "Periodic ticks not fired here: fired elsewhere first, or passed "
+         "unfired (no run held the lease, woke in time or could record "
+         "them), counted by the run that fired the next one.",
          1, "periodic_ticks_skipped", g.ticks_skipped},
     };
     memcpy(r, rows, sizeof rows);

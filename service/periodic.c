@@ -93,6 +93,20 @@ static void fire(tb_task *self, single *r)
     pthread_mutex_unlock(&app->reg_mu);
 }
 
+/* Counts n ticks of r that passed without firing anywhere, and says so:
+ * a tick is either fired once or counted here (the reason: no instance
+ * held the lease then, or its run woke too late, e.g. a busy machine). */
+static void skipped(tb__singletons *s, single *r, int64_t n, int64_t tick)
+{
+    if (n <= 0)
+        return;
+    atomic_fetch_add(&s->ticks_skipped, (uint64_t)n);
+    tb__log(TB_LOG_WARN,
+            "periodic task %s: %" PRId64 " tick(s) before tick %" PRId64
+            " skipped: no run held the lease or woke in time for them",
+            r->name, n, tick);
+}
+
 int tb__periodic_main(tb_task *self, void *ud)
 {
     single *r = ud;
@@ -100,6 +114,10 @@ int tb__periodic_main(tb_task *self, void *ud)
     tb_app *app = s->app;
     int64_t every_us = r->every_ms * 1000;
     int64_t last_tick = -1;
+    /* The tick current when this run was started (not when its task got
+     * a worker, later on a busy machine): the ticks after it that this run
+     * misses before its first are its own to count. */
+    int64_t start_tick = r->started_us / every_us;
     for (;;) {
         int64_t now = tb__now_us();
         int64_t next = (now / every_us + 1) * every_us;
@@ -114,13 +132,18 @@ int tb__periodic_main(tb_task *self, void *ud)
         int64_t tick = tb__now_us() / every_us;
         if (tick <= last_tick)
             continue;
+        int64_t late = tick - (last_tick < 0 ? start_tick : last_tick) - 1;
         last_tick = tick;
         if (s->ops) {
             tick_job j = {r, tick};
             int st = 0;
             rc = tb_run_blocking(self, tick_blocking, &j, &st);
-            if (rc)
+            if (rc) {
+                /* Cancelled (its lease lost, say) while Redis may have
+                 * recorded the tick: it will not fire. */
+                atomic_fetch_add(&s->ticks_skipped, 1);
                 return 0;
+            }
             if (st == TB_EEXIST) { /* fired by someone else already */
                 atomic_fetch_add(&s->ticks_skipped, 1);
                 continue;
@@ -129,7 +152,9 @@ int tb__periodic_main(tb_task *self, void *ud)
                 tb__sl_lose(s, r, "Redis says another instance holds it");
                 return 0;
             }
-            if (st) {
+            if (st < 0) {
+                /* Counted now: Redis may have recorded it (the answer was
+                 * lost), and then no later gap counts it. */
                 atomic_fetch_add(&s->ticks_skipped, 1);
                 tb__log(TB_LOG_WARN,
                         "periodic task %s: tick skipped: cannot record it in "
@@ -137,6 +162,13 @@ int tb__periodic_main(tb_task *self, void *ud)
                         r->name, tb_strerror(st));
                 continue;
             }
+            /* Redis counts the ticks since the last one fired in the
+             * cluster, the ones of a dead or stalled owner included; for
+             * a name's first tick it has none, and this run's own count
+             * is the one. */
+            skipped(s, r, st > late ? st : late, tick);
+        } else {
+            skipped(s, r, late, tick);
         }
         atomic_fetch_add(&s->ticks_fired, 1);
         pthread_mutex_lock(&app->reg_mu);

@@ -156,6 +156,7 @@ static int run_start(tb__singletons *s, single *r, int64_t taken_us,
     tb_app *app = s->app;
     atomic_init(&r->refs, 1); /* the list's; the task takes its own */
     r->s = s;
+    r->started_us = tb__now_us();
     r->last_state = -1;
     r->renew_due_us = taken_us + s->period_ms * 1000;
     r->valid_until_us = taken_us + (s->lease_ms - s->margin_ms) * 1000;

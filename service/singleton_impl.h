@@ -23,6 +23,7 @@ struct tb__single {
     char *kind, *args;
     tb_task_fn fn;
     void *ud;
+    int64_t started_us; /* wall clock: when run_start began this run */
     /* s->mu */
     uint64_t task_id;
     int64_t renew_due_us, valid_until_us; /* monotonic */

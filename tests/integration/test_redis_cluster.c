@@ -740,6 +740,9 @@ static void test_ticks(void **state)
     assert_rc(tick(b, "p", 101, l2.num), TB_EEXIST); /* fired before */
     assert_rc(tick(b, "p", 102, l2.num), 0);
     assert_string_equal(CLI(srv, "HGET", NS "tick", "p"), "102");
+    /* A tick after a gap says how many ticks nobody fired: 103 and 104. */
+    assert_rc(tick(b, "p", 105, l2.num), 2);
+    assert_rc(tick(b, "p", 106, l2.num), 0);
     /* A recorded tick that is not a number counts as none. */
     const char *bad[] = {"garbage", "inf", "1e300", "-1e300",
                          "99999999999999999999999999"};
