@@ -865,6 +865,7 @@ static int server_start(tb__http_server *srv)
      * and keeps its pooled connections longer than the front does (so it
      * never closes one under a request). */
     s->pub = s->sa;
+    s->pub.sin_addr.s_addr = s->local; /* 0.0.0.0 stays every address */
     if (cfg->http.front) {
         snprintf(s->addr, sizeof s->addr, "127.0.0.1:0");
         s->local = htonl(INADDR_LOOPBACK);

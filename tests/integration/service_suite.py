@@ -358,6 +358,34 @@ def t_listen_in_use():
     return f"exit {r.rc}"
 
 
+def t_listen_any():
+    """--listen 0.0.0.0:P listens on every address, as a container's port
+    mapping needs (the HTTP front took the loopback address meant for
+    reaching it and listened on 127.0.0.1 only). Checked in the kernel's
+    table of listening sockets; traffic goes to 127.0.0.1 only."""
+    port = free_port()
+    log = os.path.join(H.root, "taskbus-any.log")
+    p = spawn([H.bin, "serve", "--listen", f"0.0.0.0:{port}", "--workers",
+               "1", "--tick", "0", "--quiet"], log, env=child_env())
+    try:
+        r = wait_for(lambda: (lambda x: x if x.status == 200 else None)(
+            http_req(port, "GET", "/healthz")), T(10))
+        check(r and r.status == 200, f"GET /healthz on 127.0.0.1:{port}: "
+              f"{r!r}; log: {tail(read_text(log))}")
+        want = f"00000000:{port:04X}"
+        with open("/proc/net/tcp") as f:
+            rows = [l.split() for l in f.read().splitlines()[1:]]
+        listening = [r[1] for r in rows if r[3] == "0A" and
+                     r[1].endswith(f":{port:04X}")]
+        check(listening == [want],
+              f"listening sockets on port {port}: {listening}, want "
+              f"[{want}] (0.0.0.0)")
+    finally:
+        rc = end_proc(p)
+    check(rc == 0, f"taskbus exited {rc}")
+    return f"listening on {want}"
+
+
 def workers_of(s):
     r = http_req(s.port, "GET", "/healthz")
     check(r.status == 200 and isinstance(r.json, dict),
@@ -2365,6 +2393,7 @@ CASES = [
     ("config", "--redis-url ftp://... exits 2 naming the setting",
      t_bad_redis_url),
     ("config", "--listen on a port in use fails at once", t_listen_in_use),
+    ("config", "--listen 0.0.0.0:P listens on every address", t_listen_any),
     ("config", "flags win over TASKBUS_* variables", t_flags_win),
     ("secrets", "token file and Redis password: API needs the token, no "
      "secret in the logs", t_secrets),
