@@ -368,8 +368,14 @@ def t_listen_any():
     p = spawn([H.bin, "serve", "--listen", f"0.0.0.0:{port}", "--workers",
                "1", "--tick", "0", "--quiet"], log, env=child_env())
     try:
-        r = wait_for(lambda: (lambda x: x if x.status == 200 else None)(
-            http_req(port, "GET", "/healthz")), T(10))
+        def healthy():
+            try:
+                x = http_req(port, "GET", "/healthz")
+            except OSError:
+                return None
+            return x if x.status == 200 else None
+
+        r = wait_for(healthy, T(10))
         check(r and r.status == 200, f"GET /healthz on 127.0.0.1:{port}: "
               f"{r!r}; log: {tail(read_text(log))}")
         want = f"00000000:{port:04X}"
