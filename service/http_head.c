@@ -95,6 +95,8 @@ static void first_line(const char *s, const char *e, int request,
         }
         h->method_head = sp1 - s == 4 && memcmp(s, "HEAD", 4) == 0;
         h->method_get = sp1 - s == 3 && memcmp(s, "GET", 3) == 0;
+        h->method_safe = h->method_get || h->method_head ||
+                         (sp1 - s == 7 && memcmp(s, "OPTIONS", 7) == 0);
         s = sp2 + 1;
     } else if ((size_t)(e - s) < 12 || s[8] != ' ') {
         h->bad = 1;
