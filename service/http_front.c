@@ -5,6 +5,7 @@
  * requests, holds no server thread (docs/HTTP_DESIGN.md, "The front"). */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -91,13 +92,21 @@ void tb__front_refuse(fconn *c, int status, const char *reason,
     char body[512];
     int blen = snprintf(body, sizeof body,
                         "{\"error\":\"%s\",\"message\":\"%s\"}", code, message);
+    /* A fresh id, as the server gives a request it cannot read: the
+     * head may not be one. */
+    tb_app *app = c->f->app;
+    char rid[72];
+    snprintf(rid, sizeof rid, "%s-h%" PRIx64, app->instance,
+             atomic_fetch_add(&app->event_seq, 1) + 1);
     evbuffer_add_printf(bufferevent_get_output(c->bev),
                         "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                        "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
-                        status, reason, blen, body);
+                        "X-Request-ID: %s\r\nContent-Length: %d\r\n"
+                        "Connection: close\r\n\r\n%s",
+                        status, reason, rid, blen, body);
     char who[32];
     peer_str(c, who, sizeof who);
-    tb__log(TB_LOG_INFO, "http: %s: %d %s (front)", who, status, code);
+    tb__log(TB_LOG_INFO, "http: %s (request %s): %d %s (front)", who, rid,
+            status, code);
     tb__front_start_closing(c);
 }
 

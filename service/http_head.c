@@ -160,7 +160,8 @@ void tb__http_head_parse(const char *buf, size_t len, int request,
             /* obs-fold, or blanks before the colon (RFC 9112 5.1, 5.2):
              * civetweb strips them and reads "Content-Length : 5" as a
              * length the front would not see. */
-            if (*p == '\t') /* civetweb reads HTAB as a control byte */
+            /* civetweb reads HTAB in a name as a control byte */
+            if (*p == '\t' || (colon && memchr(p, '\t', (size_t)(colon - p))))
                 h->reject = TB__HTTP_REJECT_BYTES;
             else if (!h->reject)
                 h->reject = TB__HTTP_REJECT_LINES;
