@@ -182,12 +182,32 @@ static int has_token(const char *list, const char *token)
     return 0;
 }
 
+/* 1 if needle occurs in s, any case (civetweb's mg_strcasestr). */
+static int has_substr(const char *s, const char *needle)
+{
+    size_t n = strlen(needle);
+    for (; *s; s++)
+        if (strncasecmp(s, needle, n) == 0)
+            return 1;
+    return 0;
+}
+
 /* civetweb 1.15's should_keep_alive() (not public), given that the server
  * enables keep-alive: the client's Connection header decides, else
- * HTTP/1.1 keeps the connection and 1.0 closes it. */
+ * HTTP/1.1 keeps the connection and 1.0 closes it. And as its request
+ * loop: only a plain HTTP/1 request keeps it, and civetweb takes
+ * "upgrade" anywhere in Connection (a substring, not a token) for an
+ * upgrade unless Upgrade names h2 without websocket (it falls back to
+ * HTTP/1 then). Saying keep-alive on a connection civetweb closes
+ * would make the front pool a dead one. */
 static int keeps_alive(const conn *c, const struct mg_request_info *ri)
 {
     const char *h = mg_get_header(c->mg, "Connection");
+    if (h && has_substr(h, "upgrade")) {
+        const char *u = mg_get_header(c->mg, "Upgrade");
+        if (!u || has_substr(u, "websocket") || !has_substr(u, "h2"))
+            return 0;
+    }
     if (h)
         return has_token(h, "keep-alive");
     return ri->http_version && strcmp(ri->http_version, "1.1") == 0;

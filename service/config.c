@@ -584,6 +584,10 @@ static const char *check_rules(const tb_app_config *c)
         return "http.longpoll_max must be below http.threads (a waiting "
                "long poll holds an HTTP thread: other requests need one "
                "left), or 0 for half of http.threads";
+    if (c->http.body_memory_max < c->http.max_body)
+        return "http.body_memory_max must be at least http.max_body: a body "
+               "the server takes would not fit in the front's memory for "
+               "request bodies";
     if (c->http.api_token && !token_ok(c->http.api_token))
         return "http.api_token must be 1..256 visible ASCII bytes (no "
                "blanks) or empty";

@@ -5,6 +5,7 @@
  * requests, holds no server thread (docs/HTTP_DESIGN.md, "The front"). */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -85,19 +86,27 @@ static void hold(fconn *c, size_t n)
 /* ---------------------------------------------------------------- requests */
 
 /* A canned answer from the front itself, then the connection ends. */
-static void refuse(fconn *c, int status, const char *reason, const char *code,
-                   const char *message)
+void tb__front_refuse(fconn *c, int status, const char *reason,
+                      const char *code, const char *message)
 {
     char body[512];
     int blen = snprintf(body, sizeof body,
                         "{\"error\":\"%s\",\"message\":\"%s\"}", code, message);
+    /* A fresh id, as the server gives a request it cannot read: the
+     * head may not be one. */
+    tb_app *app = c->f->app;
+    char rid[72];
+    snprintf(rid, sizeof rid, "%s-h%" PRIx64, app->instance,
+             atomic_fetch_add(&app->event_seq, 1) + 1);
     evbuffer_add_printf(bufferevent_get_output(c->bev),
                         "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
-                        "Content-Length: %d\r\nConnection: close\r\n\r\n%s",
-                        status, reason, blen, body);
+                        "X-Request-ID: %s\r\nContent-Length: %d\r\n"
+                        "Connection: close\r\n\r\n%s",
+                        status, reason, rid, blen, body);
     char who[32];
     peer_str(c, who, sizeof who);
-    tb__log(TB_LOG_INFO, "http: %s: %d %s (front)", who, status, code);
+    tb__log(TB_LOG_INFO, "http: %s (request %s): %d %s (front)", who, rid,
+            status, code);
     tb__front_start_closing(c);
 }
 
@@ -131,8 +140,8 @@ void tb__front_dispatch(fconn *c, size_t n, int shut)
     }
     if (!up) {
         tb__log(TB_LOG_WARN, "http: front: cannot connect to the server");
-        refuse(c, 503, "Service Unavailable", "unavailable",
-               "the server cannot take the request now");
+        tb__front_refuse(c, 503, "Service Unavailable", "unavailable",
+                         "the server cannot take the request now");
         return;
     }
     up->c = c;
@@ -147,7 +156,10 @@ void tb__front_dispatch(fconn *c, size_t n, int shut)
                               ntohs(c->peer.sin_port),
                           memory_order_release);
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    if (up->reused && !c->retried && !c->req.upgrade &&
+    /* Kept to send again only when the server may have closed the kept
+     * connection first and the method is safe to run twice. */
+    c->up_reused = up->reused;
+    if (up->reused && !c->retried && !c->req.upgrade && c->req.method_safe &&
         (c->resend = evbuffer_new()) != NULL) {
         struct evbuffer_iovec v[16];
         int nv = evbuffer_peek(in, (ev_ssize_t)n, NULL, v, 16);
@@ -218,9 +230,9 @@ static void body_progress(fconn *c)
     if (c->f->body_bytes > hc->body_memory_max) {
         hold(c, 0);
         atomic_fetch_add(&c->f->app->http_front_busy, 1);
-        refuse(c, 503, "Service Unavailable", "busy",
-               "the server holds too many request bodies now "
-               "(http.body_memory_max); retry later");
+        tb__front_refuse(c, 503, "Service Unavailable", "busy",
+                         "the server holds too many request bodies now "
+                         "(http.body_memory_max); retry later");
         return;
     }
     if (c->req_kind == TB__HTTP_BODY_LENGTH) {
@@ -306,9 +318,9 @@ static void parse_head(fconn *c)
     if (!end || end > TB__HTTP_HEAD_MAX) {
         if (len > TB__HTTP_HEAD_MAX) {
             atomic_fetch_add(&c->f->app->http_heads_too_large, 1);
-            refuse(c, 431, "Request Header Fields Too Large",
-                   "headers_too_large",
-                   "the request line and headers are over 8192 bytes");
+            tb__front_refuse(
+                c, 431, "Request Header Fields Too Large", "headers_too_large",
+                "the request line and headers are over 8192 bytes");
         } else if (c->client_eof) {
             tb__front_conn_free(c); /* gone mid-head */
         }
@@ -324,14 +336,16 @@ static void parse_head(fconn *c)
     if (c->req.reject) {
         atomic_fetch_add(&c->f->app->http_front_refused, 1);
         if (c->req.reject == TB__HTTP_REJECT_BYTES)
-            refuse(c, 400, "Bad Request", "bad_request",
-                   "a control byte, a bare CR, or a tab-folded line in the "
-                   "request head (RFC 9112 2.2, 5.2)");
+            tb__front_refuse(
+                c, 400, "Bad Request", "bad_request",
+                "a control byte, a bare CR, or a tab-folded line in the "
+                "request head (RFC 9112 2.2, 5.2)");
         else
-            refuse(c, 400, "Bad Request", "bad_header",
-                   "a header line with blanks before its ':', a line that "
-                   "starts with a blank (obs-fold), or an empty line inside "
-                   "the head (RFC 9112 2.2, 5.1, 5.2)");
+            tb__front_refuse(
+                c, 400, "Bad Request", "bad_header",
+                "a header line with blanks before its ':', a line that "
+                "starts with a blank (obs-fold), or an empty line inside "
+                "the head (RFC 9112 2.2, 5.1, 5.2)");
         return;
     }
     if (c->req.bad) {
@@ -341,8 +355,8 @@ static void parse_head(fconn *c)
     if (c->req.upgrade && c->req_kind != TB__HTTP_BODY_NONE) {
         /* civetweb would answer 101 and then read the body as frames. */
         atomic_fetch_add(&c->f->app->http_front_refused, 1);
-        refuse(c, 400, "Bad Request", "bad_request",
-               "a websocket upgrade request must not have a body");
+        tb__front_refuse(c, 400, "Bad Request", "bad_request",
+                         "a websocket upgrade request must not have a body");
         return;
     }
     if (c->req_kind == TB__HTTP_BODY_NONE) {
@@ -559,8 +573,10 @@ void tb__front_conn_free(fconn *c)
     drop_resend(c);
     if (c->up)
         tb__front_up_free(c->up);
-    if (f->by_port[c->port] == c)
+    if (f->by_port[c->port] == c) { /* kept after a hand-over */
         f->by_port[c->port] = NULL;
+        atomic_store_explicit(&f->peers[c->port], 0, memory_order_release);
+    }
     if (c->state == C_QUEUED)
         tb__front_unqueue(f, c);
     if (c->take)
@@ -728,9 +744,10 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
                     "http: %s: no HTTP thread free within %d ms "
                     "(http.queue_timeout_ms): 503",
                     who, c->f->cfg->http.queue_timeout_ms);
-        refuse(c, 503, "Service Unavailable", "busy",
-               "every HTTP thread is busy (http.queue_timeout_ms); retry "
-               "later");
+        tb__front_refuse(
+            c, 503, "Service Unavailable", "busy",
+            "every HTTP thread is busy (http.queue_timeout_ms); retry "
+            "later");
         return;
     }
     tb__front_conn_free(c);

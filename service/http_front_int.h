@@ -116,11 +116,14 @@ typedef struct fconn {
     int up_close;        /* the server closes its connection after the answer */
     size_t scanned;      /* C_HEAD: bytes searched for the head's end */
     struct event *rdhup; /* reading paused: the client's end, seen */
-    /* The request as sent on a reused server connection: sent again,
-     * once, on a new one if that connection ends before the first byte
-     * of the answer (the server closed it idle: it never saw it). */
+    /* The request as sent on a reused server connection, when its method
+     * is safe (GET, HEAD, OPTIONS): sent again, once, on a new one if that
+     * connection ends before the first byte of the answer (the server
+     * closed it, idle or after its last answer: it may not have run it).
+     * Any other method gets 502 upstream_closed then: never run twice. */
     struct evbuffer *resend;
     int retried;
+    int up_reused; /* the request went on a reused server connection */
     /* the answer */
     upconn *up;
     enum rstate rstate;
@@ -173,6 +176,8 @@ void tb__front_dispatch(fconn *c, size_t n, int shut);
 void tb__front_resp_progress(fconn *c);
 void tb__front_start_closing(fconn *c);
 void tb__front_conn_free(fconn *c);
+void tb__front_refuse(fconn *c, int status, const char *reason,
+                      const char *code, const char *message);
 
 /* http_front_pool.c */
 void tb__front_serve_waiters(tb__http_front *f);

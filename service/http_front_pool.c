@@ -24,6 +24,10 @@ void tb__front_serve_waiters(struct tb__http_front *f)
             f->waitq_tail = NULL;
         c->wnext = NULL;
         tb__front_dispatch(c, c->pend_n, c->pend_shut);
+        /* Put back (a resend that needs a new connection none can be
+         * made for): trying it again now would spin. */
+        if (c->state == C_QUEUED)
+            break;
     }
 }
 
@@ -42,7 +46,8 @@ void tb__front_unqueue(struct tb__http_front *f, fconn *c)
     c->wnext = NULL;
 }
 
-void tb__front_up_free(upconn *up)
+/* Closes up without serving the waiting requests. */
+static void up_drop(upconn *up)
 {
     tb__http_front *f = up->f;
     if (up->c && f->by_port[up->port] == up->c && up->c->state != C_UPGRADED)
@@ -64,6 +69,12 @@ void tb__front_up_free(upconn *up)
     tb__front_close_bev(up->bev, up->fd);
     free(up);
     f->nup--;
+}
+
+void tb__front_up_free(upconn *up)
+{
+    tb__http_front *f = up->f;
+    up_drop(up);
     tb__front_serve_waiters(f);
 }
 
@@ -134,9 +145,18 @@ static void up_event(struct bufferevent *bev, short what, void *arg)
     }
     /* Not when the client has gone or the request was cut: civetweb then
      * ends a request it did start (a long poll's "gone"). */
-    if (c->state == C_WAIT && c->resend && c->rstate == R_HEAD &&
-        !c->client_eof && !c->up_shut &&
-        !evbuffer_get_length(bufferevent_get_input(up->bev))) {
+    int unanswered = c->state == C_WAIT && c->up_reused && !c->retried &&
+                     c->rstate == R_HEAD && !c->client_eof && !c->up_shut &&
+                     !evbuffer_get_length(bufferevent_get_input(up->bev));
+    if (unanswered && !c->resend) {
+        /* Not safe to run twice, and the server may have run it. */
+        tb__front_up_free(up);
+        tb__front_refuse(c, 502, "Bad Gateway", "upstream_closed",
+                         "the server closed the connection before answering; "
+                         "the request was not sent again");
+        return;
+    }
+    if (unanswered) {
         /* A kept connection the server had closed: the request again, on
          * a new one. */
         struct evbuffer *req = c->resend;
@@ -169,6 +189,10 @@ upconn *tb__front_up_get(tb__http_front *f, int fresh)
         up->reused = 1;
         return up;
     }
+    /* A resend needs a new connection: an idle one makes room for it,
+     * else a pool that stays full starves the resend. */
+    if (fresh && f->nup >= f->up_max && f->pool)
+        up_drop(f->pool);
     if (f->nup >= f->up_max)
         return NULL;
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);

@@ -95,6 +95,8 @@ static void first_line(const char *s, const char *e, int request,
         }
         h->method_head = sp1 - s == 4 && memcmp(s, "HEAD", 4) == 0;
         h->method_get = sp1 - s == 3 && memcmp(s, "GET", 3) == 0;
+        h->method_safe = h->method_get || h->method_head ||
+                         (sp1 - s == 7 && memcmp(s, "OPTIONS", 7) == 0);
         s = sp2 + 1;
     } else if ((size_t)(e - s) < 12 || s[8] != ' ') {
         h->bad = 1;
@@ -158,7 +160,8 @@ void tb__http_head_parse(const char *buf, size_t len, int request,
             /* obs-fold, or blanks before the colon (RFC 9112 5.1, 5.2):
              * civetweb strips them and reads "Content-Length : 5" as a
              * length the front would not see. */
-            if (*p == '\t') /* civetweb reads HTAB as a control byte */
+            /* civetweb reads HTAB in a name as a control byte */
+            if (*p == '\t' || (colon && memchr(p, '\t', (size_t)(colon - p))))
                 h->reject = TB__HTTP_REJECT_BYTES;
             else if (!h->reject)
                 h->reject = TB__HTTP_REJECT_LINES;

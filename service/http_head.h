@@ -23,6 +23,8 @@ typedef struct tb__http_head {
     int http10;      /* HTTP/1.0 (else 1.1) */
     int method_head; /* a request with method HEAD */
     int method_get;  /* a request with method GET */
+    int method_safe; /* GET, HEAD or OPTIONS: may be sent twice (not PUT
+                        or DELETE: a DELETE cancels a task) */
     int keep_alive;  /* the connection may carry another message after
                         this one (Connection and the version) */
     int upgrade;     /* a request: a websocket handshake (GET,

@@ -2024,6 +2024,10 @@ def t_longpoll_cap():
               names=["http.longpoll_max"])
     bad_usage(["serve", "--http-longpoll-max", "-1"],
               names=["--http-longpoll-max"])
+    # The front holds at least one whole body: below max_body, refused.
+    bad_usage(["serve", "--max-body", "4096", "--http-body-memory-max",
+               "4095"], names=["http.body_memory_max"],
+              also=["http.max_body"])
 
 
 def t_ws_handover_reset():

@@ -442,13 +442,20 @@ MISFRAMED = [
     b"POST /events/m.x HTTP/1.1\r\nHost: t\r\nContent-Length : 5\r\n\r\n",
 ]
 
+# civetweb's own code for each (front off): bad_request for a byte it
+# takes for a control byte (HTAB in a name among them), else bad_header.
+MISFRAMED_CODE = [b"bad_header", b"bad_header", b"bad_request", b"bad_header",
+                  b"bad_request", b"bad_header", b"bad_request",
+                  b"bad_header"]
+
 
 def t_misframed():
     """--http-threads 4: 8 heads civetweb would frame apart from the front
     (blanks before a colon, a folded line, a control byte, LF CR LF, an
     upgrade with a body), each left open: the front answers 400 with the
-    JSON error itself, and /healthz then answers at once (no civetweb
-    thread waits for a body)."""
+    JSON error itself (civetweb's code for each, and an X-Request-ID),
+    and /healthz then answers at once (no civetweb thread waits for a
+    body)."""
     s = serve("misframed", "--http-threads", "4")
     socks = connect(s.port, len(MISFRAMED))
     for c, req in zip(socks, MISFRAMED):
@@ -456,10 +463,10 @@ def t_misframed():
     bad = []
     for i, c in enumerate(socks):
         got = read_answer(c, T(3))
-        if not got.startswith(b"HTTP/1.1 400 ") or not (
-                b'"error":"bad_header"' in got or
-                b'"error":"bad_request"' in got):
-            bad.append(f"{i}: {got[:60]!r}")
+        want = b'"error":"%s"' % MISFRAMED_CODE[i]
+        if not got.startswith(b"HTTP/1.1 400 ") or want not in got or \
+                b"\r\nX-Request-ID: " not in got:
+            bad.append(f"{i}: want {want!r}: {got[:200]!r}")
     took = healthz_ms(s.port)
     close_all(socks)
     check(not bad, "not a 400 from the front: " + "; ".join(bad))
@@ -603,14 +610,27 @@ def post_body(port, body):
 
 
 def t_body_memory():
-    """--http-body-memory-max 4096: a body of 4096 bytes is accepted, one
-    of 4097 is 503 busy from the front; then 4096 again (the bytes held
-    were given back)."""
-    s = serve("body-mem", "--http-body-memory-max", "4096")
+    """--max-body 4096 --http-body-memory-max 4096: with 4000 bytes of a
+    body held, a body of 96 bytes is accepted, one of 97 is 503 busy from
+    the front; the held body then completes (202), and 4096 again (the
+    bytes held were given back)."""
+    s = serve("body-mem", "--max-body", "4096",
+              "--http-body-memory-max", "4096")
     body = lambda n: b'{"p":"' + b"a" * (n - 8) + b'"}'  # noqa: E731
-    got = [post_body(s.port, body(n)) for n in (4096, 4097, 4096)]
-    check(got[0][0] == 202 and got[2][0] == 202, f"4096 bytes: {got}")
-    check(got[1] == (503, "busy"), f"4097 bytes: {got[1]}")
+    held = body(4096)
+    c = socket.create_connection((HOST, s.port), T(5))
+    c.sendall(b"POST /events/b.x HTTP/1.1\r\nHost: t\r\nContent-Type: "
+              b"application/json\r\nContent-Length: 4096\r\n\r\n" +
+              held[:4000])
+    time.sleep(0.3)
+    got = [post_body(s.port, body(n)) for n in (96, 97)]
+    c.sendall(held[4000:])
+    first = read_answer(c, T(2))
+    c.close()
+    got.append(post_body(s.port, body(4096)))
+    check(first.startswith(b"HTTP/1.1 202 "), f"the held body: {first[:60]!r}")
+    check(got[0][0] == 202 and got[2][0] == 202, f"96, 4096 bytes: {got}")
+    check(got[1] == (503, "busy"), f"97 bytes: {got[1]}")
     n = metric_value(s.port, "taskbus_http_front_busy_total")
     check(n == 1, f"taskbus_http_front_busy_total {n}")
     return f"{got}"
@@ -644,6 +664,18 @@ def t_body_deadline():
     return f"closed after {closed:.2f} s"
 
 
+def hold_thread(s):
+    """A raw connection to civetweb's private port with half a head: it
+    holds one of civetweb's threads (not a front connection) until
+    closed."""
+    ports = listening_ports(s.proc.pid) - {s.port}
+    check(len(ports) == 1, f"civetweb's port among {ports}")
+    raw = socket.create_connection((HOST, ports.pop()), T(5))
+    raw.sendall(b"GET /healthz HTTP/1.1\r\n")
+    time.sleep(0.2)
+    return raw
+
+
 def t_queue_timeout():
     """--http-threads 1 --http-queue-timeout 1000: with civetweb's one
     thread held (a raw connection to its private port with half a head),
@@ -652,11 +684,7 @@ def t_queue_timeout():
     first 200 once the thread is free."""
     s = serve("queue", "--http-threads", "1", "--http-queue-timeout", "1000",
               "--http-upstream-pool", "0")
-    ports = listening_ports(s.proc.pid) - {s.port}
-    check(len(ports) == 1, f"civetweb's port among {ports}")
-    raw = socket.create_connection((HOST, ports.pop()), T(5))
-    raw.sendall(b"GET /healthz HTTP/1.1\r\n")
-    time.sleep(0.2)
+    raw = hold_thread(s)
     a = socket.create_connection((HOST, s.port), T(5))
     a.sendall(HEALTHZ)
     time.sleep(0.2)
@@ -674,6 +702,50 @@ def t_queue_timeout():
     a.close()
     check(a_got.startswith(b"HTTP/1.1 200 "), f"the first: {a_got[:60]!r}")
     return f"503 after {took:.2f} s"
+
+
+def t_upgrade_substring():
+    """--http-threads 2: civetweb takes "upgrade" anywhere in Connection
+    for an upgrade and closes after answering. A long poll with
+    "Connection: keep-alive, x-upgrade" is answered with "Connection:
+    close"; the requests that waited behind it meanwhile (civetweb's
+    other thread held by a raw half head) are all answered, the POST
+    once, and the service answers after (no resend that spins)."""
+    s = serve("upgrade-substr", "--http-threads", "2",
+              "--http-upstream-pool", "2")
+    raw = hold_thread(s)
+    lp = socket.create_connection((HOST, s.port), T(5))
+    lp.sendall(b"GET /events/u.*?timeout=1 HTTP/1.1\r\nHost: t\r\n"
+               b"Connection: keep-alive, x-upgrade\r\n\r\n")
+    time.sleep(0.2)
+    post = (b"POST /events/u.x HTTP/1.1\r\nHost: t\r\nContent-Type: "
+            b"application/json\r\nContent-Length: 2\r\n\r\n{}")
+    waiters = connect(s.port, 3)
+    for c, req in zip(waiters, (HEALTHZ, HEALTHZ, post)):
+        c.sendall(req)
+        time.sleep(0.1)
+    got = read_answer(lp, T(3))
+    lp.close()
+    check(got.startswith(b"HTTP/1.1 204 ") and
+          b"Connection: close" in got,
+          f"the x-upgrade long poll: {got[:120]!r}")
+    time.sleep(0.5)
+    raw.close()
+    answers = []
+    for c in waiters:
+        c.settimeout(T(5))
+        try:
+            answers.append(c.recv(65536)[:40])
+        except OSError as e:
+            answers.append(repr(e).encode())
+    close_all(waiters)
+    check([a[:13] for a in answers] ==
+          [b"HTTP/1.1 200 ", b"HTTP/1.1 200 ", b"HTTP/1.1 202 "],
+          f"the waiting requests: {answers}")
+    for _ in range(4):
+        r = http_req(s.port, "GET", "/healthz", timeout=T(5))
+        check(r.status == 200, f"/healthz after: {r.status}")
+    return "204 close, then 200 200 202, /healthz 4 of 4"
 
 
 def t_chunked_trailer():
@@ -877,12 +949,14 @@ CASES = [
      t_max_connections),
     ("conns", "ulimit -n 128, 200 connections: no spin, bounded log, "
      "serves after", t_out_of_fds),
-    ("memory", "--http-body-memory-max 4096: 4096 ok, 4097 503",
+    ("memory", "--http-body-memory-max 4096: 4096 held in all, 4097 503",
      t_body_memory),
     ("deadline", "--http-body-deadline 1000: a trickled body is closed",
      t_body_deadline),
     ("queue", "--http-queue-timeout 1000: a request waiting for a thread "
      "is 503", t_queue_timeout),
+    ("upgrade", "Connection: keep-alive, x-upgrade: close, waiters "
+     "answered", t_upgrade_substring),
     ("trailer", "a chunked POST with a trailer, then requests on the pool",
      t_chunked_trailer),
     ("vanish", "a client gone while its pipelined bytes wait: its long "

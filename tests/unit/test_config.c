@@ -278,10 +278,25 @@ static void test_wait_replicas(void **state)
     assert_int_equal(app_check(&cfg), 0);
 }
 
+/* http.body_memory_max holds at least one body of http.max_body: the
+ * config is refused below, naming both. */
+static void test_body_memory_edge(void **state)
+{
+    (void)state;
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.http.max_body = 4096;
+    cfg.http.body_memory_max = 4096;
+    assert_int_equal(app_check(&cfg), 0);
+    cfg.http.body_memory_max = 4095;
+    assert_int_equal(app_check(&cfg), TB_EINVAL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_wait_replicas),
+        cmocka_unit_test(test_body_memory_edge),
         cmocka_unit_test(test_url_is_redacted),
         cmocka_unit_test(test_secret_is_hidden),
         cmocka_unit_test(test_listen_form),
