@@ -327,14 +327,12 @@ int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
         argv[c] = pub_lua;
         lens[c++] = sizeof pub_lua - 1;
     }
-    /* The script can refuse to number events while the meta hash's master
-     * or failover count are not the ones this instance decided on (ARGV
-     * 5 and 6). Switched off: under TSan load two instances (or one with
-     * a resend queued) kept refusing each other and reconnecting for
-     * ever, before any failover (CI of 556ba83). Until that livelock is
-     * understood, "" skips the check; the decision still runs at every
-     * connection before anything is published (h_deciding). */
+    /* With Sentinel, the master it goes to and the failover count this
+     * instance decided on: the script refuses if they are not the hash's. */
     char master[300] = "";
+    if (b->t.nsentinels)
+        snprintf(master, sizeof master, "%s:%d", b->master_host,
+                 b->master_port);
     const char *head[] = {"3",        b->h_stream, b->h_meta, b->h_tx,
                           b->h_epoch, b->h_maxlen, b->h_ttl,  b->h_txkeep,
                           master,     b->h_fo};
