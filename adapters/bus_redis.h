@@ -161,6 +161,8 @@ typedef struct rbus {
      * this master, and whether one is under way (nothing is published
      * until it is answered). */
     char h_fo[24];
+    char h_master[300]; /* the publish script's ARGV[5]: argv points here
+                           until redisAsyncCommandArgv has copied it */
     int h_deciding;
     /* redis.wait_replicas (0: no WAIT) and its timeout, as arguments. */
     int wait_n;

@@ -328,14 +328,18 @@ int tb__rh_publish_argv(rbus *b, tb__bus_req *const *qs, int n,
         lens[c++] = sizeof pub_lua - 1;
     }
     /* With Sentinel, the master it goes to and the failover count this
-     * instance decided on: the script refuses if they are not the hash's. */
-    char master[300] = "";
+     * instance decided on: the script refuses if they are not the hash's.
+     * It lives in b, not on this stack: hiredis reads argv after we
+     * return (a local here sent stale bytes, and every publish was
+     * refused). */
     if (b->t.nsentinels)
-        snprintf(master, sizeof master, "%s:%d", b->master_host,
+        snprintf(b->h_master, sizeof b->h_master, "%s:%d", b->master_host,
                  b->master_port);
-    const char *head[] = {"3",        b->h_stream, b->h_meta, b->h_tx,
-                          b->h_epoch, b->h_maxlen, b->h_ttl,  b->h_txkeep,
-                          master,     b->h_fo};
+    else
+        b->h_master[0] = '\0';
+    const char *head[] = {"3",         b->h_stream, b->h_meta, b->h_tx,
+                          b->h_epoch,  b->h_maxlen, b->h_ttl,  b->h_txkeep,
+                          b->h_master, b->h_fo};
     for (size_t i = 0; i < sizeof head / sizeof head[0]; i++) {
         argv[c] = head[i];
         lens[c++] = strlen(head[i]);
