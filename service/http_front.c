@@ -716,6 +716,17 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
     (void)what;
     fconn *c = arg;
     char who[32];
+    char ch;
+    if (c->state == C_HEAD && !c->started &&
+        (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
+         recv(c->fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT) > 0)) {
+        /* Idle past keepalive_timeout_ms, but the next request's bytes
+         * are here: this process was stalled (a pause, a loaded host),
+         * not the client. Closing would reset a request the client has
+         * sent; its head gets header_timeout_ms from now instead. */
+        tb__front_arm(c, c->f->cfg->http.header_timeout_ms);
+        return;
+    }
     peer_str(c, who, sizeof who);
     if (c->state == C_HEAD && c->started) {
         atomic_fetch_add(&c->f->app->http_header_timeouts, 1);

@@ -16,6 +16,7 @@ contains one of the words (all when none are given).
 import http.client
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -876,6 +877,36 @@ def t_keepalive_not_early():
     return f"closed after {took:.2f} s idle"
 
 
+def t_stalled_server():
+    """A keep-alive connection whose next request arrives while taskbus
+    is stalled (SIGSTOP) past --http-keepalive-timeout 500: after SIGCONT
+    the request is answered, not reset (the idle timer and the request's
+    bytes become due together)."""
+    s = serve("stall", "--http-keepalive-timeout", "500")
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        check(healthz_on(c) == 200, "first request")
+        s.proc.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(1.0)
+            c.sendall(HEALTHZ)
+            time.sleep(0.2)
+        finally:
+            s.proc.send_signal(signal.SIGCONT)
+        c.settimeout(T(5))
+        got = b""
+        try:
+            while b"\r\n\r\n" not in got:
+                b = c.recv(65536)
+                if not b:
+                    break
+                got += b
+        except ConnectionResetError:
+            got = b"reset"
+        check(got.startswith(b"HTTP/1.1 200 "),
+              f"request sent while stalled: {got[:60]!r}, want a 200")
+    return "answered after the stall"
+
+
 def t_protocol_edges():
     """Through the front: a GET pipelined after a chunked body; HTTP/1.0
     with and without keep-alive; Expect: 100-continue (one 100, then the
@@ -966,6 +997,8 @@ CASES = [
      t_keepalive_not_early),
     ("edges", "chunked then pipelined, HTTP/1.0, 100-continue, HEAD, 204",
      t_protocol_edges),
+    ("edges", "a request sent while taskbus was stalled is answered",
+     t_stalled_server),
     ("off", "--http-front 0 still serves", t_front_off),
 ]
 
