@@ -552,6 +552,25 @@ def t_list_filters():
     return f"{n} listings"
 
 
+def sigstop(proc):
+    """SIGSTOP, then waits (bounded) until every thread has stopped: the
+    signal is delivered to each thread when it next runs, so on a loaded
+    host a thread could still answer a message sent right after."""
+    proc.send_signal(signal.SIGSTOP)
+
+    def all_stopped():
+        try:
+            for t in os.listdir(f"/proc/{proc.pid}/task"):
+                with open(f"/proc/{proc.pid}/task/{t}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] not in "tT":
+                        return False
+        except OSError:
+            return False
+        return True
+
+    wait_for(all_stopped, T(5), 0.005)
+
+
 def t_stats_cluster():
     """GET /stats?scope=cluster over two instances: the sums of both
     instances' numbers (events delivered on a and on b, tasks by state,
@@ -604,7 +623,7 @@ def t_stats_cluster():
           f"delivered per instance: a {la['events']} -> {la2['events']}, "
           f"b {lb['events']} -> {lb2['events']}")
     # b stopped: a answers for itself within the call's bound, b listed.
-    b.proc.send_signal(signal.SIGSTOP)
+    sigstop(b.proc)
     try:
         t0 = time.monotonic()
         o = cluster(a, timeout=T(15))
@@ -842,7 +861,7 @@ def t_singleton_sigstop():
     before = time.time()
     left = lease_left(c, "solo")
     # Not kill_with: the teardown's SIGTERM is still to come.
-    b.proc.send_signal(signal.SIGSTOP)
+    sigstop(b.proc)
     t_stop = time.monotonic()
     expiry_wall = before + left  # no later than the lease expires
     # Meanwhile a listing skips b, after the command timeout, and says so.
