@@ -579,8 +579,8 @@ struct tb_app {
     atomic_int_fast64_t queue_full_logged_us; /* rate limit of that log */
     atomic_uint_fast64_t hop_limit_drops;     /* event_max_hops refusals */
     atomic_int batches_in; /* POST /events in progress (api_batch.c) */
-    atomic_uint_fast64_t pub_unreplicated;    /* published, fewer replicas
-                                                 than wait_replicas confirmed */
+    atomic_uint_fast64_t pub_unreplicated; /* published, fewer replicas
+                                              than wait_replicas confirmed */
     /* The history (bus_rx.c's catch-up, history.c's resumes): /metrics. */
     atomic_uint_fast64_t hist_reads;         /* catch-up reads answered */
     atomic_uint_fast64_t hist_recovered;     /* events a catch-up delivered */
