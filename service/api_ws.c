@@ -1,9 +1,12 @@
 /* api_ws.c - the built-in websocket endpoint, GET /ws?events=p1,p2.
  *
  * Each connection is a handler task ("ws:<request id>") that reads the
- * client's messages, and a receiver task ("receiver:<request id>", the
- * Sanic pattern) that holds the connection's subscription and sends every
- * matching event as its JSON envelope. The client may send, as JSON text:
+ * client's messages and holds the connection's subscription, which sends
+ * every matching event as its JSON envelope from the worker's loop as it
+ * is queued (no task waits for events: an idle connection holds one
+ * task). A connection with ?since= also has a receiver task
+ * ("receiver:<request id>", the Sanic pattern) for the subscription: the
+ * replay waits for the client. The client may send, as JSON text:
  *   {"event": "name", "data": <any>}   dispatch (answered once published)
  *   {"subscribe": ["pattern", ...]}     add patterns
  *   {"unsubscribe": ["pattern", ...]}   remove patterns
@@ -52,6 +55,8 @@ typedef struct conn_state {
     int replaying;          /* the receiver replays the history */
     int receiver_gone;      /* the receiver task has ended (or never ran) */
     int handler_done;       /* the handler is cleaning up */
+    int draining;           /* in on_events */
+    int delivery_done;      /* on_events: no more events for this client */
 } conn_state;
 
 /* ---------------------------------------------------------------- receiver */
@@ -154,6 +159,53 @@ static int too_large(conn_state *st, const tb_event *ev, int history)
     return history;
 }
 
+/* Sends ev (the caller's reference, taken) to the client. 0, or 1 when
+ * the connection takes no more events: closed, closing as a slow client,
+ * or closed before ev (gap, too_large). */
+static int deliver(conn_state *st, tb_event *ev, int history)
+{
+    if (history && !st->replaying && gap(st, ev)) {
+        tb_event_unref(ev);
+        return 1;
+    }
+    int rc = tb_ws_send_event(st->ws, ev);
+    int closed = rc == TB_EMSGSIZE && too_large(st, ev, history);
+    tb_event_unref(ev);
+    if (closed || rc == TB_EPIPE || rc == TB_ENOSPC)
+        return 1;
+    if (st->replaying)
+        return 0; /* what overflows meanwhile is read again */
+    uint64_t d = tb_sub_dropped(st->sub);
+    if (d != st->dropped_told)
+        tell_dropped(st, d, "");
+    return 0;
+}
+
+/* A connection without ?since=: its subscription belongs to the handler
+ * task and calls this on the worker as each event is queued, so no task
+ * waits for its events (an idle connection holds one task, not two). A
+ * delivery that waits for nothing needs no task: sending only queues the
+ * frame, and the slow-client rule bounds that queue. */
+static void on_events(void *arg)
+{
+    conn_state *st = arg;
+    if (st->draining)
+        return; /* a send delivered more: the loop below takes it */
+    st->draining = 1;
+    int history = tb_app_get_config(tb_ws_app(st->ws))->core.history_size > 0;
+    tb_event *ev;
+    while (tb__sub_pop(st->sub, &ev) == 0) {
+        if (st->delivery_done)
+            tb_event_unref(ev);
+        else
+            st->delivery_done = deliver(st, ev, history);
+    }
+    st->draining = 0;
+}
+
+/* A connection with ?since=: the receiver task replays the history at the
+ * client's pace (it waits for the send queue to drain), then sends the
+ * live events. */
 static int receiver(tb_task *self, void *arg)
 {
     conn_state *st = arg;
@@ -168,7 +220,7 @@ static int receiver(tb_task *self, void *arg)
     st->sub = sub;
     st->ready = 1;
     int history = tb_app_get_config(app)->core.history_size > 0;
-    if (st->since[0] && resume(self, st) != 0)
+    if (resume(self, st) != 0)
         goto out;
     for (;;) {
         tb_event *ev;
@@ -183,27 +235,12 @@ static int receiver(tb_task *self, void *arg)
             break; /* cancelled: the connection is done */
         /* A replay goes at the client's pace: it could otherwise fill the
          * send queue at once, and be closed as a slow client. */
-        if (st->replaying)
-            rc = tb__ws_wait_drained(self, st->ws);
-        if (rc == 0 && history && !st->replaying && gap(st, ev))
-            rc = TB_ECANCELED;
-        if (rc) {
+        if (st->replaying && tb__ws_wait_drained(self, st->ws) != 0) {
             tb_event_unref(ev);
             break;
         }
-        rc = tb_ws_send_event(st->ws, ev);
-        if (rc == TB_EMSGSIZE && too_large(st, ev, history)) {
-            tb_event_unref(ev);
+        if (deliver(st, ev, history))
             break;
-        }
-        tb_event_unref(ev);
-        if (rc == TB_EPIPE || rc == TB_ENOSPC)
-            break; /* closed, or closing as a slow client */
-        if (st->replaying)
-            continue; /* what overflows meanwhile is read again */
-        uint64_t d = tb_sub_dropped(sub);
-        if (d != st->dropped_told)
-            tell_dropped(st, d, "");
     }
 out:
     st->sub = NULL; /* closed with this task */
@@ -766,31 +803,53 @@ static void receiver_gone(void *arg)
     ((conn_state *)arg)->receiver_gone = 1;
 }
 
+/* Starts the receiver task of a connection with ?since= (name: its
+ * "receiver:<request id>"). 0, or the error told to the client. */
+static int start_receiver(tb_ws *ws, conn_state *st, const char *name)
+{
+    tb_task_opts opts = {.name = name,
+                         .worker = tb_ws_worker(ws),
+                         .kind = "ws.receiver",
+                         .flags = TB_TASK_EPHEMERAL | TB__TASK_LOCAL,
+                         .ud_free = receiver_gone};
+    int rc = tb__task_add(tb_ws_app(ws), receiver, st, &opts, NULL, NULL);
+    if (rc)
+        reply_error(ws, NULL, "internal", "cannot start the receiver: %s",
+                    tb_strerror(rc));
+    return rc;
+}
+
 static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
 {
     (void)ud;
     tb_app *app = tb_ws_app(ws);
+    const tb_app_config *cfg = tb_app_get_config(app);
     conn_state st = {.ws = ws};
     /* Checked before the upgrade (ws_check). */
     if (tb_ws_query(ws, "since", st.since, sizeof st.since) < 0)
         st.since[0] = '\0';
     char name[TB_TASK_NAME_MAX + 1];
     snprintf(name, sizeof name, "receiver:%s", tb_ws_request_id(ws));
-    tb_task_opts opts = {.name = name,
-                         .worker = tb_ws_worker(ws),
-                         .kind = "ws.receiver",
-                         .flags = TB_TASK_EPHEMERAL | TB__TASK_LOCAL,
-                         .ud_free = receiver_gone};
-    int rc = tb__task_add(app, receiver, &st, &opts, NULL, NULL);
-    if (rc) {
-        reply_error(ws, NULL, "internal", "cannot start the receiver: %s",
-                    tb_strerror(rc));
-        return rc;
+    int rc;
+    if (st.since[0]) {
+        rc = start_receiver(ws, &st, name);
+        if (rc)
+            return rc;
+    } else {
+        /* Room for as many events as the client's send queue. */
+        st.sub = tb_sub_open(self, NULL, cfg->ws.send_queue_msgs, &rc);
+        if (!st.sub) {
+            reply_error(ws, NULL, "internal", "cannot subscribe: %s",
+                        tb_strerror(rc));
+            return rc;
+        }
+        tb__sub_notify(st.sub, on_events, &st);
+        st.ready = 1;
+        st.receiver_gone = 1; /* none */
     }
     while (!st.ready && !st.receiver_gone && rc == 0)
         rc = tb_yield(self);
     if (rc == 0 && st.ready) {
-        const tb_app_config *cfg = tb_app_get_config(app);
         size_t cap = (size_t)cfg->ws.max_patterns * (TB_EVENT_NAME_MAX + 1) + 1;
         char *list = malloc(cap);
         if (list && tb_ws_query(ws, "events", list, cap) >= 0) {
@@ -804,9 +863,13 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
             handle(self, &st, &m);
     }
     /* The socket closed (or the app stops): cancel the receiver and wait
-     * for it; being ephemeral, it leaves the task list as it ends. */
+     * for it; being ephemeral, it leaves the task list as it ends. Without
+     * one, the subscription closes here: on_events's state is this frame. */
     st.handler_done = 1;
-    tb_task_cancel(app, name, TB_TIMEOUT_DEFAULT);
+    if (st.since[0])
+        tb_task_cancel(app, name, TB_TIMEOUT_DEFAULT);
+    else
+        tb_sub_close(st.sub);
     for (int i = 0; i < st.npatterns; i++)
         free(st.patterns[i]);
     free(st.patterns);

@@ -586,7 +586,9 @@ static int sub_push(tb__worker *w, tb_sub *s, tb_event *ev)
     }
     s->ring[(s->head + s->count) % s->size] = tb_event_ref(ev);
     s->count++;
-    if (s->waiting)
+    if (s->notify)
+        s->notify(s->notify_arg);
+    else if (s->waiting)
         tb__task_wake(s->task, s->wait_seq, 0);
     return 1;
 }
@@ -828,6 +830,28 @@ int tb_sub_next(tb_task *self, tb_sub *s, int timeout_ms, tb_event **ev)
         *ev = e;
         return 0;
     }
+}
+
+void tb__sub_notify(tb_sub *s, void (*fn)(void *arg), void *arg)
+{
+    s->notify = fn;
+    s->notify_arg = arg;
+}
+
+int tb__sub_pop(tb_sub *s, tb_event **ev)
+{
+    while (s->count) {
+        tb_event *e = s->ring[s->head];
+        s->head = (s->head + 1) % s->size;
+        s->count--;
+        if (s->rs && tb__resume_covered(s, e)) {
+            tb_event_unref(e);
+            continue;
+        }
+        *ev = e;
+        return 0;
+    }
+    return TB_EAGAIN;
 }
 
 uint64_t tb_sub_dropped(const tb_sub *s)

@@ -148,6 +148,10 @@ struct tb_sub {
     tb__listener **extra; /* patterns beyond the first (tb_sub_add) */
     int nextra, extra_cap;
     struct tb__resume *rs; /* tb_sub_resume's state, or NULL */
+    /* tb__sub_notify's: called for each event queued, instead of waking
+     * the task (which then never waits in tb_sub_next on s). */
+    void (*notify)(void *arg);
+    void *notify_arg;
 };
 
 /* ---------------------------------------------------------------- tasks */
@@ -341,6 +345,15 @@ void tb__event_deliver_local(struct tb__worker *w, tb_event *ev);
 int tb__listener_add(struct tb__worker *w, tb__listener *l);
 void tb__listener_remove(struct tb__worker *w, tb__listener *l);
 void tb__sub_close_all(tb_task *t);
+/* From now on each event queued on s calls fn(arg) on s's worker, right
+ * as it is queued (inside the delivery: fn must not close s or change
+ * listeners), and s's task is never woken for s: fn takes the events with
+ * tb__sub_pop. So a connection's deliveries need no task of their own
+ * waiting in tb_sub_next. s still belongs to its task (closed with it). */
+void tb__sub_notify(tb_sub *s, void (*fn)(void *arg), void *arg);
+/* The oldest event queued on s (a reference for the caller), without
+ * waiting: 0, or TB_EAGAIN when none is. On s's worker. */
+int tb__sub_pop(tb_sub *s, tb_event **ev);
 /* Drops the event wait of a task abandoned while suspended in it. */
 void tb__event_abandon_wait(tb_task *t);
 void tb__listener_free_spares(struct tb__worker *w);

@@ -272,6 +272,22 @@ async def t_bad_messages(ctx):
     check_envelope(ev, "e.one", "still here", i)
 
 
+async def recovered(c):
+    """Reads a resumed connection's {"recovered": ...} (nothing was missed)."""
+    r = await c.reply()
+    check(r.get("recovered") is True, f"{c.label}: {r} before the sync")
+
+
+async def a_pos(ctx, pattern):
+    """A position to resume from (a subscribe's "pos"), after one event."""
+    await post(ctx.srv, "pos.one", "so that the history has an end")
+    c = await ctx.connect(f"/ws?events={pattern}", label="pos")
+    since = (await c.request({"subscribe": []})).get("pos")
+    check(since, "a subscribe's answer has no pos (history is on)")
+    await c.close()
+    return since
+
+
 async def t_request_id(ctx):
     srv = ctx.srv
     rid = "wstest-rid-1"
@@ -281,8 +297,9 @@ async def t_request_id(ctx):
     h, rcv = tasks.get(f"ws:{rid}"), tasks.get(f"receiver:{rid}")
     check(h and h["kind"] == "ws" and h["state"] == "running",
           f"ws:{rid} in GET /tasks: {h}; ws tasks listed: {sorted(tasks)}")
-    check(rcv and rcv["kind"] == "ws.receiver" and rcv["state"] == "running",
-          f"receiver:{rid} in GET /tasks: {rcv}")
+    # Without ?since= the handler's subscription delivers from the worker's
+    # loop: one task per connection, no receiver.
+    check(rcv is None, f"receiver:{rid} in GET /tasks: {rcv}")
     r = await ahttp(srv.port, "GET", f"/tasks/ws:{rid}")
     check_status(r, 200, what=f"GET /tasks/ws:{rid}")
     check(r.json.get("name") == f"ws:{rid}", f"GET /tasks/ws:{rid}: {r!r}")
@@ -301,9 +318,12 @@ async def t_request_id(ctx):
     await c.sync()
     await c.close()
     await gone(srv, rid, T(2))
-    # Without X-Request-ID: a generated id, the handler and its receiver.
+    # Without X-Request-ID: a generated id; with ?since=, the handler and
+    # its receiver (which replays).
+    since = await a_pos(ctx, "rid.x")
     before = set(await ws_tasks(srv))
-    c = await ctx.connect("/ws?events=rid.x")
+    c = await ctx.connect(f"/ws?events=rid.x&since={since}")
+    await recovered(c)
     await c.sync()
     new = {n: t for n, t in (await ws_tasks(srv)).items() if n not in before}
     hs = [n for n in new if n.startswith("ws:") and new[n]["kind"] == "ws"]
@@ -344,13 +364,13 @@ async def t_request_id(ctx):
                                                        long_id})
     await c.sync()
     tasks = await ws_tasks(srv)
-    check(f"ws:{long_id}" in tasks and f"receiver:{long_id}" in tasks,
+    check(f"ws:{long_id}" in tasks,
           f"a 64-byte request id: listed {sorted(tasks)}")
     c2 = await ctx.connect("/ws?events=rid.x", headers={"X-Request-ID":
                                                         long_id + "9"})
     await c2.sync()
     tasks = await ws_tasks(srv)
-    check(len(tasks) == 4 and not any(long_id + "9" in n for n in tasks),
+    check(len(tasks) == 2 and not any(long_id + "9" in n for n in tasks),
           f"a 65-byte request id: listed {sorted(tasks)}")
     await c.close()
     await c2.close()
@@ -378,10 +398,14 @@ async def t_cancel_ws_handler(ctx):
 
 async def t_cancel_ws_receiver(ctx):
     """DELETE /tasks/receiver:<id>: the connection may end, or go on
-    receiving; it must not stay open, deaf, with its receiver gone."""
+    receiving; it must not stay open, deaf, with its receiver gone. (Only
+    a connection with ?since= has a receiver.)"""
     srv = ctx.srv
     rid = "wstest-deaf"
-    c = await ctx.connect("/ws?events=deaf.*", headers={"X-Request-ID": rid})
+    since = await a_pos(ctx, "deaf.*")
+    c = await ctx.connect(f"/ws?events=deaf.*&since={since}",
+                          headers={"X-Request-ID": rid})
+    await recovered(c)
     await c.sync()
     r = await ahttp(srv.port, "DELETE", f"/tasks/receiver:{rid}?timeout=5")
     check_status(r, 200, what=f"DELETE /tasks/receiver:{rid}")
