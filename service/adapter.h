@@ -197,6 +197,11 @@ typedef struct tb__outq {
     uint64_t head_start; /* where the unit at buf's head begins */
     uint64_t *ends;      /* a ring: the end of each unit in buf */
     size_t ends_head, nends, ends_cap;
+    /* ends while it fits: a connection's first frame allocates nothing
+     * that outlives it (thousands of clients each sent one event would
+     * otherwise leave a small block each between their freed frames,
+     * pinning those pages) */
+    uint64_t ends_inline[8];
     int ends_lost; /* out of memory once (or a unit cut short when an
                       append failed): boundaries unknown */
 } tb__outq;

@@ -30,7 +30,7 @@ static void units_written(tb__outq *q, size_t n)
         q->ends_head = (q->ends_head + 1) % q->ends_cap;
         q->nends--;
     }
-    if (q->nends == 0 && q->ends_cap > 8) { /* a burst is over */
+    if (q->nends == 0 && q->ends != q->ends_inline) { /* a burst is over */
         free(q->ends);
         q->ends = NULL;
         q->ends_cap = 0;
@@ -70,8 +70,13 @@ void tb__outq_mark(tb__outq *q)
 {
     if (q->ends_lost)
         return;
+    if (!q->ends) {
+        q->ends = q->ends_inline;
+        q->ends_cap = sizeof q->ends_inline / sizeof q->ends_inline[0];
+        q->ends_head = 0;
+    }
     if (q->nends == q->ends_cap) {
-        size_t cap = q->ends_cap ? q->ends_cap * 2 : 8;
+        size_t cap = q->ends_cap * 2;
         uint64_t *e = malloc(cap * sizeof *e);
         if (!e) {
             q->ends_lost = 1;
@@ -79,7 +84,8 @@ void tb__outq_mark(tb__outq *q)
         }
         for (size_t i = 0; i < q->nends; i++)
             e[i] = q->ends[(q->ends_head + i) % q->ends_cap];
-        free(q->ends);
+        if (q->ends != q->ends_inline)
+            free(q->ends);
         q->ends = e;
         q->ends_cap = cap;
         q->ends_head = 0;
@@ -140,7 +146,8 @@ void tb__outq_free(tb__outq *q)
         event_free(q->wev);
     if (q->buf)
         evbuffer_free(q->buf);
-    free(q->ends);
+    if (q->ends != q->ends_inline)
+        free(q->ends);
     q->ends = NULL;
     q->wev = NULL;
     q->buf = NULL;
