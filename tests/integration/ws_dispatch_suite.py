@@ -24,8 +24,8 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import tbharness  # noqa: E402 (after the path it is found on)
 from tbharness import (ConnectionClosed, InvalidStatusCode,  # noqa: E402
                        Poster, T, ahttp, check, check_envelope, check_status,
-                       gone, main_server, poll_until, post, upgrade_refused,
-                       ws_tasks)
+                       TaskbusServer, gone, main_server, poll_until, post,
+                       upgrade_refused, ws_tasks)
 
 
 async def t_http_post(ctx):
@@ -606,6 +606,95 @@ async def t_stop_with_client(ctx):
     check(code in (1001, None), f"the raw client: closed with {code} {why!r}")
 
 
+# ------------------------------------------------------------ many clients
+
+MANY = 1000
+
+
+async def connect_many(ctx, path, n=MANY):
+    """n clients on path, each synced (its patterns in place), opened a
+    hundred at a time."""
+    cs = []
+    for k in range(0, n, 100):
+        batch = await asyncio.gather(*(
+            ctx.connect(path, label=f"client {k + i}")
+            for i in range(min(100, n - k))))
+        await asyncio.gather(*(c.sync() for c in batch))
+        cs += batch
+    return cs
+
+
+async def t_many_clients(ctx):
+    """1000 clients, one task each (no receiver): every event reaches each
+    client whose patterns match, once, also after subscribe and unsubscribe
+    changed them; closed, their tasks leave."""
+    srv = ctx.srv
+    cs = await connect_many(ctx, "/ws?events=many.all")
+    tasks = await ws_tasks(srv)
+    kinds = sorted({t["kind"] for t in tasks.values()})
+    check(len(tasks) == MANY and kinds == ["ws"],
+          f"{len(tasks)} ws tasks listed, kinds {kinds}: want {MANY} of "
+          f"kind ws")
+    i = await post(srv, "many.all", "to all")
+    got = await asyncio.gather(*(c.event() for c in cs))
+    check(all(e["id"] == i for e in got), "an event other than the one posted")
+    half, rest = cs[::2], cs[1::2]
+    rs = await asyncio.gather(*(c.request({"subscribe": ["many.half"]})
+                                for c in half))
+    check(all(r.get("patterns") == ["many.all", "many.half"] for r in rs),
+          f"subscribe answered {rs[0]}")
+    i = await post(srv, "many.half", "to half")
+    got = await asyncio.gather(*(c.event() for c in half))
+    check(all(e["id"] == i for e in got), "many.half: another event")
+    rs = await asyncio.gather(*(c.request({"unsubscribe": ["many.all"]})
+                                for c in half))
+    check(all(r.get("patterns") == ["many.half"] for r in rs),
+          f"unsubscribe answered {rs[0]}")
+    i = await post(srv, "many.all", "to the rest")
+    got = await asyncio.gather(*(c.event() for c in rest))
+    check(all(e["id"] == i for e in got), "many.all: another event")
+    # The same server's delivery of both posts is over by now: any event
+    # still due to half would be queued before this answer.
+    rs = await asyncio.gather(*(c.request({"subscribe": []}) for c in half))
+    check(all(r.get("ok") == "subscribe" for r in rs), f"sync: {rs[0]}")
+    extra = [c.label for c in cs if c.events]
+    check(not extra, f"events no pattern asked for, or twice: {extra[:5]}")
+    await asyncio.gather(*(c.close() for c in cs))
+
+    async def none_left():
+        return not await ws_tasks(srv)
+
+    check(await poll_until(none_left, T(10)),
+          f"{len(await ws_tasks(srv))} ws tasks still listed after the close")
+
+
+async def t_stop_many(ctx):
+    """SIGTERM with 1000 idle clients: each is closed with 1001, and the
+    server exits 0 (the runner checks it)."""
+    srv = ctx.srv
+    cs = await connect_many(ctx, "/ws?events=bye.*")
+    srv.terminate()
+
+    async def closed(c):
+        try:
+            m = await asyncio.wait_for(c.ws.recv(), T(20))
+            raise AssertionError(f"{c.label}: a message instead of the "
+                                 f"close: {m[:100]}")
+        except ConnectionClosed:
+            pass
+        return c.ws.close_code
+
+    codes = await asyncio.gather(*(closed(c) for c in cs))
+    bad = [code for code in codes if code != 1001]
+    check(not bad, f"{len(bad)} clients closed otherwise: {sorted(set(bad))}")
+    return f"{len(codes)} closed with 1001"
+
+
+def many_server():
+    """Default limits (ws_max_clients 10 000)."""
+    return {"many": TaskbusServer("many")}
+
+
 GROUPS = [
     ("main", main_server, [
         ("POST /events: 202, bad_name, --max-body edge", t_http_post, 20),
@@ -631,6 +720,13 @@ GROUPS = [
         ("cancel an HTTP-spawned task over HTTP", t_cancel_task, 30),
         # Last: it stops the server.
         ("SIGTERM closes open websockets with 1001", t_stop_with_client, 30),
+    ]),
+    ("many", many_server, [
+        ("1000 clients subscribe, receive, unsubscribe, close",
+         t_many_clients, 120),
+        # Last: it stops the server.
+        ("SIGTERM with 1000 idle clients closes each with 1001",
+         t_stop_many, 120),
     ]),
 ]
 
