@@ -5,8 +5,10 @@
  * every matching event as its JSON envelope from the worker's loop as it
  * is queued (no task waits for events: an idle connection holds one
  * task). A connection with ?since= also has a receiver task
- * ("receiver:<request id>", the Sanic pattern) for the subscription: the
- * replay waits for the client. The client may send, as JSON text:
+ * ("receiver:<request id>", the Sanic pattern) while the history is
+ * replayed (the replay waits for the client); once live, it hands the
+ * subscription to the handler and ends. The client may send, as JSON
+ * text:
  *   {"event": "name", "data": <any>}   dispatch (answered once published)
  *   {"subscribe": ["pattern", ...]}     add patterns
  *   {"unsubscribe": ["pattern", ...]}   remove patterns
@@ -55,6 +57,8 @@ typedef struct conn_state {
     int replaying;          /* the receiver replays the history */
     int receiver_gone;      /* the receiver task has ended (or never ran) */
     int handler_done;       /* the handler is cleaning up */
+    tb_task *handler;       /* the handler's task */
+    int own_sub;            /* sub is the handler's: on_events delivers */
     int draining;           /* in on_events */
     int delivery_done;      /* on_events: no more events for this client */
 } conn_state;
@@ -204,8 +208,8 @@ static void on_events(void *arg)
 }
 
 /* A connection with ?since=: the receiver task replays the history at the
- * client's pace (it waits for the send queue to drain), then sends the
- * live events. */
+ * client's pace (it waits for the send queue to drain), then hands the
+ * subscription over to the handler (on_events) and ends. */
 static int receiver(tb_task *self, void *arg)
 {
     conn_state *st = arg;
@@ -227,9 +231,15 @@ static int receiver(tb_task *self, void *arg)
         int rc = tb_sub_next(self, sub, -1, &ev);
         if (rc == TB_SUB_LIVE) {
             rc = send_recovery(st);
-            if (rc == TB_EPIPE || rc == TB_ENOSPC)
+            if (rc == TB_EPIPE || rc == TB_ENOSPC || st->handler_done)
                 break;
-            continue;
+            /* Live: the rest needs no task, as without ?since=. The
+             * handler takes the subscription over and this task ends. */
+            tb__sub_move(sub, st->handler);
+            tb__sub_notify(sub, on_events, st);
+            st->own_sub = 1;
+            on_events(st); /* what came meanwhile */
+            return 0;
         }
         if (rc)
             break; /* cancelled: the connection is done */
@@ -824,7 +834,7 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
     (void)ud;
     tb_app *app = tb_ws_app(ws);
     const tb_app_config *cfg = tb_app_get_config(app);
-    conn_state st = {.ws = ws};
+    conn_state st = {.ws = ws, .handler = self};
     /* Checked before the upgrade (ws_check). */
     if (tb_ws_query(ws, "since", st.since, sizeof st.since) < 0)
         st.since[0] = '\0';
@@ -844,6 +854,7 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
             return rc;
         }
         tb__sub_notify(st.sub, on_events, &st);
+        st.own_sub = 1;
         st.ready = 1;
         st.receiver_gone = 1; /* none */
     }
@@ -862,13 +873,14 @@ static int ws_handler(tb_task *self, tb_ws *ws, void *ud)
         while (tb_ws_recv(self, ws, -1, &m) == 0)
             handle(self, &st, &m);
     }
-    /* The socket closed (or the app stops): cancel the receiver and wait
-     * for it; being ephemeral, it leaves the task list as it ends. Without
-     * one, the subscription closes here: on_events's state is this frame. */
+    /* The socket closed (or the app stops): cancel the receiver (if it
+     * still replays) and wait for it; being ephemeral, it leaves the task
+     * list as it ends. The handler's subscription closes here: on_events's
+     * state is this frame. */
     st.handler_done = 1;
-    if (st.since[0])
+    if (st.since[0] && !st.own_sub)
         tb_task_cancel(app, name, TB_TIMEOUT_DEFAULT);
-    else
+    if (st.own_sub)
         tb_sub_close(st.sub);
     for (int i = 0; i < st.npatterns; i++)
         free(st.patterns[i]);

@@ -838,6 +838,31 @@ void tb__sub_notify(tb_sub *s, void (*fn)(void *arg), void *arg)
     s->notify_arg = arg;
 }
 
+/* Takes s out of its task's list of subscriptions. */
+static void sub_unlink(tb_sub *s)
+{
+    if (s->tprev)
+        s->tprev->tnext = s->tnext;
+    else
+        s->task->subs = s->tnext;
+    if (s->tnext)
+        s->tnext->tprev = s->tprev;
+    s->tprev = s->tnext = NULL;
+}
+
+void tb__sub_move(tb_sub *s, tb_task *to)
+{
+    sub_unlink(s);
+    s->task = to;
+    s->l.task = to;
+    for (int i = 0; i < s->nextra; i++)
+        s->extra[i]->task = to;
+    s->tnext = to->subs;
+    if (to->subs)
+        to->subs->tprev = s;
+    to->subs = s;
+}
+
 int tb__sub_pop(tb_sub *s, tb_event **ev)
 {
     while (s->count) {
@@ -963,12 +988,7 @@ void tb_sub_close(tb_sub *s)
         s->head = (s->head + 1) % s->size;
         s->count--;
     }
-    if (s->tprev)
-        s->tprev->tnext = s->tnext;
-    else
-        t->subs = s->tnext;
-    if (s->tnext)
-        s->tnext->tprev = s->tprev;
+    sub_unlink(s);
     free(s->ring);
     free(s);
 }

@@ -351,6 +351,9 @@ void tb__sub_close_all(tb_task *t);
  * tb__sub_pop. So a connection's deliveries need no task of their own
  * waiting in tb_sub_next. s still belongs to its task (closed with it). */
 void tb__sub_notify(tb_sub *s, void (*fn)(void *arg), void *arg);
+/* Hands s over to task to (on s's worker; s's task is not waiting in
+ * tb_sub_next on it): s is to's from now on, closed when to ends. */
+void tb__sub_move(tb_sub *s, tb_task *to);
 /* The oldest event queued on s (a reference for the caller), without
  * waiting: 0, or TB_EAGAIN when none is. On s's worker. */
 int tb__sub_pop(tb_sub *s, tb_event **ev);
