@@ -185,11 +185,12 @@ static int deliver(conn_state *st, tb_event *ev, int history)
     return 0;
 }
 
-/* A connection without ?since=: its subscription belongs to the handler
- * task and calls this on the worker as each event is queued, so no task
- * waits for its events (an idle connection holds one task, not two). A
- * delivery that waits for nothing needs no task: sending only queues the
- * frame, and the slow-client rule bounds that queue. */
+/* The connection's subscription, once it is the handler task's (from the
+ * start, or after a ?since= replay), calls this on the worker as each
+ * event is queued, so no task waits for its events (an idle connection
+ * holds one task, not two). A delivery that waits for nothing needs no
+ * task: sending only queues the frame, and the slow-client rule bounds
+ * that queue. */
 static void on_events(void *arg)
 {
     conn_state *st = arg;
