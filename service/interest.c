@@ -1,6 +1,7 @@
 /* interest.c - which event names this process's listeners could match. */
 #include "interest.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +12,8 @@ struct tb__interest_entry {
     tb__interest_entry *wprev, *wnext;
     long count;
     int exact;
+    /* Last, and allocated up to its text's NUL only: a distinct pattern
+     * (a client's own, say) costs its length, not TB_EVENT_NAME_MAX. */
     tb__pattern pat;
 };
 
@@ -48,12 +51,13 @@ int tb__interest_add(tb__interest *in, const tb__pattern *p)
     pthread_mutex_lock(&in->mu);
     tb__interest_entry *e = find(in, p);
     if (!e) {
-        e = calloc(1, sizeof *e);
+        size_t head = offsetof(tb__interest_entry, pat.text);
+        e = calloc(1, head + p->len + 1);
         if (!e) {
             rc = TB_ENOMEM;
             goto out;
         }
-        e->pat = *p;
+        memcpy(&e->pat, p, offsetof(tb__pattern, text) + p->len + 1);
         e->exact = tb__pattern_is_exact(p);
         if (tb__htab_insert(&in->table, &e->node, e->pat.text, e->pat.len)) {
             free(e);
