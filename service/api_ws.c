@@ -51,7 +51,6 @@ typedef struct conn_state {
     char **patterns; /* current patterns, as the client gave them */
     int npatterns;
     int cap;
-    uint64_t dropped_told;  /* drops already reported to the client */
     char since[TB_POS_MAX]; /* ?since=: resume after it ("": don't) */
     int patterns_added;     /* the handler added ?events= */
     int replaying;          /* the receiver replays the history */
@@ -100,7 +99,6 @@ static int send_recovery(conn_state *st)
 {
     tb_sub_recovery info;
     st->replaying = 0;
-    st->dropped_told = tb_sub_dropped(st->sub);
     if (tb_sub_recovery_info(st->sub, &info) != 0)
         return 0;
     json_t *o = tb__api_recovery_json(info.recovered, info.pos, info.epoch);
@@ -109,38 +107,6 @@ static int send_recovery(conn_state *st)
     int rc = s ? tb_ws_send(st->ws, TB_WS_TEXT, s, strlen(s)) : TB_ENOMEM;
     free(s);
     return rc;
-}
-
-/* {"error":"events_dropped"} for the drops up to d not told yet. */
-static void tell_dropped(conn_state *st, uint64_t d, const char *more)
-{
-    char msg[200];
-    snprintf(msg, sizeof msg,
-             "{\"error\":\"events_dropped\",\"message\":\"events came "
-             "faster than this connection took them%s\",\"dropped\":%llu}",
-             more, (unsigned long long)(d - st->dropped_told));
-    st->dropped_told = d;
-    tb_ws_send(st->ws, TB_WS_TEXT, msg, strlen(msg));
-}
-
-/* With history: the subscription dropped events (it drops its oldest, so
- * ev may come after the gap). Sent, ev's "pos" would carry a client that
- * resumes with since past events it never got; closed before it
- * instead (1013, try again: resume), the client misses nothing. 1 if so. */
-static int gap(conn_state *st, const tb_event *ev)
-{
-    uint64_t d = tb_sub_dropped(st->sub);
-    if (d == st->dropped_told)
-        return 0;
-    tb__log(TB_LOG_WARN,
-            "ws /ws (request %s): %llu events came faster than this "
-            "connection took them; closing it before %s so that it resumes "
-            "with since",
-            tb_ws_request_id(st->ws),
-            (unsigned long long)(d - st->dropped_told), tb_event_id(ev));
-    tell_dropped(st, d, ": resume with since");
-    tb_ws_close(st->ws, 1013, "events dropped: resume with since");
-    return 1;
 }
 
 /* ev is larger than the whole send queue. Skipped, the next event's "pos"
@@ -164,25 +130,14 @@ static int too_large(conn_state *st, const tb_event *ev, int history)
 }
 
 /* Sends ev (the caller's reference, taken) to the client. 0, or 1 when
- * the connection takes no more events: closed, closing as a slow client,
- * or closed before ev (gap, too_large). */
+ * the connection takes no more events: closed, closing as a slow client
+ * (1008), or closed before ev (too_large). */
 static int deliver(conn_state *st, tb_event *ev, int history)
 {
-    if (history && !st->replaying && gap(st, ev)) {
-        tb_event_unref(ev);
-        return 1;
-    }
     int rc = tb_ws_send_event(st->ws, ev);
     int closed = rc == TB_EMSGSIZE && too_large(st, ev, history);
     tb_event_unref(ev);
-    if (closed || rc == TB_EPIPE || rc == TB_ENOSPC)
-        return 1;
-    if (st->replaying)
-        return 0; /* what overflows meanwhile is read again */
-    uint64_t d = tb_sub_dropped(st->sub);
-    if (d != st->dropped_told)
-        tell_dropped(st, d, "");
-    return 0;
+    return closed || rc == TB_EPIPE || rc == TB_ENOSPC;
 }
 
 /* The connection's subscription, once it is the handler task's (from the
@@ -190,7 +145,10 @@ static int deliver(conn_state *st, tb_event *ev, int history)
  * event is queued, so no task waits for its events (an idle connection
  * holds one task, not two). A delivery that waits for nothing needs no
  * task: sending only queues the frame, and the slow-client rule bounds
- * that queue. */
+ * that queue. So the subscription never holds more than what one
+ * delivery queues, and never drops: a client that cannot keep up is
+ * closed as a slow client instead (1008), and resuming with the last
+ * "pos" it got misses nothing. */
 static void on_events(void *arg)
 {
     conn_state *st = arg;
