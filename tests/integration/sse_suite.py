@@ -1266,78 +1266,83 @@ async def t_burst_history(ctx):
     return f"{first} before the close, {len(got) - first} on resuming"
 
 
-def ws_burst(port, path, until_recovered, on_sync=None):
-    """On /ws: the positions of the burst's events ("go") and of the last
-    event got, and the close code and reason (None: a recovered message
-    ended it, or no close came within 3 s)."""
-    w = RawWS(port, path)
-    got, last, code, why = [], None, None, ""
-    try:
-        w.send_text(json.dumps({"subscribe": [], "ref": "sync"}))
-        while True:
-            try:
-                fin, op, payload = w.recv_frame(T(3))
-            except (EOFError, ConnectionResetError):
-                break
-            except socket.timeout:
-                break
-            if op == 0x8:
-                code = struct.unpack("!H", payload[:2])[0]
-                why = payload[2:].decode()
-                break
-            if op != 0x1:
-                continue
-            m = json.loads(payload)
-            if m.get("ref") == "sync":
-                if on_sync:  # the subscription is in place
-                    on_sync()
-                continue
-            if "recovered" in m and until_recovered:
-                check(m["recovered"] is True, f"{m}")
-                break
-            if m.get("name") == "burst.x":
-                last = m["pos"]
-                if m["data"] == "go":
-                    got.append(m["pos"])
-    finally:
-        w.close()
-    return got, last, code, why
+def ws_read_all(w, until_recovered):
+    """The "id"s of the wsb.x events on w in order, the "pos" of the last,
+    and the close code (None: EOF, or a recovered message ended it)."""
+    got, last, code = [], None, None
+    while True:
+        try:
+            fin, op, payload = w.recv_frame(T(10))
+        except (EOFError, ConnectionResetError):
+            break
+        if op == 0x8:
+            code = struct.unpack("!H", payload[:2])[0]
+            break
+        if op != 0x1:
+            continue
+        m = json.loads(payload)
+        if "recovered" in m and until_recovered:
+            check(m["recovered"] is True, f"{m}")
+            break
+        if m.get("name") == "wsb.x":
+            got.append(m["id"])
+            last = m["pos"]
+    return got, last, code
 
 
 async def t_ws_burst_history(ctx):
-    """/ws with history: a burst larger than a subscription holds loses
-    nothing. A /ws subscription sends each event as it is queued, so it
-    does not overflow and the burst arrives whole; were it to overflow, the
-    connection is closed (1013, 'events dropped: resume with since') before
-    anything past the gap, and resumed with since = the last pos it got, it
-    gets the rest: every event of the burst once."""
+    """/ws with history: a client that stops reading while events come is
+    closed as a slow client (1008: a /ws subscription writes each event
+    through, it never drops one), and resumed with since = the last pos it
+    got, it gets every event once."""
     srv = ctx.s["bh"]
-    await fan_out(srv)
-    start = (await ahttp(srv.port, "GET",
-                         "/history?events=burst.x&limit=1000")).json["next"]
+    rid = "wsburst-slow"
+    w = await asyncio.to_thread(RawWS, srv.port, "/ws?events=wsb.*",
+                                headers={"X-Request-ID": rid}, rcvbuf=4096)
+    try:
+        w.send_text('{"subscribe":[]}')
+        await asyncio.to_thread(w.recv_json, T(5))
+        # From here the client reads nothing until it has been closed.
 
-    def burst():
-        r = tbharness.http_req(srv.port, "POST", "/events/fan.go", b"go")
-        check_status(r, 202, what="POST /events/fan.go")
+        def flood():
+            p = Poster(srv.port)
+            ids = []
+            try:
+                for n in range(2000):
+                    r = p.post("wsb.x",
+                               json.dumps({"n": n, "pad": "p" * 8000}))
+                    check_status(r, 202, what=f"POST /events/wsb.x {n}")
+                    ids.append(json.loads(r.body)["id"])
+                    if n % 20 == 19 and \
+                            f"(request {rid}): slow client" in srv.log_text():
+                        break
+            finally:
+                p.close()
+            return ids
 
-    got, last, code, why = await asyncio.to_thread(
-        ws_burst, srv.port, "/ws?events=burst.*", False, burst)
+        ids = await asyncio.to_thread(flood)
+        got, last, code = await asyncio.to_thread(ws_read_all, w, False)
+    finally:
+        w.close()
+    check(any(rid in l and "slow client" in l and "1008" in l
+              for l in srv.log_text().splitlines()),
+          f"no slow-client close (1008) logged for {rid} after {len(ids)} "
+          f"events of 8 KB")
+    check(code in (1008, None), f"closed with {code}, want 1008")
+    check(len(got) < len(ids), f"the slow client got all {len(got)} events")
+    check(last is not None, "the slow client got no event before its close")
     first = len(got)
-    if code is None and first == FAN and len(set(got)) == FAN:
-        return f"all {FAN} at once, none dropped"
-    check(code == 1013 and why == "events dropped: resume with since",
-          f"closed with {code} {why!r} after {len(got)} events, want 1013")
-    more, _, _, _ = await asyncio.to_thread(
-        ws_burst, srv.port, f"/ws?events=burst.*&since={last or start}",
-        True)
+    w = await asyncio.to_thread(RawWS, srv.port,
+                                f"/ws?events=wsb.*&since={last}")
+    try:
+        more, _, code = await asyncio.to_thread(ws_read_all, w, True)
+    finally:
+        w.close()
     got += more
-    r = await ahttp(srv.port, "GET", "/history?events=burst.x&limit=1000")
-    want = [e["pos"] for e in r.json["events"] if e["data"] == "go"]
-    want = want[-FAN:]
-    check(sorted(got) == sorted(want) and len(set(got)) == FAN,
-          f"got {len(got)} ({len(set(got))} distinct) of {FAN}: {first} "
-          f"before the close, resumed after {last}")
-    return f"{first} before the close, {len(got) - first} on resuming"
+    check(got == ids,
+          f"got {len(got)} ({len(set(got))} distinct) of {len(ids)}: {first} "
+          f"before the close (code {code}), {len(more)} resumed after {last}")
+    return f"{first} before the 1008, {len(more)} on resuming"
 
 
 async def t_burst_no_history(ctx):
@@ -1454,7 +1459,7 @@ GROUPS = [
          t_burst_history, 60),
         ("an overflow without history: ': N events dropped'",
          t_burst_no_history, 60),
-        ("/ws: a burst with history: nothing lost (or 1013, resumed)",
+        ("/ws with history: a client that stops reading: 1008, resumed",
          t_ws_burst_history, 60),
     ]),
     ("big", lambda: {"big": TaskbusServer("big", *BIG),
