@@ -288,6 +288,80 @@ async def a_pos(ctx, pattern):
     return since
 
 
+# A replay that waits for its client: events far more than the socket's
+# buffers and the send queue take (--max-body 8192 on the main server).
+STALL_N, STALL_PAD = 2500, "p" * 7900
+_stall_since = {}
+
+
+async def stalled_replay(ctx, rid):
+    """A RawWS that resumes the history's STALL_N large events and reads
+    nothing, once ws:rid and receiver:rid are both listed: its replay
+    waits for the client. The events are posted once per server."""
+    srv = ctx.srv
+    if srv.port not in _stall_since:
+        since = await a_pos(ctx, "stall.*")
+
+        def flood():
+            p = Poster(srv.port)
+            try:
+                for n in range(STALL_N):
+                    r = p.post("stall.x",
+                               json.dumps({"n": n, "pad": STALL_PAD}))
+                    check_status(r, 202, what=f"POST /events/stall.x {n}")
+            finally:
+                p.close()
+
+        await asyncio.to_thread(flood)
+        _stall_since[srv.port] = since
+    w = await asyncio.to_thread(
+        ctx.raw, f"/ws?events=stall.*&since={_stall_since[srv.port]}",
+        rcvbuf=4096, headers={"X-Request-ID": rid})
+    names = {f"ws:{rid}", f"receiver:{rid}"}
+
+    async def listed():
+        return names <= set(await ws_tasks(srv))
+
+    check(await poll_until(listed, T(5)),
+          f"{sorted(names)} not both listed during the replay: "
+          f"{sorted(await ws_tasks(srv))}")
+    await asyncio.sleep(0.2)  # the replay is waiting for the client
+    check(names <= set(await ws_tasks(srv)), "the replay did not wait")
+    return w
+
+
+async def t_cancel_replaying(ctx):
+    """DELETE /tasks/receiver:<id> during a replay (the receiver waits for
+    a client that does not read): the connection is closed with 1011 and
+    both tasks leave."""
+    srv = ctx.srv
+    rid = "wstest-replay-cancel"
+    w = await stalled_replay(ctx, rid)
+    r = await ahttp(srv.port, "DELETE", f"/tasks/receiver:{rid}?timeout=5")
+    check_status(r, 200, what=f"DELETE /tasks/receiver:{rid} mid-replay")
+    try:
+        code, why, texts, _ = await asyncio.to_thread(w.close_code, T(20))
+    finally:
+        w.close()
+    check(code == 1011, f"closed with {code} {why!r} after {texts} messages, "
+          f"want 1011")
+    check(texts < STALL_N, f"all {texts} replayed despite the cancel")
+    took = await gone(srv, rid, T(5))
+    return f"1011 after {texts} of {STALL_N}; tasks gone in {took:.2f} s"
+
+
+async def t_close_replaying(ctx):
+    """A client that goes away during its replay: both tasks leave."""
+    srv = ctx.srv
+    rid = "wstest-replay-close"
+    w = await stalled_replay(ctx, rid)
+    w.abort()
+    took = await gone(srv, rid, T(5))
+    r = await ahttp(srv.port, "GET", "/healthz")
+    check_status(r, 200, what="GET /healthz after the close")
+    return f"tasks gone {took:.2f} s after the reset"
+
+
 async def t_request_id(ctx):
     srv = ctx.srv
     rid = "wstest-rid-1"
@@ -364,22 +438,19 @@ async def t_request_id(ctx):
     for c in ctx._clients:
         await c.close()
     await gone(srv, "wstest-race", T(2))
-    # The longest id taken as is (64), one longer is replaced.
+    # The longest id taken as is (64), by both tasks of a resumed
+    # connection (receiver:<id> is 73 bytes); one longer is replaced.
     long_id = "L" * 63 + "z"
-    c = await ctx.connect("/ws?events=rid.x", headers={"X-Request-ID":
-                                                       long_id})
-    await c.sync()
-    tasks = await ws_tasks(srv)
-    check(f"ws:{long_id}" in tasks,
-          f"a 64-byte request id: listed {sorted(tasks)}")
+    w = await stalled_replay(ctx, long_id)  # ws:<id> and receiver:<id>
     c2 = await ctx.connect("/ws?events=rid.x", headers={"X-Request-ID":
                                                         long_id + "9"})
     await c2.sync()
     tasks = await ws_tasks(srv)
-    check(len(tasks) == 2 and not any(long_id + "9" in n for n in tasks),
+    check(len(tasks) == 3 and not any(long_id + "9" in n for n in tasks),
           f"a 65-byte request id: listed {sorted(tasks)}")
-    await c.close()
+    w.abort()
     await c2.close()
+    await gone(srv, long_id, T(5))
     return f"tasks gone {took:.2f} s after the close"
 
 
@@ -712,11 +783,15 @@ GROUPS = [
         ("bad messages are answered, the connection stays open",
          t_bad_messages, 20),
         ("request id: tasks listed while open, 409 on reuse, gone after",
-         t_request_id, 30),
+         t_request_id, 60),
         ("DELETE /tasks/ws:<id> disconnects the client", t_cancel_ws_handler,
          30),
         ("a resumed connection's receiver ends once live, not deaf",
          t_cancel_ws_receiver, 30),
+        ("DELETE /tasks/receiver:<id> during a replay: 1011, tasks leave",
+         t_cancel_replaying, 60),
+        ("a client that goes away during its replay leaves no tasks",
+         t_close_replaying, 60),
         ("300 pipelined messages are answered once each, in order",
          t_pipelined, 30),
         ("fan-out: 50 clients get every event once, in order", t_fanout, 30),
