@@ -15,6 +15,7 @@ as integration_ws_dispatch; by hand: TASKBUS_BIN=build/taskbus python3 tests/int
 import asyncio
 import json
 import os
+import resource
 import sys
 import threading
 import time
@@ -811,6 +812,28 @@ GROUPS = [
 ]
 
 
+# Descriptors the "many" group needs in each process (this one, and
+# taskbus, which inherits the limit): a socket per client in each, more in
+# taskbus, with room for the rest.
+MANY_FDS = 2 * MANY + 200
+
+
+def raise_nofile():
+    """Raises the soft open-file limit to the hard one (inherited by the
+    servers started here). {group: why} for the groups it is too low for."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < MANY_FDS:
+        return {"many": f"open-file limit {soft} (hard {hard}): {MANY} "
+                        f"clients need {MANY_FDS}; raise it (ulimit -Hn)"}
+    return {}
+
+
 if __name__ == "__main__":
     sys.exit(tbharness.run_groups("ws_dispatch_suite", "taskbus-wsdisp.",
-                                  GROUPS))
+                                  GROUPS, raise_nofile()))
