@@ -198,6 +198,7 @@ static int receiver(tb_task *self, void *arg)
             tb__sub_notify(sub, on_events, st);
             st->own_sub = 1;
             on_events(st); /* what came meanwhile */
+            tb__resume_settle(sub);
             return 0;
         }
         if (rc)

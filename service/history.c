@@ -2,6 +2,7 @@
  * resuming from a namespace's history (docs/HISTORY.md). */
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -520,11 +521,14 @@ int tb_history_read(tb_app *app, const char *const *patterns, int npatterns,
 /* ---------------------------------------------------------------- resume */
 
 struct tb__resume {
-    tb__pos at;       /* the last position looked at (epoch "": none) */
+    /* What tb__resume_covered reads: all that tb__resume_settle keeps. */
+    tb__pos at; /* the last position looked at (epoch "": none) */
+    int live;   /* TB_SUB_LIVE given: the seam is at `at` */
+    int cut;    /* tb__resume_settle: the fields below are gone */
+    /* The replay's. */
     int at_top;       /* the last read reached the history's end */
     uint64_t end;     /* the history's last seq at that read */
     uint64_t page_to; /* the last seq that read looked at */
-    int live;         /* TB_SUB_LIVE given: the seam is at `at` */
     tb__hist_page pg;
     size_t i; /* pg.evs[i] is the next to look at */
     uint64_t dropped_base;
@@ -684,7 +688,7 @@ int tb__resume_covered(const tb_sub *s, const tb_event *ev)
 
 int tb_sub_recovery_info(const tb_sub *s, tb_sub_recovery *out)
 {
-    if (!s || !s->rs || !out)
+    if (!s || !s->rs || s->rs->cut || !out)
         return TB_EINVAL;
     if (!s->rs->live)
         return TB_EAGAIN;
@@ -692,11 +696,42 @@ int tb_sub_recovery_info(const tb_sub *s, tb_sub_recovery *out)
     return 0;
 }
 
+void tb__resume_settle(tb_sub *s)
+{
+    tb__resume *rs = s->rs;
+    if (rs && rs->live && !rs->cut) {
+        tb__hist_page_release(&rs->pg); /* empty once live */
+        if (!rs->at.epoch[0]) {
+            free(rs); /* nothing to cover */
+            s->rs = NULL;
+        } else {
+            rs->cut = 1;
+            tb__resume *small = realloc(rs, offsetof(tb__resume, at_top));
+            s->rs = small ? small : rs;
+        }
+    }
+    int size = s->cap < 8 ? s->cap : 8;
+    if (s->count == 0 && s->size > size) {
+        tb_event **r = malloc((size_t)size * sizeof *r);
+        if (r) {
+            free(s->ring);
+            s->ring = r;
+            s->size = size;
+            s->head = 0;
+        }
+    }
+}
+
 void tb__resume_free(tb_sub *s)
 {
     tb__resume *rs = s->rs;
     if (!rs)
         return;
+    if (rs->cut) {
+        free(rs);
+        s->rs = NULL;
+        return;
+    }
     for (size_t i = rs->i; i < rs->pg.n; i++)
         tb_event_unref(rs->pg.evs[i]);
     free(rs->pg.evs);

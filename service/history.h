@@ -140,6 +140,12 @@ int tb__resume_next(tb_task *self, tb_sub *s, tb_event **ev, int *rc);
  * (same epoch, seq at or before the seam) and must be dropped. */
 int tb__resume_covered(const tb_sub *s, const tb_event *ev);
 
+/* A resumed sub that went live and is now idle keeps only what
+ * tb__resume_covered needs (the seam; tb_sub_recovery_info then fails),
+ * and an empty queue's ring shrinks back to its first size: an idle
+ * client that resumed costs what one that did not does. On s's worker. */
+void tb__resume_settle(tb_sub *s);
+
 /* Frees s's replay state (tb_sub_close). */
 void tb__resume_free(tb_sub *s);
 

@@ -198,6 +198,15 @@ def end_proc(p, sig=signal.SIGTERM, timeout=5.0):
     return p.returncode
 
 
+def rss_kb(pid):
+    """Process pid's VmRSS in kB (0 when it has none)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
@@ -814,11 +823,7 @@ class TaskbusServer(TaskbusProc):
         return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def rss_kb(self):
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
+        return rss_kb(self.proc.pid)
 
 
 # The server most cases run on: small limits, so that their edges are
