@@ -13,7 +13,6 @@
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
-#include <hiredis/adapters/libevent.h>
 
 #include "bus_redis.h"
 
@@ -188,7 +187,7 @@ static int link_open(rbus *b, rlink *l)
         return -1;
     }
     ac->data = l;
-    if (redisLibeventAttach(ac, b->base) != REDIS_OK) {
+    if (tb__rb_attach(ac, b->base) != 0) {
         tb__rb_fail(b, "cannot attach the %s link to the event loop", l->name);
         redisAsyncFree(ac);
         return -1;
