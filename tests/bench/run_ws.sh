@@ -41,8 +41,9 @@
 #                    route: taskbus only).
 #   -q          quick: smaller runs (about a third of the time)
 #   -j THREADS  load generator event-loop threads, 1 or 2 (default 1)
-#   -k CONNS    publisher connections, one POST in flight each (default:
-#               16 in scenarios 1a and 6, the issue's setting, 4 elsewhere)
+#   -k CONNS    publisher connections, one POST in flight each (default 16,
+#               the issue's load; with 4, scenario 3 measured the POSTs'
+#               round trip, not the server: 3,400 events/s on the Redis bus)
 #   -t SERVERS  comma-separated, of raw, redis (taskbus on the Redis bus),
 #               memory (taskbus on the in-process bus); taskbus means
 #               redis,memory (default raw,redis,memory)
@@ -79,7 +80,7 @@ py=/usr/bin/python3
 scen=1,2,3,4,5,6
 quick=0
 threads=1
-conns=""
+conns=16
 servers=raw,redis,memory
 per_run_s=${PER_RUN_S:-90}
 total_s=${TOTAL_S:-900}
@@ -115,7 +116,7 @@ shift $((OPTIND - 1))
     echo "run_ws.sh: -j takes 1 or 2" >&2
     exit 2
 }
-[[ -z $conns || $conns =~ ^[1-9][0-9]*$ ]] || {
+[[ $conns =~ ^[1-9][0-9]*$ ]] || {
     echo "run_ws.sh: -k takes a positive integer" >&2
     exit 2
 }
@@ -127,8 +128,6 @@ servers=${servers//taskbus/redis,memory}
 want() { [[ ,$scen, == *,$1,* ]]; }
 use() { [[ ,$servers, == *,$1,* ]]; }
 usetb() { use redis || use memory; }
-# Publisher connections: the issue's 16 where it sets them, unless -k.
-conns_of() { if [[ -n $conns ]]; then echo "$conns"; else echo "$1"; fi; }
 
 if [[ -n $dir ]]; then
     [[ -d $dir ]] || {
@@ -267,7 +266,7 @@ stop_all() {
     fi
 }
 
-echo "# websocket benchmark: scenarios $scen$( ((quick)) && echo ' (quick)'), servers $servers, load generator: $threads thread(s), $(conns_of '16 (1a, 6) / 4') publisher connections"
+echo "# websocket benchmark: scenarios $scen$( ((quick)) && echo ' (quick)'), servers $servers, load generator: $threads thread(s), $conns publisher connections"
 echo "# date:     $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo "# machine:  $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(uname -sr), open files $(ulimit -n)"
 echo "# libs:     libevent $(dpkg-query -W -f '${Version}' libevent-2.1-7 2>/dev/null || echo '?')," \
@@ -333,7 +332,7 @@ load() {
     local busarg=()
     [[ -n ${bpid[$kind]:-} ]] && busarg=(-B "${bpid[$kind]}")
     timeout -k 5 "$t" "$bench" -m load -p "${sport[$kind]}" -S "${spid[$kind]}" \
-        "${busarg[@]}" -j "$threads" -k "$(conns_of 4)" -d $((t - 5)) "$@" \
+        "${busarg[@]}" -j "$threads" -k "$conns" -d $((t - 5)) "$@" \
         >"$tmp/run.out" 2>"$tmp/run.err"
     rc=$?
     echo "  $kind:"
@@ -351,9 +350,8 @@ load() {
 # ---------------------------------------------------------------- scenarios
 
 if want 1; then
-    echo "## 1a. one subscriber, $n1 events of 128 bytes POSTed as fast as answered by $(conns_of 16) publishers"
-    # The issue's load: 16 keep-alive publishers (a later -k wins).
-    for k in "${kinds[@]}"; do load s1 "$k" thr -c 1 -n "$n1" -k "$(conns_of 16)"; done
+    echo "## 1a. one subscriber, $n1 events of 128 bytes POSTed as fast as answered by $conns publishers"
+    for k in "${kinds[@]}"; do load s1 "$k" thr -c 1 -n "$n1"; done
     echo
     echo "## 1b. one subscriber, 1000 events/s for $lat1_s s: publish-to-receive latency"
     for k in "${kinds[@]}"; do load s1lat "$k" lat -c 1 -n $((1000 * lat1_s)) -r 1000; done
@@ -425,12 +423,12 @@ EOF
 fi
 
 if want 6; then
-    echo "## 6. batch publish: one subscriber, $n6 events of 128 bytes, $(conns_of 16) publishers, at most 2048 deliveries outstanding"
+    echo "## 6. batch publish: one subscriber, $n6 events of 128 bytes, $conns publishers, at most 2048 deliveries outstanding"
     echo "     64 events a POST (POST /events) and 1 (POST /events/NAME); taskbus only (raw has no batch route)"
     for b in 64 1; do
         for k in "${tbkinds[@]}"; do
             echo " $k bus, $b event(s) a POST"
-            load s6 "$k" "b$b" -c 1 -n "$n6" -b "$b" -k "$(conns_of 16)" -W 2048
+            load s6 "$k" "b$b" -c 1 -n "$n6" -b "$b" -W 2048
         done
     done
     echo
