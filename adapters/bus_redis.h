@@ -398,11 +398,6 @@ void tb__rb_flush_sendq(rbus *b);
  * their publishers are answered by its reply; fails the connection if it
  * cannot be sent. Bus thread. */
 void tb__rbw_send(rbus *b, int64_t now);
-/* Attaches a link's context to the bus thread's loop in place of
- * hiredis's libevent adapter (bus_redis_loop.c says why); hiredis frees
- * what it allocates through the cleanup hook. Returns 0, or -1 (out of
- * memory, or already attached) with nothing attached. */
-int tb__rb_attach(struct redisAsyncContext *ac, struct event_base *base);
 /* Publishers woke the bus thread (b->wake_ev): take and send. */
 void tb__rb_on_wake(evutil_socket_t fd, short what, void *arg);
 /* Moves what publishers handed over into b->sendq (bus_redis.c). */

@@ -13,6 +13,7 @@
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
+#include <hiredis/adapters/libevent.h>
 
 #include "bus_redis.h"
 
@@ -187,7 +188,7 @@ static int link_open(rbus *b, rlink *l)
         return -1;
     }
     ac->data = l;
-    if (tb__rb_attach(ac, b->base) != 0) {
+    if (redisLibeventAttach(ac, b->base) != REDIS_OK) {
         tb__rb_fail(b, "cannot attach the %s link to the event loop", l->name);
         redisAsyncFree(ac);
         return -1;
