@@ -354,6 +354,12 @@ typedef struct tb_http_config {
                                  its head, or the connection is closed */
     int queue_timeout_ms;     /* a request waiting this long for an HTTP
                                  thread is answered 503 (front) */
+    int front_answers;        /* with front: the front answers POST
+                                 /events and POST /events/{name} itself
+                                 (publishes, then answers once the bus has
+                                 confirmed), without a civetweb thread or
+                                 the loopback hop; 0: relayed as every
+                                 other route. Same answers either way */
     /* No reserved slot was left in this group: the front's five settings
      * changed the size of tb_app_config (SOVERSION 0 still: 0.x). */
 } tb_http_config;
