@@ -359,8 +359,8 @@ static void parse_head(fconn *c)
         tb__mono_us() + (int64_t)c->f->cfg->http.body_deadline_ms * 1000;
     if (c->req_kind == TB__HTTP_BODY_CHUNKED)
         memset(&c->req_chunks, 0, sizeof c->req_chunks);
-    if (!c->req.http10 && tb__http_wants_continue(p, end) &&
-        len - end == 0) { /* the client waits for it before its body */
+    if (!c->req.http10 && len == end &&    /* none of the body yet: */
+        tb__http_wants_continue(p, end)) { /* the client may wait for it */
         evbuffer_add(bufferevent_get_output(c->bev),
                      "HTTP/1.1 100 Continue\r\n\r\n", 25);
         tb__front_push(c->bev, c->fd);
