@@ -281,10 +281,11 @@ int tb__front_local(fconn *c, size_t n)
     }
     p->f = f;
     evbuffer_copyout(in, p->buf, n);
-    char *target, *conn;
+    char *target;
+    const char *conn;
     int http11;
     if (split_head(p, c->head_len, &target, &http11) != 0 ||
-        ((conn = (char *)post_header(p, "Connection")) != NULL &&
+        ((conn = post_header(p, "Connection")) != NULL &&
          strcasestr(conn, "upgrade"))) {
         post_free(p);
         return 0;
