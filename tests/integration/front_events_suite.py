@@ -15,9 +15,6 @@ TASKBUS_BIN=build/taskbus /usr/bin/python3 \\
     tests/integration/front_events_suite.py [WORD...]
 """
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -30,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import tbharness  # noqa: E402 (after the path it is found on)
 from tbharness import (HOST, Redis, T, Taskbus, case_servers,  # noqa: E402
-                       check, http_req)
+                       check, hs256_token, http_req)
 
 ADMIN = "front-events-admin-t0ken"
 SECRET = "front-events-suite-secret-0123456789ab"
@@ -50,15 +47,8 @@ def answered(port):
     raise AssertionError(f"no {ANSWERED} in /metrics")
 
 
-def b64(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-
-
 def mint(claims):
-    si = (b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." +
-          b64(json.dumps(claims).encode()))
-    sig = hmac.new(SECRET.encode(), si.encode(), hashlib.sha256).digest()
-    return si + "." + b64(sig)
+    return hs256_token(SECRET, claims)
 
 
 def serve(name, answers, *args, env=None):
