@@ -360,8 +360,9 @@ typedef struct tb_http_config {
                                  confirmed), without a civetweb thread or
                                  the loopback hop; 0: relayed as every
                                  other route. Same answers either way */
-    /* No reserved slot was left in this group: the front's five settings
-     * changed the size of tb_app_config (SOVERSION 0 still: 0.x). */
+    /* No reserved slot was left in this group: the front's settings
+     * (front_answers the last) changed the size of tb_app_config
+     * (SOVERSION 0 still: 0.x). */
 } tb_http_config;
 
 /* Websockets (tb_app_add_websocket, GET /ws). An upgraded connection leaves
