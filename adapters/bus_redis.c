@@ -11,7 +11,6 @@
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
-#include <hiredis/adapters/libevent.h>
 
 #include "bus_redis.h"
 
@@ -52,14 +51,16 @@
  * master) and `sub` has confirmed its PSUBSCRIBE, so our own events come
  * back to us.
  *
- * hiredis 0.14 rules this file lives by:
+ * hiredis 0.14 rules this file and bus_redis_link.c (the links'
+ * handshake and keepalive) live by:
  *  - A context is freed by hiredis itself after a failed connect (after the
  *    connect callback) or a lost link (after the disconnect callback), and
  *    by redisAsyncFree. Pending reply callbacks then run with a NULL reply.
  *    rlink.ac is cleared before any of that, and every callback ignores a
  *    NULL reply or a context that is no longer its link's.
  *  - redisAsyncFree is only ever called from this file's own top-level
- *    libevent callbacks (teardown, finish), never from inside a hiredis
+ *    libevent callbacks (teardown, finish: tb__rb_links_close, and
+ *    link_open's context never attached), never from inside a hiredis
  *    callback: there it would be deferred, or (in the connect callback) a
  *    use after free.
  *  - hiredis writes with write(2): the bus thread blocks SIGPIPE (all
@@ -91,216 +92,6 @@ static void expire_stale(rbus *b, int64_t now)
                 "publish_retry_ms (%" PRId64 " ms) while %s was "
                 "unreachable",
                 n, b->retry_us / 1000, b->url);
-}
-
-/* ---------------------------------------------------------------- links */
-
-/* Declares the connection (both links) failed for the reason given: the
- * teardown runs from the event loop, outside any hiredis callback, so that
- * it can free the contexts at once. The first reason wins. Bus thread. */
-void tb__rb_fail(rbus *b, const char *fmt, ...)
-{
-    if (b->failing || b->finished)
-        return;
-    b->failing = 1;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(b->fail_why, sizeof b->fail_why, fmt, ap);
-    va_end(ap);
-    event_active(b->teardown_ev, EV_TIMEOUT, 0);
-}
-
-/* Reports a refusal by the server during the handshake (AUTH, SELECT,
- * PSUBSCRIBE): logged once per distinct message until the next success,
- * since retrying will repeat it until an operator fixes the cause. */
-static void handshake_refused(rbus *b, rlink *l, const char *what,
-                              const char *msg)
-{
-    char why[256];
-    int auth = what && strcmp(what, "AUTH") == 0;
-    if (!auth && msg &&
-        (!strncmp(msg, "NOAUTH", 6) || !strncmp(msg, "WRONGPASS", 9)))
-        auth = 1;
-    if (auth)
-        snprintf(why, sizeof why, "authentication failed: %s", msg ? msg : "?");
-    else
-        snprintf(why, sizeof why, "Redis refused %s on the %s link: %s",
-                 what ? what : "the connection", l->name, msg ? msg : "?");
-    if (strcmp(why, b->logged_reject) != 0) {
-        snprintf(b->logged_reject, sizeof b->logged_reject, "%s", why);
-        tb__log(TB_LOG_ERROR,
-                "redis bus: %s (%s)%s; retrying with backoff, this is "
-                "logged once",
-                why, b->url,
-                auth ? "; check the user and password in redis_url" : "");
-    }
-    tb__rb_fail(b, "%s", why);
-}
-
-static void became_connected(rbus *b);
-static void link_send_step(rbus *b, rlink *l);
-static void on_sub_message(redisAsyncContext *ac, void *r, void *priv);
-static void on_role_reply(redisAsyncContext *ac, void *r, void *priv);
-
-/* Reply to a handshake command (AUTH, SELECT, PING on `pub`). */
-static void on_step_reply(redisAsyncContext *ac, void *r, void *priv)
-{
-    rlink *l = priv;
-    redisReply *reply = r;
-    rbus *b = l->b;
-    if (!reply || ac != l->ac || b->failing)
-        return; /* the link is going away */
-    l->last_rx_us = tb__mono_us();
-    static const char *names[] = {"AUTH", "SELECT", "ROLE", "PING",
-                                  "PSUBSCRIBE"};
-    if (reply->type == REDIS_REPLY_ERROR) {
-        handshake_refused(b, l, names[l->step], reply->str);
-        return;
-    }
-    l->step++;
-    link_send_step(b, l);
-}
-
-/* Sends l's next handshake command, or marks it ready. */
-static void link_send_step(rbus *b, rlink *l)
-{
-    char db[16];
-    const char *argv[4];
-    size_t lens[4];
-    int argc = 0;
-    redisCallbackFn *fn = on_step_reply;
-    void *priv = l;
-    for (;;) {
-        if (l->step == STEP_AUTH && b->t.password[0]) {
-            argv[argc++] = "AUTH";
-            if (b->t.user[0])
-                argv[argc++] = b->t.user;
-            argv[argc++] = b->t.password;
-            break;
-        }
-        if (l->step == STEP_SELECT && l == &b->links[LINK_PUB] && b->t.db) {
-            snprintf(db, sizeof db, "%d", b->t.db);
-            argv[argc++] = "SELECT";
-            argv[argc++] = db;
-            break;
-        }
-        if (l->step == STEP_ROLE && l == &b->links[LINK_PUB] &&
-            b->t.nsentinels) {
-            argv[argc++] = "ROLE";
-            fn = on_role_reply;
-            break;
-        }
-        /* With Sentinel, ROLE has shown that `pub` works. */
-        if (l->step == STEP_PING && l == &b->links[LINK_PUB] &&
-            !b->t.nsentinels) {
-            argv[argc++] = "PING";
-            break;
-        }
-        if (l->step == STEP_PSUBSCRIBE && l == &b->links[LINK_SUB]) {
-            /* Replies to it (the confirmation, then every message) go to
-             * the pattern's callback, on_sub_message. */
-            argv[argc++] = "PSUBSCRIBE";
-            argv[argc++] = b->pattern;
-            argv[argc++] = b->ctl;
-            fn = on_sub_message;
-            break;
-        }
-        if (l->step >= STEP_READY) {
-            if (!b->failing && b->links[LINK_SUB].step == STEP_READY &&
-                b->links[LINK_PUB].step == STEP_READY)
-                became_connected(b);
-            return;
-        }
-        l->step++;
-    }
-    for (int i = 0; i < argc; i++)
-        lens[i] = strlen(argv[i]);
-    if (redisAsyncCommandArgv(l->ac, fn, priv, argc, argv, lens) != REDIS_OK)
-        tb__rb_fail(b, "cannot send %s on the %s link: %s", argv[0], l->name,
-                    l->ac->errstr[0] ? l->ac->errstr : "out of memory");
-}
-
-static void on_connect(const redisAsyncContext *ac, int status)
-{
-    rlink *l = ac->data;
-    if (ac != l->ac)
-        return;
-    if (status != REDIS_OK) {
-        /* hiredis frees ac when we return. */
-        l->ac = NULL;
-        tb__rb_fail(l->b, "cannot connect: %s", ac->errstr);
-    }
-}
-
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    rlink *l = ac->data;
-    if (ac != l->ac)
-        return; /* we closed it */
-    /* hiredis frees ac when we return. */
-    l->ac = NULL;
-    rbus *b = l->b;
-    if (ac->err == REDIS_ERR_OTHER && l->step != STEP_READY) {
-        /* An error reply hiredis had no callback for (say NOAUTH or NOPERM
-         * to PSUBSCRIBE): it closes the link with the server's text. */
-        handshake_refused(
-            b, l, l->step == STEP_PSUBSCRIBE ? "PSUBSCRIBE" : NULL, ac->errstr);
-    } else if (status == REDIS_OK) {
-        tb__rb_fail(b, "the %s link was closed", l->name);
-    } else {
-        tb__rb_fail(b, "the %s link was lost: %s", l->name,
-                    ac->errstr[0] ? ac->errstr : "connection error");
-    }
-}
-
-/* Opens l and starts its handshake. Returns 0, or -1 with the link failed
- * (the reason given to link_fail). */
-static int link_open(rbus *b, rlink *l)
-{
-    redisAsyncContext *ac =
-        b->t.is_unix      ? redisAsyncConnectUnix(b->t.path)
-        : b->t.nsentinels ? redisAsyncConnect(b->master_host, b->master_port)
-                          : redisAsyncConnect(b->t.host, b->t.port);
-    if (!ac) {
-        tb__rb_fail(b, "cannot connect: out of memory");
-        return -1;
-    }
-    if (ac->err) {
-        tb__rb_fail(b, "cannot connect: %s", ac->errstr);
-        redisAsyncFree(ac); /* never attached: no callbacks run */
-        return -1;
-    }
-    ac->data = l;
-    if (redisLibeventAttach(ac, b->base) != REDIS_OK) {
-        tb__rb_fail(b, "cannot attach the %s link to the event loop", l->name);
-        redisAsyncFree(ac);
-        return -1;
-    }
-    l->ac = ac;
-    l->step = STEP_AUTH;
-    l->last_rx_us = tb__mono_us();
-    l->ping_sent_us = 0;
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
-    /* Commands are buffered until the socket is connected. */
-    link_send_step(b, l);
-    return 0;
-}
-
-/* Frees both links' contexts. Their pending callbacks run now with NULL
- * replies and are ignored (l->ac is cleared first). Only from a top-level
- * event callback of this file. */
-static void links_close(rbus *b)
-{
-    for (int i = 0; i < NLINKS; i++) {
-        rlink *l = &b->links[i];
-        redisAsyncContext *ac = l->ac;
-        l->ac = NULL;
-        l->step = STEP_AUTH;
-        l->ping_sent_us = 0;
-        if (ac)
-            redisAsyncFree(ac);
-    }
 }
 
 /* ---------------------------------------------------------------- receive */
@@ -352,9 +143,7 @@ static void handle_message(rbus *b, const redisReply *chr,
         note_echo(b, msg, msgr->len);
 }
 
-/* The pattern's callback: the PSUBSCRIBE confirmation, every pmessage, and
- * the answers to our keepalive PING on `sub` (see sub_ping). */
-static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
+void tb__rb_on_sub_message(redisAsyncContext *ac, void *r, void *priv)
 {
     rlink *l = priv;
     redisReply *reply = r;
@@ -384,112 +173,14 @@ static void on_sub_message(redisAsyncContext *ac, void *r, void *priv)
             reply->element[2]->type == REDIS_REPLY_INTEGER &&
             reply->element[2]->integer >= 2) {
             l->step = STEP_READY;
-            link_send_step(b, l);
+            tb__rb_link_step(b, l);
         }
     } else if (strcasecmp(kind, "punsubscribe") == 0) {
         tb__rb_fail(b, "the subscription was cancelled by the server");
     }
 }
 
-/* ---------------------------------------------------------------- Sentinel */
-
-/* `pub`'s ROLE during the handshake: only a master will do. A sentinel's
- * answer may be stale (it has not heard of a failover yet), so this is
- * what guarantees that the bus never writes to a replica. */
-static void on_role_reply(redisAsyncContext *ac, void *r, void *priv)
-{
-    rlink *l = priv;
-    redisReply *reply = r;
-    rbus *b = l->b;
-    if (!reply || ac != l->ac || b->failing)
-        return;
-    int64_t now = tb__mono_us();
-    l->last_rx_us = now;
-    if (reply->type == REDIS_REPLY_ERROR) {
-        handshake_refused(b, l, "ROLE", reply->str);
-        return;
-    }
-    char role[32] = "something else than a ROLE reply";
-    int ok = tb__rsn_role_of(reply, role, sizeof role) == 0;
-    if (!ok || strcmp(role, "master") != 0) {
-        char why[512];
-        snprintf(why, sizeof why,
-                 "%s:%d, which sentinel %d named master %s, says it is %s%s: "
-                 "not using it",
-                 b->master_host, b->master_port, b->master_from + 1,
-                 b->t.master, ok ? "a " : "", role);
-        if (strcmp(why, b->logged_reject) != 0) {
-            snprintf(b->logged_reject, sizeof b->logged_reject, "%s", why);
-            tb__log(TB_LOG_WARN,
-                    "redis bus: %s; asking another sentinel (logged once "
-                    "until it changes)",
-                    why);
-        }
-        /* That sentinel may be stale: another one first next time. */
-        b->sen_pref = (b->master_from + 1) % b->t.nsentinels;
-        tb__rb_fail(b, "%s", why);
-        return;
-    }
-    b->role_sent_us = now;
-    tb__rsn_replicas(b, reply);
-    l->step++;
-    link_send_step(b, l);
-}
-
-/* ---------------------------------------------------------------- liveness */
-
-static void on_ping_reply(redisAsyncContext *ac, void *r, void *priv)
-{
-    rlink *l = priv;
-    if (!r || ac != l->ac)
-        return;
-    l->last_rx_us = tb__mono_us();
-    l->ping_sent_us = 0; /* any answer (even an ACL refusal) proves life */
-}
-
-/* PING on the subscribed link. hiredis 0.14 does not route a subscribed
- * connection's PING reply: redisAsyncCommand would park a callback in
- * ac->sub.invalid that is never called (a leak per PING) and the reply,
- * ["pong", arg], is looked up among the patterns by arg. So the command is
- * appended without a callback, with our pattern as the argument: the reply
- * then reaches on_sub_message like a message of the pattern. */
-static void sub_ping(rbus *b, rlink *l, int64_t now)
-{
-    if (!l->ac || (l->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
-        return;
-    redisContext *c = &l->ac->c;
-    const char *argv[2] = {"PING", b->pattern};
-    size_t lens[2] = {4, strlen(b->pattern)};
-    if (redisAppendCommandArgv(c, 2, argv, lens) != REDIS_OK) {
-        tb__rb_fail(b, "cannot send PING on the sub link: out of memory");
-        return;
-    }
-    if (l->ac->ev.addWrite)
-        l->ac->ev.addWrite(l->ac->ev.data); /* what hiredis does itself */
-    l->ping_sent_us = now;
-}
-
-/* `pub`'s keepalive: PING, or with Sentinel ROLE, which on_tick sends
- * every ping interval even while PUBLISHes flow (they would otherwise keep
- * the link from being idle): a master demoted without Sentinel closing our
- * links (by hand, or by a sentinel we cannot reach) is left within an
- * interval (on_role_probe). */
-static void pub_ping(rbus *b, rlink *l, int64_t now)
-{
-    if (!l->ac)
-        return;
-    int role = b->t.nsentinels > 0;
-    const char *argv[1] = {role ? "ROLE" : "PING"};
-    size_t lens[1] = {4};
-    if (redisAsyncCommandArgv(l->ac, role ? tb__rsn_role_probe : on_ping_reply,
-                              l, 1, argv, lens) != REDIS_OK) {
-        tb__rb_fail(b, "cannot send %s on the pub link", argv[0]);
-        return;
-    }
-    l->ping_sent_us = now;
-    if (role)
-        b->role_sent_us = now;
-}
+/* ---------------------------------------------------------------- tick */
 
 static void on_stop(evutil_socket_t fd, short what, void *arg);
 
@@ -563,12 +254,12 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
     }
     rlink *sub = &b->links[LINK_SUB], *pub = &b->links[LINK_PUB];
     if (!sub->ping_sent_us && now - sub->last_rx_us >= b->ping_us)
-        sub_ping(b, sub, now);
+        tb__rb_sub_ping(b, sub, now);
     if (!pub->ping_sent_us &&
         (b->t.nsentinels
              ? now - b->role_sent_us >= b->ping_us
              : !b->inflight.head && now - pub->last_rx_us >= b->ping_us))
-        pub_ping(b, pub, now);
+        tb__rb_pub_ping(b, pub, now);
 }
 
 /* ---------------------------------------------------------------- connect */
@@ -586,16 +277,7 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
         tb__rb_open_links(b);
 }
 
-void tb__rb_open_links(rbus *b)
-{
-    b->attempting = 1;
-    b->attempt_us = tb__mono_us();
-    for (int i = 0; i < NLINKS; i++)
-        if (link_open(b, &b->links[i]) != 0)
-            return;
-}
-
-static void became_connected(rbus *b)
+void tb__rb_connected(rbus *b)
 {
     b->attempting = 0;
     b->logged_reject[0] = '\0';
@@ -653,7 +335,7 @@ static void became_connected(rbus *b)
         event_active(b->stop_ev, EV_TIMEOUT, 0);
 }
 
-/* Closes both links after link_fail, keeps the unanswered requests for the
+/* Closes both links after tb__rb_fail, keeps the unanswered requests for the
  * next connection, updates the state, and schedules the next attempt. */
 static void on_teardown(evutil_socket_t fd, short what, void *arg)
 {
@@ -663,7 +345,7 @@ static void on_teardown(evutil_socket_t fd, short what, void *arg)
     if (b->finished)
         return;
     tb__bus_rx_disconnected(b->rx);
-    links_close(b);
+    tb__rb_links_close(b);
     tb__rsn_teardown(b);
     tb__bus_reqlist_prepend(&b->sendq, &b->inflight);
     /* Published, but not confirmed by the WAIT: resent (the script skips
@@ -711,7 +393,7 @@ static void finish(rbus *b)
     event_del(b->stop_ev);
     tb__rkv_finish(b);
     tb__bus_rx_disconnected(b->rx);
-    links_close(b);
+    tb__rb_links_close(b);
     tb__rsn_finish(b);
     tb__rb_drain_inq(b);
     tb__bus_reqlist_prepend(&b->sendq, &b->inflight);

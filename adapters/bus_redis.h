@@ -1,9 +1,11 @@
-/* bus_redis.h - the Redis bus's state, shared by its four files:
- * bus_redis.c (the links, pub/sub, reconnection), bus_redis_kv.c (scripts
- * on the command link, and the shared store), bus_redis_cluster.c
- * (claims, leases, definitions, messages between instances) and
- * bus_redis_sentinel.c (the master from Redis Sentinel, and failovers).
- * Private to them: nothing else includes it. */
+/* bus_redis.h - the Redis bus's state, shared by its files: bus_redis.c
+ * (the bus thread, receiving, the tick, reconnection, stop),
+ * bus_redis_link.c (the two connections: handshake, keepalive, failure),
+ * bus_redis_publish.c (the publish path), bus_redis_kv.c (scripts on the
+ * command link, and the shared store), bus_redis_cluster.c (claims,
+ * leases, definitions, messages between instances), bus_redis_history.c
+ * (the history's stream) and bus_redis_sentinel.c (the master from Redis
+ * Sentinel, and failovers). Private to them: nothing else includes it. */
 #ifndef TASKBUS_BUS_REDIS_H
 #define TASKBUS_BUS_REDIS_H
 
@@ -310,15 +312,42 @@ int tb__rh_history(tb__bus *bus, uint64_t after, size_t count,
                    void (*cb)(int status, const tb__hist_page *pg, void *ud),
                    void *ud);
 
-/* ---------------------------------------------- the links (bus_redis.c) */
+/* ----------------------------------------- the links (bus_redis_link.c) */
 
 /* Declares the connection failed (the links are closed and the next
- * attempt scheduled, from the loop); the first reason wins. Bus thread. */
+ * attempt scheduled, from the loop: outside any hiredis callback, so that
+ * the teardown can free the contexts at once); the first reason wins. Bus
+ * thread. */
 void tb__rb_fail(rbus *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 /* Opens `sub` and `pub` to b->master_host:master_port (Sentinel: the
- * address is known). From a top-level event of the bus thread. */
+ * address is known), or the URL's address, and starts their handshakes.
+ * From a top-level event of the bus thread. */
 void tb__rb_open_links(rbus *b);
+/* Sends l's next handshake command, or marks it ready; both ready, calls
+ * tb__rb_connected. Bus thread. */
+void tb__rb_link_step(rbus *b, rlink *l);
+/* Frees both links' contexts. Their pending callbacks run now with NULL
+ * replies and are ignored (l->ac is cleared first). Only from a top-level
+ * event callback of bus_redis.c (teardown, finish). */
+void tb__rb_links_close(rbus *b);
+/* PING on the subscribed link, whose answer comes to
+ * tb__rb_on_sub_message as a message of our pattern. From on_tick. */
+void tb__rb_sub_ping(rbus *b, rlink *l, int64_t now);
+/* `pub`'s keepalive: PING, or with Sentinel ROLE, which on_tick sends
+ * every ping interval even while PUBLISHes flow (they would otherwise keep
+ * the link from being idle): a master demoted without Sentinel closing our
+ * links (by hand, or by a sentinel we cannot reach) is left within an
+ * interval (tb__rsn_role_probe). */
+void tb__rb_pub_ping(rbus *b, rlink *l, int64_t now);
+
+/* ------------------------------------------ the bus thread (bus_redis.c) */
+
+/* Both links have finished their handshake: the bus is connected. */
+void tb__rb_connected(rbus *b);
+/* The pattern's callback on `sub`: the PSUBSCRIBE confirmation, every
+ * pmessage, and the answers to our keepalive PING (tb__rb_sub_ping). */
+void tb__rb_on_sub_message(redisAsyncContext *ac, void *r, void *priv);
 /* With Sentinel, an error reply err that starts with READONLY (we wrote
  * to a replica: a failover we have not heard of) fails the connection, so
  * that the next attempt asks the sentinels again: returns 1. Else 0. */
@@ -347,7 +376,8 @@ void tb__rsn_finish(rbus *b);
 /* What a ROLE reply says the server is ("master", "slave", "sentinel"),
  * into role (n bytes); 0 when it is an answer of that form. */
 int tb__rsn_role_of(const struct redisReply *reply, char *role, size_t n);
-/* The periodic ROLE check's answer (pub_ping sends it; priv the link). */
+/* The periodic ROLE check's answer (tb__rb_pub_ping sends it; priv the
+ * link). */
 void tb__rsn_role_probe(redisAsyncContext *ac, void *r, void *priv);
 /* 1 if an announced master may be tried without the backoff (at most
  * once per redis.retry_min_ms). */

@@ -94,9 +94,9 @@ static const char pub_lua[] =
     "return {k, ep, seq}\n";
 
 /* KEYS[1] the stream, KEYS[2] the meta hash; ARGV[1] the master it runs
- * on ("host:port" as the sentinels name it), [2] this instance's half of
- * a new epoch, [3] the epoch it saw rolled back ("" after a failover),
- * then (a failover) [4] "1" if this instance may keep the epoch
+ * on ("host:port" as the sentinels name it; "" without Sentinel), [2] this
+ * instance's half of a new epoch, [3] the epoch it saw rolled back ("" after a
+ * failover), then (a failover) [4] "1" if this instance may keep the epoch
  * (redis.wait_replicas > 0), [5] the epoch it knows ("" none), [6] [7]
  * the seq and event id of its last acknowledged publish (0 ""), [8] [9]
  * the last position delivered here and its event id ("": not known).
@@ -121,6 +121,10 @@ static const char pub_lua[] =
  * unless it may not keep (as before: a new epoch). seq, fork, fence and
  * fo must be decimal integers below 2^53 with fork <= fence <= seq:
  * anything else (written by someone else) is a new epoch.
+ * Without Sentinel (ARGV[1] "") only a rollback calls it, and it is never
+ * a failover: the hash's master and fo stay as they are (they are the
+ * Sentinel instances' that may share the namespace: ":0" there, or one
+ * more failover counted, would make them decide again).
  * Returns {what, fo}: what 0 (nothing to do), 1 (a new epoch), 2 (the
  * epoch kept), 3 (kept, the fence raised), 4 (a new epoch: the meta was
  * malformed); fo the failover count now. */
@@ -141,11 +145,13 @@ const char tb__rh_failover_lua[] =
     "  local ep = ARGV[2] .. string.format('%08x', (tonumber(t[1]) * 1000000 "
     "+ tonumber(t[2])) % 4294967296)\n"
     "  redis.call('DEL', KEYS[1])\n"
-    "  redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0, 'master', ARGV[1], "
-    "'fork', 0, 'fence', 0, 'fo', d(fo))\n"
+    "  redis.call('HSET', KEYS[2], 'epoch', ep, 'seq', 0, 'fork', 0, "
+    "'fence', 0, 'fo', d(fo))\n"
+    "  if ARGV[1] ~= '' then redis.call('HSET', KEYS[2], 'master', ARGV[1]) "
+    "end\n"
     "  return {what, d(fo)}\n"
     "end\n"
-    "local first = m[3] ~= ARGV[1]\n"
+    "local first = ARGV[1] ~= '' and m[3] ~= ARGV[1]\n"
     "if not fo then fo = 1; return restart(4) end\n"
     "if first then fo = fo + 1 end\n"
     "local function noted()\n"
@@ -428,10 +434,12 @@ static void on_failover(redisAsyncContext *ac, void *r, void *priv)
                 w == 4 ? "the history's meta hash on the master was malformed "
                          "(seq, fork, fence or fo not integers with fork <= "
                          "fence <= seq; written by someone else?)"
-                       : "the new master may lack the last events",
-                w == 1 && !b->wait_n ? "; redis.wait_replicas > 0 would let "
-                                       "it keep the epoch"
-                                     : "");
+                : b->t.nsentinels ? "the new master may lack the last events"
+                                  : "Redis lost the last events",
+                w == 1 && !b->wait_n && b->t.nsentinels
+                    ? "; redis.wait_replicas > 0 would let "
+                      "it keep the epoch"
+                    : "");
     else if (w >= 2) {
         char epoch[TB_EPOCH_MAX];
         tb__bus_rx_epoch(b->rx, epoch);
@@ -452,8 +460,12 @@ void tb__rh_failover(rbus *b, const char *rolled_back)
     rlink *l = &b->links[LINK_PUB];
     if (!b->h_on || !l->ac)
         return;
-    char master[300];
-    snprintf(master, sizeof master, "%s:%d", b->master_host, b->master_port);
+    /* Without Sentinel there is no master to record (a rollback only):
+     * "" keeps the script from counting a failover. */
+    char master[300] = "";
+    if (b->t.nsentinels)
+        snprintf(master, sizeof master, "%s:%d", b->master_host,
+                 b->master_port);
     /* What this instance knows of the old master's history: its last
      * acknowledged publish and the last position delivered here. */
     char epoch[TB_EPOCH_MAX], last_id[TB_EVENT_ID_MAX], ack[24], last[24];

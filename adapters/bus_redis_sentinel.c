@@ -638,7 +638,7 @@ int tb__rsn_role_of(const redisReply *reply, char *role, size_t n)
     return 0;
 }
 
-/* The periodic ROLE check's answer (see pub_ping). */
+/* The periodic ROLE check's answer (see tb__rb_pub_ping). */
 void tb__rsn_role_probe(redisAsyncContext *ac, void *r, void *priv)
 {
     rlink *l = priv;

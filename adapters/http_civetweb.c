@@ -15,7 +15,6 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <civetweb.h>
@@ -132,10 +131,12 @@ static int conn_gone(void *cp)
     return 1;
 }
 
-static int take_socket(const server *srv, const struct mg_request_info *ri,
-                       int fd);
-static int front_take(const server *srv, const struct mg_request_info *ri,
-                      int upgraded);
+/* Who a hand-over is for, for its log line if it fails. */
+static tb__http_peer peer_of(const struct mg_request_info *ri)
+{
+    return (tb__http_peer){ri->local_uri_raw ? ri->local_uri_raw : "?",
+                           ri->remote_addr, ri->remote_port};
+}
 
 /* The response is the core's from here on (an SSE stream): the socket is
  * taken away as after a websocket handshake (see on_ws_ready), and
@@ -146,12 +147,13 @@ static int conn_take(void *cp)
     conn *c = cp;
     const struct mg_request_info *ri = mg_get_request_info(c->mg);
     const server *srv = ri->user_data;
+    tb__http_peer p = peer_of(ri);
     if (srv->front) {
         conn_close(c);
         c->looked = 1;
         c->fd = -1;
         c->unread = 0;
-        return front_take(srv, ri, 0);
+        return tb__http_front_handover(srv->base.app, srv->front, 0, &p);
     }
     int fd = c->looked ? c->fd
                        : tb__http_find_socket(srv->sa.sin_port, srv->local,
@@ -160,7 +162,7 @@ static int conn_take(void *cp)
     c->looked = 1;
     c->fd = -1; /* the stand-in's number now: never polled again */
     c->unread = 0;
-    return take_socket(srv, ri, fd);
+    return tb__http_take_socket(srv->base.app, fd, &p);
 }
 
 static const tb__http_conn_ops conn_ops = {conn_header, conn_send, conn_gone,
@@ -608,8 +610,8 @@ static int on_request(struct mg_connection *mg)
  * the descriptor by the connection's peer address (civetweb has no public
  * way to get it), duplicates it for the core, and puts a fresh unconnected
  * socket under civetweb's descriptor number (dup2), so that civetweb's own
- * clean-up (shutdown, close) only touches that stand-in. Marked must_close,
- * civetweb leaves its read loop at once and frees the thread. */
+ * clean-up (shutdown, close) only touches that stand-in (http_socket.c). Marked
+ * must_close, civetweb leaves its read loop at once and frees the thread. */
 
 static int on_ws_connect(const struct mg_connection *cmg, void *ud)
 {
@@ -633,54 +635,6 @@ static int on_ws_connect(const struct mg_connection *cmg, void *ud)
     return 0;
 }
 
-/* Takes the client's socket of mg away from civetweb (fd: its number, or
- * -1 when not found): a duplicate for the core, and a fresh unconnected
- * socket under civetweb's number for its own clean-up to close. The
- * connection must close after this request (must_close). Returns the
- * duplicate, or TB_EPIPE / TB_EAGAIN after counting and logging the
- * failure. */
-static int take_socket(const server *srv, const struct mg_request_info *ri,
-                       int fd)
-{
-    int mine = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
-    int stand_in =
-        mine >= 0 ? socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
-    if (stand_in < 0 || dup2(stand_in, fd) < 0) {
-        tb__ws_handover_failed(srv->base.app,
-                               ri->local_uri_raw ? ri->local_uri_raw : "?",
-                               ri->remote_addr, ri->remote_port, fd >= 0);
-        if (mine >= 0)
-            close(mine);
-        if (stand_in >= 0)
-            close(stand_in);
-        return fd >= 0 ? TB_EAGAIN : TB_EPIPE;
-    }
-    close(stand_in);
-    return mine;
-}
-
-/* Behind the front, the client's socket is the front's: it hands it over
- * once what it relayed (the 101) is out. Returns it, or TB_EPIPE after
- * counting and logging the failure with the client's own address. */
-static int front_take(const server *srv, const struct mg_request_info *ri,
-                      int upgraded)
-{
-    int fd = tb__http_front_take(srv->front, ri->remote_port, upgraded);
-    if (fd < 0) {
-        char addr[48];
-        int port;
-        if (tb__http_front_peer(srv->front, ri->remote_port, addr, sizeof addr,
-                                &port) != 0) {
-            snprintf(addr, sizeof addr, "%s", ri->remote_addr);
-            port = ri->remote_port;
-        }
-        tb__ws_handover_failed(srv->base.app,
-                               ri->local_uri_raw ? ri->local_uri_raw : "?",
-                               addr, port, 0);
-    }
-    return fd;
-}
-
 static void on_ws_ready(struct mg_connection *mg, void *ud)
 {
     const server *srv = ud;
@@ -690,12 +644,14 @@ static void on_ws_ready(struct mg_connection *mg, void *ud)
     if (!ws)
         return;
     const struct mg_request_info *ri = mg_get_request_info(mg);
+    tb__http_peer p = peer_of(ri);
     int fd = srv->front
-                 ? front_take(srv, ri, 1)
-                 : take_socket(srv, ri,
-                               tb__http_find_socket(srv->sa.sin_port,
-                                                    srv->local, ri->remote_addr,
-                                                    ri->remote_port));
+                 ? tb__http_front_handover(srv->base.app, srv->front, 1, &p)
+                 : tb__http_take_socket(
+                       srv->base.app,
+                       tb__http_find_socket(srv->sa.sin_port, srv->local,
+                                            ri->remote_addr, ri->remote_port),
+                       &p);
     if (fd < 0)
         tb__ws_release(ws);
     else

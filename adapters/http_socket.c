@@ -1,9 +1,12 @@
-/* http_socket.c - finding an accepted socket by its peer address: how the
- * HTTP server hands a websocket's or SSE stream's socket to the core. */
+/* http_socket.c - handing a websocket's or SSE stream's socket from the
+ * HTTP server to the core: finding it by its peer address, taking it away
+ * from the server, or getting it from the front. */
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "adapter.h"
 #include "http_socket.h"
@@ -80,4 +83,38 @@ int tb__http_find_socket(in_port_t lport, in_addr_t local, const char *addr,
             max = fd_bound();
     }
     return -1;
+}
+
+int tb__http_take_socket(tb_app *app, int fd, const tb__http_peer *p)
+{
+    int mine = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    int stand_in =
+        mine >= 0 ? socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
+    if (stand_in < 0 || dup2(stand_in, fd) < 0) {
+        tb__ws_handover_failed(app, p->path, p->addr, p->port, fd >= 0);
+        if (mine >= 0)
+            close(mine);
+        if (stand_in >= 0)
+            close(stand_in);
+        return fd >= 0 ? TB_EAGAIN : TB_EPIPE;
+    }
+    close(stand_in);
+    return mine;
+}
+
+int tb__http_front_handover(tb_app *app, tb__http_front *front, int upgraded,
+                            const tb__http_peer *p)
+{
+    int fd = tb__http_front_take(front, p->port, upgraded);
+    if (fd < 0) {
+        char addr[48];
+        int port;
+        if (tb__http_front_peer(front, p->port, addr, sizeof addr, &port) !=
+            0) {
+            snprintf(addr, sizeof addr, "%s", p->addr);
+            port = p->port;
+        }
+        tb__ws_handover_failed(app, p->path, addr, port, 0);
+    }
+    return fd;
 }

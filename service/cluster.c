@@ -110,9 +110,12 @@ static void cleanup_add(tb_app *app, int kind, const char *name, uint64_t num)
     memcpy(x->name, name, len + 1);
     pthread_mutex_lock(&c->mu);
     if (c->ncleanups >= CLEANUP_MAX) {
+        /* Any thread that ends a task comes here: a limiter of its own,
+         * under the lock (c->bad is the bus thread's, unlocked). */
+        int say = tb__ratelog_ok(&c->full, tb__mono_us());
         pthread_mutex_unlock(&c->mu);
         free(x);
-        if (tb__ratelog_ok(&c->bad, tb__mono_us()))
+        if (say)
             tb__log(TB_LOG_ERROR,
                     "cluster: %d changes wait for Redis already; the "
                     "release of \"%s\" is dropped (it goes when this "
@@ -166,6 +169,8 @@ tb__cluster *tb__cluster_new(tb_app *app)
     pthread_mutex_init(&c->mu, NULL);
     c->bad.who = "cluster";
     c->bad.what = "bad-message lines";
+    c->full.who = "cluster";
+    c->full.what = "dropped-release lines";
     return c;
 }
 
@@ -180,6 +185,7 @@ void tb__cluster_free(tb__cluster *c)
         free(x);
     }
     tb__ratelog_flush(&c->bad, INT64_MAX);
+    tb__ratelog_flush(&c->full, INT64_MAX);
     pthread_mutex_destroy(&c->mu);
     free(c);
 }

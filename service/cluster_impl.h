@@ -33,8 +33,8 @@ typedef struct call {
 
 struct tb__cluster {
     tb_app *app;
-    pthread_mutex_t mu; /* guards calls, next_rid, every call's fields, and
-                           the cleanups */
+    pthread_mutex_t mu; /* guards calls, next_rid, every call's fields, the
+                           cleanups and full */
     call *calls;
     struct cleanup *cleanups;
     size_t ncleanups;
@@ -43,7 +43,8 @@ struct tb__cluster {
     atomic_uint_fast64_t reasserted, reassert_conflicts;
     atomic_uint_fast64_t remote_calls, remote_failures, remote_cancels;
     atomic_uint_fast64_t messages_bad;
-    tb__ratelog bad; /* bad messages; the bus's thread */
+    tb__ratelog bad;  /* bad messages; the bus's thread */
+    tb__ratelog full; /* cleanups dropped; any thread, under mu */
 };
 
 static inline const tb__cluster_ops *cl_ops(const tb_app *app)

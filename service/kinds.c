@@ -1,12 +1,12 @@
 /* kinds.c - task kinds: task functions registered by name, spawned with
  * JSON arguments validated against what the kind declares; the built-in
- * kinds (sleep, delay, interval, relay) and POST /tasks.
+ * kinds (sleep, delay, interval, relay) and POST /tasks (GET /kinds is
+ * kinds_list.c's).
  *
  * An app's kinds hang off the app (app->kinds) and are freed with it
  * (tb__kinds_free from tb_app_free). They are registered before tb_app_run
  * and never change after, so spawns read them without a lock; a task's
  * tb_kind_args is a self-contained copy. */
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +53,16 @@ static kind *find_kind(app_kinds *a, const char *name)
         if (strcmp(k->name, name) == 0)
             return k;
     return NULL;
+}
+
+size_t tb__kinds_info(tb_app *app, tb__kind_info *out, size_t max)
+{
+    size_t n = 0;
+    for (kind *k = find_app(app) ? find_app(app)->head : NULL; k;
+         k = k->next, n++)
+        if (n < max)
+            out[n] = (tb__kind_info){k->name, k->nspec, k->spec};
+    return n;
 }
 
 static void kind_free(kind *k)
@@ -888,98 +898,11 @@ static int post_task(tb_http_req *req, void *ud)
     }
 }
 
-/* The JSON number for a spec bound: an integer when it is one (86400, not
- * 86400.0), so a form can show it as written. */
-static json_t *bound_json(double x)
-{
-    if (x > -9007199254740992.0 && x < 9007199254740992.0 &&
-        x == (double)(json_int_t)x)
-        return json_integer((json_int_t)x);
-    return json_real(x);
-}
-
-static int kind_cmp(const void *a, const void *b)
-{
-    return strcmp((*(const kind *const *)a)->name,
-                  (*(const kind *const *)b)->name);
-}
-
-/* One kind as GET /kinds lists it, or NULL (out of memory). */
-static json_t *kind_json(const kind *k)
-{
-    static const char *const type_name[] = {
-        [TB_ARG_NUMBER] = "number",   [TB_ARG_INT] = "int",
-        [TB_ARG_STRING] = "string",   [TB_ARG_EVENT_NAME] = "event_name",
-        [TB_ARG_PATTERN] = "pattern", [TB_ARG_BOOL] = "bool",
-    };
-    json_t *o = json_object(), *args = json_array();
-    if (!o || !args || json_object_set_new(o, "name", json_string(k->name)) ||
-        json_object_set(o, "args", args)) {
-        json_decref(o);
-        json_decref(args);
-        return NULL;
-    }
-    json_decref(args); /* o holds it */
-    for (size_t i = 0; i < k->nspec; i++) {
-        const tb_arg_spec *s = &k->spec[i];
-        json_t *a = json_object();
-        if (!a || json_array_append_new(args, a) ||
-            json_object_set_new(a, "name", tb__api_jstr(s->name)) ||
-            json_object_set_new(a, "type", json_string(type_name[s->type])) ||
-            json_object_set_new(a, "required", json_boolean(s->required))) {
-            json_decref(o);
-            return NULL;
-        }
-        /* Only a real range: min < max is when take() enforces one. A
-         * side of -INFINITY or INFINITY bounds nothing (and has no JSON
-         * number): left out. */
-        if ((s->type == TB_ARG_NUMBER || s->type == TB_ARG_INT) &&
-            s->min < s->max &&
-            ((isfinite(s->min) &&
-              json_object_set_new(a, "min", bound_json(s->min))) ||
-             (isfinite(s->max) &&
-              json_object_set_new(a, "max", bound_json(s->max))))) {
-            json_decref(o);
-            return NULL;
-        }
-    }
-    return o;
-}
-
-/* GET /kinds: {"kinds": [{"name", "args": [{"name", "type", "required",
- * "min"?, "max"?}]}]}, sorted by name, for a form that spawns any kind.
- * The kinds never change once the app runs, so no lock. */
-static int get_kinds(tb_http_req *req, void *ud)
-{
-    (void)ud;
-    app_kinds *a = find_app(tb_http_app(req));
-    size_t n = 0;
-    for (kind *k = a ? a->head : NULL; k; k = k->next)
-        n++;
-    const kind **sorted = calloc(n ? n : 1, sizeof *sorted);
-    json_t *list = json_array(), *root = json_object();
-    int ok =
-        sorted && list && root && json_object_set(root, "kinds", list) == 0;
-    n = 0;
-    for (kind *k = a ? a->head : NULL; ok && k; k = k->next)
-        sorted[n++] = k;
-    if (ok)
-        qsort(sorted, n, sizeof *sorted, kind_cmp);
-    for (size_t i = 0; ok && i < n; i++)
-        ok = json_array_append_new(list, kind_json(sorted[i])) == 0;
-    free(sorted);
-    json_decref(list);
-    if (!ok) {
-        json_decref(root);
-        root = NULL; /* 500 */
-    }
-    return tb__api_respond(req, 200, root);
-}
-
 int tb__api_register_kinds(tb_app *app)
 {
     int rc = tb_app_add_route(app, "POST", "/tasks", post_task, NULL);
-    return rc ? rc : tb_app_add_route(app, "GET", "/kinds", get_kinds, NULL);
+    return rc ? rc
+              : tb_app_add_route(app, "GET", "/kinds", tb__kinds_get, NULL);
 }
 
 int tb_app_add_kind_check(tb_app *app, const char *kind_name,

@@ -10,6 +10,23 @@
  * tb_app_add_route's error. */
 int tb__api_register_kinds(tb_app *app);
 
+/* One kind as kinds.c holds it; the pointers live as long as the app. */
+typedef struct tb__kind_info {
+    const char *name;
+    size_t nspec;
+    const tb_arg_spec *spec;
+} tb__kind_info;
+
+/* Up to max of app's kinds into out (out may be NULL when max is 0), in
+ * the order they were added; returns how many the app has. No lock: the
+ * kinds never change once the app runs. */
+size_t tb__kinds_info(tb_app *app, tb__kind_info *out, size_t max);
+
+/* GET /kinds (kinds_list.c): {"kinds": [{"name", "args": [{"name",
+ * "type", "required", "min"?, "max"?}]}]}, sorted by name. A tb_http_fn;
+ * a 500 when out of memory. */
+int tb__kinds_get(tb_http_req *req, void *ud);
+
 struct tb__add_extra;
 
 /* tb_task_spawn with tb__task_add's extra (may be NULL). */
