@@ -28,6 +28,7 @@ typedef struct pub {
     const char *name;             /* POST /events/{name}: req's, the name */
     char (*ids)[TB_EVENT_ID_MAX]; /* n */
     int *status;                  /* n: 1 until its callback ran, under mu */
+    int *seen; /* n: status as the answer saw it (outcome), the answer's own */
     struct slot {
         struct pub *p;
         size_t i;
@@ -69,7 +70,7 @@ static int answer(tb_http_req *req, tb__http_work *w, int why);
 static pub *pub_new(tb_http_req *req, size_t n, void (*done)(void *), void *ud)
 {
     size_t m = n ? n : 1;
-    pub *p = calloc(1, sizeof *p + m * (sizeof *p->ids + sizeof *p->status +
+    pub *p = calloc(1, sizeof *p + m * (sizeof *p->ids + 2 * sizeof(int) +
                                         sizeof *p->slots + sizeof *p->uds));
     if (!p)
         return NULL;
@@ -77,7 +78,8 @@ static pub *pub_new(tb_http_req *req, size_t n, void (*done)(void *), void *ud)
     p->slots = (struct slot *)(p + 1);
     p->uds = (void **)(p->slots + m);
     p->status = (int *)(p->uds + m);
-    p->ids = (char(*)[TB_EVENT_ID_MAX])(p->status + m);
+    p->seen = p->status + m;
+    p->ids = (char(*)[TB_EVENT_ID_MAX])(p->seen + m);
     p->base.answer = answer;
     atomic_init(&p->refs, 1 + (int)n);
     pthread_mutex_init(&p->mu, NULL);
@@ -94,19 +96,22 @@ static pub *pub_new(tb_http_req *req, size_t n, void (*done)(void *), void *ud)
     return p;
 }
 
-/* What became of each event: its callback's status, or, when it has not
- * come, TB_ETIMEDOUT (the caller gave up waiting: publish_timeout) or
- * TB_ESHUTDOWN (the server is ending). The first failure is the rc. */
+/* What became of each event, copied into p->seen under the lock (a late
+ * confirmation still writes p->status, on the bus thread): its
+ * callback's status, or, when it has not come, TB_ETIMEDOUT (the caller
+ * gave up waiting: publish_timeout) or TB_ESHUTDOWN (the server is
+ * ending). The first failure is the rc. */
 static int outcome(pub *p, int why)
 {
     int rc = 0;
     pthread_mutex_lock(&p->mu);
     p->done = NULL; /* never told after this */
     for (size_t i = 0; i < p->n; i++) {
-        if (p->status[i] > 0)
-            p->status[i] = why == TB_ESHUTDOWN ? TB_ESHUTDOWN : TB_ETIMEDOUT;
-        if (p->status[i] && !rc)
-            rc = p->status[i];
+        p->seen[i] = p->status[i] <= 0     ? p->status[i]
+                     : why == TB_ESHUTDOWN ? TB_ESHUTDOWN
+                                           : TB_ETIMEDOUT;
+        if (p->seen[i] && !rc)
+            rc = p->seen[i];
     }
     pthread_mutex_unlock(&p->mu);
     return rc;
@@ -117,7 +122,7 @@ static int answer(tb_http_req *req, tb__http_work *w, int why)
     pub *p = (pub *)w;
     int rc = outcome(p, why);
     if (p->batch) {
-        tb__api_batch_answer(req, rc, p->ids, p->status, p->n, p->n, 0,
+        tb__api_batch_answer(req, rc, p->ids, p->seen, p->n, p->n, 0,
                              p->timeout_ms);
         tb__api_batch_leave(tb_http_app(req));
     } else {
