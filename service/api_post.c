@@ -98,18 +98,18 @@ static pub *pub_new(tb_http_req *req, size_t n, void (*done)(void *), void *ud)
 
 /* What became of each event, copied into p->seen under the lock (a late
  * confirmation still writes p->status, on the bus thread): its
- * callback's status, or, when it has not come, TB_ETIMEDOUT (the caller
- * gave up waiting: publish_timeout) or TB_ESHUTDOWN (the server is
- * ending). The first failure is the rc. */
+ * callback's status, or, when it has not come, TB_ETIMEDOUT. The caller
+ * stopped waiting (timeout, the client gone, the front ending) and the
+ * bus holds the event: it may still be published, so never
+ * TB_ESHUTDOWN ("nothing dispatched"). The first failure is the rc. */
 static int outcome(pub *p, int why)
 {
+    (void)why;
     int rc = 0;
     pthread_mutex_lock(&p->mu);
     p->done = NULL; /* never told after this */
     for (size_t i = 0; i < p->n; i++) {
-        p->seen[i] = p->status[i] <= 0     ? p->status[i]
-                     : why == TB_ESHUTDOWN ? TB_ESHUTDOWN
-                                           : TB_ETIMEDOUT;
+        p->seen[i] = p->status[i] > 0 ? TB_ETIMEDOUT : p->status[i];
         if (p->seen[i] && !rc)
             rc = p->seen[i];
     }

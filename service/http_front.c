@@ -839,6 +839,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     tb__http_front *f = arg;
+    f->ending = 1;
     if (f->lis) {
         evconnlistener_free(f->lis);
         f->lis = NULL;
@@ -862,10 +863,8 @@ static void on_end_timer(evutil_socket_t fd, short what, void *arg)
 static void on_quit(evutil_socket_t fd, short what, void *arg)
 {
     tb__http_front *f = arg;
-    on_stop(fd, what, arg);
+    on_stop(fd, what, arg); /* the pool is empty from now on */
     f->stopping = 1;
-    while (f->pool)
-        tb__front_up_free(f->pool);
     for (fconn *c = f->conns, *next; c; c = next) {
         next = c->next;
         c->close_after = 1;
@@ -877,7 +876,9 @@ static void on_quit(evutil_socket_t fd, short what, void *arg)
         event_base_loopbreak(f->base);
         return;
     }
-    struct timeval tv = {STOP_FLUSH_MS / 1000, (STOP_FLUSH_MS % 1000) * 1000};
+    /* STOP_FLUSH_MS's comment: the front's own answers, longer. */
+    int ms = STOP_FLUSH_MS + (f->posts ? f->cfg->redis.command_timeout_ms : 0);
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(f->end_timer, &tv);
 }
 

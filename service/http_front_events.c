@@ -89,6 +89,8 @@ static int post_send(void *conn, int status, const char *headers,
 {
     struct fpost *p = conn;
     int none = status == 204 || status == 304;
+    if (p->f->ending)
+        p->close = 1; /* the front is stopping: no next request */
     char clen[48] = "";
     if (!none)
         snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", len);
@@ -207,11 +209,14 @@ void tb__front_local_detach(fconn *c)
     c->post = NULL;
 }
 
+/* The front's very end (the bus outlives it): what the bus has not
+ * confirmed may still be published, so 504 publish_timeout, never 503
+ * shutting_down ("nothing dispatched"). */
 void tb__front_local_end(tb__http_front *f)
 {
     while (f->posts)
-        finish(f->posts, TB_ESHUTDOWN); /* 503 shutting_down if not done */
-    tb__front_on_posts(-1, 0, f);       /* what is left on the list */
+        finish(f->posts, TB_ETIMEDOUT);
+    tb__front_on_posts(-1, 0, f); /* what is left on the list */
 }
 
 /* ---------------------------------------------------------------- requests */

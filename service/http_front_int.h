@@ -34,7 +34,8 @@
  * TAKE_TIMEOUT_MS: a hand-over (websocket, SSE) waits this long for the
  *   front's buffered bytes to reach the client; a server thread is held
  *   meanwhile, so it is short and fixed.
- * STOP_FLUSH_MS: answers in flight at shutdown get this long.
+ * STOP_FLUSH_MS: answers in flight at shutdown get this long (the
+ *   front's own, waiting for the bus, redis.command_timeout_ms more).
  * OUT_HIGH: client output that pauses reading the server's answer (back
  *   pressure); a client only sees its answer arrive as fast as it reads.
  * RESP_HEAD_MAX: a response head from civetweb (our own answers, a few
@@ -149,6 +150,7 @@ struct tb__http_front {
     pthread_t thread;
     struct event *stop_ev, *quit_ev, *take_ev, *end_timer;
     int stopping;
+    int ending; /* stop asked: the front's own answers close */
     fconn *conns;
     int nconns;
     upconn *pool;
