@@ -203,10 +203,16 @@ void tb__front_local_timeout(fconn *c)
     finish(c->post, TB_ETIMEDOUT);
 }
 
+/* The client has gone: its request ends now as a timeout would (counted
+ * and logged 504, answered to nobody), so that it holds no batch slot,
+ * body bytes or place among the front's requests while the bus still
+ * tries; the publish goes on, refcounted on its own. */
 void tb__front_local_detach(fconn *c)
 {
-    c->post->c = NULL; /* answered when the bus is done, to nobody */
+    struct fpost *p = c->post;
+    p->c = NULL;
     c->post = NULL;
+    finish(p, TB_ETIMEDOUT);
 }
 
 /* The front's very end (the bus outlives it): what the bus has not
