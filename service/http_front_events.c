@@ -27,6 +27,8 @@ struct fpost {
     int queued;                /* on f->posts_done; under f->mu */
     int finished;              /* answered while queued: freed off the list */
     tb__http_work *work;       /* NULL: answered when it began */
+    size_t held;               /* its body's bytes, in f->body_bytes */
+    char *body;                /* NUL-terminated; freed once published */
     tb_http_req req;
     struct evbuffer *out; /* the answer */
     int close;            /* the answer says Connection: close */
@@ -34,7 +36,7 @@ struct fpost {
     struct {
         const char *name, *value;
     } hdr[TB__HTTP_HEAD_LINES_MAX + 1];
-    char buf[]; /* the request as sent, its head's lines cut apart */
+    char buf[]; /* the request's head, its lines cut apart */
 };
 
 /* civetweb's reason phrases (mg_get_response_code_text) for the statuses
@@ -116,6 +118,7 @@ static const tb__http_conn_ops post_ops = {post_header, post_send, NULL,
 static void post_free(struct fpost *p)
 {
     evbuffer_free(p->out);
+    free(p->body);
     free(p);
 }
 
@@ -148,6 +151,9 @@ static void finish(struct fpost *p, int why)
     if (p->next)
         p->next->prev = p->prev;
     p->prev = p->next = NULL;
+    f->nposts--;
+    f->body_bytes -= p->held;
+    p->held = 0;
     deliver(p);
     pthread_mutex_lock(&f->mu);
     int queued = p->queued;
@@ -278,20 +284,25 @@ int tb__front_local(fconn *c, size_t n)
     tb__http_front *f = c->f;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     char m[13];
-    if (!f->cfg->http.front_answers || c->req.upgrade || c->req.bad ||
+    /* At most http.threads in flight, as many as civetweb would hold:
+     * the bus holds a copy of each one's data until it gives up. Beyond,
+     * relayed (waiting for a thread, counted in body_bytes). */
+    if (!f->cfg->http.front_answers || f->nposts >= f->cfg->http.threads ||
+        c->req.upgrade || c->req.bad ||
         (c->req_kind != TB__HTTP_BODY_NONE &&
          c->req_kind != TB__HTTP_BODY_LENGTH) ||
         evbuffer_copyout(in, m, sizeof m) != (ev_ssize_t)sizeof m ||
         memcmp(m, "POST /events", 12) != 0 ||
         (m[12] != ' ' && m[12] != '/' && m[12] != '?'))
         return 0;
-    struct fpost *p = calloc(1, sizeof *p + n + 1);
+    size_t blen = n - c->head_len;
+    struct fpost *p = calloc(1, sizeof *p + c->head_len + 1);
     if (!p || !(p->out = evbuffer_new())) {
         free(p);
         return 0; /* the server answers it */
     }
     p->f = f;
-    evbuffer_copyout(in, p->buf, n);
+    evbuffer_copyout(in, p->buf, c->head_len);
     char *target;
     const char *conn;
     int http11;
@@ -307,14 +318,21 @@ int tb__front_local(fconn *c, size_t n)
     char *query = strchr(target, '?');
     if (query)
         *query++ = '\0';
-    size_t blen = n - c->head_len;
+    struct evbuffer_ptr at;
+    if (!(p->body = malloc(blen + 1)) ||
+        evbuffer_ptr_set(in, &at, c->head_len, EVBUFFER_PTR_SET) != 0) {
+        post_free(p);
+        return 0;
+    }
+    evbuffer_copyout_from(in, &at, p->body, blen);
+    p->body[blen] = '\0';
     tb__http_in req = {
         .ops = &post_ops,
         .conn = p,
         .method = "POST",
         .path = target,
         .query = query,
-        .body = blen ? p->buf + c->head_len : NULL,
+        .body = blen ? p->body : NULL,
         .body_len = blen,
     };
     int st = tb__http_start(f->app, &req, &p->req, on_done, p, &p->work);
@@ -323,11 +341,17 @@ int tb__front_local(fconn *c, size_t n)
         return 0;
     }
     atomic_fetch_add(&f->app->http_front_answered, 1);
+    /* The bus has its copy of the data; the answer needs the head only
+     * (body_len names a size in a 413, made at once). */
+    free(p->body);
+    p->body = NULL;
+    p->req.body = NULL;
     evbuffer_drain(in, n);
-    f->body_bytes -= c->held;
+    p->held = c->held; /* still counted, until answered */
     c->held = 0;
     p->c = c;
     c->post = p;
+    f->nposts++;
     p->next = f->posts;
     if (f->posts)
         f->posts->prev = p;

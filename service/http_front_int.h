@@ -171,6 +171,7 @@ struct tb__http_front {
     struct event *accept_timer; /* accepting again after a failure */
     size_t body_bytes;          /* request body bytes held, all connections */
     struct fpost *posts;        /* requests the front answers, in flight */
+    int nposts;                 /* on posts */
     struct fpost *posts_done;   /* ready to answer; under mu */
     struct event *posts_ev;     /* posts_done has some */
 };
