@@ -319,7 +319,9 @@ int tb__front_local(fconn *c, size_t n)
     if (query)
         *query++ = '\0';
     struct evbuffer_ptr at;
-    if (!(p->body = malloc(blen + 1)) ||
+    if ((blen > f->cfg->http.front_batch_max_body &&
+         strcmp(target, "/events") == 0) || /* a long parse (docs) */
+        !(p->body = malloc(blen + 1)) ||
         evbuffer_ptr_set(in, &at, c->head_len, EVBUFFER_PTR_SET) != 0) {
         post_free(p);
         return 0;
