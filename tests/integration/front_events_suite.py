@@ -237,12 +237,46 @@ def t_pipelined():
     return "50 in order, the 51st too"
 
 
-def redis_pair(answers, timeout_ms="1000"):
+def redis_pair(answers, timeout_ms="1000", *args):
     r = Redis("redis").start()
     case_servers().append(r)
     s = serve("redis", answers, "--redis-url", r.url(),
-              "--redis-command-timeout", timeout_ms)
+              "--redis-command-timeout", timeout_ms, *args)
     return r, s
+
+
+def reset(raw, port):
+    """Sends raw, then resets the connection: a client that leaves."""
+    c = socket.create_connection((HOST, port), T(5))
+    c.sendall(raw)
+    time.sleep(0.1)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                 b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    c.close()
+
+
+def monitor(r):
+    """A socket in MONITOR mode on Redis r: every command it runs from
+    now on, read with monitored()."""
+    m = socket.create_connection((HOST, r.port), T(5))
+    m.sendall(b"MONITOR\r\n")
+    m.settimeout(T(5))
+    check(m.recv(16).startswith(b"+OK"), "MONITOR")
+    return m
+
+
+def monitored(m, quiet):
+    """What m has seen until it stays quiet for `quiet` seconds."""
+    m.settimeout(quiet)
+    buf = b""
+    while True:
+        try:
+            got = m.recv(65536)
+        except socket.timeout:
+            return buf
+        if not got:
+            return buf
+        buf += got
 
 
 def t_redis_down():
@@ -285,23 +319,33 @@ def t_redis_down():
 
 def t_vanish():
     """Clients that leave while their publish waits for a stalled Redis
-    (a POST, a batch, a pipelined pair), then Redis answers: the service
-    answers POSTs and /healthz, and exits cleanly (no sanitizer report)."""
-    r, s = redis_pair(True, "3000")
+    (a POST, batches as many as core.batch_max_concurrent, a pipelined
+    pair): their batch slots are free at once (a new batch, Redis still
+    stalled, is 504 publish_timeout, not 503 busy); then Redis answers:
+    the service answers POSTs and /healthz, and exits cleanly (no
+    sanitizer report)."""
+    r, s = redis_pair(True, "1000", "--batch-max-concurrent", "2")
+    batch = post("/events", b'[{"name":"v.a"},{"name":"v.b"}]')
     os.kill(r.proc.pid, signal.SIGSTOP)
     try:
-        for raw in (post("/events/v.x", b"1"),
-                    post("/events", b'[{"name":"v.a"},{"name":"v.b"}]'),
+        for raw in (post("/events/v.x", b"1"), batch, batch,
                     post("/events/v.y", b"1") + post("/events/v.z", b"2")):
-            c = socket.create_connection((HOST, s.port), T(5))
-            c.sendall(raw)
-            time.sleep(0.1)
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                         b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            c.close()  # a reset
+            reset(raw, s.port)
         time.sleep(0.3)
+        late = exchange(s.port, batch, timeout=T(10))
     finally:
         os.kill(r.proc.pid, signal.SIGCONT)
+    check(late and late[0][0].startswith("HTTP/1.1 504 ") and
+          b'"publish_timeout"' in late[0][2],
+          f"a batch after 2 batches' clients left: {late!r}")
+    # The stall may have cost the bus its link (503 bus_down while it
+    # reconnects): the first 202 within 10 s, then 5 in a row.
+    end = time.monotonic() + T(10)
+    while time.monotonic() < end:
+        got = exchange(s.port, post("/events/v.again", b"1"))
+        if got and got[0][0].startswith("HTTP/1.1 202 "):
+            break
+        time.sleep(0.1)
     for i in range(5):
         got = exchange(s.port, post("/events/v.after", b"%d" % i))
         check(got and got[0][0].startswith("HTTP/1.1 202 "),
@@ -312,10 +356,15 @@ def t_vanish():
 
 
 def t_stop_in_flight():
-    """SIGTERM while a POST waits for a stalled Redis: it is answered (503
-    shutting_down, or 504) or its connection closed, and taskbus exits 0
-    in time, without a sanitizer report."""
-    r, s = redis_pair(True, "5000")
+    """SIGTERM while a POST waits for a stalled Redis (its PUBLISH is in
+    Redis's socket): the bus outlives the front, so the POST gets its
+    real outcome, 504 publish_timeout ("may still be published") after
+    redis.command_timeout_ms with Connection: close, never 503
+    shutting_down ("nothing dispatched"): Redis, resumed, runs the
+    PUBLISH (MONITOR sees it). taskbus exits 0 in time, without a
+    sanitizer report."""
+    r, s = redis_pair(True, "2000")
+    m = monitor(r)
     os.kill(r.proc.pid, signal.SIGSTOP)
     try:
         c = socket.create_connection((HOST, s.port), T(5))
@@ -327,10 +376,87 @@ def t_stop_in_flight():
         took = s.stop_ok(within=T(15))
     finally:
         os.kill(r.proc.pid, signal.SIGCONT)
-    check(not got or got[0][0].split()[1] in ("503", "504"),
+    published = b"s.x" in monitored(m, T(1))
+    m.close()
+    check(got, "the POST in flight: no answer")
+    status, hdrs, body = got[0]
+    check(not (status.split()[1] == "503" and published),
+          f"answered {status} {body!r}, and published after")
+    check(status.startswith("HTTP/1.1 504 ") and
+          b'"publish_timeout"' in body and
+          ("Connection", "close") in hdrs,
           f"the POST in flight: {got!r}")
-    return (f"{got[0][0] if got else 'closed'}, exit 0 after "
+    return (f"{status}, published after: {published}, exit 0 after "
             f"{took:.2f} s")
+
+
+def t_in_flight_max():
+    """At most http.threads POSTs wait for the bus in the front (the bus
+    holds a copy of each one's data): with Redis stalled and 3 threads, 3
+    are the front's (taskbus_http_front_answered_total), the 4th is
+    relayed; all are answered 202 once Redis is back."""
+    r, s = redis_pair(True, "5000", "--http-threads", "3")
+    base = answered(s.port)
+    os.kill(r.proc.pid, signal.SIGSTOP)
+    socks = []
+    try:
+        for i in range(4):
+            socks.append(socket.create_connection((HOST, s.port), T(5)))
+            socks[-1].sendall(post("/events/c.x", b"%d" % i))
+            time.sleep(0.2)
+        mid = answered(s.port)
+    finally:
+        os.kill(r.proc.pid, signal.SIGCONT)
+    got = [read_answers(c, 1, T(10)) for c in socks]
+    for c in socks:
+        c.close()
+    check(mid - base == 3, f"front-answered in flight: {mid - base}, not 3")
+    check(all(g and g[0][0].startswith("HTTP/1.1 202 ") for g in got),
+          f"answers: {got!r}")
+    return "3 in the front, the 4th relayed, 4 x 202"
+
+
+def t_body_memory():
+    """A POST waiting for the bus still counts its body in
+    http.body_memory_max: with Redis stalled and 4096 bytes for all, a
+    3000-byte batch waits, a second one is 503 at once (the front's
+    memory refusal), and the first is 202 once Redis is back."""
+    r, s = redis_pair(True, "5000", "--http-body-memory-max", "4096")
+    one = b'[{"name":"m.x"}'
+    body = one + b" " * (3000 - len(one) - 1) + b"]"
+    os.kill(r.proc.pid, signal.SIGSTOP)
+    try:
+        c = socket.create_connection((HOST, s.port), T(5))
+        c.sendall(post("/events", body))
+        time.sleep(0.2)
+        second = exchange(s.port, post("/events", body))
+    finally:
+        os.kill(r.proc.pid, signal.SIGCONT)
+    first = read_answers(c, 1, T(10))
+    c.close()
+    check(second and second[0][0].startswith("HTTP/1.1 503 ") and
+          b"body_memory_max" in second[0][2], f"the second: {second!r}")
+    check(first and first[0][0].startswith("HTTP/1.1 202 "),
+          f"the first: {first!r}")
+    return "held while waiting: the second 503"
+
+
+def t_batch_body_max():
+    """http.front_batch_max_body: a batch body of exactly that many bytes
+    is the front's, one byte more is relayed; both are answered 202."""
+    one = b'[{"name":"b.x"}'
+    body = one + b" " * (100 - len(one) - 1) + b"]"
+    check(len(body) == 100, "body")
+    s = serve("batchmax", True, "--http-front-batch-max-body", "100")
+    seen = []
+    for b in (body, body + b" "):
+        before = answered(s.port)
+        got = exchange(s.port, post("/events", b))
+        check(got and got[0][0].startswith("HTTP/1.1 202 "),
+              f"{len(b)} bytes: {got!r}")
+        seen.append(answered(s.port) - before)
+    check(seen == [1, 0], f"front-answered at 100, 101 bytes: {seen}")
+    return "100 bytes: front; 101: relayed"
 
 
 def t_switch_off():
@@ -352,7 +478,13 @@ CASES = [
      t_redis_down),
     ("vanish", "clients gone while their publish waits: the service "
      "answers", t_vanish),
-    ("stop", "SIGTERM with a publish in flight: clean exit", t_stop_in_flight),
+    ("stop", "SIGTERM with a publish in flight: 504, clean exit",
+     t_stop_in_flight),
+    ("inflight", "http.threads front POSTs in flight, then relayed",
+     t_in_flight_max),
+    ("bodymem", "a POST waiting for the bus counts in body_memory_max",
+     t_body_memory),
+    ("batchmax", "http.front_batch_max_body at its edge", t_batch_body_max),
     ("off", "http.front_answers 0 relays", t_switch_off),
 ]
 
