@@ -6,7 +6,7 @@
  * Usage: bench_ws -m load -p PORT [-c CLIENTS] [-P PATTERNS] [-n EVENTS]
  *                 [-r RATE] [-k CONNS] [-W WINDOW] [-j THREADS]
  *                 [-C CONCURRENCY] [-s BYTES] [-S SERVER_PID] [-d SECONDS]
- *                 [-b BATCH]
+ *                 [-b BATCH] [-B BUS_PID]
  *        bench_ws -m test
  *
  *   load  CLIENTS websocket clients (default 1) on 127.0.0.1:PORT, client i
@@ -61,6 +61,9 @@
  *       (<pct>%), rest of the machine <ms> ms (<pct>%) in <s> s of <n> cores
  *       (server with -S; the rest: other processes and loopback softirqs)
  *   result key=value ...
+ * With -B the CPU time of a second process the server relies on (its
+ * redis-server) is read at the same instants as the server's and printed as
+ * bus_cpu_ms, so that "server CPU per event" can count both.
  * Exit status: 0 when every event reached every matching client exactly
  * once, 1 on loss, duplicates, foreign deliveries, a failed connection or
  * the deadline (with a line on stderr), 2 on bad usage.
@@ -155,7 +158,7 @@ typedef struct pubc {
 static struct {
     /* options */
     int port, nclients, npat, nevents, rate, nconns, window, nthreads, conc,
-        dsize, deadline_s, server_pid, batch;
+        dsize, deadline_s, server_pid, batch, bus_pid;
     struct sockaddr_in sa;
     wsc *c;
     lthread t[THREADS_MAX];
@@ -181,7 +184,7 @@ static struct {
     int64_t t0, t_connected, t_probed, t_start, t_last_ack, t_end, t_cpu_end,
         deadline, settle_until;
     struct rusage ru0, ru1;
-    long long srv0, srv1, sys0, sys1;
+    long long srv0, srv1, bus0, bus1, sys0, sys1;
     long rss_before, rss_after;
     char *body;
 } L;
@@ -880,6 +883,8 @@ static void load_end(int64_t now)
     getrusage(RUSAGE_SELF, &L.ru1);
     if (L.server_pid)
         L.srv1 = proc_ticks(L.server_pid);
+    if (L.bus_pid)
+        L.bus1 = proc_ticks(L.bus_pid);
     L.sys1 = machine_ticks();
     L.phase = PH_END;
     atomic_store(&L.stop, 1);
@@ -934,6 +939,8 @@ static void load_tick(evutil_socket_t fd, short what, void *arg)
             getrusage(RUSAGE_SELF, &L.ru0);
             if (L.server_pid)
                 L.srv0 = proc_ticks(L.server_pid);
+            if (L.bus_pid)
+                L.bus0 = proc_ticks(L.bus_pid);
             L.sys0 = machine_ticks();
             break;
         }
@@ -1017,12 +1024,16 @@ static int load_report(void)
     double sms = ran && L.server_pid && L.srv0 >= 0 && L.srv1 >= L.srv0
                      ? (double)(L.srv1 - L.srv0) * 1e3 / hz
                      : -1;
+    double bms = ran && L.bus_pid && L.bus0 >= 0 && L.bus1 >= L.bus0
+                     ? (double)(L.bus1 - L.bus0) * 1e3 / hz
+                     : -1;
     double mms = ran && L.sys0 >= 0 && L.sys1 >= L.sys0
                      ? (double)(L.sys1 - L.sys0) * 1e3 / hz
                      : -1;
     /* Everything else: other processes, and the kernel's work that is
      * charged to no process (softirqs of loopback TCP, mostly). */
-    double oms = mms >= 0 ? mms - lms - (sms > 0 ? sms : 0) : -1;
+    double oms =
+        mms >= 0 ? mms - lms - (sms > 0 ? sms : 0) - (bms > 0 ? bms : 0) : -1;
 
     printf("load clients: %d on %d patterns (%u per pattern), %d threads: "
            "connected in %.3f s, probed in %.3f s\n",
@@ -1055,6 +1066,9 @@ static int load_report(void)
     if (sms >= 0)
         printf(", server %.0f ms (%.0f%%)", sms,
                cpus > 0 ? sms / 10 / cpus : 0);
+    if (bms >= 0)
+        printf(", bus (pid %d) %.0f ms (%.0f%%)", L.bus_pid, bms,
+               cpus > 0 ? bms / 10 / cpus : 0);
     if (oms >= 0)
         printf(", rest of the machine %.0f ms (%.0f%%)", oms,
                cpus > 0 ? oms / 10 / cpus : 0);
@@ -1063,7 +1077,8 @@ static int load_report(void)
            " expected=%" PRIu64 " delivered=%" PRIu64 " lost=%" PRIu64
            " dup=%" PRIu64 " foreign=%" PRIu64 " pub_rate=%.0f rate=%.0f"
            " p50_us=%.0f p90_us=%.0f p99_us=%.0f max_us=%.0f"
-           " load_cpu_ms=%.0f server_cpu_ms=%.0f other_cpu_ms=%.0f"
+           " load_cpu_ms=%.0f server_cpu_ms=%.0f bus_cpu_ms=%.0f"
+           " other_cpu_ms=%.0f"
            " wall_s=%.3f cpu_s=%.3f"
            " rss_before_kb=%ld rss_after_kb=%ld connect_s=%.3f busy503=%" PRIu64
            " resent=%" PRIu64 " closed=%d failed=%d batch=%d bad_ids=%" PRIu64
@@ -1072,9 +1087,9 @@ static int load_report(void)
            dups, foreign, pubs > 0 ? L.acked / pubs : 0,
            ds > 0 ? (double)delivered / ds : 0, hist_pct(h, 50) / 1e3,
            hist_pct(h, 90) / 1e3, hist_pct(h, 99) / 1e3, (double)h->max / 1e3,
-           lms, sms, oms, ds, cpus, L.rss_before, L.rss_after, cs, L.busy503,
-           L.resent, atomic_load(&L.closed), atomic_load(&L.failed), L.batch,
-           L.bad_ids);
+           lms, sms, bms, oms, ds, cpus, L.rss_before, L.rss_after, cs,
+           L.busy503, L.resent, atomic_load(&L.closed), atomic_load(&L.failed),
+           L.batch, L.bad_ids);
     fflush(stdout);
     if (atomic_load(&L.errors) > 3)
         fprintf(stderr, "bench_ws: and %d more errors\n",
@@ -1309,7 +1324,8 @@ static void usage(void)
             "[-n EVENTS] [-r RATE]\n"
             "                [-k CONNS] [-W WINDOW] [-j THREADS] "
             "[-C CONCURRENCY] [-s BYTES]\n"
-            "                [-S SERVER_PID] [-d SECONDS] [-b BATCH]\n"
+            "                [-S SERVER_PID] [-d SECONDS] [-b BATCH] "
+            "[-B BUS_PID]\n"
             "       bench_ws -m test\n"
             "  -m  load: the load generator; test: self-test (the baseline "
             "server is\n"
@@ -1328,6 +1344,7 @@ static void usage(void)
             "  -C  websocket handshakes in progress at once (default 256)\n"
             "  -s  event data size in bytes, 64 or more (default 128)\n"
             "  -S  server pid: its CPU time and VmRSS from /proc\n"
+            "  -B  the server's bus pid (redis-server): its CPU time too\n"
             "  -d  deadline in seconds (default 120)\n"
             "  -b  events per POST (default 1: POST /events/NAME); more: "
             "POST /events\n      with a JSON array of that many\n");
@@ -1359,7 +1376,7 @@ int main(int argc, char **argv)
     L.dsize = 128;
     L.deadline_s = -1;
     L.batch = 1;
-    while ((c = getopt(argc, argv, "m:p:c:P:n:r:k:W:j:C:s:S:d:b:h")) != -1) {
+    while ((c = getopt(argc, argv, "m:p:c:P:n:r:k:W:j:C:s:S:d:b:B:h")) != -1) {
         switch (c) {
         case 'm':
             mode = optarg;
@@ -1396,6 +1413,9 @@ int main(int argc, char **argv)
             break;
         case 'S':
             L.server_pid = int_opt(optarg, 1, INT32_MAX);
+            break;
+        case 'B':
+            L.bus_pid = int_opt(optarg, 1, INT32_MAX);
             break;
         case 'd':
             L.deadline_s = int_opt(optarg, 1, 86400);
