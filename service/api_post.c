@@ -65,6 +65,7 @@ static void confirmed(int status, void *ud)
 }
 
 static int answer(tb_http_req *req, tb__http_work *w, int why);
+static void release(tb__http_work *w);
 
 /* One block for n events: NULL on ENOMEM. */
 static pub *pub_new(tb_http_req *req, size_t n, void (*done)(void *), void *ud)
@@ -81,6 +82,7 @@ static pub *pub_new(tb_http_req *req, size_t n, void (*done)(void *), void *ud)
     p->seen = p->status + m;
     p->ids = (char(*)[TB_EVENT_ID_MAX])(p->seen + m);
     p->base.answer = answer;
+    p->base.release = release;
     atomic_init(&p->refs, 1 + (int)n);
     pthread_mutex_init(&p->mu, NULL);
     p->done = done;
@@ -104,10 +106,10 @@ static pub *pub_new(tb_http_req *req, size_t n, void (*done)(void *), void *ud)
  * TB_ESHUTDOWN ("nothing dispatched"). The first failure is the rc. */
 static int outcome(pub *p, int why)
 {
-    (void)why;
     int rc = 0;
     pthread_mutex_lock(&p->mu);
-    p->done = NULL; /* never told after this */
+    if (why != TB__HTTP_GONE)
+        p->done = NULL; /* never told after this */
     for (size_t i = 0; i < p->n; i++) {
         p->seen[i] = p->status[i] > 0 ? TB_ETIMEDOUT : p->status[i];
         if (p->seen[i] && !rc)
@@ -128,8 +130,19 @@ static int answer(tb_http_req *req, tb__http_work *w, int why)
     } else {
         tb__api_event_answer(req, rc, p->ids[0], p->name, p->timeout_ms);
     }
-    pub_unref(p);
+    if (why != TB__HTTP_GONE)
+        pub_unref(p); /* else release does */
     return req->status;
+}
+
+/* TB__HTTP_GONE's end: done is not told after this returns. */
+static void release(tb__http_work *w)
+{
+    pub *p = (pub *)w;
+    pthread_mutex_lock(&p->mu);
+    p->done = NULL;
+    pthread_mutex_unlock(&p->mu);
+    pub_unref(p);
 }
 
 int tb__api_post_event_start(tb_http_req *req, void (*done)(void *ud), void *ud,

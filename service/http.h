@@ -91,12 +91,17 @@ int tb__http_forbidden(tb_http_req *req, tb__jwt_right right,
 
 /* What such a handler leaves running; the handler's own state follows
  * it. answer answers req for it (why: 0, the work is done; TB_ETIMEDOUT,
- * the caller stopped waiting; TB_ESHUTDOWN, the server is ending) and
- * lets go of it: done is never called after answer has begun. */
+ * the caller stopped waiting) and lets go of it: done is never called
+ * after answer has begun. With why TB__HTTP_GONE (the client has gone:
+ * an answer nobody reads) the work is answered the same, but done still
+ * runs once it is over, and the caller lets go with release (after done,
+ * or before: done never runs after release has returned). */
 typedef struct tb__http_work tb__http_work;
 struct tb__http_work {
     int (*answer)(tb_http_req *req, tb__http_work *w, int why);
+    void (*release)(tb__http_work *w);
 };
+#define TB__HTTP_GONE 1
 
 /* An asynchronous handler: answers req at once and returns its status
  * (*work NULL), or starts the work and returns 0 with *work set: done(ud)

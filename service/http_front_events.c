@@ -27,6 +27,7 @@ struct fpost {
     int queued;                /* on f->posts_done; under f->mu */
     int finished;              /* answered while queued: freed off the list */
     tb__http_work *work;       /* NULL: answered when it began */
+    tb__http_work *gone;       /* the client left: answered, work kept */
     size_t held;               /* its body's bytes, in f->body_bytes */
     char *body;                /* NUL-terminated; freed once published */
     tb_http_req req;
@@ -143,7 +144,9 @@ static void finish(struct fpost *p, int why)
     tb__http_front *f = p->f;
     if (p->work)
         tb__http_finish(&p->req, p->work, why); /* done() never runs after */
-    p->work = NULL;
+    if (p->gone)
+        p->gone->release(p->gone); /* nor after this */
+    p->work = p->gone = NULL;
     if (p->prev)
         p->prev->next = p->next;
     else
@@ -209,16 +212,20 @@ void tb__front_local_timeout(fconn *c)
     finish(c->post, TB_ETIMEDOUT);
 }
 
-/* The client has gone: its request ends now as a timeout would (counted
- * and logged 504, answered to nobody), so that it holds no batch slot,
- * body bytes or place among the front's requests while the bus still
- * tries; the publish goes on, refcounted on its own. */
+/* The client has gone: its request is answered now as a timeout would
+ * be (counted and logged 504, to nobody), which frees its batch slot;
+ * its body bytes and its place among the front's requests stay taken
+ * until the bus is done with the publish (done(), then finish), since
+ * the bus holds a copy of the data until then. */
 void tb__front_local_detach(fconn *c)
 {
     struct fpost *p = c->post;
     p->c = NULL;
     c->post = NULL;
-    finish(p, TB_ETIMEDOUT);
+    if (p->work)
+        tb__http_finish(&p->req, p->work, TB__HTTP_GONE);
+    p->gone = p->work;
+    p->work = NULL;
 }
 
 /* The front's very end (the bus outlives it): what the bus has not
