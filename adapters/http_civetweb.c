@@ -168,22 +168,6 @@ static int conn_take(void *cp)
 static const tb__http_conn_ops conn_ops = {conn_header, conn_send, conn_gone,
                                            conn_close, conn_take};
 
-/* 1 if token is one of the comma-separated items of list (any case). */
-static int has_token(const char *list, const char *token)
-{
-    size_t tn = strlen(token);
-    for (const char *p = list; *p;) {
-        p += strspn(p, " \t,");
-        size_t n = strcspn(p, ",");
-        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
-            n--;
-        if (n == tn && strncasecmp(p, token, n) == 0)
-            return 1;
-        p += strcspn(p, ",");
-    }
-    return 0;
-}
-
 /* 1 if needle occurs in s, any case (civetweb's mg_strcasestr). */
 static int has_substr(const char *s, const char *needle)
 {
@@ -211,7 +195,7 @@ static int keeps_alive(const conn *c, const struct mg_request_info *ri)
             return 0;
     }
     if (h)
-        return has_token(h, "keep-alive");
+        return tb__http_has_token(h, "keep-alive");
     return ri->http_version && strcmp(ri->http_version, "1.1") == 0;
 }
 
@@ -534,7 +518,8 @@ static int wants_websocket(struct mg_connection *mg,
     const char *up = mg_get_header(mg, "Upgrade");
     const char *co = mg_get_header(mg, "Connection");
     return strcmp(ri->request_method, "GET") == 0 && up &&
-           has_token(up, "websocket") && co && has_token(co, "upgrade") &&
+           tb__http_has_token(up, "websocket") && co &&
+           tb__http_has_token(co, "upgrade") &&
            mg_get_header(mg, "Sec-WebSocket-Key");
 }
 

@@ -137,6 +137,10 @@ tb_ws *tb__http_handle_upgrade(tb_app *app, const tb__http_in *in);
 int tb__http_refuse(tb_app *app, const tb__http_in *in, int status,
                     const char *code, const char *headers, const char *message);
 
+/* 1 if token is one of the comma-separated items of list, in any case (a
+ * Connection header's keep-alive, an Upgrade's websocket). http_head.c. */
+int tb__http_has_token(const char *list, const char *token);
+
 /* 1 if the app has websocket endpoints (tb_app_add_websocket): only then
  * does the server look for upgrades. */
 int tb__app_has_websockets(const tb_app *app);

@@ -214,28 +214,24 @@ int tb__api_bad_timeout(tb_http_req *req, long max_s)
                          max_s);
 }
 
-/* POST /events/{name}: the body is the event's data, as is. 202 once the
- * bus has confirmed it. */
-static int post_event(tb_http_req *req, void *ud)
+int tb__api_event_check(tb_http_req *req, const char **name)
 {
-    (void)ud;
-    tb_app *app = tb_http_app(req);
-    const char *name = tb_http_param(req, "name");
-    int rc = tb_event_name_valid(name);
+    *name = tb_http_param(req, "name");
+    int rc = tb_event_name_valid(*name);
     if (rc)
-        return tb_http_error(req, 400, "bad_name",
-                             "bad event name: %s (1..%d dot-separated "
-                             "segments of [A-Za-z0-9_-], at most %d bytes)",
-                             tb_strerror(rc), TB_EVENT_SEGMENTS_MAX,
-                             TB_EVENT_NAME_MAX);
-    if (!tb__jwt_allows(req->claims, TB__JWT_DISPATCH, name))
-        return tb__http_forbidden(req, TB__JWT_DISPATCH, name);
-    size_t len;
-    const void *data = tb_http_body(req, &len);
-    const tb_app_config *cfg = tb_app_get_config(app);
-    int timeout_ms = cfg->redis.command_timeout_ms;
-    char id[TB_EVENT_ID_MAX];
-    rc = tb_dispatch_wait(app, name, data, len, timeout_ms, id);
+        tb_http_error(req, 400, "bad_name",
+                      "bad event name: %s (1..%d dot-separated "
+                      "segments of [A-Za-z0-9_-], at most %d bytes)",
+                      tb_strerror(rc), TB_EVENT_SEGMENTS_MAX,
+                      TB_EVENT_NAME_MAX);
+    else if (!tb__jwt_allows(req->claims, TB__JWT_DISPATCH, *name))
+        tb__http_forbidden(req, TB__JWT_DISPATCH, *name);
+    return req->status;
+}
+
+int tb__api_event_answer(tb_http_req *req, int rc, const char *id,
+                         const char *name, int timeout_ms)
+{
     if (rc == 0) {
         json_t *o = json_object();
         if (o) {
@@ -244,6 +240,7 @@ static int post_event(tb_http_req *req, void *ud)
         }
         return tb__api_respond(req, 202, o);
     }
+    const tb_app_config *cfg = tb_app_get_config(tb_http_app(req));
     switch (rc) {
     case TB_EINVAL: /* the name is valid: the data is not UTF-8 */
         return tb_http_error(req, 400, "bad_data",
@@ -251,16 +248,36 @@ static int post_event(tb_http_req *req, void *ud)
                              "included); encode binary data first");
     case TB_ENAMETOOLONG:
         return tb_http_error(req, 400, "bad_name", "event name too long");
-    case TB_EMSGSIZE:
+    case TB_EMSGSIZE: {
+        size_t len;
+        tb_http_body(req, &len);
         return tb_http_error(req, 413, "too_large",
                              "event data is %zu bytes; max_event_size is %zu",
                              len, cfg->core.max_event_size);
+    }
     default: {
         char what[64];
         snprintf(what, sizeof what, "event %s", id);
         return tb__api_bus_error(req, rc, timeout_ms, what, NULL);
     }
     }
+}
+
+/* POST /events/{name}: the body is the event's data, as is. 202 once the
+ * bus has confirmed it. (The front's twin: tb__api_post_event_start.) */
+static int post_event(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    const char *name;
+    if (tb__api_event_check(req, &name))
+        return 0;
+    size_t len;
+    const void *data = tb_http_body(req, &len);
+    tb_app *app = tb_http_app(req);
+    int timeout_ms = tb_app_get_config(app)->redis.command_timeout_ms;
+    char id[TB_EVENT_ID_MAX] = "";
+    int rc = tb_dispatch_wait(app, name, data, len, timeout_ms, id);
+    return tb__api_event_answer(req, rc, id, name, timeout_ms);
 }
 
 int tb__api_bus_error(tb_http_req *req, int rc, int timeout_ms,
@@ -815,22 +832,29 @@ int tb_app_add_api(tb_app *app)
         const char *method, *path;
         tb_http_fn fn;
         tb__http_access access;
+        tb__http_start_fn start; /* the front's twin of fn, or NULL */
     } routes[] = {
-        {"POST", "/events", tb__api_post_batch, TB__HTTP_CLIENT},
-        {"POST", "/events/{name}", post_event, TB__HTTP_CLIENT},
-        {"GET", "/events/{pattern}", wait_event, TB__HTTP_CLIENT},
-        {"GET", "/healthz", healthz, TB__HTTP_OPEN},
-        {"GET", "/readyz", readyz, TB__HTTP_OPEN},
-        {"GET", "/metrics", tb__metrics_handler, TB__HTTP_ADMIN},
-        {"GET", "/instances", tb__instances_handler, TB__HTTP_ADMIN},
-        {"GET", "/stats", tb__stats_handler, TB__HTTP_ADMIN},
+        {"POST", "/events", tb__api_post_batch, TB__HTTP_CLIENT,
+         tb__api_post_batch_start},
+        {"POST", "/events/{name}", post_event, TB__HTTP_CLIENT,
+         tb__api_post_event_start},
+        {"GET", "/events/{pattern}", wait_event, TB__HTTP_CLIENT, NULL},
+        {"GET", "/healthz", healthz, TB__HTTP_OPEN, NULL},
+        {"GET", "/readyz", readyz, TB__HTTP_OPEN, NULL},
+        {"GET", "/metrics", tb__metrics_handler, TB__HTTP_ADMIN, NULL},
+        {"GET", "/instances", tb__instances_handler, TB__HTTP_ADMIN, NULL},
+        {"GET", "/stats", tb__stats_handler, TB__HTTP_ADMIN, NULL},
     };
     /* GET, DELETE /tasks/{name}, GET /tasks, POST /tasks/purge
      * (api_tasks.c), then the rest. */
     int rc = tb__api_register_tasks(app);
     for (size_t i = 0; rc == 0 && i < sizeof routes / sizeof routes[0]; i++)
-        rc = tb__app_route_as(app, routes[i].method, routes[i].path,
-                              routes[i].fn, NULL, routes[i].access);
+        rc = routes[i].start
+                 ? tb__app_route_async(app, routes[i].method, routes[i].path,
+                                       routes[i].fn, routes[i].start,
+                                       routes[i].access)
+                 : tb__app_route_as(app, routes[i].method, routes[i].path,
+                                    routes[i].fn, NULL, routes[i].access);
     if (rc == 0)
         rc = tb__api_register_ws(app);
     if (rc == 0)

@@ -33,8 +33,47 @@ int tb__api_respond(tb_http_req *req, int status, json_t *o);
 int tb__api_bus_error(tb_http_req *req, int rc, int timeout_ms,
                       const char *what, json_t *extra);
 
+/* POST /events/{name}'s checks before the publish: the name, and the
+ * client token's right to dispatch it. 0 with *name set (valid as long as
+ * req), else req is answered (400 bad_name, 403) and its status returned. */
+int tb__api_event_check(tb_http_req *req, const char **name);
+
+/* POST /events/{name}'s answer to rc, what the publish of the event
+ * (given id and name) came to: 202 {"id", "name"}, the 400/413 of the
+ * event's checks, else tb__api_bus_error's. */
+int tb__api_event_answer(tb_http_req *req, int rc, const char *id,
+                         const char *name, int timeout_ms);
+
 /* POST /events: a batch of events (api_batch.c). */
 int tb__api_post_batch(tb_http_req *req, void *ud);
+
+/* A batch's steps, shared by the handler and its asynchronous twin
+ * (api_batch.c). enter: 0, or req answered 503 busy past
+ * core.batch_max_concurrent (its status); 0 must be followed by leave.
+ * prepare: the body's format, parse and rights: 0 with *b filled, else
+ * req answered and its status. answer: the answer to the dispatch's rc
+ * (tb__dispatch_many_start's or the confirmations'), given the ids,
+ * statuses, the item at fault (bad; n when none) and its line. */
+struct tb__batch;
+int tb__api_batch_enter(tb_http_req *req);
+void tb__api_batch_leave(tb_app *app);
+int tb__api_batch_prepare(tb_http_req *req, struct tb__batch *b);
+/* The NDJSON line to name in the answer for the item at fault (bad), or
+ * for the one past redis.publish_queue_max; 0 when none. */
+size_t tb__api_batch_line(tb_http_req *req, const struct tb__batch *b,
+                          size_t bad);
+int tb__api_batch_answer(tb_http_req *req, int rc, char (*ids)[TB_EVENT_ID_MAX],
+                         const int *status, size_t n, size_t bad, size_t line,
+                         int timeout_ms);
+
+/* The front's twins of POST /events/{name} and POST /events
+ * (tb__http_start_fn, api_post.c): they publish with a callback and
+ * answer once every event is confirmed, on the caller's thread. */
+struct tb__http_work;
+int tb__api_post_event_start(tb_http_req *req, void (*done)(void *ud), void *ud,
+                             struct tb__http_work **work);
+int tb__api_post_batch_start(tb_http_req *req, void (*done)(void *ud), void *ud,
+                             struct tb__http_work **work);
 
 /* Like tb_http_error, with the fields of extra (consumed, may be NULL)
  * added to the {"error", "message"} body. Logs the same line. */

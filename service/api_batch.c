@@ -149,6 +149,46 @@ static int check_rights(tb_http_req *req, const tb__batch *b, int *answered)
     return 0;
 }
 
+int tb__api_batch_answer(tb_http_req *req, int rc, char (*ids)[TB_EVENT_ID_MAX],
+                         const int *status, size_t n, size_t bad, size_t line,
+                         int timeout_ms)
+{
+    const tb_app_config *cfg = tb_app_get_config(tb_http_app(req));
+    size_t qmax = (size_t)cfg->redis.publish_queue_max;
+    if (rc == 0) {
+        json_t *o = json_object(), *ja = json_array();
+        for (size_t i = 0; ja && i < n; i++)
+            json_array_append_new(ja, json_string(ids[i]));
+        if (o)
+            json_object_set_new(o, "ids", ja);
+        else
+            json_decref(ja);
+        return tb__api_respond(req, 202, o);
+    }
+    if (rc == TB_EMSGSIZE && bad == n)
+        return tb__api_error_with(
+            req, 413, "too_many_events", where(qmax, line),
+            "the bus queues at most %d events (redis.publish_queue_max): a "
+            "batch of %zu can never be taken; split it; nothing was "
+            "dispatched",
+            cfg->redis.publish_queue_max, n);
+    if (bad < n)
+        /* The parse checks what tb_dispatch_many does: kept in step. */
+        return tb__api_error_with(req, rc == TB_EMSGSIZE ? 413 : 400,
+                                  rc == TB_EMSGSIZE ? "too_large" : "bad_data",
+                                  where(bad, line),
+                                  "item %zu refused: %s; nothing was "
+                                  "dispatched",
+                                  bad, tb_strerror(rc));
+    if (ids[0][0] == '\0')
+        /* Not taken (503): nothing dispatched, no statuses to give. */
+        return tb__api_bus_error(req, rc, timeout_ms, "the batch", NULL);
+    char what[160];
+    failed_what(status, n, what, sizeof what);
+    return tb__api_bus_error(req, rc, timeout_ms, what,
+                             outcome(ids, status, n));
+}
+
 /* Dispatches b's events and answers. b is freed (and emptied) once the bus
  * has the events, before the wait for its confirmations: a big body's
  * parse is not held while Redis answers. */
@@ -162,6 +202,7 @@ static int dispatch(tb_http_req *req, tb__batch *b)
     if (!ids || !status) {
         free(ids);
         free(status);
+        tb__batch_free(b);
         return tb_http_error(req, 500, "internal", "out of memory");
     }
     int timeout_ms = cfg->redis.command_timeout_ms;
@@ -169,52 +210,43 @@ static int dispatch(tb_http_req *req, tb__batch *b)
     tb__many *m;
     int rc = tb__dispatch_many_start(app, b->items, n, timeout_ms, ids, status,
                                      &bad, &m);
-    /* The line of the item at fault, while b still has them. */
-    size_t qmax = (size_t)cfg->redis.publish_queue_max;
-    size_t line = bad < n ? b->lines[bad] : qmax < n ? b->lines[qmax] : 0;
+    size_t line = tb__api_batch_line(req, b, bad);
     tb__batch_free(b);
     if (rc == 0 && m)
         rc = tb__dispatch_many_wait(m, status);
-    int ret;
-    if (rc == 0) {
-        json_t *o = json_object(), *ja = json_array();
-        for (size_t i = 0; ja && i < n; i++)
-            json_array_append_new(ja, json_string(ids[i]));
-        if (o)
-            json_object_set_new(o, "ids", ja);
-        else
-            json_decref(ja);
-        ret = tb__api_respond(req, 202, o);
-    } else if (rc == TB_EMSGSIZE && bad == n) {
-        ret = tb__api_error_with(
-            req, 413, "too_many_events", where(qmax, line),
-            "the bus queues at most %d events (redis.publish_queue_max): a "
-            "batch of %zu can never be taken; split it; nothing was "
-            "dispatched",
-            cfg->redis.publish_queue_max, n);
-    } else if (bad < n) {
-        /* The parse checks what tb_dispatch_many does: kept in step. */
-        ret = tb__api_error_with(req, rc == TB_EMSGSIZE ? 413 : 400,
-                                 rc == TB_EMSGSIZE ? "too_large" : "bad_data",
-                                 where(bad, line),
-                                 "item %zu refused: %s; nothing was "
-                                 "dispatched",
-                                 bad, tb_strerror(rc));
-    } else if (ids[0][0] == '\0') {
-        /* Not taken (503): nothing dispatched, no statuses to give. */
-        ret = tb__api_bus_error(req, rc, timeout_ms, "the batch", NULL);
-    } else {
-        char what[160];
-        failed_what(status, n, what, sizeof what);
-        ret = tb__api_bus_error(req, rc, timeout_ms, what,
-                                outcome(ids, status, n));
-    }
+    int ret =
+        tb__api_batch_answer(req, rc, ids, status, n, bad, line, timeout_ms);
     free(ids);
     free(status);
     return ret;
 }
 
-static int post_batch(tb_http_req *req);
+size_t tb__api_batch_line(tb_http_req *req, const tb__batch *b, size_t bad)
+{
+    const tb_app_config *cfg = tb_app_get_config(tb_http_app(req));
+    size_t qmax = (size_t)cfg->redis.publish_queue_max, n = b->n;
+    return bad < n ? b->lines[bad] : qmax < n ? b->lines[qmax] : 0;
+}
+
+int tb__api_batch_enter(tb_http_req *req)
+{
+    tb_app *app = tb_http_app(req);
+    int max = tb_app_get_config(app)->core.batch_max_concurrent;
+    if (atomic_fetch_add(&app->batches_in, 1) < max)
+        return 0;
+    atomic_fetch_sub(&app->batches_in, 1);
+    tb_http_error(req, 503, "busy",
+                  "the service handles at most %d batches at "
+                  "once (core.batch_max_concurrent); retry "
+                  "later",
+                  max);
+    return req->status;
+}
+
+void tb__api_batch_leave(tb_app *app)
+{
+    atomic_fetch_sub(&app->batches_in, 1);
+}
 
 /* A batch's parse can take ~20 x max_event_size for one item's tree and
  * holds its events until the bus confirms them: core.batch_max_concurrent
@@ -222,44 +254,41 @@ static int post_batch(tb_http_req *req);
 int tb__api_post_batch(tb_http_req *req, void *ud)
 {
     (void)ud;
-    tb_app *app = tb_http_app(req);
-    int max = tb_app_get_config(app)->core.batch_max_concurrent;
-    if (atomic_fetch_add(&app->batches_in, 1) >= max) {
-        atomic_fetch_sub(&app->batches_in, 1);
-        return tb_http_error(req, 503, "busy",
-                             "the service handles at most %d batches at "
-                             "once (core.batch_max_concurrent); retry "
-                             "later",
-                             max);
-    }
-    int rc = post_batch(req);
-    atomic_fetch_sub(&app->batches_in, 1);
-    return rc;
+    if (tb__api_batch_enter(req))
+        return 0;
+    tb__batch b;
+    if (tb__api_batch_prepare(req, &b) == 0)
+        dispatch(req, &b); /* it frees b */
+    tb__api_batch_leave(tb_http_app(req));
+    return 0;
 }
 
-static int post_batch(tb_http_req *req)
+int tb__api_batch_prepare(tb_http_req *req, tb__batch *b)
 {
     tb_app *app = tb_http_app(req);
     const tb_app_config *cfg = tb_app_get_config(app);
     size_t len;
     const char *body = tb_http_body(req, &len);
     tb__batch_format fmt;
-    if (!body_format(tb_http_header(req, "Content-Type"), body, len, &fmt))
-        return tb_http_error(req, 415, "bad_content_type",
-                             "a batch is application/json (an array of "
-                             "{\"name\", \"data\"} objects) or "
-                             "application/x-ndjson (one object a line)");
-    tb__batch b;
+    if (!body_format(tb_http_header(req, "Content-Type"), body, len, &fmt)) {
+        tb_http_error(req, 415, "bad_content_type",
+                      "a batch is application/json (an array of "
+                      "{\"name\", \"data\"} objects) or "
+                      "application/x-ndjson (one object a line)");
+        return req->status;
+    }
     tb__batch_err e;
     if (tb__batch_parse(body, len, fmt, (size_t)cfg->core.batch_max_events,
-                        cfg->core.max_event_size, cfg->core.json_max_depth, &b,
-                        &e) != 0)
-        return tb__api_error_with(req, e.status, e.code, where(e.index, e.line),
-                                  "%s; nothing was dispatched", e.message);
+                        cfg->core.max_event_size, cfg->core.json_max_depth, b,
+                        &e) != 0) {
+        tb__api_error_with(req, e.status, e.code, where(e.index, e.line),
+                           "%s; nothing was dispatched", e.message);
+        return req->status;
+    }
     int answered;
-    int rc = check_rights(req, &b, &answered);
+    check_rights(req, b, &answered);
     if (!answered)
-        return dispatch(req, &b); /* it frees b */
-    tb__batch_free(&b);
-    return rc;
+        return 0;
+    tb__batch_free(b);
+    return req->status;
 }

@@ -176,6 +176,13 @@
     X(http, queue_timeout_ms, MS, 10000, NULL, 1, H1, "http-queue-timeout",    \
       "ms a request read whole may wait for a free HTTP thread, then 503 "     \
       "(front)")                                                               \
+    X(http, front_answers, BOOL, 1, NULL, 0, 1, "http-front-answers",          \
+      "the front answers POST /events and /events/{name} itself, without "     \
+      "an HTTP thread (0: relayed like every other route)")                    \
+    X(http, front_batch_max_body, SIZE, 64 * KiB, NULL, 0, 512 * MiB,          \
+      "http-front-batch-max-body",                                             \
+      "POST /events bodies up to this many bytes are answered by the front; "  \
+      "larger ones go to an HTTP thread (their parse would stall the front)")  \
     X(ws, max_clients, INT, 10000, NULL, 1, 1 << 20, "ws-max-clients",         \
       "open websockets")                                                       \
     X(ws, max_message, SIZE, MiB, NULL, 1, 512 * MiB, "ws-max-message",        \

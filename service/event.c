@@ -234,6 +234,20 @@ int tb_dispatch_from(tb_app *app, const tb_event *cause, const char *name,
     return rc;
 }
 
+int tb__dispatch_cb(tb_app *app, const char *name, const void *data, size_t len,
+                    tb__publish_cb cb, void *ud, char *id_out)
+{
+    tb_event *ev;
+    int rc = tb__event_make(app, name, data, len, &ev);
+    if (rc)
+        return rc;
+    rc = app->bus->ops->publish(app->bus, ev, cb, ud);
+    if (rc == 0 && id_out)
+        memcpy(id_out, ev->id, sizeof ev->id);
+    tb_event_unref(ev);
+    return rc;
+}
+
 /* What tb_dispatch_wait and the bus's publish callback share: it outlives
  * whichever side gives up first. */
 typedef struct tb__confirm {

@@ -71,38 +71,14 @@ static void many_drop(tb__many *m)
     free(m);
 }
 
-int tb__dispatch_many_start(tb_app *app, const tb_event_item *items, size_t n,
-                            int timeout_ms, char (*ids)[TB_EVENT_ID_MAX],
-                            int *status, size_t *bad, tb__many **out)
+/* Makes the n events and hands them to the bus with cb(uds[i]): all or
+ * none. ids filled when taken; *bad is the item at fault, if one is. */
+static int publish_items(tb_app *app, const tb_event_item *items, size_t n,
+                         char (*ids)[TB_EVENT_ID_MAX], size_t *bad,
+                         tb__publish_cb cb, void *const *uds)
 {
-    size_t bad_ = 0;
-    if (!bad)
-        bad = &bad_;
-    *bad = n;
-    *out = NULL;
-    if (!app || (n && !items))
-        return TB_EINVAL;
-    if (ids)
-        memset(ids, 0, n * sizeof *ids);
-    int rc = 0;
-    int wait = timeout_ms != 0;
-    if (n > (size_t)app->cfg.core.batch_max_events) {
-        *bad = (size_t)app->cfg.core.batch_max_events;
-        rc = TB_EMSGSIZE;
-    } else if (wait && tb__worker_current()) {
-        rc = TB_EDEADLK; /* a worker's loop must never block */
-    }
-    if (timeout_ms == TB_TIMEOUT_DEFAULT)
-        timeout_ms = app->cfg.redis.command_timeout_ms;
-    if (rc || n == 0) {
-        for (size_t i = 0; status && i < n; i++)
-            status[i] = rc;
-        return rc;
-    }
     tb_event **evs = calloc(n, sizeof *evs);
-    void **uds = wait ? malloc(n * sizeof *uds) : NULL;
-    tb__many *m = wait ? many_new(n, timeout_ms) : NULL;
-    rc = evs && (!wait || (uds && m)) ? 0 : TB_ENOMEM;
+    int rc = evs ? 0 : TB_ENOMEM;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         rc = tb__event_make(app, items[i].name, items[i].data, items[i].len,
                             &evs[i]);
@@ -110,17 +86,73 @@ int tb__dispatch_many_start(tb_app *app, const tb_event_item *items, size_t n,
             *bad = i; /* this item's fault */
     }
     if (rc == 0) {
-        for (size_t i = 0; m && i < n; i++)
-            uds[i] = &m->slots[i];
         /* All or none: a bus has publish_many (tb__app_use_bus). */
-        rc = app->bus->ops->publish_many(app->bus, evs, n,
-                                         m ? many_confirmed : NULL, uds);
+        rc = app->bus->ops->publish_many(app->bus, evs, n, cb, uds);
         for (size_t i = 0; rc == 0 && ids && i < n; i++)
             memcpy(ids[i], evs[i]->id, TB_EVENT_ID_MAX);
     }
     for (size_t i = 0; evs && i < n; i++)
         tb_event_unref(evs[i]);
     free(evs);
+    return rc;
+}
+
+/* The checks before any event is made: n within batch_max_events (else
+ * TB_EMSGSIZE, *bad at the limit). */
+static int check_many(tb_app *app, const tb_event_item *items, size_t n,
+                      char (*ids)[TB_EVENT_ID_MAX], size_t *bad)
+{
+    *bad = n;
+    if (!app || (n && !items))
+        return TB_EINVAL;
+    if (ids)
+        memset(ids, 0, n * sizeof *ids);
+    if (n > (size_t)app->cfg.core.batch_max_events) {
+        *bad = (size_t)app->cfg.core.batch_max_events;
+        return TB_EMSGSIZE;
+    }
+    return 0;
+}
+
+int tb__dispatch_many_cb(tb_app *app, const tb_event_item *items, size_t n,
+                         char (*ids)[TB_EVENT_ID_MAX], size_t *bad,
+                         tb__publish_cb cb, void *const *uds)
+{
+    int rc = check_many(app, items, n, ids, bad);
+    if (rc || n == 0)
+        return rc;
+    return publish_items(app, items, n, ids, bad, cb, uds);
+}
+
+int tb__dispatch_many_start(tb_app *app, const tb_event_item *items, size_t n,
+                            int timeout_ms, char (*ids)[TB_EVENT_ID_MAX],
+                            int *status, size_t *bad, tb__many **out)
+{
+    size_t bad_ = 0;
+    if (!bad)
+        bad = &bad_;
+    *out = NULL;
+    int rc = check_many(app, items, n, ids, bad);
+    if (rc == TB_EINVAL)
+        return rc;
+    int wait = timeout_ms != 0;
+    if (rc == 0 && wait && tb__worker_current())
+        rc = TB_EDEADLK; /* a worker's loop must never block */
+    if (timeout_ms == TB_TIMEOUT_DEFAULT)
+        timeout_ms = app->cfg.redis.command_timeout_ms;
+    if (rc || n == 0) {
+        for (size_t i = 0; status && i < n; i++)
+            status[i] = rc;
+        return rc;
+    }
+    void **uds = wait ? malloc(n * sizeof *uds) : NULL;
+    tb__many *m = wait ? many_new(n, timeout_ms) : NULL;
+    rc = !wait || (uds && m) ? 0 : TB_ENOMEM;
+    for (size_t i = 0; rc == 0 && m && i < n; i++)
+        uds[i] = &m->slots[i];
+    if (rc == 0)
+        rc = publish_items(app, items, n, ids, bad, m ? many_confirmed : NULL,
+                           uds);
     free(uds);
     for (size_t i = 0; status && i < n; i++)
         status[i] = rc;

@@ -21,13 +21,14 @@
  * does not convert function pointers to void *. */
 typedef struct route_fn {
     tb_http_fn fn;
-    tb__http_access access; /* who may use it when there is an API token */
-    tb__ws_route *ws;       /* a websocket endpoint: upgrades go there */
+    tb__http_access access;  /* who may use it when there is an API token */
+    tb__ws_route *ws;        /* a websocket endpoint: upgrades go there */
+    tb__http_start_fn start; /* or NULL: fn only */
 } route_fn;
 
-static int route_add_ws(tb_app *app, const char *method, const char *path,
-                        tb_http_fn fn, void *ud, tb__http_access access,
-                        tb__ws_route *ws)
+static int route_add(tb_app *app, const char *method, const char *path,
+                     tb_http_fn fn, void *ud, tb__http_access access,
+                     tb__ws_route *ws, tb__http_start_fn start)
 {
     if (!app || !method || !path || !fn)
         return TB_EINVAL;
@@ -44,6 +45,7 @@ static int route_add_ws(tb_app *app, const char *method, const char *path,
     h->fn = fn;
     h->access = access;
     h->ws = ws;
+    h->start = start;
     int rc = tb__router_add(app->router, method, path, h, ud);
     if (rc) {
         free(h);
@@ -75,20 +77,27 @@ static int upgrade_required(tb_http_req *req, void *ud)
 int tb__http_route_ws(tb_app *app, const char *path, tb__ws_route *route,
                       tb__http_access access)
 {
-    return route_add_ws(app, "GET", path, upgrade_required, NULL, access,
-                        route);
+    return route_add(app, "GET", path, upgrade_required, NULL, access, route,
+                     NULL);
 }
 
 int tb_app_add_route(tb_app *app, const char *method, const char *path,
                      tb_http_fn fn, void *ud)
 {
-    return route_add_ws(app, method, path, fn, ud, TB__HTTP_ADMIN, NULL);
+    return route_add(app, method, path, fn, ud, TB__HTTP_ADMIN, NULL, NULL);
 }
 
 int tb__app_route_as(tb_app *app, const char *method, const char *path,
                      tb_http_fn fn, void *ud, tb__http_access access)
 {
-    return route_add_ws(app, method, path, fn, ud, access, NULL);
+    return route_add(app, method, path, fn, ud, access, NULL, NULL);
+}
+
+int tb__app_route_async(tb_app *app, const char *method, const char *path,
+                        tb_http_fn fn, tb__http_start_fn start,
+                        tb__http_access access)
+{
+    return route_add(app, method, path, fn, NULL, access, NULL, start);
 }
 
 const tb__router *tb__http_router(const tb_app *app)
@@ -439,12 +448,17 @@ static int authorize(tb_http_req *req, int rc)
     return status;
 }
 
+static int route(tb_http_req *req)
+{
+    return req->app->router ? tb__router_match(req->app->router, req->method,
+                                               req->path, &req->match)
+                            : TB__ROUTE_NOT_FOUND;
+}
+
 static int dispatch(tb_http_req *req, tb_ws **upgrade)
 {
     set_request_id(req);
-    int rc = req->app->router ? tb__router_match(req->app->router, req->method,
-                                                 req->path, &req->match)
-                              : TB__ROUTE_NOT_FOUND;
+    int rc = route(req);
     if (authorize(req, rc))
         return req->status;
     if (rc == TB__ROUTE_NOT_FOUND) {
@@ -494,7 +508,17 @@ static tb_http_req request_of(tb_app *app, const tb__http_in *in)
         .query = in->query,
         .body = in->body,
         .body_len = in->body_len,
+        .start_us = tb__mono_us(),
     };
+}
+
+/* Counts req, answered with status, for /metrics. */
+static void count(tb_http_req *req, int status)
+{
+    if (status && req->app->metrics)
+        tb__metrics_count(req->app->metrics, req->match.tmpl, req->method,
+                          status,
+                          (double)(tb__mono_us() - req->start_us) / 1e6);
 }
 
 int tb__http_refuse(tb_app *app, const tb__http_in *in, int status,
@@ -508,34 +532,57 @@ int tb__http_refuse(tb_app *app, const tb__http_in *in, int status,
 int tb__http_handle(tb_app *app, const tb__http_in *in)
 {
     tb_http_req r = request_of(app, in), *req = &r;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
     int status = dispatch(req, NULL);
     tb__jwt_claims_free(req->claims);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    if (status && req->app->metrics)
-        tb__metrics_count(req->app->metrics, req->match.tmpl, req->method,
-                          status,
-                          (double)(t1.tv_sec - t0.tv_sec) +
-                              (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+    count(req, status);
     return status;
+}
+
+/* The end of an asynchronous request: answered (500 if its handler did
+ * not), its claims freed, counted. Its status. */
+static int handled(tb_http_req *req)
+{
+    if (!req->status)
+        error_answer(req, 500, "internal", "the handler did not answer", NULL);
+    tb__jwt_claims_free(req->claims);
+    req->claims = NULL;
+    count(req, req->status);
+    return req->status;
+}
+
+int tb__http_start(tb_app *app, const tb__http_in *in, tb_http_req *req,
+                   void (*done)(void *ud), void *ud, tb__http_work **work)
+{
+    *work = NULL;
+    *req = request_of(app, in);
+    int rc = route(req);
+    const route_fn *h = rc == TB__ROUTE_OK ? req->match.handler : NULL;
+    if (!h || !h->start)
+        return TB__HTTP_RELAY;
+    /* From here as dispatch() with a route that matched. */
+    set_request_id(req);
+    if (!authorize(req, rc))
+        h->start(req, done, ud, work);
+    return *work ? 0 : handled(req);
+}
+
+int tb__http_finish(tb_http_req *req, tb__http_work *work, int why)
+{
+    work->answer(req, work, why);
+    return handled(req);
 }
 
 tb_ws *tb__http_handle_upgrade(tb_app *app, const tb__http_in *in)
 {
     tb_http_req r = request_of(app, in), *req = &r;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
     tb_ws *ws = NULL;
     int status = dispatch(req, &ws);
     if (!status && !ws)
         error_answer(req, 500, "internal", "upgrade failed", NULL);
     tb__jwt_claims_free(req->claims); /* NULL when ws took them */
-    clock_gettime(CLOCK_MONOTONIC, &t1);
     if (req->app->metrics)
         tb__metrics_count(req->app->metrics, req->match.tmpl, req->method,
                           ws ? 101 : req->status,
-                          (double)(t1.tv_sec - t0.tv_sec) +
-                              (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+                          (double)(tb__mono_us() - req->start_us) / 1e6);
     return ws;
 }

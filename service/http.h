@@ -4,6 +4,7 @@
 #define TASKBUS_HTTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "taskbus/taskbus.h"
 
@@ -27,7 +28,8 @@ struct tb_http_req {
                                       own), or NULL: the API token, or none
                                       needed */
     char request_id[72];
-    int status; /* answered with; 0 while not answered */
+    int status;       /* answered with; 0 while not answered */
+    int64_t start_us; /* monotonic, when handling began (the metrics) */
 };
 
 /* The app's HTTP state, created on first tb_app_add_route. */
@@ -79,6 +81,58 @@ int tb__app_route_as(tb_app *app, const char *method, const char *path,
  * pattern. The body names the pattern ({"error", "message", "pattern"}). */
 int tb__http_forbidden(tb_http_req *req, tb__jwt_right right,
                        const char *pattern);
+
+/* ---- requests answered later, without a thread that waits ----
+ *
+ * The HTTP front answers POST /events and POST /events/{name} itself
+ * (http_front_events.c): their handlers have an asynchronous twin that
+ * starts the publish and returns; the answer is built when the bus has
+ * confirmed, on the front's thread. */
+
+/* What such a handler leaves running; the handler's own state follows
+ * it. answer answers req for it (why: 0, the work is done; TB_ETIMEDOUT,
+ * the caller stopped waiting) and lets go of it: done is never called
+ * after answer has begun. With why TB__HTTP_GONE (the client has gone:
+ * an answer nobody reads) the work is answered the same, but done still
+ * runs once it is over, and the caller lets go with release (after done,
+ * or before: done never runs after release has returned). */
+typedef struct tb__http_work tb__http_work;
+struct tb__http_work {
+    int (*answer)(tb_http_req *req, tb__http_work *w, int why);
+    void (*release)(tb__http_work *w);
+};
+#define TB__HTTP_GONE 1
+
+/* An asynchronous handler: answers req at once and returns its status
+ * (*work NULL), or starts the work and returns 0 with *work set: done(ud)
+ * then runs exactly once, from any thread (a bus's; or this one, before
+ * this returns), once the answer can be made, unless answer has begun. */
+typedef int (*tb__http_start_fn)(tb_http_req *req, void (*done)(void *ud),
+                                 void *ud, tb__http_work **work);
+
+/* tb__app_route_as for a route that also has an asynchronous handler
+ * (start) the front may use in place of fn. */
+int tb__app_route_async(tb_app *app, const char *method, const char *path,
+                        tb_http_fn fn, tb__http_start_fn start,
+                        tb__http_access access);
+
+/* tb__http_start's answer for a request whose route has no asynchronous
+ * handler: nothing was done, the server handles it as any other. */
+#define TB__HTTP_RELAY (-1)
+
+/* For a request whose route has an asynchronous handler, does what
+ * tb__http_handle does before the handler (request id, the tokens, 401
+ * and 403 first) and starts it. req is the caller's storage (no need to
+ * initialize it), kept with in's strings until tb__http_finish. Returns
+ * TB__HTTP_RELAY; the status answered (counted for /metrics; req is done
+ * with); or 0: pending, *work set, done(ud) as tb__http_start_fn says,
+ * then tb__http_finish exactly once. */
+int tb__http_start(tb_app *app, const tb__http_in *in, tb_http_req *req,
+                   void (*done)(void *ud), void *ud, tb__http_work **work);
+
+/* Answers a pending request (why as tb__http_work's answer), counts it for
+ * /metrics and frees what req holds. Returns the status. */
+int tb__http_finish(tb_http_req *req, tb__http_work *work, int why);
 
 /* The app's router (NULL when no route was registered). */
 const tb__router *tb__http_router(const tb_app *app);

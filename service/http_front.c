@@ -125,6 +125,8 @@ static void drop_resend(fconn *c)
 void tb__front_dispatch(fconn *c, size_t n, int shut)
 {
     tb__http_front *f = c->f;
+    if (!shut && !c->retried && tb__front_local(c, n))
+        return;
     upconn *up = tb__front_up_get(f, c->retried);
     if (!up && f->nup >= f->up_max && !f->stopping) {
         c->state = C_QUEUED;
@@ -196,8 +198,7 @@ void tb__front_dispatch(fconn *c, size_t n, int shut)
     evtimer_del(c->timer);
     if (c->req.upgrade)
         bufferevent_disable(c->bev, EV_READ); /* no requests after it */
-    tb__front_resp_progress(
-        c); /* the pool's connection may hold nothing: no-op */
+    tb__front_resp_progress(c); /* the pool's may hold nothing: no-op */
 }
 
 /* The next byte of a body within body_timeout_ms, and the whole body by
@@ -272,21 +273,6 @@ static void body_progress(fconn *c)
                          EVBUFFER_PTR_SET);
     }
     arm_body(c);
-}
-
-static int wants_continue(const char *head, size_t len)
-{
-    /* Rare: a linear scan is enough. */
-    static const char h[] = "\nexpect:";
-    for (size_t i = 0; i + sizeof h - 1 <= len; i++)
-        if (strncasecmp(head + i, h, sizeof h - 1) == 0) {
-            const char *v = head + i + sizeof h - 1;
-            while (v < head + len && (*v == ' ' || *v == '\t'))
-                v++;
-            return head + len - v >= 12 &&
-                   strncasecmp(v, "100-continue", 12) == 0;
-        }
-    return 0;
 }
 
 /* A request head, whole or not yet. */
@@ -373,8 +359,8 @@ static void parse_head(fconn *c)
         tb__mono_us() + (int64_t)c->f->cfg->http.body_deadline_ms * 1000;
     if (c->req_kind == TB__HTTP_BODY_CHUNKED)
         memset(&c->req_chunks, 0, sizeof c->req_chunks);
-    if (!c->req.http10 && wants_continue(p, end) &&
-        len - end == 0) { /* the client waits for it before its body */
+    if (!c->req.http10 && len == end &&    /* none of the body yet: */
+        tb__http_wants_continue(p, end)) { /* the client may wait for it */
         evbuffer_add(bufferevent_get_output(c->bev),
                      "HTTP/1.1 100 Continue\r\n\r\n", 25);
         tb__front_push(c->bev, c->fd);
@@ -394,7 +380,7 @@ static void relay(fconn *c, size_t n)
 
 /* The answer is complete: the client's connection goes on to its next
  * request, or ends. */
-static void resp_done(fconn *c)
+void tb__front_resp_done(fconn *c)
 {
     tb__front_push(c->bev, c->fd);
     upconn *up = c->up;
@@ -479,7 +465,7 @@ void tb__front_resp_progress(fconn *c)
             memset(&c->resp_chunks, 0, sizeof c->resp_chunks);
             c->rstate = R_BODY;
             if (c->resp_kind == TB__HTTP_BODY_NONE) {
-                resp_done(c);
+                tb__front_resp_done(c);
                 return;
             }
             continue;
@@ -491,7 +477,7 @@ void tb__front_resp_progress(fconn *c)
             relay(c, n);
             c->resp_left -= n;
             if (!c->resp_left) {
-                resp_done(c);
+                tb__front_resp_done(c);
                 return;
             }
         } else if (c->resp_kind == TB__HTTP_BODY_CHUNKED) {
@@ -507,7 +493,7 @@ void tb__front_resp_progress(fconn *c)
             }
             relay(c, (size_t)used);
             if (done) {
-                resp_done(c);
+                tb__front_resp_done(c);
                 return;
             }
         } else {
@@ -573,6 +559,8 @@ void tb__front_conn_free(fconn *c)
     drop_resend(c);
     if (c->up)
         tb__front_up_free(c->up);
+    if (c->post)
+        tb__front_local_detach(c);
     if (f->by_port[c->port] == c) { /* kept after a hand-over */
         f->by_port[c->port] = NULL;
         atomic_store_explicit(&f->peers[c->port], 0, memory_order_release);
@@ -619,6 +607,7 @@ static void client_read(struct bufferevent *bev, void *arg)
         body_progress(c);
         break;
     case C_QUEUED:
+    case C_LOCAL:
     case C_WAIT: /* the next request, pipelined: it waits its turn */
         if (evbuffer_get_length(in) > TB__HTTP_HEAD_MAX) {
             /* Read no more, but still learn when the client goes (a long
@@ -697,7 +686,8 @@ static void client_event(struct bufferevent *bev, short what, void *arg)
             shutdown(c->up->fd, SHUT_WR);
         return;
     }
-    if (c->state == C_QUEUED && !(what & BEV_EVENT_ERROR)) {
+    if ((c->state == C_QUEUED || c->state == C_LOCAL) &&
+        !(what & BEV_EVENT_ERROR)) {
         /* Its request is read whole: answered when its turn comes,
          * and the server then sees the end (tb__front_dispatch). */
         bufferevent_disable(c->bev, EV_READ);
@@ -717,6 +707,10 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
     fconn *c = arg;
     char who[32];
     char ch;
+    if (c->state == C_LOCAL) {
+        tb__front_local_timeout(c); /* 504 publish_timeout */
+        return;
+    }
     if (c->state == C_HEAD && !c->started &&
         (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
          recv(c->fd, &ch, 1, MSG_PEEK | MSG_DONTWAIT) > 0)) {
@@ -845,6 +839,7 @@ static void on_stop(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     tb__http_front *f = arg;
+    f->ending = 1;
     if (f->lis) {
         evconnlistener_free(f->lis);
         f->lis = NULL;
@@ -868,10 +863,8 @@ static void on_end_timer(evutil_socket_t fd, short what, void *arg)
 static void on_quit(evutil_socket_t fd, short what, void *arg)
 {
     tb__http_front *f = arg;
-    on_stop(fd, what, arg);
+    on_stop(fd, what, arg); /* the pool is empty from now on */
     f->stopping = 1;
-    while (f->pool)
-        tb__front_up_free(f->pool);
     for (fconn *c = f->conns, *next; c; c = next) {
         next = c->next;
         c->close_after = 1;
@@ -883,7 +876,9 @@ static void on_quit(evutil_socket_t fd, short what, void *arg)
         event_base_loopbreak(f->base);
         return;
     }
-    struct timeval tv = {STOP_FLUSH_MS / 1000, (STOP_FLUSH_MS % 1000) * 1000};
+    /* STOP_FLUSH_MS's comment: the front's own answers, longer. */
+    int ms = STOP_FLUSH_MS + (f->posts ? f->cfg->redis.command_timeout_ms : 0);
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     evtimer_add(f->end_timer, &tv);
 }
 
@@ -896,6 +891,7 @@ static void *front_main(void *arg)
 
 static void front_destroy(tb__http_front *f)
 {
+    tb__front_local_end(f);
     while (f->conns)
         tb__front_conn_free(f->conns);
     while (f->pool)
@@ -916,6 +912,8 @@ static void front_destroy(tb__http_front *f)
         event_free(f->take_ev);
     if (f->end_timer)
         event_free(f->end_timer);
+    if (f->posts_ev)
+        event_free(f->posts_ev);
     if (f->accept_timer)
         event_free(f->accept_timer);
     if (f->base)
@@ -954,6 +952,7 @@ tb__http_front *tb__http_front_start(tb_app *app, const struct sockaddr_in *pub,
         !(f->stop_ev = event_new(f->base, -1, 0, on_stop, f)) ||
         !(f->quit_ev = event_new(f->base, -1, 0, on_quit, f)) ||
         !(f->take_ev = event_new(f->base, -1, 0, tb__front_on_take, f)) ||
+        !(f->posts_ev = event_new(f->base, -1, 0, tb__front_on_posts, f)) ||
         !(f->end_timer = evtimer_new(f->base, on_end_timer, f)) ||
         !(f->accept_timer = evtimer_new(f->base, on_accept_timer, f))) {
         front_destroy(f);

@@ -34,7 +34,8 @@
  * TAKE_TIMEOUT_MS: a hand-over (websocket, SSE) waits this long for the
  *   front's buffered bytes to reach the client; a server thread is held
  *   meanwhile, so it is short and fixed.
- * STOP_FLUSH_MS: answers in flight at shutdown get this long.
+ * STOP_FLUSH_MS: answers in flight at shutdown get this long (the
+ *   front's own, waiting for the bus, redis.command_timeout_ms more).
  * OUT_HIGH: client output that pauses reading the server's answer (back
  *   pressure); a client only sees its answer arrive as fast as it reads.
  * RESP_HEAD_MAX: a response head from civetweb (our own answers, a few
@@ -81,7 +82,8 @@ enum cstate {
     C_QUEUED,   /* read whole, waiting for a server connection */
     C_WAIT,     /* relayed: relaying the answer */
     C_UPGRADED, /* the 101 relayed: waiting for the hand-over */
-    C_CLOSING   /* flushing, then draining what the client still sends */
+    C_CLOSING,  /* flushing, then draining what the client still sends */
+    C_LOCAL     /* answered by the front itself: waiting for the bus */
 };
 enum rstate {
     R_HEAD,
@@ -136,6 +138,7 @@ typedef struct fconn {
     int64_t body_end_us; /* C_BODY: the whole body by then (monotonic) */
     int body_late;       /* C_BODY: the timer is armed for body_end_us */
     take_req *take;
+    struct fpost *post; /* C_LOCAL: the request (http_front_events.c) */
 } fconn;
 
 struct tb__http_front {
@@ -147,6 +150,7 @@ struct tb__http_front {
     pthread_t thread;
     struct event *stop_ev, *quit_ev, *take_ev, *end_timer;
     int stopping;
+    int ending; /* stop asked: the front's own answers close */
     fconn *conns;
     int nconns;
     upconn *pool;
@@ -166,6 +170,10 @@ struct tb__http_front {
     tb__ratelog accept_log;
     struct event *accept_timer; /* accepting again after a failure */
     size_t body_bytes;          /* request body bytes held, all connections */
+    struct fpost *posts;        /* requests the front answers, in flight */
+    int nposts;                 /* on posts */
+    struct fpost *posts_done;   /* ready to answer; under mu */
+    struct event *posts_ev;     /* posts_done has some */
 };
 
 /* http_front.c */
@@ -174,6 +182,7 @@ void tb__front_close_bev(struct bufferevent *bev, int fd);
 void tb__front_arm(fconn *c, int ms);
 void tb__front_dispatch(fconn *c, size_t n, int shut);
 void tb__front_resp_progress(fconn *c);
+void tb__front_resp_done(fconn *c);
 void tb__front_start_closing(fconn *c);
 void tb__front_conn_free(fconn *c);
 void tb__front_refuse(fconn *c, int status, const char *reason,
@@ -185,6 +194,14 @@ void tb__front_unqueue(tb__http_front *f, fconn *c);
 void tb__front_up_free(upconn *up);
 void tb__front_up_release(upconn *up);
 upconn *tb__front_up_get(tb__http_front *f, int fresh);
+
+/* http_front_events.c: the requests the front answers itself. local: 1
+ * if it took c's request (its first n bytes), else 0 (relay it). */
+int tb__front_local(fconn *c, size_t n);
+void tb__front_local_timeout(fconn *c);
+void tb__front_local_detach(fconn *c);
+void tb__front_local_end(tb__http_front *f);
+void tb__front_on_posts(evutil_socket_t fd, short what, void *arg);
 
 /* http_front_take.c */
 void tb__front_answer_take(tb__http_front *f, take_req *t, int result);

@@ -324,3 +324,33 @@ long tb__http_chunks_feed(tb__http_chunks *c, const char *p, size_t len,
     *done = c->state == END;
     return (long)i;
 }
+
+int tb__http_wants_continue(const char *head, size_t len)
+{
+    /* Rare: a linear scan is enough. */
+    static const char h[] = "\nexpect:";
+    for (size_t i = 0; i + sizeof h - 1 <= len; i++)
+        if (strncasecmp(head + i, h, sizeof h - 1) == 0) {
+            const char *v = head + i + sizeof h - 1;
+            while (v < head + len && (*v == ' ' || *v == '\t'))
+                v++;
+            return head + len - v >= 12 &&
+                   strncasecmp(v, "100-continue", 12) == 0;
+        }
+    return 0;
+}
+
+int tb__http_has_token(const char *list, const char *token)
+{
+    size_t tn = strlen(token);
+    for (const char *p = list; *p;) {
+        p += strspn(p, " \t,");
+        size_t n = strcspn(p, ",");
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n == tn && strncasecmp(p, token, n) == 0)
+            return 1;
+        p += strcspn(p, ",");
+    }
+    return 0;
+}

@@ -98,4 +98,7 @@ typedef struct tb__http_chunks {
 long tb__http_chunks_feed(tb__http_chunks *c, const char *p, size_t len,
                           int *done);
 
+/* 1 if the request head (len bytes) has "Expect: 100-continue". */
+int tb__http_wants_continue(const char *head, size_t len);
+
 #endif

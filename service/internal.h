@@ -59,6 +59,21 @@ tb_event *tb__event_new(tb_app *app, const char *name, const void *data,
 int tb__event_make(tb_app *app, const char *name, const void *data, size_t len,
                    tb_event **out);
 
+/* Makes the event and hands it to the bus with cb(ud) (the bus's
+ * publish callback: it runs once, on the bus's thread or, for the memory
+ * bus, before this returns), never waiting. 0 with its id in id_out (may
+ * be NULL), or tb__event_make's and publish's codes; cb never runs then. */
+int tb__dispatch_cb(tb_app *app, const char *name, const void *data, size_t len,
+                    tb__publish_cb cb, void *ud, char *id_out);
+
+/* tb_dispatch_many without a wait: makes and hands over the n events as
+ * tb__dispatch_many_start does (same codes, ids and *bad), with cb(uds[i])
+ * as each one's publish callback. 0: each cb runs exactly once (none when
+ * n is 0); else none runs. */
+int tb__dispatch_many_cb(tb_app *app, const tb_event_item *items, size_t n,
+                         char (*ids)[TB_EVENT_ID_MAX], size_t *bad,
+                         tb__publish_cb cb, void *const *uds);
+
 /* tb_dispatch_many in two steps (event_batch.c), so that a caller can let
  * go of the items' memory while the bus confirms them. start checks, makes
  * and hands over the events as tb_dispatch_many does and returns its
@@ -560,6 +575,9 @@ struct tb_app {
     atomic_uint_fast64_t http_accept_errors;   /* accept failed (EMFILE...) */
     atomic_uint_fast64_t http_front_busy;      /* 503 from the front: body
                                                   memory or queue wait */
+    atomic_uint_fast64_t http_front_answered;  /* http_front_events.c: POST
+                                                  /events requests answered
+                                                  by the front itself */
     atomic_uint_fast64_t ws_handover_failures; /* upgrades whose socket
                                                   could not be taken over */
     atomic_int_fast64_t ws_handover_logged_us; /* rate limit of that log */

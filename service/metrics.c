@@ -321,6 +321,11 @@ static void ws_metrics(buf *b, tb_app *app)
            "or waiting for a server thread past http.queue_timeout_ms.");
     add(b, "taskbus_http_front_busy_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->http_front_busy));
+    header(b, "taskbus_http_front_answered_total", "counter",
+           "POST /events and /events/{name} requests the front answered "
+           "itself, without an HTTP thread (http.front_answers).");
+    add(b, "taskbus_http_front_answered_total %" PRIu64 "\n",
+        (uint64_t)atomic_load(&app->http_front_answered));
     header(b, "taskbus_ws_handover_failures_total", "counter",
            "Websocket upgrades and SSE streams whose socket could not be "
            "taken over from the HTTP server (the client reset it, or no "

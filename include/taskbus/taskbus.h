@@ -354,8 +354,18 @@ typedef struct tb_http_config {
                                  its head, or the connection is closed */
     int queue_timeout_ms;     /* a request waiting this long for an HTTP
                                  thread is answered 503 (front) */
-    /* No reserved slot was left in this group: the front's five settings
-     * changed the size of tb_app_config (SOVERSION 0 still: 0.x). */
+    int front_answers;        /* with front: the front answers POST
+                                 /events and POST /events/{name} itself
+                                 (publishes, then answers once the bus has
+                                 confirmed), without a civetweb thread or
+                                 the loopback hop; 0: relayed as every
+                                 other route. Same answers either way */
+    /* With front_answers: a POST /events body over this many bytes is
+     * relayed to a civetweb thread, whose parse stalls no other client. */
+    size_t front_batch_max_body;
+    /* No reserved slot was left in this group: the front's settings
+     * (front_answers, front_batch_max_body) changed the size of
+     * tb_app_config (SOVERSION 0 still: 0.x). */
 } tb_http_config;
 
 /* Websockets (tb_app_add_websocket, GET /ws). An upgraded connection leaves

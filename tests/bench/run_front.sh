@@ -21,15 +21,24 @@
 # that each send a request line and one header line a second, and 50
 # GET /healthz on fresh connections: median and max ms.
 #
+# Then the event routes the front answers itself (http.front_answers,
+# issue 13 point 1), on the Redis bus with a throwaway redis-server (the
+# headline) and on the in-process bus, each with the front answering
+# ("front") and relaying to civetweb ("relay"): wrk -c16 POST
+# /events/bench.x (128-byte body) and POST /events with 64 such events
+# (NDJSON), one SSE subscriber (curl) on bench.* receiving every event.
+# req/s, events/s sent and delivered, and server CPU per delivered
+# event: taskbus plus its redis-server, utime + stime over the run.
+#
 # Bounded: each wrk run is killed after SECONDS + 30 s, the whole script
-# after TOTAL_S (env, default 300); a trap kills everything started here.
+# after TOTAL_S (env, default 420); a trap kills everything started here.
 set -u
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 src=$(cd "$here/../.." && pwd)
 py=/usr/bin/python3
 me=run_front.sh
-total_s=${TOTAL_S:-300}
+total_s=${TOTAL_S:-420}
 dur=5
 conns=50
 build=$src/build
@@ -55,20 +64,31 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '$body'
 EOF
 
-# serve FRONT: starts a taskbus with the front on (1) or off (0); sets
-# port and spid.
+batch=$(for _ in $(seq 64); do printf '{"name":"bench.x","data":%s}\n' "$body"; done)
+cat >"$tmp/batch.lua" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/x-ndjson"
+wrk.body = [[
+$batch
+]]
+EOF
+
+# serve FRONT [ARG...]: starts a taskbus with the front on (1) or off (0)
+# and ARGs; sets port and spid.
 serve() {
+    local front=$1
+    shift
     port=$(free_port)
-    TASKBUS_HTTP_FRONT=$1 "$bin" --listen "127.0.0.1:$port" --workers 2 \
-        >/dev/null 2>"$tmp/taskbus-$1.err" &
+    TASKBUS_HTTP_FRONT=$front "$bin" --listen "127.0.0.1:$port" --workers 2 \
+        "$@" >/dev/null 2>"$tmp/taskbus-$front.err" &
     spid=$!
     pids+=("$spid")
     for _ in $(seq 100); do
         curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && return 0
         sleep 0.05
     done
-    echo "$me: taskbus (front=$1) did not start" >&2
-    cat "$tmp/taskbus-$1.err" >&2
+    echo "$me: taskbus (front=$front) did not start" >&2
+    cat "$tmp/taskbus-$front.err" >&2
     return 1
 }
 
@@ -159,5 +179,65 @@ for front in 1 0; do
     slow_row "$([[ $front == 1 ]] && echo on || echo off)"
     kill "$spid" 2>/dev/null
     wait "$spid" 2>/dev/null
+done
+
+# event_row BUS ANSWERS LABEL PATH LUA PER: wrk on PATH with the body of
+# LUA (PER events a request), one SSE subscriber counting deliveries.
+event_row() {
+    local bus=$1 answers=$2 label=$3 path=$4 lua=$5 per=$6 out c0 c1 r0 r1
+    local n rps got sub
+    have $((dur + 15)) "wrk $bus $label" || return 1
+    curl -sN "http://127.0.0.1:$port/sse?events=bench.*" >"$tmp/sse.out" 2>/dev/null &
+    sub=$!
+    pids+=("$sub")
+    sleep 0.3
+    c0=$(cpu_ticks "$spid")
+    r0=$([[ $bus == redis ]] && cpu_ticks "$redis_pid" || echo 0)
+    out=$(timeout -k 5 $((dur + 30)) wrk -t2 -c16 -d"${dur}s" -s "$lua" \
+        "http://127.0.0.1:$port$path" 2>&1)
+    sleep 0.5 # the last deliveries
+    c1=$(cpu_ticks "$spid")
+    r1=$([[ $bus == redis ]] && cpu_ticks "$redis_pid" || echo 0)
+    kill "$sub" 2>/dev/null
+    wait "$sub" 2>/dev/null
+    n=$(awk '/requests in/ {print $1}' <<<"$out")
+    rps=$(awk '/^Requests\/sec/ {printf "%d", $2}' <<<"$out")
+    got=$(grep -c '^data:' "$tmp/sse.out")
+    if [[ -z $n || -z $rps || $got == 0 ]]; then
+        echo "$me: wrk $bus $label printed no rate or nothing delivered:" >&2
+        echo "$out" >&2
+        failed=1
+        return 1
+    fi
+    grep -E 'Non-2xx|Socket errors' <<<"$out" | sed 's/^/  /'
+    printf '| %-6s | %-5s | %-22s | %7s | %8d | %8d | %6.1f | %5.1f |\n' "$bus" \
+        "$([[ $answers == 1 ]] && echo front || echo relay)" "$label" "$rps" \
+        "$((rps * per))" "$((got / dur))" \
+        "$(awk -v t=$((c1 - c0 + r1 - r0)) -v hz="$hz" -v n="$got" 'BEGIN {print t / hz * 1e6 / n}')" \
+        "$(awk -v t=$((r1 - r0)) -v hz="$hz" -v n="$got" 'BEGIN {print t / hz * 1e6 / n}')"
+}
+
+echo
+echo "Event routes: wrk -t2 -c16 -d${dur}s, one SSE subscriber; CPU: taskbus + its redis-server per delivered event (redis alone in the last column)"
+echo
+echo "| bus | answers | request | req/s | events/s sent | delivered/s | CPU us/event | redis us/event |"
+echo "|---|---|---|---:|---:|---:|---:|---:|"
+for bus in redis memory; do
+    args=()
+    if [[ $bus == redis ]]; then
+        redis_start || { failed=1; continue; }
+        args=(--redis-url "redis://127.0.0.1:$redis_port")
+    fi
+    for answers in 1 0; do
+        TASKBUS_HTTP_FRONT_ANSWERS=$answers serve 1 "${args[@]}" || { failed=1; continue; }
+        event_row "$bus" "$answers" "POST /events/x 128 B" /events/bench.x "$tmp/post.lua" 1
+        event_row "$bus" "$answers" "POST /events 64 x 128 B" /events "$tmp/batch.lua" 64
+        kill "$spid" 2>/dev/null
+        wait "$spid" 2>/dev/null
+    done
+    if [[ $bus == redis ]]; then
+        kill "$redis_pid" 2>/dev/null
+        wait "$redis_pid" 2>/dev/null
+    fi
 done
 exit "$failed"

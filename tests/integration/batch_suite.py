@@ -14,9 +14,6 @@ TASKBUS_BIN=build/taskbus /usr/bin/python3 tests/integration/batch_suite.py [WOR
 """
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import os
 import socket
@@ -28,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 import tbharness  # noqa: E402 (after the path it is found on)
 from tbharness import (HOST, H, Redis, T, TaskbusServer, ahttp,  # noqa: E402
-                       check, check_status, post, redis_cli)
+                       check, check_status, hs256_token, post, redis_cli)
 
 MAX_EVENTS = 100  # --batch-max-events of every server here
 ADMIN = "admin-t0ken_for-the-batch-suite"
@@ -283,15 +280,8 @@ async def t_hostile(ctx):
           f"only the good batch is delivered: {[e['name'] for e in got]}")
 
 
-def b64(b):
-    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-
-
 def mint(claims):
-    si = (b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." +
-          b64(json.dumps(claims).encode()))
-    sig = hmac.new(SECRET.encode(), si.encode(), hashlib.sha256).digest()
-    return si + "." + b64(sig)
+    return hs256_token(SECRET, claims)
 
 
 async def t_client_token(ctx):

@@ -37,6 +37,7 @@ import base64
 import ctypes
 import faulthandler
 import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -246,6 +247,16 @@ def tail(path, n=30):
         return f"    (no log {path})"
     lines = read_text(path).splitlines()
     return "\n".join("    | " + l for l in lines[-n:]) or "    (empty)"
+
+
+def hs256_token(secret, claims):
+    """A client token (JWT) with claims, signed HS256 with secret."""
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    si = (b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." +
+          b64(json.dumps(claims).encode()))
+    sig = hmac.new(secret.encode(), si.encode(), hashlib.sha256).digest()
+    return si + "." + b64(sig)
 
 
 def check(cond, msg):
