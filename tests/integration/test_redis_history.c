@@ -4,7 +4,12 @@
  * plain PUBLISHes without a position, a resend that must not take a
  * second position, SCRIPT FLUSH, and history off (plain PUBLISH, no
  * keys). */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "redis_harness.h"
 
@@ -575,7 +580,10 @@ static void test_history_wait_replicas(void **state)
     rh_config(&cfg, url, NULL);
     cfg.core.history_size = 100;
     cfg.redis.wait_replicas = 1;
-    cfg.redis.wait_timeout_ms = 200;
+    /* The replica's acknowledgements below must come within it on a
+     * loaded machine too (200 ms failed there); 900 is near the most the
+     * default instance_ttl_ms allows. */
+    cfg.redis.wait_timeout_ms = 900;
     rh_app *ra = rh_app_start(&cfg);
     rh_assert_connected(ra->app, CONNECT_MS);
     char id[TB_EVENT_ID_MAX];
@@ -641,6 +649,25 @@ static void *kw_sleep_run(void *arg)
     return NULL;
 }
 
+/* 1 when rep does not answer a PING within 100 ms: its DEBUG SLEEP has
+ * begun (the kernel still accepts the connection and takes the bytes). */
+static int replica_asleep(const rh_server *rep)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET,
+                            .sin_port = htons((uint16_t)rep->port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int asleep = 0;
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        write(fd, "PING\r\n", 6) == 6) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        asleep = poll(&p, 1, 100) == 0;
+    }
+    close(fd);
+    return asleep;
+}
+
 /* Cuts ra's link to srv while its WAIT for one k.ev is out (the replica
  * rep asleep for secs, so it has not confirmed); returns the dispatch's
  * answer, its id in id. */
@@ -650,7 +677,15 @@ static int kw_cut(rh_server *srv, rh_server *rep, rh_app *ra, const char *secs,
     pthread_t sleeper, pub;
     kw_sleep k = {rep, secs};
     assert_int_equal(pthread_create(&sleeper, NULL, kw_sleep_run, &k), 0);
-    th_nap_ms(100);
+    /* The dispatch must start after the sleep has: redis-cli is a process
+     * of its own, and on a loaded machine a fixed nap was not enough (the
+     * replica still awake confirmed the first WAIT, or woke too late for
+     * the second). */
+    int asleep = 0;
+    for (int i = 0; i < 500 && !asleep; i++)
+        if (!(asleep = replica_asleep(rep)))
+            th_nap_ms(5);
+    assert_true(asleep);
     kw_dispatch d = {.app = ra->app, .rc = 1};
     assert_int_equal(pthread_create(&pub, NULL, kw_dispatch_run, &d), 0);
     static char out[65536];
@@ -705,7 +740,7 @@ static void test_history_cut_during_wait(void **state)
     assert_int_equal(rc, 0); /* the replica has synced */
     long long before = CLI_NUM(srv, "XLEN", "{taskbus}:hist");
 
-    assert_int_equal(kw_cut(srv, rep, ra, "2", id), TB_ENOTREPLICATED);
+    assert_int_equal(kw_cut(srv, rep, ra, "3", id), TB_ENOTREPLICATED);
     assert_int_equal(kw_cut(srv, rep, ra, "0.6", id2), 0);
     /* One position each, one delivery each; the replica has them. */
     assert_int_equal(CLI_NUM(srv, "XLEN", "{taskbus}:hist"), before + 2);
