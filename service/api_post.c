@@ -123,6 +123,15 @@ static int answer(tb_http_req *req, tb__http_work *w, int why)
 {
     pub *p = (pub *)w;
     int rc = outcome(p, why);
+    if (why == TB__HTTP_GONE) {
+        /* Nobody reads it, and the bus may well publish the event in a
+         * moment: not a bus error to log or count as 504, but 499 as a
+         * long poll whose client left (tb__http_abandon). */
+        if (p->batch)
+            tb__api_batch_leave(tb_http_app(req));
+        tb__http_abandon(req);
+        return req->status;
+    }
     if (p->batch) {
         tb__api_batch_answer(req, rc, p->ids, p->seen, p->n, p->n, 0,
                              p->timeout_ms);
@@ -130,8 +139,7 @@ static int answer(tb_http_req *req, tb__http_work *w, int why)
     } else {
         tb__api_event_answer(req, rc, p->ids[0], p->name, p->timeout_ms);
     }
-    if (why != TB__HTTP_GONE)
-        pub_unref(p); /* else release does */
+    pub_unref(p); /* TB__HTTP_GONE returned above: release does */
     return req->status;
 }
 

@@ -877,8 +877,8 @@ static void on_quit(evutil_socket_t fd, short what, void *arg)
         return;
     }
     /* STOP_FLUSH_MS's comment: the front's own answers, longer. */
-    int ms = STOP_FLUSH_MS + (f->posts ? f->cfg->redis.command_timeout_ms : 0);
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    int64_t ms = STOP_FLUSH_MS + tb__front_local_stop_ms(f);
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
     evtimer_add(f->end_timer, &tv);
 }
 

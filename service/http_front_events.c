@@ -212,8 +212,9 @@ void tb__front_local_timeout(fconn *c)
     finish(c->post, TB_ETIMEDOUT);
 }
 
-/* The client has gone: its request is answered now as a timeout would
- * be (counted and logged 504, to nobody), which frees its batch slot;
+/* The client has gone: its request ends now, counted 499 in the
+ * metrics and not logged (the bus may still publish it), which frees
+ * its batch slot;
  * its body bytes and its place among the front's requests stay taken
  * until the bus is done with the publish (done(), then finish), since
  * the bus holds a copy of the data until then. */
@@ -226,6 +227,14 @@ void tb__front_local_detach(fconn *c)
         tb__http_finish(&p->req, p->work, TB__HTTP_GONE);
     p->gone = p->work;
     p->work = NULL;
+}
+
+int64_t tb__front_local_stop_ms(const tb__http_front *f)
+{
+    for (const struct fpost *p = f->posts; p; p = p->next)
+        if (p->c)
+            return f->cfg->redis.command_timeout_ms;
+    return 0;
 }
 
 /* The front's very end (the bus outlives it): what the bus has not

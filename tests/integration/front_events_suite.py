@@ -47,6 +47,20 @@ def answered(port):
     raise AssertionError(f"no {ANSWERED} in /metrics")
 
 
+def requests_by_status(port, status):
+    """taskbus_http_requests_total summed over routes and methods for one
+    status, from /metrics."""
+    r = http_req(port, "GET", "/metrics", None,
+                 {"Authorization": f"Bearer {ADMIN}"})
+    check(r.status == 200, f"GET /metrics: {r.status}")
+    n = 0.0
+    for line in r.body.decode().splitlines():
+        if (line.startswith("taskbus_http_requests_total{") and
+                f'status="{status}"' in line):
+            n += float(line.split()[-1])
+    return n
+
+
 def mint(claims):
     return hs256_token(SECRET, claims)
 
@@ -338,6 +352,13 @@ def t_vanish():
     check(late and late[0][0].startswith("HTTP/1.1 504 ") and
           b'"publish_timeout"' in late[0][2],
           f"a batch after 2 batches' clients left: {late!r}")
+    # The four that left with a publish out are 499 (client gone), not 504
+    # bus timeouts (the pipelined pair's second never started): only the
+    # late batch above was a 504.
+    gone, timeouts = requests_by_status(s.port, 499), \
+        requests_by_status(s.port, 504)
+    check(gone == 4 and timeouts == 1,
+          f"metrics: {gone} answered 499, {timeouts} 504 (want 4 and 1)")
     # The stall may have cost the bus its link (503 bus_down while it
     # reconnects): the first 202 within 10 s, then 5 in a row.
     end = time.monotonic() + T(10)
