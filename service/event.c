@@ -596,36 +596,25 @@ int tb_sub_next(tb_task *self, tb_sub *s, int timeout_ms, tb_event **ev)
     *ev = NULL;
     if (s->rs && tb__resume_next(self, s, ev, &rc))
         return rc;
-    for (;;) {
-        if (s->count == 0) {
-            if (timeout_ms == 0)
-                return TB_ETIMEDOUT;
-            s->wait_seq = tb__task_begin_wait(self, TB__WAIT_SUB);
-            if (timeout_ms > 0 &&
-                (rc = tb__task_arm_timer(self, s->wait_seq, timeout_ms))) {
-                self->wait_kind = TB__WAIT_NONE;
-                return rc;
-            }
-            s->waiting = 1;
-            rc = tb__task_suspend(self, "tb_sub_next");
-            s->waiting = 0;
-            tb__task_disarm_timer(self);
-            if (rc)
-                return rc;
+    /* A wait that found only events the replay covered starts over with
+     * its full timeout: they come in bursts at the seam. */
+    while (tb__sub_pop(s, ev) != 0) {
+        if (timeout_ms == 0)
+            return TB_ETIMEDOUT;
+        s->wait_seq = tb__task_begin_wait(self, TB__WAIT_SUB);
+        if (timeout_ms > 0 &&
+            (rc = tb__task_arm_timer(self, s->wait_seq, timeout_ms))) {
+            self->wait_kind = TB__WAIT_NONE;
+            return rc;
         }
-        tb_event *e = s->ring[s->head];
-        s->head = (s->head + 1) % s->size;
-        s->count--;
-        /* Replayed already, or before a seam that skipped it. (A wait
-         * that took only such events starts over with its full timeout:
-         * they come in bursts at the seam.) */
-        if (s->rs && tb__resume_covered(s, e)) {
-            tb_event_unref(e);
-            continue;
-        }
-        *ev = e;
-        return 0;
+        s->waiting = 1;
+        rc = tb__task_suspend(self, "tb_sub_next");
+        s->waiting = 0;
+        tb__task_disarm_timer(self);
+        if (rc)
+            return rc;
     }
+    return 0;
 }
 
 void tb__sub_notify(tb_sub *s, void (*fn)(void *arg), void *arg)
@@ -661,6 +650,7 @@ void tb__sub_move(tb_sub *s, tb_task *to)
 
 int tb__sub_pop(tb_sub *s, tb_event **ev)
 {
+    /* Skipped: replayed already, or before a seam that skipped it. */
     while (s->count) {
         tb_event *e = s->ring[s->head];
         s->head = (s->head + 1) % s->size;
