@@ -48,6 +48,9 @@ typedef struct conn {
     int looked; /* fd was looked up (by conn_gone or linger) */
     int fd;     /* the socket, or -1 when not found */
     int unread; /* the request's body may still be on the socket */
+    int ka_s;   /* http.keepalive_timeout_ms in whole seconds, for the
+                   Keep-Alive header of an answer that keeps the
+                   connection */
 } conn;
 
 static const char *conn_header(void *cp, const char *name)
@@ -67,16 +70,20 @@ static int conn_send(void *cp, int status, const char *headers,
     char clen[48] = "";
     if (status != 204 && status != 304)
         snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", len);
-    const char *fmt = "HTTP/1.1 %d %s\r\n%s%sConnection: %s\r\n\r\n";
+    const char *fmt = "HTTP/1.1 %d %s\r\n%s%sConnection: %s\r\n%s\r\n";
     const char *reason = mg_get_response_code_text(NULL, status);
     const char *conn_hdr = c->close ? "close" : "keep-alive";
-    int hlen = snprintf(NULL, 0, fmt, status, reason, headers, clen, conn_hdr);
+    char ka[40] = "";
+    if (!c->close)
+        tb__http_keepalive_header(ka, sizeof ka, c->ka_s);
+    int hlen =
+        snprintf(NULL, 0, fmt, status, reason, headers, clen, conn_hdr, ka);
     size_t blen = no_body ? 0 : len;
     char *buf = hlen < 0 ? NULL : malloc((size_t)hlen + 1 + blen);
     if (!buf)
         return TB_ENOMEM;
     snprintf(buf, (size_t)hlen + 1, fmt, status, reason, headers, clen,
-             conn_hdr);
+             conn_hdr, ka);
     if (blen)
         memcpy(buf + hlen, body, blen);
     size_t total = (size_t)hlen + blen;
@@ -561,6 +568,7 @@ static int on_request(struct mg_connection *mg)
     tb_app *app = srv->base.app;
     conn c = {.mg = mg, .head = strcmp(ri->request_method, "HEAD") == 0};
     c.close = !keeps_alive(&c, ri);
+    c.ka_s = tb_app_get_config(app)->http.keepalive_timeout_ms / 1000;
     c.unread = ri->content_length != 0; /* -1: chunked or unknown */
     tb__http_in req = request_of(&c, ri);
     int upgrade = tb__app_has_websockets(app) && wants_websocket(mg, ri);

@@ -141,6 +141,15 @@ int tb__http_refuse(tb_app *app, const tb__http_in *in, int status,
  * Connection header's keep-alive, an Upgrade's websocket). http_head.c. */
 int tb__http_has_token(const char *list, const char *token);
 
+/* Writes "Keep-Alive: timeout=S\r\n" into buf (size >= 32): an answer
+ * that keeps its connection tells the client how long the server keeps
+ * it idle (secs: http.keepalive_timeout_ms in whole seconds, rounded
+ * down). A client that reuses an idle connection past that meets a
+ * closed one, and a POST on it cannot be retried safely; clients that
+ * read the header (Node's fetch, Firefox) stop reusing it earlier.
+ * http_head.c. */
+void tb__http_keepalive_header(char *buf, size_t size, int secs);
+
 /* 1 if the app has websocket endpoints (tb_app_add_websocket): only then
  * does the server look for upgrades. */
 int tb__app_has_websockets(const tb_app *app);

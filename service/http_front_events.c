@@ -97,10 +97,14 @@ static int post_send(void *conn, int status, const char *headers,
     char clen[48] = "";
     if (!none)
         snprintf(clen, sizeof clen, "Content-Length: %zu\r\n", len);
+    char ka[40] = "";
+    if (!p->close)
+        tb__http_keepalive_header(ka, sizeof ka,
+                                  p->f->cfg->http.keepalive_timeout_ms / 1000);
     if (evbuffer_add_printf(p->out,
-                            "HTTP/1.1 %d %s\r\n%s%sConnection: %s\r\n\r\n",
+                            "HTTP/1.1 %d %s\r\n%s%sConnection: %s\r\n%s\r\n",
                             status, reason(status), headers, clen,
-                            p->close ? "close" : "keep-alive") < 0 ||
+                            p->close ? "close" : "keep-alive", ka) < 0 ||
         (!none && evbuffer_add(p->out, body, len) != 0))
         return TB_ENOMEM;
     return 0;

@@ -1,6 +1,7 @@
 /* http_head.c - HTTP/1.x message framing for the front: head ends, the
  * framing headers of a head, chunked body ends (RFC 9112 2, 6, 7.1). */
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
@@ -353,4 +354,9 @@ int tb__http_has_token(const char *list, const char *token)
         p += strcspn(p, ",");
     }
     return 0;
+}
+
+void tb__http_keepalive_header(char *buf, size_t size, int secs)
+{
+    snprintf(buf, size, "Keep-Alive: timeout=%d\r\n", secs < 0 ? 0 : secs);
 }

@@ -222,6 +222,24 @@ def t_browser():
     return f"{n} browser checks; screenshot {shots[-1]}"
 
 
+def t_node_keepalive():
+    """Node's fetch on a busy event loop, across the server's keep-alive
+    timeout (browser/keepalive.mjs): every request succeeds, through the
+    front and through civetweb (the Keep-Alive header makes undici drop
+    the idle connection before the server closes it)."""
+    why = tbharness.node_missing(BROWSER_DIR)  # fetch is Node's own
+    if why:
+        msg = "; ".join(why) + ": run bash .ci/dev.sh test"
+        check(os.environ.get("CI") != "true", msg)
+        return "SKIPPED: " + msg
+    s = Taskbus("ka", "--http-keepalive-timeout", "2000").start()
+    cfg = {"base": s.url(), "keepalive_ms": 2000, "rounds": 2}
+    n = tbharness.run_browser_test(BROWSER_DIR, "keepalive.mjs", cfg, T(60),
+                                   dict(os.environ, HOME=H.root))
+    s.stop_ok()
+    return f"{n} checks"
+
+
 CASES = [
     ("http", "the files: bytes, types, ETag and 304, CSP, nosniff, HEAD, "
      "405, 404", t_assets),
@@ -229,6 +247,8 @@ CASES = [
      "401", t_token),
     ("http", "--no-dashboard and TASKBUS_NO_DASHBOARD: no page, the API "
      "unchanged", t_off),
+    ("http", "node fetch on a busy loop across the keep-alive timeout",
+     t_node_keepalive),
     ("browser", "chromium: two instances on Redis, tasks, cancel, events, "
      "spawn form, token, phone", t_browser),
 ]

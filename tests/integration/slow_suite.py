@@ -880,6 +880,39 @@ def t_keepalive_not_early():
     return f"closed after {took:.2f} s idle"
 
 
+def keepalive_headers(port, req):
+    """The Keep-Alive header lines of the answer to req (one request)."""
+    _, got, _ = exchange(port, req, 1)
+    head = got.split(b"\r\n\r\n", 1)[0]
+    return re.findall(rb"(?im)^keep-alive: *([^\r\n]*)", head)
+
+
+def t_keepalive_header():
+    """An answer that keeps its connection says for how long it stays
+    idle: Keep-Alive: timeout=S, S the keep-alive timeout in whole seconds
+    (rounded down), from civetweb and from the front's own answers, with
+    the front off too; an answer that closes has none."""
+    post = (b"POST /events/e.x HTTP/1.1\r\nHost: t\r\nContent-Type: "
+            b"application/json\r\nContent-Length: 1\r\n\r\n1")
+    close = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    out = []
+    for front, ms, want in (("1", "3000", b"timeout=3"),
+                            ("1", "1999", b"timeout=1"),
+                            ("0", "3000", b"timeout=3")):
+        s = Taskbus(f"ka-hdr-{front}-{ms}", "--http-keepalive-timeout", ms,
+                    env={"TASKBUS_HTTP_FRONT": front}).start()
+        for what, req in (("GET /healthz", HEALTHZ), ("POST /events", post)):
+            got = keepalive_headers(s.port, req)
+            check(got == [want], f"front {front}, {ms} ms, {what}: "
+                                 f"Keep-Alive {got}, want {want}")
+        got = keepalive_headers(s.port, close)
+        check(got == [], f"front {front}: Connection: close answered with "
+                         f"Keep-Alive {got}")
+        s.stop_ok()
+        out.append(f"front {front} {ms} ms: {want.decode()}")
+    return ", ".join(out)
+
+
 def t_stalled_server():
     """A keep-alive connection whose next request arrives while taskbus
     is stalled (SIGSTOP) past --http-keepalive-timeout 500: after SIGCONT
@@ -998,6 +1031,8 @@ CASES = [
     ("edges", "head of 8192/8193 bytes, 63/64 header lines", t_head_edges),
     ("edges", "--http-keepalive-timeout: not before its time",
      t_keepalive_not_early),
+    ("edges", "Keep-Alive: timeout= from the setting, none on close",
+     t_keepalive_header),
     ("edges", "chunked then pipelined, HTTP/1.0, 100-continue, HEAD, 204",
      t_protocol_edges),
     ("edges", "a request sent while taskbus was stalled is answered",

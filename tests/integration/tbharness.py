@@ -1471,9 +1471,10 @@ class CaseRunner(Runner):
 # line a check, {"check", "ok", "detail"}, and exits 1 if any failed.
 
 
-def node_missing(pkg_dir, module):
+def node_missing(pkg_dir, module=None):
     """Why node cannot run the browser test in pkg_dir, which imports
-    module: a list of reasons, empty when it can."""
+    module (None: nothing installed): a list of reasons, empty when it
+    can."""
     node = shutil.which("node")
     if not node:
         return ["no node"]
@@ -1490,8 +1491,8 @@ def node_missing(pkg_dir, module):
                        "or newer: install a newer nodejs")
     except (OSError, subprocess.SubprocessError, AttributeError) as e:
         why.append(f"{node} -v did not say its version ({e})")
-    mods = os.path.join(pkg_dir, "node_modules", module)
-    if not os.path.isdir(mods):
+    mods = module and os.path.join(pkg_dir, "node_modules", module)
+    if mods and not os.path.isdir(mods):
         why.append(f"no {mods} (npm ci in {pkg_dir})")
     return why
 
