@@ -678,14 +678,19 @@ static int wait_event(tb_http_req *req, void *ud)
 
 /* ---------------------------------------------------------------- health */
 
-/* Shared by a /healthz handler and the calls it posts to the workers: freed
- * by whichever lets go last, since a stuck worker answers (if ever) after
- * the handler gave up waiting. */
+/* Shared by a /healthz request and the calls it posts to the workers:
+ * freed by whichever lets go last, since a stuck worker answers (if ever)
+ * after the request gave up waiting. The front's requests (healthz_start)
+ * are told by done; the others wait on cv. */
 typedef struct probe {
+    tb__http_work base; /* first: healthz_start's handle on it */
     atomic_int refs;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int pending;              /* workers that have not answered */
+    int pending;            /* workers that have not answered */
+    int n;                  /* workers asked */
+    void (*done)(void *ud); /* under mu; NULL once the answer has begun */
+    void *ud;
     unsigned char answered[]; /* per worker */
 } probe;
 
@@ -710,52 +715,65 @@ static void probe_answer(tb_app *app, int worker, void *arg)
     probe *p = arg;
     pthread_mutex_lock(&p->mu);
     p->answered[worker] = 1;
-    if (--p->pending == 0)
+    if (--p->pending == 0) {
+        if (p->done) {
+            p->done(p->ud);
+            p->done = NULL;
+        }
         pthread_cond_signal(&p->cv);
+    }
     pthread_mutex_unlock(&p->mu);
     probe_unref(p);
 }
 
-/* Posts a probe call to worker i, holding a reference for it. */
-static int probe_post(tb_app *app, probe *p, int i)
+/* 503 not_running unless the workers' loops run: a worker whose loop has
+ * exited would never run the call (the server stops before the workers
+ * do). Then a probe posted to every worker (done(ud) told when the last
+ * has answered, or NULL), or NULL with req answered. */
+static probe *probe_start(tb_http_req *req, void (*done)(void *), void *ud)
 {
-    atomic_fetch_add(&p->refs, 1);
-    int rc = tb__worker_call(&app->workers[i], probe_answer, probe_drop, p);
-    if (rc)
-        atomic_fetch_sub(&p->refs, 1);
-    return rc;
-}
-
-/* GET /healthz: every worker loop runs a posted call within the deadline. */
-static int healthz(tb_http_req *req, void *ud)
-{
-    (void)ud;
     tb_app *app = tb_http_app(req);
     int st = atomic_load(&app->state);
-    /* A worker whose loop has exited would never run the call: only ask
-     * while the loops run (the server stops before the workers do). */
-    if (st != TB__APP_RUNNING && st != TB__APP_STOPPING)
-        return tb_http_error(req, 503, "not_running",
-                             "the app's workers are not running");
+    if (st != TB__APP_RUNNING && st != TB__APP_STOPPING) {
+        tb_http_error(req, 503, "not_running",
+                      "the app's workers are not running");
+        return NULL;
+    }
     int n = app->nworkers;
     probe *p = calloc(1, sizeof *p + (size_t)n);
-    if (!p)
-        return tb_http_error(req, 500, "internal", "out of memory");
+    if (!p) {
+        tb_http_error(req, 500, "internal", "out of memory");
+        return NULL;
+    }
     atomic_init(&p->refs, 1);
     pthread_mutex_init(&p->mu, NULL);
     tb__cond_init_mono(&p->cv);
-    p->pending = n;
-    for (int i = 0; i < n; i++)
-        if (probe_post(app, p, i) != 0)
-            tb__log(TB_LOG_ERROR, "healthz: cannot post to worker %d", i);
-
-    struct timespec ts;
-    tb__deadline_ts(&ts, HEALTH_DEADLINE_MS);
+    p->pending = p->n = n;
+    p->done = done;
+    p->ud = ud;
+    p->base.timeout_ms = HEALTH_DEADLINE_MS;
+    /* Under mu: a worker that answers at once must not tell done before
+     * the caller has the probe (healthz_start returns it as *work). */
     pthread_mutex_lock(&p->mu);
-    while (p->pending > 0 &&
-           pthread_cond_timedwait(&p->cv, &p->mu, &ts) != ETIMEDOUT)
-        ;
-    int ok = p->pending == 0;
+    for (int i = 0; i < n; i++) {
+        atomic_fetch_add(&p->refs, 1);
+        if (tb__worker_call(&app->workers[i], probe_answer, probe_drop, p)) {
+            atomic_fetch_sub(&p->refs, 1);
+            tb__log(TB_LOG_ERROR, "healthz: cannot post to worker %d", i);
+        }
+    }
+    pthread_mutex_unlock(&p->mu);
+    return p;
+}
+
+/* The answer from what p has seen: 200 {"status": "ok", "workers"}, or 503
+ * worker_stuck naming the workers that have not answered. Ends the
+ * caller's hold on p. */
+static int probe_respond(tb_http_req *req, probe *p)
+{
+    pthread_mutex_lock(&p->mu);
+    p->done = NULL; /* never told after this */
+    int n = p->n, ok = p->pending == 0;
     json_t *stuck = ok ? NULL : json_array();
     char names[256] = "";
     size_t used = 0;
@@ -788,6 +806,58 @@ static int healthz(tb_http_req *req, void *ud)
         json_object_set_new(o, "workers", json_integer(n));
     }
     return tb__api_respond(req, 200, o);
+}
+
+/* GET /healthz: every worker loop runs a posted call within the deadline. */
+static int healthz(tb_http_req *req, void *ud)
+{
+    (void)ud;
+    probe *p = probe_start(req, NULL, NULL);
+    if (!p)
+        return req->status;
+    struct timespec ts;
+    tb__deadline_ts(&ts, HEALTH_DEADLINE_MS);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending > 0 &&
+           pthread_cond_timedwait(&p->cv, &p->mu, &ts) != ETIMEDOUT)
+        ;
+    pthread_mutex_unlock(&p->mu);
+    return probe_respond(req, p);
+}
+
+/* The front's twin (tb__http_start_fn): the answer is made when the last
+ * worker has answered (done), or at base.timeout_ms (why TB_ETIMEDOUT),
+ * on the front's thread, with healthz's answers. */
+static int probe_work_answer(tb_http_req *req, tb__http_work *w, int why)
+{
+    probe *p = (probe *)w;
+    if (why == TB__HTTP_GONE) { /* release lets go */
+        tb__http_abandon(req);
+        return req->status;
+    }
+    return probe_respond(req, p);
+}
+
+static void probe_work_release(tb__http_work *w)
+{
+    probe *p = (probe *)w;
+    pthread_mutex_lock(&p->mu);
+    p->done = NULL;
+    pthread_mutex_unlock(&p->mu);
+    probe_unref(p);
+}
+
+static int healthz_start(tb_http_req *req, void (*done)(void *ud), void *ud,
+                         tb__http_work **work)
+{
+    *work = NULL;
+    probe *p = probe_start(req, done, ud);
+    if (!p)
+        return req->status;
+    p->base.answer = probe_work_answer;
+    p->base.release = probe_work_release;
+    *work = &p->base;
+    return 0;
 }
 
 /* GET /readyz: running, and the bus connected. */
@@ -839,7 +909,7 @@ int tb_app_add_api(tb_app *app)
         {"POST", "/events/{name}", post_event, TB__HTTP_CLIENT,
          tb__api_post_event_start},
         {"GET", "/events/{pattern}", wait_event, TB__HTTP_CLIENT, NULL},
-        {"GET", "/healthz", healthz, TB__HTTP_OPEN, NULL},
+        {"GET", "/healthz", healthz, TB__HTTP_OPEN, healthz_start},
         {"GET", "/readyz", readyz, TB__HTTP_OPEN, NULL},
         {"GET", "/metrics", tb__metrics_handler, TB__HTTP_ADMIN, NULL},
         {"GET", "/instances", tb__instances_handler, TB__HTTP_ADMIN, NULL},

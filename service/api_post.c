@@ -90,6 +90,7 @@ static pub *pub_new(tb_http_req *req, size_t n, void (*done)(void *), void *ud)
     p->n = p->left = n;
     p->timeout_ms =
         tb_app_get_config(tb_http_app(req))->redis.command_timeout_ms;
+    p->base.timeout_ms = p->timeout_ms;
     for (size_t i = 0; i < n; i++) {
         p->slots[i] = (struct slot){p, i};
         p->uds[i] = &p->slots[i];

@@ -84,10 +84,11 @@ int tb__http_forbidden(tb_http_req *req, tb__jwt_right right,
 
 /* ---- requests answered later, without a thread that waits ----
  *
- * The HTTP front answers POST /events and POST /events/{name} itself
- * (http_front_events.c): their handlers have an asynchronous twin that
- * starts the publish and returns; the answer is built when the bus has
- * confirmed, on the front's thread. */
+ * The HTTP front answers POST /events, POST /events/{name} and GET (HEAD)
+ * /healthz itself (http_front_events.c): their handlers have an
+ * asynchronous twin that starts the publish (the workers' probes) and
+ * returns; the answer is built when the bus has confirmed (every worker
+ * has answered), on the front's thread. */
 
 /* What such a handler leaves running; the handler's own state follows
  * it. answer answers req for it (why: 0, the work is done; TB_ETIMEDOUT,
@@ -100,6 +101,7 @@ typedef struct tb__http_work tb__http_work;
 struct tb__http_work {
     int (*answer)(tb_http_req *req, tb__http_work *w, int why);
     void (*release)(tb__http_work *w);
+    int timeout_ms; /* the caller answers with TB_ETIMEDOUT after this */
 };
 #define TB__HTTP_GONE 1
 

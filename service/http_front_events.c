@@ -1,10 +1,11 @@
-/* http_front_events.c - the front answers POST /events/{name} and POST
- * /events itself: the request it holds whole goes to the core's
- * asynchronous twin of the handler (the same checks and answers), which
- * publishes with a callback; the bus thread's completion comes back to the
- * front's thread through one locked list and one event, and the answer is
- * written as civetweb would have written it (docs/HTTP_DESIGN.md, "The
- * front"). No civetweb thread, no loopback hop. */
+/* http_front_events.c - the front answers POST /events/{name}, POST
+ * /events and GET (HEAD) /healthz itself: the request it holds whole goes
+ * to the core's asynchronous twin of the handler (the same checks and
+ * answers), which publishes with a callback (posts probes to the
+ * workers); the completion comes back to the front's thread through one
+ * locked list and one event, and the answer is written as civetweb would
+ * have written it (docs/HTTP_DESIGN.md, "The front"). No civetweb thread,
+ * no loopback hop. */
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -33,6 +34,7 @@ struct fpost {
     tb_http_req req;
     struct evbuffer *out; /* the answer */
     int close;            /* the answer says Connection: close */
+    int head;             /* HEAD: the answer has no body */
     int nhdr;
     struct {
         const char *name, *value;
@@ -45,6 +47,8 @@ struct fpost {
 static const char *reason(int status)
 {
     switch (status) {
+    case 200:
+        return "OK";
     case 202:
         return "Accepted";
     case 400:
@@ -92,6 +96,7 @@ static int post_send(void *conn, int status, const char *headers,
 {
     struct fpost *p = conn;
     int none = status == 204 || status == 304;
+    int nobody = none || p->head; /* HEAD: Content-Length, no body */
     if (p->f->ending)
         p->close = 1; /* the front is stopping: no next request */
     char clen[48] = "";
@@ -105,7 +110,7 @@ static int post_send(void *conn, int status, const char *headers,
                             "HTTP/1.1 %d %s\r\n%s%sConnection: %s\r\n%s\r\n",
                             status, reason(status), headers, clen,
                             p->close ? "close" : "keep-alive", ka) < 0 ||
-        (!none && evbuffer_add(p->out, body, len) != 0))
+        (!nobody && evbuffer_add(p->out, body, len) != 0))
         return TB_ENOMEM;
     return 0;
 }
@@ -235,10 +240,11 @@ void tb__front_local_detach(fconn *c)
 
 int64_t tb__front_local_stop_ms(const tb__http_front *f)
 {
+    int64_t ms = 0;
     for (const struct fpost *p = f->posts; p; p = p->next)
-        if (p->c)
-            return f->cfg->redis.command_timeout_ms;
-    return 0;
+        if (p->c && p->work && p->work->timeout_ms > ms)
+            ms = p->work->timeout_ms;
+    return ms;
 }
 
 /* The front's very end (the bus outlives it): what the bus has not
@@ -274,7 +280,7 @@ static int split_head(struct fpost *p, size_t len, char **target, int *http11)
     char *next = cut_line(s, end);
     if (!next)
         return -1;
-    char *t = strchr(s, ' '); /* "POST " checked by the caller */
+    char *t = strchr(s, ' '); /* the method checked by the caller */
     char *v = t ? strchr(t + 1, ' ') : NULL;
     if (!t || !v || t[1] != '/')
         return -1;
@@ -299,29 +305,47 @@ static int split_head(struct fpost *p, size_t len, char **target, int *http11)
     return s + 2 == end ? 0 : -1; /* CRLF ends it */
 }
 
+/* The method of the request in `in` (its body blen bytes) if it is one
+ * the front answers: POST /events, POST /events/..., or GET or HEAD
+ * /healthz without a body; else NULL. The router decides the rest. */
+static const char *front_route(struct evbuffer *in, size_t blen)
+{
+    char m[14];
+    if (evbuffer_copyout(in, m, sizeof m) != (ev_ssize_t)sizeof m)
+        return NULL;
+    if (memcmp(m, "POST /events", 12) == 0)
+        return m[12] == ' ' || m[12] == '/' || m[12] == '?' ? "POST" : NULL;
+    if (blen)
+        return NULL;
+    if (memcmp(m, "GET /healthz", 12) == 0)
+        return m[12] == ' ' || m[12] == '?' ? "GET" : NULL;
+    if (memcmp(m, "HEAD /healthz", 13) == 0)
+        return m[13] == ' ' || m[13] == '?' ? "HEAD" : NULL;
+    return NULL;
+}
+
 int tb__front_local(fconn *c, size_t n)
 {
     tb__http_front *f = c->f;
     struct evbuffer *in = bufferevent_get_input(c->bev);
-    char m[13];
     /* At most http.threads in flight, as many as civetweb would hold:
      * the bus holds a copy of each one's data until it gives up. Beyond,
      * relayed (waiting for a thread, counted in body_bytes). */
+    size_t blen = n - c->head_len;
+    const char *method;
     if (!f->cfg->http.front_answers || f->nposts >= f->cfg->http.threads ||
         c->req.upgrade || c->req.bad ||
         (c->req_kind != TB__HTTP_BODY_NONE &&
          c->req_kind != TB__HTTP_BODY_LENGTH) ||
-        evbuffer_copyout(in, m, sizeof m) != (ev_ssize_t)sizeof m ||
-        memcmp(m, "POST /events", 12) != 0 ||
-        (m[12] != ' ' && m[12] != '/' && m[12] != '?'))
+        !(method = front_route(in, blen)))
         return 0;
-    size_t blen = n - c->head_len;
     struct fpost *p = calloc(1, sizeof *p + c->head_len + 1);
     if (!p || !(p->out = evbuffer_new())) {
         free(p);
         return 0; /* the server answers it */
     }
     p->f = f;
+    p->head = method[0] == 'H';
     evbuffer_copyout(in, p->buf, c->head_len);
     char *target;
     const char *conn;
@@ -351,7 +375,7 @@ int tb__front_local(fconn *c, size_t n)
     tb__http_in req = {
         .ops = &post_ops,
         .conn = p,
-        .method = "POST",
+        .method = method,
         .path = target,
         .query = query,
         .body = blen ? p->body : NULL,
@@ -383,6 +407,6 @@ int tb__front_local(fconn *c, size_t n)
     if (st != 0)
         on_done(p); /* answered: written on the next turn, as the others */
     else
-        tb__front_arm(c, f->cfg->redis.command_timeout_ms);
+        tb__front_arm(c, p->work->timeout_ms);
     return 1;
 }

@@ -196,9 +196,9 @@ void tb__front_up_release(upconn *up);
 upconn *tb__front_up_get(tb__http_front *f, int fresh);
 
 /* How much longer than STOP_FLUSH_MS the stop waits for the requests the
- * front answers: redis.command_timeout_ms (64 bits: it may be near
- * INT_MAX) while one still has its client waiting for the bus's outcome,
- * else 0 (a client that left reads no answer). */
+ * front answers: the longest timeout_ms of those whose client still waits
+ * for the outcome (redis.command_timeout_ms for a publish, 64 bits: it may
+ * be near INT_MAX), else 0 (a client that left reads no answer). */
 int64_t tb__front_local_stop_ms(const tb__http_front *f);
 
 /* http_front_events.c: the requests the front answers itself. local: 1

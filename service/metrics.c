@@ -322,8 +322,9 @@ static void ws_metrics(buf *b, tb_app *app)
     add(b, "taskbus_http_front_busy_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->http_front_busy));
     header(b, "taskbus_http_front_answered_total", "counter",
-           "POST /events and /events/{name} requests the front answered "
-           "itself, without an HTTP thread (http.front_answers).");
+           "POST /events, POST /events/{name} and GET /healthz requests "
+           "the front answered itself, without an HTTP thread "
+           "(http.front_answers).");
     add(b, "taskbus_http_front_answered_total %" PRIu64 "\n",
         (uint64_t)atomic_load(&app->http_front_answered));
     header(b, "taskbus_ws_handover_failures_total", "counter",

@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""front_events_suite.py - the HTTP front answers POST /events/{name} and
-POST /events itself (http.front_answers, issue 13 point 1): the answers
+"""front_events_suite.py - the HTTP front answers POST /events/{name},
+POST /events and GET (HEAD) /healthz itself (http.front_answers, issue 13
+points 1 and 8): the answers
 are the same as civetweb's, byte for byte where a client can see them (a
 table of good and bad requests sent to a server with the switch on and
 one with it off); /metrics shows the front answered them; pipelined POSTs
@@ -73,9 +74,10 @@ def serve(name, answers, *args, env=None):
                    str(MAX_BODY), *args, env=e).start()
 
 
-def read_answers(sock, n, timeout):
+def read_answers(sock, n, timeout, head=False):
     """n HTTP answers read off sock: [(status line, [(name, value)], body,
-    raw head)], fewer if the connection ends first."""
+    raw head)], fewer if the connection ends first. head: answers to HEAD
+    (a Content-Length, no body)."""
     sock.settimeout(timeout)
     buf, out = b"", []
     end = time.monotonic() + timeout
@@ -88,8 +90,8 @@ def read_answers(sock, n, timeout):
                 continue
             hdrs = [tuple(x.strip() for x in ln.split(":", 1))
                     for ln in lines[1:]]
-            clen = int(dict((k.lower(), v) for k, v in hdrs)
-                       .get("content-length", "0"))
+            clen = 0 if head else int(dict((k.lower(), v) for k, v in hdrs)
+                                      .get("content-length", "0"))
             if len(buf) >= i + 4 + clen:
                 out.append((lines[0], hdrs, buf[i + 4:i + 4 + clen]))
                 buf = buf[i + 4 + clen:]
@@ -107,7 +109,7 @@ def read_answers(sock, n, timeout):
 def exchange(port, raw, n=1, timeout=None):
     with socket.create_connection((HOST, port), T(5)) as s:
         s.sendall(raw)
-        return read_answers(s, n, timeout or T(5))
+        return read_answers(s, n, timeout or T(5), raw.startswith(b"HEAD "))
 
 
 # An id this server made (an event's, or a request's): they differ from
@@ -131,6 +133,14 @@ def post(path, body=b"", token=ADMIN, extra=(), version="1.1",
     head += list(extra)
     head.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def probe(path="/healthz", method="GET", extra=(), version="1.1",
+          body=None):
+    head = [f"{method} {path} HTTP/{version}", "Host: t"] + list(extra)
+    if body is not None:
+        head.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + (body or b"")
 
 
 def table():
@@ -191,6 +201,22 @@ def table():
                                         token=may_a)),
         ("batch 401", post("/events", nd, token=None)),
         ("batch 400 not JSON", post("/events", b"[{", ctype=None)),
+        ("healthz 200", probe()),
+        ("healthz 200 HEAD", probe(method="HEAD")),
+        ("healthz 200 ?verbose=1", probe("/healthz?verbose=1")),
+        ("healthz 200 HTTP/1.0", probe(version="1.0")),
+        ("healthz 200 HTTP/1.0 keep-alive", probe(version="1.0", extra=[
+            "Connection: keep-alive"])),
+        ("healthz 200 Connection: close", probe(extra=[
+            "Connection: close"])),
+        ("healthz 200 own X-Request-ID", probe(extra=[
+            "X-Request-ID: my-probe-1"])),
+        ("healthz 200 with a wrong token (open)", probe(extra=[
+            "Authorization: Bearer nope"])),
+        ("healthz with a body: relayed", probe(body=b"x")),
+        ("healthz 405 POST: relayed", probe(method="POST", body=b"")),
+        ("healthz 405 DELETE: relayed", probe(method="DELETE")),
+        ("healthz 404 /healthzz: relayed", probe("/healthzz")),
     ]
 
 
@@ -202,6 +228,7 @@ def t_same_answers():
     on, off = serve("on", True), serve("off", False)
     rows = table()
     taken = 0
+    before = answered(on.port)  # the harness's own /healthz at start
     for what, raw in rows:
         a = exchange(on.port, raw)
         b = exchange(off.port, raw)
@@ -214,9 +241,9 @@ def t_same_answers():
         # close), and paths no asynchronous route matches (a deeper path,
         # an escaped NUL the router refuses).
         if not any(w in what for w in ("max_body", "deeper", "before 404",
-                                       "escaped")):
+                                       "escaped", "relayed")):
             taken += 1
-    got_on, got_off = answered(on.port), answered(off.port)
+    got_on, got_off = answered(on.port) - before, answered(off.port)
     check(got_on == taken and got_off == 0,
           f"{ANSWERED}: {got_on} on the front that answers (want {taken}),"
           f" {got_off} on the one that relays (want 0)")
@@ -494,6 +521,52 @@ def t_switch_off():
     return "relayed"
 
 
+def t_healthz():
+    """GET and HEAD /healthz answered by the front: a HEAD's answer has
+    Content-Length and no body (a GET pipelined after it is read
+    whole); 50 pipelined probes answered in order; 200 clients that send
+    a probe and vanish (half of them with a reset) leave the service
+    answering; every one counted as the front's."""
+    s = serve("healthz", True)
+    before = answered(s.port)
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        c.sendall(probe(method="HEAD") + probe())
+        c.settimeout(T(5))
+        got = b""
+        while got.count(b"\r\n\r\n") < 2 or not got.endswith(b"}"):
+            b = c.recv(65536)
+            if not b:
+                break
+            got += b
+    first, rest = got.split(b"\r\n\r\n", 1)
+    check(b"Content-Length: 27\r\n" in first + b"\r\n" and
+          rest.startswith(b"HTTP/1.1 200 OK\r\n"),
+          f"HEAD then GET on one connection: {got!r}")
+    with socket.create_connection((HOST, s.port), T(5)) as c:
+        c.sendall(b"".join(probe(extra=[f"X-Request-ID: p{i}"])
+                           for i in range(50)))
+        ans = read_answers(c, 50, T(10))
+    ids = [dict(h).get("X-Request-ID") for _, h, _ in ans]
+    check(ids == [f"p{i}" for i in range(50)] and
+          all(st.startswith("HTTP/1.1 200 ") for st, _, _ in ans),
+          f"50 pipelined probes: {len(ans)} answers, ids {ids[:5]}...")
+    for i in range(200):
+        c = socket.create_connection((HOST, s.port), T(5))
+        if i % 2:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                         b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.sendall(probe())
+        c.close()
+    r = http_req(s.port, "GET", "/healthz")
+    check(r.status == 200 and json.loads(r.body)["status"] == "ok",
+          f"/healthz after 200 vanished probes: {r.status} {r.body!r}")
+    got = answered(s.port) - before
+    # The vanished ones the front read before they left (most of them).
+    check(52 <= got <= 253, f"{ANSWERED} went up by {got}")
+    s.stop_ok()
+    return f"HEAD bodyless, 50 in order, {got:.0f} counted"
+
+
 CASES = [
     ("same", "a table of good and bad requests: the front's answers are "
      "civetweb's", t_same_answers),
@@ -510,6 +583,8 @@ CASES = [
      t_body_memory),
     ("batchmax", "http.front_batch_max_body at its edge", t_batch_body_max),
     ("off", "http.front_answers 0 relays", t_switch_off),
+    ("healthz", "GET and HEAD /healthz in the front: HEAD bodyless, "
+     "pipelined, vanishing probes", t_healthz),
 ]
 
 

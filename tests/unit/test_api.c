@@ -842,6 +842,91 @@ TH_APP_TEST(test_health, api_app(3), 30000)
     json_decref(j);
 }
 
+/* The front's /healthz (healthz_start, through tb__http_start): done is
+ * told when every worker has answered; a stuck worker leaves it untold
+ * and the caller's timeout answers 503 naming it; a client gone before
+ * then is not answered, and the late probe answers find the work alive
+ * until release (ASan checks). */
+static void health_done(void *ud)
+{
+    th_counter_add(ud, 1);
+}
+
+/* Starts GET /healthz as the front does; returns tb__http_start's rc. */
+static int health_start(tb_app *app, fake_conn *c, tb_http_req *req,
+                        th_counter *done, tb__http_work **work)
+{
+    static const tb__http_conn_ops ops = {fake_header, fake_send, fake_gone,
+                                          NULL, NULL};
+    memset(c, 0, sizeof *c);
+    c->request_id = "front-1";
+    tb__http_in in = {
+        .ops = &ops, .conn = c, .method = "GET", .path = "/healthz"};
+    return tb__http_start(app, &in, req, health_done, done, work);
+}
+
+TH_APP_TEST(test_health_front, api_app(3), 30000)
+{
+    fake_conn c;
+    tb_http_req req;
+    tb__http_work *work;
+    th_counter done = TH_COUNTER_INITIALIZER;
+    json_error_t jerr;
+
+    /* Every worker answers: done is told, the answer is healthz's. */
+    TH_CHECK_EQ(health_start(app, &c, &req, &done, &work), 0);
+    TH_CHECK(work != NULL);
+    TH_CHECK_EQ(work->timeout_ms, 1000);
+    TH_CHECK(th_counter_wait_ge(&done, 1, 5000));
+    TH_CHECK_EQ(tb__http_finish(&req, work, 0), 200);
+    json_t *j = json_loads(c.body, 0, &jerr);
+    TH_CHECK_STR(jget_str(j, "status"), "ok");
+    TH_CHECK_EQ(jget_int(j, "workers"), 3);
+    TH_CHECKF(strstr(c.headers, "X-Request-ID: front-1\r\n"), "headers %s",
+              c.headers);
+    json_decref(j);
+    free(c.body);
+
+    /* Worker 1 stuck: not told; the caller's timeout answers 503 naming
+     * it, and done is never told after (its late answer comes). */
+    th_counter blocked = TH_COUNTER_INITIALIZER;
+    TH_CHECK_RC(th_add(app, "blocker", 1, blocker, &blocked, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&blocked, 1, 5000));
+    TH_CHECK_EQ(health_start(app, &c, &req, &done, &work), 0);
+    TH_CHECK(!th_counter_wait_ge(&done, 2, 300));
+    TH_CHECK_EQ(tb__http_finish(&req, work, TB_ETIMEDOUT), 503);
+    j = json_loads(c.body, 0, &jerr);
+    CHECK_ERROR(j, c.status, 503, "worker_stuck");
+    json_t *stuck = json_object_get(j, "stuck");
+    TH_CHECK_EQ(json_array_size(stuck), 1);
+    TH_CHECK_EQ(json_integer_value(json_array_get(stuck, 0)), 1);
+    json_decref(j);
+    free(c.body);
+    TH_CHECK(th_wait_state(app, "blocker", TB_TASK_DONE, 5000));
+    th_nap_ms(50);
+    TH_CHECK_EQ(th_counter_get(&done), 1);
+    tb_task_purge(app);
+
+    /* The client gone while worker 1 is stuck: nothing sent; done still
+     * comes once the worker answers, then release lets go. */
+    TH_CHECK_RC(th_add(app, "blocker", 1, blocker, &blocked, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&blocked, 2, 5000));
+    TH_CHECK_EQ(health_start(app, &c, &req, &done, &work), 0);
+    tb__http_finish(&req, work, TB__HTTP_GONE);
+    TH_CHECK_EQ(c.sends, 0);
+    TH_CHECK(th_counter_wait_ge(&done, 2, 5000));
+    work->release(work);
+
+    /* Stopped: 503 not_running at once, nothing left running. */
+    th_app_stopped(app);
+    TH_CHECK_EQ(health_start(app, &c, &req, &done, &work), 503);
+    TH_CHECK(work == NULL);
+    j = json_loads(c.body, 0, &jerr);
+    CHECK_ERROR(j, c.status, 503, "not_running");
+    json_decref(j);
+    free(c.body);
+}
+
 /* ------------------------------------------------------------ long poll */
 
 typedef struct poll_ctx {
@@ -1467,6 +1552,7 @@ int main(void)
         cmocka_unit_test(test_batch_concurrency),
         cmocka_unit_test(test_tasks),
         cmocka_unit_test(test_health),
+        cmocka_unit_test(test_health_front),
         cmocka_unit_test(test_long_poll),
         cmocka_unit_test(test_history_read_errors),
         cmocka_unit_test(test_token),
