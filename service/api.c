@@ -832,6 +832,16 @@ static int probe_work_answer(tb_http_req *req, tb__http_work *w, int why)
 {
     probe *p = (probe *)w;
     if (why == TB__HTTP_GONE) { /* release lets go */
+        /* Unlike a publish, a probe holds nothing of the client's: done
+         * now, so that the caller frees its place (the front's
+         * http.threads slots) instead of holding it until a stuck worker
+         * answers, if ever. */
+        pthread_mutex_lock(&p->mu);
+        if (p->done) {
+            p->done(p->ud);
+            p->done = NULL;
+        }
+        pthread_mutex_unlock(&p->mu);
         tb__http_abandon(req);
         return req->status;
     }

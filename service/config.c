@@ -177,8 +177,8 @@
       "ms a request read whole may wait for a free HTTP thread, then 503 "     \
       "(front)")                                                               \
     X(http, front_answers, BOOL, 1, NULL, 0, 1, "http-front-answers",          \
-      "the front answers POST /events, /events/{name} and GET /healthz "      \
-      "itself, without an HTTP thread (0: relayed like every other route)")   \
+      "the front answers POST /events, /events/{name} and GET /healthz "       \
+      "itself, without an HTTP thread (0: relayed like every other route)")    \
     X(http, front_batch_max_body, SIZE, 64 * KiB, NULL, 0, 512 * MiB,          \
       "http-front-batch-max-body",                                             \
       "POST /events bodies up to this many bytes are answered by the front; "  \

@@ -7,7 +7,11 @@
  * concurrent clients, and start-up failures. */
 #include "redis_harness.h" /* rh_free_port; TH_CHECK*, th_run_thread */
 
+#include <stdatomic.h>
+
 #include <jansson.h>
+
+#include "internal.h" /* app->http_front_answered */
 
 #define MAX_BODY 4096
 #define IO_TIMEOUT_S 5
@@ -473,6 +477,103 @@ out:
     free(r);
 }
 
+/* ------------------------------------------------------------ /healthz
+ * answered by the front (healthz_start) with a worker stuck: the front's
+ * own 1 s deadline answers 503 worker_stuck naming it (GET and HEAD), and
+ * probes whose clients vanish meanwhile do not keep the front's
+ * http.threads places: a POST /events after more of them than there are
+ * places is still answered by the front. */
+
+static th_counter stuck_started = TH_COUNTER_INITIALIZER;
+
+/* Blocks its worker's loop (what a buggy task calling sleep() does). */
+static int stuck(tb_task *self, void *arg)
+{
+    (void)self;
+    (void)arg;
+    th_counter_add(&stuck_started, 1);
+    th_nap_ms(4000);
+    return 0;
+}
+
+static tb_app *health_app(void)
+{
+    port_ = rh_free_port();
+    assert_true(port_ > 0);
+    char addr[32];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port_);
+    tb_app_config cfg;
+    tb_app_config_init(&cfg);
+    cfg.core.workers = 2;
+    cfg.core.graceful_timeout_ms = 6000;
+    cfg.core.handle_signals = 0;
+    cfg.http.listen = addr;
+    cfg.http.threads = 4;
+    tb_app *app = th_app_new_cfg(&cfg);
+    assert_rc(tb_app_add_api(app), 0);
+    return app;
+}
+
+/* taskbus_http_front_answered_total (/metrics is longer than resp). */
+static long front_answered(tb_app *app)
+{
+    return (long)atomic_load(&app->http_front_answered);
+}
+
+TH_APP_TEST(test_healthz_front_stuck, health_app(), RUN_TIMEOUT_MS)
+{
+    resp *r = new_resp();
+    if (!r)
+        return;
+    TH_CHECK_EQ(request("GET", "/healthz", NULL, NULL, 0, r), 0);
+    TH_CHECK_EQ(r->status, 200);
+    TH_CHECK_RC(th_add(app, "stuck", 1, stuck, NULL, NULL), 0);
+    TH_CHECK(th_counter_wait_ge(&stuck_started, 1, 5000));
+
+    /* Twice http.threads probes that vanish (a reset: a client that only
+     * half-closes still waits for its answer, and keeps its place until
+     * the deadline), then a POST: answered by the front, not relayed for
+     * want of a place. */
+    long before = front_answered(app);
+    TH_CHECK(before >= 1);
+    for (int i = 0; i < 8; i++) {
+        client c;
+        if (!TH_CHECK_EQ(cl_open(&c), 0))
+            break;
+        struct linger lg = {1, 0};
+        setsockopt(c.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        static const char probe[] = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+        cl_send(&c, probe, sizeof probe - 1);
+        th_nap_ms(20); /* read by the front before the client leaves */
+        cl_close(&c);
+    }
+    th_nap_ms(200);
+    TH_CHECK_EQ(request("POST", "/events/h.x", NULL, "1", 1, r), 0);
+    TH_CHECK_EQ(r->status, 202);
+    long after = front_answered(app);
+    TH_CHECKF(after == before + 9,
+              "front answered %ld more, want 9 (8 "
+              "vanished probes, the POST)",
+              after - before);
+
+    /* The front's deadline: 503 naming worker 1, GET and HEAD. */
+    int64_t t0 = th_mono_ms();
+    TH_CHECK_EQ(request("GET", "/healthz", NULL, NULL, 0, r), 0);
+    int64_t dt = th_mono_ms() - t0;
+    TH_CHECK_EQ(r->status, 503);
+    is_error(r, "worker_stuck");
+    TH_CHECKF(strstr(r->body, "\"stuck\":[1]") != NULL, "body %s", r->body);
+    TH_CHECKF(dt >= 900 && dt < 3000, "worker_stuck after %lld ms",
+              (long long)dt);
+    TH_CHECK_EQ(request("HEAD", "/healthz", NULL, NULL, 0, r), 0);
+    TH_CHECK_EQ(r->status, 503);
+    TH_CHECK(r->len > 0);
+    TH_CHECK(th_wait_state(app, "stuck", TB_TASK_DONE, 10000));
+    TH_CHECK_EQ(request("GET", "/healthz", NULL, NULL, 0, r), 0);
+    TH_CHECK_EQ(r->status, 200);
+    free(r);
+}
+
 #define CONC_THREADS 8
 #define CONC_EACH 25
 
@@ -557,6 +658,7 @@ int main(void)
         cmocka_unit_test(test_request_id),
         cmocka_unit_test(test_keep_alive_head),
         cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_healthz_front_stuck),
         cmocka_unit_test(test_start_failure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
