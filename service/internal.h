@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "taskbus/taskbus.h"
@@ -190,6 +191,10 @@ typedef struct tb__watch {
 } tb__watch;
 
 struct tb_task {
+    /* Packed without holes, one-byte flags: cancelling 100 000 tasks by
+     * name is bound by cache misses, and every line of a task counts
+     * (docs/BENCHMARKS.md, section 1). */
+
     /* --- registry: written under app->reg_mu --- */
     tb_task *all_prev, *all_next; /* app->all_*, ordered by id */
     uint64_t id;
@@ -199,10 +204,10 @@ struct tb_task {
     int worker;
     tb_task_state state;
     int result;
-    int replica;    /* one of a pre-run named task's replicas */
-    int ephemeral;  /* TB_TASK_EPHEMERAL: dropped from the registry at end */
-    int hidden;     /* TB__TASK_HIDDEN: the cluster's own, never listed */
-    int claimed;    /* its name is claimed across the cluster (cluster.c) */
+    bool replica;   /* one of a pre-run named task's replicas */
+    bool ephemeral; /* TB_TASK_EPHEMERAL: dropped from the registry at end */
+    bool hidden;    /* TB__TASK_HIDDEN: the cluster's own, never listed */
+    bool claimed;   /* its name is claimed across the cluster (cluster.c) */
     uint64_t fence; /* a singleton run's fencing token; else 0 */
     struct tb__single *single; /* a singleton run: singleton.c's; else NULL */
     int64_t created_us, started_us, ended_us;
@@ -214,22 +219,22 @@ struct tb_task {
     atomic_int cancel_pending;   /* consumed when delivered */
 
     /* --- worker side: only on the worker's thread --- */
+    int fn_result; /* copied to result under reg_mu at the end */
     tb_app *app;
     struct tb__worker *w;
     tb__coro *co;
     tb_task_fn fn;
-    int fn_result; /* copied to result under reg_mu at the end */
     void *arg;
     void (*arg_free)(void *);
     tb_task *rnext;         /* run queue */
     tb_task *wprev, *wnext; /* the worker's live tasks */
-    int queued;
-    int wait_kind;
     uint64_t wait_seq;
     int wake_code;
+    unsigned char wait_kind; /* TB__WAIT_* */
+    bool queued;
+    bool timer_armed;
     struct event *timer;
     uint64_t timer_seq;
-    int timer_armed;
     tb_sub *subs;
     tb__listener *waiter;        /* while in tb_event_wait */
     struct tb__confirm *confirm; /* while in tb_dispatch_wait */
