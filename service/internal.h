@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include <event2/event_struct.h> /* struct event, for tb__timer */
+
 #include "taskbus/taskbus.h"
 
 #include "adapter.h" /* what adapters see of the core; bus.h, log.h */
@@ -233,7 +235,7 @@ struct tb_task {
     unsigned char wait_kind; /* TB__WAIT_* */
     bool queued;
     bool timer_armed;
-    struct event *timer;
+    struct event *timer; /* the armed wait's (tb__timer), else stale */
     uint64_t timer_seq;
     tb_sub *subs;
     tb__listener *waiter;        /* while in tb_event_wait */
@@ -334,8 +336,20 @@ void tb__task_disarm_timer(tb_task *self);
  * wait numbered seq. Returns 1 if it woke it. */
 int tb__task_wake(tb_task *t, uint64_t seq, int code);
 
-/* Arms t's timer to wake the current wait with TB_ETIMEDOUT after ms. */
-int tb__task_arm_timer(tb_task *t, uint64_t seq, int64_t ms);
+/* One libevent timer in the frame of the function that waits: on the
+ * task's own stack, a page that the task touches anyway. A timer per task
+ * on the heap cost a malloc and a free per task, and unlinking it from
+ * libevent's list touched its neighbour, another task's cold allocation:
+ * an eighth of cancel+join's time (docs/BENCHMARKS.md, section 1). */
+typedef struct tb__timer {
+    struct event ev;
+} tb__timer;
+
+/* Arms a timer in *tmr to wake t's current wait with TB_ETIMEDOUT after ms.
+ * *tmr must stay in place until tb__task_disarm_timer(t), which every
+ * waiting function calls before it returns (finish() does for a task that
+ * ends suspended). 0, or TB_ENOMEM with nothing armed. */
+int tb__task_arm_timer(tb_task *t, tb__timer *tmr, uint64_t seq, int64_t ms);
 
 /* Runs t (popped from the run queue) until it suspends or ends. */
 void tb__task_run(tb_task *t);

@@ -814,13 +814,11 @@ void tb__task_free_registry(tb_app *app)
     tb_task *t = app->all_head;
     while (t) {
         tb_task *next = t->all_next;
+        tb__task_disarm_timer(t); /* it lives on the stack freed next */
+        t->timer = NULL;
         if (t->co) {
             tb__coro_free(t->co);
             t->co = NULL;
-        }
-        if (t->timer) {
-            event_free(t->timer);
-            t->timer = NULL;
         }
         tb__task_registry_drop(app, t);
         t = next;
