@@ -193,8 +193,8 @@ typedef struct tb__watch {
 } tb__watch;
 
 struct tb_task {
-    /* Packed without holes, one-byte flags: cancelling 100 000 tasks by
-     * name is bound by cache misses, and every line of a task counts
+    /* Packed (one byte of padding left), one-byte flags: cancelling 100 000
+     * tasks by name is bound by cache misses, and every line of a task counts
      * (docs/BENCHMARKS.md, section 1). */
 
     /* --- registry: written under app->reg_mu --- */
@@ -330,6 +330,10 @@ int tb__task_enter(tb_task *self, const char *who);
 uint64_t tb__task_begin_wait(tb_task *self, int wait_kind);
 int tb__task_suspend(tb_task *self, const char *who);
 /* Disarms self's timer if armed. */
+/* How many task timers (tb__task_arm_timer) are still in base: 0 once
+ * every waiting function and every task's end has disarmed its own. */
+int tb__task_timers_left(struct event_base *base);
+
 void tb__task_disarm_timer(tb_task *self);
 
 /* Wakes task t (on its own worker's thread) with code if it is still in the

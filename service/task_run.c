@@ -359,6 +359,22 @@ int tb__task_arm_timer(tb_task *t, tb__timer *tmr, uint64_t seq, int64_t ms)
     return 0;
 }
 
+static int count_timer(const struct event_base *base, const struct event *ev,
+                       void *arg)
+{
+    (void)base;
+    if (event_get_callback(ev) == on_timer)
+        ++*(int *)arg;
+    return 0;
+}
+
+int tb__task_timers_left(struct event_base *base)
+{
+    int n = 0;
+    event_base_foreach_event(base, count_timer, &n);
+    return n;
+}
+
 void tb__task_disarm_timer(tb_task *self)
 {
     if (self->timer_armed) {
