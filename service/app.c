@@ -104,6 +104,17 @@ tb_app *tb__app_create(const tb_app_config *cfg, int *err)
         rc = TB_EINVAL;
         goto fail;
     }
+    /* A task's timer is a struct event in its waiting function's frame
+     * (tb__timer): the libevent run must not need more than the one
+     * built against. */
+    if (event_get_struct_event_size() > sizeof(struct event)) {
+        tb__log(TB_LOG_ERROR,
+                "libevent's struct event is %zu bytes, taskbus was built "
+                "for %zu: rebuild taskbus against this libevent",
+                event_get_struct_event_size(), sizeof(struct event));
+        rc = TB_EINVAL;
+        goto fail;
+    }
     rc = TB_ENOMEM;
     app = calloc(1, sizeof *app);
     if (!app)
@@ -220,7 +231,17 @@ static void worker_free(tb__worker *w)
         event_free(w->inbox_ev);
     if (w->runq_ev)
         event_free(w->runq_ev);
-    if (w->base)
+    /* A task timer still in the base lives in a frame of a stack that
+     * is gone: freeing the base would write to it. Kept (a leak, which
+     * LeakSanitizer reports) and said, instead: a waiting function or an
+     * end that did not disarm (tb__task_arm_timer's contract). */
+    int left = w->base ? tb__task_timers_left(w->base) : 0;
+    if (left)
+        tb__log(TB_LOG_ERROR,
+                "worker %d: %d task timer(s) still armed at the end: its "
+                "event loop is not freed",
+                w->index, left);
+    else if (w->base)
         event_base_free(w->base);
     pthread_mutex_destroy(&w->inbox_mu);
 }

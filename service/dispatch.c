@@ -181,10 +181,11 @@ int tb_dispatch_wait(tb_app *app, const char *name, const void *data,
         pthread_mutex_lock(&c->mu);
         int done = c->done;
         pthread_mutex_unlock(&c->mu);
+        tb__timer tmr;
         if (done) {
             self->wait_kind = TB__WAIT_NONE;
         } else if (timeout_ms >= 0 &&
-                   (rc = tb__task_arm_timer(self, c->seq, timeout_ms)) != 0) {
+                   (rc = tb__task_arm_timer(self, &tmr, c->seq, timeout_ms))) {
             self->wait_kind = TB__WAIT_NONE;
         } else {
             rc = tb__task_suspend(self, "tb_dispatch_wait");

@@ -510,8 +510,9 @@ int tb_event_wait(tb_task *self, const char *pattern, int timeout_ms,
     }
     l->seq = tb__task_begin_wait(self, TB__WAIT_EVENT);
     rc = tb__listener_add(w, l);
+    tb__timer tmr;
     if (rc == 0 && timeout_ms >= 0)
-        rc = tb__task_arm_timer(self, l->seq, timeout_ms);
+        rc = tb__task_arm_timer(self, &tmr, l->seq, timeout_ms);
     if (rc == 0) {
         self->waiter = l;
         rc = tb__task_suspend(self, "tb_event_wait");
@@ -602,8 +603,9 @@ int tb_sub_next(tb_task *self, tb_sub *s, int timeout_ms, tb_event **ev)
         if (timeout_ms == 0)
             return TB_ETIMEDOUT;
         s->wait_seq = tb__task_begin_wait(self, TB__WAIT_SUB);
+        tb__timer tmr;
         if (timeout_ms > 0 &&
-            (rc = tb__task_arm_timer(self, s->wait_seq, timeout_ms))) {
+            (rc = tb__task_arm_timer(self, &tmr, s->wait_seq, timeout_ms))) {
             self->wait_kind = TB__WAIT_NONE;
             return rc;
         }

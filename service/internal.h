@@ -5,7 +5,10 @@
 #include <pthread.h>
 #include <semaphore.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
+
+#include <event2/event_struct.h> /* struct event, for tb__timer */
 
 #include "taskbus/taskbus.h"
 
@@ -190,6 +193,10 @@ typedef struct tb__watch {
 } tb__watch;
 
 struct tb_task {
+    /* Packed (one byte of padding left), one-byte flags: cancelling 100 000
+     * tasks by name is bound by cache misses, and every line of a task counts
+     * (docs/BENCHMARKS.md, section 1). */
+
     /* --- registry: written under app->reg_mu --- */
     tb_task *all_prev, *all_next; /* app->all_*, ordered by id */
     uint64_t id;
@@ -199,10 +206,10 @@ struct tb_task {
     int worker;
     tb_task_state state;
     int result;
-    int replica;    /* one of a pre-run named task's replicas */
-    int ephemeral;  /* TB_TASK_EPHEMERAL: dropped from the registry at end */
-    int hidden;     /* TB__TASK_HIDDEN: the cluster's own, never listed */
-    int claimed;    /* its name is claimed across the cluster (cluster.c) */
+    bool replica;   /* one of a pre-run named task's replicas */
+    bool ephemeral; /* TB_TASK_EPHEMERAL: dropped from the registry at end */
+    bool hidden;    /* TB__TASK_HIDDEN: the cluster's own, never listed */
+    bool claimed;   /* its name is claimed across the cluster (cluster.c) */
     uint64_t fence; /* a singleton run's fencing token; else 0 */
     struct tb__single *single; /* a singleton run: singleton.c's; else NULL */
     int64_t created_us, started_us, ended_us;
@@ -214,22 +221,22 @@ struct tb_task {
     atomic_int cancel_pending;   /* consumed when delivered */
 
     /* --- worker side: only on the worker's thread --- */
+    int fn_result; /* copied to result under reg_mu at the end */
     tb_app *app;
     struct tb__worker *w;
     tb__coro *co;
     tb_task_fn fn;
-    int fn_result; /* copied to result under reg_mu at the end */
     void *arg;
     void (*arg_free)(void *);
     tb_task *rnext;         /* run queue */
     tb_task *wprev, *wnext; /* the worker's live tasks */
-    int queued;
-    int wait_kind;
     uint64_t wait_seq;
     int wake_code;
-    struct event *timer;
+    unsigned char wait_kind; /* TB__WAIT_* */
+    bool queued;
+    bool timer_armed;
+    struct event *timer; /* the armed wait's (tb__timer), else stale */
     uint64_t timer_seq;
-    int timer_armed;
     tb_sub *subs;
     tb__listener *waiter;        /* while in tb_event_wait */
     struct tb__confirm *confirm; /* while in tb_dispatch_wait */
@@ -323,14 +330,30 @@ int tb__task_enter(tb_task *self, const char *who);
 uint64_t tb__task_begin_wait(tb_task *self, int wait_kind);
 int tb__task_suspend(tb_task *self, const char *who);
 /* Disarms self's timer if armed. */
+/* How many task timers (tb__task_arm_timer) are still in base: 0 once
+ * every waiting function and every task's end has disarmed its own. */
+int tb__task_timers_left(struct event_base *base);
+
 void tb__task_disarm_timer(tb_task *self);
 
 /* Wakes task t (on its own worker's thread) with code if it is still in the
  * wait numbered seq. Returns 1 if it woke it. */
 int tb__task_wake(tb_task *t, uint64_t seq, int code);
 
-/* Arms t's timer to wake the current wait with TB_ETIMEDOUT after ms. */
-int tb__task_arm_timer(tb_task *t, uint64_t seq, int64_t ms);
+/* One libevent timer in the frame of the function that waits: on the
+ * task's own stack, a page that the task touches anyway. A timer per task
+ * on the heap cost a malloc and a free per task, and unlinking it from
+ * libevent's list touched its neighbour, another task's cold allocation:
+ * an eighth of cancel+join's time (docs/BENCHMARKS.md, section 1). */
+typedef struct tb__timer {
+    struct event ev;
+} tb__timer;
+
+/* Arms a timer in *tmr to wake t's current wait with TB_ETIMEDOUT after ms.
+ * *tmr must stay in place until tb__task_disarm_timer(t), which every
+ * waiting function calls before it returns (finish() does for a task that
+ * ends suspended). 0, or TB_ENOMEM with nothing armed. */
+int tb__task_arm_timer(tb_task *t, tb__timer *tmr, uint64_t seq, int64_t ms);
 
 /* Runs t (popped from the run queue) until it suspends or ends. */
 void tb__task_run(tb_task *t);

@@ -143,6 +143,12 @@ static int name_check(const char *name)
     return 0;
 }
 
+/* The cancel path touches nearly every line of a task; 40 bytes more since
+ * 77b1e23 cost cancel+join about a tenth of its rate (docs/BENCHMARKS.md,
+ * section 1). Grow it only knowingly. */
+_Static_assert(sizeof(void *) != 8 || sizeof(tb_task) <= 288,
+               "tb_task grew past 288 bytes: see docs/BENCHMARKS.md section 1");
+
 static tb_task *task_alloc(tb_app *app, tb_task_fn fn, void *arg,
                            const tb_task_opts *o)
 {
@@ -808,13 +814,11 @@ void tb__task_free_registry(tb_app *app)
     tb_task *t = app->all_head;
     while (t) {
         tb_task *next = t->all_next;
+        tb__task_disarm_timer(t); /* it lives on the stack freed next */
+        t->timer = NULL;
         if (t->co) {
             tb__coro_free(t->co);
             t->co = NULL;
-        }
-        if (t->timer) {
-            event_free(t->timer);
-            t->timer = NULL;
         }
         tb__task_registry_drop(app, t);
         t = next;

@@ -81,17 +81,16 @@ static void finish(tb_task *t, int abandoned)
     tb__worker *w = t->w;
     int in_blocking = t->wait_kind == TB__WAIT_BLOCKING;
 
+    /* A task abandoned at shutdown may still have a timer armed, and the
+     * timer lives on its stack: out of the base before the stack goes. */
+    tb__task_disarm_timer(t);
+    t->timer = NULL;
     if (t->co && !(abandoned && in_blocking)) {
         /* A blocking call in flight still uses its job on this stack: keep
          * that stack until tb_app_free has joined the pool. */
         tb__coro_free(t->co);
         t->co = NULL;
         tb__worker_note_stack_freed(w);
-    }
-    if (t->timer) {
-        event_free(t->timer);
-        t->timer = NULL;
-        t->timer_armed = 0;
     }
     tb__sub_close_all(t);
     tb__event_abandon_wait(t); /* only an abandoned task is still waiting */
@@ -346,19 +345,34 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     tb__task_wake(t, t->timer_seq, TB_ETIMEDOUT);
 }
 
-int tb__task_arm_timer(tb_task *t, uint64_t seq, int64_t ms)
+int tb__task_arm_timer(tb_task *t, tb__timer *tmr, uint64_t seq, int64_t ms)
 {
-    if (!t->timer) {
-        t->timer = evtimer_new(t->w->base, on_timer, t);
-        if (!t->timer)
-            return TB_ENOMEM;
-    }
+    struct event *ev = &tmr->ev;
     struct timeval tv;
+    if (evtimer_assign(ev, t->w->base, on_timer, t) != 0)
+        return TB_ENOMEM;
+    t->timer = ev;
     t->timer_seq = seq;
-    if (evtimer_add(t->timer, tb__worker_timeout(t->w, ms, &tv)) != 0)
+    if (evtimer_add(ev, tb__worker_timeout(t->w, ms, &tv)) != 0)
         return TB_ENOMEM;
     t->timer_armed = 1;
     return 0;
+}
+
+static int count_timer(const struct event_base *base, const struct event *ev,
+                       void *arg)
+{
+    (void)base;
+    if (event_get_callback(ev) == on_timer)
+        ++*(int *)arg;
+    return 0;
+}
+
+int tb__task_timers_left(struct event_base *base)
+{
+    int n = 0;
+    event_base_foreach_event(base, count_timer, &n);
+    return n;
 }
 
 void tb__task_disarm_timer(tb_task *self)
@@ -418,9 +432,10 @@ int tb_sleep(tb_task *self, int64_t ms)
     if (ms < 0)
         return TB_EINVAL;
     uint64_t seq = tb__task_begin_wait(self, TB__WAIT_SLEEP);
+    tb__timer tmr;
     if (ms == 0)
         tb__task_wake(self, seq, 0); /* back of the run queue */
-    else if ((rc = tb__task_arm_timer(self, seq, ms)) != 0) {
+    else if ((rc = tb__task_arm_timer(self, &tmr, seq, ms)) != 0) {
         self->wait_kind = TB__WAIT_NONE;
         return rc;
     }
@@ -477,6 +492,7 @@ int tb__task_wait_finished(tb_task *self, tb_task *target, tb__deadline *dl,
             continue;
         }
         tb__watch watch = {.waiter = self};
+        tb__timer tmr;
         pthread_mutex_lock(&app->reg_mu);
         if (tb__task_finished(target)) {
             pthread_mutex_unlock(&app->reg_mu);
@@ -490,7 +506,7 @@ int tb__task_wait_finished(tb_task *self, tb_task *target, tb__deadline *dl,
         watch.next = target->watchers;
         target->watchers = &watch;
         pthread_mutex_unlock(&app->reg_mu);
-        if (left_ms > 0 && tb__task_arm_timer(self, watch.seq, left_ms)) {
+        if (left_ms > 0 && tb__task_arm_timer(self, &tmr, watch.seq, left_ms)) {
             self->wait_kind = TB__WAIT_NONE;
             rc = TB_ENOMEM;
         } else {

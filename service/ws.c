@@ -785,8 +785,9 @@ int tb_ws_recv(tb_task *self, tb_ws *ws, int timeout_ms, tb_ws_msg *msg)
         if (timeout_ms == 0)
             return TB_ETIMEDOUT;
         ws->recv_seq = tb__task_begin_wait(self, TB__WAIT_WS);
+        tb__timer tmr;
         if (timeout_ms > 0 &&
-            (rc = tb__task_arm_timer(self, ws->recv_seq, timeout_ms))) {
+            (rc = tb__task_arm_timer(self, &tmr, ws->recv_seq, timeout_ms))) {
             self->wait_kind = TB__WAIT_NONE;
             return rc;
         }
