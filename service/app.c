@@ -211,6 +211,7 @@ static void worker_free(tb__worker *w)
     free(w->spare);
     tb__listener_free_spares(w);
     tb__htab_destroy(&w->exact);
+    tb__htab_destroy(&w->wild);
     tb__interest_destroy(&w->interest);
     if (w->grace_ev)
         event_free(w->grace_ev);

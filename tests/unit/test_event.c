@@ -395,6 +395,82 @@ TH_TASK_TEST(test_multi_pattern_subscription, th_app_new(2, 2000), 0, 20000)
     /* The subscription closes with the task. */
 }
 
+/* The wildcard index (literal prefixes, event.c): many subscriptions on
+ * one worker whose patterns begin at every depth, from exact names to "*"
+ * and ">", with params and repeated prefixes; each receives exactly the
+ * events tb_pattern_match says it matches, in order. Then half close (their
+ * buckets emptied and freed, some shared) and the rest still do. */
+#define WI_SUBS 96
+#define WI_NAMES 64
+
+static const char *wi_pattern(int i, char *buf, size_t n)
+{
+    static const char *shapes[] = {
+        "%s",    "%s.*",   "*.%s",     ">",        "*",
+        "%s.>",  "a.%s.*", "a.*.%s",   "a.%s.<p>", "a.b.%s.*",
+        "a.b.*", "a.b.>",  "*.*.%s",   "<q>.%s.>", "a.b.c.%s.>",
+        "a.%s",  "a.b.%s", "a.b.c.%s", "*.b.*",    "a.>",
+    };
+    static const char *lits[] = {"a", "b", "c", "x1", "y-2"};
+    const char *shape = shapes[i % (int)(sizeof shapes / sizeof *shapes)];
+    snprintf(buf, n, shape, lits[(i / 20) % 5]);
+    return buf;
+}
+
+static void wi_name(int j, char *buf, size_t n)
+{
+    static const char *segs[] = {"a", "b", "c", "x1", "y-2", "z"};
+    int depth = 1 + j % 5, v = j;
+    size_t used = 0;
+    for (int k = 0; k < depth; k++, v /= 3)
+        used += (size_t)snprintf(buf + used, n - used, "%s%s", k ? "." : "",
+                                 segs[(v + k) % 6]);
+}
+
+static void wi_check(tb_task *self, tb_app *app, tb_sub **subs, int from,
+                     const char *what)
+{
+    char pat[64], name[64];
+    for (int j = 0; j < WI_NAMES; j++) {
+        wi_name(j, name, sizeof name);
+        TH_CHECK_RC(tb_dispatch(app, name, "", 0, NULL), 0);
+    }
+    /* Every subscription has "wi.end" too: nothing after the names. */
+    TH_CHECK_RC(tb_dispatch(app, "wi.end", "", 0, NULL), 0);
+    for (int i = from; i < WI_SUBS; i++) {
+        wi_pattern(i, pat, sizeof pat);
+        for (int j = 0; j < WI_NAMES; j++) {
+            wi_name(j, name, sizeof name);
+            if (tb_pattern_match(pat, name) == 1 &&
+                !TH_CHECKF(next_is(self, subs[i], name),
+                           "%s: \"%s\" did not get "
+                           "\"%s\"",
+                           what, pat, name))
+                return;
+        }
+        if (!TH_CHECKF(next_is(self, subs[i], "wi.end"), "%s: \"%s\" got more",
+                       what, pat))
+            return;
+    }
+}
+
+TH_TASK_TEST(test_wildcard_index, th_app_new(1, 2000), 0, 60000)
+{
+    tb_sub *subs[WI_SUBS];
+    char pat[64];
+    int err;
+    for (int i = 0; i < WI_SUBS; i++) {
+        subs[i] = tb_sub_open(self, wi_pattern(i, pat, sizeof pat), 256, &err);
+        if (!TH_CHECKF(subs[i] != NULL, "tb_sub_open(\"%s\"): %d", pat, err))
+            return;
+        TH_CHECK_RC(tb_sub_add(subs[i], "wi.end"), 0);
+    }
+    wi_check(self, app, subs, 0, "all open");
+    for (int i = 0; i < WI_SUBS / 2; i++)
+        tb_sub_close(subs[i]);
+    wi_check(self, app, subs, WI_SUBS / 2, "half closed");
+}
+
 typedef struct cancel_ctx {
     th_counter started;
     atomic_int wait_rc, next_rc;
@@ -1445,6 +1521,7 @@ int main(void)
         cmocka_unit_test(test_subscription_overflow_drops_oldest),
         cmocka_unit_test(test_subscription_closed_when_task_ends),
         cmocka_unit_test(test_each_waiter_gets_event_exactly_once),
+        cmocka_unit_test(test_wildcard_index),
         cmocka_unit_test(test_dispatch_racing_startup),
         cmocka_unit_test(test_worker_queue_max),
     };
