@@ -264,18 +264,6 @@ int tb__app_wants(tb_app *app, const tb__name *name)
 
 /* ---------------------------------------------------------------- index */
 
-/* The length of p's literal prefix, the segments before its first
- * wildcard ("a.b" of "a.b.*.c"; 0 when the first is one), and in *depth
- * how many segments that is. */
-static size_t literal_prefix(const tb__pattern *p, int *depth)
-{
-    int k = 0;
-    while (k < p->nseg && p->seg[k].kind == TB__SEG_LITERAL)
-        k++;
-    *depth = k;
-    return k ? (size_t)p->seg[k - 1].off + p->seg[k - 1].len : 0;
-}
-
 /* The bucket of listeners keyed by key[0..n) in t (wild: of wildcard
  * patterns whose prefix has depth segments), made if missing; NULL when
  * out of memory. *made: it is new. */
@@ -320,7 +308,8 @@ int tb__listener_add(tb__worker *w, tb__listener *l)
     l->prev = l->next = NULL;
     l->bucket = NULL;
     int exact = tb__pattern_is_exact(&l->pat), depth = 0, made;
-    size_t n = exact ? strlen(l->pat.text) : literal_prefix(&l->pat, &depth);
+    size_t n =
+        exact ? strlen(l->pat.text) : tb__pattern_prefix(&l->pat, &depth);
     tb__lbucket *b = bucket_get(w, !exact, l->pat.text, n, depth, &made);
     if (!b)
         return TB_ENOMEM;

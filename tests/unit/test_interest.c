@@ -87,6 +87,59 @@ static void test_tail_wildcard(void **state)
 }
 
 /* Counted: interest lasts until the last of several adds is removed. */
+/* Patterns at every prefix depth, some sharing a prefix, others the
+ * only one of theirs: a name is wanted exactly when one of them matches
+ * it (tb_pattern_match the judge), before and after removing half. */
+static void test_prefix_groups(void **state)
+{
+    (void)state;
+    static const char *pats[] = {
+        "*",         ">",       "a.*",       "a.>",     "a.b.*",
+        "a.b.>",     "a.<x>.c", "a.b.c.*",   "b.*.c",   "b.c.*",
+        "c.d.e.f.*", "*.b",     "x-1.*.*",   "x-1.y",   "c.<p>",
+        "a.b.c.d.>", "b.c.d",   "*.*.*.*.*", "c.d.*.f", "q.>",
+    };
+    enum {
+        NP = sizeof pats / sizeof *pats
+    };
+    static const char *segs[] = {"a", "b", "c", "d", "e", "f", "x-1", "y", "q"};
+    for (int drop = 0; drop <= 1; drop++) {
+        /* drop 0: each pattern alone (the others absent); 1: all, then the
+         * even ones removed. */
+        for (int only = 0; only < (drop ? 1 : NP); only++) {
+            tb__interest in;
+            tb__interest_init(&in);
+            tb__pattern p[NP];
+            for (int i = 0; i < NP; i++) {
+                p[i] = pat(pats[i]);
+                if (drop || i == only)
+                    assert_int_equal(tb__interest_add(&in, &p[i]), 0);
+            }
+            if (drop)
+                for (int i = 0; i < NP; i += 2)
+                    tb__interest_remove(&in, &p[i]);
+            for (int v = 0; v < 4000; v++) {
+                char name[64];
+                int depth = 1 + v % 6, u = v;
+                size_t used = 0;
+                for (int k = 0; k < depth; k++, u /= 7)
+                    used += (size_t)snprintf(name + used, sizeof name - used,
+                                             "%s%s", k ? "." : "",
+                                             segs[(u + k) % 9]);
+                int want = 0;
+                for (int i = 0; i < NP; i++)
+                    if ((drop ? i % 2 == 1 : i == only) &&
+                        tb_pattern_match(pats[i], name) == 1)
+                        want = 1;
+                if (wants(&in, name) != want)
+                    fail_msg("%s: wanted %d, want %d (%s)", name, !want, want,
+                             drop ? "odd patterns" : pats[only]);
+            }
+            tb__interest_destroy(&in);
+        }
+    }
+}
+
 static void test_counts(void **state)
 {
     (void)state;
@@ -179,6 +232,7 @@ int main(void)
         cmocka_unit_test(test_empty_wants_nothing),
         cmocka_unit_test(test_exact_and_wildcards),
         cmocka_unit_test(test_tail_wildcard),
+        cmocka_unit_test(test_prefix_groups),
         cmocka_unit_test(test_counts),
         cmocka_unit_test(test_app_wants_follows_listeners),
     };
