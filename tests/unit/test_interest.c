@@ -86,60 +86,64 @@ static void test_tail_wildcard(void **state)
     tb__interest_destroy(&in);
 }
 
-/* Counted: interest lasts until the last of several adds is removed. */
-/* Patterns at every prefix depth, some sharing a prefix, others the
- * only one of theirs: a name is wanted exactly when one of them matches
- * it (tb_pattern_match the judge), before and after removing half. */
+/* Wildcard patterns with literal prefixes of every depth, 0 to 7
+ * segments (params and ">" among them), some sharing a prefix and others
+ * alone in theirs, and an exact one: each alone, all, and all with half
+ * removed. Names made from every pattern (and near misses) are wanted
+ * exactly when a pattern present matches them (tb_pattern_match judges);
+ * once all are removed no group or depth count is left. */
 static void test_prefix_groups(void **state)
 {
     (void)state;
-    static const char *pats[] = {
-        "*",         ">",       "a.*",       "a.>",     "a.b.*",
-        "a.b.>",     "a.<x>.c", "a.b.c.*",   "b.*.c",   "b.c.*",
-        "c.d.e.f.*", "*.b",     "x-1.*.*",   "x-1.y",   "c.<p>",
-        "a.b.c.d.>", "b.c.d",   "*.*.*.*.*", "c.d.*.f", "q.>",
-    };
+    const char *const *pats = th_prefix_patterns;
     enum {
-        NP = sizeof pats / sizeof *pats
+        NP = 24
     };
-    static const char *segs[] = {"a", "b", "c", "d", "e", "f", "x-1", "y", "q"};
-    for (int drop = 0; drop <= 1; drop++) {
-        /* drop 0: each pattern alone (the others absent); 1: all, then the
-         * even ones removed. */
-        for (int only = 0; only < (drop ? 1 : NP); only++) {
+    assert_int_equal(th_prefix_npatterns, NP);
+    unsigned seed = 7;
+    for (int mode = 0; mode < 3; mode++) {
+        /* mode 0: each pattern alone; 1: all; 2: all, the even ones
+         * removed. */
+        for (int only = 0; only < (mode ? 1 : NP); only++) {
             tb__interest in;
             tb__interest_init(&in);
             tb__pattern p[NP];
+            int present[NP];
             for (int i = 0; i < NP; i++) {
                 p[i] = pat(pats[i]);
-                if (drop || i == only)
+                present[i] = mode ? !(mode == 2 && i % 2 == 0) : i == only;
+                if (mode || i == only)
                     assert_int_equal(tb__interest_add(&in, &p[i]), 0);
             }
-            if (drop)
-                for (int i = 0; i < NP; i += 2)
-                    tb__interest_remove(&in, &p[i]);
-            for (int v = 0; v < 4000; v++) {
-                char name[64];
-                int depth = 1 + v % 6, u = v;
-                size_t used = 0;
-                for (int k = 0; k < depth; k++, u /= 7)
-                    used += (size_t)snprintf(name + used, sizeof name - used,
-                                             "%s%s", k ? "." : "",
-                                             segs[(u + k) % 9]);
-                int want = 0;
-                for (int i = 0; i < NP; i++)
-                    if ((drop ? i % 2 == 1 : i == only) &&
-                        tb_pattern_match(pats[i], name) == 1)
-                        want = 1;
-                if (wants(&in, name) != want)
-                    fail_msg("%s: wanted %d, want %d (%s)", name, !want, want,
-                             drop ? "odd patterns" : pats[only]);
+            for (int i = 0; mode == 2 && i < NP; i += 2)
+                tb__interest_remove(&in, &p[i]);
+            for (int from = 0; from < NP; from++) {
+                for (int v = 0; v < 30; v++) {
+                    char name[160];
+                    th_name_near(pats[from], &seed, name, sizeof name);
+                    int want = 0;
+                    for (int i = 0; i < NP; i++)
+                        if (present[i] && tb_pattern_match(pats[i], name) == 1)
+                            want = 1;
+                    if (wants(&in, name) != want)
+                        fail_msg("%s: wanted %d, want %d (mode %d, %s)", name,
+                                 !want, want, mode, pats[only]);
+                }
             }
+            for (int i = 0; i < NP; i++)
+                if (present[i])
+                    tb__interest_remove(&in, &p[i]);
+            assert_int_equal(in.table.count, 0);
+            assert_int_equal(in.prefixes.count, 0);
+            assert_int_equal(in.nwild, 0);
+            for (int k = 0; k < TB_EVENT_SEGMENTS_MAX; k++)
+                assert_int_equal(in.depths[k], 0);
             tb__interest_destroy(&in);
         }
     }
 }
 
+/* Counted: interest lasts until the last of several adds is removed. */
 static void test_counts(void **state)
 {
     (void)state;
