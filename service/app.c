@@ -222,6 +222,7 @@ static void worker_free(tb__worker *w)
     free(w->spare);
     tb__listener_free_spares(w);
     tb__htab_destroy(&w->exact);
+    tb__htab_destroy(&w->wild);
     tb__interest_destroy(&w->interest);
     if (w->grace_ev)
         event_free(w->grace_ev);
@@ -548,6 +549,10 @@ int tb_app_run(tb_app *app)
         return TB_ESHUTDOWN;
 
     struct sigaction old_int, old_term;
+    sigset_t stop_sigs, run_mask;
+    sigemptyset(&stop_sigs);
+    sigaddset(&stop_sigs, SIGINT);
+    sigaddset(&stop_sigs, SIGTERM);
     if (app->cfg.core.handle_signals) {
         signal_app = app;
         signals_seen = 0;
@@ -555,6 +560,13 @@ int tb_app_run(tb_app *app)
         sigemptyset(&sa.sa_mask);
         sigaction(SIGINT, &sa, &old_int);
         sigaction(SIGTERM, &sa, &old_term);
+        /* Every thread started from here (the bus's, the HTTP server's,
+         * the front's, the instances' and singletons') inherits the mask:
+         * SIGINT and SIGTERM reach this thread alone, once it waits below
+         * (one that came meanwhile is taken then). A handler run on a
+         * library's thread could be held back by a sanitizer's runtime
+         * until that thread next makes an intercepted call. */
+        pthread_sigmask(SIG_BLOCK, &stop_sigs, &run_mask);
     }
 
     int rc = tb__app_run_listeners(app, TB_MAIN_START, -1);
@@ -613,6 +625,8 @@ int tb_app_run(tb_app *app)
     tb__log(TB_LOG_DEBUG, "app %s running: %d workers, %s bus", app->instance,
             app->nworkers, app->bus->ops->name);
     tb__app_run_listeners(app, TB_MAIN_READY, -1);
+    if (app->cfg.core.handle_signals)
+        pthread_sigmask(SIG_SETMASK, &run_mask, NULL);
     while (!atomic_load(&app->stop_requested))
         sem_wait(&app->stop_sem); /* EINTR just loops */
 
@@ -652,6 +666,7 @@ stopped:
     atomic_store(&app->state, TB__APP_STOPPED);
     tb__app_run_listeners(app, TB_MAIN_STOP, -1);
     if (app->cfg.core.handle_signals) {
+        pthread_sigmask(SIG_SETMASK, &run_mask, NULL); /* a failed start */
         sigaction(SIGINT, &old_int, NULL);
         sigaction(SIGTERM, &old_term, NULL);
         signal_app = NULL;

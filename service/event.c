@@ -264,58 +264,77 @@ int tb__app_wants(tb_app *app, const tb__name *name)
 
 /* ---------------------------------------------------------------- index */
 
+/* The bucket of listeners keyed by key[0..n) in t (wild: of wildcard
+ * patterns whose prefix has depth segments), made if missing; NULL when
+ * out of memory. *made: it is new. */
+static tb__lbucket *bucket_get(tb__worker *w, int wild, const char *key,
+                               size_t n, int depth, int *made)
+{
+    tb__htab *t = wild ? &w->wild : &w->exact;
+    tb__lbucket *b = (tb__lbucket *)tb__htab_find(t, key, n);
+    *made = 0;
+    if (b)
+        return b;
+    b = calloc(1, sizeof *b + n + 1);
+    if (!b)
+        return NULL;
+    memcpy(b->name, key, n);
+    b->name[n] = '\0';
+    b->wild = wild;
+    b->depth = depth;
+    if (tb__htab_insert(t, &b->node, b->name, n)) {
+        free(b);
+        return NULL;
+    }
+    if (wild)
+        w->wild_depths[depth]++;
+    *made = 1;
+    return b;
+}
+
+static void bucket_free(tb__worker *w, tb__lbucket *b)
+{
+    if (b->wild) {
+        tb__htab_remove(&w->wild, &b->node);
+        w->wild_depths[b->depth]--;
+    } else {
+        tb__htab_remove(&w->exact, &b->node);
+    }
+    free(b);
+}
+
 int tb__listener_add(tb__worker *w, tb__listener *l)
 {
     l->prev = l->next = NULL;
     l->bucket = NULL;
-    if (tb__pattern_is_exact(&l->pat)) {
-        const char *name = l->pat.text;
-        size_t n = strlen(name);
-        tb__lbucket *b = (tb__lbucket *)tb__htab_find(&w->exact, name, n);
-        if (!b) {
-            /* The first listener of this name on this worker: the process
-             * becomes interested in it (the bucket's last one undoes it). */
-            b = calloc(1, sizeof *b + n + 1);
-            if (!b)
-                return TB_ENOMEM;
-            memcpy(b->name, name, n + 1);
-            if (tb__htab_insert(&w->exact, &b->node, b->name, n)) {
-                free(b);
-                return TB_ENOMEM;
-            }
-            if (tb__interest_add(&w->app->interest, &l->pat)) {
-                tb__htab_remove(&w->exact, &b->node);
-                free(b);
-                return TB_ENOMEM;
-            }
-            if (tb__interest_add(&w->interest, &l->pat)) {
-                tb__interest_remove(&w->app->interest, &l->pat);
-                tb__htab_remove(&w->exact, &b->node);
-                free(b);
-                return TB_ENOMEM;
-            }
-        }
-        l->bucket = b;
-        l->prev = b->tail;
-        if (b->tail)
-            b->tail->next = l;
-        else
-            b->head = l;
-        b->tail = l;
-    } else {
-        if (tb__interest_add(&w->app->interest, &l->pat))
+    int exact = tb__pattern_is_exact(&l->pat), depth = 0, made;
+    size_t n =
+        exact ? strlen(l->pat.text) : tb__pattern_prefix(&l->pat, &depth);
+    tb__lbucket *b = bucket_get(w, !exact, l->pat.text, n, depth, &made);
+    if (!b)
+        return TB_ENOMEM;
+    /* The interest counts each wildcard listener, and an exact name's
+     * first one on this worker (its bucket's last one undoes it). */
+    if (!exact || made) {
+        if (tb__interest_add(&w->app->interest, &l->pat)) {
+            if (made)
+                bucket_free(w, b);
             return TB_ENOMEM;
+        }
         if (tb__interest_add(&w->interest, &l->pat)) {
             tb__interest_remove(&w->app->interest, &l->pat);
+            if (made)
+                bucket_free(w, b);
             return TB_ENOMEM;
         }
-        l->prev = w->wild_tail;
-        if (w->wild_tail)
-            w->wild_tail->next = l;
-        else
-            w->wild_head = l;
-        w->wild_tail = l;
     }
+    l->bucket = b;
+    l->prev = b->tail;
+    if (b->tail)
+        b->tail->next = l;
+    else
+        b->head = l;
+    b->tail = l;
     l->linked = 1;
     return 0;
 }
@@ -324,25 +343,21 @@ void tb__listener_remove(tb__worker *w, tb__listener *l)
 {
     if (!l->linked)
         return;
-    tb__listener **head = l->bucket ? &l->bucket->head : &w->wild_head;
-    tb__listener **tail = l->bucket ? &l->bucket->tail : &w->wild_tail;
+    tb__lbucket *b = l->bucket;
     if (l->prev)
         l->prev->next = l->next;
     else
-        *head = l->next;
+        b->head = l->next;
     if (l->next)
         l->next->prev = l->prev;
     else
-        *tail = l->prev;
-    if (l->bucket && !l->bucket->head) {
-        tb__interest_remove(&w->app->interest, &l->pat);
-        tb__interest_remove(&w->interest, &l->pat);
-        tb__htab_remove(&w->exact, &l->bucket->node);
-        free(l->bucket);
-    } else if (!l->bucket) {
+        b->tail = l->prev;
+    if (b->wild || !b->head) {
         tb__interest_remove(&w->app->interest, &l->pat);
         tb__interest_remove(&w->interest, &l->pat);
     }
+    if (!b->head)
+        bucket_free(w, b);
     l->prev = l->next = NULL;
     l->bucket = NULL;
     l->linked = 0;
@@ -411,6 +426,24 @@ static void deliver_one(tb__worker *w, tb__listener *l, tb_event *ev)
     }
 }
 
+/* Delivers ev to the listeners of bucket b that match it (all of them
+ * when match is NULL). deliver_one may free the bucket with its last
+ * listener: the walk stops once the bucket's last listener is handled. */
+static void deliver_bucket(tb__worker *w, tb__lbucket *b, tb_event *ev,
+                           const tb__name *match)
+{
+    tb__listener *l = b->head;
+    while (l) {
+        tb__listener *next = l->next;
+        int last = next == NULL;
+        if (!match || tb__pattern_match_split(&l->pat, match))
+            deliver_one(w, l, ev);
+        if (last)
+            break;
+        l = next;
+    }
+}
+
 void tb__event_deliver_local(tb__worker *w, tb_event *ev)
 {
     w->deliver_seq++;
@@ -418,26 +451,19 @@ void tb__event_deliver_local(tb__worker *w, tb_event *ev)
     if (tb__name_split(&split, ev->name) != 0)
         return;
     tb__lbucket *b =
-        (tb__lbucket *)tb__htab_find(&w->exact, ev->name, strlen(ev->name));
-    if (b) {
-        /* deliver_one may free the bucket with its last listener: stop
-         * walking once the bucket's last listener has been handled. */
-        tb__listener *l = b->head;
-        while (l) {
-            tb__listener *next = l->next;
-            int last = next == NULL;
-            deliver_one(w, l, ev);
-            if (last)
-                break;
-            l = next;
-        }
-    }
-    tb__listener *l = w->wild_head;
-    while (l) {
-        tb__listener *next = l->next;
-        if (tb__pattern_match_split(&l->pat, &split))
-            deliver_one(w, l, ev);
-        l = next;
+        (tb__lbucket *)tb__htab_find(&w->exact, split.s, split.len);
+    if (b)
+        deliver_bucket(w, b, ev, NULL);
+    /* A wildcard pattern's literal prefix has fewer segments than the
+     * names it matches: look up each shorter prefix of the name that some
+     * pattern has. */
+    for (int k = 0; k < split.nseg; k++) {
+        if (!w->wild_depths[k])
+            continue;
+        size_t n = k ? (size_t)split.off[k - 1] + split.seglen[k - 1] : 0;
+        b = (tb__lbucket *)tb__htab_find(&w->wild, split.s, n);
+        if (b)
+            deliver_bucket(w, b, ev, &split);
     }
 }
 

@@ -8,6 +8,7 @@
 
 #include "htab.h"
 #include "pattern.h"
+#include "taskbus/taskbus.h"
 
 /* The union of every worker's listeners, as patterns with counts, so that
  * a bus can drop an event nobody in this process listens for before it
@@ -19,9 +20,13 @@ typedef struct tb__interest_entry tb__interest_entry;
 
 typedef struct tb__interest {
     pthread_mutex_t mu;
-    tb__htab table;           /* pattern text -> entry */
-    tb__interest_entry *wild; /* entries with wildcards, for scanning */
-    size_t nexact, nwild;     /* distinct patterns of each kind */
+    tb__htab table; /* pattern text -> entry */
+    /* Entries with wildcards by literal prefix (tb__pattern_prefix), and
+     * how many prefixes there are of each depth: a name is matched only
+     * against the patterns that begin as it does. */
+    tb__htab prefixes; /* prefix -> tb__interest_group */
+    int depths[TB_EVENT_SEGMENTS_MAX];
+    size_t nexact, nwild; /* distinct patterns of each kind */
 } tb__interest;
 
 void tb__interest_init(tb__interest *in);

@@ -130,12 +130,14 @@ int tb__worker_call(struct tb__worker *w,
 
 /* A waiter (one-shot, from tb_event_wait) or a subscription, registered in
  * its worker's index: exact patterns in a table by name, the others in a
- * list scanned per event. Lives on the waiting task's stack (waiter) or in
+ * table by their literal prefix (the segments before the first wildcard),
+ * so that an event is matched only against the wildcard patterns that
+ * begin as its name does. Lives on the waiting task's stack (waiter) or in
  * the tb_sub allocation. Only touched on its worker's thread. */
 typedef struct tb__listener tb__listener;
 struct tb__listener {
-    tb__listener *prev, *next;  /* in the bucket's or the wildcard list */
-    struct tb__lbucket *bucket; /* NULL for wildcard listeners */
+    tb__listener *prev, *next;  /* in its bucket */
+    struct tb__lbucket *bucket; /* while linked */
     tb__pattern pat;
     tb_task *task;
     tb_sub *sub;   /* NULL for a one-shot waiter */
@@ -147,7 +149,9 @@ struct tb__listener {
 typedef struct tb__lbucket {
     tb__hnode node; /* keyed by name */
     tb__listener *head, *tail;
-    char name[]; /* the exact name */
+    int wild;    /* in the worker's wild table (then depth, name a prefix) */
+    int depth;   /* wild: the prefix's segments, 0..TB_EVENT_SEGMENTS_MAX-1 */
+    char name[]; /* the exact name, or the wildcard patterns' prefix */
 } tb__lbucket;
 
 struct tb_sub {
@@ -437,7 +441,10 @@ typedef struct tb__worker {
                                       not posted to it (no wake-up) */
     tb__listener *spare_listeners; /* free waiter listeners, reused */
     int nspare_listeners;
-    tb__listener *wild_head, *wild_tail;
+    tb__htab wild; /* literal prefix -> tb__lbucket of wildcard patterns */
+    /* Buckets in wild per prefix depth: delivery looks up only the depths
+     * some pattern has. */
+    int wild_depths[TB_EVENT_SEGMENTS_MAX];
 
     struct tb_ws *ws_head;     /* open websocket connections served here */
     atomic_int nws;            /* their number, read by other threads */

@@ -184,6 +184,15 @@ int tb__pattern_is_exact(const tb__pattern *p)
     return p->nwild == 0;
 }
 
+size_t tb__pattern_prefix(const tb__pattern *p, int *depth)
+{
+    int k = 0;
+    while (k < p->nseg && p->seg[k].kind == TB__SEG_LITERAL)
+        k++;
+    *depth = k;
+    return k ? (size_t)p->seg[k - 1].off + p->seg[k - 1].len : 0;
+}
+
 int tb__pattern_match_split(const tb__pattern *p, const tb__name *n)
 {
     /* One compare for both shapes: n must have exactly p->nseg segments

@@ -72,6 +72,14 @@ const char *tb__pattern_problem(const char *pattern);
  * equal to p->text (the dispatcher then indexes it by p->hash), else 0. */
 int tb__pattern_is_exact(const tb__pattern *p);
 
+/* The length of p's literal prefix, the segments before its first
+ * wildcard ("a.b" of "a.b.*.c"; 0 when the first is one), and in *depth
+ * how many segments that is. A name p matches has more segments than
+ * *depth and begins with that prefix (then a '.'): the key by which the
+ * listeners' index and the interest find the wildcard patterns a name may
+ * match. */
+size_t tb__pattern_prefix(const tb__pattern *p, int *depth);
+
 /* 1 if the name n matches p, else 0. Both must come from a successful
  * tb__name_split / tb__pattern_compile. Does not allocate or parse. */
 int tb__pattern_match_split(const tb__pattern *p, const tb__name *n);

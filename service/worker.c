@@ -364,6 +364,7 @@ int tb__worker_init(tb__worker *w, tb_app *app, int index)
     w->index = index;
     pthread_mutex_init(&w->inbox_mu, NULL);
     tb__htab_init(&w->exact);
+    tb__htab_init(&w->wild);
     tb__interest_init(&w->interest);
     atomic_init(&w->load, 0);
     /* Base and events exist before the thread so that tasks and events can

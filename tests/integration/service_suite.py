@@ -1115,6 +1115,40 @@ def t_second_signal(sig, fmt="text"):
     return case
 
 
+def t_signal_thread():
+    """SIGINT and SIGTERM reach the main thread alone: every other thread
+    (workers, the bus's, the HTTP server's, the front's) blocks them, so
+    a signal is never handled on a library's thread (where a sanitizer's
+    runtime may hold the handler back, or a lock be held)."""
+    r = Redis("sigmask").start()
+    try:
+        s = Taskbus("sigmask", "--redis-url", r.url()).start()
+        want = (1 << (signal.SIGINT - 1)) | (1 << (signal.SIGTERM - 1))
+        tasks = os.listdir(f"/proc/{s.proc.pid}/task")
+        open_to = []
+        for tid in tasks:
+            try:
+                with open(f"/proc/{s.proc.pid}/task/{tid}/status") as f:
+                    st = f.read()
+            except OSError:
+                continue  # a thread that just ended
+            blk = int(re.search(r"SigBlk:\s*([0-9a-f]+)", st).group(1), 16)
+            name = re.search(r"Name:\s*(.*)", st).group(1)
+            main = int(tid) == s.proc.pid
+            if main:
+                check(not blk & want, f"the main thread blocks {blk:#x}")
+            elif blk & want != want:
+                open_to.append(f"{name} ({tid})")
+        check(len(tasks) > 4, f"only {len(tasks)} threads")
+        check(not open_to, f"threads that take SIGINT/SIGTERM: {open_to}")
+        s.kill_with(signal.SIGTERM)
+        rc, _ = s.wait_exit(T(10))
+        check(rc == 0, f"exit {rc} after SIGTERM")
+        return f"{len(tasks) - 1} other threads block both"
+    finally:
+        r.stop()
+
+
 def t_no_loss():
     """Two instances on one Redis; a client POSTs to A in a loop while A
     gets SIGTERM; every id A answered 202 must reach B's websocket."""
@@ -2448,6 +2482,8 @@ CASES = [
      t_second_signal(INT)),
     ("shutdown", "--log-format json: the second-signal line is JSON too",
      t_second_signal(TERM, "json")),
+    ("shutdown", "SIGINT and SIGTERM reach the main thread alone",
+     t_signal_thread),
     ("shutdown", "no 202-answered event lost at SIGTERM (two instances, "
      "one Redis)", t_no_loss),
     ("api", "GET /events long poll: 200 envelope, 204, 400", t_api_long_poll),

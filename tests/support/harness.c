@@ -40,6 +40,86 @@ void th_nap_ms(int ms)
         ;
 }
 
+static unsigned th_rand(unsigned *seed)
+{
+    *seed = *seed * 1103515245u + 12345u;
+    return (*seed >> 16) & 0x7fff;
+}
+
+char *th_name_near(const char *pattern, unsigned *seed, char *out, size_t n)
+{
+    static const char *lit[] = {"a", "b", "c", "d", "e", "x-1", "y_2", "q"};
+    const char *segs[TB_EVENT_SEGMENTS_MAX + 3];
+    char own[TB_EVENT_SEGMENTS_MAX + 3][16];
+    int k = 0;
+    for (const char *p = pattern; *p && k < TB_EVENT_SEGMENTS_MAX;) {
+        const char *e = strchr(p, '.');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if ((len == 1 && *p == '*') || *p == '<') {
+            segs[k++] = lit[th_rand(seed) % 8];
+        } else if (len == 1 && *p == '>') {
+            for (unsigned m = 1 + th_rand(seed) % 3;
+                 m && k < TB_EVENT_SEGMENTS_MAX; m--)
+                segs[k++] = lit[th_rand(seed) % 8];
+        } else {
+            snprintf(own[k], sizeof own[k], "%.*s", (int)len, p);
+            segs[k] = own[k];
+            k++;
+        }
+        p += len + (e != NULL);
+    }
+    switch (th_rand(seed) % 6) {
+    case 0: /* a segment changed */
+        segs[th_rand(seed) % (unsigned)k] = "zz";
+        break;
+    case 1: /* one more */
+        if (k < TB_EVENT_SEGMENTS_MAX)
+            segs[k++] = "zz";
+        break;
+    case 2: /* one fewer */
+        if (k > 1)
+            k--;
+        break;
+    default:
+        break;
+    }
+    size_t used = 0;
+    out[0] = '\0';
+    for (int i = 0; i < k && used < n; i++)
+        used += (size_t)snprintf(out + used, n - used, "%s%s", i ? "." : "",
+                                 segs[i]);
+    return out;
+}
+
+const char *const th_prefix_patterns[] = {
+    "*",
+    "a.*",
+    "a.>",
+    "a.b.*",
+    "a.b.>",
+    "a.<x>.c",
+    "a.b.c.*",
+    "b.*.c",
+    "b.c.*",
+    "c.d.e.*",
+    "*.b",
+    "x-1.*.*",
+    "x-1.y_2",
+    "c.<p>",
+    "a.b.c.d.>",
+    "a.b.c.d.e.<p>",
+    "d.<p>.e.>",
+    "a.b.c.d.e.f.*",
+    "a.b.c.d.e.f.g.*",
+    "a.b.c.d.e.f.g.>",
+    "q.>",
+    "*.*.*.*.*.*.*.*",
+    ">",
+    "a.b.c",
+};
+const int th_prefix_npatterns =
+    (int)(sizeof th_prefix_patterns / sizeof *th_prefix_patterns);
+
 long th_seq(void)
 {
     static atomic_long seq;

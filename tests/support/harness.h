@@ -46,6 +46,20 @@ int64_t th_cpu_ms(void);
 /* Blocks the calling thread for ms (never call it from a task). */
 void th_nap_ms(int ms);
 
+/* A name the pattern may match, made into out (size n): each literal
+ * segment as it is, each "*" or "<param>" one of a few literal segments,
+ * a last ">" one to three of them (capped at TB_EVENT_SEGMENTS_MAX
+ * segments in all), chosen with *seed (any value; it advances). Then,
+ * when *seed says so, one segment changed to "zz" or one segment added or
+ * removed, so that near misses come too. Returns out. */
+char *th_name_near(const char *pattern, unsigned *seed, char *out, size_t n);
+
+/* Patterns whose literal prefixes (the segments before the first
+ * wildcard) have every depth from 0 to 7: "*", ">", params, shared and
+ * lone prefixes, and two exact names; for the wildcard index's tests. */
+extern const char *const th_prefix_patterns[];
+extern const int th_prefix_npatterns;
+
 /* A process-wide sequence number (1, 2, ...), to order things seen on
  * several threads. Any thread. */
 long th_seq(void);

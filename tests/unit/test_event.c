@@ -395,6 +395,99 @@ TH_TASK_TEST(test_multi_pattern_subscription, th_app_new(2, 2000), 0, 20000)
     /* The subscription closes with the task. */
 }
 
+/* The wildcard index (literal prefixes, event.c): 40 subscriptions on
+ * one worker whose patterns begin at every depth (0 to 7 literal
+ * segments; exact, "*", ">", params; shared prefixes and lone ones) and a
+ * one-shot waiter in a bucket the subscriptions share. Names made from
+ * every pattern, and near misses, are dispatched: each subscription gets
+ * exactly those tb_pattern_match says it matches, in order; the waiter
+ * its one. Again with half closed; once all are closed the index holds no
+ * bucket and no depth count. */
+#define wi_pats th_prefix_patterns
+#define WI_PATS 24 /* th_prefix_npatterns */
+#define WI_SUBS 40 /* some patterns twice: two listeners in one bucket */
+#define WI_NAMES 6 /* per pattern */
+
+/* The names dispatched, made from every pattern with a fixed seed. */
+static char wi_names[WI_PATS * WI_NAMES][160];
+
+static void wi_check(tb_task *self, tb_app *app, tb_sub **subs, int from,
+                     const char *what)
+{
+    for (int j = 0; j < WI_PATS * WI_NAMES; j++)
+        TH_CHECK_RC(tb_dispatch(app, wi_names[j], "", 0, NULL), 0);
+    /* Every subscription has "wi.end" too: nothing after the names. */
+    TH_CHECK_RC(tb_dispatch(app, "wi.end", "", 0, NULL), 0);
+    for (int i = from; i < WI_SUBS; i++) {
+        const char *pat = wi_pats[i % WI_PATS];
+        for (int j = 0; j < WI_PATS * WI_NAMES; j++)
+            if (tb_pattern_match(pat, wi_names[j]) == 1 &&
+                !TH_CHECKF(next_is(self, subs[i], wi_names[j]),
+                           "%s: \"%s\" did not get \"%s\"", what, pat,
+                           wi_names[j]))
+                return;
+        if (!TH_CHECKF(next_is(self, subs[i], "wi.end"), "%s: \"%s\" got more",
+                       what, pat))
+            return;
+    }
+}
+
+/* Waits once on "a.b.*" (a bucket the subscriptions share); the name it
+ * got goes to wi_waited. */
+static char wi_waited[160];
+
+static int wi_waiter(tb_task *self, void *arg)
+{
+    tb_event *ev = NULL;
+    th_counter_add(arg, 1);
+    if (TH_CHECK_RC(tb_event_wait(self, "a.b.*", 10000, &ev), 0))
+        snprintf(wi_waited, sizeof wi_waited, "%s", tb_event_name(ev));
+    tb_event_unref(ev);
+    th_counter_add(arg, 1);
+    return 0;
+}
+
+TH_TASK_TEST(test_wildcard_index, th_app_new(1, 2000), 0, 60000)
+{
+    unsigned seed = 11;
+    TH_CHECK_EQ(th_prefix_npatterns, WI_PATS);
+    for (int j = 0; j < WI_PATS * WI_NAMES; j++)
+        th_name_near(wi_pats[j / WI_NAMES], &seed, wi_names[j],
+                     sizeof wi_names[j]);
+    tb_sub *subs[WI_SUBS];
+    int err;
+    for (int i = 0; i < WI_SUBS; i++) {
+        const char *pat = wi_pats[i % WI_PATS];
+        subs[i] = tb_sub_open(self, pat, 1024, &err);
+        if (!TH_CHECKF(subs[i] != NULL, "tb_sub_open(\"%s\"): %d", pat, err))
+            return;
+        TH_CHECK_RC(tb_sub_add(subs[i], "wi.end"), 0);
+    }
+    th_counter waiter = TH_COUNTER_INITIALIZER;
+    TH_CHECK_RC(th_add(app, "wi-waiter", 0, wi_waiter, &waiter, NULL), 0);
+    TH_CHECK(th_task_wait_ge(self, &waiter, 1, 5000));
+    tb_yield(self); /* it waits now */
+    wi_check(self, app, subs, 0, "all open");
+    /* The waiter took the first name of "a.b.*" dispatched, once. */
+    TH_CHECK(th_task_wait_ge(self, &waiter, 2, 5000));
+    const char *first = "";
+    for (int j = 0; j < WI_PATS * WI_NAMES && !first[0]; j++)
+        if (tb_pattern_match("a.b.*", wi_names[j]) == 1)
+            first = wi_names[j];
+    TH_CHECK(first[0] != '\0');
+    TH_CHECK_STR(wi_waited, first);
+    for (int i = 0; i < WI_SUBS / 2; i++)
+        tb_sub_close(subs[i]);
+    wi_check(self, app, subs, WI_SUBS / 2, "half closed");
+    for (int i = WI_SUBS / 2; i < WI_SUBS; i++)
+        tb_sub_close(subs[i]);
+    tb__worker *w = &app->workers[0];
+    TH_CHECK_EQ(w->wild.count, 0);
+    TH_CHECK_EQ(w->exact.count, 0);
+    for (int k = 0; k < TB_EVENT_SEGMENTS_MAX; k++)
+        TH_CHECK_EQ(w->wild_depths[k], 0);
+}
+
 typedef struct cancel_ctx {
     th_counter started;
     atomic_int wait_rc, next_rc;
@@ -1445,6 +1538,7 @@ int main(void)
         cmocka_unit_test(test_subscription_overflow_drops_oldest),
         cmocka_unit_test(test_subscription_closed_when_task_ends),
         cmocka_unit_test(test_each_waiter_gets_event_exactly_once),
+        cmocka_unit_test(test_wildcard_index),
         cmocka_unit_test(test_dispatch_racing_startup),
         cmocka_unit_test(test_worker_queue_max),
     };

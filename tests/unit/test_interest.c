@@ -86,6 +86,63 @@ static void test_tail_wildcard(void **state)
     tb__interest_destroy(&in);
 }
 
+/* Wildcard patterns with literal prefixes of every depth, 0 to 7
+ * segments (params and ">" among them), some sharing a prefix and others
+ * alone in theirs, and an exact one: each alone, all, and all with half
+ * removed. Names made from every pattern (and near misses) are wanted
+ * exactly when a pattern present matches them (tb_pattern_match judges);
+ * once all are removed no group or depth count is left. */
+static void test_prefix_groups(void **state)
+{
+    (void)state;
+    const char *const *pats = th_prefix_patterns;
+    enum {
+        NP = 24
+    };
+    assert_int_equal(th_prefix_npatterns, NP);
+    unsigned seed = 7;
+    for (int mode = 0; mode < 3; mode++) {
+        /* mode 0: each pattern alone; 1: all; 2: all, the even ones
+         * removed. */
+        for (int only = 0; only < (mode ? 1 : NP); only++) {
+            tb__interest in;
+            tb__interest_init(&in);
+            tb__pattern p[NP];
+            int present[NP];
+            for (int i = 0; i < NP; i++) {
+                p[i] = pat(pats[i]);
+                present[i] = mode ? !(mode == 2 && i % 2 == 0) : i == only;
+                if (mode || i == only)
+                    assert_int_equal(tb__interest_add(&in, &p[i]), 0);
+            }
+            for (int i = 0; mode == 2 && i < NP; i += 2)
+                tb__interest_remove(&in, &p[i]);
+            for (int from = 0; from < NP; from++) {
+                for (int v = 0; v < 30; v++) {
+                    char name[160];
+                    th_name_near(pats[from], &seed, name, sizeof name);
+                    int want = 0;
+                    for (int i = 0; i < NP; i++)
+                        if (present[i] && tb_pattern_match(pats[i], name) == 1)
+                            want = 1;
+                    if (wants(&in, name) != want)
+                        fail_msg("%s: wanted %d, want %d (mode %d, %s)", name,
+                                 !want, want, mode, pats[only]);
+                }
+            }
+            for (int i = 0; i < NP; i++)
+                if (present[i])
+                    tb__interest_remove(&in, &p[i]);
+            assert_int_equal(in.table.count, 0);
+            assert_int_equal(in.prefixes.count, 0);
+            assert_int_equal(in.nwild, 0);
+            for (int k = 0; k < TB_EVENT_SEGMENTS_MAX; k++)
+                assert_int_equal(in.depths[k], 0);
+            tb__interest_destroy(&in);
+        }
+    }
+}
+
 /* Counted: interest lasts until the last of several adds is removed. */
 static void test_counts(void **state)
 {
@@ -179,6 +236,7 @@ int main(void)
         cmocka_unit_test(test_empty_wants_nothing),
         cmocka_unit_test(test_exact_and_wildcards),
         cmocka_unit_test(test_tail_wildcard),
+        cmocka_unit_test(test_prefix_groups),
         cmocka_unit_test(test_counts),
         cmocka_unit_test(test_app_wants_follows_listeners),
     };
