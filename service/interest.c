@@ -7,20 +7,12 @@
 
 #include "taskbus/taskbus.h"
 
-/* The wildcard entries of one literal prefix. */
-typedef struct tb__interest_group {
-    tb__hnode node; /* first; keyed by prefix */
-    tb__interest_entry *head;
-    int depth;
-    char prefix[];
-} tb__interest_group;
-
 struct tb__interest_entry {
-    tb__hnode node; /* first: the table's elements are entries */
-    tb__interest_entry *wprev, *wnext; /* in group */
-    tb__interest_group *group;         /* wildcard entries */
+    tb__hnode node;  /* first: the table's elements are entries */
+    tb__hnode pnode; /* wildcard entries: in prefixes, by literal prefix */
     long count;
     int exact;
+    int depth; /* wildcard entries: the prefix's segments */
     /* Last, and allocated up to its text's NUL only: a distinct pattern
      * (a client's own, say) costs its length, not TB_EVENT_NAME_MAX. */
     tb__pattern pat;
@@ -37,19 +29,18 @@ void tb__interest_init(tb__interest *in)
 
 void tb__interest_destroy(tb__interest *in)
 {
-    /* Every listener is gone by now; free whatever a bug left behind. */
-    tb__htab *tables[] = {&in->table, &in->prefixes};
-    for (int t = 0; t < 2; t++) {
-        for (size_t i = 0; i < tables[t]->nbuckets; i++) {
-            tb__hnode *n = tables[t]->buckets[i];
-            while (n) {
-                tb__hnode *next = n->next;
-                free(n);
-                n = next;
-            }
+    /* Every listener is gone by now; free whatever a bug left behind
+     * (each entry is in table; prefixes holds some of them again). */
+    for (size_t i = 0; i < in->table.nbuckets; i++) {
+        tb__hnode *n = in->table.buckets[i];
+        while (n) {
+            tb__hnode *next = n->next;
+            free(n);
+            n = next;
         }
-        tb__htab_destroy(tables[t]);
     }
+    tb__htab_destroy(&in->table);
+    tb__htab_destroy(&in->prefixes);
     pthread_mutex_destroy(&in->mu);
 }
 
@@ -58,50 +49,30 @@ static tb__interest_entry *find(tb__interest *in, const tb__pattern *p)
     return (tb__interest_entry *)tb__htab_find(&in->table, p->text, p->len);
 }
 
-/* Puts wildcard entry e in its prefix's group, made if missing. 0 or
+/* Puts wildcard entry e in prefixes under its literal prefix. 0 or
  * TB_ENOMEM. */
-static int group_join(tb__interest *in, tb__interest_entry *e)
+static int prefix_add(tb__interest *in, tb__interest_entry *e)
 {
-    int depth;
-    size_t n = tb__pattern_prefix(&e->pat, &depth);
-    tb__interest_group *g =
-        (tb__interest_group *)tb__htab_find(&in->prefixes, e->pat.text, n);
-    if (!g) {
-        g = calloc(1, sizeof *g + n + 1);
-        if (!g)
-            return TB_ENOMEM;
-        memcpy(g->prefix, e->pat.text, n);
-        g->depth = depth;
-        if (tb__htab_insert(&in->prefixes, &g->node, g->prefix, n)) {
-            free(g);
-            return TB_ENOMEM;
-        }
-        in->depths[depth]++;
-    }
-    e->group = g;
-    e->wnext = g->head;
-    if (g->head)
-        g->head->wprev = e;
-    g->head = e;
+    size_t n = tb__pattern_prefix(&e->pat, &e->depth);
+    if (tb__htab_insert(&in->prefixes, &e->pnode, e->pat.text, n))
+        return TB_ENOMEM;
+    in->depths[e->depth]++;
     in->nwild++;
     return 0;
 }
 
-static void group_leave(tb__interest *in, tb__interest_entry *e)
+static void prefix_remove(tb__interest *in, tb__interest_entry *e)
 {
-    tb__interest_group *g = e->group;
-    if (e->wprev)
-        e->wprev->wnext = e->wnext;
-    else
-        g->head = e->wnext;
-    if (e->wnext)
-        e->wnext->wprev = e->wprev;
+    tb__htab_remove(&in->prefixes, &e->pnode);
+    in->depths[e->depth]--;
     in->nwild--;
-    if (!g->head) {
-        tb__htab_remove(&in->prefixes, &g->node);
-        in->depths[g->depth]--;
-        free(g);
-    }
+}
+
+static tb__interest_entry *of_pnode(tb__hnode *n)
+{
+    return n ? (tb__interest_entry *)((char *)n -
+                                      offsetof(tb__interest_entry, pnode))
+             : NULL;
 }
 
 int tb__interest_add(tb__interest *in, const tb__pattern *p)
@@ -125,7 +96,7 @@ int tb__interest_add(tb__interest *in, const tb__pattern *p)
         }
         if (e->exact) {
             in->nexact++;
-        } else if (group_join(in, e)) {
+        } else if (prefix_add(in, e)) {
             tb__htab_remove(&in->table, &e->node);
             free(e);
             rc = TB_ENOMEM;
@@ -147,7 +118,7 @@ void tb__interest_remove(tb__interest *in, const tb__pattern *p)
         if (e->exact)
             in->nexact--;
         else
-            group_leave(in, e);
+            prefix_remove(in, e);
         free(e);
     }
     pthread_mutex_unlock(&in->mu);
@@ -168,10 +139,9 @@ int tb__interest_match(tb__interest *in, const tb__name *n)
             if (!in->depths[k])
                 continue;
             size_t len = k ? (size_t)n->off[k - 1] + n->seglen[k - 1] : 0;
-            tb__interest_group *g =
-                (tb__interest_group *)tb__htab_find(&in->prefixes, n->s, len);
-            for (e = g ? g->head : NULL; e && !hit; e = e->wnext)
-                hit = tb__pattern_match_split(&e->pat, n);
+            for (tb__hnode *h = tb__htab_find(&in->prefixes, n->s, len);
+                 h && !hit; h = tb__htab_next_same(h))
+                hit = tb__pattern_match_split(&of_pnode(h)->pat, n);
         }
     }
     pthread_mutex_unlock(&in->mu);

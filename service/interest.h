@@ -21,10 +21,10 @@ typedef struct tb__interest_entry tb__interest_entry;
 typedef struct tb__interest {
     pthread_mutex_t mu;
     tb__htab table; /* pattern text -> entry */
-    /* Entries with wildcards by literal prefix (tb__pattern_prefix), and
-     * how many prefixes there are of each depth: a name is matched only
-     * against the patterns that begin as it does. */
-    tb__htab prefixes; /* prefix -> tb__interest_group */
+    /* Entries with wildcards again, by literal prefix (tb__pattern_prefix;
+     * several share one), and how many there are of each prefix depth: a
+     * name is matched only against the patterns that begin as it does. */
+    tb__htab prefixes; /* prefix -> entries */
     int depths[TB_EVENT_SEGMENTS_MAX];
     size_t nexact, nwild; /* distinct patterns of each kind */
 } tb__interest;
