@@ -1938,16 +1938,18 @@ def wait_tasks(port):
     return [t for t in r.json["tasks"] if t["name"].startswith("http.wait:")]
 
 
-def timed_healthz(port, what):
+def timed_probe(port, what):
+    """GET /readyz (it needs one of civetweb's threads; the front answers
+    /healthz itself) answers 200 within T(1) s."""
     t0 = time.monotonic()
     try:
-        r = http_req(port, "GET", "/healthz", timeout=T(3))
+        r = http_req(port, "GET", "/readyz", timeout=T(3))
     except (OSError, http.client.HTTPException) as e:
-        raise AssertionError(f"/healthz {what}: {type(e).__name__} after "
+        raise AssertionError(f"/readyz {what}: {type(e).__name__} after "
                              f"{time.monotonic() - t0:.1f} s")
     took = time.monotonic() - t0
     check(r.status == 200 and took < T(1),
-          f"/healthz {what}: {r.status} after {took:.2f} s, want 200 "
+          f"/readyz {what}: {r.status} after {took:.2f} s, want 200 "
           f"within {T(1)} s")
     return took
 
@@ -1960,7 +1962,7 @@ def t_longpoll_abandoned():
     socks = [raw_get(s.port, f"/events/nobody.{i}?timeout=10")
              for i in range(100)]
     time.sleep(0.5)
-    took = timed_healthz(s.port, "with 100 long polls open")
+    took = timed_probe(s.port, "with 100 long polls open")
     # Half of the 64 HTTP threads wait (the default http_longpoll_max);
     # the others were refused.
     waiting = 32
@@ -1973,7 +1975,7 @@ def t_longpoll_abandoned():
                          struct.pack("ii", 1, 0))
         c.close()
     t0 = time.monotonic()
-    timed_healthz(s.port, "once the 100 clients left")
+    timed_probe(s.port, "once the 100 clients left")
     left = wait_for(lambda: not wait_tasks(s.port) and
                     metric_value(s.port, "taskbus_http_longpolls") == 0,
                     T(2))
@@ -1983,7 +1985,7 @@ def t_longpoll_abandoned():
     check(gone == waiting, f"taskbus_http_longpolls_abandoned_total "
                            f"{gone}, want the {waiting} that were waiting")
     s.stop_ok()
-    return f"{waiting} waited, /healthz in {took:.2f} s"
+    return f"{waiting} waited, /readyz in {took:.2f} s"
 
 
 def t_longpoll_tricks():
@@ -2039,7 +2041,7 @@ def t_longpoll_cap():
               r.headers.get("connection") == "close" and
               time.monotonic() - t0 < T(1),
               f"the 4th long poll: {r!r} {r.headers}")
-        timed_healthz(s.port, "with the long polls at their cap")
+        timed_probe(s.port, "with the long polls at their cap")
         check(metric_value(s.port, "taskbus_http_longpolls_refused_total")
               == 1, "taskbus_http_longpolls_refused_total is not 1")
         socks.pop().close()
@@ -2078,7 +2080,7 @@ def t_ws_handover_reset():
                      struct.pack("ii", 1, 0))
         c.close()
     took = time.monotonic() - t0
-    timed_healthz(s.port, f"after {n} resets")
+    timed_probe(s.port, f"after {n} resets")
     time.sleep(0.2)
     failed = metric_value(s.port, "taskbus_ws_handover_failures_total")
     check(failed is not None and failed >= 1,
@@ -2127,7 +2129,7 @@ def t_refusal_httpclient(tries=20, args=()):
             c.close()
     check(not bad, f"{len(bad)} of {tries} did not read the 413: "
                    + "; ".join(bad[:5]))
-    timed_healthz(s.port, f"after {tries} refused bodies")
+    timed_probe(s.port, f"after {tries} refused bodies")
     s.stop_ok()
     return f"{tries} of {tries} read the 413"
 
@@ -2199,14 +2201,14 @@ def t_refusal_trickle():
             check(data.startswith(b"HTTP/1.1 413 "),
                   f"trickler {i}: {data[:100]!r}, want a 413")
         t0 = time.monotonic()
-        timed_healthz(s.port, "with 3 clients trickling refused bodies")
+        timed_probe(s.port, "with 3 clients trickling refused bodies")
         send_until_closed(socks[0], b"x", 0.05, T(2) + 2, BIG)
         took = time.monotonic() - t0  # since the answers
         check(took > 1.0, f"cut off after {took:.2f} s, before the 2 s "
                           f"bound")
         for c in socks[1:]:
             send_until_closed(c, b"x", 0.05, T(1), BIG)
-        timed_healthz(s.port, "once the tricklers were cut off")
+        timed_probe(s.port, "once the tricklers were cut off")
     finally:
         for c in socks:
             c.close()
@@ -2229,7 +2231,7 @@ def t_refusal_flood():
         took, sent = send_until_closed(c, b"x" * 65536, 0, T(3), 64 * mib)
     finally:
         c.close()
-    timed_healthz(s.port, "after the flood")
+    timed_probe(s.port, "after the flood")
     s.stop_ok()
     return f"closed after {sent // 1024} KiB sent, {took:.2f} s"
 
@@ -2503,7 +2505,7 @@ CASES = [
      t_http_malformed),
     ("http", "with a token: 401 before 404/405, probes open",
      t_http_auth_order),
-    ("http", "abandoned long polls end at once; /healthz answers",
+    ("http", "abandoned long polls end at once; /readyz answers",
      t_longpoll_abandoned),
     ("http", "long polls whose clients reset early, or send a byte and "
      "leave, end too", t_longpoll_tricks),

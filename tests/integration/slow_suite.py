@@ -31,7 +31,9 @@ from tbharness import (H, HOST, T, Taskbus, check, http_req,  # noqa: E402
 
 N = 500  # slow or idle connections at once
 FRONT = {"TASKBUS_HTTP_FRONT": os.environ.get("SLOW_FRONT", "1")}
-HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"
+# The probe: a request that needs one of civetweb's threads (the front
+# answers /healthz itself), so that it shows whether one is free.
+PROBE = b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n"
 
 
 def serve(name, *args):
@@ -55,26 +57,26 @@ def close_all(socks):
             pass
 
 
-def healthz_ms(port):
-    """Milliseconds GET /healthz takes on a fresh connection (to the
-    whole answer)."""
+def probe_ms(port):
+    """Milliseconds GET /readyz (answered on one of civetweb's threads)
+    takes on a fresh connection (to the whole answer)."""
     t0 = time.monotonic()
-    r = http_req(port, "GET", "/healthz", timeout=T(10))
+    r = http_req(port, "GET", "/readyz", timeout=T(10))
     took = (time.monotonic() - t0) * 1000
-    check(r.status == 200, f"/healthz answered {r.status}")
+    check(r.status == 200, f"/readyz answered {r.status}")
     return took
 
 
-def healthz_while(port, seconds, bound_ms, what):
-    """GET /healthz every 0.1 s for seconds: each within bound_ms (a hang
+def probe_while(port, seconds, bound_ms, what):
+    """GET /readyz every 0.1 s for seconds: each within bound_ms (a hang
     bound). Returns (median, max) ms."""
     times, end = [], time.monotonic() + seconds
     while time.monotonic() < end:
-        times.append(healthz_ms(port))
+        times.append(probe_ms(port))
         time.sleep(0.1)
     times.sort()
     check(times[-1] < bound_ms,
-          f"/healthz took {times[-1]:.0f} ms {what} (bound {bound_ms} ms)")
+          f"/readyz took {times[-1]:.0f} ms {what} (bound {bound_ms} ms)")
     return times[len(times) // 2], times[-1]
 
 
@@ -123,17 +125,17 @@ def closed_by_server(s, within):
 
 def t_slow_headers():
     """500 connections that each send a request line and then one header
-    line a second: /healthz still answers at once; at
+    line a second: /readyz still answers at once; at
     http.header_timeout_ms (from the first byte) all are closed, counted
     and logged."""
     s = serve("slow-headers")
     socks = connect(s.port, N)
     for c in socks:
-        c.sendall(b"GET /healthz HTTP/1.1\r\n")
+        c.sendall(b"GET /readyz HTTP/1.1\r\n")
     t0 = time.monotonic()
     tr = Trickler(socks, lambda i: f"X-Slow-{i}: {i}\r\n".encode())
     try:
-        med, worst = healthz_while(s.port, 3.0, T(1000),
+        med, worst = probe_while(s.port, 3.0, T(1000),
                                    f"with {N} slow-header connections")
     finally:
         tr.end()
@@ -148,7 +150,7 @@ def t_slow_headers():
     check(n == N, f"taskbus_http_header_timeouts_total {n}, want {N}")
     check("http.header_timeout_ms" in s.err_text(),
           "no log line names http.header_timeout_ms")
-    return f"/healthz median {med:.1f} ms, max {worst:.1f} ms"
+    return f"/readyz median {med:.1f} ms, max {worst:.1f} ms"
 
 
 def t_header_timeout_edge():
@@ -161,8 +163,8 @@ def t_header_timeout_edge():
     quiet = socket.create_connection((HOST, s.port), T(5))
     try:
         t0 = time.monotonic()
-        ok.sendall(b"GET /healthz HTTP/1.1\r\n")
-        slow.sendall(b"GET /healthz HTTP/1.1\r\n")
+        ok.sendall(b"GET /readyz HTTP/1.1\r\n")
+        slow.sendall(b"GET /readyz HTTP/1.1\r\n")
         time.sleep(0.5)
         ok.sendall(b"Host: t\r\n\r\n")
         ok.settimeout(T(5))
@@ -175,7 +177,7 @@ def t_header_timeout_edge():
                            f"before --http-header-timeout 1000")
         # quiet connected 0.5 s ago and has sent nothing: its first byte
         # starts its clock.
-        quiet.sendall(b"GET /healthz HTTP/1.1\r\n")
+        quiet.sendall(b"GET /readyz HTTP/1.1\r\n")
         t1 = time.monotonic()
         time.sleep(0.6)
         quiet.sendall(b"Host: t\r\n\r\n")
@@ -190,7 +192,7 @@ def t_header_timeout_edge():
 
 
 def t_slow_body():
-    """500 POSTs whose bodies trickle a byte a second: /healthz still
+    """500 POSTs whose bodies trickle a byte a second: /readyz still
     answers at once, and the events are accepted once whole."""
     s = serve("slow-body")
     socks = connect(s.port, N)
@@ -200,7 +202,7 @@ def t_slow_body():
                   b"Content-Length: 3\r\n\r\n1")
     tr = Trickler(socks, lambda i: b"2" if i == 1 else b"")
     try:
-        med, worst = healthz_while(s.port, 2.5, T(1000),
+        med, worst = probe_while(s.port, 2.5, T(1000),
                                    f"with {N} slow bodies")
     finally:
         tr.end()
@@ -216,7 +218,7 @@ def t_slow_body():
             bad += 1
     close_all(socks)
     check(not bad, f"{bad} of {N} slow bodies not accepted (202) once whole")
-    return f"/healthz median {med:.1f} ms, max {worst:.1f} ms"
+    return f"/readyz median {med:.1f} ms, max {worst:.1f} ms"
 
 
 def t_body_timeout_edge():
@@ -250,13 +252,13 @@ def t_body_timeout_edge():
 
 def t_idle_keepalive():
     """500 keep-alive connections, each after one answered request, left
-    idle: /healthz answers at once; at http.keepalive_timeout_ms they are
+    idle: /readyz answers at once; at http.keepalive_timeout_ms they are
     closed."""
     s = serve("idle", "--http-keepalive-timeout", "3000")
     socks = connect(s.port, N)
     t0 = time.monotonic()
     for c in socks:
-        c.sendall(HEALTHZ)
+        c.sendall(PROBE)
     for c in socks:
         c.settimeout(T(10))
         check(c.recv(4096).startswith(b"HTTP/1.1 200 "), "no answer")
@@ -266,14 +268,14 @@ def t_idle_keepalive():
     check(took < T(2), f"{N} requests on {N} connections took {took:.1f} s "
                        f"to be answered: idle ones held the others back")
     t0 = time.monotonic()
-    med, worst = healthz_while(s.port, 1.5, T(1000),
+    med, worst = probe_while(s.port, 1.5, T(1000),
                                f"with {N} idle keep-alive connections")
     left = max(0.1, 3.0 + T(3) - (time.monotonic() - t0))
     open_ = [c for c in socks if not closed_by_server(c, left)]
     close_all(socks)
     check(not open_, f"{len(open_)} of {N} idle connections still open "
                      f"after --http-keepalive-timeout 3000")
-    return (f"{N} first answers in {took:.2f} s; /healthz median "
+    return (f"{N} first answers in {took:.2f} s; /readyz median "
             f"{med:.1f} ms, max {worst:.1f} ms")
 
 
@@ -285,7 +287,7 @@ def t_vanish():
         http_req(s.port, "POST", "/events/v.x", body=b'"' + b"x" * 60000
                  + b'"', headers={"Content-Type": "application/json"})
     pieces = [
-        b"GET /healthz HTTP/1.1\r\nHost",
+        b"GET /readyz HTTP/1.1\r\nHost",
         b"POST /events/v.y HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n"
         b"\r\n12345",
         b"POST /events/v.y HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: "
@@ -310,7 +312,7 @@ def t_vanish():
             break
         time.sleep(0.1)
     check(not n, f"{n} long polls still wait after their clients left")
-    return f"/healthz {healthz_ms(s.port):.1f} ms after"
+    return f"/readyz {probe_ms(s.port):.1f} ms after"
 
 
 def t_pipelined():
@@ -318,7 +320,7 @@ def t_pipelined():
     answers, in order, on the one connection."""
     s = serve("pipelined")
     body = b'{"n": 1}'
-    data = (HEALTHZ +
+    data = (PROBE +
             b"POST /events/p.x HTTP/1.1\r\nHost: t\r\nContent-Type: "
             b"application/json\r\nContent-Length: " + str(len(body)).encode()
             + b"\r\n\r\n" + body +
@@ -368,7 +370,7 @@ def t_431_readable(tries=20):
             bad.append(f"http.client try {i + 1}: {e!r}")
         p = subprocess.run(
             ["curl", "-sS", "--max-time", str(T(10)), "-w", "\n%{http_code}",
-             "-H", "X-Big: " + big, f"{s.url()}/healthz"],
+             "-H", "X-Big: " + big, f"{s.url()}/readyz"],
             capture_output=True, text=True, timeout=T(20))
         if p.returncode != 0 or not p.stdout.endswith("\n431") or \
                 '"headers_too_large"' not in p.stdout:
@@ -395,7 +397,7 @@ def t_pool_edges():
         def client():
             conn = http.client.HTTPConnection(HOST, s.port, timeout=T(10))
             for _ in range(20):
-                conn.request("GET", "/healthz")
+                conn.request("GET", "/readyz")
                 r = conn.getresponse()
                 r.read()
                 if r.status != 200:
@@ -455,7 +457,7 @@ def t_misframed():
     (blanks before a colon, a folded line, a control byte, LF CR LF, an
     upgrade with a body), each left open: the front answers 400 with the
     JSON error itself (civetweb's code for each, and an X-Request-ID),
-    and /healthz then answers at once (no civetweb thread waits for a
+    and /readyz then answers at once (no civetweb thread waits for a
     body)."""
     s = serve("misframed", "--http-threads", "4")
     socks = connect(s.port, len(MISFRAMED))
@@ -468,19 +470,19 @@ def t_misframed():
         if not got.startswith(b"HTTP/1.1 400 ") or want not in got or \
                 b"\r\nX-Request-ID: " not in got:
             bad.append(f"{i}: want {want!r}: {got[:200]!r}")
-    took = healthz_ms(s.port)
+    took = probe_ms(s.port)
     close_all(socks)
     check(not bad, "not a 400 from the front: " + "; ".join(bad))
     check(took < 1000 * T(1.5),
-          f"/healthz took {took:.0f} ms after 8 misframed requests")
+          f"/readyz took {took:.0f} ms after 8 misframed requests")
     n = metric_value(s.port, "taskbus_http_front_refused_total")
     check(n == len(MISFRAMED), f"taskbus_http_front_refused_total {n}")
-    return f"/healthz {took:.1f} ms after"
+    return f"/readyz {took:.1f} ms after"
 
 
 def t_upgrade_body():
     """A websocket upgrade with Content-Length: 5 and its 5 bytes: 400
-    from the front, and another client's /healthz (on the pooled server
+    from the front, and another client's /readyz (on the pooled server
     connection) then answers 200 with its body."""
     s = serve("upgrade-body", "--http-threads", "4")
     with socket.create_connection((HOST, s.port), T(5)) as c:
@@ -488,9 +490,9 @@ def t_upgrade_body():
         got = read_answer(c, T(3))
     check(got.startswith(b"HTTP/1.1 400 "), f"upgrade with body: {got[:60]!r}")
     for _ in range(8):
-        r = http_req(s.port, "GET", "/healthz", timeout=T(5))
-        check(r.status == 200 and r.body, f"/healthz after: {r.status}")
-    return "400, then /healthz 8 of 8"
+        r = http_req(s.port, "GET", "/readyz", timeout=T(5))
+        check(r.status == 200 and r.body, f"/readyz after: {r.status}")
+    return "400, then /readyz 8 of 8"
 
 
 def cpu_s(pid):
@@ -519,10 +521,10 @@ def listening_ports(pid):
     return ports
 
 
-def healthz_on(c):
-    """GET /healthz on the open socket c: the status, or None if the
+def probe_on(c):
+    """GET /readyz on the open socket c: the status, or None if the
     connection ended first."""
-    c.sendall(HEALTHZ)
+    c.sendall(PROBE)
     c.settimeout(T(5))
     got = b""
     while b"\r\n\r\n" not in got or not got.endswith(b"}\n") and \
@@ -542,7 +544,7 @@ def t_max_connections():
     s = serve("max-conns", "--http-max-connections", "4",
               "--http-keepalive-timeout", "60000")
     socks = connect(s.port, 4)
-    statuses = [healthz_on(c) for c in socks]
+    statuses = [probe_on(c) for c in socks]
     check(statuses == [200] * 4, f"the 4 allowed: {statuses}")
     extra = socket.create_connection((HOST, s.port), T(5))
     check(closed_by_server(extra, T(3)), "the 5th connection stays open")
@@ -552,7 +554,7 @@ def t_max_connections():
     while time.monotonic() < end and ok != 200:
         with socket.create_connection((HOST, s.port), T(5)) as c:
             try:
-                ok = healthz_on(c)
+                ok = probe_on(c)
             except OSError:
                 ok = None
         time.sleep(0.05)
@@ -591,11 +593,11 @@ def t_out_of_fds():
     end = time.monotonic() + T(10)
     while time.monotonic() < end:
         try:
-            took = healthz_ms(s.port)
+            took = probe_ms(s.port)
             break
         except (AssertionError, OSError, http.client.HTTPException):
             time.sleep(0.1)
-    check(took is not None, "no /healthz after the clients closed")
+    check(took is not None, "no /readyz after the clients closed")
     n = metric_value(s.port, "taskbus_http_accept_errors_total")
     check(n >= 1, f"taskbus_http_accept_errors_total {n}")
     return f"{used:.2f} s CPU in 2 s, {lines} log lines, {n} accept errors"
@@ -672,7 +674,7 @@ def hold_thread(s):
     ports = listening_ports(s.proc.pid) - {s.port}
     check(len(ports) == 1, f"civetweb's port among {ports}")
     raw = socket.create_connection((HOST, ports.pop()), T(5))
-    raw.sendall(b"GET /healthz HTTP/1.1\r\n")
+    raw.sendall(b"GET /readyz HTTP/1.1\r\n")
     time.sleep(0.2)
     return raw
 
@@ -687,11 +689,11 @@ def t_queue_timeout():
               "--http-upstream-pool", "0")
     raw = hold_thread(s)
     a = socket.create_connection((HOST, s.port), T(5))
-    a.sendall(HEALTHZ)
+    a.sendall(PROBE)
     time.sleep(0.2)
     t0 = time.monotonic()
     b = socket.create_connection((HOST, s.port), T(5))
-    b.sendall(HEALTHZ)
+    b.sendall(PROBE)
     got = read_answer(b, T(5))
     took = time.monotonic() - t0
     b.close()
@@ -725,7 +727,7 @@ def t_upgrade_substring():
     post = (b"POST /events/u.x HTTP/1.1\r\nHost: t\r\nContent-Type: "
             b"application/json\r\nContent-Length: 2\r\n\r\n{}")
     waiters = connect(s.port, 3)
-    for c, req in zip(waiters, (HEALTHZ, HEALTHZ, post)):
+    for c, req in zip(waiters, (PROBE, PROBE, post)):
         c.sendall(req)
         time.sleep(0.1)
     got = read_answer(lp, T(3))
@@ -747,9 +749,9 @@ def t_upgrade_substring():
           [b"HTTP/1.1 200 ", b"HTTP/1.1 200 ", b"HTTP/1.1 202 "],
           f"the waiting requests: {answers}")
     for _ in range(4):
-        r = http_req(s.port, "GET", "/healthz", timeout=T(5))
-        check(r.status == 200, f"/healthz after: {r.status}")
-    return "204 close, then 200 200 202, /healthz 4 of 4"
+        r = http_req(s.port, "GET", "/readyz", timeout=T(5))
+        check(r.status == 200, f"/readyz after: {r.status}")
+    return "204 close, then 200 200 202, /readyz 4 of 4"
 
 
 def t_chunked_trailer():
@@ -761,7 +763,7 @@ def t_chunked_trailer():
     with socket.create_connection((HOST, s.port), T(5)) as c:
         c.sendall(b"POST /events/t.x HTTP/1.1\r\nHost: t\r\nContent-Type: "
                   b"application/json\r\nTransfer-Encoding: chunked\r\n"
-                  b"\r\n2\r\n{}\r\n0\r\nX-Trailer: 1\r\n\r\n" + HEALTHZ)
+                  b"\r\n2\r\n{}\r\n0\r\nX-Trailer: 1\r\n\r\n" + PROBE)
         got = b""
         c.settimeout(T(5))
         while got.count(b"HTTP/1.1 ") < 2 or not got.endswith(b"}"):
@@ -772,7 +774,7 @@ def t_chunked_trailer():
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", got)
     check(statuses == [b"202", b"200"], f"answers {statuses}, want 202 200")
     for i in range(4):
-        r = http_req(s.port, "GET", "/healthz", timeout=T(5))
+        r = http_req(s.port, "GET", "/readyz", timeout=T(5))
         check(r.status == 200, f"after: {r.status}")
     return "202 200, then 200 x 4"
 
@@ -848,14 +850,14 @@ def t_head_edges():
     s = serve("head-edges")
     out = []
     for size, want in ((8192, 200), (8193, 431)):
-        base = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX: \r\n\r\n"
+        base = b"GET /readyz HTTP/1.1\r\nHost: t\r\nX: \r\n\r\n"
         req = base.replace(b"X: ", b"X: " + b"a" * (size - len(base)))
         check(len(req) == size, f"built {len(req)}")
         st, got, _ = exchange(s.port, req, 1)
         check(st[:1] == [want], f"head of {size} bytes: {st} {got[:60]!r}")
         out.append(f"{size}: {want}")
     for lines, want in ((63, 200), (64, 431)):
-        req = b"GET /healthz HTTP/1.1\r\nHost: t\r\n" + b"".join(
+        req = b"GET /readyz HTTP/1.1\r\nHost: t\r\n" + b"".join(
             b"X%d: v\r\n" % i for i in range(lines - 1)) + b"\r\n"
         st, got, _ = exchange(s.port, req, 1)
         check(st[:1] == [want], f"{lines} header lines: {st} {got[:60]!r}")
@@ -869,9 +871,9 @@ def t_keepalive_not_early():
     a generous bound)."""
     s = serve("ka-edge", "--http-keepalive-timeout", "1500")
     with socket.create_connection((HOST, s.port), T(5)) as c:
-        check(healthz_on(c) == 200, "first request")
+        check(probe_on(c) == 200, "first request")
         time.sleep(0.5)
-        check(healthz_on(c) == 200, "second request after 0.5 s idle")
+        check(probe_on(c) == 200, "second request after 0.5 s idle")
         t0 = time.monotonic()
         check(closed_by_server(c, T(5)), "not closed after the timeout")
         took = time.monotonic() - t0
@@ -894,14 +896,14 @@ def t_keepalive_header():
     the front off too; an answer that closes has none."""
     post = (b"POST /events/e.x HTTP/1.1\r\nHost: t\r\nContent-Type: "
             b"application/json\r\nContent-Length: 1\r\n\r\n1")
-    close = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    close = b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
     out = []
     for front, ms, want in (("1", "3000", b"timeout=3"),
                             ("1", "1999", b"timeout=1"),
                             ("0", "3000", b"timeout=3")):
         s = Taskbus(f"ka-hdr-{front}-{ms}", "--http-keepalive-timeout", ms,
                     env={"TASKBUS_HTTP_FRONT": front}).start()
-        for what, req in (("GET /healthz", HEALTHZ), ("POST /events", post)):
+        for what, req in (("GET /readyz", PROBE), ("POST /events", post)):
             got = keepalive_headers(s.port, req)
             check(got == [want], f"front {front}, {ms} ms, {what}: "
                                  f"Keep-Alive {got}, want {want}")
@@ -920,11 +922,11 @@ def t_stalled_server():
     bytes become due together)."""
     s = serve("stall", "--http-keepalive-timeout", "500")
     with socket.create_connection((HOST, s.port), T(5)) as c:
-        check(healthz_on(c) == 200, "first request")
+        check(probe_on(c) == 200, "first request")
         s.proc.send_signal(signal.SIGSTOP)
         try:
             time.sleep(1.0)
-            c.sendall(HEALTHZ)
+            c.sendall(PROBE)
             time.sleep(0.2)
         finally:
             s.proc.send_signal(signal.SIGCONT)
@@ -951,12 +953,12 @@ def t_protocol_edges():
     s = serve("protocol-edges")
     st, _, _ = exchange(s.port, b"POST /events/e.x HTTP/1.1\r\nHost: t\r\n"
                         b"Content-Type: application/json\r\nTransfer-Encoding:"
-                        b" chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n" + HEALTHZ, 2)
+                        b" chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n" + PROBE, 2)
     check(st == [202, 200], f"pipelined after chunked: {st}")
-    h10 = b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    h10 = b"GET /readyz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
     st, got, _ = exchange(s.port, h10 + h10, 2)
     check(st == [200, 200], f"HTTP/1.0 keep-alive: {st}")
-    st, got, closed = exchange(s.port, b"GET /healthz HTTP/1.0\r\n\r\n", 2,
+    st, got, closed = exchange(s.port, b"GET /readyz HTTP/1.0\r\n\r\n", 2,
                                T(3))
     check(st == [200] and closed, f"HTTP/1.0: {st} closed={closed}")
     with socket.create_connection((HOST, s.port), T(5)) as c:
@@ -974,13 +976,13 @@ def t_protocol_edges():
                 break
             got += b
     check(answers_in(got) == [100, 202], f"expect: {answers_in(got)}")
-    st, got, _ = exchange(s.port, b"HEAD /healthz HTTP/1.1\r\nHost: t\r\n"
-                          b"\r\n" + HEALTHZ, 2)
+    st, got, _ = exchange(s.port, b"HEAD /readyz HTTP/1.1\r\nHost: t\r\n"
+                          b"\r\n" + PROBE, 2)
     # HEAD's Content-Length describes a body that is not sent.
     check(got.startswith(b"HTTP/1.1 200 ") and got.count(b"HTTP/1.1 ") == 2,
           f"HEAD then GET: {got[:200]!r}")
     st, got, _ = exchange(s.port, b"GET /events/e.none?timeout=1 HTTP/1.1\r\n"
-                          b"Host: t\r\n\r\n" + HEALTHZ, 2, T(10))
+                          b"Host: t\r\n\r\n" + PROBE, 2, T(10))
     check(st == [204, 200], f"204 then GET: {st} {got[:120]!r}")
     return "all answered"
 
@@ -988,19 +990,19 @@ def t_protocol_edges():
 def t_front_off():
     """--http-front 0: civetweb listens itself, and answers."""
     s = Taskbus("front-off", env={"TASKBUS_HTTP_FRONT": "0"}).start()
-    check(http_req(s.port, "GET", "/healthz").status == 200, "no answer")
+    check(http_req(s.port, "GET", "/readyz").status == 200, "no answer")
 
 
 CASES = [
-    ("slow", f"{N} slow-header connections: /healthz answers, all closed "
+    ("slow", f"{N} slow-header connections: /readyz answers, all closed "
      "at the header timeout", t_slow_headers),
     ("slow", "--http-header-timeout 1000: from the first byte, at the edge",
      t_header_timeout_edge),
-    ("slow", f"{N} slow bodies: /healthz answers, bodies accepted once "
+    ("slow", f"{N} slow bodies: /readyz answers, bodies accepted once "
      "whole", t_slow_body),
     ("slow", "--http-body-timeout 1000: a stalled body is closed",
      t_body_timeout_edge),
-    ("idle", f"{N} idle keep-alive connections: /healthz answers, closed "
+    ("idle", f"{N} idle keep-alive connections: /readyz answers, closed "
      "at the keep-alive timeout", t_idle_keepalive),
     ("vanish", "clients gone mid-head, mid-body, mid-response",
      t_vanish),
@@ -1009,7 +1011,7 @@ CASES = [
      t_431_readable),
     ("pool", "--http-upstream-pool 0 and over http-threads", t_pool_edges),
     ("misframed", "8 misframed heads with --http-threads 4: 400 from the "
-     "front, /healthz at once", t_misframed),
+     "front, /readyz at once", t_misframed),
     ("upgrade", "an upgrade with a body: 400, the pool stays clean",
      t_upgrade_body),
     ("conns", "--http-max-connections 4: the 5th closed at once",
