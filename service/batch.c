@@ -354,9 +354,10 @@ static int add_item(tb__batch *b, const char *text, size_t n, const limits *lim,
     member dm;
     int shaped = find_data(text, n, &dm) == 0;
     /* Before jansson builds a tree of it: a value other than a string
-     * is carried as sent, so its size is known now. */
+     * is carried as sent, so its size is known now (null as empty). */
     if (shaped && dm.found && text[dm.at] != '"' &&
-        dm.len > lim->max_event_size)
+        dm.len > lim->max_event_size &&
+        !(dm.len == 4 && !memcmp(text + dm.at, "null", 4)))
         return fail(err, 413, "too_large", k, line,
                     "item %zu: its data is %zu bytes; max_event_size is %zu", k,
                     dm.len, lim->max_event_size);
