@@ -122,42 +122,9 @@ static const double feature_floor[F_COUNT] = {
 
 static unsigned long long feat_seen[F_COUNT], feat_fast[F_COUNT];
 
-/* The input's bytes, taken one at a time (0 once they run out). */
-typedef struct reader {
-    const uint8_t *p, *end;
-} reader;
-
-static unsigned take(reader *r)
-{
-    return r->p < r->end ? *r->p++ : 0;
-}
-
-/* A growing body. */
-typedef struct sbuf {
-    char *s;
-    size_t n, cap;
-} sbuf;
-
-static void put_n(sbuf *b, const char *s, size_t n)
-{
-    if (b->n + n + 1 > b->cap) {
-        b->cap = (b->n + n + 1) * 2;
-        b->s = realloc(b->s, b->cap);
-        FUZZ_CHECK(b->s != NULL);
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = '\0';
-}
-
-static void put_s(sbuf *b, const char *s)
-{
-    put_n(b, s, strlen(s));
-}
-
 /* A blank at a token boundary, from a generator seeded by the input; no
  * newline inside an NDJSON item. */
-static void put_blank(sbuf *b, uint32_t *rng, int ndjson, unsigned *feat)
+static void put_blank(fuzz_buf *b, uint32_t *rng, int ndjson, unsigned *feat)
 {
     static const char *const blank[] = {" ", "\t", "\r", "\r\n"};
     if (!*rng)
@@ -166,7 +133,7 @@ static void put_blank(sbuf *b, uint32_t *rng, int ndjson, unsigned *feat)
     unsigned k = (*rng >> 16) & 7;
     if (k < 4 || (ndjson && k == 7))
         return; /* half the boundaries stay tight */
-    put_s(b, blank[k - 4]);
+    fuzz_put_s(b, blank[k - 4]);
     *feat |= 1u << F_BLANKS;
 }
 
@@ -208,10 +175,10 @@ static const char *const scalars[] = {"0",
 
 /* data from n of the input's bytes, in one of eight forms. Sets *feat and
  * returns the size it is carried as (if the item is taken). */
-static size_t put_data(sbuf *b, reader *r, unsigned *feat)
+static size_t put_data(fuzz_buf *b, fuzz_reader *r, unsigned *feat)
 {
-    unsigned form = take(r) % 8;
-    size_t n = take(r) % 48;
+    unsigned form = fuzz_take(r) % 8;
+    size_t n = fuzz_take(r) % 48;
     if (n > (size_t)(r->end - r->p))
         n = (size_t)(r->end - r->p);
     const char *rest = (const char *)r->p;
@@ -220,19 +187,19 @@ static size_t put_data(sbuf *b, reader *r, unsigned *feat)
     size_t len = n;
     switch (form) {
     case 0: /* quoted as they are: a plain string when they may be one */
-        put_s(b, "\"");
-        put_n(b, rest, n);
-        put_s(b, "\"");
+        fuzz_put_s(b, "\"");
+        fuzz_put_n(b, rest, n);
+        fuzz_put_s(b, "\"");
         if (n) /* "" is taken whatever the string scan does */
             *feat |= 1u << F_STRING;
         return n;
     case 1: /* made printable, quotes and backslashes excepted: plain */
-        put_s(b, "\"");
+        fuzz_put_s(b, "\"");
         for (size_t i = 0; i < n; i++) {
             char c = (char)(' ' + (unsigned char)rest[i] % 95);
-            put_n(b, c == '"' || c == '\\' ? "_" : &c, 1);
+            fuzz_put_n(b, c == '"' || c == '\\' ? "_" : &c, 1);
         }
-        put_s(b, "\"");
+        fuzz_put_s(b, "\"");
         if (n)
             *feat |= 1u << F_PLAIN;
         return n;
@@ -253,19 +220,19 @@ static size_t put_data(sbuf *b, reader *r, unsigned *feat)
         *feat |= 1u << F_JSON;
         break;
     case 4:
-        put_s(b, scalars[n % (sizeof scalars / sizeof *scalars)]);
+        fuzz_put_s(b, scalars[n % (sizeof scalars / sizeof *scalars)]);
         *feat |= 1u << F_SCALAR;
         return strlen(scalars[n % (sizeof scalars / sizeof *scalars)]);
     case 5:
-        put_s(b, "null");
+        fuzz_put_s(b, "null");
         *feat |= 1u << F_NULL;
         return 0;
     case 6:
-        put_s(b, loose[n % (sizeof loose / sizeof *loose)]);
+        fuzz_put_s(b, loose[n % (sizeof loose / sizeof *loose)]);
         *feat |= 1u << F_LOOSE;
         return strlen(loose[n % (sizeof loose / sizeof *loose)]);
     default: /* the bytes as they are */
-        put_n(b, rest, n);
+        fuzz_put_n(b, rest, n);
         *feat |= 1u << F_RAW;
         return n;
     }
@@ -273,10 +240,10 @@ static size_t put_data(sbuf *b, reader *r, unsigned *feat)
     char *t = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
     json_decref(j);
     if (!t) { /* not UTF-8: jansson refuses to dump it */
-        put_s(b, "\"\"");
+        fuzz_put_s(b, "\"\"");
         return 0;
     }
-    put_s(b, t);
+    fuzz_put_s(b, t);
     if (form == 3)
         len = strlen(t);
     free(t);
@@ -292,23 +259,23 @@ typedef struct gen_item {
 } gen_item;
 
 /* Appends one item to b from r. */
-static void generate_item(sbuf *b, reader *r, int ndjson, gen_item *it)
+static void generate_item(fuzz_buf *b, fuzz_reader *r, int ndjson, gen_item *it)
 {
     /* 0 (the input run out) picks the common item. */
-    unsigned sel = take(r);
-    unsigned extra = 15 - take(r) % 16; /* 0: a duplicate, 1: an unknown
+    unsigned sel = fuzz_take(r);
+    unsigned extra = 15 - fuzz_take(r) % 16; /* 0: a duplicate, 1: an unknown
                                            member, 2: no data */
-    unsigned trail = 15 - take(r) % 16; /* 0..1: trailing bytes */
-    unsigned pick = take(r);
-    uint32_t rng = take(r);
-    rng = rng << 8 | take(r);
+    unsigned trail = 15 - fuzz_take(r) % 16; /* 0..1: trailing bytes */
+    unsigned pick = fuzz_take(r);
+    uint32_t rng = fuzz_take(r);
+    rng = rng << 8 | fuzz_take(r);
     unsigned feat = 0;
     int data_first = sel & 1, edge = (sel & 14) == 14;
     if (data_first)
         feat |= 1u << F_ORDER;
     it->at = b->n;
     put_blank(b, &rng, ndjson, &feat);
-    put_s(b, "{");
+    fuzz_put_s(b, "{");
     int written = 0;
     for (int m = 0; m < 3; m++) {
         int is_data = (m == 0) == data_first;
@@ -320,35 +287,36 @@ static void generate_item(sbuf *b, reader *r, int ndjson, gen_item *it)
         if (m < 2 && is_data && extra == 2)
             continue; /* no data member */
         if (written++)
-            put_s(b, ",");
+            fuzz_put_s(b, ",");
         put_blank(b, &rng, ndjson, &feat);
-        put_s(b, m == 2 && extra == 1 ? "\"other\""
-                 : is_data            ? "\"data\""
-                                      : "\"name\"");
+        fuzz_put_s(b, m == 2 && extra == 1 ? "\"other\""
+                      : is_data            ? "\"data\""
+                                           : "\"name\"");
         put_blank(b, &rng, ndjson, &feat);
-        put_s(b, ":");
+        fuzz_put_s(b, ":");
         put_blank(b, &rng, ndjson, &feat);
         if (m == 2) {
-            put_s(b, "\"x\"");
+            fuzz_put_s(b, "\"x\"");
         } else if (is_data) {
             it->datalen = put_data(b, r, &feat);
         } else if (edge) {
-            put_s(b, name_edge[pick % (sizeof name_edge / sizeof *name_edge)]);
+            fuzz_put_s(
+                b, name_edge[pick % (sizeof name_edge / sizeof *name_edge)]);
             feat |= 1u << F_EDGE;
         } else {
             unsigned k = pick % (sizeof name_ok / sizeof *name_ok);
-            put_s(b, name_ok[k]);
+            fuzz_put_s(b, name_ok[k]);
             if (k == 4)
                 feat |= 1u << F_LIMIT;
         }
         put_blank(b, &rng, ndjson, &feat);
     }
-    put_s(b, "}");
+    fuzz_put_s(b, "}");
     put_blank(b, &rng, ndjson, &feat);
     if (extra <= 2)
         feat |= 1u << F_EXTRA;
     if (trail < 2) {
-        put_s(b, trail ? "x" : "}");
+        fuzz_put_s(b, trail ? "x" : "}");
         feat |= 1u << F_TRAIL;
     }
     it->len = b->n - it->at;
@@ -357,26 +325,26 @@ static void generate_item(sbuf *b, reader *r, int ndjson, gen_item *it)
 
 /* Builds a body from r: its items in *items (*n), its format, and the
  * limits it is parsed with. */
-static void generate(sbuf *b, reader *r, gen_item *items, size_t *n,
+static void generate(fuzz_buf *b, fuzz_reader *r, gen_item *items, size_t *n,
                      tb__batch_format *fmt, size_t *max_size, int *depth)
 {
-    unsigned head = take(r);
+    unsigned head = fuzz_take(r);
     *n = 1 + head % ITEMS_MAX;
     *fmt = head & 8 ? TB__BATCH_NDJSON : TB__BATCH_ARRAY;
     unsigned limit_sel = (head >> 4) % 4; /* 0: at the largest, 1: under */
-    *depth = depths[(head >> 6) == 3 ? take(r) % 4 : 0];
+    *depth = depths[(head >> 6) == 3 ? fuzz_take(r) % 4 : 0];
     int ndjson = *fmt == TB__BATCH_NDJSON;
     if (!ndjson)
-        put_s(b, "[");
+        fuzz_put_s(b, "[");
     for (size_t i = 0; i < *n; i++) {
         if (i)
-            put_s(b, ndjson ? (take(r) & 1 ? "\r\n" : "\n") : ",");
-        if (ndjson && (take(r) & 7) == 0)
-            put_s(b, "  \n"); /* a blank line */
+            fuzz_put_s(b, ndjson ? (fuzz_take(r) & 1 ? "\r\n" : "\n") : ",");
+        if (ndjson && (fuzz_take(r) & 7) == 0)
+            fuzz_put_s(b, "  \n"); /* a blank line */
         generate_item(b, r, ndjson, &items[i]);
     }
     if (!ndjson)
-        put_s(b, "]");
+        fuzz_put_s(b, "]");
     size_t largest = 0;
     for (size_t i = 0; i < *n; i++)
         if (items[i].datalen > largest)
@@ -432,8 +400,8 @@ static void check_floors(void)
  * then each item alone, as a one-item array, to count its features. */
 static void structured(const uint8_t *data, size_t size)
 {
-    reader r = {data + 2, data + size};
-    sbuf b = {0};
+    fuzz_reader r = {data + 2, data + size};
+    fuzz_buf b = {0};
     gen_item items[ITEMS_MAX];
     memset(items, 0, sizeof items);
     size_t n, max_size;
