@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "batch.h"
+#include "envelope_scan.h"
 #include "json.h"
 
 /* Integers as reals: jansson only checks them (the data is carried as
@@ -39,6 +40,13 @@ static size_t skip_blanks(const char *s, size_t i, size_t len)
     while (i < len && is_blank(s[i]))
         i++;
     return i;
+}
+
+static const char *blanks(const char *p, const char *end)
+{
+    while (p < end && is_blank(*p))
+        p++;
+    return p;
 }
 
 /* Where the array element starting at i ends: the first ',' or closing
@@ -176,6 +184,151 @@ static int find_data(const char *s, size_t len, member *m)
     return -1;
 }
 
+/* Off only in tests (tb__batch_set_fast_path): the fuzz target compares
+ * the two paths on the same bodies. */
+static int fast_path = 1;
+
+void tb__batch_set_fast_path(int on)
+{
+    fast_path = on;
+}
+
+/* An item the scanner took: spans of the item's text. */
+typedef struct fast_item {
+    const char *name, *data;
+    size_t nlen, dlen;
+    int data_string; /* data a string: its bytes are its text */
+} fast_item;
+
+/* The members of the common item, one bit each. */
+enum {
+    F_NAME = 1,
+    F_DATA = 2
+};
+
+/* The item's "data" value at *pp: null, a string without escapes, or what
+ * tb__scan_value takes (the item is one level: data may nest max_depth - 1
+ * more), within max_event_size. Moves *pp past it. */
+static int fast_data(const char **pp, const char *end, const limits *lim,
+                     fast_item *it)
+{
+    const char *p = *pp, *q;
+    if (p == end)
+        return 0;
+    if (*p == '"') {
+        if (!(q = tb__scan_plain_string(p + 1, end)))
+            return 0;
+        it->data = p + 1;
+        it->dlen = (size_t)(q - p - 1);
+        it->data_string = 1;
+        q++;
+    } else if (*p == 'n') {
+        if (end - p < 4 || memcmp(p, "null", 4) != 0)
+            return 0;
+        it->data = "";
+        it->dlen = 0;
+        q = p + 4;
+    } else {
+        if (!(q = tb__scan_value(p, end, lim->max_depth - 1)))
+            return 0;
+        it->data = p;
+        it->dlen = (size_t)(q - p);
+    }
+    if (it->dlen > lim->max_event_size)
+        return 0;
+    *pp = q;
+    return 1;
+}
+
+/* Scans the common item {"name":"<plain>","data":<value>} in text[0..n):
+ * both members once, in either order, no other, blanks between tokens, the
+ * name a string without escapes of at most TB_EVENT_NAME_MAX bytes (the
+ * caller checks it is a valid name). 1 with *it filled when jansson would
+ * read the same name and data from it, 0 for anything else (valid or
+ * not): then jansson decides and gives the reasons. Allocates nothing. */
+static int fast_scan(const char *text, size_t n, const limits *lim,
+                     fast_item *it)
+{
+    const char *p = text, *end = text + n;
+    if (lim->max_depth < 1)
+        return 0;
+    memset(it, 0, sizeof *it);
+    p = blanks(p, end);
+    if (p == end || *p != '{')
+        return 0;
+    p++;
+    int seen = 0;
+    for (;;) {
+        p = blanks(p, end);
+        if (p == end || *p != '"')
+            return 0;
+        const char *k = p + 1, *q = tb__scan_plain_string(k, end);
+        if (!q)
+            return 0;
+        size_t kn = (size_t)(q - k);
+        int bit = kn == 4 && !memcmp(k, "name", 4)   ? F_NAME
+                  : kn == 4 && !memcmp(k, "data", 4) ? F_DATA
+                                                     : 0;
+        if (!bit || (seen & bit))
+            return 0;
+        seen |= bit;
+        p = blanks(q + 1, end);
+        if (p == end || *p != ':')
+            return 0;
+        p = blanks(p + 1, end);
+        if (bit == F_NAME) {
+            if (p == end || *p != '"' ||
+                !(q = tb__scan_plain_string(p + 1, end)) ||
+                (size_t)(q - p - 1) > TB_EVENT_NAME_MAX)
+                return 0;
+            it->name = p + 1;
+            it->nlen = (size_t)(q - p - 1);
+            p = q + 1;
+        } else if (!fast_data(&p, end, lim, it)) {
+            return 0;
+        }
+        p = blanks(p, end);
+        if (p == end)
+            return 0;
+        if (*p == '}')
+            break;
+        if (*p != ',')
+            return 0;
+        p++;
+    }
+    return seen == (F_NAME | F_DATA) && blanks(p + 1, end) == end;
+}
+
+/* Appends the item the scanner took, as add_item would: 1 when done, 0
+ * when its name is not valid (then jansson's path refuses it), or
+ * TB_ENOMEM. */
+static int add_fast(tb__batch *b, const fast_item *it, size_t line)
+{
+    size_t sl = it->data_string ? it->dlen + 1 : 0;
+    char *own = malloc(it->nlen + 1 + sl);
+    if (!own)
+        return TB_ENOMEM;
+    memcpy(own, it->name, it->nlen);
+    own[it->nlen] = '\0';
+    if (tb_event_name_valid(own)) {
+        free(own);
+        return 0;
+    }
+    const char *d = it->data;
+    if (it->data_string) {
+        memcpy(own + it->nlen + 1, it->data, it->dlen);
+        own[it->nlen + 1 + it->dlen] = '\0';
+        d = own + it->nlen + 1;
+    }
+    size_t k = b->n;
+    b->owned[k] = own;
+    b->lines[k] = line;
+    b->items[k] = (tb_event_item){own, d, it->dlen};
+    b->n++;
+    b->fast++;
+    return 1;
+}
+
 /* Parses one item's text and appends it to b. jansson checks the item
  * (its tree dropped before the next item), but the data carried is the
  * value's bytes as sent, as POST /events/{name} carries its body: no
@@ -188,12 +341,23 @@ static int add_item(tb__batch *b, const char *text, size_t n, const limits *lim,
         return too_many(lim, k, line, err);
     if (grow(b))
         return fail(err, 500, "internal", k, line, "out of memory");
+    /* The common item without jansson (issue 13 point 7): anything the
+     * scanner does not take, refusals included, goes on below. */
+    fast_item fi;
+    if (fast_path && fast_scan(text, n, lim, &fi)) {
+        int rc = add_fast(b, &fi, line);
+        if (rc == 1)
+            return 0;
+        if (rc)
+            return fail(err, 500, "internal", k, line, "out of memory");
+    }
     member dm;
     int shaped = find_data(text, n, &dm) == 0;
     /* Before jansson builds a tree of it: a value other than a string
-     * is carried as sent, so its size is known now. */
+     * is carried as sent, so its size is known now (null as empty). */
     if (shaped && dm.found && text[dm.at] != '"' &&
-        dm.len > lim->max_event_size)
+        dm.len > lim->max_event_size &&
+        !(dm.len == 4 && !memcmp(text + dm.at, "null", 4)))
         return fail(err, 413, "too_large", k, line,
                     "item %zu: its data is %zu bytes; max_event_size is %zu", k,
                     dm.len, lim->max_event_size);

@@ -21,6 +21,7 @@ typedef struct tb__batch {
     size_t n;
     char **owned; /* each item's name, then its string data's text */
     size_t cap;
+    size_t fast; /* items read by the scanner, not jansson (for tests) */
 } tb__batch;
 
 /* Why a body was refused: an HTTP status, a stable code, a message, and
@@ -58,6 +59,11 @@ int tb__batch_parse(const char *body, size_t len, tb__batch_format fmt,
 /* 3 when body starts with a UTF-8 byte order mark (EF BB BF), else 0:
  * what the parser and the format sniffers skip. */
 size_t tb__batch_bom(const char *body, size_t len);
+
+/* Tests only: 0 sends every item to jansson, as before the scanner of the
+ * common item; 1 (the default) scans it first. Not thread-safe: set it
+ * before any parse. */
+void tb__batch_set_fast_path(int on);
 
 /* Frees what b holds and empties it; a zeroed or emptied b is fine. */
 void tb__batch_free(tb__batch *b);

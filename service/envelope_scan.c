@@ -361,16 +361,29 @@ static int plain_string(const char **pp, const char *end, const char **s,
                         size_t *n)
 {
     const char *p = *pp;
-    int how;
     if (p == end || *p != '"')
         return 0;
-    const char *q = scan_string(p + 1, end, &how);
-    if (!q || how != STR_PLAIN)
+    const char *q = tb__scan_plain_string(p + 1, end);
+    if (!q)
         return 0;
     *s = p + 1;
     *n = (size_t)(q - p - 1);
     *pp = q + 1;
     return 1;
+}
+
+const char *tb__scan_value(const char *p, const char *end, int depth)
+{
+    scan_ctx c;
+    c.nkeys = 0;
+    return scan_value(&c, p, end, depth);
+}
+
+const char *tb__scan_plain_string(const char *p, const char *end)
+{
+    int how;
+    const char *q = scan_string(p, end, &how);
+    return q && how == STR_PLAIN ? q : NULL;
 }
 
 /* The data member's value: null, a string, or compact JSON. */
@@ -407,9 +420,7 @@ static int scan_data(const char **pp, const char *end, size_t max_size,
     if (*p != '{' && *p != '[')
         return 0;
     /* The envelope is one level: data may nest max_depth - 1 more. */
-    scan_ctx c;
-    c.nkeys = 0;
-    const char *q = scan_value(&c, p, end, max_depth - 1);
+    const char *q = tb__scan_value(p, end, max_depth - 1);
     if (!q || (size_t)(q - p) > max_size)
         return 0;
     v->data = p;
@@ -686,9 +697,7 @@ int tb__envelope_write(const tb_event *ev, char **out, size_t *outlen)
     const char *d = ev->data, *dend = ev->data + ev->len;
     const char *b = blanks(d, dend);
     int json = b < dend && (*b == '{' || *b == '[');
-    scan_ctx c;
-    c.nkeys = 0;
-    if (json && (b != d || scan_value(&c, d, dend, ev->max_depth - 1) != dend))
+    if (json && (b != d || tb__scan_value(d, dend, ev->max_depth - 1) != dend))
         return 0;
 
     size_t idlen = strlen(ev->id), namelen = strlen(ev->name),

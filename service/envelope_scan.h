@@ -51,6 +51,24 @@ typedef struct tb__envelope_view {
 int tb__envelope_scan(const char *msg, size_t len, const char *name,
                       size_t max_size, int max_depth, tb__envelope_view *v);
 
+/* Scans one JSON value starting at p as the envelope's data is scanned
+ * (see tb__envelope_scan): null, true, false, an integer of at most 18
+ * digits, a string without raw controls or bad UTF-8 whose escapes are
+ * spelled as jansson writes them, or an object or array of such values in
+ * jansson's compact form (no blanks, no duplicate or escaped keys, at most
+ * 16 keys an object), nested at most depth levels (a scalar is 0, "[]"
+ * 1). Returns the end of the value, or NULL for anything else (then
+ * jansson decides: NULL is no verdict on validity). What it accepts,
+ * jansson accepts with JSON_REJECT_DUPLICATES | JSON_ALLOW_NUL, as the
+ * same value. Reads nothing at or past end; allocates nothing. */
+const char *tb__scan_value(const char *p, const char *end, int depth);
+
+/* The closing quote of the JSON string whose opening quote is at p[-1],
+ * when the string has no escapes and jansson would accept it (no raw
+ * controls, valid UTF-8): its bytes are then its text. Else NULL. Reads
+ * nothing at or past end. */
+const char *tb__scan_plain_string(const char *p, const char *end);
+
 /* Decodes the escaped string data of a view (kind TB__SCAN_DATA_ESCAPED)
  * into out, which has room for v->datalen bytes. Returns the decoded
  * length. */

@@ -64,6 +64,40 @@ static inline char *fuzz_split_line(char *s)
     return nl + 1;
 }
 
+/* The input's bytes, taken one at a time (0 once they run out): what
+ * drives a structured target's generator. */
+typedef struct fuzz_reader {
+    const uint8_t *p, *end;
+} fuzz_reader;
+
+static inline unsigned fuzz_take(fuzz_reader *r)
+{
+    return r->p < r->end ? *r->p++ : 0;
+}
+
+/* A growing, NUL-terminated text that a generator writes. */
+typedef struct fuzz_buf {
+    char *s;
+    size_t n, cap;
+} fuzz_buf;
+
+static inline void fuzz_put_n(fuzz_buf *b, const char *s, size_t n)
+{
+    if (b->n + n + 1 > b->cap) {
+        b->cap = (b->n + n + 1) * 2;
+        b->s = realloc(b->s, b->cap);
+        FUZZ_CHECK(b->s != NULL);
+    }
+    memcpy(b->s + b->n, s, n);
+    b->n += n;
+    b->s[b->n] = '\0';
+}
+
+static inline void fuzz_put_s(fuzz_buf *b, const char *s)
+{
+    fuzz_put_n(b, s, strlen(s));
+}
+
 /* An app on the in-process bus that has run and stopped without starting
  * its workers (tb_app_stop before tb_app_run): its routes, kinds and
  * checks all answer, and whatever would add a task or publish an event

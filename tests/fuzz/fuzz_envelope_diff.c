@@ -160,41 +160,8 @@ static const double feature_floor[F_COUNT] = {
 
 static unsigned long long feat_seen[F_COUNT], feat_fast[F_COUNT];
 
-/* The input's bytes, taken one at a time (0 once they run out). */
-typedef struct reader {
-    const uint8_t *p, *end;
-} reader;
-
-static unsigned take(reader *r)
-{
-    return r->p < r->end ? *r->p++ : 0;
-}
-
-/* A growing message. */
-typedef struct sbuf {
-    char *s;
-    size_t n, cap;
-} sbuf;
-
-static void put_n(sbuf *b, const char *s, size_t n)
-{
-    if (b->n + n + 1 > b->cap) {
-        b->cap = (b->n + n + 1) * 2;
-        b->s = realloc(b->s, b->cap);
-        FUZZ_CHECK(b->s != NULL);
-    }
-    memcpy(b->s + b->n, s, n);
-    b->n += n;
-    b->s[b->n] = '\0';
-}
-
-static void put_s(sbuf *b, const char *s)
-{
-    put_n(b, s, strlen(s));
-}
-
 /* A blank at a token boundary, from a generator seeded by the input. */
-static void put_blank(sbuf *b, uint32_t *rng, unsigned *feat)
+static void put_blank(fuzz_buf *b, uint32_t *rng, unsigned *feat)
 {
     static const char *const blank[] = {"", " ", "\t", "\r\n"};
     if (!*rng)
@@ -203,7 +170,7 @@ static void put_blank(sbuf *b, uint32_t *rng, unsigned *feat)
     unsigned k = (*rng >> 16) & 7;
     if (k < 4)
         return; /* half the boundaries stay tight */
-    put_s(b, blank[k - 4]);
+    fuzz_put_s(b, blank[k - 4]);
     if (k > 4)
         *feat |= 1u << F_BLANKS;
 }
@@ -317,19 +284,19 @@ static const char *const member_key[M_N] = {"id",     "name", "data", "ts",
 
 /* data from the rest of the input, in one of five forms. Sets *feat and
  * *datalen (the event's data size if the envelope is taken). */
-static void put_data(sbuf *b, reader *r, int edge, int depth, unsigned *feat,
-                     size_t *datalen)
+static void put_data(fuzz_buf *b, fuzz_reader *r, int edge, int depth,
+                     unsigned *feat, size_t *datalen)
 {
-    unsigned form = take(r) % (edge ? 5 : 4);
+    unsigned form = fuzz_take(r) % (edge ? 5 : 4);
     const char *rest = (const char *)r->p;
     size_t n = (size_t)(r->end - r->p);
     r->p = r->end;
     json_t *j = NULL;
     switch (form) {
     case 0: /* quoted as they are: a plain string when they may be one */
-        put_s(b, "\"");
-        put_n(b, rest, n);
-        put_s(b, "\"");
+        fuzz_put_s(b, "\"");
+        fuzz_put_n(b, rest, n);
+        fuzz_put_s(b, "\"");
         *feat |= 1u << F_STRING;
         *datalen = n;
         return;
@@ -351,12 +318,12 @@ static void put_data(sbuf *b, reader *r, int edge, int depth, unsigned *feat,
         *feat |= 1u << F_JSON;
         break;
     case 3:
-        put_s(b, "null");
+        fuzz_put_s(b, "null");
         *feat |= 1u << F_NULL;
         *datalen = 0;
         return;
     default: /* the bytes as they are */
-        put_n(b, rest, n);
+        fuzz_put_n(b, rest, n);
         *datalen = n;
         return;
     }
@@ -364,11 +331,11 @@ static void put_data(sbuf *b, reader *r, int edge, int depth, unsigned *feat,
     char *t = json_dumps(j, JSON_COMPACT | JSON_ENCODE_ANY);
     json_decref(j);
     if (!t) { /* not UTF-8: jansson refuses to dump it */
-        put_s(b, "\"\"");
+        fuzz_put_s(b, "\"\"");
         *datalen = 0;
         return;
     }
-    put_s(b, t);
+    fuzz_put_s(b, t);
     if (form == 2)
         *datalen = strlen(t);
     free(t);
@@ -376,19 +343,20 @@ static void put_data(sbuf *b, reader *r, int edge, int depth, unsigned *feat,
 
 /* Builds a message from r; returns the feature bits, *max_size (which
  * may be data's exact size or one less) and *depth_i (the app). */
-static unsigned generate(sbuf *b, reader *r, size_t *max_size, int *depth_i)
+static unsigned generate(fuzz_buf *b, fuzz_reader *r, size_t *max_size,
+                         int *depth_i)
 {
     unsigned feat = 0;
-    unsigned present = take(r);
-    unsigned edge_member = take(r) % 16; /* >= M_N: none */
-    unsigned extra = take(r) % 16;       /* 0: duplicate, 1: unknown */
-    unsigned trail = take(r) % 16;       /* 0..2: trailing bytes */
-    unsigned limit_sel = take(r) % 8;    /* 0: data at max_size, 1: past */
-    *depth_i = take(r) % 8;
+    unsigned present = fuzz_take(r);
+    unsigned edge_member = fuzz_take(r) % 16; /* >= M_N: none */
+    unsigned extra = fuzz_take(r) % 16;       /* 0: duplicate, 1: unknown */
+    unsigned trail = fuzz_take(r) % 16;       /* 0..2: trailing bytes */
+    unsigned limit_sel = fuzz_take(r) % 8;    /* 0: data at max_size, 1: past */
+    *depth_i = fuzz_take(r) % 8;
     if (*depth_i >= 4)
         *depth_i = 0;
-    uint32_t rng = take(r);
-    rng = rng << 8 | take(r);
+    uint32_t rng = fuzz_take(r);
+    rng = rng << 8 | fuzz_take(r);
 
     int order[M_N], n = 0;
     order[n++] = M_ID;
@@ -404,8 +372,8 @@ static unsigned generate(sbuf *b, reader *r, size_t *max_size, int *depth_i)
         order[n++] = M_POS;
     /* A permutation by its index in the Lehmer code (two bytes: 0..n!-1
      * mod 65536); 0 is the writer's order, half the inputs keep it. */
-    unsigned perm = take(r);
-    perm = perm & 1 ? (perm << 8 | take(r)) >> 1 : 0;
+    unsigned perm = fuzz_take(r);
+    perm = perm & 1 ? (perm << 8 | fuzz_take(r)) >> 1 : 0;
     for (int i = 0; i < n - 1 && perm; i++) {
         int k = (int)(perm % (unsigned)(n - i));
         perm /= (unsigned)(n - i);
@@ -417,7 +385,7 @@ static unsigned generate(sbuf *b, reader *r, size_t *max_size, int *depth_i)
     }
     unsigned picks[M_N];
     for (int i = 0; i < M_N; i++)
-        picks[i] = take(r);
+        picks[i] = fuzz_take(r);
     if (edge_member < M_N)
         feat |= 1u << F_EDGE;
     if (extra < 2 || trail < 3)
@@ -425,7 +393,7 @@ static unsigned generate(sbuf *b, reader *r, size_t *max_size, int *depth_i)
 
     size_t datalen = 0;
     put_blank(b, &rng, &feat);
-    put_s(b, "{");
+    fuzz_put_s(b, "{");
     for (int i = 0; i <= n; i++) {
         int m;
         if (i == n) { /* the extra member goes last */
@@ -436,13 +404,13 @@ static unsigned generate(sbuf *b, reader *r, size_t *max_size, int *depth_i)
             m = order[i];
         }
         if (i)
-            put_s(b, ",");
+            fuzz_put_s(b, ",");
         put_blank(b, &rng, &feat);
-        put_s(b, "\"");
-        put_s(b, m < 0 ? "extra" : member_key[m]);
-        put_s(b, "\"");
+        fuzz_put_s(b, "\"");
+        fuzz_put_s(b, m < 0 ? "extra" : member_key[m]);
+        fuzz_put_s(b, "\"");
         put_blank(b, &rng, &feat);
-        put_s(b, ":");
+        fuzz_put_s(b, ":");
         put_blank(b, &rng, &feat);
         int edge = m == (int)edge_member;
         unsigned k = picks[m < 0 ? 0 : m];
@@ -450,24 +418,25 @@ static unsigned generate(sbuf *b, reader *r, size_t *max_size, int *depth_i)
         if (m == M_DATA && i < n) {
             put_data(b, r, edge, depths[*depth_i] != 1, &feat, &datalen);
         } else if (m < 0 || m == M_DATA) { /* unknown, or data repeated */
-            put_s(b, "{\"a\":[1,\"x\"]}");
+            fuzz_put_s(b, "{\"a\":[1,\"x\"]}");
         } else {
             const member_values *t = &tables[m];
             v = edge ? &t->edge[k % t->nedge] : &t->ok[k % t->nok];
             feat |= t->feature;
         }
         if (v) {
-            put_s(b, v->text);
+            fuzz_put_s(b, v->text);
             if (v->limit && !edge)
                 feat |= 1u << F_LIMIT;
         }
         put_blank(b, &rng, &feat);
     }
-    put_s(b, "}");
+    fuzz_put_s(b, "}");
     put_blank(b, &rng, &feat);
     static const char *const trailing[] = {"x", "}", "\0"};
     if (trail < 3)
-        put_n(b, trailing[trail], trail == 2 ? 1 : strlen(trailing[trail]));
+        fuzz_put_n(b, trailing[trail],
+                   trail == 2 ? 1 : strlen(trailing[trail]));
     *max_size = 1 << 20;
     if (limit_sel < 2 && datalen >= limit_sel) {
         *max_size = datalen - limit_sel;
@@ -521,8 +490,8 @@ static void check_floors(void)
  * size; its features counted. */
 static void structured(const uint8_t *data, size_t size)
 {
-    reader r = {data + 2, data + size};
-    sbuf b = {0};
+    fuzz_reader r = {data + 2, data + size};
+    fuzz_buf b = {0};
     size_t max_size;
     int depth_i;
     unsigned feat = generate(&b, &r, &max_size, &depth_i);
